@@ -61,6 +61,8 @@ export async function main(argv: string[]): Promise<number> {
     }
     return 0;
   } catch (err) {
+    // `generate ... | head`: the reader left, which is not a failure of ours.
+    if ((err as { code?: string }).code === 'EPIPE') return 0;
     if (err instanceof UserportError) {
       process.stderr.write(`userport generate: ${err.describe()}\n`);
       return 2;
