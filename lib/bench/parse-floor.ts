@@ -29,31 +29,34 @@ export async function parseFloor(file: string): Promise<ParseFloorResult> {
   const models: Record<string, number> = {};
   let records = 0;
   let bytes = 0;
+  // A record cut by the end of a chunk is carried over whole and scanned again from its start,
+  // so no scanner state crosses chunks: depth is 1 between records.
   let carry: Buffer | null = null;
-  // Array depth 1 is the top-level array; a record spans depth 2 and up.
   let depth = 0;
-  let inString = false;
   for await (const data of fs.createReadStream(file, { highWaterMark: 1 << 20 })) {
     const chunk = data as Buffer;
     bytes += chunk.length;
     const buf: Buffer = carry ? Buffer.concat([carry, chunk]) : chunk;
-    let i = carry ? carry.length : 0;
-    let start = carry ? 0 : -1;
     carry = null;
     const n = buf.length;
-    while (i < n) {
-      if (inString) {
-        const q = buf.indexOf(QUOTE, i);
-        if (q < 0) { i = n; break; }
-        let b = q - 1;
-        while (b >= 0 && buf[b] === BACKSLASH) b--;
+    let start = -1;
+    let i = 0;
+    scan: while (i < n) {
+      const c = buf[i]!;
+      if (c === QUOTE) {
+        // Jump over the string body: find a quote preceded by an even number of backslashes.
+        let q = i;
+        for (;;) {
+          q = buf.indexOf(QUOTE, q + 1);
+          if (q < 0) break scan;
+          let b = q - 1;
+          while (buf[b] === BACKSLASH) b--;
+          if ((q - 1 - b) % 2 === 0) break;
+        }
         i = q + 1;
-        if ((q - 1 - b) % 2 === 0) inString = false;
         continue;
       }
-      const c = buf[i]!;
-      if (c === QUOTE) inString = true;
-      else if (c === OPEN || c === OPEN_A) {
+      if (c === OPEN || c === OPEN_A) {
         if (depth === 1) start = i;
         depth++;
       } else if (c === CLOSE || c === CLOSE_A) {
@@ -68,8 +71,11 @@ export async function parseFloor(file: string): Promise<ParseFloorResult> {
       }
       i++;
     }
-    if (start >= 0) carry = buf.subarray(start);
+    if (start >= 0) {
+      carry = buf.subarray(start);
+      depth = 1;
+    }
   }
-  if (depth !== 0) throw new Error(`${file}: truncated JSON (depth ${depth} at end)`);
+  if (depth !== 0 || carry) throw new Error(`${file}: truncated JSON`);
   return { seconds: Number(process.hrtime.bigint() - started) / 1e9, bytes, records, models };
 }
