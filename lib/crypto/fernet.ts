@@ -264,7 +264,7 @@ export class Base64UrlEncoder {
   }
 }
 
-export interface FernetEncryptOptions extends TransformOptions {
+export interface FernetEncryptOptions {
   /** The 44-byte textual key. */
   key: Buffer | string;
   /** For reproducible tests only: never reuse an IV in real use. @default 16 random bytes */
@@ -273,16 +273,14 @@ export interface FernetEncryptOptions extends TransformOptions {
   timestamp?: number;
 }
 
-/** Plaintext in, Fernet token (URL-safe base64 text) out. */
-export class FernetEncryptStream extends Transform {
+/** Plaintext in, token text out, without streams: the encrypting stages are thin shells over it. */
+export class FernetEncoder {
   private readonly cipher: crypto.Cipher;
   private readonly hmac: crypto.Hmac;
   private readonly encoder = new Base64UrlEncoder();
-  private started = false;
-  private readonly header: Buffer;
+  private header: Buffer | undefined;
 
   constructor(options: FernetEncryptOptions) {
-    super(options);
     const key = parseFernetKey(options.key);
     const iv = options.iv ?? crypto.randomBytes(16);
     if (iv.length !== 16) throw new RangeError('iv must be 16 bytes');
@@ -294,24 +292,47 @@ export class FernetEncryptStream extends Transform {
     this.hmac = crypto.createHmac('sha256', key.signingKey);
   }
 
-  private sendRaw(raw: Buffer): void {
-    if (!raw.length) return;
+  private encode(raw: Buffer): Buffer {
     this.hmac.update(raw);
-    const text = this.encoder.push(raw);
-    if (text.length) this.push(text);
+    return this.encoder.push(raw);
   }
 
-  private start(): void {
-    if (this.started) return;
-    this.started = true;
-    this.sendRaw(this.header);
+  private start(): Buffer {
+    if (!this.header) return EMPTY;
+    const h = this.header;
+    this.header = undefined;
+    return this.encode(h);
+  }
+
+  /** Token text for the next plaintext bytes (may be empty). */
+  update(plaintext: Buffer): Buffer {
+    const head = this.start();
+    const body = this.encode(this.cipher.update(plaintext));
+    return head.length ? Buffer.concat([head, body]) : body;
+  }
+
+  /** The rest of the token: last block, tag, padding. */
+  final(): Buffer {
+    const head = this.start();
+    const last = this.encode(this.cipher.final());
+    const tag = this.hmac.digest();
+    return Buffer.concat([head, last, this.encoder.push(tag), this.encoder.end()]);
+  }
+}
+
+/** Plaintext in, Fernet token (URL-safe base64 text) out. */
+export class FernetEncryptStream extends Transform {
+  private readonly fernet: FernetEncoder;
+
+  constructor(options: FernetEncryptOptions & TransformOptions) {
+    super(options);
+    this.fernet = new FernetEncoder(options);
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, callback: TransformCallback): void {
     try {
-      this.start();
-      this.sendRaw(this.cipher.update(chunk));
-      callback();
+      const text = this.fernet.update(chunk);
+      callback(null, text.length ? text : undefined);
     } catch (err) {
       callback(err as Error);
     }
@@ -319,12 +340,7 @@ export class FernetEncryptStream extends Transform {
 
   override _flush(callback: TransformCallback): void {
     try {
-      this.start();
-      this.sendRaw(this.cipher.final());
-      const tag = this.hmac.digest();
-      const text = Buffer.concat([this.encoder.push(tag), this.encoder.end()]);
-      this.push(text);
-      callback();
+      callback(null, this.fernet.final());
     } catch (err) {
       callback(err as Error);
     }
@@ -332,6 +348,6 @@ export class FernetEncryptStream extends Transform {
 }
 
 /** Plaintext in, Fernet token text out. See {@link FernetEncryptOptions}. */
-export function createFernetEncryptStream(options: FernetEncryptOptions): FernetEncryptStream {
+export function createFernetEncryptStream(options: FernetEncryptOptions & TransformOptions): FernetEncryptStream {
   return new FernetEncryptStream(options);
 }

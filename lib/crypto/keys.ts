@@ -63,8 +63,9 @@ export function loadPublicKey(pem: Buffer | string, what = 'the public key'): Ke
 
 /** True when both keys have the same RSA public modulus and exponent. Either may be private. */
 export function sameRsaPublicKey(a: KeyObject, b: KeyObject): boolean {
-  const ja = crypto.createPublicKey(a).export({ format: 'jwk' });
-  const jb = crypto.createPublicKey(b).export({ format: 'jwk' });
+  const pub = (k: KeyObject) => (k.type === 'public' ? k : crypto.createPublicKey(k));
+  const ja = pub(a).export({ format: 'jwk' });
+  const jb = pub(b).export({ format: 'jwk' });
   return ja.kty === 'RSA' && jb.kty === 'RSA' && ja.n === jb.n && ja.e === jb.e;
 }
 
