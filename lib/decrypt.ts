@@ -21,11 +21,12 @@ import { DecryptError, DecryptErrorCodes } from './crypto/errors.js';
 import { decryptToken, FernetEncoder, generateFernetKey, parseFernetKey, tokenLength, verifyToken, type FernetKey } from './crypto/fernet.js';
 import { encodeEnd, encodeHeader, isRegularFile, paddingAfter, readExactly, scanTarFile, TarParser, type TarEntry } from './crypto/tar.js';
 import { loadPublicKey, wrapKey } from './crypto/keys.js';
-import type { KeyUnwrapper } from './crypto/unwrapper.js';
+import { createLocalKeyUnwrapper, type KeyUnwrapper } from './crypto/unwrapper.js';
+import { createGcpKmsUnwrapper, readGcpKmsConfig } from './crypto/gcp-kms.js';
 
 export { DecryptError, DecryptErrorCodes, type DecryptErrorCode } from './crypto/errors.js';
 export { createLocalKeyUnwrapper, type KeyUnwrapper, type LocalKeyUnwrapperOptions, type PassphraseSource } from './crypto/unwrapper.js';
-export { createGcpKmsUnwrapper, crc32c, type GcpKmsConfig, type GcpKmsUnwrapperOptions, type AccessTokenProvider } from './crypto/gcp-kms.js';
+export { createGcpKmsUnwrapper, crc32c, readGcpKmsConfig, DEFAULT_KMS_ENDPOINT, type GcpKmsConfig, type GcpKmsUnwrapperOptions, type AccessTokenProvider } from './crypto/gcp-kms.js';
 
 /** Member names. Sentry's code says renaming them breaks its decrypt side. */
 export const TOKEN_MEMBER = 'export.json';
@@ -538,4 +539,60 @@ export async function encryptExport(input: EncryptedInput, output: Writable, opt
   } finally {
     await spool.remove().catch(() => undefined);
   }
+}
+
+export interface KeyUnwrapperCliOptions {
+  /** `--decrypt-with`: path of a PEM RSA private key. */
+  decryptWith?: string;
+  /** `--decrypt-passphrase-file`: file whose content (one trailing newline dropped) is the key's passphrase. */
+  passphraseFile?: string;
+  /** `--decrypt-with-gcp-kms`: path of the KMS config JSON. */
+  gcpKmsConfig?: string;
+  /** Base URL of the KMS REST API (an emulator, tests). @default DEFAULT_KMS_ENDPOINT */
+  gcpKmsEndpoint?: string;
+  /** Asked when the key is encrypted and no passphrase file was given (e.g. a TTY prompt). */
+  promptPassphrase?: () => Promise<string>;
+}
+
+/**
+ * Turns the CLI's decryption flags into a {@link KeyUnwrapper}, or `undefined` when none was
+ * given (a plain export). Validates them together: `--decrypt-with` and
+ * `--decrypt-with-gcp-kms` exclude each other, a passphrase file needs `--decrypt-with`. The
+ * key and passphrase are read and the key opened now, so a bad key fails before the import.
+ */
+export async function keyUnwrapperFromOptions(options: KeyUnwrapperCliOptions): Promise<KeyUnwrapper | undefined> {
+  const { decryptWith, passphraseFile, gcpKmsConfig, gcpKmsEndpoint, promptPassphrase } = options ?? {};
+  for (const [flag, value] of [['--decrypt-with', decryptWith], ['--decrypt-passphrase-file', passphraseFile], ['--decrypt-with-gcp-kms', gcpKmsConfig]] as const) {
+    if (value !== undefined && (typeof value !== 'string' || value === '')) throw new OptionError(`${flag} needs a file path, got ${JSON.stringify(value)}`);
+  }
+  if (decryptWith !== undefined && gcpKmsConfig !== undefined) {
+    throw new OptionError('--decrypt-with and --decrypt-with-gcp-kms cannot be used together: give one');
+  }
+  if (passphraseFile !== undefined && decryptWith === undefined) {
+    throw new OptionError('--decrypt-passphrase-file needs --decrypt-with (the passphrase opens a local private key)');
+  }
+  if (gcpKmsConfig !== undefined) {
+    const config = await readGcpKmsConfig(gcpKmsConfig);
+    return createGcpKmsUnwrapper({ config, ...(gcpKmsEndpoint ? { endpoint: gcpKmsEndpoint } : {}) });
+  }
+  if (decryptWith === undefined) return undefined;
+  let pem: Buffer;
+  try {
+    pem = await fs.readFile(decryptWith);
+  } catch (err) {
+    throw new DecryptError(DecryptErrorCodes.KEY_INVALID, `cannot read the private key ${decryptWith}: ${(err as Error).message}`, { cause: err });
+  }
+  let passphrase: string | undefined;
+  if (passphraseFile !== undefined) {
+    try {
+      passphrase = (await fs.readFile(passphraseFile, 'utf8')).replace(/\r?\n$/, '');
+    } catch (err) {
+      throw new DecryptError(DecryptErrorCodes.PASSPHRASE, `cannot read the passphrase file ${passphraseFile}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  const unwrapper = createLocalKeyUnwrapper({
+    privateKeyPem: pem,
+    ...(passphrase !== undefined ? { passphrase } : promptPassphrase ? { passphrase: promptPassphrase } : {}),
+  });
+  return unwrapper;
 }

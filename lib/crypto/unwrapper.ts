@@ -54,8 +54,10 @@ export function createLocalKeyUnwrapper(options: LocalKeyUnwrapperOptions): KeyU
     throw new OptionError('passphrase must be a string, a Buffer or a function returning one');
   }
   const staticPassphrase = typeof passphrase === 'function' ? undefined : passphrase;
+  // A PEM given inline is opened now (bad key or passphrase fail at construction), unless the
+  // passphrase is to be asked for: then it is asked only when an export needs it.
   let loaded: Promise<KeyObject> | undefined =
-    privateKeyPem !== undefined && (staticPassphrase !== undefined || !isEncryptedPem(String(privateKeyPem)))
+    privateKeyPem !== undefined && !(typeof passphrase === 'function' && isEncryptedPem(String(privateKeyPem)))
       ? Promise.resolve(loadPrivateKey(privateKeyPem, staticPassphrase))
       : undefined;
 
