@@ -1,0 +1,130 @@
+import { expect } from 'chai';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createTokenizer, type RawRecord } from '../lib/tokenize.js';
+import { chunked, collect, collectError } from './helpers/streams.js';
+
+const FIXTURES = path.resolve('../shared/fixtures/sentry');
+const fixtureFiles = fs.readdirSync(FIXTURES).filter((f) => f.endsWith('.json'));
+
+/** Reference positions: byte offset, line, column of each top-level element's '{'. */
+function expectedPositions(buf: Buffer) {
+  const text = buf.toString('latin1'); // one char per byte
+  const res: { offset: number; line: number; column: number }[] = [];
+  let depth = 0; let inStr = false; let line = 1; let lineStart = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '\n') { line++; lineStart = i + 1; }
+    if (inStr) { if (c === '\\') i++; else if (c === '"') inStr = false; continue; }
+    if (c === '"') inStr = true;
+    else if (c === '{' || c === '[') { if (depth === 1 && c === '{') res.push({ offset: i, line, column: i - lineStart + 1 }); depth++; }
+    else if (c === '}' || c === ']') depth--;
+  }
+  return res;
+}
+
+describe('createTokenizer', () => {
+  describe('on valid exports', () => {
+    for (const file of fixtureFiles) {
+      for (const size of [1, 7, 65536]) {
+        it(`splits ${file} in ${size}-byte chunks exactly like JSON.parse, with positions`, async () => {
+          const buf = fs.readFileSync(path.join(FIXTURES, file));
+          const records = await collect<RawRecord>(chunked(buf, size), createTokenizer());
+          const expected = JSON.parse(buf.toString('utf8')) as unknown[];
+          expect(records.map((r) => r.value)).to.deep.equal(expected);
+          expect(records.map((r) => r.ordinal)).to.deep.equal(expected.map((_, i) => i + 1));
+          expect(records.map((r) => ({ offset: r.offset, line: r.line, column: r.column }))).to.deep.equal(expectedPositions(buf));
+          for (const r of records) expect(JSON.parse(buf.subarray(r.offset, r.offset + r.length).toString())).to.deep.equal(r.value);
+        });
+      }
+    }
+
+    it('accepts a UTF-8 byte-order mark, even split across chunks', async () => {
+      const records = await collect<RawRecord>(chunked('\uFEFF[{"model":"a","pk":1,"fields":{}}]', 1), createTokenizer());
+      expect(records).to.have.length(1);
+      expect(records[0]!.offset).to.equal(4);
+    });
+
+    it('accepts an empty array', async () => {
+      expect(await collect(chunked(' [ ]\n', 1), createTokenizer())).to.deep.equal([]);
+    });
+
+    it('handles escaped quotes and backslashes across chunk boundaries', async () => {
+      const value = { model: 'x', pk: 1, fields: { a: 'q\\"}{[', b: '\\\\', c: '\\"\\\\"' } };
+      const text = JSON.stringify([value, value]);
+      for (const size of [1, 2, 3, 5]) {
+        const records = await collect<RawRecord>(chunked(text, size), createTokenizer());
+        expect(records.map((r) => r.value)).to.deep.equal([value, value]);
+      }
+    });
+
+    it('keeps __proto__ and constructor as plain own keys', async () => {
+      const [r] = await collect<RawRecord>(chunked('[{"model":"m","pk":1,"fields":{"__proto__":{"x":1},"constructor":2}}]', 3), createTokenizer());
+      const fields = r!.value.fields as Record<string, unknown>;
+      expect(Object.getPrototypeOf(fields)).to.equal(Object.prototype);
+      expect(Object.keys(fields)).to.deep.equal(['__proto__', 'constructor']);
+      expect(({} as Record<string, unknown>).x).to.equal(undefined);
+    });
+
+    it('counts but does not emit records up to skipThrough', async () => {
+      const text = JSON.stringify([1, 2, 3, 4].map((pk) => ({ model: 'm', pk, fields: {} })));
+      const records = await collect<RawRecord>(chunked(text, 4), createTokenizer({ skipThrough: 2 }));
+      expect(records.map((r) => r.ordinal)).to.deep.equal([3, 4]);
+    });
+  });
+
+  describe('on bad input', () => {
+    const cases: [string, string, string, Record<string, number>][] = [
+      ['empty input', '', 'USERPORT_INPUT_EMPTY', { offset: 0 }],
+      ['whitespace only', '  \n ', 'USERPORT_INPUT_EMPTY', { offset: 4, line: 2 }],
+      ['an object at top level', '{"model":1}', 'USERPORT_INPUT_NOT_ARRAY', { offset: 0, line: 1, column: 1 }],
+      ['trailing garbage', '[]\n x', 'USERPORT_INPUT_TRAILING', { offset: 4, line: 2, column: 2 }],
+      ['a number record', '[{"model":"a","pk":1,"fields":{}},\n 5]', 'USERPORT_RECORD_NOT_OBJECT', { ordinal: 2, line: 2, column: 2 }],
+      ['a trailing comma', '[{"model":"a","pk":1,"fields":{}},]', 'USERPORT_PARSE_JSON', { offset: 34 }],
+      ['a missing comma', '[{"pk":1} {"pk":2}]', 'USERPORT_PARSE_JSON', { offset: 10 }],
+      ['truncation inside a record', '[{"model":"a","pk":1,"fie', 'USERPORT_INPUT_TRUNCATED', { offset: 25, ordinal: 1 }],
+      ['truncation after a record', '[{"model":"a"}', 'USERPORT_INPUT_TRUNCATED', { offset: 14 }],
+      ['a syntax error inside a record', '[\n  {"model": "a",\n   "pk": tru}]', 'USERPORT_PARSE_JSON', { ordinal: 1, line: 3, column: 10, offset: 28 }],
+      ['a raw control character in a string', '[{"model":"a\u0001"}]', 'USERPORT_PARSE_JSON', { offset: 12 }],
+    ];
+    for (const [what, text, code, pos] of cases) {
+      it(`fails on ${what} with ${code} and its position, in 1-byte and whole chunks`, async () => {
+        for (const size of [1, 1 << 20]) {
+          const err = await collectError(chunked(text, size), createTokenizer());
+          expect(err.code, `${what} (chunk ${size})`).to.equal(code);
+          for (const [k, v] of Object.entries(pos)) expect(err.position?.[k], `${k} (chunk ${size})`).to.equal(v);
+        }
+      });
+    }
+
+    it('rejects invalid UTF-8 with the offending byte position', async () => {
+      const buf = Buffer.concat([Buffer.from('[{"model":"ab'), Buffer.from([0xc3, 0x28]), Buffer.from('"}]')]);
+      for (const size of [1, 100]) {
+        const err = await collectError(chunked(buf, size), createTokenizer());
+        expect(err.code).to.equal('USERPORT_INPUT_UTF8');
+        expect(err.position?.offset).to.equal(13);
+      }
+    });
+
+    it('refuses a record over maxRecordBytes before buffering all of it', async () => {
+      const tokenizer = createTokenizer({ maxRecordBytes: 1024 });
+      const big = '[{"model":"a","pk":1,"fields":{"s":"' + 'x'.repeat(100000) + '"}}]';
+      const err = await collectError(chunked(big, 256), tokenizer);
+      expect(err.code).to.equal('USERPORT_LIMIT_RECORD_SIZE');
+      expect(err.position?.ordinal).to.equal(1);
+      expect(tokenizer.splitter.bytesRead).to.be.below(4096);
+    });
+
+    it('refuses nesting deeper than maxDepth', async () => {
+      const deep = '[{"a":' + '['.repeat(100000) + ']'.repeat(100000) + '}]';
+      const err = await collectError(chunked(deep, 4096), createTokenizer({ maxDepth: 64 }));
+      expect(err.code).to.equal('USERPORT_LIMIT_DEPTH');
+      expect(err.position?.offset).to.equal(6 + 63);
+    });
+
+    it('validates its options up front, naming them', () => {
+      expect(() => createTokenizer({ maxDepth: 0 })).to.throw(/maxDepth must be an integer >= 2, got 0/);
+      expect(() => createTokenizer({ maxRecordBytes: 1.5 })).to.throw(/maxRecordBytes/);
+    });
+  });
+});
