@@ -40,7 +40,7 @@ export function generateFernetKey(): Buffer {
 export function parseFernetKey(text: Buffer | string): FernetKey {
   const s = (typeof text === 'string' ? text : text.toString('latin1')).trim();
   const raw = Buffer.from(s, 'base64url');
-  if (s.length !== 44 || raw.length !== 32 || !/^[A-Za-z0-9_-]{43}=$/.test(s)) {
+  if (s.length !== 44 || raw.length !== 32 || !/^[A-Za-z0-9_+/-]{43}=$/.test(s)) {
     throw tampered('the unwrapped data key is not a Fernet key (44 bytes of URL-safe base64)');
   }
   return { signingKey: raw.subarray(0, 16), encryptionKey: raw.subarray(16) };
