@@ -135,18 +135,43 @@ async function unwrapFernetKey(unwrapper: KeyUnwrapper, wrapped: Buffer, publicK
 }
 
 /**
- * The plaintext stream over a verified token. `cleanup` runs once on close (end, error or
- * destroy), also when the stream is destroyed before it was ever read.
+ * The plaintext stream over a verified token. `cleanup` (close the file, remove the spool) runs
+ * once, before `close` is emitted, on end, error or destroy, also when never read.
  */
 function plaintextStream(file: FileHandle, start: number, length: number, key: FernetKey, chunkSize: number, cleanup: () => Promise<void>): Readable {
-  const stream = Readable.from(decryptToken(readRange(file, start, length, chunkSize), key), { objectMode: false, highWaterMark: chunkSize });
-  let done = false;
-  stream.once('close', () => {
-    if (done) return;
-    done = true;
-    cleanup().catch(() => undefined);
+  const iter = decryptToken(readRange(file, start, length, chunkSize), key);
+  let inflight: Promise<void> | undefined;
+  return new Readable({
+    highWaterMark: chunkSize,
+    read() {
+      if (inflight) return;
+      inflight = (async () => {
+        try {
+          for (;;) {
+            const { value, done } = await iter.next();
+            if (this.destroyed) return;
+            if (done) {
+              this.push(null);
+              return;
+            }
+            if (!this.push(value)) return;
+          }
+        } catch (err) {
+          this.destroy(err as Error);
+        } finally {
+          inflight = undefined;
+        }
+      })();
+    },
+    destroy(err, callback) {
+      // Let a read in progress settle before the file under it is closed.
+      Promise.resolve(inflight)
+        .then(() => iter.return(undefined))
+        .catch(() => undefined)
+        .then(cleanup)
+        .then(() => callback(err), (cleanupErr: unknown) => callback(err ?? (cleanupErr as Error)));
+    },
   });
-  return stream;
 }
 
 /** Spool folders still on disk, removed synchronously if the process exits before their stream closed. */
