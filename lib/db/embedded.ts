@@ -196,7 +196,7 @@ export async function startEmbedded(options: EmbeddedOptions = {}): Promise<Embe
     fs.rmSync(dataDir, { recursive: true, force: true });
     fs.mkdirSync(dataDir, { mode: 0o700 });
     if (who.uid !== undefined) {
-      checkTraversable(dir, who);
+      checkTraversable(path.dirname(dir), who);
       checkTraversable(bins.root, who);
       fs.chownSync(dir, who.uid, who.gid!);
       fs.chownSync(dataDir, who.uid, who.gid!);

@@ -1,0 +1,112 @@
+/**
+ * Stage 2, records -> in-scope records: checks each record's envelope (`{model, pk, fields}`),
+ * keeps the four user-scope models and counts every other model as skipped, and applies the
+ * username filter.
+ *
+ * A user removed by the filter is not dropped here but passed on marked `filtered`: its source pk
+ * must reach the database so that its emails and options (which may come before or after it in
+ * the file) are dropped with the right reason. Whether a child row belongs to a kept user cannot
+ * be decided in one streaming pass without remembering every pk, and that memory lives in
+ * PostgreSQL, not here.
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import { ErrorCodes, OptionError, RecordError } from './errors.js';
+import { describeAjvError, modelInfo, registry } from './models.js';
+import type { RawRecord, RecordPosition } from './tokenize.js';
+
+/** A record of a user-scope model with a valid envelope. */
+export interface ScopedRecord extends RecordPosition {
+  kind: 'record';
+  /** Lower-cased model name (`sentry.user`). */
+  model: string;
+  pk: number;
+  fields: Record<string, unknown>;
+  /** True for a user removed by the username filter: only its pk is staged. */
+  filtered: boolean;
+}
+
+/** A record of a model outside the user scope: counted, not imported. */
+export interface SkipMarker extends RecordPosition {
+  kind: 'skip';
+  model: string;
+}
+
+/** A record that failed validation while rejects are being collected. */
+export interface RejectMarker extends RecordPosition {
+  kind: 'reject';
+  /** Lower-cased model name when the record had a valid one. */
+  model: string | undefined;
+  error: RecordError;
+  record: unknown;
+}
+
+/** What flows between the object stages: every record of the export, in order, exactly once. */
+export type FlowItem = ScopedRecord | SkipMarker | RejectMarker;
+
+export interface UserFilterOptions {
+  /** Usernames to keep (exact match). Undefined: keep every user. An empty set keeps none. */
+  usernames?: Iterable<string>;
+  /**
+   * Pass records that fail their envelope check on as {@link RejectMarker}s instead of failing
+   * the stream (`--rejects-file`). @default false
+   */
+  collectRejects?: boolean;
+}
+
+/**
+ * Parses a username list: commas or newlines separate names; surrounding whitespace is trimmed;
+ * empty entries are ignored.
+ */
+export function parseUsernameList(text: string): string[] {
+  return text.split(/[,\r\n]+/).map((s) => s.trim()).filter((s) => s.length > 0);
+}
+
+function position(raw: RecordPosition): RecordPosition {
+  return { ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, length: raw.length };
+}
+
+/** Checks one raw record's envelope and classifies it. Pure. Throws a {@link RecordError}. */
+export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefined): ScopedRecord | SkipMarker {
+  const { envelope } = registry();
+  const v = raw.value;
+  if (!(envelope as (x: unknown) => boolean)(v)) {
+    const { field, reason } = describeAjvError(envelope.errors?.[0]);
+    const model = typeof v.model === 'string' ? v.model.toLowerCase() : undefined;
+    throw new RecordError(ErrorCodes.RECORD_ENVELOPE, `record ${raw.ordinal}: ${field ?? 'record'} ${reason}`, {
+      position: { ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, model, pk: v.pk, field },
+    });
+  }
+  const model = (v.model as string).toLowerCase();
+  if (!modelInfo(model)) return { kind: 'skip', ...position(raw), model };
+  const fields = v.fields as Record<string, unknown>;
+  let filtered = false;
+  if (keep && model === 'sentry.user') {
+    const username = fields.username;
+    filtered = !(typeof username === 'string' && keep.has(username));
+  }
+  return { kind: 'record', ...position(raw), model, pk: v.pk as number, fields, filtered };
+}
+
+/** Creates the scope-and-filter stage: {@link RawRecord} in, {@link FlowItem} out. */
+export function createUserFilter(options: UserFilterOptions = {}): Transform {
+  if (options.usernames !== undefined && typeof (options.usernames as Iterable<string>)[Symbol.iterator] !== 'function') {
+    throw new OptionError('usernames must be an iterable of strings');
+  }
+  const keep = options.usernames === undefined ? undefined : new Set(options.usernames);
+  const collect = options.collectRejects ?? false;
+  return new Transform({
+    objectMode: true,
+    highWaterMark: 256,
+    transform(raw: RawRecord, _enc: BufferEncoding, callback: TransformCallback) {
+      let item: FlowItem;
+      try {
+        item = scopeRecord(raw, keep);
+      } catch (err) {
+        if (!collect || !(err instanceof RecordError)) return callback(err as Error);
+        const m = err.position?.model;
+        item = { kind: 'reject', ...position(raw), model: m && modelInfo(m) ? m : undefined, error: err, record: raw.value };
+      }
+      callback(null, item);
+    },
+  });
+}

@@ -1,0 +1,301 @@
+/**
+ * `importUsers`: the whole job, wired with `await pipeline(...)`:
+ * source bytes -> [decryptor] -> tokenizer -> user filter -> model mapper -> PostgreSQL sink.
+ * Also the bookkeeping around it: the import row, resuming, the findings file, the summary.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import pg from 'pg';
+import { createKnex, migrate, waitForDatabase } from './db/knex.js';
+import { mergeStaged } from './db/merge.js';
+import { openDecryptedSource, type KeyUnwrapper } from './decrypt.js';
+import { ErrorCodes, OptionError, UserportError, wrapDbError } from './errors.js';
+import { createUserFilter } from './filter-users.js';
+import { createModelMapper, type MappedItem } from './map-models.js';
+import { createPgSink, DEFAULT_BATCH_ROWS } from './pg-sink.js';
+import { createRejectsFile, type RejectSink } from './rejects.js';
+import { ImportStats, type ImportSummary, type StatsSnapshot } from './stats.js';
+import { createTokenizer, DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './tokenize.js';
+
+/** Progress of a running import, reported about twice a second. */
+export interface Progress {
+  bytesRead: number;
+  /** Total bytes when known (a file), else undefined. */
+  totalBytes: number | undefined;
+  records: number;
+  seconds: number;
+}
+
+export interface ImportOptions {
+  /** A file path, `-` for standard input, or a byte stream. */
+  source: string | Readable;
+  /** `postgresql://...` of the target database. */
+  databaseUrl: string;
+  /** Reuse an existing user on username collision instead of renaming. @default false */
+  mergeUsers?: boolean;
+  /** Import only these users (exact usernames) and what belongs to them. */
+  filterUsernames?: string[];
+  /** Run everything, report, then roll back. @default false */
+  dryRun?: boolean;
+  /** Commit in batches with checkpoints; re-running with the same `importId` resumes. @default false */
+  resumable?: boolean;
+  /** Id of the import (resumable mode). @default a new UUID */
+  importId?: string;
+  /** Rows per committed batch in resumable mode. @default 20000 */
+  batchRows?: number;
+  /** Write records that fail validation here (JSON lines) instead of aborting. */
+  rejectsFile?: string;
+  /** With `rejectsFile`: abort after this many rejects. @default unlimited */
+  maxRejects?: number;
+  /** Write every finding (dropped, filtered, merged, renamed rows; or the error) here as JSON. */
+  findingsFile?: string;
+  /** @default 8 MiB */
+  maxRecordBytes?: number;
+  /** @default 64 */
+  maxDepth?: number;
+  /** When set, `source` is an encrypted export tarball and this unwraps its key. */
+  decrypt?: KeyUnwrapper;
+  /** Called about twice a second while records flow. */
+  onProgress?: (p: Progress) => void;
+  /** Called once the import id is known (before any record is read). */
+  onStart?: (info: { importId: string; resumed: boolean; fromOrdinal: number }) => void;
+}
+
+function checkOptions(o: ImportOptions): void {
+  if (o === null || typeof o !== 'object') throw new OptionError('options must be an object');
+  if (typeof o.source !== 'string' && !(o.source instanceof Readable)) {
+    throw new OptionError('source must be a file path, "-" or a Readable stream');
+  }
+  if (typeof o.databaseUrl !== 'string' || !o.databaseUrl) throw new OptionError('databaseUrl must be a postgresql:// URL');
+  if (o.filterUsernames !== undefined && !(Array.isArray(o.filterUsernames) && o.filterUsernames.every((u) => typeof u === 'string'))) {
+    throw new OptionError('filterUsernames must be an array of strings');
+  }
+  if (o.resumable && o.dryRun) throw new OptionError('resumable and dryRun cannot be combined');
+  if (o.importId !== undefined && !o.resumable) throw new OptionError('importId needs resumable');
+  if (o.importId !== undefined && !/^[A-Za-z0-9._-]{1,100}$/.test(o.importId)) {
+    throw new OptionError(`importId must be 1-100 letters, digits, '.', '_' or '-', got "${o.importId}"`);
+  }
+  if (o.maxRejects !== undefined && o.rejectsFile === undefined) throw new OptionError('maxRejects needs rejectsFile');
+  if (o.resumable && (o.source === '-' || o.source instanceof Readable)) {
+    throw new OptionError('a resumable import needs a file source (it is read again to resume)');
+  }
+}
+
+/** Size and SHA-256 of the first MiB: enough to refuse resuming with another file. */
+function fingerprint(path: string): { size: number; hash: string } {
+  const fd = fs.openSync(path, 'r');
+  try {
+    const size = fs.fstatSync(fd).size;
+    const buf = Buffer.alloc(Math.min(size, 1 << 20));
+    fs.readSync(fd, buf, 0, buf.length, 0);
+    return { size, hash: createHash('sha256').update(buf).digest('hex') };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+async function openSource(o: ImportOptions): Promise<{ stream: Readable; size: number | undefined }> {
+  if (o.decrypt) {
+    const input = typeof o.source === 'string' && o.source !== '-' ? { path: o.source }
+      : { stream: o.source === '-' ? process.stdin : (o.source as Readable) };
+    const { stream, size } = await openDecryptedSource(input, { unwrapper: o.decrypt });
+    return { stream, size };
+  }
+  if (o.source instanceof Readable) return { stream: o.source, size: undefined };
+  if (o.source === '-') return { stream: process.stdin, size: undefined };
+  let size: number;
+  try {
+    const st = fs.statSync(o.source);
+    if (!st.isFile()) throw new OptionError(`${o.source} is not a file`);
+    size = st.size;
+  } catch (err) {
+    if (err instanceof UserportError) throw err;
+    throw new UserportError(ErrorCodes.IO, `cannot read ${o.source}: ${(err as Error).message}`, { cause: err });
+  }
+  return { stream: fs.createReadStream(o.source, { highWaterMark: 1 << 20 }), size };
+}
+
+interface ImportRow {
+  run: number;
+  state: string;
+  source_size: number | null;
+  source_fingerprint: string | null;
+  options: Record<string, unknown>;
+  checkpoint_ordinal: number;
+  counters: StatsSnapshot | null;
+  summary: ImportSummary | null;
+}
+
+/** Options that must be the same when an import is resumed. */
+function resumeKey(o: ImportOptions) {
+  return { mergeUsers: !!o.mergeUsers, filterUsernames: o.filterUsernames ? [...o.filterUsernames].sort() : null, encrypted: !!o.decrypt };
+}
+
+/**
+ * Imports a Sentry user export. Resolves to the summary; rejects with a {@link UserportError}
+ * (nothing written in atomic mode; everything up to the last checkpoint kept in resumable mode).
+ */
+export async function importUsers(options: ImportOptions): Promise<ImportSummary> {
+  checkOptions(options);
+  const started = Date.now();
+  const mode: ImportSummary['mode'] = options.dryRun ? 'dry-run' : options.resumable ? 'resumable' : 'atomic';
+  const knex = createKnex(options.databaseUrl, 2);
+  const client = new pg.Client({ connectionString: options.databaseUrl, application_name: 'userport' });
+  let clientError: Error | undefined;
+  // A dead server makes pg emit 'error' on the client: without a listener the process would crash.
+  client.on('error', (err) => { clientError = err; });
+  const stats = new ImportStats();
+  let rejects: RejectSink | undefined;
+  let run = 0;
+  let importId = options.importId ?? randomUUID();
+  let progressTimer: NodeJS.Timeout | undefined;
+  try {
+    await waitForDatabase(knex);
+    await migrate(knex);
+    try { await client.connect(); } catch (err) { throw wrapDbError(err, 'connecting'); }
+
+    let skipThrough = 0;
+    const fp = typeof options.source === 'string' && options.source !== '-' ? fingerprint(options.source) : undefined;
+    if (options.resumable) {
+      const lock = await client.query('SELECT pg_try_advisory_lock(7472117103, hashtext($1)) AS ok', [importId]);
+      if (!lock.rows[0].ok) throw new UserportError(ErrorCodes.IMPORT_BUSY, `import ${importId} is already running in another process`);
+      const found = await client.query<ImportRow>('SELECT * FROM userport_import WHERE id = $1', [importId]);
+      const row = found.rows[0];
+      if (row) {
+        if (row.state === 'done' && row.summary) return { ...row.summary, state: 'already-done' };
+        if (row.source_size !== fp!.size || row.source_fingerprint !== fp!.hash) {
+          throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with a different export file`);
+        }
+        if (JSON.stringify(row.options) !== JSON.stringify(resumeKey(options))) {
+          throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with other options (merge, filter or decryption)`);
+        }
+        run = row.run;
+        skipThrough = row.checkpoint_ordinal;
+        if (row.counters) stats.restore(row.counters);
+        await client.query(`UPDATE userport_import SET state = 'running', error = NULL, updated_at = now() WHERE run = $1`, [run]);
+      } else {
+        const ins = await client.query(
+          `INSERT INTO userport_import (id, mode, state, source, source_size, source_fingerprint, options)
+           VALUES ($1, 'resumable', 'running', $2, $3, $4, $5) RETURNING run`,
+          [importId, options.source as string, fp!.size, fp!.hash, JSON.stringify(resumeKey(options))]);
+        run = ins.rows[0].run;
+      }
+    } else {
+      run = (await client.query(`SELECT nextval('userport_import_run_seq')::bigint AS run`)).rows[0].run;
+    }
+    options.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough });
+
+    if (options.rejectsFile) {
+      rejects = createRejectsFile(options.rejectsFile, { maxRejects: options.maxRejects, resumeAt: skipThrough ? stats.snapshot().rejects ?? { bytes: 0, count: 0 } : undefined });
+    }
+    const collectRejects = !!rejects;
+    const { stream: source, size } = await openSource(options);
+    const tokenizer = createTokenizer({
+      maxRecordBytes: options.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES,
+      maxDepth: options.maxDepth ?? DEFAULT_MAX_DEPTH,
+      skipThrough,
+    });
+    const filter = createUserFilter({ usernames: options.filterUsernames, collectRejects });
+    const mapper = createModelMapper({ collectRejects });
+    const filterActive = options.filterUsernames !== undefined;
+
+    const finalize = async (c: pg.ClientBase) => {
+      if (!options.resumable) {
+        await c.query(`INSERT INTO userport_import (run, id, mode, state, source, source_size, source_fingerprint, options)
+                       VALUES ($1, $2, $3, 'running', $4, $5, $6, $7)`,
+          [run, importId, mode, typeof options.source === 'string' ? options.source : '(stream)', fp?.size ?? null, fp?.hash ?? null,
+            JSON.stringify(resumeKey(options))]);
+      }
+      await mergeStaged(c, { run, mergeUsers: !!options.mergeUsers, filterActive }, stats);
+      if (filterActive) {
+        const r = await c.query(`SELECT name FROM unnest($2::text[]) AS name
+                                 WHERE NOT EXISTS (SELECT 1 FROM userport_stage s WHERE s.run = $1 AND s.model = 1 AND s.keep AND s.username = name)
+                                 ORDER BY name`, [run, [...new Set(options.filterUsernames)]]);
+        stats.unmatchedUsernames = r.rows.map((x: { name: string }) => x.name);
+      }
+      if (options.findingsFile) await writeFindings(c, run, options.findingsFile, stats.unmatchedUsernames);
+      const summary = buildSummary();
+      if (options.resumable) await c.query('DELETE FROM userport_stage WHERE run = $1', [run]);
+      await c.query(`UPDATE userport_import SET state = 'done', finished_at = now(), updated_at = now(), summary = $2,
+                     counters = $3 WHERE run = $1`, [run, JSON.stringify(summary), JSON.stringify(stats.snapshot())]);
+    };
+    const checkpoint = async (c: pg.ClientBase, last: MappedItem) => {
+      const snap = stats.snapshot();
+      if (rejects) snap.rejects = { bytes: rejects.bytes, count: rejects.count };
+      await c.query(`UPDATE userport_import SET checkpoint_ordinal = $2, checkpoint_offset = $3, counters = $4, updated_at = now()
+                     WHERE run = $1`, [run, last.ordinal, last.offset + last.length, JSON.stringify(snap)]);
+    };
+    const sink = createPgSink({
+      client, run, transaction: options.resumable ? 'batches' : 'whole', dryRun: options.dryRun,
+      batchRows: options.batchRows ?? DEFAULT_BATCH_ROWS, checkpoint, finalize, stats, rejects,
+    });
+    if (options.onProgress) {
+      const onProgress = options.onProgress;
+      progressTimer = setInterval(() => onProgress({
+        bytesRead: tokenizer.splitter.bytesRead, totalBytes: size, records: tokenizer.splitter.recordsSeen,
+        seconds: (Date.now() - started) / 1000,
+      }), 500);
+      progressTimer.unref();
+    }
+    const buildSummary = (): ImportSummary => {
+      const s = stats.snapshot();
+      return {
+        importId, mode, state: 'done', records: s.records, bytes: s.bytes, seconds: (Date.now() - started) / 1000,
+        models: s.models, skipped: s.skipped, unknownFields: s.unknownFields, adjacent: s.adjacent, unmatchedUsernames: s.unmatchedUsernames,
+      };
+    };
+    try {
+      await pipeline(source, tokenizer, filter, mapper, sink);
+    } catch (err) {
+      if (clientError && !(err instanceof UserportError)) throw wrapDbError(clientError, 'the import');
+      throw err instanceof UserportError ? err : wrapDbError(err, 'the import');
+    }
+    return buildSummary();
+  } catch (err) {
+    const e = err instanceof UserportError ? err : wrapDbError(err, 'the import');
+    if (options.findingsFile) writeErrorFinding(options.findingsFile, e);
+    if (options.resumable && run) {
+      await knex.raw(`UPDATE userport_import SET state = 'failed', error = ?, updated_at = now() WHERE run = ?`, [e.message, run]).catch(() => undefined);
+    }
+    throw e;
+  } finally {
+    if (progressTimer) clearInterval(progressTimer);
+    await rejects?.close().catch(() => undefined);
+    await client.end().catch(() => undefined);
+    await knex.destroy().catch(() => undefined);
+  }
+}
+
+/** Writes the findings of `run` as a JSON array, page by page (constant memory). */
+async function writeFindings(c: pg.ClientBase, run: number, file: string, unmatched: string[]): Promise<void> {
+  const fd = fs.openSync(file, 'w', 0o600);
+  try {
+    let first = true;
+    const put = (obj: unknown) => { fs.writeSync(fd, (first ? '[\n' : ',\n') + JSON.stringify(obj)); first = false; };
+    for (const name of unmatched) put({ finding: 'UnmatchedUsername', kind: 'unmatched', model: 'sentry.user', reason: `--filter-usernames: no user named "${name}"` });
+    let after = -1;
+    for (;;) {
+      const page = await c.query(`SELECT ctid::text AS id, kind, model, source_pk, ordinal, byte_offset, reason FROM userport_finding
+                                  WHERE run = $1 AND ordinal > $2 ORDER BY ordinal LIMIT 5000`, [run, after]);
+      for (const r of page.rows) {
+        put({ finding: 'ImportFinding', kind: r.kind, model: r.model, pk: r.source_pk, ordinal: r.ordinal, offset: r.byte_offset, reason: r.reason });
+      }
+      if (page.rows.length < 5000) break;
+      after = page.rows[page.rows.length - 1].ordinal;
+    }
+    fs.writeSync(fd, first ? '[]\n' : '\n]\n');
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function writeErrorFinding(file: string, e: UserportError): void {
+  try {
+    const p = e.position ?? {};
+    fs.writeFileSync(file, JSON.stringify([{ finding: 'ImportError', kind: e.code, reason: e.message, ...p }], null, 2) + '\n', { mode: 0o600 });
+  } catch {
+    // The findings file is a report; failing to write it must not hide the real error.
+  }
+}

@@ -1,0 +1,125 @@
+/**
+ * Stage 3, in-scope records -> staging rows: validates each record's fields against its model's
+ * JSON Schema (ajv, compiled once), counts unknown fields (ignored, never fatal), and lays the
+ * values out in staging-column order. Everything PostgreSQL would refuse (a NUL character, a lone
+ * surrogate, an over-long string, an impossible date) is caught here, so the COPY that follows
+ * never fails on data and a bad record can be rejected on its own.
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import { ErrorCodes, RecordError } from './errors.js';
+import type { FlowItem, RejectMarker, ScopedRecord, SkipMarker } from './filter-users.js';
+import { describeAjvError, modelInfo, STAGE_COLUMNS, type StageValue } from './models.js';
+import type { RecordPosition } from './tokenize.js';
+
+/** A record ready for the staging table. */
+export interface StagedRow extends RecordPosition {
+  kind: 'row';
+  model: string;
+  /** The model's staging code (`x-userport.code`). */
+  code: number;
+  pk: number;
+  /** False for a user removed by the username filter (only its pk is staged). */
+  keep: boolean;
+  /** One value per {@link STAGE_COLUMNS} entry; JSON text for `json` columns. */
+  values: StageValue[];
+  /** Fields the schema does not know (ignored), when there are any. */
+  unknownFields?: string[];
+}
+
+/** What the mapper emits: staged rows, and the skip and reject markers passed through. */
+export type MappedItem = StagedRow | SkipMarker | RejectMarker;
+
+export interface ModelMapperOptions {
+  /**
+   * Pass records that fail their schema on as {@link RejectMarker}s instead of failing the
+   * stream (`--rejects-file`). @default false
+   */
+  collectRejects?: boolean;
+}
+
+const NULLS: StageValue[] = STAGE_COLUMNS.map(() => null);
+
+function badValue(rec: ScopedRecord, field: string, reason: string): RecordError {
+  return new RecordError(ErrorCodes.RECORD_SCHEMA, `${rec.model} pk ${rec.pk}: field ${field} ${reason}`, {
+    position: { ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, model: rec.model, pk: rec.pk, field },
+  });
+}
+
+/** Why PostgreSQL would refuse this string, or undefined. */
+function textProblem(s: string): string | undefined {
+  if (s.indexOf('\u0000') !== -1) return 'contains a NUL character, which PostgreSQL cannot store';
+  if (!s.isWellFormed()) return 'contains an unpaired UTF-16 surrogate';
+  return undefined;
+}
+
+/** Checks every string (and key) inside a JSON value; returns the first problem. */
+function jsonProblem(v: unknown, depth = 0): string | undefined {
+  if (typeof v === 'string') return textProblem(v);
+  if (v === null || typeof v !== 'object') return undefined;
+  if (Array.isArray(v)) {
+    for (const x of v) { const p = jsonProblem(x, depth + 1); if (p) return p; }
+    return undefined;
+  }
+  for (const [k, x] of Object.entries(v)) {
+    const p = textProblem(k) ?? jsonProblem(x, depth + 1);
+    if (p) return p;
+  }
+  return undefined;
+}
+
+/** Validates and maps one record. Pure. Throws a {@link RecordError}. */
+export function mapRecord(rec: ScopedRecord): StagedRow {
+  const info = modelInfo(rec.model);
+  if (!info) throw new Error(`mapRecord: ${rec.model} is not a user-scope model`);
+  const base = {
+    ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, length: rec.length,
+    kind: 'row' as const, model: rec.model, code: info.mapping.code, pk: rec.pk,
+  };
+  if (rec.filtered) return { ...base, keep: false, values: NULLS };
+  const fields = rec.fields;
+  if (!info.validate(fields)) {
+    const { field, reason } = describeAjvError(info.validate.errors?.[0]);
+    throw badValue(rec, field ?? 'fields', reason);
+  }
+  let unknownFields: string[] | undefined;
+  for (const k of Object.keys(fields)) if (!info.known.has(k)) (unknownFields ??= []).push(k);
+  const values: StageValue[] = new Array(STAGE_COLUMNS.length);
+  for (let i = 0; i < STAGE_COLUMNS.length; i++) {
+    const field = info.fieldFor[i];
+    const v = field === undefined ? undefined : fields[field];
+    if (v === undefined || v === null) { values[i] = null; continue; }
+    const type = STAGE_COLUMNS[i]![1];
+    if (type === 'json') {
+      const p = jsonProblem(v);
+      if (p) throw badValue(rec, field!, p);
+      values[i] = JSON.stringify(v);
+    } else if (type === 'text') {
+      const p = textProblem(v as string);
+      if (p) throw badValue(rec, field!, p);
+      values[i] = v as string;
+    } else {
+      values[i] = v as StageValue;
+    }
+  }
+  return unknownFields ? { ...base, keep: true, values, unknownFields } : { ...base, keep: true, values };
+}
+
+/** Creates the model-mapping stage: {@link FlowItem} in, {@link MappedItem} out. */
+export function createModelMapper(options: ModelMapperOptions = {}): Transform {
+  const collect = options.collectRejects ?? false;
+  return new Transform({
+    objectMode: true,
+    highWaterMark: 256,
+    transform(item: FlowItem, _enc: BufferEncoding, callback: TransformCallback) {
+      if (item.kind !== 'record') return callback(null, item);
+      try {
+        callback(null, mapRecord(item));
+      } catch (err) {
+        if (!collect || !(err instanceof RecordError)) return callback(err as Error);
+        const { ordinal, offset, line, column, length, model, pk, fields } = item;
+        const reject: RejectMarker = { kind: 'reject', ordinal, offset, line, column, length, model, error: err, record: { model, pk, fields } };
+        callback(null, reject);
+      }
+    },
+  });
+}

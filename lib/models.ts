@@ -1,0 +1,125 @@
+/**
+ * Model knowledge, read from the JSON Schemas in `schemas/`: which models are in the user scope,
+ * how each field is validated, and which staging column it lands in (`x-userport.columns`).
+ * Stages never branch on model names; they look the model up here.
+ */
+import fs from 'node:fs';
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+
+/** Type of a staging column, which decides how a value is checked and encoded for COPY. */
+export type ColumnType = 'text' | 'bool' | 'timestamptz' | 'int' | 'json';
+
+/**
+ * The staging table's data columns, in COPY order. One wide table for all four models lets the
+ * sink keep a single COPY stream open for the whole import (models may interleave in any order).
+ */
+export const STAGE_COLUMNS = [
+  ['username', 'text'], ['first_name', 'text'], ['email', 'text'],
+  ['is_active', 'bool'], ['is_sentry_app', 'bool'],
+  ['last_login', 'timestamptz'], ['date_joined', 'timestamptz'], ['last_active', 'timestamptz'],
+  ['flags', 'int'], ['session_nonce', 'text'], ['avatar_type', 'int'], ['avatar_url', 'text'],
+  ['user_pk', 'int'], ['project_id', 'int'], ['organization_id', 'int'],
+  ['opt_key', 'text'], ['opt_value', 'json'],
+] as const satisfies readonly (readonly [string, ColumnType])[];
+
+export type StageColumn = (typeof STAGE_COLUMNS)[number][0];
+
+/** A value on its way to a staging column: JSON text for `json` columns, else the JS value. */
+export type StageValue = string | number | boolean | null;
+
+/** The `x-userport` block of a model schema. */
+export interface ModelMapping {
+  /** Small integer stored in the staging table's `model` column. */
+  code: number;
+  /** Target table in Sentry's schema. */
+  table: string;
+  /** What makes two rows the same in the target (documentation; the merge SQL implements it). */
+  uniqueKey: string;
+  /** Fields holding a source pk of another model. */
+  foreignKeys: Record<string, string>;
+  /** Field name -> staging column. */
+  columns: Record<string, StageColumn>;
+  /** Known fields that are validated but deliberately not imported (Sentry resets them). */
+  ignored: string[];
+}
+
+export interface ModelInfo {
+  name: string;
+  mapping: ModelMapping;
+  validate: ValidateFunction;
+  /** Every field the schema knows (mapped or ignored); anything else counts as unknown. */
+  known: Set<string>;
+  /** For each staging column, the field feeding it (or undefined). */
+  fieldFor: (string | undefined)[];
+}
+
+const SCHEMA_DIR = new URL('../../schemas/', import.meta.url);
+const USER_SCOPE = ['sentry.user', 'sentry.email', 'sentry.useremail', 'sentry.useroption'] as const;
+export type UserScopeModel = (typeof USER_SCOPE)[number];
+
+const DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?$/;
+
+/** Strict ISO-8601 date-time that PostgreSQL's timestamptz accepts: a real calendar date, year 1-9999. */
+export function isDateTime(s: string): boolean {
+  const m = DATE_TIME.exec(s);
+  if (!m) return false;
+  const y = +m[1]!, mo = +m[2]!, d = +m[3]!, h = +m[4]!, mi = +m[5]!, sec = +m[6]!;
+  if (y < 1 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || sec > 59) return false;
+  const dim = [31, (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0 ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mo - 1]!;
+  return d <= dim;
+}
+
+function loadSchema(name: string): Record<string, unknown> {
+  return JSON.parse(fs.readFileSync(new URL(`${name}.json`, SCHEMA_DIR), 'utf8')) as Record<string, unknown>;
+}
+
+function build() {
+  const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true });
+  ajv.addKeyword({ keyword: 'x-userport', schemaType: 'object' });
+  ajv.addFormat('date-time', { type: 'string', validate: isDateTime });
+  const envelope = ajv.compile(loadSchema('record'));
+  const models = new Map<string, ModelInfo>();
+  for (const name of USER_SCOPE) {
+    const schema = loadSchema(name);
+    const mapping = schema['x-userport'] as ModelMapping;
+    const props = Object.keys(schema.properties as object);
+    const fieldFor = STAGE_COLUMNS.map(([col]) => Object.keys(mapping.columns).find((f) => mapping.columns[f] === col));
+    models.set(name, { name, mapping, validate: ajv.compile(schema), known: new Set(props), fieldFor });
+  }
+  return { envelope, models };
+}
+
+let cache: ReturnType<typeof build> | undefined;
+
+/** The compiled schemas (built once, on first use). */
+export function registry(): { envelope: ValidateFunction; models: Map<string, ModelInfo> } {
+  return (cache ??= build());
+}
+
+/** The in-scope model named `name` (already lower-cased), or undefined when out of scope. */
+export function modelInfo(name: string): ModelInfo | undefined {
+  return registry().models.get(name);
+}
+
+/** Model info by staging code. */
+export function modelByCode(code: number): ModelInfo {
+  for (const m of registry().models.values()) if (m.mapping.code === code) return m;
+  throw new Error(`no model with code ${code}`);
+}
+
+/** The four models `sentry export users` writes. */
+export const USER_SCOPE_MODELS: readonly UserScopeModel[] = USER_SCOPE;
+
+/** Turns an ajv error into (field, reason). */
+export function describeAjvError(e: ErrorObject | undefined): { field: string | undefined; reason: string } {
+  if (!e) return { field: undefined, reason: 'is invalid' };
+  let field = e.instancePath.replace(/^\//, '').replace(/\//g, '.') || undefined;
+  if (e.keyword === 'required') {
+    const missing = (e.params as { missingProperty: string }).missingProperty;
+    field = field ? `${field}.${missing}` : missing;
+    return { field, reason: 'is required' };
+  }
+  if (e.keyword === 'format') return { field, reason: 'must be an ISO-8601 date-time with a real calendar date' };
+  if (e.keyword === 'anyOf' && field === 'flags') return { field, reason: 'must be a non-negative integer or a decimal string' };
+  return { field, reason: e.message ?? 'is invalid' };
+}

@@ -1,0 +1,235 @@
+/**
+ * Stage 4, staging rows -> PostgreSQL: a Writable that COPYs rows into the staging table and, at
+ * the end, runs the caller's `finalize` (the set-based merge) and commits.
+ *
+ * Two transaction shapes:
+ * - `whole` (atomic and dry-run imports): one transaction from the first row to the commit. Rows
+ *   go to a TEMP staging table through one COPY stream held open for the whole import, so Node
+ *   parses while PostgreSQL ingests (the two cores work at once) and write() === false
+ *   (socket backpressure) reaches the parser. `_destroy` sends CopyFail and rolls back: a failed
+ *   pipeline() leaves nothing behind. `dryRun` rolls back even on success.
+ * - `batches` (resumable imports): every `batchRows` rows are COPYed into the persistent staging
+ *   table and committed together with the caller's checkpoint; the write callback fires only
+ *   after that commit. The merge runs in a last transaction of its own.
+ *
+ * Lifecycle as in pg-copy-streams: `_final` calls back only once the server has confirmed the
+ * commit; exactly one 'finish' on success, exactly one 'error' on failure.
+ */
+import type pg from 'pg';
+import { Writable } from 'node:stream';
+import copyStreams from 'pg-copy-streams';
+import { OptionError, wrapDbError } from './errors.js';
+import type { MappedItem, StagedRow } from './map-models.js';
+import { STAGE_COLUMNS, type StageValue } from './models.js';
+import type { RejectSink } from './rejects.js';
+import { ImportStats } from './stats.js';
+
+const COPY_SQL = `COPY userport_stage (run, model, ord, off, line, col, src_pk, keep, ${STAGE_COLUMNS.map(([c]) => c).join(', ')}) FROM STDIN`;
+
+/** Rows per committed batch in resumable mode. */
+export const DEFAULT_BATCH_ROWS = 20000;
+/** Bytes of COPY text gathered before one socket write. */
+const FLUSH_BYTES = 256 * 1024;
+
+export interface PgSinkOptions {
+  /** A dedicated connection; the sink owns its transactions until it finishes. */
+  client: pg.ClientBase;
+  /** Import run number stamped on every staged row. */
+  run: number;
+  /** `whole`: one transaction (atomic, dry run). `batches`: commit every `batchRows` (resumable). */
+  transaction: 'whole' | 'batches';
+  /** Roll back at the end instead of committing (dry run). @default false */
+  dryRun?: boolean;
+  /** Rows per commit in `batches` mode. @default 20000 */
+  batchRows?: number;
+  /**
+   * Called inside each batch transaction after its rows are staged, with the last item of the
+   * batch: record the checkpoint here so rows and checkpoint commit together.
+   */
+  checkpoint?: (client: pg.ClientBase, last: MappedItem) => Promise<void>;
+  /** Counters: every item is accounted here, in order. @default a new ImportStats */
+  stats?: ImportStats;
+  /** Where reject markers are written. Without it a reject marker fails the stream. */
+  rejects?: RejectSink;
+  /** Called inside the final transaction once every row is staged: the merge. */
+  finalize: (client: pg.ClientBase) => Promise<void>;
+}
+
+/** Encodes one value for COPY's text format. */
+export function copyValue(v: StageValue): string {
+  if (v === null) return '\\N';
+  if (typeof v === 'boolean') return v ? 't' : 'f';
+  if (typeof v === 'number') return String(v);
+  // Backslash first; then the three characters COPY treats as delimiters.
+  if (!/[\\\n\r\t]/.test(v)) return v;
+  return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/\r/g, '\\r').replace(/\t/g, '\\t');
+}
+
+/** One staging-table line in COPY text format. */
+export function copyLine(run: number, row: StagedRow): string {
+  let line = `${run}\t${row.code}\t${row.ordinal}\t${row.offset}\t${row.line}\t${row.column}\t${row.pk}\t${row.keep ? 't' : 'f'}`;
+  const vals = row.values;
+  for (let i = 0; i < vals.length; i++) line += '\t' + copyValue(vals[i]!);
+  return line + '\n';
+}
+
+type CopyStream = ReturnType<typeof copyStreams.from>;
+
+/** Creates the PostgreSQL sink. See the module comment for its transaction shapes. */
+export function createPgSink(options: PgSinkOptions): Writable {
+  const { client, run, finalize, checkpoint } = options;
+  if (!client || typeof client.query !== 'function') throw new OptionError('client must be a connected pg client');
+  if (!Number.isInteger(run) || run < 1) throw new OptionError(`run must be an integer >= 1, got ${String(run)}`);
+  if (options.transaction !== 'whole' && options.transaction !== 'batches') {
+    throw new OptionError(`transaction must be 'whole' or 'batches', got ${String(options.transaction)}`);
+  }
+  const batchRows = options.batchRows ?? DEFAULT_BATCH_ROWS;
+  if (!Number.isInteger(batchRows) || batchRows < 1) throw new OptionError(`batchRows must be an integer >= 1, got ${String(batchRows)}`);
+  const whole = options.transaction === 'whole';
+  const stats = options.stats ?? new ImportStats();
+  const rejects = options.rejects;
+
+  let copy: CopyStream | undefined;
+  let inTransaction = false;
+  let pending = '';
+  let batchCount = 0;
+  let batchLast: MappedItem | undefined;
+
+  const query = async (sql: string) => {
+    try {
+      return await client.query(sql);
+    } catch (err) {
+      throw wrapDbError(err, sql.split(/\s+/).slice(0, 3).join(' '));
+    }
+  };
+
+  const openCopy = (): CopyStream => {
+    const s = client.query(copyStreams.from(COPY_SQL));
+    // Errors surface through write callbacks / finish; keep one listener so none is unhandled.
+    s.on('error', () => undefined);
+    return s;
+  };
+
+  /** Writes text to the open COPY stream, resolving when the socket can take more. */
+  const send = (text: string): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const s = copy!;
+      const onError = (err: Error) => reject(wrapDbError(err, 'COPY into the staging table'));
+      s.once('error', onError);
+      const ok = s.write(text, (err) => {
+        if (err) return onError(err);
+      });
+      const done = () => { s.off('error', onError); resolve(); };
+      if (ok) done();
+      else s.once('drain', done);
+    });
+
+  /** Ends the COPY stream and waits for the server's confirmation. */
+  const endCopy = (): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      const s = copy!;
+      s.once('error', (err) => reject(wrapDbError(err, 'COPY into the staging table')));
+      s.once('finish', () => resolve());
+      s.end();
+    }).then(() => { copy = undefined; });
+
+  const commitBatch = async () => {
+    if (!batchCount) return;
+    await query('BEGIN');
+    inTransaction = true;
+    if (pending) {
+      copy = openCopy();
+      await send(pending);
+      pending = '';
+      await endCopy();
+    }
+    if (checkpoint && batchLast) {
+      try { await checkpoint(client, batchLast); } catch (err) { throw wrapDbError(err, 'recording the checkpoint'); }
+    }
+    await query('COMMIT');
+    inTransaction = false;
+    batchCount = 0;
+    batchLast = undefined;
+  };
+
+  return new Writable({
+    objectMode: true,
+    highWaterMark: 512,
+    construct(callback) {
+      if (!whole) return callback();
+      (async () => {
+        await query('BEGIN');
+        inTransaction = true;
+        // Same name as the persistent table: a temp table shadows it for this session, so the
+        // merge SQL is the same in both modes, and the staging of an atomic import is never
+        // WAL-logged and vanishes with its transaction.
+        await query('CREATE TEMP TABLE userport_stage (LIKE public.userport_stage INCLUDING DEFAULTS) ON COMMIT DROP');
+        copy = openCopy();
+      })().then(() => callback(), (err: Error) => callback(err));
+    },
+    writev(chunks, callback) {
+      let text = '';
+      try {
+        for (const { chunk } of chunks) {
+          const item = chunk as MappedItem;
+          stats.account(item);
+          if (item.kind === 'row') text += copyLine(run, item);
+          else if (item.kind === 'reject') {
+            if (!rejects) throw item.error;
+            rejects.reject(item.error, item, item.record);
+          }
+        }
+      } catch (err) {
+        return callback(err as Error);
+      }
+      if (whole) {
+        pending += text;
+        if (pending.length < FLUSH_BYTES) return callback();
+        const out = pending;
+        pending = '';
+        send(out).then(() => callback(), (err: Error) => callback(err));
+        return;
+      }
+      pending += text;
+      batchCount += chunks.length;
+      batchLast = chunks[chunks.length - 1]!.chunk as MappedItem;
+      if (batchCount < batchRows) return callback();
+      commitBatch().then(() => callback(), (err: Error) => callback(err));
+    },
+    final(callback) {
+      (async () => {
+        if (whole) {
+          if (pending) await send(pending);
+          pending = '';
+          await endCopy();
+        } else {
+          await commitBatch();
+          await query('BEGIN');
+          inTransaction = true;
+        }
+        await finalize(client);
+        await query(options.dryRun ? 'ROLLBACK' : 'COMMIT');
+        inTransaction = false;
+      })().then(() => callback(), (err: Error) => callback(wrapDbError(err, 'the merge')));
+    },
+    destroy(err, callback) {
+      (async () => {
+        if (copy) {
+          // pg-copy-streams answers destroy() with CopyFail: the server discards the COPY.
+          const s = copy;
+          copy = undefined;
+          await new Promise<void>((resolve) => {
+            s.once('close', () => resolve());
+            s.once('error', () => resolve());
+            s.destroy(err ?? new Error('aborted'));
+            setTimeout(resolve, 2000).unref();
+          });
+        }
+        if (inTransaction) {
+          inTransaction = false;
+          await client.query('ROLLBACK').catch(() => undefined);
+        }
+      })().then(() => callback(err), () => callback(err));
+    },
+  });
+}

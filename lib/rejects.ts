@@ -1,0 +1,79 @@
+/**
+ * The rejects file (`--rejects-file`): records that fail their schema are written here, one JSON
+ * line each, instead of aborting the import. Secrets in the record (password hash, validation
+ * hash) are redacted: they are discarded on import anyway.
+ */
+import fs from 'node:fs';
+import { ErrorCodes, OptionError, UserportError } from './errors.js';
+import type { RecordPosition } from './tokenize.js';
+
+/** Where rejected records go. */
+export interface RejectSink {
+  /** Records one rejected record; throws USERPORT_MAX_REJECTS past the limit. */
+  reject(err: UserportError, pos: RecordPosition, record: unknown): void;
+  /** How many were rejected. */
+  readonly count: number;
+  /** Bytes written so far. */
+  readonly bytes: number;
+  close(): Promise<void>;
+}
+
+const SECRET_FIELDS = new Set(['password', 'validation_hash', 'hash', 'session_nonce']);
+
+/** A copy of `record` with secret fields replaced by "[redacted]". */
+export function redact(record: unknown): unknown {
+  if (!record || typeof record !== 'object' || Array.isArray(record)) return record;
+  const r = record as Record<string, unknown>;
+  const fields = r.fields;
+  if (!fields || typeof fields !== 'object' || Array.isArray(fields)) return record;
+  const copy: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(fields)) copy[k] = SECRET_FIELDS.has(k) && v !== null ? '[redacted]' : v;
+  return { ...r, fields: copy };
+}
+
+export interface RejectsFileOptions {
+  /** Abort after this many rejects. @default Infinity */
+  maxRejects?: number;
+  /** Resume a file written by an interrupted import: keep its first `bytes` (`count` lines). */
+  resumeAt?: { bytes: number; count: number };
+}
+
+/** Opens `path` (truncating it) as a rejects file. */
+export function createRejectsFile(path: string, options: RejectsFileOptions = {}): RejectSink {
+  const max = options.maxRejects ?? Infinity;
+  if (max !== Infinity && (!Number.isInteger(max) || max < 0)) {
+    throw new OptionError(`maxRejects must be an integer >= 0, got ${String(max)}`);
+  }
+  let count = 0;
+  let bytes = 0;
+  let fd: number;
+  if (options.resumeAt) {
+    fd = fs.openSync(path, fs.existsSync(path) ? 'r+' : 'w+', 0o600);
+    fs.ftruncateSync(fd, options.resumeAt.bytes);
+    count = options.resumeAt.count;
+    bytes = fs.fstatSync(fd).size;
+  } else {
+    fd = fs.openSync(path, 'w', 0o600);
+  }
+  return {
+    get count() { return count; },
+    get bytes() { return bytes; },
+    reject(err, pos, record) {
+      count++;
+      if (count > max) {
+        throw new UserportError(ErrorCodes.MAX_REJECTS, `more than ${max} records rejected (--max-rejects)`, {
+          cause: err, position: { ...err.position, ordinal: pos.ordinal, offset: pos.offset },
+        });
+      }
+      const p = err.position ?? {};
+      const line = JSON.stringify({
+        model: p.model ?? null, pk: p.pk ?? null, ordinal: pos.ordinal, offset: pos.offset, line: pos.line, column: pos.column,
+        code: err.code, field: p.field ?? null, reason: err.message, record: redact(record),
+      });
+      bytes += fs.writeSync(fd, line + '\n', bytes);
+    },
+    async close() {
+      fs.closeSync(fd);
+    },
+  };
+}

@@ -1,0 +1,131 @@
+/**
+ * Counters of one import, and the summary they add up to. The sink accounts every record in file
+ * order (so a checkpoint's counters cover exactly the records before it) and the merge adds the
+ * outcomes. Bounded: keys are model names, field names and drop reasons, each capped so hostile
+ * input cannot grow them.
+ */
+import type { MappedItem } from './map-models.js';
+
+/** Per-model outcome counts. `read` = `inserted + existing + merged + filtered + dropped + rejected`. */
+export interface ModelCounts {
+  read: number;
+  inserted: number;
+  /** Rows that matched one already in the database (emails, options) and were reused. */
+  existing: number;
+  /** Users merged into an existing user (`--merge-users`), and their rows skipped with them. */
+  merged: number;
+  /** Users inserted under a new name because theirs was taken. Also counted in `inserted`. */
+  renamed: number;
+  /** Removed by `--filter-usernames`. */
+  filtered: number;
+  /** Dropped, by reason (`user not imported: filtered out`, `scoped to an organization`, ...). */
+  dropped: Record<string, number>;
+  /** Written to the rejects file instead of failing the import. */
+  rejected: number;
+}
+
+/** The outcome of one import, printed as a table or as JSON (`--json`). */
+export interface ImportSummary {
+  importId: string;
+  mode: 'atomic' | 'resumable' | 'dry-run';
+  /** `done`; or `already-done` when a finished resumable import was run again. */
+  state: 'done' | 'already-done';
+  records: number;
+  bytes: number;
+  seconds: number;
+  models: Record<string, ModelCounts>;
+  /** Out-of-scope records, by model name. */
+  skipped: Record<string, number>;
+  /** Fields the schemas do not know, by model then field: ignored, counted. */
+  unknownFields: Record<string, Record<string, number>>;
+  /** Extra rows userport writes beside the imported ones. */
+  adjacent: { lostPasswordHashes: number; primaryEmails: number };
+  /** Names given to --filter-usernames that matched no user. */
+  unmatchedUsernames: string[];
+}
+
+const MAX_KEYS = 200;
+const OTHER = '(other)';
+
+function bump(obj: Record<string, number>, key: string, n = 1): void {
+  if (!(key in obj) && Object.keys(obj).length >= MAX_KEYS) key = OTHER;
+  obj[key] = (obj[key] ?? 0) + n;
+}
+
+export function emptyCounts(): ModelCounts {
+  return { read: 0, inserted: 0, existing: 0, merged: 0, renamed: 0, filtered: 0, dropped: {}, rejected: 0 };
+}
+
+/** Mutable counters the stages update as records flow. */
+export class ImportStats {
+  records = 0;
+  bytes = 0;
+  readonly models: Record<string, ModelCounts> = Object.create(null) as Record<string, ModelCounts>;
+  readonly skipped: Record<string, number> = Object.create(null) as Record<string, number>;
+  readonly unknownFields: Record<string, Record<string, number>> = Object.create(null) as Record<string, Record<string, number>>;
+  unmatchedUsernames: string[] = [];
+  adjacent = { lostPasswordHashes: 0, primaryEmails: 0 };
+
+  model(name: string): ModelCounts {
+    return (this.models[name] ??= emptyCounts());
+  }
+
+  skip(model: string): void {
+    bump(this.skipped, model);
+  }
+
+  unknownField(model: string, field: string): void {
+    bump((this.unknownFields[model] ??= Object.create(null) as Record<string, number>), field);
+  }
+
+  drop(model: string, reason: string, n = 1): void {
+    bump(this.model(model).dropped, reason, n);
+  }
+
+  /** Accounts one item reaching the sink. Every record of the export passes here exactly once, in order. */
+  account(item: MappedItem): void {
+    this.records++;
+    this.bytes = item.offset + item.length;
+    if (item.kind === 'skip') {
+      this.skip(item.model);
+    } else if (item.kind === 'reject') {
+      const c = this.model(item.model ?? '(invalid)');
+      c.read++;
+      c.rejected++;
+    } else {
+      this.model(item.model).read++;
+      if (item.unknownFields) for (const f of item.unknownFields) this.unknownField(item.model, f);
+    }
+  }
+
+  /** Plain-object snapshot (for checkpoints and JSON). */
+  snapshot(): StatsSnapshot {
+    return JSON.parse(JSON.stringify({
+      records: this.records, bytes: this.bytes, models: this.models, skipped: this.skipped,
+      unknownFields: this.unknownFields, unmatchedUsernames: this.unmatchedUsernames, adjacent: this.adjacent,
+    })) as StatsSnapshot;
+  }
+
+  /** Restores counters saved by {@link snapshot} (resuming an import). */
+  restore(s: StatsSnapshot): void {
+    this.records = s.records;
+    this.bytes = s.bytes;
+    for (const [k, v] of Object.entries(s.models)) this.models[k] = v;
+    for (const [k, v] of Object.entries(s.skipped)) this.skipped[k] = v;
+    for (const [k, v] of Object.entries(s.unknownFields)) this.unknownFields[k] = v;
+    this.unmatchedUsernames = s.unmatchedUsernames;
+    this.adjacent = s.adjacent;
+  }
+}
+
+export interface StatsSnapshot {
+  records: number;
+  bytes: number;
+  models: Record<string, ModelCounts>;
+  skipped: Record<string, number>;
+  unknownFields: Record<string, Record<string, number>>;
+  unmatchedUsernames: string[];
+  adjacent: { lostPasswordHashes: number; primaryEmails: number };
+  /** Size and count of the rejects file at the snapshot (to resume it exactly). */
+  rejects?: { bytes: number; count: number };
+}
