@@ -49,12 +49,20 @@ function positionals(list: string[], usage: string): [string, string] {
 }
 
 /**
- * Writes through `write` to DEST. A file is written under a temporary name next to it and renamed
- * only on success, so a failure leaves no partial output; `mode` is its permission.
+ * Writes through `write` to DEST. A regular file is written under a temporary name next to it
+ * and renamed only on success, so a failure leaves no partial output; `mode` is its permission.
+ * Anything else that exists (`/dev/null`, a FIFO, a terminal) is written in place: renaming a
+ * file over a device would replace the device.
  */
 async function toDestination(dest: string, streams: CommandIo, mode: number, write: (out: Writable) => Promise<void>): Promise<void> {
   if (dest === '-') {
     await write(streams.stdout);
+    return;
+  }
+  const existing = await fs.stat(dest).catch(() => undefined);
+  if (existing && !existing.isFile()) {
+    if (existing.isDirectory()) throw new OptionError(`DEST ${dest} is a directory`);
+    await write(createWriteStream(dest, { flags: 'w' }));
     return;
   }
   const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.${crypto.randomBytes(6).toString('hex')}.partial`);

@@ -67,6 +67,25 @@ describe('userport encrypt / decrypt', () => {
       }
     });
 
+    it('writes into an existing FIFO or device in place instead of renaming over it', async function () {
+      const t = tempDir();
+      try {
+        const fifo = path.join(t.dir, 'out.fifo');
+        if (spawnSync('mkfifo', [fifo]).status !== 0) {
+          console.log('      skipped: mkfifo is not available');
+          this.skip();
+        }
+        const reading = drain(fs.createReadStream(fifo));
+        const r = await run(runDecryptCommand, ['--decrypt-with', KEY, fixture('python-export.tar'), fifo]);
+        expect(r).to.include({ code: 0, stderr: '' });
+        expect((await reading).equals(PLAINTEXT())).to.equal(true);
+        expect(fs.statSync(fifo).isFIFO()).to.equal(true);
+        expect(listDir(t.dir)).to.deep.equal(['out.fifo']);
+      } finally {
+        t.remove();
+      }
+    });
+
     it('reads stdin and writes stdout with -', async () => {
       const plain = crypto.randomBytes(300_000);
       const enc = await run(runEncryptCommand, ['--encrypt-with', PUB, '-', '-'], plain);
