@@ -23,6 +23,7 @@ import { encodeEnd, encodeHeader, isRegularFile, paddingAfter, readExactly, scan
 import { loadPublicKey, wrapKey } from './crypto/keys.js';
 import { createLocalKeyUnwrapper, type KeyUnwrapper } from './crypto/unwrapper.js';
 import { createGcpKmsUnwrapper, readGcpKmsConfig } from './crypto/gcp-kms.js';
+import { promptPassphraseOnTty } from './crypto/prompt.js';
 
 export { DecryptError, DecryptErrorCodes, type DecryptErrorCode } from './crypto/errors.js';
 export { createLocalKeyUnwrapper, type KeyUnwrapper, type LocalKeyUnwrapperOptions, type PassphraseSource } from './crypto/unwrapper.js';
@@ -580,8 +581,12 @@ export interface KeyUnwrapperCliOptions {
   gcpKmsConfig?: string;
   /** Base URL of the KMS REST API (an emulator, tests). @default DEFAULT_KMS_ENDPOINT */
   gcpKmsEndpoint?: string;
-  /** Asked when the key is encrypted and no passphrase file was given (e.g. a TTY prompt). */
-  promptPassphrase?: () => Promise<string>;
+  /**
+   * Asked when the key is encrypted and no passphrase file was given.
+   * `null` never asks (the key then fails with USERPORT_DECRYPT_PASSPHRASE).
+   * @default a no-echo prompt on the terminal when standard input is a TTY, else none
+   */
+  promptPassphrase?: (() => Promise<string>) | null;
 }
 
 /**
@@ -620,9 +625,10 @@ export async function keyUnwrapperFromOptions(options: KeyUnwrapperCliOptions): 
       throw new DecryptError(DecryptErrorCodes.PASSPHRASE, `cannot read the passphrase file ${passphraseFile}: ${(err as Error).message}`, { cause: err });
     }
   }
-  const unwrapper = createLocalKeyUnwrapper({
-    privateKeyPem: pem,
-    ...(passphrase !== undefined ? { passphrase } : promptPassphrase ? { passphrase: promptPassphrase } : {}),
-  });
-  return unwrapper;
+  if (passphrase === undefined && /-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,ENCRYPTED/.test(pem.toString('utf8'))) {
+    // Ask now, before the import starts, so a wrong passphrase fails before any input is read.
+    const ask = promptPassphrase !== undefined ? promptPassphrase : (process.stdin.isTTY ? () => promptPassphraseOnTty(`Passphrase for ${decryptWith}: `) : undefined);
+    if (ask) passphrase = await ask();
+  }
+  return createLocalKeyUnwrapper({ privateKeyPem: pem, ...(passphrase !== undefined ? { passphrase } : {}) });
 }

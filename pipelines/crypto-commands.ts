@@ -11,6 +11,7 @@ import { parseArgs } from 'node:util';
 import type { Readable, Writable } from 'node:stream';
 import { OptionError, UserportError } from '../lib/errors.js';
 import { decryptExport, encryptExport, keyUnwrapperFromOptions, type EncryptedInput } from '../lib/decrypt.js';
+import { promptPassphraseOnTty } from '../lib/crypto/prompt.js';
 
 export { keyUnwrapperFromOptions, type KeyUnwrapperCliOptions } from '../lib/decrypt.js';
 
@@ -141,6 +142,10 @@ export async function runDecryptCommand(args: string[], streams?: Partial<Comman
       gcpKmsConfig: str(values['decrypt-with-gcp-kms']),
       // An emulator or test server for Cloud KMS; unset means Google's endpoint.
       gcpKmsEndpoint: process.env.USERPORT_GCP_KMS_ENDPOINT || undefined,
+      // Ask on the terminal only when stdin is one and does not carry the export.
+      promptPassphrase: src !== '-' && (s.stdin as NodeJS.ReadStream).isTTY
+        ? () => promptPassphraseOnTty(`Passphrase for ${str(values['decrypt-with'])}: `, s.stdin as NodeJS.ReadStream, s.stderr as NodeJS.WriteStream)
+        : null,
     });
     if (!unwrapper) throw new OptionError(`one of --decrypt-with or --decrypt-with-gcp-kms is required\n${DECRYPT_USAGE}`);
     const tmpDir = str(values['tmp-dir']);

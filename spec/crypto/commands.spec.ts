@@ -200,12 +200,23 @@ describe('userport encrypt / decrypt', () => {
       expect(await u!.unwrap(pythonMembers().wrapped, pythonMembers().pub)).to.have.length(44);
     });
 
+    it('asks for the passphrase of an encrypted key once, up front, when no file gives it', async () => {
+      let asked = 0;
+      const u = await keyUnwrapperFromOptions({ decryptWith: fixture('fixture-key.encrypted.pem'), promptPassphrase: async () => { asked++; return 'fixture-passphrase'; } });
+      expect(asked).to.equal(1);
+      expect(await u!.unwrap(pythonMembers().wrapped, pythonMembers().pub)).to.have.length(44);
+      expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: fixture('fixture-key.encrypted.pem'), promptPassphrase: async () => 'wrong' })))
+        .to.equal('USERPORT_DECRYPT_PASSPHRASE');
+      await keyUnwrapperFromOptions({ decryptWith: KEY, promptPassphrase: async () => { asked++; return 'x'; } });
+      expect(asked).to.equal(1);
+    });
+
     it('validates the flags together, and opens the key before any input is read', async () => {
       expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: KEY, gcpKmsConfig: 'x.json' }))).to.equal('USERPORT_OPTION_INVALID');
       expect(await codeOf(keyUnwrapperFromOptions({ passphraseFile: fixture('fixture-key.passphrase') }))).to.equal('USERPORT_OPTION_INVALID');
       expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: '' }))).to.equal('USERPORT_OPTION_INVALID');
       expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: fixture('nope.pem') }))).to.equal('USERPORT_DECRYPT_KEY_INVALID');
-      expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: fixture('fixture-key.encrypted.pem') }))).to.equal('USERPORT_DECRYPT_PASSPHRASE');
+      expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: fixture('fixture-key.encrypted.pem'), promptPassphrase: null }))).to.equal('USERPORT_DECRYPT_PASSPHRASE');
       expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: fixture('fixture-key.encrypted.pem'), passphraseFile: fixture('fixture-key.pub') })))
         .to.equal('USERPORT_DECRYPT_PASSPHRASE');
       expect(await codeOf(keyUnwrapperFromOptions({ gcpKmsConfig: fixture('nope.json') }))).to.equal('USERPORT_DECRYPT_KMS');
