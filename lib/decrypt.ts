@@ -180,9 +180,41 @@ function plaintextStream(file: FileHandle, start: number, length: number, key: F
   });
 }
 
-/** Spool folders still on disk, removed synchronously if the process exits before their stream closed. */
+/**
+ * Spool folders still on disk. They are removed synchronously if the process exits, or is
+ * interrupted by SIGINT / SIGTERM / SIGHUP, before their stream closed. The signal handlers are
+ * installed only while a spool exists, and re-raise the signal when nobody else listens, so the
+ * process still dies of it as it would have.
+ */
 const liveSpools = new Set<string>();
-let exitHook = false;
+const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+function removeLiveSpoolsSync(): void {
+  for (const d of liveSpools) rmSync(d, { recursive: true, force: true });
+  liveSpools.clear();
+}
+
+function onSignal(signal: NodeJS.Signals): void {
+  removeLiveSpoolsSync();
+  untrackSpools();
+  if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+}
+
+function trackSpool(dir: string): void {
+  if (liveSpools.size === 0) {
+    process.on('exit', removeLiveSpoolsSync);
+    for (const sig of SIGNALS) process.on(sig, onSignal);
+  }
+  liveSpools.add(dir);
+}
+
+function untrackSpools(dir?: string): void {
+  if (dir !== undefined) liveSpools.delete(dir);
+  if (liveSpools.size === 0) {
+    process.off('exit', removeLiveSpoolsSync);
+    for (const sig of SIGNALS) process.off(sig, onSignal);
+  }
+}
 
 async function makeSpool(tmpDir: string): Promise<{ dir: string; file: FileHandle; remove: () => Promise<void> }> {
   let dir: string;
@@ -192,13 +224,7 @@ async function makeSpool(tmpDir: string): Promise<{ dir: string; file: FileHandl
   } catch (err) {
     throw ioError(`cannot create the spool folder in ${tmpDir}`, err);
   }
-  liveSpools.add(dir);
-  if (!exitHook) {
-    exitHook = true;
-    process.once('exit', () => {
-      for (const d of liveSpools) rmSync(d, { recursive: true, force: true });
-    });
-  }
+  trackSpool(dir);
   let file: FileHandle | undefined;
   let removed = false;
   const remove = async () => {
@@ -206,7 +232,7 @@ async function makeSpool(tmpDir: string): Promise<{ dir: string; file: FileHandl
     removed = true;
     await file?.close().catch(() => undefined);
     await fs.rm(dir, { recursive: true, force: true });
-    liveSpools.delete(dir);
+    untrackSpools(dir);
   };
   try {
     file = await fs.open(path.join(dir, 'export.json.fernet'), 'wx+', 0o600);

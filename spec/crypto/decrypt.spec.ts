@@ -3,6 +3,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { once } from 'node:events';
+import { spawn } from 'node:child_process';
 import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
@@ -264,6 +265,36 @@ describe('openDecryptedSource', () => {
         t.remove();
       }
     });
+
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+      it(`is removed when the process is killed by ${signal} while spooling, and the process still dies of it`, async () => {
+        const t = tempDir();
+        try {
+          const script = `
+            const d = await import(process.argv[1]);
+            const unwrapper = d.createLocalKeyUnwrapper({ privateKeyPath: process.argv[2] });
+            d.openDecryptedSource({ stream: process.stdin }, { unwrapper, tmpDir: process.argv[3] }).then(() => process.exit(2), () => process.exit(3));
+          `;
+          const child = spawn(process.execPath, ['--input-type=module', '-e', script, path.resolve('dist/lib/decrypt.js'), fixture('fixture-key.pem'), t.dir], {
+            stdio: ['pipe', 'ignore', 'inherit'],
+          });
+          const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, sig) => resolve({ code, signal: sig })));
+          child.stdin.write(PYTHON_TAR().subarray(0, 3000));
+          // Wait (no clock) until the spool holds data, then interrupt.
+          for (;;) {
+            const dirs = listDir(t.dir);
+            if (dirs.length === 1 && listDir(path.join(t.dir, dirs[0]!)).some((f) => fs.statSync(path.join(t.dir, dirs[0]!, f)).size > 0)) break;
+            await new Promise((r) => setTimeout(r, 10));
+          }
+          child.kill(signal);
+          const { signal: died } = await exited;
+          expect(died).to.equal(signal);
+          expect(listDir(t.dir)).to.deep.equal([]);
+        } finally {
+          t.remove();
+        }
+      });
+    }
   });
 
   describe('options', () => {
