@@ -411,3 +411,28 @@ describe('createDecryptor', () => {
     });
   });
 });
+
+describe('createEncryptor', () => {
+  it('writes a tarball that decrypts back, in any input chunking', async () => {
+    const plain = crypto.randomBytes(100_001);
+    for (const size of [1, 4096, 1 << 20]) {
+      const tar = Buffer.concat(await collect<Buffer>(chunked(plain, size), createEncryptor({ publicKeyPem: readFixture('fixture-key.pub'), size: plain.length })));
+      expect(tar.length % 10240).to.equal(0);
+      expect(members(tar).map((m) => m.entry.name)).to.deep.equal(['export.json', 'data.key', 'key.pub']);
+      const src = await openDecryptedSource({ stream: chunked(tar, 8192) }, { unwrapper: keyUnwrapper() });
+      expect((await drain(src.stream)).equals(plain)).to.equal(true);
+    }
+  });
+
+  it('fails with USERPORT_DECRYPT_IO when the input is not the declared size', async () => {
+    for (const declared of [99, 101]) {
+      const err = await collectError(chunked(Buffer.alloc(100), 7), createEncryptor({ publicKeyPem: readFixture('fixture-key.pub'), size: declared }));
+      expect(err.code).to.equal('USERPORT_DECRYPT_IO');
+    }
+  });
+
+  it('refuses a public key that is not RSA with USERPORT_DECRYPT_KEY_INVALID', () => {
+    const ec = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'pem' });
+    expect(() => createEncryptor({ publicKeyPem: ec, size: 1 })).to.throw().with.property('code', 'USERPORT_DECRYPT_KEY_INVALID');
+  });
+});
