@@ -605,7 +605,10 @@ export interface KeyUnwrapperCliOptions {
   passphraseFile?: string;
   /** `--decrypt-with-gcp-kms`: path of the KMS config JSON. */
   gcpKmsConfig?: string;
-  /** Base URL of the KMS REST API (an emulator, tests). @default DEFAULT_KMS_ENDPOINT */
+  /**
+   * Base URL of the KMS REST API (an emulator, tests).
+   * @default process.env.USERPORT_GCP_KMS_ENDPOINT, else DEFAULT_KMS_ENDPOINT
+   */
   gcpKmsEndpoint?: string;
   /**
    * Asked when the key is encrypted and no passphrase file was given.
@@ -634,7 +637,8 @@ export async function keyUnwrapperFromOptions(options: KeyUnwrapperCliOptions): 
   }
   if (gcpKmsConfig !== undefined) {
     const config = await readGcpKmsConfig(gcpKmsConfig);
-    return createGcpKmsUnwrapper({ config, ...(gcpKmsEndpoint ? { endpoint: gcpKmsEndpoint } : {}) });
+    const endpoint = gcpKmsEndpoint ?? (process.env.USERPORT_GCP_KMS_ENDPOINT || undefined);
+    return createGcpKmsUnwrapper({ config, ...(endpoint ? { endpoint } : {}) });
   }
   if (decryptWith === undefined) return undefined;
   let pem: Buffer;

@@ -140,8 +140,6 @@ export async function runDecryptCommand(args: string[], streams?: Partial<Comman
       decryptWith: str(values['decrypt-with']),
       passphraseFile: str(values['decrypt-passphrase-file']),
       gcpKmsConfig: str(values['decrypt-with-gcp-kms']),
-      // An emulator or test server for Cloud KMS; unset means Google's endpoint.
-      gcpKmsEndpoint: process.env.USERPORT_GCP_KMS_ENDPOINT || undefined,
       // Ask on the terminal only when stdin is one and does not carry the export.
       promptPassphrase: src !== '-' && (s.stdin as NodeJS.ReadStream).isTTY
         ? () => promptPassphraseOnTty(`Passphrase for ${str(values['decrypt-with'])}: `, s.stdin as NodeJS.ReadStream, s.stderr as NodeJS.WriteStream)

@@ -4,10 +4,13 @@
  */
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { importUsers } from '../../lib/import.js';
 import { createLocalKeyUnwrapper, type KeyUnwrapper } from '../../lib/decrypt.js';
+import { loadPrivateKey } from '../../lib/crypto/keys.js';
+import { startKmsServer } from './kms-server.js';
 import { freshDatabase, type TestDb } from '../helpers/db.js';
 import { chunked } from '../helpers/streams.js';
 import { fixture, flipBase64, makeTar, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir } from './helpers.js';
@@ -144,6 +147,36 @@ describe('userport import users --decrypt-with (CLI binary)', () => {
       expect(await counts(other)).to.deep.equal(expectedCounts());
     } finally {
       await other.close();
+    }
+  });
+
+  it('imports with --decrypt-with-gcp-kms through a KMS endpoint, and writes nothing on a crc32c mismatch', async () => {
+    const server = await startKmsServer(loadPrivateKey(readFixture('fixture-key.pem')));
+    const saved = { ...process.env };
+    try {
+      const sa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+      server.serviceAccountKey = sa.publicKey;
+      fs.writeFileSync(path.join(t.dir, 'sa.json'), JSON.stringify({
+        type: 'service_account', client_email: 'importer@p.iam.gserviceaccount.com',
+        private_key: sa.privateKey.export({ type: 'pkcs8', format: 'pem' }), token_uri: `${server.url}/token`,
+      }));
+      const kms = path.join(t.dir, 'kms.json');
+      fs.writeFileSync(kms, JSON.stringify({ project_id: 'p', location: 'global', key_ring: 'relocation', key: 'relocation', version: '1' }));
+      // The child inherits these: ADC from the file, KMS at the local stand-in.
+      process.env.GOOGLE_APPLICATION_CREDENTIALS = path.join(t.dir, 'sa.json');
+      process.env.USERPORT_GCP_KMS_ENDPOINT = server.url;
+      server.mode = 'bad-plaintext-crc';
+      const bad = await runCli(['import', 'users', fixture('python-export.tar'), '--decrypt-with-gcp-kms', kms, '--database-url', db.url, '--silent']);
+      expect(bad.code).to.equal(1);
+      expect(bad.stderr.trimEnd().split('\n')).to.have.length(1);
+      expect(await counts(db)).to.deep.equal(EMPTY);
+      server.mode = 'ok';
+      const ok = await runCli(['import', 'users', fixture('python-export.tar'), '--decrypt-with-gcp-kms', kms, '--database-url', db.url, '--silent']);
+      expect(ok.code, ok.stderr).to.equal(0);
+      expect(await counts(db)).to.deep.equal(expectedCounts());
+    } finally {
+      process.env = saved;
+      await server.close();
     }
   });
 
