@@ -12,6 +12,7 @@ import type { Readable, Writable } from 'node:stream';
 import { OptionError, UserportError } from '../lib/errors.js';
 import { decryptExport, encryptExport, keyUnwrapperFromOptions, type EncryptedInput } from '../lib/decrypt.js';
 import { promptPassphraseOnTty } from '../lib/crypto/prompt.js';
+import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
 
 export { keyUnwrapperFromOptions, type KeyUnwrapperCliOptions } from '../lib/decrypt.js';
 
@@ -22,7 +23,7 @@ export interface CommandIo {
   stderr: Writable;
 }
 
-const ENCRYPT_USAGE = 'usage: userport encrypt --encrypt-with PUBLIC.pem SRC DEST   (SRC/DEST may be - for stdin/stdout)';
+const ENCRYPT_USAGE = 'usage: userport encrypt (--encrypt-with PUBLIC.pem | --encrypt-with-gcp-kms CONFIG.json) SRC DEST   (SRC/DEST may be - for stdin/stdout)';
 const DECRYPT_USAGE =
   'usage: userport decrypt (--decrypt-with PRIVATE.pem [--decrypt-passphrase-file FILE] | --decrypt-with-gcp-kms CONFIG.json) [--tmp-dir DIR] SRC DEST';
 
@@ -92,19 +93,31 @@ export async function runEncryptCommand(args: string[], streams?: Partial<Comman
   const s = io(streams);
   const debug = args.includes('--debug');
   try {
-    const { values, positionals: pos } = parse(args, { 'encrypt-with': { type: 'string' }, 'tmp-dir': { type: 'string' } }, ENCRYPT_USAGE);
+    const { values, positionals: pos } = parse(args, {
+      'encrypt-with': { type: 'string' },
+      'encrypt-with-gcp-kms': { type: 'string' },
+      'tmp-dir': { type: 'string' },
+    }, ENCRYPT_USAGE);
     if (values.help) {
       s.stdout.write(`${ENCRYPT_USAGE}\n`);
       return 0;
     }
     const keyPath = values['encrypt-with'];
-    if (typeof keyPath !== 'string' || keyPath === '') throw new OptionError(`--encrypt-with PUBLIC.pem is required\n${ENCRYPT_USAGE}`);
+    const kmsPath = values['encrypt-with-gcp-kms'];
+    if ((typeof keyPath === 'string') === (typeof kmsPath === 'string')) {
+      throw new OptionError(`give exactly one of --encrypt-with PUBLIC.pem and --encrypt-with-gcp-kms CONFIG.json\n${ENCRYPT_USAGE}`);
+    }
     const [src, dest] = positionals(pos, ENCRYPT_USAGE);
     let publicKeyPem: Buffer;
-    try {
-      publicKeyPem = await fs.readFile(keyPath);
-    } catch (err) {
-      throw new OptionError(`--encrypt-with: cannot read ${keyPath}: ${(err as Error).message}`);
+    if (typeof kmsPath === 'string') {
+      const endpoint = process.env.USERPORT_GCP_KMS_ENDPOINT || undefined;
+      publicKeyPem = await kmsGetPublicKey(await readGcpKmsConfig(kmsPath), endpoint ? { endpoint } : {});
+    } else {
+      try {
+        publicKeyPem = await fs.readFile(keyPath as string);
+      } catch (err) {
+        throw new OptionError(`--encrypt-with: cannot read ${String(keyPath)}: ${(err as Error).message}`);
+      }
     }
     const tmpDir = values['tmp-dir'];
     await toDestination(dest, s, 0o644, (out) =>

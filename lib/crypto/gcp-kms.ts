@@ -247,6 +247,28 @@ export async function kmsAsymmetricDecrypt(
 }
 
 /**
+ * Fetches the PEM public key of the configured key version (`cryptoKeyVersions.getPublicKey`),
+ * checking `pemCrc32c`, for encrypting to a KMS-held key as `sentry backup encrypt
+ * --encrypt-with-gcp-kms` does.
+ */
+export async function kmsGetPublicKey(
+  config: GcpKmsConfig,
+  options: { endpoint?: string; tokenProvider?: AccessTokenProvider; fetch?: FetchFn } = {},
+): Promise<Buffer> {
+  const endpoint = (options.endpoint ?? DEFAULT_KMS_ENDPOINT).replace(/\/+$/, '');
+  const tokenProvider = options.tokenProvider ?? applicationDefaultTokenProvider(options.fetch ? { fetch: options.fetch } : {});
+  const token = await tokenProvider();
+  const body = await requestJson(options.fetch ?? globalThis.fetch, `${endpoint}/v1/${keyVersionName(config)}/publicKey`, {
+    headers: { authorization: `Bearer ${token}` },
+  }, 'getPublicKey');
+  if (typeof body.pem !== 'string') throw kmsError('the getPublicKey response has no pem');
+  const pem = Buffer.from(body.pem, 'utf8');
+  const claimed = body.pemCrc32c;
+  if (claimed !== undefined && Number(claimed) !== crc32c(pem)) throw kmsError('the public key was corrupted in transit (pemCrc32c does not match)');
+  return pem;
+}
+
+/**
  * A {@link KeyUnwrapper} over Cloud KMS. `key.pub` is not compared (as in Sentry): KMS holds the
  * key, and a wrong key fails at KMS or at the Fernet HMAC.
  */

@@ -103,7 +103,7 @@ describe('userport encrypt / decrypt', () => {
       expect(r.stdout.equals(PLAINTEXT())).to.equal(true);
     });
 
-    it('decrypts with --decrypt-with-gcp-kms through a KMS endpoint', async () => {
+    it('decrypts with --decrypt-with-gcp-kms and encrypts with --encrypt-with-gcp-kms through a KMS endpoint', async () => {
       const server = await startKmsServer(loadPrivateKey(readFixture('fixture-key.pem')));
       const t = tempDir();
       const saved = { ...process.env };
@@ -120,10 +120,18 @@ describe('userport encrypt / decrypt', () => {
         const r = await run(runDecryptCommand, ['--decrypt-with-gcp-kms', path.join(t.dir, 'kms.json'), fixture('python-export.tar'), '-']);
         expect(r.stderr).to.equal('');
         expect(r.stdout.equals(PLAINTEXT())).to.equal(true);
+        // Encrypting to the KMS key: key.pub comes from getPublicKey; the local key can decrypt it.
+        const enc = await run(runEncryptCommand, ['--encrypt-with-gcp-kms', path.join(t.dir, 'kms.json'), fixture('fixture-export.json'), '-']);
+        expect(enc.stderr).to.equal('');
+        const back = await run(runDecryptCommand, ['--decrypt-with', KEY, '-', '-'], enc.stdout);
+        expect(back.stdout.equals(PLAINTEXT())).to.equal(true);
         server.mode = 'bad-plaintext-crc';
         const bad = await run(runDecryptCommand, ['--decrypt-with-gcp-kms', path.join(t.dir, 'kms.json'), fixture('python-export.tar'), '-']);
         expect(bad.code).to.equal(1);
         expect(bad.stdout).to.have.length(0);
+        const badPub = await run(runEncryptCommand, ['--encrypt-with-gcp-kms', path.join(t.dir, 'kms.json'), fixture('fixture-export.json'), '-']);
+        expect(badPub.code).to.equal(1);
+        expect(badPub.stdout).to.have.length(0);
       } finally {
         process.env = saved;
         t.remove();
@@ -171,6 +179,7 @@ describe('userport encrypt / decrypt', () => {
       for (const args of [
         [fixture('fixture-export.json'), '-'],
         ['--encrypt-with', PUB, fixture('fixture-export.json')],
+        ['--encrypt-with', PUB, '--encrypt-with-gcp-kms', 'x.json', fixture('fixture-export.json'), '-'],
         ['--encrypt-with', fixture('nope.pub'), fixture('fixture-export.json'), '-'],
         ['--encrypt-with', KEY.replace('.pem', '.passphrase'), fixture('fixture-export.json'), '-'],
         ['--bogus', fixture('fixture-export.json'), '-'],

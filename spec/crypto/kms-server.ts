@@ -56,6 +56,12 @@ export async function startKmsServer(privateKey: KeyObject): Promise<KmsServer> 
         });
         return;
       }
+      if (url.endsWith('/publicKey') && req.method === 'GET') {
+        const pem = crypto.createPublicKey(privateKey).export({ type: 'spki', format: 'pem' }).toString();
+        const crc = crc32c(Buffer.from(pem)) ^ (state.mode === 'bad-plaintext-crc' ? 1 : 0);
+        send(200, { pem, algorithm: 'RSA_DECRYPT_OAEP_2048_SHA256', pemCrc32c: String(crc >>> 0), protectionLevel: 'SOFTWARE' });
+        return;
+      }
       if (url === '/token' && req.method === 'POST') {
         const form = new URLSearchParams(body);
         if (form.get('grant_type') !== 'urn:ietf:params:oauth:grant-type:jwt-bearer') {
