@@ -27,7 +27,10 @@ import { promptPassphraseOnTty } from './crypto/prompt.js';
 
 export { DecryptError, DecryptErrorCodes, type DecryptErrorCode } from './crypto/errors.js';
 export { createLocalKeyUnwrapper, type KeyUnwrapper, type LocalKeyUnwrapperOptions, type PassphraseSource } from './crypto/unwrapper.js';
-export { createGcpKmsUnwrapper, crc32c, readGcpKmsConfig, DEFAULT_KMS_ENDPOINT, type GcpKmsConfig, type GcpKmsUnwrapperOptions, type AccessTokenProvider } from './crypto/gcp-kms.js';
+export {
+  createGcpKmsUnwrapper, applicationDefaultTokenProvider, kmsGetPublicKey, crc32c, readGcpKmsConfig, DEFAULT_KMS_ENDPOINT,
+  type GcpKmsConfig, type GcpKmsUnwrapperOptions, type AccessTokenProvider,
+} from './crypto/gcp-kms.js';
 
 /** Member names. Sentry's code says renaming them breaks its decrypt side. */
 export const TOKEN_MEMBER = 'export.json';
