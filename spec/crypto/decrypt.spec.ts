@@ -5,7 +5,7 @@ import path from 'node:path';
 import { once } from 'node:events';
 import { spawn } from 'node:child_process';
 import { PassThrough, Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import {
   createDecryptor, createEncryptor, createLocalKeyUnwrapper, openDecryptedSource, type EncryptedInput, type KeyUnwrapper,
 } from '../../lib/decrypt.js';
@@ -371,6 +371,20 @@ describe('createDecryptor', () => {
         expect(errors).to.equal(1);
       });
     }
+  });
+
+  describe('stream compliance', () => {
+    it('emits exactly one finish, one end and one close on success, and works with finished()', async () => {
+      const d = createDecryptor({ unwrapper: keyUnwrapper() });
+      const seen = { finish: 0, end: 0, close: 0, error: 0 };
+      for (const ev of Object.keys(seen) as (keyof typeof seen)[]) d.on(ev, () => { seen[ev]++; });
+      const done = finished(d);
+      const out = collect<Buffer>(chunked(PYTHON_TAR(), 4096), d);
+      expect(Buffer.concat(await out).equals(PLAINTEXT())).to.equal(true);
+      await done;
+      if (!d.closed) await once(d, 'close');
+      expect(seen).to.deep.equal({ finish: 1, end: 1, close: 1, error: 0 });
+    });
   });
 
   describe('on other failures', () => {
