@@ -335,14 +335,15 @@ function positionIn(bytes: Buffer, index: number, pos: RecordPosition): Position
 }
 
 function invalidUtf8(bytes: Buffer, pos: RecordPosition): ParseError {
-  const dec = new TextDecoder('utf-8', { fatal: true });
-  // Binary search the longest valid prefix: the first invalid byte is just after it.
+  // Binary search the longest valid prefix: the first invalid byte is just after it. A fresh
+  // decoder per probe: in streaming mode a decoder keeps the pending bytes of the previous call
+  // and prepends them to the next one, which would shift the answer.
   let lo = 0;
   let hi = bytes.length;
   while (lo < hi) {
     const mid = (lo + hi + 1) >> 1;
     let ok = true;
-    try { dec.decode(bytes.subarray(0, mid), { stream: true }); } catch { ok = false; }
+    try { new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(0, mid), { stream: true }); } catch { ok = false; }
     if (ok) lo = mid; else hi = mid - 1;
   }
   // The valid prefix may end inside a multi-byte sequence that the next byte breaks: report
