@@ -38,3 +38,26 @@ describe('regressions', () => {
     });
   });
 });
+
+describe('regressions: a partial byte-order mark', () => {
+  // The BOM skipper consumed EF BB (or EF) and then went on as if the mark were complete:
+  // "\xEF\xBB[]" was accepted as an empty export although it is not valid UTF-8.
+  for (const [what, hex] of [['EF BB', 'efbb5b5d'], ['EF', 'ef5b5d'], ['EF BB alone', 'efbb']] as const) {
+    it(`refuses ${what} with USERPORT_INPUT_UTF8 at byte 0, whole and byte by byte`, () => {
+      for (const chunk of [1, 100]) {
+        const err = splitError(Buffer.from(hex, 'hex'), chunk);
+        expect(err.code).to.equal('USERPORT_INPUT_UTF8');
+        expect(err.position).to.include({ offset: 0, line: 1, column: 1 });
+      }
+    });
+  }
+
+  it('still accepts a whole mark split over chunks', () => {
+    const splitter = new RecordSplitter();
+    const buf = Buffer.from('\uFEFF[{"a":1}]');
+    const out = [];
+    for (let i = 0; i < buf.length; i++) out.push(...splitter.write(buf.subarray(i, i + 1)));
+    splitter.end();
+    expect(out.map((r) => r.value)).to.deep.equal([{ a: 1 }]);
+  });
+});
