@@ -3,8 +3,11 @@
  * reproducer is the smallest input that showed it.
  */
 import { expect } from 'chai';
+import { Readable } from 'node:stream';
 import { RecordSplitter } from '../../lib/tokenize.js';
 import { UserportError } from '../../lib/errors.js';
+import { importUsers } from '../../lib/import.js';
+import { freshDatabase } from '../helpers/db.js';
 
 function splitError(buf: Buffer, chunk = buf.length): UserportError {
   const splitter = new RecordSplitter();
@@ -59,5 +62,43 @@ describe('regressions: a partial byte-order mark', () => {
     for (let i = 0; i < buf.length; i++) out.push(...splitter.write(buf.subarray(i, i + 1)));
     splitter.end();
     expect(out.map((r) => r.value)).to.deep.equal([{ a: 1 }]);
+  });
+});
+
+describe('regressions: UTC offsets PostgreSQL refuses', () => {
+  // isDateTime accepted any two-digit offset, so "+16:00" or "+10:60" passed the schema and then
+  // failed the whole COPY with USERPORT_DB_QUERY (not rejectable, no record position).
+  const user = (date: string) => JSON.stringify([{ model: 'sentry.user', pk: 7, fields: { username: 'tz', date_joined: date } }]);
+
+  for (const date of ['2020-01-01T00:00:00+16:00', '2020-01-01T00:00:00+10:60', '2020-01-01T00:00:00-9999']) {
+    it(`refuses ${date} as USERPORT_RECORD_SCHEMA on field date_joined, with the record's position`, async () => {
+      const db = await freshDatabase();
+      try {
+        const err = await importUsers({ source: Readable.from([Buffer.from(user(date))]), databaseUrl: db.url }).then(
+          () => { throw new Error('expected the import to fail'); }, (e: unknown) => e as UserportError);
+        expect(err.code).to.equal('USERPORT_RECORD_SCHEMA');
+        expect(err.position).to.include({ ordinal: 1, offset: 1, field: 'date_joined', model: 'sentry.user', pk: 7 });
+        expect(await db.count('auth_user')).to.equal(0);
+      } finally {
+        await db.close();
+      }
+    });
+  }
+
+  it('accepts the extreme offsets PostgreSQL takes (+15:59, -1559) and stores the instant', async () => {
+    const db = await freshDatabase();
+    try {
+      const text = JSON.stringify([
+        { model: 'sentry.user', pk: 1, fields: { username: 'east', date_joined: '2020-01-01T00:00:00+15:59' } },
+        { model: 'sentry.user', pk: 2, fields: { username: 'west', date_joined: '2020-01-01T00:00:00-1559' } },
+      ]);
+      await importUsers({ source: Readable.from([Buffer.from(text)]), databaseUrl: db.url });
+      const rows = await db.knex('auth_user').select('username', 'date_joined').orderBy('username');
+      expect(rows.map((r: { username: string; date_joined: Date }) => [r.username, r.date_joined.toISOString()])).to.deep.equal([
+        ['east', '2019-12-31T08:01:00.000Z'], ['west', '2020-01-01T15:59:00.000Z'],
+      ]);
+    } finally {
+      await db.close();
+    }
   });
 });
