@@ -180,3 +180,88 @@ export async function fuzzStages(seed: number, iterations: number, onProgress?: 
   }
   return report;
 }
+
+/** Tables an import writes to: all must be empty after a failed atomic import. */
+export const TARGET_TABLES = ['auth_user', 'sentry_email', 'sentry_useremail', 'sentry_useroption', 'sentry_lostpasswordhash'] as const;
+/** userport's own tables that a failed atomic import must not touch either. */
+export const BOOKKEEPING_TABLES = ['userport_stage', 'userport_finding', 'userport_pk_map', 'userport_import'] as const;
+
+export interface ImportFuzzReport {
+  runs: number;
+  successes: number;
+  codes: Record<string, number>;
+  failures: { iteration: number; problem: string; file: string }[];
+}
+
+/**
+ * Runs `iterations` mutated exports through the whole `importUsers` into the database at `url`
+ * (migrated, its tables empty). After a failure every table must still be empty; after a success
+ * the tables are emptied for the next case. The stage-level outcome is the oracle: when the
+ * stages refuse the input the import fails with the same code; when they accept it, the only
+ * error the database may add is a duplicated pk.
+ */
+export async function fuzzImports(seed: number, iterations: number, url: string): Promise<ImportFuzzReport> {
+  const { importUsers } = await import('../../lib/import.js');
+  const { createKnex } = await import('../../lib/db/knex.js');
+  const { Readable } = await import('node:stream');
+  const knex = createKnex(url, 2);
+  const rng = new Rng(seed);
+  const seeds = makeSeeds(rng, 6);
+  const donors = seeds.map((s) => s.buf);
+  const report: ImportFuzzReport = { runs: 0, successes: 0, codes: {}, failures: [] };
+  const counts = async () => {
+    const out: Record<string, number> = {};
+    for (const t of [...TARGET_TABLES, ...BOOKKEEPING_TABLES]) out[t] = Number((await knex.raw(`SELECT count(*)::int AS n FROM ${t}`)).rows[0].n);
+    return out;
+  };
+  try {
+    for (let i = 0; i < iterations; i++) {
+      // Mostly structural mutations, so that many inputs parse and reach the schemas and the merge.
+      const base = rng.pick(seeds);
+      let input: Buffer;
+      if (rng.chance(0.7)) {
+        let recs = base.records;
+        for (let k = rng.range(1, 2); k > 0; k--) recs = mutateRecords(recs, rng);
+        input = Buffer.from(serializeExport(recs, rng));
+      } else {
+        input = mutate(base, rng, donors);
+      }
+      const stage = await runStages(input, 65536, false);
+      const stageCode = (stage.error as { code?: string } | undefined)?.code;
+      let problem: string | undefined;
+      let error: unknown;
+      try {
+        await importUsers({ source: Readable.from([input]), databaseUrl: url });
+      } catch (err) {
+        error = err;
+      }
+      report.runs++;
+      if (error === undefined) {
+        report.successes++;
+        if (stageCode) problem = `the import succeeded but the stages failed with ${stageCode}`;
+        await knex.raw(`TRUNCATE ${[...TARGET_TABLES, ...BOOKKEEPING_TABLES].join(', ')} RESTART IDENTITY CASCADE`);
+      } else {
+        const code = (error as { code?: string }).code ?? '(none)';
+        report.codes[code] = (report.codes[code] ?? 0) + 1;
+        problem = badError(error, input);
+        if (!problem && stageCode && code !== stageCode) problem = `the import failed with ${code}, the stages with ${stageCode}`;
+        if (!problem && !stageCode && code !== 'USERPORT_RECORD_DUPLICATE_PK') {
+          problem = `the stages accepted the input, the import failed with ${code}: ${(error as Error).message}`;
+        }
+        if (!problem) {
+          const left = Object.entries(await counts()).filter(([, n]) => n > 0);
+          if (left.length) problem = `a failed import left rows behind: ${left.map(([t, n]) => `${t} ${n}`).join(', ')}`;
+        }
+      }
+      if (problem) {
+        const file = path.join(os.tmpdir(), `userport-fuzz-import-${seed}-${i}.json`);
+        fs.writeFileSync(file, input);
+        report.failures.push({ iteration: i, problem, file });
+        await knex.raw(`TRUNCATE ${[...TARGET_TABLES, ...BOOKKEEPING_TABLES].join(', ')} RESTART IDENTITY CASCADE`);
+      }
+    }
+  } finally {
+    await knex.destroy();
+  }
+  return report;
+}

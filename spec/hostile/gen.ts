@@ -276,6 +276,32 @@ export function hostileValue(rng: Rng): unknown {
   ])();
 }
 
+const DATES = ['2023-02-29T00:00:00Z', '2024-02-29T23:59:59.999999999+15:59', '2020-01-01T00:00:00+16:00', '2020-01-01T00:00:00-1559',
+  '0001-01-01T00:00:00+14:00', '9999-12-31T23:59:59.9999999-15:59', '2020-01-01 00:00:00', '2020-01-01T00:00:00+10:60', '1969-12-31T23:59:59Z'];
+const STRING_LIMITS: Record<string, number> = {
+  username: 128, name: 200, email: 200, password: 128, session_nonce: 12, avatar_url: 120, key: 64, validation_hash: 32,
+};
+
+/** A value at the edge of what `field` accepts: limits, calendar corners, offsets, emoji at the length limit. */
+export function edgeValue(field: string, rng: Rng): unknown {
+  if (/date|last_login|last_active|last_password_change/.test(field)) return rng.pick(DATES);
+  const max = STRING_LIMITS[field];
+  if (max !== undefined) {
+    const unit = rng.pick(['x', '😀', 'é', '\\', '"', '\n', '\t', '👩‍👩‍👧‍👦'.slice(0, 2)]);
+    return unit.repeat(Math.max(1, Math.floor((max + rng.pick([-1, 0, 1])) / [...unit].length)));
+  }
+  if (field === 'avatar_type') return rng.pick([0, 32767, 32768, -1, 1.0]);
+  if (field === 'flags') return rng.pick(['999999999999999999', '9999999999999999999', 9007199254740991, '00', 0]);
+  return rng.pick([9007199254740991, -9007199254740991, 9007199254740992, 0, null]);
+}
+
+const MODEL_FIELDS: Record<string, string[]> = {
+  'sentry.user': ['username', 'name', 'email', 'password', 'last_login', 'date_joined', 'last_active', 'flags', 'session_nonce', 'avatar_type', 'avatar_url', 'last_password_change'],
+  'sentry.email': ['email', 'date_added'],
+  'sentry.useremail': ['user', 'email', 'validation_hash', 'date_hash_added'],
+  'sentry.useroption': ['user', 'key', 'project_id', 'organization_id'],
+};
+
 /** One structural mutation of parsed records: a field gets a hostile value, keys vanish or appear, records repeat. */
 export function mutateRecords(recs: unknown[], rng: Rng): unknown[] {
   const out = recs.slice();
@@ -286,10 +312,14 @@ export function mutateRecords(recs: unknown[], rng: Rng): unknown[] {
   const copy = isObj(rec) ? { ...rec } : {};
   const fields = isObj(copy.fields) ? { ...copy.fields } : {};
   switch (rng.int(9)) {
-    case 0: case 1: case 2: // a field gets a hostile value (or a new field appears)
-      Object.defineProperty(fields, rng.pick(FIELD_NAMES), { value: hostileValue(rng), enumerable: true, writable: true, configurable: true });
+    case 0: case 1: case 2: { // a field gets a hostile or edge value (or a new field appears)
+      const own = MODEL_FIELDS[String(copy.model)];
+      const field = own && rng.chance(0.6) ? rng.pick(own) : rng.pick(FIELD_NAMES);
+      const value = own && rng.chance(0.6) ? edgeValue(field, rng) : hostileValue(rng);
+      Object.defineProperty(fields, field, { value, enumerable: true, writable: true, configurable: true });
       copy.fields = fields;
       break;
+    }
     case 3: // a field vanishes
       delete fields[rng.pick(FIELD_NAMES)];
       copy.fields = fields;
