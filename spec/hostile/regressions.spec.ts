@@ -7,6 +7,7 @@ import { Readable } from 'node:stream';
 import { RecordSplitter } from '../../lib/tokenize.js';
 import { UserportError } from '../../lib/errors.js';
 import { importUsers } from '../../lib/import.js';
+import { mapRecord } from '../../lib/map-models.js';
 import { freshDatabase } from '../helpers/db.js';
 
 function splitError(buf: Buffer, chunk = buf.length): UserportError {
@@ -100,5 +101,22 @@ describe('regressions: UTC offsets PostgreSQL refuses', () => {
     } finally {
       await db.close();
     }
+  });
+});
+
+describe('regressions: a JSON value nested thousands of levels deep', () => {
+  // With --max-depth raised, a useroption value nested ~5000 levels passed the tokenizer, then
+  // JSON.stringify / the string check in mapRecord overflowed the stack: the import failed with
+  // "Maximum call stack size exceeded" wrapped as USERPORT_DB_QUERY, without a position.
+  it('is refused by mapRecord as USERPORT_RECORD_SCHEMA on the field', () => {
+    let value: unknown = 1;
+    for (let i = 0; i < 100000; i++) value = [value];
+    const rec = { kind: 'record' as const, model: 'sentry.useroption', pk: 3, fields: { user: 1, key: 'k', value }, filtered: false,
+      ordinal: 2, offset: 10, line: 1, column: 11, length: 5 };
+    let err: unknown;
+    try { mapRecord(rec); } catch (e) { err = e; }
+    expect(err).to.be.instanceOf(UserportError);
+    expect((err as UserportError).code).to.equal('USERPORT_RECORD_SCHEMA');
+    expect((err as UserportError).position).to.include({ ordinal: 2, offset: 10, field: 'value', model: 'sentry.useroption', pk: 3 });
   });
 });
