@@ -1,0 +1,80 @@
+/**
+ * Runs a command as a separate process and measures it: wall time and the peak resident set
+ * size of that process alone (never the benchmark's own memory).
+ *
+ * Peak RSS comes from `/usr/bin/time -f %M` when present (the kernel's `ru_maxrss` of the child,
+ * exact); otherwise `/proc/<pid>/status` VmHWM is polled every 20 ms, which is a high-water mark
+ * too, so only growth in the last few milliseconds before exit can be missed.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export interface MeasuredRun {
+  /** Exit code, or null when killed by a signal. */
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  /** Wall-clock seconds from spawn to exit. */
+  seconds: number;
+  /** Peak resident set size of the process in bytes, when it could be measured. */
+  peakRssBytes: number | null;
+  /** How the peak RSS was read. */
+  rssSource: 'time' | 'proc' | 'none';
+}
+
+export interface RunOptions {
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+  /** Kill the process after this many ms. @default no limit */
+  timeoutMs?: number;
+}
+
+const TIME = '/usr/bin/time';
+
+/** Spawns `command args`, resolves when it exits (whatever the exit code). */
+export async function runMeasured(command: string, args: string[], options: RunOptions = {}): Promise<MeasuredRun> {
+  const useTime = fs.existsSync(TIME);
+  const timeFile = useTime ? path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'userport-time-')), 'rss') : '';
+  const [cmd, argv] = useTime ? [TIME, ['-f', '%M', '-o', timeFile, command, ...args]] : [command, args];
+  const started = process.hrtime.bigint();
+  const child = spawn(cmd, argv, { env: options.env ?? process.env, cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    // Keep the tail only: a chatty child must not grow the benchmark's memory.
+    stderr = (stderr + d).slice(-64 * 1024);
+  });
+  let polled = 0;
+  const poll = useTime ? undefined : setInterval(() => {
+    try {
+      const status = fs.readFileSync(`/proc/${child.pid}/status`, 'utf8');
+      const m = /VmHWM:\s+(\d+) kB/.exec(status);
+      if (m) polled = Math.max(polled, Number(m[1]) * 1024);
+    } catch { /* exited between polls */ }
+  }, 20);
+  const timer = options.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), options.timeoutMs) : undefined;
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (c, s) => resolve([c, s]));
+  }).finally(() => {
+    if (poll) clearInterval(poll);
+    if (timer) clearTimeout(timer);
+  });
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  let peakRssBytes: number | null = polled || null;
+  let rssSource: MeasuredRun['rssSource'] = polled ? 'proc' : 'none';
+  if (useTime) {
+    try {
+      // GNU time writes "Command exited with non-zero status N" before the figure on failure.
+      const lines = fs.readFileSync(timeFile, 'utf8').trim().split('\n');
+      const kb = Number(lines[lines.length - 1]);
+      if (Number.isFinite(kb) && kb > 0) { peakRssBytes = kb * 1024; rssSource = 'time'; }
+    } catch { /* no figure */ }
+    fs.rmSync(path.dirname(timeFile), { recursive: true, force: true });
+  }
+  return { code, signal, stdout, stderr, seconds, peakRssBytes, rssSource };
+}

@@ -1,0 +1,87 @@
+/**
+ * The COPY floor: the exact rows an import wrote, loaded again with one `COPY ... FROM STDIN` per
+ * table into an empty database with the same schema (the migrations create the same indexes,
+ * unique constraints and deferred foreign keys). It is what PostgreSQL alone needs to store that
+ * data on this machine: no import can write the same rows faster.
+ *
+ * The rows are first dumped to files (`COPY ... TO STDOUT`, not timed), then loaded inside one
+ * transaction, as an atomic import would: the deferred foreign keys are checked at COMMIT, which
+ * is inside the measured time.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import pg from 'pg';
+import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
+
+/** The tables a user import writes, parents first. */
+export const IMPORTED_TABLES = ['auth_user', 'sentry_email', 'sentry_useremail', 'sentry_useroption', 'sentry_lostpasswordhash'] as const;
+
+export interface TableDump {
+  table: string;
+  file: string;
+  rows: number;
+  bytes: number;
+}
+
+export interface CopyFloorResult {
+  /** Seconds from BEGIN to COMMIT. */
+  seconds: number;
+  /** Rows loaded per table. */
+  rows: Record<string, number>;
+  /** Seconds per table's COPY (the COMMIT is not in these). */
+  tableSeconds: Record<string, number>;
+  /** Size of the COPY text per table, in bytes. */
+  bytes: Record<string, number>;
+}
+
+async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: url, application_name: 'userport-bench' });
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
+}
+
+/** Writes every table of `tables` in the database at `url` to `<dir>/<table>.copy` (COPY text format). */
+export async function dumpTables(url: string, dir: string, tables: readonly string[] = IMPORTED_TABLES): Promise<TableDump[]> {
+  fs.mkdirSync(dir, { recursive: true });
+  return withClient(url, async (c) => {
+    const out: TableDump[] = [];
+    for (const table of tables) {
+      const file = path.join(dir, `${table}.copy`);
+      const q = c.query(copyTo(`COPY ${table} TO STDOUT`));
+      await pipeline(q, fs.createWriteStream(file));
+      out.push({ table, file, rows: q.rowCount, bytes: fs.statSync(file).size });
+    }
+    return out;
+  });
+}
+
+/** Loads `dumps` into the (empty, migrated) database at `url`, one COPY per table in one transaction, timed. */
+export async function loadTables(url: string, dumps: readonly TableDump[]): Promise<CopyFloorResult> {
+  return withClient(url, async (c) => {
+    const rows: Record<string, number> = {};
+    const tableSeconds: Record<string, number> = {};
+    const bytes: Record<string, number> = {};
+    const started = process.hrtime.bigint();
+    await c.query('BEGIN');
+    try {
+      for (const d of dumps) {
+        const t0 = process.hrtime.bigint();
+        const q = c.query(copyFrom(`COPY ${d.table} FROM STDIN`));
+        await pipeline(fs.createReadStream(d.file, { highWaterMark: 1 << 20 }), q);
+        rows[d.table] = q.rowCount;
+        bytes[d.table] = d.bytes;
+        tableSeconds[d.table] = Number(process.hrtime.bigint() - t0) / 1e9;
+      }
+      await c.query('COMMIT');
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    }
+    return { seconds: Number(process.hrtime.bigint() - started) / 1e9, rows, tableSeconds, bytes };
+  });
+}

@@ -1,0 +1,64 @@
+/** Fresh databases on one PostgreSQL server, for benchmark runs. */
+import pg from 'pg';
+import { createKnex, migrate } from '../db/knex.js';
+
+/** The URL of database `name` on the server of `serverUrl`. */
+export function databaseUrl(serverUrl: string, name: string): string {
+  const u = new URL(serverUrl);
+  u.pathname = `/${name}`;
+  return u.toString();
+}
+
+async function admin<T>(serverUrl: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: databaseUrl(serverUrl, 'postgres') });
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
+}
+
+const IDENT = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/** Drops (if it exists) and creates database `name`, migrated unless `migrated` is false. Returns its URL. */
+export async function freshDatabase(serverUrl: string, name: string, migrated = true): Promise<string> {
+  if (!IDENT.test(name)) throw new Error(`bad database name ${name}`);
+  await admin(serverUrl, async (c) => {
+    await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    await c.query(`CREATE DATABASE ${name} TEMPLATE template0`);
+  });
+  const url = databaseUrl(serverUrl, name);
+  if (migrated) {
+    const knex = createKnex(url, 1);
+    try {
+      await migrate(knex);
+    } finally {
+      await knex.destroy();
+    }
+  }
+  return url;
+}
+
+export async function dropDatabase(serverUrl: string, name: string): Promise<void> {
+  if (!IDENT.test(name)) throw new Error(`bad database name ${name}`);
+  await admin(serverUrl, (c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
+}
+
+/** `SELECT version()` of the server. */
+export async function serverVersion(serverUrl: string): Promise<string> {
+  return admin(serverUrl, async (c) => String((await c.query('SHOW server_version')).rows[0].server_version));
+}
+
+/** Row counts of `tables` in the database at `url`. */
+export async function countRows(url: string, tables: readonly string[]): Promise<Record<string, number>> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    const out: Record<string, number> = {};
+    for (const t of tables) out[t] = Number((await c.query(`SELECT count(*)::bigint AS n FROM ${t}`)).rows[0].n);
+    return out;
+  } finally {
+    await c.end();
+  }
+}

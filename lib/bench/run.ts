@@ -1,0 +1,327 @@
+/**
+ * One benchmark run: for each export size, generate the export, measure the parse floor, import
+ * it with userport into a fresh database (a separate process, so its peak RSS is its own), load
+ * the very rows it wrote again with COPY into another fresh database (the COPY floor), and check
+ * the counts; then run the Django peer on the smallest size. Returns everything as
+ * {@link BenchResults}; writing files and printing is the caller's business.
+ */
+import { generateKeyPairSync } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { createExportGenerator, type GenerateCounts } from '../generate.js';
+import { OptionError } from '../errors.js';
+import { runMeasured, type MeasuredRun } from './child.js';
+import { dumpTables, IMPORTED_TABLES, loadTables } from './copy-floor.js';
+import { countRows, databaseUrl, dropDatabase, freshDatabase, serverVersion } from './databases.js';
+import { djangoUnavailable, runDjangoLoaddata } from './django.js';
+import type { BenchResults, Check, ImportMeasurement, MachineInfo, PeerResult, SizeResult, Skipped } from './results.js';
+import { isSkipped } from './results.js';
+
+export interface BenchOptions {
+  /** Export sizes, in users. @default DEFAULT_SIZES */
+  sizes?: number[];
+  /** A PostgreSQL server URL with the right to create databases. */
+  serverUrl: string;
+  /** Folder for exports, dumps and keys (never the repository). @default a new folder under os.tmpdir() */
+  workDir?: string;
+  /** Generator seed. @default 1 */
+  seed?: number;
+  /** Keep exports, dumps and databases afterwards. @default false */
+  keep?: boolean;
+  /** Correctness run: the caller fails when a check fails. Recorded in the results. @default false */
+  smoke?: boolean;
+  /** Measure encrypted input too (skipped with a reason unless lib/decrypt.ts works). @default false */
+  encrypted?: boolean;
+  /** Run Django's loaddata on the smallest size when available. @default true */
+  django?: boolean;
+  /** The userport CLI to run (`<node> <it> import users ...`). @default bin/userport.js of this package */
+  userportBin?: string;
+  /** Progress lines. @default nothing */
+  log?: (line: string) => void;
+}
+
+export const DEFAULT_SIZES = [10_000, 100_000, 1_000_000];
+const MB = 1e6;
+
+const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+function machineInfo(postgres: string): MachineInfo {
+  const cpus = os.cpus();
+  return {
+    os: `${os.type()} ${os.release()} ${os.arch()}`,
+    cpuModel: cpus[0]?.model.trim() ?? 'unknown',
+    cpus: cpus.length,
+    memoryBytes: os.totalmem(),
+    node: process.versions.node,
+    postgres,
+  };
+}
+
+function tail(s: string, lines = 3): string {
+  return s.trim().split('\n').slice(-lines).join(' | ');
+}
+
+/** Why the userport import cannot run, or undefined. */
+function importUnavailable(bin: string): string | undefined {
+  if (!fs.existsSync(bin)) return `${bin} does not exist`;
+  if (bin === path.join(PACKAGE_ROOT, 'bin', 'userport.js') && !fs.existsSync(path.join(PACKAGE_ROOT, 'dist', 'pipelines', 'cli.js'))) {
+    return 'the import CLI is not built (dist/pipelines/cli.js is missing: the import is not merged yet)';
+  }
+  return undefined;
+}
+
+function parseSummary(stdout: string): unknown {
+  const text = stdout.trim();
+  if (!text) return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    // Some CLIs print one JSON document per line: keep the last one.
+    const last = text.split('\n').reverse().find((l) => l.trim().startsWith('{'));
+    try { return last ? JSON.parse(last) : text; } catch { return text; }
+  }
+}
+
+async function runImport(bin: string, file: string, url: string, extra: string[], records: number, bytes: number): Promise<ImportMeasurement | Skipped> {
+  const run: MeasuredRun = await runMeasured(process.execPath, [bin, 'import', 'users', file, '--database-url', url, '--json', '--no-progress', ...extra]);
+  if (run.code !== 0) return { skipped: `userport import exited with ${run.code ?? run.signal}: ${tail(run.stderr || run.stdout)}` };
+  return {
+    seconds: run.seconds,
+    recordsPerSec: records / run.seconds,
+    mbPerSec: bytes / MB / run.seconds,
+    peakRssBytes: run.peakRssBytes,
+    rssSource: run.rssSource,
+    rows: await countRows(url, IMPORTED_TABLES),
+    summary: parseSummary(run.stdout),
+  };
+}
+
+/** The parse floor in its own Node process, so its peak RSS is comparable with the import's. */
+async function measureParseFloor(file: string): Promise<{ floor: SizeResult['parseFloor']; records: number | null }> {
+  const mod = pathToFileURL(path.join(PACKAGE_ROOT, 'dist', 'lib', 'bench', 'parse-floor.js')).href;
+  const script = `const { parseFloor } = await import(${JSON.stringify(mod)}); ` +
+    'process.stdout.write(JSON.stringify(await parseFloor(process.argv[1])));';
+  const run = await runMeasured(process.execPath, ['--input-type=module', '-e', script, file]);
+  if (run.code !== 0) return { floor: { skipped: `parse floor failed: ${tail(run.stderr)}` }, records: null };
+  const r = JSON.parse(run.stdout) as { seconds: number; bytes: number; records: number };
+  // The process's own time, not the wall time of the child: Node's startup is not parsing.
+  return {
+    floor: { seconds: r.seconds, recordsPerSec: r.records / r.seconds, mbPerSec: r.bytes / MB / r.seconds, peakRssBytes: run.peakRssBytes },
+    records: r.records,
+  };
+}
+
+interface EncryptionKit {
+  encrypt(file: string, out: string): Promise<void>;
+  privateKeyFile: string;
+}
+
+/** A working encryptor from lib/decrypt.ts, or the reason there is none. */
+async function encryptionKit(workDir: string): Promise<EncryptionKit | Skipped> {
+  let mod: Record<string, unknown>;
+  try {
+    mod = (await import('../decrypt.js')) as Record<string, unknown>;
+  } catch (err) {
+    return { skipped: `lib/decrypt.ts does not load: ${(err as Error).message}` };
+  }
+  const encryptExport = mod.encryptExport;
+  const openDecryptedSource = mod.openDecryptedSource;
+  const createLocalKeyUnwrapper = mod.createLocalKeyUnwrapper;
+  if (typeof encryptExport !== 'function' || typeof openDecryptedSource !== 'function' || typeof createLocalKeyUnwrapper !== 'function') {
+    return { skipped: 'lib/decrypt.ts does not export encryptExport, openDecryptedSource and createLocalKeyUnwrapper yet (the crypto branch is not merged)' };
+  }
+  const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const publicKeyPem = publicKey.export({ type: 'spki', format: 'pem' });
+  const privateKeyPem = privateKey.export({ type: 'pkcs8', format: 'pem' });
+  const privateKeyFile = path.join(workDir, 'bench-key.pem');
+  fs.writeFileSync(privateKeyFile, privateKeyPem, { mode: 0o600 });
+  const encrypt = async (file: string, out: string) => {
+    await (encryptExport as (i: { path: string }, o: NodeJS.WritableStream, opts: { publicKeyPem: string | Buffer }) => Promise<void>)(
+      { path: file }, fs.createWriteStream(out), { publicKeyPem });
+  };
+  // Probe the round trip on a tiny export: a contract that only throws "unavailable" is not working.
+  try {
+    const probe = path.join(workDir, 'probe.json');
+    fs.writeFileSync(probe, '[]');
+    await encrypt(probe, `${probe}.tar`);
+    const unwrapper = (createLocalKeyUnwrapper as (o: { privateKeyPem: string | Buffer }) => unknown)({ privateKeyPem });
+    const src = await (openDecryptedSource as (i: { path: string }, o: { unwrapper: unknown }) => Promise<{ stream: NodeJS.ReadableStream }>)(
+      { path: `${probe}.tar` }, { unwrapper });
+    let text = '';
+    for await (const c of src.stream) text += String(c);
+    if (text !== '[]') return { skipped: `lib/decrypt.ts round trip gave ${JSON.stringify(text.slice(0, 20))}, not "[]"` };
+  } catch (err) {
+    return { skipped: `lib/decrypt.ts does not work yet: ${(err as Error).message}` };
+  }
+  return { encrypt, privateKeyFile };
+}
+
+function countsCheck(name: string, expected: unknown, actual: unknown): Check {
+  return { name, ok: JSON.stringify(expected) === JSON.stringify(actual), expected, actual };
+}
+
+/**
+ * What a user-scope import of a generated export must write, following Sentry's semantics:
+ * every user is inserted (case-insensitive username collisions are renamed, not merged), one
+ * Email row per distinct address, every UserEmail, global UserOptions only (org-scoped ones have
+ * no org to map to), one LostPasswordHash per inserted user.
+ */
+export function expectedRows(counts: GenerateCounts): Record<string, number> {
+  const r = counts.records;
+  return {
+    auth_user: r['sentry.user'] ?? 0,
+    sentry_email: r['sentry.email'] ?? 0,
+    sentry_useremail: r['sentry.useremail'] ?? 0,
+    sentry_useroption: (r['sentry.useroption'] ?? 0) - counts.orgScopedOptions,
+    sentry_lostpasswordhash: r['sentry.user'] ?? 0,
+  };
+}
+
+async function generateExport(file: string, users: number, seed: number): Promise<{ counts: GenerateCounts; seconds: number }> {
+  const started = process.hrtime.bigint();
+  const gen = createExportGenerator({ users, seed });
+  await pipeline(gen, fs.createWriteStream(file));
+  return { counts: gen.counts, seconds: Number(process.hrtime.bigint() - started) / 1e9 };
+}
+
+function validate(o: BenchOptions): Required<Omit<BenchOptions, 'workDir' | 'log' | 'userportBin'>> {
+  const sizes = o.sizes ?? DEFAULT_SIZES;
+  if (!Array.isArray(sizes) || sizes.length === 0 || sizes.some((n) => !Number.isInteger(n) || n < 1)) {
+    throw new OptionError(`sizes must be a non-empty list of integers >= 1, got ${JSON.stringify(sizes)}`);
+  }
+  if (typeof o.serverUrl !== 'string' || !/^postgres(ql)?:\/\//.test(o.serverUrl)) {
+    throw new OptionError(`serverUrl must be a postgresql:// URL, got ${JSON.stringify(o.serverUrl)}`);
+  }
+  return {
+    sizes: [...sizes].sort((a, b) => a - b),
+    serverUrl: o.serverUrl,
+    seed: o.seed ?? 1,
+    keep: o.keep ?? false,
+    smoke: o.smoke ?? false,
+    encrypted: o.encrypted ?? false,
+    django: o.django ?? true,
+  };
+}
+
+/** Runs the benchmark. Never throws for a measurement that cannot be taken: it is recorded as skipped. */
+export async function runBench(options: BenchOptions): Promise<BenchResults> {
+  const o = validate(options);
+  const log = options.log ?? (() => undefined);
+  const startedAt = new Date();
+  const started = process.hrtime.bigint();
+  const ownWorkDir = options.workDir === undefined;
+  const workDir = options.workDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'userport-bench-'));
+  fs.mkdirSync(workDir, { recursive: true });
+  const bin = options.userportBin ?? path.join(PACKAGE_ROOT, 'bin', 'userport.js');
+  const noImport = importUnavailable(bin);
+  const machine = machineInfo(await serverVersion(o.serverUrl));
+  const kit = o.encrypted ? await encryptionKit(workDir) : { skipped: 'not requested (--encrypted)' };
+  if (o.encrypted && isSkipped(kit)) log(`encrypted input: skipped: ${kit.skipped}`);
+  const djangoWhyNot = o.django ? djangoUnavailable() : 'not requested';
+  let django: PeerResult | Skipped = { skipped: djangoWhyNot ?? 'not run' };
+  const tag = `${process.pid}`;
+  const sizes: SizeResult[] = [];
+
+  for (const users of o.sizes) {
+    const file = path.join(workDir, `users-${users}.json`);
+    log(`${users} users: generating ${file}`);
+    const gen = await generateExport(file, users, o.seed);
+    const records = Object.values(gen.counts.records).reduce((a, b) => a + b, 0);
+    const bytes = gen.counts.bytes;
+    log(`${users} users: ${records} records, ${(bytes / MB).toFixed(0)} MB in ${gen.seconds.toFixed(1)} s; parse floor`);
+    const { floor: parseFloor, records: parsed } = await measureParseFloor(file);
+
+    let userport: ImportMeasurement | Skipped;
+    const importDb = `bench_import_${users}_${tag}`;
+    const copyDb = `bench_copy_${users}_${tag}`;
+    if (noImport) userport = { skipped: noImport };
+    else {
+      log(`${users} users: userport import`);
+      userport = await runImport(bin, file, await freshDatabase(o.serverUrl, importDb), [], records, bytes);
+    }
+
+    let copyFloor: SizeResult['copyFloor'] = { skipped: 'needs the rows of a userport import' };
+    const checks: Check[] = [];
+    checks.push(countsCheck('parse floor found every generated record', records, parsed));
+    if (!isSkipped(userport)) {
+      log(`${users} users: COPY floor`);
+      const dumps = await dumpTables(databaseUrl(o.serverUrl, importDb), path.join(workDir, `copy-${users}`));
+      const loaded = await loadTables(await freshDatabase(o.serverUrl, copyDb), dumps);
+      const rowsTotal = Object.values(loaded.rows).reduce((a, b) => a + b, 0);
+      copyFloor = {
+        seconds: loaded.seconds,
+        rowsPerSec: rowsTotal / loaded.seconds,
+        recordsPerSec: records / loaded.seconds,
+        rows: loaded.rows,
+        tableSeconds: loaded.tableSeconds,
+        copyBytes: Object.values(loaded.bytes).reduce((a, b) => a + b, 0),
+      };
+      const expected = expectedRows(gen.counts);
+      for (const t of IMPORTED_TABLES) checks.push(countsCheck(`${t} rows`, expected[t], userport.rows[t]));
+      checks.push(countsCheck('COPY floor rows equal userport rows', userport.rows, loaded.rows));
+      if (!o.keep) fs.rmSync(path.join(workDir, `copy-${users}`), { recursive: true, force: true });
+    }
+
+    let encrypted: SizeResult['encrypted'] = isSkipped(kit) ? kit : { skipped: 'needs the userport import' };
+    if (!isSkipped(kit) && !noImport) {
+      const tar = `${file}.tar`;
+      log(`${users} users: encrypting, then importing the encrypted export`);
+      const t0 = process.hrtime.bigint();
+      await kit.encrypt(file, tar);
+      const encryptSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      const encDb = `bench_enc_${users}_${tag}`;
+      const m = await runImport(bin, tar, await freshDatabase(o.serverUrl, encDb), ['--decrypt-with', kit.privateKeyFile], records, bytes);
+      encrypted = isSkipped(m) ? m : { ...m, tarBytes: fs.statSync(tar).size, encryptSeconds };
+      if (!isSkipped(m)) checks.push(countsCheck('encrypted import rows equal plain import rows', isSkipped(userport) ? null : userport.rows, m.rows));
+      if (!o.keep) { fs.rmSync(tar, { force: true }); await dropDatabase(o.serverUrl, encDb); }
+    }
+
+    if (o.django && !djangoWhyNot && users === o.sizes[0]) {
+      log(`${users} users: Django loaddata peer`);
+      try {
+        const d = await runDjangoLoaddata(file, o.serverUrl, `bench_django_${tag}`);
+        django = {
+          name: 'Django loaddata', version: d.djangoVersion, users, records, objects: d.objects,
+          seconds: d.run.seconds, recordsPerSec: records / d.run.seconds, peakRssBytes: d.run.peakRssBytes,
+          note: 'loaddata --ignorenonexistent (the peer model lacks is_unclaimed); python startup included; tables created before timing',
+        };
+        checks.push(countsCheck('Django loaded every record', records, d.objects));
+      } catch (err) {
+        django = { skipped: (err as Error).message };
+      }
+      if (!o.keep) await dropDatabase(o.serverUrl, `bench_django_${tag}`);
+    }
+
+    const ratio = (a: { seconds: number } | Skipped, b: { seconds: number } | Skipped) =>
+      (isSkipped(a) || isSkipped(b) ? null : a.seconds / b.seconds);
+    sizes.push({
+      users, records, recordsByModel: gen.counts.records, bytes,
+      generate: { seconds: gen.seconds, mbPerSec: bytes / MB / gen.seconds },
+      userport, copyFloor, parseFloor,
+      ratioToCopyFloor: ratio(userport, copyFloor),
+      ratioToParseFloor: ratio(userport, parseFloor),
+      encrypted, checks,
+    });
+    if (!o.keep) {
+      fs.rmSync(file, { force: true });
+      await dropDatabase(o.serverUrl, importDb);
+      await dropDatabase(o.serverUrl, copyDb);
+    }
+  }
+  if (!o.keep && ownWorkDir) fs.rmSync(workDir, { recursive: true, force: true });
+  else if (!o.keep) fs.rmSync(path.join(workDir, 'bench-key.pem'), { force: true });
+  const finishedAt = new Date();
+  return {
+    version: 1,
+    startedAt: startedAt.toISOString(),
+    finishedAt: finishedAt.toISOString(),
+    seconds: Number(process.hrtime.bigint() - started) / 1e9,
+    machine,
+    options: { sizes: o.sizes, seed: o.seed, smoke: o.smoke, encrypted: o.encrypted },
+    sizes,
+    peers: { django },
+  };
+}
