@@ -77,14 +77,19 @@ export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefine
     });
   }
   const model = (v.model as string).toLowerCase();
-  if (!modelInfo(model)) return { kind: 'skip', ...position(raw), model };
+  if (!modelInfo(model)) {
+    return { kind: 'skip', ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, length: raw.length, model };
+  }
   const fields = v.fields as Record<string, unknown>;
   let filtered = false;
   if (keep && model === 'sentry.user') {
     const username = fields.username;
     filtered = !(typeof username === 'string' && keep.has(username));
   }
-  return { kind: 'record', ...position(raw), model, pk: v.pk as number, fields, filtered };
+  return {
+    kind: 'record', ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, length: raw.length,
+    model, pk: v.pk as number, fields, filtered,
+  };
 }
 
 /** Creates the scope-and-filter stage: {@link RawRecord} in, {@link FlowItem} out. */

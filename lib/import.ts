@@ -1,6 +1,6 @@
 /**
  * `importUsers`: the whole job, wired with `await pipeline(...)`:
- * source bytes -> [decryptor] -> tokenizer -> user filter -> model mapper -> PostgreSQL sink.
+ * source bytes -> [decryptor] -> tokenizer + user filter + model mapper (fused) -> PostgreSQL sink.
  * Also the bookkeeping around it: the import row, resuming, the findings file, the summary.
  */
 import { createHash, randomUUID } from 'node:crypto';
@@ -12,12 +12,12 @@ import { createKnex, migrate, waitForDatabase } from './db/knex.js';
 import { mergeStaged } from './db/merge.js';
 import { openDecryptedSource, type KeyUnwrapper } from './decrypt.js';
 import { ErrorCodes, OptionError, UserportError, wrapDbError } from './errors.js';
-import { createUserFilter } from './filter-users.js';
-import { createModelMapper, type MappedItem } from './map-models.js';
+import type { MappedItem } from './map-models.js';
 import { createPgSink, DEFAULT_BATCH_ROWS } from './pg-sink.js';
 import { createRejectsFile, type RejectSink } from './rejects.js';
 import { ImportStats, type ImportSummary, type StatsSnapshot } from './stats.js';
-import { createTokenizer, DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './tokenize.js';
+import { createRecordProcessor } from './process-records.js';
+import { DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './tokenize.js';
 
 /**
  * Bytes per read from a plain file. Each chunk becomes a burst of records pushed at once (a
@@ -26,6 +26,9 @@ import { createTokenizer, DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './
  * for no speed gain.
  */
 const READ_CHUNK = 128 * 1024;
+
+/** How long a resumable import waits for another process holding the same import id. */
+const BUSY_WAIT_SECONDS = 60;
 
 /** Progress of a running import, reported about twice a second. */
 export interface Progress {
@@ -172,8 +175,16 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     let skipThrough = 0;
     const fp = typeof options.source === 'string' && options.source !== '-' ? fingerprint(options.source) : undefined;
     if (options.resumable) {
-      const lock = await client.query('SELECT pg_try_advisory_lock(747211, hashtext($1)) AS ok', [importId]);
-      if (!lock.rows[0].ok) throw new UserportError(ErrorCodes.IMPORT_BUSY, `import ${importId} is already running in another process`);
+      // Wait a while rather than fail at once: after a SIGKILL the dead process's backend keeps
+      // its lock until its current statement ends and it finds the client gone.
+      await client.query(`SET lock_timeout = '${BUSY_WAIT_SECONDS}s'`);
+      try {
+        await client.query('SELECT pg_advisory_lock(747211, hashtext($1))', [importId]);
+      } catch (err) {
+        if ((err as { code?: string }).code !== '55P03') throw err;
+        throw new UserportError(ErrorCodes.IMPORT_BUSY, `import ${importId} is already running in another process`);
+      }
+      await client.query('SET lock_timeout = 0');
       const found = await client.query<ImportRow>('SELECT * FROM userport_import WHERE id = $1', [importId]);
       const row = found.rows[0];
       if (row) {
@@ -207,13 +218,15 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     }
     const collectRejects = !!rejects;
     const { stream: source, size } = await openSource(options);
-    const tokenizer = createTokenizer({
+    // Tokenizer, user filter and model mapper fused in one stream (the same pure functions as
+    // createTokenizer/createUserFilter/createModelMapper, without two object-mode hops per record).
+    const processor = createRecordProcessor({
       maxRecordBytes: options.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES,
       maxDepth: options.maxDepth ?? DEFAULT_MAX_DEPTH,
       skipThrough,
+      usernames: options.filterUsernames,
+      collectRejects,
     });
-    const filter = createUserFilter({ usernames: options.filterUsernames, collectRejects });
-    const mapper = createModelMapper({ collectRejects });
     const filterActive = options.filterUsernames !== undefined;
 
     const finalize = async (c: pg.ClientBase) => {
@@ -249,7 +262,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     if (options.onProgress) {
       const onProgress = options.onProgress;
       progressTimer = setInterval(() => onProgress({
-        bytesRead: tokenizer.splitter.bytesRead, totalBytes: size, records: tokenizer.splitter.recordsSeen,
+        bytesRead: processor.splitter.bytesRead, totalBytes: size, records: processor.splitter.recordsSeen,
         seconds: (Date.now() - started) / 1000,
       }), 500);
       progressTimer.unref();
@@ -262,7 +275,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       };
     };
     try {
-      await pipeline(source, tokenizer, filter, mapper, sink);
+      await pipeline(source, processor, sink);
     } catch (err) {
       if (clientError && !(err instanceof UserportError)) throw wrapDbError(clientError, 'the import');
       throw err instanceof UserportError ? err : wrapDbError(err, 'the import');

@@ -71,11 +71,11 @@ function jsonProblem(v: unknown, depth = 0): string | undefined {
 export function mapRecord(rec: ScopedRecord): StagedRow {
   const info = modelInfo(rec.model);
   if (!info) throw new Error(`mapRecord: ${rec.model} is not a user-scope model`);
-  const base = {
-    ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, length: rec.length,
-    kind: 'row' as const, model: rec.model, code: info.mapping.code, pk: rec.pk,
+  const row: StagedRow = {
+    kind: 'row', ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, length: rec.length,
+    model: rec.model, code: info.mapping.code, pk: rec.pk, keep: !rec.filtered, values: NULLS,
   };
-  if (rec.filtered) return { ...base, keep: false, values: NULLS };
+  if (rec.filtered) return row;
   const fields = rec.fields;
   if (!info.validate(fields)) {
     const { field, reason } = describeAjvError(info.validate.errors?.[0]);
@@ -110,7 +110,9 @@ export function mapRecord(rec: ScopedRecord): StagedRow {
       values[i] = v as StageValue;
     }
   }
-  return unknownFields ? { ...base, keep: true, values, unknownFields } : { ...base, keep: true, values };
+  row.values = values;
+  if (unknownFields) row.unknownFields = unknownFields;
+  return row;
 }
 
 /** Creates the model-mapping stage: {@link FlowItem} in, {@link MappedItem} out. */

@@ -155,7 +155,8 @@ export function createPgSink(options: PgSinkOptions): Writable {
 
   return new Writable({
     objectMode: true,
-    highWaterMark: 128,
+    // Items, or arrays of items: a few arrays already hold thousands of records.
+    highWaterMark: 16,
     construct(callback) {
       if (!whole) return callback();
       (async () => {
@@ -173,15 +174,23 @@ export function createPgSink(options: PgSinkOptions): Writable {
     },
     writev(chunks, callback) {
       let text = '';
+      let count = 0;
+      let last: MappedItem | undefined;
+      const take = (item: MappedItem) => {
+        stats.account(item);
+        if (item.kind === 'row') text += copyLine(run, item);
+        else if (item.kind === 'reject') {
+          if (!rejects) throw item.error;
+          rejects.reject(item.error, item, item.record);
+        }
+        count++;
+        last = item;
+      };
       try {
         for (const { chunk } of chunks) {
-          const item = chunk as MappedItem;
-          stats.account(item);
-          if (item.kind === 'row') text += copyLine(run, item);
-          else if (item.kind === 'reject') {
-            if (!rejects) throw item.error;
-            rejects.reject(item.error, item, item.record);
-          }
+          // Single items, or arrays of them (the fused record processor emits one per chunk).
+          if (Array.isArray(chunk)) for (const item of chunk as MappedItem[]) take(item);
+          else take(chunk as MappedItem);
         }
       } catch (err) {
         return callback(err as Error);
@@ -195,8 +204,8 @@ export function createPgSink(options: PgSinkOptions): Writable {
         return;
       }
       pending += text;
-      batchCount += chunks.length;
-      batchLast = chunks[chunks.length - 1]!.chunk as MappedItem;
+      batchCount += count;
+      if (last) batchLast = last;
       if (batchCount < batchRows) return callback();
       commitBatch().then(() => callback(), (err: Error) => callback(err));
     },

@@ -131,17 +131,21 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       CASE WHEN ${kept} THEN NULL ELSE 'filtered' END AS outcome,
       CASE WHEN ${kept} THEN NULL ELSE 'not an email of a user kept by --filter-usernames' END AS reason
     FROM userport_stage s WHERE s.run = $1 AND s.model = 2`, [run]);
-  const before = (await q('SELECT coalesce(max(id), 0) AS id FROM sentry_email')).rows[0].id as number;
+  // New rows' ids come back from the insert; only addresses that already existed are looked up
+  // (COALESCE evaluates the subquery only when needed; it cannot see this statement's inserts,
+  // which the join on `ins` covers).
   await q(`
-    INSERT INTO sentry_email (email, date_added)
-    SELECT email, coalesce(date_added, now()) FROM up_email WHERE rn = 1 AND outcome IS NULL ORDER BY src_pk
-    ON CONFLICT ((lower(email))) DO NOTHING`);
-  // Rows with an id above the old maximum are new: merges hold the lock, so no other import
-  // inserted meanwhile.
-  await q(`
+    WITH ins AS (
+      INSERT INTO sentry_email (email, date_added)
+      SELECT email, coalesce(date_added, now()) FROM up_email WHERE rn = 1 AND outcome IS NULL ORDER BY src_pk
+      ON CONFLICT ((lower(email))) DO NOTHING
+      RETURNING id, lower(email) AS le
+    )
     INSERT INTO userport_pk_map (run, model, source_pk, target_id, kind)
-    SELECT $1, 'sentry.email', e.src_pk, se.id, CASE WHEN se.id > $2 AND e.rn = 1 THEN 'inserted' ELSE 'existing' END
-    FROM up_email e JOIN sentry_email se ON lower(se.email) = e.le WHERE e.outcome IS NULL`, [run, before]);
+    SELECT $1, 'sentry.email', e.src_pk,
+      coalesce(i.id, (SELECT se.id FROM sentry_email se WHERE lower(se.email) = e.le)),
+      CASE WHEN i.id IS NOT NULL AND e.rn = 1 THEN 'inserted' ELSE 'existing' END
+    FROM up_email e LEFT JOIN ins i ON i.le = e.le WHERE e.outcome IS NULL`, [run]);
   const emailCounts = await q(`SELECT kind, count(*)::int AS n FROM userport_pk_map WHERE run = $1 AND model = 'sentry.email' GROUP BY kind`, [run]);
   for (const { kind, n } of emailCounts.rows as { kind: 'inserted' | 'existing'; n: number }[]) stats.model('sentry.email')[kind] += n;
 
@@ -176,11 +180,13 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     // Fresh statistics: without them the planner guesses a few hundred rows for any size.
     await q(`ANALYZE ${table}`);
   }
+  // Every user these rows go to was inserted by this transaction (rows of merged users are
+  // skipped) and duplicates are already ranked out, so nothing can conflict: plain inserts,
+  // cheaper than ON CONFLICT's speculative insertion.
   const ue = await q(`
     INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified)
     SELECT target_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
-    FROM up_ue WHERE outcome = 'insert' ORDER BY src_pk
-    ON CONFLICT (user_id, email) DO NOTHING`);
+    FROM up_ue WHERE outcome = 'insert' ORDER BY src_pk`);
   // Sentry's post-save signal gives every new user a row for its own address.
   const prim = await q(`
     INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified)
@@ -190,8 +196,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   stats.adjacent.primaryEmails += prim.rowCount ?? 0;
   const uo = await q(`
     INSERT INTO sentry_useroption (user_id, project_id, organization_id, key, value)
-    SELECT target_id, NULL, NULL, opt_key, opt_value::jsonb FROM up_uo WHERE outcome = 'insert' ORDER BY src_pk
-    ON CONFLICT (user_id, key) WHERE project_id IS NULL AND organization_id IS NULL DO NOTHING`);
+    SELECT target_id, NULL, NULL, opt_key, opt_value::jsonb FROM up_uo WHERE outcome = 'insert' ORDER BY src_pk`);
   const insertedRows: Record<string, number> = { up_ue: ue.rowCount ?? 0, up_uo: uo.rowCount ?? 0 };
 
   // 6. Findings and counts.
