@@ -1,0 +1,61 @@
+/** The fused fast path must be the three public stages composed, item for item. */
+import { expect } from 'chai';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { createUserFilter } from '../lib/filter-users.js';
+import { createExportGenerator } from '../lib/generate.js';
+import { createModelMapper, type MappedItem } from '../lib/map-models.js';
+import { createRecordProcessor } from '../lib/process-records.js';
+import { createTokenizer } from '../lib/tokenize.js';
+import { chunked, collect, collectError } from './helpers/streams.js';
+import { user, useremail } from './helpers/exports.js';
+
+async function composed(buf: Buffer, size: number, usernames?: string[], collectRejects = false): Promise<MappedItem[]> {
+  return collect<MappedItem>(chunked(buf, size), createTokenizer(), createUserFilter({ usernames, collectRejects }), createModelMapper({ collectRejects }));
+}
+async function fused(buf: Buffer, size: number, usernames?: string[], collectRejects = false): Promise<MappedItem[]> {
+  const arrays = await collect<MappedItem[]>(chunked(buf, size), createRecordProcessor({ usernames, collectRejects }));
+  return arrays.flat();
+}
+const plain = (items: MappedItem[]) => items.map((i) => (i.kind === 'reject' ? { ...i, error: [i.error.code, i.error.position] } : i));
+
+describe('createRecordProcessor (the fused fast path)', () => {
+  const inputs: [string, () => Promise<Buffer>][] = [
+    ...fs.readdirSync('../shared/fixtures/sentry').filter((f) => f.endsWith('.json'))
+      .map((f) => [f, async () => fs.readFileSync(path.join('../shared/fixtures/sentry', f))] as [string, () => Promise<Buffer>]),
+    ['a generated export with collisions and out-of-scope models', async () => {
+      const chunks: Buffer[] = [];
+      for await (const c of createExportGenerator({ users: 300, seed: 9, collisionRate: 0.05, outOfScopeRate: 0.2 })) chunks.push(c as Buffer);
+      return Buffer.concat(chunks);
+    }],
+  ];
+  for (const [name, load] of inputs) {
+    it(`yields exactly what tokenizer + filter + mapper yield on ${name}, in any chunking`, async () => {
+      const buf = await load();
+      for (const size of [7, 4096, 1 << 20]) {
+        expect(await fused(buf, size)).to.deep.equal(await composed(buf, size));
+        expect(await fused(buf, size, ['min_user', 'user2'])).to.deep.equal(await composed(buf, size, ['min_user', 'user2']));
+      }
+    });
+  }
+
+  it('turns invalid records into the same reject markers, or the same error', async () => {
+    const buf = Buffer.from(JSON.stringify([user(1, 'a'), { model: 'sentry.user', fields: {} }, user(2, 'b', { is_active: 'no' }), useremail(1, 1, 'x@y.z')]));
+    expect(plain(await fused(buf, 5, undefined, true))).to.deep.equal(plain(await composed(buf, 5, undefined, true)));
+    const a = await collectError(chunked(buf, 5), createRecordProcessor());
+    const b = await collectError(chunked(buf, 5), createTokenizer(), createUserFilter(), createModelMapper());
+    expect([a.code, a.position]).to.deep.equal([b.code, b.position]);
+    const trunc = buf.subarray(0, 40);
+    const c = await collectError(chunked(trunc, 3), createRecordProcessor());
+    const d = await collectError(chunked(trunc, 3), createTokenizer(), createUserFilter(), createModelMapper());
+    expect([c.code, c.position]).to.deep.equal([d.code, d.position]);
+  });
+
+  it('emits one array per chunk, not one object per record', async () => {
+    const buf = Buffer.from(JSON.stringify(Array.from({ length: 50 }, (_, i) => user(i + 1, `u${i}`))));
+    const arrays = await collect<MappedItem[]>(Readable.from([buf]), createRecordProcessor());
+    expect(arrays).to.have.length(1);
+    expect(arrays[0]).to.have.length(50);
+  });
+});
