@@ -125,7 +125,12 @@ export function formatPosition(p: Position | undefined): string {
   return parts.join(', ');
 }
 
-/** Wraps a pg error into a {@link DatabaseError} unless it is already a UserportError. */
+const FS_SYSCALLS = new Set(['open', 'read', 'write', 'close', 'stat', 'fstat', 'lstat', 'ftruncate', 'fsync', 'mkdir', 'rename', 'unlink', 'scandir', 'access', 'copyfile']);
+
+/**
+ * Wraps a pg error into a {@link DatabaseError} unless it is already a UserportError; a Node
+ * file-system error becomes USERPORT_IO.
+ */
 export function wrapDbError(err: unknown, what: string): UserportError {
   if (err instanceof UserportError) return err;
   const e = err as { code?: string; message?: string; errno?: string };
@@ -135,6 +140,10 @@ export function wrapDbError(err: unknown, what: string): UserportError {
     /Connection terminated|connection ended|not queryable|Client has encountered a connection error/i.test(e?.message ?? '');
   if (lost) {
     return new DatabaseError(ErrorCodes.DB_CONNECT, `${what}: lost the connection to PostgreSQL (${e?.message ?? e?.code})`, { cause: err });
+  }
+  // A file-system failure (the source, the rejects or the findings file) is not a database error.
+  if (typeof (err as { syscall?: unknown })?.syscall === 'string' && FS_SYSCALLS.has((err as { syscall: string }).syscall)) {
+    return new UserportError(ErrorCodes.IO, `${what} failed: ${e.message ?? e.code}`, { cause: err });
   }
   const detail = e?.message ? `: ${e.message}` : '';
   return new DatabaseError(ErrorCodes.DB_QUERY, `${what} failed${detail}`, { cause: err });

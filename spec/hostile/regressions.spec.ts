@@ -3,10 +3,13 @@
  * reproducer is the smallest input that showed it.
  */
 import { expect } from 'chai';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { Readable } from 'node:stream';
 import { RecordSplitter } from '../../lib/tokenize.js';
 import { UserportError } from '../../lib/errors.js';
-import { importUsers } from '../../lib/import.js';
+import { importUsers, type ImportOptions } from '../../lib/import.js';
 import { mapRecord } from '../../lib/map-models.js';
 import { freshDatabase } from '../helpers/db.js';
 
@@ -119,4 +122,34 @@ describe('regressions: a JSON value nested thousands of levels deep', () => {
     expect((err as UserportError).code).to.equal('USERPORT_RECORD_SCHEMA');
     expect((err as UserportError).position).to.include({ ordinal: 2, offset: 10, field: 'value', model: 'sentry.useroption', pk: 3 });
   });
+});
+
+describe('regressions: file-system errors are USERPORT_IO, not database errors', () => {
+  // A missing source file, a source that is a folder, or an unwritable --rejects-file or
+  // --findings-file were all reported as USERPORT_DB_QUERY ("the import failed: ENOENT ..."):
+  // importUsers wrapped every non-userport error with wrapDbError, and the first read of the
+  // source (its fingerprint) happens before the check that would say "cannot read".
+  const good = JSON.stringify([{ model: 'sentry.user', pk: 1, fields: { username: 'io' } }]);
+  const cases: [string, (dir: string) => Omit<ImportOptions, 'databaseUrl'>][] = [
+    ['a missing source file', (dir) => ({ source: `${dir}/missing.json` })],
+    ['a source that is a folder', (dir) => ({ source: dir })],
+    ['a rejects file in a missing folder', (dir) => ({ source: Readable.from([Buffer.from(good)]), rejectsFile: `${dir}/no/such/rejects.jsonl` })],
+    ['a findings file in a missing folder', (dir) => ({ source: Readable.from([Buffer.from(good)]), findingsFile: `${dir}/no/such/findings.json` })],
+  ];
+  for (const [what, options] of cases) {
+    it(`${what}: USERPORT_IO, nothing imported`, async () => {
+      const db = await freshDatabase();
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-io-'));
+      try {
+        const err = await importUsers({ ...options(dir), databaseUrl: db.url }).then(
+          () => { throw new Error('expected the import to fail'); }, (e: unknown) => e as UserportError);
+        expect(err).to.be.instanceOf(UserportError);
+        expect(err.code).to.equal('USERPORT_IO');
+        expect(await db.count('auth_user')).to.equal(0);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+        await db.close();
+      }
+    });
+  }
 });
