@@ -153,3 +153,30 @@ describe('regressions: file-system errors are USERPORT_IO, not database errors',
     });
   }
 });
+
+describe('regressions: a "__proto__" field in a rejected record', () => {
+  // redact() copied fields with assignments: copy["__proto__"] = value set the copy's prototype
+  // to the record's data instead of copying the key, so the rejects file silently lost the field
+  // (and the copy inherited attacker-chosen properties such as is_staff).
+  it('is kept as a plain key in the rejects file, secrets redacted, no prototype set', async () => {
+    const text = '[{"model": "sentry.user", "pk": 1, "fields": {"username": "x", "is_active": "no", "password": "pw-secret",' +
+      ' "__proto__": {"is_staff": true, "note": "kept"}}}]';
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-proto-'));
+    const db = await freshDatabase();
+    try {
+      const rejectsFile = path.join(dir, 'rejects.jsonl');
+      await importUsers({ source: Readable.from([Buffer.from(text)]), databaseUrl: db.url, rejectsFile });
+      const line = fs.readFileSync(rejectsFile, 'utf8').trim();
+      expect(line).to.not.include('pw-secret');
+      const rejected = JSON.parse(line) as { code: string; field: string; record: { fields: Record<string, unknown> } };
+      expect(rejected.code).to.equal('USERPORT_RECORD_SCHEMA');
+      expect(rejected.field).to.equal('is_active');
+      expect(Object.keys(rejected.record.fields)).to.deep.equal(['username', 'is_active', 'password', '__proto__']);
+      expect(rejected.record.fields.password).to.equal('[redacted]');
+      expect(Object.getOwnPropertyDescriptor(rejected.record.fields, '__proto__')?.value).to.deep.equal({ is_staff: true, note: 'kept' });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+      await db.close();
+    }
+  });
+});
