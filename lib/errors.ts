@@ -107,18 +107,28 @@ export class DatabaseError extends UserportError {
   }
 }
 
+/**
+ * `s` with control characters (C0, DEL, C1), line and paragraph separators and bidi overrides
+ * written as `\uXXXX`: export data shown on a terminal must not move the cursor, recolour it, set
+ * its title, or start a new line that looks like another message.
+ */
+export function printable(s: string): string {
+  return s.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 /** Renders a position as `record 12 (sentry.user pk 4), field username, byte 1234, line 40, column 5`. */
 export function formatPosition(p: Position | undefined): string {
   if (!p) return '';
   const parts: string[] = [];
   if (p.ordinal !== undefined) {
     let rec = `record ${p.ordinal}`;
-    if (p.model !== undefined) rec += ` (${p.model}${p.pk !== undefined ? ` pk ${String(p.pk)}` : ''})`;
+    if (p.model !== undefined) rec += ` (${printable(p.model)}${p.pk !== undefined ? ` pk ${printable(String(p.pk))}` : ''})`;
     parts.push(rec);
   } else if (p.model !== undefined) {
-    parts.push(`${p.model}${p.pk !== undefined ? ` pk ${String(p.pk)}` : ''}`);
+    parts.push(`${printable(p.model)}${p.pk !== undefined ? ` pk ${printable(String(p.pk))}` : ''}`);
   }
-  if (p.field !== undefined) parts.push(`field ${p.field}`);
+  if (p.field !== undefined) parts.push(`field ${printable(p.field)}`);
   if (p.offset !== undefined) parts.push(`byte ${p.offset}`);
   if (p.line !== undefined) parts.push(`line ${p.line}`);
   if (p.column !== undefined) parts.push(`column ${p.column}`);

@@ -12,6 +12,7 @@ import { UserportError } from '../../lib/errors.js';
 import { importUsers, type ImportOptions } from '../../lib/import.js';
 import { mapRecord } from '../../lib/map-models.js';
 import { freshDatabase } from '../helpers/db.js';
+import { parseCliError, runCli } from './cli.js';
 
 function splitError(buf: Buffer, chunk = buf.length): UserportError {
   const splitter = new RecordSplitter();
@@ -178,5 +179,43 @@ describe('regressions: a "__proto__" field in a rejected record', () => {
       fs.rmSync(dir, { recursive: true, force: true });
       await db.close();
     }
+  });
+});
+
+describe('regressions: export data shown on the terminal is made printable', () => {
+  // The error line printed a bad record's model and pk as they were, and the summary printed
+  // unknown field names as they were: a newline split the one-line error, and escape sequences
+  // (colours, window title) reached the terminal from the export.
+  const ESC = '\u001b';
+  async function cli(text: string, args: string[] = []) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-tty-'));
+    const db = await freshDatabase();
+    try {
+      const file = path.join(dir, 'export.json');
+      fs.writeFileSync(file, text);
+      return await runCli(['import', 'users', file, '--database-url', db.url, '--no-progress', ...args]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+      await db.close();
+    }
+  }
+
+  it('an envelope error with control characters in model and pk is one escaped line', async () => {
+    const r = await cli('[{"model": "evil\\n\\u001b[31mline2", "pk": "x\\ny\\u2028z", "fields": {}}]');
+    expect(r.code).to.equal(1);
+    expect(r.stderr.endsWith('\n')).to.equal(true);
+    expect(r.stderr.trimEnd().split('\n')).to.have.length(1);
+    expect(r.stderr).to.not.include(ESC).and.not.include('\u2028');
+    const err = parseCliError(r.stderr);
+    expect(err.code).to.equal('USERPORT_RECORD_ENVELOPE');
+    expect(err.position).to.deep.equal({ record: 1, model: 'evil\\u000a\\u001b[31mline2', pk: 'x\\u000ay\\u2028z', field: 'model', byte: 1, line: 1, column: 2 });
+  });
+
+  it('unknown field names in the summary cannot add lines or escape sequences', async () => {
+    const r = await cli('[{"model": "sentry.user", "pk": 1, "fields": {"username": "a", "x\\u001b]0;title\\u0007\\nFAKE LINE": 1}}]');
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout).to.not.include(ESC).and.not.include('\u0007');
+    expect(r.stdout.split('\n').some((l) => l.startsWith('FAKE LINE'))).to.equal(false);
+    expect(r.stdout).to.include('sentry.user.x\\u001b]0;title\\u0007\\u000aFAKE LINE 1');
   });
 });
