@@ -352,6 +352,27 @@ describe('hostile and malformed input corpus (spec/fixtures/bad)', () => {
     }
   });
 
+  describe('the limits are options, checked before anything runs', () => {
+    const cases: [string[], RegExp][] = [
+      [['--max-depth', '1'], /--max-depth must be an integer >= 2, got "1"/],
+      [['--max-depth', 'deep'], /--max-depth/],
+      [['--max-record-bytes', '15'], /--max-record-bytes must be an integer >= 16, got "15"/],
+      [['--max-record-bytes', '8e6'], /--max-record-bytes/],
+      [['--max-record-bytes', '-1'], /--max-record-bytes/],
+    ];
+    for (const [args, message] of cases) {
+      it(`${args.join(' ')}: USERPORT_OPTION_INVALID naming the option, exit code 1, nothing imported`, async () => {
+        const { result, counts } = await importFile(path.join(DIR, 'accepted-same-pk-in-every-model.json'), args);
+        expect(result.code).to.equal(1);
+        const err = parseCliError(result.stderr);
+        expect(err.code).to.equal('USERPORT_OPTION_INVALID');
+        expect(err.message).to.match(message);
+        expect(err.position).to.deep.equal({});
+        expect(counts).to.deep.equal(emptyCounts());
+      });
+    }
+  });
+
   describe('huge inputs, generated in the temp folder, in bounded memory', () => {
     let tmp: string;
     before(() => { tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-hostile-')); });

@@ -97,6 +97,9 @@ function badStagedValue(item: MappedItem): string | undefined {
 export function badError(err: unknown, buf: Buffer): string | undefined {
   if (!(err instanceof UserportError)) return `not a UserportError: ${(err as Error)?.stack ?? String(err)}`;
   if (!CODE.test(err.code)) return `code ${String(err.code)} is not USERPORT_*`;
+  // What the CLI prints must stay one line with no terminal control sequences from the export.
+  const line = err.describe();
+  if (/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(line)) return `unprintable characters in the error line: ${JSON.stringify(line)}`;
   const p = err.position;
   if (!p) return undefined;
   if (p.ordinal !== undefined && !(Number.isInteger(p.ordinal) && p.ordinal >= 1)) return `ordinal ${p.ordinal}`;
