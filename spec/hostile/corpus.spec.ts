@@ -378,16 +378,22 @@ describe('hostile and malformed input corpus (spec/fixtures/bad)', () => {
     before(() => { tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-hostile-')); });
     after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-    it('a 200 MB string value: USERPORT_LIMIT_RECORD_SIZE at the record start, peak RSS under 150 MB', async function () {
-      this.timeout(300000);
+    /** A user whose name is a 200 MB string (written once, in 1 MiB blocks). */
+    function bigStringFile(): string {
       const file = path.join(tmp, 'string-200mb.json');
-      const head = '[\n  {"model": "sentry.user", "pk": 1, "fields": {"username": "big", "name": "';
+      if (fs.existsSync(file)) return file;
       const fd = fs.openSync(file, 'w');
-      fs.writeSync(fd, head);
+      fs.writeSync(fd, '[\n  {"model": "sentry.user", "pk": 1, "fields": {"username": "big", "name": "');
       const block = Buffer.alloc(1 << 20, 'a');
       for (let i = 0; i < 200; i++) fs.writeSync(fd, block);
       fs.writeSync(fd, '"}}\n]\n');
       fs.closeSync(fd);
+      return file;
+    }
+
+    it('a 200 MB string value: USERPORT_LIMIT_RECORD_SIZE at the record start, peak RSS under 150 MB', async function () {
+      this.timeout(300000);
+      const file = bigStringFile();
       expect(fs.statSync(file).size).to.be.above(200 * 1024 * 1024);
       const { result, counts } = await importFile(file);
       expect(result.code, result.stderr).to.equal(1);
@@ -396,6 +402,18 @@ describe('hostile and malformed input corpus (spec/fixtures/bad)', () => {
       expect(err.position).to.deep.equal({ record: 1, byte: 4, line: 2, column: 3 });
       expect(counts).to.deep.equal(emptyCounts());
       expect(result.peakRss).to.be.above(0).and.below(MAX_RSS);
+    });
+
+    it('control: with --max-record-bytes raised past the 200 MB string, the probe does see the memory go over 150 MB', async function () {
+      this.timeout(300000);
+      const file = bigStringFile();
+      const { result, counts } = await importFile(file, ['--max-record-bytes', String(400 * 1024 * 1024)]);
+      // The record is then read whole; it fails later (name longer than 200 characters), and the
+      // peak shows what the limit saves.
+      expect(result.code, result.stderr).to.equal(1);
+      expect(parseCliError(result.stderr).code).to.equal('USERPORT_RECORD_SCHEMA');
+      expect(counts).to.deep.equal(emptyCounts());
+      expect(result.peakRss).to.be.above(MAX_RSS);
     });
 
     it('nesting 100,000 levels deep: USERPORT_LIMIT_DEPTH at the 65th level, peak RSS under 150 MB', async function () {
