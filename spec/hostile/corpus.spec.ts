@@ -253,6 +253,27 @@ describe('hostile and malformed input corpus (spec/fixtures/bad)', () => {
     }
   });
 
+  describe('from standard input (import users -): the same code and position as from the file', () => {
+    for (const file of ['truncated-in-third-record.json', 'invalid-utf8-latin1-text.json', 'user-username-10000-characters.json',
+      'duplicate-user-pk.json', 'trailing-garbage.json']) {
+      const c = BAD.find((x) => x.file === file)!;
+      it(`${file} on stdin: ${c.code}`, async () => {
+        const buf = fs.readFileSync(path.join(DIR, file));
+        const db = await freshDatabase();
+        try {
+          const result = await runCli(['import', 'users', '-', '--database-url', db.url, '--no-progress'], { input: buf });
+          expect(result.code, result.stderr).to.equal(1);
+          const err = parseCliError(result.stderr);
+          expect(err.code).to.equal(c.code);
+          expect(err.position).to.deep.equal(expectedPosition(c, buf));
+          expect(await tableCounts(db)).to.deep.equal(emptyCounts());
+        } finally {
+          await db.close();
+        }
+      });
+    }
+  });
+
   describe('truncated at every byte', () => {
     const whole = fs.readFileSync(path.join(DIR, 'accepted-same-pk-in-every-model.json'));
     const end = whole.lastIndexOf(']') + 1;
