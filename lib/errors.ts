@@ -106,25 +106,40 @@ export class DatabaseError extends UserportError {
   }
 }
 
+/**
+ * `s` with control characters (C0, DEL, C1), line and paragraph separators and bidi overrides
+ * written as `\uXXXX`: export data shown on a terminal must not move the cursor, recolour it, set
+ * its title, or start a new line that looks like another message.
+ */
+export function printable(s: string): string {
+  return s.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 /** Renders a position as `record 12 (sentry.user pk 4), field username, byte 1234, line 40, column 5`. */
 export function formatPosition(p: Position | undefined): string {
   if (!p) return '';
   const parts: string[] = [];
   if (p.ordinal !== undefined) {
     let rec = `record ${p.ordinal}`;
-    if (p.model !== undefined) rec += ` (${p.model}${p.pk !== undefined ? ` pk ${String(p.pk)}` : ''})`;
+    if (p.model !== undefined) rec += ` (${printable(p.model)}${p.pk !== undefined ? ` pk ${printable(String(p.pk))}` : ''})`;
     parts.push(rec);
   } else if (p.model !== undefined) {
-    parts.push(`${p.model}${p.pk !== undefined ? ` pk ${String(p.pk)}` : ''}`);
+    parts.push(`${printable(p.model)}${p.pk !== undefined ? ` pk ${printable(String(p.pk))}` : ''}`);
   }
-  if (p.field !== undefined) parts.push(`field ${p.field}`);
+  if (p.field !== undefined) parts.push(`field ${printable(p.field)}`);
   if (p.offset !== undefined) parts.push(`byte ${p.offset}`);
   if (p.line !== undefined) parts.push(`line ${p.line}`);
   if (p.column !== undefined) parts.push(`column ${p.column}`);
   return parts.join(', ');
 }
 
-/** Wraps a pg error into a {@link DatabaseError} unless it is already a UserportError. */
+const FS_SYSCALLS = new Set(['open', 'read', 'write', 'close', 'stat', 'fstat', 'lstat', 'ftruncate', 'fsync', 'mkdir', 'rename', 'unlink', 'scandir', 'access', 'copyfile']);
+
+/**
+ * Wraps a pg error into a {@link DatabaseError} unless it is already a UserportError; a Node
+ * file-system error becomes USERPORT_IO.
+ */
 export function wrapDbError(err: unknown, what: string): UserportError {
   if (err instanceof UserportError) return err;
   const e = err as { code?: string; message?: string; errno?: string };
@@ -134,6 +149,10 @@ export function wrapDbError(err: unknown, what: string): UserportError {
     /Connection terminated|connection ended|not queryable|Client has encountered a connection error/i.test(e?.message ?? '');
   if (lost) {
     return new DatabaseError(ErrorCodes.DB_CONNECT, `${what}: lost the connection to PostgreSQL (${e?.message ?? e?.code})`, { cause: err });
+  }
+  // A file-system failure (the source, the rejects or the findings file) is not a database error.
+  if (typeof (err as { syscall?: unknown })?.syscall === 'string' && FS_SYSCALLS.has((err as { syscall: string }).syscall)) {
+    return new UserportError(ErrorCodes.IO, `${what} failed: ${e.message ?? e.code}`, { cause: err });
   }
   const detail = e?.message ? `: ${e.message}` : '';
   return new DatabaseError(ErrorCodes.DB_QUERY, `${what} failed${detail}`, { cause: err });

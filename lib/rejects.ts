@@ -26,8 +26,9 @@ export function redact(record: unknown): unknown {
   const r = record as Record<string, unknown>;
   const fields = r.fields;
   if (!fields || typeof fields !== 'object' || Array.isArray(fields)) return record;
-  const copy: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(fields)) copy[k] = SECRET_FIELDS.has(k) && v !== null ? '[redacted]' : v;
+  // fromEntries defines own properties: a "__proto__" key stays a key (an assignment would set
+  // the copy's prototype to attacker data and drop the key from the rejects file).
+  const copy = Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, SECRET_FIELDS.has(k) && v !== null ? '[redacted]' : v]));
   return { ...r, fields: copy };
 }
 

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { defaultEmbeddedDir, embeddedUrl, readEmbeddedConfig, startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
 import { createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
-import { formatPosition, OptionError, UserportError } from '../lib/errors.js';
+import { formatPosition, OptionError, printable, UserportError } from '../lib/errors.js';
 import { parseUsernameList } from '../lib/filter-users.js';
 import { keyUnwrapperFromOptions } from '../lib/decrypt.js';
 import { importUsers, type Progress } from '../lib/import.js';
@@ -139,10 +139,10 @@ export function formatSummary(s: ImportSummary): string {
   }
   const skipped = Object.entries(s.skipped);
   if (skipped.length) out.push('', `Skipped (not user data): ${skipped.map(([m, n]) => `${m} ${n}`).join(', ')}`);
-  const unknown = Object.entries(s.unknownFields).flatMap(([m, f]) => Object.entries(f).map(([k, n]) => `${m}.${k} ${n}`));
+  const unknown = Object.entries(s.unknownFields).flatMap(([m, f]) => Object.entries(f).map(([k, n]) => `${m}.${printable(k)} ${n}`));
   if (unknown.length) out.push(`Unknown fields (ignored): ${unknown.join(', ')}`);
   out.push(`Also written: ${s.adjacent.lostPasswordHashes} lost-password hashes, ${s.adjacent.primaryEmails} primary user emails`);
-  if (s.unmatchedUsernames.length) out.push(`No user matched these --filter-usernames: ${s.unmatchedUsernames.join(', ')}`);
+  if (s.unmatchedUsernames.length) out.push(`No user matched these --filter-usernames: ${s.unmatchedUsernames.map(printable).join(', ')}`);
   return out.join('\n');
 }
 

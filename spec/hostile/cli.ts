@@ -2,7 +2,7 @@
  * Running the real CLI binary from tests: exit code, output, peak RSS; reading its one-line error
  * (`userport: <message> (<position>) [<CODE>]`) back into fields; counting what an import left.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -34,8 +34,26 @@ function vmHwm(pid: number): number {
  * Runs `node bin/userport.js ...args`. Peak RSS comes from GNU time (`%M`, from the kernel's
  * rusage of the exited child) when /usr/bin/time exists, else from polling /proc/<pid>/status.
  */
+let gnuTime: boolean | undefined;
+
+/** True when /usr/bin/time is GNU time (BusyBox's has no -f/-o). */
+function hasGnuTime(): boolean {
+  if (gnuTime !== undefined) return gnuTime;
+  if (process.env.USERPORT_TEST_RSS === 'proc') return (gnuTime = false); // force the /proc fallback
+  const out = path.join(os.tmpdir(), `userport-time-probe-${process.pid}`);
+  try {
+    const r = spawnSync(TIME, ['-f', '%M', '-o', out, process.execPath, '-e', '0']);
+    gnuTime = r.status === 0 && /^\d+\s*$/.test(fs.readFileSync(out, 'utf8'));
+  } catch {
+    gnuTime = false;
+  } finally {
+    fs.rmSync(out, { force: true });
+  }
+  return gnuTime;
+}
+
 export function runCli(args: string[], options: { input?: Buffer; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
-  const useTime = fs.existsSync(TIME);
+  const useTime = hasGnuTime();
   const rssFile = path.join(os.tmpdir(), `userport-rss-${process.pid}-${Math.random().toString(36).slice(2)}`);
   const [cmd, argv] = useTime ? [TIME, ['-f', '%M', '-o', rssFile, process.execPath, BIN, ...args]] : [process.execPath, [BIN, ...args]];
   return new Promise((resolve, reject) => {

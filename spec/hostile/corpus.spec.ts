@@ -253,6 +253,27 @@ describe('hostile and malformed input corpus (spec/fixtures/bad)', () => {
     }
   });
 
+  describe('from standard input (import users -): the same code and position as from the file', () => {
+    for (const file of ['truncated-in-third-record.json', 'invalid-utf8-latin1-text.json', 'user-username-10000-characters.json',
+      'duplicate-user-pk.json', 'trailing-garbage.json']) {
+      const c = BAD.find((x) => x.file === file)!;
+      it(`${file} on stdin: ${c.code}`, async () => {
+        const buf = fs.readFileSync(path.join(DIR, file));
+        const db = await freshDatabase();
+        try {
+          const result = await runCli(['import', 'users', '-', '--database-url', db.url, '--no-progress'], { input: buf });
+          expect(result.code, result.stderr).to.equal(1);
+          const err = parseCliError(result.stderr);
+          expect(err.code).to.equal(c.code);
+          expect(err.position).to.deep.equal(expectedPosition(c, buf));
+          expect(await tableCounts(db)).to.deep.equal(emptyCounts());
+        } finally {
+          await db.close();
+        }
+      });
+    }
+  });
+
   describe('truncated at every byte', () => {
     const whole = fs.readFileSync(path.join(DIR, 'accepted-same-pk-in-every-model.json'));
     const end = whole.lastIndexOf(']') + 1;
@@ -352,21 +373,48 @@ describe('hostile and malformed input corpus (spec/fixtures/bad)', () => {
     }
   });
 
+  describe('the limits are options, checked before anything runs', () => {
+    const cases: [string[], RegExp][] = [
+      [['--max-depth', '1'], /--max-depth must be an integer >= 2, got "1"/],
+      [['--max-depth', 'deep'], /--max-depth/],
+      [['--max-record-bytes', '15'], /--max-record-bytes must be an integer >= 16, got "15"/],
+      [['--max-record-bytes', '8e6'], /--max-record-bytes/],
+      [['--max-record-bytes', '-1'], /--max-record-bytes/],
+    ];
+    for (const [args, message] of cases) {
+      it(`${args.join(' ')}: USERPORT_OPTION_INVALID naming the option, exit code 1, nothing imported`, async () => {
+        const { result, counts } = await importFile(path.join(DIR, 'accepted-same-pk-in-every-model.json'), args);
+        expect(result.code).to.equal(1);
+        const err = parseCliError(result.stderr);
+        expect(err.code).to.equal('USERPORT_OPTION_INVALID');
+        expect(err.message).to.match(message);
+        expect(err.position).to.deep.equal({});
+        expect(counts).to.deep.equal(emptyCounts());
+      });
+    }
+  });
+
   describe('huge inputs, generated in the temp folder, in bounded memory', () => {
     let tmp: string;
     before(() => { tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-hostile-')); });
     after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-    it('a 200 MB string value: USERPORT_LIMIT_RECORD_SIZE at the record start, peak RSS under 150 MB', async function () {
-      this.timeout(300000);
+    /** A user whose name is a 200 MB string (written once, in 1 MiB blocks). */
+    function bigStringFile(): string {
       const file = path.join(tmp, 'string-200mb.json');
-      const head = '[\n  {"model": "sentry.user", "pk": 1, "fields": {"username": "big", "name": "';
+      if (fs.existsSync(file)) return file;
       const fd = fs.openSync(file, 'w');
-      fs.writeSync(fd, head);
+      fs.writeSync(fd, '[\n  {"model": "sentry.user", "pk": 1, "fields": {"username": "big", "name": "');
       const block = Buffer.alloc(1 << 20, 'a');
       for (let i = 0; i < 200; i++) fs.writeSync(fd, block);
       fs.writeSync(fd, '"}}\n]\n');
       fs.closeSync(fd);
+      return file;
+    }
+
+    it('a 200 MB string value: USERPORT_LIMIT_RECORD_SIZE at the record start, peak RSS under 150 MB', async function () {
+      this.timeout(300000);
+      const file = bigStringFile();
       expect(fs.statSync(file).size).to.be.above(200 * 1024 * 1024);
       const { result, counts } = await importFile(file);
       expect(result.code, result.stderr).to.equal(1);
@@ -375,6 +423,18 @@ describe('hostile and malformed input corpus (spec/fixtures/bad)', () => {
       expect(err.position).to.deep.equal({ record: 1, byte: 4, line: 2, column: 3 });
       expect(counts).to.deep.equal(emptyCounts());
       expect(result.peakRss).to.be.above(0).and.below(MAX_RSS);
+    });
+
+    it('control: with --max-record-bytes raised past the 200 MB string, the probe does see the memory go over 150 MB', async function () {
+      this.timeout(300000);
+      const file = bigStringFile();
+      const { result, counts } = await importFile(file, ['--max-record-bytes', String(400 * 1024 * 1024)]);
+      // The record is then read whole; it fails later (name longer than 200 characters), and the
+      // peak shows what the limit saves.
+      expect(result.code, result.stderr).to.equal(1);
+      expect(parseCliError(result.stderr).code).to.equal('USERPORT_RECORD_SCHEMA');
+      expect(counts).to.deep.equal(emptyCounts());
+      expect(result.peakRss).to.be.above(MAX_RSS);
     });
 
     it('nesting 100,000 levels deep: USERPORT_LIMIT_DEPTH at the 65th level, peak RSS under 150 MB', async function () {

@@ -97,6 +97,9 @@ function badStagedValue(item: MappedItem): string | undefined {
 export function badError(err: unknown, buf: Buffer): string | undefined {
   if (!(err instanceof UserportError)) return `not a UserportError: ${(err as Error)?.stack ?? String(err)}`;
   if (!CODE.test(err.code)) return `code ${String(err.code)} is not USERPORT_*`;
+  // What the CLI prints must stay one line with no terminal control sequences from the export.
+  const line = err.describe();
+  if (/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(line)) return `unprintable characters in the error line: ${JSON.stringify(line)}`;
   const p = err.position;
   if (!p) return undefined;
   if (p.ordinal !== undefined && !(Number.isInteger(p.ordinal) && p.ordinal >= 1)) return `ordinal ${p.ordinal}`;
@@ -226,12 +229,15 @@ export async function fuzzImports(seed: number, iterations: number, url: string)
       } else {
         input = mutate(base, rng, donors);
       }
-      const stage = await runStages(input, 65536, false);
+      // Every other case collects rejects instead of failing on the first bad record.
+      const rejectsFile = i % 2 ? path.join(os.tmpdir(), `userport-fuzz-rejects-${process.pid}.jsonl`) : undefined;
+      const stage = await runStages(input, 65536, !!rejectsFile);
       const stageCode = (stage.error as { code?: string } | undefined)?.code;
       let problem: string | undefined;
       let error: unknown;
+      let summary: { models: Record<string, { rejected: number }> } | undefined;
       try {
-        await importUsers({ source: Readable.from([input]), databaseUrl: url });
+        summary = await importUsers({ source: Readable.from([input]), databaseUrl: url, rejectsFile });
       } catch (err) {
         error = err;
       }
@@ -239,6 +245,7 @@ export async function fuzzImports(seed: number, iterations: number, url: string)
       if (error === undefined) {
         report.successes++;
         if (stageCode) problem = `the import succeeded but the stages failed with ${stageCode}`;
+        if (!problem && rejectsFile) problem = checkRejects(rejectsFile, summary!, input);
         await knex.raw(`TRUNCATE ${[...TARGET_TABLES, ...BOOKKEEPING_TABLES].join(', ')} RESTART IDENTITY CASCADE`);
       } else {
         const code = (error as { code?: string }).code ?? '(none)';
@@ -253,6 +260,7 @@ export async function fuzzImports(seed: number, iterations: number, url: string)
           if (left.length) problem = `a failed import left rows behind: ${left.map(([t, n]) => `${t} ${n}`).join(', ')}`;
         }
       }
+      if (rejectsFile) fs.rmSync(rejectsFile, { force: true });
       if (problem) {
         const file = path.join(os.tmpdir(), `userport-fuzz-import-${seed}-${i}.json`);
         fs.writeFileSync(file, input);
@@ -264,4 +272,30 @@ export async function fuzzImports(seed: number, iterations: number, url: string)
     await knex.destroy();
   }
   return report;
+}
+
+/** A rejects file must hold one JSON line per rejected record, coded, positioned, secrets redacted. */
+function checkRejects(file: string, summary: { models: Record<string, { rejected: number }> }, input: Buffer): string | undefined {
+  const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+  const lines = text ? text.replace(/\n$/, '').split('\n') : [];
+  const rejected = Object.values(summary.models).reduce((n, m) => n + m.rejected, 0);
+  if (lines.length !== rejected) return `${lines.length} lines in the rejects file, ${rejected} rejected in the summary`;
+  for (const line of lines) {
+    let r: { code?: unknown; offset?: unknown; record?: { fields?: Record<string, unknown> } };
+    try {
+      r = JSON.parse(line) as typeof r;
+    } catch {
+      return `a rejects line is not JSON: ${line.slice(0, 200)}`;
+    }
+    if (typeof r.code !== 'string' || !CODE.test(r.code)) return `a rejects line has no USERPORT_* code: ${line.slice(0, 200)}`;
+    if (typeof r.offset !== 'number' || r.offset < 0 || r.offset >= input.length) return `a rejects line has a bad offset: ${line.slice(0, 200)}`;
+    const fields = r.record?.fields;
+    if (fields && typeof fields === 'object' && !Array.isArray(fields)) {
+      for (const k of ['password', 'validation_hash', 'session_nonce']) {
+        const v = Object.getOwnPropertyDescriptor(fields, k)?.value;
+        if (v !== undefined && v !== null && v !== '[redacted]') return `${k} not redacted in the rejects file: ${line.slice(0, 200)}`;
+      }
+    }
+  }
+  return undefined;
 }

@@ -3,12 +3,16 @@
  * reproducer is the smallest input that showed it.
  */
 import { expect } from 'chai';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { Readable } from 'node:stream';
 import { RecordSplitter } from '../../lib/tokenize.js';
 import { UserportError } from '../../lib/errors.js';
-import { importUsers } from '../../lib/import.js';
+import { importUsers, type ImportOptions } from '../../lib/import.js';
 import { mapRecord } from '../../lib/map-models.js';
 import { freshDatabase } from '../helpers/db.js';
+import { parseCliError, runCli } from './cli.js';
 
 function splitError(buf: Buffer, chunk = buf.length): UserportError {
   const splitter = new RecordSplitter();
@@ -118,5 +122,100 @@ describe('regressions: a JSON value nested thousands of levels deep', () => {
     expect(err).to.be.instanceOf(UserportError);
     expect((err as UserportError).code).to.equal('USERPORT_RECORD_SCHEMA');
     expect((err as UserportError).position).to.include({ ordinal: 2, offset: 10, field: 'value', model: 'sentry.useroption', pk: 3 });
+  });
+});
+
+describe('regressions: file-system errors are USERPORT_IO, not database errors', () => {
+  // A missing source file, a source that is a folder, or an unwritable --rejects-file or
+  // --findings-file were all reported as USERPORT_DB_QUERY ("the import failed: ENOENT ..."):
+  // importUsers wrapped every non-userport error with wrapDbError, and the first read of the
+  // source (its fingerprint) happens before the check that would say "cannot read".
+  const good = JSON.stringify([{ model: 'sentry.user', pk: 1, fields: { username: 'io' } }]);
+  const cases: [string, (dir: string) => Omit<ImportOptions, 'databaseUrl'>][] = [
+    ['a missing source file', (dir) => ({ source: `${dir}/missing.json` })],
+    ['a source that is a folder', (dir) => ({ source: dir })],
+    ['a rejects file in a missing folder', (dir) => ({ source: Readable.from([Buffer.from(good)]), rejectsFile: `${dir}/no/such/rejects.jsonl` })],
+    ['a findings file in a missing folder', (dir) => ({ source: Readable.from([Buffer.from(good)]), findingsFile: `${dir}/no/such/findings.json` })],
+  ];
+  for (const [what, options] of cases) {
+    it(`${what}: USERPORT_IO, nothing imported`, async () => {
+      const db = await freshDatabase();
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-io-'));
+      try {
+        const err = await importUsers({ ...options(dir), databaseUrl: db.url }).then(
+          () => { throw new Error('expected the import to fail'); }, (e: unknown) => e as UserportError);
+        expect(err).to.be.instanceOf(UserportError);
+        expect(err.code).to.equal('USERPORT_IO');
+        expect(await db.count('auth_user')).to.equal(0);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+        await db.close();
+      }
+    });
+  }
+});
+
+describe('regressions: a "__proto__" field in a rejected record', () => {
+  // redact() copied fields with assignments: copy["__proto__"] = value set the copy's prototype
+  // to the record's data instead of copying the key, so the rejects file silently lost the field
+  // (and the copy inherited attacker-chosen properties such as is_staff).
+  it('is kept as a plain key in the rejects file, secrets redacted, no prototype set', async () => {
+    const text = '[{"model": "sentry.user", "pk": 1, "fields": {"username": "x", "is_active": "no", "password": "pw-secret",' +
+      ' "__proto__": {"is_staff": true, "note": "kept"}}}]';
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-proto-'));
+    const db = await freshDatabase();
+    try {
+      const rejectsFile = path.join(dir, 'rejects.jsonl');
+      await importUsers({ source: Readable.from([Buffer.from(text)]), databaseUrl: db.url, rejectsFile });
+      const line = fs.readFileSync(rejectsFile, 'utf8').trim();
+      expect(line).to.not.include('pw-secret');
+      const rejected = JSON.parse(line) as { code: string; field: string; record: { fields: Record<string, unknown> } };
+      expect(rejected.code).to.equal('USERPORT_RECORD_SCHEMA');
+      expect(rejected.field).to.equal('is_active');
+      expect(Object.keys(rejected.record.fields)).to.deep.equal(['username', 'is_active', 'password', '__proto__']);
+      expect(rejected.record.fields.password).to.equal('[redacted]');
+      expect(Object.getOwnPropertyDescriptor(rejected.record.fields, '__proto__')?.value).to.deep.equal({ is_staff: true, note: 'kept' });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+      await db.close();
+    }
+  });
+});
+
+describe('regressions: export data shown on the terminal is made printable', () => {
+  // The error line printed a bad record's model and pk as they were, and the summary printed
+  // unknown field names as they were: a newline split the one-line error, and escape sequences
+  // (colours, window title) reached the terminal from the export.
+  const ESC = '\u001b';
+  async function cli(text: string, args: string[] = []) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-tty-'));
+    const db = await freshDatabase();
+    try {
+      const file = path.join(dir, 'export.json');
+      fs.writeFileSync(file, text);
+      return await runCli(['import', 'users', file, '--database-url', db.url, '--no-progress', ...args]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+      await db.close();
+    }
+  }
+
+  it('an envelope error with control characters in model and pk is one escaped line', async () => {
+    const r = await cli('[{"model": "evil\\n\\u001b[31mline2", "pk": "x\\ny\\u2028z", "fields": {}}]');
+    expect(r.code).to.equal(1);
+    expect(r.stderr.endsWith('\n')).to.equal(true);
+    expect(r.stderr.trimEnd().split('\n')).to.have.length(1);
+    expect(r.stderr).to.not.include(ESC).and.not.include('\u2028');
+    const err = parseCliError(r.stderr);
+    expect(err.code).to.equal('USERPORT_RECORD_ENVELOPE');
+    expect(err.position).to.deep.equal({ record: 1, model: 'evil\\u000a\\u001b[31mline2', pk: 'x\\u000ay\\u2028z', field: 'model', byte: 1, line: 1, column: 2 });
+  });
+
+  it('unknown field names in the summary cannot add lines or escape sequences', async () => {
+    const r = await cli('[{"model": "sentry.user", "pk": 1, "fields": {"username": "a", "x\\u001b]0;title\\u0007\\nFAKE LINE": 1}}]');
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout).to.not.include(ESC).and.not.include('\u0007');
+    expect(r.stdout.split('\n').some((l) => l.startsWith('FAKE LINE'))).to.equal(false);
+    expect(r.stdout).to.include('sentry.user.x\\u001b]0;title\\u0007\\u000aFAKE LINE 1');
   });
 });
