@@ -62,7 +62,7 @@ export interface ImportOptions {
   maxRejects?: number;
   /** Write every finding (dropped, filtered, merged, renamed rows; or the error) here as JSON. */
   findingsFile?: string;
-  /** @default 8 MiB */
+  /** @default 1 MiB */
   maxRecordBytes?: number;
   /** @default 64 */
   maxDepth?: number;

@@ -37,13 +37,17 @@ export interface RawRecord extends RecordPosition {
   value: Record<string, unknown>;
 }
 
-/** Largest record accepted, in bytes. Real Sentry records are under 2 KB. */
-export const DEFAULT_MAX_RECORD_BYTES = 8 * 1024 * 1024;
+/**
+ * Largest record accepted, in bytes. Real Sentry records are under 2 KB; the limit also bounds
+ * memory, since stage buffers count records, not bytes (a few dozen near-limit records in flight
+ * must stay far below the 150 MB ceiling).
+ */
+export const DEFAULT_MAX_RECORD_BYTES = 1024 * 1024;
 /** Deepest nesting accepted inside a record (`{"fields": {...}}` is depth 2). */
 export const DEFAULT_MAX_DEPTH = 64;
 
 export interface TokenizerOptions {
-  /** Refuse a record larger than this many bytes. @default 8 MiB ({@link DEFAULT_MAX_RECORD_BYTES}) */
+  /** Refuse a record larger than this many bytes. @default 1 MiB ({@link DEFAULT_MAX_RECORD_BYTES}) */
   maxRecordBytes?: number;
   /** Refuse nesting deeper than this. @default 64 ({@link DEFAULT_MAX_DEPTH}) */
   maxDepth?: number;

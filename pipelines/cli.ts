@@ -38,7 +38,7 @@ Import options:
   --rejects-file F                write records that fail validation to F (JSON lines), go on
   --max-rejects N                 with --rejects-file: abort after N rejects
   --findings-file F               write every finding (dropped, renamed, merged rows) as JSON
-  --max-record-bytes N            refuse records larger than N bytes (default 8388608)
+  --max-record-bytes N            refuse records larger than N bytes (default 1048576)
   --max-depth N                   refuse nesting deeper than N (default 64)
   --decrypt-with KEY.pem          SRC is an encrypted export; decrypt with this RSA private key
   --decrypt-passphrase-file F     passphrase of an encrypted private key
