@@ -173,6 +173,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     try { await client.connect(); } catch (err) { throw wrapDbError(err, 'connecting'); }
 
     let skipThrough = 0;
+    let resumeRejects: { bytes: number; count: number } | undefined;
     const fp = typeof options.source === 'string' && options.source !== '-' ? fingerprint(options.source) : undefined;
     if (options.resumable) {
       // Wait a while rather than fail at once: after a SIGKILL the dead process's backend keeps
@@ -199,7 +200,10 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
         }
         run = row.run;
         skipThrough = row.checkpoint_ordinal;
-        if (row.counters) stats.restore(row.counters);
+        if (row.counters) {
+          stats.restore(row.counters);
+          resumeRejects = row.counters.rejects ?? { bytes: 0, count: 0 };
+        }
         await client.query(`UPDATE userport_import SET state = 'running', error = NULL, updated_at = now() WHERE run = $1`, [run]);
       } else {
         const ins = await client.query(
@@ -214,7 +218,9 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     options.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough });
 
     if (options.rejectsFile) {
-      rejects = createRejectsFile(options.rejectsFile, { maxRejects: options.maxRejects, resumeAt: skipThrough ? stats.snapshot().rejects ?? { bytes: 0, count: 0 } : undefined });
+      // Resuming: keep exactly the lines of the records before the checkpoint, drop any written
+      // after it by the process that died.
+      rejects = createRejectsFile(options.rejectsFile, { maxRejects: options.maxRejects, resumeAt: skipThrough ? resumeRejects ?? { bytes: 0, count: 0 } : undefined });
     }
     const collectRejects = !!rejects;
     const { stream: source, size } = await openSource(options);
@@ -305,7 +311,7 @@ async function writeFindings(c: pg.ClientBase, run: number, file: string, unmatc
     for (const name of unmatched) put({ finding: 'UnmatchedUsername', kind: 'unmatched', model: 'sentry.user', reason: `--filter-usernames: no user named "${name}"` });
     let after = -1;
     for (;;) {
-      const page = await c.query(`SELECT ctid::text AS id, kind, model, source_pk, ordinal, byte_offset, reason FROM userport_finding
+      const page = await c.query(`SELECT kind, model, source_pk, ordinal, byte_offset, reason FROM userport_finding
                                   WHERE run = $1 AND ordinal > $2 ORDER BY ordinal LIMIT 5000`, [run, after]);
       for (const r of page.rows) {
         put({ finding: 'ImportFinding', kind: r.kind, model: r.model, pk: r.source_pk, ordinal: r.ordinal, offset: r.byte_offset, reason: r.reason });

@@ -126,6 +126,19 @@ describe('userport CLI', function () {
       }
     });
 
+    it('shows progress (bytes, records/s, ETA) on stderr when it is a terminal, and none otherwise', async () => {
+      const file = writeExport(Array.from({ length: 3000 }, (_, i) => user(i + 1, `tty${i}`)));
+      // `script` gives the command a pseudo-terminal; its output is what the terminal showed.
+      const cmd = `${process.execPath} ${BIN} import users ${file} --database-url '${db.url}' --batch-rows 1`;
+      const tty = await run('script', ['-qec', cmd, '/dev/null']);
+      expect(tty.code, tty.stdout).to.equal(0);
+      expect(tty.stdout).to.match(/of [\d.]+ [KM]B \(\d+%\) · [\d,]+ records · [\d,]+ rec\/s · ETA \d+s/);
+      const piped = await userport(['import', 'users', file, '--database-url', db.url]);
+      expect(piped.stderr).not.to.include('rec/s');
+      const quiet = await run('script', ['-qec', `${cmd} --no-progress`, '/dev/null']);
+      expect(quiet.stdout).not.to.include('rec/s');
+    });
+
     it('lists imports', async () => {
       const res = await userport(['imports', '--database-url', db.url, '--json']);
       expect(res.code).to.equal(0);

@@ -78,6 +78,36 @@ describe('reliability', function () {
       }
     });
 
+    it('keep the rejects file exact across SIGKILLs: every bad record once, in order', async () => {
+      const recs: unknown[] = [];
+      for (let i = 1; i <= 6000; i++) {
+        recs.push(i % 500 === 0 ? user(i, `bad${i}`, { is_active: 'no' }) : user(i, `user${i}`));
+        recs.push(useroption(i, i, 'timezone', 'UTC'));
+      }
+      const file = writeExport(recs);
+      const target = await freshDatabase();
+      const rejects = path.join(os.tmpdir(), `rejects-kill-${process.pid}.jsonl`);
+      try {
+        const args = ['import', 'users', file, '--database-url', target.url, '--resumable', '--import-id', 'kill-rejects', '--batch-rows', '900',
+          '--rejects-file', rejects, '--json', '--no-progress'];
+        let last: Run;
+        let kills = 0;
+        for (let delay = 300; ; delay = Math.round(delay * 1.4)) {
+          last = await cli(args, { killAfterMs: delay });
+          if (last.signal !== 'SIGKILL') break;
+          kills++;
+        }
+        expect(last.code, last.stderr).to.equal(0);
+        expect(kills).to.be.at.least(1);
+        const lines = fs.readFileSync(rejects, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { pk: number });
+        expect(lines.map((l) => l.pk)).to.deep.equal([500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000, 5500, 6000]);
+        expect(JSON.parse(last.stdout).models['sentry.user']).to.include({ read: 6000, inserted: 5988, rejected: 12 });
+        expect(await target.count('auth_user')).to.equal(5988);
+      } finally {
+        await target.close();
+      }
+    });
+
     it('print the id they generated, list in `userport imports`, and refuse to resume with another file', async () => {
       const db = await freshDatabase();
       try {
