@@ -61,6 +61,9 @@ export interface TokenizerOptions {
 const enum Phase { Start, BeforeFirst, BeforeNext, InRecord, AfterElement, Done }
 
 const BOM = [0xef, 0xbb, 0xbf];
+/** Bytes the splitter must look at inside a record: quote, braces, brackets. */
+const STRUCTURAL = new Uint8Array(256);
+STRUCTURAL[0x22] = STRUCTURAL[0x7b] = STRUCTURAL[0x7d] = STRUCTURAL[0x5b] = STRUCTURAL[0x5d] = 1;
 const WS = new Uint8Array(256);
 WS[0x20] = WS[0x09] = WS[0x0a] = WS[0x0d] = 1;
 
@@ -233,7 +236,14 @@ export class RecordSplitter {
         if ((bs & 1) === 0) inString = false;
         continue;
       }
-      const c = buf[i]!;
+      // Most bytes outside strings (indentation, digits, literals, ':' and ',') mean nothing to
+      // the splitter: skip them with one table lookup each.
+      let c = buf[i]!;
+      while (STRUCTURAL[c] === 0) {
+        if (++i === n) break;
+        c = buf[i]!;
+      }
+      if (i === n) break;
       if (c === 0x22) { inString = true; i++; continue; }
       if (c === 0x7b || c === 0x5b) {
         if (++depth > maxDepth) {
@@ -309,7 +319,7 @@ export class RecordSplitter {
     } catch {
       throw locateSyntaxError(text, pos);
     }
-    out.push({ ...pos, value: value as Record<string, unknown> });
+    out.push({ ordinal, offset: pos.offset, line: pos.line, column: pos.column, length, value: value as Record<string, unknown> });
   }
 
   /** Checks the input ended after a complete array. */
