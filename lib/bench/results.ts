@@ -25,6 +25,8 @@ export interface ImportMeasurement {
   /** Peak resident set size of the importing process. */
   peakRssBytes: number | null;
   rssSource: string;
+  /** How the import was run. */
+  via: string;
   /** Rows in the target tables after the import. */
   rows: Record<string, number>;
   /** The import's `--json` summary, as printed. */

@@ -64,13 +64,33 @@ function tail(s: string, lines = 3): string {
   return s.trim().split('\n').slice(-lines).join(' | ');
 }
 
-/** Why the userport import cannot run, or undefined. */
-function importUnavailable(bin: string): string | undefined {
-  if (!fs.existsSync(bin)) return `${bin} does not exist`;
-  if (bin === path.join(PACKAGE_ROOT, 'bin', 'userport.js') && !fs.existsSync(path.join(PACKAGE_ROOT, 'dist', 'pipelines', 'cli.js'))) {
-    return 'the import CLI is not built (dist/pipelines/cli.js is missing: the import is not merged yet)';
+/**
+ * How the import is run: the CLI (`bin/userport.js import users ...`) when it is built, else the
+ * library entry `importUsers` from a one-line script, so figures exist before the CLI lands.
+ * Either way it is a separate Node process.
+ */
+type ImportRunner = { kind: 'cli'; bin: string } | { kind: 'library'; module: string };
+
+function importRunner(bin: string | undefined): ImportRunner | Skipped {
+  if (bin !== undefined) return fs.existsSync(bin) ? { kind: 'cli', bin } : { skipped: `${bin} does not exist` };
+  if (fs.existsSync(path.join(PACKAGE_ROOT, 'dist', 'pipelines', 'cli.js'))) return { kind: 'cli', bin: path.join(PACKAGE_ROOT, 'bin', 'userport.js') };
+  const module = path.join(PACKAGE_ROOT, 'dist', 'lib', 'import.js');
+  if (fs.existsSync(module)) return { kind: 'library', module };
+  return { skipped: 'the import is not built (neither dist/pipelines/cli.js nor dist/lib/import.js exists)' };
+}
+
+function importCommand(runner: ImportRunner, file: string, url: string, privateKeyFile: string | undefined): string[] {
+  if (runner.kind === 'cli') {
+    return [runner.bin, 'import', 'users', file, '--database-url', url, '--json', '--no-progress',
+      ...(privateKeyFile ? ['--decrypt-with', privateKeyFile] : [])];
   }
-  return undefined;
+  const imp = pathToFileURL(runner.module).href;
+  const dec = pathToFileURL(path.join(PACKAGE_ROOT, 'dist', 'lib', 'decrypt.js')).href;
+  const script = `const { importUsers } = await import(${JSON.stringify(imp)});
+const [source, databaseUrl, key] = process.argv.slice(1);
+const decrypt = key ? (await import(${JSON.stringify(dec)})).createLocalKeyUnwrapper({ privateKeyPath: key }) : undefined;
+process.stdout.write(JSON.stringify(await importUsers({ source, databaseUrl, ...(decrypt ? { decrypt } : {}) })));`;
+  return ['--input-type=module', '-e', script, file, url, ...(privateKeyFile ? [privateKeyFile] : [])];
 }
 
 function parseSummary(stdout: string): unknown {
@@ -85,8 +105,8 @@ function parseSummary(stdout: string): unknown {
   }
 }
 
-async function runImport(bin: string, file: string, url: string, extra: string[], records: number, bytes: number): Promise<ImportMeasurement | Skipped> {
-  const run: MeasuredRun = await runMeasured(process.execPath, [bin, 'import', 'users', file, '--database-url', url, '--json', '--no-progress', ...extra]);
+async function runImport(runner: ImportRunner, file: string, url: string, privateKeyFile: string | undefined, records: number, bytes: number): Promise<ImportMeasurement | Skipped> {
+  const run: MeasuredRun = await runMeasured(process.execPath, importCommand(runner, file, url, privateKeyFile));
   if (run.code !== 0) return { skipped: `userport import exited with ${run.code ?? run.signal}: ${tail(run.stderr || run.stdout)}` };
   return {
     seconds: run.seconds,
@@ -94,6 +114,7 @@ async function runImport(bin: string, file: string, url: string, extra: string[]
     mbPerSec: bytes / MB / run.seconds,
     peakRssBytes: run.peakRssBytes,
     rssSource: run.rssSource,
+    via: runner.kind === 'cli' ? 'bin/userport.js import users' : 'importUsers() in a child process (the CLI is not built yet)',
     rows: await countRows(url, IMPORTED_TABLES),
     summary: parseSummary(run.stdout),
   };
@@ -215,8 +236,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const ownWorkDir = options.workDir === undefined;
   const workDir = options.workDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'userport-bench-'));
   fs.mkdirSync(workDir, { recursive: true });
-  const bin = options.userportBin ?? path.join(PACKAGE_ROOT, 'bin', 'userport.js');
-  const noImport = importUnavailable(bin);
+  const runner = importRunner(options.userportBin);
   const machine = machineInfo(await serverVersion(o.serverUrl));
   const kit = o.encrypted ? await encryptionKit(workDir) : { skipped: 'not requested (--encrypted)' };
   if (o.encrypted && isSkipped(kit)) log(`encrypted input: skipped: ${kit.skipped}`);
@@ -237,10 +257,11 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     let userport: ImportMeasurement | Skipped;
     const importDb = `bench_import_${users}_${tag}`;
     const copyDb = `bench_copy_${users}_${tag}`;
-    if (noImport) userport = { skipped: noImport };
+    if (isSkipped(runner)) userport = runner;
     else {
-      log(`${users} users: userport import`);
-      userport = await runImport(bin, file, await freshDatabase(o.serverUrl, importDb), [], records, bytes);
+      log(`${users} users: userport import (${runner.kind})`);
+      userport = await runImport(runner, file, await freshDatabase(o.serverUrl, importDb), undefined, records, bytes);
+      if (isSkipped(userport)) log(`${users} users: ${userport.skipped}`);
     }
 
     let copyFloor: SizeResult['copyFloor'] = { skipped: 'needs the rows of a userport import' };
@@ -262,18 +283,20 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       const expected = expectedRows(gen.counts);
       for (const t of IMPORTED_TABLES) checks.push(countsCheck(`${t} rows`, expected[t], userport.rows[t]));
       checks.push(countsCheck('COPY floor rows equal userport rows', userport.rows, loaded.rows));
+      const renamed = (userport.summary as { models?: Record<string, { renamed?: number }> } | null)?.models?.['sentry.user']?.renamed;
+      if (renamed !== undefined) checks.push(countsCheck('renamed users equal case-insensitive username collisions', gen.counts.usernameCollisions, renamed));
       if (!o.keep) fs.rmSync(path.join(workDir, `copy-${users}`), { recursive: true, force: true });
     }
 
     let encrypted: SizeResult['encrypted'] = isSkipped(kit) ? kit : { skipped: 'needs the userport import' };
-    if (!isSkipped(kit) && !noImport) {
+    if (!isSkipped(kit) && !isSkipped(runner)) {
       const tar = `${file}.tar`;
       log(`${users} users: encrypting, then importing the encrypted export`);
       const t0 = process.hrtime.bigint();
       await kit.encrypt(file, tar);
       const encryptSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
       const encDb = `bench_enc_${users}_${tag}`;
-      const m = await runImport(bin, tar, await freshDatabase(o.serverUrl, encDb), ['--decrypt-with', kit.privateKeyFile], records, bytes);
+      const m = await runImport(runner, tar, await freshDatabase(o.serverUrl, encDb), kit.privateKeyFile, records, bytes);
       encrypted = isSkipped(m) ? m : { ...m, tarBytes: fs.statSync(tar).size, encryptSeconds };
       if (!isSkipped(m)) checks.push(countsCheck('encrypted import rows equal plain import rows', isSkipped(userport) ? null : userport.rows, m.rows));
       if (!o.keep) { fs.rmSync(tar, { force: true }); await dropDatabase(o.serverUrl, encDb); }
