@@ -138,9 +138,11 @@ function panel(x0: number, y0: number, w: number, h: number, title: string, yLab
     for (const [x, y] of pts) {
       out.push(`<circle cx="${px(x).toFixed(1)}" cy="${py(y).toFixed(1)}" r="3.5" fill="${s.color}"><title>${esc(s.name)}: ${shortNumber(y)}</title></circle>`);
     }
-    const ly = y0 + 14 + k * 16;
-    out.push(`<line x1="${x0 + 10}" x2="${x0 + 30}" y1="${ly}" y2="${ly}" stroke="${s.color}" stroke-width="2"${s.dash ? ` stroke-dasharray="${s.dash}"` : ''}/>`);
-    out.push(`<text x="${x0 + 36}" y="${ly}" dominant-baseline="middle" font-size="11">${esc(s.name)}</text>`);
+    // Legend below the axis title, two entries per row: inside the plot it would hide points.
+    const lx = x0 + (k % 2) * (w / 2);
+    const ly = y0 + h + 54 + Math.floor(k / 2) * 16;
+    out.push(`<line x1="${lx}" x2="${lx + 20}" y1="${ly}" y2="${ly}" stroke="${s.color}" stroke-width="2"${s.dash ? ` stroke-dasharray="${s.dash}"` : ''}/>`);
+    out.push(`<text x="${lx + 26}" y="${ly}" dominant-baseline="middle" font-size="11">${esc(s.name)}</text>`);
   });
   return out.join('\n');
 }
@@ -175,7 +177,7 @@ export function renderChart(results: BenchResults): string {
     if (d.peakRssBytes) rss.push({ name: 'Django loaddata', color: '#d62728', points: [[d.users, d.peakRssBytes / MB]] });
   }
   const W = 960;
-  const H = 440;
+  const H = 480;
   const m = results.machine;
   const caption = `${m.cpus} x ${m.cpuModel}, PostgreSQL ${m.postgres}, Node ${m.node}; ${results.finishedAt.slice(0, 10)}`;
   return [
