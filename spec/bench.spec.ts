@@ -29,6 +29,14 @@ describe('benchmark', () => {
       expect(small.code).to.equal(0);
       expect(small.peakRssBytes!).to.be.lessThan(alloc.peakRssBytes!);
     });
+
+    it('kills the whole process group on timeout', async () => {
+      const started = Date.now();
+      // The grandchild would keep the pipes open (and run on) if only the direct child were killed.
+      const r = await runMeasured('/bin/sh', ['-c', 'sleep 30 & sleep 30; wait'], { timeoutMs: 300 });
+      expect(r.code).to.equal(null);
+      expect(Date.now() - started).to.be.lessThan(20000);
+    });
   });
 
   describe('parseFloor', () => {

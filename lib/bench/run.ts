@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { createExportGenerator, type GenerateCounts } from '../generate.js';
+import { createExportGenerator, DEFAULT_COLLISION_RATE, type GenerateCounts } from '../generate.js';
 import { OptionError } from '../errors.js';
 import { runMeasured, type MeasuredRun } from './child.js';
 import { dumpTables, IMPORTED_TABLES, loadTables } from './copy-floor.js';
@@ -39,6 +39,10 @@ export interface BenchOptions {
   django?: boolean;
   /** The userport CLI to run (`<node> <it> import users ...`). @default bin/userport.js of this package */
   userportBin?: string;
+  /** Kill an import still running after this many seconds and record it as not finished. @default no limit */
+  importTimeoutSeconds?: number;
+  /** Generator collision rate (see GenerateOptions.collisionRate). @default the generator's default */
+  collisionRate?: number;
   /** Progress lines. @default nothing */
   log?: (line: string) => void;
 }
@@ -105,8 +109,13 @@ function parseSummary(stdout: string): unknown {
   }
 }
 
-async function runImport(runner: ImportRunner, file: string, url: string, privateKeyFile: string | undefined, records: number, bytes: number): Promise<ImportMeasurement | Skipped> {
-  const run: MeasuredRun = await runMeasured(process.execPath, importCommand(runner, file, url, privateKeyFile));
+async function runImport(runner: ImportRunner, file: string, url: string, privateKeyFile: string | undefined, records: number, bytes: number,
+  timeoutSeconds: number | undefined): Promise<ImportMeasurement | Skipped> {
+  const run: MeasuredRun = await runMeasured(process.execPath, importCommand(runner, file, url, privateKeyFile),
+    timeoutSeconds ? { timeoutMs: timeoutSeconds * 1000 } : {});
+  if (run.signal === 'SIGKILL' && timeoutSeconds && run.seconds >= timeoutSeconds) {
+    return { skipped: `did not finish within ${timeoutSeconds} s (killed; --import-timeout)` };
+  }
   if (run.code !== 0) return { skipped: `userport import exited with ${run.code ?? run.signal}: ${tail(run.stderr || run.stdout)}` };
   return {
     seconds: run.seconds,
@@ -201,20 +210,23 @@ export function expectedRows(counts: GenerateCounts): Record<string, number> {
   };
 }
 
-async function generateExport(file: string, users: number, seed: number): Promise<{ counts: GenerateCounts; seconds: number }> {
+async function generateExport(file: string, users: number, seed: number, collisionRate: number | undefined): Promise<{ counts: GenerateCounts; seconds: number }> {
   const started = process.hrtime.bigint();
-  const gen = createExportGenerator({ users, seed });
+  const gen = createExportGenerator({ users, seed, ...(collisionRate === undefined ? {} : { collisionRate }) });
   await pipeline(gen, fs.createWriteStream(file));
   return { counts: gen.counts, seconds: Number(process.hrtime.bigint() - started) / 1e9 };
 }
 
-function validate(o: BenchOptions): Required<Omit<BenchOptions, 'workDir' | 'log' | 'userportBin'>> {
+function validate(o: BenchOptions): Required<Omit<BenchOptions, 'workDir' | 'log' | 'userportBin' | 'importTimeoutSeconds' | 'collisionRate'>> {
   const sizes = o.sizes ?? DEFAULT_SIZES;
   if (!Array.isArray(sizes) || sizes.length === 0 || sizes.some((n) => !Number.isInteger(n) || n < 1)) {
     throw new OptionError(`sizes must be a non-empty list of integers >= 1, got ${JSON.stringify(sizes)}`);
   }
   if (typeof o.serverUrl !== 'string' || !/^postgres(ql)?:\/\//.test(o.serverUrl)) {
     throw new OptionError(`serverUrl must be a postgresql:// URL, got ${JSON.stringify(o.serverUrl)}`);
+  }
+  if (o.importTimeoutSeconds !== undefined && !(o.importTimeoutSeconds > 0)) {
+    throw new OptionError(`importTimeoutSeconds must be a number > 0, got ${String(o.importTimeoutSeconds)}`);
   }
   return {
     sizes: [...sizes].sort((a, b) => a - b),
@@ -248,7 +260,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   for (const users of o.sizes) {
     const file = path.join(workDir, `users-${users}.json`);
     log(`${users} users: generating ${file}`);
-    const gen = await generateExport(file, users, o.seed);
+    const gen = await generateExport(file, users, o.seed, options.collisionRate);
     const records = Object.values(gen.counts.records).reduce((a, b) => a + b, 0);
     const bytes = gen.counts.bytes;
     log(`${users} users: ${records} records, ${(bytes / MB).toFixed(0)} MB in ${gen.seconds.toFixed(1)} s; parse floor`);
@@ -260,7 +272,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     if (isSkipped(runner)) userport = runner;
     else {
       log(`${users} users: userport import (${runner.kind})`);
-      userport = await runImport(runner, file, await freshDatabase(o.serverUrl, importDb), undefined, records, bytes);
+      userport = await runImport(runner, file, await freshDatabase(o.serverUrl, importDb), undefined, records, bytes, options.importTimeoutSeconds);
       if (isSkipped(userport)) log(`${users} users: ${userport.skipped}`);
     }
 
@@ -296,7 +308,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       await kit.encrypt(file, tar);
       const encryptSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
       const encDb = `bench_enc_${users}_${tag}`;
-      const m = await runImport(runner, tar, await freshDatabase(o.serverUrl, encDb), kit.privateKeyFile, records, bytes);
+      const m = await runImport(runner, tar, await freshDatabase(o.serverUrl, encDb), kit.privateKeyFile, records, bytes, options.importTimeoutSeconds);
       encrypted = isSkipped(m) ? m : { ...m, tarBytes: fs.statSync(tar).size, encryptSeconds };
       if (!isSkipped(m)) checks.push(countsCheck('encrypted import rows equal plain import rows', isSkipped(userport) ? null : userport.rows, m.rows));
       if (!o.keep) { fs.rmSync(tar, { force: true }); await dropDatabase(o.serverUrl, encDb); }
@@ -343,7 +355,10 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     finishedAt: finishedAt.toISOString(),
     seconds: Number(process.hrtime.bigint() - started) / 1e9,
     machine,
-    options: { sizes: o.sizes, seed: o.seed, smoke: o.smoke, encrypted: o.encrypted },
+    options: {
+      sizes: o.sizes, seed: o.seed, smoke: o.smoke, encrypted: o.encrypted,
+      collisionRate: options.collisionRate ?? DEFAULT_COLLISION_RATE, importTimeoutSeconds: options.importTimeoutSeconds ?? null,
+    },
     sizes,
     peers: { django },
   };
