@@ -177,7 +177,9 @@ export function renderChart(results: BenchResults): string {
     if (d.peakRssBytes) rss.push({ name: 'Django loaddata', color: '#d62728', points: [[d.users, d.peakRssBytes / MB]] });
   }
   const W = 960;
-  const H = 480;
+  // Measurements that could not be taken are said under the plots, not silently missing.
+  const notes = sizes.flatMap((s) => (isSkipped(s.userport) ? [`userport at ${shortNumber(s.users)} users: ${s.userport.skipped}`] : []));
+  const H = 480 + notes.length * 16;
   const m = results.machine;
   const caption = `${m.cpus} x ${m.cpuModel}, PostgreSQL ${m.postgres}, Node ${m.node}; ${results.finishedAt.slice(0, 10)}`;
   return [
@@ -185,6 +187,7 @@ export function renderChart(results: BenchResults): string {
     `<rect width="${W}" height="${H}" fill="white"/>`,
     panel(80, 50, 360, 300, 'Throughput (records/s, log)', 'records/s', xs, throughput),
     panel(580, 50, 360, 300, 'Peak RSS (MB, log)', 'MB', xs, rss),
+    ...notes.map((n, k) => `<text x="${W / 2}" y="${458 + k * 16}" text-anchor="middle" font-size="11" fill="#b00">${esc(n)}</text>`),
     `<text x="${W / 2}" y="${H - 12}" text-anchor="middle" font-size="11" fill="#555">${esc(caption)}</text>`,
     '</svg>',
     '',

@@ -279,6 +279,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     let copyFloor: SizeResult['copyFloor'] = { skipped: 'needs the rows of a userport import' };
     const checks: Check[] = [];
     checks.push(countsCheck('parse floor found every generated record', records, parsed));
+    if (!isSkipped(runner)) checks.push(countsCheck('userport import finished', 'finished', isSkipped(userport) ? userport.skipped : 'finished'));
     if (!isSkipped(userport)) {
       log(`${users} users: COPY floor`);
       const dumps = await dumpTables(databaseUrl(o.serverUrl, importDb), path.join(workDir, `copy-${users}`));
