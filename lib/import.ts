@@ -159,7 +159,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     let skipThrough = 0;
     const fp = typeof options.source === 'string' && options.source !== '-' ? fingerprint(options.source) : undefined;
     if (options.resumable) {
-      const lock = await client.query('SELECT pg_try_advisory_lock(7472117103, hashtext($1)) AS ok', [importId]);
+      const lock = await client.query('SELECT pg_try_advisory_lock(747211, hashtext($1)) AS ok', [importId]);
       if (!lock.rows[0].ok) throw new UserportError(ErrorCodes.IMPORT_BUSY, `import ${importId} is already running in another process`);
       const found = await client.query<ImportRow>('SELECT * FROM userport_import WHERE id = $1', [importId]);
       const row = found.rows[0];
@@ -168,7 +168,9 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
         if (row.source_size !== fp!.size || row.source_fingerprint !== fp!.hash) {
           throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with a different export file`);
         }
-        if (JSON.stringify(row.options) !== JSON.stringify(resumeKey(options))) {
+        const want = resumeKey(options) as Record<string, unknown>;
+        // jsonb reorders keys: compare field by field.
+        if (Object.keys(want).some((k) => JSON.stringify(row.options[k] ?? null) !== JSON.stringify(want[k]))) {
           throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with other options (merge, filter or decryption)`);
         }
         run = row.run;

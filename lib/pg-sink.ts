@@ -89,6 +89,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
   const stats = options.stats ?? new ImportStats();
   const rejects = options.rejects;
 
+  const createdAt = performance.now();
   let copy: CopyStream | undefined;
   let inTransaction = false;
   let pending = '';
@@ -158,6 +159,9 @@ export function createPgSink(options: PgSinkOptions): Writable {
     construct(callback) {
       if (!whole) return callback();
       (async () => {
+        // Temp tables live in session-local buffers (8 MB by default): a larger pool keeps the
+        // staging and merge tables of a big import in memory. Must be set before first use.
+        await query(`SET temp_buffers = '256MB'`);
         await query('BEGIN');
         inTransaction = true;
         // Same name as the persistent table: a temp table shadows it for this session, so the
@@ -197,11 +201,13 @@ export function createPgSink(options: PgSinkOptions): Writable {
       commitBatch().then(() => callback(), (err: Error) => callback(err));
     },
     final(callback) {
+      if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write(`[sink] all rows sent after ${(performance.now() - createdAt).toFixed(0)} ms\n`);
       (async () => {
         if (whole) {
           if (pending) await send(pending);
           pending = '';
           await endCopy();
+          if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write(`[sink] COPY confirmed after ${(performance.now() - createdAt).toFixed(0)} ms\n`);
         } else {
           await commitBatch();
           await query('BEGIN');

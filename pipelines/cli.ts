@@ -188,7 +188,7 @@ async function importCommand(args: string[]): Promise<number> {
     maxDepth: intOption('max-depth', o['max-depth'], 2),
     decrypt,
     onStart: ({ importId, resumed, fromOrdinal }) => {
-      if (o.resumable && !quiet) {
+      if (o.resumable && !o.silent) {
         process.stderr.write(resumed ? `Resuming import ${importId} after record ${fromOrdinal}\n`
           : `Import id: ${importId} (if interrupted, run the same command with --import-id ${importId} to resume)\n`);
       }

@@ -51,6 +51,9 @@ export function createKnex(url: string, poolMax = 4): Knex {
     connection: { connectionString: url, application_name: 'userport' },
     pool: { min: 0, max: poolMax },
     acquireConnectionTimeout: 30000,
+    // knex prints pool and connection errors with console.log by default; ours are reported once,
+    // as a UserportError, by the caller.
+    log: { warn() {}, error() {}, deprecate() {}, debug() {} },
   });
 }
 

@@ -34,7 +34,13 @@ const MODEL_NAMES: Record<string, string> = { up_user: 'sentry.user', up_email: 
  * counts to `stats`. Throws USERPORT_RECORD_DUPLICATE_PK when a model repeats a source pk.
  */
 export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, stats: ImportStats): Promise<void> {
-  const q: Q = (sql, params) => client.query(sql, params as unknown[]);
+  const trace = process.env.USERPORT_TRACE_SQL === '1';
+  const q: Q = async (sql, params) => {
+    const t0 = trace ? performance.now() : 0;
+    const r = await client.query(sql, params as unknown[]);
+    if (trace) process.stderr.write(`[sql ${(performance.now() - t0).toFixed(0)} ms] ${sql.trim().replace(/\s+/g, ' ').slice(0, 90)}\n`);
+    return r;
+  };
   const { run } = options;
   await q('SELECT pg_advisory_xact_lock($1)', [MERGE_LOCK_KEY]);
   await q('ANALYZE userport_stage');
@@ -53,37 +59,41 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     });
   }
 
-  // 2. Users: plan who is inserted, renamed or merged. Ties are broken by source pk.
+  // 2. Users: one pass decides who is inserted, renamed, merged or filtered. Ties by source pk.
   await q(`
     CREATE TEMP TABLE up_user ON COMMIT DROP AS
-    SELECT s.*, lower(s.username) AS lname,
-      CASE WHEN s.keep THEN row_number() OVER (PARTITION BY s.keep, lower(s.username) ORDER BY s.src_pk) END AS rn,
-      NULL::bigint AS ex_id, NULL::bigint AS new_id, NULL::bigint AS target_id,
-      NULL::text AS final_name, NULL::text AS cand, NULL::text AS outcome, NULL::text AS reason
-    FROM userport_stage s WHERE s.run = $1 AND s.model = 1`, [run]);
-  await q('CREATE INDEX ON up_user (lname)');
-  await q('ANALYZE up_user');
-  // An existing user with the same name, case-insensitively (exact case preferred, then oldest).
-  await q(`
-    UPDATE up_user p SET ex_id = e.id FROM (
-      SELECT DISTINCT ON (lower(u.username)) lower(u.username) AS lname, u.id
-      FROM auth_user u JOIN (SELECT DISTINCT lname FROM up_user WHERE keep) k ON lower(u.username) = k.lname
-      ORDER BY lower(u.username), u.id
-    ) e WHERE p.keep AND p.lname = e.lname`);
-  await q(`UPDATE up_user SET outcome = 'filtered', reason = 'username not in --filter-usernames' WHERE NOT keep`);
-  if (options.mergeUsers) {
-    await q(`UPDATE up_user SET outcome = 'merged', target_id = ex_id, reason = 'merged into existing user' WHERE keep AND ex_id IS NOT NULL`);
-    await q(`UPDATE up_user SET outcome = 'inserted', final_name = username WHERE keep AND ex_id IS NULL AND rn = 1`);
-    await q(`UPDATE up_user SET outcome = 'merged', reason = 'merged into an earlier user of the export with the same username' WHERE keep AND ex_id IS NULL AND rn > 1`);
-  } else {
-    await q(`UPDATE up_user SET outcome = 'inserted', final_name = username WHERE keep AND ex_id IS NULL AND rn = 1`);
-    await q(`UPDATE up_user SET outcome = 'renamed', reason = 'username taken' WHERE keep AND (ex_id IS NOT NULL OR rn > 1)`);
-  }
-  await q(`UPDATE up_user SET new_id = nextval(pg_get_serial_sequence('auth_user', 'id')) WHERE outcome IN ('inserted', 'renamed')`);
+    WITH u AS (
+      SELECT s.*, lower(s.username) AS lname,
+        CASE WHEN s.keep THEN row_number() OVER (PARTITION BY s.keep, lower(s.username) ORDER BY s.src_pk) END AS rn
+      FROM userport_stage s WHERE s.run = $1 AND s.model = 1
+    ), ex AS (
+      -- An existing user with the same name, case-insensitively (the oldest if several).
+      SELECT DISTINCT ON (lower(a.username)) lower(a.username) AS lname, a.id
+      FROM auth_user a WHERE lower(a.username) IN (SELECT lname FROM u WHERE keep)
+      ORDER BY lower(a.username), a.id
+    ), o AS (
+      SELECT u.*, ex.id AS ex_id,
+        CASE WHEN NOT u.keep THEN 'filtered'
+             WHEN ex.id IS NULL AND u.rn = 1 THEN 'inserted'
+             WHEN $2 THEN 'merged'
+             ELSE 'renamed' END AS outcome
+      FROM u LEFT JOIN ex USING (lname)
+    )
+    SELECT o.*,
+      CASE WHEN outcome = 'inserted' THEN username END AS final_name,
+      NULL::text AS cand,
+      CASE WHEN outcome IN ('inserted', 'renamed') THEN nextval(pg_get_serial_sequence('auth_user', 'id')) END AS new_id,
+      CASE WHEN outcome IN ('inserted', 'renamed') THEN NULL WHEN outcome = 'merged' THEN ex_id END AS target_id,
+      CASE WHEN outcome = 'filtered' THEN 'username not in --filter-usernames'
+           WHEN outcome = 'renamed' THEN 'username taken'
+           WHEN outcome = 'merged' AND ex_id IS NOT NULL THEN 'merged into existing user'
+           WHEN outcome = 'merged' THEN 'merged into an earlier user of the export with the same username' END AS reason
+    FROM o`, [run, options.mergeUsers]);
   await q(`UPDATE up_user SET target_id = new_id WHERE new_id IS NOT NULL`);
+  await q('ANALYZE up_user');
   if (options.mergeUsers) {
-    // Later users of a name merge into its first user: an existing one, or the one inserted now.
-    await q(`UPDATE up_user p SET target_id = l.target_id FROM up_user l
+    // Later users of a name merge into its first user when that one is inserted now.
+    await q(`UPDATE up_user p SET target_id = l.new_id FROM up_user l
              WHERE p.outcome = 'merged' AND p.target_id IS NULL AND l.keep AND l.rn = 1 AND l.lname = p.lname`);
   }
   await renameUsers(q);
@@ -103,97 +113,82 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   await q(`
     INSERT INTO userport_pk_map (run, model, source_pk, target_id, kind)
     SELECT $1, 'sentry.user', src_pk, target_id, CASE WHEN outcome = 'merged' THEN 'merged' ELSE 'inserted' END
-    FROM up_user WHERE keep AND target_id IS NOT NULL`, [run]);
+    FROM up_user WHERE keep`, [run]);
 
-  // 3. Emails: reuse an existing row with the same address, case-insensitively.
+  // 3. Emails: reuse an existing row with the same address, case-insensitively. With a username
+  // filter, only the addresses of kept users (their primary email and their useremail rows).
+  const kept = options.filterActive
+    ? `lower(s.email) IN (SELECT lower(email) FROM up_user WHERE keep
+         UNION SELECT lower(s2.email) FROM userport_stage s2 JOIN up_user u2 ON u2.src_pk = s2.user_pk AND u2.keep
+               WHERE s2.run = $1 AND s2.model = 3)`
+    : 'true';
   await q(`
     CREATE TEMP TABLE up_email ON COMMIT DROP AS
     SELECT s.src_pk, s.ord, s.off, s.email, lower(s.email) AS le, s.date_joined AS date_added,
       row_number() OVER (PARTITION BY lower(s.email) ORDER BY s.src_pk) AS rn,
-      NULL::bigint AS target_id, NULL::text AS outcome, NULL::text AS reason
+      CASE WHEN ${kept} THEN NULL ELSE 'filtered' END AS outcome,
+      CASE WHEN ${kept} THEN NULL ELSE 'not an email of a user kept by --filter-usernames' END AS reason
     FROM userport_stage s WHERE s.run = $1 AND s.model = 2`, [run]);
-  await q('ANALYZE up_email');
-  if (options.filterActive) {
-    // Only the addresses of kept users: their primary email and their useremail rows.
-    await q(`
-      UPDATE up_email e SET outcome = 'filtered', reason = 'not an email of a user kept by --filter-usernames'
-      WHERE NOT EXISTS (SELECT 1 FROM up_user u WHERE u.keep AND lower(u.email) = e.le)
-        AND NOT EXISTS (SELECT 1 FROM userport_stage s JOIN up_user u ON u.src_pk = s.user_pk AND u.keep
-                        WHERE s.run = $1 AND s.model = 3 AND lower(s.email) = e.le)`, [run]);
-  }
+  const before = (await q('SELECT coalesce(max(id), 0) AS id FROM sentry_email')).rows[0].id as number;
   await q(`
-    WITH ins AS (
-      INSERT INTO sentry_email (email, date_added)
-      SELECT email, coalesce(date_added, now()) FROM up_email WHERE rn = 1 AND outcome IS NULL ORDER BY src_pk
-      ON CONFLICT ((lower(email))) DO NOTHING
-      RETURNING id, lower(email) AS le
-    )
-    UPDATE up_email e SET target_id = coalesce(ins.id, se.id),
-      outcome = CASE WHEN ins.id IS NOT NULL AND e.rn = 1 THEN 'inserted' ELSE 'existing' END
-    FROM up_email x
-      LEFT JOIN ins ON ins.le = x.le
-      LEFT JOIN sentry_email se ON lower(se.email) = x.le
-    WHERE e.src_pk = x.src_pk AND e.outcome IS NULL`);
-  await q(`INSERT INTO userport_pk_map (run, model, source_pk, target_id, kind)
-           SELECT $1, 'sentry.email', src_pk, target_id, outcome FROM up_email WHERE outcome IN ('inserted', 'existing')`, [run]);
+    INSERT INTO sentry_email (email, date_added)
+    SELECT email, coalesce(date_added, now()) FROM up_email WHERE rn = 1 AND outcome IS NULL ORDER BY src_pk
+    ON CONFLICT ((lower(email))) DO NOTHING`);
+  // Rows with an id above the old maximum are new: merges hold the lock, so no other import
+  // inserted meanwhile.
+  await q(`
+    INSERT INTO userport_pk_map (run, model, source_pk, target_id, kind)
+    SELECT $1, 'sentry.email', e.src_pk, se.id, CASE WHEN se.id > $2 AND e.rn = 1 THEN 'inserted' ELSE 'existing' END
+    FROM up_email e JOIN sentry_email se ON lower(se.email) = e.le WHERE e.outcome IS NULL`, [run, before]);
+  const emailCounts = await q(`SELECT kind, count(*)::int AS n FROM userport_pk_map WHERE run = $1 AND model = 'sentry.email' GROUP BY kind`, [run]);
+  for (const { kind, n } of emailCounts.rows as { kind: 'inserted' | 'existing'; n: number }[]) stats.model('sentry.email')[kind] += n;
 
-  // 4. User emails and 5. user options: remap the user, then Sentry's rules.
+  // 4. User emails and 5. user options: remap the user, then Sentry's rules, decided in one pass.
   for (const [table, code] of [['up_ue', 3], ['up_uo', 4]] as const) {
     // Rows of merged-away users never compete with the rows of the user they merged into.
     const partition = table === 'up_ue' ? 'm.target_id, m.kind, s.email'
       : 'm.target_id, m.kind, s.opt_key, (s.project_id IS NULL AND s.organization_id IS NULL)';
+    const specific = table === 'up_ue'
+      ? `WHEN rn > 1 THEN 'existing'`
+      : `WHEN project_id IS NOT NULL OR organization_id IS NOT NULL THEN 'dropped' WHEN rn > 1 THEN 'dropped'`;
+    const specificReason = table === 'up_ue'
+      ? `WHEN rn > 1 THEN 'duplicate of an earlier (user, email) row'`
+      : `WHEN project_id IS NOT NULL OR organization_id IS NOT NULL THEN 'scoped to an organization or project'
+         WHEN rn > 1 THEN 'duplicate (user, key): the first one wins'`;
     await q(`
       CREATE TEMP TABLE ${table} ON COMMIT DROP AS
-      SELECT s.src_pk, s.ord, s.off, s.user_pk, s.email, s.opt_key, s.opt_value, s.project_id, s.organization_id,
-        m.target_id, m.kind AS user_kind, u.keep AS user_keep, u.outcome AS user_outcome,
-        row_number() OVER (PARTITION BY ${partition} ORDER BY s.src_pk) AS rn,
-        NULL::text AS outcome, NULL::text AS reason
-      FROM userport_stage s
-        LEFT JOIN userport_pk_map m ON m.run = $1 AND m.model = 'sentry.user' AND m.source_pk = s.user_pk
-        LEFT JOIN up_user u ON u.src_pk = s.user_pk
-      WHERE s.run = $1 AND s.model = ${code}`, [run]);
-    await q(`ANALYZE ${table}`);
-    await q(`UPDATE ${table} SET outcome = 'filtered', reason = 'user filtered out' WHERE user_keep = false`);
-    await q(`UPDATE ${table} SET outcome = 'dropped', reason = 'user not in the export' WHERE user_keep IS NULL`);
-    await q(`UPDATE ${table} SET outcome = 'merged', reason = 'user merged into an existing user' WHERE outcome IS NULL AND user_kind = 'merged'`);
+      SELECT x.*,
+        CASE WHEN user_keep = false THEN 'filtered' WHEN user_keep IS NULL THEN 'dropped'
+             WHEN user_kind = 'merged' THEN 'merged' ${specific} ELSE 'insert' END AS outcome,
+        CASE WHEN user_keep = false THEN 'user filtered out' WHEN user_keep IS NULL THEN 'user not in the export'
+             WHEN user_kind = 'merged' THEN 'user merged into an existing user' ${specificReason} END AS reason
+      FROM (
+        SELECT s.src_pk, s.ord, s.off, s.user_pk, s.email, s.opt_key, s.opt_value, s.project_id, s.organization_id,
+          m.target_id, m.kind AS user_kind, u.keep AS user_keep,
+          row_number() OVER (PARTITION BY ${partition} ORDER BY s.src_pk) AS rn
+        FROM userport_stage s
+          LEFT JOIN userport_pk_map m ON m.run = $1 AND m.model = 'sentry.user' AND m.source_pk = s.user_pk
+          LEFT JOIN up_user u ON u.src_pk = s.user_pk
+        WHERE s.run = $1 AND s.model = ${code}
+      ) x`, [run]);
   }
-  await q(`UPDATE up_ue SET outcome = 'existing', reason = 'duplicate of an earlier (user, email) row' WHERE outcome IS NULL AND rn > 1`);
-  await q(`
-    WITH ins AS (
-      INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified)
-      SELECT target_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
-      FROM up_ue WHERE outcome IS NULL ORDER BY src_pk
-      ON CONFLICT (user_id, email) DO NOTHING
-      RETURNING id, user_id, email
-    )
-    UPDATE up_ue e SET outcome = CASE WHEN ins.id IS NULL THEN 'existing' ELSE 'inserted' END, target_id = ins.id
-    FROM up_ue x LEFT JOIN ins ON ins.user_id = x.target_id AND ins.email = x.email
-    WHERE e.src_pk = x.src_pk AND e.outcome IS NULL`);
+  const ue = await q(`
+    INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified)
+    SELECT target_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
+    FROM up_ue WHERE outcome = 'insert' ORDER BY src_pk
+    ON CONFLICT (user_id, email) DO NOTHING`);
   // Sentry's post-save signal gives every new user a row for its own address.
   const prim = await q(`
     INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified)
-    SELECT u.new_id, u.email, replace(gen_random_uuid()::text, '-', ''), now(), false
-    FROM up_user u WHERE u.new_id IS NOT NULL AND coalesce(u.email, '') <> ''
+    SELECT new_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
+    FROM up_user WHERE new_id IS NOT NULL AND coalesce(email, '') <> ''
     ON CONFLICT (user_id, email) DO NOTHING`);
   stats.adjacent.primaryEmails += prim.rowCount ?? 0;
-
-  await q(`UPDATE up_uo SET outcome = 'dropped', reason = 'scoped to an organization or project'
-           WHERE outcome IS NULL AND (project_id IS NOT NULL OR organization_id IS NOT NULL)`);
-  await q(`UPDATE up_uo SET outcome = 'dropped', reason = 'duplicate (user, key): the first one wins' WHERE outcome IS NULL AND rn > 1`);
-  await q(`
-    WITH ins AS (
-      INSERT INTO sentry_useroption (user_id, project_id, organization_id, key, value)
-      SELECT target_id, NULL, NULL, opt_key, opt_value::jsonb FROM up_uo WHERE outcome IS NULL ORDER BY src_pk
-      ON CONFLICT (user_id, key) WHERE project_id IS NULL AND organization_id IS NULL DO NOTHING
-      RETURNING id, user_id, key
-    )
-    UPDATE up_uo e SET outcome = CASE WHEN ins.id IS NULL THEN 'existing' ELSE 'inserted' END, target_id = ins.id
-    FROM up_uo x LEFT JOIN ins ON ins.user_id = x.target_id AND ins.key = x.opt_key
-    WHERE e.src_pk = x.src_pk AND e.outcome IS NULL`);
-  for (const [table, model] of [['up_ue', 'sentry.useremail'], ['up_uo', 'sentry.useroption']] as const) {
-    await q(`INSERT INTO userport_pk_map (run, model, source_pk, target_id, kind)
-             SELECT $1, '${model}', src_pk, target_id, 'inserted' FROM ${table} WHERE outcome = 'inserted'`, [run]);
-  }
+  const uo = await q(`
+    INSERT INTO sentry_useroption (user_id, project_id, organization_id, key, value)
+    SELECT target_id, NULL, NULL, opt_key, opt_value::jsonb FROM up_uo WHERE outcome = 'insert' ORDER BY src_pk
+    ON CONFLICT (user_id, key) WHERE project_id IS NULL AND organization_id IS NULL DO NOTHING`);
+  const insertedRows: Record<string, number> = { up_ue: ue.rowCount ?? 0, up_uo: uo.rowCount ?? 0 };
 
   // 6. Findings and counts.
   for (const [table, model] of Object.entries(MODEL_NAMES)) {
@@ -201,11 +196,21 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
              SELECT $1, outcome, '${model}', src_pk, ord, off,
                ${table === 'up_user' ? `CASE WHEN outcome = 'renamed' THEN reason || ': imported as ' || final_name ELSE reason END` : 'reason'}
              FROM ${table} WHERE outcome IN ('filtered', 'dropped', 'merged', 'renamed')`, [run]);
+    if (table === 'up_email') {
+      const f = await q(`SELECT count(*)::int AS n FROM up_email WHERE outcome = 'filtered'`);
+      stats.model(model).filtered += f.rows[0].n;
+      continue;
+    }
     const counts = await q(`SELECT outcome, reason, count(*)::int AS n FROM ${table} GROUP BY outcome, reason`);
     const c = stats.model(model);
     for (const { outcome, reason, n } of counts.rows as { outcome: string; reason: string | null; n: number }[]) {
       if (outcome === 'inserted') c.inserted += n;
-      else if (outcome === 'renamed') { c.inserted += n; c.renamed += n; }
+      else if (outcome === 'insert') {
+        // Candidates the target already had (ON CONFLICT DO NOTHING) were reused, not inserted.
+        const ins = insertedRows[table]!;
+        c.inserted += ins;
+        c.existing += n - ins;
+      } else if (outcome === 'renamed') { c.inserted += n; c.renamed += n; }
       else if (outcome === 'existing') c.existing += n;
       else if (outcome === 'merged') c.merged += n;
       else if (outcome === 'filtered') c.filtered += n;
@@ -218,23 +223,21 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
 async function renameUsers(q: Q): Promise<void> {
   const pending = await q(`SELECT count(*)::int AS n FROM up_user WHERE outcome = 'renamed'`);
   if (!pending.rows[0].n) return;
-  await q('CREATE INDEX ON up_user (lower(final_name))');
   const lengths: number[] = [];
   for (const [len, tries] of RENAME_SCHEDULE) for (let i = 0; i < tries; i++) lengths.push(len);
   for (let round = 0; round < MAX_RENAME_ROUNDS; round++) {
     const len = lengths[Math.min(round, lengths.length - 1)]!;
-    await q(`UPDATE up_user SET cand = left(username, ${128 - 1 - len}) || '-' || userport_random_string(${len})
-             WHERE outcome = 'renamed' AND final_name IS NULL`);
     // A candidate is taken when any user (existing, or kept by this import) has it,
-    // case-insensitively, or when two pending users drew the same one this round.
-    const done = await q(`
-      UPDATE up_user p SET final_name = p.cand
-      WHERE p.outcome = 'renamed' AND p.final_name IS NULL
-        AND NOT EXISTS (SELECT 1 FROM auth_user u WHERE lower(u.username) = lower(p.cand))
-        AND NOT EXISTS (SELECT 1 FROM up_user o WHERE lower(o.final_name) = lower(p.cand))
-        AND NOT EXISTS (SELECT 1 FROM up_user o WHERE o.src_pk <> p.src_pk AND o.final_name IS NULL
-                        AND o.outcome = 'renamed' AND lower(o.cand) = lower(p.cand))`);
-    void done;
+    // case-insensitively, or when two pending users drew the same one this round. Each check is
+    // a plain join so the planner can hash it, however many users are renamed.
+    await q(`CREATE TEMP TABLE up_cand ON COMMIT DROP AS
+             SELECT src_pk, left(username, ${128 - 1 - len}) || '-' || userport_random_string(${len}) AS cand
+             FROM up_user WHERE outcome = 'renamed' AND final_name IS NULL`);
+    await q(`DELETE FROM up_cand c USING (SELECT lower(cand) AS lc FROM up_cand GROUP BY 1 HAVING count(*) > 1) t WHERE lower(c.cand) = t.lc`);
+    await q(`DELETE FROM up_cand c USING auth_user a WHERE lower(a.username) = lower(c.cand)`);
+    await q(`DELETE FROM up_cand c USING up_user o WHERE lower(o.final_name) = lower(c.cand)`);
+    await q(`UPDATE up_user p SET final_name = c.cand FROM up_cand c WHERE p.src_pk = c.src_pk`);
+    await q('DROP TABLE up_cand');
     const left = await q(`SELECT count(*)::int AS n FROM up_user WHERE outcome = 'renamed' AND final_name IS NULL`);
     if (!left.rows[0].n) return;
   }

@@ -1,0 +1,328 @@
+import { expect } from 'chai';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { importUsers, type ImportOptions } from '../lib/import.js';
+import { freshDatabase, type TestDb } from './helpers/db.js';
+import { email, tableSnapshot, TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from './helpers/exports.js';
+
+async function run(db: TestDb, records: Rec[] | string, opts: Partial<ImportOptions> = {}) {
+  return importUsers({ source: typeof records === 'string' ? records : writeExport(records), databaseUrl: db.url, ...opts });
+}
+
+async function failure(p: Promise<unknown>): Promise<Error & { code: string; position?: Record<string, unknown> }> {
+  try { await p; } catch (err) { return err as Error & { code: string }; }
+  throw new Error('expected the import to fail');
+}
+
+describe('importUsers', () => {
+  let db: TestDb;
+  beforeEach(async () => { db = await freshDatabase(); });
+  afterEach(async () => { await db.close(); });
+
+  describe('user scope', () => {
+    it('imports the four user models and counts every other model as skipped, per model name', async () => {
+      const s = await run(db, [
+        user(1, 'alice'), { model: 'sentry.userip', pk: 1, fields: { user: 1 } }, { model: 'Sentry.Organization', pk: 9, fields: {} },
+        email(1, 'alice@example.com'), useremail(1, 1, 'alice@example.com'), useroption(1, 1, 'timezone', 'UTC'),
+        { model: 'sentry.userip', pk: 2, fields: { user: 1 } },
+      ]);
+      expect(s.skipped).to.deep.equal({ 'sentry.userip': 2, 'sentry.organization': 1 });
+      expect(s.records).to.equal(7);
+      for (const m of ['sentry.user', 'sentry.email', 'sentry.useremail', 'sentry.useroption']) {
+        expect(s.models[m]!.read, m).to.equal(1);
+        expect(s.models[m]!.inserted, m).to.equal(1);
+      }
+    });
+
+    it('ignores and counts unknown fields', async () => {
+      const s = await run(db, [user(1, 'alice', { is_suspended: false, actor: 3 }), user(2, 'bob', { actor: 4 })]);
+      expect(s.unknownFields).to.deep.equal({ 'sentry.user': { is_suspended: 1, actor: 2 } });
+      expect(await db.count('auth_user')).to.equal(2);
+    });
+  });
+
+  describe('users', () => {
+    it('strips privileges, marks unclaimed, replaces the password with an unusable one and adds a lost-password hash', async () => {
+      await run(db, [user(1, 'alice', { password: 'pbkdf2_sha256$150000$SECRET$x=' })]);
+      const [u] = (await db.knex.raw('SELECT * FROM auth_user')).rows;
+      expect(u).to.include({ username: 'alice', first_name: 'Name 1', is_staff: false, is_superuser: false, is_managed: false, is_unclaimed: true, is_password_expired: false });
+      expect(u.password).to.match(/^![0-9a-f]{40}$/);
+      expect(Date.now() - new Date(u.last_password_change).getTime()).to.be.below(120000);
+      const [h] = (await db.knex.raw('SELECT * FROM sentry_lostpasswordhash')).rows;
+      expect(h.user_id).to.equal(u.id);
+      expect(h.hash).to.match(/^[0-9a-f]{32}$/);
+    });
+
+    it('adds a primary useremail when the export has none for the user\'s address, and none twice', async () => {
+      const s = await run(db, [user(1, 'alice'), user(2, 'bob'), useremail(1, 2, 'bob@example.com')]);
+      expect(s.adjacent.primaryEmails).to.equal(1);
+      const rows = (await db.knex.raw(`SELECT u.username, e.email FROM sentry_useremail e JOIN auth_user u ON u.id = e.user_id ORDER BY 1`)).rows;
+      expect(rows).to.deep.equal([{ username: 'alice', email: 'alice@example.com' }, { username: 'bob', email: 'bob@example.com' }]);
+    });
+
+    it('renames a user whose name is taken in the database, case-insensitively, with a 2-character tail', async () => {
+      await db.knex.raw(`INSERT INTO auth_user (password, username) VALUES ('x', 'Alice')`);
+      const s = await run(db, [user(1, 'alice')]);
+      expect(s.models['sentry.user']).to.include({ inserted: 1, renamed: 1 });
+      const names = (await db.knex.raw(`SELECT username FROM auth_user ORDER BY id`)).rows.map((r: { username: string }) => r.username);
+      expect(names[0]).to.equal('Alice');
+      expect(names[1]).to.match(/^alice-[a-z0-9]{2}$/);
+    });
+
+    it('renames later users of a name used earlier in the same file; the lowest pk keeps the name whatever the order', async () => {
+      await run(db, [user(7, 'BOB'), user(3, 'bob'), user(5, 'Bob')]);
+      const rows = (await db.knex.raw(`SELECT username FROM auth_user ORDER BY username`)).rows.map((r: { username: string }) => r.username);
+      expect(rows).to.include('bob');
+      expect(rows.filter((n: string) => /^(BOB|Bob)-[a-z0-9]{2}$/.test(n))).to.have.length(2);
+    });
+
+    it('cuts the base so a renamed username fits 128 characters', async () => {
+      const long = 'x'.repeat(128);
+      await db.knex.raw(`INSERT INTO auth_user (password, username) VALUES ('x', ?)`, [long]);
+      await run(db, [user(1, long)]);
+      const names = (await db.knex.raw(`SELECT username FROM auth_user WHERE id > 1`)).rows.map((r: { username: string }) => r.username);
+      expect(names[0]).to.have.length(128);
+      expect(names[0]).to.match(/^x{125}-[a-z0-9]{2}$/);
+    });
+
+    it('with mergeUsers reuses the existing user and skips the imported user\'s emails and options (counted as merged)', async () => {
+      await db.knex.raw(`INSERT INTO auth_user (password, username, email) VALUES ('keep', 'Alice', 'old@example.com')`);
+      const s = await run(db, [user(1, 'alice'), useremail(1, 1, 'new@example.com'), useroption(1, 1, 'timezone', 'UTC'), email(1, 'new@example.com')],
+        { mergeUsers: true });
+      expect(s.models['sentry.user']).to.include({ merged: 1, inserted: 0 });
+      expect(s.models['sentry.useremail']).to.include({ merged: 1, inserted: 0 });
+      expect(s.models['sentry.useroption']).to.include({ merged: 1, inserted: 0 });
+      expect(s.models['sentry.email']).to.include({ inserted: 1 });
+      expect(await db.count('auth_user')).to.equal(1);
+      expect((await db.knex.raw('SELECT password, is_unclaimed FROM auth_user')).rows[0]).to.deep.equal({ password: 'keep', is_unclaimed: false });
+      expect(await db.count('sentry_useremail')).to.equal(0);
+      expect(await db.count('sentry_lostpasswordhash')).to.equal(0);
+      const map = (await db.knex.raw(`SELECT source_pk, target_id, kind FROM userport_pk_map WHERE model = 'sentry.user'`)).rows;
+      expect(map).to.deep.equal([{ source_pk: 1, target_id: 1, kind: 'merged' }]);
+    });
+
+    it('with mergeUsers merges later users of a name into the first one of the file', async () => {
+      const s = await run(db, [user(2, 'Carol'), user(1, 'carol'), useremail(1, 1, 'a@example.com'), useremail(2, 2, 'b@example.com')], { mergeUsers: true });
+      expect(s.models['sentry.user']).to.include({ inserted: 1, merged: 1 });
+      expect((await db.knex.raw('SELECT username FROM auth_user')).rows).to.deep.equal([{ username: 'carol' }]);
+      const ues = (await db.knex.raw('SELECT email FROM sentry_useremail ORDER BY email')).rows.map((r: { email: string }) => r.email);
+      expect(ues).to.deep.equal(['a@example.com', 'carol@example.com']);
+    });
+  });
+
+  describe('emails', () => {
+    it('reuses an existing row with the same address, case-insensitively, and dedups within the file', async () => {
+      await db.knex.raw(`INSERT INTO sentry_email (email) VALUES ('Shared@Example.com')`);
+      const s = await run(db, [email(1, 'shared@example.com'), email(2, 'new@example.com'), email(3, 'NEW@example.com')]);
+      expect(s.models['sentry.email']).to.include({ inserted: 1, existing: 2 });
+      const rows = (await db.knex.raw('SELECT email FROM sentry_email ORDER BY id')).rows.map((r: { email: string }) => r.email);
+      expect(rows).to.deep.equal(['Shared@Example.com', 'new@example.com']);
+      const map = (await db.knex.raw(`SELECT source_pk, kind FROM userport_pk_map WHERE model = 'sentry.email' ORDER BY 1`)).rows;
+      expect(map).to.deep.equal([{ source_pk: 1, kind: 'existing' }, { source_pk: 2, kind: 'inserted' }, { source_pk: 3, kind: 'existing' }]);
+    });
+  });
+
+  describe('user emails', () => {
+    it('remaps the user, resets verification with a new 32-character hash, one row per (user, email)', async () => {
+      const s = await run(db, [user(10, 'alice'), useremail(5, 10, 'a@x.io'), useremail(6, 10, 'a@x.io'), useremail(7, 10, 'b@x.io')]);
+      expect(s.models['sentry.useremail']).to.include({ read: 3, inserted: 2, existing: 1 });
+      const rows = (await db.knex.raw(`SELECT e.* FROM sentry_useremail e WHERE email LIKE '%x.io' ORDER BY email`)).rows;
+      expect(rows).to.have.length(2);
+      for (const r of rows) {
+        expect(r.is_verified).to.equal(false);
+        expect(r.validation_hash).to.match(/^[0-9a-f]{32}$/).and.not.equal('mCnWesSVvYQcq7qXQ36AZHwosAd6cghE');
+        expect(Date.now() - new Date(r.date_hash_added).getTime()).to.be.below(120000);
+      }
+      expect(new Set(rows.map((r: { validation_hash: string }) => r.validation_hash)).size).to.equal(2);
+    });
+  });
+
+  describe('user options', () => {
+    it('keeps global options only, first (lowest pk) per (user, key) wins, values stored faithfully in both encodings', async () => {
+      const s = await run(db, [
+        user(1, 'alice'),
+        useroption(9, 1, 'timezone', 'Europe/Paris'),
+        useroption(3, 1, 'timezone', '"Europe/Vienna"'),
+        useroption(4, 1, 'language', 'en'),
+        useroption(5, 1, 'theme', { dark: true, n: [1, 2.5, null] }),
+        useroption(6, 1, 'mail:alert', '1', { project_id: 4 }),
+        useroption(7, 1, 'mail:email', 'x', { organization_id: 2 }),
+        useroption(8, 1, 'nothing', null),
+      ]);
+      expect(s.models['sentry.useroption']).to.deep.include({ read: 7, inserted: 4 });
+      expect(s.models['sentry.useroption']!.dropped).to.deep.equal({ 'scoped to an organization or project': 2, 'duplicate (user, key): the first one wins': 1 });
+      const rows = (await db.knex.raw(`SELECT key, value FROM sentry_useroption ORDER BY key`)).rows;
+      expect(rows).to.deep.equal([
+        { key: 'language', value: 'en' },
+        { key: 'nothing', value: null },
+        { key: 'theme', value: { dark: true, n: [1, 2.5, null] } },
+        { key: 'timezone', value: '"Europe/Vienna"' },
+      ]);
+    });
+
+    it('keeps an existing option of a merged-into user untouched', async () => {
+      await db.knex.raw(`INSERT INTO auth_user (password, username) VALUES ('x', 'alice')`);
+      await db.knex.raw(`INSERT INTO sentry_useroption (user_id, key, value) VALUES (1, 'timezone', '"UTC"')`);
+      const s = await run(db, [user(1, 'alice'), useroption(1, 1, 'timezone', 'Europe/Vienna')], { mergeUsers: true });
+      expect(s.models['sentry.useroption']).to.include({ merged: 1, inserted: 0 });
+      expect((await db.knex.raw('SELECT value FROM sentry_useroption')).rows).to.deep.equal([{ value: 'UTC' }]);
+    });
+  });
+
+  describe('filterUsernames', () => {
+    const records = () => [
+      user(1, 'alice'), user(2, 'bob'), user(3, 'carol', { email: 'shared@example.com' }),
+      email(1, 'alice@example.com'), email(2, 'bob@example.com'), email(3, 'shared@example.com'), email(4, 'alias@example.com'),
+      useremail(1, 1, 'alice@example.com'), useremail(2, 1, 'alias@example.com'), useremail(3, 2, 'bob@example.com'),
+      useroption(1, 1, 'timezone', 'UTC'), useroption(2, 2, 'timezone', 'UTC'),
+    ];
+
+    it('keeps only the listed users, their user emails and options and their email rows; reports names that matched nothing', async () => {
+      const findings = path.join(os.tmpdir(), `findings-${process.pid}-filter.json`);
+      const s = await run(db, records(), { filterUsernames: ['alice', 'carol', 'nobody'], findingsFile: findings });
+      expect(s.unmatchedUsernames).to.deep.equal(['nobody']);
+      expect(s.models['sentry.user']).to.include({ inserted: 2, filtered: 1 });
+      expect(s.models['sentry.useremail']).to.include({ inserted: 2, filtered: 1 });
+      expect(s.models['sentry.useroption']).to.include({ inserted: 1, filtered: 1 });
+      expect(s.models['sentry.email']).to.include({ inserted: 3, filtered: 1 });
+      const snap = await tableSnapshot(db.knex);
+      expect((snap.users as { username: string }[]).map((u) => u.username)).to.deep.equal(['alice', 'carol']);
+      expect((snap.emails as { email: string }[]).map((e) => e.email)).to.deep.equal(['alias@example.com', 'alice@example.com', 'shared@example.com']);
+      const f = JSON.parse(fs.readFileSync(findings, 'utf8')) as { kind: string; model: string; pk?: number; reason: string }[];
+      expect(f.find((x) => x.kind === 'unmatched')!.reason).to.include('nobody');
+      expect(f.filter((x) => x.kind === 'filtered').map((x) => `${x.model}:${x.pk}`).sort())
+        .to.deep.equal(['sentry.email:2', 'sentry.user:2', 'sentry.useremail:3', 'sentry.useroption:2']);
+    });
+
+    it('imports nothing with an empty list', async () => {
+      const s = await run(db, records(), { filterUsernames: [] });
+      expect(s.models['sentry.user']).to.include({ inserted: 0, filtered: 3 });
+      for (const t of TARGET_TABLES) expect(await db.count(t), t).to.equal(0);
+    });
+  });
+
+  describe('rows whose user is not imported', () => {
+    it('drops them with a reason in the summary and the findings, never silently', async () => {
+      const findings = path.join(os.tmpdir(), `findings-${process.pid}-orphans.json`);
+      const s = await run(db, [user(1, 'alice'), useremail(1, 99, 'ghost@example.com'), useroption(1, 98, 'timezone', 'UTC')], { findingsFile: findings });
+      expect(s.models['sentry.useremail']!.dropped).to.deep.equal({ 'user not in the export': 1 });
+      expect(s.models['sentry.useroption']!.dropped).to.deep.equal({ 'user not in the export': 1 });
+      const f = JSON.parse(fs.readFileSync(findings, 'utf8')) as { kind: string; model: string; pk: number; ordinal: number; offset: number }[];
+      expect(f.map((x) => [x.kind, x.model, x.pk, x.ordinal])).to.deep.equal([
+        ['dropped', 'sentry.useremail', 1, 2], ['dropped', 'sentry.useroption', 1, 3],
+      ]);
+      expect(f[0]!.offset).to.be.a('number').and.above(0);
+    });
+  });
+
+  describe('file order', () => {
+    it('gives the same result for any order of the records (children before parents, split model runs)', async () => {
+      const recs: Rec[] = [];
+      for (let i = 1; i <= 40; i++) {
+        recs.push(user(i, i % 7 === 0 ? `dup${i % 3}` : `user${i}`, { email: i % 5 === 0 ? 'shared@example.com' : `u${i}@example.com` }));
+        recs.push(email(i, i % 5 === 0 ? 'SHARED@example.com' : `u${i}@example.com`));
+        recs.push(useremail(i, i, `u${i}@example.com`), useremail(100 + i, i, 'shared@example.com'));
+        recs.push(useroption(i, i, 'timezone', `tz${i}`), useroption(100 + i, i, 'timezone', 'later'), useroption(200 + i, i, 'theme', i));
+      }
+      const shuffled = [...recs];
+      let seed = 42;
+      for (let i = shuffled.length - 1; i > 0; i--) {
+        seed = (seed * 1103515245 + 12345) % 2147483648;
+        const j = seed % (i + 1);
+        [shuffled[i], shuffled[j]] = [shuffled[j]!, shuffled[i]!];
+      }
+      const sorted = [...recs].sort((a, b) => ['sentry.user', 'sentry.email', 'sentry.useroption', 'sentry.useremail'].indexOf(a.model) -
+        ['sentry.user', 'sentry.email', 'sentry.useroption', 'sentry.useremail'].indexOf(b.model) || a.pk - b.pk);
+      for (const opts of [{}, { mergeUsers: true }]) {
+        const a = await freshDatabase();
+        const b = await freshDatabase();
+        try {
+          const sa = await run(a, sorted, opts);
+          const sb = await run(b, shuffled, opts);
+          const strip = (snap: Record<string, unknown[]>) => JSON.parse(JSON.stringify(snap).replace(/(dup\d)-[a-z0-9]{2}/g, '$1-XX'));
+          expect(strip(await tableSnapshot(b.knex))).to.deep.equal(strip(await tableSnapshot(a.knex)));
+          expect({ ...sb.models }).to.deep.equal({ ...sa.models });
+        } finally {
+          await a.close();
+          await b.close();
+        }
+      }
+    });
+  });
+
+  describe('atomicity and errors', () => {
+    it('leaves nothing in the target tables when a record fails at the end of the file', async () => {
+      const err = await failure(run(db, [user(1, 'alice'), email(1, 'a@example.com'), useremail(1, 1, 'a@example.com'), user(2, 'bob', { date_joined: '2023-02-30T00:00:00Z' })]));
+      expect(err.code).to.equal('USERPORT_RECORD_SCHEMA');
+      expect(err.position).to.include({ model: 'sentry.user', pk: 2, ordinal: 4, field: 'date_joined' });
+      for (const t of [...TARGET_TABLES, 'userport_import', 'userport_pk_map', 'userport_stage']) expect(await db.count(t), t).to.equal(0);
+    });
+
+    it('says model, pk, ordinal and field when a record fails its schema', async () => {
+      const cases: [Rec, string][] = [
+        [user(1, 'x'.repeat(129)), 'username'],
+        [{ model: 'sentry.user', pk: 1, fields: { name: 'no username' } }, 'username'],
+        [user(1, 'a', { is_active: 'yes' }), 'is_active'],
+        [user(1, 'a', { flags: '-1' }), 'flags'],
+        [user(1, 'a', { avatar_type: 1.5 }), 'avatar_type'],
+        [user(1, 'a', { name: 'nul\u0000here' }), 'name'],
+        [useremail(1, 'one' as unknown as number, 'a@b.c'), 'user'],
+        [useroption(1, 1, 'k'.repeat(65), 1), 'key'],
+        [useroption(1, 1, 'k', { s: 'nul\u0000' }), 'value'],
+        [email(1, 'e'.repeat(201)), 'email'],
+      ];
+      for (const [rec, field] of cases) {
+        const err = await failure(run(db, [user(50, 'ok'), rec]));
+        expect(err.code, field).to.equal('USERPORT_RECORD_SCHEMA');
+        expect(err.position, field).to.include({ ordinal: 2, model: rec.model, pk: rec.pk, field });
+      }
+      expect(await db.count('auth_user')).to.equal(0);
+    });
+
+    it('says byte offset, line and column for invalid JSON', async () => {
+      const file = writeExport('[\n  {"model": "sentry.user", "pk": 1,\n   "fields": {"username": "a",}}\n]');
+      const err = await failure(run(db, file));
+      expect(err.code).to.equal('USERPORT_PARSE_JSON');
+      expect(err.position).to.include({ ordinal: 1, line: 3, column: 31, offset: 68 });
+    });
+
+    it('refuses a pk repeated within a model, pointing at the second one', async () => {
+      const err = await failure(run(db, [user(1, 'a'), email(1, 'a@b.c'), user(1, 'b')]));
+      expect(err.code).to.equal('USERPORT_RECORD_DUPLICATE_PK');
+      expect(err.position).to.include({ model: 'sentry.user', pk: 1, ordinal: 3 });
+      expect(await db.count('auth_user')).to.equal(0);
+    });
+
+    it('writes the error as a finding when the import fails', async () => {
+      const findings = path.join(os.tmpdir(), `findings-${process.pid}-err.json`);
+      await failure(run(db, [user(1, 'a', { is_active: 1 })], { findingsFile: findings }));
+      const f = JSON.parse(fs.readFileSync(findings, 'utf8'));
+      expect(f).to.have.length(1);
+      expect(f[0]).to.include({ finding: 'ImportError', kind: 'USERPORT_RECORD_SCHEMA', model: 'sentry.user', pk: 1, field: 'is_active' });
+    });
+
+    it('validates its options up front, naming them', async () => {
+      const cases: [Partial<ImportOptions>, RegExp][] = [
+        [{ importId: 'x' }, /importId needs resumable/],
+        [{ resumable: true, dryRun: true }, /resumable and dryRun/],
+        [{ maxRejects: 3 }, /maxRejects needs rejectsFile/],
+        [{ filterUsernames: 'alice' as unknown as string[] }, /filterUsernames must be an array/],
+      ];
+      for (const [o, re] of cases) {
+        const err = await failure(run(db, [user(1, 'a')], o));
+        expect(err.code).to.equal('USERPORT_OPTION_INVALID');
+        expect(err.message).to.match(re);
+      }
+    });
+  });
+
+  describe('dry run', () => {
+    it('reports what would happen and writes nothing', async () => {
+      const s = await run(db, [user(1, 'alice'), useremail(1, 1, 'alice@example.com')], { dryRun: true });
+      expect(s.mode).to.equal('dry-run');
+      expect(s.models['sentry.user']!.inserted).to.equal(1);
+      for (const t of [...TARGET_TABLES, 'userport_import']) expect(await db.count(t), t).to.equal(0);
+    });
+  });
+});

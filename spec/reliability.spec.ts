@@ -1,0 +1,258 @@
+/**
+ * Reliability (issue #4): resumable imports that survive SIGKILL, rejects, database faults,
+ * concurrent imports. Imports run as real child processes of the CLI where a process must die.
+ */
+import { expect } from 'chai';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
+import { createExportGenerator } from '../lib/generate.js';
+import { importUsers } from '../lib/import.js';
+import { freshDatabase, type TestDb } from './helpers/db.js';
+import { email, tableSnapshot, TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from './helpers/exports.js';
+
+const BIN = path.resolve('bin/userport.js');
+
+interface Run { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+
+function cli(args: string[], opts: { killAfterMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Run> & { child: ChildProcess } {
+  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d));
+  child.stderr.on('data', (d: Buffer) => (stderr += d));
+  if (opts.killAfterMs !== undefined) setTimeout(() => child.kill('SIGKILL'), opts.killAfterMs);
+  const p = new Promise<Run>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
+  return Object.assign(p, { child });
+}
+
+async function generated(users: number, seed: number): Promise<string> {
+  const file = path.join(os.tmpdir(), `userport-gen-${process.pid}-${users}-${seed}.json`);
+  if (!fs.existsSync(file)) await pipeline(createExportGenerator({ users, seed, collisionRate: 0.02 }), fs.createWriteStream(file));
+  return file;
+}
+
+/** Snapshot without the random tails of renamed users (they differ from run to run by design). */
+async function comparable(db: TestDb) {
+  const snap = await tableSnapshot(db.knex);
+  return JSON.parse(JSON.stringify(snap).replace(/-[a-z0-9]{2,12}(?=["@])/g, '-~'));
+}
+
+describe('reliability', function () {
+  this.timeout(300000);
+
+  describe('resumable imports', () => {
+    it('give the same database as one uninterrupted import, however often the process is SIGKILLed', async () => {
+      const file = await generated(4000, 7);
+      const reference = await freshDatabase();
+      const target = await freshDatabase();
+      try {
+        const ref = await importUsers({ source: file, databaseUrl: reference.url });
+        const args = ['import', 'users', file, '--database-url', target.url, '--resumable', '--import-id', 'kill-test', '--batch-rows', '700', '--json', '--no-progress'];
+        let kills = 0;
+        let last: Run | undefined;
+        // Kill at growing delays until a run gets to finish on its own.
+        for (let delay = 400; ; delay = Math.round(delay * 1.35)) {
+          last = await cli(args, { killAfterMs: delay });
+          if (last.signal === 'SIGKILL') { kills++; continue; }
+          break;
+        }
+        expect(last.code, last.stderr).to.equal(0);
+        expect(kills).to.be.at.least(2);
+        const resumedSummary = JSON.parse(last.stdout);
+        expect(await comparable(target)).to.deep.equal(await comparable(reference));
+        expect(resumedSummary.models).to.deep.equal(JSON.parse(JSON.stringify(ref.models)));
+        expect(resumedSummary.records).to.equal(ref.records);
+        // Run again: nothing changes, and it says so.
+        const again = await cli(args);
+        expect(again.code).to.equal(0);
+        expect(JSON.parse(again.stdout).state).to.equal('already-done');
+        expect(await comparable(target)).to.deep.equal(await comparable(reference));
+        expect(await target.count('userport_stage')).to.equal(0);
+      } finally {
+        await reference.close();
+        await target.close();
+      }
+    });
+
+    it('print the id they generated, list in `userport imports`, and refuse to resume with another file', async () => {
+      const db = await freshDatabase();
+      try {
+        const file = writeExport([user(1, 'alice')]);
+        const first = await cli(['import', 'users', file, '--database-url', db.url, '--resumable', '--no-progress']);
+        expect(first.code, first.stderr).to.equal(0);
+        const id = /Import id: (\S+)/.exec(first.stderr)?.[1];
+        expect(id).to.match(/^[0-9a-f-]{36}$/);
+        const list = await cli(['imports', '--database-url', db.url]);
+        expect(list.stdout).to.include(id).and.include('resumable').and.include('done');
+        const other = writeExport([user(1, 'bob')]);
+        const mismatch = await cli(['import', 'users', other, '--database-url', db.url, '--resumable', '--import-id', id!]);
+        // A finished import is not re-run, whatever the file.
+        expect(mismatch.code).to.equal(0);
+        await db.knex.raw(`UPDATE userport_import SET state = 'running'`);
+        const refused = await cli(['import', 'users', other, '--database-url', db.url, '--resumable', '--import-id', id!]);
+        expect(refused.code).to.equal(1);
+        expect(refused.stderr).to.include('[USERPORT_IMPORT_MISMATCH]');
+      } finally {
+        await db.close();
+      }
+    });
+  });
+
+  describe('rejects file', () => {
+    const records = (): unknown[] => [
+      user(1, 'alice'), user(2, 'x'.repeat(200)), { model: 'sentry.user', fields: {} }, 17, { pk: 9, fields: {} },
+      useremail(1, 1, 'alice@example.com'), user(3, 'carol', { name: 'a\u0000b', password: 'pbkdf2$SECRET' }), useroption(1, 1, 'k', 'v'),
+    ];
+
+    it('takes records that fail validation, one JSON line each, and goes on', async () => {
+      const db = await freshDatabase();
+      const rejects = path.join(os.tmpdir(), `rejects-${process.pid}.jsonl`);
+      try {
+        // 17 is not an object: a structural error, which no rejects file takes.
+        const err = await importUsers({ source: writeExport(records()), databaseUrl: db.url, rejectsFile: rejects }).catch((e) => e);
+        expect(err.code).to.equal('USERPORT_RECORD_NOT_OBJECT');
+        const recs = records().filter((r) => r !== 17);
+        const s = await importUsers({ source: writeExport(recs), databaseUrl: db.url, rejectsFile: rejects });
+        expect(s.models['sentry.user']).to.include({ read: 4, inserted: 1, rejected: 3 });
+        expect(s.models['(invalid)']).to.include({ read: 1, rejected: 1 });
+        const lines = fs.readFileSync(rejects, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+        expect(lines.map((l) => [l.ordinal, l.code, l.field])).to.deep.equal([
+          [2, 'USERPORT_RECORD_SCHEMA', 'username'], [3, 'USERPORT_RECORD_ENVELOPE', 'pk'], [4, 'USERPORT_RECORD_ENVELOPE', 'model'],
+          [6, 'USERPORT_RECORD_SCHEMA', 'name'],
+        ]);
+        expect(lines[0]).to.include({ model: 'sentry.user', pk: 2 });
+        expect(lines[0].offset).to.be.a('number');
+        expect(lines[0].record.fields.username).to.have.length(200);
+        expect(lines[3].record.fields.password).to.equal('[redacted]');
+        expect(fs.readFileSync(rejects, 'utf8')).not.to.include('SECRET');
+        expect(await db.count('auth_user')).to.equal(1);
+      } finally {
+        await db.close();
+      }
+    });
+
+    it('aborts after maxRejects, leaving nothing behind', async () => {
+      const db = await freshDatabase();
+      try {
+        const recs = records().filter((r) => r !== 17);
+        const err = await importUsers({ source: writeExport(recs), databaseUrl: db.url, rejectsFile: path.join(os.tmpdir(), `r2-${process.pid}`), maxRejects: 1 })
+          .catch((e) => e);
+        expect(err.code).to.equal('USERPORT_MAX_REJECTS');
+        expect(err.position).to.include({ ordinal: 3 });
+        for (const t of TARGET_TABLES) expect(await db.count(t), t).to.equal(0);
+      } finally {
+        await db.close();
+      }
+    });
+  });
+
+  describe('database faults', () => {
+    let dir: string;
+    let url: string;
+    before(async () => {
+      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-fault-pg-'));
+      fs.chmodSync(dir, 0o755);
+      url = (await startEmbedded({ dir })).url;
+    });
+    after(async () => {
+      await stopEmbedded(dir, 'immediate').catch(() => undefined);
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+
+    it('a server that dies mid-import gives a clear error; an atomic import leaves nothing, a resumable one resumes', async () => {
+      const file = await generated(20000, 11);
+      for (const resumable of [false, true]) {
+        const extra = resumable ? ['--resumable', '--import-id', 'fault', '--batch-rows', '2000'] : [];
+        const p = cli(['import', 'users', file, '--database-url', url, '--no-progress', '--json', ...extra]);
+        // Let it get going (staging for atomic, a few committed batches for resumable), then kill the server.
+        await new Promise((r) => setTimeout(r, 2500));
+        await stopEmbedded(dir, 'immediate');
+        const res = await p;
+        expect(res.code, `${resumable}: ${res.stdout}`).to.equal(1);
+        expect(res.stderr).to.match(/\[USERPORT_DB_CONNECT\]/);
+        expect(res.stderr.trim().split('\n').length).to.be.at.most(2);
+        await startEmbedded({ dir });
+        const db = await freshDatabaseAt(url);
+        try {
+          if (!resumable) {
+            for (const t of TARGET_TABLES) expect(await db.count(t), t).to.equal(0);
+          } else {
+            expect((await db.knex.raw(`SELECT state FROM userport_import WHERE id = 'fault'`)).rows[0].state).to.not.equal('done');
+            const again = await cli(['import', 'users', file, '--database-url', url, '--no-progress', '--json', ...extra]);
+            expect(again.code, again.stderr).to.equal(0);
+            expect(again.stderr).to.include('Resuming import fault');
+            expect(JSON.parse(again.stdout).models['sentry.user'].read).to.equal(20000);
+            expect(await db.count('auth_user')).to.equal(20000);
+          }
+        } finally {
+          await db.close();
+        }
+      }
+    });
+
+    it('retries a server that is not up yet at start-up', async () => {
+      await stopEmbedded(dir, 'fast');
+      const p = cli(['import', 'users', writeExport([user(1, 'late')]), '--database-url', url, '--json', '--no-progress']);
+      await new Promise((r) => setTimeout(r, 1500));
+      await startEmbedded({ dir });
+      const res = await p;
+      expect(res.code, res.stderr).to.equal(0);
+      expect(JSON.parse(res.stdout).models['sentry.user'].inserted).to.equal(1);
+    });
+  });
+
+  describe('concurrent imports', () => {
+    it('4 processes with overlapping usernames and emails all finish, with every collision resolved', async () => {
+      const db = await freshDatabase();
+      try {
+        const files: string[] = [];
+        for (let k = 0; k < 4; k++) {
+          const recs: Rec[] = [];
+          for (let i = k * 100; i < k * 100 + 300; i++) {
+            const name = i % 2 ? `User${i}` : `user${i}`;
+            recs.push(user(i + 1, name), email(i + 1, `Shared${i}@example.com`), useremail(i + 1, i + 1, `shared${i}@example.com`),
+              useroption(i + 1, i + 1, 'timezone', 'UTC'));
+          }
+          files.push(writeExport(recs));
+        }
+        const runs = await Promise.all(files.map((f, k) => cli(['import', 'users', f, '--database-url', db.url, '--json', '--no-progress',
+          ...(k % 2 ? ['--merge-users'] : [])])));
+        for (const r of runs) expect(r.code, r.stderr).to.equal(0);
+        const summaries = runs.map((r) => JSON.parse(r.stdout));
+        const dupUsers = await db.knex.raw('SELECT lower(username) FROM auth_user GROUP BY 1 HAVING count(*) > 1');
+        expect(dupUsers.rows).to.deep.equal([]);
+        const dupEmails = await db.knex.raw('SELECT lower(email) FROM sentry_email GROUP BY 1 HAVING count(*) > 1');
+        expect(dupEmails.rows).to.deep.equal([]);
+        type Counts = { read: number; inserted: number; existing: number; merged: number; renamed: number; filtered: number; rejected: number; dropped: Record<string, number> };
+        const sum = (f: (s: { models: Record<string, Counts> }) => number) => summaries.reduce((a, s) => a + f(s), 0);
+        expect(await db.count('auth_user')).to.equal(sum((s) => s.models['sentry.user']!.inserted!));
+        expect(await db.count('sentry_email')).to.equal(600);
+        expect(sum((s) => s.models['sentry.email']!.inserted!)).to.equal(600);
+        for (const s of summaries) {
+          for (const [m, c] of Object.entries(s.models as Record<string, Counts>)) {
+            const dropped = Object.values(c.dropped).reduce((a, b) => a + b, 0);
+            expect(c.inserted + c.existing + c.merged + c.filtered + dropped + c.rejected, m).to.equal(c.read);
+          }
+        }
+      } finally {
+        await db.close();
+      }
+    });
+  });
+});
+
+async function freshDatabaseAt(url: string): Promise<TestDb> {
+  const { createKnex } = await import('../lib/db/knex.js');
+  const knex = createKnex(url, 2);
+  return {
+    url, knex,
+    async count(table, where) {
+      return (await knex.raw(`SELECT count(*)::int AS n FROM ${table}${where ? ` WHERE ${where}` : ''}`)).rows[0].n;
+    },
+    async close() { await knex.destroy(); },
+  };
+}
