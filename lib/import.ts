@@ -85,7 +85,12 @@ function checkOptions(o: ImportOptions): void {
 
 /** Size and SHA-256 of the first MiB: enough to refuse resuming with another file. */
 function fingerprint(path: string): { size: number; hash: string } {
-  const fd = fs.openSync(path, 'r');
+  let fd: number;
+  try {
+    fd = fs.openSync(path, 'r');
+  } catch (err) {
+    throw new UserportError(ErrorCodes.IO, `cannot read ${path}: ${(err as Error).message}`, { cause: err });
+  }
   try {
     const size = fs.fstatSync(fd).size;
     const buf = Buffer.alloc(Math.min(size, 1 << 20));

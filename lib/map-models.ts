@@ -90,9 +90,18 @@ export function mapRecord(rec: ScopedRecord): StagedRow {
     if (v === undefined || v === null) { values[i] = null; continue; }
     const type = STAGE_COLUMNS[i]![1];
     if (type === 'json') {
-      const p = jsonProblem(v);
-      if (p) throw badValue(rec, field!, p);
-      values[i] = JSON.stringify(v);
+      let text: string;
+      try {
+        const p = jsonProblem(v);
+        if (p) throw badValue(rec, field!, p);
+        text = JSON.stringify(v);
+      } catch (err) {
+        // Both walks recurse: a value nested a few thousand levels deep (possible when maxDepth
+        // is raised) overflows the stack. That is a property of the record, not a crash.
+        if (err instanceof RangeError) throw badValue(rec, field!, 'is nested too deeply to be stored');
+        throw err;
+      }
+      values[i] = text;
     } else if (type === 'text') {
       const p = textProblem(v as string);
       if (p) throw badValue(rec, field!, p);

@@ -57,14 +57,16 @@ const SCHEMA_DIR = new URL('../../schemas/', import.meta.url);
 const USER_SCOPE = ['sentry.user', 'sentry.email', 'sentry.useremail', 'sentry.useroption'] as const;
 export type UserScopeModel = (typeof USER_SCOPE)[number];
 
-const DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?$/;
+const DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-](\d{2}):?(\d{2}))?$/;
 
-/** Strict ISO-8601 date-time that PostgreSQL's timestamptz accepts: a real calendar date, year 1-9999. */
+/** Strict ISO-8601 date-time that PostgreSQL's timestamptz accepts: a real calendar date, year 1-9999, offset within ±15:59. */
 export function isDateTime(s: string): boolean {
   const m = DATE_TIME.exec(s);
   if (!m) return false;
   const y = +m[1]!, mo = +m[2]!, d = +m[3]!, h = +m[4]!, mi = +m[5]!, sec = +m[6]!;
   if (y < 1 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || sec > 59) return false;
+  // PostgreSQL refuses a UTC offset beyond 15:59 ("time zone displacement out of range").
+  if (m[9] !== undefined && (+m[9] > 15 || +m[10]! > 59)) return false;
   const dim = [31, (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0 ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mo - 1]!;
   return d <= dim;
 }

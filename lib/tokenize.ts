@@ -139,6 +139,10 @@ export class RecordSplitter {
         case Phase.Start: {
           // A UTF-8 byte-order mark may start the file (Windows editors add one): skip it.
           while (i < n && this.bom < 3 && this.base + i === this.bom && buf[i] === BOM[this.bom]) { this.bom++; i++; }
+          // Part of a mark is not a mark: EF BB followed by anything else is invalid UTF-8.
+          if (i < n && this.bom > 0 && this.bom < 3) {
+            throw this.error(ErrorCodes.INPUT_UTF8, 'invalid UTF-8 at the start of the input', 0);
+          }
           while (i < n && WS[buf[i]!]) {
             if (buf[i] === 10) { this.line++; this.lineStart = this.base + i + 1; }
             i++;
@@ -309,6 +313,7 @@ export class RecordSplitter {
     if (this.phase === Phase.Done) return;
     const at = this.base;
     if (this.phase === Phase.Start) {
+      if (this.bom > 0 && this.bom < 3) throw this.error(ErrorCodes.INPUT_UTF8, 'invalid UTF-8 at the start of the input', 0);
       throw this.error(ErrorCodes.INPUT_EMPTY, 'the input is empty: expected a JSON array of records', at);
     }
     const what = this.phase === Phase.InRecord ? `inside record ${this.ordinal}` : 'before the end of the array';
@@ -335,14 +340,15 @@ function positionIn(bytes: Buffer, index: number, pos: RecordPosition): Position
 }
 
 function invalidUtf8(bytes: Buffer, pos: RecordPosition): ParseError {
-  const dec = new TextDecoder('utf-8', { fatal: true });
-  // Binary search the longest valid prefix: the first invalid byte is just after it.
+  // Binary search the longest valid prefix: the first invalid byte is just after it. A fresh
+  // decoder per probe: in streaming mode a decoder keeps the pending bytes of the previous call
+  // and prepends them to the next one, which would shift the answer.
   let lo = 0;
   let hi = bytes.length;
   while (lo < hi) {
     const mid = (lo + hi + 1) >> 1;
     let ok = true;
-    try { dec.decode(bytes.subarray(0, mid), { stream: true }); } catch { ok = false; }
+    try { new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(0, mid), { stream: true }); } catch { ok = false; }
     if (ok) lo = mid; else hi = mid - 1;
   }
   // The valid prefix may end inside a multi-byte sequence that the next byte breaks: report

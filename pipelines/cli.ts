@@ -9,8 +9,10 @@ import { defaultEmbeddedDir, embeddedUrl, readEmbeddedConfig, startEmbedded, sto
 import { createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
 import { formatPosition, OptionError, UserportError } from '../lib/errors.js';
 import { parseUsernameList } from '../lib/filter-users.js';
+import { keyUnwrapperFromOptions } from '../lib/decrypt.js';
 import { importUsers, type Progress } from '../lib/import.js';
 import type { ImportSummary } from '../lib/stats.js';
+import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
 
@@ -162,14 +164,9 @@ async function importCommand(args: string[]): Promise<number> {
     }
   }
   const quiet = !!o.silent || !!o.json;
-  const decryptMod = await import('../lib/decrypt.js');
-  const unwrapperFrom = (decryptMod as unknown as Record<string, unknown>).keyUnwrapperFromOptions as
-    ((x: { decryptWith?: string; passphraseFile?: string; gcpKmsConfig?: string }) => Promise<import('../lib/decrypt.js').KeyUnwrapper | undefined>) | undefined;
-  let decrypt;
-  if (o['decrypt-with'] !== undefined || o['decrypt-with-gcp-kms'] !== undefined || o['decrypt-passphrase-file'] !== undefined) {
-    if (!unwrapperFrom) throw new OptionError('decryption is not available in this build');
-    decrypt = await unwrapperFrom({ decryptWith: o['decrypt-with'], passphraseFile: o['decrypt-passphrase-file'], gcpKmsConfig: o['decrypt-with-gcp-kms'] });
-  }
+  const decrypt = await keyUnwrapperFromOptions({
+    decryptWith: o['decrypt-with'], passphraseFile: o['decrypt-passphrase-file'], gcpKmsConfig: o['decrypt-with-gcp-kms'],
+  });
   const db = await database(o['database-url'], quiet);
   const showProgress = !o['no-progress'] && !quiet && process.stderr.isTTY;
   const summary = await importUsers({
@@ -267,13 +264,6 @@ async function dbCommand(args: string[]): Promise<number> {
   throw new OptionError(`usage: userport db url|psql|start|stop${cfg ? ` (embedded database: ${embeddedUrl(cfg)})` : ''}`);
 }
 
-async function cryptoCommand(name: 'encrypt' | 'decrypt', args: string[]): Promise<number> {
-  // Loaded on demand so `userport import` starts without the crypto code.
-  const mod = (await import(new URL('./crypto-commands.js', import.meta.url).href).catch(() => undefined)) as
-    | { runEncryptCommand(a: string[]): Promise<number>; runDecryptCommand(a: string[]): Promise<number> } | undefined;
-  if (!mod) throw new OptionError(`${name} is not available in this build`);
-  return name === 'encrypt' ? mod.runEncryptCommand(args) : mod.runDecryptCommand(args);
-}
 
 /** Runs the CLI with `argv` (without node and script); resolves to the exit code. */
 export async function main(argv: string[]): Promise<number> {
@@ -285,7 +275,8 @@ export async function main(argv: string[]): Promise<number> {
       case 'imports': return await importsCommand(rest);
       case 'migrate': return await migrateCommand(rest);
       case 'db': return await dbCommand(rest);
-      case 'encrypt': case 'decrypt': return await cryptoCommand(command, rest);
+      case 'encrypt': return await runEncryptCommand(rest);
+      case 'decrypt': return await runDecryptCommand(rest);
       case '--version': case '-v': {
         const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
         process.stdout.write(`${pkg.version}\n`);

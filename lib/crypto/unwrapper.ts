@@ -1,0 +1,96 @@
+/**
+ * The key-unwrapper interface and its local-key implementation. Cloud KMS implements the same
+ * interface in `gcp-kms.ts`, so the decrypt path does not know where the key lives.
+ */
+import fs from 'node:fs/promises';
+import type { KeyObject } from 'node:crypto';
+import { OptionError } from '../errors.js';
+import { DecryptError, DecryptErrorCodes } from './errors.js';
+import { loadPrivateKey, loadPublicKey, sameRsaPublicKey, unwrapKey } from './keys.js';
+import { parseFernetKey } from './fernet.js';
+
+/** Unwraps the Fernet key in `data.key`. Local RSA keys and Cloud KMS implement it. */
+export interface KeyUnwrapper {
+  /** Returns the 44-byte URL-safe base64 Fernet key. `publicKeyPem` is the tarball's `key.pub`. */
+  unwrap(wrappedKey: Buffer, publicKeyPem: Buffer): Promise<Buffer>;
+}
+
+/** A passphrase, or a function asked for it only when the key turns out to be encrypted. */
+export type PassphraseSource = string | Buffer | (() => Promise<string | Buffer>);
+
+export interface LocalKeyUnwrapperOptions {
+  /** Path of the PEM private key (PKCS#8 or PKCS#1). Exactly one of this and `privateKeyPem`. */
+  privateKeyPath?: string;
+  /** The PEM private key itself. */
+  privateKeyPem?: string | Buffer;
+  /** Passphrase of an encrypted private key. */
+  passphrase?: PassphraseSource;
+}
+
+const MAX_KEY_FILE = 1024 * 1024;
+
+function isEncryptedPem(text: string): boolean {
+  return /-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,ENCRYPTED/.test(text);
+}
+
+/**
+ * Unwraps `data.key` with a local RSA private key, after checking that the key's public half
+ * (modulus and exponent) is the export's `key.pub`: a mismatch is USERPORT_DECRYPT_KEY_MISMATCH,
+ * "this key cannot decrypt this export". Options are checked now; a key given as PEM is also
+ * loaded now, so a wrong passphrase fails before any input is read.
+ */
+export function createLocalKeyUnwrapper(options: LocalKeyUnwrapperOptions): KeyUnwrapper {
+  const { privateKeyPath, privateKeyPem, passphrase } = options ?? {};
+  if ((privateKeyPath === undefined) === (privateKeyPem === undefined)) {
+    throw new OptionError('createLocalKeyUnwrapper needs exactly one of privateKeyPath and privateKeyPem');
+  }
+  if (privateKeyPath !== undefined && (typeof privateKeyPath !== 'string' || privateKeyPath === '')) {
+    throw new OptionError(`privateKeyPath must be a non-empty string, got ${JSON.stringify(privateKeyPath)}`);
+  }
+  if (privateKeyPem !== undefined && typeof privateKeyPem !== 'string' && !Buffer.isBuffer(privateKeyPem)) {
+    throw new OptionError('privateKeyPem must be a string or a Buffer');
+  }
+  if (passphrase !== undefined && typeof passphrase !== 'string' && !Buffer.isBuffer(passphrase) && typeof passphrase !== 'function') {
+    throw new OptionError('passphrase must be a string, a Buffer or a function returning one');
+  }
+  const staticPassphrase = typeof passphrase === 'function' ? undefined : passphrase;
+  // A PEM given inline is opened now (bad key or passphrase fail at construction), unless the
+  // passphrase is to be asked for: then it is asked only when an export needs it.
+  let loaded: Promise<KeyObject> | undefined =
+    privateKeyPem !== undefined && !(typeof passphrase === 'function' && isEncryptedPem(String(privateKeyPem)))
+      ? Promise.resolve(loadPrivateKey(privateKeyPem, staticPassphrase))
+      : undefined;
+
+  async function key(): Promise<KeyObject> {
+    loaded ??= (async () => {
+      let pem: Buffer;
+      if (privateKeyPem !== undefined) pem = Buffer.from(privateKeyPem);
+      else {
+        try {
+          const stat = await fs.stat(privateKeyPath!);
+          if (stat.size > MAX_KEY_FILE) throw new Error(`${stat.size} bytes is too large for a key`);
+          pem = await fs.readFile(privateKeyPath!);
+        } catch (err) {
+          throw new DecryptError(DecryptErrorCodes.KEY_INVALID, `cannot read the private key ${privateKeyPath}: ${(err as Error).message}`, { cause: err });
+        }
+      }
+      let pass = staticPassphrase;
+      if (pass === undefined && typeof passphrase === 'function' && isEncryptedPem(pem.toString('utf8'))) pass = await passphrase();
+      return loadPrivateKey(pem, pass);
+    })();
+    return loaded;
+  }
+
+  return {
+    async unwrap(wrappedKey: Buffer, publicKeyPem: Buffer): Promise<Buffer> {
+      const priv = await key();
+      const pub = loadPublicKey(publicKeyPem, 'key.pub in the tarball');
+      if (!sameRsaPublicKey(priv, pub)) {
+        throw new DecryptError(DecryptErrorCodes.KEY_MISMATCH, 'this key cannot decrypt this export: its public key is not the export\'s key.pub');
+      }
+      const fernetKey = unwrapKey(priv, wrappedKey);
+      parseFernetKey(fernetKey);
+      return fernetKey;
+    },
+  };
+}

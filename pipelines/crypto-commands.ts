@@ -1,0 +1,170 @@
+/**
+ * `userport encrypt` and `userport decrypt`: Sentry-compatible companions of
+ * `sentry backup encrypt` / `decrypt`, streaming in constant memory. `-` means stdin / stdout.
+ * Wiring only: the work is in lib/decrypt.ts.
+ */
+import fs from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import { parseArgs } from 'node:util';
+import type { Readable, Writable } from 'node:stream';
+import { OptionError, UserportError } from '../lib/errors.js';
+import { decryptExport, encryptExport, keyUnwrapperFromOptions, type EncryptedInput } from '../lib/decrypt.js';
+import { promptPassphraseOnTty } from '../lib/crypto/prompt.js';
+import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
+
+export { keyUnwrapperFromOptions, type KeyUnwrapperCliOptions } from '../lib/decrypt.js';
+
+/** The streams a command talks to; tests pass their own. @default the process's */
+export interface CommandIo {
+  stdin: Readable;
+  stdout: Writable;
+  stderr: Writable;
+}
+
+const ENCRYPT_USAGE = 'usage: userport encrypt (--encrypt-with PUBLIC.pem | --encrypt-with-gcp-kms CONFIG.json) SRC DEST   (SRC/DEST may be - for stdin/stdout)';
+const DECRYPT_USAGE =
+  'usage: userport decrypt (--decrypt-with PRIVATE.pem [--decrypt-passphrase-file FILE] | --decrypt-with-gcp-kms CONFIG.json) [--tmp-dir DIR] SRC DEST';
+
+function io(partial: Partial<CommandIo> | undefined): CommandIo {
+  return { stdin: partial?.stdin ?? process.stdin, stdout: partial?.stdout ?? process.stdout, stderr: partial?.stderr ?? process.stderr };
+}
+
+type OptionSpec = Record<string, { type: 'string' | 'boolean' }>;
+
+function parse(args: string[], options: OptionSpec, usage: string): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
+  try {
+    const parsed = parseArgs({ args, options: { ...options, debug: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+    return { values: parsed.values as Record<string, string | boolean | undefined>, positionals: parsed.positionals };
+  } catch (err) {
+    throw new OptionError(`${(err as Error).message}\n${usage}`);
+  }
+}
+
+function positionals(list: string[], usage: string): [string, string] {
+  if (list.length !== 2) throw new OptionError(`expected SRC and DEST, got ${list.length} argument${list.length === 1 ? '' : 's'}\n${usage}`);
+  if (list[0] !== '-' && list[1] !== '-' && path.resolve(list[0]!) === path.resolve(list[1]!)) {
+    throw new OptionError('SRC and DEST are the same file');
+  }
+  return [list[0]!, list[1]!];
+}
+
+/**
+ * Writes through `write` to DEST. A regular file is written under a temporary name next to it
+ * and renamed only on success, so a failure leaves no partial output; `mode` is its permission.
+ * Anything else that exists (`/dev/null`, a FIFO, a terminal) is written in place: renaming a
+ * file over a device would replace the device.
+ */
+async function toDestination(dest: string, streams: CommandIo, mode: number, write: (out: Writable) => Promise<void>): Promise<void> {
+  if (dest === '-') {
+    await write(streams.stdout);
+    return;
+  }
+  const existing = await fs.stat(dest).catch(() => undefined);
+  if (existing && !existing.isFile()) {
+    if (existing.isDirectory()) throw new OptionError(`DEST ${dest} is a directory`);
+    await write(createWriteStream(dest, { flags: 'w' }));
+    return;
+  }
+  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.${crypto.randomBytes(6).toString('hex')}.partial`);
+  try {
+    await write(createWriteStream(tmp, { flags: 'wx', mode }));
+    await fs.rename(tmp, dest);
+  } catch (err) {
+    await fs.rm(tmp, { force: true }).catch(() => undefined);
+    throw err;
+  }
+}
+
+function source(src: string, streams: CommandIo): EncryptedInput {
+  return src === '-' ? { stream: streams.stdin } : { path: src };
+}
+
+function report(command: string, err: unknown, debug: boolean, stderr: Writable): number {
+  const line = err instanceof UserportError ? err.describe() : (err as Error)?.message ?? String(err);
+  stderr.write(`userport ${command}: ${line}\n`);
+  if (debug && err instanceof Error && err.stack) stderr.write(`${err.stack}\n`);
+  return 1;
+}
+
+/** `userport encrypt --encrypt-with PUBLIC.pem SRC DEST`. Resolves to the exit code. */
+export async function runEncryptCommand(args: string[], streams?: Partial<CommandIo>): Promise<number> {
+  const s = io(streams);
+  const debug = args.includes('--debug');
+  try {
+    const { values, positionals: pos } = parse(args, {
+      'encrypt-with': { type: 'string' },
+      'encrypt-with-gcp-kms': { type: 'string' },
+      'tmp-dir': { type: 'string' },
+    }, ENCRYPT_USAGE);
+    if (values.help) {
+      s.stdout.write(`${ENCRYPT_USAGE}\n`);
+      return 0;
+    }
+    const keyPath = values['encrypt-with'];
+    const kmsPath = values['encrypt-with-gcp-kms'];
+    if ((typeof keyPath === 'string') === (typeof kmsPath === 'string')) {
+      throw new OptionError(`give exactly one of --encrypt-with PUBLIC.pem and --encrypt-with-gcp-kms CONFIG.json\n${ENCRYPT_USAGE}`);
+    }
+    const [src, dest] = positionals(pos, ENCRYPT_USAGE);
+    let publicKeyPem: Buffer;
+    if (typeof kmsPath === 'string') {
+      const endpoint = process.env.USERPORT_GCP_KMS_ENDPOINT || undefined;
+      publicKeyPem = await kmsGetPublicKey(await readGcpKmsConfig(kmsPath), endpoint ? { endpoint } : {});
+    } else {
+      try {
+        publicKeyPem = await fs.readFile(keyPath as string);
+      } catch (err) {
+        throw new OptionError(`--encrypt-with: cannot read ${String(keyPath)}: ${(err as Error).message}`);
+      }
+    }
+    const tmpDir = values['tmp-dir'];
+    await toDestination(dest, s, 0o644, (out) =>
+      encryptExport(source(src, s), out, { publicKeyPem, ...(typeof tmpDir === 'string' ? { tmpDir } : {}) }));
+    return 0;
+  } catch (err) {
+    return report('encrypt', err, debug, s.stderr);
+  }
+}
+
+/**
+ * `userport decrypt --decrypt-with PRIVATE.pem SRC DEST` (or `--decrypt-with-gcp-kms`).
+ * Nothing reaches DEST unless the whole export authenticated. A DEST file is created 0600: it
+ * holds the plaintext. Resolves to the exit code.
+ */
+export async function runDecryptCommand(args: string[], streams?: Partial<CommandIo>): Promise<number> {
+  const s = io(streams);
+  const debug = args.includes('--debug');
+  try {
+    const { values, positionals: pos } = parse(args, {
+      'decrypt-with': { type: 'string' },
+      'decrypt-passphrase-file': { type: 'string' },
+      'decrypt-with-gcp-kms': { type: 'string' },
+      'tmp-dir': { type: 'string' },
+    }, DECRYPT_USAGE);
+    if (values.help) {
+      s.stdout.write(`${DECRYPT_USAGE}\n`);
+      return 0;
+    }
+    const [src, dest] = positionals(pos, DECRYPT_USAGE);
+    const str = (v: unknown) => (typeof v === 'string' ? v : undefined);
+    const unwrapper = await keyUnwrapperFromOptions({
+      decryptWith: str(values['decrypt-with']),
+      passphraseFile: str(values['decrypt-passphrase-file']),
+      gcpKmsConfig: str(values['decrypt-with-gcp-kms']),
+      // Ask on the terminal only when stdin is one and does not carry the export.
+      promptPassphrase: src !== '-' && (s.stdin as NodeJS.ReadStream).isTTY
+        ? () => promptPassphraseOnTty(`Passphrase for ${str(values['decrypt-with'])}: `, s.stdin as NodeJS.ReadStream, s.stderr as NodeJS.WriteStream)
+        : null,
+    });
+    if (!unwrapper) throw new OptionError(`one of --decrypt-with or --decrypt-with-gcp-kms is required\n${DECRYPT_USAGE}`);
+    const tmpDir = str(values['tmp-dir']);
+    await toDestination(dest, s, 0o600, async (out) => {
+      await decryptExport(source(src, s), out, { unwrapper, ...(tmpDir ? { tmpDir } : {}) });
+    });
+    return 0;
+  } catch (err) {
+    return report('decrypt', err, debug, s.stderr);
+  }
+}

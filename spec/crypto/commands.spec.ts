@@ -1,0 +1,263 @@
+import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { keyUnwrapperFromOptions, runDecryptCommand, runEncryptCommand } from '../../pipelines/crypto-commands.js';
+import { loadPrivateKey } from '../../lib/crypto/keys.js';
+import { chunked } from '../helpers/streams.js';
+import { drain, fixture, flipBase64, listDir, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir } from './helpers.js';
+import { startKmsServer } from './kms-server.js';
+
+interface Run { code: number; stdout: Buffer; stderr: string }
+
+async function run(cmd: typeof runEncryptCommand, args: string[], stdin: Buffer = Buffer.alloc(0)): Promise<Run> {
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  const out = drain(stdout);
+  const err = drain(stderr);
+  const code = await cmd(args, { stdin: chunked(stdin, 4096), stdout, stderr });
+  stdout.end();
+  stderr.end();
+  return { code, stdout: await out, stderr: (await err).toString() };
+}
+
+const KEY = fixture('fixture-key.pem');
+const PUB = fixture('fixture-key.pub');
+
+function pythonWithCryptography(): string | undefined {
+  const r = spawnSync('python3', ['-c', 'import cryptography'], { encoding: 'utf8' });
+  if (r.error) return `python3 is not available (${r.error.message})`;
+  if (r.status !== 0) return 'python3 has no cryptography module (apt-get install python3-cryptography)';
+  return undefined;
+}
+
+/** Sentry's decrypt path, in Python: tarfile + RSA-OAEP-SHA256 + Fernet. Prints the plaintext. */
+const PYTHON_DECRYPT = `
+import sys, tarfile
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+tar = tarfile.open(sys.argv[1], "r")
+files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+assert sorted(files) == ["data.key", "export.json", "key.pub"], sorted(files)
+key = serialization.load_pem_private_key(open(sys.argv[2], "rb").read(), password=None)
+pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+assert pub == files["key.pub"], "key.pub differs from the private key's public key"
+dek = key.decrypt(files["data.key"], padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None))
+sys.stdout.buffer.write(Fernet(dek).decrypt(files["export.json"]))
+`;
+
+describe('userport encrypt / decrypt', () => {
+  describe('on success', () => {
+    it('round-trips a file through encrypt and decrypt, and creates the decrypted file 0600', async () => {
+      const t = tempDir();
+      try {
+        const tar = path.join(t.dir, 'users.tar');
+        const out = path.join(t.dir, 'users.json');
+        expect((await run(runEncryptCommand, ['--encrypt-with', PUB, fixture('fixture-export.json'), tar])).code).to.equal(0);
+        const r = await run(runDecryptCommand, ['--decrypt-with', KEY, tar, out]);
+        expect(r).to.include({ code: 0, stderr: '' });
+        expect(fs.readFileSync(out).equals(PLAINTEXT())).to.equal(true);
+        expect(fs.statSync(out).mode & 0o777).to.equal(0o600);
+        expect(listDir(t.dir).sort()).to.deep.equal(['users.json', 'users.tar']);
+      } finally {
+        t.remove();
+      }
+    });
+
+    it('writes into an existing FIFO or device in place instead of renaming over it', async function () {
+      const t = tempDir();
+      try {
+        const fifo = path.join(t.dir, 'out.fifo');
+        if (spawnSync('mkfifo', [fifo]).status !== 0) {
+          console.log('      skipped: mkfifo is not available');
+          this.skip();
+        }
+        const reading = drain(fs.createReadStream(fifo));
+        const r = await run(runDecryptCommand, ['--decrypt-with', KEY, fixture('python-export.tar'), fifo]);
+        expect(r).to.include({ code: 0, stderr: '' });
+        expect((await reading).equals(PLAINTEXT())).to.equal(true);
+        expect(fs.statSync(fifo).isFIFO()).to.equal(true);
+        expect(listDir(t.dir)).to.deep.equal(['out.fifo']);
+      } finally {
+        t.remove();
+      }
+    });
+
+    it('reads stdin and writes stdout with -', async () => {
+      const plain = crypto.randomBytes(300_000);
+      const enc = await run(runEncryptCommand, ['--encrypt-with', PUB, '-', '-'], plain);
+      expect(enc.code).to.equal(0);
+      const dec = await run(runDecryptCommand, ['--decrypt-with', fixture('fixture-key.pkcs1.pem'), '-', '-'], enc.stdout);
+      expect(dec.code).to.equal(0);
+      expect(dec.stdout.equals(plain)).to.equal(true);
+    });
+
+    it('decrypts the Python tarball with an encrypted key and --decrypt-passphrase-file', async () => {
+      const r = await run(runDecryptCommand, [
+        '--decrypt-with', fixture('fixture-key.encrypted.pem'), '--decrypt-passphrase-file', fixture('fixture-key.passphrase'), fixture('python-export.tar'), '-',
+      ]);
+      expect(r.code).to.equal(0);
+      expect(r.stdout.equals(PLAINTEXT())).to.equal(true);
+    });
+
+    it('decrypts with --decrypt-with-gcp-kms and encrypts with --encrypt-with-gcp-kms through a KMS endpoint', async () => {
+      const server = await startKmsServer(loadPrivateKey(readFixture('fixture-key.pem')));
+      const t = tempDir();
+      const saved = { ...process.env };
+      try {
+        const sa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+        server.serviceAccountKey = sa.publicKey;
+        fs.writeFileSync(path.join(t.dir, 'sa.json'), JSON.stringify({
+          type: 'service_account', client_email: 'importer@p.iam.gserviceaccount.com',
+          private_key: sa.privateKey.export({ type: 'pkcs8', format: 'pem' }), token_uri: `${server.url}/token`,
+        }));
+        fs.writeFileSync(path.join(t.dir, 'kms.json'), JSON.stringify({ project_id: 'p', location: 'global', key_ring: 'relocation', key: 'relocation', version: '1' }));
+        process.env.GOOGLE_APPLICATION_CREDENTIALS = path.join(t.dir, 'sa.json');
+        process.env.USERPORT_GCP_KMS_ENDPOINT = server.url;
+        const r = await run(runDecryptCommand, ['--decrypt-with-gcp-kms', path.join(t.dir, 'kms.json'), fixture('python-export.tar'), '-']);
+        expect(r.stderr).to.equal('');
+        expect(r.stdout.equals(PLAINTEXT())).to.equal(true);
+        // Encrypting to the KMS key: key.pub comes from getPublicKey; the local key can decrypt it.
+        const enc = await run(runEncryptCommand, ['--encrypt-with-gcp-kms', path.join(t.dir, 'kms.json'), fixture('fixture-export.json'), '-']);
+        expect(enc.stderr).to.equal('');
+        const back = await run(runDecryptCommand, ['--decrypt-with', KEY, '-', '-'], enc.stdout);
+        expect(back.stdout.equals(PLAINTEXT())).to.equal(true);
+        server.mode = 'bad-plaintext-crc';
+        const bad = await run(runDecryptCommand, ['--decrypt-with-gcp-kms', path.join(t.dir, 'kms.json'), fixture('python-export.tar'), '-']);
+        expect(bad.code).to.equal(1);
+        expect(bad.stdout).to.have.length(0);
+        const badPub = await run(runEncryptCommand, ['--encrypt-with-gcp-kms', path.join(t.dir, 'kms.json'), fixture('fixture-export.json'), '-']);
+        expect(badPub.code).to.equal(1);
+        expect(badPub.stdout).to.have.length(0);
+      } finally {
+        process.env = saved;
+        t.remove();
+        await server.close();
+      }
+    });
+  });
+
+  describe('on failure', () => {
+    const cases: [string, () => Buffer, string][] = [
+      ['a tampered token', () => flipBase64(PYTHON_TAR(), pythonMembers().tokenOffset + 1000), KEY],
+      ['a truncated tarball', () => PYTHON_TAR().subarray(0, 2500), KEY],
+      ['the wrong key', () => PYTHON_TAR(), fixture('other-key.pem')],
+    ];
+    for (const [what, tar, key] of cases) {
+      for (const via of ['file', 'stdin']) {
+        it(`exits 1 with one line on stderr and writes no DEST for ${what} (${via})`, async () => {
+          const t = tempDir();
+          try {
+            const src = path.join(t.dir, 'in.tar');
+            fs.writeFileSync(src, tar());
+            const dest = path.join(t.dir, 'out.json');
+            const r = via === 'file'
+              ? await run(runDecryptCommand, ['--decrypt-with', key, src, dest])
+              : await run(runDecryptCommand, ['--decrypt-with', key, '-', dest], tar());
+            expect(r.code).to.equal(1);
+            expect(r.stderr).to.match(/^userport decrypt: [^\n]+\n$/);
+            expect(listDir(t.dir)).to.deep.equal(['in.tar']);
+          } finally {
+            t.remove();
+          }
+        });
+      }
+    }
+
+    it('says "this key cannot decrypt this export" for the wrong key, and shows the stack only with --debug', async () => {
+      const plain = await run(runDecryptCommand, ['--decrypt-with', fixture('other-key.pem'), fixture('python-export.tar'), '-']);
+      expect(plain.stderr).to.contain('this key cannot decrypt this export');
+      expect(plain.stderr).not.to.contain('    at ');
+      const debug = await run(runDecryptCommand, ['--debug', '--decrypt-with', fixture('other-key.pem'), fixture('python-export.tar'), '-']);
+      expect(debug.stderr).to.contain('    at ');
+    });
+
+    it('rejects bad usage with exit code 1', async () => {
+      for (const args of [
+        [fixture('fixture-export.json'), '-'],
+        ['--encrypt-with', PUB, fixture('fixture-export.json')],
+        ['--encrypt-with', PUB, '--encrypt-with-gcp-kms', 'x.json', fixture('fixture-export.json'), '-'],
+        ['--encrypt-with', fixture('nope.pub'), fixture('fixture-export.json'), '-'],
+        ['--encrypt-with', KEY.replace('.pem', '.passphrase'), fixture('fixture-export.json'), '-'],
+        ['--bogus', fixture('fixture-export.json'), '-'],
+      ]) {
+        expect((await run(runEncryptCommand, args)).code, args.join(' ')).to.equal(1);
+      }
+      for (const args of [
+        [fixture('python-export.tar'), '-'],
+        ['--decrypt-with', KEY, '--decrypt-with-gcp-kms', 'x.json', fixture('python-export.tar'), '-'],
+        ['--decrypt-passphrase-file', fixture('fixture-key.passphrase'), fixture('python-export.tar'), '-'],
+        ['--decrypt-with', fixture('fixture-key.encrypted.pem'), fixture('python-export.tar'), '-'],
+      ]) {
+        expect((await run(runDecryptCommand, args)).code, args.join(' ')).to.equal(1);
+      }
+    });
+  });
+
+  describe('keyUnwrapperFromOptions', () => {
+    async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
+      try { await p; } catch (err) { return (err as { code?: string }).code; }
+      throw new Error('expected a rejection');
+    }
+
+    it('returns undefined without decryption flags and an unwrapper otherwise', async () => {
+      expect(await keyUnwrapperFromOptions({})).to.equal(undefined);
+      const u = await keyUnwrapperFromOptions({ decryptWith: KEY });
+      expect(await u!.unwrap(pythonMembers().wrapped, pythonMembers().pub)).to.have.length(44);
+    });
+
+    it('asks for the passphrase of an encrypted key once, up front, when no file gives it', async () => {
+      let asked = 0;
+      const u = await keyUnwrapperFromOptions({ decryptWith: fixture('fixture-key.encrypted.pem'), promptPassphrase: async () => { asked++; return 'fixture-passphrase'; } });
+      expect(asked).to.equal(1);
+      expect(await u!.unwrap(pythonMembers().wrapped, pythonMembers().pub)).to.have.length(44);
+      expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: fixture('fixture-key.encrypted.pem'), promptPassphrase: async () => 'wrong' })))
+        .to.equal('USERPORT_DECRYPT_PASSPHRASE');
+      await keyUnwrapperFromOptions({ decryptWith: KEY, promptPassphrase: async () => { asked++; return 'x'; } });
+      expect(asked).to.equal(1);
+    });
+
+    it('validates the flags together, and opens the key before any input is read', async () => {
+      expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: KEY, gcpKmsConfig: 'x.json' }))).to.equal('USERPORT_OPTION_INVALID');
+      expect(await codeOf(keyUnwrapperFromOptions({ passphraseFile: fixture('fixture-key.passphrase') }))).to.equal('USERPORT_OPTION_INVALID');
+      expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: '' }))).to.equal('USERPORT_OPTION_INVALID');
+      expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: fixture('nope.pem') }))).to.equal('USERPORT_DECRYPT_KEY_INVALID');
+      expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: fixture('fixture-key.encrypted.pem'), promptPassphrase: null }))).to.equal('USERPORT_DECRYPT_PASSPHRASE');
+      expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: fixture('fixture-key.encrypted.pem'), passphraseFile: fixture('fixture-key.pub') })))
+        .to.equal('USERPORT_DECRYPT_PASSPHRASE');
+      expect(await codeOf(keyUnwrapperFromOptions({ gcpKmsConfig: fixture('nope.json') }))).to.equal('USERPORT_DECRYPT_KMS');
+    });
+  });
+
+  describe('interoperability with Python\'s cryptography', () => {
+    it('a tarball made by userport encrypt is decrypted by Python\'s Fernet, Sentry\'s way', async function () {
+      const reason = pythonWithCryptography();
+      if (reason) {
+        console.log(`      skipped: ${reason}`);
+        this.skip();
+      }
+      const t = tempDir();
+      try {
+        const tar = path.join(t.dir, 'ours.tar');
+        const plain = Buffer.concat([PLAINTEXT(), Buffer.from(crypto.randomBytes(50_000).toString('hex'))]);
+        fs.writeFileSync(path.join(t.dir, 'plain.json'), plain);
+        expect((await run(runEncryptCommand, ['--encrypt-with', PUB, path.join(t.dir, 'plain.json'), tar])).code).to.equal(0);
+        const py = spawnSync('python3', ['-c', PYTHON_DECRYPT, tar, KEY], { maxBuffer: 64 * 1024 * 1024 });
+        expect(py.stderr.toString()).to.equal('');
+        expect(py.status).to.equal(0);
+        expect(py.stdout.equals(plain)).to.equal(true);
+        // The same from stdin (spooled path), where the tar is assembled after the token.
+        const viaStdin = await run(runEncryptCommand, ['--encrypt-with', PUB, '-', '-'], plain);
+        fs.writeFileSync(tar, viaStdin.stdout);
+        const py2 = spawnSync('python3', ['-c', PYTHON_DECRYPT, tar, KEY], { maxBuffer: 64 * 1024 * 1024 });
+        expect(py2.status, py2.stderr.toString()).to.equal(0);
+        expect(py2.stdout.equals(plain)).to.equal(true);
+      } finally {
+        t.remove();
+      }
+    });
+  });
+});

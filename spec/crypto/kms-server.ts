@@ -1,0 +1,96 @@
+/**
+ * A local stand-in for Cloud KMS and Google's OAuth endpoints, on 127.0.0.1 only. It speaks the
+ * REST shapes userport uses: `:asymmetricDecrypt` (with crc32c fields), the JWT-bearer token
+ * grant, and the metadata server's token URL. `mode` makes it misbehave on purpose.
+ */
+import crypto, { type KeyObject } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { crc32c } from '../../lib/crypto/gcp-kms.js';
+
+export type KmsMode = 'ok' | 'bad-plaintext-crc' | 'unverified-ciphertext' | 'forbidden';
+
+export interface KmsServer {
+  url: string;
+  mode: KmsMode;
+  requests: { path: string; headers: http.IncomingHttpHeaders; body: string }[];
+  /** Service-account public key that signs JWT assertions (checked by the token endpoint). */
+  serviceAccountKey?: KeyObject;
+  close(): Promise<void>;
+}
+
+export async function startKmsServer(privateKey: KeyObject): Promise<KmsServer> {
+  const state: KmsServer = { url: '', mode: 'ok', requests: [], close: async () => undefined };
+  const server = http.createServer((req, res) => {
+    const parts: Buffer[] = [];
+    req.on('data', (c: Buffer) => parts.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(parts).toString('utf8');
+      state.requests.push({ path: req.url ?? '', headers: req.headers, body });
+      const send = (status: number, json: unknown) => {
+        res.writeHead(status, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(json));
+      };
+      const url = req.url ?? '';
+      if (url.endsWith(':asymmetricDecrypt') && req.method === 'POST') {
+        if (state.mode === 'forbidden' || req.headers.authorization === undefined) {
+          send(403, { error: { code: 403, message: 'Permission cloudkms.cryptoKeyVersions.useToDecrypt denied', status: 'PERMISSION_DENIED' } });
+          return;
+        }
+        const { ciphertext, ciphertextCrc32c } = JSON.parse(body) as { ciphertext: string; ciphertextCrc32c: string };
+        const ct = Buffer.from(ciphertext, 'base64');
+        const verified = Number(ciphertextCrc32c) === crc32c(ct) && state.mode !== 'unverified-ciphertext';
+        let plaintext: Buffer;
+        try {
+          plaintext = crypto.privateDecrypt({ key: privateKey, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, ct);
+        } catch {
+          send(400, { error: { code: 400, message: 'Decryption failed: the ciphertext is invalid.', status: 'INVALID_ARGUMENT' } });
+          return;
+        }
+        const crc = crc32c(plaintext) ^ (state.mode === 'bad-plaintext-crc' ? 1 : 0);
+        send(200, {
+          plaintext: plaintext.toString('base64'),
+          plaintextCrc32c: String(crc >>> 0),
+          verifiedCiphertextCrc32c: verified,
+          protectionLevel: 'SOFTWARE',
+        });
+        return;
+      }
+      if (url.endsWith('/publicKey') && req.method === 'GET') {
+        const pem = crypto.createPublicKey(privateKey).export({ type: 'spki', format: 'pem' }).toString();
+        const crc = crc32c(Buffer.from(pem)) ^ (state.mode === 'bad-plaintext-crc' ? 1 : 0);
+        send(200, { pem, algorithm: 'RSA_DECRYPT_OAEP_2048_SHA256', pemCrc32c: String(crc >>> 0), protectionLevel: 'SOFTWARE' });
+        return;
+      }
+      if (url === '/token' && req.method === 'POST') {
+        const form = new URLSearchParams(body);
+        if (form.get('grant_type') !== 'urn:ietf:params:oauth:grant-type:jwt-bearer') {
+          send(400, { error: 'unsupported_grant_type' });
+          return;
+        }
+        const [h, c, sig] = (form.get('assertion') ?? '').split('.');
+        const ok = state.serviceAccountKey !== undefined && crypto.verify('sha256', Buffer.from(`${h}.${c}`), state.serviceAccountKey, Buffer.from(sig ?? '', 'base64url'));
+        const claims = JSON.parse(Buffer.from(c ?? '', 'base64url').toString()) as { aud?: string; iss?: string };
+        if (!ok || claims.aud !== `${state.url}/token`) {
+          send(400, { error: 'invalid_grant', error_description: 'Invalid JWT Signature.' });
+          return;
+        }
+        send(200, { access_token: `sa-token-for-${claims.iss}`, expires_in: 3599, token_type: 'Bearer' });
+        return;
+      }
+      if (url === '/computeMetadata/v1/instance/service-accounts/default/token') {
+        if (req.headers['metadata-flavor'] !== 'Google') {
+          send(403, { error: 'missing Metadata-Flavor' });
+          return;
+        }
+        send(200, { access_token: 'metadata-token', expires_in: 3599, token_type: 'Bearer' });
+        return;
+      }
+      send(404, { error: { code: 404, message: `no route ${url}` } });
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  state.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  state.close = () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); });
+  return state;
+}

@@ -1,0 +1,200 @@
+/**
+ * Each object stage in isolation (the tokenizer has its own spec), and the sink's stream
+ * compliance: exactly one 'finish' on success, exactly one 'error' on failure, destroy() rolls
+ * back, and it works with pipeline() and finished().
+ */
+import { expect } from 'chai';
+import { Readable, finished } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import pg from 'pg';
+import { createUserFilter, parseUsernameList, scopeRecord, type FlowItem, type ScopedRecord } from '../lib/filter-users.js';
+import { createModelMapper, mapRecord, type StagedRow } from '../lib/map-models.js';
+import { STAGE_COLUMNS } from '../lib/models.js';
+import { copyLine, copyValue, createPgSink } from '../lib/pg-sink.js';
+import type { RawRecord } from '../lib/tokenize.js';
+import { collect, collectError } from './helpers/streams.js';
+import { freshDatabase, type TestDb } from './helpers/db.js';
+import { user, useroption } from './helpers/exports.js';
+
+const pos = { offset: 10, line: 2, column: 3, length: 50 };
+const raw = (ordinal: number, value: unknown): RawRecord => ({ ordinal, ...pos, value: value as Record<string, unknown> });
+const objects = <T>(items: T[]) => Readable.from(items, { objectMode: true });
+
+describe('parseUsernameList', () => {
+  it('splits on commas and newlines, trims, drops empties', () => {
+    expect(parseUsernameList(' alice, bob\n carol \r\n\n,dave,')).to.deep.equal(['alice', 'bob', 'carol', 'dave']);
+  });
+});
+
+describe('createUserFilter', () => {
+  it('passes user-scope records on, lower-cases model names, and turns other models into skip markers', async () => {
+    const out = await collect<FlowItem>(objects([raw(1, user(1, 'a')), raw(2, { model: 'Sentry.UserIP', pk: 1, fields: {} }),
+      raw(3, { model: 'SENTRY.USEREMAIL', pk: 1, fields: {} })]), createUserFilter());
+    expect(out.map((i) => [i.kind, i.model, i.ordinal])).to.deep.equal([['record', 'sentry.user', 1], ['skip', 'sentry.userip', 2], ['record', 'sentry.useremail', 3]]);
+  });
+
+  it('marks users not in the list as filtered (exact, case-sensitive match) and leaves other models alone', async () => {
+    const out = await collect<ScopedRecord>(objects([raw(1, user(1, 'alice')), raw(2, user(2, 'Alice')), raw(3, useroption(1, 2, 'k', 1))]),
+      createUserFilter({ usernames: ['alice'] }));
+    expect(out.map((r) => r.filtered)).to.deep.equal([false, true, false]);
+  });
+
+  it('fails on a bad envelope with its position, or passes a reject marker on when collecting rejects', async () => {
+    for (const bad of [{ pk: 1, fields: {} }, { model: 'sentry.user', pk: 'x', fields: {} }, { model: 'sentry.user', pk: 1, fields: [] }, { model: 'nodot', pk: 1, fields: {} }]) {
+      const err = await collectError(objects([raw(4, bad)]), createUserFilter());
+      expect(err.code).to.equal('USERPORT_RECORD_ENVELOPE');
+      expect(err.position).to.include({ ordinal: 4, offset: 10, line: 2, column: 3 });
+    }
+    const [marker] = await collect<FlowItem>(objects([raw(4, { model: 'sentry.user', fields: {} })]), createUserFilter({ collectRejects: true }));
+    expect(marker).to.include({ kind: 'reject', model: 'sentry.user', ordinal: 4 });
+  });
+
+  it('is a pure function underneath', () => {
+    expect(scopeRecord(raw(1, { model: 'sentry.team', pk: 1, fields: {} }), undefined)).to.include({ kind: 'skip', model: 'sentry.team' });
+  });
+});
+
+describe('createModelMapper', () => {
+  const scoped = (ordinal: number, rec: { model: string; pk: number; fields: Record<string, unknown> }, filtered = false): ScopedRecord =>
+    ({ kind: 'record', ordinal, ...pos, model: rec.model, pk: rec.pk, fields: rec.fields, filtered });
+
+  it('lays values out in staging-column order and lists unknown fields', () => {
+    const row = mapRecord(scoped(1, user(7, 'alice', { extra: 1 })));
+    const at = (c: string) => row.values[STAGE_COLUMNS.findIndex(([n]) => n === c)];
+    expect(row).to.include({ kind: 'row', model: 'sentry.user', code: 1, pk: 7, keep: true });
+    expect(at('username')).to.equal('alice');
+    expect(at('first_name')).to.equal('Name 7');
+    expect(at('date_joined')).to.equal('2023-06-22T22:59:55.488Z');
+    expect(at('user_pk')).to.equal(null);
+    expect(row.unknownFields).to.deep.equal(['extra']);
+    const opt = mapRecord(scoped(2, useroption(3, 7, 'tz', '"UTC"')));
+    expect(opt.values[STAGE_COLUMNS.findIndex(([n]) => n === 'opt_value')]).to.equal('"\\"UTC\\""');
+  });
+
+  it('stages a filtered user with its pk only, without validating it', () => {
+    const row = mapRecord(scoped(1, { model: 'sentry.user', pk: 3, fields: { username: 5 } }, true));
+    expect(row.keep).to.equal(false);
+    expect(row.values.every((v) => v === null)).to.equal(true);
+  });
+
+  it('accepts real calendar dates only', async () => {
+    for (const [d, ok] of [['2024-02-29T00:00:00Z', true], ['2023-02-29T00:00:00Z', false], ['2023-06-22T22:59:57.023Z', true],
+      ['2023-06-22', false], ['0000-01-01T00:00:00Z', false], ['2023-13-01T00:00:00Z', false], ['2023-06-22T24:00:00Z', false]] as const) {
+      const run = () => mapRecord(scoped(1, user(1, 'a', { date_joined: d })));
+      if (ok) expect(run, d).not.to.throw(); else expect(run, d).to.throw(/date_joined/);
+    }
+  });
+
+  it('passes markers through and fails (or rejects) invalid records with model, pk, ordinal and field', async () => {
+    const skip: FlowItem = { kind: 'skip', ordinal: 1, ...pos, model: 'sentry.team' };
+    const bad = scoped(2, user(9, 'a', { is_staff: 'yes' }));
+    const out = await collect<FlowItem | StagedRow>(objects([skip, bad]), createModelMapper({ collectRejects: true }));
+    expect(out.map((i) => i.kind)).to.deep.equal(['skip', 'reject']);
+    const err = await collectError(objects([bad]), createModelMapper());
+    expect(err.code).to.equal('USERPORT_RECORD_SCHEMA');
+    expect(err.position).to.include({ model: 'sentry.user', pk: 9, ordinal: 2, field: 'is_staff', offset: 10 });
+  });
+});
+
+describe('COPY encoding', () => {
+  it('escapes backslash, tab, newline and carriage return, and writes NULL as \\N', () => {
+    expect(copyValue('a\\b\tc\nd\re')).to.equal('a\\\\b\\tc\\nd\\re');
+    expect(copyValue('\\.')).to.equal('\\\\.');
+    expect(copyValue(null)).to.equal('\\N');
+    expect(copyValue(true)).to.equal('t');
+    expect(copyValue(12)).to.equal('12');
+    const row = mapRecord({ kind: 'record', ordinal: 1, ...pos, model: 'sentry.user', pk: 1, fields: user(1, 'a').fields, filtered: false });
+    expect(copyLine(5, row).split('\t')).to.have.length(8 + STAGE_COLUMNS.length);
+  });
+});
+
+describe('createPgSink', () => {
+  let db: TestDb;
+  let client: pg.Client;
+  beforeEach(async () => {
+    db = await freshDatabase();
+    client = new pg.Client({ connectionString: db.url });
+    await client.connect();
+  });
+  afterEach(async () => {
+    await client.end().catch(() => undefined);
+    await db.close();
+  });
+
+  const rows = (n: number): StagedRow[] => Array.from({ length: n }, (_, i) =>
+    mapRecord({ kind: 'record', ordinal: i + 1, ...pos, model: 'sentry.user', pk: i + 1, fields: user(i + 1, `u${i}`).fields, filtered: false }));
+
+  it('stages every row, runs finalize inside the transaction, then commits; emits finish exactly once', async () => {
+    let staged = -1;
+    const sink = createPgSink({
+      client, run: 1, transaction: 'whole',
+      finalize: async (c) => {
+        staged = (await c.query('SELECT count(*)::int AS n FROM userport_stage')).rows[0].n;
+        await c.query(`INSERT INTO auth_user (password, username) VALUES ('x', 'made-in-finalize')`);
+      },
+    });
+    let finishes = 0;
+    sink.on('finish', () => finishes++);
+    await pipeline(objects(rows(3000)), sink);
+    expect(staged).to.equal(3000);
+    expect(finishes).to.equal(1);
+    expect(await db.count('auth_user')).to.equal(1);
+    // The temp staging table went away with the transaction.
+    expect(await db.count('userport_stage')).to.equal(0);
+  });
+
+  it('rolls back when finalize fails, emitting error exactly once', async () => {
+    const sink = createPgSink({
+      client, run: 1, transaction: 'whole',
+      finalize: async (c) => {
+        await c.query(`INSERT INTO auth_user (password, username) VALUES ('x', 'y')`);
+        throw new Error('boom');
+      },
+    });
+    let errors = 0;
+    sink.on('error', () => errors++);
+    const err = await pipeline(objects(rows(10)), sink).catch((e) => e);
+    expect(err.message).to.include('boom');
+    expect(errors).to.equal(1);
+    expect(await db.count('auth_user')).to.equal(0);
+  });
+
+  it('on destroy() mid-COPY sends CopyFail and rolls back, leaving the connection usable', async () => {
+    let finalized = false;
+    const sink = createPgSink({ client, run: 1, transaction: 'whole', finalize: async () => { finalized = true; } });
+    const source = new Readable({ objectMode: true, read() {} });
+    for (const r of rows(2000)) source.push(r);
+    const done = new Promise<Error | null | undefined>((resolve) => finished(sink, (e) => resolve(e)));
+    source.pipe(sink);
+    await new Promise((r) => setTimeout(r, 200));
+    sink.destroy(new Error('stop'));
+    expect((await done)?.message).to.equal('stop');
+    expect(finalized).to.equal(false);
+    expect((await client.query('SELECT 1 AS ok')).rows[0].ok).to.equal(1);
+    expect((await client.query(`SELECT count(*)::int AS n FROM pg_class WHERE relname = 'userport_stage' AND relpersistence = 't'`)).rows[0].n).to.equal(0);
+  });
+
+  it('in batches mode commits rows with each checkpoint, and calls back only after the commit', async () => {
+    const seen: number[] = [];
+    const sink = createPgSink({
+      client, run: 1, transaction: 'batches', batchRows: 400,
+      checkpoint: async (c, last) => {
+        seen.push(last.ordinal);
+        // The batch's rows are visible inside its own transaction, before the commit.
+        expect((await c.query('SELECT count(*)::int AS n FROM userport_stage WHERE run = 1')).rows[0].n).to.be.at.least(last.ordinal);
+      },
+      finalize: async () => undefined,
+    });
+    await pipeline(objects(rows(1000)), sink);
+    expect(seen.length).to.be.at.least(2);
+    expect(seen[seen.length - 1]).to.equal(1000);
+    expect(await db.count('userport_stage', 'run = 1')).to.equal(1000);
+  });
+
+  it('validates its options up front, naming them', () => {
+    const finalize = async () => undefined;
+    expect(() => createPgSink({ client, run: 0, transaction: 'whole', finalize })).to.throw(/run must be an integer >= 1, got 0/);
+    expect(() => createPgSink({ client, run: 1, transaction: 'x' as 'whole', finalize })).to.throw(/transaction must be/);
+    expect(() => createPgSink({ client, run: 1, transaction: 'batches', batchRows: 0, finalize })).to.throw(/batchRows/);
+  });
+});
