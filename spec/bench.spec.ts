@@ -113,7 +113,7 @@ describe('benchmark', () => {
     before(async function () {
       this.timeout(120000);
       out = tmpDir();
-      results = await runBench({ sizes: [300], serverUrl: serverUrl(), workDir: out, smoke: true, django: false });
+      results = await runBench({ sizes: [300], serverUrl: serverUrl(), workDir: out, smoke: true, django: false, encrypted: true });
       fs.writeFileSync(path.join(out, 'results.json'), JSON.stringify(results));
     });
     after(() => fs.rmSync(out, { recursive: true, force: true }));
@@ -132,7 +132,15 @@ describe('benchmark', () => {
       expect(isSkipped(s.parseFloor)).to.equal(false);
       expect(s.parseFloor).to.include.keys('seconds', 'recordsPerSec', 'mbPerSec', 'peakRssBytes');
       expect(isSkipped(r.peers.django)).to.equal(true);
-      expect(isSkipped(s.encrypted)).to.equal(true);
+    });
+
+    it('imports the same export encrypted, writing the same rows', () => {
+      const s = results.sizes[0]!;
+      expect(isSkipped(s.encrypted), JSON.stringify(s.encrypted)).to.equal(false);
+      const e = s.encrypted as ImportMeasurement & { tarBytes: number };
+      expect(e.tarBytes).to.be.greaterThan(s.bytes);
+      expect(e.rows).to.deep.equal((s.userport as ImportMeasurement).rows);
+      expect(s.checks.find((c) => c.name === 'encrypted import rows equal plain import rows')?.ok).to.equal(true);
     });
 
     it('imports with userport and loads the same rows with COPY, every check passing', () => {

@@ -95,7 +95,7 @@ export interface BenchResults {
   finishedAt: string;
   seconds: number;
   machine: MachineInfo;
-  options: { sizes: number[]; seed: number; smoke: boolean; encrypted: boolean; collisionRate: number; importTimeoutSeconds: number | null };
+  options: { sizes: number[]; seed: number; smoke: boolean; encrypted: boolean; collisionRate: number; importTimeoutSeconds: number | null; encryptedSizes: number[] };
   sizes: SizeResult[];
   peers: { django: PeerResult | Skipped };
 }

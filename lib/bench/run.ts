@@ -35,6 +35,8 @@ export interface BenchOptions {
   smoke?: boolean;
   /** Measure encrypted input too (skipped with a reason unless lib/decrypt.ts works). @default false */
   encrypted?: boolean;
+  /** With `encrypted`: only for these sizes (an encrypted import costs as much as a plain one). @default every size */
+  encryptedSizes?: number[];
   /** Run Django's loaddata on the smallest size when available. @default true */
   django?: boolean;
   /** The userport CLI to run (`<node> <it> import users ...`). @default bin/userport.js of this package */
@@ -217,7 +219,7 @@ async function generateExport(file: string, users: number, seed: number, collisi
   return { counts: gen.counts, seconds: Number(process.hrtime.bigint() - started) / 1e9 };
 }
 
-function validate(o: BenchOptions): Required<Omit<BenchOptions, 'workDir' | 'log' | 'userportBin' | 'importTimeoutSeconds' | 'collisionRate'>> {
+function validate(o: BenchOptions): Required<Omit<BenchOptions, 'workDir' | 'log' | 'userportBin' | 'importTimeoutSeconds' | 'collisionRate' | 'encryptedSizes'>> {
   const sizes = o.sizes ?? DEFAULT_SIZES;
   if (!Array.isArray(sizes) || sizes.length === 0 || sizes.some((n) => !Number.isInteger(n) || n < 1)) {
     throw new OptionError(`sizes must be a non-empty list of integers >= 1, got ${JSON.stringify(sizes)}`);
@@ -301,8 +303,9 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       if (!o.keep) fs.rmSync(path.join(workDir, `copy-${users}`), { recursive: true, force: true });
     }
 
-    let encrypted: SizeResult['encrypted'] = isSkipped(kit) ? kit : { skipped: 'needs the userport import' };
-    if (!isSkipped(kit) && !isSkipped(runner)) {
+    const encryptThis = options.encryptedSizes === undefined || options.encryptedSizes.includes(users);
+    let encrypted: SizeResult['encrypted'] = isSkipped(kit) ? kit : !encryptThis ? { skipped: 'size not in --encrypted-sizes' } : { skipped: 'needs the userport import' };
+    if (!isSkipped(kit) && !isSkipped(runner) && encryptThis) {
       const tar = `${file}.tar`;
       log(`${users} users: encrypting, then importing the encrypted export`);
       const t0 = process.hrtime.bigint();
@@ -359,6 +362,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     options: {
       sizes: o.sizes, seed: o.seed, smoke: o.smoke, encrypted: o.encrypted,
       collisionRate: options.collisionRate ?? DEFAULT_COLLISION_RATE, importTimeoutSeconds: options.importTimeoutSeconds ?? null,
+      encryptedSizes: o.encrypted ? (options.encryptedSizes ?? o.sizes) : [],
     },
     sizes,
     peers: { django },
