@@ -53,8 +53,11 @@ export function formatTable(results: BenchResults): string {
     lines.push(`encrypted ${thousands(s.users)} users: ${fmt(e.seconds, 2)} s, ${thousands(e.recordsPerSec)} rec/s, ` +
       `${fmt(e.mbPerSec)} MB/s of plaintext, peak RSS ${mb(e.peakRssBytes)} MB`);
   }
-  const skippedEnc = results.sizes.find((s) => isSkipped(s.encrypted));
-  if (results.options.encrypted && skippedEnc && isSkipped(skippedEnc.encrypted)) lines.push(`encrypted input: skipped: ${skippedEnc.encrypted.skipped}`);
+  if (results.options.encrypted) {
+    for (const s of results.sizes) {
+      if (isSkipped(s.encrypted)) lines.push(`encrypted ${thousands(s.users)} users: skipped: ${s.encrypted.skipped}`);
+    }
+  }
   const d = results.peers.django;
   if (isSkipped(d)) lines.push(`Django loaddata peer: skipped: ${d.skipped}`);
   else {
