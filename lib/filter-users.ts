@@ -96,7 +96,7 @@ export function createUserFilter(options: UserFilterOptions = {}): Transform {
   const collect = options.collectRejects ?? false;
   return new Transform({
     objectMode: true,
-    highWaterMark: 256,
+    highWaterMark: 64,
     transform(raw: RawRecord, _enc: BufferEncoding, callback: TransformCallback) {
       let item: FlowItem;
       try {

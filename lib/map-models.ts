@@ -118,7 +118,7 @@ export function createModelMapper(options: ModelMapperOptions = {}): Transform {
   const collect = options.collectRejects ?? false;
   return new Transform({
     objectMode: true,
-    highWaterMark: 256,
+    highWaterMark: 64,
     transform(item: FlowItem, _enc: BufferEncoding, callback: TransformCallback) {
       if (item.kind !== 'record') return callback(null, item);
       try {

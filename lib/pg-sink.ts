@@ -155,7 +155,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
 
   return new Writable({
     objectMode: true,
-    highWaterMark: 512,
+    highWaterMark: 128,
     construct(callback) {
       if (!whole) return callback();
       (async () => {

@@ -392,7 +392,7 @@ export function createTokenizer(options: TokenizerOptions = {}): Transform & { s
   const splitter = new RecordSplitter(options);
   const stream = new Transform({
     readableObjectMode: true,
-    readableHighWaterMark: 256,
+    readableHighWaterMark: 64,
     transform(chunk: Buffer, _enc: BufferEncoding, callback: TransformCallback) {
       let records: RawRecord[];
       try {

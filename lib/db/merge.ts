@@ -43,6 +43,8 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   };
   const { run } = options;
   await q('SELECT pg_advisory_xact_lock($1)', [MERGE_LOCK_KEY]);
+  // The ORDER BY src_pk sorts of big imports spilled to disk at the default 4 MB.
+  await q(`SET LOCAL work_mem = '64MB'`);
   await q('ANALYZE userport_stage');
 
   // 1. A source pk may appear once per model.
@@ -171,6 +173,8 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
           LEFT JOIN up_user u ON u.src_pk = s.user_pk
         WHERE s.run = $1 AND s.model = ${code}
       ) x`, [run]);
+    // Fresh statistics: without them the planner guesses a few hundred rows for any size.
+    await q(`ANALYZE ${table}`);
   }
   const ue = await q(`
     INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified)
