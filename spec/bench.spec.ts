@@ -9,7 +9,7 @@ import { dumpTables, IMPORTED_TABLES, loadTables } from '../lib/bench/copy-floor
 import { parseFloor } from '../lib/bench/parse-floor.js';
 import { formatTable, renderChart } from '../lib/bench/report.js';
 import { isSkipped, type BenchResults, type CopyFloorMeasurement, type ImportMeasurement } from '../lib/bench/results.js';
-import { expectedRows, runBench } from '../lib/bench/run.js';
+import { expectedRows, runBench, shebangNodeFlags } from '../lib/bench/run.js';
 import { createExportGenerator } from '../lib/generate.js';
 import { freshDatabase, serverUrl } from './helpers/db.js';
 
@@ -103,6 +103,23 @@ describe('benchmark', () => {
         fs.rmSync(dir, { recursive: true, force: true });
         await src.close();
         await dst.close();
+      }
+    });
+  });
+
+  describe('shebangNodeFlags', () => {
+    it('reads the Node flags of a launcher\'s shebang, so the import runs as users run it', () => {
+      const dir = tmpDir();
+      try {
+        const f = path.join(dir, 'x.js');
+        fs.writeFileSync(f, '#!/usr/bin/env -S node --max-semi-space-size=4 --max-old-space-size=192\nconsole.log(1)\n');
+        expect(shebangNodeFlags(f)).to.deep.equal(['--max-semi-space-size=4', '--max-old-space-size=192']);
+        fs.writeFileSync(f, '#!/usr/bin/env node\n');
+        expect(shebangNodeFlags(f)).to.deep.equal([]);
+        fs.writeFileSync(f, 'console.log(1)\n');
+        expect(shebangNodeFlags(f)).to.deep.equal([]);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
       }
     });
   });

@@ -85,9 +85,22 @@ function importRunner(bin: string | undefined): ImportRunner | Skipped {
   return { skipped: 'the import is not built (neither dist/pipelines/cli.js nor dist/lib/import.js exists)' };
 }
 
+/**
+ * The Node flags in the launcher's shebang (`#!/usr/bin/env -S node --max-old-space-size=192 ...`).
+ * Users run the launcher directly and get them; the benchmark runs it with this Node binary and
+ * must pass them itself, or it measures a differently tuned process.
+ */
+export function shebangNodeFlags(bin: string): string[] {
+  const first = fs.readFileSync(bin, 'utf8').split('\n', 1)[0] ?? '';
+  if (!first.startsWith('#!')) return [];
+  const words = first.slice(2).trim().split(/\s+/);
+  const node = words.findIndex((w) => w === 'node' || w.endsWith('/node'));
+  return node < 0 ? [] : words.slice(node + 1).filter((w) => w.startsWith('--'));
+}
+
 function importCommand(runner: ImportRunner, file: string, url: string, privateKeyFile: string | undefined): string[] {
   if (runner.kind === 'cli') {
-    return [runner.bin, 'import', 'users', file, '--database-url', url, '--json', '--no-progress',
+    return [...shebangNodeFlags(runner.bin), runner.bin, 'import', 'users', file, '--database-url', url, '--json', '--no-progress',
       ...(privateKeyFile ? ['--decrypt-with', privateKeyFile] : [])];
   }
   const imp = pathToFileURL(runner.module).href;
@@ -125,7 +138,8 @@ async function runImport(runner: ImportRunner, file: string, url: string, privat
     mbPerSec: bytes / MB / run.seconds,
     peakRssBytes: run.peakRssBytes,
     rssSource: run.rssSource,
-    via: runner.kind === 'cli' ? 'bin/userport.js import users' : 'importUsers() in a child process (the CLI is not built yet)',
+    via: runner.kind === 'cli' ? `node ${[...shebangNodeFlags(runner.bin), 'bin/userport.js'].join(' ')} import users`
+      : 'importUsers() in a child process (the CLI is not built yet)',
     rows: await countRows(url, IMPORTED_TABLES),
     summary: parseSummary(run.stdout),
   };
