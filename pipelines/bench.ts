@@ -1,6 +1,7 @@
 /**
  * `npm run bench [-- --sizes 10000,100000,1000000] [--keep] [--encrypted] [--smoke]
- *  [--database-url URL] [--out DIR] [--work-dir DIR] [--no-django]`
+ *  [--database-url URL] [--out DIR] [--work-dir DIR] [--no-django] [--import-timeout SEC] [--collision-rate R]
+ *  [--encrypted-sizes N,M]`
  *
  * Measures userport against the COPY floor, the parse floor and Django's loaddata (lib/bench/),
  * prints a table and writes `<out>/results.json` and `<out>/chart.svg`. Without --database-url it
@@ -17,7 +18,7 @@ import { renderChart, formatTable } from '../lib/bench/report.js';
 import { DEFAULT_SIZES, runBench } from '../lib/bench/run.js';
 
 const USAGE = 'usage: npm run bench -- [--sizes 10000,100000,1000000] [--seed N] [--keep] [--encrypted] [--smoke] ' +
-  '[--database-url URL] [--out DIR] [--work-dir DIR] [--no-django]';
+  '[--database-url URL] [--out DIR] [--work-dir DIR] [--no-django] [--import-timeout SEC] [--collision-rate R] [--encrypted-sizes N,M]';
 const SMOKE_SIZES = [500];
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -36,6 +37,9 @@ export async function main(argv: string[]): Promise<number> {
         out: { type: 'string' },
         'work-dir': { type: 'string' },
         'no-django': { type: 'boolean', default: false },
+        'import-timeout': { type: 'string' },
+        'collision-rate': { type: 'string' },
+        'encrypted-sizes': { type: 'string' },
         help: { type: 'boolean', default: false },
       },
       strict: true,
@@ -65,6 +69,9 @@ export async function main(argv: string[]): Promise<number> {
     const results = await runBench({
       sizes, serverUrl, workDir, seed: Number(values.seed), keep: values.keep, smoke: values.smoke,
       encrypted: values.encrypted, django: !values['no-django'],
+      ...(values['import-timeout'] ? { importTimeoutSeconds: Number(values['import-timeout']) } : {}),
+      ...(values['collision-rate'] ? { collisionRate: Number(values['collision-rate']) } : {}),
+      ...(values['encrypted-sizes'] ? { encrypted: true, encryptedSizes: values['encrypted-sizes'].split(',').map((s) => Number(s.trim().replace(/_/g, ''))) } : {}),
       log: (line) => process.stderr.write(`${line}\n`),
     });
     fs.mkdirSync(out, { recursive: true });

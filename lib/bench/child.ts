@@ -28,7 +28,7 @@ export interface MeasuredRun {
 export interface RunOptions {
   env?: NodeJS.ProcessEnv;
   cwd?: string;
-  /** Kill the process after this many ms. @default no limit */
+  /** Kill the process (and its process group) after this many ms. @default no limit */
   timeoutMs?: number;
 }
 
@@ -40,7 +40,8 @@ export async function runMeasured(command: string, args: string[], options: RunO
   const timeFile = useTime ? path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'userport-time-')), 'rss') : '';
   const [cmd, argv] = useTime ? [TIME, ['-f', '%M', '-o', timeFile, command, ...args]] : [command, args];
   const started = process.hrtime.bigint();
-  const child = spawn(cmd, argv, { env: options.env ?? process.env, cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Its own process group, so a timeout kills the measured process and not only /usr/bin/time.
+  const child = spawn(cmd, argv, { env: options.env ?? process.env, cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
@@ -56,7 +57,9 @@ export async function runMeasured(command: string, args: string[], options: RunO
       if (m) polled = Math.max(polled, Number(m[1]) * 1024);
     } catch { /* exited between polls */ }
   }, 20);
-  const timer = options.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), options.timeoutMs) : undefined;
+  const timer = options.timeoutMs ? setTimeout(() => {
+    try { process.kill(-child.pid!, 'SIGKILL'); } catch { child.kill('SIGKILL'); }
+  }, options.timeoutMs) : undefined;
   const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
     child.on('error', reject);
     child.on('close', (c, s) => resolve([c, s]));

@@ -30,7 +30,7 @@ export async function freshDatabase(serverUrl: string, name: string, migrated = 
   });
   const url = databaseUrl(serverUrl, name);
   if (migrated) {
-    const knex = createKnex(url, 1);
+    const knex = createKnex(url, 2); // migrate() holds one connection for its lock
     try {
       await migrate(knex);
     } finally {

@@ -53,8 +53,11 @@ export function formatTable(results: BenchResults): string {
     lines.push(`encrypted ${thousands(s.users)} users: ${fmt(e.seconds, 2)} s, ${thousands(e.recordsPerSec)} rec/s, ` +
       `${fmt(e.mbPerSec)} MB/s of plaintext, peak RSS ${mb(e.peakRssBytes)} MB`);
   }
-  const skippedEnc = results.sizes.find((s) => isSkipped(s.encrypted));
-  if (results.options.encrypted && skippedEnc && isSkipped(skippedEnc.encrypted)) lines.push(`encrypted input: skipped: ${skippedEnc.encrypted.skipped}`);
+  if (results.options.encrypted) {
+    for (const s of results.sizes) {
+      if (isSkipped(s.encrypted)) lines.push(`encrypted ${thousands(s.users)} users: skipped: ${s.encrypted.skipped}`);
+    }
+  }
   const d = results.peers.django;
   if (isSkipped(d)) lines.push(`Django loaddata peer: skipped: ${d.skipped}`);
   else {
@@ -138,9 +141,11 @@ function panel(x0: number, y0: number, w: number, h: number, title: string, yLab
     for (const [x, y] of pts) {
       out.push(`<circle cx="${px(x).toFixed(1)}" cy="${py(y).toFixed(1)}" r="3.5" fill="${s.color}"><title>${esc(s.name)}: ${shortNumber(y)}</title></circle>`);
     }
-    const ly = y0 + 14 + k * 16;
-    out.push(`<line x1="${x0 + 10}" x2="${x0 + 30}" y1="${ly}" y2="${ly}" stroke="${s.color}" stroke-width="2"${s.dash ? ` stroke-dasharray="${s.dash}"` : ''}/>`);
-    out.push(`<text x="${x0 + 36}" y="${ly}" dominant-baseline="middle" font-size="11">${esc(s.name)}</text>`);
+    // Legend below the axis title, two entries per row: inside the plot it would hide points.
+    const lx = x0 + (k % 2) * (w / 2);
+    const ly = y0 + h + 54 + Math.floor(k / 2) * 16;
+    out.push(`<line x1="${lx}" x2="${lx + 20}" y1="${ly}" y2="${ly}" stroke="${s.color}" stroke-width="2"${s.dash ? ` stroke-dasharray="${s.dash}"` : ''}/>`);
+    out.push(`<text x="${lx + 26}" y="${ly}" dominant-baseline="middle" font-size="11">${esc(s.name)}</text>`);
   });
   return out.join('\n');
 }
@@ -175,7 +180,9 @@ export function renderChart(results: BenchResults): string {
     if (d.peakRssBytes) rss.push({ name: 'Django loaddata', color: '#d62728', points: [[d.users, d.peakRssBytes / MB]] });
   }
   const W = 960;
-  const H = 440;
+  // Measurements that could not be taken are said under the plots, not silently missing.
+  const notes = sizes.flatMap((s) => (isSkipped(s.userport) ? [`userport at ${shortNumber(s.users)} users: ${s.userport.skipped}`] : []));
+  const H = 480 + notes.length * 16;
   const m = results.machine;
   const caption = `${m.cpus} x ${m.cpuModel}, PostgreSQL ${m.postgres}, Node ${m.node}; ${results.finishedAt.slice(0, 10)}`;
   return [
@@ -183,6 +190,7 @@ export function renderChart(results: BenchResults): string {
     `<rect width="${W}" height="${H}" fill="white"/>`,
     panel(80, 50, 360, 300, 'Throughput (records/s, log)', 'records/s', xs, throughput),
     panel(580, 50, 360, 300, 'Peak RSS (MB, log)', 'MB', xs, rss),
+    ...notes.map((n, k) => `<text x="${W / 2}" y="${458 + k * 16}" text-anchor="middle" font-size="11" fill="#b00">${esc(n)}</text>`),
     `<text x="${W / 2}" y="${H - 12}" text-anchor="middle" font-size="11" fill="#555">${esc(caption)}</text>`,
     '</svg>',
     '',

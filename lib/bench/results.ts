@@ -25,6 +25,8 @@ export interface ImportMeasurement {
   /** Peak resident set size of the importing process. */
   peakRssBytes: number | null;
   rssSource: string;
+  /** How the import was run. */
+  via: string;
   /** Rows in the target tables after the import. */
   rows: Record<string, number>;
   /** The import's `--json` summary, as printed. */
@@ -93,7 +95,7 @@ export interface BenchResults {
   finishedAt: string;
   seconds: number;
   machine: MachineInfo;
-  options: { sizes: number[]; seed: number; smoke: boolean; encrypted: boolean };
+  options: { sizes: number[]; seed: number; smoke: boolean; encrypted: boolean; collisionRate: number; importTimeoutSeconds: number | null; encryptedSizes: number[] };
   sizes: SizeResult[];
   peers: { django: PeerResult | Skipped };
 }

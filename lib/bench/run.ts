@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { createExportGenerator, type GenerateCounts } from '../generate.js';
+import { createExportGenerator, DEFAULT_COLLISION_RATE, type GenerateCounts } from '../generate.js';
 import { OptionError } from '../errors.js';
 import { runMeasured, type MeasuredRun } from './child.js';
 import { dumpTables, IMPORTED_TABLES, loadTables } from './copy-floor.js';
@@ -35,10 +35,16 @@ export interface BenchOptions {
   smoke?: boolean;
   /** Measure encrypted input too (skipped with a reason unless lib/decrypt.ts works). @default false */
   encrypted?: boolean;
+  /** With `encrypted`: only for these sizes (an encrypted import costs as much as a plain one). @default every size */
+  encryptedSizes?: number[];
   /** Run Django's loaddata on the smallest size when available. @default true */
   django?: boolean;
   /** The userport CLI to run (`<node> <it> import users ...`). @default bin/userport.js of this package */
   userportBin?: string;
+  /** Kill an import still running after this many seconds and record it as not finished. @default no limit */
+  importTimeoutSeconds?: number;
+  /** Generator collision rate (see GenerateOptions.collisionRate). @default the generator's default */
+  collisionRate?: number;
   /** Progress lines. @default nothing */
   log?: (line: string) => void;
 }
@@ -64,13 +70,46 @@ function tail(s: string, lines = 3): string {
   return s.trim().split('\n').slice(-lines).join(' | ');
 }
 
-/** Why the userport import cannot run, or undefined. */
-function importUnavailable(bin: string): string | undefined {
-  if (!fs.existsSync(bin)) return `${bin} does not exist`;
-  if (bin === path.join(PACKAGE_ROOT, 'bin', 'userport.js') && !fs.existsSync(path.join(PACKAGE_ROOT, 'dist', 'pipelines', 'cli.js'))) {
-    return 'the import CLI is not built (dist/pipelines/cli.js is missing: the import is not merged yet)';
+/**
+ * How the import is run: the CLI (`bin/userport.js import users ...`) when it is built, else the
+ * library entry `importUsers` from a one-line script, so figures exist before the CLI lands.
+ * Either way it is a separate Node process.
+ */
+type ImportRunner = { kind: 'cli'; bin: string } | { kind: 'library'; module: string };
+
+function importRunner(bin: string | undefined): ImportRunner | Skipped {
+  if (bin !== undefined) return fs.existsSync(bin) ? { kind: 'cli', bin } : { skipped: `${bin} does not exist` };
+  if (fs.existsSync(path.join(PACKAGE_ROOT, 'dist', 'pipelines', 'cli.js'))) return { kind: 'cli', bin: path.join(PACKAGE_ROOT, 'bin', 'userport.js') };
+  const module = path.join(PACKAGE_ROOT, 'dist', 'lib', 'import.js');
+  if (fs.existsSync(module)) return { kind: 'library', module };
+  return { skipped: 'the import is not built (neither dist/pipelines/cli.js nor dist/lib/import.js exists)' };
+}
+
+/**
+ * The Node flags in the launcher's shebang (`#!/usr/bin/env -S node --max-old-space-size=192 ...`).
+ * Users run the launcher directly and get them; the benchmark runs it with this Node binary and
+ * must pass them itself, or it measures a differently tuned process.
+ */
+export function shebangNodeFlags(bin: string): string[] {
+  const first = fs.readFileSync(bin, 'utf8').split('\n', 1)[0] ?? '';
+  if (!first.startsWith('#!')) return [];
+  const words = first.slice(2).trim().split(/\s+/);
+  const node = words.findIndex((w) => w === 'node' || w.endsWith('/node'));
+  return node < 0 ? [] : words.slice(node + 1).filter((w) => w.startsWith('--'));
+}
+
+function importCommand(runner: ImportRunner, file: string, url: string, privateKeyFile: string | undefined): string[] {
+  if (runner.kind === 'cli') {
+    return [...shebangNodeFlags(runner.bin), runner.bin, 'import', 'users', file, '--database-url', url, '--json', '--no-progress',
+      ...(privateKeyFile ? ['--decrypt-with', privateKeyFile] : [])];
   }
-  return undefined;
+  const imp = pathToFileURL(runner.module).href;
+  const dec = pathToFileURL(path.join(PACKAGE_ROOT, 'dist', 'lib', 'decrypt.js')).href;
+  const script = `const { importUsers } = await import(${JSON.stringify(imp)});
+const [source, databaseUrl, key] = process.argv.slice(1);
+const decrypt = key ? (await import(${JSON.stringify(dec)})).createLocalKeyUnwrapper({ privateKeyPath: key }) : undefined;
+process.stdout.write(JSON.stringify(await importUsers({ source, databaseUrl, ...(decrypt ? { decrypt } : {}) })));`;
+  return ['--input-type=module', '-e', script, file, url, ...(privateKeyFile ? [privateKeyFile] : [])];
 }
 
 function parseSummary(stdout: string): unknown {
@@ -85,8 +124,13 @@ function parseSummary(stdout: string): unknown {
   }
 }
 
-async function runImport(bin: string, file: string, url: string, extra: string[], records: number, bytes: number): Promise<ImportMeasurement | Skipped> {
-  const run: MeasuredRun = await runMeasured(process.execPath, [bin, 'import', 'users', file, '--database-url', url, '--json', '--no-progress', ...extra]);
+async function runImport(runner: ImportRunner, file: string, url: string, privateKeyFile: string | undefined, records: number, bytes: number,
+  timeoutSeconds: number | undefined): Promise<ImportMeasurement | Skipped> {
+  const run: MeasuredRun = await runMeasured(process.execPath, importCommand(runner, file, url, privateKeyFile),
+    timeoutSeconds ? { timeoutMs: timeoutSeconds * 1000 } : {});
+  if (run.signal === 'SIGKILL' && timeoutSeconds && run.seconds >= timeoutSeconds) {
+    return { skipped: `did not finish within ${timeoutSeconds} s (killed; --import-timeout)` };
+  }
   if (run.code !== 0) return { skipped: `userport import exited with ${run.code ?? run.signal}: ${tail(run.stderr || run.stdout)}` };
   return {
     seconds: run.seconds,
@@ -94,6 +138,8 @@ async function runImport(bin: string, file: string, url: string, extra: string[]
     mbPerSec: bytes / MB / run.seconds,
     peakRssBytes: run.peakRssBytes,
     rssSource: run.rssSource,
+    via: runner.kind === 'cli' ? `node ${[...shebangNodeFlags(runner.bin), 'bin/userport.js'].join(' ')} import users`
+      : 'importUsers() in a child process (the CLI is not built yet)',
     rows: await countRows(url, IMPORTED_TABLES),
     summary: parseSummary(run.stdout),
   };
@@ -180,20 +226,23 @@ export function expectedRows(counts: GenerateCounts): Record<string, number> {
   };
 }
 
-async function generateExport(file: string, users: number, seed: number): Promise<{ counts: GenerateCounts; seconds: number }> {
+async function generateExport(file: string, users: number, seed: number, collisionRate: number | undefined): Promise<{ counts: GenerateCounts; seconds: number }> {
   const started = process.hrtime.bigint();
-  const gen = createExportGenerator({ users, seed });
+  const gen = createExportGenerator({ users, seed, ...(collisionRate === undefined ? {} : { collisionRate }) });
   await pipeline(gen, fs.createWriteStream(file));
   return { counts: gen.counts, seconds: Number(process.hrtime.bigint() - started) / 1e9 };
 }
 
-function validate(o: BenchOptions): Required<Omit<BenchOptions, 'workDir' | 'log' | 'userportBin'>> {
+function validate(o: BenchOptions): Required<Omit<BenchOptions, 'workDir' | 'log' | 'userportBin' | 'importTimeoutSeconds' | 'collisionRate' | 'encryptedSizes'>> {
   const sizes = o.sizes ?? DEFAULT_SIZES;
   if (!Array.isArray(sizes) || sizes.length === 0 || sizes.some((n) => !Number.isInteger(n) || n < 1)) {
     throw new OptionError(`sizes must be a non-empty list of integers >= 1, got ${JSON.stringify(sizes)}`);
   }
   if (typeof o.serverUrl !== 'string' || !/^postgres(ql)?:\/\//.test(o.serverUrl)) {
     throw new OptionError(`serverUrl must be a postgresql:// URL, got ${JSON.stringify(o.serverUrl)}`);
+  }
+  if (o.importTimeoutSeconds !== undefined && !(o.importTimeoutSeconds > 0)) {
+    throw new OptionError(`importTimeoutSeconds must be a number > 0, got ${String(o.importTimeoutSeconds)}`);
   }
   return {
     sizes: [...sizes].sort((a, b) => a - b),
@@ -215,8 +264,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const ownWorkDir = options.workDir === undefined;
   const workDir = options.workDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'userport-bench-'));
   fs.mkdirSync(workDir, { recursive: true });
-  const bin = options.userportBin ?? path.join(PACKAGE_ROOT, 'bin', 'userport.js');
-  const noImport = importUnavailable(bin);
+  const runner = importRunner(options.userportBin);
   const machine = machineInfo(await serverVersion(o.serverUrl));
   const kit = o.encrypted ? await encryptionKit(workDir) : { skipped: 'not requested (--encrypted)' };
   if (o.encrypted && isSkipped(kit)) log(`encrypted input: skipped: ${kit.skipped}`);
@@ -228,7 +276,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   for (const users of o.sizes) {
     const file = path.join(workDir, `users-${users}.json`);
     log(`${users} users: generating ${file}`);
-    const gen = await generateExport(file, users, o.seed);
+    const gen = await generateExport(file, users, o.seed, options.collisionRate);
     const records = Object.values(gen.counts.records).reduce((a, b) => a + b, 0);
     const bytes = gen.counts.bytes;
     log(`${users} users: ${records} records, ${(bytes / MB).toFixed(0)} MB in ${gen.seconds.toFixed(1)} s; parse floor`);
@@ -237,15 +285,17 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     let userport: ImportMeasurement | Skipped;
     const importDb = `bench_import_${users}_${tag}`;
     const copyDb = `bench_copy_${users}_${tag}`;
-    if (noImport) userport = { skipped: noImport };
+    if (isSkipped(runner)) userport = runner;
     else {
-      log(`${users} users: userport import`);
-      userport = await runImport(bin, file, await freshDatabase(o.serverUrl, importDb), [], records, bytes);
+      log(`${users} users: userport import (${runner.kind})`);
+      userport = await runImport(runner, file, await freshDatabase(o.serverUrl, importDb), undefined, records, bytes, options.importTimeoutSeconds);
+      if (isSkipped(userport)) log(`${users} users: ${userport.skipped}`);
     }
 
     let copyFloor: SizeResult['copyFloor'] = { skipped: 'needs the rows of a userport import' };
     const checks: Check[] = [];
     checks.push(countsCheck('parse floor found every generated record', records, parsed));
+    if (!isSkipped(runner)) checks.push(countsCheck('userport import finished', 'finished', isSkipped(userport) ? userport.skipped : 'finished'));
     if (!isSkipped(userport)) {
       log(`${users} users: COPY floor`);
       const dumps = await dumpTables(databaseUrl(o.serverUrl, importDb), path.join(workDir, `copy-${users}`));
@@ -262,18 +312,21 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       const expected = expectedRows(gen.counts);
       for (const t of IMPORTED_TABLES) checks.push(countsCheck(`${t} rows`, expected[t], userport.rows[t]));
       checks.push(countsCheck('COPY floor rows equal userport rows', userport.rows, loaded.rows));
+      const renamed = (userport.summary as { models?: Record<string, { renamed?: number }> } | null)?.models?.['sentry.user']?.renamed;
+      if (renamed !== undefined) checks.push(countsCheck('renamed users equal case-insensitive username collisions', gen.counts.usernameCollisions, renamed));
       if (!o.keep) fs.rmSync(path.join(workDir, `copy-${users}`), { recursive: true, force: true });
     }
 
-    let encrypted: SizeResult['encrypted'] = isSkipped(kit) ? kit : { skipped: 'needs the userport import' };
-    if (!isSkipped(kit) && !noImport) {
+    const encryptThis = options.encryptedSizes === undefined || options.encryptedSizes.includes(users);
+    let encrypted: SizeResult['encrypted'] = isSkipped(kit) ? kit : !encryptThis ? { skipped: 'size not in --encrypted-sizes' } : { skipped: 'needs the userport import' };
+    if (!isSkipped(kit) && !isSkipped(runner) && encryptThis) {
       const tar = `${file}.tar`;
       log(`${users} users: encrypting, then importing the encrypted export`);
       const t0 = process.hrtime.bigint();
       await kit.encrypt(file, tar);
       const encryptSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
       const encDb = `bench_enc_${users}_${tag}`;
-      const m = await runImport(bin, tar, await freshDatabase(o.serverUrl, encDb), ['--decrypt-with', kit.privateKeyFile], records, bytes);
+      const m = await runImport(runner, tar, await freshDatabase(o.serverUrl, encDb), kit.privateKeyFile, records, bytes, options.importTimeoutSeconds);
       encrypted = isSkipped(m) ? m : { ...m, tarBytes: fs.statSync(tar).size, encryptSeconds };
       if (!isSkipped(m)) checks.push(countsCheck('encrypted import rows equal plain import rows', isSkipped(userport) ? null : userport.rows, m.rows));
       if (!o.keep) { fs.rmSync(tar, { force: true }); await dropDatabase(o.serverUrl, encDb); }
@@ -320,7 +373,11 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     finishedAt: finishedAt.toISOString(),
     seconds: Number(process.hrtime.bigint() - started) / 1e9,
     machine,
-    options: { sizes: o.sizes, seed: o.seed, smoke: o.smoke, encrypted: o.encrypted },
+    options: {
+      sizes: o.sizes, seed: o.seed, smoke: o.smoke, encrypted: o.encrypted,
+      collisionRate: options.collisionRate ?? DEFAULT_COLLISION_RATE, importTimeoutSeconds: options.importTimeoutSeconds ?? null,
+      encryptedSizes: o.encrypted ? (options.encryptedSizes ?? o.sizes) : [],
+    },
     sizes,
     peers: { django },
   };

@@ -1,0 +1,203 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { expect } from 'chai';
+import pg from 'pg';
+import { runMeasured } from '../lib/bench/child.js';
+import { dumpTables, IMPORTED_TABLES, loadTables } from '../lib/bench/copy-floor.js';
+import { parseFloor } from '../lib/bench/parse-floor.js';
+import { formatTable, renderChart } from '../lib/bench/report.js';
+import { isSkipped, type BenchResults, type CopyFloorMeasurement, type ImportMeasurement } from '../lib/bench/results.js';
+import { expectedRows, runBench, shebangNodeFlags } from '../lib/bench/run.js';
+import { createExportGenerator } from '../lib/generate.js';
+import { freshDatabase, serverUrl } from './helpers/db.js';
+
+function tmpDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'userport-bench-spec-'));
+}
+
+describe('benchmark', () => {
+  describe('runMeasured', () => {
+    it('reports the exit code, output and the peak RSS of the child alone', async () => {
+      const alloc = await runMeasured(process.execPath, ['-e', 'const b = Buffer.alloc(150e6, 1); console.log(b[7]); process.exit(3)']);
+      expect(alloc.code).to.equal(3);
+      expect(alloc.stdout.trim()).to.equal('1');
+      expect(alloc.peakRssBytes).to.be.a('number');
+      expect(alloc.peakRssBytes!).to.be.greaterThan(150e6);
+      const small = await runMeasured(process.execPath, ['-e', '0']);
+      expect(small.code).to.equal(0);
+      expect(small.peakRssBytes!).to.be.lessThan(alloc.peakRssBytes!);
+    });
+
+    it('kills the whole process group on timeout', async () => {
+      const started = Date.now();
+      // The grandchild would keep the pipes open (and run on) if only the direct child were killed.
+      const r = await runMeasured('/bin/sh', ['-c', 'sleep 30 & sleep 30; wait'], { timeoutMs: 300 });
+      expect(r.code).to.equal(null);
+      expect(Date.now() - started).to.be.lessThan(20000);
+    });
+  });
+
+  describe('parseFloor', () => {
+    it('finds every record, across chunk boundaries, with braces and escaped quotes inside strings', async () => {
+      const dir = tmpDir();
+      try {
+        const tricky = { model: 'x.y', pk: 1, fields: { s: 'a "quoted" {brace} [bracket] \\ back\\\\slash \\"', u: 'Zoë 李', n: [1, { a: [] }] } };
+        const records = [];
+        for (let k = 0; k < 6000; k++) records.push({ ...tricky, pk: k });
+        const file = path.join(dir, 'x.json');
+        fs.writeFileSync(file, JSON.stringify(records, null, 2));
+        const r = await parseFloor(file);
+        expect(r.records).to.equal(6000);
+        expect(r.models).to.deep.equal({ 'x.y': 6000 });
+        expect(r.bytes).to.equal(fs.statSync(file).size);
+        fs.writeFileSync(file, JSON.stringify(records).slice(0, -20));
+        let err: unknown;
+        try { await parseFloor(file); } catch (e) { err = e; }
+        expect(err).to.be.instanceOf(Error);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('counts the generator\'s records per model', async () => {
+      const dir = tmpDir();
+      try {
+        const file = path.join(dir, 'g.json');
+        const gen = createExportGenerator({ users: 1000, seed: 4 });
+        await pipeline(gen, fs.createWriteStream(file));
+        expect((await parseFloor(file)).models).to.deep.equal(gen.counts.records);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  });
+
+  describe('COPY floor', () => {
+    it('loads exactly the dumped rows into an empty copy of the schema, constraints enforced', async () => {
+      const src = await freshDatabase();
+      const dst = await freshDatabase();
+      const dir = tmpDir();
+      try {
+        await src.knex.raw(`INSERT INTO auth_user (id, password, username, email)
+          SELECT g, 'x', 'user' || g, 'user' || g || '@example.com' FROM generate_series(1, 500) g`);
+        await src.knex.raw(`INSERT INTO sentry_email (email) SELECT 'user' || g || '@example.com' FROM generate_series(1, 500) g`);
+        await src.knex.raw(`INSERT INTO sentry_useremail (user_id, email, validation_hash) SELECT g, 'user' || g || '@example.com', 'h' FROM generate_series(1, 500) g`);
+        await src.knex.raw(`INSERT INTO sentry_useroption (user_id, key, value) SELECT g, 'timezone', '"UTC"' FROM generate_series(1, 500) g`);
+        await src.knex.raw(`INSERT INTO sentry_lostpasswordhash (user_id, hash) SELECT g, md5(g::text) FROM generate_series(1, 250) g`);
+        const dumps = await dumpTables(src.url, dir);
+        expect(dumps.map((d) => d.table)).to.deep.equal([...IMPORTED_TABLES]);
+        const loaded = await loadTables(dst.url, dumps);
+        expect(loaded.rows).to.deep.equal({ auth_user: 500, sentry_email: 500, sentry_useremail: 500, sentry_useroption: 500, sentry_lostpasswordhash: 250 });
+        for (const t of IMPORTED_TABLES) expect(await dst.count(t), t).to.equal(loaded.rows[t]);
+        const { rows } = await dst.knex.raw('SELECT username FROM auth_user WHERE id = 42');
+        expect(rows[0].username).to.equal('user42');
+        // Loading the same rows again breaks the unique constraints: the copy has them too, and
+        // a failed load leaves nothing behind.
+        let code: string | undefined;
+        try { await loadTables(dst.url, dumps); } catch (e) { code = (e as { code?: string }).code; }
+        expect(code).to.equal('23505');
+        expect(await dst.count('auth_user')).to.equal(500);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+        await src.close();
+        await dst.close();
+      }
+    });
+  });
+
+  describe('shebangNodeFlags', () => {
+    it('reads the Node flags of a launcher\'s shebang, so the import runs as users run it', () => {
+      const dir = tmpDir();
+      try {
+        const f = path.join(dir, 'x.js');
+        fs.writeFileSync(f, '#!/usr/bin/env -S node --max-semi-space-size=4 --max-old-space-size=192\nconsole.log(1)\n');
+        expect(shebangNodeFlags(f)).to.deep.equal(['--max-semi-space-size=4', '--max-old-space-size=192']);
+        fs.writeFileSync(f, '#!/usr/bin/env node\n');
+        expect(shebangNodeFlags(f)).to.deep.equal([]);
+        fs.writeFileSync(f, 'console.log(1)\n');
+        expect(shebangNodeFlags(f)).to.deep.equal([]);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  });
+
+  describe('runBench', () => {
+    let results: BenchResults;
+    let out: string;
+    before(async function () {
+      this.timeout(120000);
+      out = tmpDir();
+      results = await runBench({ sizes: [300], serverUrl: serverUrl(), workDir: out, smoke: true, django: false, encrypted: true });
+      fs.writeFileSync(path.join(out, 'results.json'), JSON.stringify(results));
+    });
+    after(() => fs.rmSync(out, { recursive: true, force: true }));
+
+    it('records the run, the machine and one entry per size with every measurement', () => {
+      const r = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8')) as BenchResults;
+      expect(r).to.include.keys('version', 'startedAt', 'finishedAt', 'seconds', 'machine', 'options', 'sizes', 'peers');
+      expect(r.machine).to.include.keys('os', 'cpuModel', 'cpus', 'memoryBytes', 'node', 'postgres');
+      expect(r.options).to.deep.include({ sizes: [300], smoke: true });
+      expect(r.sizes).to.have.length(1);
+      const s = r.sizes[0]!;
+      expect(s).to.include.keys('users', 'records', 'recordsByModel', 'bytes', 'generate', 'userport', 'copyFloor', 'parseFloor',
+        'ratioToCopyFloor', 'ratioToParseFloor', 'encrypted', 'checks');
+      expect(s.users).to.equal(300);
+      expect(s.records).to.equal(Object.values(s.recordsByModel).reduce((a, b) => a + b, 0));
+      expect(isSkipped(s.parseFloor)).to.equal(false);
+      expect(s.parseFloor).to.include.keys('seconds', 'recordsPerSec', 'mbPerSec', 'peakRssBytes');
+      expect(isSkipped(r.peers.django)).to.equal(true);
+    });
+
+    it('imports the same export encrypted, writing the same rows', () => {
+      const s = results.sizes[0]!;
+      expect(isSkipped(s.encrypted), JSON.stringify(s.encrypted)).to.equal(false);
+      const e = s.encrypted as ImportMeasurement & { tarBytes: number };
+      expect(e.tarBytes).to.be.greaterThan(s.bytes);
+      expect(e.rows).to.deep.equal((s.userport as ImportMeasurement).rows);
+      expect(s.checks.find((c) => c.name === 'encrypted import rows equal plain import rows')?.ok).to.equal(true);
+    });
+
+    it('imports with userport and loads the same rows with COPY, every check passing', () => {
+      const s = results.sizes[0]!;
+      expect(isSkipped(s.userport), JSON.stringify(s.userport)).to.equal(false);
+      expect(isSkipped(s.copyFloor), JSON.stringify(s.copyFloor)).to.equal(false);
+      const u = s.userport as ImportMeasurement;
+      const c = s.copyFloor as CopyFloorMeasurement;
+      expect(u).to.include.keys('seconds', 'recordsPerSec', 'mbPerSec', 'peakRssBytes', 'rows', 'summary');
+      expect(u.peakRssBytes).to.be.greaterThan(0);
+      expect(c.rows).to.deep.equal(u.rows);
+      expect(u.rows.auth_user).to.equal(300);
+      expect(u.rows).to.deep.equal(expectedRows({
+        records: s.recordsByModel, usernameCollisions: 0, sharedEmails: 0, bytes: s.bytes,
+        orgScopedOptions: s.recordsByModel['sentry.useroption']! - u.rows.sentry_useroption!,
+      }));
+      expect(s.ratioToCopyFloor).to.equal(u.seconds / c.seconds);
+      expect(s.checks.filter((k) => !k.ok)).to.deep.equal([]);
+      expect(s.checks.map((k) => k.name)).to.include('COPY floor rows equal userport rows');
+    });
+
+    it('prints a table and draws a chart of it', () => {
+      const table = formatTable(results);
+      expect(table).to.match(/^users\s+records/);
+      expect(table).to.contain('300');
+      const svg = renderChart(results);
+      expect(svg.startsWith('<svg')).to.equal(true);
+      expect(svg.trim().endsWith('</svg>')).to.equal(true);
+      expect(svg.match(/<circle/g)?.length).to.be.at.least(3);
+    });
+
+    it('drops the databases it created unless asked to keep them', async () => {
+      const c = new pg.Client({ connectionString: serverUrl() });
+      await c.connect();
+      try {
+        const { rows } = await c.query(`SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_%\\_300\\_%'`);
+        expect(rows).to.deep.equal([]);
+      } finally {
+        await c.end();
+      }
+    });
+  });
+});
