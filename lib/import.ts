@@ -32,6 +32,8 @@ const BUSY_WAIT_SECONDS = 60;
 
 /** Progress of a running import, reported about twice a second. */
 export interface Progress {
+  /** `reading` while records flow; `merging` once all are read and staged. */
+  phase: 'reading' | 'merging';
   bytesRead: number;
   /** Total bytes when known (a file), else undefined. */
   totalBytes: number | undefined;
@@ -267,11 +269,17 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     });
     if (options.onProgress) {
       const onProgress = options.onProgress;
-      progressTimer = setInterval(() => onProgress({
-        bytesRead: processor.splitter.bytesRead, totalBytes: size, records: processor.splitter.recordsSeen,
+      const report = (phase: Progress['phase']) => onProgress({
+        phase, bytesRead: processor.splitter.bytesRead, totalBytes: size, records: processor.splitter.recordsSeen,
         seconds: (Date.now() - started) / 1000,
-      }), 500);
+      });
+      report('reading');
+      progressTimer = setInterval(() => report('reading'), 500);
       progressTimer.unref();
+      processor.once('end', () => {
+        clearInterval(progressTimer);
+        report('merging');
+      });
     }
     const buildSummary = (): ImportSummary => {
       const s = stats.snapshot();

@@ -109,13 +109,16 @@ function formatBytes(n: number): string {
 
 function progressLine(p: Progress): string {
   const rate = p.seconds > 0 ? p.records / p.seconds : 0;
+  if (p.phase === 'merging') {
+    return `${formatBytes(p.bytesRead)} read · ${p.records.toLocaleString('en-US')} records · ${Math.round(rate).toLocaleString('en-US')} rec/s · merging into Sentry's tables...`;
+  }
   let line = `${formatBytes(p.bytesRead)}`;
   if (p.totalBytes) {
     const pct = Math.min(100, (100 * p.bytesRead) / p.totalBytes);
     const bps = p.seconds > 0 ? p.bytesRead / p.seconds : 0;
     const eta = bps > 0 ? Math.max(0, (p.totalBytes - p.bytesRead) / bps) : 0;
     line += ` of ${formatBytes(p.totalBytes)} (${pct.toFixed(0)}%)`;
-    line += ` · ${p.records.toLocaleString('en-US')} records · ${Math.round(rate).toLocaleString('en-US')} rec/s · ETA ${eta.toFixed(0)}s`;
+    line += ` · ${p.records.toLocaleString('en-US')} records · ${Math.round(rate).toLocaleString('en-US')} rec/s · ETA ${bps > 0 ? `${eta.toFixed(0)}s` : '--'}`;
   } else {
     line += ` · ${p.records.toLocaleString('en-US')} records · ${Math.round(rate).toLocaleString('en-US')} rec/s`;
   }

@@ -129,10 +129,11 @@ describe('userport CLI', function () {
     it('shows progress (bytes, records/s, ETA) on stderr when it is a terminal, and none otherwise', async () => {
       const file = writeExport(Array.from({ length: 3000 }, (_, i) => user(i + 1, `tty${i}`)));
       // `script` gives the command a pseudo-terminal; its output is what the terminal showed.
-      const cmd = `${process.execPath} ${BIN} import users ${file} --database-url '${db.url}' --batch-rows 1`;
+      const cmd = `${process.execPath} ${BIN} import users ${file} --database-url '${db.url}'`;
       const tty = await run('script', ['-qec', cmd, '/dev/null']);
       expect(tty.code, tty.stdout).to.equal(0);
-      expect(tty.stdout).to.match(/of [\d.]+ [KM]B \(\d+%\) · [\d,]+ records · [\d,]+ rec\/s · ETA \d+s/);
+      expect(tty.stdout).to.match(/of [\d.]+ [KM]B \(\d+%\) · [\d,]+ records · [\d,]+ rec\/s · ETA (\d+s|--)/);
+      expect(tty.stdout).to.match(/[\d.]+ [KM]B read · 3,000 records · [\d,]+ rec\/s · merging into Sentry's tables/);
       const piped = await userport(['import', 'users', file, '--database-url', db.url]);
       expect(piped.stderr).not.to.include('rec/s');
       const quiet = await run('script', ['-qec', `${cmd} --no-progress`, '/dev/null']);
