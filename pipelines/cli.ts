@@ -4,6 +4,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { defaultEmbeddedDir, embeddedUrl, readEmbeddedConfig, startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
 import { createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
@@ -95,7 +96,7 @@ interface Db { url: string; embedded: boolean }
 async function database(url: string | undefined, quiet: boolean): Promise<Db> {
   const given = url ?? process.env.DATABASE_URL;
   if (given) return { url: given, embedded: false };
-  if (!quiet) process.stderr.write('Starting the embedded PostgreSQL (.userport/pgdata)...\n');
+  if (!quiet) process.stderr.write(`Using the embedded PostgreSQL in ${path.relative(process.cwd(), defaultEmbeddedDir()) || '.'}/pgdata...\n`);
   const server = await startEmbedded();
   return { url: server.url, embedded: true };
 }
