@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { defaultEmbeddedDir, embeddedUrl, readEmbeddedConfig, startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
-import { createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
+import { checkDatabaseUrl, createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
 import { formatPosition, OptionError, printable, UserportError } from '../lib/errors.js';
 import { parseUsernameList } from '../lib/filter-users.js';
 import { keyUnwrapperFromOptions } from '../lib/decrypt.js';
@@ -171,9 +171,18 @@ async function importCommand(args: string[]): Promise<number> {
   const decrypt = await keyUnwrapperFromOptions({
     decryptWith: o['decrypt-with'], passphraseFile: o['decrypt-passphrase-file'], gcpKmsConfig: o['decrypt-with-gcp-kms'],
   });
+  // Every option is checked before the database is touched: a typo must not start a server.
+  const numbers = {
+    batchRows: intOption('batch-rows', o['batch-rows'], 1),
+    maxRejects: intOption('max-rejects', o['max-rejects'], 0),
+    maxRecordBytes: intOption('max-record-bytes', o['max-record-bytes'], 16),
+    maxDepth: intOption('max-depth', o['max-depth'], 2),
+  };
+  if (o['database-url'] !== undefined) checkDatabaseUrl(o['database-url']);
   const db = await database(o['database-url'], quiet);
   const showProgress = !o['no-progress'] && !quiet && process.stderr.isTTY;
   const summary = await importUsers({
+    ...numbers,
     source,
     databaseUrl: db.url,
     mergeUsers: !!o['merge-users'],
@@ -181,12 +190,8 @@ async function importCommand(args: string[]): Promise<number> {
     dryRun: !!o['dry-run'],
     resumable: !!o.resumable,
     importId: o['import-id'],
-    batchRows: intOption('batch-rows', o['batch-rows'], 1),
     rejectsFile: o['rejects-file'],
-    maxRejects: intOption('max-rejects', o['max-rejects'], 0),
     findingsFile: o['findings-file'],
-    maxRecordBytes: intOption('max-record-bytes', o['max-record-bytes'], 16),
-    maxDepth: intOption('max-depth', o['max-depth'], 2),
     decrypt,
     onStart: ({ importId, resumed, fromOrdinal }) => {
       if (o.resumable && !o.silent) {

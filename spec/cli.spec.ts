@@ -119,10 +119,17 @@ describe('userport CLI', function () {
         [['import', 'users', 'a', '--database-url', 'mysql://x'], 'USERPORT_OPTION_INVALID'],
         [['frobnicate'], 'USERPORT_OPTION_INVALID'],
       ];
-      for (const [args, code] of cases) {
-        const res = await userport(args);
-        expect(res.code, args.join(' ')).to.equal(1);
-        expect(res.stderr, args.join(' ')).to.include(`[${code}]`);
+      // From an empty folder, without a database: a bad option must fail before any server starts.
+      const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-badopt-'));
+      try {
+        for (const [args, code] of cases) {
+          const res = await userport(args, { cwd });
+          expect(res.code, args.join(' ')).to.equal(1);
+          expect(res.stderr, args.join(' ')).to.include(`[${code}]`);
+        }
+        expect(fs.existsSync(path.join(cwd, '.userport')), 'an embedded server was started').to.equal(false);
+      } finally {
+        fs.rmSync(cwd, { recursive: true, force: true });
       }
     });
 
