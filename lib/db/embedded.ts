@@ -243,7 +243,6 @@ export async function startEmbedded(options: EmbeddedOptions = {}): Promise<Embe
     fs.mkdirSync(dataDir, { mode: 0o700 });
     if (who.uid !== undefined) {
       checkTraversable(path.dirname(dir), who);
-      checkTraversable(bins.root, who);
       fs.chownSync(dir, who.uid, who.gid!);
       fs.chownSync(dataDir, who.uid, who.gid!);
     }

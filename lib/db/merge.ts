@@ -9,6 +9,7 @@
  */
 import type pg from 'pg';
 import { ErrorCodes, RecordError } from '../errors.js';
+import { modelByCode } from '../models.js';
 import { ImportStats } from '../stats.js';
 
 /** Key of the advisory lock that serializes merges. */
@@ -55,7 +56,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     WHERE s.run = $1 ORDER BY s.ord OFFSET 1 LIMIT 1`, [run]);
   if (dup.rowCount) {
     const d = dup.rows[0];
-    const model = Object.values(MODEL_NAMES)[d.model - 1];
+    const model = modelByCode(d.model).name;
     throw new RecordError(ErrorCodes.RECORD_DUPLICATE_PK, `${model} pk ${d.src_pk} appears more than once in the export`, {
       position: { ordinal: d.ord, offset: d.off, line: d.line, column: d.col, model, pk: d.src_pk },
     });
@@ -180,7 +181,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // Every user these rows go to was inserted by this transaction (rows of merged users are
   // skipped) and duplicates are already ranked out, so nothing can conflict: plain inserts,
   // cheaper than ON CONFLICT's speculative insertion.
-  const ue = await q(`
+  await q(`
     INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified)
     SELECT target_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
     FROM up_ue WHERE outcome = 'insert' ORDER BY src_pk`);
@@ -191,10 +192,9 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     FROM up_user WHERE new_id IS NOT NULL AND coalesce(email, '') <> ''
     ON CONFLICT (user_id, email) DO NOTHING`);
   stats.adjacent.primaryEmails += prim.rowCount ?? 0;
-  const uo = await q(`
+  await q(`
     INSERT INTO sentry_useroption (user_id, project_id, organization_id, key, value)
     SELECT target_id, NULL, NULL, opt_key, opt_value::jsonb FROM up_uo WHERE outcome = 'insert' ORDER BY src_pk`);
-  const insertedRows: Record<string, number> = { up_ue: ue.rowCount ?? 0, up_uo: uo.rowCount ?? 0 };
 
   // 6. Findings and counts.
   for (const [table, model] of Object.entries(MODEL_NAMES)) {
@@ -210,13 +210,9 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     const counts = await q(`SELECT outcome, reason, count(*)::int AS n FROM ${table} GROUP BY outcome, reason`);
     const c = stats.model(model);
     for (const { outcome, reason, n } of counts.rows as { outcome: string; reason: string | null; n: number }[]) {
-      if (outcome === 'inserted') c.inserted += n;
-      else if (outcome === 'insert') {
-        // Candidates the target already had (ON CONFLICT DO NOTHING) were reused, not inserted.
-        const ins = insertedRows[table]!;
-        c.inserted += ins;
-        c.existing += n - ins;
-      } else if (outcome === 'renamed') { c.inserted += n; c.renamed += n; }
+      // 'insert' rows were all inserted: those plain INSERTs fail rather than skip a row.
+      if (outcome === 'inserted' || outcome === 'insert') c.inserted += n;
+      else if (outcome === 'renamed') { c.inserted += n; c.renamed += n; }
       else if (outcome === 'existing') c.existing += n;
       else if (outcome === 'merged') c.merged += n;
       else if (outcome === 'filtered') c.filtered += n;
