@@ -7,7 +7,7 @@ import { PassThrough } from 'node:stream';
 import { keyUnwrapperFromOptions, runDecryptCommand, runEncryptCommand } from '../../pipelines/crypto-commands.js';
 import { loadPrivateKey } from '../../lib/crypto/keys.js';
 import { chunked } from '../helpers/streams.js';
-import { drain, fixture, flipBase64, listDir, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir } from './helpers.js';
+import { drain, fixture, flipBase64, listDir, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir, codeOf } from './helpers.js';
 import { startKmsServer } from './kms-server.js';
 
 interface Run { code: number; stdout: Buffer; stderr: string }
@@ -198,10 +198,6 @@ describe('userport encrypt / decrypt', () => {
   });
 
   describe('keyUnwrapperFromOptions', () => {
-    async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
-      try { await p; } catch (err) { return (err as { code?: string }).code; }
-      throw new Error('expected a rejection');
-    }
 
     it('returns undefined without decryption flags and an unwrapper otherwise', async () => {
       expect(await keyUnwrapperFromOptions({})).to.equal(undefined);

@@ -6,20 +6,12 @@ import {
 } from '../../lib/crypto/fernet.js';
 import { unwrapKey, loadPrivateKey } from '../../lib/crypto/keys.js';
 import { chunked } from '../helpers/streams.js';
-import { drain, flipBase64, PLAINTEXT, pythonMembers, readFixture } from './helpers.js';
+import { drain, flipBase64, PLAINTEXT, pythonMembers, readFixture, codeOf } from './helpers.js';
 
 async function encrypt(plaintext: Buffer, key: Buffer, chunk = 65536): Promise<Buffer> {
   return drain(chunked(plaintext, chunk).pipe(createFernetEncryptStream({ key })));
 }
 
-async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p;
-  } catch (err) {
-    return (err as { code?: string }).code;
-  }
-  throw new Error('expected a rejection');
-}
 
 async function decryptAll(token: Buffer, key: Buffer, chunk: number): Promise<{ out: Buffer; size: number }> {
   const k = parseFernetKey(key);

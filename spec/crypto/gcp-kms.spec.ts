@@ -7,19 +7,11 @@ import {
 } from '../../lib/crypto/gcp-kms.js';
 import { loadPrivateKey } from '../../lib/crypto/keys.js';
 import { openDecryptedSource } from '../../lib/decrypt.js';
-import { drain, fixture, PLAINTEXT, pythonMembers, readFixture, tempDir } from './helpers.js';
+import { drain, fixture, PLAINTEXT, pythonMembers, readFixture, tempDir, codeOf } from './helpers.js';
 import { startKmsServer, type KmsServer } from './kms-server.js';
 
 const CONFIG: GcpKmsConfig = { project_id: 'my-project', location: 'global', key_ring: 'relocation', key: 'relocation', version: '1' };
 
-async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p;
-  } catch (err) {
-    return (err as { code?: string }).code;
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('crc32c', () => {
   it('matches the Castagnoli check values', () => {

@@ -84,3 +84,13 @@ export function tempDir(): { dir: string; remove: () => void } {
 
 /** Names in `dir` (to check that spool files are gone). */
 export const listDir = (dir: string): string[] => fs.readdirSync(dir);
+
+/** The `code` a promise rejects with; throws if it resolves. */
+export async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
+  try {
+    await p;
+  } catch (err) {
+    return (err as { code?: string }).code;
+  }
+  throw new Error('expected a rejection');
+}

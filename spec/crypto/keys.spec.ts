@@ -3,7 +3,7 @@ import crypto from 'node:crypto';
 import { loadPrivateKey, loadPublicKey, sameRsaPublicKey, unwrapKey, wrapKey } from '../../lib/crypto/keys.js';
 import { createLocalKeyUnwrapper } from '../../lib/crypto/unwrapper.js';
 import { generateFernetKey } from '../../lib/crypto/fernet.js';
-import { pythonMembers, readFixture } from './helpers.js';
+import { pythonMembers, readFixture, codeOf } from './helpers.js';
 
 function codeOfSync(fn: () => unknown): string | undefined {
   try {
@@ -12,15 +12,6 @@ function codeOfSync(fn: () => unknown): string | undefined {
     return (err as { code?: string }).code;
   }
   throw new Error('expected an error');
-}
-
-async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p;
-  } catch (err) {
-    return (err as { code?: string }).code;
-  }
-  throw new Error('expected a rejection');
 }
 
 describe('keys', () => {
