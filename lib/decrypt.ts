@@ -20,7 +20,7 @@ import { OptionError, UserportError } from './errors.js';
 import { DecryptError, DecryptErrorCodes } from './crypto/errors.js';
 import { decryptToken, FernetEncoder, generateFernetKey, parseFernetKey, tokenLength, verifyToken, type FernetKey } from './crypto/fernet.js';
 import { encodeEnd, encodeHeader, isRegularFile, paddingAfter, readExactly, scanTarFile, TarParser, type TarEntry } from './crypto/tar.js';
-import { loadPublicKey, wrapKey } from './crypto/keys.js';
+import { derivePublicPem, loadPublicKey, wrapKey } from './crypto/keys.js';
 import { createLocalKeyUnwrapper, type KeyUnwrapper } from './crypto/unwrapper.js';
 import { createGcpKmsUnwrapper, readGcpKmsConfig } from './crypto/gcp-kms.js';
 import { promptPassphraseOnTty } from './crypto/prompt.js';
@@ -466,7 +466,15 @@ function prepareKeys(options: { publicKeyPem: Buffer | string; fernetKey?: Buffe
   if (typeof options.publicKeyPem !== 'string' && !Buffer.isBuffer(options.publicKeyPem)) {
     throw new OptionError(`${where}: publicKeyPem must be a PEM string or Buffer`);
   }
-  const pem = Buffer.from(options.publicKeyPem);
+  let pem: Buffer = Buffer.from(options.publicKeyPem);
+  // `key.pub` travels with the export: given a private key, write only its public half, never
+  // the key that decrypts the export.
+  if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem.toString('latin1'))) {
+    if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,ENCRYPTED/.test(pem.toString('latin1'))) {
+      throw new OptionError(`${where}: publicKeyPem is an encrypted private key: give its public key (openssl rsa -in KEY -pubout)`, 'publicKeyPem');
+    }
+    pem = derivePublicPem(pem);
+  }
   const pub = loadPublicKey(pem, 'the public key to encrypt with');
   const fernetKey = options.fernetKey !== undefined ? Buffer.from(options.fernetKey) : generateFernetKey();
   parseFernetKey(fernetKey);

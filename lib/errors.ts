@@ -75,8 +75,11 @@ export class UserportError extends Error {
 /** A bad option or argument: thrown synchronously by factories, names the option. */
 export class OptionError extends UserportError {
   override name = 'OptionError';
-  constructor(message: string) {
+  /** The library option at fault (`databaseUrl`), when one is: the CLI maps it to its flag. */
+  readonly option?: string;
+  constructor(message: string, option?: string) {
     super(ErrorCodes.OPTION_INVALID, message);
+    if (option !== undefined) this.option = option;
   }
 }
 

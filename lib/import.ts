@@ -54,7 +54,11 @@ export interface ImportOptions {
   dryRun?: boolean;
   /** Commit in batches with checkpoints; re-running with the same `importId` resumes. @default false */
   resumable?: boolean;
-  /** Id of the import (resumable mode). @default a new UUID */
+  /**
+   * Id of the import (resumable mode). @default the id of an unfinished (or finished) resumable
+   * import of the same file and options, so that running the same command again continues it;
+   * else a new UUID
+   */
   importId?: string;
   /** Rows per committed batch in resumable mode. @default 20000 */
   batchRows?: number;
@@ -73,7 +77,7 @@ export interface ImportOptions {
   /** Called about twice a second while records flow. */
   onProgress?: (p: Progress) => void;
   /** Called once the import id is known (before any record is read). */
-  onStart?: (info: { importId: string; resumed: boolean; fromOrdinal: number }) => void;
+  onStart?: (info: { importId: string; resumed: boolean; fromOrdinal: number; found?: boolean }) => void;
 }
 
 function checkOptions(o: ImportOptions): void {
@@ -96,6 +100,10 @@ function checkOptions(o: ImportOptions): void {
   }
 }
 
+function isRegularFile(p: string): boolean {
+  try { return fs.statSync(p).isFile(); } catch { return true; /* let the open report it */ }
+}
+
 /** Size and SHA-256 of the first MiB: enough to refuse resuming with another file. */
 function fingerprint(path: string): { size: number; hash: string } {
   let fd: number;
@@ -116,7 +124,8 @@ function fingerprint(path: string): { size: number; hash: string } {
 
 async function openSource(o: ImportOptions): Promise<{ stream: Readable; size: number | undefined }> {
   if (o.decrypt) {
-    const input = typeof o.source === 'string' && o.source !== '-' ? { path: o.source }
+    const input = typeof o.source === 'string' && o.source !== '-' && isRegularFile(o.source) ? { path: o.source }
+      : typeof o.source === 'string' && o.source !== '-' ? { stream: fs.createReadStream(o.source) as Readable }
       : { stream: o.source === '-' ? process.stdin : (o.source as Readable) };
     const { stream, size } = await openDecryptedSource(input, { unwrapper: o.decrypt });
     return { stream, size };
@@ -126,7 +135,9 @@ async function openSource(o: ImportOptions): Promise<{ stream: Readable; size: n
   let size: number;
   try {
     const st = fs.statSync(o.source);
-    if (!st.isFile()) throw new OptionError(`${o.source} is not a file`);
+    if (st.isDirectory()) throw new OptionError(`${o.source} is a directory, not an export file`, 'source');
+    // A FIFO or process substitution (`<(cat f)`) is streamed like standard input.
+    if (!st.isFile()) return { stream: fs.createReadStream(o.source, { highWaterMark: READ_CHUNK }), size: undefined };
     size = st.size;
   } catch (err) {
     if (err instanceof UserportError) throw err;
@@ -176,7 +187,13 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
 
     let skipThrough = 0;
     let resumeRejects: { bytes: number; count: number } | undefined;
-    const fp = typeof options.source === 'string' && options.source !== '-' ? fingerprint(options.source) : undefined;
+    const fp = typeof options.source === 'string' && options.source !== '-' && isRegularFile(options.source) ? fingerprint(options.source) : undefined;
+    let found = false;
+    if (options.resumable && !fp) throw new OptionError('a resumable import needs a regular file source (it is read again to resume), not a pipe', 'source');
+    if (options.resumable && options.importId === undefined) {
+      const previous = await findResumableImport(client, fp!, resumeKey(options));
+      if (previous) { importId = previous; found = true; }
+    }
     if (options.resumable) {
       // Wait a while rather than fail at once: after a SIGKILL the dead process's backend keeps
       // its lock until its current statement ends and it finds the client gone.
@@ -217,7 +234,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     } else {
       run = (await client.query(`SELECT nextval('userport_import_run_seq')::bigint AS run`)).rows[0].run;
     }
-    options.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough });
+    options.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough, found });
 
     if (options.rejectsFile) {
       // Resuming: keep exactly the lines of the records before the checkpoint, drop any written
@@ -254,7 +271,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       if (options.findingsFile) await writeFindings(c, run, options.findingsFile, stats.unmatchedUsernames);
       const summary = buildSummary();
       if (options.resumable) await c.query('DELETE FROM userport_stage WHERE run = $1', [run]);
-      await c.query(`UPDATE userport_import SET state = 'done', finished_at = now(), updated_at = now(), summary = $2,
+      await c.query(`UPDATE userport_import SET state = 'done', finished_at = clock_timestamp(), updated_at = clock_timestamp(), summary = $2,
                      counters = $3 WHERE run = $1`, [run, JSON.stringify(summary), JSON.stringify(stats.snapshot())]);
     };
     const checkpoint = async (c: pg.ClientBase, last: MappedItem) => {
@@ -276,9 +293,12 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       report('reading');
       progressTimer = setInterval(() => report('reading'), 500);
       progressTimer.unref();
+      // Keep reporting through the merge: elapsed time must move while PostgreSQL works.
       processor.once('end', () => {
         clearInterval(progressTimer);
         report('merging');
+        progressTimer = setInterval(() => report('merging'), 500);
+        progressTimer.unref();
       });
     }
     const buildSummary = (): ImportSummary => {
@@ -339,5 +359,65 @@ function writeErrorFinding(file: string, e: UserportError): void {
     fs.writeFileSync(file, JSON.stringify([{ finding: 'ImportError', kind: e.code, reason: e.message, ...p }], null, 2) + '\n', { mode: 0o600 });
   } catch {
     // The findings file is a report; failing to write it must not hide the real error.
+  }
+}
+
+/**
+ * The id of the latest resumable import of the same file (size and fingerprint) and options:
+ * an unfinished one first, else a finished one. Running the same command again must continue
+ * it (or say it is done), never start a duplicate that renames every user.
+ */
+async function findResumableImport(client: pg.ClientBase, fp: { size: number; hash: string }, key: ReturnType<typeof resumeKey>): Promise<string | undefined> {
+  const r = await client.query<{ id: string }>(
+    `SELECT id FROM userport_import
+     WHERE mode = 'resumable' AND source_size = $1 AND source_fingerprint = $2 AND options = $3::jsonb
+     ORDER BY (state <> 'done') DESC, run DESC LIMIT 1`,
+    [fp.size, fp.hash, JSON.stringify(key)]);
+  return r.rows[0]?.id;
+}
+
+/** One import as `userport imports` lists it. */
+export interface ImportListing {
+  run: number;
+  id: string;
+  mode: ImportSummary['mode'];
+  /**
+   * `running` only while a process holds the import (its advisory lock, held by a live session);
+   * `interrupted` when the row says running but nobody does: killed, or the server died.
+   */
+  state: 'running' | 'interrupted' | 'failed' | 'done';
+  source: string;
+  startedAt: Date;
+  finishedAt: Date | null;
+  checkpointOrdinal: number;
+  records: number | null;
+  error: string | null;
+}
+
+/** Every import in the database at `databaseUrl`, oldest first. */
+export async function listImports(databaseUrl: string): Promise<ImportListing[]> {
+  const knex = createKnex(databaseUrl, 2);
+  try {
+    await waitForDatabase(knex);
+    await migrate(knex);
+    // The lock is pg_advisory_lock(747211, hashtext(id)) (see importUsers): pg_locks shows a
+    // two-key advisory lock as classid = key 1, objid = key 2 as unsigned, objsubid = 2.
+    const { rows } = await knex.raw(`
+      SELECT run::int AS run, id, mode, source, started_at, finished_at, checkpoint_ordinal::bigint AS checkpoint_ordinal,
+             (summary->>'records')::bigint AS records, error,
+             CASE WHEN state = 'running' AND NOT EXISTS (
+               SELECT 1 FROM pg_locks l
+               WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 AND l.classid = 747211 AND l.objid = (hashtext(i.id)::bigint & 4294967295)::oid AND l.objsubid = 2)
+             THEN 'interrupted' ELSE state END AS state
+      FROM userport_import i ORDER BY run`);
+    return (rows as Record<string, unknown>[]).map((r) => ({
+      run: Number(r.run), id: String(r.id), mode: r.mode as ImportListing['mode'], state: r.state as ImportListing['state'],
+      source: String(r.source), startedAt: new Date(r.started_at as string), finishedAt: r.finished_at ? new Date(r.finished_at as string) : null,
+      checkpointOrdinal: Number(r.checkpoint_ordinal ?? 0), records: r.records === null || r.records === undefined ? null : Number(r.records),
+      error: (r.error as string | null) ?? null,
+    }));
+  } finally {
+    await knex.destroy();
   }
 }

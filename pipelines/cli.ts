@@ -1,19 +1,20 @@
 /**
- * The `userport` command line. Wiring only: parse arguments, pick the database (given, or the
- * embedded one), call the library, print. Errors become one line and exit code 1.
+ * The `userport` command line. Wiring only: parse and check every argument (before any database
+ * is touched), pick the database (given, or the embedded one), call the library, print.
+ * Exit codes: 0 done, 1 a data or runtime error, 2 a usage error (as click-based `sentry`).
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { defaultEmbeddedDir, embeddedUrl, readEmbeddedConfig, startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
 import { checkDatabaseUrl, createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
-import { formatPosition, OptionError, printable, UserportError } from '../lib/errors.js';
+import { ErrorCodes, ParseError, printable, UserportError } from '../lib/errors.js';
 import { parseUsernameList } from '../lib/filter-users.js';
 import { keyUnwrapperFromOptions } from '../lib/decrypt.js';
-import { importUsers, type Progress } from '../lib/import.js';
+import { importUsers, listImports, type ImportListing, type ImportOptions, type Progress } from '../lib/import.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
+import { parseCommand, reportError, usage, usageError, type FlagSpecs } from './cli-support.js';
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
 
@@ -23,19 +24,35 @@ Usage:
   userport migrate                      create or upgrade the tables, nothing else
   userport encrypt --encrypt-with PUB SRC DEST     encrypt an export like 'sentry backup encrypt'
   userport decrypt --decrypt-with KEY SRC DEST     decrypt an export like 'sentry backup decrypt'
-  userport db url|psql|stop             the embedded database: its URL, a psql shell, stop it
+  userport db url|psql|start|stop       the embedded database: its URL, a psql shell, start, stop
+
+Every command has --help. Exit codes: 0 done, 1 a data or runtime error, 2 a usage error.
 
 Database: --database-url URL, else $DATABASE_URL, else an embedded PostgreSQL kept in
 .userport/pgdata under the current directory (started on demand, left running).
 
-Import options:
+Example:
+  npx userport import users samples/users.json
+`;
+
+const IMPORT_HELP = `Usage: userport import users SRC [options]
+
+Import a Sentry user export (what 'sentry export users' writes) with the rules of 'sentry import
+users'. SRC is a file, a pipe, or - for standard input. Every option is checked before any
+database is touched.
+
+Options:
+  --database-url URL              target database (default: $DATABASE_URL, else the embedded one)
   --merge-users                   reuse an existing user with the same username (case-insensitive)
                                   instead of importing it as <username>-<random>
   --filter-usernames A,B          import only these users and what belongs to them
+                                  (empty: no filter, as in Sentry)
   --filter-usernames-file F       the same, names separated by commas or newlines
   --dry-run                       do everything, report, then roll back
-  --resumable [--import-id ID]    commit in batches; run again with the same id to resume
-  --batch-rows N                  rows per commit in resumable mode (default 20000)
+  --resumable                     commit in batches; the same command again continues an
+                                  interrupted import of the same file and options
+  --import-id ID                  with --resumable: name the import (letters, digits, . _ -)
+  --batch-rows N                  rows per commit with --resumable (default 20000)
   --rejects-file F                write records that fail validation to F (JSON lines), go on
   --max-rejects N                 with --rejects-file: abort after N rejects
   --findings-file F               write every finding (dropped, renamed, merged rows) as JSON
@@ -45,15 +62,69 @@ Import options:
   --decrypt-passphrase-file F     passphrase of an encrypted private key
   --decrypt-with-gcp-kms CFG      unwrap the export's key with Google Cloud KMS (config JSON)
   --json                          print the summary as JSON on stdout
-  --no-progress                   no progress line on stderr
-  --silent                        print nothing but errors (and --json output)
+  --no-progress                   no progress on stderr
+  -q, --silent                    print nothing but errors (and --json output)
+  --no-prompt                     accepted for Sentry compatibility (userport never prompts here)
   --debug                         print stack traces with errors
+  -h, --help                      this help
+
+Sentry's spellings --merge_users, --filter_usernames and --decrypt_with are accepted too.
+
+Examples:
+  userport import users export.json --merge-users
+  userport import users users.tar --decrypt-with key.pem --resumable --findings-file findings.json
 `;
 
-const IMPORT_OPTIONS = {
-  'database-url': { type: 'string' },
-  'merge-users': { type: 'boolean' },
-  'filter-usernames': { type: 'string' },
+const IMPORTS_HELP = `Usage: userport imports [--json] [--database-url URL]
+
+List past imports: id, mode, state (running, interrupted, failed, done), start and finish time,
+records, source. An import whose process or server died shows as interrupted: run the same
+command again to continue it.
+
+Options:
+  --database-url URL              the database (default: $DATABASE_URL, else the embedded one)
+  --json                          print the list as JSON
+  --debug                         print stack traces with errors
+  -h, --help                      this help
+
+Example:
+  userport imports --json
+`;
+
+const MIGRATE_HELP = `Usage: userport migrate [--database-url URL]
+
+Create or upgrade userport's tables and Sentry's user tables (existing tables are kept), and
+nothing else.
+
+Options:
+  --database-url URL              the database (default: $DATABASE_URL, else the embedded one)
+  --debug                         print stack traces with errors
+  -h, --help                      this help
+
+Example:
+  userport migrate --database-url postgresql://user@localhost/sentry
+`;
+
+const DB_HELP = `Usage: userport db url|psql|start|stop
+
+The embedded PostgreSQL (its data in .userport/pgdata under the current directory, or
+$USERPORT_HOME).
+
+  url      start it if needed, print its URL
+  psql     start it if needed, open psql on it
+  start    start it if needed, print its URL
+  stop     stop it
+
+Example:
+  userport db psql
+`;
+
+const COMMON: FlagSpecs = { 'database-url': { type: 'string' } };
+
+const IMPORT_FLAGS = {
+  ...COMMON,
+  'merge-users': { type: 'boolean', aliases: ['merge_users'] },
+  'filter-usernames': { type: 'string', aliases: ['filter_usernames'] },
   'filter-usernames-file': { type: 'string' },
   'dry-run': { type: 'boolean' },
   resumable: { type: 'boolean' },
@@ -64,31 +135,23 @@ const IMPORT_OPTIONS = {
   'findings-file': { type: 'string' },
   'max-record-bytes': { type: 'string' },
   'max-depth': { type: 'string' },
-  'decrypt-with': { type: 'string' },
+  'decrypt-with': { type: 'string', aliases: ['decrypt_with'] },
   'decrypt-passphrase-file': { type: 'string' },
   'decrypt-with-gcp-kms': { type: 'string' },
   json: { type: 'boolean' },
   'no-progress': { type: 'boolean' },
-  silent: { type: 'boolean' },
-  debug: { type: 'boolean' },
-  help: { type: 'boolean', short: 'h' },
-} as const satisfies ParseArgsConfig['options'];
+  silent: { type: 'boolean', short: 'q' },
+  'no-prompt': { type: 'boolean' },
+} as const satisfies FlagSpecs;
 
-function intOption(name: string, v: string | undefined, min: number): number | undefined {
-  if (v === undefined) return undefined;
+function intOption(name: string, v: string | boolean | undefined, min: number): number | undefined {
+  if (typeof v !== 'string') return undefined;
   const n = Number(v);
-  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min) throw new OptionError(`--${name} must be an integer >= ${min}, got "${v}"`);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min) throw usageError(`--${name} must be an integer >= ${min}, got "${v}"`);
   return n;
 }
 
-/** Runs parseArgs, turning its errors into option errors. */
-function parse<T>(run: () => T): T {
-  try {
-    return run();
-  } catch (err) {
-    throw new OptionError((err as Error).message.replace(/^TypeError \[[A-Z_]+\]: /, '').split('\n')[0]!);
-  }
-}
+const str = (v: string | boolean | undefined): string | undefined => (typeof v === 'string' ? v : undefined);
 
 interface Db { url: string; embedded: boolean }
 
@@ -101,111 +164,368 @@ async function database(url: string | undefined, quiet: boolean): Promise<Db> {
   return { url: server.url, embedded: true };
 }
 
-function formatBytes(n: number): string {
+/** Checks a `--database-url` (or $DATABASE_URL) before anything connects. */
+function checkUrl(url: string | undefined): void {
+  const given = url ?? (process.env.DATABASE_URL || undefined);
+  if (given === undefined) return;
+  try { checkDatabaseUrl(given); } catch (err) { throw usage(err as Error); }
+}
+
+/** Binary units throughout (1 MiB = 1,048,576 bytes), said so. */
+export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
-  if (n < 1024 ** 3) return `${(n / 1024 / 1024).toFixed(1)} MB`;
-  return `${(n / 1024 ** 3).toFixed(2)} GB`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
 }
 
-function progressLine(p: Progress): string {
-  const rate = p.seconds > 0 ? p.records / p.seconds : 0;
-  if (p.phase === 'merging') {
-    return `${formatBytes(p.bytesRead)} read · ${p.records.toLocaleString('en-US')} records · ${Math.round(rate).toLocaleString('en-US')} rec/s · merging into Sentry's tables...`;
+/** `7s`, `2m05s`, `1h02m`. */
+export function formatDuration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+const n = (x: number) => x.toLocaleString('en-US');
+
+/**
+ * How long the merge takes, relative to reading: measured by `npm run bench` (at 100k users
+ * staging ends after ~5 s of a 19.6 s import, so the merge takes ~3x the reading time). The ETA
+ * over the whole import rests on it, so it is shown as an estimate (`~`).
+ */
+const MERGE_PER_READ = 3;
+
+/** Tracks the phases of an import from its progress reports, for the ETA and the summary. */
+export class PhaseClock {
+  readSeconds: number | undefined;
+  private last: Progress | undefined;
+
+  update(p: Progress): void {
+    if (p.phase === 'merging' && this.readSeconds === undefined) this.readSeconds = p.seconds;
+    this.last = p;
   }
-  let line = `${formatBytes(p.bytesRead)}`;
-  if (p.totalBytes) {
-    const pct = Math.min(100, (100 * p.bytesRead) / p.totalBytes);
-    const bps = p.seconds > 0 ? p.bytesRead / p.seconds : 0;
-    const eta = bps > 0 ? Math.max(0, (p.totalBytes - p.bytesRead) / bps) : 0;
-    line += ` of ${formatBytes(p.totalBytes)} (${pct.toFixed(0)}%)`;
-    line += ` · ${p.records.toLocaleString('en-US')} records · ${Math.round(rate).toLocaleString('en-US')} rec/s · ETA ${bps > 0 ? `${eta.toFixed(0)}s` : '--'}`;
+
+  /** Seconds left in the whole import, or undefined when it cannot be told honestly. */
+  eta(p: Progress): number | undefined {
+    if (p.phase === 'reading') {
+      if (!p.totalBytes || p.bytesRead <= 0 || p.seconds <= 0) return undefined;
+      const readTotal = (p.seconds * p.totalBytes) / p.bytesRead;
+      return Math.max(0, readTotal - p.seconds) + readTotal * MERGE_PER_READ;
+    }
+    const left = (this.readSeconds ?? p.seconds) * (1 + MERGE_PER_READ) - p.seconds;
+    return left > 0 ? left : undefined;
+  }
+
+  phases(total: number): { reading: number; merging: number } | undefined {
+    if (this.readSeconds === undefined) return this.last ? { reading: total, merging: 0 } : undefined;
+    return { reading: this.readSeconds, merging: Math.max(0, total - this.readSeconds) };
+  }
+}
+
+/**
+ * The progress line: most important parts first, dropped from the end until it fits `columns`
+ * (a line that wraps cannot be erased with `\r` and leaves debris).
+ */
+export function progressLine(p: Progress, clock: PhaseClock, columns: number): string {
+  const parts: string[] = [];
+  const eta = clock.eta(p);
+  if (p.phase === 'reading') {
+    parts.push(p.totalBytes
+      ? `reading ${formatBytes(p.bytesRead)} of ${formatBytes(p.totalBytes)} (${Math.min(100, (100 * p.bytesRead) / p.totalBytes).toFixed(0)}%)`
+      : `reading ${formatBytes(p.bytesRead)}`);
   } else {
-    line += ` · ${p.records.toLocaleString('en-US')} records · ${Math.round(rate).toLocaleString('en-US')} rec/s`;
+    parts.push(`merging ${n(p.records)} records into Sentry's tables`);
   }
-  return line;
+  parts.push(`${formatDuration(p.seconds)} elapsed`);
+  parts.push(eta !== undefined ? `ETA ~${formatDuration(eta)}` : p.phase === 'merging' ? 'ETA unknown' : 'ETA --');
+  if (p.phase === 'reading') {
+    parts.push(`${n(p.records)} records`);
+    parts.push(`${n(Math.round(p.seconds > 0 ? p.records / p.seconds : 0))} rec/s`);
+  }
+  const max = Math.max(20, columns - 1);
+  while (parts.length > 1 && parts.join(' · ').length > max) parts.pop();
+  const line = parts.join(' · ');
+  return line.length > max ? line.slice(0, max) : line;
 }
 
-/** The summary as a table (what a person reads). */
-export function formatSummary(s: ImportSummary): string {
-  const cols = ['read', 'inserted', 'existing', 'merged', 'renamed', 'filtered', 'dropped', 'rejected'] as const;
-  const rows = Object.entries(s.models).map(([model, c]) => [model, ...cols.map((k) =>
-    k === 'dropped' ? Object.values(c.dropped).reduce((a, b) => a + b, 0) : c[k])]);
-  const header = ['model', ...cols];
-  const table = [header, ...rows].map((r) => r.map(String));
+const COLUMNS = ['read', 'inserted', 'renamed', 'existing', 'merged', 'filtered', 'dropped', 'rejected'] as const;
+const LABELS: Record<(typeof COLUMNS)[number], string> = {
+  read: 'read', inserted: 'inserted', renamed: '  of them renamed', existing: 'existing', merged: 'merged',
+  filtered: 'filtered', dropped: 'dropped', rejected: 'rejected',
+};
+
+/** Extra facts the CLI knows beside the summary. */
+export interface SummaryContext {
+  phases?: { reading: number; merging: number };
+  /** `--filter-usernames ""`: no filter, as in Sentry. */
+  emptyFilter?: boolean;
+}
+
+/**
+ * The summary as a person reads it: one column per model and a total, one row per outcome, so it
+ * fits 80 columns. Renamed users are a part of inserted users, and shown under them.
+ */
+export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): string {
+  const models = Object.keys(s.models);
+  const value = (m: string, k: (typeof COLUMNS)[number]): number => {
+    const c = s.models[m]!;
+    return k === 'dropped' ? Object.values(c.dropped).reduce((a, b) => a + b, 0) : c[k];
+  };
+  const header = ['', ...models.map((m) => m.replace(/^sentry\./, '')), 'total'];
+  const rows = COLUMNS.map((k) => {
+    const vals = models.map((m) => value(m, k));
+    return [LABELS[k], ...vals.map(n), n(vals.reduce((a, b) => a + b, 0))];
+  });
+  const table = [header, ...rows];
   const widths = header.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
-  const lines = table.map((r) => r.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  '));
+  const lines = table.map((r) => r.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  ').trimEnd());
   lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
-  const out = [`${s.state === 'already-done' ? 'Already imported (nothing changed)' : s.mode === 'dry-run' ? 'Dry run (rolled back)' : 'Imported'}: ` +
-    `${s.records.toLocaleString('en-US')} records, ${formatBytes(s.bytes)} in ${s.seconds.toFixed(1)}s (import ${s.importId})`, '', ...lines];
+
+  const what = `${n(s.records)} records (${formatBytes(s.bytes)}) in ${s.seconds.toFixed(1)}s`;
+  const head = s.state === 'already-done' ? `Already imported, nothing changed: import ${s.importId} finished earlier`
+    : s.mode === 'dry-run' ? `Dry run: ${what}; everything was rolled back, nothing was written`
+      : `Imported ${what} (import ${s.importId})`;
+  const out = [head];
+  if (ctx.phases && s.state !== 'already-done') {
+    out.push(`Time: reading and staging ${ctx.phases.reading.toFixed(1)}s, merging ${ctx.phases.merging.toFixed(1)}s`);
+  }
+  out.push('', ...lines);
   for (const [model, c] of Object.entries(s.models)) {
-    for (const [reason, n] of Object.entries(c.dropped)) out.push(`  dropped ${n} ${model}: ${reason}`);
+    for (const [reason, k] of Object.entries(c.dropped)) out.push(`  dropped ${n(k)} ${model}: ${reason}`);
   }
   const skipped = Object.entries(s.skipped);
-  if (skipped.length) out.push('', `Skipped (not user data): ${skipped.map(([m, n]) => `${m} ${n}`).join(', ')}`);
-  const unknown = Object.entries(s.unknownFields).flatMap(([m, f]) => Object.entries(f).map(([k, n]) => `${m}.${printable(k)} ${n}`));
+  if (skipped.length) out.push('', `Skipped (not user data): ${skipped.map(([m, k]) => `${m} ${n(k)}`).join(', ')}`);
+  const unknown = Object.entries(s.unknownFields).flatMap(([m, f]) => Object.entries(f).map(([k, c]) => `${m}.${printable(k)} ${n(c)}`));
   if (unknown.length) out.push(`Unknown fields (ignored): ${unknown.join(', ')}`);
-  out.push(`Also written: ${s.adjacent.lostPasswordHashes} lost-password hashes, ${s.adjacent.primaryEmails} primary user emails`);
+  out.push(`Also written: ${n(s.adjacent.lostPasswordHashes)} lost-password hashes, ${n(s.adjacent.primaryEmails)} primary user emails`);
+  if (ctx.emptyFilter) out.push('--filter-usernames was empty: no filter (as in Sentry), every user taken');
   if (s.unmatchedUsernames.length) out.push(`No user matched these --filter-usernames: ${s.unmatchedUsernames.map(printable).join(', ')}`);
   return out.join('\n');
 }
 
-async function importCommand(args: string[]): Promise<number> {
-  const { values: o, positionals } = parse(() => parseArgs({ args, options: IMPORT_OPTIONS, allowPositionals: true, strict: true }));
-  if (o.help) { process.stdout.write(HELP); return 0; }
-  if (positionals[0] !== 'users' || positionals.length !== 2) {
-    throw new OptionError('usage: userport import users SRC [options] (SRC is a file or - for stdin)');
+/** What a source path is, checked before the database is touched. */
+type SourceKind = 'stdin' | 'file' | 'pipe';
+
+function looksLikeTar(head: Buffer): boolean {
+  return head.length >= 262 && head.subarray(257, 262).toString('latin1') === 'ustar';
+}
+
+/** UTF-16 by its byte-order mark, or by the NUL beside each ASCII byte of `[`/whitespace. */
+function utf16Name(head: Buffer): string | undefined {
+  if (head[0] === 0xff && head[1] === 0xfe) return 'UTF-16LE';
+  if (head[0] === 0xfe && head[1] === 0xff) return 'UTF-16BE';
+  if (head.length >= 2 && head[1] === 0 && head[0] !== 0) return 'UTF-16LE';
+  if (head.length >= 2 && head[0] === 0 && head[1] !== 0) return 'UTF-16BE';
+  return undefined;
+}
+
+/** Missing, a directory, unreadable, encrypted without a key, plain with a key, UTF-16: said now. */
+function checkSource(src: string, decrypting: boolean, resumable: boolean): SourceKind {
+  if (src === '-') {
+    if (resumable) throw usageError('--resumable needs SRC to be a file (it is read again to resume), not standard input');
+    return 'stdin';
   }
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(src);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw usage(new UserportError(ErrorCodes.IO, code === 'ENOENT' ? `SRC ${src} does not exist` : `cannot read SRC ${src}: ${(err as Error).message}`, { cause: err }));
+  }
+  if (st.isDirectory()) throw usage(new UserportError(ErrorCodes.IO, `SRC ${src} is a directory, not an export file`));
+  if (!st.isFile()) {
+    if (resumable) throw usageError(`--resumable needs SRC to be a regular file (it is read again to resume); ${src} is a pipe or device`);
+    return 'pipe';
+  }
+  const head = Buffer.alloc(512);
+  let got = 0;
+  try {
+    const fd = fs.openSync(src, 'r');
+    try { got = fs.readSync(fd, head, 0, head.length, 0); } finally { fs.closeSync(fd); }
+  } catch (err) {
+    throw usage(new UserportError(ErrorCodes.IO, `cannot read SRC ${src}: ${(err as Error).message}`, { cause: err }));
+  }
+  const bytes = head.subarray(0, got);
+  if (looksLikeTar(bytes)) {
+    if (!decrypting) throw usageError(`SRC ${src} looks encrypted (a tar archive): add --decrypt-with KEY.pem or --decrypt-with-gcp-kms CONFIG.json`);
+    return 'file';
+  }
+  if (decrypting && /^(\xef\xbb\xbf)?\s*[[{]/.test(bytes.toString('latin1'))) {
+    throw usageError(`SRC ${src} is plain JSON, not an encrypted export: drop --decrypt-with / --decrypt-with-gcp-kms`);
+  }
+  const utf16 = utf16Name(bytes);
+  if (utf16 && !decrypting) {
+    throw new ParseError(ErrorCodes.INPUT_UTF8, `SRC ${src} is ${utf16}, not UTF-8 as Sentry writes exports: convert it first (iconv -f UTF-16 -t UTF-8)`);
+  }
+  return 'file';
+}
+
+/** An output file the import will write: refused now if it cannot be. */
+function checkOutput(flag: string, file: string | undefined, src: string): void {
+  if (file === undefined) return;
+  if (file === '-') throw usageError(`${flag} -: standard output is not supported (it carries the summary); give a file path`);
+  if (file === '') throw usageError(`${flag} needs a file path`);
+  if (src !== '-' && path.resolve(file) === path.resolve(src)) throw usageError(`${flag} ${file} is SRC itself`);
+  const dir = path.dirname(path.resolve(file));
+  let st: fs.Stats | undefined;
+  try { st = fs.statSync(dir); } catch { st = undefined; }
+  if (!st?.isDirectory()) throw usage(new UserportError(ErrorCodes.IO, `${flag} ${file}: the folder ${path.dirname(file)} does not exist`));
+  try { fs.accessSync(dir, fs.constants.W_OK); } catch {
+    throw usage(new UserportError(ErrorCodes.IO, `${flag} ${file}: the folder ${path.dirname(file)} is not writable`));
+  }
+  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw usage(new UserportError(ErrorCodes.IO, `${flag} ${file} is a directory`));
+}
+
+/** A file an option names, to be read: it must exist and be readable. */
+function checkInput(flag: string, file: string | undefined): void {
+  if (file === undefined) return;
+  try {
+    if (fs.statSync(file).isDirectory()) throw new Error('it is a directory');
+    fs.accessSync(file, fs.constants.R_OK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw usage(new UserportError(ErrorCodes.IO, `${flag} ${file}: ${code === 'ENOENT' ? 'no such file' : (err as Error).message}`));
+  }
+}
+
+interface ImportPlan {
+  options: Omit<ImportOptions, 'databaseUrl'>;
+  databaseUrl: string | undefined;
+  json: boolean;
+  silent: boolean;
+  progress: boolean;
+  resumable: boolean;
+  emptyFilter: boolean;
+}
+
+/** Every check that needs no database: options, combinations, input and output paths, keys. */
+async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
+  const { values: o, positionals } = parseCommand(args, IMPORT_FLAGS, 'import');
+  if (o.help) return 'help';
+  if (positionals[0] !== 'users') {
+    throw usageError(positionals.length ? `unknown import scope "${positionals[0]}": userport imports users only (userport import users SRC)` : 'missing "users SRC" (userport import users SRC)');
+  }
+  if (positionals.length !== 2) throw usageError(positionals.length < 2 ? 'missing SRC: a file, or - for standard input' : `one SRC only, got ${positionals.length - 1}`);
   const source = positionals[1]!;
+  const resumable = !!o.resumable;
   if (o['filter-usernames'] !== undefined && o['filter-usernames-file'] !== undefined) {
-    throw new OptionError('--filter-usernames and --filter-usernames-file cannot be combined');
+    throw usageError('--filter-usernames and --filter-usernames-file cannot be combined');
   }
-  let filterUsernames: string[] | undefined;
-  if (o['filter-usernames'] !== undefined) filterUsernames = parseUsernameList(o['filter-usernames']);
-  if (o['filter-usernames-file'] !== undefined) {
-    try { filterUsernames = parseUsernameList(fs.readFileSync(o['filter-usernames-file'], 'utf8')); } catch (err) {
-      throw new OptionError(`--filter-usernames-file: cannot read ${o['filter-usernames-file']}: ${(err as Error).message}`);
-    }
+  if (o['max-rejects'] !== undefined && o['rejects-file'] === undefined) throw usageError('--max-rejects needs --rejects-file');
+  if (o['import-id'] !== undefined && !resumable) throw usageError('--import-id needs --resumable');
+  if (o['batch-rows'] !== undefined && !resumable) throw usageError('--batch-rows needs --resumable');
+  if (resumable && o['dry-run']) throw usageError('--resumable and --dry-run cannot be combined (a dry run commits nothing to resume)');
+  const importId = str(o['import-id']);
+  if (importId !== undefined && !/^[A-Za-z0-9._-]{1,100}$/.test(importId)) {
+    throw usageError(`--import-id must be 1-100 letters, digits, '.', '_' or '-', got "${printable(importId)}"`);
   }
-  const quiet = !!o.silent || !!o.json;
-  const decrypt = await keyUnwrapperFromOptions({
-    decryptWith: o['decrypt-with'], passphraseFile: o['decrypt-passphrase-file'], gcpKmsConfig: o['decrypt-with-gcp-kms'],
-  });
-  // Every option is checked before the database is touched: a typo must not start a server.
+  if (o['decrypt-with'] !== undefined && o['decrypt-with-gcp-kms'] !== undefined) {
+    throw usageError('--decrypt-with and --decrypt-with-gcp-kms cannot be combined: give one');
+  }
+  if (o['decrypt-passphrase-file'] !== undefined && o['decrypt-with'] === undefined) {
+    throw usageError('--decrypt-passphrase-file needs --decrypt-with');
+  }
   const numbers = {
     batchRows: intOption('batch-rows', o['batch-rows'], 1),
     maxRejects: intOption('max-rejects', o['max-rejects'], 0),
     maxRecordBytes: intOption('max-record-bytes', o['max-record-bytes'], 16),
     maxDepth: intOption('max-depth', o['max-depth'], 2),
   };
-  if (o['database-url'] !== undefined) checkDatabaseUrl(o['database-url']);
-  const db = await database(o['database-url'], quiet);
-  const showProgress = !o['no-progress'] && !quiet && process.stderr.isTTY;
-  const summary = await importUsers({
-    ...numbers,
-    source,
-    databaseUrl: db.url,
-    mergeUsers: !!o['merge-users'],
-    filterUsernames,
-    dryRun: !!o['dry-run'],
-    resumable: !!o.resumable,
-    importId: o['import-id'],
-    rejectsFile: o['rejects-file'],
-    findingsFile: o['findings-file'],
-    decrypt,
-    onStart: ({ importId, resumed, fromOrdinal }) => {
-      if (o.resumable && !o.silent) {
-        process.stderr.write(resumed ? `Resuming import ${importId} after record ${fromOrdinal}\n`
-          : `Import id: ${importId} (if interrupted, run the same command with --import-id ${importId} to resume)\n`);
-      }
+  checkUrl(str(o['database-url']));
+  const decrypting = o['decrypt-with'] !== undefined || o['decrypt-with-gcp-kms'] !== undefined;
+  checkSource(source, decrypting, resumable);
+  checkOutput('--findings-file', str(o['findings-file']), source);
+  checkOutput('--rejects-file', str(o['rejects-file']), source);
+  if (o['findings-file'] !== undefined && o['findings-file'] === o['rejects-file']) throw usageError('--findings-file and --rejects-file are the same file');
+  for (const flag of ['filter-usernames-file', 'decrypt-with', 'decrypt-passphrase-file', 'decrypt-with-gcp-kms'] as const) checkInput(`--${flag}`, str(o[flag]));
+
+  let filterUsernames: string[] | undefined;
+  let emptyFilter = false;
+  const filterText = o['filter-usernames-file'] !== undefined ? fs.readFileSync(str(o['filter-usernames-file'])!, 'utf8') : str(o['filter-usernames']);
+  if (filterText !== undefined) {
+    filterUsernames = parseUsernameList(filterText);
+    // Sentry's parse_filter_arg: an empty value is no filter at all, not "import nobody".
+    if (filterUsernames.length === 0) { filterUsernames = undefined; emptyFilter = true; }
+  }
+  const quiet = !!o.silent || !!o.json;
+  const decrypt = await keyUnwrapperFromOptions({
+    decryptWith: str(o['decrypt-with']), passphraseFile: str(o['decrypt-passphrase-file']), gcpKmsConfig: str(o['decrypt-with-gcp-kms']),
+  }).catch((err: unknown) => { throw usage(err as Error); });
+  return {
+    options: {
+      ...numbers,
+      source,
+      mergeUsers: !!o['merge-users'],
+      filterUsernames,
+      dryRun: !!o['dry-run'],
+      resumable,
+      importId,
+      rejectsFile: str(o['rejects-file']),
+      findingsFile: str(o['findings-file']),
+      decrypt,
     },
-    onProgress: showProgress ? (p) => process.stderr.write(`\r\x1b[K${progressLine(p)}`) : undefined,
-  });
-  if (showProgress) process.stderr.write('\r\x1b[K');
-  if (o.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
-  else if (!o.silent) {
-    process.stdout.write(formatSummary(summary) + '\n');
-    if (db.embedded) {
+    databaseUrl: str(o['database-url']),
+    json: !!o.json,
+    silent: !!o.silent,
+    progress: !o['no-progress'] && !quiet,
+    resumable,
+    emptyFilter,
+  };
+}
+
+/** Seconds between progress lines when stderr is a log, not a terminal. */
+const LOG_PROGRESS_SECONDS = 10;
+
+async function importCommand(args: string[]): Promise<number> {
+  const plan = await planImport(args);
+  if (plan === 'help') { process.stdout.write(IMPORT_HELP); return 0; }
+  const db = await database(plan.databaseUrl, plan.silent || plan.json);
+  const tty = !!process.stderr.isTTY;
+  const clock = new PhaseClock();
+  let lastLogged = -Infinity;
+  let lastPhase: Progress['phase'] | undefined;
+  const onProgress = (p: Progress) => {
+    clock.update(p);
+    if (!plan.progress) return;
+    const columns = process.stderr.columns || 80;
+    if (tty) {
+      process.stderr.write(`\r\x1b[K${progressLine(p, clock, columns)}`);
+    } else if (p.phase !== lastPhase || p.seconds - lastLogged >= LOG_PROGRESS_SECONDS) {
+      // A CI log: a short line now and then (Sentry prints "still importing" for the same reason).
+      process.stderr.write(`userport: ${progressLine(p, clock, 200)}\n`);
+      lastLogged = p.seconds;
+    }
+    lastPhase = p.phase;
+  };
+  let summary: ImportSummary;
+  try {
+    summary = await importUsers({
+      ...plan.options,
+      databaseUrl: db.url,
+      onStart: ({ importId, resumed, fromOrdinal, found }) => {
+        if (!plan.resumable || plan.silent) return;
+        if (found) {
+          process.stderr.write(resumed
+            ? `Found unfinished import ${importId} of this file with these options: continuing it after record ${n(fromOrdinal)}\n`
+            : `Found import ${importId} of this file with these options: continuing it\n`);
+        } else {
+          process.stderr.write(resumed ? `Resuming import ${importId} after record ${n(fromOrdinal)}\n`
+            : `Import id: ${importId} (if interrupted, run the same command again to continue it)\n`);
+        }
+      },
+      onProgress,
+    });
+  } finally {
+    if (plan.progress && tty) process.stderr.write('\r\x1b[K');
+  }
+  if (plan.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
+  else if (!plan.silent) {
+    process.stdout.write(formatSummary(summary, { phases: clock.phases(summary.seconds), emptyFilter: plan.emptyFilter }) + '\n');
+    if (summary.state === 'already-done') {
+      process.stdout.write('To import this file again as a new import, give --import-id with a new id.\n');
+    }
+    if (db.embedded && summary.mode !== 'dry-run') {
       process.stdout.write(`\nThe data is in the embedded PostgreSQL: ${db.url}\n` +
         'Look at it with `npx userport db psql`; stop the server with `npx userport db stop`.\n');
     }
@@ -213,31 +533,37 @@ async function importCommand(args: string[]): Promise<number> {
   return 0;
 }
 
+const when = (d: Date | null) => (d ? d.toISOString().replace('T', ' ').slice(0, 19) : '-');
+
+/** The listing as a table with a header. */
+export function formatImports(rows: ImportListing[]): string {
+  const header = ['ID', 'MODE', 'STATE', 'STARTED (UTC)', 'FINISHED (UTC)', 'RECORDS', 'SOURCE'];
+  const body = rows.map((r) => [
+    r.id, r.mode, r.state, when(r.startedAt), when(r.finishedAt),
+    r.state === 'done' && r.records !== null ? n(r.records) : `${n(r.checkpointOrdinal)} so far`,
+    printable(r.source) + (r.error ? `  (${printable(r.error)})` : ''),
+  ]);
+  const table = [header, ...body];
+  const widths = header.map((_, i) => (i === header.length - 1 ? 0 : Math.max(...table.map((r) => r[i]!.length))));
+  return table.map((r) => r.map((v, i) => (i === 5 ? v.padStart(widths[i]!) : v.padEnd(widths[i]!))).join('  ').trimEnd()).join('\n');
+}
+
 async function importsCommand(args: string[]): Promise<number> {
-  const { values: o } = parse(() => parseArgs({ args, options: { 'database-url': { type: 'string' }, json: { type: 'boolean' }, debug: { type: 'boolean' } }, strict: true }));
-  const db = await database(o['database-url'], true);
-  const knex = createKnex(db.url, 2);
-  try {
-    await waitForDatabase(knex);
-    await migrate(knex);
-    const { rows } = await knex.raw(`SELECT id, mode, state, source, started_at, finished_at, checkpoint_ordinal,
-      (summary->>'records')::bigint AS records, error FROM userport_import ORDER BY run`);
-    if (o.json) { process.stdout.write(JSON.stringify(rows, null, 2) + '\n'); return 0; }
-    if (!rows.length) { process.stdout.write('No imports yet.\n'); return 0; }
-    for (const r of rows) {
-      const when = new Date(r.started_at).toISOString().replace('T', ' ').slice(0, 19);
-      const count = r.state === 'done' ? `${r.records} records` : `checkpoint at record ${r.checkpoint_ordinal}`;
-      process.stdout.write(`${r.id}  ${r.mode.padEnd(9)}  ${r.state.padEnd(7)}  ${when}  ${count}  ${r.source}${r.error ? `  (${r.error})` : ''}\n`);
-    }
-    return 0;
-  } finally {
-    await knex.destroy();
-  }
+  const { values: o } = parseCommand(args, { ...COMMON, json: { type: 'boolean' } }, 'imports', false);
+  if (o.help) { process.stdout.write(IMPORTS_HELP); return 0; }
+  checkUrl(str(o['database-url']));
+  const db = await database(str(o['database-url']), true);
+  const rows = await listImports(db.url);
+  if (o.json) { process.stdout.write(JSON.stringify(rows, null, 2) + '\n'); return 0; }
+  process.stdout.write(rows.length ? `${formatImports(rows)}\n` : 'No imports yet.\n');
+  return 0;
 }
 
 async function migrateCommand(args: string[]): Promise<number> {
-  const { values: o } = parse(() => parseArgs({ args, options: { 'database-url': { type: 'string' }, debug: { type: 'boolean' } }, strict: true }));
-  const db = await database(o['database-url'], false);
+  const { values: o } = parseCommand(args, COMMON, 'migrate', false);
+  if (o.help) { process.stdout.write(MIGRATE_HELP); return 0; }
+  checkUrl(str(o['database-url']));
+  const db = await database(str(o['database-url']), false);
   const knex = createKnex(db.url, 2);
   try {
     await waitForDatabase(knex);
@@ -250,7 +576,10 @@ async function migrateCommand(args: string[]): Promise<number> {
 }
 
 async function dbCommand(args: string[]): Promise<number> {
-  const sub = args[0];
+  const { values: o, positionals } = parseCommand(args, {}, 'db');
+  if (o.help) { process.stdout.write(DB_HELP); return 0; }
+  const [sub, ...extra] = positionals;
+  if (extra.length) throw usageError(`unexpected argument ${extra[0]} (see userport db --help)`);
   if (sub === 'stop') {
     const stopped = await stopEmbedded();
     process.stdout.write(stopped ? 'Stopped the embedded PostgreSQL.\n' : 'The embedded PostgreSQL is not running.\n');
@@ -270,48 +599,47 @@ async function dbCommand(args: string[]): Promise<number> {
     return 0;
   }
   const cfg = readEmbeddedConfig(defaultEmbeddedDir());
-  throw new OptionError(`usage: userport db url|psql|start|stop${cfg ? ` (embedded database: ${embeddedUrl(cfg)})` : ''}`);
+  throw usageError(`${sub === undefined ? 'missing' : `unknown db command "${sub}":`} url, psql, start or stop${cfg ? ` (embedded database: ${embeddedUrl(cfg)})` : ''}`);
 }
 
+/** The commands. A new one is one line here (and its help in HELP). */
+const COMMANDS: Readonly<Record<string, { run: (args: string[]) => Promise<number> }>> = {
+  import: { run: importCommand },
+  imports: { run: importsCommand },
+  migrate: { run: migrateCommand },
+  db: { run: dbCommand },
+  encrypt: { run: (args) => runEncryptCommand(args) },
+  decrypt: { run: (args) => runDecryptCommand(args) },
+  // export: { run: exportCommand },
+};
 
 /** Runs the CLI with `argv` (without node and script); resolves to the exit code. */
 export async function main(argv: string[]): Promise<number> {
   const debug = argv.includes('--debug');
   try {
     const [command, ...rest] = argv;
-    switch (command) {
-      case 'import': return await importCommand(rest);
-      case 'imports': return await importsCommand(rest);
-      case 'migrate': return await migrateCommand(rest);
-      case 'db': return await dbCommand(rest);
-      case 'encrypt': return await runEncryptCommand(rest);
-      case 'decrypt': return await runDecryptCommand(rest);
-      case '--version': case '-v': {
-        const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-        process.stdout.write(`${pkg.version}\n`);
-        return 0;
-      }
-      case undefined: case 'help': case '--help': case '-h':
-        process.stdout.write(HELP);
-        return command === undefined ? 1 : 0;
-      default:
-        throw new OptionError(`unknown command "${command}" (try userport --help)`);
+    if (command === undefined) {
+      process.stderr.write(HELP);
+      return 2;
     }
+    if (command === 'help' || command === '--help' || command === '-h') {
+      const topic = rest[0] !== undefined ? COMMANDS[rest[0]] : undefined;
+      if (topic) return await topic.run(['--help']);
+      process.stdout.write(HELP);
+      return 0;
+    }
+    if (command === '--version' || command === '-v') {
+      const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+      process.stdout.write(`${pkg.version}\n`);
+      return 0;
+    }
+    const cmd = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
+    if (!cmd) {
+      const near = Object.keys(COMMANDS).find((c) => c.startsWith(command) || command.startsWith(c));
+      throw usageError(`unknown command "${printable(command)}"${near ? `: did you mean ${near}?` : ''} (see userport --help)`);
+    }
+    return await cmd.run(rest);
   } catch (err) {
-    printError(err, debug);
-    return 1;
+    return reportError(err, debug);
   }
-}
-
-function printError(err: unknown, debug: boolean): void {
-  if (err instanceof UserportError) {
-    process.stderr.write(`userport: ${err.message}${err.position ? ` (${formatPosition(err.position)})` : ''} [${err.code}]\n`);
-    const cause = err.cause as { message?: string } | undefined;
-    if (cause?.message && !err.message.includes(cause.message) && err.code.startsWith('USERPORT_DB')) {
-      process.stderr.write(`  caused by: ${cause.message}\n`);
-    }
-  } else {
-    process.stderr.write(`userport: unexpected error: ${(err as Error)?.message ?? String(err)}\n`);
-  }
-  if (debug && err instanceof Error) process.stderr.write(`${err.stack}\n`);
 }

@@ -7,9 +7,8 @@ import fs from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { parseArgs } from 'node:util';
 import type { Readable, Writable } from 'node:stream';
-import { OptionError, UserportError } from '../lib/errors.js';
+import { parseCommand, reportError, usageError } from './cli-support.js';
 import { decryptExport, encryptExport, keyUnwrapperFromOptions, type EncryptedInput } from '../lib/decrypt.js';
 import { promptPassphraseOnTty } from '../lib/crypto/prompt.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
@@ -23,29 +22,48 @@ export interface CommandIo {
   stderr: Writable;
 }
 
-const ENCRYPT_USAGE = 'usage: userport encrypt (--encrypt-with PUBLIC.pem | --encrypt-with-gcp-kms CONFIG.json) SRC DEST   (SRC/DEST may be - for stdin/stdout)';
-const DECRYPT_USAGE =
-  'usage: userport decrypt (--decrypt-with PRIVATE.pem [--decrypt-passphrase-file FILE] | --decrypt-with-gcp-kms CONFIG.json) [--tmp-dir DIR] SRC DEST';
+export const ENCRYPT_HELP = `Usage: userport encrypt (--encrypt-with PUBLIC.pem | --encrypt-with-gcp-kms CONFIG.json) SRC DEST
+
+Encrypt an export like 'sentry backup encrypt': a tarball of the Fernet-encrypted JSON, its key
+wrapped to the RSA public key, and that public key. SRC and DEST may be - (stdin, stdout).
+
+Options:
+  --encrypt-with PUBLIC.pem       RSA public key (given a private key, only its public half is used)
+  --encrypt-with-gcp-kms CFG      wrap the key with Google Cloud KMS (config JSON)
+  --tmp-dir DIR                   where to spool standard input (default: the system temp folder)
+  --debug                         print stack traces with errors
+  -h, --help                      this help
+
+Example:
+  userport encrypt --encrypt-with samples/demo-key.pub samples/users.json users.tar
+`;
+export const DECRYPT_HELP = `Usage: userport decrypt (--decrypt-with PRIVATE.pem | --decrypt-with-gcp-kms CONFIG.json) SRC DEST
+
+Decrypt an export like 'sentry backup decrypt'. Nothing reaches DEST unless the whole export
+authenticates; DEST is created with mode 0600. SRC and DEST may be - (stdin, stdout).
+
+Options:
+  --decrypt-with PRIVATE.pem      RSA private key (PKCS#8 or PKCS#1, optionally encrypted)
+  --decrypt-passphrase-file F     passphrase of an encrypted private key
+  --decrypt-with-gcp-kms CFG      unwrap the key with Google Cloud KMS (config JSON)
+  --tmp-dir DIR                   where to spool standard input (default: the system temp folder)
+  --debug                         print stack traces with errors
+  -h, --help                      this help
+
+Example:
+  userport decrypt --decrypt-with samples/demo-key.pem samples/users.tar users.json
+`;
+const ENCRYPT_USAGE = 'see userport encrypt --help';
+const DECRYPT_USAGE = 'see userport decrypt --help';
 
 function io(partial: Partial<CommandIo> | undefined): CommandIo {
   return { stdin: partial?.stdin ?? process.stdin, stdout: partial?.stdout ?? process.stdout, stderr: partial?.stderr ?? process.stderr };
 }
 
-type OptionSpec = Record<string, { type: 'string' | 'boolean' }>;
-
-function parse(args: string[], options: OptionSpec, usage: string): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
-  try {
-    const parsed = parseArgs({ args, options: { ...options, debug: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
-    return { values: parsed.values as Record<string, string | boolean | undefined>, positionals: parsed.positionals };
-  } catch (err) {
-    throw new OptionError(`${(err as Error).message}\n${usage}`);
-  }
-}
-
 function positionals(list: string[], usage: string): [string, string] {
-  if (list.length !== 2) throw new OptionError(`expected SRC and DEST, got ${list.length} argument${list.length === 1 ? '' : 's'}\n${usage}`);
+  if (list.length !== 2) throw usageError(`expected SRC and DEST, got ${list.length} argument${list.length === 1 ? '' : 's'} (${usage})`);
   if (list[0] !== '-' && list[1] !== '-' && path.resolve(list[0]!) === path.resolve(list[1]!)) {
-    throw new OptionError('SRC and DEST are the same file');
+    throw usageError('SRC and DEST are the same file');
   }
   return [list[0]!, list[1]!];
 }
@@ -63,7 +81,7 @@ async function toDestination(dest: string, streams: CommandIo, mode: number, wri
   }
   const existing = await fs.stat(dest).catch(() => undefined);
   if (existing && !existing.isFile()) {
-    if (existing.isDirectory()) throw new OptionError(`DEST ${dest} is a directory`);
+    if (existing.isDirectory()) throw usageError(`DEST ${dest} is a directory`);
     await write(createWriteStream(dest, { flags: 'w' }));
     return;
   }
@@ -81,31 +99,24 @@ function source(src: string, streams: CommandIo): EncryptedInput {
   return src === '-' ? { stream: streams.stdin } : { path: src };
 }
 
-function report(command: string, err: unknown, debug: boolean, stderr: Writable): number {
-  const line = err instanceof UserportError ? err.describe() : (err as Error)?.message ?? String(err);
-  stderr.write(`userport ${command}: ${line}\n`);
-  if (debug && err instanceof Error && err.stack) stderr.write(`${err.stack}\n`);
-  return 1;
-}
-
 /** `userport encrypt --encrypt-with PUBLIC.pem SRC DEST`. Resolves to the exit code. */
 export async function runEncryptCommand(args: string[], streams?: Partial<CommandIo>): Promise<number> {
   const s = io(streams);
   const debug = args.includes('--debug');
   try {
-    const { values, positionals: pos } = parse(args, {
+    const { values, positionals: pos } = parseCommand(args, {
       'encrypt-with': { type: 'string' },
       'encrypt-with-gcp-kms': { type: 'string' },
       'tmp-dir': { type: 'string' },
-    }, ENCRYPT_USAGE);
+    }, 'encrypt');
     if (values.help) {
-      s.stdout.write(`${ENCRYPT_USAGE}\n`);
+      s.stdout.write(ENCRYPT_HELP);
       return 0;
     }
     const keyPath = values['encrypt-with'];
     const kmsPath = values['encrypt-with-gcp-kms'];
     if ((typeof keyPath === 'string') === (typeof kmsPath === 'string')) {
-      throw new OptionError(`give exactly one of --encrypt-with PUBLIC.pem and --encrypt-with-gcp-kms CONFIG.json\n${ENCRYPT_USAGE}`);
+      throw usageError(`give exactly one of --encrypt-with PUBLIC.pem and --encrypt-with-gcp-kms CONFIG.json (${ENCRYPT_USAGE})`);
     }
     const [src, dest] = positionals(pos, ENCRYPT_USAGE);
     let publicKeyPem: Buffer;
@@ -116,7 +127,7 @@ export async function runEncryptCommand(args: string[], streams?: Partial<Comman
       try {
         publicKeyPem = await fs.readFile(keyPath as string);
       } catch (err) {
-        throw new OptionError(`--encrypt-with: cannot read ${String(keyPath)}: ${(err as Error).message}`);
+        throw usageError(`--encrypt-with: cannot read ${String(keyPath)}: ${(err as Error).message}`);
       }
     }
     const tmpDir = values['tmp-dir'];
@@ -124,7 +135,7 @@ export async function runEncryptCommand(args: string[], streams?: Partial<Comman
       encryptExport(source(src, s), out, { publicKeyPem, ...(typeof tmpDir === 'string' ? { tmpDir } : {}) }));
     return 0;
   } catch (err) {
-    return report('encrypt', err, debug, s.stderr);
+    return reportError(err, debug, s.stderr);
   }
 }
 
@@ -137,14 +148,14 @@ export async function runDecryptCommand(args: string[], streams?: Partial<Comman
   const s = io(streams);
   const debug = args.includes('--debug');
   try {
-    const { values, positionals: pos } = parse(args, {
-      'decrypt-with': { type: 'string' },
+    const { values, positionals: pos } = parseCommand(args, {
+      'decrypt-with': { type: 'string', aliases: ['decrypt_with'] },
       'decrypt-passphrase-file': { type: 'string' },
       'decrypt-with-gcp-kms': { type: 'string' },
       'tmp-dir': { type: 'string' },
-    }, DECRYPT_USAGE);
+    }, 'decrypt');
     if (values.help) {
-      s.stdout.write(`${DECRYPT_USAGE}\n`);
+      s.stdout.write(DECRYPT_HELP);
       return 0;
     }
     const [src, dest] = positionals(pos, DECRYPT_USAGE);
@@ -158,13 +169,13 @@ export async function runDecryptCommand(args: string[], streams?: Partial<Comman
         ? () => promptPassphraseOnTty(`Passphrase for ${str(values['decrypt-with'])}: `, s.stdin as NodeJS.ReadStream, s.stderr as NodeJS.WriteStream)
         : null,
     });
-    if (!unwrapper) throw new OptionError(`one of --decrypt-with or --decrypt-with-gcp-kms is required\n${DECRYPT_USAGE}`);
+    if (!unwrapper) throw usageError(`one of --decrypt-with or --decrypt-with-gcp-kms is required (${DECRYPT_USAGE})`);
     const tmpDir = str(values['tmp-dir']);
     await toDestination(dest, s, 0o600, async (out) => {
       await decryptExport(source(src, s), out, { unwrapper, ...(tmpDir ? { tmpDir } : {}) });
     });
     return 0;
   } catch (err) {
-    return report('decrypt', err, debug, s.stderr);
+    return reportError(err, debug, s.stderr);
   }
 }

@@ -7,8 +7,9 @@ import { expect } from 'chai';
 import path from 'node:path';
 import { importUsers } from '../lib/import.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
+import { requireSharedFixtures } from './helpers/shared.js';
 
-const FIXTURES = path.resolve('../shared/fixtures/sentry');
+let FIXTURES = '';
 const fixture = (name: string) => path.join(FIXTURES, `${name}.json`);
 
 interface Expected {
@@ -73,6 +74,9 @@ async function check(db: TestDb, exp: Expected) {
 }
 
 describe('real Sentry exports (../shared/fixtures/sentry)', () => {
+  const dir = requireSharedFixtures('sentry');
+  if (!dir) return;
+  FIXTURES = dir;
   for (const [name, exp] of Object.entries(EXPECTED)) {
     it(`imports ${name} in user scope`, async () => {
       const db = await freshDatabase();

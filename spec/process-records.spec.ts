@@ -8,6 +8,7 @@ import { createExportGenerator } from '../lib/generate.js';
 import { createModelMapper, type MappedItem } from '../lib/map-models.js';
 import { createRecordProcessor } from '../lib/process-records.js';
 import { createTokenizer } from '../lib/tokenize.js';
+import { requireSharedFixtures, sharedFixtures, sharedJsonFiles } from './helpers/shared.js';
 import { chunked, collect, collectError } from './helpers/streams.js';
 import { user, useremail } from './helpers/exports.js';
 
@@ -21,9 +22,10 @@ async function fused(buf: Buffer, size: number, usernames?: string[], collectRej
 const plain = (items: MappedItem[]) => items.map((i) => (i.kind === 'reject' ? { ...i, error: [i.error.code, i.error.position] } : i));
 
 describe('createRecordProcessor (the fused fast path)', () => {
+  requireSharedFixtures('sentry');
   const inputs: [string, () => Promise<Buffer>][] = [
-    ...fs.readdirSync('../shared/fixtures/sentry').filter((f) => f.endsWith('.json'))
-      .map((f) => [f, async () => fs.readFileSync(path.join('../shared/fixtures/sentry', f))] as [string, () => Promise<Buffer>]),
+    ...sharedJsonFiles(sharedFixtures('sentry'))
+      .map((f) => [f, async () => fs.readFileSync(path.join(sharedFixtures('sentry')!, f))] as [string, () => Promise<Buffer>]),
     ['a generated export with collisions and out-of-scope models', async () => {
       const chunks: Buffer[] = [];
       for await (const c of createExportGenerator({ users: 300, seed: 9, collisionRate: 0.05, outOfScopeRate: 0.2 })) chunks.push(c as Buffer);

@@ -2,10 +2,9 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createTokenizer, type RawRecord } from '../lib/tokenize.js';
+import { requireSharedFixtures, sharedJsonFiles } from './helpers/shared.js';
 import { chunked, collect, collectError } from './helpers/streams.js';
 
-const FIXTURES = path.resolve('../shared/fixtures/sentry');
-const fixtureFiles = fs.readdirSync(FIXTURES).filter((f) => f.endsWith('.json'));
 
 /** Reference positions: byte offset, line, column of each top-level element's '{'. */
 function expectedPositions(buf: Buffer) {
@@ -25,7 +24,8 @@ function expectedPositions(buf: Buffer) {
 
 describe('createTokenizer', () => {
   describe('on valid exports', () => {
-    for (const file of fixtureFiles) {
+    const FIXTURES = requireSharedFixtures('sentry')!;
+    for (const file of sharedJsonFiles(FIXTURES)) {
       for (const size of [1, 7, 65536]) {
         it(`splits ${file} in ${size}-byte chunks exactly like JSON.parse, with positions`, async () => {
           const buf = fs.readFileSync(path.join(FIXTURES, file));

@@ -61,6 +61,15 @@ export function loadPublicKey(pem: Buffer | string, what = 'the public key'): Ke
   return key;
 }
 
+/** The SubjectPublicKeyInfo PEM of an unencrypted PEM private key: its public half only. */
+export function derivePublicPem(privatePem: Buffer | string): Buffer {
+  try {
+    return Buffer.from(crypto.createPublicKey({ key: privatePem, format: 'pem' }).export({ type: 'spki', format: 'pem' }));
+  } catch (err) {
+    throw new DecryptError(DecryptErrorCodes.KEY_INVALID, 'the key to encrypt with is not a PEM RSA key', { cause: err });
+  }
+}
+
 /** True when both keys have the same RSA public modulus and exponent. Either may be private. */
 export function sameRsaPublicKey(a: KeyObject, b: KeyObject): boolean {
   const pub = (k: KeyObject) => (k.type === 'public' ? k : crypto.createPublicKey(k));

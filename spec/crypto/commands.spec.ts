@@ -86,6 +86,24 @@ describe('userport encrypt / decrypt', () => {
       }
     });
 
+    it('given a private key to --encrypt-with, writes only its public half as key.pub; refuses an encrypted one', async () => {
+      for (const key of [KEY, fixture('fixture-key.pkcs1.pem')]) {
+        const enc = await run(runEncryptCommand, ['--encrypt-with', key, fixture('fixture-export.json'), '-']);
+        expect(enc.code, enc.stderr).to.equal(0);
+        const tar = enc.stdout.toString('latin1');
+        expect(tar).not.to.include('PRIVATE KEY');
+        // The private key's modulus must not be there in any form: only the public PEM is.
+        const publicPem = crypto.createPublicKey(readFixture('fixture-key.pem')).export({ type: 'spki', format: 'pem' }).toString();
+        expect(tar).to.include(publicPem);
+        const back = await run(runDecryptCommand, ['--decrypt-with', KEY, '-', '-'], enc.stdout);
+        expect(back.stdout.equals(PLAINTEXT())).to.equal(true);
+      }
+      const locked = await run(runEncryptCommand, ['--encrypt-with', fixture('fixture-key.encrypted.pem'), fixture('fixture-export.json'), '-']);
+      expect(locked.code).to.equal(2);
+      expect(locked.stdout).to.have.length(0);
+      expect(locked.stderr).to.include('[USERPORT_OPTION_INVALID]');
+    });
+
     it('reads stdin and writes stdout with -', async () => {
       const plain = crypto.randomBytes(300_000);
       const enc = await run(runEncryptCommand, ['--encrypt-with', PUB, '-', '-'], plain);

@@ -16,6 +16,7 @@ import { createModelMapper, type MappedItem } from '../../lib/map-models.js';
 import { isDateTime, STAGE_COLUMNS } from '../../lib/models.js';
 import { createTokenizer } from '../../lib/tokenize.js';
 import { chunked, collect } from '../helpers/streams.js';
+import { sharedFixtures, sharedJsonFiles } from '../helpers/shared.js';
 import { lineColumn, mutateBytes, mutateRecords, Rng, serializeExport, validExportRecords } from './gen.js';
 
 export const CODE = /^USERPORT_[A-Z0-9_]+$/;
@@ -33,9 +34,9 @@ export function makeSeeds(rng: Rng, count: number): Seed[] {
     const records = validExportRecords(rng);
     seeds.push({ buf: Buffer.from(serializeExport(records, rng)), records });
   }
-  const shared = path.resolve('../shared/fixtures/sentry');
-  if (fs.existsSync(shared)) {
-    for (const f of fs.readdirSync(shared).filter((x) => x.endsWith('.json')).sort()) {
+  const shared = sharedFixtures('sentry');
+  if (shared) {
+    for (const f of sharedJsonFiles(shared)) {
       const buf = fs.readFileSync(path.join(shared, f));
       seeds.push({ buf, records: JSON.parse(buf.toString('utf8')) as unknown[] });
     }
