@@ -135,7 +135,7 @@ async function openSource(o: ImportOptions): Promise<{ stream: Readable; size: n
   let size: number;
   try {
     const st = fs.statSync(o.source);
-    if (st.isDirectory()) throw new OptionError(`${o.source} is a directory, not an export file`, 'source');
+    if (st.isDirectory()) throw new UserportError(ErrorCodes.IO, `${o.source} is a directory, not an export file`);
     // A FIFO or process substitution (`<(cat f)`) is streamed like standard input.
     if (!st.isFile()) return { stream: fs.createReadStream(o.source, { highWaterMark: READ_CHUNK }), size: undefined };
     size = st.size;

@@ -285,8 +285,9 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
   const what = `${n(s.records)} records (${formatBytes(s.bytes)}) in ${s.seconds.toFixed(1)}s`;
   const head = s.state === 'already-done' ? `Already imported, nothing changed: import ${s.importId} finished earlier`
     : s.mode === 'dry-run' ? `Dry run: ${what}; everything was rolled back, nothing was written`
-      : `Imported ${what} (import ${s.importId})`;
+      : `Imported ${what}`;
   const out = [head];
+  if (s.state !== 'already-done') out.push(`Import id: ${s.importId}`);
   if (ctx.phases && s.state !== 'already-done') {
     out.push(`Time: reading and staging ${ctx.phases.reading.toFixed(1)}s, merging ${ctx.phases.merging.toFixed(1)}s`);
   }
@@ -433,12 +434,12 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
     maxDepth: intOption('max-depth', o['max-depth'], 2),
   };
   checkUrl(str(o['database-url']));
+  for (const flag of ['filter-usernames-file', 'decrypt-with', 'decrypt-passphrase-file', 'decrypt-with-gcp-kms'] as const) checkInput(`--${flag}`, str(o[flag]));
   const decrypting = o['decrypt-with'] !== undefined || o['decrypt-with-gcp-kms'] !== undefined;
   checkSource(source, decrypting, resumable);
   checkOutput('--findings-file', str(o['findings-file']), source);
   checkOutput('--rejects-file', str(o['rejects-file']), source);
   if (o['findings-file'] !== undefined && o['findings-file'] === o['rejects-file']) throw usageError('--findings-file and --rejects-file are the same file');
-  for (const flag of ['filter-usernames-file', 'decrypt-with', 'decrypt-passphrase-file', 'decrypt-with-gcp-kms'] as const) checkInput(`--${flag}`, str(o[flag]));
 
   let filterUsernames: string[] | undefined;
   let emptyFilter = false;
@@ -474,8 +475,14 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
   };
 }
 
-/** Seconds between progress lines when stderr is a log, not a terminal. */
-const LOG_PROGRESS_SECONDS = 10;
+/**
+ * Seconds between progress lines when stderr is a log, not a terminal: an import shorter than
+ * that prints none. `USERPORT_PROGRESS_SECONDS` changes it.
+ */
+function logProgressSeconds(): number {
+  const v = Number(process.env.USERPORT_PROGRESS_SECONDS);
+  return process.env.USERPORT_PROGRESS_SECONDS && Number.isFinite(v) && v >= 0 ? v : 10;
+}
 
 async function importCommand(args: string[]): Promise<number> {
   const plan = await planImport(args);
@@ -483,7 +490,9 @@ async function importCommand(args: string[]): Promise<number> {
   const db = await database(plan.databaseUrl, plan.silent || plan.json);
   const tty = !!process.stderr.isTTY;
   const clock = new PhaseClock();
-  let lastLogged = -Infinity;
+  const every = logProgressSeconds();
+  let lastLogged = 0;
+  let logged = false;
   let lastPhase: Progress['phase'] | undefined;
   const onProgress = (p: Progress) => {
     clock.update(p);
@@ -491,10 +500,11 @@ async function importCommand(args: string[]): Promise<number> {
     const columns = process.stderr.columns || 80;
     if (tty) {
       process.stderr.write(`\r\x1b[K${progressLine(p, clock, columns)}`);
-    } else if (p.phase !== lastPhase || p.seconds - lastLogged >= LOG_PROGRESS_SECONDS) {
+    } else if (p.seconds - lastLogged >= every || (logged && p.phase !== lastPhase)) {
       // A CI log: a short line now and then (Sentry prints "still importing" for the same reason).
       process.stderr.write(`userport: ${progressLine(p, clock, 200)}\n`);
       lastLogged = p.seconds;
+      logged = true;
     }
     lastPhase = p.phase;
   };

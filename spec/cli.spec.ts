@@ -34,7 +34,8 @@ describe('userport CLI', function () {
       try {
         const res = await run('npx', ['userport', 'import', 'users', 'samples/users.json'], { env: { USERPORT_HOME: home } });
         expect(res.code, res.stderr).to.equal(0);
-        expect(res.stdout).to.match(/sentry\.user\s+200\s+200\s/);
+        expect(res.stdout).to.match(/^read\s+200\s/m);
+        expect(res.stdout).to.match(/^inserted\s+200\s/m);
         expect(res.stdout).to.include('npx userport db psql');
         const url = /embedded PostgreSQL: (postgresql:\/\/\S+)/.exec(res.stdout)?.[1];
         expect(url).to.match(/@127\.0\.0\.1:\d+\/userport$/);
@@ -42,6 +43,11 @@ describe('userport CLI', function () {
         expect(again.stdout.trim()).to.equal(url);
         // The data folder is private to the server's owner.
         expect(fs.statSync(path.join(home, 'pgdata')).mode & 0o777).to.equal(0o700);
+        // A dry run says everything was rolled back, never where "the data is".
+        const dry = await userport(['import', 'users', 'samples/users.json', '--dry-run'], { env: { USERPORT_HOME: home } });
+        expect(dry.code, dry.stderr).to.equal(0);
+        expect(dry.stdout).to.match(/^Dry run: .*everything was rolled back, nothing was written/);
+        expect(dry.stdout).not.to.include('The data is');
       } finally {
         await stopEmbedded(home, 'immediate').catch(() => undefined);
         fs.rmSync(home, { recursive: true, force: true });
@@ -94,7 +100,7 @@ describe('userport CLI', function () {
       const res = await userport(['import', 'users', writeExport([user(1, 'table-user'), useremail(1, 1, 'x@example.com'), useremail(2, 77, 'y@example.com')]),
         '--database-url', db.url, '--filter-usernames-file', names]);
       expect(res.code, res.stderr).to.equal(0);
-      expect(res.stdout).to.match(/model\s+read\s+inserted\s+existing\s+merged\s+renamed\s+filtered\s+dropped\s+rejected/);
+      expect(res.stdout).to.match(/^\s+user\s.*\buseremail\s+total$/m);
       expect(res.stdout).to.include('dropped 1 sentry.useremail: user not in the export');
       expect(res.stdout).to.include('No user matched these --filter-usernames: nobody');
     });
@@ -110,22 +116,152 @@ describe('userport CLI', function () {
       expect(debug.stderr).to.match(/\n\s+at /);
     });
 
-    it('rejects bad options and missing files with a clear line and exit code 1', async () => {
-      const cases: [string[], string][] = [
-        [['import', 'users', 'x.json', '--nope'], 'USERPORT_OPTION_INVALID'],
-        [['import', 'users', '/nonexistent.json', '--database-url', db.url], 'USERPORT_IO'],
-        [['import', 'users', 'a', '--filter-usernames', 'a', '--filter-usernames-file', 'b'], 'USERPORT_OPTION_INVALID'],
-        [['import', 'users', 'a', '--max-depth', 'ten'], 'USERPORT_OPTION_INVALID'],
-        [['import', 'users', 'a', '--database-url', 'mysql://x'], 'USERPORT_OPTION_INVALID'],
-        [['frobnicate'], 'USERPORT_OPTION_INVALID'],
-      ];
-      // From an empty folder, without a database: a bad option must fail before any server starts.
+    it('shows the phase, elapsed time and an ETA over the whole import on a terminal, fitting 72 columns', async () => {
+      const file = writeExport(Array.from({ length: 3000 }, (_, i) => user(i + 1, `tty${i}`)));
+      // `script` gives the command a pseudo-terminal; its output is what the terminal showed.
+      const cmd = `stty cols 72 rows 24; ${process.execPath} ${BIN} import users ${file} --database-url '${db.url}'`;
+      const tty = await run('script', ['-qec', cmd, '/dev/null']);
+      expect(tty.code, tty.stdout).to.equal(0);
+      // What the line showed before it was cleared for the summary.
+      const frames = tty.stdout.split(/\r\x1b\[K/).slice(0, -1).filter((f) => f.length);
+      expect(frames.some((f) => /^reading [\d.]+ (B|KiB|MiB) of [\d.]+ MiB \(\d+%\) · \d+s elapsed · ETA (~\d+s|--)/.test(f)), frames.join('|')).to.equal(true);
+      expect(frames.some((f) => /^merging 3,000 records into Sentry's tables · \d+s elapsed · ETA (~\d+s|unknown)/.test(f)), frames.join('|')).to.equal(true);
+      for (const f of frames) expect(f.length, f).to.be.at.most(71);
+      const quiet = await run('script', ['-qec', `${cmd} --no-progress`, '/dev/null']);
+      expect(quiet.stdout).not.to.include('elapsed');
+    });
+
+    it('prints short progress lines when stderr is a log, none with --no-progress or --silent', async () => {
+      const file = writeExport(Array.from({ length: 500 }, (_, i) => user(i + 1, `log${i}`)));
+      // Every few seconds by default: 0 here so that a short import prints its lines.
+      const piped = await userport(['import', 'users', file, '--database-url', db.url], { env: { USERPORT_PROGRESS_SECONDS: '0' } });
+      expect(piped.code, piped.stderr).to.equal(0);
+      const lines = piped.stderr.trim().split('\n');
+      expect(lines[0]).to.match(/^userport: reading .* elapsed/);
+      expect(lines.some((l) => /^userport: merging 500 records into Sentry's tables · \d+s elapsed/.test(l)), piped.stderr).to.equal(true);
+      expect(piped.stderr).not.to.include('\r').and.not.include('\x1b');
+      for (const flag of ['--no-progress', '--silent', '-q']) {
+        const r = await userport(['import', 'users', file, '--database-url', db.url, flag], { env: { USERPORT_PROGRESS_SECONDS: '0' } });
+        expect(r.code, r.stderr).to.equal(0);
+        expect(r.stderr, flag).to.equal('');
+      }
+    });
+
+    it('summary: fits 80 columns, thousands separators, a total column, renamed shown as part of inserted, time per phase', async () => {
+      const file = writeExport([...Array.from({ length: 1200 }, (_, i) => user(i + 1, `sum${i}`)), user(5000, 'table-user')]);
+      const res = await userport(['import', 'users', file, '--database-url', db.url, '--no-progress']);
+      expect(res.code, res.stderr).to.equal(0);
+      for (const line of res.stdout.split('\n')) expect(line.length, line).to.be.at.most(80);
+      expect(res.stdout).to.match(/^\s+user\s+email\s+useremail\s+useroption\s+total$/m);
+      // table-user was imported by an earlier test: renamed, and counted among the inserted.
+      expect(res.stdout).to.match(/^read\s+1,201\s+0\s+0\s+0\s+1,201$/m);
+      expect(res.stdout).to.match(/^inserted\s+1,201\s+0\s+0\s+0\s+1,201$/m);
+      expect(res.stdout).to.match(/^ {2}of them renamed\s+1\s+0\s+0\s+0\s+1$/m);
+      expect(res.stdout).to.match(/^Imported 1,201 records \([\d.]+ KiB\) in [\d.]+s/);
+      expect(res.stdout).to.match(/^Time: reading and staging [\d.]+s, merging [\d.]+s$/m);
+    });
+
+    it('lists imports with a header and a real finish time for atomic imports', async () => {
+      const res = await userport(['imports', '--database-url', db.url, '--json']);
+      expect(res.code).to.equal(0);
+      const rows = JSON.parse(res.stdout) as { mode: string; state: string; startedAt: string; finishedAt: string }[];
+      expect(rows.length).to.be.at.least(2);
+      expect(rows.every((r) => r.state === 'done' && r.mode === 'atomic')).to.equal(true);
+      // The finish time is when the import ended, not its transaction's start (now()).
+      for (const r of rows) expect(Date.parse(r.finishedAt)).to.be.above(Date.parse(r.startedAt));
+      const table = await userport(['imports', '--database-url', db.url]);
+      expect(table.stdout.split('\n')[0]).to.match(/^ID\s+MODE\s+STATE\s+STARTED \(UTC\)\s+FINISHED \(UTC\)\s+RECORDS\s+SOURCE$/);
+      expect(table.stdout).to.match(/ atomic\s+done\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+\d{4}-/);
+    });
+
+    it('ends quietly when its output is piped into a reader that stops early (head)', async () => {
+      for (const args of [['--help'], ['imports', '--database-url', db.url]]) {
+        const r = await run('bash', ['-c', `${process.execPath} ${BIN} ${args.map((a) => `'${a}'`).join(' ')} | head -c 1 >/dev/null; echo "exit=\${PIPESTATUS[0]}" >&2`]);
+        expect(r.stderr, args.join(' ')).to.equal('exit=0\n');
+      }
+    });
+
+    it('input hints: an encrypted export without a key, JSON with a key, UTF-16; a process substitution just works', async () => {
+      const enc = await userport(['import', 'users', 'samples/users.tar', '--database-url', db.url]);
+      expect(enc.code).to.equal(2);
+      expect(enc.stderr).to.match(/looks encrypted.*--decrypt-with/).and.include('[USERPORT_OPTION_INVALID]');
+      const plain = await userport(['import', 'users', 'samples/users.json', '--decrypt-with', 'samples/demo-key.pem', '--database-url', db.url]);
+      expect(plain.code).to.equal(2);
+      expect(plain.stderr).to.match(/is plain JSON, not an encrypted export/);
+      const utf16 = path.join(os.tmpdir(), `utf16-${process.pid}.json`);
+      fs.writeFileSync(utf16, Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(JSON.stringify([user(1, 'u16')]), 'utf16le')]));
+      const u = await userport(['import', 'users', utf16, '--database-url', db.url]);
+      expect(u.code).to.equal(1);
+      expect(u.stderr).to.include('UTF-16').and.include('[USERPORT_INPUT_UTF8]');
+      const file = writeExport([user(1, 'procsub')]);
+      const sub = await run('bash', ['-c', `${process.execPath} ${BIN} import users <(cat ${file}) --database-url '${db.url}' --json`]);
+      expect(sub.code, sub.stderr).to.equal(0);
+      expect(JSON.parse(sub.stdout).models['sentry.user'].read).to.equal(1);
+      const resumable = await run('bash', ['-c', `${process.execPath} ${BIN} import users <(cat ${file}) --database-url '${db.url}' --resumable`]);
+      expect(resumable.code).to.equal(2);
+      expect(resumable.stderr).to.match(/--resumable needs SRC to be a regular file/);
+    });
+
+    it("accepts Sentry's flags with Sentry's meaning: --merge_users, --filter_usernames, --no-prompt, -q", async () => {
+      const file = writeExport([user(1, 'sentry-a'), user(2, 'sentry-b')]);
+      const first = await userport(['import', 'users', file, '--database-url', db.url, '--filter_usernames', 'sentry-a', '--no-prompt', '--json']);
+      expect(first.code, first.stderr).to.equal(0);
+      expect(JSON.parse(first.stdout).models['sentry.user']).to.include({ inserted: 1, filtered: 1 });
+      const second = await userport(['import', 'users', file, '--database-url', db.url, '--merge_users', '-q']);
+      expect(second.code, second.stderr).to.equal(0);
+      expect(second.stdout).to.equal('');
+      const names = (await db.knex.raw(`SELECT username FROM auth_user WHERE username LIKE 'sentry-%' ORDER BY 1`)).rows.map((r: { username: string }) => r.username);
+      expect(names).to.deep.equal(['sentry-a', 'sentry-b']);
+    });
+
+    it('an empty --filter-usernames is no filter (as Sentry\'s parse_filter_arg), and the summary says so', async () => {
+      const file = writeExport([user(1, 'empty-filter-a'), user(2, 'empty-filter-b')]);
+      const res = await userport(['import', 'users', file, '--database-url', db.url, '--filter-usernames', '', '--no-progress']);
+      expect(res.code, res.stderr).to.equal(0);
+      expect(res.stdout).to.match(/^inserted\s+2\s+0\s+0\s+0\s+2$/m);
+      expect(res.stdout).to.include('--filter-usernames was empty: no filter');
+    });
+  });
+
+  describe('usage errors', () => {
+    it('are caught before any database is touched: one line with the code, exit 2, no server started', async () => {
       const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-badopt-'));
+      const good = path.join(cwd, 'ok.json');
+      fs.writeFileSync(good, JSON.stringify([user(1, 'a')]));
+      fs.mkdirSync(path.join(cwd, 'adir'));
+      const cases: [string[], string, RegExp][] = [
+        [['import', 'users', good, '--nope'], 'USERPORT_OPTION_INVALID', /unknown option --nope/],
+        [['import', 'users', good, '--max-rejects', '3'], 'USERPORT_OPTION_INVALID', /--max-rejects needs --rejects-file/],
+        [['import', 'users', good, '--import-id', 'x'], 'USERPORT_OPTION_INVALID', /--import-id needs --resumable/],
+        [['import', 'users', good, '--resumable', '--dry-run'], 'USERPORT_OPTION_INVALID', /--resumable and --dry-run/],
+        [['import', 'users', good, '--resumable', '--import-id', 'a b'], 'USERPORT_OPTION_INVALID', /--import-id must be/],
+        [['import', 'users', good, '--findings-file', path.join(cwd, 'no/such/f.json')], 'USERPORT_IO', /--findings-file .*does not exist/],
+        [['import', 'users', good, '--rejects-file', path.join(cwd, 'no/r.jsonl')], 'USERPORT_IO', /--rejects-file .*does not exist/],
+        [['import', 'users', good, '--findings-file', '-'], 'USERPORT_OPTION_INVALID', /--findings-file -: standard output/],
+        [['import', 'users', good, '--rejects-file', '-'], 'USERPORT_OPTION_INVALID', /--rejects-file -: standard output/],
+        [['import', 'users', path.join(cwd, 'missing.json')], 'USERPORT_IO', /SRC .* does not exist/],
+        [['import', 'users', path.join(cwd, 'adir')], 'USERPORT_IO', /is a directory/],
+        [['import', 'users', '-', '--resumable'], 'USERPORT_OPTION_INVALID', /--resumable needs SRC to be a file/],
+        [['import', 'users', good, '--filter-usernames', 'a', '--filter-usernames-file', 'b'], 'USERPORT_OPTION_INVALID', /cannot be combined/],
+        [['import', 'users', good, '--filter-usernames-file', path.join(cwd, 'nope.txt')], 'USERPORT_IO', /--filter-usernames-file .*no such file/],
+        [['import', 'users', good, '--decrypt-with', path.join(cwd, 'nokey.pem')], 'USERPORT_IO', /--decrypt-with .*no such file/],
+        [['import', 'users', good, '--max-depth', 'ten'], 'USERPORT_OPTION_INVALID', /--max-depth must be an integer/],
+        [['import', 'users', good, '--database-url', 'mysql://x'], 'USERPORT_OPTION_INVALID', /--database-url/],
+        [['import', 'users'], 'USERPORT_OPTION_INVALID', /missing SRC/],
+        [['import', 'orgs', good], 'USERPORT_OPTION_INVALID', /unknown import scope/],
+        [['imports', '--nope'], 'USERPORT_OPTION_INVALID', /unknown option --nope/],
+        [['migrate', 'extra'], 'USERPORT_OPTION_INVALID', /unexpected argument/],
+        [['db', 'frob'], 'USERPORT_OPTION_INVALID', /unknown db command/],
+        [['frobnicate'], 'USERPORT_OPTION_INVALID', /unknown command/],
+      ];
       try {
-        for (const [args, code] of cases) {
+        for (const [args, code, message] of cases) {
           const res = await userport(args, { cwd });
-          expect(res.code, args.join(' ')).to.equal(1);
-          expect(res.stderr, args.join(' ')).to.include(`[${code}]`);
+          const what = args.join(' ');
+          expect(res.code, `${what}: ${res.stderr}`).to.equal(2);
+          expect(res.stderr.trimEnd().split('\n'), what).to.have.length(1);
+          expect(res.stderr, what).to.include(`[${code}]`);
+          expect(res.stderr, what).to.match(message);
         }
         expect(fs.existsSync(path.join(cwd, '.userport')), 'an embedded server was started').to.equal(false);
       } finally {
@@ -133,26 +269,87 @@ describe('userport CLI', function () {
       }
     });
 
-    it('shows progress (bytes, records/s, ETA) on stderr when it is a terminal, and none otherwise', async () => {
-      const file = writeExport(Array.from({ length: 3000 }, (_, i) => user(i + 1, `tty${i}`)));
-      // `script` gives the command a pseudo-terminal; its output is what the terminal showed.
-      const cmd = `${process.execPath} ${BIN} import users ${file} --database-url '${db.url}'`;
-      const tty = await run('script', ['-qec', cmd, '/dev/null']);
-      expect(tty.code, tty.stdout).to.equal(0);
-      expect(tty.stdout).to.match(/of [\d.]+ [KM]B \(\d+%\) · [\d,]+ records · [\d,]+ rec\/s · ETA (\d+s|--)/);
-      expect(tty.stdout).to.match(/[\d.]+ [KM]B read · 3,000 records · [\d,]+ rec\/s · merging into Sentry's tables/);
-      const piped = await userport(['import', 'users', file, '--database-url', db.url]);
-      expect(piped.stderr).not.to.include('rec/s');
-      const quiet = await run('script', ['-qec', `${cmd} --no-progress`, '/dev/null']);
-      expect(quiet.stdout).not.to.include('rec/s');
+    it('an unknown option says so in one line with the closest flag', async () => {
+      const res = await userport(['import', 'users', 'samples/users.json', '--merge-user']);
+      expect(res.code).to.equal(2);
+      expect(res.stderr).to.equal('userport: unknown option --merge-user: did you mean --merge-users? [USERPORT_OPTION_INVALID]\n');
+      const imp = await userport(['impor']);
+      expect(imp.stderr).to.include('did you mean import?');
     });
 
-    it('lists imports', async () => {
-      const res = await userport(['imports', '--database-url', db.url, '--json']);
-      expect(res.code).to.equal(0);
-      const rows = JSON.parse(res.stdout) as { mode: string; state: string }[];
-      expect(rows.length).to.be.at.least(2);
-      expect(rows.every((r) => r.state === 'done' && r.mode === 'atomic')).to.equal(true);
+    it('every command and subcommand has --help with its options and an example', async () => {
+      for (const args of [['--help'], ['import', '--help'], ['import', 'users', '--help'], ['imports', '--help'], ['migrate', '--help'],
+        ['db', '--help'], ['db', 'url', '--help'], ['encrypt', '--help'], ['decrypt', '--help'], ['help', 'imports']]) {
+        const res = await userport(args);
+        const what = args.join(' ');
+        expect(res.code, `${what}: ${res.stderr}`).to.equal(0);
+        expect(res.stdout, what).to.match(/^(Usage|userport): /);
+        expect(res.stdout, what).to.include('Example');
+        if (args[0] !== 'db' && args[0] !== '--help') expect(res.stdout, what).to.include('--debug');
+      }
+    });
+  });
+
+  describe('resumable imports', () => {
+    let db: TestDb;
+    before(async () => { db = await freshDatabase(); });
+    after(async () => { await db.close(); });
+
+    it('run again without --import-id, continue the killed import of the same file and options instead of starting a duplicate', async () => {
+      const file = writeExport(Array.from({ length: 20000 }, (_, i) => user(i + 1, `resume${i}`)));
+      const args = ['import', 'users', file, '--database-url', db.url, '--resumable', '--batch-rows', '500', '--no-progress'];
+      const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d));
+      const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+      // Kill it once a checkpoint is committed (it commits one every 500 rows).
+      for (;;) {
+        const r = await db.knex.raw(`SELECT checkpoint_ordinal FROM userport_import`);
+        if (r.rows[0] && Number(r.rows[0].checkpoint_ordinal) > 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      child.kill('SIGKILL');
+      await exited;
+      const id = /Import id: (\S+)/.exec(stderr)?.[1];
+      expect(id, stderr).to.match(/^[0-9a-f-]{36}$/);
+      // Killed: listed as interrupted, not running (once the server sees the session gone).
+      let state = '';
+      for (let i = 0; i < 100 && state !== 'interrupted'; i++) {
+        const list = JSON.parse((await userport(['imports', '--database-url', db.url, '--json'])).stdout) as { id: string; state: string }[];
+        state = list.find((r) => r.id === id)!.state;
+        if (state !== 'interrupted') await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      expect(state).to.equal('interrupted');
+      const again = await userport([...args, '--json']);
+      expect(again.code, again.stderr).to.equal(0);
+      expect(again.stderr).to.match(new RegExp(`^Found unfinished import ${id} of this file with these options: continuing it after record [\\d,]+$`, 'm'));
+      const s = JSON.parse(again.stdout);
+      expect(s.importId).to.equal(id);
+      expect(s.models['sentry.user']).to.include({ read: 20000, inserted: 20000, renamed: 0 });
+      expect(await db.count('auth_user')).to.equal(20000);
+      expect(await db.count('userport_import')).to.equal(1);
+      // And once more: it is done, nothing changes, and it says so.
+      const third = await userport(args);
+      expect(third.code, third.stderr).to.equal(0);
+      expect(third.stdout).to.match(/^Already imported, nothing changed/);
+      expect(await db.count('auth_user')).to.equal(20000);
+      expect(await db.count('userport_import')).to.equal(1);
+    });
+
+    it('`imports` tells running (a live session holds the import) from interrupted (nobody does, e.g. after a server crash)', async () => {
+      await db.knex.raw(`INSERT INTO userport_import (id, mode, state, source, options) VALUES ('crashed', 'resumable', 'running', 'x.json', '{}')`);
+      const stateOf = async () => (JSON.parse((await userport(['imports', '--database-url', db.url, '--json'])).stdout) as { id: string; state: string }[])
+        .find((r) => r.id === 'crashed')!.state;
+      expect(await stateOf()).to.equal('interrupted');
+      const holder = await db.knex.client.acquireConnection();
+      try {
+        await db.knex.raw(`SELECT pg_advisory_lock(747211, hashtext('crashed'))`).connection(holder);
+        expect(await stateOf()).to.equal('running');
+        await db.knex.raw(`SELECT pg_advisory_unlock(747211, hashtext('crashed'))`).connection(holder);
+      } finally {
+        await db.knex.client.releaseConnection(holder);
+      }
+      expect(await stateOf()).to.equal('interrupted');
     });
   });
 });

@@ -176,7 +176,7 @@ describe('userport encrypt / decrypt', () => {
               ? await run(runDecryptCommand, ['--decrypt-with', key, src, dest])
               : await run(runDecryptCommand, ['--decrypt-with', key, '-', dest], tar());
             expect(r.code).to.equal(1);
-            expect(r.stderr).to.match(/^userport decrypt: [^\n]+\n$/);
+            expect(r.stderr).to.match(/^userport: [^\n]+ \[USERPORT_DECRYPT_[A-Z_]+\]\n$/);
             expect(listDir(t.dir)).to.deep.equal(['in.tar']);
           } finally {
             t.remove();
@@ -193,24 +193,29 @@ describe('userport encrypt / decrypt', () => {
       expect(debug.stderr).to.contain('    at ');
     });
 
-    it('rejects bad usage with exit code 1', async () => {
-      for (const args of [
-        [fixture('fixture-export.json'), '-'],
-        ['--encrypt-with', PUB, fixture('fixture-export.json')],
-        ['--encrypt-with', PUB, '--encrypt-with-gcp-kms', 'x.json', fixture('fixture-export.json'), '-'],
-        ['--encrypt-with', fixture('nope.pub'), fixture('fixture-export.json'), '-'],
-        ['--encrypt-with', KEY.replace('.pem', '.passphrase'), fixture('fixture-export.json'), '-'],
-        ['--bogus', fixture('fixture-export.json'), '-'],
-      ]) {
-        expect((await run(runEncryptCommand, args)).code, args.join(' ')).to.equal(1);
+    it('rejects bad usage with exit code 2, a bad key with 1, each in the one error format', async () => {
+      const line = /^userport: [^\n]+ \[USERPORT_[A-Z_]+\]\n$/;
+      for (const [args, code] of [
+        [[fixture('fixture-export.json'), '-'], 2],
+        [['--encrypt-with', PUB, fixture('fixture-export.json')], 2],
+        [['--encrypt-with', PUB, '--encrypt-with-gcp-kms', 'x.json', fixture('fixture-export.json'), '-'], 2],
+        [['--encrypt-with', fixture('nope.pub'), fixture('fixture-export.json'), '-'], 2],
+        [['--encrypt-with', KEY.replace('.pem', '.passphrase'), fixture('fixture-export.json'), '-'], 1],
+        [['--bogus', fixture('fixture-export.json'), '-'], 2],
+      ] as [string[], number][]) {
+        const r = await run(runEncryptCommand, args);
+        expect(r.code, args.join(' ')).to.equal(code);
+        expect(r.stderr, args.join(' ')).to.match(line);
       }
-      for (const args of [
-        [fixture('python-export.tar'), '-'],
-        ['--decrypt-with', KEY, '--decrypt-with-gcp-kms', 'x.json', fixture('python-export.tar'), '-'],
-        ['--decrypt-passphrase-file', fixture('fixture-key.passphrase'), fixture('python-export.tar'), '-'],
-        ['--decrypt-with', fixture('fixture-key.encrypted.pem'), fixture('python-export.tar'), '-'],
-      ]) {
-        expect((await run(runDecryptCommand, args)).code, args.join(' ')).to.equal(1);
+      for (const [args, code] of [
+        [[fixture('python-export.tar'), '-'], 2],
+        [['--decrypt-with', KEY, '--decrypt-with-gcp-kms', 'x.json', fixture('python-export.tar'), '-'], 2],
+        [['--decrypt-passphrase-file', fixture('fixture-key.passphrase'), fixture('python-export.tar'), '-'], 2],
+        [['--decrypt-with', fixture('fixture-key.encrypted.pem'), fixture('python-export.tar'), '-'], 1],
+      ] as [string[], number][]) {
+        const r = await run(runDecryptCommand, args);
+        expect(r.code, args.join(' ')).to.equal(code);
+        expect(r.stderr, args.join(' ')).to.match(line);
       }
     });
   });

@@ -382,9 +382,9 @@ describe('hostile and malformed input corpus (spec/fixtures/bad)', () => {
       [['--max-record-bytes', '-1'], /--max-record-bytes/],
     ];
     for (const [args, message] of cases) {
-      it(`${args.join(' ')}: USERPORT_OPTION_INVALID naming the option, exit code 1, nothing imported`, async () => {
+      it(`${args.join(' ')}: USERPORT_OPTION_INVALID naming the option, exit code 2 (usage), nothing imported`, async () => {
         const { result, counts } = await importFile(path.join(DIR, 'accepted-same-pk-in-every-model.json'), args);
-        expect(result.code).to.equal(1);
+        expect(result.code).to.equal(2);
         const err = parseCliError(result.stderr);
         expect(err.code).to.equal('USERPORT_OPTION_INVALID');
         expect(err.message).to.match(message);
