@@ -249,6 +249,7 @@ export function progressLine(p: Progress, clock: PhaseClock, columns: number): s
   return line.length > max ? line.slice(0, max) : line;
 }
 
+const MODEL_ORDER = ['sentry.user', 'sentry.email', 'sentry.useremail', 'sentry.useroption'];
 const COLUMNS = ['read', 'inserted', 'renamed', 'existing', 'merged', 'filtered', 'dropped', 'rejected'] as const;
 const LABELS: Record<(typeof COLUMNS)[number], string> = {
   read: 'read', inserted: 'inserted', renamed: '  of them renamed', existing: 'existing', merged: 'merged',
@@ -267,7 +268,8 @@ export interface SummaryContext {
  * fits 80 columns. Renamed users are a part of inserted users, and shown under them.
  */
 export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): string {
-  const models = Object.keys(s.models);
+  const order = (m: string) => { const i = MODEL_ORDER.indexOf(m); return i < 0 ? MODEL_ORDER.length : i; };
+  const models = Object.keys(s.models).sort((a, b) => order(a) - order(b));
   const value = (m: string, k: (typeof COLUMNS)[number]): number => {
     const c = s.models[m]!;
     return k === 'dropped' ? Object.values(c.dropped).reduce((a, b) => a + b, 0) : c[k];

@@ -100,7 +100,7 @@ describe('userport CLI', function () {
       const res = await userport(['import', 'users', writeExport([user(1, 'table-user'), useremail(1, 1, 'x@example.com'), useremail(2, 77, 'y@example.com')]),
         '--database-url', db.url, '--filter-usernames-file', names]);
       expect(res.code, res.stderr).to.equal(0);
-      expect(res.stdout).to.match(/^\s+user\s.*\buseremail\s+total$/m);
+      expect(res.stdout).to.match(/^\s+user\s+email\s+useremail\s+useroption\s+total$/m);
       expect(res.stdout).to.include('dropped 1 sentry.useremail: user not in the export');
       expect(res.stdout).to.include('No user matched these --filter-usernames: nobody');
     });
