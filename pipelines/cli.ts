@@ -601,10 +601,7 @@ async function dbCommand(args: string[]): Promise<number> {
     const server = await startEmbedded();
     if (sub === 'psql') {
       const res = spawnSync('psql', [server.url], { stdio: 'inherit' });
-      if (res.error) {
-        process.stderr.write(`psql is not installed; connect with any client to ${server.url}\n`);
-        return 1;
-      }
+      if (res.error) throw new UserportError(ErrorCodes.IO, `psql is not installed; connect with any client to ${server.url}`, { cause: res.error });
       return res.status ?? 1;
     }
     process.stdout.write(`${server.url}\n`);

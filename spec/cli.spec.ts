@@ -193,6 +193,10 @@ describe('userport CLI', function () {
       const u = await userport(['import', 'users', utf16, '--database-url', db.url]);
       expect(u.code).to.equal(1);
       expect(u.stderr).to.include('UTF-16').and.include('[USERPORT_INPUT_UTF8]');
+      // From a pipe too (no file to sniff): the tokenizer says UTF-16.
+      const piped16 = await run('bash', ['-c', `cat ${utf16} | ${process.execPath} ${BIN} import users - --database-url '${db.url}'`]);
+      expect(piped16.code).to.equal(1);
+      expect(piped16.stderr).to.include('UTF-16').and.include('[USERPORT_INPUT_UTF8]');
       const file = writeExport([user(1, 'procsub')]);
       const sub = await run('bash', ['-c', `${process.execPath} ${BIN} import users <(cat ${file}) --database-url '${db.url}' --json`]);
       expect(sub.code, sub.stderr).to.equal(0);

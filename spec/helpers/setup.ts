@@ -21,7 +21,9 @@ export const mochaHooks = {
     process.env.USERPORT_TEST_EMBEDDED_DIR = dir;
   },
   async afterAll(this: Mocha.Context) {
-    this.timeout(60000);
+    // Removing a data folder that holds every test database (GBs after the whole suite) took
+    // over a minute on a loaded shared machine.
+    this.timeout(300000);
     if (!dir) return;
     await stopEmbedded(dir, 'immediate').catch(() => undefined);
     fs.rmSync(dir, { recursive: true, force: true });
