@@ -184,39 +184,24 @@ function plaintextStream(file: FileHandle, start: number, length: number, key: F
 }
 
 /**
- * Spool folders still on disk. They are removed synchronously if the process exits, or is
- * interrupted by SIGINT / SIGTERM / SIGHUP, before their stream closed. The signal handlers are
- * installed only while a spool exists, and re-raise the signal when nobody else listens, so the
- * process still dies of it as it would have.
+ * Spool folders still on disk. The library installs no process handlers: a spool goes away with
+ * its stream (close, destroy, failure). A program that wants spools gone when it is killed, as the
+ * CLI does, calls {@link removeLiveSpoolsSync} from its own signal and exit handlers.
  */
 const liveSpools = new Set<string>();
-const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
-function removeLiveSpoolsSync(): void {
+/** Removes every spool folder still on disk, synchronously (for a host's exit or signal handler). */
+export function removeLiveSpoolsSync(): void {
   for (const d of liveSpools) rmSync(d, { recursive: true, force: true });
   liveSpools.clear();
 }
 
-function onSignal(signal: NodeJS.Signals): void {
-  removeLiveSpoolsSync();
-  untrackSpools();
-  if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
-}
-
 function trackSpool(dir: string): void {
-  if (liveSpools.size === 0) {
-    process.on('exit', removeLiveSpoolsSync);
-    for (const sig of SIGNALS) process.on(sig, onSignal);
-  }
   liveSpools.add(dir);
 }
 
-function untrackSpools(dir?: string): void {
-  if (dir !== undefined) liveSpools.delete(dir);
-  if (liveSpools.size === 0) {
-    process.off('exit', removeLiveSpoolsSync);
-    for (const sig of SIGNALS) process.off(sig, onSignal);
-  }
+function untrackSpools(dir: string): void {
+  liveSpools.delete(dir);
 }
 
 async function makeSpool(tmpDir: string): Promise<{ dir: string; file: FileHandle; remove: () => Promise<void> }> {

@@ -14,6 +14,7 @@ import { keyUnwrapperFromOptions } from '../lib/decrypt.js';
 import { importUsers, type Progress } from '../lib/import.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
+import { installSpoolCleanup } from './signals.js';
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
 
@@ -276,6 +277,7 @@ async function dbCommand(args: string[]): Promise<number> {
 
 /** Runs the CLI with `argv` (without node and script); resolves to the exit code. */
 export async function main(argv: string[]): Promise<number> {
+  installSpoolCleanup();
   const debug = argv.includes('--debug');
   try {
     const [command, ...rest] = argv;

@@ -1,4 +1,5 @@
 import { expect } from 'chai';
+import { optionErrorOf } from './helpers/options.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createTokenizer, type RawRecord } from '../lib/tokenize.js';
@@ -123,8 +124,8 @@ describe('createTokenizer', () => {
     });
 
     it('validates its options up front, naming them', () => {
-      expect(() => createTokenizer({ maxDepth: 0 })).to.throw(/maxDepth must be an integer >= 2, got 0/);
-      expect(() => createTokenizer({ maxRecordBytes: 1.5 })).to.throw(/maxRecordBytes/);
+      expect(optionErrorOf(() => createTokenizer({ maxDepth: 0 }))).to.equal('maxDepth');
+      expect(optionErrorOf(() => createTokenizer({ maxRecordBytes: 1.5 }))).to.equal('maxRecordBytes');
     });
   });
 });

@@ -63,7 +63,7 @@ function binaries(who: RunAs): Binaries {
     // The package exports only its entry (dist/index.js); its root is two folders up.
     root = path.resolve(path.dirname(fileURLToPath(import.meta.resolve(pkg))), '..');
   } catch (err) {
-    fail(`the embedded PostgreSQL package ${pkg} is not installed (run npm ci, or pass --database-url)`, err);
+    fail(`the embedded PostgreSQL package ${pkg} is not installed (run npm ci, or give a databaseUrl)`, err);
   }
   let native = path.join(root, 'native');
   hydrateSymlinks(native);
@@ -170,7 +170,7 @@ function checkTraversable(p: string, who: RunAs): void {
   const blocked = blockedAt(p, who);
   if (blocked) {
     fail(`running as root, PostgreSQL runs as "nobody", which cannot enter ${blocked.dir} (mode ${blocked.mode.toString(8)}); ` +
-      'run from a folder others can enter, set USERPORT_HOME, or pass --database-url');
+      'run from a folder others can enter, set USERPORT_HOME, or give a databaseUrl');
   }
 }
 
