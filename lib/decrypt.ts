@@ -28,8 +28,8 @@ import { promptPassphraseOnTty } from './crypto/prompt.js';
 export { DecryptError, DecryptErrorCodes, type DecryptErrorCode } from './crypto/errors.js';
 export { createLocalKeyUnwrapper, type KeyUnwrapper, type LocalKeyUnwrapperOptions, type PassphraseSource } from './crypto/unwrapper.js';
 export {
-  createGcpKmsUnwrapper, applicationDefaultTokenProvider, kmsGetPublicKey, crc32c, readGcpKmsConfig, DEFAULT_KMS_ENDPOINT,
-  type GcpKmsConfig, type GcpKmsUnwrapperOptions, type AccessTokenProvider,
+  createGcpKmsUnwrapper, kmsGetPublicKey, crc32c, readGcpKmsConfig, DEFAULT_KMS_ENDPOINT,
+  type GcpKmsConfig, type GcpKmsUnwrapperOptions, type GoogleAccessTokenSource,
 } from './crypto/gcp-kms.js';
 
 /** Member names. Sentry's code says renaming them breaks its decrypt side. */
