@@ -49,6 +49,7 @@ export const DEFAULT_CHUNK_SIZE = 512 * 1024;
 /** Where the encrypted tarball comes from: a seekable file (two passes) or a stream (spooled). */
 export type EncryptedInput = { path: string } | { stream: Readable };
 
+/** Options of {@link openDecryptedSource} and {@link decryptExport}. */
 export interface OpenDecryptedOptions {
   unwrapper: KeyUnwrapper;
   /** Folder for the private spool file when the input is a stream. @default os.tmpdir() */
@@ -57,6 +58,7 @@ export interface OpenDecryptedOptions {
   chunkSize?: number;
 }
 
+/** What {@link openDecryptedSource} resolves to: the plaintext stream, once the whole token is authenticated. */
 export interface DecryptedSource {
   /** Plaintext JSON bytes; only produced after the whole token's HMAC was verified. */
   stream: Readable;
@@ -331,6 +333,7 @@ export async function openDecryptedSource(input: EncryptedInput, options: OpenDe
   return openStream(input.stream, options, chunkSize);
 }
 
+/** Options of {@link createDecryptor}: the same as {@link OpenDecryptedOptions}. */
 export type DecryptorOptions = OpenDecryptedOptions;
 
 /**
@@ -426,6 +429,7 @@ export async function decryptExport(input: EncryptedInput, output: Writable, opt
   return { size: src.size };
 }
 
+/** Options of {@link createEncryptor}. */
 export interface EncryptorOptions {
   /** PEM public key (SubjectPublicKeyInfo or PKCS#1) the data key is wrapped to; becomes `key.pub`. */
   publicKeyPem: Buffer | string;
@@ -527,6 +531,7 @@ export function createEncryptor(options: EncryptorOptions): Encryptor {
   return new Encryptor(options);
 }
 
+/** Options of {@link encryptExport}. */
 export interface EncryptExportOptions {
   publicKeyPem: Buffer | string;
   /** Folder for the spool of the (encrypted) token when the input is a stream. @default os.tmpdir() */

@@ -44,6 +44,22 @@ export interface RejectMarker extends RecordPosition {
 /** What flows between the object stages: every record of the export, in order, exactly once. */
 export type FlowItem = ScopedRecord | SkipMarker | RejectMarker;
 
+/** True for a {@link ScopedRecord}: a user-scope record on its way to the mapper. */
+export function isScopedRecord(item: { kind: string }): item is ScopedRecord {
+  return item.kind === 'record';
+}
+
+/** True for a {@link SkipMarker}: a record of a model outside the user scope. */
+export function isSkipMarker(item: { kind: string }): item is SkipMarker {
+  return item.kind === 'skip';
+}
+
+/** True for a {@link RejectMarker}: a record that failed validation while rejects are collected. */
+export function isRejectMarker(item: { kind: string }): item is RejectMarker {
+  return item.kind === 'reject';
+}
+
+/** Options of {@link createUserFilter}. */
 export interface UserFilterOptions {
   /** Usernames to keep (exact match). Undefined: keep every user. An empty set keeps none. */
   usernames?: Iterable<string>;

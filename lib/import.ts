@@ -42,6 +42,7 @@ export interface Progress {
   seconds: number;
 }
 
+/** Options of {@link importUsers}. */
 export interface ImportOptions {
   /** A file path, `-` for standard input, or a byte stream. */
   source: string | Readable;

@@ -60,6 +60,7 @@ export function stagedValues(row: StagedRow): { readonly [C in StageColumn]: Sta
   return out;
 }
 
+/** Options of {@link createModelMapper}. */
 export interface ModelMapperOptions {
   /**
    * Pass records that fail their schema on as {@link RejectMarker}s instead of failing the

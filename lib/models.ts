@@ -22,6 +22,7 @@ export const STAGE_COLUMNS = [
   ['opt_key', 'text'], ['opt_value', 'json'],
 ] as const satisfies readonly (readonly [string, ColumnType])[];
 
+/** The name of a staging column (`username`, `email`...), a key of `STAGE_INDEX`. */
 export type StageColumn = (typeof STAGE_COLUMNS)[number][0];
 
 /**

@@ -32,6 +32,7 @@ export const DEFAULT_BATCH_ROWS = 20000;
 /** Bytes of COPY text gathered before one socket write. */
 const FLUSH_BYTES = 256 * 1024;
 
+/** Options of {@link createPgSink}. */
 export interface PgSinkOptions {
   /** A dedicated connection; the sink owns its transactions until it finishes. */
   client: pg.ClientBase;

@@ -33,6 +33,7 @@ export function redact(record: unknown): unknown {
   return { ...r, fields: copy };
 }
 
+/** Options of {@link createRejectsFile}. */
 export interface RejectsFileOptions {
   /** Abort after this many rejects. @default Infinity */
   maxRejects?: number;

@@ -47,6 +47,7 @@ export const DEFAULT_MAX_RECORD_BYTES = 1024 * 1024;
 /** Deepest nesting accepted inside a record (`{"fields": {...}}` is depth 2). */
 export const DEFAULT_MAX_DEPTH = 64;
 
+/** Options of {@link createTokenizer}. */
 export interface TokenizerOptions {
   /** Refuse a record larger than this many bytes. @default 1 MiB ({@link DEFAULT_MAX_RECORD_BYTES}) */
   maxRecordBytes?: number;

@@ -160,6 +160,7 @@ function tokenSource(auth: GoogleAccessTokenSource | undefined, keyFile: string 
   return async (projectId) => accessToken(auth ?? await (made ??= googleAuth(keyFile, projectId)));
 }
 
+/** Options of {@link createGcpKmsUnwrapper}. */
 export interface GcpKmsUnwrapperOptions {
   /** The config, already parsed. Exactly one of this and `configPath`. */
   config?: GcpKmsConfig;

@@ -25,6 +25,7 @@ export interface EmbeddedConfig {
   database: string;
 }
 
+/** Options of `startEmbedded`. */
 export interface EmbeddedOptions {
   /** Folder holding `pgdata/` and `embedded.json`. @default `.userport` under the current directory */
   dir?: string;
@@ -34,6 +35,7 @@ export interface EmbeddedOptions {
   logFile?: string;
 }
 
+/** A running embedded server: its settings, folders and connection URL. */
 export interface EmbeddedServer {
   config: EmbeddedConfig;
   dir: string;

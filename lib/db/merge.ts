@@ -19,6 +19,7 @@ export const MERGE_LOCK_KEY = 7472117102;
 const RENAME_SCHEDULE: [number, number][] = [[2, 2], [3, 3], [5, 20], [12, 1]];
 const MAX_RENAME_ROUNDS = 200;
 
+/** Options of {@link mergeStaged}: which import run to merge, and how. */
 export interface MergeOptions {
   run: number;
   mergeUsers: boolean;
