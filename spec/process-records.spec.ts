@@ -10,6 +10,7 @@ import { createRecordProcessor } from '../lib/process-records.js';
 import { createTokenizer } from '../lib/tokenize.js';
 import { chunked, collect, collectError } from './helpers/streams.js';
 import { user, useremail } from './helpers/exports.js';
+import { streamCompliance } from './helpers/compliance.js';
 
 async function composed(buf: Buffer, size: number, usernames?: string[], collectRejects = false): Promise<MappedItem[]> {
   return collect<MappedItem>(chunked(buf, size), createTokenizer(), createUserFilter({ usernames, collectRejects }), createModelMapper({ collectRejects }));
@@ -59,3 +60,6 @@ describe('createRecordProcessor (the fused fast path)', () => {
     expect(arrays[0]).to.have.length(50);
   });
 });
+
+const usersJson = () => JSON.stringify(Array.from({ length: 300 }, (_, i) => user(i + 1, `u${i + 1}`)));
+streamCompliance('createRecordProcessor', () => createRecordProcessor(), () => chunked(usersJson(), 512), () => chunked('[{"a": tru}]', 4), 'USERPORT_PARSE_JSON');

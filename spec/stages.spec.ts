@@ -14,6 +14,7 @@ import { copyLine, copyValue, createPgSink } from '../lib/pg-sink.js';
 import type { RawRecord } from '../lib/tokenize.js';
 import { collect, collectError } from './helpers/streams.js';
 import { optionErrorOf } from './helpers/options.js';
+import { streamCompliance } from './helpers/compliance.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { user, useroption } from './helpers/exports.js';
 
@@ -163,17 +164,19 @@ describe('createPgSink', () => {
   });
 
   it('rolls back when finalize fails, emitting error exactly once', async () => {
+    const boom = new Error('boom');
     const sink = createPgSink({
       client, run: 1, transaction: 'whole',
       finalize: async (c) => {
         await c.query(`INSERT INTO auth_user (password, username) VALUES ('x', 'y')`);
-        throw new Error('boom');
+        throw boom;
       },
     });
     let errors = 0;
     sink.on('error', () => errors++);
     const err = await pipeline(objects(rows(10)), sink).catch((e) => e);
-    expect(err.message).to.include('boom');
+    expect(err.code).to.equal('USERPORT_CALLBACK');
+    expect(err.cause).to.equal(boom);
     expect(errors).to.equal(1);
     expect(await db.count('auth_user')).to.equal(0);
   });
@@ -193,7 +196,7 @@ describe('createPgSink', () => {
     expect((await client.query(`SELECT count(*)::int AS n FROM pg_class WHERE relname = 'userport_stage' AND relpersistence = 't'`)).rows[0].n).to.equal(0);
   });
 
-  it('in batches mode commits rows with each checkpoint, and calls back only after the commit', async () => {
+  it('in batches mode stages the batch\'s rows before its checkpoint, in the same transaction', async () => {
     const seen: number[] = [];
     const sink = createPgSink({
       client, run: 1, transaction: 'batches', batchRows: 400,
@@ -210,6 +213,28 @@ describe('createPgSink', () => {
     expect(await db.count('userport_stage', 'run = 1')).to.equal(1000);
   });
 
+  it('in batches mode calls a write back only once its batch is committed (seen from another session)', async () => {
+    const observer = new pg.Client({ connectionString: db.url });
+    await observer.connect();
+    try {
+      const sink = createPgSink({ client, run: 1, transaction: 'batches', batchRows: 100, finalize: async () => undefined });
+      const committed = async () => (await observer.query('SELECT count(*)::int AS n FROM userport_stage WHERE run = 1')).rows[0].n as number;
+      const seen: [number, number][] = [];
+      const all = rows(250);
+      // One write at a time: each callback is awaited, then another session counts what is committed.
+      for (let i = 0; i < all.length; i++) {
+        await new Promise<void>((resolve, reject) => sink.write(all[i], (err) => (err ? reject(err) : resolve())));
+        if (i === 98 || i === 99 || i === 199) seen.push([i + 1, await committed()]);
+      }
+      await new Promise<void>((resolve, reject) => { sink.once('error', reject); sink.end(resolve); });
+      // Rows 1-99 are not committed when their writes return; the 100th write returns after the commit.
+      expect(seen).to.deep.equal([[99, 0], [100, 100], [200, 200]]);
+      expect(await committed()).to.equal(250);
+    } finally {
+      await observer.end();
+    }
+  });
+
   it('validates its options up front, naming them', () => {
     const finalize = async () => undefined;
     expect(optionErrorOf(() => createPgSink({ client, run: 0, transaction: 'whole', finalize }))).to.equal('run');
@@ -219,3 +244,11 @@ describe('createPgSink', () => {
     expect(optionErrorOf(() => createPgSink({ client, run: 1, transaction: 'whole' } as never))).to.equal('finalize');
   });
 });
+
+const rawUsers = () => objects(Array.from({ length: 300 }, (_, i) => raw(i + 1, user(i + 1, `u${i + 1}`))));
+streamCompliance('createUserFilter', () => createUserFilter(), rawUsers, () => objects([raw(1, { model: 'sentry.user', pk: 'x', fields: {} })]), 'USERPORT_RECORD_ENVELOPE');
+const scopedUsers = (bad: boolean) => objects(Array.from({ length: bad ? 1 : 300 }, (_, i) => {
+  const rec = user(i + 1, `u${i + 1}`, bad ? { is_active: 'yes' } : {});
+  return { kind: 'record', ordinal: i + 1, ...pos, model: rec.model, pk: rec.pk, fields: rec.fields, filtered: false } satisfies ScopedRecord;
+}));
+streamCompliance('createModelMapper', () => createModelMapper(), () => scopedUsers(false), () => scopedUsers(true), 'USERPORT_RECORD_SCHEMA');

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createTokenizer, type RawRecord } from '../lib/tokenize.js';
 import { chunked, collect, collectError } from './helpers/streams.js';
+import { streamCompliance } from './helpers/compliance.js';
 
 const FIXTURES = path.resolve('../shared/fixtures/sentry');
 const fixtureFiles = fs.readdirSync(FIXTURES).filter((f) => f.endsWith('.json'));
@@ -129,3 +130,7 @@ describe('createTokenizer', () => {
     });
   });
 });
+
+streamCompliance('createTokenizer', () => createTokenizer(),
+  () => chunked(JSON.stringify(Array.from({ length: 300 }, (_, i) => ({ model: 'sentry.user', pk: i + 1, fields: { username: `u${i}` } }))), 512),
+  () => chunked('[{"a": tru}]', 4), 'USERPORT_PARSE_JSON');
