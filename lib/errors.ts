@@ -188,10 +188,12 @@ export function wrapDbError(err: unknown, what: string): UserportError {
 }
 
 /**
- * Like {@link wrapDbError} for what a caller's callback threw: its own bug is USERPORT_CALLBACK
- * (with its error as `cause`), never a database error.
+ * Like {@link wrapDbError} for what a caller's callback threw: database and file-system errors
+ * keep their codes; anything else (its own bug) is USERPORT_CALLBACK, its error as `cause`.
  */
 export function wrapCallbackError(err: unknown, what: string): UserportError {
-  if (err instanceof UserportError || lostConnection(err) || isPgServerError(err)) return wrapDbError(err, what);
+  const syscall = (err as { syscall?: unknown } | null)?.syscall;
+  const fsError = typeof syscall === 'string' && FS_SYSCALLS.has(syscall);
+  if (err instanceof UserportError || lostConnection(err) || isPgServerError(err) || fsError) return wrapDbError(err, what);
   return new UserportError(ErrorCodes.CALLBACK, `${what}: the callback threw: ${messageOf(err)}`, { cause: err });
 }

@@ -130,6 +130,7 @@ describe('the error registry', () => {
       const own = new RecordError(ErrorCodes.RECORD_DUPLICATE_PK, 'dup');
       expect(wrapDbError(own, 'x')).to.equal(own);
       expect(wrapCallbackError(bug, 'finalize').code).to.equal('USERPORT_CALLBACK');
+      expect(wrapCallbackError(Object.assign(new Error('ENOENT'), { code: 'ENOENT', syscall: 'open' }), 'finalize').code).to.equal('USERPORT_IO');
     });
 
     it("reports a bug in the caller's finalize as USERPORT_CALLBACK through the sink, with the caller's error as cause", async () => {

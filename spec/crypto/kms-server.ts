@@ -1,7 +1,6 @@
 /**
  * A local stand-in for Cloud KMS and Google's OAuth endpoints, on 127.0.0.1 only. It speaks the
- * REST shapes userport uses: `:asymmetricDecrypt` (with crc32c fields), the JWT-bearer token
- * grant, Google's STS token exchange and IAM `generateAccessToken` (what google-auth-library
+ * REST shapes userport uses: `:asymmetricDecrypt` (with crc32c fields), Google's STS token exchange and IAM `generateAccessToken` (what google-auth-library
  * calls for external-account credentials and impersonation), and the metadata server's token URL. `mode` makes it misbehave on purpose.
  */
 import crypto, { type KeyObject } from 'node:crypto';
@@ -15,8 +14,6 @@ export interface KmsServer {
   url: string;
   mode: KmsMode;
   requests: { path: string; headers: http.IncomingHttpHeaders; body: string }[];
-  /** Service-account public key that signs JWT assertions (checked by the token endpoint). */
-  serviceAccountKey?: KeyObject;
   /** External subject tokens the STS endpoint trusts. */
   subjectTokens: string[];
   close(): Promise<void>;
@@ -63,22 +60,6 @@ export async function startKmsServer(privateKey: KeyObject): Promise<KmsServer> 
         const pem = crypto.createPublicKey(privateKey).export({ type: 'spki', format: 'pem' }).toString();
         const crc = crc32c(Buffer.from(pem)) ^ (state.mode === 'bad-plaintext-crc' ? 1 : 0);
         send(200, { pem, algorithm: 'RSA_DECRYPT_OAEP_2048_SHA256', pemCrc32c: String(crc >>> 0), protectionLevel: 'SOFTWARE' });
-        return;
-      }
-      if (url === '/token' && req.method === 'POST') {
-        const form = new URLSearchParams(body);
-        if (form.get('grant_type') !== 'urn:ietf:params:oauth:grant-type:jwt-bearer') {
-          send(400, { error: 'unsupported_grant_type' });
-          return;
-        }
-        const [h, c, sig] = (form.get('assertion') ?? '').split('.');
-        const ok = state.serviceAccountKey !== undefined && crypto.verify('sha256', Buffer.from(`${h}.${c}`), state.serviceAccountKey, Buffer.from(sig ?? '', 'base64url'));
-        const claims = JSON.parse(Buffer.from(c ?? '', 'base64url').toString()) as { aud?: string; iss?: string };
-        if (!ok || claims.aud !== `${state.url}/token`) {
-          send(400, { error: 'invalid_grant', error_description: 'Invalid JWT Signature.' });
-          return;
-        }
-        send(200, { access_token: `sa-token-for-${claims.iss}`, expires_in: 3599, token_type: 'Bearer' });
         return;
       }
       if (url === '/sts' && req.method === 'POST') {
