@@ -28,8 +28,8 @@ import { promptPassphraseOnTty } from './crypto/prompt.js';
 export { DecryptError, DecryptErrorCodes, type DecryptErrorCode } from './crypto/errors.js';
 export { createLocalKeyUnwrapper, type KeyUnwrapper, type LocalKeyUnwrapperOptions, type PassphraseSource } from './crypto/unwrapper.js';
 export {
-  createGcpKmsUnwrapper, applicationDefaultTokenProvider, kmsGetPublicKey, crc32c, readGcpKmsConfig, DEFAULT_KMS_ENDPOINT,
-  type GcpKmsConfig, type GcpKmsUnwrapperOptions, type AccessTokenProvider,
+  createGcpKmsUnwrapper, kmsGetPublicKey, crc32c, readGcpKmsConfig, DEFAULT_KMS_ENDPOINT,
+  type GcpKmsConfig, type GcpKmsUnwrapperOptions, type GoogleAccessTokenSource,
 } from './crypto/gcp-kms.js';
 
 /** Member names. Sentry's code says renaming them breaks its decrypt side. */
@@ -49,6 +49,7 @@ export const DEFAULT_CHUNK_SIZE = 512 * 1024;
 /** Where the encrypted tarball comes from: a seekable file (two passes) or a stream (spooled). */
 export type EncryptedInput = { path: string } | { stream: Readable };
 
+/** Options of {@link openDecryptedSource} and {@link decryptExport}. */
 export interface OpenDecryptedOptions {
   unwrapper: KeyUnwrapper;
   /** Folder for the private spool file when the input is a stream. @default os.tmpdir() */
@@ -57,6 +58,7 @@ export interface OpenDecryptedOptions {
   chunkSize?: number;
 }
 
+/** What {@link openDecryptedSource} resolves to: the plaintext stream, once the whole token is authenticated. */
 export interface DecryptedSource {
   /** Plaintext JSON bytes; only produced after the whole token's HMAC was verified. */
   stream: Readable;
@@ -184,39 +186,24 @@ function plaintextStream(file: FileHandle, start: number, length: number, key: F
 }
 
 /**
- * Spool folders still on disk. They are removed synchronously if the process exits, or is
- * interrupted by SIGINT / SIGTERM / SIGHUP, before their stream closed. The signal handlers are
- * installed only while a spool exists, and re-raise the signal when nobody else listens, so the
- * process still dies of it as it would have.
+ * Spool folders still on disk. The library installs no process handlers: a spool goes away with
+ * its stream (close, destroy, failure). A program that wants spools gone when it is killed, as the
+ * CLI does, calls {@link removeLiveSpoolsSync} from its own signal and exit handlers.
  */
 const liveSpools = new Set<string>();
-const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
-function removeLiveSpoolsSync(): void {
+/** Removes every spool folder still on disk, synchronously (for a host's exit or signal handler). */
+export function removeLiveSpoolsSync(): void {
   for (const d of liveSpools) rmSync(d, { recursive: true, force: true });
   liveSpools.clear();
 }
 
-function onSignal(signal: NodeJS.Signals): void {
-  removeLiveSpoolsSync();
-  untrackSpools();
-  if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
-}
-
 function trackSpool(dir: string): void {
-  if (liveSpools.size === 0) {
-    process.on('exit', removeLiveSpoolsSync);
-    for (const sig of SIGNALS) process.on(sig, onSignal);
-  }
   liveSpools.add(dir);
 }
 
-function untrackSpools(dir?: string): void {
-  if (dir !== undefined) liveSpools.delete(dir);
-  if (liveSpools.size === 0) {
-    process.off('exit', removeLiveSpoolsSync);
-    for (const sig of SIGNALS) process.off(sig, onSignal);
-  }
+function untrackSpools(dir: string): void {
+  liveSpools.delete(dir);
 }
 
 async function makeSpool(tmpDir: string): Promise<{ dir: string; file: FileHandle; remove: () => Promise<void> }> {
@@ -346,6 +333,7 @@ export async function openDecryptedSource(input: EncryptedInput, options: OpenDe
   return openStream(input.stream, options, chunkSize);
 }
 
+/** Options of {@link createDecryptor}: the same as {@link OpenDecryptedOptions}. */
 export type DecryptorOptions = OpenDecryptedOptions;
 
 /**
@@ -441,6 +429,7 @@ export async function decryptExport(input: EncryptedInput, output: Writable, opt
   return { size: src.size };
 }
 
+/** Options of {@link createEncryptor}. */
 export interface EncryptorOptions {
   /** PEM public key (SubjectPublicKeyInfo or PKCS#1) the data key is wrapped to; becomes `key.pub`. */
   publicKeyPem: Buffer | string;
@@ -550,6 +539,7 @@ export function createEncryptor(options: EncryptorOptions): Encryptor {
   return new Encryptor(options);
 }
 
+/** Options of {@link encryptExport}. */
 export interface EncryptExportOptions {
   publicKeyPem: Buffer | string;
   /** Folder for the spool of the (encrypted) token when the input is a stream. @default os.tmpdir() */

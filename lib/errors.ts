@@ -3,6 +3,7 @@
  * (`USERPORT_*`); data errors also carry a {@link Position} so the CLI can say what and where.
  * Causes are kept (`cause`), never flattened: a pg error stays reachable with its SQLSTATE.
  */
+import type { DecryptErrorCode } from './crypto/errors.js';
 
 /** Where in the export a problem is. Every field is optional: say what is known. */
 export interface Position {
@@ -44,9 +45,17 @@ export const ErrorCodes = {
   IMPORT_MISMATCH: 'USERPORT_IMPORT_MISMATCH',
   IMPORT_BUSY: 'USERPORT_IMPORT_BUSY',
   IO: 'USERPORT_IO',
+  /** A callback the caller passed (a sink's `checkpoint` or `finalize`) threw something that is not a UserportError; `cause` is what it threw. */
+  CALLBACK: 'USERPORT_CALLBACK',
+  /** A failure that is none of the above: a bug in userport. `cause` is the original error. */
+  INTERNAL: 'USERPORT_INTERNAL',
 } as const;
 
-export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes] | `USERPORT_${string}`;
+/**
+ * Every code userport raises: {@link ErrorCodes} and the decryption codes of `DecryptErrorCodes`.
+ * A closed union, so a `switch` over it is checked for exhaustiveness.
+ */
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes] | DecryptErrorCode;
 
 export interface UserportErrorOptions {
   cause?: unknown;
@@ -139,24 +148,52 @@ export function formatPosition(p: Position | undefined): string {
 
 const FS_SYSCALLS = new Set(['open', 'read', 'write', 'close', 'stat', 'fstat', 'lstat', 'ftruncate', 'fsync', 'mkdir', 'rename', 'unlink', 'scandir', 'access', 'copyfile']);
 
+/** True for an error PostgreSQL sent (pg's DatabaseError: a severity and a five-character SQLSTATE). */
+export function isPgServerError(err: unknown): boolean {
+  const e = err as { severity?: unknown; code?: unknown } | null;
+  return typeof e?.severity === 'string' && typeof e.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code);
+}
+
+function lostConnection(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  const code = e?.code;
+  if (code === '57P01' || code === '57P02' || code === '57P03' || code === 'ECONNRESET' || code === 'ECONNREFUSED' || code === 'EPIPE') return true;
+  // pg reports a dropped socket as a plain Error with one of these messages, and no code.
+  return typeof e?.message === 'string' && /Connection terminated|connection ended|not queryable|Client has encountered a connection error/i.test(e.message);
+}
+
+function messageOf(err: unknown): string {
+  const e = err as { message?: unknown; code?: unknown } | null;
+  return typeof e?.message === 'string' ? e.message : String(e?.code ?? err);
+}
+
 /**
- * Wraps a pg error into a {@link DatabaseError} unless it is already a UserportError; a Node
- * file-system error becomes USERPORT_IO.
+ * Turns what a database step threw into a {@link UserportError}: a UserportError as it is; a lost
+ * connection USERPORT_DB_CONNECT; an error PostgreSQL sent USERPORT_DB_QUERY (SQLSTATE kept); a
+ * file-system error USERPORT_IO. Anything else is not a database error and becomes
+ * USERPORT_INTERNAL, the original as its `cause`.
  */
 export function wrapDbError(err: unknown, what: string): UserportError {
   if (err instanceof UserportError) return err;
-  const e = err as { code?: string; message?: string; errno?: string };
-  const lost =
-    e?.code === '57P01' || e?.code === '57P02' || e?.code === '57P03' || e?.code === 'ECONNRESET' ||
-    e?.code === 'ECONNREFUSED' || e?.code === 'EPIPE' ||
-    /Connection terminated|connection ended|not queryable|Client has encountered a connection error/i.test(e?.message ?? '');
-  if (lost) {
-    return new DatabaseError(ErrorCodes.DB_CONNECT, `${what}: lost the connection to PostgreSQL (${e?.message ?? e?.code})`, { cause: err });
+  if (lostConnection(err)) {
+    return new DatabaseError(ErrorCodes.DB_CONNECT, `${what}: lost the connection to PostgreSQL (${messageOf(err)})`, { cause: err });
   }
   // A file-system failure (the source, the rejects or the findings file) is not a database error.
-  if (typeof (err as { syscall?: unknown })?.syscall === 'string' && FS_SYSCALLS.has((err as { syscall: string }).syscall)) {
-    return new UserportError(ErrorCodes.IO, `${what} failed: ${e.message ?? e.code}`, { cause: err });
+  const syscall = (err as { syscall?: unknown } | null)?.syscall;
+  if (typeof syscall === 'string' && FS_SYSCALLS.has(syscall)) {
+    return new UserportError(ErrorCodes.IO, `${what} failed: ${messageOf(err)}`, { cause: err });
   }
-  const detail = e?.message ? `: ${e.message}` : '';
-  return new DatabaseError(ErrorCodes.DB_QUERY, `${what} failed${detail}`, { cause: err });
+  if (isPgServerError(err)) return new DatabaseError(ErrorCodes.DB_QUERY, `${what} failed: ${messageOf(err)}`, { cause: err });
+  return new UserportError(ErrorCodes.INTERNAL, `${what} failed unexpectedly: ${messageOf(err)}`, { cause: err });
+}
+
+/**
+ * Like {@link wrapDbError} for what a caller's callback threw: database and file-system errors
+ * keep their codes; anything else (its own bug) is USERPORT_CALLBACK, its error as `cause`.
+ */
+export function wrapCallbackError(err: unknown, what: string): UserportError {
+  const syscall = (err as { syscall?: unknown } | null)?.syscall;
+  const fsError = typeof syscall === 'string' && FS_SYSCALLS.has(syscall);
+  if (err instanceof UserportError || lostConnection(err) || isPgServerError(err) || fsError) return wrapDbError(err, what);
+  return new UserportError(ErrorCodes.CALLBACK, `${what}: the callback threw: ${messageOf(err)}`, { cause: err });
 }

@@ -10,7 +10,8 @@
  * PostgreSQL, not here.
  */
 import { Transform, type TransformCallback } from 'node:stream';
-import { ErrorCodes, OptionError, RecordError } from './errors.js';
+import { ErrorCodes, RecordError } from './errors.js';
+import { checkOptions, isBoolean, isStringIterable, toStringSet, type OptionCheck } from './options.js';
 import { describeAjvError, modelInfo, registry } from './models.js';
 import type { RawRecord, RecordPosition } from './tokenize.js';
 
@@ -43,15 +44,40 @@ export interface RejectMarker extends RecordPosition {
 /** What flows between the object stages: every record of the export, in order, exactly once. */
 export type FlowItem = ScopedRecord | SkipMarker | RejectMarker;
 
+/** True for a {@link ScopedRecord}: a user-scope record on its way to the mapper. */
+export function isScopedRecord(item: { kind: string }): item is ScopedRecord {
+  return item.kind === 'record';
+}
+
+/** True for a {@link SkipMarker}: a record of a model outside the user scope. */
+export function isSkipMarker(item: { kind: string }): item is SkipMarker {
+  return item.kind === 'skip';
+}
+
+/** True for a {@link RejectMarker}: a record that failed validation while rejects are collected. */
+export function isRejectMarker(item: { kind: string }): item is RejectMarker {
+  return item.kind === 'reject';
+}
+
+/** Options of {@link createUserFilter}. */
 export interface UserFilterOptions {
   /** Usernames to keep (exact match). Undefined: keep every user. An empty set keeps none. */
   usernames?: Iterable<string>;
   /**
    * Pass records that fail their envelope check on as {@link RejectMarker}s instead of failing
-   * the stream (`--rejects-file`). @default false
+   * the stream (the CLI's `--rejects-file`). @default false ({@link DEFAULT_COLLECT_REJECTS})
    */
   collectRejects?: boolean;
 }
+
+/** Rejects fail the stream unless asked otherwise. */
+export const DEFAULT_COLLECT_REJECTS = false;
+
+/** The checks of {@link UserFilterOptions}, shared with the fused record processor. */
+export const USER_FILTER_OPTIONS: { readonly [K in keyof UserFilterOptions]-?: OptionCheck } = {
+  usernames: isStringIterable,
+  collectRejects: isBoolean,
+};
 
 /**
  * Parses a username list: commas or newlines separate names; surrounding whitespace is trimmed;
@@ -94,11 +120,9 @@ export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefine
 
 /** Creates the scope-and-filter stage: {@link RawRecord} in, {@link FlowItem} out. */
 export function createUserFilter(options: UserFilterOptions = {}): Transform {
-  if (options.usernames !== undefined && typeof (options.usernames as Iterable<string>)[Symbol.iterator] !== 'function') {
-    throw new OptionError('usernames must be an iterable of strings');
-  }
-  const keep = options.usernames === undefined ? undefined : new Set(options.usernames);
-  const collect = options.collectRejects ?? false;
+  checkOptions('createUserFilter', options, USER_FILTER_OPTIONS);
+  const keep = options.usernames === undefined ? undefined : toStringSet('createUserFilter', 'usernames', options.usernames);
+  const collect = options.collectRejects ?? DEFAULT_COLLECT_REJECTS;
   return new Transform({
     objectMode: true,
     highWaterMark: 64,

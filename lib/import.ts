@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
-import { createKnex, migrate, waitForDatabase } from './db/knex.js';
+import { checkDatabaseUrl, createKnex, migrate, PG_TYPES, waitForDatabase } from './db/knex.js';
+import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isNonEmptyString, isStringIterable, type OptionCheck } from './options.js';
 import { mergeStaged } from './db/merge.js';
 import { openDecryptedSource, type KeyUnwrapper } from './decrypt.js';
 import { ErrorCodes, OptionError, UserportError, wrapDbError } from './errors.js';
@@ -41,11 +42,17 @@ export interface Progress {
   seconds: number;
 }
 
+/** Options of {@link importUsers}. */
 export interface ImportOptions {
   /** A file path, `-` for standard input, or a byte stream. */
   source: string | Readable;
-  /** `postgresql://...` of the target database. */
-  databaseUrl: string;
+  /**
+   * `postgresql://...` of the target database. When absent, the embedded PostgreSQL in
+   * `embeddedDir` is started (or reused); its package is loaded only then.
+   */
+  databaseUrl?: string;
+  /** Folder of the embedded database, used when `databaseUrl` is absent. @default `.userport` under the current directory */
+  embeddedDir?: string;
   /** Reuse an existing user on username collision instead of renaming. @default false */
   mergeUsers?: boolean;
   /** Import only these users (exact usernames) and what belongs to them. */
@@ -80,28 +87,54 @@ export interface ImportOptions {
   onStart?: (info: { importId: string; resumed: boolean; fromOrdinal: number; found?: boolean }) => void;
 }
 
-function checkOptions(o: ImportOptions): void {
-  if (o === null || typeof o !== 'object') throw new OptionError('options must be an object');
-  if (typeof o.source !== 'string' && !(o.source instanceof Readable)) {
-    throw new OptionError('source must be a file path, "-" or a Readable stream');
-  }
-  if (typeof o.databaseUrl !== 'string' || !o.databaseUrl) throw new OptionError('databaseUrl must be a postgresql:// URL');
-  if (o.filterUsernames !== undefined && !(Array.isArray(o.filterUsernames) && o.filterUsernames.every((u) => typeof u === 'string'))) {
-    throw new OptionError('filterUsernames must be an array of strings');
-  }
-  if (o.resumable && o.dryRun) throw new OptionError('resumable and dryRun cannot be combined');
-  if (o.importId !== undefined && !o.resumable) throw new OptionError('importId needs resumable');
-  if (o.importId !== undefined && !/^[A-Za-z0-9._-]{1,100}$/.test(o.importId)) {
-    throw new OptionError(`importId must be 1-100 letters, digits, '.', '_' or '-', got "${o.importId}"`);
-  }
-  if (o.maxRejects !== undefined && o.rejectsFile === undefined) throw new OptionError('maxRejects needs rejectsFile');
+const isSource: OptionCheck = (v) => (typeof v === 'string' && v !== '') || v instanceof Readable ? undefined : 'a file path, "-" or a Readable stream';
+const isUnwrapper: OptionCheck = (v) => (v !== null && typeof v === 'object' && typeof (v as KeyUnwrapper).unwrap === 'function' ? undefined : 'a KeyUnwrapper (createLocalKeyUnwrapper or createGcpKmsUnwrapper)');
+
+const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
+  source: isSource,
+  databaseUrl: isNonEmptyString,
+  embeddedDir: isNonEmptyString,
+  mergeUsers: isBoolean,
+  filterUsernames: isStringIterable,
+  dryRun: isBoolean,
+  resumable: isBoolean,
+  importId: (v) => (typeof v === 'string' && /^[A-Za-z0-9._-]{1,100}$/.test(v) ? undefined : "1-100 letters, digits, '.', '_' or '-'"),
+  batchRows: isInteger(1),
+  rejectsFile: isNonEmptyString,
+  maxRejects: isInteger(0),
+  findingsFile: isNonEmptyString,
+  maxRecordBytes: isInteger(16),
+  maxDepth: isInteger(2),
+  decrypt: isUnwrapper,
+  onProgress: isFunction,
+  onStart: isFunction,
+};
+
+function checkImportOptions(o: ImportOptions): void {
+  if (o === null || typeof o !== 'object' || Array.isArray(o)) throw new OptionError(`importUsers: options must be an object, got ${describeValue(o)}`, 'options');
+  checkOptions('importUsers', o, IMPORT_OPTIONS);
+  if (o.source === undefined) throw new OptionError('importUsers: option source is required (a file path, "-" or a Readable stream)', 'source');
+  if (o.databaseUrl !== undefined) checkDatabaseUrl(o.databaseUrl);
+  if (o.databaseUrl !== undefined && o.embeddedDir !== undefined) throw new OptionError('importUsers: give databaseUrl or embeddedDir, not both', 'embeddedDir');
+  if (o.resumable && o.dryRun) throw new OptionError('importUsers: resumable and dryRun cannot be combined', 'dryRun');
+  if (o.importId !== undefined && !o.resumable) throw new OptionError('importUsers: importId needs resumable: true', 'importId');
+  if (o.maxRejects !== undefined && o.rejectsFile === undefined) throw new OptionError('importUsers: maxRejects needs rejectsFile', 'maxRejects');
   if (o.resumable && (o.source === '-' || o.source instanceof Readable)) {
-    throw new OptionError('a resumable import needs a file source (it is read again to resume)');
+    throw new OptionError('importUsers: a resumable import needs a file source (it is read again to resume)', 'source');
   }
 }
 
 function isRegularFile(p: string): boolean {
   try { return fs.statSync(p).isFile(); } catch { return true; /* let the open report it */ }
+}
+
+/**
+ * The URL of the embedded server in `dir`, started if it is not running. Loaded on demand: a
+ * caller who gives a database URL never loads the embedded server's code or package.
+ */
+async function embeddedDatabaseUrl(dir: string | undefined): Promise<string> {
+  const { startEmbedded } = await import('./db/embedded.js');
+  return (await startEmbedded(dir === undefined ? {} : { dir })).url;
 }
 
 /** Size and SHA-256 of the first MiB: enough to refuse resuming with another file. */
@@ -167,11 +200,12 @@ function resumeKey(o: ImportOptions) {
  * (nothing written in atomic mode; everything up to the last checkpoint kept in resumable mode).
  */
 export async function importUsers(options: ImportOptions): Promise<ImportSummary> {
-  checkOptions(options);
+  checkImportOptions(options);
   const started = Date.now();
+  const databaseUrl = options.databaseUrl ?? await embeddedDatabaseUrl(options.embeddedDir);
   const mode: ImportSummary['mode'] = options.dryRun ? 'dry-run' : options.resumable ? 'resumable' : 'atomic';
-  const knex = createKnex(options.databaseUrl, 2);
-  const client = new pg.Client({ connectionString: options.databaseUrl, application_name: 'userport' });
+  const knex = createKnex(databaseUrl, 2);
+  const client = new pg.Client({ connectionString: databaseUrl, application_name: 'userport', types: PG_TYPES });
   let clientError: Error | undefined;
   // A dead server makes pg emit 'error' on the client: without a listener the process would crash.
   client.on('error', (err) => { clientError = err; });

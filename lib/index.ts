@@ -1,33 +1,77 @@
 /**
- * userport's public API: the stages (each a Node stream), the whole import, and the pieces
- * around them. Wire stages yourself with `await pipeline(...)` from `node:stream/promises`:
+ * userport's public API: the stages (each a Node stream), the whole import, the items that flow
+ * between stages with their type guards, the errors, and the database helpers a caller needs.
+ * Wire stages yourself with `await pipeline(...)` from `node:stream/promises`:
  *
  *   source bytes -> createTokenizer() -> createUserFilter() -> createModelMapper() -> createPgSink()
  *
- * or call {@link importUsers} for the whole job.
+ * or call {@link importUsers} for the whole job. Importing this module changes nothing in the host
+ * process: no pg type parser, no process listener, no global.
+ *
+ * @packageDocumentation
  */
-export { createTokenizer, RecordSplitter, DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './tokenize.js';
+import type { EmbeddedOptions, EmbeddedServer } from './db/embedded.js';
+
+// Stages.
+export { createTokenizer, DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './tokenize.js';
 export type { RawRecord, RecordPosition, TokenizerOptions } from './tokenize.js';
-export { createUserFilter, parseUsernameList, scopeRecord } from './filter-users.js';
+export { createUserFilter, DEFAULT_COLLECT_REJECTS, isRejectMarker, isScopedRecord, isSkipMarker } from './filter-users.js';
 export type { FlowItem, RejectMarker, ScopedRecord, SkipMarker, UserFilterOptions } from './filter-users.js';
-export { createModelMapper, mapRecord } from './map-models.js';
-export type { MappedItem, ModelMapperOptions, StagedRow } from './map-models.js';
-export { createPgSink, copyLine, copyValue, DEFAULT_BATCH_ROWS } from './pg-sink.js';
+export { createModelMapper, isFilteredMarker, isStagedRow, stagedValues } from './map-models.js';
+export type { FilteredMarker, MappedItem, ModelMapperOptions, StagedRow } from './map-models.js';
+export { STAGE_COLUMNS, STAGE_INDEX, USER_SCOPE_MODELS } from './models.js';
+export type { StageColumn, StageValue } from './models.js';
+export { createPgSink, DEFAULT_BATCH_ROWS } from './pg-sink.js';
 export type { PgSinkOptions } from './pg-sink.js';
+
+// The whole job.
 export { importUsers } from './import.js';
 export type { ImportOptions, Progress } from './import.js';
-export { mergeStaged } from './db/merge.js';
-export type { MergeOptions } from './db/merge.js';
-export { createKnex, migrate, waitForDatabase } from './db/knex.js';
-export { startEmbedded, stopEmbedded, defaultEmbeddedDir } from './db/embedded.js';
-export type { EmbeddedOptions, EmbeddedServer } from './db/embedded.js';
-export { createRejectsFile, redact } from './rejects.js';
-export type { RejectSink, RejectsFileOptions } from './rejects.js';
 export { ImportStats } from './stats.js';
 export type { ImportSummary, ModelCounts } from './stats.js';
-export { modelInfo, STAGE_COLUMNS, USER_SCOPE_MODELS, isDateTime } from './models.js';
-export { createExportGenerator } from './generate.js';
-export type { GenerateOptions } from './generate.js';
-export * from './decrypt.js';
-export { UserportError, OptionError, ParseError, RecordError, DatabaseError, ErrorCodes, formatPosition } from './errors.js';
+export { createRejectsFile } from './rejects.js';
+export type { RejectSink, RejectsFileOptions } from './rejects.js';
+
+// Encrypted exports.
+export {
+  createDecryptor, decryptExport, openDecryptedSource, createEncryptor, encryptExport, Decryptor, Encryptor,
+} from './decrypt.js';
+export type {
+  DecryptedSource, DecryptorOptions, EncryptedInput, EncryptExportOptions, EncryptorOptions, OpenDecryptedOptions,
+} from './decrypt.js';
+export { createLocalKeyUnwrapper } from './crypto/unwrapper.js';
+export type { KeyUnwrapper, LocalKeyUnwrapperOptions, PassphraseSource } from './crypto/unwrapper.js';
+export { createGcpKmsUnwrapper } from './crypto/gcp-kms.js';
+export type { GcpKmsConfig, GcpKmsUnwrapperOptions, GoogleAccessTokenSource } from './crypto/gcp-kms.js';
+
+// Errors.
+export { UserportError, OptionError, ParseError, RecordError, DatabaseError, ErrorCodes } from './errors.js';
 export type { ErrorCode, Position } from './errors.js';
+export { DecryptError, DecryptErrorCodes } from './crypto/errors.js';
+export type { DecryptErrorCode } from './crypto/errors.js';
+
+// Database helpers: the tables (for createPgSink), the merge (its usual finalize), the embedded server.
+export { createKnex, migrate, waitForDatabase } from './db/knex.js';
+export { mergeStaged } from './db/merge.js';
+export type { MergeOptions } from './db/merge.js';
+export { beginImportRun, finishImportRun } from './db/runs.js';
+export type { ImportRunOptions } from './db/runs.js';
+export type { EmbeddedOptions, EmbeddedServer } from './db/embedded.js';
+
+/**
+ * Starts (or reuses) the embedded PostgreSQL kept in `options.dir` and resolves to its URL and
+ * settings. The server outlives this process; stop it with {@link stopEmbedded}. Its code and
+ * package are loaded on this first call only.
+ */
+export async function startEmbedded(options: EmbeddedOptions = {}): Promise<EmbeddedServer> {
+  return (await import('./db/embedded.js')).startEmbedded(options);
+}
+
+/**
+ * Stops the embedded PostgreSQL in `dir` (default: `.userport` under the current directory) if
+ * it runs; resolves to true when it was running.
+ */
+export async function stopEmbedded(dir?: string): Promise<boolean> {
+  const embedded = await import('./db/embedded.js');
+  return embedded.stopEmbedded(dir ?? embedded.defaultEmbeddedDir());
+}

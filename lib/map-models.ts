@@ -7,32 +7,64 @@
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { ErrorCodes, RecordError } from './errors.js';
-import type { FlowItem, RejectMarker, ScopedRecord, SkipMarker } from './filter-users.js';
-import { describeAjvError, modelInfo, STAGE_COLUMNS, type StageValue } from './models.js';
+import { DEFAULT_COLLECT_REJECTS, type FlowItem, type RejectMarker, type ScopedRecord, type SkipMarker } from './filter-users.js';
+import { checkOptions, isBoolean } from './options.js';
+import { describeAjvError, modelInfo, STAGE_COLUMNS, type StageColumn, type StageValue } from './models.js';
 import type { RecordPosition } from './tokenize.js';
 
-/** A record ready for the staging table. */
+/** A validated record that will be written: `kind === 'row'` means exactly that. */
 export interface StagedRow extends RecordPosition {
   kind: 'row';
   model: string;
   /** The model's staging code (`x-userport.code`). */
   code: number;
   pk: number;
-  /** False for a user removed by the username filter (only its pk is staged). */
-  keep: boolean;
-  /** One value per {@link STAGE_COLUMNS} entry; JSON text for `json` columns. */
+  /**
+   * One value per {@link STAGE_COLUMNS} entry; JSON text for `json` columns. Positional for speed:
+   * read a column by name with `values[STAGE_INDEX.email]`, or all of them with {@link stagedValues}.
+   */
   values: StageValue[];
   /** Fields the schema does not know (ignored), when there are any. */
   unknownFields?: string[];
 }
 
-/** What the mapper emits: staged rows, and the skip and reject markers passed through. */
-export type MappedItem = StagedRow | SkipMarker | RejectMarker;
+/**
+ * A user the username filter removed (never validated, never imported). The sink stages its pk
+ * alone, so that its emails and options are dropped with the right reason by the merge.
+ */
+export interface FilteredMarker extends RecordPosition {
+  kind: 'filtered';
+  model: string;
+  /** The model's staging code (`x-userport.code`). */
+  code: number;
+  pk: number;
+}
 
+/** What the mapper emits: staged rows, filtered users, and the skip and reject markers passed through. */
+export type MappedItem = StagedRow | FilteredMarker | SkipMarker | RejectMarker;
+
+/** True for a {@link StagedRow}: a record that will be written. */
+export function isStagedRow(item: { kind: string }): item is StagedRow {
+  return item.kind === 'row';
+}
+
+/** True for a {@link FilteredMarker}: a user removed by the username filter. */
+export function isFilteredMarker(item: { kind: string }): item is FilteredMarker {
+  return item.kind === 'filtered';
+}
+
+/** A row's values by column name (`view.email`): a new object per call, for convenience off the hot path. */
+export function stagedValues(row: StagedRow): { readonly [C in StageColumn]: StageValue } {
+  const out = {} as { [C in StageColumn]: StageValue };
+  for (let i = 0; i < STAGE_COLUMNS.length; i++) out[STAGE_COLUMNS[i]![0]] = row.values[i] ?? null;
+  return out;
+}
+
+/** Options of {@link createModelMapper}. */
 export interface ModelMapperOptions {
   /**
    * Pass records that fail their schema on as {@link RejectMarker}s instead of failing the
-   * stream (`--rejects-file`). @default false
+   * stream (the CLI's `--rejects-file`). @default false ({@link DEFAULT_COLLECT_REJECTS})
    */
   collectRejects?: boolean;
 }
@@ -68,14 +100,20 @@ function jsonProblem(v: unknown, depth = 0): string | undefined {
 }
 
 /** Validates and maps one record. Pure. Throws a {@link RecordError}. */
-export function mapRecord(rec: ScopedRecord): StagedRow {
+export function mapRecord(rec: ScopedRecord): StagedRow | FilteredMarker {
   const info = modelInfo(rec.model);
-  if (!info) throw new Error(`mapRecord: ${rec.model} is not a user-scope model`);
+  if (!info) {
+    throw new RecordError(ErrorCodes.RECORD_ENVELOPE, `mapRecord: ${rec.model} is not a user-scope model`, {
+      position: { ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, model: rec.model, pk: rec.pk },
+    });
+  }
+  if (rec.filtered) {
+    return { kind: 'filtered', ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, length: rec.length, model: rec.model, code: info.mapping.code, pk: rec.pk };
+  }
   const row: StagedRow = {
     kind: 'row', ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, length: rec.length,
-    model: rec.model, code: info.mapping.code, pk: rec.pk, keep: !rec.filtered, values: NULLS,
+    model: rec.model, code: info.mapping.code, pk: rec.pk, values: NULLS,
   };
-  if (rec.filtered) return row;
   const fields = rec.fields;
   if (!info.validate(fields)) {
     const { field, reason } = describeAjvError(info.validate.errors?.[0]);
@@ -117,7 +155,8 @@ export function mapRecord(rec: ScopedRecord): StagedRow {
 
 /** Creates the model-mapping stage: {@link FlowItem} in, {@link MappedItem} out. */
 export function createModelMapper(options: ModelMapperOptions = {}): Transform {
-  const collect = options.collectRejects ?? false;
+  checkOptions('createModelMapper', options, { collectRejects: isBoolean });
+  const collect = options.collectRejects ?? DEFAULT_COLLECT_REJECTS;
   return new Transform({
     objectMode: true,
     highWaterMark: 64,

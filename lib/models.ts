@@ -22,7 +22,15 @@ export const STAGE_COLUMNS = [
   ['opt_key', 'text'], ['opt_value', 'json'],
 ] as const satisfies readonly (readonly [string, ColumnType])[];
 
+/** The name of a staging column (`username`, `email`...), a key of `STAGE_INDEX`. */
 export type StageColumn = (typeof STAGE_COLUMNS)[number][0];
+
+/**
+ * Index of each staging column in `StagedRow.values`: `row.values[STAGE_INDEX.email]`. A table of
+ * constants rather than named properties on every row, so the hot path allocates nothing more.
+ */
+export const STAGE_INDEX: { readonly [C in StageColumn]: number } = Object.freeze(
+  Object.fromEntries(STAGE_COLUMNS.map(([c], i) => [c, i])) as { [C in StageColumn]: number });
 
 /** A value on its way to a staging column: JSON text for `json` columns, else the JS value. */
 export type StageValue = string | number | boolean | null;

@@ -18,8 +18,9 @@
 import type pg from 'pg';
 import { Writable } from 'node:stream';
 import copyStreams from 'pg-copy-streams';
-import { OptionError, wrapDbError } from './errors.js';
-import type { MappedItem, StagedRow } from './map-models.js';
+import { OptionError, wrapCallbackError, wrapDbError } from './errors.js';
+import { checkOptions, isBoolean, isFunction, isInteger, isOneOf, type OptionCheck } from './options.js';
+import type { FilteredMarker, MappedItem, StagedRow } from './map-models.js';
 import { STAGE_COLUMNS, type StageValue } from './models.js';
 import type { RejectSink } from './rejects.js';
 import { ImportStats } from './stats.js';
@@ -31,6 +32,7 @@ export const DEFAULT_BATCH_ROWS = 20000;
 /** Bytes of COPY text gathered before one socket write. */
 const FLUSH_BYTES = 256 * 1024;
 
+/** Options of {@link createPgSink}. */
 export interface PgSinkOptions {
   /** A dedicated connection; the sink owns its transactions until it finishes. */
   client: pg.ClientBase;
@@ -55,6 +57,18 @@ export interface PgSinkOptions {
   finalize: (client: pg.ClientBase) => Promise<void>;
 }
 
+const PG_SINK_OPTIONS: { readonly [K in keyof PgSinkOptions]-?: OptionCheck } = {
+  client: (v) => (v !== null && typeof v === 'object' && typeof (v as pg.ClientBase).query === 'function' ? undefined : 'a connected pg client'),
+  run: isInteger(1),
+  transaction: isOneOf('whole', 'batches'),
+  dryRun: isBoolean,
+  batchRows: isInteger(1),
+  checkpoint: isFunction,
+  stats: (v) => (v instanceof ImportStats ? undefined : 'an ImportStats'),
+  rejects: (v) => (v !== null && typeof v === 'object' && typeof (v as RejectSink).reject === 'function' ? undefined : 'a RejectSink (createRejectsFile)'),
+  finalize: isFunction,
+};
+
 /** Encodes one value for COPY's text format. */
 export function copyValue(v: StageValue): string {
   if (v === null) return '\\N';
@@ -65,9 +79,14 @@ export function copyValue(v: StageValue): string {
   return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/\r/g, '\\r').replace(/\t/g, '\\t');
 }
 
+/** The data columns of a filtered user: its pk alone is staged. */
+const FILTERED_VALUES = '\t\\N'.repeat(STAGE_COLUMNS.length) + '\n';
+
 /** One staging-table line in COPY text format. */
-export function copyLine(run: number, row: StagedRow): string {
-  let line = `${run}\t${row.code}\t${row.ordinal}\t${row.offset}\t${row.line}\t${row.column}\t${row.pk}\t${row.keep ? 't' : 'f'}`;
+export function copyLine(run: number, row: StagedRow | FilteredMarker): string {
+  const head = `${run}\t${row.code}\t${row.ordinal}\t${row.offset}\t${row.line}\t${row.column}\t${row.pk}`;
+  if (row.kind === 'filtered') return head + '\tf' + FILTERED_VALUES;
+  let line = head + '\tt';
   const vals = row.values;
   for (let i = 0; i < vals.length; i++) line += '\t' + copyValue(vals[i]!);
   return line + '\n';
@@ -77,14 +96,12 @@ type CopyStream = ReturnType<typeof copyStreams.from>;
 
 /** Creates the PostgreSQL sink. See the module comment for its transaction shapes. */
 export function createPgSink(options: PgSinkOptions): Writable {
-  const { client, run, finalize, checkpoint } = options;
-  if (!client || typeof client.query !== 'function') throw new OptionError('client must be a connected pg client');
-  if (!Number.isInteger(run) || run < 1) throw new OptionError(`run must be an integer >= 1, got ${String(run)}`);
-  if (options.transaction !== 'whole' && options.transaction !== 'batches') {
-    throw new OptionError(`transaction must be 'whole' or 'batches', got ${String(options.transaction)}`);
+  checkOptions('createPgSink', options, PG_SINK_OPTIONS);
+  for (const required of ['client', 'run', 'transaction', 'finalize'] as const) {
+    if (options[required] === undefined) throw new OptionError(`createPgSink: option ${required} is required`, required);
   }
+  const { client, run, finalize, checkpoint } = options;
   const batchRows = options.batchRows ?? DEFAULT_BATCH_ROWS;
-  if (!Number.isInteger(batchRows) || batchRows < 1) throw new OptionError(`batchRows must be an integer >= 1, got ${String(batchRows)}`);
   const whole = options.transaction === 'whole';
   const stats = options.stats ?? new ImportStats();
   const rejects = options.rejects;
@@ -145,7 +162,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
       await endCopy();
     }
     if (checkpoint && batchLast) {
-      try { await checkpoint(client, batchLast); } catch (err) { throw wrapDbError(err, 'recording the checkpoint'); }
+      try { await checkpoint(client, batchLast); } catch (err) { throw wrapCallbackError(err, 'recording the checkpoint'); }
     }
     await query('COMMIT');
     inTransaction = false;
@@ -178,7 +195,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
       let last: MappedItem | undefined;
       const take = (item: MappedItem) => {
         stats.account(item);
-        if (item.kind === 'row') text += copyLine(run, item);
+        if (item.kind === 'row' || item.kind === 'filtered') text += copyLine(run, item);
         else if (item.kind === 'reject') {
           if (!rejects) throw item.error;
           rejects.reject(item.error, item, item.record);
@@ -222,7 +239,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
           await query('BEGIN');
           inTransaction = true;
         }
-        await finalize(client);
+        try { await finalize(client); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
         await query(options.dryRun ? 'ROLLBACK' : 'COMMIT');
         inTransaction = false;
       })().then(() => callback(), (err: Error) => callback(wrapDbError(err, 'the merge')));

@@ -8,10 +8,11 @@
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { RecordError } from './errors.js';
-import { scopeRecord, type RejectMarker, type UserFilterOptions } from './filter-users.js';
+import { DEFAULT_COLLECT_REJECTS, scopeRecord, USER_FILTER_OPTIONS, type RejectMarker, type UserFilterOptions } from './filter-users.js';
+import { checkOptions, toStringSet } from './options.js';
 import { mapRecord, type MappedItem } from './map-models.js';
 import { modelInfo } from './models.js';
-import { RecordSplitter, type RawRecord, type TokenizerOptions } from './tokenize.js';
+import { RecordSplitter, TOKENIZER_OPTIONS, type RawRecord, type TokenizerOptions } from './tokenize.js';
 
 export interface RecordProcessorOptions extends TokenizerOptions, UserFilterOptions {}
 
@@ -43,9 +44,10 @@ export function processRecord(raw: RawRecord, keep: ReadonlySet<string> | undefi
  * takes arrays as well as single items). `splitter` exposes progress (bytes and records read).
  */
 export function createRecordProcessor(options: RecordProcessorOptions = {}): Transform & { splitter: RecordSplitter } {
+  checkOptions('createRecordProcessor', options, { ...TOKENIZER_OPTIONS, ...USER_FILTER_OPTIONS });
   const splitter = new RecordSplitter(options);
-  const keep = options.usernames === undefined ? undefined : new Set(options.usernames);
-  const collect = options.collectRejects ?? false;
+  const keep = options.usernames === undefined ? undefined : toStringSet('createRecordProcessor', 'usernames', options.usernames);
+  const collect = options.collectRejects ?? DEFAULT_COLLECT_REJECTS;
   const stream = new Transform({
     readableObjectMode: true,
     readableHighWaterMark: 4,

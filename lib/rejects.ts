@@ -4,7 +4,8 @@
  * hash) are redacted: they are discarded on import anyway.
  */
 import fs from 'node:fs';
-import { ErrorCodes, OptionError, UserportError } from './errors.js';
+import { ErrorCodes, UserportError } from './errors.js';
+import { badOption, checkOptions, isInteger } from './options.js';
 import type { RecordPosition } from './tokenize.js';
 
 /** Where rejected records go. */
@@ -32,6 +33,7 @@ export function redact(record: unknown): unknown {
   return { ...r, fields: copy };
 }
 
+/** Options of {@link createRejectsFile}. */
 export interface RejectsFileOptions {
   /** Abort after this many rejects. @default Infinity */
   maxRejects?: number;
@@ -41,20 +43,29 @@ export interface RejectsFileOptions {
 
 /** Opens `path` (truncating it) as a rejects file. */
 export function createRejectsFile(path: string, options: RejectsFileOptions = {}): RejectSink {
+  if (typeof path !== 'string' || path === '') badOption('createRejectsFile', 'path', 'a non-empty string', path);
+  checkOptions('createRejectsFile', options, {
+    maxRejects: isInteger(0),
+    resumeAt: (v) => {
+      const r = v as { bytes?: unknown; count?: unknown } | null;
+      return r !== null && typeof r === 'object' && Number.isSafeInteger(r.bytes) && Number.isSafeInteger(r.count) ? undefined : '{ bytes, count } (integers)';
+    },
+  });
   const max = options.maxRejects ?? Infinity;
-  if (max !== Infinity && (!Number.isInteger(max) || max < 0)) {
-    throw new OptionError(`maxRejects must be an integer >= 0, got ${String(max)}`);
-  }
   let count = 0;
   let bytes = 0;
   let fd: number;
-  if (options.resumeAt) {
-    fd = fs.openSync(path, fs.existsSync(path) ? 'r+' : 'w+', 0o600);
-    fs.ftruncateSync(fd, options.resumeAt.bytes);
-    count = options.resumeAt.count;
-    bytes = fs.fstatSync(fd).size;
-  } else {
-    fd = fs.openSync(path, 'w', 0o600);
+  try {
+    if (options.resumeAt) {
+      fd = fs.openSync(path, fs.existsSync(path) ? 'r+' : 'w+', 0o600);
+      fs.ftruncateSync(fd, options.resumeAt.bytes);
+      count = options.resumeAt.count;
+      bytes = fs.fstatSync(fd).size;
+    } else {
+      fd = fs.openSync(path, 'w', 0o600);
+    }
+  } catch (err) {
+    throw new UserportError(ErrorCodes.IO, `cannot open the rejects file ${path}: ${(err as Error).message}`, { cause: err });
   }
   return {
     get count() { return count; },
@@ -62,7 +73,7 @@ export function createRejectsFile(path: string, options: RejectsFileOptions = {}
     reject(err, pos, record) {
       count++;
       if (count > max) {
-        throw new UserportError(ErrorCodes.MAX_REJECTS, `more than ${max} records rejected (--max-rejects)`, {
+        throw new UserportError(ErrorCodes.MAX_REJECTS, `more than ${max} records rejected (maxRejects)`, {
           cause: err, position: { ...err.position, ordinal: pos.ordinal, offset: pos.offset },
         });
       }

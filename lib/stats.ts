@@ -94,7 +94,7 @@ export class ImportStats {
       c.rejected++;
     } else {
       this.model(item.model).read++;
-      if (item.unknownFields) for (const f of item.unknownFields) this.unknownField(item.model, f);
+      if (item.kind === 'row' && item.unknownFields) for (const f of item.unknownFields) this.unknownField(item.model, f);
     }
   }
 

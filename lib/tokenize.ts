@@ -15,7 +15,8 @@ import { isUtf8 } from 'node:buffer';
 import { Transform, type TransformCallback } from 'node:stream';
 import { jsonVerifier } from 'stream-json/utils/verifier.js';
 import { none } from 'stream-chain/defs.js';
-import { ErrorCodes, OptionError, ParseError, type ErrorCode, type Position } from './errors.js';
+import { badOption, checkOptions, isInteger, type OptionCheck } from './options.js';
+import { ErrorCodes, ParseError, type ErrorCode, type Position } from './errors.js';
 
 /** Where a record is in the export. Every stage passes it on so errors can say where. */
 export interface RecordPosition {
@@ -46,6 +47,7 @@ export const DEFAULT_MAX_RECORD_BYTES = 1024 * 1024;
 /** Deepest nesting accepted inside a record (`{"fields": {...}}` is depth 2). */
 export const DEFAULT_MAX_DEPTH = 64;
 
+/** Options of {@link createTokenizer}. */
 export interface TokenizerOptions {
   /** Refuse a record larger than this many bytes. @default 1 MiB ({@link DEFAULT_MAX_RECORD_BYTES}) */
   maxRecordBytes?: number;
@@ -67,9 +69,24 @@ STRUCTURAL[0x22] = STRUCTURAL[0x7b] = STRUCTURAL[0x7d] = STRUCTURAL[0x5b] = STRU
 const WS = new Uint8Array(256);
 WS[0x20] = WS[0x09] = WS[0x0a] = WS[0x0d] = 1;
 
-function checkPositiveInt(name: string, v: unknown, min: number): void {
-  if (v !== undefined && (typeof v !== 'number' || !Number.isInteger(v) || v < min)) {
-    throw new OptionError(`${name} must be an integer >= ${min}, got ${String(v)}`);
+/** Smallest accepted values: a record needs a few bytes, and `[{` is already two levels. */
+const MIN_RECORD_BYTES = 16;
+const MIN_DEPTH = 2;
+
+/** The checks of {@link TokenizerOptions}, shared with the fused record processor. */
+export const TOKENIZER_OPTIONS: { readonly [K in keyof TokenizerOptions]-?: OptionCheck } = {
+  maxRecordBytes: isInteger(MIN_RECORD_BYTES),
+  maxDepth: isInteger(MIN_DEPTH),
+  skipThrough: isInteger(0),
+};
+
+/** Checks the tokenizer's options alone (the fused processor passes more). */
+function checkTokenizerValues(scope: string, options: TokenizerOptions): void {
+  for (const k of Object.keys(TOKENIZER_OPTIONS) as (keyof TokenizerOptions)[]) {
+    const v = options[k];
+    if (v === undefined) continue;
+    const expected = TOKENIZER_OPTIONS[k](v);
+    if (expected !== undefined) badOption(scope, k, expected, v);
   }
 }
 
@@ -100,9 +117,8 @@ export class RecordSplitter {
   private bom = 0;
 
   constructor(options: TokenizerOptions = {}) {
-    checkPositiveInt('maxRecordBytes', options.maxRecordBytes, 16);
-    checkPositiveInt('maxDepth', options.maxDepth, 2);
-    checkPositiveInt('skipThrough', options.skipThrough, 0);
+    if (options === null || typeof options !== 'object') badOption('RecordSplitter', 'options', 'an object', options);
+    checkTokenizerValues('RecordSplitter', options);
     this.maxRecordBytes = options.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES;
     this.maxDepth = options.maxDepth ?? DEFAULT_MAX_DEPTH;
     this.skipThrough = options.skipThrough ?? 0;
@@ -407,7 +423,7 @@ export function locateSyntaxError(text: string, pos: RecordPosition): ParseError
  * Bad input fails the stream with a {@link ParseError} carrying byte offset, line and column.
  */
 export function createTokenizer(options: TokenizerOptions = {}): Transform & { splitter: RecordSplitter } {
-  const splitter = new RecordSplitter(options);
+  const splitter = new RecordSplitter(checkOptions('createTokenizer', options, TOKENIZER_OPTIONS));
   const stream = new Transform({
     readableObjectMode: true,
     readableHighWaterMark: 64,

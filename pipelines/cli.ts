@@ -15,6 +15,7 @@ import { importUsers, listImports, type ImportListing, type ImportOptions, type 
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
 import { parseCommand, reportError, usage, usageError, type FlagSpecs } from './cli-support.js';
+import { installSpoolCleanup } from './signals.js';
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
 
@@ -624,6 +625,7 @@ const COMMANDS: Readonly<Record<string, { run: (args: string[]) => Promise<numbe
 
 /** Runs the CLI with `argv` (without node and script); resolves to the exit code. */
 export async function main(argv: string[]): Promise<number> {
+  installSpoolCleanup();
   const debug = argv.includes('--debug');
   try {
     const [command, ...rest] = argv;

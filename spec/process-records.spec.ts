@@ -11,6 +11,7 @@ import { createTokenizer } from '../lib/tokenize.js';
 import { requireSharedFixtures, sharedFixtures, sharedJsonFiles } from './helpers/shared.js';
 import { chunked, collect, collectError } from './helpers/streams.js';
 import { user, useremail } from './helpers/exports.js';
+import { streamCompliance } from './helpers/compliance.js';
 
 async function composed(buf: Buffer, size: number, usernames?: string[], collectRejects = false): Promise<MappedItem[]> {
   return collect<MappedItem>(chunked(buf, size), createTokenizer(), createUserFilter({ usernames, collectRejects }), createModelMapper({ collectRejects }));
@@ -61,3 +62,6 @@ describe('createRecordProcessor (the fused fast path)', () => {
     expect(arrays[0]).to.have.length(50);
   });
 });
+
+const usersJson = () => JSON.stringify(Array.from({ length: 300 }, (_, i) => user(i + 1, `u${i + 1}`)));
+streamCompliance('createRecordProcessor', () => createRecordProcessor(), () => chunked(usersJson(), 512), () => chunked('[{"a": tru}]', 4), 'USERPORT_PARSE_JSON');

@@ -8,17 +8,24 @@ import { Readable, finished } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { createUserFilter, parseUsernameList, scopeRecord, type FlowItem, type ScopedRecord } from '../lib/filter-users.js';
-import { createModelMapper, mapRecord, type StagedRow } from '../lib/map-models.js';
-import { STAGE_COLUMNS } from '../lib/models.js';
+import { createModelMapper, mapRecord, stagedValues, type FilteredMarker, type StagedRow } from '../lib/map-models.js';
+import { STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
 import { copyLine, copyValue, createPgSink } from '../lib/pg-sink.js';
 import type { RawRecord } from '../lib/tokenize.js';
 import { collect, collectError } from './helpers/streams.js';
+import { optionErrorOf } from './helpers/options.js';
+import { streamCompliance } from './helpers/compliance.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { user, useroption } from './helpers/exports.js';
 
 const pos = { offset: 10, line: 2, column: 3, length: 50 };
 const raw = (ordinal: number, value: unknown): RawRecord => ({ ordinal, ...pos, value: value as Record<string, unknown> });
 const objects = <T>(items: T[]) => Readable.from(items, { objectMode: true });
+/** The item as a staged row; fails the test when it is anything else. */
+function asRow(item: StagedRow | FilteredMarker): StagedRow {
+  if (item.kind !== 'row') throw new Error(`expected a row, got ${item.kind}`);
+  return item;
+}
 
 describe('parseUsernameList', () => {
   it('splits on commas and newlines, trims, drops empties', () => {
@@ -59,22 +66,35 @@ describe('createModelMapper', () => {
     ({ kind: 'record', ordinal, ...pos, model: rec.model, pk: rec.pk, fields: rec.fields, filtered });
 
   it('lays values out in staging-column order and lists unknown fields', () => {
-    const row = mapRecord(scoped(1, user(7, 'alice', { extra: 1 })));
+    const row = asRow(mapRecord(scoped(1, user(7, 'alice', { extra: 1 }))));
     const at = (c: string) => row.values[STAGE_COLUMNS.findIndex(([n]) => n === c)];
-    expect(row).to.include({ kind: 'row', model: 'sentry.user', code: 1, pk: 7, keep: true });
+    expect(row).to.include({ kind: 'row', model: 'sentry.user', code: 1, pk: 7 });
     expect(at('username')).to.equal('alice');
     expect(at('first_name')).to.equal('Name 7');
     expect(at('date_joined')).to.equal('2023-06-22T22:59:55.488Z');
     expect(at('user_pk')).to.equal(null);
     expect(row.unknownFields).to.deep.equal(['extra']);
-    const opt = mapRecord(scoped(2, useroption(3, 7, 'tz', '"UTC"')));
+    const opt = asRow(mapRecord(scoped(2, useroption(3, 7, 'tz', '"UTC"'))));
     expect(opt.values[STAGE_COLUMNS.findIndex(([n]) => n === 'opt_value')]).to.equal('"\\"UTC\\""');
   });
 
-  it('stages a filtered user with its pk only, without validating it', () => {
-    const row = mapRecord(scoped(1, { model: 'sentry.user', pk: 3, fields: { username: 5 } }, true));
-    expect(row.keep).to.equal(false);
-    expect(row.values.every((v) => v === null)).to.equal(true);
+  it('turns a filtered user into a filtered marker with its pk only, without validating it', () => {
+    const item = mapRecord(scoped(1, { model: 'sentry.user', pk: 3, fields: { username: 5 } }, true));
+    expect(item).to.deep.equal({ kind: 'filtered', ordinal: 1, ...pos, model: 'sentry.user', code: 1, pk: 3 });
+    // The sink stages its pk alone, marked not kept, every data column NULL.
+    const cols = copyLine(5, item as FilteredMarker).replace(/\n$/, '').split('\t');
+    expect(cols.slice(0, 8)).to.deep.equal(['5', '1', '1', '10', '2', '3', '3', 'f']);
+    expect(cols.slice(8)).to.deep.equal(STAGE_COLUMNS.map(() => '\\N'));
+  });
+
+  it('gives named access to a row: STAGE_INDEX and stagedValues() agree with the positional values', () => {
+    const row = asRow(mapRecord(scoped(1, user(7, 'alice'))));
+    expect(row.values[STAGE_INDEX.username]).to.equal('alice');
+    expect(row.values[STAGE_INDEX.email]).to.equal('alice@example.com');
+    const view = stagedValues(row);
+    expect(Object.keys(view)).to.deep.equal(STAGE_COLUMNS.map(([c]) => c));
+    expect(view.username).to.equal('alice');
+    expect(view.user_pk).to.equal(null);
   });
 
   it('accepts real calendar dates only', async () => {
@@ -103,7 +123,7 @@ describe('COPY encoding', () => {
     expect(copyValue(null)).to.equal('\\N');
     expect(copyValue(true)).to.equal('t');
     expect(copyValue(12)).to.equal('12');
-    const row = mapRecord({ kind: 'record', ordinal: 1, ...pos, model: 'sentry.user', pk: 1, fields: user(1, 'a').fields, filtered: false });
+    const row = asRow(mapRecord({ kind: 'record', ordinal: 1, ...pos, model: 'sentry.user', pk: 1, fields: user(1, 'a').fields, filtered: false }));
     expect(copyLine(5, row).split('\t')).to.have.length(8 + STAGE_COLUMNS.length);
   });
 });
@@ -122,7 +142,7 @@ describe('createPgSink', () => {
   });
 
   const rows = (n: number): StagedRow[] => Array.from({ length: n }, (_, i) =>
-    mapRecord({ kind: 'record', ordinal: i + 1, ...pos, model: 'sentry.user', pk: i + 1, fields: user(i + 1, `u${i}`).fields, filtered: false }));
+    asRow(mapRecord({ kind: 'record', ordinal: i + 1, ...pos, model: 'sentry.user', pk: i + 1, fields: user(i + 1, `u${i}`).fields, filtered: false })));
 
   it('stages every row, runs finalize inside the transaction, then commits; emits finish exactly once', async () => {
     let staged = -1;
@@ -144,17 +164,19 @@ describe('createPgSink', () => {
   });
 
   it('rolls back when finalize fails, emitting error exactly once', async () => {
+    const boom = new Error('boom');
     const sink = createPgSink({
       client, run: 1, transaction: 'whole',
       finalize: async (c) => {
         await c.query(`INSERT INTO auth_user (password, username) VALUES ('x', 'y')`);
-        throw new Error('boom');
+        throw boom;
       },
     });
     let errors = 0;
     sink.on('error', () => errors++);
     const err = await pipeline(objects(rows(10)), sink).catch((e) => e);
-    expect(err.message).to.include('boom');
+    expect(err.code).to.equal('USERPORT_CALLBACK');
+    expect(err.cause).to.equal(boom);
     expect(errors).to.equal(1);
     expect(await db.count('auth_user')).to.equal(0);
   });
@@ -174,7 +196,7 @@ describe('createPgSink', () => {
     expect((await client.query(`SELECT count(*)::int AS n FROM pg_class WHERE relname = 'userport_stage' AND relpersistence = 't'`)).rows[0].n).to.equal(0);
   });
 
-  it('in batches mode commits rows with each checkpoint, and calls back only after the commit', async () => {
+  it('in batches mode stages the batch\'s rows before its checkpoint, in the same transaction', async () => {
     const seen: number[] = [];
     const sink = createPgSink({
       client, run: 1, transaction: 'batches', batchRows: 400,
@@ -191,10 +213,42 @@ describe('createPgSink', () => {
     expect(await db.count('userport_stage', 'run = 1')).to.equal(1000);
   });
 
+  it('in batches mode calls a write back only once its batch is committed (seen from another session)', async () => {
+    const observer = new pg.Client({ connectionString: db.url });
+    await observer.connect();
+    try {
+      const sink = createPgSink({ client, run: 1, transaction: 'batches', batchRows: 100, finalize: async () => undefined });
+      const committed = async () => (await observer.query('SELECT count(*)::int AS n FROM userport_stage WHERE run = 1')).rows[0].n as number;
+      const seen: [number, number][] = [];
+      const all = rows(250);
+      // One write at a time: each callback is awaited, then another session counts what is committed.
+      for (let i = 0; i < all.length; i++) {
+        await new Promise<void>((resolve, reject) => sink.write(all[i], (err) => (err ? reject(err) : resolve())));
+        if (i === 98 || i === 99 || i === 199) seen.push([i + 1, await committed()]);
+      }
+      await new Promise<void>((resolve, reject) => { sink.once('error', reject); sink.end(resolve); });
+      // Rows 1-99 are not committed when their writes return; the 100th write returns after the commit.
+      expect(seen).to.deep.equal([[99, 0], [100, 100], [200, 200]]);
+      expect(await committed()).to.equal(250);
+    } finally {
+      await observer.end();
+    }
+  });
+
   it('validates its options up front, naming them', () => {
     const finalize = async () => undefined;
-    expect(() => createPgSink({ client, run: 0, transaction: 'whole', finalize })).to.throw(/run must be an integer >= 1, got 0/);
-    expect(() => createPgSink({ client, run: 1, transaction: 'x' as 'whole', finalize })).to.throw(/transaction must be/);
-    expect(() => createPgSink({ client, run: 1, transaction: 'batches', batchRows: 0, finalize })).to.throw(/batchRows/);
+    expect(optionErrorOf(() => createPgSink({ client, run: 0, transaction: 'whole', finalize }))).to.equal('run');
+    expect(optionErrorOf(() => createPgSink({ client, run: 1, transaction: 'x' as 'whole', finalize }))).to.equal('transaction');
+    expect(optionErrorOf(() => createPgSink({ client, run: 1, transaction: 'batches', batchRows: 0, finalize }))).to.equal('batchRows');
+    expect(optionErrorOf(() => createPgSink({ client, run: 1, transaction: 'whole', finalize, batchRow: 5 } as never))).to.equal('batchRow');
+    expect(optionErrorOf(() => createPgSink({ client, run: 1, transaction: 'whole' } as never))).to.equal('finalize');
   });
 });
+
+const rawUsers = () => objects(Array.from({ length: 300 }, (_, i) => raw(i + 1, user(i + 1, `u${i + 1}`))));
+streamCompliance('createUserFilter', () => createUserFilter(), rawUsers, () => objects([raw(1, { model: 'sentry.user', pk: 'x', fields: {} })]), 'USERPORT_RECORD_ENVELOPE');
+const scopedUsers = (bad: boolean) => objects(Array.from({ length: bad ? 1 : 300 }, (_, i) => {
+  const rec = user(i + 1, `u${i + 1}`, bad ? { is_active: 'yes' } : {});
+  return { kind: 'record', ordinal: i + 1, ...pos, model: rec.model, pk: rec.pk, fields: rec.fields, filtered: false } satisfies ScopedRecord;
+}));
+streamCompliance('createModelMapper', () => createModelMapper(), () => scopedUsers(false), () => scopedUsers(true), 'USERPORT_RECORD_SCHEMA');

@@ -1,9 +1,11 @@
 import { expect } from 'chai';
+import { optionErrorOf } from './helpers/options.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createTokenizer, type RawRecord } from '../lib/tokenize.js';
 import { requireSharedFixtures, sharedJsonFiles } from './helpers/shared.js';
 import { chunked, collect, collectError } from './helpers/streams.js';
+import { streamCompliance } from './helpers/compliance.js';
 
 
 /** Reference positions: byte offset, line, column of each top-level element's '{'. */
@@ -123,8 +125,12 @@ describe('createTokenizer', () => {
     });
 
     it('validates its options up front, naming them', () => {
-      expect(() => createTokenizer({ maxDepth: 0 })).to.throw(/maxDepth must be an integer >= 2, got 0/);
-      expect(() => createTokenizer({ maxRecordBytes: 1.5 })).to.throw(/maxRecordBytes/);
+      expect(optionErrorOf(() => createTokenizer({ maxDepth: 0 }))).to.equal('maxDepth');
+      expect(optionErrorOf(() => createTokenizer({ maxRecordBytes: 1.5 }))).to.equal('maxRecordBytes');
     });
   });
 });
+
+streamCompliance('createTokenizer', () => createTokenizer(),
+  () => chunked(JSON.stringify(Array.from({ length: 300 }, (_, i) => ({ model: 'sentry.user', pk: i + 1, fields: { username: `u${i}` } }))), 512),
+  () => chunked('[{"a": tru}]', 4), 'USERPORT_PARSE_JSON');

@@ -25,6 +25,7 @@ export const DecryptErrorCodes = {
   IO: 'USERPORT_DECRYPT_IO',
 } as const;
 
+/** A code of {@link DecryptError}: one of {@link DecryptErrorCodes}. */
 export type DecryptErrorCode = (typeof DecryptErrorCodes)[keyof typeof DecryptErrorCodes];
 
 /** A failure to decrypt (or encrypt) a Sentry encrypted export. `code` says which kind. */

@@ -1,18 +1,16 @@
 /**
  * Cloud KMS key unwrapping over REST (`cryptoKeyVersions.asymmetricDecrypt`), without Google's
- * client libraries: one `fetch` per export. Integrity follows KMS's guide: the request carries
+ * KMS client library: one `fetch` per export. Integrity follows KMS's guide: the request carries
  * crc32c(ciphertext) and the response must say `verifiedCiphertextCrc32c`; the response's
  * `plaintextCrc32c` must equal crc32c(plaintext). Either mismatch means "corrupted in transit".
  *
- * Credentials are Google's application-default sources, in their order:
- * GOOGLE_APPLICATION_CREDENTIALS (service account -> signed JWT -> OAuth token, or authorized
- * user -> refresh token), gcloud's well-known file, then the metadata server.
+ * Credentials are resolved by Google's own google-auth-library (every credential type Google
+ * supports: service account, authorized user, external account / workload identity federation,
+ * impersonation, the metadata server with its retries), imported only when KMS is first used.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { OptionError } from '../errors.js';
+import { checkOptions, isFunction, isNonEmptyString, isObject } from '../options.js';
 import { DecryptError, DecryptErrorCodes } from './errors.js';
 import type { KeyUnwrapper } from './unwrapper.js';
 import { parseFernetKey } from './fernet.js';
@@ -29,7 +27,6 @@ export interface GcpKmsConfig {
 /** @default 'https://cloudkms.googleapis.com' */
 export const DEFAULT_KMS_ENDPOINT = 'https://cloudkms.googleapis.com';
 const TOKEN_SCOPE = 'https://www.googleapis.com/auth/cloud-platform';
-const DEFAULT_TOKEN_URI = 'https://oauth2.googleapis.com/token';
 /** KMS answers in well under a second; a hung connection should not hang the import. */
 const REQUEST_TIMEOUT_MS = 60_000;
 
@@ -91,9 +88,6 @@ export function keyVersionName(c: GcpKmsConfig): string {
   return `projects/${e(c.project_id)}/locations/${e(c.location)}/keyRings/${e(c.key_ring)}/cryptoKeys/${e(c.key)}/cryptoKeyVersions/${e(c.version)}`;
 }
 
-/** Resolves to an OAuth2 access token. */
-export type AccessTokenProvider = () => Promise<string>;
-
 type FetchFn = typeof fetch;
 
 async function requestJson(fetchFn: FetchFn, url: string, init: RequestInit, what: string): Promise<Record<string, unknown>> {
@@ -121,94 +115,52 @@ async function requestJson(fetchFn: FetchFn, url: string, init: RequestInit, wha
   return body as Record<string, unknown>;
 }
 
-export interface AdcOptions {
-  /** @default process.env */
-  env?: NodeJS.ProcessEnv;
-  /** @default globalThis.fetch */
-  fetch?: FetchFn;
+/**
+ * What userport needs of a Google credential: an access token. google-auth-library's `GoogleAuth`
+ * (resolves to a string) and every `AuthClient` (`{ token }`: service account, impersonated,
+ * external account / workload identity, compute) fit.
+ */
+export interface GoogleAccessTokenSource {
+  getAccessToken(): Promise<string | null | undefined | { token?: string | null }>;
 }
 
 /**
- * Google application-default credentials as an {@link AccessTokenProvider}. Tokens are cached
- * until a minute before they expire.
+ * Google's own credential resolution (google-auth-library), loaded only now that KMS is used:
+ * application-default credentials, or the credentials file `keyFile` (service account,
+ * authorized user, external account, impersonated service account).
  */
-export function applicationDefaultTokenProvider(options: AdcOptions = {}): AccessTokenProvider {
-  const env = options.env ?? process.env;
-  const fetchFn = options.fetch ?? globalThis.fetch;
-  let cached: { token: string; expires: number } | undefined;
-
-  async function credentialsFile(): Promise<Record<string, unknown> | undefined> {
-    const explicit = env.GOOGLE_APPLICATION_CREDENTIALS;
-    const wellKnown = path.join(env.CLOUDSDK_CONFIG ?? path.join(os.homedir(), '.config', 'gcloud'), 'application_default_credentials.json');
-    const file = explicit || wellKnown;
-    let text: string;
-    try {
-      text = await fs.readFile(file, 'utf8');
-    } catch (err) {
-      if (explicit) throw kmsError(`cannot read GOOGLE_APPLICATION_CREDENTIALS ${file}: ${(err as Error).message}`, err);
-      return undefined;
-    }
-    try {
-      return JSON.parse(text) as Record<string, unknown>;
-    } catch (err) {
-      throw kmsError(`the credentials file ${file} is not JSON`, err);
-    }
+async function googleAuth(keyFile: string | undefined, projectId: string | undefined): Promise<GoogleAccessTokenSource> {
+  let GoogleAuth: typeof import('google-auth-library').GoogleAuth;
+  try {
+    ({ GoogleAuth } = await import('google-auth-library'));
+  } catch (err) {
+    throw kmsError('cannot load google-auth-library (reinstall userport with its dependencies)', err);
   }
-
-  async function fetchToken(): Promise<{ token: string; expiresIn: number }> {
-    const creds = await credentialsFile();
-    let body: Record<string, unknown>;
-    if (creds?.type === 'service_account') {
-      const email = creds.client_email;
-      const key = creds.private_key;
-      if (typeof email !== 'string' || typeof key !== 'string') throw kmsError('the service-account file lacks client_email or private_key');
-      const tokenUri = typeof creds.token_uri === 'string' ? creds.token_uri : DEFAULT_TOKEN_URI;
-      const now = Math.floor(Date.now() / 1000);
-      const header = { alg: 'RS256', typ: 'JWT', ...(typeof creds.private_key_id === 'string' ? { kid: creds.private_key_id } : {}) };
-      const claims = { iss: email, scope: TOKEN_SCOPE, aud: tokenUri, iat: now, exp: now + 3600 };
-      const unsigned = `${Buffer.from(JSON.stringify(header)).toString('base64url')}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
-      let signature: string;
-      try {
-        signature = crypto.sign('sha256', Buffer.from(unsigned), key).toString('base64url');
-      } catch (err) {
-        throw kmsError('cannot sign with the service account\'s private_key', err);
-      }
-      body = await requestJson(fetchFn, tokenUri, {
-        method: 'POST',
-        headers: { 'content-type': 'application/x-www-form-urlencoded' },
-        body: new URLSearchParams({ grant_type: 'urn:ietf:params:oauth:grant-type:jwt-bearer', assertion: `${unsigned}.${signature}` }).toString(),
-      }, 'the OAuth token endpoint');
-    } else if (creds?.type === 'authorized_user') {
-      const { client_id, client_secret, refresh_token } = creds;
-      if (typeof client_id !== 'string' || typeof client_secret !== 'string' || typeof refresh_token !== 'string') {
-        throw kmsError('the authorized-user credentials lack client_id, client_secret or refresh_token');
-      }
-      const tokenUri = typeof creds.token_uri === 'string' ? creds.token_uri : DEFAULT_TOKEN_URI;
-      body = await requestJson(fetchFn, tokenUri, {
-        method: 'POST',
-        headers: { 'content-type': 'application/x-www-form-urlencoded' },
-        body: new URLSearchParams({ grant_type: 'refresh_token', client_id, client_secret, refresh_token }).toString(),
-      }, 'the OAuth token endpoint');
-    } else if (creds !== undefined) {
-      throw kmsError(`unsupported credentials type ${JSON.stringify(creds.type)} (expected service_account or authorized_user)`);
-    } else {
-      const host = env.GCE_METADATA_HOST || 'metadata.google.internal';
-      body = await requestJson(fetchFn, `http://${host}/computeMetadata/v1/instance/service-accounts/default/token`, {
-        headers: { 'Metadata-Flavor': 'Google' },
-      }, 'the metadata server (no GOOGLE_APPLICATION_CREDENTIALS or gcloud credentials were found)');
-    }
-    if (typeof body.access_token !== 'string') throw kmsError('the token response has no access_token');
-    return { token: body.access_token, expiresIn: typeof body.expires_in === 'number' ? body.expires_in : 300 };
-  }
-
-  return async () => {
-    if (cached && cached.expires > Date.now()) return cached.token;
-    const { token, expiresIn } = await fetchToken();
-    cached = { token, expires: Date.now() + Math.max(0, expiresIn - 60) * 1000 };
-    return token;
-  };
+  // The project is known from the KMS config: without it, google-auth-library would look it up
+  // (Cloud Resource Manager, for external accounts) before giving a token.
+  return new GoogleAuth({ scopes: [TOKEN_SCOPE], ...(keyFile !== undefined ? { keyFile } : {}), ...(projectId !== undefined ? { projectId } : {}) });
 }
 
+/** An access token from `source`, or USERPORT_DECRYPT_KMS saying why there is none. */
+async function accessToken(source: GoogleAccessTokenSource): Promise<string> {
+  let got: Awaited<ReturnType<GoogleAccessTokenSource['getAccessToken']>>;
+  try {
+    got = await source.getAccessToken();
+  } catch (err) {
+    throw kmsError(`cannot get Google credentials: ${(err as Error)?.message ?? String(err)}`, err);
+  }
+  const token = typeof got === 'string' ? got : got?.token;
+  if (typeof token !== 'string' || token === '') throw kmsError('the Google credentials gave no access token');
+  return token;
+}
+
+/** A lazily made credential: the injected one, or google-auth-library's on first use. */
+function tokenSource(auth: GoogleAccessTokenSource | undefined, keyFile: string | undefined): (projectId?: string) => Promise<string> {
+  let made: Promise<GoogleAccessTokenSource> | undefined;
+  return async (projectId) => accessToken(auth ?? await (made ??= googleAuth(keyFile, projectId)));
+}
+
+/** Options of {@link createGcpKmsUnwrapper}. */
 export interface GcpKmsUnwrapperOptions {
   /** The config, already parsed. Exactly one of this and `configPath`. */
   config?: GcpKmsConfig;
@@ -216,8 +168,13 @@ export interface GcpKmsUnwrapperOptions {
   configPath?: string;
   /** Base URL of the KMS REST API (tests point it at a local server). @default DEFAULT_KMS_ENDPOINT */
   endpoint?: string;
-  /** @default applicationDefaultTokenProvider() */
-  tokenProvider?: AccessTokenProvider;
+  /**
+   * Credentials: a google-auth-library `GoogleAuth` or `AuthClient` you made (impersonation,
+   * workload identity...). @default application-default credentials, resolved by google-auth-library
+   */
+  auth?: GoogleAccessTokenSource;
+  /** Credentials file (any type google-auth-library reads) instead of application-default credentials. */
+  keyFile?: string;
   /** @default globalThis.fetch */
   fetch?: FetchFn;
 }
@@ -226,10 +183,10 @@ export interface GcpKmsUnwrapperOptions {
 export async function kmsAsymmetricDecrypt(
   ciphertext: Buffer,
   config: GcpKmsConfig,
-  options: { endpoint?: string; tokenProvider: AccessTokenProvider; fetch?: FetchFn },
+  options: { endpoint?: string; token: (projectId?: string) => Promise<string>; fetch?: FetchFn },
 ): Promise<Buffer> {
   const endpoint = (options.endpoint ?? DEFAULT_KMS_ENDPOINT).replace(/\/+$/, '');
-  const token = await options.tokenProvider();
+  const token = await options.token(config.project_id);
   const body = await requestJson(options.fetch ?? globalThis.fetch, `${endpoint}/v1/${keyVersionName(config)}:asymmetricDecrypt`, {
     method: 'POST',
     headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
@@ -253,11 +210,10 @@ export async function kmsAsymmetricDecrypt(
  */
 export async function kmsGetPublicKey(
   config: GcpKmsConfig,
-  options: { endpoint?: string; tokenProvider?: AccessTokenProvider; fetch?: FetchFn } = {},
+  options: { endpoint?: string; auth?: GoogleAccessTokenSource; keyFile?: string; fetch?: FetchFn } = {},
 ): Promise<Buffer> {
   const endpoint = (options.endpoint ?? DEFAULT_KMS_ENDPOINT).replace(/\/+$/, '');
-  const tokenProvider = options.tokenProvider ?? applicationDefaultTokenProvider(options.fetch ? { fetch: options.fetch } : {});
-  const token = await tokenProvider();
+  const token = await tokenSource(options.auth, options.keyFile)(config.project_id);
   const body = await requestJson(options.fetch ?? globalThis.fetch, `${endpoint}/v1/${keyVersionName(config)}/publicKey`, {
     headers: { authorization: `Bearer ${token}` },
   }, 'getPublicKey');
@@ -273,24 +229,29 @@ export async function kmsGetPublicKey(
  * key, and a wrong key fails at KMS or at the Fernet HMAC.
  */
 export function createGcpKmsUnwrapper(options: GcpKmsUnwrapperOptions): KeyUnwrapper {
-  const { config, configPath, endpoint } = options ?? {};
+  checkOptions('createGcpKmsUnwrapper', options, {
+    config: isObject,
+    configPath: isNonEmptyString,
+    endpoint: (v) => {
+      let u: URL | undefined;
+      try { u = new URL(String(v)); } catch { u = undefined; }
+      return typeof v === 'string' && u && (u.protocol === 'https:' || u.protocol === 'http:') ? undefined : 'an http(s) URL';
+    },
+    auth: (v) => (v !== null && typeof v === 'object' && typeof (v as GoogleAccessTokenSource).getAccessToken === 'function' ? undefined : 'a google-auth-library GoogleAuth or AuthClient'),
+    keyFile: isNonEmptyString,
+    fetch: isFunction,
+  });
+  const { config, configPath, endpoint, auth, keyFile } = options ?? {};
   if ((config === undefined) === (configPath === undefined)) {
-    throw new OptionError('createGcpKmsUnwrapper needs exactly one of config and configPath');
+    throw new OptionError('createGcpKmsUnwrapper needs exactly one of config and configPath', config === undefined ? 'config' : 'configPath');
   }
-  if (configPath !== undefined && (typeof configPath !== 'string' || configPath === '')) {
-    throw new OptionError(`configPath must be a non-empty string, got ${JSON.stringify(configPath)}`);
-  }
-  if (endpoint !== undefined) {
-    let u: URL | undefined;
-    try { u = new URL(endpoint); } catch { u = undefined; }
-    if (!u || (u.protocol !== 'https:' && u.protocol !== 'http:')) throw new OptionError(`endpoint must be an http(s) URL, got ${JSON.stringify(endpoint)}`);
-  }
+  if (auth !== undefined && keyFile !== undefined) throw new OptionError('createGcpKmsUnwrapper: give auth or keyFile, not both', 'keyFile');
   const checked = config !== undefined ? parseGcpKmsConfig(config) : undefined;
-  const tokenProvider = options.tokenProvider ?? applicationDefaultTokenProvider(options.fetch ? { fetch: options.fetch } : {});
+  const token = tokenSource(auth, keyFile);
   return {
     async unwrap(wrappedKey: Buffer): Promise<Buffer> {
       const cfg = checked ?? (await readGcpKmsConfig(configPath!));
-      const fernetKey = await kmsAsymmetricDecrypt(wrappedKey, cfg, { endpoint, tokenProvider, ...(options.fetch ? { fetch: options.fetch } : {}) });
+      const fernetKey = await kmsAsymmetricDecrypt(wrappedKey, cfg, { endpoint, token, ...(options.fetch ? { fetch: options.fetch } : {}) });
       parseFernetKey(fernetKey);
       return fernetKey;
     },

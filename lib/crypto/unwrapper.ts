@@ -18,6 +18,7 @@ export interface KeyUnwrapper {
 /** A passphrase, or a function asked for it only when the key turns out to be encrypted. */
 export type PassphraseSource = string | Buffer | (() => Promise<string | Buffer>);
 
+/** Options of {@link createLocalKeyUnwrapper}. */
 export interface LocalKeyUnwrapperOptions {
   /** Path of the PEM private key (PKCS#8 or PKCS#1). Exactly one of this and `privateKeyPem`. */
   privateKeyPath?: string;

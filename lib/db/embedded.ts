@@ -25,6 +25,7 @@ export interface EmbeddedConfig {
   database: string;
 }
 
+/** Options of `startEmbedded`. */
 export interface EmbeddedOptions {
   /** Folder holding `pgdata/` and `embedded.json`. @default `.userport` under the current directory */
   dir?: string;
@@ -34,6 +35,7 @@ export interface EmbeddedOptions {
   logFile?: string;
 }
 
+/** A running embedded server: its settings, folders and connection URL. */
 export interface EmbeddedServer {
   config: EmbeddedConfig;
   dir: string;
@@ -63,7 +65,7 @@ function binaries(who: RunAs): Binaries {
     // The package exports only its entry (dist/index.js); its root is two folders up.
     root = path.resolve(path.dirname(fileURLToPath(import.meta.resolve(pkg))), '..');
   } catch (err) {
-    fail(`the embedded PostgreSQL package ${pkg} is not installed (run npm ci, or pass --database-url)`, err);
+    fail(`the embedded PostgreSQL package ${pkg} is not installed (run npm ci, or give a databaseUrl)`, err);
   }
   let native = path.join(root, 'native');
   hydrateSymlinks(native);
@@ -170,7 +172,7 @@ function checkTraversable(p: string, who: RunAs): void {
   const blocked = blockedAt(p, who);
   if (blocked) {
     fail(`running as root, PostgreSQL runs as "nobody", which cannot enter ${blocked.dir} (mode ${blocked.mode.toString(8)}); ` +
-      'run from a folder others can enter, set USERPORT_HOME, or pass --database-url');
+      'run from a folder others can enter, set USERPORT_HOME, or give a databaseUrl');
   }
 }
 

@@ -27,8 +27,17 @@ class ListedMigrations implements Knex.MigrationSource<string> {
   }
 }
 
-// Bigints come back as strings by default; ids and counts here fit in a double.
-pg.types.setTypeParser(20, (v: string) => Number(v));
+/**
+ * Type parsers of userport's own connections: int8 as a number (ids and counts here fit in a
+ * double). Given per client, never set on pg's global registry: that would change how every
+ * other pg user in the host process reads bigints.
+ */
+export const PG_TYPES: pg.CustomTypesConfig & { getTypeParser(oid: number, format?: string): (value: string) => unknown } = {
+  getTypeParser(oid: number, format?: string) {
+    if (oid === 20 && format !== 'binary') return Number;
+    return pg.types.getTypeParser(oid, format === 'binary' ? 'binary' : 'text') as (value: string) => unknown;
+  },
+};
 
 /** Checks a connection string up front so a typo is an option error, not a network timeout. */
 export function checkDatabaseUrl(url: string): void {
@@ -36,10 +45,10 @@ export function checkDatabaseUrl(url: string): void {
   try {
     u = new URL(url);
   } catch {
-    throw new OptionError(`--database-url must be a postgresql:// URL, got "${url}"`);
+    throw new OptionError(`databaseUrl must be a postgresql:// URL, got "${url}"`, 'databaseUrl');
   }
   if (u.protocol !== 'postgresql:' && u.protocol !== 'postgres:') {
-    throw new OptionError(`--database-url must start with postgresql://, got "${u.protocol}//"`);
+    throw new OptionError(`databaseUrl must start with postgresql://, got "${u.protocol}//"`, 'databaseUrl');
   }
 }
 
@@ -48,7 +57,7 @@ export function createKnex(url: string, poolMax = 4): Knex {
   checkDatabaseUrl(url);
   return knexFactory({
     client: 'pg',
-    connection: { connectionString: url, application_name: 'userport' },
+    connection: { connectionString: url, application_name: 'userport', types: PG_TYPES },
     pool: { min: 0, max: poolMax },
     acquireConnectionTimeout: 30000,
     // knex prints pool and connection errors with console.log by default; ours are reported once,

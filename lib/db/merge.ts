@@ -19,6 +19,7 @@ export const MERGE_LOCK_KEY = 7472117102;
 const RENAME_SCHEDULE: [number, number][] = [[2, 2], [3, 3], [5, 20], [12, 1]];
 const MAX_RENAME_ROUNDS = 200;
 
+/** Options of {@link mergeStaged}: which import run to merge, and how. */
 export interface MergeOptions {
   run: number;
   mergeUsers: boolean;
@@ -132,7 +133,8 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       CASE WHEN ${kept} THEN NULL ELSE 'filtered' END AS outcome,
       CASE WHEN ${kept} THEN NULL ELSE 'not an email of a user kept by --filter-usernames' END AS reason
     FROM userport_stage s WHERE s.run = $1 AND s.model = 2`, [run]);
-  const before = (await q('SELECT coalesce(max(id), 0) AS id FROM sentry_email')).rows[0].id as number;
+  // Number(): the caller's client may read int8 as text (pg's default).
+  const before = Number((await q('SELECT coalesce(max(id), 0) AS id FROM sentry_email')).rows[0].id);
   await q(`
     INSERT INTO sentry_email (email, date_added)
     SELECT email, coalesce(date_added, now()) FROM up_email WHERE rn = 1 AND outcome IS NULL ORDER BY src_pk

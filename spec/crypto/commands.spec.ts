@@ -126,11 +126,13 @@ describe('userport encrypt / decrypt', () => {
       const t = tempDir();
       const saved = { ...process.env };
       try {
-        const sa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-        server.serviceAccountKey = sa.publicKey;
+        // External-account credentials: google-auth-library exchanges the subject token at the
+        // stand-in's STS (a service account's token URL is fixed to Google's).
+        server.subjectTokens = ['ci-job'];
+        fs.writeFileSync(path.join(t.dir, 'subject'), 'ci-job');
         fs.writeFileSync(path.join(t.dir, 'sa.json'), JSON.stringify({
-          type: 'service_account', client_email: 'importer@p.iam.gserviceaccount.com',
-          private_key: sa.privateKey.export({ type: 'pkcs8', format: 'pem' }), token_uri: `${server.url}/token`,
+          type: 'external_account', audience: '//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/ci/providers/local',
+          subject_token_type: 'urn:ietf:params:oauth:token-type:jwt', token_url: `${server.url}/sts`, credential_source: { file: path.join(t.dir, 'subject') },
         }));
         fs.writeFileSync(path.join(t.dir, 'kms.json'), JSON.stringify({ project_id: 'p', location: 'global', key_ring: 'relocation', key: 'relocation', version: '1' }));
         process.env.GOOGLE_APPLICATION_CREDENTIALS = path.join(t.dir, 'sa.json');

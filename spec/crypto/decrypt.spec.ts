@@ -267,15 +267,17 @@ describe('openDecryptedSource', () => {
     });
 
     for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-      it(`is removed when the process is killed by ${signal} while spooling, and the process still dies of it`, async () => {
+      it(`is removed by the CLI's handlers when the process is killed by ${signal} while spooling, and the process still dies of it`, async () => {
         const t = tempDir();
         try {
           const script = `
             const d = await import(process.argv[1]);
+            (await import(process.argv[4])).installSpoolCleanup();
             const unwrapper = d.createLocalKeyUnwrapper({ privateKeyPath: process.argv[2] });
             d.openDecryptedSource({ stream: process.stdin }, { unwrapper, tmpDir: process.argv[3] }).then(() => process.exit(2), () => process.exit(3));
           `;
-          const child = spawn(process.execPath, ['--input-type=module', '-e', script, path.resolve('dist/lib/decrypt.js'), fixture('fixture-key.pem'), t.dir], {
+          const child = spawn(process.execPath, ['--input-type=module', '-e', script, path.resolve('dist/lib/decrypt.js'), fixture('fixture-key.pem'), t.dir,
+            path.resolve('dist/pipelines/signals.js')], {
             stdio: ['pipe', 'ignore', 'inherit'],
           });
           const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, sig) => resolve({ code, signal: sig })));

@@ -1,9 +1,10 @@
 import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  applicationDefaultTokenProvider, crc32c, createGcpKmsUnwrapper, keyVersionName, parseGcpKmsConfig, type GcpKmsConfig,
+  crc32c, createGcpKmsUnwrapper, keyVersionName, parseGcpKmsConfig, type GcpKmsConfig,
 } from '../../lib/crypto/gcp-kms.js';
 import { loadPrivateKey } from '../../lib/crypto/keys.js';
 import { openDecryptedSource } from '../../lib/decrypt.js';
@@ -29,7 +30,7 @@ describe('createGcpKmsUnwrapper', () => {
   after(async () => { await server.close(); });
   beforeEach(() => { server.mode = 'ok'; server.requests = []; });
 
-  const unwrapper = () => createGcpKmsUnwrapper({ config: CONFIG, endpoint: server.url, tokenProvider: async () => 'test-token' });
+  const unwrapper = () => createGcpKmsUnwrapper({ config: CONFIG, endpoint: server.url, auth: { getAccessToken: async () => 'test-token' } });
 
   it('unwraps data.key through asymmetricDecrypt and imports the Python fixture', async () => {
     const src = await openDecryptedSource({ path: fixture('python-export.tar') }, { unwrapper: unwrapper() });
@@ -57,7 +58,7 @@ describe('createGcpKmsUnwrapper', () => {
     it('reports HTTP errors and an unreachable endpoint as USERPORT_DECRYPT_KMS, and writes nothing', async () => {
       server.mode = 'forbidden';
       expect(await codeOf(openDecryptedSource({ path: fixture('python-export.tar') }, { unwrapper: unwrapper() }))).to.equal('USERPORT_DECRYPT_KMS');
-      const dead = createGcpKmsUnwrapper({ config: CONFIG, endpoint: 'http://127.0.0.1:1', tokenProvider: async () => 't' });
+      const dead = createGcpKmsUnwrapper({ config: CONFIG, endpoint: 'http://127.0.0.1:1', auth: { getAccessToken: async () => ({ token: 't' }) } });
       expect(await codeOf(dead.unwrap(pythonMembers().wrapped, Buffer.alloc(0)))).to.equal('USERPORT_DECRYPT_KMS');
     });
 
@@ -84,11 +85,11 @@ describe('createGcpKmsUnwrapper', () => {
       try {
         const file = path.join(t.dir, 'kms.json');
         fs.writeFileSync(file, JSON.stringify(CONFIG));
-        const u = createGcpKmsUnwrapper({ configPath: file, endpoint: server.url, tokenProvider: async () => 't' });
+        const u = createGcpKmsUnwrapper({ configPath: file, endpoint: server.url, auth: { getAccessToken: async () => ({ token: 't' }) } });
         expect(await u.unwrap(pythonMembers().wrapped, Buffer.alloc(0))).to.have.length(44);
         expect(keyVersionName({ ...CONFIG, key: 'a/b' })).to.contain('cryptoKeys/a%2Fb/');
         fs.writeFileSync(file, '{"project_id": ');
-        const broken = createGcpKmsUnwrapper({ configPath: file, endpoint: server.url, tokenProvider: async () => 't' });
+        const broken = createGcpKmsUnwrapper({ configPath: file, endpoint: server.url, auth: { getAccessToken: async () => ({ token: 't' }) } });
         expect(await codeOf(broken.unwrap(pythonMembers().wrapped, Buffer.alloc(0)))).to.equal('USERPORT_DECRYPT_KMS');
       } finally {
         t.remove();
@@ -96,53 +97,86 @@ describe('createGcpKmsUnwrapper', () => {
     });
   });
 
-  describe('application-default credentials', () => {
-    it('signs a JWT with a service account from GOOGLE_APPLICATION_CREDENTIALS and uses the token', async () => {
+  describe('credentials, resolved by google-auth-library', () => {
+    /** An external-account (workload identity federation) credentials file pointing at the stand-in. */
+    function externalAccount(dir: string, subject: string, impersonate?: string): string {
+      const subjectFile = path.join(dir, 'subject-token');
+      fs.writeFileSync(subjectFile, subject);
+      const file = path.join(dir, 'external-account.json');
+      fs.writeFileSync(file, JSON.stringify({
+        type: 'external_account',
+        audience: '//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/ci/providers/local',
+        subject_token_type: 'urn:ietf:params:oauth:token-type:jwt',
+        token_url: `${server.url}/sts`,
+        credential_source: { file: subjectFile },
+        ...(impersonate ? { service_account_impersonation_url: `${server.url}/v1/projects/-/serviceAccounts/${impersonate}:generateAccessToken` } : {}),
+      }));
+      return file;
+    }
+
+    it('uses an external-account (workload identity) credentials file: STS token exchange, then KMS', async () => {
       const t = tempDir();
       try {
-        const sa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-        server.serviceAccountKey = sa.publicKey;
-        const file = path.join(t.dir, 'sa.json');
-        fs.writeFileSync(file, JSON.stringify({
-          type: 'service_account', client_email: 'importer@my-project.iam.gserviceaccount.com', private_key_id: 'k1',
-          private_key: sa.privateKey.export({ type: 'pkcs8', format: 'pem' }), token_uri: `${server.url}/token`,
-        }));
-        const tokenProvider = applicationDefaultTokenProvider({ env: { GOOGLE_APPLICATION_CREDENTIALS: file } });
-        const u = createGcpKmsUnwrapper({ config: CONFIG, endpoint: server.url, tokenProvider });
+        server.subjectTokens = ['ci-job-42'];
+        const u = createGcpKmsUnwrapper({ config: CONFIG, endpoint: server.url, keyFile: externalAccount(t.dir, 'ci-job-42') });
         expect(await u.unwrap(pythonMembers().wrapped, Buffer.alloc(0))).to.have.length(44);
         const kmsCall = server.requests.find((r) => r.path.endsWith(':asymmetricDecrypt'))!;
-        expect(kmsCall.headers.authorization).to.equal('Bearer sa-token-for-importer@my-project.iam.gserviceaccount.com');
-        // A second call reuses the cached token.
-        await tokenProvider();
-        expect(server.requests.filter((r) => r.path === '/token')).to.have.length(1);
+        expect(kmsCall.headers.authorization).to.equal('Bearer sts-token-for-ci-job-42');
+        // A second unwrap reuses the cached token.
+        await u.unwrap(pythonMembers().wrapped, Buffer.alloc(0));
+        expect(server.requests.filter((r) => r.path === '/sts')).to.have.length(1);
       } finally {
         t.remove();
       }
     });
 
-    it('falls back to the metadata server when there is no credentials file', async () => {
+    it('impersonates a service account when the credentials say so', async () => {
       const t = tempDir();
       try {
-        const host = new URL(server.url).host;
-        const tokenProvider = applicationDefaultTokenProvider({ env: { CLOUDSDK_CONFIG: t.dir, GCE_METADATA_HOST: host } });
-        expect(await tokenProvider()).to.equal('metadata-token');
+        server.subjectTokens = ['ci-job-43'];
+        const u = createGcpKmsUnwrapper({ config: CONFIG, endpoint: server.url, keyFile: externalAccount(t.dir, 'ci-job-43', 'importer@my-project.iam.gserviceaccount.com') });
+        expect(await u.unwrap(pythonMembers().wrapped, Buffer.alloc(0))).to.have.length(44);
+        const kmsCall = server.requests.find((r) => r.path.endsWith(':asymmetricDecrypt'))!;
+        expect(kmsCall.headers.authorization).to.equal('Bearer impersonated-importer@my-project.iam.gserviceaccount.com');
       } finally {
         t.remove();
       }
     });
 
-    it('reports a rejected JWT as USERPORT_DECRYPT_KMS', async () => {
+    it('reports refused credentials and an unreadable credentials file as USERPORT_DECRYPT_KMS, before calling KMS', async () => {
       const t = tempDir();
       try {
-        server.serviceAccountKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey;
-        const file = path.join(t.dir, 'sa.json');
-        fs.writeFileSync(file, JSON.stringify({
-          type: 'service_account', client_email: 'x@y', private_key: readFixture('other-key.pem').toString(), token_uri: `${server.url}/token`,
-        }));
-        expect(await codeOf(applicationDefaultTokenProvider({ env: { GOOGLE_APPLICATION_CREDENTIALS: file } })())).to.equal('USERPORT_DECRYPT_KMS');
+        server.subjectTokens = [];
+        const refused = createGcpKmsUnwrapper({ config: CONFIG, endpoint: server.url, keyFile: externalAccount(t.dir, 'untrusted') });
+        expect(await codeOf(refused.unwrap(pythonMembers().wrapped, Buffer.alloc(0)))).to.equal('USERPORT_DECRYPT_KMS');
+        const missing = createGcpKmsUnwrapper({ config: CONFIG, endpoint: server.url, keyFile: path.join(t.dir, 'nope.json') });
+        expect(await codeOf(missing.unwrap(pythonMembers().wrapped, Buffer.alloc(0)))).to.equal('USERPORT_DECRYPT_KMS');
+        expect(server.requests.filter((r) => r.path.endsWith(':asymmetricDecrypt'))).to.have.length(0);
       } finally {
         t.remove();
       }
+    });
+
+    it('takes an injected auth client, and reports one that yields no token as USERPORT_DECRYPT_KMS', async () => {
+      const u = createGcpKmsUnwrapper({ config: CONFIG, endpoint: server.url, auth: { getAccessToken: async () => ({ token: null }) } });
+      expect(await codeOf(u.unwrap(pythonMembers().wrapped, Buffer.alloc(0)))).to.equal('USERPORT_DECRYPT_KMS');
+      expect(server.requests).to.have.length(0);
+    });
+
+    it('loads google-auth-library only when KMS credentials are first needed', () => {
+      const script = `
+        import { createRequire } from 'node:module';
+        const require = createRequire(import.meta.url);
+        const loaded = () => Object.keys(require.cache).some((k) => k.includes('google-auth-library'));
+        const lib = await import(process.argv[1]);
+        const u = lib.createGcpKmsUnwrapper({ config: ${JSON.stringify(CONFIG)}, endpoint: 'http://127.0.0.1:1', keyFile: '/nonexistent/creds.json' });
+        const before = loaded();
+        await u.unwrap(Buffer.alloc(256)).catch(() => undefined);
+        console.log(JSON.stringify({ before, after: loaded() }));
+      `;
+      const out = spawnSync(process.execPath, ['--input-type=module', '-e', script, path.resolve('dist/lib/index.js')], { encoding: 'utf8' });
+      expect(out.status, out.stderr).to.equal(0);
+      expect(JSON.parse(out.stdout)).to.deep.equal({ before: false, after: true });
     });
   });
 });

@@ -4,7 +4,6 @@
  */
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { importUsers } from '../../lib/import.js';
@@ -154,11 +153,13 @@ describe('userport import users --decrypt-with (CLI binary)', () => {
     const server = await startKmsServer(loadPrivateKey(readFixture('fixture-key.pem')));
     const saved = { ...process.env };
     try {
-      const sa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-      server.serviceAccountKey = sa.publicKey;
+      // External-account credentials: google-auth-library exchanges the subject token at the
+      // stand-in's STS (a service account's token URL is fixed to Google's).
+      server.subjectTokens = ['ci-job'];
+      fs.writeFileSync(path.join(t.dir, 'subject'), 'ci-job');
       fs.writeFileSync(path.join(t.dir, 'sa.json'), JSON.stringify({
-        type: 'service_account', client_email: 'importer@p.iam.gserviceaccount.com',
-        private_key: sa.privateKey.export({ type: 'pkcs8', format: 'pem' }), token_uri: `${server.url}/token`,
+        type: 'external_account', audience: '//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/ci/providers/local',
+        subject_token_type: 'urn:ietf:params:oauth:token-type:jwt', token_url: `${server.url}/sts`, credential_source: { file: path.join(t.dir, 'subject') },
       }));
       const kms = path.join(t.dir, 'kms.json');
       fs.writeFileSync(kms, JSON.stringify({ project_id: 'p', location: 'global', key_ring: 'relocation', key: 'relocation', version: '1' }));

@@ -1,7 +1,7 @@
 /**
  * A local stand-in for Cloud KMS and Google's OAuth endpoints, on 127.0.0.1 only. It speaks the
- * REST shapes userport uses: `:asymmetricDecrypt` (with crc32c fields), the JWT-bearer token
- * grant, and the metadata server's token URL. `mode` makes it misbehave on purpose.
+ * REST shapes userport uses: `:asymmetricDecrypt` (with crc32c fields), Google's STS token exchange and IAM `generateAccessToken` (what google-auth-library
+ * calls for external-account credentials and impersonation), and the metadata server's token URL. `mode` makes it misbehave on purpose.
  */
 import crypto, { type KeyObject } from 'node:crypto';
 import http from 'node:http';
@@ -14,13 +14,13 @@ export interface KmsServer {
   url: string;
   mode: KmsMode;
   requests: { path: string; headers: http.IncomingHttpHeaders; body: string }[];
-  /** Service-account public key that signs JWT assertions (checked by the token endpoint). */
-  serviceAccountKey?: KeyObject;
+  /** External subject tokens the STS endpoint trusts. */
+  subjectTokens: string[];
   close(): Promise<void>;
 }
 
 export async function startKmsServer(privateKey: KeyObject): Promise<KmsServer> {
-  const state: KmsServer = { url: '', mode: 'ok', requests: [], close: async () => undefined };
+  const state: KmsServer = { url: '', mode: 'ok', requests: [], subjectTokens: [], close: async () => undefined };
   const server = http.createServer((req, res) => {
     const parts: Buffer[] = [];
     req.on('data', (c: Buffer) => parts.push(c));
@@ -62,20 +62,26 @@ export async function startKmsServer(privateKey: KeyObject): Promise<KmsServer> 
         send(200, { pem, algorithm: 'RSA_DECRYPT_OAEP_2048_SHA256', pemCrc32c: String(crc >>> 0), protectionLevel: 'SOFTWARE' });
         return;
       }
-      if (url === '/token' && req.method === 'POST') {
+      if (url === '/sts' && req.method === 'POST') {
+        // Google's Security Token Service: trades an external subject token for an access token.
         const form = new URLSearchParams(body);
-        if (form.get('grant_type') !== 'urn:ietf:params:oauth:grant-type:jwt-bearer') {
-          send(400, { error: 'unsupported_grant_type' });
+        const subject = form.get('subject_token') ?? '';
+        if (form.get('grant_type') !== 'urn:ietf:params:oauth:grant-type:token-exchange' || !state.subjectTokens.includes(subject)) {
+          send(400, { error: 'invalid_grant', error_description: 'The subject token is not trusted.' });
           return;
         }
-        const [h, c, sig] = (form.get('assertion') ?? '').split('.');
-        const ok = state.serviceAccountKey !== undefined && crypto.verify('sha256', Buffer.from(`${h}.${c}`), state.serviceAccountKey, Buffer.from(sig ?? '', 'base64url'));
-        const claims = JSON.parse(Buffer.from(c ?? '', 'base64url').toString()) as { aud?: string; iss?: string };
-        if (!ok || claims.aud !== `${state.url}/token`) {
-          send(400, { error: 'invalid_grant', error_description: 'Invalid JWT Signature.' });
+        send(200, { access_token: `sts-token-for-${subject}`, issued_token_type: 'urn:ietf:params:oauth:token-type:access_token', token_type: 'Bearer', expires_in: 3600 });
+        return;
+      }
+      if (url.endsWith(':generateAccessToken') && req.method === 'POST') {
+        // IAM Credentials: impersonate a service account with the caller's token.
+        const bearer = (req.headers.authorization ?? '').replace(/^Bearer /, '');
+        if (!bearer.startsWith('sts-token-for-')) {
+          send(403, { error: { code: 403, message: 'Permission iam.serviceAccounts.getAccessToken denied' } });
           return;
         }
-        send(200, { access_token: `sa-token-for-${claims.iss}`, expires_in: 3599, token_type: 'Bearer' });
+        const account = decodeURIComponent(url.split('/serviceAccounts/')[1]?.split(':')[0] ?? '');
+        send(200, { accessToken: `impersonated-${account}`, expireTime: new Date(Date.now() + 3600_000).toISOString() });
         return;
       }
       if (url === '/computeMetadata/v1/instance/service-accounts/default/token') {

@@ -10,6 +10,7 @@ export interface TestDb {
   knex: Knex;
   /** Row count of a table. */
   count(table: string, where?: string): Promise<number>;
+  /** Closes the knex and drops the database. */
   close(): Promise<void>;
 }
 
@@ -44,6 +45,14 @@ export async function freshDatabase(migrated = true): Promise<TestDb> {
     },
     async close() {
       await knex.destroy();
+      // Drop what we made: a long suite would otherwise leave hundreds of databases behind.
+      const admin = new pg.Client({ connectionString: base.toString() });
+      await admin.connect();
+      try {
+        await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      } finally {
+        await admin.end();
+      }
     },
   };
 }

@@ -78,7 +78,7 @@ export function reference(buf: Buffer): { value: unknown } | undefined {
 
 /** Why a staged value is not in its column's form, or undefined. */
 function badStagedValue(item: MappedItem): string | undefined {
-  if (item.kind !== 'row' || !item.keep) return undefined;
+  if (item.kind !== 'row') return undefined;
   for (let i = 0; i < STAGE_COLUMNS.length; i++) {
     const [col, type] = STAGE_COLUMNS[i]!;
     const v = item.values[i];

@@ -1,0 +1,79 @@
+/**
+ * Every public factory refuses unknown keys and wrong types synchronously, with an OptionError
+ * whose `option` names the library option (never a CLI flag) and whose message says what was
+ * expected and what arrived.
+ */
+import { expect } from 'chai';
+import { Readable } from 'node:stream';
+import { OptionError } from '../lib/errors.js';
+import { createUserFilter } from '../lib/filter-users.js';
+import { importUsers } from '../lib/import.js';
+import { createModelMapper } from '../lib/map-models.js';
+import { createRecordProcessor } from '../lib/process-records.js';
+import { createRejectsFile } from '../lib/rejects.js';
+import { createTokenizer } from '../lib/tokenize.js';
+import { optionErrorOf } from './helpers/options.js';
+import { collect } from './helpers/streams.js';
+
+/** The error `fn` throws, or that the promise it returns rejects with. */
+async function errorOf(fn: () => unknown): Promise<unknown> {
+  try {
+    await fn();
+  } catch (err) {
+    return err;
+  }
+  throw new Error('expected a failure');
+}
+
+describe('factory options', () => {
+  const cases: [string, () => unknown, string][] = [
+    ['createUserFilter: a string for usernames (iterable, but not a list)', () => createUserFilter({ usernames: 'alice' as unknown as string[] }), 'usernames'],
+    ['createUserFilter: a number inside usernames', () => createUserFilter({ usernames: ['alice', 7 as unknown as string] }), 'usernames'],
+    ['createUserFilter: collectRejects not a boolean', () => createUserFilter({ collectRejects: 'yes' as unknown as boolean }), 'collectRejects'],
+    ['createUserFilter: a misspelled option', () => createUserFilter({ username: ['alice'] } as never), 'username'],
+    ['createTokenizer: a misspelled option', () => createTokenizer({ maxRecordByte: 100 } as never), 'maxRecordByte'],
+    ['createTokenizer: maxDepth a string', () => createTokenizer({ maxDepth: '64' as unknown as number }), 'maxDepth'],
+    ['createModelMapper: an unknown option', () => createModelMapper({ usernames: [] } as never), 'usernames'],
+    ['createRecordProcessor: an unknown option', () => createRecordProcessor({ maxRecordByte: 1 } as never), 'maxRecordByte'],
+    ['createRecordProcessor: usernames a string', () => createRecordProcessor({ usernames: 'bob' as unknown as string[] }), 'usernames'],
+    ['createRejectsFile: maxRejects negative', () => createRejectsFile('/tmp/never-written', { maxRejects: -1 }), 'maxRejects'],
+    ['createRejectsFile: an unknown option', () => createRejectsFile('/tmp/never-written', { max: 1 } as never), 'max'],
+  ];
+  for (const [what, fn, option] of cases) {
+    it(`refuses ${what}, naming ${option}`, () => {
+      expect(optionErrorOf(fn)).to.equal(option);
+    });
+  }
+
+  it('says what it expected and what arrived', () => {
+    let err: OptionError | undefined;
+    try { createUserFilter({ usernames: 'alice' as unknown as string[] }); } catch (e) { err = e as OptionError; }
+    expect(err?.message).to.contain('usernames').and.contain('"alice"').and.contain('array');
+  });
+
+  it('still takes any iterable of strings for usernames, a one-shot generator included', async () => {
+    function* names() { yield 'alice'; }
+    const user = (pk: number, username: string) => ({ ordinal: pk, offset: 0, line: 1, column: 1, length: 1, value: { model: 'sentry.user', pk, fields: { username } } });
+    const out = await collect<{ filtered: boolean }>(Readable.from([user(1, 'alice'), user(2, 'bob')], { objectMode: true }), createUserFilter({ usernames: names() }));
+    expect(out.map((r) => r.filtered)).to.deep.equal([false, true]);
+  });
+
+  describe('importUsers', () => {
+    const importCases: [string, Record<string, unknown>, string][] = [
+      ['a misspelled option', { source: 'x.json', databaseUrl: 'postgresql://h/d', mergeUser: true }, 'mergeUser'],
+      ['a databaseUrl that is not postgresql://', { source: 'x.json', databaseUrl: 'mysql://h/d' }, 'databaseUrl'],
+      ['filterUsernames as a string', { source: 'x.json', databaseUrl: 'postgresql://h/d', filterUsernames: 'alice' }, 'filterUsernames'],
+      ['no source', { databaseUrl: 'postgresql://h/d' }, 'source'],
+      ['batchRows zero', { source: 'x.json', databaseUrl: 'postgresql://h/d', batchRows: 0 }, 'batchRows'],
+      ['importId without resumable', { source: 'x.json', databaseUrl: 'postgresql://h/d', importId: 'a' }, 'importId'],
+    ];
+    for (const [what, options, option] of importCases) {
+      it(`refuses ${what} before touching the database, naming ${option}`, async () => {
+        const err = await errorOf(() => importUsers(options as never));
+        expect(err).to.be.instanceOf(OptionError);
+        expect((err as OptionError).code).to.equal('USERPORT_OPTION_INVALID');
+        expect((err as OptionError).option).to.equal(option);
+      });
+    }
+  });
+});
