@@ -23,6 +23,8 @@ export interface ScopedRecord extends RecordPosition {
   fields: Record<string, unknown>;
   /** True for a user removed by the username filter: only its pk is staged. */
   filtered: boolean;
+  /** The record's JSON text, when the tokenizer kept it (see {@link RawRecord.source}). */
+  source?: string;
 }
 
 /** A record of a model outside the user scope: counted, not imported. */
@@ -88,7 +90,7 @@ export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefine
   }
   return {
     kind: 'record', ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, length: raw.length,
-    model, pk: v.pk as number, fields, filtered,
+    model, pk: v.pk as number, fields, filtered, source: raw.source,
   };
 }
 

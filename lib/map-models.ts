@@ -9,6 +9,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { ErrorCodes, RecordError } from './errors.js';
 import type { FlowItem, RejectMarker, ScopedRecord, SkipMarker } from './filter-users.js';
 import { describeAjvError, modelInfo, STAGE_COLUMNS, type StageValue } from './models.js';
+import { canonicalOptionValue } from './option-values.js';
 import type { RecordPosition } from './tokenize.js';
 
 /** A record ready for the staging table. */
@@ -75,8 +76,17 @@ export function mapRecord(rec: ScopedRecord): StagedRow {
     kind: 'row', ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, length: rec.length,
     model: rec.model, code: info.mapping.code, pk: rec.pk, keep: !rec.filtered, values: NULLS,
   };
-  if (rec.filtered) return row;
   const fields = rec.fields;
+  if (rec.filtered) {
+    // A pre-23.9.1 export names a row's user by username (its natural key): the filtered user's
+    // name lets the merge tell such rows "user filtered out" rather than "not in the export".
+    const username = fields.username;
+    if (typeof username === 'string' && info.fieldFor[0] === 'username') {
+      row.values = NULLS.slice();
+      row.values[0] = username;
+    }
+    return row;
+  }
   if (!info.validate(fields)) {
     const { field, reason } = describeAjvError(info.validate.errors?.[0]);
     throw badValue(rec, field ?? 'fields', reason);
@@ -89,12 +99,35 @@ export function mapRecord(rec: ScopedRecord): StagedRow {
     const v = field === undefined ? undefined : fields[field];
     if (v === undefined || v === null) { values[i] = null; continue; }
     const type = STAGE_COLUMNS[i]![1];
+    const naturalKey = info.mapping.naturalKeys?.[field!];
+    if (naturalKey !== undefined && Array.isArray(v)) {
+      // `"user": ["alice"]`: a natural key, resolved by the merge against the export's users.
+      const p = textProblem(v[0] as string);
+      if (p) throw badValue(rec, field!, p);
+      values[i] = null;
+      values[STAGE_COLUMNS.findIndex(([c]) => c === naturalKey)] = v[0] as string;
+      continue;
+    }
     if (type === 'json') {
       let text: string;
       try {
         const p = jsonProblem(v);
         if (p) throw badValue(rec, field!, p);
-        text = JSON.stringify(v);
+        const canonical = canonicalOptionValue(v, () => rec.source);
+        if (typeof canonical === 'string') throw badValue(rec, field!, canonical);
+        if (canonical.legacy) {
+          const q = jsonProblem(canonical.value);
+          if (q) throw badValue(rec, field!, q);
+        }
+        const keyField = info.mapping.columns.key === undefined ? undefined : 'key';
+        const rule = keyField === undefined ? undefined : info.valueRules.get(fields[keyField] as string);
+        if (rule && !rule(canonical.value)) {
+          throw new RecordError(ErrorCodes.RECORD_OPTION_VALUE,
+            `${rec.model} pk ${rec.pk}: value ${JSON.stringify(canonical.value)} is not allowed for option ${String(fields[keyField!])}`, {
+              position: { ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, model: rec.model, pk: rec.pk, field: field! },
+            });
+        }
+        text = canonical.text;
       } catch (err) {
         // Both walks recurse: a value nested a few thousand levels deep (possible when maxDepth
         // is raised) overflows the stack. That is a property of the record, not a crash.

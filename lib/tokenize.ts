@@ -35,6 +35,8 @@ export interface RecordPosition {
 export interface RawRecord extends RecordPosition {
   /** The parsed element (an object; anything else is an error before it is emitted). */
   value: Record<string, unknown>;
+  /** The element's JSON text, for values `JSON.parse` cannot hold exactly (big numbers). */
+  source?: string;
 }
 
 /**
@@ -319,7 +321,7 @@ export class RecordSplitter {
     } catch {
       throw locateSyntaxError(text, pos);
     }
-    out.push({ ordinal, offset: pos.offset, line: pos.line, column: pos.column, length, value: value as Record<string, unknown> });
+    out.push({ ordinal, offset: pos.offset, line: pos.line, column: pos.column, length, value: value as Record<string, unknown>, source: text });
   }
 
   /** Checks the input ended after a complete array. */
