@@ -21,13 +21,13 @@ interface Expected {
 
 const EXPECTED: Record<string, Expected> = {
   'user-with-minimum-privileges': {
-    users: ['min_user'], emails: [], useremails: [['min_user', 'testing@example.com']],
+    users: ['min_user'], emails: ['testing@example.com'], useremails: [['min_user', 'testing@example.com']],
     options: [['min_user', 'timezone', 'Europe/Vienna']],
     skipped: { 'sentry.authenticator': 1, 'sentry.userip': 1 },
   },
   'user-with-maximum-privileges': {
-    users: ['testing@example.com'], emails: [], useremails: [['testing@example.com', 'testing@example.com']],
-    options: [['testing@example.com', 'timezone', '"Europe/Vienna"']],
+    users: ['testing@example.com'], emails: ['testing@example.com'], useremails: [['testing@example.com', 'testing@example.com']],
+    options: [['testing@example.com', 'timezone', 'Europe/Vienna']],
     skipped: { 'sentry.authenticator': 1, 'sentry.userip': 1, 'sentry.userpermission': 1, 'sentry.userrole': 1, 'sentry.userroleuser': 1 },
   },
   'user-pk-mapping': {

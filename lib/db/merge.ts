@@ -199,10 +199,10 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   const signalled = await q(`
     INSERT INTO sentry_email (email, date_added)
     SELECT email, now() FROM (
-      SELECT DISTINCT ON (lower(ue.email)) ue.email, ue.id FROM sentry_useremail ue
+      SELECT DISTINCT ON (lower(ue.email)) ue.email, ue.user_id FROM sentry_useremail ue
       JOIN up_user u ON u.new_id = ue.user_id
-      WHERE ue.email <> '' ORDER BY lower(ue.email), ue.id) x
-    ORDER BY id
+      WHERE ue.email <> '' ORDER BY lower(ue.email), ue.user_id, ue.email) x
+    ORDER BY user_id, email
     ON CONFLICT ((lower(email))) DO NOTHING`);
   stats.adjacent.userEmailAddresses = (stats.adjacent.userEmailAddresses ?? 0) + (signalled.rowCount ?? 0);
   await q(`
