@@ -70,6 +70,11 @@ function position(raw: RecordPosition): RecordPosition {
 /** Checks one raw record's envelope and classifies it. Pure. Throws a {@link RecordError}. */
 export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefined): ScopedRecord | SkipMarker {
   const { envelope } = registry();
+  if (raw.nonObject) {
+    throw new RecordError(ErrorCodes.RECORD_NOT_OBJECT, `record ${raw.ordinal} is not an object`, {
+      position: { ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column },
+    });
+  }
   const v = raw.value;
   if (!(envelope as (x: unknown) => boolean)(v)) {
     const { field, reason } = describeAjvError(envelope.errors?.[0]);
@@ -111,7 +116,7 @@ export function createUserFilter(options: UserFilterOptions = {}): Transform {
       } catch (err) {
         if (!collect || !(err instanceof RecordError)) return callback(err as Error);
         const m = err.position?.model;
-        item = { kind: 'reject', ...position(raw), model: m && modelInfo(m) ? m : undefined, error: err, record: raw.value };
+        item = { kind: 'reject', ...position(raw), model: m && modelInfo(m) ? m : undefined, error: err, record: raw.nonObject ? raw.nonObject.value : raw.value };
       }
       callback(null, item);
     },
