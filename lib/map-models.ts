@@ -148,6 +148,23 @@ export function mapRecord(rec: ScopedRecord): StagedRow {
   return row;
 }
 
+/** Staging code of a rejected user's pk (no schema has it: the merge only looks it up). */
+export const REJECTED_USER_CODE = 5;
+
+/**
+ * For a rejected `sentry.user` record with a usable pk, a staging row holding only that pk, so
+ * that the merge can say its user emails and options were dropped because their user was
+ * rejected (not "not in the export"). Undefined for anything else.
+ */
+export function rejectedUserRow(item: RejectMarker): StagedRow | undefined {
+  const rec = item.record as { pk?: unknown } | null;
+  if (item.model !== 'sentry.user' || !rec || typeof rec !== 'object' || !Number.isSafeInteger(rec.pk)) return undefined;
+  return {
+    kind: 'row', ordinal: item.ordinal, offset: item.offset, line: item.line, column: item.column, length: item.length,
+    model: 'sentry.user', code: REJECTED_USER_CODE, pk: rec.pk as number, keep: false, values: NULLS,
+  };
+}
+
 /** Creates the model-mapping stage: {@link FlowItem} in, {@link MappedItem} out. */
 export function createModelMapper(options: ModelMapperOptions = {}): Transform {
   const collect = options.collectRejects ?? false;

@@ -19,7 +19,7 @@ import type pg from 'pg';
 import { Writable } from 'node:stream';
 import copyStreams from 'pg-copy-streams';
 import { OptionError, wrapDbError } from './errors.js';
-import type { MappedItem, StagedRow } from './map-models.js';
+import { rejectedUserRow, type MappedItem, type StagedRow } from './map-models.js';
 import { STAGE_COLUMNS, type StageValue } from './models.js';
 import type { RejectSink } from './rejects.js';
 import { ImportStats } from './stats.js';
@@ -182,6 +182,8 @@ export function createPgSink(options: PgSinkOptions): Writable {
         else if (item.kind === 'reject') {
           if (!rejects) throw item.error;
           rejects.reject(item.error, item, item.record);
+          const pkOnly = rejectedUserRow(item);
+          if (pkOnly) text += copyLine(run, pkOnly);
         }
         count++;
         last = item;

@@ -51,7 +51,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // 1. A source pk may appear once per model.
   const dup = await q(`
     SELECT s.model, s.src_pk, s.ord, s.off, s.line, s.col FROM userport_stage s
-    JOIN (SELECT model, src_pk FROM userport_stage WHERE run = $1 GROUP BY model, src_pk HAVING count(*) > 1) d
+    JOIN (SELECT model, src_pk FROM userport_stage WHERE run = $1 AND model <> 5 GROUP BY model, src_pk HAVING count(*) > 1) d
       USING (model, src_pk)
     WHERE s.run = $1 ORDER BY s.ord OFFSET 1 LIMIT 1`, [run]);
   if (dup.rowCount) {
@@ -166,11 +166,15 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       SELECT x.*,
         CASE WHEN user_keep = false THEN 'filtered' WHEN user_keep IS NULL THEN 'dropped'
              WHEN user_kind = 'merged' THEN 'merged' ${specific} ELSE 'insert' END AS outcome,
-        CASE WHEN user_keep = false THEN 'user filtered out' WHEN user_keep IS NULL THEN 'user not in the export'
+        CASE WHEN user_keep = false THEN 'user filtered out'
+             WHEN user_keep IS NULL AND user_rejected THEN 'user rejected (see the rejects file)'
+             WHEN user_keep IS NULL THEN 'user not in the export'
              WHEN user_kind = 'merged' THEN 'user merged into an existing user' ${specificReason} END AS reason
       FROM (
         SELECT s.src_pk, s.ord, s.off, s.user_pk, s.username, s.email, s.opt_key, s.opt_value, s.project_id, s.organization_id,
           m.target_id, m.kind AS user_kind, u.keep AS user_keep,
+          -- Code 5: the pk of a rejected user (REJECTED_USER_CODE), staged so its rows say so.
+          EXISTS (SELECT 1 FROM userport_stage r WHERE r.run = $1 AND r.model = 5 AND r.src_pk = s.user_pk) AS user_rejected,
           row_number() OVER (PARTITION BY ${partition} ORDER BY s.src_pk) AS rn
         FROM userport_stage s
           LEFT JOIN userport_pk_map m ON m.run = $1 AND m.model = 'sentry.user' AND m.source_pk = s.user_pk

@@ -178,3 +178,22 @@ describe('findings say who (issue #12 item 8)', () => {
     expect(by('sentry.useremail', 6)).to.include('user pk 2').and.include(`user id ${existing}`);
   }));
 });
+
+describe('rows of a rejected user say so (issue #12 item 8)', () => {
+  it('with --rejects-file, the user email and option of a rejected user are dropped as "user rejected", naming its pk', () => withDb(async (db) => {
+    const findings = path.join(os.tmpdir(), `userport-rejected-${process.pid}.json`);
+    const rejects = path.join(os.tmpdir(), `userport-rejected-${process.pid}.jsonl`);
+    const records: Rec[] = [exhaustiveUser(1, 'alice')[0]!, { model: 'sentry.user', pk: 2, fields: { username: 'bob', is_active: 'yes' } },
+      { model: 'sentry.useremail', pk: 3, fields: { user: 2, email: 'bob@example.com' } },
+      { model: 'sentry.useroption', pk: 4, fields: { user: 2, key: 'timezone', value: 'UTC' } },
+      { model: 'sentry.useremail', pk: 5, fields: { user: 77, email: 'ghost@example.com' } }];
+    const s = await importUsers({ source: tmpExport(records), databaseUrl: db.url, rejectsFile: rejects, findingsFile: findings });
+    expect(s.models['sentry.user']).to.include({ read: 2, inserted: 1, rejected: 1, filtered: 0 });
+    expect(s.models['sentry.useremail']!.dropped).to.deep.equal({ 'user rejected (see the rejects file)': 1, 'user not in the export': 1 });
+    expect(s.models['sentry.useroption']!.dropped).to.deep.equal({ 'user rejected (see the rejects file)': 1 });
+    const f = JSON.parse(fs.readFileSync(findings, 'utf8')) as { model: string; pk: number; reason: string }[];
+    expect(f.find((x) => x.model === 'sentry.useremail' && x.pk === 3)!.reason).to.include('rejected').and.include('user pk 2');
+    expect(f.find((x) => x.model === 'sentry.useremail' && x.pk === 5)!.reason).to.include('not in the export').and.include('user pk 77');
+    expect(await db.count('auth_user')).to.equal(1);
+  }));
+});
