@@ -5,7 +5,9 @@ import { createTokenizer, type RawRecord } from '../lib/tokenize.js';
 import { chunked, collect, collectError } from './helpers/streams.js';
 
 const FIXTURES = path.resolve('../shared/fixtures/sentry');
-const fixtureFiles = fs.readdirSync(FIXTURES).filter((f) => f.endsWith('.json'));
+// A bare clone has no shared fixtures: their cases are skipped, saying so.
+const fixtureFiles = fs.existsSync(FIXTURES) ? fs.readdirSync(FIXTURES).filter((f) => f.endsWith('.json')) : [];
+if (!fixtureFiles.length) console.log(`tokenize.spec: fixture cases skipped: ${FIXTURES} is absent`);
 
 /** Reference positions: byte offset, line, column of each top-level element's '{'. */
 function expectedPositions(buf: Buffer) {

@@ -148,6 +148,8 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   for (const { kind, n } of emailCounts.rows as { kind: 'inserted' | 'existing'; n: number }[]) stats.model('sentry.email')[kind] += n;
 
   await resolveNaturalKeys(q, run);
+  // Only with --rejects-file can a user be rejected: skip the per-row lookup otherwise.
+  const anyRejected = ((await q(`SELECT 1 FROM userport_stage WHERE run = $1 AND model = 5 LIMIT 1`, [run])).rowCount ?? 0) > 0;
 
   // 4. User emails and 5. user options: remap the user, then Sentry's rules, decided in one pass.
   for (const [table, code] of [['up_ue', 3], ['up_uo', 4]] as const) {
@@ -174,7 +176,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
         SELECT s.src_pk, s.ord, s.off, s.user_pk, s.username, s.email, s.opt_key, s.opt_value, s.project_id, s.organization_id,
           m.target_id, m.kind AS user_kind, u.keep AS user_keep,
           -- Code 5: the pk of a rejected user (REJECTED_USER_CODE), staged so its rows say so.
-          EXISTS (SELECT 1 FROM userport_stage r WHERE r.run = $1 AND r.model = 5 AND r.src_pk = s.user_pk) AS user_rejected,
+          ${anyRejected ? 'EXISTS (SELECT 1 FROM userport_stage r WHERE r.run = $1 AND r.model = 5 AND r.src_pk = s.user_pk)' : 'false'} AS user_rejected,
           row_number() OVER (PARTITION BY ${partition} ORDER BY s.src_pk) AS rn
         FROM userport_stage s
           LEFT JOIN userport_pk_map m ON m.run = $1 AND m.model = 'sentry.user' AND m.source_pk = s.user_pk
@@ -205,7 +207,8 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     SELECT email, now() FROM (
       SELECT DISTINCT ON (lower(ue.email)) ue.email, ue.user_id FROM sentry_useremail ue
       JOIN up_user u ON u.new_id = ue.user_id
-      WHERE ue.email <> '' ORDER BY lower(ue.email), ue.user_id, ue.email) x
+      WHERE ue.email <> '' AND NOT EXISTS (SELECT 1 FROM sentry_email e WHERE lower(e.email) = lower(ue.email))
+      ORDER BY lower(ue.email), ue.user_id, ue.email) x
     ORDER BY user_id, email
     ON CONFLICT ((lower(email))) DO NOTHING`);
   stats.adjacent.userEmailAddresses = (stats.adjacent.userEmailAddresses ?? 0) + (signalled.rowCount ?? 0);
