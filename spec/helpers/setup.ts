@@ -21,7 +21,9 @@ export const mochaHooks = {
     process.env.USERPORT_TEST_EMBEDDED_DIR = dir;
   },
   async afterAll(this: Mocha.Context) {
-    this.timeout(60000);
+    // The data folder holds a database per test (GBs by the end); removing it on a shared, busy
+    // machine took over a minute.
+    this.timeout(300000);
     if (!dir) return;
     await stopEmbedded(dir, 'immediate').catch(() => undefined);
     fs.rmSync(dir, { recursive: true, force: true });
