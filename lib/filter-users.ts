@@ -24,6 +24,8 @@ export interface ScopedRecord extends RecordPosition {
   fields: Record<string, unknown>;
   /** True for a user removed by the username filter: only its pk is staged. */
   filtered: boolean;
+  /** The record's JSON text, when the tokenizer kept it (see {@link RawRecord.source}). */
+  source?: string;
 }
 
 /** A record of a model outside the user scope: counted, not imported. */
@@ -94,6 +96,11 @@ function position(raw: RecordPosition): RecordPosition {
 /** Checks one raw record's envelope and classifies it. Pure. Throws a {@link RecordError}. */
 export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefined): ScopedRecord | SkipMarker {
   const { envelope } = registry();
+  if (raw.nonObject) {
+    throw new RecordError(ErrorCodes.RECORD_NOT_OBJECT, `record ${raw.ordinal} is not an object`, {
+      position: { ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column },
+    });
+  }
   const v = raw.value;
   if (!(envelope as (x: unknown) => boolean)(v)) {
     const { field, reason } = describeAjvError(envelope.errors?.[0]);
@@ -114,7 +121,7 @@ export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefine
   }
   return {
     kind: 'record', ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, length: raw.length,
-    model, pk: v.pk as number, fields, filtered,
+    model, pk: v.pk as number, fields, filtered, source: raw.source,
   };
 }
 
@@ -133,7 +140,7 @@ export function createUserFilter(options: UserFilterOptions = {}): Transform {
       } catch (err) {
         if (!collect || !(err instanceof RecordError)) return callback(err as Error);
         const m = err.position?.model;
-        item = { kind: 'reject', ...position(raw), model: m && modelInfo(m) ? m : undefined, error: err, record: raw.value };
+        item = { kind: 'reject', ...position(raw), model: m && modelInfo(m) ? m : undefined, error: err, record: raw.nonObject ? raw.nonObject.value : raw.value };
       }
       callback(null, item);
     },

@@ -10,6 +10,7 @@ import { ErrorCodes, RecordError } from './errors.js';
 import { DEFAULT_COLLECT_REJECTS, type FlowItem, type RejectMarker, type ScopedRecord, type SkipMarker } from './filter-users.js';
 import { checkOptions, isBoolean } from './options.js';
 import { describeAjvError, modelInfo, STAGE_COLUMNS, type StageColumn, type StageValue } from './models.js';
+import { canonicalOptionValue } from './option-values.js';
 import type { RecordPosition } from './tokenize.js';
 
 /** A validated record that will be written: `kind === 'row'` means exactly that. */
@@ -38,6 +39,8 @@ export interface FilteredMarker extends RecordPosition {
   /** The model's staging code (`x-userport.code`). */
   code: number;
   pk: number;
+  /** The user's username, when it has one: pre-23.9.1 exports name a row's user by it. */
+  username?: string;
 }
 
 /** What the mapper emits: staged rows, filtered users, and the skip and reject markers passed through. */
@@ -108,7 +111,11 @@ export function mapRecord(rec: ScopedRecord): StagedRow | FilteredMarker {
     });
   }
   if (rec.filtered) {
-    return { kind: 'filtered', ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, length: rec.length, model: rec.model, code: info.mapping.code, pk: rec.pk };
+    const marker: FilteredMarker = { kind: 'filtered', ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, length: rec.length, model: rec.model, code: info.mapping.code, pk: rec.pk };
+    // A pre-23.9.1 export names a row's user by username (its natural key): the filtered user's
+    // name lets the merge tell such rows "user filtered out" rather than "not in the export".
+    if (typeof rec.fields.username === 'string') marker.username = rec.fields.username;
+    return marker;
   }
   const row: StagedRow = {
     kind: 'row', ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, length: rec.length,
@@ -127,12 +134,35 @@ export function mapRecord(rec: ScopedRecord): StagedRow | FilteredMarker {
     const v = field === undefined ? undefined : fields[field];
     if (v === undefined || v === null) { values[i] = null; continue; }
     const type = STAGE_COLUMNS[i]![1];
+    const naturalKey = info.mapping.naturalKeys?.[field!];
+    if (naturalKey !== undefined && Array.isArray(v)) {
+      // `"user": ["alice"]`: a natural key, resolved by the merge against the export's users.
+      const p = textProblem(v[0] as string);
+      if (p) throw badValue(rec, field!, p);
+      values[i] = null;
+      values[STAGE_COLUMNS.findIndex(([c]) => c === naturalKey)] = v[0] as string;
+      continue;
+    }
     if (type === 'json') {
       let text: string;
       try {
         const p = jsonProblem(v);
         if (p) throw badValue(rec, field!, p);
-        text = JSON.stringify(v);
+        const canonical = canonicalOptionValue(v, () => rec.source);
+        if (typeof canonical === 'string') throw badValue(rec, field!, canonical);
+        if (canonical.legacy) {
+          const q = jsonProblem(canonical.value);
+          if (q) throw badValue(rec, field!, q);
+        }
+        const keyField = info.mapping.columns.key === undefined ? undefined : 'key';
+        const rule = keyField === undefined ? undefined : info.valueRules.get(fields[keyField] as string);
+        if (rule && !rule(canonical.value)) {
+          throw new RecordError(ErrorCodes.RECORD_OPTION_VALUE,
+            `${rec.model} pk ${rec.pk}: value ${JSON.stringify(canonical.value)} is not allowed for option ${String(fields[keyField!])}`, {
+              position: { ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, model: rec.model, pk: rec.pk, field: field! },
+            });
+        }
+        text = canonical.text;
       } catch (err) {
         // Both walks recurse: a value nested a few thousand levels deep (possible when maxDepth
         // is raised) overflows the stack. That is a property of the record, not a crash.
@@ -151,6 +181,24 @@ export function mapRecord(rec: ScopedRecord): StagedRow | FilteredMarker {
   row.values = values;
   if (unknownFields) row.unknownFields = unknownFields;
   return row;
+}
+
+/** Staging code of a rejected user's pk (no schema has it: the merge only looks it up). */
+export const REJECTED_USER_CODE = 5;
+
+/**
+ * For a rejected `sentry.user` record with a usable pk, a staging row holding only that pk, so
+ * that the merge can say its user emails and options were dropped because their user was
+ * rejected (not "not in the export"). Undefined for anything else.
+ */
+export function rejectedUserRow(item: RejectMarker): FilteredMarker | undefined {
+  const rec = item.record as { pk?: unknown } | null;
+  if (item.model !== 'sentry.user' || !rec || typeof rec !== 'object' || !Number.isSafeInteger(rec.pk)) return undefined;
+  // Staged like a filtered user (pk only, not kept), under a code no schema has.
+  return {
+    kind: 'filtered', ordinal: item.ordinal, offset: item.offset, line: item.line, column: item.column, length: item.length,
+    model: 'sentry.user', code: REJECTED_USER_CODE, pk: rec.pk as number,
+  };
 }
 
 /** Creates the model-mapping stage: {@link FlowItem} in, {@link MappedItem} out. */

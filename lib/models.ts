@@ -49,6 +49,16 @@ export interface ModelMapping {
   columns: Record<string, StageColumn>;
   /** Known fields that are validated but deliberately not imported (Sentry resets them). */
   ignored: string[];
+  /**
+   * Values checked per key, as Sentry's `UserOptionsSerializer` checks them on import: for each
+   * key, a JSON Schema of the decoded value. Keys not listed are not checked.
+   */
+  valueRules?: Record<string, Record<string, unknown>>;
+  /**
+   * Foreign keys that exports before Sentry 23.9.1 wrote as natural keys (`"user": ["alice"]`):
+   * field -> staging column that holds the key for the merge to resolve.
+   */
+  naturalKeys?: Record<string, StageColumn>;
 }
 
 export interface ModelInfo {
@@ -59,6 +69,8 @@ export interface ModelInfo {
   known: Set<string>;
   /** For each staging column, the field feeding it (or undefined). */
   fieldFor: (string | undefined)[];
+  /** Compiled {@link ModelMapping.valueRules}, by key. */
+  valueRules: Map<string, ValidateFunction>;
 }
 
 const SCHEMA_DIR = new URL('../../schemas/', import.meta.url);
@@ -79,6 +91,18 @@ export function isDateTime(s: string): boolean {
   return d <= dim;
 }
 
+/** An IANA time zone name the ICU data of this Node knows (Sentry: its tz database). */
+export function isTimeZone(s: string): boolean {
+  // Intl also takes offsets such as "+01:00", which are not zone names.
+  if (!/^[A-Za-z][A-Za-z0-9_+\-]*(\/[A-Za-z0-9_+\-]+)*$/.test(s)) return false;
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: s });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function loadSchema(name: string): Record<string, unknown> {
   return JSON.parse(fs.readFileSync(new URL(`${name}.json`, SCHEMA_DIR), 'utf8')) as Record<string, unknown>;
 }
@@ -87,6 +111,7 @@ function build() {
   const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true });
   ajv.addKeyword({ keyword: 'x-userport', schemaType: 'object' });
   ajv.addFormat('date-time', { type: 'string', validate: isDateTime });
+  ajv.addFormat('time-zone', { type: 'string', validate: isTimeZone });
   const envelope = ajv.compile(loadSchema('record'));
   const models = new Map<string, ModelInfo>();
   for (const name of USER_SCOPE) {
@@ -94,7 +119,9 @@ function build() {
     const mapping = schema['x-userport'] as ModelMapping;
     const props = Object.keys(schema.properties as object);
     const fieldFor = STAGE_COLUMNS.map(([col]) => Object.keys(mapping.columns).find((f) => mapping.columns[f] === col));
-    models.set(name, { name, mapping, validate: ajv.compile(schema), known: new Set(props), fieldFor });
+    const valueRules = new Map<string, ValidateFunction>();
+    for (const [key, rule] of Object.entries(mapping.valueRules ?? {})) valueRules.set(key, ajv.compile(rule));
+    models.set(name, { name, mapping, validate: ajv.compile(schema), known: new Set(props), fieldFor, valueRules });
   }
   return { envelope, models };
 }
@@ -131,5 +158,6 @@ export function describeAjvError(e: ErrorObject | undefined): { field: string | 
   }
   if (e.keyword === 'format') return { field, reason: 'must be an ISO-8601 date-time with a real calendar date' };
   if (e.keyword === 'anyOf' && field === 'flags') return { field, reason: 'must be a non-negative integer or a decimal string' };
+  if (e.keyword === 'anyOf' && field === 'user') return { field, reason: 'must be an integer pk (or, before Sentry 23.9.1, a [username] natural key)' };
   return { field, reason: e.message ?? 'is invalid' };
 }

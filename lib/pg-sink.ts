@@ -20,7 +20,7 @@ import { Writable } from 'node:stream';
 import copyStreams from 'pg-copy-streams';
 import { OptionError, wrapCallbackError, wrapDbError } from './errors.js';
 import { checkOptions, isBoolean, isFunction, isInteger, isOneOf, type OptionCheck } from './options.js';
-import type { FilteredMarker, MappedItem, StagedRow } from './map-models.js';
+import { rejectedUserRow, type FilteredMarker, type MappedItem, type StagedRow } from './map-models.js';
 import { STAGE_COLUMNS, type StageValue } from './models.js';
 import type { RejectSink } from './rejects.js';
 import { ImportStats } from './stats.js';
@@ -79,13 +79,13 @@ export function copyValue(v: StageValue): string {
   return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/\r/g, '\\r').replace(/\t/g, '\\t');
 }
 
-/** The data columns of a filtered user: its pk alone is staged. */
-const FILTERED_VALUES = '\t\\N'.repeat(STAGE_COLUMNS.length) + '\n';
+/** The data columns of a filtered user: its pk (and username, the first column) alone are staged. */
+const FILTERED_VALUES = '\t\\N'.repeat(STAGE_COLUMNS.length - 1) + '\n';
 
 /** One staging-table line in COPY text format. */
 export function copyLine(run: number, row: StagedRow | FilteredMarker): string {
   const head = `${run}\t${row.code}\t${row.ordinal}\t${row.offset}\t${row.line}\t${row.column}\t${row.pk}`;
-  if (row.kind === 'filtered') return head + '\tf' + FILTERED_VALUES;
+  if (row.kind === 'filtered') return head + '\tf\t' + (row.username === undefined ? '\\N' : copyValue(row.username)) + FILTERED_VALUES;
   let line = head + '\tt';
   const vals = row.values;
   for (let i = 0; i < vals.length; i++) line += '\t' + copyValue(vals[i]!);
@@ -199,6 +199,8 @@ export function createPgSink(options: PgSinkOptions): Writable {
         else if (item.kind === 'reject') {
           if (!rejects) throw item.error;
           rejects.reject(item.error, item, item.record);
+          const pkOnly = rejectedUserRow(item);
+          if (pkOnly) text += copyLine(run, pkOnly);
         }
         count++;
         last = item;

@@ -28,7 +28,7 @@ export function processRecord(raw: RawRecord, keep: ReadonlySet<string> | undefi
   } catch (err) {
     if (!collect || !(err instanceof RecordError)) throw err;
     const m = err.position?.model;
-    return reject(raw, err, m && modelInfo(m) ? m : undefined, raw.value);
+    return reject(raw, err, m && modelInfo(m) ? m : undefined, raw.nonObject ? raw.nonObject.value : raw.value);
   }
   if (scoped.kind === 'skip') return scoped;
   try {
@@ -45,7 +45,8 @@ export function processRecord(raw: RawRecord, keep: ReadonlySet<string> | undefi
  */
 export function createRecordProcessor(options: RecordProcessorOptions = {}): Transform & { splitter: RecordSplitter } {
   checkOptions('createRecordProcessor', options, { ...TOKENIZER_OPTIONS, ...USER_FILTER_OPTIONS });
-  const splitter = new RecordSplitter(options);
+  // Non-objects flow on as items so every error and reject comes in file order.
+  const splitter = new RecordSplitter({ nonObjects: 'emit', ...options });
   const keep = options.usernames === undefined ? undefined : toStringSet('createRecordProcessor', 'usernames', options.usernames);
   const collect = options.collectRejects ?? DEFAULT_COLLECT_REJECTS;
   const stream = new Transform({
@@ -53,15 +54,22 @@ export function createRecordProcessor(options: RecordProcessorOptions = {}): Tra
     readableHighWaterMark: 4,
     transform(chunk: Buffer, _enc: BufferEncoding, callback: TransformCallback) {
       let out: MappedItem[];
+      const records: RawRecord[] = [];
+      let readError: unknown;
       try {
-        const records = splitter.write(chunk);
+        splitter.write(chunk, records);
+      } catch (err) {
+        // Records before the bad bytes come first: one of them may fail earlier in the file.
+        readError = err;
+      }
+      try {
         out = new Array(records.length);
         for (let i = 0; i < records.length; i++) out[i] = processRecord(records[i]!, keep, collect);
       } catch (err) {
         return callback(err as Error);
       }
       if (out.length) this.push(out);
-      callback();
+      callback(readError as Error | undefined);
     },
     flush(callback: TransformCallback) {
       try {

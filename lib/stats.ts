@@ -39,9 +39,20 @@ export interface ImportSummary {
   /** Fields the schemas do not know, by model then field: ignored, counted. */
   unknownFields: Record<string, Record<string, number>>;
   /** Extra rows userport writes beside the imported ones. */
-  adjacent: { lostPasswordHashes: number; primaryEmails: number };
+  adjacent: Adjacent;
   /** Names given to --filter-usernames that matched no user. */
   unmatchedUsernames: string[];
+}
+
+/** Rows userport writes beside the imported ones, as Sentry's signal receivers would. */
+export interface Adjacent {
+  lostPasswordHashes: number;
+  primaryEmails: number;
+  /**
+   * `sentry_email` rows added for addresses of new user emails that had none (Sentry's
+   * `receivers/email.py`). Optional: checkpoints written before it existed lack it.
+   */
+  userEmailAddresses?: number;
 }
 
 const MAX_KEYS = 200;
@@ -64,7 +75,7 @@ export class ImportStats {
   readonly skipped: Record<string, number> = Object.create(null) as Record<string, number>;
   readonly unknownFields: Record<string, Record<string, number>> = Object.create(null) as Record<string, Record<string, number>>;
   unmatchedUsernames: string[] = [];
-  adjacent = { lostPasswordHashes: 0, primaryEmails: 0 };
+  adjacent: Adjacent = { lostPasswordHashes: 0, primaryEmails: 0, userEmailAddresses: 0 };
 
   model(name: string): ModelCounts {
     return (this.models[name] ??= emptyCounts());
@@ -125,7 +136,7 @@ export interface StatsSnapshot {
   skipped: Record<string, number>;
   unknownFields: Record<string, Record<string, number>>;
   unmatchedUsernames: string[];
-  adjacent: { lostPasswordHashes: number; primaryEmails: number };
+  adjacent: Adjacent;
   /** Size and count of the rejects file at the snapshot (to resume it exactly). */
   rejects?: { bytes: number; count: number };
 }

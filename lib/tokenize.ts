@@ -15,8 +15,8 @@ import { isUtf8 } from 'node:buffer';
 import { Transform, type TransformCallback } from 'node:stream';
 import { jsonVerifier } from 'stream-json/utils/verifier.js';
 import { none } from 'stream-chain/defs.js';
-import { badOption, checkOptions, isInteger, type OptionCheck } from './options.js';
-import { ErrorCodes, ParseError, type ErrorCode, type Position } from './errors.js';
+import { badOption, checkOptions, isInteger, isOneOf, type OptionCheck } from './options.js';
+import { ErrorCodes, OptionError, ParseError, type ErrorCode, type Position } from './errors.js';
 
 /** Where a record is in the export. Every stage passes it on so errors can say where. */
 export interface RecordPosition {
@@ -36,6 +36,13 @@ export interface RecordPosition {
 export interface RawRecord extends RecordPosition {
   /** The parsed element (an object; anything else is an error before it is emitted). */
   value: Record<string, unknown>;
+  /** The element's JSON text, for values `JSON.parse` cannot hold exactly (big numbers). */
+  source?: string;
+  /**
+   * Set (with `value` empty) when the element is not an object and `nonObjects` is `'emit'`:
+   * the user filter turns it into a USERPORT_RECORD_NOT_OBJECT error or reject, in file order.
+   */
+  nonObject?: { value: unknown };
 }
 
 /**
@@ -58,6 +65,12 @@ export interface TokenizerOptions {
    * (resuming an import). @default 0
    */
   skipThrough?: number;
+  /**
+   * An array element that is not an object: `'error'` fails here (USERPORT_RECORD_NOT_OBJECT);
+   * `'emit'` passes it on marked {@link RawRecord.nonObject}, so that it is reported (or
+   * rejected) after the records before it. @default 'error' (`createRecordProcessor`: 'emit')
+   */
+  nonObjects?: 'error' | 'emit';
 }
 
 const enum Phase { Start, BeforeFirst, BeforeNext, InRecord, AfterElement, Done }
@@ -68,6 +81,9 @@ const STRUCTURAL = new Uint8Array(256);
 STRUCTURAL[0x22] = STRUCTURAL[0x7b] = STRUCTURAL[0x7d] = STRUCTURAL[0x5b] = STRUCTURAL[0x5d] = 1;
 const WS = new Uint8Array(256);
 WS[0x20] = WS[0x09] = WS[0x0a] = WS[0x0d] = 1;
+/** Bytes of a number or literal (`true`, `-1.5e3`); anything else ends it. */
+const LITERAL = new Uint8Array(256);
+for (const c of '+-.0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ') LITERAL[c.charCodeAt(0)] = 1;
 
 /** Smallest accepted values: a record needs a few bytes, and `[{` is already two levels. */
 const MIN_RECORD_BYTES = 16;
@@ -78,6 +94,7 @@ export const TOKENIZER_OPTIONS: { readonly [K in keyof TokenizerOptions]-?: Opti
   maxRecordBytes: isInteger(MIN_RECORD_BYTES),
   maxDepth: isInteger(MIN_DEPTH),
   skipThrough: isInteger(0),
+  nonObjects: isOneOf('error', 'emit'),
 };
 
 /** Checks the tokenizer's options alone (the fused processor passes more). */
@@ -115,6 +132,9 @@ export class RecordSplitter {
   private recColumn = 0;
   /** How many bytes of a leading UTF-8 byte-order mark were skipped (it may straddle chunks). */
   private bom = 0;
+  private readonly emitNonObjects: boolean;
+  /** The element in progress is a string (1) or a number or literal (2), not an object or array. */
+  private scalar: 0 | 1 | 2 = 0;
 
   constructor(options: TokenizerOptions = {}) {
     if (options === null || typeof options !== 'object') badOption('RecordSplitter', 'options', 'an object', options);
@@ -122,6 +142,10 @@ export class RecordSplitter {
     this.maxRecordBytes = options.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES;
     this.maxDepth = options.maxDepth ?? DEFAULT_MAX_DEPTH;
     this.skipThrough = options.skipThrough ?? 0;
+    if (options.nonObjects !== undefined && options.nonObjects !== 'error' && options.nonObjects !== 'emit') {
+      throw new OptionError(`RecordSplitter: option nonObjects must be 'error' or 'emit', got ${String(options.nonObjects)}`, 'nonObjects');
+    }
+    this.emitNonObjects = options.nonObjects === 'emit';
   }
 
   /** Bytes consumed so far. */
@@ -151,9 +175,11 @@ export class RecordSplitter {
     }
   }
 
-  /** Feeds one chunk; returns the records it completed. Throws a {@link ParseError} on bad input. */
-  write(chunk: Buffer): RawRecord[] {
-    const out: RawRecord[] = [];
+  /**
+   * Feeds one chunk; returns the records it completed (appended to `out` when given, so that a
+   * caller still holds the records before a {@link ParseError} thrown on bad input).
+   */
+  write(chunk: Buffer, out: RawRecord[] = []): RawRecord[] {
     let buf = chunk;
     let i = 0;
     const n = buf.length;
@@ -202,7 +228,9 @@ export class RecordSplitter {
             throw this.error(ErrorCodes.PARSE_JSON, `expected ',' or ']' after record ${this.ordinal}`, at);
           }
           if (c === 0x5d && this.phase === Phase.BeforeFirst) { this.phase = Phase.Done; i++; break; }
-          if (c === 0x7b /* { */) {
+          const emitAs: 0 | 1 | 2 | -1 = !this.emitNonObjects || c === 0x7b ? (c === 0x7b ? 0 : -1)
+            : c === 0x5b ? 0 : c === 0x22 ? 1 : c === 0x2d || (c >= 0x30 && c <= 0x39) || c === 0x74 || c === 0x66 || c === 0x6e ? 2 : -1;
+          if (emitAs !== -1) {
             this.ordinal++;
             this.phase = Phase.InRecord;
             this.depth = 0;
@@ -212,8 +240,9 @@ export class RecordSplitter {
             this.recColumn = at - this.lineStart + 1;
             this.pieces = [];
             this.pieceBytes = 0;
+            this.scalar = emitAs;
             // fall into the record scan at the same byte
-            i = this.scanRecord(buf, i, out);
+            i = emitAs ? this.scanScalar(buf, i, out) : this.scanRecord(buf, i, out);
             break;
           }
           if (c === 0x5d) throw this.error(ErrorCodes.PARSE_JSON, 'trailing comma before \']\'', at);
@@ -223,7 +252,7 @@ export class RecordSplitter {
           throw this.error(ErrorCodes.PARSE_JSON, `unexpected character ${describeByte(c)}`, at);
         }
         case Phase.InRecord: {
-          i = this.scanRecord(buf, i, out);
+          i = this.scalar ? this.scanScalar(buf, i, out) : this.scanRecord(buf, i, out);
           break;
         }
       }
@@ -298,6 +327,48 @@ export class RecordSplitter {
     return n;
   }
 
+  /** Scans a string, number or literal element from `i`, like {@link scanRecord}. */
+  private scanScalar(buf: Buffer, i: number, out: RawRecord[]): number {
+    const n = buf.length;
+    const segStart = i;
+    if (this.scalar === 1) {
+      let inString = this.inString;
+      while (i < n) {
+        // The element's first byte is its opening quote.
+        if (!inString) { inString = true; i++; continue; }
+        const q = buf.indexOf(0x22, i);
+        if (q === -1) { i = n; break; }
+        let bs = 0;
+        let k = q - 1;
+        while (k >= segStart && buf[k] === 0x5c) { bs++; k--; }
+        if (k < segStart) bs += this.trailingBackslashes(bs === q - segStart);
+        i = q + 1;
+        if ((bs & 1) === 0) return this.endScalar(buf, segStart, i, out);
+      }
+      this.inString = inString;
+    } else {
+      while (i < n && LITERAL[buf[i]!]) i++;
+      if (i < n) return this.endScalar(buf, segStart, i, out);
+    }
+    this.pieceBytes += n - segStart;
+    if (this.pieceBytes > this.maxRecordBytes) {
+      throw new ParseError(ErrorCodes.LIMIT_RECORD_SIZE,
+        `record ${this.ordinal} is larger than maxRecordBytes (${this.maxRecordBytes} bytes)`,
+        { position: { ordinal: this.ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn } });
+    }
+    this.pieces.push(Buffer.from(buf.subarray(segStart, n)));
+    this.countLines(buf, segStart, n);
+    return n;
+  }
+
+  private endScalar(buf: Buffer, segStart: number, end: number, out: RawRecord[]): number {
+    this.scalar = 0;
+    this.inString = false;
+    this.finishRecord(buf, segStart, end, out);
+    this.phase = Phase.AfterElement;
+    return end;
+  }
+
   /** Backslashes at the end of the buffered pieces (for a quote at the start of a chunk). */
   private trailingBackslashes(applies: boolean): number {
     if (!applies) return 0;
@@ -339,7 +410,11 @@ export class RecordSplitter {
     } catch {
       throw locateSyntaxError(text, pos);
     }
-    out.push({ ordinal, offset: pos.offset, line: pos.line, column: pos.column, length, value: value as Record<string, unknown> });
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+      out.push({ ordinal, offset: pos.offset, line: pos.line, column: pos.column, length, value: {}, nonObject: { value } });
+      return;
+    }
+    out.push({ ordinal, offset: pos.offset, line: pos.line, column: pos.column, length, value: value as Record<string, unknown>, source: text });
   }
 
   /** Checks the input ended after a complete array. */

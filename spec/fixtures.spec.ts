@@ -4,6 +4,7 @@
  * no privileges, no user email verified, emails shared by address, every other model skipped.
  */
 import { expect } from 'chai';
+import fs from 'node:fs';
 import path from 'node:path';
 import { importUsers } from '../lib/import.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
@@ -22,13 +23,13 @@ interface Expected {
 
 const EXPECTED: Record<string, Expected> = {
   'user-with-minimum-privileges': {
-    users: ['min_user'], emails: [], useremails: [['min_user', 'testing@example.com']],
+    users: ['min_user'], emails: ['testing@example.com'], useremails: [['min_user', 'testing@example.com']],
     options: [['min_user', 'timezone', 'Europe/Vienna']],
     skipped: { 'sentry.authenticator': 1, 'sentry.userip': 1 },
   },
   'user-with-maximum-privileges': {
-    users: ['testing@example.com'], emails: [], useremails: [['testing@example.com', 'testing@example.com']],
-    options: [['testing@example.com', 'timezone', '"Europe/Vienna"']],
+    users: ['testing@example.com'], emails: ['testing@example.com'], useremails: [['testing@example.com', 'testing@example.com']],
+    options: [['testing@example.com', 'timezone', 'Europe/Vienna']],
     skipped: { 'sentry.authenticator': 1, 'sentry.userip': 1, 'sentry.userpermission': 1, 'sentry.userrole': 1, 'sentry.userroleuser': 1 },
   },
   'user-pk-mapping': {

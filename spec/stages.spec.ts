@@ -75,7 +75,7 @@ describe('createModelMapper', () => {
     expect(at('user_pk')).to.equal(null);
     expect(row.unknownFields).to.deep.equal(['extra']);
     const opt = asRow(mapRecord(scoped(2, useroption(3, 7, 'tz', '"UTC"'))));
-    expect(opt.values[STAGE_COLUMNS.findIndex(([n]) => n === 'opt_value')]).to.equal('"\\"UTC\\""');
+    expect(opt.values[STAGE_COLUMNS.findIndex(([n]) => n === 'opt_value')]).to.equal('"UTC"');
   });
 
   it('turns a filtered user into a filtered marker with its pk only, without validating it', () => {
@@ -85,6 +85,15 @@ describe('createModelMapper', () => {
     const cols = copyLine(5, item as FilteredMarker).replace(/\n$/, '').split('\t');
     expect(cols.slice(0, 8)).to.deep.equal(['5', '1', '1', '10', '2', '3', '3', 'f']);
     expect(cols.slice(8)).to.deep.equal(STAGE_COLUMNS.map(() => '\\N'));
+  });
+
+  it('stages a filtered user\'s username too (pre-23.9.1 rows name their user by it)', () => {
+    const item = mapRecord(scoped(1, { model: 'sentry.user', pk: 3, fields: { username: 'bob\tb' } }, true));
+    expect(item).to.include({ kind: 'filtered', pk: 3, username: 'bob\tb' });
+    const cols = copyLine(5, item as FilteredMarker).replace(/\n$/, '').split('\t');
+    expect(cols[7]).to.equal('f');
+    expect(cols.slice(8, 10)).to.deep.equal(['bob\\tb', '\\N']);
+    expect(cols.length).to.equal(8 + STAGE_COLUMNS.length);
   });
 
   it('gives named access to a row: STAGE_INDEX and stagedValues() agree with the positional values', () => {

@@ -52,7 +52,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // 1. A source pk may appear once per model.
   const dup = await q(`
     SELECT s.model, s.src_pk, s.ord, s.off, s.line, s.col FROM userport_stage s
-    JOIN (SELECT model, src_pk FROM userport_stage WHERE run = $1 GROUP BY model, src_pk HAVING count(*) > 1) d
+    JOIN (SELECT model, src_pk FROM userport_stage WHERE run = $1 AND model <> 5 GROUP BY model, src_pk HAVING count(*) > 1) d
       USING (model, src_pk)
     WHERE s.run = $1 ORDER BY s.ord OFFSET 1 LIMIT 1`, [run]);
   if (dup.rowCount) {
@@ -149,6 +149,10 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   const emailCounts = await q(`SELECT kind, count(*)::int AS n FROM userport_pk_map WHERE run = $1 AND model = 'sentry.email' GROUP BY kind`, [run]);
   for (const { kind, n } of emailCounts.rows as { kind: 'inserted' | 'existing'; n: number }[]) stats.model('sentry.email')[kind] += n;
 
+  await resolveNaturalKeys(q, run);
+  // Only with --rejects-file can a user be rejected: skip the per-row lookup otherwise.
+  const anyRejected = ((await q(`SELECT 1 FROM userport_stage WHERE run = $1 AND model = 5 LIMIT 1`, [run])).rowCount ?? 0) > 0;
+
   // 4. User emails and 5. user options: remap the user, then Sentry's rules, decided in one pass.
   for (const [table, code] of [['up_ue', 3], ['up_uo', 4]] as const) {
     // Rows of merged-away users never compete with the rows of the user they merged into.
@@ -166,11 +170,15 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       SELECT x.*,
         CASE WHEN user_keep = false THEN 'filtered' WHEN user_keep IS NULL THEN 'dropped'
              WHEN user_kind = 'merged' THEN 'merged' ${specific} ELSE 'insert' END AS outcome,
-        CASE WHEN user_keep = false THEN 'user filtered out' WHEN user_keep IS NULL THEN 'user not in the export'
+        CASE WHEN user_keep = false THEN 'user filtered out'
+             WHEN user_keep IS NULL AND user_rejected THEN 'user rejected (see the rejects file)'
+             WHEN user_keep IS NULL THEN 'user not in the export'
              WHEN user_kind = 'merged' THEN 'user merged into an existing user' ${specificReason} END AS reason
       FROM (
-        SELECT s.src_pk, s.ord, s.off, s.user_pk, s.email, s.opt_key, s.opt_value, s.project_id, s.organization_id,
+        SELECT s.src_pk, s.ord, s.off, s.user_pk, s.username, s.email, s.opt_key, s.opt_value, s.project_id, s.organization_id,
           m.target_id, m.kind AS user_kind, u.keep AS user_keep,
+          -- Code 5: the pk of a rejected user (REJECTED_USER_CODE), staged so its rows say so.
+          ${anyRejected ? 'EXISTS (SELECT 1 FROM userport_stage r WHERE r.run = $1 AND r.model = 5 AND r.src_pk = s.user_pk)' : 'false'} AS user_rejected,
           row_number() OVER (PARTITION BY ${partition} ORDER BY s.src_pk) AS rn
         FROM userport_stage s
           LEFT JOIN userport_pk_map m ON m.run = $1 AND m.model = 'sentry.user' AND m.source_pk = s.user_pk
@@ -194,6 +202,18 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     FROM up_user WHERE new_id IS NOT NULL AND coalesce(email, '') <> ''
     ON CONFLICT (user_id, email) DO NOTHING`);
   stats.adjacent.primaryEmails += prim.rowCount ?? 0;
+  // Sentry's receivers/email.py gives every new UserEmail an Email row for its address, so an
+  // export without sentry.email records still ends with one row per address of its new users.
+  const signalled = await q(`
+    INSERT INTO sentry_email (email, date_added)
+    SELECT email, now() FROM (
+      SELECT DISTINCT ON (lower(ue.email)) ue.email, ue.user_id FROM sentry_useremail ue
+      JOIN up_user u ON u.new_id = ue.user_id
+      WHERE ue.email <> '' AND NOT EXISTS (SELECT 1 FROM sentry_email e WHERE lower(e.email) = lower(ue.email))
+      ORDER BY lower(ue.email), ue.user_id, ue.email) x
+    ORDER BY user_id, email
+    ON CONFLICT ((lower(email))) DO NOTHING`);
+  stats.adjacent.userEmailAddresses = (stats.adjacent.userEmailAddresses ?? 0) + (signalled.rowCount ?? 0);
   await q(`
     INSERT INTO sentry_useroption (user_id, project_id, organization_id, key, value)
     SELECT target_id, NULL, NULL, opt_key, opt_value::jsonb FROM up_uo WHERE outcome = 'insert' ORDER BY src_pk`);
@@ -202,7 +222,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   for (const [table, model] of Object.entries(MODEL_NAMES)) {
     await q(`INSERT INTO userport_finding (run, kind, model, source_pk, ordinal, byte_offset, reason)
              SELECT $1, outcome, '${model}', src_pk, ord, off,
-               ${table === 'up_user' ? `CASE WHEN outcome = 'renamed' THEN reason || ': imported as ' || final_name ELSE reason END` : 'reason'}
+               ${FINDING_REASON[table]}
              FROM ${table} WHERE outcome IN ('filtered', 'dropped', 'merged', 'renamed')`, [run]);
     if (table === 'up_email') {
       const f = await q(`SELECT count(*)::int AS n FROM up_email WHERE outcome = 'filtered'`);
@@ -221,6 +241,52 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       else stats.drop(model, reason ?? outcome, n);
     }
   }
+}
+
+/**
+ * What a finding says beyond the counted reason: who. Summary counters group by the bare reason
+ * (bounded keys); each finding names the user it concerns.
+ */
+const FINDING_REASON: Record<string, string> = {
+  up_user: `CASE WHEN outcome = 'renamed' THEN reason || ': imported as ' || final_name
+                 WHEN outcome = 'merged' THEN reason || ' (user id ' || target_id || ')' ELSE reason END`,
+  up_email: 'reason',
+  up_ue: `reason || CASE WHEN user_pk IS NOT NULL THEN ' (user pk ' || user_pk || ')'
+                         ELSE ' (user ' || to_json(ARRAY[username])::text || ')' END
+                 || CASE WHEN outcome = 'merged' THEN ' into user id ' || target_id ELSE '' END`,
+  up_uo: `reason || CASE WHEN user_pk IS NOT NULL THEN ' (user pk ' || user_pk || ')'
+                         ELSE ' (user ' || to_json(ARRAY[username])::text || ')' END
+                 || CASE WHEN outcome = 'merged' THEN ' into user id ' || target_id ELSE '' END`,
+};
+
+/**
+ * Exports written before Sentry 23.9.1 name a row's user by username (`"user": ["alice"]`).
+ * Each such row gets the source pk of the export's user with exactly that name (Django's natural
+ * key is case-sensitive); an unknown name leaves it unresolved (dropped, "user not in the
+ * export"). Two users of one name make the key ambiguous: refused rather than guessed, so no row
+ * can land on the wrong user.
+ */
+async function resolveNaturalKeys(q: Q, run: number): Promise<void> {
+  const pending = await q(`SELECT 1 FROM userport_stage WHERE run = $1 AND model IN (3, 4) AND user_pk IS NULL AND username IS NOT NULL LIMIT 1`, [run]);
+  if (!pending.rowCount) return;
+  const ambiguous = await q(`
+    SELECT s.model, s.src_pk, s.ord, s.off, s.line, s.col, s.username FROM userport_stage s
+    JOIN (SELECT username FROM userport_stage WHERE run = $1 AND model = 1 AND username IS NOT NULL
+          GROUP BY username HAVING count(*) > 1) d USING (username)
+    WHERE s.run = $1 AND s.model IN (3, 4) AND s.user_pk IS NULL ORDER BY s.ord LIMIT 1`, [run]);
+  if (ambiguous.rowCount) {
+    const d = ambiguous.rows[0];
+    const model = modelByCode(d.model).name;
+    throw new RecordError(ErrorCodes.RECORD_LEGACY_FORMAT,
+      `${model} pk ${d.src_pk} names its user by username ${JSON.stringify(d.username)}, as exports before Sentry 23.9.1 do, ` +
+      'and the export has several users of that name: refusing to guess which one', {
+        position: { ordinal: d.ord, offset: d.off, line: d.line, column: d.col, model, pk: d.src_pk, field: 'user' },
+      });
+  }
+  await q(`
+    UPDATE userport_stage s SET user_pk = u.src_pk FROM userport_stage u
+    WHERE s.run = $1 AND s.model IN (3, 4) AND s.user_pk IS NULL AND s.username IS NOT NULL
+      AND u.run = $1 AND u.model = 1 AND u.username = s.username`, [run]);
 }
 
 /** Gives every 'renamed' user a free `<name>-<random tail>`, in set-based rounds. */

@@ -128,7 +128,8 @@ export interface StageOutcome {
 export async function runStages(buf: Buffer, chunk: number, collectRejects: boolean): Promise<StageOutcome> {
   let items: MappedItem[];
   try {
-    items = await collect<MappedItem>(chunked(buf, chunk), createTokenizer(),
+    // As importUsers does: a non-object element is an item the filter reports (or rejects).
+    items = await collect<MappedItem>(chunked(buf, chunk), createTokenizer({ nonObjects: 'emit' }),
       createUserFilter({ collectRejects }), createModelMapper({ collectRejects }));
   } catch (error) {
     return { error, problem: badError(error, buf) };
@@ -252,7 +253,13 @@ export async function fuzzImports(seed: number, iterations: number, url: string)
         const code = (error as { code?: string }).code ?? '(none)';
         report.codes[code] = (report.codes[code] ?? 0) + 1;
         problem = badError(error, input);
-        if (!problem && stageCode && code !== stageCode) problem = `the import failed with ${code}, the stages with ${stageCode}`;
+        // The import reports the first bad record of the file; composed stages report whichever
+        // stage fails first, which may be a later record (a syntax error the tokenizer meets
+        // before the mapper sees an earlier record). A different code is fine only from earlier.
+        const at = (e: unknown) => (e as { position?: { offset?: number } }).position?.offset ?? Infinity;
+        if (!problem && stageCode && code !== stageCode && !(at(error) < at(stage.error))) {
+          problem = `the import failed with ${code}, the stages with ${stageCode}`;
+        }
         if (!problem && !stageCode && code !== 'USERPORT_RECORD_DUPLICATE_PK') {
           problem = `the stages accepted the input, the import failed with ${code}: ${(error as Error).message}`;
         }

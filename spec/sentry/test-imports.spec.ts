@@ -1,0 +1,264 @@
+/**
+ * Sentry's own user-scope import tests (tests/sentry/backup/test_imports.py), one spec each,
+ * named after the Sentry test, on the real exports of Sentry's repository
+ * (../shared/fixtures/sentry-backup). Where Sentry builds its input in memory (four fixtures
+ * combined, an existing user seeded first, 40 and 41 users), the spec builds it here. Counts
+ * include the rows Sentry's signal receivers add (a UserEmail per new User, an Email per new
+ * UserEmail).
+ */
+import { expect } from 'chai';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { UserportError } from '../../lib/errors.js';
+import { importUsers } from '../../lib/import.js';
+import { freshDatabase, type TestDb } from '../helpers/db.js';
+
+export const BACKUP = path.resolve('../shared/fixtures/sentry-backup');
+export const haveFixtures = fs.existsSync(BACKUP);
+
+export interface Rec { model: string; pk: number; fields: Record<string, unknown> }
+
+export function fixture(name: string): Rec[] {
+  return JSON.parse(fs.readFileSync(path.join(BACKUP, name), 'utf8')) as Rec[];
+}
+
+let seq = 0;
+/** Writes records to a temp file (under the system temp folder) and returns its path. */
+export function tmpExport(records: unknown[] | string): string {
+  const file = path.join(os.tmpdir(), `userport-sentry-${process.pid}-${++seq}.json`);
+  fs.writeFileSync(file, typeof records === 'string' ? records : JSON.stringify(records));
+  return file;
+}
+
+/** Skips the suite, saying why, when the shared fixtures are not there (a bare clone). */
+export function requireFixtures(ctx: Mocha.Context): void {
+  if (!haveFixtures) {
+    console.log(`      skipped: ${BACKUP} is absent (Sentry's fixtures are not part of the repository)`);
+    ctx.skip();
+  }
+}
+
+/** Inserts an existing, claimed user the way Sentry's create_user would leave it. */
+export async function seedUser(db: TestDb, username: string, email: string): Promise<number> {
+  const r = await db.knex.raw(`
+    INSERT INTO auth_user (password, username, first_name, email, is_staff, is_active, is_superuser, is_managed,
+      is_password_expired, is_unclaimed, flags, date_joined, avatar_type)
+    VALUES ('!x', ?, '', ?, false, true, false, false, false, false, 0, now(), 0) RETURNING id`, [username, email]);
+  const id = r.rows[0].id as number;
+  await db.knex.raw(`INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified)
+                     VALUES (?, ?, 'h', now(), true)`, [id, email]);
+  await db.knex.raw(`INSERT INTO sentry_email (email, date_added) VALUES (?, now()) ON CONFLICT DO NOTHING`, [email]);
+  return id;
+}
+
+/** A user as `sentry export users` writes it, with its email and user email records. */
+export function exhaustiveUser(pk: number, username: string, email = `${username}@example.com`): Rec[] {
+  return [
+    { model: 'sentry.user', pk, fields: {
+      password: 'pbkdf2_sha256$260000$salt$hash', last_login: null, username, name: username, email,
+      is_staff: true, is_active: true, is_superuser: true, is_managed: false, is_sentry_app: null,
+      is_password_expired: false, is_unclaimed: false, last_password_change: '2023-06-22T22:59:57.023Z',
+      flags: '0', session_nonce: null, date_joined: '2023-06-22T22:59:55.488Z', last_active: '2023-06-22T22:59:55.489Z',
+      avatar_type: 0, avatar_url: null } },
+    { model: 'sentry.email', pk, fields: { email, date_added: '2023-06-22T22:59:55.521Z' } },
+    { model: 'sentry.useremail', pk, fields: { user: pk, email, validation_hash: 'mCnWesSVvYQcq7qXQ36AZHwosAd6cghE',
+      date_hash_added: '2023-06-22T22:59:55.521Z', is_verified: true } },
+  ];
+}
+
+async function withDb(fn: (db: TestDb) => Promise<void>): Promise<void> {
+  const db = await freshDatabase();
+  try { await fn(db); } finally { await db.close(); }
+}
+
+async function failure(p: Promise<unknown>): Promise<UserportError> {
+  try {
+    await p;
+  } catch (err) {
+    expect(err).to.be.instanceOf(UserportError);
+    return err as UserportError;
+  }
+  throw new Error('the import succeeded');
+}
+
+const FOUR = ['user-with-maximum-privileges.json', 'user-with-minimum-privileges.json',
+  'user-with-roles-no-superadmin.json', 'user-with-superadmin-no-roles.json'];
+
+describe('Sentry test_imports.py, user scope (../shared/fixtures/sentry-backup)', () => {
+  // Only these read Sentry's fixtures; the tests whose input Sentry builds in memory always run.
+  describe('SanitizationTests', function () {
+    before(function () { requireFixtures(this); });
+    for (const variant of ['', 'alt/']) {
+      it(`test_users_sanitized_in_user_scope (the four user fixtures combined${variant ? ', older encodings in alt/' : ''})`, () => withDb(async (db) => {
+        const records = FOUR.flatMap((f) => fixture(variant + f));
+        await importUsers({ source: tmpExport(records), databaseUrl: db.url });
+        expect(await db.count('auth_user')).to.equal(4);
+        expect(await db.count('auth_user', 'NOT is_managed AND NOT is_staff AND NOT is_superuser')).to.equal(4);
+        // Every user except max_user shares an email (in the older alt/ exports max_user has that
+        // address too).
+        expect(await db.count('sentry_email')).to.equal(variant ? 1 : 2);
+        expect(await db.count('sentry_useremail')).to.equal(4);
+        expect(await db.count('sentry_useremail', 'is_verified')).to.equal(0);
+        expect(await db.count('sentry_useremail', `date_hash_added < '2023-07-01'`)).to.equal(0);
+        expect(await db.count('sentry_useremail', `validation_hash = 'mCnWesSVvYQcq7qXQ36AZHwosAd6cghE'`)).to.equal(0);
+        expect(await db.count('auth_user', 'is_unclaimed')).to.equal(4);
+        expect(await db.count('sentry_lostpasswordhash')).to.equal(4);
+      }));
+    }
+
+    it('test_generate_suffix_for_already_taken_username (min_user seeded, the fixture imported twice)', () => withDb(async (db) => {
+      await seedUser(db, 'min_user', 'seeded@example.com');
+      const file = tmpExport(fixture('user-with-minimum-privileges.json'));
+      await importUsers({ source: file, databaseUrl: db.url });
+      await importUsers({ source: file, databaseUrl: db.url });
+      expect(await db.count('auth_user')).to.equal(3);
+      expect(await db.count('(SELECT DISTINCT username FROM auth_user WHERE username LIKE \'%min_user%\') d')).to.equal(3);
+      expect(await db.count('auth_user', `lower(username) = 'min_user'`)).to.equal(1);
+      expect(await db.count('auth_user', `username LIKE 'min\\_user-%'`)).to.equal(2);
+    }));
+
+    it('test_bad_invalid_user (a username of 129 characters)', () => withDb(async (db) => {
+      const records = fixture('user-with-minimum-privileges.json');
+      for (const r of records) if (r.model === 'sentry.user') r.fields.username = 'x'.repeat(129);
+      const err = await failure(importUsers({ source: tmpExport(records), databaseUrl: db.url }));
+      expect(err.code).to.equal('USERPORT_RECORD_SCHEMA');
+      expect(err.position).to.include({ model: 'sentry.user', field: 'username' });
+      expect(await db.count('auth_user')).to.equal(0);
+    }));
+
+    it('test_good_multiple_useremails_per_user_in_user_scope', () => withDb(async (db) => {
+      const records = fixture('user-with-minimum-privileges.json');
+      records.push(
+        { model: 'sentry.useremail', pk: 100, fields: { user: 2, email: 'second@example.com', validation_hash: '7jvwev0oc8sFyEyEwfvDAwxidtGzpAov',
+          date_hash_added: '2023-06-22T22:59:56.521Z', is_verified: true } },
+        { model: 'sentry.useremail', pk: 101, fields: { user: 2, email: 'third@example.com', validation_hash: '',
+          date_hash_added: '2023-06-22T22:59:57.521Z', is_verified: false } },
+      );
+      await importUsers({ source: tmpExport(records), databaseUrl: db.url });
+      expect(await db.count('sentry_useremail')).to.equal(3);
+      expect(await db.count('(SELECT DISTINCT user_id FROM sentry_useremail) d')).to.equal(1);
+      for (const e of ['testing@example.com', 'second@example.com', 'third@example.com']) {
+        expect(await db.count('sentry_useremail', `email = '${e}'`)).to.equal(1);
+        // receivers/email.py: every new UserEmail gets an Email row.
+        expect(await db.count('sentry_email', `email = '${e}'`)).to.equal(1);
+      }
+      expect(await db.count('sentry_useremail', `validation_hash = ''`)).to.equal(0);
+      expect(await db.count('sentry_useremail', 'is_verified')).to.equal(0);
+    }));
+
+    for (const value of ['"MiddleEarth/Gondor"', 'MiddleEarth/Gondor']) {
+      it(`test_bad_invalid_user_option (timezone ${JSON.stringify(value)})`, () => withDb(async (db) => {
+        const records = fixture('user-with-minimum-privileges.json');
+        for (const r of records) if (r.model === 'sentry.useroption' && r.fields.key === 'timezone') r.fields.value = value;
+        const err = await failure(importUsers({ source: tmpExport(records), databaseUrl: db.url }));
+        expect(err.code).to.equal('USERPORT_RECORD_OPTION_VALUE');
+        expect(err.position).to.include({ model: 'sentry.useroption', pk: 2, field: 'value' });
+        expect(await db.count('auth_user')).to.equal(0);
+        expect(await db.count('sentry_useroption')).to.equal(0);
+      }));
+    }
+  });
+
+  describe('SignalingTests', () => {
+    it('test_import_signaling_user (a User alone gets its UserEmail and Email)', () => withDb(async (db) => {
+      await importUsers({ source: tmpExport([exhaustiveUser(1, 'user', 'me@example.com')[0]]), databaseUrl: db.url });
+      expect(await db.count('auth_user')).to.equal(1);
+      expect(await db.count('auth_user', `email = 'me@example.com'`)).to.equal(1);
+      expect(await db.count('sentry_useremail')).to.equal(1);
+      expect(await db.count('sentry_useremail', `email = 'me@example.com'`)).to.equal(1);
+      expect(await db.count('sentry_email')).to.equal(1);
+      expect(await db.count('sentry_email', `email = 'me@example.com'`)).to.equal(1);
+    }));
+  });
+
+  describe('FilterTests', () => {
+    it('test_import_filter_users', () => withDb(async (db) => {
+      const records = [...exhaustiveUser(1, 'user_1'), ...exhaustiveUser(2, 'user_2')];
+      await importUsers({ source: tmpExport(records), databaseUrl: db.url, filterUsernames: ['user_2'] });
+      expect(await db.count('auth_user')).to.equal(1);
+      expect(await db.count('sentry_useremail')).to.equal(1);
+      expect(await db.count('sentry_email')).to.equal(1);
+      expect(await db.count('auth_user', `username = 'user_1'`)).to.equal(0);
+      expect(await db.count('auth_user', `username = 'user_2'`)).to.equal(1);
+    }));
+
+    it('test_export_filter_users_shared_email', () => withDb(async (db) => {
+      const records = [...exhaustiveUser(1, 'user_1', 'a@example.com'), ...exhaustiveUser(2, 'user_2', 'b@example.com'),
+        ...exhaustiveUser(3, 'user_3', 'a@example.com'), ...exhaustiveUser(4, 'user_4', 'b@example.com')];
+      await importUsers({ source: tmpExport(records), databaseUrl: db.url, filterUsernames: ['user_1', 'user_2', 'user_3'] });
+      expect(await db.count('auth_user')).to.equal(3);
+      expect(await db.count('sentry_useremail')).to.equal(3);
+      expect(await db.count('sentry_email')).to.equal(2);
+      expect(await db.count('auth_user', `username = 'user_4'`)).to.equal(0);
+    }));
+
+    it('test_import_filter_users_empty (an empty set of names, through the library)', () => withDb(async (db) => {
+      const records = [...exhaustiveUser(1, 'user_1'), ...exhaustiveUser(2, 'user_2')];
+      await importUsers({ source: tmpExport(records), databaseUrl: db.url, filterUsernames: [] });
+      expect(await db.count('auth_user')).to.equal(0);
+      expect(await db.count('sentry_useremail')).to.equal(0);
+      expect(await db.count('sentry_email')).to.equal(0);
+    }));
+  });
+
+  describe('CollisionTests', () => {
+    it('test_colliding_user_with_merging_enabled_in_user_scope', () => withDb(async (db) => {
+      await seedUser(db, 'owner', 'existing@example.com');
+      const s = await importUsers({ source: tmpExport(exhaustiveUser(1, 'owner', 'importing@example.com')), databaseUrl: db.url, mergeUsers: true });
+      expect(s.models['sentry.user']).to.include({ inserted: 0, merged: 1 });
+      expect(await db.count('auth_user')).to.equal(1);
+      expect(await db.count('sentry_useremail')).to.equal(1);
+      expect(await db.count('sentry_email')).to.equal(2);
+      expect(await db.count('auth_user', `lower(username) = 'owner'`)).to.equal(1);
+      expect(await db.count('auth_user', `username LIKE 'owner-%'`)).to.equal(0);
+      expect(await db.count('auth_user', 'is_unclaimed')).to.equal(0);
+      expect(await db.count('sentry_lostpasswordhash')).to.equal(0);
+      expect(await db.count('sentry_useremail', `email LIKE 'existing@%'`)).to.equal(1);
+      expect(await db.count('sentry_useremail', `email LIKE 'importing@%'`)).to.equal(0);
+    }));
+
+    it('test_colliding_user_with_merging_disabled_in_user_scope', () => withDb(async (db) => {
+      await seedUser(db, 'owner', 'existing@example.com');
+      const s = await importUsers({ source: tmpExport(exhaustiveUser(1, 'owner', 'importing@example.com')), databaseUrl: db.url });
+      expect(s.models['sentry.user']).to.include({ inserted: 1, renamed: 1, merged: 0 });
+      expect(await db.count('auth_user')).to.equal(2);
+      expect(await db.count('sentry_useremail')).to.equal(2);
+      expect(await db.count('sentry_email')).to.equal(2);
+      expect(await db.count('auth_user', `username = 'owner'`)).to.equal(1);
+      expect(await db.count('auth_user', `username LIKE 'owner-%'`)).to.equal(1);
+      expect(await db.count('auth_user', 'is_unclaimed')).to.equal(1);
+      expect(await db.count('sentry_lostpasswordhash')).to.equal(1);
+      expect(await db.count('sentry_useremail', `email LIKE 'existing@%'`)).to.equal(1);
+      expect(await db.count('sentry_useremail', `email LIKE 'importing@%'`)).to.equal(1);
+    }));
+  });
+
+  describe('DatabaseResetTests', () => {
+    it('test_persist_existing_models_in_user_scope (an empty export keeps existing users)', () => withDb(async (db) => {
+      for (const u of ['admin', 'owner', 'user']) await seedUser(db, u, `${u}@example.com`);
+      await importUsers({ source: tmpExport([]), databaseUrl: db.url });
+      expect(await db.count('auth_user')).to.equal(3);
+    }));
+  });
+
+  describe('BatchingTests', () => {
+    for (const n of [40, 41]) {
+      it(`${n} generated users, one UserEmail and one raw-encoded option each, all imported (Sentry batches of 20)`, () => withDb(async (db) => {
+        const records: Rec[] = [];
+        for (let i = 1; i <= n; i++) {
+          records.push(exhaustiveUser(i, `user-${i}`)[0]!,
+            { model: 'sentry.useremail', pk: i, fields: { user: i, email: `user-${i}@example.com`, validation_hash: '', is_verified: false } },
+            { model: 'sentry.useroption', pk: i, fields: { user: i, project_id: null, organization_id: null, key: 'issue:defaults', value: `user-${i}` } });
+        }
+        const s = await importUsers({ source: tmpExport(records), databaseUrl: db.url });
+        expect(s.models['sentry.user']!.inserted).to.equal(n);
+        expect(await db.count('auth_user')).to.equal(n);
+        expect(await db.count('sentry_useremail')).to.equal(n);
+        expect(await db.count('sentry_email')).to.equal(n);
+        expect(await db.count('sentry_useroption')).to.equal(n);
+        expect(await db.count('sentry_useroption o JOIN auth_user u ON u.id = o.user_id', `o.value = to_jsonb(u.username)`)).to.equal(n);
+      }));
+    }
+  });
+});
