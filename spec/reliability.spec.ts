@@ -4,13 +4,20 @@
  */
 import { expect } from 'chai';
 import { spawn, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { createFernetEncryptStream, generateFernetKey, parseFernetKey, SEGMENT_BYTES, verifyToken } from '../lib/crypto/fernet.js';
+import { createLocalKeyUnwrapper, openDecryptedSource } from '../lib/decrypt.js';
 import { startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
 import { createExportGenerator } from '../lib/generate.js';
 import { importUsers } from '../lib/import.js';
+import { ImportStats, type StatsSnapshot } from '../lib/stats.js';
+import { drain, encryptBuffer, flipBase64, members, readFixture } from './crypto/helpers.js';
+import { chunked } from './helpers/streams.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { email, tableSnapshot, TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from './helpers/exports.js';
 
@@ -286,3 +293,83 @@ async function freshDatabaseAt(url: string): Promise<TestDb> {
     async close() { await knex.destroy(); },
   };
 }
+
+describe('reliability, round two (issue #9)', function () {
+  this.timeout(300000);
+
+  describe('counters keyed by data', () => {
+    it('count a field named constructor, toString or __proto__ from zero after a resume restored the counters', () => {
+      const before = new ImportStats();
+      before.unknownField('sentry.user', 'seen_before_checkpoint');
+      before.drop('sentry.useroption', 'some reason');
+      // Through JSON, as the checkpoint stores it in jsonb.
+      const restored = new ImportStats();
+      restored.restore(JSON.parse(JSON.stringify(before.snapshot())) as StatsSnapshot);
+      for (let i = 0; i < 3; i++) {
+        for (const name of ['constructor', 'toString', '__proto__', 'hasOwnProperty']) {
+          restored.unknownField('sentry.user', name);
+          restored.drop('sentry.useroption', name);
+          restored.skip(name);
+        }
+      }
+      const snap = restored.snapshot();
+      // Parsed, not literal: in an object literal `__proto__` would set the prototype.
+      const three = '"constructor":3,"toString":3,"__proto__":3,"hasOwnProperty":3';
+      expect(snap.unknownFields['sentry.user']).to.deep.equal(JSON.parse(`{"seen_before_checkpoint":1,${three}}`));
+      expect(snap.models['sentry.useroption']!.dropped).to.deep.equal(JSON.parse(`{"some reason":1,${three}}`));
+      expect(snap.skipped).to.deep.equal(JSON.parse(`{${three}}`));
+    });
+  });
+
+  describe('encrypted exports', () => {
+    it('release no plaintext of bytes changed between the authentication pass and the decrypt pass', async () => {
+      const plain = Buffer.from(JSON.stringify(Array.from({ length: 40000 }, (_, i) => user(i + 1, `u${i}`))));
+      expect(plain.length).to.be.above(4 * SEGMENT_BYTES);
+      const tar = await encryptBuffer(plain);
+      const token = members(tar).find((m) => m.entry.name === 'export.json')!.entry;
+      const file = path.join(os.tmpdir(), `userport-toctou-${process.pid}.tar`);
+      fs.writeFileSync(file, tar);
+      try {
+        const unwrapper = createLocalKeyUnwrapper({ privateKeyPem: readFixture('fixture-key.pem') });
+        const src = await openDecryptedSource({ path: file }, { unwrapper });
+        // Authenticated; now change one character in the third segment of the token, in place.
+        const at = token.dataOffset + 2 * SEGMENT_BYTES + 12345;
+        fs.writeFileSync(file, flipBase64(tar, at));
+        const out: Buffer[] = [];
+        let code: string | undefined;
+        try {
+          for await (const c of src.stream) out.push(c as Buffer);
+        } catch (err) {
+          code = (err as { code?: string }).code;
+        }
+        expect(code).to.equal('USERPORT_DECRYPT_TAMPERED');
+        const got = Buffer.concat(out);
+        // Only what the first two (untouched, authenticated) segments decrypt to came out.
+        expect(got.length).to.be.at.most((2 * SEGMENT_BYTES / 4) * 3);
+        expect(got.equals(plain.subarray(0, got.length))).to.equal(true);
+      } finally {
+        fs.rmSync(file, { force: true });
+      }
+    });
+
+    it('name the whole character where the token stops being base64', async () => {
+      const key = generateFernetKey();
+      const token = await drain(Readable.from([crypto.randomBytes(400_000)]).pipe(createFernetEncryptStream({ key })));
+      for (const [at, byte] of [[501, 0x21], [448801, 0x2e], [448802, 0x3d]] as const) {
+        const bad = Buffer.from(token);
+        bad[at] = byte;
+        for (const chunk of [7, 1000, 65536]) {
+          let err: { code?: string; message: string } | undefined;
+          try {
+            await verifyToken(chunked(bad, chunk), parseFernetKey(key));
+          } catch (e) {
+            err = e as { code?: string; message: string };
+          }
+          expect(err?.code).to.equal('USERPORT_DECRYPT_TAMPERED');
+          // The position is only in the message (a token character is no JSON position).
+          expect(err!.message.match(/character ([\d.]+)/)?.[1], `${at}/${chunk}`).to.equal(String(at));
+        }
+      }
+    });
+  });
+});
