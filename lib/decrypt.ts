@@ -149,8 +149,8 @@ async function unwrapFernetKey(unwrapper: KeyUnwrapper, wrapped: Buffer, publicK
  * The plaintext stream over a verified token. `cleanup` (close the file, remove the spool) runs
  * once, before `close` is emitted, on end, error or destroy, also when never read.
  */
-function plaintextStream(file: FileHandle, start: number, length: number, key: FernetKey, chunkSize: number, cleanup: () => Promise<void>): Readable {
-  const iter = decryptToken(readRange(file, start, length, chunkSize), key);
+function plaintextStream(file: FileHandle, start: number, length: number, key: FernetKey, digests: Buffer, chunkSize: number, cleanup: () => Promise<void>): Readable {
+  const iter = decryptToken(readRange(file, start, length, chunkSize), key, digests);
   let inflight: Promise<void> | undefined;
   return new Readable({
     highWaterMark: chunkSize,
@@ -260,8 +260,8 @@ async function openFile(file: string, options: OpenDecryptedOptions, chunkSize: 
     const { key } = await unwrapFernetKey(options.unwrapper, wrapped, pub);
     const verified = await verifyToken(readRange(fh, m.token.dataOffset, m.token.size, chunkSize), key);
     // The same open handle serves the second pass, so replacing the file by rename cannot
-    // swap in other bytes; the decrypt pass also re-checks the HMAC.
-    const stream = plaintextStream(fh, m.token.dataOffset, m.token.size, key, chunkSize, () => fh.close());
+    // swap in other bytes; writing into it can, and the segment digests catch that before release.
+    const stream = plaintextStream(fh, m.token.dataOffset, m.token.size, key, verified.digests, chunkSize, () => fh.close());
     return { stream, size: verified.plaintextLength };
   } catch (err) {
     await fh.close().catch(() => undefined);
@@ -306,7 +306,7 @@ async function openStream(input: Readable, options: OpenDecryptedOptions, chunkS
     const pub = Buffer.concat(small.get(PUBLIC_KEY_MEMBER)!);
     const { key } = await unwrapFernetKey(options.unwrapper, wrapped, pub);
     const verified = await verifyToken(readRange(spool.file, 0, m.token.size, chunkSize), key);
-    const stream = plaintextStream(spool.file, 0, m.token.size, key, chunkSize, spool.remove);
+    const stream = plaintextStream(spool.file, 0, m.token.size, key, verified.digests, chunkSize, spool.remove);
     return { stream, size: verified.plaintextLength };
   } catch (err) {
     await spool.remove().catch(() => undefined);

@@ -44,6 +44,8 @@ export const ErrorCodes = {
   DB_CONNECT: 'USERPORT_DB_CONNECT',
   DB_QUERY: 'USERPORT_DB_QUERY',
   DB_EMBEDDED: 'USERPORT_DB_EMBEDDED',
+  /** A server or session setting would break a guarantee (the merge's isolation level). */
+  DB_SETTING: 'USERPORT_DB_SETTING',
   IMPORT_MISMATCH: 'USERPORT_IMPORT_MISMATCH',
   IMPORT_BUSY: 'USERPORT_IMPORT_BUSY',
   IO: 'USERPORT_IO',

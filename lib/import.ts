@@ -5,10 +5,11 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
-import { checkDatabaseUrl, createKnex, migrate, PG_TYPES, waitForDatabase } from './db/knex.js';
+import { applySessionSettings, checkDatabaseUrl, createKnex, migrate, PG_TYPES, waitForDatabase } from './db/knex.js';
 import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isNonEmptyString, isStringIterable, type OptionCheck } from './options.js';
 import { mergeStaged } from './db/merge.js';
 import { openDecryptedSource, type KeyUnwrapper } from './decrypt.js';
@@ -30,6 +31,46 @@ const READ_CHUNK = 128 * 1024;
 
 /** How long a resumable import waits for another process holding the same import id. */
 const BUSY_WAIT_SECONDS = 60;
+
+/**
+ * application_name of the session that holds an import's locks: names this process and host,
+ * so a resume can tell its predecessor's orphaned session (its process is gone) from a live one.
+ */
+function ownerName(pid = process.pid): string {
+  return `userport ${pid}@${os.hostname()}`.slice(0, 63);
+}
+
+/**
+ * Ends the server session still holding import `importId`'s lock when the process that opened it
+ * (on this host) no longer exists: after a SIGKILL it would run its statement to the end, holding
+ * the import lock and the merge lock. Its transaction rolls back, as a crash would have.
+ * Returns whether an orphan was ended.
+ */
+async function endOrphan(client: pg.Client, importId: string): Promise<boolean> {
+  const holders = await client.query<{ pid: number; app: string }>(
+    `SELECT a.pid, a.application_name AS app FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+     WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 747211 AND l.objid = hashtext($1)::oid AND l.objsubid = 2
+       AND a.pid <> pg_backend_pid()`, [importId]);
+  let ended = false;
+  for (const h of holders.rows) {
+    const m = /^userport (\d+)@/.exec(h.app);
+    if (!m || h.app !== ownerName(Number(m[1])) || processExists(Number(m[1]))) continue;
+    // Waits (up to 10 s) for the session to be gone, so its locks are free on return.
+    const r = await client.query<{ ok: boolean }>('SELECT pg_terminate_backend($1, 10000) AS ok', [h.pid]);
+    ended ||= !!r.rows[0]?.ok;
+  }
+  return ended;
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it exists, as another user's process.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
 
 /** Progress of a running import, reported about twice a second. */
 export interface Progress {
@@ -205,7 +246,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
   const databaseUrl = options.databaseUrl ?? await embeddedDatabaseUrl(options.embeddedDir);
   const mode: ImportSummary['mode'] = options.dryRun ? 'dry-run' : options.resumable ? 'resumable' : 'atomic';
   const knex = createKnex(databaseUrl, 2);
-  const client = new pg.Client({ connectionString: databaseUrl, application_name: 'userport', types: PG_TYPES });
+  const client = new pg.Client({ connectionString: databaseUrl, application_name: ownerName(), types: PG_TYPES });
   let clientError: Error | undefined;
   // A dead server makes pg emit 'error' on the client: without a listener the process would crash.
   client.on('error', (err) => { clientError = err; });
@@ -218,6 +259,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     await waitForDatabase(knex);
     await migrate(knex);
     try { await client.connect(); } catch (err) { throw wrapDbError(err, 'connecting'); }
+    await applySessionSettings(client);
 
     let skipThrough = 0;
     let resumeRejects: { bytes: number; count: number } | undefined;
@@ -229,8 +271,10 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       if (previous) { importId = previous; found = true; }
     }
     if (options.resumable) {
-      // Wait a while rather than fail at once: after a SIGKILL the dead process's backend keeps
-      // its lock until its current statement ends and it finds the client gone.
+      // A killed predecessor's session may still hold the lock: end it if its process is gone
+      // from this host; otherwise wait a while (on another host, client_connection_check_interval
+      // makes the server drop it within seconds).
+      await endOrphan(client, importId);
       await client.query(`SET lock_timeout = '${BUSY_WAIT_SECONDS}s'`);
       try {
         await client.query('SELECT pg_advisory_lock(747211, hashtext($1))', [importId]);

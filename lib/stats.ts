@@ -58,22 +58,32 @@ export interface Adjacent {
 const MAX_KEYS = 200;
 const OTHER = '(other)';
 
+/**
+ * A map keyed by data (model, field, reason names): no prototype, so a key like `constructor` or
+ * `toString` starts at nothing instead of inheriting `Object.prototype`'s member.
+ */
+function dict<V>(from?: Record<string, V>): Record<string, V> {
+  const d = Object.create(null) as Record<string, V>;
+  if (from) for (const [k, v] of Object.entries(from)) d[k] = v;
+  return d;
+}
+
 function bump(obj: Record<string, number>, key: string, n = 1): void {
   if (!(key in obj) && Object.keys(obj).length >= MAX_KEYS) key = OTHER;
   obj[key] = (obj[key] ?? 0) + n;
 }
 
 export function emptyCounts(): ModelCounts {
-  return { read: 0, inserted: 0, existing: 0, merged: 0, renamed: 0, filtered: 0, dropped: {}, rejected: 0 };
+  return { read: 0, inserted: 0, existing: 0, merged: 0, renamed: 0, filtered: 0, dropped: dict<number>(), rejected: 0 };
 }
 
 /** Mutable counters the stages update as records flow. */
 export class ImportStats {
   records = 0;
   bytes = 0;
-  readonly models: Record<string, ModelCounts> = Object.create(null) as Record<string, ModelCounts>;
-  readonly skipped: Record<string, number> = Object.create(null) as Record<string, number>;
-  readonly unknownFields: Record<string, Record<string, number>> = Object.create(null) as Record<string, Record<string, number>>;
+  readonly models = dict<ModelCounts>();
+  readonly skipped = dict<number>();
+  readonly unknownFields = dict<Record<string, number>>();
   unmatchedUsernames: string[] = [];
   adjacent: Adjacent = { lostPasswordHashes: 0, primaryEmails: 0, userEmailAddresses: 0 };
 
@@ -86,7 +96,7 @@ export class ImportStats {
   }
 
   unknownField(model: string, field: string): void {
-    bump((this.unknownFields[model] ??= Object.create(null) as Record<string, number>), field);
+    bump((this.unknownFields[model] ??= dict<number>()), field);
   }
 
   drop(model: string, reason: string, n = 1): void {
@@ -121,9 +131,10 @@ export class ImportStats {
   restore(s: StatsSnapshot): void {
     this.records = s.records;
     this.bytes = s.bytes;
-    for (const [k, v] of Object.entries(s.models)) this.models[k] = v;
+    // A snapshot comes back from JSON as plain objects: rebuild every data-keyed map without a prototype.
+    for (const [k, v] of Object.entries(s.models)) this.models[k] = { ...v, dropped: dict(v.dropped) };
     for (const [k, v] of Object.entries(s.skipped)) this.skipped[k] = v;
-    for (const [k, v] of Object.entries(s.unknownFields)) this.unknownFields[k] = v;
+    for (const [k, v] of Object.entries(s.unknownFields)) this.unknownFields[k] = dict(v);
     this.unmatchedUsernames = s.unmatchedUsernames;
     this.adjacent = s.adjacent;
   }

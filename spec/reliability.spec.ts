@@ -4,13 +4,22 @@
  */
 import { expect } from 'chai';
 import { spawn, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
+import pg from 'pg';
 import { pipeline } from 'node:stream/promises';
+import { createFernetEncryptStream, generateFernetKey, parseFernetKey, SEGMENT_BYTES, verifyToken } from '../lib/crypto/fernet.js';
+import { createLocalKeyUnwrapper, openDecryptedSource } from '../lib/decrypt.js';
 import { startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
 import { createExportGenerator } from '../lib/generate.js';
+import { mergeStaged } from '../lib/db/merge.js';
 import { importUsers } from '../lib/import.js';
+import { ImportStats, type StatsSnapshot } from '../lib/stats.js';
+import { drain, encryptBuffer, flipBase64, members, readFixture } from './crypto/helpers.js';
+import { chunked } from './helpers/streams.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { email, tableSnapshot, TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from './helpers/exports.js';
 
@@ -292,3 +301,219 @@ async function freshDatabaseAt(url: string): Promise<TestDb> {
     async close() { await knex.destroy(); },
   };
 }
+
+describe('reliability, round two (issue #9)', function () {
+  this.timeout(300000);
+
+  describe('counters keyed by data', () => {
+    it('count a field named constructor, toString or __proto__ from zero after a resume restored the counters', () => {
+      const before = new ImportStats();
+      before.unknownField('sentry.user', 'seen_before_checkpoint');
+      before.drop('sentry.useroption', 'some reason');
+      // Through JSON, as the checkpoint stores it in jsonb.
+      const restored = new ImportStats();
+      restored.restore(JSON.parse(JSON.stringify(before.snapshot())) as StatsSnapshot);
+      for (let i = 0; i < 3; i++) {
+        for (const name of ['constructor', 'toString', '__proto__', 'hasOwnProperty']) {
+          restored.unknownField('sentry.user', name);
+          restored.drop('sentry.useroption', name);
+          restored.skip(name);
+        }
+      }
+      const snap = restored.snapshot();
+      // Parsed, not literal: in an object literal `__proto__` would set the prototype.
+      const three = '"constructor":3,"toString":3,"__proto__":3,"hasOwnProperty":3';
+      expect(snap.unknownFields['sentry.user']).to.deep.equal(JSON.parse(`{"seen_before_checkpoint":1,${three}}`));
+      expect(snap.models['sentry.useroption']!.dropped).to.deep.equal(JSON.parse(`{"some reason":1,${three}}`));
+      expect(snap.skipped).to.deep.equal(JSON.parse(`{${three}}`));
+    });
+  });
+
+  describe('encrypted exports', () => {
+    it('release no plaintext of bytes changed between the authentication pass and the decrypt pass', async () => {
+      const plain = Buffer.from(JSON.stringify(Array.from({ length: 40000 }, (_, i) => user(i + 1, `u${i}`))));
+      expect(plain.length).to.be.above(4 * SEGMENT_BYTES);
+      const tar = await encryptBuffer(plain);
+      const token = members(tar).find((m) => m.entry.name === 'export.json')!.entry;
+      const file = path.join(os.tmpdir(), `userport-toctou-${process.pid}.tar`);
+      fs.writeFileSync(file, tar);
+      try {
+        const unwrapper = createLocalKeyUnwrapper({ privateKeyPem: readFixture('fixture-key.pem') });
+        const src = await openDecryptedSource({ path: file }, { unwrapper });
+        // Authenticated; now change one character in the third segment of the token, in place.
+        const at = token.dataOffset + 2 * SEGMENT_BYTES + 12345;
+        fs.writeFileSync(file, flipBase64(tar, at));
+        const out: Buffer[] = [];
+        let code: string | undefined;
+        try {
+          for await (const c of src.stream) out.push(c as Buffer);
+        } catch (err) {
+          code = (err as { code?: string }).code;
+        }
+        expect(code).to.equal('USERPORT_DECRYPT_TAMPERED');
+        const got = Buffer.concat(out);
+        // Only what the first two (untouched, authenticated) segments decrypt to came out.
+        expect(got.length).to.be.at.most((2 * SEGMENT_BYTES / 4) * 3);
+        expect(got.equals(plain.subarray(0, got.length))).to.equal(true);
+      } finally {
+        fs.rmSync(file, { force: true });
+      }
+    });
+
+    it('name the whole character where the token stops being base64', async () => {
+      const key = generateFernetKey();
+      const token = await drain(Readable.from([crypto.randomBytes(400_000)]).pipe(createFernetEncryptStream({ key })));
+      for (const [at, byte] of [[501, 0x21], [448801, 0x2e], [448802, 0x3d]] as const) {
+        const bad = Buffer.from(token);
+        bad[at] = byte;
+        for (const chunk of [7, 1000, 65536]) {
+          let err: { code?: string; message: string } | undefined;
+          try {
+            await verifyToken(chunked(bad, chunk), parseFernetKey(key));
+          } catch (e) {
+            err = e as { code?: string; message: string };
+          }
+          expect(err?.code).to.equal('USERPORT_DECRYPT_TAMPERED');
+          // The position is only in the message (a token character is no JSON position).
+          expect(err!.message.match(/character ([\d.]+)/)?.[1], `${at}/${chunk}`).to.equal(String(at));
+        }
+      }
+    });
+  });
+});
+
+describe('reliability, round two (issue #9): the database', function () {
+  this.timeout(300000);
+
+  /** Resolves once `sql` returns a row, or to undefined when `child` exits first. */
+  async function until<T>(knex: TestDb['knex'], sql: string, child: ChildProcess): Promise<T | undefined> {
+    for (;;) {
+      if (child.exitCode !== null || child.signalCode !== null) return undefined;
+      const r = await knex.raw(sql);
+      if (r.rows.length) return r.rows[0] as T;
+      await new Promise((res) => setTimeout(res, 100));
+    }
+  }
+
+  it('a resume gets past its SIGKILLed predecessor\'s session stuck in the merge, and plans sanely after a VACUUM', async () => {
+    const file = await generated(3000, 21);
+    const reference = await freshDatabase();
+    const target = await freshDatabase();
+    const holder = new pg.Client({ connectionString: target.url });
+    await holder.connect();
+    try {
+      const refSummary = await importUsers({ source: file, databaseUrl: reference.url });
+      // Autovacuum must not repair the statistics behind the test's back.
+      for (const t of ['auth_user', 'sentry_email', 'userport_pk_map']) await target.knex.raw(`ALTER TABLE ${t} SET (autovacuum_enabled = false)`);
+      // Stand-ins: uncommitted rows in sentry_email, as a merge killed in its stride leaves them
+      // while autovacuum runs, and a merge statement that runs for minutes (it waits for this lock).
+      await holder.query('BEGIN');
+      await holder.query(`INSERT INTO sentry_email (email, date_added) SELECT 'pad' || i || '@pad.invalid', now() FROM generate_series(1, 3000) i`);
+      await holder.query('LOCK TABLE sentry_useremail IN ACCESS EXCLUSIVE MODE');
+      const args = ['import', 'users', file, '--database-url', target.url, '--resumable', '--import-id', 'merge-kill', '--batch-rows', '1000', '--json', '--no-progress'];
+      const waiting = (not = 0) => `SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+        WHERE NOT l.granted AND l.locktype = 'relation' AND l.relation = 'sentry_useremail'::regclass AND a.pid <> ${not}`;
+      const first = cli(args);
+      const orphan = await until<{ pid: number }>(target.knex, waiting(), first.child);
+      expect(orphan, 'the first run reached the merge').to.not.equal(undefined);
+      first.child.kill('SIGKILL');
+      expect((await first).signal).to.equal('SIGKILL');
+      // VACUUM needs the orphan gone (its merge holds the tables); a session that outlived its
+      // process would hold them for as long as its statement runs.
+      const vac = new pg.Client({ connectionString: target.url });
+      await vac.connect();
+      try {
+        await vac.query(`SET lock_timeout = '30s'`);
+        await vac.query('VACUUM auth_user, sentry_email, userport_pk_map');
+      } finally {
+        await vac.end();
+      }
+      // The statistics now say sentry_email is empty, though it has pages.
+      const st = (await target.knex.raw(`SELECT reltuples, relpages FROM pg_class WHERE relname = 'sentry_email'`)).rows[0];
+      expect([st.reltuples, st.relpages > 0]).to.deep.equal([0, true]);
+
+      const second = cli(args, { env: { USERPORT_EXPLAIN_SQL: '1' } });
+      // The resume gets the import lock and the merge lock, then waits like its predecessor did;
+      // only then are the stand-ins rolled back.
+      const resumed = await until<{ pid: number }>(target.knex, waiting(orphan!.pid), second.child);
+      await holder.query('ROLLBACK');
+      const res = await second;
+      expect(res.code, res.stderr.slice(-2000)).to.equal(0);
+      expect(resumed, 'the resume reached the merge').to.not.equal(undefined);
+      expect((await target.knex.raw('SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ?', [orphan!.pid])).rows[0].n).to.equal(0);
+      // Every statement of the merge: no nested loop that rescans a table without an index.
+      const plans = [...res.stderr.matchAll(/\[plan\] (.*)\n([\s\S]*?)\n\[\/plan\]/g)].map((m) => ({ sql: m[1]!, plan: m[2]! }));
+      expect(plans.some((p) => /INSERT INTO userport_pk_map .*'sentry\.em/.test(p.sql))).to.equal(true);
+      for (const p of plans) {
+        expect(p.plan, p.sql).to.not.match(/Nested Loop[\s\S]*->\s+Seq Scan/);
+      }
+      expect(await comparable(target)).to.deep.equal(await comparable(reference));
+      expect(JSON.parse(res.stdout).models).to.deep.equal(JSON.parse(JSON.stringify(refSummary.models)));
+    } finally {
+      await holder.end().catch(() => undefined);
+      await reference.close();
+      await target.close();
+    }
+  });
+
+  it('a resume ends the session of a dead process on this host that holds its import (a server without client checks)', async () => {
+    const db = await freshDatabase();
+    const dead = spawn(process.execPath, ['-e', '0']);
+    await new Promise((r) => dead.once('exit', r));
+    // What a killed import leaves on a server that never checks its clients: a session named
+    // after its (now gone) process, holding the import's lock, deep in a long statement.
+    const orphan = new pg.Client({ connectionString: db.url, application_name: `userport ${dead.pid}@${os.hostname()}`.slice(0, 63) });
+    await orphan.connect();
+    orphan.on('error', () => undefined);
+    try {
+      await orphan.query(`SELECT pg_advisory_lock(747211, hashtext('orphaned'))`);
+      const sleeping = orphan.query('SELECT pg_sleep(3600)').then(() => undefined, (err: { code?: string }) => err.code);
+      const res = await cli(['import', 'users', writeExport([user(1, 'after-orphan')]), '--database-url', db.url, '--resumable', '--import-id', 'orphaned', '--json', '--no-progress']);
+      expect(res.code, res.stderr).to.equal(0);
+      expect(await sleeping).to.equal('57P01');
+      expect(await db.count('auth_user')).to.equal(1);
+    } finally {
+      await orphan.end().catch(() => undefined);
+      await db.close();
+    }
+  });
+
+  it('two concurrent imports of names differing only in case leave no duplicates under a REPEATABLE READ default', async () => {
+    const db = await freshDatabase();
+    try {
+      const name = new URL(db.url).pathname.slice(1);
+      await db.knex.raw(`ALTER DATABASE ${name} SET default_transaction_isolation = 'repeatable read'`);
+      const files = [0, 1].map((k) => writeExport(Array.from({ length: 3000 }, (_, i) => user(i + 1, k ? `User${i}` : `user${i}`))));
+      const runs = await Promise.all(files.map((f) => cli(['import', 'users', f, '--database-url', db.url, '--json', '--no-progress'])));
+      for (const r of runs) expect(r.code, r.stderr).to.equal(0);
+      const dup = await db.knex.raw('SELECT count(*)::int AS n FROM (SELECT lower(username) FROM auth_user GROUP BY 1 HAVING count(*) > 1) d');
+      expect(dup.rows[0].n).to.equal(0);
+      expect(await db.count('auth_user')).to.equal(6000);
+      expect(runs.map((r) => JSON.parse(r.stdout).models['sentry.user'].renamed).sort()).to.deep.equal([0, 3000]);
+    } finally {
+      await db.close();
+    }
+  });
+
+  it('the merge refuses a transaction that is not READ COMMITTED (a caller\'s own client)', async () => {
+    const db = await freshDatabase();
+    const c = new pg.Client({ connectionString: db.url });
+    await c.connect();
+    try {
+      for (const level of ['REPEATABLE READ', 'SERIALIZABLE']) {
+        await c.query(`BEGIN ISOLATION LEVEL ${level}`);
+        let code: string | undefined;
+        try {
+          await mergeStaged(c, { run: 1, mergeUsers: false, filterActive: false }, new ImportStats());
+        } catch (err) {
+          code = (err as { code?: string }).code;
+        }
+        await c.query('ROLLBACK');
+        expect(code, level).to.equal('USERPORT_DB_SETTING');
+      }
+    } finally {
+      await c.end();
+      await db.close();
+    }
+  });
+});

@@ -82,8 +82,10 @@ function binaries(who: RunAs): Binaries {
 /**
  * Running as root in a project under a private folder (say /root/app), `nobody` cannot reach
  * the binaries inside node_modules. Copy them once (60 MB) to a folder under the system temp
- * directory that every user can read, keyed by the package version; the copy is made under a
- * temporary name and renamed, so concurrent first runs do not see a half copy.
+ * directory that every user can read, keyed by the package version. Anyone can create that name
+ * first, and the server runs what is inside: the copy is filled in a folder only we can create
+ * (mkdtemp, 0700) and renamed into place, and an existing folder is used only when it passes
+ * {@link verifyCopy}. One that is ours but stale is replaced; any other is refused.
  */
 export function reachableCopy(native: string, pkgRoot: string): string {
   let version = 'unknown';
@@ -91,23 +93,78 @@ export function reachableCopy(native: string, pkgRoot: string): string {
     version = (JSON.parse(fs.readFileSync(path.join(pkgRoot, 'package.json'), 'utf8')) as { version: string }).version;
   } catch { /* keep 'unknown' */ }
   const target = path.join(os.tmpdir(), `userport-postgres-${os.platform()}-${os.arch()}-${version}`);
-  if (fs.existsSync(path.join(target, 'bin', 'postgres'))) return target;
-  const tmp = `${target}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  fs.cpSync(native, tmp, { recursive: true, verbatimSymlinks: true });
-  const open = (p: string) => {
-    const st = fs.lstatSync(p);
-    if (st.isSymbolicLink()) return;
-    fs.chmodSync(p, st.mode | (st.isDirectory() || (st.mode & 0o100) ? 0o555 : 0o444));
-    if (st.isDirectory()) for (const e of fs.readdirSync(p)) open(path.join(p, e));
-  };
-  open(tmp);
+  const existing = verifyCopy(native, target);
+  if (existing === 'ok') return target;
+  if (existing !== 'missing' && existing !== 'stale') {
+    fail(`refusing to run the PostgreSQL binaries in ${target}: ${existing}; remove that folder`);
+  }
+  const tmp = fs.mkdtempSync(`${target}.tmp-`);
   try {
+    fs.cpSync(native, tmp, { recursive: true, verbatimSymlinks: true });
+    const open = (p: string) => {
+      const st = fs.lstatSync(p);
+      if (st.isSymbolicLink()) return;
+      // Readable by all, writable by nobody but us.
+      fs.chmodSync(p, (st.mode & 0o755) | (st.isDirectory() || (st.mode & 0o100) ? 0o555 : 0o444));
+      if (st.isDirectory()) for (const e of fs.readdirSync(p)) open(path.join(p, e));
+    };
+    open(tmp);
+    if (existing === 'stale') fs.rmSync(target, { recursive: true, force: true });
     fs.renameSync(tmp, target);
   } catch {
-    // Another process renamed its copy first: use that one.
+    // Another process renamed its copy first: use that one if it verifies.
     fs.rmSync(tmp, { recursive: true, force: true });
   }
+  const made = verifyCopy(native, target);
+  if (made !== 'ok') fail(`refusing to run the PostgreSQL binaries in ${target}: ${made}; remove that folder`);
   return target;
+}
+
+/**
+ * Whether `copy` is a faithful, untampered copy of `native`: owned by us, writable by no one
+ * else, every entry of the same type with the same content (symlinks with the same text, and
+ * none leaving the copy), nothing added. `stale` is a safe folder of ours whose content differs.
+ */
+function verifyCopy(native: string, copy: string): 'ok' | 'missing' | 'stale' | string {
+  let top: fs.Stats;
+  try {
+    top = fs.lstatSync(copy);
+  } catch {
+    return 'missing';
+  }
+  const uid = process.getuid?.();
+  let stale = false;
+  const walk = (src: string, dst: string, rel: string): string | undefined => {
+    const d = dst === copy ? top : fs.lstatSync(dst);
+    if (uid !== undefined && d.uid !== uid) return `${rel || '.'} is owned by uid ${d.uid}, not ${uid}`;
+    if (!d.isSymbolicLink() && (d.mode & 0o022)) return `${rel || '.'} is writable by others`;
+    let s: fs.Stats | undefined;
+    try { s = fs.lstatSync(src); } catch { s = undefined; }
+    if (d.isSymbolicLink()) {
+      const link = fs.readlinkSync(dst);
+      if (!s?.isSymbolicLink() || fs.readlinkSync(src) !== link || path.isAbsolute(link) || path.normalize(path.join(path.dirname(rel), link)).startsWith('..')) {
+        return `${rel} is a symlink the package does not have`;
+      }
+      return undefined;
+    }
+    if (d.isDirectory()) {
+      if (!s?.isDirectory()) return `${rel || '.'} is a folder the package does not have`;
+      const names = fs.readdirSync(dst).sort();
+      const want = fs.readdirSync(src).sort();
+      if (names.join('\0') !== want.join('\0')) stale = true;
+      for (const n of names) {
+        if (!want.includes(n)) continue;
+        const r = walk(path.join(src, n), path.join(dst, n), path.join(rel, n));
+        if (r) return r;
+      }
+      return undefined;
+    }
+    if (!d.isFile() || !s?.isFile()) return `${rel} is not a file of the package`;
+    if (d.size !== s.size || !fs.readFileSync(dst).equals(fs.readFileSync(src))) stale = true;
+    return undefined;
+  };
+  const problem = walk(native, copy, '');
+  return problem ?? (stale ? 'stale' : 'ok');
 }
 
 /**

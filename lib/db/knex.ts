@@ -52,13 +52,31 @@ export function checkDatabaseUrl(url: string): void {
   }
 }
 
+/**
+ * Session settings every userport connection runs with, whatever the database or role defaults
+ * say. READ COMMITTED: the merge takes its lock and then must see what the previous merge
+ * committed; under REPEATABLE READ or SERIALIZABLE its snapshot predates the lock and two imports
+ * create case-insensitive duplicates. `client_connection_check_interval` (PostgreSQL 14+): the
+ * session of a killed process notices within seconds, even mid-statement, and drops its locks.
+ */
+export async function applySessionSettings(c: { query(sql: string): Promise<{ rows: { cci: string | null }[] }> }): Promise<void> {
+  const r = await c.query(`SELECT set_config('default_transaction_isolation', 'read committed', false),
+    current_setting('client_connection_check_interval', true) AS cci`);
+  if (r.rows[0]?.cci != null) await c.query(`SET client_connection_check_interval = '1s'`);
+}
+
 /** A knex instance on `url`. @param poolMax connections in the pool @default 4 */
 export function createKnex(url: string, poolMax = 4): Knex {
   checkDatabaseUrl(url);
   return knexFactory({
     client: 'pg',
     connection: { connectionString: url, application_name: 'userport', types: PG_TYPES },
-    pool: { min: 0, max: poolMax },
+    pool: {
+      min: 0, max: poolMax,
+      afterCreate(conn: pg.Client, done: (err: Error | null, conn: pg.Client) => void) {
+        applySessionSettings(conn).then(() => done(null, conn), (err: Error) => done(err, conn));
+      },
+    },
     acquireConnectionTimeout: 30000,
     // knex prints pool and connection errors with console.log by default; ours are reported once,
     // as a UserportError, by the caller.

@@ -8,7 +8,7 @@
  * across imports follow the same rules as collisions inside one import, and nothing deadlocks.
  */
 import type pg from 'pg';
-import { ErrorCodes, RecordError } from '../errors.js';
+import { DatabaseError, ErrorCodes, RecordError } from '../errors.js';
 import { modelByCode } from '../models.js';
 import { ImportStats } from '../stats.js';
 
@@ -37,13 +37,25 @@ const MODEL_NAMES: Record<string, string> = { up_user: 'sentry.user', up_email: 
  */
 export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, stats: ImportStats): Promise<void> {
   const trace = process.env.USERPORT_TRACE_SQL === '1';
+  // Prints every statement's plan: how the specs check that no join can degrade quadratically.
+  const explain = process.env.USERPORT_EXPLAIN_SQL === '1';
   const q: Q = async (sql, params) => {
+    if (explain && /^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE TEMP TABLE \w+ ON COMMIT DROP AS)\b/.test(sql)) {
+      const plan = await client.query(`EXPLAIN ${sql}`, params as unknown[]);
+      process.stderr.write(`[plan] ${sql.trim().replace(/\s+/g, ' ').slice(0, 90)}\n${plan.rows.map((r: Record<string, string>) => r['QUERY PLAN']).join('\n')}\n[/plan]\n`);
+    }
     const t0 = trace ? performance.now() : 0;
     const r = await client.query(sql, params as unknown[]);
     if (trace) process.stderr.write(`[sql ${(performance.now() - t0).toFixed(0)} ms] ${sql.trim().replace(/\s+/g, ' ').slice(0, 90)}\n`);
     return r;
   };
   const { run } = options;
+  // After the lock, each statement must see what earlier merges committed: only READ COMMITTED
+  // takes a new snapshot per statement (importUsers sets it; a caller's own client may not).
+  const iso = (await q(`SELECT current_setting('transaction_isolation') AS level`)).rows[0].level as string;
+  if (iso !== 'read committed') {
+    throw new DatabaseError(ErrorCodes.DB_SETTING, `the merge needs a READ COMMITTED transaction, this one is ${iso.toUpperCase()}`);
+  }
   await q('SELECT pg_advisory_xact_lock($1)', [MERGE_LOCK_KEY]);
   // The ORDER BY src_pk sorts of big imports spilled to disk at the default 4 MB.
   await q(`SET LOCAL work_mem = '64MB'`);
@@ -118,6 +130,10 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     INSERT INTO userport_pk_map (run, model, source_pk, target_id, kind)
     SELECT $1, 'sentry.user', src_pk, target_id, CASE WHEN outcome = 'merged' THEN 'merged' ELSE 'inserted' END
     FROM up_user WHERE keep`, [run]);
+  // Statistics of a table another session analyzed while a (since killed) merge held uncommitted
+  // rows in it say "empty" whatever its size: the planner then loops over it. Analyze what this
+  // transaction filled before joining it (ANALYZE counts the transaction's own rows).
+  await q('ANALYZE userport_pk_map');
 
   // 3. Emails: reuse an existing row with the same address, case-insensitively. With a username
   // filter, only the addresses of kept users (their primary email and their useremail rows).
@@ -133,12 +149,14 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       CASE WHEN ${kept} THEN NULL ELSE 'filtered' END AS outcome,
       CASE WHEN ${kept} THEN NULL ELSE 'not an email of a user kept by --filter-usernames' END AS reason
     FROM userport_stage s WHERE s.run = $1 AND s.model = 2`, [run]);
+  await q('ANALYZE up_email');
   // Number(): the caller's client may read int8 as text (pg's default).
   const before = Number((await q('SELECT coalesce(max(id), 0) AS id FROM sentry_email')).rows[0].id);
   await q(`
     INSERT INTO sentry_email (email, date_added)
     SELECT email, coalesce(date_added, now()) FROM up_email WHERE rn = 1 AND outcome IS NULL ORDER BY src_pk
     ON CONFLICT ((lower(email))) DO NOTHING`);
+  await q('ANALYZE sentry_email');
   // Rows with an id above the old maximum are new: merges hold the lock, so no other import
   // inserted meanwhile. (Mapping through INSERT ... RETURNING in a CTE instead looked cheaper but
   // the CTE has no statistics: the planner joined it by nested loop, 103 s at 30k users.)
