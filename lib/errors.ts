@@ -44,6 +44,7 @@ export const ErrorCodes = {
   IMPORT_MISMATCH: 'USERPORT_IMPORT_MISMATCH',
   IMPORT_BUSY: 'USERPORT_IMPORT_BUSY',
   IO: 'USERPORT_IO',
+  EXPORT_SCHEMA: 'USERPORT_EXPORT_SCHEMA',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes] | `USERPORT_${string}`;
@@ -88,6 +89,11 @@ export class ParseError extends UserportError {
 /** A well-formed record that breaks the envelope or its model's JSON Schema. */
 export class RecordError extends UserportError {
   override name = 'RecordError';
+}
+
+/** The source database cannot be exported: a user-scope table or a column it needs is missing. */
+export class ExportError extends UserportError {
+  override name = 'ExportError';
 }
 
 /** A database failure. The pg error is the `cause`; SQLSTATE, table and constraint surface here. */
