@@ -14,6 +14,7 @@ import { keyUnwrapperFromOptions } from '../lib/decrypt.js';
 import { importUsers, type Progress } from '../lib/import.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
+import { runExportCommand } from './export-command.js'; // issue #10: `export users` dispatch
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
 
@@ -281,6 +282,8 @@ export async function main(argv: string[]): Promise<number> {
     const [command, ...rest] = argv;
     switch (command) {
       case 'import': return await importCommand(rest);
+      // issue #10: `userport export users DEST`; its options, help and summary live in export-command.ts.
+      case 'export': return await runExportCommand(rest);
       case 'imports': return await importsCommand(rest);
       case 'migrate': return await migrateCommand(rest);
       case 'db': return await dbCommand(rest);
