@@ -413,9 +413,6 @@ export async function exportUsers(options: ExportUsersOptions): Promise<ExportSu
     else await writeFileAtomically(dest, options.encryptWith !== undefined ? 0o644 : 0o600, write);
   } catch (err) {
     exporter.destroy();
-    // encryptExport reports a failing input as an I/O error; the export's own error is the news.
-    const cause = (err as { cause?: unknown })?.cause;
-    if (cause instanceof UserportError && !(err instanceof ExportError) && cause.code.startsWith('USERPORT_DB')) throw cause;
     throw err;
   }
   return exporter.summary;

@@ -13,15 +13,20 @@ import { importUsers } from '../lib/import.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { user, useremail, useroption, writeExport } from './helpers/exports.js';
 import { fixture as cryptoFixture } from './crypto/helpers.js';
+import { startKmsServer } from './crypto/kms-server.js';
+import { createLocalKeyUnwrapper, decryptExport } from '../lib/decrypt.js';
+import { loadPrivateKey } from '../lib/crypto/keys.js';
+import crypto from 'node:crypto';
+import { PassThrough } from 'node:stream';
 
 const ROOT = path.resolve('.');
 const BIN = path.join(ROOT, 'bin/userport.js');
 
 interface Result { code: number | null; stdout: Buffer; stderr: string }
 
-function userport(args: string[], input?: Buffer): Promise<Result> {
+function userport(args: string[], input?: Buffer, env: NodeJS.ProcessEnv = {}): Promise<Result> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, DATABASE_URL: '' }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, DATABASE_URL: '', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => out.push(d));
@@ -88,6 +93,30 @@ describe('userport export users', function () {
       expect(await target.count('auth_user')).to.equal(3);
     } finally {
       await target.close();
+    }
+  });
+
+  it('--encrypt-with-gcp-kms encrypts to the KMS key\'s public key: the matching private key decrypts the export', async () => {
+    const server = await startKmsServer(loadPrivateKey(fs.readFileSync(cryptoFixture('fixture-key.pem'))));
+    try {
+      const sa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+      server.serviceAccountKey = sa.publicKey;
+      fs.writeFileSync(path.join(dir, 'sa.json'), JSON.stringify({
+        type: 'service_account', client_email: 'exporter@p.iam.gserviceaccount.com',
+        private_key: sa.privateKey.export({ type: 'pkcs8', format: 'pem' }), token_uri: `${server.url}/token`,
+      }));
+      fs.writeFileSync(path.join(dir, 'kms.json'), JSON.stringify({ project_id: 'p', location: 'global', key_ring: 'relocation', key: 'relocation', version: '1' }));
+      const tar = path.join(dir, 'kms.tar');
+      const r = await userport(['export', 'users', tar, '--database-url', source.url, '--encrypt-with-gcp-kms', path.join(dir, 'kms.json'), '--silent'], undefined,
+        { GOOGLE_APPLICATION_CREDENTIALS: path.join(dir, 'sa.json'), USERPORT_GCP_KMS_ENDPOINT: server.url });
+      expect(r.code, r.stderr).to.equal(0);
+      const out = new PassThrough();
+      const chunks: Buffer[] = [];
+      out.on('data', (c: Buffer) => chunks.push(c));
+      await decryptExport({ path: tar }, out, { unwrapper: createLocalKeyUnwrapper({ privateKeyPath: cryptoFixture('fixture-key.pem') }) });
+      expect(Buffer.concat(chunks).toString()).to.equal(await exportText(source.url));
+    } finally {
+      await server.close();
     }
   });
 

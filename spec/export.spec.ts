@@ -397,16 +397,20 @@ describe('createExporter', () => {
       }
     });
 
-    it('fails with USERPORT_EXPORT_SCHEMA when a user-scope table is missing, and leaves no file', async () => {
+    it('fails with USERPORT_EXPORT_SCHEMA when a user-scope table is missing, plain or encrypted, and leaves no file', async () => {
       const db = await freshDatabase(false);
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-export-'));
       try {
         await db.knex.raw('CREATE TABLE auth_user (id bigserial PRIMARY KEY, username text NOT NULL)');
         const dest = path.join(dir, 'out.json');
-        const err = await exportUsers({ databaseUrl: db.url, destination: dest }).then(() => undefined, (e: unknown) => e as { code: string; position: { model: string } });
-        expect(err?.code).to.equal('USERPORT_EXPORT_SCHEMA');
-        expect(err?.position.model).to.equal('sentry.email');
-        expect(fs.readdirSync(dir)).to.deep.equal([]);
+        for (const encryptWith of [undefined, fs.readFileSync(cryptoFixture('fixture-key.pub'))]) {
+          // Encrypted, the failure comes through encryptExport: still the export's own code.
+          const err = await exportUsers({ databaseUrl: db.url, destination: dest, tmpDir: dir, ...(encryptWith ? { encryptWith } : {}) })
+            .then(() => undefined, (e: unknown) => e as { code: string; position: { model: string } });
+          expect(err?.code).to.equal('USERPORT_EXPORT_SCHEMA');
+          expect(err?.position.model).to.equal('sentry.email');
+          expect(fs.readdirSync(dir)).to.deep.equal([]);
+        }
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
         await db.close();
