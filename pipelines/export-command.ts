@@ -31,7 +31,7 @@ Options:
   --no-prompt                     do not ask before overwriting DEST
   --json                          print the summary as JSON (on stderr when DEST is -)
   --no-progress                   no progress line on stderr
-  --silent                        print nothing but errors
+  --silent, -q                    print nothing but errors
   --debug                         print stack traces with errors
 `;
 
@@ -47,7 +47,8 @@ const OPTIONS = {
   'no-prompt': { type: 'boolean' },
   json: { type: 'boolean' },
   'no-progress': { type: 'boolean' },
-  silent: { type: 'boolean' },
+  // -q as Sentry's --silent.
+  silent: { type: 'boolean', short: 'q' },
   debug: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsConfig['options'];

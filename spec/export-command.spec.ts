@@ -78,10 +78,10 @@ describe('userport export users', function () {
     expect(r.stderr).to.match(/^Exported: 8 records/m);
   });
 
-  it('migrates through a pipe: export - --encrypt-with | import users - --decrypt-with, to the same records', async () => {
+  it('migrates through a pipe: export - --encrypt-with -q | import users - --decrypt-with, to the same records', async () => {
     const target = await freshDatabase();
     try {
-      const exp = await userport(['export', 'users', '-', '--database-url', source.url, '--encrypt-with', cryptoFixture('fixture-key.pub'), '--silent']);
+      const exp = await userport(['export', 'users', '-', '--database-url', source.url, '--encrypt-with', cryptoFixture('fixture-key.pub'), '-q']);
       expect(exp.code, exp.stderr).to.equal(0);
       expect(exp.stderr).to.equal('');
       const imp = await userport(['import', 'users', '-', '--decrypt-with', cryptoFixture('fixture-key.pem'), '--database-url', target.url, '--silent'], exp.stdout);
