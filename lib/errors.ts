@@ -53,6 +53,8 @@ export const ErrorCodes = {
   CALLBACK: 'USERPORT_CALLBACK',
   /** A failure that is none of the above: a bug in userport. `cause` is the original error. */
   INTERNAL: 'USERPORT_INTERNAL',
+  /** The source database lacks a table or a key column the export needs. */
+  EXPORT_SCHEMA: 'USERPORT_EXPORT_SCHEMA',
 } as const;
 
 /**
@@ -104,6 +106,11 @@ export class ParseError extends UserportError {
 /** A well-formed record that breaks the envelope or its model's JSON Schema. */
 export class RecordError extends UserportError {
   override name = 'RecordError';
+}
+
+/** The source database cannot be exported: a user-scope table or a column it needs is missing. */
+export class ExportError extends UserportError {
+  override name = 'ExportError';
 }
 
 /** A database failure. The pg error is the `cause`; SQLSTATE, table and constraint surface here. */

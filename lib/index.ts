@@ -32,6 +32,10 @@ export type { ImportSummary, ModelCounts } from './stats.js';
 export { createRejectsFile } from './rejects.js';
 export type { RejectSink, RejectsFileOptions } from './rejects.js';
 
+// The other half of a migration: Sentry's user-scope tables out as `sentry export users` writes them.
+export { createExporter, exportUsers, EXPORT_MODELS, DEFAULT_FETCH_ROWS } from './export.js';
+export type { ExporterOptions, ExportStream, ExportSummary, ExportUsersOptions, ExportProgress, ExportFinding, ExcludedRows } from './export.js';
+
 // Encrypted exports.
 export {
   createDecryptor, decryptExport, openDecryptedSource, createEncryptor, encryptExport, Decryptor, Encryptor,
@@ -45,7 +49,7 @@ export { createGcpKmsUnwrapper } from './crypto/gcp-kms.js';
 export type { GcpKmsConfig, GcpKmsUnwrapperOptions, GoogleAccessTokenSource } from './crypto/gcp-kms.js';
 
 // Errors.
-export { UserportError, OptionError, ParseError, RecordError, DatabaseError, ErrorCodes } from './errors.js';
+export { UserportError, OptionError, ParseError, RecordError, DatabaseError, ExportError, ErrorCodes } from './errors.js';
 export type { ErrorCode, Position } from './errors.js';
 export { DecryptError, DecryptErrorCodes } from './crypto/errors.js';
 export type { DecryptErrorCode } from './crypto/errors.js';

@@ -16,6 +16,7 @@ import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
 import { parseCommand, reportError, usage, usageError, type FlagSpecs } from './cli-support.js';
 import { installSpoolCleanup } from './signals.js';
+import { runExportCommand } from './export-command.js';
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
 
@@ -620,7 +621,7 @@ const COMMANDS: Readonly<Record<string, { run: (args: string[]) => Promise<numbe
   db: { run: dbCommand },
   encrypt: { run: (args) => runEncryptCommand(args) },
   decrypt: { run: (args) => runDecryptCommand(args) },
-  // export: { run: exportCommand },
+  export: { run: (args) => runExportCommand(args) },
 };
 
 /** Runs the CLI with `argv` (without node and script); resolves to the exit code. */

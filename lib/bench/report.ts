@@ -47,6 +47,18 @@ export function formatTable(results: BenchResults): string {
     if (isSkipped(s.userport)) lines.push(`${thousands(s.users)} users: userport skipped: ${s.userport.skipped}`);
     if (isSkipped(s.copyFloor)) lines.push(`${thousands(s.users)} users: COPY floor skipped: ${s.copyFloor.skipped}`);
   }
+  const exp = results.sizes.filter((s) => s.export !== undefined);
+  if (exp.length) {
+    const exportRows: string[][] = [['users', 'records', 'export MB', 'export s', 'rec/s', 'MB/s', 'RSS MB', 'COPY TO s', 'COPY TO MB/s', 'x COPY TO']];
+    for (const s of exp) {
+      const e = s.export!;
+      exportRows.push(isSkipped(e) ? [thousands(s.users), 'skipped', e.skipped, '', '', '', '', '', '', ''] : [
+        thousands(s.users), thousands(e.records), mb(e.bytes), fmt(e.seconds, 2), thousands(e.recordsPerSec), fmt(e.mbPerSec),
+        mb(e.peakRssBytes), fmt(e.copyToFloor.seconds, 2), fmt(e.copyToFloor.mbPerSec), fmt(e.ratioToCopyToFloor, 2),
+      ]);
+    }
+    lines.push('', 'export (userport export users of the imported database):', alignTable(exportRows), '');
+  }
   const enc = results.sizes.filter((s) => !isSkipped(s.encrypted));
   for (const s of enc) {
     const e = s.encrypted as Exclude<SizeResult['encrypted'], { skipped: string }>;

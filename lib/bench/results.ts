@@ -33,6 +33,21 @@ export interface ImportMeasurement {
   summary: unknown;
 }
 
+/** `userport export users` of the database an import wrote. */
+export interface ExportMeasurement {
+  seconds: number;
+  records: number;
+  /** Bytes of the export file. */
+  bytes: number;
+  recordsPerSec: number;
+  mbPerSec: number;
+  peakRssBytes: number | null;
+  /** `COPY ... TO STDOUT` of the same four tables in one snapshot: the server's own floor. */
+  copyToFloor: { seconds: number; bytes: number; rows: number; recordsPerSec: number; mbPerSec: number };
+  /** export seconds / COPY TO floor seconds. */
+  ratioToCopyToFloor: number;
+}
+
 export interface CopyFloorMeasurement {
   seconds: number;
   /** Rows loaded per second, all tables. */
@@ -74,6 +89,8 @@ export interface SizeResult {
   /** userport seconds / parse floor seconds. */
   ratioToParseFloor: number | null;
   encrypted: (ImportMeasurement & { tarBytes: number; encryptSeconds: number }) | Skipped;
+  /** `userport export users` of the imported database, against its COPY TO floor. Absent in older results. */
+  export?: ExportMeasurement | Skipped;
   checks: Check[];
 }
 

@@ -17,6 +17,7 @@ import { runMeasured, type MeasuredRun } from './child.js';
 import { dumpTables, IMPORTED_TABLES, loadTables } from './copy-floor.js';
 import { countRows, databaseUrl, dropDatabase, freshDatabase, serverVersion } from './databases.js';
 import { djangoUnavailable, runDjangoLoaddata } from './django.js';
+import { measureExport } from './export.js';
 import type { BenchResults, Check, ImportMeasurement, MachineInfo, PeerResult, SizeResult, Skipped } from './results.js';
 import { isSkipped } from './results.js';
 
@@ -317,6 +318,15 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       if (!o.keep) fs.rmSync(path.join(workDir, `copy-${users}`), { recursive: true, force: true });
     }
 
+    // issue #10: the other half of a migration, measured on the database the import just wrote.
+    let exported: SizeResult['export'] = { skipped: 'needs the userport import (through the CLI)' };
+    if (!isSkipped(runner) && runner.kind === 'cli' && !isSkipped(userport)) {
+      log(`${users} users: userport export, then the COPY TO floor`);
+      exported = await measureExport(shebangNodeFlags(runner.bin), runner.bin, databaseUrl(o.serverUrl, importDb), path.join(workDir, `export-${users}.json`), o.keep);
+      if (!isSkipped(exported)) checks.push(countsCheck('export wrote every row of the four tables', exported.copyToFloor.rows, exported.records));
+      else log(`${users} users: export ${exported.skipped}`);
+    }
+
     const encryptThis = options.encryptedSizes === undefined || options.encryptedSizes.includes(users);
     let encrypted: SizeResult['encrypted'] = isSkipped(kit) ? kit : !encryptThis ? { skipped: 'size not in --encrypted-sizes' } : { skipped: 'needs the userport import' };
     if (!isSkipped(kit) && !isSkipped(runner) && encryptThis) {
@@ -356,7 +366,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       userport, copyFloor, parseFloor,
       ratioToCopyFloor: ratio(userport, copyFloor),
       ratioToParseFloor: ratio(userport, parseFloor),
-      encrypted, checks,
+      encrypted, export: exported, checks,
     });
     if (!o.keep) {
       fs.rmSync(file, { force: true });

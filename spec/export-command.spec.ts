@@ -1,0 +1,198 @@
+/**
+ * `userport export users`, run as a real process: file and stdout destinations, the encrypted
+ * migration pipe into `userport import users -`, filters and findings, bad input; and constant
+ * memory on an export larger than the 150 MB RSS ceiling.
+ */
+import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createExporter } from '../lib/export.js';
+import { importUsers } from '../lib/import.js';
+import { freshDatabase, type TestDb } from './helpers/db.js';
+import { user, useremail, useroption, writeExport } from './helpers/exports.js';
+import { fixture as cryptoFixture } from './crypto/helpers.js';
+import { startKmsServer } from './crypto/kms-server.js';
+import { createLocalKeyUnwrapper, decryptExport } from '../lib/decrypt.js';
+import { loadPrivateKey } from '../lib/crypto/keys.js';
+import crypto from 'node:crypto';
+import { PassThrough } from 'node:stream';
+
+const ROOT = path.resolve('.');
+const BIN = path.join(ROOT, 'bin/userport.js');
+
+interface Result { code: number | null; stdout: Buffer; stderr: string }
+
+function userport(args: string[], input?: Buffer, env: NodeJS.ProcessEnv = {}): Promise<Result> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, DATABASE_URL: '', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stderr.on('data', (d: Buffer) => (stderr += d));
+    child.stdin.end(input ?? '');
+    child.on('close', (code) => resolve({ code, stdout: Buffer.concat(out), stderr }));
+  });
+}
+
+async function exportText(url: string): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of createExporter({ databaseUrl: url })) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString();
+}
+
+const RECORDS = [
+  user(1, 'alice'), user(2, 'bob'), user(3, 'carol'),
+  useremail(1, 1, 'alice@example.com'), useremail(2, 2, 'bob@example.com'),
+  useroption(1, 1, 'timezone', 'Europe/Vienna'), useroption(2, 2, 'language', 'de'),
+];
+
+describe('userport export users', function () {
+  this.timeout(300000);
+  let source: TestDb;
+  let dir: string;
+  before(async () => {
+    source = await freshDatabase();
+    await importUsers({ source: writeExport(RECORDS), databaseUrl: source.url });
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-export-cli-'));
+  });
+  after(async () => {
+    fs.rmSync(dir, { recursive: true, force: true });
+    await source.close();
+  });
+
+  it('writes DEST and prints a summary per model', async () => {
+    const dest = path.join(dir, 'users.json');
+    const r = await userport(['export', 'users', dest, '--database-url', source.url]);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(fs.readFileSync(dest, 'utf8')).to.equal(await exportText(source.url));
+    expect(r.stdout.toString()).to.match(/sentry\.user\s+3\n/).and.match(/sentry\.useremail\s+3\n/);
+  });
+
+  it('writes to stdout with -, keeping the summary off stdout', async () => {
+    // 3 users, 3 user emails (carol's primary one added by the import), 2 options, no sentry.email records.
+    const r = await userport(['export', 'users', '-', '--database-url', source.url]);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout.toString()).to.equal(await exportText(source.url));
+    expect(r.stderr).to.match(/^Exported: 8 records/m);
+  });
+
+  it('migrates through a pipe: export - --encrypt-with -q | import users - --decrypt-with, to the same records', async () => {
+    const target = await freshDatabase();
+    try {
+      const exp = await userport(['export', 'users', '-', '--database-url', source.url, '--encrypt-with', cryptoFixture('fixture-key.pub'), '-q']);
+      expect(exp.code, exp.stderr).to.equal(0);
+      expect(exp.stderr).to.equal('');
+      const imp = await userport(['import', 'users', '-', '--decrypt-with', cryptoFixture('fixture-key.pem'), '--database-url', target.url, '--silent'], exp.stdout);
+      expect(imp.code, imp.stderr).to.equal(0);
+      const names = async (db: TestDb) => (await db.knex.raw('SELECT username, first_name, date_joined FROM auth_user ORDER BY id')).rows;
+      const options = async (db: TestDb) => (await db.knex.raw('SELECT u.username, o.key, o.value FROM sentry_useroption o JOIN auth_user u ON u.id = o.user_id ORDER BY o.id')).rows;
+      expect(await names(target)).to.deep.equal(await names(source));
+      expect(await options(target)).to.deep.equal(await options(source));
+      expect(await target.count('auth_user')).to.equal(3);
+    } finally {
+      await target.close();
+    }
+  });
+
+  it('--encrypt-with-gcp-kms encrypts to the KMS key\'s public key: the matching private key decrypts the export', async () => {
+    const server = await startKmsServer(loadPrivateKey(fs.readFileSync(cryptoFixture('fixture-key.pem'))));
+    try {
+      // External-account credentials: google-auth-library exchanges the subject token at the
+      // stand-in's STS (a service account's token URL is fixed to Google's).
+      server.subjectTokens = ['export-job'];
+      fs.writeFileSync(path.join(dir, 'subject'), 'export-job');
+      fs.writeFileSync(path.join(dir, 'sa.json'), JSON.stringify({
+        type: 'external_account', audience: '//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/ci/providers/local',
+        subject_token_type: 'urn:ietf:params:oauth:token-type:jwt', token_url: `${server.url}/sts`, credential_source: { file: path.join(dir, 'subject') },
+      }));
+      fs.writeFileSync(path.join(dir, 'kms.json'), JSON.stringify({ project_id: 'p', location: 'global', key_ring: 'relocation', key: 'relocation', version: '1' }));
+      const tar = path.join(dir, 'kms.tar');
+      const r = await userport(['export', 'users', tar, '--database-url', source.url, '--encrypt-with-gcp-kms', path.join(dir, 'kms.json'), '--silent'], undefined,
+        { GOOGLE_APPLICATION_CREDENTIALS: path.join(dir, 'sa.json'), USERPORT_GCP_KMS_ENDPOINT: server.url });
+      expect(r.code, r.stderr).to.equal(0);
+      const out = new PassThrough();
+      const chunks: Buffer[] = [];
+      out.on('data', (c: Buffer) => chunks.push(c));
+      await decryptExport({ path: tar }, out, { unwrapper: createLocalKeyUnwrapper({ privateKeyPath: cryptoFixture('fixture-key.pem') }) });
+      expect(Buffer.concat(chunks).toString()).to.equal(await exportText(source.url));
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('--filter-usernames-file exports those users only; --findings-file says what was left out and which names matched nothing', async () => {
+    const names = path.join(dir, 'names.txt');
+    fs.writeFileSync(names, 'bob\nnobody\n');
+    const dest = path.join(dir, 'bob.json');
+    const findings = path.join(dir, 'findings.json');
+    const r = await userport(['export', 'users', dest, '--database-url', source.url, '--filter-usernames-file', names, '--findings-file', findings, '--json']);
+    expect(r.code, r.stderr).to.equal(0);
+    const records = JSON.parse(fs.readFileSync(dest, 'utf8')) as { model: string; fields: { username?: string } }[];
+    expect(records.filter((x) => x.model === 'sentry.user').map((x) => x.fields.username)).to.deep.equal(['bob']);
+    const f = JSON.parse(fs.readFileSync(findings, 'utf8')) as { kind: string; model: string; count?: number; username?: string }[];
+    expect(f.filter((x) => x.kind === 'excluded').map((x) => [x.model, x.count])).to.deep.include.members([['sentry.user', 2]]);
+    expect(f.filter((x) => x.kind === 'unmatched-username').map((x) => x.username)).to.deep.equal(['nobody']);
+    expect(JSON.parse(r.stdout.toString()).models['sentry.user']).to.equal(1);
+  });
+
+  it('refuses bad options before touching the database, with USERPORT_OPTION_INVALID and a non-zero exit', async () => {
+    for (const args of [['--indent', 'x'], ['--filter-usernames', 'a', '--filter-usernames-file', 'f'], ['--encrypt-with', path.join(dir, 'missing.pem')], ['--bogus']]) {
+      const r = await userport(['export', 'users', path.join(dir, 'never.json'), '--database-url', 'postgresql://nobody@127.0.0.1:1/none', ...args]);
+      expect(r.code, args.join(' ')).to.not.equal(0);
+      expect(r.stderr, args.join(' ')).to.include('USERPORT_OPTION_INVALID');
+    }
+    expect(fs.existsSync(path.join(dir, 'never.json'))).to.equal(false);
+  });
+
+  it('fails with USERPORT_EXPORT_SCHEMA on a database without Sentry\'s tables, leaving no DEST', async () => {
+    const empty = await freshDatabase(false);
+    try {
+      const dest = path.join(dir, 'none.json');
+      const r = await userport(['export', 'users', dest, '--database-url', empty.url]);
+      expect(r.code).to.equal(1);
+      expect(r.stderr).to.include('USERPORT_EXPORT_SCHEMA');
+      expect(fs.readdirSync(dir).filter((n) => n.startsWith('none.json') || n.startsWith('.none.json'))).to.deep.equal([]);
+    } finally {
+      await empty.close();
+    }
+  });
+});
+
+const CEILING_MB = 150;
+
+const CHILD = `
+const { createExporter } = await import(process.argv[1]);
+const hash = (await import('node:crypto')).createHash('sha256');
+let bytes = 0;
+for await (const c of createExporter({ databaseUrl: process.argv[2] })) { bytes += c.length; hash.update(c); }
+process.stdout.write(JSON.stringify({ bytes, maxRssMb: process.resourceUsage().maxRSS / 1024 }));
+`;
+
+describe('export memory', function () {
+  this.timeout(600000);
+  it(`exports ~200 MB from a database in under ${CEILING_MB} MB of RSS`, async () => {
+    const db = await freshDatabase();
+    try {
+      // 1 KB options are the cheapest way to a big export: 200k of them, made by the server.
+      await db.knex.raw(`INSERT INTO auth_user (id, password, username, date_joined) SELECT g, '', 'u' || g, now() FROM generate_series(1, 1000) g`);
+      await db.knex.raw(`INSERT INTO sentry_useroption (user_id, key, value)
+        SELECT 1 + g % 1000, 'k' || g, to_jsonb(repeat(md5(g::text), 30)) FROM generate_series(1, 200000) g`);
+      const res = await new Promise<{ bytes: number; maxRssMb: number }>((resolve, reject) => {
+        const child = spawn(process.execPath, ['--max-semi-space-size=4', '--max-old-space-size=192', '--input-type=module', '-e', CHILD,
+          path.resolve('dist/lib/export.js'), db.url], { stdio: ['ignore', 'pipe', 'pipe'] });
+        let out = '';
+        let err = '';
+        child.stdout.on('data', (c: Buffer) => (out += c));
+        child.stderr.on('data', (c: Buffer) => (err += c));
+        child.on('error', reject);
+        child.on('close', (code) => (code === 0 ? resolve(JSON.parse(out) as { bytes: number; maxRssMb: number }) : reject(new Error(`child exited ${code}: ${err}`))));
+      });
+      expect(res.bytes).to.be.greaterThan(CEILING_MB * 1024 * 1024);
+      expect(res.maxRssMb).to.be.lessThan(CEILING_MB);
+    } finally {
+      await db.close();
+    }
+  });
+});
