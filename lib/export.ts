@@ -92,6 +92,7 @@ export const DEFAULT_FETCH_ROWS = 1000;
 /** Sentry's `--indent` default. */
 export const DEFAULT_INDENT = 2;
 
+/** What `onProgress` receives while an export runs: bytes and records written so far, the model being read. */
 export interface ExportProgress {
   model: string;
   records: number;
@@ -99,6 +100,7 @@ export interface ExportProgress {
   seconds: number;
 }
 
+/** What an export did: records per model, bytes, time, and what it left out (rows, columns, unmatched usernames). */
 export interface ExportSummary {
   /** Records written, by model (every user-scope model is listed, zero or not). */
   models: Record<string, number>;
@@ -120,6 +122,7 @@ export type ExportFinding = ExcludedRows | { kind: 'unmatched-username'; model: 
 /** Rows of a model the database holds that the export left out, and why. */
 export interface ExcludedRows { kind: 'excluded'; model: string; count: number; reason: string }
 
+/** Options of {@link createExporter}: the source database, the username filter, the layout of the JSON. */
 export interface ExporterOptions {
   /** `postgresql://...` of the database holding Sentry's tables. */
   databaseUrl: string;
@@ -380,6 +383,7 @@ export function createExporter(options: ExporterOptions): ExportStream {
   return stream as ExportStream;
 }
 
+/** Options of {@link exportUsers}: the exporter's, plus where the bytes go and how they are encrypted. */
 export interface ExportUsersOptions extends ExporterOptions {
   /** A file path (written under a temporary name, renamed on success), `-` for stdout, or a stream. */
   destination: string | Writable;

@@ -149,3 +149,11 @@ export function parseCommand(args: readonly string[], specs: FlagSpecs, command:
     throw usageError(message);
   }
 }
+
+/** Binary units throughout (1 MiB = 1,048,576 bytes), said so. */
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+}

@@ -14,14 +14,15 @@ import { keyUnwrapperFromOptions } from '../lib/decrypt.js';
 import { importUsers, listImports, type ImportListing, type ImportOptions, type Progress } from '../lib/import.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
-import { parseCommand, reportError, usage, usageError, type FlagSpecs } from './cli-support.js';
+import { formatBytes, parseCommand, reportError, usage, usageError, type FlagSpecs } from './cli-support.js';
 import { installSpoolCleanup } from './signals.js';
 import { runExportCommand } from './export-command.js';
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
 
 Usage:
-  userport import users SRC [options]   import an export (SRC is a file, or - for stdin)
+  userport import users SRC [options]   import an export (SRC is a file, a pipe, or - for stdin)
+  userport export users DEST [options]  export the user scope like 'sentry export users' (DEST may be -)
   userport imports [--json]             list past imports with their state and counts
   userport migrate                      create or upgrade the tables, nothing else
   userport encrypt --encrypt-with PUB SRC DEST     encrypt an export like 'sentry backup encrypt'
@@ -171,14 +172,6 @@ function checkUrl(url: string | undefined): void {
   const given = url ?? (process.env.DATABASE_URL || undefined);
   if (given === undefined) return;
   try { checkDatabaseUrl(given); } catch (err) { throw usage(err as Error); }
-}
-
-/** Binary units throughout (1 MiB = 1,048,576 bytes), said so. */
-export function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  if (n < 1024 ** 3) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
-  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
 }
 
 /** `7s`, `2m05s`, `1h02m`. */

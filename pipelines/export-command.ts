@@ -6,13 +6,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline/promises';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { startEmbedded } from '../lib/db/embedded.js';
 import { checkDatabaseUrl } from '../lib/db/knex.js';
-import { OptionError, printable } from '../lib/errors.js';
+import { printable } from '../lib/errors.js';
 import { exportUsers, type ExportFinding, type ExportProgress, type ExportSummary } from '../lib/export.js';
 import { parseUsernameList } from '../lib/filter-users.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
+import { formatBytes, parseCommand, usage, usageError, type FlagSpecs } from './cli-support.js';
 
 export const EXPORT_USAGE = `Usage: userport export users DEST [options]   (DEST is a file, or - for stdout)
 
@@ -33,31 +33,42 @@ Options:
   --no-progress                   no progress line on stderr
   --silent, -q                    print nothing but errors
   --debug                         print stack traces with errors
+
+Sentry's underscore spellings (--filter_usernames, --encrypt_with, ...) are accepted too.
+
+Examples:
+  userport export users old.json --database-url postgresql://old-host/sentry
+  userport export users - --database-url "$OLD" --encrypt-with pub.pem | userport import users - --decrypt-with key.pem --database-url "$NEW"
 `;
 
-const OPTIONS = {
-  'database-url': { type: 'string' },
-  'filter-usernames': { type: 'string' },
-  'filter-usernames-file': { type: 'string' },
-  'encrypt-with': { type: 'string' },
-  'encrypt-with-gcp-kms': { type: 'string' },
-  'findings-file': { type: 'string' },
+const OPTIONS: FlagSpecs = {
+  'database-url': { type: 'string', aliases: ['database_url'] },
+  'filter-usernames': { type: 'string', aliases: ['filter_usernames'] },
+  'filter-usernames-file': { type: 'string', aliases: ['filter_usernames_file'] },
+  'encrypt-with': { type: 'string', aliases: ['encrypt_with'] },
+  'encrypt-with-gcp-kms': { type: 'string', aliases: ['encrypt_with_gcp_kms'] },
+  'findings-file': { type: 'string', aliases: ['findings_file'] },
   indent: { type: 'string' },
   'tmp-dir': { type: 'string' },
-  'no-prompt': { type: 'boolean' },
+  'no-prompt': { type: 'boolean', aliases: ['no_prompt'] },
   json: { type: 'boolean' },
   'no-progress': { type: 'boolean' },
   // -q as Sentry's --silent.
   silent: { type: 'boolean', short: 'q' },
-  debug: { type: 'boolean' },
-  help: { type: 'boolean', short: 'h' },
-} as const satisfies ParseArgsConfig['options'];
+};
 
-function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
-  if (n < 1024 ** 3) return `${(n / 1024 / 1024).toFixed(1)} MB`;
-  return `${(n / 1024 ** 3).toFixed(2)} GB`;
+/** Refuses, before any database work, an output path whose folder is missing or that is a folder. */
+function checkOutputPath(flag: string, file: string): void {
+  if (file === '-') throw usageError(`${flag} - is not supported: standard output carries the summary`);
+  const dir = path.dirname(path.resolve(file));
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw usageError(`${flag}: folder ${printable(dir)} does not exist`);
+  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw usageError(`${flag}: ${printable(file)} is a folder`);
+}
+
+/** Refuses, before any database work, an input file that cannot be read. */
+function checkInputFile(flag: string, file: string): void {
+  try { fs.accessSync(file, fs.constants.R_OK); } catch { throw usageError(`${flag}: cannot read ${printable(file)}`); }
+  if (fs.statSync(file).isDirectory()) throw usageError(`${flag}: ${printable(file)} is a folder`);
 }
 
 function progressLine(p: ExportProgress): string {
@@ -92,46 +103,55 @@ async function confirmOverwrite(dest: string): Promise<boolean> {
 
 /** `userport export users DEST [options]` (args start after `export`). Resolves to the exit code. */
 export async function runExportCommand(args: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true });
-  } catch (err) {
-    throw new OptionError(`${(err as Error).message.split('\n')[0]!} (try userport export --help)`);
-  }
-  const { values: o, positionals } = parsed;
+  const { values, positionals } = parseCommand(args, OPTIONS, 'export');
+  const o = values as {
+    [K in 'database-url' | 'filter-usernames' | 'filter-usernames-file' | 'encrypt-with' | 'encrypt-with-gcp-kms' | 'findings-file' | 'indent' | 'tmp-dir']?: string
+  } & { [K in 'no-prompt' | 'json' | 'no-progress' | 'silent' | 'help']?: boolean };
   if (o.help) { process.stdout.write(EXPORT_USAGE); return 0; }
   if (positionals[0] !== 'users' || positionals.length !== 2) {
-    throw new OptionError('usage: userport export users DEST [options] (DEST is a file or - for stdout)');
+    throw usageError('usage: userport export users DEST [options] (DEST is a file or - for stdout; see userport export --help)');
   }
   const dest = positionals[1]!;
+  if (dest !== '-') checkOutputPath('DEST', dest);
+  if (o['findings-file'] !== undefined) checkOutputPath('--findings-file', o['findings-file']);
+  for (const flag of ['filter-usernames-file', 'encrypt-with', 'encrypt-with-gcp-kms'] as const) {
+    const file = o[flag];
+    if (file !== undefined) checkInputFile(`--${flag}`, file);
+  }
+  if (o['tmp-dir'] !== undefined && !(fs.existsSync(o['tmp-dir']) && fs.statSync(o['tmp-dir']).isDirectory())) {
+    throw usageError(`--tmp-dir: ${printable(o['tmp-dir'])} is not a folder`);
+  }
   if (o['filter-usernames'] !== undefined && o['filter-usernames-file'] !== undefined) {
-    throw new OptionError('--filter-usernames and --filter-usernames-file cannot be combined');
+    throw usageError('--filter-usernames and --filter-usernames-file cannot be combined');
   }
   if (o['encrypt-with'] !== undefined && o['encrypt-with-gcp-kms'] !== undefined) {
-    throw new OptionError('--encrypt-with and --encrypt-with-gcp-kms cannot be combined');
+    throw usageError('--encrypt-with and --encrypt-with-gcp-kms cannot be combined');
   }
   let filterUsernames: string[] | undefined;
   if (o['filter-usernames'] !== undefined) filterUsernames = parseUsernameList(o['filter-usernames']);
   if (o['filter-usernames-file'] !== undefined) {
     try { filterUsernames = parseUsernameList(fs.readFileSync(o['filter-usernames-file'], 'utf8')); } catch (err) {
-      throw new OptionError(`--filter-usernames-file: cannot read ${o['filter-usernames-file']}: ${(err as Error).message}`);
+      throw usageError(`--filter-usernames-file: cannot read ${printable(o['filter-usernames-file'])}: ${(err as Error).message}`);
     }
   }
   let indent: number | undefined;
   if (o.indent !== undefined) {
     indent = Number(o.indent);
-    if (!/^\d+$/.test(o.indent) || indent > 16) throw new OptionError(`--indent must be an integer from 0 to 16, got "${o.indent}"`);
+    if (!/^\d+$/.test(o.indent) || indent > 16) throw usageError(`--indent must be an integer from 0 to 16, got "${printable(o.indent)}"`);
   }
   let encryptWith: Buffer | undefined;
   if (o['encrypt-with'] !== undefined) {
     try { encryptWith = fs.readFileSync(o['encrypt-with']); } catch (err) {
-      throw new OptionError(`--encrypt-with: cannot read ${o['encrypt-with']}: ${(err as Error).message}`);
+      throw usageError(`--encrypt-with: cannot read ${printable(o['encrypt-with'])}: ${(err as Error).message}`);
     }
   }
   if (o['findings-file'] !== undefined && path.resolve(o['findings-file']) === path.resolve(dest)) {
-    throw new OptionError('--findings-file and DEST are the same file');
+    throw usageError('--findings-file and DEST are the same file');
   }
-  if (o['database-url'] !== undefined) checkDatabaseUrl(o['database-url']);
+  const givenUrl = o['database-url'] ?? (process.env.DATABASE_URL || undefined);
+  if (givenUrl !== undefined) {
+    try { checkDatabaseUrl(givenUrl); } catch (err) { throw usage(err as Error); }
+  }
   const quiet = !!o.silent;
   if (dest !== '-' && !o['no-prompt'] && process.stdin.isTTY && process.stderr.isTTY && fs.existsSync(dest) && fs.statSync(dest).isFile()) {
     if (!(await confirmOverwrite(dest))) {
@@ -173,7 +193,7 @@ export async function runExportCommand(args: string[]): Promise<number> {
     try {
       fs.writeFileSync(o['findings-file'], `${JSON.stringify(findings, null, 2)}\n`);
     } catch (err) {
-      throw new OptionError(`--findings-file: cannot write ${o['findings-file']}: ${(err as Error).message}`);
+      throw usageError(`--findings-file: cannot write ${printable(o['findings-file'])}: ${(err as Error).message}`);
     }
   }
   // With DEST on stdout, stdout carries the export: anything else goes to stderr.

@@ -71,11 +71,12 @@ describe('userport export users', function () {
   });
 
   it('writes to stdout with -, keeping the summary off stdout', async () => {
-    // 3 users, 3 user emails (carol's primary one added by the import), 2 options, no sentry.email records.
+    // 3 users, 3 emails and 3 user emails (the import adds carol's primary user email, and an
+    // Email row for every user email, as Sentry's signal receivers do), 2 options.
     const r = await userport(['export', 'users', '-', '--database-url', source.url]);
     expect(r.code, r.stderr).to.equal(0);
     expect(r.stdout.toString()).to.equal(await exportText(source.url));
-    expect(r.stderr).to.match(/^Exported: 8 records/m);
+    expect(r.stderr).to.match(/^Exported: 11 records/m);
   });
 
   it('migrates through a pipe: export - --encrypt-with -q | import users - --decrypt-with, to the same records', async () => {
@@ -137,13 +138,43 @@ describe('userport export users', function () {
     expect(JSON.parse(r.stdout.toString()).models['sentry.user']).to.equal(1);
   });
 
-  it('refuses bad options before touching the database, with USERPORT_OPTION_INVALID and a non-zero exit', async () => {
-    for (const args of [['--indent', 'x'], ['--filter-usernames', 'a', '--filter-usernames-file', 'f'], ['--encrypt-with', path.join(dir, 'missing.pem')], ['--bogus']]) {
-      const r = await userport(['export', 'users', path.join(dir, 'never.json'), '--database-url', 'postgresql://nobody@127.0.0.1:1/none', ...args]);
-      expect(r.code, args.join(' ')).to.not.equal(0);
-      expect(r.stderr, args.join(' ')).to.include('USERPORT_OPTION_INVALID');
+  it('refuses usage mistakes before touching any database: exit 2, USERPORT_OPTION_INVALID, no embedded server started', async () => {
+    // No database URL at all: had the command got as far as the database, it would have started
+    // the embedded server in USERPORT_HOME.
+    const home = path.join(dir, 'never-home');
+    fs.mkdirSync(path.join(dir, 'a-folder'), { recursive: true });
+    const dest = path.join(dir, 'never.json');
+    const cases: string[][] = [
+      [dest, '--indent', 'x'],
+      [dest, '--filter-usernames', 'a', '--filter-usernames-file', 'f'],
+      [dest, '--encrypt-with', path.join(dir, 'missing.pem')],
+      [dest, '--encrypt-with-gcp-kms', path.join(dir, 'missing.json')],
+      [dest, '--bogus'],
+      [path.join(dir, 'no-such-folder', 'x.json')],
+      [path.join(dir, 'a-folder')],
+      [dest, '--findings-file', '-'],
+      [dest, '--findings-file', path.join(dir, 'no-such-folder', 'f.json')],
+      [dest, '--database-url', 'mysql://x'],
+      [],
+    ];
+    for (const args of cases) {
+      const r = await userport(['export', 'users', ...args], undefined, { USERPORT_HOME: home });
+      expect(r.code, args.join(' ')).to.equal(2);
+      expect(r.stderr, args.join(' ')).to.match(/\[USERPORT_OPTION_INVALID\]\n$/);
+      expect(r.stderr.trim().split('\n'), args.join(' ')).to.have.length(1);
     }
-    expect(fs.existsSync(path.join(dir, 'never.json'))).to.equal(false);
+    expect(fs.existsSync(home)).to.equal(false);
+    expect(fs.existsSync(dest)).to.equal(false);
+  });
+
+  it('suggests the flag meant, and takes Sentry\'s underscore spellings', async () => {
+    const typo = await userport(['export', 'users', '-', '--filter-username', 'bob']);
+    expect(typo.code).to.equal(2);
+    expect(typo.stderr).to.include('did you mean --filter-usernames?');
+    const r = await userport(['export', 'users', '-', '--database-url', source.url, '--filter_usernames', 'bob', '--no_prompt', '-q']);
+    expect(r.code, r.stderr).to.equal(0);
+    const records = JSON.parse(r.stdout.toString()) as { model: string; fields: { username?: string } }[];
+    expect(records.filter((x) => x.model === 'sentry.user').map((x) => x.fields.username)).to.deep.equal(['bob']);
   });
 
   it('fails with USERPORT_EXPORT_SCHEMA on a database without Sentry\'s tables, leaving no DEST', async () => {
