@@ -11,6 +11,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { UserportError } from '../../lib/errors.js';
+import { createLocalKeyUnwrapper } from '../../lib/crypto/unwrapper.js';
+import { encryptExport } from '../../lib/decrypt.js';
 import { importUsers } from '../../lib/import.js';
 import { freshDatabase, type TestDb } from '../helpers/db.js';
 
@@ -158,6 +160,55 @@ describe('Sentry test_imports.py, user scope (../shared/fixtures/sentry-backup)'
         expect(await db.count('sentry_useroption')).to.equal(0);
       }));
     }
+
+    it('beyond Sentry: with rejectsFile, a bad option value is rejected with its code and the rest imported', () => withDb(async (db) => {
+      const records = fixture('user-with-minimum-privileges.json');
+      for (const r of records) if (r.model === 'sentry.useroption' && r.fields.key === 'timezone') r.fields.value = 'MiddleEarth/Gondor';
+      const rejectsFile = tmpExport('');
+      const summary = await importUsers({ source: tmpExport(records), databaseUrl: db.url, rejectsFile });
+      const lines = fs.readFileSync(rejectsFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { model: string; pk: number; code: string });
+      expect(lines.map((l) => [l.model, l.pk, l.code])).to.deep.equal([['sentry.useroption', 2, 'USERPORT_RECORD_OPTION_VALUE']]);
+      expect(summary.models['sentry.useroption']!.rejected).to.equal(1);
+      expect(await db.count('auth_user')).to.equal(1);
+      expect(await db.count('sentry_useroption')).to.equal(0);
+    }));
+  });
+
+  describe('DecryptionTests', function () {
+    before(function () { requireFixtures(this); });
+    // Sentry encrypts fresh-install.json to a local key pair, imports it with --decrypt-with in
+    // user scope, and expects what the plain file gives. The key pair is the spec's demo fixture.
+    const KEY = path.resolve('spec/fixtures/crypto/fixture-key.pem');
+    const PUB = path.resolve('spec/fixtures/crypto/fixture-key.pub');
+    const snapshot = async (db: TestDb) => ({
+      users: (await db.knex.raw(`SELECT username, email, is_unclaimed, is_staff, is_superuser FROM auth_user ORDER BY username`)).rows,
+      emails: (await db.knex.raw(`SELECT lower(email) AS email FROM sentry_email ORDER BY 1`)).rows,
+      userEmails: (await db.knex.raw(`SELECT u.username, e.email, e.is_verified FROM sentry_useremail e JOIN auth_user u ON u.id = e.user_id ORDER BY 1, 2`)).rows,
+      options: (await db.knex.raw(`SELECT u.username, o.key, o.value FROM sentry_useroption o JOIN auth_user u ON u.id = o.user_id ORDER BY 1, 2`)).rows,
+      lostPasswordHashes: await db.count('sentry_lostpasswordhash'),
+    });
+    it('test_user_import_decryption (fresh-install.json encrypted to a local key, imported with it, equals the plain import)', async () => {
+      const plainFile = path.join(BACKUP, 'fresh-install.json');
+      const tar = tmpExport('');
+      const out = fs.createWriteStream(tar);
+      await encryptExport({ path: plainFile }, out, { publicKeyPem: fs.readFileSync(PUB) });
+      await new Promise((resolve) => out.close(resolve));
+      const plain = await freshDatabase();
+      const encrypted = await freshDatabase();
+      try {
+        await importUsers({ source: plainFile, databaseUrl: plain.url });
+        await importUsers({ source: tar, databaseUrl: encrypted.url, decrypt: createLocalKeyUnwrapper({ privateKeyPath: KEY }) });
+        const expected = await snapshot(plain);
+        // fresh-install.json: three superusers, none of them staff or superuser once imported.
+        expect(expected.users).to.have.length(3);
+        expect(expected.users.every((u: { is_unclaimed: boolean; is_staff: boolean; is_superuser: boolean }) => u.is_unclaimed && !u.is_staff && !u.is_superuser)).to.equal(true);
+        expect(expected.lostPasswordHashes).to.equal(3);
+        expect(await snapshot(encrypted)).to.deep.equal(expected);
+      } finally {
+        await plain.close();
+        await encrypted.close();
+      }
+    });
   });
 
   describe('SignalingTests', () => {
