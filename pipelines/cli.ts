@@ -296,7 +296,8 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
   if (skipped.length) out.push('', `Skipped (not user data): ${skipped.map(([m, k]) => `${m} ${n(k)}`).join(', ')}`);
   const unknown = Object.entries(s.unknownFields).flatMap(([m, f]) => Object.entries(f).map(([k, c]) => `${m}.${printable(k)} ${n(c)}`));
   if (unknown.length) out.push(`Unknown fields (ignored): ${unknown.join(', ')}`);
-  out.push(`Also written: ${n(s.adjacent.lostPasswordHashes)} lost-password hashes, ${n(s.adjacent.primaryEmails)} primary user emails`);
+  out.push(`Also written: ${n(s.adjacent.lostPasswordHashes)} lost-password hashes, ${n(s.adjacent.primaryEmails)} primary user emails,`);
+  out.push(`  ${n(s.adjacent.userEmailAddresses ?? 0)} email rows for user-email addresses (as Sentry's receivers add)`);
   if (ctx.emptyFilter) out.push('--filter-usernames was empty: no filter (as in Sentry), every user taken');
   if (s.unmatchedUsernames.length) out.push(`No user matched these --filter-usernames: ${s.unmatchedUsernames.map(printable).join(', ')}`);
   return out.join('\n');

@@ -159,6 +159,10 @@ describe('userport CLI', function () {
       expect(res.stdout).to.match(/^ {2}of them renamed\s+1\s+0\s+0\s+0\s+1$/m);
       expect(res.stdout).to.match(/^Imported 1,201 records \([\d.]+ KiB\) in [\d.]+s/);
       expect(res.stdout).to.match(/^Time: reading and staging [\d.]+s, merging [\d.]+s$/m);
+      // Each new user's own address gets a user email, and each new user-email address an Email
+      // row; table-user's address is already in the database from the earlier import.
+      expect(res.stdout).to.match(/^Also written: 1,201 lost-password hashes, 1,201 primary user emails,$/m);
+      expect(res.stdout).to.match(/^ {2}1,200 email rows for user-email addresses/m);
     });
 
     it('lists imports with a header and a real finish time for atomic imports', async () => {
