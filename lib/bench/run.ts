@@ -166,19 +166,19 @@ interface EncryptionKit {
   privateKeyFile: string;
 }
 
-/** A working encryptor from lib/decrypt.ts, or the reason there is none. */
+/** A working encryptor from lib/encrypt.ts, or the reason there is none. */
 async function encryptionKit(workDir: string): Promise<EncryptionKit | Skipped> {
   let mod: Record<string, unknown>;
   try {
-    mod = (await import('../decrypt.js')) as Record<string, unknown>;
+    mod = { ...(await import('../decrypt.js')), ...(await import('../encrypt.js')) } as Record<string, unknown>;
   } catch (err) {
-    return { skipped: `lib/decrypt.ts does not load: ${(err as Error).message}` };
+    return { skipped: `lib/decrypt.ts or lib/encrypt.ts does not load: ${(err as Error).message}` };
   }
   const encryptExport = mod.encryptExport;
   const openDecryptedSource = mod.openDecryptedSource;
   const createLocalKeyUnwrapper = mod.createLocalKeyUnwrapper;
   if (typeof encryptExport !== 'function' || typeof openDecryptedSource !== 'function' || typeof createLocalKeyUnwrapper !== 'function') {
-    return { skipped: 'lib/decrypt.ts does not export encryptExport, openDecryptedSource and createLocalKeyUnwrapper yet (the crypto branch is not merged)' };
+    return { skipped: 'lib/encrypt.ts and lib/decrypt.ts do not export encryptExport, openDecryptedSource and createLocalKeyUnwrapper yet (the crypto branch is not merged)' };
   }
   const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   const publicKeyPem = publicKey.export({ type: 'spki', format: 'pem' });
