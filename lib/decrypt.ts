@@ -1,7 +1,8 @@
 /**
  * Decryption of Sentry's encrypted exports: an uncompressed tar of `export.json` (one Fernet
  * token over the whole JSON), `data.key` (the textual Fernet key, RSA-OAEP-SHA256 wrapped) and
- * `key.pub` (the PEM public key), in that order. Also the reverse, for `userport encrypt`.
+ * `key.pub` (the PEM public key), in that order. The reverse, for `userport encrypt`, is in
+ * `encrypt.ts`; the spool file in `spool.ts`.
  *
  * Nothing unauthenticated leaves this module. The key members come after the data and Fernet's
  * HMAC covers the whole token, so: find the members, unwrap the key, verify the HMAC over the
@@ -11,19 +12,16 @@
  * plaintext stream closes or on any failure. Memory stays at a few chunks whatever the size.
  */
 import fs, { type FileHandle } from 'node:fs/promises';
-import { createReadStream, rmSync } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
-import { Duplex, Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
+import { Duplex, Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { OptionError, UserportError } from './errors.js';
-import { DecryptError, DecryptErrorCodes } from './crypto/errors.js';
-import { decryptToken, FernetEncoder, generateFernetKey, parseFernetKey, tokenLength, verifyToken, type FernetKey } from './crypto/fernet.js';
-import { encodeEnd, encodeHeader, isRegularFile, paddingAfter, readExactly, scanTarFile, TarParser, type TarEntry } from './crypto/tar.js';
-import { derivePublicPem, loadPublicKey, wrapKey } from './crypto/keys.js';
-import { createLocalKeyUnwrapper, type KeyUnwrapper } from './crypto/unwrapper.js';
-import { createGcpKmsUnwrapper, readGcpKmsConfig } from './crypto/gcp-kms.js';
-import { promptPassphraseOnTty } from './crypto/prompt.js';
+import { DecryptError, DecryptErrorCodes, ioError } from './crypto/errors.js';
+import { decryptToken, parseFernetKey, verifyToken, type FernetKey } from './crypto/fernet.js';
+import { isRegularFile, readExactly, scanTarFile, TarParser, type TarEntry } from './crypto/tar.js';
+import type { KeyUnwrapper } from './crypto/unwrapper.js';
+import { makeSpool, readRange } from './spool.js';
 
 export { DecryptError, DecryptErrorCodes, type DecryptErrorCode } from './crypto/errors.js';
 export { createLocalKeyUnwrapper, type KeyUnwrapper, type LocalKeyUnwrapperOptions, type PassphraseSource } from './crypto/unwrapper.js';
@@ -81,11 +79,6 @@ function checkOptions(options: OpenDecryptedOptions, where: string): { chunkSize
   return { chunkSize, tmpDir: options.tmpDir ?? os.tmpdir() };
 }
 
-function ioError(what: string, err: unknown): UserportError {
-  if (err instanceof UserportError) return err;
-  return new DecryptError(DecryptErrorCodes.IO, `${what}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
-}
-
 function tarError(message: string): DecryptError {
   return new DecryptError(DecryptErrorCodes.TAR, `not a Sentry encrypted export: ${message}`);
 }
@@ -117,22 +110,6 @@ class MemberCheck {
   }
 }
 
-/**
- * Reads `length` bytes at `start` in chunks. The yielded buffer is reused: consumers copy what
- * they keep (the base64 decoder's `toString` does).
- */
-async function* readRange(file: FileHandle, start: number, length: number, chunkSize: number): AsyncGenerator<Buffer> {
-  const buf = Buffer.allocUnsafe(Math.min(chunkSize, Math.max(length, 1)));
-  let pos = start;
-  const end = start + length;
-  while (pos < end) {
-    const want = Math.min(buf.length, end - pos);
-    const { bytesRead } = await file.read(buf, 0, want, pos);
-    if (bytesRead === 0) throw new DecryptError(DecryptErrorCodes.TRUNCATED, `the input ended early at byte ${pos}`);
-    pos += bytesRead;
-    yield buf.subarray(0, bytesRead);
-  }
-}
 
 async function unwrapFernetKey(unwrapper: KeyUnwrapper, wrapped: Buffer, publicKeyPem: Buffer): Promise<{ text: Buffer; key: FernetKey }> {
   let text: Buffer;
@@ -185,53 +162,6 @@ function plaintextStream(file: FileHandle, start: number, length: number, key: F
   });
 }
 
-/**
- * Spool folders still on disk. The library installs no process handlers: a spool goes away with
- * its stream (close, destroy, failure). A program that wants spools gone when it is killed, as the
- * CLI does, calls {@link removeLiveSpoolsSync} from its own signal and exit handlers.
- */
-const liveSpools = new Set<string>();
-
-/** Removes every spool folder still on disk, synchronously (for a host's exit or signal handler). */
-export function removeLiveSpoolsSync(): void {
-  for (const d of liveSpools) rmSync(d, { recursive: true, force: true });
-  liveSpools.clear();
-}
-
-function trackSpool(dir: string): void {
-  liveSpools.add(dir);
-}
-
-function untrackSpools(dir: string): void {
-  liveSpools.delete(dir);
-}
-
-async function makeSpool(tmpDir: string): Promise<{ dir: string; file: FileHandle; remove: () => Promise<void> }> {
-  let dir: string;
-  try {
-    // mkdtemp makes the folder 0700; the file inside is 0600 and created exclusively.
-    dir = await fs.mkdtemp(path.join(tmpDir, 'userport-spool-'));
-  } catch (err) {
-    throw ioError(`cannot create the spool folder in ${tmpDir}`, err);
-  }
-  trackSpool(dir);
-  let file: FileHandle | undefined;
-  let removed = false;
-  const remove = async () => {
-    if (removed) return;
-    removed = true;
-    await file?.close().catch(() => undefined);
-    await fs.rm(dir, { recursive: true, force: true });
-    untrackSpools(dir);
-  };
-  try {
-    file = await fs.open(path.join(dir, 'export.json.fernet'), 'wx+', 0o600);
-  } catch (err) {
-    await remove();
-    throw ioError('cannot create the spool file', err);
-  }
-  return { dir, file, remove };
-}
 
 async function openFile(file: string, options: OpenDecryptedOptions, chunkSize: number): Promise<DecryptedSource> {
   let fh: FileHandle;
@@ -427,239 +357,4 @@ export async function decryptExport(input: EncryptedInput, output: Writable, opt
   const src = await openDecryptedSource(input, options);
   await pipeline(src.stream, output);
   return { size: src.size };
-}
-
-/** Options of {@link createEncryptor}. */
-export interface EncryptorOptions {
-  /** PEM public key (SubjectPublicKeyInfo or PKCS#1) the data key is wrapped to; becomes `key.pub`. */
-  publicKeyPem: Buffer | string;
-  /** Exact plaintext size in bytes: tar headers come first, so it must be known up front. */
-  size: number;
-  /** For tests: the textual Fernet key, IV and timestamp. @default random, random, now */
-  fernetKey?: Buffer | string;
-  iv?: Buffer;
-  timestamp?: number;
-}
-
-/** Everything after the token: `data.key` then `key.pub`, then the end of the archive. */
-function trailer(written: number, wrapped: Buffer, pem: Buffer): Buffer {
-  const parts = [
-    encodeHeader({ name: WRAPPED_KEY_MEMBER, size: wrapped.length }), wrapped, Buffer.alloc(paddingAfter(wrapped.length)),
-    encodeHeader({ name: PUBLIC_KEY_MEMBER, size: pem.length }), pem, Buffer.alloc(paddingAfter(pem.length)),
-  ];
-  const body = Buffer.concat(parts);
-  return Buffer.concat([body, encodeEnd(written + body.length)]);
-}
-
-function prepareKeys(options: { publicKeyPem: Buffer | string; fernetKey?: Buffer | string }, where: string): { pem: Buffer; fernetKey: Buffer; wrapped: Buffer } {
-  if (typeof options.publicKeyPem !== 'string' && !Buffer.isBuffer(options.publicKeyPem)) {
-    throw new OptionError(`${where}: publicKeyPem must be a PEM string or Buffer`);
-  }
-  let pem: Buffer = Buffer.from(options.publicKeyPem);
-  // `key.pub` travels with the export: given a private key, write only its public half, never
-  // the key that decrypts the export.
-  if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem.toString('latin1'))) {
-    if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,ENCRYPTED/.test(pem.toString('latin1'))) {
-      throw new OptionError(`${where}: publicKeyPem is an encrypted private key: give its public key (openssl rsa -in KEY -pubout)`, 'publicKeyPem');
-    }
-    pem = derivePublicPem(pem);
-  }
-  const pub = loadPublicKey(pem, 'the public key to encrypt with');
-  const fernetKey = options.fernetKey !== undefined ? Buffer.from(options.fernetKey) : generateFernetKey();
-  parseFernetKey(fernetKey);
-  return { pem, fernetKey, wrapped: wrapKey(pub, fernetKey) };
-}
-
-/**
- * The encryptor stage: plaintext JSON in, a Sentry-compatible encrypted tarball out. Needs the
- * plaintext size up front (the token's tar header comes first); {@link encryptExport} spools
- * when it is unknown. Fails with USERPORT_DECRYPT_IO when the input is not `size` bytes.
- */
-export class Encryptor extends Transform {
-  private readonly fernet: FernetEncoder;
-  private readonly expected: number;
-  private readonly tokenBytes: number;
-  private readonly wrapped: Buffer;
-  private readonly pem: Buffer;
-  private seen = 0;
-  private written = 0;
-  private started = false;
-
-  constructor(options: EncryptorOptions) {
-    if (!Number.isSafeInteger(options?.size) || options.size < 0) {
-      throw new OptionError(`createEncryptor: size must be the plaintext size, an integer >= 0, got ${String(options?.size)}`);
-    }
-    super();
-    const keys = prepareKeys(options, 'createEncryptor');
-    this.pem = keys.pem;
-    this.wrapped = keys.wrapped;
-    this.fernet = new FernetEncoder({ key: keys.fernetKey, ...(options.iv ? { iv: options.iv } : {}), ...(options.timestamp !== undefined ? { timestamp: options.timestamp } : {}) });
-    this.expected = options.size;
-    this.tokenBytes = tokenLength(options.size);
-  }
-
-  private out(buf: Buffer): void {
-    if (!buf.length) return;
-    this.written += buf.length;
-    this.push(buf);
-  }
-
-  private start(): void {
-    if (this.started) return;
-    this.started = true;
-    this.out(encodeHeader({ name: TOKEN_MEMBER, size: this.tokenBytes }));
-  }
-
-  override _transform(chunk: Buffer, _enc: BufferEncoding, callback: TransformCallback): void {
-    this.seen += chunk.length;
-    if (this.seen > this.expected) {
-      callback(new DecryptError(DecryptErrorCodes.IO, `the input is longer than the declared ${this.expected} bytes`));
-      return;
-    }
-    this.start();
-    this.out(this.fernet.update(chunk));
-    callback();
-  }
-
-  override _flush(callback: TransformCallback): void {
-    if (this.seen !== this.expected) {
-      callback(new DecryptError(DecryptErrorCodes.IO, `the input is ${this.seen} bytes, not the declared ${this.expected}`));
-      return;
-    }
-    this.start();
-    this.out(this.fernet.final());
-    this.out(Buffer.alloc(paddingAfter(this.tokenBytes)));
-    this.out(trailer(this.written, this.wrapped, this.pem));
-    callback();
-  }
-}
-
-/** Creates the {@link Encryptor} stage. */
-export function createEncryptor(options: EncryptorOptions): Encryptor {
-  return new Encryptor(options);
-}
-
-/** Options of {@link encryptExport}. */
-export interface EncryptExportOptions {
-  publicKeyPem: Buffer | string;
-  /** Folder for the spool of the (encrypted) token when the input is a stream. @default os.tmpdir() */
-  tmpDir?: string;
-  /** Bytes per read. @default DEFAULT_CHUNK_SIZE */
-  chunkSize?: number;
-}
-
-/**
- * Encrypts a plain export into `output` as Sentry's `sentry backup encrypt` would. A file is
- * streamed once (its size is known); a stream is encrypted into a private spool first (only
- * ciphertext touches the disk), because the token's size must precede it in the tar.
- */
-export async function encryptExport(input: EncryptedInput, output: Writable, options: EncryptExportOptions): Promise<void> {
-  const chunkSize = options?.chunkSize ?? DEFAULT_CHUNK_SIZE;
-  if (!Number.isInteger(chunkSize) || chunkSize < 4096) throw new OptionError(`encryptExport: chunkSize must be an integer >= 4096, got ${String(options?.chunkSize)}`);
-  if ('path' in input) {
-    let size: number;
-    try {
-      const stat = await fs.stat(input.path);
-      if (!stat.isFile()) return encryptExport({ stream: createReadStream(input.path, { highWaterMark: chunkSize }) }, output, options);
-      size = stat.size;
-    } catch (err) {
-      throw ioError(`cannot read ${input.path}`, err);
-    }
-    await pipeline(createReadStream(input.path, { highWaterMark: chunkSize }), createEncryptor({ publicKeyPem: options.publicKeyPem, size }), output);
-    return;
-  }
-  const keys = prepareKeys(options, 'encryptExport');
-  const spool = await makeSpool(options.tmpDir ?? os.tmpdir());
-  try {
-    const fernet = new FernetEncoder({ key: keys.fernetKey });
-    let tokenBytes = 0;
-    const write = async (buf: Buffer) => {
-      if (!buf.length) return;
-      await spool.file.write(buf, 0, buf.length, tokenBytes);
-      tokenBytes += buf.length;
-    };
-    for await (const chunk of input.stream as AsyncIterable<Buffer | string>) {
-      await write(fernet.update(typeof chunk === 'string' ? Buffer.from(chunk) : chunk));
-    }
-    await write(fernet.final());
-    const file = spool.file;
-    async function* tarball(): AsyncGenerator<Buffer> {
-      const header = encodeHeader({ name: TOKEN_MEMBER, size: tokenBytes });
-      yield header;
-      for await (const piece of readRange(file, 0, tokenBytes, chunkSize)) yield Buffer.from(piece);
-      const pad = Buffer.alloc(paddingAfter(tokenBytes));
-      yield pad;
-      yield trailer(header.length + tokenBytes + pad.length, keys.wrapped, keys.pem);
-    }
-    await pipeline(Readable.from(tarball(), { objectMode: false }), output);
-  } catch (err) {
-    throw ioError('encrypting failed', err);
-  } finally {
-    await spool.remove().catch(() => undefined);
-  }
-}
-
-export interface KeyUnwrapperCliOptions {
-  /** `--decrypt-with`: path of a PEM RSA private key. */
-  decryptWith?: string;
-  /** `--decrypt-passphrase-file`: file whose content (one trailing newline dropped) is the key's passphrase. */
-  passphraseFile?: string;
-  /** `--decrypt-with-gcp-kms`: path of the KMS config JSON. */
-  gcpKmsConfig?: string;
-  /**
-   * Base URL of the KMS REST API (an emulator, tests).
-   * @default process.env.USERPORT_GCP_KMS_ENDPOINT, else DEFAULT_KMS_ENDPOINT
-   */
-  gcpKmsEndpoint?: string;
-  /**
-   * Asked when the key is encrypted and no passphrase file was given.
-   * `null` never asks (the key then fails with USERPORT_DECRYPT_PASSPHRASE).
-   * @default a no-echo prompt on the terminal when standard input is a TTY, else none
-   */
-  promptPassphrase?: (() => Promise<string>) | null;
-}
-
-/**
- * Turns the CLI's decryption flags into a {@link KeyUnwrapper}, or `undefined` when none was
- * given (a plain export). Validates them together: `--decrypt-with` and
- * `--decrypt-with-gcp-kms` exclude each other, a passphrase file needs `--decrypt-with`. The
- * key and passphrase are read and the key opened now, so a bad key fails before the import.
- */
-export async function keyUnwrapperFromOptions(options: KeyUnwrapperCliOptions): Promise<KeyUnwrapper | undefined> {
-  const { decryptWith, passphraseFile, gcpKmsConfig, gcpKmsEndpoint, promptPassphrase } = options ?? {};
-  for (const [flag, value] of [['--decrypt-with', decryptWith], ['--decrypt-passphrase-file', passphraseFile], ['--decrypt-with-gcp-kms', gcpKmsConfig]] as const) {
-    if (value !== undefined && (typeof value !== 'string' || value === '')) throw new OptionError(`${flag} needs a file path, got ${JSON.stringify(value)}`);
-  }
-  if (decryptWith !== undefined && gcpKmsConfig !== undefined) {
-    throw new OptionError('--decrypt-with and --decrypt-with-gcp-kms cannot be used together: give one');
-  }
-  if (passphraseFile !== undefined && decryptWith === undefined) {
-    throw new OptionError('--decrypt-passphrase-file needs --decrypt-with (the passphrase opens a local private key)');
-  }
-  if (gcpKmsConfig !== undefined) {
-    const config = await readGcpKmsConfig(gcpKmsConfig);
-    const endpoint = gcpKmsEndpoint ?? (process.env.USERPORT_GCP_KMS_ENDPOINT || undefined);
-    return createGcpKmsUnwrapper({ config, ...(endpoint ? { endpoint } : {}) });
-  }
-  if (decryptWith === undefined) return undefined;
-  let pem: Buffer;
-  try {
-    pem = await fs.readFile(decryptWith);
-  } catch (err) {
-    throw new DecryptError(DecryptErrorCodes.KEY_INVALID, `cannot read the private key ${decryptWith}: ${(err as Error).message}`, { cause: err });
-  }
-  let passphrase: string | undefined;
-  if (passphraseFile !== undefined) {
-    try {
-      passphrase = (await fs.readFile(passphraseFile, 'utf8')).replace(/\r?\n$/, '');
-    } catch (err) {
-      throw new DecryptError(DecryptErrorCodes.PASSPHRASE, `cannot read the passphrase file ${passphraseFile}: ${(err as Error).message}`, { cause: err });
-    }
-  }
-  if (passphrase === undefined && /-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,ENCRYPTED/.test(pem.toString('utf8'))) {
-    // Ask now, before the import starts, so a wrong passphrase fails before any input is read.
-    const ask = promptPassphrase !== undefined ? promptPassphrase : (process.stdin.isTTY ? () => promptPassphraseOnTty(`Passphrase for ${decryptWith}: `) : undefined);
-    if (ask) passphrase = await ask();
-  }
-  return createLocalKeyUnwrapper({ privateKeyPem: pem, ...(passphrase !== undefined ? { passphrase } : {}) });
 }

@@ -17,7 +17,7 @@ import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { checkDatabaseUrl } from './db/knex.js';
-import { encryptExport } from './decrypt.js';
+import { encryptExport } from './encrypt.js';
 import { ErrorCodes, ExportError, OptionError, UserportError, wrapDbError } from './errors.js';
 
 /** How a column's text (as PostgreSQL prints it) becomes a JSON value in the export. */

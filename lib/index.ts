@@ -37,12 +37,10 @@ export { createExporter, exportUsers, EXPORT_MODELS, DEFAULT_FETCH_ROWS } from '
 export type { ExporterOptions, ExportStream, ExportSummary, ExportUsersOptions, ExportProgress, ExportFinding, ExcludedRows } from './export.js';
 
 // Encrypted exports.
-export {
-  createDecryptor, decryptExport, openDecryptedSource, createEncryptor, encryptExport, Decryptor, Encryptor,
-} from './decrypt.js';
-export type {
-  DecryptedSource, DecryptorOptions, EncryptedInput, EncryptExportOptions, EncryptorOptions, OpenDecryptedOptions,
-} from './decrypt.js';
+export { createDecryptor, decryptExport, openDecryptedSource, Decryptor } from './decrypt.js';
+export type { DecryptedSource, DecryptorOptions, EncryptedInput, OpenDecryptedOptions } from './decrypt.js';
+export { createEncryptor, encryptExport, Encryptor } from './encrypt.js';
+export type { EncryptExportOptions, EncryptorOptions } from './encrypt.js';
 export { createLocalKeyUnwrapper } from './crypto/unwrapper.js';
 export type { KeyUnwrapper, LocalKeyUnwrapperOptions, PassphraseSource } from './crypto/unwrapper.js';
 export { createGcpKmsUnwrapper } from './crypto/gcp-kms.js';

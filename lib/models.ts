@@ -41,14 +41,8 @@ export interface ModelMapping {
   code: number;
   /** Target table in Sentry's schema. */
   table: string;
-  /** What makes two rows the same in the target (documentation; the merge SQL implements it). */
-  uniqueKey: string;
-  /** Fields holding a source pk of another model. */
-  foreignKeys: Record<string, string>;
   /** Field name -> staging column. */
   columns: Record<string, StageColumn>;
-  /** Known fields that are validated but deliberately not imported (Sentry resets them). */
-  ignored: string[];
   /**
    * Values checked per key, as Sentry's `UserOptionsSerializer` checks them on import: for each
    * key, a JSON Schema of the decoded value. Keys not listed are not checked.

@@ -3,7 +3,7 @@
  *  [--database-url URL] [--out DIR] [--work-dir DIR] [--no-django] [--import-timeout SEC] [--collision-rate R]
  *  [--encrypted-sizes N,M]`
  *
- * Measures userport against the COPY floor, the parse floor and Django's loaddata (lib/bench/),
+ * Measures userport against the COPY floor, the parse floor and Django's loaddata (tools/bench/),
  * prints a table and writes `<out>/results.json` and `<out>/chart.svg`. Without --database-url it
  * runs its own embedded PostgreSQL in a temporary folder and removes it afterwards. Wiring only.
  */
@@ -14,8 +14,8 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
 import { UserportError } from '../lib/errors.js';
-import { renderChart, formatTable } from '../lib/bench/report.js';
-import { DEFAULT_SIZES, runBench } from '../lib/bench/run.js';
+import { renderChart, formatTable } from '../tools/bench/report.js';
+import { DEFAULT_SIZES, runBench } from '../tools/bench/run.js';
 
 const USAGE = 'usage: npm run bench -- [--sizes 10000,100000,1000000] [--seed N] [--keep] [--encrypted] [--smoke] ' +
   '[--database-url URL] [--out DIR] [--work-dir DIR] [--no-django] [--import-timeout SEC] [--collision-rate R] [--encrypted-sizes N,M]';

@@ -10,8 +10,9 @@ import { defaultEmbeddedDir, embeddedUrl, readEmbeddedConfig, startEmbedded, sto
 import { checkDatabaseUrl, createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
 import { ErrorCodes, ParseError, printable, UserportError } from '../lib/errors.js';
 import { parseUsernameList } from '../lib/filter-users.js';
-import { keyUnwrapperFromOptions } from '../lib/decrypt.js';
-import { importUsers, listImports, type ImportListing, type ImportOptions, type Progress } from '../lib/import.js';
+import { keyUnwrapperFromOptions } from './key-options.js';
+import { importUsers, type ImportOptions, type Progress } from '../lib/import.js';
+import { listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
 import { formatBytes, parseCommand, reportError, usage, usageError, type FlagSpecs } from './cli-support.js';

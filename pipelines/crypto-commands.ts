@@ -1,7 +1,7 @@
 /**
  * `userport encrypt` and `userport decrypt`: Sentry-compatible companions of
  * `sentry backup encrypt` / `decrypt`, streaming in constant memory. `-` means stdin / stdout.
- * Wiring only: the work is in lib/decrypt.ts.
+ * Wiring only: the work is in lib/decrypt.ts and lib/encrypt.ts.
  */
 import fs from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
@@ -9,11 +9,13 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import type { Readable, Writable } from 'node:stream';
 import { parseCommand, reportError, usageError } from './cli-support.js';
-import { decryptExport, encryptExport, keyUnwrapperFromOptions, type EncryptedInput } from '../lib/decrypt.js';
+import { decryptExport, type EncryptedInput } from '../lib/decrypt.js';
+import { encryptExport } from '../lib/encrypt.js';
+import { keyUnwrapperFromOptions } from './key-options.js';
 import { promptPassphraseOnTty } from '../lib/crypto/prompt.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
 
-export { keyUnwrapperFromOptions, type KeyUnwrapperCliOptions } from '../lib/decrypt.js';
+export { keyUnwrapperFromOptions, type KeyUnwrapperCliOptions } from './key-options.js';
 
 /** The streams a command talks to; tests pass their own. @default the process's */
 export interface CommandIo {

@@ -1,12 +1,12 @@
 /**
  * `npm run generate -- --users N [--seed S] [--indent 2] [--out FILE|-]`: writes a deterministic,
- * realistic Sentry user export (see lib/generate.ts). Wiring only.
+ * realistic Sentry user export (see tools/generate.ts). Wiring only.
  */
 import fs from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
-import { createExportGenerator } from '../lib/generate.js';
+import { createExportGenerator } from '../tools/generate.js';
 import { UserportError } from '../lib/errors.js';
 
 const USAGE = 'usage: node dist/pipelines/generate.js --users N [--seed S] [--indent 2] [--out FILE|-] ' +

@@ -3,7 +3,7 @@
  * other people's processes); the CLI owns its process, so it removes decryption spools (still
  * encrypted, but large) when it exits or is interrupted, then dies of the signal as it would have.
  */
-import { removeLiveSpoolsSync } from '../lib/decrypt.js';
+import { removeLiveSpoolsSync } from '../lib/spool.js';
 
 const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 let installed = false;

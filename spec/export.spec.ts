@@ -12,7 +12,7 @@ import { PassThrough, Readable } from 'node:stream';
 import pg from 'pg';
 import { createExporter, exportUsers, pythonJsonString, reindentJson, type ExportSummary } from '../lib/export.js';
 import { importUsers } from '../lib/import.js';
-import { createExportGenerator } from '../lib/generate.js';
+import { createExportGenerator } from '../tools/generate.js';
 import { decryptExport, createLocalKeyUnwrapper } from '../lib/decrypt.js';
 import { modelInfo, registry } from '../lib/models.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { createUserFilter } from '../lib/filter-users.js';
-import { createExportGenerator } from '../lib/generate.js';
+import { createExportGenerator } from '../tools/generate.js';
 import { createModelMapper, type MappedItem } from '../lib/map-models.js';
 import { createRecordProcessor } from '../lib/process-records.js';
 import { createTokenizer } from '../lib/tokenize.js';

@@ -14,7 +14,7 @@ import { pipeline } from 'node:stream/promises';
 import { createFernetEncryptStream, generateFernetKey, parseFernetKey, SEGMENT_BYTES, verifyToken } from '../lib/crypto/fernet.js';
 import { createLocalKeyUnwrapper, openDecryptedSource } from '../lib/decrypt.js';
 import { startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
-import { createExportGenerator } from '../lib/generate.js';
+import { createExportGenerator } from '../tools/generate.js';
 import { mergeStaged } from '../lib/db/merge.js';
 import { importUsers } from '../lib/import.js';
 import { ImportStats, type StatsSnapshot } from '../lib/stats.js';

@@ -37,3 +37,9 @@ export class DecryptError extends UserportError {
     super(code, message, options);
   }
 }
+
+/** An I/O failure as a USERPORT_DECRYPT_IO error (a UserportError passes through unchanged). */
+export function ioError(what: string, err: unknown): UserportError {
+  if (err instanceof UserportError) return err;
+  return new DecryptError(DecryptErrorCodes.IO, `${what}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+}

@@ -9,7 +9,8 @@
  */
 import type pg from 'pg';
 import { DatabaseError, ErrorCodes, RecordError } from '../errors.js';
-import { modelByCode } from '../models.js';
+import { modelByCode, modelInfo } from '../models.js';
+import { REJECTED_USER_CODE } from '../map-models.js';
 import { ImportStats } from '../stats.js';
 
 /** Key of the advisory lock that serializes merges. */
@@ -28,6 +29,14 @@ export interface MergeOptions {
 }
 
 type Q = (sql: string, params?: unknown[]) => Promise<pg.QueryResult>;
+
+/** Staging codes of the merged models, from their schemas (`x-userport.code` in schemas/). */
+interface ModelCodes { user: number; email: number; userEmail: number; userOption: number }
+
+function modelCodes(): ModelCodes {
+  const code = (name: string) => modelInfo(name)!.mapping.code;
+  return { user: code('sentry.user'), email: code('sentry.email'), userEmail: code('sentry.useremail'), userOption: code('sentry.useroption') };
+}
 
 const MODEL_NAMES: Record<string, string> = { up_user: 'sentry.user', up_email: 'sentry.email', up_ue: 'sentry.useremail', up_uo: 'sentry.useroption' };
 
@@ -50,6 +59,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     return r;
   };
   const { run } = options;
+  const C = modelCodes();
   // After the lock, each statement must see what earlier merges committed: only READ COMMITTED
   // takes a new snapshot per statement (importUsers sets it; a caller's own client may not).
   const iso = (await q(`SELECT current_setting('transaction_isolation') AS level`)).rows[0].level as string;
@@ -64,7 +74,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // 1. A source pk may appear once per model.
   const dup = await q(`
     SELECT s.model, s.src_pk, s.ord, s.off, s.line, s.col FROM userport_stage s
-    JOIN (SELECT model, src_pk FROM userport_stage WHERE run = $1 AND model <> 5 GROUP BY model, src_pk HAVING count(*) > 1) d
+    JOIN (SELECT model, src_pk FROM userport_stage WHERE run = $1 AND model <> ${REJECTED_USER_CODE} GROUP BY model, src_pk HAVING count(*) > 1) d
       USING (model, src_pk)
     WHERE s.run = $1 ORDER BY s.ord OFFSET 1 LIMIT 1`, [run]);
   if (dup.rowCount) {
@@ -81,7 +91,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     WITH u AS (
       SELECT s.*, lower(s.username) AS lname,
         CASE WHEN s.keep THEN row_number() OVER (PARTITION BY s.keep, lower(s.username) ORDER BY s.src_pk) END AS rn
-      FROM userport_stage s WHERE s.run = $1 AND s.model = 1
+      FROM userport_stage s WHERE s.run = $1 AND s.model = ${C.user}
     ), ex AS (
       -- An existing user with the same name, case-insensitively (the oldest if several).
       SELECT DISTINCT ON (lower(a.username)) lower(a.username) AS lname, a.id
@@ -140,7 +150,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   const kept = options.filterActive
     ? `lower(s.email) IN (SELECT lower(email) FROM up_user WHERE keep
          UNION SELECT lower(s2.email) FROM userport_stage s2 JOIN up_user u2 ON u2.src_pk = s2.user_pk AND u2.keep
-               WHERE s2.run = $1 AND s2.model = 3)`
+               WHERE s2.run = $1 AND s2.model = ${C.userEmail})`
     : 'true';
   await q(`
     CREATE TEMP TABLE up_email ON COMMIT DROP AS
@@ -148,7 +158,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       row_number() OVER (PARTITION BY lower(s.email) ORDER BY s.src_pk) AS rn,
       CASE WHEN ${kept} THEN NULL ELSE 'filtered' END AS outcome,
       CASE WHEN ${kept} THEN NULL ELSE 'not an email of a user kept by --filter-usernames' END AS reason
-    FROM userport_stage s WHERE s.run = $1 AND s.model = 2`, [run]);
+    FROM userport_stage s WHERE s.run = $1 AND s.model = ${C.email}`, [run]);
   await q('ANALYZE up_email');
   // Number(): the caller's client may read int8 as text (pg's default).
   const before = Number((await q('SELECT coalesce(max(id), 0) AS id FROM sentry_email')).rows[0].id);
@@ -167,12 +177,12 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   const emailCounts = await q(`SELECT kind, count(*)::int AS n FROM userport_pk_map WHERE run = $1 AND model = 'sentry.email' GROUP BY kind`, [run]);
   for (const { kind, n } of emailCounts.rows as { kind: 'inserted' | 'existing'; n: number }[]) stats.model('sentry.email')[kind] += n;
 
-  await resolveNaturalKeys(q, run);
+  await resolveNaturalKeys(q, run, C);
   // Only with --rejects-file can a user be rejected: skip the per-row lookup otherwise.
-  const anyRejected = ((await q(`SELECT 1 FROM userport_stage WHERE run = $1 AND model = 5 LIMIT 1`, [run])).rowCount ?? 0) > 0;
+  const anyRejected = ((await q(`SELECT 1 FROM userport_stage WHERE run = $1 AND model = ${REJECTED_USER_CODE} LIMIT 1`, [run])).rowCount ?? 0) > 0;
 
   // 4. User emails and 5. user options: remap the user, then Sentry's rules, decided in one pass.
-  for (const [table, code] of [['up_ue', 3], ['up_uo', 4]] as const) {
+  for (const [table, code] of [['up_ue', C.userEmail], ['up_uo', C.userOption]] as const) {
     // Rows of merged-away users never compete with the rows of the user they merged into.
     const partition = table === 'up_ue' ? 'm.target_id, m.kind, s.email'
       : 'm.target_id, m.kind, s.opt_key, (s.project_id IS NULL AND s.organization_id IS NULL)';
@@ -195,8 +205,8 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       FROM (
         SELECT s.src_pk, s.ord, s.off, s.user_pk, s.username, s.email, s.opt_key, s.opt_value, s.project_id, s.organization_id,
           m.target_id, m.kind AS user_kind, u.keep AS user_keep,
-          -- Code 5: the pk of a rejected user (REJECTED_USER_CODE), staged so its rows say so.
-          ${anyRejected ? 'EXISTS (SELECT 1 FROM userport_stage r WHERE r.run = $1 AND r.model = 5 AND r.src_pk = s.user_pk)' : 'false'} AS user_rejected,
+          -- REJECTED_USER_CODE: the pk of a rejected user, staged so its rows say so.
+          ${anyRejected ? `EXISTS (SELECT 1 FROM userport_stage r WHERE r.run = $1 AND r.model = ${REJECTED_USER_CODE} AND r.src_pk = s.user_pk)` : 'false'} AS user_rejected,
           row_number() OVER (PARTITION BY ${partition} ORDER BY s.src_pk) AS rn
         FROM userport_stage s
           LEFT JOIN userport_pk_map m ON m.run = $1 AND m.model = 'sentry.user' AND m.source_pk = s.user_pk
@@ -284,14 +294,14 @@ const FINDING_REASON: Record<string, string> = {
  * export"). Two users of one name make the key ambiguous: refused rather than guessed, so no row
  * can land on the wrong user.
  */
-async function resolveNaturalKeys(q: Q, run: number): Promise<void> {
-  const pending = await q(`SELECT 1 FROM userport_stage WHERE run = $1 AND model IN (3, 4) AND user_pk IS NULL AND username IS NOT NULL LIMIT 1`, [run]);
+async function resolveNaturalKeys(q: Q, run: number, C: ModelCodes): Promise<void> {
+  const pending = await q(`SELECT 1 FROM userport_stage WHERE run = $1 AND model IN (${C.userEmail}, ${C.userOption}) AND user_pk IS NULL AND username IS NOT NULL LIMIT 1`, [run]);
   if (!pending.rowCount) return;
   const ambiguous = await q(`
     SELECT s.model, s.src_pk, s.ord, s.off, s.line, s.col, s.username FROM userport_stage s
-    JOIN (SELECT username FROM userport_stage WHERE run = $1 AND model = 1 AND username IS NOT NULL
+    JOIN (SELECT username FROM userport_stage WHERE run = $1 AND model = ${C.user} AND username IS NOT NULL
           GROUP BY username HAVING count(*) > 1) d USING (username)
-    WHERE s.run = $1 AND s.model IN (3, 4) AND s.user_pk IS NULL ORDER BY s.ord LIMIT 1`, [run]);
+    WHERE s.run = $1 AND s.model IN (${C.userEmail}, ${C.userOption}) AND s.user_pk IS NULL ORDER BY s.ord LIMIT 1`, [run]);
   if (ambiguous.rowCount) {
     const d = ambiguous.rows[0];
     const model = modelByCode(d.model).name;
@@ -303,8 +313,8 @@ async function resolveNaturalKeys(q: Q, run: number): Promise<void> {
   }
   await q(`
     UPDATE userport_stage s SET user_pk = u.src_pk FROM userport_stage u
-    WHERE s.run = $1 AND s.model IN (3, 4) AND s.user_pk IS NULL AND s.username IS NOT NULL
-      AND u.run = $1 AND u.model = 1 AND u.username = s.username`, [run]);
+    WHERE s.run = $1 AND s.model IN (${C.userEmail}, ${C.userOption}) AND s.user_pk IS NULL AND s.username IS NOT NULL
+      AND u.run = $1 AND u.model = ${C.user} AND u.username = s.username`, [run]);
 }
 
 /** Gives every 'renamed' user a free `<name>-<random tail>`, in set-based rounds. */

@@ -7,8 +7,9 @@ import { spawn } from 'node:child_process';
 import { PassThrough, Readable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import {
-  createDecryptor, createEncryptor, createLocalKeyUnwrapper, openDecryptedSource, type EncryptedInput, type KeyUnwrapper,
+  createDecryptor, createLocalKeyUnwrapper, openDecryptedSource, type EncryptedInput, type KeyUnwrapper,
 } from '../../lib/decrypt.js';
+import { createEncryptor } from '../../lib/encrypt.js';
 import { createTokenizer } from '../../lib/tokenize.js';
 import { chunked, collect, collectError } from '../helpers/streams.js';
 import {

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { TarParser, encodeHeader, encodeEnd, paddingAfter, type TarEntry } from '../../lib/crypto/tar.js';
-import { encryptExport } from '../../lib/decrypt.js';
+import { encryptExport } from '../../lib/encrypt.js';
 
 export const FIXTURES = path.resolve('spec/fixtures/crypto');
 export const fixture = (name: string): string => path.join(FIXTURES, name);

@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { encryptExport } from '../../lib/decrypt.js';
+import { encryptExport } from '../../lib/encrypt.js';
 import { readFixture, tempDir } from './helpers.js';
 
 const CEILING_MB = 150;

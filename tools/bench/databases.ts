@@ -1,6 +1,6 @@
 /** Fresh databases on one PostgreSQL server, for benchmark runs. */
 import pg from 'pg';
-import { createKnex, migrate } from '../db/knex.js';
+import { createKnex, migrate } from '../../lib/db/knex.js';
 
 /** The URL of database `name` on the server of `serverUrl`. */
 export function databaseUrl(serverUrl: string, name: string): string {

@@ -19,7 +19,7 @@
  * itself a collider.
  */
 import { Readable } from 'node:stream';
-import { OptionError } from './errors.js';
+import { OptionError } from '../lib/errors.js';
 
 /** Options of {@link createExportGenerator}. */
 export interface GenerateOptions {

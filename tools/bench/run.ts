@@ -12,7 +12,7 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { createExportGenerator, DEFAULT_COLLISION_RATE, type GenerateCounts } from '../generate.js';
-import { OptionError } from '../errors.js';
+import { OptionError } from '../../lib/errors.js';
 import { runMeasured, type MeasuredRun } from './child.js';
 import { dumpTables, IMPORTED_TABLES, loadTables } from './copy-floor.js';
 import { countRows, databaseUrl, dropDatabase, freshDatabase, serverVersion } from './databases.js';
@@ -148,7 +148,7 @@ async function runImport(runner: ImportRunner, file: string, url: string, privat
 
 /** The parse floor in its own Node process, so its peak RSS is comparable with the import's. */
 async function measureParseFloor(file: string): Promise<{ floor: SizeResult['parseFloor']; records: number | null }> {
-  const mod = pathToFileURL(path.join(PACKAGE_ROOT, 'dist', 'lib', 'bench', 'parse-floor.js')).href;
+  const mod = pathToFileURL(path.join(PACKAGE_ROOT, 'dist', 'tools', 'bench', 'parse-floor.js')).href;
   const script = `const { parseFloor } = await import(${JSON.stringify(mod)}); ` +
     'process.stdout.write(JSON.stringify(await parseFloor(process.argv[1])));';
   const run = await runMeasured(process.execPath, ['--input-type=module', '-e', script, file]);
@@ -166,19 +166,19 @@ interface EncryptionKit {
   privateKeyFile: string;
 }
 
-/** A working encryptor from lib/decrypt.ts, or the reason there is none. */
+/** A working encryptor from lib/encrypt.ts, or the reason there is none. */
 async function encryptionKit(workDir: string): Promise<EncryptionKit | Skipped> {
   let mod: Record<string, unknown>;
   try {
-    mod = (await import('../decrypt.js')) as Record<string, unknown>;
+    mod = { ...(await import('../../lib/decrypt.js')), ...(await import('../../lib/encrypt.js')) } as Record<string, unknown>;
   } catch (err) {
-    return { skipped: `lib/decrypt.ts does not load: ${(err as Error).message}` };
+    return { skipped: `lib/decrypt.ts or lib/encrypt.ts does not load: ${(err as Error).message}` };
   }
   const encryptExport = mod.encryptExport;
   const openDecryptedSource = mod.openDecryptedSource;
   const createLocalKeyUnwrapper = mod.createLocalKeyUnwrapper;
   if (typeof encryptExport !== 'function' || typeof openDecryptedSource !== 'function' || typeof createLocalKeyUnwrapper !== 'function') {
-    return { skipped: 'lib/decrypt.ts does not export encryptExport, openDecryptedSource and createLocalKeyUnwrapper yet (the crypto branch is not merged)' };
+    return { skipped: 'lib/encrypt.ts and lib/decrypt.ts do not export encryptExport, openDecryptedSource and createLocalKeyUnwrapper yet (the crypto branch is not merged)' };
   }
   const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   const publicKeyPem = publicKey.export({ type: 'spki', format: 'pem' });

@@ -1,0 +1,216 @@
+/**
+ * SQL on the import table (`userport_import`) and the resume protocol around it: the advisory
+ * lock that says an import is running (and ending an orphaned holder), finding the import to
+ * resume, checkpoints, and the final state. `importUsers` (lib/import.ts) drives these.
+ */
+import os from 'node:os';
+import type { Knex } from 'knex';
+import type pg from 'pg';
+import { createKnex, migrate, waitForDatabase } from './knex.js';
+import { ErrorCodes, UserportError } from '../errors.js';
+import type { ImportSummary, StatsSnapshot } from '../stats.js';
+
+/** How long a resumable import waits for another process holding the same import id. */
+const BUSY_WAIT_SECONDS = 60;
+
+/**
+ * application_name of the session that holds an import's locks: names this process and host,
+ * so a resume can tell its predecessor's orphaned session (its process is gone) from a live one.
+ */
+export function ownerName(pid = process.pid): string {
+  return `userport ${pid}@${os.hostname()}`.slice(0, 63);
+}
+
+/**
+ * Ends the server session still holding import `importId`'s lock when the process that opened it
+ * (on this host) no longer exists: after a SIGKILL it would run its statement to the end, holding
+ * the import lock and the merge lock. Its transaction rolls back, as a crash would have.
+ * Returns whether an orphan was ended.
+ */
+async function endOrphan(client: pg.Client, importId: string): Promise<boolean> {
+  const holders = await client.query<{ pid: number; app: string }>(
+    `SELECT a.pid, a.application_name AS app FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+     WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 747211 AND l.objid = hashtext($1)::oid AND l.objsubid = 2
+       AND a.pid <> pg_backend_pid()`, [importId]);
+  let ended = false;
+  for (const h of holders.rows) {
+    const m = /^userport (\d+)@/.exec(h.app);
+    if (!m || h.app !== ownerName(Number(m[1])) || processExists(Number(m[1]))) continue;
+    // Waits (up to 10 s) for the session to be gone, so its locks are free on return.
+    const r = await client.query<{ ok: boolean }>('SELECT pg_terminate_backend($1, 10000) AS ok', [h.pid]);
+    ended ||= !!r.rows[0]?.ok;
+  }
+  return ended;
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it exists, as another user's process.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Takes import `importId`'s advisory lock for this session. A killed predecessor's session may
+ * still hold it: it is ended if its process is gone from this host; otherwise this waits a while
+ * (on another host, client_connection_check_interval makes the server drop it within seconds),
+ * then fails with IMPORT_BUSY.
+ */
+export async function lockImport(client: pg.Client, importId: string): Promise<void> {
+  await endOrphan(client, importId);
+  await client.query(`SET lock_timeout = '${BUSY_WAIT_SECONDS}s'`);
+  try {
+    await client.query('SELECT pg_advisory_lock(747211, hashtext($1))', [importId]);
+  } catch (err) {
+    if ((err as { code?: string }).code !== '55P03') throw err;
+    throw new UserportError(ErrorCodes.IMPORT_BUSY, `import ${importId} is already running in another process`);
+  }
+  await client.query('SET lock_timeout = 0');
+}
+
+/** A row of `userport_import`. */
+export interface ImportRow {
+  run: number;
+  state: string;
+  source_size: number | null;
+  source_fingerprint: string | null;
+  options: Record<string, unknown>;
+  checkpoint_ordinal: number;
+  counters: StatsSnapshot | null;
+  summary: ImportSummary | null;
+}
+
+/** The row of import `importId`, if any. */
+export async function findImport(client: pg.ClientBase, importId: string): Promise<ImportRow | undefined> {
+  const found = await client.query<ImportRow>('SELECT * FROM userport_import WHERE id = $1', [importId]);
+  return found.rows[0];
+}
+
+/** Marks an import being resumed as running again. */
+export async function markImportRunning(client: pg.ClientBase, run: number): Promise<void> {
+  await client.query(`UPDATE userport_import SET state = 'running', error = NULL, updated_at = now() WHERE run = $1`, [run]);
+}
+
+/** What an import row records of its source and options. */
+export interface ImportRowSource {
+  importId: string;
+  source: string;
+  fingerprint: { size: number; hash: string } | undefined;
+  /** The options that must be the same to resume (jsonb). */
+  options: unknown;
+}
+
+/** Inserts the row of a new resumable import; resolves to its run number. */
+export async function insertResumableImport(client: pg.ClientBase, r: ImportRowSource): Promise<number> {
+  const ins = await client.query(
+    `INSERT INTO userport_import (id, mode, state, source, source_size, source_fingerprint, options)
+     VALUES ($1, 'resumable', 'running', $2, $3, $4, $5) RETURNING run`,
+    [r.importId, r.source, r.fingerprint!.size, r.fingerprint!.hash, JSON.stringify(r.options)]);
+  return ins.rows[0].run;
+}
+
+/** A fresh run number for an import whose row is written only at the end (atomic, dry run). */
+export async function nextImportRun(client: pg.ClientBase): Promise<number> {
+  return (await client.query(`SELECT nextval('userport_import_run_seq')::bigint AS run`)).rows[0].run;
+}
+
+/** Inserts the row of an atomic (or dry-run) import, inside its transaction, at the end. */
+export async function insertImport(c: pg.ClientBase, run: number, mode: ImportSummary['mode'], r: ImportRowSource): Promise<void> {
+  await c.query(`INSERT INTO userport_import (run, id, mode, state, source, source_size, source_fingerprint, options)
+                 VALUES ($1, $2, $3, 'running', $4, $5, $6, $7)`,
+    [run, r.importId, mode, r.source, r.fingerprint?.size ?? null, r.fingerprint?.hash ?? null,
+      JSON.stringify(r.options)]);
+}
+
+/** The usernames of `names` (deduplicated, sorted) that no kept staged user of `run` has. */
+export async function unmatchedUsernames(c: pg.ClientBase, run: number, userCode: number, names: Iterable<string>): Promise<string[]> {
+  const r = await c.query(`SELECT name FROM unnest($2::text[]) AS name
+                           WHERE NOT EXISTS (SELECT 1 FROM userport_stage s WHERE s.run = $1 AND s.model = ${userCode} AND s.keep AND s.username = name)
+                           ORDER BY name`, [run, [...new Set(names)]]);
+  return r.rows.map((x: { name: string }) => x.name);
+}
+
+/** Drops the staged rows of `run` (a resumable import's stage outlives its batches). */
+export async function deleteStaged(c: pg.ClientBase, run: number): Promise<void> {
+  await c.query('DELETE FROM userport_stage WHERE run = $1', [run]);
+}
+
+/** Marks `run` done with its summary and counters. */
+export async function finishImport(c: pg.ClientBase, run: number, summary: ImportSummary, counters: StatsSnapshot): Promise<void> {
+  await c.query(`UPDATE userport_import SET state = 'done', finished_at = clock_timestamp(), updated_at = clock_timestamp(), summary = $2,
+                 counters = $3 WHERE run = $1`, [run, JSON.stringify(summary), JSON.stringify(counters)]);
+}
+
+/** Records a checkpoint: every record through `ordinal` (ending at byte `offset`) is committed. */
+export async function saveCheckpoint(c: pg.ClientBase, run: number, ordinal: number, offset: number, counters: StatsSnapshot): Promise<void> {
+  await c.query(`UPDATE userport_import SET checkpoint_ordinal = $2, checkpoint_offset = $3, counters = $4, updated_at = now()
+                 WHERE run = $1`, [run, ordinal, offset, JSON.stringify(counters)]);
+}
+
+/** Marks `run` failed with `message`; never throws (the import's own error is what matters). */
+export async function markImportFailed(knex: Knex, run: number, message: string): Promise<void> {
+  await knex.raw(`UPDATE userport_import SET state = 'failed', error = ?, updated_at = now() WHERE run = ?`, [message, run]).catch(() => undefined);
+}
+
+/**
+ * The id of the latest resumable import of the same file (size and fingerprint) and options:
+ * an unfinished one first, else a finished one. Running the same command again must continue
+ * it (or say it is done), never start a duplicate that renames every user.
+ */
+export async function findResumableImport(client: pg.ClientBase, fp: { size: number; hash: string }, key: unknown): Promise<string | undefined> {
+  const r = await client.query<{ id: string }>(
+    `SELECT id FROM userport_import
+     WHERE mode = 'resumable' AND source_size = $1 AND source_fingerprint = $2 AND options = $3::jsonb
+     ORDER BY (state <> 'done') DESC, run DESC LIMIT 1`,
+    [fp.size, fp.hash, JSON.stringify(key)]);
+  return r.rows[0]?.id;
+}
+
+/** One import as `userport imports` lists it. */
+export interface ImportListing {
+  run: number;
+  id: string;
+  mode: ImportSummary['mode'];
+  /**
+   * `running` only while a process holds the import (its advisory lock, held by a live session);
+   * `interrupted` when the row says running but nobody does: killed, or the server died.
+   */
+  state: 'running' | 'interrupted' | 'failed' | 'done';
+  source: string;
+  startedAt: Date;
+  finishedAt: Date | null;
+  checkpointOrdinal: number;
+  records: number | null;
+  error: string | null;
+}
+
+/** Every import in the database at `databaseUrl`, oldest first. */
+export async function listImports(databaseUrl: string): Promise<ImportListing[]> {
+  const knex = createKnex(databaseUrl, 2);
+  try {
+    await waitForDatabase(knex);
+    await migrate(knex);
+    // The lock is pg_advisory_lock(747211, hashtext(id)) (see importUsers): pg_locks shows a
+    // two-key advisory lock as classid = key 1, objid = key 2 as unsigned, objsubid = 2.
+    const { rows } = await knex.raw(`
+      SELECT run::int AS run, id, mode, source, started_at, finished_at, checkpoint_ordinal::bigint AS checkpoint_ordinal,
+             (summary->>'records')::bigint AS records, error,
+             CASE WHEN state = 'running' AND NOT EXISTS (
+               SELECT 1 FROM pg_locks l
+               WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 AND l.classid = 747211 AND l.objid = (hashtext(i.id)::bigint & 4294967295)::oid AND l.objsubid = 2)
+             THEN 'interrupted' ELSE state END AS state
+      FROM userport_import i ORDER BY run`);
+    return (rows as Record<string, unknown>[]).map((r) => ({
+      run: Number(r.run), id: String(r.id), mode: r.mode as ImportListing['mode'], state: r.state as ImportListing['state'],
+      source: String(r.source), startedAt: new Date(r.started_at as string), finishedAt: r.finished_at ? new Date(r.finished_at as string) : null,
+      checkpointOrdinal: Number(r.checkpoint_ordinal ?? 0), records: r.records === null || r.records === undefined ? null : Number(r.records),
+      error: (r.error as string | null) ?? null,
+    }));
+  } finally {
+    await knex.destroy();
+  }
+}

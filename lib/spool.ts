@@ -1,0 +1,74 @@
+/**
+ * Private spool files of the encrypted-export path: a stream's (still encrypted) token is written
+ * to a temporary file (mode 0600 in a 0700 folder) so it can be read twice, then removed when its
+ * stream closes or on any failure. Also the chunked range reader over such a file.
+ */
+import fs, { type FileHandle } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
+import path from 'node:path';
+import { DecryptError, DecryptErrorCodes, ioError } from './crypto/errors.js';
+
+/**
+ * Reads `length` bytes at `start` in chunks. The yielded buffer is reused: consumers copy what
+ * they keep (the base64 decoder's `toString` does).
+ */
+export async function* readRange(file: FileHandle, start: number, length: number, chunkSize: number): AsyncGenerator<Buffer> {
+  const buf = Buffer.allocUnsafe(Math.min(chunkSize, Math.max(length, 1)));
+  let pos = start;
+  const end = start + length;
+  while (pos < end) {
+    const want = Math.min(buf.length, end - pos);
+    const { bytesRead } = await file.read(buf, 0, want, pos);
+    if (bytesRead === 0) throw new DecryptError(DecryptErrorCodes.TRUNCATED, `the input ended early at byte ${pos}`);
+    pos += bytesRead;
+    yield buf.subarray(0, bytesRead);
+  }
+}
+
+/**
+ * Spool folders still on disk. The library installs no process handlers: a spool goes away with
+ * its stream (close, destroy, failure). A program that wants spools gone when it is killed, as the
+ * CLI does, calls {@link removeLiveSpoolsSync} from its own signal and exit handlers.
+ */
+const liveSpools = new Set<string>();
+
+/** Removes every spool folder still on disk, synchronously (for a host's exit or signal handler). */
+export function removeLiveSpoolsSync(): void {
+  for (const d of liveSpools) rmSync(d, { recursive: true, force: true });
+  liveSpools.clear();
+}
+
+function trackSpool(dir: string): void {
+  liveSpools.add(dir);
+}
+
+function untrackSpools(dir: string): void {
+  liveSpools.delete(dir);
+}
+
+export async function makeSpool(tmpDir: string): Promise<{ dir: string; file: FileHandle; remove: () => Promise<void> }> {
+  let dir: string;
+  try {
+    // mkdtemp makes the folder 0700; the file inside is 0600 and created exclusively.
+    dir = await fs.mkdtemp(path.join(tmpDir, 'userport-spool-'));
+  } catch (err) {
+    throw ioError(`cannot create the spool folder in ${tmpDir}`, err);
+  }
+  trackSpool(dir);
+  let file: FileHandle | undefined;
+  let removed = false;
+  const remove = async () => {
+    if (removed) return;
+    removed = true;
+    await file?.close().catch(() => undefined);
+    await fs.rm(dir, { recursive: true, force: true });
+    untrackSpools(dir);
+  };
+  try {
+    file = await fs.open(path.join(dir, 'export.json.fernet'), 'wx+', 0o600);
+  } catch (err) {
+    await remove();
+    throw ioError('cannot create the spool file', err);
+  }
+  return { dir, file, remove };
+}
