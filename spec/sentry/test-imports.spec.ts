@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { UserportError } from '../../lib/errors.js';
 import { createLocalKeyUnwrapper } from '../../lib/crypto/unwrapper.js';
-import { encryptExport } from '../../lib/decrypt.js';
+import { encryptExport } from '../../lib/encrypt.js';
 import { importUsers } from '../../lib/import.js';
 import { freshDatabase, type TestDb } from '../helpers/db.js';
 
