@@ -125,6 +125,12 @@ export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefine
   };
 }
 
+/** The reject marker for a record {@link scopeRecord} refused (also used by the fused processor). */
+export function scopeReject(raw: RawRecord, err: RecordError): RejectMarker {
+  const m = err.position?.model;
+  return { kind: 'reject', ...position(raw), model: m && modelInfo(m) ? m : undefined, error: err, record: raw.nonObject ? raw.nonObject.value : raw.value };
+}
+
 /** Creates the scope-and-filter stage: {@link RawRecord} in, {@link FlowItem} out. */
 export function createUserFilter(options: UserFilterOptions = {}): Transform {
   checkOptions('createUserFilter', options, USER_FILTER_OPTIONS);
@@ -139,8 +145,7 @@ export function createUserFilter(options: UserFilterOptions = {}): Transform {
         item = scopeRecord(raw, keep);
       } catch (err) {
         if (!collect || !(err instanceof RecordError)) return callback(err as Error);
-        const m = err.position?.model;
-        item = { kind: 'reject', ...position(raw), model: m && modelInfo(m) ? m : undefined, error: err, record: raw.nonObject ? raw.nonObject.value : raw.value };
+        item = scopeReject(raw, err);
       }
       callback(null, item);
     },

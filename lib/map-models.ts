@@ -201,6 +201,12 @@ export function rejectedUserRow(item: RejectMarker): FilteredMarker | undefined 
   };
 }
 
+/** The reject marker for a record {@link mapRecord} refused (also used by the fused processor). */
+export function mapReject(rec: ScopedRecord, err: RecordError): RejectMarker {
+  const { ordinal, offset, line, column, length, model, pk, fields } = rec;
+  return { kind: 'reject', ordinal, offset, line, column, length, model, error: err, record: { model, pk, fields } };
+}
+
 /** Creates the model-mapping stage: {@link FlowItem} in, {@link MappedItem} out. */
 export function createModelMapper(options: ModelMapperOptions = {}): Transform {
   checkOptions('createModelMapper', options, { collectRejects: isBoolean });
@@ -214,9 +220,7 @@ export function createModelMapper(options: ModelMapperOptions = {}): Transform {
         callback(null, mapRecord(item));
       } catch (err) {
         if (!collect || !(err instanceof RecordError)) return callback(err as Error);
-        const { ordinal, offset, line, column, length, model, pk, fields } = item;
-        const reject: RejectMarker = { kind: 'reject', ordinal, offset, line, column, length, model, error: err, record: { model, pk, fields } };
-        callback(null, reject);
+        callback(null, mapReject(item, err));
       }
     },
   });

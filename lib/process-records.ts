@@ -1,24 +1,20 @@
 /**
  * The fused fast path used by `importUsers`: tokenizer, user filter and model mapper in one
  * Transform, emitting one array of items per input chunk. The per-record logic is exactly the
- * public stages' pure functions (`RecordSplitter`, `scopeRecord`, `mapRecord`); only the stream
+ * public stages' pure functions (`RecordSplitter`, `scopeRecord`, `mapRecord`, and their reject
+ * and flush helpers `scopeReject`, `mapReject`, `endSplitter`); only the stream
  * hops are gone. Measured on 100k users: three object-mode hops per record and their
  * intermediate objects cost more CPU than the parsing itself (see bench/NOTES.md).
  * `spec/process-records.spec.ts` proves it equal to the three stages composed.
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { RecordError } from './errors.js';
-import { DEFAULT_COLLECT_REJECTS, scopeRecord, USER_FILTER_OPTIONS, type RejectMarker, type UserFilterOptions } from './filter-users.js';
+import { DEFAULT_COLLECT_REJECTS, scopeRecord, scopeReject, USER_FILTER_OPTIONS, type UserFilterOptions } from './filter-users.js';
 import { checkOptions, toStringSet } from './options.js';
-import { mapRecord, type MappedItem } from './map-models.js';
-import { modelInfo } from './models.js';
-import { RecordSplitter, TOKENIZER_OPTIONS, type RawRecord, type TokenizerOptions } from './tokenize.js';
+import { mapRecord, mapReject, type MappedItem } from './map-models.js';
+import { endSplitter, RecordSplitter, TOKENIZER_OPTIONS, type RawRecord, type TokenizerOptions } from './tokenize.js';
 
 export interface RecordProcessorOptions extends TokenizerOptions, UserFilterOptions {}
-
-function reject(raw: RawRecord, err: RecordError, model: string | undefined, record: unknown): RejectMarker {
-  return { kind: 'reject', ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, length: raw.length, model, error: err, record };
-}
 
 /** Turns one parsed record into what the sink takes. Throws a RecordError unless collecting. */
 export function processRecord(raw: RawRecord, keep: ReadonlySet<string> | undefined, collect: boolean): MappedItem {
@@ -27,15 +23,14 @@ export function processRecord(raw: RawRecord, keep: ReadonlySet<string> | undefi
     scoped = scopeRecord(raw, keep);
   } catch (err) {
     if (!collect || !(err instanceof RecordError)) throw err;
-    const m = err.position?.model;
-    return reject(raw, err, m && modelInfo(m) ? m : undefined, raw.nonObject ? raw.nonObject.value : raw.value);
+    return scopeReject(raw, err);
   }
   if (scoped.kind === 'skip') return scoped;
   try {
     return mapRecord(scoped);
   } catch (err) {
     if (!collect || !(err instanceof RecordError)) throw err;
-    return reject(raw, err, scoped.model, { model: scoped.model, pk: scoped.pk, fields: scoped.fields });
+    return mapReject(scoped, err);
   }
 }
 
@@ -72,12 +67,7 @@ export function createRecordProcessor(options: RecordProcessorOptions = {}): Tra
       callback(readError as Error | undefined);
     },
     flush(callback: TransformCallback) {
-      try {
-        splitter.end();
-        callback();
-      } catch (err) {
-        callback(err as Error);
-      }
+      endSplitter(splitter, callback);
     },
   });
   return Object.assign(stream, { splitter });

@@ -514,13 +514,18 @@ export function createTokenizer(options: TokenizerOptions = {}): Transform & { s
       callback();
     },
     flush(callback: TransformCallback) {
-      try {
-        splitter.end();
-        callback();
-      } catch (err) {
-        callback(err as Error);
-      }
+      endSplitter(splitter, callback);
     },
   });
   return Object.assign(stream, { splitter });
+}
+
+/** A byte stage's flush: checks the input was complete, then calls back (with the error if not). */
+export function endSplitter(splitter: RecordSplitter, callback: TransformCallback): void {
+  try {
+    splitter.end();
+    callback();
+  } catch (err) {
+    callback(err as Error);
+  }
 }

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { expect } from 'chai';
-import { createExportGenerator, iso, USER_SCOPE_MODELS, type GenerateOptions, type ExportGenerator } from '../tools/generate.js';
-import { OptionError } from '../lib/errors.js';
+import { createExportGenerator, iso, USER_SCOPE_MODELS, type GenerateOptions, type ExportGenerator } from '../../tools/generate.js';
+import { OptionError } from '../../lib/errors.js';
 
 interface Rec { model: string; pk: number; fields: Record<string, unknown> }
 

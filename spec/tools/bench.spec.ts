@@ -5,14 +5,14 @@ import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { expect } from 'chai';
 import pg from 'pg';
-import { runMeasured } from '../tools/bench/child.js';
-import { dumpTables, IMPORTED_TABLES, loadTables } from '../tools/bench/copy-floor.js';
-import { parseFloor } from '../tools/bench/parse-floor.js';
-import { formatTable, renderChart } from '../tools/bench/report.js';
-import { isSkipped, type BenchResults, type CopyFloorMeasurement, type ImportMeasurement } from '../tools/bench/results.js';
-import { expectedRows, runBench, shebangNodeFlags } from '../tools/bench/run.js';
-import { createExportGenerator } from '../tools/generate.js';
-import { freshDatabase, serverUrl } from './helpers/db.js';
+import { runMeasured } from '../../tools/bench/child.js';
+import { dumpTables, IMPORTED_TABLES, loadTables } from '../../tools/bench/copy-floor.js';
+import { parseFloor } from '../../tools/bench/parse-floor.js';
+import { formatTable, renderChart } from '../../tools/bench/report.js';
+import { isSkipped, type BenchResults, type CopyFloorMeasurement, type ImportMeasurement } from '../../tools/bench/results.js';
+import { expectedRows, runBench, shebangNodeFlags } from '../../tools/bench/run.js';
+import { createExportGenerator } from '../../tools/generate.js';
+import { freshDatabase, serverUrl } from '../helpers/db.js';
 
 function tmpDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'userport-bench-spec-'));
