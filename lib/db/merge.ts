@@ -40,11 +40,20 @@ function modelCodes(): ModelCodes {
 
 const MODEL_NAMES: Record<string, string> = { up_user: 'sentry.user', up_email: 'sentry.email', up_ue: 'sentry.useremail', up_uo: 'sentry.useroption' };
 
+type TargetTables = ReturnType<typeof targetTables>;
+
+/** Sentry's target tables, as `schemas/` names them (`x-userport.table`). */
+function targetTables() {
+  const table = (model: string) => modelInfo(model)!.mapping.table;
+  return { user: table('sentry.user'), email: table('sentry.email'), userEmail: table('sentry.useremail'), userOption: table('sentry.useroption') };
+}
+
 /**
  * Merges staged rows of `run` into the target tables and records findings; adds the outcome
  * counts to `stats`. Throws USERPORT_RECORD_DUPLICATE_PK when a model repeats a source pk.
  */
 export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, stats: ImportStats): Promise<void> {
+  const T = targetTables();
   const trace = process.env.USERPORT_TRACE_SQL === '1';
   // Prints every statement's plan: how the specs check that no join can degrade quadratically.
   const explain = process.env.USERPORT_EXPLAIN_SQL === '1';
@@ -95,7 +104,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     ), ex AS (
       -- An existing user with the same name, case-insensitively (the oldest if several).
       SELECT DISTINCT ON (lower(a.username)) lower(a.username) AS lname, a.id
-      FROM auth_user a WHERE lower(a.username) IN (SELECT lname FROM u WHERE keep)
+      FROM ${T.user} a WHERE lower(a.username) IN (SELECT lname FROM u WHERE keep)
       ORDER BY lower(a.username), a.id
     ), o AS (
       SELECT u.*, ex.id AS ex_id,
@@ -108,7 +117,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     SELECT o.*,
       CASE WHEN outcome = 'inserted' THEN username END AS final_name,
       NULL::text AS cand,
-      CASE WHEN outcome IN ('inserted', 'renamed') THEN nextval(pg_get_serial_sequence('auth_user', 'id')) END AS new_id,
+      CASE WHEN outcome IN ('inserted', 'renamed') THEN nextval(pg_get_serial_sequence('${T.user}', 'id')) END AS new_id,
       CASE WHEN outcome IN ('inserted', 'renamed') THEN NULL WHEN outcome = 'merged' THEN ex_id END AS target_id,
       CASE WHEN outcome = 'filtered' THEN 'username not in --filter-usernames'
            WHEN outcome = 'renamed' THEN 'username taken'
@@ -122,9 +131,9 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     await q(`UPDATE up_user p SET target_id = l.new_id FROM up_user l
              WHERE p.outcome = 'merged' AND p.target_id IS NULL AND l.keep AND l.rn = 1 AND l.lname = p.lname`);
   }
-  await renameUsers(q);
+  await renameUsers(q, T);
   await q(`
-    INSERT INTO auth_user (id, password, last_login, username, first_name, email, is_staff, is_active, is_superuser,
+    INSERT INTO ${T.user} (id, password, last_login, username, first_name, email, is_staff, is_active, is_superuser,
       is_managed, is_sentry_app, is_password_expired, is_unclaimed, last_password_change, flags, session_nonce,
       date_joined, last_active, avatar_type, avatar_url)
     SELECT new_id, '!' || substr(md5(random()::text) || md5(random()::text), 1, 40), last_login, final_name,
@@ -161,19 +170,19 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     FROM userport_stage s WHERE s.run = $1 AND s.model = ${C.email}`, [run]);
   await q('ANALYZE up_email');
   // Number(): the caller's client may read int8 as text (pg's default).
-  const before = Number((await q('SELECT coalesce(max(id), 0) AS id FROM sentry_email')).rows[0].id);
+  const before = Number((await q(`SELECT coalesce(max(id), 0) AS id FROM ${T.email}`)).rows[0].id);
   await q(`
-    INSERT INTO sentry_email (email, date_added)
+    INSERT INTO ${T.email} (email, date_added)
     SELECT email, coalesce(date_added, now()) FROM up_email WHERE rn = 1 AND outcome IS NULL ORDER BY src_pk
     ON CONFLICT ((lower(email))) DO NOTHING`);
-  await q('ANALYZE sentry_email');
+  await q(`ANALYZE ${T.email}`);
   // Rows with an id above the old maximum are new: merges hold the lock, so no other import
   // inserted meanwhile. (Mapping through INSERT ... RETURNING in a CTE instead looked cheaper but
   // the CTE has no statistics: the planner joined it by nested loop, 103 s at 30k users.)
   await q(`
     INSERT INTO userport_pk_map (run, model, source_pk, target_id, kind)
     SELECT $1, 'sentry.email', e.src_pk, se.id, CASE WHEN se.id > $2 AND e.rn = 1 THEN 'inserted' ELSE 'existing' END
-    FROM up_email e JOIN sentry_email se ON lower(se.email) = e.le WHERE e.outcome IS NULL`, [run, before]);
+    FROM up_email e JOIN ${T.email} se ON lower(se.email) = e.le WHERE e.outcome IS NULL`, [run, before]);
   const emailCounts = await q(`SELECT kind, count(*)::int AS n FROM userport_pk_map WHERE run = $1 AND model = 'sentry.email' GROUP BY kind`, [run]);
   for (const { kind, n } of emailCounts.rows as { kind: 'inserted' | 'existing'; n: number }[]) stats.model('sentry.email')[kind] += n;
 
@@ -220,12 +229,12 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // skipped) and duplicates are already ranked out, so nothing can conflict: plain inserts,
   // cheaper than ON CONFLICT's speculative insertion.
   await q(`
-    INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified)
+    INSERT INTO ${T.userEmail} (user_id, email, validation_hash, date_hash_added, is_verified)
     SELECT target_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
     FROM up_ue WHERE outcome = 'insert' ORDER BY src_pk`);
   // Sentry's post-save signal gives every new user a row for its own address.
   const prim = await q(`
-    INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified)
+    INSERT INTO ${T.userEmail} (user_id, email, validation_hash, date_hash_added, is_verified)
     SELECT new_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
     FROM up_user WHERE new_id IS NOT NULL AND coalesce(email, '') <> ''
     ON CONFLICT (user_id, email) DO NOTHING`);
@@ -233,17 +242,17 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // Sentry's receivers/email.py gives every new UserEmail an Email row for its address, so an
   // export without sentry.email records still ends with one row per address of its new users.
   const signalled = await q(`
-    INSERT INTO sentry_email (email, date_added)
+    INSERT INTO ${T.email} (email, date_added)
     SELECT email, now() FROM (
-      SELECT DISTINCT ON (lower(ue.email)) ue.email, ue.user_id FROM sentry_useremail ue
+      SELECT DISTINCT ON (lower(ue.email)) ue.email, ue.user_id FROM ${T.userEmail} ue
       JOIN up_user u ON u.new_id = ue.user_id
-      WHERE ue.email <> '' AND NOT EXISTS (SELECT 1 FROM sentry_email e WHERE lower(e.email) = lower(ue.email))
+      WHERE ue.email <> '' AND NOT EXISTS (SELECT 1 FROM ${T.email} e WHERE lower(e.email) = lower(ue.email))
       ORDER BY lower(ue.email), ue.user_id, ue.email) x
     ORDER BY user_id, email
     ON CONFLICT ((lower(email))) DO NOTHING`);
   stats.adjacent.userEmailAddresses = (stats.adjacent.userEmailAddresses ?? 0) + (signalled.rowCount ?? 0);
   await q(`
-    INSERT INTO sentry_useroption (user_id, project_id, organization_id, key, value)
+    INSERT INTO ${T.userOption} (user_id, project_id, organization_id, key, value)
     SELECT target_id, NULL, NULL, opt_key, opt_value::jsonb FROM up_uo WHERE outcome = 'insert' ORDER BY src_pk`);
 
   // 6. Findings and counts.
@@ -318,7 +327,7 @@ async function resolveNaturalKeys(q: Q, run: number, C: ModelCodes): Promise<voi
 }
 
 /** Gives every 'renamed' user a free `<name>-<random tail>`, in set-based rounds. */
-async function renameUsers(q: Q): Promise<void> {
+async function renameUsers(q: Q, T: TargetTables): Promise<void> {
   const pending = await q(`SELECT count(*)::int AS n FROM up_user WHERE outcome = 'renamed'`);
   if (!pending.rows[0].n) return;
   const lengths: number[] = [];
@@ -332,7 +341,7 @@ async function renameUsers(q: Q): Promise<void> {
              SELECT src_pk, left(username, ${128 - 1 - len}) || '-' || userport_random_string(${len}) AS cand
              FROM up_user WHERE outcome = 'renamed' AND final_name IS NULL`);
     await q(`DELETE FROM up_cand c USING (SELECT lower(cand) AS lc FROM up_cand GROUP BY 1 HAVING count(*) > 1) t WHERE lower(c.cand) = t.lc`);
-    await q(`DELETE FROM up_cand c USING auth_user a WHERE lower(a.username) = lower(c.cand)`);
+    await q(`DELETE FROM up_cand c USING ${T.user} a WHERE lower(a.username) = lower(c.cand)`);
     await q(`DELETE FROM up_cand c USING up_user o WHERE lower(o.final_name) = lower(c.cand)`);
     await q(`UPDATE up_user p SET final_name = c.cand FROM up_cand c WHERE p.src_pk = c.src_pk`);
     await q('DROP TABLE up_cand');
