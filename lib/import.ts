@@ -51,6 +51,13 @@ export interface ImportOptions {
   embeddedDir?: string;
   /** Reuse an existing user on username collision instead of renaming. @default false */
   mergeUsers?: boolean;
+  /**
+   * `auto`: when every target table is empty and can be locked at once (a restore), load the rows
+   * into the bare tables and build their unique constraints, indexes and foreign keys afterwards,
+   * in the same transaction; `off`: always insert row by row into the indexed tables (the path any
+   * non-empty target takes). Both write the same rows. @default 'auto'
+   */
+  bulkLoad?: 'auto' | 'off';
   /** Import only these users (exact usernames) and what belongs to them. */
   filterUsernames?: string[];
   /** Run everything, report, then roll back. @default false */
@@ -91,6 +98,7 @@ const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
   databaseUrl: isNonEmptyString,
   embeddedDir: isNonEmptyString,
   mergeUsers: isBoolean,
+  bulkLoad: (v) => (v === 'auto' || v === 'off' ? undefined : '"auto" or "off"'),
   filterUsernames: isStringIterable,
   dryRun: isBoolean,
   resumable: isBoolean,
@@ -216,10 +224,12 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       collectRejects,
     });
     const filterActive = options.filterUsernames !== undefined;
+    let bulkLoaded = false;
 
     const finalize = async (c: pg.ClientBase) => {
       if (!options.resumable) await insertImport(c, run, mode, rowSource());
-      await mergeStaged(c, { run, mergeUsers: !!options.mergeUsers, filterActive }, stats);
+      const merged = await mergeStaged(c, { run, mergeUsers: !!options.mergeUsers, filterActive, bulkLoad: options.bulkLoad !== 'off' }, stats);
+      bulkLoaded = merged.bulkLoad;
       if (filterActive) {
         stats.unmatchedUsernames = await unmatchedUsernames(c, run, modelInfo('sentry.user')!.mapping.code, options.filterUsernames!);
       }
@@ -259,6 +269,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       return {
         importId, mode, state: 'done', records: s.records, bytes: s.bytes, seconds: (Date.now() - started) / 1000,
         models: s.models, skipped: s.skipped, unknownFields: s.unknownFields, adjacent: s.adjacent, unmatchedUsernames: s.unmatchedUsernames,
+        bulkLoad: bulkLoaded,
       };
     };
     try {

@@ -42,6 +42,11 @@ export interface ImportSummary {
   adjacent: Adjacent;
   /** Names given to --filter-usernames that matched no user. */
   unmatchedUsernames: string[];
+  /**
+   * True when the target tables were empty and the rows were loaded before their indexes and
+   * constraints were built (`bulkLoad: 'auto'`). Optional: summaries stored before it existed lack it.
+   */
+  bulkLoad?: boolean;
 }
 
 /** Rows userport writes beside the imported ones, as Sentry's signal receivers would. */

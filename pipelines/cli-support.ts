@@ -42,6 +42,7 @@ const LIBRARY_TO_FLAG: Readonly<Record<string, string>> = {
   mergeUsers: '--merge-users',
   filterUsernames: '--filter-usernames',
   dryRun: '--dry-run',
+  bulkLoad: '--bulk-load',
   resumable: '--resumable',
   importId: '--import-id',
   batchRows: '--batch-rows',

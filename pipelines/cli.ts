@@ -53,6 +53,9 @@ Options:
                                   (empty: no filter, as in Sentry)
   --filter-usernames-file F       the same, names separated by commas or newlines
   --dry-run                       do everything, report, then roll back
+  --bulk-load auto|off            auto (default): into empty target tables, load the rows first and
+                                  build their indexes and constraints after (locks those tables);
+                                  off: insert into the indexed tables, as into any non-empty target
   --resumable                     commit in batches; the same command again continues an
                                   interrupted import of the same file and options
   --import-id ID                  with --resumable: name the import (letters, digits, . _ -)
@@ -131,6 +134,7 @@ const IMPORT_FLAGS = {
   'filter-usernames': { type: 'string', aliases: ['filter_usernames'] },
   'filter-usernames-file': { type: 'string' },
   'dry-run': { type: 'boolean' },
+  'bulk-load': { type: 'string' },
   resumable: { type: 'boolean' },
   'import-id': { type: 'string' },
   'batch-rows': { type: 'string' },
@@ -289,6 +293,7 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
   if (ctx.phases && s.state !== 'already-done') {
     out.push(`Time: reading and staging ${ctx.phases.reading.toFixed(1)}s, merging ${ctx.phases.merging.toFixed(1)}s`);
   }
+  if (s.bulkLoad && s.state !== 'already-done') out.push('Empty target: rows loaded first, indexes and constraints built after');
   out.push('', ...lines);
   for (const [model, c] of Object.entries(s.models)) {
     for (const [reason, k] of Object.entries(c.dropped)) out.push(`  dropped ${n(k)} ${model}: ${reason}`);
@@ -416,6 +421,8 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
   if (o['import-id'] !== undefined && !resumable) throw usageError('--import-id needs --resumable');
   if (o['batch-rows'] !== undefined && !resumable) throw usageError('--batch-rows needs --resumable');
   if (resumable && o['dry-run']) throw usageError('--resumable and --dry-run cannot be combined (a dry run commits nothing to resume)');
+  const bulkLoad = str(o['bulk-load']);
+  if (bulkLoad !== undefined && bulkLoad !== 'auto' && bulkLoad !== 'off') throw usageError(`--bulk-load must be auto or off, got "${printable(bulkLoad)}"`);
   const importId = str(o['import-id']);
   if (importId !== undefined && !/^[A-Za-z0-9._-]{1,100}$/.test(importId)) {
     throw usageError(`--import-id must be 1-100 letters, digits, '.', '_' or '-', got "${printable(importId)}"`);
@@ -459,6 +466,7 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
       mergeUsers: !!o['merge-users'],
       filterUsernames,
       dryRun: !!o['dry-run'],
+      bulkLoad,
       resumable,
       importId,
       rejectsFile: str(o['rejects-file']),

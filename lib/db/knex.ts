@@ -7,12 +7,14 @@ import pg from 'pg';
 import { DatabaseError, ErrorCodes, OptionError } from '../errors.js';
 import * as m1 from './migrations/20261125000000_sentry_user_tables.js';
 import * as m2 from './migrations/20261125000100_userport_bookkeeping.js';
+import * as m3 from './migrations/20261201000000_bookkeeping_without_row_triggers.js';
 
 interface Migration { up(k: Knex): Promise<void>; down(k: Knex): Promise<void> }
 
 const MIGRATIONS: Record<string, Migration> = {
   '20261125000000_sentry_user_tables': m1,
   '20261125000100_userport_bookkeeping': m2,
+  '20261201000000_bookkeeping_without_row_triggers': m3,
 };
 
 class ListedMigrations implements Knex.MigrationSource<string> {

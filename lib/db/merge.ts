@@ -26,7 +26,21 @@ export interface MergeOptions {
   mergeUsers: boolean;
   /** True when a username filter is active: only emails of kept users are imported. */
   filterActive: boolean;
+  /**
+   * Try the empty-target path: when every target table is empty and can be locked at once, load
+   * the rows first and build the indexes and constraints after ({@link BulkLoad}). @default false
+   */
+  bulkLoad?: boolean;
 }
+
+/** What {@link mergeStaged} reports about how it wrote. */
+export interface MergeOutcome {
+  /** True when the rows were loaded into bare tables and the indexes and constraints built after. */
+  bulkLoad: boolean;
+}
+
+/** Sentry's table of lost-password hashes (not a model of the export: no schema names it). */
+const LOST_PASSWORD_TABLE = 'sentry_lostpasswordhash';
 
 type Q = (sql: string, params?: unknown[]) => Promise<pg.QueryResult>;
 
@@ -52,7 +66,7 @@ function targetTables() {
  * Merges staged rows of `run` into the target tables and records findings; adds the outcome
  * counts to `stats`. Throws USERPORT_RECORD_DUPLICATE_PK when a model repeats a source pk.
  */
-export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, stats: ImportStats): Promise<void> {
+export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, stats: ImportStats): Promise<MergeOutcome> {
   const T = targetTables();
   const trace = process.env.USERPORT_TRACE_SQL === '1';
   // Prints every statement's plan: how the specs check that no join can degrade quadratically.
@@ -114,17 +128,19 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
              ELSE 'renamed' END AS outcome
       FROM u LEFT JOIN ex USING (lname)
     )
-    SELECT o.*,
-      CASE WHEN outcome = 'inserted' THEN username END AS final_name,
-      NULL::text AS cand,
-      CASE WHEN outcome IN ('inserted', 'renamed') THEN nextval(pg_get_serial_sequence('${T.user}', 'id')) END AS new_id,
-      CASE WHEN outcome IN ('inserted', 'renamed') THEN NULL WHEN outcome = 'merged' THEN ex_id END AS target_id,
-      CASE WHEN outcome = 'filtered' THEN 'username not in --filter-usernames'
-           WHEN outcome = 'renamed' THEN 'username taken'
-           WHEN outcome = 'merged' AND ex_id IS NOT NULL THEN 'merged into existing user'
-           WHEN outcome = 'merged' THEN 'merged into an earlier user of the export with the same username' END AS reason
-    FROM o`, [run, options.mergeUsers]);
-  await q(`UPDATE up_user SET target_id = new_id WHERE new_id IS NOT NULL`);
+    SELECT n.*,
+      -- A new user's target is its new id (a subquery: nextval runs once per row).
+      CASE WHEN outcome IN ('inserted', 'renamed') THEN new_id WHEN outcome = 'merged' THEN ex_id END AS target_id
+    FROM (
+      SELECT o.*,
+        CASE WHEN outcome = 'inserted' THEN username END AS final_name,
+        NULL::text AS cand,
+        CASE WHEN outcome IN ('inserted', 'renamed') THEN nextval(pg_get_serial_sequence('${T.user}', 'id')) END AS new_id,
+        CASE WHEN outcome = 'filtered' THEN 'username not in --filter-usernames'
+             WHEN outcome = 'renamed' THEN 'username taken'
+             WHEN outcome = 'merged' AND ex_id IS NOT NULL THEN 'merged into existing user'
+             WHEN outcome = 'merged' THEN 'merged into an earlier user of the export with the same username' END AS reason
+      FROM o) n`, [run, options.mergeUsers]);
   await q('ANALYZE up_user');
   if (options.mergeUsers) {
     // Later users of a name merge into its first user when that one is inserted now.
@@ -132,6 +148,11 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
              WHERE p.outcome = 'merged' AND p.target_id IS NULL AND l.keep AND l.rn = 1 AND l.lname = p.lname`);
   }
   await renameUsers(q, T);
+  const bulk = options.bulkLoad ? await enterBulkLoad(q, (sql) => client.query(sql), T) : undefined;
+  if (bulk && trace) process.stderr.write(`[bulk] load first, then build: ${bulk.dropped.join(', ')}\n`);
+  // Without the unique indexes there is no ON CONFLICT arbiter; the tables were empty and are
+  // locked, so the anti-joins below decide alone what the arbiter would have.
+  const onConflict = (target: string) => (bulk ? '' : `ON CONFLICT ${target} DO NOTHING`);
   await q(`
     INSERT INTO ${T.user} (id, password, last_login, username, first_name, email, is_staff, is_active, is_superuser,
       is_managed, is_sentry_app, is_password_expired, is_unclaimed, last_password_change, flags, session_nonce,
@@ -142,7 +163,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       coalesce(date_joined, now()), last_active, coalesce(avatar_type, 0), avatar_url
     FROM up_user WHERE new_id IS NOT NULL ORDER BY new_id`);
   const lph = await q(`
-    INSERT INTO sentry_lostpasswordhash (user_id, hash, date_added)
+    INSERT INTO ${LOST_PASSWORD_TABLE} (user_id, hash, date_added)
     SELECT new_id, replace(gen_random_uuid()::text, '-', ''), now() FROM up_user WHERE new_id IS NOT NULL`);
   stats.adjacent.lostPasswordHashes += lph.rowCount ?? 0;
   await q(`
@@ -174,7 +195,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   await q(`
     INSERT INTO ${T.email} (email, date_added)
     SELECT email, coalesce(date_added, now()) FROM up_email WHERE rn = 1 AND outcome IS NULL ORDER BY src_pk
-    ON CONFLICT ((lower(email))) DO NOTHING`);
+    ${onConflict('((lower(email)))')}`);
   await q(`ANALYZE ${T.email}`);
   // Rows with an id above the old maximum are new: merges hold the lock, so no other import
   // inserted meanwhile. (Mapping through INSERT ... RETURNING in a CTE instead looked cheaper but
@@ -236,11 +257,13 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   const prim = await q(`
     INSERT INTO ${T.userEmail} (user_id, email, validation_hash, date_hash_added, is_verified)
     SELECT new_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
-    FROM up_user WHERE new_id IS NOT NULL AND coalesce(email, '') <> ''
-    ON CONFLICT (user_id, email) DO NOTHING`);
+    FROM up_user u WHERE new_id IS NOT NULL AND coalesce(email, '') <> ''
+      ${bulk ? `AND NOT EXISTS (SELECT 1 FROM up_ue x WHERE x.outcome = 'insert' AND x.target_id = u.new_id AND x.email = u.email)` : ''}
+    ${onConflict('(user_id, email)')}`);
   stats.adjacent.primaryEmails += prim.rowCount ?? 0;
   // Sentry's receivers/email.py gives every new UserEmail an Email row for its address, so an
   // export without sentry.email records still ends with one row per address of its new users.
+  if (bulk) await q(`ANALYZE ${T.userEmail}`);
   const signalled = await q(`
     INSERT INTO ${T.email} (email, date_added)
     SELECT email, now() FROM (
@@ -249,11 +272,12 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       WHERE ue.email <> '' AND NOT EXISTS (SELECT 1 FROM ${T.email} e WHERE lower(e.email) = lower(ue.email))
       ORDER BY lower(ue.email), ue.user_id, ue.email) x
     ORDER BY user_id, email
-    ON CONFLICT ((lower(email))) DO NOTHING`);
+    ${onConflict('((lower(email)))')}`);
   stats.adjacent.userEmailAddresses = (stats.adjacent.userEmailAddresses ?? 0) + (signalled.rowCount ?? 0);
   await q(`
     INSERT INTO ${T.userOption} (user_id, project_id, organization_id, key, value)
     SELECT target_id, NULL, NULL, opt_key, opt_value::jsonb FROM up_uo WHERE outcome = 'insert' ORDER BY src_pk`);
+  if (bulk) await bulk.rebuild();
 
   // 6. Findings and counts.
   for (const [table, model] of Object.entries(MODEL_NAMES)) {
@@ -278,6 +302,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       else stats.drop(model, reason ?? outcome, n);
     }
   }
+  return { bulkLoad: !!bulk };
 }
 
 /**
@@ -349,4 +374,84 @@ async function renameUsers(q: Q, T: TargetTables): Promise<void> {
     if (!left.rows[0].n) return;
   }
   throw new Error('could not find free usernames for renamed users');
+}
+
+/**
+ * The empty-target path ("load first, index after", as pgloader does a restore). When every
+ * target table is empty and this transaction can lock them all at once, the unique constraints,
+ * secondary indexes and foreign keys among them are dropped, the rows are inserted into bare
+ * heaps, and the very same definitions (`pg_get_constraintdef`/`pg_get_indexdef`, same names) are
+ * created again before the merge ends: one index build and one bulk foreign-key check per
+ * constraint instead of a per-row index insertion and a per-row deferred trigger. All inside the
+ * import's transaction: a failure or a dry run rolls the definitions back with the rows.
+ *
+ * Never on a table that holds data: the tables are locked (ACCESS EXCLUSIVE, NOWAIT) only after
+ * they were seen empty, and checked again once locked. Primary keys stay (new ids are appended, so
+ * their maintenance is cheap, and other tables' foreign keys may hang on them), and so does any
+ * constraint or index another table's foreign key depends on, or a foreign key that points at a
+ * table outside the five (its table would be locked too).
+ */
+export interface BulkLoad {
+  /** Recreates what was dropped, in dependency order: indexes and unique constraints, then foreign keys. */
+  rebuild(): Promise<void>;
+  /** The dropped definitions, for the trace. */
+  dropped: readonly string[];
+}
+
+interface DroppedObject { table: string; name: string; kind: 'index' | 'unique' | 'foreign'; definition: string }
+
+const IDENT_SQL = (s: string) => `"${s.replace(/"/g, '""')}"`;
+
+/** `catalog` runs the catalog queries (not traced or explained: their plans are PostgreSQL's business). */
+async function enterBulkLoad(q: Q, catalog: Q, T: TargetTables): Promise<BulkLoad | undefined> {
+  const tables = [T.user, T.email, T.userEmail, T.userOption, LOST_PASSWORD_TABLE];
+  const list = tables.map((t) => `'${t}'::regclass`).join(', ');
+  const anyRows = () => q(`SELECT ${tables.map((t) => `EXISTS (SELECT 1 FROM ${t})`).join(' OR ')} AS any`);
+  // Only what this role owns can be altered; anything else keeps the incremental path.
+  const owned = await catalog(`SELECT bool_and(pg_has_role(relowner, 'USAGE')) AS ok FROM pg_class WHERE oid IN (${list})`);
+  if (!owned.rows[0].ok) return undefined;
+  if ((await anyRows()).rows[0].any) return undefined;
+  await q('SAVEPOINT userport_bulk_lock');
+  try {
+    await q(`LOCK TABLE ${tables.join(', ')} IN ACCESS EXCLUSIVE MODE NOWAIT`);
+  } catch (err) {
+    // Another session uses a table right now (Sentry itself, a reader): no waiting, no bulk path.
+    if ((err as { code?: string }).code !== '55P03') throw err;
+    await q('ROLLBACK TO SAVEPOINT userport_bulk_lock');
+    return undefined;
+  }
+  await q('RELEASE SAVEPOINT userport_bulk_lock');
+  if ((await anyRows()).rows[0].any) return undefined;
+  // Constraints and indexes that nothing outside the five tables depends on.
+  const objects = (await catalog(`
+    SELECT c.conrelid::regclass::text AS table, c.conname AS name,
+      CASE c.contype WHEN 'u' THEN 'unique' ELSE 'foreign' END AS kind,
+      pg_get_constraintdef(c.oid) AS definition
+    FROM pg_constraint c
+    WHERE c.conrelid IN (${list}) AND c.contype IN ('u', 'f')
+      AND (c.contype <> 'f' OR c.confrelid IN (${list}))
+      AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = c.conindid AND c.contype = 'u'
+                        AND f.conrelid NOT IN (${list}))
+    UNION ALL
+    SELECT i.indrelid::regclass::text, ic.relname, 'index', pg_get_indexdef(i.indexrelid)
+    FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+    WHERE i.indrelid IN (${list}) AND NOT i.indisprimary
+      AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)
+      AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = i.indexrelid)
+    ORDER BY 1, 2`)).rows as DroppedObject[];
+  const order = { foreign: 0, unique: 1, index: 2 } as const;
+  const drops = [...objects].sort((a, b) => order[a.kind] - order[b.kind]);
+  for (const o of drops) {
+    await q(o.kind === 'index' ? `DROP INDEX ${IDENT_SQL(o.name)}` : `ALTER TABLE ${o.table} DROP CONSTRAINT ${IDENT_SQL(o.name)}`);
+  }
+  return {
+    dropped: drops.map((o) => `${o.table}.${o.name}`),
+    async rebuild() {
+      // Index builds sort in memory up to maintenance_work_mem (64 MB by default).
+      await q(`SET LOCAL maintenance_work_mem = '256MB'`);
+      for (const o of [...drops].reverse()) {
+        await q(o.kind === 'index' ? o.definition : `ALTER TABLE ${o.table} ADD CONSTRAINT ${IDENT_SQL(o.name)} ${o.definition}`);
+      }
+    },
+  };
 }

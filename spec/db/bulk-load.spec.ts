@@ -1,0 +1,201 @@
+/**
+ * The empty-target path (issue #11 target 2): into empty tables the merge loads the rows first and
+ * builds the indexes and constraints after, in the import's transaction. It must write exactly
+ * what the incremental path writes, leave the very same definitions behind, never lock or alter
+ * a table that holds data, never wait for another session, and leave nothing behind on failure.
+ */
+import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { pipeline } from 'node:stream/promises';
+import pg from 'pg';
+import { importUsers, type ImportOptions } from '../../lib/import.js';
+import { UserportError } from '../../lib/errors.js';
+import { createExportGenerator } from '../../tools/generate.js';
+import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { tableSnapshot, TARGET_TABLES, user, useremail, useroption, writeExport } from '../helpers/exports.js';
+
+const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'userport.js');
+
+async function generated(users: number, seed: number): Promise<string> {
+  const file = path.join(os.tmpdir(), `userport-bulk-${process.pid}-${users}-${seed}.json`);
+  if (!fs.existsSync(file)) await pipeline(createExportGenerator({ users, seed, collisionRate: 0.05 }), fs.createWriteStream(file));
+  return file;
+}
+
+/** Every index and constraint of the target tables, by name, as PostgreSQL prints it. */
+async function definitions(db: TestDb): Promise<string[]> {
+  const list = TARGET_TABLES.map((t) => `'${t}'::regclass`).join(', ');
+  const r = await db.knex.raw(`
+    SELECT conrelid::regclass || ' constraint ' || conname || ': ' || pg_get_constraintdef(oid) AS d
+      FROM pg_constraint WHERE conrelid IN (${list})
+    UNION ALL
+    SELECT indrelid::regclass || ' index ' || indexrelid::regclass || ': ' || pg_get_indexdef(indexrelid)
+      FROM pg_index WHERE indrelid IN (${list})
+    ORDER BY 1`);
+  return r.rows.map((x: { d: string }) => x.d);
+}
+
+/** Rows with their ids (renamed users' random tails masked), and the other tables as plain data. */
+async function rowsWithIds(db: TestDb) {
+  const ids = {
+    users: (await db.knex.raw(`SELECT id, regexp_replace(username, '-[a-z0-9]{2,12}$', '-~') AS u FROM auth_user ORDER BY id`)).rows,
+    emails: (await db.knex.raw('SELECT id, email FROM sentry_email ORDER BY id')).rows,
+    userEmails: (await db.knex.raw('SELECT user_id, email FROM sentry_useremail ORDER BY user_id, email')).rows,
+    options: (await db.knex.raw('SELECT user_id, key, value FROM sentry_useroption ORDER BY user_id, key')).rows,
+    hashes: (await db.knex.raw('SELECT user_id FROM sentry_lostpasswordhash ORDER BY user_id')).rows,
+  };
+  const snap = JSON.parse(JSON.stringify(await tableSnapshot(db.knex)).replace(/-[a-z0-9]{2,12}(?=["@])/g, '-~'));
+  return { ids, snap };
+}
+
+describe('bulk load into empty target tables', function () {
+  this.timeout(180000);
+
+  let file: string;
+  let pristine: string[];
+  let usernames: string[];
+  before(async () => {
+    file = await generated(3000, 11);
+    usernames = (JSON.parse(fs.readFileSync(file, 'utf8')) as { model: string; fields: { username: string } }[])
+      .filter((r) => r.model === 'sentry.user').map((r) => r.fields.username);
+    const db = await freshDatabase();
+    try { pristine = await definitions(db); } finally { await db.close(); }
+    expect(pristine.length, 'the migration made indexes and constraints').to.be.greaterThan(10);
+  });
+
+  const cases: [string, () => Partial<ImportOptions>][] = [
+    ['default options', () => ({})],
+    ['--merge-users', () => ({ mergeUsers: true })],
+    ['a username filter', () => ({ filterUsernames: [...usernames.slice(0, 40), usernames[2999]!, 'nobody'] })],
+  ];
+  for (const [name, options] of cases) {
+    it(`writes exactly the rows and ids of the incremental path and leaves the same definitions (${name})`, async () => {
+      const bulk = await freshDatabase();
+      const incremental = await freshDatabase();
+      const extra = options();
+      try {
+        const a = await importUsers({ source: file, databaseUrl: bulk.url, ...extra });
+        const b = await importUsers({ source: file, databaseUrl: incremental.url, bulkLoad: 'off', ...extra });
+        expect([a.bulkLoad, b.bulkLoad]).to.deep.equal([true, false]);
+        expect(a.models).to.deep.equal(b.models);
+        expect(a.adjacent).to.deep.equal(b.adjacent);
+        expect(await bulk.count('auth_user'), 'the export was imported').to.be.greaterThan(0);
+        expect(await rowsWithIds(bulk)).to.deep.equal(await rowsWithIds(incremental));
+        expect(await definitions(bulk)).to.deep.equal(pristine);
+        expect(await definitions(incremental)).to.deep.equal(pristine);
+        // The rebuilt constraints work: a duplicate username is refused, a dangling user id too.
+        const err = await bulk.knex.raw(`INSERT INTO auth_user (password, username) SELECT password, username FROM auth_user LIMIT 1`).then(() => undefined, (e: { code?: string }) => e.code);
+        expect(err).to.equal('23505');
+        const fk = await bulk.knex.raw(`INSERT INTO sentry_useroption (user_id, key, value) VALUES (999999999, 'k', '1')`).then(() => undefined, (e: { code?: string }) => e.code);
+        expect(fk).to.equal('23503');
+      } finally {
+        await bulk.close();
+        await incremental.close();
+      }
+    });
+  }
+
+  it('takes the incremental path when any target table holds a row, and changes no definition', async () => {
+    const db = await freshDatabase();
+    try {
+      await db.knex.raw(`INSERT INTO sentry_email (email) VALUES ('someone@example.com')`);
+      const s = await importUsers({ source: file, databaseUrl: db.url });
+      expect(s.bulkLoad).to.equal(false);
+      expect(await db.count('auth_user')).to.equal(s.models['sentry.user']!.inserted);
+      expect(await definitions(db)).to.deep.equal(pristine);
+    } finally {
+      await db.close();
+    }
+  });
+
+  it('does not wait for a session that reads a target table: it takes the incremental path', async () => {
+    const db = await freshDatabase();
+    const reader = new pg.Client({ connectionString: db.url });
+    await reader.connect();
+    try {
+      await reader.query('BEGIN');
+      await reader.query('SELECT count(*) FROM auth_user');
+      const s = await importUsers({ source: file, databaseUrl: db.url });
+      expect(s.bulkLoad).to.equal(false);
+      expect(await db.count('auth_user')).to.equal(3000);
+    } finally {
+      await reader.query('ROLLBACK').catch(() => undefined);
+      await reader.end();
+      await db.close();
+    }
+  });
+
+  it('keeps the definitions other tables depend on, and never touches those tables', async () => {
+    const db = await freshDatabase();
+    try {
+      // Another table of a Sentry database: it holds data and points at auth_user by username.
+      await db.knex.raw(`CREATE TABLE other_member (id serial PRIMARY KEY, username varchar(128) REFERENCES auth_user (username) DEFERRABLE INITIALLY DEFERRED,
+                           user_id bigint REFERENCES auth_user (id) DEFERRABLE INITIALLY DEFERRED)`);
+      await db.knex.raw(`INSERT INTO other_member (username, user_id) VALUES (NULL, NULL)`);
+      const before = await definitions(db);
+      const s = await importUsers({ source: file, databaseUrl: db.url });
+      expect(s.bulkLoad).to.equal(true);
+      expect(await definitions(db)).to.deep.equal(before);
+      expect((await db.knex.raw(`SELECT pg_get_constraintdef(oid) AS d FROM pg_constraint WHERE conrelid = 'other_member'::regclass AND contype = 'f' ORDER BY conname`)).rows.map((r: { d: string }) => r.d))
+        .to.deep.equal(['FOREIGN KEY (user_id) REFERENCES auth_user(id) DEFERRABLE INITIALLY DEFERRED', 'FOREIGN KEY (username) REFERENCES auth_user(username) DEFERRABLE INITIALLY DEFERRED']);
+    } finally {
+      await db.close();
+    }
+  });
+
+  it('a dry run and a failed import leave the tables empty and every definition as it was', async () => {
+    const db = await freshDatabase();
+    try {
+      const dry = await importUsers({ source: file, databaseUrl: db.url, dryRun: true });
+      expect(dry.bulkLoad).to.equal(true);
+      expect(await db.count('auth_user')).to.equal(0);
+      expect(await definitions(db)).to.deep.equal(pristine);
+
+      // A Sentry database with a rule userport does not know: a unique index on auth_user.email.
+      // Rebuilt after the load, it fails there, as the incremental insert would fail on it.
+      await db.knex.raw('CREATE UNIQUE INDEX auth_user_email_strict ON auth_user (email)');
+      const withExtra = await definitions(db);
+      const twins = writeExport([user(1, 'ann', { email: 'same@example.com' }), user(2, 'bob', { email: 'same@example.com' }),
+        useremail(3, 1, 'same@example.com'), useroption(4, 2, 'timezone', 'UTC')]);
+      const codes: string[] = [];
+      for (const bulkLoad of ['auto', 'off'] as const) {
+        const err = await importUsers({ source: twins, databaseUrl: db.url, bulkLoad }).then(() => undefined, (e: unknown) => e);
+        expect(err).to.be.instanceOf(UserportError);
+        codes.push((err as UserportError).code);
+        for (const t of TARGET_TABLES) expect(await db.count(t), t).to.equal(0);
+        expect(await definitions(db)).to.deep.equal(withExtra);
+      }
+      expect(codes[0]).to.equal(codes[1]);
+    } finally {
+      await db.close();
+    }
+  });
+
+  it('the CLI: --bulk-load is checked before any database work, and every bulk statement has a plan without a nested loop over a scan', async () => {
+    const bad = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--bulk-load', 'sometimes', '--database-url', 'postgresql://nobody@127.0.0.1:1/none'], { encoding: 'utf8' });
+    expect(bad.status).to.equal(2);
+    expect(bad.stderr).to.contain('--bulk-load must be auto or off, got "sometimes"');
+
+    const db = await freshDatabase();
+    try {
+      const run = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--database-url', db.url, '--no-progress'],
+        { encoding: 'utf8', env: { ...process.env, USERPORT_EXPLAIN_SQL: '1' } });
+      expect(run.status, run.stderr.slice(-2000)).to.equal(0);
+      expect(run.stdout).to.contain('Empty target: rows loaded first, indexes and constraints built after');
+      const plans = [...run.stderr.matchAll(/\[plan\] (.*)\n([\s\S]*?)\n\[\/plan\]/g)].map((m) => ({ sql: m[1]!, plan: m[2]! }));
+      expect(plans.filter((p) => /^INSERT INTO sentry_useremail/.test(p.sql)).length, 'both user-email inserts were planned').to.equal(2);
+      for (const p of plans) expect(p.plan, p.sql).to.not.match(/Nested Loop[\s\S]*->\s+Seq Scan/);
+      const off = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--database-url', (await freshDatabase().then((d) => { cleanup.push(d); return d; })).url, '--no-progress', '--bulk-load', 'off'], { encoding: 'utf8' });
+      expect(off.status, off.stderr.slice(-2000)).to.equal(0);
+      expect(off.stdout).to.not.contain('Empty target');
+    } finally {
+      await db.close();
+      for (const d of cleanup.splice(0)) await d.close();
+    }
+  });
+  const cleanup: TestDb[] = [];
+});
