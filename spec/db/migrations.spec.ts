@@ -9,7 +9,7 @@ describe('migrations', () => {
 
   it('creates Sentry\'s user tables and the bookkeeping tables, and is idempotent', async () => {
     const first = await migrate(db.knex);
-    expect(first).to.have.length(2);
+    expect(first).to.have.length(3);
     const second = await migrate(db.knex);
     expect(second).to.deep.equal([]);
     const { rows } = await db.knex.raw(`SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1`);
@@ -20,11 +20,17 @@ describe('migrations', () => {
     }
   });
 
+  it('leaves the bookkeeping tables without per-row foreign-key triggers (the pk map is written for every user and email)', async () => {
+    const { rows } = await db.knex.raw(`SELECT conrelid::regclass::text AS t, contype FROM pg_constraint
+      WHERE conrelid IN ('userport_pk_map'::regclass, 'userport_finding'::regclass) ORDER BY 1, 2`);
+    expect(rows).to.deep.equal([{ t: 'userport_pk_map', contype: 'c' }, { t: 'userport_pk_map', contype: 'p' }]);
+  });
+
   it('runs safely from several connections at once', async () => {
     const other = await freshDatabase(false);
     try {
       const results = await Promise.all([migrate(other.knex), migrate(other.knex), migrate(other.knex)]);
-      expect(results.map((r) => r.length).sort()).to.deep.equal([0, 0, 2]);
+      expect(results.map((r) => r.length).sort()).to.deep.equal([0, 0, 3]);
     } finally {
       await other.close();
     }
