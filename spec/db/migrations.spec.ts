@@ -21,9 +21,12 @@ describe('migrations', () => {
   });
 
   it('leaves the bookkeeping tables without per-row foreign-key triggers (the pk map is written for every user and email)', async () => {
-    const { rows } = await db.knex.raw(`SELECT conrelid::regclass::text AS t, contype FROM pg_constraint
-      WHERE conrelid IN ('userport_pk_map'::regclass, 'userport_finding'::regclass) ORDER BY 1, 2`);
-    expect(rows).to.deep.equal([{ t: 'userport_pk_map', contype: 'c' }, { t: 'userport_pk_map', contype: 'p' }]);
+    // The second migration made two such keys; the third drops them.
+    const { rows } = await db.knex.raw(`SELECT conrelid::regclass::text AS t, conname FROM pg_constraint
+      WHERE contype = 'f' AND confrelid = 'userport_import'::regclass ORDER BY 1, 2`);
+    expect(rows).to.deep.equal([]);
+    const pk = await db.knex.raw(`SELECT pg_get_constraintdef(oid) AS d FROM pg_constraint WHERE conrelid = 'userport_pk_map'::regclass AND contype = 'p'`);
+    expect(pk.rows).to.deep.equal([{ d: 'PRIMARY KEY (run, model, source_pk)' }]);
   });
 
   it('runs safely from several connections at once', async () => {
