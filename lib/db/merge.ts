@@ -92,7 +92,9 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   await q('SELECT pg_advisory_xact_lock($1)', [MERGE_LOCK_KEY]);
   // The ORDER BY src_pk sorts of big imports spilled to disk at the default 4 MB.
   await q(`SET LOCAL work_mem = '64MB'`);
-  await q('ANALYZE userport_stage');
+  // Statistics only of the columns later statements join or filter on: a wide table's other
+  // columns would cost time to sample and help no plan.
+  await q('ANALYZE userport_stage (run, model, src_pk, user_pk, keep, username, email)');
 
   // 1. A source pk may appear once per model.
   const dup = await q(`
@@ -141,7 +143,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
              WHEN outcome = 'merged' AND ex_id IS NOT NULL THEN 'merged into existing user'
              WHEN outcome = 'merged' THEN 'merged into an earlier user of the export with the same username' END AS reason
       FROM o) n`, [run, options.mergeUsers]);
-  await q('ANALYZE up_user');
+  await q('ANALYZE up_user (src_pk, lname, keep, rn, outcome, new_id, target_id, final_name, email)');
   if (options.mergeUsers) {
     // Later users of a name merge into its first user when that one is inserted now.
     await q(`UPDATE up_user p SET target_id = l.new_id FROM up_user l
@@ -153,7 +155,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // Without the unique indexes there is no ON CONFLICT arbiter; the tables were empty and are
   // locked, so the anti-joins below decide alone what the arbiter would have.
   const onConflict = (target: string) => (bulk ? '' : `ON CONFLICT ${target} DO NOTHING`);
-  await q(`
+  const usersInserted = (await q(`
     INSERT INTO ${T.user} (id, password, last_login, username, first_name, email, is_staff, is_active, is_superuser,
       is_managed, is_sentry_app, is_password_expired, is_unclaimed, last_password_change, flags, session_nonce,
       date_joined, last_active, avatar_type, avatar_url)
@@ -161,7 +163,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       coalesce(first_name, ''), coalesce(email, ''), false, coalesce(is_active, true), false,
       false, is_sentry_app, false, true, now(), coalesce(flags, 0), session_nonce,
       coalesce(date_joined, now()), last_active, coalesce(avatar_type, 0), avatar_url
-    FROM up_user WHERE new_id IS NOT NULL ORDER BY new_id`);
+    FROM up_user WHERE new_id IS NOT NULL ORDER BY new_id`)).rowCount ?? 0;
   const lph = await q(`
     INSERT INTO ${LOST_PASSWORD_TABLE} (user_id, hash, date_added)
     SELECT new_id, replace(gen_random_uuid()::text, '-', ''), now() FROM up_user WHERE new_id IS NOT NULL`);
@@ -189,7 +191,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       CASE WHEN ${kept} THEN NULL ELSE 'filtered' END AS outcome,
       CASE WHEN ${kept} THEN NULL ELSE 'not an email of a user kept by --filter-usernames' END AS reason
     FROM userport_stage s WHERE s.run = $1 AND s.model = ${C.email}`, [run]);
-  await q('ANALYZE up_email');
+  await q('ANALYZE up_email (src_pk, le, rn, outcome)');
   // Number(): the caller's client may read int8 as text (pg's default).
   const before = Number((await q(`SELECT coalesce(max(id), 0) AS id FROM ${T.email}`)).rows[0].id);
   await q(`
@@ -244,15 +246,15 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
         WHERE s.run = $1 AND s.model = ${code}
       ) x`, [run]);
     // Fresh statistics: without them the planner guesses a few hundred rows for any size.
-    await q(`ANALYZE ${table}`);
+    await q(`ANALYZE ${table} (src_pk, user_pk, outcome, target_id, email)`);
   }
   // Every user these rows go to was inserted by this transaction (rows of merged users are
   // skipped) and duplicates are already ranked out, so nothing can conflict: plain inserts,
   // cheaper than ON CONFLICT's speculative insertion.
-  await q(`
+  const userEmailsInserted = (await q(`
     INSERT INTO ${T.userEmail} (user_id, email, validation_hash, date_hash_added, is_verified)
     SELECT target_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
-    FROM up_ue WHERE outcome = 'insert' ORDER BY src_pk`);
+    FROM up_ue WHERE outcome = 'insert' ORDER BY src_pk`)).rowCount ?? 0;
   // Sentry's post-save signal gives every new user a row for its own address.
   const prim = await q(`
     INSERT INTO ${T.userEmail} (user_id, email, validation_hash, date_hash_added, is_verified)
@@ -274,28 +276,29 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     ORDER BY user_id, email
     ${onConflict('((lower(email)))')}`);
   stats.adjacent.userEmailAddresses = (stats.adjacent.userEmailAddresses ?? 0) + (signalled.rowCount ?? 0);
-  await q(`
+  const userOptionsInserted = (await q(`
     INSERT INTO ${T.userOption} (user_id, project_id, organization_id, key, value)
-    SELECT target_id, NULL, NULL, opt_key, opt_value::jsonb FROM up_uo WHERE outcome = 'insert' ORDER BY src_pk`);
+    SELECT target_id, NULL, NULL, opt_key, opt_value::jsonb FROM up_uo WHERE outcome = 'insert' ORDER BY src_pk`)).rowCount ?? 0;
   if (bulk) await bulk.rebuild();
 
-  // 6. Findings and counts.
+  // 6. Findings and counts: one pass over each decision table writes the findings (the
+  // exceptions) and counts every outcome but the inserts, which the INSERTs above counted.
+  const insertedBy: Record<string, number> = { up_user: usersInserted, up_ue: userEmailsInserted, up_uo: userOptionsInserted };
   for (const [table, model] of Object.entries(MODEL_NAMES)) {
-    await q(`INSERT INTO userport_finding (run, kind, model, source_pk, ordinal, byte_offset, reason)
-             SELECT $1, outcome, '${model}', src_pk, ord, off,
-               ${FINDING_REASON[table]}
-             FROM ${table} WHERE outcome IN ('filtered', 'dropped', 'merged', 'renamed')`, [run]);
-    if (table === 'up_email') {
-      const f = await q(`SELECT count(*)::int AS n FROM up_email WHERE outcome = 'filtered'`);
-      stats.model(model).filtered += f.rows[0].n;
-      continue;
-    }
-    const counts = await q(`SELECT outcome, reason, count(*)::int AS n FROM ${table} GROUP BY outcome, reason`);
+    const counts = await q(`
+      WITH src AS MATERIALIZED (
+        SELECT outcome, reason, src_pk, ord, off, ${FINDING_REASON[table]} AS finding
+        FROM ${table} WHERE outcome NOT IN ('insert', 'inserted')
+      ), findings AS (
+        INSERT INTO userport_finding (run, kind, model, source_pk, ordinal, byte_offset, reason)
+        SELECT $1, outcome, '${model}', src_pk, ord, off, finding FROM src WHERE outcome IN ('filtered', 'dropped', 'merged', 'renamed')
+      )
+      SELECT outcome, reason, count(*)::int AS n FROM src GROUP BY outcome, reason`, [run]);
     const c = stats.model(model);
+    // Emails count inserted and existing from the pk map (step 3).
+    if (table !== 'up_email') c.inserted += insertedBy[table]!;
     for (const { outcome, reason, n } of counts.rows as { outcome: string; reason: string | null; n: number }[]) {
-      // 'insert' rows were all inserted: those plain INSERTs fail rather than skip a row.
-      if (outcome === 'inserted' || outcome === 'insert') c.inserted += n;
-      else if (outcome === 'renamed') { c.inserted += n; c.renamed += n; }
+      if (outcome === 'renamed') c.renamed += n; // renamed users are inserted users, counted above
       else if (outcome === 'existing') c.existing += n;
       else if (outcome === 'merged') c.merged += n;
       else if (outcome === 'filtered') c.filtered += n;
@@ -353,8 +356,7 @@ async function resolveNaturalKeys(q: Q, run: number, C: ModelCodes): Promise<voi
 
 /** Gives every 'renamed' user a free `<name>-<random tail>`, in set-based rounds. */
 async function renameUsers(q: Q, T: TargetTables): Promise<void> {
-  const pending = await q(`SELECT count(*)::int AS n FROM up_user WHERE outcome = 'renamed'`);
-  if (!pending.rows[0].n) return;
+  if (!(await q(`SELECT 1 FROM up_user WHERE outcome = 'renamed' LIMIT 1`)).rowCount) return;
   const lengths: number[] = [];
   for (const [len, tries] of RENAME_SCHEDULE) for (let i = 0; i < tries; i++) lengths.push(len);
   for (let round = 0; round < MAX_RENAME_ROUNDS; round++) {
@@ -370,8 +372,7 @@ async function renameUsers(q: Q, T: TargetTables): Promise<void> {
     await q(`DELETE FROM up_cand c USING up_user o WHERE lower(o.final_name) = lower(c.cand)`);
     await q(`UPDATE up_user p SET final_name = c.cand FROM up_cand c WHERE p.src_pk = c.src_pk`);
     await q('DROP TABLE up_cand');
-    const left = await q(`SELECT count(*)::int AS n FROM up_user WHERE outcome = 'renamed' AND final_name IS NULL`);
-    if (!left.rows[0].n) return;
+    if (!(await q(`SELECT 1 FROM up_user WHERE outcome = 'renamed' AND final_name IS NULL LIMIT 1`)).rowCount) return;
   }
   throw new Error('could not find free usernames for renamed users');
 }
@@ -420,8 +421,13 @@ async function enterBulkLoad(q: Q, catalog: Q, T: TargetTables): Promise<BulkLoa
     await q('ROLLBACK TO SAVEPOINT userport_bulk_lock');
     return undefined;
   }
+  // A row committed between the check and the lock: give the locks back (rolling back to the
+  // savepoint releases them) and take the incremental path.
+  if ((await anyRows()).rows[0].any) {
+    await q('ROLLBACK TO SAVEPOINT userport_bulk_lock');
+    return undefined;
+  }
   await q('RELEASE SAVEPOINT userport_bulk_lock');
-  if ((await anyRows()).rows[0].any) return undefined;
   // Constraints and indexes that nothing outside the five tables depends on.
   const objects = (await catalog(`
     SELECT c.conrelid::regclass::text AS table, c.conname AS name,
@@ -435,7 +441,7 @@ async function enterBulkLoad(q: Q, catalog: Q, T: TargetTables): Promise<BulkLoa
     UNION ALL
     SELECT i.indrelid::regclass::text, ic.relname, 'index', pg_get_indexdef(i.indexrelid)
     FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-    WHERE i.indrelid IN (${list}) AND NOT i.indisprimary
+    WHERE i.indrelid IN (${list}) AND NOT i.indisprimary AND i.indisvalid
       AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)
       AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = i.indexrelid)
     ORDER BY 1, 2`)).rows as DroppedObject[];
