@@ -21,7 +21,7 @@ import { writeErrorFinding, writeFindings } from './findings.js';
 import { modelInfo } from './models.js';
 import { fingerprint, isRegularFile, openSource } from './source.js';
 import type { MappedItem } from './map-models.js';
-import { createPgSink, DEFAULT_BATCH_ROWS } from './pg-sink.js';
+import { createPgSink, DEFAULT_BATCH_ROWS, StagedFacts } from './pg-sink.js';
 import { createRejectsFile, type RejectSink } from './rejects.js';
 import { ImportStats, type ImportSummary, type StatsSnapshot } from './stats.js';
 import { createRecordProcessor } from './process-records.js';
@@ -225,10 +225,14 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     });
     const filterActive = options.filterUsernames !== undefined;
     let bulkLoaded = false;
+    const staged = new StagedFacts();
 
     const finalize = async (c: pg.ClientBase) => {
       if (!options.resumable) await insertImport(c, run, mode, rowSource());
-      const merged = await mergeStaged(c, { run, mergeUsers: !!options.mergeUsers, filterActive, bulkLoad: options.bulkLoad !== 'off' }, stats);
+      // A resumed import staged part of its rows in an earlier process: every check runs then.
+      const merged = await mergeStaged(c, {
+        run, mergeUsers: !!options.mergeUsers, filterActive, bulkLoad: options.bulkLoad !== 'off', staged: skipThrough ? undefined : staged,
+      }, stats);
       bulkLoaded = merged.bulkLoad;
       if (filterActive) {
         stats.unmatchedUsernames = await unmatchedUsernames(c, run, modelInfo('sentry.user')!.mapping.code, options.filterUsernames!);
@@ -244,7 +248,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       await saveCheckpoint(c, run, last.ordinal, last.offset + last.length, snap);
     };
     const sink = createPgSink({
-      client, run, transaction: options.resumable ? 'batches' : 'whole', dryRun: options.dryRun,
+      client, run, transaction: options.resumable ? 'batches' : 'whole', dryRun: options.dryRun, staged,
       batchRows: options.batchRows ?? DEFAULT_BATCH_ROWS, checkpoint, finalize, stats, rejects,
     });
     if (options.onProgress) {

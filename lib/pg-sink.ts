@@ -20,8 +20,8 @@ import { Writable } from 'node:stream';
 import copyStreams from 'pg-copy-streams';
 import { OptionError, wrapCallbackError, wrapDbError } from './errors.js';
 import { checkOptions, isBoolean, isFunction, isInteger, isOneOf, type OptionCheck } from './options.js';
-import { rejectedUserRow, type FilteredMarker, type MappedItem, type StagedRow } from './map-models.js';
-import { STAGE_COLUMNS, type StageValue } from './models.js';
+import { REJECTED_USER_CODE, rejectedUserRow, type FilteredMarker, type MappedItem, type StagedRow } from './map-models.js';
+import { modelInfo, STAGE_COLUMNS, STAGE_INDEX, type StageValue } from './models.js';
 import type { RejectSink } from './rejects.js';
 import { ImportStats } from './stats.js';
 
@@ -55,6 +55,8 @@ export interface PgSinkOptions {
   rejects?: RejectSink;
   /** Called inside the final transaction once every row is staged: the merge. */
   finalize: (client: pg.ClientBase) => Promise<void>;
+  /** Filled with what the staged rows were like (see {@link StagedFacts}), for the merge. */
+  staged?: StagedFacts;
 }
 
 const PG_SINK_OPTIONS: { readonly [K in keyof PgSinkOptions]-?: OptionCheck } = {
@@ -67,6 +69,7 @@ const PG_SINK_OPTIONS: { readonly [K in keyof PgSinkOptions]-?: OptionCheck } = 
   stats: (v) => (v instanceof ImportStats ? undefined : 'an ImportStats'),
   rejects: (v) => (v !== null && typeof v === 'object' && typeof (v as RejectSink).reject === 'function' ? undefined : 'a RejectSink (createRejectsFile)'),
   finalize: isFunction,
+  staged: (v) => (v instanceof StagedFacts ? undefined : 'a StagedFacts'),
 };
 
 /** Encodes one value for COPY's text format. */
@@ -92,6 +95,36 @@ export function copyLine(run: number, row: StagedRow | FilteredMarker): string {
   return line + '\n';
 }
 
+/**
+ * What the sink saw of the rows it staged, so the merge can skip checks that cannot find
+ * anything: each is a full scan of the staging table (seconds at a million users). Filled in file
+ * order by {@link createPgSink} (`staged` option); true/false only describe the rows this sink
+ * staged, so a resumed import must not use them.
+ */
+export class StagedFacts {
+  /** Within every model, each source pk was greater than the one before it: no pk repeats. */
+  pksIncreasing = true;
+  /** A rejected user's pk was staged (code 5: its rows must say "user rejected"). */
+  rejectedUsers = false;
+  /** A user email or option named its user by username (pre-23.9.1 natural key). */
+  naturalKeys = false;
+  private readonly last = new Map<number, number>();
+  private readonly userCode = modelInfo('sentry.user')!.mapping.code;
+
+  /** Notes one staged row. */
+  note(row: StagedRow | FilteredMarker): void {
+    if (row.code === REJECTED_USER_CODE) { this.rejectedUsers = true; return; }
+    if (this.pksIncreasing) {
+      const before = this.last.get(row.code);
+      if (before !== undefined && !(row.pk > before)) this.pksIncreasing = false;
+      this.last.set(row.code, row.pk);
+    }
+    if (row.kind === 'row' && row.code !== this.userCode && row.values[STAGE_INDEX.user_pk] === null && row.values[STAGE_INDEX.username] != null) {
+      this.naturalKeys = true;
+    }
+  }
+}
+
 type CopyStream = ReturnType<typeof copyStreams.from>;
 
 /** Creates the PostgreSQL sink. See the module comment for its transaction shapes. */
@@ -105,6 +138,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
   const whole = options.transaction === 'whole';
   const stats = options.stats ?? new ImportStats();
   const rejects = options.rejects;
+  const staged = options.staged;
 
   const createdAt = performance.now();
   let copy: CopyStream | undefined;
@@ -195,12 +229,17 @@ export function createPgSink(options: PgSinkOptions): Writable {
       let last: MappedItem | undefined;
       const take = (item: MappedItem) => {
         stats.account(item);
-        if (item.kind === 'row' || item.kind === 'filtered') text += copyLine(run, item);
-        else if (item.kind === 'reject') {
+        if (item.kind === 'row' || item.kind === 'filtered') {
+          text += copyLine(run, item);
+          staged?.note(item);
+        } else if (item.kind === 'reject') {
           if (!rejects) throw item.error;
           rejects.reject(item.error, item, item.record);
           const pkOnly = rejectedUserRow(item);
-          if (pkOnly) text += copyLine(run, pkOnly);
+          if (pkOnly) {
+            text += copyLine(run, pkOnly);
+            staged?.note(pkOnly);
+          }
         }
         count++;
         last = item;

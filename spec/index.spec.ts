@@ -185,7 +185,7 @@ describe('the public surface (lib/index.ts)', () => {
     const lib = await import(path.join(ROOT, 'dist', 'lib', 'index.js')) as Record<string, unknown>;
     for (const name of ['createTokenizer', 'createUserFilter', 'createModelMapper', 'createPgSink', 'createDecryptor', 'importUsers',
       'isStagedRow', 'isFilteredMarker', 'isSkipMarker', 'isRejectMarker', 'isScopedRecord', 'STAGE_INDEX', 'UserportError', 'OptionError',
-      'DecryptError', 'ErrorCodes', 'mergeStaged', 'beginImportRun', 'startEmbedded', 'stopEmbedded']) {
+      'DecryptError', 'ErrorCodes', 'mergeStaged', 'StagedFacts', 'beginImportRun', 'startEmbedded', 'stopEmbedded']) {
       expect(lib[name], name).to.not.equal(undefined);
     }
     for (const name of ['crc32c', 'applicationDefaultTokenProvider', 'keyUnwrapperFromOptions', 'removeLiveSpoolsSync', 'copyLine', 'copyValue',

@@ -12,6 +12,7 @@ import { DatabaseError, ErrorCodes, RecordError } from '../errors.js';
 import { modelByCode, modelInfo } from '../models.js';
 import { REJECTED_USER_CODE } from '../map-models.js';
 import { ImportStats } from '../stats.js';
+import type { StagedFacts } from '../pg-sink.js';
 
 /** Key of the advisory lock that serializes merges. */
 export const MERGE_LOCK_KEY = 7472117102;
@@ -31,6 +32,12 @@ export interface MergeOptions {
    * the rows first and build the indexes and constraints after ({@link BulkLoad}). @default false
    */
   bulkLoad?: boolean;
+  /**
+   * What the sink saw while staging every row of this run ({@link StagedFacts}): lets the merge
+   * skip the duplicate-pk, rejected-user and natural-key scans that cannot find anything. Leave it
+   * out when the rows were staged by several processes (a resumed import). @default every check runs
+   */
+  staged?: Pick<StagedFacts, 'pksIncreasing' | 'rejectedUsers' | 'naturalKeys'>;
 }
 
 /** What {@link mergeStaged} reports about how it wrote. */
@@ -96,8 +103,8 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // columns would cost time to sample and help no plan.
   await q('ANALYZE userport_stage (run, model, src_pk, user_pk, keep, username, email)');
 
-  // 1. A source pk may appear once per model.
-  const dup = await q(`
+  // 1. A source pk may appear once per model (none can when every model's pks only grew).
+  const dup = options.staged?.pksIncreasing ? { rowCount: 0, rows: [] } : await q(`
     SELECT s.model, s.src_pk, s.ord, s.off, s.line, s.col FROM userport_stage s
     JOIN (SELECT model, src_pk FROM userport_stage WHERE run = $1 AND model <> ${REJECTED_USER_CODE} GROUP BY model, src_pk HAVING count(*) > 1) d
       USING (model, src_pk)
@@ -209,9 +216,10 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   const emailCounts = await q(`SELECT kind, count(*)::int AS n FROM userport_pk_map WHERE run = $1 AND model = 'sentry.email' GROUP BY kind`, [run]);
   for (const { kind, n } of emailCounts.rows as { kind: 'inserted' | 'existing'; n: number }[]) stats.model('sentry.email')[kind] += n;
 
-  await resolveNaturalKeys(q, run, C);
+  if (options.staged?.naturalKeys !== false) await resolveNaturalKeys(q, run, C);
   // Only with --rejects-file can a user be rejected: skip the per-row lookup otherwise.
-  const anyRejected = ((await q(`SELECT 1 FROM userport_stage WHERE run = $1 AND model = ${REJECTED_USER_CODE} LIMIT 1`, [run])).rowCount ?? 0) > 0;
+  const anyRejected = options.staged ? options.staged.rejectedUsers
+    : ((await q(`SELECT 1 FROM userport_stage WHERE run = $1 AND model = ${REJECTED_USER_CODE} LIMIT 1`, [run])).rowCount ?? 0) > 0;
 
   // 4. User emails and 5. user options: remap the user, then Sentry's rules, decided in one pass.
   for (const [table, code] of [['up_ue', C.userEmail], ['up_uo', C.userOption]] as const) {
