@@ -12,7 +12,7 @@ import { dumpTables, IMPORTED_TABLES, loadTables, maxIds } from '../../tools/ben
 import { parseFloor } from '../../tools/bench/parse-floor.js';
 import { formatTable, renderChart } from '../../tools/bench/report.js';
 import { isSkipped, SCENARIOS, type BareFloorMeasurement, type BenchResults, type CopyFloorMeasurement, type ImportMeasurement } from '../../tools/bench/results.js';
-import { expectedRows, shebangNodeFlags } from '../../tools/bench/run.js';
+import { cliHasBulkLoad, expectedRows, runBench, shebangNodeFlags } from '../../tools/bench/run.js';
 import { parseScenarios } from '../../tools/bench/scenarios.js';
 import { createExportGenerator } from '../../tools/generate.js';
 import { freshDatabase, serverUrl } from '../helpers/db.js';
@@ -178,6 +178,49 @@ describe('benchmark', () => {
       expect(parseScenarios('none')).to.deep.equal([]);
       expect(parseScenarios('e,a, reverse,a')).to.deep.equal(['resume', 'reverse', 'filter']);
       expect(() => parseScenarios('a,z')).to.throw(/unknown scenario "z"/);
+    });
+  });
+
+  describe('general path', () => {
+    // A stand-in for the CLI once it has --bulk-load: lists the flag in its help, and runs the
+    // real CLI without it (the argument list it got is logged, to see what it was asked).
+    const realBin = path.resolve('bin', 'userport.js');
+    function fakeCli(dir: string, withFlag: boolean): string {
+      const bin = path.join(dir, withFlag ? 'with.js' : 'without.js');
+      fs.writeFileSync(bin, `#!/usr/bin/env node
+const { spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const args = process.argv.slice(2);
+if (args.includes('--help')) { console.log(${JSON.stringify(withFlag ? '  --bulk-load MODE   auto or off' : '  --json')}); process.exit(0); }
+fs.appendFileSync(${JSON.stringify(path.join(dir, 'calls.log'))}, JSON.stringify(args) + '\\n');
+const i = args.indexOf('--bulk-load');
+if (i >= 0) args.splice(i, 2);
+process.exit(spawnSync(process.execPath, [${JSON.stringify(realBin)}, ...args], { stdio: 'inherit' }).status ?? 1);
+`);
+      fs.writeFileSync(path.join(dir, 'package.json'), '{"type": "commonjs"}');
+      return bin;
+    }
+
+    it('is measured with --bulk-load off only when the CLI lists that flag, and writes the same rows', async () => {
+      const dir = tmpDir();
+      try {
+        expect(cliHasBulkLoad({ kind: 'cli', bin: fakeCli(dir, false) })).to.equal(false);
+        const bin = fakeCli(dir, true);
+        expect(cliHasBulkLoad({ kind: 'cli', bin })).to.equal(true);
+        const r = await runBench({ sizes: [200], serverUrl: serverUrl(), workDir: path.join(dir, 'work'), django: false, scenarios: [], userportBin: bin });
+        const s = r.sizes[0]!;
+        expect(isSkipped(s.generalPath), JSON.stringify(s.generalPath)).to.equal(false);
+        const g = s.generalPath as ImportMeasurement;
+        expect(g.rows).to.deep.equal((s.userport as ImportMeasurement).rows);
+        expect(s.ratioGeneralToCopyFloor).to.equal(g.seconds / (s.copyFloor as CopyFloorMeasurement).seconds);
+        expect(s.checks.filter((k) => !k.ok)).to.deep.equal([]);
+        const calls = fs.readFileSync(path.join(dir, 'calls.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as string[]);
+        const imports = calls.filter((a) => a[0] === 'import');
+        expect(imports.map((a) => a.slice(-2).join(' ') === '--bulk-load off')).to.deep.equal([false, true]);
+        expect(formatTable(r)).to.match(/general s/);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
     });
   });
 
