@@ -1,11 +1,12 @@
 /**
- * `npm run bench [-- --sizes 10000,100000,1000000] [--keep] [--encrypted] [--smoke]
+ * `npm run bench [-- --sizes 10000,100000] [--keep] [--encrypted] [--smoke]
  *  [--database-url URL] [--out DIR] [--work-dir DIR] [--no-django] [--import-timeout SEC] [--collision-rate R]
- *  [--encrypted-sizes N,M]`
+ *  [--encrypted-sizes N,M] [--export] [--scenarios all|a,b,..|none] [--no-scenarios] [--scenario-users N]`
  *
- * Measures userport against the COPY floor, the parse floor and Django's loaddata (tools/bench/),
- * prints a table and writes `<out>/results.json` and `<out>/chart.svg`. Without --database-url it
- * runs its own embedded PostgreSQL in a temporary folder and removes it afterwards. Wiring only.
+ * Measures userport against the COPY floor, the bare floor, the parse floor and Django's loaddata,
+ * then the scenarios of issue #11 (tools/bench/), prints a table and writes `<out>/results.json`
+ * and `<out>/chart.svg`. Without --database-url it runs its own embedded PostgreSQL in a temporary
+ * folder and removes it afterwards. Wiring only.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -15,10 +16,20 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
 import { UserportError } from '../lib/errors.js';
 import { renderChart, formatTable } from '../tools/bench/report.js';
-import { DEFAULT_SIZES, runBench } from '../tools/bench/run.js';
+import { DEFAULT_SCENARIO_USERS, DEFAULT_SIZES, runBench } from '../tools/bench/run.js';
+import { parseScenarios } from '../tools/bench/scenarios.js';
 
-const USAGE = 'usage: npm run bench -- [--sizes 10000,100000,1000000] [--seed N] [--keep] [--encrypted] [--smoke] ' +
-  '[--database-url URL] [--out DIR] [--work-dir DIR] [--no-django] [--import-timeout SEC] [--collision-rate R] [--encrypted-sizes N,M]';
+const SMOKE_SCENARIO_USERS = 500;
+const USAGE = `usage: npm run bench -- [--sizes ${DEFAULT_SIZES.join(',')}] [--seed N] [--keep] [--encrypted] [--smoke] ` +
+  '[--database-url URL] [--out DIR] [--work-dir DIR] [--no-django] [--import-timeout SEC] [--collision-rate R] [--encrypted-sizes N,M] ' +
+  '[--export] [--scenarios all|a,b,..|none] [--no-scenarios] [--scenario-users N]\n' +
+  `  --sizes           export sizes in users (default ${DEFAULT_SIZES.join(',')}; add 1000000 for the 1M row)\n` +
+  '  --export          measure `userport export users` on every size (default: the largest size only)\n' +
+  '  --scenarios       issue #11 scenarios, by letter or name (default all): a/resume (killed in the merge, stale\n' +
+  '                    statistics, resumed), b/existing (into a database holding users), c/collisions (10%),\n' +
+  '                    d/reverse (records in reverse order), e/filter (10,000 usernames)\n' +
+  '  --no-scenarios    the same as --scenarios none\n' +
+  `  --scenario-users  users per scenario export (default ${DEFAULT_SCENARIO_USERS}; --smoke: ${SMOKE_SCENARIO_USERS})`;
 const SMOKE_SIZES = [500];
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -40,6 +51,10 @@ export async function main(argv: string[]): Promise<number> {
         'import-timeout': { type: 'string' },
         'collision-rate': { type: 'string' },
         'encrypted-sizes': { type: 'string' },
+        export: { type: 'boolean', default: false },
+        scenarios: { type: 'string' },
+        'no-scenarios': { type: 'boolean', default: false },
+        'scenario-users': { type: 'string' },
         help: { type: 'boolean', default: false },
       },
       strict: true,
@@ -52,6 +67,14 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${USAGE}\n`);
     return 0;
   }
+  let scenarios;
+  try {
+    scenarios = values['no-scenarios'] ? [] : parseScenarios(values.scenarios ?? 'all');
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  const scenarioUsers = values['scenario-users'] ? Number(values['scenario-users'].replace(/_/g, '')) : values.smoke ? SMOKE_SCENARIO_USERS : DEFAULT_SCENARIO_USERS;
   const sizes = values.sizes ? values.sizes.split(',').map((s) => Number(s.trim().replace(/_/g, ''))) : values.smoke ? SMOKE_SIZES : DEFAULT_SIZES;
   const workDir = values['work-dir'] ?? fs.mkdtempSync(path.join(os.tmpdir(), 'userport-bench-'));
   // A smoke run must not overwrite the committed figures.
@@ -68,7 +91,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     const results = await runBench({
       sizes, serverUrl, workDir, seed: Number(values.seed), keep: values.keep, smoke: values.smoke,
-      encrypted: values.encrypted, django: !values['no-django'],
+      encrypted: values.encrypted, django: !values['no-django'], exportAll: values.export, scenarios, scenarioUsers,
       ...(values['import-timeout'] ? { importTimeoutSeconds: Number(values['import-timeout']) } : {}),
       ...(values['collision-rate'] ? { collisionRate: Number(values['collision-rate']) } : {}),
       ...(values['encrypted-sizes'] ? { encrypted: true, encryptedSizes: values['encrypted-sizes'].split(',').map((s) => Number(s.trim().replace(/_/g, ''))) } : {}),
@@ -79,7 +102,7 @@ export async function main(argv: string[]): Promise<number> {
     fs.writeFileSync(path.join(out, 'chart.svg'), renderChart(results));
     process.stdout.write(`${formatTable(results)}\n`);
     process.stderr.write(`wrote ${path.join(out, 'results.json')} and ${path.join(out, 'chart.svg')}\n`);
-    const failed = results.sizes.some((s) => s.checks.some((c) => !c.ok));
+    const failed = [...results.sizes, ...results.scenarios].some((s) => s.checks.some((c) => !c.ok));
     return failed ? 1 : 0;
   } catch (err) {
     if (err instanceof UserportError) {

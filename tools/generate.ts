@@ -47,6 +47,13 @@ export interface GenerateOptions {
   outOfScopeLayout?: 'runs' | 'interleaved';
   /** Bytes per emitted chunk. @default 65536 */
   chunkSize?: number;
+  /**
+   * Index of the first user (integer >= 0): the export holds users `firstUser` to
+   * `firstUser + users - 1`, with the pks, names and addresses those users have in a bigger
+   * export. Two exports with disjoint ranges share no username, address or pk, so one can be
+   * imported on top of the other with exactly predictable rows. @default 0
+   */
+  firstUser?: number;
 }
 
 /** What a generator emitted; complete once the stream has ended. */
@@ -175,6 +182,8 @@ interface Ctx {
   outOfScopeRate: number;
   usernameStride: number;
   emailStride: number;
+  /** The first user index of this export: collision targets before it are not in the export. */
+  firstUser: number;
 }
 
 function profile(ctx: Ctx, i: number): Profile {
@@ -251,14 +260,14 @@ function identity(ctx: Ctx, i: number): Identity {
   let email = baseEmail(p);
   let collided = false;
   let borrowedEmail = false;
-  if (p.rawCollide && i >= ctx.usernameStride) {
+  if (p.rawCollide && i - ctx.usernameStride >= ctx.firstUser) {
     const target = profile(ctx, i - ctx.usernameStride);
     if (!target.rawCollide) {
       username = caseVariant(baseUsername(target), r);
       collided = true;
     }
   }
-  if (p.rawShare && i >= ctx.emailStride) {
+  if (p.rawShare && i - ctx.emailStride >= ctx.firstUser) {
     const target = profile(ctx, i - ctx.emailStride);
     if (!target.rawShare) {
       const shared = baseEmail(target);
@@ -368,7 +377,8 @@ type Step = (w: JsonWriter, i: number) => void;
 export class ExportGenerator extends Readable {
   readonly counts: GenerateCounts;
   private readonly ctx: Ctx;
-  private readonly users: number;
+  /** One past the last user index. */
+  private readonly endUser: number;
   private readonly chunkSize: number;
   private readonly writer: JsonWriter;
   private readonly passes: Step[];
@@ -379,7 +389,7 @@ export class ExportGenerator extends Readable {
   constructor(options: GenerateOptions) {
     super();
     const o = validate(options);
-    this.users = o.users;
+    this.endUser = o.firstUser + o.users;
     this.chunkSize = o.chunkSize;
     this.ctx = {
       seed: o.seed,
@@ -389,7 +399,9 @@ export class ExportGenerator extends Readable {
       // around the same time, and stay possible in small samples.
       usernameStride: 1 + (mix(o.seed, 0x5eed, 1) % 97),
       emailStride: 1 + (mix(o.seed, 0x5eed, 2) % 97),
+      firstUser: o.firstUser,
     };
+    this.userIndex = o.firstUser;
     this.counts = { records: {}, usernameCollisions: 0, sharedEmails: 0, orgScopedOptions: 0, bytes: 0 };
     for (const m of USER_SCOPE_MODELS) this.counts.records[m] = 0;
     this.writer = new JsonWriter(o.indent);
@@ -415,11 +427,11 @@ export class ExportGenerator extends Readable {
       }
       const step = this.passes[this.passIndex]!;
       // Several users per loop turn keeps the length check off the hot path.
-      const stop = Math.min(this.users, this.userIndex + 64);
+      const stop = Math.min(this.endUser, this.userIndex + 64);
       for (; this.userIndex < stop; this.userIndex++) step.call(this, w, this.userIndex);
-      if (this.userIndex >= this.users) {
+      if (this.userIndex >= this.endUser) {
         this.passIndex++;
-        this.userIndex = 0;
+        this.userIndex = this.ctx.firstUser;
       }
     }
     const chunk = Buffer.from(w.buf, 'utf8');
@@ -599,6 +611,7 @@ interface Validated {
   collisionRate: number;
   outOfScopeLayout: 'runs' | 'interleaved';
   chunkSize: number;
+  firstUser: number;
 }
 
 function validate(o: GenerateOptions): Validated {
@@ -626,6 +639,7 @@ function validate(o: GenerateOptions): Validated {
     collisionRate: rate('collisionRate', o.collisionRate ?? DEFAULT_COLLISION_RATE),
     outOfScopeLayout: layout,
     chunkSize: intIn('chunkSize', o.chunkSize ?? DEFAULT_CHUNK_SIZE, 1, 64 * 1024 * 1024),
+    firstUser: intIn('firstUser', o.firstUser ?? 0, 0, 1e12),
   };
 }
 

@@ -5,12 +5,15 @@ import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { expect } from 'chai';
 import pg from 'pg';
+import { main as benchMain } from '../../pipelines/bench.js';
+import { loadTablesBare, tableDefinitions } from '../../tools/bench/bare-floor.js';
 import { runMeasured } from '../../tools/bench/child.js';
-import { dumpTables, IMPORTED_TABLES, loadTables } from '../../tools/bench/copy-floor.js';
+import { dumpTables, IMPORTED_TABLES, loadTables, maxIds } from '../../tools/bench/copy-floor.js';
 import { parseFloor } from '../../tools/bench/parse-floor.js';
 import { formatTable, renderChart } from '../../tools/bench/report.js';
-import { isSkipped, type BenchResults, type CopyFloorMeasurement, type ImportMeasurement } from '../../tools/bench/results.js';
-import { expectedRows, runBench, shebangNodeFlags } from '../../tools/bench/run.js';
+import { isSkipped, SCENARIOS, type BareFloorMeasurement, type BenchResults, type CopyFloorMeasurement, type ImportMeasurement } from '../../tools/bench/results.js';
+import { cliHasBulkLoad, expectedRows, runBench, shebangNodeFlags } from '../../tools/bench/run.js';
+import { parseScenarios } from '../../tools/bench/scenarios.js';
 import { createExportGenerator } from '../../tools/generate.js';
 import { freshDatabase, serverUrl } from '../helpers/db.js';
 
@@ -29,6 +32,17 @@ describe('benchmark', () => {
       const small = await runMeasured(process.execPath, ['-e', '0']);
       expect(small.code).to.equal(0);
       expect(small.peakRssBytes!).to.be.lessThan(alloc.peakRssBytes!);
+    });
+
+    it('kills the process group as soon as its stderr shows the killOn pattern, even split across writes', async () => {
+      const script = 'printf "[sql 3 ms] INSERT INTO sen" >&2; sleep 0.2; printf "try_email (x)\\n" >&2; sleep 10; echo never';
+      const r = await runMeasured('/bin/sh', ['-c', script], { killOn: /^\[sql \d+ ms\] INSERT INTO sentry_email\b/m });
+      expect(r.signal).to.equal('SIGKILL');
+      expect(r.killedAfter).to.be.a('number');
+      expect(r.killedAfter!).to.be.within(0.2, 5);
+      expect(r.stdout).to.not.contain('never');
+      const done = await runMeasured('/bin/sh', ['-c', 'echo "[sql 3 ms] SELECT 1" >&2'], { killOn: /INSERT INTO sentry_email/ });
+      expect([done.code, done.killedAfter]).to.deep.equal([0, undefined]);
     });
 
     it('kills the whole process group on timeout', async () => {
@@ -106,10 +120,106 @@ describe('benchmark', () => {
         try { await loadTables(dst.url, dumps); } catch (e) { code = (e as { code?: string }).code; }
         expect(code).to.equal('23505');
         expect(await dst.count('auth_user')).to.equal(500);
+        // Only the rows written after a snapshot of the ids.
+        const before = await maxIds(src.url);
+        expect(before).to.deep.equal({ auth_user: 500, sentry_email: 500, sentry_useremail: 500, sentry_useroption: 500, sentry_lostpasswordhash: 250 });
+        await src.knex.raw(`INSERT INTO auth_user (id, password, username, email) SELECT g, 'x', 'late' || g, '' FROM generate_series(501, 507) g`);
+        const later = await dumpTables(src.url, path.join(dir, 'later'), IMPORTED_TABLES, before);
+        expect(later.map((d) => d.rows)).to.deep.equal([7, 0, 0, 0, 0]);
+        expect(fs.readFileSync(later[0]!.file, 'utf8').split('\n').filter(Boolean).map((l) => l.split('\t')[0])).to.deep.equal(['501', '502', '503', '504', '505', '506', '507']);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
         await src.close();
         await dst.close();
+      }
+    });
+  });
+
+  describe('bare floor', () => {
+    it('loads the rows into bare tables, then builds every index and constraint of the migrations again, enforced', async () => {
+      const src = await freshDatabase();
+      const dst = await freshDatabase();
+      const reference = await freshDatabase();
+      const dir = tmpDir();
+      try {
+        await src.knex.raw(`INSERT INTO auth_user (id, password, username, email) SELECT g, 'x', 'user' || g, '' FROM generate_series(1, 300) g`);
+        await src.knex.raw(`INSERT INTO sentry_useroption (user_id, key, value) SELECT g, 'timezone', '"UTC"' FROM generate_series(1, 300) g`);
+        const loaded = await loadTablesBare(dst.url, await dumpTables(src.url, dir));
+        expect(loaded.rows).to.deep.equal({ auth_user: 300, sentry_email: 0, sentry_useremail: 0, sentry_useroption: 300, sentry_lostpasswordhash: 0 });
+        expect(loaded.seconds).to.be.at.least(loaded.copySeconds + loaded.buildSeconds);
+        const defs = async (url: string) => {
+          const c = new pg.Client({ connectionString: url });
+          await c.connect();
+          try { return await tableDefinitions(c, IMPORTED_TABLES); } finally { await c.end(); }
+        };
+        // The same definitions as a database the migrations made, which was never touched.
+        const want = await defs(reference.url);
+        expect(await defs(dst.url)).to.deep.equal(want);
+        expect(want.indexes.length + want.constraints.length).to.equal(13);
+        expect(loaded.objects).to.deep.equal({ indexes: want.indexes.length, constraints: want.constraints.length, foreignKeys: want.foreignKeys.length });
+        let code: string | undefined;
+        try { await dst.knex.raw(`INSERT INTO auth_user (id, password, username, email) VALUES (301, 'x', 'user7', '')`); } catch (e) { code = (e as { code?: string }).code; }
+        expect(code).to.equal('23505');
+        code = undefined;
+        try { await dst.knex.raw(`INSERT INTO sentry_useroption (id, user_id, key, value) VALUES (9999, 9999, 'theme', '"dark"')`); } catch (e) { code = (e as { code?: string }).code; }
+        expect(code).to.equal('23503');
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+        await src.close();
+        await dst.close();
+        await reference.close();
+      }
+    });
+  });
+
+  describe('parseScenarios', () => {
+    it('takes letters or names, all or none, in the issue\'s order, and refuses an unknown one', () => {
+      expect(parseScenarios('all')).to.deep.equal(Object.keys(SCENARIOS));
+      expect(parseScenarios('none')).to.deep.equal([]);
+      expect(parseScenarios('e,a, reverse,a')).to.deep.equal(['resume', 'reverse', 'filter']);
+      expect(() => parseScenarios('a,z')).to.throw(/unknown scenario "z"/);
+    });
+  });
+
+  describe('general path', () => {
+    // A stand-in for the CLI once it has --bulk-load: lists the flag in its help, and runs the
+    // real CLI without it (the argument list it got is logged, to see what it was asked).
+    const realBin = path.resolve('bin', 'userport.js');
+    function fakeCli(dir: string, withFlag: boolean): string {
+      const bin = path.join(dir, withFlag ? 'with.js' : 'without.js');
+      fs.writeFileSync(bin, `#!/usr/bin/env node
+const { spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const args = process.argv.slice(2);
+if (args.includes('--help')) { console.log(${JSON.stringify(withFlag ? '  --bulk-load MODE   auto or off' : '  --json')}); process.exit(0); }
+fs.appendFileSync(${JSON.stringify(path.join(dir, 'calls.log'))}, JSON.stringify(args) + '\\n');
+const i = args.indexOf('--bulk-load');
+if (i >= 0) args.splice(i, 2);
+process.exit(spawnSync(process.execPath, [${JSON.stringify(realBin)}, ...args], { stdio: 'inherit' }).status ?? 1);
+`);
+      fs.writeFileSync(path.join(dir, 'package.json'), '{"type": "commonjs"}');
+      return bin;
+    }
+
+    it('is measured with --bulk-load off only when the CLI lists that flag, and writes the same rows', async () => {
+      const dir = tmpDir();
+      try {
+        expect(cliHasBulkLoad({ kind: 'cli', bin: fakeCli(dir, false) })).to.equal(false);
+        const bin = fakeCli(dir, true);
+        expect(cliHasBulkLoad({ kind: 'cli', bin })).to.equal(true);
+        const r = await runBench({ sizes: [200], serverUrl: serverUrl(), workDir: path.join(dir, 'work'), django: false, scenarios: [], userportBin: bin });
+        const s = r.sizes[0]!;
+        expect(isSkipped(s.generalPath), JSON.stringify(s.generalPath)).to.equal(false);
+        const g = s.generalPath as ImportMeasurement;
+        expect(g.rows).to.deep.equal((s.userport as ImportMeasurement).rows);
+        expect(s.ratioGeneralToCopyFloor).to.equal(g.seconds / (s.copyFloor as CopyFloorMeasurement).seconds);
+        expect(s.checks.filter((k) => !k.ok)).to.deep.equal([]);
+        const calls = fs.readFileSync(path.join(dir, 'calls.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as string[]);
+        const imports = calls.filter((a) => a[0] === 'import');
+        expect(imports.map((a) => a.slice(-2).join(' ') === '--bulk-load off')).to.deep.equal([false, true]);
+        expect(formatTable(r)).to.match(/general s/);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
       }
     });
   });
@@ -135,19 +245,35 @@ describe('benchmark', () => {
     let results: BenchResults;
     let out: string;
     let independent: ReturnType<typeof createExportGenerator>;
+    let code: number;
+    let table: string;
     before(async function () {
       this.timeout(120000);
       independent = createExportGenerator({ users: 300 });
       await pipeline(independent, new Writable({ write(_c, _e, done) { done(); } }));
       out = tmpDir();
-      results = await runBench({ sizes: [300], serverUrl: serverUrl(), workDir: out, smoke: true, django: false, encrypted: true });
-      fs.writeFileSync(path.join(out, 'results.json'), JSON.stringify(results));
+      // The CLI's smoke run: every scenario, at 300 users, and its exit code says whether every check passed.
+      const write = { out: process.stdout.write, err: process.stderr.write };
+      let printed = '';
+      process.stdout.write = ((chunk: string) => { printed += chunk; return true; }) as typeof process.stdout.write;
+      process.stderr.write = (() => true) as typeof process.stderr.write;
+      try {
+        code = await benchMain(['--smoke', '--sizes', '300', '--scenario-users', '300', '--encrypted', '--no-django',
+          '--database-url', serverUrl(), '--out', out, '--work-dir', path.join(out, 'work')]);
+      } finally {
+        process.stdout.write = write.out;
+        process.stderr.write = write.err;
+      }
+      table = printed;
+      results = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8')) as BenchResults;
     });
     after(() => fs.rmSync(out, { recursive: true, force: true }));
 
     it('records the run, the machine and one entry per size with every measurement', () => {
       const r = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8')) as BenchResults;
-      expect(r).to.include.keys('version', 'startedAt', 'finishedAt', 'seconds', 'machine', 'options', 'sizes', 'peers');
+      expect(code, table).to.equal(0);
+      expect(r).to.include.keys('version', 'startedAt', 'finishedAt', 'seconds', 'machine', 'options', 'sizes', 'peers', 'scenarios');
+      expect(r.version).to.equal(2);
       expect(r.machine).to.include.keys('os', 'cpuModel', 'cpus', 'memoryBytes', 'node', 'postgres');
       expect(r.options).to.deep.include({ sizes: [300], smoke: true });
       expect(r.sizes).to.have.length(1);
@@ -189,6 +315,44 @@ describe('benchmark', () => {
       expect(s.checks.map((k) => k.name)).to.include('COPY floor rows equal userport rows');
     });
 
+    it('loads the same rows into bare tables and builds the indexes and constraints after (the bare floor)', () => {
+      const s = results.sizes[0]!;
+      expect(isSkipped(s.bareFloor), JSON.stringify(s.bareFloor)).to.equal(false);
+      const b = s.bareFloor as BareFloorMeasurement;
+      expect(b.rows).to.deep.equal(expectedRows(independent.counts));
+      expect(s.ratioBareToCopyFloor).to.equal(b.seconds / (s.copyFloor as CopyFloorMeasurement).seconds);
+      expect(s.checks.find((k) => k.name === 'bare floor rows equal userport rows')?.ok).to.equal(true);
+      // The general path is measured only once the CLI has --bulk-load; either way it is said.
+      expect(s.generalPath).to.be.an('object');
+    });
+
+    it('runs every scenario at the smoke size, each against its own COPY floor, every check passing', () => {
+      expect(results.scenarios.map((x) => x.name)).to.deep.equal(Object.keys(SCENARIOS));
+      for (const x of results.scenarios) {
+        expect(isSkipped(x.userport), `${x.name}: ${JSON.stringify(x.userport)}`).to.equal(false);
+        expect(isSkipped(x.copyFloor), x.name).to.equal(false);
+        expect(x.users).to.equal(300);
+        expect(x.ratioToCopyFloor).to.equal((x.userport as ImportMeasurement).seconds / (x.copyFloor as CopyFloorMeasurement).seconds);
+        expect(x.checks.filter((k) => !k.ok), x.name).to.deep.equal([]);
+        expect(x.checks.length, x.name).to.be.at.least(7);
+      }
+      const byName = Object.fromEntries(results.scenarios.map((x) => [x.name, x]));
+      // Independent expectations: the same export as the size run (same size and seed) gives the
+      // same rows when resumed or reversed; the filter keeps the names it was given.
+      const want = expectedRows(independent.counts);
+      expect((byName.resume!.userport as ImportMeasurement).rows).to.deep.equal(want);
+      expect((byName.reverse!.userport as ImportMeasurement).rows).to.deep.equal(want);
+      expect(byName.resume!.details.killedAfterSeconds).to.be.a('number');
+      // The killed merge left statistics of zero rows over existing pages in sentry_email.
+      const stats = byName.resume!.details.statisticsBeforeResume as Record<string, { reltuples: number; relpages: number }>;
+      expect(stats.sentry_email!.reltuples).to.equal(0);
+      expect(stats.sentry_email!.relpages).to.be.greaterThan(0);
+      expect((byName.filter!.userport as ImportMeasurement).rows.auth_user).to.equal(150);
+      expect((byName.existing!.userport as ImportMeasurement).rows.auth_user).to.equal(600);
+      expect(table).to.match(/scenarios \(each against its own COPY floor\)/);
+      for (const x of Object.values(SCENARIOS)) expect(table).to.contain(`${x.letter}. `);
+    });
+
     it('prints a table and draws a chart of it', () => {
       const table = formatTable(results);
       expect(table).to.match(/^users\s+records/);
@@ -203,7 +367,7 @@ describe('benchmark', () => {
       const c = new pg.Client({ connectionString: serverUrl() });
       await c.connect();
       try {
-        const { rows } = await c.query(`SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_%\\_300\\_%'`);
+        const { rows } = await c.query(`SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_%\\_300\\_%' OR datname LIKE 'bench\\_sc\\_%'`);
         expect(rows).to.deep.equal([]);
       } finally {
         await c.end();

@@ -174,6 +174,55 @@ describe('createExportGenerator', () => {
     });
   });
 
+  describe('firstUser', () => {
+    const parse = async (o: GenerateOptions) => JSON.parse((await generate(o)).text) as Rec[];
+    const users = (rs: Rec[]) => rs.filter((r) => r.model === 'sentry.user');
+
+    it('writes the users of that range as a bigger export has them, except collisions with users before the range', async () => {
+      const whole = await parse({ users: 400, seed: 3, collisionRate: 0.1 });
+      const part = await parse({ users: 200, seed: 3, collisionRate: 0.1, firstUser: 200 });
+      const byPk = new Map(users(whole).map((u) => [u.pk, u]));
+      const partUsers = users(part);
+      expect(partUsers.map((u) => u.pk)).to.deep.equal(Array.from({ length: 200 }, (_, k) => 201 + k));
+      // In the whole export a user of the range may borrow the name of a user before it; the
+      // part cannot (that user is not in it), so it keeps its own name. Every other user is equal.
+      const lowerToPk = new Map<string, number>();
+      for (const u of users(whole)) if (!lowerToPk.has((u.fields.username as string).toLowerCase())) lowerToPk.set((u.fields.username as string).toLowerCase(), u.pk);
+      let same = 0;
+      let borrowedBefore = 0;
+      for (const u of partUsers) {
+        const w = byPk.get(u.pk)!;
+        const firstHolder = lowerToPk.get((w.fields.username as string).toLowerCase())!;
+        if (firstHolder !== u.pk && firstHolder <= 200) {
+          borrowedBefore++;
+          expect(u.fields.username).to.not.equal(w.fields.username);
+        } else {
+          expect(u.fields.username).to.equal(w.fields.username);
+          same++;
+        }
+      }
+      expect(same).to.be.greaterThan(150);
+      expect(borrowedBefore).to.be.greaterThan(0);
+      // Children point at the part's own users only.
+      const pks = new Set(partUsers.map((u) => u.pk));
+      for (const r of part.filter((x) => x.model === 'sentry.useremail' || x.model === 'sentry.useroption')) expect(pks.has(r.fields.user as number)).to.equal(true);
+    });
+
+    it('makes exports of disjoint ranges share no pk, username or address, whatever their seeds', async () => {
+      const a = await parse({ users: 300, seed: 1, collisionRate: 0.1 });
+      const b = await parse({ users: 300, seed: 2, collisionRate: 0.1, firstUser: 300 });
+      for (const model of ['sentry.user', 'sentry.email', 'sentry.useremail', 'sentry.useroption']) {
+        const pa = new Set(a.filter((r) => r.model === model).map((r) => r.pk));
+        const shared = b.filter((r) => r.model === model && pa.has(r.pk));
+        expect(shared, model).to.deep.equal([]);
+      }
+      const names = new Set(users(a).map((u) => (u.fields.username as string).toLowerCase()));
+      expect(users(b).filter((u) => names.has((u.fields.username as string).toLowerCase()))).to.deep.equal([]);
+      const addresses = new Set(a.filter((r) => r.model === 'sentry.email').map((r) => (r.fields.email as string).toLowerCase()));
+      expect(b.filter((r) => r.model === 'sentry.email' && addresses.has((r.fields.email as string).toLowerCase()))).to.deep.equal([]);
+    });
+  });
+
   describe('options', () => {
     const bad: [string, GenerateOptions][] = [
       ['users', { users: -1 }],
@@ -183,6 +232,7 @@ describe('createExportGenerator', () => {
       ['collisionRate', { users: 1, collisionRate: 2 }],
       ['outOfScopeRate', { users: 1, outOfScopeRate: Number.NaN }],
       ['outOfScopeLayout', { users: 1, outOfScopeLayout: 'mixed' as 'runs' }],
+      ['firstUser', { users: 1, firstUser: -1 }],
     ];
     for (const [name, options] of bad) {
       it(`rejects a bad ${name} synchronously, naming it`, () => {

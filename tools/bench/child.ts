@@ -23,6 +23,8 @@ export interface MeasuredRun {
   peakRssBytes: number | null;
   /** How the peak RSS was read. */
   rssSource: 'time' | 'proc' | 'none';
+  /** With `killOn`: seconds from spawn until the pattern showed on stderr and the process group was killed. */
+  killedAfter?: number;
 }
 
 export interface RunOptions {
@@ -30,6 +32,8 @@ export interface RunOptions {
   cwd?: string;
   /** Kill the process (and its process group) after this many ms. @default no limit */
   timeoutMs?: number;
+  /** SIGKILL the process group as soon as its stderr matches this (a line written by the child, e.g. a trace). */
+  killOn?: RegExp;
 }
 
 const TIME = '/usr/bin/time';
@@ -45,9 +49,15 @@ export async function runMeasured(command: string, args: string[], options: RunO
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+  let killedAfter: number | undefined;
   child.stderr.setEncoding('utf8').on('data', (d: string) => {
     // Keep the tail only: a chatty child must not grow the benchmark's memory.
     stderr = (stderr + d).slice(-64 * 1024);
+    // The new text and what came just before it: a line may arrive in two pieces.
+    if (options.killOn && killedAfter === undefined && options.killOn.test(stderr.slice(-(d.length + 4096)))) {
+      killedAfter = Number(process.hrtime.bigint() - started) / 1e9;
+      try { process.kill(-child.pid!, 'SIGKILL'); } catch { child.kill('SIGKILL'); }
+    }
   });
   let polled = 0;
   const poll = useTime ? undefined : setInterval(() => {
@@ -79,5 +89,5 @@ export async function runMeasured(command: string, args: string[], options: RunO
     } catch { /* no figure */ }
     fs.rmSync(path.dirname(timeFile), { recursive: true, force: true });
   }
-  return { code, signal, stdout, stderr, seconds, peakRssBytes, rssSource };
+  return { code, signal, stdout, stderr, seconds, peakRssBytes, rssSource, ...(killedAfter === undefined ? {} : { killedAfter }) };
 }

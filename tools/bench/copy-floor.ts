@@ -45,17 +45,33 @@ async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Pro
   }
 }
 
-/** Writes every table of `tables` in the database at `url` to `<dir>/<table>.copy` (COPY text format). */
-export async function dumpTables(url: string, dir: string, tables: readonly string[] = IMPORTED_TABLES): Promise<TableDump[]> {
+/**
+ * Writes every table of `tables` in the database at `url` to `<dir>/<table>.copy` (COPY text
+ * format). With `afterIds`, only the rows of a table whose `id` is above its entry: the rows
+ * written after a snapshot of {@link maxIds}.
+ */
+export async function dumpTables(url: string, dir: string, tables: readonly string[] = IMPORTED_TABLES,
+  afterIds?: Record<string, number>): Promise<TableDump[]> {
   fs.mkdirSync(dir, { recursive: true });
   return withClient(url, async (c) => {
     const out: TableDump[] = [];
     for (const table of tables) {
       const file = path.join(dir, `${table}.copy`);
-      const q = c.query(copyTo(`COPY ${table} TO STDOUT`));
+      const after = afterIds?.[table];
+      const q = c.query(copyTo(after === undefined ? `COPY ${table} TO STDOUT`
+        : `COPY (SELECT * FROM ${table} WHERE id > ${Number(after)} ORDER BY id) TO STDOUT`));
       await pipeline(q, fs.createWriteStream(file));
       out.push({ table, file, rows: q.rowCount, bytes: fs.statSync(file).size });
     }
+    return out;
+  });
+}
+
+/** The highest `id` of each table (0 when empty). */
+export async function maxIds(url: string, tables: readonly string[] = IMPORTED_TABLES): Promise<Record<string, number>> {
+  return withClient(url, async (c) => {
+    const out: Record<string, number> = {};
+    for (const t of tables) out[t] = Number((await c.query(`SELECT coalesce(max(id), 0)::bigint AS n FROM ${t}`)).rows[0].n);
     return out;
   });
 }

@@ -2,7 +2,7 @@
  * Human-readable output of a benchmark run: the text table printed at the end, and the SVG chart
  * (throughput and peak RSS against export size), hand-written with no dependency.
  */
-import { isSkipped, type BenchResults, type SizeResult } from './results.js';
+import { isSkipped, SCENARIOS, type BenchResults, type SizeResult } from './results.js';
 
 const MB = 1e6;
 
@@ -28,17 +28,23 @@ export function alignTable(rows: string[][]): string {
 
 /** The table printed at the end of a run. */
 export function formatTable(results: BenchResults): string {
-  const head = ['users', 'records', 'MB', 'userport s', 'rec/s', 'MB/s', 'RSS MB', 'COPY floor s', 'x COPY', 'parse s', 'parse MB/s', 'parse RSS MB'];
+  const general = results.sizes.some((s) => s.generalPath && !isSkipped(s.generalPath));
+  const head = ['users', 'records', 'MB', 'userport s', 'rec/s', 'MB/s', 'RSS MB', 'COPY floor s', 'x COPY', 'bare floor s', 'bare/COPY',
+    ...(general ? ['general s', 'general x COPY'] : []), 'parse s', 'parse MB/s', 'parse RSS MB'];
   const rows: string[][] = [head];
   for (const s of results.sizes) {
     const u = s.userport;
     const c = s.copyFloor;
     const p = s.parseFloor;
+    const b = s.bareFloor ?? { skipped: 'not measured' };
+    const g = s.generalPath ?? { skipped: 'not measured' };
     rows.push([
       thousands(s.users), thousands(s.records), mb(s.bytes),
       isSkipped(u) ? 'skipped' : fmt(u.seconds, 2), isSkipped(u) ? '-' : thousands(u.recordsPerSec),
       isSkipped(u) ? '-' : fmt(u.mbPerSec), isSkipped(u) ? '-' : mb(u.peakRssBytes),
       isSkipped(c) ? 'skipped' : fmt(c.seconds, 2), fmt(s.ratioToCopyFloor, 2),
+      isSkipped(b) ? 'skipped' : fmt(b.seconds, 2), fmt(s.ratioBareToCopyFloor, 2),
+      ...(general ? [isSkipped(g) ? 'skipped' : fmt(g.seconds, 2), fmt(s.ratioGeneralToCopyFloor, 2)] : []),
       isSkipped(p) ? 'skipped' : fmt(p.seconds, 2), isSkipped(p) ? '-' : fmt(p.mbPerSec), isSkipped(p) ? '-' : mb(p.peakRssBytes),
     ]);
   }
@@ -47,7 +53,25 @@ export function formatTable(results: BenchResults): string {
     if (isSkipped(s.userport)) lines.push(`${thousands(s.users)} users: userport skipped: ${s.userport.skipped}`);
     if (isSkipped(s.copyFloor)) lines.push(`${thousands(s.users)} users: COPY floor skipped: ${s.copyFloor.skipped}`);
   }
-  const exp = results.sizes.filter((s) => s.export !== undefined);
+  const sc = results.scenarios ?? [];
+  if (sc.length) {
+    const scRows: string[][] = [['scenario', 'users', 'records', 'userport s', 'rec/s', 'RSS MB', 'COPY floor s', 'x COPY', 'checks', 'note']];
+    for (const x of sc) {
+      const u = x.userport;
+      const c = x.copyFloor;
+      const failed = x.checks.filter((k) => !k.ok).length;
+      const note = x.name === 'resume' && typeof x.details.totalSeconds === 'number'
+        ? `killed after ${fmt(x.details.killedAfterSeconds as number, 1)} s; total ${fmt(x.details.totalSeconds, 1)} s`
+        : x.name === 'existing' && typeof x.details.importASeconds === 'number' ? `into ${thousands(x.details.usersBefore as number)} users (A took ${fmt(x.details.importASeconds, 1)} s)`
+          : isSkipped(u) ? u.skipped : '';
+      scRows.push([`${SCENARIOS[x.name].letter}. ${x.title}`, thousands(x.users), thousands(x.records),
+        isSkipped(u) ? 'skipped' : fmt(u.seconds, 2), isSkipped(u) ? '-' : thousands(u.recordsPerSec), isSkipped(u) ? '-' : mb(u.peakRssBytes),
+        isSkipped(c) ? 'skipped' : fmt(c.seconds, 2), fmt(x.ratioToCopyFloor, 2),
+        failed ? `${failed} of ${x.checks.length} failed` : `${x.checks.length} ok`, note]);
+    }
+    lines.push('', 'scenarios (each against its own COPY floor):', alignTable(scRows), '');
+  }
+  const exp = results.sizes.filter((s) => s.export !== undefined && !(isSkipped(s.export) && s.export.skipped.startsWith('measured on the largest')));
   if (exp.length) {
     const exportRows: string[][] = [['users', 'records', 'export MB', 'export s', 'rec/s', 'MB/s', 'RSS MB', 'COPY TO s', 'COPY TO MB/s', 'x COPY TO']];
     for (const s of exp) {
@@ -78,6 +102,7 @@ export function formatTable(results: BenchResults): string {
   }
   const failed = results.sizes.flatMap((s) => s.checks.filter((c) => !c.ok).map((c) => `${thousands(s.users)} users: check ${c.name} failed: expected ${JSON.stringify(c.expected)}, got ${JSON.stringify(c.actual)}`));
   lines.push(...failed);
+  lines.push(...sc.flatMap((x) => x.checks.filter((c) => !c.ok).map((c) => `scenario ${x.name}: check ${c.name} failed: expected ${JSON.stringify(c.expected)}, got ${JSON.stringify(c.actual)}`)));
   const m = results.machine;
   lines.push(`machine: ${m.cpus} x ${m.cpuModel}, ${fmt(m.memoryBytes / 1e9, 0)} GB RAM, ${m.os}, Node ${m.node}, PostgreSQL ${m.postgres}; ` +
     `total ${fmt(results.seconds, 0)} s`);

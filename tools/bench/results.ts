@@ -59,6 +59,17 @@ export interface CopyFloorMeasurement {
   copyBytes: number;
 }
 
+/** The bare floor (tools/bench/bare-floor.ts): the same rows into tables without indexes and constraints, then built. */
+export interface BareFloorMeasurement {
+  seconds: number;
+  /** The COPYs alone. */
+  copySeconds: number;
+  /** Building the indexes and constraints again. */
+  buildSeconds: number;
+  rows: Record<string, number>;
+  objects: { indexes: number; constraints: number; foreignKeys: number };
+}
+
 export interface ParseFloorMeasurement {
   seconds: number;
   recordsPerSec: number;
@@ -91,6 +102,46 @@ export interface SizeResult {
   encrypted: (ImportMeasurement & { tarBytes: number; encryptSeconds: number }) | Skipped;
   /** `userport export users` of the imported database, against its COPY TO floor. Absent in older results. */
   export?: ExportMeasurement | Skipped;
+  /** The same rows into bare tables, indexes and constraints built after (version 2). */
+  bareFloor?: BareFloorMeasurement | Skipped;
+  /** bare floor seconds / COPY floor seconds (issue #11 target 2 asks userport into an empty target for at most 0.75). */
+  ratioBareToCopyFloor?: number | null;
+  /** The import into a fresh database with `--bulk-load off`: the general path, when the CLI has that flag (version 2). */
+  generalPath?: ImportMeasurement | Skipped;
+  /** general path seconds / COPY floor seconds. */
+  ratioGeneralToCopyFloor?: number | null;
+  checks: Check[];
+}
+
+/** The scenarios of issue #11 target 3 ("no cliffs"), by name; the letters are the issue's. */
+export const SCENARIOS = {
+  resume: { letter: 'a', title: 'resume after a kill in the final merge (stale statistics)' },
+  existing: { letter: 'b', title: 'into a database that already holds users' },
+  collisions: { letter: 'c', title: '10% colliding usernames' },
+  reverse: { letter: 'd', title: 'every record in reverse order' },
+  filter: { letter: 'e', title: 'a username filter of 10,000 names' },
+} as const;
+
+export type ScenarioName = keyof typeof SCENARIOS;
+
+/**
+ * One scenario: a userport import timed against its own COPY floor, the rows that very import
+ * wrote loaded by COPY into a database in the same starting state.
+ */
+export interface ScenarioResult {
+  name: ScenarioName;
+  title: string;
+  /** Users in the timed export. */
+  users: number;
+  records: number;
+  bytes: number;
+  /** The timed import (for `resume`: the resume). */
+  userport: ImportMeasurement | Skipped;
+  copyFloor: CopyFloorMeasurement | Skipped;
+  /** userport seconds / COPY floor seconds. */
+  ratioToCopyFloor: number | null;
+  /** What else the scenario measured or set up (per scenario; seconds, counts, statistics). */
+  details: Record<string, unknown>;
   checks: Check[];
 }
 
@@ -107,13 +158,21 @@ export interface PeerResult {
 }
 
 export interface BenchResults {
-  version: 1;
+  /** 2 added scenarios, the bare floor and the general path; 1 had neither. */
+  version: 2;
   startedAt: string;
   finishedAt: string;
   seconds: number;
   machine: MachineInfo;
-  options: { sizes: number[]; seed: number; smoke: boolean; encrypted: boolean; collisionRate: number; importTimeoutSeconds: number | null; encryptedSizes: number[] };
+  options: {
+    sizes: number[]; seed: number; smoke: boolean; encrypted: boolean; collisionRate: number; importTimeoutSeconds: number | null; encryptedSizes: number[];
+    /** Sizes whose export was measured. */
+    exportSizes: number[];
+    scenarios: ScenarioName[];
+    scenarioUsers: number;
+  };
   sizes: SizeResult[];
+  scenarios: ScenarioResult[];
   peers: { django: PeerResult | Skipped };
 }
 

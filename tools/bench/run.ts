@@ -1,25 +1,32 @@
 /**
  * One benchmark run: for each export size, generate the export, measure the parse floor, import
  * it with userport into a fresh database (a separate process, so its peak RSS is its own), load
- * the very rows it wrote again with COPY into another fresh database (the COPY floor), and check
- * the counts; then run the Django peer on the smallest size. Returns everything as
- * {@link BenchResults}; writing files and printing is the caller's business.
+ * the very rows it wrote again with COPY into another fresh database (the COPY floor) and into
+ * bare tables whose indexes and constraints are built afterwards (the bare floor), and check
+ * the counts; the general path (`--bulk-load off`) when the CLI has it; the export on the
+ * largest size; the Django peer on the smallest size. Then the scenarios (tools/bench/scenarios.ts).
+ * Returns everything as {@link BenchResults}; writing files and printing is the caller's business.
  */
 import { generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { pipeline } from 'node:stream/promises';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import { createExportGenerator, DEFAULT_COLLISION_RATE, type GenerateCounts } from '../generate.js';
+import { spawnSync } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
+import { DEFAULT_COLLISION_RATE } from '../generate.js';
 import { OptionError } from '../../lib/errors.js';
-import { runMeasured, type MeasuredRun } from './child.js';
+import { loadTablesBare } from './bare-floor.js';
+import { runMeasured } from './child.js';
+import { countsCheck, expectedRows, generateExport, importRunner, MB, PACKAGE_ROOT, runImport, shebangNodeFlags, tail, type ImportRunner } from './common.js';
 import { dumpTables, IMPORTED_TABLES, loadTables } from './copy-floor.js';
-import { countRows, databaseUrl, dropDatabase, freshDatabase, serverVersion } from './databases.js';
+import { databaseUrl, dropDatabase, freshDatabase, serverVersion } from './databases.js';
 import { djangoUnavailable, runDjangoLoaddata } from './django.js';
 import { measureExport } from './export.js';
-import type { BenchResults, Check, ImportMeasurement, MachineInfo, PeerResult, SizeResult, Skipped } from './results.js';
-import { isSkipped } from './results.js';
+import type { BenchResults, Check, ImportMeasurement, MachineInfo, PeerResult, ScenarioName, ScenarioResult, SizeResult, Skipped } from './results.js';
+import { isSkipped, SCENARIOS } from './results.js';
+import { runScenarios } from './scenarios.js';
+
+export { expectedRows, shebangNodeFlags } from './common.js';
 
 export interface BenchOptions {
   /** Export sizes, in users. @default DEFAULT_SIZES */
@@ -46,14 +53,19 @@ export interface BenchOptions {
   importTimeoutSeconds?: number;
   /** Generator collision rate (see GenerateOptions.collisionRate). @default the generator's default */
   collisionRate?: number;
+  /** Measure `userport export users` on every size, not only the largest. @default false */
+  exportAll?: boolean;
+  /** The scenarios to run after the sizes (issue #11 target 3). @default every scenario */
+  scenarios?: ScenarioName[];
+  /** Users per scenario export. @default DEFAULT_SCENARIO_USERS */
+  scenarioUsers?: number;
   /** Progress lines. @default nothing */
   log?: (line: string) => void;
 }
 
-export const DEFAULT_SIZES = [10_000, 100_000, 1_000_000];
-const MB = 1e6;
-
-const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+/** 1M users is reachable with `--sizes 10000,100000,1000000`; by default the run fits in 10 minutes. */
+export const DEFAULT_SIZES = [10_000, 100_000];
+export const DEFAULT_SCENARIO_USERS = 50_000;
 
 function machineInfo(postgres: string): MachineInfo {
   const cpus = os.cpus();
@@ -64,85 +76,6 @@ function machineInfo(postgres: string): MachineInfo {
     memoryBytes: os.totalmem(),
     node: process.versions.node,
     postgres,
-  };
-}
-
-function tail(s: string, lines = 3): string {
-  return s.trim().split('\n').slice(-lines).join(' | ');
-}
-
-/**
- * How the import is run: the CLI (`bin/userport.js import users ...`) when it is built, else the
- * library entry `importUsers` from a one-line script, so figures exist before the CLI lands.
- * Either way it is a separate Node process.
- */
-type ImportRunner = { kind: 'cli'; bin: string } | { kind: 'library'; module: string };
-
-function importRunner(bin: string | undefined): ImportRunner | Skipped {
-  if (bin !== undefined) return fs.existsSync(bin) ? { kind: 'cli', bin } : { skipped: `${bin} does not exist` };
-  if (fs.existsSync(path.join(PACKAGE_ROOT, 'dist', 'pipelines', 'cli.js'))) return { kind: 'cli', bin: path.join(PACKAGE_ROOT, 'bin', 'userport.js') };
-  const module = path.join(PACKAGE_ROOT, 'dist', 'lib', 'import.js');
-  if (fs.existsSync(module)) return { kind: 'library', module };
-  return { skipped: 'the import is not built (neither dist/pipelines/cli.js nor dist/lib/import.js exists)' };
-}
-
-/**
- * The Node flags in the launcher's shebang (`#!/usr/bin/env -S node --max-old-space-size=192 ...`).
- * Users run the launcher directly and get them; the benchmark runs it with this Node binary and
- * must pass them itself, or it measures a differently tuned process.
- */
-export function shebangNodeFlags(bin: string): string[] {
-  const first = fs.readFileSync(bin, 'utf8').split('\n', 1)[0] ?? '';
-  if (!first.startsWith('#!')) return [];
-  const words = first.slice(2).trim().split(/\s+/);
-  const node = words.findIndex((w) => w === 'node' || w.endsWith('/node'));
-  return node < 0 ? [] : words.slice(node + 1).filter((w) => w.startsWith('--'));
-}
-
-function importCommand(runner: ImportRunner, file: string, url: string, privateKeyFile: string | undefined): string[] {
-  if (runner.kind === 'cli') {
-    return [...shebangNodeFlags(runner.bin), runner.bin, 'import', 'users', file, '--database-url', url, '--json', '--no-progress',
-      ...(privateKeyFile ? ['--decrypt-with', privateKeyFile] : [])];
-  }
-  const imp = pathToFileURL(runner.module).href;
-  const dec = pathToFileURL(path.join(PACKAGE_ROOT, 'dist', 'lib', 'decrypt.js')).href;
-  const script = `const { importUsers } = await import(${JSON.stringify(imp)});
-const [source, databaseUrl, key] = process.argv.slice(1);
-const decrypt = key ? (await import(${JSON.stringify(dec)})).createLocalKeyUnwrapper({ privateKeyPath: key }) : undefined;
-process.stdout.write(JSON.stringify(await importUsers({ source, databaseUrl, ...(decrypt ? { decrypt } : {}) })));`;
-  return ['--input-type=module', '-e', script, file, url, ...(privateKeyFile ? [privateKeyFile] : [])];
-}
-
-function parseSummary(stdout: string): unknown {
-  const text = stdout.trim();
-  if (!text) return null;
-  try {
-    return JSON.parse(text);
-  } catch {
-    // Some CLIs print one JSON document per line: keep the last one.
-    const last = text.split('\n').reverse().find((l) => l.trim().startsWith('{'));
-    try { return last ? JSON.parse(last) : text; } catch { return text; }
-  }
-}
-
-async function runImport(runner: ImportRunner, file: string, url: string, privateKeyFile: string | undefined, records: number, bytes: number,
-  timeoutSeconds: number | undefined): Promise<ImportMeasurement | Skipped> {
-  const run: MeasuredRun = await runMeasured(process.execPath, importCommand(runner, file, url, privateKeyFile),
-    timeoutSeconds ? { timeoutMs: timeoutSeconds * 1000 } : {});
-  if (run.signal === 'SIGKILL' && timeoutSeconds && run.seconds >= timeoutSeconds) {
-    return { skipped: `did not finish within ${timeoutSeconds} s (killed; --import-timeout)` };
-  }
-  if (run.code !== 0) return { skipped: `userport import exited with ${run.code ?? run.signal}: ${tail(run.stderr || run.stdout)}` };
-  return {
-    seconds: run.seconds,
-    recordsPerSec: records / run.seconds,
-    mbPerSec: bytes / MB / run.seconds,
-    peakRssBytes: run.peakRssBytes,
-    rssSource: run.rssSource,
-    via: runner.kind === 'cli' ? `node ${[...shebangNodeFlags(runner.bin), 'bin/userport.js'].join(' ')} import users`
-      : 'importUsers() in a child process (the CLI is not built yet)',
-    rows: await countRows(url, IMPORTED_TABLES),
-    summary: parseSummary(run.stdout),
   };
 }
 
@@ -206,32 +139,14 @@ async function encryptionKit(workDir: string): Promise<EncryptionKit | Skipped> 
   return { encrypt, privateKeyFile };
 }
 
-function countsCheck(name: string, expected: unknown, actual: unknown): Check {
-  return { name, ok: JSON.stringify(expected) === JSON.stringify(actual), expected, actual };
-}
-
 /**
- * What a user-scope import of a generated export must write, following Sentry's semantics:
- * every user is inserted (case-insensitive username collisions are renamed, not merged), one
- * Email row per distinct address, every UserEmail, global UserOptions only (org-scoped ones have
- * no org to map to), one LostPasswordHash per inserted user.
+ * Whether the CLI's `import users --help` lists `--bulk-load` (the switch to the general path,
+ * once a faster path into empty tables exists). The general-path row is measured only then.
  */
-export function expectedRows(counts: GenerateCounts): Record<string, number> {
-  const r = counts.records;
-  return {
-    auth_user: r['sentry.user'] ?? 0,
-    sentry_email: r['sentry.email'] ?? 0,
-    sentry_useremail: r['sentry.useremail'] ?? 0,
-    sentry_useroption: (r['sentry.useroption'] ?? 0) - counts.orgScopedOptions,
-    sentry_lostpasswordhash: r['sentry.user'] ?? 0,
-  };
-}
-
-async function generateExport(file: string, users: number, seed: number, collisionRate: number | undefined): Promise<{ counts: GenerateCounts; seconds: number }> {
-  const started = process.hrtime.bigint();
-  const gen = createExportGenerator({ users, seed, ...(collisionRate === undefined ? {} : { collisionRate }) });
-  await pipeline(gen, fs.createWriteStream(file));
-  return { counts: gen.counts, seconds: Number(process.hrtime.bigint() - started) / 1e9 };
+export function cliHasBulkLoad(runner: ImportRunner | Skipped): boolean {
+  if (isSkipped(runner) || runner.kind !== 'cli') return false;
+  const r = spawnSync(process.execPath, [runner.bin, 'import', 'users', '--help'], { encoding: 'utf8', timeout: 30_000 });
+  return /--bulk-load\b/.test(`${r.stdout ?? ''}${r.stderr ?? ''}`);
 }
 
 function validate(o: BenchOptions): Required<Omit<BenchOptions, 'workDir' | 'log' | 'userportBin' | 'importTimeoutSeconds' | 'collisionRate' | 'encryptedSizes'>> {
@@ -245,6 +160,10 @@ function validate(o: BenchOptions): Required<Omit<BenchOptions, 'workDir' | 'log
   if (o.importTimeoutSeconds !== undefined && !(o.importTimeoutSeconds > 0)) {
     throw new OptionError(`importTimeoutSeconds must be a number > 0, got ${String(o.importTimeoutSeconds)}`);
   }
+  const scenarioUsers = o.scenarioUsers ?? DEFAULT_SCENARIO_USERS;
+  if (!Number.isInteger(scenarioUsers) || scenarioUsers < 2) throw new OptionError(`scenarioUsers must be an integer >= 2, got ${String(scenarioUsers)}`);
+  const scenarios = o.scenarios ?? (Object.keys(SCENARIOS) as ScenarioName[]);
+  if (!Array.isArray(scenarios) || scenarios.some((n) => !(n in SCENARIOS))) throw new OptionError(`scenarios must be names of ${Object.keys(SCENARIOS).join(', ')}, got ${JSON.stringify(scenarios)}`);
   return {
     sizes: [...sizes].sort((a, b) => a - b),
     serverUrl: o.serverUrl,
@@ -253,6 +172,9 @@ function validate(o: BenchOptions): Required<Omit<BenchOptions, 'workDir' | 'log
     smoke: o.smoke ?? false,
     encrypted: o.encrypted ?? false,
     django: o.django ?? true,
+    exportAll: o.exportAll ?? false,
+    scenarios,
+    scenarioUsers,
   };
 }
 
@@ -273,11 +195,15 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   let django: PeerResult | Skipped = { skipped: djangoWhyNot ?? 'not run' };
   const tag = `${process.pid}`;
   const sizes: SizeResult[] = [];
+  const timeout = options.importTimeoutSeconds ? { timeoutSeconds: options.importTimeoutSeconds } : {};
+  const bulkLoad = cliHasBulkLoad(runner);
+  const largest = o.sizes[o.sizes.length - 1]!;
+  const exportSizes = o.exportAll ? o.sizes : [largest];
 
   for (const users of o.sizes) {
     const file = path.join(workDir, `users-${users}.json`);
     log(`${users} users: generating ${file}`);
-    const gen = await generateExport(file, users, o.seed, options.collisionRate);
+    const gen = await generateExport(file, { users, seed: o.seed, ...(options.collisionRate === undefined ? {} : { collisionRate: options.collisionRate }) });
     const records = Object.values(gen.counts.records).reduce((a, b) => a + b, 0);
     const bytes = gen.counts.bytes;
     log(`${users} users: ${records} records, ${(bytes / MB).toFixed(0)} MB in ${gen.seconds.toFixed(1)} s; parse floor`);
@@ -289,11 +215,12 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     if (isSkipped(runner)) userport = runner;
     else {
       log(`${users} users: userport import (${runner.kind})`);
-      userport = await runImport(runner, file, await freshDatabase(o.serverUrl, importDb), undefined, records, bytes, options.importTimeoutSeconds);
+      userport = await runImport(runner, file, await freshDatabase(o.serverUrl, importDb), { records, bytes, ...timeout });
       if (isSkipped(userport)) log(`${users} users: ${userport.skipped}`);
     }
 
     let copyFloor: SizeResult['copyFloor'] = { skipped: 'needs the rows of a userport import' };
+    let bareFloor: SizeResult['bareFloor'] = { skipped: 'needs the rows of a userport import' };
     const checks: Check[] = [];
     checks.push(countsCheck('parse floor found every generated record', records, parsed));
     if (!isSkipped(runner)) checks.push(countsCheck('userport import finished', 'finished', isSkipped(userport) ? userport.skipped : 'finished'));
@@ -313,18 +240,37 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       const expected = expectedRows(gen.counts);
       for (const t of IMPORTED_TABLES) checks.push(countsCheck(`${t} rows`, expected[t], userport.rows[t]));
       checks.push(countsCheck('COPY floor rows equal userport rows', userport.rows, loaded.rows));
+      if (!o.keep) await dropDatabase(o.serverUrl, copyDb);
+      log(`${users} users: bare floor (COPY into tables without indexes and constraints, then build them)`);
+      const bareDb = `bench_bare_${users}_${tag}`;
+      const bare = await loadTablesBare(await freshDatabase(o.serverUrl, bareDb), dumps);
+      bareFloor = bare;
+      checks.push(countsCheck('bare floor rows equal userport rows', userport.rows, bare.rows));
+      if (!o.keep) await dropDatabase(o.serverUrl, bareDb);
       const renamed = (userport.summary as { models?: Record<string, { renamed?: number }> } | null)?.models?.['sentry.user']?.renamed;
       if (renamed !== undefined) checks.push(countsCheck('renamed users equal case-insensitive username collisions', gen.counts.usernameCollisions, renamed));
       if (!o.keep) fs.rmSync(path.join(workDir, `copy-${users}`), { recursive: true, force: true });
     }
 
     // issue #10: the other half of a migration, measured on the database the import just wrote.
-    let exported: SizeResult['export'] = { skipped: 'needs the userport import (through the CLI)' };
-    if (!isSkipped(runner) && runner.kind === 'cli' && !isSkipped(userport)) {
+    let exported: SizeResult['export'] = exportSizes.includes(users) ? { skipped: 'needs the userport import (through the CLI)' }
+      : { skipped: 'measured on the largest size only (--export for every size)' };
+    if (!isSkipped(runner) && runner.kind === 'cli' && !isSkipped(userport) && exportSizes.includes(users)) {
       log(`${users} users: userport export, then the COPY TO floor`);
       exported = await measureExport(shebangNodeFlags(runner.bin), runner.bin, databaseUrl(o.serverUrl, importDb), path.join(workDir, `export-${users}.json`), o.keep);
       if (!isSkipped(exported)) checks.push(countsCheck('export wrote every row of the four tables', exported.copyToFloor.rows, exported.records));
       else log(`${users} users: export ${exported.skipped}`);
+    }
+
+    // The general path: the same import with the empty-target fast path switched off.
+    let generalPath: SizeResult['generalPath'] = { skipped: 'the CLI has no --bulk-load (import users --help)' };
+    if (bulkLoad && !isSkipped(runner)) {
+      log(`${users} users: userport import --bulk-load off (the general path)`);
+      const generalDb = `bench_general_${users}_${tag}`;
+      generalPath = await runImport(runner, file, await freshDatabase(o.serverUrl, generalDb), { records, bytes, args: ['--bulk-load', 'off'], ...timeout });
+      checks.push(countsCheck('general path (--bulk-load off) finished', 'finished', isSkipped(generalPath) ? generalPath.skipped : 'finished'));
+      if (!isSkipped(generalPath) && !isSkipped(userport)) checks.push(countsCheck('general path rows equal userport rows', userport.rows, generalPath.rows));
+      if (!o.keep) await dropDatabase(o.serverUrl, generalDb);
     }
 
     const encryptThis = options.encryptedSizes === undefined || options.encryptedSizes.includes(users);
@@ -336,7 +282,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       await kit.encrypt(file, tar);
       const encryptSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
       const encDb = `bench_enc_${users}_${tag}`;
-      const m = await runImport(runner, tar, await freshDatabase(o.serverUrl, encDb), kit.privateKeyFile, records, bytes, options.importTimeoutSeconds);
+      const m = await runImport(runner, tar, await freshDatabase(o.serverUrl, encDb), { privateKeyFile: kit.privateKeyFile, records, bytes, ...timeout });
       encrypted = isSkipped(m) ? m : { ...m, tarBytes: fs.statSync(tar).size, encryptSeconds };
       if (!isSkipped(m)) checks.push(countsCheck('encrypted import rows equal plain import rows', isSkipped(userport) ? null : userport.rows, m.rows));
       if (!o.keep) { fs.rmSync(tar, { force: true }); await dropDatabase(o.serverUrl, encDb); }
@@ -366,6 +312,8 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       userport, copyFloor, parseFloor,
       ratioToCopyFloor: ratio(userport, copyFloor),
       ratioToParseFloor: ratio(userport, parseFloor),
+      bareFloor, ratioBareToCopyFloor: ratio(bareFloor, copyFloor),
+      generalPath, ratioGeneralToCopyFloor: ratio(generalPath, copyFloor),
       encrypted, export: exported, checks,
     });
     if (!o.keep) {
@@ -374,11 +322,21 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       await dropDatabase(o.serverUrl, copyDb);
     }
   }
+  let scenarios: ScenarioResult[] = [];
+  if (o.scenarios.length) {
+    if (isSkipped(runner)) log(`scenarios: skipped: ${runner.skipped}`);
+    else {
+      scenarios = await runScenarios({
+        serverUrl: o.serverUrl, workDir, runner, users: o.scenarioUsers, seed: o.seed, keep: o.keep, tag, log,
+        ...(options.importTimeoutSeconds ? { timeoutSeconds: options.importTimeoutSeconds } : {}),
+      }, o.scenarios);
+    }
+  }
   if (!o.keep && ownWorkDir) fs.rmSync(workDir, { recursive: true, force: true });
   else if (!o.keep) fs.rmSync(path.join(workDir, 'bench-key.pem'), { force: true });
   const finishedAt = new Date();
   return {
-    version: 1,
+    version: 2,
     startedAt: startedAt.toISOString(),
     finishedAt: finishedAt.toISOString(),
     seconds: Number(process.hrtime.bigint() - started) / 1e9,
@@ -387,8 +345,10 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       sizes: o.sizes, seed: o.seed, smoke: o.smoke, encrypted: o.encrypted,
       collisionRate: options.collisionRate ?? DEFAULT_COLLISION_RATE, importTimeoutSeconds: options.importTimeoutSeconds ?? null,
       encryptedSizes: o.encrypted ? (options.encryptedSizes ?? o.sizes) : [],
+      exportSizes, scenarios: o.scenarios, scenarioUsers: o.scenarioUsers,
     },
     sizes,
+    scenarios,
     peers: { django },
   };
 }
