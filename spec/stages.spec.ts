@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { createUserFilter, parseUsernameList, scopeRecord, type FlowItem, type ScopedRecord } from '../lib/filter-users.js';
 import { createModelMapper, mapRecord, stagedValues, type FilteredMarker, type StagedRow } from '../lib/map-models.js';
-import { STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
+import { isTimeZone, STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
 import { copyLine, copyValue, createPgSink } from '../lib/pg-sink.js';
 import type { RawRecord } from '../lib/tokenize.js';
 import { collect, collectError } from './helpers/streams.js';
@@ -122,6 +122,18 @@ describe('createModelMapper', () => {
     const err = await collectError(objects([bad]), createModelMapper());
     expect(err.code).to.equal('USERPORT_RECORD_SCHEMA');
     expect(err.position).to.include({ model: 'sentry.user', pk: 9, ordinal: 2, field: 'is_staff', offset: 10 });
+  });
+});
+
+describe('isTimeZone', () => {
+  it('gives the same answer the first time and every time after (valid names are remembered)', () => {
+    const cases: [string, boolean][] = [
+      ['Europe/Vienna', true], ['UTC', true], ['America/Argentina/Buenos_Aires', true], ['europe/vienna', true],
+      ['MiddleEarth/Gondor', false], ['+01:00', false], ['', false], ['Europe/Vienna ', false], ['Europe', false],
+    ];
+    for (let round = 0; round < 3; round++) {
+      for (const [name, valid] of cases) expect(isTimeZone(name), `${name} (round ${round})`).to.equal(valid);
+    }
   });
 });
 
