@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { createUserFilter, parseUsernameList, scopeRecord, type FlowItem, type ScopedRecord } from '../lib/filter-users.js';
 import { createModelMapper, mapRecord, stagedValues, type FilteredMarker, type StagedRow } from '../lib/map-models.js';
-import { isTimeZone, STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
+import { isDateTime, isTimeZone, STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
 import { copyLine, copyValue, createPgSink } from '../lib/pg-sink.js';
 import type { RawRecord } from '../lib/tokenize.js';
 import { collect, collectError } from './helpers/streams.js';
@@ -122,6 +122,55 @@ describe('createModelMapper', () => {
     const err = await collectError(objects([bad]), createModelMapper());
     expect(err.code).to.equal('USERPORT_RECORD_SCHEMA');
     expect(err.position).to.include({ model: 'sentry.user', pk: 9, ordinal: 2, field: 'is_staff', offset: 10 });
+  });
+});
+
+describe('isDateTime', () => {
+  it('accepts the ISO-8601 shapes PostgreSQL stores and refuses the rest', () => {
+    const cases: [string, boolean][] = [
+      ['2021-07-17T21:08:52.713Z', true], ['2021-07-17 21:08:52', true], ['2021-07-17T21:08:52.123456789+01:00', true],
+      ['2021-07-17T21:08:52-0530', true], ['2024-02-29T00:00:00Z', true], ['2000-02-29T00:00:00Z', true], ['0001-01-01T00:00:00Z', true],
+      ['2021-07-17T21:08:52.1234567890Z', false], ['2021-07-17T21:08:52.Z', false], ['2021-07-17T21:08:52Z ', false],
+      ['2023-02-29T00:00:00Z', false], ['1900-02-29T00:00:00Z', false], ['2021-04-31T00:00:00Z', false], ['0000-01-01T00:00:00Z', false],
+      ['2021-13-01T00:00:00Z', false], ['2021-00-01T00:00:00Z', false], ['2021-01-00T00:00:00Z', false], ['2021-01-01T24:00:00Z', false],
+      ['2021-01-01T23:60:00Z', false], ['2021-01-01T23:59:60Z', false], ['2021-01-01T00:00:00+16:00', false], ['2021-01-01T00:00:00+10:60', false],
+      ['2021-01-01T00:00:00+1:00', false], ['2021-01-01T00:00:00+01:0', false], ['2021-01-01T00:00:00+01::00', false], ['2021-01-01T00:00:00z', false],
+      ['2021-01-01t00:00:00Z', false], ['2021-01-01T00:00', false], ['21-01-01T00:00:00Z', false], ['2021-1-01T00:00:00Z', false],
+      ['２０２１-01-01T00:00:00Z', false], ['2021-01-01T00:00:00\n', false], ['', false],
+    ];
+    for (const [s, valid] of cases) expect(isDateTime(s), s).to.equal(valid);
+  });
+
+  it('agrees with the regular expression it replaced on mutated timestamps', () => {
+    const RE = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-](\d{2}):?(\d{2}))?$/;
+    const reference = (s: string): boolean => {
+      const m = RE.exec(s);
+      if (!m) return false;
+      const y = +m[1]!, mo = +m[2]!, d = +m[3]!, h = +m[4]!, mi = +m[5]!, sec = +m[6]!;
+      if (y < 1 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || sec > 59) return false;
+      if (m[9] !== undefined && (+m[9] > 15 || +m[10]! > 59)) return false;
+      const dim = [31, (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0 ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mo - 1]!;
+      return d <= dim;
+    };
+    const seeds = ['2021-07-17T21:08:52.713Z', '2024-02-29 23:59:59+15:59', '1999-12-31T00:00:00.123456789-0000', '2021-07-17T21:08:52'];
+    const alphabet = '0123456789-:.TZ +';
+    let seed = 7;
+    const rand = (n: number) => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed % n; };
+    let accepted = 0;
+    for (let k = 0; k < 20000; k++) {
+      let s = seeds[rand(seeds.length)]!;
+      for (let m = 1 + rand(2); m > 0; m--) {
+        const at = rand(s.length + 1);
+        const op = rand(3);
+        const c = alphabet[rand(alphabet.length)]!;
+        s = op === 0 ? s.slice(0, at) + c + s.slice(at + 1) : op === 1 ? s.slice(0, at) + c + s.slice(at) : s.slice(0, at) + s.slice(at + 1);
+      }
+      const expected = reference(s);
+      if (expected) accepted++;
+      expect(isDateTime(s), s).to.equal(expected);
+    }
+    // The mutations must exercise both answers, not only refusals.
+    expect(accepted).to.be.above(1000);
   });
 });
 
