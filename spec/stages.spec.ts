@@ -10,7 +10,7 @@ import pg from 'pg';
 import { createUserFilter, parseUsernameList, scopeRecord, type FlowItem, type ScopedRecord } from '../lib/filter-users.js';
 import { createModelMapper, mapRecord, stagedValues, type FilteredMarker, type StagedRow } from '../lib/map-models.js';
 import { isDateTime, isTimeZone, STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
-import { copyLine, copyValue, createPgSink } from '../lib/pg-sink.js';
+import { copyLine, copyValue, CopyText, createPgSink } from '../lib/pg-sink.js';
 import type { RawRecord } from '../lib/tokenize.js';
 import { collect, collectError } from './helpers/streams.js';
 import { optionErrorOf } from './helpers/options.js';
@@ -195,6 +195,20 @@ describe('COPY encoding', () => {
     expect(copyValue(12)).to.equal('12');
     const row = asRow(mapRecord({ kind: 'record', ordinal: 1, ...pos, model: 'sentry.user', pk: 1, fields: user(1, 'a').fields, filtered: false }));
     expect(copyLine(5, row).split('\t')).to.have.length(8 + STAGE_COLUMNS.length);
+  });
+});
+
+describe('CopyText', () => {
+  it('gathers lines as the UTF-8 bytes of their concatenation, across Buffers, however long a line is', () => {
+    const lines = ['1\tZoë\n', 'ascii\n', '日本語\t😀\n', 'x'.repeat(300000) + '\n', 'é'.repeat(100000) + '\n', 'tail\n'];
+    const text = new CopyText();
+    for (const line of lines) text.add(line);
+    expect(text.size).to.equal(Buffer.byteLength(lines.join('')));
+    const chunks = text.take();
+    expect(chunks.length).to.be.above(1);
+    expect(Buffer.concat(chunks).toString('utf8')).to.equal(lines.join(''));
+    expect(text.size).to.equal(0);
+    expect(text.take()).to.deep.equal([]);
   });
 });
 
