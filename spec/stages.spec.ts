@@ -199,14 +199,28 @@ describe('COPY encoding', () => {
 });
 
 describe('CopyText', () => {
-  it('gathers lines as the UTF-8 bytes of their concatenation, across Buffers, however long a line is', () => {
-    const lines = ['1\tZoë\n', 'ascii\n', '日本語\t😀\n', 'x'.repeat(300000) + '\n', 'é'.repeat(100000) + '\n', 'tail\n'];
+  it('gathers exactly the UTF-8 bytes of copyLine for every row, across Buffers, however long a row is', () => {
+    const width = STAGE_COLUMNS.length;
+    const values = (...vs: (string | number | boolean | null)[]) => [...vs, ...new Array(width - vs.length).fill(null)];
+    const row = (pk: number, vals: (string | number | boolean | null)[]): StagedRow => ({
+      kind: 'row', ordinal: 12345, offset: 9007199254740991, line: 1, column: 10, length: 5, model: 'sentry.user', code: 1, pk, values: vals });
+    const filtered = (pk: number, username?: string): FilteredMarker => ({
+      kind: 'filtered', ordinal: 3, offset: 0, line: 7, column: 1, length: 2, model: 'sentry.user', code: 5, pk, ...(username === undefined ? {} : { username }) });
+    const rows: (StagedRow | FilteredMarker)[] = [
+      row(1, values('alice', 'Zoë Smith', 'a@b.c', true, false, '2021-07-17T21:08:52.713Z', null, null, 0, null, 1, null, 42)),
+      row(-9007199254740991, values('tab\there', 'new\nline', 'cr\rback\\slash', '\\.', '日本語\t😀\\', 'é\n')),
+      row(0, values(-0, 1.5, 1e21, -12, 9007199254740991, 2 ** 53 + 2, '{"a":"x\\\\y"}')),
+      row(7, values('x'.repeat(300000), 'é'.repeat(100000) + '\t', '\ud800 lone')),
+      filtered(8), filtered(9, 'bob\tby'), filtered(10, 'ünï\\'),
+      ...Array.from({ length: 3000 }, (_, i) => row(100 + i, values(`user${i}`, `Name ${i}`, `u${i}@example.com`, i % 2 === 0, null, null, null, null, i))),
+    ];
     const text = new CopyText();
-    for (const line of lines) text.add(line);
-    expect(text.size).to.equal(Buffer.byteLength(lines.join('')));
+    for (const r of rows) text.row(5, r);
+    const expected = Buffer.from(rows.map((r) => copyLine(5, r)).join(''));
+    expect(text.size).to.equal(expected.length);
     const chunks = text.take();
     expect(chunks.length).to.be.above(1);
-    expect(Buffer.concat(chunks).toString('utf8')).to.equal(lines.join(''));
+    expect(Buffer.concat(chunks).equals(expected)).to.equal(true);
     expect(text.size).to.equal(0);
     expect(text.take()).to.deep.equal([]);
   });
