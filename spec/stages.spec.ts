@@ -210,6 +210,8 @@ describe('CopyText', () => {
       row(1, values('alice', 'Zoë Smith', 'a@b.c', true, false, '2021-07-17T21:08:52.713Z', null, null, 0, null, 1, null, 42)),
       row(-9007199254740991, values('tab\there', 'new\nline', 'cr\rback\\slash', '\\.', '日本語\t😀\\', 'é\n')),
       row(0, values(-0, 1.5, 1e21, -12, 9007199254740991, 2 ** 53 + 2, '{"a":"x\\\\y"}')),
+      row(9, values(...[1, 2, 3, 4, 5, 6, 7, 8].flatMap((e) => [10 ** e - 1, 10 ** e]))),
+      row(2147483647, values(999999999, 1000000000, 2147483647, 2147483648, -2147483648, -2147483649, 4294967296, 10 ** 15, 10 ** 15 - 1)),
       row(7, values('x'.repeat(300000), 'é'.repeat(100000) + '\t', '\ud800 lone')),
       filtered(8), filtered(9, 'bob\tby'), filtered(10, 'ünï\\'),
       ...Array.from({ length: 3000 }, (_, i) => row(100 + i, values(`user${i}`, `Name ${i}`, `u${i}@example.com`, i % 2 === 0, null, null, null, null, i))),
