@@ -238,7 +238,7 @@ export class RecordSplitter {
             this.recStart = at;
             this.recLine = this.line;
             this.recColumn = at - this.lineStart + 1;
-            this.pieces = [];
+            if (this.pieces.length !== 0) this.pieces = [];
             this.pieceBytes = 0;
             this.scalar = emitAs;
             // fall into the record scan at the same byte
@@ -384,37 +384,49 @@ export class RecordSplitter {
 
   private finishRecord(buf: Buffer, segStart: number, end: number, out: RawRecord[]): void {
     const ordinal = this.ordinal;
-    let bytes: Buffer;
-    if (this.pieces.length === 0) {
-      bytes = buf.subarray(segStart, end);
-    } else {
+    // The record's bytes are bytes[from, to): most records lie within one chunk and are decoded
+    // straight from it, without a Buffer view of their own.
+    let bytes = buf;
+    let from = segStart;
+    let to = end;
+    if (this.pieces.length !== 0) {
       this.pieces.push(buf.subarray(segStart, end));
       bytes = Buffer.concat(this.pieces, this.pieceBytes + end - segStart);
       this.pieces = [];
+      from = 0;
+      to = bytes.length;
     }
     this.pieceBytes = 0;
-    const length = bytes.length;
+    const length = to - from;
     if (length > this.maxRecordBytes) {
       throw new ParseError(ErrorCodes.LIMIT_RECORD_SIZE,
         `record ${ordinal} is larger than maxRecordBytes (${this.maxRecordBytes} bytes)`,
         { position: { ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn } });
     }
-    const pos = { ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn, length };
     this.countLines(buf, segStart, end);
     if (ordinal <= this.skipThrough) return;
-    if (!isUtf8(bytes)) throw invalidUtf8(bytes, pos);
-    const text = bytes.toString('utf8');
+    const text = bytes.toString('utf8', from, to);
+    // Decoding replaces every invalid sequence with U+FFFD, so a record without one is valid
+    // UTF-8; one with it (it may also be a real U+FFFD) gets the exact check.
+    if (text.indexOf('\uFFFD') !== -1 && !isUtf8(bytes.subarray(from, to))) {
+      throw invalidUtf8(bytes.subarray(from, to), this.recordPosition(length));
+    }
     let value: unknown;
     try {
       value = JSON.parse(text);
     } catch {
-      throw locateSyntaxError(text, pos);
+      throw locateSyntaxError(text, this.recordPosition(length));
     }
     if (value === null || typeof value !== 'object' || Array.isArray(value)) {
-      out.push({ ordinal, offset: pos.offset, line: pos.line, column: pos.column, length, value: {}, nonObject: { value } });
+      out.push({ ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn, length, value: {}, nonObject: { value } });
       return;
     }
-    out.push({ ordinal, offset: pos.offset, line: pos.line, column: pos.column, length, value: value as Record<string, unknown>, source: text });
+    out.push({ ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn, length, value: value as Record<string, unknown>, source: text });
+  }
+
+  /** The position of the record being finished (for its errors only). */
+  private recordPosition(length: number): RecordPosition {
+    return { ordinal: this.ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn, length };
   }
 
   /** Checks the input ended after a complete array. */

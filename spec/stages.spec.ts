@@ -9,8 +9,8 @@ import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { createUserFilter, parseUsernameList, scopeRecord, type FlowItem, type ScopedRecord } from '../lib/filter-users.js';
 import { createModelMapper, mapRecord, stagedValues, type FilteredMarker, type StagedRow } from '../lib/map-models.js';
-import { STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
-import { copyLine, copyValue, createPgSink } from '../lib/pg-sink.js';
+import { isDateTime, isTimeZone, STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
+import { copyLine, copyValue, CopyText, createPgSink } from '../lib/pg-sink.js';
 import type { RawRecord } from '../lib/tokenize.js';
 import { collect, collectError } from './helpers/streams.js';
 import { optionErrorOf } from './helpers/options.js';
@@ -125,6 +125,67 @@ describe('createModelMapper', () => {
   });
 });
 
+describe('isDateTime', () => {
+  it('accepts the ISO-8601 shapes PostgreSQL stores and refuses the rest', () => {
+    const cases: [string, boolean][] = [
+      ['2021-07-17T21:08:52.713Z', true], ['2021-07-17 21:08:52', true], ['2021-07-17T21:08:52.123456789+01:00', true],
+      ['2021-07-17T21:08:52-0530', true], ['2024-02-29T00:00:00Z', true], ['2000-02-29T00:00:00Z', true], ['0001-01-01T00:00:00Z', true],
+      ['2021-07-17T21:08:52.1234567890Z', false], ['2021-07-17T21:08:52.Z', false], ['2021-07-17T21:08:52Z ', false],
+      ['2023-02-29T00:00:00Z', false], ['1900-02-29T00:00:00Z', false], ['2021-04-31T00:00:00Z', false], ['0000-01-01T00:00:00Z', false],
+      ['2021-13-01T00:00:00Z', false], ['2021-00-01T00:00:00Z', false], ['2021-01-00T00:00:00Z', false], ['2021-01-01T24:00:00Z', false],
+      ['2021-01-01T23:60:00Z', false], ['2021-01-01T23:59:60Z', false], ['2021-01-01T00:00:00+16:00', false], ['2021-01-01T00:00:00+10:60', false],
+      ['2021-01-01T00:00:00+1:00', false], ['2021-01-01T00:00:00+01:0', false], ['2021-01-01T00:00:00+01::00', false], ['2021-01-01T00:00:00z', false],
+      ['2021-01-01t00:00:00Z', false], ['2021-01-01T00:00', false], ['21-01-01T00:00:00Z', false], ['2021-1-01T00:00:00Z', false],
+      ['２０２１-01-01T00:00:00Z', false], ['2021-01-01T00:00:00\n', false], ['', false],
+    ];
+    for (const [s, valid] of cases) expect(isDateTime(s), s).to.equal(valid);
+  });
+
+  it('agrees with the regular expression it replaced on mutated timestamps', () => {
+    const RE = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-](\d{2}):?(\d{2}))?$/;
+    const reference = (s: string): boolean => {
+      const m = RE.exec(s);
+      if (!m) return false;
+      const y = +m[1]!, mo = +m[2]!, d = +m[3]!, h = +m[4]!, mi = +m[5]!, sec = +m[6]!;
+      if (y < 1 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || sec > 59) return false;
+      if (m[9] !== undefined && (+m[9] > 15 || +m[10]! > 59)) return false;
+      const dim = [31, (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0 ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mo - 1]!;
+      return d <= dim;
+    };
+    const seeds = ['2021-07-17T21:08:52.713Z', '2024-02-29 23:59:59+15:59', '1999-12-31T00:00:00.123456789-0000', '2021-07-17T21:08:52'];
+    const alphabet = '0123456789-:.TZ +';
+    let seed = 7;
+    const rand = (n: number) => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed % n; };
+    let accepted = 0;
+    for (let k = 0; k < 20000; k++) {
+      let s = seeds[rand(seeds.length)]!;
+      for (let m = 1 + rand(2); m > 0; m--) {
+        const at = rand(s.length + 1);
+        const op = rand(3);
+        const c = alphabet[rand(alphabet.length)]!;
+        s = op === 0 ? s.slice(0, at) + c + s.slice(at + 1) : op === 1 ? s.slice(0, at) + c + s.slice(at) : s.slice(0, at) + s.slice(at + 1);
+      }
+      const expected = reference(s);
+      if (expected) accepted++;
+      expect(isDateTime(s), s).to.equal(expected);
+    }
+    // The mutations must exercise both answers, not only refusals.
+    expect(accepted).to.be.above(1000);
+  });
+});
+
+describe('isTimeZone', () => {
+  it('gives the same answer the first time and every time after (valid names are remembered)', () => {
+    const cases: [string, boolean][] = [
+      ['Europe/Vienna', true], ['UTC', true], ['America/Argentina/Buenos_Aires', true], ['europe/vienna', true],
+      ['MiddleEarth/Gondor', false], ['+01:00', false], ['', false], ['Europe/Vienna ', false], ['Europe', false],
+    ];
+    for (let round = 0; round < 3; round++) {
+      for (const [name, valid] of cases) expect(isTimeZone(name), `${name} (round ${round})`).to.equal(valid);
+    }
+  });
+});
+
 describe('COPY encoding', () => {
   it('escapes backslash, tab, newline and carriage return, and writes NULL as \\N', () => {
     expect(copyValue('a\\b\tc\nd\re')).to.equal('a\\\\b\\tc\\nd\\re');
@@ -134,6 +195,36 @@ describe('COPY encoding', () => {
     expect(copyValue(12)).to.equal('12');
     const row = asRow(mapRecord({ kind: 'record', ordinal: 1, ...pos, model: 'sentry.user', pk: 1, fields: user(1, 'a').fields, filtered: false }));
     expect(copyLine(5, row).split('\t')).to.have.length(8 + STAGE_COLUMNS.length);
+  });
+});
+
+describe('CopyText', () => {
+  it('gathers exactly the UTF-8 bytes of copyLine for every row, across Buffers, however long a row is', () => {
+    const width = STAGE_COLUMNS.length;
+    const values = (...vs: (string | number | boolean | null)[]) => [...vs, ...new Array(width - vs.length).fill(null)];
+    const row = (pk: number, vals: (string | number | boolean | null)[]): StagedRow => ({
+      kind: 'row', ordinal: 12345, offset: 9007199254740991, line: 1, column: 10, length: 5, model: 'sentry.user', code: 1, pk, values: vals });
+    const filtered = (pk: number, username?: string): FilteredMarker => ({
+      kind: 'filtered', ordinal: 3, offset: 0, line: 7, column: 1, length: 2, model: 'sentry.user', code: 5, pk, ...(username === undefined ? {} : { username }) });
+    const rows: (StagedRow | FilteredMarker)[] = [
+      row(1, values('alice', 'Zoë Smith', 'a@b.c', true, false, '2021-07-17T21:08:52.713Z', null, null, 0, null, 1, null, 42)),
+      row(-9007199254740991, values('tab\there', 'new\nline', 'cr\rback\\slash', '\\.', '日本語\t😀\\', 'é\n')),
+      row(0, values(-0, 1.5, 1e21, -12, 9007199254740991, 2 ** 53 + 2, '{"a":"x\\\\y"}')),
+      row(9, values(...[1, 2, 3, 4, 5, 6, 7, 8].flatMap((e) => [10 ** e - 1, 10 ** e]))),
+      row(2147483647, values(999999999, 1000000000, 2147483647, 2147483648, -2147483648, -2147483649, 4294967296, 10 ** 15, 10 ** 15 - 1)),
+      row(7, values('x'.repeat(300000), 'é'.repeat(100000) + '\t', '\ud800 lone')),
+      filtered(8), filtered(9, 'bob\tby'), filtered(10, 'ünï\\'),
+      ...Array.from({ length: 3000 }, (_, i) => row(100 + i, values(`user${i}`, `Name ${i}`, `u${i}@example.com`, i % 2 === 0, null, null, null, null, i))),
+    ];
+    const text = new CopyText();
+    for (const r of rows) text.row(5, r);
+    const expected = Buffer.from(rows.map((r) => copyLine(5, r)).join(''));
+    expect(text.size).to.equal(expected.length);
+    const chunks = text.take();
+    expect(chunks.length).to.be.above(1);
+    expect(Buffer.concat(chunks).equals(expected)).to.equal(true);
+    expect(text.size).to.equal(0);
+    expect(text.take()).to.deep.equal([]);
   });
 });
 

@@ -108,6 +108,19 @@ describe('createTokenizer', () => {
       }
     });
 
+    it('tells a real U+FFFD from invalid UTF-8 (decoding turns invalid bytes into U+FFFD)', async () => {
+      const fffd = Buffer.from([0xef, 0xbf, 0xbd]);
+      const valid = Buffer.concat([Buffer.from('[{"model":"a'), fffd, Buffer.from('b","pk":1,"fields":{}}]')]);
+      const invalid = Buffer.concat([Buffer.from('[{"model":"a'), fffd, Buffer.from([0xed, 0xa0, 0x80]), Buffer.from('","pk":1,"fields":{}}]')]);
+      for (const size of [1, 7, 100]) {
+        const records = await collect<RawRecord>(chunked(valid, size), createTokenizer());
+        expect(records.map((r) => r.value.model)).to.deep.equal(['a\ufffdb']);
+        const err = await collectError(chunked(invalid, size), createTokenizer());
+        expect(err.code).to.equal('USERPORT_INPUT_UTF8');
+        expect(err.position).to.include({ offset: 15, line: 1, column: 16, ordinal: 1 });
+      }
+    });
+
     it('refuses a record over maxRecordBytes before buffering all of it', async () => {
       const tokenizer = createTokenizer({ maxRecordBytes: 1024 });
       const big = '[{"model":"a","pk":1,"fields":{"s":"' + 'x'.repeat(100000) + '"}}]';
