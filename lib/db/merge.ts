@@ -419,6 +419,25 @@ async function enterBulkLoad(q: Q, catalog: Q, T: TargetTables): Promise<BulkLoa
   // Only what this role owns can be altered; anything else keeps the incremental path.
   const owned = await catalog(`SELECT bool_and(pg_has_role(relowner, 'USAGE')) AS ok FROM pg_class WHERE oid IN (${list})`);
   if (!owned.rows[0].ok) return undefined;
+  // Only what can be rebuilt exactly from pg_get_*def, and only where no kept deferred trigger
+  // would leave events pending (PostgreSQL refuses CREATE INDEX on such a table): anything else
+  // (a deferred foreign key to a table outside the five, row-level security, a partitioned table,
+  // index tablespaces or storage options, replica identity or CLUSTER marks, comments, statistics
+  // targets) keeps the incremental path.
+  const unusual = await catalog(`
+    SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid IN (${list}) AND (relrowsecurity OR relkind <> 'r'))
+      OR EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid IN (${list}) AND t.tgdeferrable AND (t.tgtype & 4) <> 0 -- fires on INSERT
+                   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.oid = t.tgconstraint AND c.contype = 'f'
+                                     AND c.conrelid IN (${list}) AND c.confrelid IN (${list})))
+      OR EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid IN (${list}) AND NOT t.tgisinternal)
+      OR EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                 WHERE i.indrelid IN (${list}) AND NOT i.indisprimary
+                   AND (ic.reltablespace <> 0 OR ic.reloptions IS NOT NULL OR i.indisreplident OR i.indisclustered
+                        OR EXISTS (SELECT 1 FROM pg_description d WHERE d.objoid = ic.oid)
+                        OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = ic.oid AND a.attstattarget IS NOT NULL AND a.attstattarget >= 0)))
+      OR EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_description d ON d.objoid = c.oid WHERE c.conrelid IN (${list}))
+      AS unusual`);
+  if (unusual.rows[0].unusual) return undefined;
   if ((await anyRows()).rows[0].any) return undefined;
   await q('SAVEPOINT userport_bulk_lock');
   try {
@@ -447,7 +466,7 @@ async function enterBulkLoad(q: Q, catalog: Q, T: TargetTables): Promise<BulkLoa
       AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = c.conindid AND c.contype = 'u'
                         AND f.conrelid NOT IN (${list}))
     UNION ALL
-    SELECT i.indrelid::regclass::text, ic.relname, 'index', pg_get_indexdef(i.indexrelid)
+    SELECT i.indrelid::regclass::text, i.indexrelid::regclass::text, 'index', pg_get_indexdef(i.indexrelid)
     FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
     WHERE i.indrelid IN (${list}) AND NOT i.indisprimary AND i.indisvalid
       AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)
@@ -456,13 +475,14 @@ async function enterBulkLoad(q: Q, catalog: Q, T: TargetTables): Promise<BulkLoa
   const order = { foreign: 0, unique: 1, index: 2 } as const;
   const drops = [...objects].sort((a, b) => order[a.kind] - order[b.kind]);
   for (const o of drops) {
-    await q(o.kind === 'index' ? `DROP INDEX ${IDENT_SQL(o.name)}` : `ALTER TABLE ${o.table} DROP CONSTRAINT ${IDENT_SQL(o.name)}`);
+    // An index by its regclass text (schema-qualified when needed), never by a bare name.
+    await q(o.kind === 'index' ? `DROP INDEX ${o.name}` : `ALTER TABLE ${o.table} DROP CONSTRAINT ${IDENT_SQL(o.name)}`);
   }
   return {
     dropped: drops.map((o) => `${o.table}.${o.name}`),
     async rebuild() {
       // Index builds sort in memory up to maintenance_work_mem (64 MB by default).
-      await q(`SET LOCAL maintenance_work_mem = '256MB'`);
+      await q(`SELECT set_config('maintenance_work_mem', '256MB', true) WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < 256 * 1024 * 1024`);
       for (const o of [...drops].reverse()) {
         await q(o.kind === 'index' ? o.definition : `ALTER TABLE ${o.table} ADD CONSTRAINT ${IDENT_SQL(o.name)} ${o.definition}`);
       }

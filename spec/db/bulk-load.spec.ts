@@ -147,6 +147,34 @@ describe('bulk load into empty target tables', function () {
     }
   });
 
+  it('a deferred foreign key to a table outside the five (older Sentry schemas) keeps the incremental path, and the import works', async () => {
+    const db = await freshDatabase();
+    try {
+      await db.knex.raw('CREATE TABLE sentry_project (id bigserial PRIMARY KEY)');
+      await db.knex.raw(`ALTER TABLE sentry_useroption ADD CONSTRAINT sentry_useroption_project_id_fk FOREIGN KEY (project_id)
+                           REFERENCES sentry_project (id) DEFERRABLE INITIALLY DEFERRED`);
+      const before = await definitions(db);
+      const s = await importUsers({ source: file, databaseUrl: db.url });
+      expect(s.bulkLoad).to.equal(false);
+      expect(await db.count('auth_user')).to.equal(3000);
+      expect(await definitions(db)).to.deep.equal(before);
+    } finally {
+      await db.close();
+    }
+  });
+
+  it('a commented index keeps the incremental path (a rebuild would lose the comment)', async () => {
+    const db = await freshDatabase();
+    try {
+      await db.knex.raw(`COMMENT ON INDEX sentry_email_email_lower_key IS 'kept as is'`);
+      const s = await importUsers({ source: file, databaseUrl: db.url });
+      expect(s.bulkLoad).to.equal(false);
+      expect((await db.knex.raw(`SELECT obj_description('sentry_email_email_lower_key'::regclass, 'pg_class') AS d`)).rows[0].d).to.equal('kept as is');
+    } finally {
+      await db.close();
+    }
+  });
+
   it('a dry run and a failed import leave the tables empty and every definition as it was', async () => {
     const db = await freshDatabase();
     try {
