@@ -3,6 +3,8 @@
  * A measurement that could not be taken is `{ skipped: <reason> }`, never silently absent.
  */
 
+import type { BareFloorResult } from './bare-floor.js';
+
 export interface Skipped {
   skipped: string;
 }
@@ -60,15 +62,7 @@ export interface CopyFloorMeasurement {
 }
 
 /** The bare floor (tools/bench/bare-floor.ts): the same rows into tables without indexes and constraints, then built. */
-export interface BareFloorMeasurement {
-  seconds: number;
-  /** The COPYs alone. */
-  copySeconds: number;
-  /** Building the indexes and constraints again. */
-  buildSeconds: number;
-  rows: Record<string, number>;
-  objects: { indexes: number; constraints: number; foreignKeys: number };
-}
+export type BareFloorMeasurement = BareFloorResult;
 
 export interface ParseFloorMeasurement {
   seconds: number;

@@ -5,18 +5,15 @@
  * stays pretty-printed and a compact one compact.
  *
  * Memory stays flat whatever the size: a first pass finds where each record starts and ends
- * (the splitter of the parse floor: strings and nesting only, no `JSON.parse`) and keeps only
+ * (tools/bench/split.ts, the parse floor's splitter: strings and nesting only, no `JSON.parse`) and keeps only
  * those offsets (16 bytes a record); a second pass reads the records back to front, one window
  * of up to 1 MiB of consecutive records at a time, and writes them.
  */
 import fs from 'node:fs';
+import { splitRecords } from './split.js';
 
-const QUOTE = 0x22;
-const BACKSLASH = 0x5c;
-const OPEN = 0x7b;
-const CLOSE = 0x7d;
 const OPEN_A = 0x5b;
-const CLOSE_A = 0x5d;
+
 const WINDOW = 1 << 20;
 
 /** Start (inclusive) and end (exclusive) byte offsets of every top-level element of a JSON array file. */
@@ -42,61 +39,20 @@ export async function recordSpans(file: string): Promise<RecordSpans> {
   let count = 0;
   let open = -1;
   let close = -1;
-  let depth = 0;
-  let carry: Buffer | null = null;
-  let carryAt = 0;
-  let base = 0; // file offset of the next chunk
-  for await (const data of fs.createReadStream(file, { highWaterMark: WINDOW })) {
-    const chunk = data as Buffer;
-    const buf: Buffer = carry ? Buffer.concat([carry, chunk]) : chunk;
-    const at = carry ? carryAt : base; // file offset of buf[0]
-    base += chunk.length;
-    carry = null;
-    const n = buf.length;
-    let start = -1;
-    let i = 0;
-    scan: while (i < n) {
-      const c = buf[i]!;
-      if (c === QUOTE) {
-        let q = i;
-        for (;;) {
-          q = buf.indexOf(QUOTE, q + 1);
-          if (q < 0) break scan;
-          let b = q - 1;
-          while (buf[b] === BACKSLASH) b--;
-          if ((q - 1 - b) % 2 === 0) break;
-        }
-        i = q + 1;
-        continue;
-      }
-      if (c === OPEN || c === OPEN_A) {
-        if (depth === 0) {
-          if (c !== OPEN_A || open >= 0) throw new Error(`${file}: not a JSON array (byte ${at + i})`);
-          open = at + i;
-        } else if (depth === 1) start = i;
-        depth++;
-      } else if (c === CLOSE || c === CLOSE_A) {
-        depth--;
-        if (depth === 1) {
-          if (count === starts.length) { starts = grow(starts); ends = grow(ends); }
-          starts[count] = at + start;
-          ends[count] = at + i + 1;
-          count++;
-          start = -1;
-        } else if (depth === 0) {
-          close = at + i;
-        }
-      }
-      i++;
-    }
-    if (start >= 0) {
-      // A record cut by the chunk end is scanned again from its start with the next chunk.
-      carry = buf.subarray(start);
-      carryAt = at + start;
-      depth = 1;
-    }
-  }
-  if (open < 0 || close < 0 || depth !== 0 || carry) throw new Error(`${file}: truncated JSON or not an array`);
+  const { complete } = await splitRecords(file, WINDOW, {
+    top(byte, offset, opening) {
+      if (!opening) { close = offset; return; }
+      if (byte !== OPEN_A || open >= 0) throw new Error(`${file}: not a JSON array (byte ${offset})`);
+      open = offset;
+    },
+    record(_buf, start, end, at) {
+      if (count === starts.length) { starts = grow(starts); ends = grow(ends); }
+      starts[count] = at + start;
+      ends[count] = at + end;
+      count++;
+    },
+  });
+  if (!complete || open < 0 || close < 0) throw new Error(`${file}: truncated JSON or not an array`);
   return { count, starts, ends, open, close };
 }
 
