@@ -103,19 +103,8 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // columns would cost time to sample and help no plan.
   await q('ANALYZE userport_stage (run, model, src_pk, user_pk, keep, username, email)');
 
-  // 1. A source pk may appear once per model (none can when every model's pks only grew).
-  const dup = options.staged?.pksIncreasing ? { rowCount: 0, rows: [] } : await q(`
-    SELECT s.model, s.src_pk, s.ord, s.off, s.line, s.col FROM userport_stage s
-    JOIN (SELECT model, src_pk FROM userport_stage WHERE run = $1 AND model <> ${REJECTED_USER_CODE} GROUP BY model, src_pk HAVING count(*) > 1) d
-      USING (model, src_pk)
-    WHERE s.run = $1 ORDER BY s.ord OFFSET 1 LIMIT 1`, [run]);
-  if (dup.rowCount) {
-    const d = dup.rows[0];
-    const model = modelByCode(d.model).name;
-    throw new RecordError(ErrorCodes.RECORD_DUPLICATE_PK, `${model} pk ${d.src_pk} appears more than once in the export`, {
-      position: { ordinal: d.ord, offset: d.off, line: d.line, column: d.col, model, pk: d.src_pk },
-    });
-  }
+  // 1. A source pk may appear once per model (none can repeat when every model's pks only grew).
+  if (!options.staged?.pksIncreasing) await refuseDuplicatePks(q, run);
 
   // 2. Users: one pass decides who is inserted, renamed, merged or filtered. Ties by source pk.
   await q(`
@@ -331,6 +320,21 @@ const FINDING_REASON: Record<string, string> = {
                          ELSE ' (user ' || to_json(ARRAY[username])::text || ')' END
                  || CASE WHEN outcome = 'merged' THEN ' into user id ' || target_id ELSE '' END`,
 };
+
+/** Throws USERPORT_RECORD_DUPLICATE_PK at the first record, in file order, whose pk its model already had. */
+async function refuseDuplicatePks(q: Q, run: number): Promise<void> {
+  const dup = await q(`
+    SELECT s.model, s.src_pk, s.ord, s.off, s.line, s.col FROM userport_stage s
+    JOIN (SELECT model, src_pk FROM userport_stage WHERE run = $1 AND model <> ${REJECTED_USER_CODE} GROUP BY model, src_pk HAVING count(*) > 1) d
+      USING (model, src_pk)
+    WHERE s.run = $1 ORDER BY s.ord OFFSET 1 LIMIT 1`, [run]);
+  if (!dup.rowCount) return;
+  const d = dup.rows[0];
+  const model = modelByCode(d.model).name;
+  throw new RecordError(ErrorCodes.RECORD_DUPLICATE_PK, `${model} pk ${d.src_pk} appears more than once in the export`, {
+    position: { ordinal: d.ord, offset: d.off, line: d.line, column: d.col, model, pk: d.src_pk },
+  });
+}
 
 /**
  * Exports written before Sentry 23.9.1 name a row's user by username (`"user": ["alice"]`).

@@ -209,6 +209,7 @@ describe('bulk load into empty target tables', function () {
     expect(bad.stderr).to.contain('--bulk-load must be auto or off, got "sometimes"');
 
     const db = await freshDatabase();
+    const offDb = await freshDatabase();
     try {
       const run = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--database-url', db.url, '--no-progress'],
         { encoding: 'utf8', env: { ...process.env, USERPORT_EXPLAIN_SQL: '1' } });
@@ -217,13 +218,12 @@ describe('bulk load into empty target tables', function () {
       const plans = [...run.stderr.matchAll(/\[plan\] (.*)\n([\s\S]*?)\n\[\/plan\]/g)].map((m) => ({ sql: m[1]!, plan: m[2]! }));
       expect(plans.filter((p) => /^INSERT INTO sentry_useremail/.test(p.sql)).length, 'both user-email inserts were planned').to.equal(2);
       for (const p of plans) expect(p.plan, p.sql).to.not.match(/Nested Loop[\s\S]*->\s+Seq Scan/);
-      const off = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--database-url', (await freshDatabase().then((d) => { cleanup.push(d); return d; })).url, '--no-progress', '--bulk-load', 'off'], { encoding: 'utf8' });
+      const off = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--database-url', offDb.url, '--no-progress', '--bulk-load', 'off'], { encoding: 'utf8' });
       expect(off.status, off.stderr.slice(-2000)).to.equal(0);
       expect(off.stdout).to.not.contain('Empty target');
     } finally {
       await db.close();
-      for (const d of cleanup.splice(0)) await d.close();
+      await offDb.close();
     }
   });
-  const cleanup: TestDb[] = [];
 });
