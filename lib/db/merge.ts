@@ -79,7 +79,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // Prints every statement's plan: how the specs check that no join can degrade quadratically.
   const explain = process.env.USERPORT_EXPLAIN_SQL === '1';
   const q: Q = async (sql, params) => {
-    if (explain && /^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE TEMP TABLE \w+ ON COMMIT DROP AS)\b/.test(sql)) {
+    if (explain && /^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE TEMP TABLE \w+ ON COMMIT DROP AS)\b/.test(sql) && !/WITH NO DATA\s*$/.test(sql)) {
       const plan = await client.query(`EXPLAIN ${sql}`, params as unknown[]);
       process.stderr.write(`[plan] ${sql.trim().replace(/\s+/g, ' ').slice(0, 90)}\n${plan.rows.map((r: Record<string, string>) => r['QUERY PLAN']).join('\n')}\n[/plan]\n`);
     }
@@ -107,6 +107,9 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   if (!options.staged?.pksIncreasing) await refuseDuplicatePks(q, run);
 
   // 2. Users: one pass decides who is inserted, renamed, merged or filtered. Ties by source pk.
+  // The id sequence is looked up once: pg_get_serial_sequence per row read the catalog for every
+  // user (about half of this statement's time at 100k users).
+  const userSeq = (await q(`SELECT pg_get_serial_sequence($1, 'id') AS seq`, [T.user])).rows[0].seq as string | null;
   await q(`
     CREATE TEMP TABLE up_user ON COMMIT DROP AS
     WITH u AS (
@@ -133,12 +136,12 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       SELECT o.*,
         CASE WHEN outcome = 'inserted' THEN username END AS final_name,
         NULL::text AS cand,
-        CASE WHEN outcome IN ('inserted', 'renamed') THEN nextval(pg_get_serial_sequence('${T.user}', 'id')) END AS new_id,
+        CASE WHEN outcome IN ('inserted', 'renamed') THEN nextval($3::regclass) END AS new_id,
         CASE WHEN outcome = 'filtered' THEN 'username not in --filter-usernames'
              WHEN outcome = 'renamed' THEN 'username taken'
              WHEN outcome = 'merged' AND ex_id IS NOT NULL THEN 'merged into existing user'
              WHEN outcome = 'merged' THEN 'merged into an earlier user of the export with the same username' END AS reason
-      FROM o) n`, [run, options.mergeUsers]);
+      FROM o) n`, [run, options.mergeUsers, userSeq]);
   await q('ANALYZE up_user (src_pk, lname, keep, rn, outcome, new_id, target_id, final_name, email)');
   if (options.mergeUsers) {
     // Later users of a name merge into its first user when that one is inserted now.
@@ -210,8 +213,10 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   const anyRejected = options.staged ? options.staged.rejectedUsers
     : ((await q(`SELECT 1 FROM userport_stage WHERE run = $1 AND model = ${REJECTED_USER_CODE} LIMIT 1`, [run])).rowCount ?? 0) > 0;
 
-  // 4. User emails and 5. user options: remap the user, then Sentry's rules, decided in one pass.
-  for (const [table, code] of [['up_ue', C.userEmail], ['up_uo', C.userOption]] as const) {
+  // 4. User emails and 5. user options: remap the user, then Sentry's rules, decided in one pass
+  // that inserts the kept rows straight from the decision (no per-model copy of every row) and
+  // keeps only the exceptions (filtered, dropped, merged, duplicate rows) in up_ue / up_uo.
+  const decide = (table: 'up_ue' | 'up_uo', code: number) => {
     // Rows of merged-away users never compete with the rows of the user they merged into.
     const partition = table === 'up_ue' ? 'm.target_id, m.kind, s.email'
       : 'm.target_id, m.kind, s.opt_key, (s.project_id IS NULL AND s.organization_id IS NULL)';
@@ -222,8 +227,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       ? `WHEN rn > 1 THEN 'duplicate of an earlier (user, email) row'`
       : `WHEN project_id IS NOT NULL OR organization_id IS NOT NULL THEN 'scoped to an organization or project'
          WHEN rn > 1 THEN 'duplicate (user, key): the first one wins'`;
-    await q(`
-      CREATE TEMP TABLE ${table} ON COMMIT DROP AS
+    return `
       SELECT x.*,
         CASE WHEN user_keep = false THEN 'filtered' WHEN user_keep IS NULL THEN 'dropped'
              WHEN user_kind = 'merged' THEN 'merged' ${specific} ELSE 'insert' END AS outcome,
@@ -233,36 +237,47 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
              WHEN user_kind = 'merged' THEN 'user merged into an existing user' ${specificReason} END AS reason
       FROM (
         SELECT s.src_pk, s.ord, s.off, s.user_pk, s.username, s.email, s.opt_key, s.opt_value, s.project_id, s.organization_id,
-          m.target_id, m.kind AS user_kind, u.keep AS user_keep,
+          m.target_id, m.kind AS user_kind, m.keep AS user_keep,
           -- REJECTED_USER_CODE: the pk of a rejected user, staged so its rows say so.
           ${anyRejected ? `EXISTS (SELECT 1 FROM userport_stage r WHERE r.run = $1 AND r.model = ${REJECTED_USER_CODE} AND r.src_pk = s.user_pk)` : 'false'} AS user_rejected,
           row_number() OVER (PARTITION BY ${partition} ORDER BY s.src_pk) AS rn
         FROM userport_stage s
-          LEFT JOIN userport_pk_map m ON m.run = $1 AND m.model = 'sentry.user' AND m.source_pk = s.user_pk
-          LEFT JOIN up_user u ON u.src_pk = s.user_pk
+          -- What the users' pk map holds, read from the decision table (one join, not two).
+          LEFT JOIN (SELECT src_pk, keep, CASE WHEN keep THEN target_id END AS target_id,
+                       CASE WHEN NOT keep THEN NULL WHEN outcome = 'merged' THEN 'merged' ELSE 'inserted' END AS kind
+                     FROM up_user) m ON m.src_pk = s.user_pk
         WHERE s.run = $1 AND s.model = ${code}
-      ) x`, [run]);
-    // Fresh statistics: without them the planner guesses a few hundred rows for any size.
-    await q(`ANALYZE ${table} (src_pk, user_pk, outcome, target_id, email)`);
-  }
+      ) x`;
+  };
+  /** Creates the exceptions table, then inserts the kept rows with `insert` (reading `d`), writing the exceptions in the same statement. */
+  const decideAndInsert = async (table: 'up_ue' | 'up_uo', code: number, insert: string): Promise<number> => {
+    await q(`CREATE TEMP TABLE ${table} ON COMMIT DROP AS ${decide(table, code)} WITH NO DATA`, [run]);
+    // The decision is materialized once (a tuplestore, not a table) and read twice.
+    return (await q(`
+      WITH d AS MATERIALIZED (${decide(table, code)}),
+      exceptions AS (INSERT INTO ${table} SELECT * FROM d WHERE outcome <> 'insert')
+      ${insert}`, [run])).rowCount ?? 0;
+  };
   // Every user these rows go to was inserted by this transaction (rows of merged users are
   // skipped) and duplicates are already ranked out, so nothing can conflict: plain inserts,
   // cheaper than ON CONFLICT's speculative insertion.
-  const userEmailsInserted = (await q(`
+  const userEmailsInserted = await decideAndInsert('up_ue', C.userEmail, `
     INSERT INTO ${T.userEmail} (user_id, email, validation_hash, date_hash_added, is_verified)
     SELECT target_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
-    FROM up_ue WHERE outcome = 'insert' ORDER BY src_pk`)).rowCount ?? 0;
-  // Sentry's post-save signal gives every new user a row for its own address.
+    FROM d WHERE outcome = 'insert' ORDER BY src_pk`);
+  // Sentry's post-save signal gives every new user a row for its own address. Into the empty
+  // target (no unique index to arbitrate) the anti-join decides: the table holds only this
+  // import's rows, and its statistics are fresh so the planner hashes.
+  if (bulk) await q(`ANALYZE ${T.userEmail}`);
   const prim = await q(`
     INSERT INTO ${T.userEmail} (user_id, email, validation_hash, date_hash_added, is_verified)
     SELECT new_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
     FROM up_user u WHERE new_id IS NOT NULL AND coalesce(email, '') <> ''
-      ${bulk ? `AND NOT EXISTS (SELECT 1 FROM up_ue x WHERE x.outcome = 'insert' AND x.target_id = u.new_id AND x.email = u.email)` : ''}
+      ${bulk ? `AND NOT EXISTS (SELECT 1 FROM ${T.userEmail} x WHERE x.user_id = u.new_id AND x.email = u.email)` : ''}
     ${onConflict('(user_id, email)')}`);
   stats.adjacent.primaryEmails += prim.rowCount ?? 0;
   // Sentry's receivers/email.py gives every new UserEmail an Email row for its address, so an
   // export without sentry.email records still ends with one row per address of its new users.
-  if (bulk) await q(`ANALYZE ${T.userEmail}`);
   const signalled = await q(`
     INSERT INTO ${T.email} (email, date_added)
     SELECT email, now() FROM (
@@ -273,9 +288,9 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     ORDER BY user_id, email
     ${onConflict('((lower(email)))')}`);
   stats.adjacent.userEmailAddresses = (stats.adjacent.userEmailAddresses ?? 0) + (signalled.rowCount ?? 0);
-  const userOptionsInserted = (await q(`
+  const userOptionsInserted = await decideAndInsert('up_uo', C.userOption, `
     INSERT INTO ${T.userOption} (user_id, project_id, organization_id, key, value)
-    SELECT target_id, NULL, NULL, opt_key, opt_value::jsonb FROM up_uo WHERE outcome = 'insert' ORDER BY src_pk`)).rowCount ?? 0;
+    SELECT target_id, NULL, NULL, opt_key, opt_value::jsonb FROM d WHERE outcome = 'insert' ORDER BY src_pk`);
   if (bulk) await bulk.rebuild();
 
   // 6. Findings and counts: one pass over each decision table writes the findings (the
