@@ -9,13 +9,10 @@
  * (`ensure_ascii`, so everything outside printable ASCII is `\uXXXX`), models in Sentry's
  * dependency order, pks ascending, each field encoded as Sentry's serializer encodes it.
  */
-import { createWriteStream } from 'node:fs';
-import fs from 'node:fs/promises';
-import crypto from 'node:crypto';
-import path from 'node:path';
 import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
+import { writeFileAtomically } from './atomic-file.js';
 import { checkDatabaseUrl } from './db/knex.js';
 import { encryptExport } from './encrypt.js';
 import { ErrorCodes, ExportError, OptionError, UserportError, wrapDbError } from './errors.js';
@@ -414,7 +411,11 @@ export async function exportUsers(options: ExportUsersOptions): Promise<ExportSu
   try {
     if (dest === '-') await write(process.stdout);
     else if (typeof dest !== 'string') await write(dest);
-    else await writeFileAtomically(dest, options.encryptWith !== undefined ? 0o644 : 0o600, write);
+    // A plain export holds password hashes: created 0600.
+    else await writeFileAtomically(dest, options.encryptWith !== undefined ? 0o644 : 0o600, write).catch((err: unknown) => {
+      if (err instanceof UserportError) throw err;
+      throw new UserportError(ErrorCodes.IO, `cannot write ${dest}: ${(err as Error).message}`, { cause: err });
+    });
   } catch (err) {
     exporter.destroy();
     throw err;
@@ -422,25 +423,3 @@ export async function exportUsers(options: ExportUsersOptions): Promise<ExportSu
   return exporter.summary;
 }
 
-/**
- * Writes a regular file under a temporary name beside `dest` and renames it on success, so a
- * failure leaves nothing behind. A device or FIFO is written in place. A plain export holds
- * password hashes: it is created 0600.
- */
-async function writeFileAtomically(dest: string, mode: number, write: (out: Writable) => Promise<void>): Promise<void> {
-  const existing = await fs.stat(dest).catch(() => undefined);
-  if (existing?.isDirectory()) throw new OptionError(`DEST ${dest} is a directory`);
-  if (existing && !existing.isFile()) {
-    await write(createWriteStream(dest, { flags: 'w' }));
-    return;
-  }
-  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.${crypto.randomBytes(6).toString('hex')}.partial`);
-  try {
-    await write(createWriteStream(tmp, { flags: 'wx', mode }));
-    await fs.rename(tmp, dest);
-  } catch (err) {
-    await fs.rm(tmp, { force: true }).catch(() => undefined);
-    if (err instanceof UserportError) throw err;
-    throw new UserportError(ErrorCodes.IO, `cannot write ${dest}: ${(err as Error).message}`, { cause: err });
-  }
-}

@@ -277,12 +277,8 @@ export class RecordSplitter {
         // precedes it. A backslash run may straddle chunks, hence the look back into pieces.
         const q = buf.indexOf(0x22, i);
         if (q === -1) { i = n; break; }
-        let bs = 0;
-        let k = q - 1;
-        while (k >= segStart && buf[k] === 0x5c) { bs++; k--; }
-        if (k < segStart) bs += this.trailingBackslashes(bs === q - segStart);
         i = q + 1;
-        if ((bs & 1) === 0) inString = false;
+        if (this.closes(buf, q, segStart)) inString = false;
         continue;
       }
       // Most bytes outside strings (indentation, digits, literals, ':' and ',') mean nothing to
@@ -314,17 +310,7 @@ export class RecordSplitter {
     }
     this.depth = depth;
     this.inString = inString;
-    const piece = buf.subarray(segStart, n);
-    this.pieceBytes += piece.length;
-    if (this.pieceBytes > this.maxRecordBytes) {
-      throw new ParseError(ErrorCodes.LIMIT_RECORD_SIZE,
-        `record ${this.ordinal} is larger than maxRecordBytes (${this.maxRecordBytes} bytes)`,
-        { position: { ordinal: this.ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn } });
-    }
-    // Copy: the caller may reuse its chunk buffer.
-    this.pieces.push(Buffer.from(piece));
-    this.countLines(buf, segStart, n);
-    return n;
+    return this.keepPiece(buf, segStart, n);
   }
 
   /** Scans a string, number or literal element from `i`, like {@link scanRecord}. */
@@ -338,27 +324,43 @@ export class RecordSplitter {
         if (!inString) { inString = true; i++; continue; }
         const q = buf.indexOf(0x22, i);
         if (q === -1) { i = n; break; }
-        let bs = 0;
-        let k = q - 1;
-        while (k >= segStart && buf[k] === 0x5c) { bs++; k--; }
-        if (k < segStart) bs += this.trailingBackslashes(bs === q - segStart);
         i = q + 1;
-        if ((bs & 1) === 0) return this.endScalar(buf, segStart, i, out);
+        if (this.closes(buf, q, segStart)) return this.endScalar(buf, segStart, i, out);
       }
       this.inString = inString;
     } else {
       while (i < n && LITERAL[buf[i]!]) i++;
       if (i < n) return this.endScalar(buf, segStart, i, out);
     }
+    return this.keepPiece(buf, segStart, n);
+  }
+
+  /**
+   * Whether the quote at `q` closes a string: an even number of backslashes precedes it. A
+   * backslash run may straddle chunks, hence the look back into the kept pieces.
+   */
+  private closes(buf: Buffer, q: number, segStart: number): boolean {
+    let bs = 0;
+    let k = q - 1;
+    while (k >= segStart && buf[k] === 0x5c) { bs++; k--; }
+    if (k < segStart) bs += this.trailingBackslashes(bs === q - segStart);
+    return (bs & 1) === 0;
+  }
+
+  /** Keeps the unfinished element's bytes `buf[segStart, n)` for the next chunk; returns `n`. */
+  private keepPiece(buf: Buffer, segStart: number, n: number): number {
     this.pieceBytes += n - segStart;
-    if (this.pieceBytes > this.maxRecordBytes) {
-      throw new ParseError(ErrorCodes.LIMIT_RECORD_SIZE,
-        `record ${this.ordinal} is larger than maxRecordBytes (${this.maxRecordBytes} bytes)`,
-        { position: { ordinal: this.ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn } });
-    }
+    if (this.pieceBytes > this.maxRecordBytes) throw this.tooLarge(this.ordinal);
+    // Copy: the caller may reuse its chunk buffer.
     this.pieces.push(Buffer.from(buf.subarray(segStart, n)));
     this.countLines(buf, segStart, n);
     return n;
+  }
+
+  private tooLarge(ordinal: number): ParseError {
+    return new ParseError(ErrorCodes.LIMIT_RECORD_SIZE,
+      `record ${ordinal} is larger than maxRecordBytes (${this.maxRecordBytes} bytes)`,
+      { position: { ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn } });
   }
 
   private endScalar(buf: Buffer, segStart: number, end: number, out: RawRecord[]): number {
@@ -398,11 +400,7 @@ export class RecordSplitter {
     }
     this.pieceBytes = 0;
     const length = to - from;
-    if (length > this.maxRecordBytes) {
-      throw new ParseError(ErrorCodes.LIMIT_RECORD_SIZE,
-        `record ${ordinal} is larger than maxRecordBytes (${this.maxRecordBytes} bytes)`,
-        { position: { ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn } });
-    }
+    if (length > this.maxRecordBytes) throw this.tooLarge(ordinal);
     this.countLines(buf, segStart, end);
     if (ordinal <= this.skipThrough) return;
     const text = bytes.toString('utf8', from, to);

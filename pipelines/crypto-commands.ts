@@ -4,11 +4,10 @@
  * Wiring only: the work is in lib/decrypt.ts and lib/encrypt.ts.
  */
 import fs from 'node:fs/promises';
-import { createWriteStream } from 'node:fs';
 import path from 'node:path';
-import crypto from 'node:crypto';
 import type { Readable, Writable } from 'node:stream';
 import { parseCommand, reportError, usageError } from './cli-support.js';
+import { writeFileAtomically } from '../lib/atomic-file.js';
 import { decryptExport, type EncryptedInput } from '../lib/decrypt.js';
 import { encryptExport } from '../lib/encrypt.js';
 import { keyUnwrapperFromOptions } from './key-options.js';
@@ -70,31 +69,13 @@ function positionals(list: string[], usage: string): [string, string] {
   return [list[0]!, list[1]!];
 }
 
-/**
- * Writes through `write` to DEST. A regular file is written under a temporary name next to it
- * and renamed only on success, so a failure leaves no partial output; `mode` is its permission.
- * Anything else that exists (`/dev/null`, a FIFO, a terminal) is written in place: renaming a
- * file over a device would replace the device.
- */
+/** Writes through `write` to DEST: standard output for `-`, else {@link writeFileAtomically}. */
 async function toDestination(dest: string, streams: CommandIo, mode: number, write: (out: Writable) => Promise<void>): Promise<void> {
   if (dest === '-') {
     await write(streams.stdout);
     return;
   }
-  const existing = await fs.stat(dest).catch(() => undefined);
-  if (existing && !existing.isFile()) {
-    if (existing.isDirectory()) throw usageError(`DEST ${dest} is a directory`);
-    await write(createWriteStream(dest, { flags: 'w' }));
-    return;
-  }
-  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.${crypto.randomBytes(6).toString('hex')}.partial`);
-  try {
-    await write(createWriteStream(tmp, { flags: 'wx', mode }));
-    await fs.rename(tmp, dest);
-  } catch (err) {
-    await fs.rm(tmp, { force: true }).catch(() => undefined);
-    throw err;
-  }
+  await writeFileAtomically(dest, mode, write);
 }
 
 function source(src: string, streams: CommandIo): EncryptedInput {

@@ -8,7 +8,7 @@ import { keyUnwrapperFromOptions, runDecryptCommand, runEncryptCommand } from '.
 import { loadPrivateKey } from '../../lib/crypto/keys.js';
 import { chunked } from '../helpers/streams.js';
 import { drain, fixture, flipBase64, listDir, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir, codeOf } from './helpers.js';
-import { startKmsServer } from './kms-server.js';
+import { startKmsServer, useKmsServer } from './kms-server.js';
 
 interface Run { code: number; stdout: Buffer; stderr: string }
 
@@ -126,30 +126,20 @@ describe('userport encrypt / decrypt', () => {
       const t = tempDir();
       const saved = { ...process.env };
       try {
-        // External-account credentials: google-auth-library exchanges the subject token at the
-        // stand-in's STS (a service account's token URL is fixed to Google's).
-        server.subjectTokens = ['ci-job'];
-        fs.writeFileSync(path.join(t.dir, 'subject'), 'ci-job');
-        fs.writeFileSync(path.join(t.dir, 'sa.json'), JSON.stringify({
-          type: 'external_account', audience: '//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/ci/providers/local',
-          subject_token_type: 'urn:ietf:params:oauth:token-type:jwt', token_url: `${server.url}/sts`, credential_source: { file: path.join(t.dir, 'subject') },
-        }));
-        fs.writeFileSync(path.join(t.dir, 'kms.json'), JSON.stringify({ project_id: 'p', location: 'global', key_ring: 'relocation', key: 'relocation', version: '1' }));
-        process.env.GOOGLE_APPLICATION_CREDENTIALS = path.join(t.dir, 'sa.json');
-        process.env.USERPORT_GCP_KMS_ENDPOINT = server.url;
-        const r = await run(runDecryptCommand, ['--decrypt-with-gcp-kms', path.join(t.dir, 'kms.json'), fixture('python-export.tar'), '-']);
+        const kms = useKmsServer(server, t.dir);
+        const r = await run(runDecryptCommand, ['--decrypt-with-gcp-kms', kms, fixture('python-export.tar'), '-']);
         expect(r.stderr).to.equal('');
         expect(r.stdout.equals(PLAINTEXT())).to.equal(true);
         // Encrypting to the KMS key: key.pub comes from getPublicKey; the local key can decrypt it.
-        const enc = await run(runEncryptCommand, ['--encrypt-with-gcp-kms', path.join(t.dir, 'kms.json'), fixture('fixture-export.json'), '-']);
+        const enc = await run(runEncryptCommand, ['--encrypt-with-gcp-kms', kms, fixture('fixture-export.json'), '-']);
         expect(enc.stderr).to.equal('');
         const back = await run(runDecryptCommand, ['--decrypt-with', KEY, '-', '-'], enc.stdout);
         expect(back.stdout.equals(PLAINTEXT())).to.equal(true);
         server.mode = 'bad-plaintext-crc';
-        const bad = await run(runDecryptCommand, ['--decrypt-with-gcp-kms', path.join(t.dir, 'kms.json'), fixture('python-export.tar'), '-']);
+        const bad = await run(runDecryptCommand, ['--decrypt-with-gcp-kms', kms, fixture('python-export.tar'), '-']);
         expect(bad.code).to.equal(1);
         expect(bad.stdout).to.have.length(0);
-        const badPub = await run(runEncryptCommand, ['--encrypt-with-gcp-kms', path.join(t.dir, 'kms.json'), fixture('fixture-export.json'), '-']);
+        const badPub = await run(runEncryptCommand, ['--encrypt-with-gcp-kms', kms, fixture('fixture-export.json'), '-']);
         expect(badPub.code).to.equal(1);
         expect(badPub.stdout).to.have.length(0);
       } finally {

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { importUsers } from '../../lib/import.js';
 import { createLocalKeyUnwrapper, type KeyUnwrapper } from '../../lib/decrypt.js';
 import { loadPrivateKey } from '../../lib/crypto/keys.js';
-import { startKmsServer } from './kms-server.js';
+import { startKmsServer, useKmsServer } from './kms-server.js';
 import { freshDatabase, type TestDb } from '../helpers/db.js';
 import { chunked } from '../helpers/streams.js';
 import { fixture, flipBase64, makeTar, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir } from './helpers.js';
@@ -153,19 +153,8 @@ describe('userport import users --decrypt-with (CLI binary)', () => {
     const server = await startKmsServer(loadPrivateKey(readFixture('fixture-key.pem')));
     const saved = { ...process.env };
     try {
-      // External-account credentials: google-auth-library exchanges the subject token at the
-      // stand-in's STS (a service account's token URL is fixed to Google's).
-      server.subjectTokens = ['ci-job'];
-      fs.writeFileSync(path.join(t.dir, 'subject'), 'ci-job');
-      fs.writeFileSync(path.join(t.dir, 'sa.json'), JSON.stringify({
-        type: 'external_account', audience: '//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/ci/providers/local',
-        subject_token_type: 'urn:ietf:params:oauth:token-type:jwt', token_url: `${server.url}/sts`, credential_source: { file: path.join(t.dir, 'subject') },
-      }));
-      const kms = path.join(t.dir, 'kms.json');
-      fs.writeFileSync(kms, JSON.stringify({ project_id: 'p', location: 'global', key_ring: 'relocation', key: 'relocation', version: '1' }));
-      // The child inherits these: ADC from the file, KMS at the local stand-in.
-      process.env.GOOGLE_APPLICATION_CREDENTIALS = path.join(t.dir, 'sa.json');
-      process.env.USERPORT_GCP_KMS_ENDPOINT = server.url;
+      // The child inherits the environment: ADC from the file, KMS at the local stand-in.
+      const kms = useKmsServer(server, t.dir);
       server.mode = 'bad-plaintext-crc';
       const bad = await runCli(['import', 'users', fixture('python-export.tar'), '--decrypt-with-gcp-kms', kms, '--database-url', db.url, '--silent']);
       expect(bad.code).to.equal(1);

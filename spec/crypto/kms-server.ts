@@ -4,8 +4,10 @@
  * calls for external-account credentials and impersonation), and the metadata server's token URL. `mode` makes it misbehave on purpose.
  */
 import crypto, { type KeyObject } from 'node:crypto';
+import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import path from 'node:path';
 import { crc32c } from '../../lib/crypto/gcp-kms.js';
 
 export type KmsMode = 'ok' | 'bad-plaintext-crc' | 'unverified-ciphertext' | 'forbidden';
@@ -17,6 +19,26 @@ export interface KmsServer {
   /** External subject tokens the STS endpoint trusts. */
   subjectTokens: string[];
   close(): Promise<void>;
+}
+
+/**
+ * Writes, under `dir`, external-account credentials whose subject token (`ci-job`) the server's
+ * STS trusts (a service account's token URL is fixed to Google's) and a KMS key config, and points
+ * this process's environment (and so its children's) at them and at the server. Returns the
+ * config's path. The caller saves and restores `process.env`.
+ */
+export function useKmsServer(server: KmsServer, dir: string): string {
+  server.subjectTokens = ['ci-job'];
+  fs.writeFileSync(path.join(dir, 'subject'), 'ci-job');
+  fs.writeFileSync(path.join(dir, 'sa.json'), JSON.stringify({
+    type: 'external_account', audience: '//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/ci/providers/local',
+    subject_token_type: 'urn:ietf:params:oauth:token-type:jwt', token_url: `${server.url}/sts`, credential_source: { file: path.join(dir, 'subject') },
+  }));
+  const kms = path.join(dir, 'kms.json');
+  fs.writeFileSync(kms, JSON.stringify({ project_id: 'p', location: 'global', key_ring: 'relocation', key: 'relocation', version: '1' }));
+  process.env.GOOGLE_APPLICATION_CREDENTIALS = path.join(dir, 'sa.json');
+  process.env.USERPORT_GCP_KMS_ENDPOINT = server.url;
+  return kms;
 }
 
 export async function startKmsServer(privateKey: KeyObject): Promise<KmsServer> {

@@ -1,7 +1,9 @@
 /** Test databases: each call makes a new, migrated database on the test server. */
+import { expect } from 'chai';
 import type { Knex } from 'knex';
 import pg from 'pg';
 import { createKnex, migrate } from '../../lib/db/knex.js';
+import { UserportError } from '../../lib/errors.js';
 
 let counter = 0;
 
@@ -55,4 +57,21 @@ export async function freshDatabase(migrated = true): Promise<TestDb> {
       }
     },
   };
+}
+
+/** Runs `fn` on a fresh database and drops it afterwards, whatever happens. */
+export async function withDb(fn: (db: TestDb) => Promise<void>): Promise<void> {
+  const db = await freshDatabase();
+  try { await fn(db); } finally { await db.close(); }
+}
+
+/** The UserportError `p` rejects with; fails the test when `p` resolves or rejects with anything else. */
+export async function failure(p: Promise<unknown>): Promise<UserportError> {
+  try {
+    await p;
+  } catch (err) {
+    expect(err).to.be.instanceOf(UserportError);
+    return err as UserportError;
+  }
+  throw new Error('the import succeeded');
 }

@@ -8,20 +8,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { UserportError } from '../../lib/errors.js';
 import { importUsers } from '../../lib/import.js';
-import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { failure, withDb } from '../helpers/db.js';
 import { exhaustiveUser, tmpExport } from './test-imports.spec.js';
 
-async function withDb(fn: (db: TestDb) => Promise<void>): Promise<void> {
-  const db = await freshDatabase();
-  try { await fn(db); } finally { await db.close(); }
-}
 
-async function failure(p: Promise<unknown>): Promise<UserportError> {
-  try { await p; } catch (err) { expect(err).to.be.instanceOf(UserportError); return err as UserportError; }
-  throw new Error('the import succeeded');
-}
 
 /** 11 records; record 4 fails its schema; then `tail` (raw JSON text) as record 12, then a user. */
 function exportText(tail: string): string {

@@ -7,21 +7,12 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { UserportError } from '../../lib/errors.js';
 import { importUsers } from '../../lib/import.js';
 import { canonicalOptionValue, fieldSource } from '../../lib/option-values.js';
-import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { failure, withDb, type TestDb } from '../helpers/db.js';
 import { BACKUP, exhaustiveUser, fixture, requireFixtures, tmpExport, type Rec } from './test-imports.spec.js';
 
-async function withDb(fn: (db: TestDb) => Promise<void>): Promise<void> {
-  const db = await freshDatabase();
-  try { await fn(db); } finally { await db.close(); }
-}
 
-async function failure(p: Promise<unknown>): Promise<UserportError> {
-  try { await p; } catch (err) { expect(err).to.be.instanceOf(UserportError); return err as UserportError; }
-  throw new Error('the import succeeded');
-}
 
 async function options(db: TestDb): Promise<[string, string, unknown][]> {
   return (await db.knex.raw(`SELECT u.username, o.key, o.value FROM sentry_useroption o JOIN auth_user u ON u.id = o.user_id ORDER BY o.id`))

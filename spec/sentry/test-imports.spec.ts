@@ -10,11 +10,10 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { UserportError } from '../../lib/errors.js';
 import { createLocalKeyUnwrapper } from '../../lib/crypto/unwrapper.js';
 import { encryptExport } from '../../lib/encrypt.js';
 import { importUsers } from '../../lib/import.js';
-import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { failure, freshDatabase, withDb, type TestDb } from '../helpers/db.js';
 
 export const BACKUP = path.resolve('../shared/fixtures/sentry-backup');
 export const haveFixtures = fs.existsSync(BACKUP);
@@ -69,20 +68,7 @@ export function exhaustiveUser(pk: number, username: string, email = `${username
   ];
 }
 
-async function withDb(fn: (db: TestDb) => Promise<void>): Promise<void> {
-  const db = await freshDatabase();
-  try { await fn(db); } finally { await db.close(); }
-}
 
-async function failure(p: Promise<unknown>): Promise<UserportError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).to.be.instanceOf(UserportError);
-    return err as UserportError;
-  }
-  throw new Error('the import succeeded');
-}
 
 const FOUR = ['user-with-maximum-privileges.json', 'user-with-minimum-privileges.json',
   'user-with-roles-no-superadmin.json', 'user-with-superadmin-no-roles.json'];
