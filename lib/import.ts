@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { applySessionSettings, checkDatabaseUrl, createKnex, migrate, PG_TYPES, waitForDatabase } from './db/knex.js';
 import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isNonEmptyString, isStringIterable, type OptionCheck } from './options.js';
-import { mergeStaged } from './db/merge.js';
+import { beginEarlyUsers, mergeStaged, undoEarlyUsers, type EarlyUsers, type MergeOptions } from './db/merge.js';
 import {
   deleteStaged, findImport, findResumableImport, finishImport, insertImport, insertResumableImport, lockImport, markImportFailed,
   markImportRunning, nextImportRun, ownerName, saveCheckpoint, unmatchedUsernames,
@@ -227,12 +227,23 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     let bulkLoaded = false;
     const staged = new StagedFacts();
 
+    // A resumed import staged part of its rows in an earlier process: every check runs then.
+    const mergeOptions: MergeOptions = {
+      run, mergeUsers: !!options.mergeUsers, filterActive, bulkLoad: options.bulkLoad !== 'off', staged: skipThrough ? undefined : staged,
+    };
+    // An atomic import into empty tables starts the merge with the users while the rest of the
+    // file is read (the sink calls this once the users of a file in Sentry's order are staged).
+    let early: EarlyUsers | undefined;
+    const afterUsers = async (c: pg.ClientBase) => {
+      const started = await beginEarlyUsers(c, mergeOptions);
+      return started && {
+        run: async () => { early = await started.run(); },
+        undo: async () => { await undoEarlyUsers(c, early!); early = undefined; },
+      };
+    };
     const finalize = async (c: pg.ClientBase) => {
       if (!options.resumable) await insertImport(c, run, mode, rowSource());
-      // A resumed import staged part of its rows in an earlier process: every check runs then.
-      const merged = await mergeStaged(c, {
-        run, mergeUsers: !!options.mergeUsers, filterActive, bulkLoad: options.bulkLoad !== 'off', staged: skipThrough ? undefined : staged,
-      }, stats);
+      const merged = await mergeStaged(c, mergeOptions, stats, early);
       bulkLoaded = merged.bulkLoad;
       if (filterActive) {
         stats.unmatchedUsernames = await unmatchedUsernames(c, run, modelInfo('sentry.user')!.mapping.code, options.filterUsernames!);
@@ -250,6 +261,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     const sink = createPgSink({
       client, run, transaction: options.resumable ? 'batches' : 'whole', dryRun: options.dryRun, staged,
       batchRows: options.batchRows ?? DEFAULT_BATCH_ROWS, checkpoint, finalize, stats, rejects,
+      ...(options.resumable || options.bulkLoad === 'off' ? {} : { afterUsers }),
     });
     if (options.onProgress) {
       const onProgress = options.onProgress;

@@ -22,7 +22,7 @@ export type { FilteredMarker, MappedItem, ModelMapperOptions, StagedRow } from '
 export { STAGE_COLUMNS, STAGE_INDEX, USER_SCOPE_MODELS } from './models.js';
 export type { StageColumn, StageValue } from './models.js';
 export { createPgSink, DEFAULT_BATCH_ROWS, StagedFacts } from './pg-sink.js';
-export type { PgSinkOptions } from './pg-sink.js';
+export type { EarlyWork, PgSinkOptions } from './pg-sink.js';
 
 // The whole job.
 export { importUsers } from './import.js';
@@ -54,8 +54,8 @@ export type { DecryptErrorCode } from './crypto/errors.js';
 
 // Database helpers: the tables (for createPgSink), the merge (its usual finalize), the embedded server.
 export { createKnex, migrate, waitForDatabase } from './db/knex.js';
-export { mergeStaged } from './db/merge.js';
-export type { MergeOptions, MergeOutcome } from './db/merge.js';
+export { beginEarlyUsers, mergeStaged, undoEarlyUsers } from './db/merge.js';
+export type { EarlyUsers, MergeOptions, MergeOutcome } from './db/merge.js';
 export { beginImportRun, finishImportRun } from './db/runs.js';
 export type { ImportRunOptions } from './db/runs.js';
 export type { EmbeddedOptions, EmbeddedServer } from './db/embedded.js';

@@ -16,13 +16,17 @@
  * commit; exactly one 'finish' on success, exactly one 'error' on failure.
  */
 import type pg from 'pg';
+import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
+import os from 'node:os';
 import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import copyStreams from 'pg-copy-streams';
-import { OptionError, wrapCallbackError, wrapDbError } from './errors.js';
-import { checkOptions, isBoolean, isFunction, isInteger, isOneOf, type OptionCheck } from './options.js';
+import { ErrorCodes, OptionError, UserportError, wrapCallbackError, wrapDbError } from './errors.js';
+import { checkOptions, isBoolean, isFunction, isInteger, isNonEmptyString, isOneOf, type OptionCheck } from './options.js';
 import { REJECTED_USER_CODE, rejectedUserRow, type FilteredMarker, type MappedItem, type StagedRow } from './map-models.js';
 import { modelInfo, STAGE_COLUMNS, STAGE_INDEX, type StageValue } from './models.js';
 import type { RejectSink } from './rejects.js';
+import { makeSpool } from './spool.js';
 import { ImportStats } from './stats.js';
 
 const COPY_SQL = `COPY userport_stage (run, model, ord, off, line, col, src_pk, keep, ${STAGE_COLUMNS.map(([c]) => c).join(', ')}) FROM STDIN`;
@@ -57,6 +61,30 @@ export interface PgSinkOptions {
   finalize: (client: pg.ClientBase) => Promise<void>;
   /** Filled with what the staged rows were like (see {@link StagedFacts}), for the merge. */
   staged?: StagedFacts;
+  /**
+   * `whole` mode, with `staged`: called once, when the first row of another model follows a first
+   * run of user rows with increasing pks (Sentry's order), once those rows are staged. Resolves
+   * to work that starts the merge now, while the rest of the file is read, or to undefined to
+   * decline. While that work holds the connection, the rows that arrive are written to a private
+   * spool file under `tmpDir` and COPYed once it is done. When a user came later after all
+   * (`staged.usersAfterOthers`), its `undo` runs first, before the spool is COPYed.
+   */
+  afterUsers?: (client: pg.ClientBase) => Promise<EarlyWork | undefined>;
+  /** Folder of the spool file of `afterUsers`. @default os.tmpdir() */
+  tmpDir?: string;
+}
+
+/** A failure to write the early users step's spool file (a full disk, a missing temp dir). */
+function spoolError(err: unknown): UserportError {
+  const e = err as Error & { cause?: unknown };
+  return new UserportError(ErrorCodes.IO, `cannot write the staging spool file: ${(e.cause as Error | undefined)?.message ?? e.message}`, { cause: err });
+}
+
+/** What {@link PgSinkOptions.afterUsers} starts: the work, and how to take it back. */
+export interface EarlyWork {
+  run(): Promise<void>;
+  /** Called at the end, before anything more is staged, when a user row came after the work started. */
+  undo(): Promise<void>;
 }
 
 const PG_SINK_OPTIONS: { readonly [K in keyof PgSinkOptions]-?: OptionCheck } = {
@@ -70,6 +98,8 @@ const PG_SINK_OPTIONS: { readonly [K in keyof PgSinkOptions]-?: OptionCheck } = 
   rejects: (v) => (v !== null && typeof v === 'object' && typeof (v as RejectSink).reject === 'function' ? undefined : 'a RejectSink (createRejectsFile)'),
   finalize: isFunction,
   staged: (v) => (v instanceof StagedFacts ? undefined : 'a StagedFacts'),
+  afterUsers: isFunction,
+  tmpDir: isNonEmptyString,
 };
 
 /** Encodes one value for COPY's text format. */
@@ -108,11 +138,22 @@ export class StagedFacts {
   rejectedUsers = false;
   /** A user email or option named its user by username (pre-23.9.1 natural key). */
   naturalKeys = false;
+  /** Rows of other models were staged before a user row (Sentry writes every user first). */
+  usersAfterOthers = false;
+  /** Only users (kept, filtered or rejected) were staged so far. */
+  usersOnly = true;
+  /** User rows staged before the first row of another model. */
+  leadingUsers = 0;
   private readonly last = new Map<number, number>();
   private readonly userCode = modelInfo('sentry.user')!.mapping.code;
 
   /** Notes one staged row. */
   note(row: StagedRow | FilteredMarker): void {
+    // A rejected user's pk row is a user's too.
+    const user = row.code === this.userCode || row.code === REJECTED_USER_CODE;
+    if (!user) this.usersOnly = false;
+    else if (this.usersOnly) this.leadingUsers++;
+    else this.usersAfterOthers = true;
     if (row.code === REJECTED_USER_CODE) { this.rejectedUsers = true; return; }
     if (this.pksIncreasing) {
       const before = this.last.get(row.code);
@@ -279,6 +320,12 @@ export function createPgSink(options: PgSinkOptions): Writable {
   const pending = new CopyText();
   let batchCount = 0;
   let batchLast: MappedItem | undefined;
+  const trace = process.env.USERPORT_TRACE_SQL === '1';
+  const elapsed = () => `${(performance.now() - createdAt).toFixed(0)} ms`;
+  // The early work of afterUsers: while it runs (and until the end), rows go to the spool.
+  let early: { work: EarlyWork; done: Promise<void>; error?: Error } | undefined;
+  let asked = !(whole && options.afterUsers && staged);
+  let spool: { path: string; out: WriteStream; remove: () => Promise<void> } | undefined;
 
   const query = async (sql: string) => {
     try {
@@ -320,6 +367,67 @@ export function createPgSink(options: PgSinkOptions): Writable {
       s.once('finish', () => resolve());
       s.end();
     }).then(() => { copy = undefined; });
+
+  /** Writes COPY text to the spool, resolving when the file can take more. */
+  const toSpool = (chunks: Buffer[]): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const out = spool!.out;
+      const onError = (err: Error) => reject(spoolError(err));
+      out.once('error', onError);
+      let ok = true;
+      for (const chunk of chunks) ok = out.write(chunk);
+      const done = () => { out.off('error', onError); resolve(); };
+      if (ok) done();
+      else out.once('drain', done);
+    });
+
+  /**
+   * The first row of another model came after a first run of users: stage what is pending, end
+   * the COPY, ask afterUsers; if it starts work, send the rows that follow to the spool.
+   */
+  const maybeStartEarly = async () => {
+    asked = true;
+    if (pending.size) await send(pending.take());
+    await endCopy();
+    let work: EarlyWork | undefined;
+    try { work = await options.afterUsers!(client); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
+    if (!work) {
+      copy = openCopy();
+      return;
+    }
+    const made = await makeSpool(options.tmpDir ?? os.tmpdir(), 'stage.copy').catch((err: unknown) => { throw spoolError(err); });
+    // The spool's own handle is not kept: a stream by path (the file is already 0600).
+    await made.file.close();
+    spool = { path: made.path, out: createWriteStream(made.path, { flags: 'w' }), remove: made.remove };
+    spool.out.on('error', () => undefined);
+    if (trace) process.stderr.write(`[sink] early users step started after ${elapsed()}; rows go to the spool\n`);
+    const state: { work: EarlyWork; done: Promise<void>; error?: Error } = { work, done: Promise.resolve() };
+    state.done = work.run().then(() => {
+      if (trace) process.stderr.write(`[sink] early users step done after ${elapsed()}\n`);
+    }, (err: unknown) => { state.error = wrapCallbackError(err, 'the merge'); });
+    early = state;
+  };
+
+  /** At the end of the input: waits for the early work, then COPYs the spool into the staging table. */
+  const drainSpool = async () => {
+    const sp = spool!;
+    if (pending.size) await toSpool(pending.take());
+    await new Promise<void>((resolve, reject) => { sp.out.once('error', (err) => reject(spoolError(err))); sp.out.end(() => resolve()); });
+    await early!.done;
+    if (early!.error) throw early!.error;
+    if (staged!.usersAfterOthers) {
+      try { await early!.work.undo(); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
+    }
+    copy = openCopy();
+    try {
+      await pipeline(createReadStream(sp.path), copy);
+    } catch (err) {
+      throw wrapDbError(err, 'COPY into the staging table');
+    }
+    copy = undefined;
+    spool = undefined;
+    await sp.remove();
+  };
 
   const commitBatch = async () => {
     if (!batchCount) return;
@@ -388,8 +496,16 @@ export function createPgSink(options: PgSinkOptions): Writable {
         return callback(err as Error);
       }
       if (whole) {
+        if (early?.error) return callback(early.error);
+        if (!asked && !staged!.usersOnly) {
+          if (staged!.leadingUsers > 0 && staged!.pksIncreasing && !staged!.usersAfterOthers) {
+            maybeStartEarly().then(() => callback(), (err: Error) => callback(err));
+            return;
+          }
+          asked = true;
+        }
         if (pending.size < FLUSH_BYTES) return callback();
-        send(pending.take()).then(() => callback(), (err: Error) => callback(err));
+        (spool ? toSpool(pending.take()) : send(pending.take())).then(() => callback(), (err: Error) => callback(err));
         return;
       }
       batchCount += count;
@@ -398,12 +514,15 @@ export function createPgSink(options: PgSinkOptions): Writable {
       commitBatch().then(() => callback(), (err: Error) => callback(err));
     },
     final(callback) {
-      if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write(`[sink] all rows sent after ${(performance.now() - createdAt).toFixed(0)} ms\n`);
+      if (trace) process.stderr.write(`[sink] all rows sent after ${elapsed()}\n`);
       (async () => {
-        if (whole) {
+        if (whole && spool) {
+          await drainSpool();
+          if (trace) process.stderr.write(`[sink] spooled rows COPYed after ${elapsed()}\n`);
+        } else if (whole) {
           if (pending.size) await send(pending.take());
           await endCopy();
-          if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write(`[sink] COPY confirmed after ${(performance.now() - createdAt).toFixed(0)} ms\n`);
+          if (trace) process.stderr.write(`[sink] COPY confirmed after ${elapsed()}\n`);
         } else {
           await commitBatch();
           await query('BEGIN');
@@ -416,6 +535,14 @@ export function createPgSink(options: PgSinkOptions): Writable {
     },
     destroy(err, callback) {
       (async () => {
+        if (spool) {
+          const sp = spool;
+          spool = undefined;
+          sp.out.destroy();
+          await sp.remove().catch(() => undefined);
+        }
+        // The connection is busy until the early work ends; the ROLLBACK below would queue behind it.
+        if (early) await early.done;
         if (copy) {
           // pg-copy-streams answers destroy() with CopyFail: the server discards the COPY.
           const s = copy;

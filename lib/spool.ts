@@ -1,7 +1,8 @@
 /**
- * Private spool files of the encrypted-export path: a stream's (still encrypted) token is written
- * to a temporary file (mode 0600 in a 0700 folder) so it can be read twice, then removed when its
- * stream closes or on any failure. Also the chunked range reader over such a file.
+ * Private spool files: the encrypted-export path writes a stream's (still encrypted) token to one
+ * so it can be read twice; the import's sink writes the staging rows that arrive while the early
+ * users step holds its connection. Each is a temporary file (mode 0600 in a 0700 folder), removed
+ * when its stream closes or on any failure. Also the chunked range reader over such a file.
  */
 import fs, { type FileHandle } from 'node:fs/promises';
 import { rmSync } from 'node:fs';
@@ -46,7 +47,8 @@ function untrackSpools(dir: string): void {
   liveSpools.delete(dir);
 }
 
-export async function makeSpool(tmpDir: string): Promise<{ dir: string; file: FileHandle; remove: () => Promise<void> }> {
+/** A private spool file `name` (0600) in a new folder (0700) under `tmpDir`; `remove` deletes both. */
+export async function makeSpool(tmpDir: string, name = 'export.json.fernet'): Promise<{ dir: string; path: string; file: FileHandle; remove: () => Promise<void> }> {
   let dir: string;
   try {
     // mkdtemp makes the folder 0700; the file inside is 0600 and created exclusively.
@@ -65,10 +67,10 @@ export async function makeSpool(tmpDir: string): Promise<{ dir: string; file: Fi
     untrackSpools(dir);
   };
   try {
-    file = await fs.open(path.join(dir, 'export.json.fernet'), 'wx+', 0o600);
+    file = await fs.open(path.join(dir, name), 'wx+', 0o600);
   } catch (err) {
     await remove();
     throw ioError('cannot create the spool file', err);
   }
-  return { dir, file, remove };
+  return { dir, path: path.join(dir, name), file, remove };
 }

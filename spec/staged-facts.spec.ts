@@ -55,6 +55,24 @@ describe('StagedFacts', () => {
     expect(f.naturalKeys).to.equal(true);
   });
 
+  it('users first (kept, filtered or rejected), then other models: leading users counted, none after; a user after another model is noted', () => {
+    const f = new StagedFacts();
+    expect([f.usersOnly, f.leadingUsers, f.usersAfterOthers]).to.deep.equal([true, 0, false]);
+    f.note(row('sentry.user', 1, { username: 'a' }));
+    f.note({ kind: 'filtered', ...at, model: 'sentry.user', code: code('sentry.user'), pk: 2 });
+    f.note({ kind: 'filtered', ...at, model: 'sentry.user', code: REJECTED_USER_CODE, pk: 3 });
+    expect([f.usersOnly, f.leadingUsers, f.usersAfterOthers]).to.deep.equal([true, 3, false]);
+    f.note(row('sentry.email', 1, { email: 'a@example.com' }));
+    f.note(row('sentry.useroption', 1, { user_pk: 1, opt_key: 'theme' }));
+    expect([f.usersOnly, f.leadingUsers, f.usersAfterOthers]).to.deep.equal([false, 3, false]);
+    f.note(row('sentry.user', 4, { username: 'd' }));
+    expect([f.usersOnly, f.leadingUsers, f.usersAfterOthers]).to.deep.equal([false, 3, true]);
+    const g = new StagedFacts();
+    g.note(row('sentry.email', 1, { email: 'a@example.com' }));
+    g.note(row('sentry.user', 1, { username: 'a' }));
+    expect([g.usersOnly, g.leadingUsers, g.usersAfterOthers]).to.deep.equal([false, 0, true]);
+  });
+
   describe('the import still finds what the skipped scans would', function () {
     this.timeout(60000);
 

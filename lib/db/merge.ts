@@ -37,7 +37,7 @@ export interface MergeOptions {
    * skip the duplicate-pk, rejected-user and natural-key scans that cannot find anything. Leave it
    * out when the rows were staged by several processes (a resumed import). @default every check runs
    */
-  staged?: Pick<StagedFacts, 'pksIncreasing' | 'rejectedUsers' | 'naturalKeys'>;
+  staged?: Pick<StagedFacts, 'pksIncreasing' | 'rejectedUsers' | 'naturalKeys' | 'usersAfterOthers'>;
 }
 
 /** What {@link mergeStaged} reports about how it wrote. */
@@ -69,16 +69,12 @@ function targetTables() {
   return { user: table('sentry.user'), email: table('sentry.email'), userEmail: table('sentry.useremail'), userOption: table('sentry.useroption') };
 }
 
-/**
- * Merges staged rows of `run` into the target tables and records findings; adds the outcome
- * counts to `stats`. Throws USERPORT_RECORD_DUPLICATE_PK when a model repeats a source pk.
- */
-export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, stats: ImportStats): Promise<MergeOutcome> {
-  const T = targetTables();
+/** The statement runner of one merge: prints each statement's time and plan on request. */
+function runner(client: pg.ClientBase): Q {
   const trace = process.env.USERPORT_TRACE_SQL === '1';
   // Prints every statement's plan: how the specs check that no join can degrade quadratically.
   const explain = process.env.USERPORT_EXPLAIN_SQL === '1';
-  const q: Q = async (sql, params) => {
+  return async (sql, params) => {
     if (explain && /^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE TEMP TABLE \w+ ON COMMIT DROP AS)\b/.test(sql) && !/WITH NO DATA\s*$/.test(sql)) {
       const plan = await client.query(`EXPLAIN ${sql}`, params as unknown[]);
       process.stderr.write(`[plan] ${sql.trim().replace(/\s+/g, ' ').slice(0, 90)}\n${plan.rows.map((r: Record<string, string>) => r['QUERY PLAN']).join('\n')}\n[/plan]\n`);
@@ -88,8 +84,10 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     if (trace) process.stderr.write(`[sql ${(performance.now() - t0).toFixed(0)} ms] ${sql.trim().replace(/\s+/g, ' ').slice(0, 90)}\n`);
     return r;
   };
-  const { run } = options;
-  const C = modelCodes();
+}
+
+/** What every merge starts with; harmless to repeat in one transaction (the early users phase, then the rest). */
+async function openMerge(q: Q): Promise<void> {
   // After the lock, each statement must see what earlier merges committed: only READ COMMITTED
   // takes a new snapshot per statement (importUsers sets it; a caller's own client may not).
   const iso = (await q(`SELECT current_setting('transaction_isolation') AS level`)).rows[0].level as string;
@@ -102,79 +100,122 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // Statistics only of the columns later statements join or filter on: a wide table's other
   // columns would cost time to sample and help no plan.
   await q('ANALYZE userport_stage (run, model, src_pk, user_pk, keep, username, email)');
+}
+
+/** What the users' step wrote (step 2 of the merge). */
+interface UsersStep {
+  bulk: BulkLoad | undefined;
+  usersInserted: number;
+  lostPasswordHashes: number;
+}
+
+/**
+ * The users' step of a merge started while the rest of the file is still being read: the sink
+ * calls it when the first row of another model follows a first run of users, so PostgreSQL
+ * decides and writes the users while Node parses the other models. Only on the empty-target path
+ * (the five tables empty and locked, see {@link BulkLoad}), inside a savepoint, with the state of
+ * the two id sequences it draws from noted: if a user row comes later after all (a file not in
+ * Sentry's model order), {@link undoEarlyUsers} puts the sequences back while the tables are
+ * still locked and rolls back to the savepoint, and {@link mergeStaged} then merges everything as
+ * if this never ran, so the result, ids included, does not depend on file order. See {@link beginEarlyUsers}.
+ */
+export interface EarlyUsers {
+  readonly step: UsersStep;
+  readonly sequences: readonly { seq: string; lastValue: string; isCalled: boolean; after: string }[];
+}
+
+const EARLY_SAVEPOINT = 'userport_early_users';
+
+/**
+ * Starts {@link EarlyUsers}: takes the empty-target path (locks, drops) inside a savepoint and
+ * notes the id sequences. Quick; resolves undefined, leaving nothing behind, when that path cannot
+ * be taken. Then `run()` does the users' step (seconds at 100k users). Runs in the import's
+ * transaction, on the connection that staged the users.
+ */
+export async function beginEarlyUsers(client: pg.ClientBase, options: MergeOptions): Promise<{ run(): Promise<EarlyUsers> } | undefined> {
+  if (!options.bulkLoad) return undefined;
+  const q = runner(client);
+  const T = targetTables();
+  await openMerge(q);
+  await q(`SAVEPOINT ${EARLY_SAVEPOINT}`);
+  const bulk = await enterBulkLoad(q, (sql) => client.query(sql), T);
+  if (!bulk) {
+    await q(`ROLLBACK TO SAVEPOINT ${EARLY_SAVEPOINT}`);
+    await q(`RELEASE SAVEPOINT ${EARLY_SAVEPOINT}`);
+    return undefined;
+  }
+  if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write(`[bulk] load first, then build: ${bulk.dropped.join(', ')}\n`);
+  const seqs: string[] = [];
+  for (const table of [T.user, LOST_PASSWORD_TABLE]) {
+    const seq = (await q(`SELECT pg_get_serial_sequence($1, 'id') AS seq`, [table])).rows[0].seq as string | null;
+    if (seq) seqs.push(seq);
+  }
+  const state = async (seq: string) => (await q(`SELECT last_value::text AS v, is_called AS c FROM ${seq}`)).rows[0] as { v: string; c: boolean };
+  const before: { v: string; c: boolean }[] = [];
+  for (const seq of seqs) before.push(await state(seq));
+  return {
+    async run() {
+      const written = await mergeUsers(q, options, T);
+      const after: string[] = [];
+      for (const seq of seqs) after.push((await state(seq)).v);
+      return {
+        step: { bulk, ...written },
+        sequences: seqs.map((seq, i) => ({ seq, lastValue: before[i]!.v, isCalled: before[i]!.c, after: after[i]! })),
+      };
+    },
+  };
+}
+
+/**
+ * Undoes {@link beginEarlyUsers}: the id sequences first, while the tables are still locked (and
+ * only where nobody else drew from them meanwhile), then everything else by the savepoint. Call it
+ * before staging anything more: the rollback also drops what was staged after the savepoint.
+ */
+export async function undoEarlyUsers(client: pg.ClientBase, early: EarlyUsers): Promise<void> {
+  const q = runner(client);
+  if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write('[early] a user came after other models: the early users step is undone\n');
+  for (const s of early.sequences) {
+    await q(`SELECT setval($1::regclass, $2::bigint, $3) WHERE (SELECT last_value FROM ${s.seq}) = $4::bigint`, [s.seq, s.lastValue, s.isCalled, s.after]);
+  }
+  await q(`ROLLBACK TO SAVEPOINT ${EARLY_SAVEPOINT}`);
+  await q(`RELEASE SAVEPOINT ${EARLY_SAVEPOINT}`);
+}
+
+/**
+ * Merges staged rows of `run` into the target tables and records findings; adds the outcome
+ * counts to `stats`. Throws USERPORT_RECORD_DUPLICATE_PK when a model repeats a source pk.
+ * `early`: what {@link beginEarlyUsers} did in this transaction; only when no user row was staged
+ * after it (`options.staged.usersAfterOthers` false; else {@link undoEarlyUsers} it first).
+ */
+export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, stats: ImportStats, early?: EarlyUsers): Promise<MergeOutcome> {
+  const T = targetTables();
+  const trace = process.env.USERPORT_TRACE_SQL === '1';
+  const q = runner(client);
+  const { run } = options;
+  const C = modelCodes();
+  await openMerge(q);
 
   // 1. A source pk may appear once per model (none can repeat when every model's pks only grew).
   if (!options.staged?.pksIncreasing) await refuseDuplicatePks(q, run);
 
-  // 2. Users: one pass decides who is inserted, renamed, merged or filtered. Ties by source pk.
-  // The id sequence is looked up once: pg_get_serial_sequence per row read the catalog for every
-  // user (about half of this statement's time at 100k users).
-  const userSeq = (await q(`SELECT pg_get_serial_sequence($1, 'id') AS seq`, [T.user])).rows[0].seq as string | null;
-  await q(`
-    CREATE TEMP TABLE up_user ON COMMIT DROP AS
-    WITH u AS (
-      SELECT s.*, lower(s.username) AS lname,
-        CASE WHEN s.keep THEN row_number() OVER (PARTITION BY s.keep, lower(s.username) ORDER BY s.src_pk) END AS rn
-      FROM userport_stage s WHERE s.run = $1 AND s.model = ${C.user}
-    ), ex AS (
-      -- An existing user with the same name, case-insensitively (the oldest if several).
-      SELECT DISTINCT ON (lower(a.username)) lower(a.username) AS lname, a.id
-      FROM ${T.user} a WHERE lower(a.username) IN (SELECT lname FROM u WHERE keep)
-      ORDER BY lower(a.username), a.id
-    ), o AS (
-      SELECT u.*, ex.id AS ex_id,
-        CASE WHEN NOT u.keep THEN 'filtered'
-             WHEN ex.id IS NULL AND u.rn = 1 THEN 'inserted'
-             WHEN $2 THEN 'merged'
-             ELSE 'renamed' END AS outcome
-      FROM u LEFT JOIN ex USING (lname)
-    )
-    SELECT n.*,
-      -- A new user's target is its new id (a subquery: nextval runs once per row).
-      CASE WHEN outcome IN ('inserted', 'renamed') THEN new_id WHEN outcome = 'merged' THEN ex_id END AS target_id
-    FROM (
-      SELECT o.*,
-        CASE WHEN outcome = 'inserted' THEN username END AS final_name,
-        NULL::text AS cand,
-        CASE WHEN outcome IN ('inserted', 'renamed') THEN nextval($3::regclass) END AS new_id,
-        CASE WHEN outcome = 'filtered' THEN 'username not in --filter-usernames'
-             WHEN outcome = 'renamed' THEN 'username taken'
-             WHEN outcome = 'merged' AND ex_id IS NOT NULL THEN 'merged into existing user'
-             WHEN outcome = 'merged' THEN 'merged into an earlier user of the export with the same username' END AS reason
-      FROM o) n`, [run, options.mergeUsers, userSeq]);
-  await q('ANALYZE up_user (src_pk, lname, keep, rn, outcome, new_id, target_id, final_name, email)');
-  if (options.mergeUsers) {
-    // Later users of a name merge into its first user when that one is inserted now.
-    await q(`UPDATE up_user p SET target_id = l.new_id FROM up_user l
-             WHERE p.outcome = 'merged' AND p.target_id IS NULL AND l.keep AND l.rn = 1 AND l.lname = p.lname`);
+  // 2. Users: one pass decides who is inserted, renamed, merged or filtered (see mergeUsers).
+  let users: UsersStep;
+  if (early) {
+    if (options.staged?.usersAfterOthers !== false) {
+      throw new DatabaseError(ErrorCodes.DB_SETTING, 'mergeStaged: a user was staged after the early users step (undo it with undoEarlyUsers first)');
+    }
+    await q(`RELEASE SAVEPOINT ${EARLY_SAVEPOINT}`);
+    users = early.step;
+  } else {
+    const bulk = options.bulkLoad ? await enterBulkLoad(q, (sql) => client.query(sql), T) : undefined;
+    if (bulk && trace) process.stderr.write(`[bulk] load first, then build: ${bulk.dropped.join(', ')}\n`);
+    users = { bulk, ...(await mergeUsers(q, options, T)) };
   }
-  await renameUsers(q, T);
-  const bulk = options.bulkLoad ? await enterBulkLoad(q, (sql) => client.query(sql), T) : undefined;
-  if (bulk && trace) process.stderr.write(`[bulk] load first, then build: ${bulk.dropped.join(', ')}\n`);
+  const { bulk, usersInserted } = users;
+  stats.adjacent.lostPasswordHashes += users.lostPasswordHashes;
   // Without the unique indexes there is no ON CONFLICT arbiter; the tables were empty and are
   // locked, so the anti-joins below decide alone what the arbiter would have.
   const onConflict = (target: string) => (bulk ? '' : `ON CONFLICT ${target} DO NOTHING`);
-  const usersInserted = (await q(`
-    INSERT INTO ${T.user} (id, password, last_login, username, first_name, email, is_staff, is_active, is_superuser,
-      is_managed, is_sentry_app, is_password_expired, is_unclaimed, last_password_change, flags, session_nonce,
-      date_joined, last_active, avatar_type, avatar_url)
-    SELECT new_id, '!' || substr(md5(random()::text) || md5(random()::text), 1, 40), last_login, final_name,
-      coalesce(first_name, ''), coalesce(email, ''), false, coalesce(is_active, true), false,
-      false, is_sentry_app, false, true, now(), coalesce(flags, 0), session_nonce,
-      coalesce(date_joined, now()), last_active, coalesce(avatar_type, 0), avatar_url
-    FROM up_user WHERE new_id IS NOT NULL ORDER BY new_id`)).rowCount ?? 0;
-  const lph = await q(`
-    INSERT INTO ${LOST_PASSWORD_TABLE} (user_id, hash, date_added)
-    SELECT new_id, replace(gen_random_uuid()::text, '-', ''), now() FROM up_user WHERE new_id IS NOT NULL`);
-  stats.adjacent.lostPasswordHashes += lph.rowCount ?? 0;
-  await q(`
-    INSERT INTO userport_pk_map (run, model, source_pk, target_id, kind)
-    SELECT $1, 'sentry.user', src_pk, target_id, CASE WHEN outcome = 'merged' THEN 'merged' ELSE 'inserted' END
-    FROM up_user WHERE keep`, [run]);
-  // Statistics of a table another session analyzed while a (since killed) merge held uncommitted
-  // rows in it say "empty" whatever its size: the planner then loops over it. Analyze what this
-  // transaction filled before joining it (ANALYZE counts the transaction's own rows).
-  await q('ANALYZE userport_pk_map');
 
   // 3. Emails: reuse an existing row with the same address, case-insensitively. With a username
   // filter, only the addresses of kept users (their primary email and their useremail rows).
@@ -318,6 +359,77 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     }
   }
   return { bulkLoad: !!bulk };
+}
+
+/**
+ * Step 2 of the merge: one pass decides who is inserted, renamed, merged or filtered (ties by
+ * source pk), then the users, their lost-password hashes and their pk map are written. Reads only
+ * the staged users (so it can run before the other models are staged, see {@link EarlyUsers}).
+ */
+async function mergeUsers(q: Q, options: MergeOptions, T: TargetTables): Promise<Omit<UsersStep, 'bulk'>> {
+  // The id sequence is looked up once: pg_get_serial_sequence per row read the catalog for every
+  // user (about half of this statement's time at 100k users).
+  const userSeq = (await q(`SELECT pg_get_serial_sequence($1, 'id') AS seq`, [T.user])).rows[0].seq as string | null;
+  await q(`
+    CREATE TEMP TABLE up_user ON COMMIT DROP AS
+    WITH u AS (
+      SELECT s.*, lower(s.username) AS lname,
+        CASE WHEN s.keep THEN row_number() OVER (PARTITION BY s.keep, lower(s.username) ORDER BY s.src_pk) END AS rn
+      FROM userport_stage s WHERE s.run = $1 AND s.model = ${modelCodes().user}
+    ), ex AS (
+      -- An existing user with the same name, case-insensitively (the oldest if several).
+      SELECT DISTINCT ON (lower(a.username)) lower(a.username) AS lname, a.id
+      FROM ${T.user} a WHERE lower(a.username) IN (SELECT lname FROM u WHERE keep)
+      ORDER BY lower(a.username), a.id
+    ), o AS (
+      SELECT u.*, ex.id AS ex_id,
+        CASE WHEN NOT u.keep THEN 'filtered'
+             WHEN ex.id IS NULL AND u.rn = 1 THEN 'inserted'
+             WHEN $2 THEN 'merged'
+             ELSE 'renamed' END AS outcome
+      FROM u LEFT JOIN ex USING (lname)
+    )
+    SELECT n.*,
+      -- A new user's target is its new id (a subquery: nextval runs once per row).
+      CASE WHEN outcome IN ('inserted', 'renamed') THEN new_id WHEN outcome = 'merged' THEN ex_id END AS target_id
+    FROM (
+      SELECT o.*,
+        CASE WHEN outcome = 'inserted' THEN username END AS final_name,
+        NULL::text AS cand,
+        CASE WHEN outcome IN ('inserted', 'renamed') THEN nextval($3::regclass) END AS new_id,
+        CASE WHEN outcome = 'filtered' THEN 'username not in --filter-usernames'
+             WHEN outcome = 'renamed' THEN 'username taken'
+             WHEN outcome = 'merged' AND ex_id IS NOT NULL THEN 'merged into existing user'
+             WHEN outcome = 'merged' THEN 'merged into an earlier user of the export with the same username' END AS reason
+      FROM o) n`, [options.run, options.mergeUsers, userSeq]);
+  await q('ANALYZE up_user (src_pk, lname, keep, rn, outcome, new_id, target_id, final_name, email)');
+  if (options.mergeUsers) {
+    // Later users of a name merge into its first user when that one is inserted now.
+    await q(`UPDATE up_user p SET target_id = l.new_id FROM up_user l
+             WHERE p.outcome = 'merged' AND p.target_id IS NULL AND l.keep AND l.rn = 1 AND l.lname = p.lname`);
+  }
+  await renameUsers(q, T);
+  const usersInserted = (await q(`
+    INSERT INTO ${T.user} (id, password, last_login, username, first_name, email, is_staff, is_active, is_superuser,
+      is_managed, is_sentry_app, is_password_expired, is_unclaimed, last_password_change, flags, session_nonce,
+      date_joined, last_active, avatar_type, avatar_url)
+    SELECT new_id, '!' || substr(md5(random()::text) || md5(random()::text), 1, 40), last_login, final_name,
+      coalesce(first_name, ''), coalesce(email, ''), false, coalesce(is_active, true), false,
+      false, is_sentry_app, false, true, now(), coalesce(flags, 0), session_nonce,
+      coalesce(date_joined, now()), last_active, coalesce(avatar_type, 0), avatar_url
+    FROM up_user WHERE new_id IS NOT NULL ORDER BY new_id`)).rowCount ?? 0;
+  const lph = await q(`
+    INSERT INTO ${LOST_PASSWORD_TABLE} (user_id, hash, date_added)
+    SELECT new_id, replace(gen_random_uuid()::text, '-', ''), now() FROM up_user WHERE new_id IS NOT NULL`);
+  await q(`
+    INSERT INTO userport_pk_map (run, model, source_pk, target_id, kind)
+    SELECT $1, 'sentry.user', src_pk, target_id, CASE WHEN outcome = 'merged' THEN 'merged' ELSE 'inserted' END
+    FROM up_user WHERE keep`, [options.run]);
+  // Statistics of a table another session analyzed while a (since killed) merge held uncommitted
+  // rows in it say "empty" whatever its size: the planner then loops over it. Analyze what this
+  // transaction filled before joining it (ANALYZE counts the transaction's own rows).
+  await q('ANALYZE userport_pk_map');
+  return { usersInserted, lostPasswordHashes: lph.rowCount ?? 0 };
 }
 
 /**
