@@ -495,6 +495,26 @@ describe('reliability, round two (issue #9): the database', function () {
     }
   });
 
+  it('the merge refuses a run that is not registered in userport_import (a caller wiring its own stages), before writing anything', async () => {
+    const db = await freshDatabase();
+    const c = new pg.Client({ connectionString: db.url });
+    await c.connect();
+    try {
+      await c.query('BEGIN');
+      await c.query(`INSERT INTO userport_stage (run, model, ord, off, line, col, src_pk, keep, username) VALUES (424242, 1, 1, 0, 1, 1, 1, true, 'ann')`);
+      const err = await mergeStaged(c, { run: 424242, mergeUsers: false, filterActive: false }, new ImportStats()).then(() => undefined, (e: unknown) => e);
+      expect((err as { code?: string }).code).to.equal('USERPORT_OPTION_INVALID');
+      expect((err as { option?: string }).option).to.equal('run');
+      expect((err as Error).message).to.contain('beginImportRun');
+      await c.query('ROLLBACK');
+      expect(await db.count('userport_pk_map')).to.equal(0);
+      expect(await db.count('auth_user')).to.equal(0);
+    } finally {
+      await c.end();
+      await db.close();
+    }
+  });
+
   it('the merge refuses a transaction that is not READ COMMITTED (a caller\'s own client)', async () => {
     const db = await freshDatabase();
     const c = new pg.Client({ connectionString: db.url });

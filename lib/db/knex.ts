@@ -8,6 +8,7 @@ import { DatabaseError, ErrorCodes, OptionError } from '../errors.js';
 import * as m1 from './migrations/20261125000000_sentry_user_tables.js';
 import * as m2 from './migrations/20261125000100_userport_bookkeeping.js';
 import * as m3 from './migrations/20261201000000_bookkeeping_without_row_triggers.js';
+import * as m4 from './migrations/20261201120000_bookkeeping_foreign_keys_by_catalog.js';
 
 interface Migration { up(k: Knex): Promise<void>; down(k: Knex): Promise<void> }
 
@@ -15,6 +16,7 @@ const MIGRATIONS: Record<string, Migration> = {
   '20261125000000_sentry_user_tables': m1,
   '20261125000100_userport_bookkeeping': m2,
   '20261201000000_bookkeeping_without_row_triggers': m3,
+  '20261201120000_bookkeeping_foreign_keys_by_catalog': m4,
 };
 
 class ListedMigrations implements Knex.MigrationSource<string> {

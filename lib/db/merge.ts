@@ -8,7 +8,7 @@
  * across imports follow the same rules as collisions inside one import, and nothing deadlocks.
  */
 import type pg from 'pg';
-import { DatabaseError, ErrorCodes, RecordError } from '../errors.js';
+import { DatabaseError, ErrorCodes, OptionError, RecordError } from '../errors.js';
 import { modelByCode, modelInfo } from '../models.js';
 import { REJECTED_USER_CODE } from '../map-models.js';
 import { ImportStats } from '../stats.js';
@@ -194,6 +194,11 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   const { run } = options;
   const C = modelCodes();
   await openMerge(q);
+  // The pk map and findings carry the run without a foreign key (a per-row trigger): check once
+  // that it is registered, so a caller's unregistered run cannot leave rows that belong to nothing.
+  if (!(await q('SELECT 1 FROM userport_import WHERE run = $1', [run])).rowCount) {
+    throw new OptionError(`mergeStaged: run ${run} is not registered in userport_import (register it with beginImportRun, before the merge, in the same transaction or earlier)`, 'run');
+  }
 
   // 1. A source pk may appear once per model (none can repeat when every model's pks only grew).
   if (!options.staged?.pksIncreasing) await refuseDuplicatePks(q, run);

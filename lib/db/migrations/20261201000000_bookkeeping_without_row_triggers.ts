@@ -3,8 +3,9 @@
  *
  * A foreign key is checked by a trigger per inserted row: the merge writes a pk-map row for every
  * user and email, and those checks took more time than the inserts themselves (0.6 s of 1.0 s per
- * 100k rows). Nothing ever deleted an import, so the `ON DELETE CASCADE` was unused; the merge
- * writes the import's row before any of its pk-map or finding rows, in the same transaction.
+ * 100k rows). Nothing ever deleted an import, so the `ON DELETE CASCADE` was unused; the import's
+ * row is written in the same transaction as its pk-map and finding rows. (Keys of other names:
+ * see `20261201120000_bookkeeping_foreign_keys_by_catalog`.)
  */
 import type { Knex } from 'knex';
 
