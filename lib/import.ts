@@ -291,6 +291,10 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     try {
       await pipeline(source, processor, sink);
     } catch (err) {
+      // pipeline() settles at the first error, while the sink's cleanup (its ROLLBACK, the early
+      // users step's spool file) is still running: the import fails only once nothing is left.
+      if (!sink.destroyed) sink.destroy(err as Error);
+      if (!sink.closed) await new Promise<void>((resolve) => sink.once('close', () => resolve()));
       if (clientError && !(err instanceof UserportError)) throw wrapDbError(clientError, 'the import');
       throw err instanceof UserportError ? err : wrapDbError(err, 'the import');
     }

@@ -326,6 +326,9 @@ export function createPgSink(options: PgSinkOptions): Writable {
   let early: { work: EarlyWork; done: Promise<void>; error?: Error } | undefined;
   let asked = !(whole && options.afterUsers && staged);
   let spool: { path: string; out: WriteStream; remove: () => Promise<void> } | undefined;
+  // Set by destroy: a start of the early work still in flight must not start it, nor keep a spool.
+  let destroyed = false;
+  let starting: Promise<void> | undefined;
 
   const query = async (sql: string) => {
     try {
@@ -391,6 +394,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
     await endCopy();
     let work: EarlyWork | undefined;
     try { work = await options.afterUsers!(client); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
+    if (destroyed) return;
     if (!work) {
       copy = openCopy();
       return;
@@ -398,6 +402,10 @@ export function createPgSink(options: PgSinkOptions): Writable {
     const made = await makeSpool(options.tmpDir ?? os.tmpdir(), 'stage.copy').catch((err: unknown) => { throw spoolError(err); });
     // The spool's own handle is not kept: a stream by path (the file is already 0600).
     await made.file.close();
+    if (destroyed) {
+      await made.remove();
+      return;
+    }
     spool = { path: made.path, out: createWriteStream(made.path, { flags: 'w' }), remove: made.remove };
     spool.out.on('error', () => undefined);
     if (trace) process.stderr.write(`[sink] early users step started after ${elapsed()}; rows go to the spool\n`);
@@ -499,7 +507,8 @@ export function createPgSink(options: PgSinkOptions): Writable {
         if (early?.error) return callback(early.error);
         if (!asked && !staged!.usersOnly) {
           if (staged!.leadingUsers > 0 && staged!.pksIncreasing && !staged!.usersAfterOthers) {
-            maybeStartEarly().then(() => callback(), (err: Error) => callback(err));
+            starting = maybeStartEarly();
+            starting.then(() => callback(), (err: Error) => callback(err));
             return;
           }
           asked = true;
@@ -534,7 +543,10 @@ export function createPgSink(options: PgSinkOptions): Writable {
       })().then(() => callback(), (err: Error) => callback(wrapDbError(err, 'the merge')));
     },
     destroy(err, callback) {
+      destroyed = true;
       (async () => {
+        // A start of the early work in flight ends first (it sees `destroyed`: no work, no spool).
+        if (starting) await starting.catch(() => undefined);
         if (spool) {
           const sp = spool;
           spool = undefined;

@@ -60,7 +60,7 @@ function cli(file: string, db: TestDb, ...args: string[]) {
     { encoding: 'utf8', env: { ...process.env, USERPORT_TRACE_SQL: '1' } });
 }
 
-const spools = () => fs.readdirSync(os.tmpdir()).filter((n) => n.startsWith('userport-spool-')).sort();
+const spools = (dir = os.tmpdir()) => fs.readdirSync(dir).filter((n) => n.startsWith('userport-spool-')).sort();
 
 describe('the early users step (issue #11)', function () {
   this.timeout(180000);
@@ -102,22 +102,69 @@ describe('the early users step (issue #11)', function () {
     const text = JSON.stringify(records(), null, 2);
     const body = text.slice(0, text.lastIndexOf(']')).trimEnd();
     const bad = JSON.stringify(user(USERS + 1, 'late-bad', { date_joined: '2023-02-30T00:00:00Z' }));
-    const before = spools();
+    // A temp dir of this test's own (os.tmpdir() follows $TMPDIR), so no other process's spool counts.
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-early-'));
+    const saved = process.env.TMPDIR;
+    process.env.TMPDIR = tmp;
     let sawSpool = false;
     async function* source() {
       for (let i = 0; i < body.length; i += 65536) yield Buffer.from(body.slice(i, i + 65536));
       for (let waited = 0; waited < 30000 && !sawSpool; waited += 20) {
-        sawSpool = spools().length > before.length;
+        sawSpool = spools(tmp).length > 0;
         await new Promise((r) => setTimeout(r, 20));
       }
       yield Buffer.from(`,\n${bad}\n]`);
     }
-    const target = await db();
-    const err = await importUsers({ source: Readable.from(source()), databaseUrl: target.url, mergeUsers: true }).then(() => undefined, (e: unknown) => e);
-    expect(sawSpool, 'the early step started and spooled').to.equal(true);
-    expect((err as UserportError).code).to.equal('USERPORT_RECORD_SCHEMA');
-    for (const t of [...TARGET_TABLES, 'userport_pk_map']) expect(await target.count(t), t).to.equal(0);
-    expect(spools()).to.deep.equal(before);
+    try {
+      const target = await db();
+      const err = await importUsers({ source: Readable.from(source()), databaseUrl: target.url, mergeUsers: true }).then(() => undefined, (e: unknown) => e);
+      expect(sawSpool, 'the early step started and spooled').to.equal(true);
+      expect((err as UserportError).code).to.equal('USERPORT_RECORD_SCHEMA');
+      for (const t of [...TARGET_TABLES, 'userport_pk_map']) expect(await target.count(t), t).to.equal(0);
+      expect(spools(tmp)).to.deep.equal([]);
+    } finally {
+      if (saved === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = saved;
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
+  it('a failure the moment the spool is made (the race of a destroy with the start) leaves no spool and starts nothing', async () => {
+    // As soon as the spool folder exists the input breaks off (a record cut short: a JSON error
+    // right away), while the sink may still be taking the spool over: repeated, each import must
+    // fail cleanly and leave the folder empty.
+    const text = JSON.stringify(records(), null, 2);
+    const body = text.slice(0, text.lastIndexOf(']')).trimEnd();
+    const bad = JSON.stringify(user(USERS + 1, 'late-bad', { date_joined: '2023-02-30T00:00:00Z' }));
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-early-'));
+    const saved = process.env.TMPDIR;
+    process.env.TMPDIR = tmp;
+    try {
+      for (let round = 0; round < 3; round++) {
+        let sawSpool = false;
+        const source = async function* () {
+          for (let i = 0; i < body.length; i += 65536) {
+            yield Buffer.from(body.slice(i, i + 65536));
+            if (spools(tmp).length) { sawSpool = true; break; }
+          }
+          for (let waited = 0; waited < 30000 && !sawSpool; waited += 1) {
+            sawSpool = spools(tmp).length > 0;
+            await new Promise((r) => setImmediate(r));
+          }
+          yield Buffer.from(`,\n${bad}\n]`);
+        };
+        const target = await db();
+        const err = await importUsers({ source: Readable.from(source()), databaseUrl: target.url }).then(() => undefined, (e: unknown) => e);
+        expect(sawSpool, `round ${round}: the spool was made`).to.equal(true);
+        expect((err as UserportError).code, `round ${round}`).to.be.oneOf(['USERPORT_PARSE_JSON', 'USERPORT_INPUT_TRUNCATED', 'USERPORT_RECORD_SCHEMA']);
+        expect(spools(tmp), `round ${round}`).to.deep.equal([]);
+        for (const t of [...TARGET_TABLES, 'userport_pk_map']) expect(await target.count(t), t).to.equal(0);
+      }
+    } finally {
+      if (saved === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = saved;
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
   });
 
   it('a dry run with it writes nothing and reports what the real import reports', async () => {
