@@ -84,6 +84,12 @@ export interface ImportOptions {
   maxDepth?: number;
   /** When set, `source` is an encrypted export tarball and this unwraps its key. */
   decrypt?: KeyUnwrapper;
+  /**
+   * Folder of temporary files: the spool of an encrypted export, and the rows read while the
+   * merge's users step runs (see README, "The merge starts while the file is read"); each is
+   * private (0600 in a 0700 folder) and removed when the import ends. @default os.tmpdir()
+   */
+  tmpDir?: string;
   /** Called about twice a second while records flow. */
   onProgress?: (p: Progress) => void;
   /** Called once the import id is known (before any record is read). */
@@ -97,6 +103,7 @@ const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
   source: isSource,
   databaseUrl: isNonEmptyString,
   embeddedDir: isNonEmptyString,
+  tmpDir: isNonEmptyString,
   mergeUsers: isBoolean,
   bulkLoad: (v) => (v === 'auto' || v === 'off' ? undefined : '"auto" or "off"'),
   filterUsernames: isStringIterable,
@@ -262,6 +269,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       client, run, transaction: options.resumable ? 'batches' : 'whole', dryRun: options.dryRun, staged,
       batchRows: options.batchRows ?? DEFAULT_BATCH_ROWS, checkpoint, finalize, stats, rejects,
       ...(options.resumable || options.bulkLoad === 'off' ? {} : { afterUsers }),
+      ...(options.tmpDir ? { tmpDir: options.tmpDir } : {}),
     });
     if (options.onProgress) {
       const onProgress = options.onProgress;

@@ -23,6 +23,8 @@ export interface SourceOptions {
   source: string | Readable;
   /** When set, `source` is an encrypted export tarball and this unwraps its key. */
   decrypt?: KeyUnwrapper;
+  /** Folder of the decryption spool. @default os.tmpdir() */
+  tmpDir?: string;
 }
 
 /** Whether `p` is a regular file (true when it cannot be stat'ed: the open reports that). */
@@ -53,7 +55,7 @@ export async function openSource(o: SourceOptions): Promise<{ stream: Readable; 
     const input = typeof o.source === 'string' && o.source !== '-' && isRegularFile(o.source) ? { path: o.source }
       : typeof o.source === 'string' && o.source !== '-' ? { stream: fs.createReadStream(o.source) as Readable }
       : { stream: o.source === '-' ? process.stdin : (o.source as Readable) };
-    const { stream, size } = await openDecryptedSource(input, { unwrapper: o.decrypt });
+    const { stream, size } = await openDecryptedSource(input, { unwrapper: o.decrypt, ...(o.tmpDir ? { tmpDir: o.tmpDir } : {}) });
     return { stream, size };
   }
   if (o.source instanceof Readable) return { stream: o.source, size: undefined };

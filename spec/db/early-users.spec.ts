@@ -102,10 +102,8 @@ describe('the early users step (issue #11)', function () {
     const text = JSON.stringify(records(), null, 2);
     const body = text.slice(0, text.lastIndexOf(']')).trimEnd();
     const bad = JSON.stringify(user(USERS + 1, 'late-bad', { date_joined: '2023-02-30T00:00:00Z' }));
-    // A temp dir of this test's own (os.tmpdir() follows $TMPDIR), so no other process's spool counts.
+    // A temp dir of this test's own (importUsers' tmpDir), so no other process's spool counts.
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-early-'));
-    const saved = process.env.TMPDIR;
-    process.env.TMPDIR = tmp;
     let sawSpool = false;
     async function* source() {
       for (let i = 0; i < body.length; i += 65536) yield Buffer.from(body.slice(i, i + 65536));
@@ -117,14 +115,12 @@ describe('the early users step (issue #11)', function () {
     }
     try {
       const target = await db();
-      const err = await importUsers({ source: Readable.from(source()), databaseUrl: target.url, mergeUsers: true }).then(() => undefined, (e: unknown) => e);
+      const err = await importUsers({ source: Readable.from(source()), databaseUrl: target.url, mergeUsers: true, tmpDir: tmp }).then(() => undefined, (e: unknown) => e);
       expect(sawSpool, 'the early step started and spooled').to.equal(true);
       expect((err as UserportError).code).to.equal('USERPORT_RECORD_SCHEMA');
       for (const t of [...TARGET_TABLES, 'userport_pk_map']) expect(await target.count(t), t).to.equal(0);
       expect(spools(tmp)).to.deep.equal([]);
     } finally {
-      if (saved === undefined) delete process.env.TMPDIR;
-      else process.env.TMPDIR = saved;
       fs.rmSync(tmp, { recursive: true, force: true });
     }
   });
@@ -137,8 +133,6 @@ describe('the early users step (issue #11)', function () {
     const body = text.slice(0, text.lastIndexOf(']')).trimEnd();
     const bad = JSON.stringify(user(USERS + 1, 'late-bad', { date_joined: '2023-02-30T00:00:00Z' }));
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-early-'));
-    const saved = process.env.TMPDIR;
-    process.env.TMPDIR = tmp;
     try {
       for (let round = 0; round < 3; round++) {
         let sawSpool = false;
@@ -154,15 +148,13 @@ describe('the early users step (issue #11)', function () {
           yield Buffer.from(`,\n${bad}\n]`);
         };
         const target = await db();
-        const err = await importUsers({ source: Readable.from(source()), databaseUrl: target.url }).then(() => undefined, (e: unknown) => e);
+        const err = await importUsers({ source: Readable.from(source()), databaseUrl: target.url, tmpDir: tmp }).then(() => undefined, (e: unknown) => e);
         expect(sawSpool, `round ${round}: the spool was made`).to.equal(true);
         expect((err as UserportError).code, `round ${round}`).to.be.oneOf(['USERPORT_PARSE_JSON', 'USERPORT_INPUT_TRUNCATED', 'USERPORT_RECORD_SCHEMA']);
         expect(spools(tmp), `round ${round}`).to.deep.equal([]);
         for (const t of [...TARGET_TABLES, 'userport_pk_map']) expect(await target.count(t), t).to.equal(0);
       }
     } finally {
-      if (saved === undefined) delete process.env.TMPDIR;
-      else process.env.TMPDIR = saved;
       fs.rmSync(tmp, { recursive: true, force: true });
     }
   });
