@@ -80,12 +80,44 @@ function spoolError(err: unknown): UserportError {
   return new UserportError(ErrorCodes.IO, `cannot write the staging spool file: ${(e.cause as Error | undefined)?.message ?? e.message}`, { cause: err });
 }
 
+/**
+ * Writes `chunks` to `s`, resolving when it can take more (its backpressure reaches the caller);
+ * a failure, as an event or in a write's callback, rejects with `wrap(err)`.
+ */
+function writeChunks(s: Writable, chunks: Buffer[], wrap: (err: Error) => Error): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => reject(wrap(err));
+    s.once('error', onError);
+    let ok = true;
+    for (const chunk of chunks) {
+      ok = s.write(chunk, (err) => {
+        if (err) return onError(err);
+      });
+    }
+    const done = () => { s.off('error', onError); resolve(); };
+    if (ok) done();
+    else s.once('drain', done);
+  });
+}
+
+/** Ends `s` and waits until everything written is flushed (for COPY: the server confirmed it). */
+function endStream(s: Writable, wrap: (err: Error) => Error): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    s.once('error', (err) => reject(wrap(err)));
+    s.once('finish', () => resolve());
+    s.end();
+  });
+}
+
 /** What {@link PgSinkOptions.afterUsers} starts: the work, and how to take it back. */
 export interface EarlyWork {
   run(): Promise<void>;
   /** Called at the end, before anything more is staged, when a user row came after the work started. */
   undo(): Promise<void>;
 }
+
+/** The early work while it runs: `done` never rejects, a failure is kept in `error`. */
+interface EarlyState { work: EarlyWork; done: Promise<void>; error?: Error }
 
 const PG_SINK_OPTIONS: { readonly [K in keyof PgSinkOptions]-?: OptionCheck } = {
   client: (v) => (v !== null && typeof v === 'object' && typeof (v as pg.ClientBase).query === 'function' ? undefined : 'a connected pg client'),
@@ -323,7 +355,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
   const trace = process.env.USERPORT_TRACE_SQL === '1';
   const elapsed = () => `${(performance.now() - createdAt).toFixed(0)} ms`;
   // The early work of afterUsers: while it runs (and until the end), rows go to the spool.
-  let early: { work: EarlyWork; done: Promise<void>; error?: Error } | undefined;
+  let early: EarlyState | undefined;
   let asked = !(whole && options.afterUsers && staged);
   let spool: { path: string; out: WriteStream; remove: () => Promise<void> } | undefined;
   // Set by destroy: a start of the early work still in flight must not start it, nor keep a spool.
@@ -345,44 +377,13 @@ export function createPgSink(options: PgSinkOptions): Writable {
     return s;
   };
 
+  const copyError = (err: Error) => wrapDbError(err, 'COPY into the staging table');
   /** Writes COPY text to the open COPY stream, resolving when the socket can take more. */
-  const send = (chunks: Buffer[]): Promise<void> =>
-    new Promise((resolve, reject) => {
-      const s = copy!;
-      const onError = (err: Error) => reject(wrapDbError(err, 'COPY into the staging table'));
-      s.once('error', onError);
-      let ok = true;
-      for (const chunk of chunks) {
-        ok = s.write(chunk, (err) => {
-          if (err) return onError(err);
-        });
-      }
-      const done = () => { s.off('error', onError); resolve(); };
-      if (ok) done();
-      else s.once('drain', done);
-    });
-
+  const send = (chunks: Buffer[]) => writeChunks(copy!, chunks, copyError);
   /** Ends the COPY stream and waits for the server's confirmation. */
-  const endCopy = (): Promise<void> =>
-    new Promise<void>((resolve, reject) => {
-      const s = copy!;
-      s.once('error', (err) => reject(wrapDbError(err, 'COPY into the staging table')));
-      s.once('finish', () => resolve());
-      s.end();
-    }).then(() => { copy = undefined; });
-
+  const endCopy = () => endStream(copy!, copyError).then(() => { copy = undefined; });
   /** Writes COPY text to the spool, resolving when the file can take more. */
-  const toSpool = (chunks: Buffer[]): Promise<void> =>
-    new Promise((resolve, reject) => {
-      const out = spool!.out;
-      const onError = (err: Error) => reject(spoolError(err));
-      out.once('error', onError);
-      let ok = true;
-      for (const chunk of chunks) ok = out.write(chunk);
-      const done = () => { out.off('error', onError); resolve(); };
-      if (ok) done();
-      else out.once('drain', done);
-    });
+  const toSpool = (chunks: Buffer[]) => writeChunks(spool!.out, chunks, spoolError);
 
   /**
    * The first row of another model came after a first run of users: stage what is pending, end
@@ -409,7 +410,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
     spool = { path: made.path, out: createWriteStream(made.path, { flags: 'w' }), remove: made.remove };
     spool.out.on('error', () => undefined);
     if (trace) process.stderr.write(`[sink] early users step started after ${elapsed()}; rows go to the spool\n`);
-    const state: { work: EarlyWork; done: Promise<void>; error?: Error } = { work, done: Promise.resolve() };
+    const state: EarlyState = { work, done: Promise.resolve() };
     state.done = work.run().then(() => {
       if (trace) process.stderr.write(`[sink] early users step done after ${elapsed()}\n`);
     }, (err: unknown) => { state.error = wrapCallbackError(err, 'the merge'); });
@@ -420,7 +421,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
   const drainSpool = async () => {
     const sp = spool!;
     if (pending.size) await toSpool(pending.take());
-    await new Promise<void>((resolve, reject) => { sp.out.once('error', (err) => reject(spoolError(err))); sp.out.end(() => resolve()); });
+    await endStream(sp.out, spoolError);
     await early!.done;
     if (early!.error) throw early!.error;
     if (staged!.usersAfterOthers) {

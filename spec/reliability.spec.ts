@@ -20,7 +20,7 @@ import { importUsers } from '../lib/import.js';
 import { ImportStats, type StatsSnapshot } from '../lib/stats.js';
 import { drain, encryptBuffer, flipBase64, members, readFixture } from './crypto/helpers.js';
 import { chunked } from './helpers/streams.js';
-import { freshDatabase, type TestDb } from './helpers/db.js';
+import { freshDatabase, withDbClient, type TestDb } from './helpers/db.js';
 import { email, tableSnapshot, TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from './helpers/exports.js';
 
 const BIN = path.resolve('bin/userport.js');
@@ -496,10 +496,7 @@ describe('reliability, round two (issue #9): the database', function () {
   });
 
   it('the merge refuses a run that is not registered in userport_import (a caller wiring its own stages), before writing anything', async () => {
-    const db = await freshDatabase();
-    const c = new pg.Client({ connectionString: db.url });
-    await c.connect();
-    try {
+    await withDbClient(async (db, c) => {
       await c.query('BEGIN');
       await c.query(`INSERT INTO userport_stage (run, model, ord, off, line, col, src_pk, keep, username) VALUES (424242, 1, 1, 0, 1, 1, 1, true, 'ann')`);
       const err = await mergeStaged(c, { run: 424242, mergeUsers: false, filterActive: false }, new ImportStats()).then(() => undefined, (e: unknown) => e);
@@ -509,17 +506,11 @@ describe('reliability, round two (issue #9): the database', function () {
       await c.query('ROLLBACK');
       expect(await db.count('userport_pk_map')).to.equal(0);
       expect(await db.count('auth_user')).to.equal(0);
-    } finally {
-      await c.end();
-      await db.close();
-    }
+    });
   });
 
   it('the merge refuses a transaction that is not READ COMMITTED (a caller\'s own client)', async () => {
-    const db = await freshDatabase();
-    const c = new pg.Client({ connectionString: db.url });
-    await c.connect();
-    try {
+    await withDbClient(async (_db, c) => {
       for (const level of ['REPEATABLE READ', 'SERIALIZABLE']) {
         await c.query(`BEGIN ISOLATION LEVEL ${level}`);
         let code: string | undefined;
@@ -531,9 +522,6 @@ describe('reliability, round two (issue #9): the database', function () {
         await c.query('ROLLBACK');
         expect(code, level).to.equal('USERPORT_DB_SETTING');
       }
-    } finally {
-      await c.end();
-      await db.close();
-    }
+    });
   });
 });

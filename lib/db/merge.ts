@@ -102,6 +102,11 @@ async function openMerge(q: Q): Promise<void> {
   await q('ANALYZE userport_stage (run, model, src_pk, user_pk, keep, username, email)');
 }
 
+/** The sequence behind `table`'s serial `id` (schema-qualified, quoted as needed), if it has one. */
+async function idSequence(q: Q, table: string): Promise<string | null> {
+  return (await q(`SELECT pg_get_serial_sequence($1, 'id') AS seq`, [table])).rows[0].seq as string | null;
+}
+
 /** What the users' step wrote (step 2 of the merge). */
 interface UsersStep {
   bulk: BulkLoad | undefined;
@@ -144,10 +149,9 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: MergeOptio
     await q(`RELEASE SAVEPOINT ${EARLY_SAVEPOINT}`);
     return undefined;
   }
-  if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write(`[bulk] load first, then build: ${bulk.dropped.join(', ')}\n`);
   const seqs: string[] = [];
   for (const table of [T.user, LOST_PASSWORD_TABLE]) {
-    const seq = (await q(`SELECT pg_get_serial_sequence($1, 'id') AS seq`, [table])).rows[0].seq as string | null;
+    const seq = await idSequence(q, table);
     if (seq) seqs.push(seq);
   }
   const state = async (seq: string) => (await q(`SELECT last_value::text AS v, is_called AS c FROM ${seq}`)).rows[0] as { v: string; c: boolean };
@@ -189,7 +193,6 @@ export async function undoEarlyUsers(client: pg.ClientBase, early: EarlyUsers): 
  */
 export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, stats: ImportStats, early?: EarlyUsers): Promise<MergeOutcome> {
   const T = targetTables();
-  const trace = process.env.USERPORT_TRACE_SQL === '1';
   const q = runner(client);
   const { run } = options;
   const C = modelCodes();
@@ -213,7 +216,6 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     users = early.step;
   } else {
     const bulk = options.bulkLoad ? await enterBulkLoad(q, (sql) => client.query(sql), T) : undefined;
-    if (bulk && trace) process.stderr.write(`[bulk] load first, then build: ${bulk.dropped.join(', ')}\n`);
     users = { bulk, ...(await mergeUsers(q, options, T)) };
   }
   const { bulk, usersInserted } = users;
@@ -297,10 +299,11 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   };
   /** Creates the exceptions table, then inserts the kept rows with `insert` (reading `d`), writing the exceptions in the same statement. */
   const decideAndInsert = async (table: 'up_ue' | 'up_uo', code: number, insert: string): Promise<number> => {
-    await q(`CREATE TEMP TABLE ${table} ON COMMIT DROP AS ${decide(table, code)} WITH NO DATA`, [run]);
+    const decision = decide(table, code);
+    await q(`CREATE TEMP TABLE ${table} ON COMMIT DROP AS ${decision} WITH NO DATA`, [run]);
     // The decision is materialized once (a tuplestore, not a table) and read twice.
     return (await q(`
-      WITH d AS MATERIALIZED (${decide(table, code)}),
+      WITH d AS MATERIALIZED (${decision}),
       exceptions AS (INSERT INTO ${table} SELECT * FROM d WHERE outcome <> 'insert')
       ${insert}`, [run])).rowCount ?? 0;
   };
@@ -374,7 +377,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
 async function mergeUsers(q: Q, options: MergeOptions, T: TargetTables): Promise<Omit<UsersStep, 'bulk'>> {
   // The id sequence is looked up once: pg_get_serial_sequence per row read the catalog for every
   // user (about half of this statement's time at 100k users).
-  const userSeq = (await q(`SELECT pg_get_serial_sequence($1, 'id') AS seq`, [T.user])).rows[0].seq as string | null;
+  const userSeq = await idSequence(q, T.user);
   await q(`
     CREATE TEMP TABLE up_user ON COMMIT DROP AS
     WITH u AS (
@@ -539,8 +542,6 @@ async function renameUsers(q: Q, T: TargetTables): Promise<void> {
 export interface BulkLoad {
   /** Recreates what was dropped, in dependency order: indexes and unique constraints, then foreign keys. */
   rebuild(): Promise<void>;
-  /** The dropped definitions, for the trace. */
-  dropped: readonly string[];
 }
 
 interface DroppedObject { table: string; name: string; kind: 'index' | 'unique' | 'foreign'; definition: string }
@@ -614,8 +615,8 @@ async function enterBulkLoad(q: Q, catalog: Q, T: TargetTables): Promise<BulkLoa
     // An index by its regclass text (schema-qualified when needed), never by a bare name.
     await q(o.kind === 'index' ? `DROP INDEX ${o.name}` : `ALTER TABLE ${o.table} DROP CONSTRAINT ${IDENT_SQL(o.name)}`);
   }
+  if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write(`[bulk] load first, then build: ${drops.map((o) => `${o.table}.${o.name}`).join(', ')}\n`);
   return {
-    dropped: drops.map((o) => `${o.table}.${o.name}`),
     async rebuild() {
       // Index builds sort in memory up to maintenance_work_mem (64 MB by default).
       await q(`SELECT set_config('maintenance_work_mem', '256MB', true) WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < 256 * 1024 * 1024`);

@@ -60,7 +60,37 @@ function cli(file: string, db: TestDb, ...args: string[]) {
     { encoding: 'utf8', env: { ...process.env, USERPORT_TRACE_SQL: '1' } });
 }
 
-const spools = (dir = os.tmpdir()) => fs.readdirSync(dir).filter((n) => n.startsWith('userport-spool-')).sort();
+const spools = (dir: string) => fs.readdirSync(dir).filter((n) => n.startsWith('userport-spool-')).sort();
+
+/** Runs `fn` with a temp dir of its own (importUsers' tmpDir), so no other process's spool counts. */
+async function withTmp(fn: (tmp: string) => Promise<void>): Promise<void> {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-early-'));
+  try { await fn(tmp); } finally { fs.rmSync(tmp, { recursive: true, force: true }); }
+}
+
+/**
+ * The export of records() in 64 KB chunks, then a user that fails its schema, held back until a
+ * spool exists in `tmp`. With `breakOff`, the records stop at the chunk after which the spool
+ * appeared (polled without delay), so the input breaks off mid-record right then.
+ */
+function failingInput(tmp: string, breakOff: boolean): { stream: Readable; sawSpool: () => boolean } {
+  const text = JSON.stringify(records(), null, 2);
+  const body = text.slice(0, text.lastIndexOf(']')).trimEnd();
+  const bad = JSON.stringify(user(USERS + 1, 'late-bad', { date_joined: '2023-02-30T00:00:00Z' }));
+  let saw = false;
+  async function* chunks() {
+    for (let i = 0; i < body.length; i += 65536) {
+      yield Buffer.from(body.slice(i, i + 65536));
+      if (breakOff && spools(tmp).length) { saw = true; break; }
+    }
+    for (const until = Date.now() + 30000; !saw && Date.now() < until;) {
+      saw = spools(tmp).length > 0;
+      await new Promise((r) => (breakOff ? setImmediate(r) : setTimeout(r, 20)));
+    }
+    yield Buffer.from(`,\n${bad}\n]`);
+  }
+  return { stream: Readable.from(chunks()), sawSpool: () => saw };
+}
 
 describe('the early users step (issue #11)', function () {
   this.timeout(180000);
@@ -99,64 +129,32 @@ describe('the early users step (issue #11)', function () {
   it('a record that fails while it runs fails the import: nothing written, the spool removed', async () => {
     // The bad record is held back until the spool exists (the early step runs), so it surely
     // fails while the step runs and rows are spooled.
-    const text = JSON.stringify(records(), null, 2);
-    const body = text.slice(0, text.lastIndexOf(']')).trimEnd();
-    const bad = JSON.stringify(user(USERS + 1, 'late-bad', { date_joined: '2023-02-30T00:00:00Z' }));
-    // A temp dir of this test's own (importUsers' tmpDir), so no other process's spool counts.
-    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-early-'));
-    let sawSpool = false;
-    async function* source() {
-      for (let i = 0; i < body.length; i += 65536) yield Buffer.from(body.slice(i, i + 65536));
-      for (let waited = 0; waited < 30000 && !sawSpool; waited += 20) {
-        sawSpool = spools(tmp).length > 0;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-      yield Buffer.from(`,\n${bad}\n]`);
-    }
-    try {
+    await withTmp(async (tmp) => {
+      const input = failingInput(tmp, false);
       const target = await db();
-      const err = await importUsers({ source: Readable.from(source()), databaseUrl: target.url, mergeUsers: true, tmpDir: tmp }).then(() => undefined, (e: unknown) => e);
-      expect(sawSpool, 'the early step started and spooled').to.equal(true);
+      const err = await importUsers({ source: input.stream, databaseUrl: target.url, mergeUsers: true, tmpDir: tmp }).then(() => undefined, (e: unknown) => e);
+      expect(input.sawSpool(), 'the early step started and spooled').to.equal(true);
       expect((err as UserportError).code).to.equal('USERPORT_RECORD_SCHEMA');
       for (const t of [...TARGET_TABLES, 'userport_pk_map']) expect(await target.count(t), t).to.equal(0);
       expect(spools(tmp)).to.deep.equal([]);
-    } finally {
-      fs.rmSync(tmp, { recursive: true, force: true });
-    }
+    });
   });
 
   it('a failure the moment the spool is made (the race of a destroy with the start) leaves no spool and starts nothing', async () => {
     // As soon as the spool folder exists the input breaks off (a record cut short: a JSON error
     // right away), while the sink may still be taking the spool over: repeated, each import must
     // fail cleanly and leave the folder empty.
-    const text = JSON.stringify(records(), null, 2);
-    const body = text.slice(0, text.lastIndexOf(']')).trimEnd();
-    const bad = JSON.stringify(user(USERS + 1, 'late-bad', { date_joined: '2023-02-30T00:00:00Z' }));
-    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-early-'));
-    try {
+    await withTmp(async (tmp) => {
       for (let round = 0; round < 3; round++) {
-        let sawSpool = false;
-        const source = async function* () {
-          for (let i = 0; i < body.length; i += 65536) {
-            yield Buffer.from(body.slice(i, i + 65536));
-            if (spools(tmp).length) { sawSpool = true; break; }
-          }
-          for (let waited = 0; waited < 30000 && !sawSpool; waited += 1) {
-            sawSpool = spools(tmp).length > 0;
-            await new Promise((r) => setImmediate(r));
-          }
-          yield Buffer.from(`,\n${bad}\n]`);
-        };
+        const input = failingInput(tmp, true);
         const target = await db();
-        const err = await importUsers({ source: Readable.from(source()), databaseUrl: target.url, tmpDir: tmp }).then(() => undefined, (e: unknown) => e);
-        expect(sawSpool, `round ${round}: the spool was made`).to.equal(true);
+        const err = await importUsers({ source: input.stream, databaseUrl: target.url, tmpDir: tmp }).then(() => undefined, (e: unknown) => e);
+        expect(input.sawSpool(), `round ${round}: the spool was made`).to.equal(true);
         expect((err as UserportError).code, `round ${round}`).to.be.oneOf(['USERPORT_PARSE_JSON', 'USERPORT_INPUT_TRUNCATED', 'USERPORT_RECORD_SCHEMA']);
         expect(spools(tmp), `round ${round}`).to.deep.equal([]);
         for (const t of [...TARGET_TABLES, 'userport_pk_map']) expect(await target.count(t), t).to.equal(0);
       }
-    } finally {
-      fs.rmSync(tmp, { recursive: true, force: true });
-    }
+    });
   });
 
   it('a dry run with it writes nothing and reports what the real import reports', async () => {

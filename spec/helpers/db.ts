@@ -75,3 +75,16 @@ export async function failure(p: Promise<unknown>): Promise<UserportError> {
   }
   throw new Error('the import succeeded');
 }
+
+/** Runs `fn` with a fresh database and a connected pg client of its own; closes both, whatever happens. */
+export async function withDbClient(fn: (db: TestDb, client: pg.Client) => Promise<void>): Promise<void> {
+  const db = await freshDatabase();
+  const client = new pg.Client({ connectionString: db.url });
+  try {
+    await client.connect();
+    await fn(db, client);
+  } finally {
+    await client.end().catch(() => undefined);
+    await db.close();
+  }
+}
