@@ -8,6 +8,7 @@ import pg from 'pg';
 import { main as benchMain } from '../../pipelines/bench.js';
 import { loadTablesBare, tableDefinitions } from '../../tools/bench/bare-floor.js';
 import { runMeasured } from '../../tools/bench/child.js';
+import { serverCpuMeter, withCpu, type ServerCpuMeter } from '../../tools/bench/cpu.js';
 import { dumpTables, IMPORTED_TABLES, loadTables, maxIds } from '../../tools/bench/copy-floor.js';
 import { parseFloor } from '../../tools/bench/parse-floor.js';
 import { formatTable, renderChart } from '../../tools/bench/report.js';
@@ -34,6 +35,15 @@ describe('benchmark', () => {
       expect(small.peakRssBytes!).to.be.lessThan(alloc.peakRssBytes!);
     });
 
+    it('reports the CPU seconds of the child alone', async () => {
+      // Busy until it has used 600 ms of CPU (whatever else the machine runs); a sleeping child is not.
+      const busy = await runMeasured(process.execPath, ['-e', 'const c = process.cpuUsage(); while (process.cpuUsage(c).user < 600000);']);
+      const idle = await runMeasured(process.execPath, ['-e', 'setTimeout(() => {}, 600)']);
+      expect(busy.cpuSeconds).to.be.a('number');
+      expect(busy.cpuSeconds!).to.be.at.least(0.6);
+      expect(idle.cpuSeconds!).to.be.below(busy.cpuSeconds! - 0.3);
+    });
+
     it('kills the process group as soon as its stderr shows the killOn pattern, even split across writes', async () => {
       const script = 'printf "[sql 3 ms] INSERT INTO sen" >&2; sleep 0.2; printf "try_email (x)\\n" >&2; sleep 10; echo never';
       const r = await runMeasured('/bin/sh', ['-c', script], { killOn: /^\[sql \d+ ms\] INSERT INTO sentry_email\b/m });
@@ -57,6 +67,58 @@ describe('benchmark', () => {
         try { process.kill(grandchild, 0); await new Promise((res) => setTimeout(res, 50)); } catch { gone = true; }
       }
       expect(gone).to.equal(true);
+    });
+  });
+
+  describe('serverCpuMeter', () => {
+    it('counts the CPU seconds a query costs the server, exited backends included', async () => {
+      const meter = await serverCpuMeter(serverUrl());
+      expect(isSkipped(meter), JSON.stringify(meter)).to.equal(false);
+      const m = meter as ServerCpuMeter;
+      const before = m.seconds();
+      // A backend that burns CPU and then exits: its time must still count (reaped by the
+      // postmaster). Its own CPU time, read from /proc while it runs, is the lower bound.
+      const c = new pg.Client({ connectionString: serverUrl() });
+      await c.connect();
+      const pid = Number((await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid);
+      await c.query('SELECT count(*) FROM generate_series(1, 20000000)');
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').slice(-400).split(') ').pop()!.split(' ');
+      const own = (Number(stat[11]) + Number(stat[12])) / 100;
+      await c.end();
+      // The postmaster reaps the exited backend: wait until it is gone.
+      for (let i = 0; i < 100 && fs.existsSync(`/proc/${pid}`); i++) await new Promise((res) => setTimeout(res, 20));
+      const spent = m.seconds() - before;
+      expect(own).to.be.above(0.1);
+      expect(spent).to.be.at.least(own - 0.011);
+      // withCpu: the same meter around a function, and this process's own time.
+      const { result, cpu } = await withCpu(meter, async () => {
+        const c0 = process.cpuUsage();
+        while (process.cpuUsage(c0).user < 300000);
+        return 7;
+      });
+      expect(result).to.equal(7);
+      expect(cpu.client!).to.be.at.least(0.3);
+      expect(cpu.server).to.be.a('number');
+    });
+
+    it('says why when the role may not read where the server lives', async () => {
+      const role = `bench_cpu_${process.pid}`;
+      const admin = new pg.Client({ connectionString: serverUrl() });
+      await admin.connect();
+      try {
+        await admin.query(`CREATE ROLE ${role} LOGIN PASSWORD 'pw'`);
+        const u = new URL(serverUrl());
+        u.username = role;
+        u.password = 'pw';
+        const meter = await serverCpuMeter(u.toString());
+        expect(isSkipped(meter)).to.equal(true);
+        expect((meter as { skipped: string }).skipped).to.match(/data_directory/);
+        const { cpu } = await withCpu(meter, async () => 1);
+        expect(cpu.server).to.equal(null);
+      } finally {
+        await admin.query(`DROP ROLE IF EXISTS ${role}`);
+        await admin.end();
+      }
     });
   });
 
@@ -313,6 +375,12 @@ process.exit(spawnSync(process.execPath, [${JSON.stringify(realBin)}, ...args], 
       expect(s.ratioToCopyFloor).to.equal(u.seconds / c.seconds);
       expect(s.checks.filter((k) => !k.ok)).to.deep.equal([]);
       expect(s.checks.map((k) => k.name)).to.include('COPY floor rows equal userport rows');
+      // The profile: the server did the import's and the floor's work, and the importing process
+      // parsed the export (the spec's server runs on this machine).
+      expect(u.cpu?.server).to.be.above(0);
+      expect(u.cpu?.client).to.be.above(0);
+      expect(c.cpu?.server).to.be.above(0);
+      expect(table).to.contain('pg CPU / floor pg CPU');
     });
 
     it('loads the same rows into bare tables and builds the indexes and constraints after (the bare floor)', () => {

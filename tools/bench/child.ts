@@ -2,14 +2,16 @@
  * Runs a command as a separate process and measures it: wall time and the peak resident set
  * size of that process alone (never the benchmark's own memory).
  *
- * Peak RSS comes from `/usr/bin/time -f %M` when present (the kernel's `ru_maxrss` of the child,
- * exact); otherwise `/proc/<pid>/status` VmHWM is polled every 20 ms, which is a high-water mark
- * too, so only growth in the last few milliseconds before exit can be missed.
+ * Peak RSS and CPU time come from `/usr/bin/time -f '%M %U %S'` when present (the kernel's
+ * `ru_maxrss` and `ru_utime`/`ru_stime` of the child, exact); otherwise `/proc/<pid>/status` VmHWM
+ * and `/proc/<pid>/stat` are polled every 20 ms: a high-water mark and a running total, so only
+ * the last few milliseconds before exit can be missed.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { clockTicks } from './cpu.js';
 
 export interface MeasuredRun {
   /** Exit code, or null when killed by a signal. */
@@ -21,6 +23,8 @@ export interface MeasuredRun {
   seconds: number;
   /** Peak resident set size of the process in bytes, when it could be measured. */
   peakRssBytes: number | null;
+  /** CPU seconds (user + system) of the process, when it could be measured. */
+  cpuSeconds: number | null;
   /** How the peak RSS was read. */
   rssSource: 'time' | 'proc' | 'none';
   /** With `killOn`: seconds from spawn until the pattern showed on stderr and the process group was killed. */
@@ -42,7 +46,7 @@ const TIME = '/usr/bin/time';
 export async function runMeasured(command: string, args: string[], options: RunOptions = {}): Promise<MeasuredRun> {
   const useTime = fs.existsSync(TIME);
   const timeFile = useTime ? path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'userport-time-')), 'rss') : '';
-  const [cmd, argv] = useTime ? [TIME, ['-f', '%M', '-o', timeFile, command, ...args]] : [command, args];
+  const [cmd, argv] = useTime ? [TIME, ['-f', '%M %U %S', '-o', timeFile, command, ...args]] : [command, args];
   const started = process.hrtime.bigint();
   // Its own process group, so a timeout kills the measured process and not only /usr/bin/time.
   const child = spawn(cmd, argv, { env: options.env ?? process.env, cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
@@ -60,11 +64,17 @@ export async function runMeasured(command: string, args: string[], options: RunO
     }
   });
   let polled = 0;
+  const hz = useTime ? 0 : clockTicks();
+  let polledCpu: number | null = null;
   const poll = useTime ? undefined : setInterval(() => {
     try {
       const status = fs.readFileSync(`/proc/${child.pid}/status`, 'utf8');
       const m = /VmHWM:\s+(\d+) kB/.exec(status);
       if (m) polled = Math.max(polled, Number(m[1]) * 1024);
+      const stat = fs.readFileSync(`/proc/${child.pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // utime and stime, in clock ticks.
+      polledCpu = (Number(f[11]) + Number(f[12])) / hz;
     } catch { /* exited between polls */ }
   }, 20);
   const timer = options.timeoutMs ? setTimeout(() => {
@@ -80,14 +90,16 @@ export async function runMeasured(command: string, args: string[], options: RunO
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   let peakRssBytes: number | null = polled || null;
   let rssSource: MeasuredRun['rssSource'] = polled ? 'proc' : 'none';
+  let cpuSeconds: number | null = polledCpu as number | null;
   if (useTime) {
     try {
-      // GNU time writes "Command exited with non-zero status N" before the figure on failure.
+      // GNU time writes "Command exited with non-zero status N" before the figures on failure.
       const lines = fs.readFileSync(timeFile, 'utf8').trim().split('\n');
-      const kb = Number(lines[lines.length - 1]);
-      if (Number.isFinite(kb) && kb > 0) { peakRssBytes = kb * 1024; rssSource = 'time'; }
+      const [kb, user, sys] = lines[lines.length - 1]!.trim().split(/\s+/).map(Number);
+      if (Number.isFinite(kb) && kb! > 0) { peakRssBytes = kb! * 1024; rssSource = 'time'; }
+      if (Number.isFinite(user) && Number.isFinite(sys)) cpuSeconds = user! + sys!;
     } catch { /* no figure */ }
     fs.rmSync(path.dirname(timeFile), { recursive: true, force: true });
   }
-  return { code, signal, stdout, stderr, seconds, peakRssBytes, rssSource, ...(killedAfter === undefined ? {} : { killedAfter }) };
+  return { code, signal, stdout, stderr, seconds, peakRssBytes, cpuSeconds, rssSource, ...(killedAfter === undefined ? {} : { killedAfter }) };
 }

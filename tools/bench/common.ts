@@ -8,6 +8,7 @@ import { pipeline } from 'node:stream/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { createExportGenerator, type GenerateCounts, type GenerateOptions } from '../generate.js';
 import { runMeasured, type MeasuredRun } from './child.js';
+import type { ServerCpuMeter } from './cpu.js';
 import { IMPORTED_TABLES } from './copy-floor.js';
 import { countRows } from './databases.js';
 import type { Check, ImportMeasurement, Skipped } from './results.js';
@@ -84,13 +85,18 @@ export interface ImportRun {
   timeoutSeconds?: number;
   /** More CLI flags (`--resumable --import-id X`, `--filter-usernames-file F`, `--bulk-load off`). */
   args?: readonly string[];
+  /** Measures the server's CPU seconds during the import too ({@link ImportMeasurement.cpu}). */
+  meter?: ServerCpuMeter | Skipped;
 }
 
 /** Runs one import in its own process and measures it; a failed or timed-out import is a {@link Skipped} with the reason. */
 export async function runImport(runner: ImportRunner, file: string, url: string, o: ImportRun): Promise<ImportMeasurement | Skipped> {
   const { records, bytes, timeoutSeconds, args = [] } = o;
+  const meter = o.meter && 'seconds' in o.meter ? o.meter : undefined;
+  const server0 = meter?.seconds();
   const run: MeasuredRun = await runMeasured(process.execPath, importCommand(runner, file, url, o.privateKeyFile, args),
     timeoutSeconds ? { timeoutMs: timeoutSeconds * 1000 } : {});
+  const server = meter ? meter.seconds() - server0! : null;
   if (run.signal === 'SIGKILL' && timeoutSeconds && run.seconds >= timeoutSeconds) {
     return { skipped: `did not finish within ${timeoutSeconds} s (killed; --import-timeout)` };
   }
@@ -101,6 +107,7 @@ export async function runImport(runner: ImportRunner, file: string, url: string,
     mbPerSec: bytes / MB / run.seconds,
     peakRssBytes: run.peakRssBytes,
     rssSource: run.rssSource,
+    ...(o.meter ? { cpu: { server, client: run.cpuSeconds } } : {}),
     via: runner.kind === 'cli' ? `node ${[...shebangNodeFlags(runner.bin), 'bin/userport.js'].join(' ')} import users${args.length ? ` ... ${args.map((a) => path.basename(a)).join(' ')}` : ''}`
       : 'importUsers() in a child process (the CLI is not built yet)',
     rows: await countRows(url, IMPORTED_TABLES),

@@ -49,6 +49,8 @@ export function formatTable(results: BenchResults): string {
     ]);
   }
   const lines = [alignTable(rows)];
+  const cpu = cpuTable(results);
+  if (cpu) lines.push('', 'CPU seconds (user + system) of PostgreSQL (pg) and of the client (the importing process; the benchmark for the floors), same runs:', cpu, '');
   for (const s of results.sizes) {
     if (isSkipped(s.userport)) lines.push(`${thousands(s.users)} users: userport skipped: ${s.userport.skipped}`);
     if (isSkipped(s.copyFloor)) lines.push(`${thousands(s.users)} users: COPY floor skipped: ${s.copyFloor.skipped}`);
@@ -107,6 +109,33 @@ export function formatTable(results: BenchResults): string {
   lines.push(`machine: ${m.cpus} x ${m.cpuModel}, ${fmt(m.memoryBytes / 1e9, 0)} GB RAM, ${m.os}, Node ${m.node}, PostgreSQL ${m.postgres}; ` +
     `total ${fmt(results.seconds, 0)} s`);
   return lines.join('\n');
+}
+
+/**
+ * The profile beside the wall times: PostgreSQL's CPU seconds close to a run's wall time mean the
+ * server bounded it. Null when no run of the results has CPU figures (older results, a remote server).
+ */
+export function cpuTable(results: BenchResults): string | null {
+  type Cpu = { seconds: number; cpu?: { server: number | null; client: number | null } };
+  const of = (m: Cpu | { skipped: string } | undefined) => (m && !isSkipped(m) && m.cpu ? m as Cpu & { cpu: NonNullable<Cpu['cpu']> } : undefined);
+  if (!results.sizes.some((s) => of(s.userport) || of(s.copyFloor))) return null;
+  const rows: string[][] = [['users', 'userport s', 'pg CPU', 'client CPU', 'COPY floor s', 'pg CPU', 'client CPU', 'bare floor pg CPU', 'general s', 'pg CPU', 'client CPU', 'pg CPU / floor pg CPU']];
+  for (const s of results.sizes) {
+    const u = of(s.userport);
+    const c = of(s.copyFloor);
+    const b = of(s.bareFloor);
+    const g = of(s.generalPath);
+    const workRatio = u?.cpu.server != null && c?.cpu.server ? u.cpu.server / c.cpu.server : null;
+    rows.push([
+      thousands(s.users),
+      fmt(u?.seconds, 2), fmt(u?.cpu.server, 2), fmt(u?.cpu.client, 2),
+      fmt(c?.seconds, 2), fmt(c?.cpu.server, 2), fmt(c?.cpu.client, 2),
+      fmt(b?.cpu.server, 2),
+      fmt(g?.seconds, 2), fmt(g?.cpu.server, 2), fmt(g?.cpu.client, 2),
+      fmt(workRatio, 2),
+    ]);
+  }
+  return alignTable(rows);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,6 +4,9 @@
  */
 
 import type { BareFloorResult } from './bare-floor.js';
+import type { CpuSeconds } from './cpu.js';
+
+export type { CpuSeconds } from './cpu.js';
 
 export interface Skipped {
   skipped: string;
@@ -27,6 +30,11 @@ export interface ImportMeasurement {
   /** Peak resident set size of the importing process. */
   peakRssBytes: number | null;
   rssSource: string;
+  /**
+   * CPU seconds of PostgreSQL (null: not a server on this machine) and of the importing process
+   * during the import. Absent in older results and where not measured (the scenarios).
+   */
+  cpu?: CpuSeconds;
   /** How the import was run. */
   via: string;
   /** Rows in the target tables after the import. */
@@ -59,10 +67,12 @@ export interface CopyFloorMeasurement {
   rows: Record<string, number>;
   tableSeconds: Record<string, number>;
   copyBytes: number;
+  /** CPU seconds of PostgreSQL and of the benchmark process (which sends the COPY data). Absent in older results and in the scenarios. */
+  cpu?: CpuSeconds;
 }
 
 /** The bare floor (tools/bench/bare-floor.ts): the same rows into tables without indexes and constraints, then built. */
-export type BareFloorMeasurement = BareFloorResult;
+export type BareFloorMeasurement = BareFloorResult & { cpu?: CpuSeconds };
 
 export interface ParseFloorMeasurement {
   seconds: number;

@@ -17,6 +17,7 @@ import { DEFAULT_COLLISION_RATE } from '../generate.js';
 import { OptionError } from '../../lib/errors.js';
 import { loadTablesBare } from './bare-floor.js';
 import { runMeasured } from './child.js';
+import { serverCpuMeter, withCpu } from './cpu.js';
 import { countsCheck, expectedRows, generateExport, importRunner, MB, PACKAGE_ROOT, runImport, shebangNodeFlags, tail, type ImportRunner } from './common.js';
 import { dumpTables, IMPORTED_TABLES, loadTables } from './copy-floor.js';
 import { databaseUrl, dropDatabase, freshDatabase, serverVersion } from './databases.js';
@@ -197,6 +198,8 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const sizes: SizeResult[] = [];
   const timeout = options.importTimeoutSeconds ? { timeoutSeconds: options.importTimeoutSeconds } : {};
   const bulkLoad = cliHasBulkLoad(runner);
+  const meter = await serverCpuMeter(o.serverUrl);
+  if (isSkipped(meter)) log(`PostgreSQL CPU time: not measured: ${meter.skipped}`);
   const largest = o.sizes[o.sizes.length - 1]!;
   const exportSizes = o.exportAll ? o.sizes : [largest];
 
@@ -215,7 +218,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     if (isSkipped(runner)) userport = runner;
     else {
       log(`${users} users: userport import (${runner.kind})`);
-      userport = await runImport(runner, file, await freshDatabase(o.serverUrl, importDb), { records, bytes, ...timeout });
+      userport = await runImport(runner, file, await freshDatabase(o.serverUrl, importDb), { records, bytes, meter, ...timeout });
       if (isSkipped(userport)) log(`${users} users: ${userport.skipped}`);
     }
 
@@ -227,7 +230,8 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     if (!isSkipped(userport)) {
       log(`${users} users: COPY floor`);
       const dumps = await dumpTables(databaseUrl(o.serverUrl, importDb), path.join(workDir, `copy-${users}`));
-      const loaded = await loadTables(await freshDatabase(o.serverUrl, copyDb), dumps);
+      const copyUrl = await freshDatabase(o.serverUrl, copyDb);
+      const { result: loaded, cpu } = await withCpu(meter, () => loadTables(copyUrl, dumps));
       const rowsTotal = Object.values(loaded.rows).reduce((a, b) => a + b, 0);
       copyFloor = {
         seconds: loaded.seconds,
@@ -236,6 +240,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
         rows: loaded.rows,
         tableSeconds: loaded.tableSeconds,
         copyBytes: Object.values(loaded.bytes).reduce((a, b) => a + b, 0),
+        cpu,
       };
       const expected = expectedRows(gen.counts);
       for (const t of IMPORTED_TABLES) checks.push(countsCheck(`${t} rows`, expected[t], userport.rows[t]));
@@ -243,8 +248,9 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
       if (!o.keep) await dropDatabase(o.serverUrl, copyDb);
       log(`${users} users: bare floor (COPY into tables without indexes and constraints, then build them)`);
       const bareDb = `bench_bare_${users}_${tag}`;
-      const bare = await loadTablesBare(await freshDatabase(o.serverUrl, bareDb), dumps);
-      bareFloor = bare;
+      const bareUrl = await freshDatabase(o.serverUrl, bareDb);
+      const { result: bare, cpu: bareCpu } = await withCpu(meter, () => loadTablesBare(bareUrl, dumps));
+      bareFloor = { ...bare, cpu: bareCpu };
       checks.push(countsCheck('bare floor rows equal userport rows', userport.rows, bare.rows));
       if (!o.keep) await dropDatabase(o.serverUrl, bareDb);
       const renamed = (userport.summary as { models?: Record<string, { renamed?: number }> } | null)?.models?.['sentry.user']?.renamed;
@@ -267,7 +273,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResults> {
     if (bulkLoad && !isSkipped(runner)) {
       log(`${users} users: userport import --bulk-load off (the general path)`);
       const generalDb = `bench_general_${users}_${tag}`;
-      generalPath = await runImport(runner, file, await freshDatabase(o.serverUrl, generalDb), { records, bytes, args: ['--bulk-load', 'off'], ...timeout });
+      generalPath = await runImport(runner, file, await freshDatabase(o.serverUrl, generalDb), { records, bytes, args: ['--bulk-load', 'off'], meter, ...timeout });
       checks.push(countsCheck('general path (--bulk-load off) finished', 'finished', isSkipped(generalPath) ? generalPath.skipped : 'finished'));
       if (!isSkipped(generalPath) && !isSkipped(userport)) checks.push(countsCheck('general path rows equal userport rows', userport.rows, generalPath.rows));
       if (!o.keep) await dropDatabase(o.serverUrl, generalDb);
