@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { clockTicks } from './cpu.js';
+import { processCpuSeconds } from './cpu.js';
 
 export interface MeasuredRun {
   /** Exit code, or null when killed by a signal. */
@@ -64,17 +64,13 @@ export async function runMeasured(command: string, args: string[], options: RunO
     }
   });
   let polled = 0;
-  const hz = useTime ? 0 : clockTicks();
   let polledCpu: number | null = null;
   const poll = useTime ? undefined : setInterval(() => {
     try {
       const status = fs.readFileSync(`/proc/${child.pid}/status`, 'utf8');
       const m = /VmHWM:\s+(\d+) kB/.exec(status);
       if (m) polled = Math.max(polled, Number(m[1]) * 1024);
-      const stat = fs.readFileSync(`/proc/${child.pid}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      // utime and stime, in clock ticks.
-      polledCpu = (Number(f[11]) + Number(f[12])) / hz;
+      polledCpu = processCpuSeconds(child.pid!);
     } catch { /* exited between polls */ }
   }, 20);
   const timer = options.timeoutMs ? setTimeout(() => {

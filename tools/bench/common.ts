@@ -8,7 +8,7 @@ import { pipeline } from 'node:stream/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { createExportGenerator, type GenerateCounts, type GenerateOptions } from '../generate.js';
 import { runMeasured, type MeasuredRun } from './child.js';
-import type { ServerCpuMeter } from './cpu.js';
+import { withCpu, type ServerCpuMeter } from './cpu.js';
 import { IMPORTED_TABLES } from './copy-floor.js';
 import { countRows } from './databases.js';
 import type { Check, ImportMeasurement, Skipped } from './results.js';
@@ -92,11 +92,9 @@ export interface ImportRun {
 /** Runs one import in its own process and measures it; a failed or timed-out import is a {@link Skipped} with the reason. */
 export async function runImport(runner: ImportRunner, file: string, url: string, o: ImportRun): Promise<ImportMeasurement | Skipped> {
   const { records, bytes, timeoutSeconds, args = [] } = o;
-  const meter = o.meter && 'seconds' in o.meter ? o.meter : undefined;
-  const server0 = meter?.seconds();
-  const run: MeasuredRun = await runMeasured(process.execPath, importCommand(runner, file, url, o.privateKeyFile, args),
-    timeoutSeconds ? { timeoutMs: timeoutSeconds * 1000 } : {});
-  const server = meter ? meter.seconds() - server0! : null;
+  // The server's share from the meter; the client's is the child's own (withCpu's is this process).
+  const { result: run, cpu: { server } } = await withCpu(o.meter ?? { skipped: 'not asked' }, (): Promise<MeasuredRun> =>
+    runMeasured(process.execPath, importCommand(runner, file, url, o.privateKeyFile, args), timeoutSeconds ? { timeoutMs: timeoutSeconds * 1000 } : {}));
   if (run.signal === 'SIGKILL' && timeoutSeconds && run.seconds >= timeoutSeconds) {
     return { skipped: `did not finish within ${timeoutSeconds} s (killed; --import-timeout)` };
   }

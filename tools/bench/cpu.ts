@@ -29,7 +29,7 @@ export interface ServerCpuMeter {
 let ticks: number | undefined;
 
 /** Clock ticks per second of /proc's times (`getconf CLK_TCK`, 100 on every common Linux). */
-export function clockTicks(): number {
+function clockTicks(): number {
   if (ticks === undefined) {
     const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' });
     const n = Number(r.stdout?.trim());
@@ -47,6 +47,12 @@ function statFields(pid: number): string[] {
 // Indexes into statFields: ppid is field 4 of stat(5), utime..cstime fields 14..17.
 const PPID = 1;
 const UTIME = 11;
+
+/** CPU seconds (user + system) a running process has used so far, from /proc/<pid>/stat. */
+export function processCpuSeconds(pid: number): number {
+  const f = statFields(pid);
+  return (Number(f[UTIME]) + Number(f[UTIME + 1])) / clockTicks();
+}
 
 /** The server's cumulative CPU ticks: the postmaster (itself and reaped children) and its running children. */
 function serverTicks(postmaster: number): number {

@@ -2,7 +2,7 @@
  * Human-readable output of a benchmark run: the text table printed at the end, and the SVG chart
  * (throughput and peak RSS against export size), hand-written with no dependency.
  */
-import { isSkipped, SCENARIOS, type BenchResults, type SizeResult } from './results.js';
+import { isSkipped, SCENARIOS, type BenchResults, type CpuSeconds, type SizeResult } from './results.js';
 
 const MB = 1e6;
 
@@ -116,8 +116,8 @@ export function formatTable(results: BenchResults): string {
  * server bounded it. Null when no run of the results has CPU figures (older results, a remote server).
  */
 export function cpuTable(results: BenchResults): string | null {
-  type Cpu = { seconds: number; cpu?: { server: number | null; client: number | null } };
-  const of = (m: Cpu | { skipped: string } | undefined) => (m && !isSkipped(m) && m.cpu ? m as Cpu & { cpu: NonNullable<Cpu['cpu']> } : undefined);
+  type Measured = { seconds: number; cpu?: CpuSeconds };
+  const of = (m: Measured | { skipped: string } | undefined) => (m && !isSkipped(m) && m.cpu ? m as Measured & { cpu: CpuSeconds } : undefined);
   if (!results.sizes.some((s) => of(s.userport) || of(s.copyFloor))) return null;
   const rows: string[][] = [['users', 'userport s', 'pg CPU', 'client CPU', 'COPY floor s', 'pg CPU', 'client CPU', 'bare floor pg CPU', 'general s', 'pg CPU', 'client CPU', 'pg CPU / floor pg CPU']];
   for (const s of results.sizes) {
