@@ -40,6 +40,8 @@ export const ErrorCodes = {
   RECORD_DUPLICATE_PK: 'USERPORT_RECORD_DUPLICATE_PK',
   RECORD_OPTION_VALUE: 'USERPORT_RECORD_OPTION_VALUE',
   RECORD_LEGACY_FORMAT: 'USERPORT_RECORD_LEGACY_FORMAT',
+  /** A value does not fit the target database's column (an address longer than Sentry 9's 75 characters). */
+  RECORD_TARGET: 'USERPORT_RECORD_TARGET',
   MAX_REJECTS: 'USERPORT_MAX_REJECTS',
   DB_CONNECT: 'USERPORT_DB_CONNECT',
   DB_QUERY: 'USERPORT_DB_QUERY',
@@ -55,6 +57,10 @@ export const ErrorCodes = {
   INTERNAL: 'USERPORT_INTERNAL',
   /** The source database lacks a table or a key column the export needs. */
   EXPORT_SCHEMA: 'USERPORT_EXPORT_SCHEMA',
+  /** The target database lacks what an import needs (no auth_user), or has a column userport cannot fill. */
+  TARGET_SCHEMA: 'USERPORT_TARGET_SCHEMA',
+  /** The import would need ids beyond what the target's id columns hold (32-bit user ids of Sentry 9). */
+  TARGET_LIMIT: 'USERPORT_TARGET_LIMIT',
 } as const;
 
 /**

@@ -14,6 +14,7 @@ import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { writeFileAtomically } from './atomic-file.js';
 import { checkDatabaseUrl } from './db/knex.js';
+import { readTarget } from './db/target.js';
 import { encryptExport } from './encrypt.js';
 import { ErrorCodes, ExportError, OptionError, UserportError, wrapDbError } from './errors.js';
 
@@ -30,7 +31,9 @@ type Encoding =
   /** a timestamp, written as Sentry's `DatetimeSafeDjangoJSONEncoder` does: UTC, milliseconds, `Z` */
   | 'date'
   /** jsonb text, re-indented in place (numbers and escapes kept as PostgreSQL wrote them) */
-  | 'json';
+  | 'json'
+  /** base64 of a Python pickle (Sentry 9's django-picklefield columns), written as the value it holds */
+  | 'pickle';
 
 interface ExportField {
   /** Sentry's field name in `fields`. */
@@ -56,9 +59,11 @@ const f = (field: string, encoding: Encoding, column = field): ExportField => ({
 export const EXPORT_MODELS: readonly ExportModel[] = [
   {
     model: 'sentry.user', table: 'auth_user', fields: [
+      // email_unique (2025+) and is_suspended (2026+) are written only by databases that have them;
+      // their place follows the model's declaration (email_unique right after email).
       f('password', 'text'), f('last_login', 'date'), f('username', 'text'), f('name', 'text', 'first_name'),
-      f('email', 'text'), f('is_staff', 'bool'), f('is_active', 'bool'), f('is_superuser', 'bool'),
-      f('is_managed', 'bool'), f('is_sentry_app', 'bool'), f('is_password_expired', 'bool'), f('is_unclaimed', 'bool'),
+      f('email', 'text'), f('email_unique', 'text'), f('is_staff', 'bool'), f('is_active', 'bool'), f('is_superuser', 'bool'),
+      f('is_managed', 'bool'), f('is_sentry_app', 'bool'), f('is_password_expired', 'bool'), f('is_unclaimed', 'bool'), f('is_suspended', 'bool'),
       f('last_password_change', 'date'), f('flags', 'int-string'), f('session_nonce', 'text'), f('date_joined', 'date'),
       f('last_active', 'date'), f('avatar_type', 'int'), f('avatar_url', 'text'),
     ],
@@ -111,6 +116,8 @@ export interface ExportSummary {
   excluded: ExcludedRows[];
   /** Columns of Sentry's field list that the database's tables lack (their fields are omitted). */
   missingColumns: Record<string, string[]>;
+  /** Models whose table this generation of Sentry does not have, and why (no records are written for them). */
+  absentModels: Record<string, string>;
 }
 
 /** Something a findings file should tell: rows left out, or a username that matched nothing. */
@@ -212,6 +219,11 @@ export function reindentJson(text: string, indent: number, level: number): strin
   return out;
 }
 
+/** PENDING-PICKLE: replaced when lib/pickle.ts lands. */
+function pickledValueAsJson(v: string): string {
+  throw new ExportError(ErrorCodes.EXPORT_SCHEMA, `cannot decode a pickled option value yet (${v.length} characters)`);
+}
+
 function encodeValue(v: string | null, encoding: Encoding, indent: number): string {
   if (v === null) return 'null';
   switch (encoding) {
@@ -219,6 +231,7 @@ function encodeValue(v: string | null, encoding: Encoding, indent: number): stri
     case 'bool': return v === 't' || v === 'true' ? 'true' : 'false';
     case 'int': return v;
     case 'json': return reindentJson(v, indent, 3);
+    case 'pickle': return reindentJson(pickledValueAsJson(v), indent, 3);
   }
 }
 
@@ -257,7 +270,7 @@ const EXCLUDED_REASON: Record<string, string> = {
 function emptySummary(): ExportSummary {
   return {
     models: Object.fromEntries(EXPORT_MODELS.map((m) => [m.model, 0])), records: 0, bytes: 0, seconds: 0,
-    unmatchedUsernames: [], excluded: [], missingColumns: {},
+    unmatchedUsernames: [], excluded: [], missingColumns: {}, absentModels: {},
   };
 }
 
@@ -280,19 +293,31 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
     step = 'opening the snapshot';
     await query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     step = 'reading the table columns';
-    const cols = await query(`SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns
-      WHERE table_schema = current_schema() AND table_name = ANY($1::text[])`, [EXPORT_MODELS.map((m) => m.table)]);
-    const present = new Map(cols.map(([t, c, type]) => [`${t}.${c}`, type]));
-    const has = (t: string, c: string) => present.has(`${t}.${c}`);
-    // Older Sentry keeps option values as JSON-encoded text; its serializer then writes that text
-    // as a JSON string, so only a json/jsonb column is written as a JSON value.
-    const encodingOf = (t: string, fl: ExportField): Encoding =>
-      fl.encoding === 'json' && !/^jsonb?$/.test(present.get(`${t}.${fl.column}`) ?? '') ? 'text' : fl.encoding;
-    for (const m of EXPORT_MODELS) {
+    const target = await readTarget(client, EXPORT_MODELS.map((m) => m.table));
+    const has = (t: string, c: string) => !!target.tables.get(t)?.columns.has(c);
+    // How a database of this generation stores option values: jsonb is written as the value it
+    // holds; JSON text (2020-2025) as a JSON string, as Django serialized that field; Sentry 9's
+    // pickles as the value they hold, decoded safely (lib/pickle.ts), which is what Sentry's
+    // export of the same user would say and what a current Sentry accepts.
+    const encodingOf = (t: string, fl: ExportField): Encoding => {
+      if (fl.encoding !== 'json') return fl.encoding;
+      if (target.optionValues === 'pickle') return 'pickle';
+      return target.optionValues === 'jsonb' ? 'json' : 'text';
+    };
+    const models = EXPORT_MODELS.filter((m) => {
+      // Sentry 2026 has no sentry_email: its own export has no sentry.email records either.
+      if (m.model === 'sentry.email' && !target.tables.has(m.table)) {
+        summary.absentModels[m.model] = `no ${m.table} table in this database (Sentry removed the Email model in 2026)`;
+        delete summary.models[m.model];
+        return false;
+      }
+      return true;
+    });
+    for (const m of models) {
       const missing = REQUIRED[m.table]!.filter((c) => !has(m.table, c));
       if (missing.length) {
         throw new ExportError(ErrorCodes.EXPORT_SCHEMA, `cannot export ${m.model}: table ${m.table} ${
-          missing.length === REQUIRED[m.table]!.length && !cols.some(([t]) => t === m.table) ? 'does not exist' : `lacks column ${missing.join(', ')}`}`,
+          !target.tables.has(m.table) ? 'does not exist' : `lacks column ${missing.join(', ')}`}`,
         { position: { model: m.model } });
       }
       const absent = m.fields.filter((fl) => !has(m.table, fl.column)).map((fl) => fl.field);
@@ -306,7 +331,7 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
     let head = Buffer.from('[');
     summary.bytes += head.length;
     yield head;
-    for (const m of EXPORT_MODELS) {
+    for (const m of models) {
       const fields = m.fields.filter((fl) => has(m.table, fl.column)).map((fl) => ({ ...fl, encoding: encodingOf(m.table, fl) }));
       const names = fields.map((fl) => `${p3}${pythonJsonString(fl.field)}: `);
       const modelText = pythonJsonString(m.model);
@@ -345,7 +370,7 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
     }
     // What was left out, counted in the same snapshot, for the findings file and the summary.
     step = 'counting what the export left out';
-    for (const m of EXPORT_MODELS) {
+    for (const m of models) {
       const [[total]] = await query(`SELECT count(*)::text FROM ${m.table}`) as [[string]];
       const left = Number(total) - summary.models[m.model]!;
       if (left > 0) summary.excluded.push({ kind: 'excluded', model: m.model, count: left, reason: EXCLUDED_REASON[m.table]! });

@@ -4,7 +4,7 @@
  */
 import fs from 'node:fs';
 import type pg from 'pg';
-import { findingsPage } from './db/findings.js';
+import { findingsPage, type FindingsCursor } from './db/findings.js';
 import type { UserportError } from './errors.js';
 
 /** Findings read per query. */
@@ -17,14 +17,15 @@ export async function writeFindings(c: pg.ClientBase, run: number, file: string,
     let first = true;
     const put = (obj: unknown) => { fs.writeSync(fd, (first ? '[\n' : ',\n') + JSON.stringify(obj)); first = false; };
     for (const name of unmatched) put({ finding: 'UnmatchedUsername', kind: 'unmatched', model: 'sentry.user', reason: `--filter-usernames: no user named "${name}"` });
-    let after = -1;
+    let after: FindingsCursor | undefined;
     for (;;) {
       const page = await findingsPage(c, run, after, PAGE_ROWS);
       for (const r of page) {
         put({ finding: 'ImportFinding', kind: r.kind, model: r.model, pk: r.source_pk, ordinal: r.ordinal, offset: r.byte_offset, reason: r.reason });
       }
       if (page.length < PAGE_ROWS) break;
-      after = page[page.length - 1]!.ordinal;
+      const last = page[page.length - 1]!;
+      after = { ordinal: Number(last.ordinal), kind: last.kind };
     }
     fs.writeSync(fd, first ? '[]\n' : '\n]\n');
   } finally {

@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { applySessionSettings, checkDatabaseUrl, createKnex, migrate, PG_TYPES, waitForDatabase } from './db/knex.js';
 import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isNonEmptyString, isStringIterable, type OptionCheck } from './options.js';
-import { beginEarlyUsers, mergeStaged, undoEarlyUsers, type EarlyUsers, type MergeOptions } from './db/merge.js';
+import { beginEarlyUsers, describePlan, mergeStaged, planFor, undoEarlyUsers, type EarlyUsers, type MergeOptions } from './db/merge/index.js';
 import {
   deleteStaged, findImport, findResumableImport, finishImport, insertImport, insertResumableImport, lockImport, markImportFailed,
   markImportRunning, nextImportRun, ownerName, saveCheckpoint, unmatchedUsernames,
@@ -18,7 +18,7 @@ import {
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
 import { ErrorCodes, OptionError, UserportError, wrapDbError } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
-import { modelInfo } from './models.js';
+import { fieldLimits, modelInfo } from './models.js';
 import { fingerprint, isRegularFile, openSource } from './source.js';
 import type { MappedItem } from './map-models.js';
 import { createPgSink, DEFAULT_BATCH_ROWS, StagedFacts } from './pg-sink.js';
@@ -173,6 +173,8 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     await migrate(knex);
     try { await client.connect(); } catch (err) { throw wrapDbError(err, 'connecting'); }
     await applySessionSettings(client);
+    // The target, read once before any record: what to write, and the widths records must fit.
+    const plan = await planFor(client).catch((err: unknown) => { throw err instanceof UserportError ? err : wrapDbError(err, 'reading the target database'); });
 
     let skipThrough = 0;
     let resumeRejects: { bytes: number; count: number } | undefined;
@@ -229,6 +231,10 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       skipThrough,
       usernames: options.filterUsernames,
       collectRejects,
+      target: {
+        fieldLimits: fieldLimits((t, c) => plan.target.tables.get(t)?.columns.get(c)?.maxLength),
+        optionValues: plan.userOption ? plan.target.optionValues ?? 'jsonb' : 'jsonb',
+      },
     });
     const filterActive = options.filterUsernames !== undefined;
     let bulkLoaded = false;
@@ -236,13 +242,13 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
 
     // A resumed import staged part of its rows in an earlier process: every check runs then.
     const mergeOptions: MergeOptions = {
-      run, mergeUsers: !!options.mergeUsers, filterActive, bulkLoad: options.bulkLoad !== 'off', staged: skipThrough ? undefined : staged,
+      run, mergeUsers: !!options.mergeUsers, filterActive, bulkLoad: options.bulkLoad !== 'off', staged: skipThrough ? undefined : staged, plan,
     };
     // An atomic import into empty tables starts the merge with the users while the rest of the
     // file is read (the sink calls this once the users of a file in Sentry's order are staged).
     let early: EarlyUsers | undefined;
     const afterUsers = async (c: pg.ClientBase) => {
-      const started = await beginEarlyUsers(c, mergeOptions);
+      const started = await beginEarlyUsers(c, mergeOptions, plan);
       return started && {
         run: async () => { early = await started.run(); },
         undo: async () => { await undoEarlyUsers(c, early!); early = undefined; },
@@ -293,7 +299,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       return {
         importId, mode, state: 'done', records: s.records, bytes: s.bytes, seconds: (Date.now() - started) / 1000,
         models: s.models, skipped: s.skipped, unknownFields: s.unknownFields, adjacent: s.adjacent, unmatchedUsernames: s.unmatchedUsernames,
-        bulkLoad: bulkLoaded,
+        bulkLoad: bulkLoaded, target: describePlan(plan),
       };
     };
     try {

@@ -54,8 +54,10 @@ export type { DecryptErrorCode } from './crypto/errors.js';
 
 // Database helpers: the tables (for createPgSink), the merge (its usual finalize), the embedded server.
 export { createKnex, migrate, waitForDatabase } from './db/knex.js';
-export { beginEarlyUsers, mergeStaged, undoEarlyUsers } from './db/merge.js';
-export type { EarlyUsers, MergeOptions, MergeOutcome } from './db/merge.js';
+export { describePlan, mergeStaged, planFor, writePlan } from './db/merge/index.js';
+export type { MergeOptions, MergeOutcome, WritePlan } from './db/merge/index.js';
+export { readTarget } from './db/target.js';
+export type { Target, TargetColumn, TargetTable, OptionValueEncoding } from './db/target.js';
 export { beginImportRun, finishImportRun } from './db/runs.js';
 export type { ImportRunOptions } from './db/runs.js';
 export type { EmbeddedOptions, EmbeddedServer } from './db/embedded.js';

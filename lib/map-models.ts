@@ -8,8 +8,8 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import { ErrorCodes, RecordError } from './errors.js';
 import { DEFAULT_COLLECT_REJECTS, type FlowItem, type RejectMarker, type ScopedRecord, type SkipMarker } from './filter-users.js';
-import { checkOptions, isBoolean } from './options.js';
-import { describeAjvError, modelInfo, STAGE_COLUMNS, type StageColumn, type StageValue } from './models.js';
+import { checkOptions, isBoolean, type OptionCheck } from './options.js';
+import { describeAjvError, modelInfo, STAGE_COLUMNS, type FieldLimits, type StageColumn, type StageValue } from './models.js';
 import { canonicalOptionValue } from './option-values.js';
 import type { RecordPosition } from './tokenize.js';
 
@@ -65,6 +65,8 @@ export function stagedValues(row: StagedRow): { readonly [C in StageColumn]: Sta
 
 /** Options of {@link createModelMapper}. */
 export interface ModelMapperOptions {
+  /** What the target database is like, where it matters to the values (an import reads it from the target). @default Sentry's current schema */
+  target?: MapTarget;
   /**
    * Pass records that fail their schema on as {@link RejectMarker}s instead of failing the
    * stream (the CLI's `--rejects-file`). @default false ({@link DEFAULT_COLLECT_REJECTS})
@@ -102,8 +104,32 @@ function jsonProblem(v: unknown, depth = 0): string | undefined {
   return undefined;
 }
 
-/** Validates and maps one record. Pure. Throws a {@link RecordError}. */
-export function mapRecord(rec: ScopedRecord): StagedRow | FilteredMarker {
+/** The fields with legacy names renamed (a new object only when one is present). */
+function currentNames(fields: Record<string, unknown>, legacy: Record<string, string> | undefined): Record<string, unknown> {
+  if (!legacy) return fields;
+  let out = fields;
+  for (const old in legacy) {
+    const now = legacy[old]!;
+    // Both present: the current name wins and the old one counts as an unknown field.
+    if (!(old in fields) || now in fields) continue;
+    if (out === fields) out = { ...fields };
+    out[now] = out[old];
+    delete out[old];
+  }
+  return out;
+}
+
+/** PENDING-PICKLE: replaced when lib/pickle.ts lands. */
+function pickledOptionValue(_text: string, rec: ScopedRecord, field: string): string {
+  throw badValue(rec, field, 'cannot be written into a pickled option column yet');
+}
+
+/**
+ * Validates and maps one record. Pure. Throws a {@link RecordError}. `target`: what the target
+ * database is like ({@link MapTarget}): the widths records must fit, how option values are stored.
+ */
+export function mapRecord(rec: ScopedRecord, target?: MapTarget): StagedRow | FilteredMarker {
+  const limits = target?.fieldLimits;
   const info = modelInfo(rec.model);
   if (!info) {
     throw new RecordError(ErrorCodes.RECORD_ENVELOPE, `mapRecord: ${rec.model} is not a user-scope model`, {
@@ -121,10 +147,23 @@ export function mapRecord(rec: ScopedRecord): StagedRow | FilteredMarker {
     kind: 'row', ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, length: rec.length,
     model: rec.model, code: info.mapping.code, pk: rec.pk, values: NULLS,
   };
-  const fields = rec.fields;
+  const fields = currentNames(rec.fields, info.mapping.legacyNames);
   if (!info.validate(fields)) {
     const { field, reason } = describeAjvError(info.validate.errors?.[0]);
     throw badValue(rec, field ?? 'fields', reason);
+  }
+  const narrow = limits?.[rec.model];
+  if (narrow) {
+    for (const field in narrow) {
+      const v = fields[field];
+      const { max, column } = narrow[field]!;
+      if (typeof v === 'string' && v.length > max) {
+        throw new RecordError(ErrorCodes.RECORD_TARGET,
+          `${rec.model} pk ${rec.pk}: field ${field} has ${v.length} characters, more than the target's ${column} holds (${max})`, {
+            position: { ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, model: rec.model, pk: rec.pk, field },
+          });
+      }
+    }
   }
   let unknownFields: string[] | undefined;
   for (const k of Object.keys(fields)) if (!info.known.has(k)) (unknownFields ??= []).push(k);
@@ -162,7 +201,7 @@ export function mapRecord(rec: ScopedRecord): StagedRow | FilteredMarker {
               position: { ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, model: rec.model, pk: rec.pk, field: field! },
             });
         }
-        text = canonical.text;
+        text = target?.optionValues === 'pickle' ? pickledOptionValue(canonical.text, rec, field!) : canonical.text;
       } catch (err) {
         // Both walks recurse: a value nested a few thousand levels deep (possible when maxDepth
         // is raised) overflows the stack. That is a property of the record, not a crash.
@@ -207,17 +246,41 @@ export function mapReject(rec: ScopedRecord, err: RecordError): RejectMarker {
   return { kind: 'reject', ordinal, offset, line, column, length, model, error: err, record: { model, pk, fields } };
 }
 
+/**
+ * What the mapper needs to know of the target database: column widths narrower than the
+ * schemas' (Sentry 9's 75-character addresses), and how option values are stored there (jsonb,
+ * JSON text, or Sentry 9's pickles).
+ */
+export interface MapTarget {
+  fieldLimits?: FieldLimits;
+  /** @default 'jsonb' */
+  optionValues?: 'jsonb' | 'json-text' | 'pickle';
+}
+
+/** A {@link MapTarget}. */
+export const isMapTarget: OptionCheck = (v) => {
+  if (v === null || typeof v !== 'object') return 'a MapTarget object ({ fieldLimits, optionValues })';
+  const t = v as MapTarget;
+  if (t.optionValues !== undefined && !['jsonb', 'json-text', 'pickle'].includes(t.optionValues)) return "a MapTarget whose optionValues is 'jsonb', 'json-text' or 'pickle'";
+  const ok = t.fieldLimits === undefined || (t.fieldLimits !== null && typeof t.fieldLimits === 'object'
+    && Object.values(t.fieldLimits).every((m) => m !== null && typeof m === 'object'
+      && Object.values(m as object).every((l) => l !== null && typeof l === 'object' && Number.isInteger((l as { max: unknown }).max)
+        && typeof (l as { column: unknown }).column === 'string')));
+  return ok ? undefined : 'a MapTarget whose fieldLimits map model -> field -> { max, column }';
+};
+
 /** Creates the model-mapping stage: {@link FlowItem} in, {@link MappedItem} out. */
 export function createModelMapper(options: ModelMapperOptions = {}): Transform {
-  checkOptions('createModelMapper', options, { collectRejects: isBoolean });
+  checkOptions('createModelMapper', options, { collectRejects: isBoolean, target: isMapTarget });
   const collect = options.collectRejects ?? DEFAULT_COLLECT_REJECTS;
+  const target = options.target;
   return new Transform({
     objectMode: true,
     highWaterMark: 64,
     transform(item: FlowItem, _enc: BufferEncoding, callback: TransformCallback) {
       if (item.kind !== 'record') return callback(null, item);
       try {
-        callback(null, mapRecord(item));
+        callback(null, mapRecord(item, target));
       } catch (err) {
         if (!collect || !(err instanceof RecordError)) return callback(err as Error);
         callback(null, mapReject(item, err));

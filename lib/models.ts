@@ -18,6 +18,7 @@ export const STAGE_COLUMNS = [
   ['is_active', 'bool'], ['is_sentry_app', 'bool'],
   ['last_login', 'timestamptz'], ['date_joined', 'timestamptz'], ['last_active', 'timestamptz'],
   ['flags', 'int'], ['session_nonce', 'text'], ['avatar_type', 'int'], ['avatar_url', 'text'],
+  ['email_unique', 'text'], ['is_suspended', 'bool'],
   ['user_pk', 'int'], ['project_id', 'int'], ['organization_id', 'int'],
   ['opt_key', 'text'], ['opt_value', 'json'],
 ] as const satisfies readonly (readonly [string, ColumnType])[];
@@ -44,6 +45,12 @@ export interface ModelMapping {
   /** Field name -> staging column. */
   columns: Record<string, StageColumn>;
   /**
+   * Field name -> the column of Sentry's table it is written to, for the text fields whose width
+   * differs between Sentry's releases: a target narrower than the schema's `maxLength` (Sentry 9's
+   * 75-character addresses) is checked against its own width (see {@link fieldLimits}).
+   */
+  targetColumns?: Record<string, string>;
+  /**
    * Values checked per key, as Sentry's `UserOptionsSerializer` checks them on import: for each
    * key, a JSON Schema of the decoded value. Keys not listed are not checked.
    */
@@ -53,6 +60,13 @@ export interface ModelMapping {
    * field -> staging column that holds the key for the merge to resolve.
    */
   naturalKeys?: Record<string, StageColumn>;
+  /**
+   * Fields older Sentry releases wrote under another name: old name -> current name. Sentry 21.x
+   * and 22.x exports name the option's foreign keys `project` and `organization` (Django writes
+   * a ForeignKey under its field name); since 2023 they are HybridCloudForeignKeys named
+   * `project_id` and `organization_id`. The old name means what the new one means.
+   */
+  legacyNames?: Record<string, string>;
 }
 
 export interface ModelInfo {
@@ -65,6 +79,8 @@ export interface ModelInfo {
   fieldFor: (string | undefined)[];
   /** Compiled {@link ModelMapping.valueRules}, by key. */
   valueRules: Map<string, ValidateFunction>;
+  /** The JSON Schema itself. */
+  schema: Record<string, unknown>;
 }
 
 const SCHEMA_DIR = new URL('../../schemas/', import.meta.url);
@@ -170,7 +186,7 @@ function build() {
     const fieldFor = STAGE_COLUMNS.map(([col]) => Object.keys(mapping.columns).find((f) => mapping.columns[f] === col));
     const valueRules = new Map<string, ValidateFunction>();
     for (const [key, rule] of Object.entries(mapping.valueRules ?? {})) valueRules.set(key, ajv.compile(rule));
-    models.set(name, { name, mapping, validate: ajv.compile(schema), known: new Set(props), fieldFor, valueRules });
+    models.set(name, { name, mapping, validate: ajv.compile(schema), known: new Set(props), fieldFor, valueRules, schema });
   }
   return { envelope, models };
 }
@@ -195,6 +211,32 @@ export function modelByCode(code: number): ModelInfo {
 
 /** The four models `sentry export users` writes. */
 export const USER_SCOPE_MODELS: readonly UserScopeModel[] = USER_SCOPE;
+
+/**
+ * Widths of one target database, by model and field, where they are narrower than the schema's:
+ * a value longer than its column would fail (or be truncated by) PostgreSQL. The mapper checks
+ * them with the schema, so such a record is a coded error or a reject naming it, never a failed
+ * COPY or merge.
+ */
+export type FieldLimits = Readonly<Record<string, Readonly<Record<string, { max: number; column: string }>>>>;
+
+/**
+ * {@link FieldLimits} of a target whose tables have the given column widths
+ * (`widthOf(table, column)`: characters, or null when unbounded or absent).
+ */
+export function fieldLimits(widthOf: (table: string, column: string) => number | null | undefined): FieldLimits {
+  const out: Record<string, Record<string, { max: number; column: string }>> = {};
+  for (const m of registry().models.values()) {
+    const props = m.schema.properties as Record<string, { maxLength?: number }>;
+    for (const [field, column] of Object.entries(m.mapping.targetColumns ?? {})) {
+      const width = widthOf(m.mapping.table, column);
+      if (width == null) continue;
+      if (props[field]?.maxLength !== undefined && width >= props[field]!.maxLength!) continue;
+      (out[m.name] ??= {})[field] = { max: width, column: `${m.mapping.table}.${column}` };
+    }
+  }
+  return out;
+}
 
 /** Turns an ajv error into (field, reason). */
 export function describeAjvError(e: ErrorObject | undefined): { field: string | undefined; reason: string } {

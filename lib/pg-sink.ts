@@ -29,7 +29,7 @@ import type { RejectSink } from './rejects.js';
 import { makeSpool } from './spool.js';
 import { ImportStats } from './stats.js';
 
-const COPY_SQL = `COPY userport_stage (run, model, ord, off, line, col, src_pk, keep, ${STAGE_COLUMNS.map(([c]) => c).join(', ')}) FROM STDIN`;
+const COPY_SQL = (table: string) => `COPY ${table} (run, model, ord, off, line, col, src_pk, keep, ${STAGE_COLUMNS.map(([c]) => c).join(', ')}) FROM STDIN`;
 
 /** Rows per committed batch in resumable mode. */
 export const DEFAULT_BATCH_ROWS = 20000;
@@ -371,7 +371,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
   };
 
   const openCopy = (): CopyStream => {
-    const s = client.query(copyStreams.from(COPY_SQL));
+    const s = client.query(copyStreams.from(COPY_SQL(whole ? 'pg_temp.stage' : 'userport.stage')));
     // Errors surface through write callbacks / finish; keep one listener so none is unhandled.
     s.on('error', () => undefined);
     return s;
@@ -468,10 +468,9 @@ export function createPgSink(options: PgSinkOptions): Writable {
         await query(`SET temp_buffers = '256MB'`);
         await query('BEGIN');
         inTransaction = true;
-        // Same name as the persistent table: a temp table shadows it for this session, so the
-        // merge SQL is the same in both modes, and the staging of an atomic import is never
-        // WAL-logged and vanishes with its transaction.
-        await query('CREATE TEMP TABLE userport_stage (LIKE public.userport_stage INCLUDING DEFAULTS) ON COMMIT DROP');
+        // The staging of an atomic import is never WAL-logged and vanishes with its transaction;
+        // the merge finds it as pg_temp.stage (lib/db/merge/run.ts, stagingTable).
+        await query('CREATE TEMP TABLE stage (LIKE userport.stage INCLUDING DEFAULTS) ON COMMIT DROP');
         copy = openCopy();
       })().then(() => callback(), (err: Error) => callback(err));
     },

@@ -11,13 +11,16 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { RecordError } from './errors.js';
 import { DEFAULT_COLLECT_REJECTS, scopeRecord, scopeReject, USER_FILTER_OPTIONS, type UserFilterOptions } from './filter-users.js';
 import { checkOptions, toStringSet } from './options.js';
-import { mapRecord, mapReject, type MappedItem } from './map-models.js';
+import { isMapTarget, mapRecord, mapReject, type MappedItem, type MapTarget } from './map-models.js';
 import { endSplitter, RecordSplitter, TOKENIZER_OPTIONS, type RawRecord, type TokenizerOptions } from './tokenize.js';
 
-export interface RecordProcessorOptions extends TokenizerOptions, UserFilterOptions {}
+export interface RecordProcessorOptions extends TokenizerOptions, UserFilterOptions {
+  /** What the target database is like ({@link MapTarget}). @default Sentry's current schema */
+  target?: MapTarget;
+}
 
 /** Turns one parsed record into what the sink takes. Throws a RecordError unless collecting. */
-export function processRecord(raw: RawRecord, keep: ReadonlySet<string> | undefined, collect: boolean): MappedItem {
+export function processRecord(raw: RawRecord, keep: ReadonlySet<string> | undefined, collect: boolean, target?: MapTarget): MappedItem {
   let scoped;
   try {
     scoped = scopeRecord(raw, keep);
@@ -27,7 +30,7 @@ export function processRecord(raw: RawRecord, keep: ReadonlySet<string> | undefi
   }
   if (scoped.kind === 'skip') return scoped;
   try {
-    return mapRecord(scoped);
+    return mapRecord(scoped, target);
   } catch (err) {
     if (!collect || !(err instanceof RecordError)) throw err;
     return mapReject(scoped, err);
@@ -39,7 +42,8 @@ export function processRecord(raw: RawRecord, keep: ReadonlySet<string> | undefi
  * takes arrays as well as single items). `splitter` exposes progress (bytes and records read).
  */
 export function createRecordProcessor(options: RecordProcessorOptions = {}): Transform & { splitter: RecordSplitter } {
-  checkOptions('createRecordProcessor', options, { ...TOKENIZER_OPTIONS, ...USER_FILTER_OPTIONS });
+  checkOptions('createRecordProcessor', options, { ...TOKENIZER_OPTIONS, ...USER_FILTER_OPTIONS, target: isMapTarget });
+  const target = options.target;
   // Non-objects flow on as items so every error and reject comes in file order.
   const splitter = new RecordSplitter({ nonObjects: 'emit', ...options });
   const keep = options.usernames === undefined ? undefined : toStringSet('createRecordProcessor', 'usernames', options.usernames);
@@ -59,7 +63,7 @@ export function createRecordProcessor(options: RecordProcessorOptions = {}): Tra
       }
       try {
         out = new Array(records.length);
-        for (let i = 0; i < records.length; i++) out[i] = processRecord(records[i]!, keep, collect);
+        for (let i = 0; i < records.length; i++) out[i] = processRecord(records[i]!, keep, collect, target);
       } catch (err) {
         return callback(err as Error);
       }

@@ -47,6 +47,8 @@ export interface ImportSummary {
    * constraints were built (`bulkLoad: 'auto'`). Optional: summaries stored before it existed lack it.
    */
   bulkLoad?: boolean;
+  /** What was written into this target and what not, and why (`userport target` prints the same). */
+  target?: string[];
 }
 
 /** Rows userport writes beside the imported ones, as Sentry's signal receivers would. */
@@ -58,6 +60,16 @@ export interface Adjacent {
    * `receivers/email.py`). Optional: checkpoints written before it existed lack it.
    */
   userEmailAddresses?: number;
+  /**
+   * New users whose address another user of the target already had (a finding each). Optional:
+   * checkpoints written before it existed lack it.
+   */
+  sharedAddresses?: number;
+  /**
+   * On targets with `auth_user.email_unique` (Sentry 2025+): new users whose `email_unique` was
+   * left empty because another user holds that address there (a finding each).
+   */
+  emailUniqueLeftEmpty?: number;
 }
 
 const MAX_KEYS = 200;

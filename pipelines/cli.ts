@@ -18,6 +18,7 @@ import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
 import { formatBytes, parseCommand, reportError, usage, usageError, type FlagSpecs } from './cli-support.js';
 import { installSpoolCleanup } from './signals.js';
 import { runExportCommand } from './export-command.js';
+import { runTargetCommand } from './target-command.js';
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
 
@@ -25,7 +26,8 @@ Usage:
   userport import users SRC [options]   import an export (SRC is a file, a pipe, or - for stdin)
   userport export users DEST [options]  export the user scope like 'sentry export users' (DEST may be -)
   userport imports [--json]             list past imports with their state and counts
-  userport migrate                      create or upgrade the tables, nothing else
+  userport migrate                      create userport's schema (and Sentry's tables in an empty database)
+  userport target                       what an import would write into the database, and what not
   userport encrypt --encrypt-with PUB SRC DEST     encrypt an export like 'sentry backup encrypt'
   userport decrypt --decrypt-with KEY SRC DEST     decrypt an export like 'sentry backup decrypt'
   userport db url|psql|start|stop       the embedded database: its URL, a psql shell, start, stop
@@ -294,6 +296,11 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
     out.push(`Time: reading and staging ${ctx.phases.reading.toFixed(1)}s, merging ${ctx.phases.merging.toFixed(1)}s`);
   }
   if (s.bulkLoad && s.state !== 'already-done') out.push('Empty target: rows loaded first, indexes and constraints built after');
+  // A dry run shows what the import would write into this database (as `userport target` does);
+  // any import says what it could not write there.
+  const plan = s.target ?? [];
+  const shown = s.mode === 'dry-run' ? plan : plan.filter((l) => l.startsWith('Not written'));
+  if (shown.length && s.state !== 'already-done') out.push('', 'Target database:', ...shown.map((l) => `  ${l}`));
   out.push('', ...lines);
   for (const [model, c] of Object.entries(s.models)) {
     for (const [reason, k] of Object.entries(c.dropped)) out.push(`  dropped ${n(k)} ${model}: ${reason}`);
@@ -625,6 +632,7 @@ const COMMANDS: Readonly<Record<string, { run: (args: string[]) => Promise<numbe
   encrypt: { run: (args) => runEncryptCommand(args) },
   decrypt: { run: (args) => runDecryptCommand(args) },
   export: { run: (args) => runExportCommand(args) },
+  target: { run: (args) => runTargetCommand(args) },
 };
 
 /** Runs the CLI with `argv` (without node and script); resolves to the exit code. */

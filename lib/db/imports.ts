@@ -1,12 +1,12 @@
 /**
- * SQL on the import table (`userport_import`) and the resume protocol around it: the advisory
+ * SQL on the import table (`userport.imports`) and the resume protocol around it: the advisory
  * lock that says an import is running (and ending an orphaned holder), finding the import to
  * resume, checkpoints, and the final state. `importUsers` (lib/import.ts) drives these.
  */
 import os from 'node:os';
 import type { Knex } from 'knex';
 import type pg from 'pg';
-import { createKnex, migrate, waitForDatabase } from './knex.js';
+import { createKnex, isMigrated, waitForDatabase } from './knex.js';
 import { ErrorCodes, UserportError } from '../errors.js';
 import type { ImportSummary, StatsSnapshot } from '../stats.js';
 
@@ -71,7 +71,7 @@ export async function lockImport(client: pg.Client, importId: string): Promise<v
   await client.query('SET lock_timeout = 0');
 }
 
-/** A row of `userport_import`. */
+/** A row of `userport.imports`. */
 export interface ImportRow {
   run: number;
   state: string;
@@ -85,13 +85,13 @@ export interface ImportRow {
 
 /** The row of import `importId`, if any. */
 export async function findImport(client: pg.ClientBase, importId: string): Promise<ImportRow | undefined> {
-  const found = await client.query<ImportRow>('SELECT * FROM userport_import WHERE id = $1', [importId]);
+  const found = await client.query<ImportRow>('SELECT * FROM userport.imports WHERE id = $1', [importId]);
   return found.rows[0];
 }
 
 /** Marks an import being resumed as running again. */
 export async function markImportRunning(client: pg.ClientBase, run: number): Promise<void> {
-  await client.query(`UPDATE userport_import SET state = 'running', error = NULL, updated_at = now() WHERE run = $1`, [run]);
+  await client.query(`UPDATE userport.imports SET state = 'running', error = NULL, updated_at = now() WHERE run = $1`, [run]);
 }
 
 /** What an import row records of its source and options. */
@@ -106,7 +106,7 @@ export interface ImportRowSource {
 /** Inserts the row of a new resumable import; resolves to its run number. */
 export async function insertResumableImport(client: pg.ClientBase, r: ImportRowSource): Promise<number> {
   const ins = await client.query(
-    `INSERT INTO userport_import (id, mode, state, source, source_size, source_fingerprint, options)
+    `INSERT INTO userport.imports (id, mode, state, source, source_size, source_fingerprint, options)
      VALUES ($1, 'resumable', 'running', $2, $3, $4, $5) RETURNING run`,
     [r.importId, r.source, r.fingerprint!.size, r.fingerprint!.hash, JSON.stringify(r.options)]);
   return ins.rows[0].run;
@@ -114,12 +114,12 @@ export async function insertResumableImport(client: pg.ClientBase, r: ImportRowS
 
 /** A fresh run number for an import whose row is written only at the end (atomic, dry run). */
 export async function nextImportRun(client: pg.ClientBase): Promise<number> {
-  return (await client.query(`SELECT nextval('userport_import_run_seq')::bigint AS run`)).rows[0].run;
+  return (await client.query(`SELECT nextval('userport.imports_run_seq')::bigint AS run`)).rows[0].run;
 }
 
 /** Inserts the row of an atomic (or dry-run) import, inside its transaction, at the end. */
 export async function insertImport(c: pg.ClientBase, run: number, mode: ImportSummary['mode'], r: ImportRowSource): Promise<void> {
-  await c.query(`INSERT INTO userport_import (run, id, mode, state, source, source_size, source_fingerprint, options)
+  await c.query(`INSERT INTO userport.imports (run, id, mode, state, source, source_size, source_fingerprint, options)
                  VALUES ($1, $2, $3, 'running', $4, $5, $6, $7)`,
     [run, r.importId, mode, r.source, r.fingerprint?.size ?? null, r.fingerprint?.hash ?? null,
       JSON.stringify(r.options)]);
@@ -127,32 +127,34 @@ export async function insertImport(c: pg.ClientBase, run: number, mode: ImportSu
 
 /** The usernames of `names` (deduplicated, sorted) that no kept staged user of `run` has. */
 export async function unmatchedUsernames(c: pg.ClientBase, run: number, userCode: number, names: Iterable<string>): Promise<string[]> {
+  // The staging of an atomic import is its TEMP table (pg_temp.stage), of a resumable one userport.stage.
+  const S = (await c.query(`SELECT coalesce(to_regclass('pg_temp.stage')::text, 'userport.stage') AS s`)).rows[0].s as string;
   const r = await c.query(`SELECT name FROM unnest($2::text[]) AS name
-                           WHERE NOT EXISTS (SELECT 1 FROM userport_stage s WHERE s.run = $1 AND s.model = ${userCode} AND s.keep AND s.username = name)
+                           WHERE NOT EXISTS (SELECT 1 FROM ${S} s WHERE s.run = $1 AND s.model = ${userCode} AND s.keep AND s.username = name)
                            ORDER BY name`, [run, [...new Set(names)]]);
   return r.rows.map((x: { name: string }) => x.name);
 }
 
 /** Drops the staged rows of `run` (a resumable import's stage outlives its batches). */
 export async function deleteStaged(c: pg.ClientBase, run: number): Promise<void> {
-  await c.query('DELETE FROM userport_stage WHERE run = $1', [run]);
+  await c.query('DELETE FROM userport.stage WHERE run = $1', [run]);
 }
 
 /** Marks `run` done with its summary and counters. */
 export async function finishImport(c: pg.ClientBase, run: number, summary: ImportSummary, counters: StatsSnapshot): Promise<void> {
-  await c.query(`UPDATE userport_import SET state = 'done', finished_at = clock_timestamp(), updated_at = clock_timestamp(), summary = $2,
+  await c.query(`UPDATE userport.imports SET state = 'done', finished_at = clock_timestamp(), updated_at = clock_timestamp(), summary = $2,
                  counters = $3 WHERE run = $1`, [run, JSON.stringify(summary), JSON.stringify(counters)]);
 }
 
 /** Records a checkpoint: every record through `ordinal` (ending at byte `offset`) is committed. */
 export async function saveCheckpoint(c: pg.ClientBase, run: number, ordinal: number, offset: number, counters: StatsSnapshot): Promise<void> {
-  await c.query(`UPDATE userport_import SET checkpoint_ordinal = $2, checkpoint_offset = $3, counters = $4, updated_at = now()
+  await c.query(`UPDATE userport.imports SET checkpoint_ordinal = $2, checkpoint_offset = $3, counters = $4, updated_at = now()
                  WHERE run = $1`, [run, ordinal, offset, JSON.stringify(counters)]);
 }
 
 /** Marks `run` failed with `message`; never throws (the import's own error is what matters). */
 export async function markImportFailed(knex: Knex, run: number, message: string): Promise<void> {
-  await knex.raw(`UPDATE userport_import SET state = 'failed', error = ?, updated_at = now() WHERE run = ?`, [message, run]).catch(() => undefined);
+  await knex.raw(`UPDATE userport.imports SET state = 'failed', error = ?, updated_at = now() WHERE run = ?`, [message, run]).catch(() => undefined);
 }
 
 /**
@@ -162,7 +164,7 @@ export async function markImportFailed(knex: Knex, run: number, message: string)
  */
 export async function findResumableImport(client: pg.ClientBase, fp: { size: number; hash: string }, key: unknown): Promise<string | undefined> {
   const r = await client.query<{ id: string }>(
-    `SELECT id FROM userport_import
+    `SELECT id FROM userport.imports
      WHERE mode = 'resumable' AND source_size = $1 AND source_fingerprint = $2 AND options = $3::jsonb
      ORDER BY (state <> 'done') DESC, run DESC LIMIT 1`,
     [fp.size, fp.hash, JSON.stringify(key)]);
@@ -192,7 +194,8 @@ export async function listImports(databaseUrl: string): Promise<ImportListing[]>
   const knex = createKnex(databaseUrl, 2);
   try {
     await waitForDatabase(knex);
-    await migrate(knex);
+    // A listing reads only: a database userport never imported into has no imports to list.
+    if (!(await isMigrated(knex))) return [];
     // The lock is pg_advisory_lock(747211, hashtext(id)) (see importUsers): pg_locks shows a
     // two-key advisory lock as classid = key 1, objid = key 2 as unsigned, objsubid = 2.
     const { rows } = await knex.raw(`
@@ -203,7 +206,7 @@ export async function listImports(databaseUrl: string): Promise<ImportListing[]>
                WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                  AND l.classid = 747211 AND l.objid = (hashtext(i.id)::bigint & 4294967295)::oid AND l.objsubid = 2)
              THEN 'interrupted' ELSE state END AS state
-      FROM userport_import i ORDER BY run`);
+      FROM userport.imports i ORDER BY run`);
     return (rows as Record<string, unknown>[]).map((r) => ({
       run: Number(r.run), id: String(r.id), mode: r.mode as ImportListing['mode'], state: r.state as ImportListing['state'],
       source: String(r.source), startedAt: new Date(r.started_at as string), finishedAt: r.finished_at ? new Date(r.finished_at as string) : null,

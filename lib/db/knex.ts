@@ -5,19 +5,22 @@
 import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
 import { DatabaseError, ErrorCodes, OptionError } from '../errors.js';
-import * as m1 from './migrations/20261125000000_sentry_user_tables.js';
-import * as m2 from './migrations/20261125000100_userport_bookkeeping.js';
-import * as m3 from './migrations/20261201000000_bookkeeping_without_row_triggers.js';
-import * as m4 from './migrations/20261201120000_bookkeeping_foreign_keys_by_catalog.js';
+import * as m1 from './migrations/20261203000000_userport_bookkeeping.js';
+import * as m2 from './migrations/20261203000100_sentry_user_tables.js';
 
 interface Migration { up(k: Knex): Promise<void>; down(k: Knex): Promise<void> }
 
+/** One migration per concern: userport's bookkeeping (schema `userport`), then Sentry's tables where there are none. */
 const MIGRATIONS: Record<string, Migration> = {
-  '20261125000000_sentry_user_tables': m1,
-  '20261125000100_userport_bookkeeping': m2,
-  '20261201000000_bookkeeping_without_row_triggers': m3,
-  '20261201120000_bookkeeping_foreign_keys_by_catalog': m4,
+  '20261203000000_userport_bookkeeping': m1,
+  '20261203000100_sentry_user_tables': m2,
 };
+
+/**
+ * The schema of userport's own tables, knex's migration bookkeeping included: nothing userport
+ * keeps for itself lands in the schema of Sentry's tables.
+ */
+export const USERPORT_SCHEMA = 'userport';
 
 class ListedMigrations implements Knex.MigrationSource<string> {
   async getMigrations(): Promise<string[]> {
@@ -88,6 +91,15 @@ export function createKnex(url: string, poolMax = 4): Knex {
   });
 }
 
+/**
+ * Whether `migrate` has run in this database: read-only commands (`imports`, `export`, `target`)
+ * use it to create nothing in a database userport never wrote to.
+ */
+export async function isMigrated(knex: Knex): Promise<boolean> {
+  const r = await knex.raw(`SELECT to_regclass('${USERPORT_SCHEMA}.imports') IS NOT NULL AS ok`);
+  return !!r.rows[0].ok;
+}
+
 /** Runs pending migrations; returns the names it applied. Safe to call from concurrent imports. */
 export async function migrate(knex: Knex): Promise<string[]> {
   // knex's own migration lock is a row in a table that must exist first, and concurrent first runs
@@ -95,7 +107,9 @@ export async function migrate(knex: Knex): Promise<string[]> {
   const conn = await knex.client.acquireConnection();
   try {
     await conn.query('SELECT pg_advisory_lock(7472117101)');
-    const [, applied] = (await knex.migrate.latest({ migrationSource: new ListedMigrations() })) as [number, string[]];
+    // knex keeps its migration tables in this schema, which must exist before it looks for them.
+    await conn.query(`CREATE SCHEMA IF NOT EXISTS ${USERPORT_SCHEMA}`);
+    const [, applied] = (await knex.migrate.latest({ migrationSource: new ListedMigrations(), schemaName: USERPORT_SCHEMA })) as [number, string[]];
     return applied;
   } catch (err) {
     throw new DatabaseError(ErrorCodes.DB_QUERY, `migrating the database failed: ${(err as Error).message}`, { cause: err });

@@ -1,6 +1,6 @@
 /**
  * Import runs for callers who wire the stages themselves: every staged row, pk-map entry and
- * finding belongs to a run registered in `userport_import`, as `importUsers` does for its own.
+ * finding belongs to a run registered in `userport.imports`, as `importUsers` does for its own.
  */
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
@@ -23,7 +23,7 @@ export interface ImportRunOptions {
 export async function beginImportRun(client: pg.ClientBase, options: ImportRunOptions = {}): Promise<number> {
   checkOptions('beginImportRun', options, { id: isNonEmptyString, source: isNonEmptyString });
   try {
-    const r = await client.query(`INSERT INTO userport_import (id, mode, state, source) VALUES ($1, 'atomic', 'running', $2) RETURNING run`,
+    const r = await client.query(`INSERT INTO userport.imports (id, mode, state, source) VALUES ($1, 'atomic', 'running', $2) RETURNING run`,
       [options.id ?? randomUUID(), options.source ?? '(library)']);
     return Number(r.rows[0].run);
   } catch (err) {
@@ -34,7 +34,7 @@ export async function beginImportRun(client: pg.ClientBase, options: ImportRunOp
 /** Marks a run registered by {@link beginImportRun} done. Call it in the same transaction as the merge. */
 export async function finishImportRun(client: pg.ClientBase, run: number): Promise<void> {
   try {
-    await client.query(`UPDATE userport_import SET state = 'done', finished_at = now(), updated_at = now() WHERE run = $1`, [run]);
+    await client.query(`UPDATE userport.imports SET state = 'done', finished_at = now(), updated_at = now() WHERE run = $1`, [run]);
   } catch (err) {
     throw wrapDbError(err, 'finishing the import run');
   }

@@ -1,47 +1,53 @@
 import { expect } from 'chai';
+import fs from 'node:fs';
 import { freshDatabase, type TestDb } from '../helpers/db.js';
-import { migrate } from '../../lib/db/knex.js';
+import { isMigrated, migrate } from '../../lib/db/knex.js';
+import { SENTRY_TABLES } from '../../lib/db/migrations/20261203000100_sentry_user_tables.js';
+
+const tablesIn = async (db: TestDb, schema: string): Promise<string[]> =>
+  (await db.knex.raw(`SELECT table_name FROM information_schema.tables WHERE table_schema = ? ORDER BY 1`, [schema]))
+    .rows.map((r: { table_name: string }) => r.table_name);
 
 describe('migrations', () => {
   let db: TestDb;
   before(async () => { db = await freshDatabase(false); });
   after(async () => { await db.close(); });
 
-  it('creates Sentry\'s user tables and the bookkeeping tables, and is idempotent', async () => {
+  it('keeps userport\'s bookkeeping, knex\'s included, in schema userport, and is idempotent', async () => {
+    expect(await isMigrated(db.knex)).to.equal(false);
     const first = await migrate(db.knex);
-    expect(first).to.have.length(4);
-    const second = await migrate(db.knex);
-    expect(second).to.deep.equal([]);
-    const { rows } = await db.knex.raw(`SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1`);
-    const names = rows.map((r: { table_name: string }) => r.table_name);
-    for (const t of ['auth_user', 'sentry_email', 'sentry_useremail', 'sentry_useroption', 'sentry_lostpasswordhash',
-      'userport_import', 'userport_pk_map', 'userport_stage', 'userport_finding']) {
-      expect(names).to.include(t);
-    }
+    expect(first).to.deep.equal(['20261203000000_userport_bookkeeping', '20261203000100_sentry_user_tables']);
+    expect(await migrate(db.knex)).to.deep.equal([]);
+    expect(await isMigrated(db.knex)).to.equal(true);
+    expect(await tablesIn(db, 'userport')).to.deep.equal(
+      ['created_sentry_tables', 'findings', 'imports', 'knex_migrations', 'knex_migrations_lock', 'pk_map', 'stage']);
   });
 
-  it('leaves the bookkeeping tables without per-row foreign-key triggers (the pk map is written for every user and email)', async () => {
-    // The second migration made two such keys; the third drops them.
-    const { rows } = await db.knex.raw(`SELECT conrelid::regclass::text AS t, conname FROM pg_constraint
-      WHERE contype = 'f' AND confrelid = 'userport_import'::regclass ORDER BY 1, 2`);
-    expect(rows).to.deep.equal([]);
-    const pk = await db.knex.raw(`SELECT pg_get_constraintdef(oid) AS d FROM pg_constraint WHERE conrelid = 'userport_pk_map'::regclass AND contype = 'p'`);
-    expect(pk.rows).to.deep.equal([{ d: 'PRIMARY KEY (run, model, source_pk)' }]);
+  it('creates Sentry\'s user tables of one generation in a bare database, and nothing else beside them', async () => {
+    expect(await tablesIn(db, 'public')).to.deep.equal([...SENTRY_TABLES].sort());
+    const fns = await db.knex.raw(`SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'userport%'`);
+    expect(fns.rows).to.deep.equal([]);
+    // Sentry 25.x: sentry_email exists (citext), email_unique exists, is_suspended does not yet.
+    const cols = await db.knex.raw(`SELECT table_name, column_name, data_type FROM information_schema.columns
+      WHERE table_schema = 'public' AND (table_name, column_name) IN (('sentry_email', 'email'), ('auth_user', 'email_unique'), ('auth_user', 'is_suspended'), ('sentry_useroption', 'value'))
+      ORDER BY 1, 2`);
+    expect(cols.rows).to.deep.equal([
+      { table_name: 'auth_user', column_name: 'email_unique', data_type: 'character varying' },
+      { table_name: 'sentry_email', column_name: 'email', data_type: 'USER-DEFINED' },
+      { table_name: 'sentry_useroption', column_name: 'value', data_type: 'jsonb' },
+    ]);
   });
 
-  it('drops a bookkeeping foreign key to userport_import whatever its name (a table made before the migrations)', async () => {
+  it('creates none of Sentry\'s tables in a database that holds any of them, and rolling back drops only what it made', async () => {
     const other = await freshDatabase(false);
     try {
-      // A database whose bookkeeping tables existed before userport's migrations, with a key the
-      // third migration's default names miss.
-      await other.knex.raw(`CREATE TABLE userport_import (run bigserial PRIMARY KEY)`);
-      await other.knex.raw(`CREATE TABLE userport_pk_map (run bigint NOT NULL CONSTRAINT pk_map_import_fk REFERENCES userport_import (run),
-        model text NOT NULL, source_pk bigint NOT NULL, target_id bigint NOT NULL, kind text NOT NULL, PRIMARY KEY (run, model, source_pk))`);
-      const keys = () => other.knex.raw(`SELECT conname FROM pg_constraint WHERE contype = 'f' AND confrelid = 'userport_import'::regclass`)
-        .then((r: { rows: { conname: string }[] }) => r.rows.map((x) => x.conname));
-      expect(await keys()).to.deep.equal(['pk_map_import_fk']);
+      await other.knex.raw(`CREATE TABLE auth_user (id serial PRIMARY KEY, username varchar(128) NOT NULL UNIQUE, password varchar(128) NOT NULL)`);
       await migrate(other.knex);
-      expect(await keys()).to.deep.equal([]);
+      expect(await tablesIn(other, 'public')).to.deep.equal(['auth_user']);
+      // The down of the Sentry tables' migration runs on a database whose tables it did not make: they stay.
+      const { down } = await import('../../lib/db/migrations/20261203000100_sentry_user_tables.js');
+      await down(other.knex);
+      expect(await tablesIn(other, 'public')).to.deep.equal(['auth_user']);
     } finally {
       await other.close();
     }
@@ -51,16 +57,21 @@ describe('migrations', () => {
     const other = await freshDatabase(false);
     try {
       const results = await Promise.all([migrate(other.knex), migrate(other.knex), migrate(other.knex)]);
-      expect(results.map((r) => r.length).sort()).to.deep.equal([0, 0, 4]);
+      expect(results.map((r) => r.length).sort()).to.deep.equal([0, 0, 2]);
     } finally {
       await other.close();
     }
   });
 
-  it('enforces case-insensitive uniqueness of sentry_email', async () => {
-    await db.knex.raw(`INSERT INTO sentry_email (email) VALUES ('A@example.com')`);
+  it('enforces case-insensitive uniqueness of sentry_email (citext, as in Sentry)', async () => {
+    await db.knex.raw(`INSERT INTO sentry_email (email, date_added) VALUES ('A@example.com', now())`);
     let code: string | undefined;
-    try { await db.knex.raw(`INSERT INTO sentry_email (email) VALUES ('a@EXAMPLE.com')`); } catch (e) { code = (e as { code: string }).code; }
+    try { await db.knex.raw(`INSERT INTO sentry_email (email, date_added) VALUES ('a@EXAMPLE.com', now())`); } catch (e) { code = (e as { code: string }).code; }
     expect(code).to.equal('23505');
+  });
+
+  it('lists each migration once in the knex migration source, one per concern', () => {
+    const files = fs.readdirSync('lib/db/migrations').filter((f) => f.endsWith('.ts'));
+    expect(files).to.deep.equal(['20261203000000_userport_bookkeeping.ts', '20261203000100_sentry_user_tables.ts']);
   });
 });

@@ -1,0 +1,110 @@
+/**
+ * The empty-target path of the merge ("load first, index after", as pgloader does a restore).
+ */
+import type { Q } from './run.js';
+import type { WritePlan } from './plan.js';
+
+/**
+ * The empty-target path ("load first, index after", as pgloader does a restore). When every
+ * target table is empty and this transaction can lock them all at once, the unique constraints,
+ * secondary indexes and foreign keys among them are dropped, the rows are inserted into bare
+ * heaps, and the very same definitions (`pg_get_constraintdef`/`pg_get_indexdef`, same names) are
+ * created again before the merge ends: one index build and one bulk foreign-key check per
+ * constraint instead of a per-row index insertion and a per-row deferred trigger. All inside the
+ * import's transaction: a failure or a dry run rolls the definitions back with the rows.
+ *
+ * Never on a table that holds data: the tables are locked (ACCESS EXCLUSIVE, NOWAIT) only after
+ * they were seen empty, and checked again once locked. Primary keys stay (new ids are appended, so
+ * their maintenance is cheap, and other tables' foreign keys may hang on them), and so does any
+ * constraint or index another table's foreign key depends on, or a foreign key that points at a
+ * table outside the five (its table would be locked too).
+ */
+export interface BulkLoad {
+  /** Recreates what was dropped, in dependency order: indexes and unique constraints, then foreign keys. */
+  rebuild(): Promise<void>;
+}
+
+interface DroppedObject { table: string; name: string; kind: 'index' | 'unique' | 'foreign'; definition: string }
+
+const IDENT_SQL = (s: string) => `"${s.replace(/"/g, '""')}"`;
+
+/** `catalog` runs the catalog queries (not traced or explained: their plans are PostgreSQL's business). */
+export async function enterBulkLoad(q: Q, catalog: Q, plan: WritePlan): Promise<BulkLoad | undefined> {
+  // The tables of the plan: a table the target lacks is neither written nor locked.
+  const tables = [plan.user.table, plan.email?.table, plan.userEmail?.table, plan.userOption?.table, plan.lostPassword?.table]
+    .filter((t): t is string => t !== undefined);
+  const list = tables.map((t) => `'${t}'::regclass`).join(', ');
+  const anyRows = () => q(`SELECT ${tables.map((t) => `EXISTS (SELECT 1 FROM ${t})`).join(' OR ')} AS any`);
+  // Only what this role owns can be altered; anything else keeps the incremental path.
+  const owned = await catalog(`SELECT bool_and(pg_has_role(relowner, 'USAGE')) AS ok FROM pg_class WHERE oid IN (${list})`);
+  if (!owned.rows[0].ok) return undefined;
+  // Only what can be rebuilt exactly from pg_get_*def, and only where no kept deferred trigger
+  // would leave events pending (PostgreSQL refuses CREATE INDEX on such a table): anything else
+  // (a deferred foreign key to a table outside the five, row-level security, a partitioned table,
+  // index tablespaces or storage options, replica identity or CLUSTER marks, comments, statistics
+  // targets) keeps the incremental path.
+  const unusual = await catalog(`
+    SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid IN (${list}) AND (relrowsecurity OR relkind <> 'r'))
+      OR EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid IN (${list}) AND t.tgdeferrable AND (t.tgtype & 4) <> 0 -- fires on INSERT
+                   AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.oid = t.tgconstraint AND c.contype = 'f'
+                                     AND c.conrelid IN (${list}) AND c.confrelid IN (${list})))
+      OR EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid IN (${list}) AND NOT t.tgisinternal)
+      OR EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                 WHERE i.indrelid IN (${list}) AND NOT i.indisprimary
+                   AND (ic.reltablespace <> 0 OR ic.reloptions IS NOT NULL OR i.indisreplident OR i.indisclustered
+                        OR EXISTS (SELECT 1 FROM pg_description d WHERE d.objoid = ic.oid)
+                        OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = ic.oid AND a.attstattarget IS NOT NULL AND a.attstattarget >= 0)))
+      OR EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_description d ON d.objoid = c.oid WHERE c.conrelid IN (${list}))
+      AS unusual`);
+  if (unusual.rows[0].unusual) return undefined;
+  if ((await anyRows()).rows[0].any) return undefined;
+  await q('SAVEPOINT userport_bulk_lock');
+  try {
+    await q(`LOCK TABLE ${tables.join(', ')} IN ACCESS EXCLUSIVE MODE NOWAIT`);
+  } catch (err) {
+    // Another session uses a table right now (Sentry itself, a reader): no waiting, no bulk path.
+    if ((err as { code?: string }).code !== '55P03') throw err;
+    await q('ROLLBACK TO SAVEPOINT userport_bulk_lock');
+    return undefined;
+  }
+  // A row committed between the check and the lock: give the locks back (rolling back to the
+  // savepoint releases them) and take the incremental path.
+  if ((await anyRows()).rows[0].any) {
+    await q('ROLLBACK TO SAVEPOINT userport_bulk_lock');
+    return undefined;
+  }
+  await q('RELEASE SAVEPOINT userport_bulk_lock');
+  // Constraints and indexes that nothing outside the five tables depends on.
+  const objects = (await catalog(`
+    SELECT c.conrelid::regclass::text AS table, c.conname AS name,
+      CASE c.contype WHEN 'u' THEN 'unique' ELSE 'foreign' END AS kind,
+      pg_get_constraintdef(c.oid) AS definition
+    FROM pg_constraint c
+    WHERE c.conrelid IN (${list}) AND c.contype IN ('u', 'f')
+      AND (c.contype <> 'f' OR c.confrelid IN (${list}))
+      AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = c.conindid AND c.contype = 'u'
+                        AND f.conrelid NOT IN (${list}))
+    UNION ALL
+    SELECT i.indrelid::regclass::text, i.indexrelid::regclass::text, 'index', pg_get_indexdef(i.indexrelid)
+    FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+    WHERE i.indrelid IN (${list}) AND NOT i.indisprimary AND i.indisvalid
+      AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)
+      AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = i.indexrelid)
+    ORDER BY 1, 2`)).rows as DroppedObject[];
+  const order = { foreign: 0, unique: 1, index: 2 } as const;
+  const drops = [...objects].sort((a, b) => order[a.kind] - order[b.kind]);
+  for (const o of drops) {
+    // An index by its regclass text (schema-qualified when needed), never by a bare name.
+    await q(o.kind === 'index' ? `DROP INDEX ${o.name}` : `ALTER TABLE ${o.table} DROP CONSTRAINT ${IDENT_SQL(o.name)}`);
+  }
+  if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write(`[bulk] load first, then build: ${drops.map((o) => `${o.table}.${o.name}`).join(', ')}\n`);
+  return {
+    async rebuild() {
+      // Index builds sort in memory up to maintenance_work_mem (64 MB by default).
+      await q(`SELECT set_config('maintenance_work_mem', '256MB', true) WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < 256 * 1024 * 1024`);
+      for (const o of [...drops].reverse()) {
+        await q(o.kind === 'index' ? o.definition : `ALTER TABLE ${o.table} ADD CONSTRAINT ${IDENT_SQL(o.name)} ${o.definition}`);
+      }
+    },
+  };
+}

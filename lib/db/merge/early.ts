@@ -1,0 +1,82 @@
+/**
+ * The users' step of a merge started while the rest of the file is still being read: the sink
+ * calls it when the first row of another model follows a first run of users, so PostgreSQL
+ * decides and writes the users while Node parses the other models. Only on the empty-target path
+ * (the target tables empty and locked, see bulk-load.ts), inside a savepoint, with the state of
+ * the two id sequences it draws from noted: if a user row comes later after all (a file not in
+ * Sentry's model order), {@link undoEarlyUsers} puts the sequences back while the tables are
+ * still locked and rolls back to the savepoint, and `mergeStaged` then merges everything as if
+ * this never ran, so the result, ids included, does not depend on file order.
+ */
+import type pg from 'pg';
+import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
+import type { WritePlan } from './plan.js';
+import { idSequence, openMerge, runner } from './run.js';
+import { mergeUsers, type UsersStepOptions, type UsersWritten } from './users.js';
+
+/** What the users' step wrote (step 2 of the merge), and how. */
+export interface UsersStep extends UsersWritten {
+  bulk: BulkLoad | undefined;
+}
+
+/** The early users step, done: what it wrote and how to put the id sequences back. */
+export interface EarlyUsers {
+  readonly step: UsersStep;
+  readonly sequences: readonly { seq: string; lastValue: string; isCalled: boolean; after: string }[];
+}
+
+export const EARLY_SAVEPOINT = 'userport_early_users';
+
+/**
+ * Starts {@link EarlyUsers}: takes the empty-target path (locks, drops) inside a savepoint and
+ * notes the id sequences. Quick; resolves undefined, leaving nothing behind, when that path cannot
+ * be taken. Then `run()` does the users' step (seconds at 100k users). Runs in the import's
+ * transaction, on the connection that staged the users.
+ */
+export async function beginEarlyUsers(client: pg.ClientBase, options: UsersStepOptions & { bulkLoad?: boolean }, plan: WritePlan): Promise<{ run(): Promise<EarlyUsers> } | undefined> {
+  if (!options.bulkLoad) return undefined;
+  const q = runner(client);
+  const S = await openMerge(q);
+  await q(`SAVEPOINT ${EARLY_SAVEPOINT}`);
+  const bulk = await enterBulkLoad(q, (sql) => client.query(sql), plan);
+  if (!bulk) {
+    await q(`ROLLBACK TO SAVEPOINT ${EARLY_SAVEPOINT}`);
+    await q(`RELEASE SAVEPOINT ${EARLY_SAVEPOINT}`);
+    return undefined;
+  }
+  const seqs: string[] = [];
+  for (const table of [plan.user.table, plan.lostPassword?.table]) {
+    if (table === undefined) continue;
+    const seq = await idSequence(q, table);
+    if (seq) seqs.push(seq);
+  }
+  const state = async (seq: string) => (await q(`SELECT last_value::text AS v, is_called AS c FROM ${seq}`)).rows[0] as { v: string; c: boolean };
+  const before: { v: string; c: boolean }[] = [];
+  for (const seq of seqs) before.push(await state(seq));
+  return {
+    async run() {
+      const written = await mergeUsers(q, S, options, plan);
+      const after: string[] = [];
+      for (const seq of seqs) after.push((await state(seq)).v);
+      return {
+        step: { bulk, ...written },
+        sequences: seqs.map((seq, i) => ({ seq, lastValue: before[i]!.v, isCalled: before[i]!.c, after: after[i]! })),
+      };
+    },
+  };
+}
+
+/**
+ * Undoes {@link beginEarlyUsers}: the id sequences first, while the tables are still locked (and
+ * only where nobody else drew from them meanwhile), then everything else by the savepoint. Call it
+ * before staging anything more: the rollback also drops what was staged after the savepoint.
+ */
+export async function undoEarlyUsers(client: pg.ClientBase, early: EarlyUsers): Promise<void> {
+  const q = runner(client);
+  if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write('[early] a user came after other models: the early users step is undone\n');
+  for (const s of early.sequences) {
+    await q(`SELECT setval($1::regclass, $2::bigint, $3) WHERE (SELECT last_value FROM ${s.seq}) = $4::bigint`, [s.seq, s.lastValue, s.isCalled, s.after]);
+  }
+  await q(`ROLLBACK TO SAVEPOINT ${EARLY_SAVEPOINT}`);
+  await q(`RELEASE SAVEPOINT ${EARLY_SAVEPOINT}`);
+}

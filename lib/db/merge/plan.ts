@@ -1,0 +1,167 @@
+/**
+ * The write plan: what the merge writes into *this* target, derived from the catalog
+ * ({@link Target}) and the model registry (`schemas/`), never from a Sentry version number.
+ *
+ * - Only columns the target has are written; every NOT NULL column without a database default
+ *   gets the value Sentry's model gives a relocated user. A NOT NULL column userport does not
+ *   know (a future Sentry's) stops the import before anything is written.
+ * - Tables the target lacks are not written, and the plan says why (no `sentry_email` after 2026).
+ * - Keys follow the target: an ON CONFLICT arbiter only where the target has that unique key;
+ *   addresses compared case-insensitively whatever the column type (citext or varchar).
+ */
+import { DatabaseError, ErrorCodes } from '../../errors.js';
+import { modelInfo } from '../../models.js';
+import { arbiter, idLimit, type Target, type TargetTable } from '../target.js';
+
+/** Sentry's table of lost-password hashes (not a model of the export: no schema names it). */
+export const LOST_PASSWORD_TABLE = 'sentry_lostpasswordhash';
+
+/**
+ * What a relocated user gets in each `auth_user` column, as SQL over a row `u` of the users'
+ * decision table (`up_user`), in user scope (Sentry's `User.normalize_before_relocation_import`
+ * and `write_relocation_import`): privileges cleared, unclaimed, a password nobody knows (Django's
+ * unusable form, `!` and 40 characters), the profile as exported.
+ */
+const USER_VALUES: Record<string, string> = {
+  id: 'u.new_id',
+  password: `'!' || substr(md5(random()::text) || md5(random()::text), 1, 40)`,
+  last_login: 'u.last_login',
+  username: 'u.final_name',
+  first_name: `coalesce(u.first_name, '')`,
+  email: `coalesce(u.email, '')`,
+  email_unique: 'u.email_unique_final',
+  is_staff: 'false',
+  is_active: 'coalesce(u.is_active, true)',
+  is_unclaimed: 'true',
+  is_superuser: 'false',
+  is_managed: 'false',
+  is_sentry_app: 'u.is_sentry_app',
+  is_password_expired: 'false',
+  is_suspended: 'coalesce(u.is_suspended, false)',
+  last_password_change: 'now()',
+  flags: 'coalesce(u.flags, 0)',
+  session_nonce: 'u.session_nonce',
+  date_joined: 'coalesce(u.date_joined, now())',
+  last_active: 'u.last_active',
+  avatar_type: 'coalesce(u.avatar_type, 0)',
+  avatar_url: 'u.avatar_url',
+};
+
+/** When Sentry added the `auth_user` columns an older target may lack (for the report). */
+const USER_COLUMN_HISTORY: Record<string, string> = {
+  email_unique: 'added in 2025 (migration 0915)',
+  is_unclaimed: 'added in 2023 for relocation',
+  is_suspended: 'added in 2026 (migration 1075)',
+  avatar_type: 'added in 2023',
+  avatar_url: 'added in 2023',
+};
+
+/** One thing the plan does not write, and why. */
+export interface NotWritten {
+  what: string;
+  why: string;
+}
+
+/** The tables and columns of one target the merge writes. */
+export interface WritePlan {
+  target: Target;
+  user: {
+    table: string;
+    /** Columns of the INSERT, in the target's order. */
+    columns: string[];
+    /** The SQL value of each column, over `up_user u`. */
+    values: string[];
+    /** The largest id `auth_user.id` holds. */
+    idLimit: number | bigint;
+    /** The target has `email_unique` (UNIQUE): the merge decides each new user's value. */
+    emailUnique: boolean;
+    /** Width of `username`, for renamed users' tails. */
+    usernameMax: number;
+  };
+  /** `sentry_email`, when the target has it. */
+  email: { table: string; arbiter: string | undefined } | undefined;
+  userEmail: { table: string; arbiter: string | undefined } | undefined;
+  userOption: { table: string; value: string } | undefined;
+  lostPassword: { table: string } | undefined;
+  notWritten: NotWritten[];
+}
+
+function tableOf(model: string): string {
+  return modelInfo(model)!.mapping.table;
+}
+
+/** The plan for `target` (which must have `auth_user`, see `requireUserTable`). */
+export function writePlan(target: Target): WritePlan {
+  const notWritten: NotWritten[] = [];
+  const userTable = tableOf('sentry.user');
+  const user = target.tables.get(userTable)!;
+  const columns: string[] = [];
+  for (const c of user.columns.values()) {
+    if (USER_VALUES[c.name] !== undefined) { columns.push(c.name); continue; }
+    if (c.notNull && !c.hasDefault) {
+      throw new DatabaseError(ErrorCodes.TARGET_SCHEMA,
+        `${userTable}.${c.name} in the target database is NOT NULL without a default, and userport does not know what Sentry writes there: nothing was written`);
+    }
+    notWritten.push({ what: `${userTable}.${c.name}`, why: 'a column Sentry\'s user scope does not fill: left to its default' });
+  }
+  for (const name of Object.keys(USER_VALUES)) {
+    if (!user.columns.has(name)) notWritten.push({ what: `${userTable}.${name}`, why: `no such column in this database (${USER_COLUMN_HISTORY[name] ?? 'not in this Sentry generation'})` });
+  }
+  const present = (model: string): TargetTable | undefined => target.tables.get(tableOf(model));
+  const emailTable = present('sentry.email');
+  if (!emailTable) {
+    notWritten.push({
+      what: tableOf('sentry.email'),
+      why: 'no sentry_email in this database: Sentry removed it in 2026, so no Email rows are written and sentry.email records are dropped',
+    });
+  }
+  const ue = present('sentry.useremail');
+  if (!ue) notWritten.push({ what: tableOf('sentry.useremail'), why: 'no such table in this database: user emails and primary addresses are dropped' });
+  const uo = present('sentry.useroption');
+  if (!uo) notWritten.push({ what: tableOf('sentry.useroption'), why: 'no such table in this database: user options are dropped' });
+  const lph = target.tables.get(LOST_PASSWORD_TABLE);
+  if (!lph) notWritten.push({ what: LOST_PASSWORD_TABLE, why: 'no such table in this database: imported users get no lost-password hash' });
+  const optionValue = () => {
+    switch (target.optionValues) {
+      // The mapper already wrote the value in the target's encoding (JSON text or a base64 pickle).
+      case 'json-text': case 'pickle': return 'opt_value';
+      default: return 'opt_value::jsonb';
+    }
+  };
+  return {
+    target,
+    user: {
+      table: userTable, columns, values: columns.map((c) => USER_VALUES[c]!), idLimit: idLimit(target, userTable),
+      emailUnique: user.columns.has('email_unique'), usernameMax: user.columns.get('username')?.maxLength ?? 128,
+    },
+    email: emailTable && {
+      table: emailTable.name,
+      // citext's UNIQUE (email) or a UNIQUE index on lower(email): either is case-insensitive.
+      arbiter: arbiter(target, emailTable.name, ['email']) ?? arbiter(target, emailTable.name, ['lower((email)::text)']),
+    },
+    userEmail: ue && { table: ue.name, arbiter: arbiter(target, ue.name, ['user_id', 'email']) },
+    userOption: uo && { table: uo.name, value: optionValue() },
+    lostPassword: lph && { table: lph.name },
+    notWritten,
+  };
+}
+
+/** The plan as lines a person reads (`userport target`, `--dry-run`). */
+export function describePlan(plan: WritePlan): string[] {
+  const t = plan.target;
+  const lines: string[] = [];
+  const userId = t.tables.get(plan.user.table)!.columns.get('id')!;
+  lines.push(`Sentry tables in schema ${t.schema}: ${[...t.tables.keys()].join(', ')}`);
+  lines.push(`User ids: ${userId.type}${plan.user.idLimit === 2147483647 ? ' (32-bit: at most 2,147,483,647)' : ''}; ` +
+    `${t.userForeignKeys.length} foreign keys of other tables point at ${plan.user.table}`);
+  lines.push(`Writes ${plan.user.table}: ${plan.user.columns.join(', ')}`);
+  if (plan.email) lines.push(`Writes ${plan.email.table}: email, date_added (addresses compared case-insensitively)`);
+  if (plan.userEmail) lines.push(`Writes ${plan.userEmail.table}: user_id, email, validation_hash, date_hash_added, is_verified`);
+  if (plan.userOption) {
+    const enc = { jsonb: 'jsonb', 'json-text': 'JSON text', pickle: 'base64 Python pickles (django-picklefield)' }[t.optionValues ?? 'jsonb'];
+    lines.push(`Writes ${plan.userOption.table}: user_id, project_id, organization_id, key, value (as ${enc}: ${t.optionValuesEvidence ?? 'jsonb'})`);
+  }
+  if (plan.lostPassword) lines.push(`Writes ${plan.lostPassword.table}: user_id, hash, date_added`);
+  for (const n of plan.notWritten) lines.push(`Not written: ${n.what}: ${n.why}`);
+  return lines;
+}

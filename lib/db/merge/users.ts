@@ -1,0 +1,161 @@
+/**
+ * Step 2 of the merge: one pass decides who is inserted, renamed, merged or filtered (ties by
+ * source pk), new ids are drawn in file order (as Sentry's import inserts), then the users, their
+ * lost-password hashes and their pk map are written. Reads only the staged users, so it can run
+ * before the other models are staged (see early.ts).
+ */
+import { DatabaseError, ErrorCodes } from '../../errors.js';
+import { idSequence, modelCodes, type Q } from './run.js';
+import type { WritePlan } from './plan.js';
+
+/** Sentry's suffix schedule for renamed users: tail length, attempts. Then 12 until unique. */
+const RENAME_SCHEDULE: [number, number][] = [[2, 2], [3, 3], [5, 20], [12, 1]];
+const MAX_RENAME_ROUNDS = 200;
+
+/** What the users' step wrote. */
+export interface UsersWritten {
+  usersInserted: number;
+  lostPasswordHashes: number;
+}
+
+export interface UsersStepOptions {
+  run: number;
+  mergeUsers: boolean;
+}
+
+export async function mergeUsers(q: Q, S: string, options: UsersStepOptions, plan: WritePlan): Promise<UsersWritten> {
+  const U = plan.user.table;
+  // The id sequence is looked up once: pg_get_serial_sequence per row read the catalog for every
+  // user (about half of this statement's time at 100k users).
+  const userSeq = await idSequence(q, U);
+  if (!userSeq) throw new DatabaseError(ErrorCodes.TARGET_SCHEMA, `${U}.id in the target database has no sequence to draw new ids from`);
+  await q(`
+    CREATE TEMP TABLE up_user ON COMMIT DROP AS
+    WITH u AS (
+      SELECT s.*, lower(s.username) AS lname,
+        CASE WHEN s.keep THEN row_number() OVER (PARTITION BY s.keep, lower(s.username) ORDER BY s.src_pk) END AS rn
+      FROM ${S} s WHERE s.run = $1 AND s.model = ${modelCodes().user}
+    ), ex AS (
+      -- An existing user with the same name, case-insensitively (the oldest if several).
+      SELECT DISTINCT ON (lower(a.username)) lower(a.username) AS lname, a.id
+      FROM ${U} a WHERE lower(a.username) IN (SELECT lname FROM u WHERE keep)
+      ORDER BY lower(a.username), a.id
+    ), o AS (
+      SELECT u.*, ex.id AS ex_id,
+        CASE WHEN NOT u.keep THEN 'filtered'
+             WHEN ex.id IS NULL AND u.rn = 1 THEN 'inserted'
+             WHEN $2 THEN 'merged'
+             ELSE 'renamed' END AS outcome
+      FROM u LEFT JOIN ex USING (lname)
+    )
+    SELECT o.*,
+      CASE WHEN outcome = 'inserted' THEN username END AS final_name,
+      NULL::bigint AS new_id,
+      CASE WHEN outcome = 'merged' THEN ex_id END AS target_id,
+      NULL::text AS email_unique_final,
+      NULL::text AS address_note,
+      CASE WHEN outcome = 'filtered' THEN 'username not in --filter-usernames'
+           WHEN outcome = 'renamed' THEN 'username taken'
+           WHEN outcome = 'merged' AND ex_id IS NOT NULL THEN 'merged into existing user'
+           WHEN outcome = 'merged' THEN 'merged into an earlier user of the export with the same username' END AS reason
+    FROM o`, [options.run, options.mergeUsers]);
+
+  // New ids in file order, as Sentry's import (one save per record) gives them; an id the
+  // target's id column cannot hold (Sentry 9's 32-bit ids) stops the import before any write.
+  const count = Number((await q(`SELECT count(*) AS n FROM up_user WHERE outcome IN ('inserted', 'renamed')`)).rows[0].n);
+  if (count > 0) {
+    const seq = (await q(`SELECT last_value::text AS v, is_called FROM ${userSeq}`)).rows[0] as { v: string; is_called: boolean };
+    const highest = BigInt(seq.v) + BigInt(count) - (seq.is_called ? 0n : 1n);
+    if (highest > BigInt(plan.user.idLimit)) {
+      throw new DatabaseError(ErrorCodes.TARGET_LIMIT,
+        `importing ${count} users would need user ids up to ${highest}, more than the target's ${U}.id holds (${plan.user.idLimit}): nothing was written`);
+    }
+    // nextval in the projection above the sort: one id per row, in ord order (a volatile
+    // function keeps the subquery from being flattened into the join).
+    await q(`
+      UPDATE up_user p SET new_id = n.id, target_id = n.id
+      FROM (SELECT src_pk, nextval($1::regclass) AS id FROM (SELECT src_pk FROM up_user WHERE outcome IN ('inserted', 'renamed') ORDER BY ord) o) n
+      WHERE p.src_pk = n.src_pk`, [userSeq]);
+  }
+  await q('ANALYZE up_user (src_pk, lname, keep, rn, outcome, new_id, target_id, final_name, email)');
+  if (options.mergeUsers) {
+    // Later users of a name merge into its first user when that one is inserted now.
+    await q(`UPDATE up_user p SET target_id = l.new_id FROM up_user l
+             WHERE p.outcome = 'merged' AND p.target_id IS NULL AND l.keep AND l.rn = 1 AND l.lname = p.lname`);
+  }
+  await renameUsers(q, plan);
+  await decideAddresses(q, plan);
+  const usersInserted = (await q(`
+    INSERT INTO ${U} (${plan.user.columns.join(', ')})
+    SELECT ${plan.user.values.join(', ')}
+    FROM up_user u WHERE new_id IS NOT NULL ORDER BY new_id`)).rowCount ?? 0;
+  let lostPasswordHashes = 0;
+  if (plan.lostPassword) {
+    lostPasswordHashes = (await q(`
+      INSERT INTO ${plan.lostPassword.table} (user_id, hash, date_added)
+      SELECT new_id, replace(gen_random_uuid()::text, '-', ''), now() FROM up_user WHERE new_id IS NOT NULL ORDER BY new_id`)).rowCount ?? 0;
+  }
+  await q(`
+    INSERT INTO userport.pk_map (run, model, source_pk, target_id, kind)
+    SELECT $1, 'sentry.user', src_pk, target_id, CASE WHEN outcome = 'merged' THEN 'merged' ELSE 'inserted' END
+    FROM up_user WHERE keep`, [options.run]);
+  // Statistics of a table another session analyzed while a (since killed) merge held uncommitted
+  // rows in it say "empty" whatever its size: the planner then loops over it. Analyze what this
+  // transaction filled before joining it (ANALYZE counts the transaction's own rows).
+  await q('ANALYZE userport.pk_map');
+  return { usersInserted, lostPasswordHashes };
+}
+
+/**
+ * Each new user's `email_unique` (where the target has that UNIQUE column, Sentry 2025+) and a
+ * note when its address is already another user's. Sentry keeps an exported `email_unique` and
+ * otherwise sets it to the address; an address another user already holds (in the database, or
+ * a user of this export with a lower pk) would fail the whole import on the UNIQUE key, so it is
+ * left empty (NULL, which the key allows) and the finding says so.
+ */
+async function decideAddresses(q: Q, plan: WritePlan): Promise<void> {
+  const U = plan.user.table;
+  // Existing users with the same address, case-insensitively (the oldest): reported either way.
+  await q(`
+    UPDATE up_user p SET address_note = 'address also held by existing user id ' || h.id
+    FROM (SELECT DISTINCT ON (lower(a.email)) lower(a.email) AS le, a.id FROM ${U} a
+          WHERE a.email <> '' AND lower(a.email) IN (SELECT lower(email) FROM up_user WHERE new_id IS NOT NULL)
+          ORDER BY lower(a.email), a.id) h
+    WHERE p.new_id IS NOT NULL AND lower(p.email) = h.le`);
+  if (!plan.user.emailUnique) return;
+  await q(`
+    UPDATE up_user p SET
+      email_unique_final = CASE WHEN c.rn = 1 AND c.holder IS NULL THEN c.cand END,
+      address_note = CASE WHEN c.holder IS NOT NULL THEN 'email_unique left empty: ' || c.cand || ' is the email_unique of existing user id ' || c.holder
+                          WHEN c.rn > 1 THEN 'email_unique left empty: ' || c.cand || ' is the email_unique of an earlier user of the export (pk ' || c.first_pk || ')'
+                          ELSE p.address_note END
+    FROM (SELECT x.src_pk, x.cand, x.rn, x.first_pk, (SELECT a.id FROM ${U} a WHERE a.email_unique = x.cand LIMIT 1) AS holder
+          FROM (SELECT src_pk, cand, row_number() OVER (PARTITION BY cand ORDER BY src_pk) AS rn,
+                       first_value(src_pk) OVER (PARTITION BY cand ORDER BY src_pk) AS first_pk
+                FROM (SELECT src_pk, nullif(coalesce(email_unique, email), '') AS cand FROM up_user WHERE new_id IS NOT NULL) y
+                WHERE cand IS NOT NULL) x) c
+    WHERE p.src_pk = c.src_pk`);
+}
+
+/** Gives every 'renamed' user a free `<name>-<random tail>`, in set-based rounds. */
+async function renameUsers(q: Q, plan: WritePlan): Promise<void> {
+  if (!(await q(`SELECT 1 FROM up_user WHERE outcome = 'renamed' LIMIT 1`)).rowCount) return;
+  const lengths: number[] = [];
+  for (const [len, tries] of RENAME_SCHEDULE) for (let i = 0; i < tries; i++) lengths.push(len);
+  for (let round = 0; round < MAX_RENAME_ROUNDS; round++) {
+    const len = lengths[Math.min(round, lengths.length - 1)]!;
+    // A candidate is taken when any user (existing, or kept by this import) has it,
+    // case-insensitively, or when two pending users drew the same one this round. Each check is
+    // a plain join so the planner can hash it, however many users are renamed.
+    await q(`CREATE TEMP TABLE up_cand ON COMMIT DROP AS
+             SELECT src_pk, left(username, ${plan.user.usernameMax - 1 - len}) || '-' || userport.random_string(${len}) AS cand
+             FROM up_user WHERE outcome = 'renamed' AND final_name IS NULL`);
+    await q(`DELETE FROM up_cand c USING (SELECT lower(cand) AS lc FROM up_cand GROUP BY 1 HAVING count(*) > 1) t WHERE lower(c.cand) = t.lc`);
+    await q(`DELETE FROM up_cand c USING ${plan.user.table} a WHERE lower(a.username) = lower(c.cand)`);
+    await q(`DELETE FROM up_cand c USING up_user o WHERE lower(o.final_name) = lower(c.cand)`);
+    await q(`UPDATE up_user p SET final_name = c.cand FROM up_cand c WHERE p.src_pk = c.src_pk`);
+    await q('DROP TABLE up_cand');
+    if (!(await q(`SELECT 1 FROM up_user WHERE outcome = 'renamed' AND final_name IS NULL LIMIT 1`)).rowCount) return;
+  }
+  throw new Error('could not find free usernames for renamed users');
+}

@@ -1,0 +1,58 @@
+/**
+ * `userport target`: what an import would write into a database, read from its catalog, and
+ * what it would not, and why. Reads only: creates nothing, not even userport's own tables.
+ */
+import pg from 'pg';
+import { defaultEmbeddedDir, embeddedUrl, readEmbeddedConfig } from '../lib/db/embedded.js';
+import { applySessionSettings, checkDatabaseUrl } from '../lib/db/knex.js';
+import { describePlan, planFor } from '../lib/db/merge/index.js';
+import { ErrorCodes, OptionError, UserportError, wrapDbError } from '../lib/errors.js';
+import { parseCommand, type FlagSpecs } from './cli-support.js';
+
+export const TARGET_HELP = `Usage: userport target [--database-url URL] [--json]
+
+Read the target database's catalog and print what an import would write there (tables and
+columns, in the types this Sentry generation has) and what it would not, and why. Reads only:
+nothing is created or changed.
+
+Options:
+  --database-url URL   the database (default: $DATABASE_URL, else the embedded one if it exists)
+  --json               print the plan's lines as a JSON array
+  -h, --help           this help
+
+Example:
+  userport target --database-url postgresql://sentry@db.internal/sentry
+`;
+
+const FLAGS: FlagSpecs = { 'database-url': { type: 'string' }, json: { type: 'boolean' } };
+
+/** The database to read: given, $DATABASE_URL, or the embedded one when it already exists (never started here). */
+function databaseUrl(given: string | undefined): string {
+  const url = given ?? process.env.DATABASE_URL;
+  if (url) {
+    checkDatabaseUrl(url);
+    return url;
+  }
+  const cfg = readEmbeddedConfig(defaultEmbeddedDir());
+  if (!cfg) throw new OptionError('no database: give --database-url (or $DATABASE_URL); the embedded one does not exist yet', 'databaseUrl');
+  return embeddedUrl(cfg);
+}
+
+export async function runTargetCommand(args: string[]): Promise<number> {
+  const { values: o } = parseCommand(args, FLAGS, 'target', false);
+  if (o.help) { process.stdout.write(TARGET_HELP); return 0; }
+  const url = databaseUrl(typeof o['database-url'] === 'string' ? o['database-url'] : undefined);
+  const client = new pg.Client({ connectionString: url, application_name: 'userport target' });
+  client.on('error', () => undefined);
+  try {
+    try { await client.connect(); } catch (err) { throw wrapDbError(err, 'connecting'); }
+    await applySessionSettings(client);
+    const lines = await planFor(client).then(describePlan, (err: unknown) => {
+      throw err instanceof UserportError ? err : new UserportError(ErrorCodes.DB_QUERY, `reading the catalog failed: ${(err as Error).message}`, { cause: err });
+    });
+    process.stdout.write(o.json ? `${JSON.stringify(lines, null, 2)}\n` : `${lines.join('\n')}\n`);
+    return 0;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
