@@ -10,11 +10,13 @@
  * dependency order, pks ascending, each field encoded as Sentry's serializer encodes it.
  */
 import { Readable, type Writable } from 'node:stream';
+import zlib from 'node:zlib';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { writeFileAtomically } from './atomic-file.js';
 import { checkDatabaseUrl } from './db/knex.js';
 import { readTarget } from './db/target.js';
+import { DEFAULT_PICKLE_LIMITS, PickleError, pickledFieldToJsonText } from './pickle.js';
 import { encryptExport } from './encrypt.js';
 import { ErrorCodes, ExportError, OptionError, UserportError, wrapDbError } from './errors.js';
 
@@ -118,6 +120,8 @@ export interface ExportSummary {
   missingColumns: Record<string, string[]>;
   /** Models whose table this generation of Sentry does not have, and why (no records are written for them). */
   absentModels: Record<string, string>;
+  /** Rows left out because a pickled value held something other than plain values (at most 1000 named; `excluded` counts all). */
+  unreadable: { model: string; pk: number; reason: string }[];
 }
 
 /** Something a findings file should tell: rows left out, or a username that matched nothing. */
@@ -219,10 +223,19 @@ export function reindentJson(text: string, indent: number, level: number): strin
   return out;
 }
 
-/** PENDING-PICKLE: replaced when lib/pickle.ts lands. */
+/**
+ * A pickled column's text as the JSON of the value it holds, decoded by a reader that knows only
+ * the opcodes of plain values and executes nothing (lib/pickle.ts); throws a PickleError for
+ * anything else.
+ */
 function pickledValueAsJson(v: string): string {
-  throw new ExportError(ErrorCodes.EXPORT_SCHEMA, `cannot decode a pickled option value yet (${v.length} characters)`);
+  return pickledFieldToJsonText(v, { inflate: (b) => zlib.inflateSync(b, { maxOutputLength: DEFAULT_PICKLE_LIMITS.maxBytes }) });
 }
+
+/** Why a row whose pickle is not a plain value is left out (summary and findings). */
+const UNREADABLE_REASON = 'its value is a pickle of something other than plain values: not executed, left out';
+/** Unreadable rows named one by one in the summary; more are counted. */
+const MAX_UNREADABLE_LISTED = 1000;
 
 function encodeValue(v: string | null, encoding: Encoding, indent: number): string {
   if (v === null) return 'null';
@@ -270,7 +283,7 @@ const EXCLUDED_REASON: Record<string, string> = {
 function emptySummary(): ExportSummary {
   return {
     models: Object.fromEntries(EXPORT_MODELS.map((m) => [m.model, 0])), records: 0, bytes: 0, seconds: 0,
-    unmatchedUsernames: [], excluded: [], missingColumns: {}, absentModels: {},
+    unmatchedUsernames: [], excluded: [], missingColumns: {}, absentModels: {}, unreadable: [],
   };
 }
 
@@ -279,6 +292,8 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
   const fetchRows = o.fetchRows ?? DEFAULT_FETCH_ROWS;
   const usernames = o.filterUsernames ? [...new Set(o.filterUsernames)] : null;
   const started = Date.now();
+  /** Rows left out per model for an unreadable pickle. */
+  const unreadable = new Map<string, number>();
   const client = new pg.Client({ connectionString: o.databaseUrl, application_name: 'userport export' });
   // A connection error after connect() (server shutdown) is reported by the next query; without
   // a listener it would crash the process instead.
@@ -344,22 +359,31 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
         const rows = await query(`FETCH ${fetchRows} FROM userport_export`);
         if (!rows.length) break;
         let text = '';
+        let written = 0;
         for (const row of rows) {
-          text += `${first ? '\n' : ',\n'}${p1}{\n${p2}"model": ${modelText},\n${p2}"pk": ${row[0]},\n${p2}"fields": `;
-          first = false;
-          if (!fields.length) text += '{}';
-          else {
-            text += '{';
-            for (let i = 0; i < fields.length; i++) {
-              text += `${i ? ',\n' : '\n'}${names[i]}${encodeValue(row[i + 1]!, fields[i]!.encoding, indent)}`;
+          let body = '{}';
+          if (fields.length) {
+            body = '{';
+            try {
+              for (let i = 0; i < fields.length; i++) {
+                body += `${i ? ',\n' : '\n'}${names[i]}${encodeValue(row[i + 1]!, fields[i]!.encoding, indent)}`;
+              }
+            } catch (err) {
+              if (!(err instanceof PickleError)) throw err;
+              // Never run, never guessed: the row is left out and named.
+              if (summary.unreadable.length < MAX_UNREADABLE_LISTED) summary.unreadable.push({ model: m.model, pk: Number(row[0]), reason: `${UNREADABLE_REASON} (${err.message})` });
+              unreadable.set(m.model, (unreadable.get(m.model) ?? 0) + 1);
+              continue;
             }
-            text += `\n${p2}}`;
+            body += `\n${p2}}`;
           }
-          text += `\n${p1}}`;
+          text += `${first ? '\n' : ',\n'}${p1}{\n${p2}"model": ${modelText},\n${p2}"pk": ${row[0]},\n${p2}"fields": ${body}\n${p1}}`;
+          first = false;
+          written++;
         }
         const buf = Buffer.from(text);
-        summary.models[m.model]! += rows.length;
-        summary.records += rows.length;
+        summary.models[m.model]! += written;
+        summary.records += written;
         summary.bytes += buf.length;
         summary.seconds = (Date.now() - started) / 1000;
         o.onProgress?.({ model: m.model, records: summary.records, bytes: summary.bytes, seconds: summary.seconds });
@@ -372,7 +396,9 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
     step = 'counting what the export left out';
     for (const m of models) {
       const [[total]] = await query(`SELECT count(*)::text FROM ${m.table}`) as [[string]];
-      const left = Number(total) - summary.models[m.model]!;
+      const bad = unreadable.get(m.model) ?? 0;
+      if (bad) summary.excluded.push({ kind: 'excluded', model: m.model, count: bad, reason: UNREADABLE_REASON });
+      const left = Number(total) - summary.models[m.model]! - bad;
       if (left > 0) summary.excluded.push({ kind: 'excluded', model: m.model, count: left, reason: EXCLUDED_REASON[m.table]! });
     }
     if (usernames) {

@@ -93,6 +93,9 @@ function position(raw: RecordPosition): RecordPosition {
   return { ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, length: raw.length };
 }
 
+/** A model name as the envelope schema (`schemas/record.json`) allows it. */
+const MODEL_NAME = /^[A-Za-z0-9_]+\.[A-Za-z0-9_]+$/;
+
 /** Checks one raw record's envelope and classifies it. Pure. Throws a {@link RecordError}. */
 export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefined): ScopedRecord | SkipMarker {
   const { envelope } = registry();
@@ -102,6 +105,12 @@ export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefine
     });
   }
   const v = raw.value;
+  // An out-of-scope record is only counted, as Sentry's importer skips it before deserializing
+  // it: its pk need not be an integer (`sentry.actor` rows of 2021 exports have "pk": "1").
+  const named = typeof v.model === 'string' && v.model.length <= 200 && MODEL_NAME.test(v.model) ? v.model.toLowerCase() : undefined;
+  if (named !== undefined && !modelInfo(named)) {
+    return { kind: 'skip', ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, length: raw.length, model: named };
+  }
   if (!(envelope as (x: unknown) => boolean)(v)) {
     const { field, reason } = describeAjvError(envelope.errors?.[0]);
     const model = typeof v.model === 'string' ? v.model.toLowerCase() : undefined;

@@ -11,6 +11,7 @@ import { DEFAULT_COLLECT_REJECTS, type FlowItem, type RejectMarker, type ScopedR
 import { checkOptions, isBoolean, type OptionCheck } from './options.js';
 import { describeAjvError, modelInfo, STAGE_COLUMNS, type FieldLimits, type StageColumn, type StageValue } from './models.js';
 import { canonicalOptionValue } from './option-values.js';
+import { encodePickledField, type PickleInput } from './pickle.js';
 import type { RecordPosition } from './tokenize.js';
 
 /** A validated record that will be written: `kind === 'row'` means exactly that. */
@@ -119,9 +120,26 @@ function currentNames(fields: Record<string, unknown>, legacy: Record<string, st
   return out;
 }
 
-/** PENDING-PICKLE: replaced when lib/pickle.ts lands. */
-function pickledOptionValue(_text: string, rec: ScopedRecord, field: string): string {
-  throw badValue(rec, field, 'cannot be written into a pickled option column yet');
+/** Digits of an integer beyond what a double holds exactly: such a number cannot be pickled exactly from JSON.parse. */
+const BIG_INTEGER = /(?<![.\d])-?\d{16,}(?![.\deE])/;
+
+/**
+ * The canonical JSON text of an option value as Sentry 9 stores it (django-picklefield: base64 of
+ * a Python 2 cPickle, protocol 2). A number too large to carry exactly is a RECORD_TARGET error,
+ * never a changed value.
+ */
+function pickledOptionValue(text: string, rec: ScopedRecord, field: string): string {
+  const refuse = (why: string) => new RecordError(ErrorCodes.RECORD_TARGET, `${rec.model} pk ${rec.pk}: field ${field} ${why}`, {
+    position: { ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, model: rec.model, pk: rec.pk, field },
+  });
+  const value = JSON.parse(text) as unknown;
+  if (BIG_INTEGER.test(text) && JSON.stringify(value) !== text) throw refuse('holds a number the target\'s pickled column cannot store exactly');
+  try {
+    return encodePickledField(value as PickleInput);
+  } catch (err) {
+    // An infinite number (1e400 parses to Infinity): Python's pickle of it would not be this value.
+    throw refuse(`cannot be stored in the target's pickled column: ${(err as Error).message}`);
+  }
 }
 
 /**
