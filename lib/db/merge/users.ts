@@ -23,7 +23,35 @@ export interface UsersStepOptions {
   mergeUsers: boolean;
 }
 
+/** Times the users' step is decided again after another session took one of its names or addresses. */
+const MAX_USER_ATTEMPTS = 8;
+
+/**
+ * The users' step, safe against other writers: a session that creates one of the import's
+ * usernames (or `email_unique` addresses) after the decision but before the INSERT makes the
+ * INSERT wait for it and then fail on the UNIQUE key. The step then rolls back to its savepoint
+ * and decides again, now seeing that user, so the name is renamed (or merged into with
+ * `--merge-users`) exactly as a name that was there before the import: one sign-up never costs
+ * the import. Everything of the step is redone, temp tables and pk map included; only the ids the
+ * failed attempt drew are lost (gaps, as any rolled-back insert leaves).
+ */
 export async function mergeUsers(q: Q, S: string, options: UsersStepOptions, plan: WritePlan): Promise<UsersWritten> {
+  for (let attempt = 1; ; attempt++) {
+    await q('SAVEPOINT userport_users');
+    try {
+      const written = await mergeUsersOnce(q, S, options, plan);
+      await q('RELEASE SAVEPOINT userport_users');
+      return written;
+    } catch (err) {
+      const e = err as { code?: string; table?: string };
+      if (e.code !== '23505' || e.table !== plan.user.table || attempt >= MAX_USER_ATTEMPTS) throw err;
+      await q('ROLLBACK TO SAVEPOINT userport_users');
+      if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write(`[users] another session took a name or address meanwhile: deciding again (attempt ${attempt + 1})\n`);
+    }
+  }
+}
+
+async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: WritePlan): Promise<UsersWritten> {
   const U = plan.user.table;
   // The id sequence is looked up once: pg_get_serial_sequence per row read the catalog for every
   // user (about half of this statement's time at 100k users).
