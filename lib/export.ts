@@ -16,6 +16,7 @@ import pg from 'pg';
 import { writeFileAtomically } from './atomic-file.js';
 import { checkDatabaseUrl } from './db/knex.js';
 import { readTarget } from './db/target.js';
+import { registry } from './models.js';
 import { DEFAULT_PICKLE_LIMITS, PickleError, pickledFieldToJsonText } from './pickle.js';
 import { encryptExport } from './encrypt.js';
 import { ErrorCodes, ExportError, OptionError, UserportError, wrapDbError } from './errors.js';
@@ -51,37 +52,18 @@ interface ExportModel {
   fields: readonly ExportField[];
 }
 
-const f = (field: string, encoding: Encoding, column = field): ExportField => ({ field, column, encoding });
-
 /**
  * The four user-scope models in the order current Sentry writes them (`sorted_dependencies()`;
  * see its `test_at_head.pysnap` release snapshot: user, email, useroption, useremail), fields in
- * Django's declaration order, which is the order its serializer writes them.
+ * Django's declaration order, which is the order its serializer writes them: read from the
+ * model registry (`x-userport.export` in schemas/).
  */
-export const EXPORT_MODELS: readonly ExportModel[] = [
-  {
-    model: 'sentry.user', table: 'auth_user', fields: [
-      // email_unique (2025+) and is_suspended (2026+) are written only by databases that have them;
-      // their place follows the model's declaration (email_unique right after email).
-      f('password', 'text'), f('last_login', 'date'), f('username', 'text'), f('name', 'text', 'first_name'),
-      f('email', 'text'), f('email_unique', 'text'), f('is_staff', 'bool'), f('is_active', 'bool'), f('is_superuser', 'bool'),
-      f('is_managed', 'bool'), f('is_sentry_app', 'bool'), f('is_password_expired', 'bool'), f('is_unclaimed', 'bool'), f('is_suspended', 'bool'),
-      f('last_password_change', 'date'), f('flags', 'int-string'), f('session_nonce', 'text'), f('date_joined', 'date'),
-      f('last_active', 'date'), f('avatar_type', 'int'), f('avatar_url', 'text'),
-    ],
-  },
-  { model: 'sentry.email', table: 'sentry_email', fields: [f('email', 'text'), f('date_added', 'date')] },
-  {
-    model: 'sentry.useroption', table: 'sentry_useroption', fields: [
-      f('user', 'int', 'user_id'), f('project_id', 'int'), f('organization_id', 'int'), f('key', 'text'), f('value', 'json'),
-    ],
-  },
-  {
-    model: 'sentry.useremail', table: 'sentry_useremail', fields: [
-      f('user', 'int', 'user_id'), f('email', 'text'), f('validation_hash', 'text'), f('date_hash_added', 'date'), f('is_verified', 'bool'),
-    ],
-  },
-];
+export const EXPORT_MODELS: readonly ExportModel[] = [...registry().models.values()]
+  .sort((a, b) => a.mapping.exportRank - b.mapping.exportRank)
+  .map((m) => ({
+    model: m.name, table: m.mapping.table,
+    fields: m.mapping.export.map(([field, encoding, column]) => ({ field, encoding, column: column ?? field })),
+  }));
 
 /** Columns without which a table cannot be exported in user scope. */
 const REQUIRED: Record<string, readonly string[]> = {

@@ -67,6 +67,17 @@ export interface ModelMapping {
    * `project_id` and `organization_id`. The old name means what the new one means.
    */
   legacyNames?: Record<string, string>;
+  /**
+   * The model's place among the four in Sentry's export (`sorted_dependencies()`: user, email,
+   * useroption, useremail, as current Sentry's release snapshot shows).
+   */
+  exportRank: number;
+  /**
+   * The fields Sentry's serializer writes, in Django's declaration order: `[field, encoding,
+   * column?]` (column defaults to the field's name). Fields a database lacks are left out
+   * (`email_unique` before 2025, `is_suspended` before 2026).
+   */
+  export: [string, 'text' | 'bool' | 'int' | 'int-string' | 'date' | 'json', string?][];
 }
 
 export interface ModelInfo {
