@@ -65,9 +65,22 @@ for (const kind of TARGET_KINDS) {
       return;
     }
     const g = GENERATION[kind];
-    const dbs: TargetDb[] = [];
-    const target = async (freshInstall = true) => { const d = await targetDatabase(kind, { freshInstall }); dbs.push(d); return d; };
-    afterEach(async () => { for (const d of dbs.splice(0)) await d.close(); });
+    // Every database a test makes is checked afterwards: Sentry's schema exactly as it was loaded.
+    const dbs: { db: TargetDb; schema: unknown }[] = [];
+    const target = async (freshInstall = true) => {
+      const db = await targetDatabase(kind, { freshInstall });
+      dbs.push({ db, schema: await sentrySchema(db.knex) });
+      return db;
+    };
+    afterEach(async function () {
+      for (const { db, schema } of dbs.splice(0)) {
+        try {
+          if (this.currentTest?.state === 'passed') expect(await sentrySchema(db.knex), `${kind}: Sentry's schema after "${this.currentTest.title}"`).to.deep.equal(schema);
+        } finally {
+          await db.close();
+        }
+      }
+    });
 
     it('imports into a fresh install what Sentry would write there, in its types, and leaves its schema as it was', async () => {
       const db = await target();
