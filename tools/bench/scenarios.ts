@@ -47,9 +47,9 @@ export const FILTER_NAMES = 10_000;
  * `sentry_email` (its `USERPORT_TRACE_SQL` line), so the killed transaction leaves dead rows there,
  * as in the incident.
  */
-export const RESUME_KILL_ON = /^\[sql \d+ ms\] INSERT INTO sentry_email\b/m;
+export const RESUME_KILL_ON = /^\[sql \d+ ms\] (?:WITH ins AS \( )?INSERT INTO sentry_email\b/m;
 
-const ALL_TABLES_ANALYZED = [...IMPORTED_TABLES, 'userport_pk_map'] as const;
+const ALL_TABLES_ANALYZED = [...IMPORTED_TABLES, 'userport.pk_map'] as const;
 
 function ratio(a: { seconds: number } | Skipped, b: { seconds: number } | Skipped): number | null {
   return isSkipped(a) || isSkipped(b) ? null : a.seconds / b.seconds;
@@ -314,14 +314,14 @@ async function resume(ctx: ScenarioContext): Promise<ScenarioResult> {
       checks.push(countsCheck('sentry_email statistics say empty over existing pages before the resume', 'reltuples 0, relpages > 0',
         email && email.reltuples === 0 && email.relpages > 0 ? 'reltuples 0, relpages > 0' : `reltuples ${email?.reltuples}, relpages ${email?.relpages}`));
       await withClient(url, (c) => c.query(ALL_TABLES_ANALYZED.map((t) => `ALTER TABLE ${t} RESET (autovacuum_enabled)`).join('; ')));
-      details.stateBeforeResume = await withClient(url, async (c) => (await c.query('SELECT state FROM userport_import WHERE id = $1', [args[2]])).rows[0]?.state ?? null);
+      details.stateBeforeResume = await withClient(url, async (c) => (await c.query('SELECT state FROM userport.imports WHERE id = $1', [args[2]])).rows[0]?.state ?? null);
       ctx.log('scenario resume: the same command again (timed)');
       userport = await runImport(ctx.runner, file, url, { records: gen.records, bytes: gen.counts.bytes, args, ...(ctx.timeoutSeconds ? { timeoutSeconds: ctx.timeoutSeconds } : {}) });
       if (!isSkipped(userport)) {
         details.totalSeconds = killed.seconds + userport.seconds;
         ctx.log('scenario resume: COPY floor');
         copyFloor = await emptyTargetFloor(ctx, 'resume', db, gen.records);
-        details.stateAfterResume = await withClient(url, async (c) => (await c.query('SELECT state FROM userport_import WHERE id = $1', [args[2]])).rows[0]?.state ?? null);
+        details.stateAfterResume = await withClient(url, async (c) => (await c.query('SELECT state FROM userport.imports WHERE id = $1', [args[2]])).rows[0]?.state ?? null);
         checks.push(countsCheck('import done after the resume', 'done', details.stateAfterResume));
       }
       checks.push(...checksOfRows(expectedRows(gen.counts), userport, copyFloor));
