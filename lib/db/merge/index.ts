@@ -49,7 +49,12 @@ export interface MergeOptions {
   staged?: Pick<StagedFacts, 'pksIncreasing' | 'rejectedUsers' | 'naturalKeys' | 'usersAfterOthers'>;
   /** What to write into this target (`writePlan(await readTarget(client))`). @default read from the target now */
   plan?: WritePlan;
+  /** Called as each step of the merge starts, for progress (`Progress.step`). */
+  onStep?: (step: MergeStep) => void;
 }
+
+/** The steps of the merge, in order, as {@link MergeOptions.onStep} reports them. */
+export type MergeStep = 'users' | 'emails' | 'user emails' | 'options' | 'indexes' | 'findings';
 
 /** What {@link mergeStaged} reports about how it wrote. */
 export interface MergeOutcome {
@@ -104,6 +109,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   if (!options.staged?.pksIncreasing) await refuseDuplicatePks(q, S, run);
 
   // 2. Users: one pass decides who is inserted, renamed, merged or filtered (see users.ts).
+  if (!early) options.onStep?.('users');
   let users: UsersStep;
   if (early) {
     if (options.staged?.usersAfterOthers !== false) {
@@ -119,6 +125,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   stats.adjacent.lostPasswordHashes += users.lostPasswordHashes;
 
   // 3. Emails.
+  options.onStep?.('emails');
   await mergeEmails(q, S, options, plan, !!bulk, stats);
 
   if (options.staged?.naturalKeys !== false) await resolveNaturalKeys(q, S, run, C);
@@ -128,10 +135,11 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
 
   // 4. User emails and 5. user options.
   const children = await mergeChildren(q, S, options, plan, !!bulk, anyRejected, stats);
-  if (bulk) await bulk.rebuild();
+  if (bulk) { options.onStep?.('indexes'); await bulk.rebuild(); }
 
   // 6. Findings and counts: one pass over each decision table writes the findings (the
   // exceptions) and counts every outcome but the inserts, which the INSERTs above counted.
+  options.onStep?.('findings');
   const insertedBy: Record<string, number> = { up_user: usersInserted, up_ue: children.userEmails, up_uo: children.userOptions };
   for (const [table, model] of Object.entries(MODEL_NAMES)) {
     const counts = await q(`
@@ -280,6 +288,7 @@ async function mergeChildren(q: Q, S: string, options: MergeOptions, plan: Write
   // skipped) and duplicates are already ranked out, so nothing can conflict: plain inserts,
   // cheaper than ON CONFLICT's speculative insertion.
   const UE = plan.userEmail?.table;
+  options.onStep?.('user emails');
   const userEmails = await decideAndInsert('up_ue', C.userEmail, UE, `
     INSERT INTO ${UE} (user_id, email, validation_hash, date_hash_added, is_verified)
     SELECT target_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
@@ -314,6 +323,7 @@ async function mergeChildren(q: Q, S: string, options: MergeOptions, plan: Write
     }
   }
   const UO = plan.userOption;
+  options.onStep?.('options');
   const userOptions = await decideAndInsert('up_uo', C.userOption, UO?.table, `
     INSERT INTO ${UO?.table} (user_id, project_id, organization_id, key, value)
     SELECT target_id, NULL, NULL, opt_key, ${UO?.value} FROM d WHERE outcome = 'insert' ORDER BY src_pk`);
