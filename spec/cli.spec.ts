@@ -312,7 +312,7 @@ describe('userport CLI', function () {
       const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
       // Kill it once a checkpoint is committed (it commits one every 500 rows).
       for (;;) {
-        const r = await db.knex.raw(`SELECT checkpoint_ordinal FROM userport_import`);
+        const r = await db.knex.raw(`SELECT checkpoint_ordinal FROM userport.imports`);
         if (r.rows[0] && Number(r.rows[0].checkpoint_ordinal) > 0) break;
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
@@ -335,17 +335,17 @@ describe('userport CLI', function () {
       expect(s.importId).to.equal(id);
       expect(s.models['sentry.user']).to.include({ read: 20000, inserted: 20000, renamed: 0 });
       expect(await db.count('auth_user')).to.equal(20000);
-      expect(await db.count('userport_import')).to.equal(1);
+      expect(await db.count('userport.imports')).to.equal(1);
       // And once more: it is done, nothing changes, and it says so.
       const third = await userport(args);
       expect(third.code, third.stderr).to.equal(0);
       expect(third.stdout).to.match(/^Already imported, nothing changed/);
       expect(await db.count('auth_user')).to.equal(20000);
-      expect(await db.count('userport_import')).to.equal(1);
+      expect(await db.count('userport.imports')).to.equal(1);
     });
 
     it('`imports` tells running (a live session holds the import) from interrupted (nobody does, e.g. after a server crash)', async () => {
-      await db.knex.raw(`INSERT INTO userport_import (id, mode, state, source, options) VALUES ('crashed', 'resumable', 'running', 'x.json', '{}')`);
+      await db.knex.raw(`INSERT INTO userport.imports (id, mode, state, source, options) VALUES ('crashed', 'resumable', 'running', 'x.json', '{}')`);
       const stateOf = async () => (JSON.parse((await userport(['imports', '--database-url', db.url, '--json'])).stdout) as { id: string; state: string }[])
         .find((r) => r.id === 'crashed')!.state;
       expect(await stateOf()).to.equal('interrupted');

@@ -207,7 +207,8 @@ describe('export memory', function () {
     const db = await freshDatabase();
     try {
       // 1 KB options are the cheapest way to a big export: 200k of them, made by the server.
-      await db.knex.raw(`INSERT INTO auth_user (id, password, username, date_joined) SELECT g, '', 'u' || g, now() FROM generate_series(1, 1000) g`);
+      await db.knex.raw(`INSERT INTO auth_user (id, password, username, first_name, email, is_staff, is_active, is_superuser, is_managed,
+        is_password_expired, flags, date_joined) SELECT g, '', 'u' || g, '', '', false, true, false, false, false, 0, now() FROM generate_series(1, 1000) g`);
       await db.knex.raw(`INSERT INTO sentry_useroption (user_id, key, value)
         SELECT 1 + g % 1000, 'k' || g, to_jsonb(repeat(md5(g::text), 30)) FROM generate_series(1, 200000) g`);
       const res = await new Promise<{ bytes: number; maxRssMb: number }>((resolve, reject) => {

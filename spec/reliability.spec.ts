@@ -15,7 +15,7 @@ import { createFernetEncryptStream, generateFernetKey, parseFernetKey, SEGMENT_B
 import { createLocalKeyUnwrapper, openDecryptedSource } from '../lib/decrypt.js';
 import { startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
 import { createExportGenerator } from '../tools/generate.js';
-import { mergeStaged } from '../lib/db/merge.js';
+import { mergeStaged } from '../lib/db/merge/index.js';
 import { importUsers } from '../lib/import.js';
 import { ImportStats, type StatsSnapshot } from '../lib/stats.js';
 import { drain, encryptBuffer, flipBase64, members, readFixture } from './crypto/helpers.js';
@@ -80,7 +80,7 @@ describe('reliability', function () {
         expect(again.code).to.equal(0);
         expect(JSON.parse(again.stdout).state).to.equal('already-done');
         expect(await comparable(target)).to.deep.equal(await comparable(reference));
-        expect(await target.count('userport_stage')).to.equal(0);
+        expect(await target.count('userport.stage')).to.equal(0);
       } finally {
         await reference.close();
         await target.close();
@@ -131,7 +131,7 @@ describe('reliability', function () {
         const mismatch = await cli(['import', 'users', other, '--database-url', db.url, '--resumable', '--import-id', id!]);
         // A finished import is not re-run, whatever the file.
         expect(mismatch.code).to.equal(0);
-        await db.knex.raw(`UPDATE userport_import SET state = 'running'`);
+        await db.knex.raw(`UPDATE userport.imports SET state = 'running'`);
         const refused = await cli(['import', 'users', other, '--database-url', db.url, '--resumable', '--import-id', id!]);
         expect(refused.code).to.equal(1);
         expect(refused.stderr).to.include('[USERPORT_IMPORT_MISMATCH]');
@@ -225,7 +225,7 @@ describe('reliability', function () {
           if (!resumable) {
             for (const t of TARGET_TABLES) expect(await db.count(t), t).to.equal(0);
           } else {
-            expect((await db.knex.raw(`SELECT state FROM userport_import WHERE id = 'fault'`)).rows[0].state).to.not.equal('done');
+            expect((await db.knex.raw(`SELECT state FROM userport.imports WHERE id = 'fault'`)).rows[0].state).to.not.equal('done');
             const again = await cli(['import', 'users', file, '--database-url', url, '--no-progress', '--json', ...extra]);
             expect(again.code, again.stderr).to.equal(0);
             expect(again.stderr).to.include('Resuming import fault');
@@ -404,7 +404,7 @@ describe('reliability, round two (issue #9): the database', function () {
     try {
       const refSummary = await importUsers({ source: file, databaseUrl: reference.url });
       // Autovacuum must not repair the statistics behind the test's back.
-      for (const t of ['auth_user', 'sentry_email', 'userport_pk_map']) await target.knex.raw(`ALTER TABLE ${t} SET (autovacuum_enabled = false)`);
+      for (const t of ['auth_user', 'sentry_email', 'userport.pk_map']) await target.knex.raw(`ALTER TABLE ${t} SET (autovacuum_enabled = false)`);
       // Stand-ins: uncommitted rows in sentry_email, as a merge killed in its stride leaves them
       // while autovacuum runs, and a merge statement that runs for minutes (it waits for this lock).
       await holder.query('BEGIN');
@@ -424,7 +424,7 @@ describe('reliability, round two (issue #9): the database', function () {
       await vac.connect();
       try {
         await vac.query(`SET lock_timeout = '30s'`);
-        await vac.query('VACUUM auth_user, sentry_email, userport_pk_map');
+        await vac.query('VACUUM auth_user, sentry_email, userport.pk_map');
       } finally {
         await vac.end();
       }
@@ -443,7 +443,7 @@ describe('reliability, round two (issue #9): the database', function () {
       expect((await target.knex.raw('SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ?', [orphan!.pid])).rows[0].n).to.equal(0);
       // Every statement of the merge: no nested loop that rescans a table without an index.
       const plans = [...res.stderr.matchAll(/\[plan\] (.*)\n([\s\S]*?)\n\[\/plan\]/g)].map((m) => ({ sql: m[1]!, plan: m[2]! }));
-      expect(plans.some((p) => /INSERT INTO userport_pk_map .*'sentry\.em/.test(p.sql))).to.equal(true);
+      expect(plans.some((p) => /INSERT INTO userport.pk_map .*'sentry\.em/.test(p.sql))).to.equal(true);
       for (const p of plans) {
         expect(p.plan, p.sql).to.not.match(/Nested Loop[\s\S]*->\s+Seq Scan/);
       }
@@ -495,16 +495,16 @@ describe('reliability, round two (issue #9): the database', function () {
     }
   });
 
-  it('the merge refuses a run that is not registered in userport_import (a caller wiring its own stages), before writing anything', async () => {
+  it('the merge refuses a run that is not registered in userport.imports (a caller wiring its own stages), before writing anything', async () => {
     await withDbClient(async (db, c) => {
       await c.query('BEGIN');
-      await c.query(`INSERT INTO userport_stage (run, model, ord, off, line, col, src_pk, keep, username) VALUES (424242, 1, 1, 0, 1, 1, 1, true, 'ann')`);
+      await c.query(`INSERT INTO userport.stage (run, model, ord, off, line, col, src_pk, keep, username) VALUES (424242, 1, 1, 0, 1, 1, 1, true, 'ann')`);
       const err = await mergeStaged(c, { run: 424242, mergeUsers: false, filterActive: false }, new ImportStats()).then(() => undefined, (e: unknown) => e);
       expect((err as { code?: string }).code).to.equal('USERPORT_OPTION_INVALID');
       expect((err as { option?: string }).option).to.equal('run');
       expect((err as Error).message).to.contain('beginImportRun');
       await c.query('ROLLBACK');
-      expect(await db.count('userport_pk_map')).to.equal(0);
+      expect(await db.count('userport.pk_map')).to.equal(0);
       expect(await db.count('auth_user')).to.equal(0);
     });
   });

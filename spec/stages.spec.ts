@@ -19,6 +19,9 @@ import { freshDatabase, type TestDb } from './helpers/db.js';
 import { user, useroption } from './helpers/exports.js';
 
 const pos = { offset: 10, line: 2, column: 3, length: 50 };
+/** A full valid auth_user row (Sentry's tables have no database defaults for most columns). */
+const INSERT_USER = `INSERT INTO auth_user (password, username, first_name, email, is_staff, is_active, is_superuser, is_managed,
+  is_password_expired, flags, date_joined) VALUES ('x', $1, '', '', false, true, false, false, false, 0, now())`;
 const raw = (ordinal: number, value: unknown): RawRecord => ({ ordinal, ...pos, value: value as Record<string, unknown> });
 const objects = <T>(items: T[]) => Readable.from(items, { objectMode: true });
 /** The item as a staged row; fails the test when it is anything else. */
@@ -249,8 +252,9 @@ describe('createPgSink', () => {
     const sink = createPgSink({
       client, run: 1, transaction: 'whole',
       finalize: async (c) => {
-        staged = (await c.query('SELECT count(*)::int AS n FROM userport_stage')).rows[0].n;
-        await c.query(`INSERT INTO auth_user (password, username) VALUES ('x', 'made-in-finalize')`);
+        // An atomic import stages into a temp table of its session.
+        staged = (await c.query('SELECT count(*)::int AS n FROM pg_temp.stage')).rows[0].n;
+        await c.query(INSERT_USER, ['made-in-finalize']);
       },
     });
     let finishes = 0;
@@ -259,8 +263,9 @@ describe('createPgSink', () => {
     expect(staged).to.equal(3000);
     expect(finishes).to.equal(1);
     expect(await db.count('auth_user')).to.equal(1);
-    // The temp staging table went away with the transaction.
-    expect(await db.count('userport_stage')).to.equal(0);
+    // The temp staging table went away with the transaction, and nothing went to the persistent one.
+    expect((await client.query(`SELECT to_regclass('pg_temp.stage') AS t`)).rows[0].t).to.equal(null);
+    expect(await db.count('userport.stage')).to.equal(0);
   });
 
   it('rolls back when finalize fails, emitting error exactly once', async () => {
@@ -268,7 +273,7 @@ describe('createPgSink', () => {
     const sink = createPgSink({
       client, run: 1, transaction: 'whole',
       finalize: async (c) => {
-        await c.query(`INSERT INTO auth_user (password, username) VALUES ('x', 'y')`);
+        await c.query(INSERT_USER, ['y']);
         throw boom;
       },
     });
@@ -293,7 +298,7 @@ describe('createPgSink', () => {
     expect((await done)?.message).to.equal('stop');
     expect(finalized).to.equal(false);
     expect((await client.query('SELECT 1 AS ok')).rows[0].ok).to.equal(1);
-    expect((await client.query(`SELECT count(*)::int AS n FROM pg_class WHERE relname = 'userport_stage' AND relpersistence = 't'`)).rows[0].n).to.equal(0);
+    expect((await client.query(`SELECT to_regclass('pg_temp.stage') AS t`)).rows[0].t).to.equal(null);
   });
 
   it('in batches mode stages the batch\'s rows before its checkpoint, in the same transaction', async () => {
@@ -303,14 +308,14 @@ describe('createPgSink', () => {
       checkpoint: async (c, last) => {
         seen.push(last.ordinal);
         // The batch's rows are visible inside its own transaction, before the commit.
-        expect((await c.query('SELECT count(*)::int AS n FROM userport_stage WHERE run = 1')).rows[0].n).to.be.at.least(last.ordinal);
+        expect((await c.query('SELECT count(*)::int AS n FROM userport.stage WHERE run = 1')).rows[0].n).to.be.at.least(last.ordinal);
       },
       finalize: async () => undefined,
     });
     await pipeline(objects(rows(1000)), sink);
     expect(seen.length).to.be.at.least(2);
     expect(seen[seen.length - 1]).to.equal(1000);
-    expect(await db.count('userport_stage', 'run = 1')).to.equal(1000);
+    expect(await db.count('userport.stage', 'run = 1')).to.equal(1000);
   });
 
   it('in batches mode calls a write back only once its batch is committed (seen from another session)', async () => {
@@ -318,7 +323,7 @@ describe('createPgSink', () => {
     await observer.connect();
     try {
       const sink = createPgSink({ client, run: 1, transaction: 'batches', batchRows: 100, finalize: async () => undefined });
-      const committed = async () => (await observer.query('SELECT count(*)::int AS n FROM userport_stage WHERE run = 1')).rows[0].n as number;
+      const committed = async () => (await observer.query('SELECT count(*)::int AS n FROM userport.stage WHERE run = 1')).rows[0].n as number;
       const seen: [number, number][] = [];
       const all = rows(250);
       // One write at a time: each callback is awaited, then another session counts what is committed.

@@ -17,6 +17,7 @@ import { UserportError } from '../../lib/errors.js';
 import { createExportGenerator } from '../../tools/generate.js';
 import { freshDatabase, type TestDb } from '../helpers/db.js';
 import { tableSnapshot, TARGET_TABLES, user, useremail, useroption, writeExport } from '../helpers/exports.js';
+import { insertEmail, insertUser } from '../helpers/sentry-rows.js';
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'userport.js');
 
@@ -88,8 +89,12 @@ describe('bulk load into empty target tables', function () {
         expect(await definitions(bulk)).to.deep.equal(pristine);
         expect(await definitions(incremental)).to.deep.equal(pristine);
         // The rebuilt constraints work: a duplicate username is refused, a dangling user id too.
-        const err = await bulk.knex.raw(`INSERT INTO auth_user (password, username) SELECT password, username FROM auth_user LIMIT 1`).then(() => undefined, (e: { code?: string }) => e.code);
-        expect(err).to.equal('23505');
+        // (A full valid row, so that the UNIQUE on username is what refuses it, not a NOT NULL.)
+        const taken = (await bulk.knex.raw(`SELECT username FROM auth_user ORDER BY id LIMIT 1`)).rows[0].username as string;
+        const err = await insertUser(bulk.knex, { password: 'x', username: taken }).then(() => undefined, (e: { code?: string; constraint?: string }) => e);
+        expect(err?.code).to.equal('23505');
+        expect(err?.constraint).to.equal((await bulk.knex.raw(`SELECT conname FROM pg_constraint WHERE conrelid = 'auth_user'::regclass AND contype = 'u'
+          AND conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = 'auth_user'::regclass AND attname = 'username')]`)).rows[0].conname);
         const fk = await bulk.knex.raw(`INSERT INTO sentry_useroption (user_id, key, value) VALUES (999999999, 'k', '1')`).then(() => undefined, (e: { code?: string }) => e.code);
         expect(fk).to.equal('23503');
       } finally {
@@ -102,7 +107,7 @@ describe('bulk load into empty target tables', function () {
   it('takes the incremental path when any target table holds a row, and changes no definition', async () => {
     const db = await freshDatabase();
     try {
-      await db.knex.raw(`INSERT INTO sentry_email (email) VALUES ('someone@example.com')`);
+      await insertEmail(db.knex, 'someone@example.com');
       const s = await importUsers({ source: file, databaseUrl: db.url });
       expect(s.bulkLoad).to.equal(false);
       expect(await db.count('auth_user')).to.equal(s.models['sentry.user']!.inserted);
@@ -166,10 +171,10 @@ describe('bulk load into empty target tables', function () {
   it('a commented index keeps the incremental path (a rebuild would lose the comment)', async () => {
     const db = await freshDatabase();
     try {
-      await db.knex.raw(`COMMENT ON INDEX sentry_email_email_lower_key IS 'kept as is'`);
+      await db.knex.raw(`COMMENT ON INDEX auth_user_username_6821ab7c_like IS 'kept as is'`);
       const s = await importUsers({ source: file, databaseUrl: db.url });
       expect(s.bulkLoad).to.equal(false);
-      expect((await db.knex.raw(`SELECT obj_description('sentry_email_email_lower_key'::regclass, 'pg_class') AS d`)).rows[0].d).to.equal('kept as is');
+      expect((await db.knex.raw(`SELECT obj_description('auth_user_username_6821ab7c_like'::regclass, 'pg_class') AS d`)).rows[0].d).to.equal('kept as is');
     } finally {
       await db.close();
     }

@@ -11,6 +11,7 @@ import { importUsers } from '../../lib/import.js';
 import { canonicalOptionValue, fieldSource } from '../../lib/option-values.js';
 import { failure, withDb, type TestDb } from '../helpers/db.js';
 import { BACKUP, exhaustiveUser, fixture, requireFixtures, tmpExport, type Rec } from './test-imports.spec.js';
+import { insertUser } from '../helpers/sentry-rows.js';
 
 
 
@@ -156,7 +157,7 @@ describe('option values stored exactly (issue #9 item 6)', () => {
 
 describe('findings say who (issue #12 item 8)', () => {
   it('a dropped row names the missing user pk; a merged record names the user it merged into', () => withDb(async (db) => {
-    const existing = (await db.knex.raw(`INSERT INTO auth_user (password, username) VALUES ('x', 'bob') RETURNING id`)).rows[0].id as number;
+    const existing = await insertUser(db.knex, { password: 'x', username: 'bob' });
     const findings = path.join(os.tmpdir(), `userport-who-${process.pid}.json`);
     const records: Rec[] = [exhaustiveUser(1, 'alice')[0]!, exhaustiveUser(2, 'bob')[0]!,
       { model: 'sentry.useremail', pk: 5, fields: { user: 99, email: 'ghost@example.com' } },

@@ -18,6 +18,10 @@ import { parseScenarios } from '../../tools/bench/scenarios.js';
 import { createExportGenerator } from '../../tools/generate.js';
 import { freshDatabase, serverUrl } from '../helpers/db.js';
 
+/** Full auth_user rows: Sentry's tables have no database default for most NOT NULL columns. */
+const INSERT_USERS = 'INSERT INTO auth_user (id, password, username, email, first_name, is_staff, is_active, is_superuser, is_managed, is_password_expired, flags, date_joined)';
+const USER_DEFAULTS = "'', false, true, false, false, false, 0, now()";
+
 function tmpDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'userport-bench-spec-'));
 }
@@ -163,12 +167,13 @@ describe('benchmark', () => {
       const dst = await freshDatabase();
       const dir = tmpDir();
       try {
-        await src.knex.raw(`INSERT INTO auth_user (id, password, username, email)
-          SELECT g, 'x', 'user' || g, 'user' || g || '@example.com' FROM generate_series(1, 500) g`);
-        await src.knex.raw(`INSERT INTO sentry_email (email) SELECT 'user' || g || '@example.com' FROM generate_series(1, 500) g`);
-        await src.knex.raw(`INSERT INTO sentry_useremail (user_id, email, validation_hash) SELECT g, 'user' || g || '@example.com', 'h' FROM generate_series(1, 500) g`);
+        await src.knex.raw(`${INSERT_USERS}
+          SELECT g, 'x', 'user' || g, 'user' || g || '@example.com', ${USER_DEFAULTS} FROM generate_series(1, 500) g`);
+        await src.knex.raw(`INSERT INTO sentry_email (email, date_added) SELECT 'user' || g || '@example.com', now() FROM generate_series(1, 500) g`);
+        await src.knex.raw(`INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified)
+          SELECT g, 'user' || g || '@example.com', 'h', now(), false FROM generate_series(1, 500) g`);
         await src.knex.raw(`INSERT INTO sentry_useroption (user_id, key, value) SELECT g, 'timezone', '"UTC"' FROM generate_series(1, 500) g`);
-        await src.knex.raw(`INSERT INTO sentry_lostpasswordhash (user_id, hash) SELECT g, md5(g::text) FROM generate_series(1, 250) g`);
+        await src.knex.raw(`INSERT INTO sentry_lostpasswordhash (user_id, hash, date_added) SELECT g, md5(g::text), now() FROM generate_series(1, 250) g`);
         const dumps = await dumpTables(src.url, dir);
         expect(dumps.map((d) => d.table)).to.deep.equal([...IMPORTED_TABLES]);
         const loaded = await loadTables(dst.url, dumps);
@@ -185,10 +190,13 @@ describe('benchmark', () => {
         // Only the rows written after a snapshot of the ids.
         const before = await maxIds(src.url);
         expect(before).to.deep.equal({ auth_user: 500, sentry_email: 500, sentry_useremail: 500, sentry_useroption: 500, sentry_lostpasswordhash: 250 });
-        await src.knex.raw(`INSERT INTO auth_user (id, password, username, email) SELECT g, 'x', 'late' || g, '' FROM generate_series(501, 507) g`);
+        await src.knex.raw(`${INSERT_USERS} SELECT g, 'x', 'late' || g, '', ${USER_DEFAULTS} FROM generate_series(501, 507) g`);
         const later = await dumpTables(src.url, path.join(dir, 'later'), IMPORTED_TABLES, before);
         expect(later.map((d) => d.rows)).to.deep.equal([7, 0, 0, 0, 0]);
-        expect(fs.readFileSync(later[0]!.file, 'utf8').split('\n').filter(Boolean).map((l) => l.split('\t')[0])).to.deep.equal(['501', '502', '503', '504', '505', '506', '507']);
+        // COPY writes the table's column order: id is not the first column of Sentry's auth_user.
+        const idAt = (await src.knex.raw(`SELECT ordinal_position - 1 AS i FROM information_schema.columns
+          WHERE table_schema = current_schema() AND table_name = 'auth_user' AND column_name = 'id'`)).rows[0].i as number;
+        expect(fs.readFileSync(later[0]!.file, 'utf8').split('\n').filter(Boolean).map((l) => l.split('\t')[idAt])).to.deep.equal(['501', '502', '503', '504', '505', '506', '507']);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
         await src.close();
@@ -204,7 +212,7 @@ describe('benchmark', () => {
       const reference = await freshDatabase();
       const dir = tmpDir();
       try {
-        await src.knex.raw(`INSERT INTO auth_user (id, password, username, email) SELECT g, 'x', 'user' || g, '' FROM generate_series(1, 300) g`);
+        await src.knex.raw(`${INSERT_USERS} SELECT g, 'x', 'user' || g, '', ${USER_DEFAULTS} FROM generate_series(1, 300) g`);
         await src.knex.raw(`INSERT INTO sentry_useroption (user_id, key, value) SELECT g, 'timezone', '"UTC"' FROM generate_series(1, 300) g`);
         const loaded = await loadTablesBare(dst.url, await dumpTables(src.url, dir));
         expect(loaded.rows).to.deep.equal({ auth_user: 300, sentry_email: 0, sentry_useremail: 0, sentry_useroption: 300, sentry_lostpasswordhash: 0 });
@@ -217,10 +225,12 @@ describe('benchmark', () => {
         // The same definitions as a database the migrations made, which was never touched.
         const want = await defs(reference.url);
         expect(await defs(dst.url)).to.deep.equal(want);
-        expect(want.indexes.length + want.constraints.length).to.equal(13);
+        // Sentry 25.x's five tables: 12 primary and unique keys, 6 other indexes (Django's _like and foreign-key ones).
+        expect(want.indexes.length + want.constraints.length).to.equal(18);
         expect(loaded.objects).to.deep.equal({ indexes: want.indexes.length, constraints: want.constraints.length, foreignKeys: want.foreignKeys.length });
         let code: string | undefined;
-        try { await dst.knex.raw(`INSERT INTO auth_user (id, password, username, email) VALUES (301, 'x', 'user7', '')`); } catch (e) { code = (e as { code?: string }).code; }
+        // A full valid row: the UNIQUE on username refuses it, not a NOT NULL.
+        try { await dst.knex.raw(`${INSERT_USERS} VALUES (301, 'x', 'user7', '', ${USER_DEFAULTS})`); } catch (e) { code = (e as { code?: string }).code; }
         expect(code).to.equal('23505');
         code = undefined;
         try { await dst.knex.raw(`INSERT INTO sentry_useroption (id, user_id, key, value) VALUES (9999, 9999, 'theme', '"dark"')`); } catch (e) { code = (e as { code?: string }).code; }
