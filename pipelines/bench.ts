@@ -11,13 +11,13 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
 import { UserportError } from '../lib/errors.js';
 import { renderChart, formatTable } from '../tools/bench/report.js';
 import { DEFAULT_SCENARIO_USERS, DEFAULT_SIZES, runBench } from '../tools/bench/run.js';
 import { parseScenarios } from '../tools/bench/scenarios.js';
+import { exitCodeFor, formatError, parseCommand, type FlagSpecs, type FlagValues } from './cli-support.js';
 
 const SMOKE_SCENARIO_USERS = 500;
 const USAGE = `usage: npm run bench -- [--sizes ${DEFAULT_SIZES.join(',')}] [--seed N] [--keep] [--encrypted] [--smoke] ` +
@@ -33,35 +33,34 @@ const USAGE = `usage: npm run bench -- [--sizes ${DEFAULT_SIZES.join(',')}] [--s
 const SMOKE_SIZES = [500];
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
+const FLAGS = {
+  sizes: { type: 'string' },
+  seed: { type: 'string' },
+  keep: { type: 'boolean' },
+  encrypted: { type: 'boolean' },
+  smoke: { type: 'boolean' },
+  'database-url': { type: 'string' },
+  out: { type: 'string' },
+  'work-dir': { type: 'string' },
+  'no-django': { type: 'boolean' },
+  'import-timeout': { type: 'string' },
+  'collision-rate': { type: 'string' },
+  'encrypted-sizes': { type: 'string' },
+  export: { type: 'boolean' },
+  scenarios: { type: 'string' },
+  'no-scenarios': { type: 'boolean' },
+  'scenario-users': { type: 'string' },
+} as const satisfies FlagSpecs;
+type Values = FlagValues<typeof FLAGS>;
+
 export async function main(argv: string[]): Promise<number> {
-  let values;
+  let values: Values;
   try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        sizes: { type: 'string' },
-        seed: { type: 'string', default: '1' },
-        keep: { type: 'boolean', default: false },
-        encrypted: { type: 'boolean', default: false },
-        smoke: { type: 'boolean', default: false },
-        'database-url': { type: 'string' },
-        out: { type: 'string' },
-        'work-dir': { type: 'string' },
-        'no-django': { type: 'boolean', default: false },
-        'import-timeout': { type: 'string' },
-        'collision-rate': { type: 'string' },
-        'encrypted-sizes': { type: 'string' },
-        export: { type: 'boolean', default: false },
-        scenarios: { type: 'string' },
-        'no-scenarios': { type: 'boolean', default: false },
-        'scenario-users': { type: 'string' },
-        help: { type: 'boolean', default: false },
-      },
-      strict: true,
-    }));
+    // The CLI's parser: its flag spellings, and a typo gets the CLI's "did you mean" and exit 2.
+    values = parseCommand(argv, FLAGS, 'bench', false).values as Values;
   } catch (err) {
-    process.stderr.write(`${(err as Error).message}\n${USAGE}\n`);
-    return 2;
+    process.stderr.write(`${formatError(err)}\n${USAGE}\n`);
+    return exitCodeFor(err);
   }
   if (values.help) {
     process.stdout.write(`${USAGE}\n`);
@@ -90,8 +89,8 @@ export async function main(argv: string[]): Promise<number> {
       serverUrl = (await startEmbedded({ dir: embeddedDir })).url;
     }
     const results = await runBench({
-      sizes, serverUrl, workDir, seed: Number(values.seed), keep: values.keep, smoke: values.smoke,
-      encrypted: values.encrypted, django: !values['no-django'], exportAll: values.export, scenarios, scenarioUsers,
+      sizes, serverUrl, workDir, seed: Number(values.seed ?? '1'), keep: values.keep === true, smoke: values.smoke === true,
+      encrypted: values.encrypted === true, django: !values['no-django'], exportAll: values.export === true, scenarios, scenarioUsers,
       ...(values['import-timeout'] ? { importTimeoutSeconds: Number(values['import-timeout']) } : {}),
       ...(values['collision-rate'] ? { collisionRate: Number(values['collision-rate']) } : {}),
       ...(values['encrypted-sizes'] ? { encrypted: true, encryptedSizes: values['encrypted-sizes'].split(',').map((s) => Number(s.trim().replace(/_/g, ''))) } : {}),
