@@ -6,6 +6,7 @@ import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { processAlive } from './helpers/setup.js';
 
 const ROOT = path.resolve('.');
 
@@ -44,22 +45,13 @@ function startRun(): Promise<ChildRun> {
   });
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * True once `pid` is gone. pg_ctl stop returns when the server removed its pid file, a moment
  * before the process ends and init reaps it: poll for that moment, up to 10 s.
  */
 async function ended(pid: number): Promise<boolean> {
-  for (let i = 0; i < 200 && alive(pid); i++) await new Promise((r) => setTimeout(r, 50));
-  return !alive(pid);
+  for (let i = 0; i < 200 && processAlive(pid); i++) await new Promise((r) => setTimeout(r, 50));
+  return !processAlive(pid);
 }
 
 describe('the test run (spec/helpers/setup.ts)', function () {
@@ -68,7 +60,7 @@ describe('the test run (spec/helpers/setup.ts)', function () {
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     it(`on ${signal}, stops the PostgreSQL server it started and removes its folder`, async () => {
       const child = await startRun();
-      expect(alive(child.postmaster)).to.equal(true);
+      expect(processAlive(child.postmaster)).to.equal(true);
       child.kill(signal);
       expect(await child.done).to.equal(signal);
       expect(await ended(child.postmaster), 'postmaster still running').to.equal(true);
@@ -80,7 +72,7 @@ describe('the test run (spec/helpers/setup.ts)', function () {
     const killed = await startRun();
     killed.kill('SIGKILL');
     await killed.done;
-    expect(alive(killed.postmaster)).to.equal(true);
+    expect(processAlive(killed.postmaster)).to.equal(true);
     expect(fs.existsSync(killed.run)).to.equal(true);
     const next = await startRun();
     try {

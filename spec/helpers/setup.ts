@@ -69,7 +69,8 @@ async function removeRun(dir: string): Promise<void> {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 
-function alive(pid: number): boolean {
+/** True while process `pid` exists (EPERM: it does, as another user's). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -89,7 +90,7 @@ function cleanStaleRuns(): void {
     } catch {
       continue; // still being made by another run, or not ours
     }
-    if (!Number.isInteger(owner) || owner <= 0 || alive(owner)) continue;
+    if (!Number.isInteger(owner) || owner <= 0 || processAlive(owner)) continue;
     // Synchronous callers: the stop runs pg_ctl synchronously up to its first await, which is
     // enough to start an immediate shutdown; the folder goes once the promise settles.
     void removeRun(dir);
