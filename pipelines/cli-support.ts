@@ -14,6 +14,8 @@ export interface FlagSpec {
   aliases?: readonly string[];
 }
 export type FlagSpecs = Readonly<Record<string, FlagSpec>>;
+/** The values `parseCommand` returns for `S` (declared `as const satisfies FlagSpecs`), typed per flag. */
+export type FlagValues<S extends FlagSpecs> = { [K in keyof S]?: S[K]['type'] extends 'string' ? string : boolean } & { help?: boolean; debug?: boolean };
 
 /** Errors that are the command line's fault: exit code 2. */
 const usageErrors = new WeakSet<object>();

@@ -2,11 +2,11 @@
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { stopEmbedded } from '../lib/db/embedded.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { user, useremail, writeExport } from './helpers/exports.js';
+import { tmpFolder, tmpPath } from './helpers/setup.js';
 
 const ROOT = path.resolve('.');
 const BIN = path.join(ROOT, 'bin/userport.js');
@@ -29,7 +29,7 @@ describe('userport CLI', function () {
 
   describe('quick start (embedded database)', () => {
     it('`npx userport import users samples/users.json` works with no database given, and says how to connect', async () => {
-      const home = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-home-'));
+      const home = tmpFolder('userport-home-');
       fs.chmodSync(home, 0o755);
       try {
         const res = await run('npx', ['userport', 'import', 'users', 'samples/users.json'], { env: { USERPORT_HOME: home } });
@@ -55,7 +55,7 @@ describe('userport CLI', function () {
     });
 
     it('keeps the embedded data in .userport/pgdata under the current directory, between runs', async () => {
-      const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-cwd-'));
+      const cwd = tmpFolder('userport-cwd-');
       fs.chmodSync(cwd, 0o755);
       try {
         const file = writeExport([user(1, 'alice')]);
@@ -95,7 +95,7 @@ describe('userport CLI', function () {
     });
 
     it('prints a summary table with drop reasons and unmatched filter names', async () => {
-      const names = path.join(os.tmpdir(), `names-${process.pid}.txt`);
+      const names = tmpPath('names.txt');
       fs.writeFileSync(names, ' table-user \nnobody\n');
       const res = await userport(['import', 'users', writeExport([user(1, 'table-user'), useremail(1, 1, 'x@example.com'), useremail(2, 77, 'y@example.com')]),
         '--database-url', db.url, '--filter-usernames-file', names]);
@@ -192,7 +192,7 @@ describe('userport CLI', function () {
       const plain = await userport(['import', 'users', 'samples/users.json', '--decrypt-with', 'samples/demo-key.pem', '--database-url', db.url]);
       expect(plain.code).to.equal(2);
       expect(plain.stderr).to.match(/is plain JSON, not an encrypted export/);
-      const utf16 = path.join(os.tmpdir(), `utf16-${process.pid}.json`);
+      const utf16 = tmpPath('utf16.json');
       fs.writeFileSync(utf16, Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(JSON.stringify([user(1, 'u16')]), 'utf16le')]));
       const u = await userport(['import', 'users', utf16, '--database-url', db.url]);
       expect(u.code).to.equal(1);
@@ -233,7 +233,7 @@ describe('userport CLI', function () {
 
   describe('usage errors', () => {
     it('are caught before any database is touched: one line with the code, exit 2, no server started', async () => {
-      const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-badopt-'));
+      const cwd = tmpFolder('userport-badopt-');
       const good = path.join(cwd, 'ok.json');
       fs.writeFileSync(good, JSON.stringify([user(1, 'a')]));
       fs.mkdirSync(path.join(cwd, 'adir'));

@@ -6,7 +6,6 @@
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { createExporter } from '../lib/export.js';
 import { importUsers } from '../lib/import.js';
@@ -18,6 +17,7 @@ import { createLocalKeyUnwrapper, decryptExport } from '../lib/decrypt.js';
 import { loadPrivateKey } from '../lib/crypto/keys.js';
 import crypto from 'node:crypto';
 import { PassThrough } from 'node:stream';
+import { tmpFolder } from './helpers/setup.js';
 
 const ROOT = path.resolve('.');
 const BIN = path.join(ROOT, 'bin/userport.js');
@@ -55,7 +55,7 @@ describe('userport export users', function () {
   before(async () => {
     source = await freshDatabase();
     await importUsers({ source: writeExport(RECORDS), databaseUrl: source.url });
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-export-cli-'));
+    dir = tmpFolder('userport-export-cli-');
   });
   after(async () => {
     fs.rmSync(dir, { recursive: true, force: true });

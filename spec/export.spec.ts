@@ -6,7 +6,6 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import pg from 'pg';
@@ -17,6 +16,7 @@ import { decryptExport, createLocalKeyUnwrapper } from '../lib/decrypt.js';
 import { modelInfo, registry } from '../lib/models.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { fixture as cryptoFixture } from './crypto/helpers.js';
+import { tmpFolder } from './helpers/setup.js';
 
 interface Rec { model: string; pk: number; fields: Record<string, unknown> }
 
@@ -399,7 +399,7 @@ describe('createExporter', () => {
 
     it('fails with USERPORT_EXPORT_SCHEMA when a user-scope table is missing, plain or encrypted, and leaves no file', async () => {
       const db = await freshDatabase(false);
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-export-'));
+      const dir = tmpFolder('userport-export-');
       try {
         await db.knex.raw('CREATE TABLE auth_user (id bigserial PRIMARY KEY, username text NOT NULL)');
         const dest = path.join(dir, 'out.json');
@@ -427,7 +427,7 @@ describe('createExporter', () => {
 describe('exportUsers', () => {
   it('writes a file 0600 and, with encryptWith, Sentry\'s tarball that decrypts to the same bytes (here and with Python\'s Fernet)', async function () {
     const db = await sentryDatabase('jsonb');
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-export-'));
+    const dir = tmpFolder('userport-export-');
     try {
       await db.knex.raw(SEED_SQL(NESTED_JSONB));
       const plain = path.join(dir, 'plain.json');

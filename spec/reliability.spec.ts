@@ -10,18 +10,17 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import pg from 'pg';
-import { pipeline } from 'node:stream/promises';
 import { createFernetEncryptStream, generateFernetKey, parseFernetKey, SEGMENT_BYTES, verifyToken } from '../lib/crypto/fernet.js';
 import { createLocalKeyUnwrapper, openDecryptedSource } from '../lib/decrypt.js';
 import { startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
-import { createExportGenerator } from '../tools/generate.js';
 import { mergeStaged } from '../lib/db/merge.js';
 import { importUsers } from '../lib/import.js';
 import { ImportStats, type StatsSnapshot } from '../lib/stats.js';
 import { drain, encryptBuffer, flipBase64, members, readFixture } from './crypto/helpers.js';
 import { chunked } from './helpers/streams.js';
 import { freshDatabase, withDbClient, type TestDb } from './helpers/db.js';
-import { email, tableSnapshot, TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from './helpers/exports.js';
+import { email, tableSnapshot, TARGET_TABLES, user, useremail, useroption, generatedExport, writeExport, type Rec } from './helpers/exports.js';
+import { tmpFolder, tmpPath } from './helpers/setup.js';
 
 const BIN = path.resolve('bin/userport.js');
 
@@ -38,10 +37,8 @@ function cli(args: string[], opts: { killAfterMs?: number; env?: NodeJS.ProcessE
   return Object.assign(p, { child });
 }
 
-async function generated(users: number, seed: number): Promise<string> {
-  const file = path.join(os.tmpdir(), `userport-gen-${process.pid}-${users}-${seed}.json`);
-  if (!fs.existsSync(file)) await pipeline(createExportGenerator({ users, seed, collisionRate: 0.02 }), fs.createWriteStream(file));
-  return file;
+function generated(users: number, seed: number): Promise<string> {
+  return generatedExport({ users, seed, collisionRate: 0.02 });
 }
 
 /** Snapshot without the random tails of renamed users (they differ from run to run by design). */
@@ -95,7 +92,7 @@ describe('reliability', function () {
       }
       const file = writeExport(recs);
       const target = await freshDatabase();
-      const rejects = path.join(os.tmpdir(), `rejects-kill-${process.pid}.jsonl`);
+      const rejects = tmpPath('rejects-kill.jsonl');
       try {
         const args = ['import', 'users', file, '--database-url', target.url, '--resumable', '--import-id', 'kill-rejects', '--batch-rows', '900',
           '--rejects-file', rejects, '--json', '--no-progress'];
@@ -149,7 +146,7 @@ describe('reliability', function () {
 
     it('takes records that fail validation, one JSON line each, and goes on', async () => {
       const db = await freshDatabase();
-      const rejects = path.join(os.tmpdir(), `rejects-${process.pid}.jsonl`);
+      const rejects = tmpPath('rejects.jsonl');
       try {
         // 17 is not an object: an envelope failure like the others, rejected in its place (issue #12 item 7).
         const all = await importUsers({ source: writeExport(records()), databaseUrl: db.url, rejectsFile: rejects });
@@ -183,7 +180,7 @@ describe('reliability', function () {
       const db = await freshDatabase();
       try {
         const recs = records().filter((r) => r !== 17);
-        const err = await importUsers({ source: writeExport(recs), databaseUrl: db.url, rejectsFile: path.join(os.tmpdir(), `r2-${process.pid}`), maxRejects: 1 })
+        const err = await importUsers({ source: writeExport(recs), databaseUrl: db.url, rejectsFile: tmpPath('r2'), maxRejects: 1 })
           .catch((e) => e);
         expect(err.code).to.equal('USERPORT_MAX_REJECTS');
         expect(err.position).to.include({ ordinal: 3 });
@@ -198,7 +195,7 @@ describe('reliability', function () {
     let dir: string;
     let url: string;
     before(async () => {
-      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-fault-pg-'));
+      dir = tmpFolder('userport-fault-pg-');
       fs.chmodSync(dir, 0o755);
       url = (await startEmbedded({ dir })).url;
     });
@@ -335,7 +332,7 @@ describe('reliability, round two (issue #9)', function () {
       expect(plain.length).to.be.above(4 * SEGMENT_BYTES);
       const tar = await encryptBuffer(plain);
       const token = members(tar).find((m) => m.entry.name === 'export.json')!.entry;
-      const file = path.join(os.tmpdir(), `userport-toctou-${process.pid}.tar`);
+      const file = tmpPath('userport-toctou.tar');
       fs.writeFileSync(file, tar);
       try {
         const unwrapper = createLocalKeyUnwrapper({ privateKeyPem: readFixture('fixture-key.pem') });

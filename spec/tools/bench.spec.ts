@@ -17,9 +17,10 @@ import { cliHasBulkLoad, expectedRows, runBench, shebangNodeFlags } from '../../
 import { parseScenarios } from '../../tools/bench/scenarios.js';
 import { createExportGenerator } from '../../tools/generate.js';
 import { freshDatabase, serverUrl } from '../helpers/db.js';
+import { tmpFolder } from '../helpers/setup.js';
 
 function tmpDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'userport-bench-spec-'));
+  return tmpFolder('userport-bench-spec-');
 }
 
 describe('benchmark', () => {
