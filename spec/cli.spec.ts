@@ -7,6 +7,7 @@ import { stopEmbedded } from '../lib/db/embedded.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { user, useremail, writeExport } from './helpers/exports.js';
 import { tmpFolder, tmpPath } from './helpers/setup.js';
+import { installImportGate, reached } from './helpers/moments.js';
 
 const ROOT = path.resolve('.');
 const BIN = path.join(ROOT, 'bin/userport.js');
@@ -306,18 +307,27 @@ describe('userport CLI', function () {
     it('run again without --import-id, continue the killed import of the same file and options instead of starting a duplicate', async () => {
       const file = writeExport(Array.from({ length: 20000 }, (_, i) => user(i + 1, `resume${i}`)));
       const args = ['import', 'users', file, '--database-url', db.url, '--resumable', '--batch-rows', '500', '--no-progress'];
-      const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      // Kill it once a checkpoint is committed (it commits one every 500 rows): the gate holds
+      // it at its second checkpoint, so it cannot finish first however fast the machine.
+      const gate = await installImportGate(db.url, { checkpointAfter: 1, atFinish: false });
       let stderr = '';
-      child.stderr.on('data', (d: Buffer) => (stderr += d));
-      const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
-      // Kill it once a checkpoint is committed (it commits one every 500 rows).
-      for (;;) {
-        const r = await db.knex.raw(`SELECT checkpoint_ordinal FROM userport_import`);
-        if (r.rows[0] && Number(r.rows[0].checkpoint_ordinal) > 0) break;
-        await new Promise((resolve) => setTimeout(resolve, 50));
+      try {
+        const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+        child.stderr.on('data', (d: Buffer) => (stderr += d));
+        const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+        try {
+          await reached('the import committed a checkpoint and waits at its next one', async () => {
+            if (!(await gate.waiting(child))) return undefined;
+            const r = await db.knex.raw(`SELECT checkpoint_ordinal FROM userport.imports`);
+            return r.rows[0] && Number(r.rows[0].checkpoint_ordinal) > 0 ? true : undefined;
+          }, { child });
+        } finally {
+          child.kill('SIGKILL');
+          await exited;
+        }
+      } finally {
+        await gate.remove();
       }
-      child.kill('SIGKILL');
-      await exited;
       const id = /Import id: (\S+)/.exec(stderr)?.[1];
       expect(id, stderr).to.match(/^[0-9a-f-]{36}$/);
       // Killed: listed as interrupted, not running (once the server sees the session gone).
@@ -335,17 +345,17 @@ describe('userport CLI', function () {
       expect(s.importId).to.equal(id);
       expect(s.models['sentry.user']).to.include({ read: 20000, inserted: 20000, renamed: 0 });
       expect(await db.count('auth_user')).to.equal(20000);
-      expect(await db.count('userport_import')).to.equal(1);
+      expect(await db.count('userport.imports')).to.equal(1);
       // And once more: it is done, nothing changes, and it says so.
       const third = await userport(args);
       expect(third.code, third.stderr).to.equal(0);
       expect(third.stdout).to.match(/^Already imported, nothing changed/);
       expect(await db.count('auth_user')).to.equal(20000);
-      expect(await db.count('userport_import')).to.equal(1);
+      expect(await db.count('userport.imports')).to.equal(1);
     });
 
     it('`imports` tells running (a live session holds the import) from interrupted (nobody does, e.g. after a server crash)', async () => {
-      await db.knex.raw(`INSERT INTO userport_import (id, mode, state, source, options) VALUES ('crashed', 'resumable', 'running', 'x.json', '{}')`);
+      await db.knex.raw(`INSERT INTO userport.imports (id, mode, state, source, options) VALUES ('crashed', 'resumable', 'running', 'x.json', '{}')`);
       const stateOf = async () => (JSON.parse((await userport(['imports', '--database-url', db.url, '--json'])).stdout) as { id: string; state: string }[])
         .find((r) => r.id === 'crashed')!.state;
       expect(await stateOf()).to.equal('interrupted');

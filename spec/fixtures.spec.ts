@@ -85,7 +85,7 @@ describe('real Sentry exports (../shared/fixtures/sentry)', () => {
         const s = await importUsers({ source: fixture(name), databaseUrl: db.url });
         expect(s.skipped).to.deep.equal(exp.skipped);
         await check(db, exp);
-        const map = (await db.knex.raw(`SELECT model, count(*)::int AS n FROM userport_pk_map GROUP BY model ORDER BY model`)).rows;
+        const map = (await db.knex.raw(`SELECT model, count(*)::int AS n FROM userport.pk_map GROUP BY model ORDER BY model`)).rows;
         expect(map.find((r: { model: string }) => r.model === 'sentry.user')?.n).to.equal(exp.users.length);
       } finally {
         await db.close();
@@ -97,7 +97,7 @@ describe('real Sentry exports (../shared/fixtures/sentry)', () => {
     const db = await freshDatabase();
     try {
       await importUsers({ source: fixture('user-pk-mapping'), databaseUrl: db.url });
-      const map = (await db.knex.raw(`SELECT model, source_pk, target_id FROM userport_pk_map ORDER BY model`)).rows;
+      const map = (await db.knex.raw(`SELECT model, source_pk, target_id FROM userport.pk_map ORDER BY model`)).rows;
       expect(map).to.deep.equal([{ model: 'sentry.email', source_pk: 34, target_id: 1 }, { model: 'sentry.user', source_pk: 12, target_id: 1 }]);
     } finally {
       await db.close();

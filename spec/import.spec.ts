@@ -98,7 +98,7 @@ describe('importUsers', () => {
       expect((await db.knex.raw('SELECT password, is_unclaimed FROM auth_user')).rows[0]).to.deep.equal({ password: 'keep', is_unclaimed: false });
       expect(await db.count('sentry_useremail')).to.equal(0);
       expect(await db.count('sentry_lostpasswordhash')).to.equal(0);
-      const map = (await db.knex.raw(`SELECT source_pk, target_id, kind FROM userport_pk_map WHERE model = 'sentry.user'`)).rows;
+      const map = (await db.knex.raw(`SELECT source_pk, target_id, kind FROM userport.pk_map WHERE model = 'sentry.user'`)).rows;
       expect(map).to.deep.equal([{ source_pk: 1, target_id: 1, kind: 'merged' }]);
     });
 
@@ -118,7 +118,7 @@ describe('importUsers', () => {
       expect(s.models['sentry.email']).to.include({ inserted: 1, existing: 2 });
       const rows = (await db.knex.raw('SELECT email FROM sentry_email ORDER BY id')).rows.map((r: { email: string }) => r.email);
       expect(rows).to.deep.equal(['Shared@Example.com', 'new@example.com']);
-      const map = (await db.knex.raw(`SELECT source_pk, kind FROM userport_pk_map WHERE model = 'sentry.email' ORDER BY 1`)).rows;
+      const map = (await db.knex.raw(`SELECT source_pk, kind FROM userport.pk_map WHERE model = 'sentry.email' ORDER BY 1`)).rows;
       expect(map).to.deep.equal([{ source_pk: 1, kind: 'existing' }, { source_pk: 2, kind: 'inserted' }, { source_pk: 3, kind: 'existing' }]);
     });
   });
@@ -259,7 +259,7 @@ describe('importUsers', () => {
       const err = await failure(run(db, [user(1, 'alice'), email(1, 'a@example.com'), useremail(1, 1, 'a@example.com'), user(2, 'bob', { date_joined: '2023-02-30T00:00:00Z' })]));
       expect(err.code).to.equal('USERPORT_RECORD_SCHEMA');
       expect(err.position).to.include({ model: 'sentry.user', pk: 2, ordinal: 4, field: 'date_joined' });
-      for (const t of [...TARGET_TABLES, 'userport_import', 'userport_pk_map', 'userport_stage']) expect(await db.count(t), t).to.equal(0);
+      for (const t of [...TARGET_TABLES, 'userport.imports', 'userport.pk_map', 'userport.stage']) expect(await db.count(t), t).to.equal(0);
     });
 
     it('says model, pk, ordinal and field when a record fails its schema', async () => {
@@ -325,7 +325,7 @@ describe('importUsers', () => {
       const s = await run(db, [user(1, 'alice'), useremail(1, 1, 'alice@example.com')], { dryRun: true });
       expect(s.mode).to.equal('dry-run');
       expect(s.models['sentry.user']!.inserted).to.equal(1);
-      for (const t of [...TARGET_TABLES, 'userport_import']) expect(await db.count(t), t).to.equal(0);
+      for (const t of [...TARGET_TABLES, 'userport.imports']) expect(await db.count(t), t).to.equal(0);
     });
   });
 });

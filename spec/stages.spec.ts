@@ -17,6 +17,7 @@ import { optionErrorOf } from './helpers/options.js';
 import { streamCompliance } from './helpers/compliance.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { user, useroption } from './helpers/exports.js';
+import { reached } from './helpers/moments.js';
 
 const pos = { offset: 10, line: 2, column: 3, length: 50 };
 const raw = (ordinal: number, value: unknown): RawRecord => ({ ordinal, ...pos, value: value as Record<string, unknown> });
@@ -249,7 +250,7 @@ describe('createPgSink', () => {
     const sink = createPgSink({
       client, run: 1, transaction: 'whole',
       finalize: async (c) => {
-        staged = (await c.query('SELECT count(*)::int AS n FROM userport_stage')).rows[0].n;
+        staged = (await c.query('SELECT count(*)::int AS n FROM userport.stage')).rows[0].n;
         await c.query(`INSERT INTO auth_user (password, username) VALUES ('x', 'made-in-finalize')`);
       },
     });
@@ -260,7 +261,7 @@ describe('createPgSink', () => {
     expect(finishes).to.equal(1);
     expect(await db.count('auth_user')).to.equal(1);
     // The temp staging table went away with the transaction.
-    expect(await db.count('userport_stage')).to.equal(0);
+    expect(await db.count('userport.stage')).to.equal(0);
   });
 
   it('rolls back when finalize fails, emitting error exactly once', async () => {
@@ -286,14 +287,19 @@ describe('createPgSink', () => {
     const sink = createPgSink({ client, run: 1, transaction: 'whole', finalize: async () => { finalized = true; } });
     const source = new Readable({ objectMode: true, read() {} });
     for (const r of rows(2000)) source.push(r);
+    const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
     const done = new Promise<Error | null | undefined>((resolve) => finished(sink, (e) => resolve(e)));
     source.pipe(sink);
-    await new Promise((r) => setTimeout(r, 200));
+    // Mid-COPY: the server runs the sink's COPY, and the sink has taken every row (the source never ends).
+    await reached('the sink\'s COPY runs and every row is in the sink', async () => {
+      const copying = (await db.knex.raw(`SELECT 1 FROM pg_stat_activity WHERE pid = ? AND state = 'active' AND query LIKE 'COPY pg_temp.stage%'`, [pid])).rows.length > 0;
+      return copying && source.readableLength === 0 && sink.writableLength === 0 ? true : undefined;
+    });
     sink.destroy(new Error('stop'));
     expect((await done)?.message).to.equal('stop');
     expect(finalized).to.equal(false);
     expect((await client.query('SELECT 1 AS ok')).rows[0].ok).to.equal(1);
-    expect((await client.query(`SELECT count(*)::int AS n FROM pg_class WHERE relname = 'userport_stage' AND relpersistence = 't'`)).rows[0].n).to.equal(0);
+    expect((await client.query(`SELECT count(*)::int AS n FROM pg_class WHERE relname = 'stage' AND relpersistence = 't'`)).rows[0].n).to.equal(0);
   });
 
   it('in batches mode stages the batch\'s rows before its checkpoint, in the same transaction', async () => {
@@ -303,14 +309,14 @@ describe('createPgSink', () => {
       checkpoint: async (c, last) => {
         seen.push(last.ordinal);
         // The batch's rows are visible inside its own transaction, before the commit.
-        expect((await c.query('SELECT count(*)::int AS n FROM userport_stage WHERE run = 1')).rows[0].n).to.be.at.least(last.ordinal);
+        expect((await c.query('SELECT count(*)::int AS n FROM userport.stage WHERE run = 1')).rows[0].n).to.be.at.least(last.ordinal);
       },
       finalize: async () => undefined,
     });
     await pipeline(objects(rows(1000)), sink);
     expect(seen.length).to.be.at.least(2);
     expect(seen[seen.length - 1]).to.equal(1000);
-    expect(await db.count('userport_stage', 'run = 1')).to.equal(1000);
+    expect(await db.count('userport.stage', 'run = 1')).to.equal(1000);
   });
 
   it('in batches mode calls a write back only once its batch is committed (seen from another session)', async () => {
@@ -318,7 +324,7 @@ describe('createPgSink', () => {
     await observer.connect();
     try {
       const sink = createPgSink({ client, run: 1, transaction: 'batches', batchRows: 100, finalize: async () => undefined });
-      const committed = async () => (await observer.query('SELECT count(*)::int AS n FROM userport_stage WHERE run = 1')).rows[0].n as number;
+      const committed = async () => (await observer.query('SELECT count(*)::int AS n FROM userport.stage WHERE run = 1')).rows[0].n as number;
       const seen: [number, number][] = [];
       const all = rows(250);
       // One write at a time: each callback is awaited, then another session counts what is committed.

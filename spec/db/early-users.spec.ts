@@ -50,7 +50,7 @@ async function exactState(db: TestDb): Promise<Record<string, unknown>> {
     emails: await q('SELECT id, email FROM sentry_email ORDER BY id'),
     ues: await q('SELECT id, user_id, email FROM sentry_useremail ORDER BY id'),
     uos: await q('SELECT id, user_id, key, value FROM sentry_useroption ORDER BY id'),
-    map: await q('SELECT model, source_pk, target_id, kind FROM userport_pk_map ORDER BY model, source_pk'),
+    map: await q('SELECT model, source_pk, target_id, kind FROM userport.pk_map ORDER BY model, source_pk'),
     sequences: await q(`SELECT last_value, is_called FROM auth_user_id_seq UNION ALL SELECT last_value, is_called FROM sentry_lostpasswordhash_id_seq`),
   };
 }
@@ -135,7 +135,7 @@ describe('the early users step (issue #11)', function () {
       const err = await importUsers({ source: input.stream, databaseUrl: target.url, mergeUsers: true, tmpDir: tmp }).then(() => undefined, (e: unknown) => e);
       expect(input.sawSpool(), 'the early step started and spooled').to.equal(true);
       expect((err as UserportError).code).to.equal('USERPORT_RECORD_SCHEMA');
-      for (const t of [...TARGET_TABLES, 'userport_pk_map']) expect(await target.count(t), t).to.equal(0);
+      for (const t of [...TARGET_TABLES, 'userport.pk_map']) expect(await target.count(t), t).to.equal(0);
       expect(spools(tmp)).to.deep.equal([]);
     });
   });
@@ -152,7 +152,7 @@ describe('the early users step (issue #11)', function () {
         expect(input.sawSpool(), `round ${round}: the spool was made`).to.equal(true);
         expect((err as UserportError).code, `round ${round}`).to.be.oneOf(['USERPORT_PARSE_JSON', 'USERPORT_INPUT_TRUNCATED', 'USERPORT_RECORD_SCHEMA']);
         expect(spools(tmp), `round ${round}`).to.deep.equal([]);
-        for (const t of [...TARGET_TABLES, 'userport_pk_map']) expect(await target.count(t), t).to.equal(0);
+        for (const t of [...TARGET_TABLES, 'userport.pk_map']) expect(await target.count(t), t).to.equal(0);
       }
     });
   });
