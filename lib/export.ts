@@ -443,7 +443,12 @@ export async function exportUsers(options: ExportUsersOptions): Promise<ExportSu
     }
   };
   try {
-    if (dest === '-') await write(process.stdout);
+    if (dest === '-') {
+      await write(process.stdout).catch((err: unknown) => {
+        if (err instanceof UserportError) throw err;
+        throw new UserportError(ErrorCodes.IO, `cannot write to standard output: ${(err as Error).message}`, { cause: err });
+      });
+    }
     else if (typeof dest !== 'string') await write(dest);
     // A plain export holds password hashes: created 0600.
     else await writeFileAtomically(dest, options.encryptWith !== undefined ? 0o644 : 0o600, write).catch((err: unknown) => {

@@ -16,7 +16,7 @@ import { listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
 import { formatBytes, parseCommand, reportError, usage, usageError, type FlagSpecs } from './cli-support.js';
-import { installSpoolCleanup } from './signals.js';
+import { installSpoolCleanup, setInterruptNote } from './signals.js';
 import { runExportCommand } from './export-command.js';
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
@@ -516,11 +516,21 @@ async function importCommand(args: string[]): Promise<number> {
     lastPhase = p.phase;
   };
   let summary: ImportSummary;
+  // What a SIGINT/SIGTERM/SIGHUP leaves, said in the line the signal handler prints: the process
+  // dies, its session closes, and PostgreSQL rolls back the open transaction.
+  let startedId: string | undefined;
+  setInterruptNote(() => {
+    if (plan.options.dryRun) return 'the dry run was rolled back, nothing was written';
+    if (!plan.resumable) return 'the import was rolled back, nothing of it was written';
+    return startedId === undefined ? 'nothing was committed; run the same command again to import the file'
+      : `import ${startedId} keeps what its last checkpoint committed; run the same command again to continue it`;
+  });
   try {
     summary = await importUsers({
       ...plan.options,
       databaseUrl: db.url,
       onStart: ({ importId, resumed, fromOrdinal, found }) => {
+        startedId = importId;
         if (!plan.resumable || plan.silent) return;
         if (found) {
           process.stderr.write(resumed
@@ -534,13 +544,15 @@ async function importCommand(args: string[]): Promise<number> {
       onProgress,
     });
   } finally {
+    setInterruptNote(undefined);
     if (plan.progress && tty) process.stderr.write('\r\x1b[K');
   }
   if (plan.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
   else if (!plan.silent) {
     process.stdout.write(formatSummary(summary, { phases: clock.phases(summary.seconds), emptyFilter: plan.emptyFilter }) + '\n');
     if (summary.state === 'already-done') {
-      process.stdout.write('To import this file again as a new import, give --import-id with a new id.\n');
+      process.stdout.write(plan.resumable ? 'To import this file again as a new import, give --import-id with a new id.\n'
+        : 'To import it again anyway (every user a second, renamed copy), add --allow-reimport.\n');
     }
     if (db.embedded && summary.mode !== 'dry-run') {
       process.stdout.write(`\nThe data is in the embedded PostgreSQL: ${db.url}\n` +
