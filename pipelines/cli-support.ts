@@ -60,6 +60,7 @@ const LIBRARY_TO_FLAG: Readonly<Record<string, string>> = {
   mergeUsers: '--merge-users',
   filterUsernames: '--filter-usernames',
   dryRun: '--dry-run',
+  allowReimport: '--allow-reimport',
   bulkLoad: '--bulk-load',
   resumable: '--resumable',
   importId: '--import-id',

@@ -53,6 +53,8 @@ Options:
                                   (empty: no filter, as in Sentry)
   --filter-usernames-file F       the same, names separated by commas or newlines
   --dry-run                       do everything, report, then roll back
+  --allow-reimport                import SRC although it was imported before (same file and
+                                  options): every user gets a second, renamed copy
   --bulk-load auto|off            auto (default): into empty target tables, load the rows first and
                                   build their indexes and constraints after (locks those tables);
                                   off: insert into the indexed tables, as into any non-empty target
@@ -134,6 +136,7 @@ const IMPORT_FLAGS = {
   'filter-usernames': { type: 'string', aliases: ['filter_usernames'] },
   'filter-usernames-file': { type: 'string' },
   'dry-run': { type: 'boolean' },
+  'allow-reimport': { type: 'boolean' },
   'bulk-load': { type: 'string' },
   resumable: { type: 'boolean' },
   'import-id': { type: 'string' },
@@ -420,6 +423,7 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
   if (o['max-rejects'] !== undefined && o['rejects-file'] === undefined) throw usageError('--max-rejects needs --rejects-file');
   if (o['import-id'] !== undefined && !resumable) throw usageError('--import-id needs --resumable');
   if (o['batch-rows'] !== undefined && !resumable) throw usageError('--batch-rows needs --resumable');
+  if (resumable && o['allow-reimport']) throw usageError('--allow-reimport is for atomic imports; a resumable import is imported again under a new --import-id');
   if (resumable && o['dry-run']) throw usageError('--resumable and --dry-run cannot be combined (a dry run commits nothing to resume)');
   const bulkLoad = str(o['bulk-load']);
   if (bulkLoad !== undefined && bulkLoad !== 'auto' && bulkLoad !== 'off') throw usageError(`--bulk-load must be auto or off, got "${printable(bulkLoad)}"`);
@@ -466,6 +470,7 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
       mergeUsers: !!o['merge-users'],
       filterUsernames,
       dryRun: !!o['dry-run'],
+      ...(o['allow-reimport'] ? { allowReimport: true } : {}),
       bulkLoad,
       resumable,
       importId,
