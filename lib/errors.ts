@@ -49,6 +49,8 @@ export const ErrorCodes = {
   DB_SETTING: 'USERPORT_DB_SETTING',
   IMPORT_MISMATCH: 'USERPORT_IMPORT_MISMATCH',
   IMPORT_BUSY: 'USERPORT_IMPORT_BUSY',
+  /** The connection was lost after the import's COMMIT was sent, and the database could not be asked whether it committed. */
+  IMPORT_OUTCOME_UNKNOWN: 'USERPORT_IMPORT_OUTCOME_UNKNOWN',
   IO: 'USERPORT_IO',
   /** A callback the caller passed (a sink's `checkpoint` or `finalize`) threw something that is not a UserportError; `cause` is what it threw. */
   CALLBACK: 'USERPORT_CALLBACK',

@@ -209,6 +209,11 @@ export function reindentJson(text: string, indent: number, level: number): strin
       out += `,\n${pad(indent, depth)}`;
     } else if (c === ':') {
       out += ': ';
+    } else if (c === '-' || (c >= '0' && c <= '9')) {
+      let j = i + 1;
+      while (j < n && /[0-9.eE+-]/.test(text[j]!)) j++;
+      out += pythonJsonNumber(text.slice(i, j));
+      i = j - 1;
     } else if (c !== ' ' && c !== '\n' && c !== '\t' && c !== '\r') {
       out += c;
     }
@@ -229,6 +234,35 @@ function pickledValueAsJson(v: string): string {
 const UNREADABLE_REASON = 'its value is a pickle of something other than plain values: not executed, left out';
 /** Unreadable rows named one by one in the summary; more are counted. */
 const MAX_UNREADABLE_LISTED = 1000;
+
+/**
+ * A JSON number as Sentry's export writes it: psycopg hands the jsonb to Python's `json.loads`,
+ * and `json.dumps` writes the value back. An integer stays an exact arbitrary-precision int
+ * (`-0` becomes `0`); a number with a fraction or an exponent becomes a float, written as
+ * Python's `repr`: the shortest round-trip digits (as JS's), but in exponent form below 1e-4 and
+ * from 1e16 on, with a sign and at least two exponent digits (`1e-07`, `1e+16`), else with a
+ * decimal point (`1.0`); out of range it is `Infinity`, `-Infinity`, `0.0` or `-0.0`.
+ */
+export function pythonJsonNumber(token: string): string {
+  if (/^-?\d+$/.test(token)) return BigInt(token).toString();
+  const x = Number(token);
+  if (x === Infinity) return 'Infinity';
+  if (x === -Infinity) return '-Infinity';
+  if (x === 0) return Object.is(x, -0) ? '-0.0' : '0.0';
+  const sign = x < 0 ? '-' : '';
+  // toExponential() without digits gives the shortest round-trip digits: "d.ddde+X".
+  const m = /^(\d)(?:\.(\d+))?e([+-]\d+)$/.exec(Math.abs(x).toExponential())!;
+  const digits = m[1]! + (m[2] ?? '');
+  const exp = Number(m[3]);
+  if (exp < -4 || exp >= 16) {
+    const e = Math.abs(exp).toString().padStart(2, '0');
+    return `${sign}${digits[0]}${digits.length > 1 ? `.${digits.slice(1)}` : ''}e${exp < 0 ? '-' : '+'}${e}`;
+  }
+  const point = exp + 1;
+  if (point <= 0) return `${sign}0.${'0'.repeat(-point)}${digits}`;
+  if (point >= digits.length) return `${sign}${digits}${'0'.repeat(point - digits.length)}.0`;
+  return `${sign}${digits.slice(0, point)}.${digits.slice(point)}`;
+}
 
 function encodeValue(v: string | null, encoding: Encoding, indent: number): string {
   if (v === null) return 'null';
@@ -450,7 +484,12 @@ export async function exportUsers(options: ExportUsersOptions): Promise<ExportSu
     }
   };
   try {
-    if (dest === '-') await write(process.stdout);
+    if (dest === '-') {
+      await write(process.stdout).catch((err: unknown) => {
+        if (err instanceof UserportError) throw err;
+        throw new UserportError(ErrorCodes.IO, `cannot write to standard output: ${(err as Error).message}`, { cause: err });
+      });
+    }
     else if (typeof dest !== 'string') await write(dest);
     // A plain export holds password hashes: created 0600.
     else await writeFileAtomically(dest, encryptWith !== undefined ? 0o644 : 0o600, write).catch((err: unknown) => {

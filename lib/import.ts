@@ -12,7 +12,7 @@ import { applySessionSettings, checkDatabaseUrl, createKnex, migrate, PG_TYPES, 
 import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isNonEmptyString, isStringIterable, type OptionCheck } from './options.js';
 import { beginEarlyUsers, describePlan, mergeStaged, planFor, undoEarlyUsers, type EarlyUsers, type MergeOptions } from './db/merge/index.js';
 import {
-  deleteStaged, findImport, findResumableImport, finishImport, insertImport, insertResumableImport, lockImport, markImportFailed,
+  commitOutcome, deleteStaged, findDoneImport, findImport, findResumableImport, finishImport, insertImport, insertResumableImport, lockImport, markImportFailed,
   markImportRunning, nextImportRun, ownerName, saveCheckpoint, unmatchedUsernames,
 } from './db/imports.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
@@ -62,6 +62,13 @@ export interface ImportOptions {
   filterUsernames?: string[];
   /** Run everything, report, then roll back. @default false */
   dryRun?: boolean;
+  /**
+   * Import a file again although an earlier import of the same file (size and fingerprint) and
+   * options finished. Without it, an atomic import of such a file changes nothing and resolves to
+   * that import's summary with `state: 'already-done'` (as a finished resumable import does): a
+   * second import would give every user a renamed copy. @default false
+   */
+  allowReimport?: boolean;
   /** Commit in batches with checkpoints; re-running with the same `importId` resumes. @default false */
   resumable?: boolean;
   /**
@@ -108,6 +115,7 @@ const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
   bulkLoad: (v) => (v === 'auto' || v === 'off' ? undefined : '"auto" or "off"'),
   filterUsernames: isStringIterable,
   dryRun: isBoolean,
+  allowReimport: isBoolean,
   resumable: isBoolean,
   importId: (v) => (typeof v === 'string' && /^[A-Za-z0-9._-]{1,100}$/.test(v) ? undefined : "1-100 letters, digits, '.', '_' or '-'"),
   batchRows: isInteger(1),
@@ -212,6 +220,10 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
         run = await insertResumableImport(client, rowSource());
       }
     } else {
+      if (fp && !options.dryRun && !options.allowReimport) {
+        const done = await findDoneImport(client, fp, resumeKey(options));
+        if (done?.summary) return { ...done.summary, importId: done.id, state: 'already-done' };
+      }
       run = await nextImportRun(client);
     }
     options.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough, found });
@@ -254,6 +266,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
         undo: async () => { await undoEarlyUsers(c, early!); early = undefined; },
       };
     };
+    let committing = false;
     const finalize = async (c: pg.ClientBase) => {
       if (!options.resumable) await insertImport(c, run, mode, rowSource());
       const merged = await mergeStaged(c, mergeOptions, stats, early);
@@ -265,6 +278,8 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       const summary = buildSummary();
       if (options.resumable) await deleteStaged(c, run);
       await finishImport(c, run, summary, stats.snapshot());
+      // The sink sends COMMIT next: from here a lost connection leaves the outcome open.
+      committing = !options.dryRun;
     };
     const checkpoint = async (c: pg.ClientBase, last: MappedItem) => {
       const snap = stats.snapshot();
@@ -302,6 +317,24 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
         bulkLoad: bulkLoaded, target: describePlan(plan),
       };
     };
+    /**
+     * The connection failed after COMMIT was sent: the answer is lost, not necessarily the
+     * import. Asks the database: true when the import committed after all (it succeeded), false
+     * when it rolled back (the error stands); throws IMPORT_OUTCOME_UNKNOWN, with the import id,
+     * when the database cannot be asked.
+     */
+    const backendPid = (client as unknown as { processID?: number | null }).processID ?? undefined;
+    const committedAfterAll = async (err: unknown): Promise<boolean> => {
+      const e = wrapDbError(clientError ?? err, 'committing the import');
+      if (e.code !== ErrorCodes.DB_CONNECT) return false;
+      const outcome = await commitOutcome(databaseUrl, run, backendPid);
+      if (outcome !== 'unknown') return outcome === 'committed';
+      const again = fp ? 'run the same command again: it asks the database and says "already imported" if it was'
+        : 'see `userport imports`: a committed import is listed as done';
+      throw new UserportError(ErrorCodes.IMPORT_OUTCOME_UNKNOWN,
+        `the connection to PostgreSQL was lost after import ${importId} sent its COMMIT, and the database cannot be asked whether it committed; ${again}`,
+        { cause: e });
+    };
     try {
       await pipeline(source, processor, sink);
     } catch (err) {
@@ -309,6 +342,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       // users step's spool file) is still running: the import fails only once nothing is left.
       if (!sink.destroyed) sink.destroy(err as Error);
       if (!sink.closed) await new Promise<void>((resolve) => sink.once('close', () => resolve()));
+      if (committing && await committedAfterAll(err)) return buildSummary();
       if (clientError && !(err instanceof UserportError)) throw wrapDbError(clientError, 'the import');
       throw err instanceof UserportError ? err : wrapDbError(err, 'the import');
     }

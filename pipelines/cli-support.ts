@@ -17,6 +17,24 @@ export type FlagSpecs = Readonly<Record<string, FlagSpec>>;
 /** The values `parseCommand` returns for `S` (declared `as const satisfies FlagSpecs`), typed per flag. */
 export type FlagValues<S extends FlagSpecs> = { [K in keyof S]?: S[K]['type'] extends 'string' ? string : boolean } & { help?: boolean; debug?: boolean };
 
+/**
+ * The exit code when the reader of standard output went away (`export users - | head`): 141,
+ * 128 + SIGPIPE, what a process killed by SIGPIPE reports (Node ignores SIGPIPE, so userport
+ * returns it itself), without a message: the reader chose to stop, as with any Unix filter. A
+ * script with `set -o pipefail` still sees that the output was not all taken.
+ */
+export const BROKEN_PIPE_EXIT = 141;
+
+/** A write that failed with EPIPE (directly, or as the cause of an I/O error), not a database socket's. */
+export function isBrokenPipe(err: unknown): boolean {
+  for (let e = err, depth = 0; e !== null && typeof e === 'object' && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    if (e instanceof UserportError && e.code.startsWith('USERPORT_DB')) return false;
+    const x = e as NodeJS.ErrnoException;
+    if (x.code === 'EPIPE' && (x.syscall === undefined || x.syscall === 'write')) return true;
+  }
+  return false;
+}
+
 /** Errors that are the command line's fault: exit code 2. */
 const usageErrors = new WeakSet<object>();
 
@@ -44,6 +62,7 @@ const LIBRARY_TO_FLAG: Readonly<Record<string, string>> = {
   mergeUsers: '--merge-users',
   filterUsernames: '--filter-usernames',
   dryRun: '--dry-run',
+  allowReimport: '--allow-reimport',
   bulkLoad: '--bulk-load',
   resumable: '--resumable',
   importId: '--import-id',
@@ -83,6 +102,7 @@ export function formatError(err: unknown): string {
 
 /** Prints `err` in the one format (the stack with --debug) and returns the exit code. */
 export function reportError(err: unknown, debug: boolean, stderr: Writable = process.stderr): number {
+  if (isBrokenPipe(err)) return BROKEN_PIPE_EXIT;
   stderr.write(`${formatError(err)}\n`);
   if (debug && err instanceof Error && err.stack) stderr.write(`${err.stack}\n`);
   return exitCodeFor(err);

@@ -16,7 +16,7 @@ import { listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
 import { formatBytes, parseCommand, reportError, usage, usageError, type FlagSpecs } from './cli-support.js';
-import { installSpoolCleanup } from './signals.js';
+import { installSpoolCleanup, setInterruptNote } from './signals.js';
 import { runExportCommand } from './export-command.js';
 import { runTargetCommand } from './target-command.js';
 
@@ -55,6 +55,8 @@ Options:
                                   (empty: no filter, as in Sentry)
   --filter-usernames-file F       the same, names separated by commas or newlines
   --dry-run                       do everything, report, then roll back
+  --allow-reimport                import SRC although it was imported before (same file and
+                                  options): every user gets a second, renamed copy
   --bulk-load auto|off            auto (default): into empty target tables, load the rows first and
                                   build their indexes and constraints after (locks those tables);
                                   off: insert into the indexed tables, as into any non-empty target
@@ -136,6 +138,7 @@ const IMPORT_FLAGS = {
   'filter-usernames': { type: 'string', aliases: ['filter_usernames'] },
   'filter-usernames-file': { type: 'string' },
   'dry-run': { type: 'boolean' },
+  'allow-reimport': { type: 'boolean' },
   'bulk-load': { type: 'string' },
   resumable: { type: 'boolean' },
   'import-id': { type: 'string' },
@@ -427,6 +430,7 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
   if (o['max-rejects'] !== undefined && o['rejects-file'] === undefined) throw usageError('--max-rejects needs --rejects-file');
   if (o['import-id'] !== undefined && !resumable) throw usageError('--import-id needs --resumable');
   if (o['batch-rows'] !== undefined && !resumable) throw usageError('--batch-rows needs --resumable');
+  if (resumable && o['allow-reimport']) throw usageError('--allow-reimport is for atomic imports; a resumable import is imported again under a new --import-id');
   if (resumable && o['dry-run']) throw usageError('--resumable and --dry-run cannot be combined (a dry run commits nothing to resume)');
   const bulkLoad = str(o['bulk-load']);
   if (bulkLoad !== undefined && bulkLoad !== 'auto' && bulkLoad !== 'off') throw usageError(`--bulk-load must be auto or off, got "${printable(bulkLoad)}"`);
@@ -473,6 +477,7 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
       mergeUsers: !!o['merge-users'],
       filterUsernames,
       dryRun: !!o['dry-run'],
+      ...(o['allow-reimport'] ? { allowReimport: true } : {}),
       bulkLoad,
       resumable,
       importId,
@@ -523,11 +528,21 @@ async function importCommand(args: string[]): Promise<number> {
     lastPhase = p.phase;
   };
   let summary: ImportSummary;
+  // What a SIGINT/SIGTERM/SIGHUP leaves, said in the line the signal handler prints: the process
+  // dies, its session closes, and PostgreSQL rolls back the open transaction.
+  let startedId: string | undefined;
+  setInterruptNote(() => {
+    if (plan.options.dryRun) return 'the dry run was rolled back, nothing was written';
+    if (!plan.resumable) return 'the import was rolled back, nothing of it was written';
+    return startedId === undefined ? 'nothing was committed; run the same command again to import the file'
+      : `import ${startedId} keeps what its last checkpoint committed; run the same command again to continue it`;
+  });
   try {
     summary = await importUsers({
       ...plan.options,
       databaseUrl: db.url,
       onStart: ({ importId, resumed, fromOrdinal, found }) => {
+        startedId = importId;
         if (!plan.resumable || plan.silent) return;
         if (found) {
           process.stderr.write(resumed
@@ -541,13 +556,15 @@ async function importCommand(args: string[]): Promise<number> {
       onProgress,
     });
   } finally {
+    setInterruptNote(undefined);
     if (plan.progress && tty) process.stderr.write('\r\x1b[K');
   }
   if (plan.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
   else if (!plan.silent) {
     process.stdout.write(formatSummary(summary, { phases: clock.phases(summary.seconds), emptyFilter: plan.emptyFilter }) + '\n');
     if (summary.state === 'already-done') {
-      process.stdout.write('To import this file again as a new import, give --import-id with a new id.\n');
+      process.stdout.write(plan.resumable ? 'To import this file again as a new import, give --import-id with a new id.\n'
+        : 'To import it again anyway (every user a second, renamed copy), add --allow-reimport.\n');
     }
     if (db.embedded && summary.mode !== 'dry-run') {
       process.stdout.write(`\nThe data is in the embedded PostgreSQL: ${db.url}\n` +

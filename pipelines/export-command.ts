@@ -8,11 +8,12 @@ import path from 'node:path';
 import readline from 'node:readline/promises';
 import { startEmbedded } from '../lib/db/embedded.js';
 import { checkDatabaseUrl } from '../lib/db/knex.js';
-import { printable } from '../lib/errors.js';
+import { ErrorCodes, printable, UserportError } from '../lib/errors.js';
 import { exportUsers, type ExportFinding, type ExportProgress, type ExportSummary } from '../lib/export.js';
 import { parseUsernameList } from '../lib/filter-users.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
 import { formatBytes, parseCommand, usage, usageError, type FlagSpecs } from './cli-support.js';
+import { closedStdout, stdoutClosedAtLaunch } from './signals.js';
 
 export const EXPORT_USAGE = `Usage: userport export users DEST [options]   (DEST is a file, or - for stdout)
 
@@ -163,6 +164,7 @@ export async function runExportCommand(args: string[]): Promise<number> {
     const endpoint = process.env.USERPORT_GCP_KMS_ENDPOINT || undefined;
     encryptWith = await kmsGetPublicKey(await readGcpKmsConfig(o['encrypt-with-gcp-kms']), endpoint ? { endpoint } : {});
   }
+  if (dest === '-' && stdoutClosedAtLaunch()) throw closedStdout();
   let databaseUrl = o['database-url'] ?? (process.env.DATABASE_URL || undefined);
   if (!databaseUrl) databaseUrl = (await startEmbedded()).url;
 
@@ -193,7 +195,8 @@ export async function runExportCommand(args: string[]): Promise<number> {
     try {
       fs.writeFileSync(o['findings-file'], `${JSON.stringify(findings, null, 2)}\n`);
     } catch (err) {
-      throw usageError(`--findings-file: cannot write ${printable(o['findings-file'])}: ${(err as Error).message}`);
+      // A full disk is a runtime failure (exit 1), not a usage error: the path was checked up front.
+      throw new UserportError(ErrorCodes.IO, `--findings-file: cannot write ${printable(o['findings-file'])}: ${(err as Error).message}`, { cause: err });
     }
   }
   // With DEST on stdout, stdout carries the export: anything else goes to stderr.

@@ -64,7 +64,8 @@ describe('userport CLI', function () {
         expect(first.code, first.stderr).to.equal(0);
         expect(fs.existsSync(path.join(cwd, '.userport/pgdata/PG_VERSION'))).to.equal(true);
         await userport(['db', 'stop'], { cwd });
-        const second = await userport(['import', 'users', file, '--json'], { cwd });
+        // The same file again is refused as already imported (issue #20): ask for a second copy.
+        const second = await userport(['import', 'users', file, '--json', '--allow-reimport'], { cwd });
         expect(second.code, second.stderr).to.equal(0);
         expect(JSON.parse(second.stdout).models['sentry.user'].renamed).to.equal(1);
       } finally {

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import pg from 'pg';
-import { createExporter, exportUsers, pythonJsonString, reindentJson, type ExportSummary } from '../lib/export.js';
+import { createExporter, exportUsers, pythonJsonNumber, pythonJsonString, reindentJson, type ExportSummary } from '../lib/export.js';
 import { importUsers } from '../lib/import.js';
 import { createExportGenerator } from '../tools/generate.js';
 import { decryptExport, createLocalKeyUnwrapper } from '../lib/decrypt.js';
@@ -343,9 +343,24 @@ describe('createExporter', () => {
       expect(pythonJsonString('a\u007fb\u2028c\n"\\')).to.equal('"a\\u007fb\\u2028c\\n\\"\\\\"');
       expect(pythonJsonString('\ud800')).to.equal('"\\ud800"');
     });
-    it('keep strings with structural characters intact and every digit of a number', () => {
-      expect(reindentJson('{"a, b": "x: [1]", "n": 1e+400}', 2, 0)).to.equal('{\n  "a, b": "x: [1]",\n  "n": 1e+400\n}');
+    it('keep strings with structural characters intact and every digit of an integer', () => {
+      expect(reindentJson('{"a, b": "x: [1]", "n": 12345678901234567890123}', 2, 0)).to.equal('{\n  "a, b": "x: [1]",\n  "n": 12345678901234567890123\n}');
       expect(reindentJson('"q\\"}"', 2, 3)).to.equal('"q\\"}"');
+    });
+    // Issue #20: Sentry reads jsonb with json.loads and writes json.dumps: these are Python 3's
+    // json.dumps(json.loads(token)) for each token (checked with CPython 3).
+    const PYTHON: ReadonlyArray<[string, string]> = [
+      ['0', '0'], ['-0', '0'], ['1', '1'], ['-1', '-1'], ['12345678901234567890123', '12345678901234567890123'],
+      ['1.0', '1.0'], ['1.5', '1.5'], ['-1.5', '-1.5'], ['0.0000001', '1e-07'], ['1e-07', '1e-07'], ['1E-7', '1e-07'],
+      ['0.0001', '0.0001'], ['0.00001', '1e-05'], ['1e16', '1e+16'], ['1e15', '1000000000000000.0'], ['1e+16', '1e+16'],
+      ['123456789012345678.0', '1.2345678901234568e+17'], ['1e22', '1e+22'], ['1.5e300', '1.5e+300'], ['1e400', 'Infinity'],
+      ['-1e400', '-Infinity'], ['1e-400', '0.0'], ['-0.0', '-0.0'], ['0.1', '0.1'], ['100.0', '100.0'], ['2.5e-5', '2.5e-05'],
+      ['0.30000000000000004', '0.30000000000000004'], ['9007199254740993.0', '9007199254740992.0'], ['123.456e2', '12345.6'],
+      ['5e-324', '5e-324'],
+    ];
+    it('write numbers as Python json.dumps writes what json.loads read (1e-07, not 0.0000001)', () => {
+      for (const [token, python] of PYTHON) expect(pythonJsonNumber(token), token).to.equal(python);
+      expect(reindentJson('{"a": [0.0000001, -0, 1e16], "b": 2}', 2, 0)).to.equal('{\n  "a": [\n    1e-07,\n    0,\n    1e+16\n  ],\n  "b": 2\n}');
     });
   });
 

@@ -5,7 +5,7 @@
  */
 import os from 'node:os';
 import type { Knex } from 'knex';
-import type pg from 'pg';
+import pg from 'pg';
 import { createKnex, isMigrated, waitForDatabase } from './knex.js';
 import { ErrorCodes, UserportError } from '../errors.js';
 import type { ImportSummary, StatsSnapshot } from '../stats.js';
@@ -152,9 +152,54 @@ export async function saveCheckpoint(c: pg.ClientBase, run: number, ordinal: num
                  WHERE run = $1`, [run, ordinal, offset, JSON.stringify(counters)]);
 }
 
-/** Marks `run` failed with `message`; never throws (the import's own error is what matters). */
+/**
+ * Marks `run` failed with `message`; never throws (the import's own error is what matters). A
+ * run already done is left alone: its COMMIT may have gone through although its answer was lost.
+ */
 export async function markImportFailed(knex: Knex, run: number, message: string): Promise<void> {
-  await knex.raw(`UPDATE userport.imports SET state = 'failed', error = ?, updated_at = now() WHERE run = ?`, [message, run]).catch(() => undefined);
+  await knex.raw(`UPDATE userport.imports SET state = 'failed', error = ?, updated_at = now() WHERE run = ? AND state <> 'done'`, [message, run]).catch(() => undefined);
+}
+
+/**
+ * The latest finished (not dry-run) import of the same file (size and fingerprint) and options,
+ * in any mode: an atomic import of it again would give every user a second, renamed copy.
+ */
+export async function findDoneImport(client: pg.ClientBase, fp: { size: number; hash: string }, key: unknown): Promise<ImportRow & { id: string } | undefined> {
+  const r = await client.query<ImportRow & { id: string }>(
+    `SELECT * FROM userport.imports
+     WHERE state = 'done' AND mode <> 'dry-run' AND source_size = $1 AND source_fingerprint = $2 AND options = $3::jsonb
+     ORDER BY run DESC LIMIT 1`,
+    [fp.size, fp.hash, JSON.stringify(key)]);
+  return r.rows[0];
+}
+
+/** How long {@link commitOutcome} waits for the session that sent a COMMIT to end. */
+const OUTCOME_WAIT_MS = 30_000;
+
+/**
+ * Whether `run`'s final transaction committed, when the connection was lost after its COMMIT was
+ * sent (the answer never came). Asked on a new connection, once the session that sent the COMMIT
+ * (backend `pid`) is gone, so its transaction has ended one way or the other: `committed` when
+ * the import's row says done (the row is written in that transaction), `rolled-back` when not,
+ * `unknown` when the database cannot be asked or the session does not end. Never throws.
+ */
+export async function commitOutcome(databaseUrl: string, run: number, pid: number | undefined): Promise<'committed' | 'rolled-back' | 'unknown'> {
+  const client = new pg.Client({ connectionString: databaseUrl, application_name: ownerName(), connectionTimeoutMillis: 10_000 });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    const deadline = Date.now() + OUTCOME_WAIT_MS;
+    while (pid !== undefined && (await client.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [pid])).rowCount) {
+      if (Date.now() > deadline) return 'unknown';
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const r = await client.query<{ state: string }>('SELECT state FROM userport.imports WHERE run = $1', [run]);
+    return r.rows[0]?.state === 'done' ? 'committed' : 'rolled-back';
+  } catch {
+    return 'unknown';
+  } finally {
+    await client.end().catch(() => undefined);
+  }
 }
 
 /**
