@@ -6,7 +6,7 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { defaultEmbeddedDir, embeddedUrl, readEmbeddedConfig, startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
+import { defaultEmbeddedDir, startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
 import { checkDatabaseUrl, createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
 import { ErrorCodes, ParseError, printable, UserportError } from '../lib/errors.js';
 import { parseUsernameList } from '../lib/filter-users.js';
@@ -15,20 +15,22 @@ import { importUsers, type ImportOptions, type Progress } from '../lib/import.js
 import { listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
-import { formatBytes, parseCommand, reportError, usage, usageError, type FlagSpecs } from './cli-support.js';
+import { formatBytes, helpText, parseCommand, reportError, suggestFlag, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { installSpoolCleanup } from './signals.js';
 import { runExportCommand } from './export-command.js';
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
 
 Usage:
-  userport import users SRC [options]   import an export (SRC is a file, a pipe, or - for stdin)
-  userport export users DEST [options]  export the user scope like 'sentry export users' (DEST may be -)
-  userport imports [--json]             list past imports with their state and counts
-  userport migrate                      create or upgrade the tables, nothing else
-  userport encrypt --encrypt-with PUB SRC DEST     encrypt an export like 'sentry backup encrypt'
-  userport decrypt --decrypt-with KEY SRC DEST     decrypt an export like 'sentry backup decrypt'
-  userport db url|psql|start|stop       the embedded database: its URL, a psql shell, start, stop
+  userport import users SRC     import an export (SRC is a file, a pipe, or - for stdin)
+  userport export users DEST    export the user scope like 'sentry export users'
+  userport imports              list past imports with their state and counts
+  userport imports drop ID      remove an interrupted or failed import and its staged rows
+  userport migrate              create or upgrade the tables, nothing else
+  userport encrypt SRC DEST     encrypt an export like 'sentry backup encrypt'
+  userport decrypt SRC DEST     decrypt an export like 'sentry backup decrypt'
+  userport db url|psql|start|stop
+                                the embedded database: its URL, a psql shell, start, stop
 
 Every command has --help. Exit codes: 0 done, 1 a data or runtime error, 2 a usage error.
 
@@ -118,7 +120,8 @@ The embedded PostgreSQL (its data in .userport/pgdata under the current director
 $USERPORT_HOME).
 
   url      start it if needed, print its URL
-  psql     start it if needed, open psql on it
+  psql     start it if needed, open psql on it; arguments after psql go to psql
+           (userport db psql -c 'select count(*) from auth_user')
   start    start it if needed, print its URL
   stop     stop it
 
@@ -155,7 +158,9 @@ const IMPORT_FLAGS = {
 function intOption(name: string, v: string | boolean | undefined, min: number): number | undefined {
   if (typeof v !== 'string') return undefined;
   const n = Number(v);
-  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min) throw usageError(`--${name} must be an integer >= ${min}, got "${v}"`);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min) {
+    throw usageError(`--${name} must be ${min === 0 ? 'a non-negative integer' : `an integer of at least ${min}`}, got "${printable(v)}"`);
+  }
   return n;
 }
 
@@ -299,14 +304,15 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
     for (const [reason, k] of Object.entries(c.dropped)) out.push(`  dropped ${n(k)} ${model}: ${reason}`);
   }
   const skipped = Object.entries(s.skipped);
-  if (skipped.length) out.push('', `Skipped (not user data): ${skipped.map(([m, k]) => `${m} ${n(k)}`).join(', ')}`);
+  if (skipped.length) out.push('', wrapList('Skipped (not user data)', skipped.map(([m, k]) => `${m} ${n(k)}`)));
   const unknown = Object.entries(s.unknownFields).flatMap(([m, f]) => Object.entries(f).map(([k, c]) => `${m}.${printable(k)} ${n(c)}`));
-  if (unknown.length) out.push(`Unknown fields (ignored): ${unknown.join(', ')}`);
+  if (unknown.length) out.push(wrapList('Unknown fields (ignored)', unknown));
   out.push(`Also written: ${n(s.adjacent.lostPasswordHashes)} lost-password hashes, ${n(s.adjacent.primaryEmails)} primary user emails,`);
   out.push(`  ${n(s.adjacent.userEmailAddresses ?? 0)} email rows for user-email addresses (as Sentry's receivers add)`);
   if (ctx.emptyFilter) out.push('--filter-usernames was empty: no filter (as in Sentry), every user taken');
-  if (s.unmatchedUsernames.length) out.push(`No user matched these --filter-usernames: ${s.unmatchedUsernames.map(printable).join(', ')}`);
-  return out.join('\n');
+  if (s.unmatchedUsernames.length) out.push(wrapList('No user matched these --filter-usernames', s.unmatchedUsernames.map(printable)));
+  // Every line a person reads fits 80 columns (lists above hang under their first item).
+  return out.map((l) => wrapText(l, TEXT_WIDTH, '    ')).join('\n');
 }
 
 /** What a source path is, checked before the database is touched. */
@@ -493,7 +499,7 @@ function logProgressSeconds(): number {
 
 async function importCommand(args: string[]): Promise<number> {
   const plan = await planImport(args);
-  if (plan === 'help') { process.stdout.write(IMPORT_HELP); return 0; }
+  if (plan === 'help') { process.stdout.write(helpText(IMPORT_HELP)); return 0; }
   const db = await database(plan.databaseUrl, plan.silent || plan.json);
   const tty = !!process.stderr.isTTY;
   const clock = new PhaseClock();
@@ -533,6 +539,8 @@ async function importCommand(args: string[]): Promise<number> {
       },
       onProgress,
     });
+  } catch (err) {
+    throw hintFor(err, plan);
   } finally {
     if (plan.progress && tty) process.stderr.write('\r\x1b[K');
   }
@@ -542,12 +550,35 @@ async function importCommand(args: string[]): Promise<number> {
     if (summary.state === 'already-done') {
       process.stdout.write('To import this file again as a new import, give --import-id with a new id.\n');
     }
+    const renamed = summary.models['sentry.user']?.renamed ?? 0;
+    if (renamed > 0 && !plan.options.mergeUsers) {
+      // The usual cause is a second import of the same export: say what the flag would have done.
+      process.stdout.write(`\n${wrapText(`${n(renamed)} ${renamed === 1 ? 'user was' : 'users were'} renamed because the username already exists ` +
+        '(in the database or earlier in the file). To reuse the existing users instead, import with --merge-users.', TEXT_WIDTH, '')}\n`);
+    }
     if (db.embedded && summary.mode !== 'dry-run') {
       process.stdout.write(`\nThe data is in the embedded PostgreSQL: ${db.url}\n` +
         'Look at it with `npx userport db psql`; stop the server with `npx userport db stop`.\n');
     }
   }
   return 0;
+}
+
+/** Codes of records `--rejects-file` sets aside instead of failing the import. */
+const REJECTABLE = new Set<string>([ErrorCodes.RECORD_NOT_OBJECT, ErrorCodes.RECORD_ENVELOPE, ErrorCodes.RECORD_SCHEMA, ErrorCodes.RECORD_OPTION_VALUE]);
+
+/** An import's error with what to try next: the flag that would have helped, or what is left. */
+function hintFor(err: unknown, plan: ImportPlan): unknown {
+  if (!(err instanceof UserportError)) return err;
+  const rejects = plan.options.rejectsFile;
+  if (REJECTABLE.has(err.code) && rejects === undefined) {
+    return withHint(err, 'hint: with --rejects-file F, records that fail validation are written to F and the import goes on');
+  }
+  if (rejects !== undefined && !plan.resumable && fs.existsSync(rejects) && fs.statSync(rejects).size > 0) {
+    // Kept on purpose: the rejects explain the failure (USERPORT_MAX_REJECTS above all).
+    return withHint(err, `nothing was imported (rolled back); ${rejects} keeps the records rejected before the error`);
+  }
+  return err;
 }
 
 const when = (d: Date | null) => (d ? d.toISOString().replace('T', ' ').slice(0, 19) : '-');
@@ -567,7 +598,7 @@ export function formatImports(rows: ImportListing[]): string {
 
 async function importsCommand(args: string[]): Promise<number> {
   const { values: o } = parseCommand(args, { ...COMMON, json: { type: 'boolean' } }, 'imports', false);
-  if (o.help) { process.stdout.write(IMPORTS_HELP); return 0; }
+  if (o.help) { process.stdout.write(helpText(IMPORTS_HELP)); return 0; }
   checkUrl(str(o['database-url']));
   const db = await database(str(o['database-url']), true);
   const rows = await listImports(db.url);
@@ -578,7 +609,7 @@ async function importsCommand(args: string[]): Promise<number> {
 
 async function migrateCommand(args: string[]): Promise<number> {
   const { values: o } = parseCommand(args, COMMON, 'migrate', false);
-  if (o.help) { process.stdout.write(MIGRATE_HELP); return 0; }
+  if (o.help) { process.stdout.write(helpText(MIGRATE_HELP)); return 0; }
   checkUrl(str(o['database-url']));
   const db = await database(str(o['database-url']), false);
   const knex = createKnex(db.url, 2);
@@ -592,28 +623,38 @@ async function migrateCommand(args: string[]): Promise<number> {
   }
 }
 
+const DB_SUBCOMMANDS = ['url', 'psql', 'start', 'stop'] as const;
+
 async function dbCommand(args: string[]): Promise<number> {
+  // `userport db psql -c 'select 1'`: everything after psql is psql's own (its -c, -f, -A ...).
+  if (args[0] === 'psql' && !args.slice(1).some((a) => a === '--help' || a === '-h')) {
+    const server = await startEmbedded();
+    const res = spawnSync('psql', [...args.slice(1), server.url], { stdio: 'inherit' });
+    if (res.error) {
+      // The URL holds the password: print it only when psql is missing and the user asked for a shell.
+      throw new UserportError(ErrorCodes.IO, `psql is not installed; connect with any client to the URL \`userport db url\` prints`, { cause: res.error });
+    }
+    return res.status ?? 1;
+  }
   const { values: o, positionals } = parseCommand(args, {}, 'db');
-  if (o.help) { process.stdout.write(DB_HELP); return 0; }
+  if (o.help) { process.stdout.write(helpText(DB_HELP)); return 0; }
   const [sub, ...extra] = positionals;
-  if (extra.length) throw usageError(`unexpected argument ${extra[0]} (see userport db --help)`);
+  if (extra.length) throw usageError(`unexpected argument ${printable(extra[0]!)} (see userport db --help)`);
   if (sub === 'stop') {
     const stopped = await stopEmbedded();
     process.stdout.write(stopped ? 'Stopped the embedded PostgreSQL.\n' : 'The embedded PostgreSQL is not running.\n');
     return 0;
   }
-  if (sub === 'url' || sub === 'psql' || sub === 'start') {
+  if (sub === 'url' || sub === 'start') {
     const server = await startEmbedded();
-    if (sub === 'psql') {
-      const res = spawnSync('psql', [server.url], { stdio: 'inherit' });
-      if (res.error) throw new UserportError(ErrorCodes.IO, `psql is not installed; connect with any client to ${server.url}`, { cause: res.error });
-      return res.status ?? 1;
-    }
     process.stdout.write(`${server.url}\n`);
     return 0;
   }
-  const cfg = readEmbeddedConfig(defaultEmbeddedDir());
-  throw usageError(`${sub === undefined ? 'missing' : `unknown db command "${sub}":`} url, psql, start or stop${cfg ? ` (embedded database: ${embeddedUrl(cfg)})` : ''}`);
+  // A typo is a usage error like any other: it names the closest subcommand and never prints the
+  // URL (it holds the password, and `db strat` in a shared terminal or CI log must not leak it).
+  if (sub === undefined) throw usageError('missing db command: url, psql, start or stop (see userport db --help)');
+  const near = suggestFlag(sub, DB_SUBCOMMANDS)?.replace(/^--/, '');
+  throw usageError(`unknown db command "${printable(sub)}"${near ? `: did you mean ${near}?` : ''} (url, psql, start or stop)`);
 }
 
 /** The commands. A new one is one line here (and its help in HELP). */
@@ -634,13 +675,13 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const [command, ...rest] = argv;
     if (command === undefined) {
-      process.stderr.write(HELP);
+      process.stderr.write(helpText(HELP));
       return 2;
     }
     if (command === 'help' || command === '--help' || command === '-h') {
       const topic = rest[0] !== undefined ? COMMANDS[rest[0]] : undefined;
       if (topic) return await topic.run(['--help']);
-      process.stdout.write(HELP);
+      process.stdout.write(helpText(HELP));
       return 0;
     }
     if (command === '--version' || command === '-v') {
