@@ -13,10 +13,10 @@ import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isNonEmp
 import { beginEarlyUsers, mergeStaged, undoEarlyUsers, type EarlyUsers, type MergeOptions } from './db/merge.js';
 import {
   deleteStaged, findImport, findResumableImport, finishImport, insertImport, insertResumableImport, lockImport, markImportFailed,
-  markImportRunning, nextImportRun, ownerName, saveCheckpoint, unmatchedUsernames,
+  markImportRunning, nextImportRun, otherUnfinishedImports, ownerName, saveCheckpoint, unmatchedUsernames,
 } from './db/imports.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
-import { ErrorCodes, OptionError, UserportError, wrapDbError } from './errors.js';
+import { ErrorCodes, OptionError, printable, UserportError, wrapDbError } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
 import { modelInfo } from './models.js';
 import { fingerprint, isRegularFile, openSource } from './source.js';
@@ -93,7 +93,23 @@ export interface ImportOptions {
   /** Called about twice a second while records flow. */
   onProgress?: (p: Progress) => void;
   /** Called once the import id is known (before any record is read). */
-  onStart?: (info: { importId: string; resumed: boolean; fromOrdinal: number; found?: boolean }) => void;
+  onStart?: (info: StartInfo) => void;
+}
+
+/** What {@link ImportOptions.onStart} is told once the import id is known. */
+export interface StartInfo {
+  importId: string;
+  /** True when this continues an import after its last checkpoint. */
+  resumed: boolean;
+  fromOrdinal: number;
+  /** True when the import was found by its file and options (no importId given). */
+  found?: boolean;
+  /**
+   * Unfinished (interrupted or failed) resumable imports of the same file that this new import
+   * does not continue, each with how its options differ from these (`mergeUsers was off, now
+   * on`): continue one with its options, or remove it and its staged rows (`dropImport`).
+   */
+  others?: { importId: string; state: 'interrupted' | 'failed'; differs: string[] }[];
 }
 
 const isSource: OptionCheck = (v) => (typeof v === 'string' && v !== '') || v instanceof Readable ? undefined : 'a file path, "-" or a Readable stream';
@@ -149,6 +165,28 @@ function resumeKey(o: ImportOptions) {
   return { mergeUsers: !!o.mergeUsers, filterUsernames: o.filterUsernames ? [...o.filterUsernames].sort() : null, encrypted: !!o.decrypt };
 }
 
+/** One resume-key value as a person reads it. */
+function describeKeyValue(key: string, v: unknown): string {
+  if (key === 'mergeUsers') return v ? 'on' : 'off';
+  if (key === 'encrypted') return v ? 'encrypted' : 'plain';
+  if (key === 'filterUsernames') {
+    if (!Array.isArray(v)) return 'no filter';
+    const names = v.slice(0, 3).map((x) => printable(String(x))).join(', ');
+    return `${v.length} ${v.length === 1 ? 'name' : 'names'} (${names}${v.length > 3 ? ', ...' : ''})`;
+  }
+  return JSON.stringify(v ?? null);
+}
+
+/**
+ * How the resume-key options `before` (an import's row) differ from `now`, one entry per option:
+ * `mergeUsers was off, now on`. jsonb reorders keys, so options are compared one by one.
+ */
+export function optionDifferences(before: Record<string, unknown>, now: Record<string, unknown>): string[] {
+  const label = (k: string) => (k === 'encrypted' ? 'the export (decrypt)' : k);
+  return Object.keys(now).filter((k) => JSON.stringify(before[k] ?? null) !== JSON.stringify(now[k] ?? null))
+    .map((k) => `${label(k)} was ${describeKeyValue(k, before[k] ?? null)}, now ${describeKeyValue(k, now[k])}`);
+}
+
 /**
  * Imports a Sentry user export. Resolves to the summary; rejects with a {@link UserportError}
  * (nothing written in atomic mode; everything up to the last checkpoint kept in resumable mode).
@@ -194,10 +232,10 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
         if (row.source_size !== fp!.size || row.source_fingerprint !== fp!.hash) {
           throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with a different export file`);
         }
-        const want = resumeKey(options) as Record<string, unknown>;
-        // jsonb reorders keys: compare field by field.
-        if (Object.keys(want).some((k) => JSON.stringify(row.options[k] ?? null) !== JSON.stringify(want[k]))) {
-          throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with other options (merge, filter or decryption)`);
+        const differs = optionDifferences(row.options, resumeKey(options));
+        if (differs.length) {
+          throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with other options: ${differs.join('; ')}. ` +
+            `Continue it with its options, or remove it and its staged rows (\`userport imports drop ${importId}\`, dropImport)`);
         }
         run = row.run;
         skipThrough = row.checkpoint_ordinal;
@@ -212,7 +250,17 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     } else {
       run = await nextImportRun(client);
     }
-    options.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough, found });
+    // A new import of a file whose earlier import is unfinished under other options: say so, or
+    // that one would stay staged (and listed as interrupted) forever without anyone knowing why.
+    let others: StartInfo['others'];
+    if (fp && !skipThrough && !found) {
+      const left = await otherUnfinishedImports(client, fp, importId);
+      if (left.length) {
+        const now = resumeKey(options);
+        others = left.map((o) => ({ importId: o.importId, state: o.state, differs: optionDifferences(o.options, now) }));
+      }
+    }
+    options.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough, found, ...(others ? { others } : {}) });
 
     if (options.rejectsFile) {
       // Resuming: keep exactly the lines of the records before the checkpoint, drop any written

@@ -26,7 +26,9 @@ export type { EarlyWork, PgSinkOptions } from './pg-sink.js';
 
 // The whole job.
 export { importUsers } from './import.js';
-export type { ImportOptions, Progress } from './import.js';
+export type { ImportOptions, Progress, StartInfo } from './import.js';
+export { dropImport } from './db/imports.js';
+export type { DroppedImport } from './db/imports.js';
 export { ImportStats } from './stats.js';
 export type { ImportSummary, ModelCounts } from './stats.js';
 export { createRejectsFile } from './rejects.js';
@@ -56,7 +58,7 @@ export type { DecryptErrorCode } from './crypto/errors.js';
 export { createKnex, migrate, waitForDatabase } from './db/knex.js';
 export { beginEarlyUsers, mergeStaged, undoEarlyUsers } from './db/merge.js';
 export type { EarlyUsers, MergeOptions, MergeOutcome } from './db/merge.js';
-export { beginImportRun, finishImportRun } from './db/runs.js';
+export { beginImportRun, finishImportRun, reserveImportRun } from './db/runs.js';
 export type { ImportRunOptions } from './db/runs.js';
 export type { EmbeddedOptions, EmbeddedServer } from './db/embedded.js';
 

@@ -8,11 +8,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { defaultEmbeddedDir, startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
 import { checkDatabaseUrl, createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
-import { ErrorCodes, ParseError, printable, UserportError } from '../lib/errors.js';
+import { ErrorCodes, OptionError, ParseError, printable, UserportError } from '../lib/errors.js';
 import { parseUsernameList } from '../lib/filter-users.js';
 import { keyUnwrapperFromOptions } from './key-options.js';
 import { importUsers, type ImportOptions, type Progress } from '../lib/import.js';
-import { listImports, type ImportListing } from '../lib/db/imports.js';
+import { dropImport, listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
 import { formatBytes, helpText, parseCommand, reportError, suggestFlag, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
@@ -85,19 +85,25 @@ Examples:
 `;
 
 const IMPORTS_HELP = `Usage: userport imports [--json] [--database-url URL]
+       userport imports drop ID [--database-url URL]
 
 List past imports: id, mode, state (running, interrupted, failed, done), start and finish time,
 records, source. An import whose process or server died shows as interrupted: run the same
 command again to continue it.
 
+drop ID removes an interrupted or failed import and its staged rows (a resumable import that
+will not be continued, say one started with other options). It refuses a running import (stop
+it first) and a done one (its rows are in Sentry's tables).
+
 Options:
   --database-url URL              the database (default: $DATABASE_URL, else the embedded one)
-  --json                          print the list as JSON
+  --json                          print the list (or what drop removed) as JSON
   --debug                         print stack traces with errors
   -h, --help                      this help
 
-Example:
+Examples:
   userport imports --json
+  userport imports drop 3f2a9c1e-5b7d-4e21-9a0b-6c8d7e6f5a41
 `;
 
 const MIGRATE_HELP = `Usage: userport migrate [--database-url URL]
@@ -526,8 +532,14 @@ async function importCommand(args: string[]): Promise<number> {
     summary = await importUsers({
       ...plan.options,
       databaseUrl: db.url,
-      onStart: ({ importId, resumed, fromOrdinal, found }) => {
-        if (!plan.resumable || plan.silent) return;
+      onStart: ({ importId, resumed, fromOrdinal, found, others }) => {
+        if (plan.silent) return;
+        for (const o of others ?? []) {
+          process.stderr.write(`${wrapText(`Note: import ${o.importId} of this file is ${o.state}, and this is a new import` +
+            `${o.differs.length ? ` (${o.differs.join('; ')})` : ''}. To continue it, run it with its options; to remove it and ` +
+            `its staged rows: userport imports drop ${o.importId}`, TEXT_WIDTH, '  ')}\n`);
+        }
+        if (!plan.resumable) return;
         if (found) {
           process.stderr.write(resumed
             ? `Found unfinished import ${importId} of this file with these options: continuing it after record ${n(fromOrdinal)}\n`
@@ -583,24 +595,49 @@ function hintFor(err: unknown, plan: ImportPlan): unknown {
 
 const when = (d: Date | null) => (d ? d.toISOString().replace('T', ' ').slice(0, 19) : '-');
 
-/** The listing as a table with a header. */
-export function formatImports(rows: ImportListing[]): string {
+/**
+ * The listing as a table with a header. When a row is wider than `width` (a UUID id, a long
+ * path), each import takes two lines: id, mode, state and records, then its times and source
+ * indented under it, so nothing wraps on an 80-column terminal.
+ */
+export function formatImports(rows: ImportListing[], width = TEXT_WIDTH): string {
   const header = ['ID', 'MODE', 'STATE', 'STARTED (UTC)', 'FINISHED (UTC)', 'RECORDS', 'SOURCE'];
   const body = rows.map((r) => [
     r.id, r.mode, r.state, when(r.startedAt), when(r.finishedAt),
-    r.state === 'done' && r.records !== null ? n(r.records) : `${n(r.checkpointOrdinal)} so far`,
+    r.records !== null ? (r.state === 'done' ? n(r.records) : `${n(r.records)} so far`) : r.state === 'done' ? '-' : `${n(r.checkpointOrdinal)} so far`,
     printable(r.source) + (r.error ? `  (${printable(r.error)})` : ''),
   ]);
-  const table = [header, ...body];
-  const widths = header.map((_, i) => (i === header.length - 1 ? 0 : Math.max(...table.map((r) => r[i]!.length))));
-  return table.map((r) => r.map((v, i) => (i === 5 ? v.padStart(widths[i]!) : v.padEnd(widths[i]!))).join('  ').trimEnd()).join('\n');
+  const layout = (cols: number[], rightAligned: number) => {
+    const table = [cols.map((i) => header[i]!), ...body.map((r) => cols.map((i) => r[i]!))];
+    const widths = cols.map((_, j) => (j === cols.length - 1 ? 0 : Math.max(...table.map((r) => r[j]!.length))));
+    return table.map((r) => r.map((v, j) => (cols[j] === rightAligned ? v.padStart(widths[j]!) : v.padEnd(widths[j]!))).join('  ').trimEnd());
+  };
+  const one = layout([0, 1, 2, 3, 4, 5, 6], 5);
+  if (one.every((l) => l.length <= width)) return one.join('\n');
+  const first = layout([0, 1, 2, 5], 5);
+  const second = layout([3, 4, 6], -1).map((l) => wrapText(`  ${l}`, width, '    '));
+  return first.flatMap((l, i) => [l, second[i]!]).join('\n');
 }
 
+const IMPORTS_DROP_HELP_LINE = 'userport imports drop ID [--database-url URL]';
+
 async function importsCommand(args: string[]): Promise<number> {
-  const { values: o } = parseCommand(args, { ...COMMON, json: { type: 'boolean' } }, 'imports', false);
+  const { values: o, positionals } = parseCommand(args, { ...COMMON, json: { type: 'boolean' } }, 'imports');
   if (o.help) { process.stdout.write(helpText(IMPORTS_HELP)); return 0; }
+  const [sub, id, ...extra] = positionals;
+  if (sub !== undefined && sub !== 'drop') {
+    throw usageError(`unknown imports command "${printable(sub)}": userport imports lists them, ${IMPORTS_DROP_HELP_LINE} removes one`);
+  }
+  if (sub === 'drop' && id === undefined) throw usageError(`missing ID: ${IMPORTS_DROP_HELP_LINE} (userport imports lists the ids)`);
+  if (extra.length) throw usageError(`unexpected argument ${printable(extra[0]!)}: one ID at a time`);
   checkUrl(str(o['database-url']));
   const db = await database(str(o['database-url']), true);
+  if (sub === 'drop') {
+    const dropped = await dropImport(db.url, id!).catch((err: unknown) => { throw err instanceof OptionError ? usage(err) : err; });
+    if (o.json) process.stdout.write(JSON.stringify(dropped, null, 2) + '\n');
+    else process.stdout.write(`Dropped ${dropped.state} import ${dropped.id} and its ${n(dropped.stagedRows)} staged rows.\n`);
+    return 0;
+  }
   const rows = await listImports(db.url);
   if (o.json) { process.stdout.write(JSON.stringify(rows, null, 2) + '\n'); return 0; }
   process.stdout.write(rows.length ? `${formatImports(rows)}\n` : 'No imports yet.\n');
