@@ -85,6 +85,13 @@ export interface ImportOptions {
   /** When set, `source` is an encrypted export tarball and this unwraps its key. */
   decrypt?: KeyUnwrapper;
   /**
+   * Skip lines of text printed before the JSON array (log lines some setups write into the
+   * export) and report them in the summary (`leadingText`). Without it, such an input fails with
+   * USERPORT_INPUT_NOT_ARRAY naming this option. A gzip-compressed source is always read through
+   * gunzip (found by its magic bytes). @default false
+   */
+  skipLeadingText?: boolean;
+  /**
    * Folder of temporary files: the spool of an encrypted export, and the rows read while the
    * merge's users step runs (see README, "The merge starts while the file is read"); each is
    * private (0600 in a 0700 folder) and removed when the import ends. @default os.tmpdir()
@@ -133,6 +140,7 @@ const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
   maxRecordBytes: isInteger(16),
   maxDepth: isInteger(2),
   decrypt: isUnwrapper,
+  skipLeadingText: isBoolean,
   onProgress: isFunction,
   onStart: isFunction,
 };
@@ -268,7 +276,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       rejects = createRejectsFile(options.rejectsFile, { maxRejects: options.maxRejects, resumeAt: skipThrough ? resumeRejects ?? { bytes: 0, count: 0 } : undefined });
     }
     const collectRejects = !!rejects;
-    const { stream: source, size } = await openSource(options);
+    const { stream: source, size, leadingText, gzip } = await openSource(options);
     // Tokenizer, user filter and model mapper fused in one stream (the same pure functions as
     // createTokenizer/createUserFilter/createModelMapper, without two object-mode hops per record).
     const processor = createRecordProcessor({
@@ -342,6 +350,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
         importId, mode, state: 'done', records: s.records, bytes: s.bytes, seconds: (Date.now() - started) / 1000,
         models: s.models, skipped: s.skipped, unknownFields: s.unknownFields, adjacent: s.adjacent, unmatchedUsernames: s.unmatchedUsernames,
         bulkLoad: bulkLoaded,
+        ...(leadingText ? { leadingText } : {}), ...(gzip ? { gzip } : {}),
       };
     };
     try {

@@ -55,6 +55,7 @@ const LIBRARY_TO_FLAG: Readonly<Record<string, string>> = {
   publicKeyPem: '--encrypt-with',
   tmpDir: '--tmp-dir',
   skipLeadingText: '--skip-leading-text',
+  decrypt: '--decrypt-with (or --decrypt-with-gcp-kms)',
 };
 
 /**

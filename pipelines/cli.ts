@@ -18,6 +18,7 @@ import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
 import { formatBytes, helpText, parseCommand, reportError, suggestFlag, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { installSpoolCleanup } from './signals.js';
 import { runExportCommand } from './export-command.js';
+import { encryptionMismatch, isGzip, leadingText, readHead, utf16Error } from '../lib/source.js';
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
 
@@ -70,6 +71,8 @@ Options:
   --decrypt-with KEY.pem          SRC is an encrypted export; decrypt with this RSA private key
   --decrypt-passphrase-file F     passphrase of an encrypted private key
   --decrypt-with-gcp-kms CFG      unwrap the export's key with Google Cloud KMS (config JSON)
+  --skip-leading-text             skip lines of text before the JSON array (log lines printed into
+                                  the export) and say how many; without it, such input fails
   --json                          print the summary as JSON on stdout
   --no-progress                   no progress on stderr
   -q, --silent                    print nothing but errors (and --json output)
@@ -155,6 +158,7 @@ const IMPORT_FLAGS = {
   'decrypt-with': { type: 'string', aliases: ['decrypt_with'] },
   'decrypt-passphrase-file': { type: 'string' },
   'decrypt-with-gcp-kms': { type: 'string' },
+  'skip-leading-text': { type: 'boolean' },
   json: { type: 'boolean' },
   'no-progress': { type: 'boolean' },
   silent: { type: 'boolean', short: 'q' },
@@ -305,6 +309,12 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
     out.push(`Time: reading and staging ${ctx.phases.reading.toFixed(1)}s, merging ${ctx.phases.merging.toFixed(1)}s`);
   }
   if (s.bulkLoad && s.state !== 'already-done') out.push('Empty target: rows loaded first, indexes and constraints built after');
+  if (s.gzip) out.push('The input was gzip-compressed: read through gunzip');
+  if (s.leadingText) {
+    const t = s.leadingText;
+    out.push(`Skipped ${n(t.lines)} ${t.lines === 1 ? 'line' : 'lines'} (${formatBytes(t.bytes)}) of text before the JSON array ` +
+      `(--skip-leading-text), the first: "${t.firstLine}"`);
+  }
   out.push('', ...lines);
   for (const [model, c] of Object.entries(s.models)) {
     for (const [reason, k] of Object.entries(c.dropped)) out.push(`  dropped ${n(k)} ${model}: ${reason}`);
@@ -324,21 +334,8 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
 /** What a source path is, checked before the database is touched. */
 type SourceKind = 'stdin' | 'file' | 'pipe';
 
-function looksLikeTar(head: Buffer): boolean {
-  return head.length >= 262 && head.subarray(257, 262).toString('latin1') === 'ustar';
-}
-
-/** UTF-16 by its byte-order mark, or by the NUL beside each ASCII byte of `[`/whitespace. */
-function utf16Name(head: Buffer): string | undefined {
-  if (head[0] === 0xff && head[1] === 0xfe) return 'UTF-16LE';
-  if (head[0] === 0xfe && head[1] === 0xff) return 'UTF-16BE';
-  if (head.length >= 2 && head[1] === 0 && head[0] !== 0) return 'UTF-16LE';
-  if (head.length >= 2 && head[0] === 0 && head[1] !== 0) return 'UTF-16BE';
-  return undefined;
-}
-
 /** Missing, a directory, unreadable, encrypted without a key, plain with a key, UTF-16: said now. */
-function checkSource(src: string, decrypting: boolean, resumable: boolean): SourceKind {
+function checkSource(src: string, decrypting: boolean, resumable: boolean, skipLeading: boolean): SourceKind {
   if (src === '-') {
     if (resumable) throw usageError('--resumable needs SRC to be a file (it is read again to resume), not standard input');
     return 'stdin';
@@ -355,25 +352,20 @@ function checkSource(src: string, decrypting: boolean, resumable: boolean): Sour
     if (resumable) throw usageError(`--resumable needs SRC to be a regular file (it is read again to resume); ${src} is a pipe or device`);
     return 'pipe';
   }
-  const head = Buffer.alloc(512);
-  let got = 0;
+  let head: Buffer;
   try {
-    const fd = fs.openSync(src, 'r');
-    try { got = fs.readSync(fd, head, 0, head.length, 0); } finally { fs.closeSync(fd); }
+    head = readHead(src);
   } catch (err) {
     throw usage(new UserportError(ErrorCodes.IO, `cannot read SRC ${src}: ${(err as Error).message}`, { cause: err }));
   }
-  const bytes = head.subarray(0, got);
-  if (looksLikeTar(bytes)) {
-    if (!decrypting) throw usageError(`SRC ${src} looks encrypted (a tar archive): add --decrypt-with KEY.pem or --decrypt-with-gcp-kms CONFIG.json`);
-    return 'file';
-  }
-  if (decrypting && /^(\xef\xbb\xbf)?\s*[[{]/.test(bytes.toString('latin1'))) {
-    throw usageError(`SRC ${src} is plain JSON, not an encrypted export: drop --decrypt-with / --decrypt-with-gcp-kms`);
-  }
-  const utf16 = utf16Name(bytes);
-  if (utf16 && !decrypting) {
-    throw new ParseError(ErrorCodes.INPUT_UTF8, `SRC ${src} is ${utf16}, not UTF-8 as Sentry writes exports: convert it first (iconv -f UTF-16 -t UTF-8)`);
+  // The library's own sniffing (lib/source.ts), run now so a file's problem is said before any
+  // database is touched; a pipe or stdin gets the same messages from the library.
+  const mismatch = encryptionMismatch(head, decrypting, `SRC ${src}`);
+  if (mismatch) throw usage(mismatch);
+  if (!decrypting && !isGzip(head)) {
+    const utf16 = utf16Error(head, `SRC ${src}`);
+    if (utf16) throw utf16;
+    leadingText(head, skipLeading);
   }
   return 'file';
 }
@@ -454,7 +446,7 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
   checkUrl(str(o['database-url']));
   for (const flag of ['filter-usernames-file', 'decrypt-with', 'decrypt-passphrase-file', 'decrypt-with-gcp-kms'] as const) checkInput(`--${flag}`, str(o[flag]));
   const decrypting = o['decrypt-with'] !== undefined || o['decrypt-with-gcp-kms'] !== undefined;
-  checkSource(source, decrypting, resumable);
+  checkSource(source, decrypting, resumable, !!o['skip-leading-text']);
   checkOutput('--findings-file', str(o['findings-file']), source);
   checkOutput('--rejects-file', str(o['rejects-file']), source);
   if (o['findings-file'] !== undefined && o['findings-file'] === o['rejects-file']) throw usageError('--findings-file and --rejects-file are the same file');
@@ -484,6 +476,7 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
       rejectsFile: str(o['rejects-file']),
       findingsFile: str(o['findings-file']),
       decrypt,
+      skipLeadingText: !!o['skip-leading-text'],
     },
     databaseUrl: str(o['database-url']),
     json: !!o.json,
