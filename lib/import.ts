@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { applySessionSettings, checkDatabaseUrl, createKnex, migrate, PG_TYPES, waitForDatabase } from './db/knex.js';
 import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isNonEmptyString, isStringIterable, type OptionCheck } from './options.js';
-import { beginEarlyUsers, mergeStaged, undoEarlyUsers, type EarlyUsers, type MergeOptions } from './db/merge.js';
+import { beginEarlyUsers, mergeStaged, undoEarlyUsers, type EarlyUsers, type MergeOptions, type MergeStep } from './db/merge.js';
 import {
   deleteStaged, findImport, findResumableImport, finishImport, insertImport, insertResumableImport, lockImport, markImportFailed,
   markImportRunning, nextImportRun, otherUnfinishedImports, ownerName, saveCheckpoint, unmatchedUsernames,
@@ -36,6 +36,17 @@ export interface Progress {
   totalBytes: number | undefined;
   records: number;
   seconds: number;
+  /**
+   * While merging: the merge's step under way (`users`, `emails`, `user emails`, `options`,
+   * `indexes`, `findings`); absent before the first (the last rows still being staged).
+   */
+  step?: MergeStep;
+  /**
+   * Whether the target's users table was empty when the import started: the empty-target path
+   * (bulk load, the users' step overlapped with reading) makes the merge several times shorter
+   * than into a database that holds users, which an estimate of the time left needs to know.
+   */
+  emptyTarget?: boolean;
 }
 
 /** Options of {@link importUsers}. */
@@ -291,9 +302,15 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     const staged = new StagedFacts();
 
     // A resumed import staged part of its rows in an earlier process: every check runs then.
+    let step: MergeStep | undefined;
     const mergeOptions: MergeOptions = {
       run, mergeUsers: !!options.mergeUsers, filterActive, bulkLoad: options.bulkLoad !== 'off', staged: skipThrough ? undefined : staged,
+      onStep: (s) => { step = s; },
     };
+    // One cheap look for the progress estimate (the merge decides the path itself, later).
+    const emptyTarget = options.onProgress && options.bulkLoad !== 'off'
+      ? !!(await client.query(`SELECT NOT EXISTS (SELECT 1 FROM ${modelInfo('sentry.user')!.mapping.table}) AS empty`)).rows[0]?.empty
+      : options.onProgress ? false : undefined;
     // An atomic import into empty tables starts the merge with the users while the rest of the
     // file is read (the sink calls this once the users of a file in Sentry's order are staged).
     let early: EarlyUsers | undefined;
@@ -332,6 +349,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       const report = (phase: Progress['phase']) => onProgress({
         phase, bytesRead: processor.splitter.bytesRead, totalBytes: size, records: processor.splitter.recordsSeen,
         seconds: (Date.now() - started) / 1000,
+        ...(phase === 'merging' && step ? { step } : {}), ...(emptyTarget !== undefined ? { emptyTarget } : {}),
       });
       report('reading');
       progressTimer = setInterval(() => report('reading'), 500);

@@ -57,7 +57,7 @@ export type { DecryptErrorCode } from './crypto/errors.js';
 // Database helpers: the tables (for createPgSink), the merge (its usual finalize), the embedded server.
 export { createKnex, migrate, waitForDatabase } from './db/knex.js';
 export { beginEarlyUsers, mergeStaged, undoEarlyUsers } from './db/merge.js';
-export type { EarlyUsers, MergeOptions, MergeOutcome } from './db/merge.js';
+export type { EarlyUsers, MergeOptions, MergeOutcome, MergeStep } from './db/merge.js';
 export { beginImportRun, finishImportRun, reserveImportRun } from './db/runs.js';
 export type { ImportRunOptions } from './db/runs.js';
 export type { EmbeddedOptions, EmbeddedServer } from './db/embedded.js';

@@ -205,20 +205,35 @@ export function formatDuration(seconds: number): string {
 const n = (x: number) => x.toLocaleString('en-US');
 
 /**
- * How long the merge takes, relative to reading: measured by `npm run bench` (at 100k users
- * staging ends after ~5 s of a 19.6 s import, so the merge takes ~3x the reading time). The ETA
- * over the whole import rests on it, so it is shown as an estimate (`~`).
+ * How long the merge takes after the input ends, relative to the reading phase (which includes
+ * startup and staging), measured on generated exports (`npm run generate`, 10k and 50k users, on
+ * the 2-core machine of the benchmark; merge / reading seconds per run):
+ * - into an empty target, atomic (the default): 1.2, 1.24, 1.75, 1.9, and 2.9 while four other
+ *   test suites loaded the machine's PostgreSQL. The users' step runs while the rest is read (the
+ *   early users step) and the rows go into bare tables;
+ * - into a target that holds users, or with --bulk-load off: 1.8 (10k), 4.1 and 4.9 (50k): every
+ *   insert maintains the indexes, and nothing starts early.
+ * The old single factor of 3 overestimated the default path's time left two- to threefold while
+ * reading. A resumable import into an empty target bulk-loads but does not start early: between.
  */
-const MERGE_PER_READ = 3;
+export const MERGE_PER_READ = { emptyTarget: 1.8, emptyTargetResumable: 2.5, holdsData: 4 } as const;
 
 /** Tracks the phases of an import from its progress reports, for the ETA and the summary. */
 export class PhaseClock {
   readSeconds: number | undefined;
   private last: Progress | undefined;
 
+  constructor(private readonly opts: { resumable?: boolean } = {}) {}
+
   update(p: Progress): void {
     if (p.phase === 'merging' && this.readSeconds === undefined) this.readSeconds = p.seconds;
     this.last = p;
+  }
+
+  /** The merge's expected length relative to reading, for this import's path. */
+  private ratio(p: Progress): number {
+    if (p.emptyTarget === false) return MERGE_PER_READ.holdsData;
+    return this.opts.resumable ? MERGE_PER_READ.emptyTargetResumable : MERGE_PER_READ.emptyTarget;
   }
 
   /** Seconds left in the whole import, or undefined when it cannot be told honestly. */
@@ -226,9 +241,9 @@ export class PhaseClock {
     if (p.phase === 'reading') {
       if (!p.totalBytes || p.bytesRead <= 0 || p.seconds <= 0) return undefined;
       const readTotal = (p.seconds * p.totalBytes) / p.bytesRead;
-      return Math.max(0, readTotal - p.seconds) + readTotal * MERGE_PER_READ;
+      return Math.max(0, readTotal - p.seconds) + readTotal * this.ratio(p);
     }
-    const left = (this.readSeconds ?? p.seconds) * (1 + MERGE_PER_READ) - p.seconds;
+    const left = (this.readSeconds ?? p.seconds) * (1 + this.ratio(p)) - p.seconds;
     return left > 0 ? left : undefined;
   }
 
@@ -238,30 +253,44 @@ export class PhaseClock {
   }
 }
 
+/** The merge's steps in order, for `users (1/6)`. */
+const STEPS = ['users', 'emails', 'user emails', 'options', 'indexes', 'findings'] as const;
+
 /**
- * The progress line: most important parts first, dropped from the end until it fits `columns`
- * (a line that wraps cannot be erased with `\r` and leaves debris).
+ * The progress line, fitted to `columns` (a line that wraps cannot be erased with `\r` and leaves
+ * debris). The moving parts (elapsed time, record count, the merge's step) are kept the longest:
+ * words are shortened first (`12s elapsed` to `12s`), then the rate goes, then the ETA.
  */
 export function progressLine(p: Progress, clock: PhaseClock, columns: number): string {
-  const parts: string[] = [];
   const eta = clock.eta(p);
-  if (p.phase === 'reading') {
-    parts.push(p.totalBytes
-      ? `reading ${formatBytes(p.bytesRead)} of ${formatBytes(p.totalBytes)} (${Math.min(100, (100 * p.bytesRead) / p.totalBytes).toFixed(0)}%)`
-      : `reading ${formatBytes(p.bytesRead)}`);
-  } else {
-    parts.push(`merging ${n(p.records)} records into Sentry's tables`);
-  }
-  parts.push(`${formatDuration(p.seconds)} elapsed`);
-  parts.push(eta !== undefined ? `ETA ~${formatDuration(eta)}` : p.phase === 'merging' ? 'ETA unknown' : 'ETA --');
-  if (p.phase === 'reading') {
-    parts.push(`${n(p.records)} records`);
-    parts.push(`${n(Math.round(p.seconds > 0 ? p.records / p.seconds : 0))} rec/s`);
-  }
+  const etaText = eta !== undefined ? `ETA ~${formatDuration(eta)}` : p.phase === 'merging' ? 'ETA unknown' : 'ETA --';
+  const elapsed = formatDuration(p.seconds);
+  const pct = p.totalBytes ? `${Math.min(100, (100 * p.bytesRead) / p.totalBytes).toFixed(0)}%` : undefined;
+  const step = p.step ? `${p.step} (${STEPS.indexOf(p.step) + 1}/${STEPS.length})` : 'staging';
+  // Each candidate, most complete first; the first that fits is shown.
+  const candidates: string[][] = p.phase === 'reading'
+    ? [
+      [p.totalBytes ? `reading ${formatBytes(p.bytesRead)} of ${formatBytes(p.totalBytes)} (${pct})` : `reading ${formatBytes(p.bytesRead)}`,
+        `${elapsed} elapsed`, etaText, `${n(p.records)} records`, `${n(Math.round(p.seconds > 0 ? p.records / p.seconds : 0))} rec/s`],
+      [`reading ${pct ?? formatBytes(p.bytesRead)}`, `${elapsed} elapsed`, etaText, `${n(p.records)} records`],
+      [`reading ${pct ?? formatBytes(p.bytesRead)}`, elapsed, etaText, `${n(p.records)} rec`],
+      [`reading ${pct ?? formatBytes(p.bytesRead)}`, elapsed, `${n(p.records)} rec`],
+      [`${pct ?? formatBytes(p.bytesRead)}`, elapsed, `${n(p.records)}`],
+    ]
+    : [
+      [`merging ${n(p.records)} records into Sentry's tables: ${step}`, `${elapsed} elapsed`, etaText],
+      [`merging ${n(p.records)} records: ${step}`, `${elapsed} elapsed`, etaText],
+      [`merge: ${step}`, `${elapsed} elapsed`, etaText],
+      [`merge: ${p.step ?? 'staging'}`, elapsed, etaText],
+      [`merge: ${p.step ?? 'staging'}`, elapsed],
+    ];
   const max = Math.max(20, columns - 1);
-  while (parts.length > 1 && parts.join(' · ').length > max) parts.pop();
-  const line = parts.join(' · ');
-  return line.length > max ? line.slice(0, max) : line;
+  for (const parts of candidates) {
+    const line = parts.join(' · ');
+    if (line.length <= max) return line;
+  }
+  const last = candidates[candidates.length - 1]!.join(' · ');
+  return last.slice(0, max);
 }
 
 const MODEL_ORDER = ['sentry.user', 'sentry.email', 'sentry.useremail', 'sentry.useroption'];
@@ -501,7 +530,7 @@ async function importCommand(args: string[]): Promise<number> {
   if (plan === 'help') { process.stdout.write(helpText(IMPORT_HELP)); return 0; }
   const db = await database(plan.databaseUrl, plan.silent || plan.json);
   const tty = !!process.stderr.isTTY;
-  const clock = new PhaseClock();
+  const clock = new PhaseClock({ resumable: plan.resumable });
   const every = logProgressSeconds();
   let lastLogged = 0;
   let logged = false;

@@ -38,7 +38,12 @@ export interface MergeOptions {
    * out when the rows were staged by several processes (a resumed import). @default every check runs
    */
   staged?: Pick<StagedFacts, 'pksIncreasing' | 'rejectedUsers' | 'naturalKeys' | 'usersAfterOthers'>;
+  /** Called as each step of the merge starts, for progress (`Progress.step`). */
+  onStep?: (step: MergeStep) => void;
 }
+
+/** The steps of the merge, in order, as {@link MergeOptions.onStep} reports them. */
+export type MergeStep = 'users' | 'emails' | 'user emails' | 'options' | 'indexes' | 'findings';
 
 /** What {@link mergeStaged} reports about how it wrote. */
 export interface MergeOutcome {
@@ -207,6 +212,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   if (!options.staged?.pksIncreasing) await refuseDuplicatePks(q, run);
 
   // 2. Users: one pass decides who is inserted, renamed, merged or filtered (see mergeUsers).
+  if (!early) options.onStep?.('users');
   let users: UsersStep;
   if (early) {
     if (options.staged?.usersAfterOthers !== false) {
@@ -224,6 +230,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // locked, so the anti-joins below decide alone what the arbiter would have.
   const onConflict = (target: string) => (bulk ? '' : `ON CONFLICT ${target} DO NOTHING`);
 
+  options.onStep?.('emails');
   // 3. Emails: reuse an existing row with the same address, case-insensitively. With a username
   // filter, only the addresses of kept users (their primary email and their useremail rows).
   const kept = options.filterActive
@@ -310,6 +317,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // Every user these rows go to was inserted by this transaction (rows of merged users are
   // skipped) and duplicates are already ranked out, so nothing can conflict: plain inserts,
   // cheaper than ON CONFLICT's speculative insertion.
+  options.onStep?.('user emails');
   const userEmailsInserted = await decideAndInsert('up_ue', C.userEmail, `
     INSERT INTO ${T.userEmail} (user_id, email, validation_hash, date_hash_added, is_verified)
     SELECT target_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
@@ -337,13 +345,15 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     ORDER BY user_id, email
     ${onConflict('((lower(email)))')}`);
   stats.adjacent.userEmailAddresses = (stats.adjacent.userEmailAddresses ?? 0) + (signalled.rowCount ?? 0);
+  options.onStep?.('options');
   const userOptionsInserted = await decideAndInsert('up_uo', C.userOption, `
     INSERT INTO ${T.userOption} (user_id, project_id, organization_id, key, value)
     SELECT target_id, NULL, NULL, opt_key, opt_value::jsonb FROM d WHERE outcome = 'insert' ORDER BY src_pk`);
-  if (bulk) await bulk.rebuild();
+  if (bulk) { options.onStep?.('indexes'); await bulk.rebuild(); }
 
   // 6. Findings and counts: one pass over each decision table writes the findings (the
   // exceptions) and counts every outcome but the inserts, which the INSERTs above counted.
+  options.onStep?.('findings');
   const insertedBy: Record<string, number> = { up_user: usersInserted, up_ue: userEmailsInserted, up_uo: userOptionsInserted };
   for (const [table, model] of Object.entries(MODEL_NAMES)) {
     const counts = await q(`
