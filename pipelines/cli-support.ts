@@ -58,17 +58,20 @@ const LIBRARY_TO_FLAG: Readonly<Record<string, string>> = {
   decrypt: '--decrypt-with (or --decrypt-with-gcp-kms)',
 };
 
+/** `text` (a library message) with every camelCase library option name written as its flag. */
+export function flagNames(text: string): string {
+  return text.replace(/\b[a-z]+[A-Z][A-Za-z]*\b/g, (w) => (Object.hasOwn(LIBRARY_TO_FLAG, w) ? LIBRARY_TO_FLAG[w]! : w));
+}
+
 /**
  * The message of `err` with a library option name replaced by the CLI flag. Any UserportError may
  * name the option it is about (`option`: an OptionError, a record over `maxRecordBytes`, leading
  * text that `skipLeadingText` skips); a resume refused for other options names several.
  */
 export function cliMessage(err: UserportError): string {
-  if (!(err instanceof OptionError)) {
-    // A runtime error of an import the CLI ran (`more than 3 records rejected (maxRejects)`, a
-    // resume refused because mergeUsers differs): every camelCase option name is a flag here.
-    return err.message.replace(/\b[a-z]+[A-Z][A-Za-z]*\b/g, (w) => (Object.hasOwn(LIBRARY_TO_FLAG, w) ? LIBRARY_TO_FLAG[w]! : w));
-  }
+  // A runtime error of an import the CLI ran (`more than 3 records rejected (maxRejects)`, a
+  // resume refused because mergeUsers differs): every camelCase option name is a flag here.
+  if (!(err instanceof OptionError)) return flagNames(err.message);
   const named = (err as { option?: unknown }).option;
   const option = typeof named === 'string' ? named : undefined;
   const flag = option !== undefined ? LIBRARY_TO_FLAG[option] : undefined;
@@ -218,6 +221,8 @@ export const TEXT_WIDTH = 80;
  */
 export function wrapText(text: string, width = TEXT_WIDTH, indent = '  '): string {
   return text.split('\n').map((para) => {
+    // A line that fits is left as it is (a table's aligned columns included).
+    if ([...para].length <= width) return para;
     const lead = /^ */.exec(para)![0];
     const words = para.slice(lead.length).split(/ +/).filter((w) => w !== '');
     const lines: string[] = [];

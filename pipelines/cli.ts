@@ -15,7 +15,7 @@ import { importUsers, type ImportOptions, type Progress } from '../lib/import.js
 import { dropImport, listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
-import { formatBytes, helpText, parseCommand, reportError, suggestFlag, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
+import { flagNames, formatBytes, helpText, parseCommand, reportError, suggestFlag, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { installSpoolCleanup } from './signals.js';
 import { runExportCommand } from './export-command.js';
 import { encryptionMismatch, isGzip, leadingText, readHead, utf16Error } from '../lib/source.js';
@@ -558,17 +558,18 @@ async function importCommand(args: string[]): Promise<number> {
         if (plan.silent) return;
         for (const o of others ?? []) {
           process.stderr.write(`${wrapText(`Note: import ${o.importId} of this file is ${o.state}, and this is a new import` +
-            `${o.differs.length ? ` (${o.differs.join('; ')})` : ''}. To continue it, run it with its options; to remove it and ` +
+            `${o.differs.length ? ` (${flagNames(o.differs.join('; '))})` : ''}. To continue it, run it with its options; to remove it and ` +
             `its staged rows: userport imports drop ${o.importId}`, TEXT_WIDTH, '  ')}\n`);
         }
         if (!plan.resumable) return;
+        const say = (line: string) => process.stderr.write(`${wrapText(line, TEXT_WIDTH, '  ')}\n`);
         if (found) {
-          process.stderr.write(resumed
-            ? `Found unfinished import ${importId} of this file with these options: continuing it after record ${n(fromOrdinal)}\n`
-            : `Found import ${importId} of this file with these options: continuing it\n`);
+          say(resumed
+            ? `Found unfinished import ${importId} of this file with these options: continuing it after record ${n(fromOrdinal)}`
+            : `Found import ${importId} of this file with these options: continuing it`);
         } else {
-          process.stderr.write(resumed ? `Resuming import ${importId} after record ${n(fromOrdinal)}\n`
-            : `Import id: ${importId} (if interrupted, run the same command again to continue it)\n`);
+          say(resumed ? `Resuming import ${importId} after record ${n(fromOrdinal)}`
+            : `Import id: ${importId} (if interrupted, run the same command again to continue it)`);
         }
       },
       onProgress,

@@ -233,7 +233,8 @@ export interface DroppedImport {
  * (USERPORT_OPTION_INVALID: its rows are Sentry's now, and its record is what says so).
  */
 export async function dropImport(databaseUrl: string, importId: string): Promise<DroppedImport> {
-  const knex = createKnex(databaseUrl, 1);
+  // Two connections: migrate holds one for its lock while knex's migrator uses another.
+  const knex = createKnex(databaseUrl, 2);
   try {
     await waitForDatabase(knex);
     await migrate(knex);
