@@ -90,19 +90,14 @@ export function withHint<E extends Error>(err: E, hint: string): E {
 }
 
 /**
- * The message of a data error without what its position says again: `sentry.user pk 2: field
- * username must be string` at `record 4 (sentry.user pk 2), field username` would name the record
- * and the field twice.
+ * The message of a data error without the record its position names again: `sentry.user pk 2:
+ * field username must be string` at `record 4 (sentry.user pk 2), ...` named the record twice.
+ * The position stays whole (scripts parse it).
  */
 function dedupe(message: string, position: Position | undefined): { message: string; position: Position | undefined } {
-  if (!position) return { message, position };
-  let m = message;
-  if (position.model !== undefined && position.ordinal !== undefined) {
-    const prefix = `${printable(position.model)}${position.pk !== undefined ? ` pk ${printable(String(position.pk))}` : ''}: `;
-    if (m.startsWith(prefix)) m = m.slice(prefix.length);
-  }
-  const p = position.field !== undefined && m.includes(`field ${printable(position.field)}`) ? { ...position, field: undefined } : position;
-  return { message: m, position: p };
+  if (position?.model === undefined || position.ordinal === undefined) return { message, position };
+  const prefix = `${printable(position.model)}${position.pk !== undefined ? ` pk ${printable(String(position.pk))}` : ''}: `;
+  return { message: message.startsWith(prefix) ? message.slice(prefix.length) : message, position };
 }
 
 /** The one error line every command prints: `userport: what (where) [CODE]`. */

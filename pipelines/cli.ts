@@ -169,7 +169,7 @@ function intOption(name: string, v: string | boolean | undefined, min: number): 
   if (typeof v !== 'string') return undefined;
   const n = Number(v);
   if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min) {
-    throw usageError(`--${name} must be ${min === 0 ? 'a non-negative integer' : `an integer of at least ${min}`}, got "${printable(v)}"`);
+    throw usageError(`--${name} must be ${min === 0 ? 'a non-negative integer' : `an integer >= ${min}`}, got "${printable(v)}"`);
   }
   return n;
 }

@@ -297,7 +297,7 @@ describe('the command line on a real migration day (#21)', function () {
       const r = await userport(['import', 'users', bad, '--database-url', db.url]);
       expect(r.code).to.equal(1);
       const [line, ...hint] = r.stderr.trimEnd().split('\n');
-      expect(line).to.equal('userport: field username must be string (record 1 (sentry.user pk 1), byte 1, line 1, column 2) [USERPORT_RECORD_SCHEMA]');
+      expect(line).to.equal('userport: field username must be string (record 1 (sentry.user pk 1), field username, byte 1, line 1, column 2) [USERPORT_RECORD_SCHEMA]');
       expect(hint.join(' ').replace(/\s+/g, ' ')).to.include('hint: with --rejects-file F, records that fail validation are written to F and the import goes on');
     });
 
