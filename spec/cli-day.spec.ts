@@ -338,6 +338,21 @@ describe('the command line on a real migration day (#21)', function () {
       }
     });
 
+    it('the embedded database works without an `id` binary (minimal images): the account is read from /etc/passwd', async function () {
+      const home = process.env.USERPORT_TEST_EMBEDDED_DIR;
+      if (!home || process.getuid?.() !== 0) this.skip(); // only root looks up `nobody`
+      const empty = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-nopath-'));
+      try {
+        // PATH without `id` (and without anything else): it failed with "Cannot read properties of null".
+        const r = await userport(['db', 'url'], { env: { USERPORT_HOME: home!, PATH: empty } });
+        expect(r.stderr).not.to.include('Cannot read properties');
+        expect(r.code, r.stderr).to.equal(0);
+        expect(r.stdout).to.match(/^postgresql:\/\/.*@127\.0\.0\.1:\d+\//);
+      } finally {
+        fs.rmSync(empty, { recursive: true, force: true });
+      }
+    });
+
     it('db psql passes its arguments to psql', async function () {
       const home = process.env.USERPORT_TEST_EMBEDDED_DIR;
       if (!home) this.skip(); // the suite runs against a server of its own: no embedded one to reuse
