@@ -359,9 +359,10 @@ export class RecordSplitter {
   }
 
   private tooLarge(ordinal: number): ParseError {
-    return new ParseError(ErrorCodes.LIMIT_RECORD_SIZE,
-      `record ${ordinal} is larger than maxRecordBytes (${this.maxRecordBytes} bytes)`,
-      { position: { ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn } });
+    // `option` names the limit, so the CLI says --max-record-bytes where a library caller reads maxRecordBytes.
+    return Object.assign(new ParseError(ErrorCodes.LIMIT_RECORD_SIZE,
+      `record ${ordinal} is larger than maxRecordBytes (${this.maxRecordBytes} bytes): if such records are expected, raise maxRecordBytes`,
+      { position: { ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn } }), { option: 'maxRecordBytes' });
   }
 
   private endScalar(buf: Buffer, segStart: number, end: number, out: RawRecord[]): number {

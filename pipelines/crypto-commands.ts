@@ -6,7 +6,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { parseCommand, reportError, usageError } from './cli-support.js';
+import { helpText, parseCommand, reportError, usageError } from './cli-support.js';
 import { writeFileAtomically } from '../lib/atomic-file.js';
 import { decryptExport, type EncryptedInput } from '../lib/decrypt.js';
 import { encryptExport } from '../lib/encrypt.js';
@@ -99,7 +99,7 @@ export async function runEncryptCommand(args: string[], streams?: Partial<Comman
       'tmp-dir': { type: 'string' },
     }, 'encrypt');
     if (values.help) {
-      s.stdout.write(ENCRYPT_HELP);
+      s.stdout.write(helpText(ENCRYPT_HELP));
       return 0;
     }
     const keyPath = values['encrypt-with'];
@@ -144,7 +144,7 @@ export async function runDecryptCommand(args: string[], streams?: Partial<Comman
       'tmp-dir': { type: 'string' },
     }, 'decrypt');
     if (values.help) {
-      s.stdout.write(DECRYPT_HELP);
+      s.stdout.write(helpText(DECRYPT_HELP));
       return 0;
     }
     const [src, dest] = positionals(pos, DECRYPT_USAGE);
