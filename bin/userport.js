@@ -1,5 +1,5 @@
 #!/bin/sh
-":" //; while read -r k v; do [ "$k" = SigIgn: ] && USERPORT_LAUNCH_SIGIGN=$v && export USERPORT_LAUNCH_SIGIGN; done 2>/dev/null </proc/self/status; { true 3>&1; } 2>/dev/null || { USERPORT_LAUNCH_STDOUT=closed; export USERPORT_LAUNCH_STDOUT; exec 1>/dev/null; }; exec node --max-semi-space-size=4 --max-old-space-size=192 "$0" "$@"
+":" //; while read -r k v; do [ "$k" = SigIgn: ] && USERPORT_LAUNCH_SIGIGN=$v && export USERPORT_LAUNCH_SIGIGN; done 2>/dev/null </proc/self/status; { true 3>&1; } 2>/dev/null || { USERPORT_LAUNCH_STDOUT=closed; export USERPORT_LAUNCH_STDOUT; exec 1>/dev/null; }; exec node --max-semi-space-size=4 --max-old-space-size=96 "$0" "$@"
 // The line above is both shell and JavaScript: /bin/sh runs it (JavaScript sees a string and a
 // comment). Before node starts, the shell records what node cannot see once it runs:
 // - the signals ignored at launch (`nohup` ignores SIGHUP): node resets them to their default
@@ -11,7 +11,7 @@
 // default settings V8 lets garbage grow the heap to ~150 MB before collecting it. Smaller
 // young-generation spaces and an old-space limit (a guard far above the live size) make it
 // collect sooner, at a few percent of speed. Running `node bin/userport.js` skips all of this.
-// Thin launcher: the CLI is compiled TypeScript in dist/ (built by `npm ci` through `prepare`).
+// Thin launcher: the CLI is compiled TypeScript in dist/ (built by `npm run build`, `npm test` or `npm pack`).
 // Errors on stdout (a closed pipe, `export users -` failing mid-stream) reach the command through
 // its writes and are reported there in one line; an 'error' event thrown from here would crash
 // the process with a stack trace.

@@ -211,7 +211,7 @@ describe('export memory', function () {
       await db.knex.raw(`INSERT INTO sentry_useroption (user_id, key, value)
         SELECT 1 + g % 1000, 'k' || g, to_jsonb(repeat(md5(g::text), 30)) FROM generate_series(1, 200000) g`);
       const res = await new Promise<{ bytes: number; maxRssMb: number }>((resolve, reject) => {
-        const child = spawn(process.execPath, ['--max-semi-space-size=4', '--max-old-space-size=192', '--input-type=module', '-e', CHILD,
+        const child = spawn(process.execPath, ['--max-semi-space-size=4', '--max-old-space-size=96', '--input-type=module', '-e', CHILD,
           path.resolve('dist/lib/export.js'), db.url], { stdio: ['ignore', 'pipe', 'pipe'] });
         let out = '';
         let err = '';

@@ -298,7 +298,7 @@ process.exit(spawnSync(process.execPath, [${JSON.stringify(realBin)}, ...args], 
         expect(shebangNodeFlags(f)).to.deep.equal([]);
         fs.writeFileSync(f, 'console.log(1)\n');
         expect(shebangNodeFlags(f)).to.deep.equal([]);
-        expect(shebangNodeFlags(path.resolve('bin/userport.js'))).to.deep.equal(['--max-semi-space-size=4', '--max-old-space-size=192']);
+        expect(shebangNodeFlags(path.resolve('bin/userport.js'))).to.deep.equal(['--max-semi-space-size=4', '--max-old-space-size=96']);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
       }
