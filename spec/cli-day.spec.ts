@@ -318,7 +318,7 @@ describe('the command line on a real migration day (#21)', function () {
     it('a second import without --merge-users hints at the flag', async () => {
       const file = writeExport([user(1, 'again-a'), user(2, 'again-b')]);
       expect((await userport(['import', 'users', file, '--database-url', db.url, '--no-progress'])).code).to.equal(0);
-      const r = await inTerminal(['import', 'users', file, '--database-url', db.url, '--no-progress'], 80);
+      const r = await inTerminal(['import', 'users', file, '--database-url', db.url, '--no-progress', '--allow-reimport'], 80);
       expect(r.code).to.equal(0);
       expect(r.screen.replace(/\s+/g, ' ')).to.include('2 users were renamed because the username already exists (in the database or earlier in the file). To reuse the existing users instead, import with --merge-users.');
       expect(widest(r.screen)).to.be.at.most(80);
