@@ -4,12 +4,46 @@
  * exists (`/dev/null`, a FIFO, a terminal) is written in place: renaming a file over a device
  * would replace the device. Shared by `userport export users` and the encrypt/decrypt commands.
  */
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, rmSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import crypto from 'node:crypto';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { OptionError } from './errors.js';
+import { processAlive } from './spool.js';
+
+/**
+ * Temporary files being written. The library installs no process handlers: a program that wants
+ * them gone when it is interrupted (the CLI) calls {@link removeLiveTempFilesSync} from its own
+ * signal handlers; one killed outright (SIGKILL) leaves its file, which the next write of the same
+ * DEST removes (the name carries the writer's pid).
+ */
+const liveTemps = new Set<string>();
+
+/** Removes every temporary file still being written, synchronously (for a signal handler). */
+export function removeLiveTempFilesSync(): void {
+  for (const f of liveTemps) rmSync(f, { force: true });
+  liveTemps.clear();
+}
+
+/** `.DEST.<pid>.<hex>.partial` beside `dest`: hidden, and telling which process writes it. */
+function tempName(dest: string): string {
+  return path.join(path.dirname(dest), `.${path.basename(dest)}.${process.pid}.${crypto.randomBytes(6).toString('hex')}.partial`);
+}
+
+/** Removes `dest`'s temporary files left by processes that no longer exist. Never throws. */
+async function removeStaleTemps(dest: string): Promise<void> {
+  const base = path.basename(dest);
+  const prefix = `.${base}.`;
+  const names = await fs.readdir(path.dirname(dest)).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !name.endsWith('.partial')) continue;
+    const m = /^(\d+)\.[0-9a-f]{12}\.partial$/.exec(name.slice(prefix.length));
+    if (m && Number(m[1]) !== process.pid && !processAlive(Number(m[1]))) {
+      await fs.rm(path.join(path.dirname(dest), name), { force: true }).catch(() => undefined);
+    }
+  }
+}
 
 /**
  * Runs `write` on a stream to `dest` (see the module note); `mode` is a new file's permission.
@@ -23,12 +57,16 @@ export async function writeFileAtomically(dest: string, mode: number, write: (ou
     await write(createWriteStream(dest, { flags: 'w' }));
     return;
   }
-  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.${crypto.randomBytes(6).toString('hex')}.partial`);
+  await removeStaleTemps(dest);
+  const tmp = tempName(dest);
+  liveTemps.add(tmp);
   try {
     await write(createWriteStream(tmp, { flags: 'wx', mode }));
     await fs.rename(tmp, dest);
   } catch (err) {
     await fs.rm(tmp, { force: true }).catch(() => undefined);
     throw err;
+  } finally {
+    liveTemps.delete(tmp);
   }
 }

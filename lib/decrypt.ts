@@ -17,6 +17,7 @@ import os from 'node:os';
 import { Duplex, Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { OptionError, UserportError } from './errors.js';
+import { checkOptions as checkKnownOptions, isInteger, isKeyUnwrapper, isNonEmptyString, type OptionCheck } from './options.js';
 import { DecryptError, DecryptErrorCodes, ioError } from './crypto/errors.js';
 import { decryptToken, parseFernetKey, verifyToken, type FernetKey } from './crypto/fernet.js';
 import { isRegularFile, readExactly, scanTarFile, TarParser, type TarEntry } from './crypto/tar.js';
@@ -64,19 +65,15 @@ export interface DecryptedSource {
   size?: number;
 }
 
+const DECRYPT_OPTIONS: { readonly [K in keyof OpenDecryptedOptions]-?: OptionCheck } = {
+  unwrapper: isKeyUnwrapper,
+  tmpDir: isNonEmptyString,
+  chunkSize: isInteger(4096, 64 * 1024 * 1024),
+};
+
 function checkOptions(options: OpenDecryptedOptions, where: string): { chunkSize: number; tmpDir: string } {
-  if (typeof options !== 'object' || options === null) throw new OptionError(`${where} needs an options object`);
-  if (typeof options.unwrapper?.unwrap !== 'function') {
-    throw new OptionError(`${where}: unwrapper must be a KeyUnwrapper (createLocalKeyUnwrapper or createGcpKmsUnwrapper), got ${typeof options.unwrapper}`);
-  }
-  const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
-  if (!Number.isInteger(chunkSize) || chunkSize < 4096 || chunkSize > 64 * 1024 * 1024) {
-    throw new OptionError(`${where}: chunkSize must be an integer between 4096 and 67108864, got ${String(options.chunkSize)}`);
-  }
-  if (options.tmpDir !== undefined && (typeof options.tmpDir !== 'string' || options.tmpDir === '')) {
-    throw new OptionError(`${where}: tmpDir must be a non-empty string, got ${JSON.stringify(options.tmpDir)}`);
-  }
-  return { chunkSize, tmpDir: options.tmpDir ?? os.tmpdir() };
+  checkKnownOptions(where, options, DECRYPT_OPTIONS, ['unwrapper']);
+  return { chunkSize: options.chunkSize ?? DEFAULT_CHUNK_SIZE, tmpDir: options.tmpDir ?? os.tmpdir() };
 }
 
 function tarError(message: string): DecryptError {

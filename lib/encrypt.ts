@@ -8,6 +8,7 @@ import os from 'node:os';
 import { Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { OptionError } from './errors.js';
+import { checkOptions, isInteger, isNonEmptyString, isStringOrBuffer, type OptionCheck } from './options.js';
 import { DecryptError, DecryptErrorCodes, ioError } from './crypto/errors.js';
 import { FernetEncoder, generateFernetKey, parseFernetKey, tokenLength } from './crypto/fernet.js';
 import { encodeEnd, encodeHeader, paddingAfter } from './crypto/tar.js';
@@ -26,6 +27,14 @@ export interface EncryptorOptions {
   iv?: Buffer;
   timestamp?: number;
 }
+
+const ENCRYPTOR_OPTIONS: { readonly [K in keyof EncryptorOptions]-?: OptionCheck } = {
+  publicKeyPem: isStringOrBuffer,
+  size: isInteger(0),
+  fernetKey: isStringOrBuffer,
+  iv: (v) => (Buffer.isBuffer(v) ? undefined : 'a Buffer'),
+  timestamp: isInteger(0),
+};
 
 /** Everything after the token: `data.key` then `key.pub`, then the end of the archive. */
 function trailer(written: number, wrapped: Buffer, pem: Buffer): Buffer {
@@ -72,9 +81,7 @@ export class Encryptor extends Transform {
   private started = false;
 
   constructor(options: EncryptorOptions) {
-    if (!Number.isSafeInteger(options?.size) || options.size < 0) {
-      throw new OptionError(`createEncryptor: size must be the plaintext size, an integer >= 0, got ${String(options?.size)}`);
-    }
+    checkOptions('createEncryptor', options, ENCRYPTOR_OPTIONS, ['publicKeyPem', 'size']);
     super();
     const keys = prepareKeys(options, 'createEncryptor');
     this.pem = keys.pem;
@@ -134,14 +141,20 @@ export interface EncryptExportOptions {
   chunkSize?: number;
 }
 
+const ENCRYPT_EXPORT_OPTIONS: { readonly [K in keyof EncryptExportOptions]-?: OptionCheck } = {
+  publicKeyPem: isStringOrBuffer,
+  tmpDir: isNonEmptyString,
+  chunkSize: isInteger(4096),
+};
+
 /**
  * Encrypts a plain export into `output` as Sentry's `sentry backup encrypt` would. A file is
  * streamed once (its size is known); a stream is encrypted into a private spool first (only
  * ciphertext touches the disk), because the token's size must precede it in the tar.
  */
 export async function encryptExport(input: EncryptedInput, output: Writable, options: EncryptExportOptions): Promise<void> {
-  const chunkSize = options?.chunkSize ?? DEFAULT_CHUNK_SIZE;
-  if (!Number.isInteger(chunkSize) || chunkSize < 4096) throw new OptionError(`encryptExport: chunkSize must be an integer >= 4096, got ${String(options?.chunkSize)}`);
+  checkOptions('encryptExport', options, ENCRYPT_EXPORT_OPTIONS, ['publicKeyPem']);
+  const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
   if ('path' in input) {
     let size: number;
     try {

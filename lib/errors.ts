@@ -3,7 +3,6 @@
  * (`USERPORT_*`); data errors also carry a {@link Position} so the CLI can say what and where.
  * Causes are kept (`cause`), never flattened: a pg error stays reachable with its SQLSTATE.
  */
-import type { DecryptErrorCode } from './crypto/errors.js';
 
 /** Where in the export a problem is. Every field is optional: say what is known. */
 export interface Position {
@@ -50,6 +49,8 @@ export const ErrorCodes = {
   DB_SETTING: 'USERPORT_DB_SETTING',
   IMPORT_MISMATCH: 'USERPORT_IMPORT_MISMATCH',
   IMPORT_BUSY: 'USERPORT_IMPORT_BUSY',
+  /** The connection was lost after the import's COMMIT was sent, and the database could not be asked whether it committed. */
+  IMPORT_OUTCOME_UNKNOWN: 'USERPORT_IMPORT_OUTCOME_UNKNOWN',
   IO: 'USERPORT_IO',
   /** A callback the caller passed (a sink's `checkpoint` or `finalize`) threw something that is not a UserportError; `cause` is what it threw. */
   CALLBACK: 'USERPORT_CALLBACK',
@@ -62,6 +63,29 @@ export const ErrorCodes = {
   /** The import would need ids beyond what the target's id columns hold (32-bit user ids of Sentry 9). */
   TARGET_LIMIT: 'USERPORT_TARGET_LIMIT',
 } as const;
+
+/** Stable codes of `DecryptError` (lib/crypto/errors.ts), the encrypted-export path. */
+export const DecryptErrorCodes = {
+  /** The private key is a valid RSA key, but not the one the export was encrypted to. */
+  KEY_MISMATCH: 'USERPORT_DECRYPT_KEY_MISMATCH',
+  /** A key (private key file, `key.pub`, public key to encrypt with) cannot be loaded or is not RSA. */
+  KEY_INVALID: 'USERPORT_DECRYPT_KEY_INVALID',
+  /** The token or the wrapped key failed authentication: tampered, corrupted or malformed. */
+  TAMPERED: 'USERPORT_DECRYPT_TAMPERED',
+  /** The tarball ends inside a header or a member. */
+  TRUNCATED: 'USERPORT_DECRYPT_TRUNCATED',
+  /** The tarball is not a Sentry encrypted export: bad header, missing, extra or duplicate member. */
+  TAR: 'USERPORT_DECRYPT_TAR',
+  /** The private key is encrypted and no passphrase, or a wrong one, was given. */
+  PASSPHRASE: 'USERPORT_DECRYPT_PASSPHRASE',
+  /** Cloud KMS failed: config, credentials, HTTP error, or a crc32c integrity mismatch. */
+  KMS: 'USERPORT_DECRYPT_KMS',
+  /** Reading the input, or writing/reading the private spool file, failed. */
+  IO: 'USERPORT_DECRYPT_IO',
+} as const;
+
+/** A code of `DecryptError`: one of {@link DecryptErrorCodes}. */
+export type DecryptErrorCode = (typeof DecryptErrorCodes)[keyof typeof DecryptErrorCodes];
 
 /**
  * Every code userport raises: {@link ErrorCodes} and the decryption codes of `DecryptErrorCodes`.

@@ -20,6 +20,7 @@ import { registry } from './models.js';
 import { DEFAULT_PICKLE_LIMITS, PickleError, pickledFieldToJsonText } from './pickle.js';
 import { encryptExport } from './encrypt.js';
 import { ErrorCodes, ExportError, OptionError, UserportError, wrapDbError } from './errors.js';
+import { checkOptions as checkKnownOptions, isFunction, isInteger, isNonEmptyString, isStringOrBuffer, type OptionCheck } from './options.js';
 
 /** How a column's text (as PostgreSQL prints it) becomes a JSON value in the export. */
 type Encoding =
@@ -131,19 +132,29 @@ export interface ExportStream extends Readable {
   readonly summary: ExportSummary;
 }
 
-function checkOptions(o: ExporterOptions, where: string): void {
-  if (o === null || typeof o !== 'object') throw new OptionError(`${where}: options must be an object`);
-  if (typeof o.databaseUrl !== 'string' || !o.databaseUrl) throw new OptionError(`${where}: databaseUrl must be a postgresql:// URL`);
+const isUsernameList: OptionCheck = (v) => (Array.isArray(v) && v.every((u) => typeof u === 'string') ? undefined : 'an array of strings');
+
+const EXPORTER_OPTIONS: { readonly [K in keyof ExporterOptions]-?: OptionCheck } = {
+  databaseUrl: isNonEmptyString,
+  filterUsernames: isUsernameList,
+  indent: isInteger(0, 16),
+  fetchRows: isInteger(1),
+  onProgress: isFunction,
+};
+
+const EXPORT_USERS_OPTIONS: { readonly [K in keyof ExportUsersOptions]-?: OptionCheck } = {
+  ...EXPORTER_OPTIONS,
+  destination: (v) => (typeof v === 'string' && v !== '') || (v !== null && typeof v === 'object' && typeof (v as Writable).write === 'function')
+    ? undefined
+    : 'a file path, "-" or a Writable stream',
+  encryptWith: isStringOrBuffer,
+  tmpDir: isNonEmptyString,
+};
+
+/** The one option checker (lib/options.ts) over the exporter's options, or exportUsers' wider set. */
+function checkOptions<T extends ExporterOptions>(o: T, where: string, spec: { readonly [K in keyof T]-?: OptionCheck }, required: (keyof T & string)[]): void {
+  checkKnownOptions(where, o, spec, ['databaseUrl', ...required]);
   checkDatabaseUrl(o.databaseUrl);
-  if (o.filterUsernames !== undefined && !(Array.isArray(o.filterUsernames) && o.filterUsernames.every((u) => typeof u === 'string'))) {
-    throw new OptionError(`${where}: filterUsernames must be an array of strings`);
-  }
-  if (o.indent !== undefined && !(Number.isInteger(o.indent) && o.indent >= 0 && o.indent <= 16)) {
-    throw new OptionError(`${where}: indent must be an integer from 0 to 16, got ${String(o.indent)}`);
-  }
-  if (o.fetchRows !== undefined && !(Number.isInteger(o.fetchRows) && o.fetchRows >= 1)) {
-    throw new OptionError(`${where}: fetchRows must be an integer >= 1, got ${String(o.fetchRows)}`);
-  }
 }
 
 const NON_ASCII = /[^\x20-\x7e]/;
@@ -198,6 +209,11 @@ export function reindentJson(text: string, indent: number, level: number): strin
       out += `,\n${pad(indent, depth)}`;
     } else if (c === ':') {
       out += ': ';
+    } else if (c === '-' || (c >= '0' && c <= '9')) {
+      let j = i + 1;
+      while (j < n && /[0-9.eE+-]/.test(text[j]!)) j++;
+      out += pythonJsonNumber(text.slice(i, j));
+      i = j - 1;
     } else if (c !== ' ' && c !== '\n' && c !== '\t' && c !== '\r') {
       out += c;
     }
@@ -218,6 +234,35 @@ function pickledValueAsJson(v: string): string {
 const UNREADABLE_REASON = 'its value is a pickle of something other than plain values: not executed, left out';
 /** Unreadable rows named one by one in the summary; more are counted. */
 const MAX_UNREADABLE_LISTED = 1000;
+
+/**
+ * A JSON number as Sentry's export writes it: psycopg hands the jsonb to Python's `json.loads`,
+ * and `json.dumps` writes the value back. An integer stays an exact arbitrary-precision int
+ * (`-0` becomes `0`); a number with a fraction or an exponent becomes a float, written as
+ * Python's `repr`: the shortest round-trip digits (as JS's), but in exponent form below 1e-4 and
+ * from 1e16 on, with a sign and at least two exponent digits (`1e-07`, `1e+16`), else with a
+ * decimal point (`1.0`); out of range it is `Infinity`, `-Infinity`, `0.0` or `-0.0`.
+ */
+export function pythonJsonNumber(token: string): string {
+  if (/^-?\d+$/.test(token)) return BigInt(token).toString();
+  const x = Number(token);
+  if (x === Infinity) return 'Infinity';
+  if (x === -Infinity) return '-Infinity';
+  if (x === 0) return Object.is(x, -0) ? '-0.0' : '0.0';
+  const sign = x < 0 ? '-' : '';
+  // toExponential() without digits gives the shortest round-trip digits: "d.ddde+X".
+  const m = /^(\d)(?:\.(\d+))?e([+-]\d+)$/.exec(Math.abs(x).toExponential())!;
+  const digits = m[1]! + (m[2] ?? '');
+  const exp = Number(m[3]);
+  if (exp < -4 || exp >= 16) {
+    const e = Math.abs(exp).toString().padStart(2, '0');
+    return `${sign}${digits[0]}${digits.length > 1 ? `.${digits.slice(1)}` : ''}e${exp < 0 ? '-' : '+'}${e}`;
+  }
+  const point = exp + 1;
+  if (point <= 0) return `${sign}0.${'0'.repeat(-point)}${digits}`;
+  if (point >= digits.length) return `${sign}${digits}${'0'.repeat(point - digits.length)}.0`;
+  return `${sign}${digits.slice(0, point)}.${digits.slice(point)}`;
+}
 
 function encodeValue(v: string | null, encoding: Encoding, indent: number): string {
   if (v === null) return 'null';
@@ -406,7 +451,7 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
  * stream with a {@link UserportError}. `summary` fills in as it goes and is final at `end`.
  */
 export function createExporter(options: ExporterOptions): ExportStream {
-  checkOptions(options, 'createExporter');
+  checkOptions(options, 'createExporter', EXPORTER_OPTIONS, []);
   const summary = emptySummary();
   const stream = Readable.from(generate(options, summary), { objectMode: false, highWaterMark: 64 * 1024 });
   Object.defineProperty(stream, 'summary', { value: summary, enumerable: true });
@@ -428,24 +473,26 @@ export interface ExportUsersOptions extends ExporterOptions {
  * the summary; on failure nothing is left at a file destination.
  */
 export async function exportUsers(options: ExportUsersOptions): Promise<ExportSummary> {
-  checkOptions(options, 'exportUsers');
-  const dest = options.destination;
-  if (typeof dest !== 'string' && !(dest && typeof (dest as Writable).write === 'function')) {
-    throw new OptionError('exportUsers: destination must be a file path, "-" or a Writable stream');
-  }
-  const exporter = createExporter(options);
+  checkOptions(options, 'exportUsers', EXPORT_USERS_OPTIONS, ['destination']);
+  const { destination: dest, encryptWith, tmpDir, ...exporterOptions } = options;
+  const exporter = createExporter(exporterOptions);
   const write = async (out: Writable) => {
-    if (options.encryptWith !== undefined) {
-      await encryptExport({ stream: exporter }, out, { publicKeyPem: options.encryptWith, ...(options.tmpDir ? { tmpDir: options.tmpDir } : {}) });
+    if (encryptWith !== undefined) {
+      await encryptExport({ stream: exporter }, out, { publicKeyPem: encryptWith, ...(tmpDir ? { tmpDir } : {}) });
     } else {
       await pipeline(exporter, out);
     }
   };
   try {
-    if (dest === '-') await write(process.stdout);
+    if (dest === '-') {
+      await write(process.stdout).catch((err: unknown) => {
+        if (err instanceof UserportError) throw err;
+        throw new UserportError(ErrorCodes.IO, `cannot write to standard output: ${(err as Error).message}`, { cause: err });
+      });
+    }
     else if (typeof dest !== 'string') await write(dest);
     // A plain export holds password hashes: created 0600.
-    else await writeFileAtomically(dest, options.encryptWith !== undefined ? 0o644 : 0o600, write).catch((err: unknown) => {
+    else await writeFileAtomically(dest, encryptWith !== undefined ? 0o644 : 0o600, write).catch((err: unknown) => {
       if (err instanceof UserportError) throw err;
       throw new UserportError(ErrorCodes.IO, `cannot write ${dest}: ${(err as Error).message}`, { cause: err });
     });

@@ -10,13 +10,13 @@ import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { applySessionSettings, checkDatabaseUrl, createKnex, migrate, PG_TYPES, waitForDatabase } from './db/knex.js';
 import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isNonEmptyString, isStringIterable, type OptionCheck } from './options.js';
-import { beginEarlyUsers, describePlan, mergeStaged, planFor, undoEarlyUsers, type EarlyUsers, type MergeOptions } from './db/merge/index.js';
+import { beginEarlyUsers, describePlan, mergeStaged, planFor, undoEarlyUsers, type EarlyUsers, type MergeOptions, type MergeStep } from './db/merge/index.js';
 import {
-  deleteStaged, findImport, findResumableImport, finishImport, insertImport, insertResumableImport, lockImport, markImportFailed,
-  markImportRunning, nextImportRun, ownerName, saveCheckpoint, unmatchedUsernames,
+  commitOutcome, deleteStaged, findDoneImport, findImport, findResumableImport, finishImport, insertImport, insertResumableImport, lockImport, markImportFailed,
+  markImportRunning, nextImportRun, otherUnfinishedImports, ownerName, saveCheckpoint, unmatchedUsernames,
 } from './db/imports.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
-import { ErrorCodes, OptionError, UserportError, wrapDbError } from './errors.js';
+import { ErrorCodes, OptionError, printable, UserportError, wrapDbError } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
 import { fieldLimits, modelInfo } from './models.js';
 import { fingerprint, isRegularFile, openSource } from './source.js';
@@ -36,6 +36,17 @@ export interface Progress {
   totalBytes: number | undefined;
   records: number;
   seconds: number;
+  /**
+   * While merging: the merge's step under way (`users`, `emails`, `user emails`, `options`,
+   * `indexes`, `findings`); absent before the first (the last rows still being staged).
+   */
+  step?: MergeStep;
+  /**
+   * Whether the target's users table was empty when the import started: the empty-target path
+   * (bulk load, the users' step overlapped with reading) makes the merge several times shorter
+   * than into a database that holds users, which an estimate of the time left needs to know.
+   */
+  emptyTarget?: boolean;
 }
 
 /** Options of {@link importUsers}. */
@@ -62,6 +73,13 @@ export interface ImportOptions {
   filterUsernames?: string[];
   /** Run everything, report, then roll back. @default false */
   dryRun?: boolean;
+  /**
+   * Import a file again although an earlier import of the same file (size and fingerprint) and
+   * options finished. Without it, an atomic import of such a file changes nothing and resolves to
+   * that import's summary with `state: 'already-done'` (as a finished resumable import does): a
+   * second import would give every user a renamed copy. @default false
+   */
+  allowReimport?: boolean;
   /** Commit in batches with checkpoints; re-running with the same `importId` resumes. @default false */
   resumable?: boolean;
   /**
@@ -85,6 +103,13 @@ export interface ImportOptions {
   /** When set, `source` is an encrypted export tarball and this unwraps its key. */
   decrypt?: KeyUnwrapper;
   /**
+   * Skip lines of text printed before the JSON array (log lines some setups write into the
+   * export) and report them in the summary (`leadingText`). Without it, such an input fails with
+   * USERPORT_INPUT_NOT_ARRAY naming this option. A gzip-compressed source is always read through
+   * gunzip (found by its magic bytes). @default false
+   */
+  skipLeadingText?: boolean;
+  /**
    * Folder of temporary files: the spool of an encrypted export, and the rows read while the
    * merge's users step runs (see README, "The merge starts while the file is read"); each is
    * private (0600 in a 0700 folder) and removed when the import ends. @default os.tmpdir()
@@ -93,7 +118,23 @@ export interface ImportOptions {
   /** Called about twice a second while records flow. */
   onProgress?: (p: Progress) => void;
   /** Called once the import id is known (before any record is read). */
-  onStart?: (info: { importId: string; resumed: boolean; fromOrdinal: number; found?: boolean }) => void;
+  onStart?: (info: StartInfo) => void;
+}
+
+/** What {@link ImportOptions.onStart} is told once the import id is known. */
+export interface StartInfo {
+  importId: string;
+  /** True when this continues an import after its last checkpoint. */
+  resumed: boolean;
+  fromOrdinal: number;
+  /** True when the import was found by its file and options (no importId given). */
+  found?: boolean;
+  /**
+   * Unfinished (interrupted or failed) resumable imports of the same file that this new import
+   * does not continue, each with how its options differ from these (`mergeUsers was off, now
+   * on`): continue one with its options, or remove it and its staged rows (`dropImport`).
+   */
+  others?: { importId: string; state: 'interrupted' | 'failed'; differs: string[] }[];
 }
 
 const isSource: OptionCheck = (v) => (typeof v === 'string' && v !== '') || v instanceof Readable ? undefined : 'a file path, "-" or a Readable stream';
@@ -108,6 +149,7 @@ const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
   bulkLoad: (v) => (v === 'auto' || v === 'off' ? undefined : '"auto" or "off"'),
   filterUsernames: isStringIterable,
   dryRun: isBoolean,
+  allowReimport: isBoolean,
   resumable: isBoolean,
   importId: (v) => (typeof v === 'string' && /^[A-Za-z0-9._-]{1,100}$/.test(v) ? undefined : "1-100 letters, digits, '.', '_' or '-'"),
   batchRows: isInteger(1),
@@ -117,6 +159,7 @@ const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
   maxRecordBytes: isInteger(16),
   maxDepth: isInteger(2),
   decrypt: isUnwrapper,
+  skipLeadingText: isBoolean,
   onProgress: isFunction,
   onStart: isFunction,
 };
@@ -147,6 +190,28 @@ async function embeddedDatabaseUrl(dir: string | undefined): Promise<string> {
 /** Options that must be the same when an import is resumed. */
 function resumeKey(o: ImportOptions) {
   return { mergeUsers: !!o.mergeUsers, filterUsernames: o.filterUsernames ? [...o.filterUsernames].sort() : null, encrypted: !!o.decrypt };
+}
+
+/** One resume-key value as a person reads it. */
+function describeKeyValue(key: string, v: unknown): string {
+  if (key === 'mergeUsers') return v ? 'on' : 'off';
+  if (key === 'encrypted') return v ? 'encrypted' : 'plain';
+  if (key === 'filterUsernames') {
+    if (!Array.isArray(v)) return 'no filter';
+    const names = v.slice(0, 3).map((x) => printable(String(x))).join(', ');
+    return `${v.length} ${v.length === 1 ? 'name' : 'names'} (${names}${v.length > 3 ? ', ...' : ''})`;
+  }
+  return JSON.stringify(v ?? null);
+}
+
+/**
+ * How the resume-key options `before` (an import's row) differ from `now`, one entry per option:
+ * `mergeUsers was off, now on`. jsonb reorders keys, so options are compared one by one.
+ */
+export function optionDifferences(before: Record<string, unknown>, now: Record<string, unknown>): string[] {
+  const label = (k: string) => (k === 'encrypted' ? 'the export (decrypt)' : k);
+  return Object.keys(now).filter((k) => JSON.stringify(before[k] ?? null) !== JSON.stringify(now[k] ?? null))
+    .map((k) => `${label(k)} was ${describeKeyValue(k, before[k] ?? null)}, now ${describeKeyValue(k, now[k])}`);
 }
 
 /**
@@ -196,10 +261,10 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
         if (row.source_size !== fp!.size || row.source_fingerprint !== fp!.hash) {
           throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with a different export file`);
         }
-        const want = resumeKey(options) as Record<string, unknown>;
-        // jsonb reorders keys: compare field by field.
-        if (Object.keys(want).some((k) => JSON.stringify(row.options[k] ?? null) !== JSON.stringify(want[k]))) {
-          throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with other options (merge, filter or decryption)`);
+        const differs = optionDifferences(row.options, resumeKey(options));
+        if (differs.length) {
+          throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with other options: ${differs.join('; ')}. ` +
+            `Continue it with its options, or remove it and its staged rows (\`userport imports drop ${importId}\`, dropImport)`);
         }
         run = row.run;
         skipThrough = row.checkpoint_ordinal;
@@ -212,9 +277,23 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
         run = await insertResumableImport(client, rowSource());
       }
     } else {
+      if (fp && !options.dryRun && !options.allowReimport) {
+        const done = await findDoneImport(client, fp, resumeKey(options));
+        if (done?.summary) return { ...done.summary, importId: done.id, state: 'already-done' };
+      }
       run = await nextImportRun(client);
     }
-    options.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough, found });
+    // A new import of a file whose earlier import is unfinished under other options: say so, or
+    // that one would stay staged (and listed as interrupted) forever without anyone knowing why.
+    let others: StartInfo['others'];
+    if (fp && !skipThrough && !found) {
+      const left = await otherUnfinishedImports(client, fp, importId);
+      if (left.length) {
+        const now = resumeKey(options);
+        others = left.map((o) => ({ importId: o.importId, state: o.state, differs: optionDifferences(o.options, now) }));
+      }
+    }
+    options.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough, found, ...(others ? { others } : {}) });
 
     if (options.rejectsFile) {
       // Resuming: keep exactly the lines of the records before the checkpoint, drop any written
@@ -222,7 +301,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       rejects = createRejectsFile(options.rejectsFile, { maxRejects: options.maxRejects, resumeAt: skipThrough ? resumeRejects ?? { bytes: 0, count: 0 } : undefined });
     }
     const collectRejects = !!rejects;
-    const { stream: source, size } = await openSource(options);
+    const { stream: source, size, leadingText, gzip } = await openSource(options);
     // Tokenizer, user filter and model mapper fused in one stream (the same pure functions as
     // createTokenizer/createUserFilter/createModelMapper, without two object-mode hops per record).
     const processor = createRecordProcessor({
@@ -241,9 +320,15 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     const staged = new StagedFacts();
 
     // A resumed import staged part of its rows in an earlier process: every check runs then.
+    let step: MergeStep | undefined;
     const mergeOptions: MergeOptions = {
       run, mergeUsers: !!options.mergeUsers, filterActive, bulkLoad: options.bulkLoad !== 'off', staged: skipThrough ? undefined : staged, plan,
+      onStep: (s) => { step = s; },
     };
+    // One cheap look for the progress estimate (the merge decides the path itself, later).
+    const emptyTarget = options.onProgress && options.bulkLoad !== 'off'
+      ? !!(await client.query(`SELECT NOT EXISTS (SELECT 1 FROM ${modelInfo('sentry.user')!.mapping.table}) AS empty`)).rows[0]?.empty
+      : options.onProgress ? false : undefined;
     // An atomic import into empty tables starts the merge with the users while the rest of the
     // file is read (the sink calls this once the users of a file in Sentry's order are staged).
     let early: EarlyUsers | undefined;
@@ -254,6 +339,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
         undo: async () => { await undoEarlyUsers(c, early!); early = undefined; },
       };
     };
+    let committing = false;
     const finalize = async (c: pg.ClientBase) => {
       if (!options.resumable) await insertImport(c, run, mode, rowSource());
       const merged = await mergeStaged(c, mergeOptions, stats, early);
@@ -265,6 +351,8 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       const summary = buildSummary();
       if (options.resumable) await deleteStaged(c, run);
       await finishImport(c, run, summary, stats.snapshot());
+      // The sink sends COMMIT next: from here a lost connection leaves the outcome open.
+      committing = !options.dryRun;
     };
     const checkpoint = async (c: pg.ClientBase, last: MappedItem) => {
       const snap = stats.snapshot();
@@ -282,6 +370,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       const report = (phase: Progress['phase']) => onProgress({
         phase, bytesRead: processor.splitter.bytesRead, totalBytes: size, records: processor.splitter.recordsSeen,
         seconds: (Date.now() - started) / 1000,
+        ...(phase === 'merging' && step ? { step } : {}), ...(emptyTarget !== undefined ? { emptyTarget } : {}),
       });
       report('reading');
       progressTimer = setInterval(() => report('reading'), 500);
@@ -300,7 +389,26 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
         importId, mode, state: 'done', records: s.records, bytes: s.bytes, seconds: (Date.now() - started) / 1000,
         models: s.models, skipped: s.skipped, unknownFields: s.unknownFields, adjacent: s.adjacent, unmatchedUsernames: s.unmatchedUsernames,
         bulkLoad: bulkLoaded, target: describePlan(plan),
+        ...(leadingText ? { leadingText } : {}), ...(gzip ? { gzip } : {}),
       };
+    };
+    /**
+     * The connection failed after COMMIT was sent: the answer is lost, not necessarily the
+     * import. Asks the database: true when the import committed after all (it succeeded), false
+     * when it rolled back (the error stands); throws IMPORT_OUTCOME_UNKNOWN, with the import id,
+     * when the database cannot be asked.
+     */
+    const backendPid = (client as unknown as { processID?: number | null }).processID ?? undefined;
+    const committedAfterAll = async (err: unknown): Promise<boolean> => {
+      const e = wrapDbError(clientError ?? err, 'committing the import');
+      if (e.code !== ErrorCodes.DB_CONNECT) return false;
+      const outcome = await commitOutcome(databaseUrl, run, backendPid);
+      if (outcome !== 'unknown') return outcome === 'committed';
+      const again = fp ? 'run the same command again: it asks the database and says "already imported" if it was'
+        : 'see `userport imports`: a committed import is listed as done';
+      throw new UserportError(ErrorCodes.IMPORT_OUTCOME_UNKNOWN,
+        `the connection to PostgreSQL was lost after import ${importId} sent its COMMIT, and the database cannot be asked whether it committed; ${again}`,
+        { cause: e });
     };
     try {
       await pipeline(source, processor, sink);
@@ -309,6 +417,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       // users step's spool file) is still running: the import fails only once nothing is left.
       if (!sink.destroyed) sink.destroy(err as Error);
       if (!sink.closed) await new Promise<void>((resolve) => sink.once('close', () => resolve()));
+      if (committing && await committedAfterAll(err)) return buildSummary();
       if (clientError && !(err instanceof UserportError)) throw wrapDbError(clientError, 'the import');
       throw err instanceof UserportError ? err : wrapDbError(err, 'the import');
     }

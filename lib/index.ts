@@ -26,7 +26,9 @@ export type { EarlyWork, PgSinkOptions } from './pg-sink.js';
 
 // The whole job.
 export { importUsers } from './import.js';
-export type { ImportOptions, Progress } from './import.js';
+export type { ImportOptions, Progress, StartInfo } from './import.js';
+export { dropImport } from './db/imports.js';
+export type { DroppedImport } from './db/imports.js';
 export { ImportStats } from './stats.js';
 export type { ImportSummary, ModelCounts } from './stats.js';
 export { createRejectsFile } from './rejects.js';
@@ -55,10 +57,10 @@ export type { DecryptErrorCode } from './crypto/errors.js';
 // Database helpers: the tables (for createPgSink), the merge (its usual finalize), the embedded server.
 export { createKnex, migrate, waitForDatabase } from './db/knex.js';
 export { describePlan, mergeStaged, planFor, writePlan } from './db/merge/index.js';
-export type { MergeOptions, MergeOutcome, WritePlan } from './db/merge/index.js';
+export type { MergeOptions, MergeOutcome, MergeStep, WritePlan } from './db/merge/index.js';
 export { readTarget } from './db/target.js';
 export type { Target, TargetColumn, TargetTable, OptionValueEncoding } from './db/target.js';
-export { beginImportRun, finishImportRun } from './db/runs.js';
+export { beginImportRun, finishImportRun, reserveImportRun } from './db/runs.js';
 export type { ImportRunOptions } from './db/runs.js';
 export type { EmbeddedOptions, EmbeddedServer } from './db/embedded.js';
 

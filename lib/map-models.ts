@@ -98,8 +98,11 @@ function jsonProblem(v: unknown, depth = 0): string | undefined {
     for (const x of v) { const p = jsonProblem(x, depth + 1); if (p) return p; }
     return undefined;
   }
-  for (const [k, x] of Object.entries(v)) {
-    const p = textProblem(k) ?? jsonProblem(x, depth + 1);
+  // Keys, not Object.entries: entries allocates a two-element array per member (some 70 bytes
+  // each, 6 MB for an 88k-key option value), all garbage a moment later.
+  const obj = v as Record<string, unknown>;
+  for (const k of Object.keys(obj)) {
+    const p = textProblem(k) ?? jsonProblem(obj[k], depth + 1);
     if (p) return p;
   }
   return undefined;

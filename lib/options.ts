@@ -36,6 +36,19 @@ export const isFunction: OptionCheck = (v) => (typeof v === 'function' ? undefin
 export const isNonEmptyString: OptionCheck = (v) => (typeof v === 'string' && v !== '' ? undefined : 'a non-empty string');
 export const isObject: OptionCheck = (v) => (v !== null && typeof v === 'object' ? undefined : 'an object');
 
+export const isStringOrBuffer: OptionCheck = (v) => (typeof v === 'string' || Buffer.isBuffer(v) ? undefined : 'a string or a Buffer');
+export const isKeyUnwrapper: OptionCheck = (v) => (v !== null && typeof v === 'object' && typeof (v as { unwrap?: unknown }).unwrap === 'function'
+  ? undefined
+  : 'a KeyUnwrapper (createLocalKeyUnwrapper or createGcpKmsUnwrapper)');
+
+/** Any of the checks passes; the expectation says them all. */
+export function isEither(...checks: OptionCheck[]): OptionCheck {
+  return (v) => {
+    const failed = checks.map((c) => c(v));
+    return failed.includes(undefined) ? undefined : failed.join(', or ');
+  };
+}
+
 /** An integer in [min, max]. */
 export function isInteger(min: number, max = Number.MAX_SAFE_INTEGER): OptionCheck {
   return (v) => (Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= max
@@ -73,11 +86,18 @@ export function toStringSet(scope: string, name: string, values: Iterable<string
 
 /**
  * Checks `options` against `spec` (option name -> check). `undefined` values are allowed (they
- * mean "the default"); any key not in `spec` is refused. Returns the options, typed.
+ * mean "the default") except for the `required` keys; any key not in `spec` is refused. Returns
+ * the options, typed.
  */
-export function checkOptions<T extends object>(scope: string, options: T | undefined, spec: { readonly [K in keyof T]-?: OptionCheck }): T {
-  if (options === undefined) return {} as T;
+export function checkOptions<T extends object>(
+  scope: string, options: T | undefined, spec: { readonly [K in keyof T]-?: OptionCheck }, required: readonly (keyof T & string)[] = [],
+): T {
+  if (options === undefined && required.length === 0) return {} as T;
   if (options === null || typeof options !== 'object' || Array.isArray(options)) badOption(scope, 'options', 'an object', options);
+  for (const key of required) {
+    // A check refuses undefined, and its expectation is what the message asks for.
+    if ((options as Record<string, unknown>)[key] === undefined) badOption(scope, key, spec[key](undefined) ?? 'given', undefined);
+  }
   for (const key of Object.keys(options)) {
     const check = (spec as Record<string, OptionCheck | undefined>)[key];
     if (!check) {

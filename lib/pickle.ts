@@ -526,9 +526,10 @@ function toValue(node: Node, walk: Walk, depth: number): PickleValue {
   if (node instanceof Py2Str) {
     walk.count(node.bytes.length);
     const s = utf8Text(node.bytes);
-    return s !== undefined && s.isWellFormed() ? s : new PickleBytes(node.bytes);
+    return s !== undefined && s.isWellFormed() ? s : new PickleBytes(node.bytes.slice());
   }
-  if (node instanceof PickleBytes) { walk.count(node.bytes.length); return node; }
+  // Copies: the nodes view the caller's input, which it may reuse; a repeated reference is a copy too.
+  if (node instanceof PickleBytes) { walk.count(node.bytes.length); return new PickleBytes(node.bytes.slice()); }
   walk.count(0);
   walk.enter(node, depth + 1);
   let out: PickleValue;

@@ -1,13 +1,19 @@
 /**
  * The import's input: a file (its size known, for progress), a FIFO, standard input or a
- * stream, decrypted first when a key unwrapper is given; and the fingerprint that ties a
- * resumable import to its file.
+ * stream, decrypted first when a key unwrapper is given, gunzipped when it is gzip; and the
+ * fingerprint that ties a resumable import to its file.
+ *
+ * Every input is sniffed here, so a library caller and the CLI, a file and a pipe, get the same
+ * answer: gzip (by its magic bytes 1f 8b, never by the file name) is read through gunzip; an
+ * encrypted tarball without a key, plain JSON with one, UTF-16 and text printed before the JSON
+ * array are each named instead of failing later as "not a JSON array".
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
+import zlib from 'node:zlib';
 import { openDecryptedSource, type KeyUnwrapper } from './decrypt.js';
-import { ErrorCodes, UserportError } from './errors.js';
+import { ErrorCodes, OptionError, ParseError, printable, UserportError } from './errors.js';
 
 /**
  * Bytes per read from a plain file. Each chunk becomes a burst of records pushed at once (a
@@ -16,6 +22,8 @@ import { ErrorCodes, UserportError } from './errors.js';
  * for no speed gain.
  */
 const READ_CHUNK = 128 * 1024;
+/** How far the sniffing looks for the start of the array behind leading text. */
+const SNIFF_BYTES = 64 * 1024;
 
 /** What {@link openSource} needs of the import's options. */
 export interface SourceOptions {
@@ -25,6 +33,25 @@ export interface SourceOptions {
   decrypt?: KeyUnwrapper;
   /** Folder of the decryption spool. @default os.tmpdir() */
   tmpDir?: string;
+  /**
+   * Skip lines of text before the JSON array (log lines some setups print into the export) and
+   * report them (`leadingText`); without it such an input fails, naming this option. @default false
+   */
+  skipLeadingText?: boolean;
+}
+
+/** Text skipped before the array. */
+export interface LeadingText { lines: number; bytes: number; firstLine: string }
+
+/** The opened input. */
+export interface OpenedSource {
+  stream: Readable;
+  /** Bytes the stream will give, when known (a plain file). */
+  size: number | undefined;
+  /** Text skipped before the array (`skipLeadingText`). */
+  leadingText?: LeadingText;
+  /** True when the input was gzip and is read through gunzip. */
+  gzip?: boolean;
 }
 
 /** Whether `p` is a regular file (true when it cannot be stat'ed: the open reports that). */
@@ -50,26 +77,203 @@ export function fingerprint(path: string): { size: number; hash: string } {
   }
 }
 
-export async function openSource(o: SourceOptions): Promise<{ stream: Readable; size: number | undefined }> {
-  if (o.decrypt) {
-    const input = typeof o.source === 'string' && o.source !== '-' && isRegularFile(o.source) ? { path: o.source }
-      : typeof o.source === 'string' && o.source !== '-' ? { stream: fs.createReadStream(o.source) as Readable }
-      : { stream: o.source === '-' ? process.stdin : (o.source as Readable) };
-    const { stream, size } = await openDecryptedSource(input, { unwrapper: o.decrypt, ...(o.tmpDir ? { tmpDir: o.tmpDir } : {}) });
-    return { stream, size };
+/** The first `bytes` bytes of file `path` (fewer if it is shorter). */
+export function readHead(path: string, bytes = SNIFF_BYTES): Buffer {
+  const head = Buffer.alloc(bytes);
+  let got = 0;
+  const fd = fs.openSync(path, 'r');
+  try { got = fs.readSync(fd, head, 0, head.length, 0); } finally { fs.closeSync(fd); }
+  return head.subarray(0, got);
+}
+
+export const isGzip = (head: Buffer): boolean => head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b;
+const isTar = (head: Buffer): boolean => head.length >= 262 && head.subarray(257, 262).toString('latin1') === 'ustar';
+
+/** UTF-16 by its byte-order mark, or by the NUL beside each ASCII byte of `[`/whitespace. */
+export function utf16Name(head: Buffer): string | undefined {
+  if (head[0] === 0xff && head[1] === 0xfe) return 'UTF-16LE';
+  if (head[0] === 0xfe && head[1] === 0xff) return 'UTF-16BE';
+  if (head.length >= 2 && head[1] === 0 && head[0] !== 0) return 'UTF-16LE';
+  if (head.length >= 2 && head[0] === 0 && head[1] !== 0) return 'UTF-16BE';
+  return undefined;
+}
+
+/** True when the bytes start (after a BOM and whitespace) like JSON, not like an encrypted tarball. */
+export function looksLikePlainJson(head: Buffer): boolean {
+  return /^(\xef\xbb\xbf)?\s*[[{]/.test(head.toString('latin1'));
+}
+
+/**
+ * The problem with an input's first bytes that deserves its own message, if any: an encrypted
+ * tarball given without a key, plain JSON given with one. `encrypted`: whether a key was given.
+ * `where` names the input (`SRC users.json`, `the input`).
+ */
+export function encryptionMismatch(head: Buffer, encrypted: boolean, where = 'the input'): OptionError | undefined {
+  if (!encrypted && isTar(head)) {
+    return new OptionError(`${where} looks encrypted (a tar archive, as sentry export --encrypt-with writes): pass decrypt`, 'decrypt');
   }
-  if (o.source instanceof Readable) return { stream: o.source, size: undefined };
-  if (o.source === '-') return { stream: process.stdin, size: undefined };
+  if (encrypted && looksLikePlainJson(head)) {
+    return new OptionError(`${where} is plain JSON, not an encrypted export: leave out decrypt`, 'decrypt');
+  }
+  return undefined;
+}
+
+/** The UTF-16 error for `head`, if it is UTF-16. */
+export function utf16Error(head: Buffer, where = 'the input'): ParseError | undefined {
+  const name = utf16Name(head);
+  return name ? new ParseError(ErrorCodes.INPUT_UTF8, `${where} is ${name}, not UTF-8 as Sentry writes exports: convert it first (iconv -f UTF-16 -t UTF-8)`) : undefined;
+}
+
+/** A line that opens the export's array: `[` alone, or followed by `{` or `]`. */
+const ARRAY_START = /(^|\n)[ \t]*\[[ \t\r]*(?=\n|\{|\]|$)/g;
+
+/**
+ * Where the array starts behind text printed before it (`Creating container...`, warnings) in
+ * the first bytes `head`: the number of bytes to skip and what they were, or undefined when the
+ * input starts with the array (or no array start is in sight: the tokenizer then says what is
+ * wrong). Without `skip`, such text is an error that names the option.
+ */
+export function leadingText(head: Buffer, skip: boolean): LeadingText | undefined {
+  let i = head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf ? 3 : 0;
+  while (i < head.length && (head[i] === 0x20 || head[i] === 0x09 || head[i] === 0x0a || head[i] === 0x0d)) i++;
+  if (i >= head.length) return undefined;
+  const text = head.toString('latin1');
+  ARRAY_START.lastIndex = 0;
+  for (let m = ARRAY_START.exec(text); m; m = ARRAY_START.exec(text)) {
+    const start = m.index + m[1]!.length;
+    if (start <= i) return undefined; // the input starts with the array
+    const lines = text.slice(0, start).split('\n').length - 1;
+    const first = printable(Buffer.from(text.slice(i).split('\n')[0]!.trimEnd(), 'latin1').toString('utf8'));
+    const found = { lines, bytes: start, firstLine: first.length > 80 ? `${first.slice(0, 77)}...` : first };
+    if (skip) return found;
+    throw Object.assign(new ParseError(ErrorCodes.INPUT_NOT_ARRAY,
+      `the input has ${lines} ${lines === 1 ? 'line' : 'lines'} of text before the JSON array (line 1: "${found.firstLine}"), ` +
+      'such as log lines printed into the export: skip them with skipLeadingText', { position: { offset: start, line: lines + 1 } }),
+    { option: 'skipLeadingText' });
+  }
+  return undefined;
+}
+
+/**
+ * The first bytes of `stream` (up to `bytes`, fewer if it ends), and `from(offset)`: a stream of
+ * everything from `offset` on (the head after it, then the rest of `stream`).
+ */
+async function peek(stream: Readable, bytes: number): Promise<{ head: Buffer; from(offset: number): Readable; close(): void }> {
+  const it = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer | string>;
+  const chunks: Buffer[] = [];
+  let length = 0;
+  let ended = false;
+  while (length < bytes) {
+    const r = await it.next();
+    if (r.done) { ended = true; break; }
+    const b = typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
+    chunks.push(b);
+    length += b.length;
+  }
+  const head = Buffer.concat(chunks);
+  return {
+    head,
+    /** Refused input: stop reading it (a FIFO's writer gets EPIPE instead of blocking). */
+    close() { if (!ended) void it.return?.(); },
+    from(offset) {
+      async function* rest(): AsyncGenerator<Buffer> {
+        let finished = ended;
+        try {
+          if (offset < head.length) yield head.subarray(offset);
+          while (!finished) {
+            const r = await it.next();
+            if (r.done) { finished = true; break; }
+            yield typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
+          }
+        } finally {
+          // Destroyed early (a failed import): stop reading the source too.
+          if (!finished) await it.return?.();
+        }
+      }
+      return Readable.from(rest(), { objectMode: false });
+    },
+  };
+}
+
+/** `stream` through gunzip; a corrupt or truncated gzip is a UserportError that says so. */
+function gunzip(stream: Readable): Readable {
+  const gz = zlib.createGunzip();
+  const out = new PassThrough();
+  const fail = (err: Error) => out.destroy(err instanceof UserportError ? err
+    : new ParseError(ErrorCodes.INPUT_TRUNCATED, `the input is gzip, but it cannot be decompressed: ${err.message}`, { cause: err }));
+  stream.on('error', fail);
+  gz.on('error', fail);
+  out.on('close', () => { stream.destroy(); gz.destroy(); });
+  stream.pipe(gz).pipe(out);
+  return out;
+}
+
+/**
+ * Sniffs a stream's first bytes: gunzips gzip (once), refuses a tarball without a key and
+ * UTF-16, and finds text before the array (an error, or skipped with `skipLeadingText`).
+ */
+async function sniffed(stream: Readable, size: number | undefined, o: SourceOptions, gzip = false): Promise<OpenedSource> {
+  const { head, from, close } = await peek(stream, SNIFF_BYTES);
+  if (!gzip && isGzip(head)) return sniffed(gunzip(from(0)), undefined, o, true);
+  const problem = utf16Error(head) ?? (o.decrypt ? undefined : encryptionMismatch(head, false));
+  if (problem) { close(); throw problem; }
+  let text: LeadingText | undefined;
+  try { text = leadingText(head, !!o.skipLeadingText); } catch (err) { close(); throw err; }
+  return {
+    stream: from(text?.bytes ?? 0), size: size === undefined || !text ? size : size - text.bytes,
+    ...(text ? { leadingText: text } : {}), ...(gzip ? { gzip } : {}),
+  };
+}
+
+export async function openSource(o: SourceOptions): Promise<OpenedSource> {
+  if (o.decrypt) {
+    let input: { path: string } | { stream: Readable };
+    if (typeof o.source === 'string' && o.source !== '-' && isRegularFile(o.source)) {
+      let head: Buffer;
+      try { head = readHead(o.source, 512); } catch (err) {
+        throw new UserportError(ErrorCodes.IO, `cannot read ${o.source}: ${(err as Error).message}`, { cause: err });
+      }
+      const problem = encryptionMismatch(head, true);
+      if (problem) throw problem;
+      input = { path: o.source };
+    } else {
+      const raw = typeof o.source === 'string' && o.source !== '-' ? fs.createReadStream(o.source) as Readable
+        : o.source === '-' ? process.stdin : o.source as Readable;
+      const { head, from, close } = await peek(raw, 512);
+      const problem = encryptionMismatch(head, true);
+      if (problem) { close(); throw problem; }
+      input = { stream: from(0) };
+    }
+    const { stream, size } = await openDecryptedSource(input, { unwrapper: o.decrypt, ...(o.tmpDir ? { tmpDir: o.tmpDir } : {}) });
+    // What the tarball held is sniffed like any input: UTF-16 or leading text inside say so too.
+    return sniffed(stream, size, o);
+  }
+  if (o.source instanceof Readable) return sniffed(o.source, undefined, o);
+  if (o.source === '-') return sniffed(process.stdin, undefined, o);
   let size: number;
   try {
     const st = fs.statSync(o.source);
     if (st.isDirectory()) throw new UserportError(ErrorCodes.IO, `${o.source} is a directory, not an export file`);
     // A FIFO or process substitution (`<(cat f)`) is streamed like standard input.
-    if (!st.isFile()) return { stream: fs.createReadStream(o.source, { highWaterMark: READ_CHUNK }), size: undefined };
+    if (!st.isFile()) return sniffed(fs.createReadStream(o.source, { highWaterMark: READ_CHUNK }), undefined, o);
     size = st.size;
   } catch (err) {
     if (err instanceof UserportError) throw err;
     throw new UserportError(ErrorCodes.IO, `cannot read ${o.source}: ${(err as Error).message}`, { cause: err });
   }
-  return { stream: fs.createReadStream(o.source, { highWaterMark: READ_CHUNK }), size };
+  // A regular file is sniffed by reading its head, then streamed from where the array starts:
+  // the common case (plain JSON) keeps its plain file stream.
+  let head: Buffer;
+  try { head = readHead(o.source); } catch (err) {
+    throw new UserportError(ErrorCodes.IO, `cannot read ${o.source}: ${(err as Error).message}`, { cause: err });
+  }
+  if (isGzip(head)) return sniffed(gunzip(fs.createReadStream(o.source, { highWaterMark: READ_CHUNK })), undefined, o, true);
+  const problem = utf16Error(head) ?? encryptionMismatch(head, false);
+  if (problem) throw problem;
+  const text = leadingText(head, !!o.skipLeadingText);
+  const start = text?.bytes ?? 0;
+  return {
+    stream: fs.createReadStream(o.source, { highWaterMark: READ_CHUNK, start }), size: size - start,
+    ...(text ? { leadingText: text } : {}),
+  };
 }

@@ -47,12 +47,40 @@ function untrackSpools(dir: string): void {
   liveSpools.delete(dir);
 }
 
+const SPOOL_PREFIX = 'userport-spool-';
+
+/** Whether process `pid` exists (EPERM: another user's process). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes spool folders under `tmpDir` left by a userport process that no longer exists (a
+ * SIGKILL runs no handler): the folder name carries its creator's pid. Never throws.
+ */
+export async function removeStaleSpools(tmpDir: string): Promise<void> {
+  const names = await fs.readdir(tmpDir).catch(() => [] as string[]);
+  for (const name of names) {
+    const m = /^userport-spool-(\d+)-/.exec(name);
+    if (m && Number(m[1]) !== process.pid && !processAlive(Number(m[1]))) {
+      await fs.rm(path.join(tmpDir, name), { recursive: true, force: true }).catch(() => undefined);
+    }
+  }
+}
+
 /** A private spool file `name` (0600) in a new folder (0700) under `tmpDir`; `remove` deletes both. */
 export async function makeSpool(tmpDir: string, name = 'export.json.fernet'): Promise<{ dir: string; path: string; file: FileHandle; remove: () => Promise<void> }> {
   let dir: string;
+  await removeStaleSpools(tmpDir);
   try {
-    // mkdtemp makes the folder 0700; the file inside is 0600 and created exclusively.
-    dir = await fs.mkdtemp(path.join(tmpDir, 'userport-spool-'));
+    // mkdtemp makes the folder 0700; the file inside is 0600 and created exclusively. The pid in
+    // its name lets a later run remove it if this process is SIGKILLed.
+    dir = await fs.mkdtemp(path.join(tmpDir, `${SPOOL_PREFIX}${process.pid}-`));
   } catch (err) {
     throw ioError(`cannot create the spool folder in ${tmpDir}`, err);
   }

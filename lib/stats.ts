@@ -49,6 +49,13 @@ export interface ImportSummary {
   bulkLoad?: boolean;
   /** What was written into this target and what not, and why (`userport target` prints the same). */
   target?: string[];
+  /**
+   * Text before the JSON array that `skipLeadingText` skipped (log lines printed before the
+   * export); absent when there was none. `firstLine` is the first of them, cut to 80 characters.
+   */
+  leadingText?: { lines: number; bytes: number; firstLine: string };
+  /** True when the input was gzip-compressed (read through gunzip). */
+  gzip?: boolean;
 }
 
 /** Rows userport writes beside the imported ones, as Sentry's signal receivers would. */

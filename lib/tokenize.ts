@@ -2,9 +2,10 @@
  * Stage 1, bytes -> records: splits the export's top-level JSON array into records and parses
  * each one, tagging it with its position.
  *
- * Why not stream-json's token stream for the hot path: its tokenizer runs at 10-30 MB/s here,
- * while splitting on bytes (one pass that only tracks strings and nesting, with `indexOf` jumping
- * over string bodies) and `JSON.parse` per record runs several times faster. stream-json still
+ * Why not stream-json's token stream for the hot path: its parser + `streamArray` runs at 14-17
+ * MB/s here, while splitting on bytes (one pass that only tracks strings and nesting, with
+ * `indexOf` jumping over string bodies) and `JSON.parse` per record runs about 7x faster
+ * (`npm run bench -- --parse-compare 20000`, recorded in bench/NOTES.md). stream-json still
  * serves where it is best: when a record fails to parse, its verifier pinpoints the offending
  * character, so every syntax error says byte, line and column. The splitter itself checks
  * everything outside records (the array, commas, trailing bytes), enforces the size and depth
@@ -358,9 +359,10 @@ export class RecordSplitter {
   }
 
   private tooLarge(ordinal: number): ParseError {
-    return new ParseError(ErrorCodes.LIMIT_RECORD_SIZE,
-      `record ${ordinal} is larger than maxRecordBytes (${this.maxRecordBytes} bytes)`,
-      { position: { ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn } });
+    // `option` names the limit, so the CLI says --max-record-bytes where a library caller reads maxRecordBytes.
+    return Object.assign(new ParseError(ErrorCodes.LIMIT_RECORD_SIZE,
+      `record ${ordinal} is larger than maxRecordBytes (${this.maxRecordBytes} bytes): if such records are expected, raise maxRecordBytes`,
+      { position: { ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn } }), { option: 'maxRecordBytes' });
   }
 
   private endScalar(buf: Buffer, segStart: number, end: number, out: RawRecord[]): number {

@@ -2,6 +2,7 @@
  * `npm run bench [-- --sizes 10000,100000] [--keep] [--encrypted] [--smoke]
  *  [--database-url URL] [--out DIR] [--work-dir DIR] [--no-django] [--import-timeout SEC] [--collision-rate R]
  *  [--encrypted-sizes N,M] [--export] [--scenarios all|a,b,..|none] [--no-scenarios] [--scenario-users N]`
+ * `npm run bench -- --parse-compare FILE|USERS`
  *
  * Measures userport against the COPY floor, the bare floor, the parse floor and Django's loaddata,
  * then the scenarios of issue #11 (tools/bench/), prints a table and writes `<out>/results.json`
@@ -11,62 +12,68 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
+import { pipeline } from 'node:stream/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
 import { UserportError } from '../lib/errors.js';
 import { renderChart, formatTable } from '../tools/bench/report.js';
 import { DEFAULT_SCENARIO_USERS, DEFAULT_SIZES, runBench } from '../tools/bench/run.js';
+import { compareParsers, formatParseRates } from '../tools/bench/parse-compare.js';
 import { parseScenarios } from '../tools/bench/scenarios.js';
+import { createExportGenerator } from '../tools/generate.js';
+import { exitCodeFor, formatError, parseCommand, type FlagSpecs, type FlagValues } from './cli-support.js';
 
 const SMOKE_SCENARIO_USERS = 500;
 const USAGE = `usage: npm run bench -- [--sizes ${DEFAULT_SIZES.join(',')}] [--seed N] [--keep] [--encrypted] [--smoke] ` +
   '[--database-url URL] [--out DIR] [--work-dir DIR] [--no-django] [--import-timeout SEC] [--collision-rate R] [--encrypted-sizes N,M] ' +
-  '[--export] [--scenarios all|a,b,..|none] [--no-scenarios] [--scenario-users N]\n' +
+  '[--export] [--scenarios all|a,b,..|none] [--no-scenarios] [--scenario-users N] [--parse-compare FILE|USERS]\n' +
   `  --sizes           export sizes in users (default ${DEFAULT_SIZES.join(',')}; add 1000000 for the 1M row)\n` +
   '  --export          measure `userport export users` on every size (default: the largest size only)\n' +
   '  --scenarios       issue #11 scenarios, by letter or name (default all): a/resume (killed in the merge, stale\n' +
   '                    statistics, resumed), b/existing (into a database holding users), c/collisions (10%),\n' +
   '                    d/reverse (records in reverse order), e/filter (10,000 usernames)\n' +
   '  --no-scenarios    the same as --scenarios none\n' +
-  `  --scenario-users  users per scenario export (default ${DEFAULT_SCENARIO_USERS}; --smoke: ${SMOKE_SCENARIO_USERS})`;
+  `  --scenario-users  users per scenario export (default ${DEFAULT_SCENARIO_USERS}; --smoke: ${SMOKE_SCENARIO_USERS})\n` +
+  '  --parse-compare   FILE, or a number of users to generate: read that export with stream-json (parser +\n' +
+  '                    streamArray) and with userport\'s tokenizer, best of 3 each, print MB/s; nothing else runs';
 const SMOKE_SIZES = [500];
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
+const FLAGS = {
+  sizes: { type: 'string' },
+  seed: { type: 'string' },
+  keep: { type: 'boolean' },
+  encrypted: { type: 'boolean' },
+  smoke: { type: 'boolean' },
+  'database-url': { type: 'string' },
+  out: { type: 'string' },
+  'work-dir': { type: 'string' },
+  'no-django': { type: 'boolean' },
+  'import-timeout': { type: 'string' },
+  'collision-rate': { type: 'string' },
+  'encrypted-sizes': { type: 'string' },
+  export: { type: 'boolean' },
+  scenarios: { type: 'string' },
+  'no-scenarios': { type: 'boolean' },
+  'scenario-users': { type: 'string' },
+  'parse-compare': { type: 'string' },
+} as const satisfies FlagSpecs;
+type Values = FlagValues<typeof FLAGS>;
+
 export async function main(argv: string[]): Promise<number> {
-  let values;
+  let values: Values;
   try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        sizes: { type: 'string' },
-        seed: { type: 'string', default: '1' },
-        keep: { type: 'boolean', default: false },
-        encrypted: { type: 'boolean', default: false },
-        smoke: { type: 'boolean', default: false },
-        'database-url': { type: 'string' },
-        out: { type: 'string' },
-        'work-dir': { type: 'string' },
-        'no-django': { type: 'boolean', default: false },
-        'import-timeout': { type: 'string' },
-        'collision-rate': { type: 'string' },
-        'encrypted-sizes': { type: 'string' },
-        export: { type: 'boolean', default: false },
-        scenarios: { type: 'string' },
-        'no-scenarios': { type: 'boolean', default: false },
-        'scenario-users': { type: 'string' },
-        help: { type: 'boolean', default: false },
-      },
-      strict: true,
-    }));
+    // The CLI's parser: its flag spellings, and a typo gets the CLI's "did you mean" and exit 2.
+    values = parseCommand(argv, FLAGS, 'bench', false).values as Values;
   } catch (err) {
-    process.stderr.write(`${(err as Error).message}\n${USAGE}\n`);
-    return 2;
+    process.stderr.write(`${formatError(err)}\n${USAGE}\n`);
+    return exitCodeFor(err);
   }
   if (values.help) {
     process.stdout.write(`${USAGE}\n`);
     return 0;
   }
+  if (values['parse-compare'] !== undefined) return parseCompare(values['parse-compare'], Number(values.seed ?? '1'));
   let scenarios;
   try {
     scenarios = values['no-scenarios'] ? [] : parseScenarios(values.scenarios ?? 'all');
@@ -90,8 +97,8 @@ export async function main(argv: string[]): Promise<number> {
       serverUrl = (await startEmbedded({ dir: embeddedDir })).url;
     }
     const results = await runBench({
-      sizes, serverUrl, workDir, seed: Number(values.seed), keep: values.keep, smoke: values.smoke,
-      encrypted: values.encrypted, django: !values['no-django'], exportAll: values.export, scenarios, scenarioUsers,
+      sizes, serverUrl, workDir, seed: Number(values.seed ?? '1'), keep: values.keep === true, smoke: values.smoke === true,
+      encrypted: values.encrypted === true, django: !values['no-django'], exportAll: values.export === true, scenarios, scenarioUsers,
       ...(values['import-timeout'] ? { importTimeoutSeconds: Number(values['import-timeout']) } : {}),
       ...(values['collision-rate'] ? { collisionRate: Number(values['collision-rate']) } : {}),
       ...(values['encrypted-sizes'] ? { encrypted: true, encryptedSizes: values['encrypted-sizes'].split(',').map((s) => Number(s.trim().replace(/_/g, ''))) } : {}),
@@ -116,6 +123,21 @@ export async function main(argv: string[]): Promise<number> {
       if (!values.keep) fs.rmSync(embeddedDir, { recursive: true, force: true });
     }
     if (!values.keep && !values['work-dir'] && out !== workDir) fs.rmSync(workDir, { recursive: true, force: true });
+  }
+}
+
+/** `--parse-compare FILE|USERS`: the tokenizer against stream-json on one export (tools/bench/parse-compare.ts). */
+async function parseCompare(what: string, seed: number): Promise<number> {
+  const users = /^\d[\d_]*$/.test(what) ? Number(what.replace(/_/g, '')) : undefined;
+  const dir = users === undefined ? undefined : fs.mkdtempSync(path.join(os.tmpdir(), 'userport-parse-compare-'));
+  try {
+    const file = dir ? path.join(dir, 'export.json') : what;
+    if (dir) await pipeline(createExportGenerator({ users: users!, seed }), fs.createWriteStream(file));
+    process.stdout.write(`${dir ? `${users} generated users (seed ${seed})` : file}, ${fs.statSync(file).size} bytes, node ${process.version}\n`);
+    process.stdout.write(`${formatParseRates(await compareParsers(file))}\n`);
+    return 0;
+  } finally {
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 

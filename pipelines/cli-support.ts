@@ -5,7 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import type { Writable } from 'node:stream';
-import { formatPosition, OptionError, UserportError } from '../lib/errors.js';
+import { formatPosition, OptionError, printable, UserportError, type Position } from '../lib/errors.js';
 
 export interface FlagSpec {
   type: 'string' | 'boolean';
@@ -14,6 +14,26 @@ export interface FlagSpec {
   aliases?: readonly string[];
 }
 export type FlagSpecs = Readonly<Record<string, FlagSpec>>;
+/** The values `parseCommand` returns for `S` (declared `as const satisfies FlagSpecs`), typed per flag. */
+export type FlagValues<S extends FlagSpecs> = { [K in keyof S]?: S[K]['type'] extends 'string' ? string : boolean } & { help?: boolean; debug?: boolean };
+
+/**
+ * The exit code when the reader of standard output went away (`export users - | head`): 141,
+ * 128 + SIGPIPE, what a process killed by SIGPIPE reports (Node ignores SIGPIPE, so userport
+ * returns it itself), without a message: the reader chose to stop, as with any Unix filter. A
+ * script with `set -o pipefail` still sees that the output was not all taken.
+ */
+export const BROKEN_PIPE_EXIT = 141;
+
+/** A write that failed with EPIPE (directly, or as the cause of an I/O error), not a database socket's. */
+export function isBrokenPipe(err: unknown): boolean {
+  for (let e = err, depth = 0; e !== null && typeof e === 'object' && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    if (e instanceof UserportError && e.code.startsWith('USERPORT_DB')) return false;
+    const x = e as NodeJS.ErrnoException;
+    if (x.code === 'EPIPE' && (x.syscall === undefined || x.syscall === 'write')) return true;
+  }
+  return false;
+}
 
 /** Errors that are the command line's fault: exit code 2. */
 const usageErrors = new WeakSet<object>();
@@ -42,6 +62,7 @@ const LIBRARY_TO_FLAG: Readonly<Record<string, string>> = {
   mergeUsers: '--merge-users',
   filterUsernames: '--filter-usernames',
   dryRun: '--dry-run',
+  allowReimport: '--allow-reimport',
   bulkLoad: '--bulk-load',
   resumable: '--resumable',
   importId: '--import-id',
@@ -54,26 +75,64 @@ const LIBRARY_TO_FLAG: Readonly<Record<string, string>> = {
   source: 'SRC',
   publicKeyPem: '--encrypt-with',
   tmpDir: '--tmp-dir',
+  skipLeadingText: '--skip-leading-text',
+  decrypt: '--decrypt-with (or --decrypt-with-gcp-kms)',
 };
 
-/** The message of `err` with a library option name replaced by the CLI flag. */
+/** `text` (a library message) with every camelCase library option name written as its flag. */
+export function flagNames(text: string): string {
+  return text.replace(/\b[a-z]+[A-Z][A-Za-z]*\b/g, (w) => (Object.hasOwn(LIBRARY_TO_FLAG, w) ? LIBRARY_TO_FLAG[w]! : w));
+}
+
+/**
+ * The message of `err` with a library option name replaced by the CLI flag. Any UserportError may
+ * name the option it is about (`option`: an OptionError, a record over `maxRecordBytes`, leading
+ * text that `skipLeadingText` skips); a resume refused for other options names several.
+ */
 export function cliMessage(err: UserportError): string {
-  const option = err instanceof OptionError ? err.option : undefined;
+  // A runtime error of an import the CLI ran (`more than 3 records rejected (maxRejects)`, a
+  // resume refused because mergeUsers differs): every camelCase option name is a flag here.
+  if (!(err instanceof OptionError)) return flagNames(err.message);
+  const named = (err as { option?: unknown }).option;
+  const option = typeof named === 'string' ? named : undefined;
   const flag = option !== undefined ? LIBRARY_TO_FLAG[option] : undefined;
   if (!option || !flag) return err.message;
   // `createEncryptor: publicKeyPem ...`: the function name means nothing on the command line.
   return err.message.replace(/^[A-Za-z]+: (?=.*\b[A-Za-z]+\b)/, (m) => (m.slice(0, -2) === option ? m : '')).split(option).join(flag);
 }
 
+/** What to try next, printed under an error's line (`withHint`). */
+const hints = new WeakMap<object, string>();
+
+/** Attaches `hint` to `err` (printed on its own line under the error) and returns it. */
+export function withHint<E extends Error>(err: E, hint: string): E {
+  hints.set(err, hint);
+  return err;
+}
+
+/**
+ * The message of a data error without the record its position names again: `sentry.user pk 2:
+ * field username must be string` at `record 4 (sentry.user pk 2), ...` named the record twice.
+ * The position stays whole (scripts parse it).
+ */
+function dedupe(message: string, position: Position | undefined): { message: string; position: Position | undefined } {
+  if (position?.model === undefined || position.ordinal === undefined) return { message, position };
+  const prefix = `${printable(position.model)}${position.pk !== undefined ? ` pk ${printable(String(position.pk))}` : ''}: `;
+  return { message: message.startsWith(prefix) ? message.slice(prefix.length) : message, position };
+}
+
 /** The one error line every command prints: `userport: what (where) [CODE]`. */
 export function formatError(err: unknown): string {
   if (err instanceof UserportError) {
-    const where = formatPosition(err.position);
-    let line = `userport: ${cliMessage(err)}${where ? ` (${where})` : ''} [${err.code}]`;
+    const { message, position } = dedupe(cliMessage(err), err.position);
+    const where = formatPosition(position);
+    let line = `userport: ${message}${where ? ` (${where})` : ''} [${err.code}]`;
     const cause = err.cause as { message?: string } | undefined;
     if (cause?.message && !err.message.includes(cause.message) && err.code.startsWith('USERPORT_DB')) {
       line += `\n  caused by: ${cause.message}`;
     }
+    const hint = hints.get(err);
+    if (hint) line += `\n${wrapText(`  ${hint}`, TEXT_WIDTH, '  ')}`;
     return line;
   }
   return `userport: unexpected error: ${(err as Error)?.message ?? String(err)}`;
@@ -81,6 +140,7 @@ export function formatError(err: unknown): string {
 
 /** Prints `err` in the one format (the stack with --debug) and returns the exit code. */
 export function reportError(err: unknown, debug: boolean, stderr: Writable = process.stderr): number {
+  if (isBrokenPipe(err)) return BROKEN_PIPE_EXIT;
   stderr.write(`${formatError(err)}\n`);
   if (debug && err instanceof Error && err.stack) stderr.write(`${err.stack}\n`);
   return exitCodeFor(err);
@@ -124,11 +184,20 @@ export function parseCommand(args: readonly string[], specs: FlagSpecs, command:
   for (const [name, spec] of Object.entries(all)) for (const a of spec.aliases ?? []) alias.set(a, name);
   const rewritten: string[] = [];
   let done = false;
-  for (const arg of args) {
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
     if (!done && arg === '--') done = true;
     const m = !done ? /^--([^=]+)(=.*)?$/s.exec(arg) : null;
-    const target = m ? alias.get(m[1]!) : undefined;
-    rewritten.push(target ? `--${target}${m![2] ?? ''}` : arg);
+    const name = m ? alias.get(m[1]!) ?? m[1]! : undefined;
+    // `--max-rejects -3`: parseArgs takes `-3` for an option and says "needs a value"; the value
+    // is a number, and the command's own check says what numbers it takes.
+    const next = args[i + 1];
+    if (m && m[2] === undefined && all[name!]?.type === 'string' && next !== undefined && /^-\d/.test(next)) {
+      rewritten.push(`--${name}=${next}`);
+      i++;
+      continue;
+    }
+    rewritten.push(m && name !== m[1] ? `--${name}${m[2] ?? ''}` : arg);
   }
   const options = Object.fromEntries(Object.entries(all).map(([k, v]) => [k, v.short ? { type: v.type, short: v.short } : { type: v.type }]));
   try {
@@ -157,4 +226,85 @@ export function formatBytes(n: number): string {
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
   if (n < 1024 ** 3) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
   return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+/** Width every human-facing line fits (the summary, lists, help), whatever the terminal. */
+export const TEXT_WIDTH = 80;
+
+/**
+ * `text` word-wrapped to `width` columns, each line on its own; continuation lines start with
+ * `indent` (a hanging indent: a list's items line up under its first one). A word longer than a
+ * line (a path, a URL) is cut where the line ends: nothing is ever wider than `width`.
+ */
+export function wrapText(text: string, width = TEXT_WIDTH, indent = '  '): string {
+  return text.split('\n').map((para) => {
+    // A line that fits is left as it is (a table's aligned columns included).
+    if ([...para].length <= width) return para;
+    const lead = /^ */.exec(para)![0];
+    const words = para.slice(lead.length).split(/ +/).filter((w) => w !== '');
+    const lines: string[] = [];
+    let line = lead;
+    let fresh = true;
+    const pad = lead + indent;
+    for (let word of words) {
+      if (!fresh && line.length + 1 + word.length > width) { lines.push(line); line = pad; fresh = true; }
+      if (!fresh) line += ' ';
+      while (line.length + word.length > width) {
+        const room = Math.max(1, width - line.length);
+        lines.push(line + word.slice(0, room));
+        word = word.slice(room);
+        line = pad;
+      }
+      line += word;
+      fresh = false;
+    }
+    lines.push(line);
+    return lines.map((l) => l.trimEnd()).join('\n');
+  }).join('\n');
+}
+
+/** `label: a, b, c` wrapped to `width`, the lines after the first indented by two (hanging). */
+export function wrapList(label: string, items: readonly string[], width = TEXT_WIDTH): string {
+  const hang = '  ';
+  // An item (`sentry.actor 3`) stays on one line: its spaces are held by no-break spaces.
+  return wrapText(`${label}: ${items.map((i) => i.replace(/ /g, '\u00a0')).join(', ')}`, width, hang).replace(/\u00a0/g, ' ');
+}
+
+/**
+ * A help text laid out for {@link TEXT_WIDTH} columns, whatever widths it was written at: the
+ * lines of a paragraph are joined and wrapped; an option's description (after a gap of two or
+ * more spaces, continued on lines indented deeper) wraps under itself; an indented command line
+ * (an example) wraps with shell continuations (` \`), so it still runs when pasted.
+ */
+export function helpText(text: string, width = TEXT_WIDTH): string {
+  type Block = { kind: 'para'; text: string } | { kind: 'entry'; term: string; col: number; text: string } | { kind: 'raw'; text: string };
+  const blocks: Block[] = [];
+  for (const line of text.replace(/\n$/, '').split('\n')) {
+    const last = blocks[blocks.length - 1];
+    const entry = /^( +)(\S.*?\S|\S)( {2,})(\S.*)$/.exec(line);
+    if (line.trim() === '') blocks.push({ kind: 'raw', text: '' });
+    else if (!line.startsWith(' ')) {
+      if (last?.kind === 'para' && !last.text.endsWith(':')) last.text += ` ${line}`;
+      else blocks.push({ kind: 'para', text: line });
+    } else if (last?.kind === 'entry' && /^ +/.exec(line)![0].length >= Math.min(last.col, 20)) last.text += ` ${line.trim()}`;
+    else if (entry) blocks.push({ kind: 'entry', term: entry[1]! + entry[2]!, col: entry[1]!.length + entry[2]!.length + entry[3]!.length, text: entry[4]! });
+    else blocks.push({ kind: 'raw', text: line });
+  }
+  const out: string[] = [];
+  for (const b of blocks) {
+    if (b.kind === 'para') out.push(wrapText(b.text, width, b.text.startsWith('Usage:') ? '  ' : ''));
+    else if (b.kind === 'entry') {
+      const col = Math.min(b.col, 34);
+      const body = wrapText(b.text, width - col, '').split('\n');
+      if (b.term.length + 2 > col) out.push(b.term, ...body.map((l) => ' '.repeat(col) + l));
+      else out.push(b.term.padEnd(col) + body[0], ...body.slice(1).map((l) => ' '.repeat(col) + l));
+    } else if (b.text.length <= width) out.push(b.text);
+    else {
+      // A command: break between words, each line but the last ending in ` \`.
+      const lead = /^ */.exec(b.text)![0];
+      const lines = wrapText(b.text.trimStart(), width - lead.length - 2, '  ').split('\n');
+      out.push(...lines.map((l, i) => `${lead}${l}${i < lines.length - 1 ? ' \\' : ''}`));
+    }
+  }
+  return `${out.join('\n')}\n`;
 }

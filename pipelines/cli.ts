@@ -6,31 +6,35 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { defaultEmbeddedDir, embeddedUrl, readEmbeddedConfig, startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
+import { defaultEmbeddedDir, startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
 import { checkDatabaseUrl, createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
-import { ErrorCodes, ParseError, printable, UserportError } from '../lib/errors.js';
+import { ErrorCodes, OptionError, ParseError, printable, UserportError } from '../lib/errors.js';
 import { parseUsernameList } from '../lib/filter-users.js';
 import { keyUnwrapperFromOptions } from './key-options.js';
 import { importUsers, type ImportOptions, type Progress } from '../lib/import.js';
-import { listImports, type ImportListing } from '../lib/db/imports.js';
+import { dropImport, listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
-import { formatBytes, parseCommand, reportError, usage, usageError, type FlagSpecs } from './cli-support.js';
-import { installSpoolCleanup } from './signals.js';
+import { flagNames, formatBytes, helpText, parseCommand, reportError, suggestFlag, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
+import { installSpoolCleanup, setInterruptNote } from './signals.js';
 import { runExportCommand } from './export-command.js';
 import { runTargetCommand } from './target-command.js';
+import { encryptionMismatch, isGzip, leadingText, readHead, utf16Error } from '../lib/source.js';
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
 
 Usage:
-  userport import users SRC [options]   import an export (SRC is a file, a pipe, or - for stdin)
-  userport export users DEST [options]  export the user scope like 'sentry export users' (DEST may be -)
-  userport imports [--json]             list past imports with their state and counts
-  userport migrate                      create userport's schema (and Sentry's tables in an empty database)
-  userport target                       what an import would write into the database, and what not
-  userport encrypt --encrypt-with PUB SRC DEST     encrypt an export like 'sentry backup encrypt'
-  userport decrypt --decrypt-with KEY SRC DEST     decrypt an export like 'sentry backup decrypt'
-  userport db url|psql|start|stop       the embedded database: its URL, a psql shell, start, stop
+  userport import users SRC     import an export (SRC is a file, a pipe, or - for stdin)
+  userport export users DEST    export the user scope like 'sentry export users'
+  userport imports              list past imports with their state and counts
+  userport imports drop ID      remove an interrupted or failed import and its staged rows
+  userport target               what an import would write into the database, and what not
+  userport migrate              create userport's schema (and Sentry's tables in an empty
+                                database), nothing else
+  userport encrypt SRC DEST     encrypt an export like 'sentry backup encrypt'
+  userport decrypt SRC DEST     decrypt an export like 'sentry backup decrypt'
+  userport db url|psql|start|stop
+                                the embedded database: its URL, a psql shell, start, stop
 
 Every command has --help. Exit codes: 0 done, 1 a data or runtime error, 2 a usage error.
 
@@ -55,6 +59,8 @@ Options:
                                   (empty: no filter, as in Sentry)
   --filter-usernames-file F       the same, names separated by commas or newlines
   --dry-run                       do everything, report, then roll back
+  --allow-reimport                import SRC although it was imported before (same file and
+                                  options): every user gets a second, renamed copy
   --bulk-load auto|off            auto (default): into empty target tables, load the rows first and
                                   build their indexes and constraints after (locks those tables);
                                   off: insert into the indexed tables, as into any non-empty target
@@ -70,6 +76,8 @@ Options:
   --decrypt-with KEY.pem          SRC is an encrypted export; decrypt with this RSA private key
   --decrypt-passphrase-file F     passphrase of an encrypted private key
   --decrypt-with-gcp-kms CFG      unwrap the export's key with Google Cloud KMS (config JSON)
+  --skip-leading-text             skip lines of text before the JSON array (log lines printed into
+                                  the export) and say how many; without it, such input fails
   --json                          print the summary as JSON on stdout
   --no-progress                   no progress on stderr
   -q, --silent                    print nothing but errors (and --json output)
@@ -85,19 +93,25 @@ Examples:
 `;
 
 const IMPORTS_HELP = `Usage: userport imports [--json] [--database-url URL]
+       userport imports drop ID [--database-url URL]
 
 List past imports: id, mode, state (running, interrupted, failed, done), start and finish time,
 records, source. An import whose process or server died shows as interrupted: run the same
 command again to continue it.
 
+drop ID removes an interrupted or failed import and its staged rows (a resumable import that
+will not be continued, say one started with other options). It refuses a running import (stop
+it first) and a done one (its rows are in Sentry's tables).
+
 Options:
   --database-url URL              the database (default: $DATABASE_URL, else the embedded one)
-  --json                          print the list as JSON
+  --json                          print the list (or what drop removed) as JSON
   --debug                         print stack traces with errors
   -h, --help                      this help
 
-Example:
+Examples:
   userport imports --json
+  userport imports drop 3f2a9c1e-5b7d-4e21-9a0b-6c8d7e6f5a41
 `;
 
 const MIGRATE_HELP = `Usage: userport migrate [--database-url URL]
@@ -120,7 +134,8 @@ The embedded PostgreSQL (its data in .userport/pgdata under the current director
 $USERPORT_HOME).
 
   url      start it if needed, print its URL
-  psql     start it if needed, open psql on it
+  psql     start it if needed, open psql on it; arguments after psql go to psql
+           (userport db psql -c 'select count(*) from auth_user')
   start    start it if needed, print its URL
   stop     stop it
 
@@ -136,6 +151,7 @@ const IMPORT_FLAGS = {
   'filter-usernames': { type: 'string', aliases: ['filter_usernames'] },
   'filter-usernames-file': { type: 'string' },
   'dry-run': { type: 'boolean' },
+  'allow-reimport': { type: 'boolean' },
   'bulk-load': { type: 'string' },
   resumable: { type: 'boolean' },
   'import-id': { type: 'string' },
@@ -148,6 +164,7 @@ const IMPORT_FLAGS = {
   'decrypt-with': { type: 'string', aliases: ['decrypt_with'] },
   'decrypt-passphrase-file': { type: 'string' },
   'decrypt-with-gcp-kms': { type: 'string' },
+  'skip-leading-text': { type: 'boolean' },
   json: { type: 'boolean' },
   'no-progress': { type: 'boolean' },
   silent: { type: 'boolean', short: 'q' },
@@ -157,7 +174,9 @@ const IMPORT_FLAGS = {
 function intOption(name: string, v: string | boolean | undefined, min: number): number | undefined {
   if (typeof v !== 'string') return undefined;
   const n = Number(v);
-  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min) throw usageError(`--${name} must be an integer >= ${min}, got "${v}"`);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min) {
+    throw usageError(`--${name} must be ${min === 0 ? 'a non-negative integer' : `an integer >= ${min}`}, got "${printable(v)}"`);
+  }
   return n;
 }
 
@@ -192,20 +211,35 @@ export function formatDuration(seconds: number): string {
 const n = (x: number) => x.toLocaleString('en-US');
 
 /**
- * How long the merge takes, relative to reading: measured by `npm run bench` (at 100k users
- * staging ends after ~5 s of a 19.6 s import, so the merge takes ~3x the reading time). The ETA
- * over the whole import rests on it, so it is shown as an estimate (`~`).
+ * How long the merge takes after the input ends, relative to the reading phase (which includes
+ * startup and staging), measured on generated exports (`npm run generate`, 10k and 50k users, on
+ * the 2-core machine of the benchmark; merge / reading seconds per run):
+ * - into an empty target, atomic (the default): 1.2, 1.24, 1.75, 1.9, and 2.9 while four other
+ *   test suites loaded the machine's PostgreSQL. The users' step runs while the rest is read (the
+ *   early users step) and the rows go into bare tables;
+ * - into a target that holds users, or with --bulk-load off: 1.8 (10k), 4.1 and 4.9 (50k): every
+ *   insert maintains the indexes, and nothing starts early.
+ * The old single factor of 3 overestimated the default path's time left two- to threefold while
+ * reading. A resumable import into an empty target bulk-loads but does not start early: between.
  */
-const MERGE_PER_READ = 3;
+export const MERGE_PER_READ = { emptyTarget: 1.8, emptyTargetResumable: 2.5, holdsData: 4 } as const;
 
 /** Tracks the phases of an import from its progress reports, for the ETA and the summary. */
 export class PhaseClock {
   readSeconds: number | undefined;
   private last: Progress | undefined;
 
+  constructor(private readonly opts: { resumable?: boolean } = {}) {}
+
   update(p: Progress): void {
     if (p.phase === 'merging' && this.readSeconds === undefined) this.readSeconds = p.seconds;
     this.last = p;
+  }
+
+  /** The merge's expected length relative to reading, for this import's path. */
+  private ratio(p: Progress): number {
+    if (p.emptyTarget === false) return MERGE_PER_READ.holdsData;
+    return this.opts.resumable ? MERGE_PER_READ.emptyTargetResumable : MERGE_PER_READ.emptyTarget;
   }
 
   /** Seconds left in the whole import, or undefined when it cannot be told honestly. */
@@ -213,9 +247,9 @@ export class PhaseClock {
     if (p.phase === 'reading') {
       if (!p.totalBytes || p.bytesRead <= 0 || p.seconds <= 0) return undefined;
       const readTotal = (p.seconds * p.totalBytes) / p.bytesRead;
-      return Math.max(0, readTotal - p.seconds) + readTotal * MERGE_PER_READ;
+      return Math.max(0, readTotal - p.seconds) + readTotal * this.ratio(p);
     }
-    const left = (this.readSeconds ?? p.seconds) * (1 + MERGE_PER_READ) - p.seconds;
+    const left = (this.readSeconds ?? p.seconds) * (1 + this.ratio(p)) - p.seconds;
     return left > 0 ? left : undefined;
   }
 
@@ -225,30 +259,44 @@ export class PhaseClock {
   }
 }
 
+/** The merge's steps in order, for `users (1/6)`. */
+const STEPS = ['users', 'emails', 'user emails', 'options', 'indexes', 'findings'] as const;
+
 /**
- * The progress line: most important parts first, dropped from the end until it fits `columns`
- * (a line that wraps cannot be erased with `\r` and leaves debris).
+ * The progress line, fitted to `columns` (a line that wraps cannot be erased with `\r` and leaves
+ * debris). The moving parts (elapsed time, record count, the merge's step) are kept the longest:
+ * words are shortened first (`12s elapsed` to `12s`), then the rate goes, then the ETA.
  */
 export function progressLine(p: Progress, clock: PhaseClock, columns: number): string {
-  const parts: string[] = [];
   const eta = clock.eta(p);
-  if (p.phase === 'reading') {
-    parts.push(p.totalBytes
-      ? `reading ${formatBytes(p.bytesRead)} of ${formatBytes(p.totalBytes)} (${Math.min(100, (100 * p.bytesRead) / p.totalBytes).toFixed(0)}%)`
-      : `reading ${formatBytes(p.bytesRead)}`);
-  } else {
-    parts.push(`merging ${n(p.records)} records into Sentry's tables`);
-  }
-  parts.push(`${formatDuration(p.seconds)} elapsed`);
-  parts.push(eta !== undefined ? `ETA ~${formatDuration(eta)}` : p.phase === 'merging' ? 'ETA unknown' : 'ETA --');
-  if (p.phase === 'reading') {
-    parts.push(`${n(p.records)} records`);
-    parts.push(`${n(Math.round(p.seconds > 0 ? p.records / p.seconds : 0))} rec/s`);
-  }
+  const etaText = eta !== undefined ? `ETA ~${formatDuration(eta)}` : p.phase === 'merging' ? 'ETA unknown' : 'ETA --';
+  const elapsed = formatDuration(p.seconds);
+  const pct = p.totalBytes ? `${Math.min(100, (100 * p.bytesRead) / p.totalBytes).toFixed(0)}%` : undefined;
+  const step = p.step ? `${p.step} (${STEPS.indexOf(p.step) + 1}/${STEPS.length})` : 'staging';
+  // Each candidate, most complete first; the first that fits is shown.
+  const candidates: string[][] = p.phase === 'reading'
+    ? [
+      [p.totalBytes ? `reading ${formatBytes(p.bytesRead)} of ${formatBytes(p.totalBytes)} (${pct})` : `reading ${formatBytes(p.bytesRead)}`,
+        `${elapsed} elapsed`, etaText, `${n(p.records)} records`, `${n(Math.round(p.seconds > 0 ? p.records / p.seconds : 0))} rec/s`],
+      [`reading ${pct ?? formatBytes(p.bytesRead)}`, `${elapsed} elapsed`, etaText, `${n(p.records)} records`],
+      [`reading ${pct ?? formatBytes(p.bytesRead)}`, elapsed, etaText, `${n(p.records)} rec`],
+      [`reading ${pct ?? formatBytes(p.bytesRead)}`, elapsed, `${n(p.records)} rec`],
+      [`${pct ?? formatBytes(p.bytesRead)}`, elapsed, `${n(p.records)}`],
+    ]
+    : [
+      [`merging ${n(p.records)} records into Sentry's tables: ${step}`, `${elapsed} elapsed`, etaText],
+      [`merging ${n(p.records)} records: ${step}`, `${elapsed} elapsed`, etaText],
+      [`merge: ${step}`, `${elapsed} elapsed`, etaText],
+      [`merge: ${p.step ?? 'staging'}`, elapsed, etaText],
+      [`merge: ${p.step ?? 'staging'}`, elapsed],
+    ];
   const max = Math.max(20, columns - 1);
-  while (parts.length > 1 && parts.join(' · ').length > max) parts.pop();
-  const line = parts.join(' · ');
-  return line.length > max ? line.slice(0, max) : line;
+  for (const parts of candidates) {
+    const line = parts.join(' · ');
+    if (line.length <= max) return line;
+  }
+  const last = candidates[candidates.length - 1]!.join(' · ');
+  return last.slice(0, max);
 }
 
 const MODEL_ORDER = ['sentry.user', 'sentry.email', 'sentry.useremail', 'sentry.useroption'];
@@ -296,44 +344,38 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
     out.push(`Time: reading and staging ${ctx.phases.reading.toFixed(1)}s, merging ${ctx.phases.merging.toFixed(1)}s`);
   }
   if (s.bulkLoad && s.state !== 'already-done') out.push('Empty target: rows loaded first, indexes and constraints built after');
+  if (s.gzip) out.push('The input was gzip-compressed: read through gunzip');
+  if (s.leadingText) {
+    const t = s.leadingText;
+    out.push(`Skipped ${n(t.lines)} ${t.lines === 1 ? 'line' : 'lines'} (${formatBytes(t.bytes)}) of text before the JSON array ` +
+      `(--skip-leading-text), the first: "${t.firstLine}"`);
+  }
   // A dry run shows what the import would write into this database (as `userport target` does);
   // any import says what it could not write there.
   const plan = s.target ?? [];
   const shown = s.mode === 'dry-run' ? plan : plan.filter((l) => l.startsWith('Not written'));
-  if (shown.length && s.state !== 'already-done') out.push('', 'Target database:', ...shown.map((l) => `  ${l}`));
+  if (shown.length && s.state !== 'already-done') out.push('', 'Target database:', ...shown.map((l) => wrapText(`  ${l}`, TEXT_WIDTH, '    ')));
   out.push('', ...lines);
   for (const [model, c] of Object.entries(s.models)) {
     for (const [reason, k] of Object.entries(c.dropped)) out.push(`  dropped ${n(k)} ${model}: ${reason}`);
   }
   const skipped = Object.entries(s.skipped);
-  if (skipped.length) out.push('', `Skipped (not user data): ${skipped.map(([m, k]) => `${m} ${n(k)}`).join(', ')}`);
+  if (skipped.length) out.push('', wrapList('Skipped (not user data)', skipped.map(([m, k]) => `${m} ${n(k)}`)));
   const unknown = Object.entries(s.unknownFields).flatMap(([m, f]) => Object.entries(f).map(([k, c]) => `${m}.${printable(k)} ${n(c)}`));
-  if (unknown.length) out.push(`Unknown fields (ignored): ${unknown.join(', ')}`);
+  if (unknown.length) out.push(wrapList('Unknown fields (ignored)', unknown));
   out.push(`Also written: ${n(s.adjacent.lostPasswordHashes)} lost-password hashes, ${n(s.adjacent.primaryEmails)} primary user emails,`);
   out.push(`  ${n(s.adjacent.userEmailAddresses ?? 0)} email rows for user-email addresses (as Sentry's receivers add)`);
   if (ctx.emptyFilter) out.push('--filter-usernames was empty: no filter (as in Sentry), every user taken');
-  if (s.unmatchedUsernames.length) out.push(`No user matched these --filter-usernames: ${s.unmatchedUsernames.map(printable).join(', ')}`);
-  return out.join('\n');
+  if (s.unmatchedUsernames.length) out.push(wrapList('No user matched these --filter-usernames', s.unmatchedUsernames.map(printable)));
+  // Every line a person reads fits 80 columns (lists above hang under their first item).
+  return out.map((l) => wrapText(l, TEXT_WIDTH, '    ')).join('\n');
 }
 
 /** What a source path is, checked before the database is touched. */
 type SourceKind = 'stdin' | 'file' | 'pipe';
 
-function looksLikeTar(head: Buffer): boolean {
-  return head.length >= 262 && head.subarray(257, 262).toString('latin1') === 'ustar';
-}
-
-/** UTF-16 by its byte-order mark, or by the NUL beside each ASCII byte of `[`/whitespace. */
-function utf16Name(head: Buffer): string | undefined {
-  if (head[0] === 0xff && head[1] === 0xfe) return 'UTF-16LE';
-  if (head[0] === 0xfe && head[1] === 0xff) return 'UTF-16BE';
-  if (head.length >= 2 && head[1] === 0 && head[0] !== 0) return 'UTF-16LE';
-  if (head.length >= 2 && head[0] === 0 && head[1] !== 0) return 'UTF-16BE';
-  return undefined;
-}
-
 /** Missing, a directory, unreadable, encrypted without a key, plain with a key, UTF-16: said now. */
-function checkSource(src: string, decrypting: boolean, resumable: boolean): SourceKind {
+function checkSource(src: string, decrypting: boolean, resumable: boolean, skipLeading: boolean): SourceKind {
   if (src === '-') {
     if (resumable) throw usageError('--resumable needs SRC to be a file (it is read again to resume), not standard input');
     return 'stdin';
@@ -350,25 +392,20 @@ function checkSource(src: string, decrypting: boolean, resumable: boolean): Sour
     if (resumable) throw usageError(`--resumable needs SRC to be a regular file (it is read again to resume); ${src} is a pipe or device`);
     return 'pipe';
   }
-  const head = Buffer.alloc(512);
-  let got = 0;
+  let head: Buffer;
   try {
-    const fd = fs.openSync(src, 'r');
-    try { got = fs.readSync(fd, head, 0, head.length, 0); } finally { fs.closeSync(fd); }
+    head = readHead(src);
   } catch (err) {
     throw usage(new UserportError(ErrorCodes.IO, `cannot read SRC ${src}: ${(err as Error).message}`, { cause: err }));
   }
-  const bytes = head.subarray(0, got);
-  if (looksLikeTar(bytes)) {
-    if (!decrypting) throw usageError(`SRC ${src} looks encrypted (a tar archive): add --decrypt-with KEY.pem or --decrypt-with-gcp-kms CONFIG.json`);
-    return 'file';
-  }
-  if (decrypting && /^(\xef\xbb\xbf)?\s*[[{]/.test(bytes.toString('latin1'))) {
-    throw usageError(`SRC ${src} is plain JSON, not an encrypted export: drop --decrypt-with / --decrypt-with-gcp-kms`);
-  }
-  const utf16 = utf16Name(bytes);
-  if (utf16 && !decrypting) {
-    throw new ParseError(ErrorCodes.INPUT_UTF8, `SRC ${src} is ${utf16}, not UTF-8 as Sentry writes exports: convert it first (iconv -f UTF-16 -t UTF-8)`);
+  // The library's own sniffing (lib/source.ts), run now so a file's problem is said before any
+  // database is touched; a pipe or stdin gets the same messages from the library.
+  const mismatch = encryptionMismatch(head, decrypting, `SRC ${src}`);
+  if (mismatch) throw usage(mismatch);
+  if (!decrypting && !isGzip(head)) {
+    const utf16 = utf16Error(head, `SRC ${src}`);
+    if (utf16) throw utf16;
+    leadingText(head, skipLeading);
   }
   return 'file';
 }
@@ -427,6 +464,7 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
   if (o['max-rejects'] !== undefined && o['rejects-file'] === undefined) throw usageError('--max-rejects needs --rejects-file');
   if (o['import-id'] !== undefined && !resumable) throw usageError('--import-id needs --resumable');
   if (o['batch-rows'] !== undefined && !resumable) throw usageError('--batch-rows needs --resumable');
+  if (resumable && o['allow-reimport']) throw usageError('--allow-reimport is for atomic imports; a resumable import is imported again under a new --import-id');
   if (resumable && o['dry-run']) throw usageError('--resumable and --dry-run cannot be combined (a dry run commits nothing to resume)');
   const bulkLoad = str(o['bulk-load']);
   if (bulkLoad !== undefined && bulkLoad !== 'auto' && bulkLoad !== 'off') throw usageError(`--bulk-load must be auto or off, got "${printable(bulkLoad)}"`);
@@ -449,7 +487,7 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
   checkUrl(str(o['database-url']));
   for (const flag of ['filter-usernames-file', 'decrypt-with', 'decrypt-passphrase-file', 'decrypt-with-gcp-kms'] as const) checkInput(`--${flag}`, str(o[flag]));
   const decrypting = o['decrypt-with'] !== undefined || o['decrypt-with-gcp-kms'] !== undefined;
-  checkSource(source, decrypting, resumable);
+  checkSource(source, decrypting, resumable, !!o['skip-leading-text']);
   checkOutput('--findings-file', str(o['findings-file']), source);
   checkOutput('--rejects-file', str(o['rejects-file']), source);
   if (o['findings-file'] !== undefined && o['findings-file'] === o['rejects-file']) throw usageError('--findings-file and --rejects-file are the same file');
@@ -473,12 +511,14 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
       mergeUsers: !!o['merge-users'],
       filterUsernames,
       dryRun: !!o['dry-run'],
+      ...(o['allow-reimport'] ? { allowReimport: true } : {}),
       bulkLoad,
       resumable,
       importId,
       rejectsFile: str(o['rejects-file']),
       findingsFile: str(o['findings-file']),
       decrypt,
+      skipLeadingText: !!o['skip-leading-text'],
     },
     databaseUrl: str(o['database-url']),
     json: !!o.json,
@@ -500,10 +540,10 @@ function logProgressSeconds(): number {
 
 async function importCommand(args: string[]): Promise<number> {
   const plan = await planImport(args);
-  if (plan === 'help') { process.stdout.write(IMPORT_HELP); return 0; }
+  if (plan === 'help') { process.stdout.write(helpText(IMPORT_HELP)); return 0; }
   const db = await database(plan.databaseUrl, plan.silent || plan.json);
   const tty = !!process.stderr.isTTY;
-  const clock = new PhaseClock();
+  const clock = new PhaseClock({ resumable: plan.resumable });
   const every = logProgressSeconds();
   let lastLogged = 0;
   let logged = false;
@@ -523,31 +563,58 @@ async function importCommand(args: string[]): Promise<number> {
     lastPhase = p.phase;
   };
   let summary: ImportSummary;
+  // What a SIGINT/SIGTERM/SIGHUP leaves, said in the line the signal handler prints: the process
+  // dies, its session closes, and PostgreSQL rolls back the open transaction.
+  let startedId: string | undefined;
+  setInterruptNote(() => {
+    if (plan.options.dryRun) return 'the dry run was rolled back, nothing was written';
+    if (!plan.resumable) return 'the import was rolled back, nothing of it was written';
+    return startedId === undefined ? 'nothing was committed; run the same command again to import the file'
+      : `import ${startedId} keeps what its last checkpoint committed; run the same command again to continue it`;
+  });
   try {
     summary = await importUsers({
       ...plan.options,
       databaseUrl: db.url,
-      onStart: ({ importId, resumed, fromOrdinal, found }) => {
-        if (!plan.resumable || plan.silent) return;
+      onStart: ({ importId, resumed, fromOrdinal, found, others }) => {
+        startedId = importId;
+        if (plan.silent) return;
+        for (const o of others ?? []) {
+          process.stderr.write(`${wrapText(`Note: import ${o.importId} of this file is ${o.state}, and this is a new import` +
+            `${o.differs.length ? ` (${flagNames(o.differs.join('; '))})` : ''}. To continue it, run it with its options; to remove it and ` +
+            `its staged rows: userport imports drop ${o.importId}`, TEXT_WIDTH, '  ')}\n`);
+        }
+        if (!plan.resumable) return;
+        const say = (line: string) => process.stderr.write(`${wrapText(line, TEXT_WIDTH, '  ')}\n`);
         if (found) {
-          process.stderr.write(resumed
-            ? `Found unfinished import ${importId} of this file with these options: continuing it after record ${n(fromOrdinal)}\n`
-            : `Found import ${importId} of this file with these options: continuing it\n`);
+          say(resumed
+            ? `Found unfinished import ${importId} of this file with these options: continuing it after record ${n(fromOrdinal)}`
+            : `Found import ${importId} of this file with these options: continuing it`);
         } else {
-          process.stderr.write(resumed ? `Resuming import ${importId} after record ${n(fromOrdinal)}\n`
-            : `Import id: ${importId} (if interrupted, run the same command again to continue it)\n`);
+          say(resumed ? `Resuming import ${importId} after record ${n(fromOrdinal)}`
+            : `Import id: ${importId} (if interrupted, run the same command again to continue it)`);
         }
       },
       onProgress,
     });
+  } catch (err) {
+    throw hintFor(err, plan);
   } finally {
+    setInterruptNote(undefined);
     if (plan.progress && tty) process.stderr.write('\r\x1b[K');
   }
   if (plan.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
   else if (!plan.silent) {
     process.stdout.write(formatSummary(summary, { phases: clock.phases(summary.seconds), emptyFilter: plan.emptyFilter }) + '\n');
     if (summary.state === 'already-done') {
-      process.stdout.write('To import this file again as a new import, give --import-id with a new id.\n');
+      process.stdout.write(plan.resumable ? 'To import this file again as a new import, give --import-id with a new id.\n'
+        : 'To import it again anyway (every user a second, renamed copy), add --allow-reimport.\n');
+    }
+    const renamed = summary.models['sentry.user']?.renamed ?? 0;
+    if (renamed > 0 && !plan.options.mergeUsers) {
+      // The usual cause is a second import of the same export: say what the flag would have done.
+      process.stdout.write(`\n${wrapText(`${n(renamed)} ${renamed === 1 ? 'user was' : 'users were'} renamed because the username already exists ` +
+        '(in the database or earlier in the file). To reuse the existing users instead, import with --merge-users.', TEXT_WIDTH, '')}\n`);
     }
     if (db.embedded && summary.mode !== 'dry-run') {
       process.stdout.write(`\nThe data is in the embedded PostgreSQL: ${db.url}\n` +
@@ -557,26 +624,68 @@ async function importCommand(args: string[]): Promise<number> {
   return 0;
 }
 
+/** Codes of records `--rejects-file` sets aside instead of failing the import. */
+const REJECTABLE = new Set<string>([ErrorCodes.RECORD_NOT_OBJECT, ErrorCodes.RECORD_ENVELOPE, ErrorCodes.RECORD_SCHEMA, ErrorCodes.RECORD_OPTION_VALUE]);
+
+/** An import's error with what to try next: the flag that would have helped, or what is left. */
+function hintFor(err: unknown, plan: ImportPlan): unknown {
+  if (!(err instanceof UserportError)) return err;
+  const rejects = plan.options.rejectsFile;
+  if (REJECTABLE.has(err.code) && rejects === undefined) {
+    return withHint(err, 'hint: with --rejects-file F, records that fail validation are written to F and the import goes on');
+  }
+  if (rejects !== undefined && !plan.resumable && fs.existsSync(rejects) && fs.statSync(rejects).size > 0) {
+    // Kept on purpose: the rejects explain the failure (USERPORT_MAX_REJECTS above all).
+    return withHint(err, `nothing was imported (rolled back); ${rejects} keeps the records rejected before the error`);
+  }
+  return err;
+}
+
 const when = (d: Date | null) => (d ? d.toISOString().replace('T', ' ').slice(0, 19) : '-');
 
-/** The listing as a table with a header. */
-export function formatImports(rows: ImportListing[]): string {
+/**
+ * The listing as a table with a header. When a row is wider than `width` (a UUID id, a long
+ * path), each import takes two lines: id, mode, state and records, then its times and source
+ * indented under it, so nothing wraps on an 80-column terminal.
+ */
+export function formatImports(rows: ImportListing[], width = TEXT_WIDTH): string {
   const header = ['ID', 'MODE', 'STATE', 'STARTED (UTC)', 'FINISHED (UTC)', 'RECORDS', 'SOURCE'];
   const body = rows.map((r) => [
     r.id, r.mode, r.state, when(r.startedAt), when(r.finishedAt),
-    r.state === 'done' && r.records !== null ? n(r.records) : `${n(r.checkpointOrdinal)} so far`,
+    r.records !== null ? (r.state === 'done' ? n(r.records) : `${n(r.records)} so far`) : r.state === 'done' ? '-' : `${n(r.checkpointOrdinal)} so far`,
     printable(r.source) + (r.error ? `  (${printable(r.error)})` : ''),
   ]);
-  const table = [header, ...body];
-  const widths = header.map((_, i) => (i === header.length - 1 ? 0 : Math.max(...table.map((r) => r[i]!.length))));
-  return table.map((r) => r.map((v, i) => (i === 5 ? v.padStart(widths[i]!) : v.padEnd(widths[i]!))).join('  ').trimEnd()).join('\n');
+  const layout = (cols: number[], rightAligned: number) => {
+    const table = [cols.map((i) => header[i]!), ...body.map((r) => cols.map((i) => r[i]!))];
+    const widths = cols.map((_, j) => (j === cols.length - 1 ? 0 : Math.max(...table.map((r) => r[j]!.length))));
+    return table.map((r) => r.map((v, j) => (cols[j] === rightAligned ? v.padStart(widths[j]!) : v.padEnd(widths[j]!))).join('  ').trimEnd());
+  };
+  const one = layout([0, 1, 2, 3, 4, 5, 6], 5);
+  if (one.every((l) => l.length <= width)) return one.join('\n');
+  const first = layout([0, 1, 2, 5], 5);
+  const second = layout([3, 4, 6], -1).map((l) => wrapText(`  ${l}`, width, '    '));
+  return first.flatMap((l, i) => [l, second[i]!]).join('\n');
 }
 
+const IMPORTS_DROP_HELP_LINE = 'userport imports drop ID [--database-url URL]';
+
 async function importsCommand(args: string[]): Promise<number> {
-  const { values: o } = parseCommand(args, { ...COMMON, json: { type: 'boolean' } }, 'imports', false);
-  if (o.help) { process.stdout.write(IMPORTS_HELP); return 0; }
+  const { values: o, positionals } = parseCommand(args, { ...COMMON, json: { type: 'boolean' } }, 'imports');
+  if (o.help) { process.stdout.write(helpText(IMPORTS_HELP)); return 0; }
+  const [sub, id, ...extra] = positionals;
+  if (sub !== undefined && sub !== 'drop') {
+    throw usageError(`unknown imports command "${printable(sub)}": userport imports lists them, ${IMPORTS_DROP_HELP_LINE} removes one`);
+  }
+  if (sub === 'drop' && id === undefined) throw usageError(`missing ID: ${IMPORTS_DROP_HELP_LINE} (userport imports lists the ids)`);
+  if (extra.length) throw usageError(`unexpected argument ${printable(extra[0]!)}: one ID at a time`);
   checkUrl(str(o['database-url']));
   const db = await database(str(o['database-url']), true);
+  if (sub === 'drop') {
+    const dropped = await dropImport(db.url, id!).catch((err: unknown) => { throw err instanceof OptionError ? usage(err) : err; });
+    if (o.json) process.stdout.write(JSON.stringify(dropped, null, 2) + '\n');
+    else process.stdout.write(`Dropped ${dropped.state} import ${dropped.id} and its ${n(dropped.stagedRows)} staged rows.\n`);
+    return 0;
+  }
   const rows = await listImports(db.url);
   if (o.json) { process.stdout.write(JSON.stringify(rows, null, 2) + '\n'); return 0; }
   process.stdout.write(rows.length ? `${formatImports(rows)}\n` : 'No imports yet.\n');
@@ -585,7 +694,7 @@ async function importsCommand(args: string[]): Promise<number> {
 
 async function migrateCommand(args: string[]): Promise<number> {
   const { values: o } = parseCommand(args, COMMON, 'migrate', false);
-  if (o.help) { process.stdout.write(MIGRATE_HELP); return 0; }
+  if (o.help) { process.stdout.write(helpText(MIGRATE_HELP)); return 0; }
   checkUrl(str(o['database-url']));
   const db = await database(str(o['database-url']), false);
   const knex = createKnex(db.url, 2);
@@ -599,28 +708,38 @@ async function migrateCommand(args: string[]): Promise<number> {
   }
 }
 
+const DB_SUBCOMMANDS = ['url', 'psql', 'start', 'stop'] as const;
+
 async function dbCommand(args: string[]): Promise<number> {
+  // `userport db psql -c 'select 1'`: everything after psql is psql's own (its -c, -f, -A ...).
+  if (args[0] === 'psql' && !args.slice(1).some((a) => a === '--help' || a === '-h')) {
+    const server = await startEmbedded();
+    const res = spawnSync('psql', [...args.slice(1), server.url], { stdio: 'inherit' });
+    if (res.error) {
+      // The URL holds the password: print it only when psql is missing and the user asked for a shell.
+      throw new UserportError(ErrorCodes.IO, `psql is not installed; connect with any client to the URL \`userport db url\` prints`, { cause: res.error });
+    }
+    return res.status ?? 1;
+  }
   const { values: o, positionals } = parseCommand(args, {}, 'db');
-  if (o.help) { process.stdout.write(DB_HELP); return 0; }
+  if (o.help) { process.stdout.write(helpText(DB_HELP)); return 0; }
   const [sub, ...extra] = positionals;
-  if (extra.length) throw usageError(`unexpected argument ${extra[0]} (see userport db --help)`);
+  if (extra.length) throw usageError(`unexpected argument ${printable(extra[0]!)} (see userport db --help)`);
   if (sub === 'stop') {
     const stopped = await stopEmbedded();
     process.stdout.write(stopped ? 'Stopped the embedded PostgreSQL.\n' : 'The embedded PostgreSQL is not running.\n');
     return 0;
   }
-  if (sub === 'url' || sub === 'psql' || sub === 'start') {
+  if (sub === 'url' || sub === 'start') {
     const server = await startEmbedded();
-    if (sub === 'psql') {
-      const res = spawnSync('psql', [server.url], { stdio: 'inherit' });
-      if (res.error) throw new UserportError(ErrorCodes.IO, `psql is not installed; connect with any client to ${server.url}`, { cause: res.error });
-      return res.status ?? 1;
-    }
     process.stdout.write(`${server.url}\n`);
     return 0;
   }
-  const cfg = readEmbeddedConfig(defaultEmbeddedDir());
-  throw usageError(`${sub === undefined ? 'missing' : `unknown db command "${sub}":`} url, psql, start or stop${cfg ? ` (embedded database: ${embeddedUrl(cfg)})` : ''}`);
+  // A typo is a usage error like any other: it names the closest subcommand and never prints the
+  // URL (it holds the password, and `db strat` in a shared terminal or CI log must not leak it).
+  if (sub === undefined) throw usageError('missing db command: url, psql, start or stop (see userport db --help)');
+  const near = suggestFlag(sub, DB_SUBCOMMANDS)?.replace(/^--/, '');
+  throw usageError(`unknown db command "${printable(sub)}"${near ? `: did you mean ${near}?` : ''} (url, psql, start or stop)`);
 }
 
 /** The commands. A new one is one line here (and its help in HELP). */
@@ -642,13 +761,13 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const [command, ...rest] = argv;
     if (command === undefined) {
-      process.stderr.write(HELP);
+      process.stderr.write(helpText(HELP));
       return 2;
     }
     if (command === 'help' || command === '--help' || command === '-h') {
       const topic = rest[0] !== undefined ? COMMANDS[rest[0]] : undefined;
       if (topic) return await topic.run(['--help']);
-      process.stdout.write(HELP);
+      process.stdout.write(helpText(HELP));
       return 0;
     }
     if (command === '--version' || command === '-v') {

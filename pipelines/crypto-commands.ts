@@ -6,13 +6,15 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { parseCommand, reportError, usageError } from './cli-support.js';
+import { helpText, parseCommand, reportError, usageError } from './cli-support.js';
 import { writeFileAtomically } from '../lib/atomic-file.js';
 import { decryptExport, type EncryptedInput } from '../lib/decrypt.js';
 import { encryptExport } from '../lib/encrypt.js';
 import { keyUnwrapperFromOptions } from './key-options.js';
 import { promptPassphraseOnTty } from '../lib/crypto/prompt.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
+import { ErrorCodes, printable, UserportError } from '../lib/errors.js';
+import { closedStdout, stdoutClosedAtLaunch } from './signals.js';
 
 export { keyUnwrapperFromOptions, type KeyUnwrapperCliOptions } from './key-options.js';
 
@@ -71,11 +73,15 @@ function positionals(list: string[], usage: string): [string, string] {
 
 /** Writes through `write` to DEST: standard output for `-`, else {@link writeFileAtomically}. */
 async function toDestination(dest: string, streams: CommandIo, mode: number, write: (out: Writable) => Promise<void>): Promise<void> {
-  if (dest === '-') {
-    await write(streams.stdout);
-    return;
+  if (dest === '-' && streams.stdout === process.stdout && stdoutClosedAtLaunch()) throw closedStdout();
+  try {
+    if (dest === '-') await write(streams.stdout);
+    else await writeFileAtomically(dest, mode, write);
+  } catch (err) {
+    // A full disk or a closed pipe is a runtime failure of DEST (exit 1), said in one line.
+    if (err instanceof UserportError || !(err as NodeJS.ErrnoException).code) throw err;
+    throw new UserportError(ErrorCodes.IO, `cannot write ${dest === '-' ? 'to standard output' : printable(dest)}: ${(err as Error).message}`, { cause: err });
   }
-  await writeFileAtomically(dest, mode, write);
 }
 
 function source(src: string, streams: CommandIo): EncryptedInput {
@@ -93,7 +99,7 @@ export async function runEncryptCommand(args: string[], streams?: Partial<Comman
       'tmp-dir': { type: 'string' },
     }, 'encrypt');
     if (values.help) {
-      s.stdout.write(ENCRYPT_HELP);
+      s.stdout.write(helpText(ENCRYPT_HELP));
       return 0;
     }
     const keyPath = values['encrypt-with'];
@@ -138,7 +144,7 @@ export async function runDecryptCommand(args: string[], streams?: Partial<Comman
       'tmp-dir': { type: 'string' },
     }, 'decrypt');
     if (values.help) {
-      s.stdout.write(DECRYPT_HELP);
+      s.stdout.write(helpText(DECRYPT_HELP));
       return 0;
     }
     const [src, dest] = positionals(pos, DECRYPT_USAGE);

@@ -8,11 +8,12 @@ import path from 'node:path';
 import readline from 'node:readline/promises';
 import { startEmbedded } from '../lib/db/embedded.js';
 import { checkDatabaseUrl } from '../lib/db/knex.js';
-import { printable } from '../lib/errors.js';
+import { ErrorCodes, printable, UserportError } from '../lib/errors.js';
 import { exportUsers, type ExportFinding, type ExportProgress, type ExportSummary } from '../lib/export.js';
 import { parseUsernameList } from '../lib/filter-users.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
-import { formatBytes, parseCommand, usage, usageError, type FlagSpecs } from './cli-support.js';
+import { formatBytes, helpText, parseCommand, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
+import { closedStdout, stdoutClosedAtLaunch } from './signals.js';
 
 export const EXPORT_USAGE = `Usage: userport export users DEST [options]   (DEST is a file, or - for stdout)
 
@@ -88,8 +89,9 @@ export function formatExportSummary(s: ExportSummary, dest: string): string {
   ];
   for (const e of s.excluded) out.push(`  left out ${e.count} ${e.model}: ${e.reason}`);
   for (const [m, f] of Object.entries(s.missingColumns)) out.push(`  ${m}: the database has no column for ${f.join(', ')} (left out of every record)`);
-  if (s.unmatchedUsernames.length) out.push(`No user matched these --filter-usernames: ${s.unmatchedUsernames.map(printable).join(', ')}`);
-  return out.join('\n');
+  if (s.unmatchedUsernames.length) out.push(wrapList('No user matched these --filter-usernames', s.unmatchedUsernames.map(printable)));
+  // Every line fits 80 columns; a wrapped "left out" reason hangs under its text.
+  return out.map((l) => wrapText(l, TEXT_WIDTH, '    ')).join('\n');
 }
 
 async function confirmOverwrite(dest: string): Promise<boolean> {
@@ -107,7 +109,7 @@ export async function runExportCommand(args: string[]): Promise<number> {
   const o = values as {
     [K in 'database-url' | 'filter-usernames' | 'filter-usernames-file' | 'encrypt-with' | 'encrypt-with-gcp-kms' | 'findings-file' | 'indent' | 'tmp-dir']?: string
   } & { [K in 'no-prompt' | 'json' | 'no-progress' | 'silent' | 'help']?: boolean };
-  if (o.help) { process.stdout.write(EXPORT_USAGE); return 0; }
+  if (o.help) { process.stdout.write(helpText(EXPORT_USAGE)); return 0; }
   if (positionals[0] !== 'users' || positionals.length !== 2) {
     throw usageError('usage: userport export users DEST [options] (DEST is a file or - for stdout; see userport export --help)');
   }
@@ -163,6 +165,7 @@ export async function runExportCommand(args: string[]): Promise<number> {
     const endpoint = process.env.USERPORT_GCP_KMS_ENDPOINT || undefined;
     encryptWith = await kmsGetPublicKey(await readGcpKmsConfig(o['encrypt-with-gcp-kms']), endpoint ? { endpoint } : {});
   }
+  if (dest === '-' && stdoutClosedAtLaunch()) throw closedStdout();
   let databaseUrl = o['database-url'] ?? (process.env.DATABASE_URL || undefined);
   if (!databaseUrl) databaseUrl = (await startEmbedded()).url;
 
@@ -193,7 +196,8 @@ export async function runExportCommand(args: string[]): Promise<number> {
     try {
       fs.writeFileSync(o['findings-file'], `${JSON.stringify(findings, null, 2)}\n`);
     } catch (err) {
-      throw usageError(`--findings-file: cannot write ${printable(o['findings-file'])}: ${(err as Error).message}`);
+      // A full disk is a runtime failure (exit 1), not a usage error: the path was checked up front.
+      throw new UserportError(ErrorCodes.IO, `--findings-file: cannot write ${printable(o['findings-file'])}: ${(err as Error).message}`, { cause: err });
     }
   }
   // With DEST on stdout, stdout carries the export: anything else goes to stderr.

@@ -4,10 +4,10 @@
  */
 import fs from 'node:fs';
 import { pipeline } from 'node:stream/promises';
-import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import { createExportGenerator } from '../tools/generate.js';
 import { UserportError } from '../lib/errors.js';
+import { exitCodeFor, formatError, parseCommand, type FlagSpecs, type FlagValues } from './cli-support.js';
 
 const USAGE = 'usage: node dist/pipelines/generate.js --users N [--seed S] [--indent 2] [--out FILE|-] ' +
   '[--out-of-scope-rate R] [--collision-rate R] [--interleaved]';
@@ -19,31 +19,30 @@ function num(name: string, v: string | undefined): number | undefined {
   return n;
 }
 
+const FLAGS = {
+  users: { type: 'string' },
+  seed: { type: 'string' },
+  indent: { type: 'string' },
+  out: { type: 'string' },
+  'out-of-scope-rate': { type: 'string' },
+  'collision-rate': { type: 'string' },
+  interleaved: { type: 'boolean' },
+} as const satisfies FlagSpecs;
+
 export async function main(argv: string[]): Promise<number> {
-  let values;
+  let values: FlagValues<typeof FLAGS>;
   try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        users: { type: 'string' },
-        seed: { type: 'string' },
-        indent: { type: 'string' },
-        out: { type: 'string', default: '-' },
-        'out-of-scope-rate': { type: 'string' },
-        'collision-rate': { type: 'string' },
-        interleaved: { type: 'boolean', default: false },
-        help: { type: 'boolean', default: false },
-      },
-      strict: true,
-    }));
+    // The CLI's parser: its flag spellings, and a typo gets the CLI's "did you mean" and exit 2.
+    values = parseCommand(argv, FLAGS, 'generate', false).values as FlagValues<typeof FLAGS>;
   } catch (err) {
-    process.stderr.write(`${(err as Error).message}\n${USAGE}\n`);
-    return 2;
+    process.stderr.write(`${formatError(err)}\n${USAGE}\n`);
+    return exitCodeFor(err);
   }
   if (values.help) {
     process.stdout.write(`${USAGE}\n`);
     return 0;
   }
+  const outFile = values.out ?? '-';
   try {
     if (values.users === undefined) throw new UserportError('USERPORT_OPTION_INVALID', '--users is required');
     const gen = createExportGenerator({
@@ -54,10 +53,10 @@ export async function main(argv: string[]): Promise<number> {
       collisionRate: num('collision-rate', values['collision-rate']),
       outOfScopeLayout: values.interleaved ? 'interleaved' : 'runs',
     });
-    const out = values.out === '-' ? process.stdout : fs.createWriteStream(values.out!);
+    const out = outFile === '-' ? process.stdout : fs.createWriteStream(outFile);
     await pipeline(gen, out);
-    if (values.out !== '-') {
-      process.stderr.write(`${values.out}: ${gen.counts.bytes} bytes, ${JSON.stringify(gen.counts.records)}\n`);
+    if (outFile !== '-') {
+      process.stderr.write(`${outFile}: ${gen.counts.bytes} bytes, ${JSON.stringify(gen.counts.records)}\n`);
     }
     return 0;
   } catch (err) {

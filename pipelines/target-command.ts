@@ -7,7 +7,7 @@ import { defaultEmbeddedDir, embeddedUrl, readEmbeddedConfig } from '../lib/db/e
 import { applySessionSettings, checkDatabaseUrl } from '../lib/db/knex.js';
 import { describePlan, planFor } from '../lib/db/merge/index.js';
 import { ErrorCodes, OptionError, UserportError, wrapDbError } from '../lib/errors.js';
-import { parseCommand, type FlagSpecs } from './cli-support.js';
+import { helpText, parseCommand, TEXT_WIDTH, wrapText, type FlagSpecs } from './cli-support.js';
 
 export const TARGET_HELP = `Usage: userport target [--database-url URL] [--json]
 
@@ -40,7 +40,7 @@ function databaseUrl(given: string | undefined): string {
 
 export async function runTargetCommand(args: string[]): Promise<number> {
   const { values: o } = parseCommand(args, FLAGS, 'target', false);
-  if (o.help) { process.stdout.write(TARGET_HELP); return 0; }
+  if (o.help) { process.stdout.write(helpText(TARGET_HELP)); return 0; }
   const url = databaseUrl(typeof o['database-url'] === 'string' ? o['database-url'] : undefined);
   const client = new pg.Client({ connectionString: url, application_name: 'userport target' });
   client.on('error', () => undefined);
@@ -50,7 +50,7 @@ export async function runTargetCommand(args: string[]): Promise<number> {
     const lines = await planFor(client).then(describePlan, (err: unknown) => {
       throw err instanceof UserportError ? err : new UserportError(ErrorCodes.DB_QUERY, `reading the catalog failed: ${(err as Error).message}`, { cause: err });
     });
-    process.stdout.write(o.json ? `${JSON.stringify(lines, null, 2)}\n` : `${lines.join('\n')}\n`);
+    process.stdout.write(o.json ? `${JSON.stringify(lines, null, 2)}\n` : `${lines.map((l) => wrapText(l, TEXT_WIDTH, '    ')).join('\n')}\n`);
     return 0;
   } finally {
     await client.end().catch(() => undefined);

@@ -5,9 +5,9 @@
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { serverUrl } from './helpers/db.js';
+import { tmpFolder } from './helpers/setup.js';
 
 const ROOT = path.resolve('.');
 /** Every spec that reads ../shared (the skip helper's users). */
@@ -17,7 +17,7 @@ describe('a clone with nothing beside it', function () {
   this.timeout(300000);
 
   it('runs the specs that read ../shared: they skip, saying why, and the run passes', async () => {
-    const outer = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-clone-'));
+    const outer = tmpFolder('userport-clone-');
     const clone = path.join(outer, 'userport');
     fs.mkdirSync(clone);
     try {

@@ -2,11 +2,12 @@
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { stopEmbedded } from '../lib/db/embedded.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { user, useremail, writeExport } from './helpers/exports.js';
+import { tmpFolder, tmpPath } from './helpers/setup.js';
+import { installImportGate, reached } from './helpers/moments.js';
 
 const ROOT = path.resolve('.');
 const BIN = path.join(ROOT, 'bin/userport.js');
@@ -29,7 +30,7 @@ describe('userport CLI', function () {
 
   describe('quick start (embedded database)', () => {
     it('`npx userport import users samples/users.json` works with no database given, and says how to connect', async () => {
-      const home = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-home-'));
+      const home = tmpFolder('userport-home-');
       fs.chmodSync(home, 0o755);
       try {
         const res = await run('npx', ['userport', 'import', 'users', 'samples/users.json'], { env: { USERPORT_HOME: home } });
@@ -46,7 +47,8 @@ describe('userport CLI', function () {
         // A dry run says everything was rolled back, never where "the data is".
         const dry = await userport(['import', 'users', 'samples/users.json', '--dry-run'], { env: { USERPORT_HOME: home } });
         expect(dry.code, dry.stderr).to.equal(0);
-        expect(dry.stdout).to.match(/^Dry run: .*everything was rolled back, nothing was written/);
+        // Wrapped at 80 columns.
+        expect(dry.stdout.replace(/\n +/g, ' ')).to.match(/^Dry run: .*everything was rolled back, nothing was written/);
         expect(dry.stdout).not.to.include('The data is');
       } finally {
         await stopEmbedded(home, 'immediate').catch(() => undefined);
@@ -55,7 +57,7 @@ describe('userport CLI', function () {
     });
 
     it('keeps the embedded data in .userport/pgdata under the current directory, between runs', async () => {
-      const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-cwd-'));
+      const cwd = tmpFolder('userport-cwd-');
       fs.chmodSync(cwd, 0o755);
       try {
         const file = writeExport([user(1, 'alice')]);
@@ -63,7 +65,8 @@ describe('userport CLI', function () {
         expect(first.code, first.stderr).to.equal(0);
         expect(fs.existsSync(path.join(cwd, '.userport/pgdata/PG_VERSION'))).to.equal(true);
         await userport(['db', 'stop'], { cwd });
-        const second = await userport(['import', 'users', file, '--json'], { cwd });
+        // The same file again is refused as already imported (issue #20): ask for a second copy.
+        const second = await userport(['import', 'users', file, '--json', '--allow-reimport'], { cwd });
         expect(second.code, second.stderr).to.equal(0);
         expect(JSON.parse(second.stdout).models['sentry.user'].renamed).to.equal(1);
       } finally {
@@ -95,7 +98,7 @@ describe('userport CLI', function () {
     });
 
     it('prints a summary table with drop reasons and unmatched filter names', async () => {
-      const names = path.join(os.tmpdir(), `names-${process.pid}.txt`);
+      const names = tmpPath('names.txt');
       fs.writeFileSync(names, ' table-user \nnobody\n');
       const res = await userport(['import', 'users', writeExport([user(1, 'table-user'), useremail(1, 1, 'x@example.com'), useremail(2, 77, 'y@example.com')]),
         '--database-url', db.url, '--filter-usernames-file', names]);
@@ -125,7 +128,8 @@ describe('userport CLI', function () {
       // What the line showed before it was cleared for the summary.
       const frames = tty.stdout.split(/\r\x1b\[K/).slice(0, -1).filter((f) => f.length);
       expect(frames.some((f) => /^reading [\d.]+ (B|KiB|MiB) of [\d.]+ MiB \(\d+%\) · \d+s elapsed · ETA (~\d+s|--)/.test(f)), frames.join('|')).to.equal(true);
-      expect(frames.some((f) => /^merging 3,000 records into Sentry's tables · \d+s elapsed · ETA (~\d+s|unknown)/.test(f)), frames.join('|')).to.equal(true);
+      // The merge's step (or the last rows being staged) after its record count.
+      expect(frames.some((f) => /^merging 3,000 records(?: into Sentry's tables)?: [a-z ()/0-9]+ · \d+s elapsed · ETA (~\d+s|unknown)/.test(f)), frames.join('|')).to.equal(true);
       for (const f of frames) expect(f.length, f).to.be.at.most(71);
       const quiet = await run('script', ['-qec', `${cmd} --no-progress`, '/dev/null']);
       expect(quiet.stdout).not.to.include('elapsed');
@@ -138,7 +142,7 @@ describe('userport CLI', function () {
       expect(piped.code, piped.stderr).to.equal(0);
       const lines = piped.stderr.trim().split('\n');
       expect(lines[0]).to.match(/^userport: reading .* elapsed/);
-      expect(lines.some((l) => /^userport: merging 500 records into Sentry's tables · \d+s elapsed/.test(l)), piped.stderr).to.equal(true);
+      expect(lines.some((l) => /^userport: merging 500 records into Sentry's tables: [a-z ()/0-9]+ · \d+s elapsed/.test(l)), piped.stderr).to.equal(true);
       expect(piped.stderr).not.to.include('\r').and.not.include('\x1b');
       for (const flag of ['--no-progress', '--silent', '-q']) {
         const r = await userport(['import', 'users', file, '--database-url', db.url, flag], { env: { USERPORT_PROGRESS_SECONDS: '0' } });
@@ -174,8 +178,10 @@ describe('userport CLI', function () {
       // The finish time is when the import ended, not its transaction's start (now()).
       for (const r of rows) expect(Date.parse(r.finishedAt)).to.be.above(Date.parse(r.startedAt));
       const table = await userport(['imports', '--database-url', db.url]);
-      expect(table.stdout.split('\n')[0]).to.match(/^ID\s+MODE\s+STATE\s+STARTED \(UTC\)\s+FINISHED \(UTC\)\s+RECORDS\s+SOURCE$/);
-      expect(table.stdout).to.match(/ atomic\s+done\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+\d{4}-/);
+      // UUID ids make a row wider than 80 columns: two lines per import, times and source under it.
+      expect(table.stdout.split('\n')[0]).to.match(/^ID\s+MODE\s+STATE\s+RECORDS$/);
+      expect(table.stdout.split('\n')[1]).to.match(/^\s+STARTED \(UTC\)\s+FINISHED \(UTC\)\s+SOURCE$/);
+      expect(table.stdout).to.match(/ atomic\s+done\s+[\d,]+\n\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+\d{4}-/);
     });
 
     it('ends quietly when its output is piped into a reader that stops early (head)', async () => {
@@ -192,7 +198,7 @@ describe('userport CLI', function () {
       const plain = await userport(['import', 'users', 'samples/users.json', '--decrypt-with', 'samples/demo-key.pem', '--database-url', db.url]);
       expect(plain.code).to.equal(2);
       expect(plain.stderr).to.match(/is plain JSON, not an encrypted export/);
-      const utf16 = path.join(os.tmpdir(), `utf16-${process.pid}.json`);
+      const utf16 = tmpPath('utf16.json');
       fs.writeFileSync(utf16, Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(JSON.stringify([user(1, 'u16')]), 'utf16le')]));
       const u = await userport(['import', 'users', utf16, '--database-url', db.url]);
       expect(u.code).to.equal(1);
@@ -233,7 +239,7 @@ describe('userport CLI', function () {
 
   describe('usage errors', () => {
     it('are caught before any database is touched: one line with the code, exit 2, no server started', async () => {
-      const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-badopt-'));
+      const cwd = tmpFolder('userport-badopt-');
       const good = path.join(cwd, 'ok.json');
       fs.writeFileSync(good, JSON.stringify([user(1, 'a')]));
       fs.mkdirSync(path.join(cwd, 'adir'));
@@ -306,18 +312,27 @@ describe('userport CLI', function () {
     it('run again without --import-id, continue the killed import of the same file and options instead of starting a duplicate', async () => {
       const file = writeExport(Array.from({ length: 20000 }, (_, i) => user(i + 1, `resume${i}`)));
       const args = ['import', 'users', file, '--database-url', db.url, '--resumable', '--batch-rows', '500', '--no-progress'];
-      const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      // Kill it once a checkpoint is committed (it commits one every 500 rows): the gate holds
+      // it at its second checkpoint, so it cannot finish first however fast the machine.
+      const gate = await installImportGate(db.url, { checkpointAfter: 1, atFinish: false });
       let stderr = '';
-      child.stderr.on('data', (d: Buffer) => (stderr += d));
-      const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
-      // Kill it once a checkpoint is committed (it commits one every 500 rows).
-      for (;;) {
-        const r = await db.knex.raw(`SELECT checkpoint_ordinal FROM userport.imports`);
-        if (r.rows[0] && Number(r.rows[0].checkpoint_ordinal) > 0) break;
-        await new Promise((resolve) => setTimeout(resolve, 50));
+      try {
+        const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+        child.stderr.on('data', (d: Buffer) => (stderr += d));
+        const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+        try {
+          await reached('the import committed a checkpoint and waits at its next one', async () => {
+            if (!(await gate.waiting(child))) return undefined;
+            const r = await db.knex.raw(`SELECT checkpoint_ordinal FROM userport.imports`);
+            return r.rows[0] && Number(r.rows[0].checkpoint_ordinal) > 0 ? true : undefined;
+          }, { child });
+        } finally {
+          child.kill('SIGKILL');
+          await exited;
+        }
+      } finally {
+        await gate.remove();
       }
-      child.kill('SIGKILL');
-      await exited;
       const id = /Import id: (\S+)/.exec(stderr)?.[1];
       expect(id, stderr).to.match(/^[0-9a-f-]{36}$/);
       // Killed: listed as interrupted, not running (once the server sees the session gone).
@@ -330,7 +345,8 @@ describe('userport CLI', function () {
       expect(state).to.equal('interrupted');
       const again = await userport([...args, '--json']);
       expect(again.code, again.stderr).to.equal(0);
-      expect(again.stderr).to.match(new RegExp(`^Found unfinished import ${id} of this file with these options: continuing it after record [\\d,]+$`, 'm'));
+      // Wrapped at 80 columns: the continuation is indented by two.
+      expect(again.stderr.replace(/\n {2}/g, ' ')).to.match(new RegExp(`^Found unfinished import ${id} of this file with these options: continuing it after record [\\d,]+$`, 'm'));
       const s = JSON.parse(again.stdout);
       expect(s.importId).to.equal(id);
       expect(s.models['sentry.user']).to.include({ read: 20000, inserted: 20000, renamed: 0 });

@@ -6,7 +6,6 @@
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { createExporter } from '../lib/export.js';
 import { importUsers } from '../lib/import.js';
@@ -18,6 +17,7 @@ import { createLocalKeyUnwrapper, decryptExport } from '../lib/decrypt.js';
 import { loadPrivateKey } from '../lib/crypto/keys.js';
 import crypto from 'node:crypto';
 import { PassThrough } from 'node:stream';
+import { tmpFolder } from './helpers/setup.js';
 
 const ROOT = path.resolve('.');
 const BIN = path.join(ROOT, 'bin/userport.js');
@@ -55,7 +55,7 @@ describe('userport export users', function () {
   before(async () => {
     source = await freshDatabase();
     await importUsers({ source: writeExport(RECORDS), databaseUrl: source.url });
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-export-cli-'));
+    dir = tmpFolder('userport-export-cli-');
   });
   after(async () => {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -212,7 +212,7 @@ describe('export memory', function () {
       await db.knex.raw(`INSERT INTO sentry_useroption (user_id, key, value)
         SELECT 1 + g % 1000, 'k' || g, to_jsonb(repeat(md5(g::text), 30)) FROM generate_series(1, 200000) g`);
       const res = await new Promise<{ bytes: number; maxRssMb: number }>((resolve, reject) => {
-        const child = spawn(process.execPath, ['--max-semi-space-size=4', '--max-old-space-size=192', '--input-type=module', '-e', CHILD,
+        const child = spawn(process.execPath, ['--max-semi-space-size=4', '--max-old-space-size=96', '--input-type=module', '-e', CHILD,
           path.resolve('dist/lib/export.js'), db.url], { stdio: ['ignore', 'pipe', 'pipe'] });
         let out = '';
         let err = '';

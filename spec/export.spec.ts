@@ -6,17 +6,17 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import pg from 'pg';
-import { createExporter, exportUsers, pythonJsonString, reindentJson, type ExportSummary } from '../lib/export.js';
+import { createExporter, exportUsers, pythonJsonNumber, pythonJsonString, reindentJson, type ExportSummary } from '../lib/export.js';
 import { importUsers } from '../lib/import.js';
 import { createExportGenerator } from '../tools/generate.js';
 import { decryptExport, createLocalKeyUnwrapper } from '../lib/decrypt.js';
 import { modelInfo, registry } from '../lib/models.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { fixture as cryptoFixture } from './crypto/helpers.js';
+import { tmpFolder } from './helpers/setup.js';
 
 interface Rec { model: string; pk: number; fields: Record<string, unknown> }
 
@@ -176,7 +176,7 @@ const NESTED_EXPECTED = `{
         "big": 123456789012345678901234567890,
         "list": [
           1,
-          2.50,
+          2.5,
           {},
           [],
           "\\u00e9\\u0001"
@@ -304,8 +304,8 @@ describe('createExporter', () => {
         const { out } = await exportText(db.url);
         const r = spawnSync('python3', ['-c', 'import json,sys; d=sys.stdin.read(); sys.stdout.write(json.dumps(json.loads(d), indent=2))'], { input: out, encoding: 'utf8' });
         expect(r.status, r.stderr).to.equal(0);
-        // Python reads 2.50 as the float 2.5; everything else must come back byte for byte.
-        expect(r.stdout).to.equal(out.replace('2.50', '2.5'));
+        // Numbers included (2.50 in the jsonb is the float 2.5 in Python): byte for byte (issue #20).
+        expect(r.stdout).to.equal(out);
       } finally {
         await db.close();
       }
@@ -347,9 +347,24 @@ describe('createExporter', () => {
       expect(pythonJsonString('a\u007fb\u2028c\n"\\')).to.equal('"a\\u007fb\\u2028c\\n\\"\\\\"');
       expect(pythonJsonString('\ud800')).to.equal('"\\ud800"');
     });
-    it('keep strings with structural characters intact and every digit of a number', () => {
-      expect(reindentJson('{"a, b": "x: [1]", "n": 1e+400}', 2, 0)).to.equal('{\n  "a, b": "x: [1]",\n  "n": 1e+400\n}');
+    it('keep strings with structural characters intact and every digit of an integer', () => {
+      expect(reindentJson('{"a, b": "x: [1]", "n": 12345678901234567890123}', 2, 0)).to.equal('{\n  "a, b": "x: [1]",\n  "n": 12345678901234567890123\n}');
       expect(reindentJson('"q\\"}"', 2, 3)).to.equal('"q\\"}"');
+    });
+    // Issue #20: Sentry reads jsonb with json.loads and writes json.dumps: these are Python 3's
+    // json.dumps(json.loads(token)) for each token (checked with CPython 3).
+    const PYTHON: ReadonlyArray<[string, string]> = [
+      ['0', '0'], ['-0', '0'], ['1', '1'], ['-1', '-1'], ['12345678901234567890123', '12345678901234567890123'],
+      ['1.0', '1.0'], ['1.5', '1.5'], ['-1.5', '-1.5'], ['0.0000001', '1e-07'], ['1e-07', '1e-07'], ['1E-7', '1e-07'],
+      ['0.0001', '0.0001'], ['0.00001', '1e-05'], ['1e16', '1e+16'], ['1e15', '1000000000000000.0'], ['1e+16', '1e+16'],
+      ['123456789012345678.0', '1.2345678901234568e+17'], ['1e22', '1e+22'], ['1.5e300', '1.5e+300'], ['1e400', 'Infinity'],
+      ['-1e400', '-Infinity'], ['1e-400', '0.0'], ['-0.0', '-0.0'], ['0.1', '0.1'], ['100.0', '100.0'], ['2.5e-5', '2.5e-05'],
+      ['0.30000000000000004', '0.30000000000000004'], ['9007199254740993.0', '9007199254740992.0'], ['123.456e2', '12345.6'],
+      ['5e-324', '5e-324'],
+    ];
+    it('write numbers as Python json.dumps writes what json.loads read (1e-07, not 0.0000001)', () => {
+      for (const [token, python] of PYTHON) expect(pythonJsonNumber(token), token).to.equal(python);
+      expect(reindentJson('{"a": [0.0000001, -0, 1e16], "b": 2}', 2, 0)).to.equal('{\n  "a": [\n    1e-07,\n    0,\n    1e+16\n  ],\n  "b": 2\n}');
     });
   });
 
@@ -403,7 +418,7 @@ describe('createExporter', () => {
 
     it('fails with USERPORT_EXPORT_SCHEMA when a user-scope table is missing, plain or encrypted, and leaves no file', async () => {
       const db = await freshDatabase(false);
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-export-'));
+      const dir = tmpFolder('userport-export-');
       try {
         await db.knex.raw('CREATE TABLE auth_user (id bigserial PRIMARY KEY, username text NOT NULL)');
         const dest = path.join(dir, 'out.json');
@@ -432,7 +447,7 @@ describe('createExporter', () => {
 describe('exportUsers', () => {
   it('writes a file 0600 and, with encryptWith, Sentry\'s tarball that decrypts to the same bytes (here and with Python\'s Fernet)', async function () {
     const db = await sentryDatabase('jsonb');
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-export-'));
+    const dir = tmpFolder('userport-export-');
     try {
       await db.knex.raw(SEED_SQL(NESTED_JSONB));
       const plain = path.join(dir, 'plain.json');

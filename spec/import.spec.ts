@@ -1,11 +1,11 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { importUsers, type ImportOptions } from '../lib/import.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { email, tableSnapshot, TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from './helpers/exports.js';
 import { insertEmail, insertUser } from './helpers/sentry-rows.js';
+import { tmpPath } from './helpers/setup.js';
 
 async function run(db: TestDb, records: Rec[] | string, opts: Partial<ImportOptions> = {}) {
   return importUsers({ source: typeof records === 'string' ? records : writeExport(records), databaseUrl: db.url, ...opts });
@@ -182,7 +182,7 @@ describe('importUsers', () => {
     ];
 
     it('keeps only the listed users, their user emails and options and their email rows; reports names that matched nothing', async () => {
-      const findings = path.join(os.tmpdir(), `findings-${process.pid}-filter.json`);
+      const findings = tmpPath('findings-filter.json');
       const s = await run(db, records(), { filterUsernames: ['alice', 'carol', 'nobody'], findingsFile: findings });
       expect(s.unmatchedUsernames).to.deep.equal(['nobody']);
       expect(s.models['sentry.user']).to.include({ inserted: 2, filtered: 1 });
@@ -207,7 +207,7 @@ describe('importUsers', () => {
 
   describe('rows whose user is not imported', () => {
     it('drops them with a reason in the summary and the findings, never silently', async () => {
-      const findings = path.join(os.tmpdir(), `findings-${process.pid}-orphans.json`);
+      const findings = tmpPath('findings-orphans.json');
       const s = await run(db, [user(1, 'alice'), useremail(1, 99, 'ghost@example.com'), useroption(1, 98, 'timezone', 'UTC')], { findingsFile: findings });
       expect(s.models['sentry.useremail']!.dropped).to.deep.equal({ 'user not in the export': 1 });
       expect(s.models['sentry.useroption']!.dropped).to.deep.equal({ 'user not in the export': 1 });
@@ -300,7 +300,7 @@ describe('importUsers', () => {
     });
 
     it('writes the error as a finding when the import fails', async () => {
-      const findings = path.join(os.tmpdir(), `findings-${process.pid}-err.json`);
+      const findings = tmpPath('findings-err.json');
       await failure(run(db, [user(1, 'a', { is_active: 1 })], { findingsFile: findings }));
       const f = JSON.parse(fs.readFileSync(findings, 'utf8'));
       expect(f).to.have.length(1);

@@ -6,9 +6,9 @@
 import { expect } from 'chai';
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { freshDatabase, type TestDb } from './helpers/db.js';
+import { tmpFolder } from './helpers/setup.js';
 
 const ROOT = path.resolve('.');
 const TSC = path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
@@ -87,7 +87,7 @@ describe('the packed library', function () {
   let scratch: string;
   let db: TestDb;
   before(async function () {
-    scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-consumer-'));
+    scratch = tmpFolder('userport-consumer-');
     db = await freshDatabase(false);
     run('npm', ['pack', '--ignore-scripts', '--pack-destination', scratch], ROOT);
     const tarball = fs.readdirSync(scratch).find((f) => f.endsWith('.tgz'));

@@ -12,7 +12,12 @@ import { createModelMapper } from '../lib/map-models.js';
 import { createRecordProcessor } from '../lib/process-records.js';
 import { createRejectsFile } from '../lib/rejects.js';
 import { createTokenizer } from '../lib/tokenize.js';
+import { createDecryptor, openDecryptedSource } from '../lib/decrypt.js';
+import { createEncryptor, encryptExport } from '../lib/encrypt.js';
+import { createExporter, exportUsers } from '../lib/export.js';
+import { createLocalKeyUnwrapper } from '../lib/crypto/unwrapper.js';
 import { optionErrorOf } from './helpers/options.js';
+import { tmpPath } from './helpers/setup.js';
 import { collect } from './helpers/streams.js';
 
 /** The error `fn` throws, or that the promise it returns rejects with. */
@@ -36,8 +41,8 @@ describe('factory options', () => {
     ['createModelMapper: an unknown option', () => createModelMapper({ usernames: [] } as never), 'usernames'],
     ['createRecordProcessor: an unknown option', () => createRecordProcessor({ maxRecordByte: 1 } as never), 'maxRecordByte'],
     ['createRecordProcessor: usernames a string', () => createRecordProcessor({ usernames: 'bob' as unknown as string[] }), 'usernames'],
-    ['createRejectsFile: maxRejects negative', () => createRejectsFile('/tmp/never-written', { maxRejects: -1 }), 'maxRejects'],
-    ['createRejectsFile: an unknown option', () => createRejectsFile('/tmp/never-written', { max: 1 } as never), 'max'],
+    ['createRejectsFile: maxRejects negative', () => createRejectsFile(tmpPath('never-written'), { maxRejects: -1 }), 'maxRejects'],
+    ['createRejectsFile: an unknown option', () => createRejectsFile(tmpPath('never-written'), { max: 1 } as never), 'max'],
   ];
   for (const [what, fn, option] of cases) {
     it(`refuses ${what}, naming ${option}`, () => {
@@ -56,6 +61,39 @@ describe('factory options', () => {
     const user = (pk: number, username: string) => ({ ordinal: pk, offset: 0, line: 1, column: 1, length: 1, value: { model: 'sentry.user', pk, fields: { username } } });
     const out = await collect<{ filtered: boolean }>(Readable.from([user(1, 'alice'), user(2, 'bob')], { objectMode: true }), createUserFilter({ usernames: names() }));
     expect(out.map((r) => r.filtered)).to.deep.equal([false, true]);
+  });
+
+  describe('the export and crypto factories (one checker, lib/options.ts, for all)', () => {
+    const url = 'postgresql://h/d';
+    const unwrapper = { unwrap: async () => Buffer.alloc(0) };
+    const pem = '-----BEGIN PUBLIC KEY-----';
+    const input = { stream: Readable.from([]) };
+    const cases: [string, () => unknown, string][] = [
+      ['createExporter: an unknown option', () => createExporter({ databaseUrl: url, indnet: 2 } as never), 'indnet'],
+      ['createExporter: fetchRows a string', () => createExporter({ databaseUrl: url, fetchRows: '10' as unknown as number }), 'fetchRows'],
+      ['createExporter: no databaseUrl', () => createExporter({} as never), 'databaseUrl'],
+      ['exportUsers: an unknown option', () => exportUsers({ databaseUrl: url, destination: '-', encrypt: pem } as never), 'encrypt'],
+      ['exportUsers: encryptWith a number', () => exportUsers({ databaseUrl: url, destination: '-', encryptWith: 7 as never }), 'encryptWith'],
+      ['exportUsers: no destination', () => exportUsers({ databaseUrl: url } as never), 'destination'],
+      ['createDecryptor: an unknown option', () => createDecryptor({ unwrapper, chunksize: 4096 } as never), 'chunksize'],
+      ['createDecryptor: chunkSize a string', () => createDecryptor({ unwrapper, chunkSize: '4096' as unknown as number }), 'chunkSize'],
+      ['openDecryptedSource: an unknown option', () => openDecryptedSource(input, { unwrapper, tmpdir: '/x' } as never), 'tmpdir'],
+      ['openDecryptedSource: unwrapper not a KeyUnwrapper', () => openDecryptedSource(input, { unwrapper: 'key.pem' as never }), 'unwrapper'],
+      ['createEncryptor: an unknown option', () => createEncryptor({ publicKeyPem: pem, size: 1, sise: 1 } as never), 'sise'],
+      ['createEncryptor: size a string', () => createEncryptor({ publicKeyPem: pem, size: '1' as unknown as number }), 'size'],
+      ['encryptExport: an unknown option', () => encryptExport(input, process.stdout, { publicKeyPem: pem, chunk: 4096 } as never), 'chunk'],
+      ['encryptExport: publicKeyPem a number', () => encryptExport(input, process.stdout, { publicKeyPem: 1 as never }), 'publicKeyPem'],
+      ['createLocalKeyUnwrapper: an unknown option', () => createLocalKeyUnwrapper({ privateKeyPath: 'k', passphrse: 'x' } as never), 'passphrse'],
+      ['createLocalKeyUnwrapper: passphrase a number', () => createLocalKeyUnwrapper({ privateKeyPath: 'k', passphrase: 1 as never }), 'passphrase'],
+    ];
+    for (const [what, fn, option] of cases) {
+      it(`refuses ${what}, naming ${option}`, async () => {
+        const err = await errorOf(fn);
+        expect(err).to.be.instanceOf(OptionError);
+        expect((err as OptionError).code).to.equal('USERPORT_OPTION_INVALID');
+        expect((err as OptionError).option).to.equal(option);
+      });
+    }
   });
 
   describe('importUsers', () => {

@@ -243,6 +243,13 @@ describe('pickle codec', () => {
       expect(toHex((decodePickle(lat("S'\\xff'\n.")) as PickleBytes).bytes)).to.equal('ff');
     });
 
+    it('returns bytes that do not share memory with the input', () => {
+      const input = lat('\x80\x03C\x02hi.');
+      const out = decodePickle(input) as PickleBytes;
+      input.fill(0);
+      expect(toHex(out.bytes)).to.equal('6869');
+    });
+
     it('keeps big ints exact: bigint beyond 2^53, exact decimal in JSON text', () => {
       expect(decodePickle(lat('L9007199254740991\n.'))).to.equal(9007199254740991);
       expect(decodePickle(lat('L9007199254740992\n.'))).to.equal(9007199254740992n);

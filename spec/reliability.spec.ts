@@ -10,38 +10,94 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import pg from 'pg';
-import { pipeline } from 'node:stream/promises';
 import { createFernetEncryptStream, generateFernetKey, parseFernetKey, SEGMENT_BYTES, verifyToken } from '../lib/crypto/fernet.js';
 import { createLocalKeyUnwrapper, openDecryptedSource } from '../lib/decrypt.js';
 import { startEmbedded, stopEmbedded } from '../lib/db/embedded.js';
-import { createExportGenerator } from '../tools/generate.js';
 import { mergeStaged } from '../lib/db/merge/index.js';
 import { importUsers } from '../lib/import.js';
 import { ImportStats, type StatsSnapshot } from '../lib/stats.js';
 import { drain, encryptBuffer, flipBase64, members, readFixture } from './crypto/helpers.js';
 import { chunked } from './helpers/streams.js';
+import {
+  committedImport, connect, holdLock, installImportGate, MERGE_LOCK_KEY, poll, preconditionNotMet, reached, standInServer, waitingForLock, type Session,
+} from './helpers/moments.js';
+import { migrate } from '../lib/db/knex.js';
 import { freshDatabase, withDbClient, type TestDb } from './helpers/db.js';
-import { email, tableSnapshot, TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from './helpers/exports.js';
+import { email, tableSnapshot, TARGET_TABLES, user, useremail, useroption, generatedExport, writeExport, type Rec } from './helpers/exports.js';
+import { tmpFolder, tmpPath } from './helpers/setup.js';
 
 const BIN = path.resolve('bin/userport.js');
 
 interface Run { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
 
-function cli(args: string[], opts: { killAfterMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Run> & { child: ChildProcess } {
+function cli(args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<Run> & { child: ChildProcess } {
   const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d));
   child.stderr.on('data', (d: Buffer) => (stderr += d));
-  if (opts.killAfterMs !== undefined) setTimeout(() => child.kill('SIGKILL'), opts.killAfterMs);
   const p = new Promise<Run>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
   return Object.assign(p, { child });
 }
 
-async function generated(users: number, seed: number): Promise<string> {
-  const file = path.join(os.tmpdir(), `userport-gen-${process.pid}-${users}-${seed}.json`);
-  if (!fs.existsSync(file)) await pipeline(createExportGenerator({ users, seed, collisionRate: 0.02 }), fs.createWriteStream(file));
-  return file;
+function generated(users: number, seed: number): Promise<string> {
+  return generatedExport({ users, seed, collisionRate: 0.02 });
+}
+
+/**
+ * Runs the resumable import `args` (import `id`, into `db`) until a run finishes on its own, and
+ * SIGKILLs every run before that at a moment the database shows it has reached: each of the
+ * first `staging` runs once it has committed one more batch, while the next batch's rows are
+ * staged and its checkpoint waits at the gate; then a run waiting for the merge lock (every batch
+ * committed); then a run that has merged everything and waits to mark itself done (nothing of
+ * the merge committed). Resolves to the last run and the number of kills.
+ */
+async function killedAtMoments(db: TestDb, args: string[], id: string, staging: number): Promise<{ last: Run; kills: number }> {
+  const watch = await connect(db.url);
+  const gate = await installImportGate(db.url, { checkpointAfter: null, atFinish: false });
+  let kills = 0;
+  try {
+    const row = async () => (await committedImport(watch, id)) ?? { state: '(none)', checkpoint: 0 };
+    const killAt = async (what: string, waiting: (child: ChildProcess) => Promise<Session | undefined>, check: (s: Session) => Promise<void>) => {
+      const run = cli(args);
+      const session = await reached(what, () => waiting(run.child), { child: run.child });
+      await check(session);
+      run.child.kill('SIGKILL');
+      const res = await run;
+      expect(res.signal, `${what}: ${res.stderr}`).to.equal('SIGKILL');
+      kills++;
+    };
+    for (let i = 1; i <= staging; i++) {
+      const before = (await row()).checkpoint;
+      await gate.set({ checkpointAfter: before + 1, atFinish: false });
+      await killAt(`run ${i} waits at a checkpoint`, (child) => gate.waiting(child), async (s) => {
+        const now = await row();
+        if (!(now.state === 'running' && now.checkpoint > before && /checkpoint_ordinal/.test(s.query))) {
+          throw preconditionNotMet(`run ${i} committed a batch (checkpoint ${before} -> ${now.checkpoint}, ${now.state}) and waits at its next checkpoint (${s.query})`);
+        }
+      });
+    }
+    await gate.set({ checkpointAfter: null, atFinish: false });
+    const mergeLock = await holdLock(db.url, MERGE_LOCK_KEY);
+    try {
+      await killAt('a run waits for the merge lock', (child) => waitingForLock(watch, child, MERGE_LOCK_KEY), async (s) => {
+        const now = await row();
+        if (!(now.state === 'running' && /pg_advisory_xact_lock/.test(s.query))) throw preconditionNotMet(`a running import (${now.state}) waits for the merge lock (${s.query})`);
+      });
+    } finally {
+      await mergeLock.release();
+    }
+    await gate.set({ checkpointAfter: null, atFinish: true });
+    await killAt('a run waits to mark itself done', (child) => gate.waiting(child), async (s) => {
+      const now = await row();
+      if (!(now.state === 'running' && /SET state = 'done'/.test(s.query))) throw preconditionNotMet(`a running import (${now.state}) merged everything and waits to mark itself done (${s.query})`);
+    });
+    await gate.open();
+    return { last: await cli(args), kills };
+  } finally {
+    await watch.end().catch(() => undefined);
+    await gate.remove();
+  }
 }
 
 /** Snapshot without the random tails of renamed users (they differ from run to run by design). */
@@ -61,14 +117,7 @@ describe('reliability', function () {
       try {
         const ref = await importUsers({ source: file, databaseUrl: reference.url });
         const args = ['import', 'users', file, '--database-url', target.url, '--resumable', '--import-id', 'kill-test', '--batch-rows', '700', '--json', '--no-progress'];
-        let kills = 0;
-        let last: Run | undefined;
-        // Kill at growing delays until a run gets to finish on its own.
-        for (let delay = 400; ; delay = Math.round(delay * 1.35)) {
-          last = await cli(args, { killAfterMs: delay });
-          if (last.signal === 'SIGKILL') { kills++; continue; }
-          break;
-        }
+        const { last, kills } = await killedAtMoments(target, args, 'kill-test', 3);
         expect(last.code, last.stderr).to.equal(0);
         expect(kills).to.be.at.least(2);
         const resumedSummary = JSON.parse(last.stdout);
@@ -95,17 +144,11 @@ describe('reliability', function () {
       }
       const file = writeExport(recs);
       const target = await freshDatabase();
-      const rejects = path.join(os.tmpdir(), `rejects-kill-${process.pid}.jsonl`);
+      const rejects = tmpPath('rejects-kill.jsonl');
       try {
         const args = ['import', 'users', file, '--database-url', target.url, '--resumable', '--import-id', 'kill-rejects', '--batch-rows', '900',
           '--rejects-file', rejects, '--json', '--no-progress'];
-        let last: Run;
-        let kills = 0;
-        for (let delay = 300; ; delay = Math.round(delay * 1.4)) {
-          last = await cli(args, { killAfterMs: delay });
-          if (last.signal !== 'SIGKILL') break;
-          kills++;
-        }
+        const { last, kills } = await killedAtMoments(target, args, 'kill-rejects', 3);
         expect(last.code, last.stderr).to.equal(0);
         expect(kills).to.be.at.least(1);
         const lines = fs.readFileSync(rejects, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { pk: number });
@@ -149,7 +192,7 @@ describe('reliability', function () {
 
     it('takes records that fail validation, one JSON line each, and goes on', async () => {
       const db = await freshDatabase();
-      const rejects = path.join(os.tmpdir(), `rejects-${process.pid}.jsonl`);
+      const rejects = tmpPath('rejects.jsonl');
       try {
         // 17 is not an object: an envelope failure like the others, rejected in its place (issue #12 item 7).
         const all = await importUsers({ source: writeExport(records()), databaseUrl: db.url, rejectsFile: rejects });
@@ -183,7 +226,7 @@ describe('reliability', function () {
       const db = await freshDatabase();
       try {
         const recs = records().filter((r) => r !== 17);
-        const err = await importUsers({ source: writeExport(recs), databaseUrl: db.url, rejectsFile: path.join(os.tmpdir(), `r2-${process.pid}`), maxRejects: 1 })
+        const err = await importUsers({ source: writeExport(recs), databaseUrl: db.url, rejectsFile: tmpPath('r2'), maxRejects: 1 })
           .catch((e) => e);
         expect(err.code).to.equal('USERPORT_MAX_REJECTS');
         expect(err.position).to.include({ ordinal: 3 });
@@ -198,7 +241,7 @@ describe('reliability', function () {
     let dir: string;
     let url: string;
     before(async () => {
-      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-fault-pg-'));
+      dir = tmpFolder('userport-fault-pg-');
       fs.chmodSync(dir, 0o755);
       url = (await startEmbedded({ dir })).url;
     });
@@ -209,17 +252,38 @@ describe('reliability', function () {
 
     it('a server that dies mid-import gives a clear error; an atomic import leaves nothing, a resumable one resumes', async () => {
       const file = await generated(20000, 11);
+      // The gate is a trigger on the import's bookkeeping table: it must exist before the import.
+      const setup = await freshDatabaseAt(url);
+      try { await migrate(setup.knex); } finally { await setup.close(); }
       for (const resumable of [false, true]) {
         const extra = resumable ? ['--resumable', '--import-id', 'fault', '--batch-rows', '2000'] : [];
+        // Atomic: the server dies once everything is merged, in the import's one transaction,
+        // just before it commits. Resumable: once it has committed one batch and staged the next.
+        const gate = await installImportGate(url, { checkpointAfter: resumable ? 1 : null, atFinish: !resumable });
         const p = cli(['import', 'users', file, '--database-url', url, '--no-progress', '--json', ...extra]);
-        // Let it get going (staging for atomic, a few committed batches for resumable), then kill the server.
-        await new Promise((r) => setTimeout(r, 2500));
-        await stopEmbedded(dir, 'immediate');
-        const res = await p;
+        let res: Run;
+        try {
+          const at = await reached(`the ${resumable ? 'resumable' : 'atomic'} import waits at the gate`, () => gate.waiting(p.child), { child: p.child });
+          if (resumable) {
+            const watch = await connect(url);
+            const row = await committedImport(watch, 'fault').finally(() => watch.end());
+            if (!(row && row.state === 'running' && row.checkpoint > 0 && /checkpoint_ordinal/.test(at.query))) {
+              throw preconditionNotMet(`the resumable import committed a batch (${JSON.stringify(row)}) and waits at its next checkpoint (${at.query})`);
+            }
+          } else if (!/SET state = 'done'/.test(at.query)) {
+            throw preconditionNotMet(`the atomic import merged everything and waits to mark itself done (${at.query})`);
+          }
+          await stopEmbedded(dir, 'immediate');
+          res = await p;
+        } finally {
+          if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+          // A no-op when the server still runs (the moment never came); the gate goes either way.
+          await startEmbedded({ dir });
+          await gate.remove();
+        }
         expect(res.code, `${resumable}: ${res.stdout}`).to.equal(1);
         expect(res.stderr).to.match(/\[USERPORT_DB_CONNECT\]/);
         expect(res.stderr.trim().split('\n').length).to.be.at.most(2);
-        await startEmbedded({ dir });
         const db = await freshDatabaseAt(url);
         try {
           if (!resumable) {
@@ -240,8 +304,17 @@ describe('reliability', function () {
 
     it('retries a server that is not up yet at start-up', async () => {
       await stopEmbedded(dir, 'fast');
+      // The server comes up only once the import has tried it and been turned away.
+      const standIn = await standInServer(url);
       const p = cli(['import', 'users', writeExport([user(1, 'late')]), '--database-url', url, '--json', '--no-progress']);
-      await new Promise((r) => setTimeout(r, 1500));
+      try {
+        await standIn.tried('the import tried to connect while the server was down', p.child);
+      } catch (err) {
+        p.child.kill('SIGKILL');
+        throw err;
+      } finally {
+        await standIn.close();
+      }
       await startEmbedded({ dir });
       const res = await p;
       expect(res.code, res.stderr).to.equal(0);
@@ -335,7 +408,7 @@ describe('reliability, round two (issue #9)', function () {
       expect(plain.length).to.be.above(4 * SEGMENT_BYTES);
       const tar = await encryptBuffer(plain);
       const token = members(tar).find((m) => m.entry.name === 'export.json')!.entry;
-      const file = path.join(os.tmpdir(), `userport-toctou-${process.pid}.tar`);
+      const file = tmpPath('userport-toctou.tar');
       fs.writeFileSync(file, tar);
       try {
         const unwrapper = createLocalKeyUnwrapper({ privateKeyPem: readFixture('fixture-key.pem') });
@@ -386,13 +459,8 @@ describe('reliability, round two (issue #9): the database', function () {
   this.timeout(300000);
 
   /** Resolves once `sql` returns a row, or to undefined when `child` exits first. */
-  async function until<T>(knex: TestDb['knex'], sql: string, child: ChildProcess): Promise<T | undefined> {
-    for (;;) {
-      if (child.exitCode !== null || child.signalCode !== null) return undefined;
-      const r = await knex.raw(sql);
-      if (r.rows.length) return r.rows[0] as T;
-      await new Promise((res) => setTimeout(res, 100));
-    }
+  function until<T>(knex: TestDb['knex'], sql: string, child: ChildProcess): Promise<T | undefined> {
+    return poll(async () => (await knex.raw(sql)).rows[0] as T | undefined, { child, intervalMs: 100 });
   }
 
   it('a resume gets past its SIGKILLed predecessor\'s session stuck in the merge, and plans sanely after a VACUUM', async () => {

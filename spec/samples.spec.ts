@@ -1,10 +1,10 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { stopEmbedded } from '../lib/db/embedded.js';
 import { freshDatabase } from './helpers/db.js';
+import { tmpFolder } from './helpers/setup.js';
 
 const EXAMPLE = 'samples/library-example.mjs';
 
@@ -31,7 +31,7 @@ describe('samples/library-example.mjs (the README\'s library example)', () => {
   });
 
   it('starts the embedded database when there is no DATABASE_URL', async () => {
-    const home = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-example-'));
+    const home = tmpFolder('userport-example-');
     // Running as root, the server runs as nobody, which must be able to enter the folder.
     fs.chmodSync(home, 0o755);
     const env: NodeJS.ProcessEnv = { ...process.env, USERPORT_HOME: path.join(home, 'db') };

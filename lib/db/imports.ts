@@ -5,9 +5,9 @@
  */
 import os from 'node:os';
 import type { Knex } from 'knex';
-import type pg from 'pg';
-import { createKnex, isMigrated, waitForDatabase } from './knex.js';
-import { ErrorCodes, UserportError } from '../errors.js';
+import pg from 'pg';
+import { createKnex, isMigrated, migrate, waitForDatabase } from './knex.js';
+import { ErrorCodes, OptionError, UserportError } from '../errors.js';
 import type { ImportSummary, StatsSnapshot } from '../stats.js';
 
 /** How long a resumable import waits for another process holding the same import id. */
@@ -152,9 +152,54 @@ export async function saveCheckpoint(c: pg.ClientBase, run: number, ordinal: num
                  WHERE run = $1`, [run, ordinal, offset, JSON.stringify(counters)]);
 }
 
-/** Marks `run` failed with `message`; never throws (the import's own error is what matters). */
+/**
+ * Marks `run` failed with `message`; never throws (the import's own error is what matters). A
+ * run already done is left alone: its COMMIT may have gone through although its answer was lost.
+ */
 export async function markImportFailed(knex: Knex, run: number, message: string): Promise<void> {
-  await knex.raw(`UPDATE userport.imports SET state = 'failed', error = ?, updated_at = now() WHERE run = ?`, [message, run]).catch(() => undefined);
+  await knex.raw(`UPDATE userport.imports SET state = 'failed', error = ?, updated_at = now() WHERE run = ? AND state <> 'done'`, [message, run]).catch(() => undefined);
+}
+
+/**
+ * The latest finished (not dry-run) import of the same file (size and fingerprint) and options,
+ * in any mode: an atomic import of it again would give every user a second, renamed copy.
+ */
+export async function findDoneImport(client: pg.ClientBase, fp: { size: number; hash: string }, key: unknown): Promise<ImportRow & { id: string } | undefined> {
+  const r = await client.query<ImportRow & { id: string }>(
+    `SELECT * FROM userport.imports
+     WHERE state = 'done' AND mode <> 'dry-run' AND source_size = $1 AND source_fingerprint = $2 AND options = $3::jsonb
+     ORDER BY run DESC LIMIT 1`,
+    [fp.size, fp.hash, JSON.stringify(key)]);
+  return r.rows[0];
+}
+
+/** How long {@link commitOutcome} waits for the session that sent a COMMIT to end. */
+const OUTCOME_WAIT_MS = 30_000;
+
+/**
+ * Whether `run`'s final transaction committed, when the connection was lost after its COMMIT was
+ * sent (the answer never came). Asked on a new connection, once the session that sent the COMMIT
+ * (backend `pid`) is gone, so its transaction has ended one way or the other: `committed` when
+ * the import's row says done (the row is written in that transaction), `rolled-back` when not,
+ * `unknown` when the database cannot be asked or the session does not end. Never throws.
+ */
+export async function commitOutcome(databaseUrl: string, run: number, pid: number | undefined): Promise<'committed' | 'rolled-back' | 'unknown'> {
+  const client = new pg.Client({ connectionString: databaseUrl, application_name: ownerName(), connectionTimeoutMillis: 10_000 });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    const deadline = Date.now() + OUTCOME_WAIT_MS;
+    while (pid !== undefined && (await client.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [pid])).rowCount) {
+      if (Date.now() > deadline) return 'unknown';
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const r = await client.query<{ state: string }>('SELECT state FROM userport.imports WHERE run = $1', [run]);
+    return r.rows[0]?.state === 'done' ? 'committed' : 'rolled-back';
+  } catch {
+    return 'unknown';
+  } finally {
+    await client.end().catch(() => undefined);
+  }
 }
 
 /**
@@ -200,7 +245,8 @@ export async function listImports(databaseUrl: string): Promise<ImportListing[]>
     // two-key advisory lock as classid = key 1, objid = key 2 as unsigned, objsubid = 2.
     const { rows } = await knex.raw(`
       SELECT run::int AS run, id, mode, source, started_at, finished_at, checkpoint_ordinal::bigint AS checkpoint_ordinal,
-             (summary->>'records')::bigint AS records, error,
+             -- A library run (beginImportRun/finishImportRun) has no summary: its counters say how many.
+             COALESCE(summary->>'records', counters->>'records')::bigint AS records, error,
              CASE WHEN state = 'running' AND NOT EXISTS (
                SELECT 1 FROM pg_locks l
                WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -216,4 +262,70 @@ export async function listImports(databaseUrl: string): Promise<ImportListing[]>
   } finally {
     await knex.destroy();
   }
+}
+
+/** What {@link dropImport} removed. */
+export interface DroppedImport {
+  id: string;
+  /** The state it was in: `interrupted` (nobody held it) or `failed`. */
+  state: 'interrupted' | 'failed';
+  /** Staged rows removed with it. */
+  stagedRows: number;
+}
+
+/**
+ * Removes an interrupted or failed import and what it left: its staged rows, findings and pk map
+ * (the last two exist only if a merge committed, which a resumable import's merge never does
+ * without finishing). Refused, changing nothing, for an unknown id (USERPORT_OPTION_INVALID), a
+ * running import (USERPORT_IMPORT_BUSY: a live session holds its lock) and a done one
+ * (USERPORT_OPTION_INVALID: its rows are Sentry's now, and its record is what says so).
+ */
+export async function dropImport(databaseUrl: string, importId: string): Promise<DroppedImport> {
+  // Two connections: migrate holds one for its lock while knex's migrator uses another.
+  const knex = createKnex(databaseUrl, 2);
+  try {
+    await waitForDatabase(knex);
+    await migrate(knex);
+    return await knex.transaction(async (trx) => {
+      // Without waiting: a held lock means a live process is importing it right now.
+      const locked = (await trx.raw('SELECT pg_try_advisory_xact_lock(747211, hashtext(?)) AS ok', [importId])).rows[0].ok as boolean;
+      const row = (await trx.raw('SELECT run::bigint AS run, state FROM userport.imports WHERE id = ? FOR UPDATE', [importId])).rows[0] as { run: string; state: string } | undefined;
+      if (!row) throw new OptionError(`no import ${importId} in this database (userport imports lists them)`, 'importId');
+      if (!locked) throw new UserportError(ErrorCodes.IMPORT_BUSY, `import ${importId} is running in another process: stop it first`);
+      if (row.state === 'done') {
+        throw new OptionError(`import ${importId} is done: its rows are in Sentry's tables, and dropping its record would not remove them`, 'importId');
+      }
+      const staged = await trx.raw('DELETE FROM userport.stage WHERE run = ?', [row.run]);
+      await trx.raw('DELETE FROM userport.findings WHERE run = ?', [row.run]);
+      await trx.raw('DELETE FROM userport.pk_map WHERE run = ?', [row.run]);
+      await trx.raw('DELETE FROM userport.imports WHERE run = ?', [row.run]);
+      return { id: importId, state: row.state === 'failed' ? 'failed' : 'interrupted', stagedRows: staged.rowCount ?? 0 };
+    });
+  } finally {
+    await knex.destroy();
+  }
+}
+
+/** An unfinished import of the same file that a new import does not continue. */
+export interface OtherUnfinished {
+  importId: string;
+  state: 'interrupted' | 'failed';
+  /** Its options that must match to continue it (as `resumeKey` records them). */
+  options: Record<string, unknown>;
+}
+
+/**
+ * Unfinished resumable imports of the same file (size and fingerprint) other than `exceptId`
+ * that nobody runs: a new import of that file should say they exist, and how to continue or drop
+ * them, instead of leaving them staged forever.
+ */
+export async function otherUnfinishedImports(client: pg.ClientBase, fp: { size: number; hash: string }, exceptId: string): Promise<OtherUnfinished[]> {
+  const r = await client.query<{ id: string; state: string; options: Record<string, unknown> }>(
+    `SELECT id, state, options FROM userport.imports i
+     WHERE mode = 'resumable' AND state IN ('running', 'failed') AND source_size = $1 AND source_fingerprint = $2 AND id <> $3
+       AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+         AND l.classid = 747211 AND l.objid = (hashtext(i.id)::bigint & 4294967295)::oid AND l.objsubid = 2)
+     ORDER BY run`, [fp.size, fp.hash, exceptId]);
+  return r.rows.map((x) => ({ importId: x.id, state: x.state === 'failed' ? 'failed' : 'interrupted', options: x.options ?? {} }));
 }

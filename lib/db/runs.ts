@@ -5,10 +5,17 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { wrapDbError } from '../errors.js';
-import { checkOptions, isNonEmptyString } from '../options.js';
+import { checkOptions, isInteger, isNonEmptyString } from '../options.js';
+import type { ImportStats } from '../stats.js';
 
 /** Options of {@link beginImportRun}. */
 export interface ImportRunOptions {
+  /**
+   * A run number reserved with {@link reserveImportRun}: register it from the sink's `finalize`,
+   * inside the import's transaction, so that a failed import leaves no row (listed as interrupted).
+   * @default a new number
+   */
+  run?: number;
   /** The import's id, unique in the database. @default a new UUID */
   id?: string;
   /** What is imported, for `userport imports`. @default '(library)' */
@@ -21,20 +28,38 @@ export interface ImportRunOptions {
  * before `mergeStaged`) so a failed import leaves no row behind, or before the pipeline.
  */
 export async function beginImportRun(client: pg.ClientBase, options: ImportRunOptions = {}): Promise<number> {
-  checkOptions('beginImportRun', options, { id: isNonEmptyString, source: isNonEmptyString });
+  checkOptions('beginImportRun', options, { id: isNonEmptyString, source: isNonEmptyString, run: isInteger(1) });
   try {
-    const r = await client.query(`INSERT INTO userport.imports (id, mode, state, source) VALUES ($1, 'atomic', 'running', $2) RETURNING run`,
-      [options.id ?? randomUUID(), options.source ?? '(library)']);
+    const r = await client.query(`INSERT INTO userport.imports (run, id, mode, state, source)
+                                  VALUES (coalesce($3::bigint, nextval('userport.imports_run_seq')), $1, 'atomic', 'running', $2) RETURNING run`,
+      [options.id ?? randomUUID(), options.source ?? '(library)', options.run ?? null]);
     return Number(r.rows[0].run);
   } catch (err) {
     throw wrapDbError(err, 'registering the import run');
   }
 }
 
-/** Marks a run registered by {@link beginImportRun} done. Call it in the same transaction as the merge. */
-export async function finishImportRun(client: pg.ClientBase, run: number): Promise<void> {
+/**
+ * A run number for {@link createPgSink} and {@link mergeStaged}, registered later (from the
+ * sink's `finalize`) with `beginImportRun(client, { run })`: nothing is written now.
+ */
+export async function reserveImportRun(client: pg.ClientBase): Promise<number> {
   try {
-    await client.query(`UPDATE userport.imports SET state = 'done', finished_at = now(), updated_at = now() WHERE run = $1`, [run]);
+    return Number((await client.query(`SELECT nextval('userport.imports_run_seq') AS run`)).rows[0].run);
+  } catch (err) {
+    throw wrapDbError(err, 'reserving an import run');
+  }
+}
+
+/**
+ * Marks a run registered by {@link beginImportRun} done. Call it in the same transaction as the
+ * merge. With `stats` (the sink's), `userport imports` lists its record count.
+ */
+export async function finishImportRun(client: pg.ClientBase, run: number, options: { stats?: ImportStats } = {}): Promise<void> {
+  try {
+    await client.query(`UPDATE userport.imports SET state = 'done', finished_at = clock_timestamp(), updated_at = clock_timestamp(),
+                        counters = coalesce($2::jsonb, counters) WHERE run = $1`,
+      [run, options.stats ? JSON.stringify(options.stats.snapshot()) : null]);
   } catch (err) {
     throw wrapDbError(err, 'finishing the import run');
   }

@@ -12,6 +12,7 @@ import {
 import { createEncryptor } from '../../lib/encrypt.js';
 import { createTokenizer } from '../../lib/tokenize.js';
 import { chunked, collect, collectError } from '../helpers/streams.js';
+import { reached } from '../helpers/moments.js';
 import {
   drain, encryptBuffer, fixture, flipBase64, flipByte, listDir, makeTar, members, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir,
 } from './helpers.js';
@@ -284,11 +285,10 @@ describe('openDecryptedSource', () => {
           const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, sig) => resolve({ code, signal: sig })));
           child.stdin.write(PYTHON_TAR().subarray(0, 3000));
           // Wait (no clock) until the spool holds data, then interrupt.
-          for (;;) {
+          await reached('the spool holds data', async () => {
             const dirs = listDir(t.dir);
-            if (dirs.length === 1 && listDir(path.join(t.dir, dirs[0]!)).some((f) => fs.statSync(path.join(t.dir, dirs[0]!, f)).size > 0)) break;
-            await new Promise((r) => setTimeout(r, 10));
-          }
+            return dirs.length === 1 && listDir(path.join(t.dir, dirs[0]!)).some((f) => fs.statSync(path.join(t.dir, dirs[0]!, f)).size > 0) ? true : undefined;
+          }, { child, intervalMs: 10 });
           child.kill(signal);
           const { signal: died } = await exited;
           expect(died).to.equal(signal);

@@ -1,10 +1,10 @@
 /** Shared pieces of the crypto specs: fixture paths, tar surgery, collecting streams. */
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { TarParser, encodeHeader, encodeEnd, paddingAfter, type TarEntry } from '../../lib/crypto/tar.js';
 import { encryptExport } from '../../lib/encrypt.js';
+import { tmpFolder } from '../helpers/setup.js';
 
 export const FIXTURES = path.resolve('spec/fixtures/crypto');
 export const fixture = (name: string): string => path.join(FIXTURES, name);
@@ -78,7 +78,7 @@ export async function encryptBuffer(plaintext: Buffer, publicKeyPem: Buffer = re
 
 /** A private temp folder for one test, removed by the returned function. */
 export function tempDir(): { dir: string; remove: () => void } {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-crypto-spec-'));
+  const dir = tmpFolder('userport-crypto-spec-');
   return { dir, remove: () => fs.rmSync(dir, { recursive: true, force: true }) };
 }
 

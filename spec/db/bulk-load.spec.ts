@@ -7,24 +7,20 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { importUsers, type ImportOptions } from '../../lib/import.js';
 import { UserportError } from '../../lib/errors.js';
-import { createExportGenerator } from '../../tools/generate.js';
 import { freshDatabase, type TestDb } from '../helpers/db.js';
-import { tableSnapshot, TARGET_TABLES, user, useremail, useroption, writeExport } from '../helpers/exports.js';
+import { tableSnapshot, TARGET_TABLES, user, useremail, useroption, generatedExport, writeExport } from '../helpers/exports.js';
 import { insertEmail, insertUser } from '../helpers/sentry-rows.js';
+import { tmpPath } from '../helpers/setup.js';
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'userport.js');
 
-async function generated(users: number, seed: number): Promise<string> {
-  const file = path.join(os.tmpdir(), `userport-bulk-${process.pid}-${users}-${seed}.json`);
-  if (!fs.existsSync(file)) await pipeline(createExportGenerator({ users, seed, collisionRate: 0.05 }), fs.createWriteStream(file));
-  return file;
+function generated(users: number, seed: number): Promise<string> {
+  return generatedExport({ users, seed, collisionRate: 0.05 });
 }
 
 /** Every index and constraint of the target tables, by name, as PostgreSQL prints it. */

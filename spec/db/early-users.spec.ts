@@ -8,7 +8,6 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +15,7 @@ import { UserportError } from '../../lib/errors.js';
 import { importUsers } from '../../lib/import.js';
 import { freshDatabase, type TestDb } from '../helpers/db.js';
 import { email, TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from '../helpers/exports.js';
+import { tmpFolder } from '../helpers/setup.js';
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'userport.js');
 // Enough users that they span many read chunks: the early step starts at the chunk holding the
@@ -64,7 +64,7 @@ const spools = (dir: string) => fs.readdirSync(dir).filter((n) => n.startsWith('
 
 /** Runs `fn` with a temp dir of its own (importUsers' tmpDir), so no other process's spool counts. */
 async function withTmp(fn: (tmp: string) => Promise<void>): Promise<void> {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-early-'));
+  const tmp = tmpFolder('userport-early-');
   try { await fn(tmp); } finally { fs.rmSync(tmp, { recursive: true, force: true }); }
 }
 

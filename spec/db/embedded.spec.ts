@@ -3,10 +3,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { reachableCopy } from '../../lib/db/embedded.js';
+import { tmpFolder } from '../helpers/setup.js';
 
 describe('reachableCopy (embedded binaries under a private folder, when running as root)', () => {
   it('copies the binaries once to a world-readable folder, keeping symlinks, and reuses the copy', () => {
-    const priv = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-private-'));
+    const priv = tmpFolder('userport-private-');
     fs.chmodSync(priv, 0o700);
     const pkgRoot = path.join(priv, 'pkg');
     const native = path.join(pkgRoot, 'native');
@@ -42,7 +43,7 @@ describe('reachableCopy (embedded binaries under a private folder, when running 
     let native: string;
     let target: string;
     beforeEach(() => {
-      priv = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-private-'));
+      priv = tmpFolder('userport-private-');
       fs.chmodSync(priv, 0o700);
       pkgRoot = path.join(priv, 'pkg');
       native = path.join(pkgRoot, 'native');

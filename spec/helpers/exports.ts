@@ -1,16 +1,33 @@
 /** Building small exports for tests, and reading back what an import wrote. */
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import type { Knex } from 'knex';
+import { createExportGenerator } from '../../tools/generate.js';
+import { runDir, tmpPath } from './setup.js';
 
 export interface Rec { model: string; pk: number; fields: Record<string, unknown> }
 
 let n = 0;
 /** Writes records as a pretty-printed export to a temp file; returns its path. */
 export function writeExport(records: unknown[] | string, indent = 2): string {
-  const file = path.join(os.tmpdir(), `userport-spec-${process.pid}-${++n}.json`);
+  const file = tmpPath(`userport-spec-${++n}.json`);
   fs.writeFileSync(file, typeof records === 'string' ? records : JSON.stringify(records, null, indent));
+  return file;
+}
+
+/**
+ * A generated export (tools/generate.ts), written once per run for each set of parameters and
+ * shared by every spec that asks for the same one (a 20000-user export is about 35 MB).
+ */
+export async function generatedExport(options: { users: number; seed: number; collisionRate: number }): Promise<string> {
+  const file = path.join(runDir(), `generated-${options.users}-${options.seed}-${options.collisionRate}.json`);
+  if (!fs.existsSync(file)) {
+    // Written aside and renamed: a test that fails midway must not leave a truncated cache entry.
+    const part = tmpPath('generated.part');
+    await pipeline(createExportGenerator(options), fs.createWriteStream(part));
+    fs.renameSync(part, file);
+  }
   return file;
 }
 

@@ -4,10 +4,10 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import type { TestDb } from '../helpers/db.js';
 import { BOOKKEEPING_TABLES, TARGET_TABLES } from './fuzz-core.js';
+import { tmpPath } from '../helpers/setup.js';
 
 export const BIN = path.resolve('bin/userport.js');
 const TIME = '/usr/bin/time';
@@ -40,7 +40,7 @@ let gnuTime: boolean | undefined;
 function hasGnuTime(): boolean {
   if (gnuTime !== undefined) return gnuTime;
   if (process.env.USERPORT_TEST_RSS === 'proc') return (gnuTime = false); // force the /proc fallback
-  const out = path.join(os.tmpdir(), `userport-time-probe-${process.pid}`);
+  const out = tmpPath('userport-time-probe');
   try {
     const r = spawnSync(TIME, ['-f', '%M', '-o', out, process.execPath, '-e', '0']);
     gnuTime = r.status === 0 && /^\d+\s*$/.test(fs.readFileSync(out, 'utf8'));
@@ -54,7 +54,7 @@ function hasGnuTime(): boolean {
 
 export function runCli(args: string[], options: { input?: Buffer; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
   const useTime = hasGnuTime();
-  const rssFile = path.join(os.tmpdir(), `userport-rss-${process.pid}-${Math.random().toString(36).slice(2)}`);
+  const rssFile = tmpPath(`userport-rss-${Math.random().toString(36).slice(2)}`);
   const [cmd, argv] = useTime ? [TIME, ['-f', '%M', '-o', rssFile, process.execPath, BIN, ...args]] : [process.execPath, [BIN, ...args]];
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, argv, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });

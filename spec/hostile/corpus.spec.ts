@@ -10,7 +10,6 @@
  */
 import { expect } from 'chai';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { UserportError } from '../../lib/errors.js';
@@ -19,6 +18,7 @@ import { RecordSplitter } from '../../lib/tokenize.js';
 import { freshDatabase, type TestDb } from '../helpers/db.js';
 import { emptyCounts, parseCliError, runCli, tableCounts, type CliError, type CliResult } from './cli.js';
 import { lineColumn } from './gen.js';
+import { tmpFolder } from '../helpers/setup.js';
 
 const DIR = path.resolve('spec/fixtures/bad');
 /** The memory ceiling of issue #4. */
@@ -406,7 +406,7 @@ describe('hostile and malformed input corpus (spec/fixtures/bad)', () => {
 
   describe('huge inputs, generated in the temp folder, in bounded memory', () => {
     let tmp: string;
-    before(() => { tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-hostile-')); });
+    before(() => { tmp = tmpFolder('userport-hostile-'); });
     after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
     /** A user whose name is a 200 MB string (written once, in 1 MiB blocks). */

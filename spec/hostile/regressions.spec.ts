@@ -4,7 +4,6 @@
  */
 import { expect } from 'chai';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { RecordSplitter } from '../../lib/tokenize.js';
@@ -13,6 +12,7 @@ import { importUsers, type ImportOptions } from '../../lib/import.js';
 import { mapRecord } from '../../lib/map-models.js';
 import { freshDatabase } from '../helpers/db.js';
 import { parseCliError, runCli } from './cli.js';
+import { tmpFolder } from '../helpers/setup.js';
 
 function splitError(buf: Buffer, chunk = buf.length): UserportError {
   const splitter = new RecordSplitter();
@@ -140,7 +140,7 @@ describe('regressions: file-system errors are USERPORT_IO, not database errors',
   for (const [what, options] of cases) {
     it(`${what}: USERPORT_IO, nothing imported`, async () => {
       const db = await freshDatabase();
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-io-'));
+      const dir = tmpFolder('userport-io-');
       try {
         const err = await importUsers({ ...options(dir), databaseUrl: db.url }).then(
           () => { throw new Error('expected the import to fail'); }, (e: unknown) => e as UserportError);
@@ -162,7 +162,7 @@ describe('regressions: a "__proto__" field in a rejected record', () => {
   it('is kept as a plain key in the rejects file, secrets redacted, no prototype set', async () => {
     const text = '[{"model": "sentry.user", "pk": 1, "fields": {"username": "x", "is_active": "no", "password": "pw-secret",' +
       ' "__proto__": {"is_staff": true, "note": "kept"}}}]';
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-proto-'));
+    const dir = tmpFolder('userport-proto-');
     const db = await freshDatabase();
     try {
       const rejectsFile = path.join(dir, 'rejects.jsonl');
@@ -188,7 +188,7 @@ describe('regressions: export data shown on the terminal is made printable', () 
   // (colours, window title) reached the terminal from the export.
   const ESC = '\u001b';
   async function cli(text: string, args: string[] = []) {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-tty-'));
+    const dir = tmpFolder('userport-tty-');
     const db = await freshDatabase();
     try {
       const file = path.join(dir, 'export.json');

@@ -17,6 +17,7 @@ import { startEmbedded, stopEmbedded } from '../../lib/db/embedded.js';
 import { importUsers } from '../../lib/import.js';
 import { freshDatabase } from '../helpers/db.js';
 import { runCli } from './cli.js';
+import { tmpFolder } from '../helpers/setup.js';
 
 /** Strings that break naive quoting in SQL, in COPY's text format, or in JSON. */
 const NASTY = [
@@ -83,7 +84,7 @@ describe('safety', () => {
     const pw = `pbkdf2_sha256$150000$${PASSWORD}$q0Bf5Bc0c8gqQW0xMq1T`;
     let tmp: string;
 
-    before(() => { tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-secrets-')); });
+    before(() => { tmp = tmpFolder('userport-secrets-'); });
     after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
     const user = (pk: number, username: string, extra: Record<string, unknown> = {}) =>
@@ -176,7 +177,7 @@ describe('safety', () => {
   describe('the embedded database', () => {
     it('listens on 127.0.0.1 only, with a 0700 data folder and a 0600 settings file', async function () {
       this.timeout(180000);
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-embedded-'));
+      const dir = tmpFolder('userport-embedded-');
       // Root runs the server as "nobody", which must be able to reach the folder (as in spec/helpers/setup.ts).
       fs.chmodSync(dir, 0o755);
       try {

@@ -5,12 +5,12 @@
  */
 import { expect } from 'chai';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { importUsers } from '../../lib/import.js';
 import { failure, withDb } from '../helpers/db.js';
 import { exhaustiveUser, tmpExport } from './test-imports.spec.js';
+import { tmpPath } from '../helpers/setup.js';
 
 
 
@@ -41,7 +41,7 @@ describe('errors and rejects in file order (issue #12 item 7)', () => {
     }));
 
     it(`with --rejects-file, rejects record 4 then record 12 in order and imports the rest (${tail}, 5-byte chunks)`, () => withDb(async (db) => {
-      const rejects = path.join(os.tmpdir(), `userport-order-${process.pid}-${NON_OBJECTS.indexOf(tail)}.jsonl`);
+      const rejects = tmpPath(`userport-order-${NON_OBJECTS.indexOf(tail)}.jsonl`);
       const s = await importUsers({ source: chunked(exportText(tail), 5), databaseUrl: db.url, rejectsFile: rejects });
       const lines = fs.readFileSync(rejects, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { ordinal: number; code: string; record: unknown });
       expect(lines.map((l) => [l.ordinal, l.code])).to.deep.equal([[4, 'USERPORT_RECORD_SCHEMA'], [12, 'USERPORT_RECORD_NOT_OBJECT']]);
@@ -65,7 +65,7 @@ describe('errors and rejects in file order (issue #12 item 7)', () => {
   }));
 
   it('a literal that is not JSON is a syntax error, not a reject', () => withDb(async (db) => {
-    const rejects = path.join(os.tmpdir(), `userport-order-${process.pid}-bad.jsonl`);
+    const rejects = tmpPath('userport-order-bad.jsonl');
     const err = await failure(importUsers({ source: tmpExport(`[${JSON.stringify(exhaustiveUser(1, 'a')[0])}, tru]`), databaseUrl: db.url, rejectsFile: rejects }));
     expect(err.code).to.equal('USERPORT_PARSE_JSON');
     expect(await db.count('auth_user')).to.equal(0);

@@ -5,13 +5,13 @@
  */
 import { expect } from 'chai';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { importUsers } from '../../lib/import.js';
 import { canonicalOptionValue, fieldSource } from '../../lib/option-values.js';
 import { failure, withDb, type TestDb } from '../helpers/db.js';
 import { BACKUP, exhaustiveUser, fixture, requireFixtures, tmpExport, type Rec } from './test-imports.spec.js';
 import { insertUser } from '../helpers/sentry-rows.js';
+import { tmpPath } from '../helpers/setup.js';
 
 
 
@@ -90,7 +90,7 @@ describe('Sentry fixtures/backup, file by file (../shared/fixtures/sentry-backup
     }));
 
     it('a natural key that names a user absent from the export drops the row, naming the key', () => withDb(async (db) => {
-      const findings = path.join(os.tmpdir(), `userport-nk-${process.pid}.json`);
+      const findings = tmpPath('userport-nk.json');
       const records: Rec[] = [...exhaustiveUser(1, 'alice').slice(0, 1),
         { model: 'sentry.useremail', pk: 7, fields: { user: ['ghost'], email: 'ghost@example.com' } }];
       const s = await importUsers({ source: tmpExport(records), databaseUrl: db.url, findingsFile: findings });
@@ -158,7 +158,7 @@ describe('option values stored exactly (issue #9 item 6)', () => {
 describe('findings say who (issue #12 item 8)', () => {
   it('a dropped row names the missing user pk; a merged record names the user it merged into', () => withDb(async (db) => {
     const existing = await insertUser(db.knex, { password: 'x', username: 'bob' });
-    const findings = path.join(os.tmpdir(), `userport-who-${process.pid}.json`);
+    const findings = tmpPath('userport-who.json');
     const records: Rec[] = [exhaustiveUser(1, 'alice')[0]!, exhaustiveUser(2, 'bob')[0]!,
       { model: 'sentry.useremail', pk: 5, fields: { user: 99, email: 'ghost@example.com' } },
       { model: 'sentry.useremail', pk: 6, fields: { user: 2, email: 'bob@example.com' } }];
@@ -173,8 +173,8 @@ describe('findings say who (issue #12 item 8)', () => {
 
 describe('rows of a rejected user say so (issue #12 item 8)', () => {
   it('with --rejects-file, the user email and option of a rejected user are dropped as "user rejected", naming its pk', () => withDb(async (db) => {
-    const findings = path.join(os.tmpdir(), `userport-rejected-${process.pid}.json`);
-    const rejects = path.join(os.tmpdir(), `userport-rejected-${process.pid}.jsonl`);
+    const findings = tmpPath('userport-rejected.json');
+    const rejects = tmpPath('userport-rejected.jsonl');
     const records: Rec[] = [exhaustiveUser(1, 'alice')[0]!, { model: 'sentry.user', pk: 2, fields: { username: 'bob', is_active: 'yes' } },
       { model: 'sentry.useremail', pk: 3, fields: { user: 2, email: 'bob@example.com' } },
       { model: 'sentry.useroption', pk: 4, fields: { user: 2, key: 'timezone', value: 'UTC' } },

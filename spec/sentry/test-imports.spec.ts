@@ -8,12 +8,12 @@
  */
 import { expect } from 'chai';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { createLocalKeyUnwrapper } from '../../lib/crypto/unwrapper.js';
 import { encryptExport } from '../../lib/encrypt.js';
 import { importUsers } from '../../lib/import.js';
 import { failure, freshDatabase, withDb, type TestDb } from '../helpers/db.js';
+import { writeExport } from '../helpers/exports.js';
 
 export const BACKUP = path.resolve('../shared/fixtures/sentry-backup');
 export const haveFixtures = fs.existsSync(BACKUP);
@@ -24,13 +24,8 @@ export function fixture(name: string): Rec[] {
   return JSON.parse(fs.readFileSync(path.join(BACKUP, name), 'utf8')) as Rec[];
 }
 
-let seq = 0;
-/** Writes records to a temp file (under the system temp folder) and returns its path. */
-export function tmpExport(records: unknown[] | string): string {
-  const file = path.join(os.tmpdir(), `userport-sentry-${process.pid}-${++seq}.json`);
-  fs.writeFileSync(file, typeof records === 'string' ? records : JSON.stringify(records));
-  return file;
-}
+/** Writes records as a compact export in the test run's folder; returns its path. */
+export const tmpExport = (records: unknown[] | string): string => writeExport(records, 0);
 
 /** Skips the suite, saying why, when the shared fixtures are not there (a bare clone). */
 export function requireFixtures(ctx: Mocha.Context): void {
@@ -99,7 +94,9 @@ describe('Sentry test_imports.py, user scope (../shared/fixtures/sentry-backup)'
       await seedUser(db, 'min_user', 'seeded@example.com');
       const file = tmpExport(fixture('user-with-minimum-privileges.json'));
       await importUsers({ source: file, databaseUrl: db.url });
-      await importUsers({ source: file, databaseUrl: db.url });
+      // userport refuses a file already imported (README, "Importing a file twice") unless asked.
+      expect((await importUsers({ source: file, databaseUrl: db.url })).state).to.equal('already-done');
+      await importUsers({ source: file, databaseUrl: db.url, allowReimport: true });
       expect(await db.count('auth_user')).to.equal(3);
       expect(await db.count('(SELECT DISTINCT username FROM auth_user WHERE username LIKE \'%min_user%\') d')).to.equal(3);
       expect(await db.count('auth_user', `lower(username) = 'min_user'`)).to.equal(1);

@@ -17,13 +17,14 @@ import { cliHasBulkLoad, expectedRows, runBench, shebangNodeFlags } from '../../
 import { parseScenarios } from '../../tools/bench/scenarios.js';
 import { createExportGenerator } from '../../tools/generate.js';
 import { freshDatabase, serverUrl } from '../helpers/db.js';
+import { tmpFolder } from '../helpers/setup.js';
 
 /** Full auth_user rows: Sentry's tables have no database default for most NOT NULL columns. */
 const INSERT_USERS = 'INSERT INTO auth_user (id, password, username, email, first_name, is_staff, is_active, is_superuser, is_managed, is_password_expired, flags, date_joined)';
 const USER_DEFAULTS = "'', false, true, false, false, false, 0, now()";
 
 function tmpDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'userport-bench-spec-'));
+  return tmpFolder('userport-bench-spec-');
 }
 
 describe('benchmark', () => {
@@ -307,6 +308,7 @@ process.exit(spawnSync(process.execPath, [${JSON.stringify(realBin)}, ...args], 
         expect(shebangNodeFlags(f)).to.deep.equal([]);
         fs.writeFileSync(f, 'console.log(1)\n');
         expect(shebangNodeFlags(f)).to.deep.equal([]);
+        expect(shebangNodeFlags(path.resolve('bin/userport.js'))).to.deep.equal(['--max-semi-space-size=4', '--max-old-space-size=96']);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
       }

@@ -1,14 +1,14 @@
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { expect } from 'chai';
 import { recordSpans, reverseExport } from '../../tools/bench/reverse.js';
 import { createExportGenerator } from '../../tools/generate.js';
+import { tmpFolder } from '../helpers/setup.js';
 
 describe('reverseExport', () => {
   let dir: string;
-  beforeEach(() => { dir = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-reverse-spec-')); });
+  beforeEach(() => { dir = tmpFolder('userport-reverse-spec-'); });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   async function generated(users: number, indent: number): Promise<string> {

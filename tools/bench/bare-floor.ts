@@ -10,11 +10,9 @@
  * is exactly what the migrations create, whatever they become. NOT NULL and CHECK constraints
  * stay: they cost nothing to keep and cannot be deferred anyway.
  */
-import fs from 'node:fs';
-import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
-import { from as copyFrom } from 'pg-copy-streams';
-import type { TableDump } from './copy-floor.js';
+import { copyDump, type TableDump } from './copy-floor.js';
+import { inTransaction, withClient } from './databases.js';
 
 export interface BareFloorResult {
   /** Seconds from BEGIN to COMMIT: the COPYs, the index and constraint builds, the commit. */
@@ -54,9 +52,7 @@ const ident = (s: string) => `"${s.replace(/"/g, '""')}"`;
  * tables (untimed), then, timed, in one transaction: COPYs the dumps and builds them all again.
  */
 export async function loadTablesBare(url: string, dumps: readonly TableDump[]): Promise<BareFloorResult> {
-  const c = new pg.Client({ connectionString: url, application_name: 'userport-bench' });
-  await c.connect();
-  try {
+  return withClient(url, async (c) => {
     const tables = dumps.map((d) => d.table);
     const defs = await tableDefinitions(c, tables);
     for (const f of defs.foreignKeys) await c.query(`ALTER TABLE ${f.table} DROP CONSTRAINT ${ident(f.name)}`);
@@ -64,32 +60,21 @@ export async function loadTablesBare(url: string, dumps: readonly TableDump[]): 
     for (const i of defs.indexes) await c.query(`DROP INDEX ${i.name}`);
     const rows: Record<string, number> = {};
     const started = process.hrtime.bigint();
-    await c.query('BEGIN');
-    try {
-      for (const d of dumps) {
-        const q = c.query(copyFrom(`COPY ${d.table} FROM STDIN`));
-        await pipeline(fs.createReadStream(d.file, { highWaterMark: 1 << 20 }), q);
-        rows[d.table] = q.rowCount;
-      }
-      const copied = process.hrtime.bigint();
+    const { copied, built } = await inTransaction(c, async () => {
+      for (const d of dumps) rows[d.table] = await copyDump(c, d);
+      const copiedAt = process.hrtime.bigint();
       // Primary keys and unique constraints first: the foreign keys need the referenced key.
       for (const k of defs.constraints) await c.query(`ALTER TABLE ${k.table} ADD CONSTRAINT ${ident(k.name)} ${k.sql}`);
       for (const i of defs.indexes) await c.query(i.sql);
       for (const f of defs.foreignKeys) await c.query(`ALTER TABLE ${f.table} ADD CONSTRAINT ${ident(f.name)} ${f.sql}`);
-      const built = process.hrtime.bigint();
-      await c.query('COMMIT');
-      return {
-        seconds: Number(process.hrtime.bigint() - started) / 1e9,
-        copySeconds: Number(copied - started) / 1e9,
-        buildSeconds: Number(built - copied) / 1e9,
-        rows,
-        objects: { indexes: defs.indexes.length, constraints: defs.constraints.length, foreignKeys: defs.foreignKeys.length },
-      };
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    }
-  } finally {
-    await c.end();
-  }
+      return { copied: copiedAt, built: process.hrtime.bigint() };
+    });
+    return {
+      seconds: Number(process.hrtime.bigint() - started) / 1e9,
+      copySeconds: Number(copied - started) / 1e9,
+      buildSeconds: Number(built - copied) / 1e9,
+      rows,
+      objects: { indexes: defs.indexes.length, constraints: defs.constraints.length, foreignKeys: defs.foreignKeys.length },
+    };
+  });
 }

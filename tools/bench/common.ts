@@ -42,9 +42,11 @@ export function importRunner(bin: string | undefined): ImportRunner | Skipped {
  * must pass them itself, or it measures a differently tuned process.
  */
 export function shebangNodeFlags(bin: string): string[] {
-  const first = fs.readFileSync(bin, 'utf8').split('\n', 1)[0] ?? '';
+  const [first = '', second = ''] = fs.readFileSync(bin, 'utf8').split('\n', 2);
   if (!first.startsWith('#!')) return [];
-  const words = first.slice(2).trim().split(/\s+/);
+  // A /bin/sh launcher (bin/userport.js) names node on its second line: `... exec node FLAGS "$0"`.
+  const line = first.trim() === '#!/bin/sh' ? (/\bexec node (.*)$/.exec(second)?.[0] ?? '') : first.slice(2);
+  const words = line.trim().split(/\s+/);
   const node = words.findIndex((w) => w === 'node' || w.endsWith('/node'));
   return node < 0 ? [] : words.slice(node + 1).filter((w) => w.startsWith('--'));
 }

@@ -13,6 +13,7 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
+import { inTransaction, withClient } from './databases.js';
 
 /** The tables a user import writes, parents first. */
 export const IMPORTED_TABLES = ['auth_user', 'sentry_email', 'sentry_useremail', 'sentry_useroption', 'sentry_lostpasswordhash'] as const;
@@ -35,14 +36,11 @@ export interface CopyFloorResult {
   bytes: Record<string, number>;
 }
 
-async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: url, application_name: 'userport-bench' });
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
+/** COPYs one dump into its table on `c`; returns the rows loaded. */
+export async function copyDump(c: pg.Client, d: TableDump): Promise<number> {
+  const q = c.query(copyFrom(`COPY ${d.table} FROM STDIN`));
+  await pipeline(fs.createReadStream(d.file, { highWaterMark: 1 << 20 }), q);
+  return q.rowCount;
 }
 
 /**
@@ -83,21 +81,14 @@ export async function loadTables(url: string, dumps: readonly TableDump[]): Prom
     const tableSeconds: Record<string, number> = {};
     const bytes: Record<string, number> = {};
     const started = process.hrtime.bigint();
-    await c.query('BEGIN');
-    try {
+    await inTransaction(c, async () => {
       for (const d of dumps) {
         const t0 = process.hrtime.bigint();
-        const q = c.query(copyFrom(`COPY ${d.table} FROM STDIN`));
-        await pipeline(fs.createReadStream(d.file, { highWaterMark: 1 << 20 }), q);
-        rows[d.table] = q.rowCount;
+        rows[d.table] = await copyDump(c, d);
         bytes[d.table] = d.bytes;
         tableSeconds[d.table] = Number(process.hrtime.bigint() - t0) / 1e9;
       }
-      await c.query('COMMIT');
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    }
+    });
     return { seconds: Number(process.hrtime.bigint() - started) / 1e9, rows, tableSeconds, bytes };
   });
 }

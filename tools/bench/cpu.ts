@@ -11,8 +11,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import pg from 'pg';
-import { databaseUrl } from './databases.js';
+import { databaseUrl, withClient } from './databases.js';
 import type { Skipped } from './results.js';
 
 /** CPU seconds of one measured run: the server's and the client's (the importing process, or the benchmark's own for a floor). */
@@ -76,9 +75,7 @@ function serverTicks(postmaster: number): number {
  */
 export async function serverCpuMeter(serverUrl: string): Promise<ServerCpuMeter | Skipped> {
   if (!fs.existsSync('/proc/self/stat')) return { skipped: 'no /proc on this machine' };
-  const c = new pg.Client({ connectionString: databaseUrl(serverUrl, 'postgres') });
-  await c.connect();
-  try {
+  return withClient(databaseUrl(serverUrl, 'postgres'), async (c): Promise<ServerCpuMeter | Skipped> => {
     let backend: number;
     let dataDir: string | null;
     try {
@@ -103,9 +100,7 @@ export async function serverCpuMeter(serverUrl: string): Promise<ServerCpuMeter 
     }
     const hz = clockTicks();
     return { seconds: () => serverTicks(postmaster) / hz };
-  } finally {
-    await c.end();
-  }
+  });
 }
 
 /** Runs `fn`, measuring the server's CPU seconds (with `meter`) and this process's own. */

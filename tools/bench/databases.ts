@@ -9,14 +9,35 @@ export function databaseUrl(serverUrl: string, name: string): string {
   return u.toString();
 }
 
-async function admin<T>(serverUrl: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: databaseUrl(serverUrl, 'postgres') });
+/**
+ * Runs `fn` with a client of the database at `url`, ended afterwards. Every bench connection is
+ * `userport-bench`, which the scenarios' wait for userport sessions leaves out.
+ */
+export async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: url, application_name: 'userport-bench' });
   await c.connect();
   try {
     return await fn(c);
   } finally {
     await c.end();
   }
+}
+
+/** Runs `fn` between BEGIN and COMMIT on `c`, rolling back when it fails. */
+export async function inTransaction<T>(c: pg.Client, fn: () => Promise<T>, begin = 'BEGIN'): Promise<T> {
+  await c.query(begin);
+  try {
+    const r = await fn();
+    await c.query('COMMIT');
+    return r;
+  } catch (err) {
+    await c.query('ROLLBACK').catch(() => undefined);
+    throw err;
+  }
+}
+
+function admin<T>(serverUrl: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  return withClient(databaseUrl(serverUrl, 'postgres'), fn);
 }
 
 const IDENT = /^[a-z_][a-z0-9_]{0,62}$/;
@@ -52,13 +73,9 @@ export async function serverVersion(serverUrl: string): Promise<string> {
 
 /** Row counts of `tables` in the database at `url`. */
 export async function countRows(url: string, tables: readonly string[]): Promise<Record<string, number>> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
+  return withClient(url, async (c) => {
     const out: Record<string, number> = {};
     for (const t of tables) out[t] = Number((await c.query(`SELECT count(*)::bigint AS n FROM ${t}`)).rows[0].n);
     return out;
-  } finally {
-    await c.end();
-  }
+  });
 }

@@ -7,9 +7,9 @@
 import fs from 'node:fs';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import pg from 'pg';
 import { to as copyTo } from 'pg-copy-streams';
 import { runMeasured } from './child.js';
+import { inTransaction, withClient } from './databases.js';
 import type { ExportMeasurement, Skipped } from './results.js';
 
 /** The tables a user-scope export reads, in the order it reads them. */
@@ -19,24 +19,20 @@ const MB = 1e6;
 
 /** Seconds and bytes of `COPY <table> TO STDOUT` for every exported table, in one REPEATABLE READ transaction. */
 export async function copyToFloor(url: string): Promise<{ seconds: number; bytes: number; rows: number }> {
-  const c = new pg.Client({ connectionString: url, application_name: 'userport-bench' });
-  await c.connect();
-  try {
+  return withClient(url, async (c) => {
     let bytes = 0;
     let rows = 0;
     const started = process.hrtime.bigint();
-    await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-    for (const table of EXPORTED_TABLES) {
-      const q = c.query(copyTo(`COPY ${table} TO STDOUT`));
-      // Counted and dropped: the floor is what the server and the socket cost, not a disk.
-      await pipeline(q, new Writable({ write(chunk: Buffer, _e, cb) { bytes += chunk.length; cb(); } }));
-      rows += q.rowCount;
-    }
-    await c.query('COMMIT');
+    await inTransaction(c, async () => {
+      for (const table of EXPORTED_TABLES) {
+        const q = c.query(copyTo(`COPY ${table} TO STDOUT`));
+        // Counted and dropped: the floor is what the server and the socket cost, not a disk.
+        await pipeline(q, new Writable({ write(chunk: Buffer, _e, cb) { bytes += chunk.length; cb(); } }));
+        rows += q.rowCount;
+      }
+    }, 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     return { seconds: Number(process.hrtime.bigint() - started) / 1e9, bytes, rows };
-  } finally {
-    await c.end();
-  }
+  });
 }
 
 /**

@@ -15,12 +15,11 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import pg from 'pg';
 import { createTokenizer } from '../../lib/tokenize.js';
 import { runMeasured } from './child.js';
 import { countsCheck, expectedRows, generateExport, importCommand, runImport, type ImportRunner } from './common.js';
 import { dumpTables, IMPORTED_TABLES, loadTables, maxIds } from './copy-floor.js';
-import { countRows, databaseUrl, dropDatabase, freshDatabase } from './databases.js';
+import { countRows, databaseUrl, dropDatabase, freshDatabase, withClient } from './databases.js';
 import { isSkipped, SCENARIOS, type Check, type CopyFloorMeasurement, type ImportMeasurement, type ScenarioName, type ScenarioResult, type Skipped } from './results.js';
 import { reverseExport } from './reverse.js';
 
@@ -248,12 +247,6 @@ async function existing(ctx: ScenarioContext): Promise<ScenarioResult> {
     }
   }
   return result('existing', ctx.users, genB.records, genB.counts.bytes, userport, copyFloor, details, checks);
-}
-
-async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: url, application_name: 'userport-bench' });
-  await c.connect();
-  try { return await fn(c); } finally { await c.end(); }
 }
 
 async function analyze(url: string, tables: readonly string[]): Promise<void> {
