@@ -325,10 +325,20 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       run, mergeUsers: !!options.mergeUsers, filterActive, bulkLoad: options.bulkLoad !== 'off', staged: skipThrough ? undefined : staged, plan,
       onStep: (s) => { step = s; },
     };
-    // One cheap look for the progress estimate (the merge decides the path itself, later).
-    const emptyTarget = options.onProgress && options.bulkLoad !== 'off'
-      ? !!(await client.query(`SELECT NOT EXISTS (SELECT 1 FROM ${modelInfo('sentry.user')!.mapping.table}) AS empty`)).rows[0]?.empty
-      : options.onProgress ? false : undefined;
+    // One cheap look for the progress estimate (the merge decides the path itself, later). It
+    // never waits: another import's bulk load holds the table locked, and then it is not empty.
+    const looksEmpty = async () => {
+      await client.query(`SET lock_timeout = '100ms'`);
+      try {
+        return !!(await client.query(`SELECT NOT EXISTS (SELECT 1 FROM ${plan.user.table}) AS empty`)).rows[0]?.empty;
+      } catch (err) {
+        if ((err as { code?: string }).code === '55P03') return false;
+        throw err;
+      } finally {
+        await client.query('SET lock_timeout = 0');
+      }
+    };
+    const emptyTarget = options.onProgress && options.bulkLoad !== 'off' ? await looksEmpty() : options.onProgress ? false : undefined;
     // An atomic import into empty tables starts the merge with the users while the rest of the
     // file is read (the sink calls this once the users of a file in Sentry's order are staged).
     let early: EarlyUsers | undefined;

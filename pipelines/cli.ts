@@ -353,7 +353,9 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
   // A dry run shows what the import would write into this database (as `userport target` does);
   // any import says what it could not write there.
   const plan = s.target ?? [];
-  const shown = s.mode === 'dry-run' ? plan : plan.filter((l) => l.startsWith('Not written'));
+  // Any other import names only the tables it could not write (no sentry_email on Sentry 2026);
+  // the columns a generation lacks are in `userport target` and a dry run.
+  const shown = s.mode === 'dry-run' ? plan : plan.filter((l) => /^Not written: [a-z_]+:/.test(l));
   if (shown.length && s.state !== 'already-done') out.push('', 'Target database:', ...shown.map((l) => wrapText(`  ${l}`, TEXT_WIDTH, '    ')));
   out.push('', ...lines);
   for (const [model, c] of Object.entries(s.models)) {

@@ -94,9 +94,15 @@ export async function readTarget(c: pg.ClientBase, tables: readonly string[] = U
             ORDER BY a.attnum)
           FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
           WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped),
+        -- Key columns by name from the catalog rows themselves: pg_get_indexdef would wait for
+        -- the lock of another import's bulk load (which drops and rebuilds these indexes) and
+        -- then find its index gone. Only an expression key needs it (indkey 0).
         'uniques', coalesce((SELECT json_agg(json_build_object(
             'name', ic.relname,
-            'keys', (SELECT json_agg(pg_get_indexdef(i.indexrelid, k, false) ORDER BY k) FROM generate_series(1, i.indnkeyatts) k))
+            'keys', (SELECT json_agg(CASE WHEN i.indkey[k - 1] <> 0
+                                          THEN (SELECT attname FROM pg_attribute WHERE attrelid = i.indrelid AND attnum = i.indkey[k - 1])::text
+                                          ELSE pg_get_indexdef(i.indexrelid, k, false) END ORDER BY k)
+                     FROM generate_series(1, i.indnkeyatts) k))
             ORDER BY ic.relname)
           FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
           WHERE i.indrelid = t.oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL), '[]'::json)
@@ -108,7 +114,11 @@ export async function readTarget(c: pg.ClientBase, tables: readonly string[] = U
   const row = rows[0] as { schema: string; tables: { name: string; columns: TargetColumn[]; uniques: TargetUnique[] }[]; fks: UserForeignKey[] };
   const target: Target = {
     schema: row.schema,
-    tables: new Map(row.tables.map((t) => [t.name, { name: t.name, columns: new Map(t.columns.map((col) => [col.name, col])), uniques: t.uniques }])),
+    tables: new Map(row.tables.map((t) => [t.name, {
+      name: t.name, columns: new Map(t.columns.map((col) => [col.name, col])),
+      // A key that could not be read (its index dropped meanwhile) is no arbiter.
+      uniques: t.uniques.filter((u) => u.keys.every((k) => typeof k === 'string')),
+    }])),
     userForeignKeys: row.fks,
     optionValues: undefined,
     optionValuesEvidence: undefined,
