@@ -124,6 +124,7 @@ export const SCENARIOS = {
   collisions: { letter: 'c', title: '10% colliding usernames' },
   reverse: { letter: 'd', title: 'every record in reverse order' },
   filter: { letter: 'e', title: 'a username filter of 10,000 names' },
+  'fresh-sentry': { letter: 'f', title: 'into a new Sentry 2026 install holding its first admin' },
 } as const;
 
 export type ScenarioName = keyof typeof SCENARIOS;

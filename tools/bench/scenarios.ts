@@ -13,6 +13,7 @@
  * - reverse: every record of the export in reverse order.
  * - filter: `--filter-usernames-file` with 10,000 usernames of the export.
  */
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createTokenizer } from '../../lib/tokenize.js';
@@ -326,7 +327,79 @@ async function resume(ctx: ScenarioContext): Promise<ScenarioResult> {
   return result('resume', ctx.users, gen.records, gen.counts.bytes, userport, copyFloor, details, checks);
 }
 
-const RUNNERS: Record<ScenarioName, (ctx: ScenarioContext) => Promise<ScenarioResult>> = { resume, existing, collisions, reverse, filter };
+/** The Sentry schema fixtures (`../shared/fixtures/sentry-schemas`), or why they cannot be loaded here. */
+function sentrySchemas(): { dir: string } | { skipped: string } {
+  const dir = path.resolve('../shared/fixtures/sentry-schemas');
+  if (!fs.existsSync(path.join(dir, 'load.sh'))) return { skipped: `${dir} is absent (it is not part of the repository)` };
+  if (spawnSync('psql', ['--version']).status !== 0) return { skipped: 'psql (which load.sh runs) is not installed' };
+  return { dir };
+}
+
+/** A new database holding Sentry 2026's schema and its first admin, as `sentry createuser --superuser` leaves it. */
+async function freshSentryInstall(ctx: ScenarioContext, name: string, dir: string): Promise<string> {
+  const url = await freshDatabase(ctx.serverUrl, name, false);
+  const r = spawnSync('bash', [path.join(dir, 'load.sh'), url, path.join(dir, 'sentry-2026.sql')], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`load.sh sentry-2026.sql failed: ${r.stderr.slice(-300)}`);
+  await withClient(url, (c) => c.query(`
+    WITH a AS (INSERT INTO auth_user (password, username, first_name, email, email_unique, is_staff, is_active, is_superuser, is_managed,
+                 is_password_expired, flags, date_joined)
+               VALUES ('pbkdf2_sha256$720000$x$y', 'admin@example.com', '', 'admin@example.com', 'admin@example.com', true, true, true, false,
+                 false, 0, now()) RETURNING id)
+    INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified)
+    SELECT id, 'admin@example.com', md5('admin'), now(), true FROM a;
+    INSERT INTO sentry_userrole (date_updated, date_added, name, permissions) VALUES (now(), now(), 'Super Admin', ARRAY['users.admin']);
+    ANALYZE`));
+  return url;
+}
+
+/**
+ * f: the realistic migration, a generated export into a new Sentry 2026 (its real schema, from
+ * the shared fixtures) that holds its first admin: never the empty-target path. Its COPY floor
+ * loads the rows that import added into a second such install.
+ */
+async function freshSentry(ctx: ScenarioContext): Promise<ScenarioResult> {
+  const fixtures = sentrySchemas();
+  const file = path.join(ctx.workDir, 'scenario-fresh-sentry.json');
+  if ('skipped' in fixtures) return result('fresh-sentry', ctx.users, 0, 0, fixtures, fixtures, {}, []);
+  ctx.log(`scenario fresh-sentry: generating ${ctx.users} users`);
+  const gen = await generateExport(file, { users: ctx.users, seed: ctx.seed });
+  const db = `bench_sc_fresh_${ctx.tag}`;
+  const floorDb = `bench_sc_fresh_floor_${ctx.tag}`;
+  const dir = path.join(ctx.workDir, 'copy-fresh-sentry');
+  // Sentry 2026 has no sentry_email: its rows are dropped, the other four tables written.
+  const tables = IMPORTED_TABLES.filter((t) => t !== 'sentry_email');
+  const checks: Check[] = [];
+  let copyFloor: CopyFloorMeasurement | Skipped = { skipped: 'needs the rows of the userport import' };
+  let userport: ImportMeasurement | Skipped;
+  try {
+    const url = await freshSentryInstall(ctx, db, fixtures.dir);
+    const floorUrl = await freshSentryInstall(ctx, floorDb, fixtures.dir);
+    const before = await maxIds(url, tables);
+    ctx.log('scenario fresh-sentry: userport import');
+    userport = await runImport(ctx.runner, file, url, { records: gen.records, bytes: gen.counts.bytes, ...(ctx.timeoutSeconds ? { timeoutSeconds: ctx.timeoutSeconds } : {}) });
+    if (!isSkipped(userport)) {
+      ctx.log('scenario fresh-sentry: COPY floor');
+      copyFloor = floorOf(await loadTables(floorUrl, await dumpTables(url, dir, tables, before)), gen.records);
+      const exp = expectedRows(gen.counts);
+      const want = Object.fromEntries(IMPORTED_TABLES.map((t) => [t, t === 'sentry_email' ? 0 : exp[t]! + (t === 'auth_user' || t === 'sentry_useremail' ? 1 : 0)]));
+      checks.push(countsCheck('rows: the export\'s and the admin\'s (no sentry_email in Sentry 2026)', want, userport.rows));
+      checks.push(countsCheck('COPY floor rows equal userport rows', userport.rows, await countRows(floorUrl, IMPORTED_TABLES)));
+      checks.push(countsCheck('not the empty-target path', false, (userport.summary as { bulkLoad?: boolean } | null)?.bulkLoad ?? false));
+    } else checks.push(countsCheck('userport import finished', 'finished', userport.skipped));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+    if (!ctx.keep) {
+      fs.rmSync(file, { force: true });
+      await dropDatabase(ctx.serverUrl, db);
+      await dropDatabase(ctx.serverUrl, floorDb);
+    }
+  }
+  return result('fresh-sentry', ctx.users, gen.records, gen.counts.bytes, userport, copyFloor, {}, checks);
+}
+
+const RUNNERS: Record<ScenarioName, (ctx: ScenarioContext) => Promise<ScenarioResult>> = {
+  resume, existing, collisions, reverse, filter, 'fresh-sentry': freshSentry,
+};
 
 /** Scenario names from `all`, `none`, or a comma-separated list of names or the issue's letters (a-e). */
 export function parseScenarios(spec: string): ScenarioName[] {
