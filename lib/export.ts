@@ -17,7 +17,7 @@ import { writeFileAtomically } from './atomic-file.js';
 import { checkDatabaseUrl } from './db/knex.js';
 import { readTarget } from './db/target.js';
 import { registry } from './models.js';
-import { DEFAULT_PICKLE_LIMITS, PickleError, pickledFieldToJsonText } from './pickle.js';
+import { DEFAULT_PICKLE_LIMITS, PickleError, pickledFieldToJsonText, pyFloatRepr } from './pickle.js';
 import { encryptExport } from './encrypt.js';
 import { ErrorCodes, ExportError, OptionError, UserportError, wrapDbError } from './errors.js';
 import { checkOptions as checkKnownOptions, isFunction, isInteger, isNonEmptyString, isStringOrBuffer, type OptionCheck } from './options.js';
@@ -248,20 +248,7 @@ export function pythonJsonNumber(token: string): string {
   const x = Number(token);
   if (x === Infinity) return 'Infinity';
   if (x === -Infinity) return '-Infinity';
-  if (x === 0) return Object.is(x, -0) ? '-0.0' : '0.0';
-  const sign = x < 0 ? '-' : '';
-  // toExponential() without digits gives the shortest round-trip digits: "d.ddde+X".
-  const m = /^(\d)(?:\.(\d+))?e([+-]\d+)$/.exec(Math.abs(x).toExponential())!;
-  const digits = m[1]! + (m[2] ?? '');
-  const exp = Number(m[3]);
-  if (exp < -4 || exp >= 16) {
-    const e = Math.abs(exp).toString().padStart(2, '0');
-    return `${sign}${digits[0]}${digits.length > 1 ? `.${digits.slice(1)}` : ''}e${exp < 0 ? '-' : '+'}${e}`;
-  }
-  const point = exp + 1;
-  if (point <= 0) return `${sign}0.${'0'.repeat(-point)}${digits}`;
-  if (point >= digits.length) return `${sign}${digits}${'0'.repeat(point - digits.length)}.0`;
-  return `${sign}${digits.slice(0, point)}.${digits.slice(point)}`;
+  return pyFloatRepr(x);
 }
 
 function encodeValue(v: string | null, encoding: Encoding, indent: number): string {

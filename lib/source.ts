@@ -24,6 +24,15 @@ import { ErrorCodes, OptionError, ParseError, printable, UserportError } from '.
 const READ_CHUNK = 128 * 1024;
 /** How far the sniffing looks for the start of the array behind leading text. */
 const SNIFF_BYTES = 64 * 1024;
+/** Enough to tell gzip, a tarball (its magic at byte 257) and UTF-16 from an export. */
+const MIN_SNIFF_BYTES = 512;
+
+/** The first byte after a UTF-8 byte-order mark and whitespace is the array's `[`. */
+function startsWithArray(head: Buffer): boolean {
+  let i = head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf ? 3 : 0;
+  while (i < head.length && (head[i] === 0x20 || head[i] === 0x09 || head[i] === 0x0a || head[i] === 0x0d)) i++;
+  return head[i] === 0x5b;
+}
 
 /** What {@link openSource} needs of the import's options. */
 export interface SourceOptions {
@@ -158,12 +167,12 @@ export function leadingText(head: Buffer, skip: boolean): LeadingText | undefine
  * The first bytes of `stream` (up to `bytes`, fewer if it ends), and `from(offset)`: a stream of
  * everything from `offset` on (the head after it, then the rest of `stream`).
  */
-async function peek(stream: Readable, bytes: number): Promise<{ head: Buffer; from(offset: number): Readable; close(): void }> {
+async function peek(stream: Readable, bytes: number, enough?: (head: Buffer) => boolean): Promise<{ head: Buffer; from(offset: number): Readable; close(): void }> {
   const it = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer | string>;
   const chunks: Buffer[] = [];
   let length = 0;
   let ended = false;
-  while (length < bytes) {
+  while (length < bytes && !(enough && chunks.length && enough(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)))) {
     const r = await it.next();
     if (r.done) { ended = true; break; }
     const b = typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
@@ -213,7 +222,9 @@ function gunzip(stream: Readable): Readable {
  * UTF-16, and finds text before the array (an error, or skipped with `skipLeadingText`).
  */
 async function sniffed(stream: Readable, size: number | undefined, o: SourceOptions, gzip = false): Promise<OpenedSource> {
-  const { head, from, close } = await peek(stream, SNIFF_BYTES);
+  // Up to 64 KiB to find the array after leading text; but an input that starts as an export
+  // does (or as gzip) is decided by its first bytes, so a slow pipe never holds up the import.
+  const { head, from, close } = await peek(stream, SNIFF_BYTES, (h) => h.length >= MIN_SNIFF_BYTES && (isGzip(h) || startsWithArray(h)));
   if (!gzip && isGzip(head)) return sniffed(gunzip(from(0)), undefined, o, true);
   const problem = utf16Error(head) ?? (o.decrypt ? undefined : encryptionMismatch(head, false));
   if (problem) { close(); throw problem; }

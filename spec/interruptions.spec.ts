@@ -8,6 +8,7 @@ import { expect } from 'chai';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import { processAlive } from '../lib/spool.js';
 import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -41,10 +42,6 @@ async function until(cond: () => boolean, what: string, ms = 60000): Promise<voi
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
   }
-}
-
-function alive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch { return false; }
 }
 
 /** Pids of node processes running the userport launcher with USERPORT_TEST_MARK=mark. */
@@ -140,10 +137,10 @@ describe('reliability, round three (issue #20)', function () {
         p.child.kill('SIGTERM');
         await p.ended;
         // The import must stop by itself; if it still runs, the rest of the input lets it commit.
-        await until(() => !alive(pids[0]!), 'the userport process to stop', 5000).catch(() => undefined);
+        await until(() => !processAlive(pids[0]!), 'the userport process to stop', 5000).catch(() => undefined);
         writer.on('error', () => undefined);
         writer.end(tail);
-        await until(() => !alive(pids[0]!), 'the userport process to end', 60000);
+        await until(() => !processAlive(pids[0]!), 'the userport process to end', 60000);
         await nothingImported(db);
         expect(p.err()).to.match(/userport: the process that started userport \(pid \d+\) went away: stopping as on SIGTERM \(exit 143\): the import was rolled back/);
       } finally {

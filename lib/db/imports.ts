@@ -8,6 +8,7 @@ import type { Knex } from 'knex';
 import pg from 'pg';
 import { createKnex, isMigrated, migrate, waitForDatabase } from './knex.js';
 import { ErrorCodes, OptionError, UserportError } from '../errors.js';
+import { processAlive } from '../spool.js';
 import type { ImportSummary, StatsSnapshot } from '../stats.js';
 
 /** How long a resumable import waits for another process holding the same import id. */
@@ -35,22 +36,12 @@ async function endOrphan(client: pg.Client, importId: string): Promise<boolean> 
   let ended = false;
   for (const h of holders.rows) {
     const m = /^userport (\d+)@/.exec(h.app);
-    if (!m || h.app !== ownerName(Number(m[1])) || processExists(Number(m[1]))) continue;
+    if (!m || h.app !== ownerName(Number(m[1])) || processAlive(Number(m[1]))) continue;
     // Waits (up to 10 s) for the session to be gone, so its locks are free on return.
     const r = await client.query<{ ok: boolean }>('SELECT pg_terminate_backend($1, 10000) AS ok', [h.pid]);
     ended ||= !!r.rows[0]?.ok;
   }
   return ended;
-}
-
-function processExists(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: it exists, as another user's process.
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**

@@ -15,6 +15,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startEmbedded, stopEmbedded } from '../../lib/db/embedded.js';
+import { processAlive } from '../../lib/spool.js';
 
 const RUN_PREFIX = 'userport-test-run-';
 const OWNER_FILE = 'owner.pid';
@@ -69,15 +70,7 @@ async function removeRun(dir: string): Promise<void> {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 
-/** True while process `pid` exists (EPERM: it does, as another user's). */
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+export { processAlive };
 
 /** Run folders whose owner is gone (a SIGKILLed run): stop their servers and remove them. */
 function cleanStaleRuns(): void {
