@@ -12,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import zlib from 'node:zlib';
+import pg from 'pg';
 import { importUsers } from '../lib/import.js';
 import { ErrorCodes, OptionError } from '../lib/errors.js';
 import { fingerprint } from '../lib/source.js';
@@ -242,7 +243,33 @@ describe('the command line on a real migration day (#21)', function () {
   describe('item 7: progress', () => {
     it('at 50 columns the elapsed time and the count stay visible while reading, and the merge shows its steps', async () => {
       const file = writeExport(Array.from({ length: 6000 }, (_, i) => [user(i + 1, `p50-${i}`), useremail(i + 1, i + 1, `p50-${i}@example.com`)]).flat());
-      const r = await inTerminal(['import', 'users', file, '--database-url', db.url], 50);
+      // The merge of 6,000 users can end between two frames of the progress line: the test holds
+      // the options table so the merge provably waits in its options step while frames are drawn.
+      const holder = new pg.Client({ connectionString: db.url });
+      await holder.connect();
+      let r: Awaited<ReturnType<typeof inTerminal>>;
+      try {
+        await holder.query('BEGIN');
+        await holder.query('LOCK TABLE sentry_useroption IN SHARE MODE');
+        const running = inTerminal(['import', 'users', file, '--database-url', db.url], 50);
+        let settled = false;
+        void running.finally(() => { settled = true; });
+        for (const until = Date.now() + 60000; ;) {
+          // By the lock it waits for (the statement's text is longer than pg_stat_activity keeps),
+          // read outside the holder's transaction (which would keep one snapshot of the activity).
+          const w = await db.knex.raw(`SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                                       WHERE NOT l.granted AND l.relation = 'sentry_useroption'::regclass AND a.application_name LIKE 'userport %'`);
+          if (w.rows.length) break;
+          if (settled || Date.now() > until) throw new Error(`precondition not met: the import never waited in its options step (${settled ? `it ended: ${(await running).screen.slice(-600)}` : 'not within 60 s'})`);
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+        // The moment is reached; frames are drawn every 500 ms while it waits.
+        await new Promise((resolve) => setTimeout(resolve, 1500));
+        await holder.query('COMMIT');
+        r = await running;
+      } finally {
+        await holder.end();
+      }
       expect(r.code, r.screen).to.equal(0);
       const progress = r.frames.filter((f) => /^(reading|merg)/.test(f));
       for (const f of progress) expect([...f].length, f).to.be.at.most(49);

@@ -133,7 +133,8 @@ describe('reliability, round three (issue #20): a lost COMMIT acknowledgement', 
     const id = /import ([0-9a-f-]{36})/.exec(lines[0]!)![1]!;
     const again = await userport(['import', 'users', file, '--database-url', db.url]);
     expect(again.code, again.stderr).to.equal(0);
-    expect(again.stdout).to.include(`Already imported, nothing changed: import ${id} finished earlier`);
+    // The summary wraps at 80 columns (continuations indented by two).
+    expect(again.stdout.replace(/\n +/g, ' ')).to.include(`Already imported, nothing changed: import ${id} finished earlier`);
     expect(await db.count('auth_user')).to.equal(USERS);
   }));
 
