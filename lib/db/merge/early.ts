@@ -55,7 +55,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: UsersStepO
   for (const seq of seqs) before.push(await state(seq));
   return {
     async run() {
-      const written = await mergeUsers(q, S, options, plan);
+      const written = await mergeUsers(q, S, options, plan, { empty: true });
       const after: string[] = [];
       for (const seq of seqs) after.push((await state(seq)).v);
       return {

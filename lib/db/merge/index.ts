@@ -119,7 +119,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     users = early.step;
   } else {
     const bulk = options.bulkLoad ? await enterBulkLoad(q, (sql) => client.query(sql), plan) : undefined;
-    users = { bulk, ...(await mergeUsers(q, S, options, plan)) };
+    users = { bulk, ...(await mergeUsers(q, S, options, plan, { empty: !!bulk })) };
   }
   const { bulk, usersInserted } = users;
   stats.adjacent.lostPasswordHashes += users.lostPasswordHashes;

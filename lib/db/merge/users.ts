@@ -23,6 +23,9 @@ export interface UsersStepOptions {
   mergeUsers: boolean;
 }
 
+/** How the users' step runs: `empty` on the empty-target path (no user exists; the tables' unique indexes are dropped). */
+interface UsersStepPath { empty: boolean }
+
 /** Times the users' step is decided again after another session took one of its names or addresses. */
 const MAX_USER_ATTEMPTS = 8;
 
@@ -35,11 +38,11 @@ const MAX_USER_ATTEMPTS = 8;
  * the import. Everything of the step is redone, temp tables and pk map included; only the ids the
  * failed attempt drew are lost (gaps, as any rolled-back insert leaves).
  */
-export async function mergeUsers(q: Q, S: string, options: UsersStepOptions, plan: WritePlan): Promise<UsersWritten> {
+export async function mergeUsers(q: Q, S: string, options: UsersStepOptions, plan: WritePlan, path: UsersStepPath): Promise<UsersWritten> {
   for (let attempt = 1; ; attempt++) {
     await q('SAVEPOINT userport_users');
     try {
-      const written = await mergeUsersOnce(q, S, options, plan);
+      const written = await mergeUsersOnce(q, S, options, plan, path);
       await q('RELEASE SAVEPOINT userport_users');
       return written;
     } catch (err) {
@@ -51,8 +54,14 @@ export async function mergeUsers(q: Q, S: string, options: UsersStepOptions, pla
   }
 }
 
-async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: WritePlan): Promise<UsersWritten> {
+async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: WritePlan, path: UsersStepPath): Promise<UsersWritten> {
   const U = plan.user.table;
+  // The decisions join auth_user (names, addresses, email_unique). Statistics that say "empty"
+  // over pages that hold rows (a killed merge's dead rows, as autovacuum left them before a
+  // resume) make the planner loop over it for every user: 71 s instead of 10 at 50k users. Such
+  // statistics are refreshed first; sane ones are left alone.
+  const stale = await q(`SELECT reltuples <= 0 AND relpages > 0 AS stale FROM pg_class WHERE oid = $1::regclass`, [U]);
+  if (stale.rows[0]?.stale) await q(`ANALYZE ${U} (id, username, email${plan.user.emailUnique ? ', email_unique' : ''})`);
   // The id sequence is looked up once: pg_get_serial_sequence per row read the catalog for every
   // user (about half of this statement's time at 100k users).
   const userSeq = await idSequence(q, U);
@@ -112,7 +121,7 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
              WHERE p.outcome = 'merged' AND p.target_id IS NULL AND l.keep AND l.rn = 1 AND l.lname = p.lname`);
   }
   await renameUsers(q, plan);
-  await decideAddresses(q, plan);
+  await decideAddresses(q, plan, path);
   const usersInserted = (await q(`
     INSERT INTO ${U} (${plan.user.columns.join(', ')})
     SELECT ${plan.user.values.join(', ')}
@@ -141,10 +150,12 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
  * a user of this export with a lower pk) would fail the whole import on the UNIQUE key, so it is
  * left empty (NULL, which the key allows) and the finding says so.
  */
-async function decideAddresses(q: Q, plan: WritePlan): Promise<void> {
+async function decideAddresses(q: Q, plan: WritePlan, path: UsersStepPath): Promise<void> {
   const U = plan.user.table;
   // Existing users with the same address, case-insensitively (the oldest): reported either way.
-  await q(`
+  // On the empty-target path there are none, and email_unique's index is dropped: a lookup per
+  // user would scan the table's pages (a killed merge's dead rows before a resume) every time.
+  if (!path.empty) await q(`
     UPDATE up_user p SET address_note = 'address also held by existing user id ' || h.id
     FROM (SELECT DISTINCT ON (lower(a.email)) lower(a.email) AS le, a.id FROM ${U} a
           WHERE a.email <> '' AND lower(a.email) IN (SELECT lower(email) FROM up_user WHERE new_id IS NOT NULL)
@@ -157,7 +168,8 @@ async function decideAddresses(q: Q, plan: WritePlan): Promise<void> {
       address_note = CASE WHEN c.holder IS NOT NULL THEN 'email_unique left empty: ' || c.cand || ' is the email_unique of existing user id ' || c.holder
                           WHEN c.rn > 1 THEN 'email_unique left empty: ' || c.cand || ' is the email_unique of an earlier user of the export (pk ' || c.first_pk || ')'
                           ELSE p.address_note END
-    FROM (SELECT x.src_pk, x.cand, x.rn, x.first_pk, (SELECT a.id FROM ${U} a WHERE a.email_unique = x.cand LIMIT 1) AS holder
+    FROM (SELECT x.src_pk, x.cand, x.rn, x.first_pk,
+            ${path.empty ? 'NULL::bigint' : `(SELECT a.id FROM ${U} a WHERE a.email_unique = x.cand LIMIT 1)`} AS holder
           FROM (SELECT src_pk, cand, row_number() OVER (PARTITION BY cand ORDER BY src_pk) AS rn,
                        first_value(src_pk) OVER (PARTITION BY cand ORDER BY src_pk) AS first_pk
                 FROM (SELECT src_pk, nullif(coalesce(email_unique, email), '') AS cand FROM up_user WHERE new_id IS NOT NULL) y
