@@ -60,10 +60,11 @@ interface ExportModel {
  * model registry (`x-userport.export` in schemas/).
  */
 export const EXPORT_MODELS: readonly ExportModel[] = [...registry().models.values()]
+  .filter((m) => m.mapping.scope === 'user')
   .sort((a, b) => a.mapping.exportRank - b.mapping.exportRank)
   .map((m) => ({
     model: m.name, table: m.mapping.table,
-    fields: m.mapping.export.map(([field, encoding, column]) => ({ field, encoding, column: column ?? field })),
+    fields: m.mapping.export.map(([field, encoding, column]) => ({ field, encoding: encoding as Encoding, column: column ?? field })),
   }));
 
 /** Columns without which a table cannot be exported in user scope. */

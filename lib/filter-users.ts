@@ -12,7 +12,7 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import { ErrorCodes, RecordError } from './errors.js';
 import { checkOptions, isBoolean, isStringIterable, toStringSet, type OptionCheck } from './options.js';
-import { describeAjvError, modelInfo, registry } from './models.js';
+import { describeAjvError, IMPORT_SCOPES, modelInfo, registry, type ImportScope } from './models.js';
 import type { RawRecord, RecordPosition } from './tokenize.js';
 
 /** A record of a user-scope model with a valid envelope. */
@@ -70,7 +70,16 @@ export interface UserFilterOptions {
    * the stream (the CLI's `--rejects-file`). @default false ({@link DEFAULT_COLLECT_REJECTS})
    */
   collectRejects?: boolean;
+  /**
+   * The import's scope: which models are imported (`users`: users, emails, user emails, options;
+   * `config` adds permissions, roles and personal API tokens; `global` adds authenticators and
+   * user IPs). Records of other models are counted and skipped. @default 'users'
+   */
+  scope?: ImportScope;
 }
+
+/** An {@link ImportScope}. */
+export const isImportScope: OptionCheck = (v) => (IMPORT_SCOPES.includes(v as ImportScope) ? undefined : `one of ${IMPORT_SCOPES.map((s) => `'${s}'`).join(', ')}`);
 
 /** Rejects fail the stream unless asked otherwise. */
 export const DEFAULT_COLLECT_REJECTS = false;
@@ -79,6 +88,7 @@ export const DEFAULT_COLLECT_REJECTS = false;
 export const USER_FILTER_OPTIONS: { readonly [K in keyof UserFilterOptions]-?: OptionCheck } = {
   usernames: isStringIterable,
   collectRejects: isBoolean,
+  scope: isImportScope,
 };
 
 /**
@@ -97,7 +107,7 @@ function position(raw: RecordPosition): RecordPosition {
 const MODEL_NAME = /^[A-Za-z0-9_]+\.[A-Za-z0-9_]+$/;
 
 /** Checks one raw record's envelope and classifies it. Pure. Throws a {@link RecordError}. */
-export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefined): ScopedRecord | SkipMarker {
+export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefined, scope: ImportScope = 'users'): ScopedRecord | SkipMarker {
   const { envelope } = registry();
   if (raw.nonObject) {
     throw new RecordError(ErrorCodes.RECORD_NOT_OBJECT, `record ${raw.ordinal} is not an object`, {
@@ -108,7 +118,7 @@ export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefine
   // An out-of-scope record is only counted, as Sentry's importer skips it before deserializing
   // it: its pk need not be an integer (`sentry.actor` rows of 2021 exports have "pk": "1").
   const named = typeof v.model === 'string' && v.model.length <= 200 && MODEL_NAME.test(v.model) ? v.model.toLowerCase() : undefined;
-  if (named !== undefined && !modelInfo(named)) {
+  if (named !== undefined && !modelInfo(named, scope)) {
     return { kind: 'skip', ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, length: raw.length, model: named };
   }
   if (!(envelope as (x: unknown) => boolean)(v)) {
@@ -119,7 +129,7 @@ export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefine
     });
   }
   const model = (v.model as string).toLowerCase();
-  if (!modelInfo(model)) {
+  if (!modelInfo(model, scope)) {
     return { kind: 'skip', ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, length: raw.length, model };
   }
   const fields = v.fields as Record<string, unknown>;
@@ -137,7 +147,7 @@ export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefine
 /** The reject marker for a record {@link scopeRecord} refused (also used by the fused processor). */
 export function scopeReject(raw: RawRecord, err: RecordError): RejectMarker {
   const m = err.position?.model;
-  return { kind: 'reject', ...position(raw), model: m && modelInfo(m) ? m : undefined, error: err, record: raw.nonObject ? raw.nonObject.value : raw.value };
+  return { kind: 'reject', ...position(raw), model: m && registry().models.has(m) ? m : undefined, error: err, record: raw.nonObject ? raw.nonObject.value : raw.value };
 }
 
 /** Creates the scope-and-filter stage: {@link RawRecord} in, {@link FlowItem} out. */
@@ -145,13 +155,14 @@ export function createUserFilter(options: UserFilterOptions = {}): Transform {
   checkOptions('createUserFilter', options, USER_FILTER_OPTIONS);
   const keep = options.usernames === undefined ? undefined : toStringSet('createUserFilter', 'usernames', options.usernames);
   const collect = options.collectRejects ?? DEFAULT_COLLECT_REJECTS;
+  const scope = options.scope ?? 'users';
   return new Transform({
     objectMode: true,
     highWaterMark: 64,
     transform(raw: RawRecord, _enc: BufferEncoding, callback: TransformCallback) {
       let item: FlowItem;
       try {
-        item = scopeRecord(raw, keep);
+        item = scopeRecord(raw, keep, scope);
       } catch (err) {
         if (!collect || !(err instanceof RecordError)) return callback(err as Error);
         item = scopeReject(raw, err);

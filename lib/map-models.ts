@@ -7,9 +7,9 @@
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { ErrorCodes, RecordError } from './errors.js';
-import { DEFAULT_COLLECT_REJECTS, type FlowItem, type RejectMarker, type ScopedRecord, type SkipMarker } from './filter-users.js';
+import { DEFAULT_COLLECT_REJECTS, isImportScope, type FlowItem, type RejectMarker, type ScopedRecord, type SkipMarker } from './filter-users.js';
 import { checkOptions, isBoolean, type OptionCheck } from './options.js';
-import { describeAjvError, modelInfo, STAGE_COLUMNS, type FieldLimits, type StageColumn, type StageValue } from './models.js';
+import { describeAjvError, modelInfo, STAGE_COLUMNS, STAGE_INDEX, type FieldLimits, type ImportScope, type ModelInfo, type StageColumn, type StageValue } from './models.js';
 import { canonicalOptionValue } from './option-values.js';
 import { encodePickledField, type PickleInput } from './pickle.js';
 import type { RecordPosition } from './tokenize.js';
@@ -73,6 +73,11 @@ export interface ModelMapperOptions {
    * stream (the CLI's `--rejects-file`). @default false ({@link DEFAULT_COLLECT_REJECTS})
    */
   collectRejects?: boolean;
+  /**
+   * The import's scope ({@link ImportScope}): in `config` and `global` the credentials and
+   * privileges are staged too (the `extra` column). @default 'users'
+   */
+  scope?: ImportScope;
 }
 
 const NULLS: StageValue[] = STAGE_COLUMNS.map(() => null);
@@ -146,14 +151,111 @@ function pickledOptionValue(text: string, rec: ScopedRecord, field: string): str
 }
 
 /**
+ * A list of strings as Sentry's exports have written it: a JSON array, a string holding one
+ * (`'[]'`, Django's ArrayField), or a Python repr (`"['users.admin', 'options.admin']"`, older
+ * role permissions and API scopes). Undefined when the text is none of these.
+ */
+export function parseStringList(v: unknown): string[] | undefined {
+  if (Array.isArray(v)) return v.every((x) => typeof x === 'string') ? v as string[] : undefined;
+  if (typeof v !== 'string') return undefined;
+  const s = v.trim();
+  if (s.startsWith('[') && s.includes('"') || s === '[]') {
+    try {
+      const parsed = JSON.parse(s) as unknown;
+      if (Array.isArray(parsed) && parsed.every((x) => typeof x === 'string')) return parsed as string[];
+    } catch { /* a repr, below */ }
+  }
+  // Python's repr of a list of str: ['a', 'b'] (or "a" where the string holds a quote).
+  const m = /^\[(.*)\]$/s.exec(s);
+  if (!m) return undefined;
+  const out: string[] = [];
+  const item = /\s*(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")\s*(,|$)/gy;
+  const body = m[1]!;
+  if (body.trim() === '') return out;
+  let at = 0;
+  while (at < body.length) {
+    item.lastIndex = at;
+    const x = item.exec(body);
+    if (!x) return undefined;
+    out.push((x[1] ?? x[2]!).replace(/\\(.)/g, '$1'));
+    at = item.lastIndex;
+    if (x[3] === '') break;
+  }
+  return at >= body.length ? out : undefined;
+}
+
+/**
+ * An authenticator's `config` as exported: Sentry writes it as a string holding JSON
+ * (`"\"\""`, `"{\"secret\": ...}"`); a raw JSON value is taken as it is.
+ */
+function authenticatorConfig(v: unknown): unknown {
+  if (typeof v !== 'string') return v;
+  try {
+    return JSON.parse(v) as unknown;
+  } catch {
+    return v;
+  }
+}
+
+/** Fields whose value is normalized before it is staged, by model. */
+const EXTRA_VALUES: Record<string, Record<string, 'list' | 'config' | 'digits'>> = {
+  'sentry.userrole': { permissions: 'list' },
+  'sentry.apitoken': { scope_list: 'list', scopes: 'digits' },
+  'sentry.apiauthorization': { scope_list: 'list', scopes: 'digits' },
+  'sentry.authenticator': { config: 'config' },
+};
+
+/**
+ * The `extra` column of a record in config or global scope: the fields of `x-userport.extra`
+ * as one JSON object, lists and configs in one canonical form, the authenticator's config in the
+ * target's encoding (JSON value, JSON text, or a base64 pickle as Sentry 9 stores it).
+ */
+function extraColumn(rec: ScopedRecord, info: ModelInfo, fields: Record<string, unknown>, target: MapTarget | undefined): string {
+  const out: Record<string, unknown> = {};
+  const rules = EXTRA_VALUES[rec.model];
+  for (const f of info.mapping.extra!) {
+    let v = fields[f];
+    if (v === undefined) continue;
+    const rule = rules?.[f];
+    if (rule === 'list' && v !== null) {
+      const list = parseStringList(v);
+      if (!list) throw badValue(rec, f, 'must be a list of strings (a JSON array, or its text as Sentry writes it)');
+      v = list;
+    } else if (rule === 'digits' && v !== null) {
+      v = String(v);
+    } else if (rule === 'config') {
+      const config = authenticatorConfig(v);
+      const p = jsonProblem(config);
+      if (p) throw badValue(rec, f, p);
+      const enc = target?.authenticatorConfig ?? 'jsonb';
+      if (enc === 'pickle') {
+        try {
+          v = encodePickledField(config as PickleInput);
+        } catch (err) {
+          throw badValue(rec, f, `cannot be stored in the target's pickled column: ${(err as Error).message}`);
+        }
+      } else {
+        v = enc === 'json-text' ? JSON.stringify(config) : config;
+      }
+    } else if (typeof v === 'string') {
+      const p = textProblem(v);
+      if (p) throw badValue(rec, f, p);
+    }
+    out[f] = v;
+  }
+  return JSON.stringify(out);
+}
+
+/**
  * Validates and maps one record. Pure. Throws a {@link RecordError}. `target`: what the target
  * database is like ({@link MapTarget}): the widths records must fit, how option values are stored.
+ * `scope`: the import's scope; in config and global the credentials are staged as well.
  */
-export function mapRecord(rec: ScopedRecord, target?: MapTarget): StagedRow | FilteredMarker {
+export function mapRecord(rec: ScopedRecord, target?: MapTarget, scope: ImportScope = 'users'): StagedRow | FilteredMarker {
   const limits = target?.fieldLimits;
-  const info = modelInfo(rec.model);
+  const info = modelInfo(rec.model, scope);
   if (!info) {
-    throw new RecordError(ErrorCodes.RECORD_ENVELOPE, `mapRecord: ${rec.model} is not a user-scope model`, {
+    throw new RecordError(ErrorCodes.RECORD_ENVELOPE, `mapRecord: ${rec.model} is not a model of the ${scope} scope`, {
       position: { ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, model: rec.model, pk: rec.pk },
     });
   }
@@ -193,7 +295,7 @@ export function mapRecord(rec: ScopedRecord, target?: MapTarget): StagedRow | Fi
     const field = info.fieldFor[i];
     const v = field === undefined ? undefined : fields[field];
     if (v === undefined || v === null) { values[i] = null; continue; }
-    const type = STAGE_COLUMNS[i]![1];
+    const type = STAGE_COLUMNS[i]![1] as string;
     const naturalKey = info.mapping.naturalKeys?.[field!];
     if (naturalKey !== undefined && Array.isArray(v)) {
       // `"user": ["alice"]`: a natural key, resolved by the merge against the export's users.
@@ -238,10 +340,13 @@ export function mapRecord(rec: ScopedRecord, target?: MapTarget): StagedRow | Fi
       values[i] = v as StageValue;
     }
   }
+  if (info.mapping.extra && (scope !== 'users' || info.mapping.scope !== 'user')) values[EXTRA_INDEX] = extraColumn(rec, info, fields, target);
   row.values = values;
   if (unknownFields) row.unknownFields = unknownFields;
   return row;
 }
+
+const EXTRA_INDEX = STAGE_INDEX.extra;
 
 /** Staging code of a rejected user's pk (no schema has it: the merge only looks it up). */
 export const REJECTED_USER_CODE = 5;
@@ -276,6 +381,8 @@ export interface MapTarget {
   fieldLimits?: FieldLimits;
   /** @default 'jsonb' */
   optionValues?: 'jsonb' | 'json-text' | 'pickle';
+  /** How `auth_authenticator.config` is stored (config and global scopes). @default 'jsonb' */
+  authenticatorConfig?: 'jsonb' | 'json-text' | 'pickle';
 }
 
 /** A {@link MapTarget}. */
@@ -283,6 +390,7 @@ export const isMapTarget: OptionCheck = (v) => {
   if (v === null || typeof v !== 'object') return 'a MapTarget object ({ fieldLimits, optionValues })';
   const t = v as MapTarget;
   if (t.optionValues !== undefined && !['jsonb', 'json-text', 'pickle'].includes(t.optionValues)) return "a MapTarget whose optionValues is 'jsonb', 'json-text' or 'pickle'";
+  if (t.authenticatorConfig !== undefined && !['jsonb', 'json-text', 'pickle'].includes(t.authenticatorConfig)) return "a MapTarget whose authenticatorConfig is 'jsonb', 'json-text' or 'pickle'";
   const ok = t.fieldLimits === undefined || (t.fieldLimits !== null && typeof t.fieldLimits === 'object'
     && Object.values(t.fieldLimits).every((m) => m !== null && typeof m === 'object'
       && Object.values(m as object).every((l) => l !== null && typeof l === 'object' && Number.isInteger((l as { max: unknown }).max)
@@ -292,16 +400,17 @@ export const isMapTarget: OptionCheck = (v) => {
 
 /** Creates the model-mapping stage: {@link FlowItem} in, {@link MappedItem} out. */
 export function createModelMapper(options: ModelMapperOptions = {}): Transform {
-  checkOptions('createModelMapper', options, { collectRejects: isBoolean, target: isMapTarget });
+  checkOptions('createModelMapper', options, { collectRejects: isBoolean, target: isMapTarget, scope: isImportScope });
   const collect = options.collectRejects ?? DEFAULT_COLLECT_REJECTS;
   const target = options.target;
+  const scope = options.scope ?? 'users';
   return new Transform({
     objectMode: true,
     highWaterMark: 64,
     transform(item: FlowItem, _enc: BufferEncoding, callback: TransformCallback) {
       if (item.kind !== 'record') return callback(null, item);
       try {
-        callback(null, mapRecord(item, target));
+        callback(null, mapRecord(item, target, scope));
       } catch (err) {
         if (!collect || !(err instanceof RecordError)) return callback(err as Error);
         callback(null, mapReject(item, err));

@@ -4,10 +4,11 @@
  * Stages never branch on model names; they look the model up here.
  */
 import fs from 'node:fs';
+import { isIP } from 'node:net';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 
 /** Type of a staging column, which decides how a value is checked and encoded for COPY. */
-export type ColumnType = 'text' | 'bool' | 'timestamptz' | 'int' | 'json';
+export type ColumnType = 'text' | 'bool' | 'timestamptz' | 'int' | 'json' | 'doc';
 
 /**
  * The staging table's data columns, in COPY order. One wide table for all four models lets the
@@ -21,6 +22,9 @@ export const STAGE_COLUMNS = [
   ['email_unique', 'text'], ['is_suspended', 'bool'],
   ['user_pk', 'int'], ['project_id', 'int'], ['organization_id', 'int'],
   ['opt_key', 'text'], ['opt_value', 'json'],
+  // The fields only the config and global scopes write (x-userport.extra), as one JSON object:
+  // NULL in user scope, so `import users` pays one empty column for them, not twenty.
+  ['extra', 'doc'],
 ] as const satisfies readonly (readonly [string, ColumnType])[];
 
 /** The name of a staging column (`username`, `email`...), a key of `STAGE_INDEX`. */
@@ -36,8 +40,34 @@ export const STAGE_INDEX: { readonly [C in StageColumn]: number } = Object.freez
 /** A value on its way to a staging column: JSON text for `json` columns, else the JS value. */
 export type StageValue = string | number | boolean | null;
 
+/**
+ * Sentry's import scopes, as far as they concern users: `users` (`sentry import users`), `config`
+ * (also admin privileges: permissions, roles, personal API tokens) and `global` (also passwords,
+ * two-factor authenticators, verification state, user IPs).
+ */
+export type ImportScope = 'users' | 'config' | 'global';
+
+/** The import scopes, narrowest first. */
+export const IMPORT_SCOPES: readonly ImportScope[] = ['users', 'config', 'global'];
+
 /** The `x-userport` block of a model schema. */
 export interface ModelMapping {
+  /**
+   * The narrowest import scope that brings the model (Sentry's `RelocationScope`): `user` models
+   * travel with every scope, `config` ones with config and global, `global` ones with global only.
+   */
+  scope: 'user' | 'config' | 'global';
+  /**
+   * Fields staged in the `extra` column (one JSON object) when the import's scope is config or
+   * global: the credentials and privileges user scope never imports, and every field of the
+   * models only those scopes bring.
+   */
+  extra?: string[];
+  /**
+   * Fields that hold secrets (password hashes, authenticator configs, API tokens): masked in the
+   * rejects file, never quoted in a message.
+   */
+  secret?: string[];
   /** Small integer stored in the staging table's `model` column. */
   code: number;
   /** Target table in Sentry's schema. */
@@ -77,7 +107,7 @@ export interface ModelMapping {
    * column?]` (column defaults to the field's name). Fields a database lacks are left out
    * (`email_unique` before 2025, `is_suspended` before 2026).
    */
-  export: [string, 'text' | 'bool' | 'int' | 'int-string' | 'date' | 'json', string?][];
+  export: [string, 'text' | 'bool' | 'int' | 'int-string' | 'date' | 'json' | 'json-string' | 'text-array', string?][];
 }
 
 export interface ModelInfo {
@@ -97,6 +127,16 @@ export interface ModelInfo {
 const SCHEMA_DIR = new URL('../../schemas/', import.meta.url);
 const USER_SCOPE = ['sentry.user', 'sentry.email', 'sentry.useremail', 'sentry.useroption'] as const;
 export type UserScopeModel = (typeof USER_SCOPE)[number];
+/** The models the config and global scopes add (one schema each in `schemas/`). */
+const PRIVILEGE_MODELS = [
+  'sentry.userpermission', 'sentry.userrole', 'sentry.userroleuser', 'sentry.authenticator', 'sentry.userip',
+  'sentry.apitoken', 'sentry.apiauthorization',
+] as const;
+
+/** True when an import in `scope` brings records of a model whose own scope is `own`. */
+export function scopeIncludes(scope: ImportScope, own: ModelMapping['scope']): boolean {
+  return own === 'user' || (own === 'config' && scope !== 'users') || (own === 'global' && scope === 'global');
+}
 
 /** Value of the two ASCII digits at `i`, or -1. */
 function twoDigits(s: string, i: number): number {
@@ -188,9 +228,11 @@ function build() {
   ajv.addKeyword({ keyword: 'x-userport', schemaType: 'object' });
   ajv.addFormat('date-time', { type: 'string', validate: isDateTime });
   ajv.addFormat('time-zone', { type: 'string', validate: isTimeZone });
+  // Django's GenericIPAddressField (what `UserIP.full_clean` checks): an IPv4 or IPv6 address.
+  ajv.addFormat('ip-address', { type: 'string', validate: (s: string) => isIP(s) !== 0 });
   const envelope = ajv.compile(loadSchema('record'));
   const models = new Map<string, ModelInfo>();
-  for (const name of USER_SCOPE) {
+  for (const name of [...USER_SCOPE, ...PRIVILEGE_MODELS]) {
     const schema = loadSchema(name);
     const mapping = schema['x-userport'] as ModelMapping;
     const props = Object.keys(schema.properties as object);
@@ -209,9 +251,13 @@ export function registry(): { envelope: ValidateFunction; models: Map<string, Mo
   return (cache ??= build());
 }
 
-/** The in-scope model named `name` (already lower-cased), or undefined when out of scope. */
-export function modelInfo(name: string): ModelInfo | undefined {
-  return registry().models.get(name);
+/**
+ * The model named `name` (already lower-cased) when an import in `scope` brings it, else
+ * undefined (out of scope: counted and skipped).
+ */
+export function modelInfo(name: string, scope: ImportScope = 'users'): ModelInfo | undefined {
+  const m = registry().models.get(name);
+  return m && scopeIncludes(scope, m.mapping.scope) ? m : undefined;
 }
 
 /** Model info by staging code. */
@@ -222,6 +268,11 @@ export function modelByCode(code: number): ModelInfo {
 
 /** The four models `sentry export users` writes. */
 export const USER_SCOPE_MODELS: readonly UserScopeModel[] = USER_SCOPE;
+
+/** Every model an import or export in `scope` handles, in registry order. */
+export function scopeModels(scope: ImportScope): ModelInfo[] {
+  return [...registry().models.values()].filter((m) => scopeIncludes(scope, m.mapping.scope));
+}
 
 /**
  * Widths of one target database, by model and field, where they are narrower than the schema's:

@@ -12,6 +12,7 @@ import { RecordError } from './errors.js';
 import { DEFAULT_COLLECT_REJECTS, scopeRecord, scopeReject, USER_FILTER_OPTIONS, type UserFilterOptions } from './filter-users.js';
 import { checkOptions, toStringSet } from './options.js';
 import { isMapTarget, mapRecord, mapReject, type MappedItem, type MapTarget } from './map-models.js';
+import type { ImportScope } from './models.js';
 import { endSplitter, RecordSplitter, TOKENIZER_OPTIONS, type RawRecord, type TokenizerOptions } from './tokenize.js';
 
 export interface RecordProcessorOptions extends TokenizerOptions, UserFilterOptions {
@@ -20,17 +21,18 @@ export interface RecordProcessorOptions extends TokenizerOptions, UserFilterOpti
 }
 
 /** Turns one parsed record into what the sink takes. Throws a RecordError unless collecting. */
-export function processRecord(raw: RawRecord, keep: ReadonlySet<string> | undefined, collect: boolean, target?: MapTarget): MappedItem {
+export function processRecord(raw: RawRecord, keep: ReadonlySet<string> | undefined, collect: boolean, target?: MapTarget,
+  scope: ImportScope = 'users'): MappedItem {
   let scoped;
   try {
-    scoped = scopeRecord(raw, keep);
+    scoped = scopeRecord(raw, keep, scope);
   } catch (err) {
     if (!collect || !(err instanceof RecordError)) throw err;
     return scopeReject(raw, err);
   }
   if (scoped.kind === 'skip') return scoped;
   try {
-    return mapRecord(scoped, target);
+    return mapRecord(scoped, target, scope);
   } catch (err) {
     if (!collect || !(err instanceof RecordError)) throw err;
     return mapReject(scoped, err);
@@ -48,6 +50,7 @@ export function createRecordProcessor(options: RecordProcessorOptions = {}): Tra
   const splitter = new RecordSplitter({ nonObjects: 'emit', ...options });
   const keep = options.usernames === undefined ? undefined : toStringSet('createRecordProcessor', 'usernames', options.usernames);
   const collect = options.collectRejects ?? DEFAULT_COLLECT_REJECTS;
+  const scope = options.scope ?? 'users';
   const stream = new Transform({
     readableObjectMode: true,
     readableHighWaterMark: 4,
@@ -63,7 +66,7 @@ export function createRecordProcessor(options: RecordProcessorOptions = {}): Tra
       }
       try {
         out = new Array(records.length);
-        for (let i = 0; i < records.length; i++) out[i] = processRecord(records[i]!, keep, collect, target);
+        for (let i = 0; i < records.length; i++) out[i] = processRecord(records[i]!, keep, collect, target, scope);
       } catch (err) {
         return callback(err as Error);
       }

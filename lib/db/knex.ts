@@ -7,13 +7,18 @@ import pg from 'pg';
 import { DatabaseError, ErrorCodes, OptionError } from '../errors.js';
 import * as m1 from './migrations/20261203000000_userport_bookkeeping.js';
 import * as m2 from './migrations/20261203000100_sentry_user_tables.js';
+import * as m3 from './migrations/20261203000200_credential_staging.js';
 
 interface Migration { up(k: Knex): Promise<void>; down(k: Knex): Promise<void> }
 
-/** One migration per concern: userport's bookkeeping (schema `userport`), then Sentry's tables where there are none. */
+/**
+ * One migration per concern: userport's bookkeeping (schema `userport`), Sentry's tables where
+ * there are none, the staging column of the config and global scopes.
+ */
 const MIGRATIONS: Record<string, Migration> = {
   '20261203000000_userport_bookkeeping': m1,
   '20261203000100_sentry_user_tables': m2,
+  '20261203000200_credential_staging': m3,
 };
 
 /**

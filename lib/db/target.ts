@@ -64,20 +64,35 @@ export interface Target {
   optionValues: OptionValueEncoding | undefined;
   /** Why {@link optionValues} was decided so (for the report). */
   optionValuesEvidence: string | undefined;
+  /** How `auth_authenticator.config` is stored, when that table exists (pickles before Sentry's 0449, JSON text, jsonb since 0929). */
+  authenticatorConfig: OptionValueEncoding | undefined;
+  /** Why {@link authenticatorConfig} was decided so (for the report). */
+  authenticatorConfigEvidence: string | undefined;
 }
 
 /** Sentry's tables userport reads and writes in user scope. */
 export const USER_SCOPE_TABLES = ['auth_user', 'sentry_email', 'sentry_useremail', 'sentry_useroption', 'sentry_lostpasswordhash'] as const;
 
+/** The tables the config and global scopes add. */
+export const PRIVILEGE_TABLES = [
+  'sentry_userpermission', 'sentry_userrole', 'sentry_userrole_users', 'auth_authenticator', 'sentry_userip',
+  'sentry_apitoken', 'sentry_apiauthorization',
+] as const;
+
+/** Every table userport reads and writes, in any scope. */
+export const SENTRY_USER_TABLES: readonly string[] = [...USER_SCOPE_TABLES, ...PRIVILEGE_TABLES];
+
 /** The migration of Sentry's that turned pickled option values into JSON text. */
 const JSON_OPTION_MIGRATION = '0455_pickle_to_json_sentry_useroption';
+/** The migration of Sentry's that turned pickled authenticator configs into JSON text. */
+const JSON_AUTHENTICATOR_MIGRATION = '0449_pickle_to_json_authenticator';
 
 /**
  * Reads the target: one catalog query for the tables, columns and keys, and, only for a text
  * option-value column, where the database says how it encodes values. Runs on any connection,
  * inside or outside a transaction; reads only.
  */
-export async function readTarget(c: pg.ClientBase, tables: readonly string[] = USER_SCOPE_TABLES): Promise<Target> {
+export async function readTarget(c: pg.ClientBase, tables: readonly string[] = SENTRY_USER_TABLES): Promise<Target> {
   const { rows } = await c.query(`
     WITH t AS (
       SELECT cl.oid, cl.relname::text AS name FROM pg_class cl
@@ -122,29 +137,45 @@ export async function readTarget(c: pg.ClientBase, tables: readonly string[] = U
     userForeignKeys: row.fks,
     optionValues: undefined,
     optionValuesEvidence: undefined,
+    authenticatorConfig: undefined,
+    authenticatorConfigEvidence: undefined,
   };
   const value = target.tables.get('sentry_useroption')?.columns.get('value');
-  if (value) Object.assign(target, await optionValueEncoding(c, value));
+  if (value) {
+    const e = await valueEncoding(c, value, 'sentry_useroption', JSON_OPTION_MIGRATION);
+    target.optionValues = e.encoding;
+    target.optionValuesEvidence = e.evidence;
+  }
+  const config = target.tables.get('auth_authenticator')?.columns.get('config');
+  if (config) {
+    const e = await valueEncoding(c, config, 'auth_authenticator', JSON_AUTHENTICATOR_MIGRATION);
+    target.authenticatorConfig = e.encoding;
+    target.authenticatorConfigEvidence = e.evidence;
+  }
   return target;
 }
 
-/** How a text option-value column encodes values: from Sentry's migration history, else from a stored value. */
-async function optionValueEncoding(c: pg.ClientBase, value: TargetColumn): Promise<Pick<Target, 'optionValues' | 'optionValuesEvidence'>> {
-  if (value.udt === 'jsonb' || value.udt === 'json') return { optionValues: 'jsonb', optionValuesEvidence: `the column is ${value.udt}` };
+/**
+ * How a django-picklefield column (`sentry_useroption.value`, `auth_authenticator.config`)
+ * encodes values: jsonb by its type; for text, Sentry's migration history (the migration that
+ * turned its pickles into JSON text), else a stored value.
+ */
+async function valueEncoding(c: pg.ClientBase, column: TargetColumn, table: string, jsonMigration: string): Promise<{ encoding: OptionValueEncoding; evidence: string }> {
+  if (column.udt === 'jsonb' || column.udt === 'json') return { encoding: 'jsonb', evidence: `the column is ${column.udt}` };
   const history = await c.query(`SELECT
       to_regclass('django_migrations') IS NOT NULL AS django, to_regclass('south_migrationhistory') IS NOT NULL AS south`);
   const { django, south } = history.rows[0] as { django: boolean; south: boolean };
   if (django) {
-    const applied = await c.query(`SELECT 1 FROM django_migrations WHERE app = 'sentry' AND name = $1`, [JSON_OPTION_MIGRATION]);
-    if (applied.rowCount) return { optionValues: 'json-text', optionValuesEvidence: `Sentry migration ${JSON_OPTION_MIGRATION} is applied` };
-    return { optionValues: 'pickle', optionValuesEvidence: `Sentry migration ${JSON_OPTION_MIGRATION} is not applied` };
+    const applied = await c.query(`SELECT 1 FROM django_migrations WHERE app = 'sentry' AND name = $1`, [jsonMigration]);
+    if (applied.rowCount) return { encoding: 'json-text', evidence: `Sentry migration ${jsonMigration} is applied` };
+    return { encoding: 'pickle', evidence: `Sentry migration ${jsonMigration} is not applied` };
   }
-  if (south) return { optionValues: 'pickle', optionValuesEvidence: 'a South-era Sentry (south_migrationhistory, before Django migrations)' };
+  if (south) return { encoding: 'pickle', evidence: 'a South-era Sentry (south_migrationhistory, before Django migrations)' };
   // No migration history at all (a hand-made copy): what a stored value looks like.
-  const sample = await c.query(`SELECT value FROM sentry_useroption WHERE value IS NOT NULL LIMIT 1`);
-  const v = sample.rows[0]?.value as string | undefined;
-  if (v !== undefined && /^gA[IJKLMN][A-Za-z0-9+/]*={0,2}$/.test(v)) return { optionValues: 'pickle', optionValuesEvidence: 'stored values are base64 pickles' };
-  return { optionValues: 'json-text', optionValuesEvidence: v === undefined ? 'no migration history and no stored value: JSON text assumed' : 'stored values are JSON text' };
+  const sample = await c.query(`SELECT ${column.name === 'value' ? 'value' : 'config'} AS v FROM ${table} WHERE ${column.name} IS NOT NULL LIMIT 1`);
+  const v = sample.rows[0]?.v as string | undefined;
+  if (v !== undefined && /^gA[IJKLMN][A-Za-z0-9+/]*={0,2}$/.test(v)) return { encoding: 'pickle', evidence: 'stored values are base64 pickles' };
+  return { encoding: 'json-text', evidence: v === undefined ? 'no migration history and no stored value: JSON text assumed' : 'stored values are JSON text' };
 }
 
 /** The table, or undefined. */
