@@ -18,7 +18,8 @@ import {
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
 import { ErrorCodes, OptionError, printable, UserportError, wrapDbError } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
-import { fieldLimits, modelInfo } from './models.js';
+import { fieldLimits, modelInfo, type ImportScope } from './models.js';
+import { isImportScope } from './filter-users.js';
 import { fingerprint, isRegularFile, openSource } from './source.js';
 import type { MappedItem } from './map-models.js';
 import { createPgSink, DEFAULT_BATCH_ROWS, StagedFacts } from './pg-sink.js';
@@ -47,6 +48,8 @@ export interface Progress {
    * than into a database that holds users, which an estimate of the time left needs to know.
    */
   emptyTarget?: boolean;
+  /** The import's scope (the merge has a privileges step in config and global scope). */
+  scope?: ImportScope;
 }
 
 /** Options of {@link importUsers}. */
@@ -62,6 +65,18 @@ export interface ImportOptions {
   embeddedDir?: string;
   /** Reuse an existing user on username collision instead of renaming. @default false */
   mergeUsers?: boolean;
+  /**
+   * Sentry's import scope, for the user models (README, "Scopes"): `users` as `sentry import
+   * users` (no credentials, no privileges); `config` also keeps staff/superuser/managed and
+   * brings permissions, roles and personal API tokens; `global` also keeps password hashes,
+   * two-factor authenticators, email verification and user IPs. Never wipes. @default 'users'
+   */
+  scope?: ImportScope;
+  /**
+   * Config and global scopes: a role whose name the target already has is overwritten with the
+   * imported one (Sentry's `--overwrite-configs`); else it is kept. @default false
+   */
+  overwriteConfigs?: boolean;
   /**
    * `auto`: when every target table is empty and can be locked at once (a restore), load the rows
    * into the bare tables and build their unique constraints, indexes and foreign keys afterwards,
@@ -146,6 +161,8 @@ const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
   embeddedDir: isNonEmptyString,
   tmpDir: isNonEmptyString,
   mergeUsers: isBoolean,
+  scope: isImportScope,
+  overwriteConfigs: isBoolean,
   bulkLoad: (v) => (v === 'auto' || v === 'off' ? undefined : '"auto" or "off"'),
   filterUsernames: isStringIterable,
   dryRun: isBoolean,
@@ -173,6 +190,9 @@ function checkImportOptions(o: ImportOptions): void {
   if (o.resumable && o.dryRun) throw new OptionError('importUsers: resumable and dryRun cannot be combined', 'dryRun');
   if (o.importId !== undefined && !o.resumable) throw new OptionError('importUsers: importId needs resumable: true', 'importId');
   if (o.maxRejects !== undefined && o.rejectsFile === undefined) throw new OptionError('importUsers: maxRejects needs rejectsFile', 'maxRejects');
+  if (o.overwriteConfigs && (o.scope ?? 'users') === 'users') {
+    throw new OptionError("importUsers: overwriteConfigs needs scope 'config' or 'global' (user scope brings no roles)", 'overwriteConfigs');
+  }
   if (o.resumable && (o.source === '-' || o.source instanceof Readable)) {
     throw new OptionError('importUsers: a resumable import needs a file source (it is read again to resume)', 'source');
   }
@@ -189,12 +209,17 @@ async function embeddedDatabaseUrl(dir: string | undefined): Promise<string> {
 
 /** Options that must be the same when an import is resumed. */
 function resumeKey(o: ImportOptions) {
-  return { mergeUsers: !!o.mergeUsers, filterUsernames: o.filterUsernames ? [...o.filterUsernames].sort() : null, encrypted: !!o.decrypt };
+  return {
+    mergeUsers: !!o.mergeUsers, filterUsernames: o.filterUsernames ? [...o.filterUsernames].sort() : null, encrypted: !!o.decrypt,
+    // Only when not the default, so imports recorded before the scopes existed still match.
+    ...(o.scope && o.scope !== 'users' ? { scope: o.scope } : {}), ...(o.overwriteConfigs ? { overwriteConfigs: true } : {}),
+  };
 }
 
 /** One resume-key value as a person reads it. */
 function describeKeyValue(key: string, v: unknown): string {
-  if (key === 'mergeUsers') return v ? 'on' : 'off';
+  if (key === 'mergeUsers' || key === 'overwriteConfigs') return v ? 'on' : 'off';
+  if (key === 'scope') return v ? String(v) : 'users';
   if (key === 'encrypted') return v ? 'encrypted' : 'plain';
   if (key === 'filterUsernames') {
     if (!Array.isArray(v)) return 'no filter';
@@ -239,7 +264,8 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     try { await client.connect(); } catch (err) { throw wrapDbError(err, 'connecting'); }
     await applySessionSettings(client);
     // The target, read once before any record: what to write, and the widths records must fit.
-    const plan = await planFor(client).catch((err: unknown) => { throw err instanceof UserportError ? err : wrapDbError(err, 'reading the target database'); });
+    const scope = options.scope ?? 'users';
+    const plan = await planFor(client, scope).catch((err: unknown) => { throw err instanceof UserportError ? err : wrapDbError(err, 'reading the target database'); });
 
     let skipThrough = 0;
     let resumeRejects: { bytes: number; count: number } | undefined;
@@ -310,9 +336,11 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       skipThrough,
       usernames: options.filterUsernames,
       collectRejects,
+      scope,
       target: {
         fieldLimits: fieldLimits((t, c) => plan.target.tables.get(t)?.columns.get(c)?.maxLength),
         optionValues: plan.userOption ? plan.target.optionValues ?? 'jsonb' : 'jsonb',
+        authenticatorConfig: plan.privileges.authenticator?.config ?? 'jsonb',
       },
     });
     const filterActive = options.filterUsernames !== undefined;
@@ -323,6 +351,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     let step: MergeStep | undefined;
     const mergeOptions: MergeOptions = {
       run, mergeUsers: !!options.mergeUsers, filterActive, bulkLoad: options.bulkLoad !== 'off', staged: skipThrough ? undefined : staged, plan,
+      overwriteConfigs: !!options.overwriteConfigs,
       onStep: (s) => { step = s; },
     };
     // One cheap look for the progress estimate (the merge decides the path itself, later). It
@@ -380,7 +409,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       const report = (phase: Progress['phase']) => onProgress({
         phase, bytesRead: processor.splitter.bytesRead, totalBytes: size, records: processor.splitter.recordsSeen,
         seconds: (Date.now() - started) / 1000,
-        ...(phase === 'merging' && step ? { step } : {}), ...(emptyTarget !== undefined ? { emptyTarget } : {}),
+        ...(phase === 'merging' && step ? { step } : {}), ...(emptyTarget !== undefined ? { emptyTarget } : {}), scope,
       });
       report('reading');
       progressTimer = setInterval(() => report('reading'), 500);

@@ -16,6 +16,11 @@ export interface ModelCounts {
   merged: number;
   /** Users inserted under a new name because theirs was taken. Also counted in `inserted`. */
   renamed: number;
+  /**
+   * Roles of an existing name overwritten with the imported permissions (`--overwrite-configs`).
+   * Optional: summaries of user-scope imports lack it.
+   */
+  overwritten?: number;
   /** Removed by `--filter-usernames`. */
   filtered: number;
   /** Dropped, by reason (`user not imported: filtered out`, `scoped to an organization`, ...). */
@@ -77,6 +82,11 @@ export interface Adjacent {
    * left empty because another user holds that address there (a finding each).
    */
   emailUniqueLeftEmpty?: number;
+  /**
+   * Config and global scopes: API tokens whose token or refresh token another row already had,
+   * imported with new token values as Sentry does (a finding each, never quoting a token).
+   */
+  tokensRegenerated?: number;
 }
 
 const MAX_KEYS = 200;

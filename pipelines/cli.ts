@@ -260,7 +260,7 @@ export class PhaseClock {
 }
 
 /** The merge's steps in order, for `users (1/6)`. */
-const STEPS = ['users', 'emails', 'user emails', 'options', 'indexes', 'findings'] as const;
+const STEPS = ['users', 'emails', 'user emails', 'options', 'privileges', 'indexes', 'findings'] as const;
 
 /**
  * The progress line, fitted to `columns` (a line that wraps cannot be erased with `\r` and leaves
@@ -272,7 +272,9 @@ export function progressLine(p: Progress, clock: PhaseClock, columns: number): s
   const etaText = eta !== undefined ? `ETA ~${formatDuration(eta)}` : p.phase === 'merging' ? 'ETA unknown' : 'ETA --';
   const elapsed = formatDuration(p.seconds);
   const pct = p.totalBytes ? `${Math.min(100, (100 * p.bytesRead) / p.totalBytes).toFixed(0)}%` : undefined;
-  const step = p.step ? `${p.step} (${STEPS.indexOf(p.step) + 1}/${STEPS.length})` : 'staging';
+  // The privileges step is the config and global scopes' only.
+  const steps: readonly string[] = p.scope && p.scope !== 'users' ? STEPS : STEPS.filter((s) => s !== 'privileges');
+  const step = p.step ? `${p.step} (${steps.indexOf(p.step) + 1}/${steps.length})` : 'staging';
   // Each candidate, most complete first; the first that fits is shown.
   const candidates: string[][] = p.phase === 'reading'
     ? [

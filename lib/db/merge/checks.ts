@@ -30,13 +30,13 @@ export async function refuseDuplicatePks(q: Q, S: string, run: number): Promise<
  * can land on the wrong user.
  */
 export async function resolveNaturalKeys(q: Q, S: string, run: number, C: ModelCodes): Promise<void> {
-  const pending = await q(`SELECT 1 FROM ${S} WHERE run = $1 AND model IN (${C.userEmail}, ${C.userOption}) AND user_pk IS NULL AND username IS NOT NULL LIMIT 1`, [run]);
+  const pending = await q(`SELECT 1 FROM ${S} WHERE run = $1 AND model IN (${C.withUser.join(', ')}) AND user_pk IS NULL AND username IS NOT NULL LIMIT 1`, [run]);
   if (!pending.rowCount) return;
   const ambiguous = await q(`
     SELECT s.model, s.src_pk, s.ord, s.off, s.line, s.col, s.username FROM ${S} s
     JOIN (SELECT username FROM ${S} WHERE run = $1 AND model = ${C.user} AND username IS NOT NULL
           GROUP BY username HAVING count(*) > 1) d USING (username)
-    WHERE s.run = $1 AND s.model IN (${C.userEmail}, ${C.userOption}) AND s.user_pk IS NULL ORDER BY s.ord LIMIT 1`, [run]);
+    WHERE s.run = $1 AND s.model IN (${C.withUser.join(', ')}) AND s.user_pk IS NULL ORDER BY s.ord LIMIT 1`, [run]);
   if (ambiguous.rowCount) {
     const d = ambiguous.rows[0];
     const model = modelByCode(d.model).name;
@@ -48,6 +48,6 @@ export async function resolveNaturalKeys(q: Q, S: string, run: number, C: ModelC
   }
   await q(`
     UPDATE ${S} s SET user_pk = u.src_pk FROM ${S} u
-    WHERE s.run = $1 AND s.model IN (${C.userEmail}, ${C.userOption}) AND s.user_pk IS NULL AND s.username IS NOT NULL
+    WHERE s.run = $1 AND s.model IN (${C.withUser.join(', ')}) AND s.user_pk IS NULL AND s.username IS NOT NULL
       AND u.run = $1 AND u.model = ${C.user} AND u.username = s.username`, [run]);
 }

@@ -16,6 +16,7 @@
 import type pg from 'pg';
 import { DatabaseError, ErrorCodes, OptionError } from '../../errors.js';
 import { REJECTED_USER_CODE } from '../../map-models.js';
+import type { ImportScope } from '../../models.js';
 import { ImportStats } from '../../stats.js';
 import type { StagedFacts } from '../../pg-sink.js';
 import { readTarget, requireUserTable } from '../target.js';
@@ -25,6 +26,7 @@ import { EARLY_SAVEPOINT, type EarlyUsers, type UsersStep } from './early.js';
 import { writePlan, type WritePlan } from './plan.js';
 import { modelCodes, openMerge, runner, type Q } from './run.js';
 import { mergeUsers } from './users.js';
+import { mergePrivileges } from './privileges.js';
 
 export { MERGE_LOCK_KEY } from './run.js';
 export { beginEarlyUsers, undoEarlyUsers, type EarlyUsers } from './early.js';
@@ -51,10 +53,15 @@ export interface MergeOptions {
   plan?: WritePlan;
   /** Called as each step of the merge starts, for progress (`Progress.step`). */
   onStep?: (step: MergeStep) => void;
+  /**
+   * Config and global scopes: a role whose name the target has takes the imported permissions
+   * and dates (Sentry's `--overwrite-configs`); else the existing role is kept. @default false
+   */
+  overwriteConfigs?: boolean;
 }
 
 /** The steps of the merge, in order, as {@link MergeOptions.onStep} reports them. */
-export type MergeStep = 'users' | 'emails' | 'user emails' | 'options' | 'indexes' | 'findings';
+export type MergeStep = 'users' | 'emails' | 'user emails' | 'options' | 'privileges' | 'indexes' | 'findings';
 
 /** What {@link mergeStaged} reports about how it wrote. */
 export interface MergeOutcome {
@@ -64,6 +71,11 @@ export interface MergeOutcome {
 
 const MODEL_NAMES: Record<string, string> = { up_user: 'sentry.user', up_email: 'sentry.email', up_ue: 'sentry.useremail', up_uo: 'sentry.useroption' };
 
+/** What a finding of a row that names its user says beyond the reason: which user. */
+const CHILD_FINDING = `reason || CASE WHEN user_pk IS NOT NULL THEN ' (user pk ' || user_pk || ')'
+                         ELSE ' (user ' || to_json(ARRAY[username])::text || ')' END
+                 || CASE WHEN outcome = 'merged' THEN ' into user id ' || target_id ELSE '' END`;
+
 /**
  * What a finding says beyond the counted reason: who. Summary counters group by the bare reason
  * (bounded keys); each finding names the user it concerns.
@@ -72,19 +84,16 @@ const FINDING_REASON: Record<string, string> = {
   up_user: `CASE WHEN outcome = 'renamed' THEN reason || ': imported as ' || final_name
                  WHEN outcome = 'merged' THEN reason || ' (user id ' || target_id || ')' ELSE reason END`,
   up_email: 'reason',
-  up_ue: `reason || CASE WHEN user_pk IS NOT NULL THEN ' (user pk ' || user_pk || ')'
-                         ELSE ' (user ' || to_json(ARRAY[username])::text || ')' END
-                 || CASE WHEN outcome = 'merged' THEN ' into user id ' || target_id ELSE '' END`,
-  up_uo: `reason || CASE WHEN user_pk IS NOT NULL THEN ' (user pk ' || user_pk || ')'
-                         ELSE ' (user ' || to_json(ARRAY[username])::text || ')' END
-                 || CASE WHEN outcome = 'merged' THEN ' into user id ' || target_id ELSE '' END`,
+  up_ue: CHILD_FINDING,
+  up_uo: CHILD_FINDING,
+  up_role: `reason || ' (' || to_json(name)::text || ')'`,
 };
 
-/** The plan of the target `client` is connected to. */
-export async function planFor(client: pg.ClientBase): Promise<WritePlan> {
+/** The plan of the target `client` is connected to, for an import in `scope`. */
+export async function planFor(client: pg.ClientBase, scope: ImportScope = 'users'): Promise<WritePlan> {
   const target = await readTarget(client);
   requireUserTable(target);
-  return writePlan(target);
+  return writePlan(target, scope);
 }
 
 /**
@@ -135,20 +144,28 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
 
   // 4. User emails and 5. user options.
   const children = await mergeChildren(q, S, options, plan, !!bulk, anyRejected, stats);
+
+  // Config and global scopes: permissions, roles, authenticators, user IPs, API tokens.
+  if (plan.scope !== 'users') options.onStep?.('privileges');
+  const privileges = await mergePrivileges(q, S, { run, overwriteConfigs: options.overwriteConfigs ?? false }, plan, anyRejected, stats);
   if (bulk) { options.onStep?.('indexes'); await bulk.rebuild(); }
 
   // 6. Findings and counts: one pass over each decision table writes the findings (the
   // exceptions) and counts every outcome but the inserts, which the INSERTs above counted.
   options.onStep?.('findings');
   const insertedBy: Record<string, number> = { up_user: usersInserted, up_ue: children.userEmails, up_uo: children.userOptions };
-  for (const [table, model] of Object.entries(MODEL_NAMES)) {
+  const tables = Object.entries(MODEL_NAMES);
+  for (const p of privileges) { tables.push([p.table, p.model]); insertedBy[p.table] = p.inserted; }
+  for (const [table, model] of tables) {
+    // A role that exists is a finding too (kept or overwritten); a duplicate user email is not.
+    const kinds = table === 'up_role' ? `'dropped', 'existing', 'overwritten'` : `'filtered', 'dropped', 'merged', 'renamed'`;
     const counts = await q(`
       WITH src AS MATERIALIZED (
-        SELECT outcome, reason, src_pk, ord, off, ${FINDING_REASON[table]} AS finding
+        SELECT outcome, reason, src_pk, ord, off, ${FINDING_REASON[table] ?? CHILD_FINDING} AS finding
         FROM ${table} WHERE outcome NOT IN ('insert', 'inserted')
       ), findings AS (
         INSERT INTO userport.findings (run, kind, model, source_pk, ordinal, byte_offset, reason)
-        SELECT $1, outcome, '${model}', src_pk, ord, off, finding FROM src WHERE outcome IN ('filtered', 'dropped', 'merged', 'renamed')
+        SELECT $1, outcome, '${model}', src_pk, ord, off, finding FROM src WHERE outcome IN (${kinds})
       )
       SELECT outcome, reason, count(*)::int AS n FROM src GROUP BY outcome, reason`, [run]);
     const c = stats.model(model);
@@ -158,6 +175,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
       if (outcome === 'renamed') c.renamed += n; // renamed users are inserted users, counted above
       else if (outcome === 'existing') c.existing += n;
       else if (outcome === 'merged') c.merged += n;
+      else if (outcome === 'overwritten') c.overwritten = (c.overwritten ?? 0) + n;
       else if (outcome === 'filtered') c.filtered += n;
       else stats.drop(model, reason ?? outcome, n);
     }
@@ -257,7 +275,7 @@ async function mergeChildren(q: Q, S: string, options: MergeOptions, plan: Write
              WHEN user_keep IS NULL THEN 'user not in the export'
              WHEN user_kind = 'merged' THEN 'user merged into an existing user' ${specificReason} END AS reason
       FROM (
-        SELECT s.src_pk, s.ord, s.off, s.user_pk, s.username, s.email, s.opt_key, s.opt_value, s.project_id, s.organization_id,
+        SELECT s.src_pk, s.ord, s.off, s.user_pk, s.username, s.email, s.opt_key, s.opt_value, s.project_id, s.organization_id, s.extra,
           m.target_id, m.kind AS user_kind, m.keep AS user_keep,
           -- REJECTED_USER_CODE: the pk of a rejected user, staged so its rows say so.
           ${anyRejected ? `EXISTS (SELECT 1 FROM ${S} r WHERE r.run = $1 AND r.model = ${REJECTED_USER_CODE} AND r.src_pk = s.user_pk)` : 'false'} AS user_rejected,
@@ -289,9 +307,15 @@ async function mergeChildren(q: Q, S: string, options: MergeOptions, plan: Write
   // cheaper than ON CONFLICT's speculative insertion.
   const UE = plan.userEmail?.table;
   options.onStep?.('user emails');
+  // Global scope keeps the verification state (Sentry's UserEmail normalize: `scope != Global`
+  // resets it); the others reset it: a new 32-character hash, now, unverified.
+  const verification = plan.scope === 'global'
+    ? `coalesce(extra::jsonb->>'validation_hash', replace(gen_random_uuid()::text, '-', '')),
+       coalesce((extra::jsonb->>'date_hash_added')::timestamptz, now()), coalesce((extra::jsonb->>'is_verified')::boolean, false)`
+    : `replace(gen_random_uuid()::text, '-', ''), now(), false`;
   const userEmails = await decideAndInsert('up_ue', C.userEmail, UE, `
     INSERT INTO ${UE} (user_id, email, validation_hash, date_hash_added, is_verified)
-    SELECT target_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
+    SELECT target_id, email, ${verification}
     FROM d WHERE outcome = 'insert' ORDER BY src_pk`);
   if (plan.userEmail) {
     // Sentry's post-save signal gives every new user a row for its own address. Into the empty

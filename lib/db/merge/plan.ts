@@ -10,8 +10,8 @@
  *   addresses compared case-insensitively whatever the column type (citext or varchar).
  */
 import { DatabaseError, ErrorCodes } from '../../errors.js';
-import { modelInfo } from '../../models.js';
-import { arbiter, idLimit, type Target, type TargetTable } from '../target.js';
+import { modelInfo, type ImportScope } from '../../models.js';
+import { arbiter, idLimit, type OptionValueEncoding, type Target, type TargetTable } from '../target.js';
 
 /** Sentry's table of lost-password hashes (not a model of the export: no schema names it). */
 export const LOST_PASSWORD_TABLE = 'sentry_lostpasswordhash';
@@ -46,6 +46,30 @@ const USER_VALUES: Record<string, string> = {
   avatar_type: 'coalesce(u.avatar_type, 0)',
   avatar_url: 'u.avatar_url',
 };
+
+/**
+ * What config and global scopes change in {@link USER_VALUES} (Sentry's `User.normalize_before_relocation_import`):
+ * both keep staff, superuser and managed; global also keeps the password hash and its dates,
+ * unless the exported row is unclaimed (`u.keep_pw`, decided by the users' step). `u.x` is the
+ * staged `extra` object.
+ */
+const PRIVILEGED_USER_VALUES: Record<string, string> = {
+  is_staff: `coalesce((u.x->>'is_staff')::boolean, false)`,
+  is_superuser: `coalesce((u.x->>'is_superuser')::boolean, false)`,
+  is_managed: `coalesce((u.x->>'is_managed')::boolean, false)`,
+};
+const GLOBAL_USER_VALUES: Record<string, string> = {
+  password: `CASE WHEN u.keep_pw THEN u.x->>'password' ELSE ${USER_VALUES.password} END`,
+  is_unclaimed: 'NOT u.keep_pw',
+  is_password_expired: `u.keep_pw AND coalesce((u.x->>'is_password_expired')::boolean, false)`,
+  last_password_change: `CASE WHEN u.keep_pw THEN (u.x->>'last_password_change')::timestamptz ELSE now() END`,
+};
+
+/** Sentry's `auth_user` values for a relocated user in `scope`. */
+function userValues(scope: ImportScope): Record<string, string> {
+  if (scope === 'users') return USER_VALUES;
+  return { ...USER_VALUES, ...PRIVILEGED_USER_VALUES, ...(scope === 'global' ? GLOBAL_USER_VALUES : {}) };
+}
 
 /** When Sentry added the `auth_user` columns an older target may lack (for the report). */
 const USER_COLUMN_HISTORY: Record<string, string> = {
@@ -83,16 +107,64 @@ export interface WritePlan {
   userEmail: { table: string; arbiter: string | undefined } | undefined;
   userOption: { table: string; value: string } | undefined;
   lostPassword: { table: string } | undefined;
+  /** The import's scope: what the plan writes beyond user scope. */
+  scope: ImportScope;
+  /** The tables of the config and global scopes the target has (none in user scope). */
+  privileges: PrivilegePlan;
   notWritten: NotWritten[];
+}
+
+/** The config- and global-scope tables of one target, each present or undefined. */
+export interface PrivilegePlan {
+  permission?: { table: string };
+  /** `permissions` as text[] (Sentry 2025+) or as JSON text (older). */
+  role?: { table: string; permissionsArray: boolean };
+  roleUser?: { table: string };
+  /** `config` as the target stores it; ids 32-bit in every generation. */
+  authenticator?: { table: string; config: OptionValueEncoding; idLimit: number | bigint };
+  userIp?: { table: string };
+  /** The token columns this generation has (hashed tokens and names since 2023), and the token width. */
+  token?: { table: string; columns: Set<string>; tokenWidth: number };
+  authorization?: { table: string; columns: Set<string> };
+}
+
+/** Each privilege model's table and the scope that brings it, for the plan and the report. */
+const PRIVILEGE_MODELS: [keyof PrivilegePlan, string][] = [
+  ['permission', 'sentry.userpermission'], ['role', 'sentry.userrole'], ['roleUser', 'sentry.userroleuser'],
+  ['authenticator', 'sentry.authenticator'], ['userIp', 'sentry.userip'], ['token', 'sentry.apitoken'],
+  ['authorization', 'sentry.apiauthorization'],
+];
+
+function privilegePlan(target: Target, scope: ImportScope, notWritten: NotWritten[]): PrivilegePlan {
+  const out: PrivilegePlan = {};
+  for (const [key, model] of PRIVILEGE_MODELS) {
+    const info = modelInfo(model, scope);
+    if (!info) continue;
+    const t = target.tables.get(info.mapping.table);
+    if (!t) {
+      notWritten.push({ what: info.mapping.table, why: `no such table in this database: ${model} records are dropped` });
+      continue;
+    }
+    const columns = new Set(t.columns.keys());
+    switch (key) {
+      case 'role': out.role = { table: t.name, permissionsArray: t.columns.get('permissions')?.udt === '_text' }; break;
+      case 'authenticator': out.authenticator = { table: t.name, config: target.authenticatorConfig ?? 'jsonb', idLimit: idLimit(target, t.name) }; break;
+      case 'token': out.token = { table: t.name, columns, tokenWidth: t.columns.get('token')?.maxLength ?? 64 }; break;
+      case 'authorization': out.authorization = { table: t.name, columns }; break;
+      default: out[key] = { table: t.name };
+    }
+  }
+  return out;
 }
 
 function tableOf(model: string): string {
   return modelInfo(model)!.mapping.table;
 }
 
-/** The plan for `target` (which must have `auth_user`, see `requireUserTable`). */
-export function writePlan(target: Target): WritePlan {
+/** The plan for `target` (which must have `auth_user`, see `requireUserTable`), for an import in `scope`. */
+export function writePlan(target: Target, scope: ImportScope = 'users'): WritePlan {
   const notWritten: NotWritten[] = [];
+  const USER_VALUES = userValues(scope);
   const userTable = tableOf('sentry.user');
   const user = target.tables.get(userTable)!;
   const columns: string[] = [];
@@ -121,6 +193,7 @@ export function writePlan(target: Target): WritePlan {
   if (!uo) notWritten.push({ what: tableOf('sentry.useroption'), why: 'no such table in this database: user options are dropped' });
   const lph = target.tables.get(LOST_PASSWORD_TABLE);
   if (!lph) notWritten.push({ what: LOST_PASSWORD_TABLE, why: 'no such table in this database: imported users get no lost-password hash' });
+  const privileges = privilegePlan(target, scope, notWritten);
   const optionValue = () => {
     switch (target.optionValues) {
       // The mapper already wrote the value in the target's encoding (JSON text or a base64 pickle).
@@ -142,6 +215,8 @@ export function writePlan(target: Target): WritePlan {
     userEmail: ue && { table: ue.name, arbiter: arbiter(target, ue.name, ['user_id', 'email']) },
     userOption: uo && { table: uo.name, value: optionValue() },
     lostPassword: lph && { table: lph.name },
+    scope,
+    privileges,
     notWritten,
   };
 }
@@ -161,7 +236,23 @@ export function describePlan(plan: WritePlan): string[] {
     const enc = { jsonb: 'jsonb', 'json-text': 'JSON text', pickle: 'base64 Python pickles (django-picklefield)' }[t.optionValues ?? 'jsonb'];
     lines.push(`Writes ${plan.userOption.table}: user_id, project_id, organization_id, key, value (as ${enc}: ${t.optionValuesEvidence ?? 'jsonb'})`);
   }
-  if (plan.lostPassword) lines.push(`Writes ${plan.lostPassword.table}: user_id, hash, date_added`);
+  if (plan.lostPassword) {
+    lines.push(`Writes ${plan.lostPassword.table}: user_id, hash, date_added${plan.scope === 'global' ? ' (only for users whose password is not kept)' : ''}`);
+  }
+  const p = plan.privileges;
+  if (plan.scope !== 'users') {
+    lines.push(`Scope ${plan.scope}: keeps is_staff, is_superuser, is_managed${plan.scope === 'global' ? '; password hashes (unless the user was unclaimed) and email verification' : ''}`);
+  }
+  if (p.permission) lines.push(`Writes ${p.permission.table}: user_id, permission`);
+  if (p.role) lines.push(`Writes ${p.role.table}: name, permissions (as ${p.role.permissionsArray ? 'text[]' : 'JSON text'}), date_added, date_updated`);
+  if (p.roleUser) lines.push(`Writes ${p.roleUser.table}: user_id, role_id, date_added, date_updated`);
+  if (p.authenticator) {
+    const enc = { jsonb: 'jsonb', 'json-text': 'JSON text', pickle: 'base64 Python pickles (django-picklefield)' }[p.authenticator.config];
+    lines.push(`Writes ${p.authenticator.table}: user_id, type, config (as ${enc}: ${t.authenticatorConfigEvidence ?? 'jsonb'}), created_at, last_used_at`);
+  }
+  if (p.userIp) lines.push(`Writes ${p.userIp.table}: user_id, ip_address, country_code, region_code, first_seen, last_seen`);
+  if (p.token) lines.push(`Writes ${p.token.table}: ${[...p.token.columns].filter((c) => c !== 'id').join(', ')}`);
+  if (p.authorization) lines.push(`Writes ${p.authorization.table}: ${[...p.authorization.columns].filter((c) => c !== 'id').join(', ')}`);
   for (const n of plan.notWritten) lines.push(`Not written: ${n.what}: ${n.why}`);
   return lines;
 }

@@ -5,7 +5,7 @@
  */
 import type pg from 'pg';
 import { DatabaseError, ErrorCodes } from '../../errors.js';
-import { modelInfo } from '../../models.js';
+import { modelInfo, scopeModels } from '../../models.js';
 
 /** Key of the advisory lock that serializes merges. */
 export const MERGE_LOCK_KEY = 7472117102;
@@ -14,11 +14,22 @@ export const MERGE_LOCK_KEY = 7472117102;
 export type Q = (sql: string, params?: unknown[]) => Promise<pg.QueryResult>;
 
 /** Staging codes of the merged models, from their schemas (`x-userport.code` in schemas/). */
-export interface ModelCodes { user: number; email: number; userEmail: number; userOption: number }
+export interface ModelCodes {
+  user: number; email: number; userEmail: number; userOption: number;
+  permission: number; role: number; roleUser: number; authenticator: number; userIp: number; token: number; authorization: number;
+  /** Every model whose rows name their user (`"user": 1`, or a natural key before 23.9.1). */
+  withUser: number[];
+}
 
 export function modelCodes(): ModelCodes {
-  const code = (name: string) => modelInfo(name)!.mapping.code;
-  return { user: code('sentry.user'), email: code('sentry.email'), userEmail: code('sentry.useremail'), userOption: code('sentry.useroption') };
+  const code = (name: string) => modelInfo(name, 'global')!.mapping.code;
+  return {
+    user: code('sentry.user'), email: code('sentry.email'), userEmail: code('sentry.useremail'), userOption: code('sentry.useroption'),
+    permission: code('sentry.userpermission'), role: code('sentry.userrole'), roleUser: code('sentry.userroleuser'),
+    authenticator: code('sentry.authenticator'), userIp: code('sentry.userip'), token: code('sentry.apitoken'),
+    authorization: code('sentry.apiauthorization'),
+    withUser: scopeModels('global').filter((m) => m.mapping.naturalKeys?.user).map((m) => m.mapping.code),
+  };
 }
 
 /** The statement runner of one merge: prints each statement's time and plan on request. */

@@ -69,7 +69,7 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
   await q(`
     CREATE TEMP TABLE up_user ON COMMIT DROP AS
     WITH u AS (
-      SELECT s.*, lower(s.username) AS lname,
+      SELECT s.*, s.extra::jsonb AS x, lower(s.username) AS lname,
         CASE WHEN s.keep THEN row_number() OVER (PARTITION BY s.keep, lower(s.username) ORDER BY s.src_pk) END AS rn
       FROM ${S} s WHERE s.run = $1 AND s.model = ${modelCodes().user}
     ), ex AS (
@@ -91,6 +91,8 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
       CASE WHEN outcome = 'merged' THEN ex_id END AS target_id,
       NULL::text AS email_unique_final,
       NULL::text AS address_note,
+      -- Global scope keeps the password hash of a claimed user (Sentry: unless is_unclaimed).
+      ${plan.scope === 'global' ? `(o.x ? 'password') AND NOT coalesce((o.x->>'is_unclaimed')::boolean, false)` : 'false'} AS keep_pw,
       CASE WHEN outcome = 'filtered' THEN 'username not in --filter-usernames'
            WHEN outcome = 'renamed' THEN 'username taken'
            WHEN outcome = 'merged' AND ex_id IS NOT NULL THEN 'merged into existing user'
@@ -130,7 +132,7 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
   if (plan.lostPassword) {
     lostPasswordHashes = (await q(`
       INSERT INTO ${plan.lostPassword.table} (user_id, hash, date_added)
-      SELECT new_id, replace(gen_random_uuid()::text, '-', ''), now() FROM up_user WHERE new_id IS NOT NULL ORDER BY new_id`)).rowCount ?? 0;
+      SELECT new_id, replace(gen_random_uuid()::text, '-', ''), now() FROM up_user WHERE new_id IS NOT NULL AND NOT keep_pw ORDER BY new_id`)).rowCount ?? 0;
   }
   await q(`
     INSERT INTO userport.pk_map (run, model, source_pk, target_id, kind)
