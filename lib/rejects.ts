@@ -1,11 +1,13 @@
 /**
  * The rejects file (`--rejects-file`): records that fail their schema are written here, one JSON
- * line each, instead of aborting the import. Secrets in the record (password hash, validation
- * hash) are redacted: they are discarded on import anyway.
+ * line each, instead of aborting the import. Secrets in the record (password hashes,
+ * authenticator configs, API tokens, validation hashes) are redacted: the file is a report, and
+ * its readers need not hold credentials.
  */
 import fs from 'node:fs';
 import { ErrorCodes, UserportError } from './errors.js';
 import { badOption, checkOptions, isInteger } from './options.js';
+import { registry } from './models.js';
 import type { RecordPosition } from './tokenize.js';
 
 /** Where rejected records go. */
@@ -19,7 +21,13 @@ export interface RejectSink {
   close(): Promise<void>;
 }
 
-const SECRET_FIELDS = new Set(['password', 'validation_hash', 'hash', 'session_nonce']);
+/**
+ * Fields never written to the rejects file: the schemas' secrets (`x-userport.secret`: password
+ * hashes, authenticator configs, API tokens) and the verification and session hashes, in any
+ * model, so a record of an unknown or misspelled model is masked too.
+ */
+const SECRET_FIELDS = new Set(['password', 'validation_hash', 'hash', 'session_nonce',
+  ...[...registry().models.values()].flatMap((m) => m.mapping.secret ?? [])]);
 
 /** A copy of `record` with secret fields replaced by "[redacted]". */
 export function redact(record: unknown): unknown {

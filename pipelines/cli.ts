@@ -10,6 +10,7 @@ import { defaultEmbeddedDir, startEmbedded, stopEmbedded } from '../lib/db/embed
 import { checkDatabaseUrl, createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
 import { ErrorCodes, OptionError, ParseError, printable, UserportError } from '../lib/errors.js';
 import { parseUsernameList } from '../lib/filter-users.js';
+import { IMPORT_SCOPES, type ImportScope } from '../lib/models.js';
 import { keyUnwrapperFromOptions } from './key-options.js';
 import { importUsers, type ImportOptions, type Progress } from '../lib/import.js';
 import { dropImport, listImports, type ImportListing } from '../lib/db/imports.js';
@@ -25,6 +26,9 @@ const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, i
 
 Usage:
   userport import users SRC     import an export (SRC is a file, a pipe, or - for stdin)
+  userport import config SRC    also keep admin privileges: staff, permissions, roles, tokens
+  userport import global SRC    also keep passwords, 2FA, email verification, user IPs
+                                (never deletes anything: unlike Sentry's, into a live database)
   userport export users DEST    export the user scope like 'sentry export users'
   userport imports              list past imports with their state and counts
   userport imports drop ID      remove an interrupted or failed import and its staged rows
@@ -45,16 +49,28 @@ Example:
   npx userport import users samples/users.json
 `;
 
-const IMPORT_HELP = `Usage: userport import users SRC [options]
+const IMPORT_HELP = `Usage: userport import users|config|global SRC [options]
 
-Import a Sentry user export (what 'sentry export users' writes) with the rules of 'sentry import
-users'. SRC is a file, a pipe, or - for standard input. Every option is checked before any
+Import a Sentry export with the rules of 'sentry import users|config|global' for the user
+models. SRC is a file, a pipe, or - for standard input. Every option is checked before any
 database is touched.
+
+Scopes:
+  users    users, emails, user emails, options; privileges cleared, passwords replaced (each
+           user gets a lost-password hash), email verification reset
+  config   as users, and keeps staff/superuser/managed; brings permissions, roles and their
+           users, personal API tokens and authorizations
+  global   as config, and keeps password hashes (unless the user was unclaimed), two-factor
+           authenticators, email verification and user IPs. Unlike Sentry's, it deletes
+           nothing: existing users stay, collisions are renamed or merged
 
 Options:
   --database-url URL              target database (default: $DATABASE_URL, else the embedded one)
   --merge-users                   reuse an existing user with the same username (case-insensitive)
-                                  instead of importing it as <username>-<random>
+                                  instead of importing it as <username>-<random>; the imported
+                                  user's rows (emails, tokens, 2FA, roles...) are not imported
+  --overwrite-configs             config, global: a role whose name exists takes the imported
+                                  permissions (default: the existing role is kept)
   --filter-usernames A,B          import only these users and what belongs to them
                                   (empty: no filter, as in Sentry)
   --filter-usernames-file F       the same, names separated by commas or newlines
@@ -90,6 +106,7 @@ Sentry's spellings --merge_users, --filter_usernames and --decrypt_with are acce
 Examples:
   userport import users export.json --merge-users
   userport import users users.tar --decrypt-with key.pem --resumable --findings-file findings.json
+  userport import global backup.tar --decrypt-with key.pem --merge-users
 `;
 
 const IMPORTS_HELP = `Usage: userport imports [--json] [--database-url URL]
@@ -148,6 +165,7 @@ const COMMON: FlagSpecs = { 'database-url': { type: 'string' } };
 const IMPORT_FLAGS = {
   ...COMMON,
   'merge-users': { type: 'boolean', aliases: ['merge_users'] },
+  'overwrite-configs': { type: 'boolean', aliases: ['overwrite_configs'] },
   'filter-usernames': { type: 'string', aliases: ['filter_usernames'] },
   'filter-usernames-file': { type: 'string' },
   'dry-run': { type: 'boolean' },
@@ -308,6 +326,27 @@ const LABELS: Record<(typeof COLUMNS)[number], string> = {
   filtered: 'filtered', dropped: 'dropped', rejected: 'rejected',
 };
 
+const PRIVILEGE_ORDER = ['sentry.userpermission', 'sentry.userrole', 'sentry.userroleuser', 'sentry.authenticator', 'sentry.userip',
+  'sentry.apitoken', 'sentry.apiauthorization'];
+
+/** The outcomes shown for the config and global scopes' models, one row per model (80 columns). */
+const PRIVILEGE_COLUMNS = ['read', 'inserted', 'existing', 'merged', 'filtered', 'dropped', 'rejected'] as const;
+
+/** The config and global scopes' models, one row each, or nothing in user scope. */
+function privilegeTable(s: ImportSummary): string[] {
+  const rank = (m: string) => { const i = PRIVILEGE_ORDER.indexOf(m); return i < 0 ? PRIVILEGE_ORDER.length : i; };
+  const models = Object.keys(s.models).filter((m) => !MODEL_ORDER.includes(m)).sort((a, b) => rank(a) - rank(b));
+  if (!models.length) return [];
+  const table = [['', ...PRIVILEGE_COLUMNS], ...models.map((m) => {
+    const c = s.models[m]!;
+    return [m.replace(/^sentry\./, ''), ...PRIVILEGE_COLUMNS.map((k) => n(k === 'dropped' ? Object.values(c.dropped).reduce((a, b) => a + b, 0) : c[k]))];
+  })];
+  const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
+  const lines = table.map((r) => r.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  ').trimEnd());
+  lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
+  return lines;
+}
+
 /** Extra facts the CLI knows beside the summary. */
 export interface SummaryContext {
   phases?: { reading: number; merging: number };
@@ -321,7 +360,7 @@ export interface SummaryContext {
  */
 export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): string {
   const order = (m: string) => { const i = MODEL_ORDER.indexOf(m); return i < 0 ? MODEL_ORDER.length : i; };
-  const models = Object.keys(s.models).sort((a, b) => order(a) - order(b));
+  const models = Object.keys(s.models).filter((m) => MODEL_ORDER.includes(m)).sort((a, b) => order(a) - order(b));
   const value = (m: string, k: (typeof COLUMNS)[number]): number => {
     const c = s.models[m]!;
     return k === 'dropped' ? Object.values(c.dropped).reduce((a, b) => a + b, 0) : c[k];
@@ -360,8 +399,14 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
   const shown = s.mode === 'dry-run' ? plan : plan.filter((l) => /^Not written: [a-z_]+:/.test(l));
   if (shown.length && s.state !== 'already-done') out.push('', 'Target database:', ...shown.map((l) => wrapText(`  ${l}`, TEXT_WIDTH, '    ')));
   out.push('', ...lines);
+  const privileged = privilegeTable(s);
+  if (privileged.length) out.push('', ...privileged);
   for (const [model, c] of Object.entries(s.models)) {
     for (const [reason, k] of Object.entries(c.dropped)) out.push(`  dropped ${n(k)} ${model}: ${reason}`);
+    if (c.overwritten) out.push(`  overwritten ${n(c.overwritten)} ${model} of an existing name (--overwrite-configs)`);
+  }
+  if (s.adjacent.tokensRegenerated) {
+    out.push(`  ${n(s.adjacent.tokensRegenerated)} API tokens collided with existing ones: imported with new token values (see the findings)`);
   }
   const skipped = Object.entries(s.skipped);
   if (skipped.length) out.push('', wrapList('Skipped (not user data)', skipped.map(([m, k]) => `${m} ${n(k)}`)));
@@ -456,9 +501,13 @@ interface ImportPlan {
 async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
   const { values: o, positionals } = parseCommand(args, IMPORT_FLAGS, 'import');
   if (o.help) return 'help';
-  if (positionals[0] !== 'users') {
-    throw usageError(positionals.length ? `unknown import scope "${positionals[0]}": userport imports users only (userport import users SRC)` : 'missing "users SRC" (userport import users SRC)');
+  const scope = positionals[0] as ImportScope | undefined;
+  if (scope === undefined || !IMPORT_SCOPES.includes(scope)) {
+    throw usageError(positionals.length
+      ? `unknown import scope "${printable(positionals[0]!)}": users, config or global (userport import users SRC)`
+      : 'missing the scope and SRC (userport import users|config|global SRC)');
   }
+  if (o['overwrite-configs'] && scope === 'users') throw usageError('--overwrite-configs needs import config or import global (user scope brings no roles)');
   if (positionals.length !== 2) throw usageError(positionals.length < 2 ? 'missing SRC: a file, or - for standard input' : `one SRC only, got ${positionals.length - 1}`);
   const source = positionals[1]!;
   const resumable = !!o.resumable;
@@ -513,6 +562,8 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
       ...numbers,
       source,
       mergeUsers: !!o['merge-users'],
+      ...(scope !== 'users' ? { scope } : {}),
+      ...(o['overwrite-configs'] ? { overwriteConfigs: true } : {}),
       filterUsernames,
       dryRun: !!o['dry-run'],
       ...(o['allow-reimport'] ? { allowReimport: true } : {}),
