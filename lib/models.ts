@@ -98,8 +98,11 @@ export interface ModelMapping {
    */
   legacyNames?: Record<string, string>;
   /**
-   * The model's place among the four in Sentry's export (`sorted_dependencies()`: user, email,
-   * useroption, useremail, as current Sentry's release snapshot shows).
+   * The model's place in Sentry's export (`sorted_dependencies()`), as Sentry's 2024-05 release
+   * snapshot (`tests/sentry/backup/snapshots/ReleaseTests/test_at_head.pysnap` @ 009c94a9) orders
+   * them: user, userip, userpermission, userrole, userroleuser, email, authenticator, useroption,
+   * useremail, apitoken, apiauthorization. (The 23.7.1 export and the 2023 `sorted.json` put
+   * useremail before useroption and apiauthorization before apitoken: the graph's order changed.)
    */
   exportRank: number;
   /**
