@@ -1,5 +1,6 @@
 /**
- * The export: Sentry's user-scope tables in, the bytes of a `sentry export users` file out.
+ * The export: Sentry's user tables in, the bytes of a `sentry export users|config|global` file
+ * out (for the user models and the privilege models the config and global scopes add).
  *
  * One `REPEATABLE READ READ ONLY` transaction gives every model the same snapshot, so a live
  * database exports a coherent set. Each model is read through a server-side cursor, a page at a
@@ -16,11 +17,11 @@ import pg from 'pg';
 import { writeFileAtomically } from './atomic-file.js';
 import { checkDatabaseUrl } from './db/knex.js';
 import { readTarget } from './db/target.js';
-import { registry } from './models.js';
+import { IMPORT_SCOPES, registry, scopeIncludes, type ImportScope, type ModelMapping } from './models.js';
 import { DEFAULT_PICKLE_LIMITS, PickleError, pickledFieldToJsonText, pyFloatRepr } from './pickle.js';
 import { encryptExport } from './encrypt.js';
 import { ErrorCodes, ExportError, OptionError, UserportError, wrapDbError } from './errors.js';
-import { checkOptions as checkKnownOptions, isFunction, isInteger, isNonEmptyString, isStringOrBuffer, type OptionCheck } from './options.js';
+import { checkOptions as checkKnownOptions, isFunction, isInteger, isNonEmptyString, isOneOf, isStringOrBuffer, type OptionCheck } from './options.js';
 
 /** How a column's text (as PostgreSQL prints it) becomes a JSON value in the export. */
 type Encoding =
@@ -37,7 +38,25 @@ type Encoding =
   /** jsonb text, re-indented in place (numbers and escapes kept as PostgreSQL wrote them) */
   | 'json'
   /** base64 of a Python pickle (Sentry 9's django-picklefield columns), written as the value it holds */
-  | 'pickle';
+  | 'pickle'
+  /**
+   * JSON text (jsonb or a text column holding JSON) written as a JSON string holding that JSON,
+   * compact, as Sentry's `PickledObjectField.value_to_string` writes `auth_authenticator.config`
+   * (`sentry.utils.json.dumps`: simplejson, separators `,` `:`, ensure_ascii): `"config": "\"\""`
+   */
+  | 'json-string'
+  /** a pickle, decoded safely, then written as `json-string` (Sentry 9's authenticator configs) */
+  | 'pickle-string'
+  /**
+   * a PostgreSQL text[] (read as `array_to_json`), written as a JSON string holding a JSON array,
+   * as Django's `ArrayField.value_to_string` writes it (`json.dumps(list)`: separators `, ` `: `):
+   * `"permissions": "[\"users.admin\"]"`, and `"[]"` as in Sentry's 2023-24 release snapshots.
+   * Decided over the real JSON array of the newest `user-with-roles-no-superadmin.json` fixture: that
+   * file is an import fixture written by hand, while Django's serializer calls `value_to_string`
+   * for every non-primitive value, and Sentry's importer reads both (ArrayField `to_python`
+   * json-loads a string).
+   */
+  | 'text-array';
 
 interface ExportField {
   /** Sentry's field name in `fields`. */
@@ -50,29 +69,48 @@ interface ExportField {
 interface ExportModel {
   model: string;
   table: string;
+  /** The narrowest export scope that writes the model (Sentry's `RelocationScope`). */
+  scope: ModelMapping['scope'];
   fields: readonly ExportField[];
+  /** Column of the `user` foreign key: the model's rows belong to the users exported. */
+  userColumn: string | undefined;
+  /**
+   * Column of the `application` foreign key: Sentry's per-row scope (`get_relocation_scope()`:
+   * Global when set, else Config), so a config export leaves application-bound rows out.
+   */
+  applicationColumn: string | undefined;
 }
 
+/** What a scope of Sentry's export is called in its CLI and in `ExporterOptions.scope`. */
+export type ExportScope = ImportScope;
+
 /**
- * The four user-scope models in the order current Sentry writes them (`sorted_dependencies()`;
- * see its `test_at_head.pysnap` release snapshot: user, email, useroption, useremail), fields in
- * Django's declaration order, which is the order its serializer writes them: read from the
- * model registry (`x-userport.export` in schemas/).
+ * Every model userport exports, in the order current Sentry writes them (`sorted_dependencies()`,
+ * see `exportRank` in lib/models.ts), fields in Django's declaration order, which is the order its
+ * serializer writes them: read from the model registry (`x-userport.export` in schemas/).
  */
 export const EXPORT_MODELS: readonly ExportModel[] = [...registry().models.values()]
-  .filter((m) => m.mapping.scope === 'user')
   .sort((a, b) => a.mapping.exportRank - b.mapping.exportRank)
-  .map((m) => ({
-    model: m.name, table: m.mapping.table,
-    fields: m.mapping.export.map(([field, encoding, column]) => ({ field, encoding: encoding as Encoding, column: column ?? field })),
-  }));
+  .map((m) => {
+    const fields = m.mapping.export.map(([field, encoding, column]) => ({ field, encoding: encoding as Encoding, column: column ?? field }));
+    return {
+      model: m.name, table: m.mapping.table, scope: m.mapping.scope, fields,
+      userColumn: fields.find((f) => f.field === 'user')?.column,
+      applicationColumn: fields.find((f) => f.field === 'application')?.column,
+    };
+  });
 
-/** Columns without which a table cannot be exported in user scope. */
-const REQUIRED: Record<string, readonly string[]> = {
-  auth_user: ['id', 'username'],
-  sentry_email: ['id', 'email'],
-  sentry_useremail: ['id', 'user_id', 'email'],
-  sentry_useroption: ['id', 'user_id', 'key'],
+/** The models an export in `scope` writes, in Sentry's order. */
+export function exportModels(scope: ExportScope): ExportModel[] {
+  return EXPORT_MODELS.filter((m) => scopeIncludes(scope, m.scope));
+}
+
+/** Columns, besides `id` and the foreign keys the scope filters on, without which a table cannot be exported. */
+const KEY_COLUMNS: Record<string, readonly string[]> = {
+  auth_user: ['username'],
+  sentry_email: ['email'],
+  sentry_useremail: ['email'],
+  sentry_useroption: ['key'],
 };
 
 /** Rows per FETCH: about 0.5 MB of output for users, a fraction of the 150 MB budget. */
@@ -90,7 +128,7 @@ export interface ExportProgress {
 
 /** What an export did: records per model, bytes, time, and what it left out (rows, columns, unmatched usernames). */
 export interface ExportSummary {
-  /** Records written, by model (every user-scope model is listed, zero or not). */
+  /** Records written, by model (every model of the scope is listed, zero or not). */
   models: Record<string, number>;
   records: number;
   /** Bytes of JSON written (before encryption). */
@@ -104,7 +142,7 @@ export interface ExportSummary {
   missingColumns: Record<string, string[]>;
   /** Models whose table this generation of Sentry does not have, and why (no records are written for them). */
   absentModels: Record<string, string>;
-  /** Rows left out because a pickled value held something other than plain values (at most 1000 named; `excluded` counts all). */
+  /** Rows left out because a stored value was unreadable: a pickle of something other than plain values, or text that is not JSON (at most 1000 named; `excluded` counts all). */
   unreadable: { model: string; pk: number; reason: string }[];
 }
 
@@ -114,10 +152,18 @@ export type ExportFinding = ExcludedRows | { kind: 'unmatched-username'; model: 
 /** Rows of a model the database holds that the export left out, and why. */
 export interface ExcludedRows { kind: 'excluded'; model: string; count: number; reason: string }
 
-/** Options of {@link createExporter}: the source database, the username filter, the layout of the JSON. */
+/** Options of {@link createExporter}: the source database, the scope, the username filter, the layout of the JSON. */
 export interface ExporterOptions {
   /** `postgresql://...` of the database holding Sentry's tables. */
   databaseUrl: string;
+  /**
+   * What `sentry export users|config|global` would write, for the user models: `users` the user
+   * scope; `config` also permissions, roles and role links, personal API tokens and
+   * authorizations, of the globally privileged users only (staff, superusers, users with a
+   * permission or a role), as Sentry's; `global` every user and every row of the seven privilege
+   * tables, authenticators (2FA secrets) and user IPs included. @default 'users'
+   */
+  scope?: ExportScope;
   /** Export only these users (exact usernames, as Sentry's filter) and what belongs to them. */
   filterUsernames?: string[];
   /** Spaces per level, as Sentry's `--indent`. @default 2 */
@@ -137,6 +183,7 @@ const isUsernameList: OptionCheck = (v) => (Array.isArray(v) && v.every((u) => t
 
 const EXPORTER_OPTIONS: { readonly [K in keyof ExporterOptions]-?: OptionCheck } = {
   databaseUrl: isNonEmptyString,
+  scope: isOneOf(...IMPORT_SCOPES),
   filterUsernames: isUsernameList,
   indent: isInteger(0, 16),
   fetchRows: isInteger(1),
@@ -177,39 +224,63 @@ function pad(indent: number, level: number): string {
 }
 
 /**
+ * How {@link layoutJson} lays a value out: Python's `json.dump(indent=N)` nested `level` deep
+ * (items and keys on lines of their own), or on one line with the given separators.
+ */
+type JsonLayout = { indent: number; level: number } | { item: string; key: string };
+
+/** Python's `json.dumps(v)` (separators `, ` and `: `): Django's ArrayField.value_to_string. */
+const PY_DUMPS: JsonLayout = { item: ', ', key: ': ' };
+/** `sentry.utils.json.dumps(v)` (simplejson, separators `,` and `:`): Sentry's PickledObjectField. */
+const SENTRY_DUMPS: JsonLayout = { item: ',', key: ':' };
+
+/**
  * jsonb text (`{"a": [1, 2]}`, as PostgreSQL prints it) laid out as Python's `json.dump` with
  * `indent` would write the same value nested `level` deep. Works on the text, so numbers keep
  * every digit PostgreSQL stored.
  */
 export function reindentJson(text: string, indent: number, level: number): string {
+  return layoutJson(text, { indent, level });
+}
+
+/**
+ * Valid JSON text written again as Python's JSON encoders write the value `json.loads` reads
+ * from it, in `layout`: `ensure_ascii` escapes, numbers as {@link pythonJsonNumber}, keys in the
+ * text's order.
+ */
+function layoutJson(text: string, layout: JsonLayout): string {
+  const lines = 'indent' in layout;
+  const nl = (depth: number) => (lines ? `\n${pad(layout.indent, depth)}` : '');
+  const item = lines ? ',' : layout.item;
+  const key = lines ? ': ' : layout.key;
   let out = '';
-  let depth = level;
+  let depth = lines ? layout.level : 0;
   const n = text.length;
   for (let i = 0; i < n; i++) {
     const c = text[i]!;
     if (c === '"') {
       let j = i + 1;
-      while (text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      while (j < n && text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
       const token = text.slice(i, j + 1);
       out += NON_ASCII.test(token) ? token.replace(NON_ASCII_ALL, (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`) : token;
       i = j;
     } else if (c === '{' || c === '[') {
       let j = i + 1;
-      while (text[j] === ' ') j++;
+      while (text[j] === ' ' || text[j] === '\n' || text[j] === '\t' || text[j] === '\r') j++;
       if (text[j] === (c === '{' ? '}' : ']')) {
         out += c === '{' ? '{}' : '[]';
         i = j;
       } else {
         depth++;
-        out += `${c}\n${pad(indent, depth)}`;
+        out += `${c}${nl(depth)}`;
       }
     } else if (c === '}' || c === ']') {
       depth--;
-      out += `\n${pad(indent, depth)}${c}`;
+      out += `${nl(depth)}${c}`;
     } else if (c === ',') {
-      out += `,\n${pad(indent, depth)}`;
+      out += `${item}${nl(depth)}`;
     } else if (c === ':') {
-      out += ': ';
+      out += key;
     } else if (c === '-' || (c >= '0' && c <= '9')) {
       let j = i + 1;
       while (j < n && /[0-9.eE+-]/.test(text[j]!)) j++;
@@ -233,6 +304,9 @@ function pickledValueAsJson(v: string): string {
 
 /** Why a row whose pickle is not a plain value is left out (summary and findings). */
 const UNREADABLE_REASON = 'its value is a pickle of something other than plain values: not executed, left out';
+/** Why a row whose JSON text column holds something else is left out. */
+const NOT_JSON_REASON = 'its value is not JSON: left out';
+
 /** Unreadable rows named one by one in the summary; more are counted. */
 const MAX_UNREADABLE_LISTED = 1000;
 
@@ -252,6 +326,22 @@ export function pythonJsonNumber(token: string): string {
   return pyFloatRepr(x);
 }
 
+/** A stored value that is not the JSON its column should hold: the row is left out and named. */
+class NotJsonError extends Error {}
+
+/**
+ * Valid JSON text, or a NotJsonError. A text column (Sentry 2020-2025) can hold anything; its
+ * message never quotes the text, which may be a secret (an authenticator's config).
+ */
+function checkedJson(v: string): string {
+  try {
+    JSON.parse(v);
+  } catch {
+    throw new NotJsonError('the stored text is not JSON');
+  }
+  return v;
+}
+
 function encodeValue(v: string | null, encoding: Encoding, indent: number): string {
   if (v === null) return 'null';
   switch (encoding) {
@@ -260,6 +350,9 @@ function encodeValue(v: string | null, encoding: Encoding, indent: number): stri
     case 'int': return v;
     case 'json': return reindentJson(v, indent, 3);
     case 'pickle': return reindentJson(pickledValueAsJson(v), indent, 3);
+    case 'json-string': return pythonJsonString(layoutJson(checkedJson(v), SENTRY_DUMPS));
+    case 'pickle-string': return pythonJsonString(layoutJson(pickledValueAsJson(v), SENTRY_DUMPS));
+    case 'text-array': return pythonJsonString(layoutJson(v, PY_DUMPS));
   }
 }
 
@@ -270,34 +363,70 @@ function selectExpr(column: string, encoding: Encoding): string {
     // to_char's MS truncates, as Python's strftime('%f')[:-3] does.
     case 'date': return `to_char(${c} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
     case 'bool': return `CASE WHEN ${c} THEN 't' WHEN NOT ${c} THEN 'f' END`;
+    case 'text-array': return `array_to_json(${c})::text`;
     default: return `${c}::text`;
   }
 }
 
-/** The rows of each model that belong in a user-scope export (`$1`: usernames, or NULL for all). */
-function scopeWhere(table: string, has: (t: string, c: string) => boolean): string {
-  const users = `SELECT id FROM auth_user WHERE $1::text[] IS NULL OR username = ANY($1::text[])`;
-  switch (table) {
-    case 'auth_user': return '$1::text[] IS NULL OR username = ANY($1::text[])';
-    // Sentry's Email.query_for_relocation_export: addresses some exported user's UserEmail holds,
-    // compared case-insensitively (the column is citext in Sentry).
-    case 'sentry_email': return has('sentry_useremail', 'id')
-      ? `lower(email) IN (SELECT lower(ue.email) FROM sentry_useremail ue WHERE ue.user_id IN (${users}))`
-      : 'false';
-    default: return `user_id IN (${users})`;
-  }
+/** Whether the database has a table's column (`has(table, column)`). */
+type Has = (t: string, c: string) => boolean;
+
+/**
+ * The users an export in `scope` writes, as a condition on `auth_user` (`$1`: usernames, or NULL
+ * for all). Config: only the globally privileged, as Sentry's
+ * `get_all_globally_privileged_users()`: staff, superusers, and every user holding a permission
+ * or a role (the tables a generation lacks count no one).
+ */
+function usersWhere(scope: ExportScope, has: Has): string {
+  const named = '($1::text[] IS NULL OR auth_user.username = ANY($1::text[]))';
+  if (scope !== 'config') return named;
+  const privileged = [
+    ...['is_staff', 'is_superuser'].filter((c) => has('auth_user', c)).map((c) => `auth_user.${c}`),
+    ...['sentry_userpermission', 'sentry_userrole_users'].filter((t) => has(t, 'user_id'))
+      .map((t) => `auth_user.id IN (SELECT p.user_id FROM ${t} p)`),
+  ];
+  return `${named} AND (${privileged.join(' OR ') || 'false'})`;
 }
 
-const EXCLUDED_REASON: Record<string, string> = {
-  auth_user: 'not in --filter-usernames',
-  sentry_email: 'no exported user holds this address (Sentry exports only the addresses of exported users)',
-  sentry_useremail: 'its user is not exported',
-  sentry_useroption: 'its user is not exported',
-};
+/**
+ * The rows of model `m` an export in `scope` writes: those of the exported users (Sentry's
+ * exporter drops a row whose foreign key points at a row it did not export), application-bound
+ * ones only in global scope; roles have no user and are all written, in config as in global.
+ */
+function scopeWhere(m: ExportModel, scope: ExportScope, filtered: boolean, has: Has): string {
+  const users = `SELECT auth_user.id FROM auth_user WHERE ${usersWhere(scope, has)}`;
+  if (m.table === 'auth_user') return usersWhere(scope, has);
+  if (m.table === 'sentry_email') {
+    // A global export filters no query (exports.py: "we want absolutely every relocatable model").
+    if (scope === 'global' && !filtered) return 'true';
+    // Sentry's Email.query_for_relocation_export: addresses some exported user's UserEmail holds,
+    // compared case-insensitively (the column is citext in Sentry).
+    return has('sentry_useremail', 'id')
+      ? `lower(email) IN (SELECT lower(ue.email) FROM sentry_useremail ue WHERE ue.user_id IN (${users}))`
+      : 'false';
+  }
+  const where = m.userColumn ? [`"${m.userColumn}" IN (${users})`] : ['true'];
+  if (m.applicationColumn && scope !== 'global') where.push(`"${m.applicationColumn}" IS NULL`);
+  return where.join(' AND ');
+}
 
-function emptySummary(): ExportSummary {
+/** Why rows of `m` the database holds are not in an export in `scope`. */
+function excludedReason(m: ExportModel, scope: ExportScope, filtered: boolean): string {
+  if (m.table === 'auth_user') {
+    const unprivileged = 'not globally privileged (Sentry\'s config export holds only staff, superusers and users with a permission or a role)';
+    if (scope !== 'config') return 'not in --filter-usernames';
+    return filtered ? `not in --filter-usernames, or ${unprivileged}` : unprivileged;
+  }
+  if (m.table === 'sentry_email') return 'no exported user holds this address (Sentry exports only the addresses of exported users)';
+  if (m.applicationColumn && scope !== 'global') {
+    return 'its user is not exported, or it belongs to an application (Sentry exports those in global scope only)';
+  }
+  return 'its user is not exported';
+}
+
+function emptySummary(scope: ExportScope): ExportSummary {
   return {
-    models: Object.fromEntries(EXPORT_MODELS.map((m) => [m.model, 0])), records: 0, bytes: 0, seconds: 0,
+    models: Object.fromEntries(exportModels(scope).map((m) => [m.model, 0])), records: 0, bytes: 0, seconds: 0,
     unmatchedUsernames: [], excluded: [], missingColumns: {}, absentModels: {}, unreadable: [],
   };
 }
@@ -306,9 +435,11 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
   const indent = o.indent ?? DEFAULT_INDENT;
   const fetchRows = o.fetchRows ?? DEFAULT_FETCH_ROWS;
   const usernames = o.filterUsernames ? [...new Set(o.filterUsernames)] : null;
+  const scope = o.scope ?? 'users';
+  const scoped = exportModels(scope);
   const started = Date.now();
-  /** Rows left out per model for an unreadable pickle. */
-  const unreadable = new Map<string, number>();
+  /** Rows left out per model for an unreadable value, by reason. */
+  const unreadable = new Map<string, Map<string, number>>();
   const client = new pg.Client({ connectionString: o.databaseUrl, application_name: 'userport export' });
   // A connection error after connect() (server shutdown) is reported by the next query; without
   // a listener it would crash the process instead.
@@ -323,28 +454,39 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
     step = 'opening the snapshot';
     await query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     step = 'reading the table columns';
-    const target = await readTarget(client, EXPORT_MODELS.map((m) => m.table));
+    // Every table the scope's queries name, those of the privileged-user test included.
+    const target = await readTarget(client, [...new Set([...scoped.map((m) => m.table), 'sentry_useremail', 'sentry_userpermission', 'sentry_userrole_users'])]);
     const has = (t: string, c: string) => !!target.tables.get(t)?.columns.has(c);
-    // How a database of this generation stores option values: jsonb is written as the value it
-    // holds; JSON text (2020-2025) as a JSON string, as Django serialized that field; Sentry 9's
-    // pickles as the value they hold, decoded safely (lib/pickle.ts), which is what Sentry's
-    // export of the same user would say and what a current Sentry accepts.
     const encodingOf = (t: string, fl: ExportField): Encoding => {
-      if (fl.encoding !== 'json') return fl.encoding;
-      if (target.optionValues === 'pickle') return 'pickle';
-      return target.optionValues === 'jsonb' ? 'json' : 'text';
+      // How a database of this generation stores option values: jsonb is written as the value
+      // it holds; JSON text (2020-2025) as a JSON string, as Django serialized that field;
+      // Sentry 9's pickles as the value they hold, decoded safely (lib/pickle.ts), which is what
+      // Sentry's export of the same user would say and what a current Sentry accepts.
+      if (fl.encoding === 'json') {
+        if (target.optionValues === 'pickle') return 'pickle';
+        return target.optionValues === 'jsonb' ? 'json' : 'text';
+      }
+      // An authenticator's config is written as a string holding JSON in every generation; a
+      // Sentry 9 pickle is decoded the same safe way first.
+      if (fl.encoding === 'json-string') return target.authenticatorConfig === 'pickle' ? 'pickle-string' : 'json-string';
+      if (fl.encoding === 'text-array' && !target.tables.get(t)?.columns.get(fl.column)?.udt.startsWith('_')) return 'text';
+      return fl.encoding;
     };
-    const models = EXPORT_MODELS.filter((m) => {
-      // Sentry 2026 has no sentry_email: its own export has no sentry.email records either.
-      if (m.model === 'sentry.email' && !target.tables.has(m.table)) {
-        summary.absentModels[m.model] = `no ${m.table} table in this database (Sentry removed the Email model in 2026)`;
+    const models = scoped.filter((m) => {
+      // Sentry 2026 has no sentry_email, Sentry 9 no sentry_userrole: their own exports have no
+      // such records either.
+      if ((m.model === 'sentry.email' || m.scope !== 'user') && !target.tables.has(m.table)) {
+        summary.absentModels[m.model] = m.model === 'sentry.email'
+          ? `no ${m.table} table in this database (Sentry removed the Email model in 2026)`
+          : `no ${m.table} table in this database (this generation of Sentry has no ${m.model})`;
         delete summary.models[m.model];
         return false;
       }
       return true;
     });
     for (const m of models) {
-      const missing = REQUIRED[m.table]!.filter((c) => !has(m.table, c));
+      const required = ['id', ...[m.userColumn, m.applicationColumn].filter((c): c is string => !!c), ...KEY_COLUMNS[m.table] ?? []];
+      const missing = required.filter((c) => !has(m.table, c));
       if (missing.length) {
         throw new ExportError(ErrorCodes.EXPORT_SCHEMA, `cannot export ${m.model}: table ${m.table} ${
           !target.tables.has(m.table) ? 'does not exist' : `lacks column ${missing.join(', ')}`}`,
@@ -369,7 +511,7 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
       // Qualified: the output column `id::text` is also named id, and would sort as text.
       await query(`DECLARE userport_export NO SCROLL CURSOR FOR
         SELECT id::text${fields.map((fl) => `, ${selectExpr(fl.column, fl.encoding)}`).join('')}
-        FROM ${m.table} WHERE ${scopeWhere(m.table, has)} ORDER BY ${m.table}.id`, [usernames]);
+        FROM ${m.table} WHERE ${scopeWhere(m, scope, !!usernames, has)} ORDER BY ${m.table}.id`, [usernames]);
       for (;;) {
         const rows = await query(`FETCH ${fetchRows} FROM userport_export`);
         if (!rows.length) break;
@@ -384,10 +526,13 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
                 body += `${i ? ',\n' : '\n'}${names[i]}${encodeValue(row[i + 1]!, fields[i]!.encoding, indent)}`;
               }
             } catch (err) {
-              if (!(err instanceof PickleError)) throw err;
-              // Never run, never guessed: the row is left out and named.
-              if (summary.unreadable.length < MAX_UNREADABLE_LISTED) summary.unreadable.push({ model: m.model, pk: Number(row[0]), reason: `${UNREADABLE_REASON} (${err.message})` });
-              unreadable.set(m.model, (unreadable.get(m.model) ?? 0) + 1);
+              if (!(err instanceof PickleError) && !(err instanceof NotJsonError)) throw err;
+              // Never run, never guessed: the row is left out and named. The messages name the
+              // opcode or byte offset, never the value (which may be a secret).
+              const why = err instanceof PickleError ? UNREADABLE_REASON : NOT_JSON_REASON;
+              if (summary.unreadable.length < MAX_UNREADABLE_LISTED) summary.unreadable.push({ model: m.model, pk: Number(row[0]), reason: `${why} (${err.message})` });
+              const counts = unreadable.get(m.model) ?? new Map<string, number>();
+              unreadable.set(m.model, counts.set(why, (counts.get(why) ?? 0) + 1));
               continue;
             }
             body += `\n${p2}}`;
@@ -411,10 +556,13 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
     step = 'counting what the export left out';
     for (const m of models) {
       const [[total]] = await query(`SELECT count(*)::text FROM ${m.table}`) as [[string]];
-      const bad = unreadable.get(m.model) ?? 0;
-      if (bad) summary.excluded.push({ kind: 'excluded', model: m.model, count: bad, reason: UNREADABLE_REASON });
+      let bad = 0;
+      for (const [reason, count] of unreadable.get(m.model) ?? []) {
+        summary.excluded.push({ kind: 'excluded', model: m.model, count, reason });
+        bad += count;
+      }
       const left = Number(total) - summary.models[m.model]! - bad;
-      if (left > 0) summary.excluded.push({ kind: 'excluded', model: m.model, count: left, reason: EXCLUDED_REASON[m.table]! });
+      if (left > 0) summary.excluded.push({ kind: 'excluded', model: m.model, count: left, reason: excludedReason(m, scope, !!usernames) });
     }
     if (usernames) {
       const found = new Set((await query('SELECT username FROM auth_user WHERE username = ANY($1::text[])', [usernames])).map((r) => r[0]));
@@ -440,7 +588,7 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
  */
 export function createExporter(options: ExporterOptions): ExportStream {
   checkOptions(options, 'createExporter', EXPORTER_OPTIONS, []);
-  const summary = emptySummary();
+  const summary = emptySummary(options.scope ?? 'users');
   const stream = Readable.from(generate(options, summary), { objectMode: false, highWaterMark: 64 * 1024 });
   Object.defineProperty(stream, 'summary', { value: summary, enumerable: true });
   return stream as ExportStream;
@@ -457,8 +605,8 @@ export interface ExportUsersOptions extends ExporterOptions {
 }
 
 /**
- * Exports the user scope to `destination`, plain or as Sentry's encrypted tarball. Resolves to
- * the summary; on failure nothing is left at a file destination.
+ * Exports `scope` (the user scope by default) to `destination`, plain or as Sentry's encrypted
+ * tarball. Resolves to the summary; on failure nothing is left at a file destination.
  */
 export async function exportUsers(options: ExportUsersOptions): Promise<ExportSummary> {
   checkOptions(options, 'exportUsers', EXPORT_USERS_OPTIONS, ['destination']);

@@ -34,9 +34,9 @@ export type { ImportSummary, ModelCounts } from './stats.js';
 export { createRejectsFile } from './rejects.js';
 export type { RejectSink, RejectsFileOptions } from './rejects.js';
 
-// The other half of a migration: Sentry's user-scope tables out as `sentry export users` writes them.
-export { createExporter, exportUsers, EXPORT_MODELS, DEFAULT_FETCH_ROWS } from './export.js';
-export type { ExporterOptions, ExportStream, ExportSummary, ExportUsersOptions, ExportProgress, ExportFinding, ExcludedRows } from './export.js';
+// The other half of a migration: Sentry's user tables out as `sentry export users|config|global` writes them.
+export { createExporter, exportUsers, exportModels, EXPORT_MODELS, DEFAULT_FETCH_ROWS } from './export.js';
+export type { ExporterOptions, ExportScope, ExportStream, ExportSummary, ExportUsersOptions, ExportProgress, ExportFinding, ExcludedRows } from './export.js';
 
 // Encrypted exports.
 export { createDecryptor, decryptExport, openDecryptedSource, Decryptor } from './decrypt.js';
