@@ -30,6 +30,8 @@ Usage:
   userport import global SRC    also keep passwords, 2FA, email verification, user IPs
                                 (never deletes anything: unlike Sentry's, into a live database)
   userport export users DEST    export the user scope like 'sentry export users'
+  userport export config|global DEST
+                                the same with admin privileges, or with every credential
   userport imports              list past imports with their state and counts
   userport imports drop ID      remove an interrupted or failed import and its staged rows
   userport target               what an import would write into the database, and what not

@@ -1,6 +1,6 @@
 /**
- * `userport export users DEST`: the other half of a migration, with `sentry export users`'s
- * options. Wiring only: the work is in lib/export.ts. Errors are thrown for the dispatcher to
+ * `userport export users|config|global DEST`: the other half of a migration, with `sentry
+ * export`'s options. Wiring only: the work is in lib/export.ts. Errors are thrown for the dispatcher to
  * print; the function resolves to the exit code on success.
  */
 import fs from 'node:fs';
@@ -9,16 +9,25 @@ import readline from 'node:readline/promises';
 import { startEmbedded } from '../lib/db/embedded.js';
 import { checkDatabaseUrl } from '../lib/db/knex.js';
 import { ErrorCodes, printable, UserportError } from '../lib/errors.js';
-import { exportUsers, type ExportFinding, type ExportProgress, type ExportSummary } from '../lib/export.js';
+import { exportUsers, type ExportFinding, type ExportProgress, type ExportScope, type ExportSummary } from '../lib/export.js';
 import { parseUsernameList } from '../lib/filter-users.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
 import { formatBytes, helpText, parseCommand, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { closedStdout, stdoutClosedAtLaunch } from './signals.js';
 
-export const EXPORT_USAGE = `Usage: userport export users DEST [options]   (DEST is a file, or - for stdout)
+export const EXPORT_USAGE = `Usage: userport export users|config|global DEST [options]
+       (DEST is a file, or - for stdout)
 
-Writes the user scope of a Sentry database (users, emails, user emails, options) exactly as
-'sentry export users' does, streaming from one consistent snapshot.
+Writes Sentry's user models exactly as 'sentry export users|config|global' does, streaming from
+one consistent snapshot:
+  users    users, emails, user emails, options
+  config   the same for the globally privileged users only (staff, superusers, users with a
+           permission or a role), with their permissions, every role, role links, and personal
+           API tokens and authorizations
+  global   every user with every permission, role, role link, two-factor authenticator, user IP,
+           API token and authorization
+Password hashes, 2FA secrets and API tokens are written as stored: an unencrypted config or
+global export to a file is created 0600 and warned about; prefer --encrypt-with.
 
 Options:
   --database-url URL              the source database (else $DATABASE_URL, else the embedded one)
@@ -39,6 +48,7 @@ Sentry's underscore spellings (--filter_usernames, --encrypt_with, ...) are acce
 
 Examples:
   userport export users old.json --database-url postgresql://old-host/sentry
+  userport export global backup.tar --database-url "$OLD" --encrypt-with pub.pem
   userport export users - --database-url "$OLD" --encrypt-with pub.pem | userport import users - --decrypt-with key.pem --database-url "$NEW"
 `;
 
@@ -89,6 +99,7 @@ export function formatExportSummary(s: ExportSummary, dest: string): string {
   ];
   for (const e of s.excluded) out.push(`  left out ${e.count} ${e.model}: ${e.reason}`);
   for (const [m, f] of Object.entries(s.missingColumns)) out.push(`  ${m}: the database has no column for ${f.join(', ')} (left out of every record)`);
+  for (const [m, why] of Object.entries(s.absentModels)) out.push(`  ${m}: none written, ${why}`);
   if (s.unmatchedUsernames.length) out.push(wrapList('No user matched these --filter-usernames', s.unmatchedUsernames.map(printable)));
   // Every line fits 80 columns; a wrapped "left out" reason hangs under its text.
   return out.map((l) => wrapText(l, TEXT_WIDTH, '    ')).join('\n');
@@ -103,15 +114,28 @@ async function confirmOverwrite(dest: string): Promise<boolean> {
   }
 }
 
-/** `userport export users DEST [options]` (args start after `export`). Resolves to the exit code. */
+const SCOPES: readonly ExportScope[] = ['users', 'config', 'global'];
+
+/**
+ * The one warning of an unencrypted config or global export to a file: it holds password hashes
+ * and API tokens (global also 2FA secrets). None for stdout: what reads it (an import, an
+ * encryption step, a file) is the caller's choice, and the warning would land in every pipe.
+ */
+export function plaintextWarning(scope: ExportScope, dest: string): string {
+  const what = scope === 'global' ? 'password hashes, two-factor secrets and API tokens' : 'password hashes and API tokens';
+  return `warning: ${printable(dest)} will hold ${what} unencrypted (created 0600); use --encrypt-with to encrypt it`;
+}
+
+/** `userport export users|config|global DEST [options]` (args start after `export`). Resolves to the exit code. */
 export async function runExportCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(args, OPTIONS, 'export');
   const o = values as {
     [K in 'database-url' | 'filter-usernames' | 'filter-usernames-file' | 'encrypt-with' | 'encrypt-with-gcp-kms' | 'findings-file' | 'indent' | 'tmp-dir']?: string
   } & { [K in 'no-prompt' | 'json' | 'no-progress' | 'silent' | 'help']?: boolean };
   if (o.help) { process.stdout.write(helpText(EXPORT_USAGE)); return 0; }
-  if (positionals[0] !== 'users' || positionals.length !== 2) {
-    throw usageError('usage: userport export users DEST [options] (DEST is a file or - for stdout; see userport export --help)');
+  const scope = positionals[0] as ExportScope;
+  if (!SCOPES.includes(scope) || positionals.length !== 2) {
+    throw usageError('usage: userport export users|config|global DEST [options] (DEST is a file or - for stdout; see userport export --help)');
   }
   const dest = positionals[1]!;
   if (dest !== '-') checkOutputPath('DEST', dest);
@@ -171,8 +195,10 @@ export async function runExportCommand(args: string[]): Promise<number> {
 
   const showProgress = !o['no-progress'] && !quiet && !o.json && process.stderr.isTTY;
   let lastDraw = 0;
+  if (scope !== 'users' && encryptWith === undefined && dest !== '-' && !quiet) process.stderr.write(`${plaintextWarning(scope, dest)}\n`);
   const summary = await exportUsers({
     databaseUrl,
+    scope,
     destination: dest,
     ...(filterUsernames ? { filterUsernames } : {}),
     ...(indent !== undefined ? { indent } : {}),
