@@ -356,15 +356,17 @@ function encodeValue(v: string | null, encoding: Encoding, indent: number): stri
   }
 }
 
-/** SQL that prints a column as the text {@link encodeValue} expects. */
-function selectExpr(column: string, encoding: Encoding): string {
+/** SQL that prints a column (of base type `udt`) as the text {@link encodeValue} expects. */
+function selectExpr(column: string, encoding: Encoding, udt: string | undefined): string {
   const c = `"${column}"`;
   switch (encoding) {
     // to_char's MS truncates, as Python's strftime('%f')[:-3] does.
     case 'date': return `to_char(${c} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
     case 'bool': return `CASE WHEN ${c} THEN 't' WHEN NOT ${c} THEN 'f' END`;
     case 'text-array': return `array_to_json(${c})::text`;
-    default: return `${c}::text`;
+    // inet's output function, as psycopg hands it to Django ('127.0.0.2'); its cast to text adds
+    // the netmask ('127.0.0.2/32').
+    default: return udt === 'inet' ? `format('%s', ${c})` : `${c}::text`;
   }
 }
 
@@ -509,9 +511,11 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
       const modelText = pythonJsonString(m.model);
       step = `reading ${m.table}`;
       // Qualified: the output column `id::text` is also named id, and would sort as text.
+      const where = scopeWhere(m, scope, !!usernames, has);
+      // Roles and a global export's addresses name no user: no $1 to bind.
       await query(`DECLARE userport_export NO SCROLL CURSOR FOR
-        SELECT id::text${fields.map((fl) => `, ${selectExpr(fl.column, fl.encoding)}`).join('')}
-        FROM ${m.table} WHERE ${scopeWhere(m, scope, !!usernames, has)} ORDER BY ${m.table}.id`, [usernames]);
+        SELECT id::text${fields.map((fl) => `, ${selectExpr(fl.column, fl.encoding, target.tables.get(m.table)!.columns.get(fl.column)!.udt)}`).join('')}
+        FROM ${m.table} WHERE ${where} ORDER BY ${m.table}.id`, where.includes('$1') ? [usernames] : []);
       for (;;) {
         const rows = await query(`FETCH ${fetchRows} FROM userport_export`);
         if (!rows.length) break;
