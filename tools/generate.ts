@@ -66,6 +66,8 @@ export interface GenerateCounts {
   sharedEmails: number;
   /** Org-scoped `sentry.useroption` records (organization_id set). */
   orgScopedOptions: number;
+  /** Users exported as unclaimed (`is_unclaimed: true`): a global import gives them a new password. */
+  unclaimedUsers: number;
   /** Total bytes written. */
   bytes: number;
 }
@@ -402,7 +404,7 @@ export class ExportGenerator extends Readable {
       firstUser: o.firstUser,
     };
     this.userIndex = o.firstUser;
-    this.counts = { records: {}, usernameCollisions: 0, sharedEmails: 0, orgScopedOptions: 0, bytes: 0 };
+    this.counts = { records: {}, usernameCollisions: 0, sharedEmails: 0, orgScopedOptions: 0, unclaimedUsers: 0, bytes: 0 };
     for (const m of USER_SCOPE_MODELS) this.counts.records[m] = 0;
     this.writer = new JsonWriter(o.indent);
     this.writer.open();
@@ -466,7 +468,9 @@ export class ExportGenerator extends Readable {
     w.field('is_managed', String(r() < 0.005));
     w.field('is_sentry_app', r() < 0.9 ? 'null' : 'false');
     w.field('is_password_expired', String(r() < 0.01));
-    w.field('is_unclaimed', String(r() < 0.02));
+    const unclaimed = r() < 0.02;
+    if (unclaimed) this.counts.unclaimedUsers++;
+    w.field('is_unclaimed', String(unclaimed));
     w.field('last_password_change', pwChange === null ? 'null' : `"${iso(pwChange)}"`);
     w.field('flags', r() < 0.8 ? '"0"' : '"1"');
     w.field('session_nonce', r() < 0.7 ? 'null' : `"${chars(r, ALNUM, 12)}"`);

@@ -52,12 +52,13 @@ export function shebangNodeFlags(bin: string): string[] {
 }
 
 /** The child's arguments; `extraArgs` (CLI flags such as `--resumable`) need the CLI runner. */
-export function importCommand(runner: ImportRunner, file: string, url: string, privateKeyFile: string | undefined, extraArgs: readonly string[] = []): string[] {
+export function importCommand(runner: ImportRunner, file: string, url: string, privateKeyFile: string | undefined, extraArgs: readonly string[] = [],
+  scope: 'users' | 'config' | 'global' = 'users'): string[] {
   if (runner.kind === 'cli') {
-    return [...shebangNodeFlags(runner.bin), runner.bin, 'import', 'users', file, '--database-url', url, '--json', '--no-progress',
+    return [...shebangNodeFlags(runner.bin), runner.bin, 'import', scope, file, '--database-url', url, '--json', '--no-progress',
       ...(privateKeyFile ? ['--decrypt-with', privateKeyFile] : []), ...extraArgs];
   }
-  if (extraArgs.length) throw new Error(`import flags ${extraArgs.join(' ')} need the CLI (dist/pipelines/cli.js)`);
+  if (extraArgs.length || scope !== 'users') throw new Error(`import ${scope} ${extraArgs.join(' ')} needs the CLI (dist/pipelines/cli.js)`);
   const imp = pathToFileURL(runner.module).href;
   const dec = pathToFileURL(path.join(PACKAGE_ROOT, 'dist', 'lib', 'decrypt.js')).href;
   const script = `const { importUsers } = await import(${JSON.stringify(imp)});
@@ -89,6 +90,10 @@ export interface ImportRun {
   args?: readonly string[];
   /** Measures the server's CPU seconds during the import too ({@link ImportMeasurement.cpu}). */
   meter?: ServerCpuMeter | Skipped;
+  /** The import's scope (`import users|config|global`). @default 'users' */
+  scope?: 'users' | 'config' | 'global';
+  /** Tables whose rows are counted afterwards. @default IMPORTED_TABLES */
+  tables?: readonly string[];
 }
 
 /** Runs one import in its own process and measures it; a failed or timed-out import is a {@link Skipped} with the reason. */
@@ -96,7 +101,7 @@ export async function runImport(runner: ImportRunner, file: string, url: string,
   const { records, bytes, timeoutSeconds, args = [] } = o;
   // The server's share from the meter; the client's is the child's own (withCpu's is this process).
   const { result: run, cpu: { server } } = await withCpu(o.meter ?? { skipped: 'not asked' }, (): Promise<MeasuredRun> =>
-    runMeasured(process.execPath, importCommand(runner, file, url, o.privateKeyFile, args), timeoutSeconds ? { timeoutMs: timeoutSeconds * 1000 } : {}));
+    runMeasured(process.execPath, importCommand(runner, file, url, o.privateKeyFile, args, o.scope), timeoutSeconds ? { timeoutMs: timeoutSeconds * 1000 } : {}));
   if (run.signal === 'SIGKILL' && timeoutSeconds && run.seconds >= timeoutSeconds) {
     return { skipped: `did not finish within ${timeoutSeconds} s (killed; --import-timeout)` };
   }
@@ -108,9 +113,9 @@ export async function runImport(runner: ImportRunner, file: string, url: string,
     peakRssBytes: run.peakRssBytes,
     rssSource: run.rssSource,
     ...(o.meter ? { cpu: { server, client: run.cpuSeconds } } : {}),
-    via: runner.kind === 'cli' ? `node ${[...shebangNodeFlags(runner.bin), 'bin/userport.js'].join(' ')} import users${args.length ? ` ... ${args.map((a) => path.basename(a)).join(' ')}` : ''}`
+    via: runner.kind === 'cli' ? `node ${[...shebangNodeFlags(runner.bin), 'bin/userport.js'].join(' ')} import ${o.scope ?? 'users'}${args.length ? ` ... ${args.map((a) => path.basename(a)).join(' ')}` : ''}`
       : 'importUsers() in a child process (the CLI is not built yet)',
-    rows: await countRows(url, IMPORTED_TABLES),
+    rows: await countRows(url, o.tables ?? IMPORTED_TABLES),
     summary: parseSummary(run.stdout),
   };
 }
