@@ -21,7 +21,8 @@ export { createModelMapper, isFilteredMarker, isStagedRow, stagedValues } from '
 export type { FilteredMarker, MappedItem, ModelMapperOptions, StagedRow } from './map-models.js';
 export { STAGE_COLUMNS, STAGE_INDEX, USER_SCOPE_MODELS } from './models.js';
 export type { StageColumn, StageValue } from './models.js';
-export { createPgSink, DEFAULT_BATCH_ROWS, StagedFacts } from './pg-sink.js';
+export { createPgSink, DEFAULT_BATCH_ROWS } from './pg-sink.js';
+export { StagedFacts } from './staged-facts.js';
 export type { EarlyWork, PgSinkOptions } from './pg-sink.js';
 
 // The whole job.

@@ -9,7 +9,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { ErrorCodes, RecordError } from './errors.js';
 import { DEFAULT_COLLECT_REJECTS, isImportScope, type FlowItem, type RejectMarker, type ScopedRecord, type SkipMarker } from './filter-users.js';
 import { checkOptions, isBoolean, type OptionCheck } from './options.js';
-import { describeAjvError, modelInfo, STAGE_COLUMNS, STAGE_INDEX, type FieldLimits, type ImportScope, type ModelInfo, type StageColumn, type StageValue } from './models.js';
+import { describeAjvError, modelInfo, REJECTED_USER_CODE, STAGE_COLUMNS, STAGE_INDEX, type FieldLimits, type ImportScope, type ModelInfo, type StageColumn, type StageValue } from './models.js';
 import { canonicalOptionValue } from './option-values.js';
 import { encodePickledField, type PickleInput } from './pickle.js';
 import type { RecordPosition } from './tokenize.js';
@@ -347,9 +347,6 @@ export function mapRecord(rec: ScopedRecord, target?: MapTarget, scope: ImportSc
 }
 
 const EXTRA_INDEX = STAGE_INDEX.extra;
-
-/** Staging code of a rejected user's pk (no schema has it: the merge only looks it up). */
-export const REJECTED_USER_CODE = 5;
 
 /**
  * For a rejected `sentry.user` record with a usable pk, a staging row holding only that pk, so

@@ -263,6 +263,12 @@ export function modelInfo(name: string, scope: ImportScope = 'users'): ModelInfo
   return m && scopeIncludes(scope, m.mapping.scope) ? m : undefined;
 }
 
+/**
+ * Staging code of a rejected user's pk: no schema has it, the merge only looks it up, so that the
+ * user emails and options of a rejected user are dropped as "user rejected", not "not in the export".
+ */
+export const REJECTED_USER_CODE = 5;
+
 /** Model info by staging code. */
 export function modelByCode(code: number): ModelInfo {
   for (const m of registry().models.values()) if (m.mapping.code === code) return m;

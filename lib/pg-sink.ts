@@ -23,18 +23,15 @@ import { pipeline } from 'node:stream/promises';
 import copyStreams from 'pg-copy-streams';
 import { ErrorCodes, OptionError, UserportError, wrapCallbackError, wrapDbError } from './errors.js';
 import { checkOptions, isBoolean, isFunction, isInteger, isNonEmptyString, isOneOf, type OptionCheck } from './options.js';
-import { REJECTED_USER_CODE, rejectedUserRow, type FilteredMarker, type MappedItem, type StagedRow } from './map-models.js';
-import { modelInfo, STAGE_COLUMNS, STAGE_INDEX, type StageValue } from './models.js';
+import { copySql, CopyText, FLUSH_BYTES } from './copy-text.js';
+import { rejectedUserRow, type MappedItem } from './map-models.js';
 import type { RejectSink } from './rejects.js';
 import { makeSpool } from './spool.js';
+import { StagedFacts } from './staged-facts.js';
 import { ImportStats } from './stats.js';
-
-const COPY_SQL = (table: string) => `COPY ${table} (run, model, ord, off, line, col, src_pk, keep, ${STAGE_COLUMNS.map(([c]) => c).join(', ')}) FROM STDIN`;
 
 /** Rows per committed batch in resumable mode. */
 export const DEFAULT_BATCH_ROWS = 20000;
-/** Bytes of COPY text gathered before one socket write. */
-const FLUSH_BYTES = 256 * 1024;
 
 /** Options of {@link createPgSink}. */
 export interface PgSinkOptions {
@@ -134,204 +131,7 @@ const PG_SINK_OPTIONS: { readonly [K in keyof PgSinkOptions]-?: OptionCheck } = 
   tmpDir: isNonEmptyString,
 };
 
-/** Encodes one value for COPY's text format. */
-export function copyValue(v: StageValue): string {
-  if (v === null) return '\\N';
-  if (typeof v === 'boolean') return v ? 't' : 'f';
-  if (typeof v === 'number') return String(v);
-  // Backslash first; then the three characters COPY treats as delimiters.
-  if (!/[\\\n\r\t]/.test(v)) return v;
-  return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/\r/g, '\\r').replace(/\t/g, '\\t');
-}
-
-/** The data columns of a filtered user: its pk (and username, the first column) alone are staged. */
-const FILTERED_VALUES = '\t\\N'.repeat(STAGE_COLUMNS.length - 1) + '\n';
-
-/** One staging-table line in COPY text format. */
-export function copyLine(run: number, row: StagedRow | FilteredMarker): string {
-  const head = `${run}\t${row.code}\t${row.ordinal}\t${row.offset}\t${row.line}\t${row.column}\t${row.pk}`;
-  if (row.kind === 'filtered') return head + '\tf\t' + (row.username === undefined ? '\\N' : copyValue(row.username)) + FILTERED_VALUES;
-  let line = head + '\tt';
-  const vals = row.values;
-  for (let i = 0; i < vals.length; i++) line += '\t' + copyValue(vals[i]!);
-  return line + '\n';
-}
-
-/**
- * What the sink saw of the rows it staged, so the merge can skip checks that cannot find
- * anything: each is a full scan of the staging table (seconds at a million users). Filled in file
- * order by {@link createPgSink} (`staged` option); true/false only describe the rows this sink
- * staged, so a resumed import must not use them.
- */
-export class StagedFacts {
-  /** Within every model, each source pk was greater than the one before it: no pk repeats. */
-  pksIncreasing = true;
-  /** A rejected user's pk was staged (code 5: its rows must say "user rejected"). */
-  rejectedUsers = false;
-  /** A user email or option named its user by username (pre-23.9.1 natural key). */
-  naturalKeys = false;
-  /** Rows of other models were staged before a user row (Sentry writes every user first). */
-  usersAfterOthers = false;
-  /** Only users (kept, filtered or rejected) were staged so far. */
-  usersOnly = true;
-  /** User rows staged before the first row of another model. */
-  leadingUsers = 0;
-  private readonly last = new Map<number, number>();
-  private readonly userCode = modelInfo('sentry.user')!.mapping.code;
-
-  /** Notes one staged row. */
-  note(row: StagedRow | FilteredMarker): void {
-    // A rejected user's pk row is a user's too.
-    const user = row.code === this.userCode || row.code === REJECTED_USER_CODE;
-    if (!user) this.usersOnly = false;
-    else if (this.usersOnly) this.leadingUsers++;
-    else this.usersAfterOthers = true;
-    if (row.code === REJECTED_USER_CODE) { this.rejectedUsers = true; return; }
-    if (this.pksIncreasing) {
-      const before = this.last.get(row.code);
-      if (before !== undefined && !(row.pk > before)) this.pksIncreasing = false;
-      this.last.set(row.code, row.pk);
-    }
-    if (row.kind === 'row' && row.code !== this.userCode && row.values[STAGE_INDEX.user_pk] === null && row.values[STAGE_INDEX.username] != null) {
-      this.naturalKeys = true;
-    }
-  }
-}
-
 type CopyStream = ReturnType<typeof copyStreams.from>;
-
-/** For each ASCII character COPY escapes, the letter after the backslash. */
-const ESCAPE = new Uint8Array(128);
-ESCAPE[0x5c] = 0x5c; ESCAPE[0x0a] = 0x6e; ESCAPE[0x0d] = 0x72; ESCAPE[0x09] = 0x74;
-/** Room for an integer or the text of any number, with its tab. */
-const NUMBER_BYTES = 32;
-
-/**
- * COPY text gathered as bytes: each row is encoded straight into a Buffer (the bytes of
- * {@link copyLine}, without making that string), and full Buffers go to the COPY stream as they
- * are. Gathering a string (`pending += copyLine(...)`) made some 35 strings per row and kept a
- * rope of ~50,000 of them alive across garbage collections until each flush; the stream then
- * converted it to bytes anyway. A row may straddle two Buffers: COPY data is a byte stream.
- */
-export class CopyText {
-  private buf = Buffer.allocUnsafe(FLUSH_BYTES);
-  private used = 0;
-  private full: Buffer[] = [];
-  private fullBytes = 0;
-
-  /** Bytes gathered. */
-  get size(): number {
-    return this.fullBytes + this.used;
-  }
-
-  /** Adds the line of one staged row or filtered user: the UTF-8 bytes of `copyLine(run, row)`. */
-  row(run: number, row: StagedRow | FilteredMarker): void {
-    this.room(8 * NUMBER_BYTES);
-    this.number(run); this.ascii('\t');
-    this.number(row.code); this.ascii('\t');
-    this.number(row.ordinal); this.ascii('\t');
-    this.number(row.offset); this.ascii('\t');
-    this.number(row.line); this.ascii('\t');
-    this.number(row.column); this.ascii('\t');
-    this.number(row.pk);
-    if (row.kind === 'filtered') {
-      this.ascii('\tf\t');
-      if (row.username === undefined) this.ascii('\\N');
-      else this.text(row.username);
-      this.ascii(FILTERED_VALUES);
-      return;
-    }
-    this.ascii('\tt');
-    const vals = row.values;
-    for (let i = 0; i < vals.length; i++) {
-      this.ascii('\t');
-      const v = vals[i];
-      if (v === null || v === undefined) this.ascii('\\N');
-      else if (typeof v === 'string') this.text(v);
-      else if (typeof v === 'number') this.number(v);
-      else this.ascii(v ? 't' : 'f');
-    }
-    this.ascii('\n');
-  }
-
-  /** Everything gathered, as Buffers the caller now owns; empties this. */
-  take(): Buffer[] {
-    this.seal();
-    const out = this.full;
-    this.full = [];
-    this.fullBytes = 0;
-    return out;
-  }
-
-  private seal(): void {
-    if (this.used === 0) return;
-    this.full.push(this.buf.subarray(0, this.used));
-    this.fullBytes += this.used;
-    this.buf = Buffer.allocUnsafe(FLUSH_BYTES);
-    this.used = 0;
-  }
-
-  /** Makes room for `bytes` more. */
-  private room(bytes: number): void {
-    if (this.used + bytes <= this.buf.length) return;
-    this.seal();
-    if (bytes > this.buf.length) this.buf = Buffer.allocUnsafe(bytes);
-  }
-
-  /** A number as `String(v)` writes it. */
-  private number(v: number): void {
-    this.room(NUMBER_BYTES);
-    const buf = this.buf;
-    let p = this.used;
-    if (Number.isSafeInteger(v)) {
-      let n = v;
-      if (n < 0) { buf[p++] = 0x2d; n = -n; }
-      let digits = 1;
-      for (let t = n; t >= 10; t = Math.floor(t / 10)) digits++;
-      p += digits;
-      let q = p;
-      do { buf[--q] = 0x30 + (n % 10); n = Math.floor(n / 10); } while (n > 0);
-    } else {
-      const t = String(v);
-      for (let k = 0; k < t.length; k++) buf[p++] = t.charCodeAt(k);
-    }
-    this.used = p;
-  }
-
-  /** A string known to be ASCII without characters COPY escapes. */
-  private ascii(s: string): void {
-    this.room(s.length);
-    const buf = this.buf;
-    let p = this.used;
-    for (let k = 0; k < s.length; k++) buf[p++] = s.charCodeAt(k);
-    this.used = p;
-  }
-
-  /** A text value, escaped as {@link copyValue} does. */
-  private text(s: string): void {
-    const n = s.length;
-    // An escaped character takes 2 bytes, a UTF-16 code unit at most 3.
-    this.room(n * 3);
-    const buf = this.buf;
-    let p = this.used;
-    for (let k = 0; k < n; k++) {
-      const c = s.charCodeAt(k);
-      if (c >= 0x80) {
-        // Beyond ASCII (rare): the rest goes through the string encoder.
-        this.used = p + buf.write(copyValue(s.slice(k)), p);
-        return;
-      }
-      const e = ESCAPE[c]!;
-      if (e === 0) {
-        buf[p++] = c;
-      } else {
-        buf[p++] = 0x5c;
-        buf[p++] = e;
-      }
-    }
-    this.used = p;
-  }
-}
 
 /** Creates the PostgreSQL sink. See the module comment for its transaction shapes. */
 export function createPgSink(options: PgSinkOptions): Writable {
@@ -371,7 +171,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
   };
 
   const openCopy = (): CopyStream => {
-    const s = client.query(copyStreams.from(COPY_SQL(whole ? 'pg_temp.stage' : 'userport.stage')));
+    const s = client.query(copyStreams.from(copySql(whole ? 'pg_temp.stage' : 'userport.stage')));
     // Errors surface through write callbacks / finish; keep one listener so none is unhandled.
     s.on('error', () => undefined);
     return s;

@@ -3,9 +3,9 @@
  * anything (issue #11). Each skip must be exact: whenever a scan could find something, it runs.
  */
 import { expect } from 'chai';
-import { StagedFacts } from '../lib/pg-sink.js';
-import { REJECTED_USER_CODE, type FilteredMarker, type StagedRow } from '../lib/map-models.js';
-import { modelInfo, STAGE_COLUMNS, STAGE_INDEX, type StageValue } from '../lib/models.js';
+import { StagedFacts } from '../lib/staged-facts.js';
+import type { FilteredMarker, StagedRow } from '../lib/map-models.js';
+import { modelInfo, REJECTED_USER_CODE, STAGE_COLUMNS, STAGE_INDEX, type StageValue } from '../lib/models.js';
 import { importUsers } from '../lib/import.js';
 import { UserportError } from '../lib/errors.js';
 import { freshDatabase } from './helpers/db.js';

@@ -10,7 +10,9 @@ import pg from 'pg';
 import { createUserFilter, parseUsernameList, scopeRecord, type FlowItem, type ScopedRecord } from '../lib/filter-users.js';
 import { createModelMapper, mapRecord, stagedValues, type FilteredMarker, type StagedRow } from '../lib/map-models.js';
 import { isDateTime, isTimeZone, STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
-import { copyLine, copyValue, CopyText, createPgSink } from '../lib/pg-sink.js';
+import { CopyText } from '../lib/copy-text.js';
+import { createPgSink } from '../lib/pg-sink.js';
+import { copyLine, copyValue } from './helpers/copy-oracle.js';
 import type { RawRecord } from '../lib/tokenize.js';
 import { collect, collectError } from './helpers/streams.js';
 import { optionErrorOf } from './helpers/options.js';
@@ -190,7 +192,7 @@ describe('isTimeZone', () => {
   });
 });
 
-describe('COPY encoding', () => {
+describe('COPY encoding (the oracle)', () => {
   it('escapes backslash, tab, newline and carriage return, and writes NULL as \\N', () => {
     expect(copyValue('a\\b\tc\nd\re')).to.equal('a\\\\b\\tc\\nd\\re');
     expect(copyValue('\\.')).to.equal('\\\\.');
@@ -203,7 +205,7 @@ describe('COPY encoding', () => {
 });
 
 describe('CopyText', () => {
-  it('gathers exactly the UTF-8 bytes of copyLine for every row, across Buffers, however long a row is', () => {
+  it('gathers exactly the UTF-8 bytes of the oracle\'s copyLine for every row, across Buffers, however long a row is', () => {
     const width = STAGE_COLUMNS.length;
     const values = (...vs: (string | number | boolean | null)[]) => [...vs, ...new Array(width - vs.length).fill(null)];
     const row = (pk: number, vals: (string | number | boolean | null)[]): StagedRow => ({

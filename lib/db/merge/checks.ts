@@ -3,8 +3,7 @@
  * keys of exports written before Sentry 23.9.1.
  */
 import { ErrorCodes, RecordError } from '../../errors.js';
-import { modelByCode } from '../../models.js';
-import { REJECTED_USER_CODE } from '../../map-models.js';
+import { modelByCode, REJECTED_USER_CODE } from '../../models.js';
 import type { ModelCodes, Q } from './run.js';
 
 /** Throws USERPORT_RECORD_DUPLICATE_PK at the first record, in file order, whose pk its model already had. */

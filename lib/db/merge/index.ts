@@ -15,10 +15,9 @@
  */
 import type pg from 'pg';
 import { DatabaseError, ErrorCodes, OptionError } from '../../errors.js';
-import { REJECTED_USER_CODE } from '../../map-models.js';
-import type { ImportScope } from '../../models.js';
 import { ImportStats } from '../../stats.js';
-import type { StagedFacts } from '../../pg-sink.js';
+import { REJECTED_USER_CODE, type ImportScope } from '../../models.js';
+import type { StagedFacts } from '../../staged-facts.js';
 import { readTarget, requireUserTable } from '../target.js';
 import { enterBulkLoad } from './bulk-load.js';
 import { refuseDuplicatePks, resolveNaturalKeys } from './checks.js';

@@ -14,7 +14,7 @@
  *   summary and a finding say so (never quoting a token).
  */
 import { DatabaseError, ErrorCodes } from '../../errors.js';
-import { REJECTED_USER_CODE } from '../../map-models.js';
+import { REJECTED_USER_CODE } from '../../models.js';
 import type { ImportStats } from '../../stats.js';
 import { idSequence, modelCodes, type Q } from './run.js';
 import type { WritePlan } from './plan.js';
