@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { applySessionSettings, checkDatabaseUrl, createKnex, migrate, PG_TYPES, waitForDatabase } from './db/knex.js';
 import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isNonEmptyString, isStringIterable, type OptionCheck } from './options.js';
-import { beginEarlyUsers, describePlan, mergeStaged, planFor, undoEarlyUsers, type EarlyUsers, type MergeOptions, type MergeStep } from './db/merge/index.js';
+import { describePlan, earlyUsersOverlap, mergeStaged, planFor, type MergeOptions, type MergeStep } from './db/merge/index.js';
 import {
   commitOutcome, deleteStaged, findDoneImport, findImport, findResumableImport, finishImport, insertImport, insertResumableImport, lockImport, markImportFailed,
   markImportRunning, nextImportRun, otherUnfinishedImports, ownerName, saveCheckpoint, unmatchedUsernames,
@@ -370,19 +370,12 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     };
     const emptyTarget = options.onProgress && options.bulkLoad !== 'off' ? await looksEmpty() : options.onProgress ? false : undefined;
     // An atomic import into empty tables starts the merge with the users while the rest of the
-    // file is read (the sink calls this once the users of a file in Sentry's order are staged).
-    let early: EarlyUsers | undefined;
-    const afterUsers = async (c: pg.ClientBase) => {
-      const started = await beginEarlyUsers(c, mergeOptions, plan);
-      return started && {
-        run: async () => { early = await started.run(); },
-        undo: async () => { await undoEarlyUsers(c, early!); early = undefined; },
-      };
-    };
+    // file is read (early.ts says when: once the users of a file in Sentry's order are staged).
+    const early = earlyUsersOverlap(mergeOptions, plan, staged);
     let committing = false;
     const finalize = async (c: pg.ClientBase) => {
       if (!options.resumable) await insertImport(c, run, mode, rowSource());
-      const merged = await mergeStaged(c, mergeOptions, stats, early);
+      const merged = await mergeStaged(c, mergeOptions, stats, early.users);
       bulkLoaded = merged.bulkLoad;
       if (filterActive) {
         stats.unmatchedUsernames = await unmatchedUsernames(c, run, modelInfo('sentry.user')!.mapping.code, options.filterUsernames!);
@@ -402,7 +395,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     const sink = createPgSink({
       client, run, transaction: options.resumable ? 'batches' : 'whole', dryRun: options.dryRun, staged,
       batchRows: options.batchRows ?? DEFAULT_BATCH_ROWS, checkpoint, finalize, stats, rejects,
-      ...(options.resumable || options.bulkLoad === 'off' ? {} : { afterUsers }),
+      ...(options.resumable || options.bulkLoad === 'off' ? {} : { overlap: early }),
       ...(options.tmpDir ? { tmpDir: options.tmpDir } : {}),
     });
     if (options.onProgress) {

@@ -12,6 +12,10 @@
  *   table and committed together with the caller's checkpoint; the write callback fires only
  *   after that commit. The merge runs in a last transaction of its own.
  *
+ * In `whole` mode one hook, `overlap`, lets work run on the connection while the input is still
+ * read: the sink pauses its COPY, runs the work, spools the rows that arrive meanwhile, then COPYs
+ * the spool (importUsers starts the merge's users step this way: db/merge/early.ts).
+ *
  * Lifecycle as in pg-copy-streams: `_final` calls back only once the server has confirmed the
  * commit; exactly one 'finish' on success, exactly one 'error' on failure.
  */
@@ -59,19 +63,43 @@ export interface PgSinkOptions {
   /** Filled with what the staged rows were like (see {@link StagedFacts}), for the merge. */
   staged?: StagedFacts;
   /**
-   * `whole` mode, with `staged`: called once, when the first row of another model follows a first
-   * run of user rows with increasing pks (Sentry's order), once those rows are staged. Resolves
-   * to work that starts the merge now, while the rest of the file is read, or to undefined to
-   * decline. While that work holds the connection, the rows that arrive are written to a private
-   * spool file under `tmpDir` and COPYed once it is done. When a user came later after all
-   * (`staged.usersAfterOthers`), its `undo` runs first, before the spool is COPYed.
+   * `whole` mode: work to run on the sink's connection while the input is still read (the
+   * importer's early users step). See {@link Overlap}.
    */
-  afterUsers?: (client: pg.ClientBase) => Promise<EarlyWork | undefined>;
-  /** Folder of the spool file of `afterUsers`. @default os.tmpdir() */
+  overlap?: Overlap;
+  /** Folder of the spool file of `overlap`. @default os.tmpdir() */
   tmpDir?: string;
 }
 
-/** A failure to write the early users step's spool file (a full disk, a missing temp dir). */
+/**
+ * Work the sink runs on its connection while it goes on reading, in `whole` mode: the sink ends
+ * its COPY, starts the work, writes the rows that arrive meanwhile to a private spool file (0600
+ * in a 0700 folder under `tmpDir`) and, once the input has ended and the work is done, calls
+ * `finish` and COPYs the spool into the staging table. So PostgreSQL works on what is staged
+ * while Node parses the rest.
+ */
+export interface Overlap {
+  /**
+   * Asked after each write, once its rows are gathered, until it answers `now` or `never`:
+   * `later` asks again after the next write.
+   */
+  when(): 'now' | 'later' | 'never';
+  /**
+   * Called once, after `now`, when every row so far is staged and the COPY has ended. Resolves
+   * to the work, or to undefined to decline (the COPY goes on).
+   */
+  start(client: pg.ClientBase): Promise<OverlapWork | undefined>;
+}
+
+/** What {@link Overlap.start} starts. */
+export interface OverlapWork {
+  /** The work; rows are spooled while it runs. */
+  run(): Promise<void>;
+  /** Called once `run` is done and the input has ended, before the spool is COPYed. */
+  finish(): Promise<void>;
+}
+
+/** A failure to write the overlap's spool file (a full disk, a missing temp dir). */
 function spoolError(err: unknown): UserportError {
   const e = err as Error & { cause?: unknown };
   return new UserportError(ErrorCodes.IO, `cannot write the staging spool file: ${(e.cause as Error | undefined)?.message ?? e.message}`, { cause: err });
@@ -106,15 +134,8 @@ function endStream(s: Writable, wrap: (err: Error) => Error): Promise<void> {
   });
 }
 
-/** What {@link PgSinkOptions.afterUsers} starts: the work, and how to take it back. */
-export interface EarlyWork {
-  run(): Promise<void>;
-  /** Called at the end, before anything more is staged, when a user row came after the work started. */
-  undo(): Promise<void>;
-}
-
-/** The early work while it runs: `done` never rejects, a failure is kept in `error`. */
-interface EarlyState { work: EarlyWork; done: Promise<void>; error?: Error }
+/** The overlapped work while it runs: `done` never rejects, a failure is kept in `error`. */
+interface Running { work: OverlapWork; done: Promise<void>; error?: Error }
 
 const PG_SINK_OPTIONS: { readonly [K in keyof PgSinkOptions]-?: OptionCheck } = {
   client: (v) => (v !== null && typeof v === 'object' && typeof (v as pg.ClientBase).query === 'function' ? undefined : 'a connected pg client'),
@@ -127,7 +148,8 @@ const PG_SINK_OPTIONS: { readonly [K in keyof PgSinkOptions]-?: OptionCheck } = 
   rejects: (v) => (v !== null && typeof v === 'object' && typeof (v as RejectSink).reject === 'function' ? undefined : 'a RejectSink (createRejectsFile)'),
   finalize: isFunction,
   staged: (v) => (v instanceof StagedFacts ? undefined : 'a StagedFacts'),
-  afterUsers: isFunction,
+  overlap: (v) => (v !== null && typeof v === 'object' && typeof (v as Overlap).when === 'function' && typeof (v as Overlap).start === 'function'
+    ? undefined : 'an Overlap (when() and start())'),
   tmpDir: isNonEmptyString,
 };
 
@@ -154,11 +176,12 @@ export function createPgSink(options: PgSinkOptions): Writable {
   let batchLast: MappedItem | undefined;
   const trace = process.env.USERPORT_TRACE_SQL === '1';
   const elapsed = () => `${(performance.now() - createdAt).toFixed(0)} ms`;
-  // The early work of afterUsers: while it runs (and until the end), rows go to the spool.
-  let early: EarlyState | undefined;
-  let asked = !(whole && options.afterUsers && staged);
+  // The overlapped work: once it runs (and until the end), rows go to the spool.
+  const overlap = whole ? options.overlap : undefined;
+  let overlapping: Running | undefined;
+  let asked = !overlap;
   let spool: { path: string; out: WriteStream; remove: () => Promise<void> } | undefined;
-  // Set by destroy: a start of the early work still in flight must not start it, nor keep a spool.
+  // Set by destroy: a start of the overlapped work still in flight must not start it, nor keep a spool.
   let destroyed = false;
   let starting: Promise<void> | undefined;
 
@@ -186,15 +209,15 @@ export function createPgSink(options: PgSinkOptions): Writable {
   const toSpool = (chunks: Buffer[]) => writeChunks(spool!.out, chunks, spoolError);
 
   /**
-   * The first row of another model came after a first run of users: stage what is pending, end
-   * the COPY, ask afterUsers; if it starts work, send the rows that follow to the spool.
+   * The overlap said `now`: stage what is pending, end the COPY, start the work; if it starts,
+   * send the rows that follow to the spool.
    */
-  const maybeStartEarly = async () => {
+  const startOverlap = async () => {
     asked = true;
     if (pending.size) await send(pending.take());
     await endCopy();
-    let work: EarlyWork | undefined;
-    try { work = await options.afterUsers!(client); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
+    let work: OverlapWork | undefined;
+    try { work = await overlap!.start(client); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
     if (destroyed) return;
     if (!work) {
       copy = openCopy();
@@ -210,23 +233,21 @@ export function createPgSink(options: PgSinkOptions): Writable {
     spool = { path: made.path, out: createWriteStream(made.path, { flags: 'w' }), remove: made.remove };
     spool.out.on('error', () => undefined);
     if (trace) process.stderr.write(`[sink] early users step started after ${elapsed()}; rows go to the spool\n`);
-    const state: EarlyState = { work, done: Promise.resolve() };
+    const state: Running = { work, done: Promise.resolve() };
     state.done = work.run().then(() => {
       if (trace) process.stderr.write(`[sink] early users step done after ${elapsed()}\n`);
     }, (err: unknown) => { state.error = wrapCallbackError(err, 'the merge'); });
-    early = state;
+    overlapping = state;
   };
 
-  /** At the end of the input: waits for the early work, then COPYs the spool into the staging table. */
+  /** At the end of the input: waits for the overlapped work, finishes it, then COPYs the spool into the staging table. */
   const drainSpool = async () => {
     const sp = spool!;
     if (pending.size) await toSpool(pending.take());
     await endStream(sp.out, spoolError);
-    await early!.done;
-    if (early!.error) throw early!.error;
-    if (staged!.usersAfterOthers) {
-      try { await early!.work.undo(); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
-    }
+    await overlapping!.done;
+    if (overlapping!.error) throw overlapping!.error;
+    try { await overlapping!.work.finish(); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
     copy = openCopy();
     try {
       await pipeline(createReadStream(sp.path), copy);
@@ -304,14 +325,15 @@ export function createPgSink(options: PgSinkOptions): Writable {
         return callback(err as Error);
       }
       if (whole) {
-        if (early?.error) return callback(early.error);
-        if (!asked && !staged!.usersOnly) {
-          if (staged!.leadingUsers > 0 && staged!.pksIncreasing && !staged!.usersAfterOthers) {
-            starting = maybeStartEarly();
+        if (overlapping?.error) return callback(overlapping.error);
+        if (!asked) {
+          const when = overlap!.when();
+          if (when === 'now') {
+            starting = startOverlap();
             starting.then(() => callback(), (err: Error) => callback(err));
             return;
           }
-          asked = true;
+          if (when === 'never') asked = true;
         }
         if (pending.size < FLUSH_BYTES) return callback();
         (spool ? toSpool(pending.take()) : send(pending.take())).then(() => callback(), (err: Error) => callback(err));
@@ -345,7 +367,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
     destroy(err, callback) {
       destroyed = true;
       (async () => {
-        // A start of the early work in flight ends first (it sees `destroyed`: no work, no spool).
+        // A start of the overlapped work in flight ends first (it sees `destroyed`: no work, no spool).
         if (starting) await starting.catch(() => undefined);
         if (spool) {
           const sp = spool;
@@ -353,8 +375,8 @@ export function createPgSink(options: PgSinkOptions): Writable {
           sp.out.destroy();
           await sp.remove().catch(() => undefined);
         }
-        // The connection is busy until the early work ends; the ROLLBACK below would queue behind it.
-        if (early) await early.done;
+        // The connection is busy until the overlapped work ends; the ROLLBACK below would queue behind it.
+        if (overlapping) await overlapping.done;
         if (copy) {
           // pg-copy-streams answers destroy() with CopyFail: the server discards the COPY.
           const s = copy;

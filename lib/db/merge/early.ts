@@ -1,7 +1,8 @@
 /**
  * The users' step of a merge started while the rest of the file is still being read: the sink
- * calls it when the first row of another model follows a first run of users, so PostgreSQL
- * decides and writes the users while Node parses the other models. Only on the empty-target path
+ * runs it as its overlap ({@link earlyUsersOverlap}) when the first row of another model follows
+ * a first run of users, so PostgreSQL decides and writes the users while Node parses the other
+ * models. Only on the empty-target path
  * (the target tables empty and locked, see bulk-load.ts), inside a savepoint, with the state of
  * the two id sequences it draws from noted: if a user row comes later after all (a file not in
  * Sentry's model order), {@link undoEarlyUsers} puts the sequences back while the tables are
@@ -9,6 +10,7 @@
  * this never ran, so the result, ids included, does not depend on file order.
  */
 import type pg from 'pg';
+import type { StagedFacts } from '../../staged-facts.js';
 import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
 import type { WritePlan } from './plan.js';
 import { idSequence, openMerge, runner } from './run.js';
@@ -79,4 +81,33 @@ export async function undoEarlyUsers(client: pg.ClientBase, early: EarlyUsers): 
   }
   await q(`ROLLBACK TO SAVEPOINT ${EARLY_SAVEPOINT}`);
   await q(`RELEASE SAVEPOINT ${EARLY_SAVEPOINT}`);
+}
+
+/**
+ * The early users step as the work a `whole`-mode sink overlaps with reading (its `overlap`
+ * option). When: once the first row of another model follows a first run of user rows with
+ * increasing pks (Sentry's order, as `staged` saw it); never when the file starts otherwise. At the
+ * end, before the spool is COPYed, the step is undone if a user row came after all. `users` is
+ * what the step wrote, for `mergeStaged`: undefined until it ran, and again once undone.
+ */
+export function earlyUsersOverlap(options: UsersStepOptions & { bulkLoad?: boolean }, plan: WritePlan, staged: StagedFacts) {
+  let users: EarlyUsers | undefined;
+  return {
+    get users(): EarlyUsers | undefined { return users; },
+    when(): 'now' | 'later' | 'never' {
+      if (staged.usersOnly) return 'later';
+      return staged.leadingUsers > 0 && staged.pksIncreasing && !staged.usersAfterOthers ? 'now' : 'never';
+    },
+    async start(client: pg.ClientBase) {
+      const started = await beginEarlyUsers(client, options, plan);
+      return started && {
+        run: async () => { users = await started.run(); },
+        finish: async () => {
+          if (!staged.usersAfterOthers) return;
+          await undoEarlyUsers(client, users!);
+          users = undefined;
+        },
+      };
+    },
+  };
 }

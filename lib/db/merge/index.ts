@@ -28,7 +28,7 @@ import { mergeUsers } from './users.js';
 import { mergePrivileges } from './privileges.js';
 
 export { MERGE_LOCK_KEY } from './run.js';
-export { beginEarlyUsers, undoEarlyUsers, type EarlyUsers } from './early.js';
+export { earlyUsersOverlap, type EarlyUsers } from './early.js';
 export { describePlan, writePlan, type WritePlan } from './plan.js';
 
 /** Options of {@link mergeStaged}: which import run to merge, and how. */
