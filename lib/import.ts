@@ -28,6 +28,7 @@ import { createRejectsFile, type RejectSink } from './rejects.js';
 import { ImportStats, type ImportSummary, type StatsSnapshot } from './stats.js';
 import { createRecordProcessor } from './process-records.js';
 import { DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './tokenize.js';
+import type { TraceEvent } from './trace.js';
 
 /** Progress of a running import, reported about twice a second. */
 export interface Progress {
@@ -135,6 +136,10 @@ export interface ImportOptions {
   onProgress?: (p: Progress) => void;
   /** Called once the import id is known (before any record is read). */
   onStart?: (info: StartInfo) => void;
+  /** Told how the import works, as it happens: the merge's statements, the sink's moments ({@link TraceEvent}). */
+  onTrace?: (e: TraceEvent) => void;
+  /** Also tell the plan of each statement of the merge (`plan` events; each is EXPLAINed first). Needs `onTrace`. @default false */
+  explain?: boolean;
 }
 
 /** What {@link ImportOptions.onStart} is told once the import id is known. */
@@ -180,6 +185,8 @@ const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
   skipLeadingText: isBoolean,
   onProgress: isFunction,
   onStart: isFunction,
+  onTrace: isFunction,
+  explain: isBoolean,
 };
 
 function checkImportOptions(o: ImportOptions): void {
@@ -194,6 +201,7 @@ function checkImportOptions(o: ImportOptions): void {
   if (o.overwriteConfigs && (o.scope ?? 'users') === 'users') {
     throw new OptionError("importUsers: overwriteConfigs needs scope 'config' or 'global' (user scope brings no roles)", 'overwriteConfigs');
   }
+  if (o.explain && o.onTrace === undefined) throw new OptionError('importUsers: explain needs onTrace (the plans are told to it)', 'explain');
   if (o.resumable && (o.source === '-' || o.source instanceof Readable)) {
     throw new OptionError('importUsers: a resumable import needs a file source (it is read again to resume)', 'source');
   }
@@ -354,6 +362,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       run, mergeUsers: !!options.mergeUsers, filterActive, bulkLoad: options.bulkLoad !== 'off', staged: skipThrough ? undefined : staged, plan,
       overwriteConfigs: !!options.overwriteConfigs,
       onStep: (s) => { step = s; },
+      onTrace: options.onTrace, explain: options.explain,
     };
     // One cheap look for the progress estimate (the merge decides the path itself, later). It
     // never waits: another import's bulk load holds the table locked, and then it is not empty.
@@ -397,6 +406,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       batchRows: options.batchRows ?? DEFAULT_BATCH_ROWS, checkpoint, finalize, stats, rejects,
       ...(options.resumable || options.bulkLoad === 'off' ? {} : { overlap: early }),
       ...(options.tmpDir ? { tmpDir: options.tmpDir } : {}),
+      onTrace: options.onTrace,
     });
     if (options.onProgress) {
       const onProgress = options.onProgress;

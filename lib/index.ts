@@ -28,6 +28,7 @@ export type { Overlap, OverlapWork, PgSinkOptions } from './pg-sink.js';
 // The whole job.
 export { importUsers } from './import.js';
 export type { ImportOptions, Progress, StartInfo } from './import.js';
+export type { TraceEvent } from './trace.js';
 export { dropImport } from './db/imports.js';
 export type { DroppedImport } from './db/imports.js';
 export { ImportStats } from './stats.js';

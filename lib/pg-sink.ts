@@ -33,6 +33,7 @@ import type { RejectSink } from './rejects.js';
 import { makeSpool } from './spool.js';
 import { StagedFacts } from './staged-facts.js';
 import { ImportStats } from './stats.js';
+import type { TraceEvent } from './trace.js';
 
 /** Rows per committed batch in resumable mode. */
 export const DEFAULT_BATCH_ROWS = 20000;
@@ -69,6 +70,8 @@ export interface PgSinkOptions {
   overlap?: Overlap;
   /** Folder of the spool file of `overlap`. @default os.tmpdir() */
   tmpDir?: string;
+  /** Told the sink's moments (`sink` events: {@link TraceEvent}), for a timeline of the import. */
+  onTrace?: (e: TraceEvent) => void;
 }
 
 /**
@@ -151,6 +154,7 @@ const PG_SINK_OPTIONS: { readonly [K in keyof PgSinkOptions]-?: OptionCheck } = 
   overlap: (v) => (v !== null && typeof v === 'object' && typeof (v as Overlap).when === 'function' && typeof (v as Overlap).start === 'function'
     ? undefined : 'an Overlap (when() and start())'),
   tmpDir: isNonEmptyString,
+  onTrace: isFunction,
 };
 
 type CopyStream = ReturnType<typeof copyStreams.from>;
@@ -174,8 +178,11 @@ export function createPgSink(options: PgSinkOptions): Writable {
   const pending = new CopyText();
   let batchCount = 0;
   let batchLast: MappedItem | undefined;
-  const trace = process.env.USERPORT_TRACE_SQL === '1';
-  const elapsed = () => `${(performance.now() - createdAt).toFixed(0)} ms`;
+  const onTrace = options.onTrace;
+  const moment = (m: Extract<TraceEvent, { kind: 'sink' }>['moment']) => {
+    if (!onTrace) return;
+    try { onTrace({ kind: 'sink', moment: m, ms: performance.now() - createdAt }); } catch (err) { throw wrapCallbackError(err, 'onTrace'); }
+  };
   // The overlapped work: once it runs (and until the end), rows go to the spool.
   const overlap = whole ? options.overlap : undefined;
   let overlapping: Running | undefined;
@@ -232,11 +239,9 @@ export function createPgSink(options: PgSinkOptions): Writable {
     }
     spool = { path: made.path, out: createWriteStream(made.path, { flags: 'w' }), remove: made.remove };
     spool.out.on('error', () => undefined);
-    if (trace) process.stderr.write(`[sink] early users step started after ${elapsed()}; rows go to the spool\n`);
+    moment('overlap started');
     const state: Running = { work, done: Promise.resolve() };
-    state.done = work.run().then(() => {
-      if (trace) process.stderr.write(`[sink] early users step done after ${elapsed()}\n`);
-    }, (err: unknown) => { state.error = wrapCallbackError(err, 'the merge'); });
+    state.done = work.run().then(() => { moment('overlap done'); }).catch((err: unknown) => { state.error = wrapCallbackError(err, 'the merge'); });
     overlapping = state;
   };
 
@@ -345,15 +350,15 @@ export function createPgSink(options: PgSinkOptions): Writable {
       commitBatch().then(() => callback(), (err: Error) => callback(err));
     },
     final(callback) {
-      if (trace) process.stderr.write(`[sink] all rows sent after ${elapsed()}\n`);
       (async () => {
+        moment('rows sent');
         if (whole && spool) {
           await drainSpool();
-          if (trace) process.stderr.write(`[sink] spooled rows COPYed after ${elapsed()}\n`);
+          moment('spool copied');
         } else if (whole) {
           if (pending.size) await send(pending.take());
           await endCopy();
-          if (trace) process.stderr.write(`[sink] COPY confirmed after ${elapsed()}\n`);
+          moment('copy confirmed');
         } else {
           await commitBatch();
           await query('BEGIN');

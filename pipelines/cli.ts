@@ -20,6 +20,7 @@ import { flagNames, formatBytes, helpText, parseCommand, reportError, suggestFla
 import { installSpoolCleanup, setInterruptNote } from './signals.js';
 import { runExportCommand } from './export-command.js';
 import { runTargetCommand } from './target-command.js';
+import { traceFromEnv } from './trace.js';
 import { encryptionMismatch, isGzip, leadingText, readHead, utf16Error } from '../lib/source.js';
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
@@ -653,6 +654,7 @@ async function importCommand(args: string[]): Promise<number> {
         }
       },
       onProgress,
+      ...traceFromEnv(),
     });
   } catch (err) {
     throw hintFor(err, plan);

@@ -12,6 +12,7 @@ import { createModelMapper, mapRecord, stagedValues, type FilteredMarker, type S
 import { isDateTime, isTimeZone, STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
 import { CopyText } from '../lib/copy-text.js';
 import { createPgSink } from '../lib/pg-sink.js';
+import type { TraceEvent } from '../lib/trace.js';
 import { copyLine, copyValue } from './helpers/copy-oracle.js';
 import type { RawRecord } from '../lib/tokenize.js';
 import { collect, collectError } from './helpers/streams.js';
@@ -269,6 +270,51 @@ describe('createPgSink', () => {
     // The temp staging table went away with the transaction, and nothing went to the persistent one.
     expect((await client.query(`SELECT to_regclass('pg_temp.stage') AS t`)).rows[0].t).to.equal(null);
     expect(await db.count('userport.stage')).to.equal(0);
+  });
+
+  it('overlap: asks when() after each write until "now", runs the work while the rows that follow go to a spool, finishes it, then COPYs the spool', async () => {
+    const log: string[] = [];
+    let asked = 0;
+    const count = async (c: pg.ClientBase) => (await c.query('SELECT count(*)::int AS n FROM pg_temp.stage')).rows[0].n as number;
+    const overlap = {
+      when: () => (++asked < 3 ? 'later' as const : 'now' as const),
+      start: async (c: pg.ClientBase) => {
+        log.push(`start with ${(await count(c)) > 0 ? 'rows' : 'nothing'} staged`);
+        return {
+          run: async () => { await c.query('SELECT pg_sleep(0.1)'); log.push('run'); },
+          finish: async () => { log.push('finish'); },
+        };
+      },
+    };
+    const events: TraceEvent[] = [];
+    let staged = -1;
+    const sink = createPgSink({
+      client, run: 1, transaction: 'whole', overlap, onTrace: (e) => events.push(e),
+      finalize: async (c) => { staged = await count(c); log.push('finalize'); },
+    });
+    await pipeline(objects(rows(3000)), sink);
+    expect(asked).to.equal(3);
+    expect(log).to.deep.equal(['start with rows staged', 'run', 'finish', 'finalize']);
+    expect(staged).to.equal(3000);
+    const moments = events.map((e) => (e.kind === 'sink' ? e.moment : e.kind));
+    expect(moments).to.include.members(['overlap started', 'overlap done', 'rows sent', 'spool copied']);
+    expect(moments).to.not.include('copy confirmed');
+  });
+
+  it('overlap: "never" stops the asking, and a start that declines lets the COPY go on', async () => {
+    for (const answer of ['never', 'decline'] as const) {
+      let asked = 0;
+      let started = 0;
+      const events: TraceEvent[] = [];
+      const sink = createPgSink({
+        client, run: 1, transaction: 'whole', onTrace: (e) => events.push(e),
+        overlap: { when: () => { asked++; return answer === 'never' ? 'never' : 'now'; }, start: async () => { started++; return undefined; } },
+        finalize: async (c) => { expect((await c.query('SELECT count(*)::int AS n FROM pg_temp.stage')).rows[0].n).to.equal(100); },
+      });
+      await pipeline(objects(rows(100)), sink);
+      expect([asked, started], answer).to.deep.equal(answer === 'never' ? [1, 0] : [1, 1]);
+      expect(events.map((e) => e.kind === 'sink' && e.moment)).to.deep.equal(['rows sent', 'copy confirmed']);
+    }
   });
 
   it('rolls back when finalize fails, emitting error exactly once', async () => {

@@ -44,8 +44,10 @@ export const SCENARIO_COLLISION_RATE = 0.1;
 export const FILTER_NAMES = 10_000;
 /**
  * When the `resume` scenario kills its first run: right after the merge's insert into
- * `sentry_email` (its `USERPORT_TRACE_SQL` line), so the killed transaction leaves dead rows there,
- * as in the incident.
+ * `sentry_email`, so the killed transaction leaves dead rows there, as in the incident. The run is
+ * the CLI in a child process (`--resumable` needs it), so this reads the CLI's trace output on
+ * stderr (`USERPORT_TRACE_SQL=1`, pipelines/trace.ts): an in-process import would subscribe to
+ * `onTrace` instead.
  */
 export const RESUME_KILL_ON = /^\[sql \d+ ms\] (?:WITH ins AS \( )?INSERT INTO sentry_email\b/m;
 

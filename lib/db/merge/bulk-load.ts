@@ -1,6 +1,7 @@
 /**
  * The empty-target path of the merge ("load first, index after", as pgloader does a restore).
  */
+import type pg from 'pg';
 import type { Q } from './run.js';
 import type { WritePlan } from './plan.js';
 
@@ -29,7 +30,7 @@ interface DroppedObject { table: string; name: string; kind: 'index' | 'unique' 
 const IDENT_SQL = (s: string) => `"${s.replace(/"/g, '""')}"`;
 
 /** `catalog` runs the catalog queries (not traced or explained: their plans are PostgreSQL's business). */
-export async function enterBulkLoad(q: Q, catalog: Q, plan: WritePlan): Promise<BulkLoad | undefined> {
+export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.QueryResult>, plan: WritePlan): Promise<BulkLoad | undefined> {
   // The tables of the plan: a table the target lacks is neither written nor locked.
   const tables = [plan.user.table, plan.email?.table, plan.userEmail?.table, plan.userOption?.table, plan.lostPassword?.table]
     .filter((t): t is string => t !== undefined);
@@ -97,7 +98,7 @@ export async function enterBulkLoad(q: Q, catalog: Q, plan: WritePlan): Promise<
     // An index by its regclass text (schema-qualified when needed), never by a bare name.
     await q(o.kind === 'index' ? `DROP INDEX ${o.name}` : `ALTER TABLE ${o.table} DROP CONSTRAINT ${IDENT_SQL(o.name)}`);
   }
-  if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write(`[bulk] load first, then build: ${drops.map((o) => `${o.table}.${o.name}`).join(', ')}\n`);
+  q.trace({ kind: 'bulk-load', dropped: drops.map((o) => `${o.table}.${o.name}`) });
   return {
     async rebuild() {
       // Index builds sort in memory up to maintenance_work_mem (64 MB by default).

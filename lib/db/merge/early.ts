@@ -13,6 +13,7 @@ import type pg from 'pg';
 import type { StagedFacts } from '../../staged-facts.js';
 import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
 import type { WritePlan } from './plan.js';
+import type { TraceOptions } from '../../trace.js';
 import { idSequence, openMerge, runner } from './run.js';
 import { mergeUsers, type UsersStepOptions, type UsersWritten } from './users.js';
 
@@ -29,15 +30,18 @@ export interface EarlyUsers {
 
 export const EARLY_SAVEPOINT = 'userport_early_users';
 
+/** What the early users step needs of the merge's options. */
+export type EarlyUsersOptions = UsersStepOptions & TraceOptions & { bulkLoad?: boolean };
+
 /**
  * Starts {@link EarlyUsers}: takes the empty-target path (locks, drops) inside a savepoint and
  * notes the id sequences. Quick; resolves undefined, leaving nothing behind, when that path cannot
  * be taken. Then `run()` does the users' step (seconds at 100k users). Runs in the import's
  * transaction, on the connection that staged the users.
  */
-export async function beginEarlyUsers(client: pg.ClientBase, options: UsersStepOptions & { bulkLoad?: boolean }, plan: WritePlan): Promise<{ run(): Promise<EarlyUsers> } | undefined> {
+export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsersOptions, plan: WritePlan): Promise<{ run(): Promise<EarlyUsers> } | undefined> {
   if (!options.bulkLoad) return undefined;
-  const q = runner(client);
+  const q = runner(client, options);
   const S = await openMerge(q);
   await q(`SAVEPOINT ${EARLY_SAVEPOINT}`);
   const bulk = await enterBulkLoad(q, (sql) => client.query(sql), plan);
@@ -73,9 +77,9 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: UsersStepO
  * only where nobody else drew from them meanwhile), then everything else by the savepoint. Call it
  * before staging anything more: the rollback also drops what was staged after the savepoint.
  */
-export async function undoEarlyUsers(client: pg.ClientBase, early: EarlyUsers): Promise<void> {
-  const q = runner(client);
-  if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write('[early] a user came after other models: the early users step is undone\n');
+export async function undoEarlyUsers(client: pg.ClientBase, early: EarlyUsers, trace: TraceOptions = {}): Promise<void> {
+  const q = runner(client, trace);
+  q.trace({ kind: 'early-undone' });
   for (const s of early.sequences) {
     await q(`SELECT setval($1::regclass, $2::bigint, $3) WHERE (SELECT last_value FROM ${s.seq}) = $4::bigint`, [s.seq, s.lastValue, s.isCalled, s.after]);
   }
@@ -90,7 +94,7 @@ export async function undoEarlyUsers(client: pg.ClientBase, early: EarlyUsers): 
  * end, before the spool is COPYed, the step is undone if a user row came after all. `users` is
  * what the step wrote, for `mergeStaged`: undefined until it ran, and again once undone.
  */
-export function earlyUsersOverlap(options: UsersStepOptions & { bulkLoad?: boolean }, plan: WritePlan, staged: StagedFacts) {
+export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, staged: StagedFacts) {
   let users: EarlyUsers | undefined;
   return {
     get users(): EarlyUsers | undefined { return users; },
@@ -104,7 +108,7 @@ export function earlyUsersOverlap(options: UsersStepOptions & { bulkLoad?: boole
         run: async () => { users = await started.run(); },
         finish: async () => {
           if (!staged.usersAfterOthers) return;
-          await undoEarlyUsers(client, users!);
+          await undoEarlyUsers(client, users!, options);
           users = undefined;
         },
       };

@@ -18,6 +18,7 @@ import { DatabaseError, ErrorCodes, OptionError } from '../../errors.js';
 import { ImportStats } from '../../stats.js';
 import { REJECTED_USER_CODE, type ImportScope } from '../../models.js';
 import type { StagedFacts } from '../../staged-facts.js';
+import type { TraceOptions } from '../../trace.js';
 import { readTarget, requireUserTable } from '../target.js';
 import { enterBulkLoad } from './bulk-load.js';
 import { refuseDuplicatePks, resolveNaturalKeys } from './checks.js';
@@ -32,7 +33,7 @@ export { earlyUsersOverlap, type EarlyUsers } from './early.js';
 export { describePlan, writePlan, type WritePlan } from './plan.js';
 
 /** Options of {@link mergeStaged}: which import run to merge, and how. */
-export interface MergeOptions {
+export interface MergeOptions extends TraceOptions {
   run: number;
   mergeUsers: boolean;
   /** True when a username filter is active: only emails of kept users are imported. */
@@ -102,7 +103,7 @@ export async function planFor(client: pg.ClientBase, scope: ImportScope = 'users
  * after it (`options.staged.usersAfterOthers` false; else `undoEarlyUsers` it first).
  */
 export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, stats: ImportStats, early?: EarlyUsers): Promise<MergeOutcome> {
-  const q = runner(client);
+  const q = runner(client, options);
   const { run } = options;
   const C = modelCodes();
   const S = await openMerge(q);

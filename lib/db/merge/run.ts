@@ -1,17 +1,22 @@
 /**
- * What every step of a merge shares: the statement runner (with the SQL trace and plan printer
- * the specs and the benchmark read), the opening of a merge (isolation check, the merge lock),
- * the staging relation, and the staging codes of the models.
+ * What every step of a merge shares: the statement runner (which tells the merge's `onTrace`
+ * subscriber each statement's time, and its plan on request), the opening of a merge (isolation
+ * check, the merge lock), the staging relation, and the staging codes of the models.
  */
 import type pg from 'pg';
 import { DatabaseError, ErrorCodes } from '../../errors.js';
 import { modelInfo, scopeModels } from '../../models.js';
+import type { TraceEvent, TraceOptions } from '../../trace.js';
 
 /** Key of the advisory lock that serializes merges. */
 export const MERGE_LOCK_KEY = 7472117102;
 
 /** Runs one statement of the merge. */
-export type Q = (sql: string, params?: unknown[]) => Promise<pg.QueryResult>;
+export interface Q {
+  (sql: string, params?: unknown[]): Promise<pg.QueryResult>;
+  /** Tells the merge's subscriber (`onTrace`) what a step did besides statements; nothing without one. */
+  readonly trace: (e: TraceEvent) => void;
+}
 
 /** Staging codes of the merged models, from their schemas (`x-userport.code` in schemas/). */
 export interface ModelCodes {
@@ -32,21 +37,26 @@ export function modelCodes(): ModelCodes {
   };
 }
 
-/** The statement runner of one merge: prints each statement's time and plan on request. */
-export function runner(client: pg.ClientBase): Q {
-  const trace = process.env.USERPORT_TRACE_SQL === '1';
-  // Prints every statement's plan: how the specs check that no join can degrade quadratically.
-  const explain = process.env.USERPORT_EXPLAIN_SQL === '1';
-  return async (sql, params) => {
-    if (explain && /^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE TEMP TABLE \w+ ON COMMIT DROP AS)\b/.test(sql) && !/WITH NO DATA\s*$/.test(sql)) {
-      const plan = await client.query(`EXPLAIN ${sql}`, params as unknown[]);
-      process.stderr.write(`[plan] ${sql.trim().replace(/\s+/g, ' ').slice(0, 90)}\n${plan.rows.map((r: Record<string, string>) => r['QUERY PLAN']).join('\n')}\n[/plan]\n`);
+/** Statements EXPLAIN can plan (a CREATE TABLE AS ... WITH NO DATA has no plan worth telling). */
+const EXPLAINABLE = /^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE TEMP TABLE \w+ ON COMMIT DROP AS)\b/;
+
+/**
+ * The statement runner of one merge: tells `onTrace` each statement's time and, with `explain`,
+ * its plan first (how the specs check that no join can degrade quadratically).
+ */
+export function runner(client: pg.ClientBase, { onTrace, explain }: TraceOptions = {}): Q {
+  if (!onTrace) return Object.assign((sql: string, params?: unknown[]) => client.query(sql, params), { trace: () => undefined });
+  const q = async (sql: string, params?: unknown[]) => {
+    if (explain && EXPLAINABLE.test(sql) && !/WITH NO DATA\s*$/.test(sql)) {
+      const plan = await client.query(`EXPLAIN ${sql}`, params);
+      onTrace({ kind: 'plan', sql, plan: plan.rows.map((r: Record<string, string>) => r['QUERY PLAN']!) });
     }
-    const t0 = trace ? performance.now() : 0;
-    const r = await client.query(sql, params as unknown[]);
-    if (trace) process.stderr.write(`[sql ${(performance.now() - t0).toFixed(0)} ms] ${sql.trim().replace(/\s+/g, ' ').slice(0, 90)}\n`);
+    const t0 = performance.now();
+    const r = await client.query(sql, params);
+    onTrace({ kind: 'sql', ms: performance.now() - t0, sql });
     return r;
   };
+  return Object.assign(q, { trace: onTrace });
 }
 
 /**

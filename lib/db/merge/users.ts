@@ -49,7 +49,7 @@ export async function mergeUsers(q: Q, S: string, options: UsersStepOptions, pla
       const e = err as { code?: string; table?: string };
       if (e.code !== '23505' || e.table !== plan.user.table || attempt >= MAX_USER_ATTEMPTS) throw err;
       await q('ROLLBACK TO SAVEPOINT userport_users');
-      if (process.env.USERPORT_TRACE_SQL === '1') process.stderr.write(`[users] another session took a name or address meanwhile: deciding again (attempt ${attempt + 1})\n`);
+      q.trace({ kind: 'retry', step: 'users', attempt: attempt + 1 });
     }
   }
 }

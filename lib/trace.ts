@@ -1,0 +1,36 @@
+/**
+ * What the library tells a subscriber about how it works (`onTrace` of importUsers, mergeStaged
+ * and createPgSink): each statement of the merge with its time, a statement's plan on request, and
+ * the moments that explain where an import's time went. Tests and tools subscribe to these events
+ * instead of parsing text; the library itself prints nothing. The CLI prints them to stderr when
+ * USERPORT_TRACE_SQL=1 or USERPORT_EXPLAIN_SQL=1 is set (pipelines/trace.ts).
+ */
+/**
+ * One event of the trace, by `kind`:
+ * - `sql`: a statement of the merge ran; `ms` its time, `sql` its text.
+ * - `plan`: the plan (`EXPLAIN`, one line per element) of a statement of the merge, before it
+ *   runs; only with `explain: true`.
+ * - `retry`: the users' step is decided again because another session took one of its names or
+ *   addresses meanwhile; `attempt` is the attempt that starts (2 at the first retry).
+ * - `bulk-load`: the empty-target path dropped these unique constraints, indexes and foreign keys
+ *   (`table.name`), to build them again after the load.
+ * - `early-undone`: a user row came after other models, so the early users step is undone.
+ * - `sink`: a moment of the sink, `ms` after it was created: `overlap started` (the early users
+ *   step runs, rows go to the spool), `overlap done`, `rows sent` (the input has ended),
+ *   `copy confirmed` (the server confirmed the COPY), `spool copied` (the spool is COPYed).
+ */
+export type TraceEvent =
+  | { kind: 'sql'; ms: number; sql: string }
+  | { kind: 'plan'; sql: string; plan: string[] }
+  | { kind: 'retry'; step: 'users'; attempt: number }
+  | { kind: 'bulk-load'; dropped: string[] }
+  | { kind: 'early-undone' }
+  | { kind: 'sink'; moment: 'overlap started' | 'overlap done' | 'rows sent' | 'copy confirmed' | 'spool copied'; ms: number };
+
+/** The trace options that importUsers and mergeStaged share. */
+export interface TraceOptions {
+  /** Told each {@link TraceEvent} as it happens; a subscriber that throws fails the work. */
+  onTrace?: (e: TraceEvent) => void;
+  /** Also tell `plan` events: each statement of the merge is EXPLAINed first (slower). Only with `onTrace`. @default false */
+  explain?: boolean;
+}

@@ -1,0 +1,44 @@
+/**
+ * The CLI's trace switch: USERPORT_TRACE_SQL=1 prints each statement of the merge with its time
+ * and the sink's moments, USERPORT_EXPLAIN_SQL=1 each statement's plan, to stderr, one event a
+ * line (a plan: between `[plan]` and `[/plan]`). The library only tells events (`onTrace`); these
+ * lines are the CLI's output, which the benchmark and the CLI specs read.
+ */
+import type { TraceEvent } from '../lib/trace.js';
+
+/** A statement as the trace shows it: one line, at most 90 characters. */
+const short = (sql: string) => sql.trim().replace(/\s+/g, ' ').slice(0, 90);
+
+const SINK_LINES: Record<Extract<TraceEvent, { kind: 'sink' }>['moment'], string> = {
+  'overlap started': 'early users step started after %; rows go to the spool',
+  'overlap done': 'early users step done after %',
+  'rows sent': 'all rows sent after %',
+  'copy confirmed': 'COPY confirmed after %',
+  'spool copied': 'spooled rows COPYed after %',
+};
+
+/** The trace line(s) of one event, without the final newline. */
+export function traceLine(e: TraceEvent): string {
+  switch (e.kind) {
+    case 'sql': return `[sql ${e.ms.toFixed(0)} ms] ${short(e.sql)}`;
+    case 'plan': return `[plan] ${short(e.sql)}\n${e.plan.join('\n')}\n[/plan]`;
+    case 'retry': return `[users] another session took a name or address meanwhile: deciding again (attempt ${e.attempt})`;
+    case 'bulk-load': return `[bulk] load first, then build: ${e.dropped.join(', ')}`;
+    case 'early-undone': return '[early] a user came after other models: the early users step is undone';
+    case 'sink': return `[sink] ${SINK_LINES[e.moment].replace('%', `${e.ms.toFixed(0)} ms`)}`;
+  }
+}
+
+/**
+ * The importUsers options that print the trace `env` asks for to `out`; none when it asks for
+ * nothing. Plans only with USERPORT_EXPLAIN_SQL=1, everything else only with USERPORT_TRACE_SQL=1.
+ */
+export function traceFromEnv(env: NodeJS.ProcessEnv = process.env, out: NodeJS.WritableStream = process.stderr): { onTrace?: (e: TraceEvent) => void; explain?: boolean } {
+  const trace = env.USERPORT_TRACE_SQL === '1';
+  const explain = env.USERPORT_EXPLAIN_SQL === '1';
+  if (!trace && !explain) return {};
+  return {
+    onTrace: (e) => { if (e.kind === 'plan' ? explain : trace) out.write(`${traceLine(e)}\n`); },
+    ...(explain ? { explain: true } : {}),
+  };
+}
