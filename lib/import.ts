@@ -9,7 +9,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { applySessionSettings, checkDatabaseUrl, createKnex, migrate, PG_TYPES, waitForDatabase } from './db/knex.js';
-import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isNonEmptyString, isStringIterable, type OptionCheck } from './options.js';
+import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isKeyUnwrapper, isNonEmptyString, isStringIterable, type OptionCheck } from './options.js';
 import { describePlan, earlyUsersOverlap, mergeStaged, planFor, type MergeOptions, type MergeStep } from './db/merge/index.js';
 import {
   commitOutcome, deleteStaged, findDoneImport, findImport, findResumableImport, finishImport, insertImport, insertResumableImport, lockImport, markImportFailed,
@@ -159,7 +159,6 @@ export interface StartInfo {
 }
 
 const isSource: OptionCheck = (v) => (typeof v === 'string' && v !== '') || v instanceof Readable ? undefined : 'a file path, "-" or a Readable stream';
-const isUnwrapper: OptionCheck = (v) => (v !== null && typeof v === 'object' && typeof (v as KeyUnwrapper).unwrap === 'function' ? undefined : 'a KeyUnwrapper (createLocalKeyUnwrapper or createGcpKmsUnwrapper)');
 
 const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
   source: isSource,
@@ -181,7 +180,7 @@ const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
   findingsFile: isNonEmptyString,
   maxRecordBytes: isInteger(16),
   maxDepth: isInteger(2),
-  decrypt: isUnwrapper,
+  decrypt: isKeyUnwrapper,
   skipLeadingText: isBoolean,
   onProgress: isFunction,
   onStart: isFunction,
