@@ -137,8 +137,81 @@ function endStream(s: Writable, wrap: (err: Error) => Error): Promise<void> {
   });
 }
 
-/** The overlapped work while it runs: `done` never rejects, a failure is kept in `error`. */
-interface Running { work: OverlapWork; done: Promise<void>; error?: Error }
+/**
+ * The overlapped work while it runs, and the private spool file that takes the rows meanwhile.
+ * The sink holds one from the overlap's start to the end of the input (or to its destroy).
+ */
+class OverlapRun {
+  /** The work's failure: kept here (`done` never rejects), the sink fails at its next write. */
+  error?: Error;
+  private readonly done: Promise<void>;
+  private removed = false;
+
+  private constructor(private readonly work: OverlapWork, private readonly path: string, private readonly out: WriteStream,
+    private readonly removeFile: () => Promise<void>, onDone: () => void) {
+    this.done = new Promise<void>((resolve) => resolve(work.run())).then(onDone)
+      .catch((err: unknown) => { this.error = wrapCallbackError(err, 'the merge'); });
+  }
+
+  /**
+   * Makes the spool under `tmpDir`, then runs `work` (`onStart` first, `onDone` once it is done).
+   * Resolves to undefined, leaving no file and starting nothing, when the sink was destroyed meanwhile.
+   */
+  static async begin(work: OverlapWork, tmpDir: string, destroyed: () => boolean, onStart: () => void, onDone: () => void): Promise<OverlapRun | undefined> {
+    const made = await makeSpool(tmpDir, 'stage.copy').catch((err: unknown) => { throw spoolError(err); });
+    // The spool's own handle is not kept: a stream by path (the file is already 0600).
+    await made.file.close();
+    if (destroyed()) {
+      await made.remove();
+      return undefined;
+    }
+    const out = createWriteStream(made.path, { flags: 'w' });
+    out.on('error', () => undefined);
+    try {
+      onStart();
+    } catch (err) {
+      out.destroy();
+      await made.remove();
+      throw err;
+    }
+    return new OverlapRun(work, made.path, out, made.remove, onDone);
+  }
+
+  /** Writes COPY text to the spool, resolving when the file can take more. */
+  write(chunks: Buffer[]): Promise<void> {
+    return writeChunks(this.out, chunks, spoolError);
+  }
+
+  /**
+   * At the end of the input: closes the spool, waits for the work and finishes it, then COPYs the
+   * spool through the COPY stream `openCopy` opens, and removes it.
+   */
+  async drain(openCopy: () => Writable): Promise<void> {
+    await endStream(this.out, spoolError);
+    await this.done;
+    if (this.error) throw this.error;
+    try { await this.work.finish(); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
+    try {
+      await pipeline(createReadStream(this.path), openCopy());
+    } catch (err) {
+      throw wrapDbError(err, 'COPY into the staging table');
+    }
+    await this.remove();
+  }
+
+  /** On destroy: the spool goes at once; resolves once the work has ended (it holds the connection). */
+  async abort(): Promise<void> {
+    this.out.destroy();
+    await this.remove().catch(() => undefined);
+    await this.done;
+  }
+
+  private async remove(): Promise<void> {
+    if (this.removed) return;
+    this.removed = true;
+    await this.removeFile();
+  }
+}
 
 const PG_SINK_OPTIONS: { readonly [K in keyof PgSinkOptions]-?: OptionCheck } = {
   client: (v) => (v !== null && typeof v === 'object' && typeof (v as pg.ClientBase).query === 'function' ? undefined : 'a connected pg client'),
@@ -183,11 +256,10 @@ export function createPgSink(options: PgSinkOptions): Writable {
     if (!onTrace) return;
     try { onTrace({ kind: 'sink', moment: m, ms: performance.now() - createdAt }); } catch (err) { throw wrapCallbackError(err, 'onTrace'); }
   };
-  // The overlapped work: once it runs (and until the end), rows go to the spool.
+  // The overlapped work: once it runs (and until the end), rows go to its spool.
   const overlap = whole ? options.overlap : undefined;
-  let overlapping: Running | undefined;
+  let overlapping: OverlapRun | undefined;
   let asked = !overlap;
-  let spool: { path: string; out: WriteStream; remove: () => Promise<void> } | undefined;
   // Set by destroy: a start of the overlapped work still in flight must not start it, nor keep a spool.
   let destroyed = false;
   let starting: Promise<void> | undefined;
@@ -212,8 +284,6 @@ export function createPgSink(options: PgSinkOptions): Writable {
   const send = (chunks: Buffer[]) => writeChunks(copy!, chunks, copyError);
   /** Ends the COPY stream and waits for the server's confirmation. */
   const endCopy = () => endStream(copy!, copyError).then(() => { copy = undefined; });
-  /** Writes COPY text to the spool, resolving when the file can take more. */
-  const toSpool = (chunks: Buffer[]) => writeChunks(spool!.out, chunks, spoolError);
 
   /**
    * The overlap said `now`: stage what is pending, end the COPY, start the work; if it starts,
@@ -230,38 +300,17 @@ export function createPgSink(options: PgSinkOptions): Writable {
       copy = openCopy();
       return;
     }
-    const made = await makeSpool(options.tmpDir ?? os.tmpdir(), 'stage.copy').catch((err: unknown) => { throw spoolError(err); });
-    // The spool's own handle is not kept: a stream by path (the file is already 0600).
-    await made.file.close();
-    if (destroyed) {
-      await made.remove();
-      return;
-    }
-    spool = { path: made.path, out: createWriteStream(made.path, { flags: 'w' }), remove: made.remove };
-    spool.out.on('error', () => undefined);
-    moment('overlap started');
-    const state: Running = { work, done: Promise.resolve() };
-    state.done = work.run().then(() => { moment('overlap done'); }).catch((err: unknown) => { state.error = wrapCallbackError(err, 'the merge'); });
-    overlapping = state;
+    overlapping = await OverlapRun.begin(work, options.tmpDir ?? os.tmpdir(), () => destroyed, () => moment('overlap started'), () => moment('overlap done'));
   };
 
-  /** At the end of the input: waits for the overlapped work, finishes it, then COPYs the spool into the staging table. */
-  const drainSpool = async () => {
-    const sp = spool!;
-    if (pending.size) await toSpool(pending.take());
-    await endStream(sp.out, spoolError);
-    await overlapping!.done;
-    if (overlapping!.error) throw overlapping!.error;
-    try { await overlapping!.work.finish(); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
-    copy = openCopy();
-    try {
-      await pipeline(createReadStream(sp.path), copy);
-    } catch (err) {
-      throw wrapDbError(err, 'COPY into the staging table');
-    }
+  /**
+   * At the end of the input: the rows still pending go to the spool, then the overlap drains it
+   * into the staging table (kept until the sink ends: a destroy after a failure removes the spool).
+   */
+  const drainOverlap = async () => {
+    if (pending.size) await overlapping!.write(pending.take());
+    await overlapping!.drain(() => (copy = openCopy()));
     copy = undefined;
-    spool = undefined;
-    await sp.remove();
   };
 
   const commitBatch = async () => {
@@ -341,7 +390,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
           if (when === 'never') asked = true;
         }
         if (pending.size < FLUSH_BYTES) return callback();
-        (spool ? toSpool(pending.take()) : send(pending.take())).then(() => callback(), (err: Error) => callback(err));
+        (overlapping ? overlapping.write(pending.take()) : send(pending.take())).then(() => callback(), (err: Error) => callback(err));
         return;
       }
       batchCount += count;
@@ -352,8 +401,8 @@ export function createPgSink(options: PgSinkOptions): Writable {
     final(callback) {
       (async () => {
         moment('rows sent');
-        if (whole && spool) {
-          await drainSpool();
+        if (whole && overlapping) {
+          await drainOverlap();
           moment('spool copied');
         } else if (whole) {
           if (pending.size) await send(pending.take());
@@ -374,14 +423,9 @@ export function createPgSink(options: PgSinkOptions): Writable {
       (async () => {
         // A start of the overlapped work in flight ends first (it sees `destroyed`: no work, no spool).
         if (starting) await starting.catch(() => undefined);
-        if (spool) {
-          const sp = spool;
-          spool = undefined;
-          sp.out.destroy();
-          await sp.remove().catch(() => undefined);
-        }
-        // The connection is busy until the overlapped work ends; the ROLLBACK below would queue behind it.
-        if (overlapping) await overlapping.done;
+        // The spool goes; the connection is busy until the overlapped work ends (the ROLLBACK
+        // below would queue behind it).
+        if (overlapping) await overlapping.abort();
         if (copy) {
           // pg-copy-streams answers destroy() with CopyFail: the server discards the COPY.
           const s = copy;
