@@ -23,7 +23,8 @@ export { STAGE_COLUMNS, STAGE_INDEX, USER_SCOPE_MODELS } from './models.js';
 export type { StageColumn, StageValue } from './models.js';
 export { createPgSink, DEFAULT_BATCH_ROWS } from './pg-sink.js';
 export { StagedFacts } from './staged-facts.js';
-export type { Overlap, OverlapWork, PgSinkOptions } from './pg-sink.js';
+export type { PgSinkOptions } from './pg-sink.js';
+export type { Overlap, OverlapWork } from './overlap.js';
 
 // The whole job.
 export { importUsers } from './import.js';

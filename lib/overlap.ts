@@ -1,0 +1,122 @@
+/**
+ * The sink's overlap (`PgSinkOptions.overlap`): work that runs on the sink's connection while the
+ * input is still read, and the private spool file (0600 in a 0700 folder) that takes the rows
+ * meanwhile, until the work is done and the input has ended; then the spool is COPYed.
+ */
+import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
+import type { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type pg from 'pg';
+import { ErrorCodes, UserportError, wrapCallbackError, wrapDbError } from './errors.js';
+import { makeSpool } from './spool.js';
+import { endStream, writeChunks } from './stream-writes.js';
+
+/**
+ * Work the sink runs on its connection while it goes on reading, in `whole` mode: the sink ends
+ * its COPY, starts the work, writes the rows that arrive meanwhile to a private spool file (0600
+ * in a 0700 folder under `tmpDir`) and, once the input has ended and the work is done, calls
+ * `finish` and COPYs the spool into the staging table. So PostgreSQL works on what is staged
+ * while Node parses the rest.
+ */
+export interface Overlap {
+  /**
+   * Asked after each write, once its rows are gathered, until it answers `now` or `never`:
+   * `later` asks again after the next write.
+   */
+  when(): 'now' | 'later' | 'never';
+  /**
+   * Called once, after `now`, when every row so far is staged and the COPY has ended. Resolves
+   * to the work, or to undefined to decline (the COPY goes on).
+   */
+  start(client: pg.ClientBase): Promise<OverlapWork | undefined>;
+}
+
+/** What {@link Overlap.start} starts. */
+export interface OverlapWork {
+  /** The work; rows are spooled while it runs. */
+  run(): Promise<void>;
+  /** Called once `run` is done and the input has ended, before the spool is COPYed. */
+  finish(): Promise<void>;
+}
+
+/** A failure to write the overlap's spool file (a full disk, a missing temp dir). */
+function spoolError(err: unknown): UserportError {
+  const e = err as Error & { cause?: unknown };
+  return new UserportError(ErrorCodes.IO, `cannot write the staging spool file: ${(e.cause as Error | undefined)?.message ?? e.message}`, { cause: err });
+}
+
+/**
+ * The overlapped work while it runs, and the private spool file that takes the rows meanwhile.
+ * The sink holds one from the overlap's start to the end of the input (or to its destroy).
+ */
+export class OverlapRun {
+  /** The work's failure: kept here (`done` never rejects), the sink fails at its next write. */
+  error?: Error;
+  private readonly done: Promise<void>;
+  private removed = false;
+
+  private constructor(private readonly work: OverlapWork, private readonly path: string, private readonly out: WriteStream,
+    private readonly removeFile: () => Promise<void>, onDone: () => void) {
+    this.done = new Promise<void>((resolve) => resolve(work.run())).then(onDone)
+      .catch((err: unknown) => { this.error = wrapCallbackError(err, 'the merge'); });
+  }
+
+  /**
+   * Makes the spool under `tmpDir`, then runs `work` (`onStart` first, `onDone` once it is done).
+   * Resolves to undefined, leaving no file and starting nothing, when the sink was destroyed meanwhile.
+   */
+  static async begin(work: OverlapWork, tmpDir: string, destroyed: () => boolean, onStart: () => void, onDone: () => void): Promise<OverlapRun | undefined> {
+    const made = await makeSpool(tmpDir, 'stage.copy').catch((err: unknown) => { throw spoolError(err); });
+    // The spool's own handle is not kept: a stream by path (the file is already 0600).
+    await made.file.close();
+    if (destroyed()) {
+      await made.remove();
+      return undefined;
+    }
+    const out = createWriteStream(made.path, { flags: 'w' });
+    out.on('error', () => undefined);
+    try {
+      onStart();
+    } catch (err) {
+      out.destroy();
+      await made.remove();
+      throw err;
+    }
+    return new OverlapRun(work, made.path, out, made.remove, onDone);
+  }
+
+  /** Writes COPY text to the spool, resolving when the file can take more. */
+  write(chunks: Buffer[]): Promise<void> {
+    return writeChunks(this.out, chunks, spoolError);
+  }
+
+  /**
+   * At the end of the input: closes the spool, waits for the work and finishes it, then COPYs the
+   * spool through the COPY stream `openCopy` opens, and removes it.
+   */
+  async drain(openCopy: () => Writable): Promise<void> {
+    await endStream(this.out, spoolError);
+    await this.done;
+    if (this.error) throw this.error;
+    try { await this.work.finish(); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
+    try {
+      await pipeline(createReadStream(this.path), openCopy());
+    } catch (err) {
+      throw wrapDbError(err, 'COPY into the staging table');
+    }
+    await this.remove();
+  }
+
+  /** On destroy: the spool goes at once; resolves once the work has ended (it holds the connection). */
+  async abort(): Promise<void> {
+    this.out.destroy();
+    await this.remove().catch(() => undefined);
+    await this.done;
+  }
+
+  private async remove(): Promise<void> {
+    if (this.removed) return;
+    this.removed = true;
+    await this.removeFile();
+  }
+}

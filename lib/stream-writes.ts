@@ -1,0 +1,34 @@
+/**
+ * Writing to a Writable as a promise that honours backpressure: the sink's COPY stream and the
+ * overlap's spool file are written the same way.
+ */
+import type { Writable } from 'node:stream';
+
+/**
+ * Writes `chunks` to `s`, resolving when it can take more (its backpressure reaches the caller);
+ * a failure, as an event or in a write's callback, rejects with `wrap(err)`.
+ */
+export function writeChunks(s: Writable, chunks: Buffer[], wrap: (err: Error) => Error): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => reject(wrap(err));
+    s.once('error', onError);
+    let ok = true;
+    for (const chunk of chunks) {
+      ok = s.write(chunk, (err) => {
+        if (err) return onError(err);
+      });
+    }
+    const done = () => { s.off('error', onError); resolve(); };
+    if (ok) done();
+    else s.once('drain', done);
+  });
+}
+
+/** Ends `s` and waits until everything written is flushed (for COPY: the server confirmed it). */
+export function endStream(s: Writable, wrap: (err: Error) => Error): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    s.once('error', (err) => reject(wrap(err)));
+    s.once('finish', () => resolve());
+    s.end();
+  });
+}
