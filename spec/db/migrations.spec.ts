@@ -16,7 +16,7 @@ describe('migrations', () => {
   it('keeps userport\'s bookkeeping, knex\'s included, in schema userport, and is idempotent', async () => {
     expect(await isMigrated(db.knex)).to.equal(false);
     const first = await migrate(db.knex);
-    expect(first).to.deep.equal(['20261203000000_userport_bookkeeping', '20261203000100_sentry_user_tables']);
+    expect(first).to.deep.equal(['20261203000000_userport_bookkeeping', '20261203000100_sentry_user_tables', '20261203000200_credential_staging']);
     expect(await migrate(db.knex)).to.deep.equal([]);
     expect(await isMigrated(db.knex)).to.equal(true);
     expect(await tablesIn(db, 'userport')).to.deep.equal(
@@ -57,7 +57,7 @@ describe('migrations', () => {
     const other = await freshDatabase(false);
     try {
       const results = await Promise.all([migrate(other.knex), migrate(other.knex), migrate(other.knex)]);
-      expect(results.map((r) => r.length).sort()).to.deep.equal([0, 0, 2]);
+      expect(results.map((r) => r.length).sort()).to.deep.equal([0, 0, 3]);
     } finally {
       await other.close();
     }
@@ -72,6 +72,6 @@ describe('migrations', () => {
 
   it('lists each migration once in the knex migration source, one per concern', () => {
     const files = fs.readdirSync('lib/db/migrations').filter((f) => f.endsWith('.ts'));
-    expect(files).to.deep.equal(['20261203000000_userport_bookkeeping.ts', '20261203000100_sentry_user_tables.ts']);
+    expect(files).to.deep.equal(['20261203000000_userport_bookkeeping.ts', '20261203000100_sentry_user_tables.ts', '20261203000200_credential_staging.ts']);
   });
 });
