@@ -80,10 +80,12 @@ export interface ImportOptions {
    */
   overwriteConfigs?: boolean;
   /**
-   * `auto`: when every target table is empty and can be locked at once (a restore), load the rows
-   * into the bare tables and build their unique constraints, indexes and foreign keys afterwards,
-   * in the same transaction; `off`: always insert row by row into the indexed tables (the path any
-   * non-empty target takes). Both write the same rows. @default 'auto'
+   * `auto`: when every target table is empty or holds at most 1,000 rows (a restore, a new Sentry
+   * with its first admin) and all can be locked at once without waiting, load the rows into the
+   * bare tables and build their unique constraints, indexes and foreign keys afterwards, in the
+   * same transaction (the tables stay locked until COMMIT); `off`: always insert row by row into
+   * the indexed tables (the path a target holding more rows takes). Both write the same rows.
+   * @default 'auto'
    */
   bulkLoad?: 'auto' | 'off';
   /** Import only these users (exact usernames) and what belongs to them. */

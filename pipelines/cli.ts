@@ -80,9 +80,11 @@ Options:
   --dry-run                       do everything, report, then roll back
   --allow-reimport                import SRC although it was imported before (same file and
                                   options): every user gets a second, renamed copy
-  --bulk-load auto|off            auto (default): into empty target tables, load the rows first and
-                                  build their indexes and constraints after (locks those tables);
-                                  off: insert into the indexed tables, as into any non-empty target
+  --bulk-load auto|off            auto (default): into target tables that are empty or hold at
+                                  most 1,000 rows (a new Sentry), load the rows first and build
+                                  their indexes and constraints after (locks those tables until
+                                  the import ends); off: insert into the indexed tables, as into
+                                  a target holding more
   --resumable                     commit in batches; the same command again continues an
                                   interrupted import of the same file and options
   --import-id ID                  with --resumable: name the import (letters, digits, . _ -)
@@ -387,7 +389,7 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
   if (ctx.phases && s.state !== 'already-done') {
     out.push(`Time: reading and staging ${ctx.phases.reading.toFixed(1)}s, merging ${ctx.phases.merging.toFixed(1)}s`);
   }
-  if (s.bulkLoad && s.state !== 'already-done') out.push('Empty target: rows loaded first, indexes and constraints built after');
+  if (s.bulkLoad && s.state !== 'already-done') out.push('Bulk path: rows loaded first, indexes and constraints built after');
   if (s.gzip) out.push('The input was gzip-compressed: read through gunzip');
   if (s.leadingText) {
     const t = s.leadingText;

@@ -87,7 +87,9 @@ for (const kind of TARGET_KINDS) {
       const before = await sentrySchema(db.knex);
       const findings = tmp('findings.json');
       const s = await importUsers({ source: writeExport(records()), databaseUrl: db.url, findingsFile: findings });
-      expect(s.bulkLoad, 'a fresh install holds its admin: the general path').to.equal(false);
+      // A fresh install holds its admin: a few rows, so the bulk path (not on Sentry 9, whose
+      // option table has deferred foreign keys to tables outside the import's).
+      expect(s.bulkLoad, 'a fresh install holds a few rows: the bulk path').to.equal(kind !== 'sentry-9');
       expect(s.skipped).to.deep.equal({ 'sentry.actor': 1 });
       // Ids in file order after the admin's, the colliding name renamed, the admin untouched.
       const users = (await db.knex.raw(`SELECT id, username, email, is_superuser, is_staff FROM auth_user ORDER BY id`)).rows as { id: number; username: string; email: string; is_superuser: boolean }[];

@@ -100,10 +100,36 @@ describe('bulk load into empty target tables', function () {
     });
   }
 
-  it('takes the incremental path when any target table holds a row, and changes no definition', async () => {
+  it('over a few existing rows (a new Sentry\'s admin): the same rows, ids, outcomes and findings as the incremental path, decided against them', async () => {
+    const bulk = await freshDatabase();
+    const incremental = await freshDatabase();
+    try {
+      // The admin holds one of the export's usernames (another case) and another user's address.
+      for (const db of [bulk, incremental]) {
+        const id = await insertUser(db.knex, { password: 'x', username: usernames[5]!.toUpperCase(), email: `${usernames[9]}@example.com`.toLowerCase(), email_unique: null });
+        await db.knex.raw(`INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified) VALUES (?, 'admin@example.com', 'h', now(), true)`, [id]);
+        await insertEmail(db.knex, 'admin@example.com');
+      }
+      const a = await importUsers({ source: file, databaseUrl: bulk.url });
+      const b = await importUsers({ source: file, databaseUrl: incremental.url, bulkLoad: 'off' });
+      expect([a.bulkLoad, b.bulkLoad]).to.deep.equal([true, false]);
+      expect(a.models).to.deep.equal(b.models);
+      expect(a.models['sentry.user']!.renamed, 'the admin\'s name is taken').to.be.greaterThan(0);
+      expect(a.adjacent).to.deep.equal(b.adjacent);
+      expect(await rowsWithIds(bulk)).to.deep.equal(await rowsWithIds(incremental));
+      const findings = async (db: typeof bulk) => (await db.knex.raw(`SELECT kind, model, source_pk, regexp_replace(reason, 'imported as .*', '') AS reason FROM userport.findings ORDER BY 2, 3, 1, 4`)).rows;
+      expect(await findings(bulk)).to.deep.equal(await findings(incremental));
+      expect(await definitions(bulk)).to.deep.equal(pristine);
+    } finally {
+      await bulk.close();
+      await incremental.close();
+    }
+  });
+
+  it('takes the incremental path when a target table holds more than a few rows (1,000), and changes no definition', async () => {
     const db = await freshDatabase();
     try {
-      await insertEmail(db.knex, 'someone@example.com');
+      await db.knex.raw(`INSERT INTO sentry_email (email, date_added) SELECT 'someone' || i || '@example.com', now() FROM generate_series(1, 1001) i`);
       const s = await importUsers({ source: file, databaseUrl: db.url });
       expect(s.bulkLoad).to.equal(false);
       expect(await db.count('auth_user')).to.equal(s.models['sentry.user']!.inserted);
@@ -215,13 +241,13 @@ describe('bulk load into empty target tables', function () {
       const run = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--database-url', db.url, '--no-progress'],
         { encoding: 'utf8', env: { ...process.env, USERPORT_EXPLAIN_SQL: '1' } });
       expect(run.status, run.stderr.slice(-2000)).to.equal(0);
-      expect(run.stdout).to.contain('Empty target: rows loaded first, indexes and constraints built after');
+      expect(run.stdout).to.contain('Bulk path: rows loaded first, indexes and constraints built after');
       const plans = [...run.stderr.matchAll(/\[plan\] (.*)\n([\s\S]*?)\n\[\/plan\]/g)].map((m) => ({ sql: m[1]!, plan: m[2]! }));
       expect(plans.filter((p) => /Insert on sentry_useremail/.test(p.plan)).length, 'both user-email inserts were planned').to.equal(2);
       for (const p of plans) expect(p.plan, p.sql).to.not.match(/Nested Loop[\s\S]*->\s+Seq Scan/);
       const off = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--database-url', offDb.url, '--no-progress', '--bulk-load', 'off'], { encoding: 'utf8' });
       expect(off.status, off.stderr.slice(-2000)).to.equal(0);
-      expect(off.stdout).to.not.contain('Empty target');
+      expect(off.stdout).to.not.contain('Bulk path');
     } finally {
       await db.close();
       await offDb.close();

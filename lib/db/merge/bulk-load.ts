@@ -1,5 +1,6 @@
 /**
- * The empty-target path of the merge ("load first, index after", as pgloader does a restore).
+ * The bulk path of the merge ("load first, index after", as pgloader does a restore): into empty
+ * tables, or tables that hold a few rows (a new Sentry with its first admin, a test instance).
  */
 import type pg from 'pg';
 import type { Q } from './run.js';
@@ -14,8 +15,12 @@ import type { WritePlan } from './plan.js';
  * constraint instead of a per-row index insertion and a per-row deferred trigger. All inside the
  * import's transaction: a failure or a dry run rolls the definitions back with the rows.
  *
- * Never on a table that holds data: the tables are locked (ACCESS EXCLUSIVE, NOWAIT) only after
- * they were seen empty, and checked again once locked. Primary keys stay (new ids are appended, so
+ * Only on tables that hold at most {@link FEW_ROWS} rows each (a new Sentry holds its first admin:
+ * rebuilding an index over a few existing rows costs nothing against the import's): the tables
+ * are locked (ACCESS EXCLUSIVE, NOWAIT: never waiting for another session) only after they were
+ * seen so, and checked again once locked. With rows present the merge's decisions still look them
+ * up (`empty` false), by joins the planner hashes without the dropped indexes, and the rebuilt
+ * unique constraints check every row, the existing ones included. Primary keys stay (new ids are appended, so
  * their maintenance is cheap, and other tables' foreign keys may hang on them), and so does any
  * constraint or index another table's foreign key depends on, or a foreign key that points at a
  * table outside the five (its table would be locked too).
@@ -23,7 +28,16 @@ import type { WritePlan } from './plan.js';
 export interface BulkLoad {
   /** Recreates what was dropped, in dependency order: indexes and unique constraints, then foreign keys. */
   rebuild(): Promise<void>;
+  /** True when every table was empty (no existing row to decide against). */
+  readonly empty: boolean;
 }
+
+/**
+ * Rows a table may hold for the bulk path. A new Sentry holds one admin (a user, its user email,
+ * an Email row); a test instance a few hundred users. Above it, the rows already there make the
+ * target's own indexes worth keeping, and other sessions are likely to use the tables.
+ */
+export const FEW_ROWS = 1000;
 
 interface DroppedObject { table: string; name: string; kind: 'index' | 'unique' | 'foreign'; definition: string }
 
@@ -35,7 +49,9 @@ export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.Q
   const tables = [plan.user.table, plan.email?.table, plan.userEmail?.table, plan.userOption?.table, plan.lostPassword?.table]
     .filter((t): t is string => t !== undefined);
   const list = tables.map((t) => `'${t}'::regclass`).join(', ');
-  const anyRows = () => q(`SELECT ${tables.map((t) => `EXISTS (SELECT 1 FROM ${t})`).join(' OR ')} AS any`);
+  // Whether any table holds a row, and whether each holds at most FEW_ROWS (counting stops there).
+  const rowState = async () => (await q(`SELECT bool_or(n > 0) AS any, bool_and(n <= ${FEW_ROWS}) AS few FROM (VALUES
+      ${tables.map((t) => `((SELECT count(*) FROM (SELECT 1 FROM ${t} LIMIT ${FEW_ROWS + 1}) x))`).join(', ')}) v(n)`)).rows[0] as { any: boolean; few: boolean };
   // Only what this role owns can be altered; anything else keeps the incremental path.
   const owned = await catalog(`SELECT bool_and(pg_has_role(relowner, 'USAGE')) AS ok FROM pg_class WHERE oid IN (${list})`);
   if (!owned.rows[0].ok) return undefined;
@@ -58,7 +74,7 @@ export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.Q
       OR EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_description d ON d.objoid = c.oid WHERE c.conrelid IN (${list}))
       AS unusual`);
   if (unusual.rows[0].unusual) return undefined;
-  if ((await anyRows()).rows[0].any) return undefined;
+  if (!(await rowState()).few) return undefined;
   await q('SAVEPOINT userport_bulk_lock');
   try {
     await q(`LOCK TABLE ${tables.join(', ')} IN ACCESS EXCLUSIVE MODE NOWAIT`);
@@ -68,9 +84,10 @@ export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.Q
     await q('ROLLBACK TO SAVEPOINT userport_bulk_lock');
     return undefined;
   }
-  // A row committed between the check and the lock: give the locks back (rolling back to the
-  // savepoint releases them) and take the incremental path.
-  if ((await anyRows()).rows[0].any) {
+  // Rows committed between the check and the lock: give the locks back (rolling back to the
+  // savepoint releases them) and take the incremental path. What is there now, locked, decides.
+  const state = await rowState();
+  if (!state.few) {
     await q('ROLLBACK TO SAVEPOINT userport_bulk_lock');
     return undefined;
   }
@@ -100,6 +117,7 @@ export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.Q
   }
   q.trace({ kind: 'bulk-load', dropped: drops.map((o) => `${o.table}.${o.name}`) });
   return {
+    empty: !state.any,
     async rebuild() {
       // Index builds sort in memory up to maintenance_work_mem (64 MB by default).
       await q(`SELECT set_config('maintenance_work_mem', '256MB', true) WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < 256 * 1024 * 1024`);

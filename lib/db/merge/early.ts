@@ -61,7 +61,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   for (const seq of seqs) before.push(await state(seq));
   return {
     async run() {
-      const written = await mergeUsers(q, S, options, plan, { empty: true });
+      const written = await mergeUsers(q, S, options, plan, { empty: bulk.empty });
       const after: string[] = [];
       for (const seq of seqs) after.push((await state(seq)).v);
       return {

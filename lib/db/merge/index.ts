@@ -39,8 +39,9 @@ export interface MergeOptions extends TraceOptions {
   /** True when a username filter is active: only emails of kept users are imported. */
   filterActive: boolean;
   /**
-   * Try the empty-target path: when every target table is empty and can be locked at once, load
-   * the rows first and build the indexes and constraints after (see bulk-load.ts). @default false
+   * Try the bulk path: when every target table is empty or holds a few rows (`FEW_ROWS`) and all
+   * can be locked at once, load the rows first and build the indexes and constraints after (see
+   * bulk-load.ts). @default false
    */
   bulkLoad?: boolean;
   /**
@@ -128,14 +129,14 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
     users = early.step;
   } else {
     const bulk = options.bulkLoad ? await enterBulkLoad(q, (sql) => client.query(sql), plan) : undefined;
-    users = { bulk, ...(await mergeUsers(q, S, options, plan, { empty: !!bulk })) };
+    users = { bulk, ...(await mergeUsers(q, S, options, plan, { empty: !!bulk?.empty })) };
   }
   const { bulk, usersInserted } = users;
   stats.adjacent.lostPasswordHashes += users.lostPasswordHashes;
 
   // 3. Emails.
   options.onStep?.('emails');
-  await mergeEmails(q, S, options, plan, !!bulk, stats);
+  await mergeEmails(q, S, options, plan, bulk ? (bulk.empty ? 'empty' : 'few') : undefined, stats);
 
   if (options.staged?.naturalKeys !== false) await resolveNaturalKeys(q, S, run, C);
   // Only with --rejects-file can a user be rejected: skip the per-row lookup otherwise.
@@ -199,7 +200,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
  * username filter, only the addresses of kept users (their primary email and their useremail
  * rows). A target without `sentry_email` (Sentry 2026) drops them all, saying why.
  */
-async function mergeEmails(q: Q, S: string, options: MergeOptions, plan: WritePlan, bulk: boolean, stats: ImportStats): Promise<void> {
+async function mergeEmails(q: Q, S: string, options: MergeOptions, plan: WritePlan, bulk: 'empty' | 'few' | undefined, stats: ImportStats): Promise<void> {
   const { run } = options;
   const C = modelCodes();
   const kept = options.filterActive
@@ -222,8 +223,10 @@ async function mergeEmails(q: Q, S: string, options: MergeOptions, plan: WritePl
   // sessions may insert addresses meanwhile. Kept in a table of its own (with statistics): joined
   // straight from a RETURNING CTE, the planner looped over it (103 s at 30k users).
   await q(`CREATE TEMP TABLE up_email_new (id bigint, le text) ON COMMIT DROP`);
+  // On the bulk path the unique key is dropped: into empty tables nothing can conflict, into a few
+  // rows the anti-join (hashed over them) decides.
   const conflict = bulk ? '' : plan.email.arbiter ? `ON CONFLICT ${plan.email.arbiter} DO NOTHING` : '';
-  const guard = !bulk && !plan.email.arbiter ? `AND NOT EXISTS (SELECT 1 FROM ${E} x WHERE lower(x.email::text) = e.le)` : '';
+  const guard = bulk === 'few' || (!bulk && !plan.email.arbiter) ? `AND NOT EXISTS (SELECT 1 FROM ${E} x WHERE lower(x.email::text) = e.le)` : '';
   await q(`
     WITH ins AS (
       INSERT INTO ${E} (email, date_added)

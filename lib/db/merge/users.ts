@@ -154,29 +154,32 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
  */
 async function decideAddresses(q: Q, plan: WritePlan, path: UsersStepPath): Promise<void> {
   const U = plan.user.table;
-  // Existing users with the same address, case-insensitively (the oldest): reported either way.
-  // On the empty-target path there are none, and email_unique's index is dropped: a lookup per
-  // user would scan the table's pages (a killed merge's dead rows before a resume) every time.
-  if (!path.empty) await q(`
-    UPDATE up_user p SET address_note = 'address also held by existing user id ' || h.id
-    FROM (SELECT DISTINCT ON (lower(a.email)) lower(a.email) AS le, a.id FROM ${U} a
-          WHERE a.email <> '' AND lower(a.email) IN (SELECT lower(email) FROM up_user WHERE new_id IS NOT NULL)
-          ORDER BY lower(a.email), a.id) h
-    WHERE p.new_id IS NOT NULL AND lower(p.email) = h.le`);
-  if (!plan.user.emailUnique) return;
+  // One pass over the new users, joined (never a lookup per user) to the existing holders:
+  // - of the address, case-insensitively (the oldest): a note either way;
+  // - of the email_unique candidate, where the target has that column.
+  // On the empty-target path there are none: no join at all (the dropped indexes would make
+  // each probe a scan of a killed merge's dead rows before a resume).
+  const unique = plan.user.emailUnique;
+  const shared = path.empty ? 'NULL::bigint' : 's.id';
+  const holder = path.empty || !unique ? 'NULL::bigint' : 'h.id';
   await q(`
     UPDATE up_user p SET
-      email_unique_final = CASE WHEN c.rn = 1 AND c.holder IS NULL THEN c.cand END,
+      ${unique ? `email_unique_final = CASE WHEN c.cand IS NOT NULL AND c.rn = 1 AND c.holder IS NULL THEN c.cand END,` : ''}
       address_note = CASE WHEN c.holder IS NOT NULL THEN 'email_unique left empty: ' || c.cand || ' is the email_unique of existing user id ' || c.holder
-                          WHEN c.rn > 1 THEN 'email_unique left empty: ' || c.cand || ' is the email_unique of an earlier user of the export (pk ' || c.first_pk || ')'
-                          ELSE p.address_note END
-    FROM (SELECT x.src_pk, x.cand, x.rn, x.first_pk,
-            ${path.empty ? 'NULL::bigint' : `(SELECT a.id FROM ${U} a WHERE a.email_unique = x.cand LIMIT 1)`} AS holder
-          FROM (SELECT src_pk, cand, row_number() OVER (PARTITION BY cand ORDER BY src_pk) AS rn,
+                          WHEN c.cand IS NOT NULL AND c.rn > 1 THEN 'email_unique left empty: ' || c.cand || ' is the email_unique of an earlier user of the export (pk ' || c.first_pk || ')'
+                          WHEN c.shared IS NOT NULL THEN 'address also held by existing user id ' || c.shared END
+    FROM (SELECT y.src_pk, ${unique ? 'y.cand' : 'NULL::text'} AS cand, y.rn, y.first_pk, ${holder} AS holder, ${shared} AS shared
+          FROM (SELECT src_pk, le, cand, row_number() OVER (PARTITION BY cand ORDER BY src_pk) AS rn,
                        first_value(src_pk) OVER (PARTITION BY cand ORDER BY src_pk) AS first_pk
-                FROM (SELECT src_pk, nullif(coalesce(email_unique, email), '') AS cand FROM up_user WHERE new_id IS NOT NULL) y
-                WHERE cand IS NOT NULL) x) c
-    WHERE p.src_pk = c.src_pk`);
+                FROM (SELECT src_pk, lower(email) AS le, nullif(coalesce(email_unique, email), '') AS cand FROM up_user WHERE new_id IS NOT NULL) z) y
+          ${path.empty ? '' : `LEFT JOIN (SELECT DISTINCT ON (lower(a.email)) lower(a.email) AS le, a.id FROM ${U} a
+                     WHERE a.email <> '' AND lower(a.email) IN (SELECT lower(email) FROM up_user WHERE new_id IS NOT NULL)
+                     ORDER BY lower(a.email), a.id) s ON s.le = y.le`}
+          ${path.empty || !unique ? '' : `LEFT JOIN (SELECT DISTINCT ON (a.email_unique) a.email_unique, a.id FROM ${U} a
+                     WHERE a.email_unique IN (SELECT nullif(coalesce(email_unique, email), '') FROM up_user WHERE new_id IS NOT NULL)
+                     ORDER BY a.email_unique, a.id) h ON h.email_unique = y.cand`}
+         ) c
+    WHERE p.src_pk = c.src_pk AND (c.holder IS NOT NULL OR (c.cand IS NOT NULL) OR c.shared IS NOT NULL)`);
 }
 
 /** Gives every 'renamed' user a free `<name>-<random tail>`, in set-based rounds. */
