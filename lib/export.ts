@@ -21,6 +21,7 @@ import { ExportSnapshot, scopeWhere, type SelectedColumn } from './db/export-que
 import type { Target } from './db/target.js';
 import { IMPORT_SCOPES, registry, scopeIncludes, type ImportScope, type ModelMapping } from './models.js';
 import { arrayClose, ARRAY_OPEN, formatRecord, recordLayout, recordSeparator, unreadable, type Encoding, type RecordLayout, type Unreadable } from './export-format.js';
+import { writeErrorFinding, writeExportFindings, type Finding } from './findings.js';
 import { encryptExport } from './encrypt.js';
 import { ErrorCodes, ExportError, OptionError, UserportError, wrapDbError } from './errors.js';
 import { checkOptions as checkKnownOptions, isFunction, isInteger, isNonEmptyString, isOneOf, isStringOrBuffer, type OptionCheck } from './options.js';
@@ -116,8 +117,12 @@ export interface ExportSummary {
   unreadable: { model: string; pk: number; reason: string }[];
 }
 
-/** Something a findings file should tell: rows left out, or a username that matched nothing. */
-export type ExportFinding = ExcludedRows | { kind: 'unmatched-username'; model: 'sentry.user'; username: string };
+/**
+ * An entry of the export's findings file (`ExportUsersOptions.findingsFile`): a {@link Finding},
+ * the import's format, with `finding` `ExportFinding` (rows left out, absent models and columns),
+ * `UnmatchedUsername` or `ExportError`.
+ */
+export type ExportFinding = Finding;
 
 /** Rows of a model the database holds that the export left out, and why. */
 export interface ExcludedRows { kind: 'excluded'; model: string; count: number; reason: string }
@@ -167,6 +172,7 @@ const EXPORT_USERS_OPTIONS: { readonly [K in keyof ExportUsersOptions]-?: Option
     : 'a file path, "-" or a Writable stream',
   encryptWith: isStringOrBuffer,
   tmpDir: isNonEmptyString,
+  findingsFile: isNonEmptyString,
 };
 
 /** The one option checker (lib/options.ts) over the exporter's options, or exportUsers' wider set. */
@@ -439,15 +445,22 @@ export interface ExportUsersOptions extends ExporterOptions {
   encryptWith?: Buffer | string;
   /** Folder for the encrypted spool. @default os.tmpdir() */
   tmpDir?: string;
+  /**
+   * Write what the export left out (rows per model and reason, absent models and columns, names
+   * of `filterUsernames` that matched no user), or the error that stopped it, here: the import's
+   * findings format (lib/findings.ts).
+   */
+  findingsFile?: string;
 }
 
 /**
  * Exports `scope` (the user scope by default) to `destination`, plain or as Sentry's encrypted
- * tarball. Resolves to the summary; on failure nothing is left at a file destination.
+ * tarball, and `findingsFile` once it is written. Resolves to the summary; on failure nothing is
+ * left at a file destination (the findings file, if asked for, holds the error).
  */
 export async function exportUsers(options: ExportUsersOptions): Promise<ExportSummary> {
   checkOptions(options, 'exportUsers', EXPORT_USERS_OPTIONS, ['destination']);
-  const { destination: dest, encryptWith, tmpDir, ...exporterOptions } = options;
+  const { destination: dest, encryptWith, tmpDir, findingsFile, ...exporterOptions } = options;
   const exporter = createExporter(exporterOptions);
   const write = async (out: Writable) => {
     if (encryptWith !== undefined) {
@@ -471,7 +484,13 @@ export async function exportUsers(options: ExportUsersOptions): Promise<ExportSu
     });
   } catch (err) {
     exporter.destroy();
+    if (findingsFile !== undefined) writeErrorFinding(findingsFile, err instanceof UserportError ? err : wrapDbError(err, 'the export'), 'export');
     throw err;
+  }
+  if (findingsFile !== undefined) {
+    await writeExportFindings(findingsFile, exporter.summary).catch((err: unknown) => {
+      throw new UserportError(ErrorCodes.IO, `cannot write the findings file ${findingsFile}: ${(err as Error).message}`, { cause: err });
+    });
   }
   return exporter.summary;
 }
