@@ -40,6 +40,8 @@ export type { RejectSink, RejectsFileOptions } from './rejects.js';
 // The other half of a migration: Sentry's user tables out as `sentry export users|config|global` writes them.
 export { createExporter, exportUsers, exportModels, EXPORT_MODELS, DEFAULT_FETCH_ROWS } from './export.js';
 export type { ExporterOptions, ExportScope, ExportStream, ExportSummary, ExportUsersOptions, ExportProgress, ExportFinding, ExcludedRows } from './export.js';
+// One findings format for both directions (`findingsFile` of importUsers and exportUsers).
+export type { Finding } from './findings.js';
 
 // Encrypted exports.
 export { createDecryptor, decryptExport, openDecryptedSource, Decryptor } from './decrypt.js';

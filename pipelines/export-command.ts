@@ -8,8 +8,8 @@ import path from 'node:path';
 import readline from 'node:readline/promises';
 import { startEmbedded } from '../lib/db/embedded.js';
 import { checkDatabaseUrl } from '../lib/db/knex.js';
-import { ErrorCodes, printable, UserportError } from '../lib/errors.js';
-import { exportUsers, type ExportFinding, type ExportProgress, type ExportScope, type ExportSummary } from '../lib/export.js';
+import { printable } from '../lib/errors.js';
+import { exportUsers, type ExportProgress, type ExportScope, type ExportSummary } from '../lib/export.js';
 import { parseUsernameList } from '../lib/filter-users.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
 import { formatBytes, helpText, parseCommand, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
@@ -204,6 +204,7 @@ export async function runExportCommand(args: string[]): Promise<number> {
     ...(indent !== undefined ? { indent } : {}),
     ...(encryptWith ? { encryptWith } : {}),
     ...(o['tmp-dir'] ? { tmpDir: o['tmp-dir'] } : {}),
+    ...(o['findings-file'] !== undefined ? { findingsFile: o['findings-file'] } : {}),
     ...(showProgress ? {
       onProgress: (p: ExportProgress) => {
         const now = Date.now();
@@ -214,18 +215,6 @@ export async function runExportCommand(args: string[]): Promise<number> {
     } : {}),
   });
   if (showProgress) process.stderr.write('\r\x1b[K');
-  if (o['findings-file'] !== undefined) {
-    const findings: ExportFinding[] = [
-      ...summary.excluded,
-      ...summary.unmatchedUsernames.map((username) => ({ kind: 'unmatched-username' as const, model: 'sentry.user' as const, username })),
-    ];
-    try {
-      fs.writeFileSync(o['findings-file'], `${JSON.stringify(findings, null, 2)}\n`);
-    } catch (err) {
-      // A full disk is a runtime failure (exit 1), not a usage error: the path was checked up front.
-      throw new UserportError(ErrorCodes.IO, `--findings-file: cannot write ${printable(o['findings-file'])}: ${(err as Error).message}`, { cause: err });
-    }
-  }
   // With DEST on stdout, stdout carries the export: anything else goes to stderr.
   const report = dest === '-' ? process.stderr : process.stdout;
   if (o.json) report.write(`${JSON.stringify(summary, null, 2)}\n`);

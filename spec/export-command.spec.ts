@@ -132,9 +132,10 @@ describe('userport export users', function () {
     expect(r.code, r.stderr).to.equal(0);
     const records = JSON.parse(fs.readFileSync(dest, 'utf8')) as { model: string; fields: { username?: string } }[];
     expect(records.filter((x) => x.model === 'sentry.user').map((x) => x.fields.username)).to.deep.equal(['bob']);
-    const f = JSON.parse(fs.readFileSync(findings, 'utf8')) as { kind: string; model: string; count?: number; username?: string }[];
-    expect(f.filter((x) => x.kind === 'excluded').map((x) => [x.model, x.count])).to.deep.include.members([['sentry.user', 2]]);
-    expect(f.filter((x) => x.kind === 'unmatched-username').map((x) => x.username)).to.deep.equal(['nobody']);
+    // The import's findings format (spec/findings.spec.ts compares the two).
+    const f = JSON.parse(fs.readFileSync(findings, 'utf8')) as { finding: string; kind: string; model: string; count: number | null; reason: string }[];
+    expect(f.filter((x) => x.kind === 'excluded').map((x) => [x.finding, x.model, x.count])).to.deep.include.members([['ExportFinding', 'sentry.user', 2]]);
+    expect(f.filter((x) => x.finding === 'UnmatchedUsername').map((x) => x.reason)).to.deep.equal(['--filter-usernames: no user named "nobody"']);
     expect(JSON.parse(r.stdout.toString()).models['sentry.user']).to.equal(1);
   });
 
