@@ -18,7 +18,7 @@ import {
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
 import { ErrorCodes, OptionError, printable, UserportError, wrapDbError } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
-import { fieldLimits, modelInfo, type ImportScope } from './models.js';
+import { fieldLimits, modelInfo, skipReason, type ImportScope } from './models.js';
 import { isImportScope } from './filter-users.js';
 import { fingerprint, isRegularFile, openSource } from './source.js';
 import type { MappedItem } from './map-models.js';
@@ -249,6 +249,12 @@ export function optionDifferences(before: Record<string, unknown>, now: Record<s
     .map((k) => `${label(k)} was ${describeKeyValue(k, before[k] ?? null)}, now ${describeKeyValue(k, now[k])}`);
 }
 
+/** The reasons of the skipped models that have one, and the scope when it is not `users`. */
+function skippedReasons(skipped: Record<string, number>, scope: ImportScope): Pick<ImportSummary, 'skippedReasons' | 'scope'> {
+  const reasons = Object.fromEntries(Object.keys(skipped).map((m) => [m, skipReason(m, scope)]).filter(([, r]) => r !== undefined)) as Record<string, string>;
+  return { ...(Object.keys(reasons).length ? { skippedReasons: reasons } : {}), ...(scope !== 'users' ? { scope } : {}) };
+}
+
 /**
  * Imports a Sentry user export. Resolves to the summary; rejects with a {@link UserportError}
  * (nothing written in atomic mode; everything up to the last checkpoint kept in resumable mode).
@@ -431,7 +437,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       const s = stats.snapshot();
       return {
         importId, mode, state: 'done', records: s.records, bytes: s.bytes, seconds: (Date.now() - started) / 1000,
-        models: s.models, skipped: s.skipped, unknownFields: s.unknownFields, adjacent: s.adjacent, unmatchedUsernames: s.unmatchedUsernames,
+        models: s.models, skipped: s.skipped, ...skippedReasons(s.skipped, scope), unknownFields: s.unknownFields, adjacent: s.adjacent, unmatchedUsernames: s.unmatchedUsernames,
         bulkLoad: bulkLoaded, target: describePlan(plan),
         ...(leadingText ? { leadingText } : {}), ...(gzip ? { gzip } : {}),
       };

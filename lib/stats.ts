@@ -41,6 +41,13 @@ export interface ImportSummary {
   models: Record<string, ModelCounts>;
   /** Out-of-scope records, by model name. */
   skipped: Record<string, number>;
+  /**
+   * Why, for the skipped models whose reason is more than "not user data" (a wider scope's
+   * model, organisation data the global scope would need). Absent when there is none.
+   */
+  skippedReasons?: Record<string, string>;
+  /** The import's scope, when not `users`. */
+  scope?: 'config' | 'global';
   /** Fields the schemas do not know, by model then field: ignored, counted. */
   unknownFields: Record<string, Record<string, number>>;
   /** Extra rows userport writes beside the imported ones. */

@@ -413,8 +413,10 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
   if (s.adjacent.tokensRegenerated) {
     out.push(`  ${n(s.adjacent.tokensRegenerated)} API tokens collided with existing ones: imported with new token values (see the findings)`);
   }
-  const skipped = Object.entries(s.skipped);
+  const why = s.skippedReasons ?? {};
+  const skipped = Object.entries(s.skipped).filter(([m]) => why[m] === undefined);
   if (skipped.length) out.push('', wrapList('Skipped (not user data)', skipped.map(([m, k]) => `${m} ${n(k)}`)));
+  for (const [m, reason] of Object.entries(why)) out.push(`Skipped ${n(s.skipped[m] ?? 0)} ${m}: ${reason}`);
   const unknown = Object.entries(s.unknownFields).flatMap(([m, f]) => Object.entries(f).map(([k, c]) => `${m}.${printable(k)} ${n(c)}`));
   if (unknown.length) out.push(wrapList('Unknown fields (ignored)', unknown));
   out.push(`Also written: ${n(s.adjacent.lostPasswordHashes)} lost-password hashes, ${n(s.adjacent.primaryEmails)} primary user emails,`);

@@ -166,6 +166,9 @@ describe('import config and global (issue #22)', function () {
   it('a user-scope import of the same file skips every privilege model (counted, not imported)', () => withDb(async (db) => {
     const summary = await importUsers({ source: exportFile(adminRecords(5, 'ops', 'x')), databaseUrl: db.url });
     expect(summary.skipped).to.include({ 'sentry.authenticator': 2, 'sentry.userpermission': 1, 'sentry.userrole': 1, 'sentry.apitoken': 2 });
+    // Each with the scope that would import it, in the summary (and the CLI's text).
+    expect(summary.skippedReasons).to.include({ 'sentry.authenticator': 'imported by import global only', 'sentry.userpermission': 'imported by import config only' });
+    expect(summary.scope).to.equal(undefined);
     expect(await db.count('auth_user', 'is_staff OR NOT is_unclaimed')).to.equal(0);
     expect(await db.count('sentry_userpermission')).to.equal(0);
   }));

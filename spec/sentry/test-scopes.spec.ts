@@ -288,6 +288,9 @@ describe('Sentry test_imports.py, config and global scopes (../shared/fixtures/s
         expect(await db.count('auth_user')).to.equal(3);
         expect(await db.count('auth_authenticator')).to.equal(scope === 'global' ? 2 : 0);
         expect(summary.skipped['sentry.organization']).to.equal(1);
+        // Organisation data the global scope would need: skipped, saying why.
+        expect(summary.skippedReasons?.['sentry.apiapplication']).to.match(/organisation data/);
+        expect(summary.scope).to.equal(scope);
       }));
     }
   });
