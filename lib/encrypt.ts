@@ -7,7 +7,7 @@ import { createReadStream } from 'node:fs';
 import os from 'node:os';
 import { Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { OptionError } from './errors.js';
+import { opt, OptionError, wording } from './errors.js';
 import { checkOptions, isInteger, isNonEmptyString, isStringOrBuffer, type OptionCheck } from './options.js';
 import { DecryptError, DecryptErrorCodes, ioError } from './crypto/errors.js';
 import { FernetEncoder, generateFernetKey, parseFernetKey, tokenLength } from './crypto/fernet.js';
@@ -48,14 +48,14 @@ function trailer(written: number, wrapped: Buffer, pem: Buffer): Buffer {
 
 function prepareKeys(options: { publicKeyPem: Buffer | string; fernetKey?: Buffer | string }, where: string): { pem: Buffer; fernetKey: Buffer; wrapped: Buffer } {
   if (typeof options.publicKeyPem !== 'string' && !Buffer.isBuffer(options.publicKeyPem)) {
-    throw new OptionError(`${where}: publicKeyPem must be a PEM string or Buffer`);
+    throw new OptionError(wording`${opt('publicKeyPem')} must be a PEM string or Buffer`, undefined, where);
   }
   let pem: Buffer = Buffer.from(options.publicKeyPem);
   // `key.pub` travels with the export: given a private key, write only its public half, never
   // the key that decrypts the export.
   if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem.toString('latin1'))) {
     if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,ENCRYPTED/.test(pem.toString('latin1'))) {
-      throw new OptionError(`${where}: publicKeyPem is an encrypted private key: give its public key (openssl rsa -in KEY -pubout)`, 'publicKeyPem');
+      throw new OptionError(wording`${opt('publicKeyPem')} is an encrypted private key: give its public key (openssl rsa -in KEY -pubout)`, undefined, where);
     }
     pem = derivePublicPem(pem);
   }

@@ -93,6 +93,37 @@ export type DecryptErrorCode = (typeof DecryptErrorCodes)[keyof typeof DecryptEr
  */
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes] | DecryptErrorCode;
 
+/** A library option named in a message: a front end writes it its own way (the CLI as its flag). */
+export interface OptionName { readonly option: string }
+
+/**
+ * A message in parts: text, and the library options it names. `message` says them by their
+ * library names; a front end renders the same parts with its own names ({@link sayWording}), so
+ * no one rewrites a message after the fact.
+ */
+export type Wording = readonly (string | OptionName)[];
+
+/** Marks `option` as a library option's name in a {@link wording}. */
+export const opt = (option: string): OptionName => ({ option });
+
+/** A {@link Wording} from a template: `` wording`${opt('maxRejects')} needs ${opt('rejectsFile')}` ``. */
+export function wording(strings: TemplateStringsArray, ...values: (string | number | OptionName | Wording)[]): Wording {
+  const parts: (string | OptionName)[] = [];
+  strings.forEach((s, i) => {
+    if (s) parts.push(s);
+    if (i >= values.length) return;
+    const v = values[i]!;
+    if (Array.isArray(v)) parts.push(...(v as Wording));
+    else parts.push(typeof v === 'object' ? v as OptionName : String(v));
+  });
+  return parts;
+}
+
+/** The text of `w`, each option written by `name` (by default its library name). */
+export function sayWording(w: Wording, name: (option: string) => string = (o) => o): string {
+  return w.map((p) => (typeof p === 'string' ? p : name(p.option))).join('');
+}
+
 export interface UserportErrorOptions {
   cause?: unknown;
   position?: Position;
@@ -103,11 +134,17 @@ export class UserportError extends Error {
   override name = 'UserportError';
   readonly code: ErrorCode;
   readonly position: Position | undefined;
+  /**
+   * The message in parts, when it names library options (`maxRejects`): the CLI says it with its
+   * flags (`--max-rejects`). Without a scope prefix (`importUsers: `), which names a function.
+   */
+  readonly wording: Wording | undefined;
 
-  constructor(code: ErrorCode, message: string, options: UserportErrorOptions = {}) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+  constructor(code: ErrorCode, message: string | Wording, options: UserportErrorOptions = {}) {
+    super(typeof message === 'string' ? message : sayWording(message), options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.position = options.position;
+    this.wording = typeof message === 'string' ? undefined : message;
   }
 
   /** One line: message, then where. The CLI prints this. */
@@ -122,9 +159,15 @@ export class OptionError extends UserportError {
   override name = 'OptionError';
   /** The library option at fault (`databaseUrl`), when one is: the CLI maps it to its flag. */
   readonly option?: string;
-  constructor(message: string, option?: string) {
+  /**
+   * `message` as text, or in parts; `option` defaults to the first option the parts name;
+   * `scope` (the function, `importUsers`) prefixes the text, not the parts.
+   */
+  constructor(message: string | Wording, option?: string, scope?: string) {
     super(ErrorCodes.OPTION_INVALID, message);
-    if (option !== undefined) this.option = option;
+    const named = option ?? (typeof message === 'string' ? undefined : (message.find((p) => typeof p !== 'string') as OptionName | undefined)?.option);
+    if (named !== undefined) this.option = named;
+    if (scope !== undefined) this.message = `${scope}: ${this.message}`;
   }
 }
 

@@ -8,19 +8,19 @@ import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
-import { applySessionSettings, checkDatabaseUrl, createKnex, migrate, PG_TYPES, waitForDatabase } from './db/knex.js';
+import { applySessionSettings, checkDatabaseUrl, createKnex, migrate, PG_TYPES, resolveDatabaseUrl, waitForDatabase } from './db/knex.js';
 import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isKeyUnwrapper, isNonEmptyString, isStringIterable, type OptionCheck } from './options.js';
 import { describePlan, earlyUsersOverlap, mergeStaged, planFor, type MergeOptions, type MergeStep } from './db/merge/index.js';
 import {
   commitOutcome, deleteStaged, findDoneImport, findImport, findResumableImport, finishImport, insertImport, insertResumableImport, lockImport, markImportFailed,
-  markImportRunning, nextImportRun, otherUnfinishedImports, ownerName, saveCheckpoint, unmatchedUsernames,
+  joinWordings, markImportRunning, nextImportRun, optionDifferences, otherUnfinishedImports, ownerName, resumeKey, saveCheckpoint, unmatchedUsernames,
 } from './db/imports.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
-import { ErrorCodes, OptionError, printable, UserportError, wrapDbError } from './errors.js';
+import { ErrorCodes, opt, OptionError, sayWording, UserportError, wording, wrapDbError, type Wording } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
 import { fieldLimits, modelInfo, skipReason, type ImportScope } from './models.js';
 import { isImportScope } from './filter-users.js';
-import { fingerprint, isRegularFile, openSource } from './source.js';
+import { checkImportFiles, fingerprint, isRegularFile, openSource } from './source.js';
 import type { MappedItem } from './map-models.js';
 import { createPgSink, DEFAULT_BATCH_ROWS } from './pg-sink.js';
 import { StagedFacts } from './staged-facts.js';
@@ -157,7 +157,12 @@ export interface StartInfo {
    * does not continue, each with how its options differ from these (`mergeUsers was off, now
    * on`): continue one with its options, or remove it and its staged rows (`dropImport`).
    */
-  others?: { importId: string; state: 'interrupted' | 'failed'; differs: string[] }[];
+  others?: {
+    importId: string; state: 'interrupted' | 'failed';
+    differs: string[];
+    /** The same, in parts that name the options (`differs` says them by their library names). */
+    differences: Wording[];
+  }[];
 }
 
 const isSource: OptionCheck = (v) => (typeof v === 'string' && v !== '') || v instanceof Readable ? undefined : 'a file path, "-" or a Readable stream';
@@ -190,63 +195,30 @@ const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
   explain: isBoolean,
 };
 
-function checkImportOptions(o: ImportOptions): void {
+/**
+ * The rules of {@link ImportOptions} that need no file and no database, each stated once: types,
+ * then the combinations. Throws an {@link OptionError} naming the library option (the CLI says it
+ * as its flag). Pure; {@link checkImportFiles} checks the files. `importUsers` runs both first.
+ */
+export function checkImportOptions(o: ImportOptions): void {
+  const scope = 'importUsers';
   if (o === null || typeof o !== 'object' || Array.isArray(o)) throw new OptionError(`importUsers: options must be an object, got ${describeValue(o)}`, 'options');
-  checkOptions('importUsers', o, IMPORT_OPTIONS);
-  if (o.source === undefined) throw new OptionError('importUsers: option source is required (a file path, "-" or a Readable stream)', 'source');
+  checkOptions(scope, o, IMPORT_OPTIONS);
+  const refuse = (w: Wording, option: string): never => { throw new OptionError(w, option, scope); };
+  if (o.source === undefined) refuse(wording`option ${opt('source')} is required (a file path, "-" or a Readable stream)`, 'source');
   if (o.databaseUrl !== undefined) checkDatabaseUrl(o.databaseUrl);
-  if (o.databaseUrl !== undefined && o.embeddedDir !== undefined) throw new OptionError('importUsers: give databaseUrl or embeddedDir, not both', 'embeddedDir');
-  if (o.resumable && o.dryRun) throw new OptionError('importUsers: resumable and dryRun cannot be combined', 'dryRun');
-  if (o.importId !== undefined && !o.resumable) throw new OptionError('importUsers: importId needs resumable: true', 'importId');
-  if (o.maxRejects !== undefined && o.rejectsFile === undefined) throw new OptionError('importUsers: maxRejects needs rejectsFile', 'maxRejects');
+  if (o.databaseUrl !== undefined && o.embeddedDir !== undefined) refuse(wording`give ${opt('databaseUrl')} or ${opt('embeddedDir')}, not both`, 'embeddedDir');
   if (o.overwriteConfigs && (o.scope ?? 'users') === 'users') {
-    throw new OptionError("importUsers: overwriteConfigs needs scope 'config' or 'global' (user scope brings no roles)", 'overwriteConfigs');
+    refuse(wording`${opt('overwriteConfigs')} needs ${opt('scope')} config or global (user scope brings no roles)`, 'overwriteConfigs');
   }
-  if (o.explain && o.onTrace === undefined) throw new OptionError('importUsers: explain needs onTrace (the plans are told to it)', 'explain');
-  if (o.resumable && (o.source === '-' || o.source instanceof Readable)) {
-    throw new OptionError('importUsers: a resumable import needs a file source (it is read again to resume)', 'source');
+  if (o.maxRejects !== undefined && o.rejectsFile === undefined) refuse(wording`${opt('maxRejects')} needs ${opt('rejectsFile')}`, 'maxRejects');
+  if (o.importId !== undefined && !o.resumable) refuse(wording`${opt('importId')} needs ${opt('resumable')}`, 'importId');
+  if (o.batchRows !== undefined && !o.resumable) refuse(wording`${opt('batchRows')} needs ${opt('resumable')} (an atomic import commits once)`, 'batchRows');
+  if (o.resumable && o.allowReimport) {
+    refuse(wording`${opt('allowReimport')} is for atomic imports; a resumable import is imported again under a new ${opt('importId')}`, 'allowReimport');
   }
-}
-
-/**
- * The URL of the embedded server in `dir`, started if it is not running. Loaded on demand: a
- * caller who gives a database URL never loads the embedded server's code or package.
- */
-async function embeddedDatabaseUrl(dir: string | undefined): Promise<string> {
-  const { startEmbedded } = await import('./db/embedded.js');
-  return (await startEmbedded(dir === undefined ? {} : { dir })).url;
-}
-
-/** Options that must be the same when an import is resumed. */
-function resumeKey(o: ImportOptions) {
-  return {
-    mergeUsers: !!o.mergeUsers, filterUsernames: o.filterUsernames ? [...o.filterUsernames].sort() : null, encrypted: !!o.decrypt,
-    // Only when not the default, so imports recorded before the scopes existed still match.
-    ...(o.scope && o.scope !== 'users' ? { scope: o.scope } : {}), ...(o.overwriteConfigs ? { overwriteConfigs: true } : {}),
-  };
-}
-
-/** One resume-key value as a person reads it. */
-function describeKeyValue(key: string, v: unknown): string {
-  if (key === 'mergeUsers' || key === 'overwriteConfigs') return v ? 'on' : 'off';
-  if (key === 'scope') return v ? String(v) : 'users';
-  if (key === 'encrypted') return v ? 'encrypted' : 'plain';
-  if (key === 'filterUsernames') {
-    if (!Array.isArray(v)) return 'no filter';
-    const names = v.slice(0, 3).map((x) => printable(String(x))).join(', ');
-    return `${v.length} ${v.length === 1 ? 'name' : 'names'} (${names}${v.length > 3 ? ', ...' : ''})`;
-  }
-  return JSON.stringify(v ?? null);
-}
-
-/**
- * How the resume-key options `before` (an import's row) differ from `now`, one entry per option:
- * `mergeUsers was off, now on`. jsonb reorders keys, so options are compared one by one.
- */
-export function optionDifferences(before: Record<string, unknown>, now: Record<string, unknown>): string[] {
-  const label = (k: string) => (k === 'encrypted' ? 'the export (decrypt)' : k);
-  return Object.keys(now).filter((k) => JSON.stringify(before[k] ?? null) !== JSON.stringify(now[k] ?? null))
-    .map((k) => `${label(k)} was ${describeKeyValue(k, before[k] ?? null)}, now ${describeKeyValue(k, now[k])}`);
+  if (o.resumable && o.dryRun) refuse(wording`${opt('resumable')} and ${opt('dryRun')} cannot be combined (a dry run commits nothing to resume)`, 'dryRun');
+  if (o.explain && o.onTrace === undefined) refuse(wording`${opt('explain')} needs ${opt('onTrace')} (the plans are told to it)`, 'explain');
 }
 
 /** The reasons of the skipped models that have one, and the scope when it is not `users`. */
@@ -261,8 +233,9 @@ function skippedReasons(skipped: Record<string, number>, scope: ImportScope): Pi
  */
 export async function importUsers(options: ImportOptions): Promise<ImportSummary> {
   checkImportOptions(options);
+  checkImportFiles(options);
   const started = Date.now();
-  const databaseUrl = options.databaseUrl ?? await embeddedDatabaseUrl(options.embeddedDir);
+  const databaseUrl = await resolveDatabaseUrl(options);
   const mode: ImportSummary['mode'] = options.dryRun ? 'dry-run' : options.resumable ? 'resumable' : 'atomic';
   const knex = createKnex(databaseUrl, 2);
   const client = new pg.Client({ connectionString: databaseUrl, application_name: ownerName(), types: PG_TYPES });
@@ -287,13 +260,15 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     let resumeRejects: { bytes: number; count: number } | undefined;
     const fp = typeof options.source === 'string' && options.source !== '-' && isRegularFile(options.source) ? fingerprint(options.source) : undefined;
     let found = false;
-    if (options.resumable && !fp) throw new OptionError('a resumable import needs a regular file source (it is read again to resume), not a pipe', 'source');
+    // checkImportFiles refused anything else: a file swapped for a pipe since.
+    if (options.resumable && !fp) throw new OptionError(wording`${opt('resumable')} needs ${opt('source')} to be a regular file (it is read again to resume)`, 'source');
+    const key = resumeKey(options);
     if (options.resumable && options.importId === undefined) {
-      const previous = await findResumableImport(client, fp!, resumeKey(options));
+      const previous = await findResumableImport(client, fp!, key);
       if (previous) { importId = previous; found = true; }
     }
     const rowSource = () => ({
-      importId, source: typeof options.source === 'string' ? options.source : '(stream)', fingerprint: fp, options: resumeKey(options),
+      importId, source: typeof options.source === 'string' ? options.source : '(stream)', fingerprint: fp, options: key,
     });
     if (options.resumable) {
       await lockImport(client, importId);
@@ -303,10 +278,9 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
         if (row.source_size !== fp!.size || row.source_fingerprint !== fp!.hash) {
           throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with a different export file`);
         }
-        const differs = optionDifferences(row.options, resumeKey(options));
+        const differs = optionDifferences(row.options, key);
         if (differs.length) {
-          throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with other options: ${differs.join('; ')}. ` +
-            `Continue it with its options, or remove it and its staged rows (\`userport imports drop ${importId}\`, dropImport)`);
+          throw new UserportError(ErrorCodes.IMPORT_MISMATCH, wording`import ${importId} was started with other options: ${joinWordings(differs, '; ')}. Continue it with its options, or remove it and its staged rows (\`userport imports drop ${importId}\`, dropImport)`);
         }
         run = row.run;
         skipThrough = row.checkpoint_ordinal;
@@ -320,7 +294,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       }
     } else {
       if (fp && !options.dryRun && !options.allowReimport) {
-        const done = await findDoneImport(client, fp, resumeKey(options));
+        const done = await findDoneImport(client, fp, key);
         if (done?.summary) return { ...done.summary, importId: done.id, state: 'already-done' };
       }
       run = await nextImportRun(client);
@@ -331,8 +305,10 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     if (fp && !skipThrough && !found) {
       const left = await otherUnfinishedImports(client, fp, importId);
       if (left.length) {
-        const now = resumeKey(options);
-        others = left.map((o) => ({ importId: o.importId, state: o.state, differs: optionDifferences(o.options, now) }));
+        others = left.map((o) => {
+          const differences = optionDifferences(o.options, key);
+          return { importId: o.importId, state: o.state, differs: differences.map((d) => sayWording(d)), differences };
+        });
       }
     }
     options.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough, found, ...(others ? { others } : {}) });

@@ -27,7 +27,9 @@ export type { PgSinkOptions } from './pg-sink.js';
 export type { Overlap, OverlapWork } from './overlap.js';
 
 // The whole job.
-export { importUsers } from './import.js';
+export { checkImportOptions, importUsers } from './import.js';
+export { checkImportFiles } from './source.js';
+export type { SourceCheckOptions, SourceKind } from './source.js';
 export type { ImportOptions, Progress, StartInfo } from './import.js';
 export type { TraceEvent } from './trace.js';
 export { dropImport } from './db/imports.js';
@@ -54,8 +56,8 @@ export { createGcpKmsUnwrapper } from './crypto/gcp-kms.js';
 export type { GcpKmsConfig, GcpKmsUnwrapperOptions, GoogleAccessTokenSource } from './crypto/gcp-kms.js';
 
 // Errors.
-export { UserportError, OptionError, ParseError, RecordError, DatabaseError, ExportError, ErrorCodes } from './errors.js';
-export type { ErrorCode, Position } from './errors.js';
+export { UserportError, OptionError, ParseError, RecordError, DatabaseError, ExportError, ErrorCodes, opt, sayWording, wording } from './errors.js';
+export type { ErrorCode, OptionName, Position, Wording } from './errors.js';
 export { DecryptError, DecryptErrorCodes } from './crypto/errors.js';
 export type { DecryptErrorCode } from './crypto/errors.js';
 

@@ -5,15 +5,16 @@
  * the worst kind of surprise in someone else's ETL job.
  */
 import { Readable } from 'node:stream';
-import { OptionError } from './errors.js';
+import { opt, OptionError, wording } from './errors.js';
 
-/** How a value arrived, for messages: `a string ("alice")`, `a number (3)`, `an array`. */
+/** How a value arrived, for messages: `a string ("alice")`, `3`, `an array`. */
 export function describeValue(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
   switch (typeof v) {
     case 'string': return `a string (${JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v)})`;
-    case 'number': return `a number (${v})`;
+    // Bare, as a boolean: a message ending in parentheses would read as the CLI's position.
+    case 'number': return `${v}`;
     case 'bigint': return `a bigint (${v})`;
     case 'boolean': return `${v}`;
     case 'undefined': return 'undefined';
@@ -25,7 +26,7 @@ export function describeValue(v: unknown): string {
 
 /** Throws the standard message: `<scope>: option <name> must be <expected>, got <arrived>`. */
 export function badOption(scope: string, name: string, expected: string, got: unknown): never {
-  throw new OptionError(`${scope}: option ${name} must be ${expected}, got ${describeValue(got)}`, name);
+  throw new OptionError(wording`option ${opt(name)} must be ${expected}, got ${describeValue(got)}`, name, scope);
 }
 
 /** One option's check: returns the expectation it failed, or undefined when the value is fine. */
@@ -102,7 +103,7 @@ export function checkOptions<T extends object>(
     const check = (spec as Record<string, OptionCheck | undefined>)[key];
     if (!check) {
       const known = Object.keys(spec).join(', ');
-      throw new OptionError(`${scope}: unknown option ${key} (known: ${known})`, key);
+      throw new OptionError(wording`unknown option ${opt(key)} (known: ${known})`, key, scope);
     }
     const value = (options as Record<string, unknown>)[key];
     if (value === undefined) continue;

@@ -5,7 +5,7 @@
  * its readers need not hold credentials.
  */
 import fs from 'node:fs';
-import { ErrorCodes, UserportError } from './errors.js';
+import { ErrorCodes, opt, UserportError, wording } from './errors.js';
 import { badOption, checkOptions, isInteger } from './options.js';
 import { registry } from './models.js';
 import type { RecordPosition } from './tokenize.js';
@@ -81,7 +81,7 @@ export function createRejectsFile(path: string, options: RejectsFileOptions = {}
     reject(err, pos, record) {
       count++;
       if (count > max) {
-        throw new UserportError(ErrorCodes.MAX_REJECTS, `more than ${max} records rejected (maxRejects)`, {
+        throw new UserportError(ErrorCodes.MAX_REJECTS, wording`more than ${max} records rejected (${opt('maxRejects')})`, {
           cause: err, position: { ...err.position, ordinal: pos.ordinal, offset: pos.offset },
         });
       }

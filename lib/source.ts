@@ -1,7 +1,9 @@
 /**
  * The import's input: a file (its size known, for progress), a FIFO, standard input or a
  * stream, decrypted first when a key unwrapper is given, gunzipped when it is gzip; and the
- * fingerprint that ties a resumable import to its file.
+ * fingerprint that ties a resumable import to its file. Also the check of every file an import
+ * reads or writes before a database is touched (`checkImportFiles`), for the CLI and
+ * `importUsers` alike.
  *
  * Every input is sniffed here, so a library caller and the CLI, a file and a pipe, get the same
  * answer: gzip (by its magic bytes 1f 8b, never by the file name) is read through gunzip; an
@@ -10,10 +12,11 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import zlib from 'node:zlib';
 import { openDecryptedSource, type KeyUnwrapper } from './decrypt.js';
-import { ErrorCodes, OptionError, ParseError, printable, UserportError } from './errors.js';
+import { ErrorCodes, opt, OptionError, ParseError, printable, UserportError, wording, type Wording } from './errors.js';
 
 /**
  * Bytes per read from a plain file. Each chunk becomes a burst of records pushed at once (a
@@ -115,22 +118,22 @@ export function looksLikePlainJson(head: Buffer): boolean {
 /**
  * The problem with an input's first bytes that deserves its own message, if any: an encrypted
  * tarball given without a key, plain JSON given with one. `encrypted`: whether a key was given.
- * `where` names the input (`SRC users.json`, `the input`).
+ * `where` names the input (`source users.json`, `the input`).
  */
-export function encryptionMismatch(head: Buffer, encrypted: boolean, where = 'the input'): OptionError | undefined {
+export function encryptionMismatch(head: Buffer, encrypted: boolean, where: Wording = ['the input']): OptionError | undefined {
   if (!encrypted && isTar(head)) {
-    return new OptionError(`${where} looks encrypted (a tar archive, as sentry export --encrypt-with writes): pass decrypt`, 'decrypt');
+    return new OptionError(wording`${where} looks encrypted (a tar archive, as sentry export --encrypt-with writes): pass ${opt('decrypt')}`, 'decrypt');
   }
   if (encrypted && looksLikePlainJson(head)) {
-    return new OptionError(`${where} is plain JSON, not an encrypted export: leave out decrypt`, 'decrypt');
+    return new OptionError(wording`${where} is plain JSON, not an encrypted export: leave out ${opt('decrypt')}`, 'decrypt');
   }
   return undefined;
 }
 
 /** The UTF-16 error for `head`, if it is UTF-16. */
-export function utf16Error(head: Buffer, where = 'the input'): ParseError | undefined {
+export function utf16Error(head: Buffer, where: Wording = ['the input']): ParseError | undefined {
   const name = utf16Name(head);
-  return name ? new ParseError(ErrorCodes.INPUT_UTF8, `${where} is ${name}, not UTF-8 as Sentry writes exports: convert it first (iconv -f UTF-16 -t UTF-8)`) : undefined;
+  return name ? new ParseError(ErrorCodes.INPUT_UTF8, wording`${where} is ${name}, not UTF-8 as Sentry writes exports: convert it first (iconv -f UTF-16 -t UTF-8)`) : undefined;
 }
 
 /** A line that opens the export's array: `[` alone, or followed by `{` or `]`. */
@@ -155,10 +158,9 @@ export function leadingText(head: Buffer, skip: boolean): LeadingText | undefine
     const first = printable(Buffer.from(text.slice(i).split('\n')[0]!.trimEnd(), 'latin1').toString('utf8'));
     const found = { lines, bytes: start, firstLine: first.length > 80 ? `${first.slice(0, 77)}...` : first };
     if (skip) return found;
-    throw Object.assign(new ParseError(ErrorCodes.INPUT_NOT_ARRAY,
-      `the input has ${lines} ${lines === 1 ? 'line' : 'lines'} of text before the JSON array (line 1: "${found.firstLine}"), ` +
-      'such as log lines printed into the export: skip them with skipLeadingText', { position: { offset: start, line: lines + 1 } }),
-    { option: 'skipLeadingText' });
+    throw new ParseError(ErrorCodes.INPUT_NOT_ARRAY,
+      wording`the input has ${lines} ${lines === 1 ? 'line' : 'lines'} of text before the JSON array (line 1: "${found.firstLine}"), such as log lines printed into the export: skip them with ${opt('skipLeadingText')}`,
+      { position: { offset: start, line: lines + 1 } });
   }
   return undefined;
 }
@@ -234,6 +236,97 @@ async function sniffed(stream: Readable, size: number | undefined, o: SourceOpti
     stream: from(text?.bytes ?? 0), size: size === undefined || !text ? size : size - text.bytes,
     ...(text ? { leadingText: text } : {}), ...(gzip ? { gzip } : {}),
   };
+}
+
+/**
+ * What {@link checkSource} and {@link checkImportFiles} need of the import's options. `decrypt` is
+ * only asked whether it is given (the CLI checks its files before it opens the key).
+ */
+export interface SourceCheckOptions {
+  source: string | Readable;
+  decrypt?: KeyUnwrapper | boolean;
+  skipLeadingText?: boolean;
+  resumable?: boolean;
+  rejectsFile?: string;
+  findingsFile?: string;
+}
+
+/**
+ * Every file an import reads or writes, checked before any database is touched: the source
+ * ({@link checkSource}), and the folders of the rejects and findings files (there, writable, the
+ * file neither a directory, the source, nor the other output).
+ */
+export function checkImportFiles(o: SourceCheckOptions): SourceKind {
+  for (const name of ['findingsFile', 'rejectsFile'] as const) checkOutputFile(name, o[name], o.source);
+  if (o.findingsFile !== undefined && o.rejectsFile !== undefined && path.resolve(o.findingsFile) === path.resolve(o.rejectsFile)) {
+    throw new OptionError(wording`${opt('findingsFile')} and ${opt('rejectsFile')} are the same file`, 'rejectsFile');
+  }
+  return checkSource(o);
+}
+
+/** An output file the import will write (option `name`): refused now if it cannot be. */
+function checkOutputFile(name: string, file: string | undefined, source: string | Readable): void {
+  if (file === undefined) return;
+  const it = wording`${opt(name)} ${file}`;
+  if (typeof source === 'string' && source !== '-' && path.resolve(file) === path.resolve(source)) {
+    throw new OptionError(wording`${it} is ${opt('source')} itself`, name);
+  }
+  const dir = path.dirname(path.resolve(file));
+  let st: fs.Stats | undefined;
+  try { st = fs.statSync(dir); } catch { st = undefined; }
+  if (!st?.isDirectory()) throw new UserportError(ErrorCodes.IO, wording`${it}: the folder ${path.dirname(file)} does not exist`);
+  try { fs.accessSync(dir, fs.constants.W_OK); } catch {
+    throw new UserportError(ErrorCodes.IO, wording`${it}: the folder ${path.dirname(file)} is not writable`);
+  }
+  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw new UserportError(ErrorCodes.IO, wording`${it} is a directory`);
+}
+
+/** What an import's source is, told by {@link checkSource}. */
+export type SourceKind = 'stdin' | 'stream' | 'file' | 'pipe';
+
+/**
+ * The source's problems that need no database, said before one is touched: a missing file, a
+ * directory, a resumable import of something that cannot be read again, and a file's first bytes
+ * sniffed as {@link openSource} will (an encrypted tarball without a key, plain JSON with one,
+ * UTF-16, text before the array). A pipe or stream is sniffed when it is opened: reading it now
+ * would consume it.
+ */
+export function checkSource(o: SourceCheckOptions): SourceKind {
+  const again = '(it is read again to resume)';
+  if (o.source instanceof Readable || o.source === '-') {
+    if (o.resumable) {
+      throw new OptionError(wording`${opt('resumable')} needs ${opt('source')} to be a file ${again}, not ${o.source === '-' ? 'standard input' : 'a stream'}`, 'source');
+    }
+    return o.source === '-' ? 'stdin' : 'stream';
+  }
+  const src = o.source;
+  const where = wording`${opt('source')} ${src}`;
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(src);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new UserportError(ErrorCodes.IO, code === 'ENOENT' ? wording`${where} does not exist` : wording`cannot read ${where}: ${(err as Error).message}`, { cause: err });
+  }
+  if (st.isDirectory()) throw new UserportError(ErrorCodes.IO, wording`${where} is a directory, not an export file`);
+  if (!st.isFile()) {
+    if (o.resumable) throw new OptionError(wording`${opt('resumable')} needs ${opt('source')} to be a regular file ${again}; ${src} is a pipe or device`, 'source');
+    return 'pipe';
+  }
+  let head: Buffer;
+  try {
+    head = readHead(src);
+  } catch (err) {
+    throw new UserportError(ErrorCodes.IO, wording`cannot read ${where}: ${(err as Error).message}`, { cause: err });
+  }
+  const mismatch = encryptionMismatch(head, !!o.decrypt, where);
+  if (mismatch) throw mismatch;
+  if (!o.decrypt && !isGzip(head)) {
+    const utf16 = utf16Error(head, where);
+    if (utf16) throw utf16;
+    leadingText(head, !!o.skipLeadingText);
+  }
+  return 'file';
 }
 
 export async function openSource(o: SourceOptions): Promise<OpenedSource> {

@@ -17,7 +17,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { jsonVerifier } from 'stream-json/utils/verifier.js';
 import { none } from 'stream-chain/defs.js';
 import { badOption, checkOptions, isInteger, isOneOf, type OptionCheck } from './options.js';
-import { ErrorCodes, OptionError, ParseError, type ErrorCode, type Position } from './errors.js';
+import { ErrorCodes, opt, OptionError, ParseError, wording, type ErrorCode, type Position, type Wording } from './errors.js';
 
 /** Where a record is in the export. Every stage passes it on so errors can say where. */
 export interface RecordPosition {
@@ -159,7 +159,7 @@ export class RecordSplitter {
     return this.ordinal;
   }
 
-  private error(code: ErrorCode, message: string, absOffset: number, extra: Position = {}): ParseError {
+  private error(code: ErrorCode, message: string | Wording, absOffset: number, extra: Position = {}): ParseError {
     // Line and column of an offset inside the current chunk are known exactly: lines are
     // counted up to `lineStart`, which never passes the offset being reported.
     const column = absOffset - this.lineStart + 1;
@@ -294,7 +294,7 @@ export class RecordSplitter {
       if (c === 0x7b || c === 0x5b) {
         if (++depth > maxDepth) {
           this.countLines(buf, segStart > 0 ? segStart : 0, i);
-          throw this.error(ErrorCodes.LIMIT_DEPTH, `record ${this.ordinal} nests deeper than maxDepth ${maxDepth}`, this.base + i,
+          throw this.error(ErrorCodes.LIMIT_DEPTH, wording`record ${this.ordinal} nests deeper than ${opt('maxDepth')} ${maxDepth}`, this.base + i,
             { ordinal: this.ordinal });
         }
       } else if (c === 0x7d || c === 0x5d) {
@@ -359,10 +359,10 @@ export class RecordSplitter {
   }
 
   private tooLarge(ordinal: number): ParseError {
-    // `option` names the limit, so the CLI says --max-record-bytes where a library caller reads maxRecordBytes.
-    return Object.assign(new ParseError(ErrorCodes.LIMIT_RECORD_SIZE,
-      `record ${ordinal} is larger than maxRecordBytes (${this.maxRecordBytes} bytes): if such records are expected, raise maxRecordBytes`,
-      { position: { ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn } }), { option: 'maxRecordBytes' });
+    // The limit is named in parts, so the CLI says --max-record-bytes where a library caller reads maxRecordBytes.
+    return new ParseError(ErrorCodes.LIMIT_RECORD_SIZE,
+      wording`record ${ordinal} is larger than ${opt('maxRecordBytes')} (${this.maxRecordBytes} bytes): if such records are expected, raise ${opt('maxRecordBytes')}`,
+      { position: { ordinal, offset: this.recStart, line: this.recLine, column: this.recColumn } });
   }
 
   private endScalar(buf: Buffer, segStart: number, end: number, out: RawRecord[]): number {

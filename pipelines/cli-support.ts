@@ -5,7 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import type { Writable } from 'node:stream';
-import { formatPosition, OptionError, printable, UserportError, type Position } from '../lib/errors.js';
+import { formatPosition, OptionError, printable, sayWording, UserportError, type Position, type Wording } from '../lib/errors.js';
 
 export interface FlagSpec {
   type: 'string' | 'boolean';
@@ -57,7 +57,7 @@ export function exitCodeFor(err: unknown): number {
  * Library option names as the CLI spells them: the library's errors name `databaseUrl`, a
  * person typed `--database-url`.
  */
-const LIBRARY_TO_FLAG: Readonly<Record<string, string>> = {
+const LIBRARY_TO_FLAG: Readonly<Partial<Record<string, string>>> = {
   databaseUrl: '--database-url',
   mergeUsers: '--merge-users',
   filterUsernames: '--filter-usernames',
@@ -73,32 +73,27 @@ const LIBRARY_TO_FLAG: Readonly<Record<string, string>> = {
   maxRecordBytes: '--max-record-bytes',
   maxDepth: '--max-depth',
   source: 'SRC',
+  // The scope is the command's first word: `import config`.
+  scope: 'import',
   publicKeyPem: '--encrypt-with',
   tmpDir: '--tmp-dir',
   skipLeadingText: '--skip-leading-text',
+  overwriteConfigs: '--overwrite-configs',
   decrypt: '--decrypt-with (or --decrypt-with-gcp-kms)',
 };
 
-/** `text` (a library message) with every camelCase library option name written as its flag. */
-export function flagNames(text: string): string {
-  return text.replace(/\b[a-z]+[A-Z][A-Za-z]*\b/g, (w) => (Object.hasOwn(LIBRARY_TO_FLAG, w) ? LIBRARY_TO_FLAG[w]! : w));
+/** A library wording said on the command line: each option it names as its flag. */
+export function cliWording(w: Wording): string {
+  return sayWording(w, (option) => LIBRARY_TO_FLAG[option] ?? option);
 }
 
 /**
- * The message of `err` with a library option name replaced by the CLI flag. Any UserportError may
- * name the option it is about (`option`: an OptionError, a record over `maxRecordBytes`, leading
- * text that `skipLeadingText` skips); a resume refused for other options names several.
+ * The message of `err` as the command line says it: a library error that names options in parts
+ * (`wording`) gets the flags instead of the option names, and loses the function it came from
+ * (`importUsers: `); any other message is the library's own.
  */
 export function cliMessage(err: UserportError): string {
-  // A runtime error of an import the CLI ran (`more than 3 records rejected (maxRejects)`, a
-  // resume refused because mergeUsers differs): every camelCase option name is a flag here.
-  if (!(err instanceof OptionError)) return flagNames(err.message);
-  const named = (err as { option?: unknown }).option;
-  const option = typeof named === 'string' ? named : undefined;
-  const flag = option !== undefined ? LIBRARY_TO_FLAG[option] : undefined;
-  if (!option || !flag) return err.message;
-  // `createEncryptor: publicKeyPem ...`: the function name means nothing on the command line.
-  return err.message.replace(/^[A-Za-z]+: (?=.*\b[A-Za-z]+\b)/, (m) => (m.slice(0, -2) === option ? m : '')).split(option).join(flag);
+  return err.wording ? cliWording(err.wording) : err.message;
 }
 
 /** What to try next, printed under an error's line (`withHint`). */

@@ -12,16 +12,16 @@ import { ErrorCodes, OptionError, ParseError, printable, UserportError } from '.
 import { parseUsernameList } from '../lib/filter-users.js';
 import { IMPORT_SCOPES, type ImportScope } from '../lib/models.js';
 import { keyUnwrapperFromOptions } from './key-options.js';
-import { importUsers, type ImportOptions, type Progress } from '../lib/import.js';
+import { checkImportOptions, importUsers, type ImportOptions, type Progress } from '../lib/import.js';
 import { dropImport, listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
-import { flagNames, formatBytes, helpText, parseCommand, reportError, suggestFlag, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
+import { cliWording, formatBytes, helpText, parseCommand, reportError, suggestFlag, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { installSpoolCleanup, setInterruptNote } from './signals.js';
 import { runExportCommand } from './export-command.js';
 import { runTargetCommand } from './target-command.js';
 import { traceFromEnv } from './trace.js';
-import { encryptionMismatch, isGzip, leadingText, readHead, utf16Error } from '../lib/source.js';
+import { checkImportFiles } from '../lib/source.js';
 
 const HELP = `userport: import Sentry user exports into PostgreSQL, streaming, in constant memory.
 
@@ -194,12 +194,11 @@ const IMPORT_FLAGS = {
   'no-prompt': { type: 'boolean' },
 } as const satisfies FlagSpecs;
 
-function intOption(name: string, v: string | boolean | undefined, min: number): number | undefined {
+/** A number flag's text as the number the library option takes (which checks its range). */
+function intOption(name: string, v: string | boolean | undefined): number | undefined {
   if (typeof v !== 'string') return undefined;
   const n = Number(v);
-  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min) {
-    throw usageError(`--${name} must be ${min === 0 ? 'a non-negative integer' : `an integer >= ${min}`}, got "${printable(v)}"`);
-  }
+  if (!/^-?\d+$/.test(v) || !Number.isSafeInteger(n)) throw usageError(`--${name} must be an integer, got "${printable(v)}"`);
   return n;
 }
 
@@ -427,61 +426,6 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
   return out.map((l) => wrapText(l, TEXT_WIDTH, '    ')).join('\n');
 }
 
-/** What a source path is, checked before the database is touched. */
-type SourceKind = 'stdin' | 'file' | 'pipe';
-
-/** Missing, a directory, unreadable, encrypted without a key, plain with a key, UTF-16: said now. */
-function checkSource(src: string, decrypting: boolean, resumable: boolean, skipLeading: boolean): SourceKind {
-  if (src === '-') {
-    if (resumable) throw usageError('--resumable needs SRC to be a file (it is read again to resume), not standard input');
-    return 'stdin';
-  }
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(src);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw usage(new UserportError(ErrorCodes.IO, code === 'ENOENT' ? `SRC ${src} does not exist` : `cannot read SRC ${src}: ${(err as Error).message}`, { cause: err }));
-  }
-  if (st.isDirectory()) throw usage(new UserportError(ErrorCodes.IO, `SRC ${src} is a directory, not an export file`));
-  if (!st.isFile()) {
-    if (resumable) throw usageError(`--resumable needs SRC to be a regular file (it is read again to resume); ${src} is a pipe or device`);
-    return 'pipe';
-  }
-  let head: Buffer;
-  try {
-    head = readHead(src);
-  } catch (err) {
-    throw usage(new UserportError(ErrorCodes.IO, `cannot read SRC ${src}: ${(err as Error).message}`, { cause: err }));
-  }
-  // The library's own sniffing (lib/source.ts), run now so a file's problem is said before any
-  // database is touched; a pipe or stdin gets the same messages from the library.
-  const mismatch = encryptionMismatch(head, decrypting, `SRC ${src}`);
-  if (mismatch) throw usage(mismatch);
-  if (!decrypting && !isGzip(head)) {
-    const utf16 = utf16Error(head, `SRC ${src}`);
-    if (utf16) throw utf16;
-    leadingText(head, skipLeading);
-  }
-  return 'file';
-}
-
-/** An output file the import will write: refused now if it cannot be. */
-function checkOutput(flag: string, file: string | undefined, src: string): void {
-  if (file === undefined) return;
-  if (file === '-') throw usageError(`${flag} -: standard output is not supported (it carries the summary); give a file path`);
-  if (file === '') throw usageError(`${flag} needs a file path`);
-  if (src !== '-' && path.resolve(file) === path.resolve(src)) throw usageError(`${flag} ${file} is SRC itself`);
-  const dir = path.dirname(path.resolve(file));
-  let st: fs.Stats | undefined;
-  try { st = fs.statSync(dir); } catch { st = undefined; }
-  if (!st?.isDirectory()) throw usage(new UserportError(ErrorCodes.IO, `${flag} ${file}: the folder ${path.dirname(file)} does not exist`));
-  try { fs.accessSync(dir, fs.constants.W_OK); } catch {
-    throw usage(new UserportError(ErrorCodes.IO, `${flag} ${file}: the folder ${path.dirname(file)} is not writable`));
-  }
-  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw usage(new UserportError(ErrorCodes.IO, `${flag} ${file} is a directory`));
-}
-
 /** A file an option names, to be read: it must exist and be readable. */
 function checkInput(flag: string, file: string | undefined): void {
   if (file === undefined) return;
@@ -514,44 +458,17 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
       ? `unknown import scope "${printable(positionals[0]!)}": users, config or global (userport import users SRC)`
       : 'missing the scope and SRC (userport import users|config|global SRC)');
   }
-  if (o['overwrite-configs'] && scope === 'users') throw usageError('--overwrite-configs needs import config or import global (user scope brings no roles)');
   if (positionals.length !== 2) throw usageError(positionals.length < 2 ? 'missing SRC: a file, or - for standard input' : `one SRC only, got ${positionals.length - 1}`);
   const source = positionals[1]!;
-  const resumable = !!o.resumable;
+  // What only the command line has: two spellings of one option, and `-` for standard output.
   if (o['filter-usernames'] !== undefined && o['filter-usernames-file'] !== undefined) {
     throw usageError('--filter-usernames and --filter-usernames-file cannot be combined');
   }
-  if (o['max-rejects'] !== undefined && o['rejects-file'] === undefined) throw usageError('--max-rejects needs --rejects-file');
-  if (o['import-id'] !== undefined && !resumable) throw usageError('--import-id needs --resumable');
-  if (o['batch-rows'] !== undefined && !resumable) throw usageError('--batch-rows needs --resumable');
-  if (resumable && o['allow-reimport']) throw usageError('--allow-reimport is for atomic imports; a resumable import is imported again under a new --import-id');
-  if (resumable && o['dry-run']) throw usageError('--resumable and --dry-run cannot be combined (a dry run commits nothing to resume)');
-  const bulkLoad = str(o['bulk-load']);
-  if (bulkLoad !== undefined && bulkLoad !== 'auto' && bulkLoad !== 'off') throw usageError(`--bulk-load must be auto or off, got "${printable(bulkLoad)}"`);
-  const importId = str(o['import-id']);
-  if (importId !== undefined && !/^[A-Za-z0-9._-]{1,100}$/.test(importId)) {
-    throw usageError(`--import-id must be 1-100 letters, digits, '.', '_' or '-', got "${printable(importId)}"`);
+  for (const flag of ['findings-file', 'rejects-file'] as const) {
+    if (o[flag] === '-') throw usageError(`--${flag} -: standard output is not supported (it carries the summary); give a file path`);
   }
-  if (o['decrypt-with'] !== undefined && o['decrypt-with-gcp-kms'] !== undefined) {
-    throw usageError('--decrypt-with and --decrypt-with-gcp-kms cannot be combined: give one');
-  }
-  if (o['decrypt-passphrase-file'] !== undefined && o['decrypt-with'] === undefined) {
-    throw usageError('--decrypt-passphrase-file needs --decrypt-with');
-  }
-  const numbers = {
-    batchRows: intOption('batch-rows', o['batch-rows'], 1),
-    maxRejects: intOption('max-rejects', o['max-rejects'], 0),
-    maxRecordBytes: intOption('max-record-bytes', o['max-record-bytes'], 16),
-    maxDepth: intOption('max-depth', o['max-depth'], 2),
-  };
   checkUrl(str(o['database-url']));
   for (const flag of ['filter-usernames-file', 'decrypt-with', 'decrypt-passphrase-file', 'decrypt-with-gcp-kms'] as const) checkInput(`--${flag}`, str(o[flag]));
-  const decrypting = o['decrypt-with'] !== undefined || o['decrypt-with-gcp-kms'] !== undefined;
-  checkSource(source, decrypting, resumable, !!o['skip-leading-text']);
-  checkOutput('--findings-file', str(o['findings-file']), source);
-  checkOutput('--rejects-file', str(o['rejects-file']), source);
-  if (o['findings-file'] !== undefined && o['findings-file'] === o['rejects-file']) throw usageError('--findings-file and --rejects-file are the same file');
-
   let filterUsernames: string[] | undefined;
   let emptyFilter = false;
   const filterText = o['filter-usernames-file'] !== undefined ? fs.readFileSync(str(o['filter-usernames-file'])!, 'utf8') : str(o['filter-usernames']);
@@ -560,33 +477,46 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
     // Sentry's parse_filter_arg: an empty value is no filter at all, not "import nobody".
     if (filterUsernames.length === 0) { filterUsernames = undefined; emptyFilter = true; }
   }
+  const options: Omit<ImportOptions, 'databaseUrl'> = {
+    batchRows: intOption('batch-rows', o['batch-rows']),
+    maxRejects: intOption('max-rejects', o['max-rejects']),
+    maxRecordBytes: intOption('max-record-bytes', o['max-record-bytes']),
+    maxDepth: intOption('max-depth', o['max-depth']),
+    source,
+    mergeUsers: !!o['merge-users'],
+    ...(scope !== 'users' ? { scope } : {}),
+    ...(o['overwrite-configs'] ? { overwriteConfigs: true } : {}),
+    filterUsernames,
+    dryRun: !!o['dry-run'],
+    ...(o['allow-reimport'] ? { allowReimport: true } : {}),
+    bulkLoad: str(o['bulk-load']) as ImportOptions['bulkLoad'],
+    resumable: !!o.resumable,
+    importId: str(o['import-id']),
+    rejectsFile: str(o['rejects-file']),
+    findingsFile: str(o['findings-file']),
+    skipLeadingText: !!o['skip-leading-text'],
+  };
+  // The library's rules, stated there once: the CLI only says the options as its flags.
+  const decrypting = o['decrypt-with'] !== undefined || o['decrypt-with-gcp-kms'] !== undefined;
+  try {
+    checkImportOptions({ ...options, databaseUrl: undefined });
+    checkImportFiles({ ...options, decrypt: decrypting });
+  } catch (err) {
+    // What the file holds (UTF-16, text before the array) is the data's fault, not the command's: exit 1.
+    throw err instanceof ParseError ? err : usage(err as Error);
+  }
   const quiet = !!o.silent || !!o.json;
+  // The key last: opening it may ask for its passphrase, which a wrong SRC should not cost.
   const decrypt = await keyUnwrapperFromOptions({
     decryptWith: str(o['decrypt-with']), passphraseFile: str(o['decrypt-passphrase-file']), gcpKmsConfig: str(o['decrypt-with-gcp-kms']),
   }).catch((err: unknown) => { throw usage(err as Error); });
   return {
-    options: {
-      ...numbers,
-      source,
-      mergeUsers: !!o['merge-users'],
-      ...(scope !== 'users' ? { scope } : {}),
-      ...(o['overwrite-configs'] ? { overwriteConfigs: true } : {}),
-      filterUsernames,
-      dryRun: !!o['dry-run'],
-      ...(o['allow-reimport'] ? { allowReimport: true } : {}),
-      bulkLoad,
-      resumable,
-      importId,
-      rejectsFile: str(o['rejects-file']),
-      findingsFile: str(o['findings-file']),
-      decrypt,
-      skipLeadingText: !!o['skip-leading-text'],
-    },
+    options: { ...options, decrypt },
     databaseUrl: str(o['database-url']),
     json: !!o.json,
     silent: !!o.silent,
     progress: !o['no-progress'] && !quiet,
-    resumable,
+    resumable: !!o.resumable,
     emptyFilter,
   };
 }
@@ -643,7 +573,7 @@ async function importCommand(args: string[]): Promise<number> {
         if (plan.silent) return;
         for (const o of others ?? []) {
           process.stderr.write(`${wrapText(`Note: import ${o.importId} of this file is ${o.state}, and this is a new import` +
-            `${o.differs.length ? ` (${flagNames(o.differs.join('; '))})` : ''}. To continue it, run it with its options; to remove it and ` +
+            `${o.differences.length ? ` (${o.differences.map(cliWording).join('; ')})` : ''}. To continue it, run it with its options; to remove it and ` +
             `its staged rows: userport imports drop ${o.importId}`, TEXT_WIDTH, '  ')}\n`);
         }
         if (!plan.resumable) return;

@@ -1,17 +1,24 @@
 /** The CLI's shared pieces: library option names mapped to flags, typo suggestions, exit codes. */
 import { expect } from 'chai';
-import { OptionError, ParseError, UserportError } from '../lib/errors.js';
+import { opt, OptionError, ParseError, UserportError, wording } from '../lib/errors.js';
 import { cliMessage, exitCodeFor, formatError, suggestFlag, usage } from '../pipelines/cli-support.js';
 
 describe('CLI support', () => {
-  it('names the CLI flag where a library error names its option (OptionError.option)', () => {
-    const err = new OptionError('databaseUrl must be a postgresql:// URL', 'databaseUrl');
+  it('names the CLI flag where a library error names its option in parts (wording)', () => {
+    const err = new OptionError(wording`${opt('databaseUrl')} must be a postgresql:// URL`);
     expect(err.option).to.equal('databaseUrl');
+    expect(err.message).to.equal('databaseUrl must be a postgresql:// URL');
     expect(cliMessage(err)).to.equal('--database-url must be a postgresql:// URL');
-    expect(formatError(new OptionError('createEncryptor: publicKeyPem is an encrypted private key', 'publicKeyPem')))
-      .to.equal('userport: --encrypt-with is an encrypted private key [USERPORT_OPTION_INVALID]');
-    // Without a known option, the message is left alone.
-    expect(cliMessage(new OptionError('maxDepth must be an integer'))).to.equal('maxDepth must be an integer');
+    // The function a library message starts with means nothing on the command line.
+    const scoped = new OptionError(wording`${opt('publicKeyPem')} is an encrypted private key`, undefined, 'createEncryptor');
+    expect(scoped.message).to.equal('createEncryptor: publicKeyPem is an encrypted private key');
+    expect(formatError(scoped)).to.equal('userport: --encrypt-with is an encrypted private key [USERPORT_OPTION_INVALID]');
+    // Every option named, not only the first; a runtime error's too.
+    expect(cliMessage(new UserportError('USERPORT_MAX_REJECTS', wording`more than 3 records rejected (${opt('maxRejects')})`)))
+      .to.equal('more than 3 records rejected (--max-rejects)');
+    expect(cliMessage(new OptionError(wording`${opt('maxRejects')} needs ${opt('rejectsFile')}`))).to.equal('--max-rejects needs --rejects-file');
+    // A message in one piece is the library's own: nothing is rewritten.
+    expect(cliMessage(new OptionError('maxDepth must be an integer', 'maxDepth'))).to.equal('maxDepth must be an integer');
   });
 
   it('suggests the closest flag for a typo, Sentry underscores included, and nothing for a stranger', () => {

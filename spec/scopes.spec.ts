@@ -222,7 +222,7 @@ describe('import config and global (issue #22)', function () {
     expect(bad.stderr).to.include('unknown import scope "globl"');
     const flag = run('import', 'users', file, '--overwrite-configs', '--database-url', 'postgresql://nobody@127.0.0.1:1/none');
     expect(flag.status).to.equal(2);
-    expect(flag.stderr).to.include('--overwrite-configs needs import config or import global');
+    expect(flag.stderr).to.include('--overwrite-configs needs import config or global');
     await db.knex.raw(`INSERT INTO sentry_userrole (name, permissions, date_added, date_updated) VALUES ('Operators', '{}', now(), now())`);
     const ok = run('import', 'config', file, '--database-url', db.url, '--overwrite_configs', '--no-prompt', '--silent');
     expect(ok.status, ok.stderr).to.equal(0);

@@ -7,9 +7,59 @@ import os from 'node:os';
 import type { Knex } from 'knex';
 import pg from 'pg';
 import { createKnex, isMigrated, migrate, waitForDatabase } from './knex.js';
-import { ErrorCodes, OptionError, UserportError } from '../errors.js';
+import { ErrorCodes, opt, OptionError, printable, UserportError, wording, type Wording } from '../errors.js';
 import { processAlive } from '../spool.js';
 import type { ImportSummary, StatsSnapshot } from '../stats.js';
+
+/** What of an import's options {@link resumeKey} reads. */
+export interface ResumeKeyOptions {
+  mergeUsers?: boolean;
+  filterUsernames?: Iterable<string>;
+  decrypt?: unknown;
+  scope?: string;
+  overwriteConfigs?: boolean;
+}
+
+/**
+ * The options that must be the same when an import is resumed (or found done): stored in the
+ * import's row, compared by {@link optionDifferences}.
+ */
+export function resumeKey(o: ResumeKeyOptions): Record<string, unknown> {
+  return {
+    mergeUsers: !!o.mergeUsers, filterUsernames: o.filterUsernames ? [...o.filterUsernames].sort() : null, encrypted: !!o.decrypt,
+    // Only when not the default, so imports recorded before the scopes existed still match.
+    ...(o.scope && o.scope !== 'users' ? { scope: o.scope } : {}), ...(o.overwriteConfigs ? { overwriteConfigs: true } : {}),
+  };
+}
+
+/** One resume-key value as a person reads it. */
+function describeKeyValue(key: string, v: unknown): string {
+  if (key === 'mergeUsers' || key === 'overwriteConfigs') return v ? 'on' : 'off';
+  if (key === 'scope') return v ? String(v) : 'users';
+  if (key === 'encrypted') return v ? 'encrypted' : 'plain';
+  if (key === 'filterUsernames') {
+    if (!Array.isArray(v)) return 'no filter';
+    const names = v.slice(0, 3).map((x) => printable(String(x))).join(', ');
+    return `${v.length} ${v.length === 1 ? 'name' : 'names'} (${names}${v.length > 3 ? ', ...' : ''})`;
+  }
+  return JSON.stringify(v ?? null);
+}
+
+/**
+ * How the resume-key options `before` (an import's row) differ from `now`, one entry per option:
+ * `mergeUsers was off, now on`, in parts that name the option. jsonb reorders keys, so options
+ * are compared one by one.
+ */
+export function optionDifferences(before: Record<string, unknown>, now: Record<string, unknown>): Wording[] {
+  const label = (k: string): Wording => (k === 'encrypted' ? wording`the export (${opt('decrypt')})` : k === 'scope' ? ['the scope'] : [opt(k)]);
+  return Object.keys(now).filter((k) => JSON.stringify(before[k] ?? null) !== JSON.stringify(now[k] ?? null))
+    .map((k) => wording`${label(k)} was ${describeKeyValue(k, before[k] ?? null)}, now ${describeKeyValue(k, now[k])}`);
+}
+
+/** `parts` joined by `separator`, as one wording. */
+export function joinWordings(parts: readonly Wording[], separator: string): Wording {
+  return parts.flatMap((w, i) => (i ? [separator, ...w] : [...w]));
+}
 
 /** How long a resumable import waits for another process holding the same import id. */
 const BUSY_WAIT_SECONDS = 60;

@@ -4,7 +4,7 @@
  */
 import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
-import { DatabaseError, ErrorCodes, OptionError } from '../errors.js';
+import { DatabaseError, ErrorCodes, opt, OptionError, wording } from '../errors.js';
 import * as m1 from './migrations/20261203000000_userport_bookkeeping.js';
 import * as m2 from './migrations/20261203000100_sentry_user_tables.js';
 import * as m3 from './migrations/20261203000200_credential_staging.js';
@@ -57,11 +57,22 @@ export function checkDatabaseUrl(url: string): void {
   try {
     u = new URL(url);
   } catch {
-    throw new OptionError(`databaseUrl must be a postgresql:// URL, got "${url}"`, 'databaseUrl');
+    throw new OptionError(wording`${opt('databaseUrl')} must be a postgresql:// URL, got "${url}"`);
   }
   if (u.protocol !== 'postgresql:' && u.protocol !== 'postgres:') {
-    throw new OptionError(`databaseUrl must start with postgresql://, got "${u.protocol}//"`, 'databaseUrl');
+    throw new OptionError(wording`${opt('databaseUrl')} must start with postgresql://, got "${u.protocol}//"`);
   }
+}
+
+/**
+ * The database of an import: `databaseUrl`, or else the URL of the embedded server in
+ * `embeddedDir`, started if it is not running. The embedded server's code is loaded only then: a
+ * caller who gives a database URL never loads it or its package.
+ */
+export async function resolveDatabaseUrl(o: { databaseUrl?: string; embeddedDir?: string }): Promise<string> {
+  if (o.databaseUrl !== undefined) return o.databaseUrl;
+  const { startEmbedded } = await import('./embedded.js');
+  return (await startEmbedded(o.embeddedDir === undefined ? {} : { dir: o.embeddedDir })).url;
 }
 
 /**
