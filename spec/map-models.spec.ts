@@ -1,36 +1,103 @@
-/**
- * mapRecord's check of JSON values (option values): every key and string, at any depth, still
- * refused when PostgreSQL could not store it, now that the walk reads keys instead of building
- * Object.entries pairs (issue #25 item 3: an 88k-key value made 6 MB of pairs per record).
- */
+/** The model mapper (lib/map-models.ts) as a stage: validation, staging-column layout, rejects, and its stream compliance. */
 import { expect } from 'chai';
-import type { ScopedRecord } from '../lib/filter-users.js';
-import { mapRecord, type StagedRow } from '../lib/map-models.js';
-import { STAGE_INDEX } from '../lib/models.js';
-import { RecordError } from '../lib/errors.js';
-import { useroption } from './helpers/exports.js';
+import { Readable, finished } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import pg from 'pg';
+import { createUserFilter, parseUsernameList, scopeRecord, type FlowItem, type ScopedRecord } from '../lib/filter-users.js';
+import { createModelMapper, mapRecord, stagedValues, type FilteredMarker, type StagedRow } from '../lib/map-models.js';
+import { isDateTime, isTimeZone, STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
+import { CopyText } from '../lib/copy-text.js';
+import { createPgSink } from '../lib/pg-sink.js';
+import type { TraceEvent } from '../lib/trace.js';
+import { copyLine, copyValue } from './helpers/copy-oracle.js';
+import type { RawRecord } from '../lib/tokenize.js';
+import { collect, collectError } from './helpers/streams.js';
+import { optionErrorOf } from './helpers/options.js';
+import { streamCompliance } from './helpers/compliance.js';
+import { freshDatabase, type TestDb } from './helpers/db.js';
+import { user, useroption } from './helpers/exports.js';
+import { reached } from './helpers/moments.js';
 
 const pos = { offset: 10, line: 2, column: 3, length: 50 };
-
-function option(value: unknown): ScopedRecord {
-  const rec = useroption(3, 7, 'custom', value);
-  return { kind: 'record', ordinal: 1, ...pos, model: rec.model, pk: rec.pk, fields: rec.fields, filtered: false };
+/** A full valid auth_user row (Sentry's tables have no database defaults for most columns). */
+const INSERT_USER = `INSERT INTO auth_user (password, username, first_name, email, is_staff, is_active, is_superuser, is_managed,
+  is_password_expired, flags, date_joined) VALUES ('x', $1, '', '', false, true, false, false, false, 0, now())`;
+const raw = (ordinal: number, value: unknown): RawRecord => ({ ordinal, ...pos, value: value as Record<string, unknown> });
+const objects = <T>(items: T[]) => Readable.from(items, { objectMode: true });
+/** The item as a staged row; fails the test when it is anything else. */
+function asRow(item: StagedRow | FilteredMarker): StagedRow {
+  if (item.kind !== 'row') throw new Error(`expected a row, got ${item.kind}`);
+  return item;
 }
 
-describe('mapRecord on JSON option values', () => {
-  it('refuses a NUL or a lone surrogate in a key or a string at any depth, naming the field', () => {
-    const bad = [{ 'a\u0000': 1 }, { a: { b: [{ c: 'x\u0000' }] } }, { ok: 1, deep: { '\ud800': true } }, [{ a: ['\udc00'] }]];
-    for (const value of bad) {
-      const run = () => mapRecord(option(value));
-      expect(run, JSON.stringify(value)).to.throw(RecordError, /field value/);
+describe('createModelMapper', () => {
+  const scoped = (ordinal: number, rec: { model: string; pk: number; fields: Record<string, unknown> }, filtered = false): ScopedRecord =>
+    ({ kind: 'record', ordinal, ...pos, model: rec.model, pk: rec.pk, fields: rec.fields, filtered });
+
+  it('lays values out in staging-column order and lists unknown fields', () => {
+    const row = asRow(mapRecord(scoped(1, user(7, 'alice', { extra: 1 }))));
+    const at = (c: string) => row.values[STAGE_COLUMNS.findIndex(([n]) => n === c)];
+    expect(row).to.include({ kind: 'row', model: 'sentry.user', code: 1, pk: 7 });
+    expect(at('username')).to.equal('alice');
+    expect(at('first_name')).to.equal('Name 7');
+    expect(at('date_joined')).to.equal('2023-06-22T22:59:55.488Z');
+    expect(at('user_pk')).to.equal(null);
+    expect(row.unknownFields).to.deep.equal(['extra']);
+    const opt = asRow(mapRecord(scoped(2, useroption(3, 7, 'tz', '"UTC"'))));
+    expect(opt.values[STAGE_COLUMNS.findIndex(([n]) => n === 'opt_value')]).to.equal('"UTC"');
+  });
+
+  it('turns a filtered user into a filtered marker with its pk only, without validating it', () => {
+    const item = mapRecord(scoped(1, { model: 'sentry.user', pk: 3, fields: { username: 5 } }, true));
+    expect(item).to.deep.equal({ kind: 'filtered', ordinal: 1, ...pos, model: 'sentry.user', code: 1, pk: 3 });
+    // The sink stages its pk alone, marked not kept, every data column NULL.
+    const cols = copyLine(5, item as FilteredMarker).replace(/\n$/, '').split('\t');
+    expect(cols.slice(0, 8)).to.deep.equal(['5', '1', '1', '10', '2', '3', '3', 'f']);
+    expect(cols.slice(8)).to.deep.equal(STAGE_COLUMNS.map(() => '\\N'));
+  });
+
+  it('stages a filtered user\'s username too (pre-23.9.1 rows name their user by it)', () => {
+    const item = mapRecord(scoped(1, { model: 'sentry.user', pk: 3, fields: { username: 'bob\tb' } }, true));
+    expect(item).to.include({ kind: 'filtered', pk: 3, username: 'bob\tb' });
+    const cols = copyLine(5, item as FilteredMarker).replace(/\n$/, '').split('\t');
+    expect(cols[7]).to.equal('f');
+    expect(cols.slice(8, 10)).to.deep.equal(['bob\\tb', '\\N']);
+    expect(cols.length).to.equal(8 + STAGE_COLUMNS.length);
+  });
+
+  it('gives named access to a row: STAGE_INDEX and stagedValues() agree with the positional values', () => {
+    const row = asRow(mapRecord(scoped(1, user(7, 'alice'))));
+    expect(row.values[STAGE_INDEX.username]).to.equal('alice');
+    expect(row.values[STAGE_INDEX.email]).to.equal('alice@example.com');
+    const view = stagedValues(row);
+    expect(Object.keys(view)).to.deep.equal(STAGE_COLUMNS.map(([c]) => c));
+    expect(view.username).to.equal('alice');
+    expect(view.user_pk).to.equal(null);
+  });
+
+  it('accepts real calendar dates only', async () => {
+    for (const [d, ok] of [['2024-02-29T00:00:00Z', true], ['2023-02-29T00:00:00Z', false], ['2023-06-22T22:59:57.023Z', true],
+      ['2023-06-22', false], ['0000-01-01T00:00:00Z', false], ['2023-13-01T00:00:00Z', false], ['2023-06-22T24:00:00Z', false]] as const) {
+      const run = () => mapRecord(scoped(1, user(1, 'a', { date_joined: d })));
+      if (ok) expect(run, d).not.to.throw(); else expect(run, d).to.throw(/date_joined/);
     }
   });
 
-  it('stores a large object value as its JSON text, a "__proto__" key included', () => {
-    const value = JSON.parse(`{${Array.from({ length: 88000 }, (_, i) => `"k${i}":${i}`).join(',')},"__proto__":{"x":"y"}}`) as Record<string, unknown>;
-    const row = mapRecord(option(value)) as StagedRow;
-    expect(row.kind).to.equal('row');
-    expect(row.values[STAGE_INDEX.opt_value]).to.equal(JSON.stringify(value));
-    expect(JSON.parse(row.values[STAGE_INDEX.opt_value] as string)).to.have.property('__proto__').that.deep.equals({ x: 'y' });
+  it('passes markers through and fails (or rejects) invalid records with model, pk, ordinal and field', async () => {
+    const skip: FlowItem = { kind: 'skip', ordinal: 1, ...pos, model: 'sentry.team' };
+    const bad = scoped(2, user(9, 'a', { is_staff: 'yes' }));
+    const out = await collect<FlowItem | StagedRow>(objects([skip, bad]), createModelMapper({ collectRejects: true }));
+    expect(out.map((i) => i.kind)).to.deep.equal(['skip', 'reject']);
+    const err = await collectError(objects([bad]), createModelMapper());
+    expect(err.code).to.equal('USERPORT_RECORD_SCHEMA');
+    expect(err.position).to.include({ model: 'sentry.user', pk: 9, ordinal: 2, field: 'is_staff', offset: 10 });
   });
 });
+
+// Stream compliance: exactly one 'finish' on success, exactly one 'error' on failure, destroy() and
+// pipeline()/finished() (spec/helpers/compliance.ts).
+const scopedUsers = (bad: boolean) => objects(Array.from({ length: bad ? 1 : 300 }, (_, i) => {
+  const rec = user(i + 1, `u${i + 1}`, bad ? { is_active: 'yes' } : {});
+  return { kind: 'record', ordinal: i + 1, ...pos, model: rec.model, pk: rec.pk, fields: rec.fields, filtered: false } satisfies ScopedRecord;
+}));
+streamCompliance('createModelMapper', () => createModelMapper(), () => scopedUsers(false), () => scopedUsers(true), 'USERPORT_RECORD_SCHEMA');

@@ -1,5 +1,5 @@
 /**
- * Not a spec of its own: spec/test-run.spec.ts runs this file in a child mocha. Once the root hook
+ * Not a spec of its own: spec/project/test-run.spec.ts runs this file in a child mocha. Once the root hook
  * has made the run folder and started its server, it prints both and waits to be interrupted.
  */
 import { runDir } from './setup.js';

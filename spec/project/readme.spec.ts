@@ -7,9 +7,9 @@ import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { listImports } from '../lib/db/imports.js';
-import { freshDatabase, type TestDb } from './helpers/db.js';
-import { user, writeExport } from './helpers/exports.js';
+import { listImports } from '../../lib/db/imports.js';
+import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { user, writeExport } from '../helpers/exports.js';
 
 const ROOT = path.resolve('.');
 

@@ -6,9 +6,9 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
 import path from 'node:path';
-import { importUsers } from '../lib/import.js';
-import { freshDatabase, type TestDb } from './helpers/db.js';
-import { requireSharedFixtures } from './helpers/shared.js';
+import { importUsers } from '../../lib/import.js';
+import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { requireSharedFixtures } from '../helpers/shared.js';
 
 let FIXTURES = '';
 const fixture = (name: string) => path.join(FIXTURES, `${name}.json`);

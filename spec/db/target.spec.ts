@@ -8,13 +8,13 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { exportUsers } from '../lib/export.js';
-import { importUsers } from '../lib/import.js';
-import { ErrorCodes } from '../lib/errors.js';
-import { failure } from './helpers/db.js';
-import { email, useremail, useroption, user, writeExport, type Rec } from './helpers/exports.js';
-import { sharedFixtures, sharedJsonFiles } from './helpers/shared.js';
-import { ADMIN, sentrySchema, TARGET_KINDS, targetDatabase, unavailable, type TargetDb, type TargetKind } from './helpers/targets.js';
+import { exportUsers } from '../../lib/export.js';
+import { importUsers } from '../../lib/import.js';
+import { ErrorCodes } from '../../lib/errors.js';
+import { failure } from '../helpers/db.js';
+import { email, useremail, useroption, user, writeExport, type Rec } from '../helpers/exports.js';
+import { sharedFixtures, sharedJsonFiles } from '../helpers/shared.js';
+import { ADMIN, sentrySchema, TARGET_KINDS, targetDatabase, unavailable, type TargetDb, type TargetKind } from '../helpers/targets.js';
 
 /** What each generation has, as the fixtures' README lists it. */
 const GENERATION: Record<TargetKind, { emailTable: boolean; emailUnique: boolean; intIds: boolean; emailWidth: number }> = {

@@ -3,7 +3,7 @@
  * day, run as a real process, in a real pseudo-terminal (util-linux `script`) at 80 and 50
  * columns where the terminal matters: interrupted imports (item 3), the inputs self-hosted users
  * have (4), 80 columns (6), progress (7), the weight for library users (9) and the smaller
- * things (10). The README's library recipe (8) is spec/readme.spec.ts.
+ * things (10). The README's library recipe (8) is spec/project/readme.spec.ts.
  */
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
@@ -13,15 +13,15 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import zlib from 'node:zlib';
 import pg from 'pg';
-import { importUsers } from '../lib/import.js';
-import { ErrorCodes, OptionError } from '../lib/errors.js';
-import { fingerprint } from '../lib/source.js';
-import { MERGE_PER_READ, PhaseClock, formatImports, progressLine } from '../pipelines/cli.js';
-import { formatExportSummary } from '../pipelines/export-command.js';
-import { helpText, wrapList, wrapText } from '../pipelines/cli-support.js';
-import { failure, freshDatabase, type TestDb } from './helpers/db.js';
-import { sharedFixtures } from './helpers/shared.js';
-import { user, useremail, writeExport } from './helpers/exports.js';
+import { importUsers } from '../../lib/import.js';
+import { ErrorCodes, OptionError } from '../../lib/errors.js';
+import { fingerprint } from '../../lib/source.js';
+import { MERGE_PER_READ, PhaseClock, formatImports, progressLine } from '../../pipelines/cli.js';
+import { formatExportSummary } from '../../pipelines/export-command.js';
+import { helpText, wrapList, wrapText } from '../../pipelines/cli-support.js';
+import { failure, freshDatabase, type TestDb } from '../helpers/db.js';
+import { sharedFixtures } from '../helpers/shared.js';
+import { user, useremail, writeExport } from '../helpers/exports.js';
 
 const ROOT = path.resolve('.');
 const BIN = path.join(ROOT, 'bin/userport.js');

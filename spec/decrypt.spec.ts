@@ -8,14 +8,14 @@ import { PassThrough, Readable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import {
   createDecryptor, createLocalKeyUnwrapper, openDecryptedSource, type EncryptedInput, type KeyUnwrapper,
-} from '../../lib/decrypt.js';
-import { createEncryptor } from '../../lib/encrypt.js';
-import { createTokenizer } from '../../lib/tokenize.js';
-import { chunked, collect, collectError } from '../helpers/streams.js';
-import { reached } from '../helpers/moments.js';
+} from '../lib/decrypt.js';
+import { createEncryptor } from '../lib/encrypt.js';
+import { createTokenizer } from '../lib/tokenize.js';
+import { chunked, collect, collectError } from './helpers/streams.js';
+import { reached } from './helpers/moments.js';
 import {
   drain, encryptBuffer, fixture, flipBase64, flipByte, listDir, makeTar, members, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir,
-} from './helpers.js';
+} from './crypto/helpers.js';
 
 const keyUnwrapper = (name = 'fixture-key.pem', passphrase?: string): KeyUnwrapper =>
   createLocalKeyUnwrapper({ privateKeyPem: readFixture(name), ...(passphrase ? { passphrase } : {}) });

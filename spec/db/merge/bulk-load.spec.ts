@@ -10,14 +10,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { importUsers, type ImportOptions } from '../../lib/import.js';
-import { UserportError } from '../../lib/errors.js';
-import { freshDatabase, type TestDb } from '../helpers/db.js';
-import { tableSnapshot, TARGET_TABLES, user, useremail, useroption, generatedExport, writeExport } from '../helpers/exports.js';
-import { insertEmail, insertUser } from '../helpers/sentry-rows.js';
-import { tmpPath } from '../helpers/setup.js';
+import { importUsers, type ImportOptions } from '../../../lib/import.js';
+import { UserportError } from '../../../lib/errors.js';
+import { freshDatabase, type TestDb } from '../../helpers/db.js';
+import { tableSnapshot, TARGET_TABLES, user, useremail, useroption, generatedExport, writeExport } from '../../helpers/exports.js';
+import { insertEmail, insertUser } from '../../helpers/sentry-rows.js';
+import { tmpPath } from '../../helpers/setup.js';
 
-const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'userport.js');
+const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'bin', 'userport.js');
 
 function generated(users: number, seed: number): Promise<string> {
   return generatedExport({ users, seed, collisionRate: 0.05 });

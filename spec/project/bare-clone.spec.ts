@@ -6,12 +6,12 @@ import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { serverUrl } from './helpers/db.js';
-import { tmpFolder } from './helpers/setup.js';
+import { serverUrl } from '../helpers/db.js';
+import { tmpFolder } from '../helpers/setup.js';
 
 const ROOT = path.resolve('.');
 /** Every spec that reads ../shared (the skip helper's users). */
-const SHARED_SPECS = ['tokenize', 'fixtures', 'process-records', 'hostile/fuzz'];
+const SHARED_SPECS = ['tokenize', 'sentry/fixtures-import', 'process-records', 'hostile/fuzz'];
 
 describe('a clone with nothing beside it', function () {
   this.timeout(300000);

@@ -6,11 +6,11 @@
  */
 import { expect } from 'chai';
 import pg from 'pg';
-import { importUsers } from '../../lib/import.js';
-import type { ImportSummary } from '../../lib/stats.js';
-import { freshDatabase, type TestDb } from '../helpers/db.js';
-import { email, user, useremail, writeExport, type Rec } from '../helpers/exports.js';
-import { insertRow } from '../helpers/sentry-rows.js';
+import { importUsers } from '../../../lib/import.js';
+import type { ImportSummary } from '../../../lib/stats.js';
+import { freshDatabase, type TestDb } from '../../helpers/db.js';
+import { email, user, useremail, writeExport, type Rec } from '../../helpers/exports.js';
+import { insertRow } from '../../helpers/sentry-rows.js';
 
 /** Polls `check` until it is true; fails as a precondition when it never is. */
 async function reached(what: string, check: () => Promise<boolean>, settled: () => boolean): Promise<void> {

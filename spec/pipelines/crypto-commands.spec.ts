@@ -7,8 +7,8 @@ import { PassThrough } from 'node:stream';
 import { keyUnwrapperFromOptions, runDecryptCommand, runEncryptCommand } from '../../pipelines/crypto-commands.js';
 import { loadPrivateKey } from '../../lib/crypto/keys.js';
 import { chunked } from '../helpers/streams.js';
-import { drain, fixture, flipBase64, listDir, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir, codeOf } from './helpers.js';
-import { startKmsServer, useKmsServer } from './kms-server.js';
+import { drain, fixture, flipBase64, listDir, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir, codeOf } from '../crypto/helpers.js';
+import { startKmsServer, useKmsServer } from '../crypto/kms-server.js';
 
 interface Run { code: number; stdout: Buffer; stderr: string }
 

@@ -1,7 +1,7 @@
 /** The CLI's shared pieces: library option names mapped to flags, typo suggestions, exit codes. */
 import { expect } from 'chai';
-import { opt, OptionError, ParseError, UserportError, wording } from '../lib/errors.js';
-import { cliMessage, exitCodeFor, formatError, suggestFlag, usage } from '../pipelines/cli-support.js';
+import { opt, OptionError, ParseError, UserportError, wording } from '../../lib/errors.js';
+import { cliMessage, exitCodeFor, formatError, suggestFlag, usage } from '../../pipelines/cli-support.js';
 
 describe('CLI support', () => {
   it('names the CLI flag where a library error names its option in parts (wording)', () => {

@@ -11,13 +11,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { UserportError } from '../../lib/errors.js';
-import { importUsers } from '../../lib/import.js';
-import { freshDatabase, type TestDb } from '../helpers/db.js';
-import { email, TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from '../helpers/exports.js';
-import { tmpFolder } from '../helpers/setup.js';
+import { UserportError } from '../../../lib/errors.js';
+import { importUsers } from '../../../lib/import.js';
+import { freshDatabase, type TestDb } from '../../helpers/db.js';
+import { email, TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
+import { tmpFolder } from '../../helpers/setup.js';
 
-const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'userport.js');
+const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'bin', 'userport.js');
 // Enough users that they span many read chunks: the early step starts at the chunk holding the
 // first row of another model.
 const USERS = 3000;

@@ -2,9 +2,9 @@ import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { stopEmbedded } from '../lib/db/embedded.js';
-import { freshDatabase } from './helpers/db.js';
-import { tmpFolder } from './helpers/setup.js';
+import { stopEmbedded } from '../../lib/db/embedded.js';
+import { freshDatabase } from '../helpers/db.js';
+import { tmpFolder } from '../helpers/setup.js';
 
 const EXAMPLE = 'samples/library-example.mjs';
 

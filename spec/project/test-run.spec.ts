@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { processAlive } from './helpers/setup.js';
+import { processAlive } from '../helpers/setup.js';
 
 const ROOT = path.resolve('.');
 

@@ -8,8 +8,8 @@ import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
-import { freshDatabase, type TestDb } from './helpers/db.js';
-import { user, writeExport } from './helpers/exports.js';
+import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { user, writeExport } from '../helpers/exports.js';
 
 const BIN = path.resolve('bin/userport.js');
 

@@ -9,8 +9,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { encryptExport } from '../../lib/encrypt.js';
-import { readFixture, tempDir } from './helpers.js';
+import { encryptExport } from '../lib/encrypt.js';
+import { readFixture, tempDir } from './crypto/helpers.js';
 
 const CEILING_MB = 150;
 const PLAINTEXT_MB = 160;

@@ -3,11 +3,11 @@ import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { stopEmbedded } from '../lib/db/embedded.js';
-import { freshDatabase, type TestDb } from './helpers/db.js';
-import { user, useremail, writeExport } from './helpers/exports.js';
-import { tmpFolder, tmpPath } from './helpers/setup.js';
-import { installImportGate, reached } from './helpers/moments.js';
+import { stopEmbedded } from '../../lib/db/embedded.js';
+import { freshDatabase, type TestDb } from '../helpers/db.js';
+import { user, useremail, writeExport } from '../helpers/exports.js';
+import { tmpFolder, tmpPath } from '../helpers/setup.js';
+import { installImportGate, reached } from '../helpers/moments.js';
 
 const ROOT = path.resolve('.');
 const BIN = path.join(ROOT, 'bin/userport.js');

@@ -10,12 +10,12 @@
  * the TOTP secret gives the same codes.
  */
 import { expect } from 'chai';
-import { createExporter } from '../lib/export.js';
-import { importUsers } from '../lib/import.js';
-import { freshDatabase } from './helpers/db.js';
-import { djangoCheckPassword, djangoPbkdf2, totp } from './helpers/credentials.js';
-import { email, user, useremail, writeExport, type Rec } from './helpers/exports.js';
-import { targetDatabase, unavailable } from './helpers/targets.js';
+import { createExporter } from '../../lib/export.js';
+import { importUsers } from '../../lib/import.js';
+import { freshDatabase } from '../helpers/db.js';
+import { djangoCheckPassword, djangoPbkdf2, totp } from '../helpers/credentials.js';
+import { email, user, useremail, writeExport, type Rec } from '../helpers/exports.js';
+import { targetDatabase, unavailable } from '../helpers/targets.js';
 
 const SECRET = 'JBSWY3DPEHPK3PXP';
 

@@ -1,0 +1,70 @@
+/** The user filter (lib/filter-users.ts): the username list, the envelope and scope checks, and its stream compliance. */
+import { expect } from 'chai';
+import { Readable, finished } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import pg from 'pg';
+import { createUserFilter, parseUsernameList, scopeRecord, type FlowItem, type ScopedRecord } from '../lib/filter-users.js';
+import { createModelMapper, mapRecord, stagedValues, type FilteredMarker, type StagedRow } from '../lib/map-models.js';
+import { isDateTime, isTimeZone, STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
+import { CopyText } from '../lib/copy-text.js';
+import { createPgSink } from '../lib/pg-sink.js';
+import type { TraceEvent } from '../lib/trace.js';
+import { copyLine, copyValue } from './helpers/copy-oracle.js';
+import type { RawRecord } from '../lib/tokenize.js';
+import { collect, collectError } from './helpers/streams.js';
+import { optionErrorOf } from './helpers/options.js';
+import { streamCompliance } from './helpers/compliance.js';
+import { freshDatabase, type TestDb } from './helpers/db.js';
+import { user, useroption } from './helpers/exports.js';
+import { reached } from './helpers/moments.js';
+
+const pos = { offset: 10, line: 2, column: 3, length: 50 };
+/** A full valid auth_user row (Sentry's tables have no database defaults for most columns). */
+const INSERT_USER = `INSERT INTO auth_user (password, username, first_name, email, is_staff, is_active, is_superuser, is_managed,
+  is_password_expired, flags, date_joined) VALUES ('x', $1, '', '', false, true, false, false, false, 0, now())`;
+const raw = (ordinal: number, value: unknown): RawRecord => ({ ordinal, ...pos, value: value as Record<string, unknown> });
+const objects = <T>(items: T[]) => Readable.from(items, { objectMode: true });
+/** The item as a staged row; fails the test when it is anything else. */
+function asRow(item: StagedRow | FilteredMarker): StagedRow {
+  if (item.kind !== 'row') throw new Error(`expected a row, got ${item.kind}`);
+  return item;
+}
+
+describe('parseUsernameList', () => {
+  it('splits on commas and newlines, trims, drops empties', () => {
+    expect(parseUsernameList(' alice, bob\n carol \r\n\n,dave,')).to.deep.equal(['alice', 'bob', 'carol', 'dave']);
+  });
+});
+
+describe('createUserFilter', () => {
+  it('passes user-scope records on, lower-cases model names, and turns other models into skip markers', async () => {
+    const out = await collect<FlowItem>(objects([raw(1, user(1, 'a')), raw(2, { model: 'Sentry.UserIP', pk: 1, fields: {} }),
+      raw(3, { model: 'SENTRY.USEREMAIL', pk: 1, fields: {} })]), createUserFilter());
+    expect(out.map((i) => [i.kind, i.model, i.ordinal])).to.deep.equal([['record', 'sentry.user', 1], ['skip', 'sentry.userip', 2], ['record', 'sentry.useremail', 3]]);
+  });
+
+  it('marks users not in the list as filtered (exact, case-sensitive match) and leaves other models alone', async () => {
+    const out = await collect<ScopedRecord>(objects([raw(1, user(1, 'alice')), raw(2, user(2, 'Alice')), raw(3, useroption(1, 2, 'k', 1))]),
+      createUserFilter({ usernames: ['alice'] }));
+    expect(out.map((r) => r.filtered)).to.deep.equal([false, true, false]);
+  });
+
+  it('fails on a bad envelope with its position, or passes a reject marker on when collecting rejects', async () => {
+    for (const bad of [{ pk: 1, fields: {} }, { model: 'sentry.user', pk: 'x', fields: {} }, { model: 'sentry.user', pk: 1, fields: [] }, { model: 'nodot', pk: 1, fields: {} }]) {
+      const err = await collectError(objects([raw(4, bad)]), createUserFilter());
+      expect(err.code).to.equal('USERPORT_RECORD_ENVELOPE');
+      expect(err.position).to.include({ ordinal: 4, offset: 10, line: 2, column: 3 });
+    }
+    const [marker] = await collect<FlowItem>(objects([raw(4, { model: 'sentry.user', fields: {} })]), createUserFilter({ collectRejects: true }));
+    expect(marker).to.include({ kind: 'reject', model: 'sentry.user', ordinal: 4 });
+  });
+
+  it('is a pure function underneath', () => {
+    expect(scopeRecord(raw(1, { model: 'sentry.team', pk: 1, fields: {} }), undefined)).to.include({ kind: 'skip', model: 'sentry.team' });
+  });
+});
+
+// Stream compliance: exactly one 'finish' on success, exactly one 'error' on failure, destroy() and
+// pipeline()/finished() (spec/helpers/compliance.ts).
+const rawUsers = () => objects(Array.from({ length: 300 }, (_, i) => raw(i + 1, user(i + 1, `u${i + 1}`))));
+streamCompliance('createUserFilter', () => createUserFilter(), rawUsers, () => objects([raw(1, { model: 'sentry.user', pk: 'x', fields: {} })]), 'USERPORT_RECORD_ENVELOPE');

@@ -1,0 +1,92 @@
+/** The value rules of the model registry (lib/models.ts): Sentry's date-times and time zones. */
+import { expect } from 'chai';
+import { Readable, finished } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import pg from 'pg';
+import { createUserFilter, parseUsernameList, scopeRecord, type FlowItem, type ScopedRecord } from '../lib/filter-users.js';
+import { createModelMapper, mapRecord, stagedValues, type FilteredMarker, type StagedRow } from '../lib/map-models.js';
+import { isDateTime, isTimeZone, STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
+import { CopyText } from '../lib/copy-text.js';
+import { createPgSink } from '../lib/pg-sink.js';
+import type { TraceEvent } from '../lib/trace.js';
+import { copyLine, copyValue } from './helpers/copy-oracle.js';
+import type { RawRecord } from '../lib/tokenize.js';
+import { collect, collectError } from './helpers/streams.js';
+import { optionErrorOf } from './helpers/options.js';
+import { streamCompliance } from './helpers/compliance.js';
+import { freshDatabase, type TestDb } from './helpers/db.js';
+import { user, useroption } from './helpers/exports.js';
+import { reached } from './helpers/moments.js';
+
+const pos = { offset: 10, line: 2, column: 3, length: 50 };
+/** A full valid auth_user row (Sentry's tables have no database defaults for most columns). */
+const INSERT_USER = `INSERT INTO auth_user (password, username, first_name, email, is_staff, is_active, is_superuser, is_managed,
+  is_password_expired, flags, date_joined) VALUES ('x', $1, '', '', false, true, false, false, false, 0, now())`;
+const raw = (ordinal: number, value: unknown): RawRecord => ({ ordinal, ...pos, value: value as Record<string, unknown> });
+const objects = <T>(items: T[]) => Readable.from(items, { objectMode: true });
+/** The item as a staged row; fails the test when it is anything else. */
+function asRow(item: StagedRow | FilteredMarker): StagedRow {
+  if (item.kind !== 'row') throw new Error(`expected a row, got ${item.kind}`);
+  return item;
+}
+
+describe('isDateTime', () => {
+  it('accepts the ISO-8601 shapes PostgreSQL stores and refuses the rest', () => {
+    const cases: [string, boolean][] = [
+      ['2021-07-17T21:08:52.713Z', true], ['2021-07-17 21:08:52', true], ['2021-07-17T21:08:52.123456789+01:00', true],
+      ['2021-07-17T21:08:52-0530', true], ['2024-02-29T00:00:00Z', true], ['2000-02-29T00:00:00Z', true], ['0001-01-01T00:00:00Z', true],
+      ['2021-07-17T21:08:52.1234567890Z', false], ['2021-07-17T21:08:52.Z', false], ['2021-07-17T21:08:52Z ', false],
+      ['2023-02-29T00:00:00Z', false], ['1900-02-29T00:00:00Z', false], ['2021-04-31T00:00:00Z', false], ['0000-01-01T00:00:00Z', false],
+      ['2021-13-01T00:00:00Z', false], ['2021-00-01T00:00:00Z', false], ['2021-01-00T00:00:00Z', false], ['2021-01-01T24:00:00Z', false],
+      ['2021-01-01T23:60:00Z', false], ['2021-01-01T23:59:60Z', false], ['2021-01-01T00:00:00+16:00', false], ['2021-01-01T00:00:00+10:60', false],
+      ['2021-01-01T00:00:00+1:00', false], ['2021-01-01T00:00:00+01:0', false], ['2021-01-01T00:00:00+01::00', false], ['2021-01-01T00:00:00z', false],
+      ['2021-01-01t00:00:00Z', false], ['2021-01-01T00:00', false], ['21-01-01T00:00:00Z', false], ['2021-1-01T00:00:00Z', false],
+      ['２０２１-01-01T00:00:00Z', false], ['2021-01-01T00:00:00\n', false], ['', false],
+    ];
+    for (const [s, valid] of cases) expect(isDateTime(s), s).to.equal(valid);
+  });
+
+  it('agrees with the regular expression it replaced on mutated timestamps', () => {
+    const RE = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-](\d{2}):?(\d{2}))?$/;
+    const reference = (s: string): boolean => {
+      const m = RE.exec(s);
+      if (!m) return false;
+      const y = +m[1]!, mo = +m[2]!, d = +m[3]!, h = +m[4]!, mi = +m[5]!, sec = +m[6]!;
+      if (y < 1 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || sec > 59) return false;
+      if (m[9] !== undefined && (+m[9] > 15 || +m[10]! > 59)) return false;
+      const dim = [31, (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0 ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mo - 1]!;
+      return d <= dim;
+    };
+    const seeds = ['2021-07-17T21:08:52.713Z', '2024-02-29 23:59:59+15:59', '1999-12-31T00:00:00.123456789-0000', '2021-07-17T21:08:52'];
+    const alphabet = '0123456789-:.TZ +';
+    let seed = 7;
+    const rand = (n: number) => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed % n; };
+    let accepted = 0;
+    for (let k = 0; k < 20000; k++) {
+      let s = seeds[rand(seeds.length)]!;
+      for (let m = 1 + rand(2); m > 0; m--) {
+        const at = rand(s.length + 1);
+        const op = rand(3);
+        const c = alphabet[rand(alphabet.length)]!;
+        s = op === 0 ? s.slice(0, at) + c + s.slice(at + 1) : op === 1 ? s.slice(0, at) + c + s.slice(at) : s.slice(0, at) + s.slice(at + 1);
+      }
+      const expected = reference(s);
+      if (expected) accepted++;
+      expect(isDateTime(s), s).to.equal(expected);
+    }
+    // The mutations must exercise both answers, not only refusals.
+    expect(accepted).to.be.above(1000);
+  });
+});
+
+describe('isTimeZone', () => {
+  it('gives the same answer the first time and every time after (valid names are remembered)', () => {
+    const cases: [string, boolean][] = [
+      ['Europe/Vienna', true], ['UTC', true], ['America/Argentina/Buenos_Aires', true], ['europe/vienna', true],
+      ['MiddleEarth/Gondor', false], ['+01:00', false], ['', false], ['Europe/Vienna ', false], ['Europe', false],
+    ];
+    for (let round = 0; round < 3; round++) {
+      for (const [name, valid] of cases) expect(isTimeZone(name), `${name} (round ${round})`).to.equal(valid);
+    }
+  });
+});
