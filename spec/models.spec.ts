@@ -1,34 +1,6 @@
 /** The value rules of the model registry (lib/models.ts): Sentry's date-times and time zones. */
 import { expect } from 'chai';
-import { Readable, finished } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import pg from 'pg';
-import { createUserFilter, parseUsernameList, scopeRecord, type FlowItem, type ScopedRecord } from '../lib/filter-users.js';
-import { createModelMapper, mapRecord, stagedValues, type FilteredMarker, type StagedRow } from '../lib/map-models.js';
-import { isDateTime, isTimeZone, STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';
-import { CopyText } from '../lib/copy-text.js';
-import { createPgSink } from '../lib/pg-sink.js';
-import type { TraceEvent } from '../lib/trace.js';
-import { copyLine, copyValue } from './helpers/copy-oracle.js';
-import type { RawRecord } from '../lib/tokenize.js';
-import { collect, collectError } from './helpers/streams.js';
-import { optionErrorOf } from './helpers/options.js';
-import { streamCompliance } from './helpers/compliance.js';
-import { freshDatabase, type TestDb } from './helpers/db.js';
-import { user, useroption } from './helpers/exports.js';
-import { reached } from './helpers/moments.js';
-
-const pos = { offset: 10, line: 2, column: 3, length: 50 };
-/** A full valid auth_user row (Sentry's tables have no database defaults for most columns). */
-const INSERT_USER = `INSERT INTO auth_user (password, username, first_name, email, is_staff, is_active, is_superuser, is_managed,
-  is_password_expired, flags, date_joined) VALUES ('x', $1, '', '', false, true, false, false, false, 0, now())`;
-const raw = (ordinal: number, value: unknown): RawRecord => ({ ordinal, ...pos, value: value as Record<string, unknown> });
-const objects = <T>(items: T[]) => Readable.from(items, { objectMode: true });
-/** The item as a staged row; fails the test when it is anything else. */
-function asRow(item: StagedRow | FilteredMarker): StagedRow {
-  if (item.kind !== 'row') throw new Error(`expected a row, got ${item.kind}`);
-  return item;
-}
+import { isDateTime, isTimeZone } from '../lib/models.js';
 
 describe('isDateTime', () => {
   it('accepts the ISO-8601 shapes PostgreSQL stores and refuses the rest', () => {
