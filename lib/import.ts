@@ -96,7 +96,8 @@ export interface ImportOptions {
    * Import a file again although an earlier import of the same file (size and fingerprint) and
    * options finished. Without it, an atomic import of such a file changes nothing and resolves to
    * that import's summary with `state: 'already-done'` (as a finished resumable import does): a
-   * second import would give every user a renamed copy. @default false
+   * second import would give every user a renamed copy. Atomic imports only: a resumable import is
+   * imported again under a new `importId`. @default false
    */
   allowReimport?: boolean;
   /** Commit in batches with checkpoints; re-running with the same `importId` resumes. @default false */
@@ -107,7 +108,7 @@ export interface ImportOptions {
    * else a new UUID
    */
   importId?: string;
-  /** Rows per committed batch in resumable mode. @default 20000 */
+  /** Rows per committed batch; needs `resumable` (an atomic import commits once). @default 20000 */
   batchRows?: number;
   /** Write records that fail validation here (JSON lines) instead of aborting. */
   rejectsFile?: string;

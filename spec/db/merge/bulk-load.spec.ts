@@ -233,7 +233,7 @@ describe('bulk load into empty target tables', function () {
   it('the CLI: --bulk-load is checked before any database work, and every bulk statement has a plan without a nested loop over a scan', async () => {
     const bad = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--bulk-load', 'sometimes', '--database-url', 'postgresql://nobody@127.0.0.1:1/none'], { encoding: 'utf8' });
     expect(bad.status).to.equal(2);
-    expect(bad.stderr).to.contain('--bulk-load must be auto or off, got "sometimes"');
+    expect(bad.stderr).to.contain('--bulk-load must be "auto" or "off", got a string ("sometimes")');
 
     const db = await freshDatabase();
     const offDb = await freshDatabase();

@@ -80,7 +80,7 @@ describe('other writers during the import (issue #25)', function () {
       const address = await writer(db);
       await address.query(`INSERT INTO sentry_email (email, date_added) VALUES ('u4@example.com', now())`);
       let settled = false;
-      const run = importUsers({ source: file, databaseUrl: db.url, resumable: mode === 'resumable', batchRows: 4 })
+      const run = importUsers({ source: file, databaseUrl: db.url, resumable: mode === 'resumable', ...(mode === 'resumable' ? { batchRows: 4 } : {}) })
         .finally(() => { settled = true; });
       try {
         await reached('the import waits on the new user u3', () => importWaits(db, /INSERT INTO auth_user/), () => settled);
@@ -124,7 +124,7 @@ describe('other writers during the import (issue #25)', function () {
           await c.end();
         }
       });
-      const s = await importUsers({ source: file, databaseUrl: db.url, resumable: mode === 'resumable', batchRows: 20 }).finally(() => { done = true; });
+      const s = await importUsers({ source: file, databaseUrl: db.url, resumable: mode === 'resumable', ...(mode === 'resumable' ? { batchRows: 20 } : {}) }).finally(() => { done = true; });
       await Promise.all(writers);
       expect(s.models['sentry.user']!.inserted, `run ${i} (${mode})`).to.equal(30);
       expectCounted(s, await written(db, s.importId));
