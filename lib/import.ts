@@ -18,7 +18,7 @@ import {
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
 import { ErrorCodes, opt, OptionError, sayWording, UserportError, wording, wrapDbError, type Wording } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
-import { fieldLimits, modelInfo, skipReason, type ImportScope } from './models.js';
+import { fieldLimits, modelInfo, skippedReasons, type ImportScope } from './models.js';
 import { isImportScope } from './filter-users.js';
 import { checkImportFiles, fingerprint, isRegularFile, openSource } from './source.js';
 import type { MappedItem } from './map-models.js';
@@ -220,12 +220,6 @@ export function checkImportOptions(o: ImportOptions): void {
   }
   if (o.resumable && o.dryRun) refuse(wording`${opt('resumable')} and ${opt('dryRun')} cannot be combined (a dry run commits nothing to resume)`, 'dryRun');
   if (o.explain && o.onTrace === undefined) refuse(wording`${opt('explain')} needs ${opt('onTrace')} (the plans are told to it)`, 'explain');
-}
-
-/** The reasons of the skipped models that have one, and the scope when it is not `users`. */
-function skippedReasons(skipped: Record<string, number>, scope: ImportScope): Pick<ImportSummary, 'skippedReasons' | 'scope'> {
-  const reasons = Object.fromEntries(Object.keys(skipped).map((m) => [m, skipReason(m, scope)]).filter(([, r]) => r !== undefined)) as Record<string, string>;
-  return { ...(Object.keys(reasons).length ? { skippedReasons: reasons } : {}), ...(scope !== 'users' ? { scope } : {}) };
 }
 
 /**

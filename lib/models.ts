@@ -290,6 +290,15 @@ export function skipReason(model: string, scope: ImportScope): string | undefine
   return NEEDS_ORGANISATIONS[model];
 }
 
+/**
+ * The summary's reasons of the skipped models (`skipped`: model -> count) that have one
+ * ({@link skipReason}), and the scope when it is not `users`.
+ */
+export function skippedReasons(skipped: Record<string, number>, scope: ImportScope): { skippedReasons?: Record<string, string>; scope?: Exclude<ImportScope, 'users'> } {
+  const reasons = Object.fromEntries(Object.keys(skipped).map((m) => [m, skipReason(m, scope)]).filter(([, r]) => r !== undefined)) as Record<string, string>;
+  return { ...(Object.keys(reasons).length ? { skippedReasons: reasons } : {}), ...(scope !== 'users' ? { scope } : {}) };
+}
+
 /** Models of Sentry's global scope that hang on organisation data userport does not import. */
 const NEEDS_ORGANISATIONS: Record<string, string> = {
   'sentry.authidentity': 'needs its sentry.authprovider, organisation data userport does not import',
