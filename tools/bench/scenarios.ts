@@ -23,6 +23,7 @@ import { dumpTables, IMPORTED_TABLES, loadTables, maxIds } from './copy-floor.js
 import { countRows, databaseUrl, dropDatabase, freshDatabase, withClient } from './databases.js';
 import { isSkipped, SCENARIOS, type Check, type CopyFloorMeasurement, type ImportMeasurement, type ScenarioName, type ScenarioResult, type Skipped } from './results.js';
 import { reverseExport } from './reverse.js';
+import type { GenerateCounts } from '../generate.js';
 
 export interface ScenarioContext {
   serverUrl: string;
@@ -354,38 +355,54 @@ async function freshSentryInstall(ctx: ScenarioContext, name: string, dir: strin
   return url;
 }
 
+/** What differs between the two scenarios into a new Sentry 2026 holding its admin (f and g). */
+interface FreshSentryRun {
+  name: 'fresh-sentry' | 'global-restore';
+  /** Share of users with an authenticator and, independently, a user IP. @default the generator's */
+  outOfScopeRate?: number;
+  scope?: 'global';
+  /** The tables written, dumped for the floor and counted. */
+  tables: readonly string[];
+  /** The tables whose row counts are checked, with what each must hold. */
+  want: (gen: { counts: GenerateCounts }) => Record<string, number>;
+  /** What the row checks say they count. */
+  what: string;
+  details?: Record<string, unknown>;
+}
+
 /**
- * f: the realistic migration, a generated export into a new Sentry 2026 (its real schema, from
- * the shared fixtures) that holds its first admin: never the empty-target path. Its COPY floor
- * loads the rows that import added into a second such install.
+ * A generated export into a new Sentry 2026 (its real schema, from the shared fixtures) that
+ * holds its first admin, timed against its COPY floor: the rows the import added, loaded into a
+ * second such install. The admin's few rows take the bulk path, decided against.
  */
-async function freshSentry(ctx: ScenarioContext): Promise<ScenarioResult> {
+async function intoFreshSentry(ctx: ScenarioContext, run: FreshSentryRun): Promise<ScenarioResult> {
   const fixtures = sentrySchemas();
-  const file = path.join(ctx.workDir, 'scenario-fresh-sentry.json');
-  if ('skipped' in fixtures) return result('fresh-sentry', ctx.users, 0, 0, fixtures, fixtures, {}, []);
-  ctx.log(`scenario fresh-sentry: generating ${ctx.users} users`);
-  const gen = await generateExport(file, { users: ctx.users, seed: ctx.seed });
-  const db = `bench_sc_fresh_${ctx.tag}`;
-  const floorDb = `bench_sc_fresh_floor_${ctx.tag}`;
-  const dir = path.join(ctx.workDir, 'copy-fresh-sentry');
-  // Sentry 2026 has no sentry_email: its rows are dropped, the other four tables written.
-  const tables = IMPORTED_TABLES.filter((t) => t !== 'sentry_email');
+  const file = path.join(ctx.workDir, `scenario-${run.name}.json`);
+  if ('skipped' in fixtures) return result(run.name, ctx.users, 0, 0, fixtures, fixtures, {}, []);
+  ctx.log(`scenario ${run.name}: generating ${ctx.users} users`);
+  const gen = await generateExport(file, { users: ctx.users, seed: ctx.seed, ...(run.outOfScopeRate !== undefined ? { outOfScopeRate: run.outOfScopeRate } : {}) });
+  const tag = run.name === 'fresh-sentry' ? 'fresh' : 'global';
+  const db = `bench_sc_${tag}_${ctx.tag}`;
+  const floorDb = `bench_sc_${tag}_floor_${ctx.tag}`;
+  const dir = path.join(ctx.workDir, `copy-${run.name}`);
   const checks: Check[] = [];
   let copyFloor: CopyFloorMeasurement | Skipped = { skipped: 'needs the rows of the userport import' };
   let userport: ImportMeasurement | Skipped;
   try {
     const url = await freshSentryInstall(ctx, db, fixtures.dir);
     const floorUrl = await freshSentryInstall(ctx, floorDb, fixtures.dir);
-    const before = await maxIds(url, tables);
-    ctx.log('scenario fresh-sentry: userport import');
-    userport = await runImport(ctx.runner, file, url, { records: gen.records, bytes: gen.counts.bytes, ...(ctx.timeoutSeconds ? { timeoutSeconds: ctx.timeoutSeconds } : {}) });
+    const before = await maxIds(url, run.tables);
+    ctx.log(`scenario ${run.name}: userport import ${run.scope ?? 'users'}`);
+    // Counted: the tables written and the user scope's five (a table the generation lacks counts 0).
+    const counted = [...new Set([...IMPORTED_TABLES, ...run.tables])];
+    userport = await runImport(ctx.runner, file, url, { records: gen.records, bytes: gen.counts.bytes, tables: counted,
+      ...(run.scope ? { scope: run.scope } : {}), ...(ctx.timeoutSeconds ? { timeoutSeconds: ctx.timeoutSeconds } : {}) });
     if (!isSkipped(userport)) {
-      ctx.log('scenario fresh-sentry: COPY floor');
-      copyFloor = floorOf(await loadTables(floorUrl, await dumpTables(url, dir, tables, before)), gen.records);
-      const exp = expectedRows(gen.counts);
-      const want = Object.fromEntries(IMPORTED_TABLES.map((t) => [t, t === 'sentry_email' ? 0 : exp[t]! + (t === 'auth_user' || t === 'sentry_useremail' ? 1 : 0)]));
-      for (const t of IMPORTED_TABLES) checks.push(countsCheck(`${t} rows (the export's and the admin's; no sentry_email in Sentry 2026)`, want[t], userport.rows[t]));
-      checks.push(countsCheck('COPY floor rows equal userport rows', userport.rows, await countRows(floorUrl, IMPORTED_TABLES)));
+      ctx.log(`scenario ${run.name}: COPY floor`);
+      copyFloor = floorOf(await loadTables(floorUrl, await dumpTables(url, dir, run.tables, before)), gen.records);
+      const want = run.want(gen);
+      for (const [t, n] of Object.entries(want)) checks.push(countsCheck(`${t} rows (${run.what})`, n, userport.rows[t]));
+      checks.push(countsCheck('COPY floor rows equal userport rows', userport.rows, await countRows(floorUrl, counted)));
       // The admin's few rows: the bulk path, deciding against them.
       checks.push(countsCheck('the bulk path over the admin\'s rows', true, (userport.summary as { bulkLoad?: boolean } | null)?.bulkLoad ?? false));
     } else checks.push(countsCheck('userport import finished', 'finished', userport.skipped));
@@ -397,61 +414,45 @@ async function freshSentry(ctx: ScenarioContext): Promise<ScenarioResult> {
       await dropDatabase(ctx.serverUrl, floorDb);
     }
   }
-  return result('fresh-sentry', ctx.users, gen.records, gen.counts.bytes, userport, copyFloor, {}, checks);
+  return result(run.name, ctx.users, gen.records, gen.counts.bytes, userport, copyFloor, run.details ?? {}, checks);
 }
 
-/**
- * g: issue #22's restore: `import global` of a generated export in which 30% of the users have
- * a two-factor authenticator and 30% a user IP, into a new Sentry 2026 holding its admin.
- * Passwords are kept, so no lost-password hash is written. Its COPY floor loads the same rows
- * (users, emails, options, authenticators, IPs) into a second such install.
- */
-async function globalRestore(ctx: ScenarioContext): Promise<ScenarioResult> {
-  const fixtures = sentrySchemas();
-  const file = path.join(ctx.workDir, 'scenario-global-restore.json');
-  if ('skipped' in fixtures) return result('global-restore', ctx.users, 0, 0, fixtures, fixtures, {}, []);
-  ctx.log(`scenario global-restore: generating ${ctx.users} users, 30% with 2FA`);
-  const gen = await generateExport(file, { users: ctx.users, seed: ctx.seed, outOfScopeRate: GLOBAL_2FA_RATE });
-  const db = `bench_sc_global_${ctx.tag}`;
-  const floorDb = `bench_sc_global_floor_${ctx.tag}`;
-  const dir = path.join(ctx.workDir, 'copy-global-restore');
-  const tables = [...IMPORTED_TABLES.filter((t) => t !== 'sentry_email'), 'auth_authenticator', 'sentry_userip'];
-  const checks: Check[] = [];
-  let copyFloor: CopyFloorMeasurement | Skipped = { skipped: 'needs the rows of the userport import' };
-  let userport: ImportMeasurement | Skipped;
-  try {
-    const url = await freshSentryInstall(ctx, db, fixtures.dir);
-    const floorUrl = await freshSentryInstall(ctx, floorDb, fixtures.dir);
-    const before = await maxIds(url, tables);
-    ctx.log('scenario global-restore: userport import global');
-    userport = await runImport(ctx.runner, file, url, { records: gen.records, bytes: gen.counts.bytes, scope: 'global', tables,
-      ...(ctx.timeoutSeconds ? { timeoutSeconds: ctx.timeoutSeconds } : {}) });
-    if (!isSkipped(userport)) {
-      ctx.log('scenario global-restore: COPY floor');
-      copyFloor = floorOf(await loadTables(floorUrl, await dumpTables(url, dir, tables, before)), gen.records);
+/** f: the realistic migration, into a new Sentry 2026 holding its first admin (no sentry_email there). */
+function freshSentry(ctx: ScenarioContext): Promise<ScenarioResult> {
+  return intoFreshSentry(ctx, {
+    name: 'fresh-sentry',
+    tables: IMPORTED_TABLES.filter((t) => t !== 'sentry_email'),
+    what: 'the export\'s and the admin\'s; no sentry_email in Sentry 2026',
+    want: (gen) => {
       const exp = expectedRows(gen.counts);
-      const r = gen.counts.records;
-      const want: Record<string, number> = {
-        auth_user: exp.auth_user! + 1, sentry_useremail: exp.sentry_useremail! + 1, sentry_useroption: exp.sentry_useroption!,
-        // Global keeps the passwords: a lost-password hash only for the users exported unclaimed.
-        sentry_lostpasswordhash: gen.counts.unclaimedUsers, auth_authenticator: r['sentry.authenticator'] ?? 0, sentry_userip: r['sentry.userip'] ?? 0,
-      };
-      for (const t of tables) checks.push(countsCheck(`${t} rows (the export's and the admin's)`, want[t], userport.rows[t]));
-      checks.push(countsCheck('COPY floor rows equal userport rows', userport.rows, await countRows(floorUrl, tables)));
-    } else checks.push(countsCheck('userport import finished', 'finished', userport.skipped));
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-    if (!ctx.keep) {
-      fs.rmSync(file, { force: true });
-      await dropDatabase(ctx.serverUrl, db);
-      await dropDatabase(ctx.serverUrl, floorDb);
-    }
-  }
-  return result('global-restore', ctx.users, gen.records, gen.counts.bytes, userport, copyFloor, { twoFactorRate: GLOBAL_2FA_RATE }, checks);
+      return Object.fromEntries(IMPORTED_TABLES.map((t) => [t, t === 'sentry_email' ? 0 : exp[t]! + (t === 'auth_user' || t === 'sentry_useremail' ? 1 : 0)]));
+    },
+  });
 }
 
 /** Share of users with a two-factor authenticator (and, independently, a user IP) in scenario g. */
 const GLOBAL_2FA_RATE = 0.3;
+
+/**
+ * g: issue #22's restore: `import global` of an export in which 30% of the users have a
+ * two-factor authenticator and 30% a user IP, into a new Sentry 2026 holding its admin. Passwords
+ * are kept: a lost-password hash only for the users exported unclaimed.
+ */
+function globalRestore(ctx: ScenarioContext): Promise<ScenarioResult> {
+  return intoFreshSentry(ctx, {
+    name: 'global-restore', outOfScopeRate: GLOBAL_2FA_RATE, scope: 'global', details: { twoFactorRate: GLOBAL_2FA_RATE },
+    tables: [...IMPORTED_TABLES.filter((t) => t !== 'sentry_email'), 'auth_authenticator', 'sentry_userip'],
+    what: 'the export\'s and the admin\'s',
+    want: (gen) => {
+      const exp = expectedRows(gen.counts);
+      const r = gen.counts.records;
+      return {
+        auth_user: exp.auth_user! + 1, sentry_useremail: exp.sentry_useremail! + 1, sentry_useroption: exp.sentry_useroption!,
+        sentry_lostpasswordhash: gen.counts.unclaimedUsers, auth_authenticator: r['sentry.authenticator'] ?? 0, sentry_userip: r['sentry.userip'] ?? 0,
+      };
+    },
+  });
+}
 
 const RUNNERS: Record<ScenarioName, (ctx: ScenarioContext) => Promise<ScenarioResult>> = {
   resume, existing, collisions, reverse, filter, 'fresh-sentry': freshSentry, 'global-restore': globalRestore,

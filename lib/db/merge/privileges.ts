@@ -92,6 +92,15 @@ async function checkIdRoom(q: Q, table: string, count: number, limit: number | b
   }
 }
 
+/**
+ * Inserts from `from` the columns of `value` (column -> SQL) that this generation's table has
+ * (API tokens gained their hashed columns and names in 2023), in source pk order.
+ */
+async function insertColumns(q: Q, target: { table: string; columns: Set<string> }, value: Record<string, string>, from: string): Promise<number> {
+  const cols = Object.keys(value).filter((c) => target.columns.has(c));
+  return (await q(`INSERT INTO ${target.table} (${cols.join(', ')}) SELECT ${cols.map((c) => value[c]).join(', ')} FROM ${from} ORDER BY src_pk`)).rowCount ?? 0;
+}
+
 const APP_BOUND = 'bound to an API application: sentry.apiapplication is organisation data, which userport does not import';
 
 /**
@@ -223,9 +232,7 @@ export async function mergePrivileges(q: Q, S: string, options: PrivilegesStepOp
       hashed_refresh_token: `CASE WHEN refresh IS NOT NULL THEN encode(sha256(convert_to(refresh, 'UTF8')), 'hex') END`,
       expires_at: 'expires', date_added: `coalesce((x->>'date_added')::timestamptz, now())`, application_id: 'NULL', user_id: 'target_id',
     };
-    const cols = Object.keys(value).filter((c) => T.columns.has(c));
-    tokensInserted = (await q(`
-      INSERT INTO ${T.table} (${cols.join(', ')}) SELECT ${cols.map((c) => value[c]).join(', ')} FROM up_token_new ORDER BY src_pk`)).rowCount ?? 0;
+    tokensInserted = await insertColumns(q, T, value, 'up_token_new');
     const regen = await q(`
       INSERT INTO userport.findings (run, kind, model, source_pk, ordinal, byte_offset, reason)
       SELECT $1, 'changed', 'sentry.apitoken', src_pk, ord, off,
@@ -247,10 +254,7 @@ export async function mergePrivileges(q: Q, S: string, options: PrivilegesStepOp
       scopes: `coalesce((x->>'scopes')::bigint, 0)`, scope_list: textArray(`x->'scope_list'`),
       date_added: `coalesce((x->>'date_added')::timestamptz, now())`, organization_id: 'NULL', application_id: 'NULL', user_id: 'target_id',
     };
-    const cols = Object.keys(value).filter((c) => Z.columns.has(c));
-    authzInserted = (await q(`
-      INSERT INTO ${Z.table} (${cols.join(', ')}) SELECT ${cols.map((c) => value[c]).join(', ')}
-      FROM up_authz WHERE outcome = 'insert' ORDER BY src_pk`)).rowCount ?? 0;
+    authzInserted = await insertColumns(q, Z, value, `up_authz WHERE outcome = 'insert'`);
   }
   out.push({ table: 'up_authz', model: 'sentry.apiauthorization', inserted: authzInserted });
   return out;
