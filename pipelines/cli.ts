@@ -10,7 +10,7 @@ import { defaultEmbeddedDir, startEmbedded, stopEmbedded } from '../lib/db/embed
 import { checkDatabaseUrl, createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
 import { ErrorCodes, OptionError, ParseError, printable, UserportError } from '../lib/errors.js';
 import { parseUsernameList } from '../lib/filter-users.js';
-import { IMPORT_SCOPES, type ImportScope } from '../lib/models.js';
+import { IMPORT_SCOPES, scopeModels, type ImportScope } from '../lib/models.js';
 import { keyUnwrapperFromOptions } from './key-options.js';
 import { checkImportOptions, importUsers, type ImportOptions, type Progress } from '../lib/import.js';
 import { dropImport, listImports, type ImportListing } from '../lib/db/imports.js';
@@ -330,15 +330,16 @@ const LABELS: Record<(typeof COLUMNS)[number], string> = {
   filtered: 'filtered', dropped: 'dropped', rejected: 'rejected',
 };
 
-const PRIVILEGE_ORDER = ['sentry.userpermission', 'sentry.userrole', 'sentry.userroleuser', 'sentry.authenticator', 'sentry.userip',
-  'sentry.apitoken', 'sentry.apiauthorization'];
+
 
 /** The outcomes shown for the config and global scopes' models, one row per model (80 columns). */
 const PRIVILEGE_COLUMNS = ['read', 'inserted', 'existing', 'merged', 'filtered', 'dropped', 'rejected'] as const;
 
 /** The config and global scopes' models, one row each, or nothing in user scope. */
 function privilegeTable(s: ImportSummary): string[] {
-  const rank = (m: string) => { const i = PRIVILEGE_ORDER.indexOf(m); return i < 0 ? PRIVILEGE_ORDER.length : i; };
+  // The config and global scopes' models in the registry's order (read here, not at start-up).
+  const order = scopeModels('global').filter((m) => m.mapping.scope !== 'user').map((m) => m.name);
+  const rank = (m: string) => { const i = order.indexOf(m); return i < 0 ? order.length : i; };
   const models = Object.keys(s.models).filter((m) => !MODEL_ORDER.includes(m)).sort((a, b) => rank(a) - rank(b));
   if (!models.length) return [];
   const table = [['', ...PRIVILEGE_COLUMNS], ...models.map((m) => {

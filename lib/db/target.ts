@@ -172,7 +172,7 @@ async function valueEncoding(c: pg.ClientBase, column: TargetColumn, table: stri
   }
   if (south) return { encoding: 'pickle', evidence: 'a South-era Sentry (south_migrationhistory, before Django migrations)' };
   // No migration history at all (a hand-made copy): what a stored value looks like.
-  const sample = await c.query(`SELECT ${column.name === 'value' ? 'value' : 'config'} AS v FROM ${table} WHERE ${column.name} IS NOT NULL LIMIT 1`);
+  const sample = await c.query(`SELECT ${column.name} AS v FROM ${table} WHERE ${column.name} IS NOT NULL LIMIT 1`);
   const v = sample.rows[0]?.v as string | undefined;
   if (v !== undefined && /^gA[IJKLMN][A-Za-z0-9+/]*={0,2}$/.test(v)) return { encoding: 'pickle', evidence: 'stored values are base64 pickles' };
   return { encoding: 'json-text', evidence: v === undefined ? 'no migration history and no stored value: JSON text assumed' : 'stored values are JSON text' };

@@ -278,7 +278,7 @@ async function mergeChildren(q: Q, S: string, options: MergeOptions, plan: Write
              WHEN user_keep IS NULL THEN 'user not in the export'
              WHEN user_kind = 'merged' THEN 'user merged into an existing user' ${specificReason} END AS reason
       FROM (
-        SELECT s.src_pk, s.ord, s.off, s.user_pk, s.username, s.email, s.opt_key, s.opt_value, s.project_id, s.organization_id, s.extra,
+        SELECT s.src_pk, s.ord, s.off, s.user_pk, s.username, s.email, s.opt_key, s.opt_value, s.project_id, s.organization_id, s.extra::jsonb AS x,
           m.target_id, m.kind AS user_kind, m.keep AS user_keep,
           -- REJECTED_USER_CODE: the pk of a rejected user, staged so its rows say so.
           ${anyRejected ? `EXISTS (SELECT 1 FROM ${S} r WHERE r.run = $1 AND r.model = ${REJECTED_USER_CODE} AND r.src_pk = s.user_pk)` : 'false'} AS user_rejected,
@@ -313,8 +313,8 @@ async function mergeChildren(q: Q, S: string, options: MergeOptions, plan: Write
   // Global scope keeps the verification state (Sentry's UserEmail normalize: `scope != Global`
   // resets it); the others reset it: a new 32-character hash, now, unverified.
   const verification = plan.scope === 'global'
-    ? `coalesce(extra::jsonb->>'validation_hash', replace(gen_random_uuid()::text, '-', '')),
-       coalesce((extra::jsonb->>'date_hash_added')::timestamptz, now()), coalesce((extra::jsonb->>'is_verified')::boolean, false)`
+    ? `coalesce(x->>'validation_hash', replace(gen_random_uuid()::text, '-', '')),
+       coalesce((x->>'date_hash_added')::timestamptz, now()), coalesce((x->>'is_verified')::boolean, false)`
     : `replace(gen_random_uuid()::text, '-', ''), now(), false`;
   const userEmails = await decideAndInsert('up_ue', C.userEmail, UE, `
     INSERT INTO ${UE} (user_id, email, validation_hash, date_hash_added, is_verified)

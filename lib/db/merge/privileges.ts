@@ -103,6 +103,12 @@ async function insertColumns(q: Q, target: { table: string; columns: Set<string>
 
 const APP_BOUND = 'bound to an API application: sentry.apiapplication is organisation data, which userport does not import';
 
+/** The rules of API tokens and authorizations: only personal ones (no application, no organization) are imported. */
+const PERSONAL_ONLY: Rule[] = [
+  { when: `(x->>'application') IS NOT NULL`, outcome: 'dropped', reason: APP_BOUND },
+  { when: 'organization_id IS NOT NULL', outcome: 'dropped', reason: 'scoped to an organization, which userport does not import' },
+];
+
 /**
  * Steps of the config and global scopes, after the users' step. Returns the decision tables for
  * the findings step, with what each inserted. Adds the roles' `existing`/`overwritten` counts and
@@ -204,10 +210,7 @@ export async function mergePrivileges(q: Q, S: string, options: PrivilegesStepOp
   // an existing row (or an earlier row of the export) has gets new values, as Sentry's
   // ApiToken.write_relocation_import does; hashes and last characters follow the token.
   const T = P.token;
-  await decideRows(q, S, o, 'up_token', C.token, T?.table, 'sentry_apitoken', [
-    { when: `(x->>'application') IS NOT NULL`, outcome: 'dropped', reason: APP_BOUND },
-    { when: 'organization_id IS NOT NULL', outcome: 'dropped', reason: 'scoped to an organization, which userport does not import' },
-  ]);
+  await decideRows(q, S, o, 'up_token', C.token, T?.table, 'sentry_apitoken', PERSONAL_ONLY);
   let tokensInserted = 0;
   if (T) {
     const prefix = T.tokenWidth >= 71 ? `CASE WHEN x->>'token' LIKE 'sntryu\\_%' THEN 'sntryu_' ELSE '' END || ` : '';
@@ -244,10 +247,7 @@ export async function mergePrivileges(q: Q, S: string, options: PrivilegesStepOp
 
   // User-level authorizations (no application).
   const Z = P.authorization;
-  await decideRows(q, S, o, 'up_authz', C.authorization, Z?.table, 'sentry_apiauthorization', [
-    { when: `(x->>'application') IS NOT NULL`, outcome: 'dropped', reason: APP_BOUND },
-    { when: 'organization_id IS NOT NULL', outcome: 'dropped', reason: 'scoped to an organization, which userport does not import' },
-  ]);
+  await decideRows(q, S, o, 'up_authz', C.authorization, Z?.table, 'sentry_apiauthorization', PERSONAL_ONLY);
   let authzInserted = 0;
   if (Z) {
     const value: Record<string, string> = {
