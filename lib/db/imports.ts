@@ -338,7 +338,7 @@ export async function dropImport(databaseUrl: string, importId: string): Promise
       }
       const staged = await trx.raw('DELETE FROM userport.stage WHERE run = ?', [row.run]);
       await trx.raw('DELETE FROM userport.findings WHERE run = ?', [row.run]);
-      await trx.raw('DELETE FROM userport.pk_map WHERE run = ?', [row.run]);
+      await trx.raw('DELETE FROM userport.pk_ranges WHERE run = ?', [row.run]);
       await trx.raw('DELETE FROM userport.imports WHERE run = ?', [row.run]);
       return { id: importId, state: row.state === 'failed' ? 'failed' : 'interrupted', stagedRows: staged.rowCount ?? 0 };
     });

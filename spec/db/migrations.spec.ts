@@ -20,7 +20,7 @@ describe('migrations', () => {
     expect(await migrate(db.knex)).to.deep.equal([]);
     expect(await isMigrated(db.knex)).to.equal(true);
     expect(await tablesIn(db, 'userport')).to.deep.equal(
-      ['created_sentry_tables', 'findings', 'imports', 'knex_migrations', 'knex_migrations_lock', 'pk_map', 'stage']);
+      ['created_sentry_tables', 'findings', 'imports', 'knex_migrations', 'knex_migrations_lock', 'pk_map', 'pk_ranges', 'stage']);
   });
 
   it('creates Sentry\'s user tables of one generation in a bare database, and nothing else beside them', async () => {

@@ -52,7 +52,7 @@ export const FILTER_NAMES = 10_000;
  */
 export const RESUME_KILL_ON = /^\[sql \d+ ms\] (?:WITH ins AS \( )?INSERT INTO sentry_email\b/m;
 
-const ALL_TABLES_ANALYZED = [...IMPORTED_TABLES, 'userport.pk_map'] as const;
+const ALL_TABLES_ANALYZED = [...IMPORTED_TABLES, 'userport.pk_ranges'] as const;
 
 function ratio(a: { seconds: number } | Skipped, b: { seconds: number } | Skipped): number | null {
   return isSkipped(a) || isSkipped(b) ? null : a.seconds / b.seconds;

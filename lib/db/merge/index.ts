@@ -24,7 +24,7 @@ import { enterBulkLoad } from './bulk-load.js';
 import { refuseDuplicatePks, resolveNaturalKeys } from './checks.js';
 import { EARLY_SAVEPOINT, type EarlyUsers, type UsersStep } from './early.js';
 import { writePlan, type WritePlan } from './plan.js';
-import { modelCodes, openMerge, runner, type Q } from './run.js';
+import { insertPkRanges, modelCodes, openMerge, runner, type Q } from './run.js';
 import { mergeUsers } from './users.js';
 import { mergePrivileges } from './privileges.js';
 
@@ -236,12 +236,16 @@ async function mergeEmails(q: Q, S: string, options: MergeOptions, plan: WritePl
     INSERT INTO up_email_new SELECT id, le FROM ins`);
   await q(`ANALYZE ${E}`);
   await q('ANALYZE up_email_new');
-  await q(`
-    INSERT INTO userport.pk_map (run, model, source_pk, target_id, kind)
-    SELECT $1, 'sentry.email', e.src_pk, se.id, CASE WHEN n.id IS NOT NULL AND e.rn = 1 THEN 'inserted' ELSE 'existing' END
-    FROM up_email e JOIN ${E} se ON lower(se.email::text) = e.le LEFT JOIN up_email_new n ON n.id = se.id
-    WHERE e.outcome IS NULL`, [run]);
-  const emailCounts = await q(`SELECT kind, count(*)::int AS n FROM userport.pk_map WHERE run = $1 AND model = 'sentry.email' GROUP BY kind`, [run]);
+  // An address this import inserted maps to its new row (the first by pk is 'inserted', later
+  // ones 'existing'); any other to the row that holds it, found by a join over the table only for
+  // those (none into an empty target).
+  await insertPkRanges(q, run, 'sentry.email', `
+    SELECT e.src_pk, n.id AS target_id, CASE WHEN e.rn = 1 THEN 'inserted' ELSE 'existing' END AS kind
+    FROM up_email e JOIN up_email_new n ON n.le = e.le WHERE e.outcome IS NULL
+    ${bulk === 'empty' ? '' : `UNION ALL
+    SELECT e.src_pk, se.id, 'existing' FROM up_email e JOIN ${E} se ON lower(se.email::text) = e.le
+    WHERE e.outcome IS NULL AND NOT EXISTS (SELECT 1 FROM up_email_new n WHERE n.le = e.le)`}`);
+  const emailCounts = await q(`SELECT kind, sum(span)::int AS n FROM userport.pk_ranges WHERE run = $1 AND model = 'sentry.email' GROUP BY kind`, [run]);
   for (const { kind, n } of emailCounts.rows as { kind: 'inserted' | 'existing'; n: number }[]) stats.model('sentry.email')[kind] += n;
 }
 

@@ -1,0 +1,49 @@
+/**
+ * The pk map's ranges (issue #23, item 4): `insertPkRanges` stores runs of consecutive source pks
+ * mapped to consecutive ids as one row each, and the `userport.pk_map` view spells every pair
+ * out again exactly: gaps on either side, a change of kind, or a lone pair each start a range.
+ */
+import { expect } from 'chai';
+import { insertPkRanges, runner } from '../../../lib/db/merge/run.js';
+import { withDbClient } from '../../helpers/db.js';
+
+/** (src_pk, target_id, kind) triples as a VALUES query. */
+const values = (pairs: [number, number, string][]) =>
+  `SELECT * FROM (VALUES ${pairs.map(([s, t, k]) => `(${s}::bigint, ${t}::bigint, '${k}')`).join(', ')}) v(src_pk, target_id, kind)`;
+
+describe('the pk map as ranges', () => {
+  it('stores consecutive pairs as one range, breaks on every gap and change of kind, and the view gives back every pair', async () => {
+    await withDbClient(async (_db, client) => {
+      const q = runner(client);
+      const pairs: [number, number, string][] = [
+        // One range of five.
+        [1, 101, 'inserted'], [2, 102, 'inserted'], [3, 103, 'inserted'], [4, 104, 'inserted'], [5, 105, 'inserted'],
+        // A gap in the source pks, ids go on: a new range.
+        [7, 106, 'inserted'], [8, 107, 'inserted'],
+        // Source pks go on, a gap in the ids: a new range.
+        [9, 200, 'inserted'],
+        // Both go on, the kind changes: a new range.
+        [10, 201, 'existing'], [11, 202, 'existing'],
+        // Ids going down, and two source pks mapped to one id (merged users).
+        [12, 50, 'merged'], [13, 49, 'merged'], [14, 49, 'merged'],
+      ];
+      // Out of order on input: the ranges follow source pk order.
+      const shuffled = [...pairs].reverse();
+      await client.query(`INSERT INTO userport.imports (id, mode, state, source) VALUES ('ranges', 'atomic', 'running', 'spec')`);
+      const run = Number((await client.query(`SELECT run FROM userport.imports WHERE id = 'ranges'`)).rows[0].run);
+      await insertPkRanges(q, run, 'sentry.user', values(shuffled));
+      const ranges = (await client.query(`SELECT source_pk::int AS s, target_id::int AS t, span, kind FROM userport.pk_ranges WHERE run = $1 ORDER BY source_pk`, [run])).rows;
+      expect(ranges).to.deep.equal([
+        { s: 1, t: 101, span: 5, kind: 'inserted' },
+        { s: 7, t: 106, span: 2, kind: 'inserted' },
+        { s: 9, t: 200, span: 1, kind: 'inserted' },
+        { s: 10, t: 201, span: 2, kind: 'existing' },
+        { s: 12, t: 50, span: 1, kind: 'merged' },
+        { s: 13, t: 49, span: 1, kind: 'merged' },
+        { s: 14, t: 49, span: 1, kind: 'merged' },
+      ]);
+      const map = (await client.query(`SELECT source_pk::int AS s, target_id::int AS t, kind FROM userport.pk_map WHERE run = $1 AND model = 'sentry.user' ORDER BY source_pk`, [run])).rows;
+      expect(map).to.deep.equal(pairs.map(([s, t, kind]) => ({ s, t, kind })));
+    });
+  });
+});
