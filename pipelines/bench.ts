@@ -3,6 +3,7 @@
  *  [--database-url URL] [--out DIR] [--work-dir DIR] [--no-django] [--import-timeout SEC] [--collision-rate R]
  *  [--encrypted-sizes N,M] [--export] [--scenarios all|a,b,..|none] [--no-scenarios] [--scenario-users N]`
  * `npm run bench -- --parse-compare FILE|USERS`
+ * `npm run bench -- --spread DIR,DIR,DIR`
  *
  * Measures userport against the COPY floor, the bare floor, the parse floor and Django's loaddata,
  * then the scenarios of issue #11 (tools/bench/), prints a table and writes `<out>/results.json`
@@ -20,13 +21,14 @@ import { renderChart, formatTable } from '../tools/bench/report.js';
 import { DEFAULT_SCENARIO_USERS, DEFAULT_SIZES, runBench } from '../tools/bench/run.js';
 import { compareParsers, formatParseRates } from '../tools/bench/parse-compare.js';
 import { parseScenarios } from '../tools/bench/scenarios.js';
+import { formatSpread, readRuns } from '../tools/bench/spread.js';
 import { createExportGenerator } from '../tools/generate.js';
 import { exitCodeFor, formatError, parseCommand, type FlagSpecs, type FlagValues } from './cli-support.js';
 
 const SMOKE_SCENARIO_USERS = 500;
 const USAGE = `usage: npm run bench -- [--sizes ${DEFAULT_SIZES.join(',')}] [--seed N] [--keep] [--encrypted] [--smoke] ` +
   '[--database-url URL] [--out DIR] [--work-dir DIR] [--no-django] [--import-timeout SEC] [--collision-rate R] [--encrypted-sizes N,M] ' +
-  '[--export] [--scenarios all|a,b,..|none] [--no-scenarios] [--scenario-users N] [--parse-compare FILE|USERS]\n' +
+  '[--export] [--scenarios all|a,b,..|none] [--no-scenarios] [--scenario-users N] [--parse-compare FILE|USERS] [--spread DIR,DIR,..]\n' +
   `  --sizes           export sizes in users (default ${DEFAULT_SIZES.join(',')}; add 1000000 for the 1M row)\n` +
   '  --export          measure `userport export users` on every size (default: the largest size only)\n' +
   '  --scenarios       issue #11 scenarios, by letter or name (default all): a/resume (killed in the merge, stale\n' +
@@ -37,7 +39,9 @@ const USAGE = `usage: npm run bench -- [--sizes ${DEFAULT_SIZES.join(',')}] [--s
   '  --no-scenarios    the same as --scenarios none\n' +
   `  --scenario-users  users per scenario export (default ${DEFAULT_SCENARIO_USERS}; --smoke: ${SMOKE_SCENARIO_USERS})\n` +
   '  --parse-compare   FILE, or a number of users to generate: read that export with stream-json (parser +\n' +
-  '                    streamArray) and with userport\'s tokenizer, best of 3 each, print MB/s; nothing else runs';
+  '                    streamArray) and with userport\'s tokenizer, best of 3 each, print MB/s; nothing else runs\n' +
+  '  --spread          the --out folders of several runs: median and range of each ratio and peak RSS they\n' +
+  '                    share (printed, and written to spread.md in --out if given); nothing else runs';
 const SMOKE_SIZES = [500];
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -59,6 +63,7 @@ const FLAGS = {
   'no-scenarios': { type: 'boolean' },
   'scenario-users': { type: 'string' },
   'parse-compare': { type: 'string' },
+  spread: { type: 'string' },
 } as const satisfies FlagSpecs;
 type Values = FlagValues<typeof FLAGS>;
 
@@ -76,6 +81,13 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (values['parse-compare'] !== undefined) return parseCompare(values['parse-compare'], Number(values.seed ?? '1'));
+  if (values.spread !== undefined) {
+    const dirs = values.spread.split(',').map((d) => d.trim()).filter(Boolean);
+    const table = `${dirs.length} runs: ${dirs.join(', ')}\n\n${formatSpread(readRuns(dirs))}\n`;
+    process.stdout.write(table);
+    if (values.out) fs.writeFileSync(path.join(values.out, 'spread.md'), table);
+    return 0;
+  }
   let scenarios;
   try {
     scenarios = values['no-scenarios'] ? [] : parseScenarios(values.scenarios ?? 'all');

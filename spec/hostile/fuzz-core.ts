@@ -189,7 +189,7 @@ export async function fuzzStages(seed: number, iterations: number, onProgress?: 
 /** Tables an import writes to: all must be empty after a failed atomic import. */
 export const TARGET_TABLES = ['auth_user', 'sentry_email', 'sentry_useremail', 'sentry_useroption', 'sentry_lostpasswordhash'] as const;
 /** userport's own tables that a failed atomic import must not touch either. */
-export const BOOKKEEPING_TABLES = ['userport.stage', 'userport.findings', 'userport.pk_map', 'userport.imports'] as const;
+export const BOOKKEEPING_TABLES = ['userport.stage', 'userport.findings', 'userport.pk_ranges', 'userport.imports'] as const;
 
 export interface ImportFuzzReport {
   runs: number;
