@@ -13,8 +13,10 @@
  *   after that commit. The merge runs in a last transaction of its own.
  *
  * In `whole` mode one hook, `overlap`, lets work run on the connection while the input is still
- * read: the sink pauses its COPY, runs the work, spools the rows that arrive meanwhile, then COPYs
- * the spool (overlap.ts; importUsers starts the merge's users step this way: db/merge/early.ts).
+ * read: the sink pauses its COPY, runs the work, spools the rows that arrive meanwhile (those the
+ * work diverts to a side spool it writes itself), then COPYs the spool (overlap.ts; importUsers
+ * starts the merge's users step this way, and writes the new users' options straight into the
+ * target: db/merge/early.ts).
  *
  * Lifecycle as in pg-copy-streams: `_final` calls back only once the server has confirmed the
  * commit; exactly one 'finish' on success, exactly one 'error' on failure.
@@ -109,6 +111,8 @@ export function createPgSink(options: PgSinkOptions): Writable {
   let copy: CopyStream | undefined;
   let inTransaction = false;
   const pending = new CopyText();
+  // Rows the overlapped work diverts while it runs (its side spool).
+  const diverted = new CopyText();
   let batchCount = 0;
   let batchLast: MappedItem | undefined;
   const onTrace = options.onTrace;
@@ -169,6 +173,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
    */
   const drainOverlap = async () => {
     if (pending.size) await overlapping!.write(pending.take());
+    if (diverted.size) await overlapping!.writeSide(diverted.take());
     await overlapping!.drain(() => (copy = openCopy()));
     copy = undefined;
   };
@@ -215,7 +220,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
       const take = (item: MappedItem) => {
         stats.account(item);
         if (item.kind === 'row' || item.kind === 'filtered') {
-          pending.row(run, item);
+          (overlapping && item.kind === 'row' && overlap!.divert?.(item) ? diverted : pending).row(run, item);
           staged?.note(item);
         } else if (item.kind === 'reject') {
           if (!rejects) throw item.error;
@@ -248,6 +253,10 @@ export function createPgSink(options: PgSinkOptions): Writable {
             return;
           }
           if (when === 'never') asked = true;
+        }
+        if (diverted.size >= FLUSH_BYTES) {
+          overlapping!.writeSide(diverted.take()).then(() => callback(), (err: Error) => callback(err));
+          return;
         }
         if (pending.size < FLUSH_BYTES) return callback();
         (overlapping ? overlapping.write(pending.take()) : send(pending.take())).then(() => callback(), (err: Error) => callback(err));

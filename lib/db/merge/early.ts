@@ -14,7 +14,9 @@ import type { StagedFacts } from '../../staged-facts.js';
 import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
 import type { WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
-import { idSequence, openMerge, runner } from './run.js';
+import { divertsOption, writeDirectOptions } from './direct-options.js';
+import { idSequence, modelCodes, openMerge, runner } from './run.js';
+import type { StagedRow } from '../../map-models.js';
 import { mergeUsers, type UsersStepOptions, type UsersWritten } from './users.js';
 
 /** What the users' step wrote (step 2 of the merge), and how. */
@@ -26,6 +28,8 @@ export interface UsersStep extends UsersWritten {
 export interface EarlyUsers {
   readonly step: UsersStep;
   readonly sequences: readonly { seq: string; lastValue: string; isCalled: boolean; after: string }[];
+  /** Options of new users written straight into the target at the end of the input (direct-options.ts). */
+  readonly directOptions?: number;
 }
 
 export const EARLY_SAVEPOINT = 'userport_early_users';
@@ -96,12 +100,16 @@ export async function undoEarlyUsers(client: pg.ClientBase, early: EarlyUsers, t
  */
 export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, staged: StagedFacts) {
   let users: EarlyUsers | undefined;
+  const optionCode = modelCodes().userOption;
+  const optionTable = plan.userOption?.table;
   return {
     get users(): EarlyUsers | undefined { return users; },
     when(): 'now' | 'later' | 'never' {
       if (staged.usersOnly) return 'later';
       return staged.leadingUsers > 0 && staged.pksIncreasing && !staged.usersAfterOthers ? 'now' : 'never';
     },
+    // While the step runs, the options that may belong straight in wait in the side spool.
+    divert: (row: StagedRow) => optionTable !== undefined && divertsOption(row, optionCode),
     async start(client: pg.ClientBase) {
       const started = await beginEarlyUsers(client, options, plan);
       return started && {
@@ -110,6 +118,13 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           if (!staged.usersAfterOthers) return;
           await undoEarlyUsers(client, users!, options);
           users = undefined;
+        },
+        async writeDiverted(lines: () => AsyncIterable<Buffer>, stage: (lines: Buffer[]) => Promise<void>) {
+          // Only where file order is source pk order and the new users stand: else all are staged.
+          const direct = users && staged.pksIncreasing ? optionTable : undefined;
+          const done = await writeDirectOptions(client, options.run, direct, lines, stage);
+          runner(client, options).trace({ kind: 'direct-options', ...done });
+          if (users) users = { ...users, directOptions: done.written };
         },
       };
     },

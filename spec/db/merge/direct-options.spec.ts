@@ -1,0 +1,110 @@
+/**
+ * Issue #23, item 1: the options of the import's new users are decided in the client and COPYed
+ * straight into the target once the early users step is done (lib/db/merge/direct-options.ts).
+ * The result must be the merge's, to the row and the finding: options of merged, unknown or
+ * filtered users and scoped options keep their reasons; a (user, key) that comes twice makes
+ * every option go through the merge, which keeps the first by source pk.
+ */
+import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freshDatabase, type TestDb } from '../../helpers/db.js';
+import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
+import { insertUser } from '../../helpers/sentry-rows.js';
+
+const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'bin', 'userport.js');
+// Enough users that they span many read chunks: the early step starts while options are still to come.
+const USERS = 3000;
+
+/**
+ * Users 1..USERS in Sentry's order (user 5 is named `admin`, as the target's user), then their
+ * emails, options and user emails. Every user has `timezone`, every 7th `language` too; user 8 a
+ * project-scoped option; an option names user 99999, who is not in the export. `repeat` adds a
+ * second `timezone` for user 9 after all the others.
+ */
+function records(repeat: boolean): Rec[] {
+  const users: Rec[] = [];
+  const emails: Rec[] = [];
+  const options: Rec[] = [];
+  const ues: Rec[] = [];
+  let opk = 0;
+  for (let i = 1; i <= USERS; i++) {
+    users.push(user(i, i === 5 ? 'admin' : `u${i}`, { email: `u${i}@example.com` }));
+    emails.push(email(i, `u${i}@example.com`));
+    options.push(useroption(++opk, i, 'timezone', i % 2 ? 'UTC' : 'Europe/Berlin'));
+    if (i % 7 === 0) options.push(useroption(++opk, i, 'language', 'de'));
+    ues.push(useremail(i, i, `u${i}@example.com`));
+  }
+  options.push(useroption(++opk, 8, 'mail:alert', 1, { project_id: 3 }));
+  options.push(useroption(++opk, 99999, 'timezone', 'UTC'));
+  if (repeat) options.push(useroption(++opk, 9, 'timezone', 'America/New_York'));
+  return [...users, ...emails, ...options, ...ues];
+}
+
+function cli(file: string, db: TestDb, ...args: string[]) {
+  const r = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--database-url', db.url, '--no-progress', '--json', '--merge-users', ...args],
+    { encoding: 'utf8', env: { ...process.env, USERPORT_TRACE_SQL: '1' } });
+  expect(r.status, r.stderr.slice(-2000)).to.equal(0);
+  const summary = JSON.parse(r.stdout) as { models: unknown; adjacent: unknown };
+  return { stderr: r.stderr, models: summary.models, adjacent: summary.adjacent };
+}
+
+/** The rows, the options in id order (by user and key), and the findings. */
+async function outcome(db: TestDb) {
+  const q = async (sql: string) => (await db.knex.raw(sql)).rows as unknown[];
+  return {
+    tables: await tableSnapshot(db.knex),
+    optionOrder: await q(`SELECT u.username, o.key FROM sentry_useroption o JOIN auth_user u ON u.id = o.user_id ORDER BY o.id`),
+    findings: await q(`SELECT kind, model, source_pk, reason FROM userport.findings ORDER BY model, source_pk, reason`),
+  };
+}
+
+describe('the new users\' options, written straight in (issue #23)', function () {
+  this.timeout(180000);
+  const dbs: TestDb[] = [];
+  /** A new database holding the target's `admin` (a new Sentry's first user: the bulk path still applies). */
+  const target = async () => {
+    const d = await freshDatabase();
+    dbs.push(d);
+    await insertUser(d.knex, { username: 'admin', email: 'admin@example.com' });
+    return d;
+  };
+  afterEach(async () => { for (const d of dbs.splice(0)) await d.close(); });
+
+  it('writes what the merge writes, the same ids in the same order and the same findings, staging what is not plain', async () => {
+    const file = writeExport(records(false));
+    const direct = await target();
+    const merged = await target();
+    const a = cli(file, direct);
+    const b = cli(file, merged, '--bulk-load', 'off');
+    // Every option of a new user (the users but the merged admin) went straight in; the admin's,
+    // the scoped one and the unknown user's were staged.
+    const newUserOptions = USERS - 1 + Math.floor(USERS / 7);
+    expect(a.stderr).to.contain(`[direct] ${newUserOptions} options of new users written straight in, 2 staged for the merge`);
+    expect(b.stderr).to.not.contain('[direct]');
+    expect(a.models).to.deep.equal(b.models);
+    expect(a.adjacent).to.deep.equal(b.adjacent);
+    const got = await outcome(direct);
+    expect(got).to.deep.equal(await outcome(merged));
+    // The merge's reasons stand: the scoped option and the unknown user's were dropped, the
+    // merged user's options went to the user it merged into.
+    expect(got.findings.map((f) => (f as { reason: string }).reason).join('\n'))
+      .to.match(/scoped to an organization or project/).and.to.match(/user not in the export/).and.to.match(/user merged into an existing user/);
+  });
+
+  it('stages every option when a (user, key) comes twice, and the merge keeps the first by source pk', async () => {
+    const file = writeExport(records(true));
+    const direct = await target();
+    const merged = await target();
+    const a = cli(file, direct);
+    const b = cli(file, merged, '--bulk-load', 'off');
+    expect(a.stderr).to.contain('[direct] a (user, key) came twice among the new users\' options');
+    expect(a.models).to.deep.equal(b.models);
+    const got = await outcome(direct);
+    expect(got).to.deep.equal(await outcome(merged));
+    const u9 = (await direct.knex.raw(`SELECT o.value FROM sentry_useroption o JOIN auth_user u ON u.id = o.user_id WHERE u.username = 'u9' AND o.key = 'timezone'`)).rows;
+    expect(u9).to.deep.equal([{ value: 'UTC' }]);
+    expect(got.findings).to.deep.include({ kind: 'dropped', model: 'sentry.useroption', source_pk: USERS + Math.floor(USERS / 7) + 3, reason: 'duplicate (user, key): the first one wins (user pk 9)' });
+  });
+});
