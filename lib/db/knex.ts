@@ -65,17 +65,6 @@ export function checkDatabaseUrl(url: string): void {
 }
 
 /**
- * The database of an import: `databaseUrl`, or else the URL of the embedded server in
- * `embeddedDir`, started if it is not running. The embedded server's code is loaded only then: a
- * caller who gives a database URL never loads it or its package.
- */
-export async function resolveDatabaseUrl(o: { databaseUrl?: string; embeddedDir?: string }): Promise<string> {
-  if (o.databaseUrl !== undefined) return o.databaseUrl;
-  const { startEmbedded } = await import('./embedded.js');
-  return (await startEmbedded(o.embeddedDir === undefined ? {} : { dir: o.embeddedDir })).url;
-}
-
-/**
  * Session settings every userport connection runs with, whatever the database or role defaults
  * say. READ COMMITTED: the merge takes its lock and then must see what the previous merge
  * committed; under REPEATABLE READ or SERIALIZABLE its snapshot predates the lock and two imports
