@@ -7,12 +7,11 @@
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
-import { checkDatabaseUrl } from './db/knex.js';
 import { openImportDatabase, type ImportDatabase } from './db/import-database.js';
-import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isKeyUnwrapper, isNonEmptyString, isStringIterable, toStringSet, type OptionCheck } from './options.js';
+import { checkDatabaseUrl, checkOptions, describeValue, isBoolean, isFunction, isInteger, isKeyUnwrapper, isNonEmptyString, isStringIterable, toStringSet, type OptionCheck } from './options.js';
 import { describePlan, earlyUsersOverlap, mergeStaged, type MergeOptions, type MergeStep } from './db/merge/index.js';
 import {
-  commitOutcome, deleteStaged, finishImport, insertImport, markImportFailed, saveCheckpoint, startImport, unmatchedUsernames,
+  commitOutcome, finishImport, markImportFailed, saveCheckpoint, startImport, unmatchedUsernames,
 } from './db/imports.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
 import { ErrorCodes, opt, OptionError, UserportError, wording, wrapDbError, type Wording } from './errors.js';
@@ -345,16 +344,13 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     const early = earlyUsersOverlap(mergeOptions, plan, staged);
     let committing = false;
     const finalize = async (c: pg.ClientBase) => {
-      if (!o.resumable) await insertImport(c, run, mode, start.row);
       const merged = await mergeStaged(c, mergeOptions, stats, early.users);
       bulkLoaded = merged.bulkLoad;
       if (o.filterUsernames) {
         stats.unmatchedUsernames = await unmatchedUsernames(c, run, modelInfo('sentry.user')!.mapping.code, o.filterUsernames);
       }
+      await finishImport(c, run, mode, start.row, buildSummary(), stats.snapshot());
       if (o.findingsFile) await writeFindings(c, run, o.findingsFile, stats.unmatchedUsernames);
-      const summary = buildSummary();
-      if (o.resumable) await deleteStaged(c, run);
-      await finishImport(c, run, summary, stats.snapshot());
       // The sink sends COMMIT next: from here a lost connection leaves the outcome open.
       committing = !o.dryRun;
     };

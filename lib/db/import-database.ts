@@ -10,7 +10,7 @@ import pg from 'pg';
 import { UserportError, wrapDbError } from '../errors.js';
 import type { ImportScope } from '../models.js';
 import { ownerName } from './imports.js';
-import { applySessionSettings, createKnex, migrate, PG_TYPES, waitForDatabase } from './knex.js';
+import { applySessionSettings, knexOn, migrate, PG_TYPES, waitForDatabase } from './knex.js';
 import { planFor, type WritePlan } from './merge/index.js';
 
 /** An import's open database. */
@@ -35,7 +35,7 @@ export interface ImportDatabase {
  */
 export async function openImportDatabase(o: { databaseUrl?: string; embeddedDir?: string; scope: ImportScope }): Promise<ImportDatabase> {
   const url = o.databaseUrl ?? (await (await import('./embedded.js')).startEmbedded(o.embeddedDir === undefined ? {} : { dir: o.embeddedDir })).url;
-  const knex = createKnex(url, 2);
+  const knex = knexOn(url, 2);
   const client = new pg.Client({ connectionString: url, application_name: ownerName(), types: PG_TYPES });
   let clientError: Error | undefined;
   // A dead server makes pg emit 'error' on the client: without a listener the process would crash.
