@@ -1,8 +1,9 @@
 /**
  * `importUsers`: the whole job, wired with `await pipeline(...)`:
  * source bytes -> [decryptor] -> tokenizer + user filter + model mapper (fused) -> PostgreSQL sink.
- * Also the bookkeeping around it: the import row and resuming (SQL in db/imports.ts), the source
- * (source.ts), the findings file (findings.ts), progress and the summary.
+ * Also the bookkeeping around it: the options, checked and resolved once; the source (source.ts);
+ * the database (db/import-database.ts); the import row and resuming (SQL in db/imports.ts); the
+ * findings file (findings.ts); progress and the summary.
  */
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -11,7 +12,7 @@ import { openImportDatabase, type ImportDatabase } from './db/import-database.js
 import { checkDatabaseUrl, checkOptions, describeValue, isBoolean, isFunction, isInteger, isKeyUnwrapper, isNonEmptyString, isStringIterable, toStringSet, type OptionCheck } from './options.js';
 import { describePlan, earlyUsersOverlap, mergeStaged, type MergeOptions, type MergeStep } from './db/merge/index.js';
 import {
-  commitOutcome, finishImport, markImportFailed, saveCheckpoint, startImport, unmatchedUsernames,
+  commitOutcome, deleteStaged, finishImport, insertImport, markImportFailed, saveCheckpoint, startImport, unmatchedUsernames,
 } from './db/imports.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
 import { ErrorCodes, opt, OptionError, UserportError, wording, wrapDbError, type Wording } from './errors.js';
@@ -283,8 +284,9 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
   let run = 0;
   let progressTimer: NodeJS.Timeout | undefined;
   try {
-    db = await openImportDatabase(o);
-    const { client, plan } = db;
+    const opened = await openImportDatabase(o);
+    db = opened;
+    const { client, plan } = opened;
     const { scope, mode } = o;
     const fp = input.fingerprint;
     const start = await startImport(client, {
@@ -344,13 +346,16 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     const early = earlyUsersOverlap(mergeOptions, plan, staged);
     let committing = false;
     const finalize = async (c: pg.ClientBase) => {
+      if (!o.resumable) await insertImport(c, run, mode, start.row);
       const merged = await mergeStaged(c, mergeOptions, stats, early.users);
       bulkLoaded = merged.bulkLoad;
       if (o.filterUsernames) {
         stats.unmatchedUsernames = await unmatchedUsernames(c, run, modelInfo('sentry.user')!.mapping.code, o.filterUsernames);
       }
-      await finishImport(c, run, mode, start.row, buildSummary(), stats.snapshot());
       if (o.findingsFile) await writeFindings(c, run, o.findingsFile, stats.unmatchedUsernames);
+      const summary = buildSummary();
+      if (o.resumable) await deleteStaged(c, run);
+      await finishImport(c, run, summary, stats.snapshot());
       // The sink sends COMMIT next: from here a lost connection leaves the outcome open.
       committing = !o.dryRun;
     };
@@ -400,12 +405,10 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
      * when the database cannot be asked.
      */
     const backendPid = (client as unknown as { processID?: number | null }).processID ?? undefined;
-    const { url } = db;
-    const clientError = () => db?.clientError;
     const committedAfterAll = async (err: unknown): Promise<boolean> => {
-      const e = wrapDbError(clientError() ?? err, 'committing the import');
+      const e = wrapDbError(opened.clientError ?? err, 'committing the import');
       if (e.code !== ErrorCodes.DB_CONNECT) return false;
-      const outcome = await commitOutcome(url, run, backendPid);
+      const outcome = await commitOutcome(opened.url, run, backendPid);
       if (outcome !== 'unknown') return outcome === 'committed';
       const again = fp ? 'run the same command again: it asks the database and says "already imported" if it was'
         : 'see `userport imports`: a committed import is listed as done';
@@ -421,7 +424,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       if (!sink.destroyed) sink.destroy(err as Error);
       if (!sink.closed) await new Promise<void>((resolve) => sink.once('close', () => resolve()));
       if (committing && await committedAfterAll(err)) return buildSummary();
-      const lost = clientError();
+      const lost = opened.clientError;
       if (lost && !(err instanceof UserportError)) throw wrapDbError(lost, 'the import');
       throw err instanceof UserportError ? err : wrapDbError(err, 'the import');
     }

@@ -182,14 +182,8 @@ export async function deleteStaged(c: pg.ClientBase, run: number): Promise<void>
   await c.query('DELETE FROM userport.stage WHERE run = $1', [run]);
 }
 
-/**
- * Marks `run` done with its summary and counters, in the import's last transaction: the row of an
- * atomic (or dry-run) import is written only now (`row`); a resumable import's staged rows go.
- */
-export async function finishImport(c: pg.ClientBase, run: number, mode: ImportSummary['mode'], row: ImportRowSource, summary: ImportSummary,
-  counters: StatsSnapshot): Promise<void> {
-  if (mode === 'resumable') await deleteStaged(c, run);
-  else await insertImport(c, run, mode, row);
+/** Marks `run` done with its summary and counters. */
+export async function finishImport(c: pg.ClientBase, run: number, summary: ImportSummary, counters: StatsSnapshot): Promise<void> {
   await c.query(`UPDATE userport.imports SET state = 'done', finished_at = clock_timestamp(), updated_at = clock_timestamp(), summary = $2,
                  counters = $3 WHERE run = $1`, [run, JSON.stringify(summary), JSON.stringify(counters)]);
 }
