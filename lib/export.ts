@@ -16,7 +16,6 @@
 import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { writeFileAtomically } from './atomic-file.js';
-import { checkDatabaseUrl } from './db/knex.js';
 import { ExportSnapshot, scopeWhere, type SelectedColumn } from './db/export-queries.js';
 import type { Target } from './db/target.js';
 import { IMPORT_SCOPES, registry, scopeIncludes, type ImportScope, type ModelMapping } from './models.js';
@@ -24,7 +23,7 @@ import { arrayClose, ARRAY_OPEN, formatRecord, recordLayout, recordSeparator, un
 import { writeErrorFinding, writeExportFindings, type Finding } from './findings.js';
 import { encryptExport } from './encrypt.js';
 import { ErrorCodes, ExportError, OptionError, UserportError, wrapDbError } from './errors.js';
-import { checkOptions as checkKnownOptions, isFunction, isInteger, isNonEmptyString, isOneOf, isStringOrBuffer, type OptionCheck } from './options.js';
+import { checkDatabaseUrl, checkOptions as checkKnownOptions, isFunction, isInteger, isNonEmptyString, isOneOf, isStringOrBuffer, type OptionCheck } from './options.js';
 
 // The export's JSON writers, public here since before they had a module of their own.
 export { pythonJsonNumber, pythonJsonString, reindentJson } from './export-format.js';

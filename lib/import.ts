@@ -1,32 +1,31 @@
 /**
  * `importUsers`: the whole job, wired with `await pipeline(...)`:
  * source bytes -> [decryptor] -> tokenizer + user filter + model mapper (fused) -> PostgreSQL sink.
- * Also the bookkeeping around it: the import row and resuming (SQL in db/imports.ts), the source
- * (source.ts), the findings file (findings.ts), progress and the summary.
+ * Also the bookkeeping around it: the options, checked and resolved once; the source (source.ts);
+ * the database (db/import-database.ts); the import row and resuming (SQL in db/imports.ts); the
+ * findings file (findings.ts); progress and the summary.
  */
-import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import pg from 'pg';
-import { applySessionSettings, checkDatabaseUrl, createKnex, migrate, PG_TYPES, resolveDatabaseUrl, waitForDatabase } from './db/knex.js';
-import { checkOptions, describeValue, isBoolean, isFunction, isInteger, isKeyUnwrapper, isNonEmptyString, isStringIterable, type OptionCheck } from './options.js';
-import { describePlan, earlyUsersOverlap, mergeStaged, planFor, type MergeOptions, type MergeStep } from './db/merge/index.js';
+import type pg from 'pg';
+import { openImportDatabase, type ImportDatabase } from './db/import-database.js';
+import { checkDatabaseUrl, checkOptions, describeValue, isBoolean, isFunction, isInteger, isKeyUnwrapper, isNonEmptyString, isStringIterable, toStringSet, type OptionCheck } from './options.js';
+import { describePlan, earlyUsersOverlap, mergeStaged, type MergeOptions, type MergeStep } from './db/merge/index.js';
 import {
-  commitOutcome, deleteStaged, findDoneImport, findImport, findResumableImport, finishImport, insertImport, insertResumableImport, lockImport, markImportFailed,
-  joinWordings, markImportRunning, nextImportRun, optionDifferences, otherUnfinishedImports, ownerName, resumeKey, saveCheckpoint, unmatchedUsernames,
+  commitOutcome, deleteStaged, finishImport, insertImport, markImportFailed, saveCheckpoint, startImport, unmatchedUsernames,
 } from './db/imports.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
-import { ErrorCodes, opt, OptionError, sayWording, UserportError, wording, wrapDbError, type Wording } from './errors.js';
+import { ErrorCodes, opt, OptionError, UserportError, wording, wrapDbError, type Wording } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
 import { fieldLimits, modelInfo, skippedReasons, type ImportScope } from './models.js';
 import { isImportScope } from './filter-users.js';
-import { checkImportFiles, fingerprint, isRegularFile, openSource } from './source.js';
+import { prepareImportSource } from './source.js';
 import type { MappedItem } from './map-models.js';
 import { createPgSink, DEFAULT_BATCH_ROWS } from './pg-sink.js';
 import { StagedFacts } from './staged-facts.js';
-import { createRejectsFile, type RejectSink } from './rejects.js';
+import { openRejectsFile, type RejectSink } from './rejects.js';
 import { ImportStats, type ImportSummary, type StatsSnapshot } from './stats.js';
-import { createRecordProcessor } from './process-records.js';
+import { recordProcessor } from './process-records.js';
 import { DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './tokenize.js';
 import type { TraceEvent } from './trace.js';
 
@@ -222,125 +221,111 @@ export function checkImportOptions(o: ImportOptions): void {
   if (o.explain && o.onTrace === undefined) refuse(wording`${opt('explain')} needs ${opt('onTrace')} (the plans are told to it)`, 'explain');
 }
 
+/** {@link ImportOptions} checked, with their defaults: what `importUsers` hands each stage. */
+interface ResolvedImport {
+  source: string | Readable;
+  databaseUrl: string | undefined;
+  embeddedDir: string | undefined;
+  scope: ImportScope;
+  mode: ImportSummary['mode'];
+  resumable: boolean;
+  dryRun: boolean;
+  allowReimport: boolean;
+  importId: string | undefined;
+  mergeUsers: boolean;
+  overwriteConfigs: boolean;
+  bulkLoad: boolean;
+  /** The usernames to keep, read once (a one-shot iterator is read here), as given and as a set. */
+  filterUsernames: string[] | undefined;
+  usernames: ReadonlySet<string> | undefined;
+  batchRows: number;
+  rejectsFile: string | undefined;
+  maxRejects: number;
+  findingsFile: string | undefined;
+  maxRecordBytes: number;
+  maxDepth: number;
+  decrypt: KeyUnwrapper | undefined;
+  skipLeadingText: boolean;
+  tmpDir: string | undefined;
+  onProgress: ((p: Progress) => void) | undefined;
+  onStart: ((info: StartInfo) => void) | undefined;
+  onTrace: ((e: TraceEvent) => void) | undefined;
+  explain: boolean;
+}
+
+/** Checks `o` ({@link checkImportOptions}) and resolves every option once. */
+function resolveImportOptions(o: ImportOptions): ResolvedImport {
+  checkImportOptions(o);
+  const filterUsernames = o.filterUsernames === undefined ? undefined : [...o.filterUsernames];
+  return {
+    source: o.source, databaseUrl: o.databaseUrl, embeddedDir: o.embeddedDir, scope: o.scope ?? 'users',
+    mode: o.dryRun ? 'dry-run' : o.resumable ? 'resumable' : 'atomic',
+    resumable: !!o.resumable, dryRun: !!o.dryRun, allowReimport: !!o.allowReimport, importId: o.importId,
+    mergeUsers: !!o.mergeUsers, overwriteConfigs: !!o.overwriteConfigs, bulkLoad: o.bulkLoad !== 'off',
+    filterUsernames, usernames: filterUsernames && toStringSet('importUsers', 'filterUsernames', filterUsernames),
+    batchRows: o.batchRows ?? DEFAULT_BATCH_ROWS, rejectsFile: o.rejectsFile, maxRejects: o.maxRejects ?? Infinity, findingsFile: o.findingsFile,
+    maxRecordBytes: o.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES, maxDepth: o.maxDepth ?? DEFAULT_MAX_DEPTH,
+    decrypt: o.decrypt, skipLeadingText: !!o.skipLeadingText, tmpDir: o.tmpDir,
+    onProgress: o.onProgress, onStart: o.onStart, onTrace: o.onTrace, explain: !!o.explain,
+  };
+}
+
 /**
  * Imports a Sentry user export. Resolves to the summary; rejects with a {@link UserportError}
  * (nothing written in atomic mode; everything up to the last checkpoint kept in resumable mode).
  */
 export async function importUsers(options: ImportOptions): Promise<ImportSummary> {
-  checkImportOptions(options);
-  checkImportFiles(options);
+  const o = resolveImportOptions(options);
+  const input = prepareImportSource(o);
   const started = Date.now();
-  const databaseUrl = await resolveDatabaseUrl(options);
-  const mode: ImportSummary['mode'] = options.dryRun ? 'dry-run' : options.resumable ? 'resumable' : 'atomic';
-  const knex = createKnex(databaseUrl, 2);
-  const client = new pg.Client({ connectionString: databaseUrl, application_name: ownerName(), types: PG_TYPES });
-  let clientError: Error | undefined;
-  // A dead server makes pg emit 'error' on the client: without a listener the process would crash.
-  client.on('error', (err) => { clientError = err; });
   const stats = new ImportStats();
+  let db: ImportDatabase | undefined;
   let rejects: RejectSink | undefined;
   let run = 0;
-  let importId = options.importId ?? randomUUID();
   let progressTimer: NodeJS.Timeout | undefined;
   try {
-    await waitForDatabase(knex);
-    await migrate(knex);
-    try { await client.connect(); } catch (err) { throw wrapDbError(err, 'connecting'); }
-    await applySessionSettings(client);
-    // The target, read once before any record: what to write, and the widths records must fit.
-    const scope = options.scope ?? 'users';
-    const plan = await planFor(client, scope).catch((err: unknown) => { throw err instanceof UserportError ? err : wrapDbError(err, 'reading the target database'); });
-
-    let skipThrough = 0;
-    let resumeRejects: { bytes: number; count: number } | undefined;
-    const fp = typeof options.source === 'string' && options.source !== '-' && isRegularFile(options.source) ? fingerprint(options.source) : undefined;
-    let found = false;
-    // checkImportFiles refused anything else: a file swapped for a pipe since.
-    if (options.resumable && !fp) throw new OptionError(wording`${opt('resumable')} needs ${opt('source')} to be a regular file (it is read again to resume)`, 'source');
-    const key = resumeKey(options);
-    if (options.resumable && options.importId === undefined) {
-      const previous = await findResumableImport(client, fp!, key);
-      if (previous) { importId = previous; found = true; }
-    }
-    const rowSource = () => ({
-      importId, source: typeof options.source === 'string' ? options.source : '(stream)', fingerprint: fp, options: key,
+    const opened = await openImportDatabase(o);
+    db = opened;
+    const { client, plan } = opened;
+    const { scope, mode } = o;
+    const fp = input.fingerprint;
+    const start = await startImport(client, {
+      importId: o.importId, resumable: o.resumable, dryRun: o.dryRun, allowReimport: o.allowReimport, source: input.name, fingerprint: fp,
+      mergeUsers: o.mergeUsers, filterUsernames: o.filterUsernames, decrypt: o.decrypt, scope, overwriteConfigs: o.overwriteConfigs,
     });
-    if (options.resumable) {
-      await lockImport(client, importId);
-      const row = await findImport(client, importId);
-      if (row) {
-        if (row.state === 'done' && row.summary) return { ...row.summary, state: 'already-done' };
-        if (row.source_size !== fp!.size || row.source_fingerprint !== fp!.hash) {
-          throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with a different export file`);
-        }
-        const differs = optionDifferences(row.options, key);
-        if (differs.length) {
-          throw new UserportError(ErrorCodes.IMPORT_MISMATCH, wording`import ${importId} was started with other options: ${joinWordings(differs, '; ')}. Continue it with its options, or remove it and its staged rows (\`userport imports drop ${importId}\`, dropImport)`);
-        }
-        run = row.run;
-        skipThrough = row.checkpoint_ordinal;
-        if (row.counters) {
-          stats.restore(row.counters);
-          resumeRejects = row.counters.rejects ?? { bytes: 0, count: 0 };
-        }
-        await markImportRunning(client, run);
-      } else {
-        run = await insertResumableImport(client, rowSource());
-      }
-    } else {
-      if (fp && !options.dryRun && !options.allowReimport) {
-        const done = await findDoneImport(client, fp, key);
-        if (done?.summary) return { ...done.summary, importId: done.id, state: 'already-done' };
-      }
-      run = await nextImportRun(client);
-    }
-    // A new import of a file whose earlier import is unfinished under other options: say so, or
-    // that one would stay staged (and listed as interrupted) forever without anyone knowing why.
-    let others: StartInfo['others'];
-    if (fp && !skipThrough && !found) {
-      const left = await otherUnfinishedImports(client, fp, importId);
-      if (left.length) {
-        others = left.map((o) => {
-          const differences = optionDifferences(o.options, key);
-          return { importId: o.importId, state: o.state, differs: differences.map((d) => sayWording(d)), differences };
-        });
-      }
-    }
-    options.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough, found, ...(others ? { others } : {}) });
+    if ('done' in start) return start.done;
+    const { importId, skipThrough } = start;
+    run = start.run;
+    if (start.counters) stats.restore(start.counters);
+    o.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough, found: start.found, ...(start.others ? { others: start.others } : {}) });
 
-    if (options.rejectsFile) {
+    if (o.rejectsFile) {
       // Resuming: keep exactly the lines of the records before the checkpoint, drop any written
       // after it by the process that died.
-      rejects = createRejectsFile(options.rejectsFile, { maxRejects: options.maxRejects, resumeAt: skipThrough ? resumeRejects ?? { bytes: 0, count: 0 } : undefined });
+      rejects = openRejectsFile(o.rejectsFile, o.maxRejects, skipThrough ? start.counters?.rejects ?? { bytes: 0, count: 0 } : undefined);
     }
-    const collectRejects = !!rejects;
-    const { stream: source, size, leadingText, gzip } = await openSource(options);
+    const { stream: source, size, leadingText, gzip } = await input.open();
     // Tokenizer, user filter and model mapper fused in one stream (the same pure functions as
     // createTokenizer/createUserFilter/createModelMapper, without two object-mode hops per record).
-    const processor = createRecordProcessor({
-      maxRecordBytes: options.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES,
-      maxDepth: options.maxDepth ?? DEFAULT_MAX_DEPTH,
-      skipThrough,
-      usernames: options.filterUsernames,
-      collectRejects,
-      scope,
+    const processor = recordProcessor({
+      maxRecordBytes: o.maxRecordBytes, maxDepth: o.maxDepth, skipThrough, nonObjects: 'emit', keep: o.usernames, collectRejects: !!rejects, scope,
       target: {
         fieldLimits: fieldLimits((t, c) => plan.target.tables.get(t)?.columns.get(c)?.maxLength),
         optionValues: plan.userOption ? plan.target.optionValues ?? 'jsonb' : 'jsonb',
         authenticatorConfig: plan.privileges.authenticator?.config ?? 'jsonb',
       },
     });
-    const filterActive = options.filterUsernames !== undefined;
+    const filterActive = o.usernames !== undefined;
     let bulkLoaded = false;
     const staged = new StagedFacts();
 
     // A resumed import staged part of its rows in an earlier process: every check runs then.
     let step: MergeStep | undefined;
     const mergeOptions: MergeOptions = {
-      run, mergeUsers: !!options.mergeUsers, filterActive, bulkLoad: options.bulkLoad !== 'off', staged: skipThrough ? undefined : staged, plan,
-      overwriteConfigs: !!options.overwriteConfigs,
+      run, mergeUsers: o.mergeUsers, filterActive, bulkLoad: o.bulkLoad, staged: skipThrough ? undefined : staged, plan,
+      overwriteConfigs: o.overwriteConfigs,
       onStep: (s) => { step = s; },
-      onTrace: options.onTrace, explain: options.explain,
+      onTrace: o.onTrace, explain: o.explain,
     };
     // One cheap look for the progress estimate (the merge decides the path itself, later). It
     // never waits: another import's bulk load holds the table locked, and then it is not empty.
@@ -355,24 +340,24 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
         await client.query('SET lock_timeout = 0');
       }
     };
-    const emptyTarget = options.onProgress && options.bulkLoad !== 'off' ? await looksEmpty() : options.onProgress ? false : undefined;
+    const emptyTarget = o.onProgress && o.bulkLoad ? await looksEmpty() : o.onProgress ? false : undefined;
     // An atomic import into empty tables starts the merge with the users while the rest of the
     // file is read (early.ts says when: once the users of a file in Sentry's order are staged).
     const early = earlyUsersOverlap(mergeOptions, plan, staged);
     let committing = false;
     const finalize = async (c: pg.ClientBase) => {
-      if (!options.resumable) await insertImport(c, run, mode, rowSource());
+      if (!o.resumable) await insertImport(c, run, mode, start.row);
       const merged = await mergeStaged(c, mergeOptions, stats, early.users);
       bulkLoaded = merged.bulkLoad;
-      if (filterActive) {
-        stats.unmatchedUsernames = await unmatchedUsernames(c, run, modelInfo('sentry.user')!.mapping.code, options.filterUsernames!);
+      if (o.filterUsernames) {
+        stats.unmatchedUsernames = await unmatchedUsernames(c, run, modelInfo('sentry.user')!.mapping.code, o.filterUsernames);
       }
-      if (options.findingsFile) await writeFindings(c, run, options.findingsFile, stats.unmatchedUsernames);
+      if (o.findingsFile) await writeFindings(c, run, o.findingsFile, stats.unmatchedUsernames);
       const summary = buildSummary();
-      if (options.resumable) await deleteStaged(c, run);
+      if (o.resumable) await deleteStaged(c, run);
       await finishImport(c, run, summary, stats.snapshot());
       // The sink sends COMMIT next: from here a lost connection leaves the outcome open.
-      committing = !options.dryRun;
+      committing = !o.dryRun;
     };
     const checkpoint = async (c: pg.ClientBase, last: MappedItem) => {
       const snap = stats.snapshot();
@@ -380,14 +365,14 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       await saveCheckpoint(c, run, last.ordinal, last.offset + last.length, snap);
     };
     const sink = createPgSink({
-      client, run, transaction: options.resumable ? 'batches' : 'whole', dryRun: options.dryRun, staged,
-      batchRows: options.batchRows ?? DEFAULT_BATCH_ROWS, checkpoint, finalize, stats, rejects,
-      ...(options.resumable || options.bulkLoad === 'off' ? {} : { overlap: early }),
-      ...(options.tmpDir ? { tmpDir: options.tmpDir } : {}),
-      onTrace: options.onTrace,
+      client, run, transaction: o.resumable ? 'batches' : 'whole', dryRun: o.dryRun, staged,
+      batchRows: o.batchRows, checkpoint, finalize, stats, rejects,
+      ...(o.resumable || !o.bulkLoad ? {} : { overlap: early }),
+      ...(o.tmpDir ? { tmpDir: o.tmpDir } : {}),
+      onTrace: o.onTrace,
     });
-    if (options.onProgress) {
-      const onProgress = options.onProgress;
+    if (o.onProgress) {
+      const onProgress = o.onProgress;
       const report = (phase: Progress['phase']) => onProgress({
         phase, bytesRead: processor.splitter.bytesRead, totalBytes: size, records: processor.splitter.recordsSeen,
         seconds: (Date.now() - started) / 1000,
@@ -421,9 +406,9 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
      */
     const backendPid = (client as unknown as { processID?: number | null }).processID ?? undefined;
     const committedAfterAll = async (err: unknown): Promise<boolean> => {
-      const e = wrapDbError(clientError ?? err, 'committing the import');
+      const e = wrapDbError(opened.clientError ?? err, 'committing the import');
       if (e.code !== ErrorCodes.DB_CONNECT) return false;
-      const outcome = await commitOutcome(databaseUrl, run, backendPid);
+      const outcome = await commitOutcome(opened.url, run, backendPid);
       if (outcome !== 'unknown') return outcome === 'committed';
       const again = fp ? 'run the same command again: it asks the database and says "already imported" if it was'
         : 'see `userport imports`: a committed import is listed as done';
@@ -439,21 +424,21 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       if (!sink.destroyed) sink.destroy(err as Error);
       if (!sink.closed) await new Promise<void>((resolve) => sink.once('close', () => resolve()));
       if (committing && await committedAfterAll(err)) return buildSummary();
-      if (clientError && !(err instanceof UserportError)) throw wrapDbError(clientError, 'the import');
+      const lost = opened.clientError;
+      if (lost && !(err instanceof UserportError)) throw wrapDbError(lost, 'the import');
       throw err instanceof UserportError ? err : wrapDbError(err, 'the import');
     }
     return buildSummary();
   } catch (err) {
     const e = err instanceof UserportError ? err : wrapDbError(err, 'the import');
-    if (options.findingsFile) writeErrorFinding(options.findingsFile, e);
-    if (options.resumable && run) {
-      await markImportFailed(knex, run, e.message);
+    if (o.findingsFile) writeErrorFinding(o.findingsFile, e);
+    if (o.resumable && run && db) {
+      await markImportFailed(db.knex, run, e.message);
     }
     throw e;
   } finally {
     if (progressTimer) clearInterval(progressTimer);
     await rejects?.close().catch(() => undefined);
-    await client.end().catch(() => undefined);
-    await knex.destroy().catch(() => undefined);
+    await db?.close();
   }
 }

@@ -112,3 +112,16 @@ export function checkOptions<T extends object>(
   }
   return options;
 }
+
+/** Checks a connection string up front so a typo is an option error, not a network timeout. */
+export function checkDatabaseUrl(url: string): void {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new OptionError(wording`${opt('databaseUrl')} must be a postgresql:// URL, got "${url}"`);
+  }
+  if (u.protocol !== 'postgresql:' && u.protocol !== 'postgres:') {
+    throw new OptionError(wording`${opt('databaseUrl')} must start with postgresql://, got "${u.protocol}//"`);
+  }
+}

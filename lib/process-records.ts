@@ -13,7 +13,7 @@ import { DEFAULT_COLLECT_REJECTS, scopeRecord, scopeReject, USER_FILTER_OPTIONS,
 import { checkOptions, toStringSet } from './options.js';
 import { isMapTarget, mapRecord, mapReject, type MappedItem, type MapTarget } from './map-models.js';
 import type { ImportScope } from './models.js';
-import { endSplitter, RecordSplitter, TOKENIZER_OPTIONS, type RawRecord, type TokenizerOptions } from './tokenize.js';
+import { DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, endSplitter, RecordSplitter, TOKENIZER_OPTIONS, type RawRecord, type TokenizerOptions } from './tokenize.js';
 
 export interface RecordProcessorOptions extends TokenizerOptions, UserFilterOptions {
   /** What the target database is like ({@link MapTarget}). @default Sentry's current schema */
@@ -39,18 +39,47 @@ export function processRecord(raw: RawRecord, keep: ReadonlySet<string> | undefi
   }
 }
 
+/** What the fused stage runs with, every value already checked and defaulted. */
+export interface RecordProcessing {
+  maxRecordBytes: number;
+  maxDepth: number;
+  /** Records through this ordinal are counted, not parsed (resuming). */
+  skipThrough: number;
+  /** Non-objects flow on as items (`emit`), so every error and reject comes in file order. */
+  nonObjects: 'error' | 'emit';
+  /** The usernames to keep; undefined: every user. */
+  keep: ReadonlySet<string> | undefined;
+  /** Pass records that fail validation on as reject markers. */
+  collectRejects: boolean;
+  scope: ImportScope;
+  target: MapTarget | undefined;
+}
+
 /**
  * Creates the fused stage: export bytes in, arrays of {@link MappedItem} out (the PostgreSQL sink
  * takes arrays as well as single items). `splitter` exposes progress (bytes and records read).
  */
 export function createRecordProcessor(options: RecordProcessorOptions = {}): Transform & { splitter: RecordSplitter } {
   checkOptions('createRecordProcessor', options, { ...TOKENIZER_OPTIONS, ...USER_FILTER_OPTIONS, target: isMapTarget });
-  const target = options.target;
-  // Non-objects flow on as items so every error and reject comes in file order.
-  const splitter = new RecordSplitter({ nonObjects: 'emit', ...options });
-  const keep = options.usernames === undefined ? undefined : toStringSet('createRecordProcessor', 'usernames', options.usernames);
-  const collect = options.collectRejects ?? DEFAULT_COLLECT_REJECTS;
-  const scope = options.scope ?? 'users';
+  return recordProcessor({
+    maxRecordBytes: options.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES,
+    maxDepth: options.maxDepth ?? DEFAULT_MAX_DEPTH,
+    skipThrough: options.skipThrough ?? 0,
+    nonObjects: options.nonObjects ?? 'emit',
+    keep: options.usernames === undefined ? undefined : toStringSet('createRecordProcessor', 'usernames', options.usernames),
+    collectRejects: options.collectRejects ?? DEFAULT_COLLECT_REJECTS,
+    scope: options.scope ?? 'users',
+    target: options.target,
+  });
+}
+
+/**
+ * The fused stage over values already checked: {@link createRecordProcessor} checks a caller's
+ * options; `importUsers` checks its own once and hands these on.
+ */
+export function recordProcessor(p: RecordProcessing): Transform & { splitter: RecordSplitter } {
+  const { keep, collectRejects: collect, scope, target } = p;
+  const splitter = new RecordSplitter({ maxRecordBytes: p.maxRecordBytes, maxDepth: p.maxDepth, skipThrough: p.skipThrough, nonObjects: p.nonObjects });
   const stream = new Transform({
     readableObjectMode: true,
     readableHighWaterMark: 4,

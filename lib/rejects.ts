@@ -59,15 +59,22 @@ export function createRejectsFile(path: string, options: RejectsFileOptions = {}
       return r !== null && typeof r === 'object' && Number.isSafeInteger(r.bytes) && Number.isSafeInteger(r.count) ? undefined : '{ bytes, count } (integers)';
     },
   });
-  const max = options.maxRejects ?? Infinity;
+  return openRejectsFile(path, options.maxRejects ?? Infinity, options.resumeAt);
+}
+
+/**
+ * {@link createRejectsFile} over values already checked (`importUsers` checks its options once):
+ * aborts past `max` rejects; `resumeAt` as in {@link RejectsFileOptions}.
+ */
+export function openRejectsFile(path: string, max: number, resumeAt: RejectsFileOptions['resumeAt']): RejectSink {
   let count = 0;
   let bytes = 0;
   let fd: number;
   try {
-    if (options.resumeAt) {
+    if (resumeAt) {
       fd = fs.openSync(path, fs.existsSync(path) ? 'r+' : 'w+', 0o600);
-      fs.ftruncateSync(fd, options.resumeAt.bytes);
-      count = options.resumeAt.count;
+      fs.ftruncateSync(fd, resumeAt.bytes);
+      count = resumeAt.count;
       bytes = fs.fstatSync(fd).size;
     } else {
       fd = fs.openSync(path, 'w', 0o600);

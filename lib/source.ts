@@ -329,6 +329,32 @@ export function checkSource(o: SourceCheckOptions): SourceKind {
   return 'file';
 }
 
+/** An import's input, checked before any database is touched; opened when the records are read. */
+export interface ImportSource {
+  /** What the source is (a file, a pipe, standard input, a stream). */
+  kind: SourceKind;
+  /** The source as the import's row records it: its path, or `(stream)`. */
+  name: string;
+  /** A regular file's size and fingerprint (what ties a resumed or repeated import to its file). */
+  fingerprint: { size: number; hash: string } | undefined;
+  /** Opens the input: decrypted when asked, gunzipped when gzip, sniffed. */
+  open(): Promise<OpenedSource>;
+}
+
+/**
+ * The source of `importUsers`, in one call: every file checked ({@link checkImportFiles}), a
+ * regular file fingerprinted, and how to open it later (after the database said what to do).
+ */
+export function prepareImportSource(o: SourceCheckOptions & SourceOptions): ImportSource {
+  const kind = checkImportFiles(o);
+  return {
+    kind,
+    name: typeof o.source === 'string' ? o.source : '(stream)',
+    fingerprint: kind === 'file' ? fingerprint(o.source as string) : undefined,
+    open: () => openSource(o),
+  };
+}
+
 export async function openSource(o: SourceOptions): Promise<OpenedSource> {
   if (o.decrypt) {
     let input: { path: string } | { stream: Readable };

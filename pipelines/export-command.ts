@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline/promises';
 import { startEmbedded } from '../lib/db/embedded.js';
-import { checkDatabaseUrl } from '../lib/db/knex.js';
+import { checkDatabaseUrl } from '../lib/options.js';
 import { printable } from '../lib/errors.js';
 import { exportUsers, type ExportProgress, type ExportScope, type ExportSummary } from '../lib/export.js';
 import { parseUsernameList } from '../lib/filter-users.js';

@@ -4,7 +4,8 @@
  */
 import pg from 'pg';
 import { defaultEmbeddedDir, embeddedUrl, readEmbeddedConfig } from '../lib/db/embedded.js';
-import { applySessionSettings, checkDatabaseUrl } from '../lib/db/knex.js';
+import { applySessionSettings } from '../lib/db/knex.js';
+import { checkDatabaseUrl } from '../lib/options.js';
 import { describePlan, planFor } from '../lib/db/merge/index.js';
 import { ErrorCodes, OptionError, UserportError, wrapDbError } from '../lib/errors.js';
 import { helpText, parseCommand, TEXT_WIDTH, wrapText, type FlagSpecs } from './cli-support.js';

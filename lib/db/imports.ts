@@ -3,11 +3,12 @@
  * lock that says an import is running (and ending an orphaned holder), finding the import to
  * resume, checkpoints, and the final state. `importUsers` (lib/import.ts) drives these.
  */
+import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import type { Knex } from 'knex';
 import pg from 'pg';
 import { createKnex, isMigrated, migrate, waitForDatabase } from './knex.js';
-import { ErrorCodes, opt, OptionError, printable, UserportError, wording, type Wording } from '../errors.js';
+import { ErrorCodes, opt, OptionError, printable, sayWording, UserportError, wording, type Wording } from '../errors.js';
 import { processAlive } from '../spool.js';
 import type { ImportSummary, StatsSnapshot } from '../stats.js';
 
@@ -369,4 +370,90 @@ export async function otherUnfinishedImports(client: pg.ClientBase, fp: { size: 
          AND l.classid = 747211 AND l.objid = (hashtext(i.id)::bigint & 4294967295)::oid AND l.objsubid = 2)
      ORDER BY run`, [fp.size, fp.hash, exceptId]);
   return r.rows.map((x) => ({ importId: x.id, state: x.state === 'failed' ? 'failed' : 'interrupted', options: x.options ?? {} }));
+}
+
+/** What {@link startImport} needs of an import. */
+export interface ImportStartOptions extends ResumeKeyOptions {
+  /** The id asked for (resumable imports); else one is found or made. */
+  importId: string | undefined;
+  resumable: boolean;
+  dryRun: boolean;
+  allowReimport: boolean;
+  /** The source as the row records it: its path, or `(stream)`. */
+  source: string;
+  /** A regular file's size and fingerprint; undefined for a pipe or stream. */
+  fingerprint: { size: number; hash: string } | undefined;
+}
+
+/** An import that runs: its run number, id, where it resumes, and what the row records. */
+export interface StartedImport {
+  run: number;
+  importId: string;
+  /** True when the import was found by its file and options (no importId given). */
+  found: boolean;
+  /** The checkpoint a resumed import continues after (0: from the start). */
+  skipThrough: number;
+  /** A resumed import's counters at its checkpoint. */
+  counters: StatsSnapshot | null;
+  /** Unfinished imports of the same file that this one does not continue, with how their options differ. */
+  others: { importId: string; state: 'interrupted' | 'failed'; differs: string[]; differences: Wording[] }[] | undefined;
+  /** What the import's row records (written at the end by an atomic import, now by a resumable one). */
+  row: ImportRowSource;
+}
+
+/**
+ * The resume protocol at the start of an import, on its connection: a resumable import finds its
+ * id (by file and options when none is given), takes its lock and continues after its checkpoint
+ * (refused, IMPORT_MISMATCH, when the file or the options differ), or inserts its row; an atomic
+ * import of a file done already is not done again (unless `allowReimport`). Resolves to the
+ * summary of the import already done, or to the import that runs.
+ */
+export async function startImport(client: pg.Client, o: ImportStartOptions): Promise<{ done: ImportSummary } | StartedImport> {
+  const fp = o.fingerprint;
+  const key = resumeKey(o);
+  let importId = o.importId ?? randomUUID();
+  let found = false;
+  if (o.resumable && o.importId === undefined) {
+    const previous = await findResumableImport(client, fp!, key);
+    if (previous) { importId = previous; found = true; }
+  }
+  const row: ImportRowSource = { importId, source: o.source, fingerprint: fp, options: key };
+  let before: ImportRow | undefined;
+  if (o.resumable) {
+    await lockImport(client, importId);
+    before = await findImport(client, importId);
+    if (before?.state === 'done' && before.summary) return { done: { ...before.summary, state: 'already-done' } };
+    if (before && (before.source_size !== fp!.size || before.source_fingerprint !== fp!.hash)) {
+      throw new UserportError(ErrorCodes.IMPORT_MISMATCH, `import ${importId} was started with a different export file`);
+    }
+    const differs = before ? optionDifferences(before.options, key) : [];
+    if (differs.length) {
+      throw new UserportError(ErrorCodes.IMPORT_MISMATCH, wording`import ${importId} was started with other options: ${joinWordings(differs, '; ')}. Continue it with its options, or remove it and its staged rows (\`userport imports drop ${importId}\`, dropImport)`);
+    }
+  } else if (fp && !o.dryRun && !o.allowReimport) {
+    const done = await findDoneImport(client, fp, key);
+    if (done?.summary) return { done: { ...done.summary, importId: done.id, state: 'already-done' } };
+  }
+  const skipThrough = before?.checkpoint_ordinal ?? 0;
+  // A new import of a file whose earlier import is unfinished under other options: say so, or
+  // that one would stay staged (and listed as interrupted) forever without anyone knowing why.
+  let others: StartedImport['others'];
+  if (fp && !skipThrough && !found) {
+    const left = await otherUnfinishedImports(client, fp, importId);
+    if (left.length) {
+      others = left.map((x) => {
+        const differences = optionDifferences(x.options, key);
+        return { importId: x.importId, state: x.state, differs: differences.map((d) => sayWording(d)), differences };
+      });
+    }
+  }
+  // The run last: a failure from here on is the import's own (importUsers marks its row failed).
+  let run: number;
+  if (!o.resumable) run = await nextImportRun(client);
+  else if (!before) run = await insertResumableImport(client, row);
+  else {
+    run = before.run;
+    await markImportRunning(client, run);
+  }
+  return { run, importId, found, skipThrough, counters: before?.counters ?? null, others, row };
 }

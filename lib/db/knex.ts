@@ -4,7 +4,8 @@
  */
 import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
-import { DatabaseError, ErrorCodes, opt, OptionError, wording } from '../errors.js';
+import { DatabaseError, ErrorCodes } from '../errors.js';
+import { checkDatabaseUrl } from '../options.js';
 import * as m1 from './migrations/20261203000000_userport_bookkeeping.js';
 import * as m2 from './migrations/20261203000100_sentry_user_tables.js';
 import * as m3 from './migrations/20261203000200_credential_staging.js';
@@ -51,30 +52,6 @@ export const PG_TYPES: pg.CustomTypesConfig & { getTypeParser(oid: number, forma
   },
 };
 
-/** Checks a connection string up front so a typo is an option error, not a network timeout. */
-export function checkDatabaseUrl(url: string): void {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    throw new OptionError(wording`${opt('databaseUrl')} must be a postgresql:// URL, got "${url}"`);
-  }
-  if (u.protocol !== 'postgresql:' && u.protocol !== 'postgres:') {
-    throw new OptionError(wording`${opt('databaseUrl')} must start with postgresql://, got "${u.protocol}//"`);
-  }
-}
-
-/**
- * The database of an import: `databaseUrl`, or else the URL of the embedded server in
- * `embeddedDir`, started if it is not running. The embedded server's code is loaded only then: a
- * caller who gives a database URL never loads it or its package.
- */
-export async function resolveDatabaseUrl(o: { databaseUrl?: string; embeddedDir?: string }): Promise<string> {
-  if (o.databaseUrl !== undefined) return o.databaseUrl;
-  const { startEmbedded } = await import('./embedded.js');
-  return (await startEmbedded(o.embeddedDir === undefined ? {} : { dir: o.embeddedDir })).url;
-}
-
 /**
  * Session settings every userport connection runs with, whatever the database or role defaults
  * say. READ COMMITTED: the merge takes its lock and then must see what the previous merge
@@ -91,6 +68,11 @@ export async function applySessionSettings(c: { query(sql: string): Promise<{ ro
 /** A knex instance on `url`. @param poolMax connections in the pool @default 4 */
 export function createKnex(url: string, poolMax = 4): Knex {
   checkDatabaseUrl(url);
+  return knexOn(url, poolMax);
+}
+
+/** {@link createKnex} on a URL already checked (an import's, checked with its options, or the embedded server's). */
+export function knexOn(url: string, poolMax: number): Knex {
   return knexFactory({
     client: 'pg',
     connection: { connectionString: url, application_name: 'userport', types: PG_TYPES },
