@@ -2,7 +2,7 @@
  * The sink's overlap (`PgSinkOptions.overlap`): work that runs on the sink's connection while the
  * input is still read, and the private spool file (0600 in a 0700 folder) that takes the rows
  * meanwhile, until the work is done and the input has ended; then the spool is COPYed. Rows the
- * work asks for (`divert`) go to a side spool beside it, which the work writes itself at the end.
+ * work asks for (`divert`) go to side spools beside it, which the work writes itself at the end.
  */
 import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
 import path from 'node:path';
@@ -33,11 +33,14 @@ export interface Overlap {
    */
   start(client: pg.ClientBase): Promise<OverlapWork | undefined>;
   /**
-   * Asked for each staged row while the work runs: true sends it to the side spool instead of
-   * the spool, for {@link OverlapWork.writeDiverted}. @default no row is diverted
+   * Asked for each staged row while the work runs: the name of a side spool (a word) sends it
+   * there instead of the spool, for {@link OverlapWork.writeDiverted}. @default no row is diverted
    */
-  divert?(row: StagedRow): boolean;
+  divert?(row: StagedRow): string | undefined;
 }
+
+/** The lines of one side spool, read again from the start at each call, a read chunk's lines at a time. */
+export type SideLines = () => AsyncIterable<Buffer[]>;
 
 /** What {@link Overlap.start} starts. */
 export interface OverlapWork {
@@ -46,30 +49,32 @@ export interface OverlapWork {
   /** Called once `run` is done and the input has ended, before the spool is COPYed. */
   finish(): Promise<void>;
   /**
-   * Called after `finish`, before the spool is COPYed, with the side spool's lines (the COPY text
-   * lines of the staging table that `divert` took, in order, without their newline; `lines()`
-   * reads them again from the start at each call; a line may be kept, its bytes are not reused):
-   * writes what it can on the connection itself and hands every other line to `stage`, which adds
-   * it to the spool. Without it, every diverted row is staged.
+   * Called after `finish`, before the spool is COPYed, with each side spool by name (the COPY
+   * text lines of the staging table that `divert` sent there, in order, without their newline; a
+   * line may be kept, its bytes are not reused): writes what it can on the connection itself and
+   * hands every other line to `stage`, which adds it to the spool. Without it, every diverted row
+   * is staged.
    */
-  writeDiverted?(lines: () => AsyncIterable<Buffer>, stage: (lines: Buffer[]) => Promise<void>): Promise<void>;
+  writeDiverted?(sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>): Promise<void>;
 }
 
 const NEWLINE = Buffer.from('\n');
 
-/** The lines of a file of COPY text, without their newline (each a view of a chunk that is never reused). */
-async function* readLines(file: string): AsyncGenerator<Buffer> {
+/** The lines of a file of COPY text, without their newline, a read chunk's at a time (views of chunks that are never reused). */
+async function* readLines(file: string): AsyncGenerator<Buffer[]> {
   let rest: Buffer | undefined;
   for await (const read of createReadStream(file, { highWaterMark: 1 << 20 })) {
     const chunk: Buffer = rest ? Buffer.concat([rest, read as Buffer]) : read as Buffer;
+    const lines: Buffer[] = [];
     let start = 0;
     for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
-      yield chunk.subarray(start, nl);
+      lines.push(chunk.subarray(start, nl));
       start = nl + 1;
     }
     rest = start < chunk.length ? chunk.subarray(start) : undefined;
+    if (lines.length) yield lines;
   }
-  if (rest) yield rest;
+  if (rest) yield [rest];
 }
 
 /** A failure to write the overlap's spool file (a full disk, a missing temp dir). */
@@ -88,8 +93,8 @@ export class OverlapRun {
   private readonly done: Promise<void>;
   private removed = false;
 
-  /** The side spool, opened at the first diverted row. */
-  private side: WriteStream | undefined;
+  /** The side spools by name, each opened at its first diverted row. */
+  private readonly sides = new Map<string, WriteStream>();
 
   private constructor(private readonly work: OverlapWork, private readonly path: string, private readonly out: WriteStream,
     private readonly removeFile: () => Promise<void>, onDone: () => void) {
@@ -126,17 +131,20 @@ export class OverlapRun {
     return writeChunks(this.out, chunks, spoolError);
   }
 
-  /** Writes COPY text of diverted rows to the side spool (beside the spool, 0600 in its folder). */
-  writeSide(chunks: Buffer[]): Promise<void> {
-    if (!this.side) {
-      this.side = createWriteStream(this.sidePath, { flags: 'wx', mode: 0o600 });
-      this.side.on('error', () => undefined);
+  /** Writes COPY text of diverted rows to side spool `name` (beside the spool, 0600 in its folder). */
+  writeSide(name: string, chunks: Buffer[]): Promise<void> {
+    let side = this.sides.get(name);
+    if (!side) {
+      if (!/^\w+$/.test(name)) return Promise.reject(new Error(`a side spool's name is a word, not ${JSON.stringify(name)}`));
+      side = createWriteStream(this.sidePath(name), { flags: 'wx', mode: 0o600 });
+      side.on('error', () => undefined);
+      this.sides.set(name, side);
     }
-    return writeChunks(this.side, chunks, spoolError);
+    return writeChunks(side, chunks, spoolError);
   }
 
-  private get sidePath(): string {
-    return path.join(path.dirname(this.path), 'side.copy');
+  private sidePath(name: string): string {
+    return path.join(path.dirname(this.path), `side-${name}.copy`);
   }
 
   /**
@@ -145,11 +153,11 @@ export class OverlapRun {
    */
   async drain(openCopy: () => Writable): Promise<void> {
     await endStream(this.out, spoolError);
-    if (this.side) await endStream(this.side, spoolError);
+    for (const side of this.sides.values()) await endStream(side, spoolError);
     await this.done;
     if (this.error) throw this.error;
     try { await this.work.finish(); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
-    if (this.side) await this.settleSide();
+    if (this.sides.size) await this.settleSides();
     try {
       await pipeline(createReadStream(this.path), openCopy());
     } catch (err) {
@@ -159,28 +167,22 @@ export class OverlapRun {
   }
 
   /** The diverted rows: the work writes what it can, the rest is appended to the spool. */
-  private async settleSide(): Promise<void> {
-    const sidePath = this.sidePath;
-    const lines = () => readLines(sidePath);
+  private async settleSides(): Promise<void> {
+    const sides = new Map([...this.sides.keys()].map((name): [string, SideLines] => [name, () => readLines(this.sidePath(name))]));
     const append = createWriteStream(this.path, { flags: 'a' });
     append.on('error', () => undefined);
     const stage = (text: Buffer[]) => (text.length ? writeChunks(append, [Buffer.concat(text.flatMap((l) => [l, NEWLINE]))], spoolError) : Promise.resolve());
-    const write = this.work.writeDiverted ?? (async (all: typeof lines, to: typeof stage) => {
-      let batch: Buffer[] = [];
-      for await (const line of all()) {
-        batch.push(line);
-        if (batch.length >= 1000) { await to(batch); batch = []; }
-      }
-      await to(batch);
+    const write = this.work.writeDiverted ?? (async (all: typeof sides, to: typeof stage) => {
+      for (const lines of all.values()) for await (const chunk of lines()) await to(chunk);
     });
-    try { await write(lines, stage); } catch (err) { throw err instanceof UserportError ? err : wrapCallbackError(err, 'the merge'); }
+    try { await write(sides, stage); } catch (err) { throw err instanceof UserportError ? err : wrapCallbackError(err, 'the merge'); }
     await endStream(append, spoolError);
   }
 
   /** On destroy: the spool goes at once; resolves once the work has ended (it holds the connection). */
   async abort(): Promise<void> {
     this.out.destroy();
-    this.side?.destroy();
+    for (const side of this.sides.values()) side.destroy();
     await this.remove().catch(() => undefined);
     await this.done;
   }

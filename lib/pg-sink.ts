@@ -14,7 +14,7 @@
  *
  * In `whole` mode one hook, `overlap`, lets work run on the connection while the input is still
  * read: the sink pauses its COPY, runs the work, spools the rows that arrive meanwhile (those the
- * work diverts to a side spool it writes itself), then COPYs the spool (overlap.ts; importUsers
+ * work diverts to side spools it writes itself), then COPYs the spool (overlap.ts; importUsers
  * starts the merge's users step this way, and writes the new users' options straight into the
  * target: db/merge/early.ts).
  *
@@ -111,8 +111,13 @@ export function createPgSink(options: PgSinkOptions): Writable {
   let copy: CopyStream | undefined;
   let inTransaction = false;
   const pending = new CopyText();
-  // Rows the overlapped work diverts while it runs (its side spool).
-  const diverted = new CopyText();
+  // Rows the overlapped work diverts while it runs, by side spool.
+  const diverted = new Map<string, CopyText>();
+  const sideText = (name: string) => {
+    let text = diverted.get(name);
+    if (!text) diverted.set(name, text = new CopyText());
+    return text;
+  };
   let batchCount = 0;
   let batchLast: MappedItem | undefined;
   const onTrace = options.onTrace;
@@ -173,7 +178,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
    */
   const drainOverlap = async () => {
     if (pending.size) await overlapping!.write(pending.take());
-    if (diverted.size) await overlapping!.writeSide(diverted.take());
+    for (const [name, text] of diverted) if (text.size) await overlapping!.writeSide(name, text.take());
     await overlapping!.drain(() => (copy = openCopy()));
     copy = undefined;
   };
@@ -220,7 +225,8 @@ export function createPgSink(options: PgSinkOptions): Writable {
       const take = (item: MappedItem) => {
         stats.account(item);
         if (item.kind === 'row' || item.kind === 'filtered') {
-          (overlapping && item.kind === 'row' && overlap!.divert?.(item) ? diverted : pending).row(run, item);
+          const side = overlapping && item.kind === 'row' ? overlap!.divert?.(item) : undefined;
+          (side === undefined ? pending : sideText(side)).row(run, item);
           staged?.note(item);
         } else if (item.kind === 'reject') {
           if (!rejects) throw item.error;
@@ -254,8 +260,9 @@ export function createPgSink(options: PgSinkOptions): Writable {
           }
           if (when === 'never') asked = true;
         }
-        if (diverted.size >= FLUSH_BYTES) {
-          overlapping!.writeSide(diverted.take()).then(() => callback(), (err: Error) => callback(err));
+        for (const [name, text] of diverted) {
+          if (text.size < FLUSH_BYTES) continue;
+          overlapping!.writeSide(name, text.take()).then(() => callback(), (err: Error) => callback(err));
           return;
         }
         if (pending.size < FLUSH_BYTES) return callback();

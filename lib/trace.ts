@@ -15,9 +15,9 @@
  * - `bulk-load`: the empty-target path dropped these unique constraints, indexes and foreign keys
  *   (`table.name`), to build them again after the load.
  * - `early-undone`: a user row came after other models, so the early users step is undone.
- * - `direct-options`: at the end of the input, `written` options of new users went straight into
- *   the target and `staged` were staged for the merge; `repeated`: a (user, key) came twice, so
- *   none went straight in (all staged).
+ * - `direct-rows`: at the end of the input, `written` rows of new users went straight into
+ *   `table` and `staged` of its model were staged for the merge; `repeated`: a (user, key) came
+ *   twice, so none went straight in (all staged).
  * - `sink`: a moment of the sink, `ms` after it was created: `overlap started` (the early users
  *   step runs, rows go to the spool), `overlap done`, `rows sent` (the input has ended),
  *   `copy confirmed` (the server confirmed the COPY), `spool copied` (the spool is COPYed).
@@ -28,7 +28,7 @@ export type TraceEvent =
   | { kind: 'retry'; step: 'users'; attempt: number }
   | { kind: 'bulk-load'; dropped: string[] }
   | { kind: 'early-undone' }
-  | { kind: 'direct-options'; written: number; staged: number; repeated: boolean }
+  | { kind: 'direct-rows'; table: string; written: number; staged: number; repeated: boolean }
   | { kind: 'sink'; moment: 'overlap started' | 'overlap done' | 'rows sent' | 'copy confirmed' | 'spool copied'; ms: number };
 
 /** The trace options that importUsers and mergeStaged share. */

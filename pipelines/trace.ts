@@ -25,9 +25,9 @@ export function traceLine(e: TraceEvent): string {
     case 'retry': return `[users] another session took a name or address meanwhile: deciding again (attempt ${e.attempt})`;
     case 'bulk-load': return `[bulk] load first, then build: ${e.dropped.join(', ')}`;
     case 'early-undone': return '[early] a user came after other models: the early users step is undone';
-    case 'direct-options': return e.repeated
-      ? `[direct] a (user, key) came twice among the new users' options: all ${e.staged} staged for the merge`
-      : `[direct] ${e.written} options of new users written straight in, ${e.staged} staged for the merge`;
+    case 'direct-rows': return e.repeated
+      ? `[direct] ${e.table}: a row of a new user came twice: all ${e.staged} staged for the merge`
+      : `[direct] ${e.table}: ${e.written} rows of new users written straight in, ${e.staged} staged for the merge`;
     case 'sink': return `[sink] ${SINK_LINES[e.moment].replace('%', `${e.ms.toFixed(0)} ms`)}`;
   }
 }

@@ -14,7 +14,8 @@ import type { StagedFacts } from '../../staged-facts.js';
 import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
 import type { WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
-import { divertsOption, writeDirectOptions } from './direct-options.js';
+import { directOptions, directUserEmails, sideName, writeDirectRows, type DirectModel } from './direct-rows.js';
+import type { SideLines } from '../../overlap.js';
 import { idSequence, modelCodes, openMerge, runner } from './run.js';
 import type { StagedRow } from '../../map-models.js';
 import { mergeUsers, type UsersStepOptions, type UsersWritten } from './users.js';
@@ -28,8 +29,8 @@ export interface UsersStep extends UsersWritten {
 export interface EarlyUsers {
   readonly step: UsersStep;
   readonly sequences: readonly { seq: string; lastValue: string; isCalled: boolean; after: string }[];
-  /** Options of new users written straight into the target at the end of the input (direct-options.ts). */
-  readonly directOptions?: number;
+  /** Rows of new users written straight into the target at the end of the input, by table (direct-rows.ts). */
+  readonly direct?: ReadonlyMap<string, number>;
 }
 
 export const EARLY_SAVEPOINT = 'userport_early_users';
@@ -100,8 +101,12 @@ export async function undoEarlyUsers(client: pg.ClientBase, early: EarlyUsers, t
  */
 export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, staged: StagedFacts) {
   let users: EarlyUsers | undefined;
-  const optionCode = modelCodes().userOption;
-  const optionTable = plan.userOption?.table;
+  const codes = modelCodes();
+  // The models whose rows of new users go straight in. User emails not in the global scope, which
+  // keeps each row's own verification state (decided from its extra fields by the merge).
+  const direct: DirectModel[] = [];
+  if (plan.userOption) direct.push(directOptions(codes.userOption, plan.userOption.table));
+  if (plan.userEmail && plan.scope !== 'global') direct.push(directUserEmails(codes.userEmail, plan.userEmail.table));
   return {
     get users(): EarlyUsers | undefined { return users; },
     when(): 'now' | 'later' | 'never' {
@@ -109,7 +114,10 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
       return staged.leadingUsers > 0 && staged.pksIncreasing && !staged.usersAfterOthers ? 'now' : 'never';
     },
     // While the step runs, the options that may belong straight in wait in the side spool.
-    divert: (row: StagedRow) => optionTable !== undefined && divertsOption(row, optionCode),
+    divert: (row: StagedRow) => {
+      for (const m of direct) if (m.diverts(row)) return sideName(m);
+      return undefined;
+    },
     async start(client: pg.ClientBase) {
       const started = await beginEarlyUsers(client, options, plan);
       return started && {
@@ -119,12 +127,12 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           await undoEarlyUsers(client, users!, options);
           users = undefined;
         },
-        async writeDiverted(lines: () => AsyncIterable<Buffer>, stage: (lines: Buffer[]) => Promise<void>) {
+        async writeDiverted(sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>) {
           // Only where file order is source pk order and the new users stand: else all are staged.
-          const direct = users && staged.pksIncreasing ? optionTable : undefined;
-          const done = await writeDirectOptions(client, options.run, direct, lines, stage);
-          runner(client, options).trace({ kind: 'direct-options', ...done });
-          if (users) users = { ...users, directOptions: done.written };
+          const done = await writeDirectRows(client, options.run, users && staged.pksIncreasing ? direct : [], sides, stage);
+          const q = runner(client, options);
+          for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
+          if (users) users = { ...users, direct: new Map([...done].map(([m, r]) => [m.table, r.written])) };
         },
       };
     },

@@ -7,8 +7,8 @@
  *
  * Steps, one file each: checks.ts (repeated pks, natural keys), users.ts (step 2), this file
  * (3: emails; 4-5: user emails and options; 6: findings and counts), bulk-load.ts (the
- * empty-target path), early.ts (step 2 started while the file is still read), direct-options.ts
- * (step 5 for the new users' options, decided in the client once step 2 is done).
+ * empty-target path), early.ts (step 2 started while the file is still read), direct-rows.ts
+ * (steps 4 and 5 for the new users' rows, decided in the client once step 2 is done).
  *
  * Concurrent imports into one database serialize here on an advisory lock held to the end of the
  * transaction: each merge sees every user and email the previous ones committed, so collisions
@@ -155,8 +155,13 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // 6. Findings and counts: one pass over each decision table writes the findings (the
   // exceptions) and counts every outcome but the inserts, which the INSERTs above counted.
   options.onStep?.('findings');
-  // Options of new users may have gone straight in at the end of the input (direct-options.ts).
-  const insertedBy: Record<string, number> = { up_user: usersInserted, up_ue: children.userEmails, up_uo: children.userOptions + (early?.directOptions ?? 0) };
+  // Rows of new users may have gone straight in at the end of the input (direct-rows.ts).
+  const direct = (table: string | undefined) => (table === undefined ? 0 : early?.direct?.get(table) ?? 0);
+  const insertedBy: Record<string, number> = {
+    up_user: usersInserted,
+    up_ue: children.userEmails + direct(plan.userEmail?.table),
+    up_uo: children.userOptions + direct(plan.userOption?.table),
+  };
   const tables = Object.entries(MODEL_NAMES);
   for (const p of privileges) { tables.push([p.table, p.model]); insertedBy[p.table] = p.inserted; }
   for (const [table, model] of tables) {

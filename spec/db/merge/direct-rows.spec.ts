@@ -1,9 +1,10 @@
 /**
- * Issue #23, item 1: the options of the import's new users are decided in the client and COPYed
- * straight into the target once the early users step is done (lib/db/merge/direct-options.ts).
- * The result must be the merge's, to the row and the finding: options of merged, unknown or
- * filtered users and scoped options keep their reasons; a (user, key) that comes twice makes
- * every option go through the merge, which keeps the first by source pk.
+ * Issue #23, item 1: the options and user emails of the import's new users are decided in the
+ * client and COPYed straight into the target once the early users step is done
+ * (lib/db/merge/direct-rows.ts). The result must be the merge's, to the row and the finding: rows
+ * of merged or unknown users and scoped options keep their reasons; a (user, key) or (user,
+ * address) that comes twice makes every row of that model go through the merge, which keeps the
+ * first by source pk.
  */
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
@@ -21,7 +22,7 @@ const USERS = 3000;
  * Users 1..USERS in Sentry's order (user 5 is named `admin`, as the target's user), then their
  * emails, options and user emails. Every user has `timezone`, every 7th `language` too; user 8 a
  * project-scoped option; an option names user 99999, who is not in the export. `repeat` adds a
- * second `timezone` for user 9 after all the others.
+ * second `timezone` for user 9 after all the others, and a second row of user 9's address.
  */
 function records(repeat: boolean): Rec[] {
   const users: Rec[] = [];
@@ -38,7 +39,10 @@ function records(repeat: boolean): Rec[] {
   }
   options.push(useroption(++opk, 8, 'mail:alert', 1, { project_id: 3 }));
   options.push(useroption(++opk, 99999, 'timezone', 'UTC'));
-  if (repeat) options.push(useroption(++opk, 9, 'timezone', 'America/New_York'));
+  if (repeat) {
+    options.push(useroption(++opk, 9, 'timezone', 'America/New_York'));
+    ues.push(useremail(USERS + 1, 9, 'u9@example.com'));
+  }
   return [...users, ...emails, ...options, ...ues];
 }
 
@@ -50,17 +54,18 @@ function cli(file: string, db: TestDb, ...args: string[]) {
   return { stderr: r.stderr, models: summary.models, adjacent: summary.adjacent };
 }
 
-/** The rows, the options in id order (by user and key), and the findings. */
+/** The rows, the options and user emails in id order (by user and key or address), and the findings. */
 async function outcome(db: TestDb) {
   const q = async (sql: string) => (await db.knex.raw(sql)).rows as unknown[];
   return {
     tables: await tableSnapshot(db.knex),
     optionOrder: await q(`SELECT u.username, o.key FROM sentry_useroption o JOIN auth_user u ON u.id = o.user_id ORDER BY o.id`),
+    userEmailOrder: await q(`SELECT u.username, e.email FROM sentry_useremail e JOIN auth_user u ON u.id = e.user_id ORDER BY e.id`),
     findings: await q(`SELECT kind, model, source_pk, reason FROM userport.findings ORDER BY model, source_pk, reason`),
   };
 }
 
-describe('the new users\' options, written straight in (issue #23)', function () {
+describe('the new users\' options and user emails, written straight in (issue #23)', function () {
   this.timeout(180000);
   const dbs: TestDb[] = [];
   /** A new database holding the target's `admin` (a new Sentry's first user: the bulk path still applies). */
@@ -71,17 +76,21 @@ describe('the new users\' options, written straight in (issue #23)', function ()
     return d;
   };
   afterEach(async () => { for (const d of dbs.splice(0)) await d.close(); });
-
-  it('writes what the merge writes, the same ids in the same order and the same findings, staging what is not plain', async () => {
-    const file = writeExport(records(false));
+  /** The export of records(repeat) into two such targets: the default path (a), and the merge alone (b, --bulk-load off). */
+  const importBoth = async (repeat: boolean) => {
+    const file = writeExport(records(repeat));
     const direct = await target();
     const merged = await target();
-    const a = cli(file, direct);
-    const b = cli(file, merged, '--bulk-load', 'off');
-    // Every option of a new user (the users but the merged admin) went straight in; the admin's,
-    // the scoped one and the unknown user's were staged.
+    return { direct, merged, a: cli(file, direct), b: cli(file, merged, '--bulk-load', 'off') };
+  };
+
+  it('writes what the merge writes, the same ids in the same order and the same findings, staging what is not plain', async () => {
+    const { direct, merged, a, b } = await importBoth(false);
+    // Every row of a new user (the users but the merged admin) went straight in; the admin's and
+    // the unknown user's were staged (the scoped option was never diverted).
     const newUserOptions = USERS - 1 + Math.floor(USERS / 7);
-    expect(a.stderr).to.contain(`[direct] ${newUserOptions} options of new users written straight in, 2 staged for the merge`);
+    expect(a.stderr).to.contain(`[direct] sentry_useroption: ${newUserOptions} rows of new users written straight in, 2 staged for the merge`);
+    expect(a.stderr).to.contain(`[direct] sentry_useremail: ${USERS - 1} rows of new users written straight in, 1 staged for the merge`);
     expect(b.stderr).to.not.contain('[direct]');
     expect(a.models).to.deep.equal(b.models);
     expect(a.adjacent).to.deep.equal(b.adjacent);
@@ -91,15 +100,19 @@ describe('the new users\' options, written straight in (issue #23)', function ()
     // merged user's options went to the user it merged into.
     expect(got.findings.map((f) => (f as { reason: string }).reason).join('\n'))
       .to.match(/scoped to an organization or project/).and.to.match(/user not in the export/).and.to.match(/user merged into an existing user/);
+    // User emails reset as the merge resets them: unverified, a fresh 32-character hash each,
+    // hashed at the transaction's start (the lost-password hashes' now()).
+    const ues = (await direct.knex.raw(`SELECT count(*)::int AS n, count(DISTINCT validation_hash)::int AS hashes,
+        bool_and(validation_hash ~ '^[0-9a-f]{32}$') AS hex, bool_or(is_verified) AS verified,
+        count(*) FILTER (WHERE ue.date_hash_added <> h.date_added)::int AS other_time
+      FROM sentry_useremail ue JOIN sentry_lostpasswordhash h ON h.user_id = ue.user_id`)).rows[0];
+    expect(ues).to.deep.equal({ n: USERS - 1, hashes: USERS - 1, hex: true, verified: false, other_time: 0 });
   });
 
-  it('stages every option when a (user, key) comes twice, and the merge keeps the first by source pk', async () => {
-    const file = writeExport(records(true));
-    const direct = await target();
-    const merged = await target();
-    const a = cli(file, direct);
-    const b = cli(file, merged, '--bulk-load', 'off');
-    expect(a.stderr).to.contain('[direct] a (user, key) came twice among the new users\' options');
+  it('stages every row of a model when a (user, key) or (user, address) comes twice, and the merge keeps the first by source pk', async () => {
+    const { direct, merged, a, b } = await importBoth(true);
+    expect(a.stderr).to.contain('[direct] sentry_useroption: a row of a new user came twice');
+    expect(a.stderr).to.contain('[direct] sentry_useremail: a row of a new user came twice');
     expect(a.models).to.deep.equal(b.models);
     const got = await outcome(direct);
     expect(got).to.deep.equal(await outcome(merged));

@@ -1,0 +1,231 @@
+/**
+ * The new users' options and user emails, decided in the client and written once, straight into
+ * the target (issue #23, item 1). While the early users step runs (early.ts), the sink diverts
+ * every option and user email that names its user by pk (an option: and no project or
+ * organization) to a side spool; once the step is done, the users' pk map says which of those
+ * users are new (inserted or renamed by this import), and their rows are COPYed into the target
+ * as final rows, in file order (source pk order: the caller checked). Staging them and deciding
+ * them in SQL cost about 1.3 s of server time per 100k users and model, for rows that are all
+ * plain inserts.
+ *
+ * Exact, or not taken:
+ * - a row goes straight in only when its user is new: nobody else can hold a row of that user,
+ *   and no rule but "one row per (user, key) or (user, address), the first by source pk" applies;
+ * - that rule is checked by the database once the rows are in (one aggregate over the new users'
+ *   rows): a repeat, which only a hand-made file holds, rolls that model's direct rows back and
+ *   stages them with the others, where the merge decides them as ever;
+ * - every other row (a merged, filtered, rejected or unknown user) is staged as before, so its
+ *   reasons and findings are the merge's.
+ * State in the process: the new users as ranges of the pk map (one for a file in Sentry's order).
+ */
+import { randomUUID } from 'node:crypto';
+import type pg from 'pg';
+import copyStreams from 'pg-copy-streams';
+import { wrapDbError } from '../../errors.js';
+import type { SideLines } from '../../overlap.js';
+import type { StagedRow } from '../../map-models.js';
+import { STAGE_INDEX } from '../../models.js';
+import { endStream, writeChunks } from '../../stream-writes.js';
+import { FLUSH_BYTES } from '../../copy-text.js';
+
+/** Ranges of new users beyond which the client does not keep them (their rows are staged). */
+export const MAX_RANGES = 100_000;
+
+/** Columns of a staging line before the values of `STAGE_COLUMNS` (copySql: run ... keep). */
+const LEAD = 8;
+const USER_PK = LEAD + STAGE_INDEX.user_pk;
+const TAB = 9;
+const NEWLINE = Buffer.from('\n');
+
+
+/** A model whose rows of new users may go straight in. */
+export interface DirectModel {
+  /** The staging code of its rows. */
+  code: number;
+  /** The target table. */
+  table: string;
+  /** The columns `row` writes, in order. */
+  columns: readonly string[];
+  /** The columns that make a row unique for its user ("one per (user, key)"). */
+  unique: readonly string[];
+  /** Whether the sink diverts a staged row of this model. */
+  diverts(row: StagedRow): boolean;
+  /** The COPY text line (with its newline) of a diverted staging line whose user got `id`. */
+  row(line: Buffer, id: number): Buffer;
+}
+
+/** The value of staging column `column` in a staging line: its bounds, as COPY text. */
+function field(line: Buffer, column: number): [number, number] {
+  let start = 0;
+  for (let i = 0; i < column; i++) start = line.indexOf(TAB, start) + 1;
+  const end = line.indexOf(TAB, start);
+  return [start, end < 0 ? line.length : end];
+}
+
+/** Options: the user, no project or organization, the key and the value as staged (the target's encoding). */
+export function directOptions(code: number, table: string): DirectModel {
+  const key = LEAD + STAGE_INDEX.opt_key;
+  // key <tab> value are adjacent in the staging line.
+  if (LEAD + STAGE_INDEX.opt_value !== key + 1) throw new Error('staging columns opt_key, opt_value must be adjacent');
+  return {
+    code, table, columns: ['user_id', 'project_id', 'organization_id', 'key', 'value'], unique: ['key'],
+    diverts: (r) => r.code === code && r.values[STAGE_INDEX.user_pk] != null && r.values[STAGE_INDEX.project_id] == null && r.values[STAGE_INDEX.organization_id] == null,
+    row: (line, id) => {
+      const [start, keyEnd] = field(line, key);
+      const valueEnd = line.indexOf(TAB, keyEnd + 1);
+      return Buffer.concat([Buffer.from(`${id}\t\\N\t\\N\t`), line.subarray(start, valueEnd < 0 ? line.length : valueEnd), NEWLINE]);
+    },
+  };
+}
+
+/**
+ * User emails, as Sentry's import resets them outside the global scope: the address, a new
+ * 32-character validation hash (uuid4 hex, as Sentry's and the merge's), the transaction's start
+ * as date_hash_added (`now`, as the merge's `now()`), unverified.
+ */
+export function directUserEmails(code: number, table: string): DirectModel {
+  const email = LEAD + STAGE_INDEX.email;
+  return {
+    code, table, columns: ['user_id', 'email', 'validation_hash', 'date_hash_added', 'is_verified'], unique: ['email'],
+    diverts: (r) => r.code === code && r.values[STAGE_INDEX.user_pk] != null,
+    row: (line, id) => {
+      const [start, end] = field(line, email);
+      return Buffer.concat([Buffer.from(`${id}\t`), line.subarray(start, end), Buffer.from(`\t${randomUUID().replace(/-/g, '')}\tnow\tf\n`)]);
+    },
+  };
+}
+
+/** This import's new users (pk map kind 'inserted', renamed ones included): source pk -> new id. */
+export class NewUsers {
+  /** The lowest and highest new id. */
+  readonly low: number;
+  readonly high: number;
+
+  private constructor(private readonly starts: Float64Array, private readonly targets: Float64Array, private readonly spans: Float64Array) {
+    let low = Infinity;
+    let high = -Infinity;
+    targets.forEach((t, i) => { low = Math.min(low, t); high = Math.max(high, t + spans[i]! - 1); });
+    this.low = low;
+    this.high = high;
+  }
+
+  /** Reads the ranges of `run`; undefined when there are more than {@link MAX_RANGES}. */
+  static async read(client: pg.ClientBase, run: number): Promise<NewUsers | undefined> {
+    const where = `run = $1 AND model = 'sentry.user' AND kind = 'inserted'`;
+    if (Number((await client.query(`SELECT count(*) AS n FROM userport.pk_ranges WHERE ${where}`, [run])).rows[0].n) > MAX_RANGES) return undefined;
+    const rows = (await client.query(`SELECT source_pk::float8 AS s, target_id::float8 AS t, span FROM userport.pk_ranges
+      WHERE ${where} ORDER BY source_pk`, [run])).rows as { s: number; t: number; span: number }[];
+    return new NewUsers(Float64Array.from(rows, (r) => r.s), Float64Array.from(rows, (r) => r.t), Float64Array.from(rows, (r) => r.span));
+  }
+
+  /** The new id of the user with source pk `pk`, or -1 when it is not a new user of this import. */
+  id(pk: number): number {
+    let lo = 0;
+    let hi = this.starts.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const start = this.starts[mid]!;
+      if (start > pk) hi = mid - 1;
+      else if (pk >= start + this.spans[mid]!) lo = mid + 1;
+      else return this.targets[mid]! + (pk - start);
+    }
+    return -1;
+  }
+}
+
+/** The integer a COPY text field holds (digits and a sign), or NaN (`\N`, anything else). */
+function intField(line: Buffer, column: number): number {
+  const [start, end] = field(line, column);
+  let i = start;
+  const negative = line[i] === 0x2d;
+  if (negative) i++;
+  if (i >= end) return NaN;
+  let n = 0;
+  for (; i < end; i++) {
+    const d = line[i]! - 0x30;
+    if (d < 0 || d > 9) return NaN;
+    n = n * 10 + d;
+  }
+  return negative ? -n : n;
+}
+
+/** What {@link writeDirectRows} did, per model (by table). */
+export interface DirectRows {
+  /** Rows written straight into the table. */
+  written: number;
+  /** Lines handed back to be staged. */
+  staged: number;
+  /** A row repeated its (user, key): the direct rows were rolled back and staged too. */
+  repeated: boolean;
+}
+
+/**
+ * Writes the diverted rows of `run` that belong straight in (see the module comment), one COPY
+ * per model, from the side spool named after its table, and hands every other line to `stage`
+ * (every line of a side spool whose model is not in `models`).
+ */
+export async function writeDirectRows(client: pg.ClientBase, run: number, models: readonly DirectModel[],
+  sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>): Promise<Map<DirectModel, DirectRows>> {
+  const users = models.length ? await NewUsers.read(client, run) : undefined;
+  const done = new Map<DirectModel, DirectRows>();
+  for (const [name, lines] of sides) {
+    const model = users && models.find((m) => sideName(m) === name);
+    if (model) done.set(model, await writeModel(client, model, users, lines, stage));
+    else for await (const chunk of lines()) await stage(chunk);
+  }
+  return done;
+}
+
+/** The side spool a model's rows are diverted to: its table's name, as a word. */
+export function sideName(model: DirectModel): string {
+  return model.table.replace(/\W/g, '_');
+}
+
+/** One model's pass over its side spool: its new users' rows straight in, its other rows staged. */
+async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewUsers, lines: SideLines,
+  stage: (lines: Buffer[]) => Promise<void>): Promise<DirectRows> {
+  const savepoint = 'userport_direct_rows';
+  await client.query(`SAVEPOINT ${savepoint}`);
+  const copyError = (err: Error) => wrapDbError(err, `COPY into ${model.table}`);
+  const copy = client.query(copyStreams.from(`COPY ${model.table} (${model.columns.join(', ')}) FROM STDIN`));
+  // Errors surface through the writes and the end; one listener so none is unhandled.
+  copy.on('error', () => undefined);
+  let written = 0;
+  let staged = 0;
+  try {
+    for await (const chunk of lines()) {
+      // A chunk's rows in one CopyData message (a write per row would be a message per row).
+      const out: Buffer[] = [];
+      const rest: Buffer[] = [];
+      for (const line of chunk) {
+        const id = users.id(intField(line, USER_PK));
+        if (id < 0) rest.push(line);
+        else out.push(model.row(line, id));
+      }
+      written += out.length;
+      staged += rest.length;
+      if (out.length) await writeChunks(copy, [Buffer.concat(out)], copyError);
+      if (rest.length) await stage(rest);
+    }
+    await endStream(copy, copyError);
+  } catch (err) {
+    copy.destroy(err as Error);
+    throw err;
+  }
+  // One row per (user, key), or none of these goes straight in. The new users' ids are this
+  // import's own: no other row of them exists yet.
+  const repeated = written > 0 && ((await client.query(`SELECT 1 FROM ${model.table} WHERE user_id BETWEEN $1 AND $2
+    GROUP BY user_id, ${model.unique.join(', ')} HAVING count(*) > 1 LIMIT 1`, [users.low, users.high])).rowCount ?? 0) > 0;
+  if (!repeated) {
+    await client.query(`RELEASE SAVEPOINT ${savepoint}`);
+    return { written, staged, repeated: false };
+  }
+  await client.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
+  await client.query(`RELEASE SAVEPOINT ${savepoint}`);
+  for await (const chunk of lines()) {
+    const again = chunk.filter((line) => users.id(intField(line, USER_PK)) >= 0);
+    staged += again.length;
+    if (again.length) await stage(again);
+  }
+  return { written: 0, staged, repeated: true };
+}
