@@ -135,9 +135,12 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   const { bulk, usersInserted } = users;
   stats.adjacent.lostPasswordHashes += users.lostPasswordHashes;
 
+  // Rows of new users that went straight in at the end of the input, by table (direct-rows.ts).
+  const direct = (table: string | undefined) => (table === undefined ? 0 : early?.direct?.get(table) ?? 0);
+
   // 3. Emails.
   options.onStep?.('emails');
-  await mergeEmails(q, S, options, plan, bulk ? (bulk.empty ? 'empty' : 'few') : undefined, stats);
+  await mergeEmails(q, S, options, plan, bulk ? (bulk.empty ? 'empty' : 'few') : undefined, stats, direct(plan.userEmail?.table) > 0);
 
   if (options.staged?.naturalKeys !== false) await resolveNaturalKeys(q, S, run, C);
   // Only with --rejects-file can a user be rejected: skip the per-row lookup otherwise.
@@ -156,7 +159,6 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   // exceptions) and counts every outcome but the inserts, which the INSERTs above counted.
   options.onStep?.('findings');
   // Rows of new users may have gone straight in at the end of the input (direct-rows.ts).
-  const direct = (table: string | undefined) => (table === undefined ? 0 : early?.direct?.get(table) ?? 0);
   const insertedBy: Record<string, number> = {
     up_user: usersInserted,
     up_ue: children.userEmails + direct(plan.userEmail?.table),
@@ -207,13 +209,16 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
  * username filter, only the addresses of kept users (their primary email and their useremail
  * rows). A target without `sentry_email` (Sentry 2026) drops them all, saying why.
  */
-async function mergeEmails(q: Q, S: string, options: MergeOptions, plan: WritePlan, bulk: 'empty' | 'few' | undefined, stats: ImportStats): Promise<void> {
+async function mergeEmails(q: Q, S: string, options: MergeOptions, plan: WritePlan, bulk: 'empty' | 'few' | undefined, stats: ImportStats,
+  directUserEmails: boolean): Promise<void> {
   const { run } = options;
   const C = modelCodes();
+  // The kept users' user emails: staged, and those that went straight in (direct-rows.ts).
   const kept = options.filterActive
     ? `lower(s.email) IN (SELECT lower(email) FROM up_user WHERE keep
          UNION SELECT lower(s2.email) FROM ${S} s2 JOIN up_user u2 ON u2.src_pk = s2.user_pk AND u2.keep
-               WHERE s2.run = $1 AND s2.model = ${C.userEmail})`
+               WHERE s2.run = $1 AND s2.model = ${C.userEmail}
+         ${directUserEmails ? `UNION SELECT lower(ue.email) FROM ${plan.userEmail!.table} ue JOIN up_user u3 ON u3.new_id = ue.user_id` : ''})`
     : 'true';
   const absent = `'no sentry_email table in the target database (Sentry removed the Email model in 2026)'`;
   await q(`
