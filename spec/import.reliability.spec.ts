@@ -110,7 +110,7 @@ describe('reliability', function () {
   this.timeout(300000);
 
   describe('resumable imports', () => {
-    it('give the same database as one uninterrupted import, however often the process is SIGKILLed', async () => {
+    it('give the same database as one uninterrupted import, however often the process is SIGKILLed @soak', async () => {
       const file = await generated(4000, 7);
       const reference = await freshDatabase();
       const target = await freshDatabase();
@@ -136,7 +136,7 @@ describe('reliability', function () {
       }
     });
 
-    it('keep the rejects file exact across SIGKILLs: every bad record once, in order', async () => {
+    it('keep the rejects file exact across SIGKILLs: every bad record once, in order @soak', async () => {
       const recs: unknown[] = [];
       for (let i = 1; i <= 6000; i++) {
         recs.push(i % 500 === 0 ? user(i, `bad${i}`, { is_active: 'no' }) : user(i, `user${i}`));
@@ -250,7 +250,7 @@ describe('reliability', function () {
       fs.rmSync(dir, { recursive: true, force: true });
     });
 
-    it('a server that dies mid-import gives a clear error; an atomic import leaves nothing, a resumable one resumes', async () => {
+    it('a server that dies mid-import gives a clear error; an atomic import leaves nothing, a resumable one resumes @soak', async () => {
       const file = await generated(20000, 11);
       // The gate is a trigger on the import's bookkeeping table: it must exist before the import.
       const setup = await freshDatabaseAt(url);

@@ -16,6 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startEmbedded, stopEmbedded } from '../../lib/db/embedded.js';
 import { processAlive } from '../../lib/spool.js';
+import { dropTemplate } from './db.js';
 
 const RUN_PREFIX = 'userport-test-run-';
 const OWNER_FILE = 'owner.pid';
@@ -115,6 +116,8 @@ export const mochaHooks = {
     // Removing a data folder that holds every test database (GBs after the whole suite) took
     // over a minute on a loaded shared machine.
     this.timeout(300000);
+    // On a server of the caller's (USERPORT_TEST_DATABASE_URL), the migrated template must go too.
+    await dropTemplate().catch(() => undefined);
     if (run) await removeRun(run);
   },
 };

@@ -435,7 +435,7 @@ describe('hostile and malformed input corpus (spec/fixtures/bad)', () => {
       expect(result.peakRss).to.be.above(0).and.below(MAX_RSS);
     });
 
-    it('control: with --max-record-bytes raised past the 200 MB string, the probe does see the memory go over 150 MB', async function () {
+    it('control: with --max-record-bytes raised past the 200 MB string, the probe does see the memory go over 150 MB @soak', async function () {
       this.timeout(300000);
       const file = bigStringFile();
       const { result, counts } = await importFile(file, ['--max-record-bytes', String(400 * 1024 * 1024)]);

@@ -12,7 +12,7 @@ import { fuzzImports, fuzzStages } from './fuzz-core.js';
 const SEED = 20261125;
 
 describe('fuzz', () => {
-  it('mutated exports through tokenizer -> filter -> mapper: success or a clean coded error, 3000 cases', async () => {
+  it('mutated exports through tokenizer -> filter -> mapper: success or a clean coded error, 3000 cases @soak', async () => {
     const report = await fuzzStages(SEED, 3000);
     expect(report.failures, JSON.stringify(report.failures, null, 2)).to.deep.equal([]);
     expect(report.runs).to.equal(3000);
@@ -24,7 +24,7 @@ describe('fuzz', () => {
     }
   });
 
-  it('mutated exports through importUsers into PostgreSQL: a failed import leaves every table empty, 60 cases', async () => {
+  it('mutated exports through importUsers into PostgreSQL: a failed import leaves every table empty, 60 cases @soak', async () => {
     const db = await freshDatabase();
     try {
       const report = await fuzzImports(SEED + 1, 60, db.url);

@@ -204,7 +204,7 @@ process.stdout.write(JSON.stringify({ bytes, maxRssMb: process.resourceUsage().m
 
 describe('export memory', function () {
   this.timeout(600000);
-  it(`exports ~200 MB from a database in under ${CEILING_MB} MB of RSS`, async () => {
+  it(`exports ~200 MB from a database in under ${CEILING_MB} MB of RSS @soak`, async () => {
     const db = await freshDatabase();
     try {
       // 1 KB options are the cheapest way to a big export: 200k of them, made by the server.

@@ -16,7 +16,7 @@ const SHARED_SPECS = ['tokenize', 'sentry/fixtures-import', 'process-records', '
 describe('a clone with nothing beside it', function () {
   this.timeout(300000);
 
-  it('runs the specs that read ../shared: they skip, saying why, and the run passes', async () => {
+  it('runs the specs that read ../shared: they skip, saying why, and the run passes @soak', async () => {
     const outer = tmpFolder('userport-clone-');
     const clone = path.join(outer, 'userport');
     fs.mkdirSync(clone);

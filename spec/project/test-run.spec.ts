@@ -68,7 +68,7 @@ describe('the test run (spec/helpers/setup.ts)', function () {
     });
   }
 
-  it('cleans up after a run that was SIGKILLed: the next run stops its server and removes its folder', async () => {
+  it('cleans up after a run that was SIGKILLed: the next run stops its server and removes its folder @soak', async () => {
     const killed = await startRun();
     killed.kill('SIGKILL');
     await killed.done;

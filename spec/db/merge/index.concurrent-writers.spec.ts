@@ -103,7 +103,7 @@ describe('other writers during the import (issue #25)', function () {
     });
   }
 
-  it('20 runs of each mode with writers creating the import\'s names and addresses throughout: every import finishes, counting what it wrote', async () => {
+  it('20 runs of each mode with writers creating the import\'s names and addresses throughout: every import finishes, counting what it wrote @soak', async () => {
     for (let i = 0; i < 40; i++) {
       const mode = i % 2 ? 'resumable' : 'atomic';
       const prefix = `r${i}x`;
