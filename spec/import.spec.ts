@@ -198,6 +198,14 @@ describe('importUsers', () => {
         .to.deep.equal(['sentry.email:2', 'sentry.user:2', 'sentry.useremail:3', 'sentry.useroption:2']);
     });
 
+    it('reads a one-shot iterable of names once: the resume key and the filter see the same names', async () => {
+      function* names() { yield 'alice'; yield 'carol'; }
+      const s = await run(db, records(), { filterUsernames: names() as unknown as string[] });
+      expect(s.models['sentry.user']).to.include({ inserted: 2, filtered: 1 });
+      const snap = await tableSnapshot(db.knex);
+      expect((snap.users as { username: string }[]).map((u) => u.username)).to.deep.equal(['alice', 'carol']);
+    });
+
     it('imports nothing with an empty list', async () => {
       const s = await run(db, records(), { filterUsernames: [] });
       expect(s.models['sentry.user']).to.include({ inserted: 0, filtered: 3 });

@@ -22,11 +22,13 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import copyStreams from 'pg-copy-streams';
 import { wrapDbError } from '../../errors.js';
-import type { SideLines } from '../../overlap.js';
 import type { StagedRow } from '../../map-models.js';
 import { STAGE_INDEX } from '../../models.js';
 import { endStream, writeChunks } from '../../stream-writes.js';
 import { FLUSH_BYTES } from '../../copy-text.js';
+
+/** The lines of one side spool, a read chunk's lines at a time (the sink's `SideLines`, lib/overlap.ts). */
+export type SideLines = () => AsyncIterable<Buffer[]>;
 
 /** Ranges of new users beyond which the client does not keep them (their rows are staged). */
 export const MAX_RANGES = 100_000;
