@@ -10,7 +10,7 @@ import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { ErrorCodes, UserportError, wrapCallbackError, wrapDbError } from './errors.js';
-import type { StagedRow } from './map-models.js';
+import type { FilteredMarker, StagedRow } from './map-models.js';
 import { makeSpool } from './spool.js';
 import { endStream, writeChunks } from './stream-writes.js';
 
@@ -23,18 +23,19 @@ import { endStream, writeChunks } from './stream-writes.js';
  */
 export interface Overlap {
   /**
-   * Asked after each write, once its rows are gathered, until it answers `now` or `never`:
-   * `later` asks again after the next write.
+   * Asked for each row before it is placed (and before the sink's `staged` facts note it), until
+   * it answers `now` or `never`. `now`: that row and every row after it wait for the work's spool
+   * (or are diverted); the rows before it are staged first.
    */
-  when(): 'now' | 'later' | 'never';
+  when(row: StagedRow | FilteredMarker): 'now' | 'later' | 'never';
   /**
    * Called once, after `now`, when every row so far is staged and the COPY has ended. Resolves
    * to the work, or to undefined to decline (the COPY goes on).
    */
   start(client: pg.ClientBase): Promise<OverlapWork | undefined>;
   /**
-   * Asked for each staged row while the work runs: the name of a side spool (a word) sends it
-   * there instead of the spool, for {@link OverlapWork.writeDiverted}. @default no row is diverted
+   * Asked for each row from the one `when` answered `now` at: the name of a side spool (a word)
+   * sends it there instead of the spool, for {@link OverlapWork.writeDiverted}. @default no row is diverted
    */
   divert?(row: StagedRow): string | undefined;
 }

@@ -28,7 +28,7 @@ import copyStreams from 'pg-copy-streams';
 import { OptionError, wrapCallbackError, wrapDbError } from './errors.js';
 import { checkOptions, isBoolean, isFunction, isInteger, isNonEmptyString, isOneOf, type OptionCheck } from './options.js';
 import { copySql, CopyText, FLUSH_BYTES } from './copy-text.js';
-import { rejectedUserRow, type MappedItem } from './map-models.js';
+import { rejectedUserRow, type FilteredMarker, type MappedItem, type StagedRow } from './map-models.js';
 import { OverlapRun, type Overlap, type OverlapWork } from './overlap.js';
 import type { RejectSink } from './rejects.js';
 import { StagedFacts } from './staged-facts.js';
@@ -129,6 +129,10 @@ export function createPgSink(options: PgSinkOptions): Writable {
   const overlap = whole ? options.overlap : undefined;
   let overlapping: OverlapRun | undefined;
   let asked = !overlap;
+  // From the row at which the overlap said `now` until the work declines: rows are diverted, and
+  // those not diverted wait in `spooled` for the spool (the rows before it are staged first).
+  let spooling = false;
+  const spooled = new CopyText();
   // Set by destroy: a start of the overlapped work still in flight must not start it, nor keep a spool.
   let destroyed = false;
   let starting: Promise<void> | undefined;
@@ -155,21 +159,27 @@ export function createPgSink(options: PgSinkOptions): Writable {
   const endCopy = () => endStream(copy!, copyError).then(() => { copy = undefined; });
 
   /**
-   * The overlap said `now`: stage what is pending, end the COPY, start the work; if it starts,
-   * send the rows that follow to the spool.
+   * The overlap said `now` at a row of this write: stage the rows before it, end the COPY, start
+   * the work; if it starts, that row and the rows after it go to its spool (or side spools), else
+   * they are staged after all.
    */
   const startOverlap = async () => {
-    asked = true;
     if (pending.size) await send(pending.take());
     await endCopy();
     let work: OverlapWork | undefined;
     try { work = await overlap!.start(client); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
     if (destroyed) return;
-    if (!work) {
-      copy = openCopy();
+    if (work) overlapping = await OverlapRun.begin(work, options.tmpDir ?? os.tmpdir(), () => destroyed, () => moment('overlap started'), () => moment('overlap done'));
+    if (destroyed) return;
+    if (overlapping) {
+      if (spooled.size) await overlapping.write(spooled.take());
       return;
     }
-    overlapping = await OverlapRun.begin(work, options.tmpDir ?? os.tmpdir(), () => destroyed, () => moment('overlap started'), () => moment('overlap done'));
+    // Declined: what waited for the spool, diverted or not, is staged after all.
+    spooling = false;
+    copy = openCopy();
+    if (spooled.size) await send(spooled.take());
+    for (const text of diverted.values()) if (text.size) await send(text.take());
   };
 
   /**
@@ -177,7 +187,7 @@ export function createPgSink(options: PgSinkOptions): Writable {
    * into the staging table (kept until the sink ends: a destroy after a failure removes the spool).
    */
   const drainOverlap = async () => {
-    if (pending.size) await overlapping!.write(pending.take());
+    if (spooled.size) await overlapping!.write(spooled.take());
     for (const [name, text] of diverted) if (text.size) await overlapping!.writeSide(name, text.take());
     await overlapping!.drain(() => (copy = openCopy()));
     copy = undefined;
@@ -222,19 +232,28 @@ export function createPgSink(options: PgSinkOptions): Writable {
     writev(chunks, callback) {
       let count = 0;
       let last: MappedItem | undefined;
+      /** Asks the overlap, before each row while it says `later`: from the row it says `now` at, rows wait for its spool. */
+      const ask = (row: StagedRow | FilteredMarker) => {
+        const when = overlap!.when(row);
+        if (when === 'later') return;
+        asked = true;
+        spooling = when === 'now';
+      };
       const take = (item: MappedItem) => {
         stats.account(item);
         if (item.kind === 'row' || item.kind === 'filtered') {
-          const side = overlapping && item.kind === 'row' ? overlap!.divert?.(item) : undefined;
-          (side === undefined ? pending : sideText(side)).row(run, item);
+          if (!asked && whole) ask(item);
           staged?.note(item);
+          const side = spooling && item.kind === 'row' ? overlap!.divert?.(item) : undefined;
+          (side !== undefined ? sideText(side) : spooling ? spooled : pending).row(run, item);
         } else if (item.kind === 'reject') {
           if (!rejects) throw item.error;
           rejects.reject(item.error, item, item.record);
           const pkOnly = rejectedUserRow(item);
           if (pkOnly) {
-            pending.row(run, pkOnly);
+            if (!asked && whole) ask(pkOnly);
             staged?.note(pkOnly);
+            (spooling ? spooled : pending).row(run, pkOnly);
           }
         }
         count++;
@@ -251,22 +270,19 @@ export function createPgSink(options: PgSinkOptions): Writable {
       }
       if (whole) {
         if (overlapping?.error) return callback(overlapping.error);
-        if (!asked) {
-          const when = overlap!.when();
-          if (when === 'now') {
-            starting = startOverlap();
-            starting.then(() => callback(), (err: Error) => callback(err));
-            return;
-          }
-          if (when === 'never') asked = true;
+        if (spooling && !starting) {
+          starting = startOverlap();
+          starting.then(() => callback(), (err: Error) => callback(err));
+          return;
         }
         for (const [name, text] of diverted) {
           if (text.size < FLUSH_BYTES) continue;
           overlapping!.writeSide(name, text.take()).then(() => callback(), (err: Error) => callback(err));
           return;
         }
-        if (pending.size < FLUSH_BYTES) return callback();
-        (overlapping ? overlapping.write(pending.take()) : send(pending.take())).then(() => callback(), (err: Error) => callback(err));
+        const text = overlapping ? spooled : pending;
+        if (text.size < FLUSH_BYTES) return callback();
+        (overlapping ? overlapping.write(text.take()) : send(text.take())).then(() => callback(), (err: Error) => callback(err));
         return;
       }
       batchCount += count;

@@ -25,7 +25,7 @@ import { wrapDbError } from '../../errors.js';
 import type { StagedRow } from '../../map-models.js';
 import { STAGE_INDEX } from '../../models.js';
 import { endStream, writeChunks } from '../../stream-writes.js';
-import { FLUSH_BYTES } from '../../copy-text.js';
+import { columnStart, intAt, intField, lineColumn, scanTabs } from './staging-lines.js';
 
 /** The lines of one side spool, a read chunk's lines at a time (the sink's `SideLines`, lib/overlap.ts). */
 export type SideLines = () => AsyncIterable<Buffer[]>;
@@ -33,12 +33,8 @@ export type SideLines = () => AsyncIterable<Buffer[]>;
 /** Ranges of new users beyond which the client does not keep them (their rows are staged). */
 export const MAX_RANGES = 100_000;
 
-/** Columns of a staging line before the values of `STAGE_COLUMNS` (copySql: run ... keep). */
-const LEAD = 8;
-const USER_PK = LEAD + STAGE_INDEX.user_pk;
-const TAB = 9;
+const USER_PK = lineColumn('user_pk');
 const NEWLINE = Buffer.from('\n');
-
 
 /** A model whose rows of new users may go straight in. */
 export interface DirectModel {
@@ -52,30 +48,26 @@ export interface DirectModel {
   unique: readonly string[];
   /** Whether the sink diverts a staged row of this model. */
   diverts(row: StagedRow): boolean;
-  /** The COPY text line (with its newline) of a diverted staging line whose user got `id`. */
-  row(line: Buffer, id: number): Buffer;
-}
-
-/** The value of staging column `column` in a staging line: its bounds, as COPY text. */
-function field(line: Buffer, column: number): [number, number] {
-  let start = 0;
-  for (let i = 0; i < column; i++) start = line.indexOf(TAB, start) + 1;
-  const end = line.indexOf(TAB, start);
-  return [start, end < 0 ? line.length : end];
+  /** The last staging column `row` reads. */
+  lastColumn: number;
+  /**
+   * Appends to `out` the pieces of the COPY text line (with its newline) of a diverted staging
+   * line whose user got `id`; `tabs`: the line's tabs up to `lastColumn` ({@link scanTabs}).
+   */
+  row(line: Buffer, tabs: Int32Array, id: number, out: Buffer[]): void;
 }
 
 /** Options: the user, no project or organization, the key and the value as staged (the target's encoding). */
 export function directOptions(code: number, table: string): DirectModel {
-  const key = LEAD + STAGE_INDEX.opt_key;
+  const key = lineColumn('opt_key');
   // key <tab> value are adjacent in the staging line.
-  if (LEAD + STAGE_INDEX.opt_value !== key + 1) throw new Error('staging columns opt_key, opt_value must be adjacent');
+  if (lineColumn('opt_value') !== key + 1) throw new Error('staging columns opt_key, opt_value must be adjacent');
   return {
     code, table, columns: ['user_id', 'project_id', 'organization_id', 'key', 'value'], unique: ['key'],
     diverts: (r) => r.code === code && r.values[STAGE_INDEX.user_pk] != null && r.values[STAGE_INDEX.project_id] == null && r.values[STAGE_INDEX.organization_id] == null,
-    row: (line, id) => {
-      const [start, keyEnd] = field(line, key);
-      const valueEnd = line.indexOf(TAB, keyEnd + 1);
-      return Buffer.concat([Buffer.from(`${id}\t\\N\t\\N\t`), line.subarray(start, valueEnd < 0 ? line.length : valueEnd), NEWLINE]);
+    lastColumn: key + 1,
+    row: (line, tabs, id, out) => {
+      out.push(Buffer.from(`${id}\t\\N\t\\N\t`), line.subarray(columnStart(tabs, key), tabs[key + 1]), NEWLINE);
     },
   };
 }
@@ -86,13 +78,13 @@ export function directOptions(code: number, table: string): DirectModel {
  * as date_hash_added (`now`, as the merge's `now()`), unverified.
  */
 export function directUserEmails(code: number, table: string): DirectModel {
-  const email = LEAD + STAGE_INDEX.email;
+  const email = lineColumn('email');
   return {
     code, table, columns: ['user_id', 'email', 'validation_hash', 'date_hash_added', 'is_verified'], unique: ['email'],
     diverts: (r) => r.code === code && r.values[STAGE_INDEX.user_pk] != null,
-    row: (line, id) => {
-      const [start, end] = field(line, email);
-      return Buffer.concat([Buffer.from(`${id}\t`), line.subarray(start, end), Buffer.from(`\t${randomUUID().replace(/-/g, '')}\tnow\tf\n`)]);
+    lastColumn: email,
+    row: (line, tabs, id, out) => {
+      out.push(Buffer.from(`${id}\t`), line.subarray(columnStart(tabs, email), tabs[email]), Buffer.from(`\t${randomUUID().replace(/-/g, '')}\tnow\tf\n`));
     },
   };
 }
@@ -133,22 +125,6 @@ export class NewUsers {
     }
     return -1;
   }
-}
-
-/** The integer a COPY text field holds (digits and a sign), or NaN (`\N`, anything else). */
-function intField(line: Buffer, column: number): number {
-  const [start, end] = field(line, column);
-  let i = start;
-  const negative = line[i] === 0x2d;
-  if (negative) i++;
-  if (i >= end) return NaN;
-  let n = 0;
-  for (; i < end; i++) {
-    const d = line[i]! - 0x30;
-    if (d < 0 || d > 9) return NaN;
-    n = n * 10 + d;
-  }
-  return negative ? -n : n;
 }
 
 /** What {@link writeDirectRows} did, per model (by table). */
@@ -194,17 +170,19 @@ async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewU
   copy.on('error', () => undefined);
   let written = 0;
   let staged = 0;
+  const tabs = new Int32Array(Math.max(USER_PK, model.lastColumn) + 1);
   try {
     for await (const chunk of lines()) {
       // A chunk's rows in one CopyData message (a write per row would be a message per row).
       const out: Buffer[] = [];
       const rest: Buffer[] = [];
       for (const line of chunk) {
-        const id = users.id(intField(line, USER_PK));
+        scanTabs(line, tabs);
+        const id = users.id(intAt(line, columnStart(tabs, USER_PK), tabs[USER_PK]!));
         if (id < 0) rest.push(line);
-        else out.push(model.row(line, id));
+        else model.row(line, tabs, id, out);
       }
-      written += out.length;
+      written += chunk.length - rest.length;
       staged += rest.length;
       if (out.length) await writeChunks(copy, [Buffer.concat(out)], copyError);
       if (rest.length) await stage(rest);

@@ -15,8 +15,10 @@ import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
 import type { WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
 import { directOptions, directUserEmails, sideName, writeDirectRows, type DirectModel, type SideLines } from './direct-rows.js';
+import { EmailCheck, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { idSequence, modelCodes, openMerge, runner } from './run.js';
-import type { StagedRow } from '../../map-models.js';
+import type { FilteredMarker, StagedRow } from '../../map-models.js';
+import { REJECTED_USER_CODE, STAGE_INDEX } from '../../models.js';
 import { mergeUsers, type UsersStepOptions, type UsersWritten } from './users.js';
 
 /** What the users' step wrote (step 2 of the merge), and how. */
@@ -35,7 +37,7 @@ export interface EarlyUsers {
 export const EARLY_SAVEPOINT = 'userport_early_users';
 
 /** What the early users step needs of the merge's options. */
-export type EarlyUsersOptions = UsersStepOptions & TraceOptions & { bulkLoad?: boolean };
+export type EarlyUsersOptions = UsersStepOptions & TraceOptions & { bulkLoad?: boolean; filterActive?: boolean };
 
 /**
  * Starts {@link EarlyUsers}: takes the empty-target path (locks, drops) inside a savepoint and
@@ -106,16 +108,28 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   const direct: DirectModel[] = [];
   if (plan.userOption) direct.push(directOptions(codes.userOption, plan.userOption.table));
   if (plan.userEmail && plan.scope !== 'global') direct.push(directUserEmails(codes.userEmail, plan.userEmail.table));
+  // Email records too (direct-emails.ts), unless a username filter decides which addresses stay.
+  const emailTable = options.filterActive ? undefined : plan.email?.table;
+  const emailSide = emailTable?.replace(/\W/g, '_');
+  const emailCheck = new EmailCheck();
+  // The models staged before the row that started the step: their rows stay staged, so that one
+  // rule decides every row of a model.
+  let stagedBefore: ReadonlySet<number> = new Set();
   return {
     get users(): EarlyUsers | undefined { return users; },
-    when(): 'now' | 'later' | 'never' {
-      if (staged.usersOnly) return 'later';
-      return staged.leadingUsers > 0 && staged.pksIncreasing && !staged.usersAfterOthers ? 'now' : 'never';
+    // Asked for each row before `staged` notes it: the first row of another model starts the step.
+    when(row: StagedRow | FilteredMarker): 'now' | 'later' | 'never' {
+      if (staged.usersOnly && (row.code === codes.user || row.code === REJECTED_USER_CODE)) return 'later';
+      if (!(staged.leadingUsers > 0 && staged.pksIncreasing && !staged.usersAfterOthers)) return 'never';
+      stagedBefore = new Set(staged.models);
+      return 'now';
     },
     // While the step runs, the options that may belong straight in wait in the side spool.
     divert: (row: StagedRow) => {
       for (const m of direct) if (m.diverts(row)) return sideName(m);
-      return undefined;
+      if (emailSide === undefined || row.code !== codes.email) return undefined;
+      emailCheck.note(row.values[STAGE_INDEX.email]);
+      return emailSide;
     },
     async start(client: pg.ClientBase) {
       const started = await beginEarlyUsers(client, options, plan);
@@ -128,8 +142,20 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
         },
         async writeDiverted(sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>) {
           // Only where file order is source pk order and the new users stand: else all are staged.
-          const done = await writeDirectRows(client, options.run, users && staged.pksIncreasing ? direct : [], sides, stage);
+          const exact = !!users && staged.pksIncreasing;
           const q = runner(client, options);
+          const rest = new Map(sides);
+          const emails = emailSide === undefined ? undefined : rest.get(emailSide);
+          if (emails) {
+            rest.delete(emailSide!);
+            const why = !exact ? 'the file is not in source pk order, or the early users step was undone'
+              : stagedBefore.has(codes.email) ? 'Email records came before the early users step started' : undefined;
+            let wrote: DirectEmails = { written: 0, existing: 0, staged: 0, why };
+            if (!why) wrote = await writeDirectEmails(client, options.run, emailTable!, await idSequence(q, emailTable!), emailCheck, emails, stage);
+            else for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
+            q.trace({ kind: 'direct-emails', table: emailTable!, ...wrote });
+          }
+          const done = await writeDirectRows(client, options.run, exact ? direct.filter((m) => !stagedBefore.has(m.code)) : [], rest, stage);
           for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
           if (users) users = { ...users, direct: new Map([...done].map(([m, r]) => [m.table, r.written])) };
         },

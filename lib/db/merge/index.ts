@@ -221,15 +221,25 @@ async function mergeEmails(q: Q, S: string, options: MergeOptions, plan: WritePl
          ${directUserEmails ? `UNION SELECT lower(ue.email) FROM ${plan.userEmail!.table} ue JOIN up_user u3 ON u3.new_id = ue.user_id` : ''})`
     : 'true';
   const absent = `'no sentry_email table in the target database (Sentry removed the Email model in 2026)'`;
-  await q(`
+  const stagedEmails = (await q(`
     CREATE TEMP TABLE up_email ON COMMIT DROP AS
     SELECT s.src_pk, s.ord, s.off, s.email, lower(s.email) AS le, s.date_joined AS date_added,
       row_number() OVER (PARTITION BY lower(s.email) ORDER BY s.src_pk) AS rn,
       CASE WHEN NOT ${!!plan.email} THEN 'dropped' WHEN ${kept} THEN NULL ELSE 'filtered' END AS outcome,
       CASE WHEN NOT ${!!plan.email} THEN ${absent} WHEN ${kept} THEN NULL ELSE 'not an email of a user kept by --filter-usernames' END AS reason
-    FROM ${S} s WHERE s.run = $1 AND s.model = ${C.email}`, [run]);
+    FROM ${S} s WHERE s.run = $1 AND s.model = ${C.email}`, [run])).rowCount ?? 0;
   if (!plan.email) return;
   const E = plan.email.table;
+  if (stagedEmails > 0) await insertEmails(q, run, E, plan.email.arbiter, bulk);
+  // On the bulk path they may have been written straight in (direct-emails.ts): statistics for
+  // the joins that follow, as after the insert.
+  else if (bulk) await q(`ANALYZE ${E}`);
+  const emailCounts = await q(`SELECT kind, sum(span)::int AS n FROM userport.pk_ranges WHERE run = $1 AND model = 'sentry.email' GROUP BY kind`, [run]);
+  for (const { kind, n } of emailCounts.rows as { kind: 'inserted' | 'existing'; n: number }[]) stats.model('sentry.email')[kind] += n;
+}
+
+/** The staged Email records' rows (up_email) and pk map: reuse an address the target holds, else insert it. */
+async function insertEmails(q: Q, run: number, E: string, arbiter: string | undefined, bulk: 'empty' | 'few' | undefined): Promise<void> {
   await q('ANALYZE up_email (src_pk, le, rn, outcome)');
   // What this import inserts is what its INSERT returned, not "ids above the old maximum": other
   // sessions may insert addresses meanwhile. Kept in a table of its own (with statistics): joined
@@ -237,8 +247,8 @@ async function mergeEmails(q: Q, S: string, options: MergeOptions, plan: WritePl
   await q(`CREATE TEMP TABLE up_email_new (id bigint, le text) ON COMMIT DROP`);
   // On the bulk path the unique key is dropped: into empty tables nothing can conflict, into a few
   // rows the anti-join (hashed over them) decides.
-  const conflict = bulk ? '' : plan.email.arbiter ? `ON CONFLICT ${plan.email.arbiter} DO NOTHING` : '';
-  const guard = bulk === 'few' || (!bulk && !plan.email.arbiter) ? `AND NOT EXISTS (SELECT 1 FROM ${E} x WHERE lower(x.email::text) = e.le)` : '';
+  const conflict = bulk ? '' : arbiter ? `ON CONFLICT ${arbiter} DO NOTHING` : '';
+  const guard = bulk === 'few' || (!bulk && !arbiter) ? `AND NOT EXISTS (SELECT 1 FROM ${E} x WHERE lower(x.email::text) = e.le)` : '';
   await q(`
     WITH ins AS (
       INSERT INTO ${E} (email, date_added)
@@ -257,8 +267,6 @@ async function mergeEmails(q: Q, S: string, options: MergeOptions, plan: WritePl
     ${bulk === 'empty' ? '' : `UNION ALL
     SELECT e.src_pk, se.id, 'existing' FROM up_email e JOIN ${E} se ON lower(se.email::text) = e.le
     WHERE e.outcome IS NULL AND NOT EXISTS (SELECT 1 FROM up_email_new n WHERE n.le = e.le)`}`);
-  const emailCounts = await q(`SELECT kind, sum(span)::int AS n FROM userport.pk_ranges WHERE run = $1 AND model = 'sentry.email' GROUP BY kind`, [run]);
-  for (const { kind, n } of emailCounts.rows as { kind: 'inserted' | 'existing'; n: number }[]) stats.model('sentry.email')[kind] += n;
 }
 
 /**

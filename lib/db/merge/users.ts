@@ -197,7 +197,11 @@ async function renameUsers(q: Q, plan: WritePlan): Promise<void> {
              FROM up_user WHERE outcome = 'renamed' AND final_name IS NULL`);
     await q(`DELETE FROM up_cand c USING (SELECT lower(cand) AS lc FROM up_cand GROUP BY 1 HAVING count(*) > 1) t WHERE lower(c.cand) = t.lc`);
     await q(`DELETE FROM up_cand c USING ${plan.user.table} a WHERE lower(a.username) = lower(c.cand)`);
-    await q(`DELETE FROM up_cand c USING up_user o WHERE lower(o.final_name) = lower(c.cand)`);
+    // A kept user's final name, lower-cased: lname where it keeps its name (no lower() over
+    // every user each round: 0.2 s at 100k users), else the name an earlier round gave it.
+    await q(`DELETE FROM up_cand c WHERE lower(c.cand) IN (
+               SELECT lname FROM up_user WHERE outcome = 'inserted'
+               UNION ALL SELECT lower(final_name) FROM up_user WHERE outcome = 'renamed' AND final_name IS NOT NULL)`);
     await q(`UPDATE up_user p SET final_name = c.cand FROM up_cand c WHERE p.src_pk = c.src_pk`);
     await q('DROP TABLE up_cand');
     if (!(await q(`SELECT 1 FROM up_user WHERE outcome = 'renamed' AND final_name IS NULL LIMIT 1`)).rowCount) return;

@@ -1,0 +1,63 @@
+/**
+ * Reading the staging table's COPY text lines in the client (the side spools of direct-rows.ts
+ * and direct-emails.ts): where a column's value is in a line, and its integer. The line's columns
+ * are copySql's (lib/copy-text.ts): run, model, ord, off, line, col, src_pk, keep, then
+ * `STAGE_COLUMNS`.
+ */
+import { STAGE_INDEX, type StageColumn } from '../../models.js';
+
+/** Columns of a staging line before the values of `STAGE_COLUMNS` (copySql: run ... keep). */
+const LEAD = 8;
+const TAB = 9;
+
+/** The position of a staging column in a line: `src_pk`, or one of `STAGE_COLUMNS`. */
+export function lineColumn(name: StageColumn | 'src_pk'): number {
+  return name === 'src_pk' ? 6 : LEAD + STAGE_INDEX[name];
+}
+
+/** The value of column `column` in a staging line: its bounds, as COPY text. */
+export function field(line: Buffer, column: number): [number, number] {
+  let start = 0;
+  for (let i = 0; i < column; i++) start = line.indexOf(TAB, start) + 1;
+  const end = line.indexOf(TAB, start);
+  return [start, end < 0 ? line.length : end];
+}
+
+/**
+ * The positions of the tabs that end columns 0 .. `tabs.length - 1` of a staging line, in one scan
+ * (column c spans `c ? tabs[c - 1] + 1 : 0` to `tabs[c]`): for reading several columns of a line.
+ */
+export function scanTabs(line: Buffer, tabs: Int32Array): Int32Array {
+  // A loop over the bytes: a call of indexOf per column cost more than the scan (lines are short).
+  const n = tabs.length;
+  let c = 0;
+  for (let i = 0; i < line.length && c < n; i++) if (line[i] === TAB) tabs[c++] = i;
+  while (c < n) tabs[c++] = line.length;
+  return tabs;
+}
+
+/** The start of column `column` in a line whose tabs {@link scanTabs} found. */
+export function columnStart(tabs: Int32Array, column: number): number {
+  return column ? tabs[column - 1]! + 1 : 0;
+}
+
+/** The integer in `line[start, end)` (digits and a sign), or NaN (`\N`, anything else). */
+export function intAt(line: Buffer, start: number, end: number): number {
+  let i = start;
+  const negative = line[i] === 0x2d;
+  if (negative) i++;
+  if (i >= end) return NaN;
+  let n = 0;
+  for (; i < end; i++) {
+    const d = line[i]! - 0x30;
+    if (d < 0 || d > 9) return NaN;
+    n = n * 10 + d;
+  }
+  return negative ? -n : n;
+}
+
+/** The integer a COPY text field holds (digits and a sign), or NaN (`\N`, anything else). */
+export function intField(line: Buffer, column: number): number {
+  const [start, end] = field(line, column);
+  return intAt(line, start, end);
+}

@@ -1,0 +1,138 @@
+/**
+ * Issue #23, item 1: the export's Email records are decided in the client and COPYed straight
+ * into sentry_email once the early users step is done (lib/db/merge/direct-emails.ts). The result
+ * must be the merge's, to the id, the date and the pk map; an address the target holds is reused;
+ * anything the client cannot decide exactly (a repeated address, a non-ASCII one) sends every
+ * Email record through the merge.
+ */
+import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { HashSet64 } from '../../../lib/db/merge/direct-emails.js';
+import { freshDatabase, type TestDb } from '../../helpers/db.js';
+import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
+import { insertUser } from '../../helpers/sentry-rows.js';
+
+const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'bin', 'userport.js');
+// Enough users that they span many read chunks: the early step starts while the emails are still to come.
+const USERS = 3000;
+const NO_DATE = 'no-date@example.com';
+const NO_DATE_PK = USERS * 2 + 1;
+
+/**
+ * Users 1..USERS, then (the first record after them, the one that starts the early step) their
+ * Email records, with gaps in the pks; the admin's address in other case; one Email without a
+ * date; then options and user emails. `extra` Email records come last.
+ */
+function records(extra: Rec[] = [], reused = true): Rec[] {
+  const users: Rec[] = [];
+  const emails: Rec[] = [];
+  const rest: Rec[] = [];
+  for (let i = 1; i <= USERS; i++) {
+    users.push(user(i, `u${i}`, { email: `u${i}@example.com` }));
+    // Pks 1, 2, 4, 5, 7, ...: the pk map breaks into ranges.
+    emails.push(email(i + Math.floor(i / 3), `u${i}@example.com`));
+    rest.push(useroption(i, i, 'timezone', 'UTC'), useremail(i, i, `u${i}@example.com`));
+  }
+  if (reused) emails.push(email(USERS * 2, 'ADMIN@example.com'));
+  emails.push({ model: 'sentry.email', pk: NO_DATE_PK, fields: { email: NO_DATE } });
+  return [...users, ...emails, ...extra, ...rest];
+}
+
+function cli(file: string, db: TestDb, ...args: string[]) {
+  const r = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--database-url', db.url, '--no-progress', '--json', ...args],
+    { encoding: 'utf8', env: { ...process.env, USERPORT_TRACE_SQL: '1' } });
+  expect(r.status, r.stderr.slice(-2000)).to.equal(0);
+  const summary = JSON.parse(r.stdout) as { models: unknown; adjacent: unknown };
+  return { stderr: r.stderr, models: summary.models, adjacent: summary.adjacent };
+}
+
+/**
+ * Every Email row with its id, the emails' pk map, the sequence's next id, the tables and the
+ * findings; the undated Email's id apart (its date is each transaction's own).
+ */
+async function outcome(db: TestDb) {
+  const q = async (sql: string) => (await db.knex.raw(sql)).rows as unknown[];
+  const tables = await tableSnapshot(db.knex);
+  tables.emails = tables.emails!.filter((e) => (e as { email: string }).email !== NO_DATE);
+  return {
+    emails: await q(`SELECT id::int, email::text, date_added FROM sentry_email WHERE email::text <> '${NO_DATE}' ORDER BY id`),
+    noDate: await q(`SELECT id::int FROM sentry_email WHERE email::text = '${NO_DATE}'`),
+    pkMap: await q(`SELECT source_pk::int, target_id::int, kind FROM userport.pk_map WHERE model = 'sentry.email' AND source_pk <> ${NO_DATE_PK} ORDER BY source_pk`),
+    next: await q(`SELECT nextval(pg_get_serial_sequence('sentry_email', 'id'))::int AS id`),
+    tables,
+    findings: await q(`SELECT kind, model, source_pk, reason FROM userport.findings ORDER BY model, source_pk, reason`),
+  };
+}
+
+describe('the export\'s Email rows, written straight in (issue #23)', function () {
+  this.timeout(180000);
+  const dbs: TestDb[] = [];
+  /** A new Sentry's database: its first user, and that user's Email row (`admin@Example.com`). */
+  const target = async () => {
+    const d = await freshDatabase();
+    dbs.push(d);
+    await insertUser(d.knex, { username: 'admin', email: 'admin@example.com' });
+    await d.knex.raw(`INSERT INTO sentry_email (email, date_added) VALUES ('admin@Example.com', '2020-01-01T00:00:00Z')`);
+    return d;
+  };
+  afterEach(async () => { for (const d of dbs.splice(0)) await d.close(); });
+  /** The export into two such targets: the default path (a), and the merge alone (b, --bulk-load off). */
+  const importBoth = async (extra: Rec[] = [], reused = true) => {
+    const file = writeExport(records(extra, reused));
+    const direct = await target();
+    const merged = await target();
+    return { direct, merged, a: cli(file, direct), b: cli(file, merged, '--bulk-load', 'off') };
+  };
+
+  it('writes what the merge writes: ids, dates, the reused address, the pk map and the sequence', async () => {
+    const { direct, merged, a, b } = await importBoth();
+    expect(a.stderr).to.contain(`[direct] sentry_email: ${USERS + 1} rows written straight in, 1 addresses already there`);
+    expect(b.stderr).to.not.contain('[direct]');
+    expect(a.models).to.deep.equal(b.models);
+    expect(a.adjacent).to.deep.equal(b.adjacent);
+    const { noDate, next, ...got } = await outcome(direct);
+    const { noDate: mergedNoDate, next: mergedNext, ...want } = await outcome(merged);
+    expect(got).to.deep.equal(want);
+    // The reused address draws no id, as Sentry's get_or_create draws none: the admin's row is 1,
+    // the export's addresses 2.., the undated one (the highest pk) USERS + 2. (The merge's ON
+    // CONFLICT DO NOTHING on the general path draws one for it, and leaves a gap.)
+    expect({ noDate, next }).to.deep.equal({ noDate: [{ id: USERS + 2 }], next: [{ id: USERS + 3 }] });
+    expect({ noDate: mergedNoDate, next: mergedNext }).to.deep.equal({ noDate: [{ id: USERS + 3 }], next: [{ id: USERS + 4 }] });
+    // The admin's address was reused, not inserted again; the pk map breaks where the pks skip.
+    expect(got.pkMap).to.deep.include({ source_pk: USERS * 2, target_id: 1, kind: 'existing' });
+    expect((await direct.knex.raw(`SELECT count(*)::int AS n FROM userport.pk_ranges WHERE model = 'sentry.email'`)).rows[0].n)
+      .to.be.above(USERS / 3).and.below(USERS);
+    // A record without a date is dated at the transaction's start, as the merge's now().
+    const dated = (await direct.knex.raw(`SELECT e.date_added = h.date_added AS same FROM sentry_email e,
+      (SELECT min(date_added) AS date_added FROM sentry_lostpasswordhash) h WHERE e.email::text = '${NO_DATE}'`)).rows;
+    expect(dated).to.deep.equal([{ same: true }]);
+  });
+
+  for (const [what, extra, why] of [
+    ['an address that comes twice (in other case)', [email(USERS * 3, 'U7@EXAMPLE.COM')], 'two addresses are the same, or share a hash'],
+    ['an address that is not plain ASCII', [email(USERS * 3, 'zoë@example.com')], 'an address is not plain ASCII text'],
+  ] as const) {
+    it(`stages every Email record for ${what}, and the merge decides as ever`, async () => {
+      // No address of the target's in the file: the merge's general path draws no id it does not use.
+      const { direct, merged, a, b } = await importBoth([...extra], false);
+      expect(a.stderr).to.contain(`[direct] sentry_email: all ${USERS + 2} staged for the merge: ${why}`);
+      expect(a.models).to.deep.equal(b.models);
+      expect(await outcome(direct)).to.deep.equal(await outcome(merged));
+    });
+  }
+
+  it('HashSet64: a hash added twice is refused, and the set keeps every hash as it grows', () => {
+    const set = new HashSet64();
+    // Past its first table (2^16 slots) twice over.
+    const n = 300_000;
+    let added = 0;
+    for (let i = 0; i < n; i++) if (set.add(i * 2654435761, i ^ 0x5bd1e995)) added++;
+    let again = 0;
+    for (let i = 0; i < n; i++) if (set.add(i * 2654435761, i ^ 0x5bd1e995)) again++;
+    expect({ added, again }).to.deep.equal({ added: n, again: 0 });
+    expect(set.add(0, 0)).to.equal(true);
+    expect(set.add(0, 0)).to.equal(false);
+  });
+});
