@@ -28,9 +28,9 @@ export function traceLine(e: TraceEvent): string {
     case 'direct-rows': return e.repeated
       ? `[direct] ${e.table}: a row of a new user came twice: all ${e.staged} staged for the merge`
       : `[direct] ${e.table}: ${e.written} rows of new users written straight in, ${e.staged} staged for the merge`;
-    case 'direct-emails': return e.why
-      ? `[direct] ${e.table}: all ${e.staged} staged for the merge: ${e.why}`
-      : `[direct] ${e.table}: ${e.written} rows written straight in, ${e.existing} addresses already there`;
+    case 'direct-emails': return e.why ? `[direct] ${e.table}: all ${e.staged} staged for the merge: ${e.why}`
+      : e.dropped !== undefined ? `[direct] ${e.table}: no such table: ${e.dropped} Email records dropped, their findings written`
+        : `[direct] ${e.table}: ${e.written} rows written straight in, ${e.existing} addresses already there`;
     case 'sink': return `[sink] ${SINK_LINES[e.moment].replace('%', `${e.ms.toFixed(0)} ms`)}`;
   }
 }

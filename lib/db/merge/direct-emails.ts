@@ -30,9 +30,15 @@ const EMAIL = lineColumn('email');
 // An Email record's date_added is staged in date_joined (its mapping's column).
 const DATE_ADDED = lineColumn('date_joined');
 const SRC_PK = lineColumn('src_pk');
+// ord <tab> off: the record's ordinal and byte offset, adjacent in the line.
+const ORD = 2;
+const OFF = 3;
 const TAB = Buffer.from('\t');
 const NOW = Buffer.from('now');
 const NEWLINE = Buffer.from('\n');
+
+/** Why an Email record is dropped by a target without sentry_email (the merge's reason too). */
+export const NO_EMAIL_TABLE = 'no sentry_email table in the target database (Sentry removed the Email model in 2026)';
 
 /** What {@link writeDirectEmails} did. */
 export interface DirectEmails {
@@ -44,6 +50,8 @@ export interface DirectEmails {
   staged: number;
   /** Why they were staged, when they were. */
   why?: string;
+  /** Records dropped, their findings written: the target has no sentry_email ({@link dropEmails}). */
+  dropped?: number;
 }
 
 /** A set of 64-bit hashes (two 32-bit halves, open addressing): `add` answers false when the hash was there. */
@@ -192,6 +200,37 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
   await writePkRanges(client, run, ranges);
   return { written: next - drawn.lo, existing, staged: 0 };
 }
+/**
+ * A target without sentry_email (Sentry 2026) drops every Email record: their findings, COPYed
+ * straight from the side spool `lines` (no staging, no decision table). Resolves to their count.
+ */
+export async function dropEmails(client: pg.ClientBase, run: number, lines: SideLines): Promise<number> {
+  const copyError = (err: Error) => wrapDbError(err, 'COPY into userport.findings');
+  const copy = client.query(copyStreams.from(`COPY userport.findings (run, kind, model, source_pk, ordinal, byte_offset, reason) FROM STDIN`));
+  copy.on('error', () => undefined);
+  const lead = Buffer.from(`${run}\tdropped\tsentry.email\t`);
+  const reason = Buffer.from(`\t${NO_EMAIL_TABLE}\n`);
+  const tabs = new Int32Array(SRC_PK + 1);
+  let count = 0;
+  try {
+    for await (const chunk of lines()) {
+      const out: Buffer[] = [];
+      for (const line of chunk) {
+        scanTabs(line, tabs);
+        // source_pk, ordinal, byte_offset: the staging line's src_pk, ord and off.
+        out.push(lead, line.subarray(columnStart(tabs, SRC_PK), tabs[SRC_PK]), TAB, line.subarray(columnStart(tabs, ORD), tabs[OFF]), reason);
+      }
+      count += chunk.length;
+      if (out.length) await writeChunks(copy, [Buffer.concat(out)], copyError);
+    }
+    await endStream(copy, copyError);
+  } catch (err) {
+    copy.destroy(err as Error);
+    throw err;
+  }
+  return count;
+}
+
 /** The pk map's ranges of this run's Email records, in one COPY. */
 async function writePkRanges(client: pg.ClientBase, run: number, ranges: readonly PkRange[]): Promise<void> {
   if (!ranges.length) return;

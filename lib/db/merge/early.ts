@@ -15,7 +15,7 @@ import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
 import type { WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
 import { directOptions, directUserEmails, sideName, writeDirectRows, type DirectModel, type SideLines } from './direct-rows.js';
-import { EmailCheck, writeDirectEmails, type DirectEmails } from './direct-emails.js';
+import { dropEmails, EmailCheck, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { idSequence, modelCodes, openMerge, runner } from './run.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
 import { REJECTED_USER_CODE, STAGE_INDEX } from '../../models.js';
@@ -32,6 +32,8 @@ export interface EarlyUsers {
   readonly sequences: readonly { seq: string; lastValue: string; isCalled: boolean; after: string }[];
   /** Rows of new users written straight into the target at the end of the input, by table (direct-rows.ts). */
   readonly direct?: ReadonlyMap<string, number>;
+  /** Email records dropped (their findings written) at the end of the input: the target has no sentry_email. */
+  readonly droppedEmails?: number;
 }
 
 export const EARLY_SAVEPOINT = 'userport_early_users';
@@ -108,9 +110,10 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   const direct: DirectModel[] = [];
   if (plan.userOption) direct.push(directOptions(codes.userOption, plan.userOption.table));
   if (plan.userEmail && plan.scope !== 'global') direct.push(directUserEmails(codes.userEmail, plan.userEmail.table));
-  // Email records too (direct-emails.ts), unless a username filter decides which addresses stay.
+  // Email records too (direct-emails.ts), unless a username filter decides which addresses stay;
+  // into a target without sentry_email (Sentry 2026) they are all dropped, with their findings.
   const emailTable = options.filterActive ? undefined : plan.email?.table;
-  const emailSide = emailTable?.replace(/\W/g, '_');
+  const emailSide = plan.email ? emailTable?.replace(/\W/g, '_') : 'sentry_email_absent';
   const emailCheck = new EmailCheck();
   // The models staged before the row that started the step: their rows stay staged, so that one
   // rule decides every row of a model.
@@ -128,7 +131,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     divert: (row: StagedRow) => {
       for (const m of direct) if (m.diverts(row)) return sideName(m);
       if (emailSide === undefined || row.code !== codes.email) return undefined;
-      emailCheck.note(row.values[STAGE_INDEX.email]);
+      if (plan.email) emailCheck.note(row.values[STAGE_INDEX.email]);
       return emailSide;
     },
     async start(client: pg.ClientBase) {
@@ -146,18 +149,21 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           const q = runner(client, options);
           const rest = new Map(sides);
           const emails = emailSide === undefined ? undefined : rest.get(emailSide);
+          let droppedEmails = 0;
           if (emails) {
             rest.delete(emailSide!);
             const why = !exact ? 'the file is not in source pk order, or the early users step was undone'
               : stagedBefore.has(codes.email) ? 'Email records came before the early users step started' : undefined;
+            const table = emailTable ?? 'sentry_email';
             let wrote: DirectEmails = { written: 0, existing: 0, staged: 0, why };
-            if (!why) wrote = await writeDirectEmails(client, options.run, emailTable!, await idSequence(q, emailTable!), emailCheck, emails, stage);
-            else for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
-            q.trace({ kind: 'direct-emails', table: emailTable!, ...wrote });
+            if (why) for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
+            else if (!plan.email) wrote = { ...wrote, dropped: droppedEmails = await dropEmails(client, options.run, emails) };
+            else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage);
+            q.trace({ kind: 'direct-emails', table, ...wrote });
           }
           const done = await writeDirectRows(client, options.run, exact ? direct.filter((m) => !stagedBefore.has(m.code)) : [], rest, stage);
           for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
-          if (users) users = { ...users, direct: new Map([...done].map(([m, r]) => [m.table, r.written])) };
+          if (users) users = { ...users, direct: new Map([...done].map(([m, r]) => [m.table, r.written])), droppedEmails };
         },
       };
     },

@@ -23,6 +23,7 @@ import type { TraceOptions } from '../../trace.js';
 import { readTarget, requireUserTable } from '../target.js';
 import { enterBulkLoad } from './bulk-load.js';
 import { refuseDuplicatePks, resolveNaturalKeys } from './checks.js';
+import { NO_EMAIL_TABLE } from './direct-emails.js';
 import { EARLY_SAVEPOINT, type EarlyUsers, type UsersStep } from './early.js';
 import { writePlan, type WritePlan } from './plan.js';
 import { insertPkRanges, modelCodes, openMerge, runner, type Q } from './run.js';
@@ -134,6 +135,8 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   }
   const { bulk, usersInserted } = users;
   stats.adjacent.lostPasswordHashes += users.lostPasswordHashes;
+  // Email records a target without sentry_email dropped at the end of the input, their findings written (direct-emails.ts).
+  if (early?.droppedEmails) stats.drop('sentry.email', NO_EMAIL_TABLE, early.droppedEmails);
 
   // Rows of new users that went straight in at the end of the input, by table (direct-rows.ts).
   const direct = (table: string | undefined) => (table === undefined ? 0 : early?.direct?.get(table) ?? 0);
@@ -220,7 +223,7 @@ async function mergeEmails(q: Q, S: string, options: MergeOptions, plan: WritePl
                WHERE s2.run = $1 AND s2.model = ${C.userEmail}
          ${directUserEmails ? `UNION SELECT lower(ue.email) FROM ${plan.userEmail!.table} ue JOIN up_user u3 ON u3.new_id = ue.user_id` : ''})`
     : 'true';
-  const absent = `'no sentry_email table in the target database (Sentry removed the Email model in 2026)'`;
+  const absent = `'${NO_EMAIL_TABLE}'`;
   const stagedEmails = (await q(`
     CREATE TEMP TABLE up_email ON COMMIT DROP AS
     SELECT s.src_pk, s.ord, s.off, s.email, lower(s.email) AS le, s.date_joined AS date_added,

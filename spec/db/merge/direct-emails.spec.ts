@@ -13,6 +13,7 @@ import { HashSet64 } from '../../../lib/db/merge/direct-emails.js';
 import { freshDatabase, type TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { insertUser } from '../../helpers/sentry-rows.js';
+import { targetDatabase, unavailable, type TargetDb } from '../../helpers/targets.js';
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'bin', 'userport.js');
 // Enough users that they span many read chunks: the early step starts while the emails are still to come.
@@ -122,6 +123,32 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
       expect(await outcome(direct)).to.deep.equal(await outcome(merged));
     });
   }
+
+  const noTable = unavailable('sentry-2026');
+  it('into a new Sentry 2026 (no sentry_email) drops every Email record and writes its finding, as the merge does', async function () {
+    if (noTable) {
+      process.stdout.write(`      skipped: ${noTable}\n`);
+      return this.skip();
+    }
+    const file = writeExport(records());
+    const targets: TargetDb[] = [];
+    try {
+      for (let i = 0; i < 2; i++) targets.push(await targetDatabase('sentry-2026', { freshInstall: true }));
+      const [direct, merged] = targets as [TargetDb, TargetDb];
+      const a = cli(file, direct);
+      const b = cli(file, merged, '--bulk-load', 'off');
+      expect(a.stderr).to.contain(`[direct] sentry_email: no such table: ${USERS + 2} Email records dropped, their findings written`);
+      expect(a.models).to.deep.equal(b.models);
+      const findings = async (db: TargetDb) => (await db.knex.raw(`SELECT kind, source_pk::int, ordinal::int, byte_offset::int, reason
+        FROM userport.findings WHERE model = 'sentry.email' ORDER BY source_pk`)).rows as { reason: string }[];
+      const got = await findings(direct);
+      expect(got).to.have.length(USERS + 2);
+      expect(got).to.deep.equal(await findings(merged));
+      expect(got[0]!.reason).to.contain('no sentry_email table');
+    } finally {
+      for (const t of targets) await t.close();
+    }
+  });
 
   it('HashSet64: a hash added twice is refused, and the set keeps every hash as it grows', () => {
     const set = new HashSet64();
