@@ -50,7 +50,7 @@ export interface OverlapWork {
   /** Called once `run` is done and the input has ended, before the spool is COPYed. */
   finish(): Promise<void>;
   /**
-   * Called after `finish`, before the spool is COPYed, with each side spool by name (the COPY
+   * Called after `finish` (even when nothing was diverted), before the spool is COPYed, with each side spool by name (the COPY
    * text lines of the staging table that `divert` sent there, in order, without their newline; a
    * line may be kept, its bytes are not reused): writes what it can on the connection itself and
    * hands every other line to `stage`, which adds it to the spool. Without it, every diverted row
@@ -158,7 +158,8 @@ export class OverlapRun {
     await this.done;
     if (this.error) throw this.error;
     try { await this.work.finish(); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
-    if (this.sides.size) await this.settleSides();
+    // The work's writeDiverted runs even with no side spool: it may write rows of its own.
+    if (this.sides.size || this.work.writeDiverted) await this.settleSides();
     try {
       await pipeline(createReadStream(this.path), openCopy());
     } catch (err) {

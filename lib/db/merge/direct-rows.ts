@@ -112,6 +112,12 @@ export class NewUsers {
     return new NewUsers(Float64Array.from(rows, (r) => r.s), Float64Array.from(rows, (r) => r.t), Float64Array.from(rows, (r) => r.span));
   }
 
+  /** Every new id, ascending (ids were drawn in file order: the ranges' targets ascend with them, or are sorted here). */
+  *ids(): Generator<number> {
+    const order = [...this.targets.keys()].sort((a, b) => this.targets[a]! - this.targets[b]!);
+    for (const i of order) for (let id = this.targets[i]!, end = id + this.spans[i]!; id < end; id++) yield id;
+  }
+
   /** The new id of the user with source pk `pk`, or -1 when it is not a new user of this import. */
   id(pk: number): number {
     let lo = 0;
@@ -125,6 +131,32 @@ export class NewUsers {
     }
     return -1;
   }
+}
+
+/**
+ * The new users' lost-password hashes (outside the global scope every new user gets one), made in
+ * the client and COPYed, in id order: uuid4 hex as Sentry's and the merge's, dated at the
+ * transaction's start (`now`, as the merge's now()). Half the server time of the merge's INSERT
+ * ... SELECT gen_random_uuid(). Resolves to their count.
+ */
+export async function writeLostPasswords(client: pg.ClientBase, table: string, users: NewUsers): Promise<number> {
+  const copyError = (err: Error) => wrapDbError(err, `COPY into ${table}`);
+  const copy = client.query(copyStreams.from(`COPY ${table} (user_id, hash, date_added) FROM STDIN`));
+  copy.on('error', () => undefined);
+  let count = 0;
+  try {
+    let text = '';
+    for (const id of users.ids()) {
+      text += `${id}\t${randomUUID().replace(/-/g, '')}\tnow\n`;
+      if (++count % 5000 === 0) { await writeChunks(copy, [Buffer.from(text)], copyError); text = ''; }
+    }
+    if (text) await writeChunks(copy, [Buffer.from(text)], copyError);
+    await endStream(copy, copyError);
+  } catch (err) {
+    copy.destroy(err as Error);
+    throw err;
+  }
+  return count;
 }
 
 /** What {@link writeDirectRows} did, per model (by table). */

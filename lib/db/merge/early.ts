@@ -14,12 +14,12 @@ import type { StagedFacts } from '../../staged-facts.js';
 import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
 import type { WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
-import { directOptions, directUserEmails, sideName, writeDirectRows, type DirectModel, type SideLines } from './direct-rows.js';
+import { directOptions, directUserEmails, NewUsers, sideName, writeDirectRows, writeLostPasswords, type DirectModel, type SideLines } from './direct-rows.js';
 import { dropEmails, EmailCheck, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { idSequence, modelCodes, openMerge, runner } from './run.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
 import { REJECTED_USER_CODE, STAGE_INDEX } from '../../models.js';
-import { mergeUsers, type UsersStepOptions, type UsersWritten } from './users.js';
+import { insertLostPasswords, mergeUsers, type UsersStepOptions, type UsersWritten } from './users.js';
 
 /** What the users' step wrote (step 2 of the merge), and how. */
 export interface UsersStep extends UsersWritten {
@@ -69,7 +69,8 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   for (const seq of seqs) before.push(await state(seq));
   return {
     async run() {
-      const written = await mergeUsers(q, S, options, plan, { empty: bulk.empty });
+      // The lost-password hashes are made in the client once the step is done (writeDiverted).
+      const written = await mergeUsers(q, S, options, plan, { empty: bulk.empty, lostPasswordsLater: true });
       const after: string[] = [];
       for (const seq of seqs) after.push((await state(seq)).v);
       return {
@@ -163,7 +164,17 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           }
           const done = await writeDirectRows(client, options.run, exact ? direct.filter((m) => !stagedBefore.has(m.code)) : [], rest, stage);
           for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
-          if (users) users = { ...users, direct: new Map([...done].map(([m, r]) => [m.table, r.written])), droppedEmails };
+          if (users) {
+            // The new users' lost-password hashes, which the step left to this moment (outside
+            // the global scope; beyond MAX_RANGES ranges of new users, the merge's INSERT).
+            let lostPasswordHashes = users.step.lostPasswordHashes;
+            if (plan.lostPassword && plan.scope !== 'global') {
+              const ids = await NewUsers.read(client, options.run);
+              lostPasswordHashes = ids ? await writeLostPasswords(client, plan.lostPassword.table, ids) : await insertLostPasswords(q, plan);
+              q.trace({ kind: 'direct-rows', table: plan.lostPassword.table, written: lostPasswordHashes, staged: 0, repeated: false });
+            }
+            users = { ...users, step: { ...users.step, lostPasswordHashes }, direct: new Map([...done].map(([m, r]) => [m.table, r.written])), droppedEmails };
+          }
         },
       };
     },

@@ -23,8 +23,12 @@ export interface UsersStepOptions {
   mergeUsers: boolean;
 }
 
-/** How the users' step runs: `empty` on the empty-target path (no user exists; the tables' unique indexes are dropped). */
-interface UsersStepPath { empty: boolean }
+/**
+ * How the users' step runs: `empty` on the empty-target path (no user exists; the tables' unique
+ * indexes are dropped); `lostPasswordsLater`: the caller writes the new users' lost-password
+ * hashes itself (the early step, from the client: direct-rows.ts), outside the global scope.
+ */
+interface UsersStepPath { empty: boolean; lostPasswordsLater?: boolean }
 
 /** Times the users' step is decided again after another session took one of its names or addresses. */
 const MAX_USER_ATTEMPTS = 8;
@@ -130,16 +134,23 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
     INSERT INTO ${U} (${plan.user.columns.join(', ')})
     SELECT ${plan.user.values.join(', ')}
     FROM up_user u WHERE new_id IS NOT NULL ORDER BY new_id`)).rowCount ?? 0;
-  let lostPasswordHashes = 0;
-  if (plan.lostPassword) {
-    lostPasswordHashes = (await q(`
-      INSERT INTO ${plan.lostPassword.table} (user_id, hash, date_added)
-      SELECT new_id, replace(gen_random_uuid()::text, '-', ''), now() FROM up_user WHERE new_id IS NOT NULL AND NOT keep_pw ORDER BY new_id`)).rowCount ?? 0;
-  }
+  const lostPasswordHashes = path.lostPasswordsLater && plan.scope !== 'global' ? 0 : await insertLostPasswords(q, plan);
   await insertPkRanges(q, options.run, 'sentry.user', `
     SELECT src_pk, target_id, CASE WHEN outcome = 'merged' THEN 'merged' ELSE 'inserted' END AS kind
     FROM up_user WHERE keep`);
   return { usersInserted, lostPasswordHashes };
+}
+
+/**
+ * The new users' lost-password hashes, in id order: Sentry's import gives every user it creates
+ * one (uuid4 hex), but, in the global scope, a user whose password hash it keeps. Resolves to
+ * their count.
+ */
+export async function insertLostPasswords(q: Q, plan: WritePlan): Promise<number> {
+  if (!plan.lostPassword) return 0;
+  return (await q(`
+    INSERT INTO ${plan.lostPassword.table} (user_id, hash, date_added)
+    SELECT new_id, replace(gen_random_uuid()::text, '-', ''), now() FROM up_user WHERE new_id IS NOT NULL AND NOT keep_pw ORDER BY new_id`)).rowCount ?? 0;
 }
 
 /** The users that get a new id (and a row in the target): inserted as they are, or renamed. */

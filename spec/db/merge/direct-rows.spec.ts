@@ -120,4 +120,26 @@ describe('the new users\' options and user emails, written straight in (issue #2
     expect(u9).to.deep.equal([{ value: 'UTC' }]);
     expect(got.findings).to.deep.include({ kind: 'dropped', model: 'sentry.useroption', source_pk: USERS + Math.floor(USERS / 7) + 3, reason: 'duplicate (user, key): the first one wins (user pk 9)' });
   });
+
+  it('makes the new users\' lost-password hashes in the client, in id order, also when no row was diverted', async () => {
+    // The whole export; and its users with the one option that is never diverted (project-scoped).
+    const scoped = (r: Rec) => r.model === 'sentry.useroption' && (r.fields as { project_id: unknown }).project_id != null;
+    for (const recs of [records(false), records(false).filter((r) => r.model === 'sentry.user' || scoped(r))]) {
+      const file = writeExport(recs);
+      const direct = await target();
+      const merged = await target();
+      const a = cli(file, direct);
+      const b = cli(file, merged, '--bulk-load', 'off');
+      // Every user but the admin (merged into the target's) is new.
+      expect(a.stderr).to.contain(`[direct] sentry_lostpasswordhash: ${USERS - 1} rows of new users written straight in`);
+      expect(a.adjacent).to.deep.equal(b.adjacent);
+      const hashes = async (db: TestDb) => (await db.knex.raw(`SELECT u.username, h.hash ~ '^[0-9a-f]{32}$' AS hex
+        FROM sentry_lostpasswordhash h JOIN auth_user u ON u.id = h.user_id ORDER BY h.id`)).rows as { username: string; hex: boolean }[];
+      const got = await hashes(direct);
+      expect(got).to.have.length(USERS - 1);
+      expect(got.map((h) => h.username)).to.deep.equal((await hashes(merged)).map((h) => h.username));
+      expect(got.every((h) => h.hex)).to.equal(true);
+      expect((await direct.knex.raw(`SELECT count(DISTINCT hash)::int AS n FROM sentry_lostpasswordhash`)).rows[0].n).to.equal(USERS - 1);
+    }
+  });
 });
