@@ -16,7 +16,7 @@ import type { WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
 import { directOptions, directUserEmails, NewUsers, sideName, writeDirectRows, writeLostPasswords, type DirectModel, type SideLines } from './direct-rows.js';
 import { dropEmails, EmailCheck, writeDirectEmails, type DirectEmails } from './direct-emails.js';
-import { idSequence, modelCodes, openMerge, runner } from './run.js';
+import { idSequence, modelCodes, openMerge, runner, type Q } from './run.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
 import { REJECTED_USER_CODE, STAGE_INDEX } from '../../models.js';
 import { insertLostPasswords, mergeUsers, type UsersStepOptions, type UsersWritten } from './users.js';
@@ -119,6 +119,33 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   // The models staged before the row that started the step: their rows stay staged, so that one
   // rule decides every row of a model.
   let stagedBefore: ReadonlySet<number> = new Set();
+
+  /** The diverted Email records: straight in, dropped with their findings (no sentry_email), or staged. Resolves to the dropped count. */
+  const writeEmails = async (q: Q, client: pg.ClientBase, emails: SideLines, exact: boolean, stage: (lines: Buffer[]) => Promise<void>) => {
+    const why = !exact ? 'the file is not in source pk order, or the early users step was undone'
+      : stagedBefore.has(codes.email) ? 'Email records came before the early users step started' : undefined;
+    const table = emailTable ?? 'sentry_email';
+    let wrote: DirectEmails = { written: 0, existing: 0, staged: 0, why };
+    if (why) for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
+    else if (!plan.email) wrote = { ...wrote, dropped: await dropEmails(client, options.run, emails) };
+    else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage);
+    q.trace({ kind: 'direct-emails', table, ...wrote });
+    return wrote.dropped ?? 0;
+  };
+
+  /**
+   * The new users' lost-password hashes, which the step left to the end of the input (outside the
+   * global scope): made in the client, or by the merge's INSERT beyond MAX_RANGES ranges of new
+   * users. Resolves to their count (`step`'s, in the global scope).
+   */
+  const lostPasswordsLater = async (q: Q, client: pg.ClientBase, step: number) => {
+    if (!plan.lostPassword || plan.scope === 'global') return step;
+    const ids = await NewUsers.read(client, options.run);
+    const written = ids ? await writeLostPasswords(client, plan.lostPassword.table, ids) : await insertLostPasswords(q, plan);
+    q.trace({ kind: 'direct-rows', table: plan.lostPassword.table, written, staged: 0, repeated: false });
+    return written;
+  };
+
   return {
     get users(): EarlyUsers | undefined { return users; },
     // Asked for each row before `staged` notes it: the first row of another model starts the step.
@@ -150,29 +177,12 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           const q = runner(client, options);
           const rest = new Map(sides);
           const emails = emailSide === undefined ? undefined : rest.get(emailSide);
-          let droppedEmails = 0;
-          if (emails) {
-            rest.delete(emailSide!);
-            const why = !exact ? 'the file is not in source pk order, or the early users step was undone'
-              : stagedBefore.has(codes.email) ? 'Email records came before the early users step started' : undefined;
-            const table = emailTable ?? 'sentry_email';
-            let wrote: DirectEmails = { written: 0, existing: 0, staged: 0, why };
-            if (why) for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
-            else if (!plan.email) wrote = { ...wrote, dropped: droppedEmails = await dropEmails(client, options.run, emails) };
-            else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage);
-            q.trace({ kind: 'direct-emails', table, ...wrote });
-          }
+          rest.delete(emailSide!);
+          const droppedEmails = emails ? await writeEmails(q, client, emails, exact, stage) : 0;
           const done = await writeDirectRows(client, options.run, exact ? direct.filter((m) => !stagedBefore.has(m.code)) : [], rest, stage);
           for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
           if (users) {
-            // The new users' lost-password hashes, which the step left to this moment (outside
-            // the global scope; beyond MAX_RANGES ranges of new users, the merge's INSERT).
-            let lostPasswordHashes = users.step.lostPasswordHashes;
-            if (plan.lostPassword && plan.scope !== 'global') {
-              const ids = await NewUsers.read(client, options.run);
-              lostPasswordHashes = ids ? await writeLostPasswords(client, plan.lostPassword.table, ids) : await insertLostPasswords(q, plan);
-              q.trace({ kind: 'direct-rows', table: plan.lostPassword.table, written: lostPasswordHashes, staged: 0, repeated: false });
-            }
+            const lostPasswordHashes = await lostPasswordsLater(q, client, users.step.lostPasswordHashes);
             users = { ...users, step: { ...users.step, lostPasswordHashes }, direct: new Map([...done].map(([m, r]) => [m.table, r.written])), droppedEmails };
           }
         },
