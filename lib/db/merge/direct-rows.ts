@@ -191,7 +191,12 @@ export function sideName(model: DirectModel): string {
   return model.table.replace(/\W/g, '_');
 }
 
-/** One model's pass over its side spool: its new users' rows straight in, its other rows staged. */
+/**
+ * One model's passes over its side spool: its new users' rows straight in (a savepoint around
+ * them), then its other rows staged; or, when a (user, key) repeats, every row staged. A repeat
+ * shows as the aggregate below, or (on the general path, where the unique indexes stand) as the
+ * COPY's unique violation.
+ */
 async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewUsers, lines: SideLines,
   stage: (lines: Buffer[]) => Promise<void>): Promise<DirectRows> {
   const savepoint = 'userport_direct_rows';
@@ -201,43 +206,47 @@ async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewU
   // Errors surface through the writes and the end; one listener so none is unhandled.
   copy.on('error', () => undefined);
   let written = 0;
-  let staged = 0;
+  let others = 0;
+  let repeated = false;
   const tabs = new Int32Array(Math.max(USER_PK, model.lastColumn) + 1);
   try {
     for await (const chunk of lines()) {
       // A chunk's rows in one CopyData message (a write per row would be a message per row).
       const out: Buffer[] = [];
-      const rest: Buffer[] = [];
       for (const line of chunk) {
         scanTabs(line, tabs);
         const id = users.id(intAt(line, columnStart(tabs, USER_PK), tabs[USER_PK]!));
-        if (id < 0) rest.push(line);
-        else model.row(line, tabs, id, out);
+        if (id < 0) others++;
+        else { written++; model.row(line, tabs, id, out); }
       }
-      written += chunk.length - rest.length;
-      staged += rest.length;
       if (out.length) await writeChunks(copy, [Buffer.concat(out)], copyError);
-      if (rest.length) await stage(rest);
     }
     await endStream(copy, copyError);
   } catch (err) {
     copy.destroy(err as Error);
-    throw err;
+    if (!uniqueViolation(err)) throw err;
+    repeated = true;
   }
   // One row per (user, key), or none of these goes straight in. The new users' ids are this
   // import's own: no other row of them exists yet.
-  const repeated = written > 0 && ((await client.query(`SELECT 1 FROM ${model.table} WHERE user_id BETWEEN $1 AND $2
+  repeated ||= written > 0 && ((await client.query(`SELECT 1 FROM ${model.table} WHERE user_id BETWEEN $1 AND $2
     GROUP BY user_id, ${model.unique.join(', ')} HAVING count(*) > 1 LIMIT 1`, [users.low, users.high])).rowCount ?? 0) > 0;
-  if (!repeated) {
-    await client.query(`RELEASE SAVEPOINT ${savepoint}`);
-    return { written, staged, repeated: false };
+  await client.query(repeated ? `ROLLBACK TO SAVEPOINT ${savepoint}` : `RELEASE SAVEPOINT ${savepoint}`);
+  if (repeated) await client.query(`RELEASE SAVEPOINT ${savepoint}`);
+  // The rows that stay staged: those of other users, or all of them.
+  let staged = 0;
+  if (repeated || others) {
+    for await (const chunk of lines()) {
+      const keep = repeated ? chunk : chunk.filter((line) => users.id(intField(line, USER_PK)) < 0);
+      staged += keep.length;
+      if (keep.length) await stage(keep);
+    }
   }
-  await client.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
-  await client.query(`RELEASE SAVEPOINT ${savepoint}`);
-  for await (const chunk of lines()) {
-    const again = chunk.filter((line) => users.id(intField(line, USER_PK)) >= 0);
-    staged += again.length;
-    if (again.length) await stage(again);
-  }
-  return { written: 0, staged, repeated: true };
+  return repeated ? { written: 0, staged, repeated } : { written, staged, repeated };
+}
+
+/** A unique violation (23505), as the COPY's error or its cause. */
+function uniqueViolation(err: unknown): boolean {
+  const e = err as { code?: unknown; cause?: { code?: unknown } } | null;
+  return e?.code === '23505' || e?.cause?.code === '23505';
 }

@@ -2,12 +2,13 @@
  * The users' step of a merge started while the rest of the file is still being read: the sink
  * runs it as its overlap ({@link earlyUsersOverlap}) when the first row of another model follows
  * a first run of users, so PostgreSQL decides and writes the users while Node parses the other
- * models. Only on the empty-target path
- * (the target tables empty and locked, see bulk-load.ts), inside a savepoint, with the state of
- * the two id sequences it draws from noted: if a user row comes later after all (a file not in
- * Sentry's model order), {@link undoEarlyUsers} puts the sequences back while the tables are
- * still locked and rolls back to the savepoint, and `mergeStaged` then merges everything as if
- * this never ran, so the result, ids included, does not depend on file order.
+ * models. On the bulk path where it can be taken (the target tables empty or holding a few rows,
+ * locked, see bulk-load.ts), else on the general path; inside a savepoint, with the state of the
+ * two id sequences it draws from noted: if a user row comes later after all (a file not in
+ * Sentry's model order), {@link undoEarlyUsers} puts the sequences back (where nobody else drew
+ * meanwhile; on the bulk path the tables are still locked) and rolls back to the savepoint, and
+ * `mergeStaged` then merges everything as if this never ran, so the result, ids included, does
+ * not depend on file order.
  */
 import type pg from 'pg';
 import type { StagedFacts } from '../../staged-facts.js';
@@ -42,10 +43,12 @@ export const EARLY_SAVEPOINT = 'userport_early_users';
 export type EarlyUsersOptions = UsersStepOptions & TraceOptions & { bulkLoad?: boolean; filterActive?: boolean };
 
 /**
- * Starts {@link EarlyUsers}: takes the empty-target path (locks, drops) inside a savepoint and
- * notes the id sequences. Quick; resolves undefined, leaving nothing behind, when that path cannot
- * be taken. Then `run()` does the users' step (seconds at 100k users). Runs in the import's
- * transaction, on the connection that staged the users.
+ * Starts {@link EarlyUsers}: inside a savepoint, takes the bulk path (locks, drops) where it can,
+ * else stays on the general path (a target that holds more than a few rows, or whose tables
+ * another session holds), and notes the id sequences. Quick; resolves undefined without
+ * `bulkLoad` (`--bulk-load off`: the merge alone, after the input). Then `run()` does the users'
+ * step (seconds at 100k users). Runs in the import's transaction, on the connection that staged
+ * the users.
  */
 export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsersOptions, plan: WritePlan): Promise<{ run(): Promise<EarlyUsers> } | undefined> {
   if (!options.bulkLoad) return undefined;
@@ -53,11 +56,6 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   const S = await openMerge(q);
   await q(`SAVEPOINT ${EARLY_SAVEPOINT}`);
   const bulk = await enterBulkLoad(q, (sql) => client.query(sql), plan);
-  if (!bulk) {
-    await q(`ROLLBACK TO SAVEPOINT ${EARLY_SAVEPOINT}`);
-    await q(`RELEASE SAVEPOINT ${EARLY_SAVEPOINT}`);
-    return undefined;
-  }
   const seqs: string[] = [];
   for (const table of [plan.user.table, plan.lostPassword?.table]) {
     if (table === undefined) continue;
@@ -70,7 +68,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   return {
     async run() {
       // The lost-password hashes are made in the client once the step is done (writeDiverted).
-      const written = await mergeUsers(q, S, options, plan, { empty: bulk.empty, lostPasswordsLater: true });
+      const written = await mergeUsers(q, S, options, plan, { empty: bulk?.empty ?? false, lostPasswordsLater: true });
       const after: string[] = [];
       for (const seq of seqs) after.push((await state(seq)).v);
       return {
@@ -123,7 +121,9 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   /** The diverted Email records: straight in, dropped with their findings (no sentry_email), or staged. Resolves to the dropped count. */
   const writeEmails = async (q: Q, client: pg.ClientBase, emails: SideLines, exact: boolean, stage: (lines: Buffer[]) => Promise<void>) => {
     const why = !exact ? 'the file is not in source pk order, or the early users step was undone'
-      : stagedBefore.has(codes.email) ? 'Email records came before the early users step started' : undefined;
+      : stagedBefore.has(codes.email) ? 'Email records came before the early users step started'
+        // Its addresses are compared in the client only where they are few (the bulk path).
+        : plan.email && !users?.step.bulk ? 'the target holds more than a few rows' : undefined;
     const table = emailTable ?? 'sentry_email';
     let wrote: DirectEmails = { written: 0, existing: 0, staged: 0, why };
     if (why) for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }

@@ -121,6 +121,33 @@ describe('the new users\' options and user emails, written straight in (issue #2
     expect(got.findings).to.deep.include({ kind: 'dropped', model: 'sentry.useroption', source_pk: USERS + Math.floor(USERS / 7) + 3, reason: 'duplicate (user, key): the first one wins (user pk 9)' });
   });
 
+  it('on the general path too (a target that holds more than a few rows): the users step while the file is read, the rows of new users straight in, a repeat staged', async () => {
+    for (const repeat of [false, true]) {
+      const file = writeExport(records(repeat));
+      const many = async () => {
+        const d = await target();
+        // More rows than FEW_ROWS (1,000): no bulk path.
+        await d.knex.raw(`INSERT INTO auth_user (password, username, first_name, email, is_staff, is_active, is_superuser, is_managed,
+            is_password_expired, flags, date_joined)
+          SELECT 'x', 'old' || i, '', 'old' || i || '@example.org', false, true, false, false, false, 0, '2020-01-01T00:00:00Z' FROM generate_series(1, 1500) i`);
+        await d.knex.raw('ANALYZE auth_user');
+        return d;
+      };
+      const direct = await many();
+      const merged = await many();
+      const a = cli(file, direct);
+      const b = cli(file, merged, '--bulk-load', 'off');
+      expect(a.stderr).to.contain('[sink] early users step started');
+      expect(a.stderr).to.not.contain('[bulk]');
+      expect(a.stderr).to.contain(repeat ? '[direct] sentry_useremail: a row of a new user came twice'
+        : `[direct] sentry_useremail: ${USERS - 1} rows of new users written straight in, 1 staged for the merge`);
+      expect(a.stderr).to.contain('[direct] sentry_email: all');
+      expect(a.models).to.deep.equal(b.models);
+      expect(a.adjacent).to.deep.equal(b.adjacent);
+      expect(await outcome(direct)).to.deep.equal(await outcome(merged));
+    }
+  });
+
   it('makes the new users\' lost-password hashes in the client, in id order, also when no row was diverted', async () => {
     // The whole export; and its users with the one option that is never diverted (project-scoped).
     const scoped = (r: Rec) => r.model === 'sentry.useroption' && (r.fields as { project_id: unknown }).project_id != null;
