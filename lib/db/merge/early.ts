@@ -50,7 +50,7 @@ export type EarlyUsersOptions = UsersStepOptions & TraceOptions & { bulkLoad?: b
  * step (seconds at 100k users). Runs in the import's transaction, on the connection that staged
  * the users.
  */
-export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsersOptions, plan: WritePlan): Promise<{ run(): Promise<EarlyUsers> } | undefined> {
+export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsersOptions, plan: WritePlan): Promise<{ bulk: BulkLoad | undefined; run(): Promise<EarlyUsers> } | undefined> {
   if (!options.bulkLoad) return undefined;
   const q = runner(client, options);
   const S = await openMerge(q);
@@ -66,6 +66,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   const before: { v: string; c: boolean }[] = [];
   for (const seq of seqs) before.push(await state(seq));
   return {
+    bulk,
     async run() {
       // The lost-password hashes are made in the client once the step is done (writeDiverted).
       const written = await mergeUsers(q, S, options, plan, { empty: bulk?.empty ?? false, lostPasswordsLater: true });
@@ -114,6 +115,9 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   const emailTable = options.filterActive ? undefined : plan.email?.table;
   const emailSide = plan.email ? emailTable?.replace(/\W/g, '_') : 'sentry_email_absent';
   const emailCheck = new EmailCheck();
+  // Known once the step starts: on the general path the Email records stay staged, so the rows
+  // that follow are not diverted (only those of the write that started it are, and staged after).
+  let divertEmails = true;
   // The models staged before the row that started the step: their rows stay staged, so that one
   // rule decides every row of a model.
   let stagedBefore: ReadonlySet<number> = new Set();
@@ -158,12 +162,13 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     // While the step runs, the options that may belong straight in wait in the side spool.
     divert: (row: StagedRow) => {
       for (const m of direct) if (m.diverts(row)) return sideName(m);
-      if (emailSide === undefined || row.code !== codes.email) return undefined;
+      if (emailSide === undefined || row.code !== codes.email || !divertEmails) return undefined;
       if (plan.email) emailCheck.note(row.values[STAGE_INDEX.email]);
       return emailSide;
     },
     async start(client: pg.ClientBase) {
       const started = await beginEarlyUsers(client, options, plan);
+      if (started && plan.email && !started.bulk) divertEmails = false;
       return started && {
         run: async () => { users = await started.run(); },
         finish: async () => {
