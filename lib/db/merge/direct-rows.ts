@@ -18,7 +18,7 @@
  *   reasons and findings are the merge's.
  * State in the process: the new users as ranges of the pk map (one for a file in Sentry's order).
  */
-import { randomUUID } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import type pg from 'pg';
 import copyStreams from 'pg-copy-streams';
 import { wrapDbError } from '../../errors.js';
@@ -35,6 +35,28 @@ export const MAX_RANGES = 100_000;
 
 const USER_PK = lineColumn('user_pk');
 const NEWLINE = Buffer.from('\n');
+
+/** Random bytes for {@link uuid4Hex}, drawn 4,096 uuids at a time. */
+const pool = Buffer.alloc(16 * 4096);
+let poolAt = pool.length;
+
+/**
+ * A random uuid4 as 32 hex digits (Python's `uuid4().hex`, Sentry's secure token), from a pool of
+ * random bytes: half the time of randomUUID() and a replace() per row.
+ */
+export function uuid4Hex(): string {
+  if (poolAt === pool.length) {
+    randomFillSync(pool);
+    for (let o = 0; o < pool.length; o += 16) {
+      pool[o + 6] = (pool[o + 6]! & 0x0f) | 0x40; // version 4
+      pool[o + 8] = (pool[o + 8]! & 0x3f) | 0x80; // RFC 4122 variant
+    }
+    poolAt = 0;
+  }
+  const hex = pool.toString('hex', poolAt, poolAt + 16);
+  poolAt += 16;
+  return hex;
+}
 
 /** A model whose rows of new users may go straight in. */
 export interface DirectModel {
@@ -84,7 +106,7 @@ export function directUserEmails(code: number, table: string): DirectModel {
     diverts: (r) => r.code === code && r.values[STAGE_INDEX.user_pk] != null,
     lastColumn: email,
     row: (line, tabs, id, out) => {
-      out.push(Buffer.from(`${id}\t`), line.subarray(columnStart(tabs, email), tabs[email]), Buffer.from(`\t${randomUUID().replace(/-/g, '')}\tnow\tf\n`));
+      out.push(Buffer.from(`${id}\t`), line.subarray(columnStart(tabs, email), tabs[email]), Buffer.from(`\t${uuid4Hex()}\tnow\tf\n`));
     },
   };
 }
@@ -147,7 +169,7 @@ export async function writeLostPasswords(client: pg.ClientBase, table: string, u
   try {
     let text = '';
     for (const id of users.ids()) {
-      text += `${id}\t${randomUUID().replace(/-/g, '')}\tnow\n`;
+      text += `${id}\t${uuid4Hex()}\tnow\n`;
       if (++count % 5000 === 0) { await writeChunks(copy, [Buffer.from(text)], copyError); text = ''; }
     }
     if (text) await writeChunks(copy, [Buffer.from(text)], copyError);
