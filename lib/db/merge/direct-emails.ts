@@ -17,7 +17,8 @@
  *   session drew meanwhile (the block has a hole) they are all staged (the drawn ids stay unused,
  *   as any rolled-back insert leaves them).
  * The table's unique key, rebuilt after the load, stays the final arbiter.
- * State in the process: 8 bytes per address (the hash), at a load of 35-70%.
+ * State in the process: 8 bytes per address (the hash), at a load of 35-70%, for at most
+ * {@link MAX_ADDRESSES} records.
  */
 import type pg from 'pg';
 import copyStreams from 'pg-copy-streams';
@@ -53,6 +54,12 @@ export interface DirectEmails {
   /** Records dropped, their findings written: the target has no sentry_email ({@link dropEmails}). */
   dropped?: number;
 }
+
+/**
+ * Email records beyond which the client keeps no hashes (they are staged): the set stays within
+ * 2^21 slots of 8 bytes (16 MB, at most 70% full), so the peak RSS stays under 150 MB at 2M users.
+ */
+export const MAX_ADDRESSES = 1_400_000;
 
 /** A set of 64-bit hashes (two 32-bit halves, open addressing): `add` answers false when the hash was there. */
 export class HashSet64 {
@@ -94,25 +101,32 @@ export class EmailCheck {
   count = 0;
   /** Why they cannot go straight in, once something says so. */
   why: string | undefined;
-  private readonly seen = new HashSet64();
+  private seen: HashSet64 | undefined = new HashSet64();
 
   note(address: unknown): void {
     this.count++;
     if (this.why !== undefined) return;
-    if (typeof address !== 'string') { this.why = 'an Email record has no address'; return; }
+    if (this.count > MAX_ADDRESSES) { this.fail(`more than ${MAX_ADDRESSES.toLocaleString('en-US')} Email records (the client keeps no more)`); return; }
+    if (typeof address !== 'string') { this.fail('an Email record has no address'); return; }
     // FNV-1a and a multiply-rotate hash of the ASCII lower-case form.
     let h1 = 0x811c9dc5;
     let h2 = 0x9747b28c;
     for (let i = 0; i < address.length; i++) {
       let c = address.charCodeAt(i);
       // Printable ASCII only: PostgreSQL's lower() is the ASCII one there, and COPY escapes none of it but the backslash.
-      if (c < 0x20 || c > 0x7e || c === 0x5c) { this.why = 'an address is not plain ASCII text'; return; }
+      if (c < 0x20 || c > 0x7e || c === 0x5c) { this.fail('an address is not plain ASCII text'); return; }
       if (c >= 0x41 && c <= 0x5a) c += 0x20;
       h1 = Math.imul(h1 ^ c, 0x01000193);
       h2 = Math.imul(h2 ^ c, 0x5bd1e995);
       h2 = (h2 << 13) | (h2 >>> 19);
     }
-    if (!this.seen.add(h1 >>> 0, Math.imul(h2 ^ address.length, 0x85ebca6b) >>> 0)) this.why = 'two addresses are the same, or share a hash';
+    if (!this.seen!.add(h1 >>> 0, Math.imul(h2 ^ address.length, 0x85ebca6b) >>> 0)) this.fail('two addresses are the same, or share a hash');
+  }
+
+  /** Gives up, and lets the hashes go. */
+  private fail(why: string): void {
+    this.why = why;
+    this.seen = undefined;
   }
 }
 

@@ -9,7 +9,7 @@ import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { HashSet64 } from '../../../lib/db/merge/direct-emails.js';
+import { EmailCheck, HashSet64, MAX_ADDRESSES } from '../../../lib/db/merge/direct-emails.js';
 import { freshDatabase, type TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { insertUser } from '../../helpers/sentry-rows.js';
@@ -148,6 +148,23 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
     } finally {
       for (const t of targets) await t.close();
     }
+  });
+
+  it('EmailCheck: says why the first time an address cannot be told apart in the client, and gives up beyond MAX_ADDRESSES', () => {
+    const why = (...addresses: unknown[]) => {
+      const check = new EmailCheck();
+      for (const a of addresses) check.note(a);
+      return [check.count, check.why];
+    };
+    expect(why('a@x.io', 'b@x.io', 'A@x.iO.')).to.deep.equal([3, undefined]);
+    expect(why('a@x.io', 'b@x.io', 'A@X.IO', 'zoë@x.io')).to.deep.equal([4, 'two addresses are the same, or share a hash']);
+    expect(why('a@x.io', 'zoë@x.io', 'a@x.io')).to.deep.equal([3, 'an address is not plain ASCII text']);
+    expect(why('a\\b@x.io')).to.deep.equal([1, 'an address is not plain ASCII text']);
+    expect(why('a\tb@x.io')).to.deep.equal([1, 'an address is not plain ASCII text']);
+    expect(why(null)).to.deep.equal([1, 'an Email record has no address']);
+    const many = new EmailCheck();
+    for (let i = 0; i <= MAX_ADDRESSES; i++) many.note(`u${i}@example.com`);
+    expect([many.count, many.why]).to.deep.equal([MAX_ADDRESSES + 1, 'more than 1,400,000 Email records (the client keeps no more)']);
   });
 
   it('HashSet64: a hash added twice is refused, and the set keeps every hash as it grows', () => {
