@@ -21,10 +21,8 @@
  * {@link MAX_ADDRESSES} records.
  */
 import type pg from 'pg';
-import copyStreams from 'pg-copy-streams';
-import { wrapDbError } from '../../errors.js';
-import { endStream, writeChunks } from '../../stream-writes.js';
 import type { SideLines } from './direct-rows.js';
+import { copyInto } from './run.js';
 import { columnStart, intAt, lineColumn, scanTabs } from './staging-lines.js';
 
 const EMAIL = lineColumn('email');
@@ -173,14 +171,11 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
   if (drawn.hi - drawn.lo + 1 !== check.count) return stageAll('another session drew ids from the sequence meanwhile');
 
   // The COPY, and the pk map's ranges.
-  const copyError = (err: Error) => wrapDbError(err, `COPY into ${table}`);
-  const copy = client.query(copyStreams.from(`COPY ${table} (id, email, date_added) FROM STDIN`));
-  copy.on('error', () => undefined);
   const ranges: PkRange[] = [];
   const tabs = new Int32Array(Math.max(EMAIL, DATE_ADDED, SRC_PK) + 1);
   let next = drawn.lo;
   let existing = 0;
-  try {
+  await copyInto(client, `COPY ${table} (id, email, date_added) FROM STDIN`, table, async (send) => {
     for await (const chunk of lines()) {
       const out: Buffer[] = [];
       for (const line of chunk) {
@@ -200,13 +195,9 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
         extend(ranges, pk, next, 'inserted');
         next++;
       }
-      if (out.length) await writeChunks(copy, [Buffer.concat(out)], copyError);
+      if (out.length) await send(Buffer.concat(out));
     }
-    await endStream(copy, copyError);
-  } catch (err) {
-    copy.destroy(err as Error);
-    throw err;
-  }
+  });
   if (existing) {
     await client.query(`SELECT setval($1::regclass, $2::bigint, $3) WHERE (SELECT last_value FROM ${seq}) = $4::bigint`,
       [seq, Math.max(next - 1, 1), next > 1, drawn.hi]);
@@ -218,15 +209,13 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
  * A target without sentry_email (Sentry 2026) drops every Email record: their findings, COPYed
  * straight from the side spool `lines` (no staging, no decision table). Resolves to their count.
  */
-export async function dropEmails(client: pg.ClientBase, run: number, lines: SideLines): Promise<number> {
-  const copyError = (err: Error) => wrapDbError(err, 'COPY into userport.findings');
-  const copy = client.query(copyStreams.from(`COPY userport.findings (run, kind, model, source_pk, ordinal, byte_offset, reason) FROM STDIN`));
-  copy.on('error', () => undefined);
+export function dropEmails(client: pg.ClientBase, run: number, lines: SideLines): Promise<number> {
   const lead = Buffer.from(`${run}\tdropped\tsentry.email\t`);
   const reason = Buffer.from(`\t${NO_EMAIL_TABLE}\n`);
   const tabs = new Int32Array(SRC_PK + 1);
-  let count = 0;
-  try {
+  const sql = 'COPY userport.findings (run, kind, model, source_pk, ordinal, byte_offset, reason) FROM STDIN';
+  return copyInto(client, sql, 'userport.findings', async (send) => {
+    let count = 0;
     for await (const chunk of lines()) {
       const out: Buffer[] = [];
       for (const line of chunk) {
@@ -235,30 +224,19 @@ export async function dropEmails(client: pg.ClientBase, run: number, lines: Side
         out.push(lead, line.subarray(columnStart(tabs, SRC_PK), tabs[SRC_PK]), TAB, line.subarray(columnStart(tabs, ORD), tabs[OFF]), reason);
       }
       count += chunk.length;
-      if (out.length) await writeChunks(copy, [Buffer.concat(out)], copyError);
+      if (out.length) await send(Buffer.concat(out));
     }
-    await endStream(copy, copyError);
-  } catch (err) {
-    copy.destroy(err as Error);
-    throw err;
-  }
-  return count;
+    return count;
+  });
 }
 
 /** The pk map's ranges of this run's Email records, in one COPY. */
 async function writePkRanges(client: pg.ClientBase, run: number, ranges: readonly PkRange[]): Promise<void> {
   if (!ranges.length) return;
-  const copyError = (err: Error) => wrapDbError(err, 'COPY into userport.pk_ranges');
-  const copy = client.query(copyStreams.from(`COPY userport.pk_ranges (run, model, source_pk, target_id, kind, span) FROM STDIN`));
-  copy.on('error', () => undefined);
-  try {
+  const sql = 'COPY userport.pk_ranges (run, model, source_pk, target_id, kind, span) FROM STDIN';
+  await copyInto(client, sql, 'userport.pk_ranges', async (send) => {
     for (let i = 0; i < ranges.length; i += 10_000) {
-      const text = ranges.slice(i, i + 10_000).map((r) => `${run}\tsentry.email\t${r.pk}\t${r.id}\t${r.kind}\t${r.span}\n`).join('');
-      await writeChunks(copy, [Buffer.from(text)], copyError);
+      await send(Buffer.from(ranges.slice(i, i + 10_000).map((r) => `${run}\tsentry.email\t${r.pk}\t${r.id}\t${r.kind}\t${r.span}\n`).join('')));
     }
-    await endStream(copy, copyError);
-  } catch (err) {
-    copy.destroy(err as Error);
-    throw err;
-  }
+  });
 }

@@ -20,11 +20,9 @@
  */
 import { randomFillSync } from 'node:crypto';
 import type pg from 'pg';
-import copyStreams from 'pg-copy-streams';
-import { wrapDbError } from '../../errors.js';
 import type { StagedRow } from '../../map-models.js';
 import { STAGE_INDEX } from '../../models.js';
-import { endStream, writeChunks } from '../../stream-writes.js';
+import { copyInto } from './run.js';
 import { columnStart, intAt, intField, lineColumn, scanTabs } from './staging-lines.js';
 
 /** The lines of one side spool, a read chunk's lines at a time (the sink's `SideLines`, lib/overlap.ts). */
@@ -161,24 +159,17 @@ export class NewUsers {
  * transaction's start (`now`, as the merge's now()). Half the server time of the merge's INSERT
  * ... SELECT gen_random_uuid(). Resolves to their count.
  */
-export async function writeLostPasswords(client: pg.ClientBase, table: string, users: NewUsers): Promise<number> {
-  const copyError = (err: Error) => wrapDbError(err, `COPY into ${table}`);
-  const copy = client.query(copyStreams.from(`COPY ${table} (user_id, hash, date_added) FROM STDIN`));
-  copy.on('error', () => undefined);
-  let count = 0;
-  try {
+export function writeLostPasswords(client: pg.ClientBase, table: string, users: NewUsers): Promise<number> {
+  return copyInto(client, `COPY ${table} (user_id, hash, date_added) FROM STDIN`, table, async (send) => {
+    let count = 0;
     let text = '';
     for (const id of users.ids()) {
       text += `${id}\t${uuid4Hex()}\tnow\n`;
-      if (++count % 5000 === 0) { await writeChunks(copy, [Buffer.from(text)], copyError); text = ''; }
+      if (++count % 5000 === 0) { await send(Buffer.from(text)); text = ''; }
     }
-    if (text) await writeChunks(copy, [Buffer.from(text)], copyError);
-    await endStream(copy, copyError);
-  } catch (err) {
-    copy.destroy(err as Error);
-    throw err;
-  }
-  return count;
+    if (text) await send(Buffer.from(text));
+    return count;
+  });
 }
 
 /** What {@link writeDirectRows} did, per model (by table). */
@@ -223,29 +214,25 @@ async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewU
   stage: (lines: Buffer[]) => Promise<void>): Promise<DirectRows> {
   const savepoint = 'userport_direct_rows';
   await client.query(`SAVEPOINT ${savepoint}`);
-  const copyError = (err: Error) => wrapDbError(err, `COPY into ${model.table}`);
-  const copy = client.query(copyStreams.from(`COPY ${model.table} (${model.columns.join(', ')}) FROM STDIN`));
-  // Errors surface through the writes and the end; one listener so none is unhandled.
-  copy.on('error', () => undefined);
   let written = 0;
   let others = 0;
   let repeated = false;
   const tabs = new Int32Array(Math.max(USER_PK, model.lastColumn) + 1);
   try {
-    for await (const chunk of lines()) {
-      // A chunk's rows in one CopyData message (a write per row would be a message per row).
-      const out: Buffer[] = [];
-      for (const line of chunk) {
-        scanTabs(line, tabs);
-        const id = users.id(intAt(line, columnStart(tabs, USER_PK), tabs[USER_PK]!));
-        if (id < 0) others++;
-        else { written++; model.row(line, tabs, id, out); }
+    await copyInto(client, `COPY ${model.table} (${model.columns.join(', ')}) FROM STDIN`, model.table, async (send) => {
+      for await (const chunk of lines()) {
+        // A chunk's rows in one CopyData message (a write per row would be a message per row).
+        const out: Buffer[] = [];
+        for (const line of chunk) {
+          scanTabs(line, tabs);
+          const id = users.id(intAt(line, columnStart(tabs, USER_PK), tabs[USER_PK]!));
+          if (id < 0) others++;
+          else { written++; model.row(line, tabs, id, out); }
+        }
+        if (out.length) await send(Buffer.concat(out));
       }
-      if (out.length) await writeChunks(copy, [Buffer.concat(out)], copyError);
-    }
-    await endStream(copy, copyError);
+    });
   } catch (err) {
-    copy.destroy(err as Error);
     if (!uniqueViolation(err)) throw err;
     repeated = true;
   }

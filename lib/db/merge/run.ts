@@ -4,7 +4,9 @@
  * check, the merge lock), the staging relation, and the staging codes of the models.
  */
 import type pg from 'pg';
-import { DatabaseError, ErrorCodes } from '../../errors.js';
+import copyStreams from 'pg-copy-streams';
+import { DatabaseError, ErrorCodes, wrapDbError } from '../../errors.js';
+import { endStream, writeChunks } from '../../stream-writes.js';
 import { modelInfo, scopeModels } from '../../models.js';
 import type { TraceEvent, TraceOptions } from '../../trace.js';
 
@@ -110,4 +112,26 @@ export async function insertPkRanges(q: Q, run: number, model: string, pairs: st
           FROM (${pairs}) p
           WINDOW w AS (ORDER BY src_pk)) b
     WHERE continues IS NOT TRUE`, [run]);
+}
+
+/**
+ * One `COPY ... FROM STDIN` (`sql`) on `client`, for the rows the client writes straight in:
+ * `body` sends COPY text through `send` (each call one CopyData message, resolving when the socket
+ * can take more); the COPY ends once `body` resolves, and is abandoned (CopyFail) when it throws or
+ * the server refuses a row. Errors name `table`.
+ */
+export async function copyInto<T>(client: pg.ClientBase, sql: string, table: string,
+  body: (send: (text: Buffer) => Promise<void>) => Promise<T>): Promise<T> {
+  const copyError = (err: Error) => wrapDbError(err, `COPY into ${table}`);
+  const copy = client.query(copyStreams.from(sql));
+  // Errors surface through the writes and the end; one listener so none is unhandled.
+  copy.on('error', () => undefined);
+  try {
+    const result = await body((text) => writeChunks(copy, [text], copyError));
+    await endStream(copy, copyError);
+    return result;
+  } catch (err) {
+    copy.destroy(err as Error);
+    throw err;
+  }
 }

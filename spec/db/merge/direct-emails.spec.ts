@@ -6,16 +6,13 @@
  * Email record through the merge.
  */
 import { expect } from 'chai';
-import { spawnSync } from 'node:child_process';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { EmailCheck, HashSet64, MAX_ADDRESSES } from '../../../lib/db/merge/direct-emails.js';
 import { freshDatabase, type TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { insertUser } from '../../helpers/sentry-rows.js';
+import { tracedImport } from '../../helpers/traced-import.js';
 import { targetDatabase, unavailable, type TargetDb } from '../../helpers/targets.js';
 
-const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'bin', 'userport.js');
 // Enough users that they span many read chunks: the early step starts while the emails are still to come.
 const USERS = 3000;
 const NO_DATE = 'no-date@example.com';
@@ -41,13 +38,7 @@ function records(extra: Rec[] = [], reused = true): Rec[] {
   return [...users, ...emails, ...extra, ...rest];
 }
 
-function cli(file: string, db: TestDb, ...args: string[]) {
-  const r = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--database-url', db.url, '--no-progress', '--json', ...args],
-    { encoding: 'utf8', env: { ...process.env, USERPORT_TRACE_SQL: '1' } });
-  expect(r.status, r.stderr.slice(-2000)).to.equal(0);
-  const summary = JSON.parse(r.stdout) as { models: unknown; adjacent: unknown };
-  return { stderr: r.stderr, models: summary.models, adjacent: summary.adjacent };
-}
+const cli = (file: string, db: TestDb, ...args: string[]) => tracedImport(file, db.url, ...args);
 
 /**
  * Every Email row with its id, the emails' pk map, the sequence's next id, the tables and the

@@ -7,15 +7,12 @@
  * first by source pk.
  */
 import { expect } from 'chai';
-import { spawnSync } from 'node:child_process';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { freshDatabase, type TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { insertUser } from '../../helpers/sentry-rows.js';
+import { tracedImport } from '../../helpers/traced-import.js';
 import { uuid4Hex } from '../../../lib/db/merge/direct-rows.js';
 
-const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'bin', 'userport.js');
 // Enough users that they span many read chunks: the early step starts while options are still to come.
 const USERS = 3000;
 
@@ -47,13 +44,7 @@ function records(repeat: boolean): Rec[] {
   return [...users, ...emails, ...options, ...ues];
 }
 
-function cli(file: string, db: TestDb, ...args: string[]) {
-  const r = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--database-url', db.url, '--no-progress', '--json', '--merge-users', ...args],
-    { encoding: 'utf8', env: { ...process.env, USERPORT_TRACE_SQL: '1' } });
-  expect(r.status, r.stderr.slice(-2000)).to.equal(0);
-  const summary = JSON.parse(r.stdout) as { models: unknown; adjacent: unknown };
-  return { stderr: r.stderr, models: summary.models, adjacent: summary.adjacent };
-}
+const cli = (file: string, db: TestDb, ...args: string[]) => tracedImport(file, db.url, '--merge-users', ...args);
 
 /** The rows, the options and user emails in id order (by user and key or address), and the findings. */
 async function outcome(db: TestDb) {
