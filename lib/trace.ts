@@ -20,7 +20,8 @@
  *   twice, so none went straight in (all staged).
  * - `direct-emails`: at the end of the input, `written` Email rows went straight into `table`
  *   and `existing` records reused an address it held; or all `staged`, for the reason `why`; or,
- *   into a target without that table, `dropped` records' findings were written.
+ *   into a target without that table, `dropped` records' findings were written. Both say how
+ *   long that took (`ms`).
  * - `sink`: a moment of the sink, `ms` after it was created: `overlap started` (the early users
  *   step runs, rows go to the spool), `overlap done`, `rows sent` (the input has ended),
  *   `copy confirmed` (the server confirmed the COPY), `spool copied` (the spool is COPYed).
@@ -31,8 +32,8 @@ export type TraceEvent =
   | { kind: 'retry'; step: 'users'; attempt: number }
   | { kind: 'bulk-load'; dropped: string[] }
   | { kind: 'early-undone' }
-  | { kind: 'direct-rows'; table: string; written: number; staged: number; repeated: boolean }
-  | { kind: 'direct-emails'; table: string; written: number; existing: number; staged: number; why?: string; dropped?: number }
+  | { kind: 'direct-rows'; table: string; written: number; staged: number; repeated: boolean; ms?: number }
+  | { kind: 'direct-emails'; table: string; written: number; existing: number; staged: number; why?: string; dropped?: number; ms?: number }
   | { kind: 'sink'; moment: 'overlap started' | 'overlap done' | 'rows sent' | 'copy confirmed' | 'spool copied'; ms: number };
 
 /** The trace options that importUsers and mergeStaged share. */

@@ -17,6 +17,9 @@ const SINK_LINES: Record<Extract<TraceEvent, { kind: 'sink' }>['moment'], string
   'spool copied': 'spooled rows COPYed after %',
 };
 
+/** How long a step took, as a trace line ends: ` (120 ms)`, or nothing. */
+const took = (ms: number | undefined) => (ms === undefined ? '' : ` (${ms.toFixed(0)} ms)`);
+
 /** The trace line(s) of one event, without the final newline. */
 export function traceLine(e: TraceEvent): string {
   switch (e.kind) {
@@ -25,12 +28,12 @@ export function traceLine(e: TraceEvent): string {
     case 'retry': return `[users] another session took a name or address meanwhile: deciding again (attempt ${e.attempt})`;
     case 'bulk-load': return `[bulk] load first, then build: ${e.dropped.join(', ')}`;
     case 'early-undone': return '[early] a user came after other models: the early users step is undone';
-    case 'direct-rows': return e.repeated
+    case 'direct-rows': return (e.repeated
       ? `[direct] ${e.table}: a row of a new user came twice: all ${e.staged} staged for the merge`
-      : `[direct] ${e.table}: ${e.written} rows of new users written straight in, ${e.staged} staged for the merge`;
-    case 'direct-emails': return e.why ? `[direct] ${e.table}: all ${e.staged} staged for the merge: ${e.why}`
+      : `[direct] ${e.table}: ${e.written} rows of new users written straight in, ${e.staged} staged for the merge`) + took(e.ms);
+    case 'direct-emails': return (e.why ? `[direct] ${e.table}: all ${e.staged} staged for the merge: ${e.why}`
       : e.dropped !== undefined ? `[direct] ${e.table}: no such table: ${e.dropped} Email records dropped, their findings written`
-        : `[direct] ${e.table}: ${e.written} rows written straight in, ${e.existing} addresses already there`;
+        : `[direct] ${e.table}: ${e.written} rows written straight in, ${e.existing} addresses already there`) + took(e.ms);
     case 'sink': return `[sink] ${SINK_LINES[e.moment].replace('%', `${e.ms.toFixed(0)} ms`)}`;
   }
 }

@@ -180,6 +180,8 @@ export interface DirectRows {
   staged: number;
   /** A row repeated its (user, key): the direct rows were rolled back and staged too. */
   repeated: boolean;
+  /** How long the model's passes took. */
+  ms: number;
 }
 
 /**
@@ -212,6 +214,7 @@ export function sideName(model: DirectModel): string {
  */
 async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewUsers, lines: SideLines,
   stage: (lines: Buffer[]) => Promise<void>): Promise<DirectRows> {
+  const t0 = performance.now();
   const savepoint = 'userport_direct_rows';
   await client.query(`SAVEPOINT ${savepoint}`);
   let written = 0;
@@ -251,7 +254,7 @@ async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewU
       if (keep.length) await stage(keep);
     }
   }
-  return repeated ? { written: 0, staged, repeated } : { written, staged, repeated };
+  return { written: repeated ? 0 : written, staged, repeated, ms: performance.now() - t0 };
 }
 
 /** A unique violation (23505), as the COPY's error or its cause. */

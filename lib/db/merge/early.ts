@@ -129,11 +129,12 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
         // Its addresses are compared in the client only where they are few (the bulk path).
         : plan.email && !users?.step.bulk ? 'the target holds more than a few rows' : undefined;
     const table = emailTable ?? 'sentry_email';
+    const t0 = performance.now();
     let wrote: DirectEmails = { written: 0, existing: 0, staged: 0, why };
     if (why) for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
     else if (!plan.email) wrote = { ...wrote, dropped: await dropEmails(client, options.run, emails) };
     else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage);
-    q.trace({ kind: 'direct-emails', table, ...wrote });
+    q.trace({ kind: 'direct-emails', table, ...wrote, ms: performance.now() - t0 });
     return wrote.dropped ?? 0;
   };
 
@@ -144,9 +145,10 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
    */
   const lostPasswordsLater = async (q: Q, client: pg.ClientBase, step: number) => {
     if (!plan.lostPassword || plan.scope === 'global') return step;
+    const t0 = performance.now();
     const ids = await NewUsers.read(client, options.run);
     const written = ids ? await writeLostPasswords(client, plan.lostPassword.table, ids) : await insertLostPasswords(q, plan);
-    q.trace({ kind: 'direct-rows', table: plan.lostPassword.table, written, staged: 0, repeated: false });
+    q.trace({ kind: 'direct-rows', table: plan.lostPassword.table, written, staged: 0, repeated: false, ms: performance.now() - t0 });
     return written;
   };
 
