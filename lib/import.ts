@@ -11,9 +11,9 @@ import type pg from 'pg';
 import { openImportDatabase, type ImportDatabase } from './db/import-database.js';
 import { checkDatabaseUrl, checkOptions, describeValue, isBoolean, isFunction, isInteger, isKeyUnwrapper, isNonEmptyString, isStringIterable, toStringSet, type OptionCheck } from './options.js';
 import { describePlan, earlyUsersOverlap, mergeStaged, type MergeOptions, type MergeStep } from './db/merge/index.js';
-import {
-  commitOutcome, deleteStaged, finishImport, insertImport, markImportFailed, saveCheckpoint, startImport, unmatchedUsernames,
-} from './db/imports.js';
+import { deleteStaged, finishImport, insertImport, markImportFailed, saveCheckpoint, startImport } from './db/imports.js';
+import { unmatchedUsernames } from './db/findings.js';
+import { commitOutcome } from './db/commit-outcome.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
 import { ErrorCodes, opt, OptionError, UserportError, wording, wrapDbError, type Wording } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
