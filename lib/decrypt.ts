@@ -2,7 +2,9 @@
  * Decryption of Sentry's encrypted exports: an uncompressed tar of `export.json` (one Fernet
  * token over the whole JSON), `data.key` (the textual Fernet key, RSA-OAEP-SHA256 wrapped) and
  * `key.pub` (the PEM public key), in that order. The reverse, for `userport encrypt`, is in
- * `encrypt.ts`; the spool file in `spool.ts`.
+ * `encrypt.ts`; the spool file in `spool.ts`. This module opens the input and hands it on, each
+ * reader once: the members to `crypto/tar.ts`, the key to `crypto/unwrapper.ts`, the token to
+ * `crypto/fernet.ts`.
  *
  * Nothing unauthenticated leaves this module. The key members come after the data and Fernet's
  * HMAC covers the whole token, so: find the members, unwrap the key, verify the HMAC over the

@@ -365,7 +365,6 @@ function plaintextStream(iter: AsyncGenerator<Buffer>, chunkSize: number, cleanu
   });
 }
 
-
 /** Incremental URL-safe base64 encoder with `=` padding, as Python's `urlsafe_b64encode` writes. */
 export class Base64UrlEncoder {
   private carry: Buffer = EMPTY;

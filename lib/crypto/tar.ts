@@ -8,7 +8,8 @@
  * Reading understands ustar (with `prefix`), PAX extended headers (`x` local, `g` global: `path`
  * and `size`), GNU long names (`L`) and GNU base-256 sizes, because Python's `tarfile` (what
  * Sentry writes with) emits PAX by default and other tools emit GNU. Everything here is pure
- * except {@link scanTarFile}.
+ * except the readers of a file or stream ({@link scanTarFile}, {@link readExactly} and the
+ * export's two readers).
  */
 import type { FileHandle } from 'node:fs/promises';
 import { DecryptError, DecryptErrorCodes, ioError } from './errors.js';
