@@ -22,9 +22,9 @@ import { OptionError } from './errors.js';
 import { checkOptions as checkKnownOptions, isInteger, isKeyUnwrapper, isNonEmptyString, type OptionCheck } from './options.js';
 import { ioError } from './crypto/errors.js';
 import { authenticatedPlaintext } from './crypto/fernet.js';
-import { readExportFile, readExportStream } from './crypto/tar.js';
+import { readExportFile, readExportStream, readRange } from './crypto/tar.js';
 import { unwrapFernetKey, type KeyUnwrapper } from './crypto/unwrapper.js';
-import { makeSpool, readRange } from './spool.js';
+import { makeSpool } from './spool.js';
 
 export { DecryptError, DecryptErrorCodes, type DecryptErrorCode } from './crypto/errors.js';
 export { createLocalKeyUnwrapper, type KeyUnwrapper, type LocalKeyUnwrapperOptions, type PassphraseSource } from './crypto/unwrapper.js';
@@ -67,9 +67,9 @@ const DECRYPT_OPTIONS: { readonly [K in keyof OpenDecryptedOptions]-?: OptionChe
   chunkSize: isInteger(4096, 64 * 1024 * 1024),
 };
 
-function checkOptions(options: OpenDecryptedOptions, where: string): { chunkSize: number; tmpDir: string } {
+function checkOptions(options: OpenDecryptedOptions, where: string): { chunkSize: number } {
   checkKnownOptions(where, options, DECRYPT_OPTIONS, ['unwrapper']);
-  return { chunkSize: options.chunkSize ?? DEFAULT_CHUNK_SIZE, tmpDir: options.tmpDir ?? os.tmpdir() };
+  return { chunkSize: options.chunkSize ?? DEFAULT_CHUNK_SIZE };
 }
 
 /**
@@ -82,30 +82,31 @@ type OpenedInput = { file: FileHandle; release: () => Promise<void>; failure: st
 
 /** Opens `input`: a regular file is read in place; anything else is spooled. */
 async function openInput(input: EncryptedInput, chunkSize: number, tmpDir: string): Promise<OpenedInput> {
-  if (!('path' in input)) return spooled(input.stream, tmpDir);
-  const { path } = input;
-  let fh: FileHandle;
-  try {
-    fh = await fs.open(path, 'r');
-  } catch (err) {
-    throw ioError(`cannot open ${path}`, err);
+  let stream: Readable;
+  if ('path' in input) {
+    const { path } = input;
+    let fh: FileHandle;
+    try {
+      fh = await fs.open(path, 'r');
+    } catch (err) {
+      throw ioError(`cannot open ${path}`, err);
+    }
+    try {
+      const stat = await fh.stat();
+      // The same open handle serves both passes, so replacing the file by rename cannot swap in
+      // other bytes; writing into it can, and the segment digests catch that before release.
+      if (stat.isFile()) return { file: fh, size: stat.size, release: () => fh.close(), failure: `cannot read ${path}` };
+      // A pipe or device cannot be read twice: treat it as a stream.
+      await fh.close();
+    } catch (err) {
+      await fh.close().catch(() => undefined);
+      throw ioError(`cannot read ${path}`, err);
+    }
+    stream = createReadStream(path, { highWaterMark: chunkSize });
+  } else {
+    stream = input.stream;
   }
-  try {
-    const stat = await fh.stat();
-    // The same open handle serves both passes, so replacing the file by rename cannot swap in
-    // other bytes; writing into it can, and the segment digests catch that before release.
-    if (stat.isFile()) return { file: fh, size: stat.size, release: () => fh.close(), failure: `cannot read ${path}` };
-    // A pipe or device cannot be read twice: treat it as a stream.
-    await fh.close();
-    return await spooled(createReadStream(path, { highWaterMark: chunkSize }), tmpDir);
-  } catch (err) {
-    await fh.close().catch(() => undefined);
-    throw ioError(`cannot read ${path}`, err);
-  }
-}
-
-/** A stream's input: its token goes to a private spool file (0600 in a 0700 folder) as it arrives. */
-async function spooled(stream: Readable, tmpDir: string): Promise<OpenedInput> {
+  // A stream's token goes to a private spool file (0600 in a 0700 folder) as it arrives.
   const spool = await makeSpool(tmpDir);
   return { file: spool.file, stream, release: spool.remove, failure: 'spooling the encrypted input failed' };
 }
@@ -117,13 +118,21 @@ async function spooled(stream: Readable, tmpDir: string): Promise<OpenedInput> {
  * The caller must consume or destroy `stream`: that closes the file and removes the spool.
  */
 export async function openDecryptedSource(input: EncryptedInput, options: OpenDecryptedOptions): Promise<DecryptedSource> {
-  const { chunkSize, tmpDir } = checkOptions(options, 'openDecryptedSource');
+  const { chunkSize } = checkOptions(options, 'openDecryptedSource');
   if (typeof input !== 'object' || input === null) throw new OptionError('openDecryptedSource: input must be { path } or { stream }');
   if ('path' in input) {
     if (typeof input.path !== 'string' || input.path === '') throw new OptionError(`openDecryptedSource: input.path must be a non-empty string, got ${JSON.stringify(input.path)}`);
   } else if (!(input.stream instanceof Readable) && typeof (input.stream as { [Symbol.asyncIterator]?: unknown })?.[Symbol.asyncIterator] !== 'function') {
     throw new OptionError('openDecryptedSource: input.stream must be a Readable');
   }
+  return decryptedSource(input, options.unwrapper, chunkSize, options.tmpDir);
+}
+
+/**
+ * {@link openDecryptedSource} over values already checked (`importUsers` checks its options once,
+ * the {@link Decryptor} at construction).
+ */
+export async function decryptedSource(input: EncryptedInput, unwrapper: KeyUnwrapper, chunkSize: number, tmpDir = os.tmpdir()): Promise<DecryptedSource> {
   const opened = await openInput(input, chunkSize, tmpDir);
   try {
     const found = 'stream' in opened ? await readExportStream(opened.stream, opened.file) : await readExportFile(opened.file, opened.size);
@@ -132,7 +141,7 @@ export async function openDecryptedSource(input: EncryptedInput, options: OpenDe
     const start = 'stream' in opened ? 0 : found.token.dataOffset;
     const read = () => readRange(opened.file, start, found.token.size, chunkSize);
     const passes = [read(), read()] as const;
-    const key = await unwrapFernetKey(options.unwrapper, found.wrappedKey, found.publicKey);
+    const key = await unwrapFernetKey(unwrapper, found.wrappedKey, found.publicKey);
     return await authenticatedPlaintext(passes, key, chunkSize, opened.release);
   } catch (err) {
     await opened.release().catch(() => undefined);
@@ -159,11 +168,11 @@ export class Decryptor extends Duplex {
   constructor(options: DecryptorOptions) {
     const { chunkSize } = checkOptions(options, 'createDecryptor');
     super({ readableHighWaterMark: chunkSize, writableHighWaterMark: 64 * 1024 });
-    // The writable side feeds a private Readable that openDecryptedSource iterates; `_write`
+    // The writable side feeds a private Readable that decryptedSource iterates; `_write`
     // calls back only when that Readable wants more, so backpressure reaches the producer.
     const inbound = new Readable({ highWaterMark: chunkSize, read: () => this.resumeWriter() });
     this.inbound = inbound;
-    this.opening = openDecryptedSource({ stream: inbound }, options).then(
+    this.opening = decryptedSource({ stream: inbound }, options.unwrapper, chunkSize, options.tmpDir).then(
       (src) => {
         if (this.destroyed) {
           // Destroyed while authenticating: wait for the spool to go before `close`.

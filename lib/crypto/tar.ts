@@ -8,8 +8,8 @@
  * Reading understands ustar (with `prefix`), PAX extended headers (`x` local, `g` global: `path`
  * and `size`), GNU long names (`L`) and GNU base-256 sizes, because Python's `tarfile` (what
  * Sentry writes with) emits PAX by default and other tools emit GNU. Everything here is pure
- * except the readers of a file or stream ({@link scanTarFile}, {@link readExactly} and the
- * export's two readers).
+ * except the readers of a file or stream ({@link scanTarFile}, {@link readExactly},
+ * {@link readRange} and the export's two readers).
  */
 import type { FileHandle } from 'node:fs/promises';
 import { DecryptError, DecryptErrorCodes, ioError } from './errors.js';
@@ -310,6 +310,23 @@ export async function readExactly(file: FileHandle, buf: Buffer, position: numbe
     const { bytesRead } = await file.read(buf, done, buf.length - done, position + done);
     if (bytesRead === 0) throw new DecryptError(DecryptErrorCodes.TRUNCATED, `the input ended early at byte ${position + done}`);
     done += bytesRead;
+  }
+}
+
+/**
+ * Reads `length` bytes at `start` in chunks. The yielded buffer is reused: consumers copy what
+ * they keep (the base64 decoder's `toString` does).
+ */
+export async function* readRange(file: FileHandle, start: number, length: number, chunkSize: number): AsyncGenerator<Buffer> {
+  const buf = Buffer.allocUnsafe(Math.min(chunkSize, Math.max(length, 1)));
+  let pos = start;
+  const end = start + length;
+  while (pos < end) {
+    const want = Math.min(buf.length, end - pos);
+    const { bytesRead } = await file.read(buf, 0, want, pos);
+    if (bytesRead === 0) throw new DecryptError(DecryptErrorCodes.TRUNCATED, `the input ended early at byte ${pos}`);
+    pos += bytesRead;
+    yield buf.subarray(0, bytesRead);
   }
 }
 
