@@ -2,7 +2,9 @@
  * Decryption of Sentry's encrypted exports: an uncompressed tar of `export.json` (one Fernet
  * token over the whole JSON), `data.key` (the textual Fernet key, RSA-OAEP-SHA256 wrapped) and
  * `key.pub` (the PEM public key), in that order. The reverse, for `userport encrypt`, is in
- * `encrypt.ts`; the spool file in `spool.ts`.
+ * `encrypt.ts`; the spool file in `spool.ts`. This module opens the input and hands it on, each
+ * reader once: the members to `crypto/tar.ts`, the key to `crypto/unwrapper.ts`, the token to
+ * `crypto/fernet.ts`.
  *
  * Nothing unauthenticated leaves this module. The key members come after the data and Fernet's
  * HMAC covers the whole token, so: find the members, unwrap the key, verify the HMAC over the
@@ -16,13 +18,13 @@ import { createReadStream } from 'node:fs';
 import os from 'node:os';
 import { Duplex, Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { OptionError, UserportError } from './errors.js';
+import { OptionError } from './errors.js';
 import { checkOptions as checkKnownOptions, isInteger, isKeyUnwrapper, isNonEmptyString, type OptionCheck } from './options.js';
-import { DecryptError, DecryptErrorCodes, ioError } from './crypto/errors.js';
-import { decryptToken, parseFernetKey, verifyToken, type FernetKey } from './crypto/fernet.js';
-import { isRegularFile, readExactly, scanTarFile, TarParser, type TarEntry } from './crypto/tar.js';
-import type { KeyUnwrapper } from './crypto/unwrapper.js';
-import { makeSpool, readRange } from './spool.js';
+import { ioError } from './crypto/errors.js';
+import { authenticatedPlaintext } from './crypto/fernet.js';
+import { readExportFile, readExportStream, readRange } from './crypto/tar.js';
+import { unwrapFernetKey, type KeyUnwrapper } from './crypto/unwrapper.js';
+import { makeSpool } from './spool.js';
 
 export { DecryptError, DecryptErrorCodes, type DecryptErrorCode } from './crypto/errors.js';
 export { createLocalKeyUnwrapper, type KeyUnwrapper, type LocalKeyUnwrapperOptions, type PassphraseSource } from './crypto/unwrapper.js';
@@ -31,12 +33,6 @@ export {
   type GcpKmsConfig, type GcpKmsUnwrapperOptions, type GoogleAccessTokenSource,
 } from './crypto/gcp-kms.js';
 
-/** Member names. Sentry's code says renaming them breaks its decrypt side. */
-export const TOKEN_MEMBER = 'export.json';
-export const WRAPPED_KEY_MEMBER = 'data.key';
-export const PUBLIC_KEY_MEMBER = 'key.pub';
-/** `data.key` and `key.pub` are a few hundred bytes; they are held in memory, so cap them. */
-export const MAX_KEY_MEMBER_SIZE = 64 * 1024;
 /**
  * Read size over the token. Big chunks keep the per-chunk JavaScript negligible, but each chunk
  * becomes a string for the base64 decoder: at 1 MiB those strings land in V8's large-object
@@ -71,174 +67,48 @@ const DECRYPT_OPTIONS: { readonly [K in keyof OpenDecryptedOptions]-?: OptionChe
   chunkSize: isInteger(4096, 64 * 1024 * 1024),
 };
 
-function checkOptions(options: OpenDecryptedOptions, where: string): { chunkSize: number; tmpDir: string } {
+function checkOptions(options: OpenDecryptedOptions, where: string): { chunkSize: number } {
   checkKnownOptions(where, options, DECRYPT_OPTIONS, ['unwrapper']);
-  return { chunkSize: options.chunkSize ?? DEFAULT_CHUNK_SIZE, tmpDir: options.tmpDir ?? os.tmpdir() };
-}
-
-function tarError(message: string): DecryptError {
-  return new DecryptError(DecryptErrorCodes.TAR, `not a Sentry encrypted export: ${message}`);
+  return { chunkSize: options.chunkSize ?? DEFAULT_CHUNK_SIZE };
 }
 
 /**
- * Checks members as they come: exactly one each of `export.json`, `data.key`, `key.pub` as
- * regular files, nothing else that is a file (directories and links are ignored, as Sentry does).
+ * An encrypted input, opened: the file the token is read from (the input itself when it is a
+ * regular file, read in place; else the spool of the stream), `release` (close the file, remove
+ * the spool) and the words of a failure.
  */
-class MemberCheck {
-  readonly seen = new Map<string, TarEntry>();
+type OpenedInput = { file: FileHandle; release: () => Promise<void>; failure: string }
+  & ({ size: number } | { stream: AsyncIterable<Buffer | string> });
 
-  accept(entry: TarEntry): boolean {
-    if (!isRegularFile(entry.type)) return false;
-    if (entry.name !== TOKEN_MEMBER && entry.name !== WRAPPED_KEY_MEMBER && entry.name !== PUBLIC_KEY_MEMBER) {
-      throw tarError(`unexpected member "${entry.name}" (expected only ${TOKEN_MEMBER}, ${WRAPPED_KEY_MEMBER} and ${PUBLIC_KEY_MEMBER})`);
+/** Opens `input`: a regular file is read in place; anything else is spooled. */
+async function openInput(input: EncryptedInput, chunkSize: number, tmpDir: string): Promise<OpenedInput> {
+  let stream: Readable;
+  if ('path' in input) {
+    const { path } = input;
+    let fh: FileHandle;
+    try {
+      fh = await fs.open(path, 'r');
+    } catch (err) {
+      throw ioError(`cannot open ${path}`, err);
     }
-    if (this.seen.has(entry.name)) throw tarError(`member "${entry.name}" appears twice`);
-    if (entry.name !== TOKEN_MEMBER && entry.size > MAX_KEY_MEMBER_SIZE) {
-      throw tarError(`member "${entry.name}" is ${entry.size} bytes, more than ${MAX_KEY_MEMBER_SIZE}`);
-    }
-    this.seen.set(entry.name, entry);
-    return true;
-  }
-
-  complete(): { token: TarEntry; wrappedKey: TarEntry; publicKey: TarEntry } {
-    const missing = [TOKEN_MEMBER, WRAPPED_KEY_MEMBER, PUBLIC_KEY_MEMBER].filter((n) => !this.seen.has(n));
-    if (missing.length) throw tarError(`missing member${missing.length > 1 ? 's' : ''} ${missing.join(', ')}`);
-    return { token: this.seen.get(TOKEN_MEMBER)!, wrappedKey: this.seen.get(WRAPPED_KEY_MEMBER)!, publicKey: this.seen.get(PUBLIC_KEY_MEMBER)! };
-  }
-}
-
-
-async function unwrapFernetKey(unwrapper: KeyUnwrapper, wrapped: Buffer, publicKeyPem: Buffer): Promise<{ text: Buffer; key: FernetKey }> {
-  let text: Buffer;
-  try {
-    text = await unwrapper.unwrap(wrapped, publicKeyPem);
-  } catch (err) {
-    if (err instanceof UserportError) throw err;
-    throw new DecryptError(DecryptErrorCodes.KEY_INVALID, `the key unwrapper failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
-  }
-  return { text, key: parseFernetKey(text) };
-}
-
-/**
- * The plaintext stream over a verified token. `cleanup` (close the file, remove the spool) runs
- * once, before `close` is emitted, on end, error or destroy, also when never read.
- */
-function plaintextStream(file: FileHandle, start: number, length: number, key: FernetKey, digests: Buffer, chunkSize: number, cleanup: () => Promise<void>): Readable {
-  const iter = decryptToken(readRange(file, start, length, chunkSize), key, digests);
-  let inflight: Promise<void> | undefined;
-  return new Readable({
-    highWaterMark: chunkSize,
-    read() {
-      if (inflight) return;
-      inflight = (async () => {
-        try {
-          for (;;) {
-            const { value, done } = await iter.next();
-            if (this.destroyed) return;
-            if (done) {
-              this.push(null);
-              return;
-            }
-            if (!this.push(value)) return;
-          }
-        } catch (err) {
-          this.destroy(err as Error);
-        } finally {
-          inflight = undefined;
-        }
-      })();
-    },
-    destroy(err, callback) {
-      // Let a read in progress settle before the file under it is closed.
-      Promise.resolve(inflight)
-        .then(() => iter.return(undefined))
-        .catch(() => undefined)
-        .then(cleanup)
-        .then(() => callback(err), (cleanupErr: unknown) => callback(err ?? (cleanupErr as Error)));
-    },
-  });
-}
-
-
-async function openFile(file: string, options: OpenDecryptedOptions, chunkSize: number): Promise<DecryptedSource> {
-  let fh: FileHandle;
-  try {
-    fh = await fs.open(file, 'r');
-  } catch (err) {
-    throw ioError(`cannot open ${file}`, err);
-  }
-  try {
-    const stat = await fh.stat();
-    if (!stat.isFile()) {
+    try {
+      const stat = await fh.stat();
+      // The same open handle serves both passes, so replacing the file by rename cannot swap in
+      // other bytes; writing into it can, and the segment digests catch that before release.
+      if (stat.isFile()) return { file: fh, size: stat.size, release: () => fh.close(), failure: `cannot read ${path}` };
       // A pipe or device cannot be read twice: treat it as a stream.
       await fh.close();
-      return await openStream(createReadStream(file, { highWaterMark: chunkSize }), options, chunkSize);
-    }
-    const check = new MemberCheck();
-    await scanTarFile(fh, stat.size, (e) => {
-      check.accept(e);
-      return false;
-    });
-    const m = check.complete();
-    const wrapped = Buffer.alloc(m.wrappedKey.size);
-    const pub = Buffer.alloc(m.publicKey.size);
-    await readExactly(fh, wrapped, m.wrappedKey.dataOffset);
-    await readExactly(fh, pub, m.publicKey.dataOffset);
-    const { key } = await unwrapFernetKey(options.unwrapper, wrapped, pub);
-    const verified = await verifyToken(readRange(fh, m.token.dataOffset, m.token.size, chunkSize), key);
-    // The same open handle serves the second pass, so replacing the file by rename cannot
-    // swap in other bytes; writing into it can, and the segment digests catch that before release.
-    const stream = plaintextStream(fh, m.token.dataOffset, m.token.size, key, verified.digests, chunkSize, () => fh.close());
-    return { stream, size: verified.plaintextLength };
-  } catch (err) {
-    await fh.close().catch(() => undefined);
-    throw ioError(`cannot read ${file}`, err);
-  }
-}
-
-async function openStream(input: Readable, options: OpenDecryptedOptions, chunkSize: number): Promise<DecryptedSource> {
-  const tmpDir = options.tmpDir ?? os.tmpdir();
-  const spool = await makeSpool(tmpDir);
-  try {
-    const parser = new TarParser();
-    const check = new MemberCheck();
-    const small = new Map<string, Buffer[]>();
-    let current: TarEntry | undefined;
-    let spooled = 0;
-    try {
-      for await (const chunk of input as AsyncIterable<Buffer | string>) {
-        const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-        for (const ev of parser.push(buf)) {
-          if (ev.kind === 'entry') {
-            current = check.accept(ev.entry) ? ev.entry : undefined;
-            if (current && current.name !== TOKEN_MEMBER) small.set(current.name, []);
-          } else if (ev.kind === 'data') {
-            if (current?.name === TOKEN_MEMBER) {
-              await spool.file.write(ev.chunk, 0, ev.chunk.length, spooled);
-              spooled += ev.chunk.length;
-            } else if (current) {
-              small.get(current.name)!.push(Buffer.from(ev.chunk));
-            }
-          } else {
-            current = undefined;
-          }
-        }
-      }
     } catch (err) {
-      throw ioError('reading the encrypted input failed', err);
+      await fh.close().catch(() => undefined);
+      throw ioError(`cannot read ${path}`, err);
     }
-    parser.end();
-    const m = check.complete();
-    const wrapped = Buffer.concat(small.get(WRAPPED_KEY_MEMBER)!);
-    const pub = Buffer.concat(small.get(PUBLIC_KEY_MEMBER)!);
-    const { key } = await unwrapFernetKey(options.unwrapper, wrapped, pub);
-    const verified = await verifyToken(readRange(spool.file, 0, m.token.size, chunkSize), key);
-    const stream = plaintextStream(spool.file, 0, m.token.size, key, verified.digests, chunkSize, spool.remove);
-    return { stream, size: verified.plaintextLength };
-  } catch (err) {
-    await spool.remove().catch(() => undefined);
-    throw ioError('spooling the encrypted input failed', err);
+    stream = createReadStream(path, { highWaterMark: chunkSize });
+  } else {
+    stream = input.stream;
   }
+  // A stream's token goes to a private spool file (0600 in a 0700 folder) as it arrives.
+  const spool = await makeSpool(tmpDir);
+  return { file: spool.file, stream, release: spool.remove, failure: 'spooling the encrypted input failed' };
 }
 
 /**
@@ -252,12 +122,31 @@ export async function openDecryptedSource(input: EncryptedInput, options: OpenDe
   if (typeof input !== 'object' || input === null) throw new OptionError('openDecryptedSource: input must be { path } or { stream }');
   if ('path' in input) {
     if (typeof input.path !== 'string' || input.path === '') throw new OptionError(`openDecryptedSource: input.path must be a non-empty string, got ${JSON.stringify(input.path)}`);
-    return openFile(input.path, options, chunkSize);
-  }
-  if (!(input.stream instanceof Readable) && typeof (input.stream as { [Symbol.asyncIterator]?: unknown })?.[Symbol.asyncIterator] !== 'function') {
+  } else if (!(input.stream instanceof Readable) && typeof (input.stream as { [Symbol.asyncIterator]?: unknown })?.[Symbol.asyncIterator] !== 'function') {
     throw new OptionError('openDecryptedSource: input.stream must be a Readable');
   }
-  return openStream(input.stream, options, chunkSize);
+  return decryptedSource(input, options.unwrapper, chunkSize, options.tmpDir);
+}
+
+/**
+ * {@link openDecryptedSource} over values already checked (`importUsers` checks its options once,
+ * the {@link Decryptor} at construction).
+ */
+export async function decryptedSource(input: EncryptedInput, unwrapper: KeyUnwrapper, chunkSize: number, tmpDir = os.tmpdir()): Promise<DecryptedSource> {
+  const opened = await openInput(input, chunkSize, tmpDir);
+  try {
+    const found = 'stream' in opened ? await readExportStream(opened.stream, opened.file) : await readExportFile(opened.file, opened.size);
+    // The token is read twice, where it lies in the file or from the start of the spool: to
+    // verify it, then to decrypt it.
+    const start = 'stream' in opened ? 0 : found.token.dataOffset;
+    const read = () => readRange(opened.file, start, found.token.size, chunkSize);
+    const passes = [read(), read()] as const;
+    const key = await unwrapFernetKey(unwrapper, found.wrappedKey, found.publicKey);
+    return await authenticatedPlaintext(passes, key, chunkSize, opened.release);
+  } catch (err) {
+    await opened.release().catch(() => undefined);
+    throw ioError(opened.failure, err);
+  }
 }
 
 /** Options of {@link createDecryptor}: the same as {@link OpenDecryptedOptions}. */
@@ -279,11 +168,11 @@ export class Decryptor extends Duplex {
   constructor(options: DecryptorOptions) {
     const { chunkSize } = checkOptions(options, 'createDecryptor');
     super({ readableHighWaterMark: chunkSize, writableHighWaterMark: 64 * 1024 });
-    // The writable side feeds a private Readable that openDecryptedSource iterates; `_write`
+    // The writable side feeds a private Readable that decryptedSource iterates; `_write`
     // calls back only when that Readable wants more, so backpressure reaches the producer.
     const inbound = new Readable({ highWaterMark: chunkSize, read: () => this.resumeWriter() });
     this.inbound = inbound;
-    this.opening = openDecryptedSource({ stream: inbound }, options).then(
+    this.opening = decryptedSource({ stream: inbound }, options.unwrapper, chunkSize, options.tmpDir).then(
       (src) => {
         if (this.destroyed) {
           // Destroyed while authenticating: wait for the spool to go before `close`.

@@ -11,10 +11,10 @@ import { opt, OptionError, wording } from './errors.js';
 import { checkOptions, isInteger, isNonEmptyString, isStringOrBuffer, type OptionCheck } from './options.js';
 import { DecryptError, DecryptErrorCodes, ioError } from './crypto/errors.js';
 import { FernetEncoder, generateFernetKey, parseFernetKey, tokenLength } from './crypto/fernet.js';
-import { encodeEnd, encodeHeader, paddingAfter } from './crypto/tar.js';
+import { encodeEnd, encodeHeader, paddingAfter, PUBLIC_KEY_MEMBER, readRange, TOKEN_MEMBER, WRAPPED_KEY_MEMBER } from './crypto/tar.js';
 import { derivePublicPem, loadPublicKey, wrapKey } from './crypto/keys.js';
-import { DEFAULT_CHUNK_SIZE, PUBLIC_KEY_MEMBER, TOKEN_MEMBER, WRAPPED_KEY_MEMBER, type EncryptedInput } from './decrypt.js';
-import { makeSpool, readRange } from './spool.js';
+import { DEFAULT_CHUNK_SIZE, type EncryptedInput } from './decrypt.js';
+import { makeSpool } from './spool.js';
 
 /** Options of {@link createEncryptor}. */
 export interface EncryptorOptions {

@@ -11,9 +11,9 @@ import type pg from 'pg';
 import { openImportDatabase, type ImportDatabase } from './db/import-database.js';
 import { checkDatabaseUrl, checkOptions, describeValue, isBoolean, isFunction, isInteger, isKeyUnwrapper, isNonEmptyString, isStringIterable, toStringSet, type OptionCheck } from './options.js';
 import { describePlan, earlyUsersOverlap, mergeStaged, type MergeOptions, type MergeStep } from './db/merge/index.js';
-import {
-  commitOutcome, deleteStaged, finishImport, insertImport, markImportFailed, saveCheckpoint, startImport, unmatchedUsernames,
-} from './db/imports.js';
+import { deleteStaged, finishImport, insertImport, markImportFailed, saveCheckpoint, startImport } from './db/imports.js';
+import { unmatchedUsernames } from './db/findings.js';
+import { commitOutcome } from './db/commit-outcome.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
 import { ErrorCodes, opt, OptionError, UserportError, wording, wrapDbError, type Wording } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
@@ -21,7 +21,7 @@ import { fieldLimits, modelInfo, skippedReasons, type ImportScope } from './mode
 import { isImportScope } from './filter-users.js';
 import { prepareImportSource } from './source.js';
 import type { MappedItem } from './map-models.js';
-import { createPgSink, DEFAULT_BATCH_ROWS } from './pg-sink.js';
+import { DEFAULT_BATCH_ROWS, pgSink } from './pg-sink.js';
 import { StagedFacts } from './staged-facts.js';
 import { openRejectsFile, type RejectSink } from './rejects.js';
 import { ImportStats, type ImportSummary, type StatsSnapshot } from './stats.js';
@@ -364,7 +364,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       if (rejects) snap.rejects = { bytes: rejects.bytes, count: rejects.count };
       await saveCheckpoint(c, run, last.ordinal, last.offset + last.length, snap);
     };
-    const sink = createPgSink({
+    const sink = pgSink({
       client, run, transaction: o.resumable ? 'batches' : 'whole', dryRun: o.dryRun, staged,
       batchRows: o.batchRows, checkpoint, finalize, stats, rejects,
       ...(o.resumable || !o.bulkLoad ? {} : { overlap: early }),

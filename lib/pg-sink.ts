@@ -100,6 +100,14 @@ export function createPgSink(options: PgSinkOptions): Writable {
   for (const required of ['client', 'run', 'transaction', 'finalize'] as const) {
     if (options[required] === undefined) throw new OptionError(`createPgSink: option ${required} is required`, required);
   }
+  return pgSink(options);
+}
+
+/**
+ * {@link createPgSink} over options already checked (`importUsers` checks its options once and
+ * builds these from the resolved values).
+ */
+export function pgSink(options: PgSinkOptions): Writable {
   const { client, run, finalize, checkpoint } = options;
   const batchRows = options.batchRows ?? DEFAULT_BATCH_ROWS;
   const whole = options.transaction === 'whole';

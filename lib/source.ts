@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import zlib from 'node:zlib';
-import { openDecryptedSource, type KeyUnwrapper } from './decrypt.js';
+import { decryptedSource, type KeyUnwrapper } from './decrypt.js';
 import { ErrorCodes, opt, OptionError, ParseError, printable, UserportError, wording, type Wording } from './errors.js';
 
 /**
@@ -376,7 +376,7 @@ export async function openSource(o: SourceOptions): Promise<OpenedSource> {
     }
     // The import reads the token in the tokenizer's own chunk size: at the decryptor's default
     // 512 KiB, records at the size limit made of tiny objects peaked at 166 MB RSS (149 MB at 128 KiB).
-    const { stream, size } = await openDecryptedSource(input, { unwrapper: o.decrypt, chunkSize: READ_CHUNK, ...(o.tmpDir ? { tmpDir: o.tmpDir } : {}) });
+    const { stream, size } = await decryptedSource(input, o.decrypt, READ_CHUNK, o.tmpDir);
     // What the tarball held is sniffed like any input: UTF-16 or leading text inside say so too.
     return sniffed(stream, size, o);
   }

@@ -2,29 +2,12 @@
  * Private spool files: the encrypted-export path writes a stream's (still encrypted) token to one
  * so it can be read twice; the import's sink writes the staging rows that arrive while the early
  * users step holds its connection. Each is a temporary file (mode 0600 in a 0700 folder), removed
- * when its stream closes or on any failure. Also the chunked range reader over such a file.
+ * when its stream closes or on any failure.
  */
 import fs, { type FileHandle } from 'node:fs/promises';
 import { rmSync } from 'node:fs';
 import path from 'node:path';
-import { DecryptError, DecryptErrorCodes, ioError } from './crypto/errors.js';
-
-/**
- * Reads `length` bytes at `start` in chunks. The yielded buffer is reused: consumers copy what
- * they keep (the base64 decoder's `toString` does).
- */
-export async function* readRange(file: FileHandle, start: number, length: number, chunkSize: number): AsyncGenerator<Buffer> {
-  const buf = Buffer.allocUnsafe(Math.min(chunkSize, Math.max(length, 1)));
-  let pos = start;
-  const end = start + length;
-  while (pos < end) {
-    const want = Math.min(buf.length, end - pos);
-    const { bytesRead } = await file.read(buf, 0, want, pos);
-    if (bytesRead === 0) throw new DecryptError(DecryptErrorCodes.TRUNCATED, `the input ended early at byte ${pos}`);
-    pos += bytesRead;
-    yield buf.subarray(0, bytesRead);
-  }
-}
+import { ioError } from './crypto/errors.js';
 
 /**
  * Spool folders still on disk. The library installs no process handlers: a spool goes away with

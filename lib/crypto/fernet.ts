@@ -4,13 +4,14 @@
  * Token = 0x80 ‖ timestamp (8, BE) ‖ IV (16) ‖ AES-128-CBC ciphertext (PKCS#7) ‖ HMAC-SHA256 (32),
  * all URL-safe base64 with `=` padding. The HMAC covers everything before it, so authenticity is
  * known only at the last byte: {@link FernetReader} runs once to verify (no plaintext) and once
- * to decrypt, and the caller must not release plaintext before a verify pass succeeded.
+ * to decrypt, and the caller must not release plaintext before a verify pass succeeded
+ * ({@link authenticatedPlaintext} does both, in that order).
  *
  * The hot path is native: base64 through `Buffer.from(str, 'base64url')` on whole chunks, HMAC
  * and AES through OpenSSL. The only JavaScript per chunk is bookkeeping of a 32-byte tail.
  */
 import crypto from 'node:crypto';
-import { Transform, type TransformCallback, type TransformOptions } from 'node:stream';
+import { Readable, Transform, type TransformCallback, type TransformOptions } from 'node:stream';
 import { DecryptError, DecryptErrorCodes } from './errors.js';
 
 export const FERNET_VERSION = 0x80;
@@ -313,6 +314,55 @@ export async function* decryptToken(chunks: AsyncIterable<Buffer>, key: FernetKe
   decoder.end();
   const { plaintext } = reader.final();
   if (plaintext.length) yield plaintext;
+}
+
+/**
+ * A token's plaintext as a stream, authenticated first. `passes` are two reads of the token's
+ * base64 chunks, each from its start: the first is verified now, the second decrypted as the
+ * stream is read and checked against the first by its digests ({@link decryptToken}). Rejects
+ * with USERPORT_DECRYPT_TAMPERED before any plaintext exists. `cleanup` (close the file, remove
+ * the spool) runs once, before the stream's `close`, on end, error or destroy, also when never read.
+ */
+export async function authenticatedPlaintext(passes: readonly [AsyncIterable<Buffer>, AsyncIterable<Buffer>], key: FernetKey, chunkSize: number,
+  cleanup: () => Promise<void>): Promise<{ stream: Readable; size: number }> {
+  const verified = await verifyToken(passes[0], key);
+  return { stream: plaintextStream(decryptToken(passes[1], key, verified.digests), chunkSize, cleanup), size: verified.plaintextLength };
+}
+
+/** The plaintext stream of {@link authenticatedPlaintext}, pulling `iter` as it is read. */
+function plaintextStream(iter: AsyncGenerator<Buffer>, chunkSize: number, cleanup: () => Promise<void>): Readable {
+  let inflight: Promise<void> | undefined;
+  return new Readable({
+    highWaterMark: chunkSize,
+    read() {
+      if (inflight) return;
+      inflight = (async () => {
+        try {
+          for (;;) {
+            const { value, done } = await iter.next();
+            if (this.destroyed) return;
+            if (done) {
+              this.push(null);
+              return;
+            }
+            if (!this.push(value)) return;
+          }
+        } catch (err) {
+          this.destroy(err as Error);
+        } finally {
+          inflight = undefined;
+        }
+      })();
+    },
+    destroy(err, callback) {
+      // Let a read in progress settle before the file under it is closed.
+      Promise.resolve(inflight)
+        .then(() => iter.return(undefined))
+        .catch(() => undefined)
+        .then(cleanup)
+        .then(() => callback(err), (cleanupErr: unknown) => callback(err ?? (cleanupErr as Error)));
+    },
+  });
 }
 
 /** Incremental URL-safe base64 encoder with `=` padding, as Python's `urlsafe_b64encode` writes. */

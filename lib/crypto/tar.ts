@@ -1,15 +1,18 @@
 /**
  * Just enough tar for Sentry's encrypted exports: a push parser for streams, a header scanner
  * for seekable files (it seeks over member data, so a 10 GB `export.json` costs three header
- * reads), and a writer of ustar headers.
+ * reads), a writer of ustar headers, and the export's three members: their names, the checks as
+ * they come, and the readers that find them in a file ({@link readExportFile}) or a stream
+ * ({@link readExportStream}).
  *
  * Reading understands ustar (with `prefix`), PAX extended headers (`x` local, `g` global: `path`
  * and `size`), GNU long names (`L`) and GNU base-256 sizes, because Python's `tarfile` (what
  * Sentry writes with) emits PAX by default and other tools emit GNU. Everything here is pure
- * except {@link scanTarFile}.
+ * except the readers of a file or stream ({@link scanTarFile}, {@link readExactly},
+ * {@link readRange} and the export's two readers).
  */
 import type { FileHandle } from 'node:fs/promises';
-import { DecryptError, DecryptErrorCodes } from './errors.js';
+import { DecryptError, DecryptErrorCodes, ioError } from './errors.js';
 
 export const BLOCK = 512;
 /** GNU tar and Python's `tarfile` pad the archive to a multiple of 20 blocks. */
@@ -308,6 +311,120 @@ export async function readExactly(file: FileHandle, buf: Buffer, position: numbe
     if (bytesRead === 0) throw new DecryptError(DecryptErrorCodes.TRUNCATED, `the input ended early at byte ${position + done}`);
     done += bytesRead;
   }
+}
+
+/**
+ * Reads `length` bytes at `start` in chunks. The yielded buffer is reused: consumers copy what
+ * they keep (the base64 decoder's `toString` does).
+ */
+export async function* readRange(file: FileHandle, start: number, length: number, chunkSize: number): AsyncGenerator<Buffer> {
+  const buf = Buffer.allocUnsafe(Math.min(chunkSize, Math.max(length, 1)));
+  let pos = start;
+  const end = start + length;
+  while (pos < end) {
+    const want = Math.min(buf.length, end - pos);
+    const { bytesRead } = await file.read(buf, 0, want, pos);
+    if (bytesRead === 0) throw new DecryptError(DecryptErrorCodes.TRUNCATED, `the input ended early at byte ${pos}`);
+    pos += bytesRead;
+    yield buf.subarray(0, bytesRead);
+  }
+}
+
+/** Member names. Sentry's code says renaming them breaks its decrypt side. */
+export const TOKEN_MEMBER = 'export.json';
+export const WRAPPED_KEY_MEMBER = 'data.key';
+export const PUBLIC_KEY_MEMBER = 'key.pub';
+/** `data.key` and `key.pub` are a few hundred bytes; they are held in memory, so cap them. */
+export const MAX_KEY_MEMBER_SIZE = 64 * 1024;
+
+/** An export's members, found: where the token lies, and the two key members' bytes. */
+export interface ExportMembers {
+  token: TarEntry;
+  wrappedKey: Buffer;
+  publicKey: Buffer;
+}
+
+function exportError(message: string): DecryptError {
+  return new DecryptError(DecryptErrorCodes.TAR, `not a Sentry encrypted export: ${message}`);
+}
+
+/**
+ * Checks members as they come: exactly one each of `export.json`, `data.key`, `key.pub` as
+ * regular files, nothing else that is a file (directories and links are ignored, as Sentry does).
+ */
+class MemberCheck {
+  readonly seen = new Map<string, TarEntry>();
+
+  accept(entry: TarEntry): boolean {
+    if (!isRegularFile(entry.type)) return false;
+    if (entry.name !== TOKEN_MEMBER && entry.name !== WRAPPED_KEY_MEMBER && entry.name !== PUBLIC_KEY_MEMBER) {
+      throw exportError(`unexpected member "${entry.name}" (expected only ${TOKEN_MEMBER}, ${WRAPPED_KEY_MEMBER} and ${PUBLIC_KEY_MEMBER})`);
+    }
+    if (this.seen.has(entry.name)) throw exportError(`member "${entry.name}" appears twice`);
+    if (entry.name !== TOKEN_MEMBER && entry.size > MAX_KEY_MEMBER_SIZE) {
+      throw exportError(`member "${entry.name}" is ${entry.size} bytes, more than ${MAX_KEY_MEMBER_SIZE}`);
+    }
+    this.seen.set(entry.name, entry);
+    return true;
+  }
+
+  complete(): { token: TarEntry; wrappedKey: TarEntry; publicKey: TarEntry } {
+    const missing = [TOKEN_MEMBER, WRAPPED_KEY_MEMBER, PUBLIC_KEY_MEMBER].filter((n) => !this.seen.has(n));
+    if (missing.length) throw exportError(`missing member${missing.length > 1 ? 's' : ''} ${missing.join(', ')}`);
+    return { token: this.seen.get(TOKEN_MEMBER)!, wrappedKey: this.seen.get(WRAPPED_KEY_MEMBER)!, publicKey: this.seen.get(PUBLIC_KEY_MEMBER)! };
+  }
+}
+
+/** The members of the export in seekable `file`: headers scanned, the two key members read. */
+export async function readExportFile(file: FileHandle, fileSize: number): Promise<ExportMembers> {
+  const check = new MemberCheck();
+  await scanTarFile(file, fileSize, (e) => {
+    check.accept(e);
+    return false;
+  });
+  const m = check.complete();
+  const wrappedKey = Buffer.alloc(m.wrappedKey.size);
+  const publicKey = Buffer.alloc(m.publicKey.size);
+  await readExactly(file, wrappedKey, m.wrappedKey.dataOffset);
+  await readExactly(file, publicKey, m.publicKey.dataOffset);
+  return { token: m.token, wrappedKey, publicKey };
+}
+
+/**
+ * The members of the export streaming in as `input`: checked as they come, the two key members
+ * kept (they are small), and the token written to `spool` from its start as it passes (the key
+ * members come after it, so it must wait somewhere).
+ */
+export async function readExportStream(input: AsyncIterable<Buffer | string>, spool: FileHandle): Promise<ExportMembers> {
+  const parser = new TarParser();
+  const check = new MemberCheck();
+  const small = new Map<string, Buffer[]>();
+  let current: TarEntry | undefined;
+  let spooled = 0;
+  try {
+    for await (const chunk of input) {
+      for (const ev of parser.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk)) {
+        if (ev.kind === 'entry') {
+          current = check.accept(ev.entry) ? ev.entry : undefined;
+          if (current && current.name !== TOKEN_MEMBER) small.set(current.name, []);
+        } else if (ev.kind === 'data') {
+          if (current?.name === TOKEN_MEMBER) {
+            await spool.write(ev.chunk, 0, ev.chunk.length, spooled);
+            spooled += ev.chunk.length;
+          } else if (current) {
+            small.get(current.name)!.push(Buffer.from(ev.chunk));
+          }
+        } else {
+          current = undefined;
+        }
+      }
+    }
+  } catch (err) {
+    throw ioError('reading the encrypted input failed', err);
+  }
+  parser.end();
+  const m = check.complete();
+  return { token: m.token, wrappedKey: Buffer.concat(small.get(WRAPPED_KEY_MEMBER)!), publicKey: Buffer.concat(small.get(PUBLIC_KEY_MEMBER)!) };
 }
 
 function writeOctal(block: Buffer, value: number, start: number, length: number): void {

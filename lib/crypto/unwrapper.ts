@@ -4,16 +4,32 @@
  */
 import fs from 'node:fs/promises';
 import type { KeyObject } from 'node:crypto';
-import { OptionError } from '../errors.js';
+import { OptionError, UserportError } from '../errors.js';
 import { checkOptions, isEither, isFunction, isNonEmptyString, isStringOrBuffer, type OptionCheck } from '../options.js';
 import { DecryptError, DecryptErrorCodes } from './errors.js';
 import { loadPrivateKey, loadPublicKey, sameRsaPublicKey, unwrapKey } from './keys.js';
-import { parseFernetKey } from './fernet.js';
+import { parseFernetKey, type FernetKey } from './fernet.js';
 
 /** Unwraps the Fernet key in `data.key`. Local RSA keys and Cloud KMS implement it. */
 export interface KeyUnwrapper {
   /** Returns the 44-byte URL-safe base64 Fernet key. `publicKeyPem` is the tarball's `key.pub`. */
   unwrap(wrappedKey: Buffer, publicKeyPem: Buffer): Promise<Buffer>;
+}
+
+/**
+ * The Fernet key of an export, through whichever unwrapper was given: its failure is
+ * USERPORT_DECRYPT_KEY_INVALID (a coded error of its own passes through), and what it returns is
+ * parsed here, so a caller's own unwrapper that returns something else is caught too.
+ */
+export async function unwrapFernetKey(unwrapper: KeyUnwrapper, wrapped: Buffer, publicKeyPem: Buffer): Promise<FernetKey> {
+  let text: Buffer;
+  try {
+    text = await unwrapper.unwrap(wrapped, publicKeyPem);
+  } catch (err) {
+    if (err instanceof UserportError) throw err;
+    throw new DecryptError(DecryptErrorCodes.KEY_INVALID, `the key unwrapper failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+  }
+  return parseFernetKey(text);
 }
 
 /** A passphrase, or a function asked for it only when the key turns out to be encrypted. */

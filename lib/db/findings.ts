@@ -1,4 +1,7 @@
-/** SQL on the findings table (`userport.findings`). */
+/**
+ * SQL of what an import found, for its summary and findings file: the findings table
+ * (`userport.findings`), and the usernames of the filter that no staged user has.
+ */
 import type pg from 'pg';
 
 /** One row of `userport.findings`. */
@@ -23,4 +26,14 @@ export async function findingsPage(c: pg.ClientBase, run: number, after: Finding
                               WHERE run = $1 AND (ordinal, kind) > ($2::bigint, $3::text) ORDER BY ordinal, kind LIMIT ${limit}`,
   [run, after?.ordinal ?? -1, after?.kind ?? '']);
   return page.rows;
+}
+
+/** The usernames of `names` (deduplicated, sorted) that no kept staged user of `run` has. */
+export async function unmatchedUsernames(c: pg.ClientBase, run: number, userCode: number, names: Iterable<string>): Promise<string[]> {
+  // The staging of an atomic import is its TEMP table (pg_temp.stage), of a resumable one userport.stage.
+  const S = (await c.query(`SELECT coalesce(to_regclass('pg_temp.stage')::text, 'userport.stage') AS s`)).rows[0].s as string;
+  const r = await c.query(`SELECT name FROM unnest($2::text[]) AS name
+                           WHERE NOT EXISTS (SELECT 1 FROM ${S} s WHERE s.run = $1 AND s.model = ${userCode} AND s.keep AND s.username = name)
+                           ORDER BY name`, [run, [...new Set(names)]]);
+  return r.rows.map((x: { name: string }) => x.name);
 }

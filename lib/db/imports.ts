@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import type { Knex } from 'knex';
-import pg from 'pg';
+import type pg from 'pg';
 import { createKnex, isMigrated, migrate, waitForDatabase } from './knex.js';
 import { ErrorCodes, opt, OptionError, printable, sayWording, UserportError, wording, type Wording } from '../errors.js';
 import { processAlive } from '../spool.js';
@@ -167,16 +167,6 @@ export async function insertImport(c: pg.ClientBase, run: number, mode: ImportSu
       JSON.stringify(r.options)]);
 }
 
-/** The usernames of `names` (deduplicated, sorted) that no kept staged user of `run` has. */
-export async function unmatchedUsernames(c: pg.ClientBase, run: number, userCode: number, names: Iterable<string>): Promise<string[]> {
-  // The staging of an atomic import is its TEMP table (pg_temp.stage), of a resumable one userport.stage.
-  const S = (await c.query(`SELECT coalesce(to_regclass('pg_temp.stage')::text, 'userport.stage') AS s`)).rows[0].s as string;
-  const r = await c.query(`SELECT name FROM unnest($2::text[]) AS name
-                           WHERE NOT EXISTS (SELECT 1 FROM ${S} s WHERE s.run = $1 AND s.model = ${userCode} AND s.keep AND s.username = name)
-                           ORDER BY name`, [run, [...new Set(names)]]);
-  return r.rows.map((x: { name: string }) => x.name);
-}
-
 /** Drops the staged rows of `run` (a resumable import's stage outlives its batches). */
 export async function deleteStaged(c: pg.ClientBase, run: number): Promise<void> {
   await c.query('DELETE FROM userport.stage WHERE run = $1', [run]);
@@ -213,35 +203,6 @@ export async function findDoneImport(client: pg.ClientBase, fp: { size: number; 
      ORDER BY run DESC LIMIT 1`,
     [fp.size, fp.hash, JSON.stringify(key)]);
   return r.rows[0];
-}
-
-/** How long {@link commitOutcome} waits for the session that sent a COMMIT to end. */
-const OUTCOME_WAIT_MS = 30_000;
-
-/**
- * Whether `run`'s final transaction committed, when the connection was lost after its COMMIT was
- * sent (the answer never came). Asked on a new connection, once the session that sent the COMMIT
- * (backend `pid`) is gone, so its transaction has ended one way or the other: `committed` when
- * the import's row says done (the row is written in that transaction), `rolled-back` when not,
- * `unknown` when the database cannot be asked or the session does not end. Never throws.
- */
-export async function commitOutcome(databaseUrl: string, run: number, pid: number | undefined): Promise<'committed' | 'rolled-back' | 'unknown'> {
-  const client = new pg.Client({ connectionString: databaseUrl, application_name: ownerName(), connectionTimeoutMillis: 10_000 });
-  client.on('error', () => undefined);
-  try {
-    await client.connect();
-    const deadline = Date.now() + OUTCOME_WAIT_MS;
-    while (pid !== undefined && (await client.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [pid])).rowCount) {
-      if (Date.now() > deadline) return 'unknown';
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const r = await client.query<{ state: string }>('SELECT state FROM userport.imports WHERE run = $1', [run]);
-    return r.rows[0]?.state === 'done' ? 'committed' : 'rolled-back';
-  } catch {
-    return 'unknown';
-  } finally {
-    await client.end().catch(() => undefined);
-  }
 }
 
 /**
