@@ -11,7 +11,7 @@ import { UserportError, wrapDbError } from '../errors.js';
 import type { ImportScope } from '../models.js';
 import { ownerName } from './imports.js';
 import { applySessionSettings, knexOn, migrate, PG_TYPES, waitForDatabase } from './knex.js';
-import { planFor, type WritePlan } from './merge/index.js';
+import { planFor, type WritePlan } from './merge/plan.js';
 
 /** An import's open database. */
 export interface ImportDatabase {

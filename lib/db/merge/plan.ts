@@ -11,7 +11,8 @@
  */
 import { DatabaseError, ErrorCodes } from '../../errors.js';
 import { modelInfo, type ImportScope } from '../../models.js';
-import { arbiter, idLimit, type OptionValueEncoding, type Target, type TargetTable } from '../target.js';
+import type pg from 'pg';
+import { arbiter, idLimit, readTarget, requireUserTable, type OptionValueEncoding, type Target, type TargetTable } from '../target.js';
 
 /** Sentry's table of lost-password hashes (not a model of the export: no schema names it). */
 export const LOST_PASSWORD_TABLE = 'sentry_lostpasswordhash';
@@ -219,6 +220,13 @@ export function writePlan(target: Target, scope: ImportScope = 'users'): WritePl
     privileges,
     notWritten,
   };
+}
+
+/** The plan of the target `client` is connected to, for an import in `scope`. */
+export async function planFor(client: pg.ClientBase, scope: ImportScope = 'users'): Promise<WritePlan> {
+  const target = await readTarget(client);
+  requireUserTable(target);
+  return writePlan(target, scope);
 }
 
 /** The plan as lines a person reads (`userport target`, `--dry-run`). */

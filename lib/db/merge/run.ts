@@ -13,6 +13,9 @@ import type { TraceEvent, TraceOptions } from '../../trace.js';
 /** Key of the advisory lock that serializes merges. */
 export const MERGE_LOCK_KEY = 7472117102;
 
+/** The steps of the merge, in order, as `MergeOptions.onStep` reports them. */
+export type MergeStep = 'users' | 'emails' | 'user emails' | 'options' | 'privileges' | 'indexes' | 'findings';
+
 /** Runs one statement of the merge. */
 export interface Q {
   (sql: string, params?: unknown[]): Promise<pg.QueryResult>;

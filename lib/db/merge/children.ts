@@ -1,0 +1,127 @@
+/**
+ * Steps 4 and 5 of the merge, the user emails and options that were staged (direct-rows.ts writes
+ * the new users' rows straight in where it can), and the rows Sentry's signal receivers add.
+ */
+import { REJECTED_USER_CODE } from '../../models.js';
+import { type ImportStats } from '../../stats.js';
+import type { WritePlan } from './plan.js';
+import { modelCodes, type MergeStep, type Q } from './run.js';
+
+/** What the children's steps need of the merge's options. */
+export interface ChildrenStepOptions {
+  run: number;
+  /** Told as each step starts. */
+  onStep?: (step: MergeStep) => void;
+}
+
+/**
+ * Steps 4 and 5, user emails and options: remap the user, then Sentry's rules, decided in one
+ * pass that inserts the kept rows straight from the decision (no per-model copy of every row)
+ * and keeps only the exceptions (filtered, dropped, merged, duplicate rows) in up_ue / up_uo.
+ * Then the rows Sentry's signal receivers add: a primary user email per new user, an Email row
+ * per new user email's address.
+ */
+export async function mergeChildren(q: Q, S: string, options: ChildrenStepOptions, plan: WritePlan, bulk: boolean, anyRejected: boolean,
+  stats: ImportStats): Promise<{ userEmails: number; userOptions: number }> {
+  const { run } = options;
+  const C = modelCodes();
+  const decide = (table: 'up_ue' | 'up_uo', code: number, targetTable: string | undefined) => {
+    // Rows of merged-away users never compete with the rows of the user they merged into.
+    const partition = table === 'up_ue' ? 'm.target_id, m.kind, s.email'
+      : 'm.target_id, m.kind, s.opt_key, (s.project_id IS NULL AND s.organization_id IS NULL)';
+    const specific = table === 'up_ue'
+      ? `WHEN rn > 1 THEN 'existing'`
+      : `WHEN project_id IS NOT NULL OR organization_id IS NOT NULL THEN 'dropped' WHEN rn > 1 THEN 'dropped'`;
+    const specificReason = table === 'up_ue'
+      ? `WHEN rn > 1 THEN 'duplicate of an earlier (user, email) row'`
+      : `WHEN project_id IS NOT NULL OR organization_id IS NOT NULL THEN 'scoped to an organization or project'
+         WHEN rn > 1 THEN 'duplicate (user, key): the first one wins'`;
+    const missing = targetTable === undefined;
+    return `
+      SELECT x.*,
+        CASE WHEN ${missing} THEN 'dropped' WHEN user_keep = false THEN 'filtered' WHEN user_keep IS NULL THEN 'dropped'
+             WHEN user_kind = 'merged' THEN 'merged' ${specific} ELSE 'insert' END AS outcome,
+        CASE WHEN ${missing} THEN 'no ${table === 'up_ue' ? 'sentry_useremail' : 'sentry_useroption'} table in the target database'
+             WHEN user_keep = false THEN 'user filtered out'
+             WHEN user_keep IS NULL AND user_rejected THEN 'user rejected (see the rejects file)'
+             WHEN user_keep IS NULL THEN 'user not in the export'
+             WHEN user_kind = 'merged' THEN 'user merged into an existing user' ${specificReason} END AS reason
+      FROM (
+        SELECT s.src_pk, s.ord, s.off, s.user_pk, s.username, s.email, s.opt_key, s.opt_value, s.project_id, s.organization_id, s.extra::jsonb AS x,
+          m.target_id, m.kind AS user_kind, m.keep AS user_keep,
+          -- REJECTED_USER_CODE: the pk of a rejected user, staged so its rows say so.
+          ${anyRejected ? `EXISTS (SELECT 1 FROM ${S} r WHERE r.run = $1 AND r.model = ${REJECTED_USER_CODE} AND r.src_pk = s.user_pk)` : 'false'} AS user_rejected,
+          row_number() OVER (PARTITION BY ${partition} ORDER BY s.src_pk) AS rn
+        FROM ${S} s
+          -- What the users' pk map holds, read from the decision table (one join, not two).
+          LEFT JOIN (SELECT src_pk, keep, CASE WHEN keep THEN target_id END AS target_id,
+                       CASE WHEN NOT keep THEN NULL WHEN outcome = 'merged' THEN 'merged' ELSE 'inserted' END AS kind
+                     FROM up_user) m ON m.src_pk = s.user_pk
+        WHERE s.run = $1 AND s.model = ${code}
+      ) x`;
+  };
+  /** Creates the exceptions table, then inserts the kept rows with `insert` (reading `d`), writing the exceptions in the same statement. */
+  const decideAndInsert = async (table: 'up_ue' | 'up_uo', code: number, targetTable: string | undefined, insert: string): Promise<number> => {
+    const decision = decide(table, code, targetTable);
+    await q(`CREATE TEMP TABLE ${table} ON COMMIT DROP AS ${decision} WITH NO DATA`, [run]);
+    if (targetTable === undefined) {
+      await q(`INSERT INTO ${table} ${decision}`, [run]);
+      return 0;
+    }
+    // The decision is materialized once (a tuplestore, not a table) and read twice.
+    return (await q(`
+      WITH d AS MATERIALIZED (${decision}),
+      exceptions AS (INSERT INTO ${table} SELECT * FROM d WHERE outcome <> 'insert')
+      ${insert}`, [run])).rowCount ?? 0;
+  };
+  // Every user these rows go to was inserted by this transaction (rows of merged users are
+  // skipped) and duplicates are already ranked out, so nothing can conflict: plain inserts,
+  // cheaper than ON CONFLICT's speculative insertion.
+  const UE = plan.userEmail?.table;
+  options.onStep?.('user emails');
+  // Global scope keeps the verification state (Sentry's UserEmail normalize: `scope != Global`
+  // resets it); the others reset it: a new 32-character hash, now, unverified.
+  const verification = plan.scope === 'global'
+    ? `coalesce(x->>'validation_hash', replace(gen_random_uuid()::text, '-', '')),
+       coalesce((x->>'date_hash_added')::timestamptz, now()), coalesce((x->>'is_verified')::boolean, false)`
+    : `replace(gen_random_uuid()::text, '-', ''), now(), false`;
+  const userEmails = await decideAndInsert('up_ue', C.userEmail, UE, `
+    INSERT INTO ${UE} (user_id, email, validation_hash, date_hash_added, is_verified)
+    SELECT target_id, email, ${verification}
+    FROM d WHERE outcome = 'insert' ORDER BY src_pk`);
+  if (plan.userEmail) {
+    // Sentry's post-save signal gives every new user a row for its own address. Into the empty
+    // target (no unique index to arbitrate) the anti-join decides: the table holds only this
+    // import's rows, and its statistics are fresh so the planner hashes.
+    if (bulk) await q(`ANALYZE ${UE} (user_id, email)`);
+    const anti = bulk || !plan.userEmail.arbiter;
+    const prim = await q(`
+      INSERT INTO ${UE} (user_id, email, validation_hash, date_hash_added, is_verified)
+      SELECT new_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
+      FROM up_user u WHERE new_id IS NOT NULL AND coalesce(email, '') <> ''
+        ${anti ? `AND NOT EXISTS (SELECT 1 FROM ${UE} x WHERE x.user_id = u.new_id AND x.email = u.email)` : ''}
+      ${!anti ? `ON CONFLICT ${plan.userEmail.arbiter} DO NOTHING` : ''}`);
+    stats.adjacent.primaryEmails += prim.rowCount ?? 0;
+    if (plan.email) {
+      // Sentry's receivers/email.py gives every new UserEmail an Email row for its address, so an
+      // export without sentry.email records still ends with one row per address of its new users.
+      const E = plan.email.table;
+      const signalled = await q(`
+        INSERT INTO ${E} (email, date_added)
+        SELECT email, now() FROM (
+          SELECT DISTINCT ON (lower(ue.email)) ue.email, ue.user_id FROM ${UE} ue
+          JOIN up_user u ON u.new_id = ue.user_id
+          WHERE ue.email <> '' AND NOT EXISTS (SELECT 1 FROM ${E} e WHERE lower(e.email::text) = lower(ue.email))
+          ORDER BY lower(ue.email), ue.user_id, ue.email) x
+        ORDER BY user_id, email
+        ${!bulk && plan.email.arbiter ? `ON CONFLICT ${plan.email.arbiter} DO NOTHING` : ''}`);
+      stats.adjacent.userEmailAddresses = (stats.adjacent.userEmailAddresses ?? 0) + (signalled.rowCount ?? 0);
+    }
+  }
+  const UO = plan.userOption;
+  options.onStep?.('options');
+  const userOptions = await decideAndInsert('up_uo', C.userOption, UO?.table, `
+    INSERT INTO ${UO?.table} (user_id, project_id, organization_id, key, value)
+    SELECT target_id, NULL, NULL, opt_key, ${UO?.value} FROM d WHERE outcome = 'insert' ORDER BY src_pk`);
+  return { userEmails, userOptions };
+}
