@@ -91,29 +91,35 @@ function spoolError(err: unknown): UserportError {
 export class OverlapRun {
   /** The work's failure: kept here (`done` never rejects), the sink fails at its next write. */
   error?: Error;
-  private readonly done: Promise<void>;
+  private done: Promise<void> = Promise.resolve();
   private removed = false;
+  // The spool file, its stream and its removal: set by `open`.
+  private path = '';
+  private out!: WriteStream;
+  private removeFile: () => Promise<void> = async () => undefined;
 
   /** The side spools by name, each opened at its first diverted row. */
   private readonly sides = new Map<string, WriteStream>();
 
-  private constructor(private readonly work: OverlapWork, private readonly path: string, private readonly out: WriteStream,
-    private readonly removeFile: () => Promise<void>, onDone: () => void) {
-    this.done = new Promise<void>((resolve) => resolve(work.run())).then(onDone)
-      .catch((err: unknown) => { this.error = wrapCallbackError(err, 'the merge'); });
-  }
+  private constructor(private readonly work: OverlapWork) {}
 
   /**
    * Makes the spool under `tmpDir`, then runs `work` (`onStart` first, `onDone` once it is done).
    * Resolves to undefined, leaving no file and starting nothing, when the sink was destroyed meanwhile.
    */
   static async begin(work: OverlapWork, tmpDir: string, destroyed: () => boolean, onStart: () => void, onDone: () => void): Promise<OverlapRun | undefined> {
+    const run = new OverlapRun(work);
+    return (await run.open(tmpDir, destroyed, onStart, onDone)) ? run : undefined;
+  }
+
+  /** `begin`'s second half: the spool, then the work. False, leaving nothing, once destroyed. */
+  private async open(tmpDir: string, destroyed: () => boolean, onStart: () => void, onDone: () => void): Promise<boolean> {
     const made = await makeSpool(tmpDir, 'stage.copy').catch((err: unknown) => { throw spoolError(err); });
     // The spool's own handle is not kept: a stream by path (the file is already 0600).
     await made.file.close();
     if (destroyed()) {
       await made.remove();
-      return undefined;
+      return false;
     }
     const out = createWriteStream(made.path, { flags: 'w' });
     out.on('error', () => undefined);
@@ -124,7 +130,12 @@ export class OverlapRun {
       await made.remove();
       throw err;
     }
-    return new OverlapRun(work, made.path, out, made.remove, onDone);
+    this.path = made.path;
+    this.out = out;
+    this.removeFile = made.remove;
+    this.done = new Promise<void>((resolve) => resolve(this.work.run())).then(onDone)
+      .catch((err: unknown) => { this.error = wrapCallbackError(err, 'the merge'); });
+    return true;
   }
 
   /** Writes COPY text to the spool, resolving when the file can take more. */
