@@ -131,12 +131,6 @@ export class EmailCheck {
 /** One range of the pk map: `span` consecutive source pks from `pk` to consecutive ids from `id`, of one kind. */
 interface PkRange { pk: number; id: number; span: number; kind: 'inserted' | 'existing' }
 
-/** Adds (pk, id, kind) to the pk map's ranges, extending the last one where both sides continue it. */
-function extend(ranges: PkRange[], pk: number, id: number, kind: PkRange['kind']): void {
-  const last = ranges[ranges.length - 1];
-  if (last && last.kind === kind && pk === last.pk + last.span && id === last.id + last.span) last.span++;
-  else ranges.push({ pk, id, span: 1, kind });
-}
 
 /**
  * Writes the Email records of `run` diverted to `lines` (in file order, which the caller checked
@@ -170,8 +164,9 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
     FROM (SELECT nextval($1::regclass) AS v FROM generate_series(1, $2)) x`, [seq, check.count])).rows[0] as { lo: number; hi: number };
   if (drawn.hi - drawn.lo + 1 !== check.count) return stageAll('another session drew ids from the sequence meanwhile');
 
-  // The COPY, and the pk map's ranges.
-  const ranges: PkRange[] = [];
+  // The COPY, then the pk map's ranges from a second pass that assigns the same ids (kept in the
+  // process, 800k ranges at 1M users took some 60 MB).
+  const holderOf = (line: Buffer, start: number, end: number) => (held.size ? held.get(line.toString('latin1', start, end).toLowerCase()) : undefined);
   const tabs = new Int32Array(Math.max(EMAIL, DATE_ADDED, SRC_PK) + 1);
   let next = drawn.lo;
   let existing = 0;
@@ -182,17 +177,14 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
         scanTabs(line, tabs);
         const start = columnStart(tabs, EMAIL);
         const pk = intAt(line, columnStart(tabs, SRC_PK), tabs[SRC_PK]!);
-        const holder = held.size ? held.get(line.toString('latin1', start, tabs[EMAIL]).toLowerCase()) : undefined;
-        if (holder !== undefined) {
+        if (holderOf(line, start, tabs[EMAIL]!) !== undefined) {
           existing++;
-          extend(ranges, pk, holder, 'existing');
           continue;
         }
         const dateStart = columnStart(tabs, DATE_ADDED);
         // A missing date_added (\N) is the transaction's start, as the merge's now().
         out.push(Buffer.from(`${next}\t`), line.subarray(start, tabs[EMAIL]), TAB,
           line[dateStart] === 0x5c ? NOW : line.subarray(dateStart, tabs[DATE_ADDED]), NEWLINE);
-        extend(ranges, pk, next, 'inserted');
         next++;
       }
       if (out.length) await send(Buffer.concat(out));
@@ -202,7 +194,7 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
     await client.query(`SELECT setval($1::regclass, $2::bigint, $3) WHERE (SELECT last_value FROM ${seq}) = $4::bigint`,
       [seq, Math.max(next - 1, 1), next > 1, drawn.hi]);
   }
-  await writePkRanges(client, run, ranges);
+  await writePkRanges(client, run, lines, drawn.lo, holderOf);
   return { written: next - drawn.lo, existing, staged: 0 };
 }
 /**
@@ -230,13 +222,34 @@ export function dropEmails(client: pg.ClientBase, run: number, lines: SideLines)
   });
 }
 
-/** The pk map's ranges of this run's Email records, in one COPY. */
-async function writePkRanges(client: pg.ClientBase, run: number, ranges: readonly PkRange[]): Promise<void> {
-  if (!ranges.length) return;
+/**
+ * The pk map's ranges of this run's Email records, in one COPY, from a second pass over `lines`
+ * that assigns what the rows' COPY assigned: the address's holder in the target, else the next id
+ * from `first`. Each range is written as soon as the next record breaks it.
+ */
+async function writePkRanges(client: pg.ClientBase, run: number, lines: SideLines, first: number,
+  holderOf: (line: Buffer, start: number, end: number) => number | undefined): Promise<void> {
   const sql = 'COPY userport.pk_ranges (run, model, source_pk, target_id, kind, span) FROM STDIN';
+  const tabs = new Int32Array(Math.max(EMAIL, SRC_PK) + 1);
   await copyInto(client, sql, 'userport.pk_ranges', async (send) => {
-    for (let i = 0; i < ranges.length; i += 10_000) {
-      await send(Buffer.from(ranges.slice(i, i + 10_000).map((r) => `${run}\tsentry.email\t${r.pk}\t${r.id}\t${r.kind}\t${r.span}\n`).join('')));
+    let range: PkRange | undefined;
+    let text = '';
+    let next = first;
+    for await (const chunk of lines()) {
+      for (const line of chunk) {
+        scanTabs(line, tabs);
+        const pk = intAt(line, columnStart(tabs, SRC_PK), tabs[SRC_PK]!);
+        const holder = holderOf(line, columnStart(tabs, EMAIL), tabs[EMAIL]!);
+        const kind = holder === undefined ? 'inserted' : 'existing';
+        const id = holder ?? next++;
+        if (range && range.kind === kind && pk === range.pk + range.span && id === range.id + range.span) range.span++;
+        else {
+          if (range) text += `${run}\tsentry.email\t${range.pk}\t${range.id}\t${range.kind}\t${range.span}\n`;
+          range = { pk, id, span: 1, kind };
+        }
+      }
+      if (text) { await send(Buffer.from(text)); text = ''; }
     }
+    if (range) await send(Buffer.from(`${run}\tsentry.email\t${range.pk}\t${range.id}\t${range.kind}\t${range.span}\n`));
   });
 }
