@@ -7,10 +7,9 @@
  */
 import { expect } from 'chai';
 import { EmailCheck, HashSet64, MAX_ADDRESSES } from '../../../lib/db/merge/direct-emails.js';
-import { freshDatabase, type TestDb } from '../../helpers/db.js';
+import type { TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
-import { insertUser } from '../../helpers/sentry-rows.js';
-import { tracedImport } from '../../helpers/traced-import.js';
+import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
 import { targetDatabase, unavailable, type TargetDb } from '../../helpers/targets.js';
 
 // Enough users that they span many read chunks: the early step starts while the emails are still to come.
@@ -60,16 +59,8 @@ async function outcome(db: TestDb) {
 
 describe('the export\'s Email rows, written straight in (issue #23)', function () {
   this.timeout(180000);
-  const dbs: TestDb[] = [];
   /** A new Sentry's database: its first user, and that user's Email row (`admin@Example.com`). */
-  const target = async () => {
-    const d = await freshDatabase();
-    dbs.push(d);
-    await insertUser(d.knex, { username: 'admin', email: 'admin@example.com' });
-    await d.knex.raw(`INSERT INTO sentry_email (email, date_added) VALUES ('admin@Example.com', '2020-01-01T00:00:00Z')`);
-    return d;
-  };
-  afterEach(async () => { for (const d of dbs.splice(0)) await d.close(); });
+  const { target } = adminTargets((k) => k.raw(`INSERT INTO sentry_email (email, date_added) VALUES ('admin@Example.com', '2020-01-01T00:00:00Z')`));
   /** The export into two such targets: the default path (a), and the merge alone (b, --bulk-load off). */
   const importBoth = async (extra: Rec[] = [], reused = true) => {
     const file = writeExport(records(extra, reused));

@@ -7,10 +7,9 @@
  * first by source pk.
  */
 import { expect } from 'chai';
-import { freshDatabase, type TestDb } from '../../helpers/db.js';
+import type { TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
-import { insertUser } from '../../helpers/sentry-rows.js';
-import { tracedImport } from '../../helpers/traced-import.js';
+import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
 import { uuid4Hex } from '../../../lib/db/merge/direct-rows.js';
 
 // Enough users that they span many read chunks: the early step starts while options are still to come.
@@ -59,15 +58,8 @@ async function outcome(db: TestDb) {
 
 describe('the new users\' options and user emails, written straight in (issue #23)', function () {
   this.timeout(180000);
-  const dbs: TestDb[] = [];
   /** A new database holding the target's `admin` (a new Sentry's first user: the bulk path still applies). */
-  const target = async () => {
-    const d = await freshDatabase();
-    dbs.push(d);
-    await insertUser(d.knex, { username: 'admin', email: 'admin@example.com' });
-    return d;
-  };
-  afterEach(async () => { for (const d of dbs.splice(0)) await d.close(); });
+  const { target } = adminTargets();
   /** The export of records(repeat) into two such targets: the default path (a), and the merge alone (b, --bulk-load off). */
   const importBoth = async (repeat: boolean) => {
     const file = writeExport(records(repeat));
