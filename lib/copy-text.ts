@@ -11,9 +11,12 @@
 import type { FilteredMarker, StagedRow } from './map-models.js';
 import { STAGE_COLUMNS } from './models.js';
 
+/** The columns a staging line starts with, before the values of `STAGE_COLUMNS`. */
+export const LEAD_COLUMNS = ['run', 'model', 'ord', 'off', 'line', 'col', 'src_pk', 'keep'] as const;
+
 /** The COPY into `table` (a staging table) whose column order the lines of {@link CopyText} follow. */
 export function copySql(table: string): string {
-  return `COPY ${table} (run, model, ord, off, line, col, src_pk, keep, ${STAGE_COLUMNS.map(([c]) => c).join(', ')}) FROM STDIN`;
+  return `COPY ${table} (${[...LEAD_COLUMNS, ...STAGE_COLUMNS.map(([c]) => c)].join(', ')}) FROM STDIN`;
 }
 
 /** Bytes of COPY text gathered in one Buffer, and before one socket write. */

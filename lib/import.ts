@@ -24,7 +24,7 @@ import type { MappedItem } from './map-models.js';
 import { DEFAULT_BATCH_ROWS, pgSink } from './pg-sink.js';
 import { StagedFacts } from './staged-facts.js';
 import { openRejectsFile, type RejectSink } from './rejects.js';
-import { ImportStats, type ImportSummary, type StatsSnapshot } from './stats.js';
+import { ImportStats, type ImportSummary } from './stats.js';
 import { recordProcessor } from './process-records.js';
 import { DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './tokenize.js';
 import type { TraceEvent } from './trace.js';

@@ -23,8 +23,6 @@ export class StagedFacts {
   usersOnly = true;
   /** User rows staged before the first row of another model. */
   leadingUsers = 0;
-  /** The staging codes of the models staged so far. */
-  readonly models = new Set<number>();
   private readonly last = new Map<number, number>();
   private readonly userCode = modelInfo('sentry.user')!.mapping.code;
 
@@ -35,7 +33,6 @@ export class StagedFacts {
     if (!user) this.usersOnly = false;
     else if (this.usersOnly) this.leadingUsers++;
     else this.usersAfterOthers = true;
-    this.models.add(row.code);
     if (row.code === REJECTED_USER_CODE) { this.rejectedUsers = true; return; }
     if (this.pksIncreasing) {
       const before = this.last.get(row.code);

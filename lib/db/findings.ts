@@ -3,6 +3,7 @@
  * (`userport.findings`), and the usernames of the filter that no staged user has.
  */
 import type pg from 'pg';
+import { stagingTable } from './merge/run.js';
 
 /** One row of `userport.findings`. */
 export interface FindingRow {
@@ -30,8 +31,7 @@ export async function findingsPage(c: pg.ClientBase, run: number, after: Finding
 
 /** The usernames of `names` (deduplicated, sorted) that no kept staged user of `run` has. */
 export async function unmatchedUsernames(c: pg.ClientBase, run: number, userCode: number, names: Iterable<string>): Promise<string[]> {
-  // The staging of an atomic import is its TEMP table (pg_temp.stage), of a resumable one userport.stage.
-  const S = (await c.query(`SELECT coalesce(to_regclass('pg_temp.stage')::text, 'userport.stage') AS s`)).rows[0].s as string;
+  const S = await stagingTable((sql) => c.query(sql));
   const r = await c.query(`SELECT name FROM unnest($2::text[]) AS name
                            WHERE NOT EXISTS (SELECT 1 FROM ${S} s WHERE s.run = $1 AND s.model = ${userCode} AND s.keep AND s.username = name)
                            ORDER BY name`, [run, [...new Set(names)]]);

@@ -29,9 +29,10 @@ const EMAIL = lineColumn('email');
 // An Email record's date_added is staged in date_joined (its mapping's column).
 const DATE_ADDED = lineColumn('date_joined');
 const SRC_PK = lineColumn('src_pk');
-// ord <tab> off: the record's ordinal and byte offset, adjacent in the line.
-const ORD = 2;
-const OFF = 3;
+// ord <tab> off: the record's ordinal and byte offset, adjacent in the line (checked below).
+const ORD = lineColumn('ord');
+const OFF = lineColumn('off');
+if (OFF !== ORD + 1) throw new Error('staging columns ord, off must be adjacent');
 const TAB = Buffer.from('\t');
 const NOW = Buffer.from('now');
 const NEWLINE = Buffer.from('\n');
@@ -131,7 +132,6 @@ export class EmailCheck {
 /** One range of the pk map: `span` consecutive source pks from `pk` to consecutive ids from `id`, of one kind. */
 interface PkRange { pk: number; id: number; span: number; kind: 'inserted' | 'existing' }
 
-
 /**
  * Writes the Email records of `run` diverted to `lines` (in file order, which the caller checked
  * is source pk order, and seen by `check`) straight into `table`, with their pk map, or hands
@@ -167,7 +167,7 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
   // The COPY, then the pk map's ranges from a second pass that assigns the same ids (kept in the
   // process, 800k ranges at 1M users took some 60 MB).
   const holderOf = (line: Buffer, start: number, end: number) => (held.size ? held.get(line.toString('latin1', start, end).toLowerCase()) : undefined);
-  const tabs = new Int32Array(Math.max(EMAIL, DATE_ADDED, SRC_PK) + 1);
+  const tabs = new Int32Array(Math.max(EMAIL, DATE_ADDED) + 1);
   let next = drawn.lo;
   let existing = 0;
   await copyInto(client, `COPY ${table} (id, email, date_added) FROM STDIN`, table, async (send) => {
@@ -176,7 +176,6 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
       for (const line of chunk) {
         scanTabs(line, tabs);
         const start = columnStart(tabs, EMAIL);
-        const pk = intAt(line, columnStart(tabs, SRC_PK), tabs[SRC_PK]!);
         if (holderOf(line, start, tabs[EMAIL]!) !== undefined) {
           existing++;
           continue;
@@ -197,6 +196,7 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
   await writePkRanges(client, run, lines, drawn.lo, holderOf);
   return { written: next - drawn.lo, existing, staged: 0 };
 }
+
 /**
  * A target without sentry_email (Sentry 2026) drops every Email record: their findings, COPYed
  * straight from the side spool `lines` (no staging, no decision table). Resolves to their count.
@@ -232,8 +232,9 @@ async function writePkRanges(client: pg.ClientBase, run: number, lines: SideLine
   const sql = 'COPY userport.pk_ranges (run, model, source_pk, target_id, kind, span) FROM STDIN';
   const tabs = new Int32Array(Math.max(EMAIL, SRC_PK) + 1);
   await copyInto(client, sql, 'userport.pk_ranges', async (send) => {
+    const text = (r: PkRange) => `${run}\tsentry.email\t${r.pk}\t${r.id}\t${r.kind}\t${r.span}\n`;
     let range: PkRange | undefined;
-    let text = '';
+    let ended = '';
     let next = first;
     for await (const chunk of lines()) {
       for (const line of chunk) {
@@ -244,12 +245,12 @@ async function writePkRanges(client: pg.ClientBase, run: number, lines: SideLine
         const id = holder ?? next++;
         if (range && range.kind === kind && pk === range.pk + range.span && id === range.id + range.span) range.span++;
         else {
-          if (range) text += `${run}\tsentry.email\t${range.pk}\t${range.id}\t${range.kind}\t${range.span}\n`;
+          if (range) ended += text(range);
           range = { pk, id, span: 1, kind };
         }
       }
-      if (text) { await send(Buffer.from(text)); text = ''; }
+      if (ended) { await send(Buffer.from(ended)); ended = ''; }
     }
-    if (range) await send(Buffer.from(`${run}\tsentry.email\t${range.pk}\t${range.id}\t${range.kind}\t${range.span}\n`));
+    if (range) await send(Buffer.from(text(range)));
   });
 }

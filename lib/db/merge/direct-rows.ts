@@ -194,7 +194,7 @@ export async function writeDirectRows(client: pg.ClientBase, run: number, models
   const users = models.length ? await NewUsers.read(client, run) : undefined;
   const done = new Map<DirectModel, DirectRows>();
   for (const [name, lines] of sides) {
-    const model = users && models.find((m) => sideName(m) === name);
+    const model = users && models.find((m) => sideName(m.table) === name);
     if (model) done.set(model, await writeModel(client, model, users, lines, stage));
     else for await (const chunk of lines()) await stage(chunk);
   }
@@ -202,8 +202,8 @@ export async function writeDirectRows(client: pg.ClientBase, run: number, models
 }
 
 /** The side spool a model's rows are diverted to: its table's name, as a word. */
-export function sideName(model: DirectModel): string {
-  return model.table.replace(/\W/g, '_');
+export function sideName(table: string): string {
+  return table.replace(/\W/g, '_');
 }
 
 /**
@@ -243,8 +243,8 @@ async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewU
   // import's own: no other row of them exists yet.
   repeated ||= written > 0 && ((await client.query(`SELECT 1 FROM ${model.table} WHERE user_id BETWEEN $1 AND $2
     GROUP BY user_id, ${model.unique.join(', ')} HAVING count(*) > 1 LIMIT 1`, [users.low, users.high])).rowCount ?? 0) > 0;
-  await client.query(repeated ? `ROLLBACK TO SAVEPOINT ${savepoint}` : `RELEASE SAVEPOINT ${savepoint}`);
-  if (repeated) await client.query(`RELEASE SAVEPOINT ${savepoint}`);
+  if (repeated) await client.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
+  await client.query(`RELEASE SAVEPOINT ${savepoint}`);
   // The rows that stay staged: those of other users, or all of them.
   let staged = 0;
   if (repeated || others) {

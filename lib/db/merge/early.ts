@@ -113,21 +113,17 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   // Email records too (direct-emails.ts), unless a username filter decides which addresses stay;
   // into a target without sentry_email (Sentry 2026) they are all dropped, with their findings.
   const emailTable = options.filterActive ? undefined : plan.email?.table;
-  const emailSide = plan.email ? emailTable?.replace(/\W/g, '_') : 'sentry_email_absent';
+  const emailSide = plan.email ? emailTable && sideName(emailTable) : 'sentry_email_absent';
   const emailCheck = new EmailCheck();
   // Known once the step starts: on the general path the Email records stay staged, so the rows
   // that follow are not diverted (only those of the write that started it are, and staged after).
   let divertEmails = true;
-  // The models staged before the row that started the step: their rows stay staged, so that one
-  // rule decides every row of a model.
-  let stagedBefore: ReadonlySet<number> = new Set();
 
   /** The diverted Email records: straight in, dropped with their findings (no sentry_email), or staged. Resolves to the dropped count. */
   const writeEmails = async (q: Q, client: pg.ClientBase, emails: SideLines, exact: boolean, stage: (lines: Buffer[]) => Promise<void>) => {
     const why = !exact ? 'the file is not in source pk order, or the early users step was undone'
-      : stagedBefore.has(codes.email) ? 'Email records came before the early users step started'
-        // Its addresses are compared in the client only where they are few (the bulk path).
-        : plan.email && !users?.step.bulk ? 'the target holds more than a few rows' : undefined;
+      // Its addresses are compared in the client only where they are few (the bulk path).
+      : plan.email && !users?.step.bulk ? 'the target holds more than a few rows' : undefined;
     const table = emailTable ?? 'sentry_email';
     const t0 = performance.now();
     let wrote: DirectEmails = { written: 0, existing: 0, staged: 0, why };
@@ -154,16 +150,15 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
 
   return {
     get users(): EarlyUsers | undefined { return users; },
-    // Asked for each row before `staged` notes it: the first row of another model starts the step.
+    // Asked for each row before `staged` notes it: the first row of another model starts the step,
+    // so every row staged before it is a user's, and each other model is diverted from its first row.
     when(row: StagedRow | FilteredMarker): 'now' | 'later' | 'never' {
       if (staged.usersOnly && (row.code === codes.user || row.code === REJECTED_USER_CODE)) return 'later';
-      if (!(staged.leadingUsers > 0 && staged.pksIncreasing && !staged.usersAfterOthers)) return 'never';
-      stagedBefore = new Set(staged.models);
-      return 'now';
+      return staged.leadingUsers > 0 && staged.pksIncreasing && !staged.usersAfterOthers ? 'now' : 'never';
     },
     // While the step runs, the options that may belong straight in wait in the side spool.
     divert: (row: StagedRow) => {
-      for (const m of direct) if (m.diverts(row)) return sideName(m);
+      for (const m of direct) if (m.diverts(row)) return sideName(m.table);
       if (emailSide === undefined || row.code !== codes.email || !divertEmails) return undefined;
       if (plan.email) emailCheck.note(row.values[STAGE_INDEX.email]);
       return emailSide;
@@ -184,9 +179,9 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           const q = runner(client, options);
           const rest = new Map(sides);
           const emails = emailSide === undefined ? undefined : rest.get(emailSide);
-          rest.delete(emailSide!);
+          if (emailSide !== undefined) rest.delete(emailSide);
           const droppedEmails = emails ? await writeEmails(q, client, emails, exact, stage) : 0;
-          const done = await writeDirectRows(client, options.run, exact ? direct.filter((m) => !stagedBefore.has(m.code)) : [], rest, stage);
+          const done = await writeDirectRows(client, options.run, exact ? direct : [], rest, stage);
           for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
           if (users) {
             const lostPasswordHashes = await lostPasswordsLater(q, client, users.step.lostPasswordHashes);

@@ -68,7 +68,7 @@ export function runner(client: pg.ClientBase, { onTrace, explain }: TraceOptions
  * The staging relation of this session: the TEMP table of an atomic import (the sink made it in
  * this transaction), else the persistent `userport.stage` of resumable imports.
  */
-export async function stagingTable(q: Q): Promise<string> {
+export async function stagingTable(q: (sql: string) => Promise<pg.QueryResult>): Promise<string> {
   return (await q(`SELECT coalesce(to_regclass('pg_temp.stage')::text, 'userport.stage') AS s`)).rows[0].s as string;
 }
 

@@ -4,15 +4,15 @@
  * are copySql's (lib/copy-text.ts): run, model, ord, off, line, col, src_pk, keep, then
  * `STAGE_COLUMNS`.
  */
+import { LEAD_COLUMNS } from '../../copy-text.js';
 import { STAGE_INDEX, type StageColumn } from '../../models.js';
 
-/** Columns of a staging line before the values of `STAGE_COLUMNS` (copySql: run ... keep). */
-const LEAD = 8;
 const TAB = 9;
 
-/** The position of a staging column in a line: `src_pk`, or one of `STAGE_COLUMNS`. */
-export function lineColumn(name: StageColumn | 'src_pk'): number {
-  return name === 'src_pk' ? 6 : LEAD + STAGE_INDEX[name];
+/** The position of a staging column in a line: one of `LEAD_COLUMNS` (`src_pk`, `ord`...), or of `STAGE_COLUMNS`. */
+export function lineColumn(name: StageColumn | (typeof LEAD_COLUMNS)[number]): number {
+  const lead = (LEAD_COLUMNS as readonly string[]).indexOf(name);
+  return lead >= 0 ? lead : LEAD_COLUMNS.length + STAGE_INDEX[name as StageColumn];
 }
 
 /** The value of column `column` in a staging line: its bounds, as COPY text. */
