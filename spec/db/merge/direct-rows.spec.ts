@@ -105,6 +105,25 @@ describe('the new users\' options and user emails, written straight in (issue #2
     expect(got.findings).to.deep.include({ kind: 'dropped', model: 'sentry.useroption', source_pk: USERS + Math.floor(USERS / 7) + 3, reason: 'duplicate (user, key): the first one wins (user pk 9)' });
   });
 
+  it('diverts from the very row that starts the early step: an option right after the users, repeated at the end, is decided once, the first by source pk', async () => {
+    // Users, then options at once (the first of them, user 1's timezone, starts the step and
+    // shares its write with thousands of others), the Email records (their dates are the file's,
+    // not each transaction's), and user 1's timezone again after all of them.
+    const all = records(false);
+    const of = (model: string) => all.filter((r) => r.model === model);
+    const file = writeExport([...of('sentry.user'), ...of('sentry.useroption'), ...of('sentry.email'), useroption(USERS * 3, 1, 'timezone', 'Asia/Tokyo')]);
+    const direct = await target();
+    const merged = await target();
+    const a = cli(file, direct);
+    const b = cli(file, merged, '--bulk-load', 'off');
+    expect(a.stderr).to.contain('[sink] early users step started');
+    expect(a.stderr).to.contain('[direct] sentry_useroption: a row of a new user came twice');
+    expect(a.models).to.deep.equal(b.models);
+    expect(await outcome(direct)).to.deep.equal(await outcome(merged));
+    const u1 = (await direct.knex.raw(`SELECT o.value FROM sentry_useroption o JOIN auth_user u ON u.id = o.user_id WHERE u.username = 'u1' AND o.key = 'timezone'`)).rows;
+    expect(u1).to.deep.equal([{ value: 'UTC' }]);
+  });
+
   it('on the general path too (a target that holds more than a few rows): the users step while the file is read, the rows of new users straight in, a repeat staged', async () => {
     for (const repeat of [false, true]) {
       const file = writeExport(records(repeat));
