@@ -8,7 +8,6 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
-import pg from 'pg';
 import { createExporter, exportUsers, pythonJsonNumber, pythonJsonString, reindentJson, type ExportSummary } from '../lib/export.js';
 import { importUsers } from '../lib/import.js';
 import { createExportGenerator } from '../tools/generate.js';

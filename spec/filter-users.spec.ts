@@ -1,7 +1,6 @@
 /** The user filter (lib/filter-users.ts): the username list, the envelope and scope checks, and its stream compliance. */
 import { expect } from 'chai';
-import { Readable, finished } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
 import { createUserFilter, parseUsernameList, scopeRecord, type FlowItem, type ScopedRecord } from '../lib/filter-users.js';
 import type { RawRecord } from '../lib/tokenize.js';
 import { collect, collectError } from './helpers/streams.js';

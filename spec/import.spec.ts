@@ -1,6 +1,5 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
-import path from 'node:path';
 import { importUsers, type ImportOptions } from '../lib/import.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { email, tableSnapshot, TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from './helpers/exports.js';

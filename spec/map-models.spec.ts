@@ -1,7 +1,6 @@
 /** The model mapper (lib/map-models.ts) as a stage: validation, staging-column layout, rejects, and its stream compliance. */
 import { expect } from 'chai';
-import { Readable, finished } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
 import { type FlowItem, type ScopedRecord } from '../lib/filter-users.js';
 import { createModelMapper, mapRecord, stagedValues, type FilteredMarker, type StagedRow } from '../lib/map-models.js';
 import { STAGE_COLUMNS, STAGE_INDEX } from '../lib/models.js';

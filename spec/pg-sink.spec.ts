@@ -10,7 +10,6 @@ import pg from 'pg';
 import { mapRecord, type FilteredMarker, type StagedRow } from '../lib/map-models.js';
 import { createPgSink } from '../lib/pg-sink.js';
 import type { TraceEvent } from '../lib/trace.js';
-import type { RawRecord } from '../lib/tokenize.js';
 import { optionErrorOf } from './helpers/options.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { user } from './helpers/exports.js';
@@ -20,7 +19,6 @@ const pos = { offset: 10, line: 2, column: 3, length: 50 };
 /** A full valid auth_user row (Sentry's tables have no database defaults for most columns). */
 const INSERT_USER = `INSERT INTO auth_user (password, username, first_name, email, is_staff, is_active, is_superuser, is_managed,
   is_password_expired, flags, date_joined) VALUES ('x', $1, '', '', false, true, false, false, false, 0, now())`;
-const raw = (ordinal: number, value: unknown): RawRecord => ({ ordinal, ...pos, value: value as Record<string, unknown> });
 const objects = <T>(items: T[]) => Readable.from(items, { objectMode: true });
 /** The item as a staged row; fails the test when it is anything else. */
 function asRow(item: StagedRow | FilteredMarker): StagedRow {

@@ -15,7 +15,6 @@ import { fixture as cryptoFixture } from '../crypto/helpers.js';
 import { startKmsServer } from '../crypto/kms-server.js';
 import { createLocalKeyUnwrapper, decryptExport } from '../../lib/decrypt.js';
 import { loadPrivateKey } from '../../lib/crypto/keys.js';
-import crypto from 'node:crypto';
 import { PassThrough } from 'node:stream';
 import { tmpFolder } from '../helpers/setup.js';
 

@@ -5,7 +5,6 @@
  */
 import { expect } from 'chai';
 import fs from 'node:fs';
-import path from 'node:path';
 import { Readable } from 'node:stream';
 import { importUsers } from '../../lib/import.js';
 import { failure, withDb } from '../helpers/db.js';

@@ -4,7 +4,6 @@
  * no privileges, no user email verified, emails shared by address, every other model skipped.
  */
 import { expect } from 'chai';
-import fs from 'node:fs';
 import path from 'node:path';
 import { importUsers } from '../../lib/import.js';
 import { freshDatabase, type TestDb } from '../helpers/db.js';

@@ -15,7 +15,6 @@ import { UserportError } from '../../../lib/errors.js';
 import { freshDatabase, type TestDb } from '../../helpers/db.js';
 import { tableSnapshot, TARGET_TABLES, user, useremail, useroption, generatedExport, writeExport } from '../../helpers/exports.js';
 import { insertEmail, insertUser } from '../../helpers/sentry-rows.js';
-import { tmpPath } from '../../helpers/setup.js';
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'bin', 'userport.js');
 
