@@ -26,8 +26,12 @@ import type { WritePlan } from './plan.js';
  * table outside the five (its table would be locked too).
  */
 export interface BulkLoad {
-  /** Recreates what was dropped, in dependency order: indexes and unique constraints, then foreign keys. */
-  rebuild(): Promise<void>;
+  /**
+   * Recreates what was dropped on `tables` (every table when omitted), in dependency order:
+   * indexes and unique constraints, then foreign keys; each object once, however often called.
+   * The early users step rebuilds the users' tables as soon as they are complete.
+   */
+  rebuild(tables?: readonly string[]): Promise<void>;
   /** True when every table was empty (no existing row to decide against). */
   readonly empty: boolean;
 }
@@ -116,12 +120,16 @@ export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.Q
     await q(o.kind === 'index' ? `DROP INDEX ${o.name}` : `ALTER TABLE ${o.table} DROP CONSTRAINT ${IDENT_SQL(o.name)}`);
   }
   q.trace({ kind: 'bulk-load', dropped: drops.map((o) => `${o.table}.${o.name}`) });
+  let pending = [...drops].reverse();
   return {
     empty: !state.any,
-    async rebuild() {
+    async rebuild(only) {
+      const now = pending.filter((o) => !only || only.includes(o.table));
+      if (!now.length) return;
+      pending = pending.filter((o) => !now.includes(o));
       // Index builds sort in memory up to maintenance_work_mem (64 MB by default).
       await q(`SELECT set_config('maintenance_work_mem', '256MB', true) WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < 256 * 1024 * 1024`);
-      for (const o of [...drops].reverse()) {
+      for (const o of now) {
         await q(o.kind === 'index' ? o.definition : `ALTER TABLE ${o.table} ADD CONSTRAINT ${IDENT_SQL(o.name)} ${o.definition}`);
       }
     },

@@ -68,8 +68,13 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   return {
     bulk,
     async run() {
-      // The lost-password hashes are made in the client once the step is done (writeDiverted).
+      // The lost-password hashes are made in the client once the users are in.
       const written = await mergeUsers(q, S, options, plan, { empty: bulk?.empty ?? false, lostPasswordsLater: true });
+      written.lostPasswordHashes = await lostPasswordsNow(q, client, plan, options.run, written.lostPasswordHashes);
+      // The users' tables are complete: their indexes and constraints are built now, while Node
+      // still reads the file (the server waits for it otherwise), not after the other tables' rows.
+      if (bulk) await bulk.rebuild([plan.user.table, ...(plan.lostPassword ? [plan.lostPassword.table] : [])]);
+      // After the lost-password hashes, which draw from their own sequence.
       const after: string[] = [];
       for (const seq of seqs) after.push((await state(seq)).v);
       return {
@@ -78,6 +83,20 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
       };
     },
   };
+}
+
+/**
+ * The new users' lost-password hashes, which the users' step left to its caller (outside the
+ * global scope, where `step` wrote them): made in the client, or by the merge's INSERT beyond
+ * MAX_RANGES ranges of new users. Resolves to their count (`step`'s, in the global scope).
+ */
+async function lostPasswordsNow(q: Q, client: pg.ClientBase, plan: WritePlan, run: number, step: number): Promise<number> {
+  if (!plan.lostPassword || plan.scope === 'global') return step;
+  const t0 = performance.now();
+  const ids = await NewUsers.read(client, run);
+  const written = ids ? await writeLostPasswords(client, plan.lostPassword.table, ids) : await insertLostPasswords(q, plan);
+  q.trace({ kind: 'direct-rows', table: plan.lostPassword.table, written, staged: 0, repeated: false, ms: performance.now() - t0 });
+  return written;
 }
 
 /**
@@ -134,20 +153,6 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     return wrote.dropped ?? 0;
   };
 
-  /**
-   * The new users' lost-password hashes, which the step left to the end of the input (outside the
-   * global scope): made in the client, or by the merge's INSERT beyond MAX_RANGES ranges of new
-   * users. Resolves to their count (`step`'s, in the global scope).
-   */
-  const lostPasswordsLater = async (q: Q, client: pg.ClientBase, step: number) => {
-    if (!plan.lostPassword || plan.scope === 'global') return step;
-    const t0 = performance.now();
-    const ids = await NewUsers.read(client, options.run);
-    const written = ids ? await writeLostPasswords(client, plan.lostPassword.table, ids) : await insertLostPasswords(q, plan);
-    q.trace({ kind: 'direct-rows', table: plan.lostPassword.table, written, staged: 0, repeated: false, ms: performance.now() - t0 });
-    return written;
-  };
-
   return {
     get users(): EarlyUsers | undefined { return users; },
     // Asked for each row before `staged` notes it: the first row of another model starts the step,
@@ -183,10 +188,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           const droppedEmails = emails ? await writeEmails(q, client, emails, exact, stage) : 0;
           const done = await writeDirectRows(client, options.run, exact ? direct : [], rest, stage);
           for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
-          if (users) {
-            const lostPasswordHashes = await lostPasswordsLater(q, client, users.step.lostPasswordHashes);
-            users = { ...users, step: { ...users.step, lostPasswordHashes }, direct: new Map([...done].map(([m, r]) => [m.table, r.written])), droppedEmails };
-          }
+          if (users) users = { ...users, direct: new Map([...done].map(([m, r]) => [m.table, r.written])), droppedEmails };
         },
       };
     },
