@@ -4,6 +4,7 @@ import type { Knex } from 'knex';
 import pg from 'pg';
 import { createKnex, migrate } from '../../lib/db/knex.js';
 import { UserportError } from '../../lib/errors.js';
+import { TARGET_TABLES } from './exports.js';
 
 let counter = 0;
 
@@ -122,4 +123,17 @@ export async function withDbClient(fn: (db: TestDb, client: pg.Client) => Promis
     await client.end().catch(() => undefined);
     await db.close();
   }
+}
+
+/** Every index and constraint of the target tables (TARGET_TABLES), by name, as PostgreSQL prints it. */
+export async function definitions(db: TestDb): Promise<string[]> {
+  const list = TARGET_TABLES.map((t) => `'${t}'::regclass`).join(', ');
+  const r = await db.knex.raw(`
+    SELECT conrelid::regclass || ' constraint ' || conname || ': ' || pg_get_constraintdef(oid) AS d
+      FROM pg_constraint WHERE conrelid IN (${list})
+    UNION ALL
+    SELECT indrelid::regclass || ' index ' || indexrelid::regclass || ': ' || pg_get_indexdef(indexrelid)
+      FROM pg_index WHERE indrelid IN (${list})
+    ORDER BY 1`);
+  return r.rows.map((x: { d: string }) => x.d);
 }

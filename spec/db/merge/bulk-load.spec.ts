@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { importUsers, type ImportOptions } from '../../../lib/import.js';
 import { UserportError } from '../../../lib/errors.js';
-import { freshDatabase, type TestDb } from '../../helpers/db.js';
+import { definitions, freshDatabase, type TestDb } from '../../helpers/db.js';
 import { tableSnapshot, TARGET_TABLES, user, useremail, useroption, generatedExport, writeExport } from '../../helpers/exports.js';
 import { insertEmail, insertUser } from '../../helpers/sentry-rows.js';
 
@@ -20,19 +20,6 @@ const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..
 
 function generated(users: number, seed: number): Promise<string> {
   return generatedExport({ users, seed, collisionRate: 0.05 });
-}
-
-/** Every index and constraint of the target tables, by name, as PostgreSQL prints it. */
-async function definitions(db: TestDb): Promise<string[]> {
-  const list = TARGET_TABLES.map((t) => `'${t}'::regclass`).join(', ');
-  const r = await db.knex.raw(`
-    SELECT conrelid::regclass || ' constraint ' || conname || ': ' || pg_get_constraintdef(oid) AS d
-      FROM pg_constraint WHERE conrelid IN (${list})
-    UNION ALL
-    SELECT indrelid::regclass || ' index ' || indexrelid::regclass || ': ' || pg_get_indexdef(indexrelid)
-      FROM pg_index WHERE indrelid IN (${list})
-    ORDER BY 1`);
-  return r.rows.map((x: { d: string }) => x.d);
 }
 
 /** Rows with their ids (renamed users' random tails masked), and the other tables as plain data. */

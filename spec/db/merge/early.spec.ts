@@ -13,7 +13,7 @@ import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { UserportError } from '../../../lib/errors.js';
 import { importUsers } from '../../../lib/import.js';
-import { freshDatabase, type TestDb } from '../../helpers/db.js';
+import { definitions, freshDatabase, type TestDb } from '../../helpers/db.js';
 import { email, TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { tmpFolder } from '../../helpers/setup.js';
 
@@ -110,6 +110,9 @@ describe('the early users step (issue #11)', function () {
     const expected = await exactState(atEnd);
     expect((expected.users as unknown[]).length).to.equal(USERS - 57); // 60 users share 3 names: 3 inserted, 57 merged
     expect(await exactState(early)).to.deep.equal(expected);
+    // The users' tables got their indexes back during the step, the others at the end: all as before.
+    expect(r.stderr).to.match(/ADD CONSTRAINT "auth_user_username_key"[^]*early users step done[^]*ADD CONSTRAINT "sentry_useroption/);
+    expect(await definitions(early)).to.deep.equal(await definitions(atEnd));
   });
 
   it('is undone exactly when a user comes after other models: same rows, ids, pk map and sequences as the same file without the early step', async () => {
@@ -127,6 +130,8 @@ describe('the early users step (issue #11)', function () {
     const s = await importUsers({ source: late, databaseUrl: atEnd.url, mergeUsers: true, bulkLoad: 'off' });
     expect(s.bulkLoad).to.equal(false);
     expect(await exactState(undone)).to.deep.equal(await exactState(atEnd));
+    // The indexes the step rebuilt were rolled back with it, and built again by the merge, once.
+    expect(await definitions(undone)).to.deep.equal(await definitions(atEnd));
   });
 
   it('a record that fails while it runs fails the import: nothing written, the spool removed', async () => {
