@@ -22,14 +22,12 @@ import { randomFillSync } from 'node:crypto';
 import type pg from 'pg';
 import type { StagedRow } from '../../map-models.js';
 import { STAGE_INDEX } from '../../models.js';
+import { NewUsers } from './pk-map.js';
 import { copyInto } from './run.js';
 import { columnStart, intAt, intField, lineColumn, scanTabs } from './staging-lines.js';
 
 /** The lines of one side spool, a read chunk's lines at a time (the sink's `SideLines`, lib/overlap.ts). */
 export type SideLines = () => AsyncIterable<Buffer[]>;
-
-/** Ranges of new users beyond which the client does not keep them (their rows are staged). */
-export const MAX_RANGES = 100_000;
 
 const USER_PK = lineColumn('user_pk');
 const NEWLINE = Buffer.from('\n');
@@ -107,50 +105,6 @@ export function directUserEmails(code: number, table: string): DirectModel {
       out.push(Buffer.from(`${id}\t`), line.subarray(columnStart(tabs, email), tabs[email]), Buffer.from(`\t${uuid4Hex()}\tnow\tf\n`));
     },
   };
-}
-
-/** This import's new users (pk map kind 'inserted', renamed ones included): source pk -> new id. */
-export class NewUsers {
-  /** The lowest and highest new id. */
-  readonly low: number;
-  readonly high: number;
-
-  private constructor(private readonly starts: Float64Array, private readonly targets: Float64Array, private readonly spans: Float64Array) {
-    let low = Infinity;
-    let high = -Infinity;
-    targets.forEach((t, i) => { low = Math.min(low, t); high = Math.max(high, t + spans[i]! - 1); });
-    this.low = low;
-    this.high = high;
-  }
-
-  /** Reads the ranges of `run`; undefined when there are more than {@link MAX_RANGES}. */
-  static async read(client: pg.ClientBase, run: number): Promise<NewUsers | undefined> {
-    const where = `run = $1 AND model = 'sentry.user' AND kind = 'inserted'`;
-    if (Number((await client.query(`SELECT count(*) AS n FROM userport.pk_ranges WHERE ${where}`, [run])).rows[0].n) > MAX_RANGES) return undefined;
-    const rows = (await client.query(`SELECT source_pk::float8 AS s, target_id::float8 AS t, span FROM userport.pk_ranges
-      WHERE ${where} ORDER BY source_pk`, [run])).rows as { s: number; t: number; span: number }[];
-    return new NewUsers(Float64Array.from(rows, (r) => r.s), Float64Array.from(rows, (r) => r.t), Float64Array.from(rows, (r) => r.span));
-  }
-
-  /** Every new id, ascending (ids were drawn in file order: the ranges' targets ascend with them, or are sorted here). */
-  *ids(): Generator<number> {
-    const order = [...this.targets.keys()].sort((a, b) => this.targets[a]! - this.targets[b]!);
-    for (const i of order) for (let id = this.targets[i]!, end = id + this.spans[i]!; id < end; id++) yield id;
-  }
-
-  /** The new id of the user with source pk `pk`, or -1 when it is not a new user of this import. */
-  id(pk: number): number {
-    let lo = 0;
-    let hi = this.starts.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1;
-      const start = this.starts[mid]!;
-      if (start > pk) hi = mid - 1;
-      else if (pk >= start + this.spans[mid]!) lo = mid + 1;
-      else return this.targets[mid]! + (pk - start);
-    }
-    return -1;
-  }
 }
 
 /**

@@ -7,7 +7,8 @@
 import { type ImportStats } from '../../stats.js';
 import { NO_EMAIL_TABLE } from './direct-emails.js';
 import type { WritePlan } from './plan.js';
-import { insertPkRanges, modelCodes, type Q } from './run.js';
+import { insertPkRanges } from './pk-map.js';
+import { modelCodes, type Q } from './run.js';
 
 /** What the emails' step needs of the merge's options. */
 export interface EmailsStepOptions {

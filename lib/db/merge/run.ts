@@ -99,25 +99,6 @@ export async function idSequence(q: Q, table: string): Promise<string | null> {
 }
 
 /**
- * Records the pk map of `model` for `run`: `pairs` is a query of (src_pk, target_id, kind), one row
- * per source pk. Stored as ranges (`userport.pk_ranges`): a row per run of consecutive source pks
- * that map to consecutive ids of one kind, which is how new ids are drawn (in source order), so
- * 100k users take a few rows instead of 100k rows and their index entries (0.7 s at 100k users).
- * A run breaks wherever either side skips, so every source pk maps exactly as in `pairs`.
- */
-export async function insertPkRanges(q: Q, run: number, model: string, pairs: string): Promise<void> {
-  // One sort: each row's position and whether it starts a range; a range spans to the next start.
-  await q(`
-    INSERT INTO userport.pk_ranges (run, model, source_pk, target_id, kind, span)
-    SELECT $1, '${model}', src_pk, target_id, kind, (lead(n, 1, total + 1) OVER (ORDER BY n) - n)::int
-    FROM (SELECT src_pk, target_id, kind, row_number() OVER w AS n, count(*) OVER () AS total,
-            src_pk = lag(src_pk) OVER w + 1 AND target_id = lag(target_id) OVER w + 1 AND kind = lag(kind) OVER w AS continues
-          FROM (${pairs}) p
-          WINDOW w AS (ORDER BY src_pk)) b
-    WHERE continues IS NOT TRUE`, [run]);
-}
-
-/**
  * One `COPY ... FROM STDIN` (`sql`) on `client`, for the rows the client writes straight in:
  * `body` sends COPY text through `send` (each call one CopyData message, resolving when the socket
  * can take more); the COPY ends once `body` resolves, and is abandoned (CopyFail) when it throws or

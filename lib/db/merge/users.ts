@@ -5,7 +5,8 @@
  * before the other models are staged (see early.ts).
  */
 import { DatabaseError, ErrorCodes } from '../../errors.js';
-import { idSequence, insertPkRanges, modelCodes, type Q } from './run.js';
+import { insertPkRanges } from './pk-map.js';
+import { idSequence, modelCodes, type Q } from './run.js';
 import type { WritePlan } from './plan.js';
 
 /** Sentry's suffix schedule for renamed users: tail length, attempts. Then 12 until unique. */

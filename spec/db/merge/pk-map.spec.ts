@@ -2,9 +2,11 @@
  * The pk map's ranges (issue #23, item 4): `insertPkRanges` stores runs of consecutive source pks
  * mapped to consecutive ids as one row each, and the `userport.pk_map` view spells every pair
  * out again exactly: gaps on either side, a change of kind, or a lone pair each start a range.
+ * `NewUsers` reads a run's new users back into the client, exactly.
  */
 import { expect } from 'chai';
-import { insertPkRanges, runner } from '../../../lib/db/merge/run.js';
+import { insertPkRanges, NewUsers } from '../../../lib/db/merge/pk-map.js';
+import { runner } from '../../../lib/db/merge/run.js';
 import { withDbClient } from '../../helpers/db.js';
 
 /** (src_pk, target_id, kind) triples as a VALUES query. */
@@ -44,6 +46,24 @@ describe('the pk map as ranges', () => {
       ]);
       const map = (await client.query(`SELECT source_pk::int AS s, target_id::int AS t, kind FROM userport.pk_map WHERE run = $1 AND model = 'sentry.user' ORDER BY source_pk`, [run])).rows;
       expect(map).to.deep.equal(pairs.map(([s, t, kind]) => ({ s, t, kind })));
+    });
+  });
+
+  it('NewUsers: every inserted pair and nothing else, by binary search over the ranges; the ids ascending', async () => {
+    await withDbClient(async (_db, client) => {
+      await client.query(`INSERT INTO userport.imports (id, mode, state, source) VALUES ('new users', 'atomic', 'running', 'spec')`);
+      const run = Number((await client.query(`SELECT run FROM userport.imports WHERE id = 'new users'`)).rows[0].run);
+      // Ranges of new users with gaps between them, ids not in source order, a merged user between.
+      const inserted: [number, number][] = [[3, 40], [4, 41], [5, 42], [9, 10], [10, 11], [20, 60], [100, 5]];
+      const merged: [number, number][] = [[6, 40], [7, 999]];
+      await insertPkRanges(runner(client), run, 'sentry.user',
+        values([...inserted.map(([s, t]): [number, number, string] => [s, t, 'inserted']), ...merged.map(([s, t]): [number, number, string] => [s, t, 'merged'])]));
+      const users = await NewUsers.read(client, run);
+      expect(users, 'fewer ranges than MAX_RANGES').to.not.equal(undefined);
+      for (const [pk, id] of inserted) expect(users!.id(pk), `pk ${pk}`).to.equal(id);
+      for (const pk of [1, 2, 6, 7, 8, 11, 19, 21, 99, 101]) expect(users!.id(pk), `pk ${pk}`).to.equal(-1);
+      expect([...users!.ids()]).to.deep.equal(inserted.map(([, t]) => t).sort((a, b) => a - b));
+      expect([users!.low, users!.high]).to.deep.equal([5, 60]);
     });
   });
 });
