@@ -48,7 +48,8 @@ export type EarlyUsersOptions = UsersStepOptions & TraceOptions & { bulkLoad?: b
  * else stays on the general path (a target that holds more than a few rows, or whose tables
  * another session holds), and notes the id sequences. Quick; resolves undefined without
  * `bulkLoad` (`--bulk-load off`: the merge alone, after the input). Then `run()` does the users'
- * step (seconds at 100k users). Runs in the import's transaction, on the connection that staged
+ * step (seconds at 100k users) and finishes the users' tables: the new users' lost-password
+ * hashes, and on the bulk path those two tables' indexes and constraints. Runs in the import's transaction, on the connection that staged
  * the users.
  */
 export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsersOptions, plan: WritePlan): Promise<{ bulk: BulkLoad | undefined; run(): Promise<EarlyUsers> } | undefined> {
