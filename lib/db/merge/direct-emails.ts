@@ -105,6 +105,7 @@ export class EmailCheck {
   note(address: unknown): void {
     this.count++;
     if (this.why !== undefined) return;
+    if (!this.seen) { this.fail('an Email record came after the check was released'); return; }
     if (this.count > MAX_ADDRESSES) { this.fail(`more than ${MAX_ADDRESSES.toLocaleString('en-US')} Email records (the client keeps no more)`); return; }
     if (typeof address !== 'string') { this.fail('an Email record has no address'); return; }
     // FNV-1a and a multiply-rotate hash of the ASCII lower-case form.
@@ -119,12 +120,20 @@ export class EmailCheck {
       h2 = Math.imul(h2 ^ c, 0x5bd1e995);
       h2 = (h2 << 13) | (h2 >>> 19);
     }
-    if (!this.seen!.add(h1 >>> 0, Math.imul(h2 ^ address.length, 0x85ebca6b) >>> 0)) this.fail('two addresses are the same, or share a hash');
+    if (!this.seen.add(h1 >>> 0, Math.imul(h2 ^ address.length, 0x85ebca6b) >>> 0)) this.fail('two addresses are the same, or share a hash');
   }
 
   /** Gives up, and lets the hashes go. */
   private fail(why: string): void {
     this.why = why;
+    this.seen = undefined;
+  }
+
+  /**
+   * Lets the hashes go once every record is noted (the input has ended): the COPY needs only the
+   * count and the verdict. At 1.2M records that is 16 MB off the peak RSS, which came in the COPY.
+   */
+  release(): void {
     this.seen = undefined;
   }
 }
@@ -145,6 +154,7 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
     for await (const chunk of lines()) { staged += chunk.length; await stage(chunk); }
     return { written: 0, existing: 0, staged, why };
   };
+  check.release();
   if (check.why !== undefined) return stageAll(check.why);
   if (!check.count) return { written: 0, existing: 0, staged: 0 };
   if (!seq) return stageAll(`${table}.id has no sequence`);

@@ -147,6 +147,14 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
     const many = new EmailCheck();
     for (let i = 0; i <= MAX_ADDRESSES; i++) many.note(`u${i}@example.com`);
     expect([many.count, many.why]).to.deep.equal([MAX_ADDRESSES + 1, 'more than 1,400,000 Email records (the client keeps no more)']);
+    // Released at the end of the input (the COPY needs only the verdict): the verdict stays; a
+    // record noted after it cannot be vouched for, so it sends them all to the exact path.
+    const released = new EmailCheck();
+    released.note('a@x.io');
+    released.release();
+    expect([released.count, released.why]).to.deep.equal([1, undefined]);
+    released.note('b@x.io');
+    expect([released.count, released.why]).to.deep.equal([2, 'an Email record came after the check was released']);
   });
 
   it('HashSet64: a hash added twice is refused, and the set keeps every hash as it grows', () => {
