@@ -12,13 +12,7 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { databaseUrl, withClient } from './databases.js';
-import type { Skipped } from './results.js';
-
-/** CPU seconds of one measured run: the server's and the client's (the importing process, or the benchmark's own for a floor). */
-export interface CpuSeconds {
-  server: number | null;
-  client: number | null;
-}
+import type { CpuSeconds, Skipped } from './results.js';
 
 /** Reads the server's cumulative CPU seconds; the difference of two readings is what it spent in between. */
 export interface ServerCpuMeter {

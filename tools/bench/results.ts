@@ -4,9 +4,12 @@
  */
 
 import type { BareFloorResult } from './bare-floor.js';
-import type { CpuSeconds } from './cpu.js';
 
-export type { CpuSeconds } from './cpu.js';
+/** CPU seconds of one measured run: the server's and the client's (the importing process, or the benchmark's own for a floor). */
+export interface CpuSeconds {
+  server: number | null;
+  client: number | null;
+}
 
 export interface Skipped {
   skipped: string;
