@@ -70,9 +70,11 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   return {
     bulk,
     async run() {
-      // The lost-password hashes are made in the client once the users are in.
-      const written = await mergeUsers(q, S, options, plan, { empty: bulk?.empty ?? false, lostPasswordsLater: true });
-      written.lostPasswordHashes = await lostPasswordsNow(q, client, plan, options.run, written.lostPasswordHashes);
+      // The lost-password hashes are made in the client once the users are in (in the global
+      // scope the users' step writes them: it skips the users whose password hash it keeps).
+      const later = plan.lostPassword !== undefined && plan.scope !== 'global';
+      const written = await mergeUsers(q, S, options, plan, { empty: bulk?.empty ?? false, lostPasswordsLater: later });
+      if (later) written.lostPasswordHashes = await lostPasswordsNow(q, client, plan, options.run);
       // The users' tables are complete: their indexes and constraints are built now, while Node
       // still reads the file (the server waits for it otherwise), not after the other tables' rows.
       if (bulk) await bulk.rebuild([plan.user.table, ...(plan.lostPassword ? [plan.lostPassword.table] : [])]);
@@ -88,16 +90,15 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
 }
 
 /**
- * The new users' lost-password hashes, which the users' step left to its caller (outside the
- * global scope, where `step` wrote them): made in the client, or by the merge's INSERT beyond
- * MAX_RANGES ranges of new users. Resolves to their count (`step`'s, in the global scope).
+ * The new users' lost-password hashes, which the users' step left to its caller: made in the
+ * client, or by the merge's INSERT beyond MAX_RANGES ranges of new users. Resolves to their count.
  */
-async function lostPasswordsNow(q: Q, client: pg.ClientBase, plan: WritePlan, run: number, step: number): Promise<number> {
-  if (!plan.lostPassword || plan.scope === 'global') return step;
+async function lostPasswordsNow(q: Q, client: pg.ClientBase, plan: WritePlan, run: number): Promise<number> {
+  const table = plan.lostPassword!.table;
   const t0 = performance.now();
   const ids = await NewUsers.read(client, run);
-  const written = ids ? await writeLostPasswords(client, plan.lostPassword.table, ids) : await insertLostPasswords(q, plan);
-  q.trace({ kind: 'direct-rows', table: plan.lostPassword.table, written, staged: 0, repeated: false, ms: performance.now() - t0 });
+  const written = ids ? await writeLostPasswords(client, table, ids) : await insertLostPasswords(q, plan);
+  q.trace({ kind: 'direct-rows', table, written, staged: 0, repeated: false, ms: performance.now() - t0 });
   return written;
 }
 

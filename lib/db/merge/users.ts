@@ -27,7 +27,7 @@ export interface UsersStepOptions {
 /**
  * How the users' step runs: `empty` on the empty-target path (no user exists; the tables' unique
  * indexes are dropped); `lostPasswordsLater`: the caller writes the new users' lost-password
- * hashes itself (the early step, from the client: direct-rows.ts), outside the global scope.
+ * hashes itself (the early step, from the client: direct-rows.ts).
  */
 interface UsersStepPath { empty: boolean; lostPasswordsLater?: boolean }
 
@@ -143,7 +143,7 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
           FROM up_user d JOIN ${S} s ON s.run = $1 AND s.model = ${modelCodes().user} AND s.src_pk = d.src_pk
           WHERE d.new_id IS NOT NULL) u
     ORDER BY u.new_id`, [options.run])).rowCount ?? 0;
-  const lostPasswordHashes = path.lostPasswordsLater && plan.scope !== 'global' ? 0 : await insertLostPasswords(q, plan);
+  const lostPasswordHashes = path.lostPasswordsLater ? 0 : await insertLostPasswords(q, plan);
   await insertPkRanges(q, options.run, 'sentry.user', `
     SELECT src_pk, target_id, CASE WHEN outcome = 'merged' THEN 'merged' ELSE 'inserted' END AS kind
     FROM up_user WHERE keep`);
