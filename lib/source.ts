@@ -249,15 +249,18 @@ export interface SourceCheckOptions {
   resumable?: boolean;
   rejectsFile?: string;
   findingsFile?: string;
+  /** The folder of the private spool files (the decryption's, the early users step's). */
+  tmpDir?: string;
 }
 
 /**
  * Every file an import reads or writes, checked before any database is touched: the source
- * ({@link checkSource}), and the folders of the rejects and findings files (there, writable, the
- * file neither a directory, the source, nor the other output).
+ * ({@link checkSource}), the folders of the rejects and findings files (there, writable, the
+ * file neither a directory, the source, nor the other output) and the spools' `tmpDir`.
  */
 export function checkImportFiles(o: SourceCheckOptions): SourceKind {
   for (const name of ['findingsFile', 'rejectsFile'] as const) checkOutputFile(name, o[name], o.source);
+  if (o.tmpDir !== undefined) checkFolder(wording`${opt('tmpDir')} ${o.tmpDir}`, o.tmpDir);
   if (o.findingsFile !== undefined && o.rejectsFile !== undefined && path.resolve(o.findingsFile) === path.resolve(o.rejectsFile)) {
     throw new OptionError(wording`${opt('findingsFile')} and ${opt('rejectsFile')} are the same file`, 'rejectsFile');
   }
@@ -271,14 +274,18 @@ function checkOutputFile(name: string, file: string | undefined, source: string 
   if (typeof source === 'string' && source !== '-' && path.resolve(file) === path.resolve(source)) {
     throw new OptionError(wording`${it} is ${opt('source')} itself`, name);
   }
-  const dir = path.dirname(path.resolve(file));
+  checkFolder(wording`${it}: the folder ${path.dirname(file)}`, path.dirname(path.resolve(file)));
+  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw new UserportError(ErrorCodes.IO, wording`${it} is a directory`);
+}
+
+/** A folder the import will write in (`what` names it): refused now unless it exists and is writable. */
+function checkFolder(what: Wording, dir: string): void {
   let st: fs.Stats | undefined;
   try { st = fs.statSync(dir); } catch { st = undefined; }
-  if (!st?.isDirectory()) throw new UserportError(ErrorCodes.IO, wording`${it}: the folder ${path.dirname(file)} does not exist`);
+  if (!st?.isDirectory()) throw new UserportError(ErrorCodes.IO, wording`${what} does not exist`);
   try { fs.accessSync(dir, fs.constants.W_OK); } catch {
-    throw new UserportError(ErrorCodes.IO, wording`${it}: the folder ${path.dirname(file)} is not writable`);
+    throw new UserportError(ErrorCodes.IO, wording`${what} is not writable`);
   }
-  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw new UserportError(ErrorCodes.IO, wording`${it} is a directory`);
 }
 
 /** What an import's source is, told by {@link checkSource}. */

@@ -1,0 +1,68 @@
+/**
+ * lib/atomic-file.ts: how `userport export` and the encrypt/decrypt commands write their output.
+ * A failure must leave an existing file as it was and no partial file beside it; a device is
+ * written in place; a temporary file left by a SIGKILLed writer is removed by the next write.
+ */
+import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Writable } from 'node:stream';
+import { writeFileAtomically } from '../lib/atomic-file.js';
+import { OptionError } from '../lib/errors.js';
+import { processAlive } from '../lib/spool.js';
+import { tmpFolder } from './helpers/setup.js';
+
+const writeAll = (text: string) => (out: Writable) => new Promise<void>((resolve, reject) => {
+  out.on('error', reject);
+  out.end(text, () => resolve());
+});
+
+describe('lib/atomic-file: output files written whole or not at all', () => {
+  it('writes a new file with the mode asked, through a temporary name that is gone after', async () => {
+    const dir = tmpFolder('atomic-');
+    const dest = path.join(dir, 'out.json');
+    await writeFileAtomically(dest, 0o600, writeAll('[]\n'));
+    expect(fs.readFileSync(dest, 'utf8')).to.equal('[]\n');
+    expect(fs.statSync(dest).mode & 0o777).to.equal(0o600);
+    expect(fs.readdirSync(dir)).to.deep.equal(['out.json']);
+  });
+
+  it('a write that fails midway leaves the existing file as it was, and nothing beside it', async () => {
+    const dir = tmpFolder('atomic-');
+    const dest = path.join(dir, 'out.json');
+    fs.writeFileSync(dest, 'the old export');
+    const boom = new Error('the database went away');
+    let caught: unknown;
+    await writeFileAtomically(dest, 0o644, async (out) => {
+      await new Promise<void>((resolve) => out.write('half of the new one', () => resolve()));
+      throw boom;
+    }).catch((e: unknown) => { caught = e; });
+    expect(caught).to.equal(boom);
+    expect(fs.readFileSync(dest, 'utf8')).to.equal('the old export');
+    expect(fs.readdirSync(dir)).to.deep.equal(['out.json']);
+  });
+
+  it('a directory is refused with an OptionError; a device is written in place', async () => {
+    const dir = tmpFolder('atomic-');
+    let caught: unknown;
+    await writeFileAtomically(dir, 0o644, writeAll('x')).catch((e: unknown) => { caught = e; });
+    expect(caught).to.be.instanceOf(OptionError);
+    expect((caught as Error).message).to.equal(`DEST ${dir} is a directory`);
+    await writeFileAtomically('/dev/null', 0o644, writeAll('nothing'));
+    expect(fs.statSync('/dev/null').isCharacterDevice()).to.equal(true);
+  });
+
+  it('removes the temporary file a killed writer left for the same DEST, never a live writer\'s', async () => {
+    const dir = tmpFolder('atomic-');
+    const r = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+    const dead = Number(r.stdout);
+    expect(processAlive(dead)).to.equal(false);
+    const stale = path.join(dir, `.out.json.${dead}.0123456789ab.partial`);
+    const live = path.join(dir, `.out.json.${process.ppid}.0123456789ab.partial`);
+    const otherDest = path.join(dir, `.other.json.${dead}.0123456789ab.partial`);
+    for (const f of [stale, live, otherDest]) fs.writeFileSync(f, 'partial');
+    await writeFileAtomically(path.join(dir, 'out.json'), 0o644, writeAll('[]'));
+    expect(fs.readdirSync(dir).sort()).to.deep.equal([path.basename(live), path.basename(otherDest), 'out.json'].sort());
+  });
+});

@@ -1,0 +1,61 @@
+/**
+ * lib/overlap.ts: while the early users step holds the import's connection, the rows that keep
+ * arriving go to a private spool file, COPYed once the step is done. The spool must be gone after
+ * the import, whatever its end; a spool that cannot be made is an IO error that says so, and the
+ * import leaves nothing behind.
+ */
+import { expect } from 'chai';
+import fs from 'node:fs';
+import { importUsers } from '../lib/index.js';
+import { ErrorCodes } from '../lib/errors.js';
+import { failure, withDb } from './helpers/db.js';
+import { TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from './helpers/exports.js';
+import { tmpFolder } from './helpers/setup.js';
+
+/** Users first, in pk order, then their options and user emails: Sentry's order, so the early step runs. */
+function sentryOrdered(users: number): Rec[] {
+  const rows: Rec[] = [];
+  for (let i = 1; i <= users; i++) rows.push(user(i, `u${i}`, { email: `u${i}@example.com` }));
+  for (let i = 1; i <= users; i++) rows.push(useroption(i, i, 'timezone', 'UTC'), useremail(i, i, `u${i}@example.com`));
+  return rows;
+}
+
+describe('lib/overlap: the rows that arrive during the early users step', () => {
+  const file = writeExport(sentryOrdered(3000));
+
+  it('go through a spool under tmpDir that is gone once the import is done', async () => {
+    await withDb(async (db) => {
+      const dir = tmpFolder('overlap-');
+      const moments: string[] = [];
+      let spools: string[] = [];
+      await importUsers({
+        source: file, databaseUrl: db.url, tmpDir: dir,
+        onTrace: (e) => {
+          if (e.kind !== 'sink') return;
+          moments.push(e.moment);
+          // While the step runs, its spool is there.
+          if (e.moment === 'overlap done') spools = fs.readdirSync(dir);
+        },
+      });
+      expect(moments, 'the early step ran while rows arrived').to.include.members(['overlap started', 'overlap done', 'spool copied']);
+      expect(spools).to.have.length(1);
+      expect(spools[0]).to.match(/^userport-spool-/);
+      expect(await db.count('sentry_useroption')).to.equal(3000);
+      expect(fs.readdirSync(dir)).to.deep.equal([]);
+    });
+  });
+
+  it('a spool that cannot be made: USERPORT_IO naming the staging spool, and no row written', async () => {
+    await withDb(async (db) => {
+      // The folder is there when the options are checked, and gone by the time the step starts.
+      const dir = tmpFolder('overlap-');
+      let gone = false;
+      const onTrace = () => { if (!gone) { fs.rmSync(dir, { recursive: true }); gone = true; } };
+      const err = await failure(importUsers({ source: file, databaseUrl: db.url, tmpDir: dir, onTrace }));
+      expect(gone).to.equal(true);
+      expect(err.code).to.equal(ErrorCodes.IO);
+      expect(err.message).to.match(/^cannot write the staging spool file: .*no such file or directory/);
+      for (const t of TARGET_TABLES) expect(await db.count(t), t).to.equal(0);
+    });
+  });
+});

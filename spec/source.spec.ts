@@ -1,0 +1,241 @@
+/**
+ * lib/source.ts, the import's input as a library caller gives it: a file, a pipe or a stream,
+ * plain, gzip or an encrypted tarball. The checks that need no database (checkImportFiles) and the
+ * sniffing of the first bytes (openSource) must say the same thing for a file and for a stream,
+ * and what they let through must be the export's bytes from the array on. The command line's view
+ * of the same inputs is spec/pipelines/cli.migration-day.spec.ts, item 4.
+ */
+import { expect } from 'chai';
+import fs from 'node:fs';
+import { Readable } from 'node:stream';
+import { text } from 'node:stream/consumers';
+import zlib from 'node:zlib';
+import { createLocalKeyUnwrapper } from '../lib/decrypt.js';
+import { ErrorCodes, OptionError, ParseError, UserportError } from '../lib/errors.js';
+import { checkImportFiles, fingerprint, leadingText, openSource, prepareImportSource, type SourceOptions } from '../lib/source.js';
+import { fixture, readFixture } from './crypto/helpers.js';
+import { user, writeExport } from './helpers/exports.js';
+import { tmpFolder, tmpPath } from './helpers/setup.js';
+import { chunked } from './helpers/streams.js';
+
+const JSON_TEXT = JSON.stringify([user(1, 'alice'), user(2, 'bob')], null, 2);
+const LOG = 'Creating sentry_worker_1 ... done\nWARNING: the docker-compose file is old\n';
+
+function file(name: string, data: string | Buffer): string {
+  const p = tmpPath(name);
+  fs.writeFileSync(p, data);
+  return p;
+}
+
+/** What openSource gives for `o`: the bytes it lets through, and what it said about them. */
+async function opened(o: SourceOptions): Promise<{ body: string; size: number | undefined; leading?: { lines: number; firstLine: string }; gzip?: boolean }> {
+  const s = await openSource(o);
+  const body = await text(s.stream);
+  return { body, size: s.size, ...(s.leadingText ? { leading: { lines: s.leadingText.lines, firstLine: s.leadingText.firstLine } } : {}), ...(s.gzip ? { gzip: true } : {}) };
+}
+
+async function rejection(p: Promise<unknown> | (() => unknown)): Promise<UserportError> {
+  try {
+    await (typeof p === 'function' ? p() : p);
+  } catch (err) {
+    expect(err).to.be.instanceOf(UserportError);
+    return err as UserportError;
+  }
+  throw new Error('it was accepted');
+}
+
+/** The same bytes as a file, as a stream in small chunks (a pipe), and as one chunk. */
+function eachForm(data: string | Buffer): { name: string; source: () => string | Readable }[] {
+  const f = file('form.json', data);
+  return [
+    { name: 'a file', source: () => f },
+    { name: 'a stream in 7-byte chunks', source: () => chunked(Buffer.from(data), 7) },
+    { name: 'a stream in one chunk', source: () => Readable.from([Buffer.from(data)]) },
+  ];
+}
+
+describe('lib/source: the import\'s input', () => {
+  describe('plain JSON', () => {
+    for (const form of eachForm(JSON_TEXT)) {
+      it(`passes ${form.name} through byte for byte`, async () => {
+        const r = await opened({ source: form.source() });
+        expect(r.body).to.equal(JSON_TEXT);
+        expect(r.leading).to.equal(undefined);
+      });
+    }
+
+    it('tells a regular file\'s size, and none for a stream', async () => {
+      expect((await opened({ source: file('sized.json', JSON_TEXT) })).size).to.equal(Buffer.byteLength(JSON_TEXT));
+      expect((await opened({ source: Readable.from([Buffer.from(JSON_TEXT)]) })).size).to.equal(undefined);
+    });
+  });
+
+  describe('gzip, found by its magic bytes whatever the name', () => {
+    const gz = zlib.gzipSync(JSON_TEXT);
+    for (const form of eachForm(gz)) {
+      it(`gunzips ${form.name}`, async () => {
+        const r = await opened({ source: form.source() });
+        expect(r.body).to.equal(JSON_TEXT);
+        expect(r.gzip).to.equal(true);
+      });
+    }
+
+    it('a truncated gzip is an error that says so, not a JSON error', async () => {
+      const s = await openSource({ source: file('cut.json', gz.subarray(0, gz.length - 12)) });
+      const err = await rejection(text(s.stream));
+      expect(err.code).to.equal(ErrorCodes.INPUT_TRUNCATED);
+      expect(err.message).to.match(/gzip.*cannot be decompressed/);
+    });
+
+    it('log lines inside the gzip are found as in a plain file', async () => {
+      const err = await rejection(opened({ source: file('logged.json.gz', zlib.gzipSync(LOG + JSON_TEXT)) }));
+      expect(err.code).to.equal(ErrorCodes.INPUT_NOT_ARRAY);
+      const r = await opened({ source: file('logged2.json.gz', zlib.gzipSync(LOG + JSON_TEXT)), skipLeadingText: true });
+      expect(r.body).to.equal(JSON_TEXT);
+    });
+  });
+
+  describe('text before the array', () => {
+    for (const form of eachForm(LOG + JSON_TEXT)) {
+      it(`${form.name}: an error naming skipLeadingText, with where the array starts`, async () => {
+        const err = await rejection(opened({ source: form.source() }));
+        expect(err).to.be.instanceOf(ParseError);
+        expect(err.code).to.equal(ErrorCodes.INPUT_NOT_ARRAY);
+        expect(err.message).to.include('2 lines of text before the JSON array').and.include('Creating sentry_worker_1 ... done').and.include('skipLeadingText');
+        expect(err.position).to.include({ offset: Buffer.byteLength(LOG), line: 3 });
+      });
+
+      it(`${form.name}: skipped with skipLeadingText, and reported`, async () => {
+        const r = await opened({ source: form.source(), skipLeadingText: true });
+        expect(r.body).to.equal(JSON_TEXT);
+        expect(r.leading).to.deep.equal({ lines: 2, firstLine: 'Creating sentry_worker_1 ... done' });
+      });
+    }
+
+    it('a control character or a very long first line is printed safely and cut at 80 columns', () => {
+      const found = leadingText(Buffer.from(`\x1b[31m${'x'.repeat(200)}\n[\n]`), true);
+      expect(found!.firstLine).to.have.length(80);
+      expect(found!.firstLine).to.not.include('\x1b');
+      expect(found!.firstLine.endsWith('...')).to.equal(true);
+    });
+
+    it('an input that starts with the array, after a byte-order mark and blank lines, has none', () => {
+      expect(leadingText(Buffer.from(`\xef\xbb\xbf\n\n  [\n{"a": 1}]`, 'latin1'), false)).to.equal(undefined);
+      // A "[" inside the log text is not the array's start.
+      expect(leadingText(Buffer.from(`[INFO] starting\n[\n]`), true)).to.deep.include({ lines: 1, firstLine: '[INFO] starting' });
+    });
+  });
+
+  describe('UTF-16', () => {
+    const cases: [string, Buffer][] = [
+      ['UTF-16LE with a BOM', Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(JSON_TEXT, 'utf16le')])],
+      ['UTF-16BE without a BOM', Buffer.from(JSON_TEXT, 'utf16le').swap16()],
+    ];
+    for (const [name, data] of cases) {
+      for (const form of eachForm(data)) {
+        it(`${name}, as ${form.name}: says which encoding and how to convert it`, async () => {
+          const err = await rejection(opened({ source: form.source() }));
+          expect(err.code).to.equal(ErrorCodes.INPUT_UTF8);
+          expect(err.message).to.include(name.split(' ')[0]!).and.include('iconv -f UTF-16 -t UTF-8');
+        });
+      }
+    }
+  });
+
+  describe('encrypted exports', () => {
+    const tar = fixture('python-export.tar');
+    const decrypt = createLocalKeyUnwrapper({ privateKeyPem: readFixture('fixture-key.pem') });
+
+    it('a tarball without a key, as a file or a stream, is an OptionError naming decrypt', async () => {
+      for (const source of [tar, fs.createReadStream(tar)]) {
+        const err = await rejection(opened({ source }));
+        expect(err).to.be.instanceOf(OptionError);
+        expect((err as OptionError).option).to.equal('decrypt');
+        expect(err.message).to.match(/looks encrypted/);
+      }
+    });
+
+    it('plain JSON with a key, as a file or a stream, is an OptionError naming decrypt', async () => {
+      for (const source of [file('plain.json', JSON_TEXT), Readable.from([Buffer.from(JSON_TEXT)])]) {
+        const err = await rejection(opened({ source, decrypt }));
+        expect((err as OptionError).option).to.equal('decrypt');
+        expect(err.message).to.match(/plain JSON, not an encrypted export/);
+      }
+    });
+
+    it('decrypts a tarball from a file and from a stream into the same JSON array', async () => {
+      const dir = tmpFolder('source-spool-');
+      const fromFile = await opened({ source: tar, decrypt, tmpDir: dir });
+      const fromStream = await opened({ source: fs.createReadStream(tar), decrypt, tmpDir: dir });
+      expect(fromFile.body).to.equal(fromStream.body);
+      expect(JSON.parse(fromFile.body)).to.be.an('array').that.is.not.empty;
+      // The spool of the streamed tarball is gone once it was read.
+      expect(fs.readdirSync(dir)).to.deep.equal([]);
+    });
+  });
+
+  describe('checks before any database is touched (checkImportFiles)', () => {
+    it('a missing file, a directory: IO errors that name the source', async () => {
+      const missing = await rejection(() => checkImportFiles({ source: tmpPath('nothing-here.json') }));
+      expect(missing.code).to.equal(ErrorCodes.IO);
+      expect(missing.message).to.match(/source .*nothing-here\.json does not exist/);
+      const dir = await rejection(() => checkImportFiles({ source: tmpFolder('a-dir-') }));
+      expect(dir.message).to.match(/is a directory, not an export file/);
+    });
+
+    it('a file\'s first bytes are sniffed now: log lines, UTF-16 and a tarball without a key fail before the database', async () => {
+      expect((await rejection(() => checkImportFiles({ source: file('log.json', LOG + JSON_TEXT) }))).code).to.equal(ErrorCodes.INPUT_NOT_ARRAY);
+      expect(checkImportFiles({ source: file('log2.json', LOG + JSON_TEXT), skipLeadingText: true })).to.equal('file');
+      expect((await rejection(() => checkImportFiles({ source: file('u16.json', Buffer.from(JSON_TEXT, 'utf16le')) }))).code).to.equal(ErrorCodes.INPUT_UTF8);
+      expect((await rejection(() => checkImportFiles({ source: fixture('python-export.tar') }))).message).to.match(/looks encrypted/);
+      // With a key given (only whether it is, here), the tarball passes and plain JSON does not.
+      expect(checkImportFiles({ source: fixture('python-export.tar'), decrypt: true })).to.equal('file');
+      expect((await rejection(() => checkImportFiles({ source: file('p.json', JSON_TEXT), decrypt: true }))).message).to.match(/plain JSON/);
+    });
+
+    it('a resumable import needs a regular file: a stream and standard input are refused', async () => {
+      for (const source of [Readable.from([]), '-'] as const) {
+        const err = await rejection(() => checkImportFiles({ source, resumable: true }));
+        expect((err as OptionError).option).to.equal('source');
+        expect(err.message).to.match(/resumable needs source to be a file/);
+      }
+    });
+
+    it('the rejects and findings files: not the source, not each other, in a writable folder', async () => {
+      const src = writeExport([user(1, 'a')]);
+      expect((await rejection(() => checkImportFiles({ source: src, rejectsFile: src }))).message).to.match(/rejectsFile .* is source itself/);
+      const out = tmpPath('same.jsonl');
+      expect((await rejection(() => checkImportFiles({ source: src, rejectsFile: out, findingsFile: out }))).message).to.match(/findingsFile and rejectsFile are the same file/);
+      expect((await rejection(() => checkImportFiles({ source: src, findingsFile: tmpPath('no/such/folder/f.jsonl') }))).message).to.match(/does not exist/);
+      expect(checkImportFiles({ source: src, rejectsFile: tmpPath('r.jsonl'), findingsFile: tmpPath('f.jsonl') })).to.equal('file');
+    });
+
+    it('the spools\' tmpDir: an existing folder', async () => {
+      const src = writeExport([user(1, 'a')]);
+      const missing = tmpPath('no-such-dir');
+      expect((await rejection(() => checkImportFiles({ source: src, tmpDir: missing }))).message).to.equal(`tmpDir ${missing} does not exist`);
+      const notDir = file('a-file', 'x');
+      expect((await rejection(() => checkImportFiles({ source: src, tmpDir: notDir }))).message).to.equal(`tmpDir ${notDir} does not exist`);
+      expect(checkImportFiles({ source: src, tmpDir: tmpFolder('spools-') })).to.equal('file');
+    });
+  });
+
+  describe('prepareImportSource', () => {
+    it('fingerprints a regular file by its size and first MiB, and nothing else', async () => {
+      const big = Buffer.alloc(3 << 20, 0x20);
+      big.write('[', 0);
+      big.write(']', big.length - 1);
+      const a = file('big-a.json', big);
+      big.write('x', (2 << 20)); // after the first MiB: the same fingerprint
+      const b = file('big-b.json', big);
+      big.write('y', 100); // inside it: another
+      const c = file('big-c.json', big);
+      const [fa, fb, fc] = [a, b, c].map((p) => prepareImportSource({ source: p }).fingerprint!);
+      expect(fa).to.deep.equal(fingerprint(a));
+      expect(fa.size).to.equal(3 << 20);
+      expect(fb.hash).to.equal(fa.hash);
+      expect(fc.hash).to.not.equal(fa.hash);
+      expect(prepareImportSource({ source: Readable.from([]) })).to.include({ kind: 'stream', name: '(stream)', fingerprint: undefined });
+    });
+  });
+});

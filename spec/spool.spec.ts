@@ -1,0 +1,76 @@
+/**
+ * lib/spool.ts: the private files the decryption and the overlap of the early users step write
+ * to disk. They must be private (0700 folder, 0600 file), go away with their stream, and a spool
+ * left by a process that was SIGKILLed must be removed by the next one, never one still in use.
+ */
+import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { makeSpool, processAlive, removeLiveSpoolsSync, removeStaleSpools } from '../lib/spool.js';
+import { tmpFolder } from './helpers/setup.js';
+
+/** The pid of a process that has ended. */
+function deadPid(): number {
+  const r = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+  const pid = Number(r.stdout);
+  expect(processAlive(pid), `process ${pid} has ended`).to.equal(false);
+  return pid;
+}
+
+describe('lib/spool: private spool files', () => {
+  it('makes a 0600 file in a new 0700 folder, and remove() deletes both (twice is harmless)', async () => {
+    const dir = tmpFolder('spool-');
+    const spool = await makeSpool(dir, 'rows.copy');
+    expect(path.dirname(spool.path)).to.equal(spool.dir);
+    expect(path.basename(spool.dir)).to.match(new RegExp(`^userport-spool-${process.pid}-`));
+    expect(fs.statSync(spool.dir).mode & 0o777).to.equal(0o700);
+    expect(fs.statSync(spool.path).mode & 0o777).to.equal(0o600);
+    await spool.file.write('some rows\n');
+    await spool.remove();
+    await spool.remove();
+    expect(fs.readdirSync(dir)).to.deep.equal([]);
+  });
+
+  it('removes the spools of ended processes, and keeps its own, a live process\'s and other files', async () => {
+    const dir = tmpFolder('spool-');
+    const dead = path.join(dir, `userport-spool-${deadPid()}-abc123`);
+    const live = path.join(dir, `userport-spool-${process.ppid}-def456`);
+    const mine = path.join(dir, `userport-spool-${process.pid}-0a1b2c`);
+    const other = path.join(dir, 'userport-spool-notapid-x');
+    for (const d of [dead, live, mine, other]) {
+      fs.mkdirSync(d);
+      fs.writeFileSync(path.join(d, 'export.json.fernet'), 'x');
+    }
+    await removeStaleSpools(dir);
+    expect(fs.readdirSync(dir).sort()).to.deep.equal([live, mine, other].map((d) => path.basename(d)).sort());
+    // A new spool clears what is stale first.
+    const dead2 = path.join(dir, `userport-spool-${deadPid()}-ffffff`);
+    fs.mkdirSync(dead2);
+    const spool = await makeSpool(dir);
+    expect(fs.existsSync(dead2)).to.equal(false);
+    await spool.remove();
+  });
+
+  it('a folder that cannot be listed or written: removeStaleSpools never throws, makeSpool says where', async () => {
+    const missing = path.join(tmpFolder('spool-'), 'no', 'such');
+    await removeStaleSpools(missing);
+    let err: (Error & { code?: string }) | undefined;
+    await makeSpool(missing).catch((e: Error) => { err = e; });
+    expect(err?.message).to.include(`cannot create the spool folder in ${missing}`);
+    // Its first user's code (the decryption's); the overlap says USERPORT_IO and "staging spool".
+    expect(err?.code).to.equal('USERPORT_DECRYPT_IO');
+  });
+
+  it('removeLiveSpoolsSync removes the spools still open (for a host\'s signal handler), and only those', async () => {
+    const dir = tmpFolder('spool-');
+    const open = await makeSpool(dir);
+    const closed = await makeSpool(dir);
+    await closed.remove();
+    const kept = path.join(dir, 'not-a-spool');
+    fs.mkdirSync(kept);
+    removeLiveSpoolsSync();
+    expect(fs.readdirSync(dir)).to.deep.equal(['not-a-spool']);
+    await open.remove(); // already gone: harmless
+  });
+});
