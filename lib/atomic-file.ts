@@ -5,7 +5,7 @@
  * would replace the device. Shared by `userport export users` and the encrypt/decrypt commands.
  */
 import { createWriteStream, rmSync } from 'node:fs';
-import fs from 'node:fs/promises';
+import fs, { type FileHandle } from 'node:fs/promises';
 import crypto from 'node:crypto';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
@@ -47,7 +47,8 @@ async function removeStaleTemps(dest: string): Promise<void> {
 
 /**
  * Runs `write` on a stream to `dest` (see the module note); `mode` is a new file's permission.
- * Throws OptionError when `dest` is a directory; any other failure is rethrown as it came, after
+ * Throws OptionError when `dest` is a directory, an Error with the errno `code` that names DEST's
+ * folder when the file cannot be created there; any other failure is rethrown as it came, after
  * the temporary file is removed.
  */
 export async function writeFileAtomically(dest: string, mode: number, write: (out: Writable) => Promise<void>): Promise<void> {
@@ -59,11 +60,22 @@ export async function writeFileAtomically(dest: string, mode: number, write: (ou
   }
   await removeStaleTemps(dest);
   const tmp = tempName(dest);
+  // Opened before the stream exists: a missing or read-only folder is this call's rejection (a
+  // stream that fails to open emits 'error' before the writer may listen), said about DEST.
+  let file: FileHandle;
+  try {
+    file = await fs.open(tmp, 'wx', mode);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const why = e.code === 'ENOENT' ? `the folder ${path.dirname(dest)} does not exist` : e.code === 'EACCES' ? `the folder ${path.dirname(dest)} is not writable` : e.message;
+    throw Object.assign(new Error(why, { cause: err }), { code: e.code });
+  }
   liveTemps.add(tmp);
   try {
-    await write(createWriteStream(tmp, { flags: 'wx', mode }));
+    await write(file.createWriteStream());
     await fs.rename(tmp, dest);
   } catch (err) {
+    await file.close().catch(() => undefined);
     await fs.rm(tmp, { force: true }).catch(() => undefined);
     throw err;
   } finally {

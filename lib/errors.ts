@@ -246,6 +246,23 @@ function lostConnection(err: unknown): boolean {
   return typeof e?.message === 'string' && /Connection terminated|connection ended|not queryable|Client has encountered a connection error/i.test(e.message);
 }
 
+/** Where `url` points, as an error may say it: host:port/database, never the user or password. */
+export function databaseAddress(url: string): string {
+  try {
+    const u = new URL(url);
+    const host = u.hostname || u.searchParams.get('host') || 'localhost';
+    return `${host}:${u.port || '5432'}${u.pathname.length > 1 ? u.pathname : ''}`;
+  } catch {
+    return 'the database';
+  }
+}
+
+/** A connection to `url` that could not be opened: USERPORT_DB_CONNECT, saying where and why. */
+export function connectError(err: unknown, url: string): UserportError {
+  if (err instanceof UserportError) return err;
+  return new DatabaseError(ErrorCodes.DB_CONNECT, `cannot connect to PostgreSQL at ${databaseAddress(url)}: ${messageOf(err)}`, { cause: err });
+}
+
 function messageOf(err: unknown): string {
   const e = err as { message?: unknown; code?: unknown } | null;
   return typeof e?.message === 'string' ? e.message : String(e?.code ?? err);

@@ -16,6 +16,7 @@ import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import zlib from 'node:zlib';
 import { decryptedSource, type KeyUnwrapper } from './decrypt.js';
+import { looksLikePlainJson } from './crypto/tar.js';
 import { ErrorCodes, opt, OptionError, ParseError, printable, UserportError, wording, type Wording } from './errors.js';
 
 /**
@@ -108,11 +109,6 @@ export function utf16Name(head: Buffer): string | undefined {
   if (head.length >= 2 && head[1] === 0 && head[0] !== 0) return 'UTF-16LE';
   if (head.length >= 2 && head[0] === 0 && head[1] !== 0) return 'UTF-16BE';
   return undefined;
-}
-
-/** True when the bytes start (after a BOM and whitespace) like JSON, not like an encrypted tarball. */
-export function looksLikePlainJson(head: Buffer): boolean {
-  return /^(\xef\xbb\xbf)?\s*[[{]/.test(head.toString('latin1'));
 }
 
 /**

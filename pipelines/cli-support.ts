@@ -3,6 +3,8 @@
  * mean", the one error format, and exit codes (2 for usage, as click-based `sentry` does; 1 for
  * data and runtime errors).
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Writable } from 'node:stream';
 import { formatPosition, OptionError, printable, sayWording, UserportError, type Position, type Wording } from '../lib/errors.js';
@@ -302,4 +304,17 @@ export function helpText(text: string, width = TEXT_WIDTH): string {
     }
   }
   return `${out.join('\n')}\n`;
+}
+
+/** Refuses, before any work, an output path (option or argument `flag`) whose folder is missing or that is a folder. */
+export function checkOutputPath(flag: string, file: string): void {
+  const dir = path.dirname(path.resolve(file));
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw usageError(`${flag}: folder ${printable(dir)} does not exist`);
+  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw usageError(`${flag}: ${printable(file)} is a folder`);
+}
+
+/** Refuses, before any work, an input file (option or argument `flag`) that cannot be read. */
+export function checkInputFile(flag: string, file: string): void {
+  try { fs.accessSync(file, fs.constants.R_OK); } catch { throw usageError(`${flag}: cannot read ${printable(file)}`); }
+  if (fs.statSync(file).isDirectory()) throw usageError(`${flag}: ${printable(file)} is a folder`);
 }

@@ -6,7 +6,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { helpText, parseCommand, reportError, usageError } from './cli-support.js';
+import { checkInputFile, checkOutputPath, helpText, parseCommand, reportError, usageError } from './cli-support.js';
 import { writeFileAtomically } from '../lib/atomic-file.js';
 import { decryptExport, type EncryptedInput } from '../lib/decrypt.js';
 import { encryptExport } from '../lib/encrypt.js';
@@ -68,6 +68,9 @@ function positionals(list: string[], usage: string): [string, string] {
   if (list[0] !== '-' && list[1] !== '-' && path.resolve(list[0]!) === path.resolve(list[1]!)) {
     throw usageError('SRC and DEST are the same file');
   }
+  // Both files are checked before a key is read or a byte written.
+  if (list[0] !== '-') checkInputFile('SRC', list[0]!);
+  if (list[1] !== '-') checkOutputPath('DEST', list[1]!);
   return [list[0]!, list[1]!];
 }
 

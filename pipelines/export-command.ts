@@ -12,7 +12,8 @@ import { printable } from '../lib/errors.js';
 import { exportUsers, type ExportProgress, type ExportScope, type ExportSummary } from '../lib/export.js';
 import { parseUsernameList } from '../lib/filter-users.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
-import { formatBytes, helpText, parseCommand, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
+import { loadPublicKey } from '../lib/crypto/keys.js';
+import { checkInputFile, checkOutputPath, formatBytes, helpText, parseCommand, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { closedStdout, stdoutClosedAtLaunch } from './signals.js';
 
 export const EXPORT_USAGE = `Usage: userport export users|config|global DEST [options]
@@ -67,20 +68,6 @@ const OPTIONS: FlagSpecs = {
   // -q as Sentry's --silent.
   silent: { type: 'boolean', short: 'q' },
 };
-
-/** Refuses, before any database work, an output path whose folder is missing or that is a folder. */
-function checkOutputPath(flag: string, file: string): void {
-  if (file === '-') throw usageError(`${flag} - is not supported: standard output carries the summary`);
-  const dir = path.dirname(path.resolve(file));
-  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw usageError(`${flag}: folder ${printable(dir)} does not exist`);
-  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw usageError(`${flag}: ${printable(file)} is a folder`);
-}
-
-/** Refuses, before any database work, an input file that cannot be read. */
-function checkInputFile(flag: string, file: string): void {
-  try { fs.accessSync(file, fs.constants.R_OK); } catch { throw usageError(`${flag}: cannot read ${printable(file)}`); }
-  if (fs.statSync(file).isDirectory()) throw usageError(`${flag}: ${printable(file)} is a folder`);
-}
 
 function progressLine(p: ExportProgress): string {
   const rate = p.seconds > 0 ? Math.round(p.records / p.seconds) : 0;
@@ -139,7 +126,10 @@ export async function runExportCommand(args: string[]): Promise<number> {
   }
   const dest = positionals[1]!;
   if (dest !== '-') checkOutputPath('DEST', dest);
-  if (o['findings-file'] !== undefined) checkOutputPath('--findings-file', o['findings-file']);
+  if (o['findings-file'] !== undefined) {
+    if (o['findings-file'] === '-') throw usageError('--findings-file - is not supported: standard output carries the summary');
+    checkOutputPath('--findings-file', o['findings-file']);
+  }
   for (const flag of ['filter-usernames-file', 'encrypt-with', 'encrypt-with-gcp-kms'] as const) {
     const file = o[flag];
     if (file !== undefined) checkInputFile(`--${flag}`, file);
@@ -187,7 +177,12 @@ export async function runExportCommand(args: string[]): Promise<number> {
   }
   if (o['encrypt-with-gcp-kms'] !== undefined) {
     const endpoint = process.env.USERPORT_GCP_KMS_ENDPOINT || undefined;
-    encryptWith = await kmsGetPublicKey(await readGcpKmsConfig(o['encrypt-with-gcp-kms']), endpoint ? { endpoint } : {});
+    const config = await readGcpKmsConfig(o['encrypt-with-gcp-kms']).catch((err: unknown) => { throw usage(err as Error); });
+    encryptWith = await kmsGetPublicKey(config, endpoint ? { endpoint } : {});
+  }
+  // The key is checked before any database is started or read.
+  if (o['encrypt-with'] !== undefined && encryptWith !== undefined) {
+    try { loadPublicKey(encryptWith, `--encrypt-with ${printable(o['encrypt-with'])}`); } catch (err) { throw usage(err as Error); }
   }
   if (dest === '-' && stdoutClosedAtLaunch()) throw closedStdout();
   let databaseUrl = o['database-url'] ?? (process.env.DATABASE_URL || undefined);

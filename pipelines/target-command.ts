@@ -3,11 +3,11 @@
  * what it would not, and why. Reads only: creates nothing, not even userport's own tables.
  */
 import pg from 'pg';
-import { defaultEmbeddedDir, embeddedUrl, readEmbeddedConfig } from '../lib/db/embedded.js';
+import { defaultEmbeddedDir, readEmbeddedConfig, startEmbedded } from '../lib/db/embedded.js';
 import { applySessionSettings } from '../lib/db/knex.js';
 import { checkDatabaseUrl } from '../lib/options.js';
 import { describePlan, planFor } from '../lib/db/merge/index.js';
-import { ErrorCodes, OptionError, UserportError, wrapDbError } from '../lib/errors.js';
+import { connectError, ErrorCodes, OptionError, UserportError } from '../lib/errors.js';
 import { helpText, parseCommand, TEXT_WIDTH, wrapText, type FlagSpecs } from './cli-support.js';
 
 export const TARGET_HELP = `Usage: userport target [--database-url URL] [--json]
@@ -17,7 +17,8 @@ columns, in the types this Sentry generation has) and what it would not, and why
 nothing is created or changed.
 
 Options:
-  --database-url URL   the database (default: $DATABASE_URL, else the embedded one if it exists)
+  --database-url URL   the database (default: $DATABASE_URL, else the embedded one if it
+                       exists, started if it is stopped)
   --json               print the plan's lines as a JSON array
   -h, --help           this help
 
@@ -27,8 +28,11 @@ Example:
 
 const FLAGS: FlagSpecs = { 'database-url': { type: 'string' }, json: { type: 'boolean' } };
 
-/** The database to read: given, $DATABASE_URL, or the embedded one when it already exists (never started here). */
-function databaseUrl(given: string | undefined): string {
+/**
+ * The database to read: given, $DATABASE_URL, or the embedded one when it exists (started when it
+ * is stopped, as import and export do; never created here).
+ */
+async function databaseUrl(given: string | undefined): Promise<string> {
   const url = given ?? process.env.DATABASE_URL;
   if (url) {
     checkDatabaseUrl(url);
@@ -36,17 +40,17 @@ function databaseUrl(given: string | undefined): string {
   }
   const cfg = readEmbeddedConfig(defaultEmbeddedDir());
   if (!cfg) throw new OptionError('no database: give --database-url (or $DATABASE_URL); the embedded one does not exist yet', 'databaseUrl');
-  return embeddedUrl(cfg);
+  return (await startEmbedded()).url;
 }
 
 export async function runTargetCommand(args: string[]): Promise<number> {
   const { values: o } = parseCommand(args, FLAGS, 'target', false);
   if (o.help) { process.stdout.write(helpText(TARGET_HELP)); return 0; }
-  const url = databaseUrl(typeof o['database-url'] === 'string' ? o['database-url'] : undefined);
+  const url = await databaseUrl(typeof o['database-url'] === 'string' ? o['database-url'] : undefined);
   const client = new pg.Client({ connectionString: url, application_name: 'userport target' });
   client.on('error', () => undefined);
   try {
-    try { await client.connect(); } catch (err) { throw wrapDbError(err, 'connecting'); }
+    try { await client.connect(); } catch (err) { throw connectError(err, url); }
     await applySessionSettings(client);
     const lines = await planFor(client).then(describePlan, (err: unknown) => {
       throw err instanceof UserportError ? err : new UserportError(ErrorCodes.DB_QUERY, `reading the catalog failed: ${(err as Error).message}`, { cause: err });

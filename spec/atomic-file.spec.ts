@@ -43,6 +43,16 @@ describe('lib/atomic-file: output files written whole or not at all', () => {
     expect(fs.readdirSync(dir)).to.deep.equal(['out.json']);
   });
 
+  it('a folder that does not exist: a rejection that names it (with its errno code), not an unhandled stream error', async () => {
+    const dir = tmpFolder('atomic-');
+    const dest = path.join(dir, 'no', 'such', 'out.json');
+    let caught: (Error & { code?: string }) | undefined;
+    await writeFileAtomically(dest, 0o600, writeAll('[]')).catch((e: Error) => { caught = e; });
+    expect(caught?.message).to.equal(`the folder ${path.dirname(dest)} does not exist`);
+    expect(caught?.code).to.equal('ENOENT');
+    expect(fs.readdirSync(dir)).to.deep.equal([]);
+  });
+
   it('a directory is refused with an OptionError; a device is written in place', async () => {
     const dir = tmpFolder('atomic-');
     let caught: unknown;

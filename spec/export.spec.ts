@@ -444,6 +444,15 @@ describe('createExporter', () => {
 });
 
 describe('exportUsers', () => {
+  it('refuses an encryptWith that is no public key before it connects', async () => {
+    let caught: (Error & { code?: string }) | undefined;
+    // Nothing listens on port 1: a connection attempt would say so instead.
+    await exportUsers({ databaseUrl: 'postgresql://u@127.0.0.1:1/x', destination: new PassThrough(), encryptWith: 'not a key' })
+      .catch((e: Error) => { caught = e; });
+    expect(caught?.code).to.equal('USERPORT_DECRYPT_KEY_INVALID');
+    expect(caught?.message).to.equal('the public key to encrypt with (encryptWith) is not a PEM RSA public key');
+  });
+
   it('writes a file 0600 and, with encryptWith, Sentry\'s tarball that decrypts to the same bytes (here and with Python\'s Fernet)', async function () {
     const db = await sentryDatabase('jsonb');
     const dir = tmpFolder('userport-export-');

@@ -52,6 +52,21 @@ function tarError(message: string): DecryptError {
   return new DecryptError(DecryptErrorCodes.TAR, `not a valid tar archive: ${message}`);
 }
 
+/** True when the bytes start (after a BOM and whitespace) like JSON, not like an encrypted tarball. */
+export function looksLikePlainJson(head: Buffer): boolean {
+  return /^(\xef\xbb\xbf)?\s*[[{]/.test(head.toString('latin1'));
+}
+
+/**
+ * What is wrong with an input whose first header does not decode: the export itself (plain JSON)
+ * given where its encrypted tarball is expected, said so, rather than a tar checksum.
+ */
+function firstHeaderError(head: Buffer, err: unknown): unknown {
+  return looksLikePlainJson(head)
+    ? new DecryptError(DecryptErrorCodes.TAR, 'the input is plain JSON, not an encrypted export (the tar archive sentry export --encrypt-with writes)')
+    : err;
+}
+
 function readString(block: Buffer, start: number, length: number): string {
   const end = block.indexOf(0, start);
   return block.toString('utf8', start, end === -1 || end > start + length ? start + length : end);
@@ -224,17 +239,21 @@ export class TarParser {
 
   /** Call at end of input. Throws USERPORT_DECRYPT_TRUNCATED when it ends inside a header or member. */
   end(): void {
-    if (this.remaining > 0 || this.headerFill > 0) {
-      throw new DecryptError(
-        DecryptErrorCodes.TRUNCATED,
-        `the tarball is truncated: it ends inside ${this.remaining > 0 ? `member "${this.entry?.name ?? '(metadata)'}"` : 'a header'} at byte ${this.offset}`,
-      );
-    }
+    if (this.offset === this.headerFill && this.headerFill > 0) throw firstHeaderError(this.header.subarray(0, this.headerFill), this.truncation());
+    if (this.remaining > 0 || this.headerFill > 0) throw this.truncation();
     // A missing end-of-archive marker is tolerated, as Python's tarfile does: every member is whole.
   }
 
+  private truncation(): DecryptError {
+    return new DecryptError(
+      DecryptErrorCodes.TRUNCATED,
+      `the tarball is truncated: it ends inside ${this.remaining > 0 ? `member "${this.entry?.name ?? '(metadata)'}"` : 'a header'} at byte ${this.offset}`,
+    );
+  }
+
   private onHeader(events: TarEvent[]): void {
-    const raw = decodeHeader(this.header);
+    let raw: RawHeader | null;
+    try { raw = decodeHeader(this.header); } catch (err) { throw this.offset === BLOCK ? firstHeaderError(this.header, err) : err; }
     if (raw === null) {
       this.ended = true;
       return;
@@ -280,9 +299,14 @@ export async function scanTarFile(file: FileHandle, fileSize: number, stop?: (en
   const truncated = (where: string) =>
     new DecryptError(DecryptErrorCodes.TRUNCATED, `the tarball is truncated: it ends inside ${where} (file is ${fileSize} bytes)`);
   while (pos < fileSize) {
-    if (fileSize - pos < BLOCK) throw truncated('a header');
+    if (fileSize - pos < BLOCK) {
+      if (pos > 0) throw truncated('a header');
+      await readExactly(file, block.subarray(0, fileSize), 0);
+      throw firstHeaderError(block.subarray(0, fileSize), truncated('a header'));
+    }
     await readExactly(file, block, pos);
-    const raw = decodeHeader(block);
+    let raw: RawHeader | null;
+    try { raw = decodeHeader(block); } catch (err) { throw pos === 0 ? firstHeaderError(block, err) : err; }
     if (raw === null) break;
     pos += BLOCK;
     if (MetaState.isMeta(raw.type)) {

@@ -9,6 +9,7 @@ import pg from 'pg';
 import type { Encoding } from '../export-format.js';
 import type { ImportScope } from '../models.js';
 import { readTarget, type Target } from './target.js';
+import { connectError } from '../errors.js';
 
 /** Whether the database has a table's column (`has(table, column)`). */
 export type Has = (t: string, c: string) => boolean;
@@ -104,7 +105,7 @@ export class ExportSnapshot {
       await client.connect();
     } catch (err) {
       await snapshot.end();
-      throw err;
+      throw connectError(err, databaseUrl);
     }
     return snapshot;
   }

@@ -7,7 +7,7 @@
  */
 import type { Knex } from 'knex';
 import pg from 'pg';
-import { UserportError, wrapDbError } from '../errors.js';
+import { connectError, UserportError, wrapDbError } from '../errors.js';
 import type { ImportScope } from '../models.js';
 import { ownerName } from './imports.js';
 import { applySessionSettings, knexOn, migrate, PG_TYPES, waitForDatabase } from './knex.js';
@@ -45,9 +45,9 @@ export async function openImportDatabase(o: { databaseUrl?: string; embeddedDir?
     await knex.destroy().catch(() => undefined);
   };
   try {
-    await waitForDatabase(knex);
+    await waitForDatabase(knex, url);
     await migrate(knex);
-    try { await client.connect(); } catch (err) { throw wrapDbError(err, 'connecting'); }
+    try { await client.connect(); } catch (err) { throw connectError(err, url); }
     await applySessionSettings(client);
     const plan = await planFor(client, o.scope).catch((err: unknown) => { throw err instanceof UserportError ? err : wrapDbError(err, 'reading the target database'); });
     return { url, knex, client, plan, get clientError() { return clientError; }, close };

@@ -4,7 +4,7 @@
  */
 import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
-import { DatabaseError, ErrorCodes } from '../errors.js';
+import { connectError, DatabaseError, ErrorCodes } from '../errors.js';
 import { checkDatabaseUrl } from '../options.js';
 import * as m1 from './migrations/20261203000000_userport_bookkeeping.js';
 import * as m2 from './migrations/20261203000100_sentry_user_tables.js';
@@ -121,7 +121,7 @@ export async function migrate(knex: Knex): Promise<string[]> {
  * Connects with retries: a server that is still starting (or briefly unreachable) is retried with
  * exponential backoff for up to `timeoutMs`; a wrong password or unknown database fails at once.
  */
-export async function waitForDatabase(knex: Knex, timeoutMs = 15000): Promise<void> {
+export async function waitForDatabase(knex: Knex, url: string, timeoutMs = 15000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let delay = 100;
   for (;;) {
@@ -132,7 +132,7 @@ export async function waitForDatabase(knex: Knex, timeoutMs = 15000): Promise<vo
       const code = (err as { code?: string }).code;
       const permanent = code === '28P01' || code === '28000' || code === '3D000' || code === 'ENOTFOUND';
       if (permanent || Date.now() + delay > deadline) {
-        throw new DatabaseError(ErrorCodes.DB_CONNECT, `cannot connect to PostgreSQL: ${(err as Error).message}`, { cause: err });
+        throw connectError(err, url);
       }
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 2000);

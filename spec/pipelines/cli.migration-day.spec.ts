@@ -380,6 +380,36 @@ describe('the command line on a real migration day (#21)', function () {
       }
     });
 
+    it('a database that cannot be reached: every command says where (never the password) and exits 1', async () => {
+      const url = 'postgresql://sentry:s3cret-pw@127.0.0.1:1/sentry';
+      const src = writeExport([user(1, 'a')]);
+      // (import, imports and migrate wait up to 15 s for a server that is still starting: one of them is enough)
+      for (const args of [['import', 'users', src], ['export', 'users', '-'], ['target']]) {
+        const r = await userport([...args, '--database-url', url]);
+        expect(r.code, args.join(' ')).to.equal(1);
+        expect(r.stderr, args.join(' ')).to.match(/^userport: cannot connect to PostgreSQL at 127\.0\.0\.1:1\/sentry: .*ECONNREFUSED.* \[USERPORT_DB_CONNECT\]\n$/);
+        expect(r.stderr).to.not.include('s3cret-pw');
+      }
+    });
+
+    it('`userport target` starts a stopped embedded database, as import and export do', async function () {
+      this.timeout(120000);
+      const home = fs.mkdtempSync(path.join(os.tmpdir(), 'userport-target-home-'));
+      fs.chmodSync(home, 0o755); // as root, the server runs as nobody and must reach its folder
+      const env = { USERPORT_HOME: home };
+      try {
+        const made = await userport(['migrate'], { env });
+        expect(made.code, made.stderr).to.equal(0);
+        expect((await userport(['db', 'stop'], { env })).code).to.equal(0);
+        const r = await userport(['target'], { env });
+        expect(r.code, r.stderr).to.equal(0);
+        expect(r.stdout).to.include('auth_user');
+      } finally {
+        await userport(['db', 'stop'], { env });
+        fs.rmSync(home, { recursive: true, force: true });
+      }
+    });
+
     it('db psql passes its arguments to psql', async function () {
       const home = process.env.USERPORT_TEST_EMBEDDED_DIR;
       if (!home) this.skip(); // the suite runs against a server of its own: no embedded one to reuse

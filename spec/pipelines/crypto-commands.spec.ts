@@ -210,6 +210,38 @@ describe('userport encrypt / decrypt', () => {
         expect(r.stderr, args.join(' ')).to.match(line);
       }
     });
+    it('says what is wrong with SRC and DEST before any key is read: missing, a folder, a folder that does not exist', async () => {
+      const t = tempDir();
+      try {
+        const missing = path.join(t.dir, 'nothing.json');
+        const nowhere = path.join(t.dir, 'no', 'such', 'out.tar');
+        for (const [cmd, key] of [[runEncryptCommand, ['--encrypt-with', PUB]], [runDecryptCommand, ['--decrypt-with', KEY]]] as const) {
+          for (const [args, said] of [
+            [[missing, '-'], `SRC: cannot read ${missing}`],
+            [[t.dir, '-'], `SRC: ${t.dir} is a folder`],
+            [[fixture('python-export.tar'), nowhere], `DEST: folder ${path.dirname(nowhere)} does not exist`],
+          ] as [string[], string][]) {
+            const r = await run(cmd, [...key, ...args]);
+            expect(r.code, args.join(' ')).to.equal(2);
+            expect(r.stderr).to.equal(`userport: ${said} [USERPORT_OPTION_INVALID]\n`);
+          }
+        }
+        expect(fs.existsSync(path.join(t.dir, 'no'))).to.equal(false);
+      } finally {
+        t.remove();
+      }
+    });
+
+    it('decrypt of the plain JSON export says so, from a file and from stdin, not a tar checksum', async () => {
+      const json = fixture('fixture-export.json');
+      for (const r of [await run(runDecryptCommand, ['--decrypt-with', KEY, json, '-']),
+        await run(runDecryptCommand, ['--decrypt-with', KEY, '-', '-'], PLAINTEXT()),
+        await run(runDecryptCommand, ['--decrypt-with', KEY, '-', '-'], Buffer.from('[]\n'))]) {
+        expect(r.code).to.equal(1);
+        expect(r.stderr).to.match(/^userport: the input is plain JSON, not an encrypted export \(the tar archive sentry export --encrypt-with writes\) \[USERPORT_DECRYPT_TAR\]\n$/);
+        expect(r.stdout.length).to.equal(0);
+      }
+    });
   });
 
   describe('keyUnwrapperFromOptions', () => {

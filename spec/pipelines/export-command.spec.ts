@@ -163,6 +163,19 @@ describe('userport export users', function () {
       expect(r.stderr, args.join(' ')).to.match(/\[USERPORT_OPTION_INVALID\]\n$/);
       expect(r.stderr.trim().split('\n'), args.join(' ')).to.have.length(1);
     }
+    // A key file that is there but holds no public key, a KMS config that is not one: the same.
+    const notPem = path.join(dir, 'not-a-key.pem');
+    fs.writeFileSync(notPem, 'hello\n');
+    const badKms = path.join(dir, 'kms.json');
+    fs.writeFileSync(badKms, '{"not": "a kms config"}');
+    for (const [args, said] of [
+      [['--encrypt-with', notPem], /^userport: --encrypt-with .*not-a-key\.pem is not a PEM RSA public key \[USERPORT_DECRYPT_KEY_INVALID\]\n$/],
+      [['--encrypt-with-gcp-kms', badKms], /kms\.json.*\[USERPORT_[A-Z_]+\]\n$/],
+    ] as [string[], RegExp][]) {
+      const r = await userport(['export', 'users', dest, ...args], undefined, { USERPORT_HOME: home });
+      expect(r.code, args.join(' ')).to.equal(2);
+      expect(r.stderr, args.join(' ')).to.match(said);
+    }
     expect(fs.existsSync(home)).to.equal(false);
     expect(fs.existsSync(dest)).to.equal(false);
   });
