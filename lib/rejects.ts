@@ -88,7 +88,7 @@ export function openRejectsFile(path: string, max: number, resumeAt: RejectsFile
     reject(err, pos, record) {
       count++;
       if (count > max) {
-        throw new UserportError(ErrorCodes.MAX_REJECTS, wording`more than ${max} records rejected (${opt('maxRejects')})`, {
+        throw new UserportError(ErrorCodes.MAX_REJECTS, wording`more than ${max} ${max === 1 ? 'record' : 'records'} rejected (${opt('maxRejects')})`, {
           cause: err, position: { ...err.position, ordinal: pos.ordinal, offset: pos.offset },
         });
       }

@@ -166,6 +166,17 @@ export function suggestFlag(typed: string, known: readonly string[]): string | u
   return best !== undefined && bestD <= Math.max(2, Math.floor(bare.length / 4)) ? `--${best}` : undefined;
 }
 
+/** The known word (a command, a scope) closest to `typed`, if close enough to be a typo. */
+export function suggestWord(typed: string, known: readonly string[]): string | undefined {
+  return suggestFlag(typed, known)?.replace(/^--/, '');
+}
+
+/** `: did you mean X?` for a typo of one of `known`, else nothing. */
+export function didYouMean(typed: string, known: readonly string[]): string {
+  const near = suggestWord(typed, known);
+  return near && near !== typed ? `: did you mean ${near}?` : '';
+}
+
 export interface Parsed {
   values: Record<string, string | boolean | undefined>;
   positionals: string[];
@@ -279,13 +290,18 @@ export function helpText(text: string, width = TEXT_WIDTH): string {
   for (const line of text.replace(/\n$/, '').split('\n')) {
     const last = blocks[blocks.length - 1];
     const entry = /^( +)(\S.*?\S|\S)( {2,})(\S.*)$/.exec(line);
+    const indent = /^ */.exec(line)![0].length;
     if (line.trim() === '') blocks.push({ kind: 'raw', text: '' });
     else if (!line.startsWith(' ')) {
-      if (last?.kind === 'para' && !last.text.endsWith(':')) last.text += ` ${line}`;
+      // A short line ending in ':' is a heading ("Options:"); a longer paragraph goes on.
+      if (last?.kind === 'para' && !/^[A-Z][\w ]{0,30}:$/.test(last.text)) last.text += ` ${line}`;
       else blocks.push({ kind: 'para', text: line });
-    } else if (last?.kind === 'entry' && /^ +/.exec(line)![0].length >= Math.min(last.col, 20)) last.text += ` ${line.trim()}`;
+    } else if (last?.kind === 'entry' && indent >= Math.min(last.col, 20)) last.text += ` ${line.trim()}`;
     else if (entry) blocks.push({ kind: 'entry', term: entry[1]! + entry[2]!, col: entry[1]!.length + entry[2]!.length + entry[3]!.length, text: entry[4]! });
-    else blocks.push({ kind: 'raw', text: line });
+    // A term too long for its column, on a line of its own, then its text indented under it.
+    else if (last?.kind === 'raw' && last.text.startsWith(' ') && indent >= 20 && indent > /^ */.exec(last.text)![0].length) {
+      blocks[blocks.length - 1] = { kind: 'entry', term: last.text, col: indent, text: line.trim() };
+    } else blocks.push({ kind: 'raw', text: line });
   }
   const out: string[] = [];
   for (const b of blocks) {

@@ -17,7 +17,7 @@ import { checkImportOptions, importUsers, type ImportOptions, type Progress } fr
 import { dropImport, listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
-import { cliWording, formatBytes, helpText, parseCommand, reportError, suggestFlag, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
+import { cliWording, didYouMean, formatBytes, helpText, parseCommand, reportError, suggestWord, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { installSpoolCleanup, setInterruptNote } from './signals.js';
 import { runExportCommand } from './export-command.js';
 import { runTargetCommand } from './target-command.js';
@@ -139,8 +139,8 @@ Examples:
 
 const MIGRATE_HELP = `Usage: userport migrate [--database-url URL]
 
-Create or upgrade userport's tables and Sentry's user tables (existing tables are kept), and
-nothing else.
+Create or upgrade userport's own schema, and Sentry's user tables in a database that holds none
+of them (a database that has any is Sentry's, and is never changed); nothing else.
 
 Options:
   --database-url URL              the database (default: $DATABASE_URL, else the embedded one)
@@ -457,7 +457,7 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
   const scope = positionals[0] as ImportScope | undefined;
   if (scope === undefined || !IMPORT_SCOPES.includes(scope)) {
     throw usageError(positionals.length
-      ? `unknown import scope "${printable(positionals[0]!)}": users, config or global (userport import users SRC)`
+      ? `unknown import scope "${printable(positionals[0]!)}"${didYouMean(positionals[0]!, IMPORT_SCOPES)} (users, config or global: userport import users SRC)`
       : 'missing the scope and SRC (userport import users|config|global SRC)');
   }
   if (positionals.length !== 2) throw usageError(positionals.length < 2 ? 'missing SRC: a file, or - for standard input' : `one SRC only, got ${positionals.length - 1}`);
@@ -612,8 +612,9 @@ async function importCommand(args: string[]): Promise<number> {
         '(in the database or earlier in the file). To reuse the existing users instead, import with --merge-users.', TEXT_WIDTH, '')}\n`);
     }
     if (db.embedded && summary.mode !== 'dry-run') {
-      process.stdout.write(`\nThe data is in the embedded PostgreSQL: ${db.url}\n` +
-        'Look at it with `npx userport db psql`; stop the server with `npx userport db stop`.\n');
+      // Each line within 80 columns; the URL (longer) on a line of its own, to copy.
+      process.stdout.write(`\nThe data is in the embedded PostgreSQL:\n  ${db.url}\n` +
+        'Look at it with `npx userport db psql`;\nstop the server with `npx userport db stop`.\n');
     }
   }
   return 0;
@@ -733,7 +734,7 @@ async function dbCommand(args: string[]): Promise<number> {
   // A typo is a usage error like any other: it names the closest subcommand and never prints the
   // URL (it holds the password, and `db strat` in a shared terminal or CI log must not leak it).
   if (sub === undefined) throw usageError('missing db command: url, psql, start or stop (see userport db --help)');
-  const near = suggestFlag(sub, DB_SUBCOMMANDS)?.replace(/^--/, '');
+  const near = suggestWord(sub, DB_SUBCOMMANDS);
   throw usageError(`unknown db command "${printable(sub)}"${near ? `: did you mean ${near}?` : ''} (url, psql, start or stop)`);
 }
 
@@ -772,7 +773,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     const cmd = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
     if (!cmd) {
-      const near = Object.keys(COMMANDS).find((c) => c.startsWith(command) || command.startsWith(c));
+      const near = command.startsWith('-') ? undefined : suggestWord(command, Object.keys(COMMANDS));
       throw usageError(`unknown command "${printable(command)}"${near ? `: did you mean ${near}?` : ''} (see userport --help)`);
     }
     return await cmd.run(rest);

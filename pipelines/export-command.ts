@@ -13,7 +13,7 @@ import { exportUsers, type ExportProgress, type ExportScope, type ExportSummary 
 import { parseUsernameList } from '../lib/filter-users.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
 import { loadPublicKey } from '../lib/crypto/keys.js';
-import { checkInputFile, checkOutputPath, formatBytes, helpText, parseCommand, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
+import { checkInputFile, checkOutputPath, didYouMean, formatBytes, helpText, parseCommand, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { closedStdout, stdoutClosedAtLaunch } from './signals.js';
 
 export const EXPORT_USAGE = `Usage: userport export users|config|global DEST [options]
@@ -44,6 +44,7 @@ Options:
   --no-progress                   no progress line on stderr
   --silent, -q                    print nothing but errors
   --debug                         print stack traces with errors
+  -h, --help                      this help
 
 Sentry's underscore spellings (--filter_usernames, --encrypt_with, ...) are accepted too.
 
@@ -76,7 +77,7 @@ function progressLine(p: ExportProgress): string {
 
 /** The summary as a person reads it. */
 export function formatExportSummary(s: ExportSummary, dest: string): string {
-  const rows = Object.entries(s.models).map(([m, n]) => [m, String(n)]);
+  const rows = Object.entries(s.models).map(([m, n]) => [m, n.toLocaleString('en-US')]);
   const w0 = Math.max(5, ...rows.map((r) => r[0]!.length));
   const w1 = Math.max(8, ...rows.map((r) => r[1]!.length));
   const out = [
@@ -84,7 +85,7 @@ export function formatExportSummary(s: ExportSummary, dest: string): string {
     '', `${'model'.padEnd(w0)}  ${'exported'.padStart(w1)}`, `${'-'.repeat(w0)}  ${'-'.repeat(w1)}`,
     ...rows.map(([m, n]) => `${m!.padEnd(w0)}  ${n!.padStart(w1)}`),
   ];
-  for (const e of s.excluded) out.push(`  left out ${e.count} ${e.model}: ${e.reason}`);
+  for (const e of s.excluded) out.push(`  left out ${e.count.toLocaleString('en-US')} ${e.model}: ${e.reason}`);
   for (const [m, f] of Object.entries(s.missingColumns)) out.push(`  ${m}: the database has no column for ${f.join(', ')} (left out of every record)`);
   for (const [m, why] of Object.entries(s.absentModels)) out.push(`  ${m}: none written, ${why}`);
   if (s.unmatchedUsernames.length) out.push(wrapList('No user matched these --filter-usernames', s.unmatchedUsernames.map(printable)));
@@ -121,7 +122,10 @@ export async function runExportCommand(args: string[]): Promise<number> {
   } & { [K in 'no-prompt' | 'json' | 'no-progress' | 'silent' | 'help']?: boolean };
   if (o.help) { process.stdout.write(helpText(EXPORT_USAGE)); return 0; }
   const scope = positionals[0] as ExportScope;
-  if (!SCOPES.includes(scope) || positionals.length !== 2) {
+  if (scope !== undefined && !SCOPES.includes(scope)) {
+    throw usageError(`unknown export scope "${printable(scope)}"${didYouMean(scope, SCOPES)} (users, config or global: userport export users DEST)`);
+  }
+  if (positionals.length !== 2) {
     throw usageError('usage: userport export users|config|global DEST [options] (DEST is a file or - for stdout; see userport export --help)');
   }
   const dest = positionals[1]!;

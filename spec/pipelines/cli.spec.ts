@@ -38,7 +38,9 @@ describe('userport CLI', function () {
         expect(res.stdout).to.match(/^read\s+200\s/m);
         expect(res.stdout).to.match(/^inserted\s+200\s/m);
         expect(res.stdout).to.include('npx userport db psql');
-        const url = /embedded PostgreSQL: (postgresql:\/\/\S+)/.exec(res.stdout)?.[1];
+        const url = /embedded PostgreSQL:\n {2}(postgresql:\/\/\S+)/.exec(res.stdout)?.[1];
+        // Every line a person reads fits 80 columns, the URL's included.
+        for (const line of res.stdout.split('\n')) expect(line.length, line).to.be.at.most(80);
         expect(url).to.match(/@127\.0\.0\.1:\d+\/userport$/);
         const again = await userport(['db', 'url'], { env: { USERPORT_HOME: home } });
         expect(again.stdout.trim()).to.equal(url);
@@ -266,7 +268,13 @@ describe('userport CLI', function () {
         [['imports', '--nope'], 'USERPORT_OPTION_INVALID', /unknown option --nope/],
         [['migrate', 'extra'], 'USERPORT_OPTION_INVALID', /unexpected argument/],
         [['db', 'frob'], 'USERPORT_OPTION_INVALID', /unknown db command/],
-        [['frobnicate'], 'USERPORT_OPTION_INVALID', /unknown command/],
+        [['frobnicate'], 'USERPORT_OPTION_INVALID', /unknown command "frobnicate" \(see/],
+        // A typo of a command or a scope gets the word meant.
+        [['improt', 'users', good], 'USERPORT_OPTION_INVALID', /unknown command "improt": did you mean import\?/],
+        [['import', 'usres', good], 'USERPORT_OPTION_INVALID', /unknown import scope "usres": did you mean users\? \(users, config or global/],
+        [['export', 'confg', '-'], 'USERPORT_OPTION_INVALID', /unknown export scope "confg": did you mean config\?/],
+        [['export', 'orgs', '-'], 'USERPORT_OPTION_INVALID', /unknown export scope "orgs" \(users, config or global/],
+        [['db', 'strat'], 'USERPORT_OPTION_INVALID', /unknown db command "strat": did you mean start\?/],
       ];
       try {
         for (const [args, code, message] of cases) {
