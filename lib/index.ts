@@ -21,6 +21,9 @@ export { createModelMapper, isFilteredMarker, isStagedRow, stagedValues } from '
 export type { FilteredMarker, MappedItem, ModelMapperOptions, StagedRow } from './map-models.js';
 export { STAGE_COLUMNS, STAGE_INDEX, USER_SCOPE_MODELS } from './models.js';
 export type { StageColumn, StageValue } from './models.js';
+// The tokenizer, user filter and model mapper fused into one stage (what importUsers runs).
+export { createRecordProcessor } from './process-records.js';
+export type { RecordProcessorOptions } from './process-records.js';
 export { createPgSink, DEFAULT_BATCH_ROWS } from './pg-sink.js';
 export { StagedFacts } from './staged-facts.js';
 export type { PgSinkOptions } from './pg-sink.js';

@@ -15,6 +15,7 @@ import { isMapTarget, mapRecord, mapReject, type MappedItem, type MapTarget } fr
 import type { ImportScope } from './models.js';
 import { DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, endSplitter, RecordSplitter, TOKENIZER_OPTIONS, type RawRecord, type TokenizerOptions } from './tokenize.js';
 
+/** Options of {@link createRecordProcessor}: the tokenizer's and the user filter's, and the target. */
 export interface RecordProcessorOptions extends TokenizerOptions, UserFilterOptions {
   /** What the target database is like ({@link MapTarget}). @default Sentry's current schema */
   target?: MapTarget;

@@ -695,7 +695,7 @@ async function migrateCommand(args: string[]): Promise<number> {
   const db = await database(str(o['database-url']), false);
   const knex = createKnex(db.url, 2);
   try {
-    await waitForDatabase(knex, db.url);
+    await waitForDatabase(knex);
     const applied = await migrate(knex);
     process.stdout.write(applied.length ? `Applied: ${applied.join(', ')}\n` : 'Already up to date.\n');
     return 0;

@@ -183,7 +183,7 @@ describe('the public surface (lib/index.ts)', () => {
 
   it('exports the stages, guards and errors, and none of the internal helpers', async () => {
     const lib = await import(path.join(ROOT, 'dist', 'lib', 'index.js')) as Record<string, unknown>;
-    for (const name of ['createTokenizer', 'createUserFilter', 'createModelMapper', 'createPgSink', 'createDecryptor', 'importUsers',
+    for (const name of ['createTokenizer', 'createUserFilter', 'createModelMapper', 'createRecordProcessor', 'createPgSink', 'createDecryptor', 'importUsers',
       'isStagedRow', 'isFilteredMarker', 'isSkipMarker', 'isRejectMarker', 'isScopedRecord', 'STAGE_INDEX', 'UserportError', 'OptionError',
       'DecryptError', 'ErrorCodes', 'mergeStaged', 'StagedFacts', 'beginImportRun', 'startEmbedded', 'stopEmbedded']) {
       expect(lib[name], name).to.not.equal(undefined);

@@ -45,7 +45,7 @@ export async function openImportDatabase(o: { databaseUrl?: string; embeddedDir?
     await knex.destroy().catch(() => undefined);
   };
   try {
-    await waitForDatabase(knex, url);
+    await waitForDatabase(knex);
     await migrate(knex);
     try { await client.connect(); } catch (err) { throw connectError(err, url); }
     await applySessionSettings(client);

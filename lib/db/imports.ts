@@ -241,7 +241,7 @@ export interface ImportListing {
 export async function listImports(databaseUrl: string): Promise<ImportListing[]> {
   const knex = createKnex(databaseUrl, 2);
   try {
-    await waitForDatabase(knex, databaseUrl);
+    await waitForDatabase(knex);
     // A listing reads only: a database userport never imported into has no imports to list.
     if (!(await isMigrated(knex))) return [];
     // The lock is pg_advisory_lock(747211, hashtext(id)) (see importUsers): pg_locks shows a
@@ -287,7 +287,7 @@ export async function dropImport(databaseUrl: string, importId: string): Promise
   // Two connections: migrate holds one for its lock while knex's migrator uses another.
   const knex = createKnex(databaseUrl, 2);
   try {
-    await waitForDatabase(knex, databaseUrl);
+    await waitForDatabase(knex);
     await migrate(knex);
     return await knex.transaction(async (trx) => {
       // Without waiting: a held lock means a live process is importing it right now.

@@ -117,11 +117,19 @@ export async function migrate(knex: Knex): Promise<string[]> {
   }
 }
 
+/** The URL `knex` connects to (createKnex's `connectionString`, or a string connection), if known. */
+function connectionUrl(knex: Knex): string {
+  const c = (knex.client as { config?: { connection?: unknown } }).config?.connection;
+  if (typeof c === 'string') return c;
+  const s = (c as { connectionString?: unknown } | undefined)?.connectionString;
+  return typeof s === 'string' ? s : '';
+}
+
 /**
  * Connects with retries: a server that is still starting (or briefly unreachable) is retried with
  * exponential backoff for up to `timeoutMs`; a wrong password or unknown database fails at once.
  */
-export async function waitForDatabase(knex: Knex, url: string, timeoutMs = 15000): Promise<void> {
+export async function waitForDatabase(knex: Knex, timeoutMs = 15000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let delay = 100;
   for (;;) {
@@ -132,7 +140,7 @@ export async function waitForDatabase(knex: Knex, url: string, timeoutMs = 15000
       const code = (err as { code?: string }).code;
       const permanent = code === '28P01' || code === '28000' || code === '3D000' || code === 'ENOTFOUND';
       if (permanent || Date.now() + delay > deadline) {
-        throw connectError(err, url);
+        throw connectError(err, connectionUrl(knex));
       }
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 2000);
