@@ -659,7 +659,15 @@ export function formatImports(rows: ImportListing[], width = TEXT_WIDTH): string
   const one = layout([0, 1, 2, 3, 4, 5, 6], 5);
   if (one.every((l) => l.length <= width)) return one.join('\n');
   const first = layout([0, 1, 2, 5], 5);
-  const second = layout([3, 4, 6], -1).map((l) => wrapText(`  ${l}`, width, '    '));
+  // The times keep their columns; a source too long for the line goes under them, whole unless
+  // it is wider than the terminal itself.
+  const times = layout([3, 4], -1);
+  const timesWidth = Math.max(...times.map((t) => t.length));
+  const second = times.map((t, i) => {
+    const source = i === 0 ? header[6]! : body[i - 1]![6]!;
+    const line = `  ${t.padEnd(timesWidth)}  ${source}`;
+    return line.length <= width ? line : `  ${t}\n${wrapText(`    ${source}`, width, '    ')}`;
+  });
   return first.flatMap((l, i) => [l, second[i]!]).join('\n');
 }
 

@@ -226,6 +226,17 @@ describe('the command line on a real migration day (#21)', function () {
       expect(widest(table), table).to.be.at.most(80);
       expect(table).to.include('120,000 so far').and.include('2026-12-03 05:55:22');
       expect(table.split('\n')[0]).to.match(/^ID\s+MODE\s+STATE\s+RECORDS$/);
+      // Rows with and without a finish time, and a source too long for the times' line: the times
+      // stay in their columns, and the long source goes whole on a line of its own.
+      const long = '/srv/backups/2026-12-03/a-much-longer-folder-name/sentry-users-export.json';
+      const more = [...rows, { ...rows[0]!, id: '9fe81df0-d280-4c53-a5ce-7960c8fa0b86', state: 'done' as const, mode: 'atomic' as const,
+        finishedAt: new Date('2026-12-03T06:01:02Z'), records: 5, source: long }];
+      const lines = formatImports(more).split('\n');
+      expect(widest(lines.join('\n'))).to.be.at.most(80);
+      const finished = lines.filter((l) => /^ {2}\d{4}-/.test(l)).map((l) => l.indexOf('  ', 4));
+      expect(new Set(finished).size, lines.join('\n')).to.equal(1);
+      expect(lines[lines.length - 1]).to.equal(`    ${long}`);
+      expect(lines[1]!.indexOf('FINISHED')).to.equal(lines[lines.length - 2]!.indexOf('2026-12-03 06:01:02'));
     });
 
     it('wrapping: words, hanging lists, the export\'s left-out lines, and help text reflowed', () => {
