@@ -2,6 +2,7 @@
  * Encryption of a plain export into Sentry's encrypted export format (for `userport encrypt`
  * and `userport export --encrypt-with`): the reverse of `decrypt.ts`.
  */
+import type { KeyObject } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import os from 'node:os';
@@ -46,20 +47,27 @@ function trailer(written: number, wrapped: Buffer, pem: Buffer): Buffer {
   return Buffer.concat([body, encodeEnd(written + body.length)]);
 }
 
-function prepareKeys(options: { publicKeyPem: Buffer | string; fernetKey?: Buffer | string }, where: string): { pem: Buffer; fernetKey: Buffer; wrapped: Buffer } {
-  if (typeof options.publicKeyPem !== 'string' && !Buffer.isBuffer(options.publicKeyPem)) {
-    throw new OptionError(wording`${opt('publicKeyPem')} must be a PEM string or Buffer`, undefined, where);
+/**
+ * The public half of `publicKeyPem` (option `option` of `where`; `what` names it in an error) as PEM and as a key: given a
+ * private key, its public half (`key.pub` travels with the export, never the key that decrypts
+ * it); an encrypted private key, or anything that is no RSA key, is refused here, before any work.
+ */
+export function encryptionKey(publicKeyPem: unknown, where: string, option = 'publicKeyPem', what = 'the public key to encrypt with'): { pem: Buffer; pub: KeyObject } {
+  if (typeof publicKeyPem !== 'string' && !Buffer.isBuffer(publicKeyPem)) {
+    throw new OptionError(wording`${opt(option)} must be a PEM string or Buffer`, undefined, where);
   }
-  let pem: Buffer = Buffer.from(options.publicKeyPem);
-  // `key.pub` travels with the export: given a private key, write only its public half, never
-  // the key that decrypts the export.
+  let pem: Buffer = Buffer.from(publicKeyPem);
   if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem.toString('latin1'))) {
     if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4,ENCRYPTED/.test(pem.toString('latin1'))) {
-      throw new OptionError(wording`${opt('publicKeyPem')} is an encrypted private key: give its public key (openssl rsa -in KEY -pubout)`, undefined, where);
+      throw new OptionError(wording`${opt(option)} is an encrypted private key: give its public key (openssl rsa -in KEY -pubout)`, undefined, where);
     }
     pem = derivePublicPem(pem);
   }
-  const pub = loadPublicKey(pem, 'the public key to encrypt with');
+  return { pem, pub: loadPublicKey(pem, what) };
+}
+
+function prepareKeys(options: { publicKeyPem: Buffer | string; fernetKey?: Buffer | string }, where: string): { pem: Buffer; fernetKey: Buffer; wrapped: Buffer } {
+  const { pem, pub } = encryptionKey(options.publicKeyPem, where);
   const fernetKey = options.fernetKey !== undefined ? Buffer.from(options.fernetKey) : generateFernetKey();
   parseFernetKey(fernetKey);
   return { pem, fernetKey, wrapped: wrapKey(pub, fernetKey) };

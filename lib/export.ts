@@ -21,8 +21,7 @@ import type { Target } from './db/target.js';
 import { IMPORT_SCOPES, registry, scopeIncludes, type ImportScope, type ModelMapping } from './models.js';
 import { arrayClose, ARRAY_OPEN, formatRecord, recordLayout, recordSeparator, unreadable, type Encoding, type RecordLayout, type Unreadable } from './export-format.js';
 import { writeErrorFinding, writeExportFindings, type Finding } from './findings.js';
-import { encryptExport } from './encrypt.js';
-import { loadPublicKey } from './crypto/keys.js';
+import { encryptExport, encryptionKey } from './encrypt.js';
 import { ErrorCodes, ExportError, OptionError, UserportError, wrapDbError } from './errors.js';
 import { checkDatabaseUrl, checkOptions as checkKnownOptions, isFunction, isInteger, isNonEmptyString, isOneOf, isStringOrBuffer, type OptionCheck } from './options.js';
 
@@ -462,7 +461,7 @@ export async function exportUsers(options: ExportUsersOptions): Promise<ExportSu
   checkOptions(options, 'exportUsers', EXPORT_USERS_OPTIONS, ['destination']);
   const { destination: dest, encryptWith, tmpDir, findingsFile, ...exporterOptions } = options;
   // A key that cannot encrypt is said before the database is read.
-  if (encryptWith !== undefined) loadPublicKey(encryptWith, 'the public key to encrypt with (encryptWith)');
+  if (encryptWith !== undefined) encryptionKey(encryptWith, 'exportUsers', 'encryptWith', 'the public key to encrypt with (encryptWith)');
   const exporter = createExporter(exporterOptions);
   const write = async (out: Writable) => {
     if (encryptWith !== undefined) {

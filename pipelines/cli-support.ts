@@ -78,6 +78,7 @@ const LIBRARY_TO_FLAG: Readonly<Partial<Record<string, string>>> = {
   // The scope is the command's first word: `import config`.
   scope: 'import',
   publicKeyPem: '--encrypt-with',
+  encryptWith: '--encrypt-with',
   tmpDir: '--tmp-dir',
   skipLeadingText: '--skip-leading-text',
   overwriteConfigs: '--overwrite-configs',

@@ -12,7 +12,7 @@ import { printable } from '../lib/errors.js';
 import { exportUsers, type ExportProgress, type ExportScope, type ExportSummary } from '../lib/export.js';
 import { parseUsernameList } from '../lib/filter-users.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
-import { loadPublicKey } from '../lib/crypto/keys.js';
+import { encryptionKey } from '../lib/encrypt.js';
 import { checkInputFile, checkOutputPath, didYouMean, formatBytes, helpText, parseCommand, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { closedStdout, stdoutClosedAtLaunch } from './signals.js';
 
@@ -186,7 +186,7 @@ export async function runExportCommand(args: string[]): Promise<number> {
   }
   // The key is checked before any database is started or read.
   if (o['encrypt-with'] !== undefined && encryptWith !== undefined) {
-    try { loadPublicKey(encryptWith, `--encrypt-with ${printable(o['encrypt-with'])}`); } catch (err) { throw usage(err as Error); }
+    try { encryptionKey(encryptWith, 'export', 'encryptWith', `--encrypt-with ${printable(o['encrypt-with'])}`); } catch (err) { throw usage(err as Error); }
   }
   if (dest === '-' && stdoutClosedAtLaunch()) throw closedStdout();
   let databaseUrl = o['database-url'] ?? (process.env.DATABASE_URL || undefined);

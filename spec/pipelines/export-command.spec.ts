@@ -171,6 +171,7 @@ describe('userport export users', function () {
     for (const [args, said] of [
       [['--encrypt-with', notPem], /^userport: --encrypt-with .*not-a-key\.pem is not a PEM RSA public key \[USERPORT_DECRYPT_KEY_INVALID\]\n$/],
       [['--encrypt-with-gcp-kms', badKms], /kms\.json.*\[USERPORT_[A-Z_]+\]\n$/],
+      [['--encrypt-with', cryptoFixture('fixture-key.encrypted.pem')], /^userport: --encrypt-with is an encrypted private key: give its public key .*\[USERPORT_OPTION_INVALID\]\n$/],
     ] as [string[], RegExp][]) {
       const r = await userport(['export', 'users', dest, ...args], undefined, { USERPORT_HOME: home });
       expect(r.code, args.join(' ')).to.equal(2);
