@@ -260,6 +260,6 @@ describe('userport export config|global', function () {
   it('refuses an unknown scope with a usage error (exit 2)', async () => {
     const r = await userport(['export', 'organization', 'x.json']);
     expect(r.code).to.equal(2);
-    expect(r.stderr).to.include('users|config|global');
+    expect(r.stderr).to.equal('userport: unknown export scope "organization" (users, config or global: userport export users DEST) [USERPORT_OPTION_INVALID]\n');
   });
 });
