@@ -390,7 +390,9 @@ process.exit(spawnSync(process.execPath, [${JSON.stringify(realBin)}, ...args], 
       // parsed the export (the spec's server runs on this machine).
       expect(u.cpu?.server).to.be.above(0);
       expect(u.cpu?.client).to.be.above(0);
-      expect(c.cpu?.server).to.be.above(0);
+      // The floor's COPY of a smoke-size export can take less than one clock tick of server CPU
+      // (10 ms, what /proc counts in): measured, not necessarily above zero.
+      expect(c.cpu?.server).to.be.a('number').and.at.least(0);
       expect(table).to.contain('pg CPU / floor pg CPU');
     });
 
