@@ -26,15 +26,24 @@ export function removeLiveTempFilesSync(): void {
   liveTemps.clear();
 }
 
+/**
+ * `.DEST.` as the temporary names begin: DEST's name cut to 200 bytes (whole characters), so that
+ * with `<pid>.<hex>.partial` it stays within a file name's 255 bytes whenever DEST's name does.
+ */
+function tempPrefix(dest: string): string {
+  let base = path.basename(dest);
+  while (Buffer.byteLength(base) > 200) base = Array.from(base).slice(0, -1).join('');
+  return `.${base}.`;
+}
+
 /** `.DEST.<pid>.<hex>.partial` beside `dest`: hidden, and telling which process writes it. */
 function tempName(dest: string): string {
-  return path.join(path.dirname(dest), `.${path.basename(dest)}.${process.pid}.${crypto.randomBytes(6).toString('hex')}.partial`);
+  return path.join(path.dirname(dest), `${tempPrefix(dest)}${process.pid}.${crypto.randomBytes(6).toString('hex')}.partial`);
 }
 
 /** Removes `dest`'s temporary files left by processes that no longer exist. Never throws. */
 async function removeStaleTemps(dest: string): Promise<void> {
-  const base = path.basename(dest);
-  const prefix = `.${base}.`;
+  const prefix = tempPrefix(dest);
   const names = await fs.readdir(path.dirname(dest)).catch(() => [] as string[]);
   for (const name of names) {
     if (!name.startsWith(prefix) || !name.endsWith('.partial')) continue;
@@ -58,6 +67,11 @@ export async function writeFileAtomically(dest: string, mode: number, write: (ou
     await write(createWriteStream(dest, { flags: 'w' }));
     return;
   }
+  // Said before the work, not by the rename after it (255 bytes: NAME_MAX of Linux's file systems).
+  const nameBytes = Buffer.byteLength(path.basename(dest));
+  if (nameBytes > 255) {
+    throw Object.assign(new Error(`the file name is ${nameBytes} bytes long, more than a file system takes (255)`), { code: 'ENAMETOOLONG' });
+  }
   await removeStaleTemps(dest);
   const tmp = tempName(dest);
   // Opened before the stream exists: a missing or read-only folder is this call's rejection (a
@@ -67,7 +81,13 @@ export async function writeFileAtomically(dest: string, mode: number, write: (ou
     file = await fs.open(tmp, 'wx', mode);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    const why = e.code === 'ENOENT' ? `the folder ${path.dirname(dest)} does not exist` : e.code === 'EACCES' ? `the folder ${path.dirname(dest)} is not writable` : e.message;
+    const folder = path.dirname(dest);
+    const why = e.code === 'ENOENT' ? `the folder ${folder} does not exist`
+      : e.code === 'EACCES' || e.code === 'EPERM' ? `the folder ${folder} is not writable`
+        : e.code === 'EROFS' ? `the folder ${folder} is on a read-only file system`
+          : e.code === 'ENOTDIR' ? `${folder} is not a folder`
+            // Anything else as the system said it, about DEST rather than the temporary name.
+            : e.message.split(tmp).join(dest);
     throw Object.assign(new Error(why, { cause: err }), { code: e.code });
   }
   liveTemps.add(tmp);

@@ -14,7 +14,6 @@
  * plaintext stream closes or on any failure. Memory stays at a few chunks whatever the size.
  */
 import fs, { type FileHandle } from 'node:fs/promises';
-import { createReadStream } from 'node:fs';
 import os from 'node:os';
 import { Duplex, Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -96,13 +95,14 @@ async function openInput(input: EncryptedInput, chunkSize: number, tmpDir: strin
       // The same open handle serves both passes, so replacing the file by rename cannot swap in
       // other bytes; writing into it can, and the segment digests catch that before release.
       if (stat.isFile()) return { file: fh, size: stat.size, release: () => fh.close(), failure: `cannot read ${path}` };
-      // A pipe or device cannot be read twice: treat it as a stream.
-      await fh.close();
     } catch (err) {
       await fh.close().catch(() => undefined);
       throw ioError(`cannot read ${path}`, err);
     }
-    stream = createReadStream(path, { highWaterMark: chunkSize });
+    // A pipe or device cannot be read twice: it is read as a stream, on the handle already open (a
+    // FIFO closed and opened again would lose its writer, which then dies of SIGPIPE, and wait
+    // for another forever).
+    stream = fh.createReadStream({ highWaterMark: chunkSize });
   } else {
     stream = input.stream;
   }

@@ -246,21 +246,48 @@ function lostConnection(err: unknown): boolean {
   return typeof e?.message === 'string' && /Connection terminated|connection ended|not queryable|Client has encountered a connection error/i.test(e.message);
 }
 
-/** Where `url` points, as an error may say it: host:port/database, never the user or password. */
-export function databaseAddress(url: string): string {
-  try {
-    const u = new URL(url);
-    const host = u.hostname || u.searchParams.get('host') || 'localhost';
-    return `${host}:${u.port || '5432'}${u.pathname.length > 1 ? u.pathname : ''}`;
-  } catch {
-    return 'the database';
-  }
+/** Where a connection points, as far as an error may say it: never the user or the password. */
+export interface ConnectionFacts {
+  host?: string | undefined;
+  port?: number | string | undefined;
+  database?: string | undefined;
 }
 
-/** A connection to `url` that could not be opened: USERPORT_DB_CONNECT, saying where and why. */
-export function connectError(err: unknown, url: string): UserportError {
+/**
+ * Where `target` (a connection URL, or what pg resolved: a `pg.Client`, a knex connection object)
+ * points, as an error may say it: `host:port/database`, never the user or password. The URL is read
+ * the way pg reads it: `?host=` and `?port=` win over the authority, and an empty host before the
+ * path (`postgresql://u@/db?host=/tmp`) is allowed. Undefined when nothing can be said.
+ */
+export function databaseAddress(target: string | ConnectionFacts): string | undefined {
+  const f = typeof target === 'string' ? urlFacts(target) : target;
+  if (!f || (!f.host && !f.port && !f.database)) return undefined;
+  return `${f.host || 'localhost'}:${f.port || 5432}${f.database ? `/${f.database}` : ''}`;
+}
+
+function urlFacts(url: string): ConnectionFacts | undefined {
+  let u: URL;
+  let host: string;
+  try {
+    u = new URL(url);
+    host = u.hostname;
+  } catch {
+    // WHATWG URLs refuse an empty host after credentials; pg reads it as "no host".
+    try { u = new URL(url.replace('@/', '@placeholder/')); } catch { return undefined; }
+    host = '';
+  }
+  if (!/^postgres(ql)?:$/.test(u.protocol)) return undefined;
+  const q = u.searchParams;
+  let database: string | undefined;
+  try { database = decodeURIComponent(u.pathname.slice(1)) || undefined; } catch { database = u.pathname.slice(1) || undefined; }
+  return { host: q.get('host') || host || undefined, port: q.get('port') || u.port || undefined, database };
+}
+
+/** A connection to `target` that could not be opened: USERPORT_DB_CONNECT, saying where and why. */
+export function connectError(err: unknown, target: string | ConnectionFacts): UserportError {
   if (err instanceof UserportError) return err;
-  return new DatabaseError(ErrorCodes.DB_CONNECT, `cannot connect to PostgreSQL at ${databaseAddress(url)}: ${messageOf(err)}`, { cause: err });
+  const at = databaseAddress(target);
+  return new DatabaseError(ErrorCodes.DB_CONNECT, `cannot connect to PostgreSQL${at ? ` at ${at}` : ''}: ${messageOf(err)}`, { cause: err });
 }
 
 function messageOf(err: unknown): string {

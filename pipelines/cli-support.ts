@@ -155,21 +155,22 @@ function distance(a: string, b: string): number {
   return d[a.length]![b.length]!;
 }
 
-/** The known flag closest to `typed`, if close enough to be a typo. */
-export function suggestFlag(typed: string, known: readonly string[]): string | undefined {
-  const bare = typed.replace(/^-+/, '').split('=')[0]!.replace(/_/g, '-');
+/** The known word (a command, a scope) closest to `typed`, if close enough to be a typo; nothing for an empty word. */
+export function suggestWord(typed: string, known: readonly string[]): string | undefined {
+  if (typed === '') return undefined;
   let best: string | undefined;
   let bestD = Infinity;
   for (const k of known) {
-    const d = k.startsWith(bare) || bare.startsWith(k) ? Math.min(1, distance(bare, k)) : distance(bare, k);
+    const d = k.startsWith(typed) || typed.startsWith(k) ? Math.min(1, distance(typed, k)) : distance(typed, k);
     if (d < bestD) { bestD = d; best = k; }
   }
-  return best !== undefined && bestD <= Math.max(2, Math.floor(bare.length / 4)) ? `--${best}` : undefined;
+  return best !== undefined && bestD <= Math.max(2, Math.floor(typed.length / 4)) ? best : undefined;
 }
 
-/** The known word (a command, a scope) closest to `typed`, if close enough to be a typo. */
-export function suggestWord(typed: string, known: readonly string[]): string | undefined {
-  return suggestFlag(typed, known)?.replace(/^--/, '');
+/** The known flag closest to `typed` (`--flag=value`, `--flag_name`), if close enough to be a typo. */
+export function suggestFlag(typed: string, known: readonly string[]): string | undefined {
+  const near = suggestWord(typed.replace(/^-+/, '').split('=')[0]!.replace(/_/g, '-'), known);
+  return near === undefined ? undefined : `--${near}`;
 }
 
 /** `: did you mean X?` for a typo of one of `known`, else nothing. */
@@ -328,6 +329,8 @@ export function checkOutputPath(flag: string, file: string): void {
   const dir = path.dirname(path.resolve(file));
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw usageError(`${flag}: folder ${printable(dir)} does not exist`);
   if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw usageError(`${flag}: ${printable(file)} is a folder`);
+  const bytes = Buffer.byteLength(path.basename(file));
+  if (bytes > 255) throw usageError(`${flag}: the file name is ${bytes} bytes long, more than a file system takes (255)`);
 }
 
 /** Refuses, before any work, an input file (option or argument `flag`) that cannot be read. */

@@ -17,7 +17,7 @@ import { checkImportOptions, importUsers, type ImportOptions, type Progress } fr
 import { dropImport, listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
-import { cliWording, didYouMean, formatBytes, helpText, parseCommand, reportError, suggestWord, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
+import { cliWording, didYouMean, formatBytes, helpText, parseCommand, reportError, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { installSpoolCleanup, setInterruptNote } from './signals.js';
 import { runExportCommand } from './export-command.js';
 import { runTargetCommand } from './target-command.js';
@@ -742,8 +742,7 @@ async function dbCommand(args: string[]): Promise<number> {
   // A typo is a usage error like any other: it names the closest subcommand and never prints the
   // URL (it holds the password, and `db strat` in a shared terminal or CI log must not leak it).
   if (sub === undefined) throw usageError('missing db command: url, psql, start or stop (see userport db --help)');
-  const near = suggestWord(sub, DB_SUBCOMMANDS);
-  throw usageError(`unknown db command "${printable(sub)}"${near ? `: did you mean ${near}?` : ''} (url, psql, start or stop)`);
+  throw usageError(`unknown db command "${printable(sub)}"${didYouMean(sub, DB_SUBCOMMANDS)} (url, psql, start or stop)`);
 }
 
 /** The commands. A new one is one line here (and its help in HELP). */
@@ -781,8 +780,8 @@ export async function main(argv: string[]): Promise<number> {
     }
     const cmd = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
     if (!cmd) {
-      const near = command.startsWith('-') ? undefined : suggestWord(command, Object.keys(COMMANDS));
-      throw usageError(`unknown command "${printable(command)}"${near ? `: did you mean ${near}?` : ''} (see userport --help)`);
+      const near = command.startsWith('-') ? '' : didYouMean(command, Object.keys(COMMANDS));
+      throw usageError(`unknown command "${printable(command)}"${near} (see userport --help)`);
     }
     return await cmd.run(rest);
   } catch (err) {

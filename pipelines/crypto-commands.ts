@@ -6,10 +6,10 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { checkInputFile, checkOutputPath, helpText, parseCommand, reportError, usageError } from './cli-support.js';
+import { checkInputFile, checkOutputPath, helpText, parseCommand, reportError, usage, usageError } from './cli-support.js';
 import { writeFileAtomically } from '../lib/atomic-file.js';
 import { decryptExport, type EncryptedInput } from '../lib/decrypt.js';
-import { encryptExport } from '../lib/encrypt.js';
+import { encryptExport, encryptionKey } from '../lib/encrypt.js';
 import { keyUnwrapperFromOptions } from './key-options.js';
 import { promptPassphraseOnTty } from '../lib/crypto/prompt.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
@@ -114,13 +114,16 @@ export async function runEncryptCommand(args: string[], streams?: Partial<Comman
     let publicKeyPem: Buffer;
     if (typeof kmsPath === 'string') {
       const endpoint = process.env.USERPORT_GCP_KMS_ENDPOINT || undefined;
-      publicKeyPem = await kmsGetPublicKey(await readGcpKmsConfig(kmsPath), endpoint ? { endpoint } : {});
+      const config = await readGcpKmsConfig(kmsPath).catch((err: unknown) => { throw usage(err as Error); });
+      publicKeyPem = await kmsGetPublicKey(config, endpoint ? { endpoint } : {});
     } else {
       try {
         publicKeyPem = await fs.readFile(keyPath as string);
       } catch (err) {
         throw usageError(`--encrypt-with: cannot read ${String(keyPath)}: ${(err as Error).message}`);
       }
+      // A file that is no public key is said before DEST is touched, as a usage error.
+      try { encryptionKey(publicKeyPem, 'encrypt', 'encryptWith', `--encrypt-with ${printable(keyPath as string)}`); } catch (err) { throw usage(err as Error); }
     }
     const tmpDir = values['tmp-dir'];
     await toDestination(dest, s, 0o644, (out) =>
@@ -160,7 +163,7 @@ export async function runDecryptCommand(args: string[], streams?: Partial<Comman
       promptPassphrase: src !== '-' && (s.stdin as NodeJS.ReadStream).isTTY
         ? () => promptPassphraseOnTty(`Passphrase for ${str(values['decrypt-with'])}: `, s.stdin as NodeJS.ReadStream, s.stderr as NodeJS.WriteStream)
         : null,
-    });
+    }).catch((err: unknown) => { throw usage(err as Error); });
     if (!unwrapper) throw usageError(`one of --decrypt-with or --decrypt-with-gcp-kms is required (${DECRYPT_USAGE})`);
     const tmpDir = str(values['tmp-dir']);
     await toDestination(dest, s, 0o600, async (out) => {

@@ -3,7 +3,7 @@
  * `--decrypt-with-gcp-kms`) into a {@link KeyUnwrapper}.
  */
 import fs from 'node:fs/promises';
-import { OptionError } from '../lib/errors.js';
+import { OptionError, printable } from '../lib/errors.js';
 import { DecryptError, DecryptErrorCodes } from '../lib/crypto/errors.js';
 import { createLocalKeyUnwrapper, type KeyUnwrapper } from '../lib/crypto/unwrapper.js';
 import { createGcpKmsUnwrapper, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
@@ -71,5 +71,11 @@ export async function keyUnwrapperFromOptions(options: KeyUnwrapperCliOptions): 
     const ask = promptPassphrase !== undefined ? promptPassphrase : (process.stdin.isTTY ? () => promptPassphraseOnTty(`Passphrase for ${decryptWith}: `) : undefined);
     if (ask) passphrase = await ask();
   }
-  return createLocalKeyUnwrapper({ privateKeyPem: pem, ...(passphrase !== undefined ? { passphrase } : {}) });
+  try {
+    return createLocalKeyUnwrapper({ privateKeyPem: pem, ...(passphrase !== undefined ? { passphrase } : {}) });
+  } catch (err) {
+    // The library says what is wrong with "the private key"; the command says which one.
+    if (!(err instanceof DecryptError)) throw err;
+    throw new DecryptError(err.code, `--decrypt-with ${printable(decryptWith)}: ${err.message}`, { cause: err });
+  }
 }

@@ -50,7 +50,7 @@ export async function runTargetCommand(args: string[]): Promise<number> {
   const client = new pg.Client({ connectionString: url, application_name: 'userport target' });
   client.on('error', () => undefined);
   try {
-    try { await client.connect(); } catch (err) { throw connectError(err, url); }
+    try { await client.connect(); } catch (err) { throw connectError(err, client); }
     await applySessionSettings(client);
     const lines = await planFor(client).then(describePlan, (err: unknown) => {
       throw err instanceof UserportError ? err : new UserportError(ErrorCodes.DB_QUERY, `reading the catalog failed: ${(err as Error).message}`, { cause: err });

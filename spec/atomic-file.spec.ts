@@ -53,6 +53,37 @@ describe('lib/atomic-file: output files written whole or not at all', () => {
     expect(fs.readdirSync(dir)).to.deep.equal([]);
   });
 
+  it('a file where a folder should be: named as such, not by the temporary name', async () => {
+    const dir = tmpFolder('atomic-');
+    fs.writeFileSync(path.join(dir, 'plain'), 'x');
+    const dest = path.join(dir, 'plain', 'out.json');
+    let caught: (Error & { code?: string }) | undefined;
+    await writeFileAtomically(dest, 0o600, writeAll('[]')).catch((e: Error) => { caught = e; });
+    expect(caught?.message).to.equal(`${path.join(dir, 'plain')} is not a folder`);
+    expect(caught?.code).to.equal('ENOTDIR');
+  });
+
+  it('a DEST whose name is near the 255-byte limit is written too, through a shortened temporary name', async () => {
+    const dir = tmpFolder('atomic-');
+    // 250 bytes, two-byte characters included: DEST is a valid name, DEST plus the temporary
+    // suffix would not be.
+    const name = `${'é'.repeat(20)}${'x'.repeat(205)}.json`;
+    expect(Buffer.byteLength(name)).to.equal(250);
+    const dest = path.join(dir, name);
+    await writeFileAtomically(dest, 0o600, writeAll('[]\n'));
+    expect(fs.readFileSync(dest, 'utf8')).to.equal('[]\n');
+    expect(fs.readdirSync(dir)).to.deep.equal([name]);
+    // A name too long for any file: said before the writer runs, about DEST.
+    const tooLong = path.join(dir, `${'y'.repeat(300)}.json`);
+    let caught: (Error & { code?: string }) | undefined;
+    let wrote = false;
+    await writeFileAtomically(tooLong, 0o600, async (out) => { wrote = true; await writeAll('[]')(out); }).catch((e: Error) => { caught = e; });
+    expect(caught?.code).to.equal('ENAMETOOLONG');
+    expect(caught?.message).to.equal('the file name is 305 bytes long, more than a file system takes (255)');
+    expect(wrote).to.equal(false);
+    expect(fs.readdirSync(dir)).to.deep.equal([name]);
+  });
+
   it('a directory is refused with an OptionError; a device is written in place', async () => {
     const dir = tmpFolder('atomic-');
     let caught: unknown;

@@ -5,11 +5,13 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
 import { Readable } from 'node:stream';
+import knexFactory from 'knex';
 import pg from 'pg';
 import { DecryptError, DecryptErrorCodes } from '../lib/crypto/errors.js';
 import {
-  DatabaseError, ErrorCodes, OptionError, ParseError, RecordError, UserportError, wrapCallbackError, wrapDbError, type ErrorCode,
+  connectError, databaseAddress, DatabaseError, ErrorCodes, OptionError, ParseError, RecordError, UserportError, wrapCallbackError, wrapDbError, type ErrorCode,
 } from '../lib/errors.js';
+import { waitForDatabase } from '../lib/db/knex.js';
 import { createUserFilter } from '../lib/filter-users.js';
 import { createModelMapper } from '../lib/map-models.js';
 import { createPgSink } from '../lib/pg-sink.js';
@@ -148,6 +150,51 @@ describe('the error registry', () => {
         expect(err.cause).to.equal(bug);
       } finally {
         await c.end();
+      }
+    });
+  });
+
+  describe('connectError', () => {
+    it('says where, as pg reads the URL, and never the user or password', () => {
+      const cases: [string | { host?: string; port?: number | string; database?: string }, string | undefined][] = [
+        ['postgresql://sentry:secret@db.internal:6432/sentry', 'db.internal:6432/sentry'],
+        ['postgres://sentry@db.internal/sentry', 'db.internal:5432/sentry'],
+        // ?host= and ?port= win over the authority, as in pg-connection-string.
+        ['postgres://u@h/x?port=6000', 'h:6000/x'],
+        ['postgres:///sentry?host=/var/run/postgresql&port=5433', '/var/run/postgresql:5433/sentry'],
+        // An empty host after credentials is not a WHATWG URL, but pg takes it.
+        ['postgresql://u:secret@/sentry?host=%2Ftmp', '/tmp:5432/sentry'],
+        ['postgresql://[::1]:5/x', '[::1]:5/x'],
+        // What pg or knex resolved, as fields.
+        [{ host: 'h', port: 5, database: 'd' }, 'h:5/d'],
+        // Nothing to say: no address rather than a made-up one.
+        ['', undefined], ['not a url', undefined], ['mysql://x/y', undefined], [{}, undefined],
+      ];
+      for (const [target, address] of cases) expect(databaseAddress(target), JSON.stringify(target)).to.equal(address);
+      const refused = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:1'), { code: 'ECONNREFUSED' });
+      const e = connectError(refused, 'postgresql://u:secret@/sentry?host=%2Ftmp');
+      expect(e).to.be.instanceOf(DatabaseError);
+      expect(e.code).to.equal('USERPORT_DB_CONNECT');
+      expect(e.message).to.equal('cannot connect to PostgreSQL at /tmp:5432/sentry: connect ECONNREFUSED 127.0.0.1:1');
+      expect(connectError(refused, 'garbage').message).to.equal('cannot connect to PostgreSQL: connect ECONNREFUSED 127.0.0.1:1');
+      expect(e.message).not.to.include('secret');
+    });
+
+    it('reads a pg.Client the way it connects: the fields pg resolved', () => {
+      const client = new pg.Client({ connectionString: 'postgresql://u:secret@/sentry?host=%2Ftmp&port=7' });
+      expect(databaseAddress(client)).to.equal('/tmp:7/sentry');
+    });
+
+    it('reads a knex connection object a caller built by fields', async () => {
+      const quiet = { warn() {}, error() {}, deprecate() {}, debug() {} };
+      const knex = knexFactory({ client: 'pg', connection: { host: '127.0.0.1', port: 1, database: 'sentry', user: 'u', password: 'secret' }, log: quiet });
+      try {
+        const err = await waitForDatabase(knex, 200).then(() => undefined, (e: unknown) => e as UserportError);
+        expect(err?.code).to.equal('USERPORT_DB_CONNECT');
+        expect(err?.message).to.match(/^cannot connect to PostgreSQL at 127\.0\.0\.1:1\/sentry: .*ECONNREFUSED/);
+        expect(err?.message).not.to.include('secret');
+      } finally {
+        await knex.destroy();
       }
     });
   });

@@ -105,7 +105,7 @@ export class ExportSnapshot {
       await client.connect();
     } catch (err) {
       await snapshot.end();
-      throw connectError(err, databaseUrl);
+      throw connectError(err, client);
     }
     return snapshot;
   }

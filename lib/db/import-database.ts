@@ -47,7 +47,7 @@ export async function openImportDatabase(o: { databaseUrl?: string; embeddedDir?
   try {
     await waitForDatabase(knex);
     await migrate(knex);
-    try { await client.connect(); } catch (err) { throw connectError(err, url); }
+    try { await client.connect(); } catch (err) { throw connectError(err, client); }
     await applySessionSettings(client);
     const plan = await planFor(client, o.scope).catch((err: unknown) => { throw err instanceof UserportError ? err : wrapDbError(err, 'reading the target database'); });
     return { url, knex, client, plan, get clientError() { return clientError; }, close };

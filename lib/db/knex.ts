@@ -4,7 +4,7 @@
  */
 import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
-import { connectError, DatabaseError, ErrorCodes } from '../errors.js';
+import { connectError, DatabaseError, ErrorCodes, type ConnectionFacts } from '../errors.js';
 import { checkDatabaseUrl } from '../options.js';
 import * as m1 from './migrations/20261203000000_userport_bookkeeping.js';
 import * as m2 from './migrations/20261203000100_sentry_user_tables.js';
@@ -117,12 +117,15 @@ export async function migrate(knex: Knex): Promise<string[]> {
   }
 }
 
-/** The URL `knex` connects to (createKnex's `connectionString`, or a string connection), if known. */
-function connectionUrl(knex: Knex): string {
+/** Where `knex` connects to: its URL (a string connection or `connectionString`), or its connection object's fields. */
+function connectionTarget(knex: Knex): string | ConnectionFacts {
   const c = (knex.client as { config?: { connection?: unknown } }).config?.connection;
   if (typeof c === 'string') return c;
-  const s = (c as { connectionString?: unknown } | undefined)?.connectionString;
-  return typeof s === 'string' ? s : '';
+  if (typeof c !== 'object' || c === null) return '';
+  const { connectionString, host, port, database } = c as { connectionString?: unknown; host?: unknown; port?: unknown; database?: unknown };
+  if (typeof connectionString === 'string') return connectionString;
+  const text = (v: unknown) => (typeof v === 'string' || typeof v === 'number' ? String(v) : undefined);
+  return { host: text(host), port: text(port), database: text(database) };
 }
 
 /**
@@ -140,7 +143,7 @@ export async function waitForDatabase(knex: Knex, timeoutMs = 15000): Promise<vo
       const code = (err as { code?: string }).code;
       const permanent = code === '28P01' || code === '28000' || code === '3D000' || code === 'ENOTFOUND';
       if (permanent || Date.now() + delay > deadline) {
-        throw connectError(err, connectionUrl(knex));
+        throw connectError(err, connectionTarget(knex));
       }
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 2000);

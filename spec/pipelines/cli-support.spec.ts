@@ -1,7 +1,7 @@
 /** The CLI's shared pieces: library option names mapped to flags, typo suggestions, exit codes. */
 import { expect } from 'chai';
 import { opt, OptionError, ParseError, UserportError, wording } from '../../lib/errors.js';
-import { cliMessage, exitCodeFor, formatError, suggestFlag, usage } from '../../pipelines/cli-support.js';
+import { cliMessage, didYouMean, exitCodeFor, formatError, suggestFlag, suggestWord, usage } from '../../pipelines/cli-support.js';
 
 describe('CLI support', () => {
   it('names the CLI flag where a library error names its option in parts (wording)', () => {
@@ -27,6 +27,16 @@ describe('CLI support', () => {
     expect(suggestFlag('--filter-usernams', known)).to.equal('--filter-usernames');
     expect(suggestFlag('--dryrun', known)).to.equal('--dry-run');
     expect(suggestFlag('--banana', known)).to.equal(undefined);
+    expect(suggestFlag('--', known)).to.equal(undefined);
+  });
+
+  it('suggests a command or scope for a typo, and nothing for an empty word or a word that is already right', () => {
+    const commands = ['import', 'export', 'imports', 'db', 'target'];
+    expect(suggestWord('imprt', commands)).to.equal('import');
+    expect(suggestWord('', commands)).to.equal(undefined);
+    expect(didYouMean('strat', ['url', 'psql', 'start', 'stop'])).to.equal(': did you mean start?');
+    expect(didYouMean('', ['url', 'psql', 'start', 'stop'])).to.equal('');
+    expect(didYouMean('users', ['users', 'config', 'global'])).to.equal('');
   });
 
   it('exits 2 for usage errors, 1 for data and runtime errors', () => {

@@ -269,6 +269,8 @@ describe('userport CLI', function () {
         [['migrate', 'extra'], 'USERPORT_OPTION_INVALID', /unexpected argument/],
         [['db', 'frob'], 'USERPORT_OPTION_INVALID', /unknown db command/],
         [['frobnicate'], 'USERPORT_OPTION_INVALID', /unknown command "frobnicate" \(see/],
+        [[''], 'USERPORT_OPTION_INVALID', /unknown command "" \(see/],
+        [['db', ''], 'USERPORT_OPTION_INVALID', /unknown db command "" \(url/],
         // A typo of a command or a scope gets the word meant.
         [['improt', 'users', good], 'USERPORT_OPTION_INVALID', /unknown command "improt": did you mean import\?/],
         [['import', 'usres', good], 'USERPORT_OPTION_INVALID', /unknown import scope "usres": did you mean users\? \(users, config or global/],

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -81,6 +81,28 @@ describe('userport encrypt / decrypt', () => {
         expect((await reading).equals(PLAINTEXT())).to.equal(true);
         expect(fs.statSync(fifo).isFIFO()).to.equal(true);
         expect(listDir(t.dir)).to.deep.equal(['out.fifo']);
+      } finally {
+        t.remove();
+      }
+    });
+
+    it('reads a FIFO as SRC once, on the handle it opened: the writer is not cut off, nothing waits for a second one', async function () {
+      const t = tempDir();
+      try {
+        const fifo = path.join(t.dir, 'in.fifo');
+        if (spawnSync('mkfifo', [fifo]).status !== 0) {
+          console.log('      skipped: mkfifo is not available');
+          this.skip();
+        }
+        // A separate writer, as a shell's `cat export.tar > fifo` is: it dies of SIGPIPE if the
+        // reader closes the FIFO early.
+        const writer = spawn('sh', ['-c', 'cat "$1" > "$2"', 'sh', fixture('python-export.tar'), fifo], { stdio: 'ignore' });
+        const exited = new Promise<number | null>((resolve) => writer.on('exit', (code) => resolve(code)));
+        const out = path.join(t.dir, 'out.json');
+        const r = await run(runDecryptCommand, ['--decrypt-with', KEY, fifo, out]);
+        expect(r).to.include({ code: 0, stderr: '' });
+        expect(await exited).to.equal(0);
+        expect(fs.readFileSync(out).equals(PLAINTEXT())).to.equal(true);
       } finally {
         t.remove();
       }
@@ -185,15 +207,16 @@ describe('userport encrypt / decrypt', () => {
       expect(debug.stderr).to.contain('    at ');
     });
 
-    it('rejects bad usage with exit code 2, a bad key with 1, each in the one error format', async () => {
+    it('rejects bad usage and a key that cannot be opened with exit code 2, before DEST is touched, each in the one error format', async () => {
       const line = /^userport: [^\n]+ \[USERPORT_[A-Z_]+\]\n$/;
       for (const [args, code] of [
         [[fixture('fixture-export.json'), '-'], 2],
         [['--encrypt-with', PUB, fixture('fixture-export.json')], 2],
         [['--encrypt-with', PUB, '--encrypt-with-gcp-kms', 'x.json', fixture('fixture-export.json'), '-'], 2],
         [['--encrypt-with', fixture('nope.pub'), fixture('fixture-export.json'), '-'], 2],
-        [['--encrypt-with', KEY.replace('.pem', '.passphrase'), fixture('fixture-export.json'), '-'], 1],
+        [['--encrypt-with', KEY.replace('.pem', '.passphrase'), fixture('fixture-export.json'), '-'], 2],
         [['--bogus', fixture('fixture-export.json'), '-'], 2],
+        [['--encrypt-with-gcp-kms', fixture('nope.json'), fixture('fixture-export.json'), '-'], 2],
       ] as [string[], number][]) {
         const r = await run(runEncryptCommand, args);
         expect(r.code, args.join(' ')).to.equal(code);
@@ -203,11 +226,26 @@ describe('userport encrypt / decrypt', () => {
         [[fixture('python-export.tar'), '-'], 2],
         [['--decrypt-with', KEY, '--decrypt-with-gcp-kms', 'x.json', fixture('python-export.tar'), '-'], 2],
         [['--decrypt-passphrase-file', fixture('fixture-key.passphrase'), fixture('python-export.tar'), '-'], 2],
-        [['--decrypt-with', fixture('fixture-key.encrypted.pem'), fixture('python-export.tar'), '-'], 1],
+        [['--decrypt-with', fixture('fixture-key.encrypted.pem'), fixture('python-export.tar'), '-'], 2],
+        [['--decrypt-with', PUB, fixture('python-export.tar'), '-'], 2],
+        [['--decrypt-with-gcp-kms', fixture('nope.json'), fixture('python-export.tar'), '-'], 2],
       ] as [string[], number][]) {
         const r = await run(runDecryptCommand, args);
         expect(r.code, args.join(' ')).to.equal(code);
         expect(r.stderr, args.join(' ')).to.match(line);
+      }
+      // The key's flag and file are named, and DEST is never created.
+      const t = tempDir();
+      try {
+        const notAKey = KEY.replace('.pem', '.passphrase');
+        const out = path.join(t.dir, 'out.tar');
+        const enc = await run(runEncryptCommand, ['--encrypt-with', notAKey, fixture('fixture-export.json'), out]);
+        expect(enc.stderr).to.equal(`userport: --encrypt-with ${notAKey} is not a PEM RSA public key [USERPORT_DECRYPT_KEY_INVALID]\n`);
+        const dec = await run(runDecryptCommand, ['--decrypt-with', notAKey, fixture('python-export.tar'), path.join(t.dir, 'out.json')]);
+        expect(dec.stderr).to.equal(`userport: --decrypt-with ${notAKey}: the private key is not a PEM RSA private key (PKCS#8 or PKCS#1) [USERPORT_DECRYPT_KEY_INVALID]\n`);
+        expect(fs.readdirSync(t.dir)).to.deep.equal([]);
+      } finally {
+        t.remove();
       }
     });
     it('says what is wrong with SRC and DEST before any key is read: missing, a folder, a folder that does not exist', async () => {
@@ -220,6 +258,7 @@ describe('userport encrypt / decrypt', () => {
             [[missing, '-'], `SRC: cannot read ${missing}`],
             [[t.dir, '-'], `SRC: ${t.dir} is a folder`],
             [[fixture('python-export.tar'), nowhere], `DEST: folder ${path.dirname(nowhere)} does not exist`],
+            [[fixture('python-export.tar'), path.join(t.dir, `${'y'.repeat(300)}.out`)], 'DEST: the file name is 304 bytes long, more than a file system takes (255)'],
           ] as [string[], string][]) {
             const r = await run(cmd, [...key, ...args]);
             expect(r.code, args.join(' ')).to.equal(2);
@@ -272,6 +311,15 @@ describe('userport encrypt / decrypt', () => {
       expect(await codeOf(keyUnwrapperFromOptions({ decryptWith: fixture('fixture-key.encrypted.pem'), passphraseFile: fixture('fixture-key.pub') })))
         .to.equal('USERPORT_DECRYPT_PASSPHRASE');
       expect(await codeOf(keyUnwrapperFromOptions({ gcpKmsConfig: fixture('nope.json') }))).to.equal('USERPORT_DECRYPT_KMS');
+    });
+
+    it('names the flag and the file when the key cannot be opened', async () => {
+      const notAKey = fixture('fixture-key.passphrase');
+      const err = await keyUnwrapperFromOptions({ decryptWith: notAKey }).then(() => undefined, (e: unknown) => e as Error & { code?: string });
+      expect(err?.code).to.equal('USERPORT_DECRYPT_KEY_INVALID');
+      expect(err?.message).to.equal(`--decrypt-with ${notAKey}: the private key is not a PEM RSA private key (PKCS#8 or PKCS#1)`);
+      const pub = await keyUnwrapperFromOptions({ decryptWith: PUB }).then(() => undefined, (e: unknown) => e as Error);
+      expect(pub?.message).to.match(/^--decrypt-with .*fixture-key\.pub: the private key is not a PEM RSA private key/);
     });
   });
 
