@@ -82,6 +82,17 @@ export interface ModelMapperOptions {
 
 const NULLS: StageValue[] = STAGE_COLUMNS.map(() => null);
 
+/** Throws RECORD_OPTION_VALUE when `value` is not one Sentry allows for the record's option key (valueRules). */
+function checkOptionValue(rec: ScopedRecord, info: ModelInfo, fields: Record<string, unknown>, field: string, value: unknown): void {
+  if (info.mapping.columns.key === undefined) return;
+  const rule = info.valueRules.get(fields.key as string);
+  if (!rule || rule(value)) return;
+  throw new RecordError(ErrorCodes.RECORD_OPTION_VALUE,
+    `${rec.model} pk ${rec.pk}: value ${JSON.stringify(value)} is not allowed for option ${String(fields.key)}`, {
+      position: { ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, model: rec.model, pk: rec.pk, field },
+    });
+}
+
 function badValue(rec: ScopedRecord, field: string, reason: string): RecordError {
   return new RecordError(ErrorCodes.RECORD_SCHEMA, `${rec.model} pk ${rec.pk}: field ${field} ${reason}`, {
     position: { ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, model: rec.model, pk: rec.pk, field },
@@ -294,8 +305,13 @@ export function mapRecord(rec: ScopedRecord, target?: MapTarget, scope: ImportSc
   for (let i = 0; i < STAGE_COLUMNS.length; i++) {
     const field = info.fieldFor[i];
     const v = field === undefined ? undefined : fields[field];
-    if (v === undefined || v === null) { values[i] = null; continue; }
     const type = STAGE_COLUMNS[i]![1] as string;
+    if (v === undefined || v === null) {
+      // A null option value is checked too: Sentry's serializer refuses null for the keys it checks.
+      if (v === null && type === 'json') checkOptionValue(rec, info, fields, field!, null);
+      values[i] = null;
+      continue;
+    }
     const naturalKey = info.mapping.naturalKeys?.[field!];
     if (naturalKey !== undefined && Array.isArray(v)) {
       // `"user": ["alice"]`: a natural key, resolved by the merge against the export's users.
@@ -316,14 +332,7 @@ export function mapRecord(rec: ScopedRecord, target?: MapTarget, scope: ImportSc
           const q = jsonProblem(canonical.value);
           if (q) throw badValue(rec, field!, q);
         }
-        const keyField = info.mapping.columns.key === undefined ? undefined : 'key';
-        const rule = keyField === undefined ? undefined : info.valueRules.get(fields[keyField] as string);
-        if (rule && !rule(canonical.value)) {
-          throw new RecordError(ErrorCodes.RECORD_OPTION_VALUE,
-            `${rec.model} pk ${rec.pk}: value ${JSON.stringify(canonical.value)} is not allowed for option ${String(fields[keyField!])}`, {
-              position: { ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, model: rec.model, pk: rec.pk, field: field! },
-            });
-        }
+        checkOptionValue(rec, info, fields, field!, canonical.value);
         text = target?.optionValues === 'pickle' ? pickledOptionValue(canonical.text, rec, field!) : canonical.text;
       } catch (err) {
         // Both walks recurse: a value nested a few thousand levels deep (possible when maxDepth

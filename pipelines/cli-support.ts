@@ -7,7 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Writable } from 'node:stream';
-import { formatPosition, OptionError, printable, sayWording, UserportError, type Position, type Wording } from '../lib/errors.js';
+import { ErrorCodes, formatPosition, OptionError, printable, sayWording, UserportError, type Position, type Wording } from '../lib/errors.js';
+import { parseUsernameList } from '../lib/filter-users.js';
 
 export interface FlagSpec {
   type: 'string' | 'boolean';
@@ -331,6 +332,33 @@ export function checkOutputPath(flag: string, file: string): void {
   if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw usageError(`${flag}: ${printable(file)} is a folder`);
   const bytes = Buffer.byteLength(path.basename(file));
   if (bytes > 255) throw usageError(`${flag}: the file name is ${bytes} bytes long, more than a file system takes (255)`);
+}
+
+/**
+ * The username filter of `--filter-usernames A,B` or `--filter-usernames-file F`, for import and
+ * export alike. An empty value (or an empty file) is no filter at all, as Sentry's
+ * `parse_filter_arg` reads it, and `emptyFilter` says so for the summary. Names are split on commas
+ * and newlines and trimmed (Sentry splits on commas only and trims nothing: a file's last newline
+ * would make its last name match nobody). A value that is not empty but names nobody (`" "`,
+ * `","`, a file of blank lines) is refused: Sentry would take nobody, which no one asks for on
+ * purpose, and taking everyone would be worse.
+ */
+export function usernameFilter(value: string | undefined, file: string | undefined): { names: string[] | undefined; emptyFilter: boolean } {
+  if (value !== undefined && file !== undefined) throw usageError('--filter-usernames and --filter-usernames-file cannot be combined');
+  const flag = file !== undefined ? `--filter-usernames-file ${printable(file)}` : '--filter-usernames';
+  let text = value;
+  if (file !== undefined) {
+    try { text = fs.readFileSync(file, 'utf8'); } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'it is a directory' : e.message;
+      throw usage(new UserportError(ErrorCodes.IO, `--filter-usernames-file ${printable(file)}: ${why}`));
+    }
+  }
+  if (text === undefined) return { names: undefined, emptyFilter: false };
+  if (text === '') return { names: undefined, emptyFilter: true };
+  const names = parseUsernameList(text);
+  if (!names.length) throw usageError(`${flag} names no user (only blanks and separators): give names, or an empty value for no filter`);
+  return { names, emptyFilter: false };
 }
 
 /** Refuses, before any work, an input file (option or argument `flag`) that cannot be read. */

@@ -10,14 +10,13 @@ import { defaultEmbeddedDir, startEmbedded, stopEmbedded } from '../lib/db/embed
 import { createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
 import { checkDatabaseUrl } from '../lib/options.js';
 import { ErrorCodes, OptionError, ParseError, printable, UserportError } from '../lib/errors.js';
-import { parseUsernameList } from '../lib/filter-users.js';
 import { IMPORT_SCOPES, scopeModels, type ImportScope } from '../lib/models.js';
 import { keyUnwrapperFromOptions } from './key-options.js';
 import { checkImportOptions, importUsers, type ImportOptions, type Progress } from '../lib/import.js';
 import { dropImport, listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
-import { cliWording, didYouMean, formatBytes, helpText, parseCommand, reportError, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
+import { cliWording, didYouMean, formatBytes, helpText, parseCommand, reportError, usernameFilter, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { installSpoolCleanup, setInterruptNote } from './signals.js';
 import { runExportCommand } from './export-command.js';
 import { runTargetCommand } from './target-command.js';
@@ -173,7 +172,7 @@ const IMPORT_FLAGS = {
   'merge-users': { type: 'boolean', aliases: ['merge_users'] },
   'overwrite-configs': { type: 'boolean', aliases: ['overwrite_configs'] },
   'filter-usernames': { type: 'string', aliases: ['filter_usernames'] },
-  'filter-usernames-file': { type: 'string' },
+  'filter-usernames-file': { type: 'string', aliases: ['filter_usernames_file'] },
   'dry-run': { type: 'boolean' },
   'allow-reimport': { type: 'boolean' },
   'bulk-load': { type: 'string' },
@@ -462,23 +461,13 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
   }
   if (positionals.length !== 2) throw usageError(positionals.length < 2 ? 'missing SRC: a file, or - for standard input' : `one SRC only, got ${positionals.length - 1}`);
   const source = positionals[1]!;
-  // What only the command line has: two spellings of one option, and `-` for standard output.
-  if (o['filter-usernames'] !== undefined && o['filter-usernames-file'] !== undefined) {
-    throw usageError('--filter-usernames and --filter-usernames-file cannot be combined');
-  }
+  // What only the command line has: two spellings of one option (usernameFilter), and `-` for standard output.
   for (const flag of ['findings-file', 'rejects-file'] as const) {
     if (o[flag] === '-') throw usageError(`--${flag} -: standard output is not supported (it carries the summary); give a file path`);
   }
   checkUrl(str(o['database-url']));
-  for (const flag of ['filter-usernames-file', 'decrypt-with', 'decrypt-passphrase-file', 'decrypt-with-gcp-kms'] as const) checkInput(`--${flag}`, str(o[flag]));
-  let filterUsernames: string[] | undefined;
-  let emptyFilter = false;
-  const filterText = o['filter-usernames-file'] !== undefined ? fs.readFileSync(str(o['filter-usernames-file'])!, 'utf8') : str(o['filter-usernames']);
-  if (filterText !== undefined) {
-    filterUsernames = parseUsernameList(filterText);
-    // Sentry's parse_filter_arg: an empty value is no filter at all, not "import nobody".
-    if (filterUsernames.length === 0) { filterUsernames = undefined; emptyFilter = true; }
-  }
+  const { names: filterUsernames, emptyFilter } = usernameFilter(str(o['filter-usernames']), str(o['filter-usernames-file']));
+  for (const flag of ['decrypt-with', 'decrypt-passphrase-file', 'decrypt-with-gcp-kms'] as const) checkInput(`--${flag}`, str(o[flag]));
   const options: Omit<ImportOptions, 'databaseUrl'> = {
     batchRows: intOption('batch-rows', o['batch-rows']),
     maxRejects: intOption('max-rejects', o['max-rejects']),

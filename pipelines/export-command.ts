@@ -10,10 +10,9 @@ import { startEmbedded } from '../lib/db/embedded.js';
 import { checkDatabaseUrl } from '../lib/options.js';
 import { printable } from '../lib/errors.js';
 import { exportUsers, type ExportProgress, type ExportScope, type ExportSummary } from '../lib/export.js';
-import { parseUsernameList } from '../lib/filter-users.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
 import { encryptionKey } from '../lib/encrypt.js';
-import { checkInputFile, checkOutputPath, didYouMean, formatBytes, helpText, parseCommand, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
+import { checkInputFile, checkOutputPath, didYouMean, formatBytes, helpText, parseCommand, TEXT_WIDTH, usage, usageError, usernameFilter, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { closedStdout, stdoutClosedAtLaunch } from './signals.js';
 
 export const EXPORT_USAGE = `Usage: userport export users|config|global DEST [options]
@@ -75,8 +74,8 @@ function progressLine(p: ExportProgress): string {
   return `${formatBytes(p.bytes)} written · ${p.records.toLocaleString('en-US')} records · ${rate.toLocaleString('en-US')} rec/s · ${p.model}`;
 }
 
-/** The summary as a person reads it. */
-export function formatExportSummary(s: ExportSummary, dest: string): string {
+/** The summary as a person reads it; `emptyFilter`: `--filter-usernames ""` was given (no filter, as in Sentry). */
+export function formatExportSummary(s: ExportSummary, dest: string, emptyFilter = false): string {
   const rows = Object.entries(s.models).map(([m, n]) => [m, n.toLocaleString('en-US')]);
   const w0 = Math.max(5, ...rows.map((r) => r[0]!.length));
   const w1 = Math.max(8, ...rows.map((r) => r[1]!.length));
@@ -88,6 +87,7 @@ export function formatExportSummary(s: ExportSummary, dest: string): string {
   for (const e of s.excluded) out.push(`  left out ${e.count.toLocaleString('en-US')} ${e.model}: ${e.reason}`);
   for (const [m, f] of Object.entries(s.missingColumns)) out.push(`  ${m}: the database has no column for ${f.join(', ')} (left out of every record)`);
   for (const [m, why] of Object.entries(s.absentModels)) out.push(`  ${m}: none written, ${why}`);
+  if (emptyFilter) out.push('--filter-usernames was empty: no filter (as in Sentry), every user exported');
   if (s.unmatchedUsernames.length) out.push(wrapList('No user matched these --filter-usernames', s.unmatchedUsernames.map(printable)));
   // Every line fits 80 columns; a wrapped "left out" reason hangs under its text.
   return out.map((l) => wrapText(l, TEXT_WIDTH, '    ')).join('\n');
@@ -141,19 +141,10 @@ export async function runExportCommand(args: string[]): Promise<number> {
   if (o['tmp-dir'] !== undefined && !(fs.existsSync(o['tmp-dir']) && fs.statSync(o['tmp-dir']).isDirectory())) {
     throw usageError(`--tmp-dir: ${printable(o['tmp-dir'])} is not a folder`);
   }
-  if (o['filter-usernames'] !== undefined && o['filter-usernames-file'] !== undefined) {
-    throw usageError('--filter-usernames and --filter-usernames-file cannot be combined');
-  }
   if (o['encrypt-with'] !== undefined && o['encrypt-with-gcp-kms'] !== undefined) {
     throw usageError('--encrypt-with and --encrypt-with-gcp-kms cannot be combined');
   }
-  let filterUsernames: string[] | undefined;
-  if (o['filter-usernames'] !== undefined) filterUsernames = parseUsernameList(o['filter-usernames']);
-  if (o['filter-usernames-file'] !== undefined) {
-    try { filterUsernames = parseUsernameList(fs.readFileSync(o['filter-usernames-file'], 'utf8')); } catch (err) {
-      throw usageError(`--filter-usernames-file: cannot read ${printable(o['filter-usernames-file'])}: ${(err as Error).message}`);
-    }
-  }
+  const { names: filterUsernames, emptyFilter } = usernameFilter(o['filter-usernames'], o['filter-usernames-file']);
   let indent: number | undefined;
   if (o.indent !== undefined) {
     indent = Number(o.indent);
@@ -217,6 +208,6 @@ export async function runExportCommand(args: string[]): Promise<number> {
   // With DEST on stdout, stdout carries the export: anything else goes to stderr.
   const report = dest === '-' ? process.stderr : process.stdout;
   if (o.json) report.write(`${JSON.stringify(summary, null, 2)}\n`);
-  else if (!quiet) report.write(`${formatExportSummary(summary, dest)}\n`);
+  else if (!quiet) report.write(`${formatExportSummary(summary, dest, emptyFilter)}\n`);
   return 0;
 }

@@ -243,6 +243,8 @@ describe('userport CLI', function () {
     it('are caught before any database is touched: one line with the code, exit 2, no server started', async () => {
       const cwd = tmpFolder('userport-badopt-');
       const good = path.join(cwd, 'ok.json');
+      const blankNames = path.join(cwd, 'blank-names.txt');
+      fs.writeFileSync(blankNames, '\n  \n');
       fs.writeFileSync(good, JSON.stringify([user(1, 'a')]));
       fs.mkdirSync(path.join(cwd, 'adir'));
       const cases: [string[], string, RegExp][] = [
@@ -260,6 +262,9 @@ describe('userport CLI', function () {
         [['import', 'users', '-', '--resumable'], 'USERPORT_OPTION_INVALID', /--resumable needs SRC to be a file/],
         [['import', 'users', good, '--filter-usernames', 'a', '--filter-usernames-file', 'b'], 'USERPORT_OPTION_INVALID', /cannot be combined/],
         [['import', 'users', good, '--filter-usernames-file', path.join(cwd, 'nope.txt')], 'USERPORT_IO', /--filter-usernames-file .*no such file/],
+        // Not empty, but naming nobody: refused, where Sentry would take nobody and an empty value takes everybody.
+        [['import', 'users', good, '--filter-usernames', ' , '], 'USERPORT_OPTION_INVALID', /--filter-usernames names no user \(only blanks and separators\): give names, or an empty value for no filter/],
+        [['import', 'users', good, '--filter-usernames-file', blankNames], 'USERPORT_OPTION_INVALID', /--filter-usernames-file .*blank-names\.txt names no user/],
         [['import', 'users', good, '--decrypt-with', path.join(cwd, 'nokey.pem')], 'USERPORT_IO', /--decrypt-with .*no such file/],
         [['import', 'users', good, '--max-depth', 'ten'], 'USERPORT_OPTION_INVALID', /--max-depth must be an integer/],
         [['import', 'users', good, '--database-url', 'mysql://x'], 'USERPORT_OPTION_INVALID', /--database-url/],

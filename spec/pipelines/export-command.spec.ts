@@ -138,6 +138,20 @@ describe('userport export users', function () {
     expect(JSON.parse(r.stdout.toString()).models['sentry.user']).to.equal(1);
   });
 
+  it('an empty --filter-usernames is no filter, as Sentry\'s parse_filter_arg reads it: every user exported, and the summary says so', async () => {
+    const all = path.join(dir, 'all.json');
+    const unfiltered = await userport(['export', 'users', all, '--database-url', source.url, '--json']);
+    expect(unfiltered.code, unfiltered.stderr).to.equal(0);
+    const users = JSON.parse(unfiltered.stdout.toString()).models['sentry.user'] as number;
+    expect(users).to.be.greaterThan(1);
+    const dest = path.join(dir, 'empty-filter.json');
+    const r = await userport(['export', 'users', dest, '--database-url', source.url, '--filter-usernames', '']);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout.toString()).to.include('--filter-usernames was empty: no filter (as in Sentry), every user exported');
+    const records = JSON.parse(fs.readFileSync(dest, 'utf8')) as { model: string }[];
+    expect(records.filter((x) => x.model === 'sentry.user')).to.have.length(users);
+  });
+
   it('refuses usage mistakes before touching any database: exit 2, USERPORT_OPTION_INVALID, no embedded server started', async () => {
     // No database URL at all: had the command got as far as the database, it would have started
     // the embedded server in USERPORT_HOME.
@@ -147,6 +161,8 @@ describe('userport export users', function () {
     const cases: string[][] = [
       [dest, '--indent', 'x'],
       [dest, '--filter-usernames', 'a', '--filter-usernames-file', 'f'],
+      // Not empty, but naming nobody: Sentry would export nobody, and everybody would be worse.
+      [dest, '--filter-usernames', ' , '],
       [dest, '--encrypt-with', path.join(dir, 'missing.pem')],
       [dest, '--encrypt-with-gcp-kms', path.join(dir, 'missing.json')],
       [dest, '--bogus'],

@@ -9,8 +9,13 @@ import { insertPkRanges } from './pk-map.js';
 import { idSequence, modelCodes, type Q } from './run.js';
 import type { WritePlan } from './plan.js';
 
-/** Sentry's suffix schedule for renamed users: tail length, attempts. Then 12 until unique. */
-const RENAME_SCHEDULE: [number, number][] = [[2, 2], [3, 3], [5, 20], [12, 1]];
+/**
+ * Sentry's suffix schedule for renamed users (`unique_db_instance`): tail length, attempts. Its
+ * `sizes` are `(attempts, size)` pairs, `(1, 2), (5, 3), (20, 5), (1, 12)`, 27 tries in all (their
+ * comments say "2 attempts", "3 attempts", but the loop reads `for attempts, size in sizes`).
+ * Where Sentry then fails on the UNIQUE key, userport goes on with 12 characters until unique.
+ */
+const RENAME_SCHEDULE: [number, number][] = [[2, 1], [3, 5], [5, 20], [12, 1]];
 const MAX_RENAME_ROUNDS = 200;
 
 /** What the users' step wrote. */
