@@ -10,7 +10,7 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { OptionError } from './errors.js';
-import { processAlive } from './spool.js';
+import { MAKER_TAG, makerGone } from './spool.js';
 
 /**
  * Temporary files being written. The library installs no process handlers: a program that wants
@@ -36,9 +36,9 @@ function tempPrefix(dest: string): string {
   return `.${base}.`;
 }
 
-/** `.DEST.<pid>.<hex>.partial` beside `dest`: hidden, and telling which process writes it. */
+/** `.DEST.<pid>-<pid namespace>.<hex>.partial` beside `dest`: hidden, and telling which process writes it. */
 function tempName(dest: string): string {
-  return path.join(path.dirname(dest), `${tempPrefix(dest)}${process.pid}.${crypto.randomBytes(6).toString('hex')}.partial`);
+  return path.join(path.dirname(dest), `${tempPrefix(dest)}${MAKER_TAG}.${crypto.randomBytes(6).toString('hex')}.partial`);
 }
 
 /** Removes `dest`'s temporary files left by processes that no longer exist. Never throws. */
@@ -47,8 +47,9 @@ async function removeStaleTemps(dest: string): Promise<void> {
   const names = await fs.readdir(path.dirname(dest)).catch(() => [] as string[]);
   for (const name of names) {
     if (!name.startsWith(prefix) || !name.endsWith('.partial')) continue;
-    const m = /^(\d+)\.[0-9a-f]{12}\.partial$/.exec(name.slice(prefix.length));
-    if (m && Number(m[1]) !== process.pid && !processAlive(Number(m[1]))) {
+    // <pid>-<namespace>, or <pid> alone in names from before namespaces were noted.
+    const m = /^(\d+)(?:-(\d+))?\.[0-9a-f]{12}\.partial$/.exec(name.slice(prefix.length));
+    if (m && makerGone(Number(m[1]), m[2])) {
       await fs.rm(path.join(path.dirname(dest), name), { force: true }).catch(() => undefined);
     }
   }

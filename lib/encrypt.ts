@@ -32,8 +32,12 @@ export interface EncryptorOptions {
 const ENCRYPTOR_OPTIONS: { readonly [K in keyof EncryptorOptions]-?: OptionCheck } = {
   publicKeyPem: isStringOrBuffer,
   size: isInteger(0),
-  fernetKey: isStringOrBuffer,
-  iv: (v) => (Buffer.isBuffer(v) ? undefined : 'a Buffer'),
+  fernetKey: (v) => {
+    if (typeof v !== 'string' && !Buffer.isBuffer(v)) return 'a string or a Buffer';
+    const s = (typeof v === 'string' ? v : v.toString('latin1')).trim();
+    return /^[A-Za-z0-9_-]{43}=$/.test(s) ? undefined : 'a Fernet key (44 characters of URL-safe base64)';
+  },
+  iv: (v) => (Buffer.isBuffer(v) && v.length === 16 ? undefined : 'a Buffer of 16 bytes'),
   timestamp: isInteger(0),
 };
 

@@ -124,6 +124,7 @@ export function sayWording(w: Wording, name: (option: string) => string = (o) =>
   return w.map((p) => (typeof p === 'string' ? p : name(p.option))).join('');
 }
 
+/** What a {@link UserportError} carries beside its code and message: the error it wraps, and where in the input. */
 export interface UserportErrorOptions {
   cause?: unknown;
   position?: Position;

@@ -22,7 +22,7 @@ import { IMPORT_SCOPES, registry, scopeIncludes, type ImportScope, type ModelMap
 import { arrayClose, ARRAY_OPEN, formatRecord, recordLayout, recordSeparator, unreadable, type Encoding, type RecordLayout, type Unreadable } from './export-format.js';
 import { writeErrorFinding, writeExportFindings, type Finding } from './findings.js';
 import { encryptExport, encryptionKey } from './encrypt.js';
-import { ErrorCodes, ExportError, OptionError, UserportError, wrapDbError } from './errors.js';
+import { ErrorCodes, ExportError, OptionError, UserportError, wrapCallbackError, wrapDbError } from './errors.js';
 import { checkDatabaseUrl, checkOptions as checkKnownOptions, isFunction, isInteger, isNonEmptyString, isOneOf, isStringOrBuffer, type OptionCheck } from './options.js';
 
 // The export's JSON writers, public here since before they had a module of their own.
@@ -36,7 +36,8 @@ interface ExportField {
   encoding: Encoding;
 }
 
-interface ExportModel {
+/** A model the exporter writes: its name, table and the columns it reads, as `exportModels(scope)` lists them. */
+export interface ExportModel {
   model: string;
   table: string;
   /** The narrowest export scope that writes the model (Sentry's `RelocationScope`). */
@@ -249,7 +250,12 @@ class ExportAccounting {
     s.models[model]! += records;
     s.records += records;
     this.framing(bytes);
-    this.onProgress?.({ model, records: s.records, bytes: s.bytes, seconds: s.seconds });
+    if (!this.onProgress) return;
+    try {
+      this.onProgress({ model, records: s.records, bytes: s.bytes, seconds: s.seconds });
+    } catch (err) {
+      throw wrapCallbackError(err, 'onProgress');
+    }
   }
 
   /** A row left out because a value could not be written. Never the value: it may be a secret. */

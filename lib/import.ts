@@ -10,12 +10,12 @@ import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { openImportDatabase, type ImportDatabase } from './db/import-database.js';
 import { checkDatabaseUrl, checkOptions, describeValue, isBoolean, isFunction, isInteger, isKeyUnwrapper, isNonEmptyString, isStringIterable, toStringSet, type OptionCheck } from './options.js';
-import { describePlan, earlyUsersOverlap, mergeStaged, type MergeOptions, type MergeStep } from './db/merge/index.js';
+import { describePlan, earlyUsersOverlap, mergeAfterEarlyUsers, type MergeOptions, type MergeStep } from './db/merge/index.js';
 import { deleteStaged, finishImport, insertImport, markImportFailed, saveCheckpoint, startImport } from './db/imports.js';
 import { unmatchedUsernames } from './db/findings.js';
 import { commitOutcome } from './db/commit-outcome.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
-import { ErrorCodes, opt, OptionError, UserportError, wording, wrapDbError, type Wording } from './errors.js';
+import { ErrorCodes, opt, OptionError, UserportError, wording, wrapCallbackError, wrapDbError, type Wording } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
 import { fieldLimits, modelInfo, skippedReasons, type ImportScope } from './models.js';
 import { isImportScope } from './filter-users.js';
@@ -273,8 +273,20 @@ function resolveImportOptions(o: ImportOptions): ResolvedImport {
 /**
  * Imports a Sentry user export. Resolves to the summary; rejects with a {@link UserportError}
  * (nothing written in atomic mode; everything up to the last checkpoint kept in resumable mode).
+ * A Readable `source` is the import's, as a stream given to `stream.pipeline` is: read to its end,
+ * or destroyed when the import ends without reading it (a refused option, an unreachable
+ * database, a file already imported), so no file descriptor or socket is left open.
  */
 export async function importUsers(options: ImportOptions): Promise<ImportSummary> {
+  try {
+    return await runImport(options);
+  } finally {
+    const src = (options as { source?: unknown } | null)?.source;
+    if (src instanceof Readable && !src.destroyed && !src.readableEnded) src.destroy();
+  }
+}
+
+async function runImport(options: ImportOptions): Promise<ImportSummary> {
   const o = resolveImportOptions(options);
   const input = prepareImportSource(o);
   const started = Date.now();
@@ -297,14 +309,24 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     const { importId, skipThrough } = start;
     run = start.run;
     if (start.counters) stats.restore(start.counters);
-    o.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough, found: start.found, ...(start.others ? { others: start.others } : {}) });
+    try {
+      o.onStart?.({ importId, resumed: skipThrough > 0, fromOrdinal: skipThrough, found: start.found, ...(start.others ? { others: start.others } : {}) });
+    } catch (err) {
+      throw wrapCallbackError(err, 'onStart');
+    }
 
     if (o.rejectsFile) {
       // Resuming: keep exactly the lines of the records before the checkpoint, drop any written
       // after it by the process that died.
       rejects = openRejectsFile(o.rejectsFile, o.maxRejects, skipThrough ? start.counters?.rejects ?? { bytes: 0, count: 0 } : undefined);
     }
-    const { stream: source, size, leadingText, gzip } = await input.open();
+    // What the source itself fails with (a reset network stream, a bad gzip member), while it is
+    // sniffed or read, is reading's failure, not the database's: an ECONNRESET from there is no
+    // lost connection to PostgreSQL.
+    const readFailure = (err: unknown) => new UserportError(ErrorCodes.IO, `reading the source failed: ${(err as Error | null)?.message ?? String(err)}`, { cause: err });
+    const { stream: source, size, leadingText, gzip } = await input.open().catch((err: unknown) => { throw err instanceof UserportError ? err : readFailure(err); });
+    let sourceError: unknown;
+    source.once('error', (err) => { sourceError = err; });
     // Tokenizer, user filter and model mapper fused in one stream (the same pure functions as
     // createTokenizer/createUserFilter/createModelMapper, without two object-mode hops per record).
     const processor = recordProcessor({
@@ -347,7 +369,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
     let committing = false;
     const finalize = async (c: pg.ClientBase) => {
       if (!o.resumable) await insertImport(c, run, mode, start.row);
-      const merged = await mergeStaged(c, mergeOptions, stats, early.users);
+      const merged = await mergeAfterEarlyUsers(c, mergeOptions, stats, early.users);
       bulkLoaded = merged.bulkLoad;
       if (o.filterUsernames) {
         stats.unmatchedUsernames = await unmatchedUsernames(c, run, modelInfo('sentry.user')!.mapping.code, o.filterUsernames);
@@ -371,13 +393,27 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       ...(o.tmpDir ? { tmpDir: o.tmpDir } : {}),
       onTrace: o.onTrace,
     });
+    // A caller's onProgress that throws fails the import (USERPORT_CALLBACK) like any error, by
+    // destroying the sink: a throw from a timer would be the process's uncaught exception. The
+    // first report runs in the same tick as pipeline() below, which listens before the error is
+    // emitted (next tick).
+    let callbackFailed: UserportError | undefined;
     if (o.onProgress) {
       const onProgress = o.onProgress;
-      const report = (phase: Progress['phase']) => onProgress({
-        phase, bytesRead: processor.splitter.bytesRead, totalBytes: size, records: processor.splitter.recordsSeen,
-        seconds: (Date.now() - started) / 1000,
-        ...(phase === 'merging' && step ? { step } : {}), ...(emptyTarget !== undefined ? { emptyTarget } : {}), scope,
-      });
+      const report = (phase: Progress['phase']) => {
+        if (callbackFailed) return;
+        try {
+          onProgress({
+            phase, bytesRead: processor.splitter.bytesRead, totalBytes: size, records: processor.splitter.recordsSeen,
+            seconds: (Date.now() - started) / 1000,
+            ...(phase === 'merging' && step ? { step } : {}), ...(emptyTarget !== undefined ? { emptyTarget } : {}), scope,
+          });
+        } catch (err) {
+          callbackFailed = wrapCallbackError(err, 'onProgress');
+          clearInterval(progressTimer);
+          sink.destroy(callbackFailed);
+        }
+      };
       report('reading');
       progressTimer = setInterval(() => report('reading'), 500);
       progressTimer.unref();
@@ -426,6 +462,7 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
       if (committing && await committedAfterAll(err)) return buildSummary();
       const lost = opened.clientError;
       if (lost && !(err instanceof UserportError)) throw wrapDbError(lost, 'the import');
+      if (err === sourceError && !(err instanceof UserportError)) throw readFailure(err);
       throw err instanceof UserportError ? err : wrapDbError(err, 'the import');
     }
     return buildSummary();

@@ -14,13 +14,13 @@ import type { EmbeddedOptions, EmbeddedServer } from './db/embedded.js';
 
 // Stages.
 export { createTokenizer, DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './tokenize.js';
-export type { RawRecord, RecordPosition, TokenizerOptions } from './tokenize.js';
+export type { RawRecord, RecordPosition, RecordSplitter, TokenizerOptions } from './tokenize.js';
 export { createUserFilter, DEFAULT_COLLECT_REJECTS, isRejectMarker, isScopedRecord, isSkipMarker } from './filter-users.js';
 export type { FlowItem, RejectMarker, ScopedRecord, SkipMarker, UserFilterOptions } from './filter-users.js';
 export { createModelMapper, isFilteredMarker, isStagedRow, stagedValues } from './map-models.js';
-export type { FilteredMarker, MappedItem, ModelMapperOptions, StagedRow } from './map-models.js';
+export type { FilteredMarker, MapTarget, MappedItem, ModelMapperOptions, StagedRow } from './map-models.js';
 export { STAGE_COLUMNS, STAGE_INDEX, USER_SCOPE_MODELS } from './models.js';
-export type { StageColumn, StageValue } from './models.js';
+export type { FieldLimits, ImportScope, ModelMapping, StageColumn, StageValue } from './models.js';
 // The tokenizer, user filter and model mapper fused into one stage (what importUsers runs).
 export { createRecordProcessor } from './process-records.js';
 export type { RecordProcessorOptions } from './process-records.js';
@@ -34,17 +34,17 @@ export { checkImportOptions, importUsers } from './import.js';
 export { checkImportFiles } from './source.js';
 export type { SourceCheckOptions, SourceKind } from './source.js';
 export type { ImportOptions, Progress, StartInfo } from './import.js';
-export type { TraceEvent } from './trace.js';
+export type { TraceEvent, TraceOptions } from './trace.js';
 export { dropImport } from './db/imports.js';
 export type { DroppedImport } from './db/imports.js';
 export { ImportStats } from './stats.js';
-export type { ImportSummary, ModelCounts } from './stats.js';
+export type { ImportSummary, ModelCounts, StatsSnapshot } from './stats.js';
 export { createRejectsFile } from './rejects.js';
 export type { RejectSink, RejectsFileOptions } from './rejects.js';
 
 // The other half of a migration: Sentry's user tables out as `sentry export users|config|global` writes them.
 export { createExporter, exportUsers, exportModels, EXPORT_MODELS, DEFAULT_FETCH_ROWS } from './export.js';
-export type { ExporterOptions, ExportScope, ExportStream, ExportSummary, ExportUsersOptions, ExportProgress, ExportFinding, ExcludedRows } from './export.js';
+export type { ExporterOptions, ExportModel, ExportScope, ExportStream, ExportSummary, ExportUsersOptions, ExportProgress, ExportFinding, ExcludedRows } from './export.js';
 // One findings format for both directions (`findingsFile` of importUsers and exportUsers).
 export type { Finding } from './findings.js';
 
@@ -60,19 +60,19 @@ export type { GcpKmsConfig, GcpKmsUnwrapperOptions, GoogleAccessTokenSource } fr
 
 // Errors.
 export { UserportError, OptionError, ParseError, RecordError, DatabaseError, ExportError, ErrorCodes, opt, sayWording, wording } from './errors.js';
-export type { ErrorCode, OptionName, Position, Wording } from './errors.js';
+export type { ConnectionFacts, ErrorCode, OptionName, Position, UserportErrorOptions, Wording } from './errors.js';
 export { DecryptError, DecryptErrorCodes } from './crypto/errors.js';
 export type { DecryptErrorCode } from './crypto/errors.js';
 
 // Database helpers: the tables (for createPgSink), the merge (its usual finalize), the embedded server.
 export { createKnex, migrate, waitForDatabase } from './db/knex.js';
 export { describePlan, mergeStaged, planFor, writePlan } from './db/merge/index.js';
-export type { MergeOptions, MergeOutcome, MergeStep, WritePlan } from './db/merge/index.js';
+export type { MergeOptions, MergeOutcome, MergeStep, PrivilegePlan, WritePlan } from './db/merge/index.js';
 export { readTarget } from './db/target.js';
 export type { Target, TargetColumn, TargetTable, OptionValueEncoding } from './db/target.js';
 export { beginImportRun, finishImportRun, reserveImportRun } from './db/runs.js';
 export type { ImportRunOptions } from './db/runs.js';
-export type { EmbeddedOptions, EmbeddedServer } from './db/embedded.js';
+export type { EmbeddedConfig, EmbeddedOptions, EmbeddedServer } from './db/embedded.js';
 
 /**
  * Starts (or reuses) the embedded PostgreSQL kept in `options.dir` and resolves to its URL and

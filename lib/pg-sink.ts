@@ -7,7 +7,9 @@
  *   go to a TEMP staging table through one COPY stream held open for the whole import, so Node
  *   parses while PostgreSQL ingests (the two cores work at once) and write() === false
  *   (socket backpressure) reaches the parser. `_destroy` sends CopyFail and rolls back: a failed
- *   pipeline() leaves nothing behind. `dryRun` rolls back even on success.
+ *   pipeline() leaves nothing behind, once the sink emits 'close' (pipeline() settles at the first
+ *   error, before that: a caller reusing the client waits for 'close'). `dryRun` rolls back even
+ *   on success. The sink changes no setting of the client's session.
  * - `batches` (resumable imports): every `batchRows` rows are COPYed into the persistent staging
  *   table and committed together with the caller's checkpoint; the write callback fires only
  *   after that commit. The merge runs in a last transaction of its own.
@@ -25,7 +27,7 @@ import type pg from 'pg';
 import os from 'node:os';
 import { Writable } from 'node:stream';
 import copyStreams from 'pg-copy-streams';
-import { OptionError, wrapCallbackError, wrapDbError } from './errors.js';
+import { DatabaseError, ErrorCodes, OptionError, UserportError, wrapCallbackError, wrapDbError } from './errors.js';
 import { checkOptions, isBoolean, isFunction, isInteger, isNonEmptyString, isOneOf, type OptionCheck } from './options.js';
 import { copySql, CopyText, FLUSH_BYTES } from './copy-text.js';
 import { rejectedUserRow, type FilteredMarker, type MappedItem, type StagedRow } from './map-models.js';
@@ -160,7 +162,14 @@ export function pgSink(options: PgSinkOptions): Writable {
     return s;
   };
 
-  const copyError = (err: Error) => wrapDbError(err, 'COPY into the staging table');
+  // The connection's end, as the client reports it: a COPY write failing after it (pg-copy-streams
+  // then throws a TypeError of its own) is a lost connection, USERPORT_DB_CONNECT.
+  let connectionEnded = false;
+  const onEnd = () => { connectionEnded = true; };
+  client.once('end', onEnd);
+  const copyError = (err: Error) => (connectionEnded && !(err instanceof UserportError)
+    ? new DatabaseError(ErrorCodes.DB_CONNECT, `COPY into the staging table: lost the connection to PostgreSQL (${err.message})`, { cause: err })
+    : wrapDbError(err, 'COPY into the staging table'));
   /** Writes COPY text to the open COPY stream, resolving when the socket can take more. */
   const send = (chunks: Buffer[]) => writeChunks(copy!, chunks, copyError);
   /** Ends the COPY stream and waits for the server's confirmation. */
@@ -226,9 +235,8 @@ export function pgSink(options: PgSinkOptions): Writable {
     construct(callback) {
       if (!whole) return callback();
       (async () => {
-        // Temp tables live in session-local buffers (8 MB by default): a larger pool keeps the
-        // staging and merge tables of a big import in memory. Must be set before first use.
-        await query(`SET temp_buffers = '256MB'`);
+        // The session's settings are its owner's: importUsers sizes temp_buffers on its own
+        // connection (lib/db/import-database.ts); a caller's client is left as it was given.
         await query('BEGIN');
         inTransaction = true;
         // The staging of an atomic import is never WAL-logged and vanishes with its transaction;
@@ -341,6 +349,7 @@ export function pgSink(options: PgSinkOptions): Writable {
           inTransaction = false;
           await client.query('ROLLBACK').catch(() => undefined);
         }
+        client.off('end', onEnd);
       })().then(() => callback(err), () => callback(err));
     },
   });

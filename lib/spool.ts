@@ -5,7 +5,7 @@
  * when its stream closes or on any failure.
  */
 import fs, { type FileHandle } from 'node:fs/promises';
-import { rmSync } from 'node:fs';
+import { readlinkSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { ioError } from './crypto/errors.js';
 
@@ -43,14 +43,37 @@ export function processAlive(pid: number): boolean {
 }
 
 /**
+ * This process's PID namespace (Linux; "0" elsewhere). Containers that share a /tmp see each
+ * other's files but not each other's processes: a pid in a name is judged only in the namespace
+ * that gave it.
+ */
+const PID_NAMESPACE = (() => {
+  try { return /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))?.[1] ?? '0'; } catch { return '0'; }
+})();
+
+/** `<pid>-<pid namespace>`: who makes a spool folder or a temporary output file, in its name. */
+export const MAKER_TAG = `${process.pid}-${PID_NAMESPACE}`;
+
+/**
+ * Whether the maker a name tags (`pid`, and `namespace` as {@link MAKER_TAG} wrote it; undefined
+ * in names from before it was written) is gone: a process of this namespace that no longer runs.
+ * One of another namespace is never judged gone.
+ */
+export function makerGone(pid: number, namespace: string | undefined): boolean {
+  if (namespace !== undefined && namespace !== PID_NAMESPACE) return false;
+  return pid !== process.pid && !processAlive(pid);
+}
+
+/**
  * Removes spool folders under `tmpDir` left by a userport process that no longer exists (a
- * SIGKILL runs no handler): the folder name carries its creator's pid. Never throws.
+ * SIGKILL runs no handler): the folder name carries its maker's tag. Never throws.
  */
 export async function removeStaleSpools(tmpDir: string): Promise<void> {
   const names = await fs.readdir(tmpDir).catch(() => [] as string[]);
   for (const name of names) {
-    const m = /^userport-spool-(\d+)-/.exec(name);
-    if (m && Number(m[1]) !== process.pid && !processAlive(Number(m[1]))) {
+    // userport-spool-<pid>-<namespace>-XXXXXX, or userport-spool-<pid>-XXXXXX before namespaces.
+    const m = /^userport-spool-(\d+)-(?:(\d+)-)?[^-]{6}$/.exec(name);
+    if (m && makerGone(Number(m[1]), m[2])) {
       await fs.rm(path.join(tmpDir, name), { recursive: true, force: true }).catch(() => undefined);
     }
   }
@@ -63,7 +86,7 @@ export async function makeSpool(tmpDir: string, name = 'export.json.fernet'): Pr
   try {
     // mkdtemp makes the folder 0700; the file inside is 0600 and created exclusively. The pid in
     // its name lets a later run remove it if this process is SIGKILLed.
-    dir = await fs.mkdtemp(path.join(tmpDir, `${SPOOL_PREFIX}${process.pid}-`));
+    dir = await fs.mkdtemp(path.join(tmpDir, `${SPOOL_PREFIX}${MAKER_TAG}-`));
   } catch (err) {
     throw ioError(`cannot create the spool folder in ${tmpDir}`, err);
   }

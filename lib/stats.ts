@@ -181,6 +181,7 @@ export class ImportStats {
   }
 }
 
+/** The counters as plain JSON ({@link ImportStats.snapshot}): what a resumable import checkpoints and a summary is built from. */
 export interface StatsSnapshot {
   records: number;
   bytes: number;

@@ -13,10 +13,17 @@ export function writeChunks(s: Writable, chunks: Buffer[], wrap: (err: Error) =>
     const onError = (err: Error) => reject(wrap(err));
     s.once('error', onError);
     let ok = true;
-    for (const chunk of chunks) {
-      ok = s.write(chunk, (err) => {
-        if (err) return onError(err);
-      });
+    try {
+      for (const chunk of chunks) {
+        ok = s.write(chunk, (err) => {
+          if (err) return onError(err);
+        });
+      }
+    } catch (err) {
+      // A write that throws (pg-copy-streams on a connection that is gone) fails like one that errs.
+      s.off('error', onError);
+      onError(err as Error);
+      return;
     }
     const done = () => { s.off('error', onError); resolve(); };
     if (ok) done();

@@ -10,7 +10,7 @@ import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { writeFileAtomically } from '../lib/atomic-file.js';
 import { OptionError } from '../lib/errors.js';
-import { processAlive } from '../lib/spool.js';
+import { MAKER_TAG, processAlive } from '../lib/spool.js';
 import { tmpFolder } from './helpers/setup.js';
 
 const writeAll = (text: string) => (out: Writable) => new Promise<void>((resolve, reject) => {
@@ -94,16 +94,19 @@ describe('lib/atomic-file: output files written whole or not at all', () => {
     expect(fs.statSync('/dev/null').isCharacterDevice()).to.equal(true);
   });
 
-  it('removes the temporary file a killed writer left for the same DEST, never a live writer\'s', async () => {
+  it('removes the temporary file a killed writer left for the same DEST, never a live writer\'s or another PID namespace\'s', async () => {
     const dir = tmpFolder('atomic-');
     const r = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
     const dead = Number(r.stdout);
     expect(processAlive(dead)).to.equal(false);
-    const stale = path.join(dir, `.out.json.${dead}.0123456789ab.partial`);
-    const live = path.join(dir, `.out.json.${process.ppid}.0123456789ab.partial`);
-    const otherDest = path.join(dir, `.other.json.${dead}.0123456789ab.partial`);
-    for (const f of [stale, live, otherDest]) fs.writeFileSync(f, 'partial');
+    const ns = MAKER_TAG.split('-')[1]!;
+    const stale = path.join(dir, `.out.json.${dead}-${ns}.0123456789ab.partial`);
+    const legacyStale = path.join(dir, `.out.json.${dead}.0123456789ac.partial`);
+    const live = path.join(dir, `.out.json.${process.ppid}-${ns}.0123456789ab.partial`);
+    const otherNamespace = path.join(dir, `.out.json.${dead}-${ns === '1' ? '2' : '1'}.0123456789ab.partial`);
+    const otherDest = path.join(dir, `.other.json.${dead}-${ns}.0123456789ab.partial`);
+    for (const f of [stale, legacyStale, live, otherNamespace, otherDest]) fs.writeFileSync(f, 'partial');
     await writeFileAtomically(path.join(dir, 'out.json'), 0o644, writeAll('[]'));
-    expect(fs.readdirSync(dir).sort()).to.deep.equal([path.basename(live), path.basename(otherDest), 'out.json'].sort());
+    expect(fs.readdirSync(dir).sort()).to.deep.equal([path.basename(live), path.basename(otherNamespace), path.basename(otherDest), 'out.json'].sort());
   });
 });

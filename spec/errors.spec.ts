@@ -11,7 +11,10 @@ import { DecryptError, DecryptErrorCodes } from '../lib/crypto/errors.js';
 import {
   connectError, databaseAddress, DatabaseError, ErrorCodes, OptionError, ParseError, RecordError, UserportError, wrapCallbackError, wrapDbError, type ErrorCode,
 } from '../lib/errors.js';
-import { waitForDatabase } from '../lib/db/knex.js';
+import { createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
+import { mergeStaged } from '../lib/db/merge/index.js';
+import { beginImportRun } from '../lib/db/runs.js';
+import { ImportStats } from '../lib/stats.js';
 import { createUserFilter } from '../lib/filter-users.js';
 import { createModelMapper } from '../lib/map-models.js';
 import { createPgSink } from '../lib/pg-sink.js';
@@ -119,6 +122,28 @@ describe('the error registry', () => {
       }
     });
 
+    it('is how mergeStaged says what PostgreSQL refused (never pg\'s own error class)', async () => {
+      const c = new pg.Client({ connectionString: db.url });
+      const other = new pg.Client({ connectionString: db.url });
+      await c.connect();
+      await other.connect();
+      try {
+        // Another session holds auth_user; the merge may wait 100 ms for it.
+        await other.query('BEGIN');
+        await other.query('LOCK TABLE auth_user IN ACCESS EXCLUSIVE MODE');
+        await c.query('BEGIN');
+        const run = await beginImportRun(c, { source: 'errors.spec' });
+        await c.query(`SET LOCAL lock_timeout = '100ms'`);
+        const err = await mergeStaged(c, { run, mergeUsers: false, filterActive: false }, new ImportStats()).then(() => undefined, (e: unknown) => e);
+        expect(err).to.be.instanceOf(DatabaseError);
+        expect((err as DatabaseError).code).to.equal('USERPORT_DB_QUERY');
+        expect((err as DatabaseError).sqlState).to.equal('55P03');
+      } finally {
+        await other.end();
+        await c.end();
+      }
+    });
+
     it('makes USERPORT_DB_CONNECT of a lost connection and USERPORT_IO of a file-system error', () => {
       expect(wrapDbError(Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }), 'x').code).to.equal('USERPORT_DB_CONNECT');
       expect(wrapDbError(new Error('Connection terminated unexpectedly'), 'x').code).to.equal('USERPORT_DB_CONNECT');
@@ -183,6 +208,17 @@ describe('the error registry', () => {
     it('reads a pg.Client the way it connects: the fields pg resolved', () => {
       const client = new pg.Client({ connectionString: 'postgresql://u:secret@/sentry?host=%2Ftmp&port=7' });
       expect(databaseAddress(client)).to.equal('/tmp:7/sentry');
+    });
+
+    it('is what migrate() says when it cannot connect', async () => {
+      const knex = createKnex('postgresql://u:secret@127.0.0.1:1/nowhere');
+      try {
+        const err = await migrate(knex).then(() => undefined, (e: unknown) => e as UserportError);
+        expect(err?.code).to.equal('USERPORT_DB_CONNECT');
+        expect(err?.message).to.match(/^cannot connect to PostgreSQL at 127\.0\.0\.1:1\/nowhere: .*ECONNREFUSED/);
+      } finally {
+        await knex.destroy();
+      }
     });
 
     it('reads a knex connection object a caller built by fields', async () => {

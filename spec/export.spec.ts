@@ -16,6 +16,7 @@ import { modelInfo, registry } from '../lib/models.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { fixture as cryptoFixture } from './crypto/helpers.js';
 import { tmpFolder } from './helpers/setup.js';
+import { user, writeExport } from './helpers/exports.js';
 
 interface Rec { model: string; pk: number; fields: Record<string, unknown> }
 
@@ -430,6 +431,23 @@ describe('createExporter', () => {
           expect(err?.position.model).to.equal('sentry.useroption');
           expect(fs.readdirSync(dir)).to.deep.equal([]);
         }
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+        await db.close();
+      }
+    });
+
+    it('an onProgress that throws fails the export with USERPORT_CALLBACK (a caller\'s bug, not userport\'s), and leaves no file', async () => {
+      const db = await freshDatabase();
+      const dir = tmpFolder('userport-export-');
+      try {
+        await importUsers({ source: writeExport([user(1, 'progress-a')]), databaseUrl: db.url });
+        const dest = path.join(dir, 'out.json');
+        const err = await exportUsers({ databaseUrl: db.url, destination: dest, onProgress: () => { throw new Error('the caller\'s bug'); } })
+          .then(() => undefined, (e: unknown) => e as { code: string; message: string });
+        expect(err?.code).to.equal('USERPORT_CALLBACK');
+        expect(err?.message).to.equal('onProgress: the callback threw: the caller\'s bug');
+        expect(fs.readdirSync(dir)).to.deep.equal([]);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
         await db.close();

@@ -179,6 +179,13 @@ describe('the public surface (lib/index.ts)', () => {
       return ts.displayPartsToString(real.getDocumentationComment(checker)).trim() === '';
     }).map((s) => s.name);
     expect(undocumented).to.deep.equal([]);
+    // The types a caller meets in the exported signatures can be named (the exports map allows no
+    // deep import): options' types, what methods return, the errors' options.
+    const names = new Set(exported.map((s) => s.name));
+    for (const t of ['ImportScope', 'StatsSnapshot', 'EmbeddedConfig', 'MapTarget', 'FieldLimits', 'RecordSplitter', 'ModelMapping', 'ExportModel',
+      'TraceOptions', 'UserportErrorOptions', 'PrivilegePlan', 'ConnectionFacts']) {
+      expect(names.has(t), t).to.equal(true);
+    }
   });
 
   it('exports the stages, guards and errors, and none of the internal helpers', async () => {

@@ -16,6 +16,11 @@ import { createDecryptor, openDecryptedSource } from '../lib/decrypt.js';
 import { createEncryptor, encryptExport } from '../lib/encrypt.js';
 import { createExporter, exportUsers } from '../lib/export.js';
 import { createLocalKeyUnwrapper } from '../lib/crypto/unwrapper.js';
+import { mergeStaged } from '../lib/db/merge/index.js';
+import { finishImportRun } from '../lib/db/runs.js';
+import { startEmbedded } from '../lib/db/embedded.js';
+import { ImportStats } from '../lib/stats.js';
+import type pg from 'pg';
 import { optionErrorOf } from './helpers/options.js';
 import { tmpPath } from './helpers/setup.js';
 import { collect } from './helpers/streams.js';
@@ -81,6 +86,8 @@ describe('factory options', () => {
       ['openDecryptedSource: unwrapper not a KeyUnwrapper', () => openDecryptedSource(input, { unwrapper: 'key.pem' as never }), 'unwrapper'],
       ['createEncryptor: an unknown option', () => createEncryptor({ publicKeyPem: pem, size: 1, sise: 1 } as never), 'sise'],
       ['createEncryptor: size a string', () => createEncryptor({ publicKeyPem: pem, size: '1' as unknown as number }), 'size'],
+      ['createEncryptor: an iv of 3 bytes', () => createEncryptor({ publicKeyPem: pem, size: 1, iv: Buffer.alloc(3) }), 'iv'],
+      ['createEncryptor: a fernetKey that is no Fernet key', () => createEncryptor({ publicKeyPem: pem, size: 1, fernetKey: 'abc' }), 'fernetKey'],
       ['encryptExport: an unknown option', () => encryptExport(input, process.stdout, { publicKeyPem: pem, chunk: 4096 } as never), 'chunk'],
       ['encryptExport: publicKeyPem a number', () => encryptExport(input, process.stdout, { publicKeyPem: 1 as never }), 'publicKeyPem'],
       ['createLocalKeyUnwrapper: an unknown option', () => createLocalKeyUnwrapper({ privateKeyPath: 'k', passphrse: 'x' } as never), 'passphrse'],
@@ -110,6 +117,29 @@ describe('factory options', () => {
         const err = await errorOf(() => importUsers(options as never));
         expect(err).to.be.instanceOf(OptionError);
         expect((err as OptionError).code).to.equal('USERPORT_OPTION_INVALID');
+        expect((err as OptionError).option).to.equal(option);
+      });
+    }
+  });
+
+  describe('the merge and the run bookkeeping (a caller wiring the sink itself)', () => {
+    // A client that fails the test if anything reaches the database: the options are refused first.
+    const client = { query: () => { throw new Error('the database was touched'); } } as unknown as pg.ClientBase;
+    const cases: [string, () => Promise<unknown>, string][] = [
+      ['a misspelled mergeStaged option', () => mergeStaged(client, { run: 1, mergeUsers: true, filterActive: false, bulkload: true } as never, new ImportStats()), 'bulkload'],
+      // A misspelled required option is a missing one.
+      ['mergeStaged without mergeUsers', () => mergeStaged(client, { run: 1, mergeUser: true, filterActive: false } as never, new ImportStats()), 'mergeUsers'],
+      ['a run that is not a number', () => mergeStaged(client, { run: '1; drop' as never, mergeUsers: false, filterActive: false }, new ImportStats()), 'run'],
+      ['mergeStaged without the sink\'s stats', () => mergeStaged(client, { run: 1, mergeUsers: false, filterActive: false }, undefined as never), 'stats'],
+      ['a misspelled finishImportRun option', () => finishImportRun(client, 1, { stats: new ImportStats(), bogus: 1 } as never), 'bogus'],
+      // Before any folder is made or server started.
+      ['a misspelled startEmbedded option', () => startEmbedded({ bogus: 1, dir: '/nonexistent-userport-dir' } as never), 'bogus'],
+      ['a startEmbedded port out of range', () => startEmbedded({ port: 70000, dir: '/nonexistent-userport-dir' }), 'port'],
+    ];
+    for (const [what, call, option] of cases) {
+      it(`refuses ${what}, naming ${option}`, async () => {
+        const err = await errorOf(call);
+        expect(err).to.be.instanceOf(OptionError);
         expect((err as OptionError).option).to.equal(option);
       });
     }

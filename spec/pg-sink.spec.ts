@@ -150,6 +150,54 @@ describe('createPgSink', () => {
     expect((await client.query(`SELECT to_regclass('pg_temp.stage') AS t`)).rows[0].t).to.equal(null);
   });
 
+  it('leaves the caller\'s session as it was: a client that used temp tables already works, and its settings are unchanged', async () => {
+    await client.query('CREATE TEMP TABLE my_scratch (x int)');
+    const before = (await client.query('SHOW temp_buffers')).rows[0].temp_buffers as string;
+    const sink = createPgSink({ client, run: 1, transaction: 'whole', finalize: async (c) => { await c.query(INSERT_USER, ['in-a-used-session']); } });
+    await pipeline(objects(rows(50)), sink);
+    expect(await db.count('auth_user')).to.equal(1);
+    expect((await client.query('SHOW temp_buffers')).rows[0].temp_buffers).to.equal(before);
+    expect((await client.query('SELECT count(*)::int AS n FROM my_scratch')).rows[0].n).to.equal(0);
+  });
+
+  it('after a failed pipeline(), the client is usable once the sink has closed (its ROLLBACK done)', async () => {
+    const sink = createPgSink({ client, run: 1, transaction: 'whole', finalize: async () => undefined });
+    const failing = new Readable({
+      objectMode: true,
+      read() { this.push(rows(1)[0]); this.destroy(new Error('the caller\'s source failed')); },
+    });
+    const err = await pipeline(failing, sink).catch((e: Error) => e);
+    expect(err?.message).to.equal('the caller\'s source failed');
+    if (!sink.closed) await new Promise((resolve) => sink.once('close', resolve));
+    expect((await client.query('SELECT 1 AS ok')).rows[0].ok).to.equal(1);
+    // Not inside the sink's transaction any more: a statement of its own starts a transaction of its own.
+    expect((await client.query('SELECT now() = statement_timestamp() AS own')).rows[0].own).to.equal(true);
+  });
+
+  it('a connection that goes away mid-COPY fails the pipeline with USERPORT_DB_CONNECT, not a TypeError of the COPY stream', async () => {
+    client.on('error', () => undefined);   // the caller's client reports the termination too
+    const sink = createPgSink({ client, run: 1, transaction: 'whole', batchRows: 100, finalize: async () => undefined });
+    const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+    const all = rows(3000);
+    let sent = 0;
+    const source = new Readable({
+      objectMode: true,
+      read() {
+        if (sent === 500) {
+          // Mid-COPY: the backend is terminated, then more rows come.
+          void db.knex.raw('SELECT pg_terminate_backend(?)', [pid]).then(() => setTimeout(() => { this.push(all[sent++]); }, 200));
+          sent++;
+          return;
+        }
+        if (sent < all.length) this.push(all[sent++]);
+        else this.push(null);
+      },
+    });
+    const err = await pipeline(source, sink).catch((e: Error & { code?: string }) => e);
+    expect(err?.code, String(err)).to.equal('USERPORT_DB_CONNECT');
+    expect(err?.name).not.to.equal('TypeError');
+  });
+
   it('in batches mode stages the batch\'s rows before its checkpoint, in the same transaction', async () => {
     const seen: number[] = [];
     const sink = createPgSink({

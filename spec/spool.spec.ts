@@ -7,7 +7,7 @@ import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { makeSpool, processAlive, removeLiveSpoolsSync, removeStaleSpools } from '../lib/spool.js';
+import { MAKER_TAG, makeSpool, processAlive, removeLiveSpoolsSync, removeStaleSpools } from '../lib/spool.js';
 import { tmpFolder } from './helpers/setup.js';
 
 /** The pid of a process that has ended. */
@@ -23,7 +23,7 @@ describe('lib/spool: private spool files', () => {
     const dir = tmpFolder('spool-');
     const spool = await makeSpool(dir, 'rows.copy');
     expect(path.dirname(spool.path)).to.equal(spool.dir);
-    expect(path.basename(spool.dir)).to.match(new RegExp(`^userport-spool-${process.pid}-`));
+    expect(path.basename(spool.dir)).to.match(new RegExp(`^userport-spool-${MAKER_TAG}-[^-]{6}$`));
     expect(fs.statSync(spool.dir).mode & 0o777).to.equal(0o700);
     expect(fs.statSync(spool.path).mode & 0o777).to.equal(0o600);
     await spool.file.write('some rows\n');
@@ -32,20 +32,25 @@ describe('lib/spool: private spool files', () => {
     expect(fs.readdirSync(dir)).to.deep.equal([]);
   });
 
-  it('removes the spools of ended processes, and keeps its own, a live process\'s and other files', async () => {
+  it('removes the spools of ended processes, and keeps its own, a live process\'s, another PID namespace\'s and other files', async () => {
     const dir = tmpFolder('spool-');
-    const dead = path.join(dir, `userport-spool-${deadPid()}-abc123`);
-    const live = path.join(dir, `userport-spool-${process.ppid}-def456`);
-    const mine = path.join(dir, `userport-spool-${process.pid}-0a1b2c`);
+    const ns = MAKER_TAG.split('-')[1]!;
+    const dead = path.join(dir, `userport-spool-${deadPid()}-${ns}-abc123`);
+    const live = path.join(dir, `userport-spool-${process.ppid}-${ns}-def456`);
+    const mine = path.join(dir, `userport-spool-${MAKER_TAG}-0a1b2c`);
+    // Another container sharing this /tmp: its pids mean nothing here.
+    const otherNamespace = path.join(dir, `userport-spool-${deadPid()}-${ns === '1' ? '2' : '1'}-aaaaaa`);
+    // A name from before the namespace was noted: judged here.
+    const legacyDead = path.join(dir, `userport-spool-${deadPid()}-bbbbbb`);
     const other = path.join(dir, 'userport-spool-notapid-x');
-    for (const d of [dead, live, mine, other]) {
+    for (const d of [dead, live, mine, otherNamespace, legacyDead, other]) {
       fs.mkdirSync(d);
       fs.writeFileSync(path.join(d, 'export.json.fernet'), 'x');
     }
     await removeStaleSpools(dir);
-    expect(fs.readdirSync(dir).sort()).to.deep.equal([live, mine, other].map((d) => path.basename(d)).sort());
+    expect(fs.readdirSync(dir).sort()).to.deep.equal([live, mine, otherNamespace, other].map((d) => path.basename(d)).sort());
     // A new spool clears what is stale first.
-    const dead2 = path.join(dir, `userport-spool-${deadPid()}-ffffff`);
+    const dead2 = path.join(dir, `userport-spool-${deadPid()}-${ns}-ffffff`);
     fs.mkdirSync(dead2);
     const spool = await makeSpool(dir);
     expect(fs.existsSync(dead2)).to.equal(false);

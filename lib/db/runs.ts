@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { wrapDbError } from '../errors.js';
 import { checkOptions, isInteger, isNonEmptyString } from '../options.js';
-import type { ImportStats } from '../stats.js';
+import { ImportStats } from '../stats.js';
 
 /** Options of {@link beginImportRun}. */
 export interface ImportRunOptions {
@@ -56,6 +56,7 @@ export async function reserveImportRun(client: pg.ClientBase): Promise<number> {
  * merge. With `stats` (the sink's), `userport imports` lists its record count.
  */
 export async function finishImportRun(client: pg.ClientBase, run: number, options: { stats?: ImportStats } = {}): Promise<void> {
+  checkOptions('finishImportRun', options, { stats: (v) => (v instanceof ImportStats ? undefined : 'an ImportStats') });
   try {
     await client.query(`UPDATE userport.imports SET state = 'done', finished_at = clock_timestamp(), updated_at = clock_timestamp(),
                         counters = coalesce($2::jsonb, counters) WHERE run = $1`,

@@ -13,7 +13,7 @@ function specifiers(js: string): string[] {
   return out;
 }
 
-interface Manifest { dependencies: Record<string, string>; optionalDependencies?: Record<string, string>; bin: Record<string, string>; types: string }
+interface Manifest { dependencies: Record<string, string>; optionalDependencies?: Record<string, string>; bin: Record<string, string>; types: string; license: string }
 
 describe('the npm package', function () {
   this.timeout(120000);
@@ -30,6 +30,15 @@ describe('the npm package', function () {
     const bad = files.filter((f) => /^(spec|dist\/spec|bench|lib|pipelines|tools|dist\/tools)\//.test(f) || f.startsWith('dist/lib/bench/') ||
       /\.(map|pem|ts)$/.test(f) && !f.endsWith('.d.ts') || /^dist\/pipelines\/(bench|generate)\./.test(f) || f.startsWith('samples/users.tar'));
     expect(bad).to.deep.equal([]);
+    // No shipped file points at a source map it does not ship (bundlers warn about each).
+    const dangling = files.filter((f) => f.endsWith('.js') && /\/\/# sourceMappingURL=/.test(fs.readFileSync(f, 'utf8')));
+    expect(dangling).to.deep.equal([]);
+  });
+
+  it('ships the license its package.json names', () => {
+    expect(pkg.license).to.equal('MIT');
+    expect(files).to.include('LICENSE');
+    expect(fs.readFileSync('LICENSE', 'utf8')).to.match(/^MIT License\n/);
   });
 
   it('ships everything the CLI and the library load at run time', () => {

@@ -17,7 +17,8 @@
  * across imports follow the same rules as collisions inside one import, and nothing deadlocks.
  */
 import type pg from 'pg';
-import { DatabaseError, ErrorCodes, OptionError } from '../../errors.js';
+import { DatabaseError, ErrorCodes, OptionError, wrapDbError } from '../../errors.js';
+import { checkOptions, isBoolean, isFunction, isInteger, isObject, type OptionCheck } from '../../options.js';
 import { ImportStats } from '../../stats.js';
 import { REJECTED_USER_CODE } from '../../models.js';
 import type { StagedFacts } from '../../staged-facts.js';
@@ -35,7 +36,7 @@ import { mergePrivileges } from './privileges.js';
 
 export { MERGE_LOCK_KEY } from './run.js';
 export { earlyUsersOverlap, type EarlyUsers } from './early.js';
-export { describePlan, planFor, writePlan, type WritePlan } from './plan.js';
+export { describePlan, planFor, writePlan, type PrivilegePlan, type WritePlan } from './plan.js';
 
 /** Options of {@link mergeStaged}: which import run to merge, and how. */
 export interface MergeOptions extends TraceOptions {
@@ -96,11 +97,36 @@ const FINDING_REASON: Record<string, string> = {
 
 /**
  * Merges staged rows of `run` into the target tables and records findings; adds the outcome
- * counts to `stats`. Throws USERPORT_RECORD_DUPLICATE_PK when a model repeats a source pk.
- * `early`: what `beginEarlyUsers` did in this transaction; only when no user row was staged
- * after it (`options.staged.usersAfterOthers` false; else `undoEarlyUsers` it first).
+ * counts to `stats`. Throws USERPORT_RECORD_DUPLICATE_PK when a model repeats a source pk. Its
+ * options are checked (an OptionError names a wrong one) and what PostgreSQL refuses comes back
+ * as USERPORT_DB_* (never pg's own error class).
  */
-export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, stats: ImportStats, early?: EarlyUsers): Promise<MergeOutcome> {
+export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, stats: ImportStats): Promise<MergeOutcome> {
+  checkOptions('mergeStaged', options, MERGE_OPTIONS, ['run', 'mergeUsers', 'filterActive']);
+  if (!(stats instanceof ImportStats)) throw new OptionError('mergeStaged: stats must be an ImportStats (the sink\'s)', 'stats', 'mergeStaged');
+  try {
+    return await mergeAfterEarlyUsers(client, options, stats, undefined);
+  } catch (err) {
+    // PostgreSQL's own errors (a statement timeout, a lock) as USERPORT_DB_*, never pg's class.
+    throw wrapDbError(err, 'the merge');
+  }
+}
+
+const MERGE_OPTIONS: { readonly [K in keyof MergeOptions]-?: OptionCheck } = {
+  run: isInteger(1), mergeUsers: isBoolean, filterActive: isBoolean, bulkLoad: isBoolean, staged: isObject, plan: isObject,
+  onStep: isFunction, overwriteConfigs: isBoolean, onTrace: isFunction, explain: isBoolean,
+};
+
+/**
+ * {@link mergeStaged} for importUsers, over options it built itself: `early` is what
+ * `beginEarlyUsers` did in this transaction; only when no user row was staged after it
+ * (`options.staged.usersAfterOthers` false; else `undoEarlyUsers` it first).
+ */
+export function mergeAfterEarlyUsers(client: pg.ClientBase, options: MergeOptions, stats: ImportStats, early: EarlyUsers | undefined): Promise<MergeOutcome> {
+  return merge(client, options, stats, early);
+}
+
+async function merge(client: pg.ClientBase, options: MergeOptions, stats: ImportStats, early?: EarlyUsers): Promise<MergeOutcome> {
   const q = runner(client, options);
   const { run } = options;
   const C = modelCodes();

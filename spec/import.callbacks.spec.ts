@@ -1,0 +1,104 @@
+/**
+ * importUsers embedded in a caller's program: a callback of the caller's that throws fails the
+ * import with USERPORT_CALLBACK (never the process, never USERPORT_INTERNAL); a Readable source is
+ * the import's, destroyed when the import ends without reading it; and what the source itself
+ * fails with is said as reading's failure, not the database's.
+ */
+import { expect } from 'chai';
+import fs from 'node:fs';
+import { Readable } from 'node:stream';
+import { OptionError } from '../lib/errors.js';
+import { importUsers } from '../lib/import.js';
+import { failure, withDb } from './helpers/db.js';
+import { user, writeExport } from './helpers/exports.js';
+
+const users = (n: number) => Array.from({ length: n }, (_, i) => user(i + 1, `cb-user-${i + 1}`));
+
+/** The export's text in two pieces, the second `pauseMs` after the first: an import that lasts. */
+function slowSource(text: string, pauseMs: number): Readable {
+  const half = Math.floor(text.length / 2);
+  let step = 0;
+  return new Readable({
+    read() {
+      if (step === 0) { step++; this.push(text.slice(0, half)); return; }
+      if (step === 1) { step++; setTimeout(() => { this.push(text.slice(half)); this.push(null); }, pauseMs); }
+    },
+  });
+}
+
+describe('importUsers and the caller\'s callbacks and source', function () {
+  this.timeout(60000);
+
+  it('an onStart that throws fails the import with USERPORT_CALLBACK, its error as cause, and nothing is written', async () => {
+    await withDb(async (db) => {
+      const bug = new Error('the caller\'s bug');
+      const err = await failure(importUsers({ source: writeExport(users(3)), databaseUrl: db.url, onStart: () => { throw bug; } }));
+      expect(err.code).to.equal('USERPORT_CALLBACK');
+      expect(err.message).to.equal('onStart: the callback threw: the caller\'s bug');
+      expect(err.cause).to.equal(bug);
+      expect(await db.count('auth_user')).to.equal(0);
+    });
+  });
+
+  it('an onProgress that throws on its first call or on a later one (from the timer) fails the import, not the process', async () => {
+    await withDb(async (db) => {
+      const first = await failure(importUsers({ source: writeExport(users(3)), databaseUrl: db.url, onProgress: () => { throw new Error('first'); } }));
+      expect(first.code).to.equal('USERPORT_CALLBACK');
+      expect(first.message).to.equal('onProgress: the callback threw: first');
+      let calls = 0;
+      const later = await failure(importUsers({
+        source: slowSource(JSON.stringify(users(50)), 1200), databaseUrl: db.url,
+        onProgress: () => { if (++calls === 2) throw new Error('second'); },
+      }));
+      expect(later.code).to.equal('USERPORT_CALLBACK');
+      expect(later.message).to.equal('onProgress: the callback threw: second');
+      expect(calls).to.equal(2);
+      expect(await db.count('auth_user')).to.equal(0);
+      // The database is as usable after both as before.
+      const ok = await importUsers({ source: writeExport(users(3)), databaseUrl: db.url });
+      expect(ok.models['sentry.user']!.inserted).to.equal(3);
+    });
+  });
+
+  it('destroys a Readable source it did not read (a refused option), and leaves one it read to its end', async () => {
+    await withDb(async (db) => {
+      const file = writeExport(users(2));
+      const unread = fs.createReadStream(file);
+      const err = await failure(importUsers({ source: unread, databaseUrl: db.url, maxRejects: -1 }));
+      expect(err).to.be.instanceOf(OptionError);
+      expect(unread.destroyed).to.equal(true);
+      const read = fs.createReadStream(file);
+      await importUsers({ source: read, databaseUrl: db.url });
+      expect(read.readableEnded).to.equal(true);
+    });
+  });
+
+  it('a source that fails (a network stream reset by its server) is reading\'s failure, USERPORT_IO, not a lost database connection', async () => {
+    await withDb(async (db) => {
+      const text = JSON.stringify(users(50));
+      let step = 0;
+      const reset = new Readable({
+        read() {
+          if (step++ === 0) this.push(text.slice(0, 200));
+          else this.destroy(Object.assign(new Error('aborted'), { code: 'ECONNRESET' }));
+        },
+      });
+      const err = await failure(importUsers({ source: reset, databaseUrl: db.url }));
+      expect(err.code).to.equal('USERPORT_IO');
+      expect(err.message).to.equal('reading the source failed: aborted');
+      // The same when it fails after the sniffed head, while the records are read.
+      const big = JSON.stringify(users(500));
+      let at = 0;
+      const later = new Readable({
+        read() {
+          if (at < 20_000) { this.push(big.slice(at, at + 4096)); at += 4096; }
+          else this.destroy(Object.assign(new Error('aborted'), { code: 'ECONNRESET' }));
+        },
+      });
+      const err2 = await failure(importUsers({ source: later, databaseUrl: db.url }));
+      expect(err2.code).to.equal('USERPORT_IO');
+      expect(err2.message).to.equal('reading the source failed: aborted');
+      expect(await db.count('auth_user')).to.equal(0);
+    });
+  });
+});
