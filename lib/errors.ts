@@ -52,6 +52,8 @@ export const ErrorCodes = {
   /** The connection was lost after the import's COMMIT was sent, and the database could not be asked whether it committed. */
   IMPORT_OUTCOME_UNKNOWN: 'USERPORT_IMPORT_OUTCOME_UNKNOWN',
   IO: 'USERPORT_IO',
+  /** The caller cancelled the work (`signal` aborted); `cause` is the signal's reason. */
+  ABORTED: 'USERPORT_ABORTED',
   /** A callback the caller passed (a sink's `checkpoint` or `finalize`) threw something that is not a UserportError; `cause` is what it threw. */
   CALLBACK: 'USERPORT_CALLBACK',
   /** A failure that is none of the above: a bug in userport. `cause` is the original error. */

@@ -138,6 +138,12 @@ export interface ImportOptions {
   onProgress?: (p: Progress) => void;
   /** Called once the import id is known (before any record is read). */
   onStart?: (info: StartInfo) => void;
+  /**
+   * Cancels the import when aborted: it stops reading, rolls back what it had not committed (an
+   * atomic import writes nothing; a resumable one keeps what its checkpoints committed) and
+   * rejects with USERPORT_ABORTED once its connection is clean.
+   */
+  signal?: AbortSignal;
   /** Told how the import works, as it happens: the merge's statements, the sink's moments ({@link TraceEvent}). */
   onTrace?: (e: TraceEvent) => void;
   /** Also tell the plan of each statement of the merge (`plan` events; each is EXPLAINed first). Needs `onTrace`. @default false */
@@ -191,6 +197,7 @@ const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
   skipLeadingText: isBoolean,
   onProgress: isFunction,
   onStart: isFunction,
+  signal: (v) => (v instanceof AbortSignal ? undefined : 'an AbortSignal'),
   onTrace: isFunction,
   explain: isBoolean,
 };
@@ -249,6 +256,7 @@ interface ResolvedImport {
   tmpDir: string | undefined;
   onProgress: ((p: Progress) => void) | undefined;
   onStart: ((info: StartInfo) => void) | undefined;
+  signal: AbortSignal | undefined;
   onTrace: ((e: TraceEvent) => void) | undefined;
   explain: boolean;
 }
@@ -266,7 +274,7 @@ function resolveImportOptions(o: ImportOptions): ResolvedImport {
     batchRows: o.batchRows ?? DEFAULT_BATCH_ROWS, rejectsFile: o.rejectsFile, maxRejects: o.maxRejects ?? Infinity, findingsFile: o.findingsFile,
     maxRecordBytes: o.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES, maxDepth: o.maxDepth ?? DEFAULT_MAX_DEPTH,
     decrypt: o.decrypt, skipLeadingText: !!o.skipLeadingText, tmpDir: o.tmpDir,
-    onProgress: o.onProgress, onStart: o.onStart, onTrace: o.onTrace, explain: !!o.explain,
+    onProgress: o.onProgress, onStart: o.onStart, signal: o.signal, onTrace: o.onTrace, explain: !!o.explain,
   };
 }
 
@@ -288,6 +296,9 @@ export async function importUsers(options: ImportOptions): Promise<ImportSummary
 
 async function runImport(options: ImportOptions): Promise<ImportSummary> {
   const o = resolveImportOptions(options);
+  const aborted = () => new UserportError(ErrorCodes.ABORTED,
+    `the import was cancelled (its signal was aborted): ${o.resumable ? 'what its checkpoints committed stays' : 'nothing was written'}`, { cause: o.signal?.reason });
+  if (o.signal?.aborted) throw aborted();
   const input = prepareImportSource(o);
   const started = Date.now();
   const stats = new ImportStats();
@@ -453,7 +464,8 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
         { cause: e });
     };
     try {
-      await pipeline(source, processor, sink);
+      if (o.signal?.aborted) throw aborted();
+      await pipeline(source, processor, sink, ...(o.signal ? [{ signal: o.signal }] : []));
     } catch (err) {
       // pipeline() settles at the first error, while the sink's cleanup (its ROLLBACK, the early
       // users step's spool file) is still running: the import fails only once nothing is left.
@@ -462,7 +474,12 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
       if (committing && await committedAfterAll(err)) return buildSummary();
       const lost = opened.clientError;
       if (lost && !(err instanceof UserportError)) throw wrapDbError(lost, 'the import');
+      if (o.signal?.aborted && !(err instanceof UserportError && err.code !== ErrorCodes.ABORTED)) throw aborted();
       if (err === sourceError && !(err instanceof UserportError)) throw readFailure(err);
+      // The caller destroyed the source it gave (without an error) before its end.
+      if ((err as { code?: unknown }).code === 'ERR_STREAM_PREMATURE_CLOSE' && source.destroyed) {
+        throw readFailure(new Error('the source was closed before its end', { cause: err }));
+      }
       throw err instanceof UserportError ? err : wrapDbError(err, 'the import');
     }
     return buildSummary();

@@ -101,4 +101,35 @@ describe('importUsers and the caller\'s callbacks and source', function () {
       expect(await db.count('auth_user')).to.equal(0);
     });
   });
+
+  it('a signal cancels: aborted before the start nothing is touched; aborted mid-import, USERPORT_ABORTED and nothing written', async () => {
+    await withDb(async (db) => {
+      const before = new AbortController();
+      before.abort(new Error('changed my mind'));
+      const early = await failure(importUsers({ source: writeExport(users(3)), databaseUrl: 'postgresql://nobody@127.0.0.1:1/none', signal: before.signal }));
+      expect(early.code).to.equal('USERPORT_ABORTED');
+      expect(early.message).to.equal('the import was cancelled (its signal was aborted): nothing was written');
+      expect((early.cause as Error).message).to.equal('changed my mind');
+      const during = new AbortController();
+      const err = await failure(importUsers({
+        source: slowSource(JSON.stringify(users(50)), 1500), databaseUrl: db.url, signal: during.signal,
+        onStart: () => { setTimeout(() => during.abort(), 300); },
+      }));
+      expect(err.code).to.equal('USERPORT_ABORTED');
+      expect(await db.count('auth_user')).to.equal(0);
+      expect((await failure(importUsers({ source: writeExport(users(1)), databaseUrl: db.url, signal: 'stop' as never }))).code).to.equal('USERPORT_OPTION_INVALID');
+      // The database is as usable after it.
+      expect((await importUsers({ source: writeExport(users(3)), databaseUrl: db.url })).models['sentry.user']!.inserted).to.equal(3);
+    });
+  });
+
+  it('a source the caller destroys before its end (no error) is reading\'s failure, not userport\'s bug', async () => {
+    await withDb(async (db) => {
+      const src = slowSource(JSON.stringify(users(50)), 1500);
+      const err = await failure(importUsers({ source: src, databaseUrl: db.url, onStart: () => { setTimeout(() => src.destroy(), 300); } }));
+      expect(err.code).to.equal('USERPORT_IO');
+      expect(err.message).to.equal('reading the source failed: the source was closed before its end');
+      expect(await db.count('auth_user')).to.equal(0);
+    });
+  });
 });
