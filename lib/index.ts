@@ -11,6 +11,7 @@
  * @packageDocumentation
  */
 import type { EmbeddedOptions, EmbeddedServer } from './db/embedded.js';
+import { checkOptions, isInteger, isNonEmptyString } from './options.js';
 
 // Stages.
 export { createTokenizer, DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './tokenize.js';
@@ -80,6 +81,8 @@ export type { EmbeddedConfig, EmbeddedOptions, EmbeddedServer } from './db/embed
  * package are loaded on this first call only.
  */
 export async function startEmbedded(options: EmbeddedOptions = {}): Promise<EmbeddedServer> {
+  // Checked before any folder is made or server started.
+  checkOptions('startEmbedded', options, { dir: isNonEmptyString, port: isInteger(1, 65535), logFile: isNonEmptyString });
   return (await import('./db/embedded.js')).startEmbedded(options);
 }
 

@@ -18,7 +18,7 @@ import { createExporter, exportUsers } from '../lib/export.js';
 import { createLocalKeyUnwrapper } from '../lib/crypto/unwrapper.js';
 import { mergeStaged } from '../lib/db/merge/index.js';
 import { finishImportRun } from '../lib/db/runs.js';
-import { startEmbedded } from '../lib/db/embedded.js';
+import { startEmbedded } from '../lib/index.js';
 import { ImportStats } from '../lib/stats.js';
 import type pg from 'pg';
 import { optionErrorOf } from './helpers/options.js';

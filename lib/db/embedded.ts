@@ -17,7 +17,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DatabaseError, ErrorCodes } from '../errors.js';
-import { checkOptions, isInteger, isNonEmptyString } from '../options.js';
 
 /** Settings of one embedded cluster, saved next to its data folder. */
 export interface EmbeddedConfig {
@@ -307,7 +306,6 @@ async function isRunning(dataDir: string, bins: Binaries, who: RunAs): Promise<b
  * with {@link stopEmbedded} (`userport db stop`).
  */
 export async function startEmbedded(options: EmbeddedOptions = {}): Promise<EmbeddedServer> {
-  checkOptions('startEmbedded', options, { dir: isNonEmptyString, port: isInteger(1, 65535), logFile: isNonEmptyString });
   const dir = path.resolve(options.dir ?? defaultEmbeddedDir());
   const dataDir = path.join(dir, 'pgdata');
   const who = runAs();
