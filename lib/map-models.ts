@@ -9,7 +9,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { ErrorCodes, RecordError } from './errors.js';
 import { DEFAULT_COLLECT_REJECTS, isImportScope, type FlowItem, type RejectMarker, type ScopedRecord, type SkipMarker } from './filter-users.js';
 import { checkOptions, isBoolean, type OptionCheck } from './options.js';
-import { describeAjvError, modelInfo, REJECTED_USER_CODE, STAGE_COLUMNS, STAGE_INDEX, type FieldLimits, type ImportScope, type ModelInfo, type StageColumn, type StageValue } from './models.js';
+import { describeAjvError, modelInfo, REJECTED_USER_CODE, timeZoneSpelled, STAGE_COLUMNS, STAGE_INDEX, type FieldLimits, type ImportScope, type ModelInfo, type StageColumn, type StageValue } from './models.js';
 import { canonicalOptionValue } from './option-values.js';
 import { encodePickledField, type PickleInput } from './pickle.js';
 import type { RecordPosition } from './tokenize.js';
@@ -87,8 +87,10 @@ function checkOptionValue(rec: ScopedRecord, info: ModelInfo, fields: Record<str
   if (info.mapping.columns.key === undefined) return;
   const rule = info.valueRules.get(fields.key as string);
   if (!rule || rule(value)) return;
+  // Sentry takes zone names exactly as tzdata writes them: say which one a wrong case meant.
+  const meant = fields.key === 'timezone' && typeof value === 'string' ? timeZoneSpelled(value) : undefined;
   throw new RecordError(ErrorCodes.RECORD_OPTION_VALUE,
-    `${rec.model} pk ${rec.pk}: value ${JSON.stringify(value)} is not allowed for option ${String(fields.key)}`, {
+    `${rec.model} pk ${rec.pk}: value ${JSON.stringify(value)} is not allowed for option ${String(fields.key)}${meant ? ` (Sentry takes zone names as written: ${JSON.stringify(meant)})` : ''}`, {
       position: { ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, model: rec.model, pk: rec.pk, field },
     });
 }

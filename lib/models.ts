@@ -206,13 +206,23 @@ export function isDateTime(s: string): boolean {
  */
 let timeZones: ReadonlySet<string> | undefined;
 
-/** An IANA time zone name as Sentry accepts it for the `timezone` user option. */
-export function isTimeZone(s: string): boolean {
-  timeZones ??= new Set([
+function zoneNames(): ReadonlySet<string> {
+  return timeZones ??= new Set([
     ...(JSON.parse(fs.readFileSync(new URL('time-zones.json', SCHEMA_DIR), 'utf8')) as { zones: string[] }).zones,
     ...Intl.supportedValuesOf('timeZone'),
   ]);
-  return timeZones.has(s);
+}
+
+/** An IANA time zone name as Sentry accepts it for the `timezone` user option. */
+export function isTimeZone(s: string): boolean {
+  return zoneNames().has(s);
+}
+
+/** The zone name `s` spells in other letter case (`europe/vienna`: `Europe/Vienna`), for an error to suggest. */
+export function timeZoneSpelled(s: string): string | undefined {
+  const lower = s.toLowerCase();
+  for (const z of zoneNames()) if (z.toLowerCase() === lower) return z;
+  return undefined;
 }
 
 function loadSchema(name: string): Record<string, unknown> {

@@ -140,6 +140,9 @@ describe('Sentry test_imports.py, user scope (../shared/fixtures/sentry-backup)'
         const err = await failure(importUsers({ source: tmpExport(records), databaseUrl: db.url }));
         expect(err.code).to.equal('USERPORT_RECORD_OPTION_VALUE');
         expect(err.position).to.include({ model: 'sentry.useroption', pk: 2, field: 'value' });
+        // A wrong letter case is told the name Sentry takes.
+        if (value === '"europe/vienna"') expect(err.message).to.match(/is not allowed for option timezone \(Sentry takes zone names as written: "Europe\/Vienna"\)/);
+        else expect(err.message).not.to.include('Sentry takes');
         expect(await db.count('auth_user')).to.equal(0);
         expect(await db.count('sentry_useroption')).to.equal(0);
       }));
