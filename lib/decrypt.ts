@@ -81,7 +81,6 @@ type OpenedInput = { file: FileHandle; release: () => Promise<void>; failure: st
 
 /** Opens `input`: a regular file is read in place; anything else is spooled. */
 async function openInput(input: EncryptedInput, chunkSize: number, tmpDir: string): Promise<OpenedInput> {
-  let stream: Readable;
   if ('path' in input) {
     const { path } = input;
     let fh: FileHandle;
@@ -101,14 +100,13 @@ async function openInput(input: EncryptedInput, chunkSize: number, tmpDir: strin
     }
     // A pipe or device cannot be read twice: it is read as a stream, on the handle already open (a
     // FIFO closed and opened again would lose its writer, which then dies of SIGPIPE, and wait
-    // for another forever).
-    stream = fh.createReadStream({ highWaterMark: chunkSize });
-  } else {
-    stream = input.stream;
+    // for another forever). The spool first: if it cannot be made, the handle is closed here.
+    const spool = await makeSpool(tmpDir).catch(async (err: unknown) => { await fh.close().catch(() => undefined); throw err; });
+    return { file: spool.file, stream: fh.createReadStream({ highWaterMark: chunkSize }), release: spool.remove, failure: 'spooling the encrypted input failed' };
   }
   // A stream's token goes to a private spool file (0600 in a 0700 folder) as it arrives.
   const spool = await makeSpool(tmpDir);
-  return { file: spool.file, stream, release: spool.remove, failure: 'spooling the encrypted input failed' };
+  return { file: spool.file, stream: input.stream, release: spool.remove, failure: 'spooling the encrypted input failed' };
 }
 
 /**

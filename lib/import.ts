@@ -5,7 +5,7 @@
  * the database (db/import-database.ts); the import row and resuming (SQL in db/imports.ts); the
  * findings file (findings.ts); progress and the summary.
  */
-import { Readable } from 'node:stream';
+import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { openImportDatabase, type ImportDatabase } from './db/import-database.js';
@@ -139,9 +139,10 @@ export interface ImportOptions {
   /** Called once the import id is known (before any record is read). */
   onStart?: (info: StartInfo) => void;
   /**
-   * Cancels the import when aborted: it stops reading, rolls back what it had not committed (an
-   * atomic import writes nothing; a resumable one keeps what its checkpoints committed) and
-   * rejects with USERPORT_ABORTED once its connection is clean.
+   * Cancels the import when aborted: it stops (while the merge runs, at the merge's next step),
+   * rolls back what it had not committed (an atomic import writes nothing; a resumable one keeps
+   * what its checkpoints committed) and rejects with USERPORT_ABORTED once its connection is
+   * clean. Once the COMMIT is sent it is too late: the import ends as the database says.
    */
   signal?: AbortSignal;
   /** Told how the import works, as it happens: the merge's statements, the sink's moments ({@link TraceEvent}). */
@@ -306,9 +307,30 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
   let rejects: RejectSink | undefined;
   let run = 0;
   let progressTimer: NodeJS.Timeout | undefined;
+  // How the caller stops an import (its signal, or a callback of its that threw), at each stage:
+  // before the rows flow, each wait checks, and a Readable source given is destroyed (a stalled
+  // socket wakes); while they flow, the sink is destroyed (it rolls back); once the merge runs, the
+  // merge stops at its next step and the sink's own error path rolls back in order (a ROLLBACK
+  // between two of the merge's statements would leave the rest to autocommit); once COMMIT is
+  // sent, it is too late, and the import ends as the database says.
+  let stopWith: UserportError | undefined;
+  let sinkToStop: Writable | undefined;
+  let merging = false;
+  let committing = false;
+  const stop = (e: UserportError) => {
+    if (stopWith || committing) return;
+    stopWith = e;
+    if (merging) return;
+    if (sinkToStop) sinkToStop.destroy(e);
+    else if (o.source instanceof Readable) o.source.destroy(e);
+  };
+  const checkStopped = () => { if (stopWith) throw stopWith; };
+  const onAbort = () => stop(aborted());
+  o.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     const opened = await openImportDatabase(o);
     db = opened;
+    checkStopped();
     const { client, plan } = opened;
     const { scope, mode } = o;
     const fp = input.fingerprint;
@@ -317,6 +339,7 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
       mergeUsers: o.mergeUsers, filterUsernames: o.filterUsernames, decrypt: o.decrypt, scope, overwriteConfigs: o.overwriteConfigs,
     });
     if ('done' in start) return start.done;
+    checkStopped();
     const { importId, skipThrough } = start;
     run = start.run;
     if (start.counters) stats.restore(start.counters);
@@ -336,6 +359,10 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     // lost connection to PostgreSQL.
     const readFailure = (err: unknown) => new UserportError(ErrorCodes.IO, `reading the source failed: ${(err as Error | null)?.message ?? String(err)}`, { cause: err });
     const { stream: source, size, leadingText, gzip } = await input.open().catch((err: unknown) => { throw err instanceof UserportError ? err : readFailure(err); });
+    if (stopWith) {
+      source.destroy();
+      throw stopWith;
+    }
     let sourceError: unknown;
     source.once('error', (err) => { sourceError = err; });
     // Tokenizer, user filter and model mapper fused in one stream (the same pure functions as
@@ -357,7 +384,8 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     const mergeOptions: MergeOptions = {
       run, mergeUsers: o.mergeUsers, filterActive, bulkLoad: o.bulkLoad, staged: skipThrough ? undefined : staged, plan,
       overwriteConfigs: o.overwriteConfigs,
-      onStep: (s) => { step = s; },
+      // The merge's steps are where a stop asked for while it runs takes effect.
+      onStep: (s) => { step = s; checkStopped(); },
       onTrace: o.onTrace, explain: o.explain,
     };
     // One cheap look for the progress estimate (the merge decides the path itself, later). It
@@ -374,11 +402,17 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
       }
     };
     const emptyTarget = o.onProgress && o.bulkLoad ? await looksEmpty() : o.onProgress ? false : undefined;
+    // The last wait before the rows flow: from here on, a stop destroys the sink.
+    if (stopWith) {
+      source.destroy();
+      throw stopWith;
+    }
     // An atomic import into empty tables starts the merge with the users while the rest of the
     // file is read (early.ts says when: once the users of a file in Sentry's order are staged).
     const early = earlyUsersOverlap(mergeOptions, plan, staged);
-    let committing = false;
     const finalize = async (c: pg.ClientBase) => {
+      merging = true;
+      checkStopped();
       if (!o.resumable) await insertImport(c, run, mode, start.row);
       const merged = await mergeAfterEarlyUsers(c, mergeOptions, stats, early.users);
       bulkLoaded = merged.bulkLoad;
@@ -389,7 +423,9 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
       const summary = buildSummary();
       if (o.resumable) await deleteStaged(c, run);
       await finishImport(c, run, summary, stats.snapshot());
-      // The sink sends COMMIT next: from here a lost connection leaves the outcome open.
+      // The sink sends COMMIT next: from here a lost connection leaves the outcome open, and a stop
+      // is too late.
+      checkStopped();
       committing = !o.dryRun;
     };
     const checkpoint = async (c: pg.ClientBase, last: MappedItem) => {
@@ -404,15 +440,14 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
       ...(o.tmpDir ? { tmpDir: o.tmpDir } : {}),
       onTrace: o.onTrace,
     });
-    // A caller's onProgress that throws fails the import (USERPORT_CALLBACK) like any error, by
-    // destroying the sink: a throw from a timer would be the process's uncaught exception. The
-    // first report runs in the same tick as pipeline() below, which listens before the error is
-    // emitted (next tick).
-    let callbackFailed: UserportError | undefined;
+    // A caller's onProgress that throws stops the import (USERPORT_CALLBACK) like its signal: a
+    // throw from a timer would be the process's uncaught exception. The first report runs in the
+    // same tick as pipeline() below, which listens before the sink's error is emitted (next tick).
+    sinkToStop = sink;
     if (o.onProgress) {
       const onProgress = o.onProgress;
       const report = (phase: Progress['phase']) => {
-        if (callbackFailed) return;
+        if (stopWith) return;
         try {
           onProgress({
             phase, bytesRead: processor.splitter.bytesRead, totalBytes: size, records: processor.splitter.recordsSeen,
@@ -420,9 +455,8 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
             ...(phase === 'merging' && step ? { step } : {}), ...(emptyTarget !== undefined ? { emptyTarget } : {}), scope,
           });
         } catch (err) {
-          callbackFailed = wrapCallbackError(err, 'onProgress');
           clearInterval(progressTimer);
-          sink.destroy(callbackFailed);
+          stop(wrapCallbackError(err, 'onProgress'));
         }
       };
       report('reading');
@@ -464,8 +498,9 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
         { cause: e });
     };
     try {
-      if (o.signal?.aborted) throw aborted();
-      await pipeline(source, processor, sink, ...(o.signal ? [{ signal: o.signal }] : []));
+      await pipeline(source, processor, sink);
+      // A stop during a dry run's merge, after its last step: nothing was written either way.
+      checkStopped();
     } catch (err) {
       // pipeline() settles at the first error, while the sink's cleanup (its ROLLBACK, the early
       // users step's spool file) is still running: the import fails only once nothing is left.
@@ -474,7 +509,7 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
       if (committing && await committedAfterAll(err)) return buildSummary();
       const lost = opened.clientError;
       if (lost && !(err instanceof UserportError)) throw wrapDbError(lost, 'the import');
-      if (o.signal?.aborted && !(err instanceof UserportError && err.code !== ErrorCodes.ABORTED)) throw aborted();
+      if (stopWith && !(err instanceof UserportError)) throw stopWith;
       if (err === sourceError && !(err instanceof UserportError)) throw readFailure(err);
       // The caller destroyed the source it gave (without an error) before its end.
       if ((err as { code?: unknown }).code === 'ERR_STREAM_PREMATURE_CLOSE' && source.destroyed) {
@@ -491,6 +526,7 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     }
     throw e;
   } finally {
+    o.signal?.removeEventListener('abort', onAbort);
     if (progressTimer) clearInterval(progressTimer);
     await rejects?.close().catch(() => undefined);
     await db?.close();

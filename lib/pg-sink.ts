@@ -146,6 +146,11 @@ export function pgSink(options: PgSinkOptions): Writable {
   // Set by destroy: a start of the overlapped work still in flight must not start it, nor keep a spool.
   let destroyed = false;
   let starting: Promise<void> | undefined;
+  // The sink's own statements in flight (a batch's commit, the end of the COPY, the merge and the
+  // COMMIT): destroy's ROLLBACK waits for them. Sent between two of them, it would end the
+  // transaction and leave the ones after it to run, and commit, each on its own.
+  let busy: Promise<unknown> | undefined;
+  const track = <T>(work: Promise<T>): Promise<T> => { busy = work; return work; };
 
   const query = async (sql: string) => {
     try {
@@ -304,10 +309,10 @@ export function pgSink(options: PgSinkOptions): Writable {
       batchCount += count;
       if (last) batchLast = last;
       if (batchCount < batchRows) return callback();
-      commitBatch().then(() => callback(), (err: Error) => callback(err));
+      track(commitBatch()).then(() => callback(), (err: Error) => callback(err));
     },
     final(callback) {
-      (async () => {
+      track((async () => {
         moment('rows sent');
         if (whole && overlapping) {
           await drainOverlap();
@@ -322,9 +327,11 @@ export function pgSink(options: PgSinkOptions): Writable {
           inTransaction = true;
         }
         try { await finalize(client); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
+        // Destroyed while the merge ran: no COMMIT; destroy's ROLLBACK follows.
+        if (destroyed) throw new Error('the sink was destroyed before its COMMIT');
         await query(options.dryRun ? 'ROLLBACK' : 'COMMIT');
         inTransaction = false;
-      })().then(() => callback(), (err: Error) => callback(wrapDbError(err, 'the merge')));
+      })()).then(() => callback(), (err: Error) => callback(wrapDbError(err, 'the merge')));
     },
     destroy(err, callback) {
       destroyed = true;
@@ -345,6 +352,7 @@ export function pgSink(options: PgSinkOptions): Writable {
             setTimeout(resolve, 2000).unref();
           });
         }
+        if (busy) await busy.catch(() => undefined);
         if (inTransaction) {
           inTransaction = false;
           await client.query('ROLLBACK').catch(() => undefined);

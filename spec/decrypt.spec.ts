@@ -3,7 +3,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { once } from 'node:events';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { PassThrough, Readable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import {
@@ -205,6 +205,28 @@ describe('openDecryptedSource', () => {
   });
 
   describe('the spool file', () => {
+    it('a FIFO whose spool cannot be made: the FIFO is closed, so its writer is not left blocked', async function () {
+      const t = tempDir();
+      try {
+        const fifo = path.join(t.dir, 'in.fifo');
+        if (spawnSync('mkfifo', [fifo]).status !== 0) {
+          console.log('      skipped: mkfifo is not available');
+          this.skip();
+        }
+        const writer = spawn('sh', ['-c', 'head -c 2000000 /dev/zero > "$1"', 'sh', fifo], { stdio: 'ignore' });
+        const exited = new Promise<string | null>((resolve) => writer.on('exit', (code, signal) => resolve(signal ?? String(code))));
+        const err = await openDecryptedSource({ path: fifo }, { unwrapper: keyUnwrapper(), tmpDir: path.join(t.dir, 'no', 'such') })
+          .then(() => undefined, (e: unknown) => e as { code: string });
+        expect(err?.code).to.equal('USERPORT_DECRYPT_IO');
+        // The read end closed: the writer ends (SIGPIPE) instead of waiting for a reader forever.
+        const ended = await Promise.race([exited, new Promise((resolve) => setTimeout(() => resolve('still blocked'), 5000))]);
+        if (ended === 'still blocked') writer.kill();
+        expect(ended).to.not.equal('still blocked');
+      } finally {
+        t.remove();
+      }
+    });
+
     it('is 0600 in a 0700 folder under tmpDir while spooling, and gone after success', async () => {
       const t = tempDir();
       try {

@@ -122,6 +122,23 @@ describe('the error registry', () => {
       }
     });
 
+    it('mergeStaged says a caller\'s throwing onTrace or onStep as USERPORT_CALLBACK, not a bug of userport\'s', async () => {
+      const c = new pg.Client({ connectionString: db.url });
+      await c.connect();
+      try {
+        for (const [what, hook] of [['onTrace', { onTrace: () => { throw new Error('my subscriber bug'); } }], ['onStep', { onStep: () => { throw new Error('my subscriber bug'); } }]] as const) {
+          await c.query('BEGIN');
+          const run = await beginImportRun(c, { source: 'errors.spec' });
+          const err = await mergeStaged(c, { run, mergeUsers: false, filterActive: false, ...hook }, new ImportStats()).then(() => undefined, (e: unknown) => e as UserportError);
+          await c.query('ROLLBACK');
+          expect(err?.code, what).to.equal('USERPORT_CALLBACK');
+          expect(err?.message, what).to.equal(`${what}: the callback threw: my subscriber bug`);
+        }
+      } finally {
+        await c.end();
+      }
+    });
+
     it('is how mergeStaged says what PostgreSQL refused (never pg\'s own error class)', async () => {
       const c = new pg.Client({ connectionString: db.url });
       const other = new pg.Client({ connectionString: db.url });

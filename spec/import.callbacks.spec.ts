@@ -132,4 +132,47 @@ describe('importUsers and the caller\'s callbacks and source', function () {
       expect(await db.count('auth_user')).to.equal(0);
     });
   });
+
+  it('a stop asked for while the merge runs takes effect at its next step: ROLLBACK in order, the target\'s constraints intact, nothing written', async () => {
+    await withDb(async (db) => {
+      const constraints = async () => Number((await db.knex.raw(`SELECT count(*) AS n FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+        WHERE t.relname IN ('auth_user', 'sentry_email', 'sentry_useremail', 'sentry_useroption', 'sentry_lostpasswordhash')`)).rows[0].n);
+      const before = await constraints();
+      for (const resumable of [false, true]) {
+        const ac = new AbortController();
+        let aborted = false;
+        const err = await failure(importUsers({
+          source: writeExport(users(200)), databaseUrl: db.url, resumable, signal: ac.signal,
+          // Inside the merge, at the bulk path's lock: its drops follow at once.
+          onTrace: (e) => { if (!aborted && e.kind === 'sql' && /LOCK TABLE/.test(e.sql)) { aborted = true; ac.abort(); } },
+        }));
+        expect(aborted, `resumable ${resumable}: the merge took the bulk path`).to.equal(true);
+        expect(err.code, `resumable ${resumable}`).to.equal('USERPORT_ABORTED');
+        expect(await db.count('auth_user')).to.equal(0);
+        expect(await constraints(), `resumable ${resumable}`).to.equal(before);
+      }
+      // A throwing onProgress while the merge runs, the same way: the progress timer fires during a slow merge step.
+      let merging = 0;
+      const err = await failure(importUsers({
+        source: writeExport(users(200)), databaseUrl: db.url,
+        onTrace: (e) => { if (e.kind === 'sql' && /LOCK TABLE/.test(e.sql)) { const until = Date.now() + 700; while (Date.now() < until) { /* a slow step */ } } },
+        onProgress: (p) => { if (p.phase === 'merging' && ++merging === 2) throw new Error('progress bar gone'); },
+      }));
+      expect(err.code).to.equal('USERPORT_CALLBACK');
+      expect(await db.count('auth_user')).to.equal(0);
+      expect(await constraints()).to.equal(before);
+    });
+  });
+
+  it('a signal stops an import whose source has sent nothing yet (a stalled socket)', async () => {
+    await withDb(async (db) => {
+      const ac = new AbortController();
+      const stalled = new Readable({ read() { /* nothing, ever */ } });
+      const t0 = Date.now();
+      const err = await failure(importUsers({ source: stalled, databaseUrl: db.url, signal: ac.signal, onStart: () => { setTimeout(() => ac.abort(), 300); } }));
+      expect(err.code).to.equal('USERPORT_ABORTED');
+      expect(Date.now() - t0).to.be.below(10_000);
+      expect(stalled.destroyed).to.equal(true);
+    });
+  });
 });

@@ -17,7 +17,7 @@
  * across imports follow the same rules as collisions inside one import, and nothing deadlocks.
  */
 import type pg from 'pg';
-import { DatabaseError, ErrorCodes, OptionError, wrapDbError } from '../../errors.js';
+import { DatabaseError, ErrorCodes, OptionError, wrapCallbackError, wrapDbError } from '../../errors.js';
 import { checkOptions, isBoolean, isFunction, isInteger, isObject, type OptionCheck } from '../../options.js';
 import { ImportStats } from '../../stats.js';
 import { REJECTED_USER_CODE } from '../../models.js';
@@ -104,8 +104,13 @@ const FINDING_REASON: Record<string, string> = {
 export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, stats: ImportStats): Promise<MergeOutcome> {
   checkOptions('mergeStaged', options, MERGE_OPTIONS, ['run', 'mergeUsers', 'filterActive']);
   if (!(stats instanceof ImportStats)) throw new OptionError('mergeStaged: stats must be an ImportStats (the sink\'s)', 'stats', 'mergeStaged');
+  // The caller's callbacks, as USERPORT_CALLBACK when they throw (a bug of theirs, not userport's).
+  const guard = <A extends unknown[]>(fn: ((...a: A) => void) | undefined, what: string) => fn && ((...a: A) => {
+    try { fn(...a); } catch (err) { throw wrapCallbackError(err, what); }
+  });
+  const guarded: MergeOptions = { ...options, onTrace: guard(options.onTrace, 'onTrace'), onStep: guard(options.onStep, 'onStep') };
   try {
-    return await mergeAfterEarlyUsers(client, options, stats, undefined);
+    return await mergeAfterEarlyUsers(client, guarded, stats, undefined);
   } catch (err) {
     // PostgreSQL's own errors (a statement timeout, a lock) as USERPORT_DB_*, never pg's class.
     throw wrapDbError(err, 'the merge');
