@@ -36,6 +36,12 @@ function tempPrefix(dest: string): string {
   return `.${base}.`;
 }
 
+/** What is wrong with `file`'s name if it is longer than a file name may be (255 bytes: NAME_MAX of Linux's file systems). */
+export function fileNameTooLong(file: string): string | undefined {
+  const bytes = Buffer.byteLength(path.basename(file));
+  return bytes > 255 ? `the file name is ${bytes} bytes long, more than a file system takes (255)` : undefined;
+}
+
 /** `.DEST.<pid>-<pid namespace>.<hex>.partial` beside `dest`: hidden, and telling which process writes it. */
 function tempName(dest: string): string {
   return path.join(path.dirname(dest), `${tempPrefix(dest)}${MAKER_TAG}.${crypto.randomBytes(6).toString('hex')}.partial`);
@@ -68,11 +74,9 @@ export async function writeFileAtomically(dest: string, mode: number, write: (ou
     await write(createWriteStream(dest, { flags: 'w' }));
     return;
   }
-  // Said before the work, not by the rename after it (255 bytes: NAME_MAX of Linux's file systems).
-  const nameBytes = Buffer.byteLength(path.basename(dest));
-  if (nameBytes > 255) {
-    throw Object.assign(new Error(`the file name is ${nameBytes} bytes long, more than a file system takes (255)`), { code: 'ENAMETOOLONG' });
-  }
+  // Said before the work, not by the rename after it.
+  const tooLong = fileNameTooLong(dest);
+  if (tooLong) throw Object.assign(new Error(tooLong), { code: 'ENAMETOOLONG' });
   await removeStaleTemps(dest);
   const tmp = tempName(dest);
   // Opened before the stream exists: a missing or read-only folder is this call's rejection (a

@@ -81,6 +81,7 @@ type OpenedInput = { file: FileHandle; release: () => Promise<void>; failure: st
 
 /** Opens `input`: a regular file is read in place; anything else is spooled. */
 async function openInput(input: EncryptedInput, chunkSize: number, tmpDir: string): Promise<OpenedInput> {
+  let pipe: FileHandle | undefined;
   if ('path' in input) {
     const { path } = input;
     let fh: FileHandle;
@@ -100,13 +101,14 @@ async function openInput(input: EncryptedInput, chunkSize: number, tmpDir: strin
     }
     // A pipe or device cannot be read twice: it is read as a stream, on the handle already open (a
     // FIFO closed and opened again would lose its writer, which then dies of SIGPIPE, and wait
-    // for another forever). The spool first: if it cannot be made, the handle is closed here.
-    const spool = await makeSpool(tmpDir).catch(async (err: unknown) => { await fh.close().catch(() => undefined); throw err; });
-    return { file: spool.file, stream: fh.createReadStream({ highWaterMark: chunkSize }), release: spool.remove, failure: 'spooling the encrypted input failed' };
+    // for another forever).
+    pipe = fh;
   }
-  // A stream's token goes to a private spool file (0600 in a 0700 folder) as it arrives.
-  const spool = await makeSpool(tmpDir);
-  return { file: spool.file, stream: input.stream, release: spool.remove, failure: 'spooling the encrypted input failed' };
+  // A stream's token goes to a private spool file (0600 in a 0700 folder) as it arrives. A pipe's
+  // handle is closed here if the spool cannot be made.
+  const spool = await makeSpool(tmpDir).catch(async (err: unknown) => { await pipe?.close().catch(() => undefined); throw err; });
+  const stream = 'stream' in input ? input.stream : pipe!.createReadStream({ highWaterMark: chunkSize });
+  return { file: spool.file, stream, release: spool.remove, failure: 'spooling the encrypted input failed' };
 }
 
 /**

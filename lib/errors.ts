@@ -328,3 +328,10 @@ export function wrapCallbackError(err: unknown, what: string): UserportError {
   if (err instanceof UserportError || lostConnection(err) || isPgServerError(err) || fsError) return wrapDbError(err, what);
   return new UserportError(ErrorCodes.CALLBACK, `${what}: the callback threw: ${messageOf(err)}`, { cause: err });
 }
+
+/** `fn` (a caller's callback, if given) with what it throws wrapped by {@link wrapCallbackError}, named `what`. */
+export function guardCallback<A extends unknown[]>(fn: ((...args: A) => void) | undefined, what: string): ((...args: A) => void) | undefined {
+  return fn && ((...args: A) => {
+    try { fn(...args); } catch (err) { throw wrapCallbackError(err, what); }
+  });
+}

@@ -22,7 +22,7 @@ import { IMPORT_SCOPES, registry, scopeIncludes, type ImportScope, type ModelMap
 import { arrayClose, ARRAY_OPEN, formatRecord, recordLayout, recordSeparator, unreadable, type Encoding, type RecordLayout, type Unreadable } from './export-format.js';
 import { writeErrorFinding, writeExportFindings, type Finding } from './findings.js';
 import { encryptExport, encryptionKey } from './encrypt.js';
-import { ErrorCodes, ExportError, OptionError, UserportError, wrapCallbackError, wrapDbError } from './errors.js';
+import { ErrorCodes, ExportError, guardCallback, OptionError, UserportError, wrapDbError } from './errors.js';
 import { checkDatabaseUrl, checkOptions as checkKnownOptions, isFunction, isInteger, isNonEmptyString, isOneOf, isStringOrBuffer, type OptionCheck } from './options.js';
 
 // The export's JSON writers, public here since before they had a module of their own.
@@ -236,7 +236,11 @@ class ExportAccounting {
   /** Rows left out per model for an unreadable value, by reason. */
   private readonly unreadable = new Map<string, Map<string, number>>();
 
-  constructor(readonly summary: ExportSummary, private readonly onProgress: ExporterOptions['onProgress']) {}
+  private readonly onProgress: ExporterOptions['onProgress'];
+
+  constructor(readonly summary: ExportSummary, onProgress: ExporterOptions['onProgress']) {
+    this.onProgress = guardCallback(onProgress, 'onProgress');
+  }
 
   /** Bytes of the array's brackets. */
   framing(bytes: number): void {
@@ -250,12 +254,7 @@ class ExportAccounting {
     s.models[model]! += records;
     s.records += records;
     this.framing(bytes);
-    if (!this.onProgress) return;
-    try {
-      this.onProgress({ model, records: s.records, bytes: s.bytes, seconds: s.seconds });
-    } catch (err) {
-      throw wrapCallbackError(err, 'onProgress');
-    }
+    this.onProgress?.({ model, records: s.records, bytes: s.bytes, seconds: s.seconds });
   }
 
   /** A row left out because a value could not be written. Never the value: it may be a secret. */

@@ -359,10 +359,6 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     // lost connection to PostgreSQL.
     const readFailure = (err: unknown) => new UserportError(ErrorCodes.IO, `reading the source failed: ${(err as Error | null)?.message ?? String(err)}`, { cause: err });
     const { stream: source, size, leadingText, gzip } = await input.open().catch((err: unknown) => { throw err instanceof UserportError ? err : readFailure(err); });
-    if (stopWith) {
-      source.destroy();
-      throw stopWith;
-    }
     let sourceError: unknown;
     source.once('error', (err) => { sourceError = err; });
     // Tokenizer, user filter and model mapper fused in one stream (the same pure functions as

@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import type { Writable } from 'node:stream';
 import { ErrorCodes, formatPosition, OptionError, printable, sayWording, UserportError, type Position, type Wording } from '../lib/errors.js';
 import { parseUsernameList } from '../lib/filter-users.js';
+import { fileNameTooLong } from '../lib/atomic-file.js';
 
 export interface FlagSpec {
   type: 'string' | 'boolean';
@@ -330,8 +331,8 @@ export function checkOutputPath(flag: string, file: string): void {
   const dir = path.dirname(path.resolve(file));
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw usageError(`${flag}: folder ${printable(dir)} does not exist`);
   if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw usageError(`${flag}: ${printable(file)} is a folder`);
-  const bytes = Buffer.byteLength(path.basename(file));
-  if (bytes > 255) throw usageError(`${flag}: the file name is ${bytes} bytes long, more than a file system takes (255)`);
+  const tooLong = fileNameTooLong(file);
+  if (tooLong) throw usageError(`${flag}: ${tooLong}`);
 }
 
 /**
@@ -348,17 +349,30 @@ export function usernameFilter(value: string | undefined, file: string | undefin
   const flag = file !== undefined ? `--filter-usernames-file ${printable(file)}` : '--filter-usernames';
   let text = value;
   if (file !== undefined) {
-    try { text = fs.readFileSync(file, 'utf8'); } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'it is a directory' : e.message;
-      throw usage(new UserportError(ErrorCodes.IO, `--filter-usernames-file ${printable(file)}: ${why}`));
-    }
+    checkOptionFile('--filter-usernames-file', file);
+    try { text = fs.readFileSync(file, 'utf8'); } catch (err) { throw optionFileError('--filter-usernames-file', file, err); }
   }
   if (text === undefined) return { names: undefined, emptyFilter: false };
   if (text === '') return { names: undefined, emptyFilter: true };
   const names = parseUsernameList(text);
   if (!names.length) throw usageError(`${flag} names no user (only blanks and separators): give names, or an empty value for no filter`);
   return { names, emptyFilter: false };
+}
+
+/** A file an option names, to be read: it must exist and be readable (USERPORT_IO, as a usage error). */
+export function checkOptionFile(flag: string, file: string | undefined): void {
+  if (file === undefined) return;
+  try {
+    if (fs.statSync(file).isDirectory()) throw new Error('it is a directory');
+    fs.accessSync(file, fs.constants.R_OK);
+  } catch (err) {
+    throw optionFileError(flag, file, err);
+  }
+}
+
+function optionFileError(flag: string, file: string, err: unknown): UserportError {
+  const code = (err as NodeJS.ErrnoException).code;
+  return usage(new UserportError(ErrorCodes.IO, `${flag} ${file}: ${code === 'ENOENT' ? 'no such file' : (err as Error).message}`));
 }
 
 /** Refuses, before any work, an input file (option or argument `flag`) that cannot be read. */

@@ -16,7 +16,7 @@ import { checkImportOptions, importUsers, type ImportOptions, type Progress } fr
 import { dropImport, listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
-import { cliWording, didYouMean, formatBytes, helpText, parseCommand, reportError, usernameFilter, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
+import { checkOptionFile, cliWording, didYouMean, formatBytes, helpText, parseCommand, reportError, usernameFilter, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { installSpoolCleanup, setInterruptNote } from './signals.js';
 import { runExportCommand } from './export-command.js';
 import { runTargetCommand } from './target-command.js';
@@ -427,18 +427,6 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
   return out.map((l) => wrapText(l, TEXT_WIDTH, '    ')).join('\n');
 }
 
-/** A file an option names, to be read: it must exist and be readable. */
-function checkInput(flag: string, file: string | undefined): void {
-  if (file === undefined) return;
-  try {
-    if (fs.statSync(file).isDirectory()) throw new Error('it is a directory');
-    fs.accessSync(file, fs.constants.R_OK);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw usage(new UserportError(ErrorCodes.IO, `${flag} ${file}: ${code === 'ENOENT' ? 'no such file' : (err as Error).message}`));
-  }
-}
-
 interface ImportPlan {
   options: Omit<ImportOptions, 'databaseUrl'>;
   databaseUrl: string | undefined;
@@ -467,7 +455,7 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
   }
   checkUrl(str(o['database-url']));
   const { names: filterUsernames, emptyFilter } = usernameFilter(str(o['filter-usernames']), str(o['filter-usernames-file']));
-  for (const flag of ['decrypt-with', 'decrypt-passphrase-file', 'decrypt-with-gcp-kms'] as const) checkInput(`--${flag}`, str(o[flag]));
+  for (const flag of ['decrypt-with', 'decrypt-passphrase-file', 'decrypt-with-gcp-kms'] as const) checkOptionFile(`--${flag}`, str(o[flag]));
   const options: Omit<ImportOptions, 'databaseUrl'> = {
     batchRows: intOption('batch-rows', o['batch-rows']),
     maxRejects: intOption('max-rejects', o['max-rejects']),

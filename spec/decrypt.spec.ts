@@ -3,7 +3,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { once } from 'node:events';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { PassThrough, Readable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import {
@@ -14,7 +14,7 @@ import { createTokenizer } from '../lib/tokenize.js';
 import { chunked, collect, collectError } from './helpers/streams.js';
 import { reached } from './helpers/moments.js';
 import {
-  drain, encryptBuffer, fixture, flipBase64, flipByte, listDir, makeTar, members, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir,
+  drain, encryptBuffer, fifoOrSkip, fixture, flipBase64, flipByte, listDir, makeTar, members, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir,
 } from './crypto/helpers.js';
 
 const keyUnwrapper = (name = 'fixture-key.pem', passphrase?: string): KeyUnwrapper =>
@@ -208,11 +208,7 @@ describe('openDecryptedSource', () => {
     it('a FIFO whose spool cannot be made: the FIFO is closed, so its writer is not left blocked', async function () {
       const t = tempDir();
       try {
-        const fifo = path.join(t.dir, 'in.fifo');
-        if (spawnSync('mkfifo', [fifo]).status !== 0) {
-          console.log('      skipped: mkfifo is not available');
-          this.skip();
-        }
+        const fifo = fifoOrSkip(this, t.dir, 'in.fifo');
         const writer = spawn('sh', ['-c', 'head -c 2000000 /dev/zero > "$1"', 'sh', fifo], { stdio: 'ignore' });
         const exited = new Promise<string | null>((resolve) => writer.on('exit', (code, signal) => resolve(signal ?? String(code))));
         const err = await openDecryptedSource({ path: fifo }, { unwrapper: keyUnwrapper(), tmpDir: path.join(t.dir, 'no', 'such') })

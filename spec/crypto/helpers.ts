@@ -1,5 +1,6 @@
 /** Shared pieces of the crypto specs: fixture paths, tar surgery, collecting streams. */
 import fs from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { TarParser, encodeHeader, encodeEnd, paddingAfter, type TarEntry } from '../../lib/crypto/tar.js';
@@ -80,6 +81,16 @@ export async function encryptBuffer(plaintext: Buffer, publicKeyPem: Buffer = re
 export function tempDir(): { dir: string; remove: () => void } {
   const dir = tmpFolder('userport-crypto-spec-');
   return { dir, remove: () => fs.rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** A FIFO `name` in `dir`, made with mkfifo; the test is skipped, saying why, where there is none. */
+export function fifoOrSkip(test: Mocha.Context, dir: string, name: string): string {
+  const fifo = path.join(dir, name);
+  if (spawnSync('mkfifo', [fifo]).status !== 0) {
+    console.log('      skipped: mkfifo is not available');
+    test.skip();
+  }
+  return fifo;
 }
 
 /** Names in `dir` (to check that spool files are gone). */

@@ -7,7 +7,7 @@ import { PassThrough } from 'node:stream';
 import { keyUnwrapperFromOptions, runDecryptCommand, runEncryptCommand } from '../../pipelines/crypto-commands.js';
 import { loadPrivateKey } from '../../lib/crypto/keys.js';
 import { chunked } from '../helpers/streams.js';
-import { drain, fixture, flipBase64, listDir, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir, codeOf } from '../crypto/helpers.js';
+import { codeOf, drain, fifoOrSkip, fixture, flipBase64, listDir, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir } from '../crypto/helpers.js';
 import { startKmsServer, useKmsServer } from '../crypto/kms-server.js';
 
 interface Run { code: number; stdout: Buffer; stderr: string }
@@ -70,11 +70,7 @@ describe('userport encrypt / decrypt', () => {
     it('writes into an existing FIFO or device in place instead of renaming over it', async function () {
       const t = tempDir();
       try {
-        const fifo = path.join(t.dir, 'out.fifo');
-        if (spawnSync('mkfifo', [fifo]).status !== 0) {
-          console.log('      skipped: mkfifo is not available');
-          this.skip();
-        }
+        const fifo = fifoOrSkip(this, t.dir, 'out.fifo');
         const reading = drain(fs.createReadStream(fifo));
         const r = await run(runDecryptCommand, ['--decrypt-with', KEY, fixture('python-export.tar'), fifo]);
         expect(r).to.include({ code: 0, stderr: '' });
@@ -89,11 +85,7 @@ describe('userport encrypt / decrypt', () => {
     it('reads a FIFO as SRC once, on the handle it opened: the writer is not cut off, nothing waits for a second one', async function () {
       const t = tempDir();
       try {
-        const fifo = path.join(t.dir, 'in.fifo');
-        if (spawnSync('mkfifo', [fifo]).status !== 0) {
-          console.log('      skipped: mkfifo is not available');
-          this.skip();
-        }
+        const fifo = fifoOrSkip(this, t.dir, 'in.fifo');
         // A separate writer, as a shell's `cat export.tar > fifo` is: it dies of SIGPIPE if the
         // reader closes the FIFO early.
         const writer = spawn('sh', ['-c', 'cat "$1" > "$2"', 'sh', fixture('python-export.tar'), fifo], { stdio: 'ignore' });

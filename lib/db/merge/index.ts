@@ -17,7 +17,7 @@
  * across imports follow the same rules as collisions inside one import, and nothing deadlocks.
  */
 import type pg from 'pg';
-import { DatabaseError, ErrorCodes, OptionError, wrapCallbackError, wrapDbError } from '../../errors.js';
+import { DatabaseError, ErrorCodes, guardCallback, OptionError, wrapDbError } from '../../errors.js';
 import { checkOptions, isBoolean, isFunction, isInteger, isObject, type OptionCheck } from '../../options.js';
 import { ImportStats } from '../../stats.js';
 import { REJECTED_USER_CODE } from '../../models.js';
@@ -105,10 +105,7 @@ export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, 
   checkOptions('mergeStaged', options, MERGE_OPTIONS, ['run', 'mergeUsers', 'filterActive']);
   if (!(stats instanceof ImportStats)) throw new OptionError('mergeStaged: stats must be an ImportStats (the sink\'s)', 'stats', 'mergeStaged');
   // The caller's callbacks, as USERPORT_CALLBACK when they throw (a bug of theirs, not userport's).
-  const guard = <A extends unknown[]>(fn: ((...a: A) => void) | undefined, what: string) => fn && ((...a: A) => {
-    try { fn(...a); } catch (err) { throw wrapCallbackError(err, what); }
-  });
-  const guarded: MergeOptions = { ...options, onTrace: guard(options.onTrace, 'onTrace'), onStep: guard(options.onStep, 'onStep') };
+  const guarded: MergeOptions = { ...options, onTrace: guardCallback(options.onTrace, 'onTrace'), onStep: guardCallback(options.onStep, 'onStep') };
   try {
     return await mergeAfterEarlyUsers(client, guarded, stats, undefined);
   } catch (err) {
@@ -127,11 +124,7 @@ const MERGE_OPTIONS: { readonly [K in keyof MergeOptions]-?: OptionCheck } = {
  * `beginEarlyUsers` did in this transaction; only when no user row was staged after it
  * (`options.staged.usersAfterOthers` false; else `undoEarlyUsers` it first).
  */
-export function mergeAfterEarlyUsers(client: pg.ClientBase, options: MergeOptions, stats: ImportStats, early: EarlyUsers | undefined): Promise<MergeOutcome> {
-  return merge(client, options, stats, early);
-}
-
-async function merge(client: pg.ClientBase, options: MergeOptions, stats: ImportStats, early?: EarlyUsers): Promise<MergeOutcome> {
+export async function mergeAfterEarlyUsers(client: pg.ClientBase, options: MergeOptions, stats: ImportStats, early?: EarlyUsers): Promise<MergeOutcome> {
   const q = runner(client, options);
   const { run } = options;
   const C = modelCodes();
