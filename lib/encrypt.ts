@@ -34,8 +34,8 @@ const ENCRYPTOR_OPTIONS: { readonly [K in keyof EncryptorOptions]-?: OptionCheck
   size: isInteger(0),
   fernetKey: (v) => {
     if (typeof v !== 'string' && !Buffer.isBuffer(v)) return 'a string or a Buffer';
-    // The one rule for a Fernet key, the decryptor's.
-    try { parseFernetKey(v); return undefined; } catch { return 'a Fernet key (44 characters of URL-safe base64)'; }
+    const s = (typeof v === 'string' ? v : v.toString('latin1')).trim();
+    return /^[A-Za-z0-9_-]{43}=$/.test(s) ? undefined : 'a Fernet key (44 characters of URL-safe base64)';
   },
   iv: (v) => (Buffer.isBuffer(v) && v.length === 16 ? undefined : 'a Buffer of 16 bytes'),
   timestamp: isInteger(0),
