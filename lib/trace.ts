@@ -10,8 +10,9 @@
  * - `sql`: a statement of the merge ran; `ms` its time, `sql` its text.
  * - `plan`: the plan (`EXPLAIN`, one line per element) of a statement of the merge, before it
  *   runs; only with `explain: true`.
- * - `retry`: the users' step is decided again because another session took one of its names or
- *   addresses meanwhile; `attempt` is the attempt that starts (2 at the first retry).
+ * - `retry`: a step is decided again because another session took one of its unique values
+ *   meanwhile (the users' step: a name or `email_unique` address; the emails' step: an address);
+ *   `attempt` is the attempt that starts (2 at the first retry).
  * - `bulk-load`: the empty-target path dropped these unique constraints, indexes and foreign keys
  *   (`table.name`), to build them again after the load.
  * - `early-undone`: a user row came after other models, so the early users step is undone.
@@ -29,7 +30,7 @@
 export type TraceEvent =
   | { kind: 'sql'; ms: number; sql: string }
   | { kind: 'plan'; sql: string; plan: string[] }
-  | { kind: 'retry'; step: 'users'; attempt: number }
+  | { kind: 'retry'; step: 'users' | 'emails'; attempt: number }
   | { kind: 'bulk-load'; dropped: string[] }
   | { kind: 'early-undone' }
   | { kind: 'direct-rows'; table: string; written: number; staged: number; repeated: boolean; ms?: number }

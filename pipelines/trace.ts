@@ -25,7 +25,7 @@ export function traceLine(e: TraceEvent): string {
   switch (e.kind) {
     case 'sql': return `[sql ${e.ms.toFixed(0)} ms] ${short(e.sql)}`;
     case 'plan': return `[plan] ${short(e.sql)}\n${e.plan.join('\n')}\n[/plan]`;
-    case 'retry': return `[users] another session took a name or address meanwhile: deciding again (attempt ${e.attempt})`;
+    case 'retry': return `[${e.step}] another session took ${e.step === 'users' ? 'a name or address' : 'an address'} meanwhile: deciding again (attempt ${e.attempt})`;
     case 'bulk-load': return `[bulk] load first, then build: ${e.dropped.join(', ')}`;
     case 'early-undone': return '[early] a user came after other models: the early users step is undone';
     case 'direct-rows': return (e.repeated

@@ -42,6 +42,34 @@ export function modelCodes(): ModelCodes {
   };
 }
 
+/** Times a step is decided again after another session took one of its unique values. */
+const MAX_UNIQUE_ATTEMPTS = 8;
+
+/**
+ * Runs `step` (the merge's step `name`) in a savepoint, safe against other writers: a session that
+ * writes one of the step's values of `table`'s unique key after the step decided makes the
+ * step's INSERT wait for it and then fail on that key. The step is then rolled back to its
+ * savepoint and run again, now seeing that row (so the value is treated exactly as one that was
+ * there before the import): one sign-up never costs the import. Only the ids the failed attempt
+ * drew are lost (gaps, as any rolled-back insert leaves).
+ */
+export async function retryOnUnique<T>(q: Q, name: 'users' | 'emails', table: string, step: () => Promise<T>): Promise<T> {
+  const savepoint = `userport_${name}`;
+  for (let attempt = 1; ; attempt++) {
+    await q(`SAVEPOINT ${savepoint}`);
+    try {
+      const done = await step();
+      await q(`RELEASE SAVEPOINT ${savepoint}`);
+      return done;
+    } catch (err) {
+      const e = err as { code?: string; table?: string };
+      if (e.code !== '23505' || e.table !== table || attempt >= MAX_UNIQUE_ATTEMPTS) throw err;
+      await q(`ROLLBACK TO SAVEPOINT ${savepoint}`);
+      q.trace({ kind: 'retry', step: name, attempt: attempt + 1 });
+    }
+  }
+}
+
 /** Statements EXPLAIN can plan (a CREATE TABLE AS ... WITH NO DATA has no plan worth telling). */
 const EXPLAINABLE = /^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE TEMP TABLE \w+ ON COMMIT DROP AS)\b/;
 

@@ -6,7 +6,7 @@
  */
 import { DatabaseError, ErrorCodes } from '../../errors.js';
 import { insertPkRanges } from './pk-map.js';
-import { idSequence, modelCodes, type Q } from './run.js';
+import { idSequence, modelCodes, retryOnUnique, type Q } from './run.js';
 import type { WritePlan } from './plan.js';
 
 /**
@@ -36,32 +36,15 @@ export interface UsersStepOptions {
  */
 interface UsersStepPath { empty: boolean; lostPasswordsLater?: boolean }
 
-/** Times the users' step is decided again after another session took one of its names or addresses. */
-const MAX_USER_ATTEMPTS = 8;
-
 /**
- * The users' step, safe against other writers: a session that creates one of the import's
- * usernames (or `email_unique` addresses) after the decision but before the INSERT makes the
- * INSERT wait for it and then fail on the UNIQUE key. The step then rolls back to its savepoint
- * and decides again, now seeing that user, so the name is renamed (or merged into with
- * `--merge-users`) exactly as a name that was there before the import: one sign-up never costs
- * the import. Everything of the step is redone, temp tables and pk map included; only the ids the
- * failed attempt drew are lost (gaps, as any rolled-back insert leaves).
+ * The users' step, safe against other writers ({@link retryOnUnique}): a session that creates
+ * one of the import's usernames (or `email_unique` addresses) after the decision is seen by the
+ * step's next attempt, so the name is renamed (or merged into with `--merge-users`) exactly as a
+ * name that was there before the import. Everything of the step is redone, temp tables and pk map
+ * included.
  */
 export async function mergeUsers(q: Q, S: string, options: UsersStepOptions, plan: WritePlan, path: UsersStepPath): Promise<UsersWritten> {
-  for (let attempt = 1; ; attempt++) {
-    await q('SAVEPOINT userport_users');
-    try {
-      const written = await mergeUsersOnce(q, S, options, plan, path);
-      await q('RELEASE SAVEPOINT userport_users');
-      return written;
-    } catch (err) {
-      const e = err as { code?: string; table?: string };
-      if (e.code !== '23505' || e.table !== plan.user.table || attempt >= MAX_USER_ATTEMPTS) throw err;
-      await q('ROLLBACK TO SAVEPOINT userport_users');
-      q.trace({ kind: 'retry', step: 'users', attempt: attempt + 1 });
-    }
-  }
+  return retryOnUnique(q, 'users', plan.user.table, () => mergeUsersOnce(q, S, options, plan, path));
 }
 
 async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: WritePlan, path: UsersStepPath): Promise<UsersWritten> {
@@ -157,7 +140,8 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
 
 /**
  * The new users' lost-password hashes, in id order: Sentry's import gives every user it creates
- * one (uuid4 hex), but, in the global scope, a user whose password hash it keeps. Resolves to
+ * one (32 random characters; uuid4 hex here, as the README's compatibility table says), but, in
+ * the global scope, a user whose password hash it keeps. Resolves to
  * their count.
  */
 export async function insertLostPasswords(q: Q, plan: WritePlan): Promise<number> {
