@@ -98,6 +98,13 @@ export interface ModelMapping {
    */
   legacyNames?: Record<string, string>;
   /**
+   * Field -> what is staged when a record lacks the field (not when it is null), where Sentry's
+   * model gives a nullable field a default: Django builds the object from the record's fields,
+   * so a missing one takes its default. `now` (PostgreSQL's input for the current transaction's
+   * start) is `default=timezone.now`: the import's time, as Sentry's save.
+   */
+  whenAbsent?: Record<string, 'now'>;
+  /**
    * The model's place in Sentry's export (`sorted_dependencies()`), as Sentry's 2024-05 release
    * snapshot (`tests/sentry/backup/snapshots/ReleaseTests/test_at_head.pysnap` @ 009c94a9) orders
    * them: user, userip, userpermission, userrole, userroleuser, email, authenticator, useroption,

@@ -141,6 +141,27 @@ describe('import config and global (issue #22)', function () {
     expect(summary.adjacent.lostPasswordHashes).to.equal(1);
   }));
 
+  it('global: a repeated (user, address) user email keeps the first row\'s id and takes the last one\'s values, as Sentry saves each over the row it found', () => withDb(async (db) => {
+    const first = { ...useremail(5, 5, 'ops@example.com'), fields: { ...useremail(5, 5, 'ops@example.com').fields, validation_hash: 'H1'.repeat(16), is_verified: false, date_hash_added: '2021-01-01T00:00:00.000Z' } };
+    const last = { ...useremail(9, 5, 'ops@example.com'), fields: { ...useremail(9, 5, 'ops@example.com').fields, validation_hash: 'H2'.repeat(16), is_verified: true, date_hash_added: '2022-02-02T00:00:00.000Z' } };
+    // pk 7 sits between them in pk order but last in the file: the order that counts is the pk's.
+    const middle = { ...useremail(7, 5, 'ops@example.com'), fields: { ...useremail(7, 5, 'ops@example.com').fields, validation_hash: 'H7'.repeat(16), is_verified: false } };
+    const records = [...adminRecords(5, 'ops', 'x').filter((r) => r.model !== 'sentry.useremail'), first, last, middle];
+    const summary = await importUsers({ source: exportFile(records), databaseUrl: db.url, scope: 'global' });
+    const rows = (await db.knex.raw(`SELECT validation_hash, is_verified, date_hash_added FROM sentry_useremail WHERE email = 'ops@example.com'`)).rows;
+    expect(rows).to.have.length(1);
+    expect(rows[0]).to.deep.include({ validation_hash: 'H2'.repeat(16), is_verified: true });
+    expect(new Date(rows[0].date_hash_added).toISOString()).to.equal('2022-02-02T00:00:00.000Z');
+    expect(summary.models['sentry.useremail']).to.include({ inserted: 1, existing: 2 });
+    // In user scope the values are reset anyway: one row, unverified, a new hash.
+    await db.knex.raw('TRUNCATE auth_user, sentry_useremail, sentry_email, sentry_lostpasswordhash, sentry_useroption CASCADE');
+    await importUsers({ source: exportFile(records), databaseUrl: db.url, scope: 'users', allowReimport: true });
+    const reset = (await db.knex.raw(`SELECT validation_hash, is_verified FROM sentry_useremail WHERE email = 'ops@example.com'`)).rows;
+    expect(reset).to.have.length(1);
+    expect(reset[0].is_verified).to.equal(false);
+    expect(reset[0].validation_hash).to.not.be.oneOf(['H1'.repeat(16), 'H2'.repeat(16), 'H7'.repeat(16)]);
+  }));
+
   it('authenticator ids are 32-bit: an import that would pass 2,147,483,647 stops before writing', () => withDb(async (db) => {
     await db.knex.raw(`SELECT setval(pg_get_serial_sequence('auth_authenticator', 'id'), 2147483646)`);
     const err = await failure(importUsers({ source: exportFile(adminRecords(5, 'ops', 'x')), databaseUrl: db.url, scope: 'global' }));

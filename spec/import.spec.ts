@@ -55,6 +55,18 @@ describe('importUsers', () => {
       expect(h.hash).to.match(/^[0-9a-f]{32}$/);
     });
 
+    it('gives a user record without last_active the import\'s time (the model\'s default, as Sentry\'s import); an explicit null stays null', async () => {
+      const without = user(1, 'alice');
+      delete without.fields.last_active;
+      const before = Date.now();
+      await run(db, [without, user(2, 'bob', { last_active: null }), user(3, 'carol')]);
+      const rows = (await db.knex.raw(`SELECT username, last_active FROM auth_user ORDER BY username`)).rows;
+      expect(rows[0].username).to.equal('alice');
+      expect(new Date(rows[0].last_active).getTime()).to.be.within(before - 5000, Date.now() + 5000);
+      expect(rows[1]).to.deep.equal({ username: 'bob', last_active: null });
+      expect(new Date(rows[2].last_active).toISOString()).to.equal('2023-06-22T22:59:55.489Z');
+    });
+
     it('adds a primary useremail when the export has none for the user\'s address, and none twice', async () => {
       const s = await run(db, [user(1, 'alice'), user(2, 'bob'), useremail(1, 2, 'bob@example.com')]);
       expect(s.adjacent.primaryEmails).to.equal(1);

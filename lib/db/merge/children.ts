@@ -32,8 +32,13 @@ export async function mergeChildren(q: Q, S: string, options: ChildrenStepOption
     const specific = table === 'up_ue'
       ? `WHEN rn > 1 THEN 'existing'`
       : `WHEN project_id IS NOT NULL OR organization_id IS NOT NULL THEN 'dropped' WHEN rn > 1 THEN 'dropped'`;
+    // Sentry's import saves a repeated (user, address) over the row it found: in the global scope,
+    // which keeps the verification state, the last one's values stand (elsewhere they are reset).
+    const lastValues = table === 'up_ue' && plan.scope === 'global'
+      ? `, last_value(s.extra::jsonb) OVER (PARTITION BY ${partition} ORDER BY s.src_pk ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS x_last`
+      : '';
     const specificReason = table === 'up_ue'
-      ? `WHEN rn > 1 THEN 'duplicate of an earlier (user, email) row'`
+      ? `WHEN rn > 1 THEN '${plan.scope === 'global' ? 'duplicate of an earlier (user, email) row: its values replace those of that row' : 'duplicate of an earlier (user, email) row'}'`
       : `WHEN project_id IS NOT NULL OR organization_id IS NOT NULL THEN 'scoped to an organization or project'
          WHEN rn > 1 THEN 'duplicate (user, key): the first one wins'`;
     const missing = targetTable === undefined;
@@ -51,7 +56,7 @@ export async function mergeChildren(q: Q, S: string, options: ChildrenStepOption
           m.target_id, m.kind AS user_kind, m.keep AS user_keep,
           -- REJECTED_USER_CODE: the pk of a rejected user, staged so its rows say so.
           ${anyRejected ? `EXISTS (SELECT 1 FROM ${S} r WHERE r.run = $1 AND r.model = ${REJECTED_USER_CODE} AND r.src_pk = s.user_pk)` : 'false'} AS user_rejected,
-          row_number() OVER (PARTITION BY ${partition} ORDER BY s.src_pk) AS rn
+          row_number() OVER (PARTITION BY ${partition} ORDER BY s.src_pk) AS rn${lastValues}
         FROM ${S} s
           -- What the users' pk map holds, read from the decision table (one join, not two).
           LEFT JOIN (SELECT src_pk, keep, CASE WHEN keep THEN target_id END AS target_id,
@@ -82,8 +87,8 @@ export async function mergeChildren(q: Q, S: string, options: ChildrenStepOption
   // Global scope keeps the verification state (Sentry's UserEmail normalize: `scope != Global`
   // resets it); the others reset it: a new 32-character hash, now, unverified.
   const verification = plan.scope === 'global'
-    ? `coalesce(x->>'validation_hash', replace(gen_random_uuid()::text, '-', '')),
-       coalesce((x->>'date_hash_added')::timestamptz, now()), coalesce((x->>'is_verified')::boolean, false)`
+    ? `coalesce(x_last->>'validation_hash', replace(gen_random_uuid()::text, '-', '')),
+       coalesce((x_last->>'date_hash_added')::timestamptz, now()), coalesce((x_last->>'is_verified')::boolean, false)`
     : `replace(gen_random_uuid()::text, '-', ''), now(), false`;
   const userEmails = await decideAndInsert('up_ue', C.userEmail, UE, `
     INSERT INTO ${UE} (user_id, email, validation_hash, date_hash_added, is_verified)

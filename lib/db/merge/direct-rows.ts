@@ -37,8 +37,10 @@ const pool = Buffer.alloc(16 * 4096);
 let poolAt = pool.length;
 
 /**
- * A random uuid4 as 32 hex digits (Python's `uuid4().hex`, Sentry's secure token), from a pool of
- * random bytes: half the time of randomUUID() and a replace() per row.
+ * A random uuid4 as 32 hex digits (Python's `uuid4().hex`, the merge's gen_random_uuid() without
+ * its dashes), from a pool of random bytes: half the time of randomUUID() and a replace() per row.
+ * The shape of older Sentry's tokens; current Sentry draws 32 of a-z, A-Z, 0-9 (`get_secure_token`):
+ * the README's compatibility table says why userport keeps this one.
  */
 export function uuid4Hex(): string {
   if (poolAt === pool.length) {
@@ -92,7 +94,7 @@ export function directOptions(code: number, table: string): DirectModel {
 
 /**
  * User emails, as Sentry's import resets them outside the global scope: the address, a new
- * 32-character validation hash (uuid4 hex, as Sentry's and the merge's), the transaction's start
+ * 32-character validation hash (uuid4 hex, as the merge's), the transaction's start
  * as date_hash_added (`now`, as the merge's `now()`), unverified.
  */
 export function directUserEmails(code: number, table: string): DirectModel {
@@ -109,7 +111,7 @@ export function directUserEmails(code: number, table: string): DirectModel {
 
 /**
  * The new users' lost-password hashes (outside the global scope every new user gets one), made in
- * the client and COPYed, in id order: uuid4 hex as Sentry's and the merge's, dated at the
+ * the client and COPYed, in id order: uuid4 hex as the merge's, dated at the
  * transaction's start (`now`, as the merge's now()). Half the server time of the merge's INSERT
  * ... SELECT gen_random_uuid(). Resolves to their count.
  */

@@ -36,7 +36,7 @@ export interface PrivilegeTable {
 /** A rule of one model: rows matching `when` get `outcome` with `reason`. */
 interface Rule { when: string; outcome: 'dropped' | 'existing'; reason: string }
 
-/** 64 random hex characters: Sentry's `generate_token` (two uuid4 hex strings). */
+/** 64 random hex characters, the shape of Sentry's `generate_token` (`secrets.token_hex(32)`; two uuid4 hex strings in older releases). */
 const HEX64 = `replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '')`;
 
 /** A JSON list of strings in `x` as text[] (or `'{}'` when absent). */
