@@ -112,6 +112,30 @@ async function openInput(input: EncryptedInput, chunkSize: number, tmpDir: strin
 }
 
 /**
+ * Checks that `unwrapper` opens the encrypted export in the regular file `path`, without reading
+ * its token: the tarball's members are found by their headers, and the wrapped key is unwrapped
+ * (a local key first checks that it is the one `key.pub` names). Rejects with the
+ * {@link DecryptError} decrypting would meet (`USERPORT_DECRYPT_KEY_MISMATCH` for another key; a
+ * tarball that is no export says so too). `importUsers` runs it before the database is touched.
+ */
+export async function checkKeyOpens(path: string, unwrapper: KeyUnwrapper): Promise<void> {
+  let fh: FileHandle;
+  try {
+    fh = await fs.open(path, 'r');
+  } catch (err) {
+    throw ioError(`cannot read ${path}`, err);
+  }
+  try {
+    const found = await readExportFile(fh, (await fh.stat()).size);
+    await unwrapFernetKey(unwrapper, found.wrappedKey, found.publicKey);
+  } catch (err) {
+    throw ioError(`reading ${path}`, err);
+  } finally {
+    await fh.close().catch(() => undefined);
+  }
+}
+
+/**
  * Authenticates the whole export, then resolves to a stream of its plaintext. Rejects with a
  * {@link DecryptError} (`USERPORT_DECRYPT_*`) before any plaintext exists when the key does not
  * match, the tar is malformed or truncated, or any byte of the token or key was changed.

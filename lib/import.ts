@@ -14,7 +14,8 @@ import { describePlan, earlyUsersOverlap, mergeAfterEarlyUsers, type MergeOption
 import { deleteStaged, finishImport, insertImport, markImportFailed, saveCheckpoint, startImport } from './db/imports.js';
 import { unmatchedUsernames } from './db/findings.js';
 import { commitOutcome } from './db/commit-outcome.js';
-import type { KeyUnwrapper } from './crypto/unwrapper.js';
+import { rememberingUnwrapper, type KeyUnwrapper } from './crypto/unwrapper.js';
+import { checkKeyOpens } from './decrypt.js';
 import { ErrorCodes, opt, OptionError, UserportError, wording, wrapCallbackError, wrapDbError, type Wording } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
 import { fieldLimits, modelInfo, skippedReasons, type ImportScope } from './models.js';
@@ -274,7 +275,7 @@ function resolveImportOptions(o: ImportOptions): ResolvedImport {
     filterUsernames, usernames: filterUsernames && toStringSet('importUsers', 'filterUsernames', filterUsernames),
     batchRows: o.batchRows ?? DEFAULT_BATCH_ROWS, rejectsFile: o.rejectsFile, maxRejects: o.maxRejects ?? Infinity, findingsFile: o.findingsFile,
     maxRecordBytes: o.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES, maxDepth: o.maxDepth ?? DEFAULT_MAX_DEPTH,
-    decrypt: o.decrypt, skipLeadingText: !!o.skipLeadingText, tmpDir: o.tmpDir,
+    decrypt: o.decrypt && rememberingUnwrapper(o.decrypt), skipLeadingText: !!o.skipLeadingText, tmpDir: o.tmpDir,
     onProgress: o.onProgress, onStart: o.onStart, signal: o.signal, onTrace: o.onTrace, explain: !!o.explain,
   };
 }
@@ -301,6 +302,9 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     `the import was cancelled (its signal was aborted): ${o.resumable ? 'what its checkpoints committed stays' : 'nothing was written'}`, { cause: o.signal?.reason });
   if (o.signal?.aborted) throw aborted();
   const input = prepareImportSource(o);
+  // A key that cannot open a file's export is said before the database is touched (a pipe's or a
+  // stream's key members come after its token: they are met while it is read).
+  if (o.decrypt && input.kind === 'file') await checkKeyOpens(o.source as string, o.decrypt);
   const started = Date.now();
   const stats = new ImportStats();
   let db: ImportDatabase | undefined;

@@ -257,17 +257,32 @@ export interface SourceCheckOptions {
 export function checkImportFiles(o: SourceCheckOptions): SourceKind {
   for (const name of ['findingsFile', 'rejectsFile'] as const) checkOutputFile(name, o[name], o.source);
   if (o.tmpDir !== undefined) checkFolder(wording`${opt('tmpDir')} ${o.tmpDir}`, o.tmpDir);
-  if (o.findingsFile !== undefined && o.rejectsFile !== undefined && path.resolve(o.findingsFile) === path.resolve(o.rejectsFile)) {
+  if (o.findingsFile !== undefined && o.rejectsFile !== undefined && sameFile(o.findingsFile, o.rejectsFile)) {
     throw new OptionError(wording`${opt('findingsFile')} and ${opt('rejectsFile')} are the same file`, 'rejectsFile');
   }
   return checkSource(o);
+}
+
+/**
+ * Whether paths `a` and `b` name one file: the same path, or, where both exist, the same file
+ * through a symbolic or hard link (device and inode), which writing one would overwrite the other.
+ */
+function sameFile(a: string, b: string): boolean {
+  if (path.resolve(a) === path.resolve(b)) return true;
+  try {
+    const x = fs.statSync(a);
+    const y = fs.statSync(b);
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false;
+  }
 }
 
 /** An output file the import will write (option `name`): refused now if it cannot be. */
 function checkOutputFile(name: string, file: string | undefined, source: string | Readable): void {
   if (file === undefined) return;
   const it = wording`${opt(name)} ${file}`;
-  if (typeof source === 'string' && source !== '-' && path.resolve(file) === path.resolve(source)) {
+  if (typeof source === 'string' && source !== '-' && sameFile(file, source)) {
     throw new OptionError(wording`${it} is ${opt('source')} itself`, name);
   }
   checkFolder(wording`${it}: the folder ${path.dirname(file)}`, path.dirname(path.resolve(file)));

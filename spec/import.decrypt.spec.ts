@@ -121,6 +121,44 @@ describe('importUsers with decrypt', () => {
   });
 });
 
+describe('a key that is not the export\'s, found before the database is touched', () => {
+  // Nothing answers here: an import that tried to connect would retry for seconds and say so.
+  const unreachable = 'postgresql://userport@127.0.0.1:1/nowhere';
+
+  it('importUsers of a file: USERPORT_DECRYPT_KEY_MISMATCH, without connecting', async () => {
+    const started = Date.now();
+    let caught: { code?: string } | undefined;
+    try {
+      await importUsers({ source: fixture('python-export.tar'), databaseUrl: unreachable, decrypt: unwrapper('other-key.pem') });
+    } catch (err) {
+      caught = err as { code?: string };
+    }
+    expect(caught?.code).to.equal('USERPORT_DECRYPT_KEY_MISMATCH');
+    expect(Date.now() - started).to.be.below(5000);
+  });
+
+  it('the CLI: exit 2, the key named, no findings file, the database never asked', async () => {
+    const t = tempDir();
+    try {
+      const findings = path.join(t.dir, 'findings.json');
+      const r = await runCli(['import', 'users', fixture('python-export.tar'), '--decrypt-with', fixture('other-key.pem'),
+        '--database-url', unreachable, '--findings-file', findings, '--silent']);
+      expect(r.code, r.stderr).to.equal(2);
+      expect(r.stderr).to.contain('this key cannot decrypt this export').and.contain('USERPORT_DECRYPT_KEY_MISMATCH');
+      expect(r.stderr).to.not.contain('USERPORT_DB_CONNECT');
+      expect(fs.existsSync(findings)).to.equal(false);
+      // userport decrypt too: exit 2, DEST not written.
+      const dest = path.join(t.dir, 'plain.json');
+      const d = await runCli(['decrypt', '--decrypt-with', fixture('other-key.pem'), fixture('python-export.tar'), dest]);
+      expect(d.code, d.stderr).to.equal(2);
+      expect(d.stderr).to.contain('this key cannot decrypt this export');
+      expect(fs.existsSync(dest)).to.equal(false);
+    } finally {
+      t.remove();
+    }
+  });
+});
+
 describe('userport import users --decrypt-with (CLI binary)', () => {
   let db: TestDb;
   let t: ReturnType<typeof tempDir>;
@@ -171,12 +209,15 @@ describe('userport import users --decrypt-with (CLI binary)', () => {
   });
 
   for (const [what, tar, key] of failures()) {
-    it(`exits 1 with one line on stderr and no rows for ${what}`, async () => {
+    // Another key than the export's is a usage error where it is found before anything runs (a
+    // file's key members are read first); from a pipe it is met while reading: exit 1.
+    const wrongKey = key === 'other-key.pem';
+    it(`exits ${wrongKey ? '2 (a file) or 1 (a pipe)' : 1} with one line on stderr and no rows for ${what}`, async () => {
       const file = path.join(t.dir, 'in.tar');
       fs.writeFileSync(file, tar);
       for (const [src, stdin] of [[file, undefined], ['-', tar]] as const) {
         const r = await runCli(['import', 'users', src, '--decrypt-with', fixture(key), '--database-url', db.url, '--silent'], stdin);
-        expect(r.code).to.equal(1);
+        expect(r.code, `${src}: ${r.stderr}`).to.equal(wrongKey && src === file ? 2 : 1);
         expect(r.stderr.trimEnd().split('\n')).to.have.length(1);
         if (key === 'other-key.pem') expect(r.stderr).to.contain('this key cannot decrypt this export');
         expect(await counts(db)).to.deep.equal(EMPTY);

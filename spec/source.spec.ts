@@ -210,6 +210,27 @@ describe('lib/source: the import\'s input', () => {
       expect(checkImportFiles({ source: src, rejectsFile: tmpPath('r.jsonl'), findingsFile: tmpPath('f.jsonl') })).to.equal('file');
     });
 
+    it('the rejects and findings files: not the source, nor each other, through a symbolic or a hard link either (writing them would overwrite the export)', async () => {
+      const src = writeExport([user(1, 'a')]);
+      const before = fs.readFileSync(src);
+      const soft = tmpPath('soft-link.json');
+      const hard = tmpPath('hard-link.json');
+      fs.symlinkSync(src, soft);
+      fs.linkSync(src, hard);
+      for (const link of [soft, hard]) {
+        for (const name of ['rejectsFile', 'findingsFile'] as const) {
+          const err = await rejection(() => checkImportFiles({ source: src, [name]: link }));
+          expect(err.message, `${name} ${link}`).to.match(new RegExp(`${name} .* is source itself`));
+        }
+      }
+      const out = tmpPath('one.jsonl');
+      fs.writeFileSync(out, '');
+      const outLink = tmpPath('one-link.jsonl');
+      fs.symlinkSync(out, outLink);
+      expect((await rejection(() => checkImportFiles({ source: src, rejectsFile: out, findingsFile: outLink }))).message).to.match(/findingsFile and rejectsFile are the same file/);
+      expect(fs.readFileSync(src).equals(before)).to.equal(true);
+    });
+
     it('the spools\' tmpDir: an existing folder', async () => {
       const src = writeExport([user(1, 'a')]);
       const missing = tmpPath('no-such-dir');

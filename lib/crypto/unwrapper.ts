@@ -32,6 +32,26 @@ export async function unwrapFernetKey(unwrapper: KeyUnwrapper, wrapped: Buffer, 
   return parseFernetKey(text);
 }
 
+/**
+ * `unwrapper`, remembering what it unwrapped last: asked again for the same key members (the
+ * import checks the key before the database is touched, then decrypts), it answers without a
+ * second call (a Cloud KMS round trip, a passphrase prompt).
+ */
+export function rememberingUnwrapper(unwrapper: KeyUnwrapper): KeyUnwrapper {
+  let last: { wrapped: Buffer; pub: Buffer; key: Promise<Buffer> } | undefined;
+  return {
+    unwrap(wrappedKey, publicKeyPem) {
+      if (!last || !last.wrapped.equals(wrappedKey) || !last.pub.equals(publicKeyPem)) {
+        const key = unwrapper.unwrap(wrappedKey, publicKeyPem);
+        last = { wrapped: Buffer.from(wrappedKey), pub: Buffer.from(publicKeyPem), key };
+        // A failure is not remembered: the next call asks again.
+        key.catch(() => { if (last?.key === key) last = undefined; });
+      }
+      return last.key;
+    },
+  };
+}
+
 /** A passphrase, or a function asked for it only when the key turns out to be encrypted. */
 export type PassphraseSource = string | Buffer | (() => Promise<string | Buffer>);
 
