@@ -124,8 +124,11 @@ export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefine
   if (!(envelope as (x: unknown) => boolean)(v)) {
     const { field, reason } = describeAjvError(envelope.errors?.[0]);
     const model = typeof v.model === 'string' ? v.model.toLowerCase() : undefined;
+    // A pk past 2^53 is not what the file says once parsed (9223372036854775808 reads as
+    // ...776000): the position does not quote it, the message says what is wrong with it.
+    const pk = typeof v.pk === 'number' && Number.isInteger(v.pk) && !Number.isSafeInteger(v.pk) ? undefined : v.pk;
     throw new RecordError(ErrorCodes.RECORD_ENVELOPE, `record ${raw.ordinal}: ${field ?? 'record'} ${reason}`, {
-      position: { ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, model, pk: v.pk, field },
+      position: { ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, model, pk, field },
     });
   }
   const model = (v.model as string).toLowerCase();

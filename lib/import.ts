@@ -27,7 +27,7 @@ import { StagedFacts } from './staged-facts.js';
 import { openRejectsFile, type RejectSink } from './rejects.js';
 import { ImportStats, type ImportSummary } from './stats.js';
 import { recordProcessor } from './process-records.js';
-import { DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './tokenize.js';
+import { checkRecordHeap, DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './tokenize.js';
 import type { TraceEvent } from './trace.js';
 
 /** Progress of a running import, reported about twice a second. */
@@ -228,6 +228,7 @@ export function checkImportOptions(o: ImportOptions): void {
   }
   if (o.resumable && o.dryRun) refuse(wording`${opt('resumable')} and ${opt('dryRun')} cannot be combined (a dry run commits nothing to resume)`, 'dryRun');
   if (o.explain && o.onTrace === undefined) refuse(wording`${opt('explain')} needs ${opt('onTrace')} (the plans are told to it)`, 'explain');
+  checkRecordHeap(scope, o.maxRecordBytes);
 }
 
 /** {@link ImportOptions} checked, with their defaults: what `importUsers` hands each stage. */
@@ -517,6 +518,8 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
       }
       throw err instanceof UserportError ? err : wrapDbError(err, 'the import');
     }
+    // A dry run leaves the database as it found it: userport's schema too, where it made it.
+    if (o.dryRun) await opened.undoFreshSchema();
     return buildSummary();
   } catch (err) {
     const e = err instanceof UserportError ? err : wrapDbError(err, 'the import');
@@ -524,6 +527,9 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     if (o.resumable && run && db) {
       await markImportFailed(db.knex, run, e.message);
     }
+    // An import that wrote nothing takes away the schema it made (a resumable one keeps what its
+    // checkpoints committed, to be resumed).
+    if (!o.resumable) await db?.undoFreshSchema();
     throw e;
   } finally {
     o.signal?.removeEventListener('abort', onAbort);

@@ -311,7 +311,7 @@ export function mapRecord(rec: ScopedRecord, target?: MapTarget, scope: ImportSc
     if (v === undefined || v === null) {
       // A null option value is checked too: Sentry's serializer refuses null for the keys it checks.
       if (v === null && type === 'json') checkOptionValue(rec, info, fields, field!, null);
-      values[i] = v === undefined && field !== undefined ? info.mapping.whenAbsent?.[field] ?? null : null;
+      values[i] = v === undefined && field !== undefined && info.mapping.whenAbsent?.[field] === 'now' ? new Date().toISOString() : null;
       continue;
     }
     const naturalKey = info.mapping.naturalKeys?.[field!];

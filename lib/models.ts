@@ -100,8 +100,8 @@ export interface ModelMapping {
   /**
    * Field -> what is staged when a record lacks the field (not when it is null), where Sentry's
    * model gives a nullable field a default: Django builds the object from the record's fields,
-   * so a missing one takes its default. `now` (PostgreSQL's input for the current transaction's
-   * start) is `default=timezone.now`: the import's time, as Sentry's save.
+   * so a missing one takes its default. `now` is `default=timezone.now`: the time the record is
+   * mapped (an ISO timestamp), as Sentry's is the time it deserializes it.
    */
   whenAbsent?: Record<string, 'now'>;
   /**

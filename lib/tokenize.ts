@@ -13,6 +13,7 @@
  * rejects invalid UTF-8.
  */
 import { isUtf8 } from 'node:buffer';
+import { getHeapStatistics } from 'node:v8';
 import { Transform, type TransformCallback } from 'node:stream';
 import { jsonVerifier } from 'stream-json/utils/verifier.js';
 import { none } from 'stream-chain/defs.js';
@@ -98,6 +99,29 @@ export const TOKENIZER_OPTIONS: { readonly [K in keyof TokenizerOptions]-?: Opti
   nonObjects: isOneOf('error', 'emit'),
 };
 
+/**
+ * Heap one parsed record may take, per byte of its text, at worst: a record packed with tiny
+ * objects (`[{},{},...]`) takes about 20 times its text once parsed, and the text itself is held
+ * while it is (bench/NOTES.md, "Worst-case records").
+ */
+const HEAP_PER_RECORD_BYTE = 22;
+/** Heap left for everything else an import keeps (its live heap is about 15 MB). */
+const HEAP_RESERVE = 32 * 2 ** 20;
+
+/**
+ * Refuses a `maxRecordBytes` whose worst-case record this process's heap cannot hold: V8 would
+ * abort the process (out of memory) on the first such record instead of reading it. The CLI's
+ * launcher caps the heap at 96 MB, which holds records of about 3 MiB.
+ */
+export function checkRecordHeap(scope: string, maxRecordBytes: number | undefined): void {
+  if (maxRecordBytes === undefined) return;
+  const limit = getHeapStatistics().heap_size_limit;
+  if (maxRecordBytes * HEAP_PER_RECORD_BYTE <= limit - HEAP_RESERVE) return;
+  const mb = (n: number) => Math.ceil(n / 2 ** 20);
+  throw new OptionError(wording`${opt('maxRecordBytes')} ${maxRecordBytes}: a record that large can take up to ${mb(maxRecordBytes * HEAP_PER_RECORD_BYTE)} MB of heap once parsed, more than this process's heap (${mb(limit)} MB) holds; lower it, or give node more heap than the launcher's 96 MB: node --max-old-space-size=${mb(maxRecordBytes * HEAP_PER_RECORD_BYTE + HEAP_RESERVE)} bin/userport.js ...`,
+  'maxRecordBytes', scope);
+}
+
 /** Checks the tokenizer's options alone (the fused processor passes more). */
 function checkTokenizerValues(scope: string, options: TokenizerOptions): void {
   for (const k of Object.keys(TOKENIZER_OPTIONS) as (keyof TokenizerOptions)[]) {
@@ -106,6 +130,7 @@ function checkTokenizerValues(scope: string, options: TokenizerOptions): void {
     const expected = TOKENIZER_OPTIONS[k](v);
     if (expected !== undefined) badOption(scope, k, expected, v);
   }
+  checkRecordHeap(scope, options.maxRecordBytes);
 }
 
 /**

@@ -380,7 +380,7 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
   const lines = table.map((r) => r.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  ').trimEnd());
   lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
 
-  const what = `${n(s.records)} records (${formatBytes(s.bytes)}) in ${s.seconds.toFixed(1)}s`;
+  const what = `${n(s.records)} ${s.records === 1 ? 'record' : 'records'} (${formatBytes(s.bytes)}) in ${s.seconds.toFixed(1)}s`;
   const head = s.state === 'already-done' ? `Already imported, nothing changed: import ${s.importId} finished earlier`
     : s.mode === 'dry-run' ? `Dry run: ${what}; everything was rolled back, nothing was written`
       : `Imported ${what}`;

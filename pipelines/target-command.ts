@@ -7,14 +7,16 @@ import { defaultEmbeddedDir, readEmbeddedConfig, startEmbedded } from '../lib/db
 import { applySessionSettings } from '../lib/db/knex.js';
 import { checkDatabaseUrl } from '../lib/options.js';
 import { describePlan, planFor } from '../lib/db/merge/index.js';
+import { DEFAULT_GENERATION, SENTRY_TABLES, SENTRY_TABLES_DDL } from '../lib/db/migrations/20261203000100_sentry_user_tables.js';
 import { connectError, ErrorCodes, OptionError, UserportError } from '../lib/errors.js';
 import { helpText, parseCommand, TEXT_WIDTH, wrapText, type FlagSpecs } from './cli-support.js';
 
 export const TARGET_HELP = `Usage: userport target [--database-url URL] [--json]
 
 Read the target database's catalog and print what an import would write there (tables and
-columns, in the types this Sentry generation has) and what it would not, and why. Reads only:
-nothing is created or changed.
+columns, in the types this Sentry generation has) and what it would not, and why. In a database
+without Sentry's tables, what an import writes after creating them. Reads only: nothing is
+created or changed.
 
 Options:
   --database-url URL   the database (default: $DATABASE_URL, else the embedded one if it
@@ -43,6 +45,28 @@ async function databaseUrl(given: string | undefined): Promise<string> {
   return (await startEmbedded()).url;
 }
 
+/**
+ * The plan's lines for the database on `client`. A database that holds none of Sentry's tables is
+ * one an import first creates them in (the migration's DDL): the plan is read from them inside a
+ * transaction that is rolled back, so this still changes nothing.
+ */
+async function describeTarget(client: pg.Client): Promise<string[]> {
+  const found = await client.query(`SELECT count(*)::int AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = current_schema() AND c.relname = ANY($1)`, [[...SENTRY_TABLES]]);
+  if (found.rows[0].n > 0) return describePlan(await planFor(client));
+  await client.query('BEGIN');
+  try {
+    await client.query('CREATE EXTENSION IF NOT EXISTS citext');
+    await client.query(SENTRY_TABLES_DDL);
+    return [
+      `This database holds none of Sentry's tables: an import (or userport migrate) first creates them, with the DDL of ${DEFAULT_GENERATION}, then writes:`,
+      ...describePlan(await planFor(client)),
+    ];
+  } finally {
+    await client.query('ROLLBACK').catch(() => undefined);
+  }
+}
+
 export async function runTargetCommand(args: string[]): Promise<number> {
   const { values: o } = parseCommand(args, FLAGS, 'target', false);
   if (o.help) { process.stdout.write(helpText(TARGET_HELP)); return 0; }
@@ -52,7 +76,7 @@ export async function runTargetCommand(args: string[]): Promise<number> {
   try {
     try { await client.connect(); } catch (err) { throw connectError(err, client); }
     await applySessionSettings(client);
-    const lines = await planFor(client).then(describePlan, (err: unknown) => {
+    const lines = await describeTarget(client).catch((err: unknown) => {
       throw err instanceof UserportError ? err : new UserportError(ErrorCodes.DB_QUERY, `reading the catalog failed: ${(err as Error).message}`, { cause: err });
     });
     process.stdout.write(o.json ? `${JSON.stringify(lines, null, 2)}\n` : `${lines.map((l) => wrapText(l, TEXT_WIDTH, '    ')).join('\n')}\n`);

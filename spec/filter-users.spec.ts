@@ -40,6 +40,16 @@ describe('createUserFilter', () => {
     expect(marker).to.include({ kind: 'reject', model: 'sentry.user', ordinal: 4 });
   });
 
+  it('does not quote a pk past 2^53 in the position (parsed, 9223372036854775808 reads as ...776000); a bad pk it can quote, it does', async () => {
+    const huge = await collectError(objects([raw(4, JSON.parse('{"model":"sentry.user","pk":9223372036854775808,"fields":{}}'))]), createUserFilter());
+    expect(huge.code).to.equal('USERPORT_RECORD_ENVELOPE');
+    expect(huge.position).to.include({ model: 'sentry.user', field: 'pk' });
+    expect(huge.position?.pk).to.equal(undefined);
+    expect(huge.message).to.not.contain('9223372036854776000');
+    const frac = await collectError(objects([raw(4, { model: 'sentry.user', pk: 1.5, fields: {} })]), createUserFilter());
+    expect(frac.position).to.include({ pk: 1.5, field: 'pk' });
+  });
+
   it('is a pure function underneath', () => {
     expect(scopeRecord(raw(1, { model: 'sentry.team', pk: 1, fields: {} }), undefined)).to.include({ kind: 'skip', model: 'sentry.team' });
   });

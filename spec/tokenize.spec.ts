@@ -1,4 +1,5 @@
 import { expect } from 'chai';
+import { getHeapStatistics } from 'node:v8';
 import { optionErrorOf } from './helpers/options.js';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -140,6 +141,10 @@ describe('createTokenizer', () => {
     it('validates its options up front, naming them', () => {
       expect(optionErrorOf(() => createTokenizer({ maxDepth: 0 }))).to.equal('maxDepth');
       expect(optionErrorOf(() => createTokenizer({ maxRecordBytes: 1.5 }))).to.equal('maxRecordBytes');
+      // More than this process's heap could hold one worst-case record of (about 22 times its size).
+      const heap = getHeapStatistics().heap_size_limit;
+      expect(optionErrorOf(() => createTokenizer({ maxRecordBytes: Math.ceil(heap / 22) + 1 }))).to.equal('maxRecordBytes');
+      expect(() => createTokenizer({ maxRecordBytes: 1 << 20 })).to.not.throw();
     });
   });
 });

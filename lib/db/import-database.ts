@@ -10,7 +10,7 @@ import pg from 'pg';
 import { connectError, UserportError, wrapDbError } from '../errors.js';
 import type { ImportScope } from '../models.js';
 import { ownerName } from './imports.js';
-import { applySessionSettings, knexOn, migrate, PG_TYPES, waitForDatabase } from './knex.js';
+import { applySessionSettings, FIRST_MIGRATION, holdImportRunning, knexOn, migrate, PG_TYPES, releaseImportRunning, undoFreshSchema, waitForDatabase } from './knex.js';
 import { planFor, type WritePlan } from './merge/plan.js';
 
 /** An import's open database. */
@@ -25,6 +25,12 @@ export interface ImportDatabase {
   plan: WritePlan;
   /** What pg emitted on `client` (a dead server), if anything. */
   readonly clientError: Error | undefined;
+  /**
+   * For an import that wrote nothing: takes away userport's schema (and Sentry's tables, in a
+   * bare database) when this import's migration made them, unless another import uses them
+   * ({@link undoFreshSchema}). Call before {@link close}; never throws.
+   */
+  undoFreshSchema(): Promise<void>;
   /** Closes the connection and the pool; never throws. */
   close(): Promise<void>;
 }
@@ -46,15 +52,23 @@ export async function openImportDatabase(o: { databaseUrl?: string; embeddedDir?
   };
   try {
     await waitForDatabase(knex);
-    await migrate(knex);
     try { await client.connect(); } catch (err) { throw connectError(err, client); }
+    // Held from before the migration to the end: an import that wrote nothing into a database it
+    // migrated first takes the new schema away again only while no other import holds this.
+    await holdImportRunning(client);
+    const fresh = (await migrate(knex)).includes(FIRST_MIGRATION);
     await applySessionSettings(client);
     // Temp tables live in session-local buffers (8 MB by default): a larger pool keeps the staging
     // and merge tables of a big import in memory. Settable only before the session's first temp
     // table, so here, on the import's own connection (never on a caller's client given to the sink).
     await client.query(`SET temp_buffers = '256MB'`);
     const plan = await planFor(client, o.scope).catch((err: unknown) => { throw err instanceof UserportError ? err : wrapDbError(err, 'reading the target database'); });
-    return { url, knex, client, plan, get clientError() { return clientError; }, close };
+    const undo = async () => {
+      if (!fresh) return;
+      await releaseImportRunning(client).catch(() => undefined);
+      await undoFreshSchema(knex);
+    };
+    return { url, knex, client, plan, get clientError() { return clientError; }, undoFreshSchema: undo, close };
   } catch (err) {
     await close();
     throw err;

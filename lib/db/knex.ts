@@ -8,16 +8,20 @@ import { connectError, DatabaseError, ErrorCodes, type ConnectionFacts } from '.
 import { checkDatabaseUrl } from '../options.js';
 import * as m1 from './migrations/20261203000000_userport_bookkeeping.js';
 import * as m2 from './migrations/20261203000100_sentry_user_tables.js';
+import { SENTRY_TABLES } from './migrations/20261203000100_sentry_user_tables.js';
 import * as m3 from './migrations/20261203000200_credential_staging.js';
 
 interface Migration { up(k: Knex): Promise<void>; down(k: Knex): Promise<void> }
+
+/** The migration that makes userport's schema: applied by a migrate() call, the schema is new. */
+export const FIRST_MIGRATION = '20261203000000_userport_bookkeeping';
 
 /**
  * One migration per concern: userport's bookkeeping (schema `userport`), Sentry's tables where
  * there are none, the staging column of the config and global scopes.
  */
 const MIGRATIONS: Record<string, Migration> = {
-  '20261203000000_userport_bookkeeping': m1,
+  [FIRST_MIGRATION]: m1,
   '20261203000100_sentry_user_tables': m2,
   '20261203000200_credential_staging': m3,
 };
@@ -89,6 +93,61 @@ export function knexOn(url: string, poolMax: number): Knex {
   });
 }
 
+/** Key of the migration's session advisory lock. */
+const MIGRATION_LOCK_KEY = 7472117101;
+/**
+ * Key of the advisory lock every import holds shared from before it migrates to its end, so that
+ * an import that wrote nothing takes away the schema it made only while no other import uses it.
+ */
+const IMPORTS_RUNNING_KEY = 7472117103;
+
+/** Holds the running-imports lock, shared, on `client`'s session (released when it closes). */
+export async function holdImportRunning(client: pg.ClientBase): Promise<void> {
+  await client.query(`SELECT pg_advisory_lock_shared(${IMPORTS_RUNNING_KEY})`);
+}
+
+/** Lets go of {@link holdImportRunning} on `client`'s session. */
+export async function releaseImportRunning(client: pg.ClientBase): Promise<void> {
+  await client.query(`SELECT pg_advisory_unlock_shared(${IMPORTS_RUNNING_KEY})`);
+}
+
+/**
+ * Takes away what one {@link migrate} call made in a database that had no `userport` schema, for
+ * an import that wrote nothing (a dry run, a failed atomic import): userport's schema, Sentry's
+ * tables where that call created them (a bare database), and citext where it installed it. So a
+ * dry run pointed at the wrong database leaves it as it was. Only while no other import runs (the
+ * running-imports lock, taken NOWAIT) and nothing was committed into them; else it leaves them,
+ * and the next import uses them. Resolves to whether it took them away; never throws.
+ */
+export async function undoFreshSchema(knex: Knex): Promise<boolean> {
+  try {
+    return await knex.transaction(async (trx) => {
+      const free = await trx.raw(`SELECT pg_try_advisory_xact_lock(${IMPORTS_RUNNING_KEY}) AS free`);
+      if (!free.rows[0].free) return false;
+      await trx.raw(`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK_KEY})`);
+      const made = await trx.raw(`SELECT to_regclass('${USERPORT_SCHEMA}.created_sentry_tables') IS NOT NULL AS sentry`);
+      const sentry = made.rows[0].sentry
+        ? (await trx.raw(`SELECT citext_installed FROM ${USERPORT_SCHEMA}.created_sentry_tables`)).rows[0] as { citext_installed: boolean } | undefined
+        : undefined;
+      const tables = sentry ? [...SENTRY_TABLES] : [];
+      for (const t of tables) {
+        if ((await trx.raw(`SELECT EXISTS (SELECT 1 FROM "${t}") AS any`)).rows[0].any) return false;
+      }
+      if ((await trx.raw(`SELECT EXISTS (SELECT 1 FROM ${USERPORT_SCHEMA}.imports) AS any`)).rows[0].any) return false;
+      for (const t of [...tables].reverse()) await trx.raw(`DROP TABLE "${t}"`);
+      await trx.raw(`DROP SCHEMA ${USERPORT_SCHEMA} CASCADE`);
+      if (sentry?.citext_installed) {
+        // Only if nothing else uses it now (RESTRICT): else it stays.
+        await trx.raw('SAVEPOINT citext');
+        await trx.raw('DROP EXTENSION citext').catch(() => trx.raw('ROLLBACK TO SAVEPOINT citext'));
+      }
+      return true;
+    });
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Whether `migrate` has run in this database: read-only commands (`imports`, `export`, `target`)
  * use it to create nothing in a database userport never wrote to.
@@ -109,7 +168,7 @@ export async function migrate(knex: Knex): Promise<string[]> {
     throw connectError(err, connectionTarget(knex));
   }
   try {
-    await conn.query('SELECT pg_advisory_lock(7472117101)');
+    await conn.query(`SELECT pg_advisory_lock(${MIGRATION_LOCK_KEY})`);
     // knex keeps its migration tables in this schema, which must exist before it looks for them.
     await conn.query(`CREATE SCHEMA IF NOT EXISTS ${USERPORT_SCHEMA}`);
     const [, applied] = (await knex.migrate.latest({ migrationSource: new ListedMigrations(), schemaName: USERPORT_SCHEMA })) as [number, string[]];
@@ -117,7 +176,7 @@ export async function migrate(knex: Knex): Promise<string[]> {
   } catch (err) {
     throw new DatabaseError(ErrorCodes.DB_QUERY, `migrating the database failed: ${(err as Error).message}`, { cause: err });
   } finally {
-    await conn.query('SELECT pg_advisory_unlock(7472117101)').catch(() => undefined);
+    await conn.query(`SELECT pg_advisory_unlock(${MIGRATION_LOCK_KEY})`).catch(() => undefined);
     await knex.client.releaseConnection(conn);
   }
 }

@@ -390,6 +390,8 @@ describe('hostile and malformed input corpus (spec/fixtures/bad)', () => {
       [['--max-record-bytes', '15'], /--max-record-bytes must be an integer >= 16, got 15\b/],
       [['--max-record-bytes', '8e6'], /--max-record-bytes/],
       [['--max-record-bytes', '-1'], /--max-record-bytes/],
+      // A limit whose worst-case record this process's heap cannot hold: V8 would abort on it.
+      [['--max-record-bytes', '1000000000'], /--max-record-bytes 1000000000: a record that large can take up to \d+ MB of heap once parsed, more than this process's heap \(\d+ MB\) holds/],
     ];
     for (const [args, message] of cases) {
       it(`${args.join(' ')}: USERPORT_OPTION_INVALID naming the option, exit code 2 (usage), nothing imported`, async () => {

@@ -28,15 +28,12 @@ export const SENTRY_TABLES = [
 /** The generation the DDL below is, as the README and `userport target` name it. */
 export const DEFAULT_GENERATION = 'Sentry 25.x (mid-2025: after migration 0954, before 1075)';
 
-export async function up(knex: Knex): Promise<void> {
-  const found = await knex.raw(`SELECT count(*)::int AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = current_schema() AND c.relname = ANY(?)`, [[...SENTRY_TABLES]]);
-  if (found.rows[0].n > 0) return;
-  await knex.raw('CREATE EXTENSION IF NOT EXISTS citext');
-  // What `down` may drop: only tables this migration made (never a Sentry database's own).
-  await knex.raw('CREATE TABLE userport.created_sentry_tables (generation text NOT NULL)');
-  await knex.raw('INSERT INTO userport.created_sentry_tables VALUES (?)', [DEFAULT_GENERATION]);
-  await knex.raw(`
+/**
+ * The DDL of {@link SENTRY_TABLES} (Sentry 25.x, see above), run by {@link up}; `userport target`
+ * runs it in a transaction it rolls back, to say what an import would write into a bare database.
+ * Needs citext installed.
+ */
+export const SENTRY_TABLES_DDL = `
     CREATE TABLE "auth_user" (
         "password" varchar(128) NOT NULL,
         "last_login" timestamp with time zone NULL,
@@ -204,7 +201,19 @@ export async function up(knex: Knex): Promise<void> {
     ALTER TABLE "sentry_userrole_users" ADD CONSTRAINT "sentry_userrole_users_user_id_573695dd_fk_auth_user_id" FOREIGN KEY ("user_id") REFERENCES "auth_user" ("id") DEFERRABLE INITIALLY DEFERRED;
     ALTER TABLE "sentry_apitoken" ADD CONSTRAINT "sentry_apitoken_user_id_2d1c9a1b_fk_auth_user_id" FOREIGN KEY ("user_id") REFERENCES "auth_user" ("id") DEFERRABLE INITIALLY DEFERRED;
     ALTER TABLE "sentry_apiauthorization" ADD CONSTRAINT "sentry_apiauthorization_user_id_d5cfd4f0_fk_auth_user_id" FOREIGN KEY ("user_id") REFERENCES "auth_user" ("id") DEFERRABLE INITIALLY DEFERRED;
-  `);
+  `;
+
+export async function up(knex: Knex): Promise<void> {
+  const found = await knex.raw(`SELECT count(*)::int AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = current_schema() AND c.relname = ANY(?)`, [[...SENTRY_TABLES]]);
+  if (found.rows[0].n > 0) return;
+  const citext = await knex.raw(`SELECT NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citext') AS made`);
+  await knex.raw('CREATE EXTENSION IF NOT EXISTS citext');
+  // What `down` may drop: only tables this migration made (never a Sentry database's own), and
+  // whether it installed citext (an import that wrote nothing takes it away again: knex.ts).
+  await knex.raw('CREATE TABLE userport.created_sentry_tables (generation text NOT NULL, citext_installed boolean NOT NULL DEFAULT false)');
+  await knex.raw('INSERT INTO userport.created_sentry_tables VALUES (?, ?)', [DEFAULT_GENERATION, !!citext.rows[0].made]);
+  await knex.raw(SENTRY_TABLES_DDL);
 }
 
 export async function down(knex: Knex): Promise<void> {
