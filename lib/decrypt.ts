@@ -119,19 +119,15 @@ async function openInput(input: EncryptedInput, chunkSize: number, tmpDir: strin
  * tarball that is no export says so too). `importUsers` runs it before the database is touched.
  */
 export async function checkKeyOpens(path: string, unwrapper: KeyUnwrapper): Promise<void> {
-  let fh: FileHandle;
+  const opened = await openInput({ path }, 64 * 1024, os.tmpdir());
   try {
-    fh = await fs.open(path, 'r');
-  } catch (err) {
-    throw ioError(`cannot read ${path}`, err);
-  }
-  try {
-    const found = await readExportFile(fh, (await fh.stat()).size);
+    if (!('size' in opened)) throw new OptionError(`checkKeyOpens: ${path} is not a regular file`);
+    const found = await readExportFile(opened.file, opened.size);
     await unwrapFernetKey(unwrapper, found.wrappedKey, found.publicKey);
   } catch (err) {
-    throw ioError(`reading ${path}`, err);
+    throw ioError(opened.failure, err);
   } finally {
-    await fh.close().catch(() => undefined);
+    await opened.release().catch(() => undefined);
   }
 }
 
