@@ -66,7 +66,7 @@ const DECRYPT_OPTIONS: { readonly [K in keyof OpenDecryptedOptions]-?: OptionChe
   chunkSize: isInteger(4096, 64 * 1024 * 1024),
 };
 
-function checkOptions(options: OpenDecryptedOptions, where: string): { chunkSize: number } {
+function checkDecryptOptions(options: OpenDecryptedOptions, where: string): { chunkSize: number } {
   checkKnownOptions(where, options, DECRYPT_OPTIONS, ['unwrapper']);
   return { chunkSize: options.chunkSize ?? DEFAULT_CHUNK_SIZE };
 }
@@ -138,7 +138,7 @@ export async function checkKeyOpens(path: string, unwrapper: KeyUnwrapper): Prom
  * The caller must consume or destroy `stream`: that closes the file and removes the spool.
  */
 export async function openDecryptedSource(input: EncryptedInput, options: OpenDecryptedOptions): Promise<DecryptedSource> {
-  const { chunkSize } = checkOptions(options, 'openDecryptedSource');
+  const { chunkSize } = checkDecryptOptions(options, 'openDecryptedSource');
   if (typeof input !== 'object' || input === null) throw new OptionError('openDecryptedSource: input must be { path } or { stream }');
   if ('path' in input) {
     if (typeof input.path !== 'string' || input.path === '') throw new OptionError(`openDecryptedSource: input.path must be a non-empty string, got ${JSON.stringify(input.path)}`);
@@ -186,7 +186,7 @@ export class Decryptor extends Duplex {
   size: number | undefined;
 
   constructor(options: DecryptorOptions) {
-    const { chunkSize } = checkOptions(options, 'createDecryptor');
+    const { chunkSize } = checkDecryptOptions(options, 'createDecryptor');
     super({ readableHighWaterMark: chunkSize, writableHighWaterMark: 64 * 1024 });
     // The writable side feeds a private Readable that decryptedSource iterates; `_write`
     // calls back only when that Readable wants more, so backpressure reaches the producer.

@@ -14,7 +14,7 @@ import { describePlan, earlyUsersOverlap, mergeAfterEarlyUsers, type MergeOption
 import { deleteStaged, finishImport, insertImport, markImportFailed, saveCheckpoint, startImport } from './db/imports.js';
 import { unmatchedUsernames } from './db/findings.js';
 import { commitOutcome } from './db/commit-outcome.js';
-import { rememberingUnwrapper, type KeyUnwrapper } from './crypto/unwrapper.js';
+import type { KeyUnwrapper } from './crypto/unwrapper.js';
 import { checkKeyOpens } from './decrypt.js';
 import { ErrorCodes, opt, OptionError, UserportError, wording, wrapCallbackError, wrapDbError, type Wording } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
@@ -27,7 +27,7 @@ import { StagedFacts } from './staged-facts.js';
 import { openRejectsFile, type RejectSink } from './rejects.js';
 import { ImportStats, type ImportSummary } from './stats.js';
 import { recordProcessor } from './process-records.js';
-import { checkRecordHeap, DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES } from './tokenize.js';
+import { DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, TOKENIZER_OPTIONS } from './tokenize.js';
 import type { TraceEvent } from './trace.js';
 
 /** Progress of a running import, reported about twice a second. */
@@ -193,7 +193,7 @@ const IMPORT_OPTIONS: { readonly [K in keyof ImportOptions]-?: OptionCheck } = {
   rejectsFile: isNonEmptyString,
   maxRejects: isInteger(0),
   findingsFile: isNonEmptyString,
-  maxRecordBytes: isInteger(16),
+  maxRecordBytes: TOKENIZER_OPTIONS.maxRecordBytes,
   maxDepth: isInteger(2),
   decrypt: isKeyUnwrapper,
   skipLeadingText: isBoolean,
@@ -228,7 +228,6 @@ export function checkImportOptions(o: ImportOptions): void {
   }
   if (o.resumable && o.dryRun) refuse(wording`${opt('resumable')} and ${opt('dryRun')} cannot be combined (a dry run commits nothing to resume)`, 'dryRun');
   if (o.explain && o.onTrace === undefined) refuse(wording`${opt('explain')} needs ${opt('onTrace')} (the plans are told to it)`, 'explain');
-  checkRecordHeap(scope, o.maxRecordBytes);
 }
 
 /** {@link ImportOptions} checked, with their defaults: what `importUsers` hands each stage. */
@@ -276,7 +275,7 @@ function resolveImportOptions(o: ImportOptions): ResolvedImport {
     filterUsernames, usernames: filterUsernames && toStringSet('importUsers', 'filterUsernames', filterUsernames),
     batchRows: o.batchRows ?? DEFAULT_BATCH_ROWS, rejectsFile: o.rejectsFile, maxRejects: o.maxRejects ?? Infinity, findingsFile: o.findingsFile,
     maxRecordBytes: o.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES, maxDepth: o.maxDepth ?? DEFAULT_MAX_DEPTH,
-    decrypt: o.decrypt && rememberingUnwrapper(o.decrypt), skipLeadingText: !!o.skipLeadingText, tmpDir: o.tmpDir,
+    decrypt: o.decrypt, skipLeadingText: !!o.skipLeadingText, tmpDir: o.tmpDir,
     onProgress: o.onProgress, onStart: o.onStart, signal: o.signal, onTrace: o.onTrace, explain: !!o.explain,
   };
 }

@@ -91,14 +91,6 @@ for (const c of '+-.0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 const MIN_RECORD_BYTES = 16;
 const MIN_DEPTH = 2;
 
-/** The checks of {@link TokenizerOptions}, shared with the fused record processor. */
-export const TOKENIZER_OPTIONS: { readonly [K in keyof TokenizerOptions]-?: OptionCheck } = {
-  maxRecordBytes: isInteger(MIN_RECORD_BYTES),
-  maxDepth: isInteger(MIN_DEPTH),
-  skipThrough: isInteger(0),
-  nonObjects: isOneOf('error', 'emit'),
-};
-
 /**
  * Heap one parsed record may take, per byte of its text, at worst: a record packed with tiny
  * objects (`[{},{},...]`) takes about 20 times its text once parsed, and the text itself is held
@@ -109,18 +101,28 @@ const HEAP_PER_RECORD_BYTE = 22;
 const HEAP_RESERVE = 32 * 2 ** 20;
 
 /**
- * Refuses a `maxRecordBytes` whose worst-case record this process's heap cannot hold: V8 would
- * abort the process (out of memory) on the first such record instead of reading it. The CLI's
- * launcher caps the heap at 96 MB, which holds records of about 3 MiB.
+ * A record-size limit: an integer of at least MIN_RECORD_BYTES whose worst-case record this
+ * process's heap can hold. Beyond it V8 would abort the process (out of memory) on the first such
+ * record instead of reading it. The CLI's launcher caps the heap at 96 MB: records of about 3 MiB.
  */
-export function checkRecordHeap(scope: string, maxRecordBytes: number | undefined): void {
-  if (maxRecordBytes === undefined) return;
-  const limit = getHeapStatistics().heap_size_limit;
-  if (maxRecordBytes * HEAP_PER_RECORD_BYTE <= limit - HEAP_RESERVE) return;
+const isRecordLimit: OptionCheck = (v) => {
+  const wrong = isInteger(MIN_RECORD_BYTES)(v);
+  if (wrong !== undefined) return wrong;
+  const heap = getHeapStatistics().heap_size_limit;
+  const max = Math.floor((heap - HEAP_RESERVE) / HEAP_PER_RECORD_BYTE);
+  if ((v as number) <= max) return undefined;
   const mb = (n: number) => Math.ceil(n / 2 ** 20);
-  throw new OptionError(wording`${opt('maxRecordBytes')} ${maxRecordBytes}: a record that large can take up to ${mb(maxRecordBytes * HEAP_PER_RECORD_BYTE)} MB of heap once parsed, more than this process's heap (${mb(limit)} MB) holds; lower it, or give node more heap than the launcher's 96 MB: node --max-old-space-size=${mb(maxRecordBytes * HEAP_PER_RECORD_BYTE + HEAP_RESERVE)} bin/userport.js ...`,
-  'maxRecordBytes', scope);
-}
+  return `at most ${max} in this process: a record can take ${HEAP_PER_RECORD_BYTE} times its size in heap once parsed, and the heap holds ${mb(heap)} MB `
+    + `(node --max-old-space-size=${mb((v as number) * HEAP_PER_RECORD_BYTE + HEAP_RESERVE)} makes room for this one; the launcher gives 96 MB)`;
+};
+
+/** The checks of {@link TokenizerOptions}, shared with the fused record processor. */
+export const TOKENIZER_OPTIONS: { readonly [K in keyof TokenizerOptions]-?: OptionCheck } = {
+  maxRecordBytes: isRecordLimit,
+  maxDepth: isInteger(MIN_DEPTH),
+  skipThrough: isInteger(0),
+  nonObjects: isOneOf('error', 'emit'),
+};
 
 /** Checks the tokenizer's options alone (the fused processor passes more). */
 function checkTokenizerValues(scope: string, options: TokenizerOptions): void {
@@ -130,7 +132,6 @@ function checkTokenizerValues(scope: string, options: TokenizerOptions): void {
     const expected = TOKENIZER_OPTIONS[k](v);
     if (expected !== undefined) badOption(scope, k, expected, v);
   }
-  checkRecordHeap(scope, options.maxRecordBytes);
 }
 
 /**

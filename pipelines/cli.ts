@@ -11,7 +11,7 @@ import { createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
 import { checkDatabaseUrl } from '../lib/options.js';
 import { ErrorCodes, OptionError, ParseError, printable, UserportError } from '../lib/errors.js';
 import { IMPORT_SCOPES, scopeModels, type ImportScope } from '../lib/models.js';
-import { checkedKeyFor, keyUnwrapperFromOptions } from './key-options.js';
+import { checkKeyForSource, keyUnwrapperFromOptions } from './key-options.js';
 import { checkImportOptions, importUsers, type ImportOptions, type Progress } from '../lib/import.js';
 import { dropImport, listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
@@ -489,9 +489,9 @@ async function planImport(args: string[]): Promise<ImportPlan | 'help'> {
   const decrypt = await keyUnwrapperFromOptions({
     decryptWith: str(o['decrypt-with']), passphraseFile: str(o['decrypt-passphrase-file']), gcpKmsConfig: str(o['decrypt-with-gcp-kms']),
   }).catch((err: unknown) => { throw usage(err as Error); });
-  const checked = decrypt && typeof options.source === 'string' ? await checkedKeyFor(options.source, decrypt) : decrypt;
+  if (decrypt && typeof options.source === 'string') await checkKeyForSource(options.source, decrypt);
   return {
-    options: { ...options, decrypt: checked },
+    options: { ...options, decrypt },
     databaseUrl: str(o['database-url']),
     json: !!o.json,
     silent: !!o.silent,

@@ -10,7 +10,7 @@ import { checkInputFile, checkOutputPath, helpText, parseCommand, reportError, u
 import { writeFileAtomically } from '../lib/atomic-file.js';
 import { decryptExport, type EncryptedInput } from '../lib/decrypt.js';
 import { encryptExport, encryptionKey } from '../lib/encrypt.js';
-import { checkedKeyFor, keyUnwrapperFromOptions } from './key-options.js';
+import { checkKeyForSource, keyUnwrapperFromOptions } from './key-options.js';
 import { promptPassphraseOnTty } from '../lib/crypto/prompt.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
 import { ErrorCodes, printable, UserportError } from '../lib/errors.js';
@@ -165,10 +165,10 @@ export async function runDecryptCommand(args: string[], streams?: Partial<Comman
         : null,
     }).catch((err: unknown) => { throw usage(err as Error); });
     if (!unwrapper) throw usageError(`one of --decrypt-with or --decrypt-with-gcp-kms is required (${DECRYPT_USAGE})`);
-    const checked = await checkedKeyFor(src, unwrapper);
+    await checkKeyForSource(src, unwrapper);
     const tmpDir = str(values['tmp-dir']);
     await toDestination(dest, s, 0o600, async (out) => {
-      await decryptExport(source(src, s), out, { unwrapper: checked, ...(tmpDir ? { tmpDir } : {}) });
+      await decryptExport(source(src, s), out, { unwrapper, ...(tmpDir ? { tmpDir } : {}) });
     });
     return 0;
   } catch (err) {

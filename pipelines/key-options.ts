@@ -5,7 +5,7 @@
 import fs from 'node:fs/promises';
 import { OptionError, printable } from '../lib/errors.js';
 import { DecryptError, DecryptErrorCodes } from '../lib/crypto/errors.js';
-import { createLocalKeyUnwrapper, rememberingUnwrapper, type KeyUnwrapper } from '../lib/crypto/unwrapper.js';
+import { createLocalKeyUnwrapper, type KeyUnwrapper } from '../lib/crypto/unwrapper.js';
 import { checkKeyOpens } from '../lib/decrypt.js';
 import { isRegularFile } from '../lib/source.js';
 import { usage } from './cli-support.js';
@@ -87,14 +87,11 @@ export async function keyUnwrapperFromOptions(options: KeyUnwrapperCliOptions): 
  * The key checked against SRC before any database work or output: when SRC is a regular file,
  * its tarball's key members are read (not its token) and unwrapped, so another key than the
  * export's is a usage error (exit 2), said before anything runs, as a key file that is no key is.
- * (A pipe's key members come after its token: there the decryption meets it.) Resolves to the
- * unwrapper, remembering what it unwrapped, so the decryption asks a Cloud KMS only once.
+ * (A pipe's key members come after its token: there the decryption meets it.)
  */
-export async function checkedKeyFor(src: string, unwrapper: KeyUnwrapper): Promise<KeyUnwrapper> {
-  const remembering = rememberingUnwrapper(unwrapper);
-  if (src === '-' || !isRegularFile(src)) return remembering;
-  await checkKeyOpens(src, remembering).catch((err: unknown) => {
+export async function checkKeyForSource(src: string, unwrapper: KeyUnwrapper): Promise<void> {
+  if (src === '-' || !isRegularFile(src)) return;
+  await checkKeyOpens(src, unwrapper).catch((err: unknown) => {
     throw err instanceof DecryptError && err.code === DecryptErrorCodes.KEY_MISMATCH ? usage(err) : err;
   });
-  return remembering;
 }

@@ -12,7 +12,7 @@ import fs from 'node:fs/promises';
 import { OptionError } from '../errors.js';
 import { checkOptions, isFunction, isNonEmptyString, isObject } from '../options.js';
 import { DecryptError, DecryptErrorCodes } from './errors.js';
-import type { KeyUnwrapper } from './unwrapper.js';
+import { rememberingUnwrapper, type KeyUnwrapper } from './unwrapper.js';
 import { parseFernetKey } from './fernet.js';
 
 /** The KMS config file's fields, with Sentry's underscore names. */
@@ -249,12 +249,14 @@ export function createGcpKmsUnwrapper(options: GcpKmsUnwrapperOptions): KeyUnwra
   if (auth !== undefined && keyFile !== undefined) throw new OptionError('createGcpKmsUnwrapper: give auth or keyFile, not both', 'keyFile');
   const checked = config !== undefined ? parseGcpKmsConfig(config) : undefined;
   const token = tokenSource(auth, keyFile);
-  return {
+  // An import asks twice for the same key (its check before the database is touched, then the
+  // decryption): the second time is answered from here, without a second KMS round trip.
+  return rememberingUnwrapper({
     async unwrap(wrappedKey: Buffer): Promise<Buffer> {
       const cfg = checked ?? (await readGcpKmsConfig(configPath!));
       const fernetKey = await kmsAsymmetricDecrypt(wrappedKey, cfg, { endpoint, token, ...(options.fetch ? { fetch: options.fetch } : {}) });
       parseFernetKey(fernetKey);
       return fernetKey;
     },
-  };
+  });
 }

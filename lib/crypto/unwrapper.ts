@@ -33,17 +33,20 @@ export async function unwrapFernetKey(unwrapper: KeyUnwrapper, wrapped: Buffer, 
 }
 
 /**
- * `unwrapper`, remembering what it unwrapped last: asked again for the same key members (the
+ * `unwrapper`, remembering what it unwrapped last: asked again for the same key members (an
  * import checks the key before the database is touched, then decrypts), it answers without a
- * second call (a Cloud KMS round trip, a passphrase prompt).
+ * second call. The Cloud KMS unwrapper is one (a round trip each); the local one loads its key
+ * once and unwraps in a millisecond.
  */
 export function rememberingUnwrapper(unwrapper: KeyUnwrapper): KeyUnwrapper {
   let last: { wrapped: Buffer; pub: Buffer; key: Promise<Buffer> } | undefined;
   return {
     unwrap(wrappedKey, publicKeyPem) {
-      if (!last || !last.wrapped.equals(wrappedKey) || !last.pub.equals(publicKeyPem)) {
+      // What a caller passes is not trusted to be two buffers (a direct call may give one).
+      const pub = Buffer.from(publicKeyPem ?? []);
+      if (!last || !Buffer.isBuffer(wrappedKey) || !last.wrapped.equals(wrappedKey) || !last.pub.equals(pub)) {
         const key = unwrapper.unwrap(wrappedKey, publicKeyPem);
-        last = { wrapped: Buffer.from(wrappedKey), pub: Buffer.from(publicKeyPem), key };
+        last = { wrapped: Buffer.isBuffer(wrappedKey) ? Buffer.from(wrappedKey) : Buffer.alloc(0), pub, key };
         // A failure is not remembered: the next call asks again.
         key.catch(() => { if (last?.key === key) last = undefined; });
       }

@@ -57,17 +57,17 @@ export async function openImportDatabase(o: { databaseUrl?: string; embeddedDir?
     // migrated first takes the new schema away again only while no other import holds this.
     await holdImportRunning(client);
     const fresh = (await migrate(knex)).includes(FIRST_MIGRATION);
+    const undo = async () => {
+      if (!fresh) return;
+      await releaseImportRunning(client).catch(() => undefined);
+      await undoFreshSchema(knex);
+    };
     await applySessionSettings(client);
     // Temp tables live in session-local buffers (8 MB by default): a larger pool keeps the staging
     // and merge tables of a big import in memory. Settable only before the session's first temp
     // table, so here, on the import's own connection (never on a caller's client given to the sink).
     await client.query(`SET temp_buffers = '256MB'`);
     const plan = await planFor(client, o.scope).catch((err: unknown) => { throw err instanceof UserportError ? err : wrapDbError(err, 'reading the target database'); });
-    const undo = async () => {
-      if (!fresh) return;
-      await releaseImportRunning(client).catch(() => undefined);
-      await undoFreshSchema(knex);
-    };
     return { url, knex, client, plan, get clientError() { return clientError; }, undoFreshSchema: undo, close };
   } catch (err) {
     await close();

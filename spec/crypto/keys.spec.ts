@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import crypto from 'node:crypto';
 import { loadPrivateKey, loadPublicKey, sameRsaPublicKey, unwrapKey, wrapKey } from '../../lib/crypto/keys.js';
-import { createLocalKeyUnwrapper } from '../../lib/crypto/unwrapper.js';
+import { createLocalKeyUnwrapper, rememberingUnwrapper } from '../../lib/crypto/unwrapper.js';
 import { generateFernetKey } from '../../lib/crypto/fernet.js';
 import { pythonMembers, readFixture, codeOf } from './helpers.js';
 
@@ -107,5 +107,31 @@ describe('keys', () => {
       expect(await createLocalKeyUnwrapper({ privateKeyPath: 'spec/fixtures/crypto/fixture-key.pkcs1.pem' }).unwrap(wrapped, pem)).to.have.length(44);
       expect(await codeOf(createLocalKeyUnwrapper({ privateKeyPath: 'spec/fixtures/crypto/nope.pem' }).unwrap(wrapped, pem))).to.equal('USERPORT_DECRYPT_KEY_INVALID');
     });
+  });
+});
+
+describe('rememberingUnwrapper', () => {
+  it('asks its unwrapper once for the same key members, again for others, and again after a failure', async () => {
+    const asked: string[] = [];
+    let fail = false;
+    const u = rememberingUnwrapper({
+      async unwrap(wrapped: Buffer, pub: Buffer) {
+        asked.push(`${wrapped.toString()}/${pub.toString()}`);
+        if (fail) throw new Error('KMS unavailable');
+        return Buffer.from(`key of ${wrapped.toString()}`);
+      },
+    });
+    expect((await u.unwrap(Buffer.from('a'), Buffer.from('p'))).toString()).to.equal('key of a');
+    expect((await u.unwrap(Buffer.from('a'), Buffer.from('p'))).toString()).to.equal('key of a');
+    expect(asked).to.deep.equal(['a/p']);
+    await u.unwrap(Buffer.from('b'), Buffer.from('p'));
+    await u.unwrap(Buffer.from('b'), Buffer.from('q'));
+    expect(asked).to.deep.equal(['a/p', 'b/p', 'b/q']);
+    fail = true;
+    const c = Buffer.from('c');
+    let caught = 0;
+    for (let i = 0; i < 2; i++) await u.unwrap(c, Buffer.from('p')).catch(() => { caught++; });
+    expect(caught).to.equal(2);
+    expect(asked.slice(3)).to.deep.equal(['c/p', 'c/p']);
   });
 });
