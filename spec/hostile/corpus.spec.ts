@@ -100,7 +100,8 @@ export const BAD: BadCase[] = [
   { file: 'model-bad-name.json', code: 'USERPORT_RECORD_ENVELOPE', record: 1, model: 'sentry user', pk: '1', field: 'model', at: { record: 1 } },
   { file: 'pk-a-string.json', code: 'USERPORT_RECORD_ENVELOPE', record: 1, model: 'sentry.user', pk: '1', field: 'pk', at: { record: 1 } },
   { file: 'pk-a-fraction.json', code: 'USERPORT_RECORD_ENVELOPE', record: 1, model: 'sentry.user', pk: '1.5', field: 'pk', at: { record: 1 } },
-  { file: 'pk-beyond-safe-integers.json', code: 'USERPORT_RECORD_ENVELOPE', record: 1, model: 'sentry.user', pk: '9007199254740992', field: 'pk', at: { record: 1 } },
+  // No pk in the position: past 2^53 the parsed number need not be the one in the file.
+  { file: 'pk-beyond-safe-integers.json', code: 'USERPORT_RECORD_ENVELOPE', record: 1, model: 'sentry.user', field: 'pk', at: { record: 1 } },
   { file: 'fields-an-array.json', code: 'USERPORT_RECORD_ENVELOPE', record: 2, model: 'sentry.email', pk: '1', field: 'fields', at: { record: 2 } },
   { file: 'fields-null.json', code: 'USERPORT_RECORD_ENVELOPE', record: 2, model: 'sentry.email', pk: '1', field: 'fields', at: { record: 2 } },
   // schema: a wrong value for every field kind (string, length, required, NUL, surrogate, object,
