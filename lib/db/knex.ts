@@ -124,6 +124,8 @@ export async function undoFreshSchema(knex: Knex): Promise<boolean> {
     return await knex.transaction(async (trx) => {
       const free = await trx.raw(`SELECT pg_try_advisory_xact_lock(${IMPORTS_RUNNING_KEY}) AS free`);
       if (!free.rows[0].free) return false;
+      // Never wait on a table's lock (a session that still holds one, whatever it is): give up.
+      await trx.raw(`SET LOCAL lock_timeout = '2s'`);
       await trx.raw(`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK_KEY})`);
       const made = await trx.raw(`SELECT to_regclass('${USERPORT_SCHEMA}.created_sentry_tables') IS NOT NULL AS sentry`);
       const sentry = made.rows[0].sentry

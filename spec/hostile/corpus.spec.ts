@@ -193,10 +193,10 @@ function expectedPosition(c: BadCase, buf: Buffer): CliError['position'] {
 interface Run { result: CliResult; counts: Record<string, number> }
 
 /** Imports `file` into a fresh database with the CLI; returns what it printed and what it left. */
-async function importFile(file: string, args: string[] = [], inspect?: (db: TestDb) => Promise<void>): Promise<Run> {
+async function importFile(file: string, args: string[] = [], inspect?: (db: TestDb) => Promise<void>, env?: NodeJS.ProcessEnv): Promise<Run> {
   const db = await freshDatabase();
   try {
-    const result = await runCli(['import', 'users', file, '--database-url', db.url, '--no-progress', ...args]);
+    const result = await runCli(['import', 'users', file, '--database-url', db.url, '--no-progress', ...args], env ? { env } : {});
     const counts = await tableCounts(db);
     if (inspect) await inspect(db);
     return { result, counts };
@@ -441,7 +441,9 @@ describe('hostile and malformed input corpus (spec/fixtures/bad)', () => {
     it('control: with --max-record-bytes raised past the 200 MB string, the probe does see the memory go over 150 MB @soak', async function () {
       this.timeout(300000);
       const file = bigStringFile();
-      const { result, counts } = await importFile(file, ['--max-record-bytes', String(400 * 1024 * 1024)]);
+      // A heap that can hold a worst-case record of that size (22 times it): the limit is refused otherwise.
+      const { result, counts } = await importFile(file, ['--max-record-bytes', String(400 * 1024 * 1024)], undefined,
+        { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --max-old-space-size=10240`.trim() });
       // The record is then read whole; it fails later (name longer than 200 characters), and the
       // peak shows what the limit saves.
       expect(result.code, result.stderr).to.equal(1);
