@@ -7,7 +7,7 @@ import { defaultEmbeddedDir, readEmbeddedConfig, startEmbedded } from '../lib/db
 import { applySessionSettings } from '../lib/db/knex.js';
 import { checkDatabaseUrl } from '../lib/options.js';
 import { describePlan, planFor } from '../lib/db/merge/index.js';
-import { DEFAULT_GENERATION, SENTRY_TABLES, SENTRY_TABLES_DDL } from '../lib/db/migrations/20261203000100_sentry_user_tables.js';
+import { ANY_SENTRY_TABLE_SQL, DEFAULT_GENERATION, SENTRY_TABLES_DDL } from '../lib/db/migrations/20261203000100_sentry_user_tables.js';
 import { connectError, ErrorCodes, OptionError, UserportError } from '../lib/errors.js';
 import { helpText, parseCommand, TEXT_WIDTH, wrapText, type FlagSpecs } from './cli-support.js';
 
@@ -51,9 +51,7 @@ async function databaseUrl(given: string | undefined): Promise<string> {
  * transaction that is rolled back, so this still changes nothing.
  */
 async function describeTarget(client: pg.Client): Promise<string[]> {
-  const found = await client.query(`SELECT count(*)::int AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = current_schema() AND c.relname = ANY($1)`, [[...SENTRY_TABLES]]);
-  if (found.rows[0].n > 0) return describePlan(await planFor(client));
+  if ((await client.query(ANY_SENTRY_TABLE_SQL)).rows[0].any) return describePlan(await planFor(client));
   await client.query('BEGIN');
   try {
     await client.query('CREATE EXTENSION IF NOT EXISTS citext');

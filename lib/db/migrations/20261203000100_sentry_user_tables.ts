@@ -203,10 +203,15 @@ export const SENTRY_TABLES_DDL = `
     ALTER TABLE "sentry_apiauthorization" ADD CONSTRAINT "sentry_apiauthorization_user_id_d5cfd4f0_fk_auth_user_id" FOREIGN KEY ("user_id") REFERENCES "auth_user" ("id") DEFERRABLE INITIALLY DEFERRED;
   `;
 
+/**
+ * Whether the current schema holds any of {@link SENTRY_TABLES}, as one row `{ any }`: such a
+ * database is Sentry's, and neither {@link up} nor `userport target` creates its tables there.
+ */
+export const ANY_SENTRY_TABLE_SQL = `SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = current_schema() AND c.relname IN (${SENTRY_TABLES.map((t) => `'${t}'`).join(', ')})) AS any`;
+
 export async function up(knex: Knex): Promise<void> {
-  const found = await knex.raw(`SELECT count(*)::int AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = current_schema() AND c.relname = ANY(?)`, [[...SENTRY_TABLES]]);
-  if (found.rows[0].n > 0) return;
+  if ((await knex.raw(ANY_SENTRY_TABLE_SQL)).rows[0].any) return;
   const citext = await knex.raw(`SELECT NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citext') AS made`);
   await knex.raw('CREATE EXTENSION IF NOT EXISTS citext');
   // What `down` may drop: only tables this migration made (never a Sentry database's own), and
