@@ -199,9 +199,13 @@ describe('userport import users --decrypt-with (CLI binary)', () => {
       expect(bad.stderr.trimEnd().split('\n')).to.have.length(1);
       expect(await counts(db)).to.deep.equal(EMPTY);
       server.mode = 'ok';
+      server.requests.length = 0;
       const ok = await runCli(['import', 'users', fixture('python-export.tar'), '--decrypt-with-gcp-kms', kms, '--database-url', db.url, '--silent']);
       expect(ok.code, ok.stderr).to.equal(0);
       expect(await counts(db)).to.deep.equal(expectedCounts());
+      // The key is checked before the database (by the CLI, then by importUsers) and used to
+      // decrypt: the KMS unwrapper remembers it, so KMS is asked once.
+      expect(server.requests.filter((r) => r.path.endsWith(':asymmetricDecrypt'))).to.have.length(1);
     } finally {
       process.env = saved;
       await server.close();

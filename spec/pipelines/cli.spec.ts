@@ -169,6 +169,10 @@ describe('userport CLI', function () {
       // row; table-user's address is already in the database from the earlier import.
       expect(res.stdout).to.match(/^Also written: 1,201 lost-password hashes, 1,201 primary user emails,$/m);
       expect(res.stdout).to.match(/^ {2}1,200 email rows for user-email addresses/m);
+      // One record is a record.
+      const one = await userport(['import', 'users', writeExport([user(7001, 'just-one')]), '--database-url', db.url, '--no-progress']);
+      expect(one.code, one.stderr).to.equal(0);
+      expect(one.stdout).to.match(/^Imported 1 record \([\d.]+ B\) in [\d.]+s/);
     });
 
     it('lists imports with a header and a real finish time for atomic imports', async () => {
