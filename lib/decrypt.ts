@@ -23,7 +23,7 @@ import { ioError } from './crypto/errors.js';
 import { authenticatedPlaintext } from './crypto/fernet.js';
 import { readExportFile, readExportStream, readRange } from './crypto/tar.js';
 import { unwrapFernetKey, type KeyUnwrapper } from './crypto/unwrapper.js';
-import { makeSpool } from './spool.js';
+import { spoolsIn, type SpoolMaker } from './spool.js';
 
 export { DecryptError, DecryptErrorCodes, type DecryptErrorCode } from './crypto/errors.js';
 export { createLocalKeyUnwrapper, type KeyUnwrapper, type LocalKeyUnwrapperOptions, type PassphraseSource } from './crypto/unwrapper.js';
@@ -71,16 +71,26 @@ function checkDecryptOptions(options: OpenDecryptedOptions, where: string): { ch
   return { chunkSize: options.chunkSize ?? DEFAULT_CHUNK_SIZE };
 }
 
+/** A regular file holding an encrypted export, already open (`name` says it in errors). */
+export interface HeldExportFile { file: FileHandle; size: number; name: string }
+
 /**
  * An encrypted input, opened: the file the token is read from (the input itself when it is a
  * regular file, read in place; else the spool of the stream), `release` (close the file, remove
- * the spool) and the words of a failure.
+ * the spool; a second call does nothing more) and the words of a failure.
  */
 type OpenedInput = { file: FileHandle; release: () => Promise<void>; failure: string }
   & ({ size: number } | { stream: AsyncIterable<Buffer | string> });
 
+/** `f`, run once: later calls get the first call's promise. */
+function once(f: () => Promise<void>): () => Promise<void> {
+  let done: Promise<void> | undefined;
+  return () => (done ??= f());
+}
+
 /** Opens `input`: a regular file is read in place; anything else is spooled. */
-async function openInput(input: EncryptedInput, chunkSize: number, tmpDir: string): Promise<OpenedInput> {
+async function openInput(input: EncryptedInput | HeldExportFile, chunkSize: number, spools: SpoolMaker): Promise<OpenedInput> {
+  if ('file' in input) return { file: input.file, size: input.size, release: once(() => input.file.close()), failure: `cannot read ${input.name}` };
   let pipe: FileHandle | undefined;
   if ('path' in input) {
     const { path } = input;
@@ -94,7 +104,7 @@ async function openInput(input: EncryptedInput, chunkSize: number, tmpDir: strin
       const stat = await fh.stat();
       // The same open handle serves both passes, so replacing the file by rename cannot swap in
       // other bytes; writing into it can, and the segment digests catch that before release.
-      if (stat.isFile()) return { file: fh, size: stat.size, release: () => fh.close(), failure: `cannot read ${path}` };
+      if (stat.isFile()) return { file: fh, size: stat.size, release: once(() => fh.close()), failure: `cannot read ${path}` };
     } catch (err) {
       await fh.close().catch(() => undefined);
       throw ioError(`cannot read ${path}`, err);
@@ -106,29 +116,75 @@ async function openInput(input: EncryptedInput, chunkSize: number, tmpDir: strin
   }
   // A stream's token goes to a private spool file (0600 in a 0700 folder) as it arrives. A pipe's
   // handle is closed here if the spool cannot be made.
-  const spool = await makeSpool(tmpDir).catch(async (err: unknown) => { await pipe?.close().catch(() => undefined); throw err; });
+  const spool = await spools('export.json.fernet').catch(async (err: unknown) => { await pipe?.close().catch(() => undefined); throw err; });
   const stream = 'stream' in input ? input.stream : pipe!.createReadStream({ highWaterMark: chunkSize });
   return { file: spool.file, stream, release: spool.remove, failure: 'spooling the encrypted input failed' };
 }
 
+/** An encrypted export whose members were found and whose key was unwrapped: its token is still unread. */
+export interface UnlockedExport {
+  /**
+   * Verifies the whole token, then resolves to a stream of its plaintext, read in `chunkSize`
+   * bytes. From this call on the file (or spool) is the stream's: closed (removed) when the
+   * stream closes, or here when verifying fails. Called at most once.
+   */
+  plaintext(chunkSize: number): Promise<DecryptedSource>;
+  /** Closes the file (removes the spool) when the token is not read after all. */
+  release(): Promise<void>;
+}
+
 /**
- * Checks that `unwrapper` opens the encrypted export in the regular file `path`, without reading
- * its token: the tarball's members are found by their headers, and the wrapped key is unwrapped
- * (a local key first checks that it is the one `key.pub` names). Rejects with the
- * {@link DecryptError} decrypting would meet (`USERPORT_DECRYPT_KEY_MISMATCH` for another key; a
- * tarball that is no export says so too). `importUsers` runs it before the database is touched.
+ * Finds an encrypted export's members and unwraps its key, without reading its token: a regular
+ * file's members by their headers (read in place; `HeldExportFile` is one its caller opened), a
+ * stream's once it is spooled to its end. Rejects with the {@link DecryptError} decrypting would
+ * meet (`USERPORT_DECRYPT_KEY_MISMATCH` for another key: a local key first checks that it is the
+ * one `key.pub` names; a tarball that is no export says so too), having closed the file or removed
+ * the spool (made by `spools`). `importUsers` unlocks a file's export before the database is
+ * touched and reads its token after, from the same handle.
+ */
+export async function unlockExport(input: EncryptedInput | HeldExportFile, unwrapper: KeyUnwrapper, chunkSize: number, spools: SpoolMaker): Promise<UnlockedExport> {
+  const opened = await openInput(input, chunkSize, spools);
+  try {
+    const found = 'stream' in opened ? await readExportStream(opened.stream, opened.file) : await readExportFile(opened.file, opened.size);
+    // The token is read twice, where it lies in the file or from the start of the spool: to
+    // verify it, then to decrypt it.
+    const start = 'stream' in opened ? 0 : found.token.dataOffset;
+    const read = (size: number) => readRange(opened.file, start, found.token.size, size);
+    const key = await unwrapFernetKey(unwrapper, found.wrappedKey, found.publicKey);
+    return {
+      release: opened.release,
+      plaintext: (size) => authenticatedPlaintext([read(size), read(size)], key, size, opened.release).catch(async (err: unknown) => {
+        await opened.release().catch(() => undefined);
+        throw ioError(opened.failure, err);
+      }),
+    };
+  } catch (err) {
+    await opened.release().catch(() => undefined);
+    throw ioError(opened.failure, err);
+  }
+}
+
+/**
+ * Checks that `unwrapper` opens the encrypted export in the regular file `path`
+ * ({@link unlockExport}), and closes it. The CLI runs it before anything else.
  */
 export async function checkKeyOpens(path: string, unwrapper: KeyUnwrapper): Promise<void> {
-  const opened = await openInput({ path }, 64 * 1024, os.tmpdir());
+  let file: FileHandle;
   try {
-    if (!('size' in opened)) throw new OptionError(`checkKeyOpens: ${path} is not a regular file`);
-    const found = await readExportFile(opened.file, opened.size);
-    await unwrapFernetKey(unwrapper, found.wrappedKey, found.publicKey);
+    file = await fs.open(path, 'r');
   } catch (err) {
-    throw ioError(opened.failure, err);
-  } finally {
-    await opened.release().catch(() => undefined);
+    throw ioError(`cannot open ${path}`, err);
   }
+  let size: number;
+  try {
+    const stat = await file.stat();
+    if (!stat.isFile()) throw new OptionError(`checkKeyOpens: ${path} is not a regular file`);
+    size = stat.size;
+  } catch (err) {
+    await file.close().catch(() => undefined);
+    throw err;
+  }
+  await (await unlockExport({ file, size, name: path }, unwrapper, 64 * 1024, spoolsIn(os.tmpdir()))).release();
 }
 
 /**
@@ -149,24 +205,11 @@ export async function openDecryptedSource(input: EncryptedInput, options: OpenDe
 }
 
 /**
- * {@link openDecryptedSource} over values already checked (`importUsers` checks its options once,
- * the {@link Decryptor} at construction).
+ * {@link openDecryptedSource} over values already checked (the {@link Decryptor} checks its
+ * options at construction).
  */
 export async function decryptedSource(input: EncryptedInput, unwrapper: KeyUnwrapper, chunkSize: number, tmpDir = os.tmpdir()): Promise<DecryptedSource> {
-  const opened = await openInput(input, chunkSize, tmpDir);
-  try {
-    const found = 'stream' in opened ? await readExportStream(opened.stream, opened.file) : await readExportFile(opened.file, opened.size);
-    // The token is read twice, where it lies in the file or from the start of the spool: to
-    // verify it, then to decrypt it.
-    const start = 'stream' in opened ? 0 : found.token.dataOffset;
-    const read = () => readRange(opened.file, start, found.token.size, chunkSize);
-    const passes = [read(), read()] as const;
-    const key = await unwrapFernetKey(unwrapper, found.wrappedKey, found.publicKey);
-    return await authenticatedPlaintext(passes, key, chunkSize, opened.release);
-  } catch (err) {
-    await opened.release().catch(() => undefined);
-    throw ioError(opened.failure, err);
-  }
+  return (await unlockExport(input, unwrapper, chunkSize, spoolsIn(tmpDir))).plaintext(chunkSize);
 }
 
 /** Options of {@link createDecryptor}: the same as {@link OpenDecryptedOptions}. */

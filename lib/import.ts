@@ -5,6 +5,7 @@
  * the database (db/import-database.ts); the import row and resuming (SQL in db/imports.ts); the
  * findings file (findings.ts); progress and the summary.
  */
+import os from 'node:os';
 import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
@@ -15,12 +16,12 @@ import { deleteStaged, finishImport, insertImport, markImportFailed, saveCheckpo
 import { unmatchedUsernames } from './db/findings.js';
 import { commitOutcome } from './db/commit-outcome.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
-import { checkKeyOpens } from './decrypt.js';
 import { ErrorCodes, opt, OptionError, UserportError, wording, wrapCallbackError, wrapDbError, type Wording } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
 import { fieldLimits, modelInfo, skippedReasons, type ImportScope } from './models.js';
 import { isImportScope } from './filter-users.js';
 import { prepareImportSource } from './source.js';
+import { spoolsIn } from './spool.js';
 import type { MappedItem } from './map-models.js';
 import { DEFAULT_BATCH_ROWS, pgSink } from './pg-sink.js';
 import { StagedFacts } from './staged-facts.js';
@@ -301,13 +302,20 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
   const aborted = () => new UserportError(ErrorCodes.ABORTED,
     `the import was cancelled (its signal was aborted): ${o.resumable ? 'what its checkpoints committed stays' : 'nothing was written'}`, { cause: o.signal?.reason });
   if (o.signal?.aborted) throw aborted();
-  const input = prepareImportSource(o);
-  // A key that cannot open a file's export is said before the database is touched (a pipe's or a
-  // stream's key members come after its token: they are met while it is read).
-  if (o.decrypt && input.kind === 'file') await checkKeyOpens(o.source as string, o.decrypt);
+  // The import's private spool files (the decryption's, the early users step's) are made in one place.
+  const spools = spoolsIn(o.tmpDir ?? os.tmpdir());
+  // A key that cannot open a file's export is said here, before the database is touched (a pipe's
+  // or a stream's key members come after its token: they are met while it is read).
+  const input = await prepareImportSource(o, spools);
+  if (o.signal?.aborted) {
+    await input.release();
+    throw aborted();
+  }
   const started = Date.now();
   const stats = new ImportStats();
   let db: ImportDatabase | undefined;
+  // The opened input, until the pipeline takes it (a failure before that destroys it, closing its file).
+  let reading: Readable | undefined;
   let rejects: RejectSink | undefined;
   let run = 0;
   let progressTimer: NodeJS.Timeout | undefined;
@@ -326,7 +334,11 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     stopWith = e;
     if (merging) return;
     if (sinkToStop) sinkToStop.destroy(e);
-    else if (o.source instanceof Readable) o.source.destroy(e);
+    else if (o.source instanceof Readable) {
+      // Nothing may be reading it yet: its 'error' must not be the process's uncaught exception.
+      o.source.once('error', () => undefined);
+      o.source.destroy(e);
+    }
   };
   const checkStopped = () => { if (stopWith) throw stopWith; };
   const onAbort = () => stop(aborted());
@@ -363,6 +375,7 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     // lost connection to PostgreSQL.
     const readFailure = (err: unknown) => new UserportError(ErrorCodes.IO, `reading the source failed: ${(err as Error | null)?.message ?? String(err)}`, { cause: err });
     const { stream: source, size, leadingText, gzip } = await input.open().catch((err: unknown) => { throw err instanceof UserportError ? err : readFailure(err); });
+    reading = source;
     let sourceError: unknown;
     source.once('error', (err) => { sourceError = err; });
     // Tokenizer, user filter and model mapper fused in one stream (the same pure functions as
@@ -437,7 +450,7 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
       client, run, transaction: o.resumable ? 'batches' : 'whole', dryRun: o.dryRun, staged,
       batchRows: o.batchRows, checkpoint, finalize, stats, rejects,
       ...(o.resumable || !o.bulkLoad ? {} : { overlap: early }),
-      ...(o.tmpDir ? { tmpDir: o.tmpDir } : {}),
+      spools,
       onTrace: o.onTrace,
     });
     // A caller's onProgress that throws stops the import (USERPORT_CALLBACK) like its signal: a
@@ -533,6 +546,8 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
   } finally {
     o.signal?.removeEventListener('abort', onAbort);
     if (progressTimer) clearInterval(progressTimer);
+    await input.release();
+    if (reading && !reading.destroyed) reading.destroy();
     await rejects?.close().catch(() => undefined);
     await db?.close();
   }

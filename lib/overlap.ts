@@ -11,7 +11,7 @@ import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { ErrorCodes, UserportError, wrapCallbackError, wrapDbError } from './errors.js';
 import type { FilteredMarker, StagedRow } from './map-models.js';
-import { makeSpool } from './spool.js';
+import type { SpoolMaker } from './spool.js';
 import { endStream, writeChunks } from './stream-writes.js';
 
 /**
@@ -104,17 +104,17 @@ export class OverlapRun {
   private constructor(private readonly work: OverlapWork) {}
 
   /**
-   * Makes the spool under `tmpDir`, then runs `work` (`onStart` first, `onDone` once it is done).
+   * Makes the spool (with `spools`), then runs `work` (`onStart` first, `onDone` once it is done).
    * Resolves to undefined, leaving no file and starting nothing, when the sink was destroyed meanwhile.
    */
-  static async begin(work: OverlapWork, tmpDir: string, destroyed: () => boolean, onStart: () => void, onDone: () => void): Promise<OverlapRun | undefined> {
+  static async begin(work: OverlapWork, spools: SpoolMaker, destroyed: () => boolean, onStart: () => void, onDone: () => void): Promise<OverlapRun | undefined> {
     const run = new OverlapRun(work);
-    return (await run.open(tmpDir, destroyed, onStart, onDone)) ? run : undefined;
+    return (await run.open(spools, destroyed, onStart, onDone)) ? run : undefined;
   }
 
   /** `begin`'s second half: the spool, then the work. False, leaving nothing, once destroyed. */
-  private async open(tmpDir: string, destroyed: () => boolean, onStart: () => void, onDone: () => void): Promise<boolean> {
-    const made = await makeSpool(tmpDir, 'stage.copy').catch((err: unknown) => { throw spoolError(err); });
+  private async open(spools: SpoolMaker, destroyed: () => boolean, onStart: () => void, onDone: () => void): Promise<boolean> {
+    const made = await spools('stage.copy').catch((err: unknown) => { throw spoolError(err); });
     // The spool's own handle is not kept: a stream by path (the file is already 0600).
     await made.file.close();
     if (destroyed()) {

@@ -32,6 +32,7 @@ import { checkOptions, isBoolean, isFunction, isInteger, isNonEmptyString, isOne
 import { copySql, CopyText, FLUSH_BYTES } from './copy-text.js';
 import { rejectedUserRow, type FilteredMarker, type MappedItem, type StagedRow } from './map-models.js';
 import { OverlapRun, type Overlap, type OverlapWork } from './overlap.js';
+import { spoolsIn, type SpoolMaker } from './spool.js';
 import type { RejectSink } from './rejects.js';
 import { StagedFacts } from './staged-facts.js';
 import { ImportStats } from './stats.js';
@@ -102,14 +103,14 @@ export function createPgSink(options: PgSinkOptions): Writable {
   for (const required of ['client', 'run', 'transaction', 'finalize'] as const) {
     if (options[required] === undefined) throw new OptionError(`createPgSink: option ${required} is required`, required);
   }
-  return pgSink(options);
+  return pgSink({ ...options, spools: spoolsIn(options.tmpDir ?? os.tmpdir()) });
 }
 
 /**
  * {@link createPgSink} over options already checked (`importUsers` checks its options once and
- * builds these from the resolved values).
+ * builds these from the resolved values), with the maker of the overlap's spool (the import's).
  */
-export function pgSink(options: PgSinkOptions): Writable {
+export function pgSink(options: PgSinkOptions & { spools: SpoolMaker }): Writable {
   const { client, run, finalize, checkpoint } = options;
   const batchRows = options.batchRows ?? DEFAULT_BATCH_ROWS;
   const whole = options.transaction === 'whole';
@@ -191,7 +192,7 @@ export function pgSink(options: PgSinkOptions): Writable {
     let work: OverlapWork | undefined;
     try { work = await overlap!.start(client); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
     if (destroyed) return;
-    if (work) overlapping = await OverlapRun.begin(work, options.tmpDir ?? os.tmpdir(), () => destroyed, () => moment('overlap started'), () => moment('overlap done'));
+    if (work) overlapping = await OverlapRun.begin(work, options.spools, () => destroyed, () => moment('overlap started'), () => moment('overlap done'));
     if (destroyed) return;
     if (overlapping) {
       if (spooled.size) await overlapping.write(spooled.take());

@@ -79,10 +79,32 @@ export async function removeStaleSpools(tmpDir: string): Promise<void> {
   }
 }
 
-/** A private spool file `name` (0600) in a new folder (0700) under `tmpDir`; `remove` deletes both. */
-export async function makeSpool(tmpDir: string, name = 'export.json.fernet'): Promise<{ dir: string; path: string; file: FileHandle; remove: () => Promise<void> }> {
+/** A private spool file (0600) in its own new folder (0700); `remove` deletes both, once. */
+export interface Spool { dir: string; path: string; file: FileHandle; remove: () => Promise<void> }
+
+/** Makes a private spool file named `name`: see {@link spoolsIn}. */
+export type SpoolMaker = (name: string) => Promise<Spool>;
+
+/**
+ * The maker of one import's spool files under `tmpDir` (the decryption's, the early users
+ * step's), handed to each stage that needs one: the folders that dead processes left there are
+ * swept once, before the first.
+ */
+export function spoolsIn(tmpDir: string): SpoolMaker {
+  let swept: Promise<void> | undefined;
+  return async (name) => {
+    await (swept ??= removeStaleSpools(tmpDir));
+    return newSpool(tmpDir, name);
+  };
+}
+
+/** A private spool file `name` (0600) in a new folder (0700) under `tmpDir`, after a sweep of stale ones. */
+export async function makeSpool(tmpDir: string, name = 'export.json.fernet'): Promise<Spool> {
+  return spoolsIn(tmpDir)(name);
+}
+
+async function newSpool(tmpDir: string, name: string): Promise<Spool> {
   let dir: string;
-  await removeStaleSpools(tmpDir);
   try {
     // mkdtemp makes the folder 0700; the file inside is 0600 and created exclusively. The pid in
     // its name lets a later run remove it if this process is SIGKILLed.

@@ -123,6 +123,23 @@ describe('importUsers and the caller\'s callbacks and source', function () {
     });
   });
 
+  it('a signal aborted as soon as importUsers is called, while its source is prepared: USERPORT_ABORTED, nothing written, for a file and a stream', async () => {
+    await withDb(async (db) => {
+      const sources = [
+        () => writeExport(users(3)),
+        () => Readable.from([Buffer.from(JSON.stringify(users(3)))]),
+      ];
+      for (const source of sources) {
+        const ac = new AbortController();
+        const running = importUsers({ source: source(), databaseUrl: db.url, signal: ac.signal });
+        ac.abort();
+        const err = await failure(running);
+        expect(err.code).to.equal('USERPORT_ABORTED');
+        expect(await db.count('auth_user')).to.equal(0);
+      }
+    });
+  });
+
   it('a source the caller destroys before its end (no error) is reading\'s failure, not userport\'s bug', async () => {
     await withDb(async (db) => {
       const src = slowSource(JSON.stringify(users(50)), 1500);

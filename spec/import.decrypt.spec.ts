@@ -203,8 +203,8 @@ describe('userport import users --decrypt-with (CLI binary)', () => {
       const ok = await runCli(['import', 'users', fixture('python-export.tar'), '--decrypt-with-gcp-kms', kms, '--database-url', db.url, '--silent']);
       expect(ok.code, ok.stderr).to.equal(0);
       expect(await counts(db)).to.deep.equal(expectedCounts());
-      // The key is checked before the database (by the CLI, then by importUsers) and used to
-      // decrypt: the KMS unwrapper remembers it, so KMS is asked once.
+      // The key is unwrapped before the database twice (the CLI's check, then importUsers, which
+      // decrypts with the key it unwrapped): the KMS unwrapper remembers it, so KMS is asked once.
       expect(server.requests.filter((r) => r.path.endsWith(':asymmetricDecrypt'))).to.have.length(1);
     } finally {
       process.env = saved;

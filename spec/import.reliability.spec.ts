@@ -23,7 +23,7 @@ import {
 } from './helpers/moments.js';
 import { migrate } from '../lib/db/knex.js';
 import { freshDatabase, withDbClient, type TestDb } from './helpers/db.js';
-import { email, tableSnapshot, TARGET_TABLES, user, useremail, useroption, generatedExport, writeExport, type Rec } from './helpers/exports.js';
+import { email, fileFingerprint, tableSnapshot, TARGET_TABLES, user, useremail, useroption, generatedExport, writeExport, type Rec } from './helpers/exports.js';
 import { tmpFolder, tmpPath } from './helpers/setup.js';
 
 const BIN = path.resolve('bin/userport.js');
@@ -178,6 +178,28 @@ describe('reliability', function () {
         const refused = await cli(['import', 'users', other, '--database-url', db.url, '--resumable', '--import-id', id!]);
         expect(refused.code).to.equal(1);
         expect(refused.stderr).to.include('[USERPORT_IMPORT_MISMATCH]');
+      } finally {
+        await db.close();
+      }
+    });
+
+    it('read the file they fingerprinted: another export renamed over the path while the database is reached is not what they import', async () => {
+      const db = await freshDatabase();
+      try {
+        const file = writeExport([user(1, 'fingerprinted')]);
+        const recorded = fileFingerprint(file);
+        const summary = await importUsers({
+          source: file, databaseUrl: db.url, resumable: true, importId: 'swapped',
+          // The import's row holds the fingerprint now; the records are not read yet.
+          onStart: () => {
+            const next = writeExport([user(1, 'renamed-over'), user(2, 'renamed-over-2')]);
+            fs.renameSync(next, file);
+          },
+        });
+        expect(summary.records).to.equal(1);
+        expect((await db.knex('auth_user').select('username')).map((r) => r.username)).to.deep.equal(['fingerprinted']);
+        const row = await db.knex('userport.imports').where({ id: 'swapped' }).first('source_size', 'source_fingerprint');
+        expect({ size: Number(row.source_size), hash: row.source_fingerprint }).to.deep.equal(recorded);
       } finally {
         await db.close();
       }

@@ -1,7 +1,7 @@
 /**
  * lib/source.ts, the import's input as a library caller gives it: a file, a pipe or a stream,
  * plain, gzip or an encrypted tarball. The checks that need no database (checkImportFiles) and the
- * sniffing of the first bytes (openSource) must say the same thing for a file and for a stream,
+ * sniffing of the first bytes (lib/sniff.ts, when the source is opened) must say the same thing for a file and for a stream,
  * and what they let through must be the export's bytes from the array on. The command line's view
  * of the same inputs is spec/pipelines/cli.migration-day.spec.ts, item 4.
  */
@@ -12,9 +12,9 @@ import { text } from 'node:stream/consumers';
 import zlib from 'node:zlib';
 import { createLocalKeyUnwrapper } from '../lib/decrypt.js';
 import { ErrorCodes, OptionError, ParseError, UserportError } from '../lib/errors.js';
-import { checkImportFiles, fingerprint, leadingText, openSource, prepareImportSource, type SourceOptions } from '../lib/source.js';
+import { checkImportFiles, prepareImportSource, type SourceOptions } from '../lib/source.js';
 import { fixture, readFixture } from './crypto/helpers.js';
-import { user, writeExport } from './helpers/exports.js';
+import { fileFingerprint, user, writeExport } from './helpers/exports.js';
 import { tmpFolder, tmpPath } from './helpers/setup.js';
 import { chunked } from './helpers/streams.js';
 
@@ -27,9 +27,9 @@ function file(name: string, data: string | Buffer): string {
   return p;
 }
 
-/** What openSource gives for `o`: the bytes it lets through, and what it said about them. */
+/** What the import's source gives for `o` once opened: the bytes it lets through, and what it said about them. */
 async function opened(o: SourceOptions): Promise<{ body: string; size: number | undefined; leading?: { lines: number; firstLine: string }; gzip?: boolean }> {
-  const s = await openSource(o);
+  const s = await (await prepareImportSource(o)).open();
   const body = await text(s.stream);
   return { body, size: s.size, ...(s.leadingText ? { leading: { lines: s.leadingText.lines, firstLine: s.leadingText.firstLine } } : {}), ...(s.gzip ? { gzip: true } : {}) };
 }
@@ -81,7 +81,7 @@ describe('lib/source: the import\'s input', () => {
     }
 
     it('a truncated gzip is an error that says so, not a JSON error', async () => {
-      const s = await openSource({ source: file('cut.json', gz.subarray(0, gz.length - 12)) });
+      const s = await (await prepareImportSource({ source: file('cut.json', gz.subarray(0, gz.length - 12)) })).open();
       const err = await rejection(text(s.stream));
       expect(err.code).to.equal(ErrorCodes.INPUT_TRUNCATED);
       expect(err.message).to.match(/gzip.*cannot be decompressed/);
@@ -111,19 +111,6 @@ describe('lib/source: the import\'s input', () => {
         expect(r.leading).to.deep.equal({ lines: 2, firstLine: 'Creating sentry_worker_1 ... done' });
       });
     }
-
-    it('a control character or a very long first line is printed safely and cut at 80 columns', () => {
-      const found = leadingText(Buffer.from(`\x1b[31m${'x'.repeat(200)}\n[\n]`), true);
-      expect(found!.firstLine).to.have.length(80);
-      expect(found!.firstLine).to.not.include('\x1b');
-      expect(found!.firstLine.endsWith('...')).to.equal(true);
-    });
-
-    it('an input that starts with the array, after a byte-order mark and blank lines, has none', () => {
-      expect(leadingText(Buffer.from(`\xef\xbb\xbf\n\n  [\n{"a": 1}]`, 'latin1'), false)).to.equal(undefined);
-      // A "[" inside the log text is not the array's start.
-      expect(leadingText(Buffer.from(`[INFO] starting\n[\n]`), true)).to.deep.include({ lines: 1, firstLine: '[INFO] starting' });
-    });
   });
 
   describe('UTF-16', () => {
@@ -242,6 +229,9 @@ describe('lib/source: the import\'s input', () => {
   });
 
   describe('prepareImportSource', () => {
+    /** The file descriptors this process holds (Linux: /proc/self/fd). */
+    const openFds = () => fs.readdirSync('/proc/self/fd').length;
+
     it('fingerprints a regular file by its size and first MiB, and nothing else', async () => {
       const big = Buffer.alloc(3 << 20, 0x20);
       big.write('[', 0);
@@ -251,12 +241,66 @@ describe('lib/source: the import\'s input', () => {
       const b = file('big-b.json', big);
       big.write('y', 100); // inside it: another
       const c = file('big-c.json', big);
-      const [fa, fb, fc] = [a, b, c].map((p) => prepareImportSource({ source: p }).fingerprint!);
-      expect(fa).to.deep.equal(fingerprint(a));
-      expect(fa.size).to.equal(3 << 20);
-      expect(fb.hash).to.equal(fa.hash);
-      expect(fc.hash).to.not.equal(fa.hash);
-      expect(prepareImportSource({ source: Readable.from([]) })).to.include({ kind: 'stream', name: '(stream)', fingerprint: undefined });
+      const prepared = await Promise.all([a, b, c].map((p) => prepareImportSource({ source: p })));
+      await Promise.all(prepared.map((p) => p.release()));
+      const [fa, fb, fc] = prepared.map((p) => p.fingerprint!);
+      expect(fa).to.deep.equal(fileFingerprint(a));
+      expect(fa!.size).to.equal(3 << 20);
+      expect(fb!.hash).to.equal(fa!.hash);
+      expect(fc!.hash).to.not.equal(fa!.hash);
+      expect(await prepareImportSource({ source: Readable.from([]) })).to.include({ kind: 'stream', name: '(stream)', fingerprint: undefined });
+    });
+
+    it('reads the file it fingerprinted, even when another file is renamed over its path before it is opened', async () => {
+      const first = JSON.stringify([user(1, 'first')]);
+      const src = file('replaced.json', first);
+      const prepared = await prepareImportSource({ source: src });
+      fs.writeFileSync(`${src}.new`, JSON.stringify([user(2, 'second-export')]));
+      fs.renameSync(`${src}.new`, src);
+      const s = await prepared.open();
+      expect(await text(s.stream)).to.equal(first);
+      expect(s.size).to.equal(Buffer.byteLength(first));
+    });
+
+    it('an encrypted file\'s key is checked when it is prepared, and the token read from the same handle when opened', async () => {
+      const copy = file('prepared.tar', readFixture('python-export.tar'));
+      const other = createLocalKeyUnwrapper({ privateKeyPem: readFixture('other-key.pem') });
+      const before = openFds();
+      const err = await rejection(prepareImportSource({ source: copy, decrypt: other }));
+      expect(err.code).to.equal('USERPORT_DECRYPT_KEY_MISMATCH');
+      expect(openFds(), 'the file is closed after the refusal').to.equal(before);
+
+      const decrypt = createLocalKeyUnwrapper({ privateKeyPem: readFixture('fixture-key.pem') });
+      const prepared = await prepareImportSource({ source: copy, decrypt });
+      fs.unlinkSync(copy); // the handle keeps the bytes
+      const s = await prepared.open();
+      expect(JSON.parse(await text(s.stream))).to.deep.equal(JSON.parse(readFixture('fixture-export.json').toString()));
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(openFds(), 'the file is closed once its plaintext is read').to.equal(before);
+    });
+
+    it('a file refused when it is prepared is closed: plain JSON with a key, a tarball without one, UTF-16, another key', async () => {
+      const decrypt = createLocalKeyUnwrapper({ privateKeyPem: readFixture('fixture-key.pem') });
+      const other = createLocalKeyUnwrapper({ privateKeyPem: readFixture('other-key.pem') });
+      const before = openFds();
+      const refused = [
+        { source: file('plain-keyed.json', JSON_TEXT), decrypt },
+        { source: fixture('python-export.tar') },
+        { source: file('u16-prepared.json', Buffer.from(JSON_TEXT, 'utf16le')) },
+        { source: fixture('python-export.tar'), decrypt: other },
+      ];
+      for (const o of refused) await rejection(prepareImportSource(o));
+      expect(openFds()).to.equal(before);
+    });
+
+    it('release() closes a prepared file that is never opened, and open() after it is refused', async () => {
+      const before = openFds();
+      const prepared = await prepareImportSource({ source: file('released.json', JSON_TEXT) });
+      expect(openFds()).to.equal(before + 1);
+      await prepared.release();
+      await prepared.release();
+      expect(openFds()).to.equal(before);
+      await prepared.open().then(() => { throw new Error('it opened'); }, (e: Error) => expect(e.message).to.match(/opened or released already/));
     });
   });
 });

@@ -1,10 +1,20 @@
 /** Building small exports for tests, and reading back what an import wrote. */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Knex } from 'knex';
 import { createExportGenerator } from '../../tools/generate.js';
 import { runDir, tmpPath } from './setup.js';
+
+/**
+ * What the README's Guarantees say ties an import to its file, computed here on its own: the
+ * file's size and the SHA-256 of its first MiB.
+ */
+export function fileFingerprint(file: string): { size: number; hash: string } {
+  const bytes = fs.readFileSync(file);
+  return { size: bytes.length, hash: createHash('sha256').update(bytes.subarray(0, 1 << 20)).digest('hex') };
+}
 
 export interface Rec { model: string; pk: number; fields: Record<string, unknown> }
 

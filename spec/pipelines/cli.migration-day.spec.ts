@@ -15,13 +15,12 @@ import zlib from 'node:zlib';
 import pg from 'pg';
 import { importUsers } from '../../lib/import.js';
 import { ErrorCodes, OptionError } from '../../lib/errors.js';
-import { fingerprint } from '../../lib/source.js';
 import { MERGE_PER_READ, PhaseClock, formatImports, progressLine } from '../../pipelines/cli.js';
 import { formatExportSummary } from '../../pipelines/export-command.js';
 import { helpText, wrapList, wrapText } from '../../pipelines/cli-support.js';
 import { failure, freshDatabase, type TestDb } from '../helpers/db.js';
 import { sharedFixtures } from '../helpers/shared.js';
-import { user, useremail, writeExport } from '../helpers/exports.js';
+import { fileFingerprint, user, useremail, writeExport } from '../helpers/exports.js';
 
 const ROOT = path.resolve('.');
 const BIN = path.join(ROOT, 'bin/userport.js');
@@ -64,7 +63,7 @@ describe('the command line on a real migration day (#21)', function () {
   describe('item 3: an interrupted import with one option changed', () => {
     /** A resumable import of `file` left interrupted (its row says running; nobody holds it), with staged rows. */
     async function interrupted(id: string, file: string, options: Record<string, unknown>): Promise<number> {
-      const fp = fingerprint(file);
+      const fp = fileFingerprint(file);
       const r = await db.knex.raw(`INSERT INTO userport.imports (id, mode, state, source, source_size, source_fingerprint, options, checkpoint_ordinal)
         VALUES (?, 'resumable', 'running', ?, ?, ?, ?, 1) RETURNING run`, [id, file, fp.size, fp.hash, JSON.stringify(options)]);
       const run = Number(r.rows[0].run);

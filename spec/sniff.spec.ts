@@ -1,0 +1,70 @@
+/**
+ * lib/sniff.ts on its own: what an input's first bytes say. Through the import's source (a file,
+ * a pipe, a stream, a decrypted tarball) the same sniffing is spec/source.spec.ts.
+ */
+import { expect } from 'chai';
+import { Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
+import { ErrorCodes, OptionError, ParseError } from '../lib/errors.js';
+import { checkHead, encryptedStart, leadingText } from '../lib/sniff.js';
+import { readFixture } from './crypto/helpers.js';
+
+describe('lib/sniff: what an input\'s first bytes say', () => {
+  describe('leadingText', () => {
+    it('a control character or a very long first line is printed safely and cut at 80 columns', () => {
+      const found = leadingText(Buffer.from(`\x1b[31m${'x'.repeat(200)}\n[\n]`), true);
+      expect(found!.firstLine).to.have.length(80);
+      expect(found!.firstLine).to.not.include('\x1b');
+      expect(found!.firstLine.endsWith('...')).to.equal(true);
+    });
+
+    it('an input that starts with the array, after a byte-order mark and blank lines, has none', () => {
+      expect(leadingText(Buffer.from(`\xef\xbb\xbf\n\n  [\n{"a": 1}]`, 'latin1'), false)).to.equal(undefined);
+      // A "[" inside the log text is not the array's start.
+      expect(leadingText(Buffer.from(`[INFO] starting\n[\n]`), true)).to.deep.include({ lines: 1, firstLine: '[INFO] starting' });
+    });
+  });
+
+  describe('checkHead, a regular file\'s first bytes before the database', () => {
+    const where = ['source x.json'];
+    const fail = (head: Buffer, o: { decrypt?: boolean; skipLeadingText?: boolean }) => {
+      try {
+        checkHead(head, o, where);
+      } catch (err) {
+        return err as ParseError | OptionError;
+      }
+      throw new Error('it was accepted');
+    };
+
+    it('refuses what the import would, naming the file (text before the array says its line instead)', () => {
+      const log = fail(Buffer.from('starting\n[\n]'), {});
+      expect(log.code).to.equal(ErrorCodes.INPUT_NOT_ARRAY);
+      expect(log.message).to.match(/^the input has 1 line of text before the JSON array \(line 1: "starting"\)/);
+      const u16 = fail(Buffer.from('[]', 'utf16le'), {});
+      expect(u16.code).to.equal(ErrorCodes.INPUT_UTF8);
+      expect(u16.message).to.match(/^source x\.json is UTF-16LE/);
+      const tar = fail(readFixture('python-export.tar'), {});
+      expect((tar as OptionError).option).to.equal('decrypt');
+      expect(tar.message).to.match(/^source x\.json looks encrypted/);
+      const plain = fail(Buffer.from('[\n]'), { decrypt: true });
+      expect(plain.message).to.match(/^source x\.json is plain JSON, not an encrypted export/);
+    });
+
+    it('leaves to later what is read after decrypting or gunzipping, and passes an export', () => {
+      expect(() => checkHead(readFixture('python-export.tar'), { decrypt: true }, where)).to.not.throw();
+      expect(() => checkHead(Buffer.from([0x1f, 0x8b, 8, 0]), {}, where)).to.not.throw();
+      expect(() => checkHead(Buffer.from('starting\n[\n]'), { skipLeadingText: true }, where)).to.not.throw();
+      expect(() => checkHead(Buffer.from('[\n]'), {}, where)).to.not.throw();
+    });
+  });
+
+  describe('encryptedStart', () => {
+    it('gives a tarball from its first byte, and refuses plain JSON naming decrypt', async () => {
+      const tar = readFixture('python-export.tar');
+      expect((await buffer(await encryptedStart(Readable.from([tar.subarray(0, 100), tar.subarray(100)])))).equals(tar)).to.equal(true);
+      const err = await encryptedStart(Readable.from([Buffer.from('[{"model": "sentry.user"}]')])).then(() => undefined, (e: OptionError) => e);
+      expect(err).to.be.instanceOf(OptionError);
+      expect(err!.option).to.equal('decrypt');
+    });
+  });
+});
