@@ -67,7 +67,7 @@ export function encryptionMismatch(head: Buffer, encrypted: boolean, where: Word
 /** The UTF-16 error for `head`, if it is UTF-16. */
 export function utf16Error(head: Buffer, where: Wording = ['the input']): ParseError | undefined {
   const name = utf16Name(head);
-  return name ? new ParseError(ErrorCodes.INPUT_UTF8, wording`${where} is ${name}, not UTF-8 as Sentry writes exports: convert it first (iconv -f UTF-16 -t UTF-8)`) : undefined;
+  return name ? new ParseError(ErrorCodes.INPUT_UTF8, wording`${where} is ${name}, not UTF-8 as Sentry writes exports: convert it first (iconv -f ${name} -t UTF-8)`) : undefined;
 }
 
 /** A line that opens the export's array: `[` alone, or followed by `{` or `]`. */

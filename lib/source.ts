@@ -197,8 +197,8 @@ export interface ImportSource {
  * and with a key its members are found and the key unwrapped now ({@link unlockExport}: a key
  * that does not open it is said before the database is touched). So the import reads the bytes
  * it fingerprinted, even when another file is renamed over the path meanwhile (a new export
- * moved into place while the database is reached; bytes written into the same file are not
- * caught). `spools` makes the decryption's spool file, for a stream.
+ * moved into place while the database is reached); a file written into meanwhile is refused when
+ * it is opened (its size, modification time or first MiB changed). `spools` makes the decryption's spool file, for a stream.
  */
 export async function prepareImportSource(o: SourceCheckOptions & SourceOptions, spools = spoolsIn(o.tmpDir ?? os.tmpdir())): Promise<ImportSource> {
   checkOutputs(o);
@@ -243,6 +243,14 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
   const open = async (): Promise<OpenedSource> => {
     if (handed) throw new Error(`the source ${held.name} was opened or released already`);
     handed = true;
+    // Written into while the import waited for its database (an export rewritten in place): its
+    // fingerprint and checks were of other bytes.
+    const change = await held.changed().catch((err: Error) => `it cannot be read: ${err.message}`);
+    if (change) {
+      await (unlocked ? unlocked.release() : held.file.close()).catch(() => undefined);
+      throw new UserportError(ErrorCodes.IO,
+        wording`${opt('source')} ${held.name} changed after it was checked and fingerprinted (${change}): nothing of it was imported; run the import again`);
+    }
     if (unlocked) return decrypted(unlocked);
     return sniff.file(held.file, held.size, held.head).catch(async (err: unknown) => {
       await held.file.close().catch(() => undefined);
@@ -252,8 +260,12 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
   return { kind, name: held.name, fingerprint: held.fingerprint, open, release };
 }
 
-/** A regular file opened for an import: its size, fingerprint (size and SHA-256 of the first MiB) and first bytes. */
-async function holdFile(path: string): Promise<HeldExportFile & { fingerprint: { size: number; hash: string }; head: Buffer }> {
+/**
+ * A regular file opened for an import: its size, fingerprint (size and SHA-256 of the first MiB)
+ * and first bytes, and `changed()`: what changed in it since (its size, the time of its last
+ * write, its first MiB), or undefined.
+ */
+async function holdFile(path: string): Promise<HeldExportFile & { fingerprint: { size: number; hash: string }; head: Buffer; changed(): Promise<string | undefined> }> {
   let file: fsp.FileHandle;
   try {
     file = await fsp.open(path, 'r');
@@ -261,16 +273,25 @@ async function holdFile(path: string): Promise<HeldExportFile & { fingerprint: {
     throw new UserportError(ErrorCodes.IO, wording`cannot read ${opt('source')} ${path}: ${(err as Error).message}`, { cause: err });
   }
   try {
-    const { size } = await file.stat();
-    const first = Buffer.alloc(Math.min(size, 1 << 20));
-    for (let got = 0, n = 1; got < first.length && n > 0; got += n) ({ bytesRead: n } = await file.read(first, got, first.length - got, got));
-    return {
-      file, size, name: path,
-      fingerprint: { size, hash: createHash('sha256').update(first).digest('hex') },
-      head: Buffer.from(first.subarray(0, SNIFF_BYTES)),
+    const { size, mtimeMs } = await file.stat();
+    const first = await firstMiB(file, size);
+    const hash = createHash('sha256').update(first).digest('hex');
+    const changed = async () => {
+      const now = await file.stat();
+      if (now.size !== size) return `its size went from ${size} to ${now.size} bytes`;
+      if (now.mtimeMs !== mtimeMs) return 'it was written to';
+      return createHash('sha256').update(await firstMiB(file, size)).digest('hex') === hash ? undefined : 'its first MiB differs';
     };
+    return { file, size, name: path, fingerprint: { size, hash }, head: Buffer.from(first.subarray(0, SNIFF_BYTES)), changed };
   } catch (err) {
     await file.close().catch(() => undefined);
     throw new UserportError(ErrorCodes.IO, wording`cannot read ${opt('source')} ${path}: ${(err as Error).message}`, { cause: err });
   }
+}
+
+/** The first MiB of `file` (`size` bytes long), or all of it. */
+async function firstMiB(file: fsp.FileHandle, size: number): Promise<Buffer> {
+  const first = Buffer.alloc(Math.min(size, 1 << 20));
+  for (let got = 0, n = 1; got < first.length && n > 0; got += n) ({ bytesRead: n } = await file.read(first, got, first.length - got, got));
+  return first;
 }

@@ -226,7 +226,8 @@ export class RecordSplitter {
           if (i === n) break;
           // A UTF-16 byte-order mark (never valid UTF-8): say UTF-16, not "not an array".
           if (this.base + i === 0 && i + 1 < n && ((buf[i] === 0xff && buf[i + 1] === 0xfe) || (buf[i] === 0xfe && buf[i + 1] === 0xff))) {
-            throw this.error(ErrorCodes.INPUT_UTF8, 'the input is UTF-16, not UTF-8 as Sentry writes exports: convert it first (iconv -f UTF-16 -t UTF-8)', this.base + i);
+            const name = buf[i] === 0xff ? 'UTF-16LE' : 'UTF-16BE';
+            throw this.error(ErrorCodes.INPUT_UTF8, `the input is ${name}, not UTF-8 as Sentry writes exports: convert it first (iconv -f ${name} -t UTF-8)`, this.base + i);
           }
           if (buf[i] !== 0x5b /* [ */) {
             throw this.error(ErrorCodes.INPUT_NOT_ARRAY, 'the export must be a JSON array of records', this.base + i);

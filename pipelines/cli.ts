@@ -17,7 +17,7 @@ import { dropImport, listImports, type ImportListing } from '../lib/db/imports.j
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
 import { checkOptionFile, cliWording, didYouMean, formatBytes, helpText, parseCommand, reportError, usernameFilter, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
-import { installSpoolCleanup, setInterruptNote } from './signals.js';
+import { installSpoolCleanup, interrupted, setInterruptNote, setInterruptWork } from './signals.js';
 import { runExportCommand } from './export-command.js';
 import { runTargetCommand } from './target-command.js';
 import { traceFromEnv } from './trace.js';
@@ -535,45 +535,64 @@ async function importCommand(args: string[]): Promise<number> {
     lastPhase = p.phase;
   };
   let summary: ImportSummary;
-  // What a SIGINT/SIGTERM/SIGHUP leaves, said in the line the signal handler prints: the process
-  // dies, its session closes, and PostgreSQL rolls back the open transaction.
+  // What a SIGINT/SIGTERM/SIGHUP leaves, said in the line the signal handler prints: an atomic
+  // import (or a dry run) is stopped first and rolls back, taking away the schema it made in a
+  // database that had none; then the process dies, its session closes, and PostgreSQL rolls back
+  // whatever transaction is still open (a resumable import's current batch).
   let startedId: string | undefined;
+  let committedAnyway = false;
   setInterruptNote(() => {
+    if (committedAnyway) return 'the import had already committed: its users are in the database';
     if (plan.options.dryRun) return 'the dry run was rolled back, nothing was written';
     if (!plan.resumable) return 'the import was rolled back, nothing of it was written';
     return startedId === undefined ? 'nothing was committed; run the same command again to import the file'
       : `import ${startedId} keeps what its last checkpoint committed; run the same command again to continue it`;
   });
-  try {
-    summary = await importUsers({
-      ...plan.options,
-      databaseUrl: db.url,
-      onStart: ({ importId, resumed, fromOrdinal, found, others }) => {
-        startedId = importId;
-        if (plan.silent) return;
-        for (const o of others ?? []) {
-          process.stderr.write(`${wrapText(`Note: import ${o.importId} of this file is ${o.state}, and this is a new import` +
-            `${o.differences.length ? ` (${o.differences.map(cliWording).join('; ')})` : ''}. To continue it, run it with its options; to remove it and ` +
-            `its staged rows: userport imports drop ${o.importId}`, TEXT_WIDTH, '  ')}\n`);
-        }
-        if (!plan.resumable) return;
-        const say = (line: string) => process.stderr.write(`${wrapText(line, TEXT_WIDTH, '  ')}\n`);
-        if (found) {
-          say(resumed
-            ? `Found unfinished import ${importId} of this file with these options: continuing it after record ${n(fromOrdinal)}`
-            : `Found import ${importId} of this file with these options: continuing it`);
-        } else {
-          say(resumed ? `Resuming import ${importId} after record ${n(fromOrdinal)}`
-            : `Import id: ${importId} (if interrupted, run the same command again to continue it)`);
-        }
-      },
-      onProgress,
-      ...traceFromEnv(),
+  const stopper = new AbortController();
+  const running = importUsers({
+    ...plan.options,
+    databaseUrl: db.url,
+    ...(plan.resumable ? {} : { signal: stopper.signal }),
+    onStart: ({ importId, resumed, fromOrdinal, found, others }) => {
+      startedId = importId;
+      if (plan.silent) return;
+      for (const o of others ?? []) {
+        process.stderr.write(`${wrapText(`Note: import ${o.importId} of this file is ${o.state}, and this is a new import` +
+          `${o.differences.length ? ` (${o.differences.map(cliWording).join('; ')})` : ''}. To continue it, run it with its options; to remove it and ` +
+          `its staged rows: userport imports drop ${o.importId}`, TEXT_WIDTH, '  ')}\n`);
+      }
+      if (!plan.resumable) return;
+      const say = (line: string) => process.stderr.write(`${wrapText(line, TEXT_WIDTH, '  ')}\n`);
+      if (found) {
+        say(resumed
+          ? `Found unfinished import ${importId} of this file with these options: continuing it after record ${n(fromOrdinal)}`
+          : `Found import ${importId} of this file with these options: continuing it`);
+      } else {
+        say(resumed ? `Resuming import ${importId} after record ${n(fromOrdinal)}`
+          : `Import id: ${importId} (if interrupted, run the same command again to continue it)`);
+      }
+    },
+    onProgress,
+    ...traceFromEnv(),
+  });
+  if (!plan.resumable) {
+    setInterruptWork(async () => {
+      stopper.abort();
+      await running.then(() => { committedAnyway = true; }, () => undefined);
     });
+  }
+  try {
+    summary = await running;
   } catch (err) {
+    // Stopped by a signal: its handler says what was left, and ends the process.
+    if (interrupted()) return new Promise<number>(() => undefined);
     throw hintFor(err, plan);
   } finally {
-    setInterruptNote(undefined);
+    // Once a signal is stopping the import, its handler still needs the note.
+    if (!interrupted()) {
+      setInterruptWork(undefined);
+      setInterruptNote(undefined);
+    }
     if (plan.progress && tty) process.stderr.write('\r\x1b[K');
   }
   if (plan.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');

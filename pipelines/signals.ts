@@ -1,10 +1,12 @@
 /**
  * Process-wide handlers of the command-line program. The library installs none (it is embedded in
  * other people's processes); the CLI owns its process. On SIGINT, SIGTERM or SIGHUP, or when the
- * process that started it goes away, it removes what it was writing to disk (decryption and stage
- * spools, the temporary file of an output), says in one line what the interruption left, then
- * dies of the signal as it would have (exit 130, 143, 129): the database session closes with the
- * process, so the server rolls back whatever transaction was open.
+ * process that started it goes away, it lets the running command wind down (an atomic import
+ * stops and rolls back, taking away a schema it made: `setInterruptWork`, at most 5 s), removes
+ * what it was writing to disk (decryption and stage spools, the temporary file of an output), says
+ * in one line what the interruption left, then dies of the signal as it would have (exit 130,
+ * 143, 129): the database session closes with the process, so the server rolls back whatever
+ * transaction was still open.
  */
 import fs from 'node:fs';
 import { removeLiveTempFilesSync } from '../lib/atomic-file.js';
@@ -22,6 +24,7 @@ let installed = false;
 let parentTimer: NodeJS.Timeout | undefined;
 let stopping = false;
 let note: ((signal: HandledSignal) => string) | undefined;
+let windDown: (() => Promise<void>) | undefined;
 
 /**
  * The signals that were ignored when the launcher started (`nohup` ignores SIGHUP; a script's
@@ -48,20 +51,50 @@ function ignore(): void {
   // A signal that was ignored when userport started stays ignored.
 }
 
+/**
+ * Work the running command finishes before the process dies of a signal, for at most
+ * {@link WIND_DOWN_MS}: an atomic import is stopped through its AbortSignal, so it rolls back and
+ * takes away the schema its migration made in a database that had none (a process that just died
+ * would leave those tables, empty). A second signal meanwhile ends the process at once.
+ * `undefined` clears it.
+ */
+export function setInterruptWork(work: (() => Promise<void>) | undefined): void {
+  windDown = work;
+}
+
+/** Whether a signal (or the parent going away) is stopping the process. */
+export function interrupted(): boolean {
+  return stopping;
+}
+
+/** How long a signal waits for the running command's wind-down before the process dies. */
+export const WIND_DOWN_MS = 5000;
+
 function stop(signal: HandledSignal, cause: string): void {
   if (stopping) return;
   stopping = true;
-  removeLiveSpoolsSync();
-  removeLiveTempFilesSync();
   if (parentTimer) clearInterval(parentTimer);
+  // From here a second signal has its default action: it ends the process at once.
   for (const sig of SIGNALS) { process.off(sig, onSignal); process.off(sig, ignore); }
-  const what = note?.(signal);
-  // Synchronous: the process dies right after. On a terminal, first erase the progress line.
-  try {
-    fs.writeSync(2, `${process.stderr.isTTY ? '\r\x1b[K' : ''}userport: ${cause}${what ? `: ${what}` : ''}\n`);
-  } catch { /* stderr is gone: nothing to tell */ }
-  // Nobody else listens: re-raise, so the exit status says which signal ended the process.
-  if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+  let done = false;
+  const die = () => {
+    if (done) return;
+    done = true;
+    clearTimeout(deadline);
+    removeLiveSpoolsSync();
+    removeLiveTempFilesSync();
+    const what = note?.(signal);
+    // Synchronous: the process dies right after. On a terminal, first erase the progress line.
+    try {
+      fs.writeSync(2, `${process.stderr.isTTY ? '\r\x1b[K' : ''}userport: ${cause}${what ? `: ${what}` : ''}\n`);
+    } catch { /* stderr is gone: nothing to tell */ }
+    // Nobody else listens: re-raise, so the exit status says which signal ended the process.
+    if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+  };
+  const work = windDown;
+  const deadline = work ? setTimeout(die, WIND_DOWN_MS) : undefined;
+  if (work) work().then(die, die);
+  else die();
 }
 
 function onSignal(signal: NodeJS.Signals): void {

@@ -183,6 +183,25 @@ describe('reliability', function () {
       }
     });
 
+    it('refuse a file written into while the database is reached: USERPORT_IO, nothing written, and the file is not recorded as imported', async () => {
+      const db = await freshDatabase();
+      try {
+        const file = writeExport([user(1, 'checked-bytes')]);
+        const err = await importUsers({
+          source: file, databaseUrl: db.url,
+          onStart: () => { fs.writeFileSync(file, JSON.stringify([user(1, 'rewritten-in-place'), user(2, 'rewritten-in-place-2')])); },
+        }).then(() => undefined, (e: { code?: string; message: string }) => e);
+        expect(err?.code).to.equal('USERPORT_IO');
+        expect(err?.message).to.include('changed after it was checked and fingerprinted');
+        expect(await db.count('auth_user')).to.equal(0);
+        // Run again, it imports what the file holds now.
+        const again = await importUsers({ source: file, databaseUrl: db.url });
+        expect(again.models['sentry.user']!.inserted).to.equal(2);
+      } finally {
+        await db.close();
+      }
+    });
+
     it('read the file they fingerprinted: another export renamed over the path while the database is reached is not what they import', async () => {
       const db = await freshDatabase();
       try {

@@ -123,7 +123,9 @@ describe('lib/source: the import\'s input', () => {
         it(`${name}, as ${form.name}: says which encoding and how to convert it`, async () => {
           const err = await rejection(opened({ source: form.source() }));
           expect(err.code).to.equal(ErrorCodes.INPUT_UTF8);
-          expect(err.message).to.include(name.split(' ')[0]!).and.include('iconv -f UTF-16 -t UTF-8');
+          const encoding = name.split(' ')[0]!;
+          // The encoding by name: iconv's plain UTF-16 reads a file without a byte-order mark in one byte order only.
+          expect(err.message).to.include(`is ${encoding}, not UTF-8`).and.include(`iconv -f ${encoding} -t UTF-8`);
         });
       }
     }
@@ -260,6 +262,23 @@ describe('lib/source: the import\'s input', () => {
       const s = await prepared.open();
       expect(await text(s.stream)).to.equal(first);
       expect(s.size).to.equal(Buffer.byteLength(first));
+    });
+
+    it('refuses to open a file written into after it was prepared (same size or not), and closes it', async () => {
+      const before = openFds();
+      const text = JSON.stringify([user(1, 'before-aaaa')]);
+      for (const [what, next] of [['the same size', text.replace('before-aaaa', 'after--bbbb')], ['another size', JSON.stringify([user(2, 'x')])]]) {
+        const src = file(`rewritten-${what.replace(/ /g, '-')}.json`, text);
+        const prepared = await prepareImportSource({ source: src });
+        // Rewritten in place, as an export command that truncates and writes its file does.
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        fs.writeFileSync(src, next!);
+        const err = await rejection(prepared.open());
+        expect(err.code, what).to.equal(ErrorCodes.IO);
+        expect(err.message).to.match(/changed after it was checked and fingerprinted \((its size went from \d+ to \d+ bytes|it was written to)\): nothing of it was imported; run the import again$/);
+        expect(err.message.startsWith(`source ${src} changed`)).to.equal(true);
+      }
+      expect(openFds(), 'every file closed').to.equal(before);
     });
 
     it('an encrypted file\'s key is checked when it is prepared, and the token read from the same handle when opened', async () => {

@@ -109,6 +109,14 @@ describe('createTokenizer', () => {
       }
     });
 
+    it('names a UTF-16 byte-order mark\'s byte order, and the iconv that converts it', async () => {
+      for (const [bom, name] of [[[0xff, 0xfe], 'UTF-16LE'], [[0xfe, 0xff], 'UTF-16BE']] as const) {
+        const err = await collectError(chunked(Buffer.concat([Buffer.from(bom), Buffer.from('[]', name === 'UTF-16LE' ? 'utf16le' : 'latin1')]), 100), createTokenizer());
+        expect(err.code).to.equal('USERPORT_INPUT_UTF8');
+        expect(err.message).to.include(`the input is ${name}, not UTF-8`).and.include(`iconv -f ${name} -t UTF-8`);
+      }
+    });
+
     it('tells a real U+FFFD from invalid UTF-8 (decoding turns invalid bytes into U+FFFD)', async () => {
       const fffd = Buffer.from([0xef, 0xbf, 0xbd]);
       const valid = Buffer.concat([Buffer.from('[{"model":"a'), fffd, Buffer.from('b","pk":1,"fields":{}}]')]);

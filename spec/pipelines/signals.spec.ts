@@ -98,6 +98,30 @@ describe('reliability, round three (issue #20)', function () {
       });
     }
 
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+      it(`${signal} to an atomic import into a bare database leaves it bare: the schema and Sentry's tables its migration made are taken away`, async () => {
+        const db = await freshDatabase(false);
+        const tables = async () => (await db.knex.raw(`SELECT n.nspname || '.' || c.relname AS t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1`)).rows.map((r: { t: string }) => r.t);
+        try {
+          expect(await tables()).to.deep.equal([]);
+          const { head } = splitExport(50);
+          const p = start(BIN, ['import', 'users', '-', '--database-url', db.url], PROGRESS);
+          p.child.stdin!.write(head);
+          await until(reading(p), 'the import to be reading');
+          expect(await tables(), 'migrated while it reads').to.include('public.auth_user');
+          p.child.kill(signal);
+          const end = await p.ended;
+          expect(end.signal, p.err()).to.equal(signal);
+          expect(p.err()).to.match(new RegExp(`^userport: interrupted by ${signal} \\(exit \\d+\\): the import was rolled back, nothing of it was written$`, 'm'));
+          expect(p.err(), 'one line, no error of the stopped import').to.not.include('USERPORT_ABORTED');
+          expect(await tables()).to.deep.equal([]);
+        } finally {
+          await db.close();
+        }
+      });
+    }
+
     it('SIGTERM to a resumable import names the import and says the same command continues it', async () => {
       const db = await freshDatabase();
       const dir = tmpDir();
