@@ -198,7 +198,8 @@ export interface ImportSource {
  * that does not open it is said before the database is touched). So the import reads the bytes
  * it fingerprinted, even when another file is renamed over the path meanwhile (a new export
  * moved into place while the database is reached); a file written into meanwhile is refused when
- * it is opened (its size, modification time or first MiB changed). `spools` makes the decryption's spool file, for a stream.
+ * it is opened (its size, modification time or first MiB changed). `spools` makes the
+ * decryption's spool file, for a stream.
  */
 export async function prepareImportSource(o: SourceCheckOptions & SourceOptions, spools = spoolsIn(o.tmpDir ?? os.tmpdir())): Promise<ImportSource> {
   checkOutputs(o);
