@@ -143,7 +143,11 @@ export interface UnlockedExport {
  * touched and reads its token after, from the same handle.
  */
 export async function unlockExport(input: EncryptedInput | HeldExportFile, unwrapper: KeyUnwrapper, chunkSize: number, spools: SpoolMaker): Promise<UnlockedExport> {
-  const opened = await openInput(input, chunkSize, spools);
+  return unlockOpened(await openInput(input, chunkSize, spools), unwrapper);
+}
+
+/** {@link unlockExport} of an input already opened. */
+async function unlockOpened(opened: OpenedInput, unwrapper: KeyUnwrapper): Promise<UnlockedExport> {
   try {
     const found = 'stream' in opened ? await readExportStream(opened.stream, opened.file) : await readExportFile(opened.file, opened.size);
     // The token is read twice, where it lies in the file or from the start of the spool: to
@@ -169,22 +173,12 @@ export async function unlockExport(input: EncryptedInput | HeldExportFile, unwra
  * ({@link unlockExport}), and closes it. The CLI runs it before anything else.
  */
 export async function checkKeyOpens(path: string, unwrapper: KeyUnwrapper): Promise<void> {
-  let file: FileHandle;
-  try {
-    file = await fs.open(path, 'r');
-  } catch (err) {
-    throw ioError(`cannot open ${path}`, err);
+  const opened = await openInput({ path }, 64 * 1024, spoolsIn(os.tmpdir()));
+  if (!('size' in opened)) {
+    await opened.release().catch(() => undefined);
+    throw new OptionError(`checkKeyOpens: ${path} is not a regular file`);
   }
-  let size: number;
-  try {
-    const stat = await file.stat();
-    if (!stat.isFile()) throw new OptionError(`checkKeyOpens: ${path} is not a regular file`);
-    size = stat.size;
-  } catch (err) {
-    await file.close().catch(() => undefined);
-    throw err;
-  }
-  await (await unlockExport({ file, size, name: path }, unwrapper, 64 * 1024, spoolsIn(os.tmpdir()))).release();
+  await (await unlockOpened(opened, unwrapper)).release();
 }
 
 /**

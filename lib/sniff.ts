@@ -195,15 +195,14 @@ export function checkHead(head: Buffer, o: SniffOptions, where: Wording): void {
 }
 
 /**
- * A plain regular file, open as `file` (`size` bytes, `head` its first bytes), as the import
- * reads it: through gunzip when gzip; else its own file stream in `chunk`-byte reads, from where
- * the array starts. The stream closes `file`; when this throws, the caller closes `file` (a gzip
- * stream that failed has closed it already: a second close does nothing).
+ * A plain regular file, open as `file` (`size` bytes, `head` its first bytes, which passed
+ * {@link checkHead} with the same options), as the import reads it: through gunzip when gzip;
+ * else its own file stream in `chunk`-byte reads, from where the array starts. The stream closes
+ * `file`; when this throws, the caller closes `file` (a gzip stream that failed has closed it
+ * already: a second close does nothing).
  */
 export async function openPlainFile(file: FileHandle, size: number, head: Buffer, o: SniffOptions, chunk: number): Promise<OpenedSource> {
   if (isGzip(head)) return sniffed(gunzip(file.createReadStream({ highWaterMark: chunk })), undefined, o, true);
-  const problem = utf16Error(head) ?? encryptionMismatch(head, false);
-  if (problem) throw problem;
   const text = leadingText(head, !!o.skipLeadingText);
   const start = text?.bytes ?? 0;
   return { stream: file.createReadStream({ highWaterMark: chunk, start }), size: size - start, ...(text ? { leadingText: text } : {}) };

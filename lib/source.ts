@@ -228,15 +228,16 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
   // Until open() hands the file to a stream (which closes it), closing it is release()'s.
   let handed = false;
   let unlocked: UnlockedExport | undefined;
+  const close = () => (unlocked ? unlocked.release() : held.file.close()).catch(() => undefined);
   const release = async () => {
     if (handed) return;
     handed = true;
-    await (unlocked ? unlocked.release() : held.file.close()).catch(() => undefined);
+    await close();
   };
   try {
     sniff.check(held.head, wording`${opt('source')} ${held.name}`);
   } catch (err) {
-    await held.file.close().catch(() => undefined);
+    await release();
     throw err;
   }
   // unlock() closes the file when it fails.
@@ -248,13 +249,13 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
     // fingerprint and checks were of other bytes.
     const change = await held.changed().catch((err: Error) => `it cannot be read: ${err.message}`);
     if (change) {
-      await (unlocked ? unlocked.release() : held.file.close()).catch(() => undefined);
+      await close();
       throw new UserportError(ErrorCodes.IO,
         wording`${opt('source')} ${held.name} changed after it was checked and fingerprinted (${change}): nothing of it was imported; run the import again`);
     }
     if (unlocked) return decrypted(unlocked);
     return sniff.file(held.file, held.size, held.head).catch(async (err: unknown) => {
-      await held.file.close().catch(() => undefined);
+      await close();
       throw err;
     });
   };

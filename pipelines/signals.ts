@@ -68,7 +68,7 @@ export function interrupted(): boolean {
 }
 
 /** How long a signal waits for the running command's wind-down before the process dies. */
-export const WIND_DOWN_MS = 5000;
+const WIND_DOWN_MS = 5000;
 
 function stop(signal: HandledSignal, cause: string): void {
   if (stopping) return;

@@ -22,7 +22,7 @@ import {
   committedImport, connect, holdLock, installImportGate, MERGE_LOCK_KEY, poll, preconditionNotMet, reached, standInServer, waitingForLock, type Session,
 } from './helpers/moments.js';
 import { migrate } from '../lib/db/knex.js';
-import { freshDatabase, withDbClient, type TestDb } from './helpers/db.js';
+import { failure, freshDatabase, withDb, withDbClient, type TestDb } from './helpers/db.js';
 import { email, fileFingerprint, tableSnapshot, TARGET_TABLES, user, useremail, useroption, generatedExport, writeExport, type Rec } from './helpers/exports.js';
 import { tmpFolder, tmpPath } from './helpers/setup.js';
 
@@ -184,27 +184,23 @@ describe('reliability', function () {
     });
 
     it('refuse a file written into while the database is reached: USERPORT_IO, nothing written, and the file is not recorded as imported', async () => {
-      const db = await freshDatabase();
-      try {
+      await withDb(async (db) => {
         const file = writeExport([user(1, 'checked-bytes')]);
-        const err = await importUsers({
+        const err = await failure(importUsers({
           source: file, databaseUrl: db.url,
           onStart: () => { fs.writeFileSync(file, JSON.stringify([user(1, 'rewritten-in-place'), user(2, 'rewritten-in-place-2')])); },
-        }).then(() => undefined, (e: { code?: string; message: string }) => e);
-        expect(err?.code).to.equal('USERPORT_IO');
-        expect(err?.message).to.include('changed after it was checked and fingerprinted');
+        }));
+        expect(err.code).to.equal('USERPORT_IO');
+        expect(err.message).to.include('changed after it was checked and fingerprinted');
         expect(await db.count('auth_user')).to.equal(0);
         // Run again, it imports what the file holds now.
         const again = await importUsers({ source: file, databaseUrl: db.url });
         expect(again.models['sentry.user']!.inserted).to.equal(2);
-      } finally {
-        await db.close();
-      }
+      });
     });
 
     it('read the file they fingerprinted: another export renamed over the path while the database is reached is not what they import', async () => {
-      const db = await freshDatabase();
-      try {
+      await withDb(async (db) => {
         const file = writeExport([user(1, 'fingerprinted')]);
         const recorded = fileFingerprint(file);
         const summary = await importUsers({
@@ -219,9 +215,7 @@ describe('reliability', function () {
         expect((await db.knex('auth_user').select('username')).map((r) => r.username)).to.deep.equal(['fingerprinted']);
         const row = await db.knex('userport.imports').where({ id: 'swapped' }).first('source_size', 'source_fingerprint');
         expect({ size: Number(row.source_size), hash: row.source_fingerprint }).to.deep.equal(recorded);
-      } finally {
-        await db.close();
-      }
+      });
     });
   });
 
