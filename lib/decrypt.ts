@@ -143,7 +143,8 @@ export interface UnlockedExport {
  * touched and reads its token after, from the same handle.
  */
 export async function unlockExport(input: EncryptedInput | HeldExportFile, unwrapper: KeyUnwrapper, chunkSize: number, spools: SpoolMaker): Promise<UnlockedExport> {
-  return unlockOpened(await openInput(input, chunkSize, spools), unwrapper);
+  const opened = await openInput(input, chunkSize, spools);
+  return unlockOpened(opened, unwrapper);
 }
 
 /** {@link unlockExport} of an input already opened. */
