@@ -7,7 +7,7 @@ import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { MAKER_TAG, makeSpool, processAlive, removeLiveSpoolsSync, removeStaleSpools } from '../lib/spool.js';
+import { MAKER_TAG, makeSpool, processAlive, removeLiveSpoolsSync, removeStaleSpools, spoolsIn } from '../lib/spool.js';
 import { tmpFolder } from './helpers/setup.js';
 
 /** The pid of a process that has ended. */
@@ -55,6 +55,26 @@ describe('lib/spool: private spool files', () => {
     const spool = await makeSpool(dir);
     expect(fs.existsSync(dead2)).to.equal(false);
     await spool.remove();
+  });
+
+  it('an import\'s spool maker (spoolsIn) sweeps stale spools once, before its first spool, not before each', async () => {
+    const dir = tmpFolder('spool-');
+    const ns = MAKER_TAG.split('-')[1]!;
+    const stale = (tag: string) => {
+      const d = path.join(dir, `userport-spool-${deadPid()}-${ns}-${tag}`);
+      fs.mkdirSync(d);
+      return d;
+    };
+    const before = stale('aaa111');
+    const spools = spoolsIn(dir);
+    const first = await spools('export.json.fernet');
+    expect(fs.existsSync(before), 'swept before the first spool').to.equal(false);
+    const meanwhile = stale('bbb222');
+    const second = await spools('stage.copy');
+    expect(fs.existsSync(meanwhile), 'not swept again by the same maker').to.equal(true);
+    expect(path.basename(second.path)).to.equal('stage.copy');
+    await first.remove();
+    await second.remove();
   });
 
   it('a folder that cannot be listed or written: removeStaleSpools never throws, makeSpool says where', async () => {
