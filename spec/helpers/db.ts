@@ -67,11 +67,17 @@ export async function dropTemplate(): Promise<void> {
   if (name) await onServer(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
 }
 
-/** Creates an empty database (migrated unless `migrated` is false: a copy of the run's migrated template) and a knex on it. */
-export async function freshDatabase(migrated = true): Promise<TestDb> {
+/**
+ * Creates an empty database (migrated unless `migrated` is false: a copy of the run's migrated
+ * template) and a knex on it. With `icuLocale`, an unmigrated database whose lower() and
+ * comparisons are that ICU locale's (the run's databases are C's otherwise).
+ */
+export async function freshDatabase(migrated = true, { icuLocale }: { icuLocale?: string } = {}): Promise<TestDb> {
   const base = new URL(serverUrl());
   const name = `t_${process.pid}_${Date.now().toString(36)}_${++counter}`;
-  await onServer(`CREATE DATABASE ${name} TEMPLATE ${migrated ? await migratedTemplate() : 'template0'}`);
+  await onServer(icuLocale
+    ? `CREATE DATABASE ${name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '${icuLocale.replace(/'/g, "''")}' LOCALE 'C'`
+    : `CREATE DATABASE ${name} TEMPLATE ${migrated ? await migratedTemplate() : 'template0'}`);
   const url = databaseUrl(name);
   const knex = createKnex(url, 8);
   return {

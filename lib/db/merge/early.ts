@@ -21,7 +21,7 @@ import { NewUsers } from './pk-map.js';
 import { idSequence, modelCodes, openMerge, runner, type Q } from './run.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
 import { REJECTED_USER_CODE, STAGE_INDEX } from '../../models.js';
-import { insertLostPasswords, mergeUsers, type UsersStepOptions, type UsersWritten } from './users.js';
+import { insertLostPasswords, mergeUsers, UserRepeatCheck, type UserRepeats, type UsersStepOptions, type UsersWritten } from './users.js';
 
 /** What the users' step wrote (step 2 of the merge), and how. */
 export interface UsersStep extends UsersWritten {
@@ -52,7 +52,8 @@ export type EarlyUsersOptions = UsersStepOptions & TraceOptions & { bulkLoad?: b
  * hashes, and on the bulk path those two tables' indexes and constraints. Runs in the import's transaction, on the connection that staged
  * the users.
  */
-export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsersOptions, plan: WritePlan): Promise<{ bulk: BulkLoad | undefined; run(): Promise<EarlyUsers> } | undefined> {
+export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsersOptions, plan: WritePlan,
+  repeats?: UserRepeats): Promise<{ bulk: BulkLoad | undefined; run(): Promise<EarlyUsers> } | undefined> {
   if (!options.bulkLoad) return undefined;
   const q = runner(client, options);
   const S = await openMerge(q);
@@ -73,7 +74,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
       // The lost-password hashes are made in the client once the users are in (in the global
       // scope the users' step writes them: it skips the users whose password hash it keeps).
       const later = plan.lostPassword !== undefined && plan.scope !== 'global';
-      const written = await mergeUsers(q, S, options, plan, { empty: bulk?.empty ?? false, lostPasswordsLater: later });
+      const written = await mergeUsers(q, S, options, plan, { empty: bulk?.empty ?? false, lostPasswordsLater: later, repeats });
       if (later) written.lostPasswordHashes = await lostPasswordsNow(q, client, plan, options.run);
       // The users' tables are complete: their indexes and constraints are built now, while Node
       // still reads the file (the server waits for it otherwise), not after the other tables' rows.
@@ -140,6 +141,8 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   // Known once the step starts: on the general path the Email records stay staged, so the rows
   // that follow are not diverted (only those of the write that started it are, and staged after).
   let divertEmails = true;
+  // The staged users' possible repeats, noted as they pass (users.ts ranks only those).
+  const userCheck = new UserRepeatCheck(plan.user.emailUnique);
 
   /** The diverted Email records: straight in, dropped with their findings (no sentry_email), or staged. Resolves to the dropped count. */
   const writeEmails = async (q: Q, client: pg.ClientBase, emails: SideLines, exact: boolean, stage: (lines: Buffer[]) => Promise<void>) => {
@@ -161,7 +164,12 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     // Asked for each row before `staged` notes it: the first row of another model starts the step,
     // so every row staged before it is a user's, and each other model is diverted from its first row.
     when(row: StagedRow | FilteredMarker): 'now' | 'later' | 'never' {
-      if (staged.usersOnly && (row.code === codes.user || row.code === REJECTED_USER_CODE)) return 'later';
+      if (staged.usersOnly && (row.code === codes.user || row.code === REJECTED_USER_CODE)) {
+        if (row.kind === 'row' && row.code === codes.user) {
+          userCheck.note(row.pk, row.values[STAGE_INDEX.username], row.values[STAGE_INDEX.email], row.values[STAGE_INDEX.email_unique]);
+        }
+        return 'later';
+      }
       return staged.leadingUsers > 0 && staged.pksIncreasing && !staged.usersAfterOthers ? 'now' : 'never';
     },
     // While the step runs, the options that may belong straight in wait in the side spool.
@@ -172,7 +180,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
       return emailSide;
     },
     async start(client: pg.ClientBase) {
-      const started = await beginEarlyUsers(client, options, plan);
+      const started = await beginEarlyUsers(client, options, plan, userCheck.take());
       if (started && plan.email && !started.bulk) divertEmails = false;
       return started && {
         run: async () => { users = await started.run(); },

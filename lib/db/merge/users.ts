@@ -34,7 +34,111 @@ export interface UsersStepOptions {
  * indexes are dropped); `lostPasswordsLater`: the caller writes the new users' lost-password
  * hashes itself (the early step, from the client: direct-rows.ts).
  */
-interface UsersStepPath { empty: boolean; lostPasswordsLater?: boolean }
+interface UsersStepPath { empty: boolean; lostPasswordsLater?: boolean; repeats?: UserRepeats }
+
+/**
+ * What the client saw of the staged users ({@link UserRepeatCheck}): the source pks of the kept
+ * users that may repeat the name (case-insensitively) of an earlier kept user of the import, and
+ * of those that may repeat its `email_unique` candidate. A superset: every true repeat is listed
+ * (a user listed in error is ranked with the others of its name, exactly). Only these are ranked.
+ */
+export interface UserRepeats {
+  names: readonly number[];
+  candidates: readonly number[];
+}
+
+/** Users beyond which the client keeps no hashes: two sets of 2^21 4-byte slots (16 MB), at most 70% full. */
+export const MAX_CHECKED_USERS = 1_400_000;
+/** Listed users beyond which the client gives up (the step then finds the repeats itself). */
+const MAX_LISTED_REPEATS = 100_000;
+
+/** A set of 32-bit hashes, open addressing: `add` is false when the hash was there. */
+class HashSet32 {
+  // 512 KB: 90,000 users without a rehash.
+  private table = new Uint32Array(1 << 17);
+  private size = 0;
+
+  add(h: number): boolean {
+    if (h === 0) h = 1;
+    if ((this.size + 1) * 10 > this.table.length * 7) this.grow();
+    const mask = this.table.length - 1;
+    for (let i = h & mask; ; i = (i + 1) & mask) {
+      const a = this.table[i]!;
+      if (a === 0) { this.table[i] = h; this.size++; return true; }
+      if (a === h >>> 0) return false;
+    }
+  }
+
+  private grow(): void {
+    const old = this.table;
+    this.table = new Uint32Array(old.length * 2);
+    this.size = 0;
+    for (const h of old) if (h !== 0) this.add(h);
+  }
+}
+
+/** A 32-bit hash of `text` (FNV-1a), ASCII letters lower-cased with `lower`; -1 when `lower` and it is not all ASCII. */
+export function hash32(text: string, lower: boolean): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    let c = text.charCodeAt(i);
+    if (lower) {
+      // PostgreSQL's lower() of a non-ASCII name depends on the database's locale: such a name is listed.
+      if (c > 0x7f) return -1;
+      if (c >= 0x41 && c <= 0x5a) c += 0x20;
+    }
+    h = Math.imul(h ^ c, 0x01000193);
+  }
+  return Math.imul(h ^ text.length, 0x85ebca6b) >>> 0;
+}
+
+/**
+ * Notes each kept user as it is staged, in file order, and lists the possible repeats
+ * ({@link UserRepeats}): a user whose lower-cased name or whose candidate hashes like an earlier
+ * one's, or whose name is not plain ASCII. Two names equal under PostgreSQL's lower() are equal
+ * under ASCII lower-casing when both are ASCII, whatever the locale, so every repeat is listed.
+ * The list is only exact for the users noted, in source pk order (the caller's facts say so).
+ */
+export class UserRepeatCheck {
+  private names: HashSet32 | undefined = new HashSet32();
+  private candidates: HashSet32 | undefined = new HashSet32();
+  private readonly listed: UserRepeats = { names: [], candidates: [] };
+  private count = 0;
+  /** Why there is no list, once something says so. */
+  why: string | undefined;
+
+  /** `candidates`: whether the target has `email_unique` (else no candidate is noted). */
+  constructor(private readonly withCandidates = true) {}
+
+  note(pk: number, username: unknown, email: unknown, emailUnique: unknown): void {
+    if (this.why !== undefined) return;
+    if (!this.names || !this.candidates) { this.why = 'a user came after the list was taken'; return; }
+    if (++this.count > MAX_CHECKED_USERS) { this.give(`more than ${MAX_CHECKED_USERS.toLocaleString('en-US')} users (the client keeps no more)`); return; }
+    const name = typeof username === 'string' ? hash32(username, true) : -1;
+    if (name < 0 || !this.names.add(name)) (this.listed.names as number[]).push(pk);
+    if (this.withCandidates) {
+      // nullif(coalesce(email_unique, email), ''), compared as it is.
+      const candidate = emailUnique ?? email;
+      if (typeof candidate === 'string' ? candidate !== '' && !this.candidates.add(hash32(candidate, false)) : candidate != null) {
+        (this.listed.candidates as number[]).push(pk);
+      }
+    }
+    if (this.listed.names.length + this.listed.candidates.length > MAX_LISTED_REPEATS) this.give('too many possible repeats');
+  }
+
+  /** The list, once every user is noted; the hashes are let go. Undefined when the check gave up. */
+  take(): UserRepeats | undefined {
+    this.names = undefined;
+    this.candidates = undefined;
+    return this.why === undefined ? this.listed : undefined;
+  }
+
+  private give(why: string): void {
+    this.why = why;
+    this.names = undefined;
+    this.candidates = undefined;
+  }
+}
 
 /**
  * The users' step, safe against other writers ({@link retryOnUnique}): a session that creates
@@ -59,41 +163,13 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
   // user (about half of this statement's time at 100k users).
   const userSeq = await idSequence(q, U);
   if (!userSeq) throw new DatabaseError(ErrorCodes.TARGET_SCHEMA, `${U}.id in the target database has no sequence to draw new ids from`);
-  // The decisions first (up_user_o); then, once the count of new users passed the id check, one
-  // rewrite into up_user adds their new ids and addresses (two UPDATEs of every row before: 1.2 s
-  // at 100k users, and a table three times its size).
-  await q(`
-    CREATE TEMP TABLE up_user_o ON COMMIT DROP AS
-    WITH u AS (
-      SELECT s.src_pk, s.ord, s.off, s.keep, s.username, s.email, s.email_unique,${plan.scope === 'global' ? ' s.extra::jsonb AS x,' : ''} lower(s.username) AS lname,
-        CASE WHEN s.keep THEN row_number() OVER (PARTITION BY s.keep, lower(s.username) ORDER BY s.src_pk) END AS rn
-      FROM ${S} s WHERE s.run = $1 AND s.model = ${modelCodes().user}
-    ), ex AS (
-      -- An existing user with the same name, case-insensitively (the oldest if several).
-      SELECT DISTINCT ON (lower(a.username)) lower(a.username) AS lname, a.id
-      FROM ${U} a WHERE lower(a.username) IN (SELECT lname FROM u WHERE keep)
-      ORDER BY lower(a.username), a.id
-    ), o AS (
-      SELECT u.*, ex.id AS ex_id,
-        CASE WHEN NOT u.keep THEN 'filtered'
-             WHEN ex.id IS NULL AND u.rn = 1 THEN 'inserted'
-             WHEN $2 THEN 'merged'
-             ELSE 'renamed' END AS outcome
-      FROM u LEFT JOIN ex USING (lname)
-    )
-    SELECT o.src_pk, o.ord, o.off, o.keep, o.username, o.email, o.email_unique, o.lname, o.rn, o.ex_id, o.outcome,
-      CASE WHEN outcome = 'inserted' THEN username END AS final_name,
-      -- Global scope keeps the password hash of a claimed user (Sentry: unless is_unclaimed).
-      ${plan.scope === 'global' ? `(o.x ? 'password') AND NOT coalesce((o.x->>'is_unclaimed')::boolean, false)` : 'false'} AS keep_pw,
-      CASE WHEN outcome = 'filtered' THEN 'username not in --filter-usernames'
-           WHEN outcome = 'renamed' THEN 'username taken'
-           WHEN outcome = 'merged' AND ex_id IS NOT NULL THEN 'merged into existing user'
-           WHEN outcome = 'merged' THEN 'merged into an earlier user of the export with the same username' END AS reason
-    FROM o`, [options.run, options.mergeUsers]);
-
-  // New ids in file order, as Sentry's import (one save per record) gives them; an id the
-  // target's id column cannot hold (Sentry 9's 32-bit ids) stops the import before any write.
-  const count = Number((await q(`SELECT count(*) AS n FROM up_user_o WHERE ${NEW_USER}`)).rows[0].n);
+  // New ids are drawn below in file order; an id the target's id column cannot hold (Sentry 9's
+  // 32-bit ids) stops the import before any is drawn. Without --merge-users every kept user gets
+  // one (inserted or renamed); with it, one per name that no existing user holds.
+  const count = Number((await q(options.mergeUsers
+    ? `SELECT count(*) AS n FROM (SELECT lower(s.username) AS l FROM ${S} s WHERE s.run = $1 AND s.model = ${modelCodes().user} AND s.keep GROUP BY 1) g
+       WHERE NOT EXISTS (SELECT 1 FROM ${U} a WHERE lower(a.username) = g.l)`
+    : `SELECT count(*) AS n FROM ${S} s WHERE s.run = $1 AND s.model = ${modelCodes().user} AND s.keep`, [options.run])).rows[0].n);
   if (count > 0) {
     const seq = (await q(`SELECT last_value::text AS v, is_called FROM ${userSeq}`)).rows[0] as { v: string; is_called: boolean };
     const highest = BigInt(seq.v) + BigInt(count) - (seq.is_called ? 0n : 1n);
@@ -102,16 +178,56 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
         `importing ${count} users would need user ids up to ${highest}, more than the target's ${U}.id holds (${plan.user.idLimit}): nothing was written`);
     }
   }
-  // nextval in the projection above the sort: one id per row, in ord order (a volatile
-  // function keeps the subquery from being flattened into the join).
+  // One statement decides every user and draws the new ids. Only the names (and email_unique
+  // candidates) that repeat are ranked: a hash of all, then a window over the few that repeat (a
+  // sort of every user by name, two decision tables and their joins cost 0.9 s at 100k users).
+  const params: unknown[] = [options.run, options.mergeUsers, userSeq];
+  const param = (value: unknown) => `$${params.push(value)}`;
   await q(`
     CREATE TEMP TABLE up_user ON COMMIT DROP AS
-    SELECT o.*, n.id AS new_id, coalesce(n.id, CASE WHEN o.outcome = 'merged' THEN o.ex_id END) AS target_id,
-      a.email_unique_final, a.address_note
-    FROM up_user_o o
-      LEFT JOIN (SELECT src_pk, nextval($1::regclass) AS id FROM (SELECT src_pk FROM up_user_o WHERE ${NEW_USER} ORDER BY ord) x) n USING (src_pk)
-      LEFT JOIN (${addresses(plan, path)}) a USING (src_pk)`, [userSeq]);
-  await q('DROP TABLE up_user_o');
+    WITH u AS MATERIALIZED (
+      SELECT s.src_pk, s.ord, s.off, s.keep, s.username, s.email, s.email_unique,${plan.scope === 'global' ? ' s.extra::jsonb AS x,' : ''} lower(s.username) AS lname
+      FROM ${S} s WHERE s.run = $1 AND s.model = ${modelCodes().user}
+    ), rl AS (
+      SELECT src_pk, row_number() OVER (PARTITION BY lname ORDER BY src_pk) AS rn
+      FROM u WHERE keep AND lname IN (${path.repeats
+        ? `SELECT lname FROM u WHERE keep AND src_pk = ANY(${param(path.repeats.names)}::bigint[])`
+        : 'SELECT lname FROM u WHERE keep GROUP BY lname HAVING count(*) > 1'})
+    ), ex AS (
+      -- An existing user with the same name, case-insensitively (the oldest if several).
+      SELECT DISTINCT ON (lower(a.username)) lower(a.username) AS lname, a.id
+      FROM ${U} a WHERE lower(a.username) IN (SELECT lname FROM u WHERE keep)
+      ORDER BY lower(a.username), a.id
+    ), o AS (
+      SELECT u.*, CASE WHEN u.keep THEN coalesce(rl.rn, 1) END AS rn, ex.id AS ex_id,
+        CASE WHEN NOT u.keep THEN 'filtered'
+             WHEN ex.id IS NULL AND coalesce(rl.rn, 1) = 1 THEN 'inserted'
+             WHEN $2 THEN 'merged'
+             ELSE 'renamed' END AS outcome
+      FROM u LEFT JOIN rl USING (src_pk) LEFT JOIN ex USING (lname)
+    ), d AS (
+      SELECT o.src_pk, o.ord, o.off, o.keep, o.username, o.email, o.email_unique, o.lname, o.rn, o.ex_id, o.outcome,
+        CASE WHEN outcome = 'inserted' THEN username END AS final_name,
+        -- Global scope keeps the password hash of a claimed user (Sentry: unless is_unclaimed).
+        ${plan.scope === 'global' ? `(o.x ? 'password') AND NOT coalesce((o.x->>'is_unclaimed')::boolean, false)` : 'false'} AS keep_pw,
+        CASE WHEN outcome = 'filtered' THEN 'username not in --filter-usernames'
+             WHEN outcome = 'renamed' THEN 'username taken'
+             WHEN outcome = 'merged' AND ex_id IS NOT NULL THEN 'merged into existing user'
+             WHEN outcome = 'merged' THEN 'merged into an earlier user of the export with the same username' END AS reason,
+        ${NEW_USER} AS new
+      FROM o
+    )${addresses(plan, path, param)}
+    -- nextval in the projection above the sort: one id per new user, in ord order (a volatile
+    -- function keeps the subquery from being flattened).
+    SELECT z.src_pk, z.ord, z.off, z.keep, z.username, z.email, z.email_unique, z.lname, z.rn, z.ex_id, z.outcome,
+      z.final_name, z.keep_pw, z.reason, z.new_id,
+      coalesce(z.new_id, CASE WHEN z.outcome = 'merged' THEN z.ex_id END) AS target_id, z.email_unique_final, z.address_note
+    FROM (SELECT y.*, CASE WHEN y.new THEN nextval($3::regclass) END AS new_id
+          FROM (SELECT d.*,
+                  ${plan.user.emailUnique ? `CASE WHEN a.src_pk IS NOT NULL THEN a.email_unique_final WHEN d.new THEN ${CANDIDATE} END` : 'NULL::text'} AS email_unique_final,
+                  a.address_note
+                FROM d LEFT JOIN a USING (src_pk) ORDER BY d.ord) y) z`,
+  params);
   // A small sample is enough for these plans (how few are renamed or merged, how many are new):
   // the default target read 30,000 rows of nine columns, 0.3-0.6 s at 100k users.
   await analyzeSampled(q, 'up_user (src_pk, lname, keep, rn, outcome, new_id, target_id, final_name, email)');
@@ -165,41 +281,68 @@ async function analyzeSampled(q: Q, what: string): Promise<void> {
 /** The users that get a new id (and a row in the target): inserted as they are, or renamed. */
 const NEW_USER = `outcome IN ('inserted', 'renamed')`;
 
+/** A user's `email_unique` candidate: the exported one, else the address (none when empty). */
+const CANDIDATE = `nullif(coalesce(d.email_unique, d.email), '')`;
+
 /**
  * Each new user's `email_unique` (where the target has that UNIQUE column, Sentry 2025+) and a
- * note when its address is already another user's, as a query of (src_pk, email_unique_final,
- * address_note) over the decisions (up_user_o). Sentry keeps an exported `email_unique` and
- * otherwise sets it to the address; an address another user already holds (in the database, or
- * a user of this export with a lower pk) would fail the whole import on the UNIQUE key, so it is
- * left empty (NULL, which the key allows) and the finding says so.
+ * note when its address is already another user's: the CTE `a` of (src_pk, email_unique_final,
+ * address_note) over the decisions (`d`), holding only the new users that are exceptions; every
+ * other new user keeps its candidate ({@link CANDIDATE}). Sentry keeps an exported `email_unique`
+ * and otherwise sets it to the address; an address another user already holds (in the database,
+ * or a user of this export with a lower pk) would fail the whole import on the UNIQUE key, so it
+ * is left empty (NULL, which the key allows) and the finding says so.
  */
-function addresses(plan: WritePlan, path: UsersStepPath): string {
+function addresses(plan: WritePlan, path: UsersStepPath, param: (value: unknown) => string): string {
   const U = plan.user.table;
   // One pass over the new users, joined (never a lookup per user) to the existing holders:
   // - of the address, case-insensitively (the oldest): a note either way;
   // - of the email_unique candidate, where the target has that column.
   // On the empty-target path there are none: no join at all (the dropped indexes would make
-  // each probe a scan of a killed merge's dead rows before a resume).
+  // each probe a scan of a killed merge's dead rows before a resume). Only candidates that
+  // repeat are ranked (a hash of all, a window over the few).
   const unique = plan.user.emailUnique;
   const shared = path.empty ? 'NULL::bigint' : 's.id';
   const holder = path.empty || !unique ? 'NULL::bigint' : 'h.id';
-  return `
-    SELECT c.src_pk,
-      ${unique ? 'CASE WHEN c.cand IS NOT NULL AND c.rn = 1 AND c.holder IS NULL THEN c.cand END' : 'NULL::text'} AS email_unique_final,
-      CASE WHEN c.holder IS NOT NULL THEN 'email_unique left empty: ' || c.cand || ' is the email_unique of existing user id ' || c.holder
-           WHEN c.cand IS NOT NULL AND c.rn > 1 THEN 'email_unique left empty: ' || c.cand || ' is the email_unique of an earlier user of the export (pk ' || c.first_pk || ')'
-           WHEN c.shared IS NOT NULL THEN 'address also held by existing user id ' || c.shared END AS address_note
-    FROM (SELECT y.src_pk, ${unique ? 'y.cand' : 'NULL::text'} AS cand, y.rn, y.first_pk, ${holder} AS holder, ${shared} AS shared
-          FROM (SELECT src_pk, le, cand, row_number() OVER (PARTITION BY cand ORDER BY src_pk) AS rn,
-                       first_value(src_pk) OVER (PARTITION BY cand ORDER BY src_pk) AS first_pk
-                FROM (SELECT src_pk, lower(email) AS le, nullif(coalesce(email_unique, email), '') AS cand FROM up_user_o WHERE ${NEW_USER}) z) y
-          ${path.empty ? '' : `LEFT JOIN (SELECT DISTINCT ON (lower(a.email)) lower(a.email) AS le, a.id FROM ${U} a
-                     WHERE a.email <> '' AND lower(a.email) IN (SELECT lower(email) FROM up_user_o WHERE ${NEW_USER})
-                     ORDER BY lower(a.email), a.id) s ON s.le = y.le`}
-          ${path.empty || !unique ? '' : `LEFT JOIN (SELECT DISTINCT ON (a.email_unique) a.email_unique, a.id FROM ${U} a
-                     WHERE a.email_unique IN (SELECT nullif(coalesce(email_unique, email), '') FROM up_user_o WHERE ${NEW_USER})
-                     ORDER BY a.email_unique, a.id) h ON h.email_unique = y.cand`}
-         ) c`;
+  if (path.empty && path.repeats) {
+    // No user exists, and the client listed the possible repeats: the exceptions are the later
+    // users of each listed candidate, found among those users alone.
+    if (!unique || !path.repeats.candidates.length) {
+      return `, a AS (SELECT NULL::bigint AS src_pk, NULL::text AS email_unique_final, NULL::text AS address_note WHERE false)`;
+    }
+    return `, a AS (
+      SELECT x.src_pk, NULL::text AS email_unique_final,
+        'email_unique left empty: ' || x.cand || ' is the email_unique of an earlier user of the export (pk ' || x.first_pk || ')' AS address_note
+      FROM (SELECT d.src_pk, ${CANDIDATE} AS cand, row_number() OVER w AS rn, first_value(d.src_pk) OVER w AS first_pk
+            FROM d WHERE d.new AND ${CANDIDATE} IN (SELECT ${CANDIDATE} FROM d WHERE d.new AND d.src_pk = ANY(${param(path.repeats.candidates)}::bigint[]))
+            WINDOW w AS (PARTITION BY ${CANDIDATE} ORDER BY d.src_pk)) x
+      WHERE x.rn > 1
+    )`;
+  }
+  return `, nu AS MATERIALIZED (
+      SELECT d.src_pk, lower(d.email) AS le, ${unique ? CANDIDATE : 'NULL::text'} AS cand FROM d WHERE d.new
+    ), c AS (
+      SELECT y.src_pk, y.cand, coalesce(r.rn, 1) AS rn, r.first_pk, ${holder} AS holder, ${shared} AS shared
+      FROM nu y
+        ${unique ? `LEFT JOIN (SELECT src_pk, row_number() OVER w AS rn, first_value(src_pk) OVER w AS first_pk
+                   FROM nu WHERE cand IN (${path.repeats
+                     ? `SELECT cand FROM nu WHERE src_pk = ANY(${param(path.repeats.candidates)}::bigint[])`
+                     : 'SELECT cand FROM nu WHERE cand IS NOT NULL GROUP BY cand HAVING count(*) > 1'})
+                   WINDOW w AS (PARTITION BY cand ORDER BY src_pk)) r USING (src_pk)` : 'LEFT JOIN (SELECT NULL::bigint AS src_pk, NULL::bigint AS rn, NULL::bigint AS first_pk) r ON false'}
+        ${path.empty ? '' : `LEFT JOIN (SELECT DISTINCT ON (lower(a.email)) lower(a.email) AS le, a.id FROM ${U} a
+                   WHERE a.email <> '' AND lower(a.email) IN (SELECT le FROM nu)
+                   ORDER BY lower(a.email), a.id) s ON s.le = y.le`}
+        ${path.empty || !unique ? '' : `LEFT JOIN (SELECT DISTINCT ON (a.email_unique) a.email_unique, a.id FROM ${U} a
+                   WHERE a.email_unique IN (SELECT cand FROM nu)
+                   ORDER BY a.email_unique, a.id) h ON h.email_unique = y.cand`}
+    ), a AS (
+      SELECT c.src_pk,
+        ${unique ? 'CASE WHEN c.cand IS NOT NULL AND c.rn = 1 AND c.holder IS NULL THEN c.cand END' : 'NULL::text'} AS email_unique_final,
+        CASE WHEN c.holder IS NOT NULL THEN 'email_unique left empty: ' || c.cand || ' is the email_unique of existing user id ' || c.holder
+             WHEN c.cand IS NOT NULL AND c.rn > 1 THEN 'email_unique left empty: ' || c.cand || ' is the email_unique of an earlier user of the export (pk ' || c.first_pk || ')'
+             WHEN c.shared IS NOT NULL THEN 'address also held by existing user id ' || c.shared END AS address_note
+      FROM c WHERE c.rn > 1 OR c.holder IS NOT NULL OR c.shared IS NOT NULL
+    )`;
 }
 
 /** Gives every 'renamed' user a free `<name>-<random tail>`, in set-based rounds. */

@@ -6,8 +6,9 @@
  */
 import { expect } from 'chai';
 import { importUsers } from '../../../lib/index.js';
-import { withDb } from '../../helpers/db.js';
-import { email, user, writeExport, type Rec } from '../../helpers/exports.js';
+import { hash32, UserRepeatCheck } from '../../../lib/db/merge/users.js';
+import { freshDatabase, withDb, type TestDb } from '../../helpers/db.js';
+import { email, user, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 
 const USERS = 2000;
 
@@ -30,4 +31,108 @@ describe('the users step: statistics of its decision table', () => {
       expect(stats.rows[0].bounds).to.equal(Math.min(target, USERS - 1) + 1);
     });
   });
+});
+
+/** Two distinct strings of the form `${prefix}${i}${suffix}` whose {@link hash32} is the same (a birthday search). */
+function hashTwins(prefix: string, suffix: string, lower: boolean): [string, string] {
+  const seen = new Map<number, string>();
+  for (let i = 0; ; i++) {
+    const s = `${prefix}${i}${suffix}`;
+    const h = hash32(s, lower);
+    const twin = seen.get(h);
+    if (twin !== undefined) return [twin, s];
+    seen.set(h, s);
+  }
+}
+
+describe('the users step ranks only the repeats the client listed (issue #23)', () => {
+  it('the check lists every user whose name or email_unique candidate repeats an earlier one, and every non-ASCII name', () => {
+    const check = new UserRepeatCheck();
+    check.note(1, 'alice', 'a@example.com', null);
+    check.note(2, 'ALICE', 'b@example.com', null); // the name again, another case
+    check.note(3, 'bob', 'A@example.com', null); // candidates are compared as they are: not a repeat
+    check.note(4, 'carol', 'c@example.com', 'a@example.com'); // its email_unique is user 1's address
+    check.note(5, 'Änne', '', null); // not ASCII; no candidate
+    check.note(6, 'dave', '', ''); // no candidate either
+    check.note(7, 'erin', 'b@example.com', null);
+    expect(check.take()).to.deep.equal({ names: [2, 5], candidates: [4, 7] });
+    // A user noted after the list was taken makes it void.
+    check.note(8, 'frank', null, null);
+    expect(check.why).to.match(/after the list was taken/);
+  });
+
+  it('gives up (the step then finds the repeats itself) beyond its bound of listed users', () => {
+    const check = new UserRepeatCheck();
+    for (let i = 1; i <= 100_002; i++) check.note(i, 'same', null, null);
+    expect(check.take()).to.equal(undefined);
+    expect(check.why).to.match(/too many/);
+  });
+
+  /**
+   * An export in Sentry's order with every kind of repeat: names again in another case, names that
+   * differ only in a non-ASCII letter's case, addresses again, an email_unique that is another
+   * user's address, no address, and two names and two addresses that are not repeats but share
+   * a hash. The early users step (the client's list) must decide as the merge at the end does.
+   */
+  function repeatsExport(): { file: string; users: number; twins: [string, string, string, string] } {
+    const [n1, n2] = hashTwins('twin', '', true);
+    const [e1, e2] = hashTwins('mail', '@example.com', false);
+    const records: Rec[] = [];
+    const add = (name: string, fields: Record<string, unknown>) => records.push(user(records.length + 1, name, fields));
+    for (let i = 1; i <= 300; i++) add(`u${i}`, { email: `u${i}@example.com` });
+    add('alice', { email: 'alice@example.com' }); // 301
+    add('ALICE', { email: 'alice@example.com' }); // renamed; its address is alice's: email_unique left empty
+    add('Alice', { email: 'x@example.com', email_unique: 'u7@example.com' }); // renamed; email_unique is u7's
+    add('Änne', { email: 'anne@example.com' }); // 304
+    add('änne', { email: '' }); // 305: Änne's name in a locale that lower-cases Ä
+    add(n1, { email: e1 });
+    add(n2, { email: e2 }); // shares both hashes with the user before: listed, not a repeat
+    add('u5', { email: 'late@example.com' }); // 308: the name of user 5, renamed
+    const users = records.length;
+    for (let i = 1; i <= users; i++) records.push(email(i, `e${i}@example.com`));
+    for (let i = 1; i <= users; i++) records.push(useroption(i, i, 'timezone', 'UTC'));
+    return { file: writeExport(records), users, twins: [n1, n2, e1, e2] };
+  }
+
+  const state = async (db: TestDb) => ({
+    users: (await db.knex.raw(`SELECT id, regexp_replace(username, '-[a-zA-Z0-9]{2,12}$', '-~') AS u, email, email_unique FROM auth_user ORDER BY id`)).rows,
+    findings: (await db.knex.raw(`SELECT kind, model, source_pk, regexp_replace(reason, 'imported as .*', '') AS reason FROM userport.findings ORDER BY 2, 3, 1, 4`)).rows,
+  });
+
+  it('the twins of the export below are listed (the import then ranks users that are no repeats)', () => {
+    const check = new UserRepeatCheck();
+    const [n1, n2] = hashTwins('twin', '', true);
+    const [e1, e2] = hashTwins('mail', '@example.com', false);
+    check.note(1, n1, e1, null);
+    check.note(2, n2, e2, null);
+    expect(check.take()).to.deep.equal({ names: [2], candidates: [2] });
+  });
+
+  for (const locale of [undefined, 'en-US']) {
+    it(`an import in Sentry's order gives what the merge at the end gives: renames, email_unique, notes and findings (${locale ? `ICU ${locale}` : 'C'} database)`, async () => {
+      const { file, twins: [n1, n2, e1, e2] } = repeatsExport();
+      const early = await freshDatabase(true, { icuLocale: locale });
+      const atEnd = await freshDatabase(true, { icuLocale: locale });
+      try {
+        const traced: string[] = [];
+        const a = await importUsers({ source: file, databaseUrl: early.url, onTrace: (e) => { if (e.kind === 'sink') traced.push(e.moment); } });
+        const b = await importUsers({ source: file, databaseUrl: atEnd.url, bulkLoad: 'off' });
+        expect(traced, 'the users step ran early, with the list').to.include('overlap started');
+        expect(a.models).to.deep.equal(b.models);
+        expect(a.adjacent).to.deep.equal(b.adjacent);
+        const s = await state(early);
+        expect(s).to.deep.equal(await state(atEnd));
+        // ALICE, Alice and u5; and änne where lower() makes it Änne's name (ICU), not in C.
+        const renamed = (await early.knex.raw(`SELECT source_pk FROM userport.findings WHERE kind = 'renamed' ORDER BY 1`)).rows.map((r: { source_pk: string }) => Number(r.source_pk));
+        expect(renamed).to.deep.equal(locale ? [302, 303, 305, 308] : [302, 303, 308]);
+        const notes = (await early.knex.raw(`SELECT source_pk FROM userport.findings WHERE kind = 'address' ORDER BY 1`)).rows.map((r: { source_pk: string }) => Number(r.source_pk));
+        expect(notes, 'ALICE\'s address and Alice\'s email_unique are earlier users\'').to.deep.equal([302, 303]);
+        // The twins keep their own names and addresses.
+        expect(s.users.filter((u: { u: string }) => u.u === n1 || u.u === n2).map((u: { email_unique: string }) => u.email_unique)).to.deep.equal([e1, e2]);
+      } finally {
+        await early.close();
+        await atEnd.close();
+      }
+    });
+  }
 });
