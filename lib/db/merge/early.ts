@@ -56,7 +56,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   repeats?: UserRepeats): Promise<{ bulk: BulkLoad | undefined; run(): Promise<EarlyUsers> } | undefined> {
   if (!options.bulkLoad) return undefined;
   const q = runner(client, options);
-  const S = await openMerge(q);
+  const S = await openMerge(q, { sampled: true });
   await q(`SAVEPOINT ${EARLY_SAVEPOINT}`);
   const bulk = await enterBulkLoad(q, (sql) => client.query(sql), plan);
   const seqs: string[] = [];

@@ -102,9 +102,11 @@ export async function stagingTable(q: (sql: string) => Promise<pg.QueryResult>):
 
 /**
  * What every merge starts with; harmless to repeat in one transaction (the early users phase,
- * then the rest). Returns the staging relation.
+ * then the rest). Returns the staging relation. `sampled`: the staged rows' statistics from a
+ * small sample ({@link analyzeSampled}), for the early users step (its plans need the row counts,
+ * and the merge analyses the staging table again once everything is staged).
  */
-export async function openMerge(q: Q): Promise<string> {
+export async function openMerge(q: Q, { sampled = false }: { sampled?: boolean } = {}): Promise<string> {
   // After the lock, each statement must see what earlier merges committed: only READ COMMITTED
   // takes a new snapshot per statement (importUsers sets it; a caller's own client may not).
   const iso = (await q(`SELECT current_setting('transaction_isolation') AS level`)).rows[0].level as string;
@@ -117,8 +119,21 @@ export async function openMerge(q: Q): Promise<string> {
   const S = await stagingTable(q);
   // Statistics only of the columns later statements join or filter on: a wide table's other
   // columns would cost time to sample and help no plan.
-  await q(`ANALYZE ${S} (run, model, src_pk, user_pk, keep, username, email)`);
+  const what = `${S} (run, model, src_pk, user_pk, keep, username, email)`;
+  if (sampled) await analyzeSampled(q, what);
+  else await q(`ANALYZE ${what}`);
   return S;
+}
+
+/** Sample size (as default_statistics_target) of {@link analyzeSampled}: 3,000 rows. */
+const SMALL_SAMPLE = 10;
+
+/** ANALYZE `what` with a small sample, the session's statistics target restored after. */
+export async function analyzeSampled(q: Q, what: string): Promise<void> {
+  const was = (await q(`SELECT current_setting('default_statistics_target') AS v`)).rows[0].v as string;
+  await q(`SELECT set_config('default_statistics_target', $1, true)`, [String(SMALL_SAMPLE)]);
+  await q(`ANALYZE ${what}`);
+  await q(`SELECT set_config('default_statistics_target', $1, true)`, [was]);
 }
 
 /** The sequence behind `table`'s `id` (schema-qualified, quoted as needed), if it has one. */

@@ -6,7 +6,7 @@
  */
 import { DatabaseError, ErrorCodes } from '../../errors.js';
 import { insertPkRanges } from './pk-map.js';
-import { idSequence, modelCodes, retryOnUnique, type Q } from './run.js';
+import { analyzeSampled, idSequence, modelCodes, retryOnUnique, type Q } from './run.js';
 import type { WritePlan } from './plan.js';
 
 /**
@@ -265,17 +265,6 @@ export async function insertLostPasswords(q: Q, plan: WritePlan): Promise<number
   return (await q(`
     INSERT INTO ${plan.lostPassword.table} (user_id, hash, date_added)
     SELECT new_id, replace(gen_random_uuid()::text, '-', ''), now() FROM up_user WHERE new_id IS NOT NULL AND NOT keep_pw ORDER BY new_id`)).rowCount ?? 0;
-}
-
-/** Sample size (as default_statistics_target) for ANALYZE of the users' decision table. */
-const DECISION_STATISTICS = 10;
-
-/** ANALYZE `what` with a small sample, the session's statistics target restored after. */
-async function analyzeSampled(q: Q, what: string): Promise<void> {
-  const was = (await q(`SELECT current_setting('default_statistics_target') AS v`)).rows[0].v as string;
-  await q(`SELECT set_config('default_statistics_target', $1, true)`, [String(DECISION_STATISTICS)]);
-  await q(`ANALYZE ${what}`);
-  await q(`SELECT set_config('default_statistics_target', $1, true)`, [was]);
 }
 
 /** The users that get a new id (and a row in the target): inserted as they are, or renamed. */
