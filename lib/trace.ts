@@ -18,7 +18,8 @@
  * - `early-undone`: a user row came after other models, so the early users step is undone.
  * - `direct-rows`: at the end of the input, `written` rows of new users went straight into
  *   `table` and `staged` of its model were staged for the merge; `repeated`: a (user, key) came
- *   twice, so none went straight in (all staged).
+ *   twice, so none went straight in (all staged); `checked`: whether the client's hashes of the
+ *   (user, key) pairs or the database made sure none came twice.
  * - `direct-emails`: at the end of the input, `written` Email rows went straight into `table`
  *   and `existing` records reused an address it held; or all `staged`, for the reason `why`; or,
  *   into a target without that table, `dropped` records' findings were written. Both say how
@@ -33,7 +34,7 @@ export type TraceEvent =
   | { kind: 'retry'; step: 'users' | 'emails'; attempt: number }
   | { kind: 'bulk-load'; dropped: string[] }
   | { kind: 'early-undone' }
-  | { kind: 'direct-rows'; table: string; written: number; staged: number; repeated: boolean; ms?: number }
+  | { kind: 'direct-rows'; table: string; written: number; staged: number; repeated: boolean; checked?: 'client' | 'database'; ms?: number }
   | { kind: 'direct-emails'; table: string; written: number; existing: number; staged: number; why?: string; dropped?: number; ms?: number }
   | { kind: 'sink'; moment: 'overlap started' | 'overlap done' | 'rows sent' | 'copy confirmed' | 'spool copied'; ms: number };
 

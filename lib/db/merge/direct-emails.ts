@@ -22,6 +22,7 @@
  */
 import type pg from 'pg';
 import type { SideLines } from './direct-rows.js';
+import { HashSet64 } from './hash-sets.js';
 import { copyInto } from './run.js';
 import { columnStart, intAt, lineColumn, scanTabs } from './staging-lines.js';
 
@@ -59,36 +60,6 @@ export interface DirectEmails {
  * 2^21 slots of 8 bytes (16 MB, at most 70% full), so the peak RSS stays under 150 MB at 2M users.
  */
 export const MAX_ADDRESSES = 1_400_000;
-
-/** A set of 64-bit hashes (two 32-bit halves, open addressing): `add` answers false when the hash was there. */
-export class HashSet64 {
-  private table = new Uint32Array(1 << 17);
-  private size = 0;
-
-  add(h1: number, h2: number): boolean {
-    if (h1 === 0 && h2 === 0) h2 = 1;
-    if ((this.size + 1) * 10 > (this.table.length >>> 1) * 7) this.grow();
-    const mask = (this.table.length >>> 1) - 1;
-    for (let i = h1 & mask; ; i = (i + 1) & mask) {
-      const a = this.table[2 * i]!;
-      const b = this.table[2 * i + 1]!;
-      if (a === 0 && b === 0) {
-        this.table[2 * i] = h1;
-        this.table[2 * i + 1] = h2;
-        this.size++;
-        return true;
-      }
-      if (a === h1 >>> 0 && b === h2 >>> 0) return false;
-    }
-  }
-
-  private grow(): void {
-    const old = this.table;
-    this.table = new Uint32Array(old.length * 2);
-    this.size = 0;
-    for (let i = 0; i < old.length; i += 2) if (old[i] !== 0 || old[i + 1] !== 0) this.add(old[i]!, old[i + 1]!);
-  }
-}
 
 /**
  * What the sink's divert saw of the Email records it sent to the side spool, checked as they

@@ -5,6 +5,7 @@
  * before the other models are staged (see early.ts).
  */
 import { DatabaseError, ErrorCodes } from '../../errors.js';
+import { HashSet32 } from './hash-sets.js';
 import { insertPkRanges } from './pk-map.js';
 import { analyzeSampled, idSequence, modelCodes, retryOnUnique, type Q } from './run.js';
 import type { WritePlan } from './plan.js';
@@ -51,31 +52,6 @@ export interface UserRepeats {
 export const MAX_CHECKED_USERS = 1_400_000;
 /** Listed users beyond which the client gives up (the step then finds the repeats itself). */
 const MAX_LISTED_REPEATS = 100_000;
-
-/** A set of 32-bit hashes, open addressing: `add` is false when the hash was there. */
-class HashSet32 {
-  // 512 KB: 90,000 users without a rehash.
-  private table = new Uint32Array(1 << 17);
-  private size = 0;
-
-  add(h: number): boolean {
-    if (h === 0) h = 1;
-    if ((this.size + 1) * 10 > this.table.length * 7) this.grow();
-    const mask = this.table.length - 1;
-    for (let i = h & mask; ; i = (i + 1) & mask) {
-      const a = this.table[i]!;
-      if (a === 0) { this.table[i] = h; this.size++; return true; }
-      if (a === h >>> 0) return false;
-    }
-  }
-
-  private grow(): void {
-    const old = this.table;
-    this.table = new Uint32Array(old.length * 2);
-    this.size = 0;
-    for (const h of old) if (h !== 0) this.add(h);
-  }
-}
 
 /** A 32-bit hash of `text` (FNV-1a), ASCII letters lower-cased with `lower`; -1 when `lower` and it is not all ASCII. */
 export function hash32(text: string, lower: boolean): number {

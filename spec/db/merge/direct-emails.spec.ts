@@ -6,7 +6,7 @@
  * Email record through the merge.
  */
 import { expect } from 'chai';
-import { EmailCheck, HashSet64, MAX_ADDRESSES } from '../../../lib/db/merge/direct-emails.js';
+import { EmailCheck, MAX_ADDRESSES } from '../../../lib/db/merge/direct-emails.js';
 import type { TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
@@ -157,16 +157,4 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
     expect([released.count, released.why]).to.deep.equal([2, 'an Email record came after the check was released']);
   });
 
-  it('HashSet64: a hash added twice is refused, and the set keeps every hash as it grows', () => {
-    const set = new HashSet64();
-    // Past its first table (2^16 slots) twice over.
-    const n = 300_000;
-    let added = 0;
-    for (let i = 0; i < n; i++) if (set.add(i * 2654435761, i ^ 0x5bd1e995)) added++;
-    let again = 0;
-    for (let i = 0; i < n; i++) if (set.add(i * 2654435761, i ^ 0x5bd1e995)) again++;
-    expect({ added, again }).to.deep.equal({ added: n, again: 0 });
-    expect(set.add(0, 0)).to.equal(true);
-    expect(set.add(0, 0)).to.equal(false);
-  });
 });

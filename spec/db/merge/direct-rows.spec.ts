@@ -10,7 +10,7 @@ import { expect } from 'chai';
 import type { TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
-import { uuid4Hex } from '../../../lib/db/merge/direct-rows.js';
+import { PairCheck, uuid4Hex } from '../../../lib/db/merge/direct-rows.js';
 
 // Enough users that they span many read chunks: the early step starts while options are still to come.
 const USERS = 3000;
@@ -73,8 +73,9 @@ describe('the new users\' options and user emails, written straight in (issue #2
     // Every row of a new user (the users but the merged admin) went straight in; the admin's and
     // the unknown user's were staged (the scoped option was never diverted).
     const newUserOptions = USERS - 1 + Math.floor(USERS / 7);
-    expect(a.stderr).to.contain(`[direct] sentry_useroption: ${newUserOptions} rows of new users written straight in, 2 staged for the merge`);
-    expect(a.stderr).to.contain(`[direct] sentry_useremail: ${USERS - 1} rows of new users written straight in, 1 staged for the merge`);
+    // No (user, key) twice among the diverted rows: the client's hashes say so, no aggregate runs.
+    expect(a.stderr).to.contain(`[direct] sentry_useroption: ${newUserOptions} rows of new users written straight in, 2 staged for the merge, no pair twice (checked in the client)`);
+    expect(a.stderr).to.contain(`[direct] sentry_useremail: ${USERS - 1} rows of new users written straight in, 1 staged for the merge, no pair twice (checked in the client)`);
     expect(b.stderr).to.not.contain('[direct]');
     expect(a.models).to.deep.equal(b.models);
     expect(a.adjacent).to.deep.equal(b.adjacent);
@@ -103,6 +104,46 @@ describe('the new users\' options and user emails, written straight in (issue #2
     const u9 = (await direct.knex.raw(`SELECT o.value FROM sentry_useroption o JOIN auth_user u ON u.id = o.user_id WHERE u.username = 'u9' AND o.key = 'timezone'`)).rows;
     expect(u9).to.deep.equal([{ value: 'UTC' }]);
     expect(got.findings).to.deep.include({ kind: 'dropped', model: 'sentry.useroption', source_pk: USERS + Math.floor(USERS / 7) + 3, reason: 'duplicate (user, key): the first one wins (user pk 9)' });
+  });
+
+  it('a pair the client saw twice among rows that are not written (the merged admin\'s) is checked by the database: the new users\' rows still go straight in', async () => {
+    // The admin (user 5, merged into the target's) gets its timezone twice: diverted, then staged.
+    const file = writeExport([...records(false), useroption(USERS * 3, 5, 'timezone', 'Asia/Tokyo')]);
+    const direct = await target();
+    const merged = await target();
+    const a = cli(file, direct);
+    const b = cli(file, merged, '--bulk-load', 'off');
+    const newUserOptions = USERS - 1 + Math.floor(USERS / 7);
+    expect(a.stderr).to.match(new RegExp(`\\[direct\\] sentry_useroption: ${newUserOptions} rows of new users written straight in, 3 staged for the merge \\(`));
+    expect(a.stderr).to.contain('no pair twice (checked in the client)'); // the user emails
+    expect(a.models).to.deep.equal(b.models);
+    expect(await outcome(direct)).to.deep.equal(await outcome(merged));
+  });
+
+  it('PairCheck: a (user, key) met twice, a key that is not text or more rows than its bound, and the database must check', () => {
+    const fresh = (limit?: number) => new PairCheck(limit);
+    const c = fresh();
+    c.note(1, 'timezone');
+    c.note(2, 'timezone');
+    c.note(1, 'language');
+    c.note(2 ** 40 + 1, 'timezone'); // another user whose pk shares its low 32 bits with user 1's
+    expect(c.mayRepeat).to.equal(false);
+    c.note(1, 'timezone');
+    expect(c.mayRepeat).to.equal(true);
+    const nul = fresh();
+    nul.note(1, null);
+    expect(nul.mayRepeat).to.equal(true);
+    const bounded = fresh(2);
+    bounded.note(1, 'a');
+    bounded.note(2, 'a');
+    expect(bounded.mayRepeat).to.equal(false);
+    bounded.note(3, 'a');
+    expect(bounded.mayRepeat).to.equal(true);
+    const released = fresh();
+    released.note(1, 'a');
+    released.release();
+    released.note(2, 'a');
+    expect(released.mayRepeat, 'a row after the release').to.equal(true);
   });
 
   it('diverts from the very row that starts the early step: an option right after the users, repeated at the end, is decided once, the first by source pk', async () => {
