@@ -141,8 +141,9 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   // Known once the step starts: on the general path the Email records stay staged, so the rows
   // that follow are not diverted (only those of the write that started it are, and staged after).
   let divertEmails = true;
-  // The staged users' possible repeats, noted as they pass (users.ts ranks only those).
-  const userCheck = new UserRepeatCheck(plan.user.emailUnique);
+  // The staged users' possible repeats, noted as they pass (users.ts ranks only those); none
+  // where the step never starts early (--bulk-load off).
+  const userCheck = options.bulkLoad ? new UserRepeatCheck(plan.user.emailUnique) : undefined;
 
   /** The diverted Email records: straight in, dropped with their findings (no sentry_email), or staged. Resolves to the dropped count. */
   const writeEmails = async (q: Q, client: pg.ClientBase, emails: SideLines, exact: boolean, stage: (lines: Buffer[]) => Promise<void>) => {
@@ -166,11 +167,13 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     when(row: StagedRow | FilteredMarker): 'now' | 'later' | 'never' {
       if (staged.usersOnly && (row.code === codes.user || row.code === REJECTED_USER_CODE)) {
         if (row.kind === 'row' && row.code === codes.user) {
-          userCheck.note(row.pk, row.values[STAGE_INDEX.username], row.values[STAGE_INDEX.email], row.values[STAGE_INDEX.email_unique]);
+          userCheck?.note(row.pk, row.values[STAGE_INDEX.username], row.values[STAGE_INDEX.email], row.values[STAGE_INDEX.email_unique]);
         }
         return 'later';
       }
-      return staged.leadingUsers > 0 && staged.pksIncreasing && !staged.usersAfterOthers ? 'now' : 'never';
+      if (staged.leadingUsers > 0 && staged.pksIncreasing && !staged.usersAfterOthers) return 'now';
+      userCheck?.take(); // the hashes go: no early step
+      return 'never';
     },
     // While the step runs, the options that may belong straight in wait in the side spool.
     divert: (row: StagedRow) => {
@@ -180,7 +183,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
       return emailSide;
     },
     async start(client: pg.ClientBase) {
-      const started = await beginEarlyUsers(client, options, plan, userCheck.take());
+      const started = await beginEarlyUsers(client, options, plan, userCheck?.take());
       if (started && plan.email && !started.bulk) divertEmails = false;
       return started && {
         run: async () => { users = await started.run(); },
@@ -192,6 +195,8 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
         async writeDiverted(sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>) {
           // Only where file order is source pk order and the new users stand: else all are staged.
           const exact = !!users && staged.pksIncreasing;
+          // The input has ended: the pairs' hashes go, whatever is written.
+          for (const m of direct) m.pairs.release();
           const q = runner(client, options);
           const rest = new Map(sides);
           const emails = emailSide === undefined ? undefined : rest.get(emailSide);

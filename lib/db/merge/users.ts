@@ -146,13 +146,12 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
     ? `SELECT count(*) AS n FROM (SELECT lower(s.username) AS l FROM ${S} s WHERE s.run = $1 AND s.model = ${modelCodes().user} AND s.keep GROUP BY 1) g
        WHERE NOT EXISTS (SELECT 1 FROM ${U} a WHERE lower(a.username) = g.l)`
     : `SELECT count(*) AS n FROM ${S} s WHERE s.run = $1 AND s.model = ${modelCodes().user} AND s.keep`, [options.run])).rows[0].n);
+  const tooMany = (n: number | string, highest: bigint) => new DatabaseError(ErrorCodes.TARGET_LIMIT,
+    `importing ${n} users would need user ids up to ${highest}, more than the target's ${U}.id holds (${plan.user.idLimit}): nothing was written`);
   if (count > 0) {
     const seq = (await q(`SELECT last_value::text AS v, is_called FROM ${userSeq}`)).rows[0] as { v: string; is_called: boolean };
     const highest = BigInt(seq.v) + BigInt(count) - (seq.is_called ? 0n : 1n);
-    if (highest > BigInt(plan.user.idLimit)) {
-      throw new DatabaseError(ErrorCodes.TARGET_LIMIT,
-        `importing ${count} users would need user ids up to ${highest}, more than the target's ${U}.id holds (${plan.user.idLimit}): nothing was written`);
-    }
+    if (highest > BigInt(plan.user.idLimit)) throw tooMany(count, highest);
   }
   // One statement decides every user and draws the new ids. Only the names (and email_unique
   // candidates) that repeat are ranked: a hash of all, then a window over the few that repeat (a
@@ -167,7 +166,7 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
     ), rl AS (
       SELECT src_pk, row_number() OVER (PARTITION BY lname ORDER BY src_pk) AS rn
       FROM u WHERE keep AND lname IN (${path.repeats
-        ? `SELECT lname FROM u WHERE keep AND src_pk = ANY(${param(path.repeats.names)}::bigint[])`
+        ? `SELECT lname FROM u WHERE keep AND src_pk IN (SELECT unnest(${param(path.repeats.names)}::bigint[]))`
         : 'SELECT lname FROM u WHERE keep GROUP BY lname HAVING count(*) > 1'})
     ), ex AS (
       -- An existing user with the same name, case-insensitively (the oldest if several).
@@ -203,7 +202,17 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
                   ${plan.user.emailUnique ? `CASE WHEN a.src_pk IS NOT NULL THEN a.email_unique_final WHEN d.new THEN ${CANDIDATE} END` : 'NULL::text'} AS email_unique_final,
                   a.address_note
                 FROM d LEFT JOIN a USING (src_pk) ORDER BY d.ord) y) z`,
-  params);
+  params).catch((err: unknown) => {
+    // The sequence itself at its end (a name another session freed between the count and the
+    // decision, with --merge-users, made one more user new): the same stop.
+    if ((err as { code?: string }).code === '2200H') {
+      throw new DatabaseError(ErrorCodes.TARGET_LIMIT, `importing more than ${count} users would need user ids past the end of ${userSeq}: nothing was written`);
+    }
+    throw err;
+  });
+  // The same, where the sequence goes further than the id column: where it stands now.
+  const after = BigInt((await q(`SELECT last_value::text AS v FROM ${userSeq}`)).rows[0].v as string);
+  if (count > 0 && after > BigInt(plan.user.idLimit)) throw tooMany(`more than ${count}`, after);
   // A small sample is enough for these plans (how few are renamed or merged, how many are new):
   // the default target read 30,000 rows of nine columns, 0.3-0.6 s at 100k users.
   await analyzeSampled(q, 'up_user (src_pk, lname, keep, rn, outcome, new_id, target_id, final_name, email)');
@@ -279,7 +288,7 @@ function addresses(plan: WritePlan, path: UsersStepPath, param: (value: unknown)
       SELECT x.src_pk, NULL::text AS email_unique_final,
         'email_unique left empty: ' || x.cand || ' is the email_unique of an earlier user of the export (pk ' || x.first_pk || ')' AS address_note
       FROM (SELECT d.src_pk, ${CANDIDATE} AS cand, row_number() OVER w AS rn, first_value(d.src_pk) OVER w AS first_pk
-            FROM d WHERE d.new AND ${CANDIDATE} IN (SELECT ${CANDIDATE} FROM d WHERE d.new AND d.src_pk = ANY(${param(path.repeats.candidates)}::bigint[]))
+            FROM d WHERE d.new AND ${CANDIDATE} IN (SELECT ${CANDIDATE} FROM d WHERE d.new AND d.src_pk IN (SELECT unnest(${param(path.repeats.candidates)}::bigint[])))
             WINDOW w AS (PARTITION BY ${CANDIDATE} ORDER BY d.src_pk)) x
       WHERE x.rn > 1
     )`;
@@ -291,7 +300,7 @@ function addresses(plan: WritePlan, path: UsersStepPath, param: (value: unknown)
       FROM nu y
         ${unique ? `LEFT JOIN (SELECT src_pk, row_number() OVER w AS rn, first_value(src_pk) OVER w AS first_pk
                    FROM nu WHERE cand IN (${path.repeats
-                     ? `SELECT cand FROM nu WHERE src_pk = ANY(${param(path.repeats.candidates)}::bigint[])`
+                     ? `SELECT cand FROM nu WHERE src_pk IN (SELECT unnest(${param(path.repeats.candidates)}::bigint[]))`
                      : 'SELECT cand FROM nu WHERE cand IS NOT NULL GROUP BY cand HAVING count(*) > 1'})
                    WINDOW w AS (PARTITION BY cand ORDER BY src_pk)) r USING (src_pk)` : 'LEFT JOIN (SELECT NULL::bigint AS src_pk, NULL::bigint AS rn, NULL::bigint AS first_pk) r ON false'}
         ${path.empty ? '' : `LEFT JOIN (SELECT DISTINCT ON (lower(a.email)) lower(a.email) AS le, a.id FROM ${U} a

@@ -7,7 +7,10 @@
 import { expect } from 'chai';
 import { importUsers } from '../../../lib/index.js';
 import { hash32, UserRepeatCheck } from '../../../lib/db/merge/users.js';
-import { freshDatabase, withDb, type TestDb } from '../../helpers/db.js';
+import { ErrorCodes } from '../../../lib/errors.js';
+import type { TraceEvent } from '../../../lib/trace.js';
+import { failure, freshDatabase, withDb, type TestDb } from '../../helpers/db.js';
+import { insertUser } from '../../helpers/sentry-rows.js';
 import { email, user, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 
 const USERS = 2000;
@@ -108,25 +111,61 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
     expect(check.take()).to.deep.equal({ names: [2], candidates: [2] });
   });
 
-  for (const locale of [undefined, 'en-US']) {
-    it(`an import in Sentry's order gives what the merge at the end gives: renames, email_unique, notes and findings (${locale ? `ICU ${locale}` : 'C'} database)`, async () => {
+  /** The users step's statement of an import, from its trace: how it found the repeats. */
+  const usersStatement = (sqls: string[]) => sqls.find((q) => q.includes('CREATE TEMP TABLE up_user ON COMMIT DROP'))!;
+
+  /**
+   * Targets: empty (C and ICU en-US), one that holds a few rows (the bulk path, decided against
+   * them: an existing alice and an existing holder of u7's address and of u8's email_unique), and
+   * one that holds more than a few (the general path, the early step on it); the last two also
+   * with --merge-users.
+   */
+  const variants: { name: string; locale?: string; existing?: number; mergeUsers?: boolean; renamed: number[]; notes: number[] }[] = [
+    // ALICE, Alice and u5; and änne where lower() makes it Änne's name (ICU), not in C.
+    { name: 'empty target, C database', renamed: [302, 303, 308], notes: [302, 303] },
+    { name: 'empty target, ICU en-US database', locale: 'en-US', renamed: [302, 303, 305, 308], notes: [302, 303] },
+    // alice is taken by the target's user too; u7's address and u8's email_unique are an existing user's.
+    { name: 'a target holding a few rows', existing: 2, renamed: [301, 302, 303, 308], notes: [7, 8, 302, 303] },
+    { name: 'a target holding a few rows, --merge-users', existing: 2, mergeUsers: true, renamed: [], notes: [7, 8] },
+    { name: 'a target holding more than a few rows (the general path)', existing: 1500, renamed: [301, 302, 303, 308], notes: [7, 8, 302, 303] },
+    { name: 'a target holding more than a few rows, --merge-users', existing: 1500, mergeUsers: true, renamed: [], notes: [7, 8] },
+  ];
+  for (const v of variants) {
+    it(`an import in Sentry's order decides as the merge at the end: renames, email_unique, notes and findings (${v.name})`, async () => {
       const { file, twins: [n1, n2, e1, e2] } = repeatsExport();
-      const early = await freshDatabase(true, { icuLocale: locale });
-      const atEnd = await freshDatabase(true, { icuLocale: locale });
+      const early = await freshDatabase(true, { icuLocale: v.locale });
+      const atEnd = await freshDatabase(true, { icuLocale: v.locale });
       try {
-        const traced: string[] = [];
-        const a = await importUsers({ source: file, databaseUrl: early.url, onTrace: (e) => { if (e.kind === 'sink') traced.push(e.moment); } });
-        const b = await importUsers({ source: file, databaseUrl: atEnd.url, bulkLoad: 'off' });
-        expect(traced, 'the users step ran early, with the list').to.include('overlap started');
+        for (const db of [early, atEnd]) {
+          if (!v.existing) continue;
+          await insertUser(db.knex, { password: 'x', username: 'Alice', email: 'U7@example.com', email_unique: 'u8@example.com' });
+          await insertUser(db.knex, { password: 'x', username: 'someone', email: 'someone@example.org', email_unique: null });
+          if (v.existing > 2) {
+            await db.knex.raw(`INSERT INTO auth_user (password, username, first_name, email, is_staff, is_active, is_superuser, is_managed,
+                is_password_expired, flags, date_joined)
+              SELECT 'x', 'old' || i, '', 'old' || i || '@example.org', false, true, false, false, false, 0, now() FROM generate_series(3, ${v.existing}) i`);
+            await db.knex.raw('ANALYZE auth_user');
+          }
+        }
+        const sqls: { early: string[]; atEnd: string[] } = { early: [], atEnd: [] };
+        const traced = (into: string[]) => (e: TraceEvent) => { if (e.kind === 'sql') into.push(e.sql); else if (e.kind === 'sink') into.push(`[sink] ${e.moment}`); };
+        const options = { source: file, mergeUsers: !!v.mergeUsers };
+        const a = await importUsers({ ...options, databaseUrl: early.url, onTrace: traced(sqls.early) });
+        const b = await importUsers({ ...options, databaseUrl: atEnd.url, bulkLoad: 'off', onTrace: traced(sqls.atEnd) });
+        expect(sqls.early, 'the users step ran early').to.include('[sink] overlap started');
+        // Early, the step ranked the client's list; at the end, it found the repeats itself.
+        expect(usersStatement(sqls.early)).to.include('unnest(').and.not.include('HAVING count(*) > 1');
+        expect(usersStatement(sqls.atEnd)).to.include('HAVING count(*) > 1').and.not.include('unnest(');
+        expect(a.bulkLoad).to.equal((v.existing ?? 0) <= 1000);
         expect(a.models).to.deep.equal(b.models);
         expect(a.adjacent).to.deep.equal(b.adjacent);
         const s = await state(early);
         expect(s).to.deep.equal(await state(atEnd));
-        // ALICE, Alice and u5; and änne where lower() makes it Änne's name (ICU), not in C.
-        const renamed = (await early.knex.raw(`SELECT source_pk FROM userport.findings WHERE kind = 'renamed' ORDER BY 1`)).rows.map((r: { source_pk: string }) => Number(r.source_pk));
-        expect(renamed).to.deep.equal(locale ? [302, 303, 305, 308] : [302, 303, 308]);
-        const notes = (await early.knex.raw(`SELECT source_pk FROM userport.findings WHERE kind = 'address' ORDER BY 1`)).rows.map((r: { source_pk: string }) => Number(r.source_pk));
-        expect(notes, 'ALICE\'s address and Alice\'s email_unique are earlier users\'').to.deep.equal([302, 303]);
+        const ofKind = async (kind: string) => (await early.knex.raw(`SELECT source_pk FROM userport.findings WHERE kind = ? ORDER BY 1`, [kind])).rows
+          .map((r: { source_pk: string }) => Number(r.source_pk));
+        expect(await ofKind('renamed')).to.deep.equal(v.renamed);
+        expect(await ofKind('address'), 'ALICE\'s address and Alice\'s email_unique are earlier users\'; u7\'s and u8\'s an existing user\'s').to.deep.equal(v.notes);
+        if (v.mergeUsers) expect(a.models['sentry.user']!.merged).to.equal(v.existing ? 4 : 3);
         // The twins keep their own names and addresses.
         expect(s.users.filter((u: { u: string }) => u.u === n1 || u.u === n2).map((u: { email_unique: string }) => u.email_unique)).to.deep.equal([e1, e2]);
       } finally {
@@ -135,4 +174,30 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
       }
     });
   }
+
+  it('stops before writing when the new users\' ids would not fit the id column, counting one id per name with --merge-users', async () => {
+    // Ten users of which three repeat a name (two of the export, one of the target's user):
+    // --merge-users needs seven ids, else ten. The column is made 32-bit (Sentry 9's) and its
+    // sequence left seven ids from the end.
+    const names = ['u1', 'u2', 'u3', 'u4', 'u5', 'u6', 'u7', 'U1', 'u2', 'ZED'].map((n, i) => user(i + 1, n));
+    const file = writeExport([...names, email(1, 'x@example.com')]);
+    for (const mergeUsers of [true, false]) {
+      await withDb(async (db) => {
+        await db.knex.raw('ALTER TABLE auth_user ALTER COLUMN id TYPE integer');
+        await insertUser(db.knex, { password: 'x', username: 'zed' });
+        await db.knex.raw(`SELECT setval(pg_get_serial_sequence('auth_user', 'id'), 2147483647 - 7)`);
+        const run = importUsers({ source: file, databaseUrl: db.url, mergeUsers });
+        if (mergeUsers) {
+          const summary = await run;
+          expect(summary.models['sentry.user']).to.include({ inserted: 7, merged: 3 });
+          expect((await db.knex.raw('SELECT max(id)::int AS id FROM auth_user')).rows[0].id).to.equal(2147483647);
+        } else {
+          const err = await failure(run);
+          expect(err.code).to.equal(ErrorCodes.TARGET_LIMIT);
+          expect(err.message).to.include('importing 10 users would need user ids up to 2147483650');
+          expect(await db.count('auth_user')).to.equal(1);
+        }
+      });
+    }
+  });
 });
