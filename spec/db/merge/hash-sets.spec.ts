@@ -14,6 +14,9 @@ describe('the client\'s hash sets', () => {
     expect({ added, again }).to.deep.equal({ added: n, again: 0 });
     expect(set.add(0, 0)).to.equal(true);
     expect(set.add(0, 0)).to.equal(false);
+    // Both halves count: the same first half with another second half is another hash.
+    const halves = new HashSet64();
+    expect([halves.add(7, 1), halves.add(7, 2), halves.add(8, 1), halves.add(7, 1), halves.add(7, 2)]).to.deep.equal([true, true, true, false, false]);
   });
 
   it('HashSet32: a hash added twice is refused, and the set keeps every hash as it grows', () => {

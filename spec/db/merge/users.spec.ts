@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai';
 import { importUsers } from '../../../lib/index.js';
-import { hash32, UserRepeatCheck } from '../../../lib/db/merge/users.js';
+import { hash32, MAX_CHECKED_USERS, UserRepeatCheck } from '../../../lib/db/merge/users.js';
 import { ErrorCodes } from '../../../lib/errors.js';
 import type { TraceEvent } from '../../../lib/trace.js';
 import { failure, freshDatabase, withDb, type TestDb } from '../../helpers/db.js';
@@ -64,11 +64,17 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
     expect(check.why).to.match(/after the list was taken/);
   });
 
-  it('gives up (the step then finds the repeats itself) beyond its bound of listed users', () => {
+  it('gives up (the step then finds the repeats itself) beyond its bound of listed users, and of users', () => {
     const check = new UserRepeatCheck();
     for (let i = 1; i <= 100_002; i++) check.note(i, 'same', null, null);
     expect(check.take()).to.equal(undefined);
     expect(check.why).to.match(/too many/);
+    const many = new UserRepeatCheck(false);
+    for (let i = 1; i <= MAX_CHECKED_USERS; i++) many.note(i, `u${i}`, null, null);
+    expect(many.why, 'at the bound').to.equal(undefined);
+    many.note(MAX_CHECKED_USERS + 1, 'one more', null, null);
+    expect(many.take()).to.equal(undefined);
+    expect(many.why).to.match(/more than 1,400,000 users/);
   });
 
   /**
