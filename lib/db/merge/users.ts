@@ -76,43 +76,44 @@ export function hash32(text: string, lower: boolean): number {
  * The list is only exact for the users noted, in source pk order (the caller's facts say so).
  */
 export class UserRepeatCheck {
-  private names: HashSet32 | undefined = new HashSet32();
-  private candidates: HashSet32 | undefined = new HashSet32();
-  private readonly listed: UserRepeats = { names: [], candidates: [] };
+  /** The hashes: of the names, and of the candidates where the target has `email_unique`; gone once taken or given up. */
+  private sets: { names: HashSet32; candidates: HashSet32 | undefined } | undefined;
+  private readonly names: number[] = [];
+  private readonly candidates: number[] = [];
   private count = 0;
   /** Why there is no list, once something says so. */
   why: string | undefined;
 
-  /** `candidates`: whether the target has `email_unique` (else no candidate is noted). */
-  constructor(private readonly withCandidates = true) {}
+  /** `withCandidates`: whether the target has `email_unique` (else no candidate is noted). */
+  constructor(withCandidates = true) {
+    this.sets = { names: new HashSet32(), candidates: withCandidates ? new HashSet32() : undefined };
+  }
 
   note(pk: number, username: unknown, email: unknown, emailUnique: unknown): void {
     if (this.why !== undefined) return;
-    if (!this.names || !this.candidates) { this.why = 'a user came after the list was taken'; return; }
+    if (!this.sets) { this.why = 'a user came after the list was taken'; return; }
     if (++this.count > MAX_CHECKED_USERS) { this.give(`more than ${MAX_CHECKED_USERS.toLocaleString('en-US')} users (the client keeps no more)`); return; }
     const name = typeof username === 'string' ? hash32(username, true) : -1;
-    if (name < 0 || !this.names.add(name)) (this.listed.names as number[]).push(pk);
-    if (this.withCandidates) {
+    if (name < 0 || !this.sets.names.add(name)) this.names.push(pk);
+    if (this.sets.candidates) {
       // nullif(coalesce(email_unique, email), ''), compared as it is.
       const candidate = emailUnique ?? email;
-      if (typeof candidate === 'string' ? candidate !== '' && !this.candidates.add(hash32(candidate, false)) : candidate != null) {
-        (this.listed.candidates as number[]).push(pk);
+      if (typeof candidate === 'string' ? candidate !== '' && !this.sets.candidates.add(hash32(candidate, false)) : candidate != null) {
+        this.candidates.push(pk);
       }
     }
-    if (this.listed.names.length + this.listed.candidates.length > MAX_LISTED_REPEATS) this.give('too many possible repeats');
+    if (this.names.length + this.candidates.length > MAX_LISTED_REPEATS) this.give('too many possible repeats');
   }
 
   /** The list, once every user is noted; the hashes are let go. Undefined when the check gave up. */
   take(): UserRepeats | undefined {
-    this.names = undefined;
-    this.candidates = undefined;
-    return this.why === undefined ? this.listed : undefined;
+    this.sets = undefined;
+    return this.why === undefined ? { names: this.names, candidates: this.candidates } : undefined;
   }
 
   private give(why: string): void {
     this.why = why;
-    this.names = undefined;
-    this.candidates = undefined;
+    this.sets = undefined;
   }
 }
 
@@ -258,6 +259,10 @@ const NEW_USER = `outcome IN ('inserted', 'renamed')`;
 /** A user's `email_unique` candidate: the exported one, else the address (none when empty). */
 const CANDIDATE = `nullif(coalesce(d.email_unique, d.email), '')`;
 
+/** The note of a new user whose candidate (`cand`) an earlier user of the export (`first_pk`) holds, over `x`. */
+const EARLIER_HOLDER = (x: string) =>
+  `'email_unique left empty: ' || ${x}.cand || ' is the email_unique of an earlier user of the export (pk ' || ${x}.first_pk || ')'`;
+
 /**
  * Each new user's `email_unique` (where the target has that UNIQUE column, Sentry 2025+) and a
  * note when its address is already another user's: the CTE `a` of (src_pk, email_unique_final,
@@ -286,7 +291,7 @@ function addresses(plan: WritePlan, path: UsersStepPath, param: (value: unknown)
     }
     return `, a AS (
       SELECT x.src_pk, NULL::text AS email_unique_final,
-        'email_unique left empty: ' || x.cand || ' is the email_unique of an earlier user of the export (pk ' || x.first_pk || ')' AS address_note
+        ${EARLIER_HOLDER('x')} AS address_note
       FROM (SELECT d.src_pk, ${CANDIDATE} AS cand, row_number() OVER w AS rn, first_value(d.src_pk) OVER w AS first_pk
             FROM d WHERE d.new AND ${CANDIDATE} IN (SELECT ${CANDIDATE} FROM d WHERE d.new AND d.src_pk IN (SELECT unnest(${param(path.repeats.candidates)}::bigint[])))
             WINDOW w AS (PARTITION BY ${CANDIDATE} ORDER BY d.src_pk)) x
@@ -296,13 +301,13 @@ function addresses(plan: WritePlan, path: UsersStepPath, param: (value: unknown)
   return `, nu AS MATERIALIZED (
       SELECT d.src_pk, lower(d.email) AS le, ${unique ? CANDIDATE : 'NULL::text'} AS cand FROM d WHERE d.new
     ), c AS (
-      SELECT y.src_pk, y.cand, coalesce(r.rn, 1) AS rn, r.first_pk, ${holder} AS holder, ${shared} AS shared
+      SELECT y.src_pk, y.cand, ${unique ? 'coalesce(r.rn, 1)' : '1'} AS rn, ${unique ? 'r.first_pk' : 'NULL::bigint'} AS first_pk, ${holder} AS holder, ${shared} AS shared
       FROM nu y
         ${unique ? `LEFT JOIN (SELECT src_pk, row_number() OVER w AS rn, first_value(src_pk) OVER w AS first_pk
                    FROM nu WHERE cand IN (${path.repeats
                      ? `SELECT cand FROM nu WHERE src_pk IN (SELECT unnest(${param(path.repeats.candidates)}::bigint[]))`
                      : 'SELECT cand FROM nu WHERE cand IS NOT NULL GROUP BY cand HAVING count(*) > 1'})
-                   WINDOW w AS (PARTITION BY cand ORDER BY src_pk)) r USING (src_pk)` : 'LEFT JOIN (SELECT NULL::bigint AS src_pk, NULL::bigint AS rn, NULL::bigint AS first_pk) r ON false'}
+                   WINDOW w AS (PARTITION BY cand ORDER BY src_pk)) r USING (src_pk)` : ''}
         ${path.empty ? '' : `LEFT JOIN (SELECT DISTINCT ON (lower(a.email)) lower(a.email) AS le, a.id FROM ${U} a
                    WHERE a.email <> '' AND lower(a.email) IN (SELECT le FROM nu)
                    ORDER BY lower(a.email), a.id) s ON s.le = y.le`}
@@ -313,7 +318,7 @@ function addresses(plan: WritePlan, path: UsersStepPath, param: (value: unknown)
       SELECT c.src_pk,
         ${unique ? 'CASE WHEN c.cand IS NOT NULL AND c.rn = 1 AND c.holder IS NULL THEN c.cand END' : 'NULL::text'} AS email_unique_final,
         CASE WHEN c.holder IS NOT NULL THEN 'email_unique left empty: ' || c.cand || ' is the email_unique of existing user id ' || c.holder
-             WHEN c.cand IS NOT NULL AND c.rn > 1 THEN 'email_unique left empty: ' || c.cand || ' is the email_unique of an earlier user of the export (pk ' || c.first_pk || ')'
+             WHEN c.cand IS NOT NULL AND c.rn > 1 THEN ${EARLIER_HOLDER('c')}
              WHEN c.shared IS NOT NULL THEN 'address also held by existing user id ' || c.shared END AS address_note
       FROM c WHERE c.rn > 1 OR c.holder IS NOT NULL OR c.shared IS NOT NULL
     )`;
