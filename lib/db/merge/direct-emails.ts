@@ -79,19 +79,10 @@ export class EmailCheck {
     if (!this.seen) { this.fail('an Email record came after the check was released'); return; }
     if (this.count > MAX_ADDRESSES) { this.fail(`more than ${MAX_ADDRESSES.toLocaleString('en-US')} Email records (the client keeps no more)`); return; }
     if (typeof address !== 'string') { this.fail('an Email record has no address'); return; }
-    // FNV-1a and a multiply-rotate hash of the ASCII lower-case form.
-    let h1 = 0x811c9dc5;
-    let h2 = 0x9747b28c;
-    for (let i = 0; i < address.length; i++) {
-      let c = address.charCodeAt(i);
-      // Printable ASCII only: PostgreSQL's lower() is the ASCII one there, and COPY escapes none of it but the backslash.
-      if (c < 0x20 || c > 0x7e || c === 0x5c) { this.fail('an address is not plain ASCII text'); return; }
-      if (c >= 0x41 && c <= 0x5a) c += 0x20;
-      h1 = Math.imul(h1 ^ c, 0x01000193);
-      h2 = Math.imul(h2 ^ c, 0x5bd1e995);
-      h2 = (h2 << 13) | (h2 >>> 19);
-    }
-    if (!this.seen.add(h1 >>> 0, Math.imul(h2 ^ address.length, 0x85ebca6b) >>> 0)) this.fail('two addresses are the same, or share a hash');
+    // 64 bits of the ASCII lower-case form: printable ASCII only, where PostgreSQL's lower() is the ASCII one.
+    const added = this.seen.addText(0, address, true);
+    if (added === undefined) this.fail('an address is not plain ASCII text');
+    else if (!added) this.fail('two addresses are the same, or share a hash');
   }
 
   /** Gives up, and lets the hashes go. */

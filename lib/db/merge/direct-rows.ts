@@ -78,16 +78,7 @@ export class PairCheck {
   note(userPk: unknown, key: unknown): void {
     if (this.mayRepeat) return;
     if (!this.seen || ++this.count > this.limit || typeof userPk !== 'number' || typeof key !== 'string') { this.give(); return; }
-    // FNV-1a and a multiply-rotate hash over the user pk's 53 bits, then the key's characters.
-    let h1 = Math.imul(0x811c9dc5 ^ (userPk >>> 0), 0x01000193);
-    let h2 = Math.imul(0x9747b28c ^ Math.floor(userPk / 0x100000000), 0x5bd1e995);
-    for (let i = 0; i < key.length; i++) {
-      const c = key.charCodeAt(i);
-      h1 = Math.imul(h1 ^ c, 0x01000193);
-      h2 = Math.imul(h2 ^ c, 0x5bd1e995);
-      h2 = (h2 << 13) | (h2 >>> 19);
-    }
-    if (!this.seen.add(h1 >>> 0, Math.imul(h2 ^ key.length, 0x85ebca6b) >>> 0)) this.give();
+    if (!this.seen.addText(userPk, key)) this.give();
   }
 
   /** Lets the hashes go (the input has ended; only the verdict is needed). */

@@ -4,6 +4,21 @@
  * budget (issue #23). A hash met twice only sends the rows to the database's exact check.
  */
 
+/** A 32-bit hash of `text` (FNV-1a), ASCII letters lower-cased with `lower`; -1 when `lower` and it is not all ASCII. */
+export function hash32(text: string, lower: boolean): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    let c = text.charCodeAt(i);
+    if (lower) {
+      // PostgreSQL's lower() of non-ASCII text depends on the database's locale: the caller lists it.
+      if (c > 0x7f) return -1;
+      if (c >= 0x41 && c <= 0x5a) c += 0x20;
+    }
+    h = Math.imul(h ^ c, 0x01000193);
+  }
+  return Math.imul(h ^ text.length, 0x85ebca6b) >>> 0;
+}
+
 /** A set of 32-bit hashes, open addressing: `add` is false when the hash was there. */
 export class HashSet32 {
   // 512 KB: 90,000 users without a rehash.
@@ -29,10 +44,35 @@ export class HashSet32 {
   }
 }
 
-/** A set of 64-bit hashes (two 32-bit halves, open addressing): `add` answers false when the hash was there. */
+/**
+ * A set of 64-bit hashes (two 32-bit halves, open addressing): `add` answers false when the hash
+ * was there. `addText` hashes a text (and a number before it) into the set.
+ */
 export class HashSet64 {
   private table = new Uint32Array(1 << 17);
   private size = 0;
+
+  /**
+   * Adds the 64-bit hash of `prefix` (an integer up to 2^53, 0 for none) and `text`, FNV-1a and a
+   * multiply-rotate hash side by side: false when it was there. With `asciiLower`, A-Z hash as
+   * a-z, and a text with anything but printable ASCII or with a backslash is not hashed
+   * (undefined): PostgreSQL's lower() is the ASCII one only there, and COPY escapes none of it.
+   */
+  addText(prefix: number, text: string, asciiLower = false): boolean | undefined {
+    let h1 = Math.imul(0x811c9dc5 ^ (prefix >>> 0), 0x01000193);
+    let h2 = Math.imul(0x9747b28c ^ Math.floor(prefix / 0x100000000), 0x5bd1e995);
+    for (let i = 0; i < text.length; i++) {
+      let c = text.charCodeAt(i);
+      if (asciiLower) {
+        if (c < 0x20 || c > 0x7e || c === 0x5c) return undefined;
+        if (c >= 0x41 && c <= 0x5a) c += 0x20;
+      }
+      h1 = Math.imul(h1 ^ c, 0x01000193);
+      h2 = Math.imul(h2 ^ c, 0x5bd1e995);
+      h2 = (h2 << 13) | (h2 >>> 19);
+    }
+    return this.add(h1 >>> 0, Math.imul(h2 ^ text.length, 0x85ebca6b) >>> 0);
+  }
 
   add(h1: number, h2: number): boolean {
     if (h1 === 0 && h2 === 0) h2 = 1;

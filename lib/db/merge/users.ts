@@ -5,7 +5,7 @@
  * before the other models are staged (see early.ts).
  */
 import { DatabaseError, ErrorCodes } from '../../errors.js';
-import { HashSet32 } from './hash-sets.js';
+import { hash32, HashSet32 } from './hash-sets.js';
 import { insertPkRanges } from './pk-map.js';
 import { analyzeSampled, idSequence, modelCodes, retryOnUnique, type Q } from './run.js';
 import type { WritePlan } from './plan.js';
@@ -52,21 +52,6 @@ export interface UserRepeats {
 export const MAX_CHECKED_USERS = 1_400_000;
 /** Listed users beyond which the client gives up (the step then finds the repeats itself). */
 const MAX_LISTED_REPEATS = 100_000;
-
-/** A 32-bit hash of `text` (FNV-1a), ASCII letters lower-cased with `lower`; -1 when `lower` and it is not all ASCII. */
-export function hash32(text: string, lower: boolean): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    let c = text.charCodeAt(i);
-    if (lower) {
-      // PostgreSQL's lower() of a non-ASCII name depends on the database's locale: such a name is listed.
-      if (c > 0x7f) return -1;
-      if (c >= 0x41 && c <= 0x5a) c += 0x20;
-    }
-    h = Math.imul(h ^ c, 0x01000193);
-  }
-  return Math.imul(h ^ text.length, 0x85ebca6b) >>> 0;
-}
 
 /**
  * Notes each kept user as it is staged, in file order, and lists the possible repeats

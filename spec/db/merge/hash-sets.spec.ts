@@ -1,6 +1,6 @@
-/** The client's hash sets (lib/db/merge/hash-sets.ts): a hash added twice is refused, at any size. */
+/** The client's hash sets and text hashes (lib/db/merge/hash-sets.ts): a hash added twice is refused, at any size. */
 import { expect } from 'chai';
-import { HashSet32, HashSet64 } from '../../../lib/db/merge/hash-sets.js';
+import { hash32, HashSet32, HashSet64 } from '../../../lib/db/merge/hash-sets.js';
 
 describe('the client\'s hash sets', () => {
   it('HashSet64: a hash added twice is refused, and the set keeps every hash as it grows', () => {
@@ -31,5 +31,30 @@ describe('the client\'s hash sets', () => {
     // 0 marks an empty slot: it is stored as 1 (a shared hash, so the database checks).
     const small = new HashSet32();
     expect([small.add(0), small.add(1), small.add(0)]).to.deep.equal([true, false, false]);
+  });
+
+  it('HashSet64.addText: the same text (and number) twice is refused; with asciiLower, case does not count and only plain ASCII is hashed', () => {
+    const set = new HashSet64();
+    expect([set.addText(0, 'a@x.io'), set.addText(0, 'a@x.io'), set.addText(0, 'A@X.IO')]).to.deep.equal([true, false, true]);
+    // The number before the text counts, in all its 53 bits: user pk 1 and 2^32 + 1 are two users.
+    expect([set.addText(1, 'k'), set.addText(2, 'k'), set.addText(2 ** 32 + 1, 'k'), set.addText(1, 'k')]).to.deep.equal([true, true, true, false]);
+    // A text and a prefix of it, or the empty text, are other texts.
+    expect([set.addText(1, 'k\u0000'), set.addText(1, '')]).to.deep.equal([true, true]);
+    const lower = new HashSet64();
+    // Folded, a text hashes as its lower-case form does unfolded.
+    expect([lower.addText(0, 'Bob@X.io', true), lower.addText(0, 'bob@x.IO', true), lower.addText(0, 'bob@x.io'), lower.addText(0, 'Bob@X.io')]).to.deep.equal([true, false, false, true]);
+    // Not printable ASCII, or a backslash (escaped in COPY text): not hashed at all.
+    expect(['zoë@x.io', 'tab\there', 'back\\slash', 'del\u007f'].map((t) => lower.addText(0, t, true))).to.deep.equal([undefined, undefined, undefined, undefined]);
+    // The same texts hash where case is not folded.
+    expect(set.addText(0, 'zoë@x.io')).to.equal(true);
+  });
+
+  it('hash32: lower-cases ASCII letters when asked, and answers -1 for non-ASCII text then', () => {
+    expect(hash32('Bob', true)).to.equal(hash32('bob', true));
+    expect(hash32('Bob', false)).to.not.equal(hash32('bob', false));
+    expect(hash32('zoë', true)).to.equal(-1);
+    expect(hash32('zoë', false)).to.be.at.least(0);
+    // Length counts: a text and the same text with a NUL are apart.
+    expect(hash32('a', false)).to.not.equal(hash32('a\u0000', false));
   });
 });

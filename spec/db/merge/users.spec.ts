@@ -6,7 +6,8 @@
  */
 import { expect } from 'chai';
 import { importUsers } from '../../../lib/index.js';
-import { hash32, MAX_CHECKED_USERS, UserRepeatCheck } from '../../../lib/db/merge/users.js';
+import { hash32 } from '../../../lib/db/merge/hash-sets.js';
+import { MAX_CHECKED_USERS, UserRepeatCheck } from '../../../lib/db/merge/users.js';
 import { ErrorCodes } from '../../../lib/errors.js';
 import type { TraceEvent } from '../../../lib/trace.js';
 import { failure, freshDatabase, withDb, type TestDb } from '../../helpers/db.js';
