@@ -21,7 +21,7 @@ import { NewUsers } from './pk-map.js';
 import { idSequence, modelCodes, openMerge, runner, type Q } from './run.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
 import { REJECTED_USER_CODE, STAGE_INDEX } from '../../models.js';
-import { insertLostPasswords, mergeUsers, UserRepeatCheck, type UserRepeats, type UsersStepOptions, type UsersWritten } from './users.js';
+import { insertLostPasswords, mergeUsers, UserOrdinals, UserRepeatCheck, type OrdinalRun, type UserRepeats, type UsersStepOptions, type UsersWritten } from './users.js';
 
 /** What the users' step wrote (step 2 of the merge), and how. */
 export interface UsersStep extends UsersWritten {
@@ -53,7 +53,7 @@ export type EarlyUsersOptions = UsersStepOptions & TraceOptions & { bulkLoad?: b
  * the users.
  */
 export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsersOptions, plan: WritePlan,
-  repeats?: UserRepeats): Promise<{ bulk: BulkLoad | undefined; run(): Promise<EarlyUsers> } | undefined> {
+  repeats?: UserRepeats, ordinals?: OrdinalRun): Promise<{ bulk: BulkLoad | undefined; run(): Promise<EarlyUsers> } | undefined> {
   if (!options.bulkLoad) return undefined;
   const q = runner(client, options);
   const S = await openMerge(q, { sampled: true });
@@ -74,7 +74,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
       // The lost-password hashes are made in the client once the users are in (in the global
       // scope the users' step writes them: it skips the users whose password hash it keeps).
       const later = plan.lostPassword !== undefined && plan.scope !== 'global';
-      const written = await mergeUsers(q, S, options, plan, { empty: bulk?.empty ?? false, lostPasswordsLater: later, repeats });
+      const written = await mergeUsers(q, S, options, plan, { empty: bulk?.empty ?? false, lostPasswordsLater: later, repeats, ordinals });
       if (later) written.lostPasswordHashes = await lostPasswordsNow(q, client, plan, options.run);
       // The users' tables are complete: their indexes and constraints are built now, while Node
       // still reads the file (the server waits for it otherwise), not after the other tables' rows.
@@ -144,6 +144,8 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   // The staged users' possible repeats, noted as they pass (users.ts ranks only those); none
   // where the step never starts early (--bulk-load off).
   const userCheck = options.bulkLoad ? new UserRepeatCheck(plan.user.emailUnique) : undefined;
+  // And whether the kept users came one after another: their new ids are then one block (users.ts).
+  const ordinals = new UserOrdinals();
 
   /** The diverted Email records: straight in, dropped with their findings (no sentry_email), or staged. Resolves to the dropped count. */
   const writeEmails = async (q: Q, client: pg.ClientBase, emails: SideLines, exact: boolean, stage: (lines: Buffer[]) => Promise<void>) => {
@@ -168,6 +170,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
       if (staged.usersOnly && (row.code === codes.user || row.code === REJECTED_USER_CODE)) {
         if (row.kind === 'row' && row.code === codes.user) {
           userCheck?.note(row.pk, row.values[STAGE_INDEX.username], row.values[STAGE_INDEX.email], row.values[STAGE_INDEX.email_unique]);
+          ordinals.note(row.ordinal, row.pk);
         }
         return 'later';
       }
@@ -183,7 +186,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
       return emailSide;
     },
     async start(client: pg.ClientBase) {
-      const started = await beginEarlyUsers(client, options, plan, userCheck?.take());
+      const started = await beginEarlyUsers(client, options, plan, userCheck?.take(), ordinals.run());
       if (started && plan.email && !started.bulk) divertEmails = false;
       return started && {
         run: async () => { users = await started.run(); },

@@ -5,14 +5,17 @@
  * that follows.
  */
 import { expect } from 'chai';
+import fs from 'node:fs';
+import path from 'node:path';
 import { importUsers } from '../../../lib/index.js';
 import { hash32 } from '../../../lib/db/merge/hash-sets.js';
-import { MAX_CHECKED_USERS, UserRepeatCheck } from '../../../lib/db/merge/users.js';
+import { MAX_CHECKED_USERS, UserOrdinals, UserRepeatCheck } from '../../../lib/db/merge/users.js';
 import { ErrorCodes } from '../../../lib/errors.js';
 import type { TraceEvent } from '../../../lib/trace.js';
 import { failure, freshDatabase, withDb, type TestDb } from '../../helpers/db.js';
 import { insertUser } from '../../helpers/sentry-rows.js';
-import { email, user, useroption, writeExport, type Rec } from '../../helpers/exports.js';
+import { tmpFolder } from '../../helpers/setup.js';
+import { email, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 
 const USERS = 2000;
 
@@ -118,6 +121,9 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
     expect(check.take()).to.deep.equal({ names: [2], candidates: [2] });
   });
 
+  /** Whether a traced statement is the users step's draw of a block of ids. */
+  const isBlockDraw = (sql: string) => sql.startsWith('SELECT min(v)::text AS lo');
+
   /** The users step's statement of an import, from its trace: how it found the repeats. */
   const usersStatement = (sqls: string[]) => sqls.find((q) => q.includes('CREATE TEMP TABLE up_user ON COMMIT DROP'))!;
 
@@ -163,6 +169,11 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
         // Early, the step ranked the client's list; at the end, it found the repeats itself.
         expect(usersStatement(sqls.early)).to.include('unnest(').and.not.include('HAVING count(*) > 1');
         expect(usersStatement(sqls.atEnd)).to.include('HAVING count(*) > 1').and.not.include('unnest(');
+        // Without --merge-users every kept user is new and they came one after another: early,
+        // the ids are one block, by ordinal; at the end (and with --merge-users), nextval per user.
+        expect(sqls.early.some(isBlockDraw), 'a block drawn').to.equal(!v.mergeUsers);
+        expect(usersStatement(sqls.early).includes('nextval('), 'nextval per user').to.equal(!!v.mergeUsers);
+        expect(sqls.atEnd.some(isBlockDraw)).to.equal(false);
         expect(a.bulkLoad).to.equal((v.existing ?? 0) <= 1000);
         expect(a.models).to.deep.equal(b.models);
         expect(a.adjacent).to.deep.equal(b.adjacent);
@@ -206,5 +217,94 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
         }
       });
     }
+  });
+
+  it('UserOrdinals: a run only while every kept user comes at the next ordinal with a greater pk', () => {
+    const run = (notes: [number, number][]) => {
+      const o = new UserOrdinals();
+      for (const [ord, pk] of notes) o.note(ord, pk);
+      return o.run();
+    };
+    expect(run([])).to.equal(undefined);
+    expect(run([[3, 10], [4, 11], [5, 40]])).to.deep.equal({ first: 3, count: 3 });
+    expect(run([[3, 10], [5, 11]]), 'a record between (a filtered or rejected user, another model)').to.equal(undefined);
+    expect(run([[3, 10], [4, 10]]), 'a pk again').to.equal(undefined);
+    expect(run([[3, 10], [4, 9]]), 'a pk going down').to.equal(undefined);
+  });
+});
+
+describe('the users step draws the new ids as one block where it can (issue #23)', function () {
+  this.timeout(120000);
+  const isBlockDraw = (sql: string) => sql.startsWith('SELECT min(v)::text AS lo');
+  /** Users 1..n in Sentry's order (every 40th name again in another case: renamed), their emails, options and user emails. */
+  function records(n: number, extra: (i: number) => Record<string, unknown> = () => ({})): Rec[] {
+    const users: Rec[] = [];
+    for (let i = 1; i <= n; i++) users.push(user(i, i % 40 === 0 ? `U${i - 1}` : `u${i}`, { email: `u${i}@example.com`, ...extra(i) }));
+    return [...users, ...users.map((u) => email(u.pk as number, `u${u.pk}@example.com`)),
+      ...users.map((u) => useroption(u.pk as number, u.pk as number, 'timezone', 'UTC')),
+      ...users.map((u) => useremail(u.pk as number, u.pk as number, `u${u.pk}@example.com`))];
+  }
+  /** Ids and what they hold, tails of renamed names masked, and whether the pk map points every source user at its row. */
+  const state = async (db: TestDb) => ({
+    users: (await db.knex.raw(`SELECT id, regexp_replace(username, '-[a-zA-Z0-9]{2,12}$', '-~') AS u, email, email_unique FROM auth_user ORDER BY id`)).rows,
+    map: (await db.knex.raw(`SELECT m.source_pk, m.target_id, m.kind FROM userport.pk_map m WHERE m.model = 'sentry.user' ORDER BY 1`)).rows,
+    lph: (await db.knex.raw('SELECT user_id FROM sentry_lostpasswordhash ORDER BY id')).rows,
+    children: (await db.knex.raw(`SELECT (SELECT count(*) FROM sentry_useremail ue JOIN auth_user a ON a.id = ue.user_id AND a.email = ue.email)::int AS ue,
+      (SELECT count(*) FROM sentry_useroption)::int AS uo`)).rows,
+    seq: (await db.knex.raw(`SELECT last_value::text AS v FROM auth_user_id_seq`)).rows,
+  });
+  const traced = (into: string[]) => (e: TraceEvent) => { if (e.kind === 'sql') into.push(e.sql); };
+
+  const cases: { name: string; recs: () => Rec[]; options?: Record<string, unknown>; block: boolean }[] = [
+    { name: 'every kept user one after another, renames among them', recs: () => records(1200), block: true },
+    // A user the filter removes is staged, not kept: the kept users' ordinals have a hole.
+    { name: 'a username filter', recs: () => records(1200), options: { filterUsernames: Array.from({ length: 1200 }, (_, i) => `u${i + 1}`).filter((_, i) => i !== 600) }, block: false },
+    // A rejected user (its date is not a date) leaves a hole too.
+    { name: 'a rejected user among them', recs: () => records(1200, (i) => (i === 700 ? { date_joined: '2023-02-30T00:00:00Z' } : {})), options: { maxRejects: 1 }, block: false },
+    // A record of another model between the users (skipped, as Sentry orders userip after every user).
+    { name: 'a skipped record between them', recs: () => { const r = records(1200); r.splice(500, 0, { model: 'sentry.userip', pk: 1, fields: { user: 1, ip_address: '127.0.0.1', last_seen: '2023-06-22T22:59:55.531Z', first_seen: '2023-06-22T22:59:55.531Z' } }); return r; }, block: false },
+  ];
+  for (const c of cases) {
+    it(`${c.block ? 'draws one block' : 'draws an id per user'} (${c.name}): the same ids, rows and pk map as the merge at the end`, async () => {
+      const file = writeExport(c.recs());
+      const tmp = tmpFolder('userport-block-');
+      const early = await freshDatabase();
+      const atEnd = await freshDatabase();
+      try {
+        const sqls: string[] = [];
+        const rejects = (which: string) => (c.options?.maxRejects ? { rejectsFile: path.join(tmp, `${which}.rejects.json`) } : {});
+        const a = await importUsers({ source: file, databaseUrl: early.url, ...c.options, ...rejects('early'), onTrace: traced(sqls) });
+        const b = await importUsers({ source: file, databaseUrl: atEnd.url, ...c.options, ...rejects('atEnd'), bulkLoad: 'off' });
+        expect(sqls.some(isBlockDraw), 'a block drawn').to.equal(c.block);
+        expect(a.models).to.deep.equal(b.models);
+        if (c.block) expect(a.models['sentry.user']!.renamed).to.equal(30);
+        const s = await state(early);
+        expect(s).to.deep.equal(await state(atEnd));
+        // Ids follow the file order: the pk map pairs ascend together.
+        const ids = s.map.map((r: { target_id: string }) => Number(r.target_id));
+        expect(ids).to.deep.equal([...ids].sort((x, y) => x - y));
+      } finally {
+        await early.close();
+        await atEnd.close();
+        fs.rmSync(tmp, { recursive: true, force: true });
+      }
+    });
+  }
+
+  it('a block with a hole (the sequence counts by 2 here, as another session drawing would leave it) is not used: an id per user, as the sequence gives them', async () => {
+    const file = writeExport(records(300));
+    await withDb(async (db) => {
+      await db.knex.raw('ALTER SEQUENCE auth_user_id_seq INCREMENT BY 2');
+      const sqls: string[] = [];
+      const summary = await importUsers({ source: file, databaseUrl: db.url, onTrace: traced(sqls) });
+      expect(sqls.some(isBlockDraw), 'the block was drawn').to.equal(true);
+      expect(summary.models['sentry.user']!.inserted).to.equal(300);
+      // The block took 1..599 (odd ids); the users got the next 300 odd ids, in file order.
+      const rows = (await db.knex.raw(`SELECT m.source_pk::int AS pk, a.id::int AS id, a.email FROM userport.pk_map m JOIN auth_user a ON a.id = m.target_id
+        WHERE m.model = 'sentry.user' ORDER BY m.source_pk`)).rows as { pk: number; id: number; email: string }[];
+      expect(rows.map((r) => r.id)).to.deep.equal(Array.from({ length: 300 }, (_, i) => 601 + 2 * i));
+      expect(rows.every((r) => r.email === `u${r.pk}@example.com`), 'each source user maps to its own row').to.equal(true);
+      expect(await db.count('sentry_useremail')).to.equal(300);
+    });
   });
 });
