@@ -186,8 +186,12 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
   // new id (no --merge-users), the ids are one block drawn at once, each user's `offset + ord`:
   // no sort of the users by file order for nextval (0.1 s at 100k users, an external sort of
   // 0.6 s at 1M), and the users' INSERT and pk map read it from the staged rows.
-  const offset = path.ordinals && !options.mergeUsers && count > 0 && count === path.ordinals.count
+  const block = path.ordinals && !options.mergeUsers && count > 0 && count === path.ordinals.count
     ? await drawBlock(q, userSeq, count, path.ordinals.first).catch(limitReached) : undefined;
+  if (block && block.highest > BigInt(plan.user.idLimit)) throw tooMany(`more than ${count}`, block.highest);
+  // One block without a hole: each id is offset + ord. With holes, the drawn ids go to the users
+  // in file order through up_ids, and the INSERT and pk map read them from the decisions.
+  const offset = block?.offset;
   // One statement decides every user and draws the new ids. Only the names (and email_unique
   // candidates) that repeat are ranked: a hash of all, then a window over the few that repeat (a
   // sort of every user by name, two decision tables and their joins cost 0.9 s at 100k users).
@@ -232,11 +236,12 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
     SELECT z.src_pk, z.ord, z.off, z.keep, z.username, z.email, z.email_unique, z.lname, z.rn, z.ex_id, z.outcome,
       z.final_name, z.keep_pw, z.reason, z.new_id,
       coalesce(z.new_id, CASE WHEN z.outcome = 'merged' THEN z.ex_id END) AS target_id, z.email_unique_final, z.address_note
-    FROM (SELECT y.*, CASE WHEN y.new THEN ${offset === undefined ? `nextval(${param(userSeq)}::regclass)` : `${offset}::bigint + y.ord`} END AS new_id
+    FROM (SELECT y.*, CASE WHEN y.new THEN ${!block ? `nextval(${param(userSeq)}::regclass)` : offset === undefined ? 'y.drawn' : `${offset}::bigint + y.ord`} END AS new_id
           FROM (SELECT d.*,
                   ${plan.user.emailUnique ? `CASE WHEN a.src_pk IS NOT NULL THEN a.email_unique_final WHEN d.new THEN ${CANDIDATE} END` : 'NULL::text'} AS email_unique_final,
                   a.address_note
-                FROM d LEFT JOIN a USING (src_pk)${offset === undefined ? ' ORDER BY d.ord' : ''}) y) z`,
+                  ${block && offset === undefined ? ', i.v AS drawn' : ''}
+                FROM d LEFT JOIN a USING (src_pk)${!block ? ' ORDER BY d.ord' : offset === undefined ? ` LEFT JOIN up_ids i ON i.k = d.ord - ${path.ordinals!.first}` : ''}) y) z`,
   params).catch(limitReached);
   // The same, where the sequence goes further than the id column: where it stands now.
   const after = BigInt((await q(`SELECT last_value::text AS v FROM ${userSeq}`)).rows[0].v as string);
@@ -303,17 +308,37 @@ function keepPassword(plan: WritePlan, x: string): string {
   return plan.scope === 'global' ? `(${x} ? 'password') AND NOT coalesce((${x}->>'is_unclaimed')::boolean, false)` : 'false';
 }
 
+/** The new users' ids, drawn at once ({@link drawBlock}). */
+interface Block {
+  /** Where one block without a hole came: each user's id is `offset + ord`. Undefined: `up_ids` holds them. */
+  offset: bigint | undefined;
+  /** The highest id drawn. */
+  highest: bigint;
+}
+
 /**
- * Draws `count` ids from `seq` at once. Resolves to the offset that makes the kept user of
- * ordinal `first` the block's first id (`id = offset + ord`), or undefined when another session
- * drew from the sequence meanwhile (the block has a hole: its ids stay unused, as a rolled-back
- * insert leaves them, and the step draws one id per user in file order instead).
+ * Draws `count` ids from `seq` (ascending) in one statement. Where they are one run, resolves to
+ * the offset that makes the kept user of ordinal `first` its first id (`id = offset + ord`).
+ * Where another session drew meanwhile (the run has holes) or the sequence counts by more than 1,
+ * the ids drawn are kept in draw order in `up_ids` (k, from 0, and the id): the users get them in
+ * file order, as one nextval each would have given them, and none is drawn twice. Resolves to
+ * undefined for a sequence that counts down (nextval per user, as everywhere else).
  */
-async function drawBlock(q: Q, seq: string, count: number, first: number): Promise<bigint | undefined> {
-  const drawn = (await q(`SELECT min(v)::text AS lo, max(v)::text AS hi FROM (SELECT nextval($1::regclass) AS v FROM generate_series(1, $2)) x`,
-    [seq, count])).rows[0] as { lo: string; hi: string };
-  const lo = BigInt(drawn.lo);
-  return BigInt(drawn.hi) - lo + 1n === BigInt(count) ? lo - BigInt(first) : undefined;
+async function drawBlock(q: Q, seq: string, count: number, first: number): Promise<Block | undefined> {
+  const up = (await q(`SELECT seqincrement > 0 AS up FROM pg_sequence WHERE seqrelid = $1::regclass`, [seq])).rows[0] as { up: boolean } | undefined;
+  if (!up?.up) return undefined;
+  await q(`CREATE TEMP TABLE up_ids (k bigint, v bigint) ON COMMIT DROP`);
+  // The ids are materialized once; only a run with holes is written out (its one-time filter
+  // reads the aggregate first).
+  const drawn = (await q(`
+    WITH drawn AS MATERIALIZED (SELECT nextval($1::regclass) AS v FROM generate_series(1, $2)),
+    r AS (SELECT min(v) AS lo, max(v) AS hi FROM drawn),
+    kept AS (INSERT INTO up_ids SELECT row_number() OVER () - 1, v FROM drawn WHERE (SELECT hi - lo + 1 <> $2 FROM r) RETURNING 1)
+    SELECT lo::text AS lo, hi::text AS hi, (SELECT count(*) FROM kept)::int AS kept FROM r`, [seq, count])).rows[0] as { lo: string; hi: string; kept: number };
+  const highest = BigInt(drawn.hi);
+  if (!drawn.kept) return { offset: BigInt(drawn.lo) - BigInt(first), highest };
+  await q('ANALYZE up_ids');
+  return { offset: undefined, highest };
 }
 
 /**

@@ -122,7 +122,7 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
   });
 
   /** Whether a traced statement is the users step's draw of a block of ids. */
-  const isBlockDraw = (sql: string) => sql.startsWith('SELECT min(v)::text AS lo');
+  const isBlockDraw = (sql: string) => sql.includes('WITH drawn AS MATERIALIZED (SELECT nextval(');
 
   /** The users step's statement of an import, from its trace: how it found the repeats. */
   const usersStatement = (sqls: string[]) => sqls.find((q) => q.includes('CREATE TEMP TABLE up_user ON COMMIT DROP'))!;
@@ -235,7 +235,7 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
 
 describe('the users step draws the new ids as one block where it can (issue #23)', function () {
   this.timeout(120000);
-  const isBlockDraw = (sql: string) => sql.startsWith('SELECT min(v)::text AS lo');
+  const isBlockDraw = (sql: string) => sql.includes('WITH drawn AS MATERIALIZED (SELECT nextval(');
   /** Users 1..n in Sentry's order (every 40th name again in another case: renamed), their emails, options and user emails. */
   function records(n: number, extra: (i: number) => Record<string, unknown> = () => ({})): Rec[] {
     const users: Rec[] = [];
@@ -253,7 +253,7 @@ describe('the users step draws the new ids as one block where it can (issue #23)
       (SELECT count(*) FROM sentry_useroption)::int AS uo`)).rows,
     seq: (await db.knex.raw(`SELECT last_value::text AS v FROM auth_user_id_seq`)).rows,
   });
-  const traced = (into: string[]) => (e: TraceEvent) => { if (e.kind === 'sql') into.push(e.sql); };
+  const traced = (into: string[]) => (e: TraceEvent) => { if (e.kind === 'sql') into.push(e.sql); else if (e.kind === 'sink') into.push(`[sink] ${e.moment}`); };
 
   const cases: { name: string; recs: () => Rec[]; options?: Record<string, unknown>; block: boolean }[] = [
     { name: 'every kept user one after another, renames among them', recs: () => records(1200), block: true },
@@ -275,6 +275,7 @@ describe('the users step draws the new ids as one block where it can (issue #23)
         const rejects = (which: string) => (c.options?.maxRejects ? { rejectsFile: path.join(tmp, `${which}.rejects.json`) } : {});
         const a = await importUsers({ source: file, databaseUrl: early.url, ...c.options, ...rejects('early'), onTrace: traced(sqls) });
         const b = await importUsers({ source: file, databaseUrl: atEnd.url, ...c.options, ...rejects('atEnd'), bulkLoad: 'off' });
+        expect(sqls, 'the users step ran early').to.include('[sink] overlap started');
         expect(sqls.some(isBlockDraw), 'a block drawn').to.equal(c.block);
         expect(a.models).to.deep.equal(b.models);
         if (c.block) expect(a.models['sentry.user']!.renamed).to.equal(30);
@@ -291,20 +292,53 @@ describe('the users step draws the new ids as one block where it can (issue #23)
     });
   }
 
-  it('a block with a hole (the sequence counts by 2 here, as another session drawing would leave it) is not used: an id per user, as the sequence gives them', async () => {
-    const file = writeExport(records(300));
-    await withDb(async (db) => {
-      await db.knex.raw('ALTER SEQUENCE auth_user_id_seq INCREMENT BY 2');
-      const sqls: string[] = [];
-      const summary = await importUsers({ source: file, databaseUrl: db.url, onTrace: traced(sqls) });
-      expect(sqls.some(isBlockDraw), 'the block was drawn').to.equal(true);
-      expect(summary.models['sentry.user']!.inserted).to.equal(300);
-      // The block took 1..599 (odd ids); the users got the next 300 odd ids, in file order.
-      const rows = (await db.knex.raw(`SELECT m.source_pk::int AS pk, a.id::int AS id, a.email FROM userport.pk_map m JOIN auth_user a ON a.id = m.target_id
-        WHERE m.model = 'sentry.user' ORDER BY m.source_pk`)).rows as { pk: number; id: number; email: string }[];
-      expect(rows.map((r) => r.id)).to.deep.equal(Array.from({ length: 300 }, (_, i) => 601 + 2 * i));
-      expect(rows.every((r) => r.email === `u${r.pk}@example.com`), 'each source user maps to its own row').to.equal(true);
-      expect(await db.count('sentry_useremail')).to.equal(300);
+  // A sequence that counts by 2 draws a block with holes, as another session drawing at the same
+  // moment leaves it: the drawn ids go to the users in file order (up_ids), none drawn twice. One
+  // that counts down draws no block (nextval per user).
+  for (const seq of [{ alter: 'INCREMENT BY 2', kept: true }, { alter: 'INCREMENT BY -1 MINVALUE 1 RESTART WITH 100000', kept: false }]) {
+    it(`a sequence altered by ${seq.alter}: ${seq.kept ? 'the block\'s ids, holes and all, kept in file order' : 'no block'}, the same ids, rows and pk map as the merge at the end`, async () => {
+      const file = writeExport(records(300));
+      const early = await freshDatabase();
+      const atEnd = await freshDatabase();
+      try {
+        for (const db of [early, atEnd]) await db.knex.raw(`ALTER SEQUENCE auth_user_id_seq ${seq.alter}`);
+        const sqls: string[] = [];
+        const a = await importUsers({ source: file, databaseUrl: early.url, onTrace: traced(sqls) });
+        await importUsers({ source: file, databaseUrl: atEnd.url, bulkLoad: 'off' });
+        expect(sqls, 'the users step ran early').to.include('[sink] overlap started');
+        expect(sqls.some(isBlockDraw), 'a block drawn').to.equal(seq.kept);
+        expect(sqls.includes('ANALYZE up_ids'), 'the drawn ids kept').to.equal(seq.kept);
+        expect(a.models['sentry.user']!.inserted).to.equal(300);
+        const s = await state(early);
+        expect(s).to.deep.equal(await state(atEnd));
+        const ids = s.users.map((r: { id: string }) => Number(r.id));
+        expect(ids.slice(0, 3)).to.deep.equal(seq.kept ? [1, 3, 5] : [99701, 99702, 99703]);
+        // Every source user maps to its own row.
+        const rows = (await early.knex.raw(`SELECT m.source_pk::int AS pk, a.email FROM userport.pk_map m JOIN auth_user a ON a.id = m.target_id
+          WHERE m.model = 'sentry.user'`)).rows as { pk: number; email: string }[];
+        expect(rows.length).to.equal(300);
+        expect(rows.every((r) => r.email === `u${r.pk}@example.com`)).to.equal(true);
+      } finally {
+        await early.close();
+        await atEnd.close();
+      }
     });
+  }
+
+  it('a block drawn past the id column\'s limit stops the import before anything is written, as nextval per user does', async () => {
+    // 300 users fit by the count (the sequence 400 ids from the end of a 32-bit column), but a
+    // sequence that counts by 2 draws up to 600 further.
+    const file = writeExport(records(300));
+    for (const bulkLoad of ['auto', 'off'] as const) {
+      await withDb(async (db) => {
+        await db.knex.raw('ALTER TABLE auth_user ALTER COLUMN id TYPE integer');
+        await db.knex.raw('ALTER SEQUENCE auth_user_id_seq INCREMENT BY 2');
+        await db.knex.raw(`SELECT setval('auth_user_id_seq', 2147483647 - 400)`);
+        const err = await failure(importUsers({ source: file, databaseUrl: db.url, bulkLoad }));
+        expect(err.code, bulkLoad).to.equal(ErrorCodes.TARGET_LIMIT);
+        expect(err.message, bulkLoad).to.match(/importing more than 300 users would need user ids (up to|past the end)/);
+        for (const t of ['auth_user', 'sentry_email', 'sentry_useremail', 'sentry_useroption']) expect(await db.count(t), `${bulkLoad}: ${t}`).to.equal(0);
+      });
+    }
   });
 });
