@@ -36,7 +36,7 @@ import { spoolsIn, type SpoolMaker } from './spool.js';
 import type { RejectSink } from './rejects.js';
 import { StagedFacts } from './staged-facts.js';
 import { ImportStats } from './stats.js';
-import { endStream, writeChunks } from './stream-writes.js';
+import { endStream, firstErrorOf, writeChunks } from './stream-writes.js';
 import type { TraceEvent } from './trace.js';
 
 /** Rows per committed batch in resumable mode. */
@@ -161,10 +161,12 @@ export function pgSink(options: PgSinkOptions & { spools: SpoolMaker }): Writabl
     }
   };
 
+  /** The open COPY stream's first error (firstErrorOf): the one a failing write or end reports. */
+  let copyFailed: () => Error | undefined = () => undefined;
   const openCopy = (): CopyStream => {
     const s = client.query(copyStreams.from(copySql(whole ? 'pg_temp.stage' : 'userport.stage')));
-    // Errors surface through write callbacks / finish; keep one listener so none is unhandled.
-    s.on('error', () => undefined);
+    // Errors surface through write callbacks / finish, as the stream's first.
+    copyFailed = firstErrorOf(s);
     return s;
   };
 
@@ -173,9 +175,12 @@ export function pgSink(options: PgSinkOptions & { spools: SpoolMaker }): Writabl
   let connectionEnded = false;
   const onEnd = () => { connectionEnded = true; };
   client.once('end', onEnd);
-  const copyError = (err: Error) => (connectionEnded && !(err instanceof UserportError)
-    ? new DatabaseError(ErrorCodes.DB_CONNECT, `COPY into the staging table: lost the connection to PostgreSQL (${err.message})`, { cause: err })
-    : wrapDbError(err, 'COPY into the staging table'));
+  const copyError = (thrown: Error) => {
+    const err = copyFailed() ?? thrown;
+    return connectionEnded && !(err instanceof UserportError)
+      ? new DatabaseError(ErrorCodes.DB_CONNECT, `COPY into the staging table: lost the connection to PostgreSQL (${err.message})`, { cause: err })
+      : wrapDbError(err, 'COPY into the staging table');
+  };
   /** Writes COPY text to the open COPY stream, resolving when the socket can take more. */
   const send = (chunks: Buffer[]) => writeChunks(copy!, chunks, copyError);
   /** Ends the COPY stream and waits for the server's confirmation. */

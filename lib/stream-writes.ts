@@ -39,3 +39,14 @@ export function endStream(s: Writable, wrap: (err: Error) => Error): Promise<voi
     s.end();
   });
 }
+
+/**
+ * Listens for `s`'s errors (so none is unhandled) and keeps the first: a COPY stream the server
+ * fails (a unique violation, say) fails again on the next write, with pg-copy-streams' own
+ * TypeError once it has let its connection go, and the first error is the one that says why.
+ */
+export function firstErrorOf(s: Writable): () => Error | undefined {
+  let first: Error | undefined;
+  s.on('error', (err: Error) => { first ??= err; });
+  return () => first;
+}

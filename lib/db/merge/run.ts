@@ -6,7 +6,7 @@
 import type pg from 'pg';
 import copyStreams from 'pg-copy-streams';
 import { DatabaseError, ErrorCodes, wrapDbError } from '../../errors.js';
-import { endStream, writeChunks } from '../../stream-writes.js';
+import { endStream, firstErrorOf, writeChunks } from '../../stream-writes.js';
 import { modelInfo, scopeModels } from '../../models.js';
 import type { TraceEvent, TraceOptions } from '../../trace.js';
 
@@ -149,12 +149,16 @@ export async function idSequence(q: Q, table: string): Promise<string | null> {
  */
 export async function copyInto<T>(client: pg.ClientBase, sql: string, table: string,
   body: (send: (text: Buffer) => Promise<void>) => Promise<T>): Promise<T> {
-  const copyError = (err: Error) => wrapDbError(err, `COPY into ${table}`);
   const copy = client.query(copyStreams.from(sql));
-  // Errors surface through the writes and the end; one listener so none is unhandled.
-  copy.on('error', () => undefined);
+  // Errors surface through the writes and the end, as the stream's first: the server's refusal,
+  // not the TypeError of a write that came after it (a race under load).
+  const failed = firstErrorOf(copy);
+  const copyError = (err: Error) => wrapDbError(failed() ?? err, `COPY into ${table}`);
   try {
-    const result = await body((text) => writeChunks(copy, [text], copyError));
+    const result = await body((text) => {
+      const first = failed();
+      return first ? Promise.reject(copyError(first)) : writeChunks(copy, [text], copyError);
+    });
     await endStream(copy, copyError);
     return result;
   } catch (err) {
