@@ -197,6 +197,10 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
   // sort of every user by name, two decision tables and their joins cost 0.9 s at 100k users).
   const params: unknown[] = [options.run, options.mergeUsers];
   const param = (value: unknown) => `$${params.push(value)}`;
+  // Each new user's id: nextval in ord order (above the sort), its ordinal's in the block, or,
+  // for a block with holes, the id up_ids holds for its ordinal.
+  const drawnJoin = block && offset === undefined ? ` LEFT JOIN up_ids i ON i.k = d.ord - ${path.ordinals!.first}` : '';
+  const newId = !block ? `nextval(${param(userSeq)}::regclass)` : drawnJoin ? 'y.drawn' : `${offset}::bigint + y.ord`;
   await q(`
     CREATE TEMP TABLE up_user ON COMMIT DROP AS
     WITH u AS MATERIALIZED (
@@ -236,12 +240,11 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
     SELECT z.src_pk, z.ord, z.off, z.keep, z.username, z.email, z.email_unique, z.lname, z.rn, z.ex_id, z.outcome,
       z.final_name, z.keep_pw, z.reason, z.new_id,
       coalesce(z.new_id, CASE WHEN z.outcome = 'merged' THEN z.ex_id END) AS target_id, z.email_unique_final, z.address_note
-    FROM (SELECT y.*, CASE WHEN y.new THEN ${!block ? `nextval(${param(userSeq)}::regclass)` : offset === undefined ? 'y.drawn' : `${offset}::bigint + y.ord`} END AS new_id
+    FROM (SELECT y.*, CASE WHEN y.new THEN ${newId} END AS new_id
           FROM (SELECT d.*,
                   ${plan.user.emailUnique ? `CASE WHEN a.src_pk IS NOT NULL THEN a.email_unique_final WHEN d.new THEN ${CANDIDATE} END` : 'NULL::text'} AS email_unique_final,
-                  a.address_note
-                  ${block && offset === undefined ? ', i.v AS drawn' : ''}
-                FROM d LEFT JOIN a USING (src_pk)${!block ? ' ORDER BY d.ord' : offset === undefined ? ` LEFT JOIN up_ids i ON i.k = d.ord - ${path.ordinals!.first}` : ''}) y) z`,
+                  a.address_note${drawnJoin ? ', i.v AS drawn' : ''}
+                FROM d LEFT JOIN a USING (src_pk)${block ? drawnJoin : ' ORDER BY d.ord'}) y) z`,
   params).catch(limitReached);
   // The same, where the sequence goes further than the id column: where it stands now.
   const after = BigInt((await q(`SELECT last_value::text AS v FROM ${userSeq}`)).rows[0].v as string);
@@ -270,23 +273,21 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
                                OR d.email_unique_final IS DISTINCT FROM ${plan.user.emailUnique ? CANDIDATE : 'NULL::text'})`);
     await q('ANALYZE up_user_x');
   }
+  // The plan's values over `u`: each new user's staged row with its id, name, email_unique, keep_pw.
+  const insertUsers = (u: string) => `INSERT INTO ${U} (${plan.user.columns.join(', ')}) SELECT ${plan.user.values.join(', ')} FROM ${u}`;
   const usersInserted = (await q(offset === undefined ? `
-    INSERT INTO ${U} (${plan.user.columns.join(', ')})
-    SELECT ${plan.user.values.join(', ')}
-    FROM (SELECT s.*, ${x}d.new_id, d.final_name, d.email_unique_final, d.keep_pw
+    ${insertUsers(`(SELECT s.*, ${x}d.new_id, d.final_name, d.email_unique_final, d.keep_pw
           FROM up_user d JOIN ${S} s ON s.run = $1 AND s.model = ${modelCodes().user} AND s.src_pk = d.src_pk
-          WHERE d.new_id IS NOT NULL) u
+          WHERE d.new_id IS NOT NULL) u`)}
     ORDER BY u.new_id` : `
-    INSERT INTO ${U} (${plan.user.columns.join(', ')})
-    SELECT ${plan.user.values.join(', ')}
-    FROM (SELECT s.*, ${x}${offset}::bigint + s.ord AS new_id,
+    ${insertUsers(`(SELECT s.*, ${x}${offset}::bigint + s.ord AS new_id,
             CASE WHEN e.src_pk IS NULL THEN s.username ELSE e.final_name END AS final_name,
             CASE WHEN e.src_pk IS NULL THEN ${plan.user.emailUnique ? candidateOf('s') : 'NULL::text'} ELSE e.email_unique_final END AS email_unique_final,
             ${keepPassword(plan, 's.extra::jsonb')} AS keep_pw
           -- The staged rows come in file order, ids ascending: no sort either (1M users: a hash
           -- of every decision and an external sort, 2 s).
           FROM ${S} s LEFT JOIN up_user_x e ON e.src_pk = s.src_pk
-          WHERE s.run = $1 AND s.model = ${modelCodes().user} AND s.keep) u`, [options.run])).rowCount ?? 0;
+          WHERE s.run = $1 AND s.model = ${modelCodes().user} AND s.keep) u`)}`, [options.run])).rowCount ?? 0;
   const lostPasswordHashes = path.lostPasswordsLater ? 0 : await insertLostPasswords(q, plan);
   if (offset === undefined) {
     await insertPkRanges(q, options.run, 'sentry.user', `

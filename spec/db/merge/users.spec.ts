@@ -19,6 +19,9 @@ import { email, user, useremail, useroption, writeExport, type Rec } from '../..
 
 const USERS = 2000;
 
+/** Whether a traced statement is the users step's draw of a block of ids. */
+const isBlockDraw = (sql: string) => sql.includes('WITH drawn AS MATERIALIZED (SELECT nextval(');
+
 describe('the users step: statistics of its decision table', () => {
   it('restores the statistics target for the tables analysed after it', async () => {
     // Emails before users (not Sentry's order): no early step, so the users' step and then the
@@ -121,8 +124,6 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
     expect(check.take()).to.deep.equal({ names: [2], candidates: [2] });
   });
 
-  /** Whether a traced statement is the users step's draw of a block of ids. */
-  const isBlockDraw = (sql: string) => sql.includes('WITH drawn AS MATERIALIZED (SELECT nextval(');
 
   /** The users step's statement of an import, from its trace: how it found the repeats. */
   const usersStatement = (sqls: string[]) => sqls.find((q) => q.includes('CREATE TEMP TABLE up_user ON COMMIT DROP'))!;
@@ -235,7 +236,6 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
 
 describe('the users step draws the new ids as one block where it can (issue #23)', function () {
   this.timeout(120000);
-  const isBlockDraw = (sql: string) => sql.includes('WITH drawn AS MATERIALIZED (SELECT nextval(');
   /** Users 1..n in Sentry's order (every 40th name again in another case: renamed), their emails, options and user emails. */
   function records(n: number, extra: (i: number) => Record<string, unknown> = () => ({})): Rec[] {
     const users: Rec[] = [];
