@@ -147,6 +147,26 @@ for (const kind of TARGET_KINDS) {
       expect(resumable.models['sentry.user']).to.include({ inserted: 3, renamed: 1 });
     });
 
+    it('draws the new users\' ids as one block (lib/db/merge/users.ts): the same users, ids, pk map and sequence as the import at the end', async () => {
+      // 300 users in Sentry's order, every 50th with the admin's name in another case (renamed).
+      const users = Array.from({ length: 300 }, (_, i) => user(100 + i, i % 50 === 0 ? ADMIN.username.toUpperCase() : `u${i}`, { email: `u${i}@example.com` }));
+      const file = writeExport([...users, ...users.map((u, i) => useremail(1000 + i, u.pk as number, `u${i}@example.com`))]);
+      const sqls: string[] = [];
+      const early = await target();
+      const atEnd = await target();
+      const a = await importUsers({ source: file, databaseUrl: early.url, onTrace: (e) => { if (e.kind === 'sql') sqls.push(e.sql); } });
+      await importUsers({ source: file, databaseUrl: atEnd.url, bulkLoad: 'off' });
+      expect(sqls.some((q) => q.includes('WITH drawn AS MATERIALIZED (SELECT nextval(')), 'a block drawn').to.equal(true);
+      expect(a.models['sentry.user']).to.include({ inserted: 300, renamed: 6 });
+      const state = async (db: TargetDb) => ({
+        users: (await db.knex.raw(`SELECT id, regexp_replace(username, '-[a-zA-Z0-9]{2,12}$', '-~') AS u, email FROM auth_user ORDER BY id`)).rows,
+        map: (await db.knex.raw(`SELECT source_pk, target_id, kind FROM userport.pk_map WHERE model = 'sentry.user' ORDER BY 1`)).rows,
+        userEmails: (await db.knex.raw('SELECT user_id, email FROM sentry_useremail ORDER BY user_id, email')).rows,
+        seq: (await db.knex.raw(`SELECT last_value::text AS v FROM auth_user_id_seq`)).rows,
+      });
+      expect(await state(early)).to.deep.equal(await state(atEnd));
+    });
+
     it('merges into the admin with --merge-users and filters by username', async () => {
       const db = await target();
       const s = await importUsers({ source: writeExport(records()), databaseUrl: db.url, mergeUsers: true, filterUsernames: ['ADMIN@example.com', 'zed'] });
