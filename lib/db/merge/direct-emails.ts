@@ -1,10 +1,12 @@
 /**
  * The export's Email rows, decided in the client and written once, straight into `sentry_email`
- * (issue #23, item 1), on the early users step's path (the target's tables empty or holding a few
- * rows, locked). Sentry's rule for them: an address (compared case-insensitively) that the target
- * holds is reused, else the first record of the address by source pk inserts it. Staged and decided
- * in SQL, that cost about 1.2 s of server time per 100k addresses (a lower() per row in each of
- * three joins, the RETURNING table, the pk map's join); written straight in, one COPY.
+ * (issue #23, item 1), on the early users step's path (the bulk path, the target's tables empty or
+ * holding a few rows and locked, or the general path). Sentry's rule for them: an address
+ * (compared case-insensitively) that the target holds is reused, else the first record of the
+ * address by source pk inserts it. Staged and decided in SQL, that cost about 1.2 s of server time
+ * per 100k addresses into an empty target (a lower() per row in each of three joins, the
+ * RETURNING table, the pk map's join), and 2-2.6 s into one holding 100k users; written straight
+ * in, one COPY.
  *
  * Exact, or not taken (every line is then staged and the merge decides as ever):
  * - each address is compared by its ASCII lower-case form, which is PostgreSQL's lower() only for
@@ -12,16 +14,24 @@
  *   COPY escape or a NULL, or such a database, stages them all;
  * - the file's addresses are told apart by a 64-bit hash of that form: two equal hashes (the same
  *   address twice, which only a hand-made file holds, or a collision) stage them all;
- * - the target's few addresses are compared as text;
+ * - the target's addresses are read once (lower()ed by the server, so by its own rules), and only
+ *   those whose hash the file's set holds are kept, as text, and compared as text; one whose
+ *   lower() is not plain ASCII cannot equal any of the file's. A target holding more than
+ *   {@link TARGET_RATIO} times the file's addresses (and more than a few), or more than
+ *   {@link MAX_HELD} of them, stages them all (the merge probes the key instead of a scan);
  * - the new rows' ids are drawn from the table's sequence before the COPY, as a block: if another
  *   session drew meanwhile (the block has a hole) they are all staged (the drawn ids stay unused,
- *   as any rolled-back insert leaves them).
- * The table's unique key, rebuilt after the load, stays the final arbiter.
+ *   as any rolled-back insert leaves them);
+ * - on the general path another session may insert one of the addresses after the read: the
+ *   table's unique key refuses the COPY, which is rolled back to a savepoint, and all are staged.
+ * The table's unique key (on the bulk path rebuilt after the load) stays the final arbiter.
  * State in the process: 8 bytes per address (the hash), at a load of 35-70%, for at most
- * {@link MAX_ADDRESSES} records.
+ * {@link MAX_ADDRESSES} records, let go once the target's addresses are read; the target's
+ * addresses that the file holds too, as text (at most {@link MAX_HELD}).
  */
 import type pg from 'pg';
-import type { SideLines } from './direct-rows.js';
+import { FEW_ROWS } from './bulk-load.js';
+import { uniqueViolation, type SideLines } from './direct-rows.js';
 import { HashSet64 } from './hash-sets.js';
 import { copyInto } from './run.js';
 import { columnStart, intAt, lineColumn, scanTabs } from './staging-lines.js';
@@ -62,6 +72,16 @@ export interface DirectEmails {
 export const MAX_ADDRESSES = 1_400_000;
 
 /**
+ * The target's rows (its statistics' count) beyond which, per Email record of the file, a scan of
+ * the target's addresses costs more than the merge's probes of the unique key (emails.ts: the
+ * same ratio decides the merge's anti-join).
+ */
+export const TARGET_RATIO = 10;
+
+/** The target's addresses that the file holds too, kept as text, beyond which all are staged (about 100 bytes each in the process: 10 MB). */
+export const MAX_HELD = 100_000;
+
+/**
  * What the sink's divert saw of the Email records it sent to the side spool, checked as they
  * arrive (no second read of the spool before the COPY): every address plain ASCII text and no two
  * alike (by a 64-bit hash of the lower-case form). `why` says what failed first.
@@ -83,6 +103,15 @@ export class EmailCheck {
     const added = this.seen.addText(0, address, true);
     if (added === undefined) this.fail('an address is not plain ASCII text');
     else if (!added) this.fail('two addresses are the same, or share a hash');
+  }
+
+  /**
+   * Whether the file may hold `lowered` (an address as the database's lower() gave it): its hash
+   * is in the set. False for a text that is not plain ASCII (no address noted equals it).
+   */
+  mayHold(lowered: string): boolean {
+    if (!this.seen) throw new Error('EmailCheck.mayHold after release');
+    return this.seen.hasText(0, lowered, true) === true;
   }
 
   /** Gives up, and lets the hashes go. */
@@ -112,29 +141,33 @@ interface PkRange { pk: number; id: number; span: number; kind: 'inserted' | 'ex
 export async function writeDirectEmails(client: pg.ClientBase, run: number, table: string, seq: string | null,
   check: EmailCheck, lines: SideLines, stage: (lines: Buffer[]) => Promise<void>): Promise<DirectEmails> {
   const stageAll = async (why: string): Promise<DirectEmails> => {
+    check.release();
     let staged = 0;
     for await (const chunk of lines()) { staged += chunk.length; await stage(chunk); }
     return { written: 0, existing: 0, staged, why };
   };
-  check.release();
   if (check.why !== undefined) return stageAll(check.why);
-  if (!check.count) return { written: 0, existing: 0, staged: 0 };
+  if (!check.count) { check.release(); return { written: 0, existing: 0, staged: 0 }; }
   if (!seq) return stageAll(`${table}.id has no sequence`);
   const ascii = await client.query(`SELECT lower('ABCDEFGHIJKLMNOPQRSTUVWXYZ') = 'abcdefghijklmnopqrstuvwxyz' AS ok`);
   if (!ascii.rows[0].ok) return stageAll('the database\'s lower() does not map A-Z to a-z');
-  // The target's few addresses (the caller's path: at most FEW_ROWS), by their lower-case form.
-  const held = new Map<string, number>();
-  for (const r of (await client.query(`SELECT id::float8 AS id, email::text AS email FROM ${table} ORDER BY id`)).rows as { id: number; email: string }[]) {
-    if (!/^[\x20-\x7e]*$/.test(r.email)) return stageAll('the target holds an address that is not plain ASCII');
-    const key = r.email.toLowerCase();
-    if (!held.has(key)) held.set(key, r.id);
-  }
+  const held = await heldAddresses(client, table, check);
+  // The COPY needs only the verdict: at 1.2M records that is 16 MB off the peak RSS, which came in the COPY.
+  check.release();
+  if (typeof held === 'string') return stageAll(held);
 
+  // On the general path another session may insert one of these addresses after the read above:
+  // the unique key then refuses the COPY, and everything since this savepoint is undone.
+  const savepoint = 'userport_direct_emails';
+  await client.query(`SAVEPOINT ${savepoint}`);
   // An id for every record, drawn as one block; those of records whose address the target holds
   // go back after the COPY (unless another session drew meanwhile: then they stay unused).
   const drawn = (await client.query(`SELECT min(v)::float8 AS lo, max(v)::float8 AS hi
     FROM (SELECT nextval($1::regclass) AS v FROM generate_series(1, $2)) x`, [seq, check.count])).rows[0] as { lo: number; hi: number };
-  if (drawn.hi - drawn.lo + 1 !== check.count) return stageAll('another session drew ids from the sequence meanwhile');
+  if (drawn.hi - drawn.lo + 1 !== check.count) {
+    await client.query(`RELEASE SAVEPOINT ${savepoint}`);
+    return stageAll('another session drew ids from the sequence meanwhile');
+  }
 
   // The COPY, then the pk map's ranges from a second pass that assigns the same ids (kept in the
   // process, 800k ranges at 1M users took some 60 MB).
@@ -142,31 +175,72 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
   const tabs = new Int32Array(Math.max(EMAIL, DATE_ADDED) + 1);
   let next = drawn.lo;
   let existing = 0;
-  await copyInto(client, `COPY ${table} (id, email, date_added) FROM STDIN`, table, async (send) => {
-    for await (const chunk of lines()) {
-      const out: Buffer[] = [];
-      for (const line of chunk) {
-        scanTabs(line, tabs);
-        const start = columnStart(tabs, EMAIL);
-        if (holderOf(line, start, tabs[EMAIL]!) !== undefined) {
-          existing++;
-          continue;
+  try {
+    await copyInto(client, `COPY ${table} (id, email, date_added) FROM STDIN`, table, async (send) => {
+      for await (const chunk of lines()) {
+        const out: Buffer[] = [];
+        for (const line of chunk) {
+          scanTabs(line, tabs);
+          const start = columnStart(tabs, EMAIL);
+          if (holderOf(line, start, tabs[EMAIL]!) !== undefined) {
+            existing++;
+            continue;
+          }
+          const dateStart = columnStart(tabs, DATE_ADDED);
+          // A missing date_added (\N) is the transaction's start, as the merge's now().
+          out.push(Buffer.from(`${next}\t`), line.subarray(start, tabs[EMAIL]), TAB,
+            line[dateStart] === 0x5c ? NOW : line.subarray(dateStart, tabs[DATE_ADDED]), NEWLINE);
+          next++;
         }
-        const dateStart = columnStart(tabs, DATE_ADDED);
-        // A missing date_added (\N) is the transaction's start, as the merge's now().
-        out.push(Buffer.from(`${next}\t`), line.subarray(start, tabs[EMAIL]), TAB,
-          line[dateStart] === 0x5c ? NOW : line.subarray(dateStart, tabs[DATE_ADDED]), NEWLINE);
-        next++;
+        if (out.length) await send(Buffer.concat(out));
       }
-      if (out.length) await send(Buffer.concat(out));
-    }
-  });
+    });
+  } catch (err) {
+    if (!uniqueViolation(err)) throw err;
+    await client.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
+    await client.query(`RELEASE SAVEPOINT ${savepoint}`);
+    return stageAll('another session inserted one of the addresses meanwhile');
+  }
   if (existing) {
     await client.query(`SELECT setval($1::regclass, $2::bigint, $3) WHERE (SELECT last_value FROM ${seq}) = $4::bigint`,
       [seq, Math.max(next - 1, 1), next > 1, drawn.hi]);
   }
   await writePkRanges(client, run, lines, drawn.lo, holderOf);
+  await client.query(`RELEASE SAVEPOINT ${savepoint}`);
   return { written: next - drawn.lo, existing, staged: 0 };
+}
+
+/**
+ * The target's addresses that the file may hold (`check`), by their lower-case form (the
+ * database's lower()), each to its lowest id: one pass over the table, a page at a time. Or why
+ * the records are staged instead: a target much larger than the file, or too many of them held.
+ */
+async function heldAddresses(client: pg.ClientBase, table: string, check: EmailCheck): Promise<Map<string, number> | string> {
+  // A few rows (a new Sentry's) are read whatever the file holds.
+  const limit = Math.max(TARGET_RATIO * check.count, FEW_ROWS);
+  // Its statistics' count, else (never analysed) a count that stops past the limit.
+  const stats = Number((await client.query(`SELECT reltuples FROM pg_class WHERE oid = $1::regclass`, [table])).rows[0]?.reltuples ?? -1);
+  const rows = stats >= 0 ? stats
+    : Number((await client.query(`SELECT count(*)::float8 AS n FROM (SELECT 1 FROM ${table} LIMIT $1) x`, [limit + 1])).rows[0].n);
+  if (rows > limit) return `the target holds more than ${TARGET_RATIO} times the file's addresses (the merge probes its key instead)`;
+  const held = new Map<string, number>();
+  const cursor = 'userport_held_addresses';
+  await client.query(`DECLARE ${cursor} NO SCROLL CURSOR FOR SELECT id::float8, lower(email::text) FROM ${table}`);
+  for (;;) {
+    const page = (await client.query({ text: `FETCH 10000 FROM ${cursor}`, rowMode: 'array' })).rows as [number, string | null][];
+    if (!page.length) break;
+    for (const [id, lowered] of page) {
+      if (lowered === null || !check.mayHold(lowered)) continue;
+      const had = held.get(lowered);
+      if (had === undefined || id < had) held.set(lowered, id);
+    }
+    if (held.size > MAX_HELD) {
+      await client.query(`CLOSE ${cursor}`);
+      return `the target holds more than ${MAX_HELD.toLocaleString('en-US')} of the file's addresses (the client keeps no more)`;
+    }
+  }
+  await client.query(`CLOSE ${cursor}`);
+  return held;
 }
 
 /**

@@ -268,7 +268,7 @@ async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewU
 }
 
 /** A unique violation (23505), as the COPY's error or its cause. */
-function uniqueViolation(err: unknown): boolean {
+export function uniqueViolation(err: unknown): boolean {
   const e = err as { code?: unknown; cause?: { code?: unknown } } | null;
   return e?.code === '23505' || e?.cause?.code === '23505';
 }

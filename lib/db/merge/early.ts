@@ -32,7 +32,7 @@ export interface UsersStep extends UsersWritten {
 export interface EarlyUsers {
   readonly step: UsersStep;
   readonly sequences: readonly { seq: string; lastValue: string; isCalled: boolean; after: string }[];
-  /** Rows of new users written straight into the target at the end of the input, by table (direct-rows.ts). */
+  /** Rows written straight into the target at the end of the input, by table: the new users' (direct-rows.ts), the Email records' (direct-emails.ts). */
   readonly direct?: ReadonlyMap<string, number>;
   /** Email records dropped (their findings written) at the end of the input: the target has no sentry_email. */
   readonly droppedEmails?: number;
@@ -138,28 +138,25 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   const emailTable = options.filterActive ? undefined : plan.email?.table;
   const emailSide = plan.email ? emailTable && sideName(emailTable) : 'sentry_email_absent';
   const emailCheck = new EmailCheck();
-  // Known once the step starts: on the general path the Email records stay staged, so the rows
-  // that follow are not diverted (only those of the write that started it are, and staged after).
-  let divertEmails = true;
   // The staged users' possible repeats, noted as they pass (users.ts ranks only those); none
   // where the step never starts early (--bulk-load off).
   const userCheck = options.bulkLoad ? new UserRepeatCheck(plan.user.emailUnique) : undefined;
   // And whether the kept users came one after another: their new ids are then one block (users.ts).
   const ordinals = new UserOrdinals();
 
-  /** The diverted Email records: straight in, dropped with their findings (no sentry_email), or staged. Resolves to the dropped count. */
+  /** The diverted Email records: straight in, dropped with their findings (no sentry_email), or staged. */
   const writeEmails = async (q: Q, client: pg.ClientBase, emails: SideLines, exact: boolean, stage: (lines: Buffer[]) => Promise<void>) => {
-    const why = !exact ? 'the file is not in source pk order, or the early users step was undone'
-      // Its addresses are compared in the client only where they are few (the bulk path).
-      : plan.email && !users?.step.bulk ? 'the target holds more than a few rows' : undefined;
+    const why = !exact ? 'the file is not in source pk order, or the early users step was undone' : undefined;
     const table = emailTable ?? 'sentry_email';
     const t0 = performance.now();
     let wrote: DirectEmails = { written: 0, existing: 0, staged: 0, why };
-    if (why) for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
-    else if (!plan.email) wrote = { ...wrote, dropped: await dropEmails(client, options.run, emails) };
+    if (why) {
+      emailCheck.release();
+      for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
+    } else if (!plan.email) wrote = { ...wrote, dropped: await dropEmails(client, options.run, emails) };
     else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage);
     q.trace({ kind: 'direct-emails', table, ...wrote, ms: performance.now() - t0 });
-    return wrote.dropped ?? 0;
+    return wrote;
   };
 
   return {
@@ -181,13 +178,12 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     // While the step runs, the options that may belong straight in wait in the side spool.
     divert: (row: StagedRow) => {
       for (const m of direct) if (m.diverts(row)) return sideName(m.table);
-      if (emailSide === undefined || row.code !== codes.email || !divertEmails) return undefined;
+      if (emailSide === undefined || row.code !== codes.email) return undefined;
       if (plan.email) emailCheck.note(row.values[STAGE_INDEX.email]);
       return emailSide;
     },
     async start(client: pg.ClientBase) {
       const started = await beginEarlyUsers(client, options, plan, userCheck?.take(), ordinals.run());
-      if (started && plan.email && !started.bulk) divertEmails = false;
       return started && {
         run: async () => { users = await started.run(); },
         finish: async () => {
@@ -204,10 +200,12 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           const rest = new Map(sides);
           const emails = emailSide === undefined ? undefined : rest.get(emailSide);
           if (emailSide !== undefined) rest.delete(emailSide);
-          const droppedEmails = emails ? await writeEmails(q, client, emails, exact, stage) : 0;
+          const addresses = emails ? await writeEmails(q, client, emails, exact, stage) : undefined;
           const done = await writeDirectRows(client, options.run, exact ? direct : [], rest, stage);
           for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
-          if (users) users = { ...users, direct: new Map([...done].map(([m, r]) => [m.table, r.written])), droppedEmails };
+          const written = new Map([...done].map(([m, r]) => [m.table, r.written]));
+          if (emailTable && addresses?.written) written.set(emailTable, addresses.written);
+          if (users) users = { ...users, direct: written, droppedEmails: addresses?.dropped ?? 0 };
         },
       };
     },

@@ -30,7 +30,7 @@ export interface EmailsStepOptions {
  * rows). A target without `sentry_email` (Sentry 2026) drops them all, saying why.
  */
 export async function mergeEmails(q: Q, S: string, options: EmailsStepOptions, plan: WritePlan, bulk: 'empty' | 'few' | undefined, stats: ImportStats,
-  directUserEmails: boolean): Promise<void> {
+  direct: { userEmails: boolean; emails: boolean }): Promise<void> {
   const { run } = options;
   const C = modelCodes();
   // The kept users' user emails: staged, and those that went straight in (direct-rows.ts).
@@ -38,7 +38,7 @@ export async function mergeEmails(q: Q, S: string, options: EmailsStepOptions, p
     ? `lower(s.email) IN (SELECT lower(email) FROM up_user WHERE keep
          UNION SELECT lower(s2.email) FROM ${S} s2 JOIN up_user u2 ON u2.src_pk = s2.user_pk AND u2.keep
                WHERE s2.run = $1 AND s2.model = ${C.userEmail}
-         ${directUserEmails ? `UNION SELECT lower(ue.email) FROM ${plan.userEmail!.table} ue JOIN up_user u3 ON u3.new_id = ue.user_id` : ''})`
+         ${direct.userEmails ? `UNION SELECT lower(ue.email) FROM ${plan.userEmail!.table} ue JOIN up_user u3 ON u3.new_id = ue.user_id` : ''})`
     : 'true';
   const absent = `'${NO_EMAIL_TABLE}'`;
   const stagedEmails = (await q(`
@@ -51,9 +51,9 @@ export async function mergeEmails(q: Q, S: string, options: EmailsStepOptions, p
   if (!plan.email) return;
   const E = plan.email.table;
   if (stagedEmails > 0) await insertEmails(q, run, E, plan.email.arbiter, bulk);
-  // On the bulk path they may have been written straight in (direct-emails.ts): statistics for
-  // the joins that follow, as after the insert.
-  else if (bulk) await q(`ANALYZE ${E} (id)`);
+  // Written straight in (direct-emails.ts), or on the bulk path: statistics for the joins that
+  // follow, as after the insert.
+  else if (bulk || direct.emails) await q(`ANALYZE ${E} (id)`);
   const emailCounts = await q(`SELECT kind, sum(span)::int AS n FROM userport.pk_ranges WHERE run = $1 AND model = 'sentry.email' GROUP BY kind`, [run]);
   for (const { kind, n } of emailCounts.rows as { kind: 'inserted' | 'existing'; n: number }[]) stats.model('sentry.email')[kind] += n;
 }

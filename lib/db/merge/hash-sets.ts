@@ -52,6 +52,10 @@ export class HashSet64 {
   private table = new Uint32Array(1 << 17);
   private size = 0;
 
+  /** The last hash {@link hashText} made. */
+  private h1 = 0;
+  private h2 = 0;
+
   /**
    * Adds the 64-bit hash of `prefix` (an integer up to 2^53, 0 for none) and `text`, FNV-1a and a
    * multiply-rotate hash side by side: false when it was there. With `asciiLower`, A-Z hash as
@@ -59,19 +63,41 @@ export class HashSet64 {
    * (undefined): PostgreSQL's lower() is the ASCII one only there, and COPY escapes none of it.
    */
   addText(prefix: number, text: string, asciiLower = false): boolean | undefined {
+    return this.hashText(prefix, text, asciiLower) ? this.add(this.h1, this.h2) : undefined;
+  }
+
+  /** Whether the set holds the hash {@link addText} would add (undefined where it would hash nothing). */
+  hasText(prefix: number, text: string, asciiLower = false): boolean | undefined {
+    if (!this.hashText(prefix, text, asciiLower)) return undefined;
+    const mask = (this.table.length >>> 1) - 1;
+    const [h1, h2] = [this.h1, this.h2];
+    for (let i = h1 & mask; ; i = (i + 1) & mask) {
+      const a = this.table[2 * i]!;
+      const b = this.table[2 * i + 1]!;
+      if (a === 0 && b === 0) return false;
+      if (a === h1 && b === h2) return true;
+    }
+  }
+
+  /** Hashes `prefix` and `text` into h1, h2 (as {@link add} stores them); false where `asciiLower` refuses the text. */
+  private hashText(prefix: number, text: string, asciiLower: boolean): boolean {
     let h1 = Math.imul(0x811c9dc5 ^ (prefix >>> 0), 0x01000193);
     let h2 = Math.imul(0x9747b28c ^ Math.floor(prefix / 0x100000000), 0x5bd1e995);
     for (let i = 0; i < text.length; i++) {
       let c = text.charCodeAt(i);
       if (asciiLower) {
-        if (c < 0x20 || c > 0x7e || c === 0x5c) return undefined;
+        if (c < 0x20 || c > 0x7e || c === 0x5c) return false;
         if (c >= 0x41 && c <= 0x5a) c += 0x20;
       }
       h1 = Math.imul(h1 ^ c, 0x01000193);
       h2 = Math.imul(h2 ^ c, 0x5bd1e995);
       h2 = (h2 << 13) | (h2 >>> 19);
     }
-    return this.add(h1 >>> 0, Math.imul(h2 ^ text.length, 0x85ebca6b) >>> 0);
+    this.h1 = h1 >>> 0;
+    this.h2 = Math.imul(h2 ^ text.length, 0x85ebca6b) >>> 0;
+    // As add() stores it: (0, 0) marks an empty slot.
+    if (this.h1 === 0 && this.h2 === 0) this.h2 = 1;
+    return true;
   }
 
   add(h1: number, h2: number): boolean {

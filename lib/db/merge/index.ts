@@ -157,12 +157,13 @@ export async function mergeAfterEarlyUsers(client: pg.ClientBase, options: Merge
   // Email records a target without sentry_email dropped at the end of the input, their findings written (direct-emails.ts).
   if (early?.droppedEmails) stats.drop('sentry.email', NO_EMAIL_TABLE, early.droppedEmails);
 
-  // Rows of new users that went straight in at the end of the input, by table (direct-rows.ts).
+  // Rows that went straight in at the end of the input, by table (direct-rows.ts, direct-emails.ts).
   const direct = (table: string | undefined) => (table === undefined ? 0 : early?.direct?.get(table) ?? 0);
 
   // 3. Emails.
   options.onStep?.('emails');
-  await mergeEmails(q, S, options, plan, bulk ? (bulk.empty ? 'empty' : 'few') : undefined, stats, direct(plan.userEmail?.table) > 0);
+  await mergeEmails(q, S, options, plan, bulk ? (bulk.empty ? 'empty' : 'few') : undefined, stats,
+    { userEmails: direct(plan.userEmail?.table) > 0, emails: direct(plan.email?.table) > 0 });
 
   if (options.staged?.naturalKeys !== false) await resolveNaturalKeys(q, S, run, C);
   // Only with --rejects-file can a user be rejected: skip the per-row lookup otherwise.

@@ -6,8 +6,12 @@
  * Email record through the merge.
  */
 import { expect } from 'chai';
-import { EmailCheck, MAX_ADDRESSES } from '../../../lib/db/merge/direct-emails.js';
-import type { TestDb } from '../../helpers/db.js';
+import pg from 'pg';
+import { EmailCheck, MAX_ADDRESSES, TARGET_RATIO, writeDirectEmails } from '../../../lib/db/merge/direct-emails.js';
+import { lineColumn } from '../../../lib/db/merge/staging-lines.js';
+import { LEAD_COLUMNS } from '../../../lib/copy-text.js';
+import { STAGE_COLUMNS } from '../../../lib/models.js';
+import { withDbClient, type TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
 import { targetDatabase, unavailable, type TargetDb } from '../../helpers/targets.js';
@@ -105,6 +109,122 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
       expect(await outcome(direct)).to.deep.equal(await outcome(merged));
     });
   }
+
+  /** `n` addresses `old<i>@example.org` in the target besides the admin's: more than a few rows, so the general path. */
+  const holding = (n: number) => async () => {
+    const d = await target();
+    await d.knex.raw(`INSERT INTO sentry_email (email, date_added) SELECT 'old' || i || '@example.org', '2020-01-01T00:00:00Z' FROM generate_series(1, ${n}) i`);
+    await d.knex.raw('ANALYZE sentry_email');
+    return d;
+  };
+
+  it('on the general path too (a target holding many addresses): the addresses it holds, in other case, are reused; the rest is the merge\'s to the id', async () => {
+    // Three of the target's addresses, in other case, and the admin's: each maps to the target's row.
+    const file = writeExport(records([email(USERS * 3, 'OLD7@Example.ORG'), email(USERS * 3 + 1, 'old1200@EXAMPLE.org'), email(USERS * 3 + 5, 'Old1@example.org')]));
+    const direct = await holding(1500)();
+    const merged = await holding(1500)();
+    const a = cli(file, direct);
+    const b = cli(file, merged, '--bulk-load', 'off');
+    expect(a.stderr).to.contain('[sink] early users step started');
+    expect(a.stderr).to.not.contain('[bulk]');
+    expect(a.stderr).to.contain(`[direct] sentry_email: ${USERS + 1} rows written straight in, 4 addresses already there`);
+    expect(a.models).to.deep.equal(b.models);
+    const got = await outcome(direct);
+    const want = await outcome(merged);
+    expect(got).to.deep.equal(want);
+    const old = async (db: TestDb) => (await db.knex.raw(`SELECT id::int FROM sentry_email WHERE email::text IN ('old7@example.org', 'old1200@example.org', 'old1@example.org') ORDER BY email::text`)).rows;
+    // old1200, old1, old7 (in text order): ids 1201, 2, 8 (the admin's row is 1).
+    expect(await old(direct)).to.deep.equal([{ id: 1201 }, { id: 2 }, { id: 8 }]);
+    expect(got.pkMap).to.deep.include.members([
+      { source_pk: USERS * 3, target_id: 8, kind: 'existing' },
+      { source_pk: USERS * 3 + 1, target_id: 1201, kind: 'existing' },
+      { source_pk: USERS * 3 + 5, target_id: 2, kind: 'existing' },
+    ]);
+  });
+
+  it(`stages every Email record into a target holding more than ${TARGET_RATIO} times the file's addresses (the merge probes its key instead of a scan)`, async () => {
+    const file = writeExport(records([], false));
+    const many = TARGET_RATIO * (USERS + 1) + 1;
+    const direct = await holding(many)();
+    const merged = await holding(many)();
+    const a = cli(file, direct);
+    const b = cli(file, merged, '--bulk-load', 'off');
+    expect(a.stderr).to.contain(`[direct] sentry_email: all ${USERS + 1} staged for the merge: the target holds more than ${TARGET_RATIO} times the file's addresses`);
+    expect(a.models).to.deep.equal(b.models);
+    expect(await outcome(direct)).to.deep.equal(await outcome(merged));
+  });
+
+  describe('writeDirectEmails on its own, in a transaction', () => {
+    /** A staging line of an Email record (the side spool's layout): src_pk, ord, off, the address, no date. */
+    const line = (pk: number, address: string) => {
+      const cols: string[] = new Array(LEAD_COLUMNS.length + STAGE_COLUMNS.length).fill('\\N');
+      cols[lineColumn('src_pk')] = String(pk);
+      cols[lineColumn('ord')] = String(pk);
+      cols[lineColumn('off')] = String(pk * 100);
+      cols[lineColumn('email')] = address;
+      return Buffer.from(cols.join('\t'));
+    };
+    const addresses = ['a1@x.io', 'Old2@Example.org', 'a3@x.io', 'a4@x.io'];
+    const run = 77;
+
+    /**
+     * Writes `addresses` as Email records of `run` into a target holding old1..old3@example.org,
+     * and (not plain ASCII, so no match for any of the file's) 'zoë@example.org'. `meanwhile` runs
+     * on another connection after the target's addresses are read, before the COPY.
+     */
+    const write = (meanwhile?: (other: pg.Client) => Promise<unknown>) => new Promise<unknown>((resolve, reject) => {
+      withDbClient(async (db, client) => {
+        await client.query(`INSERT INTO sentry_email (email, date_added) SELECT 'old' || i || '@example.org', now() FROM generate_series(1, 3) i`);
+        await client.query(`INSERT INTO sentry_email (email, date_added) VALUES ('zoë@example.org', now())`);
+        const check = new EmailCheck();
+        for (const a of addresses) check.note(a);
+        const staged: string[] = [];
+        let passes = 0;
+        await client.query('BEGIN');
+        const result = await writeDirectEmails(client, run, 'sentry_email', 'sentry_email_id_seq', check, async function* lines() {
+          if (passes++ === 0 && meanwhile) {
+            const other = new pg.Client({ connectionString: db.url });
+            await other.connect();
+            try { await meanwhile(other); } finally { await other.end(); }
+          }
+          yield addresses.map((a, i) => line(i + 1, a));
+        }, async (chunk) => { staged.push(...chunk.map((l) => l.toString().split('\t')[lineColumn('email')]!)); });
+        await client.query('COMMIT');
+        const rows = (await client.query(`SELECT id::int, email::text FROM sentry_email ORDER BY id`)).rows;
+        const pkMap = (await client.query(`SELECT source_pk::int, target_id::int, kind FROM userport.pk_map WHERE run = $1 ORDER BY source_pk`, [run])).rows;
+        resolve({ result, staged, rows, pkMap });
+      }).catch(reject);
+    });
+
+    it('reads the target\'s addresses by the server\'s lower(): a held one in other case is reused, one that is not plain ASCII is no obstacle', async () => {
+      expect(await write()).to.deep.equal({
+        result: { written: 3, existing: 1, staged: 0 },
+        staged: [],
+        rows: [
+          { id: 1, email: 'old1@example.org' }, { id: 2, email: 'old2@example.org' }, { id: 3, email: 'old3@example.org' }, { id: 4, email: 'zoë@example.org' },
+          { id: 5, email: 'a1@x.io' }, { id: 6, email: 'a3@x.io' }, { id: 7, email: 'a4@x.io' },
+        ],
+        pkMap: [
+          { source_pk: 1, target_id: 5, kind: 'inserted' }, { source_pk: 2, target_id: 2, kind: 'existing' },
+          { source_pk: 3, target_id: 6, kind: 'inserted' }, { source_pk: 4, target_id: 7, kind: 'inserted' },
+        ],
+      });
+    });
+
+    it('another session inserting one of the addresses after the read: the COPY is refused and undone, and every record is staged', async () => {
+      const got = await write((other) => other.query(`INSERT INTO sentry_email (email, date_added) VALUES ('A3@X.IO', now())`)) as { result: { written: number; staged: number; why?: string } };
+      expect(got).to.deep.equal({
+        result: { written: 0, existing: 0, staged: 4, why: 'another session inserted one of the addresses meanwhile' },
+        staged: addresses,
+        // The other session's row (id 9: the block drawn first took 5-8, and stays unused) and nothing of this import.
+        rows: [
+          { id: 1, email: 'old1@example.org' }, { id: 2, email: 'old2@example.org' }, { id: 3, email: 'old3@example.org' }, { id: 4, email: 'zoë@example.org' },
+          { id: 9, email: 'A3@X.IO' },
+        ],
+        pkMap: [],
+      });
+    });
+  });
 
   const noTable = unavailable('sentry-2026');
   it('into a new Sentry 2026 (no sentry_email) drops every Email record and writes its finding, as the merge does', async function () {

@@ -49,6 +49,23 @@ describe('the client\'s hash sets', () => {
     expect(set.addText(0, 'zoë@x.io')).to.equal(true);
   });
 
+  it('HashSet64.hasText: finds what addText added (case folded alike), adds nothing, and grows with the set', () => {
+    const set = new HashSet64();
+    const n = 300_000; // the first table takes 45,875 at most: the set grows three times
+    for (let i = 0; i < n; i++) set.addText(0, `u${i}@Example.com`, true);
+    let found = 0;
+    let foreign = 0;
+    for (let i = 0; i < n; i++) {
+      if (set.hasText(0, `U${i}@EXAMPLE.COM`, true)) found++;
+      if (set.hasText(0, `v${i}@example.com`, true)) foreign++;
+    }
+    expect({ found, foreign }).to.deep.equal({ found: n, foreign: 0 });
+    // Another number before the text, or a text the fold refuses: not there.
+    expect([set.hasText(1, 'u1@example.com', true), set.hasText(0, 'zoë@x.io', true)]).to.deep.equal([false, undefined]);
+    // Asking added nothing: each text is still new to addText.
+    expect([set.addText(0, 'v1@example.com', true), set.addText(0, 'u1@example.com', true)]).to.deep.equal([true, false]);
+  });
+
   it('hash32: lower-cases ASCII letters when asked, and answers -1 for non-ASCII text then', () => {
     expect(hash32('Bob', true)).to.equal(hash32('bob', true));
     expect(hash32('Bob', false)).to.not.equal(hash32('bob', false));

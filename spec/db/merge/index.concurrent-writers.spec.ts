@@ -68,9 +68,12 @@ describe('other writers during the import (issue #25)', function () {
   beforeEach(async () => { db = await freshDatabase(); });
   afterEach(async () => { await db.close(); });
 
-  // The Email records go in through ON CONFLICT where sentry_email holds many more rows than the
-  // import's (or has no statistics yet), else through an anti-join and a plain INSERT that the
-  // unique key stops when another session wrote one of the addresses (the step is then decided again).
+  // The Email records of a resumable import go in through ON CONFLICT where sentry_email holds
+  // many more rows than the import's (or has no statistics yet), else through an anti-join and a
+  // plain INSERT that the unique key stops when another session wrote one of the addresses (the
+  // step is then decided again). An atomic import COPYs them straight in at the end of the input
+  // (direct-emails.ts): the unique key refuses that COPY, which is undone, and the merge decides
+  // every record, now seeing the other session's address (no step decided again).
   const emailPaths = [
     { name: 'ON CONFLICT', analyzed: false, retries: ['users'] },
     { name: 'anti-join, decided again', analyzed: true, retries: ['users', 'emails'] },
@@ -90,14 +93,18 @@ describe('other writers during the import (issue #25)', function () {
       await address.query(`INSERT INTO sentry_email (email, date_added) VALUES ('u4@example.com', now())`);
       let settled = false;
       const retries: string[] = [];
+      const direct: unknown[] = [];
       const run = importUsers({
         source: file, databaseUrl: db.url, resumable: mode === 'resumable', ...(mode === 'resumable' ? { batchRows: 4 } : {}),
-        onTrace: (e) => { if (e.kind === 'retry') retries.push(e.step); },
+        onTrace: (e) => {
+          if (e.kind === 'retry') retries.push(e.step);
+          if (e.kind === 'direct-emails') direct.push({ written: e.written, staged: e.staged, why: e.why });
+        },
       }).finally(() => { settled = true; });
       try {
         await reached('the import waits on the new user u3', () => importWaits(db, /INSERT INTO auth_user/), () => settled);
         await signup.query('COMMIT');
-        await reached('the import waits on the new address of u4', () => importWaits(db, /INSERT INTO sentry_email/), () => settled);
+        await reached('the import waits on the new address of u4', () => importWaits(db, mode === 'atomic' ? /COPY sentry_email/ : /INSERT INTO sentry_email/), () => settled);
         await address.query('COMMIT');
       } finally {
         await signup.end();
@@ -113,8 +120,14 @@ describe('other writers during the import (issue #25)', function () {
       expect(s.models['sentry.email']).to.include({ inserted: 4, existing: 1 });
       expectCounted(s, await written(db, s.importId));
       // The users' step always decides again (its INSERT has no ON CONFLICT); the emails' step
-      // only on the anti-join path.
-      expect(retries).to.deep.equal(path.retries);
+      // only on the anti-join path of a resumable import. An atomic import's COPY was refused.
+      if (mode === 'atomic') {
+        expect(retries).to.deep.equal(['users']);
+        expect(direct).to.deep.equal([{ written: 0, staged: 5, why: 'another session inserted one of the addresses meanwhile' }]);
+      } else {
+        expect(retries).to.deep.equal(path.retries);
+        expect(direct).to.deep.equal([]);
+      }
     });
   }
 
