@@ -74,7 +74,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
       // The lost-password hashes are made in the client once the users are in (in the global
       // scope the users' step writes them: it skips the users whose password hash it keeps).
       const later = plan.lostPassword !== undefined && plan.scope !== 'global';
-      const written = await mergeUsers(q, S, options, plan, { empty: bulk?.empty ?? false, lostPasswordsLater: later, repeats, ordinals });
+      const written = await mergeUsers(q, S, options, plan, { empty: bulk?.empty ?? false, few: !!bulk && !bulk.empty, lostPasswordsLater: later, repeats, ordinals });
       if (later) written.lostPasswordHashes = await lostPasswordsNow(q, client, plan, options.run);
       // The users' tables are complete: their indexes and constraints are built now, while Node
       // still reads the file (the server waits for it otherwise), not after the other tables' rows.

@@ -150,7 +150,7 @@ export async function mergeAfterEarlyUsers(client: pg.ClientBase, options: Merge
     users = early.step;
   } else {
     const bulk = options.bulkLoad ? await enterBulkLoad(q, (sql) => client.query(sql), plan) : undefined;
-    users = { bulk, ...(await mergeUsers(q, S, options, plan, { empty: !!bulk?.empty })) };
+    users = { bulk, ...(await mergeUsers(q, S, options, plan, { empty: !!bulk?.empty, few: !!bulk && !bulk.empty })) };
   }
   const { bulk, usersInserted } = users;
   stats.adjacent.lostPasswordHashes += users.lostPasswordHashes;

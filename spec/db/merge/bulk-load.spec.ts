@@ -41,10 +41,16 @@ describe('bulk load into empty target tables', function () {
   let file: string;
   let pristine: string[];
   let usernames: string[];
+  /** Each user's address, and its email_unique candidate (the exported one, else the address). */
+  let addresses: string[];
+  let candidates: (string | null)[];
   before(async () => {
     file = await generated(3000, 11);
-    usernames = (JSON.parse(fs.readFileSync(file, 'utf8')) as { model: string; fields: { username: string } }[])
-      .filter((r) => r.model === 'sentry.user').map((r) => r.fields.username);
+    const users = (JSON.parse(fs.readFileSync(file, 'utf8')) as { model: string; fields: { username: string; email: string; email_unique?: string | null } }[])
+      .filter((r) => r.model === 'sentry.user');
+    usernames = users.map((r) => r.fields.username);
+    addresses = users.map((r) => r.fields.email);
+    candidates = users.map((r) => r.fields.email_unique || r.fields.email || null);
     const db = await freshDatabase();
     try { pristine = await definitions(db); } finally { await db.close(); }
     expect(pristine.length, 'the migration made indexes and constraints').to.be.greaterThan(10);
@@ -90,11 +96,14 @@ describe('bulk load into empty target tables', function () {
     const bulk = await freshDatabase();
     const incremental = await freshDatabase();
     try {
-      // The admin holds one of the export's usernames (another case) and another user's address.
+      // The admin holds one of the export's usernames (another case) and another user's address;
+      // a second user holds a third one's email_unique candidate.
+      const holder = candidates.findIndex((c, i) => i > 12 && c);
       for (const db of [bulk, incremental]) {
-        const id = await insertUser(db.knex, { password: 'x', username: usernames[5]!.toUpperCase(), email: `${usernames[9]}@example.com`.toLowerCase(), email_unique: null });
+        const id = await insertUser(db.knex, { password: 'x', username: usernames[5]!.toUpperCase(), email: addresses[9]!.toUpperCase(), email_unique: null });
         await db.knex.raw(`INSERT INTO sentry_useremail (user_id, email, validation_hash, date_hash_added, is_verified) VALUES (?, 'admin@example.com', 'h', now(), true)`, [id]);
         await insertEmail(db.knex, 'admin@example.com');
+        await insertUser(db.knex, { password: 'x', username: 'second-admin', email: 'second-admin@example.org', email_unique: candidates[holder] });
       }
       const a = await importUsers({ source: file, databaseUrl: bulk.url });
       const b = await importUsers({ source: file, databaseUrl: incremental.url, bulkLoad: 'off' });
@@ -104,7 +113,13 @@ describe('bulk load into empty target tables', function () {
       expect(a.adjacent).to.deep.equal(b.adjacent);
       expect(await rowsWithIds(bulk)).to.deep.equal(await rowsWithIds(incremental));
       const findings = async (db: typeof bulk) => (await db.knex.raw(`SELECT kind, model, source_pk, regexp_replace(reason, 'imported as .*', '') AS reason FROM userport.findings ORDER BY 2, 3, 1, 4`)).rows;
-      expect(await findings(bulk)).to.deep.equal(await findings(incremental));
+      const found = await findings(bulk);
+      expect(found).to.deep.equal(await findings(incremental));
+      // Each of the three holders was found: the name, the address, the email_unique.
+      const reasons = (found as { reason: string }[]).map((f) => f.reason).join('\n');
+      expect(reasons).to.contain('username taken');
+      expect(reasons).to.contain('address also held by existing user id');
+      expect(reasons).to.contain(`email_unique left empty: ${candidates[holder]} is the email_unique of existing user id`);
       expect(await definitions(bulk)).to.deep.equal(pristine);
     } finally {
       await bulk.close();
