@@ -232,11 +232,14 @@ async function heldAddresses(client: pg.ClientBase, table: string, check: EmailC
     for (const [id, lowered] of page) {
       if (lowered === null || !check.mayHold(lowered)) continue;
       const had = held.get(lowered);
-      if (had === undefined || id < had) held.set(lowered, id);
-    }
-    if (held.size > MAX_HELD) {
-      await client.query(`CLOSE ${cursor}`);
-      return `the target holds more than ${MAX_HELD.toLocaleString('en-US')} of the file's addresses (the client keeps no more)`;
+      if (had !== undefined) {
+        if (id < had) held.set(lowered, id);
+      } else if (held.size < MAX_HELD) {
+        held.set(lowered, id);
+      } else {
+        await client.query(`CLOSE ${cursor}`);
+        return `the target holds more than ${MAX_HELD.toLocaleString('en-US')} of the file's addresses (the client keeps no more)`;
+      }
     }
   }
   await client.query(`CLOSE ${cursor}`);

@@ -7,7 +7,7 @@
  */
 import { expect } from 'chai';
 import pg from 'pg';
-import { EmailCheck, MAX_ADDRESSES, TARGET_RATIO, writeDirectEmails } from '../../../lib/db/merge/direct-emails.js';
+import { EmailCheck, MAX_ADDRESSES, MAX_HELD, TARGET_RATIO, writeDirectEmails } from '../../../lib/db/merge/direct-emails.js';
 import { lineColumn } from '../../../lib/db/merge/staging-lines.js';
 import { LEAD_COLUMNS } from '../../../lib/copy-text.js';
 import { STAGE_COLUMNS } from '../../../lib/models.js';
@@ -168,13 +168,15 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
     const run = 77;
 
     /**
-     * Writes `addresses` as Email records of `run` into a target holding old1..old3@example.org,
+     * Writes `addresses` as Email records of `run` into a target holding old1, OLD2 and old3@example.org,
      * and (not plain ASCII, so no match for any of the file's) 'zoë@example.org'. `meanwhile` runs
      * on another connection after the target's addresses are read, before the COPY.
      */
     const write = (meanwhile?: (other: pg.Client) => Promise<unknown>) => new Promise<unknown>((resolve, reject) => {
       withDbClient(async (db, client) => {
-        await client.query(`INSERT INTO sentry_email (email, date_added) SELECT 'old' || i || '@example.org', now() FROM generate_series(1, 3) i`);
+        // old2 in upper case: only the server's lower() of the target's side matches the file's Old2.
+        await client.query(`INSERT INTO sentry_email (email, date_added)
+          SELECT CASE WHEN i = 2 THEN 'OLD2@EXAMPLE.ORG' ELSE 'old' || i || '@example.org' END, now() FROM generate_series(1, 3) i`);
         await client.query(`INSERT INTO sentry_email (email, date_added) VALUES ('zoë@example.org', now())`);
         const check = new EmailCheck();
         for (const a of addresses) check.note(a);
@@ -201,7 +203,7 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
         result: { written: 3, existing: 1, staged: 0 },
         staged: [],
         rows: [
-          { id: 1, email: 'old1@example.org' }, { id: 2, email: 'old2@example.org' }, { id: 3, email: 'old3@example.org' }, { id: 4, email: 'zoë@example.org' },
+          { id: 1, email: 'old1@example.org' }, { id: 2, email: 'OLD2@EXAMPLE.ORG' }, { id: 3, email: 'old3@example.org' }, { id: 4, email: 'zoë@example.org' },
           { id: 5, email: 'a1@x.io' }, { id: 6, email: 'a3@x.io' }, { id: 7, email: 'a4@x.io' },
         ],
         pkMap: [
@@ -218,11 +220,47 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
         staged: addresses,
         // The other session's row (id 9: the block drawn first took 5-8, and stays unused) and nothing of this import.
         rows: [
-          { id: 1, email: 'old1@example.org' }, { id: 2, email: 'old2@example.org' }, { id: 3, email: 'old3@example.org' }, { id: 4, email: 'zoë@example.org' },
+          { id: 1, email: 'old1@example.org' }, { id: 2, email: 'OLD2@EXAMPLE.ORG' }, { id: 3, email: 'old3@example.org' }, { id: 4, email: 'zoë@example.org' },
           { id: 9, email: 'A3@X.IO' },
         ],
         pkMap: [],
       });
+    });
+  });
+
+  it(`keeps at most MAX_HELD (${MAX_HELD.toLocaleString('en-US')}) of the target's addresses in the process: one more, and every record is staged`, async function () {
+    this.timeout(120_000);
+    /** A target and a file both holding `n` addresses h1..hn@x.io (the file's in upper case): what writeDirectEmails does. */
+    const both = async (n: number) => {
+      let got: unknown;
+      await withDbClient(async (_db, client) => {
+        await client.query(`INSERT INTO sentry_email (email, date_added) SELECT 'h' || i || '@x.io', now() FROM generate_series(1, $1) i`, [n]);
+        const check = new EmailCheck();
+        const file: Buffer[] = [];
+        for (let i = 1; i <= n; i++) {
+          check.note(`H${i}@X.IO`);
+          const cols: string[] = new Array(LEAD_COLUMNS.length + STAGE_COLUMNS.length).fill('\\N');
+          cols[lineColumn('src_pk')] = String(i);
+          cols[lineColumn('ord')] = String(i);
+          cols[lineColumn('off')] = String(i);
+          cols[lineColumn('email')] = `H${i}@X.IO`;
+          file.push(Buffer.from(cols.join('\t')));
+        }
+        let staged = 0;
+        await client.query('BEGIN');
+        const result = await writeDirectEmails(client, 78, 'sentry_email', 'sentry_email_id_seq', check, async function* lines() { yield file; },
+          async (chunk) => { staged += chunk.length; });
+        const rows = Number((await client.query('SELECT count(*) AS n FROM sentry_email')).rows[0].n);
+        await client.query('ROLLBACK');
+        got = { result, staged, rows };
+      });
+      return got;
+    };
+    expect(await both(MAX_HELD)).to.deep.equal({ result: { written: 0, existing: MAX_HELD, staged: 0 }, staged: 0, rows: MAX_HELD });
+    expect(await both(MAX_HELD + 1)).to.deep.equal({
+      result: { written: 0, existing: 0, staged: MAX_HELD + 1, why: `the target holds more than ${MAX_HELD.toLocaleString('en-US')} of the file's addresses (the client keeps no more)` },
+      staged: MAX_HELD + 1,
+      rows: MAX_HELD + 1,
     });
   });
 
