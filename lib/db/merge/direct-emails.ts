@@ -33,6 +33,7 @@ import type pg from 'pg';
 import { FEW_ROWS } from './bulk-load.js';
 import { uniqueViolation, type SideLines } from './direct-rows.js';
 import { HashSet64 } from './hash-sets.js';
+import { CopyOut } from './copy-out.js';
 import { copyInto } from './run.js';
 import { columnStart, intAt, lineColumn, scanTabs } from './staging-lines.js';
 
@@ -44,9 +45,9 @@ const SRC_PK = lineColumn('src_pk');
 const ORD = lineColumn('ord');
 const OFF = lineColumn('off');
 if (OFF !== ORD + 1) throw new Error('staging columns ord, off must be adjacent');
-const TAB = Buffer.from('\t');
+const TAB = 0x09;
+const NEWLINE = 0x0a;
 const NOW = Buffer.from('now');
-const NEWLINE = Buffer.from('\n');
 
 /** Why an Email record is dropped by a target without sentry_email (the merge's reason too). */
 export const NO_EMAIL_TABLE = 'no sentry_email table in the target database (Sentry removed the Email model in 2026)';
@@ -177,8 +178,8 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
   let existing = 0;
   try {
     await copyInto(client, `COPY ${table} (id, email, date_added) FROM STDIN`, table, async (send) => {
+      const out = new CopyOut();
       for await (const chunk of lines()) {
-        const out: Buffer[] = [];
         for (const line of chunk) {
           scanTabs(line, tabs);
           const start = columnStart(tabs, EMAIL);
@@ -187,12 +188,16 @@ export async function writeDirectEmails(client: pg.ClientBase, run: number, tabl
             continue;
           }
           const dateStart = columnStart(tabs, DATE_ADDED);
+          out.int(next++);
+          out.byte(TAB);
+          out.bytes(line, start, tabs[EMAIL]!);
+          out.byte(TAB);
           // A missing date_added (\N) is the transaction's start, as the merge's now().
-          out.push(Buffer.from(`${next}\t`), line.subarray(start, tabs[EMAIL]), TAB,
-            line[dateStart] === 0x5c ? NOW : line.subarray(dateStart, tabs[DATE_ADDED]), NEWLINE);
-          next++;
+          if (line[dateStart] === 0x5c) out.raw(NOW);
+          else out.bytes(line, dateStart, tabs[DATE_ADDED]!);
+          out.byte(NEWLINE);
         }
-        if (out.length) await send(Buffer.concat(out));
+        if (out.length) await send(out.take());
       }
     });
   } catch (err) {
@@ -257,15 +262,19 @@ export function dropEmails(client: pg.ClientBase, run: number, lines: SideLines)
   const sql = 'COPY userport.findings (run, kind, model, source_pk, ordinal, byte_offset, reason) FROM STDIN';
   return copyInto(client, sql, 'userport.findings', async (send) => {
     let count = 0;
+    const out = new CopyOut();
     for await (const chunk of lines()) {
-      const out: Buffer[] = [];
       for (const line of chunk) {
         scanTabs(line, tabs);
         // source_pk, ordinal, byte_offset: the staging line's src_pk, ord and off.
-        out.push(lead, line.subarray(columnStart(tabs, SRC_PK), tabs[SRC_PK]), TAB, line.subarray(columnStart(tabs, ORD), tabs[OFF]), reason);
+        out.raw(lead);
+        out.bytes(line, columnStart(tabs, SRC_PK), tabs[SRC_PK]!);
+        out.byte(TAB);
+        out.bytes(line, columnStart(tabs, ORD), tabs[OFF]!);
+        out.raw(reason);
       }
       count += chunk.length;
-      if (out.length) await send(Buffer.concat(out));
+      if (out.length) await send(out.take());
     }
     return count;
   });
@@ -281,9 +290,19 @@ async function writePkRanges(client: pg.ClientBase, run: number, lines: SideLine
   const sql = 'COPY userport.pk_ranges (run, model, source_pk, target_id, kind, span) FROM STDIN';
   const tabs = new Int32Array(Math.max(EMAIL, SRC_PK) + 1);
   await copyInto(client, sql, 'userport.pk_ranges', async (send) => {
-    const text = (r: PkRange) => `${run}\tsentry.email\t${r.pk}\t${r.id}\t${r.kind}\t${r.span}\n`;
+    const lead = Buffer.from(`${run}\tsentry.email\t`);
+    const kinds = { inserted: Buffer.from('\tinserted\t'), existing: Buffer.from('\texisting\t') };
+    const out = new CopyOut();
+    const text = (r: PkRange) => {
+      out.raw(lead);
+      out.int(r.pk);
+      out.byte(TAB);
+      out.int(r.id);
+      out.raw(kinds[r.kind]);
+      out.int(r.span);
+      out.byte(NEWLINE);
+    };
     let range: PkRange | undefined;
-    let ended = '';
     let next = first;
     for await (const chunk of lines()) {
       for (const line of chunk) {
@@ -294,12 +313,13 @@ async function writePkRanges(client: pg.ClientBase, run: number, lines: SideLine
         const id = holder ?? next++;
         if (range && range.kind === kind && pk === range.pk + range.span && id === range.id + range.span) range.span++;
         else {
-          if (range) ended += text(range);
+          if (range) text(range);
           range = { pk, id, span: 1, kind };
         }
       }
-      if (ended) { await send(Buffer.from(ended)); ended = ''; }
+      if (out.length) await send(out.take());
     }
-    if (range) await send(Buffer.from(text(range)));
+    if (range) text(range);
+    if (out.length) await send(out.take());
   });
 }

@@ -18,10 +18,10 @@
  *   reasons and findings are the merge's.
  * State in the process: the new users as ranges of the pk map (one for a file in Sentry's order).
  */
-import { randomFillSync } from 'node:crypto';
 import type pg from 'pg';
 import type { StagedRow } from '../../map-models.js';
 import { STAGE_INDEX } from '../../models.js';
+import { CopyOut } from './copy-out.js';
 import { HashSet64 } from './hash-sets.js';
 import { NewUsers } from './pk-map.js';
 import { copyInto } from './run.js';
@@ -31,31 +31,14 @@ import { columnStart, intAt, intField, lineColumn, scanTabs } from './staging-li
 export type SideLines = () => AsyncIterable<Buffer[]>;
 
 const USER_PK = lineColumn('user_pk');
-const NEWLINE = Buffer.from('\n');
-
-/** Random bytes for {@link uuid4Hex}, drawn 4,096 uuids at a time. */
-const pool = Buffer.alloc(16 * 4096);
-let poolAt = pool.length;
-
-/**
- * A random uuid4 as 32 hex digits (Python's `uuid4().hex`, the merge's gen_random_uuid() without
- * its dashes), from a pool of random bytes: half the time of randomUUID() and a replace() per row.
- * The shape of older Sentry's tokens; current Sentry draws 32 of a-z, A-Z, 0-9 (`get_secure_token`):
- * the README's compatibility table says why userport keeps this one.
- */
-export function uuid4Hex(): string {
-  if (poolAt === pool.length) {
-    randomFillSync(pool);
-    for (let o = 0; o < pool.length; o += 16) {
-      pool[o + 6] = (pool[o + 6]! & 0x0f) | 0x40; // version 4
-      pool[o + 8] = (pool[o + 8]! & 0x3f) | 0x80; // RFC 4122 variant
-    }
-    poolAt = 0;
-  }
-  const hex = pool.toString('hex', poolAt, poolAt + 16);
-  poolAt += 16;
-  return hex;
-}
+const TAB = 0x09;
+const NEWLINE = 0x0a;
+/** An option's project and organization (none) and the tab before its key. */
+const NO_PROJECT_ORG = Buffer.from('\t\\N\t\\N\t');
+/** A user email's date_hash_added (the transaction's start) and is_verified. */
+const NOW_UNVERIFIED = Buffer.from('\tnow\tf\n');
+/** A lost-password hash's date_added. */
+const NOW_LINE = Buffer.from('\tnow\n');
 
 /** Rows per model beyond which the client keeps no hashes of their (user, key): 2^20 slots of 8 bytes (8 MB), at most 70% full. */
 export const MAX_CHECKED_ROWS = 700_000;
@@ -109,10 +92,10 @@ export interface DirectModel {
   /** The last staging column `row` reads. */
   lastColumn: number;
   /**
-   * Appends to `out` the pieces of the COPY text line (with its newline) of a diverted staging
-   * line whose user got `id`; `tabs`: the line's tabs up to `lastColumn` ({@link scanTabs}).
+   * Appends to `out` the COPY text line (with its newline) of a diverted staging line whose user
+   * got `id`; `tabs`: the line's tabs up to `lastColumn` ({@link scanTabs}).
    */
-  row(line: Buffer, tabs: Int32Array, id: number, out: Buffer[]): void;
+  row(line: Buffer, tabs: Int32Array, id: number, out: CopyOut): void;
 }
 
 /** Options: the user, no project or organization, the key and the value as staged (the target's encoding). */
@@ -130,7 +113,10 @@ export function directOptions(code: number, table: string): DirectModel {
     },
     lastColumn: key + 1,
     row: (line, tabs, id, out) => {
-      out.push(Buffer.from(`${id}\t\\N\t\\N\t`), line.subarray(columnStart(tabs, key), tabs[key + 1]), NEWLINE);
+      out.int(id);
+      out.raw(NO_PROJECT_ORG);
+      out.bytes(line, columnStart(tabs, key), tabs[key + 1]!);
+      out.byte(NEWLINE);
     },
   };
 }
@@ -152,7 +138,12 @@ export function directUserEmails(code: number, table: string): DirectModel {
     },
     lastColumn: email,
     row: (line, tabs, id, out) => {
-      out.push(Buffer.from(`${id}\t`), line.subarray(columnStart(tabs, email), tabs[email]), Buffer.from(`\t${uuid4Hex()}\tnow\tf\n`));
+      out.int(id);
+      out.byte(TAB);
+      out.bytes(line, columnStart(tabs, email), tabs[email]!);
+      out.byte(TAB);
+      out.uuid4Hex();
+      out.raw(NOW_UNVERIFIED);
     },
   };
 }
@@ -166,12 +157,15 @@ export function directUserEmails(code: number, table: string): DirectModel {
 export function writeLostPasswords(client: pg.ClientBase, table: string, users: NewUsers): Promise<number> {
   return copyInto(client, `COPY ${table} (user_id, hash, date_added) FROM STDIN`, table, async (send) => {
     let count = 0;
-    let text = '';
+    const out = new CopyOut();
     for (const id of users.ids()) {
-      text += `${id}\t${uuid4Hex()}\tnow\n`;
-      if (++count % 5000 === 0) { await send(Buffer.from(text)); text = ''; }
+      out.int(id);
+      out.byte(TAB);
+      out.uuid4Hex();
+      out.raw(NOW_LINE);
+      if (++count % 5000 === 0) await send(out.take());
     }
-    if (text) await send(Buffer.from(text));
+    if (out.length) await send(out.take());
     return count;
   });
 }
@@ -231,16 +225,16 @@ async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewU
   const tabs = new Int32Array(Math.max(USER_PK, model.lastColumn) + 1);
   try {
     await copyInto(client, `COPY ${model.table} (${model.columns.join(', ')}) FROM STDIN`, model.table, async (send) => {
+      // A chunk's rows in one CopyData message (a write per row would be a message per row).
+      const out = new CopyOut();
       for await (const chunk of lines()) {
-        // A chunk's rows in one CopyData message (a write per row would be a message per row).
-        const out: Buffer[] = [];
         for (const line of chunk) {
           scanTabs(line, tabs);
           const id = users.id(intAt(line, columnStart(tabs, USER_PK), tabs[USER_PK]!));
           if (id < 0) others++;
           else { written++; model.row(line, tabs, id, out); }
         }
-        if (out.length) await send(Buffer.concat(out));
+        if (out.length) await send(out.take());
       }
     });
   } catch (err) {

@@ -10,7 +10,8 @@ import { expect } from 'chai';
 import type { TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
-import { PairCheck, uuid4Hex } from '../../../lib/db/merge/direct-rows.js';
+import { uuid4Hex } from '../../../lib/db/merge/copy-out.js';
+import { PairCheck } from '../../../lib/db/merge/direct-rows.js';
 
 // Enough users that they span many read chunks: the early step starts while options are still to come.
 const USERS = 3000;
