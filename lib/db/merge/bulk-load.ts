@@ -20,15 +20,17 @@ import type { WritePlan } from './plan.js';
  * are locked (ACCESS EXCLUSIVE, NOWAIT: never waiting for another session) only after they were
  * seen so, and checked again once locked. With rows present the merge's decisions still look them
  * up (`empty` false), by joins the planner hashes without the dropped indexes, and the rebuilt
- * unique constraints check every row, the existing ones included. Primary keys stay (new ids are appended, so
- * their maintenance is cheap, and other tables' foreign keys may hang on them), and so does any
+ * unique constraints check every row, the existing ones included. Primary keys are dropped and
+ * rebuilt too where nothing outside the five tables hangs on them: appending ids to a btree still
+ * writes one WAL record per row (2.6 s for 1.7M options, against 0.6 s for one sorted build).
+ * `auth_user`'s stays (Sentry's other tables' foreign keys point at it), and so does any
  * constraint or index another table's foreign key depends on, or a foreign key that points at a
  * table outside the five (its table would be locked too).
  */
 export interface BulkLoad {
   /**
    * Recreates what was dropped on `tables` (every table when omitted), in dependency order:
-   * indexes and unique constraints, then foreign keys; each object once, however often called.
+   * indexes, primary keys and unique constraints, then foreign keys; each object once, however often called.
    * The early users step rebuilds the users' tables as soon as they are complete.
    */
   rebuild(tables?: readonly string[]): Promise<void>;
@@ -43,7 +45,7 @@ export interface BulkLoad {
  */
 export const FEW_ROWS = 1000;
 
-interface DroppedObject { table: string; name: string; kind: 'index' | 'unique' | 'foreign'; definition: string }
+interface DroppedObject { table: string; name: string; kind: 'index' | 'primary' | 'unique' | 'foreign'; definition: string }
 
 const IDENT_SQL = (s: string) => `"${s.replace(/"/g, '""')}"`;
 
@@ -99,12 +101,12 @@ export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.Q
   // Constraints and indexes that nothing outside the five tables depends on.
   const objects = (await catalog(`
     SELECT c.conrelid::regclass::text AS table, c.conname AS name,
-      CASE c.contype WHEN 'u' THEN 'unique' ELSE 'foreign' END AS kind,
+      CASE c.contype WHEN 'u' THEN 'unique' WHEN 'p' THEN 'primary' ELSE 'foreign' END AS kind,
       pg_get_constraintdef(c.oid) AS definition
     FROM pg_constraint c
-    WHERE c.conrelid IN (${list}) AND c.contype IN ('u', 'f')
+    WHERE c.conrelid IN (${list}) AND c.contype IN ('p', 'u', 'f')
       AND (c.contype <> 'f' OR c.confrelid IN (${list}))
-      AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = c.conindid AND c.contype = 'u'
+      AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = c.conindid AND c.contype IN ('p', 'u')
                         AND f.conrelid NOT IN (${list}))
     UNION ALL
     SELECT i.indrelid::regclass::text, i.indexrelid::regclass::text, 'index', pg_get_indexdef(i.indexrelid)
@@ -113,7 +115,7 @@ export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.Q
       AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)
       AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = i.indexrelid)
     ORDER BY 1, 2`)).rows as DroppedObject[];
-  const order = { foreign: 0, unique: 1, index: 2 } as const;
+  const order = { foreign: 0, primary: 1, unique: 1, index: 2 } as const;
   const drops = [...objects].sort((a, b) => order[a.kind] - order[b.kind]);
   for (const o of drops) {
     // An index by its regclass text (schema-qualified when needed), never by a bare name.

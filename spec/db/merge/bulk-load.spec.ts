@@ -85,6 +85,21 @@ describe('bulk load into empty target tables', function () {
           AND conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = 'auth_user'::regclass AND attname = 'username')]`)).rows[0].conname);
         const fk = await bulk.knex.raw(`INSERT INTO sentry_useroption (user_id, key, value) VALUES (999999999, 'k', '1')`).then(() => undefined, (e: { code?: string }) => e.code);
         expect(fk).to.equal('23503');
+        // The rebuilt primary keys too (dropped for the load: nothing outside the five tables hangs on them).
+        // A copy of each table's first row with another value in its unique columns, so that only the primary key can refuse it.
+        const hashless = (await bulk.knex.raw(`DELETE FROM sentry_lostpasswordhash WHERE id = (SELECT max(id) FROM sentry_lostpasswordhash) RETURNING user_id`)).rows[0].user_id as number;
+        const other: Record<string, Record<string, unknown>> = {
+          sentry_useroption: { key: 'another-key' }, sentry_useremail: { email: 'another@example.com' },
+          sentry_email: { email: 'another@example.com' }, sentry_lostpasswordhash: { user_id: hashless },
+        };
+        for (const [table, change] of Object.entries(other)) {
+          const row = { ...(await bulk.knex.raw(`SELECT * FROM ${table} ORDER BY id LIMIT 1`)).rows[0] as Record<string, unknown>, ...change };
+          const cols = Object.keys(row).join(', ');
+          const refused = await bulk.knex.raw(`INSERT INTO ${table} (${cols}) OVERRIDING SYSTEM VALUE SELECT ${cols} FROM json_populate_record(NULL::${table}, ?)`, [JSON.stringify(row)])
+            .then(() => 'inserted', (e: { code?: string; constraint?: string }) => `${e.code} ${e.constraint}`);
+          const pkey = (await bulk.knex.raw(`SELECT conname FROM pg_constraint WHERE conrelid = ?::regclass AND contype = 'p'`, [table])).rows[0].conname as string;
+          expect(refused, table).to.equal(`23505 ${pkey}`);
+        }
       } finally {
         await bulk.close();
         await incremental.close();
@@ -160,16 +175,19 @@ describe('bulk load into empty target tables', function () {
   it('keeps the definitions other tables depend on, and never touches those tables', async () => {
     const db = await freshDatabase();
     try {
-      // Another table of a Sentry database: it holds data and points at auth_user by username.
+      // Another table of a Sentry database: it holds data and points at auth_user by username, and
+      // at a user email by its primary key (which the load then keeps, as it keeps auth_user's).
       await db.knex.raw(`CREATE TABLE other_member (id serial PRIMARY KEY, username varchar(128) REFERENCES auth_user (username) DEFERRABLE INITIALLY DEFERRED,
-                           user_id bigint REFERENCES auth_user (id) DEFERRABLE INITIALLY DEFERRED)`);
+                           user_id bigint REFERENCES auth_user (id) DEFERRABLE INITIALLY DEFERRED,
+                           useremail_id bigint REFERENCES sentry_useremail (id) DEFERRABLE INITIALLY DEFERRED)`);
       await db.knex.raw(`INSERT INTO other_member (username, user_id) VALUES (NULL, NULL)`);
       const before = await definitions(db);
       const s = await importUsers({ source: file, databaseUrl: db.url });
       expect(s.bulkLoad).to.equal(true);
       expect(await definitions(db)).to.deep.equal(before);
       expect((await db.knex.raw(`SELECT pg_get_constraintdef(oid) AS d FROM pg_constraint WHERE conrelid = 'other_member'::regclass AND contype = 'f' ORDER BY conname`)).rows.map((r: { d: string }) => r.d))
-        .to.deep.equal(['FOREIGN KEY (user_id) REFERENCES auth_user(id) DEFERRABLE INITIALLY DEFERRED', 'FOREIGN KEY (username) REFERENCES auth_user(username) DEFERRABLE INITIALLY DEFERRED']);
+        .to.deep.equal(['FOREIGN KEY (user_id) REFERENCES auth_user(id) DEFERRABLE INITIALLY DEFERRED', 'FOREIGN KEY (useremail_id) REFERENCES sentry_useremail(id) DEFERRABLE INITIALLY DEFERRED',
+          'FOREIGN KEY (username) REFERENCES auth_user(username) DEFERRABLE INITIALLY DEFERRED']);
     } finally {
       await db.close();
     }
