@@ -26,16 +26,6 @@ function nextUuid(): number {
   return at;
 }
 
-/**
- * A random uuid4 as 32 hex digits (Python's `uuid4().hex`, the merge's gen_random_uuid() without
- * its dashes). The shape of older Sentry's tokens; current Sentry draws 32 of a-z, A-Z, 0-9
- * (`get_secure_token`): the README's compatibility table says why userport keeps this one.
- */
-export function uuid4Hex(): string {
-  const at = nextUuid();
-  return pool.toString('hex', at, at + 16);
-}
-
 const HEX = Buffer.from('0123456789abcdef');
 
 /** Copies of at most this many bytes are a loop in JavaScript: below it, Buffer.copy's call costs more. */
@@ -99,7 +89,11 @@ export class CopyOut {
     this.buf[this.at++] = b;
   }
 
-  /** A random uuid4 as 32 hex digits, as {@link uuid4Hex} gives it. */
+  /**
+   * A random uuid4 as 32 hex digits (Python's `uuid4().hex`, the merge's gen_random_uuid() without
+   * its dashes). The shape of older Sentry's tokens; current Sentry draws 32 of a-z, A-Z, 0-9
+   * (`get_secure_token`): the README's compatibility table says why userport keeps this one.
+   */
   uuid4Hex(): void {
     this.room(32);
     const from = nextUuid();

@@ -74,8 +74,8 @@ export const MAX_ADDRESSES = 1_400_000;
 
 /**
  * The target's rows (its statistics' count) beyond which, per Email record of the file, a scan of
- * the target's addresses costs more than the merge's probes of the unique key (emails.ts: the
- * same ratio decides the merge's anti-join).
+ * the target's addresses costs more than the merge's probes of the unique key; the merge's
+ * anti-join against the target's addresses (emails.ts) stops at the same ratio.
  */
 export const TARGET_RATIO = 10;
 

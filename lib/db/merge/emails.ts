@@ -5,7 +5,7 @@
  * addresses. Their pk map, and the counts.
  */
 import { type ImportStats } from '../../stats.js';
-import { NO_EMAIL_TABLE } from './direct-emails.js';
+import { NO_EMAIL_TABLE, TARGET_RATIO } from './direct-emails.js';
 import type { WritePlan } from './plan.js';
 import { insertPkRanges } from './pk-map.js';
 import { modelCodes, retryOnUnique, type Q } from './run.js';
@@ -59,22 +59,22 @@ export async function mergeEmails(q: Q, S: string, options: EmailsStepOptions, p
 }
 
 /**
+ * The staged Email records' rows (up_email) and pk map: reuse an address the target holds, else insert it.
+ *
  * Into a target with the unique key, ON CONFLICT probes it once for each address and takes the
  * speculative-insertion path for each row it writes; one hashed anti-join over the target's
  * addresses, then a plain INSERT, costs about half as long (120k addresses into a table holding
- * 240k: 2.5-2.9 s against 0.2 + 1.1-1.5 s) where the target holds at most this many times the
- * import's addresses, beyond which the scan would cost more than the probes.
+ * 240k: 2.5-2.9 s against 0.2 + 1.1-1.5 s) where the target holds at most {@link TARGET_RATIO} times
+ * the import's addresses (direct-emails.ts, where the same ratio decides whether
+ * the client reads the target's addresses), beyond which the scan would cost more than the probes.
  */
-const ANTI_JOIN_TARGET_RATIO = 10;
-
-/** The staged Email records' rows (up_email) and pk map: reuse an address the target holds, else insert it. */
 async function insertEmails(q: Q, run: number, E: string, arbiter: string | undefined, bulk: 'empty' | 'few' | undefined): Promise<void> {
   await q('ANALYZE up_email (src_pk, le, rn, outcome)');
   const addresses = Number((await q(`SELECT count(*) AS n FROM up_email WHERE rn = 1 AND outcome IS NULL`)).rows[0].n);
   // On the bulk path the unique key is dropped: into empty tables nothing can conflict, into a few
   // rows the anti-join (hashed over them) decides; so it does into a target not much larger than
   // the import, where the key only catches another session's address (see retryOnUnique).
-  const probe = !bulk && arbiter !== undefined && !(await fewAgainst(q, E, addresses * ANTI_JOIN_TARGET_RATIO));
+  const probe = !bulk && arbiter !== undefined && !(await fewAgainst(q, E, addresses * TARGET_RATIO));
   const conflict = probe ? `ON CONFLICT ${arbiter} DO NOTHING` : '';
   const guard = bulk === 'empty' || probe ? '' : `AND NOT EXISTS (SELECT 1 FROM ${E} x WHERE lower(x.email::text) = e.le)`;
   const inserted = await retryOnUnique(q, 'emails', E, async () => {

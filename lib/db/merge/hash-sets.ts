@@ -44,6 +44,11 @@ export class HashSet32 {
   }
 }
 
+/** The second half HashSet64 stores for (h1, h2): (0, 0) marks an empty slot, so that hash is kept as (0, 1). */
+function stored(h1: number, h2: number): number {
+  return h1 === 0 && h2 === 0 ? 1 : h2;
+}
+
 /**
  * A set of 64-bit hashes (two 32-bit halves, open addressing): `add` answers false when the hash
  * was there. `addText` hashes a text (and a number before it) into the set.
@@ -52,7 +57,7 @@ export class HashSet64 {
   private table = new Uint32Array(1 << 17);
   private size = 0;
 
-  /** The last hash {@link hashText} made. */
+  /** The last hash {@link hashText} made (as computed: {@link stored} says how the set keeps it). */
   private h1 = 0;
   private h2 = 0;
 
@@ -69,17 +74,11 @@ export class HashSet64 {
   /** Whether the set holds the hash {@link addText} would add (undefined where it would hash nothing). */
   hasText(prefix: number, text: string, asciiLower = false): boolean | undefined {
     if (!this.hashText(prefix, text, asciiLower)) return undefined;
-    const mask = (this.table.length >>> 1) - 1;
-    const [h1, h2] = [this.h1, this.h2];
-    for (let i = h1 & mask; ; i = (i + 1) & mask) {
-      const a = this.table[2 * i]!;
-      const b = this.table[2 * i + 1]!;
-      if (a === 0 && b === 0) return false;
-      if (a === h1 && b === h2) return true;
-    }
+    const i = this.slot(this.h1, stored(this.h1, this.h2));
+    return this.table[2 * i] !== 0 || this.table[2 * i + 1] !== 0;
   }
 
-  /** Hashes `prefix` and `text` into h1, h2 (as {@link add} stores them); false where `asciiLower` refuses the text. */
+  /** Hashes `prefix` and `text` into h1, h2; false where `asciiLower` refuses the text. */
   private hashText(prefix: number, text: string, asciiLower: boolean): boolean {
     let h1 = Math.imul(0x811c9dc5 ^ (prefix >>> 0), 0x01000193);
     let h2 = Math.imul(0x9747b28c ^ Math.floor(prefix / 0x100000000), 0x5bd1e995);
@@ -95,25 +94,28 @@ export class HashSet64 {
     }
     this.h1 = h1 >>> 0;
     this.h2 = Math.imul(h2 ^ text.length, 0x85ebca6b) >>> 0;
-    // As add() stores it: (0, 0) marks an empty slot.
-    if (this.h1 === 0 && this.h2 === 0) this.h2 = 1;
     return true;
   }
 
   add(h1: number, h2: number): boolean {
-    if (h1 === 0 && h2 === 0) h2 = 1;
+    h1 >>>= 0;
+    h2 = stored(h1, h2 >>> 0);
     if ((this.size + 1) * 10 > (this.table.length >>> 1) * 7) this.grow();
+    const i = this.slot(h1, h2);
+    if (this.table[2 * i] !== 0 || this.table[2 * i + 1] !== 0) return false;
+    this.table[2 * i] = h1;
+    this.table[2 * i + 1] = h2;
+    this.size++;
+    return true;
+  }
+
+  /** The slot that holds (h1, h2), or the empty one where it would go (linear probing). */
+  private slot(h1: number, h2: number): number {
     const mask = (this.table.length >>> 1) - 1;
     for (let i = h1 & mask; ; i = (i + 1) & mask) {
       const a = this.table[2 * i]!;
       const b = this.table[2 * i + 1]!;
-      if (a === 0 && b === 0) {
-        this.table[2 * i] = h1;
-        this.table[2 * i + 1] = h2;
-        this.size++;
-        return true;
-      }
-      if (a === h1 >>> 0 && b === h2 >>> 0) return false;
+      if ((a === 0 && b === 0) || (a === h1 && b === h2)) return i;
     }
   }
 

@@ -43,6 +43,16 @@ function records(extra: Rec[] = [], reused = true): Rec[] {
 
 const cli = (file: string, db: TestDb, ...args: string[]) => tracedImport(file, db.url, ...args);
 
+/** A staging line of an Email record (the side spool's layout): src_pk, ord, off, the address, no date. */
+const line = (pk: number, address: string) => {
+  const cols: string[] = new Array(LEAD_COLUMNS.length + STAGE_COLUMNS.length).fill('\\N');
+  cols[lineColumn('src_pk')] = String(pk);
+  cols[lineColumn('ord')] = String(pk);
+  cols[lineColumn('off')] = String(pk * 100);
+  cols[lineColumn('email')] = address;
+  return Buffer.from(cols.join('\t'));
+};
+
 /**
  * Every Email row with its id, the emails' pk map, the sequence's next id, the tables and the
  * findings; the undated Email's id apart (its date is each transaction's own).
@@ -155,15 +165,6 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
   });
 
   describe('writeDirectEmails on its own, in a transaction', () => {
-    /** A staging line of an Email record (the side spool's layout): src_pk, ord, off, the address, no date. */
-    const line = (pk: number, address: string) => {
-      const cols: string[] = new Array(LEAD_COLUMNS.length + STAGE_COLUMNS.length).fill('\\N');
-      cols[lineColumn('src_pk')] = String(pk);
-      cols[lineColumn('ord')] = String(pk);
-      cols[lineColumn('off')] = String(pk * 100);
-      cols[lineColumn('email')] = address;
-      return Buffer.from(cols.join('\t'));
-    };
     const addresses = ['a1@x.io', 'Old2@Example.org', 'a3@x.io', 'a4@x.io'];
     const run = 77;
 
@@ -239,12 +240,7 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
         const file: Buffer[] = [];
         for (let i = 1; i <= n; i++) {
           check.note(`H${i}@X.IO`);
-          const cols: string[] = new Array(LEAD_COLUMNS.length + STAGE_COLUMNS.length).fill('\\N');
-          cols[lineColumn('src_pk')] = String(i);
-          cols[lineColumn('ord')] = String(i);
-          cols[lineColumn('off')] = String(i);
-          cols[lineColumn('email')] = `H${i}@X.IO`;
-          file.push(Buffer.from(cols.join('\t')));
+          file.push(line(i, `H${i}@X.IO`));
         }
         let staged = 0;
         await client.query('BEGIN');

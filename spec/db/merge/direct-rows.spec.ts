@@ -10,7 +10,6 @@ import { expect } from 'chai';
 import type { TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
-import { uuid4Hex } from '../../../lib/db/merge/copy-out.js';
 import { PairCheck } from '../../../lib/db/merge/direct-rows.js';
 
 // Enough users that they span many read chunks: the early step starts while options are still to come.
@@ -192,13 +191,6 @@ describe('the new users\' options and user emails, written straight in (issue #2
       expect(a.adjacent).to.deep.equal(b.adjacent);
       expect(await outcome(direct)).to.deep.equal(await outcome(merged));
     }
-  });
-
-  it('uuid4Hex: uuid4s as 32 hex digits (version 4, RFC 4122 variant), none twice across refills of its pool', () => {
-    const seen = new Set<string>();
-    for (let i = 0; i < 10_000; i++) seen.add(uuid4Hex());
-    expect(seen.size).to.equal(10_000);
-    expect([...seen].every((h) => /^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$/.test(h))).to.equal(true);
   });
 
   it('makes the new users\' lost-password hashes in the client, in id order, also when no row was diverted', async () => {
