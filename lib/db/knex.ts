@@ -10,6 +10,7 @@ import * as m1 from './migrations/20261203000000_userport_bookkeeping.js';
 import * as m2 from './migrations/20261203000100_sentry_user_tables.js';
 import { SENTRY_TABLES } from './migrations/20261203000100_sentry_user_tables.js';
 import * as m3 from './migrations/20261203000200_credential_staging.js';
+import * as m4 from './migrations/20261205000000_pk_ranges_source_pks.js';
 
 interface Migration { up(k: Knex): Promise<void>; down(k: Knex): Promise<void> }
 
@@ -18,12 +19,13 @@ export const FIRST_MIGRATION = '20261203000000_userport_bookkeeping';
 
 /**
  * One migration per concern: userport's bookkeeping (schema `userport`), Sentry's tables where
- * there are none, the staging column of the config and global scopes.
+ * there are none, the staging column of the config and global scopes, the pk map's listed ranges.
  */
 const MIGRATIONS: Record<string, Migration> = {
   [FIRST_MIGRATION]: m1,
   '20261203000100_sentry_user_tables': m2,
   '20261203000200_credential_staging': m3,
+  '20261205000000_pk_ranges_source_pks': m4,
 };
 
 /**

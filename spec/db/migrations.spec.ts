@@ -16,7 +16,8 @@ describe('migrations', () => {
   it('keeps userport\'s bookkeeping, knex\'s included, in schema userport, and is idempotent', async () => {
     expect(await isMigrated(db.knex)).to.equal(false);
     const first = await migrate(db.knex);
-    expect(first).to.deep.equal(['20261203000000_userport_bookkeeping', '20261203000100_sentry_user_tables', '20261203000200_credential_staging']);
+    expect(first).to.deep.equal(['20261203000000_userport_bookkeeping', '20261203000100_sentry_user_tables', '20261203000200_credential_staging',
+      '20261205000000_pk_ranges_source_pks']);
     expect(await migrate(db.knex)).to.deep.equal([]);
     expect(await isMigrated(db.knex)).to.equal(true);
     expect(await tablesIn(db, 'userport')).to.deep.equal(
@@ -57,7 +58,7 @@ describe('migrations', () => {
     const other = await freshDatabase(false);
     try {
       const results = await Promise.all([migrate(other.knex), migrate(other.knex), migrate(other.knex)]);
-      expect(results.map((r) => r.length).sort()).to.deep.equal([0, 0, 3]);
+      expect(results.map((r) => r.length).sort()).to.deep.equal([0, 0, 4]);
     } finally {
       await other.close();
     }
@@ -72,6 +73,32 @@ describe('migrations', () => {
 
   it('lists each migration once in the knex migration source, one per concern', () => {
     const files = fs.readdirSync('lib/db/migrations').filter((f) => f.endsWith('.ts'));
-    expect(files).to.deep.equal(['20261203000000_userport_bookkeeping.ts', '20261203000100_sentry_user_tables.ts', '20261203000200_credential_staging.ts']);
+    expect(files).to.deep.equal(['20261203000000_userport_bookkeeping.ts', '20261203000100_sentry_user_tables.ts', '20261203000200_credential_staging.ts',
+      '20261205000000_pk_ranges_source_pks.ts']);
+  });
+
+  it('keeps listed ranges in the pk map: the view spells them out, malformed ones are refused, down turns them into pairs', async () => {
+    const insert = (pk: number, id: number, span: number, pks: string | null) => db.knex.raw(
+      `INSERT INTO userport.pk_ranges (run, model, source_pk, target_id, kind, span, source_pks) VALUES (9, 'sentry.email', ?, ?, 'inserted', ?, ?::bigint[])`,
+      [pk, id, span, pks]);
+    const pairs = async () => (await db.knex.raw(`SELECT source_pk, target_id, kind FROM userport.pk_map WHERE run = 9 ORDER BY source_pk`)).rows;
+    await insert(1, 100, 3, '{1,3,8}');
+    await insert(10, 103, 2, null);
+    const expected = [[1, 100], [3, 101], [8, 102], [10, 103], [11, 104]].map(([source_pk, target_id]) => ({ source_pk, target_id, kind: 'inserted' }));
+    expect(await pairs()).to.deep.equal(expected);
+    // The list's length is the span, its first pk the range's, and it holds no NULL and no second dimension.
+    for (const [pk, span, pks] of [[20, 2, '{20,22,24}'], [20, 1, '{21}'], [20, 2, '{20,NULL}'], [20, 2, '{{20,21}}'], [20, 2, '[0:1]={20,21}']] as const) {
+      let code: string | undefined;
+      try { await insert(pk, 200, span, pks); } catch (e) { code = (e as { code: string }).code; }
+      expect(code, pks).to.equal('23514');
+    }
+    const { down, up } = await import('../../lib/db/migrations/20261205000000_pk_ranges_source_pks.js');
+    await down(db.knex);
+    expect(await pairs()).to.deep.equal(expected);
+    const rows = await db.knex.raw(`SELECT source_pk, span FROM userport.pk_ranges WHERE run = 9 ORDER BY source_pk`);
+    expect(rows.rows).to.deep.equal([{ source_pk: 1, span: 1 }, { source_pk: 3, span: 1 }, { source_pk: 8, span: 1 }, { source_pk: 10, span: 2 }]);
+    await up(db.knex);
+    expect(await pairs()).to.deep.equal(expected);
+    await db.knex.raw('DELETE FROM userport.pk_ranges WHERE run = 9');
   });
 });
