@@ -24,6 +24,9 @@
  *   and `existing` records reused an address it held; or all `staged`, for the reason `why`; or,
  *   into a target without that table, `dropped` records' findings were written. Both say how
  *   long that took (`ms`).
+ * - `direct-findings`: at the end of the input, `dropped` records of `model` that belong to new
+ *   users were dropped for `reason` (an option scoped to an organization or project), their
+ *   findings written straight in, and `staged` records of other users staged for the merge.
  * - `sink`: a moment of the sink, `ms` after it was created: `overlap started` (the early users
  *   step runs, rows go to the spool), `overlap done`, `rows sent` (the input has ended),
  *   `copy confirmed` (the server confirmed the COPY), `spool copied` (the spool is COPYed).
@@ -36,6 +39,7 @@ export type TraceEvent =
   | { kind: 'early-undone' }
   | { kind: 'direct-rows'; table: string; written: number; staged: number; repeated: boolean; checked?: 'client' | 'database'; ms?: number }
   | { kind: 'direct-emails'; table: string; written: number; existing: number; staged: number; why?: string; dropped?: number; ms?: number }
+  | { kind: 'direct-findings'; model: string; reason: string; dropped: number; staged: number; ms?: number }
   | { kind: 'sink'; moment: 'overlap started' | 'overlap done' | 'rows sent' | 'copy confirmed' | 'spool copied'; ms: number };
 
 /** The trace options that importUsers and mergeStaged share. */

@@ -35,6 +35,7 @@ export function traceLine(e: TraceEvent): string {
     case 'direct-emails': return (e.why ? `[direct] ${e.table}: all ${e.staged} staged for the merge: ${e.why}`
       : e.dropped !== undefined ? `[direct] ${e.table}: no such table: ${e.dropped} Email records dropped, their findings written`
         : `[direct] ${e.table}: ${e.written} rows written straight in, ${e.existing} addresses already there`) + took(e.ms);
+    case 'direct-findings': return `[direct] ${e.model}: ${e.dropped} records of new users dropped (${e.reason}), their findings written straight in, ${e.staged} staged for the merge${took(e.ms)}`;
     case 'sink': return `[sink] ${SINK_LINES[e.moment].replace('%', `${e.ms.toFixed(0)} ms`)}`;
   }
 }

@@ -107,6 +107,12 @@ export class CopyOut {
     this.at = at;
   }
 
+  /** Takes back what was written after `mark`, a {@link length} read since the last {@link take}. */
+  rewind(mark: number): void {
+    if (!Number.isInteger(mark) || mark < 0 || mark > this.at) throw new RangeError(`CopyOut.rewind: ${mark} is not within the ${this.at} bytes written`);
+    this.at = mark;
+  }
+
   /** The text written since the last call; what follows goes into a new buffer (the one handed out is never written again). */
   take(): Buffer {
     const out = this.buf.subarray(0, this.at);

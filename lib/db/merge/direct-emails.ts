@@ -31,22 +31,15 @@
  */
 import type pg from 'pg';
 import { FEW_ROWS } from './bulk-load.js';
-import { uniqueViolation, type SideLines } from './direct-rows.js';
+import { copyFindings, uniqueViolation, type SideLines } from './direct-rows.js';
 import { HashSet64 } from './hash-sets.js';
 import { CopyOut } from './copy-out.js';
 import { copyInto } from './run.js';
-import { columnStart, intAt, lineColumn, scanTabs } from './staging-lines.js';
+import { columnStart, intAt, lineColumn, NEWLINE, scanTabs, SRC_PK, TAB } from './staging-lines.js';
 
 const EMAIL = lineColumn('email');
 // An Email record's date_added is staged in date_joined (its mapping's column).
 const DATE_ADDED = lineColumn('date_joined');
-const SRC_PK = lineColumn('src_pk');
-// ord <tab> off: the record's ordinal and byte offset, adjacent in the line (checked below).
-const ORD = lineColumn('ord');
-const OFF = lineColumn('off');
-if (OFF !== ORD + 1) throw new Error('staging columns ord, off must be adjacent');
-const TAB = 0x09;
-const NEWLINE = 0x0a;
 const NOW = Buffer.from('now');
 
 /** Why an Email record is dropped by a target without sentry_email (the merge's reason too). */
@@ -265,28 +258,8 @@ async function heldAddresses(client: pg.ClientBase, table: string, check: EmailC
  * straight from the side spool `lines` (no staging, no decision table). Resolves to their count.
  */
 export function dropEmails(client: pg.ClientBase, run: number, lines: SideLines): Promise<number> {
-  const lead = Buffer.from(`${run}\tdropped\tsentry.email\t`);
   const reason = Buffer.from(`\t${NO_EMAIL_TABLE}\n`);
-  const tabs = new Int32Array(SRC_PK + 1);
-  const sql = 'COPY userport.findings (run, kind, model, source_pk, ordinal, byte_offset, reason) FROM STDIN';
-  return copyInto(client, sql, 'userport.findings', async (send) => {
-    let count = 0;
-    const out = new CopyOut();
-    for await (const chunk of lines()) {
-      for (const line of chunk) {
-        scanTabs(line, tabs);
-        // source_pk, ordinal, byte_offset: the staging line's src_pk, ord and off.
-        out.raw(lead);
-        out.bytes(line, columnStart(tabs, SRC_PK), tabs[SRC_PK]!);
-        out.byte(TAB);
-        out.bytes(line, columnStart(tabs, ORD), tabs[OFF]!);
-        out.raw(reason);
-      }
-      count += chunk.length;
-      if (out.length) await send(out.take());
-    }
-    return count;
-  });
+  return copyFindings(client, run, 'sentry.email', lines, 0, (line, tabs, out) => { out.raw(reason); return true; });
 }
 
 /**

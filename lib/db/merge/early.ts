@@ -15,10 +15,11 @@ import type { StagedFacts } from '../../staged-facts.js';
 import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
 import type { WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
-import { directOptions, directUserEmails, sideName, writeDirectRows, writeLostPasswords, type DirectModel, type SideLines } from './direct-rows.js';
-import { dropEmails, EmailCheck, writeDirectEmails, type DirectEmails } from './direct-emails.js';
+import { directOptions, directUserEmails, SCOPED_OPTION, scopedOptions, sideName, writeDirectRows, writeLostPasswords, writeScopedOptions,
+  type DirectModel, type SideLines } from './direct-rows.js';
+import { dropEmails, EmailCheck, NO_EMAIL_TABLE, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { NewUsers } from './pk-map.js';
-import { idSequence, modelCodes, openMerge, runner, type Q } from './run.js';
+import { idSequence, modelCodes, openMerge, runner, stagedInTransaction, type Q } from './run.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
 import { REJECTED_USER_CODE, STAGE_INDEX } from '../../models.js';
 import { insertLostPasswords, mergeUsers, UserOrdinals, UserRepeatCheck, type OrdinalRun, type UserRepeats, type UsersStepOptions, type UsersWritten } from './users.js';
@@ -32,10 +33,15 @@ export interface UsersStep extends UsersWritten {
 export interface EarlyUsers {
   readonly step: UsersStep;
   readonly sequences: readonly { seq: string; lastValue: string; isCalled: boolean; after: string }[];
+  /** Rows staged in the transaction when the step analysed the staging table ({@link stagedInTransaction}). */
+  readonly staged: number;
   /** Rows written straight into the target at the end of the input, by table: the new users' (direct-rows.ts), the Email records' (direct-emails.ts). */
   readonly direct?: ReadonlyMap<string, number>;
-  /** Email records dropped (their findings written) at the end of the input: the target has no sentry_email. */
-  readonly droppedEmails?: number;
+  /**
+   * Records dropped at the end of the input, their findings written, by model and the reason the
+   * merge counts: the Email records of a target without sentry_email, the new users' scoped options.
+   */
+  readonly dropped?: readonly { model: string; reason: string; count: number }[];
 }
 
 export const EARLY_SAVEPOINT = 'userport_early_users';
@@ -57,6 +63,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   if (!options.bulkLoad) return undefined;
   const q = runner(client, options);
   const S = await openMerge(q, { sampled: true });
+  const staged = await stagedInTransaction(q, S);
   await q(`SAVEPOINT ${EARLY_SAVEPOINT}`);
   const bulk = await enterBulkLoad(q, (sql) => client.query(sql), plan);
   const seqs: string[] = [];
@@ -85,6 +92,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
       return {
         step: { bulk, ...written },
         sequences: seqs.map((seq, i) => ({ seq, lastValue: before[i]!.v, isCalled: before[i]!.c, after: after[i]! })),
+        staged,
       };
     },
   };
@@ -133,6 +141,8 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   const direct: DirectModel[] = [];
   if (plan.userOption) direct.push(directOptions(codes.userOption, plan.userOption.table));
   if (plan.userEmail && plan.scope !== 'global') direct.push(directUserEmails(codes.userEmail, plan.userEmail.table));
+  // The options scoped to an organization or project, which are dropped: a new user's finding goes straight in.
+  const scoped = plan.userOption ? scopedOptions(codes.userOption) : undefined;
   // Email records too (direct-emails.ts), unless a username filter decides which addresses stay;
   // into a target without sentry_email (Sentry 2026) they are all dropped, with their findings.
   const emailTable = options.filterActive ? undefined : plan.email?.table;
@@ -178,6 +188,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     // While the step runs, the options that may belong straight in wait in the side spool.
     divert: (row: StagedRow) => {
       for (const m of direct) if (m.diverts(row)) return sideName(m.table);
+      if (scoped?.diverts(row)) return scoped.side;
       if (emailSide === undefined || row.code !== codes.email) return undefined;
       if (plan.email) emailCheck.note(row.values[STAGE_INDEX.email]);
       return emailSide;
@@ -201,11 +212,21 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           const emails = emailSide === undefined ? undefined : rest.get(emailSide);
           if (emailSide !== undefined) rest.delete(emailSide);
           const addresses = emails ? await writeEmails(q, client, emails, exact, stage) : undefined;
+          // The scoped options' side (when not exact, it is staged below with the sides of no model).
+          const scopedLines = scoped && exact ? rest.get(scoped.side) : undefined;
+          if (scopedLines) rest.delete(scoped!.side);
+          const dropped = scopedLines && await writeScopedOptions(client, options.run, 'sentry.useroption', scopedLines, stage);
+          if (dropped) q.trace({ kind: 'direct-findings', model: 'sentry.useroption', reason: SCOPED_OPTION, ...dropped });
           const done = await writeDirectRows(client, options.run, exact ? direct : [], rest, stage);
           for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
           const written = new Map([...done].map(([m, r]) => [m.table, r.written]));
           if (emailTable && addresses?.written) written.set(emailTable, addresses.written);
-          if (users) users = { ...users, direct: written, droppedEmails: addresses?.dropped ?? 0 };
+          if (users) {
+            users = { ...users, direct: written, dropped: [
+              ...(addresses?.dropped ? [{ model: 'sentry.email', reason: NO_EMAIL_TABLE, count: addresses.dropped }] : []),
+              ...(dropped?.dropped ? [{ model: 'sentry.useroption', reason: SCOPED_OPTION, count: dropped.dropped }] : []),
+            ] };
+          }
         },
       };
     },

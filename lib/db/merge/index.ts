@@ -25,7 +25,6 @@ import type { StagedFacts } from '../../staged-facts.js';
 import type { TraceOptions } from '../../trace.js';
 import { enterBulkLoad } from './bulk-load.js';
 import { refuseDuplicatePks, resolveNaturalKeys } from './checks.js';
-import { NO_EMAIL_TABLE } from './direct-emails.js';
 import { EARLY_SAVEPOINT, type EarlyUsers, type UsersStep } from './early.js';
 import { mergeChildren } from './children.js';
 import { mergeEmails } from './emails.js';
@@ -128,7 +127,8 @@ export async function mergeAfterEarlyUsers(client: pg.ClientBase, options: Merge
   const q = runner(client, options);
   const { run } = options;
   const C = modelCodes();
-  const S = await openMerge(q);
+  // After the early users step, the staging table is analysed again only if rows were staged since.
+  const S = await openMerge(q, early ? { staged: early.staged } : {});
   const plan = options.plan ?? await planFor(client);
   // The pk map and findings carry the run without a foreign key (a per-row trigger): check once
   // that it is registered, so a caller's unregistered run cannot leave rows that belong to nothing.
@@ -154,8 +154,9 @@ export async function mergeAfterEarlyUsers(client: pg.ClientBase, options: Merge
   }
   const { bulk, usersInserted } = users;
   stats.adjacent.lostPasswordHashes += users.lostPasswordHashes;
-  // Email records a target without sentry_email dropped at the end of the input, their findings written (direct-emails.ts).
-  if (early?.droppedEmails) stats.drop('sentry.email', NO_EMAIL_TABLE, early.droppedEmails);
+  // Records dropped at the end of the input, their findings written: the Email records of a target
+  // without sentry_email (direct-emails.ts), the new users' scoped options (direct-rows.ts).
+  for (const d of early?.dropped ?? []) stats.drop(d.model, d.reason, d.count);
 
   // Rows that went straight in at the end of the input, by table (direct-rows.ts, direct-emails.ts).
   const direct = (table: string | undefined) => (table === undefined ? 0 : early?.direct?.get(table) ?? 0);

@@ -7,13 +7,21 @@
 import { LEAD_COLUMNS } from '../../copy-text.js';
 import { STAGE_INDEX, type StageColumn } from '../../models.js';
 
-const TAB = 9;
+/** The bytes that end a COPY text field and line. */
+export const TAB = 0x09;
+export const NEWLINE = 0x0a;
 
 /** The position of a staging column in a line: one of `LEAD_COLUMNS` (`src_pk`, `ord`...), or of `STAGE_COLUMNS`. */
 export function lineColumn(name: StageColumn | (typeof LEAD_COLUMNS)[number]): number {
   const lead = (LEAD_COLUMNS as readonly string[]).indexOf(name);
   return lead >= 0 ? lead : LEAD_COLUMNS.length + STAGE_INDEX[name as StageColumn];
 }
+
+/** A record's source pk, ordinal and byte offset in the line; ord and off are adjacent. */
+export const SRC_PK = lineColumn('src_pk');
+export const ORD = lineColumn('ord');
+export const OFF = lineColumn('off');
+if (OFF !== ORD + 1) throw new Error('staging columns ord, off must be adjacent');
 
 /** The value of column `column` in a staging line: its bounds, as COPY text. */
 export function field(line: Buffer, column: number): [number, number] {

@@ -35,6 +35,17 @@ describe('CopyOut: COPY text built in one buffer', () => {
     expect(out.take().toString()).to.equal('def');
   });
 
+  it('takes back what was written after a mark, also across a growth of its buffer, and refuses a mark it never wrote to', () => {
+    const out = new CopyOut(4);
+    out.raw(Buffer.from('kept\t'));
+    const mark = out.length;
+    out.raw(Buffer.from('dropped, and long enough to grow the buffer\n'));
+    out.rewind(mark);
+    out.raw(Buffer.from('after\n'));
+    for (const bad of [-1, out.length + 1, 1.5]) expect(() => out.rewind(bad)).to.throw(RangeError, /not within/);
+    expect(out.take().toString()).to.equal('kept\tafter\n');
+  });
+
   it('writes uuid4s as 32 hex digits (version 4, RFC 4122 variant), none twice across refills of its pool (4,096 a refill)', () => {
     const out = new CopyOut();
     for (let i = 0; i < 20_000; i++) {

@@ -18,7 +18,8 @@ const USERS = 3000;
 /**
  * Users 1..USERS in Sentry's order (user 5 is named `admin`, as the target's user), then their
  * emails, options and user emails. Every user has `timezone`, every 7th `language` too; user 8 a
- * project-scoped option; an option names user 99999, who is not in the export. `repeat` adds a
+ * project-scoped option, the admin and user 99999 (who is not in the export) an organization-scoped
+ * one; an option names user 99999. `repeat` adds a
  * second `timezone` for user 9 after all the others, and a second row of user 9's address.
  */
 function records(repeat: boolean): Rec[] {
@@ -35,6 +36,8 @@ function records(repeat: boolean): Rec[] {
     ues.push(useremail(i, i, `u${i}@example.com`));
   }
   options.push(useroption(++opk, 8, 'mail:alert', 1, { project_id: 3 }));
+  options.push(useroption(++opk, 5, 'workflow:notifications', 1, { organization_id: 4 }));
+  options.push(useroption(++opk, 99999, 'workflow:notifications', 1, { organization_id: 4 }));
   options.push(useroption(++opk, 99999, 'timezone', 'UTC'));
   if (repeat) {
     options.push(useroption(++opk, 9, 'timezone', 'America/New_York'));
@@ -71,10 +74,12 @@ describe('the new users\' options and user emails, written straight in (issue #2
   it('writes what the merge writes, the same ids in the same order and the same findings, staging what is not plain', async () => {
     const { direct, merged, a, b } = await importBoth(false);
     // Every row of a new user (the users but the merged admin) went straight in; the admin's and
-    // the unknown user's were staged (the scoped option was never diverted).
+    // the unknown user's were staged. A new user's scoped option is dropped with its finding
+    // straight in; the merged admin's and the unknown user's are the merge's to say why.
     const newUserOptions = USERS - 1 + Math.floor(USERS / 7);
     // No (user, key) twice among the diverted rows: the client's hashes say so, no aggregate runs.
     expect(a.stderr).to.contain(`[direct] sentry_useroption: ${newUserOptions} rows of new users written straight in, 2 staged for the merge, no pair twice (checked in the client)`);
+    expect(a.stderr).to.contain('[direct] sentry.useroption: 1 records of new users dropped (scoped to an organization or project), their findings written straight in, 2 staged for the merge');
     expect(a.stderr).to.contain(`[direct] sentry_useremail: ${USERS - 1} rows of new users written straight in, 1 staged for the merge, no pair twice (checked in the client)`);
     expect(b.stderr).to.not.contain('[direct]');
     expect(a.models).to.deep.equal(b.models);
@@ -83,8 +88,11 @@ describe('the new users\' options and user emails, written straight in (issue #2
     expect(got).to.deep.equal(await outcome(merged));
     // The merge's reasons stand: the scoped option and the unknown user's were dropped, the
     // merged user's options went to the user it merged into.
+    expect(got.findings).to.deep.include({ kind: 'dropped', model: 'sentry.useroption', source_pk: USERS + Math.floor(USERS / 7) + 1,
+      reason: 'scoped to an organization or project (user pk 8)' });
     expect(got.findings.map((f) => (f as { reason: string }).reason).join('\n'))
-      .to.match(/scoped to an organization or project/).and.to.match(/user not in the export/).and.to.match(/user merged into an existing user/);
+      .to.match(/user not in the export \(user pk 99999\)/).and.to.match(/user merged into an existing user \(user pk 5\) into user id 1/);
+    expect((a.models as Record<string, unknown>)['sentry.useroption']).to.deep.include({ dropped: { 'scoped to an organization or project': 1, 'user not in the export': 2 } });
     // User emails reset as the merge resets them: unverified, a fresh 32-character hash each,
     // hashed at the transaction's start (the lost-password hashes' now()).
     const ues = (await direct.knex.raw(`SELECT count(*)::int AS n, count(DISTINCT validation_hash)::int AS hashes,
@@ -103,7 +111,7 @@ describe('the new users\' options and user emails, written straight in (issue #2
     expect(got).to.deep.equal(await outcome(merged));
     const u9 = (await direct.knex.raw(`SELECT o.value FROM sentry_useroption o JOIN auth_user u ON u.id = o.user_id WHERE u.username = 'u9' AND o.key = 'timezone'`)).rows;
     expect(u9).to.deep.equal([{ value: 'UTC' }]);
-    expect(got.findings).to.deep.include({ kind: 'dropped', model: 'sentry.useroption', source_pk: USERS + Math.floor(USERS / 7) + 3, reason: 'duplicate (user, key): the first one wins (user pk 9)' });
+    expect(got.findings).to.deep.include({ kind: 'dropped', model: 'sentry.useroption', source_pk: USERS + Math.floor(USERS / 7) + 5, reason: 'duplicate (user, key): the first one wins (user pk 9)' });
   });
 
   it('a pair the client saw twice among rows that are not written (the merged admin\'s) is checked by the database: the new users\' rows still go straight in', async () => {
@@ -194,14 +202,17 @@ describe('the new users\' options and user emails, written straight in (issue #2
   });
 
   it('makes the new users\' lost-password hashes in the client, in id order, also when no row was diverted', async () => {
-    // The whole export; and its users with the one option that is never diverted (project-scoped).
+    // The whole export; and its users with the one option none of whose rows is written (project-scoped).
     const scoped = (r: Rec) => r.model === 'sentry.useroption' && (r.fields as { project_id: unknown }).project_id != null;
-    for (const recs of [records(false), records(false).filter((r) => r.model === 'sentry.user' || scoped(r))]) {
+    for (const [recs, analyses] of [[records(false), 2], [records(false).filter((r) => r.model === 'sentry.user' || scoped(r)), 1]] as const) {
       const file = writeExport(recs);
       const direct = await target();
       const merged = await target();
       const a = cli(file, direct);
       const b = cli(file, merged, '--bulk-load', 'off');
+      // The staging table is analysed by the early step, and again by the merge only if rows were
+      // staged after it (the whole export: the admin's and the unknown user's rows).
+      expect(a.stderr.match(/\] ANALYZE stage /g), `${recs.length} records`).to.have.length(analyses);
       // Every user but the admin (merged into the target's) is new.
       expect(a.stderr).to.contain(`[direct] sentry_lostpasswordhash: ${USERS - 1} rows of new users written straight in`);
       expect(a.adjacent).to.deep.equal(b.adjacent);
