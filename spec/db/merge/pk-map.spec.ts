@@ -5,7 +5,7 @@
  * `NewUsers` reads a run's new users back into the client, exactly.
  */
 import { expect } from 'chai';
-import { insertPkRanges, NewUsers } from '../../../lib/db/merge/pk-map.js';
+import { insertPkRanges, NewUsers, PkTrail } from '../../../lib/db/merge/pk-map.js';
 import { runner } from '../../../lib/db/merge/run.js';
 import { withDbClient } from '../../helpers/db.js';
 
@@ -65,5 +65,18 @@ describe('the pk map as ranges', () => {
       expect([...users!.ids()]).to.deep.equal(inserted.map(([, t]) => t).sort((a, b) => a - b));
       expect([users!.low, users!.high]).to.deep.equal([5, 60]);
     });
+  });
+
+  it('PkTrail: gives back every pk in order, a byte for a step of 1 to 254 and the pk whole otherwise, across growths of its buffer', () => {
+    const pks = [1, 2, 256, 257, 511, 510, 510, -3, Number.MAX_SAFE_INTEGER, 7];
+    for (let pk = 1000, i = 0; i < 20_000; i++) pks.push(pk += 1 + (i % 254));
+    const trail = new PkTrail();
+    for (const pk of pks) trail.push(pk);
+    expect(trail.count).to.equal(pks.length);
+    // Steps of 1 to 254 take a byte (5 of the first 10, then 19,999 of the 20,000), the others 9.
+    expect(trail.bytes).to.equal(5 + 5 * 9 + 9 + 19_999);
+    expect([...trail]).to.deep.equal(pks);
+    // Twice: the trail is read, not consumed.
+    expect([...trail]).to.deep.equal(pks);
   });
 });
