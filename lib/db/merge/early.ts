@@ -13,13 +13,13 @@
 import type pg from 'pg';
 import type { StagedFacts } from '../../staged-facts.js';
 import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
-import type { WritePlan } from './plan.js';
+import { writtenTables, type WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
 import { directOptions, directUserEmails, SCOPED_OPTION, scopedOptions, sideName, writeDirectRows, writeLostPasswords, writeScopedOptions,
   type DirectModel, type SideLines } from './direct-rows.js';
 import { dropEmails, EmailCheck, NO_EMAIL_TABLE, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { NewUsers } from './pk-map.js';
-import { idSequence, modelCodes, openMerge, runner, stagedInTransaction, type Q } from './run.js';
+import { idSequence, modelCodes, openMerge, refuseSequencesBehind, runner, stagedInTransaction, type Q } from './run.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
 import { REJECTED_USER_CODE, STAGE_INDEX } from '../../models.js';
 import { insertLostPasswords, mergeUsers, UserOrdinals, UserRepeatCheck, type OrdinalRun, type UserRepeats, type UsersStepOptions, type UsersWritten } from './users.js';
@@ -64,6 +64,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   const q = runner(client, options);
   const S = await openMerge(q, { sampled: true });
   const staged = await stagedInTransaction(q, S);
+  await refuseSequencesBehind(q, writtenTables(plan));
   await q(`SAVEPOINT ${EARLY_SAVEPOINT}`);
   const bulk = await enterBulkLoad(q, (sql) => client.query(sql), plan);
   const seqs: string[] = [];

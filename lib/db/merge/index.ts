@@ -28,8 +28,8 @@ import { refuseDuplicatePks, resolveNaturalKeys } from './checks.js';
 import { EARLY_SAVEPOINT, type EarlyUsers, type UsersStep } from './early.js';
 import { mergeChildren } from './children.js';
 import { mergeEmails } from './emails.js';
-import { planFor, type WritePlan } from './plan.js';
-import { modelCodes, openMerge, runner, type MergeStep } from './run.js';
+import { planFor, writtenTables, type WritePlan } from './plan.js';
+import { modelCodes, openMerge, refuseSequencesBehind, runner, type MergeStep } from './run.js';
 import { mergeUsers } from './users.js';
 import { mergePrivileges } from './privileges.js';
 
@@ -149,6 +149,7 @@ export async function mergeAfterEarlyUsers(client: pg.ClientBase, options: Merge
     await q(`RELEASE SAVEPOINT ${EARLY_SAVEPOINT}`);
     users = early.step;
   } else {
+    await refuseSequencesBehind(q, writtenTables(plan));
     const bulk = options.bulkLoad ? await enterBulkLoad(q, (sql) => client.query(sql), plan) : undefined;
     users = { bulk, ...(await mergeUsers(q, S, options, plan, { empty: !!bulk?.empty, few: !!bulk && !bulk.empty })) };
   }

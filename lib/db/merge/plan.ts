@@ -231,6 +231,13 @@ export async function planFor(client: pg.ClientBase, scope: ImportScope = 'users
   return writePlan(target, scope);
 }
 
+/** Every table the plan writes rows into, each drawing ids from its own sequence: Sentry's user tables, then the privileges'. */
+export function writtenTables(plan: WritePlan): string[] {
+  const privileges = Object.values(plan.privileges) as ({ table: string } | undefined)[];
+  return [plan.user, plan.email, plan.userEmail, plan.userOption, plan.lostPassword, ...privileges]
+    .filter((t): t is { table: string } => t !== undefined).map((t) => t.table);
+}
+
 /** The plan as lines a person reads (`userport target`, `--dry-run`). */
 export function describePlan(plan: WritePlan): string[] {
   const t = plan.target;

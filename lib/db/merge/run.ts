@@ -151,6 +151,28 @@ export async function idSequence(q: Q, table: string): Promise<string | null> {
 }
 
 /**
+ * Fails with USERPORT_TARGET_SCHEMA, before anything is written, when a table's id sequence would
+ * give an id its rows already hold (a restore that did not reset the sequences): a new row would
+ * take the id of an old one. Said with the statement that fixes it. Otherwise the import failed at
+ * the first insert into that table, or, on the bulk path, at the rebuild of its primary key after
+ * the whole load ("could not create unique index"), without saying which id or why.
+ */
+export async function refuseSequencesBehind(q: Q, tables: readonly string[]): Promise<void> {
+  for (const table of tables) {
+    const seq = await idSequence(q, table);
+    if (!seq) continue;
+    const r = (await q(`SELECT (SELECT max(id) FROM ${table})::text AS top, last_value::text AS last, is_called,
+      (SELECT seqincrement FROM pg_sequence WHERE seqrelid = $1::regclass)::text AS step FROM ${seq}`, [seq])).rows[0] as { top: string | null; last: string; is_called: boolean; step: string };
+    if (r.top === null || BigInt(r.step) <= 0n) continue;
+    const next = BigInt(r.last) + (r.is_called ? BigInt(r.step) : 0n);
+    if (BigInt(r.top) < next) continue;
+    throw new DatabaseError(ErrorCodes.TARGET_SCHEMA, `${table} in the target database holds id ${r.top}, but its id sequence `
+      + `${seq} would give ${next} next: new rows would take ids already there (a restore that did not reset the sequences?). `
+      + `Fix it with: SELECT setval('${seq}', (SELECT max(id) FROM ${table})); nothing was written`);
+  }
+}
+
+/**
  * One `COPY ... FROM STDIN` (`sql`) on `client`, for the rows the client writes straight in:
  * `body` sends COPY text through `send` (each call one CopyData message, resolving when the socket
  * can take more); the COPY ends once `body` resolves, and is abandoned (CopyFail) when it throws or

@@ -14,7 +14,7 @@ import { importUsers, type ImportOptions } from '../../../lib/import.js';
 import { UserportError } from '../../../lib/errors.js';
 import { definitions, freshDatabase, type TestDb } from '../../helpers/db.js';
 import { tableSnapshot, TARGET_TABLES, user, useremail, useroption, generatedExport, writeExport } from '../../helpers/exports.js';
-import { insertEmail, insertUser } from '../../helpers/sentry-rows.js';
+import { insertEmail, insertRow, insertUser } from '../../helpers/sentry-rows.js';
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'bin', 'userport.js');
 
@@ -246,6 +246,34 @@ describe('bulk load into empty target tables', function () {
       expect(codes[0]).to.equal(codes[1]);
     } finally {
       await db.close();
+    }
+  });
+
+  it('a target whose id sequence is behind its rows (a restore that did not reset it) fails before writing anything, saying which table and how to fix it', async () => {
+    const small = writeExport([user(1, 'ann', { email: 'ann@example.com' }), useremail(2, 1, 'ann@example.com'), useroption(3, 1, 'timezone', 'UTC')]);
+    for (const bulkLoad of ['auto', 'off'] as const) {
+      const db = await freshDatabase();
+      try {
+        // A new Sentry's admin, restored with its ids: its user email holds id 7, the sequence was never moved.
+        const admin = await insertUser(db.knex, { username: 'admin', email: 'admin@example.com' });
+        await insertRow(db.knex, 'sentry_useremail', { id: 7, user_id: admin, email: 'admin@example.com' });
+        const before = await tableSnapshot(db.knex);
+        const defs = await definitions(db);
+        const err = await importUsers({ source: small, databaseUrl: db.url, bulkLoad }).then(() => undefined, (e: unknown) => e);
+        expect(err, bulkLoad).to.be.instanceOf(UserportError);
+        expect((err as UserportError).code).to.equal('USERPORT_TARGET_SCHEMA');
+        expect((err as Error).message).to.equal('sentry_useremail in the target database holds id 7, but its id sequence public.sentry_useremail_id_seq '
+          + 'would give 1 next: new rows would take ids already there (a restore that did not reset the sequences?). '
+          + "Fix it with: SELECT setval('public.sentry_useremail_id_seq', (SELECT max(id) FROM sentry_useremail)); nothing was written");
+        expect(await tableSnapshot(db.knex)).to.deep.equal(before);
+        expect(await definitions(db)).to.deep.equal(defs);
+        // The fix it names, and the import goes through.
+        await db.knex.raw(`SELECT setval('public.sentry_useremail_id_seq', (SELECT max(id) FROM sentry_useremail))`);
+        await importUsers({ source: small, databaseUrl: db.url, bulkLoad });
+        expect(await db.count('sentry_useremail')).to.equal(2);
+      } finally {
+        await db.close();
+      }
     }
   });
 
