@@ -77,7 +77,8 @@ export class NewUsers {
 /**
  * Source pks in the order they came, kept small: a byte for a pk that follows the one before by 1
  * to 254 (most do: a model's pks ascend in an export), else a marker byte and the pk as 8 bytes.
- * The Email records' pks, for their pk map's ranges after the COPY (2.4M records: 2.4 MB).
+ * The Email records' pks, for their pk map's ranges after the COPY (1.2M records: 1.2 MB; at most
+ * MAX_ADDRESSES, 1.4M, go straight in).
  */
 export class PkTrail {
   /** Pks pushed. */
