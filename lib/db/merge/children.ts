@@ -3,6 +3,7 @@
  * the new users' rows straight in where it can), and the rows Sentry's signal receivers add.
  */
 import { REJECTED_USER_CODE } from '../../models.js';
+import { SCOPED_OPTION } from './direct-rows.js';
 import { type ImportStats } from '../../stats.js';
 import type { WritePlan } from './plan.js';
 import { modelCodes, type MergeStep, type Q } from './run.js';
@@ -39,7 +40,7 @@ export async function mergeChildren(q: Q, S: string, options: ChildrenStepOption
       : '';
     const specificReason = table === 'up_ue'
       ? `WHEN rn > 1 THEN '${plan.scope === 'global' ? 'duplicate of an earlier (user, email) row: its values replace those of that row' : 'duplicate of an earlier (user, email) row'}'`
-      : `WHEN project_id IS NOT NULL OR organization_id IS NOT NULL THEN 'scoped to an organization or project'
+      : `WHEN project_id IS NOT NULL OR organization_id IS NOT NULL THEN '${SCOPED_OPTION}'
          WHEN rn > 1 THEN 'duplicate (user, key): the first one wins'`;
     const missing = targetTable === undefined;
     return `

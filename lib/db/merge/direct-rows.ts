@@ -183,20 +183,20 @@ export interface DirectRows {
 }
 
 /**
- * Writes the diverted rows of `run` that belong straight in (see the module comment), one COPY
- * per model, from the side spool named after its table, and hands every other line to `stage`
- * (every line of a side spool whose model is not in `models`).
+ * Writes the diverted rows of the new `users` (the run's pk map, {@link NewUsers.read}) that belong
+ * straight in (see the module comment), one COPY per model, from the side spool named after its
+ * table, and hands every other line to `stage` (every line of a side spool whose model is not in
+ * `models`, and every line without `users`).
  */
-export async function writeDirectRows(client: pg.ClientBase, run: number, models: readonly DirectModel[],
+export async function writeDirectRows(client: pg.ClientBase, users: NewUsers | undefined, models: readonly DirectModel[],
   sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>): Promise<Map<DirectModel, DirectRows>> {
   // The input has ended: the pairs' verdicts are all that is needed of their hashes.
   for (const m of models) m.pairs.release();
-  const users = models.length ? await NewUsers.read(client, run) : undefined;
   const done = new Map<DirectModel, DirectRows>();
   for (const [name, lines] of sides) {
     const model = users && models.find((m) => sideName(m.table) === name);
     if (model) done.set(model, await writeModel(client, model, users, lines, stage));
-    else for await (const chunk of lines()) await stage(chunk);
+    else await stageOthers(lines, undefined, stage);
   }
   return done;
 }
@@ -217,17 +217,17 @@ export function scopedOptions(code: number): { side: string; diverts(row: Staged
 }
 
 /**
- * The diverted scoped options ({@link scopedOptions}) of `run`: a new user's is dropped with the
- * merge's finding (its reason, then the user's source pk), COPYed straight from the side spool;
- * any other user's is handed to `stage`, for the merge to say why (filtered, merged, not in the
- * export). Staged, the 2% of a generated export's options that are scoped cost the merge a second
- * ANALYZE of the staging table and the options' statement (0.13 s at 100k users), for rows that
- * are all dropped. Resolves to how many were dropped and staged.
+ * The diverted scoped options ({@link scopedOptions}) of `run`: a new user's (one of `users`, the
+ * run's pk map) is dropped with the merge's finding (its reason, then the user's source pk),
+ * COPYed straight from the side spool; any other user's, or every one without `users`, is handed
+ * to `stage`, for the merge to say why (filtered, merged, not in the export). Staged, the 2% of a
+ * generated export's options that are scoped cost the merge a second ANALYZE of the staging table
+ * and the options' statement (0.13 s at 100k users), for rows that are all dropped. Resolves to
+ * how many were dropped and staged.
  */
-export async function writeScopedOptions(client: pg.ClientBase, run: number, model: string, lines: SideLines,
+export async function writeScopedOptions(client: pg.ClientBase, run: number, users: NewUsers | undefined, model: string, lines: SideLines,
   stage: (lines: Buffer[]) => Promise<void>): Promise<{ dropped: number; staged: number; ms: number }> {
   const t0 = performance.now();
-  const users = await NewUsers.read(client, run);
   let others = 0;
   const reason = Buffer.from(`\t${SCOPED_OPTION} (user pk `);
   const end = Buffer.from(')\n');
@@ -240,15 +240,19 @@ export async function writeScopedOptions(client: pg.ClientBase, run: number, mod
     return true;
   });
   // The options of other users (or all of them, beyond the pk map's ranges the client reads) are staged.
-  let staged = 0;
-  if (!users || others) {
-    for await (const chunk of lines()) {
-      const keep = users ? chunk.filter((line) => users.id(intField(line, USER_PK)) < 0) : chunk;
-      staged += keep.length;
-      if (keep.length) await stage(keep);
-    }
-  }
+  const staged = !users || others ? await stageOthers(lines, users, stage) : 0;
   return { dropped, staged, ms: performance.now() - t0 };
+}
+
+/** Hands `stage` the lines of `lines` whose user is not one of `users`, or every line without `users`. Resolves to how many. */
+async function stageOthers(lines: SideLines, users: NewUsers | undefined, stage: (lines: Buffer[]) => Promise<void>): Promise<number> {
+  let staged = 0;
+  for await (const chunk of lines()) {
+    const keep = users ? chunk.filter((line) => users.id(intField(line, USER_PK)) < 0) : chunk;
+    staged += keep.length;
+    if (keep.length) await stage(keep);
+  }
+  return staged;
 }
 
 /**
@@ -329,14 +333,7 @@ async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewU
   if (repeated) await client.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
   await client.query(`RELEASE SAVEPOINT ${savepoint}`);
   // The rows that stay staged: those of other users, or all of them.
-  let staged = 0;
-  if (repeated || others) {
-    for await (const chunk of lines()) {
-      const keep = repeated ? chunk : chunk.filter((line) => users.id(intField(line, USER_PK)) < 0);
-      staged += keep.length;
-      if (keep.length) await stage(keep);
-    }
-  }
+  const staged = repeated || others ? await stageOthers(lines, repeated ? undefined : users, stage) : 0;
   return { written: repeated ? 0 : written, staged, repeated, checked, ms: performance.now() - t0 };
 }
 

@@ -216,9 +216,11 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           // The scoped options' side (when not exact, it is staged below with the sides of no model).
           const scopedLines = scoped && exact ? rest.get(scoped.side) : undefined;
           if (scopedLines) rest.delete(scoped!.side);
-          const dropped = scopedLines && await writeScopedOptions(client, options.run, 'sentry.useroption', scopedLines, stage);
+          // The new users, read once for the models written straight in and the scoped options.
+          const newUsers = exact && (direct.length || scopedLines) ? await NewUsers.read(client, options.run) : undefined;
+          const dropped = scopedLines && await writeScopedOptions(client, options.run, newUsers, 'sentry.useroption', scopedLines, stage);
           if (dropped) q.trace({ kind: 'direct-findings', model: 'sentry.useroption', reason: SCOPED_OPTION, ...dropped });
-          const done = await writeDirectRows(client, options.run, exact ? direct : [], rest, stage);
+          const done = await writeDirectRows(client, newUsers, exact ? direct : [], rest, stage);
           for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
           const written = new Map([...done].map(([m, r]) => [m.table, r.written]));
           if (emailTable && addresses?.written) written.set(emailTable, addresses.written);
