@@ -15,6 +15,7 @@ import { UserportError } from '../../../lib/errors.js';
 import { definitions, freshDatabase, type TestDb } from '../../helpers/db.js';
 import { tableSnapshot, TARGET_TABLES, user, useremail, useroption, generatedExport, writeExport } from '../../helpers/exports.js';
 import { insertEmail, insertRow, insertUser } from '../../helpers/sentry-rows.js';
+import { targetDatabase, unavailable } from '../../helpers/targets.js';
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'bin', 'userport.js');
 
@@ -276,6 +277,32 @@ describe('bulk load into empty target tables', function () {
       }
     }
   });
+
+  for (const kind of ['sentry-9', 'sentry-2026'] as const) {
+    const why = unavailable(kind);
+    it(`the same check on a new ${kind} install: an auth_user restored at id 50 with the sequence at its admin, refused, fixed by the statement it names`, async function () {
+      if (why) {
+        process.stdout.write(`      skipped: ${why}\n`);
+        return this.skip();
+      }
+      const small = writeExport([user(1, 'ann', { email: 'ann@example.com' }), useremail(2, 1, 'ann@example.com'), useroption(3, 1, 'timezone', 'UTC')]);
+      const db = await targetDatabase(kind, { freshInstall: true });
+      try {
+        await insertRow(db.knex, 'auth_user', { id: 50, username: 'restored', email: 'restored@example.com' });
+        const r = spawnSync(process.execPath, [BIN, 'import', 'users', small, '--database-url', db.url, '--no-progress'], { encoding: 'utf8' });
+        expect(r.status, r.stderr).to.equal(1);
+        const m = /^userport: auth_user in the target database holds id 50, but its id sequence (\S+) would give 2 next: new rows would take ids already there \(a restore that did not reset the sequences\?\)\. Fix it with: (SELECT setval\('\S+', \(SELECT max\(id\) FROM auth_user\)\)); nothing was written \[USERPORT_TARGET_SCHEMA\]$/m.exec(r.stderr);
+        expect(m, r.stderr).to.not.equal(null);
+        expect(await db.count('auth_user')).to.equal(2);
+        await db.knex.raw(m![2]!);
+        const ok = spawnSync(process.execPath, [BIN, 'import', 'users', small, '--database-url', db.url, '--no-progress'], { encoding: 'utf8' });
+        expect(ok.status, ok.stderr).to.equal(0);
+        expect((await db.knex.raw(`SELECT id FROM auth_user WHERE username = 'ann'`)).rows).to.deep.equal([{ id: 51 }]);
+      } finally {
+        await db.close();
+      }
+    });
+  }
 
   it('the CLI: --bulk-load is checked before any database work, and every bulk statement has a plan without a nested loop over a scan', async () => {
     const bad = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--bulk-load', 'sometimes', '--database-url', 'postgresql://nobody@127.0.0.1:1/none'], { encoding: 'utf8' });

@@ -10,6 +10,7 @@ import { expect } from 'chai';
 import type { TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
+import { targetDatabase, unavailable, type TargetDb } from '../../helpers/targets.js';
 import { PairCheck } from '../../../lib/db/merge/direct-rows.js';
 
 // Enough users that they span many read chunks: the early step starts while options are still to come.
@@ -200,6 +201,39 @@ describe('the new users\' options and user emails, written straight in (issue #2
       expect(await outcome(direct)).to.deep.equal(await outcome(merged));
     }
   });
+
+  for (const kind of ['sentry-9', 'sentry-2026'] as const) {
+    const why = unavailable(kind);
+    it(`into a new ${kind} install: the same options, findings and counts as the merge, a new user's scoped option dropped straight to its finding`, async function () {
+      if (why) {
+        process.stdout.write(`      skipped: ${why}\n`);
+        return this.skip();
+      }
+      const file = writeExport(records(false));
+      const targets: TargetDb[] = [];
+      try {
+        for (let i = 0; i < 2; i++) targets.push(await targetDatabase(kind, { freshInstall: true }));
+        const [direct, merged] = targets as [TargetDb, TargetDb];
+        const a = cli(file, direct);
+        const b = cli(file, merged, '--bulk-load', 'off');
+        // The target's admin is named admin@example.com: every user of the export is new (user 5,
+        // `admin`, too), so the scoped options of users 5 and 8 are dropped straight to their
+        // findings; the unknown user's is staged.
+        expect(a.stderr).to.contain('[direct] sentry.useroption: 2 records of new users dropped (scoped to an organization or project), their findings written straight in, 1 staged for the merge');
+        expect(b.stderr).to.not.contain('[direct]');
+        expect(a.models).to.deep.equal(b.models);
+        const q = async (db: TargetDb, sql: string) => (await db.knex.raw(sql)).rows as unknown[];
+        for (const sql of [
+          `SELECT u.username, o.key, o.value::text, o.project_id, o.organization_id FROM sentry_useroption o JOIN auth_user u ON u.id = o.user_id ORDER BY 1, 2`,
+          `SELECT kind, model, source_pk, reason FROM userport.findings ORDER BY model, source_pk, reason`,
+        ]) expect(await q(direct, sql), sql).to.deep.equal(await q(merged, sql));
+        expect(await q(direct, `SELECT reason FROM userport.findings WHERE model = 'sentry.useroption' AND reason LIKE 'scoped%' ORDER BY source_pk`))
+          .to.deep.equal([{ reason: 'scoped to an organization or project (user pk 8)' }, { reason: 'scoped to an organization or project (user pk 5)' }]);
+      } finally {
+        for (const t of targets) await t.close();
+      }
+    });
+  }
 
   it('makes the new users\' lost-password hashes in the client, in id order, also when no row was diverted', async () => {
     // The whole export; and its users with the one option none of whose rows is written (project-scoped).
