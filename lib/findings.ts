@@ -8,7 +8,7 @@
  */
 import fs from 'node:fs';
 import type pg from 'pg';
-import { findingsPage, type FindingRow, type FindingsCursor } from './db/findings.js';
+import { findingsInOrder, type FindingRow } from './db/findings.js';
 import type { Position, UserportError } from './errors.js';
 
 /**
@@ -99,14 +99,7 @@ function importFinding(r: FindingRow): Finding {
 /** The findings of import `run`, in file order, a page at a time. */
 async function* importFindings(c: pg.ClientBase, run: number, unmatched: readonly string[]): AsyncGenerator<Finding> {
   for (const name of unmatched) yield unmatchedUsername(name);
-  let after: FindingsCursor | undefined;
-  for (;;) {
-    const page = await findingsPage(c, run, after, PAGE_ROWS);
-    for (const r of page) yield importFinding(r);
-    if (page.length < PAGE_ROWS) return;
-    const last = page[page.length - 1]!;
-    after = { ordinal: Number(last.ordinal), kind: last.kind };
-  }
+  for await (const page of findingsInOrder(c, run, PAGE_ROWS)) for (const r of page) yield importFinding(r);
 }
 
 /** Writes the findings of import `run` as a JSON array, page by page (constant memory). */

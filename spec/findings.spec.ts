@@ -80,6 +80,32 @@ describe('findings files (lib/findings.ts)', function () {
     for (const e of exported) expect([e.ordinal, e.offset]).to.deep.equal([null, null]);
   });
 
+  it('writes findings past a page (5,000 rows a read) complete and in file order, a record\'s two on both sides of a page\'s end', async function () {
+    // alice (ordinal 1), 4,999 options of a user not in the export (2-5000), ALICE (5001: its
+    // address is alice's, and it is renamed), 5,000 more options (5002-10001): 10,001 findings,
+    // three reads, the first ending between ALICE's two. Atomic and resumable (the cursor runs in the
+    // transaction that writes the file, in both).
+    this.timeout(240000);
+    const options = (from: number, n: number) => Array.from({ length: n }, (_, k) => useroption(from + k, 99, `key${from + k}`, 'x'));
+    const records = [user(1, 'alice'), ...options(1, 4999), user(2, 'ALICE'), ...options(5000, 5000)];
+    const expected = [
+      ...Array.from({ length: 4999 }, (_, k) => ['dropped', 'sentry.useroption', 1 + k, 2 + k]),
+      ['address', 'sentry.user', 2, 5001], ['renamed', 'sentry.user', 2, 5001],
+      ...Array.from({ length: 5000 }, (_, k) => ['dropped', 'sentry.useroption', 5000 + k, 5002 + k]),
+    ];
+    for (const resumable of [false, true]) {
+      const target = await freshDatabase();
+      try {
+        const file = tmpPath(`paged-findings-${resumable}.json`);
+        await importUsers({ databaseUrl: target.url, source: writeExport(records), findingsFile: file, resumable });
+        const entries = readFindings(file);
+        expect(entries.map((e) => [e.kind, e.model, e.pk, e.ordinal]), resumable ? 'resumable' : 'atomic').to.deep.equal(expected);
+      } finally {
+        await target.close();
+      }
+    }
+  });
+
   it('writes the error that stopped either direction with the same keys (ImportError, ExportError)', async () => {
     const empty = await freshDatabase(false);
     try {

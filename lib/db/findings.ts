@@ -15,18 +15,28 @@ export interface FindingRow {
   reason: string;
 }
 
-/** Where a page of findings ends: the next page starts after it. */
-export interface FindingsCursor { ordinal: number; kind: string }
-
 /**
- * The findings of `run` after `after` (in ordinal, then kind order: one record may have two, a
- * rename and an address note), at most `limit`.
+ * The findings of `run` in file order (ordinal, then kind: one record may have two, a rename and
+ * an address note), `pageRows` at a time, through a cursor: the run's findings are sorted once.
+ * Paging by `(ordinal, kind) > last` re-read and re-sorted the run's findings for every page over
+ * the index on `run` (1.2M findings, 245 pages: 55 s against 4 s). `c` must be in a transaction
+ * (the import's, which writes the findings file before its COMMIT).
  */
-export async function findingsPage(c: pg.ClientBase, run: number, after: FindingsCursor | undefined, limit: number): Promise<FindingRow[]> {
-  const page = await c.query(`SELECT kind, model, source_pk, ordinal, byte_offset, reason FROM userport.findings
-                              WHERE run = $1 AND (ordinal, kind) > ($2::bigint, $3::text) ORDER BY ordinal, kind LIMIT ${limit}`,
-  [run, after?.ordinal ?? -1, after?.kind ?? '']);
-  return page.rows;
+export async function* findingsInOrder(c: pg.ClientBase, run: number, pageRows: number): AsyncGenerator<FindingRow[]> {
+  await c.query(`DECLARE userport_findings NO SCROLL CURSOR FOR
+                 SELECT kind, model, source_pk, ordinal, byte_offset, reason FROM userport.findings
+                 WHERE run = $1 ORDER BY ordinal, kind`, [run]);
+  try {
+    for (;;) {
+      const page = (await c.query(`FETCH ${pageRows} FROM userport_findings`)).rows as FindingRow[];
+      if (page.length > 0) yield page;
+      if (page.length < pageRows) break;
+    }
+  } finally {
+    // Also when the caller stopped early (its file failed): a failed transaction ends the cursor
+    // with it, and the caller's error is the one to report.
+    await c.query('CLOSE userport_findings').catch(() => undefined);
+  }
 }
 
 /** The usernames of `names` (deduplicated, sorted) that no kept staged user of `run` has. */
