@@ -1,6 +1,6 @@
 /**
  * Stage 3, in-scope records -> staging rows: validates each record's fields against its model's
- * JSON Schema (ajv, compiled once), counts unknown fields (ignored, never fatal), and lays the
+ * JSON Schema (ajv, compiled once, on first use), counts unknown fields (ignored, never fatal), and lays the
  * values out in staging-column order. Everything PostgreSQL would refuse (a NUL character, a lone
  * surrogate, an over-long string, an impossible date) is caught here, so the COPY that follows
  * never fails on data and a bad record can be rejected on its own.

@@ -236,32 +236,76 @@ function loadSchema(name: string): Record<string, unknown> {
   return JSON.parse(fs.readFileSync(new URL(`${name}.json`, SCHEMA_DIR), 'utf8')) as Record<string, unknown>;
 }
 
-function build() {
+function newAjv(): Ajv {
   const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true });
   ajv.addKeyword({ keyword: 'x-userport', schemaType: 'object' });
   ajv.addFormat('date-time', { type: 'string', validate: isDateTime });
   ajv.addFormat('time-zone', { type: 'string', validate: isTimeZone });
   // Django's GenericIPAddressField (what `UserIP.full_clean` checks): an IPv4 or IPv6 address.
   ajv.addFormat('ip-address', { type: 'string', validate: (s: string) => isIP(s) !== 0 });
-  const envelope = ajv.compile(loadSchema('record'));
+  return ajv;
+}
+
+/**
+ * The models read from `schemas/`. Their validators are compiled on first use, each model's on
+ * its own (ajv's compile is most of the registry's cost: 80 ms for the eleven, the first one
+ * paying ajv's warm-up): what only reads the mappings (the exporter, the rejects' redaction) never
+ * compiles, and an import compiles the models of its scope ({@link compileValidators}).
+ */
+function build() {
+  let ajv: Ajv | undefined;
+  const compile = (schema: object) => (ajv ??= newAjv()).compile(schema);
   const models = new Map<string, ModelInfo>();
   for (const name of [...USER_SCOPE, ...PRIVILEGE_MODELS]) {
     const schema = loadSchema(name);
     const mapping = schema['x-userport'] as ModelMapping;
     const props = Object.keys(schema.properties as object);
     const fieldFor = STAGE_COLUMNS.map(([col]) => Object.keys(mapping.columns).find((f) => mapping.columns[f] === col));
-    const valueRules = new Map<string, ValidateFunction>();
-    for (const [key, rule] of Object.entries(mapping.valueRules ?? {})) valueRules.set(key, ajv.compile(rule));
-    models.set(name, { name, mapping, validate: ajv.compile(schema), known: new Set(props), fieldFor, valueRules, schema });
+    // The first read of `validate` or `valueRules` compiles both and leaves them as plain values.
+    const compiled = (info: ModelInfo) => {
+      const valueRules = new Map<string, ValidateFunction>();
+      for (const [key, rule] of Object.entries(mapping.valueRules ?? {})) valueRules.set(key, compile(rule));
+      Object.defineProperties(info, { validate: { value: compile(schema), enumerable: true }, valueRules: { value: valueRules, enumerable: true } });
+      return info;
+    };
+    models.set(name, {
+      name, mapping, known: new Set(props), fieldFor, schema,
+      get validate() { return compiled(this).validate; },
+      get valueRules() { return compiled(this).valueRules; },
+    });
   }
-  return { envelope, models };
+  const r = {
+    models,
+    get envelope(): ValidateFunction {
+      const envelope = compile(loadSchema('record'));
+      Object.defineProperty(r, 'envelope', { value: envelope, enumerable: true });
+      return envelope;
+    },
+  };
+  return r;
 }
 
 let cache: ReturnType<typeof build> | undefined;
 
-/** The compiled schemas (built once, on first use). */
-export function registry(): { envelope: ValidateFunction; models: Map<string, ModelInfo> } {
+/** The models and their schemas (read once, on first use; each validator compiled on its first use). */
+export function registry(): { readonly envelope: ValidateFunction; models: Map<string, ModelInfo> } {
   return (cache ??= build());
+}
+
+/**
+ * Compiles the envelope's and `scope`'s validators, one at a time between the event loop's turns:
+ * an import starts it before it opens the database, so the compiling fills the waits for
+ * PostgreSQL (connecting, migrating) instead of preceding them.
+ */
+export async function compileValidators(scope: ImportScope): Promise<void> {
+  const turn = () => new Promise<void>((resolve) => { setImmediate(resolve); });
+  const r = registry();
+  await turn();
+  void r.envelope;
+  for (const m of scopeModels(scope)) {
+    await turn();
+    void m.validate;
+  }
 }
 
 /**

@@ -1,6 +1,37 @@
-/** The value rules of the model registry (lib/models.ts): Sentry's date-times and time zones. */
+/** The model registry (lib/models.ts): its validators compiled on first use; Sentry's date-times and time zones. */
 import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
 import { isDateTime, isTimeZone } from '../lib/models.js';
+
+describe('the model registry', () => {
+  it('compiles no validator when the library is loaded, the import\'s scope\'s before the first record, any other on first use', () => {
+    // A process of its own: this one's registry is compiled by the other specs.
+    const lib = new URL('../lib/', import.meta.url).href;
+    const script = `
+      const { EXPORT_MODELS } = await import('${lib}index.js');
+      const { redact } = await import('${lib}rejects.js');
+      const m = await import('${lib}models.js');
+      const compiled = () => [...m.registry().models.values()]
+        .filter((x) => 'value' in Object.getOwnPropertyDescriptor(x, 'validate')).map((x) => x.name);
+      const exported = EXPORT_MODELS.length;
+      redact({ model: 'sentry.user', fields: { password: 'x' } });
+      const loaded = compiled();
+      await m.compileValidators('users');
+      const users = compiled();
+      const ip = m.registry().models.get('sentry.userip');
+      const checks = [ip.validate({ user: 1, ip_address: '10.0.0.1', country_code: null, region_code: null, first_seen: '2021-07-17T21:08:52Z', last_seen: '2021-07-17T21:08:52Z' }),
+        ip.validate({ user: 1, ip_address: 'not an address' })];
+      console.log(JSON.stringify({ exported, loaded, users, after: compiled(), checks }));`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+    expect(r.stderr).to.equal('');
+    const out = JSON.parse(r.stdout) as { exported: number; loaded: string[]; users: string[]; after: string[]; checks: boolean[] };
+    expect(out.exported).to.equal(11);
+    expect(out.loaded).to.deep.equal([]);
+    expect(out.users).to.deep.equal(['sentry.user', 'sentry.email', 'sentry.useremail', 'sentry.useroption']);
+    expect(out.after).to.deep.equal(['sentry.user', 'sentry.email', 'sentry.useremail', 'sentry.useroption', 'sentry.userip']);
+    expect(out.checks).to.deep.equal([true, false]);
+  });
+});
 
 describe('isDateTime', () => {
   it('accepts the ISO-8601 shapes PostgreSQL stores and refuses the rest', () => {
