@@ -11,6 +11,7 @@ import * as m2 from './migrations/20261203000100_sentry_user_tables.js';
 import { SENTRY_TABLES } from './migrations/20261203000100_sentry_user_tables.js';
 import * as m3 from './migrations/20261203000200_credential_staging.js';
 import * as m4 from './migrations/20261205000000_pk_ranges_source_pks.js';
+import * as m5 from './migrations/20261206000000_findings_brin.js';
 
 interface Migration { up(k: Knex): Promise<void>; down(k: Knex): Promise<void> }
 
@@ -19,13 +20,15 @@ export const FIRST_MIGRATION = '20261203000000_userport_bookkeeping';
 
 /**
  * One migration per concern: userport's bookkeeping (schema `userport`), Sentry's tables where
- * there are none, the staging column of the config and global scopes, the pk map's listed ranges.
+ * there are none, the staging column of the config and global scopes, the pk map's listed ranges,
+ * the findings' BRIN index.
  */
 const MIGRATIONS: Record<string, Migration> = {
   [FIRST_MIGRATION]: m1,
   '20261203000100_sentry_user_tables': m2,
   '20261203000200_credential_staging': m3,
   '20261205000000_pk_ranges_source_pks': m4,
+  '20261206000000_findings_brin': m5,
 };
 
 /**

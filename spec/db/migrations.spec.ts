@@ -17,7 +17,7 @@ describe('migrations', () => {
     expect(await isMigrated(db.knex)).to.equal(false);
     const first = await migrate(db.knex);
     expect(first).to.deep.equal(['20261203000000_userport_bookkeeping', '20261203000100_sentry_user_tables', '20261203000200_credential_staging',
-      '20261205000000_pk_ranges_source_pks']);
+      '20261205000000_pk_ranges_source_pks', '20261206000000_findings_brin']);
     expect(await migrate(db.knex)).to.deep.equal([]);
     expect(await isMigrated(db.knex)).to.equal(true);
     expect(await tablesIn(db, 'userport')).to.deep.equal(
@@ -58,7 +58,7 @@ describe('migrations', () => {
     const other = await freshDatabase(false);
     try {
       const results = await Promise.all([migrate(other.knex), migrate(other.knex), migrate(other.knex)]);
-      expect(results.map((r) => r.length).sort()).to.deep.equal([0, 0, 4]);
+      expect(results.map((r) => r.length).sort()).to.deep.equal([0, 0, 5]);
     } finally {
       await other.close();
     }
@@ -74,7 +74,7 @@ describe('migrations', () => {
   it('lists each migration once in the knex migration source, one per concern', () => {
     const files = fs.readdirSync('lib/db/migrations').filter((f) => f.endsWith('.ts'));
     expect(files).to.deep.equal(['20261203000000_userport_bookkeeping.ts', '20261203000100_sentry_user_tables.ts', '20261203000200_credential_staging.ts',
-      '20261205000000_pk_ranges_source_pks.ts']);
+      '20261205000000_pk_ranges_source_pks.ts', '20261206000000_findings_brin.ts']);
   });
 
   it('keeps listed ranges in the pk map: the view spells them out, malformed ones are refused, down turns them into pairs', async () => {
@@ -100,5 +100,27 @@ describe('migrations', () => {
     await up(db.knex);
     expect(await pairs()).to.deep.equal(expected);
     await db.knex.raw('DELETE FROM userport.pk_ranges WHERE run = 9');
+  });
+
+  it('indexes the findings by run with a BRIN index, and down gives the btree back; both find a run\'s findings among others\'', async () => {
+    const indexes = async () => (await db.knex.raw(`SELECT c.relname AS name, am.amname AS method FROM pg_index i
+      JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
+      WHERE i.indrelid = 'userport.findings'::regclass ORDER BY 1`)).rows;
+    // Three runs' findings, written one run after another, 400 each (many pages, several ranges).
+    await db.knex.raw(`INSERT INTO userport.findings (run, kind, model, source_pk, ordinal, byte_offset, reason)
+      SELECT r, 'dropped', 'sentry.useroption', k, k, k * 100, repeat('x', 200) FROM generate_series(41, 43) r, generate_series(1, 400) k`);
+    const ofRun42 = async () => {
+      await db.knex.raw('ANALYZE userport.findings');
+      return (await db.knex.raw(`SELECT count(*)::int AS n, min(ordinal)::int AS lo, max(ordinal)::int AS hi FROM userport.findings WHERE run = 42`)).rows[0];
+    };
+    expect(await indexes()).to.deep.equal([{ name: 'findings_run_brin', method: 'brin' }]);
+    expect(await ofRun42()).to.deep.equal({ n: 400, lo: 1, hi: 400 });
+    const { down, up } = await import('../../lib/db/migrations/20261206000000_findings_brin.js');
+    await down(db.knex);
+    expect(await indexes()).to.deep.equal([{ name: 'findings_run_idx', method: 'btree' }]);
+    expect(await ofRun42()).to.deep.equal({ n: 400, lo: 1, hi: 400 });
+    await up(db.knex);
+    expect(await indexes()).to.deep.equal([{ name: 'findings_run_brin', method: 'brin' }]);
+    await db.knex.raw('DELETE FROM userport.findings WHERE run BETWEEN 41 AND 43');
   });
 });
