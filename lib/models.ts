@@ -246,10 +246,39 @@ function newAjv(): Ajv {
   return ajv;
 }
 
+/** A validator that compiles its schema on its first call, or when `ready()` is called, and then hands itself over. */
+type LazyValidator = ValidateFunction & { ready(): ValidateFunction };
+
 /**
- * The models read from `schemas/`. Their validators are compiled on first use, each model's on
- * its own (ajv's compile is most of the registry's cost: 80 ms for the eleven, the first one
- * paying ajv's warm-up): what only reads the mappings (the exporter, the rejects' redaction) never
+ * A {@link LazyValidator} of `schema`: `install` puts the compiled function where the stub was, so
+ * what reads it there (the per-record path) calls ajv's function directly. The holders stay plain
+ * data objects: accessors turned into values would leave them in V8's slow dictionary mode.
+ */
+function lazyValidator(compile: (schema: object) => ValidateFunction, schema: object, install: (f: ValidateFunction) => void): LazyValidator {
+  let compiled: ValidateFunction | undefined;
+  const ready = (): ValidateFunction => {
+    if (!compiled) {
+      compiled = compile(schema);
+      install(compiled);
+    }
+    return compiled;
+  };
+  // A caller that kept the stub itself still gets the errors of its last call.
+  const stub = ((data: unknown) => {
+    const f = ready();
+    const ok = f(data) as boolean;
+    stub.errors = f.errors;
+    return ok;
+  }) as LazyValidator;
+  stub.errors = null;
+  stub.ready = ready;
+  return stub;
+}
+
+/**
+ * The models read from `schemas/`. Their validators are compiled on first use, each on its own
+ * (ajv's compile is most of the registry's cost: 80 ms for all of them, the first one paying
+ * ajv's warm-up): what only reads the mappings (the exporter, the rejects' redaction) never
  * compiles, and an import compiles the models of its scope ({@link compileValidators}).
  */
 function build() {
@@ -261,27 +290,14 @@ function build() {
     const mapping = schema['x-userport'] as ModelMapping;
     const props = Object.keys(schema.properties as object);
     const fieldFor = STAGE_COLUMNS.map(([col]) => Object.keys(mapping.columns).find((f) => mapping.columns[f] === col));
-    // The first read of `validate` or `valueRules` compiles both and leaves them as plain values.
-    const compiled = (info: ModelInfo) => {
-      const valueRules = new Map<string, ValidateFunction>();
-      for (const [key, rule] of Object.entries(mapping.valueRules ?? {})) valueRules.set(key, compile(rule));
-      Object.defineProperties(info, { validate: { value: compile(schema), enumerable: true }, valueRules: { value: valueRules, enumerable: true } });
-      return info;
-    };
-    models.set(name, {
-      name, mapping, known: new Set(props), fieldFor, schema,
-      get validate() { return compiled(this).validate; },
-      get valueRules() { return compiled(this).valueRules; },
-    });
+    const valueRules = new Map<string, ValidateFunction>();
+    const info: ModelInfo = { name, mapping, validate: undefined as unknown as ValidateFunction, known: new Set(props), fieldFor, valueRules, schema };
+    info.validate = lazyValidator(compile, schema, (f) => { info.validate = f; });
+    for (const [key, rule] of Object.entries(mapping.valueRules ?? {})) valueRules.set(key, lazyValidator(compile, rule, (f) => valueRules.set(key, f)));
+    models.set(name, info);
   }
-  const r = {
-    models,
-    get envelope(): ValidateFunction {
-      const envelope = compile(loadSchema('record'));
-      Object.defineProperty(r, 'envelope', { value: envelope, enumerable: true });
-      return envelope;
-    },
-  };
+  const r: { envelope: ValidateFunction; models: Map<string, ModelInfo> } = { envelope: undefined as unknown as ValidateFunction, models };
+  r.envelope = lazyValidator(compile, loadSchema('record'), (f) => { r.envelope = f; });
   return r;
 }
 
@@ -290,6 +306,11 @@ let cache: ReturnType<typeof build> | undefined;
 /** The models and their schemas (read once, on first use; each validator compiled on its first use). */
 export function registry(): { readonly envelope: ValidateFunction; models: Map<string, ModelInfo> } {
   return (cache ??= build());
+}
+
+/** Compiles `v` now if it is a validator not compiled yet. */
+function ready(v: ValidateFunction): void {
+  (v as Partial<LazyValidator>).ready?.();
 }
 
 /**
@@ -301,10 +322,11 @@ export async function compileValidators(scope: ImportScope): Promise<void> {
   const turn = () => new Promise<void>((resolve) => { setImmediate(resolve); });
   const r = registry();
   await turn();
-  void r.envelope;
+  ready(r.envelope);
   for (const m of scopeModels(scope)) {
     await turn();
-    void m.validate;
+    ready(m.validate);
+    for (const rule of m.valueRules.values()) ready(rule);
   }
 }
 
