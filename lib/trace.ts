@@ -17,7 +17,8 @@
  *   (`table.name`), to build them again after the load.
  * - `early-undone`: a user row came after other models, so the early users step is undone.
  * - `direct-rows`: at the end of the input, `written` rows of new users went straight into
- *   `table` and `staged` of its model were staged for the merge; `repeated`: a (user, key) came
+ *   `table`, `filtered` rows of users a username filter removed were dropped with their findings
+ *   written straight in, and `staged` of its model were staged for the merge; `repeated`: a (user, key) came
  *   twice, so none went straight in (all staged); `checked`: whether the client's hashes of the
  *   (user, key) pairs or the database made sure none came twice.
  * - `direct-emails`: at the end of the input, `written` Email rows went straight into `table`
@@ -37,7 +38,7 @@ export type TraceEvent =
   | { kind: 'retry'; step: 'users' | 'emails'; attempt: number }
   | { kind: 'bulk-load'; dropped: string[] }
   | { kind: 'early-undone' }
-  | { kind: 'direct-rows'; table: string; written: number; staged: number; repeated: boolean; checked?: 'client' | 'database'; ms?: number }
+  | { kind: 'direct-rows'; table: string; written: number; filtered?: number; staged: number; repeated: boolean; checked?: 'client' | 'database'; ms?: number }
   | { kind: 'direct-emails'; table: string; written: number; existing: number; staged: number; why?: string; dropped?: number; ms?: number }
   | { kind: 'direct-findings'; model: string; reason: string; dropped: number; staged: number; ms?: number }
   | { kind: 'sink'; moment: 'overlap started' | 'overlap done' | 'rows sent' | 'copy confirmed' | 'spool copied'; ms: number };

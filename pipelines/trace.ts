@@ -30,7 +30,8 @@ export function traceLine(e: TraceEvent): string {
     case 'early-undone': return '[early] a user came after other models: the early users step is undone';
     case 'direct-rows': return (e.repeated
       ? `[direct] ${e.table}: a row of a new user came twice: all ${e.staged} staged for the merge`
-      : `[direct] ${e.table}: ${e.written} rows of new users written straight in, ${e.staged} staged for the merge`
+      : `[direct] ${e.table}: ${e.written} rows of new users written straight in, `
+        + `${e.filtered ? `${e.filtered} of filtered users dropped to their findings straight in, ` : ''}${e.staged} staged for the merge`
         + (e.checked === 'client' && e.written > 0 ? ', no pair twice (checked in the client)' : '')) + took(e.ms);
     case 'direct-emails': return (e.why ? `[direct] ${e.table}: all ${e.staged} staged for the merge: ${e.why}`
       : e.dropped !== undefined ? `[direct] ${e.table}: no such table: ${e.dropped} Email records dropped, their findings written`

@@ -3,7 +3,7 @@
  * the new users' rows straight in where it can), and the rows Sentry's signal receivers add.
  */
 import { REJECTED_USER_CODE } from '../../models.js';
-import { SCOPED_OPTION } from './direct-rows.js';
+import { SCOPED_OPTION, USER_FILTERED } from './direct-rows.js';
 import { type ImportStats } from '../../stats.js';
 import type { WritePlan } from './plan.js';
 import { modelCodes, type MergeStep, type Q } from './run.js';
@@ -48,7 +48,7 @@ export async function mergeChildren(q: Q, S: string, options: ChildrenStepOption
         CASE WHEN ${missing} THEN 'dropped' WHEN user_keep = false THEN 'filtered' WHEN user_keep IS NULL THEN 'dropped'
              WHEN user_kind = 'merged' THEN 'merged' ${specific} ELSE 'insert' END AS outcome,
         CASE WHEN ${missing} THEN 'no ${table === 'up_ue' ? 'sentry_useremail' : 'sentry_useroption'} table in the target database'
-             WHEN user_keep = false THEN 'user filtered out'
+             WHEN user_keep = false THEN '${USER_FILTERED}'
              WHEN user_keep IS NULL AND user_rejected THEN 'user rejected (see the rejects file)'
              WHEN user_keep IS NULL THEN 'user not in the export'
              WHEN user_kind = 'merged' THEN 'user merged into an existing user' ${specificReason} END AS reason

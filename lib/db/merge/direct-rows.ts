@@ -14,9 +14,13 @@
  * - that rule is checked by the database once the rows are in (one aggregate over the new users'
  *   rows): a repeat, which only a hand-made file holds, rolls that model's direct rows back and
  *   stages them with the others, where the merge decides them as ever;
- * - every other row (a merged, filtered, rejected or unknown user) is staged as before, so its
- *   reasons and findings are the merge's.
- * State in the process: the new users as ranges of the pk map (one for a file in Sentry's order).
+ * - a row of a user the username filter removed is dropped with the merge's finding (kind
+ *   `filtered`, "user filtered out (user pk N)"), COPYed straight into userport.findings
+ *   ({@link FilteredUsers});
+ * - every other row (a merged, rejected or unknown user) is staged as before, so its reasons and
+ *   findings are the merge's.
+ * State in the process: the new users as ranges of the pk map (one for a file in Sentry's order),
+ * and with a username filter a bit per pk of the filtered users.
  */
 import type pg from 'pg';
 import type { StagedRow } from '../../map-models.js';
@@ -73,8 +77,56 @@ export class PairCheck {
   }
 }
 
+/** The span of pks, from the first filtered user's, that {@link FilteredUsers} keeps bits for: 2^26 (8 MB at most). */
+export const MAX_FILTERED_SPAN = 2 ** 26;
+
+/**
+ * The pks of the users a username filter removed, as they pass (in Sentry's order, increasing): a
+ * bit per pk from the first one's on. With it, a row of a filtered user is dropped to its finding
+ * straight from the side spool instead of being staged for the merge to say the same: a filter
+ * that keeps a tenth of the users stages nine tenths of their options and user emails. A pk below
+ * the first, or beyond {@link MAX_FILTERED_SPAN} from it, and it knows none: every such row is
+ * staged, as before.
+ */
+export class FilteredUsers {
+  private bits: Uint8Array | undefined = new Uint8Array(1024);
+  private base = -1;
+
+  note(pk: number): void {
+    if (!this.bits) return;
+    if (this.base < 0) this.base = pk;
+    const at = pk - this.base;
+    if (!Number.isSafeInteger(pk) || at < 0 || at >= MAX_FILTERED_SPAN) { this.bits = undefined; return; }
+    const byte = at >>> 3;
+    if (byte >= this.bits.length) {
+      const grown = new Uint8Array(Math.min(MAX_FILTERED_SPAN / 8, Math.max(byte + 1, this.bits.length * 2)));
+      grown.set(this.bits);
+      this.bits = grown;
+    }
+    this.bits[byte]! |= 1 << (at & 7);
+  }
+
+  /** True when `pk` is a filtered user's (false for every pk once it gave up). */
+  has(pk: number): boolean {
+    const at = pk - this.base;
+    if (!this.bits || this.base < 0 || at < 0) return false;
+    const byte = Math.floor(at / 8);
+    return byte < this.bits.length && (this.bits[byte]! & (1 << (at % 8))) !== 0;
+  }
+
+  /** Bytes held. */
+  get bytes(): number {
+    return this.bits?.length ?? 0;
+  }
+}
+
+/** The merge's reason for a row whose user the username filter removed (children.ts), before the user's pk. */
+export const USER_FILTERED = 'user filtered out';
+
 /** A model whose rows of new users may go straight in. */
 export interface DirectModel {
+  /** The model (`sentry.useroption`). */
+  name: string;
   /** The staging code of its rows. */
   code: number;
   /** The target table. */
@@ -103,7 +155,7 @@ export function directOptions(code: number, table: string): DirectModel {
   if (lineColumn('opt_value') !== key + 1) throw new Error('staging columns opt_key, opt_value must be adjacent');
   const pairs = new PairCheck();
   return {
-    code, table, columns: ['user_id', 'project_id', 'organization_id', 'key', 'value'], unique: ['key'], pairs,
+    name: 'sentry.useroption', code, table, columns: ['user_id', 'project_id', 'organization_id', 'key', 'value'], unique: ['key'], pairs,
     diverts: (r) => {
       if (r.code !== code || r.values[STAGE_INDEX.user_pk] == null || r.values[STAGE_INDEX.project_id] != null || r.values[STAGE_INDEX.organization_id] != null) return false;
       pairs.note(r.values[STAGE_INDEX.user_pk], r.values[STAGE_INDEX.opt_key]);
@@ -128,7 +180,7 @@ export function directUserEmails(code: number, table: string): DirectModel {
   const email = lineColumn('email');
   const pairs = new PairCheck();
   return {
-    code, table, columns: ['user_id', 'email', 'validation_hash', 'date_hash_added', 'is_verified'], unique: ['email'], pairs,
+    name: 'sentry.useremail', code, table, columns: ['user_id', 'email', 'validation_hash', 'date_hash_added', 'is_verified'], unique: ['email'], pairs,
     diverts: (r) => {
       if (r.code !== code || r.values[STAGE_INDEX.user_pk] == null) return false;
       pairs.note(r.values[STAGE_INDEX.user_pk], r.values[STAGE_INDEX.email]);
@@ -172,6 +224,8 @@ export function writeLostPasswords(client: pg.ClientBase, table: string, users: 
 export interface DirectRows {
   /** Rows written straight into the table. */
   written: number;
+  /** Rows of users the username filter removed, dropped to their findings straight in. */
+  filtered: number;
   /** Lines handed back to be staged. */
   staged: number;
   /** A row repeated its (user, key): the direct rows were rolled back and staged too. */
@@ -189,13 +243,13 @@ export interface DirectRows {
  * `models`, and every line without `users`).
  */
 export async function writeDirectRows(client: pg.ClientBase, users: NewUsers | undefined, models: readonly DirectModel[],
-  sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>): Promise<Map<DirectModel, DirectRows>> {
+  sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>, filtered?: { run: number; users: FilteredUsers }): Promise<Map<DirectModel, DirectRows>> {
   // The input has ended: the pairs' verdicts are all that is needed of their hashes.
   for (const m of models) m.pairs.release();
   const done = new Map<DirectModel, DirectRows>();
   for (const [name, lines] of sides) {
     const model = users && models.find((m) => sideName(m.table) === name);
-    if (model) done.set(model, await writeModel(client, model, users, lines, stage));
+    if (model) done.set(model, await writeModel(client, model, users, lines, stage, filtered));
     else await stageOthers(lines, undefined, stage);
   }
   return done;
@@ -244,11 +298,15 @@ export async function writeScopedOptions(client: pg.ClientBase, run: number, use
   return { dropped, staged, ms: performance.now() - t0 };
 }
 
-/** Hands `stage` the lines of `lines` whose user is not one of `users`, or every line without `users`. Resolves to how many. */
-async function stageOthers(lines: SideLines, users: NewUsers | undefined, stage: (lines: Buffer[]) => Promise<void>): Promise<number> {
+/**
+ * Hands `stage` the lines of `lines` whose user is not one of `users` (nor one of `filtered`), or
+ * every line without `users`. Resolves to how many.
+ */
+async function stageOthers(lines: SideLines, users: NewUsers | undefined, stage: (lines: Buffer[]) => Promise<void>, filtered?: FilteredUsers): Promise<number> {
   let staged = 0;
+  const other = (pk: number) => users!.id(pk) < 0 && !filtered?.has(pk);
   for await (const chunk of lines()) {
-    const keep = users ? chunk.filter((line) => users.id(intField(line, USER_PK)) < 0) : chunk;
+    const keep = users ? chunk.filter((line) => other(intField(line, USER_PK))) : chunk;
     staged += keep.length;
     if (keep.length) await stage(keep);
   }
@@ -256,14 +314,14 @@ async function stageOthers(lines: SideLines, users: NewUsers | undefined, stage:
 }
 
 /**
- * COPYs into userport.findings a finding of kind `dropped` for `model` of each line of `lines` that
- * `reason` writes one for: the line's src_pk, ord and off, then what `reason` appends (the reason
- * text and the newline), or nothing when it answers false. `lastColumn`: the last column `reason`
- * reads of `tabs`. Resolves to the findings written.
+ * COPYs into userport.findings a finding of kind `kind` (`dropped` unless said) for `model` of each
+ * line of `lines` that `reason` writes one for: the line's src_pk, ord and off, then what `reason`
+ * appends (the reason text and the newline), or nothing when it answers false. `lastColumn`: the
+ * last column `reason` reads of `tabs`. Resolves to the findings written.
  */
 export function copyFindings(client: pg.ClientBase, run: number, model: string, lines: SideLines, lastColumn: number,
-  reason: (line: Buffer, tabs: Int32Array, out: CopyOut) => boolean): Promise<number> {
-  const lead = Buffer.from(`${run}\tdropped\t${model}\t`);
+  reason: (line: Buffer, tabs: Int32Array, out: CopyOut) => boolean, kind: 'dropped' | 'filtered' = 'dropped'): Promise<number> {
+  const lead = Buffer.from(`${run}\t${kind}\t${model}\t`);
   const tabs = new Int32Array(Math.max(lastColumn, SRC_PK, OFF) + 1);
   const sql = 'COPY userport.findings (run, kind, model, source_pk, ordinal, byte_offset, reason) FROM STDIN';
   return copyInto(client, sql, 'userport.findings', async (send) => {
@@ -298,7 +356,7 @@ export function sideName(table: string): string {
  * COPY's unique violation.
  */
 async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewUsers, lines: SideLines,
-  stage: (lines: Buffer[]) => Promise<void>): Promise<DirectRows> {
+  stage: (lines: Buffer[]) => Promise<void>, filtered?: { run: number; users: FilteredUsers }): Promise<DirectRows> {
   const t0 = performance.now();
   const savepoint = 'userport_direct_rows';
   await client.query(`SAVEPOINT ${savepoint}`);
@@ -332,9 +390,22 @@ async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewU
     GROUP BY user_id, ${model.unique.join(', ')} HAVING count(*) > 1 LIMIT 1`, [users.low, users.high])).rowCount ?? 0) > 0;
   if (repeated) await client.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
   await client.query(`RELEASE SAVEPOINT ${savepoint}`);
+  // The rows of filtered users, when the model's rows are not all staged: dropped to the merge's
+  // finding (kind filtered, its reason, the user's pk).
+  const dropFiltered = !repeated && others > 0 ? filtered : undefined;
+  const reason = Buffer.from(`\t${USER_FILTERED} (user pk `);
+  const end = Buffer.from(')\n');
+  const dropped = !dropFiltered ? 0 : await copyFindings(client, dropFiltered.run, model.name, lines, USER_PK, (line, ftabs, out) => {
+    const userPk = columnStart(ftabs, USER_PK);
+    if (!dropFiltered.users.has(intAt(line, userPk, ftabs[USER_PK]!))) return false;
+    out.raw(reason);
+    out.bytes(line, userPk, ftabs[USER_PK]!);
+    out.raw(end);
+    return true;
+  }, 'filtered');
   // The rows that stay staged: those of other users, or all of them.
-  const staged = repeated || others ? await stageOthers(lines, repeated ? undefined : users, stage) : 0;
-  return { written: repeated ? 0 : written, staged, repeated, checked, ms: performance.now() - t0 };
+  const staged = repeated || others > dropped ? await stageOthers(lines, repeated ? undefined : users, stage, dropFiltered?.users) : 0;
+  return { written: repeated ? 0 : written, filtered: dropped, staged, repeated, checked, ms: performance.now() - t0 };
 }
 
 /** A unique violation (23505), as the COPY's error or its cause. */

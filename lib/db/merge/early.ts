@@ -15,7 +15,7 @@ import type { StagedFacts } from '../../staged-facts.js';
 import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
 import { writtenTables, type WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
-import { directOptions, directUserEmails, SCOPED_OPTION, scopedOptions, sideName, writeDirectRows, writeLostPasswords, writeScopedOptions,
+import { directOptions, directUserEmails, FilteredUsers, SCOPED_OPTION, scopedOptions, sideName, writeDirectRows, writeLostPasswords, writeScopedOptions,
   type DirectModel, type SideLines } from './direct-rows.js';
 import { dropEmails, EmailCheck, NO_EMAIL_TABLE, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { NewUsers } from './pk-map.js';
@@ -42,6 +42,8 @@ export interface EarlyUsers {
    * merge counts: the Email records of a target without sentry_email, the new users' scoped options.
    */
   readonly dropped?: readonly { model: string; reason: string; count: number }[];
+  /** Rows of users the username filter removed, dropped at the end of the input with their findings, by model. */
+  readonly filtered?: readonly { model: string; count: number }[];
 }
 
 export const EARLY_SAVEPOINT = 'userport_early_users';
@@ -154,6 +156,8 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   const userCheck = options.bulkLoad ? new UserRepeatCheck(plan.user.emailUnique) : undefined;
   // And whether the kept users came one after another: their new ids are then one block (users.ts).
   const ordinals = new UserOrdinals();
+  // The users a username filter removed: their rows are dropped straight to their findings.
+  const filteredUsers = options.filterActive ? new FilteredUsers() : undefined;
 
   /** The diverted Email records: straight in, dropped with their findings (no sentry_email), or staged. */
   const writeEmails = async (q: Q, client: pg.ClientBase, emails: SideLines, exact: boolean, stage: (lines: Buffer[]) => Promise<void>) => {
@@ -179,6 +183,8 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
         if (row.kind === 'row' && row.code === codes.user) {
           userCheck?.note(row.pk, row.values[STAGE_INDEX.username], row.values[STAGE_INDEX.email], row.values[STAGE_INDEX.email_unique]);
           ordinals.note(row.ordinal, row.pk);
+        } else if (row.kind === 'filtered') {
+          filteredUsers?.note(row.pk);
         }
         return 'later';
       }
@@ -220,7 +226,8 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           const newUsers = exact && (direct.length || scopedLines) ? await NewUsers.read(client, options.run) : undefined;
           const dropped = scopedLines && await writeScopedOptions(client, options.run, newUsers, 'sentry.useroption', scopedLines, stage);
           if (dropped) q.trace({ kind: 'direct-findings', model: 'sentry.useroption', reason: SCOPED_OPTION, ...dropped });
-          const done = await writeDirectRows(client, newUsers, exact ? direct : [], rest, stage);
+          const done = await writeDirectRows(client, newUsers, exact ? direct : [], rest, stage,
+            filteredUsers && { run: options.run, users: filteredUsers });
           for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
           const written = new Map([...done].map(([m, r]) => [m.table, r.written]));
           if (emailTable && addresses?.written) written.set(emailTable, addresses.written);
@@ -228,7 +235,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
             users = { ...users, direct: written, dropped: [
               ...(addresses?.dropped ? [{ model: 'sentry.email', reason: NO_EMAIL_TABLE, count: addresses.dropped }] : []),
               ...(dropped?.dropped ? [{ model: 'sentry.useroption', reason: SCOPED_OPTION, count: dropped.dropped }] : []),
-            ] };
+            ], filtered: [...done].filter(([, r]) => r.filtered > 0).map(([m, r]) => ({ model: m.name, count: r.filtered })) };
           }
         },
       };

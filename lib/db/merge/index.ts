@@ -158,6 +158,7 @@ export async function mergeAfterEarlyUsers(client: pg.ClientBase, options: Merge
   // Records dropped at the end of the input, their findings written: the Email records of a target
   // without sentry_email (direct-emails.ts), the new users' scoped options (direct-rows.ts).
   for (const d of early?.dropped ?? []) stats.drop(d.model, d.reason, d.count);
+  for (const f of early?.filtered ?? []) stats.model(f.model).filtered += f.count;
 
   // Rows that went straight in at the end of the input, by table (direct-rows.ts, direct-emails.ts).
   const direct = (table: string | undefined) => (table === undefined ? 0 : early?.direct?.get(table) ?? 0);

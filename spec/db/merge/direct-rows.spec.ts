@@ -11,7 +11,9 @@ import type { TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
 import { targetDatabase, unavailable, type TargetDb } from '../../helpers/targets.js';
-import { PairCheck } from '../../../lib/db/merge/direct-rows.js';
+import { FilteredUsers, MAX_FILTERED_SPAN, PairCheck } from '../../../lib/db/merge/direct-rows.js';
+import { tmpPath } from '../../helpers/setup.js';
+import fs from 'node:fs';
 
 // Enough users that they span many read chunks: the early step starts while options are still to come.
 const USERS = 3000;
@@ -200,6 +202,55 @@ describe('the new users\' options and user emails, written straight in (issue #2
       expect(a.adjacent).to.deep.equal(b.adjacent);
       expect(await outcome(direct)).to.deep.equal(await outcome(merged));
     }
+  });
+
+  it('with a username filter: the filtered users\' options and user emails dropped straight to the merge\'s findings, the rest as the merge', async () => {
+    // Every tenth user is kept (u1, u11, ...); the others, the admin (user 5) among them, are filtered.
+    const names = tmpPath('filter-names.txt');
+    fs.writeFileSync(names, Array.from({ length: USERS / 10 }, (_, k) => `u${10 * k + 1}`).join('\n'));
+    const file = writeExport(records(false));
+    const direct = await target();
+    const merged = await target();
+    const a = cli(file, direct, '--filter-usernames-file', names);
+    const b = cli(file, merged, '--filter-usernames-file', names, '--bulk-load', 'off');
+    // Options: a timezone each, a language every 7th user; the kept users' (i = 1 mod 10) go
+    // straight in, every other user's is filtered, the unknown user's (99999) staged.
+    const keptLanguages = Array.from({ length: USERS }, (_, k) => k + 1).filter((i) => i % 10 === 1 && i % 7 === 0).length;
+    const kept = USERS / 10 + keptLanguages;
+    const filtered = USERS + Math.floor(USERS / 7) - kept;
+    expect(a.stderr).to.contain(`[direct] sentry_useroption: ${kept} rows of new users written straight in, ${filtered} of filtered users dropped to their findings straight in, 1 staged for the merge`);
+    expect(a.stderr).to.contain(`[direct] sentry_useremail: ${USERS / 10} rows of new users written straight in, ${USERS - USERS / 10} of filtered users dropped to their findings straight in, 0 staged for the merge`);
+    expect(b.stderr).to.not.contain('[direct]');
+    expect(a.models).to.deep.equal(b.models);
+    expect((a.models as Record<string, { filtered: number }>)['sentry.useroption']!.filtered).to.equal(filtered + 2); // and the scoped options of users 5 and 8
+    const got = await outcome(direct);
+    expect(got).to.deep.equal(await outcome(merged));
+    expect(got.findings).to.deep.include({ kind: 'filtered', model: 'sentry.useremail', source_pk: 2, reason: 'user filtered out (user pk 2)' });
+    // A filtered user's (user, key) twice (user 9's, at the end): each is filtered, as the merge says.
+    const again = writeExport(records(true));
+    const [c, d] = [await target(), await target()];
+    const ac = cli(again, c, '--filter-usernames-file', names);
+    const bd = cli(again, d, '--filter-usernames-file', names, '--bulk-load', 'off');
+    expect(ac.stderr).to.contain(`[direct] sentry_useremail: ${USERS / 10} rows of new users written straight in, ${USERS - USERS / 10 + 1} of filtered users dropped`);
+    expect(ac.models).to.deep.equal(bd.models);
+    expect(await outcome(c)).to.deep.equal(await outcome(d));
+  });
+
+  it('FilteredUsers: a bit per pk from the first one\'s, across growths; a pk below the first or too far from it, and it knows none', () => {
+    const f = new FilteredUsers();
+    const pks = [1000, 1001, 1003, 1000 + 8 * 1024 + 5, 1000 + 70_000, 1000 + 3_000_000];
+    for (const pk of pks) f.note(pk);
+    for (const pk of pks) expect(f.has(pk), String(pk)).to.equal(true);
+    for (const pk of [999, 1002, 1004, 1000 + 8 * 1024 + 4, 1000 + 3_000_001, 1000 + 40_000_000, -5]) expect(f.has(pk), String(pk)).to.equal(false);
+    expect(f.bytes).to.be.at.least(3_000_000 / 8).and.at.most(3_000_000 / 4 + 1024);
+    const below = new FilteredUsers();
+    below.note(10);
+    below.note(9);
+    expect([below.has(10), below.has(9), below.bytes]).to.deep.equal([false, false, 0]);
+    const far = new FilteredUsers();
+    far.note(1);
+    far.note(1 + MAX_FILTERED_SPAN);
+    expect([far.has(1), far.bytes]).to.deep.equal([false, 0]);
   });
 
   for (const kind of ['sentry-9', 'sentry-2026'] as const) {
