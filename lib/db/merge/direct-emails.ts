@@ -52,12 +52,14 @@ export interface DirectEmails {
   written: number;
   /** Records whose address the target already held (their pk maps to that row). */
   existing: number;
-  /** Lines handed back to be staged: all of them, or none. */
+  /** Lines handed back to be staged: all of them or none (with a username filter, those not filtered). */
   staged: number;
   /** Why they were staged, when they were. */
   why?: string;
   /** Records dropped, their findings written: the target has no sentry_email ({@link dropEmails}). */
   dropped?: number;
+  /** Records filtered, their findings written: no kept user's address keeps them ({@link filterEmails}). */
+  filtered?: number;
 }
 
 /**
@@ -267,6 +269,78 @@ async function heldAddresses(client: pg.ClientBase, table: string, check: EmailC
 export function dropEmails(client: pg.ClientBase, run: number, lines: SideLines): Promise<number> {
   const reason = Buffer.from(`\t${NO_EMAIL_TABLE}\n`);
   return copyFindings(client, run, 'sentry.email', lines, 0, (line, tabs, out) => { out.raw(reason); return true; });
+}
+
+/** The merge's reason for an Email record that no kept user's address keeps (emails.ts). */
+export const EMAIL_NOT_KEPT = 'not an email of a user kept by --filter-usernames';
+
+/**
+ * With a username filter, the addresses that may keep an Email record. Sentry's rule (emails.ts):
+ * an Email record is imported when its address, case-insensitively, is a kept user's email or the
+ * address of one of a kept user's user emails. Noted as they pass, as 64-bit hashes of the ASCII
+ * lower-case form: each kept user's email, and the address of each user email whose user the
+ * filter did not remove (a kept user's, or an unknown or rejected user's: more than the rule's,
+ * never fewer). So an Email record whose address is plain ASCII and not among them is filtered,
+ * exactly ({@link filterEmails}); any other one is staged for the merge. An address noted that is
+ * not plain ASCII text (its lower() may be an ASCII one: the Kelvin sign's is "k") and it gives up:
+ * every record is staged.
+ */
+export class KeptAddresses {
+  /** Why no record can be filtered in the client, once something says so. */
+  why: string | undefined;
+  private seen: HashSet64 | undefined = new HashSet64();
+  private count = 0;
+
+  note(address: unknown): void {
+    if (!this.seen || typeof address !== 'string') return;
+    if (++this.count > MAX_ADDRESSES) this.fail(`more than ${MAX_ADDRESSES.toLocaleString('en-US')} kept addresses (the client keeps no more)`);
+    else if (this.seen.addText(0, address, true) === undefined) this.fail('a kept user\'s address is not plain ASCII text');
+  }
+
+  /** True when `address` (a record's, unescaped) is certainly none of the kept addresses: plain ASCII text, its hash not noted. */
+  excludes(address: string): boolean {
+    return this.seen?.hasText(0, address, true) === false;
+  }
+
+  /** Lets the hashes go. */
+  release(): void {
+    this.seen = undefined;
+  }
+
+  private fail(why: string): void {
+    this.why = why;
+    this.seen = undefined;
+  }
+}
+
+/**
+ * The diverted Email records of an import with a username filter: each one whose address no kept
+ * user's keeps ({@link KeptAddresses}) is dropped with the merge's finding (kind filtered,
+ * {@link EMAIL_NOT_KEPT}), COPYed straight into userport.findings; the others are handed to
+ * `stage`, for the merge to decide as ever (every address of a partition is the same
+ * case-insensitively, so a staged one is ranked among the same records as before). An address
+ * with a backslash in its staging line (COPY's escapes) is staged. Resolves to how many of each.
+ */
+export async function filterEmails(client: pg.ClientBase, run: number, lines: SideLines, kept: KeptAddresses,
+  stage: (lines: Buffer[]) => Promise<void>): Promise<{ filtered: number; staged: number }> {
+  const reason = Buffer.from(`\t${EMAIL_NOT_KEPT}\n`);
+  const excluded = (line: Buffer, tabs: Int32Array) => {
+    const start = columnStart(tabs, EMAIL);
+    const end = tabs[EMAIL]!;
+    const escape = line.indexOf(0x5c, start);
+    return (escape < 0 || escape >= end) && kept.excludes(line.toString('latin1', start, end));
+  };
+  const filtered = kept.why !== undefined ? 0 : await copyFindings(client, run, 'sentry.email', lines, EMAIL,
+    (line, tabs, out) => { if (!excluded(line, tabs)) return false; out.raw(reason); return true; }, 'filtered');
+  let staged = 0;
+  const tabs = new Int32Array(EMAIL + 1);
+  for await (const chunk of lines()) {
+    const rest = kept.why !== undefined ? chunk : chunk.filter((line) => { scanTabs(line, tabs); return !excluded(line, tabs); });
+    staged += rest.length;
+    if (rest.length) await stage(rest);
+  }
+  kept.release();
+  return { filtered, staged };
 }
 
 /**

@@ -17,7 +17,7 @@ import { writtenTables, type WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
 import { directOptions, directUserEmails, FilteredUsers, SCOPED_OPTION, scopedOptions, sideName, writeDirectRows, writeLostPasswords, writeScopedOptions,
   type DirectModel, type SideLines } from './direct-rows.js';
-import { dropEmails, EmailCheck, NO_EMAIL_TABLE, writeDirectEmails, type DirectEmails } from './direct-emails.js';
+import { dropEmails, EmailCheck, filterEmails, KeptAddresses, NO_EMAIL_TABLE, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { NewUsers } from './pk-map.js';
 import { idSequence, modelCodes, openMerge, refuseSequencesBehind, runner, stagedInTransaction, type Q } from './run.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
@@ -146,11 +146,15 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   if (plan.userEmail && plan.scope !== 'global') direct.push(directUserEmails(codes.userEmail, plan.userEmail.table));
   // The options scoped to an organization or project, which are dropped: a new user's finding goes straight in.
   const scoped = plan.userOption ? scopedOptions(codes.userOption) : undefined;
-  // Email records too (direct-emails.ts), unless a username filter decides which addresses stay;
-  // into a target without sentry_email (Sentry 2026) they are all dropped, with their findings.
+  // Email records too (direct-emails.ts); with a username filter, those that no kept user's
+  // address keeps are dropped with their findings, and the rest staged; into a target without
+  // sentry_email (Sentry 2026) they are all dropped, with their findings.
   const emailTable = options.filterActive ? undefined : plan.email?.table;
-  const emailSide = plan.email ? emailTable && sideName(emailTable) : 'sentry_email_absent';
+  const emailSide = !plan.email ? 'sentry_email_absent' : emailTable ? sideName(emailTable) : 'sentry_email_filtered';
   const emailCheck = new EmailCheck();
+  // With a username filter, the addresses that may keep an Email record: the kept users' own, and
+  // those of every user email whose user the filter did not remove.
+  const keptAddresses = options.filterActive && plan.email ? new KeptAddresses() : undefined;
   // The staged users' possible repeats, noted as they pass (users.ts ranks only those); none
   // where the step never starts early (--bulk-load off).
   const userCheck = options.bulkLoad ? new UserRepeatCheck(plan.user.emailUnique) : undefined;
@@ -167,9 +171,13 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     let wrote: DirectEmails = { written: 0, existing: 0, staged: 0, why };
     if (why) {
       emailCheck.release();
+      keptAddresses?.release();
       for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
     } else if (!plan.email) wrote = { ...wrote, dropped: await dropEmails(client, options.run, emails) };
-    else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage);
+    else if (keptAddresses) {
+      const { filtered, staged: rest } = await filterEmails(client, options.run, emails, keptAddresses, stage);
+      wrote = { ...wrote, filtered, staged: rest, ...(keptAddresses.why ? { why: keptAddresses.why } : {}) };
+    } else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage);
     q.trace({ kind: 'direct-emails', table, ...wrote, ms: performance.now() - t0 });
     return wrote;
   };
@@ -183,6 +191,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
         if (row.kind === 'row' && row.code === codes.user) {
           userCheck?.note(row.pk, row.values[STAGE_INDEX.username], row.values[STAGE_INDEX.email], row.values[STAGE_INDEX.email_unique]);
           ordinals.note(row.ordinal, row.pk);
+          keptAddresses?.note(row.values[STAGE_INDEX.email]);
         } else if (row.kind === 'filtered') {
           filteredUsers?.note(row.pk);
         }
@@ -194,10 +203,14 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     },
     // While the step runs, the options that may belong straight in wait in the side spool.
     divert: (row: StagedRow) => {
+      if (keptAddresses && row.code === codes.userEmail) {
+        const userPk = row.values[STAGE_INDEX.user_pk];
+        if (!(typeof userPk === 'number' && filteredUsers?.has(userPk))) keptAddresses.note(row.values[STAGE_INDEX.email]);
+      }
       for (const m of direct) if (m.diverts(row)) return sideName(m.table);
       if (scoped?.diverts(row)) return scoped.side;
       if (emailSide === undefined || row.code !== codes.email) return undefined;
-      if (plan.email) emailCheck.note(row.values[STAGE_INDEX.email]);
+      if (emailTable) emailCheck.note(row.values[STAGE_INDEX.email]);
       return emailSide;
     },
     async start(client: pg.ClientBase) {
@@ -235,7 +248,10 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
             users = { ...users, direct: written, dropped: [
               ...(addresses?.dropped ? [{ model: 'sentry.email', reason: NO_EMAIL_TABLE, count: addresses.dropped }] : []),
               ...(dropped?.dropped ? [{ model: 'sentry.useroption', reason: SCOPED_OPTION, count: dropped.dropped }] : []),
-            ], filtered: [...done].filter(([, r]) => r.filtered > 0).map(([m, r]) => ({ model: m.name, count: r.filtered })) };
+            ], filtered: [
+              ...(addresses?.filtered ? [{ model: 'sentry.email', count: addresses.filtered }] : []),
+              ...[...done].filter(([, r]) => r.filtered > 0).map(([m, r]) => ({ model: m.name, count: r.filtered })),
+            ] };
           }
         },
       };

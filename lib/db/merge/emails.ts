@@ -5,7 +5,7 @@
  * addresses. Their pk map, and the counts.
  */
 import { type ImportStats } from '../../stats.js';
-import { NO_EMAIL_TABLE, TARGET_RATIO } from './direct-emails.js';
+import { EMAIL_NOT_KEPT, NO_EMAIL_TABLE, TARGET_RATIO } from './direct-emails.js';
 import type { WritePlan } from './plan.js';
 import { insertPkRanges } from './pk-map.js';
 import { modelCodes, retryOnUnique, type Q } from './run.js';
@@ -46,7 +46,7 @@ export async function mergeEmails(q: Q, S: string, options: EmailsStepOptions, p
     SELECT s.src_pk, s.ord, s.off, s.email, lower(s.email) AS le, s.date_joined AS date_added,
       row_number() OVER (PARTITION BY lower(s.email) ORDER BY s.src_pk) AS rn,
       CASE WHEN NOT ${!!plan.email} THEN 'dropped' WHEN ${kept} THEN NULL ELSE 'filtered' END AS outcome,
-      CASE WHEN NOT ${!!plan.email} THEN ${absent} WHEN ${kept} THEN NULL ELSE 'not an email of a user kept by --filter-usernames' END AS reason
+      CASE WHEN NOT ${!!plan.email} THEN ${absent} WHEN ${kept} THEN NULL ELSE '${EMAIL_NOT_KEPT}' END AS reason
     FROM ${S} s WHERE s.run = $1 AND s.model = ${C.email}`, [run])).rowCount ?? 0;
   if (!plan.email) return;
   const E = plan.email.table;

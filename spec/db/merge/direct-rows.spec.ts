@@ -220,6 +220,8 @@ describe('the new users\' options and user emails, written straight in (issue #2
     const filtered = USERS + Math.floor(USERS / 7) - kept;
     expect(a.stderr).to.contain(`[direct] sentry_useroption: ${kept} rows of new users written straight in, ${filtered} of filtered users dropped to their findings straight in, 1 staged for the merge`);
     expect(a.stderr).to.contain(`[direct] sentry_useremail: ${USERS / 10} rows of new users written straight in, ${USERS - USERS / 10} of filtered users dropped to their findings straight in, 0 staged for the merge`);
+    // The Email records of the kept users' addresses are staged, the others filtered straight in.
+    expect(a.stderr).to.contain(`[direct] sentry_email: ${USERS - USERS / 10} Email records that no kept user's address keeps dropped to their findings straight in, ${USERS / 10} staged for the merge`);
     expect(b.stderr).to.not.contain('[direct]');
     expect(a.models).to.deep.equal(b.models);
     expect((a.models as Record<string, { filtered: number }>)['sentry.useroption']!.filtered).to.equal(filtered + 2); // and the scoped options of users 5 and 8
@@ -232,6 +234,32 @@ describe('the new users\' options and user emails, written straight in (issue #2
     const ac = cli(again, c, '--filter-usernames-file', names);
     const bd = cli(again, d, '--filter-usernames-file', names, '--bulk-load', 'off');
     expect(ac.stderr).to.contain(`[direct] sentry_useremail: ${USERS / 10} rows of new users written straight in, ${USERS - USERS / 10 + 1} of filtered users dropped`);
+    expect(ac.models).to.deep.equal(bd.models);
+    expect(await outcome(c)).to.deep.equal(await outcome(d));
+  });
+
+  it('with a username filter, an Email record is filtered in the client only where no kept address can keep it: other letter case, escapes, unknown users\' addresses and addresses that are not ASCII are the merge\'s', async () => {
+    const names = tmpPath('filter-names-emails.txt');
+    fs.writeFileSync(names, Array.from({ length: USERS / 10 }, (_, k) => `u${10 * k + 1}`).join('\n'));
+    // U1@EXAMPLE.COM is u1's address in other letters; a\\b has an escape in its staging line; the
+    // unknown user 99999's user email keeps ghost's address in the client's view (the merge's: not).
+    const extras = [email(USERS + 1, 'U1@EXAMPLE.COM'), email(USERS + 2, 'a\\b@example.com'), email(USERS + 3, 'ghost@example.com'),
+      useremail(USERS + 1, 99999, 'ghost@example.com')];
+    const file = writeExport([...records(false), ...extras]);
+    const [direct, merged] = [await target(), await target()];
+    const a = cli(file, direct, '--filter-usernames-file', names);
+    const b = cli(file, merged, '--filter-usernames-file', names, '--bulk-load', 'off');
+    expect(a.stderr).to.contain(`[direct] sentry_email: ${USERS - USERS / 10} Email records that no kept user's address keeps dropped to their findings straight in, ${USERS / 10 + 3} staged for the merge`);
+    expect(a.models).to.deep.equal(b.models);
+    const got = await outcome(direct);
+    expect(got).to.deep.equal(await outcome(merged));
+    expect(got.findings).to.deep.include({ kind: 'filtered', model: 'sentry.email', source_pk: USERS + 3, reason: 'not an email of a user kept by --filter-usernames' });
+    // A kept user's address that is not ASCII (its lower() may be an ASCII one): every record staged.
+    const wide = writeExport([...records(false), useremail(USERS + 1, 1, 'jürgen@example.com'), email(USERS + 1, 'jürgen@example.com')]);
+    const [c, d] = [await target(), await target()];
+    const ac = cli(wide, c, '--filter-usernames-file', names);
+    const bd = cli(wide, d, '--filter-usernames-file', names, '--bulk-load', 'off');
+    expect(ac.stderr).to.contain(`[direct] sentry_email: all ${USERS + 1} staged for the merge: a kept user's address is not plain ASCII text`);
     expect(ac.models).to.deep.equal(bd.models);
     expect(await outcome(c)).to.deep.equal(await outcome(d));
   });
