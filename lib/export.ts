@@ -18,7 +18,7 @@ import { pipeline } from 'node:stream/promises';
 import { writeFileAtomically } from './atomic-file.js';
 import { ExportSnapshot, scopeWhere, type SelectedColumn } from './db/export-queries.js';
 import type { Target } from './db/target.js';
-import { IMPORT_SCOPES, registry, scopeIncludes, type ImportScope, type ModelMapping } from './models.js';
+import { IMPORT_SCOPES, modelSchemas, scopeIncludes, type ImportScope, type ModelMapping } from './models.js';
 import { arrayClose, ARRAY_OPEN, formatRecord, recordLayout, recordSeparator, unreadable, type Encoding, type RecordLayout, type Unreadable } from './export-format.js';
 import { writeErrorFinding, writeExportFindings, type Finding } from './findings.js';
 import { encryptExport, encryptionKey } from './encrypt.js';
@@ -60,7 +60,7 @@ export type ExportScope = ImportScope;
  * see `exportRank` in lib/models.ts), fields in Django's declaration order, which is the order its
  * serializer writes them: read from the model registry (`x-userport.export` in schemas/).
  */
-export const EXPORT_MODELS: readonly ExportModel[] = [...registry().models.values()]
+export const EXPORT_MODELS: readonly ExportModel[] = [...modelSchemas().values()]
   .sort((a, b) => a.mapping.exportRank - b.mapping.exportRank)
   .map((m) => {
     const fields = m.mapping.export.map(([field, encoding, column]) => ({ field, encoding: encoding as Encoding, column: column ?? field }));

@@ -12,7 +12,7 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import { ErrorCodes, RecordError } from './errors.js';
 import { checkOptions, isBoolean, isStringIterable, toStringSet, type OptionCheck } from './options.js';
-import { describeAjvError, IMPORT_SCOPES, modelInfo, registry, type ImportScope } from './models.js';
+import { describeAjvError, IMPORT_SCOPES, modelInfo, modelSchemas, registry, type ImportScope } from './models.js';
 import type { RawRecord, RecordPosition } from './tokenize.js';
 
 /** A record of a user-scope model with a valid envelope. */
@@ -150,7 +150,7 @@ export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefine
 /** The reject marker for a record {@link scopeRecord} refused (also used by the fused processor). */
 export function scopeReject(raw: RawRecord, err: RecordError): RejectMarker {
   const m = err.position?.model;
-  return { kind: 'reject', ...position(raw), model: m && registry().models.has(m) ? m : undefined, error: err, record: raw.nonObject ? raw.nonObject.value : raw.value };
+  return { kind: 'reject', ...position(raw), model: m && modelSchemas().has(m) ? m : undefined, error: err, record: raw.nonObject ? raw.nonObject.value : raw.value };
 }
 
 /** Creates the scope-and-filter stage: {@link RawRecord} in, {@link FlowItem} out. */

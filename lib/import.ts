@@ -18,7 +18,7 @@ import { commitOutcome } from './db/commit-outcome.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
 import { ErrorCodes, opt, OptionError, UserportError, wording, wrapCallbackError, wrapDbError, type Wording } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
-import { compileValidators, fieldLimits, modelInfo, skippedReasons, type ImportScope } from './models.js';
+import { fieldLimits, modelInfo, registry, skippedReasons, type ImportScope } from './models.js';
 import { isImportScope } from './filter-users.js';
 import { prepareImportSource } from './source.js';
 import { spoolsIn } from './spool.js';
@@ -302,10 +302,10 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
   const aborted = () => new UserportError(ErrorCodes.ABORTED,
     `the import was cancelled (its signal was aborted): ${o.resumable ? 'what its checkpoints committed stays' : 'nothing was written'}`, { cause: o.signal?.reason });
   if (o.signal?.aborted) throw aborted();
-  // The validators compile while the source is prepared and the database opened (awaited before
-  // the first record); a failure is the first await's to report.
-  const validators = compileValidators(o.scope);
-  validators.catch(() => undefined);
+  // The validators, compiled now (nothing compiles them when the library is loaded). Compiled
+  // between the turns of the database's opening instead, they cost the read 15-30% more CPU under
+  // the CLI's small heap (bench/NOTES.md, round ten).
+  registry();
   // The import's private spool files (the decryption's, the early users step's) are made in one place.
   const spools = spoolsIn(o.tmpDir ?? os.tmpdir());
   // A key that cannot open a file's export is said here, before the database is touched (a pipe's
@@ -382,7 +382,6 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     reading = source;
     let sourceError: unknown;
     source.once('error', (err) => { sourceError = err; });
-    await validators;
     // Tokenizer, user filter and model mapper fused in one stream (the same pure functions as
     // createTokenizer/createUserFilter/createModelMapper, without two object-mode hops per record).
     const processor = recordProcessor({

@@ -246,88 +246,51 @@ function newAjv(): Ajv {
   return ajv;
 }
 
-/** A validator that compiles its schema on its first call, or when `ready()` is called, and then hands itself over. */
-type LazyValidator = ValidateFunction & { ready(): ValidateFunction };
+/** A model as `schemas/` describes it: everything of a {@link ModelInfo} but its compiled validators. */
+export type ModelSchema = Omit<ModelInfo, 'validate' | 'valueRules'>;
+
+let schemaCache: Map<string, ModelSchema> | undefined;
 
 /**
- * A {@link LazyValidator} of `schema`: `install` puts the compiled function where the stub was, so
- * what reads it there (the per-record path) calls ajv's function directly. The holders stay plain
- * data objects: accessors turned into values would leave them in V8's slow dictionary mode.
+ * The models read from `schemas/`, nothing compiled: what only reads the mappings (the exporter's
+ * model list, the rejects' redaction) uses these, so loading the library or exporting compiles no
+ * validator.
  */
-function lazyValidator(compile: (schema: object) => ValidateFunction, schema: object, install: (f: ValidateFunction) => void): LazyValidator {
-  let compiled: ValidateFunction | undefined;
-  const ready = (): ValidateFunction => {
-    if (!compiled) {
-      compiled = compile(schema);
-      install(compiled);
-    }
-    return compiled;
-  };
-  // A caller that kept the stub itself still gets the errors of its last call.
-  const stub = ((data: unknown) => {
-    const f = ready();
-    const ok = f(data) as boolean;
-    stub.errors = f.errors;
-    return ok;
-  }) as LazyValidator;
-  stub.errors = null;
-  stub.ready = ready;
-  return stub;
-}
-
-/**
- * The models read from `schemas/`. Their validators are compiled on first use, each on its own
- * (ajv's compile is most of the registry's cost: 80 ms for all of them, the first one paying
- * ajv's warm-up): what only reads the mappings (the exporter, the rejects' redaction) never
- * compiles, and an import compiles the models of its scope ({@link compileValidators}).
- */
-function build() {
-  let ajv: Ajv | undefined;
-  const compile = (schema: object) => (ajv ??= newAjv()).compile(schema);
-  const models = new Map<string, ModelInfo>();
+export function modelSchemas(): ReadonlyMap<string, ModelSchema> {
+  if (schemaCache) return schemaCache;
+  const models = new Map<string, ModelSchema>();
   for (const name of [...USER_SCOPE, ...PRIVILEGE_MODELS]) {
     const schema = loadSchema(name);
     const mapping = schema['x-userport'] as ModelMapping;
     const props = Object.keys(schema.properties as object);
     const fieldFor = STAGE_COLUMNS.map(([col]) => Object.keys(mapping.columns).find((f) => mapping.columns[f] === col));
-    const valueRules = new Map<string, ValidateFunction>();
-    const info: ModelInfo = { name, mapping, validate: undefined as unknown as ValidateFunction, known: new Set(props), fieldFor, valueRules, schema };
-    info.validate = lazyValidator(compile, schema, (f) => { info.validate = f; });
-    for (const [key, rule] of Object.entries(mapping.valueRules ?? {})) valueRules.set(key, lazyValidator(compile, rule, (f) => valueRules.set(key, f)));
-    models.set(name, info);
+    models.set(name, { name, mapping, known: new Set(props), fieldFor, schema });
   }
-  const r: { envelope: ValidateFunction; models: Map<string, ModelInfo> } = { envelope: undefined as unknown as ValidateFunction, models };
-  r.envelope = lazyValidator(compile, loadSchema('record'), (f) => { r.envelope = f; });
-  return r;
+  return (schemaCache = models);
+}
+
+/**
+ * The models with their validators, compiled at once on first use (80 ms for the twelve schemas,
+ * the first paying ajv's warm-up; an import asks when it starts). Each object is made whole, its
+ * validators set once: the per-record path reads them (validators that replaced a compiling stub
+ * on first use cost the read 15-25% more CPU).
+ */
+function build() {
+  const ajv = newAjv();
+  const models = new Map<string, ModelInfo>();
+  for (const m of modelSchemas().values()) {
+    const valueRules = new Map<string, ValidateFunction>();
+    for (const [key, rule] of Object.entries(m.mapping.valueRules ?? {})) valueRules.set(key, ajv.compile(rule));
+    models.set(m.name, { name: m.name, mapping: m.mapping, validate: ajv.compile(m.schema), known: m.known, fieldFor: m.fieldFor, valueRules, schema: m.schema });
+  }
+  return { envelope: ajv.compile(loadSchema('record')), models };
 }
 
 let cache: ReturnType<typeof build> | undefined;
 
-/** The models and their schemas (read once, on first use; each validator compiled on its first use). */
-export function registry(): { readonly envelope: ValidateFunction; models: Map<string, ModelInfo> } {
+/** The compiled schemas (built once, on first use). */
+export function registry(): { envelope: ValidateFunction; models: Map<string, ModelInfo> } {
   return (cache ??= build());
-}
-
-/** Compiles `v` now if it is a validator not compiled yet. */
-function ready(v: ValidateFunction): void {
-  (v as Partial<LazyValidator>).ready?.();
-}
-
-/**
- * Compiles the envelope's and `scope`'s validators, one at a time between the event loop's turns:
- * an import starts it before it opens the database, so the compiling fills the waits for
- * PostgreSQL (connecting, migrating) instead of preceding them.
- */
-export async function compileValidators(scope: ImportScope): Promise<void> {
-  const turn = () => new Promise<void>((resolve) => { setImmediate(resolve); });
-  const r = registry();
-  await turn();
-  ready(r.envelope);
-  for (const m of scopeModels(scope)) {
-    await turn();
-    ready(m.validate);
-    for (const rule of m.valueRules.values()) ready(rule);
-  }
 }
 
 /**
@@ -360,7 +323,7 @@ export const USER_SCOPE_MODELS: readonly UserScopeModel[] = USER_SCOPE;
  * organisations or applications userport does not import.
  */
 export function skipReason(model: string, scope: ImportScope): string | undefined {
-  const m = registry().models.get(model);
+  const m = modelSchemas().get(model);
   if (m && !scopeIncludes(scope, m.mapping.scope)) return `imported by import ${m.mapping.scope} only`;
   if (scope === 'users') return undefined;
   return NEEDS_ORGANISATIONS[model];
@@ -403,7 +366,7 @@ export type FieldLimits = Readonly<Record<string, Readonly<Record<string, { max:
  */
 export function fieldLimits(widthOf: (table: string, column: string) => number | null | undefined): FieldLimits {
   const out: Record<string, Record<string, { max: number; column: string }>> = {};
-  for (const m of registry().models.values()) {
+  for (const m of modelSchemas().values()) {
     const props = m.schema.properties as Record<string, { maxLength?: number }>;
     for (const [field, column] of Object.entries(m.mapping.targetColumns ?? {})) {
       const width = widthOf(m.mapping.table, column);

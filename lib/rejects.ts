@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { ErrorCodes, opt, UserportError, wording } from './errors.js';
 import { badOption, checkOptions, isInteger } from './options.js';
-import { registry } from './models.js';
+import { modelSchemas } from './models.js';
 import type { RecordPosition } from './tokenize.js';
 
 /** Where rejected records go. */
@@ -27,7 +27,7 @@ export interface RejectSink {
  * model, so a record of an unknown or misspelled model is masked too.
  */
 const SECRET_FIELDS = new Set(['password', 'validation_hash', 'hash', 'session_nonce',
-  ...[...registry().models.values()].flatMap((m) => m.mapping.secret ?? [])]);
+  ...[...modelSchemas().values()].flatMap((m) => m.mapping.secret ?? [])]);
 
 /** A copy of `record` with secret fields replaced by "[redacted]". */
 export function redact(record: unknown): unknown {
