@@ -281,7 +281,7 @@ function build() {
   for (const m of modelSchemas().values()) {
     const valueRules = new Map<string, ValidateFunction>();
     for (const [key, rule] of Object.entries(m.mapping.valueRules ?? {})) valueRules.set(key, ajv.compile(rule));
-    models.set(m.name, { name: m.name, mapping: m.mapping, validate: ajv.compile(m.schema), known: m.known, fieldFor: m.fieldFor, valueRules, schema: m.schema });
+    models.set(m.name, { ...m, validate: ajv.compile(m.schema), valueRules });
   }
   return { envelope: ajv.compile(loadSchema('record')), models };
 }

@@ -319,7 +319,8 @@ export class KeptAddresses {
  * {@link EMAIL_NOT_KEPT}), COPYed straight into userport.findings; the others are handed to
  * `stage`, for the merge to decide as ever (every address of a partition is the same
  * case-insensitively, so a staged one is ranked among the same records as before). An address
- * with a backslash in its staging line (COPY's escapes) is staged. Resolves to how many of each.
+ * with a backslash in its staging line (COPY's escapes) is staged. Only where `kept` did not give
+ * up (its `why`: the caller stages every record then). Resolves to how many of each.
  */
 export async function filterEmails(client: pg.ClientBase, run: number, lines: SideLines, kept: KeptAddresses,
   stage: (lines: Buffer[]) => Promise<void>): Promise<{ filtered: number; staged: number }> {
@@ -330,12 +331,12 @@ export async function filterEmails(client: pg.ClientBase, run: number, lines: Si
     const escape = line.indexOf(0x5c, start);
     return (escape < 0 || escape >= end) && kept.excludes(line.toString('latin1', start, end));
   };
-  const filtered = kept.why !== undefined ? 0 : await copyFindings(client, run, 'sentry.email', lines, EMAIL,
+  const filtered = await copyFindings(client, run, 'sentry.email', lines, EMAIL,
     (line, tabs, out) => { if (!excluded(line, tabs)) return false; out.raw(reason); return true; }, 'filtered');
   let staged = 0;
   const tabs = new Int32Array(EMAIL + 1);
   for await (const chunk of lines()) {
-    const rest = kept.why !== undefined ? chunk : chunk.filter((line) => { scanTabs(line, tabs); return !excluded(line, tabs); });
+    const rest = chunk.filter((line) => { scanTabs(line, tabs); return !excluded(line, tabs); });
     staged += rest.length;
     if (rest.length) await stage(rest);
   }

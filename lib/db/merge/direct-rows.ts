@@ -283,15 +283,10 @@ export async function writeScopedOptions(client: pg.ClientBase, run: number, use
   stage: (lines: Buffer[]) => Promise<void>): Promise<{ dropped: number; staged: number; ms: number }> {
   const t0 = performance.now();
   let others = 0;
-  const reason = Buffer.from(`\t${SCOPED_OPTION} (user pk `);
-  const end = Buffer.from(')\n');
-  const dropped = !users ? 0 : await copyFindings(client, run, model, lines, USER_PK, (line, tabs, out) => {
-    const userPk = columnStart(tabs, USER_PK);
-    if (users.id(intAt(line, userPk, tabs[USER_PK]!)) < 0) { others++; return false; }
-    out.raw(reason);
-    out.bytes(line, userPk, tabs[USER_PK]!);
-    out.raw(end);
-    return true;
+  const dropped = !users ? 0 : await copyUserFindings(client, run, model, lines, 'dropped', SCOPED_OPTION, (pk) => {
+    if (users.id(pk) >= 0) return true;
+    others++;
+    return false;
   });
   // The options of other users (or all of them, beyond the pk map's ranges the client reads) are staged.
   const staged = !users || others ? await stageOthers(lines, users, stage) : 0;
@@ -311,6 +306,24 @@ async function stageOthers(lines: SideLines, users: NewUsers | undefined, stage:
     if (keep.length) await stage(keep);
   }
   return staged;
+}
+
+/**
+ * {@link copyFindings} for the lines whose user pk `theirs` answers true for: the finding says
+ * `reason`, then the user's pk, as the merge's do (`reason (user pk N)`).
+ */
+function copyUserFindings(client: pg.ClientBase, run: number, model: string, lines: SideLines, kind: 'dropped' | 'filtered', reason: string,
+  theirs: (userPk: number) => boolean): Promise<number> {
+  const lead = Buffer.from(`\t${reason} (user pk `);
+  const end = Buffer.from(')\n');
+  return copyFindings(client, run, model, lines, USER_PK, (line, tabs, out) => {
+    const userPk = columnStart(tabs, USER_PK);
+    if (!theirs(intAt(line, userPk, tabs[USER_PK]!))) return false;
+    out.raw(lead);
+    out.bytes(line, userPk, tabs[USER_PK]!);
+    out.raw(end);
+    return true;
+  }, kind);
 }
 
 /**
@@ -393,16 +406,8 @@ async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewU
   // The rows of filtered users, when the model's rows are not all staged: dropped to the merge's
   // finding (kind filtered, its reason, the user's pk).
   const dropFiltered = !repeated && others > 0 ? filtered : undefined;
-  const reason = Buffer.from(`\t${USER_FILTERED} (user pk `);
-  const end = Buffer.from(')\n');
-  const dropped = !dropFiltered ? 0 : await copyFindings(client, dropFiltered.run, model.name, lines, USER_PK, (line, ftabs, out) => {
-    const userPk = columnStart(ftabs, USER_PK);
-    if (!dropFiltered.users.has(intAt(line, userPk, ftabs[USER_PK]!))) return false;
-    out.raw(reason);
-    out.bytes(line, userPk, ftabs[USER_PK]!);
-    out.raw(end);
-    return true;
-  }, 'filtered');
+  const dropped = !dropFiltered ? 0
+    : await copyUserFindings(client, dropFiltered.run, model.name, lines, 'filtered', USER_FILTERED, (pk) => dropFiltered.users.has(pk));
   // The rows that stay staged: those of other users, or all of them.
   const staged = repeated || others > dropped ? await stageOthers(lines, repeated ? undefined : users, stage, dropFiltered?.users) : 0;
   return { written: repeated ? 0 : written, filtered: dropped, staged, repeated, checked, ms: performance.now() - t0 };

@@ -165,7 +165,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
 
   /** The diverted Email records: straight in, dropped with their findings (no sentry_email), or staged. */
   const writeEmails = async (q: Q, client: pg.ClientBase, emails: SideLines, exact: boolean, stage: (lines: Buffer[]) => Promise<void>) => {
-    const why = !exact ? 'the file is not in source pk order, or the early users step was undone' : undefined;
+    const why = !exact ? 'the file is not in source pk order, or the early users step was undone' : keptAddresses?.why;
     const table = emailTable ?? 'sentry_email';
     const t0 = performance.now();
     let wrote: DirectEmails = { written: 0, existing: 0, staged: 0, why };
@@ -174,10 +174,8 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
       keptAddresses?.release();
       for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
     } else if (!plan.email) wrote = { ...wrote, dropped: await dropEmails(client, options.run, emails) };
-    else if (keptAddresses) {
-      const { filtered, staged: rest } = await filterEmails(client, options.run, emails, keptAddresses, stage);
-      wrote = { ...wrote, filtered, staged: rest, ...(keptAddresses.why ? { why: keptAddresses.why } : {}) };
-    } else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage);
+    else if (keptAddresses) wrote = { ...wrote, ...(await filterEmails(client, options.run, emails, keptAddresses, stage)) };
+    else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage);
     q.trace({ kind: 'direct-emails', table, ...wrote, ms: performance.now() - t0 });
     return wrote;
   };
