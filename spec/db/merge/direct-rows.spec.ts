@@ -312,6 +312,40 @@ describe('the new users\' options and user emails, written straight in (issue #2
         for (const t of targets) await t.close();
       }
     });
+
+    it(`into a new ${kind} install with a username filter: the filtered users' rows and Email records dropped straight to the merge's findings, the rest as the merge`, async function () {
+      if (why) {
+        process.stdout.write(`      skipped: ${why}\n`);
+        return this.skip();
+      }
+      const names = tmpPath(`filter-names-${kind}.txt`);
+      fs.writeFileSync(names, Array.from({ length: USERS / 10 }, (_, k) => `u${10 * k + 1}`).join('\n'));
+      const file = writeExport(records(false));
+      const targets: TargetDb[] = [];
+      try {
+        for (let i = 0; i < 2; i++) targets.push(await targetDatabase(kind, { freshInstall: true }));
+        const [direct, merged] = targets as [TargetDb, TargetDb];
+        const a = cli(file, direct, '--filter-usernames-file', names);
+        const b = cli(file, merged, '--filter-usernames-file', names, '--bulk-load', 'off');
+        expect(a.stderr).to.contain(`[direct] sentry_useremail: ${USERS / 10} rows of new users written straight in, ${USERS - USERS / 10} of filtered users dropped to their findings straight in, 0 staged for the merge`);
+        // Sentry 9 keeps Email rows: those of no kept user's address are filtered in the client;
+        // Sentry 2026 has none: every Email record is dropped, as before.
+        expect(a.stderr).to.contain(kind === 'sentry-9'
+          ? `[direct] sentry_email: ${USERS - USERS / 10} Email records that no kept user's address keeps dropped to their findings straight in, ${USERS / 10} staged for the merge`
+          : `[direct] sentry_email: no such table: ${USERS} Email records dropped, their findings written`);
+        expect(b.stderr).to.not.contain('[direct]');
+        expect(a.models).to.deep.equal(b.models);
+        const q = async (db: TargetDb, sql: string) => (await db.knex.raw(sql)).rows as unknown[];
+        for (const sql of [
+          `SELECT u.username, o.key, o.value::text FROM sentry_useroption o JOIN auth_user u ON u.id = o.user_id ORDER BY 1, 2`,
+          `SELECT u.username, e.email FROM sentry_useremail e JOIN auth_user u ON u.id = e.user_id ORDER BY 1, 2`,
+          ...(kind === 'sentry-9' ? ['SELECT email::text, date_added FROM sentry_email ORDER BY 1'] : []),
+          `SELECT kind, model, source_pk, ordinal, reason FROM userport.findings ORDER BY model, source_pk, kind, reason`,
+        ]) expect(await q(direct, sql), sql).to.deep.equal(await q(merged, sql));
+      } finally {
+        for (const t of targets) await t.close();
+      }
+    });
   }
 
   it('makes the new users\' lost-password hashes in the client, in id order, also when no row was diverted', async () => {
