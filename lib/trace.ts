@@ -16,6 +16,9 @@
  * - `bulk-load`: the empty-target path dropped these unique constraints, indexes and foreign keys
  *   (`table.name`), to build them again after the load.
  * - `early-undone`: a user row came after other models, so the early users step is undone.
+ * - `row-checks`: on the general path, whether the per-row foreign-key checks of the rows written
+ *   for the new users are `off` for the import's transaction (they cannot fail: `lib/db/merge/row-checks.ts`),
+ *   or kept, and `why`.
  * - `direct-rows`: at the end of the input, `written` rows of new users went straight into
  *   `table`, `filtered` rows of users a username filter removed were dropped with their findings
  *   written straight in, and `staged` of its model were staged for the merge; `repeated`: a (user, key) came
@@ -39,6 +42,7 @@ export type TraceEvent =
   | { kind: 'retry'; step: 'users' | 'emails'; attempt: number }
   | { kind: 'bulk-load'; dropped: string[] }
   | { kind: 'early-undone' }
+  | { kind: 'row-checks'; off: boolean; why?: string }
   | { kind: 'direct-rows'; table: string; written: number; filtered?: number; staged: number; repeated: boolean; checked?: 'client' | 'database'; ms?: number }
   | { kind: 'direct-emails'; table: string; written: number; existing: number; staged: number; why?: string; dropped?: number; filtered?: number; ms?: number }
   | { kind: 'direct-findings'; model: string; reason: string; dropped: number; staged: number; ms?: number }

@@ -13,6 +13,7 @@
 import type pg from 'pg';
 import type { StagedFacts } from '../../staged-facts.js';
 import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
+import { rowChecksOff, type RowChecksOff } from './row-checks.js';
 import { writtenTables, type WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
 import { directOptions, directUserEmails, FilteredUsers, SCOPED_OPTION, scopedOptions, sideName, writeDirectRows, writeLostPasswords, writeScopedOptions,
@@ -44,6 +45,8 @@ export interface EarlyUsers {
   readonly dropped?: readonly { model: string; reason: string; count: number }[];
   /** Rows of users the username filter removed, dropped at the end of the input with their findings, by model. */
   readonly filtered?: readonly { model: string; count: number }[];
+  /** The per-row foreign-key checks turned off on the general path (row-checks.ts): the merge turns them on again when it ends. */
+  readonly rowChecks?: RowChecksOff;
 }
 
 export const EARLY_SAVEPOINT = 'userport_early_users';
@@ -69,6 +72,8 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   await refuseSequencesBehind(q, writtenTables(plan));
   await q(`SAVEPOINT ${EARLY_SAVEPOINT}`);
   const bulk = await enterBulkLoad(q, (sql) => client.query(sql), plan);
+  // Inside the savepoint: undone with the step, and then decided again by the merge.
+  const rowChecks = bulk ? undefined : await rowChecksOff(q, (sql, params) => client.query(sql, params), plan);
   const seqs: string[] = [];
   for (const table of [plan.user.table, plan.lostPassword?.table]) {
     if (table === undefined) continue;
@@ -96,6 +101,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
         step: { bulk, ...written },
         sequences: seqs.map((seq, i) => ({ seq, lastValue: before[i]!.v, isCalled: before[i]!.c, after: after[i]! })),
         staged,
+        ...(rowChecks ? { rowChecks } : {}),
       };
     },
   };

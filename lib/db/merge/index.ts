@@ -24,6 +24,7 @@ import { REJECTED_USER_CODE } from '../../models.js';
 import type { StagedFacts } from '../../staged-facts.js';
 import type { TraceOptions } from '../../trace.js';
 import { enterBulkLoad } from './bulk-load.js';
+import { rowChecksOff } from './row-checks.js';
 import { refuseDuplicatePks, resolveNaturalKeys } from './checks.js';
 import { EARLY_SAVEPOINT, type EarlyUsers, type UsersStep } from './early.js';
 import { mergeChildren } from './children.js';
@@ -142,6 +143,7 @@ export async function mergeAfterEarlyUsers(client: pg.ClientBase, options: Merge
   // 2. Users: one pass decides who is inserted, renamed, merged or filtered (see users.ts).
   if (!early) options.onStep?.('users');
   let users: UsersStep;
+  let rowChecks = early?.rowChecks;
   if (early) {
     if (options.staged?.usersAfterOthers !== false) {
       throw new DatabaseError(ErrorCodes.DB_SETTING, 'mergeStaged: a user was staged after the early users step (undo it with undoEarlyUsers first)');
@@ -151,6 +153,7 @@ export async function mergeAfterEarlyUsers(client: pg.ClientBase, options: Merge
   } else {
     await refuseSequencesBehind(q, writtenTables(plan));
     const bulk = options.bulkLoad ? await enterBulkLoad(q, (sql) => client.query(sql), plan) : undefined;
+    if (!bulk) rowChecks = await rowChecksOff(q, (sql, params) => client.query(sql, params), plan);
     users = { bulk, ...(await mergeUsers(q, S, options, plan, { empty: !!bulk?.empty, few: !!bulk && !bulk.empty })) };
   }
   const { bulk, usersInserted } = users;
@@ -227,5 +230,7 @@ export async function mergeAfterEarlyUsers(client: pg.ClientBase, options: Merge
   const { cleared, shared } = notes.rows[0] as { cleared: number; shared: number };
   stats.adjacent.sharedAddresses = (stats.adjacent.sharedAddresses ?? 0) + shared;
   if (plan.user.emailUnique) stats.adjacent.emailUniqueLeftEmpty = (stats.adjacent.emailUniqueLeftEmpty ?? 0) + cleared;
+  // Whatever the caller's transaction does next is checked again.
+  await rowChecks?.restore();
   return { bulkLoad: !!bulk };
 }

@@ -1,0 +1,82 @@
+/**
+ * The foreign-key checks of the rows an import writes for the users it creates (issue #23,
+ * scenario b: a target that already holds users).
+ *
+ * Sentry's foreign keys are DEFERRABLE INITIALLY DEFERRED: every row inserted into a table that
+ * points at `auth_user` queues a trigger event, and COMMIT then runs one
+ * `SELECT 1 FROM auth_user WHERE id = $1 FOR KEY SHARE` per row, which also locks (and writes)
+ * each user row it finds: about 3 s at COMMIT for 100k users and their 400k rows. In user scope
+ * every such row names a user this transaction created (the rows of merged, filtered, rejected or
+ * missing users are dropped, scoped options are written nowhere, nothing is updated or deleted),
+ * and no other session can see, let alone delete, that user before COMMIT: those checks cannot
+ * fail. So the merge turns the triggers off for its own transaction (`SET LOCAL
+ * session_replication_role = replica`, what logical replication does when it applies rows that
+ * were checked where they came from) and back on when it ends, only where that switches off
+ * nothing but those checks:
+ *
+ * - user scope (config and global scopes write rows that point at existing roles);
+ * - the general path (the bulk path drops the foreign keys among the tables, and checks each once
+ *   when it adds it back);
+ * - the setting is `origin` (a caller's own choice is left alone) and this role may change it
+ *   (a superuser, or PostgreSQL 15+'s `GRANT SET ON PARAMETER`); asking first, so that no import
+ *   leaves a "permission denied" in the server's log;
+ * - on the tables written, every trigger is a foreign key's (no trigger of their own, no deferred
+ *   unique constraint, whose recheck is a trigger too, nothing that fires only on a replica) and
+ *   there is no rule; no event trigger is enabled;
+ * - every foreign key of those tables points at `auth_user`, or lies on columns the import writes
+ *   NULL into in every row (Sentry 9's `sentry_useroption.project_id` and `organization_id`).
+ *
+ * Anything else keeps the checks, and the trace says why. `spec/db/merge/row-checks.spec.ts`.
+ */
+import type pg from 'pg';
+import type { Q } from './run.js';
+import { writtenTables, type WritePlan } from './plan.js';
+
+/** The checks turned off: `restore()` turns them back on, for whatever the transaction does next. */
+export interface RowChecksOff {
+  restore(): Promise<void>;
+}
+
+/**
+ * Turns the per-row foreign-key checks off for the rest of the transaction where they cannot fail
+ * (above), telling the trace either way. `catalog` runs the catalog queries (not traced).
+ */
+export async function rowChecksOff(q: Q, catalog: (sql: string, params?: unknown[]) => Promise<pg.QueryResult>,
+  plan: WritePlan): Promise<RowChecksOff | undefined> {
+  const why = await whyKept(catalog, plan);
+  q.trace({ kind: 'row-checks', off: why === undefined, ...(why === undefined ? {} : { why }) });
+  if (why !== undefined) return undefined;
+  await q(`SET LOCAL session_replication_role = replica`);
+  return { restore: async () => { await q(`SET LOCAL session_replication_role = origin`); } };
+}
+
+/** Why the checks stay on, or undefined when nothing but those checks would be turned off. */
+async function whyKept(catalog: (sql: string, params?: unknown[]) => Promise<pg.QueryResult>, plan: WritePlan): Promise<string | undefined> {
+  if (plan.scope !== 'users') return `the ${plan.scope} scope writes rows that point at existing rows`;
+  const who = (await catalog(`SELECT current_setting('session_replication_role') AS role,
+      (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS super,
+      current_setting('server_version_num')::int >= 150000 AS granted`)).rows[0] as { role: string; super: boolean; granted: boolean };
+  if (who.role !== 'origin') return `session_replication_role is ${who.role}`;
+  const may = who.super || (who.granted
+    && (await catalog(`SELECT has_parameter_privilege('session_replication_role', 'SET') AS ok`)).rows[0].ok === true);
+  if (!may) return 'this role may not set session_replication_role';
+  const tables = writtenTables(plan);
+  const found = (await catalog(`
+    WITH t AS (SELECT unnest($1::text[])::regclass AS oid)
+    SELECT
+      (SELECT string_agg(DISTINCT g.tgrelid::regclass::text, ', ') FROM pg_trigger g LEFT JOIN pg_constraint c ON c.oid = g.tgconstraint
+        WHERE g.tgrelid IN (SELECT oid FROM t) AND (c.contype IS DISTINCT FROM 'f' OR g.tgenabled = 'R')) AS triggers,
+      (SELECT string_agg(DISTINCT r.ev_class::regclass::text, ', ') FROM pg_rewrite r WHERE r.ev_class IN (SELECT oid FROM t)) AS rules,
+      EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtenabled <> 'D') AS event_triggers,
+      (SELECT string_agg(c.conname, ', ') FROM pg_constraint c
+        WHERE c.contype = 'f' AND c.conrelid IN (SELECT oid FROM t) AND c.confrelid <> $2::regclass
+          AND NOT (c.conrelid = $3::regclass AND c.conkey <@ ARRAY(
+            SELECT attnum FROM pg_attribute WHERE attrelid = $3::regclass AND attname IN ('project_id', 'organization_id')))) AS foreign_keys`,
+  [tables, plan.user.table, plan.userOption?.table ?? plan.user.table])).rows[0] as
+    { triggers: string | null; rules: string | null; event_triggers: boolean; foreign_keys: string | null };
+  if (found.triggers) return `triggers other than foreign keys' on ${found.triggers}`;
+  if (found.rules) return `rules on ${found.rules}`;
+  if (found.event_triggers) return 'event triggers are enabled';
+  if (found.foreign_keys) return `foreign keys to other tables: ${found.foreign_keys}`;
+  return undefined;
+}

@@ -1,0 +1,169 @@
+/**
+ * Issue #23, scenario b: on the general path, the per-row foreign-key checks of the rows written
+ * for the users an import creates are off for its transaction (lib/db/merge/row-checks.ts). They
+ * cannot fail, and they cost about 3 s at COMMIT per 100k users. What is checked here: the rows are
+ * those of an import whose checks ran (a role that may not turn them off); the checks really did
+ * not run (PostgreSQL's check locks each user row it finds, FOR KEY SHARE, which leaves its xmax
+ * set); whatever the caller's transaction writes after the merge is checked again; and a table with
+ * a trigger of its own, or a scope that writes rows pointing at existing rows, keeps them.
+ */
+import { expect } from 'chai';
+import pg from 'pg';
+import { freshDatabase, serverUrl, type TestDb } from '../../helpers/db.js';
+import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
+import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
+import { targetDatabase, unavailable, type TargetKind } from '../../helpers/targets.js';
+import { beginImportRun } from '../../../lib/db/runs.js';
+import { mergeStaged } from '../../../lib/db/merge/index.js';
+import { ImportStats } from '../../../lib/stats.js';
+import type { TraceEvent } from '../../../lib/trace.js';
+import { importUsers } from '../../../lib/import.js';
+
+/** 40 users in Sentry's order (user 3 named `admin`, as the target's user, so --merge-users merges it), their emails, options and user emails. */
+function records(): Rec[] {
+  const out: Rec[] = [];
+  for (let i = 1; i <= 40; i++) out.push(user(i, i === 3 ? 'admin' : `u${i}`, { email: `u${i}@example.com` }));
+  for (let i = 1; i <= 40; i++) out.push(email(i, `u${i}@example.com`));
+  for (let i = 1; i <= 40; i++) out.push(useroption(i, i, 'timezone', 'UTC'));
+  for (let i = 1; i <= 40; i++) out.push(useremail(i, i, `u${i}@example.com`));
+  return out;
+}
+
+const CHECKS = /^\[checks\] .*$/m;
+
+/** Rows of the new users (all but the target's first) whose tuple a foreign-key check locked (FOR KEY SHARE sets xmax). */
+const locked = async (db: TestDb) => Number((await db.knex.raw(`SELECT count(*) FILTER (WHERE xmax <> 0) AS n FROM auth_user WHERE id > (SELECT min(id) FROM auth_user)`)).rows[0].n);
+
+/** Child rows whose user does not exist: none, or a check that did not run let a wrong row through. */
+const orphans = async (db: TestDb) => Number((await db.knex.raw(`SELECT
+    (SELECT count(*) FROM sentry_useroption o WHERE NOT EXISTS (SELECT 1 FROM auth_user u WHERE u.id = o.user_id))
+  + (SELECT count(*) FROM sentry_useremail e WHERE NOT EXISTS (SELECT 1 FROM auth_user u WHERE u.id = e.user_id))
+  + (SELECT count(*) FROM sentry_lostpasswordhash h WHERE NOT EXISTS (SELECT 1 FROM auth_user u WHERE u.id = h.user_id)) AS n`)).rows[0].n);
+
+describe('the new users\' rows without their per-row foreign-key checks (issue #23)', function () {
+  this.timeout(120000);
+  const { target } = adminTargets();
+
+  /** A login role of its own on `db`, allowed to write every table; `setting`: also GRANT SET ON PARAMETER session_replication_role. */
+  const roles: string[] = [];
+  after(async () => {
+    const c = new pg.Client({ connectionString: serverUrl() });
+    await c.connect();
+    try {
+      // DROP OWNED takes back the grant on the parameter (shared); the tests' databases, and their grants, are gone.
+      for (const r of roles) {
+        if ((await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [r])).rowCount) await c.query(`DROP OWNED BY ${r}; DROP ROLE ${r}`);
+      }
+    } finally { await c.end(); }
+  });
+  const plainRole = async (db: TestDb, setting: boolean): Promise<string> => {
+    const name = `up_plain_${process.pid}_${roles.length}`;
+    roles.push(name);
+    await db.knex.raw(`CREATE ROLE ${name} LOGIN PASSWORD 'plain'`);
+    await db.knex.raw(`GRANT CREATE ON DATABASE ${new URL(db.url).pathname.slice(1)} TO ${name}`);
+    for (const s of ['public', 'userport']) {
+      await db.knex.raw(`GRANT USAGE, CREATE ON SCHEMA ${s} TO ${name}`);
+      await db.knex.raw(`GRANT ALL ON ALL TABLES IN SCHEMA ${s} TO ${name}`);
+      await db.knex.raw(`GRANT ALL ON ALL SEQUENCES IN SCHEMA ${s} TO ${name}`);
+    }
+    if (setting) await db.knex.raw(`GRANT SET ON PARAMETER session_replication_role TO ${name}`);
+    const u = new URL(db.url);
+    u.username = name;
+    u.password = 'plain';
+    return u.toString();
+  };
+
+  it('writes the rows an import whose checks ran writes, and its checks did not run', async () => {
+    const file = writeExport(records());
+    const off = await target();
+    const kept = await target();
+    const keptUrl = await plainRole(kept, false);
+    // The general path (--bulk-load off), with the admin merged: its option and user email are dropped.
+    const a = tracedImport(file, off.url, '--bulk-load', 'off', '--merge-users');
+    const b = tracedImport(file, keptUrl, '--bulk-load', 'off', '--merge-users');
+    expect(a.stderr.match(CHECKS)?.[0]).to.equal('[checks] the new users\' rows: per-row foreign-key checks off for this transaction (they cannot fail)');
+    expect(b.stderr.match(CHECKS)?.[0]).to.equal('[checks] the new users\' rows: per-row foreign-key checks kept: this role may not set session_replication_role');
+    expect(a.models).to.deep.equal(b.models);
+    expect(await tableSnapshot(off.knex)).to.deep.equal(await tableSnapshot(kept.knex));
+    // 39 new users: each row the checks found is locked where they ran, none where they did not.
+    expect(await locked(kept)).to.equal(39);
+    expect(await locked(off)).to.equal(0);
+    expect(await orphans(off)).to.equal(0);
+  });
+
+  it('turns them off for a role granted SET on session_replication_role (PostgreSQL 15+), not only for a superuser', async () => {
+    const db = await target();
+    const url = await plainRole(db, true);
+    const r = tracedImport(writeExport(records()), url, '--bulk-load', 'off');
+    expect(r.stderr.match(CHECKS)?.[0]).to.match(/checks off for this transaction/);
+    expect(await locked(db)).to.equal(0);
+    expect(await orphans(db)).to.equal(0);
+  });
+
+  it('keeps them where the table has a trigger of its own, and that trigger fires for every row', async () => {
+    const db = await target();
+    await db.knex.raw(`CREATE TABLE option_log (user_id bigint)`);
+    await db.knex.raw(`CREATE FUNCTION log_option() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO option_log VALUES (NEW.user_id); RETURN NEW; END $$`);
+    await db.knex.raw(`CREATE TRIGGER log_option AFTER INSERT ON sentry_useroption FOR EACH ROW EXECUTE FUNCTION log_option()`);
+    const r = tracedImport(writeExport(records()), db.url, '--bulk-load', 'off');
+    expect(r.stderr.match(CHECKS)?.[0]).to.equal('[checks] the new users\' rows: per-row foreign-key checks kept: triggers other than foreign keys\' on sentry_useroption');
+    expect(await db.count('option_log')).to.equal(40);
+    expect(await locked(db)).to.equal(40);
+  });
+
+  it('keeps them where a unique constraint is deferrable (its recheck is a trigger that must run)', async () => {
+    const db = await target();
+    await db.knex.raw(`ALTER TABLE sentry_useremail ADD CONSTRAINT ue_deferrable UNIQUE (email, user_id) DEFERRABLE INITIALLY DEFERRED`);
+    const r = tracedImport(writeExport(records()), db.url, '--bulk-load', 'off');
+    expect(r.stderr.match(CHECKS)?.[0]).to.equal('[checks] the new users\' rows: per-row foreign-key checks kept: triggers other than foreign keys\' on sentry_useremail');
+  });
+
+  it('keeps them in the config scope, whose rows may point at existing rows', async () => {
+    const db = await target();
+    const seen: TraceEvent[] = [];
+    await importUsers({ source: writeExport(records()), databaseUrl: db.url, bulkLoad: 'off', scope: 'config', onTrace: (e) => seen.push(e) });
+    expect(seen.filter((e) => e.kind === 'row-checks')).to.deep.equal([{ kind: 'row-checks', off: false, why: 'the config scope writes rows that point at existing rows' }]);
+    expect(await locked(db)).to.equal(40);
+  });
+
+  it('turns them on again when mergeStaged ends: the caller\'s own rows after it are checked at COMMIT', async () => {
+    const db = await freshDatabase();
+    const c = new pg.Client({ connectionString: db.url });
+    await c.connect();
+    try {
+      const seen: TraceEvent[] = [];
+      await c.query('BEGIN');
+      const run = await beginImportRun(c, { source: 'row-checks.spec' });
+      await mergeStaged(c, { run, mergeUsers: false, filterActive: false, onTrace: (e) => seen.push(e) }, new ImportStats());
+      expect(seen.filter((e) => e.kind === 'row-checks')).to.deep.equal([{ kind: 'row-checks', off: true }]);
+      expect(seen.filter((e) => e.kind === 'sql' && /session_replication_role/.test(e.sql)).map((e) => (e as { sql: string }).sql))
+        .to.deep.equal(['SET LOCAL session_replication_role = replica', 'SET LOCAL session_replication_role = origin']);
+      expect((await c.query(`SELECT current_setting('session_replication_role') AS r`)).rows[0].r).to.equal('origin');
+      // A row of the caller's that names no user: its check runs at COMMIT and refuses it.
+      await c.query(`INSERT INTO sentry_useroption (user_id, key, value) VALUES (987654, 'timezone', '"UTC"')`);
+      const err = await c.query('COMMIT').then(() => undefined, (e: { code?: string }) => e);
+      expect(err?.code).to.equal('23503');
+    } finally {
+      await c.end();
+      await db.close();
+    }
+  });
+
+  for (const kind of ['sentry-9', 'sentry-2026'] as TargetKind[]) {
+    it(`turns them off on a new ${kind} install taken by the general path, and every row's user exists`, async function () {
+      const why = unavailable(kind);
+      if (why) { console.log(`      skipped: ${why}`); this.skip(); }
+      const db = await targetDatabase(kind, { freshInstall: true });
+      try {
+        const r = tracedImport(writeExport(records()), db.url, '--bulk-load', 'off');
+        expect(r.stderr.match(CHECKS)?.[0]).to.match(/checks off for this transaction/);
+        expect(await db.count('auth_user')).to.equal(41);
+        expect(await db.count('sentry_useroption')).to.equal(40);
+        expect(await locked(db)).to.equal(0);
+        expect(await orphans(db)).to.equal(0);
+      } finally {
+        await db.close();
+      }
+    });
+  }
+});
