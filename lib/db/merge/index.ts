@@ -99,7 +99,10 @@ const FINDING_REASON: Record<string, string> = {
  * Merges staged rows of `run` into the target tables and records findings; adds the outcome
  * counts to `stats`. Throws USERPORT_RECORD_DUPLICATE_PK when a model repeats a source pk. Its
  * options are checked (an OptionError names a wrong one) and what PostgreSQL refuses comes back
- * as USERPORT_DB_* (never pg's own error class).
+ * as USERPORT_DB_* (never pg's own error class). In the caller's transaction it sets `work_mem`
+ * (SET LOCAL, for the rest of it) and, in user scope on the general path, turns the per-row
+ * foreign-key checks of the new users' rows off while it runs (row-checks.ts), on again before
+ * it returns.
  */
 export async function mergeStaged(client: pg.ClientBase, options: MergeOptions, stats: ImportStats): Promise<MergeOutcome> {
   checkOptions('mergeStaged', options, MERGE_OPTIONS, ['run', 'mergeUsers', 'filterActive']);
