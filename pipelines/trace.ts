@@ -29,7 +29,7 @@ export function traceLine(e: TraceEvent): string {
     case 'bulk-load': return `[bulk] load first, then build: ${e.dropped.join(', ')}`;
     case 'row-checks': return e.off
       ? '[checks] the new users\' rows: per-row foreign-key checks off for this transaction (they cannot fail)'
-      : `[checks] the new users' rows: per-row foreign-key checks kept: ${e.why}`;
+      : `[checks] the new users' rows: per-row foreign-key checks not turned off: ${e.why}`;
     case 'early-undone': return '[early] a user came after other models: the early users step is undone';
     case 'direct-rows': return (e.repeated
       ? `[direct] ${e.table}: a row of a new user came twice: all ${e.staged} staged for the merge`

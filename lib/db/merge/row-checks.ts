@@ -56,7 +56,7 @@ async function whyKept(catalog: (sql: string, params?: unknown[]) => Promise<pg.
   const who = (await catalog(`SELECT current_setting('session_replication_role') AS role,
       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS super,
       current_setting('server_version_num')::int >= 150000 AS granted`)).rows[0] as { role: string; super: boolean; granted: boolean };
-  if (who.role !== 'origin') return `session_replication_role is ${who.role}`;
+  if (who.role !== 'origin') return `session_replication_role is already ${who.role} (left as it is)`;
   const may = who.super || (who.granted
     && (await catalog(`SELECT has_parameter_privilege('session_replication_role', 'SET') AS ok`)).rows[0].ok === true);
   if (!may) return 'this role may not set session_replication_role';

@@ -82,7 +82,7 @@ describe('the new users\' rows without their per-row foreign-key checks (issue #
     const a = tracedImport(file, off.url, '--bulk-load', 'off', '--merge-users');
     const b = tracedImport(file, keptUrl, '--bulk-load', 'off', '--merge-users');
     expect(a.stderr.match(CHECKS)?.[0]).to.equal('[checks] the new users\' rows: per-row foreign-key checks off for this transaction (they cannot fail)');
-    expect(b.stderr.match(CHECKS)?.[0]).to.equal('[checks] the new users\' rows: per-row foreign-key checks kept: this role may not set session_replication_role');
+    expect(b.stderr.match(CHECKS)?.[0]).to.equal('[checks] the new users\' rows: per-row foreign-key checks not turned off: this role may not set session_replication_role');
     expect(a.models).to.deep.equal(b.models);
     expect(await tableSnapshot(off.knex)).to.deep.equal(await tableSnapshot(kept.knex));
     // 39 new users: each row the checks found is locked where they ran, none where they did not.
@@ -106,7 +106,7 @@ describe('the new users\' rows without their per-row foreign-key checks (issue #
     await db.knex.raw(`CREATE FUNCTION log_option() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO option_log VALUES (NEW.user_id); RETURN NEW; END $$`);
     await db.knex.raw(`CREATE TRIGGER log_option AFTER INSERT ON sentry_useroption FOR EACH ROW EXECUTE FUNCTION log_option()`);
     const r = tracedImport(writeExport(records()), db.url, '--bulk-load', 'off');
-    expect(r.stderr.match(CHECKS)?.[0]).to.equal('[checks] the new users\' rows: per-row foreign-key checks kept: triggers other than foreign keys\' on sentry_useroption');
+    expect(r.stderr.match(CHECKS)?.[0]).to.equal('[checks] the new users\' rows: per-row foreign-key checks not turned off: triggers other than foreign keys\' on sentry_useroption');
     expect(await db.count('option_log')).to.equal(40);
     expect(await locked(db)).to.equal(40);
   });
@@ -115,7 +115,16 @@ describe('the new users\' rows without their per-row foreign-key checks (issue #
     const db = await target();
     await db.knex.raw(`ALTER TABLE sentry_useremail ADD CONSTRAINT ue_deferrable UNIQUE (email, user_id) DEFERRABLE INITIALLY DEFERRED`);
     const r = tracedImport(writeExport(records()), db.url, '--bulk-load', 'off');
-    expect(r.stderr.match(CHECKS)?.[0]).to.equal('[checks] the new users\' rows: per-row foreign-key checks kept: triggers other than foreign keys\' on sentry_useremail');
+    expect(r.stderr.match(CHECKS)?.[0]).to.equal('[checks] the new users\' rows: per-row foreign-key checks not turned off: triggers other than foreign keys\' on sentry_useremail');
+  });
+
+  it('leaves a session_replication_role set outside the import as it is (here local, whose checks run)', async () => {
+    const db = await target();
+    await db.knex.raw(`ALTER DATABASE ${new URL(db.url).pathname.slice(1)} SET session_replication_role = local`);
+    const r = tracedImport(writeExport(records()), db.url, '--bulk-load', 'off');
+    expect(r.stderr.match(CHECKS)?.[0]).to.equal('[checks] the new users\' rows: per-row foreign-key checks not turned off: session_replication_role is already local (left as it is)');
+    expect(r.stderr).to.not.match(/SET LOCAL session_replication_role/);
+    expect(await locked(db)).to.equal(40);
   });
 
   it('keeps them in the config scope, whose rows may point at existing rows', async () => {
