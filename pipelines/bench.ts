@@ -85,7 +85,11 @@ export async function main(argv: string[]): Promise<number> {
     const dirs = values.spread.split(',').map((d) => d.trim()).filter(Boolean);
     const table = `${dirs.length} runs: ${dirs.join(', ')}\n\n${formatSpread(readRuns(dirs))}\n`;
     process.stdout.write(table);
-    if (values.out) fs.writeFileSync(path.join(values.out, 'spread.md'), table);
+    if (values.out) {
+      // As a run's --out: the folder is made when missing.
+      fs.mkdirSync(values.out, { recursive: true });
+      fs.writeFileSync(path.join(values.out, 'spread.md'), table);
+    }
     return 0;
   }
   let scenarios;

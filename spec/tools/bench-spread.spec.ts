@@ -43,7 +43,8 @@ describe('benchmark spread', () => {
       return d;
     });
     expect(readRuns(dirs)).to.deep.equal(JSON.parse(JSON.stringify(runs)));
-    const out = tmpFolder('userport-spread-out-');
+    // A folder that does not exist yet is made, as a run's --out is.
+    const out = path.join(tmpFolder('userport-spread-out-'), 'spread', 'here');
     const write = process.stdout.write;
     let printed = '';
     process.stdout.write = ((chunk: string) => { printed += chunk; return true; }) as typeof process.stdout.write;
