@@ -12,8 +12,8 @@
  */
 import type pg from 'pg';
 import type { StagedFacts } from '../../staged-facts.js';
-import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
-import { rowChecksOff, type RowChecksOff } from './row-checks.js';
+import type { BulkLoad } from './bulk-load.js';
+import { enterWritePath, type RowChecksOff } from './row-checks.js';
 import { writtenTables, type WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
 import { directOptions, directUserEmails, FilteredUsers, SCOPED_OPTION, scopedOptions, sideName, writeDirectRows, writeLostPasswords, writeScopedOptions,
@@ -71,9 +71,8 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   const staged = await stagedInTransaction(q, S);
   await refuseSequencesBehind(q, writtenTables(plan));
   await q(`SAVEPOINT ${EARLY_SAVEPOINT}`);
-  const bulk = await enterBulkLoad(q, (sql) => client.query(sql), plan);
   // Inside the savepoint: undone with the step, and then decided again by the merge.
-  const rowChecks = bulk ? undefined : await rowChecksOff(q, (sql, params) => client.query(sql, params), plan);
+  const { bulk, rowChecks } = await enterWritePath(q, client, plan, true);
   const seqs: string[] = [];
   for (const table of [plan.user.table, plan.lostPassword?.table]) {
     if (table === undefined) continue;

@@ -23,8 +23,7 @@ import { ImportStats } from '../../stats.js';
 import { REJECTED_USER_CODE } from '../../models.js';
 import type { StagedFacts } from '../../staged-facts.js';
 import type { TraceOptions } from '../../trace.js';
-import { enterBulkLoad } from './bulk-load.js';
-import { rowChecksOff } from './row-checks.js';
+import { enterWritePath } from './row-checks.js';
 import { refuseDuplicatePks, resolveNaturalKeys } from './checks.js';
 import { EARLY_SAVEPOINT, type EarlyUsers, type UsersStep } from './early.js';
 import { mergeChildren } from './children.js';
@@ -155,8 +154,9 @@ export async function mergeAfterEarlyUsers(client: pg.ClientBase, options: Merge
     users = early.step;
   } else {
     await refuseSequencesBehind(q, writtenTables(plan));
-    const bulk = options.bulkLoad ? await enterBulkLoad(q, (sql) => client.query(sql), plan) : undefined;
-    if (!bulk) rowChecks = await rowChecksOff(q, (sql, params) => client.query(sql, params), plan);
+    const path = await enterWritePath(q, client, plan, !!options.bulkLoad);
+    const { bulk } = path;
+    rowChecks = path.rowChecks;
     users = { bulk, ...(await mergeUsers(q, S, options, plan, { empty: !!bulk?.empty, few: !!bulk && !bulk.empty })) };
   }
   const { bulk, usersInserted } = users;

@@ -30,6 +30,7 @@
  */
 import type pg from 'pg';
 import type { Q } from './run.js';
+import { enterBulkLoad, type BulkLoad } from './bulk-load.js';
 import { writtenTables, type WritePlan } from './plan.js';
 
 /** The checks turned off: `restore()` turns them back on, for whatever the transaction does next. */
@@ -38,10 +39,23 @@ export interface RowChecksOff {
 }
 
 /**
+ * How the merge writes, decided once, where it starts (the early users step, or the merge after
+ * the input): the bulk path where `bulkLoad` allows it and it can be taken (bulk-load.ts), else
+ * the general path, whose new users' rows go without their per-row checks where those cannot fail.
+ */
+export async function enterWritePath(q: Q, client: pg.ClientBase, plan: WritePlan, bulkLoad: boolean):
+  Promise<{ bulk: BulkLoad | undefined; rowChecks: RowChecksOff | undefined }> {
+  // The catalog queries are not traced or explained: their plans are PostgreSQL's business.
+  const catalog = (sql: string, params?: unknown[]) => client.query(sql, params);
+  const bulk = bulkLoad ? await enterBulkLoad(q, catalog, plan) : undefined;
+  return { bulk, rowChecks: bulk ? undefined : await rowChecksOff(q, catalog, plan) };
+}
+
+/**
  * Turns the per-row foreign-key checks off for the rest of the transaction where they cannot fail
  * (above), telling the trace either way. `catalog` runs the catalog queries (not traced).
  */
-export async function rowChecksOff(q: Q, catalog: (sql: string, params?: unknown[]) => Promise<pg.QueryResult>,
+async function rowChecksOff(q: Q, catalog: (sql: string, params?: unknown[]) => Promise<pg.QueryResult>,
   plan: WritePlan): Promise<RowChecksOff | undefined> {
   const why = await whyKept(catalog, plan);
   q.trace({ kind: 'row-checks', off: why === undefined, ...(why === undefined ? {} : { why }) });
