@@ -16,9 +16,9 @@
  * - `bulk-load`: the empty-target path dropped these unique constraints, indexes and foreign keys
  *   (`table.name`), to build them again after the load.
  * - `early-undone`: a user row came after other models, so the early users step is undone.
- * - `row-checks`: on the general path, whether the per-row foreign-key checks of the rows written
- *   for the new users are `off` for the import's transaction (they cannot fail: `lib/db/merge/row-checks.ts`),
- *   or not, and `why`.
+ * - `row-checks`: whether the per-row foreign-key checks of the rows written for the new users are
+ *   `off` for the import's transaction (they cannot fail: `lib/db/merge/row-checks.ts`), or not,
+ *   and `why` (on the bulk path, only when off: else it dropped the foreign keys).
  * - `direct-rows`: at the end of the input, `written` rows of new users went straight into
  *   `table`, `filtered` rows of users a username filter removed were dropped with their findings
  *   written straight in, and `staged` of its model were staged for the merge; `repeated`: a (user, key) came

@@ -9,7 +9,8 @@ import type { WritePlan } from './plan.js';
 /**
  * The empty-target path ("load first, index after", as pgloader does a restore). When every
  * target table is empty and this transaction can lock them all at once, the unique constraints,
- * secondary indexes and foreign keys among them are dropped, the rows are inserted into bare
+ * secondary indexes and foreign keys among them (those only where the rows' checks stay on:
+ * row-checks.ts) are dropped, the rows are inserted into bare
  * heaps, and the very same definitions (`pg_get_constraintdef`/`pg_get_indexdef`, same names) are
  * created again before the merge ends: one index build and one bulk foreign-key check per
  * constraint instead of a per-row index insertion and a per-row deferred trigger. All inside the
@@ -49,8 +50,13 @@ interface DroppedObject { table: string; name: string; kind: 'index' | 'primary'
 
 const IDENT_SQL = (s: string) => `"${s.replace(/"/g, '""')}"`;
 
-/** `catalog` runs the catalog queries (not traced or explained: their plans are PostgreSQL's business). */
-export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.QueryResult>, plan: WritePlan): Promise<BulkLoad | undefined> {
+/**
+ * `catalog` runs the catalog queries (not traced or explained: their plans are PostgreSQL's
+ * business). `keepForeignKeys`: the foreign keys among the tables stay in place, because the
+ * caller turns the rows' checks off where they cannot fail (row-checks.ts).
+ */
+export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.QueryResult>, plan: WritePlan,
+  options: { keepForeignKeys: boolean }): Promise<BulkLoad | undefined> {
   // The tables of the plan: a table the target lacks is neither written nor locked.
   const tables = [plan.user.table, plan.email?.table, plan.userEmail?.table, plan.userOption?.table, plan.lostPassword?.table]
     .filter((t): t is string => t !== undefined);
@@ -104,7 +110,7 @@ export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.Q
       CASE c.contype WHEN 'u' THEN 'unique' WHEN 'p' THEN 'primary' ELSE 'foreign' END AS kind,
       pg_get_constraintdef(c.oid) AS definition
     FROM pg_constraint c
-    WHERE c.conrelid IN (${list}) AND c.contype IN ('p', 'u', 'f')
+    WHERE c.conrelid IN (${list}) AND c.contype IN (${options.keepForeignKeys ? "'p', 'u'" : "'p', 'u', 'f'"})
       AND (c.contype <> 'f' OR c.confrelid IN (${list}))
       AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = c.conindid AND c.contype IN ('p', 'u')
                         AND f.conrelid NOT IN (${list}))
