@@ -146,18 +146,25 @@ describe('import config and global (issue #22)', function () {
     const last = { ...useremail(9, 5, 'ops@example.com'), fields: { ...useremail(9, 5, 'ops@example.com').fields, validation_hash: 'H2'.repeat(16), is_verified: true, date_hash_added: '2022-02-02T00:00:00.000Z' } };
     // pk 7 sits between them in pk order but last in the file: the order that counts is the pk's.
     const middle = { ...useremail(7, 5, 'ops@example.com'), fields: { ...useremail(7, 5, 'ops@example.com').fields, validation_hash: 'H7'.repeat(16), is_verified: false } };
-    const records = [...adminRecords(5, 'ops', 'x').filter((r) => r.model !== 'sentry.useremail'), first, last, middle];
+    // Another address of the same user, not repeated, keeps its own values.
+    const other = { ...useremail(11, 5, 'Ops@example.com'), fields: { ...useremail(11, 5, 'Ops@example.com').fields, validation_hash: 'H3'.repeat(16), is_verified: true, date_hash_added: '2020-03-03T00:00:00.000Z' } };
+    const records = [...adminRecords(5, 'ops', 'x').filter((r) => r.model !== 'sentry.useremail'), first, last, other, middle];
     const summary = await importUsers({ source: exportFile(records), databaseUrl: db.url, scope: 'global' });
     const rows = (await db.knex.raw(`SELECT validation_hash, is_verified, date_hash_added FROM sentry_useremail WHERE email = 'ops@example.com'`)).rows;
     expect(rows).to.have.length(1);
     expect(rows[0]).to.deep.include({ validation_hash: 'H2'.repeat(16), is_verified: true });
     expect(new Date(rows[0].date_hash_added).toISOString()).to.equal('2022-02-02T00:00:00.000Z');
-    expect(summary.models['sentry.useremail']).to.include({ inserted: 1, existing: 2 });
+    const kept = (await db.knex.raw(`SELECT validation_hash, is_verified, date_hash_added FROM sentry_useremail WHERE email = 'Ops@example.com'`)).rows;
+    expect(kept).to.have.length(1);
+    expect(kept[0]).to.deep.include({ validation_hash: 'H3'.repeat(16), is_verified: true });
+    expect(new Date(kept[0].date_hash_added).toISOString()).to.equal('2020-03-03T00:00:00.000Z');
+    expect(summary.models['sentry.useremail']).to.include({ inserted: 2, existing: 2 });
     // In user scope the values are reset anyway: one row, unverified, a new hash.
     await db.knex.raw('TRUNCATE auth_user, sentry_useremail, sentry_email, sentry_lostpasswordhash, sentry_useroption CASCADE');
     await importUsers({ source: exportFile(records), databaseUrl: db.url, scope: 'users', allowReimport: true });
     const reset = (await db.knex.raw(`SELECT validation_hash, is_verified FROM sentry_useremail WHERE email = 'ops@example.com'`)).rows;
     expect(reset).to.have.length(1);
+    expect(await db.count('sentry_useremail', `email = 'Ops@example.com'`)).to.equal(1);
     expect(reset[0].is_verified).to.equal(false);
     expect(reset[0].validation_hash).to.not.be.oneOf(['H1'.repeat(16), 'H2'.repeat(16), 'H7'.repeat(16)]);
   }));
