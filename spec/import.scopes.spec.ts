@@ -7,6 +7,7 @@ import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { Knex } from 'knex';
 import { importUsers } from '../lib/import.js';
 import { ErrorCodes } from '../lib/errors.js';
 import { decodePickledField } from '../lib/pickle.js';
@@ -45,6 +46,32 @@ function adminRecords(pk: number, username: string, hash: string, token = TOKEN)
 }
 
 const exportFile = (records: unknown[]) => writeExport(records, 0);
+
+/**
+ * User 5 (`ops`) with one address three times (pks 5, 9 and, last in the file, 7: the pk's order
+ * counts) and another address once: Sentry saves each repeat over the row it found, so in the
+ * global scope the row takes pk 9's values, and the other address keeps its own.
+ */
+function repeatedAddressRecords(token = TOKEN): Rec[] {
+  const ue = (pk: number, address: string, values: Record<string, unknown>) => ({ ...useremail(pk, 5, address), fields: { ...useremail(pk, 5, address).fields, ...values } });
+  const first = ue(5, 'ops@example.com', { validation_hash: 'H1'.repeat(16), is_verified: false, date_hash_added: '2021-01-01T00:00:00.000Z' });
+  const last = ue(9, 'ops@example.com', { validation_hash: 'H2'.repeat(16), is_verified: true, date_hash_added: '2022-02-02T00:00:00.000Z' });
+  const middle = ue(7, 'ops@example.com', { validation_hash: 'H7'.repeat(16), is_verified: false });
+  const other = ue(11, 'Ops@example.com', { validation_hash: 'H3'.repeat(16), is_verified: true, date_hash_added: '2020-03-03T00:00:00.000Z' });
+  return [...adminRecords(5, 'ops', 'x', token).filter((r) => r.model !== 'sentry.useremail'), first, last, other, middle];
+}
+
+/** After a global import of {@link repeatedAddressRecords}: the repeated address holds the last repeat's values, the other its own. */
+async function expectLastRepeatWins(knex: Knex): Promise<void> {
+  const rows = (await knex.raw(`SELECT validation_hash, is_verified, date_hash_added FROM sentry_useremail WHERE email = 'ops@example.com'`)).rows;
+  expect(rows).to.have.length(1);
+  expect(rows[0]).to.deep.include({ validation_hash: 'H2'.repeat(16), is_verified: true });
+  expect(new Date(rows[0].date_hash_added).toISOString()).to.equal('2022-02-02T00:00:00.000Z');
+  const kept = (await knex.raw(`SELECT validation_hash, is_verified, date_hash_added FROM sentry_useremail WHERE email = 'Ops@example.com'`)).rows;
+  expect(kept).to.have.length(1);
+  expect(kept[0]).to.deep.include({ validation_hash: 'H3'.repeat(16), is_verified: true });
+  expect(new Date(kept[0].date_hash_added).toISOString()).to.equal('2020-03-03T00:00:00.000Z');
+}
 
 describe('import config and global (issue #22)', function () {
   this.timeout(180000);
@@ -110,6 +137,17 @@ describe('import config and global (issue #22)', function () {
         }
       });
 
+      it('global: a repeated (user, address) user email takes the last one\'s values, the other address keeps its own', async () => {
+        const db = await targetDatabase(kind as TargetKind, { freshInstall: true });
+        try {
+          const summary = await importUsers({ source: exportFile(repeatedAddressRecords(token)), databaseUrl: db.url, scope: 'global' });
+          await expectLastRepeatWins(db.knex);
+          expect(summary.models['sentry.useremail']).to.include({ inserted: 2, existing: 2 });
+        } finally {
+          await db.close();
+        }
+      });
+
       it('config: privileges kept, the password replaced and claimable (a lost-password hash), no 2FA', async () => {
         const db = await targetDatabase(kind as TargetKind, { freshInstall: true });
         try {
@@ -142,22 +180,9 @@ describe('import config and global (issue #22)', function () {
   }));
 
   it('global: a repeated (user, address) user email keeps the first row\'s id and takes the last one\'s values, as Sentry saves each over the row it found', () => withDb(async (db) => {
-    const first = { ...useremail(5, 5, 'ops@example.com'), fields: { ...useremail(5, 5, 'ops@example.com').fields, validation_hash: 'H1'.repeat(16), is_verified: false, date_hash_added: '2021-01-01T00:00:00.000Z' } };
-    const last = { ...useremail(9, 5, 'ops@example.com'), fields: { ...useremail(9, 5, 'ops@example.com').fields, validation_hash: 'H2'.repeat(16), is_verified: true, date_hash_added: '2022-02-02T00:00:00.000Z' } };
-    // pk 7 sits between them in pk order but last in the file: the order that counts is the pk's.
-    const middle = { ...useremail(7, 5, 'ops@example.com'), fields: { ...useremail(7, 5, 'ops@example.com').fields, validation_hash: 'H7'.repeat(16), is_verified: false } };
-    // Another address of the same user, not repeated, keeps its own values.
-    const other = { ...useremail(11, 5, 'Ops@example.com'), fields: { ...useremail(11, 5, 'Ops@example.com').fields, validation_hash: 'H3'.repeat(16), is_verified: true, date_hash_added: '2020-03-03T00:00:00.000Z' } };
-    const records = [...adminRecords(5, 'ops', 'x').filter((r) => r.model !== 'sentry.useremail'), first, last, other, middle];
+    const records = repeatedAddressRecords();
     const summary = await importUsers({ source: exportFile(records), databaseUrl: db.url, scope: 'global' });
-    const rows = (await db.knex.raw(`SELECT validation_hash, is_verified, date_hash_added FROM sentry_useremail WHERE email = 'ops@example.com'`)).rows;
-    expect(rows).to.have.length(1);
-    expect(rows[0]).to.deep.include({ validation_hash: 'H2'.repeat(16), is_verified: true });
-    expect(new Date(rows[0].date_hash_added).toISOString()).to.equal('2022-02-02T00:00:00.000Z');
-    const kept = (await db.knex.raw(`SELECT validation_hash, is_verified, date_hash_added FROM sentry_useremail WHERE email = 'Ops@example.com'`)).rows;
-    expect(kept).to.have.length(1);
-    expect(kept[0]).to.deep.include({ validation_hash: 'H3'.repeat(16), is_verified: true });
-    expect(new Date(kept[0].date_hash_added).toISOString()).to.equal('2020-03-03T00:00:00.000Z');
+    await expectLastRepeatWins(db.knex);
     expect(summary.models['sentry.useremail']).to.include({ inserted: 2, existing: 2 });
     // In user scope the values are reset anyway: one row, unverified, a new hash.
     await db.knex.raw('TRUNCATE auth_user, sentry_useremail, sentry_email, sentry_lostpasswordhash, sentry_useroption CASCADE');

@@ -68,7 +68,8 @@ export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.Q
   const owned = await catalog(`SELECT bool_and(pg_has_role(relowner, 'USAGE')) AS ok FROM pg_class WHERE oid IN (${list})`);
   if (!owned.rows[0].ok) return undefined;
   // Only what can be rebuilt exactly from pg_get_*def, and only where no kept deferred trigger
-  // would leave events pending (PostgreSQL refuses CREATE INDEX on such a table): anything else
+  // would leave events pending (PostgreSQL refuses CREATE INDEX on such a table; the foreign keys
+  // among the five are dropped, or kept with the triggers off: keepForeignKeys): anything else
   // (a deferred foreign key to a table outside the five, row-level security, a partitioned table,
   // index tablespaces or storage options, replica identity or CLUSTER marks, comments, statistics
   // targets) keeps the incremental path.
