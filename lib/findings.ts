@@ -1,7 +1,8 @@
 /**
  * The findings file, one format for both directions: a JSON array, one entry per line, every
- * entry with the same keys ({@link Finding}). An import lists every dropped, filtered, merged or
- * renamed row and address note (read page by page from `userport.findings`, in constant memory);
+ * entry with the same keys ({@link Finding}). An import lists the records it skipped per model and
+ * reason, and every dropped, filtered, merged or renamed row and address note (read page by page
+ * from `userport.findings`, in constant memory);
  * an export lists the rows it left out per model and reason, the models and columns the
  * database lacks; both list the `--filter-usernames` names that matched no user, or the error
  * that stopped the run.
@@ -24,7 +25,8 @@ export interface Finding {
    */
   finding: 'ImportFinding' | 'ExportFinding' | 'UnmatchedUsername' | 'ImportError' | 'ExportError';
   /**
-   * What happened: the import's `dropped`, `filtered`, `merged`, `renamed`, `address`...; the
+   * What happened: the import's `skipped` (records of a model, counted), `dropped`, `filtered`,
+   * `merged`, `renamed`, `address`...; the
    * export's `excluded` (rows left out), `absent` (no table for the model), `missing-columns`;
    * `unmatched`; an error's code.
    */
@@ -33,7 +35,7 @@ export interface Finding {
   model: string | null;
   /** The source pk of the row (import), or of the record the error names. */
   pk: unknown;
-  /** Rows the entry stands for: 1 for a row, the total for the export's rows left out. */
+  /** Rows the entry stands for: 1 for a row, the total for the import's skipped records and the export's rows left out. */
   count: number | null;
   /** The row's record in the import's file: 1-based index in the array, byte offset of its `{`. */
   ordinal: number | null;
@@ -91,20 +93,37 @@ function unmatchedUsername(name: string): Finding {
   return finding({ finding: 'UnmatchedUsername', kind: 'unmatched', model: 'sentry.user', reason: `--filter-usernames: no user named "${name}"` });
 }
 
+/** Records an import skipped, of one model: how many, and why (the summary's `skipped`, `skippedReasons`). */
+export interface SkippedRecords {
+  model: string;
+  count: number;
+  reason: string;
+}
+
+function skippedFinding(s: SkippedRecords): Finding {
+  return finding({ finding: 'ImportFinding', kind: 'skipped', model: s.model, count: s.count, reason: s.reason });
+}
+
 function importFinding(r: FindingRow): Finding {
   return finding({ finding: 'ImportFinding', kind: r.kind, model: r.model, pk: r.source_pk, count: 1,
     ordinal: Number(r.ordinal), offset: Number(r.byte_offset), reason: r.reason });
 }
 
-/** The findings of import `run`, in file order, a page at a time. */
-async function* importFindings(c: pg.ClientBase, run: number, unmatched: readonly string[]): AsyncGenerator<Finding> {
+/** The findings of import `run`: names unmatched, models skipped (a count each), then its rows' in file order, a page at a time. */
+async function* importFindings(c: pg.ClientBase, run: number, unmatched: readonly string[], skipped: readonly SkippedRecords[]): AsyncGenerator<Finding> {
   for (const name of unmatched) yield unmatchedUsername(name);
+  for (const s of skipped) yield skippedFinding(s);
   for await (const page of findingsInOrder(c, run, PAGE_ROWS)) for (const r of page) yield importFinding(r);
 }
 
-/** Writes the findings of import `run` as a JSON array, page by page (constant memory). */
-export async function writeFindings(c: pg.ClientBase, run: number, file: string, unmatched: string[]): Promise<void> {
-  await writeFindingsFile(file, importFindings(c, run, unmatched));
+/**
+ * Writes the findings of import `run` as a JSON array, page by page (constant memory): the
+ * `--filter-usernames` names that matched no user, the records skipped per model (out of scope,
+ * or of a model the target skips: one entry with their count each), then every row the merge
+ * decided about.
+ */
+export async function writeFindings(c: pg.ClientBase, run: number, file: string, unmatched: string[], skipped: readonly SkippedRecords[] = []): Promise<void> {
+  await writeFindingsFile(file, importFindings(c, run, unmatched, skipped));
 }
 
 /**

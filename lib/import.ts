@@ -11,14 +11,14 @@ import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { openImportDatabase, type ImportDatabase } from './db/import-database.js';
 import { checkDatabaseUrl, checkOptions, describeValue, isBoolean, isFunction, isInteger, isKeyUnwrapper, isNonEmptyString, isStringIterable, toStringSet, type OptionCheck } from './options.js';
-import { describePlan, earlyUsersOverlap, mergeAfterEarlyUsers, type MergeOptions, type MergeStep } from './db/merge/index.js';
+import { describePlan, earlyUsersOverlap, mergeAfterEarlyUsers, skippedModels, type MergeOptions, type MergeStep } from './db/merge/index.js';
 import { deleteStaged, finishImport, insertImport, markImportFailed, saveCheckpoint, startImport } from './db/imports.js';
 import { unmatchedUsernames } from './db/findings.js';
 import { commitOutcome } from './db/commit-outcome.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
 import { ErrorCodes, opt, OptionError, UserportError, wording, wrapCallbackError, wrapDbError, type Wording } from './errors.js';
 import { writeErrorFinding, writeFindings } from './findings.js';
-import { fieldLimits, modelInfo, registry, skippedReasons, type ImportScope } from './models.js';
+import { fieldLimits, modelInfo, NOT_USER_DATA, registry, skippedReasons, type ImportScope } from './models.js';
 import { isImportScope } from './filter-users.js';
 import { prepareImportSource } from './source.js';
 import { spoolsIn } from './spool.js';
@@ -382,6 +382,8 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     reading = source;
     let sourceError: unknown;
     source.once('error', (err) => { sourceError = err; });
+    // The models the target skips as they are read (Sentry 2026's Email records), with why.
+    const skipModels = skippedModels(plan);
     // Tokenizer, user filter and model mapper fused in one stream (the same pure functions as
     // createTokenizer/createUserFilter/createModelMapper, without two object-mode hops per record).
     const processor = recordProcessor({
@@ -390,6 +392,7 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
         fieldLimits: fieldLimits((t, c) => plan.target.tables.get(t)?.columns.get(c)?.maxLength),
         optionValues: plan.userOption ? plan.target.optionValues ?? 'jsonb' : 'jsonb',
         authenticatorConfig: plan.privileges.authenticator?.config ?? 'jsonb',
+        ...(Object.keys(skipModels).length ? { skipModels } : {}),
       },
     });
     const filterActive = o.usernames !== undefined;
@@ -436,7 +439,11 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
       if (o.filterUsernames) {
         stats.unmatchedUsernames = await unmatchedUsernames(c, run, modelInfo('sentry.user')!.mapping.code, o.filterUsernames);
       }
-      if (o.findingsFile) await writeFindings(c, run, o.findingsFile, stats.unmatchedUsernames);
+      if (o.findingsFile) {
+        const why = skippedReasons(stats.skipped, scope, skipModels).skippedReasons ?? {};
+        await writeFindings(c, run, o.findingsFile, stats.unmatchedUsernames,
+          Object.entries(stats.skipped).map(([model, count]) => ({ model, count, reason: why[model] ?? NOT_USER_DATA })));
+      }
       const summary = buildSummary();
       if (o.resumable) await deleteStaged(c, run);
       await finishImport(c, run, summary, stats.snapshot());
@@ -491,7 +498,7 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
       const s = stats.snapshot();
       return {
         importId, mode, state: 'done', records: s.records, bytes: s.bytes, seconds: (Date.now() - started) / 1000,
-        models: s.models, skipped: s.skipped, ...skippedReasons(s.skipped, scope), unknownFields: s.unknownFields, adjacent: s.adjacent, unmatchedUsernames: s.unmatchedUsernames,
+        models: s.models, skipped: s.skipped, ...skippedReasons(s.skipped, scope, skipModels), unknownFields: s.unknownFields, adjacent: s.adjacent, unmatchedUsernames: s.unmatchedUsernames,
         bulkLoad: bulkLoaded, target: describePlan(plan),
         ...(leadingText ? { leadingText } : {}), ...(gzip ? { gzip } : {}),
       };

@@ -382,8 +382,8 @@ export function mapReject(rec: ScopedRecord, err: RecordError): RejectMarker {
 
 /**
  * What the mapper needs to know of the target database: column widths narrower than the
- * schemas' (Sentry 9's 75-character addresses), and how option values are stored there (jsonb,
- * JSON text, or Sentry 9's pickles).
+ * schemas' (Sentry 9's 75-character addresses), how option values are stored there (jsonb,
+ * JSON text, or Sentry 9's pickles), and the models it has no table for that Sentry itself skips.
  */
 export interface MapTarget {
   fieldLimits?: FieldLimits;
@@ -391,6 +391,22 @@ export interface MapTarget {
   optionValues?: 'jsonb' | 'json-text' | 'pickle';
   /** How `auth_authenticator.config` is stored (config and global scopes). @default 'jsonb' */
   authenticatorConfig?: 'jsonb' | 'json-text' | 'pickle';
+  /**
+   * Models whose records are skipped (counted, never validated or staged), each with why: the
+   * ones the target has no table for and Sentry's own importer skips there (`sentry.email` on
+   * Sentry 2026, which removed the model: its importer skips the models it does not know).
+   * importUsers fills it from the target ({@link skippedModels} in db/merge/plan.ts). @default none
+   */
+  skipModels?: Readonly<Record<string, string>>;
+}
+
+/**
+ * The skip marker of an in-scope record whose model `target` skips ({@link MapTarget.skipModels}),
+ * or undefined. Its envelope was checked (it is a {@link ScopedRecord}); its fields are not.
+ */
+export function targetSkip(rec: ScopedRecord, target: MapTarget | undefined): SkipMarker | undefined {
+  if (target?.skipModels === undefined || !Object.hasOwn(target.skipModels, rec.model)) return undefined;
+  return { kind: 'skip', ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, length: rec.length, model: rec.model };
 }
 
 /** A {@link MapTarget}. */
@@ -399,6 +415,8 @@ export const isMapTarget: OptionCheck = (v) => {
   const t = v as MapTarget;
   if (t.optionValues !== undefined && !['jsonb', 'json-text', 'pickle'].includes(t.optionValues)) return "a MapTarget whose optionValues is 'jsonb', 'json-text' or 'pickle'";
   if (t.authenticatorConfig !== undefined && !['jsonb', 'json-text', 'pickle'].includes(t.authenticatorConfig)) return "a MapTarget whose authenticatorConfig is 'jsonb', 'json-text' or 'pickle'";
+  if (t.skipModels !== undefined && (t.skipModels === null || typeof t.skipModels !== 'object'
+    || !Object.values(t.skipModels).every((why) => typeof why === 'string' && why.length > 0))) return 'a MapTarget whose skipModels map model -> why (a non-empty string)';
   const ok = t.fieldLimits === undefined || (t.fieldLimits !== null && typeof t.fieldLimits === 'object'
     && Object.values(t.fieldLimits).every((m) => m !== null && typeof m === 'object'
       && Object.values(m as object).every((l) => l !== null && typeof l === 'object' && Number.isInteger((l as { max: unknown }).max)
@@ -417,6 +435,8 @@ export function createModelMapper(options: ModelMapperOptions = {}): Transform {
     highWaterMark: 64,
     transform(item: FlowItem, _enc: BufferEncoding, callback: TransformCallback) {
       if (item.kind !== 'record') return callback(null, item);
+      const skip = targetSkip(item, target);
+      if (skip) return callback(null, skip);
       try {
         callback(null, mapRecord(item, target, scope));
       } catch (err) {

@@ -317,6 +317,9 @@ export function modelByCode(code: number): ModelInfo {
 /** The four models `sentry export users` writes. */
 export const USER_SCOPE_MODELS: readonly UserScopeModel[] = USER_SCOPE;
 
+/** Why an import skips the records of a model that has no more particular reason ({@link skipReason}). */
+export const NOT_USER_DATA = 'not user data';
+
 /**
  * Why records of `model` are skipped by an import in `scope`, where the reason is more than "not
  * user data": a privilege model of a wider scope, or a model of the global scope that needs the
@@ -330,11 +333,13 @@ export function skipReason(model: string, scope: ImportScope): string | undefine
 }
 
 /**
- * The summary's reasons of the skipped models (`skipped`: model -> count) that have one
- * ({@link skipReason}), and the scope when it is not `users`.
+ * The summary's reasons of the skipped models (`skipped`: model -> count) that have one: the
+ * target's (`byTarget`, the mapper's `skipModels`), else the scope's ({@link skipReason}); and the
+ * scope when it is not `users`.
  */
-export function skippedReasons(skipped: Record<string, number>, scope: ImportScope): { skippedReasons?: Record<string, string>; scope?: Exclude<ImportScope, 'users'> } {
-  const reasons = Object.fromEntries(Object.keys(skipped).map((m) => [m, skipReason(m, scope)]).filter(([, r]) => r !== undefined)) as Record<string, string>;
+export function skippedReasons(skipped: Record<string, number>, scope: ImportScope, byTarget: Readonly<Record<string, string>> = {}): { skippedReasons?: Record<string, string>; scope?: Exclude<ImportScope, 'users'> } {
+  const reason = (m: string) => (Object.hasOwn(byTarget, m) ? byTarget[m] : skipReason(m, scope));
+  const reasons = Object.fromEntries(Object.keys(skipped).map((m) => [m, reason(m)]).filter(([, r]) => r !== undefined)) as Record<string, string>;
   return { ...(Object.keys(reasons).length ? { skippedReasons: reasons } : {}), ...(scope !== 'users' ? { scope } : {}) };
 }
 

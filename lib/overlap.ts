@@ -10,6 +10,7 @@ import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { ErrorCodes, UserportError, wrapCallbackError, wrapDbError } from './errors.js';
+import type { SkipMarker } from './filter-users.js';
 import type { FilteredMarker, StagedRow } from './map-models.js';
 import type { SpoolMaker } from './spool.js';
 import { endStream, writeChunks } from './stream-writes.js';
@@ -23,11 +24,12 @@ import { endStream, writeChunks } from './stream-writes.js';
  */
 export interface Overlap {
   /**
-   * Asked for each row before it is placed (and before the sink's `staged` facts note it), until
-   * it answers `now` or `never`. `now`: that row and every row after it wait for the work's spool
-   * (or are diverted); the rows before it are staged first.
+   * Asked for each row before it is placed (and before the sink's `staged` facts note it), and for
+   * each skipped record (a {@link SkipMarker}: nothing is placed), until it answers `now` or
+   * `never`. `now`: that row and every row after it wait for the work's spool (or are diverted);
+   * the rows before it are staged first.
    */
-  when(row: StagedRow | FilteredMarker): 'now' | 'later' | 'never';
+  when(row: StagedRow | FilteredMarker | SkipMarker): 'now' | 'later' | 'never';
   /**
    * Called once, after `now`, when every row so far is staged and the COPY has ended. Resolves
    * to the work, or to undefined to decline (the COPY goes on).

@@ -30,6 +30,7 @@ import copyStreams from 'pg-copy-streams';
 import { DatabaseError, ErrorCodes, OptionError, UserportError, wrapCallbackError, wrapDbError } from './errors.js';
 import { checkOptions, isBoolean, isFunction, isInteger, isNonEmptyString, isOneOf, type OptionCheck } from './options.js';
 import { copySql, CopyText, FLUSH_BYTES } from './copy-text.js';
+import type { SkipMarker } from './filter-users.js';
 import { rejectedUserRow, type FilteredMarker, type MappedItem, type StagedRow } from './map-models.js';
 import { OverlapRun, type Overlap, type OverlapWork } from './overlap.js';
 import { spoolsIn, type SpoolMaker } from './spool.js';
@@ -260,7 +261,7 @@ export function pgSink(options: PgSinkOptions & { spools: SpoolMaker }): Writabl
       let count = 0;
       let last: MappedItem | undefined;
       /** Asks the overlap, before each row while it says `later`: from the row it says `now` at, rows wait for its spool. */
-      const ask = (row: StagedRow | FilteredMarker) => {
+      const ask = (row: StagedRow | FilteredMarker | SkipMarker) => {
         const when = overlap!.when(row);
         if (when === 'later') return;
         asked = true;
@@ -273,6 +274,10 @@ export function pgSink(options: PgSinkOptions & { spools: SpoolMaker }): Writabl
           staged?.note(item);
           const side = spooling && item.kind === 'row' ? overlap!.divert?.(item) : undefined;
           (side !== undefined ? sideText(side) : spooling ? spooled : pending).row(run, item);
+        } else if (item.kind === 'skip') {
+          // Nothing is staged, but the record ends a run of users as a row of another model would.
+          if (!asked && whole) ask(item);
+          staged?.skipped();
         } else if (item.kind === 'reject') {
           if (!rejects) throw item.error;
           rejects.reject(item.error, item, item.record);

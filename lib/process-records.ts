@@ -11,7 +11,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { RecordError } from './errors.js';
 import { DEFAULT_COLLECT_REJECTS, scopeRecord, scopeReject, USER_FILTER_OPTIONS, type UserFilterOptions } from './filter-users.js';
 import { checkOptions, toStringSet } from './options.js';
-import { isMapTarget, mapRecord, mapReject, type MappedItem, type MapTarget } from './map-models.js';
+import { isMapTarget, mapRecord, mapReject, targetSkip, type MappedItem, type MapTarget } from './map-models.js';
 import type { ImportScope } from './models.js';
 import { DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, endSplitter, RecordSplitter, TOKENIZER_OPTIONS, type RawRecord, type TokenizerOptions } from './tokenize.js';
 
@@ -32,6 +32,8 @@ export function processRecord(raw: RawRecord, keep: ReadonlySet<string> | undefi
     return scopeReject(raw, err);
   }
   if (scoped.kind === 'skip') return scoped;
+  const skip = targetSkip(scoped, target);
+  if (skip) return skip;
   try {
     return mapRecord(scoped, target, scope);
   } catch (err) {

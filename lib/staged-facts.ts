@@ -17,7 +17,10 @@ export class StagedFacts {
   rejectedUsers = false;
   /** A user email or option named its user by username (pre-23.9.1 natural key). */
   naturalKeys = false;
-  /** Rows of other models were staged before a user row (Sentry writes every user first). */
+  /**
+   * Rows of other models were staged, or records of them skipped after the first user, before a
+   * user row (Sentry writes every user first).
+   */
   usersAfterOthers = false;
   /** Only users (kept, filtered or rejected) were staged so far. */
   usersOnly = true;
@@ -25,6 +28,16 @@ export class StagedFacts {
   leadingUsers = 0;
   private readonly last = new Map<number, number>();
   private readonly userCode = modelInfo('sentry.user')!.mapping.code;
+
+  /**
+   * Notes a record that was skipped, not staged (out of scope, or of a model the target skips).
+   * After the first user it ends the users' run as a row of another model does: a user after it
+   * is out of Sentry's order (the early users step, started at it, is undone). Before any user it
+   * changes nothing.
+   */
+  skipped(): void {
+    if (this.leadingUsers > 0) this.usersOnly = false;
+  }
 
   /** Notes one staged row. */
   note(row: StagedRow | FilteredMarker): void {

@@ -37,7 +37,6 @@ export function traceLine(e: TraceEvent): string {
         + `${e.filtered ? `${e.filtered} of filtered users dropped to their findings straight in, ` : ''}${e.staged} staged for the merge`
         + (e.checked === 'client' && e.written > 0 ? ', no pair twice (checked in the client)' : '')) + took(e.ms);
     case 'direct-emails': return (e.why ? `[direct] ${e.table}: all ${e.staged} staged for the merge: ${e.why}`
-      : e.dropped !== undefined ? `[direct] ${e.table}: no such table: ${e.dropped} Email records dropped, their findings written`
         : e.filtered !== undefined ? `[direct] ${e.table}: ${e.filtered} Email records that no kept user's address keeps dropped to their findings straight in, ${e.staged} staged for the merge`
         : `[direct] ${e.table}: ${e.written} rows written straight in, ${e.existing} addresses already there`) + took(e.ms);
     case 'direct-findings': return `[direct] ${e.model}: ${e.dropped} records of new users dropped (${e.reason}), their findings written straight in, ${e.staged} staged for the merge${took(e.ms)}`;

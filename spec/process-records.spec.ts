@@ -10,7 +10,7 @@ import { createRecordProcessor } from '../lib/process-records.js';
 import { createTokenizer } from '../lib/tokenize.js';
 import { requireSharedFixtures, sharedFixtures, sharedJsonFiles } from './helpers/shared.js';
 import { chunked, collect, collectError } from './helpers/streams.js';
-import { user, useremail } from './helpers/exports.js';
+import { email, user, useremail } from './helpers/exports.js';
 import { streamCompliance } from './helpers/compliance.js';
 
 async function composed(buf: Buffer, size: number, usernames?: string[], collectRejects = false): Promise<MappedItem[]> {
@@ -53,6 +53,22 @@ describe('createRecordProcessor (the fused fast path)', () => {
     const c = await collectError(chunked(trunc, 3), createRecordProcessor());
     const d = await collectError(chunked(trunc, 3), createTokenizer(), createUserFilter(), createModelMapper());
     expect([c.code, c.position]).to.deep.equal([d.code, d.position]);
+  });
+
+  it('skips the models the target skips (MapTarget.skipModels) as the mapper stage does: a skip marker each, their fields never validated', async () => {
+    const target = { skipModels: { 'sentry.email': 'no sentry_email table' } };
+    const records = [user(1, 'a'), email(1, 'a@x.io'), { model: 'sentry.email', pk: 2, fields: { email: 42 } }, useremail(1, 1, 'a@x.io')];
+    const buf = Buffer.from(JSON.stringify(records));
+    for (const size of [5, 4096]) {
+      const a = (await collect<MappedItem[]>(chunked(buf, size), createRecordProcessor({ target }))).flat();
+      const b = await collect<MappedItem>(chunked(buf, size), createTokenizer(), createUserFilter(), createModelMapper({ target }));
+      expect(a).to.deep.equal(b);
+      expect(a.map((i) => `${i.kind} ${i.model}`)).to.deep.equal(['row sentry.user', 'skip sentry.email', 'skip sentry.email', 'row sentry.useremail']);
+      expect(a[2]).to.deep.include({ kind: 'skip', ordinal: 3, model: 'sentry.email' });
+    }
+    // Without it the same Email record is validated, and refused.
+    expect((await collectError(chunked(buf, 4096), createRecordProcessor())).code).to.equal('USERPORT_RECORD_SCHEMA');
+    expect(() => createRecordProcessor({ target: { skipModels: { 'sentry.email': '' } } })).to.throw(/skipModels map model -> why/);
   });
 
   it('emits one array per chunk, not one object per record', async () => {

@@ -13,12 +13,12 @@ import { insertUser } from './sentry-rows.js';
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'userport.js');
 
 /** Imports `file` into `url` (extra CLI `args`); expects success; the trace (stderr) and the summary's counts. */
-export function tracedImport(file: string, url: string, ...args: string[]): { stderr: string; models: unknown; adjacent: unknown } {
+export function tracedImport(file: string, url: string, ...args: string[]): { stderr: string; models: unknown; adjacent: unknown; skipped: unknown; skippedReasons: unknown } {
   const r = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--database-url', url, '--no-progress', '--json', ...args],
     { encoding: 'utf8', env: { ...process.env, USERPORT_TRACE_SQL: '1' } });
   expect(r.status, r.stderr.slice(-2000)).to.equal(0);
-  const summary = JSON.parse(r.stdout) as { models: unknown; adjacent: unknown };
-  return { stderr: r.stderr, models: summary.models, adjacent: summary.adjacent };
+  const summary = JSON.parse(r.stdout) as { models: unknown; adjacent: unknown; skipped: unknown; skippedReasons: unknown };
+  return { stderr: r.stderr, models: summary.models, adjacent: summary.adjacent, skipped: summary.skipped, skippedReasons: summary.skippedReasons };
 }
 
 /**

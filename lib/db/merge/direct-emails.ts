@@ -43,9 +43,6 @@ const EMAIL = lineColumn('email');
 const DATE_ADDED = lineColumn('date_joined');
 const NOW = Buffer.from('now');
 
-/** Why an Email record is dropped by a target without sentry_email (the merge's reason too). */
-export const NO_EMAIL_TABLE = 'no sentry_email table in the target database (Sentry removed the Email model in 2026)';
-
 /** What {@link writeDirectEmails} did. */
 export interface DirectEmails {
   /** Rows inserted straight into the table. */
@@ -56,8 +53,6 @@ export interface DirectEmails {
   staged: number;
   /** Why they were staged, when they were. */
   why?: string;
-  /** Records dropped, their findings written: the target has no sentry_email ({@link dropEmails}). */
-  dropped?: number;
   /** Records filtered, their findings written: no kept user's address keeps them ({@link filterEmails}). */
   filtered?: number;
 }
@@ -260,15 +255,6 @@ async function heldAddresses(client: pg.ClientBase, table: string, check: EmailC
   }
   await client.query(`CLOSE ${cursor}`);
   return held;
-}
-
-/**
- * A target without sentry_email (Sentry 2026) drops every Email record: their findings, COPYed
- * straight from the side spool `lines` (no staging, no decision table). Resolves to their count.
- */
-export function dropEmails(client: pg.ClientBase, run: number, lines: SideLines): Promise<number> {
-  const reason = Buffer.from(`\t${NO_EMAIL_TABLE}\n`);
-  return copyFindings(client, run, 'sentry.email', lines, 0, (line, tabs, out) => { out.raw(reason); return true; });
 }
 
 /** The merge's reason for an Email record that no kept user's address keeps (emails.ts). */

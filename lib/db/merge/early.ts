@@ -18,9 +18,10 @@ import { writtenTables, type WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
 import { directOptions, directUserEmails, FilteredUsers, SCOPED_OPTION, scopedOptions, sideName, writeDirectRows, writeLostPasswords, writeScopedOptions,
   type DirectModel, type SideLines } from './direct-rows.js';
-import { dropEmails, EmailCheck, filterEmails, KeptAddresses, NO_EMAIL_TABLE, writeDirectEmails, type DirectEmails } from './direct-emails.js';
+import { EmailCheck, filterEmails, KeptAddresses, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { NewUsers } from './pk-map.js';
 import { idSequence, modelCodes, openMerge, refuseSequencesBehind, runner, stagedInTransaction, type Q } from './run.js';
+import type { SkipMarker } from '../../filter-users.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
 import { REJECTED_USER_CODE, STAGE_INDEX } from '../../models.js';
 import { insertLostPasswords, mergeUsers, UserOrdinals, UserRepeatCheck, type OrdinalRun, type UserRepeats, type UsersStepOptions, type UsersWritten } from './users.js';
@@ -40,7 +41,7 @@ export interface EarlyUsers {
   readonly direct?: ReadonlyMap<string, number>;
   /**
    * Records dropped at the end of the input, their findings written, by model and the reason the
-   * merge counts: the Email records of a target without sentry_email, the new users' scoped options.
+   * merge counts: the new users' scoped options.
    */
   readonly dropped?: readonly { model: string; reason: string; count: number }[];
   /** Rows of users the username filter removed, dropped at the end of the input with their findings, by model. */
@@ -152,10 +153,10 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   // The options scoped to an organization or project, which are dropped: a new user's finding goes straight in.
   const scoped = plan.userOption ? scopedOptions(codes.userOption) : undefined;
   // Email records too (direct-emails.ts); with a username filter, those that no kept user's
-  // address keeps are dropped with their findings, and the rest staged; into a target without
-  // sentry_email (Sentry 2026) they are all dropped, with their findings.
+  // address keeps are dropped with their findings, and the rest staged. A target without
+  // sentry_email (Sentry 2026) never sees one: the mapper skips them (skippedModels, plan.ts).
   const emailTable = options.filterActive ? undefined : plan.email?.table;
-  const emailSide = !plan.email ? 'sentry_email_absent' : emailTable ? sideName(emailTable) : 'sentry_email_filtered';
+  const emailSide = !plan.email ? undefined : emailTable ? sideName(emailTable) : 'sentry_email_filtered';
   const emailCheck = new EmailCheck();
   // With a username filter, the addresses that may keep an Email record: the kept users' own, and
   // those of every user email whose user the filter did not remove.
@@ -168,7 +169,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   // The users a username filter removed: their rows are dropped straight to their findings.
   const filteredUsers = options.filterActive ? new FilteredUsers() : undefined;
 
-  /** The diverted Email records: straight in, dropped with their findings (no sentry_email), or staged. */
+  /** The diverted Email records: straight in, dropped with their findings (filtered), or staged. */
   const writeEmails = async (q: Q, client: pg.ClientBase, emails: SideLines, exact: boolean, stage: (lines: Buffer[]) => Promise<void>) => {
     const why = !exact ? 'the file is not in source pk order, or the early users step was undone' : keptAddresses?.why;
     const table = emailTable ?? 'sentry_email';
@@ -178,8 +179,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
       emailCheck.release();
       keptAddresses?.release();
       for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
-    } else if (!plan.email) wrote = { ...wrote, dropped: await dropEmails(client, options.run, emails) };
-    else if (keptAddresses) wrote = { ...wrote, ...(await filterEmails(client, options.run, emails, keptAddresses, stage)) };
+    } else if (keptAddresses) wrote = { ...wrote, ...(await filterEmails(client, options.run, emails, keptAddresses, stage)) };
     else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage);
     q.trace({ kind: 'direct-emails', table, ...wrote, ms: performance.now() - t0 });
     return wrote;
@@ -189,8 +189,12 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     get users(): EarlyUsers | undefined { return users; },
     // Asked for each row before `staged` notes it: the first row of another model starts the step,
     // so every row staged before it is a user's, and each other model is diverted from its first row.
-    when(row: StagedRow | FilteredMarker): 'now' | 'later' | 'never' {
-      if (staged.usersOnly && (row.code === codes.user || row.code === REJECTED_USER_CODE)) {
+    // A skipped record (out of scope, or of a model the target skips: the Email records on Sentry
+    // 2026) after the users starts it as such a row does; one before any user is passed over.
+    when(row: StagedRow | FilteredMarker | SkipMarker): 'now' | 'later' | 'never' {
+      if (row.kind === 'skip') {
+        if (staged.leadingUsers === 0) return 'later';
+      } else if (staged.usersOnly && (row.code === codes.user || row.code === REJECTED_USER_CODE)) {
         if (row.kind === 'row' && row.code === codes.user) {
           userCheck?.note(row.pk, row.values[STAGE_INDEX.username], row.values[STAGE_INDEX.email], row.values[STAGE_INDEX.email_unique]);
           ordinals.note(row.ordinal, row.pk);
@@ -249,7 +253,6 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           if (emailTable && addresses?.written) written.set(emailTable, addresses.written);
           if (users) {
             users = { ...users, direct: written, dropped: [
-              ...(addresses?.dropped ? [{ model: 'sentry.email', reason: NO_EMAIL_TABLE, count: addresses.dropped }] : []),
               ...(dropped?.dropped ? [{ model: 'sentry.useroption', reason: SCOPED_OPTION, count: dropped.dropped }] : []),
             ], filtered: [
               ...(addresses?.filtered ? [{ model: 'sentry.email', count: addresses.filtered }] : []),

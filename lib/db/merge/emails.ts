@@ -5,8 +5,8 @@
  * addresses. Their pk map, and the counts.
  */
 import { type ImportStats } from '../../stats.js';
-import { EMAIL_NOT_KEPT, NO_EMAIL_TABLE, TARGET_RATIO } from './direct-emails.js';
-import type { WritePlan } from './plan.js';
+import { EMAIL_NOT_KEPT, TARGET_RATIO } from './direct-emails.js';
+import { NO_EMAIL_TABLE, type WritePlan } from './plan.js';
 import { insertPkRanges } from './pk-map.js';
 import { modelCodes, retryOnUnique, type Q } from './run.js';
 
@@ -27,7 +27,9 @@ export interface EmailsStepOptions {
 /**
  * Step 3, emails: reuse an existing row with the same address, case-insensitively; with a
  * username filter, only the addresses of kept users (their primary email and their useremail
- * rows). A target without `sentry_email` (Sentry 2026) drops them all, saying why.
+ * rows). A target without `sentry_email` (Sentry 2026) drops them all, a finding each: only Email
+ * records staged by a caller's own pipeline reach it there, since importUsers skips them as they
+ * are read (`skippedModels`, plan.ts).
  */
 export async function mergeEmails(q: Q, S: string, options: EmailsStepOptions, plan: WritePlan, bulk: 'empty' | 'few' | undefined, stats: ImportStats,
   direct: { userEmails: boolean; emails: boolean }): Promise<void> {

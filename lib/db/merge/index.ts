@@ -35,7 +35,7 @@ import { mergePrivileges } from './privileges.js';
 
 export { MERGE_LOCK_KEY } from './run.js';
 export { earlyUsersOverlap, type EarlyUsers } from './early.js';
-export { describePlan, planFor, writePlan, type PrivilegePlan, type WritePlan } from './plan.js';
+export { describePlan, planFor, skippedModels, writePlan, type PrivilegePlan, type WritePlan } from './plan.js';
 
 /** Options of {@link mergeStaged}: which import run to merge, and how. */
 export interface MergeOptions extends TraceOptions {
@@ -161,8 +161,8 @@ export async function mergeAfterEarlyUsers(client: pg.ClientBase, options: Merge
   }
   const { bulk, usersInserted } = users;
   stats.adjacent.lostPasswordHashes += users.lostPasswordHashes;
-  // Records dropped at the end of the input, their findings written: the Email records of a target
-  // without sentry_email (direct-emails.ts), the new users' scoped options (direct-rows.ts).
+  // Records dropped at the end of the input, their findings written: the new users' scoped
+  // options (direct-rows.ts).
   for (const d of early?.dropped ?? []) stats.drop(d.model, d.reason, d.count);
   for (const f of early?.filtered ?? []) stats.model(f.model).filtered += f.count;
 

@@ -14,6 +14,24 @@ import { modelInfo, type ImportScope } from '../../models.js';
 import type pg from 'pg';
 import { arbiter, idLimit, readTarget, requireUserTable, type OptionValueEncoding, type Target, type TargetTable } from '../target.js';
 
+/**
+ * Why `sentry.email` records are skipped by a target without sentry_email (Sentry 2026), and why a
+ * merge of staged ones drops them.
+ */
+export const NO_EMAIL_TABLE = 'no sentry_email table in the target database (Sentry removed the Email model in 2026)';
+
+/**
+ * The models whose records an import into this target skips before validating them, each with
+ * why (the mapper's `MapTarget.skipModels`): `sentry.email` where the target has no sentry_email. Sentry
+ * removed the model in 2026 (first excluded from relocation, then deleted), and its importer skips
+ * the models it does not know, so an older export's Email records are counted and skipped there,
+ * never staged. Every other table the target lacks is not Sentry's own doing: its records are still
+ * validated and dropped by the merge, a finding each.
+ */
+export function skippedModels(plan: WritePlan): Record<string, string> {
+  return plan.email ? {} : { 'sentry.email': NO_EMAIL_TABLE };
+}
+
 /** Sentry's table of lost-password hashes (not a model of the export: no schema names it). */
 export const LOST_PASSWORD_TABLE = 'sentry_lostpasswordhash';
 
@@ -187,7 +205,7 @@ export function writePlan(target: Target, scope: ImportScope = 'users'): WritePl
   if (!emailTable) {
     notWritten.push({
       what: tableOf('sentry.email'),
-      why: 'no sentry_email in this database: Sentry removed it in 2026, so no Email rows are written and sentry.email records are dropped',
+      why: 'no sentry_email in this database: Sentry removed it in 2026, so no Email rows are written and sentry.email records are skipped (counted, as Sentry\'s importer skips them)',
     });
   }
   const ue = present('sentry.useremail');

@@ -6,6 +6,7 @@
  * Email record through the merge.
  */
 import { expect } from 'chai';
+import fs from 'node:fs';
 import pg from 'pg';
 import { EmailCheck, MAX_ADDRESSES, MAX_HELD, MAX_LISTED, TARGET_RATIO, writeDirectEmails } from '../../../lib/db/merge/direct-emails.js';
 import { lineColumn } from '../../../lib/db/merge/staging-lines.js';
@@ -14,6 +15,7 @@ import { STAGE_COLUMNS } from '../../../lib/models.js';
 import { withDbClient, type TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
+import { tmpPath } from '../../helpers/setup.js';
 import { targetDatabase, unavailable, type TargetDb } from '../../helpers/targets.js';
 
 // Enough users that they span many read chunks: the early step starts while the emails are still to come.
@@ -264,26 +266,39 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
   });
 
   const noTable = unavailable('sentry-2026');
-  it('into a new Sentry 2026 (no sentry_email) drops every Email record and writes its finding, as the merge does', async function () {
+  it('into a new Sentry 2026 (no sentry_email) skips every Email record as it is read, on every path, counted with the reason and one finding', async function () {
     if (noTable) {
       process.stdout.write(`      skipped: ${noTable}\n`);
       return this.skip();
     }
-    const file = writeExport(records());
+    // Sentry 2026 removed the Email model, and its importer skips the models it does not know
+    // before reading their fields: so is an Email record whose address is not even text.
+    const file = writeExport(records([{ model: 'sentry.email', pk: USERS * 3, fields: { email: 42 } }]));
     const targets: TargetDb[] = [];
     try {
-      for (let i = 0; i < 2; i++) targets.push(await targetDatabase('sentry-2026', { freshInstall: true }));
-      const [direct, merged] = targets as [TargetDb, TargetDb];
-      const a = cli(file, direct);
-      const b = cli(file, merged, '--bulk-load', 'off');
-      expect(a.stderr).to.contain(`[direct] sentry_email: no such table: ${USERS + 2} Email records dropped, their findings written`);
-      expect(a.models).to.deep.equal(b.models);
-      const findings = async (db: TargetDb) => (await db.knex.raw(`SELECT kind, source_pk::int, ordinal::int, byte_offset::int, reason
-        FROM userport.findings WHERE model = 'sentry.email' ORDER BY source_pk`)).rows as { reason: string }[];
-      const got = await findings(direct);
-      expect(got).to.have.length(USERS + 2);
-      expect(got).to.deep.equal(await findings(merged));
-      expect(got[0]!.reason).to.contain('no sentry_email table');
+      for (let i = 0; i < 3; i++) targets.push(await targetDatabase('sentry-2026', { freshInstall: true }));
+      const [early, merged, resumed] = targets as [TargetDb, TargetDb, TargetDb];
+      const files = targets.map((_, i) => tmpPath(`findings-no-email-${i}.json`));
+      const runs = [cli(file, early, '--findings-file', files[0]!), cli(file, merged, '--bulk-load', 'off', '--findings-file', files[1]!),
+        cli(file, resumed, '--resumable', '--findings-file', files[2]!)];
+      const reason = 'no sentry_email table in the target database (Sentry removed the Email model in 2026)';
+      for (const r of runs) {
+        expect(r.skipped).to.deep.equal({ 'sentry.email': USERS + 3 });
+        expect(r.skippedReasons).to.deep.equal({ 'sentry.email': reason });
+        // Nothing read, nothing dropped: the model's column stays at zero.
+        expect((r.models as Record<string, unknown>)['sentry.email']).to.deep.include({ read: 0, inserted: 0, dropped: {}, rejected: 0 });
+        expect(r.models).to.deep.equal(runs[0]!.models);
+        expect(r.stderr).to.not.contain('[direct] sentry_email');
+      }
+      // The first Email record, right after the users, started the early step: the options and
+      // user emails still went straight in.
+      expect(runs[0]!.stderr).to.contain('[sink] early users step started');
+      expect(runs[0]!.stderr).to.contain(`[direct] sentry_useroption: ${USERS} rows of new users written straight in`);
+      for (const [i, t] of targets.entries()) {
+        expect((await t.knex.raw(`SELECT count(*)::int AS n FROM userport.findings WHERE model = 'sentry.email'`)).rows[0].n).to.equal(0);
+        const entries = (JSON.parse(fs.readFileSync(files[i]!, 'utf8')) as { model: string }[]).filter((f) => f.model === 'sentry.email');
+        expect(entries).to.deep.equal([{ finding: 'ImportFinding', kind: 'skipped', model: 'sentry.email', pk: null, count: USERS + 3, ordinal: null, offset: null, reason }]);
+      }
     } finally {
       for (const t of targets) await t.close();
     }

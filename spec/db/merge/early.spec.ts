@@ -134,6 +134,36 @@ describe('the early users step (issue #11)', function () {
     expect(await definitions(undone)).to.deep.equal(await definitions(atEnd));
   });
 
+  it('starts at a skipped record after the users (an out-of-scope model, or one the target skips), and is undone when a user follows it', async () => {
+    // Records of a model the import skips: counted, never staged (user scope skips authenticators).
+    const skipped = (from: number, n: number): Rec[] => Array.from({ length: n }, (_, i) => ({ model: 'sentry.authenticator', pk: from + i, fields: {} }));
+    const all = records();
+    const users = all.filter((r) => r.model === 'sentry.user');
+    // Users, then skipped records only: no row of another model comes, yet the step starts.
+    const onlySkipped = writeExport([...users, ...skipped(1, 50)]);
+    const started = await db();
+    const a = cli(onlySkipped, started);
+    expect(a.status, a.stderr.slice(-2000)).to.equal(0);
+    expect(a.stderr).to.contain('[sink] early users step started');
+    expect(a.stderr).to.not.contain('undone');
+    const reference = await db();
+    await importUsers({ source: onlySkipped, databaseUrl: reference.url, mergeUsers: true, bulkLoad: 'off' });
+    expect(await exactState(started)).to.deep.equal(await exactState(reference));
+    // A user after the skipped records is out of Sentry's order: the step started at them is
+    // undone, and that user is merged with the others, not left staged behind the step.
+    const late = writeExport([...users.filter((u) => u.pk !== 1), ...skipped(1, 50), ...users.filter((u) => u.pk === 1), ...all.filter((r) => r.model !== 'sentry.user')]);
+    const undone = await db();
+    const b = cli(late, undone);
+    expect(b.status, b.stderr.slice(-2000)).to.equal(0);
+    expect(b.stderr).to.contain('[sink] early users step started');
+    expect(b.stderr).to.contain('[early] a user came after other models: the early users step is undone');
+    const atEnd = await db();
+    await importUsers({ source: late, databaseUrl: atEnd.url, mergeUsers: true, bulkLoad: 'off' });
+    const state = await exactState(undone);
+    expect(state).to.deep.equal(await exactState(atEnd));
+    expect((state.users as { email: string }[]).some((u) => u.email === 'u1@example.com')).to.equal(true);
+  });
+
   it('a record that fails while it runs fails the import: nothing written, the spool removed', async () => {
     // The bad record is held back until the spool exists (the early step runs), so it surely
     // fails while the step runs and rows are spooled.

@@ -253,16 +253,22 @@ describe('the users step draws the new ids as one block where it can (issue #23)
       (SELECT count(*) FROM sentry_useroption)::int AS uo`)).rows,
     seq: (await db.knex.raw(`SELECT last_value::text AS v FROM auth_user_id_seq`)).rows,
   });
-  const traced = (into: string[]) => (e: TraceEvent) => { if (e.kind === 'sql') into.push(e.sql); else if (e.kind === 'sink') into.push(`[sink] ${e.moment}`); };
+  const traced = (into: string[]) => (e: TraceEvent) => {
+    if (e.kind === 'sql') into.push(e.sql);
+    else if (e.kind === 'sink') into.push(`[sink] ${e.moment}`);
+    else if (e.kind === 'early-undone') into.push('[early] undone');
+  };
 
-  const cases: { name: string; recs: () => Rec[]; options?: Record<string, unknown>; block: boolean }[] = [
+  const cases: { name: string; recs: () => Rec[]; options?: Record<string, unknown>; block: boolean; undone?: boolean }[] = [
     { name: 'every kept user one after another, renames among them', recs: () => records(1200), block: true },
     // A user the filter removes is staged, not kept: the kept users' ordinals have a hole.
     { name: 'a username filter', recs: () => records(1200), options: { filterUsernames: Array.from({ length: 1200 }, (_, i) => `u${i + 1}`).filter((_, i) => i !== 600) }, block: false },
     // A rejected user (its date is not a date) leaves a hole too.
     { name: 'a rejected user among them', recs: () => records(1200, (i) => (i === 700 ? { date_joined: '2023-02-30T00:00:00Z' } : {})), options: { maxRejects: 1 }, block: false },
-    // A record of another model between the users (skipped, as Sentry orders userip after every user).
-    { name: 'a skipped record between them', recs: () => { const r = records(1200); r.splice(500, 0, { model: 'sentry.userip', pk: 1, fields: { user: 1, ip_address: '127.0.0.1', last_seen: '2023-06-22T22:59:55.531Z', first_seen: '2023-06-22T22:59:55.531Z' } }); return r; }, block: false },
+    // A record of another model between the users (skipped, where Sentry orders userip after
+    // every user): it ends the users' run, so the step starts there, on the first 500 users (one
+    // block), and the next user undoes it; the merge at the end then draws an id per user.
+    { name: 'a skipped record between them: the step starts at it, and the next user undoes it', recs: () => { const r = records(1200); r.splice(500, 0, { model: 'sentry.userip', pk: 1, fields: { user: 1, ip_address: '127.0.0.1', last_seen: '2023-06-22T22:59:55.531Z', first_seen: '2023-06-22T22:59:55.531Z' } }); return r; }, block: true, undone: true },
   ];
   for (const c of cases) {
     it(`${c.block ? 'draws one block' : 'draws an id per user'} (${c.name}): the same ids, rows and pk map as the merge at the end`, async () => {
@@ -276,6 +282,7 @@ describe('the users step draws the new ids as one block where it can (issue #23)
         const a = await importUsers({ source: file, databaseUrl: early.url, ...c.options, ...rejects('early'), onTrace: traced(sqls) });
         const b = await importUsers({ source: file, databaseUrl: atEnd.url, ...c.options, ...rejects('atEnd'), bulkLoad: 'off' });
         expect(sqls, 'the users step ran early').to.include('[sink] overlap started');
+        expect(sqls.includes('[early] undone'), 'the early step undone').to.equal(!!c.undone);
         expect(sqls.some(isBlockDraw), 'a block drawn').to.equal(c.block);
         expect(a.models).to.deep.equal(b.models);
         if (c.block) expect(a.models['sentry.user']!.renamed).to.equal(30);
