@@ -22,7 +22,7 @@ export class StagedFacts {
    * user row (Sentry writes every user first).
    */
   usersAfterOthers = false;
-  /** Only users (kept, filtered or rejected) were staged so far. */
+  /** Only users (kept, filtered or rejected) were staged so far, and no record was skipped after the first of them. */
   usersOnly = true;
   /** User rows staged before the first row of another model. */
   leadingUsers = 0;
