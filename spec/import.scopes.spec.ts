@@ -58,13 +58,21 @@ function repeatedAddressRecords(token = TOKEN): Rec[] {
   const last = ue(9, 'ops@example.com', { validation_hash: 'H2'.repeat(16), is_verified: true, date_hash_added: '2022-02-02T00:00:00.000Z' });
   const middle = ue(7, 'ops@example.com', { validation_hash: 'H7'.repeat(16), is_verified: false });
   const other = ue(11, 'Ops@example.com', { validation_hash: 'H3'.repeat(16), is_verified: true, date_hash_added: '2020-03-03T00:00:00.000Z' });
-  return [...adminRecords(5, 'ops', 'x', token).filter((r) => r.model !== 'sentry.useremail'), first, last, other, middle];
+  // Between the first repeat's pk and the last's: its row's id says which of them made the repeated one.
+  const between = ue(6, 'second@example.com', { validation_hash: 'H4'.repeat(16), is_verified: true, date_hash_added: '2020-04-04T00:00:00.000Z' });
+  return [...adminRecords(5, 'ops', 'x', token).filter((r) => r.model !== 'sentry.useremail'), first, last, other, middle, between];
 }
 
-/** After a global import of {@link repeatedAddressRecords}: the repeated address holds the last repeat's values, the other its own. */
+/**
+ * After a global import of {@link repeatedAddressRecords}: the repeated address is one row, made by
+ * its first repeat (rows are written in source pk order, so its id is below that of pk 6's row),
+ * holding the last repeat's values; the other addresses keep their own.
+ */
 async function expectLastRepeatWins(knex: Knex): Promise<void> {
-  const rows = (await knex.raw(`SELECT validation_hash, is_verified, date_hash_added FROM sentry_useremail WHERE email = 'ops@example.com'`)).rows;
+  const rows = (await knex.raw(`SELECT id::int, validation_hash, is_verified, date_hash_added FROM sentry_useremail WHERE email = 'ops@example.com'`)).rows;
   expect(rows).to.have.length(1);
+  const ids = (await knex.raw(`SELECT email, id::int FROM sentry_useremail WHERE user_id = (SELECT user_id FROM sentry_useremail WHERE email = 'ops@example.com') ORDER BY id`)).rows;
+  expect(ids.map((r: { email: string }) => r.email)).to.deep.equal(['ops@example.com', 'second@example.com', 'Ops@example.com']);
   expect(rows[0]).to.deep.include({ validation_hash: 'H2'.repeat(16), is_verified: true });
   expect(new Date(rows[0].date_hash_added).toISOString()).to.equal('2022-02-02T00:00:00.000Z');
   const kept = (await knex.raw(`SELECT validation_hash, is_verified, date_hash_added FROM sentry_useremail WHERE email = 'Ops@example.com'`)).rows;
@@ -142,7 +150,7 @@ describe('import config and global (issue #22)', function () {
         try {
           const summary = await importUsers({ source: exportFile(repeatedAddressRecords(token)), databaseUrl: db.url, scope: 'global' });
           await expectLastRepeatWins(db.knex);
-          expect(summary.models['sentry.useremail']).to.include({ inserted: 2, existing: 2 });
+          expect(summary.models['sentry.useremail']).to.include({ inserted: 3, existing: 2 });
         } finally {
           await db.close();
         }
@@ -183,7 +191,7 @@ describe('import config and global (issue #22)', function () {
     const records = repeatedAddressRecords();
     const summary = await importUsers({ source: exportFile(records), databaseUrl: db.url, scope: 'global' });
     await expectLastRepeatWins(db.knex);
-    expect(summary.models['sentry.useremail']).to.include({ inserted: 2, existing: 2 });
+    expect(summary.models['sentry.useremail']).to.include({ inserted: 3, existing: 2 });
     // In user scope the values are reset anyway: one row, unverified, a new hash.
     await db.knex.raw('TRUNCATE auth_user, sentry_useremail, sentry_email, sentry_lostpasswordhash, sentry_useroption CASCADE');
     await importUsers({ source: exportFile(records), databaseUrl: db.url, scope: 'users', allowReimport: true });
