@@ -28,7 +28,8 @@
  * same decision says what becomes of the foreign keys among the tables written: with the checks
  * off they stay in place, unchecked as on the general path (adding one back checked every row
  * with a join: 0.2 s at 100k users for the three that point at `auth_user`); else they are
- * dropped and each is checked once when it is added back. `spec/db/merge/row-checks.spec.ts`.
+ * dropped and each is checked once when it is added back. On the bulk path the answer is read
+ * again once the tables are locked. `spec/db/merge/row-checks.spec.ts`.
  */
 import type pg from 'pg';
 import type { Q } from './run.js';
@@ -50,10 +51,15 @@ export async function enterWritePath(q: Q, client: pg.ClientBase, plan: WritePla
   Promise<{ bulk: BulkLoad | undefined; rowChecks: RowChecksOff | undefined }> {
   // The catalog queries are not traced or explained: their plans are PostgreSQL's business.
   const catalog = (sql: string, params?: unknown[]) => client.query(sql, params);
-  const why = await whyKept(catalog, plan);
-  const bulk = bulkLoad ? await enterBulkLoad(q, catalog, plan, { keepForeignKeys: why === undefined }) : undefined;
-  // On the bulk path with the checks kept, the foreign keys were dropped: nothing to say.
-  if (why === undefined || !bulk) q.trace({ kind: 'row-checks', off: why === undefined, ...(why === undefined ? {} : { why }) });
+  const asked = await whyKept(catalog, plan);
+  const bulk = bulkLoad ? await enterBulkLoad(q, catalog, plan, { keepForeignKeys: asked === undefined }) : undefined;
+  // On the bulk path the tables are locked now: no other session can add a trigger or a rule to
+  // them any more, so the question is asked again, and a trigger added between the first answer
+  // and the lock fires (the foreign keys, left in place, then check their rows as anywhere). The
+  // general path locks nothing: its answer stands as read.
+  const why = bulk && asked === undefined ? await whyKept(catalog, plan) : asked;
+  // On the bulk path with the checks kept from the start, the foreign keys were dropped: nothing to say.
+  if (why === undefined || !bulk || asked === undefined) q.trace({ kind: 'row-checks', off: why === undefined, ...(why === undefined ? {} : { why }) });
   if (why !== undefined) return { bulk, rowChecks: undefined };
   await q(`SET LOCAL session_replication_role = replica`);
   return { bulk, rowChecks: { restore: async () => { await q(`SET LOCAL session_replication_role = origin`); } } };

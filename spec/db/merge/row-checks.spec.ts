@@ -15,7 +15,9 @@ import { email, tableSnapshot, user, useremail, useroption, writeExport, type Re
 import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
 import { targetDatabase, unavailable, type TargetKind } from '../../helpers/targets.js';
 import { beginImportRun } from '../../../lib/db/runs.js';
-import { mergeStaged } from '../../../lib/db/merge/index.js';
+import { mergeStaged, planFor } from '../../../lib/db/merge/index.js';
+import { enterWritePath } from '../../../lib/db/merge/row-checks.js';
+import { runner } from '../../../lib/db/merge/run.js';
 import { ImportStats } from '../../../lib/stats.js';
 import type { TraceEvent } from '../../../lib/trace.js';
 import { importUsers } from '../../../lib/import.js';
@@ -194,6 +196,48 @@ describe('the new users\' rows without their per-row foreign-key checks (issue #
     expect(await locked(off)).to.equal(0);
     expect(await orphans(off)).to.equal(0);
     expect((await off.knex.raw(`SELECT current_setting('session_replication_role') AS r`)).rows[0].r).to.equal('origin');
+  });
+
+  it('on the bulk path, asks again once the tables are locked: a trigger another session added just before the lock fires', async () => {
+    const db = await target();
+    const c = new pg.Client({ connectionString: db.url });
+    await c.connect();
+    try {
+      const plan = await planFor(c);
+      // Right before the bulk path's LOCK, another session adds a trigger to sentry_useroption
+      // (committed: the first answer, read before it, said the checks could go).
+      const other = async (sql: string) => { const o = new pg.Client({ connectionString: db.url }); await o.connect(); try { await o.query(sql); } finally { await o.end(); } };
+      let added = false;
+      const client = new Proxy(c, {
+        get(t, k) {
+          if (k !== 'query') return Reflect.get(t, k);
+          return async (sql: unknown, ...rest: unknown[]) => {
+            if (!added && typeof sql === 'string' && sql.startsWith('LOCK TABLE')) {
+              added = true;
+              await other(`CREATE TABLE seen (user_id bigint);
+                CREATE FUNCTION note_option() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO seen VALUES (NEW.user_id); RETURN NEW; END $$;
+                CREATE TRIGGER note_option AFTER INSERT ON sentry_useroption FOR EACH ROW EXECUTE FUNCTION note_option()`);
+            }
+            return (t.query as (...a: unknown[]) => unknown).call(t, sql, ...rest);
+          };
+        },
+      }) as pg.Client;
+      const events: TraceEvent[] = [];
+      await c.query('BEGIN');
+      const entered = await enterWritePath(runner(client, { onTrace: (e) => events.push(e) }), client, plan, true);
+      expect(added, 'the trigger was added before the lock').to.equal(true);
+      expect(entered.bulk, 'the bulk path').to.not.equal(undefined);
+      expect(entered.rowChecks).to.equal(undefined);
+      expect((await c.query(`SELECT current_setting('session_replication_role') AS r`)).rows[0].r).to.equal('origin');
+      expect(events.find((e) => e.kind === 'row-checks')).to.deep.include({ off: false, why: 'triggers other than foreign keys\' on sentry_useroption' });
+      // The trigger fires for a row written now.
+      const admin = (await c.query('SELECT id FROM auth_user LIMIT 1')).rows[0].id as string;
+      await c.query(`INSERT INTO sentry_useroption (user_id, key, value) VALUES ($1, 'timezone', '"UTC"')`, [admin]);
+      expect((await c.query('SELECT count(*)::int AS n FROM seen')).rows[0].n).to.equal(1);
+      await c.query('ROLLBACK');
+    } finally {
+      await c.end();
+    }
   });
 
   for (const kind of ['sentry-9', 'sentry-2026'] as TargetKind[]) {
