@@ -103,6 +103,11 @@ function position(raw: RecordPosition): RecordPosition {
   return { ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, length: raw.length };
 }
 
+/** The skip marker of the record at `at`, of `model` (the scope's, or the mapper's for a model the target skips). */
+export function skipMarker(at: RecordPosition, model: string): SkipMarker {
+  return { kind: 'skip', ordinal: at.ordinal, offset: at.offset, line: at.line, column: at.column, length: at.length, model };
+}
+
 /** A model name as the envelope schema (`schemas/record.json`) allows it. */
 const MODEL_NAME = /^[A-Za-z0-9_]+\.[A-Za-z0-9_]+$/;
 
@@ -119,7 +124,7 @@ export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefine
   // it: its pk need not be an integer (`sentry.actor` rows of 2021 exports have "pk": "1").
   const named = typeof v.model === 'string' && v.model.length <= 200 && MODEL_NAME.test(v.model) ? v.model.toLowerCase() : undefined;
   if (named !== undefined && !modelInfo(named, scope)) {
-    return { kind: 'skip', ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, length: raw.length, model: named };
+    return skipMarker(raw, named);
   }
   if (!(envelope as (x: unknown) => boolean)(v)) {
     const { field, reason } = describeAjvError(envelope.errors?.[0]);
@@ -133,7 +138,7 @@ export function scopeRecord(raw: RawRecord, keep: ReadonlySet<string> | undefine
   }
   const model = (v.model as string).toLowerCase();
   if (!modelInfo(model, scope)) {
-    return { kind: 'skip', ordinal: raw.ordinal, offset: raw.offset, line: raw.line, column: raw.column, length: raw.length, model };
+    return skipMarker(raw, model);
   }
   const fields = v.fields as Record<string, unknown>;
   let filtered = false;

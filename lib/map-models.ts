@@ -7,7 +7,7 @@
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { ErrorCodes, RecordError } from './errors.js';
-import { DEFAULT_COLLECT_REJECTS, isImportScope, type FlowItem, type RejectMarker, type ScopedRecord, type SkipMarker } from './filter-users.js';
+import { DEFAULT_COLLECT_REJECTS, isImportScope, skipMarker, type FlowItem, type RejectMarker, type ScopedRecord, type SkipMarker } from './filter-users.js';
 import { checkOptions, isBoolean, type OptionCheck } from './options.js';
 import { describeAjvError, modelInfo, REJECTED_USER_CODE, timeZoneSpelled, STAGE_COLUMNS, STAGE_INDEX, type FieldLimits, type ImportScope, type ModelInfo, type StageColumn, type StageValue } from './models.js';
 import { canonicalOptionValue } from './option-values.js';
@@ -406,7 +406,7 @@ export interface MapTarget {
  */
 export function targetSkip(rec: ScopedRecord, target: MapTarget | undefined): SkipMarker | undefined {
   if (target?.skipModels === undefined || !Object.hasOwn(target.skipModels, rec.model)) return undefined;
-  return { kind: 'skip', ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, length: rec.length, model: rec.model };
+  return skipMarker(rec, rec.model);
 }
 
 /** A {@link MapTarget}. */

@@ -10,7 +10,7 @@ import { defaultEmbeddedDir, startEmbedded, stopEmbedded } from '../lib/db/embed
 import { createKnex, migrate, waitForDatabase } from '../lib/db/knex.js';
 import { checkDatabaseUrl } from '../lib/options.js';
 import { ErrorCodes, OptionError, ParseError, printable, UserportError } from '../lib/errors.js';
-import { IMPORT_SCOPES, scopeModels, type ImportScope } from '../lib/models.js';
+import { IMPORT_SCOPES, NOT_USER_DATA, scopeModels, type ImportScope } from '../lib/models.js';
 import { checkKeyForSource, keyUnwrapperFromOptions } from './key-options.js';
 import { checkImportOptions, importUsers, type ImportOptions, type Progress } from '../lib/import.js';
 import { dropImport, listImports, type ImportListing } from '../lib/db/imports.js';
@@ -415,7 +415,7 @@ export function formatSummary(s: ImportSummary, ctx: SummaryContext = {}): strin
   }
   const why = s.skippedReasons ?? {};
   const skipped = Object.entries(s.skipped).filter(([m]) => why[m] === undefined);
-  if (skipped.length) out.push('', wrapList('Skipped (not user data)', skipped.map(([m, k]) => `${m} ${n(k)}`)));
+  if (skipped.length) out.push('', wrapList(`Skipped (${NOT_USER_DATA})`, skipped.map(([m, k]) => `${m} ${n(k)}`)));
   for (const [m, reason] of Object.entries(why)) out.push(`Skipped ${n(s.skipped[m] ?? 0)} ${m}: ${reason}`);
   const unknown = Object.entries(s.unknownFields).flatMap(([m, f]) => Object.entries(f).map(([k, c]) => `${m}.${printable(k)} ${n(c)}`));
   if (unknown.length) out.push(wrapList('Unknown fields (ignored)', unknown));

@@ -59,7 +59,7 @@ export async function enterWritePath(q: Q, client: pg.ClientBase, plan: WritePla
   // general path locks nothing: its answer stands as read.
   const why = bulk && asked === undefined ? await whyKept(catalog, plan) : asked;
   // On the bulk path with the checks kept from the start, the foreign keys were dropped: nothing to say.
-  if (why === undefined || !bulk || asked === undefined) q.trace({ kind: 'row-checks', off: why === undefined, ...(why === undefined ? {} : { why }) });
+  if (!bulk || asked === undefined) q.trace({ kind: 'row-checks', off: why === undefined, ...(why === undefined ? {} : { why }) });
   if (why !== undefined) return { bulk, rowChecks: undefined };
   await q(`SET LOCAL session_replication_role = replica`);
   return { bulk, rowChecks: { restore: async () => { await q(`SET LOCAL session_replication_role = origin`); } } };
