@@ -104,6 +104,9 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
     add(n1, { email: e1 });
     add(n2, { email: e2 }); // shares both hashes with the user before: listed, not a repeat
     add('u5', { email: 'late@example.com' }); // 308: the name of user 5, renamed
+    // Repeats of the target's users alone (where it holds some): someone's address, someone's name.
+    add('u309', { email: 'Someone@Example.org' }); // 309
+    add('SomeOne', { email: 'u310@example.com' }); // 310
     const users = records.length;
     for (let i = 1; i <= users; i++) records.push(email(i, `e${i}@example.com`));
     for (let i = 1; i <= users; i++) records.push(useroption(i, i, 'timezone', 'UTC'));
@@ -125,12 +128,13 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
   });
 
 
-  /** The users step's statement of an import, from its trace: how it found the repeats. */
-  const usersStatement = (sqls: string[]) => sqls.find((q) => q.includes('CREATE TEMP TABLE up_user ON COMMIT DROP'))!;
+  /** The users step's decision statement of an import, from its trace: how it found the repeats. */
+  const usersStatement = (sqls: string[]) => sqls.find((q) => /CREATE TEMP TABLE up_(user|exc) ON COMMIT DROP AS\s+WITH /.test(q))!;
 
   /**
    * Targets: empty (C and ICU en-US), one that holds a few rows (the bulk path, decided against
-   * them: an existing alice and an existing holder of u7's address and of u8's email_unique), and
+   * them: an existing alice and an existing holder of u7's address and of u8's email_unique, and
+   * someone, whose address and name users 309 and 310 repeat, and nothing else does), and
    * one that holds more than a few (the general path, the early step on it); the last two also
    * with --merge-users.
    */
@@ -139,10 +143,10 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
     { name: 'empty target, C database', renamed: [302, 303, 308], notes: [302, 303] },
     { name: 'empty target, ICU en-US database', locale: 'en-US', renamed: [302, 303, 305, 308], notes: [302, 303] },
     // alice is taken by the target's user too; u7's address and u8's email_unique are an existing user's.
-    { name: 'a target holding a few rows', existing: 2, renamed: [301, 302, 303, 308], notes: [7, 8, 302, 303] },
-    { name: 'a target holding a few rows, --merge-users', existing: 2, mergeUsers: true, renamed: [], notes: [7, 8] },
-    { name: 'a target holding more than a few rows (the general path)', existing: 1500, renamed: [301, 302, 303, 308], notes: [7, 8, 302, 303] },
-    { name: 'a target holding more than a few rows, --merge-users', existing: 1500, mergeUsers: true, renamed: [], notes: [7, 8] },
+    { name: 'a target holding a few rows', existing: 2, renamed: [301, 302, 303, 308, 310], notes: [7, 8, 302, 303, 309] },
+    { name: 'a target holding a few rows, --merge-users', existing: 2, mergeUsers: true, renamed: [], notes: [7, 8, 309] },
+    { name: 'a target holding more than a few rows (the general path)', existing: 1500, renamed: [301, 302, 303, 308, 310], notes: [7, 8, 302, 303, 309] },
+    { name: 'a target holding more than a few rows, --merge-users', existing: 1500, mergeUsers: true, renamed: [], notes: [7, 8, 309] },
   ];
   for (const v of variants) {
     it(`an import in Sentry's order decides as the merge at the end: renames, email_unique, notes and findings (${v.name})`, async () => {
@@ -175,6 +179,11 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
         expect(sqls.early.some(isBlockDraw), 'a block drawn').to.equal(!v.mergeUsers);
         expect(usersStatement(sqls.early).includes('nextval('), 'nextval per user').to.equal(!!v.mergeUsers);
         expect(sqls.atEnd.some(isBlockDraw)).to.equal(false);
+        // Early, with a block and no more than a few existing users, it decided only the users
+        // that may be exceptions (up_exc); every other user is inserted as it is.
+        const subset = !v.mergeUsers && (v.existing ?? 0) <= 1000;
+        expect(usersStatement(sqls.early).includes('CREATE TEMP TABLE up_exc'), 'exceptions alone decided').to.equal(subset);
+        expect(usersStatement(sqls.atEnd)).to.include('CREATE TEMP TABLE up_user');
         expect(a.bulkLoad).to.equal((v.existing ?? 0) <= 1000);
         expect(a.models).to.deep.equal(b.models);
         expect(a.adjacent).to.deep.equal(b.adjacent);
@@ -184,7 +193,7 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
           .map((r: { source_pk: string }) => Number(r.source_pk));
         expect(await ofKind('renamed')).to.deep.equal(v.renamed);
         expect(await ofKind('address'), 'ALICE\'s address and Alice\'s email_unique are earlier users\'; u7\'s and u8\'s an existing user\'s').to.deep.equal(v.notes);
-        if (v.mergeUsers) expect(a.models['sentry.user']!.merged).to.equal(v.existing ? 4 : 3);
+        if (v.mergeUsers) expect(a.models['sentry.user']!.merged).to.equal(v.existing ? 5 : 3);
         // The twins keep their own names and addresses.
         expect(s.users.filter((u: { u: string }) => u.u === n1 || u.u === n2).map((u: { email_unique: string }) => u.email_unique)).to.deep.equal([e1, e2]);
       } finally {
