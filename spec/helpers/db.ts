@@ -48,7 +48,7 @@ const databaseUrl = (name: string) => {
 let template: Promise<string> | undefined;
 function migratedTemplate(): Promise<string> {
   template ??= (async () => {
-    const name = `t_${process.pid}_template`;
+    const name = `${templatePrefix()}${process.pid}`;
     await onServer(`DROP DATABASE IF EXISTS ${name}`);
     await onServer(`CREATE DATABASE ${name} TEMPLATE template0`);
     const knex = createKnex(databaseUrl(name), 2);
@@ -59,12 +59,29 @@ function migratedTemplate(): Promise<string> {
   return template;
 }
 
-/** Drops the run's migrated template, if one was made (the root hook's end). */
-export async function dropTemplate(): Promise<void> {
-  if (!template) return;
-  const name = await template.catch(() => undefined);
+/**
+ * The names of this run's templates begin with this: one template per process that makes test
+ * databases (mocha's, or each of its workers with --parallel), named after the run's owner (the
+ * main mocha process, USERPORT_TEST_RUN_OWNER) and the process.
+ */
+function templatePrefix(): string {
+  return `t_${process.env.USERPORT_TEST_RUN_OWNER ?? process.pid}_template_`;
+}
+
+/**
+ * Drops every migrated template of the run (the run's end, in mocha's main process: its workers'
+ * templates too, which they leave for the next file they run).
+ */
+export async function dropTemplates(): Promise<void> {
   template = undefined;
-  if (name) await onServer(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  const admin = new pg.Client({ connectionString: serverUrl() });
+  await admin.connect();
+  try {
+    const names = (await admin.query(`SELECT datname FROM pg_database WHERE starts_with(datname, $1)`, [templatePrefix()])).rows as { datname: string }[];
+    for (const { datname } of names) await admin.query(`DROP DATABASE IF EXISTS ${datname} WITH (FORCE)`);
+  } finally {
+    await admin.end();
+  }
 }
 
 /**

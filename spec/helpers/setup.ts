@@ -1,9 +1,13 @@
 /**
- * Mocha root hooks: one run folder under the system temp directory holds everything a test run
- * writes (exports, findings, rejects, spools, the embedded PostgreSQL of the run and any server a
- * test starts), and goes away at the end. One real embedded PostgreSQL serves the whole run, on a
- * free port; tests get their own database from `freshDatabase`. Set USERPORT_TEST_DATABASE_URL to
- * run against another server instead.
+ * Mocha's global fixtures and root hooks: one run folder under the system temp directory holds
+ * everything a test run writes (exports, findings, rejects, spools, the embedded PostgreSQL of the
+ * run and any server a test starts), and goes away at the end. One real embedded PostgreSQL serves
+ * the whole run, on a free port; tests get their own database from `freshDatabase`. Set
+ * USERPORT_TEST_DATABASE_URL to run against another server instead.
+ *
+ * `npm test` runs the spec files in two mocha workers (--parallel): the server and the run folder
+ * are made once, in mocha's main process, before the workers start (they inherit its environment:
+ * the server's URL, and TMPDIR, so each worker's own folder nests in the run's).
  *
  * Why so strict: the servers run as `nobody` in process groups of their own (pg_ctl detaches
  * them), so a Ctrl-C of `npm test` never reaches them, and they and their data folders outlived
@@ -16,7 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startEmbedded, stopEmbedded } from '../../lib/db/embedded.js';
 import { processAlive } from '../../lib/spool.js';
-import { dropTemplate } from './db.js';
+import { dropTemplates } from './db.js';
 
 const RUN_PREFIX = 'userport-test-run-';
 const OWNER_FILE = 'owner.pid';
@@ -102,22 +106,35 @@ async function interrupted(signal: NodeJS.Signals): Promise<void> {
   setTimeout(() => process.exit(128 + os.constants.signals[signal]), 1000);
 }
 
+/**
+ * Before any spec file, once, in mocha's main process (also with --parallel, before its workers
+ * start): the run folder and the run's server, whose URL the workers inherit.
+ */
+export async function mochaGlobalSetup(): Promise<void> {
+  runDir();
+  process.env.USERPORT_TEST_RUN_OWNER = String(process.pid);
+  if (process.env.USERPORT_TEST_DATABASE_URL) return;
+  const dir = path.join(runDir(), 'pg');
+  const server = await startEmbedded({ dir });
+  process.env.USERPORT_TEST_DATABASE_URL = server.url;
+  process.env.USERPORT_TEST_EMBEDDED_DIR = dir;
+}
+
+/**
+ * After every spec file, once, in mocha's main process: the templates of the run's processes go
+ * (on a server of the caller's, USERPORT_TEST_DATABASE_URL, they would stay), then the servers
+ * under the run folder and the folder itself. Removing a data folder that holds every test
+ * database (GBs after the whole suite) took over a minute on a loaded shared machine: global
+ * fixtures have no timeout.
+ */
+export async function mochaGlobalTeardown(): Promise<void> {
+  await dropTemplates().catch(() => undefined);
+  if (run) await removeRun(run);
+}
+
 export const mochaHooks = {
-  async beforeAll(this: Mocha.Context) {
-    this.timeout(180000);
+  /** A worker's own folder, nested in the run's (TMPDIR); in the main process, the run's. */
+  beforeAll() {
     runDir();
-    if (process.env.USERPORT_TEST_DATABASE_URL) return;
-    const dir = path.join(runDir(), 'pg');
-    const server = await startEmbedded({ dir });
-    process.env.USERPORT_TEST_DATABASE_URL = server.url;
-    process.env.USERPORT_TEST_EMBEDDED_DIR = dir;
-  },
-  async afterAll(this: Mocha.Context) {
-    // Removing a data folder that holds every test database (GBs after the whole suite) took
-    // over a minute on a loaded shared machine.
-    this.timeout(300000);
-    // On a server of the caller's (USERPORT_TEST_DATABASE_URL), the migrated template must go too.
-    await dropTemplate().catch(() => undefined);
-    if (run) await removeRun(run);
   },
 };
