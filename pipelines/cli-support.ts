@@ -261,7 +261,9 @@ export function wrapText(text: string, width = TEXT_WIDTH, indent = '  '): strin
     for (let word of words) {
       if (!fresh && line.length + 1 + word.length > width) { lines.push(line); line = pad; fresh = true; }
       if (!fresh) line += ' ';
-      while (line.length + word.length > width) {
+      // A path or URL stays whole, longer than the width if it must: one cut in two cannot be
+      // copied (a deep --rejects-file path in an error's hint was).
+      while (line.length + word.length > width && !word.includes('/')) {
         const room = Math.max(1, width - line.length);
         lines.push(line + word.slice(0, room));
         word = word.slice(room);

@@ -240,6 +240,9 @@ describe('the command line on a real migration day (#21)', function () {
 
     it('wrapping: words, hanging lists, the export\'s left-out lines, and help text reflowed', () => {
       expect(wrapText('aaa bbb ccc', 7, '  ')).to.equal('aaa bbb\n  ccc');
+      // A word longer than the line is cut, but never a path or URL: it must stay copyable.
+      expect(wrapText('see aaaaaaaaaaaa', 8, '  ')).to.equal('see\n  aaaaaa\n  aaaaaa');
+      expect(wrapText('see /tmp/deep/folder/rejects.jsonl keeps', 12, '  ')).to.equal('see\n  /tmp/deep/folder/rejects.jsonl\n  keeps');
       expect(wrapList('Skipped', ['sentry.a 1', 'sentry.bb 22', 'sentry.c 3'], 24)).to.equal('Skipped: sentry.a 1,\n  sentry.bb 22,\n  sentry.c 3');
       const s = formatExportSummary({ records: 1, bytes: 10, seconds: 0.1, models: { 'sentry.user': 1 }, unmatchedUsernames: [], missingColumns: {}, absentModels: {},
         excluded: [{ model: 'sentry.email', count: 3, reason: 'the address is not held by any exported user\'s user email (Sentry exports only those)' }] } as never, 'x.json');

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { importUsers } from '../../lib/import.js';
 import { failure, withDb } from '../helpers/db.js';
-import { exhaustiveUser, tmpExport } from './test-imports.spec.js';
+import { exhaustiveUser, tmpExport } from '../helpers/sentry-fixtures.js';
 import { tmpPath } from '../helpers/setup.js';
 
 

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { importUsers } from '../../lib/import.js';
 import { canonicalOptionValue, fieldSource } from '../../lib/option-values.js';
 import { failure, withDb, type TestDb } from '../helpers/db.js';
-import { BACKUP, exhaustiveUser, requireFixtures, tmpExport, type Rec } from './test-imports.spec.js';
+import { BACKUP, exhaustiveUser, requireFixtures, tmpExport, type Rec } from '../helpers/sentry-fixtures.js';
 import { insertUser } from '../helpers/sentry-rows.js';
 import { tmpPath } from '../helpers/setup.js';
 

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { importUsers } from '../../lib/import.js';
 import { freshDatabase } from '../helpers/db.js';
-import { BACKUP, requireFixtures, tmpExport, type Rec } from './test-imports.spec.js';
+import { BACKUP, requireFixtures, tmpExport, type Rec } from '../helpers/sentry-fixtures.js';
 
 const USER_SCOPE = new Set(['sentry.user', 'sentry.email', 'sentry.useremail', 'sentry.useroption']);
 

@@ -13,7 +13,7 @@ import { createLocalKeyUnwrapper } from '../../lib/crypto/unwrapper.js';
 import { encryptExport } from '../../lib/encrypt.js';
 import { importUsers } from '../../lib/import.js';
 import { failure, withDb, type TestDb } from '../helpers/db.js';
-import { BACKUP, fixture, requireFixtures, tmpExport, type Rec } from './test-imports.spec.js';
+import { BACKUP, fixture, requireFixtures, tmpExport, type Rec } from '../helpers/sentry-fixtures.js';
 
 /** The spec's demo key pair (spec/fixtures/crypto), as Sentry's DecryptionTests use a local one. */
 const KEY = path.resolve('spec/fixtures/crypto/fixture-key.pem');
