@@ -524,14 +524,10 @@ function addresses(plan: WritePlan, path: UsersStepPath, param: (value: unknown)
 async function renameUsers(q: Q, plan: WritePlan, decided: 'up_user' | 'up_exc'): Promise<void> {
   let pending = Number((await q(`SELECT count(*) AS n FROM ${decided} WHERE outcome = 'renamed'`)).rows[0].n);
   if (!pending) return;
-  const named = async (n: number) => {
-    pending -= n;
-    if (pending || decided === 'up_user') return;
-    await q(`UPDATE up_user p SET final_name = e.final_name FROM up_exc e WHERE e.outcome = 'renamed' AND p.src_pk = e.src_pk`);
-  };
   const lengths: number[] = [];
   for (const [len, tries] of RENAME_SCHEDULE) for (let i = 0; i < tries; i++) lengths.push(len);
-  for (let round = 0; round < MAX_RENAME_ROUNDS; round++) {
+  for (let round = 0; pending > 0; round++) {
+    if (round === MAX_RENAME_ROUNDS) throw new Error('could not find free usernames for renamed users');
     const len = lengths[Math.min(round, lengths.length - 1)]!;
     // A candidate is taken when any user (existing, or kept by this import) has it,
     // case-insensitively, or when two pending users drew the same one this round. Each check is
@@ -550,9 +546,11 @@ async function renameUsers(q: Q, plan: WritePlan, decided: 'up_user' | 'up_exc')
                SELECT k FROM (SELECT o.lname AS k FROM up_user o WHERE o.outcome = 'inserted'
                               UNION ALL SELECT lower(r.final_name) FROM ${decided} r WHERE r.outcome = 'renamed') x
                WHERE k IN (SELECT lower(cand) FROM up_cand))`);
-    await named((await q(`UPDATE ${decided} p SET final_name = c.cand FROM up_cand c WHERE p.src_pk = c.src_pk`)).rowCount ?? 0);
+    pending -= (await q(`UPDATE ${decided} p SET final_name = c.cand FROM up_cand c WHERE p.src_pk = c.src_pk`)).rowCount ?? 0;
     await q('DROP TABLE up_cand');
-    if (!pending) return;
   }
-  throw new Error('could not find free usernames for renamed users');
+  // Drawn among the exceptions: every user's table gets their names.
+  if (decided === 'up_exc') {
+    await q(`UPDATE up_user p SET final_name = e.final_name FROM up_exc e WHERE e.outcome = 'renamed' AND p.src_pk = e.src_pk`);
+  }
 }
