@@ -14,6 +14,7 @@ import type { SkipMarker } from './filter-users.js';
 import type { FilteredMarker, StagedRow } from './map-models.js';
 import type { SpoolMaker } from './spool.js';
 import { endStream, writeChunks } from './stream-writes.js';
+import { readLines } from './db/merge/staging-lines.js';
 
 /**
  * Work the sink runs on its connection while it goes on reading, in `whole` mode: the sink ends
@@ -55,30 +56,14 @@ export interface OverlapWork {
    * Called after `finish` (even when nothing was diverted), before the spool is COPYed, with each side spool by name (the COPY
    * text lines of the staging table that `divert` sent there, in order, without their newline; a
    * line may be kept, its bytes are not reused): writes what it can on the connection itself and
-   * hands every other line to `stage`, which adds it to the spool. Without it, every diverted row
-   * is staged.
+   * hands every other line to `stage`, which adds it to the spool. `scratch(name)` is the path of
+   * a file it may create (exclusively, 0600) for its own use, in the spool's private folder, which
+   * goes with the spool. Without it, every diverted row is staged.
    */
-  writeDiverted?(sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>): Promise<void>;
+  writeDiverted?(sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>, scratch: (name: string) => string): Promise<void>;
 }
 
 const NEWLINE = Buffer.from('\n');
-
-/** The lines of a file of COPY text, without their newline, a read chunk's at a time (views of chunks that are never reused). */
-async function* readLines(file: string): AsyncGenerator<Buffer[]> {
-  let rest: Buffer | undefined;
-  for await (const read of createReadStream(file, { highWaterMark: 1 << 20 })) {
-    const chunk: Buffer = rest ? Buffer.concat([rest, read as Buffer]) : read as Buffer;
-    const lines: Buffer[] = [];
-    let start = 0;
-    for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
-      lines.push(chunk.subarray(start, nl));
-      start = nl + 1;
-    }
-    rest = start < chunk.length ? chunk.subarray(start) : undefined;
-    if (lines.length) yield lines;
-  }
-  if (rest) yield [rest];
-}
 
 /** A failure to write the overlap's spool file (a full disk, a missing temp dir). */
 function spoolError(err: unknown): UserportError {
@@ -190,7 +175,11 @@ export class OverlapRun {
     const write = this.work.writeDiverted ?? (async (all: typeof sides, to: typeof stage) => {
       for (const lines of all.values()) for await (const chunk of lines()) await to(chunk);
     });
-    try { await write(sides, stage); } catch (err) { throw err instanceof UserportError ? err : wrapCallbackError(err, 'the merge'); }
+    const scratch = (name: string) => {
+      if (!/^\w+$/.test(name)) throw new Error(`a scratch file's name is a word, not ${JSON.stringify(name)}`);
+      return path.join(path.dirname(this.path), `scratch-${name}`);
+    };
+    try { await write(sides, stage, scratch); } catch (err) { throw err instanceof UserportError ? err : wrapCallbackError(err, 'the merge'); }
     await endStream(append, spoolError);
   }
 

@@ -25,7 +25,8 @@
  *   twice, so none went straight in (all staged); `checked`: whether the client's hashes of the
  *   (user, key) pairs or the database made sure none came twice.
  * - `direct-emails`: at the end of the input, `written` Email rows went straight into `table`
- *   and `existing` records reused an address it held; or all `staged`, for the reason `why`; or,
+ *   and `existing` records reused an address it held (`keyOrder`: written in the order of its
+ *   unique key, which the bulk path then builds without sorting); or all `staged`, for the reason `why`; or,
  *   with a username filter, `filtered` records that no kept user's address keeps were dropped with their
  *   findings and `staged` were staged. Each says how long that took (`ms`).
  * - `direct-findings`: at the end of the input, `dropped` records of `model` that belong to new
@@ -43,7 +44,7 @@ export type TraceEvent =
   | { kind: 'early-undone' }
   | { kind: 'row-checks'; off: boolean; why?: string }
   | { kind: 'direct-rows'; table: string; written: number; filtered?: number; staged: number; repeated: boolean; checked?: 'client' | 'database'; ms?: number }
-  | { kind: 'direct-emails'; table: string; written: number; existing: number; staged: number; why?: string; filtered?: number; ms?: number }
+  | { kind: 'direct-emails'; table: string; written: number; existing: number; staged: number; why?: string; filtered?: number; keyOrder?: boolean; ms?: number }
   | { kind: 'direct-findings'; model: string; reason: string; dropped: number; staged: number; ms?: number }
   | { kind: 'sink'; moment: 'overlap started' | 'overlap done' | 'rows sent' | 'copy confirmed' | 'spool copied'; ms: number };
 

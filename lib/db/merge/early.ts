@@ -170,7 +170,8 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   const filteredUsers = options.filterActive ? new FilteredUsers() : undefined;
 
   /** The diverted Email records: straight in, dropped with their findings (filtered), or staged. */
-  const writeEmails = async (q: Q, client: pg.ClientBase, emails: SideLines, exact: boolean, stage: (lines: Buffer[]) => Promise<void>) => {
+  const writeEmails = async (q: Q, client: pg.ClientBase, emails: SideLines, exact: boolean, stage: (lines: Buffer[]) => Promise<void>,
+    scratch: (name: string) => string) => {
     const why = !exact ? 'the file is not in source pk order, or the early users step was undone' : keptAddresses?.why;
     const table = emailTable ?? 'sentry_email';
     const t0 = performance.now();
@@ -180,7 +181,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
       keptAddresses?.release();
       for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
     } else if (keptAddresses) wrote = { ...wrote, ...(await filterEmails(client, options.run, emails, keptAddresses, stage)) };
-    else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage);
+    else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage, { bulk: !!users?.step.bulk, scratch });
     q.trace({ kind: 'direct-emails', table, ...wrote, ms: performance.now() - t0 });
     return wrote;
   };
@@ -229,7 +230,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           await undoEarlyUsers(client, users!, options);
           users = undefined;
         },
-        async writeDiverted(sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>) {
+        async writeDiverted(sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>, scratch: (name: string) => string) {
           // Only where file order is source pk order and the new users stand: else all are staged.
           const exact = !!users && staged.pksIncreasing;
           // The input has ended: the pairs' hashes go, whatever is written.
@@ -238,7 +239,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           const rest = new Map(sides);
           const emails = emailSide === undefined ? undefined : rest.get(emailSide);
           if (emailSide !== undefined) rest.delete(emailSide);
-          const addresses = emails ? await writeEmails(q, client, emails, exact, stage) : undefined;
+          const addresses = emails ? await writeEmails(q, client, emails, exact, stage, scratch) : undefined;
           // The scoped options' side (when not exact, it is staged below with the sides of no model).
           const scopedLines = scoped && exact ? rest.get(scoped.side) : undefined;
           if (scopedLines) rest.delete(scoped!.side);

@@ -4,6 +4,7 @@
  * are copySql's (lib/copy-text.ts): run, model, ord, off, line, col, src_pk, keep, then
  * `STAGE_COLUMNS`.
  */
+import { createReadStream } from 'node:fs';
 import { LEAD_COLUMNS } from '../../copy-text.js';
 import { STAGE_INDEX, type StageColumn } from '../../models.js';
 
@@ -68,4 +69,21 @@ export function intAt(line: Buffer, start: number, end: number): number {
 export function intField(line: Buffer, column: number): number {
   const [start, end] = field(line, column);
   return intAt(line, start, end);
+}
+
+/** The lines of a file of COPY text, without their newline, a read chunk's at a time (views of chunks that are never reused). */
+export async function* readLines(file: string, chunkBytes = 1 << 20): AsyncGenerator<Buffer[]> {
+  let rest: Buffer | undefined;
+  for await (const read of createReadStream(file, { highWaterMark: chunkBytes })) {
+    const chunk: Buffer = rest ? Buffer.concat([rest, read as Buffer]) : read as Buffer;
+    const lines: Buffer[] = [];
+    let start = 0;
+    for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
+      lines.push(chunk.subarray(start, nl));
+      start = nl + 1;
+    }
+    rest = start < chunk.length ? chunk.subarray(start) : undefined;
+    if (lines.length) yield lines;
+  }
+  if (rest) yield [rest];
 }

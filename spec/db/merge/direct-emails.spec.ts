@@ -7,12 +7,13 @@
  */
 import { expect } from 'chai';
 import fs from 'node:fs';
+import path from 'node:path';
 import pg from 'pg';
 import { EmailCheck, MAX_ADDRESSES, MAX_HELD, MAX_LISTED, TARGET_RATIO, writeDirectEmails } from '../../../lib/db/merge/direct-emails.js';
 import { lineColumn } from '../../../lib/db/merge/staging-lines.js';
 import { LEAD_COLUMNS } from '../../../lib/copy-text.js';
 import { STAGE_COLUMNS } from '../../../lib/models.js';
-import { withDbClient, type TestDb } from '../../helpers/db.js';
+import { definitions, freshDatabase, withDbClient, type TestDb } from '../../helpers/db.js';
 import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
 import { tmpPath } from '../../helpers/setup.js';
@@ -262,6 +263,110 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
       result: { written: 0, existing: 0, staged: MAX_HELD + 1, why: `the target holds more than ${MAX_HELD.toLocaleString('en-US')} of the file's addresses (the client keeps no more)` },
       staged: MAX_HELD + 1,
       rows: MAX_HELD + 1,
+    });
+  });
+
+  describe('into an empty target on the bulk path: in the unique key\'s order, so its rebuild needs no sort', () => {
+    /** The file's addresses (u1..u3000@example.com, then the undated one) in the order of sentry_email's citext key in a C database. */
+    const keyOrder = () => [...Array.from({ length: USERS }, (_, i) => `u${i + 1}@example.com`), NO_DATE]
+      .sort((a, b) => (a.toLowerCase() < b.toLowerCase() ? -1 : 1));
+    /** The table's rows as they lie in the heap (the order an index build reads them). */
+    const heap = async (db: TestDb) => ((await db.knex.raw('SELECT email::text FROM sentry_email ORDER BY ctid')).rows as { email: string }[]).map((r) => r.email);
+    const byId = async (db: TestDb) => ((await db.knex.raw('SELECT email::text FROM sentry_email ORDER BY id')).rows as { email: string }[]).map((r) => r.email);
+
+    it('writes the rows in key order with the merge\'s ids, dates and pk map; the key is rebuilt as it was', async () => {
+      const file = writeExport(records([], false));
+      const direct = await freshDatabase();
+      const merged = await freshDatabase();
+      try {
+        const a = cli(file, direct);
+        const b = cli(file, merged, '--bulk-load', 'off');
+        expect(a.stderr).to.contain('[bulk] load first, then build');
+        expect(a.stderr).to.contain(`[direct] sentry_email: ${USERS + 1} rows written straight in, in its unique key's order, 0 addresses already there`);
+        expect(a.models).to.deep.equal(b.models);
+        expect(await outcome(direct)).to.deep.equal(await outcome(merged));
+        // The ids follow the file (u1, u2, ...); the heap follows the key ('@' sorts after the digits: u1000, u1001, ...).
+        const want = keyOrder();
+        expect(want.slice(0, 3)).to.deep.equal(['no-date@example.com', 'u1000@example.com', 'u1001@example.com']);
+        expect(await heap(direct)).to.deep.equal(want);
+        expect(await heap(merged)).to.not.deep.equal(want);
+        expect(await byId(direct)).to.deep.equal(await byId(merged));
+        expect(await definitions(direct)).to.deep.equal(await definitions(merged));
+      } finally {
+        await direct.close();
+        await merged.close();
+      }
+    });
+
+    it('keeps the file\'s order in a database whose collation does not order the addresses as bytes (ICU en-US)', async () => {
+      const file = writeExport(records([], false));
+      const db = await freshDatabase(true, { icuLocale: 'en-US' });
+      try {
+        const a = cli(file, db);
+        expect(a.stderr).to.contain(`[direct] sentry_email: ${USERS + 1} rows written straight in, 0 addresses already there`);
+        expect(await heap(db)).to.deep.equal(await byId(db));
+      } finally {
+        await db.close();
+      }
+    });
+
+    describe('writeDirectEmails with bulk, on its own: the key\'s order only into an empty table nothing else depends on', () => {
+      // File order b2, A1, c3, a0, B1: key order a0, A1, B1, b2, c3.
+      const file = ['b2@x.io', 'A1@X.io', 'c3@x.io', 'a0@x.io', 'B1@x.io'];
+      /**
+       * Writes `file` with `bulk` after `prepare` (in the same transaction, rolled back after): the
+       * result, the heap's order, whether the table was truncated; with `scratch`, the files it made.
+       */
+      const write = (prepare: (client: pg.Client) => Promise<unknown>, maxSorted?: number, scratch?: (name: string) => string) => new Promise<unknown>((resolve, reject) => {
+        withDbClient(async (_db, client) => {
+          await client.query('BEGIN');
+          await prepare(client);
+          await client.query('LOCK TABLE sentry_email IN ACCESS EXCLUSIVE MODE');
+          const node = async () => (await client.query(`SELECT pg_relation_filenode('sentry_email') AS f`)).rows[0].f as string;
+          const before = await node();
+          const check = new EmailCheck();
+          for (const a of file) check.note(a);
+          const result = await writeDirectEmails(client, 79, 'sentry_email', 'sentry_email_id_seq', check,
+            // A line a chunk (the client sorts what it holds at a chunk's end).
+            async function* lines() { for (const [i, a] of file.entries()) yield [line(i + 1, a)]; },
+            async () => { throw new Error('a line was staged'); }, { bulk: true, ...(maxSorted === undefined ? {} : { maxSorted }), ...(scratch ? { scratch } : {}) });
+          const rows = (await client.query(`SELECT email::text FROM sentry_email WHERE email::text ILIKE '%@x.io' ORDER BY ctid`)).rows.map((r) => r.email as string);
+          const ids = (await client.query(`SELECT email::text FROM sentry_email WHERE email::text ILIKE '%@x.io' ORDER BY id`)).rows.map((r) => r.email as string);
+          const truncated = before !== await node();
+          await client.query('ROLLBACK');
+          resolve({ result, heap: rows, ids, truncated });
+        }).catch(reject);
+      });
+      const sorted = ['a0@x.io', 'A1@X.io', 'B1@x.io', 'b2@x.io', 'c3@x.io'];
+
+      it('an empty table: truncated (a new file, no row changed), the rows in key order, their ids in file order', async () => {
+        expect(await write(async () => undefined)).to.deep.equal({
+          result: { written: 5, existing: 0, staged: 0, keyOrder: true }, heap: sorted, ids: file, truncated: true,
+        });
+      });
+
+      it('more rows than maxSorted, with scratch files: sorted runs of maxSorted rows, merged into the COPY, their files removed', async () => {
+        const dir = fs.mkdtempSync(tmpPath('runs-'));
+        const made: string[] = [];
+        const scratch = (name: string) => { made.push(name); return path.join(dir, name); };
+        expect(await write(async () => undefined, 2, scratch)).to.deep.equal({
+          result: { written: 5, existing: 0, staged: 0, keyOrder: true }, heap: sorted, ids: file, truncated: true,
+        });
+        // Runs of 2, 2 and 1 rows.
+        expect(made).to.deep.equal(['email_run_0', 'email_run_1', 'email_run_2']);
+        expect(fs.readdirSync(dir)).to.deep.equal([]);
+      });
+
+      for (const [what, prepare, maxSorted] of [
+        ['a table holding a row', (c: pg.Client) => c.query(`INSERT INTO sentry_email (email, date_added) VALUES ('z@y.io', now())`), undefined],
+        ['a table another table\'s foreign key points at', (c: pg.Client) => c.query('CREATE TABLE email_ref (e int REFERENCES sentry_email (id))'), undefined],
+        ['a database with a publication (it may replicate the TRUNCATE)', (c: pg.Client) => c.query('CREATE PUBLICATION userport_spec FOR TABLE auth_user'), undefined],
+        ['more rows than maxSorted', async () => undefined, 4],
+      ] as const) {
+        it(`${what}: the file's order, nothing truncated`, async () => {
+          expect(await write(prepare, maxSorted)).to.deep.equal({ result: { written: 5, existing: 0, staged: 0 }, heap: file, ids: file, truncated: false });
+        });
+      }
     });
   });
 
