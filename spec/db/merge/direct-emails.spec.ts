@@ -317,11 +317,12 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
        * Writes `file` with `bulk` after `prepare` (in the same transaction, rolled back after): the
        * result, the heap's order, whether the table was truncated; with `scratch`, the files it made.
        */
-      const write = (prepare: (client: pg.Client) => Promise<unknown>, maxSorted?: number, scratch?: (name: string) => string) => new Promise<unknown>((resolve, reject) => {
+      const write = (prepare: (client: pg.Client) => Promise<unknown>,
+        { maxSorted, scratch, lock = true }: { maxSorted?: number; scratch?: (name: string) => string; lock?: boolean } = {}) => new Promise<unknown>((resolve, reject) => {
         withDbClient(async (_db, client) => {
           await client.query('BEGIN');
           await prepare(client);
-          await client.query('LOCK TABLE sentry_email IN ACCESS EXCLUSIVE MODE');
+          if (lock) await client.query('LOCK TABLE sentry_email IN ACCESS EXCLUSIVE MODE');
           const node = async () => (await client.query(`SELECT pg_relation_filenode('sentry_email') AS f`)).rows[0].f as string;
           const before = await node();
           const check = new EmailCheck();
@@ -349,7 +350,7 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
         const dir = fs.mkdtempSync(tmpPath('runs-'));
         const made: string[] = [];
         const scratch = (name: string) => { made.push(name); return path.join(dir, name); };
-        expect(await write(async () => undefined, 2, scratch)).to.deep.equal({
+        expect(await write(async () => undefined, { maxSorted: 2, scratch })).to.deep.equal({
           result: { written: 5, existing: 0, staged: 0, keyOrder: true }, heap: sorted, ids: file, truncated: true,
         });
         // Runs of 2, 2 and 1 rows.
@@ -357,14 +358,18 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
         expect(fs.readdirSync(dir)).to.deep.equal([]);
       });
 
-      for (const [what, prepare, maxSorted] of [
-        ['a table holding a row', (c: pg.Client) => c.query(`INSERT INTO sentry_email (email, date_added) VALUES ('z@y.io', now())`), undefined],
-        ['a table another table\'s foreign key points at', (c: pg.Client) => c.query('CREATE TABLE email_ref (e int REFERENCES sentry_email (id))'), undefined],
-        ['a database with a publication (it may replicate the TRUNCATE)', (c: pg.Client) => c.query('CREATE PUBLICATION userport_spec FOR TABLE auth_user'), undefined],
-        ['more rows than maxSorted', async () => undefined, 4],
+      const none = async () => undefined;
+      for (const [what, prepare, options] of [
+        ['a table holding a row', (c: pg.Client) => c.query(`INSERT INTO sentry_email (email, date_added) VALUES ('z@y.io', now())`), {}],
+        ['a table another table\'s foreign key points at', (c: pg.Client) => c.query('CREATE TABLE email_ref (e int REFERENCES sentry_email (id))'), {}],
+        ['a table with an inheritance child (TRUNCATE would reach it)', (c: pg.Client) => c.query('CREATE TABLE email_child () INHERITS (sentry_email)'), {}],
+        ['an address column in a collation of its own', (c: pg.Client) => c.query('ALTER TABLE sentry_email ALTER COLUMN email TYPE citext COLLATE "C"'), {}],
+        ['a database with a publication (it may replicate the TRUNCATE)', (c: pg.Client) => c.query('CREATE PUBLICATION userport_spec FOR TABLE auth_user'), {}],
+        ['a table this session has not locked', none, { lock: false }],
+        ['more rows than maxSorted', none, { maxSorted: 4 }],
       ] as const) {
         it(`${what}: the file's order, nothing truncated`, async () => {
-          expect(await write(prepare, maxSorted)).to.deep.equal({ result: { written: 5, existing: 0, staged: 0 }, heap: file, ids: file, truncated: false });
+          expect(await write(prepare, options)).to.deep.equal({ result: { written: 5, existing: 0, staged: 0 }, heap: file, ids: file, truncated: false });
         });
       }
     });
