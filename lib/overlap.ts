@@ -134,16 +134,19 @@ export class OverlapRun {
   writeSide(name: string, chunks: Buffer[]): Promise<void> {
     let side = this.sides.get(name);
     if (!side) {
-      if (!/^\w+$/.test(name)) return Promise.reject(new Error(`a side spool's name is a word, not ${JSON.stringify(name)}`));
-      side = createWriteStream(this.sidePath(name), { flags: 'wx', mode: 0o600 });
+      let file: string;
+      try { file = this.beside('side', name); } catch (err) { return Promise.reject(err); }
+      side = createWriteStream(file, { flags: 'wx', mode: 0o600 });
       side.on('error', () => undefined);
       this.sides.set(name, side);
     }
     return writeChunks(side, chunks, spoolError);
   }
 
-  private sidePath(name: string): string {
-    return path.join(path.dirname(this.path), `side-${name}.copy`);
+  /** The path of the work's side spool or scratch file `name` in the spool's private folder: a word, so no other path can come of it. */
+  private beside(kind: 'side' | 'scratch', name: string): string {
+    if (!/^\w+$/.test(name)) throw new Error(`${kind === 'side' ? "a side spool's" : "a scratch file's"} name is a word, not ${JSON.stringify(name)}`);
+    return path.join(path.dirname(this.path), kind === 'side' ? `side-${name}.copy` : `scratch-${name}`);
   }
 
   /**
@@ -168,18 +171,14 @@ export class OverlapRun {
 
   /** The diverted rows: the work writes what it can, the rest is appended to the spool. */
   private async settleSides(): Promise<void> {
-    const sides = new Map([...this.sides.keys()].map((name): [string, SideLines] => [name, () => readLines(this.sidePath(name))]));
+    const sides = new Map([...this.sides.keys()].map((name): [string, SideLines] => [name, () => readLines(this.beside('side', name))]));
     const append = createWriteStream(this.path, { flags: 'a' });
     append.on('error', () => undefined);
     const stage = (text: Buffer[]) => (text.length ? writeChunks(append, [Buffer.concat(text.flatMap((l) => [l, NEWLINE]))], spoolError) : Promise.resolve());
     const write = this.work.writeDiverted ?? (async (all: typeof sides, to: typeof stage) => {
       for (const lines of all.values()) for await (const chunk of lines()) await to(chunk);
     });
-    const scratch = (name: string) => {
-      if (!/^\w+$/.test(name)) throw new Error(`a scratch file's name is a word, not ${JSON.stringify(name)}`);
-      return path.join(path.dirname(this.path), `scratch-${name}`);
-    };
-    try { await write(sides, stage, scratch); } catch (err) { throw err instanceof UserportError ? err : wrapCallbackError(err, 'the merge'); }
+    try { await write(sides, stage, (name) => this.beside('scratch', name)); } catch (err) { throw err instanceof UserportError ? err : wrapCallbackError(err, 'the merge'); }
     await endStream(append, spoolError);
   }
 

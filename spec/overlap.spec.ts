@@ -6,7 +6,11 @@
  */
 import { expect } from 'chai';
 import fs from 'node:fs';
+import path from 'node:path';
+import { Writable } from 'node:stream';
 import { importUsers } from '../lib/index.js';
+import { OverlapRun } from '../lib/overlap.js';
+import { spoolsIn } from '../lib/spool.js';
 import { ErrorCodes } from '../lib/errors.js';
 import { failure, withDb } from './helpers/db.js';
 import { TARGET_TABLES, user, useremail, useroption, writeExport, type Rec } from './helpers/exports.js';
@@ -43,6 +47,37 @@ describe('lib/overlap: the rows that arrive during the early users step', () => 
       expect(await db.count('sentry_useroption')).to.equal(3000);
       expect(fs.readdirSync(dir)).to.deep.equal([]);
     });
+  });
+
+  it('gives writeDiverted scratch paths in the spool\'s private folder, words only, gone with the spool', async () => {
+    const dir = tmpFolder('overlap-');
+    const made: string[] = [];
+    let refused = '';
+    const run = await OverlapRun.begin({
+      run: async () => undefined,
+      finish: async () => undefined,
+      async writeDiverted(_sides, _stage, scratch) {
+        for (const name of ['email_run_0', 'email_run_1']) {
+          const file = scratch(name);
+          fs.writeFileSync(file, 'x', { flag: 'wx', mode: 0o600 });
+          made.push(file);
+        }
+        try { scratch('../escape'); } catch (err) { refused = (err as Error).message; }
+      },
+    }, spoolsIn(dir), () => false, () => undefined, () => undefined);
+    expect(run).to.not.equal(undefined);
+    const copied: string[] = [];
+    await run!.drain(() => new Writable({ write(chunk, _enc, done) { copied.push(String(chunk)); done(); } }));
+    // Both in the one spool folder under tmpDir, beside the spool; nothing of them outside it.
+    const folders = new Set(made.map((f) => path.dirname(f)));
+    expect(folders.size).to.equal(1);
+    const [folder] = [...folders];
+    expect(path.dirname(folder!)).to.equal(dir);
+    expect(path.basename(folder!)).to.match(/^userport-spool-/);
+    expect(made.map((f) => path.basename(f))).to.deep.equal(['scratch-email_run_0', 'scratch-email_run_1']);
+    expect(refused).to.equal('a scratch file\'s name is a word, not "../escape"');
+    expect(copied.join('')).to.equal('');
+    expect(fs.readdirSync(dir)).to.deep.equal([]);
   });
 
   it('a spool that cannot be made: USERPORT_IO naming the staging spool, and no row written', async () => {
