@@ -5,7 +5,8 @@
  */
 import fs from 'node:fs';
 import { isIP } from 'node:net';
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import type { ErrorObject, ValidateFunction } from 'ajv';
+import { compiledModuleSource, validatorsFor, type Formats, type SchemaSet, type Validators } from './validators.js';
 
 /** Type of a staging column, which decides how a value is checked and encoded for COPY. */
 export type ColumnType = 'text' | 'bool' | 'timestamptz' | 'int' | 'json' | 'doc';
@@ -236,15 +237,13 @@ function loadSchema(name: string): Record<string, unknown> {
   return JSON.parse(fs.readFileSync(new URL(`${name}.json`, SCHEMA_DIR), 'utf8')) as Record<string, unknown>;
 }
 
-function newAjv(): Ajv {
-  const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true });
-  ajv.addKeyword({ keyword: 'x-userport', schemaType: 'object' });
-  ajv.addFormat('date-time', { type: 'string', validate: isDateTime });
-  ajv.addFormat('time-zone', { type: 'string', validate: isTimeZone });
+/** The formats the schemas name, checked as Sentry's fields are. */
+const FORMATS: Formats = {
+  'date-time': isDateTime,
+  'time-zone': isTimeZone,
   // Django's GenericIPAddressField (what `UserIP.full_clean` checks): an IPv4 or IPv6 address.
-  ajv.addFormat('ip-address', { type: 'string', validate: (s: string) => isIP(s) !== 0 });
-  return ajv;
-}
+  'ip-address': (s: string) => isIP(s) !== 0,
+};
 
 /** A model as `schemas/` describes it: everything of a {@link ModelInfo} but its compiled validators. */
 export type ModelSchema = Omit<ModelInfo, 'validate' | 'valueRules'>;
@@ -269,27 +268,39 @@ export function modelSchemas(): ReadonlyMap<string, ModelSchema> {
   return (schemaCache = models);
 }
 
+/** What the validators are made from: the envelope's schema, then each model's, in `modelSchemas()` order. */
+export function schemaSet(): SchemaSet {
+  return {
+    envelope: loadSchema('record'),
+    models: [...modelSchemas().values()].map((m) => ({ name: m.name, schema: m.schema, valueRules: m.mapping.valueRules ?? {} })),
+  };
+}
+
+/** The source of the build's compiled validators (`tools/compile-validators.ts` writes it). */
+export function compiledValidatorsSource(): string {
+  return compiledModuleSource(schemaSet(), FORMATS);
+}
+
 /**
- * The models with their validators, compiled at once on first use (80 ms for the twelve schemas,
- * the first paying ajv's warm-up; an import asks when it starts). Each object is made whole, its
- * validators set once: the per-record path reads them (validators that replaced a compiling stub
- * on first use cost the read 15-25% more CPU).
+ * The models with their validators, made at once on first use (an import asks when it starts):
+ * loaded from the build's compiled module, or compiled by ajv here (lib/validators.ts). Each
+ * object is made whole, its validators set once: the per-record path reads them (validators that
+ * replaced a compiling stub on first use cost the read 15-25% more CPU).
  */
 function build() {
-  const ajv = newAjv();
+  const v = validatorsFor(schemaSet(), FORMATS);
   const models = new Map<string, ModelInfo>();
   for (const m of modelSchemas().values()) {
-    const valueRules = new Map<string, ValidateFunction>();
-    for (const [key, rule] of Object.entries(m.mapping.valueRules ?? {})) valueRules.set(key, ajv.compile(rule));
-    models.set(m.name, { ...m, validate: ajv.compile(m.schema), valueRules });
+    const { validate, valueRules } = v.models.get(m.name)!;
+    models.set(m.name, { ...m, validate, valueRules });
   }
-  return { envelope: ajv.compile(loadSchema('record')), models };
+  return { envelope: v.envelope, models, origin: v.origin };
 }
 
 let cache: ReturnType<typeof build> | undefined;
 
 /** The compiled schemas (built once, on first use). */
-export function registry(): { envelope: ValidateFunction; models: Map<string, ModelInfo> } {
+export function registry(): { envelope: ValidateFunction; models: Map<string, ModelInfo>; origin: Validators['origin'] } {
   return (cache ??= build());
 }
 
