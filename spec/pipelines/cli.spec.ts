@@ -310,6 +310,21 @@ describe('userport CLI', function () {
       expect(imp.stderr).to.include('did you mean import?');
     });
 
+    it('gives the process the `navigator` of Node 21 and later, so pg loads no undici to ask for Cloudflare; the library sets none', async () => {
+      // At exit, what the process saw: its navigator, and whether Node's undici was loaded.
+      const probe = path.join(tmpFolder('navigator'), 'probe.cjs');
+      fs.writeFileSync(probe, `process.on('exit', () => process.stderr.write(JSON.stringify({ ua: typeof navigator === 'object' ? navigator.userAgent : null,
+        undici: process.moduleLoadList.some((m) => m.includes('undici')) })));`);
+      const seen = (res: { stderr: string }) => JSON.parse(res.stderr.slice(res.stderr.lastIndexOf('{'))) as { ua: string | null; undici: boolean };
+      const major = process.versions.node.split('.')[0];
+      const cli = seen(await userport(['import', '--help'], { env: { NODE_OPTIONS: `--require ${probe}` } }));
+      expect(cli).to.deep.equal({ ua: `Node.js/${major}`, undici: false });
+      // The library alone, loaded with pg: the navigator is whatever Node gives (none on Node 20).
+      const lib = await run(process.execPath, ['--require', probe, '--input-type=module', '-e',
+        `await import(${JSON.stringify(new URL('../../lib/index.js', import.meta.url).href)}); await import('pg');`]);
+      expect(seen(lib).ua).to.equal(Number(major) >= 21 ? `Node.js/${major}` : null);
+    });
+
     it('every command and subcommand has --help with its options and an example', async () => {
       for (const args of [['--help'], ['import', '--help'], ['import', 'users', '--help'], ['imports', '--help'], ['migrate', '--help'],
         ['db', '--help'], ['db', 'url', '--help'], ['encrypt', '--help'], ['decrypt', '--help'], ['help', 'imports']]) {
