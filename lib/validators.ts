@@ -48,10 +48,13 @@ function ajvPackage(): typeof import('ajv') {
   return require('ajv') as typeof import('ajv');
 }
 
+/** ajv's options, the same for both ways (the digest covers them). */
+const AJV_OPTIONS = { allErrors: false, strict: true, allowUnionTypes: true } as const;
+
 function newAjv(formats: Formats, source: boolean): Ajv {
   const { Ajv: AjvClass, _ } = ajvPackage();
   const ajv = new AjvClass({
-    allErrors: false, strict: true, allowUnionTypes: true,
+    ...AJV_OPTIONS,
     // Standalone code names the formats by this identifier: the compiled module's `make` receives them.
     ...(source ? { code: { source: true, formats: _`formats` } } : {}),
   });
@@ -68,10 +71,10 @@ function exportNames(set: SchemaSet): { envelope: string; models: { validate: st
   };
 }
 
-/** Digest of what the compiled module is made from: its format, ajv's version, the schemas and their order. */
+/** Digest of what the compiled module is made from: its format, ajv's version and options, the schemas and their order. */
 export function schemaDigest(set: SchemaSet): string {
   const version = (require('ajv/package.json') as { version: string }).version;
-  return createHash('sha256').update(JSON.stringify([MODULE_FORMAT, version, set])).digest('hex');
+  return createHash('sha256').update(JSON.stringify([MODULE_FORMAT, version, AJV_OPTIONS, set])).digest('hex');
 }
 
 function assemble(set: SchemaSet, fns: Record<string, ValidateFunction>, origin: Validators['origin']): Validators {
