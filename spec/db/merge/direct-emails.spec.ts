@@ -8,18 +8,21 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { EmailCheck, MAX_ADDRESSES, MAX_HELD, MAX_LISTED, TARGET_RATIO, writeDirectEmails } from '../../../lib/db/merge/direct-emails.js';
+import { EmailCheck, MAX_ADDRESSES, MAX_HELD, MAX_LISTED, MAX_SORTED, TARGET_RATIO, writeDirectEmails } from '../../../lib/db/merge/direct-emails.js';
 import { lineColumn } from '../../../lib/db/merge/staging-lines.js';
 import { LEAD_COLUMNS } from '../../../lib/copy-text.js';
 import { STAGE_COLUMNS } from '../../../lib/models.js';
 import { definitions, freshDatabase, withDbClient, type TestDb } from '../../helpers/db.js';
-import { email, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
+import { email, generatedExport, tableSnapshot, user, useremail, useroption, writeExport, type Rec } from '../../helpers/exports.js';
 import { adminTargets, tracedImport } from '../../helpers/traced-import.js';
 import { tmpPath } from '../../helpers/setup.js';
 import { targetDatabase, unavailable, type TargetDb } from '../../helpers/targets.js';
 
 // Enough users that they span many read chunks: the early step starts while the emails are still to come.
+const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'bin', 'userport.js');
 const USERS = 3000;
 const NO_DATE = 'no-date@example.com';
 const NO_DATE_PK = USERS * 2 + 1;
@@ -295,6 +298,37 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
       } finally {
         await direct.close();
         await merged.close();
+      }
+    });
+
+    it(`more than MAX_SORTED (${MAX_SORTED.toLocaleString('en-US')}) Email records through the CLI: sorted runs in the spool's folder, merged, removed; ids in file order @soak`, async function () {
+      this.timeout(300000);
+      // 90,000 generated users bring about 107,500 Email records in source pk order.
+      const file = await generatedExport({ users: 90000, seed: 7, collisionRate: 0 });
+      const db = await freshDatabase();
+      const tmp = fs.mkdtempSync(tmpPath('scratch-'));
+      try {
+        const r = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--database-url', db.url, '--no-progress', '--json'],
+          { encoding: 'utf8', env: { ...process.env, USERPORT_TRACE_SQL: '1', TMPDIR: tmp }, maxBuffer: 64 << 20 });
+        expect(r.status, r.stderr.slice(-2000)).to.equal(0);
+        const read = (JSON.parse(r.stdout) as { models: Record<string, { read: number }> }).models['sentry.email']!.read;
+        expect(read).to.be.above(MAX_SORTED);
+        expect(r.stderr).to.contain(`[direct] sentry_email: ${read} rows written straight in, in its unique key's order, 0 addresses already there`);
+        // The whole heap in key order: more rows than one sorted run holds, so only the runs' merge puts them so.
+        const q = async (sql: string) => (await db.knex.raw(sql)).rows[0] as Record<string, unknown>;
+        expect(await q(`SELECT count(*)::int AS n, bool_and(k >= p) AS sorted FROM (
+          SELECT lower(email::text) COLLATE "C" AS k, lag(lower(email::text)) OVER (ORDER BY ctid) COLLATE "C" AS p FROM sentry_email) x`))
+          .to.deep.equal({ n: read, sorted: true });
+        // The ids: one block, drawn in file (source pk) order, as the pk map says.
+        expect(await q(`SELECT (max(id) - min(id) + 1)::int AS span FROM sentry_email`)).to.deep.equal({ span: read });
+        expect(await q(`SELECT bool_and(target_id > p) AS ascending FROM (
+          SELECT target_id, lag(target_id + span - 1) OVER (ORDER BY source_pk) AS p FROM userport.pk_ranges WHERE model = 'sentry.email') x`))
+          .to.deep.equal({ ascending: true });
+        // The spool's private folder, scratch files and all, went with the import.
+        expect(fs.readdirSync(tmp)).to.deep.equal([]);
+      } finally {
+        await db.close();
+        fs.rmSync(tmp, { recursive: true, force: true });
       }
     });
 
