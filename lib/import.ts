@@ -302,9 +302,10 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
   const aborted = () => new UserportError(ErrorCodes.ABORTED,
     `the import was cancelled (its signal was aborted): ${o.resumable ? 'what its checkpoints committed stays' : 'nothing was written'}`, { cause: o.signal?.reason });
   if (o.signal?.aborted) throw aborted();
-  // The validators, compiled now (nothing compiles them when the library is loaded). Compiled
-  // between the turns of the database's opening instead, they cost the read 15-30% more CPU under
-  // the CLI's small heap (bench/NOTES.md, round ten).
+  // The validators, made now (loading the library makes none): the build's compiled module where it
+  // matches schemas/, else compiled by ajv here (lib/validators.ts). Compiled between the turns of
+  // the database's opening instead, they cost the read 15-30% more CPU under the CLI's small heap
+  // (bench/NOTES.md, round ten).
   registry();
   // The import's private spool files (the decryption's, the early users step's) are made in one place.
   const spools = spoolsIn(o.tmpDir ?? os.tmpdir());
