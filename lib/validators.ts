@@ -2,8 +2,8 @@
  * The JSON Schema validators of `schemas/`, made by ajv. `npm run build` has ajv compile them
  * into a module of plain functions (ajv's standalone code, `dist/lib/validators.compiled.cjs`,
  * written by `tools/compile-validators.ts`) stamped with a digest of the schemas and of ajv's
- * version; an import loads that module when its digest matches, else (no such file, other
- * schemas, another ajv) ajv compiles them in the process as it always did. Loading them costs an
+ * version and options; an import loads that module when its digest matches, else (no such file,
+ * other schemas, another ajv) ajv compiles them in the process as it always did. Loading them costs an
  * import 5-10 ms where loading ajv and compiling cost 120-150 ms of every import's start.
  */
 import { createHash } from 'node:crypto';
@@ -37,11 +37,18 @@ export interface Validators {
   origin: 'precompiled' | 'compiled';
 }
 
+/** A format as ajv takes it, and as its standalone code reads it (`formats[name].validate`). */
+type FormatDefinitions = Record<string, { type: 'string'; validate: (s: string) => boolean }>;
+
 /** The compiled module as `require` returns it. */
 interface CompiledModule {
   digest: string;
-  /** The validators by export name, given each format as ajv's code reads it (`{ validate }`). */
-  make(formats: Record<string, { type: 'string'; validate: (s: string) => boolean }>): Record<string, ValidateFunction>;
+  /** The validators by export name, given the formats. */
+  make(formats: FormatDefinitions): Record<string, ValidateFunction>;
+}
+
+function formatDefinitions(formats: Formats): FormatDefinitions {
+  return Object.fromEntries(Object.entries(formats).map(([name, validate]) => [name, { type: 'string' as const, validate }]));
 }
 
 function ajvPackage(): typeof import('ajv') {
@@ -59,7 +66,7 @@ function newAjv(formats: Formats, source: boolean): Ajv {
     ...(source ? { code: { source: true, formats: _`formats` } } : {}),
   });
   ajv.addKeyword({ keyword: 'x-userport', schemaType: 'object' });
-  for (const [name, validate] of Object.entries(formats)) ajv.addFormat(name, { type: 'string', validate });
+  for (const [name, format] of Object.entries(formatDefinitions(formats))) ajv.addFormat(name, format);
   return ajv;
 }
 
@@ -108,7 +115,7 @@ export function compiledModuleSource(set: SchemaSet, formats: Formats): string {
   const names = exportNames(set);
   const refs: Record<string, string> = {};
   const add = (schema: Schema, name: string) => {
-    // Keyed by export name: the schemas' own `$id`s are left to ajv.
+    // Each under an `$id` of its export name (standalone code exports schemas by id), in place of its own.
     ajv.addSchema({ ...schema, $id: `userport:${name}` });
     refs[name] = `userport:${name}`;
   };
@@ -142,8 +149,7 @@ export function loadCompiledValidators(set: SchemaSet, formats: Formats, file = 
     throw err;
   }
   if (mod.digest !== schemaDigest(set)) return undefined;
-  const defs = Object.fromEntries(Object.entries(formats).map(([name, validate]) => [name, { type: 'string' as const, validate }]));
-  return assemble(set, mod.make(defs), 'precompiled');
+  return assemble(set, mod.make(formatDefinitions(formats)), 'precompiled');
 }
 
 /** The validators of `set`: the build's compiled module where it matches, else compiled now. */
