@@ -215,16 +215,24 @@ export function printable(s: string): string {
     (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
+/**
+ * A record's pk as a position shows it: as JSON where it is an object or array (String() of the
+ * parsed `{"toString": 1}` throws a TypeError, and `[object Object]` says nothing).
+ */
+export function pkText(pk: unknown): string {
+  return printable(typeof pk === 'object' && pk !== null ? JSON.stringify(pk) : String(pk));
+}
+
 /** Renders a position as `record 12 (sentry.user pk 4), field username, byte 1234, line 40, column 5`. */
 export function formatPosition(p: Position | undefined): string {
   if (!p) return '';
   const parts: string[] = [];
   if (p.ordinal !== undefined) {
     let rec = `record ${p.ordinal}`;
-    if (p.model !== undefined) rec += ` (${printable(p.model)}${p.pk !== undefined ? ` pk ${printable(String(p.pk))}` : ''})`;
+    if (p.model !== undefined) rec += ` (${printable(p.model)}${p.pk !== undefined ? ` pk ${pkText(p.pk)}` : ''})`;
     parts.push(rec);
   } else if (p.model !== undefined) {
-    parts.push(`${printable(p.model)}${p.pk !== undefined ? ` pk ${printable(String(p.pk))}` : ''}`);
+    parts.push(`${printable(p.model)}${p.pk !== undefined ? ` pk ${pkText(p.pk)}` : ''}`);
   }
   if (p.field !== undefined) parts.push(`field ${printable(p.field)}`);
   if (p.offset !== undefined) parts.push(`byte ${p.offset}`);

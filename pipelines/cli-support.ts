@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Writable } from 'node:stream';
-import { ErrorCodes, formatPosition, OptionError, printable, sayWording, UserportError, type Position, type Wording } from '../lib/errors.js';
+import { ErrorCodes, formatPosition, OptionError, pkText, printable, sayWording, UserportError, type Position, type Wording } from '../lib/errors.js';
 import { parseUsernameList } from '../lib/filter-users.js';
 import { fileNameTooLong } from '../lib/atomic-file.js';
 
@@ -117,7 +117,7 @@ export function withHint<E extends Error>(err: E, hint: string): E {
  */
 function dedupe(message: string, position: Position | undefined): { message: string; position: Position | undefined } {
   if (position?.model === undefined || position.ordinal === undefined) return { message, position };
-  const prefix = `${printable(position.model)}${position.pk !== undefined ? ` pk ${printable(String(position.pk))}` : ''}: `;
+  const prefix = `${printable(position.model)}${position.pk !== undefined ? ` pk ${pkText(position.pk)}` : ''}: `;
   return { message: message.startsWith(prefix) ? message.slice(prefix.length) : message, position };
 }
 

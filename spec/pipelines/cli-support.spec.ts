@@ -1,6 +1,6 @@
 /** The CLI's shared pieces: library option names mapped to flags, typo suggestions, exit codes. */
 import { expect } from 'chai';
-import { opt, OptionError, ParseError, UserportError, wording } from '../../lib/errors.js';
+import { ErrorCodes, opt, OptionError, ParseError, RecordError, UserportError, wording } from '../../lib/errors.js';
 import { cliMessage, didYouMean, exitCodeFor, formatError, suggestFlag, suggestWord, usage } from '../../pipelines/cli-support.js';
 
 describe('CLI support', () => {
@@ -19,6 +19,16 @@ describe('CLI support', () => {
     expect(cliMessage(new OptionError(wording`${opt('maxRejects')} needs ${opt('rejectsFile')}`))).to.equal('--max-rejects needs --rejects-file');
     // A message in one piece is the library's own: nothing is rewritten.
     expect(cliMessage(new OptionError('maxDepth must be an integer', 'maxDepth'))).to.equal('maxDepth must be an integer');
+  });
+
+  it('prints a record whose pk is an object or array (a hostile export) as JSON, where String() of it throws', () => {
+    // JSON.parse gives plain objects: {"toString": 1} has no callable toString, so String() and
+    // templates throw a TypeError, which crashed the CLI instead of naming the record.
+    for (const [pk, shown] of [[{ toString: 1 }, '{"toString":1}'], [[{ valueOf: {} }], '[{"valueOf":{}}]'], [7, '7']] as const) {
+      const err = new RecordError(ErrorCodes.RECORD_ENVELOPE, 'record 3: pk must be integer',
+        { position: { ordinal: 3, model: 'sentry.user', pk, field: 'pk', offset: 10, line: 2, column: 3 } });
+      expect(formatError(err)).to.equal(`userport: record 3: pk must be integer (record 3 (sentry.user pk ${shown}), field pk, byte 10, line 2, column 3) [USERPORT_RECORD_ENVELOPE]`);
+    }
   });
 
   it('suggests the closest flag for a typo, Sentry underscores included, and nothing for a stranger', () => {
