@@ -42,6 +42,23 @@ describe('createTokenizer', () => {
       }
     }
 
+    it('gives each record its line and column in any layout: minified, CRLF, a record a line, blank lines and breaks inside records', async () => {
+      const recs = Array.from({ length: 40 }, (_, i) => ({ model: 'sentry.user', pk: i + 1, fields: { username: `u${i}`, note: 'a "quoted" \\ {x}\n', list: [1, { a: [] }] } }));
+      const layouts = {
+        minified: JSON.stringify(recs),
+        crlf: JSON.stringify(recs, null, 2).replace(/\n/g, '\r\n'),
+        lines: `\n\n  [\n${recs.map((r) => JSON.stringify(r)).join(',\n\n')}\n]\n`,
+        broken: `[${recs.map((r) => JSON.stringify(r).replace(/,/g, ',\n\t').replace(/:/g, '\n:\n')).join('\n,\n')}]`,
+      };
+      for (const [name, text] of Object.entries(layouts)) {
+        const buf = Buffer.from(text);
+        for (const size of [1, 7, 4096]) {
+          const records = await collect<RawRecord>(chunked(buf, size), createTokenizer());
+          expect(records.map((r) => ({ offset: r.offset, line: r.line, column: r.column })), `${name}, ${size}-byte chunks`).to.deep.equal(expectedPositions(buf));
+        }
+      }
+    });
+
     it('accepts a UTF-8 byte-order mark, even split across chunks', async () => {
       const records = await collect<RawRecord>(chunked('\uFEFF[{"model":"a","pk":1,"fields":{}}]', 1), createTokenizer());
       expect(records).to.have.length(1);

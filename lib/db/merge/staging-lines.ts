@@ -74,15 +74,26 @@ export function intField(line: Buffer, column: number): number {
 /** The lines of a file of COPY text, without their newline, a read chunk's at a time (views of chunks that are never reused). */
 export async function* readLines(file: string, chunkBytes = 1 << 20): AsyncGenerator<Buffer[]> {
   let rest: Buffer | undefined;
-  for await (const read of createReadStream(file, { highWaterMark: chunkBytes })) {
-    const chunk: Buffer = rest ? Buffer.concat([rest, read as Buffer]) : read as Buffer;
+  for await (const read of createReadStream(file, { highWaterMark: chunkBytes }) as AsyncIterable<Buffer>) {
     const lines: Buffer[] = [];
     let start = 0;
-    for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
-      lines.push(chunk.subarray(start, nl));
+    let nl = read.indexOf(10);
+    if (rest) {
+      // Only the line the last chunk began is joined (joining whole chunks copied every byte
+      // read once more: 0.1 s of the tail at 100k users).
+      if (nl < 0) {
+        rest = Buffer.concat([rest, read]);
+        continue;
+      }
+      lines.push(Buffer.concat([rest, read.subarray(0, nl)]));
+      start = nl + 1;
+      nl = read.indexOf(10, start);
+    }
+    for (; nl >= 0; nl = read.indexOf(10, start)) {
+      lines.push(read.subarray(start, nl));
       start = nl + 1;
     }
-    rest = start < chunk.length ? chunk.subarray(start) : undefined;
+    rest = start < read.length ? read.subarray(start) : undefined;
     if (lines.length) yield lines;
   }
   if (rest) yield [rest];

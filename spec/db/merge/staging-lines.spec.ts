@@ -3,10 +3,13 @@
  * sink's encoder wrote, found by one scan, and their integers.
  */
 import { expect } from 'chai';
+import fs from 'node:fs';
+import path from 'node:path';
 import { CopyText } from '../../../lib/copy-text.js';
-import { columnStart, field, intAt, intField, lineColumn, scanTabs } from '../../../lib/db/merge/staging-lines.js';
+import { columnStart, field, intAt, intField, lineColumn, readLines, scanTabs } from '../../../lib/db/merge/staging-lines.js';
 import type { StagedRow } from '../../../lib/map-models.js';
 import { STAGE_COLUMNS, STAGE_INDEX } from '../../../lib/models.js';
+import { tmpFolder } from '../../helpers/setup.js';
 
 /** One staged option row, encoded by the sink's own encoder: its line without the newline. */
 function line(values: Partial<Record<(typeof STAGE_COLUMNS)[number][0], unknown>>, pk = 42): Buffer {
@@ -48,5 +51,34 @@ describe('staging lines read in the client', () => {
     expect(intField(line({}, -5), lineColumn('src_pk'))).to.equal(-5);
     const b = Buffer.from('12x-3');
     expect([intAt(b, 0, 2), intAt(b, 0, 3), intAt(b, 3, 5), intAt(b, 3, 4)]).to.deep.equal([12, NaN, -3, NaN]);
+  });
+});
+
+describe('staging lines read back from a file (readLines)', () => {
+  /** Every line of `file` as readLines gives them with `chunk` bytes a read, and how many batches. */
+  const readAll = async (file: string, chunk: number) => {
+    const lines: string[] = [];
+    let batches = 0;
+    for await (const batch of readLines(file, chunk)) {
+      batches++;
+      for (const l of batch) lines.push(l.toString('latin1'));
+    }
+    return { lines, batches };
+  };
+
+  it('gives each line once, whole and without its newline, whatever the read size: lines across two and many reads, empty lines, no last newline', async () => {
+    const dir = tmpFolder('read-lines');
+    // Lines from 0 to 300 bytes, so that some span many reads of a few bytes.
+    const lines = Array.from({ length: 120 }, (_, i) => 'x'.repeat((i * 37) % 301).replace(/x/g, (_, j: number) => String.fromCharCode(0x21 + ((i + j) % 90))));
+    for (const last of ['\n', '']) {
+      const file = path.join(dir, `lines${last ? '' : '-open'}.txt`);
+      fs.writeFileSync(file, lines.join('\n') + last);
+      for (const chunk of [1, 3, 64, 299, 301, 4096, 1 << 20]) {
+        const got = await readAll(file, chunk);
+        expect(got.lines, `${chunk} bytes a read${last ? '' : ', no last newline'}`).to.deep.equal(lines);
+        // One batch per read that ends a line at most (a read within a line adds none).
+        expect(got.batches).to.be.at.most(Math.ceil(fs.statSync(file).size / chunk) + 1);
+      }
+    }
   });
 });
