@@ -114,7 +114,19 @@ export class CopyText {
     this.room(NUMBER_BYTES);
     const buf = this.buf;
     let p = this.used;
-    if (Number.isSafeInteger(v)) {
+    if (v >= 0 && v <= 0x7fffffff && (v | 0) === v) {
+      // The common case (positions, pks, codes): 32-bit integer division, one pass per digit.
+      let n = v | 0;
+      let digits = 1;
+      for (let t = n; t >= 10; t = (t / 10) | 0) digits++;
+      p += digits;
+      let q = p;
+      do {
+        const t = (n / 10) | 0;
+        buf[--q] = 0x30 + n - t * 10;
+        n = t;
+      } while (n > 0);
+    } else if (Number.isSafeInteger(v)) {
       let n = v;
       if (n < 0) { buf[p++] = 0x2d; n = -n; }
       let digits = 1;
