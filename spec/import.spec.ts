@@ -41,6 +41,25 @@ describe('importUsers', () => {
       expect(s.unknownFields).to.deep.equal({ 'sentry.user': { is_frobnicated: 1, actor: 2 } });
       expect(await db.count('auth_user')).to.equal(2);
     });
+
+    it('imports an export whose unknown field names hold a lone surrogate, atomic and resumable (the summary stored as U+FFFD)', async () => {
+      // The file spells the names with JSON escapes ("x\ud800y"); JSON.stringify wrote them back
+      // as such into the imports table's jsonb, which PostgreSQL refused at the import's last
+      // statement (the long fuzz run, seed 4243): nothing was imported.
+      const records = [user(1, 'alice', { 'x\ud800y': 1, '\udc00': 2 }), user(2, 'bob', { 'x\ud800y': 3 })];
+      for (const resumable of [false, true]) {
+        const other = await freshDatabase();
+        try {
+          const s = await run(other, records, { resumable, ...(resumable ? { batchRows: 1 } : {}) });
+          expect(s.unknownFields, `resumable ${resumable}`).to.deep.equal({ 'sentry.user': { 'x\ud800y': 2, '\udc00': 1 } });
+          expect(await other.count('auth_user')).to.equal(2);
+          const stored = (await other.knex.raw(`SELECT summary->'unknownFields'->'sentry.user' AS u, state FROM userport.imports`)).rows[0];
+          expect(stored).to.deep.equal({ u: { 'x\ufffdy': 2, '\ufffd': 1 }, state: 'done' });
+        } finally {
+          await other.close();
+        }
+      }
+    });
   });
 
   describe('users', () => {

@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import type { Knex } from 'knex';
 import type pg from 'pg';
+import { jsonText } from './json-text.js';
 import { createKnex, isMigrated, migrate, waitForDatabase } from './knex.js';
 import { ErrorCodes, opt, OptionError, printable, sayWording, UserportError, wording, type Wording } from '../errors.js';
 import { processAlive } from '../spool.js';
@@ -150,7 +151,7 @@ export async function insertResumableImport(client: pg.ClientBase, r: ImportRowS
   const ins = await client.query(
     `INSERT INTO userport.imports (id, mode, state, source, source_size, source_fingerprint, options)
      VALUES ($1, 'resumable', 'running', $2, $3, $4, $5) RETURNING run`,
-    [r.importId, r.source, r.fingerprint!.size, r.fingerprint!.hash, JSON.stringify(r.options)]);
+    [r.importId, r.source, r.fingerprint!.size, r.fingerprint!.hash, jsonText(r.options)]);
   return ins.rows[0].run;
 }
 
@@ -164,7 +165,7 @@ export async function insertImport(c: pg.ClientBase, run: number, mode: ImportSu
   await c.query(`INSERT INTO userport.imports (run, id, mode, state, source, source_size, source_fingerprint, options)
                  VALUES ($1, $2, $3, 'running', $4, $5, $6, $7)`,
     [run, r.importId, mode, r.source, r.fingerprint?.size ?? null, r.fingerprint?.hash ?? null,
-      JSON.stringify(r.options)]);
+      jsonText(r.options)]);
 }
 
 /** Drops the staged rows of `run` (a resumable import's stage outlives its batches). */
@@ -175,13 +176,13 @@ export async function deleteStaged(c: pg.ClientBase, run: number): Promise<void>
 /** Marks `run` done with its summary and counters. */
 export async function finishImport(c: pg.ClientBase, run: number, summary: ImportSummary, counters: StatsSnapshot): Promise<void> {
   await c.query(`UPDATE userport.imports SET state = 'done', finished_at = clock_timestamp(), updated_at = clock_timestamp(), summary = $2,
-                 counters = $3 WHERE run = $1`, [run, JSON.stringify(summary), JSON.stringify(counters)]);
+                 counters = $3 WHERE run = $1`, [run, jsonText(summary), jsonText(counters)]);
 }
 
 /** Records a checkpoint: every record through `ordinal` (ending at byte `offset`) is committed. */
 export async function saveCheckpoint(c: pg.ClientBase, run: number, ordinal: number, offset: number, counters: StatsSnapshot): Promise<void> {
   await c.query(`UPDATE userport.imports SET checkpoint_ordinal = $2, checkpoint_offset = $3, counters = $4, updated_at = now()
-                 WHERE run = $1`, [run, ordinal, offset, JSON.stringify(counters)]);
+                 WHERE run = $1`, [run, ordinal, offset, jsonText(counters)]);
 }
 
 /**
@@ -201,7 +202,7 @@ export async function findDoneImport(client: pg.ClientBase, fp: { size: number; 
     `SELECT * FROM userport.imports
      WHERE state = 'done' AND mode <> 'dry-run' AND source_size = $1 AND source_fingerprint = $2 AND options = $3::jsonb
      ORDER BY run DESC LIMIT 1`,
-    [fp.size, fp.hash, JSON.stringify(key)]);
+    [fp.size, fp.hash, jsonText(key)]);
   return r.rows[0];
 }
 
@@ -215,7 +216,7 @@ export async function findResumableImport(client: pg.ClientBase, fp: { size: num
     `SELECT id FROM userport.imports
      WHERE mode = 'resumable' AND source_size = $1 AND source_fingerprint = $2 AND options = $3::jsonb
      ORDER BY (state <> 'done') DESC, run DESC LIMIT 1`,
-    [fp.size, fp.hash, JSON.stringify(key)]);
+    [fp.size, fp.hash, jsonText(key)]);
   return r.rows[0]?.id;
 }
 

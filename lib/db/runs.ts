@@ -7,6 +7,7 @@ import type pg from 'pg';
 import { wrapDbError } from '../errors.js';
 import { checkOptions, isInteger, isNonEmptyString } from '../options.js';
 import { ImportStats } from '../stats.js';
+import { jsonText } from './json-text.js';
 
 /** Options of {@link beginImportRun}. */
 export interface ImportRunOptions {
@@ -60,7 +61,7 @@ export async function finishImportRun(client: pg.ClientBase, run: number, option
   try {
     await client.query(`UPDATE userport.imports SET state = 'done', finished_at = clock_timestamp(), updated_at = clock_timestamp(),
                         counters = coalesce($2::jsonb, counters) WHERE run = $1`,
-      [run, options.stats ? JSON.stringify(options.stats.snapshot()) : null]);
+      [run, options.stats ? jsonText(options.stats.snapshot()) : null]);
   } catch (err) {
     throw wrapDbError(err, 'finishing the import run');
   }
