@@ -50,11 +50,12 @@ function describeKeyValue(key: string, v: unknown): string {
 /**
  * How the resume-key options `before` (an import's row) differ from `now`, one entry per option:
  * `mergeUsers was off, now on`, in parts that name the option. jsonb reorders keys, so options
- * are compared one by one.
+ * are compared one by one, each as it is stored ({@link jsonText}: a lone surrogate in a
+ * username of the filter is U+FFFD in the row).
  */
 export function optionDifferences(before: Record<string, unknown>, now: Record<string, unknown>): Wording[] {
   const label = (k: string): Wording => (k === 'encrypted' ? wording`the export (${opt('decrypt')})` : k === 'scope' ? ['the scope'] : [opt(k)]);
-  return Object.keys(now).filter((k) => JSON.stringify(before[k] ?? null) !== JSON.stringify(now[k] ?? null))
+  return Object.keys(now).filter((k) => jsonText(before[k] ?? null) !== jsonText(now[k] ?? null))
     .map((k) => wording`${label(k)} was ${describeKeyValue(k, before[k] ?? null)}, now ${describeKeyValue(k, now[k])}`);
 }
 
