@@ -117,6 +117,28 @@ describe('createTokenizer', () => {
       });
     }
 
+    it('counts a raw newline inside a string (invalid JSON) where a position after it is reported, or the record is skipped unparsed', async () => {
+      // The scan counts the newlines outside strings; these are counted again from the record's bytes.
+      const lineColumn = (text: string, offset: number) => {
+        const before = text.slice(0, offset);
+        return { line: before.split('\n').length, column: offset - (before.lastIndexOf('\n') + 1) + 1 };
+      };
+      const truncated = '[\n {"model":"a\nb", "pk":\n 1';
+      const deep = '[{"a":"x\ny",\n "b":[[[[1]]]]}]';
+      for (const size of [1, 5, 1 << 20]) {
+        for (const [text, options, code] of [[truncated, {}, 'USERPORT_INPUT_TRUNCATED'], [deep, { maxDepth: 3 }, 'USERPORT_LIMIT_DEPTH']] as const) {
+          const err = await collectError(chunked(text, size), createTokenizer(options));
+          expect(err.code, `${code} (chunk ${size})`).to.equal(code);
+          const { offset, line, column } = err.position as { offset: number; line: number; column: number };
+          expect({ line, column }, `${code} (chunk ${size})`).to.deep.equal(lineColumn(text, offset));
+        }
+        // Record 1 is skipped (a resume), so never parsed: record 2's position is still its byte's.
+        const skipped = '[{"a":"x\ny"},\n {"model":"b"}]';
+        const records = await collect<RawRecord>(chunked(skipped, size), createTokenizer({ skipThrough: 1 }));
+        expect(records.map((r) => ({ line: r.line, column: r.column }))).to.deep.equal([lineColumn(skipped, skipped.indexOf('{"model"'))]);
+      }
+    });
+
     it('rejects invalid UTF-8 with the offending byte position', async () => {
       const buf = Buffer.concat([Buffer.from('[{"model":"ab'), Buffer.from([0xc3, 0x28]), Buffer.from('"}]')]);
       for (const size of [1, 100]) {
