@@ -12,7 +12,7 @@ import type pg from 'pg';
 import { openImportDatabase, type ImportDatabase } from './db/import-database.js';
 import { checkDatabaseUrl, checkOptions, describeValue, isBoolean, isFunction, isInteger, isKeyUnwrapper, isNonEmptyString, isStringIterable, toStringSet, type OptionCheck } from './options.js';
 import { describePlan, earlyUsersOverlap, mergeAfterEarlyUsers, skippedModels, type MergeOptions, type MergeStep } from './db/merge/index.js';
-import { deleteStaged, finishImport, insertImport, markImportFailed, saveCheckpoint, startImport } from './db/imports.js';
+import { deleteStaged, finishImport, insertImport, saveCheckpoint, startImport } from './db/imports.js';
 import { unmatchedUsernames } from './db/findings.js';
 import { commitOutcome } from './db/commit-outcome.js';
 import type { KeyUnwrapper } from './crypto/unwrapper.js';
@@ -549,7 +549,7 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     const e = err instanceof UserportError ? err : wrapDbError(err, 'the import');
     if (o.findingsFile) writeErrorFinding(o.findingsFile, e);
     if (o.resumable && run && db) {
-      await markImportFailed(db.knex, run, e.message);
+      await db.markFailed(run, e.message);
     }
     // An import that wrote nothing takes away the schema it made (a resumable one keeps what its
     // checkpoints committed, to be resumed).

@@ -127,7 +127,7 @@ describe('the host process', () => {
   before(async () => { db = await freshDatabase(false); });
   after(async () => { await db.close(); });
 
-  it('keeps its pg type parsers, process listeners and globals through an import and a spooled decryption', () => {
+  it('keeps its pg type parsers, process listeners and globals through an import and a spooled decryption, and loads no knex with the library', () => {
     const script = `
       import fs from 'node:fs';
       import { createRequire } from 'node:module';
@@ -142,6 +142,8 @@ describe('the host process', () => {
       const before = state();
       const lib = await import(process.argv[2]);
       const afterImport = state();
+      // The library's streams need no migrator: knex is loaded where a migration runs, not before.
+      const knexOnImport = Object.keys(require.cache).some((k) => k.includes('/node_modules/knex/'));
       await lib.importUsers({ source: process.argv[3], databaseUrl: process.argv[4] });
       const afterRun = state();
       // A decryption from a stream spools to a temp file: still no handler while it exists.
@@ -149,13 +151,15 @@ describe('the host process', () => {
       const src = await lib.openDecryptedSource({ stream: fs.createReadStream(process.argv[5]) }, { unwrapper });
       const whileSpooled = state();
       for await (const _ of src.stream) { /* drain */ }
-      console.log(JSON.stringify({ before, afterImport, afterRun, whileSpooled }));
+      console.log(JSON.stringify({ before, afterImport, afterRun, whileSpooled, knexOnImport }));
     `;
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script, path.join(ROOT, 'node_modules', 'pg', 'package.json'),
       path.join(ROOT, 'dist', 'lib', 'index.js'), path.join(ROOT, 'samples', 'users.json'), db.url,
       path.join(ROOT, 'samples', 'users.tar'), path.join(ROOT, 'samples', 'demo-key.pem')], { encoding: 'utf8' });
     expect(r.status, r.stderr).to.equal(0);
-    const s = JSON.parse(r.stdout) as Record<'before' | 'afterImport' | 'afterRun' | 'whileSpooled', { int8: unknown; listeners: Record<string, number>; globals: string[] }>;
+    const s = JSON.parse(r.stdout) as Record<'before' | 'afterImport' | 'afterRun' | 'whileSpooled', { int8: unknown; listeners: Record<string, number>; globals: string[] }>
+      & { knexOnImport: boolean };
+    expect(s.knexOnImport).to.equal(false);
     // pg's default: int8 as text, exact.
     expect(s.before.int8).to.equal('9007199254740993');
     // Node itself may hold an exit or warning listener: compare with what the host had, not zero.

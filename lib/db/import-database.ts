@@ -1,24 +1,28 @@
 /**
  * The database of one import, opened in one call: the database URL given, or the embedded
- * server's (started if it is not running; its code and package are loaded only then), knex with
- * userport's migrations applied, the import's own connection (named after this process, with
- * userport's session settings), and the write plan read from the target before any record.
+ * server's (started if it is not running; its code and package are loaded only then), the import's
+ * own connection (named after this process, with userport's session settings), userport's
+ * migrations applied (knex is loaded only where one is pending), and the write plan read from the
+ * target before any record.
  * `importUsers` (lib/import.ts) opens it; on failure nothing is left open.
  */
 import type { Knex } from 'knex';
 import pg from 'pg';
-import { connectError, UserportError, wrapDbError } from '../errors.js';
+import { UserportError, wrapDbError } from '../errors.js';
 import type { ImportScope } from '../models.js';
-import { ownerName } from './imports.js';
-import { applySessionSettings, FIRST_MIGRATION, holdImportRunning, knexOn, migrate, PG_TYPES, releaseImportRunning, undoFreshSchema, waitForDatabase } from './knex.js';
+import { markImportFailed, ownerName } from './imports.js';
+import { applySessionSettings, connectWithRetry, FIRST_MIGRATION, holdImportRunning, knexOn, migrate, migrationsPending, PG_TYPES, releaseImportRunning, undoFreshSchema } from './knex.js';
 import { planFor, type WritePlan } from './merge/plan.js';
 
 /** An import's open database. */
 export interface ImportDatabase {
   /** The connection string (given, or the embedded server's). */
   url: string;
-  /** A small pool, for what runs beside the import's connection (marking it failed). */
-  knex: Knex;
+  /**
+   * Marks the import's run failed, on a connection of its own (the import's may be in a failed
+   * transaction, or gone); never throws.
+   */
+  markFailed(run: number, message: string): Promise<void>;
   /** The import's own connection: its lock, its transactions, the merge. */
   client: pg.Client;
   /** What the import writes, in the columns and types the target has. */
@@ -31,7 +35,7 @@ export interface ImportDatabase {
    * ({@link undoFreshSchema}). Call before {@link close}; never throws.
    */
   undoFreshSchema(): Promise<void>;
-  /** Closes the connection and the pool; never throws. */
+  /** Closes the connection (and the migration's pool, if one was made); never throws. */
   close(): Promise<void>;
 }
 
@@ -41,25 +45,30 @@ export interface ImportDatabase {
  */
 export async function openImportDatabase(o: { databaseUrl?: string; embeddedDir?: string; scope: ImportScope }): Promise<ImportDatabase> {
   const url = o.databaseUrl ?? (await (await import('./embedded.js')).startEmbedded(o.embeddedDir === undefined ? {} : { dir: o.embeddedDir })).url;
-  const knex = knexOn(url, 2);
-  const client = new pg.Client({ connectionString: url, application_name: ownerName(), types: PG_TYPES });
+  const make = () => {
+    const c = new pg.Client({ connectionString: url, application_name: ownerName(), types: PG_TYPES });
+    // A dead server makes pg emit 'error' on the client: without a listener the process would crash.
+    c.on('error', (err) => { if (c === client) clientError = err; });
+    return c;
+  };
+  let client: pg.Client | undefined;
   let clientError: Error | undefined;
-  // A dead server makes pg emit 'error' on the client: without a listener the process would crash.
-  client.on('error', (err) => { clientError = err; });
+  let knex: Knex | undefined;
   const close = async () => {
-    await client.end().catch(() => undefined);
-    await knex.destroy().catch(() => undefined);
+    await client?.end().catch(() => undefined);
+    await knex?.destroy().catch(() => undefined);
   };
   try {
-    await waitForDatabase(knex);
-    try { await client.connect(); } catch (err) { throw connectError(err, client); }
+    client = await connectWithRetry(make);
     // Held from before the migration to the end: an import that wrote nothing into a database it
     // migrated first takes the new schema away again only while no other import holds this.
     await holdImportRunning(client);
-    const fresh = (await migrate(knex)).includes(FIRST_MIGRATION);
+    // Two connections for a migration: migrate holds one for its lock while knex's migrator uses another.
+    if (await migrationsPending(client)) knex = knexOn(url, 2);
+    const fresh = knex ? (await migrate(knex)).includes(FIRST_MIGRATION) : false;
     const undo = async () => {
-      if (!fresh) return;
-      await releaseImportRunning(client).catch(() => undefined);
+      if (!fresh || !knex) return;
+      await releaseImportRunning(client!).catch(() => undefined);
       await undoFreshSchema(knex);
     };
     await applySessionSettings(client);
@@ -68,7 +77,18 @@ export async function openImportDatabase(o: { databaseUrl?: string; embeddedDir?
     // table, so here, on the import's own connection (never on a caller's client given to the sink).
     await client.query(`SET temp_buffers = '256MB'`);
     const plan = await planFor(client, o.scope).catch((err: unknown) => { throw err instanceof UserportError ? err : wrapDbError(err, 'reading the target database'); });
-    return { url, knex, client, plan, get clientError() { return clientError; }, undoFreshSchema: undo, close };
+    const markFailed = async (run: number, message: string) => {
+      const side = make();
+      try {
+        await side.connect();
+        await markImportFailed(side, run, message);
+      } catch {
+        // Never throws: the import's own error is what the caller reports.
+      } finally {
+        await side.end().catch(() => undefined);
+      }
+    };
+    return { url, client, plan, get clientError() { return clientError; }, markFailed, undoFreshSchema: undo, close };
   } catch (err) {
     await close();
     throw err;

@@ -5,7 +5,6 @@
  */
 import { randomUUID } from 'node:crypto';
 import os from 'node:os';
-import type { Knex } from 'knex';
 import type pg from 'pg';
 import { jsonText } from './json-text.js';
 import { createKnex, isMigrated, migrate, waitForDatabase } from './knex.js';
@@ -190,8 +189,8 @@ export async function saveCheckpoint(c: pg.ClientBase, run: number, ordinal: num
  * Marks `run` failed with `message`; never throws (the import's own error is what matters). A
  * run already done is left alone: its COMMIT may have gone through although its answer was lost.
  */
-export async function markImportFailed(knex: Knex, run: number, message: string): Promise<void> {
-  await knex.raw(`UPDATE userport.imports SET state = 'failed', error = ?, updated_at = now() WHERE run = ? AND state <> 'done'`, [message, run]).catch(() => undefined);
+export async function markImportFailed(client: pg.ClientBase, run: number, message: string): Promise<void> {
+  await client.query(`UPDATE userport.imports SET state = 'failed', error = $1, updated_at = now() WHERE run = $2 AND state <> 'done'`, [message, run]).catch(() => undefined);
 }
 
 /**

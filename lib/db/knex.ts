@@ -2,7 +2,8 @@
  * knex setup and migrations. Migrations are listed in code (not discovered on disk) so the
  * compiled `dist/` tree, source maps and declaration files can never confuse the migrator.
  */
-import knexFactory, { type Knex } from 'knex';
+import { createRequire } from 'node:module';
+import type { Knex } from 'knex';
 import pg from 'pg';
 import { connectError, DatabaseError, ErrorCodes, type ConnectionFacts } from '../errors.js';
 import { checkDatabaseUrl } from '../options.js';
@@ -14,6 +15,17 @@ import * as m4 from './migrations/20261205000000_pk_ranges_source_pks.js';
 import * as m5 from './migrations/20261206000000_findings_brin.js';
 
 interface Migration { up(k: Knex): Promise<void>; down(k: Knex): Promise<void> }
+
+const requireCjs = createRequire(import.meta.url);
+
+/**
+ * knex, loaded at its first use (it is CommonJS: loaded synchronously, once): a process that
+ * imports the library for its streams, or an import into a database whose migrations are all
+ * applied, never loads it (about 0.1 s and a dozen queries of each import's start).
+ */
+function knexFactory(config: Knex.Config): Knex {
+  return (requireCjs('knex') as { knex: (config: Knex.Config) => Knex }).knex(config);
+}
 
 /** The migration that makes userport's schema: applied by a migrate() call, the schema is new. */
 export const FIRST_MIGRATION = '20261203000000_userport_bookkeeping';
@@ -204,20 +216,53 @@ function connectionTarget(knex: Knex): string | ConnectionFacts {
  * exponential backoff for up to `timeoutMs`; a wrong password or unknown database fails at once.
  */
 export async function waitForDatabase(knex: Knex, timeoutMs = 15000): Promise<void> {
+  await retryConnect(async () => { await knex.raw('SELECT 1'); }, () => connectionTarget(knex), timeoutMs);
+}
+
+/**
+ * A connected client from `make` (a new one per attempt: a pg client connects once), with
+ * {@link waitForDatabase}'s retries. Rejects with the connection error of the last attempt.
+ */
+export async function connectWithRetry(make: () => pg.Client, timeoutMs = 15000): Promise<pg.Client> {
+  let client = make();
+  await retryConnect(async () => {
+    try {
+      await client.connect();
+    } catch (err) {
+      await client.end().catch(() => undefined);
+      client = make();
+      throw err;
+    }
+  }, () => client, timeoutMs);
+  return client;
+}
+
+async function retryConnect(attempt: () => Promise<void>, target: () => string | ConnectionFacts, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let delay = 100;
   for (;;) {
     try {
-      await knex.raw('SELECT 1');
+      await attempt();
       return;
     } catch (err) {
       const code = (err as { code?: string }).code;
       const permanent = code === '28P01' || code === '28000' || code === '3D000' || code === 'ENOTFOUND';
       if (permanent || Date.now() + delay > deadline) {
-        throw connectError(err, connectionTarget(knex));
+        throw connectError(err, target());
       }
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 2000);
     }
   }
+}
+
+/**
+ * Whether a migration of this version is not applied in the database of `client` (or userport's
+ * schema is not there): knex's table lists each applied one, committed with what it made.
+ */
+export async function migrationsPending(client: pg.ClientBase): Promise<boolean> {
+  const listed = await client.query(`SELECT to_regclass('${USERPORT_SCHEMA}.knex_migrations') IS NOT NULL AS t`);
+  if (!listed.rows[0].t) return true;
+  const applied = new Set((await client.query(`SELECT name FROM ${USERPORT_SCHEMA}.knex_migrations`)).rows.map((r: { name: string }) => r.name));
+  return Object.keys(MIGRATIONS).some((name) => !applied.has(name));
 }

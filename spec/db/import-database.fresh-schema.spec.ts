@@ -64,9 +64,14 @@ describe('an import that wrote nothing leaves the schema it made', function () {
     expect(before.tables).to.deep.equal(['public.customers']);
   });
 
-  it('a resumable import that failed keeps what it committed, to be resumed', async () => {
-    try { await importUsers({ source: bad(), databaseUrl: db.url, resumable: true }); } catch { /* expected */ }
+  it('a resumable import that failed keeps what it committed, to be resumed, and its run marked failed with the error', async () => {
+    let told = '';
+    try { await importUsers({ source: bad(), databaseUrl: db.url, resumable: true }); } catch (err) { told = (err as Error).message; }
     expect((await catalog(db)).tables).to.include.members(['public.auth_user', 'userport.imports']);
+    // Marked on a connection of its own (the import's was in a failed transaction).
+    const runs = (await db.knex.raw(`SELECT state, error FROM userport.imports`)).rows as { state: string; error: string }[];
+    expect(told).to.contain('username');
+    expect(runs).to.deep.equal([{ state: 'failed', error: told }]);
   });
 });
 

@@ -10,6 +10,8 @@ function specifiers(js: string): string[] {
   for (const m of js.matchAll(/^\s*(?:import|export)\b[^;'"]*?\bfrom\s*['"]([^'"]+)['"]/gm)) out.push(m[1]!);
   for (const m of js.matchAll(/^\s*import\s*['"]([^'"]+)['"]/gm)) out.push(m[1]!);
   for (const m of js.matchAll(/\bimport\(\s*['"]([^'"]+)['"]\s*\)/g)) out.push(m[1]!);
+  // A CommonJS package loaded at its first use, through createRequire (knex).
+  for (const m of js.matchAll(/\brequire\w*\(\s*['"]([^'"]+)['"]\s*\)/g)) out.push(m[1]!);
   return out;
 }
 
