@@ -67,13 +67,37 @@ export class Base64UrlDecoder {
   push(chunk: Buffer): Buffer {
     if (chunk.length === 0) return EMPTY;
     if (this.done) throw tampered(`data after the base64 padding at character ${this.chars}`);
-    let s = chunk.toString('latin1');
-    if (this.carry) s = this.carry + s;
-    const whole = s.length - (s.length % 4);
-    this.carry = s.slice(whole);
-    if (whole === 0) return EMPTY;
-    const text = whole === s.length ? s : s.slice(0, whole);
-    return this.decode(text);
+    const total = this.carry.length + chunk.length;
+    const whole = total - (total % 4);
+    // The chunk's characters before `end` complete whole groups (with the carry); the rest is carried.
+    const end = whole - this.carry.length;
+    if (whole === 0) {
+      this.carry += chunk.toString('latin1');
+      return EMPTY;
+    }
+    const out = Buffer.allocUnsafe((whole / 4) * 3);
+    let written = 0;
+    let head = this.carry;
+    for (let at = 0; at < end;) {
+      // Pieces of PIECE characters (whole groups: the carry and the pieces before are whole groups too).
+      const stop = Math.min(end, at + PIECE - head.length);
+      const text = head + chunk.toString('latin1', at, stop);
+      head = '';
+      const n = out.write(text, written, 'base64url');
+      if (n !== (text.length / 4) * 3) {
+        // Padding (which always decodes short), or a character outside the alphabet: the rest is
+        // one text, decided as ever.
+        const rest = stop === end ? text : text + chunk.toString('latin1', stop, end);
+        this.carry = chunk.toString('latin1', end);
+        const last = this.decode(rest);
+        return written ? Buffer.concat([out.subarray(0, written), last]) : last;
+      }
+      this.chars += text.length;
+      written += n;
+      at = stop;
+    }
+    this.carry = chunk.toString('latin1', end);
+    return out;
   }
 
   /** Call at the end; the token must be a whole number of 4-character groups. */
@@ -105,6 +129,14 @@ export class Base64UrlDecoder {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * Characters decoded from one string: a one-byte string this short is made in V8's young
+ * generation, where a chunk's (512 KB) went to the large-object space, allocated and freed for each
+ * chunk: decoding 230 MB took 1.08 s in chunk-sized strings, 0.18 s in pieces of 64 KB (0.17 s
+ * at 32 KB, 1.36 s at 128 KB, which is no longer young).
+ */
+const PIECE = 64 * 1024;
 
 /** What a verify pass learns. */
 export interface FernetVerified {

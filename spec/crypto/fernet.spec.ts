@@ -124,6 +124,84 @@ describe('Fernet', () => {
       }
     });
 
+    it('decodes chunks of many pieces as the whole-chunk decoder did: the bytes, the error and its character', () => {
+      // The decoder before pieces (one string a chunk), kept here as the reference.
+      class Reference {
+        private carry = '';
+        private done = false;
+        private chars = 0;
+        push(chunk: Buffer): Buffer {
+          if (chunk.length === 0) return Buffer.alloc(0);
+          if (this.done) throw new Error(`data after the base64 padding at character ${this.chars}`);
+          let str = chunk.toString('latin1');
+          if (this.carry) str = this.carry + str;
+          const whole = str.length - (str.length % 4);
+          this.carry = str.slice(whole);
+          if (whole === 0) return Buffer.alloc(0);
+          const text = whole === str.length ? str : str.slice(0, whole);
+          const out = Buffer.from(text, 'base64url');
+          let expected = (text.length / 4) * 3;
+          if (out.length !== expected) {
+            const pad = text.endsWith('==') ? 2 : text.endsWith('=') ? 1 : 0;
+            expected -= pad;
+            if (pad === 0 || text.indexOf('=') !== text.length - pad || out.length !== expected) {
+              const bad = /[^A-Za-z0-9_-]/.exec(text);
+              throw new Error(`the token is not valid URL-safe base64 (character ${this.chars + (bad ? bad.index : text.length)} of the token)`);
+            }
+            this.done = true;
+          } else if (text.charCodeAt(text.length - 1) === 61) {
+            this.done = true;
+          }
+          this.chars += text.length;
+          return out;
+        }
+        end(): Buffer {
+          if (this.carry) throw new Error('the token is not valid base64 (its length is not a multiple of 4)');
+          return Buffer.alloc(0);
+        }
+      }
+      const run = (dec: { push(b: Buffer): Buffer; end(): Buffer }, text: Buffer, cuts: number[]) => {
+        const parts: Buffer[] = [];
+        try {
+          let at = 0;
+          for (let i = 0; at < text.length; i++) {
+            const next = Math.min(text.length, at + cuts[i % cuts.length]!);
+            parts.push(dec.push(text.subarray(at, next)));
+            at = next;
+          }
+          parts.push(dec.end());
+          return { bytes: Buffer.concat(parts).toString('hex') };
+        } catch (err) {
+          return { error: (err as Error).message.replace(/^the export failed authentication: /, '') };
+        }
+      };
+      const random = (seed: number) => () => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed / 2147483648; };
+      const r = random(20261206);
+      const PIECE = 64 * 1024;
+      let errors = 0;
+      for (let round = 0; round < 96; round++) {
+        const raw = crypto.randomBytes(Math.floor(r() * 3 * PIECE) + 1);
+        const text = Buffer.from(raw.toString('base64url') + '='.repeat((4 - (raw.toString('base64url').length % 4)) % 4), 'latin1');
+        // Clean, then one character changed: outside the alphabet, a padding '=', a byte above 0x7f.
+        const variant = Buffer.from(text);
+        if (round % 4 !== 0) {
+          // At a piece's edges (where a piece ends with it), or anywhere.
+          const edges = [PIECE - 1, PIECE, 2 * PIECE - 1, text.length - 1, text.length - 3].filter((e) => e >= 0 && e < text.length);
+          const at = round % 2 === 0 ? edges[Math.floor(r() * edges.length)]! : Math.floor(r() * text.length);
+          variant[at] = [0x21, 0x3d, 0xe9][Math.floor(round / 4) % 3]!;
+        }
+        // Chunks of a piece and more (several pieces each), and uneven ones that leave a carry.
+        for (const cuts of [[text.length], [3 * PIECE + 1], [PIECE + 3, 5, 2 * PIECE - 1], [Math.floor(r() * 4 * PIECE) + 1, 7]]) {
+          const want = run(new Reference(), variant, cuts);
+          expect(run(new Base64UrlDecoder(), variant, cuts), `round ${round}, cuts ${cuts.join(',')}`).to.deep.equal(want);
+          if (want.error) errors++;
+          else if (round % 4 === 0) expect(want.bytes).to.equal(raw.toString('hex'));
+        }
+      }
+      // The changed characters were refused (most: a '=' at the very end, or in its padding, is valid).
+      expect(errors).to.be.greaterThan(100);
+    });
+
     it('refuses data after the padding', () => {
       const dec = new Base64UrlDecoder();
       dec.push(Buffer.from('YQ=='));
