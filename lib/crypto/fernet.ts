@@ -134,9 +134,11 @@ const EMPTY = Buffer.alloc(0);
  * Characters decoded from one string: a one-byte string this short is made in V8's young
  * generation, where a chunk's (512 KB) went to the large-object space, allocated and freed for each
  * chunk: decoding 230 MB took 1.08 s in chunk-sized strings, 0.18 s in pieces of 64 KB (0.17 s
- * at 32 KB, 1.36 s at 128 KB, which is no longer young).
+ * at 32 KB, 1.36 s at 128 KB, which is no longer young); encoding 172 MB 2.0 s and 0.29 s.
  */
 const PIECE = 64 * 1024;
+/** Bytes whose base64 is {@link PIECE} characters (whole groups of 3). */
+const PIECE_BYTES = (PIECE / 4) * 3;
 
 /** What a verify pass learns. */
 export interface FernetVerified {
@@ -402,10 +404,26 @@ export class Base64UrlEncoder {
   private carry: Buffer = EMPTY;
 
   push(raw: Buffer): Buffer {
-    const data = this.carry.length ? Buffer.concat([this.carry, raw]) : raw;
+    let data = raw;
+    // The carried bytes and the first of these make a group of their own (no copy of the chunk).
+    let group = EMPTY;
+    if (this.carry.length) {
+      const need = 3 - this.carry.length;
+      if (raw.length < need) {
+        this.carry = Buffer.concat([this.carry, raw]);
+        return EMPTY;
+      }
+      group = Buffer.concat([this.carry, raw.subarray(0, need)]);
+      data = raw.subarray(need);
+    }
     const whole = data.length - (data.length % 3);
     this.carry = Buffer.from(data.subarray(whole));
-    return whole ? Buffer.from(data.subarray(0, whole).toString('base64url'), 'latin1') : EMPTY;
+    if (!group.length && !whole) return EMPTY;
+    const out = Buffer.allocUnsafe((group.length ? 4 : 0) + (whole / 3) * 4);
+    let at = group.length ? out.write(group.toString('base64url'), 0, 'latin1') : 0;
+    // Strings of PIECE characters at most, as the decoder's: young-generation strings.
+    for (let i = 0; i < whole; i += PIECE_BYTES) at += out.write(data.toString('base64url', i, Math.min(whole, i + PIECE_BYTES)), at, 'latin1');
+    return out;
   }
 
   end(): Buffer {

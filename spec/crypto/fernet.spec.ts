@@ -202,6 +202,25 @@ describe('Fernet', () => {
       expect(errors).to.be.greaterThan(100);
     });
 
+    it('encodes chunks of many pieces, cut anywhere, as Buffer does', () => {
+      const PIECE_BYTES = 48 * 1024;
+      for (const size of [PIECE_BYTES - 1, PIECE_BYTES, 3 * PIECE_BYTES + 2, 200_000]) {
+        const raw = crypto.randomBytes(size);
+        const want = raw.toString('base64url') + '='.repeat((4 - (raw.toString('base64url').length % 4)) % 4);
+        for (const cuts of [[size], [PIECE_BYTES + 1, 2], [1, 2 * PIECE_BYTES + 1], [size - 1, 1]]) {
+          const enc = new Base64UrlEncoder();
+          const parts: Buffer[] = [];
+          for (let at = 0, i = 0; at < size; i++) {
+            const next = Math.min(size, at + cuts[i % cuts.length]!);
+            parts.push(enc.push(raw.subarray(at, next)));
+            at = next;
+          }
+          parts.push(enc.end());
+          expect(Buffer.concat(parts).toString('latin1') === want, `size ${size}, cuts ${cuts.join(',')}`).to.equal(true);
+        }
+      }
+    });
+
     it('refuses data after the padding', () => {
       const dec = new Base64UrlDecoder();
       dec.push(Buffer.from('YQ=='));
