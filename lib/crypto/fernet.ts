@@ -63,6 +63,16 @@ export class Base64UrlDecoder {
   private done = false;
   /** Characters consumed so far (for error positions). */
   chars = 0;
+  /** The output buffer {@link push} reuses, with `reuse`. */
+  private scratch: Buffer = EMPTY;
+
+  /**
+   * @param reuse {@link push} decodes into one buffer of its own, reused: what it returns holds
+   * until the next push, for a caller that is done with it by then (the Fernet passes: the HMAC,
+   * the cipher and the tail copy what they keep). Each chunk's decoded bytes then cost no
+   * allocation (2 x 172 MB at 100k users, which made V8 collect more often).
+   */
+  constructor(private readonly reuse = false) {}
 
   push(chunk: Buffer): Buffer {
     if (chunk.length === 0) return EMPTY;
@@ -75,7 +85,9 @@ export class Base64UrlDecoder {
       this.carry += chunk.toString('latin1');
       return EMPTY;
     }
-    const out = Buffer.allocUnsafe((whole / 4) * 3);
+    const size = (whole / 4) * 3;
+    if (this.reuse && this.scratch.length < size) this.scratch = Buffer.allocUnsafe(size);
+    const out = this.reuse ? this.scratch.subarray(0, size) : Buffer.allocUnsafe(size);
     let written = 0;
     let head = this.carry;
     for (let at = 0; at < end;) {
@@ -294,7 +306,7 @@ async function* segmented(chunks: AsyncIterable<Buffer>): AsyncGenerator<{ part:
 
 /** Authenticates a token given as base64 chunks. Throws USERPORT_DECRYPT_TAMPERED. */
 export async function verifyToken(chunks: AsyncIterable<Buffer>, key: FernetKey): Promise<VerifiedToken> {
-  const decoder = new Base64UrlDecoder();
+  const decoder = new Base64UrlDecoder(true);
   const reader = new FernetReader(key, 'verify');
   const digests: Buffer[] = [];
   let hash: crypto.Hash | undefined;
@@ -314,7 +326,7 @@ export async function verifyToken(chunks: AsyncIterable<Buffer>, key: FernetKey)
  * known to be the authenticated ones (without them, a changed byte is caught at the end only).
  */
 export async function* decryptToken(chunks: AsyncIterable<Buffer>, key: FernetKey, digests?: Buffer): AsyncGenerator<Buffer> {
-  const decoder = new Base64UrlDecoder();
+  const decoder = new Base64UrlDecoder(true);
   const reader = new FernetReader(key, 'decrypt');
   if (!digests) {
     for await (const chunk of chunks) {

@@ -194,12 +194,29 @@ describe('Fernet', () => {
         for (const cuts of [[text.length], [3 * PIECE + 1], [PIECE + 3, 5, 2 * PIECE - 1], [Math.floor(r() * 4 * PIECE) + 1, 7]]) {
           const want = run(new Reference(), variant, cuts);
           expect(run(new Base64UrlDecoder(), variant, cuts), `round ${round}, cuts ${cuts.join(',')}`).to.deep.equal(want);
+          // Reusing its output buffer (each output copied before the next push, as the passes use it).
+          const reusing = new Base64UrlDecoder(true);
+          const copying = { push: (b: Buffer) => Buffer.from(reusing.push(b)), end: () => reusing.end() };
+          expect(run(copying, variant, cuts), `reusing, round ${round}, cuts ${cuts.join(',')}`).to.deep.equal(want);
+
           if (want.error) errors++;
           else if (round % 4 === 0) expect(want.bytes).to.equal(raw.toString('hex'));
         }
       }
       // The changed characters were refused (most: a '=' at the very end, or in its padding, is valid).
       expect(errors).to.be.greaterThan(100);
+    });
+
+    it('with reuse, decodes every chunk into one buffer of its own', () => {
+      const text = Buffer.from(crypto.randomBytes(30 * 6144).toString('base64url'), 'latin1');
+      const outputs = (reuse: boolean) => {
+        const dec = new Base64UrlDecoder(reuse);
+        const seen = new Set<ArrayBufferLike>();
+        for (let at = 0; at < text.length; at += 8192) seen.add(dec.push(text.subarray(at, at + 8192)).buffer);
+        return seen.size;
+      };
+      expect(outputs(true)).to.equal(1);
+      expect(outputs(false)).to.equal(30);
     });
 
     it('encodes chunks of many pieces, cut anywhere, as Buffer does', () => {
