@@ -84,6 +84,32 @@ const KEY_COLUMNS: Record<string, readonly string[]> = {
   sentry_useroption: ['key'],
 };
 
+/**
+ * A page's text, written record by record into one buffer (doubled when full) as UTF-8. Joined
+ * into one string first, a page of 1,000 records (1.7 MB at 100k users) was a string of V8's
+ * large-object space, flattened and encoded once more: garbage collection took a quarter of
+ * the export's time.
+ */
+class PageText {
+  private buf = Buffer.allocUnsafe(1 << 16);
+  private length = 0;
+
+  add(text: string): void {
+    // A UTF-16 code unit is at most 3 bytes of UTF-8.
+    if (this.length + text.length * 3 > this.buf.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.length + text.length * 3));
+      this.buf.copy(bigger, 0, 0, this.length);
+      this.buf = bigger;
+    }
+    this.length += this.buf.write(text, this.length, 'utf8');
+  }
+
+  /** The text written, in a buffer of its size. */
+  take(): Buffer {
+    return this.length === this.buf.length ? this.buf : this.buf.subarray(0, this.length);
+  }
+}
+
 /** Rows per FETCH: about 0.5 MB of output for users, a fraction of the 150 MB budget. */
 export const DEFAULT_FETCH_ROWS = 1000;
 /** Sentry's `--indent` default. */
@@ -364,8 +390,7 @@ class ExportRun {
     for (;;) {
       const rows = await db.fetch(this.fetchRows);
       if (!rows.length) break;
-      const { text, written } = this.formatPage(p, rows);
-      const buf = Buffer.from(text);
+      const { buf, written } = this.formatPage(p, rows);
       this.account.page(p.model.model, written, buf.length);
       yield buf;
       if (rows.length < this.fetchRows) break;
@@ -374,8 +399,8 @@ class ExportRun {
   }
 
   /** A page of rows as records; a row with an unreadable value is left out and named, never guessed. */
-  private formatPage(p: PlannedModel, rows: (string | null)[][]): { text: string; written: number } {
-    let text = '';
+  private formatPage(p: PlannedModel, rows: (string | null)[][]): { buf: Buffer; written: number } {
+    const out = new PageText();
     let written = 0;
     for (const row of rows) {
       let record: string;
@@ -387,12 +412,14 @@ class ExportRun {
         this.account.unreadableRow(p.model.model, Number(row[0]), u);
         continue;
       }
-      text += recordSeparator(this.first) + record;
+      out.add(recordSeparator(this.first));
+      out.add(record);
       this.first = false;
       written++;
     }
-    return { text, written };
+    return { buf: out.take(), written };
   }
+
 
   /** What was left out, counted in the same snapshot, for the summary and the findings file. */
   private async countLeftOut(db: ExportSnapshot, models: PlannedModel[]): Promise<void> {

@@ -536,6 +536,24 @@ describe('round trip: export -> import -> export', () => {
     });
   }
 
+  it('writes the same bytes in pages of any size: pages that outgrow their first buffer, and a record larger than it', async () => {
+    const db = await freshDatabase();
+    try {
+      await importUsers({ source: createExportGenerator({ users: 400, seed: 4 }), databaseUrl: db.url });
+      // 70,000 'é' are 420,000 characters once escaped as Python's ensure_ascii does: one record of 0.4 MB.
+      const big = 'é'.repeat(70_000);
+      await db.knex.raw(`INSERT INTO sentry_useroption (user_id, key, value) VALUES ((SELECT min(id) FROM auth_user), 'big', ?)`, [JSON.stringify(big)]);
+      const whole = (await exportText(db.url, { fetchRows: 1000 })).out;
+      expect(whole.length).to.be.greaterThan(4 * 65536);
+      expect((await exportText(db.url, { fetchRows: 3 })).out).to.equal(whole);
+      const records = JSON.parse(whole) as Rec[];
+      expect(records.filter((r) => r.model === 'sentry.user')).to.have.length(400);
+      expect(records.find((r) => r.model === 'sentry.useroption' && r.fields.key === 'big')?.fields.value).to.equal(big);
+    } finally {
+      await db.close();
+    }
+  });
+
   for (const seed of [1, 2, 3]) {
     it(`holds for a generated export (seed ${seed}, collisions and out-of-scope records)`, async () => {
       await roundTrip(createExportGenerator({ users: 60, seed, collisionRate: 0.2, outOfScopeRate: 0.2 }));
