@@ -83,7 +83,8 @@ export function leadingText(head: Buffer, skip: boolean): LeadingText | undefine
   let i = head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf ? 3 : 0;
   while (i < head.length && (head[i] === 0x20 || head[i] === 0x09 || head[i] === 0x0a || head[i] === 0x0d)) i++;
   if (i >= head.length) return undefined;
-  const text = head.toString('latin1');
+  // A byte-order mark read as three spaces: an array right after it starts the first line.
+  const text = i >= 3 && head[0] === 0xef ? `   ${head.toString('latin1', 3)}` : head.toString('latin1');
   ARRAY_START.lastIndex = 0;
   for (let m = ARRAY_START.exec(text); m; m = ARRAY_START.exec(text)) {
     const start = m.index + m[1]!.length;
@@ -94,7 +95,7 @@ export function leadingText(head: Buffer, skip: boolean): LeadingText | undefine
     if (skip) return found;
     throw new ParseError(ErrorCodes.INPUT_NOT_ARRAY,
       wording`the input has ${lines} ${lines === 1 ? 'line' : 'lines'} of text before the JSON array (line 1: "${found.firstLine}"), such as log lines printed into the export: skip them with ${opt('skipLeadingText')}`,
-      { position: { offset: start, line: lines + 1 } });
+      { position: { offset: start, line: lines + 1, column: 1 } });
   }
   return undefined;
 }

@@ -20,8 +20,17 @@ describe('lib/sniff: what an input\'s first bytes say', () => {
 
     it('an input that starts with the array, after a byte-order mark and blank lines, has none', () => {
       expect(leadingText(Buffer.from(`\xef\xbb\xbf\n\n  [\n{"a": 1}]`, 'latin1'), false)).to.equal(undefined);
+      // The array on the mark's own line, and a later line that looks like an array's start (a
+      // nested array of a value, or a broken record's text): still none (found by the long fuzz run).
+      expect(leadingText(Buffer.from(`\xef\xbb\xbf  [ {"a":\n  [\n  1]}]`, 'latin1'), false)).to.equal(undefined);
+      expect(leadingText(Buffer.from(`\xef\xbb\xbf[{"a":\n[\n1]}]`, 'latin1'), false)).to.equal(undefined);
       // A "[" inside the log text is not the array's start.
       expect(leadingText(Buffer.from(`[INFO] starting\n[\n]`), true)).to.deep.include({ lines: 1, firstLine: '[INFO] starting' });
+      // After a mark, the text's lines and the array's position (its line's first column) as without one.
+      expect(leadingText(Buffer.from(`\xef\xbb\xbfStarting...\n[\n]`, 'latin1'), true)).to.deep.include({ lines: 1, bytes: 15, firstLine: 'Starting...' });
+      let err: ParseError | undefined;
+      try { leadingText(Buffer.from(`log\nlog\n[\n]`), false); } catch (e) { err = e as ParseError; }
+      expect(err?.position).to.deep.equal({ offset: 8, line: 3, column: 1 });
     });
   });
 
