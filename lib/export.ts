@@ -104,7 +104,7 @@ class PageText {
     this.length += this.buf.write(text, this.length, 'utf8');
   }
 
-  /** The text written, in a buffer of its size. */
+  /** The text written: a view of the page's buffer (which may be up to twice its size). */
   take(): Buffer {
     return this.length === this.buf.length ? this.buf : this.buf.subarray(0, this.length);
   }
@@ -419,7 +419,6 @@ class ExportRun {
     }
     return { buf: out.take(), written };
   }
-
 
   /** What was left out, counted in the same snapshot, for the summary and the findings file. */
   private async countLeftOut(db: ExportSnapshot, models: PlannedModel[]): Promise<void> {

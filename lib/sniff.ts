@@ -18,7 +18,8 @@ const MIN_SNIFF_BYTES = 512;
 
 /** The first byte after a UTF-8 byte-order mark and whitespace is the array's `[`. */
 function startsWithArray(head: Buffer): boolean {
-  let i = head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf ? 3 : 0;
+  const bom = head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf;
+  let i = bom ? 3 : 0;
   while (i < head.length && (head[i] === 0x20 || head[i] === 0x09 || head[i] === 0x0a || head[i] === 0x0d)) i++;
   return head[i] === 0x5b;
 }
@@ -80,11 +81,12 @@ const ARRAY_START = /(^|\n)[ \t]*\[[ \t\r]*(?=\n|\{|\]|$)/g;
  * wrong). Without `skip`, such text is an error that names the option.
  */
 export function leadingText(head: Buffer, skip: boolean): LeadingText | undefined {
-  let i = head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf ? 3 : 0;
+  const bom = head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf;
+  let i = bom ? 3 : 0;
   while (i < head.length && (head[i] === 0x20 || head[i] === 0x09 || head[i] === 0x0a || head[i] === 0x0d)) i++;
   if (i >= head.length) return undefined;
   // A byte-order mark read as three spaces: an array right after it starts the first line.
-  const text = i >= 3 && head[0] === 0xef ? `   ${head.toString('latin1', 3)}` : head.toString('latin1');
+  const text = bom ? `   ${head.toString('latin1', 3)}` : head.toString('latin1');
   ARRAY_START.lastIndex = 0;
   for (let m = ARRAY_START.exec(text); m; m = ARRAY_START.exec(text)) {
     const start = m.index + m[1]!.length;

@@ -224,13 +224,13 @@ export async function waitForDatabase(knex: Knex, timeoutMs = 15000): Promise<vo
  * {@link waitForDatabase}'s retries. Rejects with the connection error of the last attempt.
  */
 export async function connectWithRetry(make: () => pg.Client, timeoutMs = 15000): Promise<pg.Client> {
-  let client = make();
+  let client!: pg.Client;
   await retryConnect(async () => {
+    client = make();
     try {
       await client.connect();
     } catch (err) {
       await client.end().catch(() => undefined);
-      client = make();
       throw err;
     }
   }, () => client, timeoutMs);
