@@ -169,12 +169,17 @@ describe('importUsers and the caller\'s callbacks and source', function () {
         expect(await constraints(), `resumable ${resumable}`).to.equal(before);
       }
       // A throwing onProgress while the merge runs, the same way: the progress timer fires during a slow merge step.
+      // The slow step is the first statement after the first 'merging' report (the reading's end), whatever
+      // the early users step did before it: the timer's next report (500 ms on) then comes while the merge
+      // still has steps to take.
       let merging = 0;
+      let slowed = false;
       const err = await failure(importUsers({
         source: writeExport(users(200)), databaseUrl: db.url,
-        onTrace: (e) => { if (e.kind === 'sql' && /LOCK TABLE/.test(e.sql)) { const until = Date.now() + 700; while (Date.now() < until) { /* a slow step */ } } },
+        onTrace: (e) => { if (e.kind === 'sql' && merging === 1 && !slowed) { slowed = true; const until = Date.now() + 700; while (Date.now() < until) { /* a slow step */ } } },
         onProgress: (p) => { if (p.phase === 'merging' && ++merging === 2) throw new Error('progress bar gone'); },
       }));
+      expect(slowed, 'a statement ran after the reading ended').to.equal(true);
       expect(err.code).to.equal('USERPORT_CALLBACK');
       expect(await db.count('auth_user')).to.equal(0);
       expect(await constraints()).to.equal(before);
