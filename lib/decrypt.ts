@@ -126,9 +126,12 @@ export interface UnlockedExport {
   /**
    * Verifies the whole token, then resolves to a stream of its plaintext, read in `chunkSize`
    * bytes. From this call on the file (or spool) is the stream's: closed (removed) when the
-   * stream closes, or here when verifying fails. Called at most once.
+   * stream closes, or here when verifying fails. Called at most once. Begun `early` (before the
+   * caller knows it will read the plaintext): `early.stop` aborted ends the verifying at its next
+   * read, and a failed or stopped verifying leaves the file open, for the caller's checks of it
+   * and then {@link release}.
    */
-  plaintext(chunkSize: number): Promise<DecryptedSource>;
+  plaintext(chunkSize: number, early?: { stop: AbortSignal }): Promise<DecryptedSource>;
   /** Closes the file (removes the spool) when the token is not read after all. */
   release(): Promise<void>;
 }
@@ -158,14 +161,22 @@ async function unlockOpened(opened: OpenedInput, unwrapper: KeyUnwrapper): Promi
     const key = await unwrapFernetKey(unwrapper, found.wrappedKey, found.publicKey);
     return {
       release: opened.release,
-      plaintext: (size) => authenticatedPlaintext([read(size), read(size)], key, size, opened.release).catch(async (err: unknown) => {
-        await opened.release().catch(() => undefined);
+      plaintext: (size, early) => authenticatedPlaintext([until(read(size), early?.stop), read(size)], key, size, opened.release).catch(async (err: unknown) => {
+        if (!early) await opened.release().catch(() => undefined);
         throw ioError(opened.failure, err);
       }),
     };
   } catch (err) {
     await opened.release().catch(() => undefined);
     throw ioError(opened.failure, err);
+  }
+}
+
+/** `chunks`, ending with `stop`'s reason at the first chunk after it is aborted. */
+async function* until(chunks: AsyncIterable<Buffer>, stop: AbortSignal | undefined): AsyncGenerator<Buffer> {
+  for await (const chunk of chunks) {
+    stop?.throwIfAborted();
+    yield chunk;
   }
 }
 

@@ -12,7 +12,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { unlockExport, type HeldExportFile, type KeyUnwrapper, type UnlockedExport } from './decrypt.js';
+import { unlockExport, type DecryptedSource, type HeldExportFile, type KeyUnwrapper, type UnlockedExport } from './decrypt.js';
 import { spoolsIn } from './spool.js';
 import { ErrorCodes, opt, OptionError, UserportError, wording, type Wording } from './errors.js';
 import { checkHead, sniffer, SNIFF_BYTES, type OpenedSource } from './sniff.js';
@@ -184,6 +184,12 @@ export interface ImportSource {
   name: string;
   /** A regular file's size and fingerprint (what ties a resumed or repeated import to its file). */
   fingerprint: { size: number; hash: string } | undefined;
+  /**
+   * Starts, without waiting, what {@link open} would do first and needs no database: an encrypted
+   * file's authentication pass (a read of its whole token), run while the caller opens its
+   * database. Nothing of the input is released before {@link open}; {@link release} stops it.
+   */
+  begin(): void;
   /** Opens the input: decrypted when asked, gunzipped when gzip, sniffed. Called at most once. */
   open(): Promise<OpenedSource>;
   /** Closes what was prepared when the input is not opened after all (a file already imported, a failure). */
@@ -212,8 +218,8 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
   // The import reads a token in the tokenizer's own chunk size: at the decryptor's default
   // 512 KiB, records at the size limit made of tiny objects peaked at 166 MB RSS (149 MB at 128 KiB).
   // What a tarball held is sniffed like any input: UTF-16 or leading text inside say so too.
-  const decrypted = async (unlocked: UnlockedExport) => {
-    const { stream, size } = await unlocked.plaintext(READ_CHUNK);
+  const decrypted = async (plaintext: Promise<DecryptedSource>) => {
+    const { stream, size } = await plaintext;
     return sniff.stream(stream, size);
   };
   if (!held) {
@@ -221,14 +227,25 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
       const raw = o.source === '-' ? process.stdin : o.source instanceof Readable ? o.source
         // A FIFO or process substitution (`<(cat f)`) is streamed like standard input.
         : fs.createReadStream(o.source, { highWaterMark: READ_CHUNK });
-      return unlock ? decrypted(await unlock({ stream: await sniff.encrypted(raw) })) : sniff.stream(raw, undefined);
+      return unlock ? decrypted((await unlock({ stream: await sniff.encrypted(raw) })).plaintext(READ_CHUNK)) : sniff.stream(raw, undefined);
     };
-    return { kind, name: typeof o.source === 'string' ? o.source : '(stream)', fingerprint: undefined, open, release: async () => undefined };
+    return { kind, name: typeof o.source === 'string' ? o.source : '(stream)', fingerprint: undefined, begin: () => undefined, open, release: async () => undefined };
   }
   // Until open() hands the file to a stream (which closes it), closing it is release()'s.
   let handed = false;
   let unlocked: UnlockedExport | undefined;
-  const close = () => (unlocked ? unlocked.release() : held.file.close()).catch(() => undefined);
+  // The authentication pass begin() started: open() takes its stream, release() stops it.
+  let authenticating: Promise<DecryptedSource> | undefined;
+  const stopAuthenticating = new AbortController();
+  const close = async () => {
+    if (authenticating) {
+      // Once the pass is done its stream has the file (destroying it closes it); failed or stopped, the file is still ours.
+      stopAuthenticating.abort(new Error('the import did not read its source'));
+      const done = await authenticating.catch(() => undefined);
+      if (done) return destroyed(done.stream);
+    }
+    await (unlocked ? unlocked.release() : held.file.close()).catch(() => undefined);
+  };
   const release = async () => {
     if (handed) return;
     handed = true;
@@ -242,6 +259,12 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
   }
   // unlock() closes the file when it fails.
   if (unlock) unlocked = await unlock(held);
+  const begin = () => {
+    if (!unlocked || handed || authenticating) return;
+    authenticating = unlocked.plaintext(READ_CHUNK, { stop: stopAuthenticating.signal });
+    // Its failure is open()'s to report, or nobody's (released unread).
+    authenticating.catch(() => undefined);
+  };
   const open = async (): Promise<OpenedSource> => {
     if (handed) throw new Error(`the source ${held.name} was opened or released already`);
     handed = true;
@@ -253,13 +276,22 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
       throw new UserportError(ErrorCodes.IO,
         wording`${opt('source')} ${held.name} changed after it was checked and fingerprinted (${change}): nothing of it was imported; run the import again`);
     }
-    if (unlocked) return decrypted(unlocked);
+    if (authenticating) return decrypted(authenticating).catch(async (err: unknown) => { await close(); throw err; });
+    if (unlocked) return decrypted(unlocked.plaintext(READ_CHUNK));
     return sniff.file(held.file, held.size, held.head).catch(async (err: unknown) => {
       await close();
       throw err;
     });
   };
-  return { kind, name: held.name, fingerprint: held.fingerprint, open, release };
+  return { kind, name: held.name, fingerprint: held.fingerprint, begin, open, release };
+}
+
+/** Destroys `stream` and waits for its 'close' (its cleanup: the file closed). */
+async function destroyed(stream: Readable): Promise<void> {
+  if (stream.closed) return;
+  const closed = new Promise<void>((resolve) => stream.once('close', () => resolve()));
+  stream.destroy();
+  await closed;
 }
 
 /**

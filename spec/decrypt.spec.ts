@@ -1,14 +1,16 @@
 import { expect } from 'chai';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { once } from 'node:events';
 import { spawn } from 'node:child_process';
 import { PassThrough, Readable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import {
-  createDecryptor, createLocalKeyUnwrapper, openDecryptedSource, type EncryptedInput, type KeyUnwrapper,
+  createDecryptor, createLocalKeyUnwrapper, openDecryptedSource, unlockExport, type EncryptedInput, type KeyUnwrapper,
 } from '../lib/decrypt.js';
+import { spoolsIn } from '../lib/spool.js';
 import { createEncryptor } from '../lib/encrypt.js';
 import { createTokenizer } from '../lib/tokenize.js';
 import { chunked, collect, collectError } from './helpers/streams.js';
@@ -338,6 +340,29 @@ describe('openDecryptedSource', () => {
 
     it('reports a missing file as USERPORT_DECRYPT_IO', async () => {
       expect(await failure({ path: fixture('nope.tar') })).to.equal('USERPORT_DECRYPT_IO');
+    });
+  });
+
+  describe('an unlocked export\'s authentication pass, stopped', () => {
+    const fds = () => fs.readdirSync('/proc/self/fd').length;
+
+    it('ends at its next read when its signal is aborted (the import released its source): it rejects, the file closed; unstopped, the same file decrypts', async () => {
+      const before = fds();
+      const stopped = new AbortController();
+      const unlocked = await unlockExport({ path: fixture('python-export.tar') }, keyUnwrapper(), 4096, spoolsIn(os.tmpdir()));
+      const pass = unlocked.plaintext(4096, { stop: stopped.signal });
+      stopped.abort(new Error('released'));
+      const err = await pass.then(() => undefined, (e: Error) => e);
+      expect(err, 'the pass was stopped').to.be.instanceOf(Error);
+      expect(String((err as Error & { cause?: unknown }).cause ?? err)).to.match(/released/);
+      expect(fds(), 'begun early, the file stays open for the caller').to.equal(before + 1);
+      await unlocked.release();
+      expect(fds()).to.equal(before);
+      const again = await unlockExport({ path: fixture('python-export.tar') }, keyUnwrapper(), 4096, spoolsIn(os.tmpdir()));
+      const src = await again.plaintext(4096, { stop: new AbortController().signal });
+      expect((await drain(src.stream)).equals(PLAINTEXT())).to.equal(true);
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(fds()).to.equal(before);
     });
   });
 });

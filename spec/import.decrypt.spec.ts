@@ -101,6 +101,20 @@ describe('importUsers with decrypt', () => {
     });
   });
 
+  it('an encrypted file already imported: the second import reads no plaintext, and its authentication pass (begun while the database opened) is stopped and the file closed', async () => {
+    const file = path.join(t.dir, 'twice.tar');
+    fs.writeFileSync(file, PYTHON_TAR());
+    const fds = () => fs.readdirSync('/proc/self/fd').length;
+    expect(await counts(db)).to.deep.equal(EMPTY); // the test's own connection, open from here on
+    const before = fds();
+    await importUsers({ source: file, databaseUrl: db.url, decrypt: unwrapper() });
+    const again = await importUsers({ source: file, databaseUrl: db.url, decrypt: unwrapper() });
+    expect(again.state).to.equal('already-done');
+    expect(await counts(db)).to.deep.equal(expectedCounts());
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(fds(), 'the files and the connections closed').to.equal(before);
+  });
+
   describe('on failure, no row exists', () => {
     for (const [what, tar, key, code] of failures()) {
       it(`${what}: ${code}, from a file and from a stream`, async () => {

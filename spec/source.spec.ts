@@ -13,7 +13,7 @@ import zlib from 'node:zlib';
 import { createLocalKeyUnwrapper } from '../lib/decrypt.js';
 import { ErrorCodes, OptionError, ParseError, UserportError } from '../lib/errors.js';
 import { checkImportFiles, prepareImportSource, type SourceOptions } from '../lib/source.js';
-import { fixture, readFixture } from './crypto/helpers.js';
+import { encryptBuffer, fixture, flipBase64, pythonMembers, readFixture } from './crypto/helpers.js';
 import { fileFingerprint, user, writeExport } from './helpers/exports.js';
 import { tmpFolder, tmpPath } from './helpers/setup.js';
 import { chunked } from './helpers/streams.js';
@@ -310,6 +310,78 @@ describe('lib/source: the import\'s input', () => {
       ];
       for (const o of refused) await rejection(prepareImportSource(o));
       expect(openFds()).to.equal(before);
+    });
+
+    describe('begin(): an encrypted file authenticated while the caller opens its database', () => {
+      const decrypt = () => createLocalKeyUnwrapper({ privateKeyPem: readFixture('fixture-key.pem') });
+      const plain = () => JSON.parse(readFixture('fixture-export.json').toString()) as unknown;
+
+      it('open() after begin() gives the plaintext, and the file is closed once it is read; begin() twice starts one pass', async () => {
+        const before = openFds();
+        const prepared = await prepareImportSource({ source: file('begun.tar', readFixture('python-export.tar')), decrypt: decrypt() });
+        prepared.begin();
+        prepared.begin();
+        const s = await prepared.open();
+        expect(JSON.parse(await text(s.stream))).to.deep.equal(plain());
+        await new Promise((resolve) => setImmediate(resolve));
+        expect(openFds()).to.equal(before);
+      });
+
+      it('a changed token: open() after begin() rejects with USERPORT_DECRYPT_TAMPERED, and release() after it, or instead of it, closes the file without an unhandled rejection', async () => {
+        const { tokenOffset, token } = pythonMembers();
+        const tampered = file('begun-tampered.tar', flipBase64(readFixture('python-export.tar'), tokenOffset + (token.length >> 1)));
+        const before = openFds();
+        const unhandled: unknown[] = [];
+        const onUnhandled = (reason: unknown) => unhandled.push(reason);
+        process.on('unhandledRejection', onUnhandled);
+        try {
+          const opened = await prepareImportSource({ source: tampered, decrypt: decrypt() });
+          opened.begin();
+          expect((await rejection(opened.open())).code).to.equal('USERPORT_DECRYPT_TAMPERED');
+          await opened.release();
+          const released = await prepareImportSource({ source: tampered, decrypt: decrypt() });
+          released.begin();
+          // The pass fails while nobody waits for it.
+          await new Promise((resolve) => setTimeout(resolve, 100));
+          await released.release();
+        } finally {
+          process.off('unhandledRejection', onUnhandled);
+        }
+        expect(openFds()).to.equal(before);
+        expect(unhandled, 'rejections nobody handled').to.deep.equal([]);
+      });
+
+      it('release() after begin() closes the file, whether the pass is still running or done, and open() after it is refused', async () => {
+        const big = file('begun-big.tar', await encryptBuffer(Buffer.from(JSON.stringify(Array.from({ length: 20000 }, (_, i) => user(i + 1, `user-${i}`))))));
+        const before = openFds();
+        for (const wait of [0, 300]) {
+          const prepared = await prepareImportSource({ source: big, decrypt: decrypt() });
+          prepared.begin();
+          if (wait) await new Promise((resolve) => setTimeout(resolve, wait));
+          await prepared.release();
+          expect(openFds(), `released after ${wait} ms`).to.equal(before);
+          await prepared.open().then(() => { throw new Error('it opened'); }, (e: Error) => expect(e.message).to.match(/opened or released already/));
+        }
+      });
+
+      it('a file written into after it was prepared is refused by open() after begin(), and closed', async () => {
+        const src = file('begun-rewritten.tar', readFixture('python-export.tar'));
+        const before = openFds();
+        const prepared = await prepareImportSource({ source: src, decrypt: decrypt() });
+        prepared.begin();
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        fs.appendFileSync(src, Buffer.alloc(512));
+        const err = await rejection(prepared.open());
+        expect(err.code).to.equal(ErrorCodes.IO);
+        expect(err.message).to.match(/changed after it was checked and fingerprinted/);
+        expect(openFds()).to.equal(before);
+      });
+
+      it('begin() does nothing for a plain file, and open() reads it as ever', async () => {
+        const prepared = await prepareImportSource({ source: file('begun-plain.json', JSON_TEXT) });
+        prepared.begin();
+        expect(await text((await prepared.open()).stream)).to.equal(JSON_TEXT);
+      });
     });
 
     it('release() closes a prepared file that is never opened, and open() after it is refused', async () => {
