@@ -127,9 +127,9 @@ export interface UnlockedExport {
    * Verifies the whole token, then resolves to a stream of its plaintext, read in `chunkSize`
    * bytes. From this call on the file (or spool) is the stream's: closed (removed) when the
    * stream closes, or here when verifying fails. Called at most once. Begun `early` (before the
-   * caller knows it will read the plaintext): `early.stop` aborted ends the verifying at its next
-   * read, and a failed or stopped verifying leaves the file open, for the caller's checks of it
-   * and then {@link release}.
+   * caller knows it will read the plaintext): `early.stop` aborted ends the verifying once the
+   * read in flight returns (so the file may be closed when it has settled), and a failed or
+   * stopped verifying leaves the file open, for the caller's checks of it and then {@link release}.
    */
   plaintext(chunkSize: number, early?: { stop: AbortSignal }): Promise<DecryptedSource>;
   /** Closes the file (removes the spool) when the token is not read after all. */

@@ -124,7 +124,9 @@ export async function peek(stream: Readable, bytes: number, enough?: (head: Buff
     /** Refused input: stop reading it (a FIFO's writer gets EPIPE instead of blocking). */
     close() { if (!ended) void it.return?.(); },
     from(offset) {
+      let started = false;
       async function* rest(): AsyncGenerator<Buffer> {
+        started = true;
         let finished = ended;
         try {
           if (offset < head.length) yield head.subarray(offset);
@@ -138,7 +140,12 @@ export async function peek(stream: Readable, bytes: number, enough?: (head: Buff
           if (!finished) await it.return?.();
         }
       }
-      return Readable.from(rest(), { objectMode: false });
+      const out = Readable.from(rest(), { objectMode: false });
+      // Destroyed before its first read (an import failed or stopped between opening its source and
+      // reading it), the generator never runs, nor its finally: the source is let go here, or the
+      // decrypted export's file (or spool), a caller's socket, would stay open.
+      out.once('close', () => { if (!started && !ended) void Promise.resolve(it.return?.()).catch(() => undefined); });
+      return out;
     },
   };
 }

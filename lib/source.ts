@@ -185,9 +185,11 @@ export interface ImportSource {
   /** A regular file's size and fingerprint (what ties a resumed or repeated import to its file). */
   fingerprint: { size: number; hash: string } | undefined;
   /**
-   * Starts, without waiting, what {@link open} would do first and needs no database: an encrypted
-   * file's authentication pass (a read of its whole token), run while the caller opens its
-   * database. Nothing of the input is released before {@link open}; {@link release} stops it.
+   * Starts, without waiting, the part of {@link open} that needs no database: an encrypted file's
+   * authentication pass (a read of its whole token), run while the caller opens its database.
+   * Nothing of the input is released before {@link open}, which still checks the file first (one
+   * written into meanwhile is refused, whatever the pass found); {@link release} stops the pass.
+   * Does nothing for other sources.
    */
   begin(): void;
   /** Opens the input: decrypted when asked, gunzipped when gzip, sniffed. Called at most once. */
@@ -290,6 +292,8 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
 async function destroyed(stream: Readable): Promise<void> {
   if (stream.closed) return;
   const closed = new Promise<void>((resolve) => stream.once('close', () => resolve()));
+  // A failure to close the file is nobody's to report here (release() never throws).
+  stream.on('error', () => undefined);
   stream.destroy();
   await closed;
 }

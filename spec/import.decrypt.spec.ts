@@ -101,7 +101,7 @@ describe('importUsers with decrypt', () => {
     });
   });
 
-  it('an encrypted file already imported: the second import reads no plaintext, and its authentication pass (begun while the database opened) is stopped and the file closed', async () => {
+  it('an encrypted file already imported: the second import lets go of the authentication pass it began while its database opened, and closes the file', async () => {
     const file = path.join(t.dir, 'twice.tar');
     fs.writeFileSync(file, PYTHON_TAR());
     const fds = () => fs.readdirSync('/proc/self/fd').length;

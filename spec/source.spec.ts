@@ -16,6 +16,7 @@ import { checkImportFiles, prepareImportSource, type SourceOptions } from '../li
 import { encryptBuffer, fixture, flipBase64, pythonMembers, readFixture } from './crypto/helpers.js';
 import { fileFingerprint, user, writeExport } from './helpers/exports.js';
 import { tmpFolder, tmpPath } from './helpers/setup.js';
+import { reached } from './helpers/moments.js';
 import { chunked } from './helpers/streams.js';
 
 const JSON_TEXT = JSON.stringify([user(1, 'alice'), user(2, 'bob')], null, 2);
@@ -316,15 +317,57 @@ describe('lib/source: the import\'s input', () => {
       const decrypt = () => createLocalKeyUnwrapper({ privateKeyPem: readFixture('fixture-key.pem') });
       const plain = () => JSON.parse(readFixture('fixture-export.json').toString()) as unknown;
 
-      it('open() after begin() gives the plaintext, and the file is closed once it is read; begin() twice starts one pass', async () => {
+      /** Counts the reads of every FileHandle while `fn` runs (the passes read through FileHandle.read). */
+      async function countingReads<T>(fn: (reads: () => number) => Promise<T>): Promise<T> {
+        const probe = await fs.promises.open(file('probe.txt', 'x'), 'r');
+        const proto = Object.getPrototypeOf(probe) as { read: (...a: unknown[]) => Promise<unknown> };
+        await probe.close();
+        const read = proto.read;
+        let n = 0;
+        proto.read = function (this: unknown, ...a: unknown[]) { n++; return read.apply(this, a); };
+        try {
+          return await fn(() => n);
+        } finally {
+          proto.read = read;
+        }
+      }
+      const settle = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+      it('begin() starts the authentication pass before open() (a plain file: nothing), and open() after it gives the plaintext, the file closed once read', async () => {
         const before = openFds();
-        const prepared = await prepareImportSource({ source: file('begun.tar', readFixture('python-export.tar')), decrypt: decrypt() });
-        prepared.begin();
-        prepared.begin();
-        const s = await prepared.open();
-        expect(JSON.parse(await text(s.stream))).to.deep.equal(plain());
+        await countingReads(async (reads) => {
+          const prepared = await prepareImportSource({ source: file('begun.tar', readFixture('python-export.tar')), decrypt: decrypt() });
+          const atPrepared = reads();
+          prepared.begin();
+          await settle(200);
+          expect(reads() - atPrepared, 'the token read while nobody waits for it').to.be.above(0);
+          const s = await prepared.open();
+          expect(JSON.parse(await text(s.stream))).to.deep.equal(plain());
+
+          const plainFile = await prepareImportSource({ source: file('begun-plain.json', JSON_TEXT) });
+          const atPlain = reads();
+          plainFile.begin();
+          await settle(100);
+          expect(reads() - atPlain, 'a plain file is not read before open()').to.equal(0);
+          expect(await text((await plainFile.open()).stream)).to.equal(JSON_TEXT);
+        });
         await new Promise((resolve) => setImmediate(resolve));
         expect(openFds()).to.equal(before);
+      });
+
+      it('begin() twice starts one pass', async () => {
+        const passReads = async (times: number) => countingReads(async (reads) => {
+          const prepared = await prepareImportSource({ source: file(`begun-${times}.tar`, readFixture('python-export.tar')), decrypt: decrypt() });
+          const at = reads();
+          for (let i = 0; i < times; i++) prepared.begin();
+          await settle(200);
+          const n = reads() - at;
+          await prepared.release();
+          return n;
+        });
+        const once = await passReads(1);
+        expect(once).to.be.above(0);
+        expect(await passReads(2)).to.equal(once);
       });
 
       it('a changed token: open() after begin() rejects with USERPORT_DECRYPT_TAMPERED, and release() after it, or instead of it, closes the file without an unhandled rejection', async () => {
@@ -351,37 +394,67 @@ describe('lib/source: the import\'s input', () => {
         expect(unhandled, 'rejections nobody handled').to.deep.equal([]);
       });
 
-      it('release() after begin() closes the file, whether the pass is still running or done, and open() after it is refused', async () => {
+      it('release() after begin() stops the pass at its next read and closes the file; after the pass is done, closes it too; open() after it is refused', async () => {
         const big = file('begun-big.tar', await encryptBuffer(Buffer.from(JSON.stringify(Array.from({ length: 20000 }, (_, i) => user(i + 1, `user-${i}`))))));
         const before = openFds();
-        for (const wait of [0, 300]) {
-          const prepared = await prepareImportSource({ source: big, decrypt: decrypt() });
-          prepared.begin();
-          if (wait) await new Promise((resolve) => setTimeout(resolve, wait));
-          await prepared.release();
-          expect(openFds(), `released after ${wait} ms`).to.equal(before);
-          await prepared.open().then(() => { throw new Error('it opened'); }, (e: Error) => expect(e.message).to.match(/opened or released already/));
-        }
+        await countingReads(async (reads) => {
+          // The whole pass, for scale: the token's reads of 128 KiB.
+          const whole = await prepareImportSource({ source: big, decrypt: decrypt() });
+          let at = reads();
+          whole.begin();
+          const opened = await whole.open();
+          opened.stream.destroy();
+          await reached('the whole pass\'s file closed', async () => (openFds() === before ? true : undefined), { timeoutMs: 3000 });
+          const all = reads() - at;
+          expect(all, 'a token of several reads').to.be.above(10);
+
+          const stopped = await prepareImportSource({ source: big, decrypt: decrypt() });
+          at = reads();
+          stopped.begin();
+          await stopped.release();
+          expect(reads() - at, 'reads after the release was asked for').to.be.below(all / 4);
+          expect(openFds()).to.equal(before);
+          await stopped.open().then(() => { throw new Error('it opened'); }, (e: Error) => expect(e.message).to.match(/opened or released already/));
+
+          const done = await prepareImportSource({ source: big, decrypt: decrypt() });
+          done.begin();
+          await settle(1500);
+          await done.release();
+          expect(openFds()).to.equal(before);
+        });
       });
 
-      it('a file written into after it was prepared is refused by open() after begin(), and closed', async () => {
+      it('a file written into before its pass read the change: open() says it changed (not that it was tampered with, nor that it cannot be read), and closes it', async () => {
+        const { tokenOffset, token } = pythonMembers();
         const src = file('begun-rewritten.tar', readFixture('python-export.tar'));
         const before = openFds();
         const prepared = await prepareImportSource({ source: src, decrypt: decrypt() });
+        await settle(20);
+        // One character of the token changed in place (same size): the pass fails on it, the file stays ours.
+        const fd = fs.openSync(src, 'r+');
+        fs.writeSync(fd, flipBase64(readFixture('python-export.tar'), tokenOffset + (token.length >> 1)).subarray(tokenOffset + (token.length >> 1), tokenOffset + (token.length >> 1) + 1), 0, 1, tokenOffset + (token.length >> 1));
+        fs.closeSync(fd);
         prepared.begin();
-        await new Promise((resolve) => setTimeout(resolve, 20));
-        fs.appendFileSync(src, Buffer.alloc(512));
+        await settle(200);
         const err = await rejection(prepared.open());
         expect(err.code).to.equal(ErrorCodes.IO);
-        expect(err.message).to.match(/changed after it was checked and fingerprinted/);
+        expect(err.message).to.match(/changed after it was checked and fingerprinted \(it was written to\)/);
         expect(openFds()).to.equal(before);
       });
+    });
 
-      it('begin() does nothing for a plain file, and open() reads it as ever', async () => {
-        const prepared = await prepareImportSource({ source: file('begun-plain.json', JSON_TEXT) });
-        prepared.begin();
-        expect(await text((await prepared.open()).stream)).to.equal(JSON_TEXT);
-      });
+    it('the opened stream destroyed before it is read lets go of what is under it: a decrypted export\'s file, a caller\'s stream', async () => {
+      const before = openFds();
+      const decrypt = createLocalKeyUnwrapper({ privateKeyPem: readFixture('fixture-key.pem') });
+      const encrypted = await (await prepareImportSource({ source: file('destroyed-unread.tar', readFixture('python-export.tar')), decrypt })).open();
+      expect(openFds(), 'the file open under the stream').to.equal(before + 1);
+      encrypted.stream.destroy();
+      await reached('the file closed', async () => (openFds() === before ? true : undefined), { timeoutMs: 3000 });
+
+      const callers = Readable.from([Buffer.from(JSON_TEXT.slice(0, 100)), Buffer.from(JSON_TEXT.slice(100))], { objectMode: false });
+      const given = await (await prepareImportSource({ source: callers })).open();
+      given.stream.destroy();
+      await reached('the caller\'s stream destroyed', async () => (callers.destroyed ? true : undefined), { timeoutMs: 3000 });
     });
 
     it('release() closes a prepared file that is never opened, and open() after it is refused', async () => {
