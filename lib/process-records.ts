@@ -13,7 +13,7 @@ import { DEFAULT_COLLECT_REJECTS, scopeRecord, scopeReject, USER_FILTER_OPTIONS,
 import { checkOptions, toStringSet } from './options.js';
 import { isMapTarget, mapRecord, mapReject, targetSkip, type MappedItem, type MapTarget } from './map-models.js';
 import type { ImportScope } from './models.js';
-import { DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, endSplitter, RecordSplitter, TOKENIZER_OPTIONS, type RawRecord, type TokenizerOptions } from './tokenize.js';
+import { DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, endSplitter, PARSE_PIECE, RecordSplitter, TOKENIZER_OPTIONS, type RawRecord, type TokenizerOptions } from './tokenize.js';
 
 /** Options of {@link createRecordProcessor}: the tokenizer's and the user filter's, and the target. */
 export interface RecordProcessorOptions extends TokenizerOptions, UserFilterOptions {
@@ -87,23 +87,29 @@ export function recordProcessor(p: RecordProcessing): Transform & { splitter: Re
     readableObjectMode: true,
     readableHighWaterMark: 4,
     transform(chunk: Buffer, _enc: BufferEncoding, callback: TransformCallback) {
-      let out: MappedItem[];
-      const records: RawRecord[] = [];
-      let readError: unknown;
-      try {
-        splitter.write(chunk, records);
-      } catch (err) {
-        // Records before the bad bytes come first: one of them may fail earlier in the file.
-        readError = err;
+      // A caller's large chunk is parsed a piece at a time, each piece's records mapped and handed
+      // on before the next is parsed, as if the caller had sent pieces (PARSE_PIECE says why).
+      for (let at = 0; at < chunk.length; at += PARSE_PIECE) {
+        const piece = at === 0 && chunk.length <= PARSE_PIECE ? chunk : chunk.subarray(at, at + PARSE_PIECE);
+        const records: RawRecord[] = [];
+        let readError: unknown;
+        try {
+          splitter.write(piece, records);
+        } catch (err) {
+          // Records before the bad bytes come first: one of them may fail earlier in the file.
+          readError = err;
+        }
+        let out: MappedItem[];
+        try {
+          out = new Array(records.length);
+          for (let i = 0; i < records.length; i++) out[i] = processRecord(records[i]!, keep, collect, target, scope);
+        } catch (err) {
+          return callback(err as Error);
+        }
+        if (out.length) this.push(out);
+        if (readError) return callback(readError as Error);
       }
-      try {
-        out = new Array(records.length);
-        for (let i = 0; i < records.length; i++) out[i] = processRecord(records[i]!, keep, collect, target, scope);
-      } catch (err) {
-        return callback(err as Error);
-      }
-      if (out.length) this.push(out);
-      callback(readError as Error | undefined);
+      callback();
     },
     flush(callback: TransformCallback) {
       endSplitter(splitter, callback);

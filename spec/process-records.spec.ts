@@ -7,7 +7,7 @@ import { createUserFilter } from '../lib/filter-users.js';
 import { createExportGenerator } from '../tools/generate.js';
 import { createModelMapper, type MappedItem } from '../lib/map-models.js';
 import { createRecordProcessor } from '../lib/process-records.js';
-import { createTokenizer } from '../lib/tokenize.js';
+import { createTokenizer, PARSE_PIECE } from '../lib/tokenize.js';
 import { requireSharedFixtures, sharedFixtures, sharedJsonFiles } from './helpers/shared.js';
 import { chunked, collect, collectError } from './helpers/streams.js';
 import { email, user, useremail } from './helpers/exports.js';
@@ -42,6 +42,35 @@ describe('createRecordProcessor (the fused fast path)', () => {
       }
     });
   }
+
+  it('parses a large chunk a piece at a time: the items of small chunks, one array per piece, and an error at the same place after the same items', async () => {
+    const parts: Buffer[] = [];
+    for await (const c of createExportGenerator({ users: 1500, seed: 5, collisionRate: 0.05, outOfScopeRate: 0.1 })) parts.push(c as Buffer);
+    const buf = Buffer.concat(parts);
+    expect(buf.length, 'an export of several pieces').to.be.above(8 * PARSE_PIECE);
+    const whole = await collect<MappedItem[]>(chunked(buf, buf.length), createRecordProcessor());
+    expect(whole.length, 'arrays handed on for the one chunk').to.be.at.least(Math.floor(buf.length / PARSE_PIECE) - 1);
+    expect(whole.flat()).to.deep.equal((await collect<MappedItem[]>(chunked(buf, 4096), createRecordProcessor())).flat());
+
+    // A byte no JSON allows, in the last pieces: the records before it are handed on, then the error.
+    // Before a record's opening brace, in the array itself (inside a string it would be a value).
+    const at = buf.lastIndexOf('{', buf.indexOf('"model"', Math.floor(buf.length * 0.8)));
+    const bad = Buffer.concat([buf.subarray(0, at), Buffer.from('#'), buf.subarray(at)]);
+    // Read as each array is pushed ('data'): a pipeline's consumer would get its turn only after the chunk.
+    const until = (size: number) => new Promise<{ seen: MappedItem[]; code?: string; position?: unknown }>((resolve) => {
+      const seen: MappedItem[] = [];
+      const stage = createRecordProcessor();
+      stage.on('data', (items: MappedItem[]) => seen.push(...items));
+      stage.on('error', (e: Error & { code?: string; position?: unknown }) => resolve({ seen, code: e.code, position: e.position }));
+      stage.on('end', () => resolve({ seen }));
+      chunked(bad, size).pipe(stage);
+    });
+    const [big, small] = [await until(bad.length), await until(4096)];
+    expect(big.code).to.equal('USERPORT_PARSE_JSON');
+    expect([big.code, big.position]).to.deep.equal([small.code, small.position]);
+    expect(big.seen.length, 'the records before the bad byte').to.be.above(whole.flat().length / 2);
+    expect(big.seen).to.deep.equal(small.seen);
+  });
 
   it('turns invalid records into the same reject markers, or the same error', async () => {
     const buf = Buffer.from(JSON.stringify([user(1, 'a'), { model: 'sentry.user', fields: {} }, user(2, 'b', { is_active: 'no' }), useremail(1, 1, 'x@y.z')]));

@@ -3,7 +3,7 @@ import { getHeapStatistics } from 'node:v8';
 import { optionErrorOf } from './helpers/options.js';
 import fs from 'node:fs';
 import path from 'node:path';
-import { createTokenizer, type RawRecord } from '../lib/tokenize.js';
+import { createTokenizer, PARSE_PIECE, type RawRecord } from '../lib/tokenize.js';
 import { requireSharedFixtures, sharedJsonFiles } from './helpers/shared.js';
 import { chunked, collect, collectError } from './helpers/streams.js';
 import { streamCompliance } from './helpers/compliance.js';
@@ -41,6 +41,32 @@ describe('createTokenizer', () => {
         });
       }
     }
+
+    it('parses a chunk larger than PARSE_PIECE a piece at a time: what JSON.parse gives, with positions; a bad byte in a late piece fails where it does in small chunks, after the earlier pieces\' records', async () => {
+      const recs = Array.from({ length: 6000 }, (_, i) => ({ model: 'sentry.user', pk: i + 1, fields: { username: `user-${i}`, note: 'é "q" \\ {x}'.repeat(i % 5), list: [i, { a: [] }] } }));
+      const buf = Buffer.from(JSON.stringify(recs, null, 1));
+      expect(buf.length, 'several pieces').to.be.above(4 * PARSE_PIECE);
+      const records = await collect<RawRecord>(chunked(buf, buf.length), createTokenizer());
+      expect(records.map((r) => r.value)).to.deep.equal(recs);
+      expect(records.map((r) => ({ offset: r.offset, line: r.line, column: r.column }))).to.deep.equal(expectedPositions(buf));
+
+      // Before a record's opening brace, in the array itself (inside a string it would be a value).
+      const at = buf.lastIndexOf('{', buf.indexOf('"model"', Math.floor(buf.length * 0.9)));
+      const bad = Buffer.concat([buf.subarray(0, at), Buffer.from('#'), buf.subarray(at)]);
+      // Read as each record is pushed ('data'): a pipeline's consumer would get its turn only after the chunk.
+      let before = 0;
+      const err = await new Promise<(Error & { code?: string; position?: unknown }) | undefined>((resolve) => {
+        const stage = createTokenizer();
+        stage.on('data', () => { before++; });
+        stage.on('error', resolve);
+        stage.on('end', () => resolve(undefined));
+        chunked(bad, bad.length).pipe(stage);
+      });
+      const small = await collectError(chunked(bad, 4096), createTokenizer());
+      expect(err?.code).to.equal('USERPORT_PARSE_JSON');
+      expect([err?.code, err?.position]).to.deep.equal([small.code, small.position]);
+      expect(before, 'the earlier pieces\' records, handed on before the bad piece is parsed').to.be.above(recs.length / 2);
+    });
 
     it('gives each record its line and column in any layout: minified, CRLF, a record a line, blank lines and breaks inside records', async () => {
       const recs = Array.from({ length: 40 }, (_, i) => ({ model: 'sentry.user', pk: i + 1, fields: { username: `u${i}`, note: 'a "quoted" \\ {x}\n', list: [1, { a: [] }] } }));
