@@ -71,7 +71,15 @@ export async function writeFileAtomically(dest: string, mode: number, write: (ou
   const existing = await fs.stat(dest).catch(() => undefined);
   if (existing?.isDirectory()) throw new OptionError(`DEST ${dest} is a directory`);
   if (existing && !existing.isFile()) {
-    await write(createWriteStream(dest, { flags: 'w' }));
+    const out = createWriteStream(dest, { flags: 'w' });
+    try {
+      await write(out);
+    } catch (err) {
+      // A writer that failed before its pipeline took the stream (the database unreachable, a key
+      // refused) would leave the device or pipe open.
+      out.destroy();
+      throw err;
+    }
     return;
   }
   // Said before the work, not by the rename after it.

@@ -167,20 +167,31 @@ const ENCRYPT_EXPORT_OPTIONS: { readonly [K in keyof EncryptExportOptions]-?: Op
 export async function encryptExport(input: EncryptedInput, output: Writable, options: EncryptExportOptions): Promise<void> {
   checkOptions('encryptExport', options, ENCRYPT_EXPORT_OPTIONS, ['publicKeyPem']);
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+  // The key is checked (the encryptor or the keys made) before the input is opened: a key that
+  // cannot encrypt leaves no file open.
+  let pipePath: string | undefined;
   if ('path' in input) {
-    let size: number;
+    let stat: Awaited<ReturnType<typeof fs.stat>>;
     try {
-      const stat = await fs.stat(input.path);
-      if (!stat.isFile()) return encryptExport({ stream: createReadStream(input.path, { highWaterMark: chunkSize }) }, output, options);
-      size = stat.size;
+      stat = await fs.stat(input.path);
     } catch (err) {
       throw ioError(`cannot read ${input.path}`, err);
     }
-    await pipeline(createReadStream(input.path, { highWaterMark: chunkSize }), createEncryptor({ publicKeyPem: options.publicKeyPem, size }), output);
-    return;
+    if (stat.isFile()) {
+      const encryptor = createEncryptor({ publicKeyPem: options.publicKeyPem, size: stat.size });
+      await pipeline(createReadStream(input.path, { highWaterMark: chunkSize }), encryptor, output);
+      return;
+    }
+    // A pipe: encrypted into the spool, as a stream is.
+    pipePath = input.path;
   }
   const keys = prepareKeys(options, 'encryptExport');
-  const spool = await makeSpool(options.tmpDir ?? os.tmpdir());
+  const made = pipePath === undefined ? undefined : createReadStream(pipePath, { highWaterMark: chunkSize });
+  const stream = 'stream' in input ? input.stream as AsyncIterable<Buffer | string> : made!;
+  const spool = await makeSpool(options.tmpDir ?? os.tmpdir()).catch((err: unknown) => {
+    made?.destroy();
+    throw err;
+  });
   try {
     const fernet = new FernetEncoder({ key: keys.fernetKey });
     let tokenBytes = 0;
@@ -189,7 +200,7 @@ export async function encryptExport(input: EncryptedInput, output: Writable, opt
       await spool.file.write(buf, 0, buf.length, tokenBytes);
       tokenBytes += buf.length;
     };
-    for await (const chunk of input.stream as AsyncIterable<Buffer | string>) {
+    for await (const chunk of stream) {
       await write(fernet.update(typeof chunk === 'string' ? Buffer.from(chunk) : chunk));
     }
     await write(fernet.final());

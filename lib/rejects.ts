@@ -69,7 +69,7 @@ export function createRejectsFile(path: string, options: RejectsFileOptions = {}
 export function openRejectsFile(path: string, max: number, resumeAt: RejectsFileOptions['resumeAt']): RejectSink {
   let count = 0;
   let bytes = 0;
-  let fd: number;
+  let fd: number | undefined;
   try {
     if (resumeAt) {
       fd = fs.openSync(path, fs.existsSync(path) ? 'r+' : 'w+', 0o600);
@@ -80,8 +80,11 @@ export function openRejectsFile(path: string, max: number, resumeAt: RejectsFile
       fd = fs.openSync(path, 'w', 0o600);
     }
   } catch (err) {
+    // Opened, then refused (a device cannot be truncated): closed here, nobody else has it.
+    if (fd !== undefined) try { fs.closeSync(fd); } catch { /* the refusal is the error to report */ }
     throw new UserportError(ErrorCodes.IO, `cannot open the rejects file ${path}: ${(err as Error).message}`, { cause: err });
   }
+  const file = fd;
   return {
     get count() { return count; },
     get bytes() { return bytes; },
@@ -97,10 +100,10 @@ export function openRejectsFile(path: string, max: number, resumeAt: RejectsFile
         model: p.model ?? null, pk: p.pk ?? null, ordinal: pos.ordinal, offset: pos.offset, line: pos.line, column: pos.column,
         code: err.code, field: p.field ?? null, reason: err.message, record: redact(record),
       });
-      bytes += fs.writeSync(fd, line + '\n', bytes);
+      bytes += fs.writeSync(file, line + '\n', bytes);
     },
     async close() {
-      fs.closeSync(fd);
+      fs.closeSync(file);
     },
   };
 }

@@ -124,10 +124,8 @@ export async function peek(stream: Readable, bytes: number, enough?: (head: Buff
     /** Refused input: stop reading it (a FIFO's writer gets EPIPE instead of blocking). */
     close() { if (!ended) void it.return?.(); },
     from(offset) {
-      let started = false;
+      let finished = ended;
       async function* rest(): AsyncGenerator<Buffer> {
-        started = true;
-        let finished = ended;
         try {
           if (offset < head.length) yield head.subarray(offset);
           while (!finished) {
@@ -141,10 +139,15 @@ export async function peek(stream: Readable, bytes: number, enough?: (head: Buff
         }
       }
       const out = Readable.from(rest(), { objectMode: false });
-      // Destroyed before its first read (an import failed or stopped between opening its source and
-      // reading it), the generator never runs, nor its finally: the source is let go here, or the
-      // decrypted export's file (or spool), a caller's socket, would stay open.
-      out.once('close', () => { if (!started && !ended) void Promise.resolve(it.return?.()).catch(() => undefined); });
+      // Destroyed early (an import that failed or was stopped), the source is destroyed at once:
+      // the generator's finally alone would not run before its first read, nor while it waits for
+      // a stalled source's next bytes (a FIFO, standard input), and the decrypted export's file
+      // (or spool), a FIFO's handle or a caller's socket would stay open.
+      const destroy = out._destroy.bind(out);
+      out._destroy = (err, callback) => {
+        if (!finished) stream.destroy();
+        destroy(err, callback);
+      };
       return out;
     },
   };
