@@ -334,15 +334,24 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
   let sinkToStop: Writable | undefined;
   let merging = false;
   let committing = false;
+  // Rejected by a stop: the source's opening waits on it too (a FIFO's open() with no writer yet
+  // returns only when one comes, whatever is destroyed meanwhile).
+  let rejectStopped: (e: UserportError) => void = () => undefined;
+  const stopped = new Promise<never>((_resolve, reject) => { rejectStopped = reject; });
+  stopped.catch(() => undefined);
   const stop = (e: UserportError) => {
     if (stopWith || committing) return;
     stopWith = e;
+    rejectStopped(e);
     if (merging) return;
     if (sinkToStop) sinkToStop.destroy(e);
     else if (o.source instanceof Readable) {
       // Nothing may be reading it yet: its 'error' must not be the process's uncaught exception.
       o.source.once('error', () => undefined);
       o.source.destroy(e);
+    } else {
+      // Standard input or a pipe, perhaps still waited for by the source's opening.
+      input.abort();
     }
   };
   const checkStopped = () => { if (stopWith) throw stopWith; };
@@ -382,7 +391,14 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     // sniffed or read, is reading's failure, not the database's: an ECONNRESET from there is no
     // lost connection to PostgreSQL.
     const readFailure = (err: unknown) => new UserportError(ErrorCodes.IO, `reading the source failed: ${(err as Error | null)?.message ?? String(err)}`, { cause: err });
-    const { stream: source, size, leadingText, gzip } = await input.open().catch((err: unknown) => { throw err instanceof UserportError ? err : readFailure(err); });
+    const opening = input.open();
+    // Stopped while the source is opened (standard input or a pipe with nothing written yet), the
+    // import ends at once; what the opening gives later is let go.
+    opening.then((s) => { if (stopWith) s.stream.destroy(); }, () => undefined);
+    const { stream: source, size, leadingText, gzip } = await Promise.race([opening, stopped]).catch((err: unknown) => {
+      if (stopWith) throw stopWith;
+      throw err instanceof UserportError ? err : readFailure(err);
+    });
     reading = source;
     let sourceError: unknown;
     source.once('error', (err) => { sourceError = err; });

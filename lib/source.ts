@@ -194,6 +194,12 @@ export interface ImportSource {
   begin(): void;
   /** Opens the input: decrypted when asked, gunzipped when gzip, sniffed. Called at most once. */
   open(): Promise<OpenedSource>;
+  /**
+   * A stop: destroys what an {@link open} in progress reads (standard input, a pipe's stream; an
+   * encrypted file's authentication pass ends at its next read), so that it settles. A caller's
+   * own stream is the caller's to destroy (importUsers does).
+   */
+  abort(): void;
   /** Closes what was prepared when the input is not opened after all (a file already imported, a failure). */
   release(): Promise<void>;
 }
@@ -225,13 +231,20 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
     return sniff.stream(stream, size);
   };
   if (!held) {
+    // The stream open() made (standard input, a pipe's), for abort().
+    let made: Readable | undefined;
     const open = async (): Promise<OpenedSource> => {
-      const raw = o.source === '-' ? process.stdin : o.source instanceof Readable ? o.source
+      const raw = o.source === '-' ? (made = process.stdin) : o.source instanceof Readable ? o.source
         // A FIFO or process substitution (`<(cat f)`) is streamed like standard input.
-        : fs.createReadStream(o.source, { highWaterMark: READ_CHUNK });
+        : (made = fs.createReadStream(o.source, { highWaterMark: READ_CHUNK }));
       return unlock ? decrypted((await unlock({ stream: await sniff.encrypted(raw) })).plaintext(READ_CHUNK)) : sniff.stream(raw, undefined);
     };
-    return { kind, name: typeof o.source === 'string' ? o.source : '(stream)', fingerprint: undefined, begin: () => undefined, open, release: async () => undefined };
+    const abort = () => {
+      // An 'error' nobody listens to would be the process's uncaught exception.
+      made?.once('error', () => undefined);
+      made?.destroy();
+    };
+    return { kind, name: typeof o.source === 'string' ? o.source : '(stream)', fingerprint: undefined, begin: () => undefined, open, abort, release: async () => undefined };
   }
   // Until open() hands the file to a stream (which closes it), closing it is release()'s.
   let handed = false;
@@ -285,7 +298,8 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
       throw err;
     });
   };
-  return { kind, name: held.name, fingerprint: held.fingerprint, begin, open, release };
+  const abort = () => stopAuthenticating.abort(new Error('the import was stopped'));
+  return { kind, name: held.name, fingerprint: held.fingerprint, begin, open, abort, release };
 }
 
 /** Destroys `stream` and waits for its 'close' (its cleanup: the file closed). */

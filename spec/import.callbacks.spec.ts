@@ -11,6 +11,8 @@ import { OptionError } from '../lib/errors.js';
 import { importUsers } from '../lib/import.js';
 import { failure, withDb } from './helpers/db.js';
 import { user, writeExport } from './helpers/exports.js';
+import { fifoOrSkip } from './crypto/helpers.js';
+import { tmpFolder } from './helpers/setup.js';
 
 const users = (n: number) => Array.from({ length: n }, (_, i) => user(i + 1, `cb-user-${i + 1}`));
 
@@ -196,5 +198,17 @@ describe('importUsers and the caller\'s callbacks and source', function () {
       expect(Date.now() - t0).to.be.below(10_000);
       expect(stalled.destroyed).to.equal(true);
     });
+  });
+
+  it('a signal stops an import from a FIFO that no one has opened for writing yet (its open() waits for a writer)', async function () {
+    const fifo = fifoOrSkip(this, tmpFolder('fifo-'), 'export.json');
+    await withDb(async (db) => {
+      const ac = new AbortController();
+      const err = await failure(importUsers({ source: fifo, databaseUrl: db.url, signal: ac.signal, onStart: () => { setTimeout(() => ac.abort(), 300); } }));
+      expect(err.code).to.equal('USERPORT_ABORTED');
+      expect(await db.count('auth_user')).to.equal(0);
+    });
+    // A writer comes and goes: the abandoned open() returns, and no thread of libuv's pool stays blocked in it.
+    try { fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK)); } catch { /* no reader left: nothing blocked */ }
   });
 });
