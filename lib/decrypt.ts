@@ -229,7 +229,9 @@ export type DecryptorOptions = OpenDecryptedOptions;
  */
 export class Decryptor extends Duplex {
   private readonly inbound: Readable;
-  private readonly opening: Promise<void>;
+  private readonly options: DecryptorOptions & { chunkSize: number };
+  /** The decryption, started by the first write (or the end): a Decryptor never written makes no spool. */
+  private opening: Promise<void> | undefined;
   private source: Readable | undefined;
   /** Plaintext size, known once authenticated. */
   size: number | undefined;
@@ -237,11 +239,16 @@ export class Decryptor extends Duplex {
   constructor(options: DecryptorOptions) {
     const { chunkSize } = checkDecryptOptions(options, 'createDecryptor');
     super({ readableHighWaterMark: chunkSize, writableHighWaterMark: 64 * 1024 });
+    this.options = { ...options, chunkSize };
     // The writable side feeds a private Readable that decryptedSource iterates; `_write`
     // calls back only when that Readable wants more, so backpressure reaches the producer.
-    const inbound = new Readable({ highWaterMark: chunkSize, read: () => this.resumeWriter() });
-    this.inbound = inbound;
-    this.opening = decryptedSource({ stream: inbound }, options.unwrapper, chunkSize, options.tmpDir).then(
+    this.inbound = new Readable({ highWaterMark: chunkSize, read: () => this.resumeWriter() });
+  }
+
+  private start(): void {
+    if (this.opening) return;
+    const { unwrapper, chunkSize, tmpDir } = this.options;
+    this.opening = decryptedSource({ stream: this.inbound }, unwrapper, chunkSize, tmpDir).then(
       (src) => {
         if (this.destroyed) {
           // Destroyed while authenticating: wait for the spool to go before `close`.
@@ -275,11 +282,13 @@ export class Decryptor extends Duplex {
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, callback: (err?: Error | null) => void): void {
+    this.start();
     if (this.inbound.push(chunk)) callback();
     else this.pendingWrite = () => callback();
   }
 
   override _final(callback: (err?: Error | null) => void): void {
+    this.start();
     this.inbound.push(null);
     callback();
   }

@@ -441,6 +441,24 @@ describe('createDecryptor', () => {
         .to.equal('USERPORT_DECRYPT_KEY_MISMATCH');
     });
 
+    it('makes no spool before its first byte: one constructed and left (another stage of the pipeline failed to build), or destroyed unwritten, leaves nothing', async () => {
+      const t = tempDir();
+      try {
+        const fds = fs.readdirSync('/proc/self/fd').length;
+        const left = createDecryptor({ unwrapper: keyUnwrapper(), tmpDir: t.dir });
+        const destroyed = createDecryptor({ unwrapper: keyUnwrapper(), tmpDir: t.dir });
+        await new Promise<void>((resolve) => { destroyed.once('close', () => resolve()); destroyed.destroy(); });
+        await new Promise((r) => setTimeout(r, 50));
+        expect(listDir(t.dir)).to.deep.equal([]);
+        expect(fs.readdirSync('/proc/self/fd').length).to.equal(fds);
+        // Written later, it decrypts as ever.
+        const out = await collect<Buffer>(chunked(PYTHON_TAR(), 4096), left);
+        expect(Buffer.concat(out).equals(PLAINTEXT())).to.equal(true);
+      } finally {
+        t.remove();
+      }
+    });
+
     it('removes its spool when destroyed halfway through the input, before close', async () => {
       const t = tempDir();
       try {
