@@ -442,8 +442,7 @@ function checkKeyColumns(m: ExportModel, target: Target): void {
   }
 }
 
-async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGenerator<Buffer> {
-  const run = new ExportRun(o, summary);
+async function* generate(run: ExportRun): AsyncGenerator<Buffer> {
   try {
     yield* run.bytes();
   } catch (err) {
@@ -462,7 +461,17 @@ async function* generate(o: ExporterOptions, summary: ExportSummary): AsyncGener
 export function createExporter(options: ExporterOptions): ExportStream {
   checkOptions(options, 'createExporter', EXPORTER_OPTIONS, []);
   const summary = emptySummary(options.scope ?? 'users');
-  const stream = Readable.from(generate(options, summary), { objectMode: false, highWaterMark: 64 * 1024 });
+  // Made now, connected at the first read.
+  const run = new ExportRun(options, summary);
+  const stream = Readable.from(generate(run), { objectMode: false, highWaterMark: 64 * 1024 });
+  // Destroyed while a query runs (a count over a large table, a table locked by another session),
+  // the generator would end only once that query returns: the connection is ended at once, which
+  // fails the query, and the stream closes then.
+  const destroy = stream._destroy.bind(stream);
+  stream._destroy = (err, callback) => {
+    void run.end();
+    destroy(err, callback);
+  };
   Object.defineProperty(stream, 'summary', { value: summary, enumerable: true });
   return stream as ExportStream;
 }
@@ -515,7 +524,8 @@ export async function exportUsers(options: ExportUsersOptions): Promise<ExportSu
       throw new UserportError(ErrorCodes.IO, `cannot write ${dest}: ${(err as Error).message}`, { cause: err });
     });
   } catch (err) {
-    exporter.destroy();
+    // Closed (its connection ended) before the export says it failed.
+    if (!exporter.closed) await new Promise<void>((resolve) => { exporter.once('close', () => resolve()); exporter.destroy(); });
     if (findingsFile !== undefined) writeErrorFinding(findingsFile, err instanceof UserportError ? err : wrapDbError(err, 'the export'), 'export');
     throw err;
   }

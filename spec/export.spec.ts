@@ -16,6 +16,7 @@ import { modelInfo, registry } from '../lib/models.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { fixture as cryptoFixture } from './crypto/helpers.js';
 import { tmpFolder } from './helpers/setup.js';
+import { connect, poll, reached } from './helpers/moments.js';
 import { user, writeExport } from './helpers/exports.js';
 
 interface Rec { model: string; pk: number; fields: Record<string, unknown> }
@@ -450,6 +451,35 @@ describe('createExporter', () => {
         expect(fs.readdirSync(dir)).to.deep.equal([]);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
+        await db.close();
+      }
+    });
+
+    it('destroyed while a query waits (a table locked by another session): closes at once, its connection let go', async () => {
+      const db = await freshDatabase();
+      const holder = await connect(db.url);
+      // Its own session: inside the holder's transaction, pg_stat_activity would stay as first read.
+      const probe = await connect(db.url);
+      const exporterSessions = async () => Number((await probe.query(`SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'userport export'`)).rows[0].n);
+      try {
+        await importUsers({ source: writeExport([user(1, 'locked-a')]), databaseUrl: db.url });
+        await holder.query('BEGIN');
+        await holder.query('LOCK TABLE auth_user IN ACCESS EXCLUSIVE MODE');
+        const exporter = createExporter({ databaseUrl: db.url });
+        exporter.on('data', () => undefined);
+        exporter.on('error', () => undefined);
+        await reached('the exporter waiting for the lock', async () => (Number((await probe.query(
+          `SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'userport export' AND wait_event_type = 'Lock'`)).rows[0].n) > 0 ? true : undefined));
+        const closed = new Promise<void>((resolve) => exporter.once('close', () => resolve()));
+        exporter.destroy();
+        expect(await poll(async () => (exporter.closed ? true : undefined), { timeoutMs: 5000 }), 'closed while the lock is still held').to.equal(true);
+        await closed;
+        // The server lets go of the session once it notices (client_connection_check_interval), at the latest when the lock goes.
+        await holder.query('ROLLBACK');
+        await reached('its session gone', async () => ((await exporterSessions()) === 0 ? true : undefined), { timeoutMs: 10000 });
+      } finally {
+        await holder.end();
+        await probe.end();
         await db.close();
       }
     });

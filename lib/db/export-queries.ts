@@ -10,6 +10,7 @@ import type { Encoding } from '../export-format.js';
 import type { ImportScope } from '../models.js';
 import { readTarget, type Target } from './target.js';
 import { connectError } from '../errors.js';
+import { applySessionSettings } from './knex.js';
 
 /** Whether the database has a table's column (`has(table, column)`). */
 export type Has = (t: string, c: string) => boolean;
@@ -107,6 +108,12 @@ export class ExportSnapshot {
       await snapshot.end();
       throw connectError(err, client);
     }
+    // PostgreSQL 14+ then notices within a second that the exporter let go of its connection (a
+    // destroyed exporter ends it), even while a query waits for a lock, and drops the session.
+    await applySessionSettings(client).catch(async (err: unknown) => {
+      await snapshot.end();
+      throw err;
+    });
     return snapshot;
   }
 
