@@ -76,7 +76,9 @@ export async function writeFileAtomically(dest: string, mode: number, write: (ou
       await write(out);
     } catch (err) {
       // A writer that failed before its pipeline took the stream (the database unreachable, a key
-      // refused) would leave the device or pipe open.
+      // refused) would leave the device or pipe open. Its own failure to open (EACCES, ENXIO) is
+      // not this call's error then, and must not be the process's uncaught exception.
+      out.once('error', () => undefined);
       out.destroy();
       throw err;
     }

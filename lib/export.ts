@@ -322,6 +322,8 @@ class ExportRun {
   private first = true;
   /** What the run is doing, for the error message. */
   step = 'connecting to the database';
+  /** Ended (the stream destroyed): a connection made after it is ended at once. */
+  private ended = false;
 
   constructor(private readonly o: ExporterOptions, summary: ExportSummary) {
     this.indent = o.indent ?? DEFAULT_INDENT;
@@ -333,7 +335,10 @@ class ExportRun {
 
   /** The export's bytes: `[`, every model's records a page at a time, `]`. */
   async* bytes(): AsyncGenerator<Buffer> {
-    this.db = await ExportSnapshot.connect(this.o.databaseUrl);
+    // Made first, so that a destroy while it connects ends the connection (pg then drops the socket).
+    this.db = ExportSnapshot.make(this.o.databaseUrl);
+    await this.db.open();
+    if (this.ended) throw new Error('the export was stopped');
     this.step = 'opening the snapshot';
     await this.db.begin();
     const models = await this.plan(this.db);
@@ -345,6 +350,7 @@ class ExportRun {
   }
 
   async end(): Promise<void> {
+    this.ended = true;
     await this.db?.end();
   }
 

@@ -391,12 +391,19 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     // sniffed or read, is reading's failure, not the database's: an ECONNRESET from there is no
     // lost connection to PostgreSQL.
     const readFailure = (err: unknown) => new UserportError(ErrorCodes.IO, `reading the source failed: ${(err as Error | null)?.message ?? String(err)}`, { cause: err });
+    // A stop asked for by onStart itself: the source is not opened at all.
+    checkStopped();
     const opening = input.open();
     // Stopped while the source is opened (standard input or a pipe with nothing written yet), the
     // import ends at once; what the opening gives later is let go.
-    opening.then((s) => { if (stopWith) s.stream.destroy(); }, () => undefined);
-    const { stream: source, size, leadingText, gzip } = await Promise.race([opening, stopped]).catch((err: unknown) => {
-      if (stopWith) throw stopWith;
+    const letGo = opening.then((s) => { if (stopWith) s.stream.destroy(); }, () => undefined);
+    const { stream: source, size, leadingText, gzip } = await Promise.race([opening, stopped]).catch(async (err: unknown) => {
+      if (stopWith) {
+        // A regular file's opening settles at once when stopped (an encrypted one's pass ends at
+        // its next read): the import fails once it has let it go. A pipe's may wait for a writer.
+        if (input.kind === 'file') await letGo;
+        throw stopWith;
+      }
       throw err instanceof UserportError ? err : readFailure(err);
     });
     reading = source;

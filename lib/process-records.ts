@@ -1,6 +1,6 @@
 /**
  * The fused fast path used by `importUsers`: tokenizer, user filter and model mapper in one
- * Transform, emitting one array of items per input chunk. The per-record logic is exactly the
+ * Transform, emitting one array of items per input chunk (per 128 KiB piece of a larger one). The per-record logic is exactly the
  * public stages' pure functions (`RecordSplitter`, `scopeRecord`, `mapRecord`, and their reject
  * and flush helpers `scopeReject`, `mapReject`, `endSplitter`); only the stream
  * hops are gone. Measured on 100k users: three object-mode hops per record and their
@@ -108,6 +108,8 @@ export function recordProcessor(p: RecordProcessing): Transform & { splitter: Re
         }
         if (out.length) this.push(out);
         if (readError) return callback(readError as Error);
+        // Destroyed by a consumer of what was just pushed: the rest of the chunk is nobody's.
+        if (this.destroyed) return callback();
       }
       callback();
     },

@@ -233,13 +233,16 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
   if (!held) {
     // The stream open() made (standard input, a pipe's), for abort().
     let made: Readable | undefined;
+    let aborted = false;
     const open = async (): Promise<OpenedSource> => {
+      if (aborted) throw new Error('the import was stopped before its source was opened');
       const raw = o.source === '-' ? (made = process.stdin) : o.source instanceof Readable ? o.source
         // A FIFO or process substitution (`<(cat f)`) is streamed like standard input.
         : (made = fs.createReadStream(o.source, { highWaterMark: READ_CHUNK }));
       return unlock ? decrypted((await unlock({ stream: await sniff.encrypted(raw) })).plaintext(READ_CHUNK)) : sniff.stream(raw, undefined);
     };
     const abort = () => {
+      aborted = true;
       // An 'error' nobody listens to would be the process's uncaught exception.
       made?.once('error', () => undefined);
       made?.destroy();

@@ -580,6 +580,7 @@ export function createTokenizer(options: TokenizerOptions = {}): Transform & { s
           return;
         }
         for (const r of records) this.push(r);
+        if (this.destroyed) return callback();
       }
       callback();
     },

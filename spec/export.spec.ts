@@ -6,6 +6,7 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { createExporter, exportUsers, pythonJsonNumber, pythonJsonString, reindentJson, type ExportSummary } from '../lib/export.js';
@@ -481,6 +482,25 @@ describe('createExporter', () => {
         await holder.end();
         await probe.end();
         await db.close();
+      }
+    });
+
+    it('destroyed while it connects to a server that never answers: closes at once, the socket let go', async () => {
+      const held = new Set<net.Socket>();
+      const silent = net.createServer((sock) => { held.add(sock); sock.resume(); sock.on('error', () => undefined); sock.on('close', () => held.delete(sock)); });
+      await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', () => resolve()));
+      try {
+        const port = (silent.address() as net.AddressInfo).port;
+        const exporter = createExporter({ databaseUrl: `postgresql://nobody@127.0.0.1:${port}/none` });
+        exporter.on('data', () => undefined);
+        exporter.on('error', () => undefined);
+        await reached('the exporter connecting', async () => (held.size > 0 ? true : undefined), { timeoutMs: 5000 });
+        exporter.destroy();
+        expect(await poll(async () => (exporter.closed ? true : undefined), { timeoutMs: 5000 }), 'closed while the server has not answered').to.equal(true);
+        expect(await poll(async () => (held.size === 0 ? true : undefined), { timeoutMs: 5000 }), 'the socket closed').to.equal(true);
+      } finally {
+        for (const sock of held) sock.destroy();
+        await new Promise<void>((resolve) => silent.close(() => resolve()));
       }
     });
 

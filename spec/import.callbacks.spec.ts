@@ -211,4 +211,18 @@ describe('importUsers and the caller\'s callbacks and source', function () {
     // A writer comes and goes: the abandoned open() returns, and no thread of libuv's pool stays blocked in it.
     try { fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK)); } catch { /* no reader left: nothing blocked */ }
   });
+
+  it('a signal aborted by onStart itself: the FIFO is never opened', async function () {
+    const fifo = fifoOrSkip(this, tmpFolder('fifo-'), 'export.json');
+    await withDb(async (db) => {
+      const ac = new AbortController();
+      const err = await failure(importUsers({ source: fifo, databaseUrl: db.url, signal: ac.signal, onStart: () => ac.abort() }));
+      expect(err.code).to.equal('USERPORT_ABORTED');
+    });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    // No reader waits on it: a writer that will not wait is refused (ENXIO).
+    let code: string | undefined;
+    try { fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK)); } catch (e) { code = (e as NodeJS.ErrnoException).code; }
+    expect(code, 'nobody opened the FIFO for reading').to.equal('ENXIO');
+  });
 });

@@ -93,28 +93,41 @@ function selectExpr(column: string, encoding: Encoding, udt: string): string {
  * the first element is the row's id, then one per selected column.
  */
 export class ExportSnapshot {
-  private constructor(private readonly client: pg.Client) {}
+  private connected = false;
+  /** Rejected by {@link end} (never resolves): what a connect in progress races. */
+  private readonly ending: Promise<never>;
+  private endNow: (err: Error) => void = () => undefined;
 
-  /** Connects (not yet in a transaction). */
-  static async connect(databaseUrl: string): Promise<ExportSnapshot> {
+  private constructor(private readonly client: pg.Client) {
+    this.ending = new Promise<never>((_resolve, reject) => { this.endNow = reject; });
+    this.ending.catch(() => undefined);
+  }
+
+  /** A snapshot not yet connected: {@link end} may be called while {@link open} connects. */
+  static make(databaseUrl: string): ExportSnapshot {
     const client = new pg.Client({ connectionString: databaseUrl, application_name: 'userport export' });
     // A connection error after connect() (server shutdown) is reported by the next query; without
     // a listener it would crash the process instead.
     client.on('error', () => undefined);
-    const snapshot = new ExportSnapshot(client);
+    return new ExportSnapshot(client);
+  }
+
+  /** Connects (not yet in a transaction). */
+  async open(): Promise<void> {
     try {
-      await client.connect();
+      // pg's connect() never settles when end() is called while it runs: the end decides.
+      await Promise.race([this.client.connect(), this.ending]);
+      this.connected = true;
     } catch (err) {
-      await snapshot.end();
-      throw connectError(err, client);
+      await this.end();
+      throw connectError(err, this.client);
     }
     // PostgreSQL 14+ then notices within a second that the exporter let go of its connection (a
     // destroyed exporter ends it), even while a query waits for a lock, and drops the session.
-    await applySessionSettings(client).catch(async (err: unknown) => {
-      await snapshot.end();
+    await applySessionSettings(this.client).catch(async (err: unknown) => {
+      await this.end();
       throw err;
     });
-    return snapshot;
   }
 
   private async query(sql: string, params: unknown[] = []): Promise<(string | null)[][]> {
@@ -170,6 +183,13 @@ export class ExportSnapshot {
 
   /** Ends the connection, and with it the read-only transaction if it is still open. */
   async end(): Promise<void> {
+    // Still connecting, pg's end() says goodbye and waits for the server's answer, which a server
+    // that has not answered the connection may never send: the socket is dropped instead (pg's
+    // own way with a hung query), and open() fails now.
+    if (!this.connected) {
+      this.endNow(new Error('the connection was ended before it was made'));
+      (this.client as unknown as { connection?: { stream?: { destroy?: () => void } } }).connection?.stream?.destroy?.();
+    }
     await this.client.end().catch(() => undefined);
   }
 }
