@@ -18,6 +18,7 @@ import os from 'node:os';
 import { Duplex, Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { OptionError } from './errors.js';
+import { destroyAndWait } from './stream-writes.js';
 import { checkOptions as checkKnownOptions, isInteger, isKeyUnwrapper, isNonEmptyString, type OptionCheck } from './options.js';
 import { ioError } from './crypto/errors.js';
 import { authenticatedPlaintext } from './crypto/fernet.js';
@@ -252,10 +253,7 @@ export class Decryptor extends Duplex {
       (src) => {
         if (this.destroyed) {
           // Destroyed while authenticating: wait for the spool to go before `close`.
-          return new Promise<void>((resolve) => {
-            src.stream.once('close', () => resolve());
-            src.stream.destroy();
-          });
+          return destroyAndWait(src.stream);
         }
         this.source = src.stream;
         this.size = src.size;
@@ -300,9 +298,7 @@ export class Decryptor extends Duplex {
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
     const src = this.source;
     if (!this.inbound.destroyed) this.inbound.destroy();
-    const waitSource = src && !src.closed
-      ? new Promise<void>((resolve) => { src.once('close', () => resolve()); src.destroy(); })
-      : Promise.resolve();
+    const waitSource = src ? destroyAndWait(src) : undefined;
     // Call back only once the spool is gone, so `close` means nothing is left on disk.
     Promise.all([this.opening, waitSource]).then(() => callback(err), () => callback(err));
   }

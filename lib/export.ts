@@ -16,6 +16,7 @@
 import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { writeFileAtomically } from './atomic-file.js';
+import { destroyAndWait } from './stream-writes.js';
 import { ExportSnapshot, scopeWhere, type SelectedColumn } from './db/export-queries.js';
 import type { Target } from './db/target.js';
 import { IMPORT_SCOPES, modelSchemas, scopeIncludes, type ImportScope, type ModelMapping } from './models.js';
@@ -322,8 +323,6 @@ class ExportRun {
   private first = true;
   /** What the run is doing, for the error message. */
   step = 'connecting to the database';
-  /** Ended (the stream destroyed): a connection made after it is ended at once. */
-  private ended = false;
 
   constructor(private readonly o: ExporterOptions, summary: ExportSummary) {
     this.indent = o.indent ?? DEFAULT_INDENT;
@@ -335,10 +334,9 @@ class ExportRun {
 
   /** The export's bytes: `[`, every model's records a page at a time, `]`. */
   async* bytes(): AsyncGenerator<Buffer> {
-    // Made first, so that a destroy while it connects ends the connection (pg then drops the socket).
+    // Made first, so that a destroy while it connects ends the connection (open() then fails).
     this.db = ExportSnapshot.make(this.o.databaseUrl);
     await this.db.open();
-    if (this.ended) throw new Error('the export was stopped');
     this.step = 'opening the snapshot';
     await this.db.begin();
     const models = await this.plan(this.db);
@@ -350,7 +348,6 @@ class ExportRun {
   }
 
   async end(): Promise<void> {
-    this.ended = true;
     await this.db?.end();
   }
 
@@ -531,7 +528,7 @@ export async function exportUsers(options: ExportUsersOptions): Promise<ExportSu
     });
   } catch (err) {
     // Closed (its connection ended) before the export says it failed.
-    if (!exporter.closed) await new Promise<void>((resolve) => { exporter.once('close', () => resolve()); exporter.destroy(); });
+    await destroyAndWait(exporter);
     if (findingsFile !== undefined) writeErrorFinding(findingsFile, err instanceof UserportError ? err : wrapDbError(err, 'the export'), 'export');
     throw err;
   }

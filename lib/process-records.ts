@@ -1,9 +1,9 @@
 /**
  * The fused fast path used by `importUsers`: tokenizer, user filter and model mapper in one
- * Transform, emitting one array of items per input chunk (per 128 KiB piece of a larger one). The per-record logic is exactly the
- * public stages' pure functions (`RecordSplitter`, `scopeRecord`, `mapRecord`, and their reject
- * and flush helpers `scopeReject`, `mapReject`, `endSplitter`); only the stream
- * hops are gone. Measured on 100k users: three object-mode hops per record and their
+ * Transform, emitting one array of items per input chunk (per 128 KiB piece of a larger one).
+ * The per-record logic is exactly the public stages' pure functions (`RecordSplitter`,
+ * `scopeRecord`, `mapRecord`, and their reject and flush helpers `scopeReject`, `mapReject`,
+ * `endSplitter`); only the stream hops are gone. Measured on 100k users: three object-mode hops per record and their
  * intermediate objects cost more CPU than the parsing itself (see bench/NOTES.md).
  * `spec/process-records.spec.ts` proves it equal to the three stages composed.
  */
@@ -13,7 +13,7 @@ import { DEFAULT_COLLECT_REJECTS, scopeRecord, scopeReject, USER_FILTER_OPTIONS,
 import { checkOptions, toStringSet } from './options.js';
 import { isMapTarget, mapRecord, mapReject, targetSkip, type MappedItem, type MapTarget } from './map-models.js';
 import type { ImportScope } from './models.js';
-import { DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, endSplitter, PARSE_PIECE, RecordSplitter, TOKENIZER_OPTIONS, type RawRecord, type TokenizerOptions } from './tokenize.js';
+import { DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_BYTES, endSplitter, PARSE_PIECE, parsePiece, RecordSplitter, TOKENIZER_OPTIONS, type RawRecord, type TokenizerOptions } from './tokenize.js';
 
 /** Options of {@link createRecordProcessor}: the tokenizer's and the user filter's, and the target. */
 export interface RecordProcessorOptions extends TokenizerOptions, UserFilterOptions {
@@ -90,11 +90,10 @@ export function recordProcessor(p: RecordProcessing): Transform & { splitter: Re
       // A caller's large chunk is parsed a piece at a time, each piece's records mapped and handed
       // on before the next is parsed, as if the caller had sent pieces (PARSE_PIECE says why).
       for (let at = 0; at < chunk.length; at += PARSE_PIECE) {
-        const piece = at === 0 && chunk.length <= PARSE_PIECE ? chunk : chunk.subarray(at, at + PARSE_PIECE);
         const records: RawRecord[] = [];
         let readError: unknown;
         try {
-          splitter.write(piece, records);
+          splitter.write(parsePiece(chunk, at), records);
         } catch (err) {
           // Records before the bad bytes come first: one of them may fail earlier in the file.
           readError = err;

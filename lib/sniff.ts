@@ -16,12 +16,17 @@ export const SNIFF_BYTES = 64 * 1024;
 /** Enough to tell gzip, a tarball (its magic at byte 257) and UTF-16 from an export. */
 const MIN_SNIFF_BYTES = 512;
 
+/** Whether `head` begins with a UTF-8 byte-order mark, and the offset of its first byte after it that is no JSON whitespace. */
+function firstContent(head: Buffer): { bom: boolean; at: number } {
+  const bom = head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf;
+  let at = bom ? 3 : 0;
+  while (at < head.length && (head[at] === 0x20 || head[at] === 0x09 || head[at] === 0x0a || head[at] === 0x0d)) at++;
+  return { bom, at };
+}
+
 /** The first byte after a UTF-8 byte-order mark and whitespace is the array's `[`. */
 function startsWithArray(head: Buffer): boolean {
-  const bom = head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf;
-  let i = bom ? 3 : 0;
-  while (i < head.length && (head[i] === 0x20 || head[i] === 0x09 || head[i] === 0x0a || head[i] === 0x0d)) i++;
-  return head[i] === 0x5b;
+  return head[firstContent(head).at] === 0x5b;
 }
 
 /** Text skipped before the array. */
@@ -81,9 +86,7 @@ const ARRAY_START = /(^|\n)[ \t]*\[[ \t\r]*(?=\n|\{|\]|$)/g;
  * wrong). Without `skip`, such text is an error that names the option.
  */
 export function leadingText(head: Buffer, skip: boolean): LeadingText | undefined {
-  const bom = head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf;
-  let i = bom ? 3 : 0;
-  while (i < head.length && (head[i] === 0x20 || head[i] === 0x09 || head[i] === 0x0a || head[i] === 0x0d)) i++;
+  const { bom, at: i } = firstContent(head);
   if (i >= head.length) return undefined;
   // A byte-order mark read as three spaces: an array right after it starts the first line.
   const text = bom ? `   ${head.toString('latin1', 3)}` : head.toString('latin1');

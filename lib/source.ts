@@ -14,6 +14,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { unlockExport, type DecryptedSource, type HeldExportFile, type KeyUnwrapper, type UnlockedExport } from './decrypt.js';
 import { spoolsIn } from './spool.js';
+import { destroyAndWait } from './stream-writes.js';
 import { ErrorCodes, opt, OptionError, UserportError, wording, type Wording } from './errors.js';
 import { checkHead, sniffer, SNIFF_BYTES, type OpenedSource } from './sniff.js';
 
@@ -260,7 +261,7 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
       // Once the pass is done its stream has the file (destroying it closes it); failed or stopped, the file is still ours.
       stopAuthenticating.abort(new Error('the import did not read its source'));
       const done = await authenticating.catch(() => undefined);
-      if (done) return destroyed(done.stream);
+      if (done) return destroyAndWait(done.stream);
     }
     await (unlocked ? unlocked.release() : held.file.close()).catch(() => undefined);
   };
@@ -305,15 +306,6 @@ export async function prepareImportSource(o: SourceCheckOptions & SourceOptions,
   return { kind, name: held.name, fingerprint: held.fingerprint, begin, open, abort, release };
 }
 
-/** Destroys `stream` and waits for its 'close' (its cleanup: the file closed). */
-async function destroyed(stream: Readable): Promise<void> {
-  if (stream.closed) return;
-  const closed = new Promise<void>((resolve) => stream.once('close', () => resolve()));
-  // A failure to close the file is nobody's to report here (release() never throws).
-  stream.on('error', () => undefined);
-  stream.destroy();
-  await closed;
-}
 
 /**
  * A regular file opened for an import: its size, fingerprint (size and SHA-256 of the first MiB)

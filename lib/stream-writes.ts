@@ -1,8 +1,21 @@
 /**
  * Writing to a Writable as a promise that honours backpressure: the sink's COPY stream and the
- * overlap's spool file are written the same way.
+ * overlap's spool file are written the same way. And a stream's destroy as a promise.
  */
-import type { Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
+
+/**
+ * Destroys `s` and resolves at its 'close' (its cleanup done: a file closed, a spool removed, a
+ * connection ended). A failure of that cleanup is nobody's to report here: it is listened for,
+ * so it is not the process's uncaught exception.
+ */
+export async function destroyAndWait(s: Readable | Writable): Promise<void> {
+  if (s.closed) return;
+  const closed = new Promise<void>((resolve) => s.once('close', () => resolve()));
+  s.on('error', () => undefined);
+  s.destroy();
+  await closed;
+}
 
 /**
  * Writes `chunks` to `s`, resolving when it can take more (its backpressure reaches the caller);

@@ -62,6 +62,11 @@ export const DEFAULT_MAX_DEPTH = 64;
  */
 export const PARSE_PIECE = 128 * 1024;
 
+/** The piece of `chunk` from `at` that the byte stages parse next ({@link PARSE_PIECE}): a small chunk whole. */
+export function parsePiece(chunk: Buffer, at: number): Buffer {
+  return chunk.length <= PARSE_PIECE ? chunk : chunk.subarray(at, at + PARSE_PIECE);
+}
+
 /** Options of {@link createTokenizer}. */
 export interface TokenizerOptions {
   /** Refuse a record larger than this many bytes. @default 1 MiB ({@link DEFAULT_MAX_RECORD_BYTES}) */
@@ -574,7 +579,7 @@ export function createTokenizer(options: TokenizerOptions = {}): Transform & { s
       for (let at = 0; at < chunk.length; at += PARSE_PIECE) {
         let records: RawRecord[];
         try {
-          records = splitter.write(at === 0 && chunk.length <= PARSE_PIECE ? chunk : chunk.subarray(at, at + PARSE_PIECE));
+          records = splitter.write(parsePiece(chunk, at));
         } catch (err) {
           callback(err as Error);
           return;

@@ -13,10 +13,8 @@ import { encryptExport } from '../lib/encrypt.js';
 import { createRejectsFile } from '../lib/rejects.js';
 import { prepareImportSource } from '../lib/source.js';
 import { reached } from './helpers/moments.js';
-import { tmpFolder } from './helpers/setup.js';
+import { openFds, tmpFolder } from './helpers/setup.js';
 import { user } from './helpers/exports.js';
-
-const openFds = () => fs.readdirSync('/proc/self/fd').length;
 
 async function rejection(p: Promise<unknown>): Promise<Error & { code?: string }> {
   try {

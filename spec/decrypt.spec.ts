@@ -15,6 +15,7 @@ import { createEncryptor } from '../lib/encrypt.js';
 import { createTokenizer } from '../lib/tokenize.js';
 import { chunked, collect, collectError } from './helpers/streams.js';
 import { reached } from './helpers/moments.js';
+import { openFds } from './helpers/setup.js';
 import {
   drain, encryptBuffer, fifoOrSkip, fixture, flipBase64, flipByte, listDir, makeTar, members, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir,
 } from './crypto/helpers.js';
@@ -344,10 +345,9 @@ describe('openDecryptedSource', () => {
   });
 
   describe('an unlocked export\'s authentication pass, stopped', () => {
-    const fds = () => fs.readdirSync('/proc/self/fd').length;
 
     it('ends at its next read when its signal is aborted (the import released its source): it rejects, the file closed; unstopped, the same file decrypts', async () => {
-      const before = fds();
+      const before = openFds();
       const stopped = new AbortController();
       const unlocked = await unlockExport({ path: fixture('python-export.tar') }, keyUnwrapper(), 4096, spoolsIn(os.tmpdir()));
       const pass = unlocked.plaintext(4096, { stop: stopped.signal });
@@ -355,14 +355,14 @@ describe('openDecryptedSource', () => {
       const err = await pass.then(() => undefined, (e: Error) => e);
       expect(err, 'the pass was stopped').to.be.instanceOf(Error);
       expect(String((err as Error & { cause?: unknown }).cause ?? err)).to.match(/released/);
-      expect(fds(), 'begun early, the file stays open for the caller').to.equal(before + 1);
+      expect(openFds(), 'begun early, the file stays open for the caller').to.equal(before + 1);
       await unlocked.release();
-      expect(fds()).to.equal(before);
+      expect(openFds()).to.equal(before);
       const again = await unlockExport({ path: fixture('python-export.tar') }, keyUnwrapper(), 4096, spoolsIn(os.tmpdir()));
       const src = await again.plaintext(4096, { stop: new AbortController().signal });
       expect((await drain(src.stream)).equals(PLAINTEXT())).to.equal(true);
       await new Promise((resolve) => setImmediate(resolve));
-      expect(fds()).to.equal(before);
+      expect(openFds()).to.equal(before);
     });
   });
 });
@@ -444,13 +444,13 @@ describe('createDecryptor', () => {
     it('makes no spool before its first byte: one constructed and left (another stage of the pipeline failed to build), or destroyed unwritten, leaves nothing', async () => {
       const t = tempDir();
       try {
-        const fds = fs.readdirSync('/proc/self/fd').length;
+        const fds = openFds();
         const left = createDecryptor({ unwrapper: keyUnwrapper(), tmpDir: t.dir });
         const destroyed = createDecryptor({ unwrapper: keyUnwrapper(), tmpDir: t.dir });
         await new Promise<void>((resolve) => { destroyed.once('close', () => resolve()); destroyed.destroy(); });
         await new Promise((r) => setTimeout(r, 50));
         expect(listDir(t.dir)).to.deep.equal([]);
-        expect(fs.readdirSync('/proc/self/fd').length).to.equal(fds);
+        expect(openFds()).to.equal(fds);
         // Written later, it decrypts as ever.
         const out = await collect<Buffer>(chunked(PYTHON_TAR(), 4096), left);
         expect(Buffer.concat(out).equals(PLAINTEXT())).to.equal(true);

@@ -12,6 +12,7 @@ import { loadPrivateKey } from '../lib/crypto/keys.js';
 import { startKmsServer, useKmsServer } from './crypto/kms-server.js';
 import { freshDatabase, type TestDb } from './helpers/db.js';
 import { chunked } from './helpers/streams.js';
+import { openFds } from './helpers/setup.js';
 import { fixture, flipBase64, makeTar, PLAINTEXT, PYTHON_TAR, pythonMembers, readFixture, tempDir } from './crypto/helpers.js';
 
 const TABLES = ['auth_user', 'sentry_email', 'sentry_useremail', 'sentry_useroption'];
@@ -104,15 +105,14 @@ describe('importUsers with decrypt', () => {
   it('an encrypted file already imported: the second import lets go of the authentication pass it began while its database opened, and closes the file', async () => {
     const file = path.join(t.dir, 'twice.tar');
     fs.writeFileSync(file, PYTHON_TAR());
-    const fds = () => fs.readdirSync('/proc/self/fd').length;
     expect(await counts(db)).to.deep.equal(EMPTY); // the test's own connection, open from here on
-    const before = fds();
+    const before = openFds();
     await importUsers({ source: file, databaseUrl: db.url, decrypt: unwrapper() });
     const again = await importUsers({ source: file, databaseUrl: db.url, decrypt: unwrapper() });
     expect(again.state).to.equal('already-done');
     expect(await counts(db)).to.deep.equal(expectedCounts());
     await new Promise((resolve) => setImmediate(resolve));
-    expect(fds(), 'the files and the connections closed').to.equal(before);
+    expect(openFds(), 'the files and the connections closed').to.equal(before);
   });
 
   describe('on failure, no row exists', () => {

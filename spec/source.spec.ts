@@ -15,7 +15,7 @@ import { ErrorCodes, OptionError, ParseError, UserportError } from '../lib/error
 import { checkImportFiles, prepareImportSource, type SourceOptions } from '../lib/source.js';
 import { encryptBuffer, fixture, flipBase64, pythonMembers, readFixture } from './crypto/helpers.js';
 import { fileFingerprint, user, writeExport } from './helpers/exports.js';
-import { tmpFolder, tmpPath } from './helpers/setup.js';
+import { openFds, tmpFolder, tmpPath } from './helpers/setup.js';
 import { reached } from './helpers/moments.js';
 import { chunked } from './helpers/streams.js';
 
@@ -232,8 +232,6 @@ describe('lib/source: the import\'s input', () => {
   });
 
   describe('prepareImportSource', () => {
-    /** The file descriptors this process holds (Linux: /proc/self/fd). */
-    const openFds = () => fs.readdirSync('/proc/self/fd').length;
 
     it('fingerprints a regular file by its size and first MiB, and nothing else', async () => {
       const big = Buffer.alloc(3 << 20, 0x20);

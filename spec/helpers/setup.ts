@@ -77,6 +77,9 @@ async function removeRun(dir: string): Promise<void> {
 
 export { processAlive };
 
+/** The file descriptors this process holds (Linux: /proc/self/fd): what a spec checks is left open. */
+export const openFds = (): number => fs.readdirSync('/proc/self/fd').length;
+
 /** Run folders whose owner is gone (a SIGKILLed run): stop their servers and remove them. */
 function cleanStaleRuns(): void {
   for (const name of fs.readdirSync(systemTmp)) {
