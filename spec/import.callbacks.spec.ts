@@ -5,7 +5,10 @@
  * fails with is said as reading's failure, not the database's.
  */
 import { expect } from 'chai';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { Readable } from 'node:stream';
 import { OptionError } from '../lib/errors.js';
 import { importUsers } from '../lib/import.js';
@@ -210,6 +213,29 @@ describe('importUsers and the caller\'s callbacks and source', function () {
     });
     // A writer comes and goes: the abandoned open() returns, and no thread of libuv's pool stays blocked in it.
     try { fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK)); } catch { /* no reader left: nothing blocked */ }
+  });
+
+  it('a signal stops an import from standard input that has sent nothing (a pipe nobody writes): it settles with USERPORT_ABORTED', async () => {
+    await withDb(async (db) => {
+      // Its own process: the stdin it waits on is a pipe this spec never writes to.
+      const lib = pathToFileURL(path.resolve('dist/lib/import.js')).href;
+      const code = `import { importUsers } from ${JSON.stringify(lib)};
+        const ac = new AbortController();
+        importUsers({ source: '-', databaseUrl: process.env.URL, signal: ac.signal, onStart: () => { setTimeout(() => ac.abort(), 300); } })
+          .then(() => { console.log('succeeded'); process.exit(1); }, (e) => { console.log(e.code); process.exit(0); });`;
+      const child = spawn(process.execPath, ['--input-type=module', '-e', code], { env: { ...process.env, URL: db.url }, stdio: ['pipe', 'pipe', 'inherit'] });
+      let out = '';
+      child.stdout.on('data', (c: Buffer) => { out += c.toString(); });
+      // A hang (the import waiting for bytes that never come, as before the stop reached standard input) is the failure.
+      const exited = await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), 20_000);
+        child.once('exit', () => { clearTimeout(timer); resolve(true); });
+      });
+      if (!exited) child.kill('SIGKILL');
+      expect(exited, 'the import settled').to.equal(true);
+      expect(out.trim()).to.equal('USERPORT_ABORTED');
+      expect(await db.count('auth_user')).to.equal(0);
+    });
   });
 
   it('a signal aborted by onStart itself: the FIFO is never opened', async function () {
