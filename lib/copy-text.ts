@@ -8,16 +8,30 @@
  * until each flush; the COPY stream then converted it to bytes anyway. Its spec checks it byte for
  * byte against a plain string encoder kept as an oracle (spec/helpers/copy-oracle.ts).
  */
+import { randomFillSync } from 'node:crypto';
 import type { FilteredMarker, StagedRow } from './map-models.js';
 import { STAGE_COLUMNS } from './models.js';
 
 /** The columns a staging line starts with, before the values of `STAGE_COLUMNS`. */
 export const LEAD_COLUMNS = ['run', 'model', 'ord', 'off', 'line', 'col', 'src_pk', 'keep'] as const;
 
+/**
+ * The column a staging line ends with, after the values of `STAGE_COLUMNS`: the password a user
+ * gets if the import creates it (Django's unusable form, `!` and 40 characters: 40 hex digits of
+ * random bytes), made here rather than by the server for each new user (issue #23: "random
+ * hashes made in Node"; a SHA-224 per user was about a fifth of the users' INSERT). NULL on the
+ * lines of other models.
+ */
+export const TAIL_COLUMNS = ['unusable_password'] as const;
+
 /** The COPY into `table` (a staging table) whose column order the lines of {@link CopyText} follow. */
 export function copySql(table: string): string {
-  return `COPY ${table} (${[...LEAD_COLUMNS, ...STAGE_COLUMNS.map(([c]) => c)].join(', ')}) FROM STDIN`;
+  return `COPY ${table} (${[...LEAD_COLUMNS, ...STAGE_COLUMNS.map(([c]) => c), ...TAIL_COLUMNS].join(', ')}) FROM STDIN`;
 }
+
+/** Hex digits of random bytes after the `!` of a new user's unusable password. */
+const PASSWORD_BYTES = 20;
+const HEX = Buffer.from('0123456789abcdef');
 
 /** Bytes of COPY text gathered in one Buffer, and before one socket write. */
 export const FLUSH_BYTES = 256 * 1024;
@@ -29,7 +43,7 @@ ESCAPE[0x5c] = 0x5c; ESCAPE[0x0a] = 0x6e; ESCAPE[0x0d] = 0x72; ESCAPE[0x09] = 0x
 const NUMBER_BYTES = 32;
 
 /** The data columns of a filtered user: its pk (and username, the first column) alone are staged. */
-const FILTERED_VALUES = '\t\\N'.repeat(STAGE_COLUMNS.length - 1) + '\n';
+const FILTERED_VALUES = '\t\\N'.repeat(STAGE_COLUMNS.length - 1 + TAIL_COLUMNS.length) + '\n';
 
 /** Text escaped for COPY: backslash first, then the three characters COPY treats as delimiters. */
 function escapeText(s: string): string {
@@ -45,6 +59,12 @@ export class CopyText {
   private used = 0;
   private full: Buffer[] = [];
   private fullBytes = 0;
+  /** Random bytes for the users' passwords, drawn 4,096 passwords at a time. */
+  private readonly pool = Buffer.alloc(PASSWORD_BYTES * 4096);
+  private poolAt = this.pool.length;
+
+  /** `random` fills a buffer with random bytes (a spec's may be predictable). */
+  constructor(private readonly random: (into: Buffer) => void = randomFillSync) {}
 
   /** Bytes gathered. */
   get size(): number {
@@ -54,7 +74,8 @@ export class CopyText {
   /**
    * Adds the line of one staged row or filtered user: run, staging code, position, source pk,
    * kept (`t`/`f`), then the values in `STAGE_COLUMNS` order (a filtered user: its username
-   * alone), tab-separated, NULL as `\N`, text escaped, numbers as `String(v)` writes them.
+   * alone), tab-separated, NULL as `\N`, text escaped, numbers as `String(v)` writes them, then
+   * `TAIL_COLUMNS`: a user's row gets a new unusable password, any other line NULL.
    */
   row(run: number, row: StagedRow | FilteredMarker): void {
     this.room(8 * NUMBER_BYTES);
@@ -82,7 +103,29 @@ export class CopyText {
       else if (typeof v === 'number') this.number(v);
       else this.ascii(v ? 't' : 'f');
     }
+    if (row.model === 'sentry.user') this.password();
+    else this.ascii('\t\\N');
     this.ascii('\n');
+  }
+
+  /** A tab, then a new user's unusable password: `!` and the hex digits of fresh random bytes. */
+  private password(): void {
+    if (this.poolAt === this.pool.length) {
+      this.random(this.pool);
+      this.poolAt = 0;
+    }
+    this.room(2 + 2 * PASSWORD_BYTES);
+    const buf = this.buf;
+    const pool = this.pool;
+    let p = this.used;
+    buf[p++] = 0x09;
+    buf[p++] = 0x21; // !
+    for (let k = this.poolAt, end = k + PASSWORD_BYTES; k < end; k++) {
+      buf[p++] = HEX[pool[k]! >> 4]!;
+      buf[p++] = HEX[pool[k]! & 15]!;
+    }
+    this.poolAt += PASSWORD_BYTES;
+    this.used = p;
   }
 
   /** Everything gathered, as Buffers the caller now owns; empties this. */

@@ -21,7 +21,7 @@ describe('COPY encoding (the oracle)', () => {
     expect(copyValue(true)).to.equal('t');
     expect(copyValue(12)).to.equal('12');
     const row = asRow(mapRecord({ kind: 'record', ordinal: 1, ...pos, model: 'sentry.user', pk: 1, fields: user(1, 'a').fields, filtered: false }));
-    expect(copyLine(5, row).split('\t')).to.have.length(8 + STAGE_COLUMNS.length);
+    expect(copyLine(5, row).split('\t')).to.have.length(8 + STAGE_COLUMNS.length + 1);
   });
 });
 
@@ -42,8 +42,11 @@ describe('CopyText', () => {
       row(7, values('x'.repeat(300000), 'é'.repeat(100000) + '\t', '\ud800 lone')),
       filtered(8), filtered(9, 'bob\tby'), filtered(10, 'ünï\\'),
       ...Array.from({ length: 3000 }, (_, i) => row(100 + i, values(`user${i}`, `Name ${i}`, `u${i}@example.com`, i % 2 === 0, null, null, null, null, i))),
+      // Another model's row: its line ends with NULL where a user's has its password.
+      { ...row(5, values('x', 'y')), model: 'sentry.useroption', code: 4 },
     ];
-    const text = new CopyText();
+    // Random bytes 0xab each: every user's password is ! and "ab" twenty times.
+    const text = new CopyText((into) => into.fill(0xab));
     for (const r of rows) text.row(5, r);
     const expected = Buffer.from(rows.map((r) => copyLine(5, r)).join(''));
     expect(text.size).to.equal(expected.length);
@@ -52,5 +55,25 @@ describe('CopyText', () => {
     expect(Buffer.concat(chunks).equals(expected)).to.equal(true);
     expect(text.size).to.equal(0);
     expect(text.take()).to.deep.equal([]);
+  });
+
+  it('gives each user\'s row a new unusable password, ! and 40 hex digits of fresh random bytes, and no other line one', () => {
+    const user = (pk: number): StagedRow => ({
+      kind: 'row', ordinal: pk, offset: 0, line: 1, column: 1, length: 1, model: 'sentry.user', code: 1, pk, values: STAGE_COLUMNS.map(() => null) });
+    const option: StagedRow = { ...user(1), model: 'sentry.useroption', code: 4 };
+    const filtered: FilteredMarker = { kind: 'filtered', ordinal: 3, offset: 0, line: 7, column: 1, length: 2, model: 'sentry.user', code: 5, pk: 3 };
+    const text = new CopyText();
+    // More users than one draw of random bytes holds (4,096), so the pool is drawn again.
+    const n = 10_000;
+    for (let pk = 1; pk <= n; pk++) text.row(1, user(pk));
+    text.row(1, option);
+    text.row(1, filtered);
+    const lines = Buffer.concat(text.take()).toString().split('\n').slice(0, -1);
+    const last = (l: string) => l.split('\t').at(-1)!;
+    const passwords = lines.slice(0, n).map(last);
+    for (const p of passwords) expect(p).to.match(/^![0-9a-f]{40}$/);
+    expect(new Set(passwords).size).to.equal(n);
+    expect(lines.slice(n).map(last)).to.deep.equal(['\\N', '\\N']);
+    for (const l of lines) expect(l.split('\t')).to.have.length(8 + STAGE_COLUMNS.length + 1);
   });
 });

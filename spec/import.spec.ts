@@ -74,6 +74,28 @@ describe('importUsers', () => {
       expect(h.hash).to.match(/^[0-9a-f]{32}$/);
     });
 
+    it('gives each new user the unusable password staged for it, and one of its own where the staged row has none (a resumed import an older version staged)', async () => {
+      const file = writeExport([user(1, 'alice'), user(2, 'bob'), user(3, 'carol')]);
+      // A resumable import stopped in its merge (at the bulk path's lock) keeps what it staged.
+      const ac = new AbortController();
+      let aborted = false;
+      const err = await failure(run(db, file, { resumable: true, signal: ac.signal,
+        onTrace: (e) => { if (!aborted && e.kind === 'sql' && /LOCK TABLE/.test(e.sql)) { aborted = true; ac.abort(); } } }));
+      expect(err.code).to.equal('USERPORT_ABORTED');
+      const staged = (await db.knex.raw(`SELECT src_pk::int AS pk, unusable_password AS p FROM userport.stage WHERE model = 1 ORDER BY src_pk`)).rows as { pk: number; p: string | null }[];
+      expect(staged.map((r) => r.pk)).to.deep.equal([1, 2, 3]);
+      for (const r of staged) expect(r.p).to.match(/^![0-9a-f]{40}$/);
+      // Alice's is one the spec knows; Bob's row has none, as an older version staged it.
+      await db.knex.raw(`UPDATE userport.stage SET unusable_password = CASE src_pk WHEN 1 THEN '!' || repeat('c', 40) END WHERE model = 1 AND src_pk IN (1, 2)`);
+      await run(db, file, { resumable: true });
+      const rows = (await db.knex.raw('SELECT username, password FROM auth_user')).rows as { username: string; password: string }[];
+      const password = Object.fromEntries(rows.map((r) => [r.username, r.password]));
+      expect(password.alice).to.equal(`!${'c'.repeat(40)}`);
+      expect(password.carol).to.equal(staged[2]!.p);
+      expect(password.bob).to.match(/^![0-9a-f]{40}$/);
+      expect(new Set(Object.values(password)).size).to.equal(3);
+    });
+
     it('gives a user record without last_active the import\'s time (the model\'s default, as Sentry\'s import); an explicit null stays null', async () => {
       const without = user(1, 'alice');
       delete without.fields.last_active;

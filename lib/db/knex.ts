@@ -13,6 +13,7 @@ import { SENTRY_TABLES } from './migrations/20261203000100_sentry_user_tables.js
 import * as m3 from './migrations/20261203000200_credential_staging.js';
 import * as m4 from './migrations/20261205000000_pk_ranges_source_pks.js';
 import * as m5 from './migrations/20261206000000_findings_brin.js';
+import * as m6 from './migrations/20261207000000_stage_unusable_password.js';
 
 interface Migration { up(k: Knex): Promise<void>; down(k: Knex): Promise<void> }
 
@@ -33,7 +34,7 @@ export const FIRST_MIGRATION = '20261203000000_userport_bookkeeping';
 /**
  * One migration per concern: userport's bookkeeping (schema `userport`), Sentry's tables where
  * there are none, the staging column of the config and global scopes, the pk map's listed ranges,
- * the findings' BRIN index.
+ * the findings' BRIN index, the staged unusable passwords.
  */
 const MIGRATIONS: Record<string, Migration> = {
   [FIRST_MIGRATION]: m1,
@@ -41,6 +42,7 @@ const MIGRATIONS: Record<string, Migration> = {
   '20261203000200_credential_staging': m3,
   '20261205000000_pk_ranges_source_pks': m4,
   '20261206000000_findings_brin': m5,
+  '20261207000000_stage_unusable_password': m6,
 };
 
 /**

@@ -17,7 +17,7 @@ describe('migrations', () => {
     expect(await isMigrated(db.knex)).to.equal(false);
     const first = await migrate(db.knex);
     expect(first).to.deep.equal(['20261203000000_userport_bookkeeping', '20261203000100_sentry_user_tables', '20261203000200_credential_staging',
-      '20261205000000_pk_ranges_source_pks', '20261206000000_findings_brin']);
+      '20261205000000_pk_ranges_source_pks', '20261206000000_findings_brin', '20261207000000_stage_unusable_password']);
     expect(await migrate(db.knex)).to.deep.equal([]);
     expect(await isMigrated(db.knex)).to.equal(true);
     expect(await tablesIn(db, 'userport')).to.deep.equal(
@@ -58,7 +58,7 @@ describe('migrations', () => {
     const other = await freshDatabase(false);
     try {
       const results = await Promise.all([migrate(other.knex), migrate(other.knex), migrate(other.knex)]);
-      expect(results.map((r) => r.length).sort()).to.deep.equal([0, 0, 5]);
+      expect(results.map((r) => r.length).sort()).to.deep.equal([0, 0, 6]);
     } finally {
       await other.close();
     }
@@ -74,7 +74,19 @@ describe('migrations', () => {
   it('lists each migration once in the knex migration source, one per concern', () => {
     const files = fs.readdirSync('lib/db/migrations').filter((f) => f.endsWith('.ts'));
     expect(files).to.deep.equal(['20261203000000_userport_bookkeeping.ts', '20261203000100_sentry_user_tables.ts', '20261203000200_credential_staging.ts',
-      '20261205000000_pk_ranges_source_pks.ts', '20261206000000_findings_brin.ts']);
+      '20261205000000_pk_ranges_source_pks.ts', '20261206000000_findings_brin.ts', '20261207000000_stage_unusable_password.ts']);
+  });
+
+  it('stages a new user\'s unusable password in a column of its own, which down drops and up adds again', async () => {
+    const column = async () => (await db.knex.raw(`SELECT data_type FROM information_schema.columns
+      WHERE table_schema = 'userport' AND table_name = 'stage' AND column_name = 'unusable_password'`)).rows;
+    expect(await column()).to.deep.equal([{ data_type: 'text' }]);
+    const { down, up } = await import('../../lib/db/migrations/20261207000000_stage_unusable_password.js');
+    await down(db.knex);
+    expect(await column()).to.deep.equal([]);
+    await up(db.knex);
+    await up(db.knex);
+    expect(await column()).to.deep.equal([{ data_type: 'text' }]);
   });
 
   it('keeps listed ranges in the pk map: the view spells them out, malformed ones are refused, down turns them into pairs', async () => {

@@ -14,13 +14,16 @@ export function copyValue(v: StageValue): string {
   return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/\r/g, '\\r').replace(/\t/g, '\\t');
 }
 
-/** One staging-table line in COPY text format. */
-export function copyLine(run: number, row: StagedRow | FilteredMarker): string {
+/**
+ * One staging-table line in COPY text format. A user's row ends with `password` (its new unusable
+ * password, which the encoder makes of random bytes), any other line with NULL.
+ */
+export function copyLine(run: number, row: StagedRow | FilteredMarker, password = '!' + 'ab'.repeat(20)): string {
   const head = [run, row.code, row.ordinal, row.offset, row.line, row.column, row.pk].join('\t');
   if (row.kind === 'filtered') {
     const values: StageValue[] = STAGE_COLUMNS.map(() => null);
     values[0] = row.username ?? null;
-    return `${head}\tf\t${values.map(copyValue).join('\t')}\n`;
+    return `${head}\tf\t${[...values, null].map(copyValue).join('\t')}\n`;
   }
-  return `${head}\tt\t${row.values.map(copyValue).join('\t')}\n`;
+  return `${head}\tt\t${[...row.values, row.model === 'sentry.user' ? password : null].map(copyValue).join('\t')}\n`;
 }

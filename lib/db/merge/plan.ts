@@ -43,9 +43,11 @@ export const LOST_PASSWORD_TABLE = 'sentry_lostpasswordhash';
  */
 const USER_VALUES: Record<string, string> = {
   id: 'u.new_id',
-  // 40 hex digits of one SHA-224 of a random double: half the time of two md5()s of random()'s
-  // text (70 ms less per 100k users). A password nobody can use, whatever its digits.
-  password: `'!' || left(encode(sha224(float8send(random())), 'hex'), 40)`,
+  // The one the client made as it staged the user (lib/copy-text.ts): 40 hex digits of random
+  // bytes. A row staged without one (by an older version, resumed) gets 40 hex digits of one
+  // SHA-224 of a random double, as it did then (70-100 ms of the INSERT per 100k users). A
+  // password nobody can use, whatever its digits.
+  password: `coalesce(u.unusable_password, '!' || left(encode(sha224(float8send(random())), 'hex'), 40))`,
   last_login: 'u.last_login',
   username: 'u.final_name',
   first_name: `coalesce(u.first_name, '')`,

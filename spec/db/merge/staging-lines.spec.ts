@@ -5,7 +5,7 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
 import path from 'node:path';
-import { CopyText } from '../../../lib/copy-text.js';
+import { CopyText, TAIL_COLUMNS } from '../../../lib/copy-text.js';
 import { columnStart, field, intAt, intField, lineColumn, readLines, scanTabs } from '../../../lib/db/merge/staging-lines.js';
 import type { StagedRow } from '../../../lib/map-models.js';
 import { STAGE_COLUMNS, STAGE_INDEX } from '../../../lib/models.js';
@@ -37,7 +37,7 @@ describe('staging lines read in the client', () => {
   });
 
   it('scanTabs finds every column in one scan, as field does one at a time; past the last column, the line\'s end', () => {
-    const n = 8 + STAGE_COLUMNS.length;
+    const n = 8 + STAGE_COLUMNS.length + TAIL_COLUMNS.length;
     const tabs = scanTabs(l, new Int32Array(n + 2));
     for (let c = 0; c < n; c++) expect([columnStart(tabs, c), tabs[c]], `column ${c}`).to.deep.equal(field(l, c));
     expect([tabs[n], tabs[n + 1]]).to.deep.equal([l.length, l.length]);
