@@ -456,7 +456,7 @@ async function runImport(options: ImportOptions): Promise<ImportSummary> {
     }
     // An atomic import into empty tables starts the merge with the users while the rest of the
     // file is read (early.ts says when: once the users of a file in Sentry's order are staged).
-    const early = earlyUsersOverlap(mergeOptions, plan, staged);
+    const early = earlyUsersOverlap({ ...mergeOptions, ...(emptyTarget ? { targetEmpty: true } : {}) }, plan, staged);
     const finalize = async (c: pg.ClientBase) => {
       merging = true;
       checkStopped();

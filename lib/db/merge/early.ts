@@ -24,7 +24,7 @@ import { idSequence, modelCodes, openMerge, refuseSequencesBehind, runner, stage
 import type { SkipMarker } from '../../filter-users.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
 import { REJECTED_USER_CODE, STAGE_INDEX } from '../../models.js';
-import { insertLostPasswords, mergeUsers, UserOrdinals, UserRepeatCheck, type OrdinalRun, type UserRepeats, type UsersStepOptions, type UsersWritten } from './users.js';
+import { insertLostPasswords, mergeUsers, UserOrdinals, UserRepeatCheck, type ExistingUser, type OrdinalRun, type UsersStepOptions, type UsersWritten } from './users.js';
 
 /** What the users' step wrote (step 2 of the merge), and how. */
 export interface UsersStep extends UsersWritten {
@@ -53,7 +53,11 @@ export interface EarlyUsers {
 export const EARLY_SAVEPOINT = 'userport_early_users';
 
 /** What the early users step needs of the merge's options. */
-export type EarlyUsersOptions = UsersStepOptions & TraceOptions & { bulkLoad?: boolean; filterActive?: boolean };
+export type EarlyUsersOptions = UsersStepOptions & TraceOptions & {
+  bulkLoad?: boolean; filterActive?: boolean;
+  /** The target's users table was empty when the import began (the client then keeps no hash of the users' addresses). */
+  targetEmpty?: boolean;
+};
 
 /**
  * Starts {@link EarlyUsers}: inside a savepoint, takes the bulk path (locks, drops) where it can,
@@ -65,8 +69,11 @@ export type EarlyUsersOptions = UsersStepOptions & TraceOptions & { bulkLoad?: b
  * the users.
  */
 export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsersOptions, plan: WritePlan,
-  repeats?: UserRepeats, ordinals?: OrdinalRun): Promise<{ bulk: BulkLoad | undefined; run(): Promise<EarlyUsers> } | undefined> {
-  if (!options.bulkLoad) return undefined;
+  check?: UserRepeatCheck, ordinals?: OrdinalRun): Promise<{ bulk: BulkLoad | undefined; run(): Promise<EarlyUsers> } | undefined> {
+  if (!options.bulkLoad) {
+    check?.take();
+    return undefined;
+  }
   const q = runner(client, options);
   const S = await openMerge(q, { sampled: true });
   const staged = await stagedInTransaction(q, S);
@@ -74,6 +81,10 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   await q(`SAVEPOINT ${EARLY_SAVEPOINT}`);
   // Inside the savepoint: undone with the step, and then decided again by the merge.
   const { bulk, rowChecks } = await enterWritePath(q, client, plan, true);
+  // Over a few existing users (locked), the client's hashes say which of their values may meet
+  // the staged users' (users.ts: the step then probes those, not every one for every user).
+  if (check && bulk && !bulk.empty) await meetExisting(client, plan, check);
+  const repeats = check?.take();
   const seqs: string[] = [];
   for (const table of [plan.user.table, plan.lostPassword?.table]) {
     if (table === undefined) continue;
@@ -105,6 +116,19 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
       };
     },
   };
+}
+
+/**
+ * Hands `check` the target's users ({@link UserRepeatCheck.meet}): a few, on the bulk path, under
+ * its lock. Not where the database's lower() is not ASCII's for ASCII letters (a Turkish locale's
+ * I): the step then probes every staged user against them all, as without the check.
+ */
+async function meetExisting(client: pg.ClientBase, plan: WritePlan, check: UserRepeatCheck): Promise<void> {
+  const ascii = await client.query(`SELECT lower('ABCDEFGHIJKLMNOPQRSTUVWXYZ') = 'abcdefghijklmnopqrstuvwxyz' AS ok`);
+  if (!ascii.rows[0].ok) return;
+  const U = plan.user.table;
+  const rows = (await client.query(`SELECT lower(username) AS ln, lower(email) AS le, ${plan.user.emailUnique ? 'email_unique' : 'NULL'}::text AS eu FROM ${U}`)).rows;
+  check.meet(rows as ExistingUser[]);
 }
 
 /**
@@ -163,7 +187,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   const keptAddresses = options.filterActive && plan.email ? new KeptAddresses() : undefined;
   // The staged users' possible repeats, noted as they pass (users.ts ranks only those); none
   // where the step never starts early (--bulk-load off).
-  const userCheck = options.bulkLoad ? new UserRepeatCheck(plan.user.emailUnique) : undefined;
+  const userCheck = options.bulkLoad ? new UserRepeatCheck(plan.user.emailUnique, !options.targetEmpty) : undefined;
   // And whether the kept users came one after another: their new ids are then one block (users.ts).
   const ordinals = new UserOrdinals();
   // The users a username filter removed: their rows are dropped straight to their findings.
@@ -222,7 +246,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
       return emailSide;
     },
     async start(client: pg.ClientBase) {
-      const started = await beginEarlyUsers(client, options, plan, userCheck?.take(), ordinals.run());
+      const started = await beginEarlyUsers(client, options, plan, userCheck, ordinals.run());
       return started && {
         run: async () => { users = await started.run(); },
         finish: async () => {

@@ -36,6 +36,17 @@ export class HashSet32 {
     }
   }
 
+  /** Whether `h` was added. */
+  has(h: number): boolean {
+    if (h === 0) h = 1;
+    const mask = this.table.length - 1;
+    for (let i = h & mask; ; i = (i + 1) & mask) {
+      const a = this.table[i]!;
+      if (a === 0) return false;
+      if (a === h >>> 0) return true;
+    }
+  }
+
   private grow(): void {
     const old = this.table;
     this.table = new Uint32Array(old.length * 2);

@@ -84,6 +84,36 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
     expect(many.why).to.match(/more than 1,400,000 users/);
   });
 
+  it('meets a target\'s few users: lists the values of theirs that may equal a noted user\'s, and no address once one is not plain ASCII', () => {
+    const check = new UserRepeatCheck();
+    check.note(1, 'alice', 'A@x.io', null); // candidate A@x.io (its address)
+    check.note(2, 'Bob', 'b@x.io', 'bob-unique');
+    const existing = [
+      { ln: 'alice', le: 'zed@x.io', eu: null }, // alice's name
+      { ln: 'dave', le: 'a@x.io', eu: 'bob-unique' }, // alice's address (lower-cased), Bob's email_unique
+      { ln: 'bob', le: null, eu: 'a@x.io' }, // Bob's name; a@x.io is not alice's candidate (A@x.io, compared as it is)
+      { ln: 'ärger', le: 'é@x.io', eu: '' }, // not plain ASCII after lower(): no ASCII value equals it
+      { ln: 'erin', le: 'e@x.io', eu: 'A@x.io' }, // alice's candidate
+    ];
+    check.meet(existing);
+    expect(check.take()).to.deep.equal({ names: [], candidates: [], existing: { names: ['alice', 'bob'], candidates: ['bob-unique', 'A@x.io'], addresses: ['a@x.io'] } });
+    // A staged address that is not plain ASCII: its lower() is the database's, so every address is probed.
+    const other = new UserRepeatCheck();
+    other.note(1, 'alice', 'Ärger@x.io', null);
+    other.meet(existing);
+    expect(other.take()!.existing).to.deep.equal({ names: ['alice'], candidates: [], addresses: undefined });
+    // No address noted (the target was empty when the import began): every address is probed.
+    const unnoted = new UserRepeatCheck(true, false);
+    unnoted.note(1, 'alice', 'A@x.io', null);
+    unnoted.meet(existing);
+    expect(unnoted.take()!.existing).to.deep.equal({ names: ['alice'], candidates: ['A@x.io'], addresses: undefined });
+    // Given up (too many users): no list, and nothing met.
+    const many = new UserRepeatCheck();
+    for (let i = 1; i <= 100_002; i++) many.note(i, 'same', null, null);
+    many.meet(existing);
+    expect(many.take()).to.equal(undefined);
+  });
+
   /**
    * An export in Sentry's order with every kind of repeat: names again in another case, names that
    * differ only in a non-ASCII letter's case, addresses again, an email_unique that is another
@@ -183,6 +213,12 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
         // that may be exceptions (up_exc); every other user is inserted as it is.
         const subset = !v.mergeUsers && (v.existing ?? 0) <= 1000;
         expect(usersStatement(sqls.early).includes('CREATE TEMP TABLE up_exc'), 'exceptions alone decided').to.equal(subset);
+        // Over a few existing users, only the values of theirs the client's hashes met are probed
+        // (alice's and someone's names, someone's address, u8@example.com): not all of theirs for every staged user.
+        if (subset && v.existing) {
+          expect(usersStatement(sqls.early)).to.not.include('SELECT lower(x.email) FROM auth_user x')
+            .and.not.include('UNION ALL SELECT lower(x.username) FROM auth_user x').and.not.include('UNION ALL SELECT x.email_unique FROM auth_user x');
+        }
         expect(usersStatement(sqls.atEnd)).to.include('CREATE TEMP TABLE up_user');
         expect(a.bulkLoad).to.equal((v.existing ?? 0) <= 1000);
         expect(a.models).to.deep.equal(b.models);
@@ -202,6 +238,26 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
       }
     });
   }
+
+  it('over a new Sentry\'s admin, whom no staged user meets, probes no address: the same users, notes and findings as the merge at the end', async () => {
+    const { file } = repeatsExport();
+    const early = await freshDatabase(true);
+    const atEnd = await freshDatabase(true);
+    try {
+      for (const db of [early, atEnd]) await insertUser(db.knex, { password: 'x', username: 'admin@example.com', email: 'admin@example.com', email_unique: 'admin@example.com' });
+      const sqls: string[] = [];
+      const a = await importUsers({ source: file, databaseUrl: early.url, onTrace: (e) => { if (e.kind === 'sql') sqls.push(e.sql); } });
+      const b = await importUsers({ source: file, databaseUrl: atEnd.url, bulkLoad: 'off' });
+      expect(a.bulkLoad).to.equal(true);
+      const statement = usersStatement(sqls);
+      expect(statement).to.include('CREATE TEMP TABLE up_exc').and.not.include('lower(s.email) IN');
+      expect(a.models).to.deep.equal(b.models);
+      expect(await state(early)).to.deep.equal(await state(atEnd));
+    } finally {
+      await early.close();
+      await atEnd.close();
+    }
+  });
 
   it('stops before writing when the new users\' ids would not fit the id column, counting one id per name with --merge-users', async () => {
     // Ten users of which three repeat a name (two of the export, one of the target's user):
