@@ -20,6 +20,7 @@ import { directOptions, directUserEmails, FilteredUsers, SCOPED_OPTION, scopedOp
   type DirectModel, type SideLines } from './direct-rows.js';
 import { EmailCheck, filterEmails, KeptAddresses, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { NewUsers } from './pk-map.js';
+import { lowerIsAscii } from './hash-sets.js';
 import { idSequence, modelCodes, openMerge, refuseSequencesBehind, runner, stagedInTransaction, type Q } from './run.js';
 import type { SkipMarker } from '../../filter-users.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
@@ -70,10 +71,7 @@ export type EarlyUsersOptions = UsersStepOptions & TraceOptions & {
  */
 export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsersOptions, plan: WritePlan,
   check?: UserRepeatCheck, ordinals?: OrdinalRun): Promise<{ bulk: BulkLoad | undefined; run(): Promise<EarlyUsers> } | undefined> {
-  if (!options.bulkLoad) {
-    check?.take();
-    return undefined;
-  }
+  if (!options.bulkLoad) return undefined;
   const q = runner(client, options);
   const S = await openMerge(q, { sampled: true });
   const staged = await stagedInTransaction(q, S);
@@ -124,8 +122,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
  * I): the step then probes every staged user against them all, as without the check.
  */
 async function meetExisting(client: pg.ClientBase, plan: WritePlan, check: UserRepeatCheck): Promise<void> {
-  const ascii = await client.query(`SELECT lower('ABCDEFGHIJKLMNOPQRSTUVWXYZ') = 'abcdefghijklmnopqrstuvwxyz' AS ok`);
-  if (!ascii.rows[0].ok) return;
+  if (!await lowerIsAscii(client)) return;
   const U = plan.user.table;
   const rows = (await client.query(`SELECT lower(username) AS ln, lower(email) AS le, ${plan.user.emailUnique ? 'email_unique' : 'NULL'}::text AS eu FROM ${U}`)).rows;
   check.meet(rows as ExistingUser[]);

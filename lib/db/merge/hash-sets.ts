@@ -4,6 +4,17 @@
  * budget (issue #23). A hash met twice only sends the rows to the database's exact check.
  */
 
+import type pg from 'pg';
+
+/**
+ * Whether the database's lower() maps A-Z to a-z, as the hashes' ASCII lower-casing does (not in a
+ * Turkish locale, whose lower('I') is a dotless i): only then may a hash of ASCII-lower-cased text
+ * stand for the database's lower() of it.
+ */
+export async function lowerIsAscii(client: pg.ClientBase): Promise<boolean> {
+  return (await client.query(`SELECT lower('ABCDEFGHIJKLMNOPQRSTUVWXYZ') = 'abcdefghijklmnopqrstuvwxyz' AS ok`)).rows[0].ok === true;
+}
+
 /** A 32-bit hash of `text` (FNV-1a), ASCII letters lower-cased with `lower`; -1 when `lower` and it is not all ASCII. */
 export function hash32(text: string, lower: boolean): number {
   let h = 0x811c9dc5;

@@ -80,7 +80,7 @@ export interface ExistingUser {
   eu: string | null;
 }
 
-/** Users beyond which the client keeps no hashes: two sets of 2^21 4-byte slots (16 MB), at most 70% full. */
+/** Users beyond which the client keeps no hashes: three sets of 2^21 4-byte slots (24 MB), at most 70% full. */
 export const MAX_CHECKED_USERS = 1_400_000;
 /** Listed users beyond which the client gives up (the step then finds the repeats itself). */
 const MAX_LISTED_REPEATS = 100_000;
