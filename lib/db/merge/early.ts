@@ -190,9 +190,13 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   // The users a username filter removed: their rows are dropped straight to their findings.
   const filteredUsers = options.filterActive ? new FilteredUsers() : undefined;
 
-  /** The diverted Email records: straight in, dropped with their findings (filtered), or staged. */
+  /**
+   * The diverted Email records: straight in, dropped with their findings (filtered), or staged;
+   * `meanwhile`, the other diverted rows' work, runs once, while the client sorts the records
+   * where they go in their key's order (writeDirectEmails), else after them.
+   */
   const writeEmails = async (q: Q, client: pg.ClientBase, emails: SideLines, exact: boolean, stage: (lines: Buffer[]) => Promise<void>,
-    scratch: (name: string) => string) => {
+    scratch: (name: string) => string, meanwhile: () => Promise<void>) => {
     const why = !exact ? 'the file is not in source pk order, or the early users step was undone' : keptAddresses?.why;
     const table = emailTable ?? 'sentry_email';
     const t0 = performance.now();
@@ -202,8 +206,14 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
       keptAddresses?.release();
       for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
     } else if (keptAddresses) wrote = { ...wrote, ...(await filterEmails(client, options.run, emails, keptAddresses, stage)) };
-    else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage, { bulk: !!users?.step.bulk, scratch });
+    else {
+      wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage,
+        { bulk: !!users?.step.bulk, scratch, meanwhile });
+      q.trace({ kind: 'direct-emails', table, ...wrote, ms: performance.now() - t0 });
+      return wrote;
+    }
     q.trace({ kind: 'direct-emails', table, ...wrote, ms: performance.now() - t0 });
+    await meanwhile();
     return wrote;
   };
 
@@ -260,17 +270,23 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           const rest = new Map(sides);
           const emails = emailSide === undefined ? undefined : rest.get(emailSide);
           if (emailSide !== undefined) rest.delete(emailSide);
-          const addresses = emails ? await writeEmails(q, client, emails, exact, stage, scratch) : undefined;
           // The scoped options' side (when not exact, it is staged below with the sides of no model).
           const scopedLines = scoped && exact ? rest.get(scoped.side) : undefined;
           if (scopedLines) rest.delete(scoped!.side);
-          // The new users, read once for the models written straight in and the scoped options.
-          const newUsers = exact && (direct.length || scopedLines) ? await NewUsers.read(client, options.run) : undefined;
-          const dropped = scopedLines && await writeScopedOptions(client, options.run, newUsers, 'sentry.useroption', scopedLines, stage);
-          if (dropped) q.trace({ kind: 'direct-findings', model: 'sentry.useroption', reason: SCOPED_OPTION, ...dropped });
-          const done = await writeDirectRows(client, newUsers, exact ? direct : [], rest, stage,
-            filteredUsers && { run: options.run, users: filteredUsers });
-          for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
+          let dropped: Awaited<ReturnType<typeof writeScopedOptions>> | undefined;
+          let done: Awaited<ReturnType<typeof writeDirectRows>> = new Map();
+          // The other models' diverted rows, written on the connection while the client sorts the
+          // Email records (or after them).
+          const others = async () => {
+            // The new users, read once for the models written straight in and the scoped options.
+            const newUsers = exact && (direct.length || scopedLines) ? await NewUsers.read(client, options.run) : undefined;
+            dropped = scopedLines && await writeScopedOptions(client, options.run, newUsers, 'sentry.useroption', scopedLines, stage);
+            if (dropped) q.trace({ kind: 'direct-findings', model: 'sentry.useroption', reason: SCOPED_OPTION, ...dropped });
+            done = await writeDirectRows(client, newUsers, exact ? direct : [], rest, stage,
+              filteredUsers && { run: options.run, users: filteredUsers });
+            for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
+          };
+          const addresses = emails ? await writeEmails(q, client, emails, exact, stage, scratch, others) : (await others(), undefined);
           const written = new Map([...done].map(([m, r]) => [m.table, r.written]));
           if (emailTable && addresses?.written) written.set(emailTable, addresses.written);
           if (users) {

@@ -352,7 +352,15 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
        * result, the heap's order, whether the table was truncated; with `scratch`, the files it made.
        */
       const write = (prepare: (client: pg.Client) => Promise<unknown>,
-        { maxSorted, scratch, lock = true }: { maxSorted?: number; scratch?: (name: string) => string; lock?: boolean } = {}) => new Promise<unknown>((resolve, reject) => {
+        { maxSorted, sortRun, scratch, lock = true, meanwhile, failAt, failed }: {
+          maxSorted?: number; sortRun?: number; scratch?: (name: string) => string; lock?: boolean;
+          /** The caller's next work, given the client and how many lines were read so far. */
+          meanwhile?: (client: pg.Client, read: () => number) => Promise<void>;
+          /** The line whose read fails. */
+          failAt?: number;
+          /** Called the moment the write fails, with how many lines were read. */
+          failed?: (read: number) => void;
+        } = {}) => new Promise<unknown>((resolve, reject) => {
         withDbClient(async (_db, client) => {
           await client.query('BEGIN');
           await prepare(client);
@@ -361,10 +369,20 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
           const before = await node();
           const check = new EmailCheck();
           for (const a of file) check.note(a);
+          let read = 0;
           const result = await writeDirectEmails(client, 79, 'sentry_email', 'sentry_email_id_seq', check,
             // A line a chunk (the client sorts what it holds at a chunk's end).
-            async function* lines() { for (const [i, a] of file.entries()) yield [line(i + 1, a)]; },
-            async () => { throw new Error('a line was staged'); }, { bulk: true, ...(maxSorted === undefined ? {} : { maxSorted }), ...(scratch ? { scratch } : {}) });
+            async function* lines() {
+              for (const [i, a] of file.entries()) {
+                if (i === failAt) throw new Error(`line ${i + 1} cannot be read`);
+                read++;
+                yield [line(i + 1, a)];
+              }
+            },
+            async () => { throw new Error('a line was staged'); }, {
+              bulk: true, ...(maxSorted === undefined ? {} : { maxSorted }), ...(sortRun === undefined ? {} : { sortRun }), ...(scratch ? { scratch } : {}),
+              ...(meanwhile ? { meanwhile: () => meanwhile(client, () => read) } : {}),
+            }).catch(async (err: Error) => { failed?.(read); await client.query('ROLLBACK'); throw err; });
           const rows = (await client.query(`SELECT email::text FROM sentry_email WHERE email::text ILIKE '%@x.io' ORDER BY ctid`)).rows.map((r) => r.email as string);
           const ids = (await client.query(`SELECT email::text FROM sentry_email WHERE email::text ILIKE '%@x.io' ORDER BY id`)).rows.map((r) => r.email as string);
           const truncated = before !== await node();
@@ -390,6 +408,79 @@ describe('the export\'s Email rows, written straight in (issue #23)', function (
         // Runs of 2, 2 and 1 rows.
         expect(made).to.deep.equal(['email_run_0', 'email_run_1', 'email_run_2']);
         expect(fs.readdirSync(dir)).to.deep.equal([]);
+      });
+
+      it('with scratch files, runs of sortRun rows even where maxSorted would hold them all', async () => {
+        const dir = fs.mkdtempSync(tmpPath('runs-'));
+        const made: string[] = [];
+        const scratch = (name: string) => { made.push(name); return path.join(dir, name); };
+        expect(await write(async () => undefined, { maxSorted: 100, sortRun: 3, scratch })).to.deep.equal({
+          result: { written: 5, existing: 0, staged: 0, keyOrder: true }, heap: sorted, ids: file, truncated: true,
+        });
+        expect(made).to.deep.equal(['email_run_0', 'email_run_1']);
+        expect(fs.readdirSync(dir)).to.deep.equal([]);
+      });
+
+      describe('the caller\'s next work (meanwhile)', () => {
+        const scratchDir = () => {
+          const dir = fs.mkdtempSync(tmpPath('runs-'));
+          return { dir, scratch: (name: string) => path.join(dir, name) };
+        };
+
+        it('in the key\'s order: runs while the client reads and sorts, on the connection, before the COPY', async () => {
+          const seen: unknown[] = [];
+          const { dir, scratch } = scratchDir();
+          expect(await write(async () => undefined, {
+            sortRun: 2, scratch,
+            meanwhile: async (client, read) => {
+              seen.push({ startedAfter: read() });
+              // The connection is this work's: the rows are not in yet, the table truncated.
+              seen.push((await client.query(`SELECT count(*)::int AS n FROM sentry_email`)).rows[0]);
+              seen.push({ endedAfter: read() });
+            },
+          })).to.deep.equal({ result: { written: 5, existing: 0, staged: 0, keyOrder: true }, heap: sorted, ids: file, truncated: true });
+          // Started once the first line was read: the read went on during its query.
+          expect(seen.slice(0, 2)).to.deep.equal([{ startedAfter: 1 }, { n: 0 }]);
+          expect((seen[2] as { endedAfter: number }).endedAfter).to.be.above(1);
+          expect(fs.readdirSync(dir)).to.deep.equal([]);
+        });
+
+        it('in the file\'s order (a table holding a row): runs once, after the rows are in', async () => {
+          const seen: unknown[] = [];
+          expect(await write((c) => c.query(`INSERT INTO sentry_email (email, date_added) VALUES ('z@y.io', now())`), {
+            meanwhile: async (client, read) => {
+              seen.push({ read: read(), ...(await client.query(`SELECT count(*)::int AS n FROM sentry_email`)).rows[0] });
+            },
+          })).to.deep.equal({ result: { written: 5, existing: 0, staged: 0 }, heap: file, ids: file, truncated: false });
+          expect(seen).to.deep.equal([{ read: 5, n: 6 }]);
+        });
+
+        it('a failure of the next work fails the write once the client\'s read has ended, with that error', async () => {
+          const { dir, scratch } = scratchDir();
+          const at: Record<string, number> = {};
+          const failure = await write(async () => undefined, {
+            sortRun: 2, scratch, failed: (read) => { at.failed = read; },
+            meanwhile: async (_client, read) => { at.meanwhile = read(); throw new Error('the options could not be written'); },
+          }).then(() => undefined, (err: Error) => err.message);
+          expect(failure).to.equal('the options could not be written');
+          // It failed after the first line, but the write waited for the read to end before saying so.
+          expect(at).to.deep.equal({ meanwhile: 1, failed: 5 });
+          expect(fs.readdirSync(dir)).to.have.length.above(0);
+          fs.rmSync(dir, { recursive: true, force: true });
+        });
+
+        it('a failure of the client\'s read fails the write once the next work has ended, with the read\'s error', async () => {
+          const { dir, scratch } = scratchDir();
+          let ended = false;
+          let endedAtFailure: boolean | undefined;
+          const failure = await write(async () => undefined, {
+            sortRun: 2, scratch, failAt: 2, failed: () => { endedAtFailure = ended; },
+            meanwhile: async (client) => { await client.query('SELECT pg_sleep(0.2)'); ended = true; },
+          }).then(() => undefined, (err: Error) => err.message);
+          expect(failure).to.equal('line 3 cannot be read');
+          expect(endedAtFailure).to.equal(true);
+          fs.rmSync(dir, { recursive: true, force: true });
+        });
       });
 
       const none = async () => undefined;
