@@ -213,15 +213,62 @@ export function checkHead(head: Buffer, o: SniffOptions, where: Wording): void {
 /**
  * A plain regular file, open as `file` (`size` bytes, `head` its first bytes, which passed
  * {@link checkHead} with the same options), as the import reads it: through gunzip when gzip;
- * else its own file stream in `chunk`-byte reads, from where the array starts. The stream closes
- * `file`; when this throws, the caller closes `file` (a gzip stream that failed has closed it
- * already: a second close does nothing).
+ * else in `chunk`-byte reads ({@link FileChunks}), from where the array starts. The stream
+ * closes `file`; when this throws, the caller closes `file` (a gzip stream that failed has closed
+ * it already: a second close does nothing).
  */
 export async function openPlainFile(file: FileHandle, size: number, head: Buffer, o: SniffOptions, chunk: number): Promise<OpenedSource> {
   if (isGzip(head)) return sniffed(gunzip(file.createReadStream({ highWaterMark: chunk })), undefined, o, true);
   const text = leadingText(head, !!o.skipLeadingText);
   const start = text?.bytes ?? 0;
-  return { stream: file.createReadStream({ highWaterMark: chunk, start }), size: size - start, ...(text ? { leadingText: text } : {}) };
+  return { stream: new FileChunks(file, start, chunk), size: size - start, ...(text ? { leadingText: text } : {}) };
+}
+
+/**
+ * A regular file's bytes from `start` to its end, `chunk` bytes a read, each read started before
+ * the chunk before it is handed on. A file stream starts its next read only once the chunk it
+ * pushed has been consumed, and the import consumes a chunk synchronously (parsed, mapped and
+ * staged in the same call): each read then began with the event loop waiting on it, a pool
+ * thread's round trip that on two busy cores took 1-4 ms. At 100k users the loop waited 232 ms
+ * for 473 reads while the users were staged; with the read ahead, 104-114 ms. One chunk ahead at
+ * most (the stream's highWaterMark), so the records alive at once stay a chunk's. Closes the
+ * file when it ends or is destroyed (after the read in flight).
+ */
+class FileChunks extends Readable {
+  private position: number;
+  private reading = false;
+
+  constructor(private readonly file: FileHandle, start: number, private readonly chunk: number) {
+    super({ highWaterMark: 2 * chunk });
+    this.position = start;
+  }
+
+  override _read(): void {
+    if (!this.reading) this.next();
+  }
+
+  private next(): void {
+    this.reading = true;
+    const buffer = Buffer.allocUnsafe(this.chunk);
+    this.file.read(buffer, 0, this.chunk, this.position).then(({ bytesRead }) => {
+      this.reading = false;
+      if (this.destroyed) return;
+      if (!bytesRead) {
+        this.push(null);
+        return;
+      }
+      this.position += bytesRead;
+      const data = bytesRead < this.chunk ? buffer.subarray(0, bytesRead) : buffer;
+      // The next read first: pushing this chunk parses it before the call returns.
+      if (this.readableLength + data.length < this.readableHighWaterMark) this.next();
+      this.push(data);
+    }, (err: Error) => this.destroy(err));
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    // FileHandle.close waits for the read in flight.
+    this.file.close().then(() => callback(err), (closeErr: Error) => callback(err ?? closeErr));
+  }
 }
 
 /** `raw` from its start, once its first bytes are not plain JSON (which a key would not open). */

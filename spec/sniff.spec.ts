@@ -3,11 +3,14 @@
  * a pipe, a stream, a decrypted tarball) the same sniffing is spec/source.spec.ts.
  */
 import { expect } from 'chai';
+import fs from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { ErrorCodes, OptionError, ParseError } from '../lib/errors.js';
-import { checkHead, encryptedStart, leadingText } from '../lib/sniff.js';
+import { checkHead, encryptedStart, leadingText, openPlainFile } from '../lib/sniff.js';
 import { readFixture } from './crypto/helpers.js';
+import { tmpPath } from './helpers/setup.js';
 
 describe('lib/sniff: what an input\'s first bytes say', () => {
   describe('leadingText', () => {
@@ -74,6 +77,67 @@ describe('lib/sniff: what an input\'s first bytes say', () => {
       const err = await encryptedStart(Readable.from([Buffer.from('[{"model": "sentry.user"}]')])).then(() => undefined, (e: OptionError) => e);
       expect(err).to.be.instanceOf(OptionError);
       expect(err!.option).to.equal('decrypt');
+    });
+  });
+
+  describe('openPlainFile, a plain file as the import reads it', () => {
+    /** A file of `size` bytes (`start`, then each byte its position modulo 251), open, with its reads counted. */
+    const counted = async (size: number, start = Buffer.from('[')) => {
+      const file = tmpPath(`plain-${size}.json`);
+      const bytes = Buffer.from(Array.from({ length: size }, (_, i) => i % 251));
+      bytes.set(start, 0);
+      fs.writeFileSync(file, bytes);
+      const handle = await fs.promises.open(file);
+      const reads = { started: 0, closed: false };
+      const read = handle.read.bind(handle) as (...args: unknown[]) => ReturnType<FileHandle['read']>;
+      const close = handle.close.bind(handle);
+      Object.assign(handle, {
+        read: (...args: unknown[]) => { reads.started++; return read(...args); },
+        close: async () => { reads.closed = true; return close(); },
+      });
+      return { handle, bytes, reads, head: bytes.subarray(0, 64) };
+    };
+
+    it('gives the file\'s bytes a chunk at a time, the next read started before a chunk is handed on, and closes it at the end', async () => {
+      const { handle, bytes, reads, head } = await counted(10 * 1024 + 5);
+      const { stream, size } = await openPlainFile(handle, bytes.length, head, {}, 1024);
+      expect(size).to.equal(bytes.length);
+      const chunks: Buffer[] = [];
+      const startedAtChunk: number[] = [];
+      // As a pipe consumes it (the import's chain): each chunk handled where it is pushed.
+      stream.on('data', (chunk: Buffer) => {
+        chunks.push(chunk);
+        startedAtChunk.push(reads.started);
+      });
+      await new Promise((resolve, reject) => stream.once('end', resolve).once('error', reject));
+      expect(Buffer.concat(chunks).equals(bytes)).to.equal(true);
+      expect(chunks.map((c) => c.length)).to.deep.equal([...Array(10).fill(1024), 5]);
+      // When the nth chunk is handed on, the read of the one after it has started already: n + 1
+      // reads, then the last (empty) read that ends the stream.
+      expect(startedAtChunk).to.deep.equal([2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(reads.closed).to.equal(true);
+    });
+
+    it('reads from where the array starts when text comes before it, and closes the file when destroyed part way', async () => {
+      const { handle, bytes, reads, head } = await counted(4096, Buffer.from('note\n[\n'));
+      const { stream, size, leadingText: text } = await openPlainFile(handle, bytes.length, head, { skipLeadingText: true }, 1000);
+      expect(text).to.include({ bytes: 5 });
+      expect(size).to.equal(4096 - 5);
+      const first = await new Promise<Buffer>((resolve) => stream.once('data', resolve));
+      expect(first.equals(bytes.subarray(5, 1005))).to.equal(true);
+      stream.destroy();
+      await new Promise((resolve) => stream.once('close', resolve));
+      expect(reads.closed).to.equal(true);
+    });
+
+    it('fails with the read\'s error and closes the file', async () => {
+      const { handle, bytes, reads, head } = await counted(8192);
+      Object.assign(handle, { read: () => { reads.started++; return Promise.reject(new Error('EIO: i/o error, read')); } });
+      const { stream } = await openPlainFile(handle, bytes.length, head, {}, 1024);
+      const err = await buffer(stream).then(() => undefined, (e: Error) => e);
+      expect(err?.message).to.equal('EIO: i/o error, read');
+      expect(reads.closed).to.equal(true);
     });
   });
 });
