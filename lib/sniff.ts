@@ -80,6 +80,13 @@ export function utf16Error(head: Buffer, where: Wording = ['the input']): ParseE
 const ARRAY_START = /(^|\n)[ \t]*\[[ \t\r]*(?=\n|\{|\]|$)/g;
 
 /**
+ * An array whose first element is not an object (a scalar followed by `,` or `]`, or an array):
+ * not an export, but an array all the same, which the tokenizer refuses at its first record. A
+ * log line that starts with `[` does not read so (`[12:00:01] ...`, `[INFO] ...`, `[2026-12-06 ...`).
+ */
+const ARRAY_OF_OTHERS = /^\[[ \t\r\n]*(?:\[|(?:"(?:[^"\\\n]|\\.)*"|-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null)[ \t\r\n]*[,\]])/;
+
+/**
  * Where the array starts behind text printed before it (`Creating container...`, warnings) in
  * the first bytes `head`: the number of bytes to skip and what they were, or undefined when the
  * input starts with the array (or no array start is in sight: the tokenizer then says what is
@@ -90,6 +97,7 @@ export function leadingText(head: Buffer, skip: boolean): LeadingText | undefine
   if (i >= head.length) return undefined;
   // A byte-order mark read as three spaces: an array right after it starts the first line.
   const text = bom ? `   ${head.toString('latin1', 3)}` : head.toString('latin1');
+  if (ARRAY_OF_OTHERS.test(text.slice(i))) return undefined;
   ARRAY_START.lastIndex = 0;
   for (let m = ARRAY_START.exec(text); m; m = ARRAY_START.exec(text)) {
     const start = m.index + m[1]!.length;

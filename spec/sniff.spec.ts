@@ -35,6 +35,18 @@ describe('lib/sniff: what an input\'s first bytes say', () => {
       try { leadingText(Buffer.from(`log\nlog\n[\n]`), false); } catch (e) { err = e as ParseError; }
       expect(err?.position).to.deep.equal({ offset: 8, line: 3, column: 1 });
     });
+
+    it('an array whose first element is not an object starts with the array; log lines that start with "[" do not', () => {
+      // Found by the long fuzz run (seed 2101): a record's nested "[" on a later line was taken for
+      // the array's start, and the import said "59 lines of text before the JSON array" where the
+      // stages said record 1 is not an object.
+      for (const first of ['  "0",{"model":', ' 12, {', '-1.5e3]', 'true ,', 'null]', '\n  "x" ,', '[1], {']) {
+        expect(leadingText(Buffer.from(`[${first}\n  [\n  1]}]`), false), first).to.equal(undefined);
+      }
+      for (const line of ['[12:00:01] Creating network', '[2026-12-06 17:00] web', '[INFO] starting', '[ "unclosed', '[1 2]']) {
+        expect(leadingText(Buffer.from(`${line}\n[\n]`), true), line).to.deep.include({ lines: 1, firstLine: line });
+      }
+    });
   });
 
   describe('checkHead, a regular file\'s first bytes before the database', () => {
