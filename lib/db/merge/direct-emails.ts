@@ -385,14 +385,14 @@ class KeyedRows {
     }
   }
 
-  /** Sends every row to `copy`, in key order; the runs' files go. */
+  /** Sends every row to `copy`, in key order (sorting first what {@link sort} has not); the runs' files go. */
   async send(copy: (text: Buffer) => Promise<void>): Promise<void> {
+    await this.sort();
     if (!this.runs.length) {
-      await this.sendHeld(this.order ?? this.sortHeld(), copy, 1 << 16);
+      await this.sendHeld(this.order!, copy, 1 << 16);
       return;
     }
     try {
-      if (this.keys.length) await this.spill();
       await mergeRuns(this.runs, copy);
     } finally {
       for (const file of this.runs) await fs.rm(file, { force: true });

@@ -206,14 +206,11 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
       keptAddresses?.release();
       for await (const chunk of emails()) { wrote.staged += chunk.length; await stage(chunk); }
     } else if (keptAddresses) wrote = { ...wrote, ...(await filterEmails(client, options.run, emails, keptAddresses, stage)) };
-    else {
-      wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage,
-        { bulk: !!users?.step.bulk, scratch, meanwhile });
-      q.trace({ kind: 'direct-emails', table, ...wrote, ms: performance.now() - t0 });
-      return wrote;
-    }
+    // writeDirectEmails runs `meanwhile` itself (during its sort, or after the records).
+    else wrote = await writeDirectEmails(client, options.run, table, await idSequence(q, table), emailCheck, emails, stage,
+      { bulk: !!users?.step.bulk, scratch, meanwhile });
     q.trace({ kind: 'direct-emails', table, ...wrote, ms: performance.now() - t0 });
-    await meanwhile();
+    if (why || keptAddresses) await meanwhile();
     return wrote;
   };
 

@@ -163,6 +163,14 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
   /** The users step's decision statement of an import, from its trace: how it found the repeats. */
   const usersStatement = (sqls: string[]) => sqls.find((q) => /CREATE TEMP TABLE up_(user|exc) ON COMMIT DROP AS\s+WITH /.test(q))!;
 
+  /** `file` imported into `early` (the users step started while the file is read, its SQL traced) and into `atEnd` (`bulkLoad: 'off'`: the merge at the end). */
+  const importBothWays = async (file: string, early: { url: string }, atEnd: { url: string }) => {
+    const sqls: string[] = [];
+    const a = await importUsers({ source: file, databaseUrl: early.url, onTrace: (e) => { if (e.kind === 'sql') sqls.push(e.sql); } });
+    const b = await importUsers({ source: file, databaseUrl: atEnd.url, bulkLoad: 'off' });
+    return { a, b, statement: usersStatement(sqls) };
+  };
+
   /**
    * Targets: empty (C and ICU en-US), one that holds a few rows (the bulk path, decided against
    * them: an existing alice and an existing holder of u7's address and of u8's email_unique, and
@@ -258,13 +266,11 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
       const early = await targetDatabase(kind, { freshInstall: true });
       const atEnd = await targetDatabase(kind, { freshInstall: true });
       try {
-        const sqls: string[] = [];
-        const a = await importUsers({ source: file, databaseUrl: early.url, onTrace: (e) => { if (e.kind === 'sql') sqls.push(e.sql); } });
-        const b = await importUsers({ source: file, databaseUrl: atEnd.url, bulkLoad: 'off' });
+        const { a, b, statement } = await importBothWays(file, early, atEnd);
         // Sentry 9's tables keep the import off the bulk path (the users step then decides every
         // user on the general path, hashes unused): only the result is compared there.
         expect(a.bulkLoad).to.equal(kind !== 'sentry-9');
-        if (a.bulkLoad) expect(usersStatement(sqls)).to.include('CREATE TEMP TABLE up_exc').and.not.include('lower(s.email) IN');
+        if (a.bulkLoad) expect(statement).to.include('CREATE TEMP TABLE up_exc').and.not.include('lower(s.email) IN');
         expect(a.models).to.deep.equal(b.models);
         expect(await anyState(early)).to.deep.equal(await anyState(atEnd));
       } finally {
@@ -284,11 +290,9 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
         await migrate(db.knex);
         await insertUser(db.knex, { password: 'x', username: 'admin@example.com', email: 'admin@example.com', email_unique: 'admin@example.com' });
       }
-      const sqls: string[] = [];
-      const a = await importUsers({ source: file, databaseUrl: early.url, onTrace: (e) => { if (e.kind === 'sql') sqls.push(e.sql); } });
-      const b = await importUsers({ source: file, databaseUrl: atEnd.url, bulkLoad: 'off' });
+      const { a, b, statement } = await importBothWays(file, early, atEnd);
       expect(a.bulkLoad).to.equal(true);
-      expect(usersStatement(sqls)).to.include('CREATE TEMP TABLE up_exc')
+      expect(statement).to.include('CREATE TEMP TABLE up_exc')
         .and.include('SELECT lower(x.email) FROM auth_user x').and.include('UNION ALL SELECT lower(x.username) FROM auth_user x');
       expect(a.models).to.deep.equal(b.models);
       expect(await state(early)).to.deep.equal(await state(atEnd));
