@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { importUsers } from '../../../lib/index.js';
 import { hash32 } from '../../../lib/db/merge/hash-sets.js';
-import { MAX_CHECKED_USERS, UserOrdinals, UserRepeatCheck } from '../../../lib/db/merge/users.js';
+import { MAX_CHECKED_USERS, randomTail, UserOrdinals, UserRepeatCheck } from '../../../lib/db/merge/users.js';
 import { migrate } from '../../../lib/db/knex.js';
 import { ErrorCodes } from '../../../lib/errors.js';
 import type { TraceEvent } from '../../../lib/trace.js';
@@ -455,5 +455,45 @@ describe('the users step draws the new ids as one block where it can (issue #23)
         for (const t of ['auth_user', 'sentry_email', 'sentry_useremail', 'sentry_useroption']) expect(await db.count(t), `${bulkLoad}: ${t}`).to.equal(0);
       });
     }
+  });
+});
+
+describe('the renamed users\' random tails (issue #23)', () => {
+  it('randomTail draws, per row, len characters of a-z and 0-9, as the migrations\' userport.random_string does', async () => {
+    await withDb(async (db) => {
+      for (const len of [1, 3, 12]) {
+        const r = (await db.knex.raw(`
+          SELECT count(*)::int AS n, count(DISTINCT t)::int AS distinct_tails, bool_and(t ~ '^[a-z0-9]{${len}}$') AS shaped,
+            (SELECT count(DISTINCT c)::int FROM regexp_split_to_table(string_agg(t, ''), '') c) AS characters,
+            bool_and(length(f) = ${len} AND f ~ '^[a-z0-9]+$') AS function_shaped
+          FROM (SELECT ${randomTail(len)} AS t, userport.random_string(${len}) AS f FROM generate_series(1, 4000)) x`)).rows[0];
+        expect(r.n).to.equal(4000);
+        expect(r.shaped, `every tail of ${len}`).to.equal(true);
+        expect(r.function_shaped).to.equal(true);
+        // Every character of the alphabet occurs (4000 draws of 36), and the tails are drawn per
+        // row: 4000 draws of 36^3 tails give about 3,834 distinct ones (a few below 3,700 is
+        // beyond 10 standard deviations), of 36^12 all 4000 (a repeat has odds of about 1e-12).
+        expect(r.characters).to.equal(36);
+        if (len === 1) expect(r.distinct_tails).to.equal(36);
+        if (len === 3) expect(r.distinct_tails).to.be.within(3700, 3950);
+        if (len === 12) expect(r.distinct_tails).to.equal(4000);
+      }
+      expect(() => randomTail(0)).to.throw(RangeError);
+    });
+  });
+
+  it('renames every user of one name with its own tail (2,000 users named alike)', async () => {
+    await withDb(async (db) => {
+      const users: Rec[] = [];
+      for (let i = 1; i <= USERS; i++) users.push(user(i, i % 2 ? 'same' : 'SAME', { email: `s${i}@example.com` }));
+      const stats = await importUsers({ source: writeExport(users), databaseUrl: db.url });
+      expect(stats.models['sentry.user']!.renamed).to.equal(USERS - 1);
+      const r = (await db.knex.raw(`
+        SELECT count(*)::int AS n, count(DISTINCT lower(username))::int AS names,
+          count(*) FILTER (WHERE username = 'same')::int AS kept,
+          bool_and(username = 'same' OR username ~ '^(same|SAME)-[a-z0-9]+$') AS shaped
+        FROM auth_user`)).rows[0];
+      expect(r).to.deep.equal({ n: USERS, names: USERS, kept: 1, shaped: true });
+    });
   });
 });
