@@ -35,7 +35,8 @@ const USAGE = `usage: npm run bench -- [--sizes ${DEFAULT_SIZES.join(',')}] [--s
   '                    statistics, resumed), b/existing (into a database holding users), c/collisions (10%),\n' +
   '                    d/reverse (records in reverse order), e/filter (10,000 usernames),\n' +
   '                    f/fresh-sentry (into a new Sentry 2026 with its admin; needs ../shared),\n' +
-  '                    g/global-restore (import global, 30% with 2FA, into a new Sentry 2026; needs ../shared)\n' +
+  '                    g/global-restore (import global, 30% with 2FA, into a new Sentry 2026; needs ../shared),\n' +
+  '                    h/users-only (the user records alone: each user\'s user email and Email row made by the merge)\n' +
   '  --no-scenarios    the same as --scenarios none\n' +
   `  --scenario-users  users per scenario export (default ${DEFAULT_SCENARIO_USERS}; --smoke: ${SMOKE_SCENARIO_USERS})\n` +
   '  --parse-compare   FILE, or a number of users to generate: read that export with stream-json (parser +\n' +

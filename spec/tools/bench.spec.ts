@@ -437,6 +437,10 @@ process.exit(spawnSync(process.execPath, [${JSON.stringify(realBin)}, ...args], 
       expect(stats.sentry_email!.relpages).to.be.greaterThan(0);
       expect((byName.filter!.userport as ImportMeasurement).rows.auth_user).to.equal(150);
       expect((byName.existing!.userport as ImportMeasurement).rows.auth_user).to.equal(600);
+      // The users alone: each gets its user email and, per address, an Email row (Sentry's receivers).
+      expect((byName['users-only']!.userport as ImportMeasurement).rows).to.deep.equal({
+        auth_user: 300, sentry_email: 300 - independent.counts.sharedEmails, sentry_useremail: 300, sentry_useroption: 0, sentry_lostpasswordhash: 300,
+      });
       expect(table).to.match(/scenarios \(each against its own COPY floor\)/);
       for (const x of Object.values(SCENARIOS)) expect(table).to.contain(`${x.letter}. `);
     });

@@ -129,6 +129,7 @@ export const SCENARIOS = {
   filter: { letter: 'e', title: 'a username filter of 10,000 names' },
   'fresh-sentry': { letter: 'f', title: 'into a new Sentry 2026 install holding its first admin' },
   'global-restore': { letter: 'g', title: 'import global (passwords, 30% with 2FA, 30% with a user IP) into a new Sentry 2026' },
+  'users-only': { letter: 'h', title: 'the users alone: no Email records, user emails or options' },
 } as const;
 
 export type ScenarioName = keyof typeof SCENARIOS;

@@ -12,10 +12,15 @@
  * - collisions: 10% of usernames (and of primary addresses) collide case-insensitively.
  * - reverse: every record of the export in reverse order.
  * - filter: `--filter-usernames-file` with 10,000 usernames of the export.
+ * - fresh-sentry, global-restore: into a new Sentry 2026 install holding its first admin.
+ * - users-only: the user records alone (no Email records, user emails or options): the merge
+ *   writes each user's primary user email and its Email row, as Sentry's receivers do.
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { createTokenizer } from '../../lib/tokenize.js';
 import { runMeasured } from './child.js';
 import { countsCheck, expectedRows, generateExport, importCommand, runImport, type ImportRunner } from './common.js';
@@ -73,7 +78,7 @@ function floorOf(loaded: Awaited<ReturnType<typeof loadTables>>, records: number
 async function emptyTargetFloor(ctx: ScenarioContext, name: string, importDb: string, records: number): Promise<CopyFloorMeasurement> {
   const dir = path.join(ctx.workDir, `copy-${name}`);
   const dumps = await dumpTables(databaseUrl(ctx.serverUrl, importDb), dir);
-  const floorDb = `bench_sc_${name}_floor_${ctx.tag}`;
+  const floorDb = `bench_sc_${name.replace(/-/g, '_')}_floor_${ctx.tag}`;
   try {
     return floorOf(await loadTables(await freshDatabase(ctx.serverUrl, floorDb), dumps), records);
   } finally {
@@ -97,7 +102,7 @@ function renamedCheck(summary: unknown, expected: number): Check[] {
 
 /** Import `file` into a fresh database, then its COPY floor: the common shape of collisions, reverse and filter. */
 async function intoEmpty(ctx: ScenarioContext, name: ScenarioName, file: string, records: number, bytes: number, args: string[] = []) {
-  const db = `bench_sc_${name}_${ctx.tag}`;
+  const db = `bench_sc_${name.replace(/-/g, '_')}_${ctx.tag}`;
   ctx.log(`scenario ${name}: userport import`);
   const userport = await runImport(ctx.runner, file, await freshDatabase(ctx.serverUrl, db), { records, bytes, args, ...(ctx.timeoutSeconds ? { timeoutSeconds: ctx.timeoutSeconds } : {}) });
   let copyFloor: CopyFloorMeasurement | Skipped = { skipped: 'needs the rows of the userport import' };
@@ -193,6 +198,57 @@ async function filter(ctx: ScenarioContext): Promise<ScenarioResult> {
   if (!ctx.keep) { fs.rmSync(file, { force: true }); fs.rmSync(namesFile, { force: true }); }
   const checks = [countsCheck('filter names picked', n, plan.names.length), ...checksOfRows(plan.expected, userport, copyFloor)];
   return result('filter', ctx.users, gen.records, gen.counts.bytes, userport, copyFloor, { filterNames: plan.names.length }, checks);
+}
+
+/**
+ * Writes the user records of `file` alone to `out` (each record's text as it was, in its order),
+ * and counts, from them, what an import must write: every user and its lost-password hash; and,
+ * as Sentry's signal receivers do for a new user, a user email for its address (when it has one)
+ * and an Email row per address (case-insensitively).
+ */
+export async function usersOnlyExport(file: string, out: string): Promise<{ records: number; bytes: number; expected: Record<string, number> }> {
+  const tokenizer = createTokenizer();
+  fs.createReadStream(file).pipe(tokenizer);
+  const addresses = new Set<string>();
+  let users = 0;
+  let withAddress = 0;
+  let bytes = 0;
+  async function* text(): AsyncGenerator<string> {
+    for await (const rec of tokenizer as AsyncIterable<{ value: { model: string; fields: Record<string, unknown> }; source: string }>) {
+      if (rec.value.model !== 'sentry.user') continue;
+      const address = rec.value.fields.email;
+      if (typeof address === 'string' && address !== '') { withAddress++; addresses.add(address.toLowerCase()); }
+      const piece = `${users++ === 0 ? '[\n  ' : ',\n  '}${rec.source}`;
+      bytes += Buffer.byteLength(piece);
+      yield piece;
+    }
+    const end = users === 0 ? '[]\n' : '\n]\n';
+    bytes += end.length;
+    yield end;
+  }
+  await pipeline(Readable.from(text()), fs.createWriteStream(out));
+  return {
+    records: users, bytes,
+    expected: { auth_user: users, sentry_email: addresses.size, sentry_useremail: withAddress, sentry_useroption: 0, sentry_lostpasswordhash: users },
+  };
+}
+
+async function usersOnly(ctx: ScenarioContext): Promise<ScenarioResult> {
+  const generated = path.join(ctx.workDir, 'scenario-users-only-all.json');
+  const file = path.join(ctx.workDir, 'scenario-users-only.json');
+  ctx.log(`scenario users-only: generating ${ctx.users} users, keeping the user records alone`);
+  const gen = await generateExport(generated, { users: ctx.users, seed: ctx.seed });
+  const only = await usersOnlyExport(generated, file);
+  fs.rmSync(generated, { force: true });
+  const { userport, copyFloor } = await intoEmpty(ctx, 'users-only', file, only.records, only.bytes);
+  if (!ctx.keep) fs.rmSync(file, { force: true });
+  const checks = [countsCheck('the export holds every generated user', gen.counts.records['sentry.user'], only.records), ...checksOfRows(only.expected, userport, copyFloor)];
+  if (!isSkipped(userport)) {
+    const adjacent = (userport.summary as { adjacent?: { primaryEmails?: number } } | null)?.adjacent?.primaryEmails;
+    checks.push(countsCheck('primary user emails written', only.expected.sentry_useremail, adjacent));
+    checks.push(...renamedCheck(userport.summary, gen.counts.usernameCollisions));
+  }
+  return result('users-only', ctx.users, only.records, only.bytes, userport, copyFloor, {}, checks);
 }
 
 async function existing(ctx: ScenarioContext): Promise<ScenarioResult> {
@@ -455,7 +511,7 @@ function globalRestore(ctx: ScenarioContext): Promise<ScenarioResult> {
 }
 
 const RUNNERS: Record<ScenarioName, (ctx: ScenarioContext) => Promise<ScenarioResult>> = {
-  resume, existing, collisions, reverse, filter, 'fresh-sentry': freshSentry, 'global-restore': globalRestore,
+  resume, existing, collisions, reverse, filter, 'fresh-sentry': freshSentry, 'global-restore': globalRestore, 'users-only': usersOnly,
 };
 
 /** Scenario names from `all`, `none`, or a comma-separated list of names or the issue's letters (a-e). */
