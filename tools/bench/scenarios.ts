@@ -100,7 +100,7 @@ function renamedCheck(summary: unknown, expected: number): Check[] {
   return renamed === undefined ? [] : [countsCheck('renamed users equal case-insensitive username collisions', expected, renamed)];
 }
 
-/** Import `file` into a fresh database, then its COPY floor: the common shape of collisions, reverse and filter. */
+/** Import `file` into a fresh database, then its COPY floor: the common shape of collisions, reverse, filter and users-only. */
 async function intoEmpty(ctx: ScenarioContext, name: ScenarioName, file: string, records: number, bytes: number, args: string[] = []) {
   const db = `bench_sc_${name.replace(/-/g, '_')}_${ctx.tag}`;
   ctx.log(`scenario ${name}: userport import`);
