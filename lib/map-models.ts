@@ -6,7 +6,7 @@
  * never fails on data and a bad record can be rejected on its own.
  */
 import { Transform, type TransformCallback } from 'node:stream';
-import { ErrorCodes, RecordError } from './errors.js';
+import { ErrorCodes, printable, RecordError } from './errors.js';
 import { DEFAULT_COLLECT_REJECTS, isImportScope, skipMarker, type FlowItem, type RejectMarker, type ScopedRecord, type SkipMarker } from './filter-users.js';
 import { checkOptions, isBoolean, type OptionCheck } from './options.js';
 import { describeAjvError, modelInfo, REJECTED_USER_CODE, timeZoneSpelled, STAGE_COLUMNS, STAGE_INDEX, type FieldLimits, type ImportScope, type ModelInfo, type StageColumn, type StageValue } from './models.js';
@@ -90,7 +90,8 @@ function checkOptionValue(rec: ScopedRecord, info: ModelInfo, fields: Record<str
   // Sentry takes zone names exactly as tzdata writes them: say which one a wrong case meant.
   const meant = fields.key === 'timezone' && typeof value === 'string' ? timeZoneSpelled(value) : undefined;
   throw new RecordError(ErrorCodes.RECORD_OPTION_VALUE,
-    `${rec.model} pk ${rec.pk}: value ${JSON.stringify(value)} is not allowed for option ${String(fields.key)}${meant ? ` (Sentry takes zone names as written: ${JSON.stringify(meant)})` : ''}`, {
+    // printable: JSON.stringify leaves U+2028, U+2029 and C1 controls as they are.
+    `${rec.model} pk ${rec.pk}: value ${printable(JSON.stringify(value))} is not allowed for option ${printable(String(fields.key))}${meant ? ` (Sentry takes zone names as written: ${JSON.stringify(meant)})` : ''}`, {
       position: { ordinal: rec.ordinal, offset: rec.offset, line: rec.line, column: rec.column, model: rec.model, pk: rec.pk, field },
     });
 }

@@ -38,6 +38,7 @@
  * - Trailing bytes after STOP, or anything left on the stack, is an error (Python ignores the
  *   former): a column value is one pickle.
  */
+import { printable } from './errors.js';
 
 /** Bytes that are not text: Python 3 `bytes`/`bytearray`, or a Python 2 `str` that is not UTF-8. */
 export class PickleBytes {
@@ -243,7 +244,7 @@ function run(bytes: Uint8Array, limits: PickleLimits): Node {
     return fromTwosComplement(take(n));
   };
   const decimal = (s: string): bigint => {
-    if (!/^[+-]?(?:0|[1-9][0-9]*)$/.test(s)) fail('USERPORT_PICKLE_INVALID', `not a decimal integer: ${JSON.stringify(s.slice(0, 40))}`);
+    if (!/^[+-]?(?:0|[1-9][0-9]*)$/.test(s)) fail('USERPORT_PICKLE_INVALID', `not a decimal integer: ${printable(JSON.stringify(s.slice(0, 40)))}`);
     if (s.replace(/^[+-]/, '').length > limits.maxIntDigits) fail('USERPORT_PICKLE_LIMIT', `integer exceeds the limit of ${limits.maxIntDigits} digits`);
     return BigInt(s);
   };

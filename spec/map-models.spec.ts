@@ -70,6 +70,20 @@ describe('createModelMapper', () => {
     }
   });
 
+  it('quotes an option value it refuses with its control characters and line separators escaped', () => {
+    // U+2028 and U+0085 pass JSON.stringify as they are: on a terminal they would start a line.
+    let err: unknown;
+    try {
+      mapRecord(scoped(3, useroption(1, 7, 'timezone', JSON.stringify('Europe/Vi\u2028en\u0085na'))));
+    } catch (e) {
+      err = e;
+    }
+    expect((err as { code?: string }).code).to.equal('USERPORT_RECORD_OPTION_VALUE');
+    const message = (err as Error).message;
+    expect(message).to.contain('Europe/Vi\\u2028en\\u0085na');
+    expect(message).to.not.match(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/);
+  });
+
   it('passes markers through and fails (or rejects) invalid records with model, pk, ordinal and field', async () => {
     const skip: FlowItem = { kind: 'skip', ordinal: 1, ...pos, model: 'sentry.team' };
     const bad = scoped(2, user(9, 'a', { is_staff: 'yes' }));

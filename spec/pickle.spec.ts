@@ -328,6 +328,12 @@ describe('pickle codec', () => {
       });
     }
 
+    it('quotes a malformed integer with its control characters escaped (the text is the pickle\'s)', () => {
+      const e = expectCode(() => decodePickle(lat('L1\x852\x1b[31mL\n.')), 'USERPORT_PICKLE_INVALID');
+      expect(e.message).to.contain('not a decimal integer: "1\\u00852\\u001b[31m"');
+      expect(e.message).to.not.match(/[\u0000-\u001f\u007f-\u009f]/);
+    });
+
     it('refuses every truncation of a valid pickle as truncated', () => {
       for (const v of PYTHON3_VECTORS.filter((x) => x.name === 'composite' && (x.proto === 0 || x.proto === 2 || x.proto === 4))) {
         const full = hex(v.hex);

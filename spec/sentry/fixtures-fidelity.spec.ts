@@ -100,10 +100,13 @@ describe('Sentry fixtures/backup, file by file (../shared/fixtures/sentry-backup
     }));
 
     it('a natural key naming two users of the export is refused: USERPORT_RECORD_LEGACY_FORMAT, nothing imported', () => withDb(async (db) => {
-      const records: Rec[] = [exhaustiveUser(1, 'twin')[0]!, exhaustiveUser(2, 'twin')[0]!,
-        { model: 'sentry.useroption', pk: 3, fields: { user: ['twin'], key: 'timezone', value: '"UTC"' } }];
+      // A line separator in the name: the message quotes it escaped (JSON.stringify leaves it as it is).
+      const records: Rec[] = [exhaustiveUser(1, 'tw\u2028in')[0]!, exhaustiveUser(2, 'tw\u2028in')[0]!,
+        { model: 'sentry.useroption', pk: 3, fields: { user: ['tw\u2028in'], key: 'timezone', value: '"UTC"' } }];
       const err = await failure(importUsers({ source: tmpExport(records), databaseUrl: db.url }));
       expect(err.code).to.equal('USERPORT_RECORD_LEGACY_FORMAT');
+      expect(err.message).to.contain('by username "tw\\u2028in"');
+      expect(err.message).to.not.match(/[\u2028\u2029\u0000-\u001f]/);
       expect(err.position).to.include({ model: 'sentry.useroption', pk: 3, ordinal: 3, field: 'user' });
       expect(await db.count('auth_user')).to.equal(0);
     }));

@@ -2,7 +2,7 @@
  * Checks on the staged rows before anything is written: repeated source pks, and the natural
  * keys of exports written before Sentry 23.9.1.
  */
-import { ErrorCodes, RecordError } from '../../errors.js';
+import { ErrorCodes, printable, RecordError } from '../../errors.js';
 import { modelByCode, REJECTED_USER_CODE } from '../../models.js';
 import type { ModelCodes, Q } from './run.js';
 
@@ -40,7 +40,7 @@ export async function resolveNaturalKeys(q: Q, S: string, run: number, C: ModelC
     const d = ambiguous.rows[0];
     const model = modelByCode(d.model).name;
     throw new RecordError(ErrorCodes.RECORD_LEGACY_FORMAT,
-      `${model} pk ${d.src_pk} names its user by username ${JSON.stringify(d.username)}, as exports before Sentry 23.9.1 do, ` +
+      `${model} pk ${d.src_pk} names its user by username ${printable(JSON.stringify(d.username))}, as exports before Sentry 23.9.1 do, ` +
       'and the export has several users of that name: refusing to guess which one', {
         position: { ordinal: d.ord, offset: d.off, line: d.line, column: d.col, model, pk: d.src_pk, field: 'user' },
       });
