@@ -19,7 +19,7 @@ const BLOCKING = /^(Sort|Hash|Incremental Sort|Aggregate|HashAggregate|GroupAggr
  * Whether every scan of `table` in `plan` (EXPLAIN's text lines) lies below a node that takes all
  * of its input first: each such scan runs to its end before the statement writes a row.
  */
-export function scansBelowBlockingNode(plan: string[], table: string): boolean {
+function scansBelowBlockingNode(plan: string[], table: string): boolean {
   const nodes = plan.map((line) => {
     const m = /^(\s*)(?:->\s+)?(.*)$/.exec(line)!;
     return { depth: m[1]!.length, text: m[2]!, node: line.includes('->') || !/^\s/.test(line) };
