@@ -78,7 +78,7 @@ function floorOf(loaded: Awaited<ReturnType<typeof loadTables>>, records: number
 async function emptyTargetFloor(ctx: ScenarioContext, name: string, importDb: string, records: number): Promise<CopyFloorMeasurement> {
   const dir = path.join(ctx.workDir, `copy-${name}`);
   const dumps = await dumpTables(databaseUrl(ctx.serverUrl, importDb), dir);
-  const floorDb = `bench_sc_${name.replace(/-/g, '_')}_floor_${ctx.tag}`;
+  const floorDb = `bench_sc_${name}_floor_${ctx.tag}`;
   try {
     return floorOf(await loadTables(await freshDatabase(ctx.serverUrl, floorDb), dumps), records);
   } finally {
@@ -102,13 +102,15 @@ function renamedCheck(summary: unknown, expected: number): Check[] {
 
 /** Import `file` into a fresh database, then its COPY floor: the common shape of collisions, reverse, filter and users-only. */
 async function intoEmpty(ctx: ScenarioContext, name: ScenarioName, file: string, records: number, bytes: number, args: string[] = []) {
-  const db = `bench_sc_${name.replace(/-/g, '_')}_${ctx.tag}`;
+  // A database name's word: users-only -> users_only.
+  const word = name.replace(/-/g, '_');
+  const db = `bench_sc_${word}_${ctx.tag}`;
   ctx.log(`scenario ${name}: userport import`);
   const userport = await runImport(ctx.runner, file, await freshDatabase(ctx.serverUrl, db), { records, bytes, args, ...(ctx.timeoutSeconds ? { timeoutSeconds: ctx.timeoutSeconds } : {}) });
   let copyFloor: CopyFloorMeasurement | Skipped = { skipped: 'needs the rows of the userport import' };
   if (!isSkipped(userport)) {
     ctx.log(`scenario ${name}: COPY floor`);
-    copyFloor = await emptyTargetFloor(ctx, name, db, records);
+    copyFloor = await emptyTargetFloor(ctx, word, db, records);
   } else ctx.log(`scenario ${name}: ${userport.skipped}`);
   if (!ctx.keep) await dropDatabase(ctx.serverUrl, db);
   return { userport, copyFloor };
@@ -212,23 +214,18 @@ export async function usersOnlyExport(file: string, out: string): Promise<{ reco
   const addresses = new Set<string>();
   let users = 0;
   let withAddress = 0;
-  let bytes = 0;
   async function* text(): AsyncGenerator<string> {
     for await (const rec of tokenizer as AsyncIterable<{ value: { model: string; fields: Record<string, unknown> }; source: string }>) {
       if (rec.value.model !== 'sentry.user') continue;
       const address = rec.value.fields.email;
       if (typeof address === 'string' && address !== '') { withAddress++; addresses.add(address.toLowerCase()); }
-      const piece = `${users++ === 0 ? '[\n  ' : ',\n  '}${rec.source}`;
-      bytes += Buffer.byteLength(piece);
-      yield piece;
+      yield `${users++ === 0 ? '[\n  ' : ',\n  '}${rec.source}`;
     }
-    const end = users === 0 ? '[]\n' : '\n]\n';
-    bytes += end.length;
-    yield end;
+    yield users === 0 ? '[]\n' : '\n]\n';
   }
   await pipeline(Readable.from(text()), fs.createWriteStream(out));
   return {
-    records: users, bytes,
+    records: users, bytes: fs.statSync(out).size,
     expected: { auth_user: users, sentry_email: addresses.size, sentry_useremail: withAddress, sentry_useroption: 0, sentry_lostpasswordhash: users },
   };
 }
