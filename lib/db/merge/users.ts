@@ -44,6 +44,16 @@ interface UsersStepPath {
    * lookup per user where the export is small against the target.
    */
   few?: boolean;
+  /**
+   * On the general path: the client read the target's users (they were not many against the
+   * import's) without a lock, and `repeats.existing` says which of their values may meet a staged
+   * user's, so the step decides only the exceptions, as over a few. The existing holders are still
+   * found by lookups, not `few`'s joins (those hash the existing users: here as many as the
+   * import's). Another session may add a user after that read: where it takes one of the import's
+   * names or email_unique values, the unique key refuses the INSERT, and the step's next attempt
+   * decides against the table itself (without `repeats.existing`).
+   */
+  unlocked?: boolean;
   lostPasswordsLater?: boolean; repeats?: UserRepeats; ordinals?: OrdinalRun;
 }
 
@@ -149,18 +159,39 @@ export class UserRepeatCheck {
    * the users step decides the filtered ones, which are staged but not noted, without them.
    */
   meet(existing: readonly ExistingUser[]): void {
-    if (this.why !== undefined || !this.sets) return;
-    const { names, candidates, addresses } = this.sets;
-    const may = (set: HashSet32, value: string | null, lower: boolean) => {
-      if (value === null || value === '') return false;
-      const h = hash32(value, lower);
-      return h >= 0 && set.has(h);
-    };
-    this.existing = {
-      names: existing.filter((u) => may(names, u.ln, true)).map((u) => u.ln!),
-      candidates: candidates ? existing.filter((u) => may(candidates, u.eu, false)).map((u) => u.eu!) : [],
-      addresses: addresses && existing.filter((u) => may(addresses, u.le, true)).map((u) => u.le!),
-    };
+    if (!this.found()) return;
+    for (const u of existing) this.meetOne(u.ln, u.le, u.eu);
+  }
+
+  /**
+   * {@link meet} for one existing user, so that a target's users can be read a page at a time
+   * (the general path, {@link forgetExisting}); false once the values listed pass
+   * {@link MAX_LISTED_REPEATS} (nothing is listed then: the caller forgets them).
+   */
+  meetOne(ln: string | null, le: string | null, eu: string | null): boolean {
+    const found = this.found();
+    if (!found) return false;
+    const { names, candidates, addresses } = this.sets!;
+    if (ln !== null && mayMeet(names, ln, true)) found.names.push(ln);
+    if (candidates && eu !== null && mayMeet(candidates, eu, false)) found.candidates.push(eu);
+    if (addresses && found.addresses && le !== null && mayMeet(addresses, le, true)) found.addresses.push(le);
+    return found.names.length + found.candidates.length + (found.addresses?.length ?? 0) <= MAX_LISTED_REPEATS;
+  }
+
+  /** What {@link meet} found so far (none yet: empty lists); undefined once the list is given up. */
+  private found(): ExistingMatches | undefined {
+    if (this.why !== undefined || !this.sets) return undefined;
+    return this.existing ??= { names: [], candidates: [], addresses: this.sets.addresses ? [] : undefined };
+  }
+
+  /** Drops what {@link meet} found: the users step then probes the target's users itself. */
+  forgetExisting(): void {
+    this.existing = undefined;
+  }
+
+  /** Whether the users are still noted (no reason to give up yet): a list is still to come. */
+  get listing(): boolean {
+    return this.why === undefined && this.sets !== undefined;
   }
 
   /** The list, once every user is noted; the hashes are let go. Undefined when the check gave up. */
@@ -173,6 +204,13 @@ export class UserRepeatCheck {
     this.why = why;
     this.sets = undefined;
   }
+}
+
+/** Whether `value` (lower-cased first with `lower`) hashes like a value of `set`; never for '' (which no probe compares). */
+function mayMeet(set: HashSet32, value: string, lower: boolean): boolean {
+  if (value === '') return false;
+  const h = hash32(value, lower);
+  return h >= 0 && set.has(h);
 }
 
 /**
@@ -218,7 +256,14 @@ export class UserOrdinals {
  * included.
  */
 export async function mergeUsers(q: Q, S: string, options: UsersStepOptions, plan: WritePlan, path: UsersStepPath): Promise<UsersWritten> {
-  return retryOnUnique(q, 'users', plan.user.table, () => mergeUsersOnce(q, S, options, plan, path));
+  let attempt = 0;
+  return retryOnUnique(q, 'users', plan.user.table,
+    () => mergeUsersOnce(q, S, options, plan, attempt++ > 0 && path.unlocked ? againstTheTable(path) : path));
+}
+
+/** `path` without what the client read of the target's users ({@link UsersStepPath.unlocked}). */
+function againstTheTable(path: UsersStepPath): UsersStepPath {
+  return { ...path, unlocked: false, repeats: path.repeats && { names: path.repeats.names, candidates: path.repeats.candidates } };
 }
 
 async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: WritePlan, path: UsersStepPath): Promise<UsersWritten> {
@@ -281,7 +326,7 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
   // inserted as they are ({@link plainUsers}). Deciding every user through the CTEs below cost
   // 0.6 s at 100k users; the two statements 0.4 s. Not in the global scope (a plain user's
   // keep_pw reads its extra fields).
-  const exceptions = offset !== undefined && path.repeats !== undefined && (path.empty || !!path.few) && plan.scope !== 'global'
+  const exceptions = offset !== undefined && path.repeats !== undefined && (path.empty || !!path.few || !!path.unlocked) && plan.scope !== 'global'
     ? exceptionFilter(S, plan, path, param) : undefined;
   await q(`
     CREATE TEMP TABLE ${exceptions ? 'up_exc' : 'up_user'} ON COMMIT DROP AS

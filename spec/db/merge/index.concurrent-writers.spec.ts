@@ -94,9 +94,16 @@ describe('other writers during the import (issue #25)', function () {
       let settled = false;
       const retries: string[] = [];
       const direct: unknown[] = [];
+      // The users step's decisions, in order, and each retry.
+      const decisions: string[] = [];
       const run = importUsers({
         source: file, databaseUrl: db.url, resumable: mode === 'resumable', ...(mode === 'resumable' ? { batchRows: 4 } : {}),
         onTrace: (e) => {
+          if (e.kind === 'sql') {
+            const made = /^\s*CREATE TEMP TABLE (up_user|up_exc) ON COMMIT DROP AS\s+WITH /.exec(e.sql);
+            if (made) decisions.push(made[1]!);
+          }
+          if (e.kind === 'retry') decisions.push('retry');
           if (e.kind === 'retry') retries.push(e.step);
           if (e.kind === 'direct-emails') direct.push({ written: e.written, staged: e.staged, why: e.why });
         },
@@ -123,6 +130,10 @@ describe('other writers during the import (issue #25)', function () {
       // only on the anti-join path of a resumable import. An atomic import's COPY was refused.
       if (mode === 'atomic') {
         expect(retries).to.deep.equal(['users']);
+        // The early users step read the target's user into the client and decided the exceptions
+        // alone; u3, which it did not see, made the INSERT fail, and the step's next attempt
+        // decided every user against the table itself.
+        expect(decisions).to.deep.equal(['up_exc', 'retry', 'up_user']);
         expect(direct).to.deep.equal([{ written: 0, staged: 5, why: 'another session inserted one of the addresses meanwhile' }]);
       } else {
         expect(retries).to.deep.equal(path.retries);

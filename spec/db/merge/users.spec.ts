@@ -178,13 +178,17 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
    * one that holds more than a few (the general path, the early step on it); the last two also
    * with --merge-users.
    */
-  const variants: { name: string; locale?: string; existing?: number; mergeUsers?: boolean; renamed: number[]; notes: number[] }[] = [
+  const variants: { name: string; locale?: string; existing?: number; emailRows?: number; mergeUsers?: boolean; renamed: number[]; notes: number[] }[] = [
     // ALICE, Alice and u5; and änne where lower() makes it Änne's name (ICU), not in C.
     { name: 'empty target, C database', renamed: [302, 303, 308], notes: [302, 303] },
     { name: 'empty target, ICU en-US database', locale: 'en-US', renamed: [302, 303, 305, 308], notes: [302, 303] },
     // alice is taken by the target's user too; u7's address and u8's email_unique are an existing user's.
     { name: 'a target holding a few rows', existing: 2, renamed: [301, 302, 303, 308, 310], notes: [7, 8, 302, 303, 309] },
     { name: 'a target holding a few rows, --merge-users', existing: 2, mergeUsers: true, renamed: [], notes: [7, 8, 309] },
+    // The general path (sentry_email holds more than a few rows), over users the client reads: no
+    // more than twice the import's 310 (at least 1,000 are read), so it decides the exceptions alone.
+    { name: 'a target holding a few users and more than a few Email rows (the general path, its users read by the client)', existing: 2, emailRows: 1500,
+      renamed: [301, 302, 303, 308, 310], notes: [7, 8, 302, 303, 309] },
     { name: 'a target holding more than a few rows (the general path)', existing: 1500, renamed: [301, 302, 303, 308, 310], notes: [7, 8, 302, 303, 309] },
     { name: 'a target holding more than a few rows, --merge-users', existing: 1500, mergeUsers: true, renamed: [], notes: [7, 8, 309] },
   ];
@@ -204,6 +208,9 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
               SELECT 'x', 'old' || i, '', 'old' || i || '@example.org', false, true, false, false, false, 0, now() FROM generate_series(3, ${v.existing}) i`);
             await db.knex.raw('ANALYZE auth_user');
           }
+          if (v.emailRows) {
+            await db.knex.raw(`INSERT INTO sentry_email (email, date_added) SELECT 'old' || i || '@example.net', now() FROM generate_series(1, ${v.emailRows}) i`);
+          }
         }
         const sqls: { early: string[]; atEnd: string[] } = { early: [], atEnd: [] };
         const traced = (into: string[]) => (e: TraceEvent) => { if (e.kind === 'sql') into.push(e.sql); else if (e.kind === 'sink') into.push(`[sink] ${e.moment}`); };
@@ -219,8 +226,9 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
         expect(sqls.early.some(isBlockDraw), 'a block drawn').to.equal(!v.mergeUsers);
         expect(usersStatement(sqls.early).includes('nextval('), 'nextval per user').to.equal(!!v.mergeUsers);
         expect(sqls.atEnd.some(isBlockDraw)).to.equal(false);
-        // Early, with a block and no more than a few existing users, it decided only the users
-        // that may be exceptions (up_exc); every other user is inserted as it is.
+        // Early, with a block and no more than a few existing users (on the bulk path, or read by
+        // the client on the general path), it decided only the users that may be exceptions
+        // (up_exc); every other user is inserted as it is.
         const subset = !v.mergeUsers && (v.existing ?? 0) <= 1000;
         expect(usersStatement(sqls.early).includes('CREATE TEMP TABLE up_exc'), 'exceptions alone decided').to.equal(subset);
         // Over a few existing users, only the values of theirs the client's hashes met are probed
@@ -230,7 +238,7 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
             .and.not.include('UNION ALL SELECT lower(x.username) FROM auth_user x').and.not.include('UNION ALL SELECT x.email_unique FROM auth_user x');
         }
         expect(usersStatement(sqls.atEnd)).to.include('CREATE TEMP TABLE up_user');
-        expect(a.bulkLoad).to.equal((v.existing ?? 0) <= 1000);
+        expect(a.bulkLoad).to.equal((v.existing ?? 0) <= 1000 && !v.emailRows);
         expect(a.models).to.deep.equal(b.models);
         expect(a.adjacent).to.deep.equal(b.adjacent);
         const s = await state(early);
