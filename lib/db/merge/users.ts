@@ -667,7 +667,12 @@ async function renameUsers(q: Q, plan: WritePlan, decided: 'up_user' | 'up_exc')
              FROM ${decided} WHERE outcome = 'renamed' AND final_name IS NULL`);
     await q('ANALYZE up_cand');
     await q(`DELETE FROM up_cand c USING (SELECT lower(cand) AS lc FROM up_cand GROUP BY 1 HAVING count(*) > 1) t WHERE lower(c.cand) = t.lc`);
-    await q(`DELETE FROM up_cand c USING ${plan.user.table} a WHERE lower(a.username) = lower(c.cand)`);
+    // The users scanned once against a hash of the candidates, as below: a join of the two was
+    // planned as a merge join over a sort of every user (its row estimate for lower() = lower()
+    // is thousands of times the truth), external past work_mem: 4.0 s against 0.6 s into a
+    // database holding 2M users, 0.14 s against 0.04 s holding 200k.
+    await q(`DELETE FROM up_cand c WHERE lower(c.cand) IN (
+               SELECT k FROM (SELECT lower(a.username) AS k FROM ${plan.user.table} a) x WHERE k IN (SELECT lower(cand) FROM up_cand))`);
     // A kept user's final name, lower-cased: lname where it keeps its name (no lower() over every
     // user each round: 0.3 s at 100k users), else the name an earlier round gave it (in `decided`).
     // The users are scanned once against a hash of the few candidates.

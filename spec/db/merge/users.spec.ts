@@ -504,4 +504,33 @@ describe('the renamed users\' random tails (issue #23)', () => {
       expect(r).to.deep.equal({ n: USERS, names: USERS, kept: 1, shaped: true });
     });
   });
+
+  for (const bulkLoad of ['auto', 'off'] as const) {
+    it(`draws again a tail whose name an existing user holds in another case: every 2-character one taken, a 3-character tail (bulk load ${bulkLoad})`, async () => {
+      await withDb(async (db) => {
+        // BOB and BOB-<every tail of 2>: 1,297 users, the general path (the early step reads them
+        // into the client where bulk load is auto; the merge at the end decides where it is off).
+        // A tail is drawn per round until one is free: 2 characters at first, then 3.
+        const chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789';
+        const tails = [...chars].flatMap((a) => [...chars].map((b) => a + b));
+        await db.knex.raw(`INSERT INTO auth_user (password, username, first_name, email, is_staff, is_active, is_superuser, is_managed,
+            is_password_expired, flags, date_joined)
+          SELECT 'x', n, '', '', false, true, false, false, false, 0, now() FROM unnest(?::text[]) n`, [['BOB', ...tails.map((t) => `BOB-${t}`)]]);
+        await db.knex.raw('ANALYZE auth_user');
+        // Bob and 699 others (the client reads a target of up to twice the import's users), then
+        // a record of another model: the early step starts there.
+        const others = Array.from({ length: 699 }, (_, i) => user(i + 2, `u${i + 2}`, { email: `u${i + 2}@example.com` }));
+        const file = writeExport([user(1, 'bob', { email: 'bob@example.com' }), ...others, useroption(1, 1, 'timezone', 'UTC')]);
+        const sqls: string[] = [];
+        const stats = await importUsers({ source: file, databaseUrl: db.url, bulkLoad, onTrace: (e) => { if (e.kind === 'sql') sqls.push(e.sql); } });
+        expect(stats.bulkLoad).to.equal(false);
+        // Early, only the exceptions were decided, over what the client read of the target's users.
+        expect(sqls.some((q) => q.includes('CREATE TEMP TABLE up_exc')), 'exceptions alone decided').to.equal(bulkLoad === 'auto');
+        expect(stats.models['sentry.user']).to.include({ inserted: 700, renamed: 1 });
+        const names = (await db.knex.raw(`SELECT username FROM auth_user WHERE email = 'bob@example.com'`)).rows.map((r: { username: string }) => r.username);
+        expect(names).to.have.length(1);
+        expect(names[0]).to.match(/^bob-[a-z0-9]{3}$/);
+      });
+    });
+  }
 });
