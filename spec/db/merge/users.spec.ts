@@ -174,9 +174,10 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
   /**
    * Targets: empty (C and ICU en-US), one that holds a few rows (the bulk path, decided against
    * them: an existing alice and an existing holder of u7's address and of u8's email_unique, and
-   * someone, whose address and name users 309 and 310 repeat, and nothing else does), and
-   * one that holds more than a few (the general path, the early step on it); the last two also
-   * with --merge-users.
+   * someone, whose address and name users 309 and 310 repeat, and nothing else does), the same
+   * two users beside more than a few Email rows (the general path, their users read by the
+   * client), and one that holds more than a few users (the general path, the early step on it,
+   * deciding every user); the few rows and the many users also with --merge-users.
    */
   const variants: { name: string; locale?: string; existing?: number; emailRows?: number; mergeUsers?: boolean; renamed: number[]; notes: number[] }[] = [
     // ALICE, Alice and u5; and änne where lower() makes it Änne's name (ICU), not in C.
