@@ -44,7 +44,7 @@ import { copyFindings, uniqueViolation, type SideLines } from './direct-rows.js'
 import { HashSet64, lowerIsAscii } from './hash-sets.js';
 import { CopyOut } from './copy-out.js';
 import { PkTrail } from './pk-map.js';
-import { copyInto } from './run.js';
+import { copyInto, cursorPages } from './run.js';
 import { columnStart, intAt, lineColumn, NEWLINE, readLines, scanTabs, SRC_PK, TAB } from './staging-lines.js';
 
 const EMAIL = lineColumn('email');
@@ -524,11 +524,7 @@ async function heldAddresses(client: pg.ClientBase, table: string, check: EmailC
     : Number((await client.query(`SELECT count(*)::float8 AS n FROM (SELECT 1 FROM ${table} LIMIT $1) x`, [limit + 1])).rows[0].n);
   if (rows > limit) return `the target holds more than ${TARGET_RATIO} times the file's addresses (the merge probes its key instead)`;
   const held = new Map<string, number>();
-  const cursor = 'userport_held_addresses';
-  await client.query(`DECLARE ${cursor} NO SCROLL CURSOR FOR SELECT id::float8, lower(email::text) FROM ${table}`);
-  for (;;) {
-    const page = (await client.query({ text: `FETCH 10000 FROM ${cursor}`, rowMode: 'array' })).rows as [number, string | null][];
-    if (!page.length) break;
+  for await (const page of cursorPages<[number, string | null]>(client, 'userport_held_addresses', `SELECT id::float8, lower(email::text) FROM ${table}`)) {
     for (const [id, lowered] of page) {
       if (lowered === null || !check.mayHold(lowered)) continue;
       const had = held.get(lowered);
@@ -537,12 +533,10 @@ async function heldAddresses(client: pg.ClientBase, table: string, check: EmailC
       } else if (held.size < MAX_HELD) {
         held.set(lowered, id);
       } else {
-        await client.query(`CLOSE ${cursor}`);
         return `the target holds more than ${MAX_HELD.toLocaleString('en-US')} of the file's addresses (the client keeps no more)`;
       }
     }
   }
-  await client.query(`CLOSE ${cursor}`);
   return held;
 }
 

@@ -21,7 +21,7 @@ import { directOptions, directUserEmails, FilteredUsers, SCOPED_OPTION, scopedOp
 import { EmailCheck, filterEmails, KeptAddresses, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { NewUsers } from './pk-map.js';
 import { lowerIsAscii } from './hash-sets.js';
-import { idSequence, modelCodes, openMerge, refuseSequencesBehind, runner, stagedInTransaction, type Q } from './run.js';
+import { cursorPages, idSequence, modelCodes, openMerge, refuseSequencesBehind, runner, stagedInTransaction, type Q } from './run.js';
 import type { SkipMarker } from '../../filter-users.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
 import { REJECTED_USER_CODE, STAGE_INDEX } from '../../models.js';
@@ -129,9 +129,15 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
  */
 async function meetExisting(client: pg.ClientBase, plan: WritePlan, check: UserRepeatCheck): Promise<void> {
   if (!await lowerIsAscii(client)) return;
-  const U = plan.user.table;
-  const rows = (await client.query(`SELECT lower(username) AS ln, lower(email) AS le, ${plan.user.emailUnique ? 'email_unique' : 'NULL'}::text AS eu FROM ${U}`)).rows;
-  check.meet(rows as ExistingUser[]);
+  check.meet((await client.query(existingUsers(plan))).rows as ExistingUser[]);
+}
+
+/** One existing user as {@link existingUsers} reads it in rowMode array: {@link ExistingUser}'s values in order. */
+type ExistingRow = [string | null, string | null, string | null];
+
+/** The target's users' values that {@link UserRepeatCheck.meet} compares: an {@link ExistingUser} each. */
+function existingUsers(plan: WritePlan): string {
+  return `SELECT lower(username) AS ln, lower(email) AS le, ${plan.user.emailUnique ? 'email_unique' : 'NULL'}::text AS eu FROM ${plan.user.table}`;
 }
 
 /** Target users the general path reads into the client, per kept user of the import ({@link meetUnlocked}). */
@@ -148,24 +154,18 @@ const UNLOCKED_RATIO = 2;
  */
 async function meetUnlocked(client: pg.ClientBase, plan: WritePlan, check: UserRepeatCheck, users: number): Promise<boolean> {
   if (!check.listing || !await lowerIsAscii(client)) return false;
-  const U = plan.user.table;
   const limit = Math.min(Math.max(UNLOCKED_RATIO * users, FEW_ROWS), MAX_CHECKED_USERS);
-  const held = Number((await client.query(`SELECT count(*)::float8 AS n FROM (SELECT 1 FROM ${U} LIMIT $1) x`, [limit + 1])).rows[0].n);
+  const held = Number((await client.query(`SELECT count(*)::float8 AS n FROM (SELECT 1 FROM ${plan.user.table} LIMIT $1) x`, [limit + 1])).rows[0].n);
   if (held > limit) return false;
-  const cursor = 'userport_existing_users';
-  await client.query(`DECLARE ${cursor} NO SCROLL CURSOR FOR
-    SELECT lower(username), lower(email), ${plan.user.emailUnique ? 'email_unique' : 'NULL'}::text FROM ${U}`);
   let read = 0;
   let kept = true;
-  for (let page: [string | null, string | null, string | null][]; kept; ) {
-    page = (await client.query({ text: `FETCH 10000 FROM ${cursor}`, rowMode: 'array' })).rows as typeof page;
-    if (!page.length) break;
+  for await (const page of cursorPages<ExistingRow>(client, 'userport_existing_users', existingUsers(plan))) {
     // Rows another session added since the count are read too, up to the limit.
     read += page.length;
     if (read > limit) kept = false;
     for (let i = 0; kept && i < page.length; i++) kept = check.meetOne(page[i]![0], page[i]![1], page[i]![2]);
+    if (!kept) break;
   }
-  await client.query(`CLOSE ${cursor}`);
   if (!kept) check.forgetExisting();
   return kept;
 }

@@ -70,6 +70,29 @@ export async function retryOnUnique<T>(q: Q, name: 'users' | 'emails', table: st
   }
 }
 
+/** Rows per FETCH where the merge reads a table into the client ({@link cursorPages}). */
+const PAGE_ROWS = 10_000;
+
+/**
+ * The rows of `sql` (one query, in the caller's transaction), {@link PAGE_ROWS} at a time as
+ * arrays, through the cursor `name`: what the client reads of a target's table (its users, its
+ * addresses) stays a page in memory. The cursor is closed when the pages end or the caller stops.
+ */
+export async function* cursorPages<Row extends unknown[]>(client: pg.ClientBase, name: string, sql: string): AsyncGenerator<Row[]> {
+  await client.query(`DECLARE ${name} NO SCROLL CURSOR FOR ${sql}`);
+  try {
+    for (;;) {
+      const page = (await client.query({ text: `FETCH ${PAGE_ROWS} FROM ${name}`, rowMode: 'array' })).rows as Row[];
+      if (page.length > 0) yield page;
+      if (page.length < PAGE_ROWS) break;
+    }
+  } finally {
+    // Also where a FETCH failed: the failed transaction ends the cursor with it, and that error
+    // is the one to report.
+    await client.query(`CLOSE ${name}`).catch(() => undefined);
+  }
+}
+
 /** Statements EXPLAIN can plan (a CREATE TABLE AS ... WITH NO DATA has no plan worth telling). */
 const EXPLAINABLE = /^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE TEMP TABLE \w+ ON COMMIT DROP AS)\b/;
 
