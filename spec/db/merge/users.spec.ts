@@ -289,6 +289,43 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
     });
   }
 
+  for (const kind of TARGET_KINDS) {
+    it(`into a ${kind} install holding more than a few users (the general path), reads them into the client and decides only the exceptions: the same users and findings as the merge at the end`, async function () {
+      const why = unavailable(kind);
+      if (why) {
+        process.stdout.write(`      skipped: ${why}\n`);
+        return this.skip();
+      }
+      // 1,100 users besides the admin: more than the bulk path takes, at most twice the import's 700.
+      const records: Rec[] = [];
+      for (let i = 1; i <= 699; i++) records.push(user(i, `u${i}`, { email: `u${i}@example.com` }));
+      records.push(user(700, 'OLD5', { email: 'new5@example.com' })); // old5's name in another case: renamed
+      records.push(useroption(1, 1, 'timezone', 'UTC'));
+      const file = writeExport(records);
+      const early = await targetDatabase(kind, { freshInstall: true });
+      const atEnd = await targetDatabase(kind, { freshInstall: true });
+      try {
+        for (const db of [early, atEnd]) {
+          await db.knex.transaction(async (t) => {
+            for (let i = 1; i <= 1100; i++) await insertUser(t, { username: `old${i}`, email: `old${i}@example.org` });
+          });
+          await db.knex.raw('ANALYZE auth_user');
+        }
+        const sqls: string[] = [];
+        const a = await importUsers({ source: file, databaseUrl: early.url, onTrace: (e) => { if (e.kind === 'sql') sqls.push(e.sql); } });
+        const b = await importUsers({ source: file, databaseUrl: atEnd.url, bulkLoad: 'off' });
+        expect(a.bulkLoad).to.equal(false);
+        expect(usersStatement(sqls)).to.include('CREATE TEMP TABLE up_exc');
+        expect(a.models['sentry.user']).to.include({ inserted: 700, renamed: 1 });
+        expect(a.models).to.deep.equal(b.models);
+        expect(await anyState(early)).to.deep.equal(await anyState(atEnd));
+      } finally {
+        await early.close();
+        await atEnd.close();
+      }
+    });
+  }
+
   it('over a new Sentry\'s admin in a database whose lower() is not ASCII\'s (ICU tr-TR: I is ı), probes every address and name of the target, as without the hashes', async () => {
     const { file } = repeatsExport();
     const early = await freshDatabase(true, { icuLocale: 'tr-TR' });
