@@ -61,6 +61,20 @@ export interface OverlapWork {
    * goes with the spool. Without it, every diverted row is staged.
    */
   writeDiverted?(sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>, scratch: (name: string) => string): Promise<void>;
+  /**
+   * Rows the work writes once `run` is done while the input is still read, so the connection does
+   * not wait for the input's end: at each write of the sink after `run`, the side spools that
+   * `sealed` now answers true for (their models' rows are over, as far as the work can tell) are
+   * written to their files and closed, and `write` is called with their lines (read again at each
+   * call), once per such set, one after another on the connection while the sink goes on. A row
+   * diverted to one of them later is appended to its file; the work tells that apart itself.
+   * `writeDiverted` still gets every side spool at the end. `write`'s failure fails the import, as
+   * `run`'s does.
+   */
+  early?: {
+    sealed(name: string): boolean;
+    write(sides: ReadonlyMap<string, SideLines>): Promise<void>;
+  };
 }
 
 const NEWLINE = Buffer.from('\n');
@@ -80,13 +94,20 @@ export class OverlapRun {
   error?: Error;
   private done: Promise<void> = Promise.resolve();
   private removed = false;
+  // The work's run is done (no error); the side spools handed to its early part; the input's end.
+  private ran = false;
+  private readonly early = new Set<string>();
+  private ended = false;
   // The spool file, its stream and its removal: set by `open`.
   private path = '';
   private out!: WriteStream;
   private removeFile: () => Promise<void> = async () => undefined;
 
-  /** The side spools by name, each opened at its first diverted row. */
-  private readonly sides = new Map<string, WriteStream>();
+  /**
+   * The side spools by name, each opened at its first diverted row; undefined once closed for the
+   * work's early part (a later row opens it again, to append).
+   */
+  private readonly sides = new Map<string, WriteStream | undefined>();
 
   private constructor(private readonly work: OverlapWork) {}
 
@@ -120,7 +141,7 @@ export class OverlapRun {
     this.path = made.path;
     this.out = out;
     this.removeFile = made.remove;
-    this.done = new Promise<void>((resolve) => resolve(this.work.run())).then(onDone)
+    this.done = new Promise<void>((resolve) => resolve(this.work.run())).then(() => { this.ran = true; onDone(); })
       .catch((err: unknown) => { this.error = wrapCallbackError(err, 'the merge'); });
     return true;
   }
@@ -136,11 +157,44 @@ export class OverlapRun {
     if (!side) {
       let file: string;
       try { file = this.beside('side', name); } catch (err) { return Promise.reject(err); }
-      side = createWriteStream(file, { flags: 'wx', mode: 0o600 });
+      // Closed for the early part: appended to (its stream had ended before it was read).
+      side = createWriteStream(file, { flags: this.sides.has(name) ? 'a' : 'wx', mode: 0o600 });
       side.on('error', () => undefined);
       this.sides.set(name, side);
     }
     return writeChunks(side, chunks, spoolError);
+  }
+
+  /**
+   * Of the side spools `names` (every one the sink diverted to), those the work's early part
+   * ({@link OverlapWork.early}) may write now: sealed, not handed to it yet, once its run is done,
+   * before the input's end. Asked at each write of the sink.
+   */
+  earlyDue(names: Iterable<string>): string[] {
+    const early = this.work.early;
+    if (!early || !this.ran || this.ended || this.error) return [];
+    const due: string[] = [];
+    for (const name of names) if (!this.early.has(name) && early.sealed(name)) due.push(name);
+    return due;
+  }
+
+  /**
+   * Hands the side spools `due` ({@link earlyDue}) to the work's early part: `flush` hands each
+   * one's pending rows to {@link writeSide}, its file is closed, and the work's `write` then runs
+   * on the connection after what runs there (the sink goes on; {@link drain} waits for it).
+   */
+  async startEarly(due: readonly string[], flush: (name: string) => Promise<void>): Promise<void> {
+    const early = this.work.early!;
+    for (const name of due) {
+      this.early.add(name);
+      await flush(name);
+      const side = this.sides.get(name);
+      if (side) await endStream(side, spoolError);
+      this.sides.set(name, undefined);
+    }
+    const sides = new Map(due.map((name): [string, SideLines] => [name, () => readLines(this.beside('side', name))]));
+    this.done = this.done.then(() => (this.error ? undefined : early.write(sides)))
+      .catch((err: unknown) => { this.error = wrapCallbackError(err, 'the merge'); });
   }
 
   /** The path of the work's side spool or scratch file `name` in the spool's private folder: a word, so no other path can come of it. */
@@ -154,8 +208,10 @@ export class OverlapRun {
    * spool through the COPY stream `openCopy` opens, and removes it.
    */
   async drain(openCopy: () => Writable): Promise<void> {
+    // No early part once the input has ended: the work's writeDiverted writes everything.
+    this.ended = true;
     await endStream(this.out, spoolError);
-    for (const side of this.sides.values()) await endStream(side, spoolError);
+    for (const side of this.sides.values()) if (side) await endStream(side, spoolError);
     await this.done;
     if (this.error) throw this.error;
     try { await this.work.finish(); } catch (err) { throw wrapCallbackError(err, 'the merge'); }
@@ -185,7 +241,7 @@ export class OverlapRun {
   /** On destroy: the spool goes at once; resolves once the work has ended (it holds the connection). */
   async abort(): Promise<void> {
     this.out.destroy();
-    for (const side of this.sides.values()) side.destroy();
+    for (const side of this.sides.values()) side?.destroy();
     await this.remove().catch(() => undefined);
     await this.done;
   }

@@ -307,6 +307,16 @@ export function pgSink(options: PgSinkOptions & { spools: SpoolMaker }): Writabl
           starting.then(() => callback(), (err: Error) => callback(err));
           return;
         }
+        // The overlapped work is done while the input is still read: its early part starts.
+        const due = overlapping?.earlyDue(diverted.keys());
+        if (due?.length) {
+          const run = overlapping!;
+          run.startEarly(due, async (name) => {
+            const text = diverted.get(name)!;
+            if (text.size) await run.writeSide(name, text.take());
+          }).then(() => callback(), (err: Error) => callback(err));
+          return;
+        }
         for (const [name, text] of diverted) {
           if (text.size < FLUSH_BYTES) continue;
           overlapping!.writeSide(name, text.take()).then(() => callback(), (err: Error) => callback(err));

@@ -32,6 +32,10 @@
  * - `direct-findings`: at the end of the input, `dropped` records of `model` that belong to new
  *   users were dropped for `reason` (an option scoped to an organization or project), their
  *   findings written straight in, and `staged` records of other users staged for the merge.
+ * - `early-rows`: the early users step was done while the input was still read, so the rows of the
+ *   models already over went into `tables` then (under a savepoint, kept or undone at the end), in `ms`.
+ *   The `direct-*` events of those models say `early`.
+ * - `early-rows-undone`: what `early-rows` wrote is undone, `why`; the end writes those models as ever.
  * - `sink`: a moment of the sink, `ms` after it was created: `overlap started` (the early users
  *   step runs, rows go to the spool), `overlap done`, `rows sent` (the input has ended),
  *   `copy confirmed` (the server confirmed the COPY), `spool copied` (the spool is COPYed).
@@ -43,9 +47,11 @@ export type TraceEvent =
   | { kind: 'bulk-load'; dropped: string[] }
   | { kind: 'early-undone' }
   | { kind: 'row-checks'; off: boolean; why?: string }
-  | { kind: 'direct-rows'; table: string; written: number; filtered?: number; staged: number; repeated: boolean; checked?: 'client' | 'database'; ms?: number }
-  | { kind: 'direct-emails'; table: string; written: number; existing: number; staged: number; why?: string; filtered?: number; keyOrder?: boolean; ms?: number }
-  | { kind: 'direct-findings'; model: string; reason: string; dropped: number; staged: number; ms?: number }
+  | { kind: 'direct-rows'; table: string; written: number; filtered?: number; staged: number; repeated: boolean; checked?: 'client' | 'database'; ms?: number; early?: boolean }
+  | { kind: 'direct-emails'; table: string; written: number; existing: number; staged: number; why?: string; filtered?: number; keyOrder?: boolean; ms?: number; early?: boolean }
+  | { kind: 'direct-findings'; model: string; reason: string; dropped: number; staged: number; ms?: number; early?: boolean }
+  | { kind: 'early-rows'; tables: string[]; ms: number }
+  | { kind: 'early-rows-undone'; why: string }
   | { kind: 'sink'; moment: 'overlap started' | 'overlap done' | 'rows sent' | 'copy confirmed' | 'spool copied'; ms: number };
 
 /** The trace options that importUsers and mergeStaged share. */

@@ -19,6 +19,8 @@ const SINK_LINES: Record<Extract<TraceEvent, { kind: 'sink' }>['moment'], string
 
 /** How long a step took, as a trace line ends: ` (120 ms)`, or nothing. */
 const took = (ms: number | undefined) => (ms === undefined ? '' : ` (${ms.toFixed(0)} ms)`);
+/** A direct write done before the input ended (the early part of lib/db/merge/early.ts). */
+const early = (was: boolean | undefined) => (was ? ', before the input ended' : '');
 
 /** The trace line(s) of one event, without the final newline. */
 export function traceLine(e: TraceEvent): string {
@@ -31,15 +33,17 @@ export function traceLine(e: TraceEvent): string {
       ? '[checks] the new users\' rows: per-row foreign-key checks off for this transaction (they cannot fail)'
       : `[checks] the new users' rows: per-row foreign-key checks not turned off: ${e.why}`;
     case 'early-undone': return '[early] a user came after other models: the early users step is undone';
+    case 'early-rows': return `[early] written before the input ended: ${e.tables.join(', ')}${took(e.ms)}`;
+    case 'early-rows-undone': return `[early] the rows written before the input ended are undone: ${e.why}`;
     case 'direct-rows': return (e.repeated
       ? `[direct] ${e.table}: a row of a new user came twice: all ${e.staged} staged for the merge`
       : `[direct] ${e.table}: ${e.written} rows of new users written straight in, `
         + `${e.filtered ? `${e.filtered} of filtered users dropped to their findings straight in, ` : ''}${e.staged} staged for the merge`
-        + (e.checked === 'client' && e.written > 0 ? ', no pair twice (checked in the client)' : '')) + took(e.ms);
+        + (e.checked === 'client' && e.written > 0 ? ', no pair twice (checked in the client)' : '')) + early(e.early) + took(e.ms);
     case 'direct-emails': return (e.why ? `[direct] ${e.table}: all ${e.staged} staged for the merge: ${e.why}`
         : e.filtered !== undefined ? `[direct] ${e.table}: ${e.filtered} Email records that no kept user's address keeps dropped to their findings straight in, ${e.staged} staged for the merge`
-        : `[direct] ${e.table}: ${e.written} rows written straight in${e.keyOrder ? ', in its unique key\'s order' : ''}, ${e.existing} addresses already there`) + took(e.ms);
-    case 'direct-findings': return `[direct] ${e.model}: ${e.dropped} records of new users dropped (${e.reason}), their findings written straight in, ${e.staged} staged for the merge${took(e.ms)}`;
+        : `[direct] ${e.table}: ${e.written} rows written straight in${e.keyOrder ? ', in its unique key\'s order' : ''}, ${e.existing} addresses already there`) + early(e.early) + took(e.ms);
+    case 'direct-findings': return `[direct] ${e.model}: ${e.dropped} records of new users dropped (${e.reason}), their findings written straight in, ${e.staged} staged for the merge${early(e.early)}${took(e.ms)}`;
     case 'sink': return `[sink] ${SINK_LINES[e.moment].replace('%', `${e.ms.toFixed(0)} ms`)}`;
   }
 }

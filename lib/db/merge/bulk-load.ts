@@ -35,6 +35,11 @@ export interface BulkLoad {
    * The early users step rebuilds the users' tables as soon as they are complete.
    */
   rebuild(tables?: readonly string[]): Promise<void>;
+  /**
+   * Marks what `rebuild(tables)` recreated as dropped again, for a caller whose savepoint around
+   * that rebuild was rolled back (the early rows', early.ts): the last rebuild builds it again.
+   */
+  unbuild(tables: readonly string[]): void;
   /** True when every table was empty (no existing row to decide against). */
   readonly empty: boolean;
 }
@@ -132,6 +137,10 @@ export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.Q
   let pending = [...drops].reverse();
   return {
     empty: !state.any,
+    unbuild(tables) {
+      // In the order they were dropped in, reversed: as `pending` holds them.
+      pending = [...drops].reverse().filter((o) => pending.includes(o) || tables.includes(o.table));
+    },
     async rebuild(only) {
       const now = pending.filter((o) => !only || only.includes(o.table));
       if (!now.length) return;

@@ -234,6 +234,8 @@ export interface DirectRows {
   checked?: 'client' | 'database';
   /** How long the model's passes took. */
   ms: number;
+  /** Its rows of new users were written before the input ended ({@link copyNewRows}). */
+  early?: boolean;
 }
 
 /**
@@ -243,16 +245,60 @@ export interface DirectRows {
  * `models`, and every line without `users`).
  */
 export async function writeDirectRows(client: pg.ClientBase, users: NewUsers | undefined, models: readonly DirectModel[],
-  sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>, filtered?: { run: number; users: FilteredUsers }): Promise<Map<DirectModel, DirectRows>> {
+  sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>, filtered?: { run: number; users: FilteredUsers },
+  early?: ReadonlyMap<DirectModel, EarlyRows>): Promise<Map<DirectModel, DirectRows>> {
   // The input has ended: the pairs' verdicts are all that is needed of their hashes.
   for (const m of models) m.pairs.release();
   const done = new Map<DirectModel, DirectRows>();
   for (const [name, lines] of sides) {
     const model = users && models.find((m) => sideName(m.table) === name);
-    if (model) done.set(model, await writeModel(client, model, users, lines, stage, filtered));
+    if (model) done.set(model, await writeModel(client, model, users, lines, stage, filtered, early?.get(model)));
     else await stageOthers(lines, undefined, stage);
   }
   return done;
+}
+
+/** A model's rows of new users COPYed before the input ended ({@link copyNewRows}). */
+export interface EarlyRows {
+  written: number;
+  /** Lines of other users, left for the end. */
+  others: number;
+  ms: number;
+}
+
+/**
+ * The COPY of {@link writeDirectRows}, alone, while the input is still read (the early users
+ * step's early part, early.ts): the new users' rows of a model whose rows are over, from its side
+ * spool as it is, where the client saw no (user, key) twice so far. No savepoint of its own: the
+ * caller's holds it, and undoes it with the others where a repeat (the COPY's unique violation, on
+ * the general path), a later row of the model or anything else says so. The other users' lines and
+ * the filtered users' findings wait for the end ({@link writeDirectRows} given the result).
+ */
+export async function copyNewRows(client: pg.ClientBase, model: DirectModel, users: NewUsers, lines: SideLines): Promise<EarlyRows> {
+  const t0 = performance.now();
+  const { written, others } = await copyModel(client, model, users, lines);
+  return { written, others, ms: performance.now() - t0 };
+}
+
+/** The COPY of a model's side spool: the new users' rows as final rows; the others counted. */
+async function copyModel(client: pg.ClientBase, model: DirectModel, users: NewUsers, lines: SideLines): Promise<{ written: number; others: number }> {
+  let written = 0;
+  let others = 0;
+  const tabs = new Int32Array(Math.max(USER_PK, model.lastColumn) + 1);
+  await copyInto(client, `COPY ${model.table} (${model.columns.join(', ')}) FROM STDIN`, model.table, async (send) => {
+    // A chunk's rows in one CopyData message (a write per row would be a message per row).
+    const out = new CopyOut();
+    for await (const chunk of lines()) {
+      for (const line of chunk) {
+        scanTabs(line, tabs);
+        const id = users.id(intAt(line, columnStart(tabs, USER_PK), tabs[USER_PK]!));
+        if (id < 0) others++;
+        else { written++; model.row(line, tabs, id, out); }
+      }
+      if (out.length) await send(out.take());
+    }
+  });
+  return { written, others };
 }
 
 /** The merge's reason for an option scoped to an organization or project, which every scope drops (children.ts). */
@@ -280,17 +326,40 @@ export function scopedOptions(code: number): { side: string; diverts(row: Staged
  * how many were dropped and staged.
  */
 export async function writeScopedOptions(client: pg.ClientBase, run: number, users: NewUsers | undefined, model: string, lines: SideLines,
-  stage: (lines: Buffer[]) => Promise<void>): Promise<{ dropped: number; staged: number; ms: number }> {
+  stage: (lines: Buffer[]) => Promise<void>, early?: EarlyFindings): Promise<{ dropped: number; staged: number; ms: number; early?: boolean }> {
   const t0 = performance.now();
+  const { dropped, others } = early ?? (users ? await dropScoped(client, run, users, model, lines) : { dropped: 0, others: 0 });
+  // The options of other users (or all of them, beyond the pk map's ranges the client reads) are staged.
+  const staged = !users || others ? await stageOthers(lines, users, stage) : 0;
+  return { dropped, staged, ms: (early?.ms ?? 0) + performance.now() - t0, ...(early ? { early: true } : {}) };
+}
+
+/** The new users' scoped options dropped to their findings before the input ended ({@link dropScopedEarly}). */
+export interface EarlyFindings {
+  dropped: number;
+  /** Lines of other users, left for the end. */
+  others: number;
+  ms: number;
+}
+
+/**
+ * The findings of {@link writeScopedOptions}, alone, while the input is still read (early.ts,
+ * under the caller's savepoint): the lines of other users wait for the end.
+ */
+export async function dropScopedEarly(client: pg.ClientBase, run: number, users: NewUsers, model: string, lines: SideLines): Promise<EarlyFindings> {
+  const t0 = performance.now();
+  return { ...(await dropScoped(client, run, users, model, lines)), ms: performance.now() - t0 };
+}
+
+/** The new users' scoped options' findings COPYed; the others counted. */
+async function dropScoped(client: pg.ClientBase, run: number, users: NewUsers, model: string, lines: SideLines): Promise<{ dropped: number; others: number }> {
   let others = 0;
-  const dropped = !users ? 0 : await copyUserFindings(client, run, model, lines, 'dropped', SCOPED_OPTION, (pk) => {
+  const dropped = await copyUserFindings(client, run, model, lines, 'dropped', SCOPED_OPTION, (pk) => {
     if (users.id(pk) >= 0) return true;
     others++;
     return false;
   });
-  // The options of other users (or all of them, beyond the pk map's ranges the client reads) are staged.
-  const staged = !users || others ? await stageOthers(lines, users, stage) : 0;
-  return { dropped, staged, ms: performance.now() - t0 };
+  return { dropped, others };
 }
 
 /**
@@ -369,40 +438,44 @@ export function sideName(table: string): string {
  * COPY's unique violation.
  */
 async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewUsers, lines: SideLines,
-  stage: (lines: Buffer[]) => Promise<void>, filtered?: { run: number; users: FilteredUsers }): Promise<DirectRows> {
+  stage: (lines: Buffer[]) => Promise<void>, filtered?: { run: number; users: FilteredUsers }, early?: EarlyRows): Promise<DirectRows> {
   const t0 = performance.now();
-  const savepoint = 'userport_direct_rows';
-  await client.query(`SAVEPOINT ${savepoint}`);
-  let written = 0;
-  let others = 0;
+  let written = early?.written ?? 0;
+  let others = early?.others ?? 0;
   let repeated = false;
-  const tabs = new Int32Array(Math.max(USER_PK, model.lastColumn) + 1);
-  try {
-    await copyInto(client, `COPY ${model.table} (${model.columns.join(', ')}) FROM STDIN`, model.table, async (send) => {
-      // A chunk's rows in one CopyData message (a write per row would be a message per row).
-      const out = new CopyOut();
-      for await (const chunk of lines()) {
-        for (const line of chunk) {
-          scanTabs(line, tabs);
-          const id = users.id(intAt(line, columnStart(tabs, USER_PK), tabs[USER_PK]!));
-          if (id < 0) others++;
-          else { written++; model.row(line, tabs, id, out); }
-        }
-        if (out.length) await send(out.take());
+  let checked: 'client' | 'database' = 'client';
+  // Written before the input ended (the caller kept it: no row of the model came after, no pair twice).
+  if (!early) {
+    const savepoint = 'userport_direct_rows';
+    await client.query(`SAVEPOINT ${savepoint}`);
+    // Where the table's id sequence stands, to put it back with a repeat's rollback.
+    const seq = (await client.query(`SELECT pg_get_serial_sequence($1, 'id') AS seq`, [model.table])).rows[0].seq as string | null;
+    const before = seq ? (await client.query(`SELECT last_value::text AS v, is_called AS c FROM ${seq}`)).rows[0] as { v: string; c: boolean } : undefined;
+    try {
+      ({ written, others } = await copyModel(client, model, users, lines));
+    } catch (err) {
+      if (!uniqueViolation(err)) throw err;
+      repeated = true;
+    }
+    // One row per (user, key), or none of these goes straight in. The new users' ids are this
+    // import's own: no other row of them exists yet. Where the client saw no pair twice among the
+    // diverted rows, none of the rows written repeats one (0.25 s of aggregates at 100k users).
+    checked = repeated || model.pairs.mayRepeat ? 'database' : 'client';
+    repeated ||= written > 0 && checked === 'database' && ((await client.query(`SELECT 1 FROM ${model.table} WHERE user_id BETWEEN $1 AND $2
+      GROUP BY user_id, ${model.unique.join(', ')} HAVING count(*) > 1 LIMIT 1`, [users.low, users.high])).rowCount ?? 0) > 0;
+    if (repeated) {
+      // The COPY's ids go back to the sequence (where nobody else drew meanwhile), so the merge
+      // gives the staged rows the ids it gives them without this path.
+      // (Read after the rollback: a refused COPY leaves the transaction aborted until then; a
+      // sequence's draws are not rolled back.)
+      await client.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
+      const after = seq ? (await client.query(`SELECT last_value::text AS v FROM ${seq}`)).rows[0].v as string : undefined;
+      if (seq && before) {
+        await client.query(`SELECT setval($1::regclass, $2::bigint, $3) WHERE (SELECT last_value FROM ${seq}) = $4::bigint`, [seq, before.v, before.c, after]);
       }
-    });
-  } catch (err) {
-    if (!uniqueViolation(err)) throw err;
-    repeated = true;
+    }
+    await client.query(`RELEASE SAVEPOINT ${savepoint}`);
   }
-  // One row per (user, key), or none of these goes straight in. The new users' ids are this
-  // import's own: no other row of them exists yet. Where the client saw no pair twice among the
-  // diverted rows, none of the rows written repeats one (0.25 s of aggregates at 100k users).
-  const checked = repeated || model.pairs.mayRepeat ? 'database' : 'client';
-  repeated ||= written > 0 && checked === 'database' && ((await client.query(`SELECT 1 FROM ${model.table} WHERE user_id BETWEEN $1 AND $2
-    GROUP BY user_id, ${model.unique.join(', ')} HAVING count(*) > 1 LIMIT 1`, [users.low, users.high])).rowCount ?? 0) > 0;
-  if (repeated) await client.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
-  await client.query(`RELEASE SAVEPOINT ${savepoint}`);
   // The rows of filtered users, when the model's rows are not all staged: dropped to the merge's
   // finding (kind filtered, its reason, the user's pk).
   const dropFiltered = !repeated && others > 0 ? filtered : undefined;
@@ -410,7 +483,7 @@ async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewU
     : await copyUserFindings(client, dropFiltered.run, model.name, lines, 'filtered', USER_FILTERED, (pk) => dropFiltered.users.has(pk));
   // The rows that stay staged: those of other users, or all of them.
   const staged = repeated || others > dropped ? await stageOthers(lines, repeated ? undefined : users, stage, dropFiltered?.users) : 0;
-  return { written: repeated ? 0 : written, filtered: dropped, staged, repeated, checked, ms: performance.now() - t0 };
+  return { written: repeated ? 0 : written, filtered: dropped, staged, repeated, checked, ms: (early?.ms ?? 0) + performance.now() - t0, ...(early ? { early: true } : {}) };
 }
 
 /** A unique violation (23505), as the COPY's error or its cause. */

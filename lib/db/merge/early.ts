@@ -16,8 +16,8 @@ import { FEW_ROWS, type BulkLoad } from './bulk-load.js';
 import { enterWritePath, type RowChecksOff } from './row-checks.js';
 import { writtenTables, type WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
-import { directOptions, directUserEmails, FilteredUsers, SCOPED_OPTION, scopedOptions, sideName, writeDirectRows, writeLostPasswords, writeScopedOptions,
-  type DirectModel, type SideLines } from './direct-rows.js';
+import { copyNewRows, directOptions, directUserEmails, dropScopedEarly, FilteredUsers, SCOPED_OPTION, scopedOptions, sideName, uniqueViolation, writeDirectRows,
+  writeLostPasswords, writeScopedOptions, type DirectModel, type EarlyFindings, type EarlyRows, type SideLines } from './direct-rows.js';
 import { EmailCheck, filterEmails, KeptAddresses, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { NewUsers } from './pk-map.js';
 import { lowerIsAscii } from './hash-sets.js';
@@ -52,6 +52,23 @@ export interface EarlyUsers {
 }
 
 export const EARLY_SAVEPOINT = 'userport_early_users';
+/** The savepoint around the rows the early step's early part writes before the input ends. */
+export const EARLY_ROWS_SAVEPOINT = 'userport_early_rows';
+
+/** The early part does not write: why (its savepoint is rolled back, the end writes everything). */
+class EarlyDeclined extends Error {}
+
+/** What the early part wrote before the input ended, under {@link EARLY_ROWS_SAVEPOINT}, until the end keeps or undoes it. */
+interface EarlyWrite {
+  models: Map<DirectModel, EarlyRows>;
+  scoped?: EarlyFindings;
+  /** The models written. */
+  codes: Set<number>;
+  /** The id sequences of the tables written: where they stood before, and after the last write. */
+  sequences: Map<string, { lastValue: string; isCalled: boolean; after: string }>;
+  /** On the bulk path, the tables whose indexes and constraints were built again after their rows. */
+  rebuilt: string[];
+}
 
 /** What the early users step needs of the merge's options. */
 export type EarlyUsersOptions = UsersStepOptions & TraceOptions & {
@@ -184,6 +201,17 @@ async function lostPasswordsNow(q: Q, client: pg.ClientBase, plan: WritePlan, ru
 }
 
 /**
+ * Puts back the id sequences the early rows drew from, as {@link undoEarlyUsers} does the users':
+ * only where nobody else drew from them meanwhile (the ids then stay unused, as a rolled-back
+ * insert leaves them), so that the rows written again at the end get the ids the merge alone gives.
+ */
+async function undoEarlySequences(q: Q, wrote: EarlyWrite): Promise<void> {
+  for (const [seq, s] of wrote.sequences) {
+    await q(`SELECT setval($1::regclass, $2::bigint, $3) WHERE (SELECT last_value FROM ${seq}) = $4::bigint`, [seq, s.lastValue, s.isCalled, s.after]);
+  }
+}
+
+/**
  * Undoes {@link beginEarlyUsers}: the id sequences first, while the tables are still locked (and
  * only where nobody else drew from them meanwhile), then everything else by the savepoint. Call it
  * before staging anything more: the rollback also drops what was staged after the savepoint.
@@ -231,6 +259,17 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   const ordinals = new UserOrdinals();
   // The users a username filter removed: their rows are dropped straight to their findings.
   const filteredUsers = options.filterActive ? new FilteredUsers() : undefined;
+  // The models of the rows after the step started, as they come: a model is over (sealed) once a
+  // row of another follows its rows, and a row of a sealed model is late (a file not in Sentry's
+  // order). The early part writes the side spools of sealed models while the input is still read.
+  let current: number | undefined;
+  const sealedCodes = new Set<number>();
+  const lateCodes = new Set<number>();
+  const sideCodes = new Map<string, number>(direct.map((m) => [sideName(m.table), m.code]));
+  if (scoped) sideCodes.set(scoped.side, codes.userOption);
+  // What the early part wrote so far (its savepoint is open), and whether it stopped for good.
+  let early: EarlyWrite | undefined;
+  let earlyOff = false;
 
   /**
    * The diverted Email records: straight in, dropped with their findings (filtered), or staged;
@@ -254,6 +293,102 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     q.trace({ kind: 'direct-emails', table, ...wrote, ms: performance.now() - t0 });
     if (why || keptAddresses) await meanwhile();
     return wrote;
+  };
+
+  /**
+   * The early part: once the step is done while the input is still read, the side spools of the
+   * models whose rows are over (sealed) are written as the end would write them, under a savepoint,
+   * as each model ends, so the connection does not wait for the input's end: the new users'
+   * options and user emails, the scoped options' findings (not the Email records, whose sort in
+   * the client would slow the read, which Node's one thread bounds). Only where the file is in source
+   * pk order so far and the step's users stand; a model whose pairs may repeat is left for the
+   * end. The lines of other users and the filtered users' findings wait for the end, which keeps
+   * these rows or undoes them ({@link keepEarly}).
+   */
+  const writeEarly = async (client: pg.ClientBase, sides: ReadonlyMap<string, SideLines>) => {
+    if (earlyOff || !users || staged.usersAfterOthers || !staged.pksIncreasing) return;
+    const models = direct.filter((m) => sides.has(sideName(m.table)) && !m.pairs.mayRepeat);
+    const scopedLines = scoped && sides.get(scoped.side);
+    if (!models.length && !scopedLines) return;
+    const q = runner(client, options);
+    const t0 = performance.now();
+    if (!early) await q(`SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`);
+    const wrote: EarlyWrite = early ?? { models: new Map(), codes: new Set(), sequences: new Map(), rebuilt: [] };
+    early = wrote;
+    const tables: string[] = [];
+    // Where each table's id sequence stands first, so that an undo puts it back (undoEarlyRows).
+    const state = async (seq: string) => (await q(`SELECT last_value::text AS v, is_called AS c FROM ${seq}`)).rows[0] as { v: string; c: boolean };
+    const seqs: string[] = [];
+    for (const m of models) {
+      const seq = await idSequence(q, m.table);
+      if (!seq) continue;
+      seqs.push(seq);
+      if (!wrote.sequences.has(seq)) {
+        const before = await state(seq);
+        wrote.sequences.set(seq, { lastValue: before.v, isCalled: before.c, after: before.v });
+      }
+    }
+    try {
+      const newUsers = await NewUsers.read(client, options.run);
+      if (!newUsers) throw new EarlyDeclined('the new users are more ranges of ids than the client reads');
+      if (scopedLines) {
+        wrote.scoped = await dropScopedEarly(client, options.run, newUsers, 'sentry.useroption', scopedLines);
+        wrote.codes.add(codes.userOption);
+        tables.push('userport.findings');
+      }
+      for (const m of models) {
+        wrote.models.set(m, await copyNewRows(client, m, newUsers, sides.get(sideName(m.table))!));
+        wrote.codes.add(m.code);
+        tables.push(m.table);
+      }
+      // On the bulk path these tables are complete too: their indexes and constraints now, while
+      // the input is still read, as the users' tables' at the end of the step.
+      const complete = models.map((m) => m.table);
+      if (users.step.bulk && complete.length) {
+        wrote.rebuilt.push(...complete);
+        await users.step.bulk.rebuild(complete);
+      }
+    } catch (err) {
+      if (!(err instanceof EarlyDeclined) && !uniqueViolation(err)) throw err;
+      early = undefined;
+      earlyOff = true;
+      await q(`ROLLBACK TO SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`);
+      await q(`RELEASE SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`);
+      users.step.bulk?.unbuild(wrote.rebuilt);
+      // The sequences' draws are not rolled back: where the COPY failed, they drew what they drew.
+      for (const seq of seqs) wrote.sequences.get(seq)!.after = (await state(seq)).v;
+      await undoEarlySequences(q, wrote);
+      q.trace({ kind: 'early-rows-undone', why: err instanceof EarlyDeclined ? err.message : 'a row of a new user came twice' });
+      return;
+    }
+    for (const seq of seqs) wrote.sequences.get(seq)!.after = (await state(seq)).v;
+    q.trace({ kind: 'early-rows', tables, ms: performance.now() - t0 });
+  };
+
+  /**
+   * At the end: keeps what the early part wrote where it is still exact (the file in source pk
+   * order, no row of those models after it, no pair twice), else undoes it (the end then writes
+   * those models as ever).
+   */
+  const keepEarly = async (q: Q, exact: boolean): Promise<EarlyWrite | undefined> => {
+    const wrote = early;
+    early = undefined;
+    earlyOff = true;
+    if (!wrote) return undefined;
+    const why = !exact ? 'the file is not in source pk order'
+      : [...wrote.codes].some((code) => lateCodes.has(code)) ? 'a row of a model written came after rows of another model'
+      : [...wrote.models.keys()].some((m) => m.pairs.mayRepeat) ? 'a (user, key) may come twice' : undefined;
+    if (why === undefined) {
+      await q(`RELEASE SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`);
+      return wrote;
+    }
+    await q(`ROLLBACK TO SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`);
+    await q(`RELEASE SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`);
+    // What was built again after them is dropped again: the merge's last step builds it.
+    users?.step.bulk?.unbuild(wrote.rebuilt);
+    await undoEarlySequences(q, wrote);
+    q.trace({ kind: 'early-rows-undone', why });
+    return undefined;
   };
 
   return {
@@ -281,6 +416,11 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     },
     // While the step runs, the options that may belong straight in wait in the side spool.
     divert: (row: StagedRow) => {
+      if (row.code !== current) {
+        if (current !== undefined) sealedCodes.add(current);
+        if (sealedCodes.has(row.code)) lateCodes.add(row.code);
+        current = row.code;
+      }
       if (keptAddresses && row.code === codes.userEmail) {
         const userPk = row.values[STAGE_INDEX.user_pk];
         if (!(typeof userPk === 'number' && filteredUsers?.has(userPk))) keptAddresses.note(row.values[STAGE_INDEX.email]);
@@ -297,15 +437,28 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
         run: async () => { users = await started.run(); },
         finish: async () => {
           if (!staged.usersAfterOthers) return;
+          // The early rows' savepoint goes with the step's; their sequences are put back first.
+          if (early) await undoEarlySequences(runner(client, options), early);
+          early = undefined;
+          earlyOff = true;
           await undoEarlyUsers(client, users!, options);
           users = undefined;
+        },
+        early: {
+          // Not the Email records' side (see writeEarly).
+          sealed: (name: string) => {
+            const code = sideCodes.get(name);
+            return name !== emailSide && code !== undefined && sealedCodes.has(code) && !lateCodes.has(code);
+          },
+          write: (sides: ReadonlyMap<string, SideLines>) => writeEarly(client, sides),
         },
         async writeDiverted(sides: ReadonlyMap<string, SideLines>, stage: (lines: Buffer[]) => Promise<void>, scratch: (name: string) => string) {
           // Only where file order is source pk order and the new users stand: else all are staged.
           const exact = !!users && staged.pksIncreasing;
+          const q = runner(client, options);
+          const kept = await keepEarly(q, exact);
           // The input has ended: the pairs' hashes go, whatever is written.
           for (const m of direct) m.pairs.release();
-          const q = runner(client, options);
           const rest = new Map(sides);
           const emails = emailSide === undefined ? undefined : rest.get(emailSide);
           if (emailSide !== undefined) rest.delete(emailSide);
@@ -319,10 +472,10 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           const others = async () => {
             // The new users, read once for the models written straight in and the scoped options.
             const newUsers = exact && (direct.length || scopedLines) ? await NewUsers.read(client, options.run) : undefined;
-            dropped = scopedLines && await writeScopedOptions(client, options.run, newUsers, 'sentry.useroption', scopedLines, stage);
+            dropped = scopedLines && await writeScopedOptions(client, options.run, newUsers, 'sentry.useroption', scopedLines, stage, kept?.scoped);
             if (dropped) q.trace({ kind: 'direct-findings', model: 'sentry.useroption', reason: SCOPED_OPTION, ...dropped });
             done = await writeDirectRows(client, newUsers, exact ? direct : [], rest, stage,
-              filteredUsers && { run: options.run, users: filteredUsers });
+              filteredUsers && { run: options.run, users: filteredUsers }, kept?.models);
             for (const [model, rows] of done) q.trace({ kind: 'direct-rows', table: model.table, ...rows });
           };
           const addresses = emails ? await writeEmails(q, client, emails, exact, stage, scratch, others) : (await others(), undefined);
