@@ -5,6 +5,7 @@
  * work asks for (`divert`) go to side spools beside it, which the work writes itself at the end.
  */
 import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -185,14 +186,22 @@ export class OverlapRun {
    */
   async startEarly(due: readonly string[], flush: (name: string) => Promise<void>): Promise<void> {
     const early = this.work.early!;
+    const closed: [string, SideLines][] = [];
     for (const name of due) {
       this.early.add(name);
       await flush(name);
+      // A side with no file (nothing was ever written to it) has nothing to write early.
+      if (!this.sides.has(name)) continue;
       const side = this.sides.get(name);
       if (side) await endStream(side, spoolError);
       this.sides.set(name, undefined);
+      // Its lines as they are now: a later row is appended while the work may be reading.
+      const file = this.beside('side', name);
+      const bytes = (await stat(file).catch((err: unknown) => { throw spoolError(err); })).size;
+      closed.push([name, () => readLines(file, undefined, bytes)]);
     }
-    const sides = new Map(due.map((name): [string, SideLines] => [name, () => readLines(this.beside('side', name))]));
+    if (!closed.length) return;
+    const sides = new Map(closed);
     this.done = this.done.then(() => (this.error ? undefined : early.write(sides)))
       .catch((err: unknown) => { this.error = wrapCallbackError(err, 'the merge'); });
   }

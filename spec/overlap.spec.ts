@@ -80,6 +80,45 @@ describe('lib/overlap: the rows that arrive during the early users step', () => 
     expect(fs.readdirSync(dir)).to.deep.equal([]);
   });
 
+  it('hands the work\'s early part each sealed side spool once, closed with its pending rows; a later row is appended, and writeDiverted reads every line', async () => {
+    const dir = tmpFolder('overlap-');
+    const sealed = new Set<string>();
+    const early: string[][] = [];
+    const atEnd: Record<string, string[]> = {};
+    const all = async (lines: () => AsyncIterable<Buffer[]>) => {
+      const got: string[] = [];
+      for await (const chunk of lines()) got.push(...chunk.map(String));
+      return got;
+    };
+    const run = await OverlapRun.begin({
+      run: async () => undefined,
+      finish: async () => undefined,
+      early: {
+        sealed: (name) => sealed.has(name),
+        write: async (sides) => { for (const [name, lines] of sides) early.push([name, ...await all(lines)]); },
+      },
+      async writeDiverted(sides) { for (const [name, lines] of sides) atEnd[name] = await all(lines); },
+    }, spoolsIn(dir), () => false, () => undefined, () => undefined);
+    await run!.writeSide('a', [Buffer.from('a1\n')]);
+    await run!.writeSide('b', [Buffer.from('b1\n')]);
+    await new Promise((r) => setImmediate(r)); // the work's run is done
+    expect(run!.earlyDue(['a', 'b', 'c'])).to.deep.equal([]);
+    // c is sealed but was never written: nothing of it to hand.
+    sealed.add('a').add('c');
+    const due = run!.earlyDue(['a', 'b', 'c']);
+    expect(due).to.deep.equal(['a', 'c']);
+    // The sink's pending rows of a go to its file before it is closed.
+    await run!.startEarly(due, async (name) => { if (name === 'a') await run!.writeSide('a', [Buffer.from('a2\n')]); });
+    expect(run!.earlyDue(['a', 'b', 'c']), 'each once').to.deep.equal([]);
+    // A row after it (a file not in Sentry's order): appended to the closed file, which the early
+    // part reads as it was when closed (the work tells the late row apart).
+    await run!.writeSide('a', [Buffer.from('a3\n')]);
+    await run!.drain(() => new Writable({ write(_chunk, _enc, done) { done(); } }));
+    expect(early).to.deep.equal([['a', 'a1', 'a2']]);
+    expect(atEnd).to.deep.equal({ a: ['a1', 'a2', 'a3'], b: ['b1'] });
+    expect(fs.readdirSync(dir)).to.deep.equal([]);
+  });
+
   it('a spool that cannot be made: USERPORT_IO naming the staging spool, and no row written', async () => {
     await withDb(async (db) => {
       // The folder is there when the options are checked, and gone by the time the step starts.

@@ -316,7 +316,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     const wrote: EarlyWrite = early ?? { models: new Map(), codes: new Set(), sequences: new Map(), rebuilt: [] };
     early = wrote;
     const tables: string[] = [];
-    // Where each table's id sequence stands first, so that an undo puts it back (undoEarlyRows).
+    // Where each table's id sequence stands first, so that an undo puts it back (undoEarlySequences).
     const state = async (seq: string) => (await q(`SELECT last_value::text AS v, is_called AS c FROM ${seq}`)).rows[0] as { v: string; c: boolean };
     const seqs: string[] = [];
     for (const m of models) {

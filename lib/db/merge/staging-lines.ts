@@ -71,10 +71,16 @@ export function intField(line: Buffer, column: number): number {
   return intAt(line, start, end);
 }
 
-/** The lines of a file of COPY text, without their newline, a read chunk's at a time (views of chunks that are never reused). */
-export async function* readLines(file: string, chunkBytes = 1 << 20): AsyncGenerator<Buffer[]> {
+/**
+ * The lines of a file of COPY text, without their newline, a read chunk's at a time (views of
+ * chunks that are never reused); with `bytes`, of its first `bytes` bytes only (a file still
+ * appended to, read as it was when its writer closed it).
+ */
+export async function* readLines(file: string, chunkBytes = 1 << 20, bytes?: number): AsyncGenerator<Buffer[]> {
+  if (bytes === 0) return;
   let rest: Buffer | undefined;
-  for await (const read of createReadStream(file, { highWaterMark: chunkBytes }) as AsyncIterable<Buffer>) {
+  const range = bytes === undefined ? {} : { end: bytes - 1 };
+  for await (const read of createReadStream(file, { highWaterMark: chunkBytes, ...range }) as AsyncIterable<Buffer>) {
     const lines: Buffer[] = [];
     let start = 0;
     let nl = read.indexOf(10);

@@ -81,4 +81,19 @@ describe('staging lines read back from a file (readLines)', () => {
       }
     }
   });
+
+  it('with a byte count, reads the file as it was that long: lines appended after it are not read', async () => {
+    const file = path.join(tmpFolder('read-lines'), 'appended.txt');
+    fs.writeFileSync(file, 'a1\na2\n');
+    const bytes = fs.statSync(file).size;
+    fs.appendFileSync(file, 'a3\npartial');
+    for (const chunk of [1, 2, 5, 1 << 20]) {
+      const got: string[] = [];
+      for await (const batch of readLines(file, chunk, bytes)) got.push(...batch.map((l) => l.toString('latin1')));
+      expect(got, `${chunk} bytes a read`).to.deep.equal(['a1', 'a2']);
+    }
+    const none: Buffer[][] = [];
+    for await (const batch of readLines(file, undefined, 0)) none.push(batch);
+    expect(none).to.deep.equal([]);
+  });
 });
