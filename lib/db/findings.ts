@@ -3,7 +3,7 @@
  * (`userport.findings`), and the usernames of the filter that no staged user has.
  */
 import type pg from 'pg';
-import { stagingTable } from './merge/run.js';
+import { cursorPages, stagingTable } from './merge/run.js';
 
 /** One row of `userport.findings`. */
 export interface FindingRow {
@@ -22,21 +22,11 @@ export interface FindingRow {
  * the index on `run` (1.2M findings, 245 pages: 55 s against 4 s). `c` must be in a transaction
  * (the import's, which writes the findings file before its COMMIT).
  */
-export async function* findingsInOrder(c: pg.ClientBase, run: number, pageRows: number): AsyncGenerator<FindingRow[]> {
-  await c.query(`DECLARE userport_findings NO SCROLL CURSOR FOR
-                 SELECT kind, model, source_pk, ordinal, byte_offset, reason FROM userport.findings
-                 WHERE run = $1 ORDER BY ordinal, kind`, [run]);
-  try {
-    for (;;) {
-      const page = (await c.query(`FETCH ${pageRows} FROM userport_findings`)).rows as FindingRow[];
-      if (page.length > 0) yield page;
-      if (page.length < pageRows) break;
-    }
-  } finally {
-    // Also when the caller stopped early (its file failed): a failed transaction ends the cursor
-    // with it, and the caller's error is the one to report.
-    await c.query('CLOSE userport_findings').catch(() => undefined);
-  }
+export function findingsInOrder(c: pg.ClientBase, run: number, pageRows: number): AsyncGenerator<FindingRow[]> {
+  // The cursor is closed also when the caller stopped early (its file failed); a failed
+  // transaction ends it with it, and the caller's error is the one to report (cursorPages).
+  return cursorPages<FindingRow>(c, 'userport_findings', `SELECT kind, model, source_pk, ordinal, byte_offset, reason FROM userport.findings
+    WHERE run = $1 ORDER BY ordinal, kind`, { params: [run], pageRows, arrays: false });
 }
 
 /** The usernames of `names` (deduplicated, sorted) that no kept staged user of `run` has. */

@@ -74,17 +74,21 @@ export async function retryOnUnique<T>(q: Q, name: 'users' | 'emails', table: st
 const PAGE_ROWS = 10_000;
 
 /**
- * The rows of `sql` (one query, in the caller's transaction), {@link PAGE_ROWS} at a time as
- * arrays, through the cursor `name`: what the client reads of a target's table (its users, its
- * addresses) stays a page in memory. The cursor is closed when the pages end or the caller stops.
+ * The rows of `sql` (one query with `params`, in the caller's transaction), `pageRows` at a time
+ * ({@link PAGE_ROWS} unless said), as arrays (or, with `arrays: false`, as objects), through the
+ * cursor `name`: what the client reads of a table (a target's users, its addresses, an import's
+ * findings) stays a page in memory, and its ORDER BY sorts once. The cursor is closed when the
+ * pages end or the caller stops.
  */
-export async function* cursorPages<Row extends unknown[]>(client: pg.ClientBase, name: string, sql: string): AsyncGenerator<Row[]> {
-  await client.query(`DECLARE ${name} NO SCROLL CURSOR FOR ${sql}`);
+export async function* cursorPages<Row>(client: pg.ClientBase, name: string, sql: string,
+  { params = [], pageRows = PAGE_ROWS, arrays = true }: { params?: unknown[]; pageRows?: number; arrays?: boolean } = {}): AsyncGenerator<Row[]> {
+  await client.query(`DECLARE ${name} NO SCROLL CURSOR FOR ${sql}`, params);
   try {
     for (;;) {
-      const page = (await client.query({ text: `FETCH ${PAGE_ROWS} FROM ${name}`, rowMode: 'array' })).rows as Row[];
+      const fetch = `FETCH ${pageRows} FROM ${name}`;
+      const page = (arrays ? await client.query({ text: fetch, rowMode: 'array' }) : await client.query(fetch)).rows as Row[];
       if (page.length > 0) yield page;
-      if (page.length < PAGE_ROWS) break;
+      if (page.length < pageRows) break;
     }
   } finally {
     // Also where a FETCH failed: the failed transaction ends the cursor with it, and that error
