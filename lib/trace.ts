@@ -48,7 +48,7 @@ export type TraceEvent =
   | { kind: 'early-undone' }
   | { kind: 'row-checks'; off: boolean; why?: string }
   | { kind: 'direct-rows'; table: string; written: number; filtered?: number; staged: number; repeated: boolean; checked?: 'client' | 'database'; ms?: number; early?: boolean }
-  | { kind: 'direct-emails'; table: string; written: number; existing: number; staged: number; why?: string; filtered?: number; keyOrder?: boolean; ms?: number; early?: boolean }
+  | { kind: 'direct-emails'; table: string; written: number; existing: number; staged: number; why?: string; filtered?: number; keyOrder?: boolean; ms?: number }
   | { kind: 'direct-findings'; model: string; reason: string; dropped: number; staged: number; ms?: number; early?: boolean }
   | { kind: 'early-rows'; tables: string[]; ms: number }
   | { kind: 'early-rows-undone'; why: string }

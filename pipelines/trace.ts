@@ -42,7 +42,7 @@ export function traceLine(e: TraceEvent): string {
         + (e.checked === 'client' && e.written > 0 ? ', no pair twice (checked in the client)' : '')) + early(e.early) + took(e.ms);
     case 'direct-emails': return (e.why ? `[direct] ${e.table}: all ${e.staged} staged for the merge: ${e.why}`
         : e.filtered !== undefined ? `[direct] ${e.table}: ${e.filtered} Email records that no kept user's address keeps dropped to their findings straight in, ${e.staged} staged for the merge`
-        : `[direct] ${e.table}: ${e.written} rows written straight in${e.keyOrder ? ', in its unique key\'s order' : ''}, ${e.existing} addresses already there`) + early(e.early) + took(e.ms);
+        : `[direct] ${e.table}: ${e.written} rows written straight in${e.keyOrder ? ', in its unique key\'s order' : ''}, ${e.existing} addresses already there`) + took(e.ms);
     case 'direct-findings': return `[direct] ${e.model}: ${e.dropped} records of new users dropped (${e.reason}), their findings written straight in, ${e.staged} staged for the merge${early(e.early)}${took(e.ms)}`;
     case 'sink': return `[sink] ${SINK_LINES[e.moment].replace('%', `${e.ms.toFixed(0)} ms`)}`;
   }

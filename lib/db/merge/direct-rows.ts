@@ -28,7 +28,7 @@ import { STAGE_INDEX } from '../../models.js';
 import { CopyOut } from './copy-out.js';
 import { HashSet64 } from './hash-sets.js';
 import { NewUsers } from './pk-map.js';
-import { copyInto } from './run.js';
+import { copyInto, idSequence, markSequence, putSequenceBack } from './run.js';
 import { columnStart, intAt, intField, lineColumn, NEWLINE, OFF, ORD, scanTabs, SRC_PK, TAB } from './staging-lines.js';
 
 /** The lines of one side spool, a read chunk's lines at a time (the sink's `SideLines`, lib/overlap.ts). */
@@ -267,21 +267,16 @@ export interface EarlyRows {
 }
 
 /**
- * The COPY of {@link writeDirectRows}, alone, while the input is still read (the early users
- * step's early part, early.ts): the new users' rows of a model whose rows are over, from its side
- * spool as it is, where the client saw no (user, key) twice so far. No savepoint of its own: the
- * caller's holds it, and undoes it with the others where a repeat (the COPY's unique violation, on
- * the general path), a later row of the model or anything else says so. The other users' lines and
- * the filtered users' findings wait for the end ({@link writeDirectRows} given the result).
+ * The COPY of a model's side spool: the new users' rows as final rows; the others counted, left
+ * to the caller. No savepoint of its own. {@link writeDirectRows} runs it at the end of the input;
+ * the early users step's early part (early.ts) runs it alone while the input is still read, for a
+ * model whose rows are over and whose pairs the client saw no twice so far, under its savepoint,
+ * which undoes it with the others where a repeat (the COPY's unique violation, on the general
+ * path), a later row of the model or anything else says so; the other users' lines and the
+ * filtered users' findings then wait for the end ({@link writeDirectRows} given the result).
  */
 export async function copyNewRows(client: pg.ClientBase, model: DirectModel, users: NewUsers, lines: SideLines): Promise<EarlyRows> {
   const t0 = performance.now();
-  const { written, others } = await copyModel(client, model, users, lines);
-  return { written, others, ms: performance.now() - t0 };
-}
-
-/** The COPY of a model's side spool: the new users' rows as final rows; the others counted. */
-async function copyModel(client: pg.ClientBase, model: DirectModel, users: NewUsers, lines: SideLines): Promise<{ written: number; others: number }> {
   let written = 0;
   let others = 0;
   const tabs = new Int32Array(Math.max(USER_PK, model.lastColumn) + 1);
@@ -298,7 +293,7 @@ async function copyModel(client: pg.ClientBase, model: DirectModel, users: NewUs
       if (out.length) await send(out.take());
     }
   });
-  return { written, others };
+  return { written, others, ms: performance.now() - t0 };
 }
 
 /** The merge's reason for an option scoped to an organization or project, which every scope drops (children.ts). */
@@ -328,13 +323,13 @@ export function scopedOptions(code: number): { side: string; diverts(row: Staged
 export async function writeScopedOptions(client: pg.ClientBase, run: number, users: NewUsers | undefined, model: string, lines: SideLines,
   stage: (lines: Buffer[]) => Promise<void>, early?: EarlyFindings): Promise<{ dropped: number; staged: number; ms: number; early?: boolean }> {
   const t0 = performance.now();
-  const { dropped, others } = early ?? (users ? await dropScoped(client, run, users, model, lines) : { dropped: 0, others: 0 });
+  const { dropped, others } = early ?? (users ? await dropScopedFindings(client, run, users, model, lines) : { dropped: 0, others: 0 });
   // The options of other users (or all of them, beyond the pk map's ranges the client reads) are staged.
   const staged = !users || others ? await stageOthers(lines, users, stage) : 0;
   return { dropped, staged, ms: (early?.ms ?? 0) + performance.now() - t0, ...(early ? { early: true } : {}) };
 }
 
-/** The new users' scoped options dropped to their findings before the input ended ({@link dropScopedEarly}). */
+/** The new users' scoped options dropped to their findings ({@link dropScopedFindings}), before the input ended where given to {@link writeScopedOptions}. */
 export interface EarlyFindings {
   dropped: number;
   /** Lines of other users, left for the end. */
@@ -343,23 +338,19 @@ export interface EarlyFindings {
 }
 
 /**
- * The findings of {@link writeScopedOptions}, alone, while the input is still read (early.ts,
- * under the caller's savepoint): the lines of other users wait for the end.
+ * The findings of the new users' scoped options, COPYed; the others counted, left to the caller:
+ * {@link writeScopedOptions} at the end, or the early part alone while the input is still read
+ * (early.ts, under its savepoint; the lines of other users wait for the end).
  */
-export async function dropScopedEarly(client: pg.ClientBase, run: number, users: NewUsers, model: string, lines: SideLines): Promise<EarlyFindings> {
+export async function dropScopedFindings(client: pg.ClientBase, run: number, users: NewUsers, model: string, lines: SideLines): Promise<EarlyFindings> {
   const t0 = performance.now();
-  return { ...(await dropScoped(client, run, users, model, lines)), ms: performance.now() - t0 };
-}
-
-/** The new users' scoped options' findings COPYed; the others counted. */
-async function dropScoped(client: pg.ClientBase, run: number, users: NewUsers, model: string, lines: SideLines): Promise<{ dropped: number; others: number }> {
   let others = 0;
   const dropped = await copyUserFindings(client, run, model, lines, 'dropped', SCOPED_OPTION, (pk) => {
     if (users.id(pk) >= 0) return true;
     others++;
     return false;
   });
-  return { dropped, others };
+  return { dropped, others, ms: performance.now() - t0 };
 }
 
 /**
@@ -449,10 +440,11 @@ async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewU
     const savepoint = 'userport_direct_rows';
     await client.query(`SAVEPOINT ${savepoint}`);
     // Where the table's id sequence stands, to put it back with a repeat's rollback.
-    const seq = (await client.query(`SELECT pg_get_serial_sequence($1, 'id') AS seq`, [model.table])).rows[0].seq as string | null;
-    const before = seq ? (await client.query(`SELECT last_value::text AS v, is_called AS c FROM ${seq}`)).rows[0] as { v: string; c: boolean } : undefined;
+    const query = (sql: string, params?: unknown[]) => client.query(sql, params);
+    const seq = await idSequence(query, model.table);
+    const before = seq ? await markSequence(query, seq) : undefined;
     try {
-      ({ written, others } = await copyModel(client, model, users, lines));
+      ({ written, others } = await copyNewRows(client, model, users, lines));
     } catch (err) {
       if (!uniqueViolation(err)) throw err;
       repeated = true;
@@ -469,10 +461,7 @@ async function writeModel(client: pg.ClientBase, model: DirectModel, users: NewU
       // (Read after the rollback: a refused COPY leaves the transaction aborted until then; a
       // sequence's draws are not rolled back.)
       await client.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
-      const after = seq ? (await client.query(`SELECT last_value::text AS v FROM ${seq}`)).rows[0].v as string : undefined;
-      if (seq && before) {
-        await client.query(`SELECT setval($1::regclass, $2::bigint, $3) WHERE (SELECT last_value FROM ${seq}) = $4::bigint`, [seq, before.v, before.c, after]);
-      }
+      if (before) await putSequenceBack(query, before, (await markSequence(query, before.seq)).lastValue);
     }
     await client.query(`RELEASE SAVEPOINT ${savepoint}`);
   }

@@ -16,12 +16,13 @@ import { FEW_ROWS, type BulkLoad } from './bulk-load.js';
 import { enterWritePath, type RowChecksOff } from './row-checks.js';
 import { writtenTables, type WritePlan } from './plan.js';
 import type { TraceOptions } from '../../trace.js';
-import { copyNewRows, directOptions, directUserEmails, dropScopedEarly, FilteredUsers, SCOPED_OPTION, scopedOptions, sideName, uniqueViolation, writeDirectRows,
+import { copyNewRows, directOptions, directUserEmails, dropScopedFindings, FilteredUsers, SCOPED_OPTION, scopedOptions, sideName, uniqueViolation, writeDirectRows,
   writeLostPasswords, writeScopedOptions, type DirectModel, type EarlyFindings, type EarlyRows, type SideLines } from './direct-rows.js';
 import { EmailCheck, filterEmails, KeptAddresses, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { NewUsers } from './pk-map.js';
 import { lowerIsAscii } from './hash-sets.js';
-import { cursorPages, idSequence, modelCodes, openMerge, refuseSequencesBehind, runner, stagedInTransaction, type Q } from './run.js';
+import { cursorPages, idSequence, markSequence, modelCodes, openMerge, putSequenceBack, refuseSequencesBehind, runner, stagedInTransaction, type Q,
+  type SequenceMark } from './run.js';
 import type { SkipMarker } from '../../filter-users.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
 import { REJECTED_USER_CODE, STAGE_INDEX } from '../../models.js';
@@ -35,7 +36,7 @@ export interface UsersStep extends UsersWritten {
 /** The early users step, done: what it wrote and how to put the id sequences back. */
 export interface EarlyUsers {
   readonly step: UsersStep;
-  readonly sequences: readonly { seq: string; lastValue: string; isCalled: boolean; after: string }[];
+  readonly sequences: readonly (SequenceMark & { after: string })[];
   /** Rows staged in the transaction when the step analysed the staging table ({@link stagedInTransaction}). */
   readonly staged: number;
   /** Rows written straight into the target at the end of the input, by table: the new users' (direct-rows.ts), the Email records' (direct-emails.ts). */
@@ -62,10 +63,8 @@ class EarlyDeclined extends Error {}
 interface EarlyWrite {
   models: Map<DirectModel, EarlyRows>;
   scoped?: EarlyFindings;
-  /** The models written. */
-  codes: Set<number>;
-  /** The id sequences of the tables written: where they stood before, and after the last write. */
-  sequences: Map<string, { lastValue: string; isCalled: boolean; after: string }>;
+  /** The id sequences of the tables written, by name: where they stood before, and after the last write. */
+  sequences: Map<string, { mark: SequenceMark; after: string }>;
   /** On the bulk path, the tables whose indexes and constraints were built again after their rows. */
   rebuilt: string[];
 }
@@ -112,9 +111,8 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
     const seq = await idSequence(q, table);
     if (seq) seqs.push(seq);
   }
-  const state = async (seq: string) => (await q(`SELECT last_value::text AS v, is_called AS c FROM ${seq}`)).rows[0] as { v: string; c: boolean };
-  const before: { v: string; c: boolean }[] = [];
-  for (const seq of seqs) before.push(await state(seq));
+  const before: SequenceMark[] = [];
+  for (const seq of seqs) before.push(await markSequence(q, seq));
   return {
     bulk,
     async run() {
@@ -127,11 +125,11 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
       // still reads the file (the server waits for it otherwise), not after the other tables' rows.
       if (bulk) await bulk.rebuild([plan.user.table, ...(plan.lostPassword ? [plan.lostPassword.table] : [])]);
       // After the lost-password hashes, which draw from their own sequence.
-      const after: string[] = [];
-      for (const seq of seqs) after.push((await state(seq)).v);
+      const sequences: (SequenceMark & { after: string })[] = [];
+      for (const mark of before) sequences.push({ ...mark, after: (await markSequence(q, mark.seq)).lastValue });
       return {
         step: { bulk, ...written },
-        sequences: seqs.map((seq, i) => ({ seq, lastValue: before[i]!.v, isCalled: before[i]!.c, after: after[i]! })),
+        sequences,
         staged,
         ...(rowChecks ? { rowChecks } : {}),
       };
@@ -206,9 +204,7 @@ async function lostPasswordsNow(q: Q, client: pg.ClientBase, plan: WritePlan, ru
  * insert leaves them), so that the rows written again at the end get the ids the merge alone gives.
  */
 async function undoEarlySequences(q: Q, wrote: EarlyWrite): Promise<void> {
-  for (const [seq, s] of wrote.sequences) {
-    await q(`SELECT setval($1::regclass, $2::bigint, $3) WHERE (SELECT last_value FROM ${seq}) = $4::bigint`, [seq, s.lastValue, s.isCalled, s.after]);
-  }
+  for (const s of wrote.sequences.values()) await putSequenceBack(q, s.mark, s.after);
 }
 
 /**
@@ -219,9 +215,7 @@ async function undoEarlySequences(q: Q, wrote: EarlyWrite): Promise<void> {
 export async function undoEarlyUsers(client: pg.ClientBase, early: EarlyUsers, trace: TraceOptions = {}): Promise<void> {
   const q = runner(client, trace);
   q.trace({ kind: 'early-undone' });
-  for (const s of early.sequences) {
-    await q(`SELECT setval($1::regclass, $2::bigint, $3) WHERE (SELECT last_value FROM ${s.seq}) = $4::bigint`, [s.seq, s.lastValue, s.isCalled, s.after]);
-  }
+  for (const s of early.sequences) await putSequenceBack(q, s, s.after);
   await q(`ROLLBACK TO SAVEPOINT ${EARLY_SAVEPOINT}`);
   await q(`RELEASE SAVEPOINT ${EARLY_SAVEPOINT}`);
 }
@@ -265,6 +259,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
   let current: number | undefined;
   const sealedCodes = new Set<number>();
   const lateCodes = new Set<number>();
+  // The sides the early part may write, by their model: not the Email records' (see writeEarly).
   const sideCodes = new Map<string, number>(direct.map((m) => [sideName(m.table), m.code]));
   if (scoped) sideCodes.set(scoped.side, codes.userOption);
   // What the early part wrote so far (its savepoint is open), and whether it stopped for good.
@@ -313,32 +308,30 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     const q = runner(client, options);
     const t0 = performance.now();
     if (!early) await q(`SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`);
-    const wrote: EarlyWrite = early ?? { models: new Map(), codes: new Set(), sequences: new Map(), rebuilt: [] };
+    const wrote: EarlyWrite = early ?? { models: new Map(), sequences: new Map(), rebuilt: [] };
     early = wrote;
     const tables: string[] = [];
     // Where each table's id sequence stands first, so that an undo puts it back (undoEarlySequences).
-    const state = async (seq: string) => (await q(`SELECT last_value::text AS v, is_called AS c FROM ${seq}`)).rows[0] as { v: string; c: boolean };
     const seqs: string[] = [];
     for (const m of models) {
       const seq = await idSequence(q, m.table);
       if (!seq) continue;
       seqs.push(seq);
       if (!wrote.sequences.has(seq)) {
-        const before = await state(seq);
-        wrote.sequences.set(seq, { lastValue: before.v, isCalled: before.c, after: before.v });
+        const mark = await markSequence(q, seq);
+        wrote.sequences.set(seq, { mark, after: mark.lastValue });
       }
     }
+    let why: string | undefined;
     try {
       const newUsers = await NewUsers.read(client, options.run);
       if (!newUsers) throw new EarlyDeclined('the new users are more ranges of ids than the client reads');
       if (scopedLines) {
-        wrote.scoped = await dropScopedEarly(client, options.run, newUsers, 'sentry.useroption', scopedLines);
-        wrote.codes.add(codes.userOption);
+        wrote.scoped = await dropScopedFindings(client, options.run, newUsers, 'sentry.useroption', scopedLines);
         tables.push('userport.findings');
       }
       for (const m of models) {
         wrote.models.set(m, await copyNewRows(client, m, newUsers, sides.get(sideName(m.table))!));
-        wrote.codes.add(m.code);
         tables.push(m.table);
       }
       // On the bulk path these tables are complete too: their indexes and constraints now, while
@@ -350,19 +343,22 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
       }
     } catch (err) {
       if (!(err instanceof EarlyDeclined) && !uniqueViolation(err)) throw err;
-      early = undefined;
-      earlyOff = true;
+      why = err instanceof EarlyDeclined ? err.message : 'a row of a new user came twice';
       await q(`ROLLBACK TO SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`);
       await q(`RELEASE SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`);
-      users.step.bulk?.unbuild(wrote.rebuilt);
-      // The sequences' draws are not rolled back: where the COPY failed, they drew what they drew.
-      for (const seq of seqs) wrote.sequences.get(seq)!.after = (await state(seq)).v;
-      await undoEarlySequences(q, wrote);
-      q.trace({ kind: 'early-rows-undone', why: err instanceof EarlyDeclined ? err.message : 'a row of a new user came twice' });
+    }
+    // (Read after a rollback: a refused COPY leaves the transaction aborted until then, and a
+    // sequence's draws are not rolled back.)
+    for (const seq of seqs) wrote.sequences.get(seq)!.after = (await markSequence(q, seq)).lastValue;
+    if (why === undefined) {
+      q.trace({ kind: 'early-rows', tables, ms: performance.now() - t0 });
       return;
     }
-    for (const seq of seqs) wrote.sequences.get(seq)!.after = (await state(seq)).v;
-    q.trace({ kind: 'early-rows', tables, ms: performance.now() - t0 });
+    early = undefined;
+    earlyOff = true;
+    users.step.bulk?.unbuild(wrote.rebuilt);
+    await undoEarlySequences(q, wrote);
+    q.trace({ kind: 'early-rows-undone', why });
   };
 
   /**
@@ -375,8 +371,10 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     early = undefined;
     earlyOff = true;
     if (!wrote) return undefined;
+    // The models written: the options' when their scoped findings were.
+    const written = [...wrote.models.keys()].map((m) => m.code).concat(wrote.scoped ? [codes.userOption] : []);
     const why = !exact ? 'the file is not in source pk order'
-      : [...wrote.codes].some((code) => lateCodes.has(code)) ? 'a row of a model written came after rows of another model'
+      : written.some((code) => lateCodes.has(code)) ? 'a row of a model written came after rows of another model'
       : [...wrote.models.keys()].some((m) => m.pairs.mayRepeat) ? 'a (user, key) may come twice' : undefined;
     if (why === undefined) {
       await q(`RELEASE SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`);
@@ -445,10 +443,9 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
           users = undefined;
         },
         early: {
-          // Not the Email records' side (see writeEarly).
           sealed: (name: string) => {
             const code = sideCodes.get(name);
-            return name !== emailSide && code !== undefined && sealedCodes.has(code) && !lateCodes.has(code);
+            return code !== undefined && sealedCodes.has(code) && !lateCodes.has(code);
           },
           write: (sides: ReadonlyMap<string, SideLines>) => writeEarly(client, sides),
         },

@@ -172,9 +172,36 @@ export async function analyzeSampled(q: Q, what: string): Promise<void> {
   await q(`SELECT set_config('default_statistics_target', $1, true)`, [was]);
 }
 
+/** A statement's runner: a {@link Q}, or a client's own `query`. */
+type Query = (sql: string, params?: unknown[]) => Promise<pg.QueryResult>;
+
 /** The sequence behind `table`'s `id` (schema-qualified, quoted as needed), if it has one. */
-export async function idSequence(q: Q, table: string): Promise<string | null> {
+export async function idSequence(q: Query, table: string): Promise<string | null> {
   return (await q(`SELECT pg_get_serial_sequence($1, 'id') AS seq`, [table])).rows[0].seq as string | null;
+}
+
+/** Where an id sequence stands: what {@link putSequenceBack} restores. */
+export interface SequenceMark {
+  readonly seq: string;
+  readonly lastValue: string;
+  readonly isCalled: boolean;
+}
+
+/** Where sequence `seq` stands now ({@link SequenceMark}; `lastValue` is what `after` of {@link putSequenceBack} compares). */
+export async function markSequence(q: Query, seq: string): Promise<SequenceMark> {
+  const r = (await q(`SELECT last_value::text AS v, is_called AS c FROM ${seq}`)).rows[0] as { v: string; c: boolean };
+  return { seq, lastValue: r.v, isCalled: r.c };
+}
+
+/**
+ * Puts a sequence back where `mark` found it, after a rollback of what drew from it (a sequence's
+ * draws are not rolled back), so the rows written again get the ids they get without that write;
+ * only where it still stands at `after` (its `last_value` once the write was done): where another
+ * session drew meanwhile, the ids stay unused, as a rolled-back insert leaves them.
+ */
+export async function putSequenceBack(q: Query, mark: SequenceMark, after: string): Promise<void> {
+  await q(`SELECT setval($1::regclass, $2::bigint, $3) WHERE (SELECT last_value FROM ${mark.seq}) = $4::bigint`,
+    [mark.seq, mark.lastValue, mark.isCalled, after]);
 }
 
 /**
