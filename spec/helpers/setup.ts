@@ -77,8 +77,25 @@ async function removeRun(dir: string): Promise<void> {
 
 export { processAlive };
 
-/** The file descriptors this process holds (Linux: /proc/self/fd): what a spec checks is left open. */
-export const openFds = (): number => fs.readdirSync('/proc/self/fd').length;
+/**
+ * The file descriptors this process holds (Linux: /proc/self/fd), each as `N -> what it points
+ * at`: what a spec checks is left open, compared as sets ({@link fdsOpenedSince}), not counted: a
+ * descriptor of an earlier spec (a socket, a file) that closes meanwhile must neither fail the
+ * check nor hide one that the code under test left open.
+ */
+export function openFds(): Set<string> {
+  const open = new Set<string>();
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    // The listing's own descriptor is closed by now.
+    try { open.add(`${fd} -> ${fs.readlinkSync(`/proc/self/fd/${fd}`)}`); } catch { /* closed */ }
+  }
+  return open;
+}
+
+/** The descriptors open now that were not in `before` (a number now given to another file counts). */
+export function fdsOpenedSince(before: ReadonlySet<string>): string[] {
+  return [...openFds()].filter((fd) => !before.has(fd));
+}
 
 /** Run folders whose owner is gone (a SIGKILLed run): stop their servers and remove them. */
 function cleanStaleRuns(): void {
