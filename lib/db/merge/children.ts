@@ -103,9 +103,12 @@ export async function mergeChildren(q: Q, S: string, options: ChildrenStepOption
             WHERE outcome = 'existing' ORDER BY target_id, email, src_pk DESC) l
       WHERE t.user_id = l.target_id AND t.email = l.email`);
   }
-  // The new users' lowest id, once (a scan of the decisions, 0.24 s at 1M users, that both
-  // statements below made): every row of a new user has an id from it on. None: nothing to add.
-  const firstNew = plan.userEmail ? (await q(`SELECT min(new_id)::text AS m FROM up_user`)).rows[0].m as string | null : null;
+  // The new users' lowest id, once: every row of a new user has an id from it on. None: nothing
+  // to add. From the pk map's ranges of this run's new users (inserted or renamed: one range for
+  // a file in Sentry's order), read by their key, not from a scan of the decisions (0.02 s at
+  // 100k users, 0.24 s at 1M, in the import's last seconds).
+  const firstNew = plan.userEmail ? (await q(`SELECT min(target_id)::text AS m FROM userport.pk_ranges
+    WHERE run = $1 AND model = 'sentry.user' AND kind = 'inserted'`, [run])).rows[0].m as string | null : null;
   if (plan.userEmail && firstNew !== null) {
     // Sentry's post-save signal gives every new user a row for its own address, unless the user
     // has one. The anti-join decides, over the new users' rows only (their ids are this import's):
