@@ -350,13 +350,19 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     // (Read after a rollback: a refused COPY leaves the transaction aborted until then, and a
     // sequence's draws are not rolled back.)
     for (const seq of seqs) wrote.sequences.get(seq)!.after = (await markSequence(q, seq)).lastValue;
-    if (why === undefined) {
-      q.trace({ kind: 'early-rows', tables, ms: performance.now() - t0 });
-      return;
-    }
+    if (why === undefined) q.trace({ kind: 'early-rows', tables, ms: performance.now() - t0 });
+    else await dropEarly(q, wrote, why);
+  };
+
+  /**
+   * After the rollback of {@link EARLY_ROWS_SAVEPOINT}: the early part stops for good, what it
+   * built again is marked dropped again (the merge's last step builds it) and its sequences are
+   * put back, so the end writes those models as ever.
+   */
+  const dropEarly = async (q: Q, wrote: EarlyWrite, why: string) => {
     early = undefined;
     earlyOff = true;
-    users.step.bulk?.unbuild(wrote.rebuilt);
+    users?.step.bulk?.unbuild(wrote.rebuilt);
     await undoEarlySequences(q, wrote);
     q.trace({ kind: 'early-rows-undone', why });
   };
@@ -382,10 +388,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     }
     await q(`ROLLBACK TO SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`);
     await q(`RELEASE SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`);
-    // What was built again after them is dropped again: the merge's last step builds it.
-    users?.step.bulk?.unbuild(wrote.rebuilt);
-    await undoEarlySequences(q, wrote);
-    q.trace({ kind: 'early-rows-undone', why });
+    await dropEarly(q, wrote, why);
     return undefined;
   };
 
