@@ -303,23 +303,24 @@ export function mapRecord(rec: ScopedRecord, target?: MapTarget, scope: ImportSc
     }
   }
   let unknownFields: string[] | undefined;
-  for (const k of Object.keys(fields)) if (!info.known.has(k)) (unknownFields ??= []).push(k);
-  const values: StageValue[] = new Array(STAGE_COLUMNS.length);
-  for (let i = 0; i < STAGE_COLUMNS.length; i++) {
-    const field = info.fieldFor[i];
-    const v = field === undefined ? undefined : fields[field];
-    const type = STAGE_COLUMNS[i]![1] as string;
+  // (for-in: the parsed record's own fields, without an array of their names per record.)
+  for (const k in fields) if (!info.known.has(k)) (unknownFields ??= []).push(k);
+  // Every column NULL, then the model's own columns (a user's 14, an option's 4, an address's 1),
+  // not all 20 looked up for every record.
+  const values = NULLS.slice();
+  for (const { index: i, field, type } of info.mapped) {
+    const v = fields[field];
     if (v === undefined || v === null) {
       // A null option value is checked too: Sentry's serializer refuses null for the keys it checks.
-      if (v === null && type === 'json') checkOptionValue(rec, info, fields, field!, null);
-      values[i] = v === undefined && field !== undefined && info.mapping.whenAbsent?.[field] === 'now' ? new Date().toISOString() : null;
+      if (v === null && type === 'json') checkOptionValue(rec, info, fields, field, null);
+      if (v === undefined && info.mapping.whenAbsent?.[field] === 'now') values[i] = new Date().toISOString();
       continue;
     }
-    const naturalKey = info.mapping.naturalKeys?.[field!];
+    const naturalKey = info.mapping.naturalKeys?.[field];
     if (naturalKey !== undefined && Array.isArray(v)) {
       // `"user": ["alice"]`: a natural key, resolved by the merge against the export's users.
       const p = textProblem(v[0] as string);
-      if (p) throw badValue(rec, field!, p);
+      if (p) throw badValue(rec, field, p);
       values[i] = null;
       values[STAGE_COLUMNS.findIndex(([c]) => c === naturalKey)] = v[0] as string;
       continue;
@@ -328,25 +329,25 @@ export function mapRecord(rec: ScopedRecord, target?: MapTarget, scope: ImportSc
       let text: string;
       try {
         const p = jsonProblem(v);
-        if (p) throw badValue(rec, field!, p);
+        if (p) throw badValue(rec, field, p);
         const canonical = canonicalOptionValue(v, () => rec.source);
-        if (typeof canonical === 'string') throw badValue(rec, field!, canonical);
+        if (typeof canonical === 'string') throw badValue(rec, field, canonical);
         if (canonical.legacy) {
           const q = jsonProblem(canonical.value);
-          if (q) throw badValue(rec, field!, q);
+          if (q) throw badValue(rec, field, q);
         }
-        checkOptionValue(rec, info, fields, field!, canonical.value);
-        text = target?.optionValues === 'pickle' ? pickledOptionValue(canonical.text, rec, field!) : canonical.text;
+        checkOptionValue(rec, info, fields, field, canonical.value);
+        text = target?.optionValues === 'pickle' ? pickledOptionValue(canonical.text, rec, field) : canonical.text;
       } catch (err) {
         // Both walks recurse: a value nested a few thousand levels deep (possible when maxDepth
         // is raised) overflows the stack. That is a property of the record, not a crash.
-        if (err instanceof RangeError) throw badValue(rec, field!, 'is nested too deeply to be stored');
+        if (err instanceof RangeError) throw badValue(rec, field, 'is nested too deeply to be stored');
         throw err;
       }
       values[i] = text;
     } else if (type === 'text') {
       const p = textProblem(v as string);
-      if (p) throw badValue(rec, field!, p);
+      if (p) throw badValue(rec, field, p);
       values[i] = v as string;
     } else {
       values[i] = v as StageValue;

@@ -129,6 +129,8 @@ export interface ModelInfo {
   known: Set<string>;
   /** For each staging column, the field feeding it (or undefined). */
   fieldFor: (string | undefined)[];
+  /** The staging columns a field feeds, in column order: what the per-record mapping visits (the others stay NULL). */
+  mapped: readonly { index: number; field: string; type: ColumnType }[];
   /** Compiled {@link ModelMapping.valueRules}, by key. */
   valueRules: Map<string, ValidateFunction>;
   /** The JSON Schema itself. */
@@ -263,7 +265,8 @@ export function modelSchemas(): ReadonlyMap<string, ModelSchema> {
     const mapping = schema['x-userport'] as ModelMapping;
     const props = Object.keys(schema.properties as object);
     const fieldFor = STAGE_COLUMNS.map(([col]) => Object.keys(mapping.columns).find((f) => mapping.columns[f] === col));
-    models.set(name, { name, mapping, known: new Set(props), fieldFor, schema });
+    const mapped = fieldFor.flatMap((field, index) => (field === undefined ? [] : [{ index, field, type: STAGE_COLUMNS[index]![1] }]));
+    models.set(name, { name, mapping, known: new Set(props), fieldFor, mapped, schema });
   }
   return (schemaCache = models);
 }
