@@ -127,8 +127,6 @@ export interface ModelInfo {
   validate: ValidateFunction;
   /** Every field the schema knows (mapped or ignored); anything else counts as unknown. */
   known: Set<string>;
-  /** For each staging column, the field feeding it (or undefined). */
-  fieldFor: (string | undefined)[];
   /** The staging columns a field feeds, in column order: what the per-record mapping visits (the others stay NULL). */
   mapped: readonly { index: number; field: string; type: ColumnType }[];
   /** Compiled {@link ModelMapping.valueRules}, by key. */
@@ -264,9 +262,11 @@ export function modelSchemas(): ReadonlyMap<string, ModelSchema> {
     const schema = loadSchema(name);
     const mapping = schema['x-userport'] as ModelMapping;
     const props = Object.keys(schema.properties as object);
-    const fieldFor = STAGE_COLUMNS.map(([col]) => Object.keys(mapping.columns).find((f) => mapping.columns[f] === col));
-    const mapped = fieldFor.flatMap((field, index) => (field === undefined ? [] : [{ index, field, type: STAGE_COLUMNS[index]![1] }]));
-    models.set(name, { name, mapping, known: new Set(props), fieldFor, mapped, schema });
+    const mapped = STAGE_COLUMNS.flatMap(([col, type], index) => {
+      const field = Object.keys(mapping.columns).find((f) => mapping.columns[f] === col);
+      return field === undefined ? [] : [{ index, field, type }];
+    });
+    models.set(name, { name, mapping, known: new Set(props), mapped, schema });
   }
   return (schemaCache = models);
 }
