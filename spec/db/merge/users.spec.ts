@@ -179,6 +179,20 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
    * client), and one that holds more than a few users (the general path, the early step on it,
    * deciding every user); the few rows and the many users also with --merge-users.
    */
+  /**
+   * Each renamed user's finding names the name the user holds now, the user found by the pk map
+   * (where only the exceptions were decided, up_user is a view that reads the names from them).
+   */
+  const expectRenamedAsNamed = async (db: TestDb, renamed: number) => {
+    const named = (await db.knex.raw(`
+      SELECT f.source_pk, substring(f.reason from 'imported as (.*)$') AS named, a.username
+      FROM userport.findings f
+        JOIN userport.pk_ranges r ON r.run = f.run AND r.model = 'sentry.user' AND f.source_pk >= r.source_pk AND f.source_pk < r.source_pk + r.span
+        JOIN auth_user a ON a.id = r.target_id + (f.source_pk - r.source_pk)
+      WHERE f.kind = 'renamed' ORDER BY 1`)).rows as { named: string | null; username: string }[];
+    expect(named.length, 'every renamed user found by the pk map').to.equal(renamed);
+    for (const r of named) expect(r.named, 'the finding names the user\'s new name').to.equal(r.username).and.match(/-[a-z0-9]{2,12}$/);
+  };
   const variants: { name: string; locale?: string; existing?: number; emailRows?: number; mergeUsers?: boolean; renamed: number[]; notes: number[] }[] = [
     // ALICE, Alice and u5; and änne where lower() makes it Änne's name (ICU), not in C.
     { name: 'empty target, C database', renamed: [302, 303, 308], notes: [302, 303] },
@@ -247,6 +261,7 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
         const ofKind = async (kind: string) => (await early.knex.raw(`SELECT source_pk FROM userport.findings WHERE kind = ? ORDER BY 1`, [kind])).rows
           .map((r: { source_pk: string }) => Number(r.source_pk));
         expect(await ofKind('renamed')).to.deep.equal(v.renamed);
+        for (const db of [early, atEnd]) await expectRenamedAsNamed(db, v.renamed.length);
         expect(await ofKind('address'), 'ALICE\'s address and Alice\'s email_unique are earlier users\'; u7\'s and u8\'s an existing user\'s').to.deep.equal(v.notes);
         if (v.mergeUsers) expect(a.models['sentry.user']!.merged).to.equal(v.existing ? 5 : 3);
         // The twins keep their own names and addresses.
@@ -282,6 +297,7 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
         if (a.bulkLoad) expect(statement).to.include('CREATE TEMP TABLE up_exc').and.not.include('lower(s.email) IN');
         expect(a.models).to.deep.equal(b.models);
         expect(await anyState(early)).to.deep.equal(await anyState(atEnd));
+        for (const db of [early, atEnd]) await expectRenamedAsNamed(db, a.models['sentry.user']!.renamed);
       } finally {
         await early.close();
         await atEnd.close();
@@ -319,6 +335,7 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
         expect(a.models['sentry.user']).to.include({ inserted: 700, renamed: 1 });
         expect(a.models).to.deep.equal(b.models);
         expect(await anyState(early)).to.deep.equal(await anyState(atEnd));
+        for (const db of [early, atEnd]) await expectRenamedAsNamed(db, 1);
       } finally {
         await early.close();
         await atEnd.close();
