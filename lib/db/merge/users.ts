@@ -675,13 +675,17 @@ async function renameUsers(q: Q, plan: WritePlan, decided: 'up_user' | 'up_exc')
     // join over a sort of every user (its row estimate for lower() = lower() is thousands of
     // times the truth), external past work_mem: 4.0 s against 0.6 s into a database holding 2M
     // users, 0.14 s against 0.04 s holding 200k.
+    // Every candidate holds a '-' (`<name>-<tail>`), and lower() neither makes nor takes one: only
+    // the names that hold one are lower-cased and compared (at 100k users the import's users'
+    // check took 60-73 ms, lower-casing every name; with this 23-25 ms).
     await q(`DELETE FROM up_cand c WHERE lower(c.cand) IN (
-               SELECT k FROM (SELECT lower(a.username) AS k FROM ${plan.user.table} a) x WHERE k IN (SELECT lower(cand) FROM up_cand))`);
+               SELECT k FROM (SELECT lower(a.username) AS k FROM ${plan.user.table} a WHERE strpos(a.username, '-') > 0) x
+               WHERE k IN (SELECT lower(cand) FROM up_cand))`);
     // A kept user's final name, lower-cased: lname where it keeps its name (no lower() over every
     // user each round: 0.3 s at 100k users), else the name an earlier round gave it (in `decided`).
     // The users are scanned once against a hash of the few candidates.
     await q(`DELETE FROM up_cand c WHERE lower(c.cand) IN (
-               SELECT k FROM (SELECT o.lname AS k FROM up_user o WHERE o.outcome = 'inserted'
+               SELECT k FROM (SELECT o.lname AS k FROM up_user o WHERE o.outcome = 'inserted' AND strpos(o.username, '-') > 0
                               UNION ALL SELECT lower(r.final_name) FROM ${decided} r WHERE r.outcome = 'renamed') x
                WHERE k IN (SELECT lower(cand) FROM up_cand))`);
     pending -= (await q(`UPDATE ${decided} p SET final_name = c.cand FROM up_cand c WHERE p.src_pk = c.src_pk`)).rowCount ?? 0;

@@ -432,6 +432,11 @@ describe('the users step draws the new ids as one block where it can (issue #23)
 
   const cases: { name: string; recs: () => Rec[]; options?: Record<string, unknown>; block: boolean; undone?: boolean }[] = [
     { name: 'every kept user one after another, renames among them', recs: () => records(1200), block: true },
+    // Pks with gaps (every hundredth user five on): runs of consecutive pks, each a range of the pk map.
+    { name: 'pks with gaps', recs: () => records(1200).map((r) => {
+      const p = (pk: number) => pk + 5 * Math.floor(pk / 100);
+      return r.model === 'sentry.user' ? { ...r, pk: p(r.pk) } : r.model === 'sentry.email' ? r : { ...r, fields: { ...r.fields, user: p(r.fields.user as number) } };
+    }), block: true },
     // A user the filter removes is staged, not kept: the kept users' ordinals have a hole.
     { name: 'a username filter', recs: () => records(1200), options: { filterUsernames: Array.from({ length: 1200 }, (_, i) => `u${i + 1}`).filter((_, i) => i !== 600) }, block: false },
     // A rejected user (its date is not a date) leaves a hole too.
@@ -585,6 +590,22 @@ describe('the renamed users\' random tails (issue #23)', () => {
         const names = (await db.knex.raw(`SELECT username FROM auth_user WHERE email = 'bob@example.com'`)).rows.map((r: { username: string }) => r.username);
         expect(names).to.have.length(1);
         expect(names[0]).to.match(/^bob-[a-z0-9]{3}$/);
+      });
+    });
+
+    it(`draws again a tail whose name a user of the export holds in another case: every 2-character one taken, a 3-character tail (bulk load ${bulkLoad})`, async () => {
+      await withDb(async (db) => {
+        // bob, BOB-<every tail of 2> and Bob in the file itself, into an empty target: Bob is
+        // renamed, and no tail of 2 is free among the export's own names (each holds a '-').
+        const chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789';
+        const tails = [...chars].flatMap((a) => [...chars].map((b) => a + b));
+        const users = [user(1, 'bob', { email: 'bob@example.com' }), ...tails.map((t, i) => user(i + 2, `BOB-${t}`, { email: `b${i + 2}@example.com` })),
+          user(tails.length + 2, 'Bob', { email: 'bob2@example.com' })];
+        const stats = await importUsers({ source: writeExport([...users, useroption(1, 1, 'timezone', 'UTC')]), databaseUrl: db.url, bulkLoad });
+        expect(stats.models['sentry.user']).to.include({ inserted: tails.length + 2, renamed: 1 });
+        const names = (await db.knex.raw(`SELECT username FROM auth_user WHERE email = 'bob2@example.com'`)).rows.map((r: { username: string }) => r.username);
+        expect(names).to.have.length(1);
+        expect(names[0]).to.match(/^Bob-[a-z0-9]{3}$/);
       });
     });
   }
