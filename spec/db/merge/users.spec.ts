@@ -172,14 +172,6 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
   };
 
   /**
-   * Targets: empty (C and ICU en-US), one that holds a few rows (the bulk path, decided against
-   * them: an existing alice and an existing holder of u7's address and of u8's email_unique, and
-   * someone, whose address and name users 309 and 310 repeat, and nothing else does), the same
-   * two users beside more than a few Email rows (the general path, their users read by the
-   * client), and one that holds more than a few users (the general path, the early step on it,
-   * deciding every user); the few rows and the many users also with --merge-users.
-   */
-  /**
    * Each renamed user's finding names the name the user holds now, the user found by the pk map
    * (where only the exceptions were decided, up_user is a view that reads the names from them).
    */
@@ -193,6 +185,15 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
     expect(named.length, 'every renamed user found by the pk map').to.equal(renamed);
     for (const r of named) expect(r.named, 'the finding names the user\'s new name').to.equal(r.username).and.match(/-[a-z0-9]{2,12}$/);
   };
+
+  /**
+   * Targets: empty (C and ICU en-US), one that holds a few rows (the bulk path, decided against
+   * them: an existing alice and an existing holder of u7's address and of u8's email_unique, and
+   * someone, whose address and name users 309 and 310 repeat, and nothing else does), the same
+   * two users beside more than a few Email rows (the general path, their users read by the
+   * client), and one that holds more than a few users (the general path, the early step on it,
+   * deciding every user); the few rows and the many users also with --merge-users.
+   */
   const variants: { name: string; locale?: string; existing?: number; emailRows?: number; mergeUsers?: boolean; renamed: number[]; notes: number[] }[] = [
     // ALICE, Alice and u5; and änne where lower() makes it Änne's name (ICU), not in C.
     { name: 'empty target, C database', renamed: [302, 303, 308], notes: [302, 303] },
@@ -527,6 +528,9 @@ describe('the users step draws the new ids as one block where it can (issue #23)
 });
 
 describe('the renamed users\' random tails (issue #23)', () => {
+  /** Every tail of 2 characters, upper-cased (a renamed user's tails are lower-case: the same names case-insensitively). */
+  const chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789';
+  const tails = [...chars].flatMap((a) => [...chars].map((b) => a + b));
   it('randomTail draws, per row, len characters of a-z and 0-9, as the migrations\' userport.random_string does', async () => {
     await withDb(async (db) => {
       for (const len of [1, 3, 12]) {
@@ -571,8 +575,6 @@ describe('the renamed users\' random tails (issue #23)', () => {
         // BOB and BOB-<every tail of 2>: 1,297 users, the general path (the early step reads them
         // into the client where bulk load is auto; the merge at the end decides where it is off).
         // A tail is drawn per round until one is free: 2 characters at first, then 3.
-        const chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789';
-        const tails = [...chars].flatMap((a) => [...chars].map((b) => a + b));
         await db.knex.raw(`INSERT INTO auth_user (password, username, first_name, email, is_staff, is_active, is_superuser, is_managed,
             is_password_expired, flags, date_joined)
           SELECT 'x', n, '', '', false, true, false, false, false, 0, now() FROM unnest(?::text[]) n`, [['BOB', ...tails.map((t) => `BOB-${t}`)]]);
@@ -597,8 +599,6 @@ describe('the renamed users\' random tails (issue #23)', () => {
       await withDb(async (db) => {
         // bob, BOB-<every tail of 2> and Bob in the file itself, into an empty target: Bob is
         // renamed, and no tail of 2 is free among the export's own names (each holds a '-').
-        const chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789';
-        const tails = [...chars].flatMap((a) => [...chars].map((b) => a + b));
         const users = [user(1, 'bob', { email: 'bob@example.com' }), ...tails.map((t, i) => user(i + 2, `BOB-${t}`, { email: `b${i + 2}@example.com` })),
           user(tails.length + 2, 'Bob', { email: 'bob2@example.com' })];
         const stats = await importUsers({ source: writeExport([...users, useroption(1, 1, 'timezone', 'UTC')]), databaseUrl: db.url, bulkLoad });
