@@ -13,6 +13,8 @@ export interface ChildrenStepOptions {
   run: number;
   /** Told as each step starts. */
   onStep?: (step: MergeStep) => void;
+  /** False: the staging table holds this run's users alone (no user email or option to decide). */
+  othersStaged?: boolean;
 }
 
 /**
@@ -65,6 +67,7 @@ export async function mergeChildren(q: Q, S: string, options: ChildrenStepOption
   const decideAndInsert = async (table: 'up_ue' | 'up_uo', code: number, targetTable: string | undefined, insert: string): Promise<number> => {
     const decision = decide(table, code, targetTable);
     await q(`CREATE TEMP TABLE ${table} ON COMMIT DROP AS ${decision} WITH NO DATA`, [run]);
+    if (options.othersStaged === false) return 0;
     if (targetTable === undefined) {
       await q(`INSERT INTO ${table} ${decision}`, [run]);
       return 0;
@@ -114,34 +117,38 @@ export async function mergeChildren(q: Q, S: string, options: ChildrenStepOption
     // has one. The anti-join decides, over the new users' rows only (their ids are this import's):
     // hashed, where the unique key alone probed it once per new user (0.6 s at 100k users into a
     // database holding 100k). Into the empty target there is no key; elsewhere it still
-    // arbitrates against other sessions.
-    // ORDER BY: the sort takes every row of the anti-join before the first is inserted. Without
-    // it, where the table held few rows of the new users (an export without user emails), the
-    // planner looped over a scan of the table, which each insert made longer: 102 s at 100k users.
-    if (bulk) await q(`ANALYZE ${UE} (user_id, email)`);
-    const prim = await q(`
+    // arbitrates against other sessions. The rows are found before any is inserted (a temporary
+    // table, insertFound): an INSERT ... SELECT that read the table it wrote, where the table held
+    // few rows of the new users (an export without user emails), had the planner loop over a scan
+    // of it, which each insert made longer (102 s at 100k users).
+    // On the bulk path no other session writes the user tables: the new users are the rows from
+    // the lowest new id on, read from the users' table (up_user is a temporary view, which the
+    // server's parallel workers cannot read), and every user email from that id on is a new user's.
+    // No ANALYZE of the user emails first (31 ms at 100k): what the plans need is the tables'
+    // sizes, which the planner reads from their pages.
+    const userEmail = plan.userEmail;
+    const newUsers = bulk ? `(SELECT id AS new_id, email FROM ${plan.user.table} WHERE id >= $1::bigint)` : 'up_user';
+    stats.adjacent.primaryEmails += await insertFound(q, 'up_primary', `
+      SELECT new_id, email FROM ${newUsers} u WHERE new_id IS NOT NULL AND coalesce(email, '') <> ''
+        AND NOT EXISTS (SELECT 1 FROM ${UE} x WHERE x.user_id = u.new_id AND x.email = u.email
+                        AND x.user_id >= $1::bigint)`, [firstNew], (rows) => `
       INSERT INTO ${UE} (user_id, email, validation_hash, date_hash_added, is_verified)
       SELECT new_id, email, replace(gen_random_uuid()::text, '-', ''), now(), false
-      FROM up_user u WHERE new_id IS NOT NULL AND coalesce(email, '') <> ''
-        AND NOT EXISTS (SELECT 1 FROM ${UE} x WHERE x.user_id = u.new_id AND x.email = u.email
-                        AND x.user_id >= $1::bigint)
-      ORDER BY new_id
-      ${!bulk && plan.userEmail.arbiter ? `ON CONFLICT ${plan.userEmail.arbiter} DO NOTHING` : ''}`, [firstNew]);
-    stats.adjacent.primaryEmails += prim.rowCount ?? 0;
-    if (plan.email) {
+      FROM ${rows} ORDER BY new_id
+      ${!bulk && userEmail.arbiter ? `ON CONFLICT ${userEmail.arbiter} DO NOTHING` : ''}`);
+    const E = plan.email;
+    if (E) {
       // Sentry's receivers/email.py gives every new UserEmail an Email row for its address, so an
       // export without sentry.email records still ends with one row per address of its new users.
-      const E = plan.email.table;
-      const signalled = await q(`
-        INSERT INTO ${E} (email, date_added)
-        SELECT email, now() FROM (
-          SELECT DISTINCT ON (lower(ue.email)) ue.email, ue.user_id FROM ${UE} ue
-          JOIN up_user u ON u.new_id = ue.user_id
-          WHERE ue.email <> '' AND ue.user_id >= $1::bigint AND NOT EXISTS (SELECT 1 FROM ${E} e WHERE lower(e.email::text) = lower(ue.email))
-          ORDER BY lower(ue.email), ue.user_id, ue.email) x
-        ORDER BY user_id, email
-        ${!bulk && plan.email.arbiter ? `ON CONFLICT ${plan.email.arbiter} DO NOTHING` : ''}`, [firstNew]);
-      stats.adjacent.userEmailAddresses = (stats.adjacent.userEmailAddresses ?? 0) + (signalled.rowCount ?? 0);
+      stats.adjacent.userEmailAddresses = (stats.adjacent.userEmailAddresses ?? 0) + await insertFound(q, 'up_signalled', `
+        SELECT DISTINCT ON (lower(ue.email)) ue.email, ue.user_id FROM ${UE} ue
+        ${bulk ? '' : 'JOIN up_user u ON u.new_id = ue.user_id'}
+        WHERE ue.email <> '' AND ue.user_id >= $1::bigint
+          AND NOT EXISTS (SELECT 1 FROM ${E.table} e WHERE lower(e.email::text) = lower(ue.email))
+        ORDER BY lower(ue.email), ue.user_id, ue.email`, [firstNew], (rows) => `
+        INSERT INTO ${E.table} (email, date_added)
+        SELECT email, now() FROM ${rows} ORDER BY user_id, email
+        ${!bulk && E.arbiter ? `ON CONFLICT ${E.arbiter} DO NOTHING` : ''}`);
     }
   }
   const UO = plan.userOption;
@@ -150,4 +157,24 @@ export async function mergeChildren(q: Q, S: string, options: ChildrenStepOption
     INSERT INTO ${UO?.table} (user_id, project_id, organization_id, key, value)
     SELECT target_id, NULL, NULL, opt_key, ${UO?.value} FROM d WHERE outcome = 'insert' ORDER BY src_pk`);
   return { userEmails, userOptions };
+}
+
+/**
+ * A receiver's rows: `select` finds them into a temporary table (`name`), which `insert` reads,
+ * unless there are none (the usual case: an export holds its users' addresses). CREATE TABLE AS
+ * may give the anti-join a parallel worker, where INSERT ... SELECT runs in one process; in the
+ * merge's tail Node is idle, so the worker has the second core (100k users into an empty target,
+ * traces: the primary user emails 86 ms, after an ANALYZE of 31 ms, -> 44-52 ms; the Email rows
+ * 124 -> 65-75 ms). For that statement the planner is told a worker costs nothing to start and a
+ * row nothing to pass up (`parallel_setup_cost` and `parallel_tuple_cost` 0, put back after):
+ * without statistics of lower(email) it takes an anti-join to keep half its rows, and their
+ * transfer kept the plan serial; a table too small for a worker (`min_parallel_table_scan_size`)
+ * is still scanned by one process.
+ */
+async function insertFound(q: Q, name: string, select: string, params: unknown[], insert: (rows: string) => string): Promise<number> {
+  const was = (await q(`SELECT current_setting('parallel_tuple_cost') AS t, current_setting('parallel_setup_cost') AS s`)).rows[0] as { t: string; s: string };
+  await q(`SELECT set_config('parallel_tuple_cost', '0', true), set_config('parallel_setup_cost', '0', true)`);
+  const found = (await q(`CREATE TEMP TABLE ${name} ON COMMIT DROP AS ${select}`, params)).rowCount ?? 0;
+  await q(`SELECT set_config('parallel_tuple_cost', $1, true), set_config('parallel_setup_cost', $2, true)`, [was.t, was.s]);
+  return found === 0 ? 0 : (await q(insert(name))).rowCount ?? 0;
 }

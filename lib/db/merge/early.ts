@@ -89,7 +89,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   check?: UserRepeatCheck, ordinals?: OrdinalRun): Promise<{ bulk: BulkLoad | undefined; run(): Promise<EarlyUsers> } | undefined> {
   if (!options.bulkLoad) return undefined;
   const q = runner(client, options);
-  const S = await openMerge(q, { sampled: true });
+  const { S } = await openMerge(q, { sampled: true });
   const staged = await stagedInTransaction(q, S);
   await refuseSequencesBehind(q, writtenTables(plan));
   await q(`SAVEPOINT ${EARLY_SAVEPOINT}`);

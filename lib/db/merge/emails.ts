@@ -22,6 +22,8 @@ export interface EmailsStepOptions {
   run: number;
   /** A username filter is active: only the kept users' addresses are imported. */
   filterActive: boolean;
+  /** False: the staging table holds this run's users alone (no Email record to decide). */
+  othersStaged?: boolean;
 }
 
 /**
@@ -49,13 +51,14 @@ export async function mergeEmails(q: Q, S: string, options: EmailsStepOptions, p
       row_number() OVER (PARTITION BY lower(s.email) ORDER BY s.src_pk) AS rn,
       CASE WHEN NOT ${!!plan.email} THEN 'dropped' WHEN ${kept} THEN NULL ELSE 'filtered' END AS outcome,
       CASE WHEN NOT ${!!plan.email} THEN ${absent} WHEN ${kept} THEN NULL ELSE '${EMAIL_NOT_KEPT}' END AS reason
-    FROM ${S} s WHERE s.run = $1 AND s.model = ${C.email}`, [run])).rowCount ?? 0;
+    FROM ${S} s WHERE s.run = $1 AND s.model = ${C.email}${options.othersStaged === false ? ' WITH NO DATA' : ''}`, [run])).rowCount ?? 0;
   if (!plan.email) return;
   const E = plan.email.table;
   if (stagedEmails > 0) await insertEmails(q, run, E, plan.email.arbiter, bulk);
-  // Written straight in (direct-emails.ts), or on the bulk path: statistics for the joins that
-  // follow, as after the insert.
-  else if (bulk || direct.emails) await q(`ANALYZE ${E} (id)`);
+  // Written straight in (direct-emails.ts): statistics for the joins that follow, as after the
+  // insert. Not on the bulk path: its unique key, rebuilt at the end, counts the table's rows
+  // for the next import's plans, and the receivers' anti-join reads its size from its pages.
+  else if (!bulk && direct.emails) await q(`ANALYZE ${E} (id)`);
   const emailCounts = await q(`SELECT kind, sum(span)::int AS n FROM userport.pk_ranges WHERE run = $1 AND model = 'sentry.email' GROUP BY kind`, [run]);
   for (const { kind, n } of emailCounts.rows as { kind: 'inserted' | 'existing'; n: number }[]) stats.model('sentry.email')[kind] += n;
 }

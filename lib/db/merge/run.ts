@@ -129,14 +129,14 @@ export async function stagingTable(q: (sql: string) => Promise<pg.QueryResult>):
 
 /**
  * What every merge starts with; harmless to repeat in one transaction (the early users phase,
- * then the rest). Returns the staging relation. `sampled`: the staged rows' statistics from a
+ * then the rest). Returns the staging relation `S`. `sampled`: the staged rows' statistics from a
  * small sample ({@link analyzeSampled}), for the early users step (its plans need the row counts,
  * and the merge analyses the staging table again once everything is staged). `staged`: what
  * {@link stagedInTransaction} said when the staging table was last analysed; while it still says
  * so, nothing was staged since and those statistics stand (the early users step's, when every
- * other row went straight in: an ANALYZE of 0.1 s at 100k users saved).
+ * other row went straight in: an ANALYZE of 0.1 s at 100k users saved), and `unchanged` says so.
  */
-export async function openMerge(q: Q, { sampled = false, staged }: { sampled?: boolean; staged?: number } = {}): Promise<string> {
+export async function openMerge(q: Q, { sampled = false, staged }: { sampled?: boolean; staged?: number } = {}): Promise<{ S: string; unchanged: boolean }> {
   // After the lock, each statement must see what earlier merges committed: only READ COMMITTED
   // takes a new snapshot per statement (importUsers sets it; a caller's own client may not).
   const iso = (await q(`SELECT current_setting('transaction_isolation') AS level`)).rows[0].level as string;
@@ -150,10 +150,10 @@ export async function openMerge(q: Q, { sampled = false, staged }: { sampled?: b
   // Statistics only of the columns later statements join or filter on: a wide table's other
   // columns would cost time to sample and help no plan.
   const what = `${S} (run, model, src_pk, user_pk, keep, username, email)`;
-  if (staged !== undefined && await stagedInTransaction(q, S) === staged) return S;
+  if (staged !== undefined && await stagedInTransaction(q, S) === staged) return { S, unchanged: true };
   if (sampled) await analyzeSampled(q, what);
   else await q(`ANALYZE ${what}`);
-  return S;
+  return { S, unchanged: false };
 }
 
 /** Rows inserted into the staging relation `S` in this transaction so far (PostgreSQL's own count). */

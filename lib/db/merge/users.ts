@@ -23,7 +23,16 @@ const MAX_RENAME_ROUNDS = 200;
 export interface UsersWritten {
   usersInserted: number;
   lostPasswordHashes: number;
+  /**
+   * Where the step's own decisions are: `up_user`, or `up_exc` where it decided only the
+   * exceptions (up_user is then a view over every staged user, {@link plainUsers}: each other
+   * user inserted as it is, or, staged but not kept, removed by the username filter).
+   */
+  decided: 'up_user' | 'up_exc';
 }
+
+/** The finding of a staged user the username filter removed. */
+export const USERNAME_NOT_LISTED = 'username not in --filter-usernames';
 
 export interface UsersStepOptions {
   run: number;
@@ -357,7 +366,7 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
         CASE WHEN outcome = 'inserted' THEN username END AS final_name,
         -- Global scope keeps the password hash of a claimed user (Sentry: unless is_unclaimed).
         ${keepPassword(plan, 'o.x')} AS keep_pw,
-        CASE WHEN outcome = 'filtered' THEN 'username not in --filter-usernames'
+        CASE WHEN outcome = 'filtered' THEN '${USERNAME_NOT_LISTED}'
              WHEN outcome = 'renamed' THEN 'username taken'
              WHEN outcome = 'merged' AND ex_id IS NOT NULL THEN 'merged into existing user'
              WHEN outcome = 'merged' THEN 'merged into an earlier user of the export with the same username' END AS reason,
@@ -441,7 +450,7 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
       SELECT $1, 'sentry.user', min(src_pk), ${offset}::bigint + min(ord), 'inserted', count(*)::int
       FROM up_user WHERE keep GROUP BY src_pk - ord`, [options.run]);
   }
-  return { usersInserted, lostPasswordHashes };
+  return { usersInserted, lostPasswordHashes, decided: exceptions ? 'up_exc' : 'up_user' };
 }
 
 /** Whether a new user keeps its exported password hash (global scope, a claimed user; Sentry: unless is_unclaimed), over the staged `extra` object `x`. */
@@ -549,7 +558,7 @@ function plainUsers(S: string, plan: WritePlan, offset: bigint, run: number): st
       ${known('outcome', "WHEN s.keep THEN 'inserted' ELSE 'filtered'")},
       ${known('final_name', 'WHEN s.keep THEN s.username')},
       ${known('keep_pw', 'ELSE false')},
-      ${known('reason', "WHEN NOT s.keep THEN 'username not in --filter-usernames'")},
+      ${known('reason', `WHEN NOT s.keep THEN '${USERNAME_NOT_LISTED}'`)},
       ${known('new_id', `WHEN s.keep THEN ${offset}::bigint + s.ord`)},
       ${known('target_id', `WHEN s.keep THEN ${offset}::bigint + s.ord`)},
       ${known('email_unique_final', `WHEN s.keep THEN ${plan.user.emailUnique ? candidateOf('s') : 'NULL::text'}`)},

@@ -274,6 +274,42 @@ describe('the users step ranks only the repeats the client listed (issue #23)', 
     });
   }
 
+  it('with --filter-usernames, users the filter removed before and after the kept ones: the same findings and counts as the merge at the end', async () => {
+    // The kept users still come one after another (a block of ids, only the exceptions decided):
+    // the removed ones are not among the decided exceptions but among the view's other users.
+    const kept = [user(3, 'alice'), user(4, 'ALICE'), user(5, 'bob')];
+    for (let pk = 6; pk <= 40; pk++) kept.push(user(pk, `u${pk}`));
+    const file = writeExport([
+      user(1, 'gone1'), user(2, 'gone2'), ...kept, user(41, 'gone3', { email: 'bob@example.com' }),
+      useremail(1, 3, 'alice@example.com'), useremail(2, 1, 'gone1@example.com'), useroption(1, 5, 'timezone', 'UTC'),
+    ]);
+    const filterUsernames = kept.map((u) => (u.fields as { username: string }).username);
+    const early = await freshDatabase();
+    const atEnd = await freshDatabase();
+    try {
+      const sqls: string[] = [];
+      const a = await importUsers({ source: file, databaseUrl: early.url, filterUsernames, onTrace: (e) => { if (e.kind === 'sql') sqls.push(e.sql); } });
+      const b = await importUsers({ source: file, databaseUrl: atEnd.url, filterUsernames, bulkLoad: 'off' });
+      expect(usersStatement(sqls), 'exceptions alone decided').to.include('CREATE TEMP TABLE up_exc');
+      expect(a.models['sentry.user']!.filtered).to.equal(3);
+      expect(a.models).to.deep.equal(b.models);
+      expect(a.adjacent).to.deep.equal(b.adjacent);
+      const s = await state(early);
+      expect(s).to.deep.equal(await state(atEnd));
+      type Finding = { kind: string; model: string; source_pk: string; reason: string };
+      const of = (kind: string): [string, number, string][] => s.findings.filter((f: Finding) => f.kind === kind).map((f: Finding) => [f.model, Number(f.source_pk), f.reason]);
+      expect(of('filtered')).to.deep.equal([
+        ['sentry.user', 1, 'username not in --filter-usernames'], ['sentry.user', 2, 'username not in --filter-usernames'],
+        ['sentry.user', 41, 'username not in --filter-usernames'], ['sentry.useremail', 2, 'user filtered out (user pk 1)'],
+      ]);
+      expect(of('renamed').map(([, pk]) => pk)).to.deep.equal([4]);
+      expect(of('address').map(([, pk]) => pk)).to.deep.equal([4]);
+    } finally {
+      await early.close();
+      await atEnd.close();
+    }
+  });
+
   /** Users (renames' tails blurred) and findings, of any generation's auth_user. */
   const anyState = async (db: TestDb) => ({
     users: (await db.knex.raw(`SELECT id, regexp_replace(username, '-[a-zA-Z0-9]{2,12}$', '-~') AS u, email FROM auth_user ORDER BY id`)).rows,
