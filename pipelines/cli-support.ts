@@ -232,6 +232,19 @@ export function parseCommand(args: readonly string[], specs: FlagSpecs, command:
   }
 }
 
+/**
+ * A count with its thousands grouped, as `toLocaleString('en-US')` writes it (1,234,567). For an
+ * integer the digits are grouped here: the first `toLocaleString` of a process sets up ICU's
+ * number formatting, 12 ms of every command's summary. Anything else goes to it.
+ */
+export function formatCount(x: number): string {
+  if (!Number.isSafeInteger(x)) return x.toLocaleString('en-US');
+  const digits = String(Math.abs(x));
+  let out = digits.slice(0, digits.length % 3 || 3);
+  for (let i = out.length; i < digits.length; i += 3) out += `,${digits.slice(i, i + 3)}`;
+  return x < 0 || Object.is(x, -0) ? `-${out}` : out;
+}
+
 /** Binary units throughout (1 MiB = 1,048,576 bytes), said so. */
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;

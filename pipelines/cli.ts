@@ -16,7 +16,7 @@ import { checkImportOptions, importUsers, type ImportOptions, type Progress } fr
 import { dropImport, listImports, type ImportListing } from '../lib/db/imports.js';
 import type { ImportSummary } from '../lib/stats.js';
 import { runDecryptCommand, runEncryptCommand } from './crypto-commands.js';
-import { checkOptionFile, cliWording, didYouMean, formatBytes, helpText, parseCommand, reportError, usernameFilter, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
+import { checkOptionFile, cliWording, didYouMean, formatBytes, formatCount, helpText, parseCommand, reportError, usernameFilter, withHint, TEXT_WIDTH, usage, usageError, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { installSpoolCleanup, interrupted, setInterruptNote, setInterruptWork } from './signals.js';
 import { runExportCommand } from './export-command.js';
 import { runTargetCommand } from './target-command.js';
@@ -230,7 +230,7 @@ export function formatDuration(seconds: number): string {
   return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }
 
-const n = (x: number) => x.toLocaleString('en-US');
+const n = formatCount;
 
 /**
  * How long the merge takes after the input ends, relative to the reading phase (which includes

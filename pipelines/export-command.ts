@@ -12,7 +12,7 @@ import { printable } from '../lib/errors.js';
 import { exportUsers, type ExportProgress, type ExportScope, type ExportSummary } from '../lib/export.js';
 import { kmsGetPublicKey, readGcpKmsConfig } from '../lib/crypto/gcp-kms.js';
 import { encryptionKey } from '../lib/encrypt.js';
-import { checkInputFile, checkOutputPath, didYouMean, formatBytes, helpText, parseCommand, TEXT_WIDTH, usage, usageError, usernameFilter, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
+import { checkInputFile, checkOutputPath, didYouMean, formatBytes, formatCount, helpText, parseCommand, TEXT_WIDTH, usage, usageError, usernameFilter, wrapList, wrapText, type FlagSpecs } from './cli-support.js';
 import { closedStdout, stdoutClosedAtLaunch } from './signals.js';
 
 export const EXPORT_USAGE = `Usage: userport export users|config|global DEST [options]
@@ -71,20 +71,20 @@ const OPTIONS: FlagSpecs = {
 
 function progressLine(p: ExportProgress): string {
   const rate = p.seconds > 0 ? Math.round(p.records / p.seconds) : 0;
-  return `${formatBytes(p.bytes)} written · ${p.records.toLocaleString('en-US')} records · ${rate.toLocaleString('en-US')} rec/s · ${p.model}`;
+  return `${formatBytes(p.bytes)} written · ${formatCount(p.records)} records · ${formatCount(rate)} rec/s · ${p.model}`;
 }
 
 /** The summary as a person reads it; `emptyFilter`: `--filter-usernames ""` was given (no filter, as in Sentry). */
 export function formatExportSummary(s: ExportSummary, dest: string, emptyFilter = false): string {
-  const rows = Object.entries(s.models).map(([m, n]) => [m, n.toLocaleString('en-US')]);
+  const rows = Object.entries(s.models).map(([m, n]) => [m, formatCount(n)]);
   const w0 = Math.max(5, ...rows.map((r) => r[0]!.length));
   const w1 = Math.max(8, ...rows.map((r) => r[1]!.length));
   const out = [
-    `Exported: ${s.records.toLocaleString('en-US')} records, ${formatBytes(s.bytes)} in ${s.seconds.toFixed(1)}s to ${dest === '-' ? 'stdout' : printable(dest)}`,
+    `Exported: ${formatCount(s.records)} records, ${formatBytes(s.bytes)} in ${s.seconds.toFixed(1)}s to ${dest === '-' ? 'stdout' : printable(dest)}`,
     '', `${'model'.padEnd(w0)}  ${'exported'.padStart(w1)}`, `${'-'.repeat(w0)}  ${'-'.repeat(w1)}`,
     ...rows.map(([m, n]) => `${m!.padEnd(w0)}  ${n!.padStart(w1)}`),
   ];
-  for (const e of s.excluded) out.push(`  left out ${e.count.toLocaleString('en-US')} ${e.model}: ${e.reason}`);
+  for (const e of s.excluded) out.push(`  left out ${formatCount(e.count)} ${e.model}: ${e.reason}`);
   for (const [m, f] of Object.entries(s.missingColumns)) out.push(`  ${m}: the database has no column for ${f.join(', ')} (left out of every record)`);
   for (const [m, why] of Object.entries(s.absentModels)) out.push(`  ${m}: none written, ${why}`);
   if (emptyFilter) out.push('--filter-usernames was empty: no filter (as in Sentry), every user exported');

@@ -1,9 +1,16 @@
 /** The CLI's shared pieces: library option names mapped to flags, typo suggestions, exit codes. */
 import { expect } from 'chai';
 import { ErrorCodes, opt, OptionError, ParseError, RecordError, UserportError, wording } from '../../lib/errors.js';
-import { cliMessage, didYouMean, exitCodeFor, formatError, suggestFlag, suggestWord, usage } from '../../pipelines/cli-support.js';
+import { cliMessage, didYouMean, exitCodeFor, formatCount, formatError, suggestFlag, suggestWord, usage } from '../../pipelines/cli-support.js';
 
 describe('CLI support', () => {
+  it('groups a count\'s thousands as toLocaleString(\'en-US\') does, for every length of integer and what is not one', () => {
+    const values = [0, 7, -7, 999, 1000, -1000, 12345, 999999, 1000000, -1234567, 2 ** 31, Number.MAX_SAFE_INTEGER, -Number.MAX_SAFE_INTEGER,
+      1.5, 1234.5678, 2 ** 60, -0, NaN, Infinity];
+    for (let d = 1, x = 1; d <= 16; d++, x = x * 10 + (d % 10)) values.push(x, -x);
+    for (const v of values) expect(formatCount(v), String(v)).to.equal(v.toLocaleString('en-US'));
+  });
+
   it('names the CLI flag where a library error names its option in parts (wording)', () => {
     const err = new OptionError(wording`${opt('databaseUrl')} must be a postgresql:// URL`);
     expect(err.option).to.equal('databaseUrl');
