@@ -6,7 +6,7 @@ import { REJECTED_USER_CODE } from '../../models.js';
 import { SCOPED_OPTION, USER_FILTERED } from './direct-rows.js';
 import { type ImportStats } from '../../stats.js';
 import type { WritePlan } from './plan.js';
-import { modelCodes, type MergeStep, type Q } from './run.js';
+import { modelCodes, withSettings, type MergeStep, type Q } from './run.js';
 
 /** What the children's steps need of the merge's options. */
 export interface ChildrenStepOptions {
@@ -172,9 +172,7 @@ export async function mergeChildren(q: Q, S: string, options: ChildrenStepOption
  * is still scanned by one process.
  */
 async function insertFound(q: Q, name: string, select: string, params: unknown[], insert: (rows: string) => string): Promise<number> {
-  const was = (await q(`SELECT current_setting('parallel_tuple_cost') AS t, current_setting('parallel_setup_cost') AS s`)).rows[0] as { t: string; s: string };
-  await q(`SELECT set_config('parallel_tuple_cost', '0', true), set_config('parallel_setup_cost', '0', true)`);
-  const found = (await q(`CREATE TEMP TABLE ${name} ON COMMIT DROP AS ${select}`, params)).rowCount ?? 0;
-  await q(`SELECT set_config('parallel_tuple_cost', $1, true), set_config('parallel_setup_cost', $2, true)`, [was.t, was.s]);
+  const found = (await withSettings(q, { parallel_tuple_cost: '0', parallel_setup_cost: '0' },
+    () => q(`CREATE TEMP TABLE ${name} ON COMMIT DROP AS ${select}`, params))).rowCount ?? 0;
   return found === 0 ? 0 : (await q(insert(name))).rowCount ?? 0;
 }

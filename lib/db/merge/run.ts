@@ -166,10 +166,24 @@ const SMALL_SAMPLE = 10;
 
 /** ANALYZE `what` with a small sample, the session's statistics target restored after. */
 export async function analyzeSampled(q: Q, what: string): Promise<void> {
-  const was = (await q(`SELECT current_setting('default_statistics_target') AS v`)).rows[0].v as string;
-  await q(`SELECT set_config('default_statistics_target', $1, true)`, [String(SMALL_SAMPLE)]);
-  await q(`ANALYZE ${what}`);
-  await q(`SELECT set_config('default_statistics_target', $1, true)`, [was]);
+  await withSettings(q, { default_statistics_target: String(SMALL_SAMPLE) }, () => q(`ANALYZE ${what}`));
+}
+
+/**
+ * Runs `work` with `settings` changed for the transaction (set_config's local form), then puts
+ * each back as it was, so the caller's own values stand for whatever follows. Not on an error:
+ * the transaction is then aborted and takes them back itself.
+ */
+export async function withSettings<T>(q: Q, settings: Readonly<Record<string, string>>, work: () => Promise<T>): Promise<T> {
+  // The names are the code's own, written into the statements so that a trace reads them.
+  const names = Object.keys(settings);
+  if (!names.every((name) => /^[a-z_]+$/.test(name))) throw new RangeError(`withSettings: setting names ${names.join(', ')}`);
+  const setAll = (values: string[]) => q(`SELECT ${names.map((name, i) => `set_config('${name}', $${i + 1}, true)`).join(', ')}`, values);
+  const was = (await q(`SELECT ${names.map((name, i) => `current_setting('${name}') AS s${i}`).join(', ')}`)).rows[0] as Record<string, string>;
+  await setAll(names.map((name) => settings[name]!));
+  const result = await work();
+  await setAll(names.map((_, i) => was[`s${i}`]!));
+  return result;
 }
 
 /** A statement's runner: a {@link Q}, or a client's own `query`. */
