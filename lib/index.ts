@@ -35,6 +35,7 @@ export { checkImportOptions, importUsers } from './import.js';
 export { checkImportFiles } from './source.js';
 export type { SourceCheckOptions, SourceKind } from './source.js';
 export type { ImportOptions, Progress, StartInfo } from './import.js';
+export { STATEMENTS_APART } from './trace.js';
 export type { TraceEvent, TraceOptions } from './trace.js';
 export { dropImport } from './db/imports.js';
 export type { DroppedImport } from './db/imports.js';

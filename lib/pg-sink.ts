@@ -252,7 +252,7 @@ export function pgSink(options: PgSinkOptions & { spools: SpoolMaker }): Writabl
         await query('BEGIN');
         inTransaction = true;
         // The staging of an atomic import is never WAL-logged and vanishes with its transaction;
-        // the merge finds it as pg_temp.stage (lib/db/merge/run.ts, stagingTable).
+        // the merge finds it as pg_temp.stage (lib/db/merge/run.ts: openMerge, stagingTable).
         await query('CREATE TEMP TABLE stage (LIKE userport.stage INCLUDING DEFAULTS) ON COMMIT DROP');
         copy = openCopy();
       })().then(() => callback(), (err: Error) => callback(err));

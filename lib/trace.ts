@@ -5,9 +5,14 @@
  * instead of parsing text; the library itself prints nothing. The CLI prints them to stderr when
  * USERPORT_TRACE_SQL=1 or USERPORT_EXPLAIN_SQL=1 is set (pipelines/trace.ts).
  */
+
+/** What joins the texts of statements sent together in one `sql` event (each on its own line: a text may end in a comment). */
+export const STATEMENTS_APART = '\n;\n';
+
 /**
  * One event of the trace, by `kind`:
- * - `sql`: a statement of the merge ran; `ms` its time, `sql` its text.
+ * - `sql`: a statement of the merge ran; `ms` its time, `sql` its text. Statements sent together
+ *   in one round trip are one event: their texts joined by {@link STATEMENTS_APART}, `ms` theirs in all.
  * - `plan`: the plan (`EXPLAIN`, one line per element) of a statement of the merge, before it
  *   runs; only with `explain: true`.
  * - `retry`: a step is decided again because another session took one of its unique values

@@ -4,10 +4,10 @@
  * line (a plan: between `[plan]` and `[/plan]`). The library only tells events (`onTrace`); these
  * lines are the CLI's output, which the benchmark and the CLI specs read.
  */
-import type { TraceEvent } from '../lib/trace.js';
+import { STATEMENTS_APART, type TraceEvent } from '../lib/trace.js';
 
-/** A statement as the trace shows it: one line, at most 90 characters. */
-const short = (sql: string) => sql.trim().replace(/\s+/g, ' ').slice(0, 90);
+/** A statement as the trace shows it: one line, at most 90 characters; statements sent together, each so, apart by ` ; `. */
+const short = (sql: string) => sql.split(STATEMENTS_APART).map((one) => one.trim().replace(/\s+/g, ' ').slice(0, 90)).join(' ; ');
 
 const SINK_LINES: Record<Extract<TraceEvent, { kind: 'sink' }>['moment'], string> = {
   'overlap started': 'early users step started after %; rows go to the spool',

@@ -617,14 +617,19 @@ describe('reliability, round two (issue #9): the database', function () {
     await withDbClient(async (_db, c) => {
       for (const level of ['REPEATABLE READ', 'SERIALIZABLE']) {
         await c.query(`BEGIN ISOLATION LEVEL ${level}`);
+        const workMem = (await c.query(`SELECT current_setting('work_mem') AS v`)).rows[0].v as string;
         let code: string | undefined;
         try {
           await mergeStaged(c, { run: 1, mergeUsers: false, filterActive: false }, new ImportStats());
         } catch (err) {
           code = (err as { code?: string }).code;
         }
+        // Refused before taking anything: the caller's transaction holds no merge lock and its settings.
+        const after = (await c.query(`SELECT current_setting('work_mem') AS v,
+          (SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks`)).rows[0] as { v: string; locks: number };
         await c.query('ROLLBACK');
         expect(code, level).to.equal('USERPORT_DB_SETTING');
+        expect(after, level).to.deep.equal({ v: workMem, locks: 0 });
       }
     });
   });

@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import { PassThrough } from 'node:stream';
 import { OptionError } from '../lib/errors.js';
 import { importUsers } from '../lib/import.js';
-import type { TraceEvent } from '../lib/trace.js';
+import { STATEMENTS_APART, type TraceEvent } from '../lib/trace.js';
 import { traceFromEnv, traceLine } from '../pipelines/trace.js';
 import { failure, withDb } from './helpers/db.js';
 import { email, user, useremail, useroption, writeExport, type Rec } from './helpers/exports.js';
@@ -110,6 +110,12 @@ describe('the CLI\'s trace (pipelines/trace.ts)', () => {
     ];
     for (const [e, line] of lines) expect(traceLine(e)).to.equal(line);
     expect(traceLine({ kind: 'sql', ms: 0, sql: 'x'.repeat(200) })).to.equal(`[sql 0 ms] ${'x'.repeat(90)}`);
+  });
+
+  it('prints statements sent together on one line, each shortened, apart by " ; "', () => {
+    const sql = ['SELECT set_config(\'a\', \'1\', true)', `CREATE INDEX i ON t (${'c'.repeat(100)})`, 'ANALYZE t -- a comment'].join(STATEMENTS_APART);
+    expect(traceLine({ kind: 'sql', ms: 396.4, sql }))
+      .to.equal(`[sql 396 ms] SELECT set_config('a', '1', true) ; ${`CREATE INDEX i ON t (${'c'.repeat(100)}`.slice(0, 90)} ; ANALYZE t -- a comment`);
   });
 
   it('subscribes only when USERPORT_TRACE_SQL=1 or USERPORT_EXPLAIN_SQL=1 asks, and prints what each asks for', () => {

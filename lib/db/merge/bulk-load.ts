@@ -3,7 +3,7 @@
  * tables, or tables that hold a few rows (a new Sentry with its first admin, a test instance).
  */
 import type pg from 'pg';
-import type { Q } from './run.js';
+import { together, type Q } from './run.js';
 import type { WritePlan } from './plan.js';
 
 /**
@@ -145,11 +145,12 @@ export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.Q
       const now = pending.filter((o) => !only || only.includes(o.table));
       if (!now.length) return;
       pending = pending.filter((o) => !now.includes(o));
-      // Index builds sort in memory up to maintenance_work_mem (64 MB by default).
-      await q(`SELECT set_config('maintenance_work_mem', '256MB', true) WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < 256 * 1024 * 1024`);
-      for (const o of now) {
-        await q(o.kind === 'index' ? o.definition : `ALTER TABLE ${o.table} ADD CONSTRAINT ${IDENT_SQL(o.name)} ${o.definition}`);
-      }
+      // Index builds sort in memory up to maintenance_work_mem (64 MB by default). All in one
+      // round trip: the early steps build while Node reads the export (6 x 4-14 ms of waits).
+      await together(q, [
+        `SELECT set_config('maintenance_work_mem', '256MB', true) WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < 256 * 1024 * 1024`,
+        ...now.map((o) => (o.kind === 'index' ? o.definition : `ALTER TABLE ${o.table} ADD CONSTRAINT ${IDENT_SQL(o.name)} ${o.definition}`)),
+      ]);
     },
   };
 }

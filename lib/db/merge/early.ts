@@ -21,7 +21,7 @@ import { copyNewRows, directOptions, directUserEmails, dropScopedFindings, Filte
 import { EmailCheck, filterEmails, KeptAddresses, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { NewUsers } from './pk-map.js';
 import { lowerIsAscii } from './hash-sets.js';
-import { cursorPages, idSequence, markSequence, modelCodes, openMerge, putSequenceBack, refuseSequencesBehind, runner, stagedInTransaction, type Q,
+import { cursorPages, idSequence, markSequence, modelCodes, openMerge, putSequenceBack, refuseSequencesBehind, runner, sqlLiteral, stagedInTransaction, together, type Q,
   type SequenceMark } from './run.js';
 import type { SkipMarker } from '../../filter-users.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
@@ -105,12 +105,8 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   const unlocked = !!check && !bulk && !!ordinals && !options.mergeUsers && plan.scope !== 'global'
     && await meetUnlocked(client, plan, check, ordinals.count);
   const repeats = check?.take();
-  const seqs: string[] = [];
-  for (const table of [plan.user.table, plan.lostPassword?.table]) {
-    if (table === undefined) continue;
-    const seq = await idSequence(q, table);
-    if (seq) seqs.push(seq);
-  }
+  const userSeq = await idSequence(q, plan.user.table);
+  const seqs = [userSeq, plan.lostPassword && await idSequence(q, plan.lostPassword.table)].filter((seq): seq is string => !!seq);
   const before: SequenceMark[] = [];
   for (const seq of seqs) before.push(await markSequence(q, seq));
   return {
@@ -119,14 +115,14 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
       // The lost-password hashes are made in the client once the users are in (in the global
       // scope the users' step writes them: it skips the users whose password hash it keeps).
       const later = plan.lostPassword !== undefined && plan.scope !== 'global';
-      const written = await mergeUsers(q, S, options, plan, { empty: bulk?.empty ?? false, few, unlocked, lostPasswordsLater: later, repeats, ordinals });
+      const written = await mergeUsers(q, S, options, plan, { empty: bulk?.empty ?? false, few, unlocked, lostPasswordsLater: later, repeats, ordinals, userSeq });
       if (later) written.lostPasswordHashes = await lostPasswordsNow(q, client, plan, options.run);
       // The users' tables are complete: their indexes and constraints are built now, while Node
       // still reads the file (the server waits for it otherwise), not after the other tables' rows.
       if (bulk) await bulk.rebuild([plan.user.table, ...(plan.lostPassword ? [plan.lostPassword.table] : [])]);
-      // After the lost-password hashes, which draw from their own sequence.
-      const sequences: (SequenceMark & { after: string })[] = [];
-      for (const mark of before) sequences.push({ ...mark, after: (await markSequence(q, mark.seq)).lastValue });
+      // After the lost-password hashes, which draw from their own sequence (both in one round trip).
+      const now = await together(q, before.map((mark) => `SELECT last_value::text AS v FROM ${mark.seq}`));
+      const sequences = before.map((mark, i) => ({ ...mark, after: now[i]!.rows[0].v as string }));
       return {
         step: { bulk, ...written },
         sequences,
@@ -307,16 +303,15 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     if (!models.length && !scopedLines) return;
     const q = runner(client, options);
     const t0 = performance.now();
-    if (!early) await q(`SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`);
+    // The savepoint and the tables' id sequences in one round trip (Node is reading the export).
+    const found = await together(q, [...(early ? [] : [`SAVEPOINT ${EARLY_ROWS_SAVEPOINT}`]),
+      ...models.map((m) => `SELECT pg_get_serial_sequence(${sqlLiteral(m.table)}, 'id') AS seq`)]);
     const wrote: EarlyWrite = early ?? { models: new Map(), sequences: new Map(), rebuilt: [] };
     early = wrote;
     const tables: string[] = [];
     // Where each table's id sequence stands first, so that an undo puts it back (undoEarlySequences).
-    const seqs: string[] = [];
-    for (const m of models) {
-      const seq = await idSequence(q, m.table);
-      if (!seq) continue;
-      seqs.push(seq);
+    const seqs = found.slice(found.length - models.length).map((r) => r.rows[0].seq as string | null).filter((seq): seq is string => !!seq);
+    for (const seq of seqs) {
       if (!wrote.sequences.has(seq)) {
         const mark = await markSequence(q, seq);
         wrote.sequences.set(seq, { mark, after: mark.lastValue });
@@ -349,7 +344,8 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     }
     // (Read after a rollback: a refused COPY leaves the transaction aborted until then, and a
     // sequence's draws are not rolled back.)
-    for (const seq of seqs) wrote.sequences.get(seq)!.after = (await markSequence(q, seq)).lastValue;
+    const now = await together(q, seqs.map((seq) => `SELECT last_value::text AS v FROM ${seq}`));
+    seqs.forEach((seq, i) => { wrote.sequences.get(seq)!.after = now[i]!.rows[0].v as string; });
     if (why === undefined) q.trace({ kind: 'early-rows', tables, ms: performance.now() - t0 });
     else await dropEarly(q, wrote, why);
   };

@@ -7,7 +7,7 @@
 import { DatabaseError, ErrorCodes } from '../../errors.js';
 import { hash32, HashSet32 } from './hash-sets.js';
 import { insertPkRanges } from './pk-map.js';
-import { analyzeSampled, idSequence, modelCodes, retryOnUnique, type Q } from './run.js';
+import { analyzeSampled, idSequence, modelCodes, retryOnUnique, sqlLiteral, together, type Q } from './run.js';
 import type { WritePlan } from './plan.js';
 
 /**
@@ -64,6 +64,8 @@ interface UsersStepPath {
    */
   unlocked?: boolean;
   lostPasswordsLater?: boolean; repeats?: UserRepeats; ordinals?: OrdinalRun;
+  /** The sequence behind the users' ids, where the caller looked it up already (null: none). */
+  userSeq?: string | null;
 }
 
 /**
@@ -277,28 +279,34 @@ function againstTheTable(path: UsersStepPath): UsersStepPath {
 
 async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: WritePlan, path: UsersStepPath): Promise<UsersWritten> {
   const U = plan.user.table;
+  // The id sequence is looked up once: pg_get_serial_sequence per row read the catalog for every
+  // user (about half of the decision statement's time at 100k users).
+  const userSeq = path.userSeq !== undefined ? path.userSeq : await idSequence(q, U);
+  if (!userSeq) throw new DatabaseError(ErrorCodes.TARGET_SCHEMA, `${U}.id in the target database has no sequence to draw new ids from`);
+  // New ids are drawn below in file order; an id the target's id column cannot hold (Sentry 9's
+  // 32-bit ids) stops the import before any is drawn. Without --merge-users every kept user gets
+  // one (inserted or renamed); with it, one per name that no existing user holds (counted after
+  // the statistics below are sane: the count joins auth_user).
+  const kept = `SELECT count(*) AS n FROM ${S} s WHERE s.run = $1 AND s.model = ${modelCodes().user} AND s.keep`;
+  // One statement for what the step reads before it decides (each a round trip, waiting for Node
+  // between two chunks of the export: 4 statements, 20-40 ms at 100k users): whether auth_user's
+  // statistics are stale, the kept users, where the sequence stands and which way it counts.
+  const start = (await q(`
+    SELECT (SELECT reltuples <= 0 AND relpages > 0 FROM pg_class WHERE oid = ${sqlLiteral(U)}::regclass) AS stale,
+      ${options.mergeUsers ? 'NULL::bigint' : `(${kept})`} AS n, q.last_value::text AS v, q.is_called,
+      (SELECT seqincrement > 0 FROM pg_sequence WHERE seqrelid = ${sqlLiteral(userSeq)}::regclass) AS up
+    FROM ${userSeq} q`, options.mergeUsers ? [] : [options.run])).rows[0] as { stale: boolean | null; n: string | null; v: string; is_called: boolean; up: boolean | null };
   // The decisions join auth_user (names, addresses, email_unique). Statistics that say "empty"
   // over pages that hold rows (a killed merge's dead rows, as autovacuum left them before a
   // resume) make the planner loop over it for every user: 71 s instead of 10 at 50k users. Such
   // statistics are refreshed first; sane ones are left alone.
-  const stale = await q(`SELECT reltuples <= 0 AND relpages > 0 AS stale FROM pg_class WHERE oid = $1::regclass`, [U]);
-  if (stale.rows[0]?.stale) await q(`ANALYZE ${U} (id, username, email${plan.user.emailUnique ? ', email_unique' : ''})`);
-  // The id sequence is looked up once: pg_get_serial_sequence per row read the catalog for every
-  // user (about half of this statement's time at 100k users).
-  const userSeq = await idSequence(q, U);
-  if (!userSeq) throw new DatabaseError(ErrorCodes.TARGET_SCHEMA, `${U}.id in the target database has no sequence to draw new ids from`);
-  // New ids are drawn below in file order; an id the target's id column cannot hold (Sentry 9's
-  // 32-bit ids) stops the import before any is drawn. Without --merge-users every kept user gets
-  // one (inserted or renamed); with it, one per name that no existing user holds.
-  const count = Number((await q(options.mergeUsers
-    ? `SELECT count(*) AS n FROM (SELECT lower(s.username) AS l FROM ${S} s WHERE s.run = $1 AND s.model = ${modelCodes().user} AND s.keep GROUP BY 1) g
-       WHERE NOT EXISTS (SELECT 1 FROM ${U} a WHERE lower(a.username) = g.l)`
-    : `SELECT count(*) AS n FROM ${S} s WHERE s.run = $1 AND s.model = ${modelCodes().user} AND s.keep`, [options.run])).rows[0].n);
+  if (start.stale) await q(`ANALYZE ${U} (id, username, email${plan.user.emailUnique ? ', email_unique' : ''})`);
+  const count = Number(options.mergeUsers ? (await q(`SELECT count(*) AS n FROM (SELECT lower(s.username) AS l FROM ${S} s WHERE s.run = $1 AND s.model = ${modelCodes().user} AND s.keep GROUP BY 1) g
+       WHERE NOT EXISTS (SELECT 1 FROM ${U} a WHERE lower(a.username) = g.l)`, [options.run])).rows[0].n : start.n);
   const tooMany = (n: number | string, highest: bigint) => new DatabaseError(ErrorCodes.TARGET_LIMIT,
     `importing ${n} users would need user ids up to ${highest}, more than the target's ${U}.id holds (${plan.user.idLimit}): nothing was written`);
   if (count > 0) {
-    const seq = (await q(`SELECT last_value::text AS v, is_called FROM ${userSeq}`)).rows[0] as { v: string; is_called: boolean };
-    const highest = BigInt(seq.v) + BigInt(count) - (seq.is_called ? 0n : 1n);
+    const highest = BigInt(start.v) + BigInt(count) - (start.is_called ? 0n : 1n);
     if (highest > BigInt(plan.user.idLimit)) throw tooMany(count, highest);
   }
   const limitReached = (err: unknown) => {
@@ -314,7 +322,7 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
   // no sort of the users by file order for nextval (0.1 s at 100k users, an external sort of
   // 0.6 s at 1M), and the users' INSERT and pk map read it from the staged rows.
   const block = path.ordinals && !options.mergeUsers && count > 0 && count === path.ordinals.count
-    ? await drawBlock(q, userSeq, count, path.ordinals.first).catch(limitReached) : undefined;
+    ? await drawBlock(q, userSeq, !!start.up, count, path.ordinals.first).catch(limitReached) : undefined;
   if (block && block.highest > BigInt(plan.user.idLimit)) throw tooMany(`more than ${count}`, block.highest);
   // One block without a hole: each id is offset + ord. With holes, the drawn ids go to the users
   // in file order through up_ids, and the INSERT and pk map read them from the decisions.
@@ -384,12 +392,16 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
                   a.address_note${drawnJoin ? ', i.v AS drawn' : ''}
                 FROM d LEFT JOIN a USING (src_pk)${block ? drawnJoin : ' ORDER BY d.ord'}) y) z`,
   params).catch(limitReached);
-  if (exceptions) {
-    await q('ANALYZE up_exc');
-    await q(plainUsers(S, plan, offset!, options.run));
-  }
+  const decided = exceptions ? 'up_exc' : 'up_user';
+  // In one round trip: up_user as a view over the exceptions' decisions, where the sequence stands
+  // now, and how many users are renamed.
+  const now = await together(q, [
+    ...(exceptions ? ['ANALYZE up_exc', plainUsers(S, plan, offset!, options.run)] : []),
+    `SELECT last_value::text AS v FROM ${userSeq}`,
+    `SELECT count(*) AS n FROM ${decided} WHERE outcome = 'renamed'`,
+  ]);
   // The same, where the sequence goes further than the id column: where it stands now.
-  const after = BigInt((await q(`SELECT last_value::text AS v FROM ${userSeq}`)).rows[0].v as string);
+  const after = BigInt(now.at(-2)!.rows[0].v as string);
   if (count > 0 && after > BigInt(plan.user.idLimit)) throw tooMany(`more than ${count}`, after);
   // A small sample is enough for these plans (how few are renamed or merged, how many are new):
   // the default target read 30,000 rows of nine columns, 0.3-0.6 s at 100k users.
@@ -400,7 +412,7 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
     await q(`UPDATE up_user p SET target_id = l.new_id FROM up_user l
              WHERE p.outcome = 'merged' AND p.target_id IS NULL AND l.keep AND l.rn = 1 AND l.lname = p.lname`);
   }
-  await renameUsers(q, plan, exceptions ? 'up_exc' : 'up_user');
+  await renameUsers(q, plan, decided, Number(now.at(-1)!.rows[0].n));
   // The profile columns are read from the staged rows here, once: the decision tables carry only
   // what the decisions, findings and children need (each user's staged row copied into both of
   // them was about a third of this step's time at 100k users).
@@ -417,40 +429,43 @@ async function mergeUsersOnce(q: Q, S: string, options: UsersStepOptions, plan: 
     // staged users in file order (the planner cannot tell how few they are from up_user's).
     // Where only the exceptions were decided, only they can differ (read from up_exc: at 1M users
     // a scan of up_user was 0.6 s).
-    await q(`CREATE TEMP TABLE up_user_x ON COMMIT DROP AS
-             SELECT d.src_pk, d.final_name, d.email_unique_final FROM ${exceptions ? 'up_exc' : 'up_user'} d
+    await together(q, [`CREATE TEMP TABLE up_user_x ON COMMIT DROP AS
+             SELECT d.src_pk, d.final_name, d.email_unique_final FROM ${decided} d
              WHERE d.keep AND (d.final_name IS DISTINCT FROM d.username
-                               OR d.email_unique_final IS DISTINCT FROM ${plan.user.emailUnique ? CANDIDATE : 'NULL::text'})`);
-    await q('ANALYZE up_user_x');
+                               OR d.email_unique_final IS DISTINCT FROM ${plan.user.emailUnique ? CANDIDATE : 'NULL::text'})`, 'ANALYZE up_user_x']);
   }
   // The plan's values over `u`: each new user's staged row with its id, name, email_unique, keep_pw.
   const insertUsers = (u: string) => `INSERT INTO ${U} (${plan.user.columns.join(', ')}) SELECT ${plan.user.values.join(', ')} FROM ${u}`;
-  const usersInserted = (await q(offset === undefined ? `
-    ${insertUsers(`(SELECT s.*, ${x}d.new_id, d.final_name, d.email_unique_final, d.keep_pw
-          FROM up_user d JOIN ${S} s ON s.run = $1 AND s.model = ${modelCodes().user} AND s.src_pk = d.src_pk
-          WHERE d.new_id IS NOT NULL ${once}) u`)}
-    ORDER BY u.new_id` : `
+  if (offset === undefined) {
+    const usersInserted = (await q(`
+      ${insertUsers(`(SELECT s.*, ${x}d.new_id, d.final_name, d.email_unique_final, d.keep_pw
+            FROM up_user d JOIN ${S} s ON s.run = $1 AND s.model = ${modelCodes().user} AND s.src_pk = d.src_pk
+            WHERE d.new_id IS NOT NULL ${once}) u`)}
+      ORDER BY u.new_id`, [options.run])).rowCount ?? 0;
+    const lostPasswordHashes = path.lostPasswordsLater ? 0 : await insertLostPasswords(q, plan);
+    await insertPkRanges(q, options.run, 'sentry.user', `
+      SELECT src_pk, target_id, CASE WHEN outcome = 'merged' THEN 'merged' ELSE 'inserted' END AS kind
+      FROM up_user WHERE keep`);
+    return { usersInserted, lostPasswordHashes, decided };
+  }
+  // Every kept user new, its id its ordinal's: the users and their pk map in one round trip (the
+  // run a literal). The kept users' ordinals are consecutive and their pks increase: a run of
+  // consecutive pks is a run of one src_pk - ord, and maps to consecutive ids. One hash
+  // aggregate, no sort.
+  const run = Number(options.run);
+  const [users] = await together(q, [`
     ${insertUsers(`(SELECT y.*, ${keepPassword(plan, 'y.x')} AS keep_pw FROM (SELECT s.*, ${x}${offset}::bigint + s.ord AS new_id,
             CASE WHEN e.src_pk IS NULL THEN s.username ELSE e.final_name END AS final_name,
             CASE WHEN e.src_pk IS NULL THEN ${plan.user.emailUnique ? candidateOf('s') : 'NULL::text'} ELSE e.email_unique_final END AS email_unique_final
           -- The staged rows come in file order, ids ascending: no sort either (1M users: a hash
           -- of every decision and an external sort, 2 s).
           FROM ${S} s LEFT JOIN up_user_x e ON e.src_pk = s.src_pk
-          WHERE s.run = $1 AND s.model = ${modelCodes().user} AND s.keep ${once}) y) u`)}`, [options.run])).rowCount ?? 0;
+          WHERE s.run = ${run} AND s.model = ${modelCodes().user} AND s.keep ${once}) y) u`)}`, `
+    INSERT INTO userport.pk_ranges (run, model, source_pk, target_id, kind, span)
+    SELECT ${run}, 'sentry.user', min(src_pk), ${offset}::bigint + min(ord), 'inserted', count(*)::int
+    FROM up_user WHERE keep GROUP BY src_pk - ord`]);
   const lostPasswordHashes = path.lostPasswordsLater ? 0 : await insertLostPasswords(q, plan);
-  if (offset === undefined) {
-    await insertPkRanges(q, options.run, 'sentry.user', `
-      SELECT src_pk, target_id, CASE WHEN outcome = 'merged' THEN 'merged' ELSE 'inserted' END AS kind
-      FROM up_user WHERE keep`);
-  } else {
-    // The kept users' ordinals are consecutive and their pks increase: a run of consecutive pks
-    // is a run of one src_pk - ord, and maps to consecutive ids. One hash aggregate, no sort.
-    await q(`
-      INSERT INTO userport.pk_ranges (run, model, source_pk, target_id, kind, span)
-      SELECT $1, 'sentry.user', min(src_pk), ${offset}::bigint + min(ord), 'inserted', count(*)::int
-      FROM up_user WHERE keep GROUP BY src_pk - ord`, [options.run]);
-  }
-  return { usersInserted, lostPasswordHashes, decided: exceptions ? 'up_exc' : 'up_user' };
+  return { usersInserted: users!.rowCount ?? 0, lostPasswordHashes, decided };
 }
 
 /** Whether a new user keeps its exported password hash (global scope, a claimed user; Sentry: unless is_unclaimed), over the staged `extra` object `x`. */
@@ -474,17 +489,17 @@ interface Block {
  * file order, as one nextval each would have given them, and none is drawn twice. Resolves to
  * undefined for a sequence that counts down (nextval per user, as everywhere else).
  */
-async function drawBlock(q: Q, seq: string, count: number, first: number): Promise<Block | undefined> {
-  const up = (await q(`SELECT seqincrement > 0 AS up FROM pg_sequence WHERE seqrelid = $1::regclass`, [seq])).rows[0] as { up: boolean } | undefined;
-  if (!up?.up) return undefined;
-  await q(`CREATE TEMP TABLE up_ids (k bigint, v bigint) ON COMMIT DROP`);
+async function drawBlock(q: Q, seq: string, up: boolean, count: number, first: number): Promise<Block | undefined> {
+  if (!up) return undefined;
+  if (!Number.isSafeInteger(count) || count < 1) throw new RangeError(`drawBlock: count ${count}`);
   // The ids are materialized once; only a run with holes is written out (its one-time filter
-  // reads the aggregate first).
-  const drawn = (await q(`
-    WITH drawn AS MATERIALIZED (SELECT nextval($1::regclass) AS v FROM generate_series(1, $2)),
+  // reads the aggregate first). The table and the draw in one round trip.
+  const [, draw] = await together(q, [`CREATE TEMP TABLE up_ids (k bigint, v bigint) ON COMMIT DROP`, `
+    WITH drawn AS MATERIALIZED (SELECT nextval(${sqlLiteral(seq)}::regclass) AS v FROM generate_series(1, ${count})),
     r AS (SELECT min(v) AS lo, max(v) AS hi FROM drawn),
-    kept AS (INSERT INTO up_ids SELECT row_number() OVER () - 1, v FROM drawn WHERE (SELECT hi - lo + 1 <> $2 FROM r) RETURNING 1)
-    SELECT lo::text AS lo, hi::text AS hi, (SELECT count(*) FROM kept)::int AS kept FROM r`, [seq, count])).rows[0] as { lo: string; hi: string; kept: number };
+    kept AS (INSERT INTO up_ids SELECT row_number() OVER () - 1, v FROM drawn WHERE (SELECT hi - lo + 1 <> ${count} FROM r) RETURNING 1)
+    SELECT lo::text AS lo, hi::text AS hi, (SELECT count(*) FROM kept)::int AS kept FROM r`]);
+  const drawn = draw!.rows[0] as { lo: string; hi: string; kept: number };
   const highest = BigInt(drawn.hi);
   if (!drawn.kept) return { offset: BigInt(drawn.lo) - BigInt(first), highest };
   await q('ANALYZE up_ids');
@@ -664,8 +679,8 @@ function addresses(plan: WritePlan, path: UsersStepPath, param: (value: unknown)
  * renamed user is one: the rounds then read and update those few, not every user, and up_user gets
  * their names at the end).
  */
-async function renameUsers(q: Q, plan: WritePlan, decided: 'up_user' | 'up_exc'): Promise<void> {
-  let pending = Number((await q(`SELECT count(*) AS n FROM ${decided} WHERE outcome = 'renamed'`)).rows[0].n);
+async function renameUsers(q: Q, plan: WritePlan, decided: 'up_user' | 'up_exc', renamed: number): Promise<void> {
+  let pending = renamed;
   if (!pending) return;
   const lengths: number[] = [];
   for (const [len, tries] of RENAME_SCHEDULE) for (let i = 0; i < tries; i++) lengths.push(len);
@@ -675,30 +690,32 @@ async function renameUsers(q: Q, plan: WritePlan, decided: 'up_user' | 'up_exc')
     // A candidate is taken when any user (existing, or kept by this import) has it,
     // case-insensitively, or when two pending users drew the same one this round. Each check
     // scans the users once against a hash of the few candidates, however many users are renamed.
-    await q(`CREATE TEMP TABLE up_cand ON COMMIT DROP AS
+    // A round's statements in one round trip; the UPDATE's count is what is left.
+    const steps = await together(q, [`CREATE TEMP TABLE up_cand ON COMMIT DROP AS
              SELECT src_pk, left(username, ${plan.user.usernameMax - 1 - len}) || '-' || ${randomTail(len)} AS cand
-             FROM ${decided} WHERE outcome = 'renamed' AND final_name IS NULL`);
-    await q('ANALYZE up_cand');
-    await q(`DELETE FROM up_cand c USING (SELECT lower(cand) AS lc FROM up_cand GROUP BY 1 HAVING count(*) > 1) t WHERE lower(c.cand) = t.lc`);
-    // The users, existing and this import's: a join of the two (USING) was planned as a merge
-    // join over a sort of every user (its row estimate for lower() = lower() is thousands of
-    // times the truth), external past work_mem: 4.0 s against 0.6 s into a database holding 2M
-    // users, 0.14 s against 0.04 s holding 200k.
-    // Every candidate holds a '-' (`<name>-<tail>`), and lower() neither makes nor takes one: only
-    // the names that hold one are lower-cased and compared (at 100k users the import's users'
-    // check took 60-73 ms, lower-casing every name; with this 23-25 ms).
-    await q(`DELETE FROM up_cand c WHERE lower(c.cand) IN (
+             FROM ${decided} WHERE outcome = 'renamed' AND final_name IS NULL`,
+      'ANALYZE up_cand',
+      `DELETE FROM up_cand c USING (SELECT lower(cand) AS lc FROM up_cand GROUP BY 1 HAVING count(*) > 1) t WHERE lower(c.cand) = t.lc`,
+      // The users, existing and this import's: a join of the two (USING) was planned as a merge
+      // join over a sort of every user (its row estimate for lower() = lower() is thousands of
+      // times the truth), external past work_mem: 4.0 s against 0.6 s into a database holding 2M
+      // users, 0.14 s against 0.04 s holding 200k.
+      // Every candidate holds a '-' (`<name>-<tail>`), and lower() neither makes nor takes one: only
+      // the names that hold one are lower-cased and compared (at 100k users the import's users'
+      // check took 60-73 ms, lower-casing every name; with this 23-25 ms).
+      `DELETE FROM up_cand c WHERE lower(c.cand) IN (
                SELECT k FROM (SELECT lower(a.username) AS k FROM ${plan.user.table} a WHERE strpos(a.username, '-') > 0) x
-               WHERE k IN (SELECT lower(cand) FROM up_cand))`);
-    // A kept user's final name, lower-cased: lname where it keeps its name (no lower() over every
-    // user each round: 0.3 s at 100k users), else the name an earlier round gave it (in `decided`).
-    // The users are scanned once against a hash of the few candidates.
-    await q(`DELETE FROM up_cand c WHERE lower(c.cand) IN (
+               WHERE k IN (SELECT lower(cand) FROM up_cand))`,
+      // A kept user's final name, lower-cased: lname where it keeps its name (no lower() over every
+      // user each round: 0.3 s at 100k users), else the name an earlier round gave it (in `decided`).
+      // The users are scanned once against a hash of the few candidates.
+      `DELETE FROM up_cand c WHERE lower(c.cand) IN (
                SELECT k FROM (SELECT o.lname AS k FROM up_user o WHERE o.outcome = 'inserted' AND strpos(o.username, '-') > 0
                               UNION ALL SELECT lower(r.final_name) FROM ${decided} r WHERE r.outcome = 'renamed') x
-               WHERE k IN (SELECT lower(cand) FROM up_cand))`);
-    pending -= (await q(`UPDATE ${decided} p SET final_name = c.cand FROM up_cand c WHERE p.src_pk = c.src_pk`)).rowCount ?? 0;
-    await q('DROP TABLE up_cand');
+               WHERE k IN (SELECT lower(cand) FROM up_cand))`,
+      `UPDATE ${decided} p SET final_name = c.cand FROM up_cand c WHERE p.src_pk = c.src_pk`,
+      'DROP TABLE up_cand']);
+    pending -= steps[5]!.rowCount ?? 0;
   }
   // Drawn among the exceptions: up_user, a view over them, reads their names from there.
 }
