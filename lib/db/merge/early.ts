@@ -21,7 +21,7 @@ import { copyNewRows, directOptions, directUserEmails, dropScopedFindings, Filte
 import { EmailCheck, filterEmails, KeptAddresses, writeDirectEmails, type DirectEmails } from './direct-emails.js';
 import { NewUsers } from './pk-map.js';
 import { lowerIsAscii } from './hash-sets.js';
-import { cursorPages, idSequence, markSequence, modelCodes, openMerge, putSequenceBack, refuseSequencesBehind, runner, sqlLiteral, stagedInTransaction, together, type Q,
+import { cursorPages, idSequence, markSequences, modelCodes, openMerge, putSequenceBack, refuseSequencesBehind, runner, sqlLiteral, stagedInTransaction, together, type Q,
   type SequenceMark } from './run.js';
 import type { SkipMarker } from '../../filter-users.js';
 import type { FilteredMarker, StagedRow } from '../../map-models.js';
@@ -107,8 +107,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
   const repeats = check?.take();
   const userSeq = await idSequence(q, plan.user.table);
   const seqs = [userSeq, plan.lostPassword && await idSequence(q, plan.lostPassword.table)].filter((seq): seq is string => !!seq);
-  const before: SequenceMark[] = [];
-  for (const seq of seqs) before.push(await markSequence(q, seq));
+  const before = await markSequences(q, seqs);
   return {
     bulk,
     async run() {
@@ -121,8 +120,8 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
       // still reads the file (the server waits for it otherwise), not after the other tables' rows.
       if (bulk) await bulk.rebuild([plan.user.table, ...(plan.lostPassword ? [plan.lostPassword.table] : [])]);
       // After the lost-password hashes, which draw from their own sequence (both in one round trip).
-      const now = await together(q, before.map((mark) => `SELECT last_value::text AS v FROM ${mark.seq}`));
-      const sequences = before.map((mark, i) => ({ ...mark, after: now[i]!.rows[0].v as string }));
+      const now = await markSequences(q, seqs);
+      const sequences = before.map((mark, i) => ({ ...mark, after: now[i]!.lastValue }));
       return {
         step: { bulk, ...written },
         sequences,
@@ -311,11 +310,8 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     const tables: string[] = [];
     // Where each table's id sequence stands first, so that an undo puts it back (undoEarlySequences).
     const seqs = found.slice(found.length - models.length).map((r) => r.rows[0].seq as string | null).filter((seq): seq is string => !!seq);
-    for (const seq of seqs) {
-      if (!wrote.sequences.has(seq)) {
-        const mark = await markSequence(q, seq);
-        wrote.sequences.set(seq, { mark, after: mark.lastValue });
-      }
+    for (const mark of await markSequences(q, seqs.filter((seq) => !wrote.sequences.has(seq)))) {
+      wrote.sequences.set(mark.seq, { mark, after: mark.lastValue });
     }
     let why: string | undefined;
     try {
@@ -344,8 +340,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
     }
     // (Read after a rollback: a refused COPY leaves the transaction aborted until then, and a
     // sequence's draws are not rolled back.)
-    const now = await together(q, seqs.map((seq) => `SELECT last_value::text AS v FROM ${seq}`));
-    seqs.forEach((seq, i) => { wrote.sequences.get(seq)!.after = now[i]!.rows[0].v as string; });
+    for (const mark of await markSequences(q, seqs)) wrote.sequences.get(mark.seq)!.after = mark.lastValue;
     if (why === undefined) q.trace({ kind: 'early-rows', tables, ms: performance.now() - t0 });
     else await dropEarly(q, wrote, why);
   };

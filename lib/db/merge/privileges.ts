@@ -16,7 +16,7 @@
 import { DatabaseError, ErrorCodes } from '../../errors.js';
 import { REJECTED_USER_CODE } from '../../models.js';
 import type { ImportStats } from '../../stats.js';
-import { idSequence, modelCodes, type Q } from './run.js';
+import { idSequence, markSequence, modelCodes, type Q } from './run.js';
 import type { WritePlan } from './plan.js';
 
 /** Options of {@link mergePrivileges}. */
@@ -85,8 +85,8 @@ async function checkIdRoom(q: Q, table: string, count: number, limit: number | b
   if (count === 0) return;
   const seq = await idSequence(q, table);
   if (!seq) throw new DatabaseError(ErrorCodes.TARGET_SCHEMA, `${table}.id in the target database has no sequence to draw new ids from`);
-  const s = (await q(`SELECT last_value::text AS v, is_called FROM ${seq}`)).rows[0] as { v: string; is_called: boolean };
-  const highest = BigInt(s.v) + BigInt(count) - (s.is_called ? 0n : 1n);
+  const s = await markSequence(q, seq);
+  const highest = BigInt(s.lastValue) + BigInt(count) - (s.isCalled ? 0n : 1n);
   if (highest > BigInt(limit)) {
     throw new DatabaseError(ErrorCodes.TARGET_LIMIT,
       `importing ${count} rows into ${table} would need ids up to ${highest}, more than its id column holds (${limit}): nothing was written`);

@@ -149,8 +149,11 @@ export const sqlLiteral = (text: string): string => pg.escapeLiteral(text);
  * this transaction), else the persistent `userport.stage` of resumable imports.
  */
 export async function stagingTable(q: (sql: string) => Promise<pg.QueryResult>): Promise<string> {
-  return (await q(`SELECT coalesce(to_regclass('pg_temp.stage')::text, 'userport.stage') AS s`)).rows[0].s as string;
+  return (await q(`SELECT ${STAGING_RELATION} AS s`)).rows[0].s as string;
 }
+
+/** {@link stagingTable}'s answer as an SQL expression (openMerge reads it with its other facts). */
+const STAGING_RELATION = `coalesce(to_regclass('pg_temp.stage')::text, 'userport.stage')`;
 
 /**
  * What every merge starts with; harmless to repeat in one transaction (the early users phase,
@@ -171,7 +174,7 @@ export async function openMerge(q: Q, { sampled = false, staged }: { sampled?: b
   const opened = (await q(`
     SELECT level, CASE WHEN level = 'read committed' THEN (SELECT true FROM pg_advisory_xact_lock($1)) END AS locked,
       CASE WHEN level = 'read committed' THEN set_config('work_mem', '64MB', true) END AS work_mem,
-      coalesce(to_regclass('pg_temp.stage')::text, 'userport.stage') AS s
+      ${STAGING_RELATION} AS s
     FROM (SELECT current_setting('transaction_isolation') AS level) t`, [MERGE_LOCK_KEY])).rows[0] as { level: string; s: string };
   if (opened.level !== 'read committed') {
     throw new DatabaseError(ErrorCodes.DB_SETTING, `the merge needs a READ COMMITTED transaction, this one is ${opened.level.toUpperCase()}`);
@@ -235,9 +238,16 @@ export interface SequenceMark {
 
 /** Where sequence `seq` stands now ({@link SequenceMark}; `lastValue` is what `after` of {@link putSequenceBack} compares). */
 export async function markSequence(q: Query, seq: string): Promise<SequenceMark> {
-  const r = (await q(`SELECT last_value::text AS v, is_called AS c FROM ${seq}`)).rows[0] as { v: string; c: boolean };
-  return { seq, lastValue: r.v, isCalled: r.c };
+  return markOf(seq, (await q(markSql(seq))).rows[0]);
 }
+
+/** {@link markSequence} of each of `seqs`, in one round trip ({@link together}). */
+export async function markSequences(q: Q, seqs: readonly string[]): Promise<SequenceMark[]> {
+  return (await together(q, seqs.map(markSql))).map((r, i) => markOf(seqs[i]!, r.rows[0]));
+}
+
+const markSql = (seq: string) => `SELECT last_value::text AS v, is_called AS c FROM ${seq}`;
+const markOf = (seq: string, row: { v: string; c: boolean }): SequenceMark => ({ seq, lastValue: row.v, isCalled: row.c });
 
 /**
  * Puts a sequence back where `mark` found it, after a rollback of what drew from it (a sequence's
