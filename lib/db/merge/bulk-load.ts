@@ -3,7 +3,7 @@
  * tables, or tables that hold a few rows (a new Sentry with its first admin, a test instance).
  */
 import type pg from 'pg';
-import { together, type Q } from './run.js';
+import { together, togetherWithSettings, type Q } from './run.js';
 import type { WritePlan } from './plan.js';
 
 /**
@@ -33,8 +33,10 @@ export interface BulkLoad {
    * Recreates what was dropped on `tables` (every table when omitted), in dependency order:
    * indexes, primary keys and unique constraints, then foreign keys; each object once, however often called.
    * The early users step rebuilds the users' tables as soon as they are complete.
+   * `serial`: the builds get no parallel worker ({@link SERIAL_BUILDS}; the early steps', which
+   * mostly run while Node still reads the export).
    */
-  rebuild(tables?: readonly string[]): Promise<void>;
+  rebuild(tables?: readonly string[], options?: { serial?: boolean }): Promise<void>;
   /**
    * Marks what `rebuild(tables)` recreated as dropped again, for a caller whose savepoint around
    * that rebuild was rolled back (the early rows', early.ts): the last rebuild builds it again.
@@ -50,6 +52,15 @@ export interface BulkLoad {
  * target's own indexes worth keeping, and other sessions are likely to use the tables.
  */
 export const FEW_ROWS = 1000;
+
+/**
+ * The settings of the early steps' index builds, which mostly run while Node still reads the
+ * export: no parallel worker beside the server's process. PostgreSQL gives a build of the users'
+ * or the options' tables one or two workers (`max_parallel_maintenance_workers`), which take the
+ * core Node parses the export on; measured alone, the builds take as long with them as without
+ * (bench/NOTES.md). The last rebuild, after the input, keeps the server's own setting.
+ */
+export const SERIAL_BUILDS = { max_parallel_maintenance_workers: '0' } as const;
 
 interface DroppedObject { table: string; name: string; kind: 'index' | 'primary' | 'unique' | 'foreign'; definition: string }
 
@@ -141,16 +152,18 @@ export async function enterBulkLoad(q: Q, catalog: (sql: string) => Promise<pg.Q
       // In the order they were dropped in, reversed: as `pending` holds them.
       pending = [...drops].reverse().filter((o) => pending.includes(o) || tables.includes(o.table));
     },
-    async rebuild(only) {
+    async rebuild(only, options = {}) {
       const now = pending.filter((o) => !only || only.includes(o.table));
       if (!now.length) return;
       pending = pending.filter((o) => !now.includes(o));
       // Index builds sort in memory up to maintenance_work_mem (64 MB by default). All in one
       // round trip: the early steps build while Node reads the export (6 x 4-14 ms of waits).
-      await together(q, [
+      const builds = [
         `SELECT set_config('maintenance_work_mem', '256MB', true) WHERE pg_size_bytes(current_setting('maintenance_work_mem')) < 256 * 1024 * 1024`,
         ...now.map((o) => (o.kind === 'index' ? o.definition : `ALTER TABLE ${o.table} ADD CONSTRAINT ${IDENT_SQL(o.name)} ${o.definition}`)),
-      ]);
+      ];
+      if (options.serial) await togetherWithSettings(q, SERIAL_BUILDS, builds);
+      else await together(q, builds);
     },
   };
 }

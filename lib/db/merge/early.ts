@@ -118,7 +118,7 @@ export async function beginEarlyUsers(client: pg.ClientBase, options: EarlyUsers
       if (later) written.lostPasswordHashes = await lostPasswordsNow(q, client, plan, options.run);
       // The users' tables are complete: their indexes and constraints are built now, while Node
       // still reads the file (the server waits for it otherwise), not after the other tables' rows.
-      if (bulk) await bulk.rebuild([plan.user.table, ...(plan.lostPassword ? [plan.lostPassword.table] : [])]);
+      if (bulk) await bulk.rebuild([plan.user.table, ...(plan.lostPassword ? [plan.lostPassword.table] : [])], { serial: true });
       // After the lost-password hashes, which draw from their own sequence (both in one round trip).
       const now = await markSequences(q, seqs);
       const sequences = before.map((mark, i) => ({ ...mark, after: now[i]!.lastValue }));
@@ -330,7 +330,7 @@ export function earlyUsersOverlap(options: EarlyUsersOptions, plan: WritePlan, s
       const complete = models.map((m) => m.table);
       if (users.step.bulk && complete.length) {
         wrote.rebuilt.push(...complete);
-        await users.step.bulk.rebuild(complete);
+        await users.step.bulk.rebuild(complete, { serial: true });
       }
     } catch (err) {
       if (!(err instanceof EarlyDeclined) && !uniqueViolation(err)) throw err;

@@ -199,7 +199,7 @@ const SMALL_SAMPLE = 10;
 
 /** ANALYZE `what` with a small sample, the session's statistics target restored after. */
 export async function analyzeSampled(q: Q, what: string): Promise<void> {
-  await withSettings(q, { default_statistics_target: String(SMALL_SAMPLE) }, () => q(`ANALYZE ${what}`));
+  await togetherWithSettings(q, { default_statistics_target: String(SMALL_SAMPLE) }, [`ANALYZE ${what}`]);
 }
 
 /**
@@ -208,17 +208,48 @@ export async function analyzeSampled(q: Q, what: string): Promise<void> {
  * the transaction is then aborted and takes them back itself.
  */
 export async function withSettings<T>(q: Q, settings: Readonly<Record<string, string>>, work: () => Promise<T>): Promise<T> {
-  // The names are the code's own, written into the statements so that a trace reads them.
-  const names = Object.keys(settings);
-  if (!names.every((name) => /^[a-z_]+$/.test(name))) throw new RangeError(`withSettings: setting names ${names.join(', ')}`);
-  const setAll = (values: string[]) => `SELECT ${names.map((name, i) => `set_config('${name}', ${sqlLiteral(values[i]!)}, true)`).join(', ')}`;
-  // What they were and the change in one round trip (the first runs before the second).
-  const [read] = await together(q, [`SELECT ${names.map((name, i) => `current_setting('${name}') AS s${i}`).join(', ')}`,
-    setAll(names.map((name) => settings[name]!))]);
-  const was = read!.rows[0] as Record<string, string>;
+  const change = new SettingsChange(settings);
+  const [read] = await together(q, change.statements);
   const result = await work();
-  await q(setAll(names.map((_, i) => was[`s${i}`]!)));
+  await change.putBack(q, read!);
   return result;
+}
+
+/**
+ * {@link withSettings} around `statements` sent {@link together}: what the settings were, their
+ * change and the statements in one round trip, the settings put back in a second. Resolves to
+ * the statements' results.
+ */
+export async function togetherWithSettings(q: Q, settings: Readonly<Record<string, string>>, statements: readonly string[]): Promise<pg.QueryResult[]> {
+  const change = new SettingsChange(settings);
+  const [read, , ...results] = await together(q, [...change.statements, ...statements]);
+  await change.putBack(q, read!);
+  return results;
+}
+
+/** The statements of {@link withSettings}: what the settings are, then their change; and the put back. */
+class SettingsChange {
+  private readonly names: string[];
+  /** The read (its row: `s0`, `s1`, ... in the settings' order) and the change, to send together, in this order. */
+  readonly statements: readonly [string, string];
+
+  constructor(settings: Readonly<Record<string, string>>) {
+    // The names are the code's own, written into the statements so that a trace reads them.
+    this.names = Object.keys(settings);
+    if (!this.names.every((name) => /^[a-z_]+$/.test(name))) throw new RangeError(`withSettings: setting names ${this.names.join(', ')}`);
+    this.statements = [`SELECT ${this.names.map((name, i) => `current_setting('${name}') AS s${i}`).join(', ')}`,
+      this.setAll(this.names.map((name) => settings[name]!))];
+  }
+
+  /** Puts every setting back as `read` (the result of the first statement) says it was. */
+  async putBack(q: Q, read: pg.QueryResult): Promise<void> {
+    const was = read.rows[0] as Record<string, string>;
+    await q(this.setAll(this.names.map((_, i) => was[`s${i}`]!)));
+  }
+
+  private setAll(values: readonly string[]): string {
+    return `SELECT ${this.names.map((name, i) => `set_config('${name}', ${sqlLiteral(values[i]!)}, true)`).join(', ')}`;
+  }
 }
 
 /** A statement's runner: a {@link Q}, or a client's own `query`. */

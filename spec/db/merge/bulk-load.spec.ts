@@ -16,6 +16,7 @@ import { definitions, freshDatabase, type TestDb } from '../../helpers/db.js';
 import { tableSnapshot, TARGET_TABLES, user, useremail, useroption, generatedExport, writeExport } from '../../helpers/exports.js';
 import { insertEmail, insertRow, insertUser } from '../../helpers/sentry-rows.js';
 import { targetDatabase, unavailable } from '../../helpers/targets.js';
+import { STATEMENTS_APART, type TraceEvent } from '../../../lib/trace.js';
 
 const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'bin', 'userport.js');
 
@@ -303,6 +304,37 @@ describe('bulk load into empty target tables', function () {
       }
     });
   }
+
+  it('the early steps build without a parallel worker (Node reads the export meanwhile); the last rebuild has the server\'s own setting back', async () => {
+    const db = await freshDatabase();
+    try {
+      const events: TraceEvent[] = [];
+      const stats = await importUsers({ source: file, databaseUrl: db.url, onTrace: (e) => events.push(e) });
+      expect(stats.bulkLoad).to.equal(true);
+      const server = (await db.knex.raw(`SELECT current_setting('max_parallel_maintenance_workers') AS v`)).rows[0].v as string;
+      expect(server, 'the server may give a build workers (its default is 2)').to.not.equal('0');
+      const batches = events.flatMap((e) => (e.kind === 'sql' ? [e.sql.split(STATEMENTS_APART)] : []));
+      const builds = batches.map((b, i) => ({ b, i })).filter(({ b }) => b.some((sql) => /^(CREATE (UNIQUE )?INDEX|ALTER TABLE \S+ ADD CONSTRAINT)/.test(sql)));
+      const setting = /max_parallel_maintenance_workers/;
+      const early = builds.filter(({ b }) => b.some((sql) => setting.test(sql)));
+      // The users' tables' (the early users step), and the options' when their rows were over
+      // before the input (the early rows); the rest at the end.
+      expect(early.length, 'the early steps\' builds').to.be.within(1, 2);
+      expect(early[0]!.b.some((sql) => /^ALTER TABLE auth_user ADD CONSTRAINT/.test(sql)), 'the users\' table\'s constraints among the first').to.equal(true);
+      for (const { b, i } of early) {
+        expect(b.slice(0, 2)).to.deep.equal([`SELECT current_setting('max_parallel_maintenance_workers') AS s0`,
+          `SELECT set_config('max_parallel_maintenance_workers', '0', true)`]);
+        expect(b.slice(2).some((sql) => setting.test(sql)), 'changed once, before its builds').to.equal(false);
+        expect(batches[i + 1], 'put back right after its builds').to.deep.equal([`SELECT set_config('max_parallel_maintenance_workers', '${server}', true)`]);
+      }
+      const last = builds[builds.length - 1]!;
+      expect(early.map(({ i }) => i), 'the last rebuild is not an early one').to.not.include(last.i);
+      expect(batches.slice(early[early.length - 1]!.i + 2).flat().some((sql) => setting.test(sql)), 'nothing changes it after').to.equal(false);
+      expect(await definitions(db)).to.deep.equal(pristine);
+    } finally {
+      await db.close();
+    }
+  });
 
   it('the CLI: --bulk-load is checked before any database work, and every bulk statement has a plan without a nested loop over a scan', async () => {
     const bad = spawnSync(process.execPath, [BIN, 'import', 'users', file, '--bulk-load', 'sometimes', '--database-url', 'postgresql://nobody@127.0.0.1:1/none'], { encoding: 'utf8' });
