@@ -5,7 +5,7 @@
  * planned, one by one. sqlLiteral writes the values those statements carry as literals.
  */
 import { expect } from 'chai';
-import { runner, sqlLiteral, together } from '../../../lib/db/merge/run.js';
+import { runner, sqlLiteral, together, togetherWithSettings } from '../../../lib/db/merge/run.js';
 import { STATEMENTS_APART, type TraceEvent } from '../../../lib/trace.js';
 import { withDbClient } from '../../helpers/db.js';
 
@@ -54,6 +54,26 @@ describe('together: statements in one round trip', function () {
       expect(n!.rows[0].n).to.equal(1);
       await client.query('COMMIT');
       expect((await client.query('SELECT array_agg(k)::text AS ks FROM t_stop')).rows[0].ks).to.equal('{3}');
+    });
+  });
+
+  it('togetherWithSettings: the statements run under the settings, in the round trip that changes them; the caller\'s values come back in a second', async () => {
+    await withDbClient(async (_db, client) => {
+      await client.query('BEGIN');
+      // The caller's own values, for this transaction.
+      await client.query(`SET LOCAL default_statistics_target = 37`);
+      await client.query(`SET LOCAL max_parallel_maintenance_workers = 1`);
+      const events: TraceEvent[] = [];
+      const q = runner(client, { onTrace: (e) => events.push(e) });
+      const results = await togetherWithSettings(q, { default_statistics_target: '10', max_parallel_maintenance_workers: '0' }, [
+        `SELECT current_setting('default_statistics_target') AS v`,
+        `SELECT current_setting('max_parallel_maintenance_workers') AS v`,
+      ]);
+      expect(results.map((r) => r.rows[0].v), 'the statements\' own results, under the settings').to.deep.equal(['10', '0']);
+      const after = (await client.query(`SELECT current_setting('default_statistics_target') AS a, current_setting('max_parallel_maintenance_workers') AS b`)).rows[0];
+      expect(after).to.deep.equal({ a: '37', b: '1' });
+      expect(events.filter((e) => e.kind === 'sql'), 'two round trips').to.have.length(2);
+      await client.query('ROLLBACK');
     });
   });
 
