@@ -57,7 +57,7 @@ export const FEW_ROWS = 1000;
  * The settings of the early steps' index builds, which mostly run while Node still reads the
  * export: no parallel worker beside the server's process. PostgreSQL gives a build of the users'
  * or the options' tables one or two workers (`max_parallel_maintenance_workers`), which take the
- * core Node parses the export on; measured alone, the builds take as long with them as without
+ * core Node parses the export on; measured alone, the builds take about as long with them as without
  * (bench/NOTES.md). The last rebuild, after the input, keeps the server's own setting.
  */
 export const SERIAL_BUILDS = { max_parallel_maintenance_workers: '0' } as const;
